@@ -1,0 +1,47 @@
+# The two commands of the README. Both do all set-up on a fresh machine and are
+# quick when it is already done.
+#   make demo   simulate a set of studies and inspect them
+#   make test   lint, type-check and run the whole test suite
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.usreview-installed
+DEMO   ?= demo
+# Debian packages the tests drive for real (dciodvfy from dicom3tools, dcmtk's tools).
+DEBIAN_PACKAGES = dicom3tools dcmtk
+
+.PHONY: demo test setup system clean bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+system:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: setup
+	$(BIN)/usreview demo --out $(DEMO)
+
+test: setup system
+	$(BIN)/ruff check usreview tests benchmarks
+	$(BIN)/ruff format --check usreview tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,124 @@
+"""Shared fixtures: the real ultrasound files beside the checkout, and a builder of small files."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(
+    os.environ.get("USREVIEW_SHARED_DATA", REPO.parent / "shared" / "data" / "ultrasound")
+)
+US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+
+
+def _manifest() -> list[dict[str, Any]]:
+    path = SHARED_DATA / "files.json"
+    if not path.is_file():
+        raise RuntimeError(
+            f"the real ultrasound files are missing: expected {path} "
+            "(set USREVIEW_SHARED_DATA to their folder)"
+        )
+    return list(json.loads(path.read_text()))
+
+
+REAL_FILES = _manifest()
+
+
+def real_file(name: str) -> Path:
+    """Path of a real file from the shared ultrasound data."""
+    return SHARED_DATA / name
+
+
+def region_item(**values: Any) -> Dataset:
+    """One Sequence of Ultrasound Regions item with sensible B-mode defaults."""
+    item = Dataset()
+    defaults: dict[str, Any] = {
+        "RegionSpatialFormat": 1,
+        "RegionDataType": 1,
+        "RegionFlags": 0,
+        "RegionLocationMinX0": 0,
+        "RegionLocationMinY0": 0,
+        "RegionLocationMaxX1": 63,
+        "RegionLocationMaxY1": 47,
+        "PhysicalUnitsXDirection": 3,
+        "PhysicalUnitsYDirection": 3,
+        "PhysicalDeltaX": 0.02,
+        "PhysicalDeltaY": 0.02,
+    }
+    for keyword, value in {**defaults, **values}.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def write_us(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    sop_class: str | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    photometric: str | None = None,
+    regions: Sequence[Dataset] = (),
+    encapsulated_frames: Sequence[bytes] | None = None,
+    **attributes: Any,
+) -> Path:
+    """Write a small ultrasound file from ``pixels`` shaped ``(frames, rows, cols[, 3])``."""
+    frames, rows, cols = pixels.shape[:3]
+    samples = 3 if pixels.ndim == 4 else 1
+    meta = FileMetaDataset()
+    sop_class = sop_class or (US_MULTIFRAME if frames > 1 else US_IMAGE)
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = attributes.pop("StudyInstanceUID", generate_uid())
+    ds.SeriesInstanceUID = attributes.pop("SeriesInstanceUID", generate_uid())
+    ds.Modality = "US"
+    ds.PatientName = "TEST^SYNTHETIC"
+    ds.PatientID = "SYN-1"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = samples
+    ds.PhotometricInterpretation = photometric or ("RGB" if samples == 3 else "MONOCHROME2")
+    if samples == 3:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+        ds.FrameIncrementPointer = 0x00181063
+        ds.FrameTime = attributes.pop("FrameTime", 40.0)
+    if regions:
+        ds.SequenceOfUltrasoundRegions = list(regions)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    if encapsulated_frames is not None:
+        ds.PixelData = encapsulate(list(encapsulated_frames))
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        ds["PixelData"].VR = "OB" if ds.BitsAllocated == 8 else "OW"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def gradient_cine(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A 12-frame 48x64 native cine whose frame k is filled with value 10*k + position."""
+    base = (np.arange(48)[:, None] + np.arange(64)[None, :]).astype(np.uint8)
+    frames = np.stack([base + 10 * k for k in range(12)]).astype(np.uint8)
+    return write_us(tmp_path / "cine.dcm", frames, regions=[region_item()]), frames

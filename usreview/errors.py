@@ -1,0 +1,82 @@
+"""The one exception tree of usreview.
+
+Every error that usreview raises on purpose derives from :class:`UsreviewError`.
+Boundaries (the CLI, HTTP handlers, DICOM associations) turn these into a status
+and one sentence; anything else reaching a boundary is a bug.
+
+::
+
+    UsreviewError
+    ├── InputError                      bad input from outside (a file, a request)
+    │   ├── NotDicomError               not a DICOM file at all
+    │   ├── NotUltrasoundError          DICOM, but not an ultrasound SOP class
+    │   ├── UnsupportedTransferSyntaxError
+    │   │                               no decoder installed for the transfer syntax
+    │   ├── CorruptPixelDataError       pixel data missing, truncated or undecodable
+    │   └── ImageTooLargeError          declared decoded size over the configured cap
+    ├── CalibrationError                no usable ultrasound region for a measurement,
+    │   └── MixedCalibrationError       or points spanning regions of different calibration
+    ├── SimulationError                 invalid simulator parameters
+    └── EnvelopeError                   a sealed envelope could not be made or opened
+                                        (subclasses in usreview.envelope)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CalibrationError",
+    "CorruptPixelDataError",
+    "EnvelopeError",
+    "ImageTooLargeError",
+    "InputError",
+    "MixedCalibrationError",
+    "NotDicomError",
+    "NotUltrasoundError",
+    "SimulationError",
+    "UnsupportedTransferSyntaxError",
+    "UsreviewError",
+]
+
+
+class UsreviewError(Exception):
+    """Root of every error usreview raises on purpose."""
+
+
+class InputError(UsreviewError):
+    """Input from outside (a file, a request body) that cannot be accepted."""
+
+
+class NotDicomError(InputError):
+    """The bytes are not a DICOM Part 10 file or dataset."""
+
+
+class NotUltrasoundError(InputError):
+    """A valid DICOM object whose SOP class is not an ultrasound image."""
+
+
+class UnsupportedTransferSyntaxError(InputError):
+    """No installed decoder handles this transfer syntax; the message names what to install."""
+
+
+class CorruptPixelDataError(InputError):
+    """Pixel data is missing, truncated, inconsistent with the header, or fails to decode."""
+
+
+class ImageTooLargeError(InputError):
+    """The declared decoded image is over the configured cap (checked before decoding)."""
+
+
+class CalibrationError(UsreviewError):
+    """No ultrasound region gives a physical calibration for the requested points."""
+
+
+class MixedCalibrationError(CalibrationError):
+    """The points of one measurement fall in regions of different calibration."""
+
+
+class SimulationError(UsreviewError):
+    """Simulator parameters that cannot produce a valid study."""
+
+
+class EnvelopeError(UsreviewError):
+    """A sealed envelope could not be created or opened."""
