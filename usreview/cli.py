@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from usreview import __version__
-from usreview.errors import InputError, UsreviewError
+from usreview.errors import InputError, SimulationError, UsreviewError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -60,6 +60,62 @@ def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 # --- simulate ----------------------------------------------------------------------
 # (owned by usreview.simulate; see _add_simulate)
 
+_SIMULATE_KINDS = "bmode, cine, mmode, pw, cw, color, volume"
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from usreview.simulate import describe_kind, simulate
+
+    params: dict[str, str] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SimulationError(f"--param {item!r}: expected NAME=VALUE")
+        params[name.strip()] = value
+    if args.list_params:
+        for name, default, text in describe_kind(args.kind):
+            print(f"{name}={default}\t{text}")
+        return 0
+    if args.out is None:
+        raise SimulationError("--out DIR is required")
+    for path in simulate(args.kind, args.out, seed=args.seed, snr_db=args.snr, **params):
+        print(path)
+    return 0
+
+
+def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="write a simulated study with known answers (DICOM + NAME.truth.json)",
+        description="Write one simulated study of KIND into DIR: each instance NAME.dcm with "
+        "NAME.truth.json (the true values) beside it; print the DICOM paths. The same "
+        "kind, seed and parameters write the same bytes. Invalid kinds or parameters are "
+        "one line on stderr and exit status 2.",
+    )
+    p.add_argument("kind", metavar="KIND", help=f"one of: {_SIMULATE_KINDS}")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (created)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p.add_argument(
+        "--snr",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="signal-to-noise ratio in dB (default: 20 for pw/cw, 40 otherwise)",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a kind-specific parameter; repeat for several (see --list-params)",
+    )
+    p.add_argument(
+        "--list-params",
+        action="store_true",
+        help="print KIND's parameters with defaults and exit",
+    )
+    p.set_defaults(handler=_cmd_simulate)
+
 
 # --- demo --------------------------------------------------------------------------
 
@@ -89,6 +145,193 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 # --- keys, seal, unseal ------------------------------------------------------------
 # (owned by usreview.envelope)
 
+_PASSPHRASE_ENV = "USREVIEW_KEY_PASSPHRASE"
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    import os
+
+    if args.passphrase_file is not None:
+        lines = args.passphrase_file.read_bytes().splitlines()
+        return lines[0] if lines and lines[0] else None
+    value = os.environ.get(_PASSPHRASE_ENV)
+    return value.encode() if value else None
+
+
+def _duration(text: str) -> int:
+    unit = _DURATION_UNITS.get(text[-1:].lower()) if text[-1:].isalpha() else 1
+    number = text[:-1] if text[-1:].isalpha() else text
+    if unit is None or not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r} (examples: 3600, 90m, 12h, 7d)"
+        )
+    return int(number) * unit
+
+
+def _add_key_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help=f"read the key's passphrase from FILE's first line (default: ${_PASSPHRASE_ENV})",
+    )
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    from usreview.envelope import generate_keys, write_key_pair
+
+    keys = generate_keys(args.name)
+    passphrase = _passphrase(args)
+    key_path = write_key_pair(keys, args.dir, passphrase)
+    protection = "passphrase-protected" if passphrase else "not passphrase-protected"
+    print(f"key id {keys.key_id.hex()}")
+    print(f"wrote {key_path} (private, mode 0600, {protection}) and {key_path.with_suffix('.pub')}")
+    return 0
+
+
+def _cmd_keys_trust(args: argparse.Namespace) -> int:
+    from usreview.envelope import KeyRing, KeyState, load_public_keys
+
+    ring = KeyRing.load(args.keyring) if args.keyring.exists() else KeyRing()
+    key = load_public_keys(args.pub)
+    ring.add(key, KeyState(args.state))
+    ring.save(args.keyring)
+    print(f"{args.keyring}: {key.name} {key.key_id.hex()} {args.state}")
+    return 0
+
+
+def _cmd_seal(args: argparse.Namespace) -> int:
+    from usreview.envelope import KeyRing, load_private_keys, load_public_keys, seal_file
+
+    sender = load_private_keys(args.key, _passphrase(args))
+    recipients = [load_public_keys(path) for path in args.to]
+    try:
+        info = seal_file(
+            args.input,
+            args.output,
+            sender=sender,
+            recipients=recipients,
+            keyring=KeyRing.from_files(args.keyring, ()) if args.keyring else None,
+            valid_for=args.valid_for,
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    print(
+        f"sealed message {info.message_id.hex()} for {len(recipients)} recipient(s), "
+        f"valid until {info.expires}"
+    )
+    return 0
+
+
+def _cmd_unseal(args: argparse.Namespace) -> int:
+    from usreview.envelope import KeyRing, ReplayCache, load_private_keys, unseal_file
+
+    if args.keyring is None and not args.trust:
+        raise InputError(
+            "unseal needs the sender's public key: --trust SENDER.pub or --keyring FILE"
+        )
+    recipient = load_private_keys(args.key, _passphrase(args))
+    ring = KeyRing.from_files(args.keyring, args.trust or ())
+    cache = ReplayCache(args.replay_cache) if args.replay_cache is not None else None
+    info = unseal_file(
+        args.input, args.output, recipient=recipient, keyring=ring, replay_cache=cache
+    )
+    sender = ring.get(info.sender_id)
+    name = sender.public.name if sender is not None else "?"
+    print(f"opened message {info.message_id.hex()} from {name} ({info.sender_id.hex()[:16]})")
+    return 0
+
+
+def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("keys", help="create identity keys and manage a key ring")
+    keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    new = keys.add_parser(
+        "new",
+        help="create DIR/NAME.key (private, mode 0600) and DIR/NAME.pub",
+        description="Create an identity: an X25519 key to receive and an Ed25519 key to sign. "
+        f"The private file is passphrase-protected when ${_PASSPHRASE_ENV} or --passphrase-file "
+        "gives a passphrase. Existing files are never overwritten.",
+    )
+    new.add_argument("name", metavar="NAME", help="key name: letters, digits, '.', '_', '-'")
+    new.add_argument("--dir", type=Path, default=Path("."), help="output folder (default: .)")
+    _add_key_options(new)
+    new.set_defaults(handler=_cmd_keys_new)
+    trust = keys.add_parser(
+        "trust",
+        help="add a public key to a key ring file, or change its state",
+        description="Active keys seal and open; retired keys only open; revoked keys are refused.",
+    )
+    trust.add_argument("pub", type=Path, metavar="PUB", help="a .pub file")
+    trust.add_argument(
+        "--keyring", type=Path, required=True, metavar="FILE", help="key ring (JSON)"
+    )
+    trust.add_argument("--state", choices=["active", "retired", "revoked"], default="active")
+    trust.set_defaults(handler=_cmd_keys_trust)
+
+
+def _add_seal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "seal",
+        help="encrypt a file for one or more recipients and sign it",
+        description="Seal IN into the new file OUT (written atomically, never overwritten).",
+    )
+    p.add_argument("--key", type=Path, required=True, metavar="SENDER.key", help="your private key")
+    p.add_argument(
+        "--to",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="RECIPIENT.pub",
+        help="repeatable",
+    )
+    p.add_argument(
+        "--keyring", type=Path, metavar="FILE", help="refuse recipients it marks retired or revoked"
+    )
+    p.add_argument(
+        "--valid-for",
+        type=_duration,
+        default=7 * 86400,
+        metavar="DURATION",
+        help="validity window, e.g. 3600, 90m, 12h, 7d (default: 7d, at most 90d)",
+    )
+    _add_key_options(p)
+    p.add_argument("input", type=Path, metavar="IN")
+    p.add_argument("output", type=Path, metavar="OUT")
+    p.set_defaults(handler=_cmd_seal)
+
+
+def _add_unseal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "unseal",
+        help="verify and decrypt an envelope",
+        description="Open IN into the new file OUT. OUT appears only when the whole envelope "
+        "verifies; on any failure one line names the cause and no OUT is left behind.",
+    )
+    p.add_argument(
+        "--key", type=Path, required=True, metavar="RECIPIENT.key", help="your private key"
+    )
+    p.add_argument(
+        "--trust",
+        type=Path,
+        action="append",
+        metavar="SENDER.pub",
+        help="a trusted sender's public key (repeatable)",
+    )
+    p.add_argument(
+        "--keyring", type=Path, metavar="FILE", help="trusted keys with states (see: keys trust)"
+    )
+    p.add_argument(
+        "--replay-cache",
+        type=Path,
+        metavar="FILE",
+        help="SQLite file of opened message ids; refuses an envelope opened before",
+    )
+    _add_key_options(p)
+    p.add_argument("input", type=Path, metavar="IN")
+    p.add_argument("output", type=Path, metavar="OUT")
+    p.set_defaults(handler=_cmd_unseal)
+
 
 # --- main --------------------------------------------------------------------------
 
@@ -105,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"usreview {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_inspect, _add_demo):
+    for add in (_add_inspect, _add_simulate, _add_demo, _add_keys, _add_seal, _add_unseal):
         add(sub)
     return parser
 

@@ -13,10 +13,10 @@ and one sentence; anything else reaching a boundary is a bug.
     │   ├── UnsupportedTransferSyntaxError
     │   │                               no decoder installed for the transfer syntax
     │   ├── CorruptPixelDataError       pixel data missing, truncated or undecodable
-    │   └── ImageTooLargeError          declared decoded size over the configured cap
+    │   ├── ImageTooLargeError          declared decoded size over the configured cap
+    │   └── SimulationError             invalid simulator parameters
     ├── CalibrationError                no usable ultrasound region for a measurement,
     │   └── MixedCalibrationError       or points spanning regions of different calibration
-    ├── SimulationError                 invalid simulator parameters
     └── EnvelopeError                   a sealed envelope could not be made or opened
                                         (subclasses in usreview.envelope)
 """
@@ -74,7 +74,7 @@ class MixedCalibrationError(CalibrationError):
     """The points of one measurement fall in regions of different calibration."""
 
 
-class SimulationError(UsreviewError):
+class SimulationError(InputError):
     """Simulator parameters that cannot produce a valid study."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataset import Dataset
 
 from usreview.dicom.enum import (
     PhysicalUnits,
@@ -184,6 +185,35 @@ class UltrasoundRegion:
             doppler_correction_angle_deg=_optional_float(get("DopplerCorrectionAngle", None)),
             steering_angle_deg=_optional_float(get("SteeringAngle", None)),
         )
+
+    def to_dataset(self) -> Dataset:
+        """The region as a Sequence of Ultrasound Regions item (for writing)."""
+        item = Dataset()
+        item.RegionSpatialFormat = int(self.spatial_format)
+        item.RegionDataType = int(self.data_type)
+        item.RegionFlags = int(self.flags)
+        item.RegionLocationMinX0 = self.min_x0
+        item.RegionLocationMinY0 = self.min_y0
+        item.RegionLocationMaxX1 = self.max_x1
+        item.RegionLocationMaxY1 = self.max_y1
+        item.ReferencePixelX0 = self.reference_pixel_x0
+        item.ReferencePixelY0 = self.reference_pixel_y0
+        item.PhysicalUnitsXDirection = int(self.units_x)
+        item.PhysicalUnitsYDirection = int(self.units_y)
+        item.ReferencePixelPhysicalValueX = float(self.reference_value_x)
+        item.ReferencePixelPhysicalValueY = float(self.reference_value_y)
+        item.PhysicalDeltaX = float(self.delta_x)
+        item.PhysicalDeltaY = float(self.delta_y)
+        optional = {
+            "TransducerFrequency": self.transducer_frequency_khz,
+            "PulseRepetitionFrequency": self.pulse_repetition_frequency_hz,
+            "DopplerCorrectionAngle": self.doppler_correction_angle_deg,
+            "SteeringAngle": self.steering_angle_deg,
+        }
+        for keyword, value in optional.items():
+            if value is not None:
+                setattr(item, keyword, int(value) if keyword.endswith("Frequency") else value)
+        return item
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready description (enum names, bounds, calibration)."""

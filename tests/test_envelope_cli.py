@@ -1,0 +1,300 @@
+"""``usreview keys new / keys trust / seal / unseal``: exit statuses, one-line errors, no OUT."""
+
+from __future__ import annotations
+
+import io
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from usreview.cli import main
+from usreview.envelope import generate_keys, load_private_keys, load_public_keys, seal
+
+
+@pytest.fixture
+def keydir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    d = tmp_path / "keys"
+    d.mkdir()
+    for name in ("site", "hub", "other"):
+        assert main(["keys", "new", name, "--dir", str(d)]) == 0
+    capsys.readouterr()
+    return d
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    status = main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def fails(argv: list[str], capsys: pytest.CaptureFixture[str], words: str, out: Path) -> None:
+    status, _, err = run(argv, capsys)
+    assert status != 0
+    assert err.count("\n") == 1 and err.startswith("usreview: error: "), err
+    assert words in err, err
+    assert not out.exists()
+    assert [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")] == []
+
+
+def seal_args(keydir: Path, src: Path, dst: Path, *to: str) -> list[str]:
+    args = ["seal", "--key", str(keydir / "site.key")]
+    for name in to or ("hub",):
+        args += ["--to", str(keydir / f"{name}.pub")]
+    return [*args, str(src), str(dst)]
+
+
+def unseal_args(keydir: Path, src: Path, dst: Path, key: str = "hub", *extra: str) -> list[str]:
+    return [
+        "unseal",
+        "--key",
+        str(keydir / f"{key}.key"),
+        "--trust",
+        str(keydir / "site.pub"),
+        *extra,
+        str(src),
+        str(dst),
+    ]
+
+
+def test_keys_new(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(["keys", "new", "hub", "--dir", str(tmp_path)], capsys)
+    assert status == 0 and "key id" in out
+    assert stat.S_IMODE((tmp_path / "hub.key").stat().st_mode) == 0o600
+    fails(["keys", "new", "hub", "--dir", str(tmp_path)], capsys, "overwrite", tmp_path / "none")
+    fails(
+        ["keys", "new", "../x", "--dir", str(tmp_path)], capsys, "invalid key name", tmp_path / "n"
+    )
+
+
+def test_seal_unseal_round_trip(
+    keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, env, out = tmp_path / "study.dcm", tmp_path / "study.env", tmp_path / "study.out"
+    src.write_bytes(b"DICM" * 50000)
+    status, text, _ = run(seal_args(keydir, src, env, "hub", "other"), capsys)
+    assert status == 0 and "2 recipient(s)" in text
+    status, text, _ = run(unseal_args(keydir, env, out), capsys)
+    assert status == 0 and "from site" in text
+    assert out.read_bytes() == src.read_bytes()
+    fails(unseal_args(keydir, env, out), capsys, "overwrite", tmp_path / "nothing")
+    assert out.read_bytes() == src.read_bytes()
+    fails(seal_args(keydir, src, env), capsys, "overwrite", tmp_path / "nothing")
+
+
+@pytest.fixture
+def sealed(keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    src, env = tmp_path / "in", tmp_path / "in.env"
+    src.write_bytes(bytes(range(256)) * 1000)
+    assert main(seal_args(keydir, src, env)) == 0
+    capsys.readouterr()
+    return env
+
+
+def test_not_a_recipient(
+    keydir: Path, sealed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    fails(unseal_args(keydir, sealed, out, "other"), capsys, "not addressed to", out)
+
+
+def test_untrusted_and_revoked_sender(
+    keydir: Path, sealed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    args = ["unseal", "--key", str(keydir / "hub.key"), "--trust", str(keydir / "other.pub")]
+    fails([*args, str(sealed), str(out)], capsys, "not trusted", out)
+    ring = tmp_path / "ring.json"
+    assert (
+        run(
+            [
+                "keys",
+                "trust",
+                str(keydir / "site.pub"),
+                "--keyring",
+                str(ring),
+                "--state",
+                "revoked",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
+    fails(unseal_args(keydir, sealed, out, "hub", "--keyring", str(ring)), capsys, "revoked", out)
+    assert (
+        run(
+            [
+                "keys",
+                "trust",
+                str(keydir / "site.pub"),
+                "--keyring",
+                str(ring),
+                "--state",
+                "retired",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            [
+                "unseal",
+                "--key",
+                str(keydir / "hub.key"),
+                "--keyring",
+                str(ring),
+                str(sealed),
+                str(out),
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
+
+
+def test_sealing_to_a_retired_recipient(
+    keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ring, src, env = tmp_path / "ring.json", tmp_path / "in", tmp_path / "env"
+    src.write_bytes(b"x")
+    run(
+        ["keys", "trust", str(keydir / "hub.pub"), "--keyring", str(ring), "--state", "retired"],
+        capsys,
+    )
+    fails(
+        [*seal_args(keydir, src, env)[:-2], "--keyring", str(ring), str(src), str(env)],
+        capsys,
+        "retired",
+        env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "signature"),
+        (lambda b: b[:600] + bytes([b[600] ^ 0x80]) + b[601:], "chunk 0"),
+        (lambda b: b[:5000], "truncated"),
+        (lambda b: b + b"junk", "after its signature"),
+        (lambda b: b[:8] + b"\x00\x07" + b[10:], "version 7"),
+        (lambda b: b"hello" + b, "not a usreview envelope"),
+    ],
+    ids=["signature", "chunk", "truncated", "trailing", "version", "garbage"],
+)
+def test_damaged_envelopes(
+    mutate: Callable[[bytes], bytes],
+    words: str,
+    keydir: Path,
+    sealed: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bad, out = tmp_path / "bad.env", tmp_path / "o"
+    bad.write_bytes(mutate(sealed.read_bytes()))
+    fails(unseal_args(keydir, bad, out), capsys, words, out)
+
+
+def test_replayed(
+    keydir: Path, sealed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "seen.sqlite"
+    assert (
+        run(
+            unseal_args(keydir, sealed, tmp_path / "o1", "hub", "--replay-cache", str(cache)),
+            capsys,
+        )[0]
+        == 0
+    )
+    fails(
+        unseal_args(keydir, sealed, tmp_path / "o2", "hub", "--replay-cache", str(cache)),
+        capsys,
+        "already opened",
+        tmp_path / "o2",
+    )
+
+
+def test_expired(keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env, out = tmp_path / "old.env", tmp_path / "o"
+    with open(env, "wb") as f:
+        seal(
+            io.BytesIO(b"x"),
+            f,
+            sender=load_private_keys(keydir / "site.key"),
+            recipients=[load_public_keys(keydir / "hub.pub")],
+            valid_for=60,
+            now=1_000_000_000,
+        )
+    fails(unseal_args(keydir, env, out), capsys, "expired", out)
+
+
+def test_passphrase_env_and_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("USREVIEW_KEY_PASSPHRASE", "s3cret")
+    status, out, _ = run(["keys", "new", "hub", "--dir", str(tmp_path)], capsys)
+    assert status == 0 and "passphrase-protected" in out
+    assert main(["keys", "new", "site", "--dir", str(tmp_path)]) == 0
+    src, env = tmp_path / "in", tmp_path / "env"
+    src.write_bytes(b"payload")
+    assert (
+        main(
+            [
+                "seal",
+                "--key",
+                str(tmp_path / "site.key"),
+                "--to",
+                str(tmp_path / "hub.pub"),
+                str(src),
+                str(env),
+            ]
+        )
+        == 0
+    )
+    monkeypatch.delenv("USREVIEW_KEY_PASSPHRASE")
+    base = ["unseal", "--key", str(tmp_path / "hub.key"), "--trust", str(tmp_path / "site.pub")]
+    fails([*base, str(env), str(tmp_path / "o")], capsys, "passphrase-protected", tmp_path / "o")
+    wrong, right = tmp_path / "wrong.txt", tmp_path / "pass.txt"
+    wrong.write_text("nope\n")
+    right.write_text("s3cret\n")
+    fails(
+        [*base, "--passphrase-file", str(wrong), str(env), str(tmp_path / "o")],
+        capsys,
+        "wrong passphrase",
+        tmp_path / "o",
+    )
+    assert main([*base, "--passphrase-file", str(right), str(env), str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o").read_bytes() == b"payload"
+
+
+def test_usage_errors(keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in"
+    src.write_bytes(b"x")
+    fails(
+        ["unseal", "--key", str(keydir / "hub.key"), str(src), str(tmp_path / "o")],
+        capsys,
+        "--trust",
+        tmp_path / "o",
+    )
+    status, _, err = run([*seal_args(keydir, src, tmp_path / "e", "hub", "hub")], capsys)
+    assert status == 2 and "twice" in err and err.count("\n") == 1
+    fails(
+        seal_args(keydir, tmp_path / "missing", tmp_path / "e"), capsys, "missing", tmp_path / "e"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                *seal_args(keydir, src, tmp_path / "e")[:-2],
+                "--valid-for",
+                "soon",
+                str(src),
+                str(tmp_path / "e"),
+            ]
+        )
+    assert exit_info.value.code == 2
+    capsys.readouterr()
+
+
+def test_generated_keys_are_distinct() -> None:
+    assert generate_keys("a").key_id != generate_keys("a").key_id

@@ -1,0 +1,111 @@
+"""Files that appear complete or not at all.
+
+:func:`new_file` writes to a temporary file in the target's folder (created with
+``O_EXCL`` and mode 0600, so a private key or a plaintext is never readable by others,
+even for a moment), fsyncs it, publishes it under its final name without ever
+overwriting (hard link, or rename after a check where links are unsupported), then
+fsyncs the folder. On any exception the temporary file is removed and the final
+name never appears. Unsealing uses it as its quarantine. :func:`replace_file` is the
+same for a file that is meant to be replaced (a key ring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["new_file", "replace_file", "write_new_file"]
+
+
+@contextlib.contextmanager
+def new_file(
+    path: Path,
+    *,
+    mode: int = 0o600,
+    suffix: str = ".part",
+    before_publish: Callable[[], None] | None = None,
+) -> Iterator[BinaryIO]:
+    """Yield a temporary binary file that becomes ``path`` when the block succeeds.
+
+    ``before_publish`` runs after the data is on disk and before the file gets its name;
+    if it raises, the file is removed.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists (checked before writing and again when publishing).
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(errno.EEXIST, "refusing to overwrite an existing file", str(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with open(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if before_publish is not None:
+            before_publish()
+        _publish(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to the new file ``path`` atomically (see :func:`new_file`)."""
+    with new_file(path, mode=mode) as f:
+        f.write(data)
+
+
+def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically, replacing any older version (fsynced)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _publish(tmp: str, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(
+            errno.EEXIST, "refusing to overwrite an existing file", str(path)
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        if path.exists():  # no hard links here: check, then rename
+            raise FileExistsError(
+                errno.EEXIST, "refusing to overwrite an existing file", str(path)
+            ) from None
+        os.rename(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,345 @@
+"""Kinds ``pw`` and ``cw``: spectral Doppler displays as scanners export them.
+
+PW: a small B-mode image of a vessel with the sample-volume gate on top, the
+spectrogram of a carotid- or renal-like waveform below. CW: a spectrogram of an
+aortic-valve-like ejection waveform only. Physics in :mod:`usreview.simulate.doppler`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from usreview.dicom.enum import PhysicalUnits, RegionDataType, RegionSpatialFormat
+from usreview.errors import SimulationError
+from usreview.simulate import doppler
+from usreview.simulate.bmode import (
+    US_IMAGE_STORAGE,
+    Inclusion,
+    render,
+    tissue_region,
+    us_image_attributes,
+)
+from usreview.simulate.params import choice, param
+from usreview.simulate.speckle import SOUND_SPEED_CM_S
+from usreview.simulate.writer import (
+    Context,
+    Instance,
+    Region,
+    new_dataset,
+    regions_sequence,
+    set_pixels,
+)
+
+__all__ = ["CwParams", "PwParams", "build_cw", "build_pw"]
+
+_BASELINE_FRACTION = 0.8  # baseline this far from the edge opposite to the flow
+_HEADROOM = 1.15  # displayed range above the highest peak velocity
+
+
+@dataclass(frozen=True)
+class PwParams:
+    """Parameters of kind ``pw``."""
+
+    rows: int = param(480, 240, 1024, "image rows")
+    columns: int = param(640, 320, 1280, "image columns")
+    waveform: str = choice("carotid", ("carotid", "renal"), "velocity waveform shape")
+    psv_cm_s: float = param(80.0, 5.0, 600.0, "mean peak systolic velocity (cm/s)")
+    edv_cm_s: float = param(25.0, 0.0, 300.0, "end-diastolic velocity (cm/s)")
+    heart_rate_bpm: float = param(72.0, 30.0, 200.0, "mean heart rate (beats/min)")
+    hr_variability: float = param(0.03, 0.0, 0.2, "beat-to-beat SD of the period (fraction)")
+    psv_variability: float = param(0.03, 0.0, 0.2, "beat-to-beat SD of the PSV (fraction)")
+    angle_deg: float = param(60.0, 0.0, 80.0, "Doppler correction angle (degrees)")
+    frequency_mhz: float = param(5.0, 1.0, 15.0, "transmit frequency (MHz)")
+    prf_hz: float = param(0.0, 0.0, 50000.0, "pulse repetition frequency (Hz); 0 chooses one")
+    sweep_s: float = param(3.5, 1.0, 12.0, "time across the spectral display (s)")
+    dynamic_range_db: float = param(50.0, 20.0, 90.0, "display dynamic range (dB)")
+    flow: str = choice("toward", ("toward", "away"), "toward: above the baseline")
+    sample_volume: float = param(0.5, 0.05, 10.0, "sample-volume width / vessel radius")
+    broadening: float = param(0.1, 0.0, 0.5, "intrinsic broadening, FWHM / velocity")
+    window_ms: float = param(10.0, 2.0, 50.0, "spectral analysis window (ms)")
+    wall_filter_cm_s: float = param(3.0, 0.0, 50.0, "wall (high-pass) filter cut-off (cm/s)")
+
+
+@dataclass(frozen=True)
+class CwParams:
+    """Parameters of kind ``cw``."""
+
+    rows: int = param(480, 240, 1024, "image rows")
+    columns: int = param(640, 320, 1280, "image columns")
+    psv_cm_s: float = param(250.0, 20.0, 700.0, "mean peak velocity (cm/s)")
+    ejection_ms: float = param(300.0, 100.0, 600.0, "ejection time per beat (ms)")
+    heart_rate_bpm: float = param(70.0, 30.0, 200.0, "mean heart rate (beats/min)")
+    hr_variability: float = param(0.03, 0.0, 0.2, "beat-to-beat SD of the period (fraction)")
+    psv_variability: float = param(0.03, 0.0, 0.2, "beat-to-beat SD of the peak (fraction)")
+    angle_deg: float = param(0.0, 0.0, 80.0, "Doppler correction angle (degrees)")
+    frequency_mhz: float = param(2.0, 1.0, 10.0, "transmit frequency (MHz)")
+    sweep_s: float = param(3.0, 1.0, 12.0, "time across the spectral display (s)")
+    dynamic_range_db: float = param(50.0, 20.0, 90.0, "display dynamic range (dB)")
+    flow: str = choice("toward", ("toward", "away"), "toward: above the baseline")
+    broadening: float = param(0.1, 0.0, 0.5, "intrinsic broadening, FWHM / velocity")
+    window_ms: float = param(10.0, 2.0, 50.0, "spectral analysis window (ms)")
+    wall_filter_cm_s: float = param(10.0, 0.0, 100.0, "wall (high-pass) filter cut-off (cm/s)")
+
+
+def _nyquist(prf_hz: float, frequency_mhz: float, angle_deg: float) -> float:
+    cos = math.cos(math.radians(angle_deg))
+    return SOUND_SPEED_CM_S * prf_hz / (4.0 * frequency_mhz * 1e6 * cos)
+
+
+def _check_sweep(sweep_s: float, heart_rate_bpm: float, variability: float) -> None:
+    longest = 60.0 / heart_rate_bpm * (1.0 + 3.0 * variability)
+    if sweep_s < 2.0 * longest:
+        raise SimulationError(
+            f"parameter 'sweep_s': {sweep_s} s may hold no complete cycle at "
+            f"{heart_rate_bpm} bpm; use at least {2.0 * longest:.2f} s"
+        )
+
+
+def _spectral_region(rows: int, columns: int, top: int) -> tuple[int, int, int, int]:
+    return columns // 16, top, columns - 1 - columns // 32, rows - 1 - rows // 32
+
+
+def build_pw(ctx: Context, p: PwParams) -> list[Instance]:
+    """Simulate one PW Doppler image; return ``[(name, dataset, truth)]``."""
+    if p.edv_cm_s >= p.psv_cm_s:
+        raise SimulationError("parameter 'edv_cm_s' must be below 'psv_cm_s'")
+    _check_sweep(p.sweep_s, p.heart_rate_bpm, p.hr_variability)
+    top_velocity = p.psv_cm_s * (1.0 + 3.0 * p.psv_variability) * _HEADROOM
+    if p.prf_hz > 0:
+        prf = p.prf_hz
+        if 2.0 * _nyquist(prf, p.frequency_mhz, p.angle_deg) * _BASELINE_FRACTION < top_velocity:
+            raise SimulationError(
+                f"parameter 'prf_hz': {prf} Hz aliases a PSV of {p.psv_cm_s} cm/s; raise it or "
+                "use 0 to choose one"
+            )
+    else:
+        per_hz = _nyquist(1.0, p.frequency_mhz, p.angle_deg)
+        prf = math.ceil(top_velocity / (2.0 * _BASELINE_FRACTION * per_hz) / 250.0) * 250.0
+    v_nyquist = _nyquist(prf, p.frequency_mhz, p.angle_deg)
+
+    b_top, b_bottom = p.rows // 60, int(p.rows * 0.33)
+    bmode_region = tissue_region(
+        p.rows, p.columns, 0.025, top=b_top, bottom=b_bottom, width=(b_bottom - b_top) * 8 // 5
+    )
+    x0, y0, x1, y1 = _spectral_region(p.rows, p.columns, int(p.rows * 0.36))
+    n_rows = y1 - y0 + 1
+    dv = 2.0 * v_nyquist / n_rows
+    rng = ctx.rng("pw")
+    image = np.zeros((p.rows, p.columns), np.uint8)
+    _draw_vessel(rng, image, bmode_region, ctx.snr_db + 20.0, p.frequency_mhz)
+    region, truth = _spectrum(
+        ctx,
+        rng,
+        image,
+        (x0, y0, x1, y1),
+        dv=dv,
+        data_type=RegionDataType.PW_SPECTRAL_DOPPLER,
+        shape=p.waveform,
+        p=p,
+        edv=p.edv_cm_s,
+        ejection=0.35,
+        sample_volume=p.sample_volume,
+        extra={
+            "PulseRepetitionFrequency": round(prf),
+            "DopplerCorrectionAngle": float(p.angle_deg),
+            "TransducerFrequency": round(p.frequency_mhz * 1000),
+        },
+    )
+    ds = new_dataset(ctx, US_IMAGE_STORAGE, series_description="simulated PW Doppler")
+    us_image_attributes(ds, modes="0009")
+    ds.SequenceOfUltrasoundRegions = regions_sequence([bmode_region, region])
+    set_pixels(ds, image)
+    truth.update(
+        prf_hz=prf,
+        nyquist_cm_s=round(v_nyquist, 6),
+        waveform=p.waveform,
+        bmode_region=bmode_region.truth(),
+    )
+    return [("pw", ds, truth)]
+
+
+def build_cw(ctx: Context, p: CwParams) -> list[Instance]:
+    """Simulate one CW Doppler image; return ``[(name, dataset, truth)]``."""
+    _check_sweep(p.sweep_s, p.heart_rate_bpm, p.hr_variability)
+    if p.ejection_ms / 1000.0 > 0.8 * 60.0 / p.heart_rate_bpm * (1 - 3 * p.hr_variability):
+        raise SimulationError(
+            f"parameter 'ejection_ms': {p.ejection_ms} ms is too long for {p.heart_rate_bpm} bpm"
+        )
+    top_velocity = p.psv_cm_s * (1.0 + 3.0 * p.psv_variability) * _HEADROOM
+    x0, y0, x1, y1 = _spectral_region(p.rows, p.columns, p.rows // 12)
+    n_rows = y1 - y0 + 1
+    scale = math.ceil(top_velocity / 50.0) * 50.0  # a round velocity on the far edge
+    dv = scale / round(n_rows * _BASELINE_FRACTION)
+    rng = ctx.rng("cw")
+    image = np.zeros((p.rows, p.columns), np.uint8)
+    ejection = p.ejection_ms / 1000.0 * p.heart_rate_bpm / 60.0
+    region, truth = _spectrum(
+        ctx,
+        rng,
+        image,
+        (x0, y0, x1, y1),
+        dv=dv,
+        data_type=RegionDataType.CW_SPECTRAL_DOPPLER,
+        shape="aortic",
+        p=p,
+        edv=0.0,
+        ejection=ejection,
+        sample_volume=None,
+        extra={
+            "DopplerCorrectionAngle": float(p.angle_deg),
+            "TransducerFrequency": round(p.frequency_mhz * 1000),
+        },
+    )
+    ds = new_dataset(ctx, US_IMAGE_STORAGE, series_description="simulated CW Doppler")
+    us_image_attributes(ds, modes="0004")
+    ds.SequenceOfUltrasoundRegions = regions_sequence([region])
+    set_pixels(ds, image)
+    truth.update(waveform="aortic", ejection_ms=p.ejection_ms)
+    return [("cw", ds, truth)]
+
+
+def _draw_vessel(
+    rng: np.random.Generator,
+    image: npt.NDArray[np.uint8],
+    region: Region,
+    snr_db: float,
+    frequency_mhz: float,
+) -> None:
+    """A horizontal vessel (radius 3 mm) mid-depth, with the sample-volume gate marks."""
+    rows, cols = region.shape
+    centre = region.physical(region.x0 + (cols - 1) / 2.0, region.y0 + (rows - 1) / 2.0)
+    vessel = Inclusion("vessel", None, centre, (cols * abs(region.delta_x) * 4.0, 3.0))
+    pixels = render(
+        rng, region, [vessel], frequency_mhz=frequency_mhz, snr_db=snr_db, dynamic_range_db=60.0
+    )
+    cy, cx = (rows - 1) // 2, (cols - 1) // 2
+    half = round(0.15 / abs(region.delta_y))  # gate 3 mm long
+    for row in (cy - half, cy + half):
+        pixels[row, cx - 6 : cx + 7] = 255
+    pixels[: cy - half - 2 : 3, cx] = 200  # dotted Doppler line
+    image[region.y0 : region.y1 + 1, region.x0 : region.x1 + 1] = pixels
+
+
+def _spectrum(
+    ctx: Context,
+    rng: np.random.Generator,
+    image: npt.NDArray[np.uint8],
+    box: tuple[int, int, int, int],
+    *,
+    dv: float,
+    data_type: int,
+    shape: str,
+    p: PwParams | CwParams,
+    edv: float,
+    ejection: float,
+    sample_volume: float | None,
+    extra: dict[str, Any],
+) -> tuple[Region, dict[str, Any]]:
+    x0, y0, x1, y1 = box
+    n_rows, n_cols = y1 - y0 + 1, x1 - x0 + 1
+    sign = 1 if p.flow == "toward" else -1
+    baseline = (
+        round(n_rows * _BASELINE_FRACTION) if sign > 0 else round(n_rows * (1 - _BASELINE_FRACTION))
+    )
+    dt = p.sweep_s / n_cols
+    spec = doppler.Spectrum(
+        rows=n_rows,
+        columns=n_cols,
+        baseline=baseline,
+        dv=dv,
+        dt=dt,
+        frequency_mhz=p.frequency_mhz,
+        angle_deg=p.angle_deg,
+        window_s=p.window_ms / 1000.0,
+        broadening=p.broadening,
+        sample_volume=sample_volume,
+        wall_filter=p.wall_filter_cm_s,
+    )
+    beats = doppler.draw_beats(
+        rng,
+        duration_s=p.sweep_s,
+        heart_rate_bpm=p.heart_rate_bpm,
+        psv=p.psv_cm_s,
+        edv=edv,
+        hr_variability=p.hr_variability,
+        psv_variability=p.psv_variability,
+        shape=shape,
+        ejection=ejection,
+    )
+    grey, reference, noise = doppler.spectrogram(
+        rng, spec, beats, sign=sign, snr_db=ctx.snr_db, dynamic_range_db=p.dynamic_range_db
+    )
+    image[y0 : y1 + 1, x0 : x1 + 1] = grey
+    region = Region(
+        x0=x0,
+        y0=y0,
+        x1=x1,
+        y1=y1,
+        spatial_format=RegionSpatialFormat.SPECTRAL,
+        data_type=data_type,
+        units_x=PhysicalUnits.SECONDS,
+        units_y=PhysicalUnits.CM_PER_SECOND,
+        delta_x=dt,
+        delta_y=-dv,
+        ref_x=0,
+        ref_y=baseline,
+        extra=extra,
+    )
+    times = np.arange(n_cols, dtype=np.float64) * dt
+    truth = _indices(beats, float(times[-1]))
+    truth.update(
+        region=region.truth(),
+        flow=p.flow,
+        baseline_row=y0 + baseline,
+        cm_s_per_pixel=dv,
+        s_per_pixel=dt,
+        dynamic_range_db=p.dynamic_range_db,
+        display_mapping="grey = 255 * (10 log10(P / reference_power) + DR) / DR, clipped",
+        reference_power=reference,
+        noise_power_per_row=noise,
+        angle_deg=p.angle_deg,
+        column_times_s=[round(float(t), 6) for t in times],
+        envelope_cm_s=[round(float(v), 4) for v in sign * beats.vmax(times)],
+    )
+    return region, truth
+
+
+def _indices(beats: doppler.Beats, t_end: float) -> dict[str, Any]:
+    """PSV, EDV, RI, PI, VTI and heart rate: means over the complete cycles in view."""
+    done = beats.complete(0.0, t_end)
+    if len(done) == 0:  # guarded by _check_sweep
+        raise SimulationError("parameter 'sweep_s': no complete cycle in the display")
+    psv = beats.psv[done]
+    periods = beats.periods[done]
+    edv = beats.edv
+    tamv = edv + (psv - edv) * beats.shape_mean
+    ri = (psv - edv) / psv
+    pi = (psv - edv) / tamv
+    vti = tamv * periods
+    return {
+        "psv_cm_s": float(psv.mean()),
+        "edv_cm_s": edv,
+        "ri": float(ri.mean()),
+        "pi": float(pi.mean()),
+        "vti_cm": float(vti.mean()),
+        "tamv_cm_s": float(tamv.mean()),
+        "heart_rate_bpm": float(60.0 / periods.mean()),
+        "cycle_count": len(done),
+        "cycles": [
+            {
+                "start_s": round(float(beats.starts[i]), 6),
+                "period_s": round(float(beats.periods[i]), 6),
+                "psv_cm_s": round(float(beats.psv[i]), 6),
+                "edv_cm_s": edv,
+                "ri": round(float(r), 6),
+                "pi": round(float(q), 6),
+                "vti_cm": round(float(v), 6),
+            }
+            for i, r, q, v in zip(done, ri, pi, vti, strict=True)
+        ],
+    }
