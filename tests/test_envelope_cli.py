@@ -23,6 +23,16 @@ def keydir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     return d
 
 
+def test_keys_new_creates_a_private_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "new" / "keys"
+    assert main(["keys", "new", "site", "--dir", str(folder)]) == 0
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "site.key").stat().st_mode) == 0o600
+    assert "site.pub" in capsys.readouterr().out
+
+
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     status = main(argv)
     out, err = capsys.readouterr()

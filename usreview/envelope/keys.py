@@ -126,11 +126,14 @@ def generate_keys(name: str) -> PrivateKeys:
 def write_key_pair(keys: PrivateKeys, directory: Path, passphrase: bytes | None = None) -> Path:
     """Write ``DIR/NAME.key`` (mode 0600) and ``DIR/NAME.pub``; return the ``.key`` path.
 
+    ``DIR`` is created (mode 0700) when missing.
+
     Raises
     ------
     FileExistsError
         If either file exists; nothing is overwritten.
     """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_path = directory / f"{keys.name}.key"
     pub_path = directory / f"{keys.name}.pub"
     for path in (key_path, pub_path):
