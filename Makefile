@@ -8,8 +8,9 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.usreview-installed
 DEMO   ?= demo
-# Debian packages the tests drive for real (dciodvfy from dicom3tools, dcmtk's tools).
-DEBIAN_PACKAGES = dicom3tools dcmtk
+# Debian packages the tests drive for real: dciodvfy (dicom3tools), dcmtk's tools,
+# and a PostgreSQL server that the store tests start on a private socket.
+DEBIAN_PACKAGES = dicom3tools dcmtk postgresql
 
 .PHONY: demo test setup system clean bench
 

@@ -17,8 +17,9 @@ and one sentence; anything else reaching a boundary is a bug.
     │   └── SimulationError             invalid simulator parameters
     ├── CalibrationError                no usable ultrasound region for a measurement,
     │   └── MixedCalibrationError       or points spanning regions of different calibration
-    └── EnvelopeError                   a sealed envelope could not be made or opened
-                                        (subclasses in usreview.envelope)
+    ├── EnvelopeError                   a sealed envelope could not be made or opened
+    │                                   (subclasses in usreview.envelope)
+    └── StoreError                      the archive failed (subclasses in usreview.store)
 """
 
 from __future__ import annotations

@@ -1,0 +1,710 @@
+"""The durable archive: envelopes on disk, their index in a database, per-site views.
+
+Storing follows one order, so that an acknowledged instance is never lost and no row
+ever names a missing object:
+
+1. look the SOP Instance UID up: the same plaintext again is a duplicate (nothing
+   written), different content is a conflict (kept aside, :class:`ConflictError`);
+2. write the envelope durably (temp file, fsync, rename, directory fsync);
+3. commit the rows (SQLite WAL with synchronous=FULL, or PostgreSQL);
+4. return: returning is the acknowledgement.
+
+A crash between 2 and 3 leaves an orphan object; :meth:`Archive.recover` removes it
+(the site had no acknowledgement and sends again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Self
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from usreview.store.database import default_url, make_engine, writer
+from usreview.store.errors import (
+    ConflictError,
+    CorruptObjectError,
+    InvalidMetadataError,
+    InvalidTransitionError,
+    NotFoundError,
+    StorageError,
+)
+from usreview.store.objects import AREAS, ObjectStore, WrittenObject
+from usreview.store.queries import (
+    conflict_record,
+    instance_record,
+    instances_query,
+    studies_query,
+    study_record,
+)
+from usreview.store.records import (
+    Caller,
+    ConflictRecord,
+    InstanceMetadata,
+    InstanceRecord,
+    PutResult,
+    Receipt,
+    RecoveryReport,
+    Reviewer,
+    StatusChange,
+    StudyRecord,
+    validate_site,
+)
+from usreview.store.schema import (
+    Base,
+    ConflictRow,
+    InstanceRow,
+    SeriesRow,
+    SiteRow,
+    StatusHistoryRow,
+    StudyRow,
+)
+from usreview.store.status import TRANSITIONS, StudyStatus, check_transition
+
+__all__ = ["Archive"]
+
+_ATTEMPTS = 5
+_IN_CHUNK = 500
+_IN_USE = "a UID of this instance is already in use"
+
+
+class _Changed(Exception):
+    """What was checked before writing changed before the commit: check again."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Archive:
+    """Envelopes durably on disk under ``root``, indexed in a database.
+
+    Build it with :meth:`open`. Listing and retrieval take the caller: a site name
+    (sees only its own records) or a :class:`~usreview.store.Reviewer`. Records of
+    other sites answer :class:`NotFoundError`, exactly as missing ones.
+    """
+
+    def __init__(self, engine: Engine, objects: ObjectStore, clock: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._writer = writer(engine)
+        self._objects = objects
+        self._clock = clock
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None,
+        root: str | os.PathLike[str],
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> Archive:
+        """Open (creating if needed) the archive at ``root`` indexed at ``url``.
+
+        Parameters
+        ----------
+        url
+            SQLAlchemy URL of the index: ``None`` for SQLite in ``root/index.sqlite3``,
+            ``sqlite:///PATH``, or ``postgresql://USER@HOST/DB`` (psycopg 3).
+        root
+            Folder of the envelope objects (``objects/``, ``conflicts/``, ``tmp/``).
+        clock
+            Returns the current aware UTC time (tests pass a fake one).
+
+        Run :meth:`recover` after opening, before accepting envelopes.
+        """
+        root_path = Path(root)
+        with _guard("opening the archive"):
+            objects = ObjectStore(root_path)
+            engine = make_engine(url if url is not None else default_url(root_path))
+            try:
+                Base.metadata.create_all(engine)
+            except BaseException:
+                engine.dispose()
+                raise
+        return cls(engine, objects, clock)
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def root(self) -> Path:
+        """The folder of the envelope objects."""
+        return self._objects.root
+
+    # -- storing ---------------------------------------------------------------------
+
+    def put(
+        self, site: str, envelope: str | os.PathLike[str] | bytes, metadata: InstanceMetadata
+    ) -> PutResult:
+        """Store one envelope durably; return only once it is committed.
+
+        Parameters
+        ----------
+        site
+            The sending site (verified by the envelope layer).
+        envelope
+            The envelope as received: a file path or its bytes. It is stored as is
+            (encrypted at rest).
+        metadata
+            The instance inside the envelope.
+
+        Returns
+        -------
+        PutResult
+            The stored record; ``duplicate`` when the same plaintext was already stored
+            under this SOP Instance UID by this site (nothing written).
+
+        Raises
+        ------
+        ConflictError
+            Different content under a stored SOP Instance UID, or a UID in use by another
+            site or study; the envelope is kept aside for an administrator.
+        StorageError
+            The disk or the database failed: nothing was acknowledged.
+        """
+        validate_site(site)
+        if not isinstance(metadata, InstanceMetadata):
+            raise InvalidMetadataError("metadata must be an InstanceMetadata")
+        source = _source(envelope)
+        with _guard("storing the envelope", acknowledged=False):
+            for _ in range(_ATTEMPTS):
+                try:
+                    with Session(self._engine) as session:
+                        verdict = _check(session, site, metadata)
+                    if isinstance(verdict, PutResult):
+                        return verdict
+                    if verdict is not None:
+                        self._keep_aside(site, source, metadata, *verdict)
+                    written = self._objects.write("objects", source)
+                    return self._commit(site, metadata, written)
+                except (_Changed, IntegrityError):
+                    continue  # a concurrent put took a UID or the site name: check again
+        raise StorageError(
+            f"storing {metadata.sop_instance_uid} kept colliding with concurrent writes; "
+            "nothing was acknowledged, send again"
+        )
+
+    def _commit(self, site: str, meta: InstanceMetadata, written: WrittenObject) -> PutResult:
+        now = self._clock()
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            if _check(session, site, meta) is not None:
+                raise _Changed
+            site_row = _site_row(session, site, now)
+            study = session.scalars(
+                select(StudyRow).where(StudyRow.study_instance_uid == meta.study_instance_uid)
+            ).one_or_none()
+            if study is None:
+                study = StudyRow(
+                    site_id=site_row.id,
+                    study_instance_uid=meta.study_instance_uid,
+                    status=StudyStatus.RECEIVED,
+                    status_changed_at=now,
+                    created_at=now,
+                )
+                session.add(study)
+                session.flush()
+                session.add(
+                    StatusHistoryRow(study_id=study.id, previous=None, status=study.status, at=now)
+                )
+            elif study.status is not StudyStatus.RECEIVED and (
+                StudyStatus.RECEIVED in TRANSITIONS[study.status]
+            ):
+                _change(session, study, StudyStatus.RECEIVED, now, "new instance", None)
+            series = session.scalars(
+                select(SeriesRow).where(SeriesRow.series_instance_uid == meta.series_instance_uid)
+            ).one_or_none()
+            if series is None:
+                series = SeriesRow(
+                    study_id=study.id,
+                    series_instance_uid=meta.series_instance_uid,
+                    created_at=now,
+                )
+                session.add(series)
+                session.flush()
+            row = InstanceRow(
+                site_id=site_row.id,
+                study_id=study.id,
+                series_id=series.id,
+                sop_instance_uid=meta.sop_instance_uid,
+                sop_class_uid=meta.sop_class_uid,
+                kinds=[k.value for k in meta.kinds],
+                plaintext_sha256=meta.plaintext_sha256,
+                size=meta.size,
+                envelope_sha256=written.sha256,
+                envelope_size=written.size,
+                object_key=written.key,
+                received_at=now,
+            )
+            session.add(row)
+            session.flush()
+            record = instance_record(row, site, meta.study_instance_uid, meta.series_instance_uid)
+        return PutResult(record, duplicate=False)
+
+    def _keep_aside(
+        self,
+        site: str,
+        source: Path | bytes,
+        meta: InstanceMetadata,
+        admin_reason: str,
+        site_reason: str,
+    ) -> None:
+        written = self._objects.write("conflicts", source)
+        now = self._clock()
+        with Session(self._writer) as session, session.begin():
+            site_row = _site_row(session, site, now)
+            row = ConflictRow(
+                site_id=site_row.id,
+                sop_instance_uid=meta.sop_instance_uid,
+                study_instance_uid=meta.study_instance_uid,
+                series_instance_uid=meta.series_instance_uid,
+                sop_class_uid=meta.sop_class_uid,
+                kinds=[k.value for k in meta.kinds],
+                plaintext_sha256=meta.plaintext_sha256,
+                size=meta.size,
+                envelope_sha256=written.sha256,
+                object_key=written.key,
+                reason=admin_reason,
+                received_at=now,
+            )
+            session.add(row)
+            session.flush()
+            conflict_id = row.id
+        raise ConflictError(meta.sop_instance_uid, conflict_id, site_reason)
+
+    # -- retrieval (per caller) --------------------------------------------------------
+
+    def get(self, caller: Caller, sop_instance_uid: str) -> InstanceRecord:
+        """The record of one instance visible to ``caller``.
+
+        Raises
+        ------
+        NotFoundError
+            If it is missing or belongs to a site the caller may not see.
+        """
+        stmt = instances_query(caller).where(InstanceRow.sop_instance_uid == sop_instance_uid)
+        with _guard("reading the archive"), Session(self._engine) as session:
+            found = session.execute(stmt).one_or_none()
+        if found is None:
+            raise NotFoundError(f"no instance {sop_instance_uid}")
+        row, site, study_uid, series_uid = found
+        return instance_record(row, site, study_uid, series_uid)
+
+    def open_envelope(self, caller: Caller, sop_instance_uid: str) -> BinaryIO:
+        """Open the stored envelope of an instance visible to ``caller`` for reading."""
+        record = self.get(caller, sop_instance_uid)
+        try:
+            return self._objects.open(record.object_key)
+        except FileNotFoundError:
+            raise CorruptObjectError(
+                f"the envelope of {sop_instance_uid} is missing from the archive; "
+                "run fsck and tell an administrator"
+            ) from None
+
+    def read_envelope(self, caller: Caller, sop_instance_uid: str) -> bytes:
+        """The stored envelope's bytes, checked against the hash recorded when stored.
+
+        Raises
+        ------
+        CorruptObjectError
+            If the object is missing or its bytes changed.
+        """
+        record = self.get(caller, sop_instance_uid)
+        with self.open_envelope(caller, sop_instance_uid) as f:
+            data = f.read()
+        if len(data) != record.envelope_size or (
+            hashlib.sha256(data).hexdigest() != record.envelope_sha256
+        ):
+            raise CorruptObjectError(
+                f"the envelope of {sop_instance_uid} changed on disk; "
+                "run fsck and tell an administrator"
+            )
+        return data
+
+    def list_instances(
+        self, caller: Caller, *, study_instance_uid: str | None = None
+    ) -> list[InstanceRecord]:
+        """Instances visible to ``caller`` (of one study if given), oldest first."""
+        stmt = instances_query(caller).order_by(InstanceRow.received_at, InstanceRow.id)
+        if study_instance_uid is not None:
+            stmt = stmt.where(StudyRow.study_instance_uid == study_instance_uid)
+        with _guard("reading the archive"), Session(self._engine) as session:
+            return [
+                instance_record(row, site, study_uid, series_uid)
+                for row, site, study_uid, series_uid in session.execute(stmt)
+            ]
+
+    def study(self, caller: Caller, study_instance_uid: str) -> StudyRecord:
+        """One study visible to ``caller``, with its status.
+
+        Raises
+        ------
+        NotFoundError
+            If it is missing or belongs to a site the caller may not see.
+        """
+        stmt = studies_query(caller).where(StudyRow.study_instance_uid == study_instance_uid)
+        with _guard("reading the archive"), Session(self._engine) as session:
+            found = session.execute(stmt).one_or_none()
+        if found is None:
+            raise NotFoundError(f"no study {study_instance_uid}")
+        row, site, series, instances = found
+        return study_record(row, site, series, instances)
+
+    def list_studies(
+        self, caller: Caller, *, status: StudyStatus | str | None = None
+    ) -> list[StudyRecord]:
+        """Studies visible to ``caller`` (in ``status`` if given), oldest first."""
+        stmt = studies_query(caller).order_by(StudyRow.created_at, StudyRow.id)
+        if status is not None:
+            stmt = stmt.where(StudyRow.status == StudyStatus(status))
+        with _guard("reading the archive"), Session(self._engine) as session:
+            return [
+                study_record(row, site, series, instances)
+                for row, site, series, instances in session.execute(stmt)
+            ]
+
+    def history(self, caller: Caller, study_instance_uid: str) -> list[StatusChange]:
+        """Every status change of a study visible to ``caller``, oldest first."""
+        self.study(caller, study_instance_uid)
+        stmt = (
+            select(StatusHistoryRow)
+            .join(StudyRow, StatusHistoryRow.study_id == StudyRow.id)
+            .where(StudyRow.study_instance_uid == study_instance_uid)
+            .order_by(StatusHistoryRow.at, StatusHistoryRow.id)
+        )
+        with _guard("reading the archive"), Session(self._engine) as session:
+            return [
+                StatusChange(
+                    study_instance_uid=study_instance_uid,
+                    previous=row.previous,
+                    status=row.status,
+                    at=row.at,
+                    reason=row.reason,
+                    actor=row.actor,
+                )
+                for row in session.scalars(stmt)
+            ]
+
+    def receipts(
+        self,
+        site: str,
+        *,
+        sop_instance_uids: Iterable[str] | None = None,
+        since: datetime | None = None,
+    ) -> list[Receipt]:
+        """The instances of ``site`` that are durably stored (for a signed receipt).
+
+        Parameters
+        ----------
+        site
+            The site asking; only its own instances are listed.
+        sop_instance_uids
+            Restrict to these UIDs (the ones the site asks about); others are left out.
+        since
+            Only instances received at or after this aware time.
+
+        Returns
+        -------
+        list of Receipt
+            Ordered by time received, then UID.
+        """
+        validate_site(site)
+        base = (
+            select(InstanceRow, StudyRow.study_instance_uid)
+            .join(SiteRow, InstanceRow.site_id == SiteRow.id)
+            .join(StudyRow, InstanceRow.study_id == StudyRow.id)
+            .where(SiteRow.name == site)
+        )
+        if since is not None:
+            base = base.where(InstanceRow.received_at >= since)
+        if sop_instance_uids is None:
+            statements = [base]
+        else:
+            wanted = sorted(set(sop_instance_uids))
+            statements = [
+                base.where(InstanceRow.sop_instance_uid.in_(wanted[i : i + _IN_CHUNK]))
+                for i in range(0, len(wanted), _IN_CHUNK)
+            ]
+        receipts: list[Receipt] = []
+        with _guard("reading the archive"), Session(self._engine) as session:
+            for stmt in statements:
+                receipts.extend(
+                    Receipt(
+                        sop_instance_uid=row.sop_instance_uid,
+                        study_instance_uid=study_uid,
+                        plaintext_sha256=row.plaintext_sha256,
+                        size=row.size,
+                        received_at=row.received_at,
+                    )
+                    for row, study_uid in session.execute(stmt)
+                )
+        receipts.sort(key=lambda r: (r.received_at, r.sop_instance_uid))
+        return receipts
+
+    # -- status ----------------------------------------------------------------------
+
+    def set_status(
+        self,
+        study_instance_uid: str,
+        status: StudyStatus | str,
+        *,
+        reason: str | None = None,
+        actor: str | None = None,
+        expected: StudyStatus | str | None = None,
+    ) -> StudyRecord:
+        """Move a study to ``status`` (for the hub's stages; sites do not call this).
+
+        Parameters
+        ----------
+        study_instance_uid
+            The study.
+        status
+            Its new status; the change must be allowed by :data:`TRANSITIONS`.
+        reason, actor
+            Kept in the history (a failure's reason is shown to reviewers).
+        expected
+            Change only if the study is in this status now (so that two workers
+            cannot both claim it).
+
+        Raises
+        ------
+        NotFoundError
+            No such study.
+        InvalidTransitionError
+            The change is not allowed, or the study is not in ``expected``.
+        """
+        status = StudyStatus(status)
+        now = self._clock()
+        with (
+            _guard("changing a study's status"),
+            Session(self._writer) as session,
+            session.begin(),
+        ):
+            study = session.scalars(
+                select(StudyRow)
+                .where(StudyRow.study_instance_uid == study_instance_uid)
+                .with_for_update()
+            ).one_or_none()
+            if study is None:
+                raise NotFoundError(f"no study {study_instance_uid}")
+            if expected is not None and study.status is not StudyStatus(expected):
+                raise InvalidTransitionError(
+                    f"study {study_instance_uid} is {study.status.value}, "
+                    f"not {StudyStatus(expected).value}"
+                )
+            check_transition(study.status, status)
+            _change(session, study, status, now, reason, actor)
+        return self.study(Reviewer("hub"), study_instance_uid)
+
+    # -- conflicts (administrators) -------------------------------------------------
+
+    def list_conflicts(self, *, unresolved_only: bool = True) -> list[ConflictRecord]:
+        """Envelopes kept aside because they conflicted (for administrators), oldest first."""
+        stmt = (
+            select(ConflictRow, SiteRow.name)
+            .join(SiteRow, ConflictRow.site_id == SiteRow.id)
+            .order_by(ConflictRow.id)
+        )
+        if unresolved_only:
+            stmt = stmt.where(ConflictRow.resolved_at.is_(None))
+        with _guard("reading the archive"), Session(self._engine) as session:
+            return [conflict_record(row, name) for row, name in session.execute(stmt)]
+
+    def resolve_conflict(self, conflict_id: int, resolution: str) -> ConflictRecord:
+        """Mark a conflict resolved with an administrator's note; its envelope stays kept."""
+        now = self._clock()
+        with _guard("resolving a conflict"), Session(self._writer) as session, session.begin():
+            found = session.execute(
+                select(ConflictRow, SiteRow.name)
+                .join(SiteRow, ConflictRow.site_id == SiteRow.id)
+                .where(ConflictRow.id == conflict_id)
+            ).one_or_none()
+            if found is None:
+                raise NotFoundError(f"no conflict {conflict_id}")
+            row, name = found
+            row.resolved_at = now
+            row.resolution = resolution
+            session.flush()
+            return conflict_record(row, name)
+
+    # -- recovery --------------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Remove what interrupted writes left and check that every row has its object.
+
+        Removes temporary files and orphan objects (written, never committed, so never
+        acknowledged). Run it after :meth:`open` while no :meth:`put` is in flight.
+        """
+        with _guard("recovering the archive"):
+            temp_removed = self._objects.clean_tmp()
+            referenced, rows = self._referenced()
+            orphans = [k for k in self._on_disk() if k not in referenced]
+            for key in orphans:
+                self._objects.remove(key)
+            missing = [uid for uid, key, _, _ in rows if not self._objects.exists(key)]
+        return RecoveryReport(
+            temp_files_removed=temp_removed,
+            orphans=tuple(orphans),
+            missing=tuple(sorted(missing)),
+            checked=len(rows),
+        )
+
+    def fsck(self) -> RecoveryReport:
+        """Check every stored object's bytes against its row; change nothing."""
+        missing: list[str] = []
+        corrupt: list[str] = []
+        with _guard("checking the archive"):
+            referenced, rows = self._referenced()
+            orphans = [k for k in self._on_disk() if k not in referenced]
+            for uid, key, sha, size in rows:
+                try:
+                    found = self._objects.hash(key)
+                except FileNotFoundError:
+                    missing.append(uid)
+                    continue
+                if found != (sha, size):
+                    corrupt.append(uid)
+        return RecoveryReport(
+            orphans=tuple(orphans),
+            missing=tuple(sorted(missing)),
+            corrupt=tuple(sorted(corrupt)),
+            checked=len(rows),
+        )
+
+    def _referenced(self) -> tuple[set[str], list[tuple[str, str, str, int]]]:
+        with Session(self._engine) as session, session.begin():
+            rows = [
+                (uid, key, sha, size)
+                for uid, key, sha, size in session.execute(
+                    select(
+                        InstanceRow.sop_instance_uid,
+                        InstanceRow.object_key,
+                        InstanceRow.envelope_sha256,
+                        InstanceRow.envelope_size,
+                    )
+                )
+            ]
+            kept = set(session.scalars(select(ConflictRow.object_key)))
+        return {key for _, key, _, _ in rows} | kept, rows
+
+    def _on_disk(self) -> Iterator[str]:
+        for area in AREAS:
+            yield from self._objects.keys(area)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _guard(action: str, *, acknowledged: bool | None = None) -> Iterator[None]:
+    """Turn disk and database failures into :class:`StorageError` naming ``action``."""
+    tail = "; nothing was acknowledged, send again" if acknowledged is False else ""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise StorageError(f"{action}: the archive's database failed ({first}){tail}") from exc
+    except OSError as exc:
+        detail = exc.strerror or str(exc)
+        raise StorageError(f"{action}: the archive's disk failed ({detail}){tail}") from exc
+
+
+def _source(envelope: str | os.PathLike[str] | bytes) -> Path | bytes:
+    if isinstance(envelope, bytes | bytearray | memoryview):
+        return bytes(envelope)
+    path = Path(envelope)
+    if not path.is_file():
+        raise InvalidMetadataError(f"envelope: no such file {path}")
+    return path
+
+
+def _check(
+    session: Session, site: str, meta: InstanceMetadata
+) -> PutResult | tuple[str, str] | None:
+    """A duplicate's result, a conflict's (admin, site) reasons, or ``None`` to store."""
+    found = session.execute(
+        instances_query(Reviewer("hub")).where(
+            InstanceRow.sop_instance_uid == meta.sop_instance_uid
+        )
+    ).one_or_none()
+    if found is not None:
+        row, owner, study_uid, series_uid = found
+        record = instance_record(row, owner, study_uid, series_uid)
+        if record.site != site:
+            return f"SOP Instance UID already stored by site {record.site}", _IN_USE
+        if record.plaintext_sha256 == meta.plaintext_sha256:
+            return PutResult(record, duplicate=True)
+        reason = "different content under this SOP Instance UID"
+        return reason, reason
+    study = session.execute(
+        select(StudyRow.id, SiteRow.name)
+        .join(SiteRow, StudyRow.site_id == SiteRow.id)
+        .where(StudyRow.study_instance_uid == meta.study_instance_uid)
+    ).one_or_none()
+    if study is not None and study.name != site:
+        return f"Study Instance UID belongs to site {study.name}", _IN_USE
+    series = session.execute(
+        select(StudyRow.study_instance_uid, SiteRow.name)
+        .select_from(SeriesRow)
+        .join(StudyRow, SeriesRow.study_id == StudyRow.id)
+        .join(SiteRow, StudyRow.site_id == SiteRow.id)
+        .where(SeriesRow.series_instance_uid == meta.series_instance_uid)
+    ).one_or_none()
+    if series is not None and series.study_instance_uid != meta.study_instance_uid:
+        admin = f"Series Instance UID belongs to study {series.study_instance_uid}"
+        if series.name != site:
+            return f"{admin} of site {series.name}", _IN_USE
+        return admin, "the series belongs to another study"
+    return None
+
+
+def _site_row(session: Session, name: str, now: datetime) -> SiteRow:
+    row = session.scalars(select(SiteRow).where(SiteRow.name == name)).one_or_none()
+    if row is None:
+        row = SiteRow(name=name, created_at=now)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def _change(
+    session: Session,
+    study: StudyRow,
+    status: StudyStatus,
+    now: datetime,
+    reason: str | None,
+    actor: str | None,
+) -> None:
+    session.add(
+        StatusHistoryRow(
+            study_id=study.id,
+            previous=study.status,
+            status=status,
+            at=now,
+            reason=reason,
+            actor=actor,
+        )
+    )
+    study.status = status
+    study.status_changed_at = now
+    study.reason = reason
+    session.flush()
