@@ -12,14 +12,16 @@ DEMO   ?= demo
 # and a PostgreSQL server that the store tests start on a private socket.
 DEBIAN_PACKAGES = dicom3tools dcmtk postgresql
 
+PROXY   = hub_config/node_modules/.bin/configurable-http-proxy
+
 .PHONY: demo test setup system clean bench
 
-setup: $(STAMP)
+setup: $(STAMP) $(PROXY)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,hub]'
 	touch $(STAMP)
 
 system:
@@ -31,6 +33,14 @@ system:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# The proxy JupyterHub drives (npm's configurable-http-proxy, pinned by the lock file).
+$(PROXY): hub_config/package.json hub_config/package-lock.json
+	@command -v npm >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm; }
+	npm ci --prefix hub_config --no-audit --no-fund --loglevel=error
+	touch $@
 
 demo: setup
 	$(BIN)/usreview demo --out $(DEMO)
@@ -45,4 +55,4 @@ bench: setup
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO) hub_config/node_modules .pytest_cache .mypy_cache .ruff_cache

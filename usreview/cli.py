@@ -333,6 +333,151 @@ def _add_unseal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(handler=_cmd_unseal)
 
 
+# --- hub ---------------------------------------------------------------------------
+# (owned by usreview.hub)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from usreview.hub.state import state_from_env
+
+    return args.state if args.state is not None else state_from_env()
+
+
+def _cmd_hub(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import run_hub
+
+    run_hub(
+        _state_dir(args),
+        args.ip,
+        args.port,
+        tls=not args.no_tls,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    return 0
+
+
+def _cmd_hub_add_user(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import add_user
+
+    person = add_user(_state_dir(args), args.name, args.role)
+    print(f"password for {person.name} ({person.role}), shown once: {person.password}")
+    print(person.note, file=sys.stderr)
+    return 0
+
+
+def _cmd_hub_add_site(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import add_site
+
+    site = add_site(_state_dir(args), args.name, args.public_key)
+    print(f"API token for site {site.name}, shown once: {site.token}")
+    print(f"the site's public key: {site.site_public_key}")
+    print(f"the hub's public key (give it to the site): {site.hub_public_key}")
+    sys.stdout.write(site.hub_public_key_text)
+    return 0
+
+
+def _cmd_hub_audit(args: argparse.Namespace) -> int:
+    from usreview.hub.audit import verify
+    from usreview.hub.errors import AuditError
+    from usreview.hub.state import open_state
+
+    state = open_state(_state_dir(args))
+    if not state.audit_log.exists():
+        raise AuditError(f"no audit log yet in {state.root}")
+    if args.tail:
+        lines = state.audit_log.read_text().splitlines()[-args.tail :]
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    if args.verify:
+        report = verify(state.audit_log, state.audit_key.read_bytes())
+        if not report.ok:
+            raise AuditError(
+                f"audit log {state.audit_log} does not verify at line {report.first_bad_line}: "
+                f"{report.reason} ({report.lines} lines before it hold)"
+            )
+        print(f"audit log {state.audit_log}: {report.lines} lines, chain intact")
+    return 0
+
+
+def _add_hub_state(p: argparse.ArgumentParser, *, action: bool = False) -> None:
+    # An action's own --state must not reset one given before the action's name.
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=argparse.SUPPRESS if action else None,
+        metavar="DIR",
+        help="the hub's state directory (default: $USREVIEW_STATE or ./state)",
+    )
+
+
+def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "hub",
+        help="run the JupyterHub of the hub, and add its users and sites",
+        description="Without ACTION: run JupyterHub with its proxy and the usreview service "
+        "until interrupted. Everything it needs (keys, secrets, databases, a self-signed "
+        "certificate) is generated into the state directory on first start. The public "
+        "endpoint serves HTTPS; plain HTTP is refused beyond loopback.",
+    )
+    _add_hub_state(p)
+    p.add_argument(
+        "--ip",
+        default=None,
+        metavar="IP",
+        help="public address (default: $USREVIEW_HUB_IP or 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="public port (default: $USREVIEW_HUB_PORT or 8000)",
+    )
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="certificate (PEM) to serve")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    p.add_argument(
+        "--no-tls", action="store_true", help="serve plain HTTP (loopback addresses only)"
+    )
+    p.set_defaults(handler=_cmd_hub)
+    actions = p.add_subparsers(dest="hub_command", metavar="ACTION")
+    user = actions.add_parser(
+        "add-user",
+        help="register a person; print their generated password once",
+        description="Register NAME with a role (its group: reviewers, trainees, scientists, "
+        "admins) and print a generated password once; only its scrypt hash is kept.",
+    )
+    user.add_argument("name", metavar="NAME", help="lowercase letters, digits, '_', '-'")
+    user.add_argument(
+        "--role", required=True, choices=["reviewer", "trainee", "scientist", "admin"]
+    )
+    _add_hub_state(user, action=True)
+    user.set_defaults(handler=_cmd_hub_add_user)
+    site = actions.add_parser(
+        "add-site",
+        help="register a site and its public key; print its API token once",
+        description="Register NAME in group 'sites' with its envelope public key (copied into "
+        "the state directory); print its API token, which reaches only the usreview "
+        "service, and the hub's public key. Needs a running hub.",
+    )
+    site.add_argument("name", metavar="NAME", help="lowercase letters, digits, '_', '-'")
+    site.add_argument(
+        "--public-key", type=Path, required=True, metavar="SITE.pub", help="the site's key"
+    )
+    _add_hub_state(site, action=True)
+    site.set_defaults(handler=_cmd_hub_add_site)
+    audit = actions.add_parser(
+        "audit",
+        help="check or show the hash-chained audit log",
+        description="--verify walks the whole audit log and checks its keyed hash chain: "
+        "exit status 0 when intact, 1 naming the first altered, removed, inserted or "
+        "reordered line. --tail N prints the last N lines (JSON).",
+    )
+    audit.add_argument("--verify", action="store_true", help="check the whole chain")
+    audit.add_argument("--tail", type=int, default=0, metavar="N", help="print the last N lines")
+    _add_hub_state(audit, action=True)
+    audit.set_defaults(handler=_cmd_hub_audit)
+
+
 # --- main --------------------------------------------------------------------------
 
 
@@ -348,7 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"usreview {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_inspect, _add_simulate, _add_demo, _add_keys, _add_seal, _add_unseal):
+    for add in (
+        _add_inspect,
+        _add_simulate,
+        _add_demo,
+        _add_keys,
+        _add_seal,
+        _add_unseal,
+        _add_hub,
+    ):
         add(sub)
     return parser
 

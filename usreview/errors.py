@@ -19,7 +19,8 @@ and one sentence; anything else reaching a boundary is a bug.
     │   └── MixedCalibrationError       or points spanning regions of different calibration
     ├── EnvelopeError                   a sealed envelope could not be made or opened
     │                                   (subclasses in usreview.envelope)
-    └── StoreError                      the archive failed (subclasses in usreview.store)
+    ├── StoreError                      the archive failed (subclasses in usreview.store)
+    └── HubError                        the hub deployment (subclasses in usreview.hub.errors)
 """
 
 from __future__ import annotations

@@ -1,0 +1,123 @@
+"""The hash-chained audit log: appends, verification, tampering, concurrent writers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import stat
+from pathlib import Path
+
+import pytest
+
+from usreview.hub.audit import AuditAction, AuditError, AuditLog, verify
+
+KEY = bytes(range(32))
+
+
+def _fill(path: Path, count: int) -> AuditLog:
+    log = AuditLog(path, KEY)
+    for n in range(count):
+        log.record(f"site-{n % 3}", AuditAction.WRITE, f"instance/1.2.{n}", detail={"bytes": n})
+    return log
+
+
+def test_appends_chain_and_verify(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = _fill(path, 10)
+    denial = log.record("site-b", "denial", "study/1.2.3", outcome="denied")
+    assert denial["seq"] == 11 and denial["action"] == "denial"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    report = verify(path, KEY)
+    assert (report.ok, report.lines) == (True, 11)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["seq"] for x in lines] == list(range(1, 12))
+    assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(lines))
+
+
+def _rewrite(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+@pytest.mark.parametrize("attack", ["alter", "delete", "swap", "insert", "truncate", "wrong_key"])
+def test_tampering_is_found_at_its_line(tmp_path: Path, attack: str) -> None:
+    path = tmp_path / "audit.log"
+    _fill(path, 8)
+    lines = path.read_text().splitlines()
+    key = KEY
+    if attack == "alter":
+        record = json.loads(lines[4])
+        record["actor"] = "someone-else"
+        lines[4] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        expected = 5
+    elif attack == "delete":
+        del lines[4]
+        expected = 5
+    elif attack == "swap":
+        lines[3], lines[4] = lines[4], lines[3]
+        expected = 4
+    elif attack == "insert":
+        forged = AuditLog(tmp_path / "other.log", b"x" * 32).record("mallory", "read", "study/9")
+        lines.insert(2, json.dumps(forged))
+        expected = 3
+    elif attack == "truncate":
+        lines[-1] = lines[-1][: len(lines[-1]) // 2]
+        expected = 8
+    else:
+        key = b"y" * 32
+        expected = 1
+    _rewrite(path, lines)
+    report = verify(path, key)
+    assert not report.ok
+    assert report.first_bad_line == expected
+    assert report.lines == expected - 1
+
+
+def _writer(path: str, worker: int) -> None:
+    log = AuditLog(Path(path), KEY)
+    for n in range(40):
+        log.record(f"worker-{worker}", "read", f"r/{n}")
+
+
+def test_concurrent_writers_keep_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_writer, args=(str(path), w)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    report = verify(path, KEY)
+    assert (report.ok, report.lines) == (True, 160)
+
+
+def test_short_key_and_damaged_tail_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(AuditError, match="32 bytes"):
+        AuditLog(tmp_path / "a.log", b"short")
+    path = tmp_path / "a.log"
+    _fill(path, 2)
+    with open(path, "a") as fp:
+        fp.write('{"seq": 3, "ha')
+    with pytest.raises(AuditError, match="damaged line"):
+        AuditLog(path, KEY).record("x", "read", "y")
+    with pytest.raises(ValueError):
+        AuditLog(tmp_path / "b.log", KEY).record("x", "bogus-action", "y")
+
+
+def test_cli_verifies_the_state_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from usreview.cli import main
+    from usreview.hub.state import open_state
+
+    state = open_state(tmp_path / "state")
+    log = AuditLog(state.audit_log, state.audit_key.read_bytes())
+    for n in range(5):
+        log.record("site-a", "write", f"instance/{n}")
+    assert main(["hub", "audit", "--verify", "--state", str(state.root)]) == 0
+    assert "5 lines, chain intact" in capsys.readouterr().out
+    lines = state.audit_log.read_text().splitlines()
+    del lines[2]
+    state.audit_log.write_text("".join(line + "\n" for line in lines))
+    assert main(["hub", "audit", "--verify", "--state", str(state.root)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not verify at line 3" in err

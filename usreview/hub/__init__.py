@@ -1,0 +1,24 @@
+"""Wiring usreview into JupyterHub: configuration, login, roles, the usreview service.
+
+Modules (one responsibility each)::
+
+    config      configure(c, ...): everything JupyterHub needs, from one tested function
+    state       the state directory: keys, secrets, databases (mode 0700)
+    accounts    the registry of people and sites
+    passwords   generated passwords and their scrypt hashes
+    auth        the Authenticator (a password of one's own per person)
+    roles       groups, roles and custom scopes as data (least privilege)
+    tls         the bind check and a self-signed demo certificate
+    proxy       finding configurable-http-proxy
+    service     the hub-managed usreview service (tornado, make_app())
+    admin       a client of the running hub's REST API
+    commands    what the ``usreview hub`` commands do
+
+Errors are in :mod:`usreview.hub.errors`.
+"""
+
+from __future__ import annotations
+
+from usreview.hub.config import Endpoints, configure
+
+__all__ = ["Endpoints", "configure"]

@@ -1,0 +1,138 @@
+"""The people and sites of a hub: one SQLite file in the state directory.
+
+This registry is the source of truth for who exists: the authenticator reads password
+hashes from it at every login, and the hub's configuration turns it into
+``c.JupyterHub.load_groups`` at every start, so memberships survive restarts and are
+restored even into a new hub database. Site API tokens are not here: they live only
+in JupyterHub's database, hashed by JupyterHub (see :mod:`usreview.hub.admin`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, suppress
+from pathlib import Path
+
+from usreview.hub.errors import AccountError, StateError
+from usreview.hub.roles import GROUPS, PERSON_ROLES, SITE_GROUP
+
+__all__ = ["Accounts", "check_name"]
+
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS people (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sites (
+    name TEXT PRIMARY KEY, public_key TEXT NOT NULL, key_id TEXT NOT NULL, created REAL NOT NULL
+);
+"""
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it can be a hub user name, else raise :class:`AccountError`."""
+    if not _NAME.fullmatch(name):
+        raise AccountError(
+            f"invalid name {name!r}: use 1 to 32 lowercase letters, digits, '_' or '-', "
+            "starting with a letter"
+        )
+    return name
+
+
+class Accounts:
+    """The registry file ``accounts.sqlite`` (mode 0600).
+
+    Parameters
+    ----------
+    path
+        The SQLite file; created with its tables on first use.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        if not self.path.exists():
+            with suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        try:
+            with closing(sqlite3.connect(self.path, timeout=10)) as db:
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+                with db:
+                    yield db
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: cannot use the accounts registry ({exc})") from None
+
+    def _taken(self, db: sqlite3.Connection, name: str) -> bool:
+        query = "SELECT 1 FROM people WHERE name = ? UNION SELECT 1 FROM sites WHERE name = ?"
+        return db.execute(query, (name, name)).fetchone() is not None
+
+    def add_person(self, name: str, role: str, password_hash: str) -> None:
+        """Register a person with ``role`` (a key of :data:`~usreview.hub.roles.PERSON_ROLES`).
+
+        Raises
+        ------
+        AccountError
+            If the name is invalid or taken, or the role unknown.
+        """
+        check_name(name)
+        if role not in PERSON_ROLES:
+            raise AccountError(f"unknown role {role!r}: use one of {', '.join(PERSON_ROLES)}")
+        with self._connect() as db:
+            if self._taken(db, name):
+                raise AccountError(f"{name!r} already exists")
+            db.execute(
+                "INSERT INTO people VALUES (?, ?, ?, ?)", (name, role, password_hash, time.time())
+            )
+
+    def add_site(self, name: str, public_key: Path, key_id: str) -> None:
+        """Register a site, its public key file (in the state directory) and key id.
+
+        Raises
+        ------
+        AccountError
+            If the name is invalid or taken.
+        """
+        check_name(name)
+        with self._connect() as db:
+            if self._taken(db, name):
+                raise AccountError(f"{name!r} already exists")
+            db.execute(
+                "INSERT INTO sites VALUES (?, ?, ?, ?)",
+                (name, str(public_key), key_id, time.time()),
+            )
+
+    def remove_site(self, name: str) -> None:
+        """Forget a site (used to undo a registration whose token could not be issued)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM sites WHERE name = ?", (name,))
+
+    def password_hash(self, name: str) -> str | None:
+        """Return a person's stored password hash, ``None`` for sites and unknown names."""
+        if not self.path.exists():
+            return None
+        with self._connect() as db:
+            row = db.execute("SELECT password_hash FROM people WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def is_person(self, name: str) -> bool:
+        """Return whether ``name`` is a registered person (sites cannot log in)."""
+        return self.password_hash(name) is not None
+
+    def groups(self) -> dict[str, list[str]]:
+        """Return every group (also empty ones) with its sorted members."""
+        members: dict[str, list[str]] = {group: [] for group in GROUPS}
+        if not self.path.exists():
+            return members
+        with self._connect() as db:
+            for name, role in db.execute("SELECT name, role FROM people ORDER BY name"):
+                members[PERSON_ROLES[role]].append(name)
+            for (name,) in db.execute("SELECT name FROM sites ORDER BY name"):
+                members[SITE_GROUP].append(name)
+        return members

@@ -1,0 +1,207 @@
+"""All of the hub's JupyterHub configuration, set by one tested function.
+
+``hub_config/jupyterhub_config.py`` is two lines that call :func:`configure`; the
+``usreview hub`` command calls it too. What it sets:
+
+- the public endpoint (``bind_url``) with TLS, served by the npm
+  ``configurable-http-proxy`` found by :func:`usreview.hub.proxy.find_proxy`;
+  the hub, the proxy's API and the usreview service on loopback ports (free ports
+  picked at each start unless given; recorded in ``run.json``);
+- the SQLite database, cookie secret and PID files in the state directory;
+- the authenticator (:mod:`usreview.hub.auth`), the groups from the accounts
+  registry, the roles and custom scopes of :mod:`usreview.hub.roles`;
+- the hub-managed ``usreview`` service and the API-only ``usreview-admin`` service;
+- single-user servers for reviewers, trainees and scientists.
+
+Production alternatives: ``SimpleLocalProcessSpawner`` runs every server as the hub's
+own system user with no isolation between users. A deployment with patient data
+uses a spawner that isolates them: ``LocalProcessSpawner`` with one system user per
+person, ``systemdspawner`` (resource limits, private /tmp), ``dockerspawner`` or
+``kubespawner``; and single sign-on instead of hub passwords (see
+:mod:`usreview.hub.auth`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from usreview.hub.accounts import Accounts
+from usreview.hub.errors import HubConfigError
+from usreview.hub.proxy import find_proxy
+from usreview.hub.roles import ADMIN_SERVICE, CUSTOM_SCOPES, SERVICE, load_roles
+from usreview.hub.state import STATE_ENV, HubState, open_state, state_from_env
+from usreview.hub.tls import check_bind, ensure_certificate
+
+__all__ = ["IP_ENV", "PORT_ENV", "Endpoints", "configure"]
+
+IP_ENV = "USREVIEW_HUB_IP"
+PORT_ENV = "USREVIEW_HUB_PORT"
+_DEFAULT_IP = "127.0.0.1"
+_DEFAULT_PORT = 8000
+_LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a configured hub listens."""
+
+    public_url: str
+    """The URL people and sites use (``https://IP:PORT/`` unless TLS is off)."""
+    api_url: str
+    """The hub's REST API on loopback (for the administration commands)."""
+    tls_cert: Path | None
+    """The certificate clients verify against, when TLS is on."""
+    state: HubState
+
+
+def configure(
+    c: Any,
+    state: Path | None = None,
+    ip: str | None = None,
+    port: int | None = None,
+    *,
+    tls: bool = True,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    hub_port: int | None = None,
+    proxy_api_port: int | None = None,
+    service_port: int | None = None,
+) -> Endpoints:
+    """Set everything on the JupyterHub config object ``c``; return the endpoints.
+
+    Parameters
+    ----------
+    c
+        The ``traitlets.config.Config`` of JupyterHub (``c`` in ``jupyterhub_config.py``).
+    state
+        The state directory (created and filled on first use); default
+        ``$USREVIEW_STATE`` or ``./state``.
+    ip, port
+        The public endpoint; default ``$USREVIEW_HUB_IP`` / ``$USREVIEW_HUB_PORT``,
+        else ``127.0.0.1`` and 8000. Without TLS only a loopback ``ip`` is accepted.
+    tls
+        Serve HTTPS (default). Without ``tls_cert``/``tls_key`` a self-signed
+        certificate is generated into the state directory.
+    tls_cert, tls_key
+        A certificate and key from your authority (PEM), both or neither.
+    hub_port, proxy_api_port, service_port
+        Loopback ports of the hub's API, the proxy's API and the usreview service;
+        default: free ports picked now.
+
+    Raises
+    ------
+    HubConfigError
+        If a setting cannot work (the message names it); subclasses
+        :class:`~usreview.hub.errors.InsecureBindError` and
+        :class:`~usreview.hub.errors.ProxyNotFoundError`.
+    StateError
+        If the state directory is unusable.
+    """
+    if ip is None:
+        ip = os.environ.get(IP_ENV, _DEFAULT_IP)
+    port = _port(port if port is not None else os.environ.get(PORT_ENV, _DEFAULT_PORT))
+    if (tls_cert is None) != (tls_key is None):
+        raise HubConfigError("give both --tls-cert and --tls-key, or neither")
+    check_bind(ip, tls)
+    proxy = find_proxy()
+    hub_state = open_state(state if state is not None else state_from_env())
+    hub_port, proxy_api_port, service_port = (
+        _port(p) if p is not None else _free_port()
+        for p in (hub_port, proxy_api_port, service_port)
+    )
+
+    cert: Path | None = None
+    scheme = "http"
+    if tls:
+        scheme = "https"
+        if tls_cert is not None and tls_key is not None:
+            cert, key = tls_cert.absolute(), tls_key.absolute()
+        else:
+            hosts = [ip] if ip else [socket.gethostname()]
+            cert, key = ensure_certificate(hub_state.tls_cert, hub_state.tls_key, hosts)
+        c.JupyterHub.ssl_cert = str(cert)
+        c.JupyterHub.ssl_key = str(key)
+    public_url = f"{scheme}://{_host(ip)}:{port}/"
+    api_url = f"http://{_LOOPBACK}:{hub_port}/hub/api"
+
+    # Endpoints, proxy, files.
+    c.JupyterHub.bind_url = public_url
+    c.JupyterHub.hub_bind_url = f"http://{_LOOPBACK}:{hub_port}"
+    c.ConfigurableHTTPProxy.command = [str(proxy)]
+    c.ConfigurableHTTPProxy.api_url = f"http://{_LOOPBACK}:{proxy_api_port}"
+    c.ConfigurableHTTPProxy.pid_file = str(hub_state.root / "proxy.pid")
+    c.JupyterHub.pid_file = str(hub_state.root / "jupyterhub.pid")
+    c.JupyterHub.db_url = f"sqlite:///{hub_state.jupyterhub_db}"
+    c.JupyterHub.cookie_secret_file = str(hub_state.cookie_secret)
+    c.JupyterHub.cookie_max_age_days = 1  # log people off after a day
+
+    # Who may log in, and what each may do.
+    c.JupyterHub.authenticator_class = "usreview.hub.auth.UsreviewAuthenticator"
+    c.UsreviewAuthenticator.accounts_db = str(hub_state.accounts)
+    c.JupyterHub.custom_scopes = {name: dict(spec) for name, spec in CUSTOM_SCOPES.items()}
+    c.JupyterHub.load_roles = load_roles()
+    c.JupyterHub.load_groups = {
+        group: {"users": members}
+        for group, members in Accounts(hub_state.accounts).groups().items()
+    }
+
+    # Services.
+    c.JupyterHub.services = [
+        {
+            "name": SERVICE,
+            "url": f"http://{_LOOPBACK}:{service_port}",
+            "command": [sys.executable, "-m", "usreview.hub.service"],
+            "environment": {STATE_ENV: str(hub_state.root)},
+            "cwd": str(hub_state.root),
+            "display": True,
+            "oauth_no_confirm": True,
+            "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
+        },
+        {"name": ADMIN_SERVICE, "api_token": hub_state.read_admin_token()},
+    ]
+
+    # Single-user servers (Voila dashboards will be their default URL).
+    c.JupyterHub.spawner_class = "simple"
+    c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+    c.Spawner.args = ["--ServerApp.allow_root=True"] if _is_root() else []
+    c.Spawner.start_timeout = 60
+    c.Spawner.http_timeout = 60
+    c.SimpleLocalProcessSpawner.home_dir_template = str(hub_state.homes / "{username}")
+
+    hub_state.write_run_info(
+        {"public_url": public_url, "api_url": api_url, "tls_cert": str(cert) if cert else None}
+    )
+    return Endpoints(public_url=public_url, api_url=api_url, tls_cert=cert, state=hub_state)
+
+
+def _port(value: object) -> int:
+    try:
+        port = int(str(value))
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise HubConfigError(f"invalid port {value!r} (--port or ${PORT_ENV}): use 1 to 65535")
+    return port
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def _host(ip: str) -> str:
+    try:
+        return f"[{ip}]" if ipaddress.ip_address(ip).version == 6 else ip
+    except ValueError:
+        return ip
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0

@@ -1,0 +1,128 @@
+"""TLS for the public endpoint: the bind check and a self-signed demo certificate.
+
+The proxy serves HTTPS. A self-signed certificate is generated into the state
+directory for the demo and for tests (clients verify against ``tls.crt`` itself);
+production deployments pass a certificate from their authority (``--tls-cert``,
+``--tls-key``). Plain HTTP is allowed only on loopback: :func:`check_bind` refuses
+anything else, as Orthanc refuses remote access without users.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from usreview.envelope.atomic import replace_file
+from usreview.hub.errors import InsecureBindError
+
+__all__ = ["check_bind", "ensure_certificate", "is_loopback"]
+
+_VALIDITY = dt.timedelta(days=397)
+_RENEW_BEFORE = dt.timedelta(days=7)
+
+
+def is_loopback(ip: str) -> bool:
+    """Return whether ``ip`` (an address or ``localhost``) only listens on this machine."""
+    if ip == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(ip.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(ip: str, tls: bool) -> None:
+    """Refuse a public endpoint beyond loopback without TLS.
+
+    Raises
+    ------
+    InsecureBindError
+        If ``ip`` is not a loopback address and ``tls`` is false.
+    """
+    if not tls and not is_loopback(ip):
+        shown = ip or "all interfaces"
+        raise InsecureBindError(
+            f"refusing to serve {shown} without TLS: drop --no-tls (a self-signed "
+            "certificate is generated), give --tls-cert/--tls-key, or use --ip 127.0.0.1"
+        )
+
+
+def ensure_certificate(cert: Path, key: Path, hosts: Sequence[str]) -> tuple[Path, Path]:
+    """Return ``(cert, key)``, generating a self-signed pair when needed.
+
+    A new pair replaces the old one when it is missing, does not name every one of
+    ``hosts`` (addresses or DNS names) or expires within a week.
+    """
+    names = sorted({"localhost", "127.0.0.1", "::1", *(h for h in hosts if h)})
+    if _usable(cert, key, names):
+        return cert, key
+    private = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "usreview hub (self-signed)")])
+    now = dt.datetime.now(dt.UTC)
+    public = private.public_key()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), False)
+        .sign(private, hashes.SHA256())
+    )
+    key_pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    replace_file(key, key_pem, mode=0o600)
+    replace_file(cert, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return cert, key
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _usable(cert: Path, key: Path, names: Sequence[str]) -> bool:
+    if not (cert.is_file() and key.is_file()):
+        return False
+    try:
+        certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    present = {str(v) for v in san.get_values_for_type(x509.IPAddress)}
+    present |= set(san.get_values_for_type(x509.DNSName))
+    wanted = {str(_general_name(n).value) for n in names}
+    expires = certificate.not_valid_after_utc
+    return wanted <= present and expires - dt.datetime.now(dt.UTC) > _RENEW_BEFORE
