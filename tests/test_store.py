@@ -571,6 +571,8 @@ def test_public_api_is_pinned() -> None:
         "PutResult",
         "Receipt",
         "RecoveryReport",
+        "ResultFeed",
+        "ResultRecord",
         "Reviewer",
         "StatusChange",
         "StorageError",

@@ -7,6 +7,9 @@
 PutResult(record=InstanceRecord(...), duplicate=False)
 >>> archive.receipts("site-a")                          # doctest: +SKIP
 >>> archive.set_status(study_uid, StudyStatus.PROCESSED, actor="pipeline")  # doctest: +SKIP
+>>> archive.results.publish_result("out/r.env", sites=["site-a"], study_instance_uid=uid,
+...                                kind="report")      # doctest: +SKIP
+>>> archive.results.results_since("site-a", cursor=0)   # doctest: +SKIP
 
 ``put`` returns only once the envelope is on disk (temp file, fsync, rename, directory
 fsync) and its row committed (SQLite WAL with synchronous=FULL, or PostgreSQL by URL):
@@ -50,6 +53,7 @@ from usreview.store.records import (
     StatusChange,
     StudyRecord,
 )
+from usreview.store.results import ResultFeed, ResultRecord
 from usreview.store.status import TRANSITIONS, StudyStatus
 
 __all__ = [
@@ -67,6 +71,8 @@ __all__ = [
     "PutResult",
     "Receipt",
     "RecoveryReport",
+    "ResultFeed",
+    "ResultRecord",
     "Reviewer",
     "StatusChange",
     "StorageError",

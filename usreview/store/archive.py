@@ -18,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import TYPE_CHECKING, BinaryIO, Self
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -69,9 +70,13 @@ from usreview.store.schema import (
 )
 from usreview.store.status import TRANSITIONS, StudyStatus, check_transition
 
+if TYPE_CHECKING:
+    from usreview.store.results import ResultFeed
+
 __all__ = ["Archive"]
 
 _ATTEMPTS = 5
+_RESULTS_LOCK = threading.Lock()
 _IN_CHUNK = 500
 _IN_USE = "a UID of this instance is already in use"
 
@@ -150,6 +155,19 @@ class Archive:
     def root(self) -> Path:
         """The folder of the envelope objects."""
         return self._objects.root
+
+    @property
+    def results(self) -> ResultFeed:
+        """The results feed for sites (:mod:`usreview.store.results`), one per archive."""
+        with _RESULTS_LOCK:
+            feed: ResultFeed | None = self.__dict__.get("_results")
+            if feed is None:
+                from usreview.store.results import ResultFeed
+
+                with _guard("opening the results feed"):
+                    feed = ResultFeed(self._engine, self.root / "results", self._clock)
+                self.__dict__["_results"] = feed
+            return feed
 
     # -- storing ---------------------------------------------------------------------
 

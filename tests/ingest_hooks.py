@@ -1,0 +1,27 @@
+"""Parsers for worker-pool tests, imported by name inside the spawned workers.
+
+A file whose name starts with ``sleep`` sleeps, ``spin`` burns CPU, ``exit`` ends the
+worker with ``SystemExit``; any other file is parsed for real.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from usreview.ingest.worker import parse_file
+
+
+def parse_or_misbehave(path: str, max_decoded_bytes: int) -> dict[str, Any]:
+    """Misbehave as the file name says, else :func:`parse_file`."""
+    name = Path(path).name
+    if name.startswith("sleep"):
+        time.sleep(120)
+    if name.startswith("spin"):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pass
+    if name.startswith("exit"):
+        raise SystemExit(3)
+    return parse_file(path, max_decoded_bytes)

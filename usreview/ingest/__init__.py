@@ -1,0 +1,75 @@
+"""The ingest stage: accept a site's sealed instance, check it, store it, sign a receipt.
+
+>>> from usreview.ingest import Ingestor, WorkerPool, verify_receipt
+>>> pool = WorkerPool(2)                                                  # doctest: +SKIP
+>>> ingestor = Ingestor(archive, hub_keys, {"site-a": site_a_pub}, None, pool, "quarantine")
+>>> result = ingestor.ingest("site-a", "upload.env")                      # doctest: +SKIP
+>>> verify_receipt(result.receipt.to_json(), hub_public)["sop_instance_uid"]  # doctest: +SKIP
+
+Untrusted DICOM is parsed only in :class:`WorkerPool`'s spawned, ``setrlimit``-limited
+processes; the archive stores the original envelope (encrypted at rest); the plaintext
+lives only in a quarantine file removed before :meth:`Ingestor.ingest` returns.
+
+Errors (all :class:`usreview.errors.UsreviewError`)::
+
+    IngestError                         the hub could not accept an upload
+    ├── RefusedEnvelopeError            the envelope does not open for this site (4xx)
+    │   ├── UnknownSiteError            no key is registered for the site
+    │   ├── WrongSenderError            signed by a key that is not the site's
+    │   ├── NotForHubError              not addressed to the hub's key
+    │   └── ReplayedEnvelopeError       opened before and no longer stored here
+    ├── RejectedInstanceError           not an acceptable instance (4xx; ``reason``: not
+    │                                   DICOM, not ultrasound, corrupt pixel data, image too
+    │                                   large, resource limit exceeded, timed out, ...)
+    ├── InvalidReceiptError             a receipt that does not verify
+    └── WorkerPoolError                 the parsing pool cannot serve (5xx)
+
+The store's :class:`~usreview.store.ConflictError` (different bytes under a stored
+UID, 409) and :class:`~usreview.store.StorageError` (5xx) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from usreview.ingest.errors import (
+    IngestError,
+    InvalidReceiptError,
+    NotForHubError,
+    RefusedEnvelopeError,
+    RejectedInstanceError,
+    RejectReason,
+    ReplayedEnvelopeError,
+    UnknownSiteError,
+    WorkerPoolError,
+    WrongSenderError,
+)
+from usreview.ingest.pipeline import Ingestor, IngestResult, SiteKeys
+from usreview.ingest.receipts import (
+    SignedReceipt,
+    sign_batch_receipt,
+    sign_instance_receipt,
+    verify_receipt,
+)
+from usreview.ingest.worker import DEFAULT_MEMORY_LIMIT, ParsedInstance, WorkerPool
+
+__all__ = [
+    "DEFAULT_MEMORY_LIMIT",
+    "IngestError",
+    "IngestResult",
+    "Ingestor",
+    "InvalidReceiptError",
+    "NotForHubError",
+    "ParsedInstance",
+    "RefusedEnvelopeError",
+    "RejectReason",
+    "RejectedInstanceError",
+    "ReplayedEnvelopeError",
+    "SignedReceipt",
+    "SiteKeys",
+    "UnknownSiteError",
+    "WorkerPool",
+    "WorkerPoolError",
+    "WrongSenderError",
+    "sign_batch_receipt",
+    "sign_instance_receipt",
+    "verify_receipt",
+]

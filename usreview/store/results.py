@@ -1,0 +1,372 @@
+"""The results feed: sealed results for sites, each read from a per-site cursor.
+
+>>> feed = archive.results                                              # doctest: +SKIP
+>>> feed.publish_result("out/report.env", sites=["site-a"], study_instance_uid=uid,
+...                     kind="report", label="Echo report")             # doctest: +SKIP
+ResultRecord(cursor=7, ...)
+>>> feed.results_since("site-a", cursor=6, limit=100)                  # doctest: +SKIP
+[ResultRecord(cursor=7, ...)]
+
+A result is an envelope (already sealed to its sites) stored like an instance: written
+durably (temp file, fsync, rename, directory fsync) under ``ROOT/results/`` and only then
+committed; returning is the acknowledgement. Its cursor is a global sequence that only
+grows, so a site that remembers the last cursor it saw misses nothing; each site sees
+only the results addressed to it. A newer result may name the one it ``supersedes``.
+
+Waiting: :meth:`ResultFeed.wait_for_results` (threads) and
+:meth:`ResultFeed.wait_for_results_async` (asyncio) return as soon as a result for the
+site is published in this process, and re-check every ``poll`` seconds for results
+published by other processes; :meth:`ResultFeed.subscribe` registers observers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import Engine, Select, select, text
+from sqlalchemy.orm import Session
+
+from usreview.store.archive import _guard, _site_row, _source
+from usreview.store.database import writer
+from usreview.store.errors import CorruptObjectError, InvalidMetadataError, NotFoundError
+from usreview.store.objects import ObjectStore
+from usreview.store.records import validate_site
+from usreview.store.results_schema import ResultRow, ResultSiteRow
+from usreview.store.schema import SiteRow
+
+__all__ = ["MAX_LIMIT", "ResultFeed", "ResultRecord"]
+
+#: Most results one :meth:`ResultFeed.results_since` call returns.
+MAX_LIMIT = 1000
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_KIND = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+_log = logging.getLogger(__name__)
+
+#: An observer of published results: the record and the sites it is addressed to.
+Observer = Callable[["ResultRecord", tuple[str, ...]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """One published result as a site sees it (its other addressees are not shown)."""
+
+    cursor: int
+    study_instance_uid: str
+    kind: str
+    label: str | None
+    supersedes: int | None
+    envelope_sha256: str
+    envelope_size: int
+    object_key: str
+    published_at: datetime
+
+
+def _record(row: ResultRow) -> ResultRecord:
+    return ResultRecord(
+        cursor=row.id,
+        study_instance_uid=row.study_instance_uid,
+        kind=row.kind,
+        label=row.label,
+        supersedes=row.supersedes,
+        envelope_sha256=row.envelope_sha256,
+        envelope_size=row.envelope_size,
+        object_key=row.object_key,
+        published_at=row.published_at,
+    )
+
+
+class _Notifier:
+    """Wakes threads, asyncio tasks and observers when a result is published."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.generation = 0
+        self._events: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._observers: list[Observer] = []
+
+    def notify(self, record: ResultRecord, sites: tuple[str, ...]) -> None:
+        with self._cond:
+            self.generation += 1
+            self._cond.notify_all()
+            events = list(self._events)
+            observers = list(self._observers)
+        for loop, event in events:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(event.set)
+        for observer in observers:
+            try:
+                observer(record, sites)
+            except Exception:  # an observer must not undo a durable publish
+                _log.exception("results observer %r failed", observer)
+
+    def wait(self, generation: int, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.generation != generation, timeout)
+
+    @contextlib.contextmanager
+    def event(self, loop: asyncio.AbstractEventLoop) -> Iterator[asyncio.Event]:
+        entry = (loop, asyncio.Event())
+        with self._cond:
+            self._events.add(entry)
+        try:
+            yield entry[1]
+        finally:
+            with self._cond:
+                self._events.discard(entry)
+
+    def subscribe(self, observer: Observer) -> Callable[[], None]:
+        with self._cond:
+            self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            with self._cond, contextlib.suppress(ValueError):
+                self._observers.remove(observer)
+
+        return unsubscribe
+
+
+class ResultFeed:
+    """Sealed results for sites, durably stored, read by cursor.
+
+    Get it as :attr:`usreview.store.Archive.results` (one feed per archive object, so
+    that waiters and publishers in one process share their wake-ups).
+    """
+
+    def __init__(self, engine: Engine, root: Path, clock: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._writer = writer(engine)
+        self._objects = ObjectStore(root)
+        self._clock = clock
+        self._notifier = _Notifier()
+
+    # -- publishing ------------------------------------------------------------------
+
+    def publish_result(
+        self,
+        envelope: str | os.PathLike[str] | bytes,
+        *,
+        sites: Iterable[str],
+        study_instance_uid: str,
+        kind: str,
+        label: str | None = None,
+        supersedes: int | None = None,
+    ) -> ResultRecord:
+        """Store a sealed result for ``sites``; return only once it is committed.
+
+        Parameters
+        ----------
+        envelope
+            The result, sealed to the sites' keys: a file path or its bytes.
+        sites
+            The sites whose feeds show it (at least one).
+        study_instance_uid
+            The study it is about.
+        kind
+            What it is, as a short lower-case token (``report``, ``sr``, ``derived``...).
+        label
+            Text shown to people, optional.
+        supersedes
+            Cursor of an earlier result of the same study that this one replaces.
+
+        Raises
+        ------
+        InvalidMetadataError
+            An argument fails validation (the message names it).
+        StorageError
+            The disk or the database failed; nothing was published.
+        """
+        names = tuple(
+            sorted({validate_site(s) for s in ([sites] if isinstance(sites, str) else sites)})
+        )
+        if not names:
+            raise InvalidMetadataError("sites: a result needs at least one site")
+        if not isinstance(study_instance_uid, str) or not (
+            len(study_instance_uid) <= 64 and _UID.fullmatch(study_instance_uid)
+        ):
+            raise InvalidMetadataError("study_instance_uid must be a DICOM UID")
+        if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+            raise InvalidMetadataError(
+                "kind must be 1-64 lower-case letters, digits or . _ -, starting with a letter"
+            )
+        if label is not None and not isinstance(label, str):
+            raise InvalidMetadataError("label must be text or None")
+        source = _source(envelope)
+        with _guard("publishing a result", acknowledged=False):
+            written = self._objects.write("objects", source)
+            now = self._clock()
+            with Session(self._writer, expire_on_commit=False) as session, session.begin():
+                if session.get_bind().dialect.name == "postgresql":
+                    session.execute(text("LOCK TABLE results IN EXCLUSIVE MODE"))
+                if supersedes is not None:
+                    _check_supersedes(session, supersedes, study_instance_uid)
+                row = ResultRow(
+                    study_instance_uid=study_instance_uid,
+                    kind=kind,
+                    label=label,
+                    supersedes=supersedes,
+                    object_key=written.key,
+                    envelope_sha256=written.sha256,
+                    envelope_size=written.size,
+                    published_at=now,
+                )
+                session.add(row)
+                session.flush()
+                for name in names:
+                    site_id = _site_row(session, name, now).id
+                    session.add(ResultSiteRow(result_id=row.id, site_id=site_id))
+                record = _record(row)
+        self._notifier.notify(record, names)
+        return record
+
+    # -- reading (per site) -----------------------------------------------------------
+
+    def results_since(self, site: str, cursor: int = 0, limit: int = 100) -> list[ResultRecord]:
+        """Results addressed to ``site`` with a cursor above ``cursor``, oldest first."""
+        validate_site(site)
+        if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
+            raise InvalidMetadataError(f"cursor must be a non-negative integer (got {cursor!r})")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise InvalidMetadataError(f"limit must be 1 to {MAX_LIMIT} (got {limit!r})")
+        stmt = _addressed(site).where(ResultRow.id > cursor).order_by(ResultRow.id).limit(limit)
+        with _guard("reading the results feed"), Session(self._engine) as session:
+            return [_record(row) for row in session.scalars(stmt)]
+
+    def get_result(self, site: str, cursor: int) -> ResultRecord:
+        """The result ``cursor`` if it is addressed to ``site``.
+
+        Raises
+        ------
+        NotFoundError
+            Missing or addressed to other sites (both answer alike).
+        """
+        validate_site(site)
+        with _guard("reading the results feed"), Session(self._engine) as session:
+            row = session.scalars(_addressed(site).where(ResultRow.id == cursor)).one_or_none()
+            if row is None:
+                raise NotFoundError(f"no result {cursor}")
+            return _record(row)
+
+    def read_result(self, site: str, cursor: int) -> bytes:
+        """The sealed result's bytes, checked against the hash recorded when published.
+
+        Raises
+        ------
+        NotFoundError
+            Missing or addressed to other sites.
+        CorruptObjectError
+            Its object is missing or changed on disk.
+        """
+        record = self.get_result(site, cursor)
+        try:
+            with self._objects.open(record.object_key) as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        if hashlib.sha256(data).hexdigest() != record.envelope_sha256:
+            raise CorruptObjectError(
+                f"result {cursor} is missing or changed on disk; tell an administrator"
+            )
+        return data
+
+    def open_result(self, site: str, cursor: int) -> BinaryIO:
+        """Open the sealed result for streaming (not hash-checked; see :meth:`read_result`)."""
+        record = self.get_result(site, cursor)
+        try:
+            return self._objects.open(record.object_key)
+        except FileNotFoundError:
+            raise CorruptObjectError(f"result {cursor} is missing from disk") from None
+
+    # -- waiting ----------------------------------------------------------------------
+
+    def subscribe(self, observer: Observer) -> Callable[[], None]:
+        """Call ``observer(record, sites)`` after each publish; return the unsubscriber."""
+        return self._notifier.subscribe(observer)
+
+    def wait_for_results(
+        self,
+        site: str,
+        cursor: int = 0,
+        *,
+        limit: int = 100,
+        timeout: float = 30.0,
+        poll: float = 5.0,
+    ) -> list[ResultRecord]:
+        """:meth:`results_since`, waiting up to ``timeout`` s for one if there is none."""
+        deadline = time.monotonic() + timeout
+        while True:
+            generation = self._notifier.generation
+            found = self.results_since(site, cursor, limit)
+            left = deadline - time.monotonic()
+            if found or left <= 0:
+                return found
+            self._notifier.wait(generation, min(left, poll))
+
+    async def wait_for_results_async(
+        self,
+        site: str,
+        cursor: int = 0,
+        *,
+        limit: int = 100,
+        timeout: float = 30.0,
+        poll: float = 5.0,
+    ) -> list[ResultRecord]:
+        """:meth:`wait_for_results` for asyncio (queries run in a thread)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self._notifier.event(loop) as published:
+            while True:
+                published.clear()
+                found = await asyncio.to_thread(self.results_since, site, cursor, limit)
+                left = deadline - loop.time()
+                if found or left <= 0:
+                    return found
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(published.wait(), min(left, poll))
+
+    # -- recovery ---------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Remove temp files and unpublished objects left by a crash; return how many.
+
+        Run it after opening, while nothing is being published.
+        """
+        with _guard("recovering the results feed"):
+            removed = self._objects.clean_tmp()
+            with Session(self._engine) as session:
+                referenced = set(session.scalars(select(ResultRow.object_key)))
+            for key in list(self._objects.keys("objects")):
+                if key not in referenced:
+                    self._objects.remove(key)
+                    removed += 1
+        return removed
+
+
+def _addressed(site: str) -> Select[ResultRow]:
+    return (
+        select(ResultRow)
+        .join(ResultSiteRow, ResultSiteRow.result_id == ResultRow.id)
+        .join(SiteRow, SiteRow.id == ResultSiteRow.site_id)
+        .where(SiteRow.name == site)
+    )
+
+
+def _check_supersedes(session: Session, cursor: int, study_instance_uid: str) -> None:
+    earlier = session.get(ResultRow, cursor)
+    if earlier is None:
+        raise InvalidMetadataError(f"supersedes: no result {cursor}")
+    if earlier.study_instance_uid != study_instance_uid:
+        raise InvalidMetadataError(
+            f"supersedes: result {cursor} is about another study ({earlier.study_instance_uid})"
+        )
