@@ -8,9 +8,10 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.usreview-installed
 DEMO   ?= demo
-# Debian packages the tests drive for real: dciodvfy (dicom3tools), dcmtk's tools,
-# and a PostgreSQL server that the store tests start on a private socket.
-DEBIAN_PACKAGES = dicom3tools dcmtk postgresql
+# Debian packages the tests drive for real: dciodvfy (dicom3tools), dcmtk's storescu
+# (a scanner), Orthanc (a site's PACS) and a PostgreSQL server that the store tests
+# start on a private socket.
+DEBIAN_PACKAGES = dicom3tools dcmtk orthanc postgresql
 
 PROXY   = hub_config/node_modules/.bin/configurable-http-proxy
 

@@ -336,6 +336,7 @@ def test_public_api_is_pinned_and_errors_are_drawn() -> None:
         "ReplayedEnvelopeError",
         "SignedReceipt",
         "SiteKeys",
+        "UidMismatchError",
         "UnknownSiteError",
         "WorkerPool",
         "WorkerPoolError",

@@ -478,6 +478,269 @@ def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit.set_defaults(handler=_cmd_hub_audit)
 
 
+# --- site --------------------------------------------------------------------------
+# (owned by usreview.site)
+
+
+def _cmd_site_init(args: argparse.Namespace) -> int:
+    from usreview.site import init_site
+    from usreview.site.config import parse_pacs
+
+    site = init_site(
+        args.name,
+        args.hub,
+        args.dir,
+        hub_certificate=args.hub_cert,
+        hub_public_key=args.hub_key,
+        token_file=args.token_file,
+        ae_title=args.ae_title,
+        port=args.port,
+        allowed_calling_ae_titles=args.allow_ae,
+        pacs=[parse_pacs(text) for text in args.pacs],
+    )
+    print(f"wrote {site.config}")
+    print(f"site key id {site.key_id}")
+    print(f"give this public key to the hub's administrator: {site.public_key}")
+    print(
+        f"  (they run: usreview hub add-site {args.name} --public-key {site.public_key.name}, "
+        "and send back the token and the hub's public key)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_site_gateway(args: argparse.Namespace) -> int:
+    import logging
+
+    from usreview.site import load_config, run_gateway
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("pynetdicom").setLevel(logging.ERROR)
+    run_gateway(load_config(args.config), announce=lambda line: print(line, flush=True))
+    return 0
+
+
+def _cmd_site_push(args: argparse.Namespace) -> int:
+    from usreview.site import NotAcknowledgedError, load_config, push_paths
+
+    def progress(done: int, total: int, path: Path, outcome: str) -> None:
+        sys.stderr.write(f"[{done}/{total}] {path}: {outcome}\n")
+        sys.stderr.flush()
+
+    report = push_paths(load_config(args.config), args.paths, progress=progress)
+    print(f"{len(report.acknowledged)} acknowledged, {len(report.failed)} not acknowledged")
+    if report.failed:
+        raise NotAcknowledgedError({str(p): reason for p, reason in report.failed.items()})
+    return 0
+
+
+def _cmd_site_pull(args: argparse.Namespace) -> int:
+    from usreview.site import ResultFollower, load_config
+    from usreview.site.status import StateLock, StatusBook
+
+    config = load_config(args.config)
+    with StateLock(config.state):
+        follower = ResultFollower(config, StatusBook(config.state))
+        try:
+            delivered = follower.pull()
+        finally:
+            follower.status.flush(force=True)
+            follower.client.close()
+        for result_id, path in delivered:
+            print(
+                f"result {result_id}: {path if path is not None else 'not delivered (see status)'}"
+            )
+        left = len(follower.pacs.pending())
+    print(
+        f"{len(delivered)} result(s); cursor {follower.cursor}; {left} PACS delivery(ies) pending"
+    )
+    return 1 if left else 0
+
+
+def _cmd_site_status(args: argparse.Namespace) -> int:
+    from usreview.site import format_status, load_config, read_status
+
+    status = read_status(load_config(args.config))
+    if args.json:
+        json.dump(status.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_status(status))
+    return 0
+
+
+def _add_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "site",
+        help="a site: DICOM gateway for scanners, uploads to the hub, results back",
+        description="Run a site: 'init' creates its keys and site.toml; 'gateway' receives "
+        "from scanners, uploads to the hub and delivers results; 'push' and 'pull' do it "
+        "once without a gateway; 'status' shows spool, uploads, results and errors.",
+    )
+    actions = p.add_subparsers(dest="site_command", metavar="ACTION", required=True)
+    init = actions.add_parser(
+        "init",
+        help="create a site's keys and DIR/site.toml",
+        description="Generate the site's envelope keys (DIR/keys/NAME.key, mode 0600, "
+        "passphrase-protected when $USREVIEW_KEY_PASSPHRASE is set) and write DIR/site.toml. "
+        "Give DIR/keys/NAME.pub to the hub's administrator ('usreview hub add-site'); put "
+        "the token they send back into the token file (chmod 600) and their hub.pub into DIR.",
+    )
+    init.add_argument("name", metavar="NAME", help="the site's name at the hub")
+    init.add_argument("--hub", required=True, metavar="URL", help="the hub's https:// URL")
+    init.add_argument("--dir", type=Path, required=True, metavar="DIR", help="site folder")
+    init.add_argument(
+        "--hub-cert", type=Path, metavar="PEM", help="the hub's TLS certificate to pin"
+    )
+    init.add_argument("--hub-key", type=Path, metavar="HUB.pub", help="the hub's public key")
+    init.add_argument(
+        "--token-file", type=Path, metavar="F", help="where the API token is (default DIR/token)"
+    )
+    init.add_argument("--ae-title", default="USREVIEW", help="the gateway's AE title")
+    init.add_argument("--port", type=int, default=11112, help="the gateway's DICOM port")
+    init.add_argument(
+        "--allow-ae",
+        action="append",
+        default=[],
+        metavar="TITLE",
+        help="a scanner's calling AE title (repeatable; '*' allows any)",
+    )
+    init.add_argument(
+        "--pacs",
+        action="append",
+        default=[],
+        metavar="[NAME=]AE@HOST:PORT",
+        help="a PACS that receives the results (repeatable)",
+    )
+    init.set_defaults(handler=_cmd_site_init)
+
+    def config_option(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--config", type=Path, required=True, metavar="site.toml", help="the site's file"
+        )
+
+    gateway = actions.add_parser(
+        "gateway",
+        help="run the DICOM gateway until interrupted",
+        description="Listen for scanners (DICOM C-STORE), spool every instance durably "
+        "before answering, upload it sealed to the hub with retries, and deliver the hub's "
+        "results into the outbox and to the PACS. Stops on SIGINT or SIGTERM.",
+    )
+    config_option(gateway)
+    gateway.add_argument("-v", "--verbose", action="store_true", help="log every event")
+    gateway.set_defaults(handler=_cmd_site_gateway)
+    push = actions.add_parser(
+        "push",
+        help="upload files or folders once",
+        description="Seal and upload every DICOM file under PATH; progress on stderr. Exit "
+        "status 1 naming every instance the hub did not acknowledge with a verified receipt.",
+    )
+    config_option(push)
+    push.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+    push.set_defaults(handler=_cmd_site_push)
+    pull = actions.add_parser(
+        "pull",
+        help="fetch and deliver the pending results once",
+        description="Deliver the results published since the last one delivered into the "
+        "outbox and to the PACS. Refused while a gateway runs (it delivers them itself). "
+        "Exit status 1 when a PACS delivery is still pending.",
+    )
+    config_option(pull)
+    pull.set_defaults(handler=_cmd_site_pull)
+    status = actions.add_parser(
+        "status",
+        help="spool depth, last upload, last result, errors",
+        description="Show the site's state from its folders (works with or without a "
+        "running gateway; no network).",
+    )
+    config_option(status)
+    status.add_argument("--json", action="store_true", help="as JSON")
+    status.set_defaults(handler=_cmd_site_status)
+
+
+# --- analyze -----------------------------------------------------------------------
+# (owned by usreview.processing)
+
+
+def _cmd_processors(args: argparse.Namespace) -> int:
+    from usreview.processing import default_registry
+
+    listing = [p.describe() for p in default_registry()]
+    if args.json:
+        json.dump(listing, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    for item in listing:
+        state = "available" if item["available"] else f"unavailable: {item['reason']}"
+        kinds = ", ".join(item["kinds"]) or "-"
+        print(f"{item['name']}\t{item['version']}\t{kinds}\t{state}")
+    return 0
+
+
+def _add_processors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "processors",
+        help="list the registered processors: kinds, version, availability",
+        description="List built-in processors and those of the entry-point group "
+        "'usreview.processors': name, version, image kinds and whether their dependencies "
+        "are installed (tab-separated, or JSON).",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON array")
+    p.set_defaults(handler=_cmd_processors)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from usreview.processing import analyze_paths
+
+    summaries = analyze_paths(args.paths, args.out)
+    status = 0
+    for summary in summaries:
+        if "error" in summary:
+            _error(f"{summary['file']}: {summary['error']}")
+            status = 2
+    if args.json:
+        json.dump(summaries, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return status
+    for summary in summaries:
+        if "error" in summary:
+            continue
+        print(f"{summary['file']}  ({', '.join(summary['kinds'])})")
+        for q in summary["quantities"]:
+            cycles = f"  [{q['cycles']} cycles]" if "cycles" in q else ""
+            code = f"{q['scheme']} {q['code']}"
+            print(f"  {q['name']} = {q['value']:g} {q['unit']}  ({code}){cycles}")
+        for f in summary["findings"]:
+            print(f"  finding: {f['text']}")
+        for r in summary["recommendations"]:
+            print(f"  recommendation: {r['text']}")
+        for step in summary["processors"]:
+            if step["status"] != "done":
+                print(f"  {step['processor']}: {step['status']} ({step['reason']})")
+        for image in summary["images"]:
+            print(f"  image: {image['file']}")
+    return status
+
+
+def _add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="run the processing pipeline on local files, without a hub",
+        description="Run the default pipeline on each ultrasound file (folders are searched "
+        "recursively) and print its kinds, quantities (name, code, value, UCUM unit), "
+        "findings and recommendations. Recommendations are decision support for the "
+        "reviewing expert. Unreadable files are reported on stderr and make the exit status 2.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+    p.add_argument("--json", action="store_true", help="one JSON array, an object per instance")
+    p.add_argument("--out", type=Path, metavar="DIR", help="write derived images here (PNG)")
+    p.set_defaults(handler=_cmd_analyze)
+
+
 # --- main --------------------------------------------------------------------------
 
 
@@ -501,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_seal,
         _add_unseal,
         _add_hub,
+        _add_site,
+        _add_processors,
+        _add_analyze,
     ):
         add(sub)
     return parser

@@ -20,7 +20,10 @@ and one sentence; anything else reaching a boundary is a bug.
     ├── EnvelopeError                   a sealed envelope could not be made or opened
     │                                   (subclasses in usreview.envelope)
     ├── StoreError                      the archive failed (subclasses in usreview.store)
-    └── HubError                        the hub deployment (subclasses in usreview.hub.errors)
+    ├── IngestError                     an upload could not be taken in (usreview.ingest)
+    ├── ProcessingError                 a processor could not run (usreview.processing.errors)
+    ├── HubError                        the hub deployment (subclasses in usreview.hub.errors)
+    └── SiteError                       a site's gateway and commands (usreview.site.errors)
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ def configure(
             "name": SERVICE,
             "url": f"http://{_LOOPBACK}:{service_port}",
             "command": [sys.executable, "-m", "usreview.hub.service"],
-            "environment": {STATE_ENV: str(hub_state.root)},
+            "environment": _service_environment(hub_state.root),
             "cwd": str(hub_state.root),
             "display": True,
             "oauth_no_confirm": True,
@@ -205,3 +205,12 @@ def _host(ip: str) -> str:
 
 def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _service_environment(state_root: Path) -> dict[str, str]:
+    """What the service inherits: its state directory, and the database URL when one is set."""
+    environment = {STATE_ENV: str(state_root)}
+    database_url = os.environ.get("USREVIEW_DATABASE_URL")
+    if database_url:
+        environment["USREVIEW_DATABASE_URL"] = database_url
+    return environment

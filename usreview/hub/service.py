@@ -4,31 +4,53 @@ JupyterHub starts it (``python -m usreview.hub.service``) with its URL, prefix a
 token in the environment, and stops it with SIGINT. Callers authenticate with a hub
 API token (``Authorization: token ...``) or, in a browser, through the hub's OAuth;
 they need ``access:services!service=usreview``, and handlers check the custom scopes
-they need with :func:`require_scopes`. Every answer is JSON, errors included:
-``{"status": 403, "message": "..."}``.
+they need. Every answer is JSON, errors included: ``{"status": 403, "message": "..."}``
+(the API's handlers add a machine-readable ``error``). The contract is
+``docs/openapi.yaml``; the handlers are in :mod:`usreview.hub.api`.
 
 Endpoints (prefix ``/services/usreview``):
 
 ``GET api/v1/whoami``
     The caller's ``name``, ``kind``, ``groups`` and ``scopes``.
+``PUT api/v1/instances/{uid}``
+    A site uploads one sealed instance (streamed, size-capped); 201 or 200 with a receipt.
+``GET api/v1/instances/{uid}``
+    A reviewer reads the instance as DICOM (audited).
+``GET api/v1/instances/{uid}/receipt``, ``GET api/v1/receipts``
+    Signed receipts of what the hub holds for the calling site.
+``GET api/v1/results``, ``GET api/v1/results/{id}``
+    A site's results feed (long-poll from a cursor) and one result's sealed envelope.
+``GET api/v1/studies``, ``GET api/v1/studies/{uid}``
+    Studies for reviewers.
 
-Add handlers to :func:`make_app`'s table; keep the factory free of side effects.
+Before serving, :func:`main` binds the port (a second copy fails there, before touching
+the state directory) and opens the service's resources with
+:func:`usreview.hub.api.open_context`. Add handlers to :func:`make_app`'s table; keep
+the factory free of side effects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
+
+from usreview.errors import UsreviewError
+
+if TYPE_CHECKING:
+    from usreview.hub.api import ServiceContext
 
 __all__ = ["ApiHandler", "WhoamiHandler", "main", "make_app", "require_scopes"]
 
@@ -121,7 +143,9 @@ class NotFoundHandler(ApiHandler):
     post = put = delete = patch = get
 
 
-def make_app(prefix: str | None = None, hub_auth: Any = None) -> Application:
+def make_app(
+    prefix: str | None = None, hub_auth: Any = None, context: ServiceContext | None = None
+) -> Application:
     """Return the service's tornado application.
 
     Parameters
@@ -131,14 +155,23 @@ def make_app(prefix: str | None = None, hub_auth: Any = None) -> Application:
     hub_auth
         A :class:`jupyterhub.services.auth.HubOAuth`; default: one from the environment
         the hub gives its managed services.
+    context
+        The opened resources of :func:`usreview.hub.api.open_context`; without it only
+        ``whoami`` is served.
     """
     prefix = prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/usreview/")
     prefix = prefix.rstrip("/") + "/"
     auth = hub_auth if hub_auth is not None else HubOAuth.instance()
     options = {"hub_auth": auth}
+    api: list[Any] = []
+    if context is not None:
+        from usreview.hub.api import api_routes
+
+        api = api_routes(prefix, context, options)
     return Application(
         [
             (rf"{prefix}api/v1/whoami/?", WhoamiHandler, options),
+            *api,
             (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
             (rf"{prefix}(.*)", NotFoundHandler, options),
         ],
@@ -149,9 +182,19 @@ def make_app(prefix: str | None = None, hub_auth: Any = None) -> Application:
 
 
 async def _serve() -> None:
+    from usreview.hub.api import open_context
+
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
-    server = HTTPServer(make_app(), xheaders=True)
-    server.listen(url.port or 80, url.hostname or "127.0.0.1")
+    sockets = bind_sockets(url.port or 80, url.hostname or "127.0.0.1")
+    context = open_context()
+    try:
+        await _run(HTTPServer(make_app(context=context), xheaders=True), sockets)
+    finally:
+        context.close()
+
+
+async def _run(server: HTTPServer, sockets: list[Any]) -> None:
+    server.add_sockets(sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -160,13 +203,21 @@ async def _serve() -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     server.stop()
-    await asyncio.wait_for(server.close_all_connections(), timeout=2)
+    with contextlib.suppress(TimeoutError):  # long-polls in flight are cut
+        await asyncio.wait_for(server.close_all_connections(), timeout=2)
 
 
 def main() -> None:
-    """Run the service until SIGINT or SIGTERM."""
-    asyncio.run(_serve())
+    """Run the service until SIGINT or SIGTERM; exit 1 with a sentence if it cannot start."""
+    try:
+        asyncio.run(_serve())
+    except (UsreviewError, OSError) as exc:
+        print(f"usreview service: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # Run the importable module, so that the API's handlers share this one.
+    from usreview.hub.service import main as _main
+
+    _main()

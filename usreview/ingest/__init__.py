@@ -21,6 +21,8 @@ Errors (all :class:`usreview.errors.UsreviewError`)::
     ├── RejectedInstanceError           not an acceptable instance (4xx; ``reason``: not
     │                                   DICOM, not ultrasound, corrupt pixel data, image too
     │                                   large, resource limit exceeded, timed out, ...)
+    ├── UidMismatchError                not the SOP Instance UID the upload named (4xx;
+    │                                   in usreview.ingest.errors, not re-exported yet)
     ├── InvalidReceiptError             a receipt that does not verify
     └── WorkerPoolError                 the parsing pool cannot serve (5xx)
 
@@ -38,6 +40,7 @@ from usreview.ingest.errors import (
     RejectedInstanceError,
     RejectReason,
     ReplayedEnvelopeError,
+    UidMismatchError,
     UnknownSiteError,
     WorkerPoolError,
     WrongSenderError,
@@ -65,6 +68,7 @@ __all__ = [
     "ReplayedEnvelopeError",
     "SignedReceipt",
     "SiteKeys",
+    "UidMismatchError",
     "UnknownSiteError",
     "WorkerPool",
     "WorkerPoolError",

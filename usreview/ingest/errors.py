@@ -11,6 +11,8 @@
     │   └── ReplayedEnvelopeError       opened before and no longer stored here
     ├── RejectedInstanceError           the plaintext is not an acceptable ultrasound instance
     │                                   (also an InputError; ``reason`` says why)
+    ├── UidMismatchError                the instance is not the one the upload named (also
+    │                                   an InputError)
     ├── InvalidReceiptError             a receipt whose signature or content does not verify
     └── WorkerPoolError                 the parsing pool cannot serve (closed, cannot start)
 
@@ -32,6 +34,7 @@ __all__ = [
     "RejectReason",
     "RejectedInstanceError",
     "ReplayedEnvelopeError",
+    "UidMismatchError",
     "UnknownSiteError",
     "WorkerPoolError",
     "WrongSenderError",
@@ -94,6 +97,10 @@ class RejectedInstanceError(IngestError, InputError):
         self.reason = RejectReason(reason)
         self.detail = detail
         super().__init__(f"instance rejected ({self.reason.value}): {detail}")
+
+
+class UidMismatchError(IngestError, InputError):
+    """The instance's SOP Instance UID is not the one the upload named; nothing was stored."""
 
 
 class InvalidReceiptError(IngestError):

@@ -7,7 +7,8 @@ the service) and the envelope it received, saved to a file. In order:
    that site and addressed to the hub (:class:`WrongSenderError`, :class:`NotForHubError`,
    other failures :class:`RefusedEnvelopeError`);
 2. hash the plaintext and parse it in the resource-limited :class:`WorkerPool`
-   (:class:`RejectedInstanceError`);
+   (:class:`RejectedInstanceError`); when the caller names the SOP Instance UID it
+   expects (the HTTP path), a different one is refused (:class:`UidMismatchError`);
 3. store the *original envelope* (encrypted at rest) with its metadata; the archive
    returns only after its durable commit;
 4. remove the plaintext, whatever happened (the quarantine folder is emptied of
@@ -54,6 +55,7 @@ from usreview.ingest.errors import (
     NotForHubError,
     RefusedEnvelopeError,
     ReplayedEnvelopeError,
+    UidMismatchError,
     UnknownSiteError,
     WrongSenderError,
 )
@@ -136,10 +138,18 @@ class Ingestor:
                 removed += 1
         return removed
 
-    def ingest(self, site: str, envelope_path: str | os.PathLike[str]) -> IngestResult:
+    def ingest(
+        self,
+        site: str,
+        envelope_path: str | os.PathLike[str],
+        *,
+        expected_sop_instance_uid: str | None = None,
+    ) -> IngestResult:
         """Accept the envelope at ``envelope_path`` uploaded by ``site``.
 
         Returns only once the envelope is durably stored (or found already stored).
+        With ``expected_sop_instance_uid``, an instance with another UID is refused
+        before anything is stored.
 
         Raises
         ------
@@ -149,6 +159,8 @@ class Ingestor:
             expired, ... (the envelope error is the ``__cause__``). HTTP 4xx.
         RejectedInstanceError
             The plaintext is not an acceptable ultrasound instance (``reason``). HTTP 422.
+        UidMismatchError
+            Its SOP Instance UID is not ``expected_sop_instance_uid``. HTTP 400.
         ConflictError
             Different content under a stored SOP Instance UID. HTTP 409.
         InvalidMetadataError
@@ -164,6 +176,12 @@ class Ingestor:
             info = self._open(site, envelope, plaintext, ring)
             digest, size = _digest(plaintext)
             parsed = self.pool.parse(plaintext)
+            expected = expected_sop_instance_uid
+            if expected is not None and parsed.sop_instance_uid != expected:
+                raise UidMismatchError(
+                    f"the instance's SOP Instance UID is {parsed.sop_instance_uid}, not "
+                    f"{expected}; upload it under its own UID"
+                )
             metadata = parsed.metadata(plaintext_sha256=digest, size=size)
             result = self._store(site, envelope, metadata, info)
         finally:

@@ -1,0 +1,205 @@
+"""A real hub for the API tests: start, stop, restart on the same state and port.
+
+``usreview hub`` runs with its proxy and the hub-managed service over TLS on free
+loopback ports; people and sites are added with the real commands; tokens come from
+the hub's API. Service settings go into ``STATE/service_config.json`` before start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from usreview.envelope import PrivateKeys, generate_keys, write_key_pair
+from usreview.hub.state import open_state
+
+USREVIEW = [sys.executable, "-m", "usreview.cli"]
+START_TIMEOUT = 90.0
+API = "/services/usreview/api/v1"
+ENVELOPE = "application/vnd.usreview.envelope"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def shown_once(output: str) -> str:
+    match = re.search(r"shown once: (\S+)", output)
+    assert match, output
+    return match.group(1)
+
+
+@dataclass
+class Site:
+    name: str
+    token: str
+    keys: PrivateKeys
+
+
+@dataclass
+class HubRun:
+    """One hub's state directory and port; :meth:`start` and :meth:`stop` it."""
+
+    root: Path
+    settings: dict[str, Any]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.state = self.root / "state"
+        open_state(self.state)
+        (self.state / "service_config.json").write_text(
+            json.dumps({"ServiceSettings": self.settings})
+        )
+        self.http = requests.Session()
+        self.http.trust_env = False
+        self.http.verify = str(self.cert)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def cert(self) -> Path:
+        return self.state / "tls.crt"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "hub.log"
+
+    def start(self) -> None:
+        command = [*USREVIEW, "hub", "--state", str(self.state), "--ip", "127.0.0.1"]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [*command, "--port", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                start_new_session=True,
+            )
+        self.wait_for_service()
+
+    def wait_for_service(self, timeout: float = START_TIMEOUT) -> float:
+        """Wait until the proxy routes to a serving service; return the seconds waited."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            assert self.process is not None and self.process.poll() is None, self.tail()
+            assert time.monotonic() < deadline, self.tail()
+            if self.cert.exists():
+                try:
+                    if self.get("/whoami").status_code == 401:
+                        return time.monotonic() - started
+                except requests.ConnectionError:
+                    pass
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    # -- requests ---------------------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, token: str | None = None, **kwargs: Any
+    ) -> requests.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"token {token}"
+        kwargs.setdefault("timeout", 60)
+        return self.http.request(method, self.url + API + path, headers=headers, **kwargs)
+
+    def get(self, path: str, token: str | None = None, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, token, **kwargs)
+
+    def upload(
+        self, uid: str, body: bytes, token: str, content_type: str = ENVELOPE
+    ) -> requests.Response:
+        return self.request(
+            "PUT", f"/instances/{uid}", token, data=body, headers={"Content-Type": content_type}
+        )
+
+    # -- people and sites ---------------------------------------------------------------
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [*USREVIEW, "hub", *args, "--state", str(self.state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def add_site(self, name: str) -> Site:
+        keys = generate_keys(name)
+        folder = self.root / "sites" / name
+        folder.mkdir(parents=True)
+        write_key_pair(keys, folder)
+        out = self.cli("add-site", name, "--public-key", str(folder / f"{name}.pub"))
+        return Site(name, shown_once(out), keys)
+
+    def add_person(self, name: str, role: str) -> str:
+        """Register a person; return an API token they asked for with their password."""
+        password = shown_once(self.cli("add-user", name, "--role", role))
+        response = self.http.post(
+            f"{self.url}/hub/api/users/{name}/tokens",
+            json={"auth": {"username": name, "password": password}, "note": "test"},
+            timeout=30,
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["token"])
+
+
+def service_pids(state: Path) -> list[int]:
+    """Processes running the usreview service on ``state`` (whoever started them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"usreview.hub.service" not in cmdline:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"USREVIEW_STATE={state}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def service_launch(pid: int) -> tuple[list[str], dict[str, str], str]:
+    """The command, environment and working directory the hub gave service ``pid``."""
+    proc = Path("/proc") / str(pid)
+    cmd = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+    env = dict(
+        item.decode().split("=", 1)
+        for item in (proc / "environ").read_bytes().split(b"\0")
+        if b"=" in item
+    )
+    return cmd, env, os.readlink(proc / "cwd")

@@ -1,0 +1,152 @@
+"""Real peers for the site's tests: a gateway process, dcmtk's storescu, copies of studies."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+
+USREVIEW = [sys.executable, "-m", "usreview.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, log: Path | None) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(log.read_text()[-3000:] if log else "process ended")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing listens on {port}") from None
+            time.sleep(0.1)
+
+
+def copies(source: Path, count: int, folder: Path, *, study_uid: str | None = None) -> list[Path]:
+    """``count`` copies of ``source`` with new SOP Instance UIDs (one study)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    out = []
+    for i in range(count):
+        uid = generate_uid()
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        path = folder / f"{i:04d}.dcm"
+        ds.save_as(path)
+        out.append(path)
+    return out
+
+
+def sop_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+@dataclass
+class StoreRun:
+    returncode: int
+    succeeded: list[Path]
+    output: str
+    seconds: float
+
+
+def storescu(
+    port: int,
+    paths: Sequence[Path],
+    *,
+    called: str = "USREVIEW",
+    calling: str = "SCANNER",
+    options: Sequence[str] = (),
+    timeout: float = 120,
+) -> StoreRun:
+    """dcmtk's storescu with default network settings (as an untuned scanner)."""
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["storescu", "-v", *options, "-aet", calling, "-aec", called, "127.0.0.1", str(port)]
+        + [str(p) for p in paths],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    return StoreRun(proc.returncode, succeeded_files(output), output, seconds)
+
+
+def succeeded_files(output: str) -> list[Path]:
+    current: Path | None = None
+    done = []
+    for line in output.splitlines():
+        match = re.match(r"I: Sending file: (.*)$", line)
+        if match:
+            current = Path(match.group(1))
+        elif "Received Store Response (Success)" in line and current is not None:
+            done.append(current)
+            current = None
+    return done
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def kill9(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return int(self.process.returncode)
+
+
+def start_gateway(config: Path, port: int, log: Path) -> GatewayProcess:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [*USREVIEW, "site", "gateway", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_for_port(port, process, log)
+    return GatewayProcess(process, port, log)
+
+
+def set_port(config: Path, port: int) -> None:
+    text = config.read_text()
+    config.write_text(re.sub(r"(?m)^port = 11112$", f"port = {port}", text, count=1))
+
+
+def wait_until(predicate: object, timeout: float = 30.0, step: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(step)

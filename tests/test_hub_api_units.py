@@ -1,0 +1,140 @@
+"""The API's parts without a hub: error mapping, site keys, settings, the service lock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tornado.web import HTTPError
+
+from usreview.envelope import TamperedError, generate_keys, write_key_pair
+from usreview.errors import InputError, NotDicomError
+from usreview.hub.api.app import _lock
+from usreview.hub.api.errors import ApiError, problem_for
+from usreview.hub.api.settings import ServiceSettings
+from usreview.hub.api.sitekeys import SiteKeyFiles
+from usreview.hub.errors import AuditError, StateError
+from usreview.ingest import (
+    NotForHubError,
+    RefusedEnvelopeError,
+    RejectedInstanceError,
+    RejectReason,
+    ReplayedEnvelopeError,
+    UnknownSiteError,
+    WorkerPoolError,
+    WrongSenderError,
+)
+from usreview.ingest.errors import UidMismatchError
+from usreview.store import (
+    ConflictError,
+    CorruptObjectError,
+    InvalidMetadataError,
+    NotFoundError,
+    StorageError,
+)
+
+_MAPPING = [
+    (UnknownSiteError("x"), 403, "forbidden"),
+    (WrongSenderError("x"), 403, "wrong_sender"),
+    (NotForHubError("x"), 400, "not_for_hub"),
+    (ReplayedEnvelopeError("x"), 409, "replayed"),
+    (RefusedEnvelopeError("x"), 400, "bad_envelope"),
+    (RejectedInstanceError(RejectReason.NOT_ULTRASOUND, "x"), 422, "rejected_instance"),
+    (UidMismatchError("x"), 400, "uid_mismatch"),
+    (ConflictError("1.2", 1, "x"), 409, "conflict"),
+    (NotFoundError("no study 1.2"), 404, "not_found"),
+    (InvalidMetadataError("x"), 400, "bad_request"),
+    (NotDicomError("x"), 400, "bad_request"),
+    (InputError("x"), 400, "bad_request"),
+    (StorageError("disk full"), 503, "unavailable"),
+    (WorkerPoolError("x"), 503, "unavailable"),
+    (AuditError("x"), 503, "unavailable"),
+    (CorruptObjectError("x"), 500, "internal"),
+    (TamperedError("x"), 500, "internal"),  # envelope errors reach handlers wrapped
+    (KeyError("x"), 500, "internal"),
+    (HTTPError(405), 405, "method_not_allowed"),
+    (ApiError(413, "too_large", "big"), 413, "too_large"),
+]
+
+
+@pytest.mark.parametrize(("exc", "status", "code"), _MAPPING, ids=lambda v: type(v).__name__)
+def test_every_exception_has_its_status(exc: BaseException, status: int, code: str) -> None:
+    problem = problem_for(exc)
+    assert (problem.status, problem.error) == (status, code)
+    assert problem.message
+    if status >= 500:
+        assert str(exc) not in problem.message or not str(exc)  # no internals leak
+
+
+def test_a_rejected_instance_says_why() -> None:
+    problem = problem_for(RejectedInstanceError(RejectReason.CORRUPT_PIXEL_DATA, "short"))
+    assert problem.to_json()["reason"] == "corrupt pixel data"
+
+
+def test_site_keys_are_reloaded_when_their_file_changes(tmp_path: Path) -> None:
+    keys = SiteKeyFiles(tmp_path)
+    assert "sitea" not in keys and keys.get("../hub") is None and len(keys) == 0
+    first = generate_keys("sitea")
+    write_key_pair(first, tmp_path)
+    assert keys["sitea"].key_id == first.key_id and list(keys) == ["sitea"]
+    second = generate_keys("sitea")
+    (tmp_path / "sitea.pub").write_text(second.public.to_text() + "\n")
+    assert keys["sitea"].key_id == second.key_id
+    (tmp_path / "sitea.pub").unlink()
+    assert keys.get("sitea") is None
+
+
+def test_settings_come_from_the_state_directory(tmp_path: Path) -> None:
+    assert ServiceSettings.from_state(tmp_path).max_upload_bytes == 2 * 1024**3
+    config = tmp_path / "service_config.json"
+    config.write_text(json.dumps({"ServiceSettings": {"max_upload_bytes": 4096}}))
+    assert ServiceSettings.from_state(tmp_path).max_upload_bytes == 4096
+    config.write_text(json.dumps({"ServiceSettings": {"max_upload_bytes": 1}}))
+    with pytest.raises(StateError, match=r"service_config\.json"):
+        ServiceSettings.from_state(tmp_path)
+    config.write_text("{not json")
+    with pytest.raises(StateError, match="not valid JSON"):
+        ServiceSettings.from_state(tmp_path)
+
+
+def test_the_database_url_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USREVIEW_DATABASE_URL", "postgresql://hub@localhost/usreview")
+    assert ServiceSettings().database_url == "postgresql://hub@localhost/usreview"
+
+
+def test_one_service_per_state_directory(tmp_path: Path) -> None:
+    import os
+
+    fd = _lock(tmp_path / "service.lock")
+    try:
+        with pytest.raises(StateError, match="another usreview service"):
+            _lock(tmp_path / "service.lock")
+    finally:
+        os.close(fd)
+    os.close(_lock(tmp_path / "service.lock"))
+
+
+def test_the_contract_and_the_routes_agree() -> None:
+    import re
+
+    import yaml
+
+    from usreview.hub.api import errors
+
+    contract = yaml.safe_load((Path(__file__).parents[1] / "docs" / "openapi.yaml").read_text())
+    assert contract["servers"][0]["url"] == "/services/usreview/api/v1"
+    patterns = [re.compile(r"/" + p.split("api/v1/", 1)[1].rstrip("/?") + r"/?") for p in _routes()]
+    patterns.append(re.compile(r"/whoami/?"))
+    for path in contract["paths"]:
+        concrete = re.sub(r"\{[^}]+\}", "1.2.3", path)
+        assert any(p.fullmatch(concrete) for p in patterns), path
+    codes = contract["components"]["schemas"]["Error"]["properties"]["error"]["description"]
+    for _, status, code, _ in errors._TABLE:
+        assert f"{code} ({status}" in codes, code
+
+
+def _routes() -> list[str]:
+    from usreview.hub.api.app import api_routes
+
+    return [pattern for pattern, _, _ in api_routes("/p/", None, {})]  # type: ignore[arg-type]

@@ -1,0 +1,124 @@
+"""Accuracy of the quantification processors against the simulator's ground truth.
+
+Goals (issue 6): spectral Doppler from SNR 5 dB up: PSV within 5%, EDV within 10% or
+3 cm/s, RI within 0.02, heart rate within 1 beat/min; M-mode heart rate within 1 beat/min
+and wall excursion within 1 mm; 3D volume within 5%.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from usreview.dicom import read
+from usreview.processing import ProcessorResult, ResultStatus, default_registry
+from usreview.simulate import simulate
+
+
+def _run(
+    tmp_path: Path, processor: str, kind: str, seed: int, snr: float, **params: Any
+) -> tuple[dict[str, Any], dict[str, float], ProcessorResult]:
+    path = simulate(kind, tmp_path, seed=seed, snr_db=snr, **params)[0]
+    truth = json.loads(path.with_suffix(".truth.json").read_text())
+    result = default_registry().get(processor).run(read(path))
+    assert result.status == ResultStatus.DONE, result.reason
+    values = {q.name: q.value for q in result.output.quantities}
+    assert values, [f.text for f in result.output.findings]
+    return truth, values, result
+
+
+PW_CASES = [(seed, snr, {}) for seed in range(4) for snr in (5.0, 15.0, 30.0)] + [
+    (seed, snr, params)
+    for params in (
+        {"waveform": "renal"},
+        {"heart_rate_bpm": 45},
+        {"heart_rate_bpm": 150, "sweep_s": 2.5},
+        {"flow": "away"},
+        {"dynamic_range_db": 40},  # the processor still assumes 50 dB
+        {"dynamic_range_db": 60},
+        {"psv_cm_s": 200, "edv_cm_s": 40},
+        {"rows": 320, "columns": 400, "flow": "away", "waveform": "renal"},
+    )
+    for seed, snr in ((5, 5.0), (6, 20.0))
+]
+
+
+@pytest.mark.parametrize(("seed", "snr", "params"), PW_CASES)
+def test_pw_indices_meet_the_goals(
+    tmp_path: Path, seed: int, snr: float, params: dict[str, Any]
+) -> None:
+    truth, q, result = _run(tmp_path, "doppler_indices", "pw", seed, snr, **params)
+    assert q["peak_systolic_velocity"] == pytest.approx(truth["psv_cm_s"], rel=0.05)
+    edv_tolerance = max(0.10 * truth["edv_cm_s"], 3.0)
+    assert abs(q["end_diastolic_velocity"] - truth["edv_cm_s"]) <= edv_tolerance
+    assert abs(q["resistive_index"] - truth["ri"]) <= 0.02
+    assert abs(q["heart_rate"] - truth["heart_rate_bpm"]) <= 1.0
+    assert q["pulsatility_index"] == pytest.approx(truth["pi"], rel=0.10)
+    assert q["velocity_time_integral"] == pytest.approx(truth["vti_cm"], rel=0.10)
+    heart_rate = result.quantity("heart_rate")
+    assert heart_rate is not None and heart_rate.cycles == truth["cycle_count"]
+    sign = 1 if truth["flow"] == "toward" else -1
+    direction = next(f for f in result.output.findings if f.code == "flow_direction")
+    assert direction.evidence["flow_sign"] == sign
+
+
+CW_CASES = [(seed, snr, {}) for seed in range(3) for snr in (5.0, 20.0)] + [
+    (seed, snr, {"flow": "away", "heart_rate_bpm": 110}) for seed, snr in ((3, 5.0), (4, 25.0))
+]
+
+
+@pytest.mark.parametrize(("seed", "snr", "params"), CW_CASES)
+def test_cw_peak_velocity_vti_and_heart_rate(
+    tmp_path: Path, seed: int, snr: float, params: dict[str, Any]
+) -> None:
+    truth, q, _ = _run(tmp_path, "doppler_indices", "cw", seed, snr, **params)
+    assert set(q) == {"peak_velocity", "velocity_time_integral", "heart_rate"}
+    assert q["peak_velocity"] == pytest.approx(truth["psv_cm_s"], rel=0.05)
+    assert q["velocity_time_integral"] == pytest.approx(truth["vti_cm"], rel=0.05)
+    assert abs(q["heart_rate"] - truth["heart_rate_bpm"]) <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("seed", "snr", "params"),
+    [(seed, snr, {}) for seed in range(3) for snr in (10.0, 40.0)]
+    + [(3, 20.0, {"heart_rate_bpm": 50, "sweep_s": 4.0}), (4, 20.0, {"heart_rate_bpm": 120})],
+)
+def test_mmode_heart_rate_and_wall_excursion(
+    tmp_path: Path, seed: int, snr: float, params: dict[str, Any]
+) -> None:
+    truth, q, _ = _run(tmp_path, "mmode_motion", "mmode", seed, snr, **params)
+    assert abs(q["heart_rate"] - truth["heart_rate_bpm"]) <= 1.0
+    assert abs(q["septal_excursion"] - truth["septal_excursion_mm"]) <= 1.0
+    assert abs(q["posterior_wall_excursion"] - truth["posterior_excursion_mm"]) <= 1.0
+    assert abs(q["fractional_shortening"] - truth["fractional_shortening"]) <= 0.03
+
+
+_SMALL_VOLUME = {
+    "frames": 56,
+    "rows": 72,
+    "columns": 80,
+    "semi_axis_x_mm": 15.0,
+    "semi_axis_y_mm": 11.0,
+    "semi_axis_z_mm": 9.0,
+}
+
+
+@pytest.mark.parametrize(("seed", "snr"), [(0, 10.0), (1, 40.0), (2, 25.0)])
+def test_volume_of_the_ellipsoid(tmp_path: Path, seed: int, snr: float) -> None:
+    truth, q, _ = _run(tmp_path, "volume", "volume", seed, snr, **_SMALL_VOLUME)
+    assert q["volume"] == pytest.approx(truth["ellipsoid"]["volume_ml"], rel=0.05)
+
+
+@pytest.mark.parametrize("snr", [-20.0, -10.0])
+def test_a_spectrum_without_usable_signal_gets_a_finding_not_numbers(
+    tmp_path: Path, snr: float
+) -> None:
+    path = simulate("pw", tmp_path, seed=0, snr_db=snr)[0]
+    result = default_registry().get("doppler_indices").run(read(path))
+    assert result.status == ResultStatus.DONE
+    assert result.output.quantities == ()
+    assert [f.code for f in result.output.findings] == ["no_usable_signal"]
+    assert "No usable PW Doppler signal" in result.output.findings[0].text

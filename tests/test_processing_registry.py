@@ -1,0 +1,209 @@
+"""The processor registry and pipeline: contract, availability, entry points, failure isolation."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import usreview.processing
+from usreview.dicom import ImageKind, read
+from usreview.processing import (
+    PIPELINE,
+    Code,
+    CodingScheme,
+    Context,
+    NotApplicable,
+    Output,
+    Quantity,
+    Registry,
+    ResultStatus,
+    UnknownProcessorError,
+    default_registry,
+    processor,
+    run_pipeline,
+)
+from usreview.processing.results import Recommendation
+from usreview.simulate import simulate
+
+CODE = Code("x-1", CodingScheme.USREVIEW, "Test value")
+
+
+@pytest.fixture(scope="module")
+def pw_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return simulate("pw", tmp_path_factory.mktemp("pw"), seed=3, snr_db=20.0, psv_cm_s=260)[0]
+
+
+def test_public_names_are_sorted_and_present() -> None:
+    names = usreview.processing.__all__
+
+    def isort_style(name: str) -> tuple[int, str]:  # as ruff's RUF022: constants, classes, rest
+        return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+
+    assert names == sorted(names, key=isort_style)
+    assert all(hasattr(usreview.processing, name) for name in names)
+
+
+def test_builtin_processors_and_pipeline_are_declared() -> None:
+    registry = default_registry()
+    assert {"doppler_indices", "mmode_motion", "volume", "vascular_rules"} <= {
+        p.name for p in registry
+    }
+    for name, kinds in PIPELINE:
+        assert kinds <= registry.get(name).kinds
+        assert registry.get(name).available
+    assert registry.get("doppler_indices").kinds == {ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER}
+
+
+def test_a_processor_with_missing_modules_is_listed_unavailable(pw_file: Path) -> None:
+    registry = Registry()
+
+    @processor(
+        "needs_more",
+        kinds={"pw_doppler"},
+        version="0.1",
+        requires=("no_such_mod_x",),
+        registry=registry,
+    )
+    def needs_more(context: Context) -> Output:
+        return Output()
+
+    proc = registry.get("needs_more")
+    assert not proc.available
+    assert proc.unavailable_reason == "missing modules: no_such_mod_x"
+    assert proc.describe()["available"] is False
+    result = proc.run(read(pw_file))
+    assert result.status == ResultStatus.SKIPPED and "unavailable" in (result.reason or "")
+    with pytest.raises(UnknownProcessorError):
+        registry.get("nope")
+
+
+def test_failures_are_isolated_and_name_the_step_and_instance(pw_file: Path) -> None:
+    registry = Registry()
+
+    @processor("broken", kinds={"pw_doppler"}, version="1", registry=registry)
+    def broken(context: Context) -> Output:
+        raise ZeroDivisionError("division by zero")
+
+    @processor("not_here", kinds={"pw_doppler"}, version="1", registry=registry)
+    def not_here(context: Context) -> Output:
+        raise NotApplicable("nothing to measure")
+
+    @processor(
+        "fine", kinds={"pw_doppler"}, version="2.1", params={"factor": 2.0}, registry=registry
+    )
+    def fine(context: Context) -> Output:
+        value = float(context.params["factor"]) * len(context.prior)
+        return Output(quantities=(Quantity("count", CODE, value, "1"),))
+
+    steps = (
+        ("broken", frozenset({ImageKind.PW_DOPPLER})),
+        ("not_here", frozenset({ImageKind.PW_DOPPLER})),
+        ("fine", frozenset({ImageKind.PW_DOPPLER})),
+    )
+    instance = read(pw_file)
+    results = run_pipeline(instance, registry=registry, steps=steps, params={"fine": {"factor": 3}})
+    assert [r.status for r in results] == [
+        ResultStatus.FAILED,
+        ResultStatus.SKIPPED,
+        ResultStatus.DONE,
+    ]
+    assert results[0].reason == (
+        f"applying processor broken to instance {instance.sop_instance_uid}: "
+        "ZeroDivisionError: division by zero"
+    )
+    assert results[1].reason == "nothing to measure"
+    done = results[2]
+    assert done.output.quantities[0].value == 6.0
+    assert done.provenance.as_dict() == {
+        "processor": "fine",
+        "version": "2.1",
+        "parameters": {"factor": 3.0},
+        "sop_instance_uid": instance.sop_instance_uid,
+        "study_instance_uid": instance.study_instance_uid,
+    }
+    bad = registry.get("fine").run(instance, {"nope": 1})
+    assert bad.status == ResultStatus.FAILED and "unknown parameter 'nope'" in (bad.reason or "")
+
+
+class _EntryPoint:
+    def __init__(self, name: str, value: str) -> None:
+        self.name, self.value = name, value
+
+    def load(self) -> object:
+        module, _, attr = self.value.partition(":")
+        loaded = __import__(module, fromlist=["_"])
+        return getattr(loaded, attr) if attr else loaded
+
+
+def test_entry_point_processors_load_and_broken_ones_are_unavailable(
+    monkeypatch: pytest.MonkeyPatch, pw_file: Path
+) -> None:
+    registry = Registry()
+    plugin = types.ModuleType("usreview_test_plugin")
+
+    def peak_count(context: Context) -> Output:
+        return Output(quantities=(Quantity("kinds", CODE, len(context.instance.kinds), "1"),))
+
+    plugin.peak_count = processor(  # type: ignore[attr-defined]
+        "plugin_kinds", kinds={"pw_doppler"}, version="9", registry=Registry()
+    )(peak_count)
+    monkeypatch.setitem(sys.modules, "usreview_test_plugin", plugin)
+    points = [
+        _EntryPoint("plugin_kinds", "usreview_test_plugin:peak_count"),
+        _EntryPoint("missing_dep", "usreview_no_such_plugin_module:thing"),
+    ]
+
+    def fake_entry_points(group: str) -> list[_EntryPoint]:
+        assert group == "usreview.processors"
+        return points
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points)
+    names = registry.load_entry_points()
+    assert sorted(names) == ["missing_dep", "plugin_kinds"]
+    loaded = registry.get("plugin_kinds")
+    assert loaded.available and loaded.origin == "tests.test_processing_registry"
+    broken = registry.get("missing_dep")
+    assert not broken.available
+    assert "cannot import usreview_no_such_plugin_module:thing" in (broken.unavailable_reason or "")
+    results = {
+        r.provenance.processor: r
+        for r in run_pipeline(read(pw_file), registry=_with_builtins(registry))
+    }
+    assert results["plugin_kinds"].status == ResultStatus.DONE
+    assert results["missing_dep"].status == ResultStatus.SKIPPED
+
+
+def _with_builtins(extra: Registry) -> Registry:
+    registry = Registry()
+    for proc in default_registry():
+        registry.register(proc)
+    for proc in extra:
+        registry.register(proc, replace=True)
+    return registry
+
+
+def test_rules_carry_values_source_and_decision_support_wording(pw_file: Path) -> None:
+    results = {r.provenance.processor: r for r in run_pipeline(read(pw_file))}
+    assert results["mmode_motion"].status == ResultStatus.SKIPPED
+    assert "applies to mmode" in (results["mmode_motion"].reason or "")
+    recommendations = results["vascular_rules"].output.recommendations
+    by_rule = {r.rule: r for r in recommendations}
+    ica = by_rule["sru_ica_stenosis_psv"]
+    assert isinstance(ica, Recommendation)
+    assert ica.category == "ica_70_or_more"  # PSV about 260 cm/s
+    assert "Radiology 2003" in ica.source
+    assert ica.text.startswith("Decision support for the reviewing expert")
+    psv = results["doppler_indices"].quantity("peak_systolic_velocity")
+    assert ica.evidence == (psv,)
+    assert psv is not None and psv.code.value == "11726-7" and psv.unit == "cm/s"
+
+
+def test_constructed_results_validate_their_arguments() -> None:
+    with pytest.raises(ValueError, match="'value'"):
+        Quantity("psv", CODE, float("nan"), "cm/s")
+    with pytest.raises(ValueError, match="'unit'"):
+        Quantity("psv", CODE, 1.0, " ")

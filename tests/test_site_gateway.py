@@ -1,0 +1,229 @@
+"""The gateway's Storage SCP with a real dcmtk storescu as the scanner (no hub needed).
+
+The hub URL points at a closed port: uploads fail and back off, so everything the
+scanner sends stays in the spool where the tests can look at it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.conftest import REAL_FILES, real_file
+from tests.site_helpers import (
+    USREVIEW,
+    copies,
+    free_port,
+    set_port,
+    sop_uid,
+    start_gateway,
+    storescu,
+    succeeded_files,
+    wait_until,
+)
+from usreview.envelope import generate_keys, write_key_pair
+from usreview.site import Spool, init_site, load_config, read_status
+
+pytestmark = pytest.mark.slow
+
+if shutil.which("storescu") is None:
+    pytest.fail("dcmtk's storescu is missing: apt-get install dcmtk", pytrace=False)
+
+
+def _site(tmp_path: Path, allow: list[str]) -> tuple[Path, int]:
+    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
+    site = init_site(
+        "clinic",
+        f"https://127.0.0.1:{free_port()}",  # nothing listens: the hub is down
+        tmp_path / "site",
+        hub_public_key=tmp_path / "hubkeys" / "hub.pub",
+        allowed_calling_ae_titles=allow,
+    )
+    token = tmp_path / "site" / "token"
+    token.write_text("not-a-real-token\n")
+    token.chmod(0o600)
+    port = free_port()
+    set_port(site.config, port)
+    return site.config, port
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    tmp_path = tmp_path_factory.mktemp("sim")
+    out = []
+    for kind in ("bmode", "cine", "mmode", "pw", "color"):
+        result = subprocess.run(
+            [*USREVIEW, "simulate", kind, "--out", str(tmp_path / "sim" / kind)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        out += [Path(line) for line in result.stdout.split()]
+    return out
+
+
+def _spooled(config: Path) -> dict[str, Path]:
+    return {item.sop_instance_uid: item.path for item in Spool(load_config(config).spool).pending()}
+
+
+# storescu proposes a compressed syntax only when told to (by default it decompresses,
+# which it cannot do for most codecs) and retired SOP classes only with --required.
+_PROPOSE = {
+    "1.2.840.10008.1.2": [],
+    "1.2.840.10008.1.2.1": [],
+    "1.2.840.10008.1.2.2": ["-xb"],
+    "1.2.840.10008.1.2.5": ["-xr"],
+    "1.2.840.10008.1.2.4.50": ["-xy"],
+    "1.2.840.10008.1.2.4.70": ["-xs"],
+    "1.2.840.10008.1.2.4.80": ["-xt"],
+    "1.2.840.10008.1.2.4.90": ["-xv"],
+    "1.2.840.10008.1.2.4.91": ["-xw"],
+}
+
+
+def test_scanner_sends_simulated_and_real_studies(tmp_path: Path, simulated: list[Path]) -> None:
+    config, port = _site(tmp_path, ["SCANNER"])
+    groups: dict[tuple[str, ...], list[Path]] = {(): list(simulated)}
+    for entry in REAL_FILES:  # all but JPEG XL, which dcmtk 3.6.7 does not know
+        if entry["size"] < 3_000_000 and entry["TransferSyntaxUID"] in _PROPOSE:
+            options = ("--required", *_PROPOSE[entry["TransferSyntaxUID"]])
+            groups.setdefault(options, []).append(real_file(entry["file"]))
+    sent = [path for paths in groups.values() for path in paths]
+    assert len(sent) >= len(simulated) + 10
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        for options, paths in groups.items():
+            run = storescu(port, paths, options=options)
+            assert run.returncode == 0, run.output[-3000:]
+            assert len(run.succeeded) == len(paths)
+        # Some real files share a SOP Instance UID (one image in two syntaxes): both are
+        # kept, under their own hash; the hub will refuse the second as a conflict.
+        pending = Spool(load_config(config).spool).pending()
+        assert len(pending) == len(sent)
+        by_uid: dict[str, list[pydicom.Dataset]] = {}
+        for item in pending:
+            by_uid.setdefault(item.sop_instance_uid, []).append(pydicom.dcmread(item.path))
+        for path in sent:
+            original = pydicom.dcmread(path)
+            assert any(  # a valid Part 10 file with the dataset as sent
+                stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+                and stored.PixelData == original.PixelData
+                for stored in by_uid[sop_uid(path)]
+            ), path
+        status = read_status(load_config(config))
+        assert status.gateway_running and status.spool_depth == len(sent)
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_calling_ae_not_allowed_is_refused(tmp_path: Path, simulated: list[Path]) -> None:
+    config, port = _site(tmp_path, ["SCANNER"])
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        run = storescu(port, simulated[:1], calling="INTRUDER")
+        assert run.returncode != 0 and not run.succeeded
+        assert "Calling AE Title Not Recognized" in run.output, run.output[-2000:]
+        echo = subprocess.run(
+            ["echoscu", "-aet", "SCANNER", "-aec", "USREVIEW", "127.0.0.1", str(port)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert echo.returncode == 0  # Verification from an allowed scanner
+        assert _spooled(config) == {}
+    finally:
+        gateway.stop()
+
+
+def test_empty_allow_list_refuses_to_start(tmp_path: Path) -> None:
+    config, _ = _site(tmp_path, [])
+    result = subprocess.run(
+        [*USREVIEW, "site", "gateway", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "gateway.allowed_calling_ae_titles" in result.stderr
+
+
+def test_second_gateway_on_the_same_site_is_refused(tmp_path: Path) -> None:
+    config, port = _site(tmp_path, ["*"])
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        result = subprocess.run(
+            [*USREVIEW, "site", "gateway", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1 and "another process" in result.stderr
+    finally:
+        gateway.stop()
+
+
+def test_untuned_storescu_is_not_stuck_at_20_per_second(tmp_path: Path) -> None:
+    config, port = _site(tmp_path, ["*"])
+    subprocess.run(
+        [*USREVIEW, "simulate", "bmode", "--out", str(tmp_path / "one")],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    files = copies(tmp_path / "one" / "bmode.dcm", 150, tmp_path / "many")
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        run = storescu(port, files)
+        assert run.returncode == 0, run.output[-2000:]
+        rate = len(files) / run.seconds
+        print(f"untuned storescu -> gateway: {rate:.0f} instances/s ({len(files)} x 308 KB)")
+        assert rate > 50  # Nagle + delayed ACK would hold it near 20
+        assert len(_spooled(config)) == len(files)
+    finally:
+        gateway.stop()
+
+
+def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    config, port = _site(tmp_path, ["*"])
+    subprocess.run(
+        [*USREVIEW, "simulate", "bmode", "--out", str(tmp_path / "one")],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    files = copies(tmp_path / "one" / "bmode.dcm", 400, tmp_path / "many")
+    uids = {path: sop_uid(path) for path in files}
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    spool_dir = load_config(config).spool
+    with subprocess.Popen(
+        ["storescu", "-v", "-aet", "SCANNER", "-aec", "USREVIEW", "127.0.0.1", str(port)]
+        + [str(p) for p in files],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as scanner:
+        wait_until(lambda: len(list(spool_dir.glob("*.dcm"))) >= 60, timeout=60, step=0.01)
+        gateway.kill9()
+        output, _ = scanner.communicate(timeout=60)
+    acknowledged = succeeded_files(output)
+    assert 60 <= len(acknowledged) < len(files), output[-2000:]
+    spooled = _spooled(config)
+    assert {uids[p] for p in acknowledged} <= set(spooled)
+    # Restart: the spool is intact, and the scanner sends the rest (and some again).
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        rest = files[len(acknowledged) - 5 :]
+        run = storescu(port, rest)
+        assert run.returncode == 0, run.output[-2000:]
+        spooled = _spooled(config)
+        assert set(uids.values()) == set(spooled)
+        assert len(list(spool_dir.glob("*.dcm"))) == len(files)  # no duplicate
+    finally:
+        gateway.stop()

@@ -1,0 +1,456 @@
+"""The site end to end with real peers: dcmtk storescu -> gateway -> a real hub over TLS,
+results back into the outbox and into a real Orthanc (the site's PACS).
+
+One hub for the module (stopped and started again by the outage test), one Orthanc.
+Sites are enrolled as an administrator would: ``usreview site init``, then
+``usreview hub add-site`` with the site's public key, whose printed token and hub
+key go into the site's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.site_helpers import (
+    USREVIEW,
+    GatewayProcess,
+    copies,
+    free_port,
+    sop_uid,
+    start_gateway,
+    storescu,
+    succeeded_files,
+    wait_for_port,
+    wait_until,
+)
+from usreview.ingest.receipts import verify_receipt
+from usreview.site import Spool, load_config, read_status
+from usreview.site.client import HubClient
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT = 90.0
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+
+
+@dataclass
+class Hub:
+    state: Path
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    *USREVIEW,
+                    "hub",
+                    "--state",
+                    str(self.state),
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        cert = self.state / "tls.crt"
+        while True:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
+            if cert.exists():
+                try:
+                    request = urllib.request.Request(self.url + "/services/usreview/api/v1/whoami")
+                    context = ssl.create_default_context(cafile=str(cert))
+                    urllib.request.urlopen(request, context=context, timeout=5).close()
+                except urllib.error.HTTPError as exc:
+                    if exc.code == 401:  # the proxy routes to the service
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [*USREVIEW, "hub", *args, "--state", str(self.state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def publish(self, payload: Path, study: str, sites: list[str], kind: str) -> int:
+        from usreview.hub.api.publish import publish_result
+        from usreview.hub.state import open_state
+        from usreview.store import Archive
+
+        state = open_state(self.state)
+        with Archive.open(None, state.root / "archive") as archive:
+            record = publish_result(state, archive, study, payload, sites=sites, kind=kind)
+        return record.cursor
+
+
+@dataclass
+class Orthanc:
+    process: subprocess.Popen[bytes]
+    dicom_port: int
+    http: str
+
+    def instances(self) -> list[dict[str, str]]:
+        with urllib.request.urlopen(self.http + "/instances?expand", timeout=10) as answer:
+            found = json.loads(answer.read())
+        out = []
+        for item in found:
+            with urllib.request.urlopen(
+                f"{self.http}/instances/{item['ID']}/simplified-tags", timeout=10
+            ) as answer:
+                out.append(json.loads(answer.read()))
+        return out
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    root = tmp_path_factory.mktemp("hub")
+    hub = Hub(root / "state", free_port(), root / "hub.log")
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    binary = shutil.which("Orthanc")
+    if binary is None:
+        pytest.fail("Orthanc is missing: apt-get install orthanc", pytrace=False)
+    root = tmp_path_factory.mktemp("orthanc")
+    dicom_port, http_port = free_port(), free_port()
+    config = {
+        "Name": "site-pacs",
+        "StorageDirectory": str(root / "db"),
+        "IndexDirectory": str(root / "db"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "DicomCheckCalledAet": True,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [],
+        "ConcurrentJobs": 1,
+    }
+    (root / "orthanc.json").write_text(json.dumps(config))
+    log = root / "orthanc.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [binary, str(root / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for_port(http_port, process, log)
+        wait_for_port(dicom_port, process, log)
+        yield Orthanc(process, dicom_port, f"http://127.0.0.1:{http_port}")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def enroll(hub: Hub, name: str, folder: Path, *, pacs: str | None = None) -> tuple[Path, int]:
+    """A site as its people set it up; returns its site.toml and DICOM port."""
+    port = free_port()
+    args = [*USREVIEW, "site", "init", name, "--hub", hub.url, "--dir", str(folder)]
+    args += ["--hub-cert", str(hub.state / "tls.crt"), "--allow-ae", "SCANNER"]
+    args += ["--port", str(port)] + (["--pacs", pacs] if pacs else [])
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
+    pub = re.search(r"hub's administrator: (\S+)", out)
+    assert pub, out
+    added = hub.cli("add-site", name, "--public-key", pub.group(1))
+    token = re.search(r"shown once: (\S+)", added)
+    assert token, added
+    (folder / "token").write_text(token.group(1) + "\n")
+    (folder / "token").chmod(0o600)
+    (folder / "hub.pub").write_text(added[added.index("usreview-public-key v1") :])
+    config = folder / "site.toml"
+    text = config.read_text().replace("backoff_max = 60.0", "backoff_max = 2.0")
+    config.write_text(text.replace("wait = 30.0", "wait = 5.0"))
+    return config, port
+
+
+def held_at_hub(config: Path) -> dict[str, str]:
+    """UID -> plaintext SHA-256 of everything the hub holds for the site (verified)."""
+    site = load_config(config)
+    with HubClient(site) as client:
+        body = verify_receipt(client.receipts(), site.load_hub_key(), site=site.name)
+    instances = body["instances"]
+    uids = [item["sop_instance_uid"] for item in instances]
+    assert len(uids) == len(set(uids))  # each instance once
+    return {item["sop_instance_uid"]: item["plaintext_sha256"] for item in instances}
+
+
+def spool_empty(config: Path) -> bool:
+    return not Spool(load_config(config).spool).pending()
+
+
+@pytest.fixture(scope="module")
+def clinic(
+    hub: Hub, orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, GatewayProcess]]:
+    folder = tmp_path_factory.mktemp("clinic") / "site"
+    config, port = enroll(hub, "clinic", folder, pacs=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
+    gateway = start_gateway(config, port, folder.parent / "gateway.log")
+    try:
+        yield config, gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("sim")
+    out = []
+    for kind in ("bmode", "cine", "mmode", "pw", "color"):
+        result = subprocess.run(
+            [*USREVIEW, "simulate", kind, "--out", str(root / kind)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        out += [Path(line) for line in result.stdout.split()]
+    return out
+
+
+def _sr(path: Path, study: str) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SR_CLASS
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SR_CLASS
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.PatientName = "TEST^SYNTHETIC"
+    ds.PatientID = "SYN-1"
+    ds.ValueType = "CONTAINER"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+# -- uploads ---------------------------------------------------------------------------
+
+
+def test_scanner_to_hub_stores_everything(
+    clinic: tuple[Path, GatewayProcess], simulated: list[Path], tmp_path: Path
+) -> None:
+    config, gateway = clinic
+    files = simulated + copies(simulated[0], 60, tmp_path / "copies")
+    run = storescu(gateway.port, files)
+    assert run.returncode == 0 and len(run.succeeded) == len(files), run.output[-2000:]
+    wait_until(lambda: spool_empty(config), timeout=90, step=0.2)
+    held = held_at_hub(config)
+    assert {sop_uid(path) for path in files} <= set(held)
+    wait_until(lambda: read_status(load_config(config)).recorded["uploads"] >= len(files))
+    status = read_status(load_config(config))  # the gateway writes it every second
+    assert status.rejected == 0 and status.recorded["hub"] == "ok"
+
+
+def test_hub_down_spools_then_arrives_exactly_once(
+    hub: Hub, clinic: tuple[Path, GatewayProcess], simulated: list[Path], tmp_path: Path
+) -> None:
+    config, gateway = clinic
+    before = held_at_hub(config)
+    hub.stop()
+    try:
+        files = copies(simulated[2], 40, tmp_path / "during-outage")
+        run = storescu(gateway.port, files)
+        assert run.returncode == 0 and len(run.succeeded) == len(files), run.output[-2000:]
+        wait_until(lambda: read_status(load_config(config)).recorded.get("hub") == "unreachable")
+        assert len(Spool(load_config(config).spool).pending()) == len(files)
+    finally:
+        hub.start()
+    wait_until(lambda: spool_empty(config), timeout=90, step=0.2)
+    after = held_at_hub(config)
+    assert set(after) - set(before) == {sop_uid(path) for path in files}
+    assert len(after) == len(before) + len(files)
+
+
+def test_gateway_kill_9_then_restart_delivers_everything_once(
+    hub: Hub, simulated: list[Path], tmp_path: Path
+) -> None:
+    config, port = enroll(hub, "clinic-b", tmp_path / "site")
+    files = copies(simulated[0], 200, tmp_path / "copies")
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    with subprocess.Popen(
+        ["storescu", "-v", "-aet", "SCANNER", "-aec", "USREVIEW", "127.0.0.1", str(port)]
+        + [str(p) for p in files],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as scanner:
+        assert scanner.stdout is not None
+        seen = []
+        while sum("Store Response (Success)" in line for line in seen) < 50:
+            seen.append(scanner.stdout.readline())  # part received, part uploaded
+        gateway.kill9()
+        rest, _ = scanner.communicate(timeout=60)
+        output = "".join(seen) + rest
+    acknowledged = succeeded_files(output)
+    assert 0 < len(acknowledged) < len(files), output[-2000:]
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        wait_until(lambda: spool_empty(config), timeout=90, step=0.2)
+        held = held_at_hub(config)
+        assert {sop_uid(p) for p in acknowledged} <= set(held)
+        run = storescu(port, files[len(acknowledged) - 3 :])  # the scanner retries the rest
+        assert run.returncode == 0, run.output[-2000:]
+        wait_until(lambda: spool_empty(config), timeout=90, step=0.2)
+        held = held_at_hub(config)
+        assert set(held) == {sop_uid(p) for p in files}
+    finally:
+        gateway.stop()
+
+
+def test_push_and_its_errors(hub: Hub, simulated: list[Path], tmp_path: Path) -> None:
+    config, _ = enroll(hub, "clinic-c", tmp_path / "site")
+    push = [*USREVIEW, "site", "push", "--config", str(config)]
+    fresh = tmp_path / "study"  # new UIDs: another site already sent the simulated ones
+    files = [copies(path, 1, fresh / path.stem)[0] for path in simulated]
+    done = subprocess.run(
+        [*push, str(fresh)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"[{len(files)}/{len(files)}]" in done.stderr
+    assert f"{len(files)} acknowledged, 0 not acknowledged" in done.stdout
+    assert {sop_uid(p) for p in files} <= set(held_at_hub(config))
+    junk = tmp_path / "notes.dcm"
+    junk.write_text("not dicom")
+    again = subprocess.run(
+        [*push, str(files[0]), str(junk)], capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 1
+    assert "already at the hub" in again.stderr
+    assert "1 instance(s) not acknowledged" in again.stderr and str(junk) in again.stderr
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+def test_results_reach_the_outbox_and_the_pacs_of_their_site_only(
+    hub: Hub, orthanc: Orthanc, clinic: tuple[Path, GatewayProcess], tmp_path: Path
+) -> None:
+    config, _ = clinic
+    referrer, _ = enroll(hub, "referrer", tmp_path / "referrer")
+    study = generate_uid()
+    sr = _sr(tmp_path / "report.dcm", study)
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"study": study, "finding": "for the referrer only"}))
+    to_clinic = hub.publish(sr, study, ["clinic"], "report")
+    to_referrer = hub.publish(summary, study, ["referrer"], "summary")
+    to_both = hub.publish(_sr(tmp_path / "both.dcm", study), study, ["clinic", "referrer"], "sr")
+
+    outbox = load_config(config).outbox / study
+    wait_until(lambda: len(list(outbox.glob("*"))) == 2, timeout=30)  # the gateway follows
+    assert sorted(p.name for p in outbox.iterdir()) == [
+        f"{to_clinic:08d}-report.dcm",
+        f"{to_both:08d}-sr.dcm",
+    ]
+    assert pydicom.dcmread(outbox / f"{to_clinic:08d}-report.dcm").SOPInstanceUID == (
+        pydicom.dcmread(sr).SOPInstanceUID
+    )
+    wait_until(lambda: len(orthanc.instances()) >= 2, timeout=30)
+    at_pacs = {tags["SOPInstanceUID"]: tags for tags in orthanc.instances()}
+    assert pydicom.dcmread(sr).SOPInstanceUID in at_pacs
+    assert at_pacs[pydicom.dcmread(sr).SOPInstanceUID]["Modality"] == "SR"
+
+    # The referrer has no gateway: it pulls, and gets only what was addressed to it.
+    pull = [*USREVIEW, "site", "pull", "--config", str(referrer)]
+    done = subprocess.run(pull, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    theirs = load_config(referrer).outbox / study
+    assert sorted(p.name for p in theirs.iterdir()) == [
+        f"{to_referrer:08d}-summary.json",
+        f"{to_both:08d}-sr.dcm",
+    ]
+    assert json.loads((theirs / f"{to_referrer:08d}-summary.json").read_text())["finding"]
+    assert not list(outbox.glob("*summary*"))
+    again = subprocess.run(pull, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0 and "0 result(s)" in again.stdout
+    status = read_status(load_config(config))
+    assert status.results_cursor == to_both and status.recorded["results"] == 2
+
+
+def test_a_result_not_sealed_by_the_hub_is_refused(
+    hub: Hub, clinic: tuple[Path, GatewayProcess], tmp_path: Path
+) -> None:
+    from usreview.envelope import generate_keys, load_public_keys, seal_file
+    from usreview.store import Archive
+
+    config, _ = clinic
+    study = generate_uid()
+    forged = _sr(tmp_path / "forged.dcm", study)
+    rogue = generate_keys("rogue")  # anyone who can write to the feed, but not the hub
+    clinic_key = load_public_keys(hub.state / "sites" / "clinic.pub")
+    seal_file(forged, tmp_path / "forged.env", sender=rogue, recipients=[clinic_key])
+    with Archive.open(None, hub.state / "archive") as archive:
+        bad = archive.results.publish_result(
+            tmp_path / "forged.env", sites=["clinic"], study_instance_uid=study, kind="report"
+        ).cursor
+    good = hub.publish(_sr(tmp_path / "real.dcm", study), study, ["clinic"], "report")
+    outbox = load_config(config).outbox / study
+    wait_until(lambda: (outbox / f"{good:08d}-report.dcm").exists(), timeout=30)
+    assert sorted(p.name for p in outbox.iterdir()) == [f"{good:08d}-report.dcm"]
+    assert (load_config(config).state / "refused" / f"{bad:08d}.envelope").exists()
+    errors = read_status(load_config(config)).recorded["errors"]
+    assert any(f"result {bad} refused" in e["message"] for e in errors)
+    busy = subprocess.run(  # the running gateway owns the site's state
+        [*USREVIEW, "site", "pull", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert busy.returncode == 1 and "another process" in busy.stderr

@@ -1,0 +1,24 @@
+"""The usreview service's HTTP API (``docs/openapi.yaml``), under ``/services/usreview/api/v1/``.
+
+Modules (one responsibility each)::
+
+    app                 open_context(): archive, recovery, workers, ingest, audit; the URL table
+    settings            ServiceSettings (traitlets; STATE/service_config.json)
+    sitekeys            the registered sites' public keys, reloaded when a file changes
+    base                the handlers' base: caller rights, JSON errors, audit of refusals
+    errors              exception -> status, code and sentence
+    views               JSON views of the archive's records
+    handlers_upload     PUT /instances/{uid} (streamed, capped), GET /instances/{uid}
+    handlers_receipts   GET /instances/{uid}/receipt, GET /receipts
+    handlers_results    GET /results (long-poll), GET /results/{id}
+    handlers_review     GET /studies, GET /studies/{uid}; opening stored instances
+    publish             publish_result(): seal a result to sites and put it in the feed
+"""
+
+from __future__ import annotations
+
+from usreview.hub.api.app import ServiceContext, api_routes, open_context
+from usreview.hub.api.publish import publish_result
+from usreview.hub.api.settings import ServiceSettings
+
+__all__ = ["ServiceContext", "ServiceSettings", "api_routes", "open_context", "publish_result"]

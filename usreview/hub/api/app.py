@@ -1,0 +1,150 @@
+"""Wiring the API: the service's resources at startup, and the URL table.
+
+:func:`open_context` (once, before serving) takes the state directory's service lock
+(a second service on the same state refuses to start), opens the archive (SQLite in
+``STATE/archive``, or ``database_url``), recovers it and its results feed after a
+crash, empties the spool and quarantine folders, starts the parsing
+:class:`~usreview.ingest.WorkerPool`, and builds the :class:`~usreview.ingest.Ingestor`
+with the hub's keys and the registered sites' keys. :func:`api_routes` gives the
+handlers for :func:`usreview.hub.service.make_app`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from usreview.envelope import ReplayCache, load_private_keys
+from usreview.hub.api.handlers_receipts import BatchReceiptHandler, ReceiptHandler
+from usreview.hub.api.handlers_results import ResultHandler, ResultsHandler
+from usreview.hub.api.handlers_review import StudiesHandler, StudyHandler
+from usreview.hub.api.handlers_upload import InstanceHandler
+from usreview.hub.api.settings import ServiceSettings
+from usreview.hub.api.sitekeys import SiteKeyFiles
+from usreview.hub.audit import AuditAction, AuditLog
+from usreview.hub.errors import StateError
+from usreview.hub.state import HubState, open_state, state_from_env
+from usreview.ingest import Ingestor, WorkerPool
+from usreview.store import Archive
+
+__all__ = ["ServiceContext", "api_routes", "open_context"]
+
+
+@dataclass
+class ServiceContext:
+    """Everything the handlers share; built by :func:`open_context`."""
+
+    state: HubState
+    settings: ServiceSettings
+    archive: Archive
+    pool: WorkerPool
+    ingestor: Ingestor
+    site_keys: SiteKeyFiles
+    audit: AuditLog
+    spool: Path
+    executor: ThreadPoolExecutor
+    lock_fd: int
+
+    def close(self) -> None:
+        """Finish work in flight, stop the workers, close the archive, release the lock."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
+        self.archive.close()
+        os.close(self.lock_fd)
+
+
+def open_context(
+    state_root: Path | None = None, settings: ServiceSettings | None = None
+) -> ServiceContext:
+    """Open the service's resources (see the module docstring).
+
+    Raises
+    ------
+    StateError
+        Another service holds the state directory, or it is unusable.
+    StorageError
+        The archive cannot be opened or recovered.
+    """
+    state = open_state(state_root if state_root is not None else state_from_env())
+    settings = settings or ServiceSettings.from_state(state.root)
+    lock_fd = _lock(state.root / "service.lock")
+    try:
+        archive = Archive.open(settings.database_url or None, state.root / "archive")
+        report = archive.recover()
+        results_removed = archive.results.recover()
+        spool = _private_folder(state.root / "spool")
+        for leftover in spool.iterdir():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        site_keys = SiteKeyFiles(state.sites)
+        pool = WorkerPool(settings.parse_workers, timeout=settings.parse_timeout)
+        ingestor = Ingestor(
+            archive,
+            load_private_keys(state.hub_key),
+            site_keys,
+            ReplayCache(state.root / "replay.sqlite3"),
+            pool,
+            state.root / "quarantine",
+        )
+        audit = AuditLog(state.audit_log, state.audit_key.read_bytes())
+        audit.record(
+            "usreview",
+            AuditAction.ADMIN,
+            "service",
+            outcome="started",
+            detail={
+                "pid": os.getpid(),
+                "orphans_removed": len(report.orphans),
+                "temp_files_removed": report.temp_files_removed,
+                "missing": list(report.missing),
+                "results_removed": results_removed,
+            },
+        )
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    executor = ThreadPoolExecutor(settings.parse_workers + 4, thread_name_prefix="usreview")
+    return ServiceContext(
+        state, settings, archive, pool, ingestor, site_keys, audit, spool, executor, lock_fd
+    )
+
+
+def api_routes(prefix: str, context: ServiceContext, options: dict[str, Any]) -> list[Any]:
+    """The API's ``(pattern, handler, options)`` under ``{prefix}api/v1/``."""
+    api = f"{prefix}api/v1"
+    kwargs = {**options, "context": context}
+    uid = r"([^/]+)"
+    return [
+        (rf"{api}/instances/{uid}/receipt/?", ReceiptHandler, kwargs),
+        (rf"{api}/instances/{uid}/?", InstanceHandler, kwargs),
+        (rf"{api}/receipts/?", BatchReceiptHandler, kwargs),
+        (rf"{api}/results/?", ResultsHandler, kwargs),
+        (rf"{api}/results/{uid}/?", ResultHandler, kwargs),
+        (rf"{api}/studies/?", StudiesHandler, kwargs),
+        (rf"{api}/studies/{uid}/?", StudyHandler, kwargs),
+    ]
+
+
+def _private_folder(path: Path) -> Path:
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateError(
+            f"another usreview service is using {path.parent}: stop it first"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd

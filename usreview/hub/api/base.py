@@ -1,0 +1,176 @@
+"""The base of the API's handlers: the caller's rights, JSON errors, the audit trail.
+
+Every request leaves one audit line: handlers record their allowed accesses (a read is
+recorded before any data leaves), and :meth:`BaseHandler.write_error` records every
+refusal: 401, 403 and 404 as ``denial``, other errors under the handler's action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from usreview.hub.api.errors import ApiError, problem_for
+from usreview.hub.audit import AuditAction
+from usreview.hub.errors import AuditError
+from usreview.hub.roles import SITE_GROUP
+from usreview.hub.service import ApiHandler
+from usreview.store import Reviewer
+
+if TYPE_CHECKING:
+    from usreview.hub.api.app import ServiceContext
+
+__all__ = ["REVIEW", "SITE_RESULTS", "SITE_UPLOAD", "BaseHandler", "check_uid"]
+
+SITE_UPLOAD = "custom:usreview:upload"
+SITE_RESULTS = "custom:usreview:results"
+REVIEW = "custom:usreview:review"
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_DENIALS = (401, 403, 404)
+_log = logging.getLogger("usreview.service")
+_T = TypeVar("_T")
+
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+def check_uid(value: str) -> bool:
+    """Whether ``value`` is a DICOM UID."""
+    return len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+class BaseHandler(ApiHandler):
+    """An API handler with the service's context (archive, ingest, audit)."""
+
+    #: What the handler's accesses are recorded as.
+    audit_action = AuditAction.READ
+
+    def initialize(self, hub_auth: Any = None, context: ServiceContext | None = None) -> None:
+        """Keep ``context`` (required) besides the hub authentication."""
+        super().initialize(hub_auth)
+        assert context is not None, "API handlers need the service context"
+        self.context = context
+        self.audited = False
+        self.resource = ""
+
+    def prepare(self) -> None:
+        """Authenticate (401/403); name the resource for the audit log."""
+        self.resource = self.request.path.partition("/api/v1/")[2] or self.request.path
+        super().prepare()
+
+    # -- who is calling ---------------------------------------------------------------
+
+    @property
+    def actor(self) -> str:
+        """The caller's name for the audit log (``anonymous`` before authentication)."""
+        model = getattr(self, "_hub_auth_user_cache", None)
+        return str(model["name"]) if isinstance(model, dict) else "anonymous"
+
+    def has_scope(self, scope: str) -> bool:
+        """Whether the caller holds ``scope``."""
+        return bool(self.hub_auth.check_scopes({scope}, self.caller))
+
+    def site(self, scope: str, *, hide: tuple[str, object] | None = None) -> str:
+        """The calling site's name, if it is a site holding ``scope``.
+
+        Otherwise 403, or with ``hide=(kind, id)`` the 404 of a missing resource.
+        """
+        model = self.caller
+        if (
+            model.get("kind", "user") == "user"
+            and SITE_GROUP in (model.get("groups") or [])
+            and self.has_scope(scope)
+        ):
+            return str(model["name"])
+        if hide is not None:
+            raise ApiError(404, "not_found", f"no {hide[0]} {hide[1]}")
+        raise ApiError(403, "forbidden", f"only sites with the scope {scope} may do this")
+
+    def reviewer(self, *, hide: tuple[str, object] | None = None) -> Reviewer:
+        """The caller as a reviewer (all sites), if it holds the review scope."""
+        if self.has_scope(REVIEW):
+            return Reviewer(str(self.caller["name"]))
+        if hide is not None:
+            raise ApiError(404, "not_found", f"no {hide[0]} {hide[1]}")
+        raise ApiError(403, "forbidden", f"needs the scope {REVIEW}")
+
+    # -- work off the event loop --------------------------------------------------------
+
+    async def blocking(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``func`` in the service's thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.context.executor, partial(func, *args, **kwargs))
+
+    # -- audit -----------------------------------------------------------------------
+
+    def audit_now(
+        self,
+        action: AuditAction,
+        outcome: str = "allowed",
+        detail: dict[str, Any] | None = None,
+        resource: str | None = None,
+    ) -> None:
+        """Record this request's access; raises :class:`AuditError` (503) if it cannot."""
+        self.context.audit.record(
+            self.actor,
+            action,
+            resource if resource is not None else self.resource,
+            outcome=outcome,
+            detail=detail,
+        )
+        self.audited = True
+
+    async def audit(
+        self,
+        action: AuditAction,
+        outcome: str = "allowed",
+        detail: dict[str, Any] | None = None,
+        resource: str | None = None,
+    ) -> None:
+        """:meth:`audit_now` off the event loop (the log is fsynced)."""
+        await self.blocking(self.audit_now, action, outcome, detail, resource)
+
+    # -- errors ----------------------------------------------------------------------
+
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """A traceback in the log only for the service's own failures."""
+        problem = problem_for(value)
+        if problem.status >= 500:
+            super().log_exception(typ, value, tb)
+        else:
+            _log.info("%s %s: %s %s", self.request.method, self.resource, problem.status, value)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Answer ``{"status", "error", "message"[, "reason"]}``; audit the refusal."""
+        exc_info: _ExcInfo | None = kwargs.get("exc_info")
+        self.finish(self.error_body(exc_info[1] if exc_info else None, status_code))
+
+    def error_body(self, exc: BaseException | None, status_code: int = 500) -> dict[str, Any]:
+        """Set the status and content type of the answer to ``exc``, audit it, return its body."""
+        problem = problem_for(exc, status_code)
+        self.set_status(problem.status)
+        if not self.audited:
+            self._audit_refusal(problem.status, problem.error, problem.reason)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        return problem.to_json()
+
+    def _audit_refusal(self, status: int, error: str, reason: str | None) -> None:
+        action = AuditAction.DENIAL if status in _DENIALS else self.audit_action
+        detail: dict[str, Any] = {"method": self.request.method, "status": status}
+        if reason:
+            detail["reason"] = reason
+        if self.actor == "anonymous":
+            detail["ip"] = self.request.remote_ip
+        try:
+            self.audit_now(action, outcome=error, detail=detail)
+        except AuditError as exc:
+            _log.error("cannot record a refusal in the audit log: %s", exc)

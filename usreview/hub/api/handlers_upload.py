@@ -1,0 +1,192 @@
+"""``PUT /instances/{uid}``: a site uploads one sealed instance (and ``GET`` reads it).
+
+The body streams into a private spool file (never whole in memory), capped at
+:attr:`~usreview.hub.api.settings.ServiceSettings.max_upload_bytes`: 413 as soon as the
+declared length or the bytes received pass it.
+
+A refusal before the body is read (401, 403, 411, 413, 415) is answered at once and the
+rest of the body is then read and thrown away (up to :data:`DRAIN_LIMIT` bytes, then
+the connection is closed): closing with unread data makes the kernel reset the
+connection, which loses the answer in a proxy (JupyterHub's answers 503) or in a client
+that sends the whole body before reading. Then :meth:`usreview.ingest.Ingestor.ingest`
+runs in the thread pool (it blocks on the parsing worker and the durable commit) with
+the path's UID as the one expected; the answer comes after the commit and the audit
+line. The spool file is removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from tornado.web import HTTPError, stream_request_body
+
+from usreview.hub.api.base import SITE_UPLOAD, BaseHandler, check_uid
+from usreview.hub.api.errors import ApiError
+from usreview.hub.api.handlers_review import send_instance
+from usreview.hub.audit import AuditAction
+from usreview.ingest import IngestResult
+
+__all__ = ["DRAIN_LIMIT", "ENVELOPE_TYPES", "InstanceHandler"]
+
+#: Content types an upload may declare.
+ENVELOPE_TYPES = ("application/vnd.usreview.envelope", "application/octet-stream")
+#: Bytes of a refused upload read and discarded before the connection is closed.
+DRAIN_LIMIT = 64 * 1024**2
+
+
+@stream_request_body
+class InstanceHandler(BaseHandler):
+    """``PUT``: store a site's sealed instance; ``GET``: a reviewer reads it as DICOM."""
+
+    audit_action = AuditAction.WRITE
+
+    def initialize(self, hub_auth: Any = None, context: Any = None) -> None:
+        """No spool file yet."""
+        super().initialize(hub_auth, context)
+        self._spool: IO[bytes] | None = None
+        self._spool_path: Path | None = None
+        self._received = 0
+        self._draining = False
+
+    def prepare(self) -> None:
+        """For an upload: check caller, content type and length, open the spool file."""
+        if self.request.method != "PUT":
+            self.audit_action = AuditAction.READ
+            super().prepare()
+            return
+        cap = self.context.settings.max_upload_bytes
+        # Our own cap answers first (with 413); tornado's is a backstop past the drain.
+        self.request.connection.set_max_body_size(cap + DRAIN_LIMIT)  # type: ignore[union-attr]
+        try:
+            super().prepare()
+            self._start_upload()
+        except HTTPError as exc:
+            if self.request.headers.get("Expect", "").lower() == "100-continue":
+                raise  # nothing was sent yet: answer and close
+            self._answer_now(exc)
+
+    def _start_upload(self) -> None:
+        self.site(SITE_UPLOAD)
+        headers = self.request.headers
+        media = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        if media not in ENVELOPE_TYPES:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"send the envelope as {ENVELOPE_TYPES[0]} (got {media or 'no content type'})",
+            )
+        cap = self.context.settings.max_upload_bytes
+        length = headers.get("Content-Length")
+        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        if length is None and not chunked:
+            raise ApiError(411, "length_required", "send Content-Length (or a chunked body)")
+        if length is not None:
+            if not length.strip().isdigit():
+                raise ApiError(400, "bad_request", "Content-Length is not a number")
+            if int(length) > cap:
+                raise self._too_large(cap)
+        fd, name = tempfile.mkstemp(suffix=".upload", dir=self.context.spool)
+        self._spool, self._spool_path = os.fdopen(fd, "wb"), Path(name)
+
+    def data_received(self, chunk: bytes) -> None:
+        """Append to the spool file; 413 once the cap is passed."""
+        self._received += len(chunk)
+        if self._draining:
+            if self._received > DRAIN_LIMIT and self.request.connection is not None:
+                self.request.connection.close()  # type: ignore[attr-defined]
+            return
+        if self._finished or self._spool is None:
+            return
+        cap = self.context.settings.max_upload_bytes
+        if self._received > cap:
+            self._answer_now(self._too_large(cap))
+            self._received = 0
+            return
+        self._spool.write(chunk)
+
+    def _answer_now(self, exc: HTTPError) -> None:
+        """Send the refusal now; read and drop the rest of the body (see the module doc)."""
+        self._discard()
+        self._draining = True
+        body = json.dumps(self.error_body(exc, exc.status_code)).encode()
+        self.set_header("Content-Length", str(len(body)))
+        self.set_header("Connection", "close")
+        self.write(body)
+        self.flush()
+
+    async def put(self, sop_instance_uid: str) -> None:
+        """Ingest the spooled envelope; 201 stored, 200 already stored."""
+        if self._draining:
+            self.finish()  # the refusal was sent; the body is read
+            return
+        site = self.site(SITE_UPLOAD)
+        if self._spool is None or self._spool_path is None:
+            return
+        if self._received == 0:
+            raise ApiError(400, "bad_envelope", "the body is empty: send the sealed envelope")
+        self.resource = f"instances/{sop_instance_uid}"
+        if not check_uid(sop_instance_uid):
+            raise ApiError(400, "bad_request", f"{sop_instance_uid!r} is not a DICOM UID")
+        self._spool.close()
+        path, self._spool, self._spool_path = self._spool_path, None, None  # ours now
+        try:
+            result = await self.blocking(self._ingest, site, path, sop_instance_uid)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        record = result.record
+        self.write_json(
+            {
+                "sop_instance_uid": record.sop_instance_uid,
+                "study_instance_uid": record.study_instance_uid,
+                "duplicate": result.duplicate,
+                "receipt": result.receipt.to_dict(),
+            },
+            status=200 if result.duplicate else 201,
+        )
+
+    def _ingest(self, site: str, path: Path, uid: str) -> IngestResult:
+        result = self.context.ingestor.ingest(site, path, expected_sop_instance_uid=uid)
+        record = result.record
+        self.audit_now(
+            AuditAction.WRITE,
+            "duplicate" if result.duplicate else "stored",
+            {
+                "study": record.study_instance_uid,
+                "plaintext_sha256": record.plaintext_sha256,
+                "size": record.size,
+                "message_id": result.message_id.hex(),
+            },
+        )
+        return result
+
+    async def get(self, sop_instance_uid: str) -> None:
+        """The instance as DICOM, for reviewers (audited as a read)."""
+        await send_instance(self, sop_instance_uid)
+
+    def on_connection_close(self) -> None:
+        """The caller went away: drop what was spooled."""
+        self._discard()
+        super().on_connection_close()
+
+    def on_finish(self) -> None:
+        """Never leave a spool file behind."""
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._spool is not None:
+            with contextlib.suppress(OSError):
+                self._spool.close()
+        if self._spool_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._spool_path.unlink()
+        self._spool = self._spool_path = None
+
+    @staticmethod
+    def _too_large(cap: int) -> ApiError:
+        return ApiError(413, "too_large", f"an upload may be at most {cap} bytes")

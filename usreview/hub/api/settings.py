@@ -1,0 +1,80 @@
+"""The service's settings: traitlets with help, defaults and validation.
+
+Read from ``STATE/service_config.json`` when it exists (the hub-managed service gets
+no other environment than the state directory)::
+
+    {"ServiceSettings": {"max_upload_bytes": 4294967296, "parse_workers": 2}}
+
+``$USREVIEW_DATABASE_URL`` gives the default of :attr:`ServiceSettings.database_url`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from traitlets import Float, Integer, TraitError, Unicode, default
+from traitlets.config import Configurable
+from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader
+
+from usreview.hub.errors import StateError
+
+__all__ = ["CONFIG_FILE", "DATABASE_URL_ENV", "ServiceSettings"]
+
+CONFIG_FILE = "service_config.json"
+DATABASE_URL_ENV = "USREVIEW_DATABASE_URL"
+
+
+class ServiceSettings(Configurable):  # type: ignore[misc]
+    """Limits and resources of the usreview service."""
+
+    max_upload_bytes = Integer(
+        2 * 1024**3,
+        min=1024,
+        help="Largest envelope one upload may send, in bytes (bigger ones answer 413).",
+    ).tag(config=True)
+    database_url = Unicode(
+        help="SQLAlchemy URL of the archive's index (postgresql://...); empty: SQLite "
+        f"in STATE/archive. Default ${DATABASE_URL_ENV}.",
+    ).tag(config=True)
+    parse_workers = Integer(
+        2, min=1, max=64, help="Processes that parse uploaded DICOM (one per core)."
+    ).tag(config=True)
+    parse_timeout = Float(
+        60.0, min=1.0, help="Seconds one instance may take to parse before it is refused."
+    ).tag(config=True)
+    results_poll_seconds = Float(
+        0.5,
+        min=0.05,
+        max=10.0,
+        help="How often a waiting results request looks for results published by other "
+        "processes (those published in the service wake it at once).",
+    ).tag(config=True)
+    max_wait_seconds = Float(
+        60.0, min=0.0, max=600.0, help="Longest 'wait' a results request may ask for."
+    ).tag(config=True)
+
+    @default("database_url")
+    def _database_url_default(self) -> str:
+        return os.environ.get(DATABASE_URL_ENV, "")
+
+    @classmethod
+    def from_state(cls, root: Path) -> ServiceSettings:
+        """The settings of ``root/service_config.json``, or the defaults.
+
+        Raises
+        ------
+        StateError
+            If the file is not JSON or a setting is invalid (the message names it).
+        """
+        path = Path(root) / CONFIG_FILE
+        try:
+            config = JSONFileConfigLoader(CONFIG_FILE, path=str(root)).load_config()
+        except ConfigFileNotFound:
+            return cls()
+        except ValueError as exc:
+            raise StateError(f"{path} is not valid JSON ({exc}): fix or remove it") from None
+        try:
+            return cls(config=config)
+        except TraitError as exc:
+            raise StateError(f"{path}: invalid ServiceSettings value ({exc})") from None

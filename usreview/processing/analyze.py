@@ -1,0 +1,84 @@
+"""Run the pipeline on local files without a hub: one JSON-ready summary per instance."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from usreview.dicom import iter_dicom_paths, read
+from usreview.errors import InputError
+from usreview.processing.pipeline import run_pipeline
+from usreview.processing.png import write_png
+from usreview.processing.registry import Registry
+from usreview.processing.results import ProcessorResult
+
+__all__ = ["analyze_file", "analyze_paths", "summarize"]
+
+
+def summarize(
+    path: Path, kinds: Iterable[str], uid: str, results: list[ProcessorResult]
+) -> dict[str, Any]:
+    """The JSON view of one instance's results: kinds, quantities, findings, recommendations."""
+    quantities, findings, recommendations = [], [], []
+    for result in results:
+        name = result.provenance.processor
+        quantities += [{**q.as_dict(), "processor": name} for q in result.output.quantities]
+        findings += [{**f.as_dict(), "processor": name} for f in result.output.findings]
+        recommendations += [
+            {**r.as_dict(), "processor": name} for r in result.output.recommendations
+        ]
+    return {
+        "file": str(path),
+        "sop_instance_uid": uid,
+        "kinds": list(kinds),
+        "quantities": quantities,
+        "findings": findings,
+        "recommendations": recommendations,
+        "images": [],
+        "processors": [
+            {
+                "processor": r.provenance.processor,
+                "version": r.provenance.version,
+                "parameters": dict(r.provenance.parameters),
+                "status": r.status.value,
+                "reason": r.reason,
+                "seconds": round(r.seconds, 4),
+            }
+            for r in results
+        ],
+    }
+
+
+def analyze_file(
+    path: Path, out: Path | None = None, registry: Registry | None = None
+) -> dict[str, Any]:
+    """Read one file, run the pipeline, write derived images into ``out`` as PNG."""
+    instance = read(path)
+    results = run_pipeline(instance, registry=registry)
+    summary = summarize(path, [k.value for k in instance.kinds], instance.sop_instance_uid, results)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        stem = instance.sop_instance_uid or path.stem
+        for result in results:
+            for image in result.output.images:
+                target = out / f"{stem}.{result.provenance.processor}.{image.name}.png"
+                write_png(target, image.pixels)
+                summary["images"].append(
+                    {"file": os.fspath(target), "description": image.description}
+                )
+    return summary
+
+
+def analyze_paths(
+    paths: Iterable[str | os.PathLike[str]], out: Path | None = None
+) -> list[dict[str, Any]]:
+    """:func:`analyze_file` for every file under ``paths``; unreadable ones get an ``error``."""
+    summaries: list[dict[str, Any]] = []
+    for path in iter_dicom_paths(paths):
+        try:
+            summaries.append(analyze_file(path, out))
+        except InputError as exc:
+            summaries.append({"file": str(path), "error": str(exc)})
+    return summaries

@@ -1,0 +1,1 @@
+"""Quantification processors: spectral Doppler indices, M-mode motion, 3D volume."""

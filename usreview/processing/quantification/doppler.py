@@ -1,0 +1,195 @@
+"""Processor ``doppler_indices``: PSV, EDV, RI, PI, VTI and heart rate from a spectral display.
+
+PW reports ``peak_systolic_velocity``, ``end_diastolic_velocity``, ``resistive_index``,
+``pulsatility_index``, ``time_averaged_peak_velocity``, ``velocity_time_integral`` and
+``heart_rate``; CW reports ``peak_velocity``, ``velocity_time_integral`` and ``heart_rate``.
+Each is the mean over the complete cycles in view, with the cycle count. A spectrum without
+a usable signal gets a finding that says so instead of numbers. The traced envelope is
+returned as an overlay image. Method and assumptions: :mod:`.spectral`, :mod:`.cycles`.
+
+Parameters: ``dynamic_range_db`` (assumed display range, 50), ``average_columns`` (power
+averaged over this many columns before tracing, 3) and ``edge_refinement`` (``"cw"``: CW
+envelopes are moved from the MGM knee to the area midpoint of the spectral edge, since on
+a flat, filled-in CW spectrum the knee sits about 1.3 broadening SDs inside the edge, while
+on a PW spectrum concentrated near its maximum the plain knee is the better estimate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from usreview.dicom import ImageKind, RegionDataType
+from usreview.processing.quantification.cycles import Cycle, detect_cycles
+from usreview.processing.quantification.spectral import (
+    FlowSide,
+    SpectralCalibration,
+    calibrate,
+    flow_side,
+    grey_to_power,
+    mgm_envelope,
+    spectral_region,
+)
+from usreview.processing.registry import Context, processor
+from usreview.processing.results import (
+    Code,
+    CodingScheme,
+    DerivedImage,
+    Finding,
+    Output,
+    Quantity,
+)
+
+__all__ = ["CODES", "doppler_indices"]
+
+Float = npt.NDArray[np.float64]
+LN = CodingScheme.LOINC
+
+#: LOINC codes (DICOM CID 12120, 12121, 12220) and UCUM units, by quantity name.
+CODES: dict[str, tuple[Code, str]] = {
+    "peak_systolic_velocity": (Code("11726-7", LN, "Peak Systolic Velocity"), "cm/s"),
+    "end_diastolic_velocity": (Code("11653-3", LN, "End Diastolic Velocity"), "cm/s"),
+    "resistive_index": (Code("12023-8", LN, "Resistivity Index"), "1"),
+    "pulsatility_index": (Code("12008-9", LN, "Pulsatility Index"), "1"),
+    "time_averaged_peak_velocity": (Code("11692-1", LN, "Time averaged peak velocity"), "cm/s"),
+    "velocity_time_integral": (Code("20354-7", LN, "Velocity Time Integral"), "cm"),
+    "peak_velocity": (Code("20355-4", LN, "Peak Blood Velocity"), "cm/s"),
+    "heart_rate": (Code("8867-4", LN, "Heart rate"), "/min"),
+}
+MIN_SIGNAL_FRACTION = 0.3  # of columns, for a PW spectrum (CW is silent in diastole)
+
+
+def _quantity(name: str, values: Sequence[float], digits: int = 4) -> Quantity:
+    code, unit = CODES[name]
+    arr = np.asarray(values, dtype=np.float64)
+    details: dict[str, Any] = {"per_cycle": [round(float(v), digits) for v in arr]}
+    if len(arr) > 1:
+        details["sd"] = round(float(arr.std(ddof=1)), digits)
+    return Quantity(name, code, round(float(arr.mean()), digits), unit, len(arr), details)
+
+
+def _indices(cycles: Sequence[Cycle], pw: bool) -> list[Quantity]:
+    periods = [c.period_s for c in cycles]
+    heart_rate = Quantity(
+        "heart_rate",
+        CODES["heart_rate"][0],
+        round(60.0 / float(np.mean(periods)), 2),
+        "/min",
+        len(cycles),
+        {"per_cycle": [round(60.0 / p, 2) for p in periods]},
+    )
+    if not pw:
+        return [
+            _quantity("peak_velocity", [c.peak for c in cycles]),
+            _quantity("velocity_time_integral", [c.ejection_integral for c in cycles]),
+            heart_rate,
+        ]
+    vti = [c.mean * c.period_s for c in cycles]
+    psv = [c.peak for c in cycles]
+    edv = [c.end_diastolic for c in cycles]
+    return [
+        _quantity("peak_systolic_velocity", psv),
+        _quantity("end_diastolic_velocity", edv),
+        _quantity("resistive_index", [(c.peak - c.end_diastolic) / c.peak for c in cycles]),
+        _quantity("pulsatility_index", [(c.peak - c.end_diastolic) / c.mean for c in cycles]),
+        _quantity("time_averaged_peak_velocity", [c.mean for c in cycles]),
+        _quantity("velocity_time_integral", vti),
+        heart_rate,
+    ]
+
+
+def overlay(
+    grey: npt.NDArray[np.uint8],
+    calibration: SpectralCalibration,
+    side: FlowSide,
+    envelope: Float,
+    cycles: Sequence[Cycle],
+) -> npt.NDArray[np.uint8]:
+    """The spectral region in RGB with the envelope (yellow) and cycle feet (cyan) drawn in."""
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    rows, cols = grey.shape
+    signed = side.sign * envelope
+    r = np.rint(calibration.baseline_row + signed / calibration.velocity_per_row)
+    for c in range(cols):
+        if np.isfinite(r[c]):
+            y = int(np.clip(r[c], 0, rows - 1))
+            rgb[max(y - 1, 0) : y + 1, c] = (255, 220, 0)
+    dt = calibration.seconds_per_column
+    for cycle in cycles:
+        for t in (cycle.start_s, cycle.end_s):
+            c = round(t / dt)
+            if 0 <= c < cols:
+                rgb[::4, c] = (0, 220, 255)
+    return rgb
+
+
+@processor(
+    "doppler_indices",
+    kinds={ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER},
+    version="1.0",
+    params={"dynamic_range_db": 50.0, "average_columns": 3, "edge_refinement": "cw"},
+    requires=("scipy",),
+)
+def doppler_indices(context: Context) -> Output:
+    """Spectral Doppler indices from the maximum-velocity envelope (MGM), over complete cycles."""
+    instance = context.instance
+    region = spectral_region(instance)
+    cal = calibrate(region)
+    display = instance.display_frame(0)
+    if display.ndim == 3:  # colour spectral displays: their luminance
+        display = np.rint(display @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    x0, y0, x1, y1 = region.bounds
+    grey = display[y0 : y1 + 1, x0 : x1 + 1]
+    power = grey_to_power(grey, float(context.params["dynamic_range_db"]))
+    width = int(context.params["average_columns"])
+    if width > 1:  # fewer speckle fluctuations; a few ms, well inside the analysis window
+        power = ndimage.uniform_filter1d(power, width, axis=1, mode="nearest")
+    side = flow_side(power, cal)
+    pw = region.data_type == RegionDataType.PW_SPECTRAL_DOPPLER
+    refine = str(context.params["edge_refinement"])
+    if refine not in ("none", "cw", "all"):
+        raise ValueError(f"parameter 'edge_refinement' {refine!r}: use none, cw or all")
+    envelope = mgm_envelope(side, edge=refine == "all" or (refine == "cw" and not pw))
+    dt = cal.seconds_per_column
+    with_signal = float(np.mean(np.isfinite(envelope)))
+    cycles, smooth = detect_cycles(envelope, dt)
+    mode = "PW" if pw else "CW"
+    image = DerivedImage(
+        "doppler_envelope",
+        overlay(grey, cal, side, np.where(np.isfinite(envelope), smooth, np.nan), cycles),
+        f"{mode} spectral region with the traced maximum-velocity envelope (MGM, yellow) and "
+        "cycle boundaries (cyan)",
+    )
+    evidence = {
+        "columns_with_signal": round(with_signal, 3),
+        "signal_to_noise_ratio": round(side.signal_ratio, 3),
+        "complete_cycles": len(cycles),
+        "seconds": round(cal.columns * dt, 3),
+    }
+    if (pw and with_signal < MIN_SIGNAL_FRACTION) or not cycles:
+        why = (
+            "too few columns hold a Doppler signal"
+            if with_signal < MIN_SIGNAL_FRACTION
+            else ("no complete cardiac cycle was found")
+        )
+        text = f"No usable {mode} Doppler signal: {why}; no velocities are reported."
+        return Output(findings=(Finding("no_usable_signal", text, evidence),), images=(image,))
+    direction = (
+        "toward the probe (above the baseline)"
+        if side.sign > 0
+        else ("away from the probe (below the baseline)")
+    )
+    finding = Finding(
+        "flow_direction",
+        f"{mode} flow {direction}; values are means over {len(cycles)} complete cycle(s).",
+        {
+            **evidence,
+            "flow_sign": side.sign,
+            "assumed_dynamic_range_db": context.params["dynamic_range_db"],
+        },
+    )
+    return Output(quantities=tuple(_indices(cycles, pw)), images=(image,), findings=(finding,))

@@ -1,0 +1,1 @@
+"""Recommendations: published diagnostic rules applied to measured values (decision support)."""

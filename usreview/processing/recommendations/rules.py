@@ -1,0 +1,123 @@
+"""Processor ``vascular_rules``: published Doppler criteria as data, applied to measured values.
+
+Each :class:`Rule` names the quantity it reads, its bands (lower bound inclusive, upper
+exclusive, in the quantity's unit), the vessel it is meant for and its published source.
+The images carry no reliable vessel label, so every recommendation says for which vessel the
+rule holds and leaves that judgement, and the diagnosis, to the reviewing expert.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from usreview.dicom import ImageKind
+from usreview.processing.registry import Context, processor
+from usreview.processing.results import Output, Quantity, Recommendation
+
+__all__ = ["RULES", "Band", "Rule", "apply_rule", "vascular_rules"]
+
+SUPPORT = "Decision support for the reviewing expert, not a diagnosis"
+
+
+@dataclass(frozen=True)
+class Band:
+    """A range ``[low, high)`` of the measured value and what the rule says of it."""
+
+    low: float
+    high: float
+    category: str
+    statement: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A published criterion on one measured quantity."""
+
+    name: str
+    quantity: str
+    vessel: str
+    criterion: str
+    source: str
+    bands: tuple[Band, ...]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        name="sru_ica_stenosis_psv",
+        quantity="peak_systolic_velocity",
+        vessel="internal carotid artery",
+        criterion="ICA PSV < 125 cm/s: normal or < 50% (plaque decides); 125-230 cm/s: 50-69%; "
+        "> 230 cm/s: >= 70% stenosis (primary criterion; ICA/CCA ratio and ICA EDV are secondary)",
+        source="Grant EG et al. Carotid artery stenosis: gray-scale and Doppler US diagnosis - "
+        "Society of Radiologists in Ultrasound Consensus Conference. Radiology 2003;229:340-346",
+        bands=(
+            Band(0.0, 125.0, "ica_below_50", "normal or < 50% stenosis (plaque on B-mode decides)"),
+            Band(125.0, 230.0, "ica_50_69", "50-69% stenosis"),
+            Band(230.0, math.inf, "ica_70_or_more", ">= 70% stenosis (or near occlusion)"),
+        ),
+    ),
+    Rule(
+        name="sru_ica_stenosis_edv",
+        quantity="end_diastolic_velocity",
+        vessel="internal carotid artery",
+        criterion="ICA EDV > 100 cm/s suggests >= 70% stenosis (secondary criterion)",
+        source="Grant EG et al. Radiology 2003;229:340-346 (SRU consensus)",
+        bands=(Band(100.0, math.inf, "ica_70_or_more_edv", ">= 70% stenosis (secondary, EDV)"),),
+    ),
+    Rule(
+        name="renal_resistive_index",
+        quantity="resistive_index",
+        vessel="intrarenal (interlobar or segmental) artery",
+        criterion="renal RI > 0.70 is commonly taken as abnormal in adults",
+        source="Tublin ME, Bude RO, Platt JF. The resistive index in renal Doppler sonography: "
+        "where do we stand? AJR 2003;180:885-892",
+        bands=(Band(0.70 + 1e-9, math.inf, "renal_ri_elevated", "an elevated resistive index"),),
+    ),
+)
+
+
+def apply_rule(rule: Rule, quantity: Quantity) -> Recommendation | None:
+    """The recommendation of ``rule`` for the measured ``quantity`` (``None`` outside its bands)."""
+    for band in rule.bands:
+        if band.low <= quantity.value < band.high:
+            value = (
+                f"{quantity.value:g} {quantity.unit}"
+                if quantity.unit != "1"
+                else (f"{quantity.value:.2f}")
+            )
+            cycles = f" (mean of {quantity.cycles} cycles)" if quantity.cycles else ""
+            text = (
+                f"{SUPPORT}: if this spectrum was sampled in the {rule.vessel}, the measured "
+                f"{quantity.name.replace('_', ' ')} of {value}{cycles} meets the published "
+                f"criterion for {band.statement}. Please confirm the vessel, angle correction and "
+                "the trace before using it."
+            )
+            return Recommendation(
+                rule=rule.name,
+                category=band.category,
+                text=text,
+                criterion=rule.criterion,
+                source=rule.source,
+                evidence=(quantity,),
+            )
+    return None
+
+
+@processor(
+    "vascular_rules",
+    kinds={ImageKind.PW_DOPPLER},
+    version="1.0",
+    params={"source_processor": "doppler_indices"},
+)
+def vascular_rules(context: Context) -> Output:
+    """Apply the published Doppler criteria (:data:`RULES`) to the measured indices."""
+    measured = context.prior_quantities(str(context.params["source_processor"]))
+    recommendations = []
+    for rule in RULES:
+        quantity = measured.get(rule.quantity)
+        if quantity is not None:
+            recommendation = apply_rule(rule, quantity)
+            if recommendation is not None:
+                recommendations.append(recommendation)
+    return Output(recommendations=tuple(recommendations))

@@ -1,0 +1,324 @@
+"""Processors: small registered functions with one typed contract.
+
+A processor is a plain function ``f(context) -> Output`` registered with
+:func:`processor`, which declares its name, the image kinds it applies to, its version,
+its parameters (with defaults) and the modules it needs::
+
+    @processor("doppler_indices", kinds={ImageKind.PW_DOPPLER}, version="1.0",
+               params={"dynamic_range_db": 50.0})
+    def doppler_indices(context: Context) -> Output: ...
+
+Third-party processors arrive through the entry-point group ``usreview.processors``: an
+entry point may name a module (its decorators register), a decorated function or a
+:class:`Processor`. One whose import fails, or whose ``requires`` modules are missing, is
+listed as unavailable with the reason instead of breaking the import. :meth:`Processor.run`
+never raises for a failure of the function: it returns a failed :class:`ProcessorResult`
+whose reason reads "applying processor X to instance Y: ...".
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from usreview.dicom import ImageKind, UltrasoundInstance
+from usreview.processing.errors import (
+    NotApplicable,
+    ProcessorUnavailableError,
+    UnknownProcessorError,
+)
+from usreview.processing.results import Output, ProcessorResult, Provenance, ResultStatus
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Context",
+    "Processor",
+    "ProcessorFunction",
+    "Registry",
+    "default_registry",
+    "processor",
+]
+
+ENTRY_POINT_GROUP = "usreview.processors"
+#: Modules of the built-in processors, imported by :func:`default_registry`.
+BUILTIN_MODULES = (
+    "usreview.processing.quantification.doppler",
+    "usreview.processing.quantification.mmode",
+    "usreview.processing.quantification.volume",
+    "usreview.processing.recommendations.rules",
+)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a processor is given: the instance, its resolved parameters, earlier results."""
+
+    instance: UltrasoundInstance
+    params: Mapping[str, Any]
+    prior: tuple[ProcessorResult, ...] = ()
+
+    def prior_quantities(self, processor: str) -> dict[str, Any]:
+        """Quantities (by name) of an earlier, successful result of ``processor``."""
+        for result in self.prior:
+            if result.provenance.processor == processor and result.ok:
+                return {q.name: q for q in result.output.quantities}
+        return {}
+
+
+ProcessorFunction = Callable[[Context], Output]
+
+
+@dataclass(frozen=True)
+class Processor:
+    """A registered processor: its function and contract."""
+
+    name: str
+    function: ProcessorFunction | None
+    kinds: frozenset[ImageKind]
+    version: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+    description: str = ""
+    origin: str = "usreview"
+    load_error: str | None = None
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        """Why the processor cannot run (a failed import, missing modules), or ``None``."""
+        if self.load_error is not None:
+            return self.load_error
+        if self.function is None:
+            return "no function"
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        return f"missing modules: {', '.join(missing)}" if missing else None
+
+    @property
+    def available(self) -> bool:
+        """Whether every dependency is installed."""
+        return self.unavailable_reason is None
+
+    def applies_to(self, instance: UltrasoundInstance) -> bool:
+        """Whether the instance holds one of the processor's kinds."""
+        return bool(self.kinds & set(instance.kinds))
+
+    def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The parameters: defaults with ``overrides``; unknown names are refused."""
+        values = dict(self.params)
+        for key, value in (overrides or {}).items():
+            if key not in values:
+                known = ", ".join(sorted(values)) or "none"
+                raise ValueError(f"processor {self.name}: unknown parameter {key!r} ({known})")
+            values[key] = type(values[key])(value) if values[key] is not None else value
+        return values
+
+    def describe(self) -> dict[str, Any]:
+        """JSON view for listings."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "kinds": sorted(k.value for k in self.kinds),
+            "params": dict(self.params),
+            "available": self.available,
+            "reason": self.unavailable_reason,
+            "origin": self.origin,
+            "description": self.description,
+        }
+
+    def run(
+        self,
+        instance: UltrasoundInstance,
+        params: Mapping[str, Any] | None = None,
+        prior: Iterable[ProcessorResult] = (),
+    ) -> ProcessorResult:
+        """Apply the processor; a failure becomes a failed result naming the step and instance."""
+        uid = instance.sop_instance_uid or instance.path.name
+        started = time.perf_counter()
+        try:
+            values = self.resolve(params)
+        except (TypeError, ValueError) as exc:
+            values = dict(self.params)
+            return self._result(instance, values, ResultStatus.FAILED, reason=f"{exc}")
+        reason = self.unavailable_reason
+        if reason is not None or self.function is None:
+            return self._result(
+                instance, values, ResultStatus.SKIPPED, reason=f"unavailable: {reason}"
+            )
+        if not self.applies_to(instance):
+            kinds = ", ".join(sorted(k.value for k in self.kinds))
+            here = ", ".join(k.value for k in instance.kinds) or "none"
+            return self._result(
+                instance,
+                values,
+                ResultStatus.SKIPPED,
+                reason=f"applies to {kinds}; instance is {here}",
+            )
+        try:
+            output = self.function(Context(instance, values, tuple(prior)))
+        except NotApplicable as exc:
+            return self._result(
+                instance, values, ResultStatus.SKIPPED, reason=str(exc), started=started
+            )
+        except Exception as exc:  # isolate every failure: the rest of the pipeline goes on
+            text = str(exc).strip().splitlines()
+            why = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+            return self._result(
+                instance,
+                values,
+                ResultStatus.FAILED,
+                reason=f"applying processor {self.name} to instance {uid}: {why}",
+                started=started,
+            )
+        if not isinstance(output, Output):
+            return self._result(
+                instance,
+                values,
+                ResultStatus.FAILED,
+                reason=f"applying processor {self.name} to instance {uid}: returned "
+                f"{type(output).__name__}, not Output",
+                started=started,
+            )
+        return self._result(instance, values, ResultStatus.DONE, output=output, started=started)
+
+    def _result(
+        self,
+        instance: UltrasoundInstance,
+        values: Mapping[str, Any],
+        status: ResultStatus,
+        *,
+        output: Output | None = None,
+        reason: str | None = None,
+        started: float | None = None,
+    ) -> ProcessorResult:
+        provenance = Provenance(
+            processor=self.name,
+            version=self.version,
+            parameters=dict(values),
+            sop_instance_uid=instance.sop_instance_uid,
+            study_instance_uid=instance.study_instance_uid,
+        )
+        seconds = time.perf_counter() - started if started is not None else 0.0
+        return ProcessorResult(provenance, status, output or Output(), reason, seconds)
+
+
+class Registry:
+    """Processors by name, in registration order."""
+
+    def __init__(self) -> None:
+        self._processors: dict[str, Processor] = {}
+
+    def register(self, proc: Processor, *, replace: bool = False) -> Processor:
+        """Add ``proc``; a second processor of the same name is refused unless ``replace``."""
+        if proc.name in self._processors and not replace:
+            raise ValueError(f"a processor named {proc.name!r} is already registered")
+        self._processors[proc.name] = proc
+        return proc
+
+    def get(self, name: str) -> Processor:
+        """The processor called ``name``."""
+        try:
+            return self._processors[name]
+        except KeyError:
+            known = ", ".join(self._processors) or "none"
+            raise UnknownProcessorError(f"no processor named {name!r} (known: {known})") from None
+
+    def require(self, name: str) -> Processor:
+        """The processor called ``name``, refusing one that is unavailable."""
+        proc = self.get(name)
+        if not proc.available:
+            raise ProcessorUnavailableError(
+                f"processor {name} is unavailable: {proc.unavailable_reason}"
+            )
+        return proc
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._processors
+
+    def __iter__(self) -> Iterator[Processor]:
+        return iter(list(self._processors.values()))
+
+    def __len__(self) -> int:
+        return len(self._processors)
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> list[str]:
+        """Register third-party processors of entry-point ``group``; return their names."""
+        names: list[str] = []
+        for ep in importlib.metadata.entry_points(group=group):
+            before = set(self._processors)
+            try:
+                loaded = ep.load()
+            except Exception as exc:  # a missing dependency must not break usreview
+                text = str(exc).strip().splitlines()
+                reason = f"cannot import {ep.value}: {text[0] if text else type(exc).__name__}"
+                self.register(
+                    Processor(ep.name, None, frozenset(), "?", origin=ep.value, load_error=reason),
+                    replace=True,
+                )
+                names.append(ep.name)
+                continue
+            found = loaded if isinstance(loaded, Processor) else getattr(loaded, "processor", None)
+            if isinstance(found, Processor) and found.name not in self._processors:
+                self.register(found)
+            names.extend(n for n in self._processors if n not in before)
+            if isinstance(found, Processor) and found.name not in names:
+                names.append(found.name)
+        return names
+
+
+REGISTRY = Registry()
+_LOADED = False
+
+
+def processor(
+    name: str,
+    *,
+    kinds: Iterable[ImageKind | str],
+    version: str,
+    params: Mapping[str, Any] | None = None,
+    requires: Iterable[str] = (),
+    description: str = "",
+    registry: Registry | None = None,
+) -> Callable[[ProcessorFunction], ProcessorFunction]:
+    """Register the decorated function as processor ``name`` (see the module docstring).
+
+    The function is returned unchanged, with its :class:`Processor` as attribute
+    ``processor``.
+    """
+    kind_set = frozenset(ImageKind(k) for k in kinds)
+    if not kind_set:
+        raise ValueError(f"processor {name}: argument 'kinds' is empty")
+    if not version.strip():
+        raise ValueError(f"processor {name}: argument 'version' is empty")
+
+    def decorate(function: ProcessorFunction) -> ProcessorFunction:
+        module = getattr(function, "__module__", "")
+        proc = Processor(
+            name=name,
+            function=function,
+            kinds=kind_set,
+            version=version,
+            params=dict(params or {}),
+            requires=tuple(requires),
+            description=description or (function.__doc__ or "").strip().split("\n")[0],
+            origin="usreview" if module.startswith("usreview.") else module,
+        )
+        (registry if registry is not None else REGISTRY).register(proc, replace=True)
+        function.processor = proc  # type: ignore[attr-defined]
+        return function
+
+    return decorate
+
+
+def default_registry() -> Registry:
+    """The registry with the built-in processors and the entry-point group loaded (once)."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+        REGISTRY.load_entry_points()
+    return REGISTRY

@@ -1,0 +1,68 @@
+"""The site: the first and last hop of a study, at the clinic.
+
+A gateway receives instances from scanners by DICOM C-STORE, spools each durably before
+answering, uploads it sealed to the hub in the background, and delivers the hub's results
+into an outbox folder and to the clinic's PACS. Modules (one responsibility each)::
+
+    config      site.toml: reading, checking (errors name the setting), init_site()
+    spool       the durable spool of received instances (UID_SHA256.dcm)
+    scp         the DICOM Storage SCP (pynetdicom, TCP_NODELAY, calling-AE allow-list)
+    client      HTTP to the hub's API (pinned TLS certificate, the site's token)
+    uploader    sealing and uploading the spool, verified receipts, backoff
+    backoff     exponential backoff with jitter
+    results     following the results feed (long-poll, persisted cursor, replay cache)
+    deliver     the outbox folder and C-STORE to the PACS (durable retry markers)
+    push        one-shot upload of files or folders
+    status      the status file, the state lock, ``usreview site status``
+    gateway     the three together in one process
+
+Errors are in :mod:`usreview.site.errors`.
+"""
+
+from __future__ import annotations
+
+from usreview.site.config import PacsDestination, SiteConfig, init_site, load_config
+from usreview.site.errors import (
+    DeliveryError,
+    GatewayRunningError,
+    HubRefusedError,
+    HubRequestError,
+    HubUnreachableError,
+    NotAcknowledgedError,
+    ReceiptError,
+    SiteConfigError,
+    SiteError,
+    SpoolError,
+)
+from usreview.site.gateway import Gateway, run_gateway
+from usreview.site.push import PushReport, push_paths
+from usreview.site.results import ResultFollower
+from usreview.site.spool import Spool, SpooledInstance
+from usreview.site.status import SiteStatus, format_status, read_status
+
+__all__ = [
+    "DeliveryError",
+    "Gateway",
+    "GatewayRunningError",
+    "HubRefusedError",
+    "HubRequestError",
+    "HubUnreachableError",
+    "NotAcknowledgedError",
+    "PacsDestination",
+    "PushReport",
+    "ReceiptError",
+    "ResultFollower",
+    "SiteConfig",
+    "SiteConfigError",
+    "SiteError",
+    "SiteStatus",
+    "Spool",
+    "SpoolError",
+    "SpooledInstance",
+    "format_status",
+    "init_site",
+    "load_config",
+    "push_paths",
+    "read_status",
+    "run_gateway",
+]

@@ -1,0 +1,205 @@
+"""HTTP to the hub's usreview API: TLS with the pinned certificate, the site's token.
+
+Standard library only (``http.client``): one kept-alive connection per client, so give
+each thread its own :class:`HubClient`. Every failure is one of two errors:
+:class:`HubUnreachableError` (no answer, TLS failure, timeout, 5xx, 503: try again
+later) or :class:`HubRefusedError` (a 4xx answer, with the hub's error code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import ssl
+from typing import IO, Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from usreview.site.config import SiteConfig
+from usreview.site.errors import HubRefusedError, HubUnreachableError, SiteConfigError
+
+__all__ = ["ENVELOPE_TYPE", "HubClient"]
+
+ENVELOPE_TYPE = "application/vnd.usreview.envelope"
+_BLOCK = 1 << 20
+
+
+def _tls_context(config: SiteConfig) -> ssl.SSLContext:
+    cert = config.hub_certificate
+    try:
+        context = ssl.create_default_context(cafile=str(cert) if cert is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise SiteConfigError(
+            f"hub.certificate: cannot use {cert} as the hub's pinned certificate ({exc})",
+            "hub.certificate",
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class HubClient:
+    """A client of the hub's API for one site.
+
+    Parameters
+    ----------
+    config
+        The site's configuration (hub URL, pinned certificate, token file, timeout).
+    token
+        The API token (default: read from ``config.token_file``).
+    """
+
+    def __init__(self, config: SiteConfig, token: str | None = None) -> None:
+        self.config = config
+        parts = urlsplit(config.api_url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path
+        self._token = token if token is not None else config.read_token()
+        self._context = _tls_context(config) if self._https else None
+        self._conn: http.client.HTTPConnection | None = None
+
+    def close(self) -> None:
+        """Close the kept-alive connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def abort(self) -> None:
+        """Break a request in progress in another thread (a long-poll), from any thread."""
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- endpoints -------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        """``GET whoami``: the hub's view of this site's token."""
+        return self._json("GET", "whoami")
+
+    def put_instance(self, sop_instance_uid: str, envelope: IO[bytes], size: int) -> dict[str, Any]:
+        """``PUT instances/{uid}`` with a sealed envelope; return the upload result.
+
+        The answer's ``receipt`` still has to be verified by the caller.
+        """
+        return self._json(
+            "PUT",
+            f"instances/{quote(sop_instance_uid, safe='')}",
+            body=envelope,
+            size=size,
+            content_type=ENVELOPE_TYPE,
+        )
+
+    def receipts(self) -> dict[str, Any]:
+        """``GET receipts``: a signed batch receipt of everything the hub holds for the site."""
+        return self._json("GET", "receipts")
+
+    def results(self, cursor: int, wait: float = 0.0, limit: int = 100) -> dict[str, Any]:
+        """``GET results``: results after ``cursor``, long-polling up to ``wait`` seconds."""
+        query = urlencode({"cursor": cursor, "wait": f"{wait:g}", "limit": limit})
+        return self._json("GET", f"results?{query}", timeout=self.config.timeout + wait)
+
+    def result(self, result_id: int) -> bytes:
+        """``GET results/{id}``: one result's sealed envelope."""
+        _, data = self._request("GET", f"results/{int(result_id)}")
+        return data
+
+    # -- transport -------------------------------------------------------------------
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        _, data = self._request(method, path, **kwargs)
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            raise HubUnreachableError(f"{method} {path}: the hub answered with no JSON") from None
+        if not isinstance(answer, dict):
+            raise HubUnreachableError(f"{method} {path}: unexpected answer from the hub")
+        return answer
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._https:
+                self._conn = http.client.HTTPSConnection(
+                    self._host,
+                    self._port,
+                    timeout=timeout,
+                    context=self._context,
+                    blocksize=_BLOCK,
+                )
+            else:
+                self._conn = http.client.HTTPConnection(
+                    self._host, self._port, timeout=timeout, blocksize=_BLOCK
+                )
+        self._conn.timeout = timeout
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(timeout)
+        return self._conn
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: IO[bytes] | None = None,
+        size: int | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        headers = {"Authorization": f"token {self._token}", "Accept": "application/json"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        where = f"{method} {self.config.hub_url}{self._prefix}{path.split('?')[0]}"
+        conn = self._connection(timeout or self.config.timeout)
+        try:
+            if body is not None:
+                body.seek(0)
+            conn.request(method, self._prefix + path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise HubUnreachableError(
+                f"{where}: the hub's TLS certificate does not verify against the pinned "
+                f"certificate (hub.certificate): {exc.verify_message}"
+            ) from None
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise HubUnreachableError(f"{where}: {type(exc).__name__}: {exc}") from None
+        if response.will_close:
+            self.close()
+        if response.status >= 500 or response.status == 503:
+            raise HubUnreachableError(f"{where}: {response.status} {_message(data)}")
+        if response.status >= 400:
+            code, message = _error(data)
+            raise HubRefusedError(response.status, code or response.reason, message)
+        if response.status >= 300:
+            raise HubUnreachableError(f"{where}: unexpected {response.status} (a proxy?)")
+        return response, data
+
+
+def _error(data: bytes) -> tuple[str, str]:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return "", data[:200].decode("utf-8", "replace")
+    if not isinstance(doc, dict):
+        return "", str(doc)[:200]
+    message = str(doc.get("message", ""))
+    if doc.get("reason"):
+        message += f" ({doc['reason']})"
+    return str(doc.get("error", "")), message
+
+
+def _message(data: bytes) -> str:
+    return _error(data)[1]

@@ -1,0 +1,496 @@
+"""A site's configuration (``site.toml``): reading it, checking it, and creating it.
+
+Relative paths in the file are relative to the file's folder, so a site folder can be
+moved as a whole. Every problem is a :class:`SiteConfigError` that names the setting
+(``gateway.port``, ``hub.url``, ...) and says what to write instead.
+
+The file written by :func:`init_site`::
+
+    [site]
+    name = "clinic"
+    private_key = "keys/clinic.key"
+
+    [hub]
+    url = "https://hub.example.org"
+    certificate = "hub.crt"          # pinned certificate (or its CA); "" = system CAs
+    public_key = "hub.pub"           # the hub's envelope key: seal to it, verify with it
+    token_file = "token"             # the site's API token (mode 0600)
+
+    [gateway]
+    ae_title = "USREVIEW"
+    bind = "0.0.0.0"
+    port = 11112
+    allowed_calling_ae_titles = ["SCANNER1"]   # "*" allows any calling AE title
+
+    [[pacs]]
+    name = "pacs"
+    ae_title = "PACS"
+    host = "10.0.0.5"
+    port = 104
+
+    [folders]
+    spool = "spool"
+    outbox = "outbox"
+    state = "state"
+
+    [upload]
+    backoff_initial = 0.5
+    backoff_max = 60.0
+    timeout = 60.0
+
+    [results]
+    follow = true
+    wait = 30.0
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import stat
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from usreview.envelope import (
+    PrivateKeys,
+    PublicKeys,
+    generate_keys,
+    load_private_keys,
+    load_public_keys,
+    write_key_pair,
+)
+from usreview.envelope.atomic import write_new_file
+from usreview.envelope.errors import KeyFileError
+from usreview.site.errors import SiteConfigError
+
+__all__ = [
+    "ANY_AE_TITLE",
+    "DEFAULT_AE_TITLE",
+    "DEFAULT_PORT",
+    "NewSite",
+    "PacsDestination",
+    "SiteConfig",
+    "init_site",
+    "load_config",
+    "parse_pacs",
+]
+
+DEFAULT_AE_TITLE = "USREVIEW"
+DEFAULT_PORT = 11112
+#: In ``gateway.allowed_calling_ae_titles``: any calling AE title may send.
+ANY_AE_TITLE = "*"
+_PASSPHRASE_ENV = "USREVIEW_KEY_PASSPHRASE"
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_AE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # printable, no backslash
+_PACS = re.compile(r"(?:(?P<name>[A-Za-z0-9_-]+)=)?(?P<ae>[^@]+)@(?P<host>[^:]+):(?P<port>\d+)")
+
+
+@dataclass(frozen=True)
+class PacsDestination:
+    """A DICOM node that receives the site's results by C-STORE."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """A checked ``site.toml``; paths are absolute."""
+
+    path: Path
+    name: str
+    private_key: Path
+    hub_url: str
+    hub_certificate: Path | None
+    hub_public_key: Path
+    token_file: Path
+    ae_title: str
+    bind: str
+    port: int
+    allowed_calling_ae_titles: tuple[str, ...]
+    pacs: tuple[PacsDestination, ...]
+    spool: Path
+    outbox: Path
+    state: Path
+    backoff_initial: float
+    backoff_max: float
+    timeout: float
+    follow_results: bool
+    results_wait: float
+
+    @property
+    def api_url(self) -> str:
+        """The base URL of the hub's usreview API (ends with ``/``)."""
+        return self.hub_url.rstrip("/") + "/services/usreview/api/v1/"
+
+    def read_token(self) -> str:
+        """The site's API token, from :attr:`token_file`.
+
+        Raises
+        ------
+        SiteConfigError
+            Missing, empty, or readable by group or others.
+        """
+        where = "hub.token_file"
+        try:
+            mode = self.token_file.stat().st_mode
+            text = self.token_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise SiteConfigError(
+                f"{where}: {self.token_file} does not exist; write the API token that "
+                "'usreview hub add-site' printed into it (chmod 600)",
+                where,
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SiteConfigError(
+                f"{where}: cannot read {self.token_file} ({exc})", where
+            ) from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SiteConfigError(
+                f"{where}: {self.token_file} is readable by other users; run: "
+                f"chmod 600 {self.token_file}",
+                where,
+            )
+        if not text or any(c.isspace() for c in text):
+            raise SiteConfigError(f"{where}: {self.token_file} holds no single token", where)
+        return text
+
+    def load_private_keys(self) -> PrivateKeys:
+        """The site's private keys (passphrase from ``$USREVIEW_KEY_PASSPHRASE``)."""
+        value = os.environ.get(_PASSPHRASE_ENV)
+        try:
+            return load_private_keys(self.private_key, value.encode() if value else None)
+        except FileNotFoundError:
+            raise SiteConfigError(
+                f"site.private_key: {self.private_key} does not exist", "site.private_key"
+            ) from None
+
+    def load_hub_key(self) -> PublicKeys:
+        """The hub's public key (seal to it; receipts and results verify with it)."""
+        where = "hub.public_key"
+        try:
+            return load_public_keys(self.hub_public_key)
+        except FileNotFoundError:
+            raise SiteConfigError(
+                f"{where}: {self.hub_public_key} does not exist; save the hub's public key "
+                "that 'usreview hub add-site' printed there",
+                where,
+            ) from None
+        except KeyFileError as exc:
+            raise SiteConfigError(f"{where}: {exc}", where) from None
+
+
+@dataclass(frozen=True)
+class NewSite:
+    """What :func:`init_site` created."""
+
+    config: Path
+    public_key: Path
+    key_id: str
+
+
+class _Reader:
+    """Typed access to the TOML document, naming the setting in every error."""
+
+    def __init__(self, doc: Mapping[str, Any], source: Path) -> None:
+        self.doc = doc
+        self.source = source
+        self.base = source.parent
+
+    def _fail(self, key: str, message: str) -> SiteConfigError:
+        return SiteConfigError(f"{self.source}: {key}: {message}", key)
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        value = self.doc.get(name, {})
+        if not isinstance(value, Mapping):
+            raise self._fail(name, "must be a table ([" + name + "])")
+        return value
+
+    def get(self, key: str, kind: type, default: Any = None) -> Any:
+        section, _, name = key.partition(".")
+        value = self.section(section).get(name, default)
+        if value is None:
+            raise self._fail(key, "is missing")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self._fail(key, f"must be a {kind.__name__} (got {value!r})")
+        return value
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value: str = self.get(key, str, default)
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value: float = self.get(key, float, default)
+        if not low <= value <= high:
+            raise self._fail(key, f"must be from {low:g} to {high:g} (got {value:g})")
+        return value
+
+    def path(self, key: str, default: str | None = None) -> Path:
+        value = self.text(key, default)
+        if not value:
+            raise self._fail(key, "must be a path")
+        return (self.base / Path(value).expanduser()).resolve()
+
+    def ae_title(self, key: str, value: Any) -> str:
+        if not isinstance(value, str) or not _AE.fullmatch(value) or not value.strip():
+            raise self._fail(key, f"invalid AE title {value!r}: 1 to 16 characters, no '\\'")
+        return value.strip()
+
+
+def load_config(path: Path) -> SiteConfig:
+    """Read and check ``site.toml``.
+
+    Raises
+    ------
+    SiteConfigError
+        The file is missing or not TOML, or a setting is invalid (the message names it).
+    """
+    path = Path(path).resolve()
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SiteConfigError(
+            f"{path} does not exist; create it with 'usreview site init'"
+        ) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SiteConfigError(f"{path}: not a readable TOML file ({exc})") from None
+    r = _Reader(doc, path)
+    name = r.text("site.name")
+    if not _NAME.fullmatch(name):
+        raise r._fail("site.name", f"invalid site name {name!r}: lowercase letters, digits, _ -")
+    hub_url = _check_url(r, r.text("hub.url"))
+    cert = r.text("hub.certificate", "")
+    allowed_raw = r.get("gateway.allowed_calling_ae_titles", list, [])
+    allowed = tuple(
+        ANY_AE_TITLE
+        if item == ANY_AE_TITLE
+        else r.ae_title(f"gateway.allowed_calling_ae_titles[{i}]", item)
+        for i, item in enumerate(allowed_raw)
+    )
+    port = r.get("gateway.port", int, DEFAULT_PORT)
+    if not 1 <= port <= 65535:
+        raise r._fail("gateway.port", f"must be from 1 to 65535 (got {port})")
+    initial = r.number("upload.backoff_initial", 0.5, 0.01, 3600)
+    return SiteConfig(
+        path=path,
+        name=name,
+        private_key=r.path("site.private_key", f"keys/{name}.key"),
+        hub_url=hub_url,
+        hub_certificate=r.path("hub.certificate") if cert else None,
+        hub_public_key=r.path("hub.public_key", "hub.pub"),
+        token_file=r.path("hub.token_file", "token"),
+        ae_title=r.ae_title("gateway.ae_title", r.text("gateway.ae_title", DEFAULT_AE_TITLE)),
+        bind=r.text("gateway.bind", "0.0.0.0"),
+        port=port,
+        allowed_calling_ae_titles=allowed,
+        pacs=_pacs_list(r),
+        spool=r.path("folders.spool", "spool"),
+        outbox=r.path("folders.outbox", "outbox"),
+        state=r.path("folders.state", "state"),
+        backoff_initial=initial,
+        backoff_max=r.number("upload.backoff_max", 60.0, initial, 86400),
+        timeout=r.number("upload.timeout", 60.0, 1, 3600),
+        follow_results=r.get("results.follow", bool, True),
+        results_wait=r.number("results.wait", 30.0, 0, 60),
+    )
+
+
+def _check_url(r: _Reader, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise r._fail("hub.url", f"must be an https:// URL (got {url!r})")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise r._fail("hub.url", "plain http is allowed only on loopback; use https://")
+    if parts.query or parts.fragment:
+        raise r._fail("hub.url", "must have no query or fragment")
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _pacs_list(r: _Reader) -> tuple[PacsDestination, ...]:
+    items = r.doc.get("pacs", [])
+    if not isinstance(items, list):
+        raise r._fail("pacs", "must be an array of tables ([[pacs]])")
+    out: list[PacsDestination] = []
+    for i, item in enumerate(items):
+        key = f"pacs[{i}]"
+        if not isinstance(item, Mapping):
+            raise r._fail(key, "must be a table")
+        port = item.get("port")
+        host = item.get("host")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise r._fail(f"{key}.port", f"must be from 1 to 65535 (got {port!r})")
+        if not isinstance(host, str) or not host:
+            raise r._fail(f"{key}.host", "must be a host name or address")
+        name = item.get("name", f"pacs{i + 1}")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise r._fail(f"{key}.name", f"invalid name {name!r}: letters, digits, _ -")
+        if name in {p.name for p in out}:
+            raise r._fail(f"{key}.name", f"{name!r} is used twice")
+        ae = r.ae_title(f"{key}.ae_title", item.get("ae_title"))
+        out.append(PacsDestination(name, ae, host, port))
+    return tuple(out)
+
+
+def parse_pacs(text: str) -> PacsDestination:
+    """Parse ``[NAME=]AE@HOST:PORT`` (the ``--pacs`` option)."""
+    match = _PACS.fullmatch(text)
+    if not match or not 1 <= int(match["port"]) <= 65535 or not _AE.fullmatch(match["ae"]):
+        raise SiteConfigError(f"--pacs {text!r}: expected [NAME=]AE_TITLE@HOST:PORT", "pacs")
+    return PacsDestination(match["name"] or "pacs", match["ae"], match["host"], int(match["port"]))
+
+
+def init_site(
+    name: str,
+    hub_url: str,
+    directory: Path,
+    *,
+    hub_certificate: Path | None = None,
+    hub_public_key: Path | None = None,
+    token_file: Path | None = None,
+    ae_title: str = DEFAULT_AE_TITLE,
+    port: int = DEFAULT_PORT,
+    allowed_calling_ae_titles: Sequence[str] = (),
+    pacs: Sequence[PacsDestination] = (),
+) -> NewSite:
+    """Create a site folder: keys, ``site.toml``, copies of the hub's certificate and key.
+
+    The private key is passphrase-protected when ``$USREVIEW_KEY_PASSPHRASE`` is set.
+    Nothing existing is overwritten. The written configuration is loaded back, so an
+    invalid argument fails here with the setting's name.
+
+    Raises
+    ------
+    SiteConfigError
+        An invalid argument, or ``DIR/site.toml`` exists.
+    """
+    if not _NAME.fullmatch(name):
+        raise SiteConfigError(
+            f"invalid site name {name!r}: 1 to 64 lowercase letters, digits, '_', '-' "
+            "(the name the hub registers)",
+            "site.name",
+        )
+    directory = Path(directory)
+    config = directory / "site.toml"
+    if config.exists():
+        raise SiteConfigError(f"{config} exists; refusing to overwrite a site configuration")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cert_rel = ""
+    if hub_certificate is not None:
+        cert_rel = "hub.crt"
+        _copy_new(hub_certificate, directory / cert_rel, "hub.certificate")
+    if hub_public_key is not None:
+        _copy_new(hub_public_key, directory / "hub.pub", "hub.public_key")
+    keys = generate_keys(name)
+    passphrase = os.environ.get(_PASSPHRASE_ENV)
+    try:
+        key_path = write_key_pair(
+            keys, directory / "keys", passphrase.encode() if passphrase else None
+        )
+    except FileExistsError as exc:
+        raise SiteConfigError(
+            f"site.private_key: {exc.filename} exists", "site.private_key"
+        ) from None
+    token = str(Path(token_file).resolve()) if token_file is not None else "token"
+    text = _render(name, hub_url, cert_rel, token, ae_title, port, allowed_calling_ae_titles, pacs)
+    write_new_file(config, text.encode("utf-8"), mode=0o600)
+    try:
+        load_config(config)
+    except SiteConfigError:
+        config.unlink()
+        raise
+    return NewSite(config, key_path.with_suffix(".pub"), keys.key_id.hex())
+
+
+def _copy_new(src: Path, dst: Path, setting: str) -> None:
+    if not src.is_file():
+        raise SiteConfigError(f"{setting}: {src} is not a file", setting)
+    if dst.exists():
+        raise SiteConfigError(f"{setting}: {dst} exists", setting)
+    shutil.copyfile(src, dst)
+
+
+def _q(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _render(
+    name: str,
+    hub_url: str,
+    cert: str,
+    token: str,
+    ae_title: str,
+    port: int,
+    allowed: Sequence[str],
+    pacs: Sequence[PacsDestination],
+) -> str:
+    allowed_text = ", ".join(_q(a) for a in allowed)
+    lines = [
+        "# usreview site configuration (relative paths are relative to this file)",
+        "",
+        "[site]",
+        f"name = {_q(name)}",
+        f"private_key = {_q(f'keys/{name}.key')}",
+        "",
+        "[hub]",
+        f"url = {_q(hub_url)}",
+        "# the hub's TLS certificate (or its CA), pinned; empty: the system's CAs",
+        f"certificate = {_q(cert)}",
+        "# the hub's envelope public key, printed by 'usreview hub add-site'",
+        'public_key = "hub.pub"',
+        "# the site's API token, printed once by 'usreview hub add-site' (chmod 600)",
+        f"token_file = {_q(token)}",
+        "",
+        "[gateway]",
+        f"ae_title = {_q(ae_title)}",
+        'bind = "0.0.0.0"',
+        f"port = {port}",
+        '# AE titles of the scanners that may send; "*" allows any',
+        f"allowed_calling_ae_titles = [{allowed_text}]",
+        "",
+    ]
+    for dest in pacs:
+        lines += [
+            "[[pacs]]",
+            f"name = {_q(dest.name)}",
+            f"ae_title = {_q(dest.ae_title)}",
+            f"host = {_q(dest.host)}",
+            f"port = {dest.port}",
+            "",
+        ]
+    lines += [
+        "[folders]",
+        'spool = "spool"',
+        'outbox = "outbox"',
+        'state = "state"',
+        "",
+        "[upload]",
+        "backoff_initial = 0.5",
+        "backoff_max = 60.0",
+        "timeout = 60.0",
+        "",
+        "[results]",
+        "follow = true",
+        "wait = 30.0",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""Delivering an opened result: into the outbox folder, and by C-STORE to each PACS.
+
+The outbox gets every result as ``OUTBOX/STUDY_UID/ID-KIND.EXT`` (``.dcm`` for DICOM,
+``.json`` for a JSON summary, ``.bin`` otherwise), written atomically (temporary file,
+fsync, rename, folder fsync): a file there is complete. A DICOM result also goes to each
+configured PACS. Sending to a PACS is retried until it succeeds: before the first try a
+marker ``STATE/pacs/NAME/ID.json`` is written durably, and it is removed only after the
+PACS answered success, so a PACS that is down (or a gateway that is killed) delays a
+delivery but never loses it. Delivering twice is harmless: same file name, same SOP
+Instance UID at the PACS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from usreview.site.config import PacsDestination
+from usreview.site.errors import DeliveryError
+from usreview.site.spool import fsync_directory, write_durably
+
+__all__ = [
+    "PacsQueue",
+    "PendingDelivery",
+    "copy_durably",
+    "deliver_to_outbox",
+    "is_dicom",
+    "send_to_pacs",
+]
+
+_log = logging.getLogger(__name__)
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+def is_dicom(path: Path) -> bool:
+    """Whether ``path`` starts like a DICOM Part 10 file (``DICM`` after the preamble)."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def copy_durably(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically and durably (replacing ``dst``)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dst.parent)
+    try:
+        with open(fd, "wb") as out, open(src, "rb") as fin:
+            shutil.copyfileobj(fin, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(dst.parent)
+
+
+def deliver_to_outbox(
+    outbox: Path, payload: Path, *, result_id: int, study_instance_uid: str, kind: str
+) -> Path:
+    """Copy an opened result into the outbox; return its path there.
+
+    Raises
+    ------
+    DeliveryError
+        The outbox cannot be written.
+    """
+    ext = "dcm" if is_dicom(payload) else "json" if _is_json(payload) else "bin"
+    study = _SAFE.sub("_", study_instance_uid) or "unknown-study"
+    target = outbox / study / f"{result_id:08d}-{_SAFE.sub('_', kind)}.{ext}"
+    try:
+        copy_durably(payload, target)
+    except OSError as exc:
+        raise DeliveryError(f"result {result_id}: cannot write {target}: {exc}") from None
+    return target
+
+
+def send_to_pacs(
+    destination: PacsDestination, path: Path, *, calling_ae_title: str, timeout: float = 30.0
+) -> None:
+    """C-STORE the DICOM file ``path`` to ``destination``.
+
+    Raises
+    ------
+    DeliveryError
+        The file is not DICOM, the association fails, or the PACS answers a failure.
+    """
+    where = (
+        f"PACS {destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
+    )
+    try:
+        dataset = dcmread(path)
+        sop_class = str(dataset.SOPClassUID)
+        syntax = str(dataset.file_meta.TransferSyntaxUID)
+    except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
+        raise DeliveryError(
+            f"{path.name} cannot go to {where}: not readable DICOM ({exc})"
+        ) from None
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    ae.add_requested_context(sop_class, syntaxes)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        raise DeliveryError(f"{where}: association refused or failed")
+    try:
+        status = assoc.send_c_store(dataset)
+    except (ValueError, RuntimeError, AttributeError) as exc:
+        raise DeliveryError(f"{where}: C-STORE of {path.name} failed: {exc}") from None
+    finally:
+        assoc.release()
+    code = getattr(status, "Status", None)
+    if code not in _OK_STATUSES:
+        shown = f"0x{code:04X}" if isinstance(code, int) else "no answer"
+        raise DeliveryError(f"{where}: C-STORE of {path.name} answered {shown}")
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    """A result waiting to be sent to one PACS."""
+
+    destination: str
+    result_id: int
+    path: Path
+    marker: Path
+
+
+class PacsQueue:
+    """Durable markers of results still to send to each PACS, under ``STATE/pacs``.
+
+    Parameters
+    ----------
+    root
+        The folder holding one subfolder per destination.
+    destinations
+        The configured PACS.
+    calling_ae_title
+        The AE title the gateway calls the PACS with.
+    """
+
+    def __init__(
+        self, root: Path, destinations: tuple[PacsDestination, ...], calling_ae_title: str
+    ) -> None:
+        self.root = Path(root)
+        self.destinations = {d.name: d for d in destinations}
+        self.calling_ae_title = calling_ae_title
+
+    def enqueue(self, result_id: int, path: Path) -> None:
+        """Record durably that ``path`` must reach every PACS."""
+        for name in self.destinations:
+            folder = self.root / name
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            note = json.dumps({"result": result_id, "path": str(path)}).encode()
+            write_durably(folder / f"{result_id:08d}.json", note)
+
+    def pending(self) -> list[PendingDelivery]:
+        """Everything not yet delivered, oldest result first."""
+        items = []
+        for name in self.destinations:
+            for marker in sorted((self.root / name).glob("*.json")):
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    doc = json.loads(marker.read_text())
+                    items.append(
+                        PendingDelivery(name, int(doc["result"]), Path(doc["path"]), marker)
+                    )
+        return items
+
+    def send(self, item: PendingDelivery) -> None:
+        """Send one pending delivery; remove its marker on success.
+
+        Raises
+        ------
+        DeliveryError
+            The PACS could not take it (the marker stays for the next try).
+        """
+        if not item.path.exists():
+            item.marker.unlink(missing_ok=True)
+            raise DeliveryError(
+                f"result {item.result_id}: {item.path} left the outbox before it reached "
+                f"PACS {item.destination}; it will not be sent"
+            )
+        send_to_pacs(
+            self.destinations[item.destination], item.path, calling_ae_title=self.calling_ae_title
+        )
+        item.marker.unlink(missing_ok=True)
+        _log.info("result %s delivered to PACS %s", item.result_id, item.destination)

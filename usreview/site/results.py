@@ -1,0 +1,221 @@
+"""Following the hub's results feed and delivering each result at the site.
+
+For each item after the persisted cursor (``STATE/results.cursor``), in order:
+
+1. fetch its envelope (``GET results/{id}``) and check its SHA-256 against the feed's;
+2. open it into ``STATE/inbox/`` with a key ring holding only the hub's key (the hub
+   must be the sender; an envelope that does not open is put aside in
+   ``STATE/refused/`` and reported, never delivered);
+3. refuse a message id opened before (the replay cache, ``STATE/replay.sqlite``);
+4. deliver: the outbox, then a durable marker per PACS (see :mod:`usreview.site.deliver`);
+5. record the message id as opened, then advance the cursor durably.
+
+A crash anywhere repeats at most the delivery of one result, and delivering twice is
+harmless (same outbox name, same SOP Instance UID at the PACS). The hub only lists the
+results addressed to this site, so a result for another site never appears here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from usreview.envelope import EnvelopeError, KeyRing, ReplayCache, ReplayedError, unseal
+from usreview.site.backoff import Backoff
+from usreview.site.client import HubClient
+from usreview.site.config import SiteConfig
+from usreview.site.deliver import PacsQueue, deliver_to_outbox, is_dicom
+from usreview.site.errors import DeliveryError, HubRequestError, HubUnreachableError, SiteError
+from usreview.site.spool import write_durably
+from usreview.site.status import CURSOR_FILE, StatusBook, read_cursor
+
+__all__ = ["Delivered", "ResultFollower"]
+
+_log = logging.getLogger(__name__)
+
+#: What one result became at the site: ``(result id, outbox path or None)``.
+Delivered = tuple[int, Path | None]
+
+
+class ResultFollower:
+    """Fetch, open and deliver the site's results.
+
+    Parameters
+    ----------
+    config
+        The site's configuration.
+    status
+        Where deliveries and errors are recorded.
+    client
+        A :class:`HubClient` (default: a new one from ``config``).
+    """
+
+    def __init__(
+        self, config: SiteConfig, status: StatusBook, *, client: HubClient | None = None
+    ) -> None:
+        self.config = config
+        self.status = status
+        self.client = client or HubClient(config)
+        self.state = config.state
+        for name in ("inbox", "refused", "pacs"):
+            (self.state / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._site_keys = config.load_private_keys()
+        self._ring = KeyRing([config.load_hub_key()])
+        self._replay = ReplayCache(self.state / "replay.sqlite")
+        self.pacs = PacsQueue(self.state / "pacs", config.pacs, config.ae_title)
+        self.cursor = read_cursor(self.state)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pacs_retry_at = 0.0
+        self._pacs_backoff = Backoff(config.backoff_initial, config.backoff_max)
+
+    # -- one step --------------------------------------------------------------------
+
+    def poll(self, wait: float = 0.0) -> list[Delivered]:
+        """Ask for results after the cursor (waiting up to ``wait`` s) and deliver them.
+
+        Raises
+        ------
+        HubUnreachableError, HubRefusedError
+            The feed could not be read; nothing was skipped.
+        """
+        answer = self.client.results(self.cursor, wait=wait)
+        items = answer.get("results")
+        if not isinstance(items, list):
+            raise HubRequestError("the hub's results feed answered without a result list")
+        done = []
+        for item in items:
+            if self._stop.is_set():
+                break
+            done.append(self.process(item))
+        return done
+
+    def process(self, item: Mapping[str, Any]) -> Delivered:
+        """Deliver one feed item and advance the cursor past it."""
+        result_id = int(item["id"])
+        cursor = int(item.get("cursor", result_id))
+        if cursor <= self.cursor:
+            return result_id, None
+        envelope = self.client.result(result_id)
+        expected = item.get("sha256")
+        if expected and hashlib.sha256(envelope).hexdigest() != expected:
+            raise HubRequestError(f"result {result_id}: the envelope arrived damaged")
+        delivered = self._open_and_deliver(result_id, item, envelope)
+        self._save_cursor(cursor)
+        return result_id, delivered
+
+    def _open_and_deliver(
+        self, result_id: int, item: Mapping[str, Any], envelope: bytes
+    ) -> Path | None:
+        payload = self.state / "inbox" / f"{result_id:08d}.payload"
+        payload.unlink(missing_ok=True)  # left by a crash: open again
+        try:
+            info = unseal(
+                io.BytesIO(envelope), payload, recipient=self._site_keys, keyring=self._ring
+            )
+        except EnvelopeError as exc:
+            aside = self.state / "refused" / f"{result_id:08d}.envelope"
+            write_durably(aside, envelope)
+            self.status.error("results", f"result {result_id} refused and put aside: {exc}")
+            return None
+        try:
+            try:
+                self._replay.check(info.sender_id, info.message_id)
+            except ReplayedError:
+                _log.info("result %s: message opened before (already delivered)", result_id)
+                return None
+            study = str(item.get("study_instance_uid", ""))
+            kind = str(item.get("kind") or item.get("label") or "result")
+            target = deliver_to_outbox(
+                self.config.outbox,
+                payload,
+                result_id=result_id,
+                study_instance_uid=study,
+                kind=kind,
+            )
+            where = [str(target)]
+            if self.config.pacs and is_dicom(target):
+                self.pacs.enqueue(result_id, target)
+                where += [f"pacs:{name}" for name in self.pacs.destinations]
+            with contextlib.suppress(ReplayedError):
+                self._replay.record(info.sender_id, info.message_id, info.not_after)
+        finally:
+            payload.unlink(missing_ok=True)
+        self.status.result(result_id, kind, where)
+        self.send_pending()
+        return target
+
+    def send_pending(self, *, force: bool = False) -> int:
+        """Try the PACS deliveries still pending (after a backoff unless ``force``).
+
+        Returns how many are still pending.
+        """
+        if not force and time.monotonic() < self._pacs_retry_at:
+            return len(self.pacs.pending())
+        for pending in self.pacs.pending():
+            try:
+                self.pacs.send(pending)
+            except DeliveryError as exc:
+                delay = self._pacs_backoff.next_delay()
+                self._pacs_retry_at = time.monotonic() + delay
+                self.status.error("pacs", f"{exc} (next try in {delay:.1f} s)")
+                break
+            self._pacs_backoff.reset()
+        return len(self.pacs.pending())
+
+    def _save_cursor(self, cursor: int) -> None:
+        write_durably(self.state / CURSOR_FILE, json.dumps({"cursor": cursor}).encode())
+        self.cursor = cursor
+
+    # -- loops -----------------------------------------------------------------------
+
+    def pull(self) -> list[Delivered]:
+        """Deliver everything pending now (no waiting); for ``usreview site pull``."""
+        done: list[Delivered] = []
+        while True:
+            batch = self.poll(0.0)
+            done += batch
+            if not batch:
+                break
+        self.send_pending(force=True)
+        return done
+
+    def start(self) -> None:
+        """Follow the feed in a background thread (long-poll), until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._follow, name="results", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop following (a long-poll in progress is abandoned)."""
+        self._stop.set()
+        self.client.abort()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.client.close()
+
+    def _follow(self) -> None:
+        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        while not self._stop.is_set():
+            try:
+                self.poll(self.config.results_wait)
+                self.send_pending()
+                backoff.reset()
+            except Exception as exc:  # the thread's boundary: report, wait, try again
+                if self._stop.is_set():
+                    return
+                if not isinstance(exc, SiteError | OSError):
+                    _log.exception("results: unexpected failure")
+                delay = backoff.next_delay()
+                unreachable = isinstance(exc, HubUnreachableError)
+                self.status.error(
+                    "results", f"{exc} (next try in {delay:.1f} s)", hub_down=unreachable
+                )
+                self._stop.wait(delay)

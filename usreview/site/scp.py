@@ -1,0 +1,151 @@
+"""The gateway's DICOM Storage SCP: what a scanner sends to, as to a PACS.
+
+Accepts Verification and every ultrasound storage SOP class, in every transfer syntax
+pynetdicom knows, from the calling AE titles on the allow-list (others are rejected at
+association: "calling AE title not recognised"). Each instance is written to the durable
+spool, as the bytes the scanner sent (never decoded), before the C-STORE success is
+answered; a spool failure answers 0xA700 (out of resources) so the scanner keeps it.
+
+Accepted sockets get ``TCP_NODELAY``: with Nagle's algorithm on, each small response
+waits for the scanner's delayed ACK and an untuned scanner stalls at about 20
+instances/s. pynetdicom sends each PDU with one ``send``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt, register_uid
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
+from pynetdicom.transport import ThreadedAssociationServer
+
+from usreview.dicom import ULTRASOUND_SOP_CLASSES
+from usreview.site.errors import SiteConfigError, SpoolError
+from usreview.site.spool import Spool
+
+__all__ = ["STATUS_OUT_OF_RESOURCES", "STATUS_SUCCESS", "StorageSCP"]
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+VERIFICATION = "1.2.840.10008.1.1"
+_log = logging.getLogger(__name__)
+
+
+def _register_storage_classes(sop_classes: Sequence[str]) -> None:
+    """Teach pynetdicom the retired ultrasound classes (it aborts on unknown ones)."""
+    for uid in sop_classes:
+        if uid_to_service_class(uid) is not StorageServiceClass:
+            name = ULTRASOUND_SOP_CLASSES.get(uid, uid)
+            keyword = "".join(c for c in name.title() if c.isalnum()) or f"Storage{uid}"
+            register_uid(uid, keyword, StorageServiceClass)
+
+
+class _NoDelayServer(ThreadedAssociationServer):
+    """pynetdicom's server with Nagle's algorithm off on every accepted socket."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock, address = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+
+class StorageSCP:
+    """A Storage SCP writing every received instance to ``spool``.
+
+    Parameters
+    ----------
+    spool
+        Where instances go before they are acknowledged.
+    ae_title
+        The gateway's AE title (what scanners call).
+    allowed_calling_ae_titles
+        Calling AE titles accepted; ``"*"`` in the list accepts any. Empty: refuse all.
+    sop_classes
+        Storage SOP classes accepted (default: the ultrasound ones).
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        ae_title: str,
+        allowed_calling_ae_titles: Sequence[str],
+        *,
+        sop_classes: Sequence[str] = tuple(ULTRASOUND_SOP_CLASSES),
+    ) -> None:
+        self.spool = spool
+        self.ae = AE(ae_title=ae_title)
+        self.ae.network_timeout = 60
+        self.ae.acse_timeout = 30
+        self.ae.dimse_timeout = 60
+        if not allowed_calling_ae_titles:
+            raise SiteConfigError(
+                "gateway.allowed_calling_ae_titles is empty, so every scanner would be "
+                'refused: list the scanners\' AE titles (or "*" to allow any)',
+                "gateway.allowed_calling_ae_titles",
+            )
+        if "*" in allowed_calling_ae_titles:
+            self.ae.require_calling_aet = []
+        else:
+            self.ae.require_calling_aet = list(allowed_calling_ae_titles)
+        _register_storage_classes(sop_classes)
+        self.ae.add_supported_context(VERIFICATION)
+        for sop_class in sop_classes:
+            self.ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        self.received = 0
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful after binding port 0)."""
+        if self._server is None:
+            raise RuntimeError("the SCP is not started")
+        return int(self._server.server_address[1])
+
+    def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` in a background thread.
+
+        Raises
+        ------
+        OSError
+            The address cannot be bound.
+        """
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store)]
+        server = self.ae.make_server(
+            (host, port), evt_handlers=handlers, server_class=_NoDelayServer
+        )
+        self.ae._servers.append(server)  # as AE.start_server does: shutdown() removes it
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening and close the associations."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        self.ae.shutdown()
+
+    def _on_store(self, event: evt.Event) -> int:
+        try:
+            uid = str(event.request.AffectedSOPInstanceUID)  # type: ignore[union-attr]
+            data = event.encoded_dataset()
+        except Exception as exc:  # a malformed request: refuse it, keep serving
+            _log.warning("C-STORE refused: %s", exc)
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            self.spool.put(uid, data)
+        except SpoolError as exc:
+            _log.error("C-STORE of %s not stored: %s", uid, exc)
+            return STATUS_OUT_OF_RESOURCES
+        self.received += 1
+        return STATUS_SUCCESS

@@ -1,0 +1,189 @@
+"""The gateway's durable spool: instances received and not yet acknowledged by the hub.
+
+One file per instance, named ``UID_SHA256.dcm`` (SOP Instance UID and the SHA-256 of the
+file's bytes), so the name alone says what a receipt must name. Writing is durable
+before it returns: a temporary file is written and fsynced, renamed to its name, and the
+folder is fsynced; only then may the C-STORE success be sent. A file leaves the spool
+only through :meth:`Spool.acknowledge` with a SHA-256 that matches (a verified receipt)
+or :meth:`Spool.reject` (the hub refused it for good: kept in ``rejected/`` with the
+reason beside it). Temporary files left by a crash were never acknowledged to the sender
+and are removed when the spool opens.
+
+The same instance received twice has the same name: stored once, uploaded once. The
+same UID with different bytes gets a second file; the hub refuses it (409 conflict) and
+it moves to ``rejected/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from usreview.site.errors import SpoolError
+
+__all__ = ["Spool", "SpooledInstance", "fsync_directory", "write_durably"]
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_NAME = re.compile(r"(?P<uid>[0-9.]{1,64})_(?P<sha>[0-9a-f]{64})\.dcm")
+_TMP = ".tmp-"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledInstance:
+    """One instance waiting in the spool."""
+
+    path: Path
+    sop_instance_uid: str
+    sha256: str
+    size: int
+    spooled_at: float
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes | memoryview, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` (replacing it): temp file, fsync, rename, folder fsync."""
+    fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(path.parent)
+
+
+def check_uid(uid: str) -> str:
+    """Return ``uid`` if it is a valid DICOM UID, else raise :class:`SpoolError`."""
+    if not isinstance(uid, str) or len(uid) > 64 or not _UID.fullmatch(uid):
+        raise SpoolError(f"invalid SOP Instance UID {uid!r}")
+    return uid
+
+
+class Spool:
+    """The spool folder ``root`` (created with mode 0700).
+
+    Parameters
+    ----------
+    root
+        The folder; ``root/rejected`` holds instances the hub refused.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (self.root / REJECTED).mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create the spool {self.root}: {exc}") from None
+        self._listeners: list[Callable[[SpooledInstance], None]] = []
+        self._lock = threading.Lock()
+        for leftover in self.root.glob(_TMP + "*"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+    def add_listener(self, listener: Callable[[SpooledInstance], None]) -> None:
+        """Call ``listener`` after each instance is durably spooled."""
+        self._listeners.append(listener)
+
+    def put(self, sop_instance_uid: str, data: bytes | memoryview) -> SpooledInstance:
+        """Store one instance durably; return only when it is on disk.
+
+        Raises
+        ------
+        SpoolError
+            An invalid UID, or the write failed (disk full, I/O error).
+        """
+        check_uid(sop_instance_uid)
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.root / f"{sop_instance_uid}_{sha}.dcm"
+        try:
+            if not path.exists():
+                write_durably(path, data)
+        except OSError as exc:
+            raise SpoolError(f"cannot spool {sop_instance_uid}: {exc.strerror or exc}") from None
+        item = SpooledInstance(path, sop_instance_uid, sha, len(data), time.time())
+        for listener in self._listeners:
+            listener(item)
+        return item
+
+    def pending(self) -> list[SpooledInstance]:
+        """The instances waiting, oldest first."""
+        items = []
+        for entry in os.scandir(self.root):
+            match = _NAME.fullmatch(entry.name)
+            if match is None or not entry.is_file():
+                continue
+            try:
+                info = entry.stat()
+            except FileNotFoundError:
+                continue
+            items.append(
+                SpooledInstance(
+                    Path(entry.path), match["uid"], match["sha"], info.st_size, info.st_mtime
+                )
+            )
+        items.sort(key=lambda item: (item.spooled_at, item.path.name))
+        return items
+
+    def depth(self) -> tuple[int, int]:
+        """Number and total bytes of the instances waiting."""
+        items = self.pending()
+        return len(items), sum(item.size for item in items)
+
+    def acknowledge(self, item: SpooledInstance, sha256: str) -> bool:
+        """Remove ``item`` if ``sha256`` (from a verified receipt) is its hash.
+
+        Returns False, keeping the file, when the hashes differ.
+        """
+        if sha256 != item.sha256:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            item.path.unlink()
+        return True
+
+    def reject(self, item: SpooledInstance, reason: str) -> Path:
+        """Move ``item`` to ``rejected/`` with ``NAME.reason.json``; return its new path."""
+        target = self.root / REJECTED / item.path.name
+        note = {
+            "sop_instance_uid": item.sop_instance_uid,
+            "sha256": item.sha256,
+            "reason": reason,
+            "rejected_at": time.time(),
+        }
+        with self._lock:
+            write_durably(target.with_suffix(".reason.json"), json.dumps(note).encode())
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(item.path, target)
+            fsync_directory(self.root / REJECTED)
+        return target
+
+    def rejected(self) -> list[dict[str, object]]:
+        """The notes of the rejected instances (UID, hash, reason, time)."""
+        notes = []
+        for path in sorted((self.root / REJECTED).glob("*.reason.json")):
+            with contextlib.suppress(OSError, ValueError):
+                notes.append(json.loads(path.read_text()))
+        return notes

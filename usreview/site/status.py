@@ -1,0 +1,254 @@
+"""What a site is doing: the gateway's status file and ``usreview site status``.
+
+The gateway (and ``push``/``pull``) record events in a :class:`StatusBook`, which keeps
+``STATE/status.json`` up to date (written atomically, at most every half second). The
+``status`` command reads it together with the spool and the results cursor, so it works
+while a gateway runs and when none does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from usreview.site.config import SiteConfig
+from usreview.site.errors import GatewayRunningError
+from usreview.site.spool import Spool
+
+__all__ = [
+    "SiteStatus",
+    "StateLock",
+    "StatusBook",
+    "format_status",
+    "gateway_running",
+    "read_cursor",
+    "read_status",
+]
+
+STATUS_FILE = "status.json"
+CURSOR_FILE = "results.cursor"
+LOCK_FILE = "gateway.lock"
+_MAX_ERRORS = 20
+
+
+class StatusBook:
+    """Thread-safe record of uploads, results and errors, mirrored to ``status.json``.
+
+    Parameters
+    ----------
+    state
+        The site's state folder.
+    """
+
+    def __init__(self, state: Path, *, min_interval: float = 0.5) -> None:
+        self.path = Path(state) / STATUS_FILE
+        self._lock = threading.Lock()
+        self._min_interval = min_interval
+        self._written = 0.0
+        self._dirty = False
+        self._doc: dict[str, Any] = {"uploads": 0, "results": 0, "errors": []}
+        with contextlib.suppress(OSError, ValueError):
+            old = json.loads(self.path.read_text())
+            if isinstance(old, dict):
+                self._doc.update(old)
+
+    def uploaded(self, sop_instance_uid: str, duplicate: bool) -> None:
+        """One instance acknowledged by a verified receipt."""
+        last = {"sop_instance_uid": sop_instance_uid, "at": time.time(), "duplicate": duplicate}
+        self._update("uploads", last_upload=last, hub="ok")
+
+    def result(self, result_id: int, label: str, where: list[str]) -> None:
+        """One result delivered."""
+        last = {"id": result_id, "label": label, "at": time.time(), "to": where}
+        self._update("results", last_result=last, hub="ok")
+
+    def error(self, where: str, message: str, *, hub_down: bool = False) -> None:
+        """Record an error (the last few are kept)."""
+        with self._lock:
+            errors = list(self._doc.get("errors", []))[-(_MAX_ERRORS - 1) :]
+            errors.append({"at": time.time(), "where": where, "message": message})
+            self._doc["errors"] = errors
+            if hub_down:
+                self._doc["hub"] = "unreachable"
+            self._dirty = True
+        self.flush(force=True)
+
+    def _update(self, counter: str, **values: Any) -> None:
+        with self._lock:
+            self._doc.update(values)
+            self._doc[counter] = int(self._doc.get(counter, 0)) + 1
+            self._dirty = True
+        self.flush()
+
+    def flush(self, *, force: bool = False) -> None:
+        """Write ``status.json`` if something changed (throttled unless ``force``)."""
+        with self._lock:
+            now = time.monotonic()
+            if not self._dirty or (not force and now - self._written < self._min_interval):
+                return
+            data = json.dumps(self._doc, indent=1).encode()
+            self._dirty = False
+            self._written = now
+            tmp = self.path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+            with contextlib.suppress(OSError):
+                tmp.write_bytes(data)
+                os.replace(tmp, self.path)
+
+
+@dataclass(frozen=True)
+class SiteStatus:
+    """A snapshot for ``usreview site status``."""
+
+    site: str
+    hub_url: str
+    gateway_running: bool
+    spool_depth: int
+    spool_bytes: int
+    oldest_spooled: float | None
+    rejected: int
+    results_cursor: int
+    recorded: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "site": self.site,
+            "hub_url": self.hub_url,
+            "gateway_running": self.gateway_running,
+            "spool": {
+                "depth": self.spool_depth,
+                "bytes": self.spool_bytes,
+                "oldest": self.oldest_spooled,
+                "rejected": self.rejected,
+            },
+            "results_cursor": self.results_cursor,
+            **dict(self.recorded),
+        }
+
+
+class StateLock:
+    """An exclusive lock on the state folder: one gateway (or pull) per site at a time."""
+
+    def __init__(self, state: Path) -> None:
+        Path(state).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = Path(state) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock.
+
+        Raises
+        ------
+        GatewayRunningError
+            Another process holds it.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise GatewayRunningError(
+                f"another process (a gateway or a pull) uses {self.path.parent}; "
+                "a running gateway delivers results and uploads by itself"
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock back."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def gateway_running(state: Path) -> bool:
+    """True when a process holds the state folder's lock (a gateway, or a pull)."""
+    path = Path(state) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def read_cursor(state: Path) -> int:
+    """The last result cursor delivered (0 when none)."""
+    try:
+        value = json.loads((Path(state) / CURSOR_FILE).read_text())["cursor"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return int(value) if isinstance(value, int) else 0
+
+
+def read_status(config: SiteConfig) -> SiteStatus:
+    """Collect the site's status from its folders (no network)."""
+    pending = Spool(config.spool).pending() if config.spool.exists() else []
+    rejected = len(Spool(config.spool).rejected()) if config.spool.exists() else 0
+    recorded: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        doc = json.loads((config.state / STATUS_FILE).read_text())
+        if isinstance(doc, dict):
+            recorded = doc
+    return SiteStatus(
+        site=config.name,
+        hub_url=config.hub_url,
+        gateway_running=gateway_running(config.state),
+        spool_depth=len(pending),
+        spool_bytes=sum(item.size for item in pending),
+        oldest_spooled=pending[0].spooled_at if pending else None,
+        rejected=rejected,
+        results_cursor=read_cursor(config.state),
+        recorded=recorded,
+    )
+
+
+def _ago(moment: Any) -> str:
+    if not isinstance(moment, int | float):
+        return "never"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+    return f"{stamp} ({max(0, time.time() - moment):.0f} s ago)"
+
+
+def format_status(status: SiteStatus) -> str:
+    """The human-readable form printed by ``usreview site status``."""
+    rec = status.recorded
+    upload = rec.get("last_upload") or {}
+    result = rec.get("last_result") or {}
+    lines = [
+        f"site          {status.site} -> {status.hub_url}",
+        f"gateway       {'running' if status.gateway_running else 'not running'}",
+        f"hub           {rec.get('hub', 'unknown')}",
+        f"spool         {status.spool_depth} instance(s), {status.spool_bytes / 1e6:.1f} MB"
+        + (f", oldest {_ago(status.oldest_spooled)}" if status.oldest_spooled else ""),
+        f"rejected      {status.rejected} (see the spool's rejected/ folder)",
+        f"uploads       {rec.get('uploads', 0)}, last {_ago(upload.get('at'))}"
+        + (f" {upload.get('sop_instance_uid')}" if upload else ""),
+        f"results       {rec.get('results', 0)}, last {_ago(result.get('at'))}"
+        + (f" #{result.get('id')} {result.get('label')}" if result else "")
+        + f" (cursor {status.results_cursor})",
+    ]
+    errors = rec.get("errors") or []
+    lines.append(f"errors        {len(errors)} recorded" + (", latest:" if errors else ""))
+    for item in errors[-5:]:
+        lines.append(f"  {_ago(item.get('at'))} {item.get('where')}: {item.get('message')}")
+    return "\n".join(lines) + "\n"
