@@ -28,6 +28,8 @@ PIPELINE: tuple[tuple[str, frozenset[ImageKind]], ...] = (
     ("mmode_motion", frozenset({K.MMODE})),
     ("volume", frozenset({K.VOLUME})),
     ("vascular_rules", frozenset({K.PW_DOPPLER})),
+    ("speckle_fast", frozenset({K.CINE})),
+    ("speckle_obnlm", frozenset({K.BMODE})),
 )
 
 

@@ -51,6 +51,7 @@ BUILTIN_MODULES = (
     "usreview.processing.quantification.mmode",
     "usreview.processing.quantification.volume",
     "usreview.processing.recommendations.rules",
+    "usreview.processing.filters",
 )
 
 

@@ -8,7 +8,7 @@ region whose reference pixel and reference values are non-zero) and :func:`rende
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "BmodeParams",
     "Inclusion",
     "build",
+    "noise_free",
     "render",
     "tissue_region",
     "us_image_attributes",
@@ -133,19 +134,56 @@ def render(
     """
     shape = region.shape
     spacing = abs(region.delta_x)
-    amplitude = np.ones(shape)
-    for inc in inclusions:
-        col, row = region.pixel(*inc.centre_cm)
-        a = inc.semi_axes_mm[0] / 10.0 / spacing
-        b = inc.semi_axes_mm[1] / 10.0 / spacing
-        cover = speckle.coverage(shape, (col - region.x0, row - region.y0), (a, b))
-        amplitude += cover * (inc.amplitude - 1.0)
-    field = speckle.scatterers(rng, shape) * amplitude
+    field = speckle.scatterers(rng, shape) * _echogenicity(region, inclusions)
     psf = speckle.Psf.for_probe(frequency_mhz, (spacing, spacing))
     for col, row in targets_px:
         field[row - region.y0, col - region.x0] = psf.point_amplitude(25.0)
     echo = speckle.echo(field, psf) + speckle.noise(rng, shape, snr_db)
     return speckle.log_compress(np.abs(echo), dynamic_range_db)
+
+
+def _echogenicity(region: Region, inclusions: list[Inclusion]) -> speckle.Float:
+    """Scatterer amplitude per pixel of the region: 1 in tissue, scaled in inclusions."""
+    spacing = abs(region.delta_x)
+    amplitude = np.ones(region.shape)
+    for inc in inclusions:
+        col, row = region.pixel(*inc.centre_cm)
+        a = inc.semi_axes_mm[0] / 10.0 / spacing
+        b = inc.semi_axes_mm[1] / 10.0 / spacing
+        cover = speckle.coverage(region.shape, (col - region.x0, row - region.y0), (a, b))
+        amplitude += cover * (inc.amplitude - 1.0)
+    return amplitude
+
+
+def noise_free(truth: Mapping[str, Any]) -> npt.NDArray[np.uint8]:
+    """The image of a ``bmode`` truth record rendered without speckle (a reference for filters).
+
+    Same regions, inclusions, point targets, probe and display as :func:`build`; each pixel
+    shows the RMS echo (:func:`~usreview.simulate.speckle.mean_echo`) instead of one speckle
+    draw. Note that the mean of log-compressed speckle lies 2.5 dB (Euler's constant) lower.
+    """
+    p, r = truth["params"], truth["region"]
+    (x0, y0), (x1, y1) = r["location_min"], r["location_max"]
+    (ux, uy), (dx, dy) = r["units"], r["physical_delta"]
+    (px, py), (vx, vy) = r["reference_pixel"], r["reference_physical_value"]
+    region = Region(
+        x0, y0, x1, y1, r["spatial_format"], r["data_type"], ux, uy, dx, dy, px, py, vx, vy
+    )
+    inclusions = [
+        Inclusion(i["kind"], i["contrast_db"], tuple(i["centre_cm"]), tuple(i["semi_axes_mm"]))
+        for i in truth["inclusions"]
+    ]
+    spacing = abs(region.delta_x)
+    psf = speckle.Psf.for_probe(p["frequency_mhz"], (spacing, spacing))
+    power = _echogenicity(region, inclusions) ** 2
+    for target in truth["point_targets"]:
+        col, row = target["pixel"]
+        power[row - region.y0, col - region.x0] = psf.point_amplitude(25.0) ** 2
+    image = np.zeros((p["rows"], p["columns"]), np.uint8)
+    image[region.y0 : region.y1 + 1, region.x0 : region.x1 + 1] = speckle.log_compress(
+        speckle.mean_echo(power, psf, truth["snr_db"]), p["dynamic_range_db"]
+    )
+    return image
 
 
 def _place(rng: np.random.Generator, region: Region, p: BmodeParams, count: int) -> list[Inclusion]:

@@ -23,6 +23,7 @@ __all__ = [
     "coverage",
     "echo",
     "log_compress",
+    "mean_echo",
     "noise",
     "scatterers",
 ]
@@ -92,6 +93,18 @@ def echo(field: Complex, psf: Psf) -> Complex:
     re = ndimage.gaussian_filter(field.real, psf.sigma, mode="reflect")
     im = ndimage.gaussian_filter(field.imag, psf.sigma, mode="reflect")
     out: Complex = (re + 1j * im) * scale
+    return out
+
+
+def mean_echo(power: Float, psf: Psf, snr_db: float) -> Float:
+    """Speckle-free echo amplitude: the RMS of :func:`echo` plus :func:`noise` at each pixel.
+
+    ``power`` is the scatterer power per pixel (echogenicity squared); independent
+    scatterers add their powers, weighted by the squared point-spread function.
+    """
+    kernel = psf._kernel() ** 2
+    mean_power = ndimage.convolve(power, kernel / kernel.sum(), mode="reflect")
+    out: Float = np.sqrt(mean_power + 10.0 ** (-snr_db / 10.0))
     return out
 
 

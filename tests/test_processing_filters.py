@@ -1,0 +1,355 @@
+"""Speckle filters: goals on simulated phantoms, processors, and derived DICOM with provenance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+
+from usreview.dicom import ImageKind, read
+from usreview.processing import PIPELINE, ResultStatus, default_registry, run_pipeline
+from usreview.processing.filters import (
+    derived_dataset,
+    derived_from_result,
+    guided_despeckle,
+    obnlm,
+)
+from usreview.processing.filters.quality import inclusion_diameters, score_phantom, ssim
+from usreview.simulate import simulate, speckle
+from usreview.simulate.bmode import noise_free
+
+SEEDS = (0, 1)
+
+
+def _phantom(folder: Path, seed: int) -> tuple[Path, dict[str, Any]]:
+    path = simulate("bmode", folder, seed=seed, rows=600, columns=800)[0]
+    return path, json.loads(path.with_suffix(".truth.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
+    """Per seed: the file, truth, speckled frame, noise-free frame, both filter outputs."""
+    out = {}
+    for seed in SEEDS:
+        path, truth = _phantom(tmp_path_factory.mktemp(f"bmode{seed}"), seed)
+        frame = read(path).display_frame(0)
+        start = time.perf_counter()
+        quality = obnlm(frame)
+        seconds = time.perf_counter() - start
+        out[seed] = {
+            "path": path,
+            "truth": truth,
+            "frame": frame,
+            "reference": noise_free(truth),
+            "fast": guided_despeckle(frame),
+            "obnlm": quality,
+            "obnlm_seconds": seconds,
+        }
+    return out
+
+
+@pytest.fixture(scope="module")
+def cine_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return simulate("cine", tmp_path_factory.mktemp("cine"), seed=2, frames=6)[0]
+
+
+# --- the noise-free reference -----------------------------------------------------------
+
+
+def test_mean_echo_is_the_rms_of_simulated_speckle() -> None:
+    rng = np.random.default_rng(5)
+    psf = speckle.Psf.for_probe(5.0, (0.02, 0.02))
+    power = np.ones((256, 256))
+    power[:, 128:] = 10.0
+    draws = [
+        np.abs(speckle.echo(speckle.scatterers(rng, power.shape) * np.sqrt(power), psf)) ** 2
+        for _ in range(8)
+    ]
+    measured = np.mean(draws, axis=0)
+    expected = speckle.mean_echo(power, psf, snr_db=80.0) ** 2
+    for cols in (slice(20, 100), slice(150, 236)):
+        assert measured[20:-20, cols].mean() == pytest.approx(
+            expected[20:-20, cols].mean(), rel=0.03
+        )
+
+
+def test_noise_free_phantom_matches_the_simulated_one(phantoms: dict[int, dict[str, Any]]) -> None:
+    for case in phantoms.values():
+        ref, frame, truth = case["reference"], case["frame"], case["truth"]
+        assert ref.shape == frame.shape and ref.dtype == np.uint8
+        tissue = ref == 170  # tissue RMS echo 0 dB, 20 dB headroom, 60 dB range
+        assert tissue.mean() > 0.6
+        # log-compressed speckle lies 2.5 dB (10.6 grey levels at 60 dB) below the RMS echo
+        assert ref[tissue].mean() - frame[tissue].mean() == pytest.approx(10.6, abs=1.5)
+        levels = {"anechoic": 0, "hyperechoic": 213, "hypoechoic": 132}
+        for inc in truth["inclusions"]:
+            col, row = (round(v) for v in inc["centre_pixel"])
+            assert abs(int(ref[row, col]) - levels[inc["kind"]]) <= 1
+
+
+# --- goals ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fast_filter_meets_its_quality_goal(phantoms: dict[int, dict[str, Any]], seed: int) -> None:
+    case = phantoms[seed]
+    out, frame = case["fast"], case["frame"]
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    score = score_phantom(out, case["truth"], case["reference"])
+    base = score_phantom(frame, case["truth"], case["reference"])
+    assert score.ssim >= 0.55
+    assert score.enl >= 100
+    for s, s0 in zip(score.inclusions, base.inclusions, strict=True):
+        assert np.allclose(s.diameters_mm, s0.diameters_mm, atol=0.3), s.kind
+
+
+def test_fast_filter_runs_at_30_frames_per_second(phantoms: dict[int, dict[str, Any]]) -> None:
+    frame = phantoms[0]["frame"]
+    assert frame.shape == (600, 800)
+    times = []
+    for _ in range(15):
+        start = time.perf_counter()
+        guided_despeckle(frame)
+        times.append(time.perf_counter() - start)
+    # best of 15 (as timeit advises): what one core does when the shared machine lets it
+    assert 1.0 / min(times) >= 30.0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_obnlm_meets_its_quality_goals(phantoms: dict[int, dict[str, Any]], seed: int) -> None:
+    case = phantoms[seed]
+    out, frame, truth = case["obnlm"], case["frame"], case["truth"]
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    score = score_phantom(out, truth, case["reference"])
+    base = score_phantom(frame, truth, case["reference"])
+    noise_free_score = score_phantom(case["reference"], truth, case["reference"])
+    assert score.ssim >= 0.70
+    assert score.enl >= 100
+    for s, s0, ref in zip(
+        score.inclusions, base.inclusions, noise_free_score.inclusions, strict=True
+    ):
+        assert s.cnr >= 2 * s0.cnr, s.kind
+        # unchanged by the filter: against the same measurement on the unfiltered image
+        assert np.allclose(s.diameters_mm, s0.diameters_mm, atol=0.3), s.kind
+        if s.kind == "anechoic":  # high contrast: speckle does not move the edge
+            assert np.allclose(s.diameters_mm, ref.diameters_mm, atol=0.3)
+
+
+def test_obnlm_takes_at_most_2_seconds_per_frame(phantoms: dict[int, dict[str, Any]]) -> None:
+    assert phantoms[0]["frame"].shape == (600, 800)
+    assert min(case["obnlm_seconds"] for case in phantoms.values()) <= 2.0
+
+
+def test_quality_measures_on_known_images(phantoms: dict[int, dict[str, Any]]) -> None:
+    ref, truth = phantoms[0]["reference"], phantoms[0]["truth"]
+    assert ssim(ref, ref) == pytest.approx(1.0)
+    spacing = truth["pixel_spacing_mm"]
+    for inc in truth["inclusions"]:
+        if inc["kind"] == "anechoic":
+            continue  # in the log domain, the PSF moves an anechoic edge inward
+        axes = tuple(s / spacing for s in inc["semi_axes_mm"])
+        measured = inclusion_diameters(ref, tuple(inc["centre_pixel"]), axes)
+        assert np.allclose(np.multiply(measured, spacing), inc["diameters_mm"], atol=0.3)
+
+
+@pytest.mark.parametrize("work", [guided_despeckle, obnlm])
+def test_filters_keep_odd_sizes_and_refuse_bad_frames(work: Any) -> None:
+    frame = np.random.default_rng(0).integers(0, 256, (61, 47), dtype=np.uint8)
+    assert work(frame).shape == (61, 47)
+    assert work(np.zeros((40, 40), np.uint8)).max() == 0
+    with pytest.raises(ValueError, match="image"):
+        work(np.zeros((4, 4, 3), np.uint8))
+
+
+# --- processors and pipeline ------------------------------------------------------------
+
+
+def test_both_filters_are_registered_and_in_the_pipeline() -> None:
+    registry = default_registry()
+    fast, quality = registry.get("speckle_fast"), registry.get("speckle_obnlm")
+    assert fast.kinds == {ImageKind.BMODE, ImageKind.CINE}
+    assert quality.kinds == {ImageKind.BMODE}
+    assert fast.available and quality.available
+    steps = dict(PIPELINE)
+    assert steps["speckle_fast"] == {ImageKind.CINE}
+    assert steps["speckle_obnlm"] == {ImageKind.BMODE}
+
+
+def test_pipeline_filters_a_still_inside_its_tissue_region(
+    phantoms: dict[int, dict[str, Any]],
+) -> None:
+    case = phantoms[0]
+    results = {r.provenance.processor: r for r in run_pipeline(read(case["path"]))}
+    done = results["speckle_obnlm"]
+    assert done.status == ResultStatus.DONE
+    assert results["speckle_fast"].status == ResultStatus.SKIPPED
+    (image,) = done.output.images
+    (x0, y0), (x1, y1) = (
+        case["truth"]["region"]["location_min"],
+        case["truth"]["region"]["location_max"],
+    )
+    inside = (slice(y0, y1 + 1), slice(x0, x1 + 1))
+    outside = np.ones(case["frame"].shape, bool)
+    outside[inside] = False
+    assert np.array_equal(image.pixels[outside], case["frame"][outside])
+    assert np.array_equal(image.pixels[inside], obnlm(case["frame"][inside]))
+    assert done.provenance.parameters == {"search": 7, "patch": 2, "gamma": 0.5, "smoothing": 1.0}
+
+
+def test_pipeline_filters_every_frame_of_a_cine(cine_file: Path) -> None:
+    instance = read(cine_file)
+    results = {r.provenance.processor: r for r in run_pipeline(instance)}
+    fast = results["speckle_fast"]
+    assert fast.status == ResultStatus.DONE
+    assert [i.name for i in fast.output.images] == [f"frame_{k:04d}" for k in range(1, 7)]
+    assert all(i.pixels.shape == (instance.rows, instance.columns) for i in fast.output.images)
+    skipped = results["speckle_obnlm"]
+    assert skipped.status == ResultStatus.SKIPPED and "cine of 6 frames" in (skipped.reason or "")
+
+
+def test_doppler_images_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    path = simulate("pw", tmp_path, seed=1)[0]
+    result = default_registry().get("speckle_obnlm").run(read(path))
+    assert result.status == ResultStatus.SKIPPED
+    assert "grey-scale B-mode only" in (result.reason or "")
+
+
+# --- derived DICOM ----------------------------------------------------------------------
+
+
+def _derive_still(case: dict[str, Any]) -> tuple[Any, Any]:
+    source = read(case["path"])
+    result = default_registry().get("speckle_obnlm").run(source)
+    return source, derived_from_result(source, result)
+
+
+def test_derived_still_records_the_derivation(phantoms: dict[int, dict[str, Any]]) -> None:
+    source, ds = _derive_still(phantoms[0])
+    header = source.dataset
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6.1"
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert list(ds.ImageType)[2:] == list(header.ImageType)[2:]
+    for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "StudyID"):
+        assert ds.get(keyword) == header.get(keyword), keyword
+    assert ds.SeriesInstanceUID != header.SeriesInstanceUID
+    assert ds.SOPInstanceUID != header.SOPInstanceUID
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    (code,) = ds.DerivationCodeSequence
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
+        "113087",
+        "DCM",
+        "Smoothing",
+    )
+    assert "speckle_obnlm 1.0" in ds.DerivationDescription
+    assert '"search": 7' in ds.DerivationDescription
+    (ref,) = ds.SourceImageSequence
+    assert ref.ReferencedSOPInstanceUID == header.SOPInstanceUID
+    assert ref.ReferencedSOPClassUID == header.SOPClassUID
+    assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+    assert ds.SequenceOfUltrasoundRegions == header.SequenceOfUltrasoundRegions
+    assert (ds.Rows, ds.Columns) == (source.rows, source.columns)
+    # processing the same instance again yields the same UIDs: no duplicate result
+    _, again = _derive_still(phantoms[0])
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (
+        ds.SOPInstanceUID,
+        ds.SeriesInstanceUID,
+    )
+
+
+def test_derived_files_read_back_with_calibration(
+    phantoms: dict[int, dict[str, Any]], cine_file: Path, tmp_path: Path
+) -> None:
+    source, ds = _derive_still(phantoms[0])
+    ds.save_as(tmp_path / "still.dcm", enforce_file_format=True)
+    back = read(tmp_path / "still.dcm")
+    assert back.kinds == source.kinds
+    assert back.regions == source.regions
+    assert np.array_equal(back.display_frame(0)[source.rows // 2], ds.pixel_array[source.rows // 2])
+
+    cine = read(cine_file)
+    result = default_registry().get("speckle_fast").run(cine)
+    derived = derived_from_result(cine, result)
+    assert derived.SOPClassUID == "1.2.840.10008.5.1.4.1.1.3.1"
+    assert int(derived.NumberOfFrames) == 6
+    derived.save_as(tmp_path / "cine.dcm", enforce_file_format=True)
+    back = read(tmp_path / "cine.dcm")
+    assert back.number_of_frames == 6 and back.regions == cine.regions
+    assert (back.timing.frame_time_ms, back.timing.source) == (
+        cine.timing.frame_time_ms,
+        cine.timing.source,
+    )
+    assert np.array_equal(back.frame(5), result.output.images[5].pixels)
+
+
+def test_derived_dataset_refuses_wrong_pixels(
+    phantoms: dict[int, dict[str, Any]], cine_file: Path
+) -> None:
+    source = read(phantoms[0]["path"])
+    result = default_registry().get("speckle_obnlm").run(source)
+    with pytest.raises(ValueError, match="'pixels'"):
+        derived_dataset(source, np.zeros((10, 10), np.uint8), result.provenance, description="x")
+    with pytest.raises(ValueError, match="'pixels'"):
+        derived_dataset(
+            source, np.zeros((600, 800), np.float32), result.provenance, description="x"
+        )  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="frames"):
+        derived_dataset(
+            read(cine_file), np.zeros((2, 320, 400), np.uint8), result.provenance, description="x"
+        )
+    skipped = default_registry().get("speckle_obnlm").run(read(cine_file))
+    with pytest.raises(ValueError, match="holds no image"):
+        derived_from_result(source, skipped)
+
+
+@pytest.mark.external
+def test_dciodvfy_accepts_the_derived_images(
+    phantoms: dict[int, dict[str, Any]], cine_file: Path, tmp_path: Path
+) -> None:
+    assert shutil.which("dciodvfy"), "dciodvfy missing: make test installs dicom3tools"
+    _, still = _derive_still(phantoms[0])
+    cine = read(cine_file)
+    moving = derived_from_result(cine, default_registry().get("speckle_fast").run(cine))
+    for name, ds, iod in (("still", still, "USImage"), ("cine", moving, "USMultiFrameImage")):
+        path = tmp_path / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        run = subprocess.run(
+            ["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False
+        )
+        report = run.stdout + run.stderr
+        assert [line for line in report.splitlines() if line.startswith(("Error", "Warning"))] == []
+        assert iod in report.split()
+
+
+def test_grey_stored_as_rgb_keeps_its_coloured_annotations(tmp_path: Path) -> None:
+    path = simulate("bmode", tmp_path, seed=4, rows=256, columns=320)[0]
+    ds = read(path).dataset
+    full = pydicom.dcmread(path)
+    grey = full.pixel_array
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    rgb[100:104, 150:170] = (255, 255, 0)  # a yellow caliper mark inside the tissue region
+    full.SamplesPerPixel, full.PhotometricInterpretation, full.PlanarConfiguration = 3, "RGB", 0
+    full.PixelData = rgb.tobytes()
+    full.save_as(tmp_path / "rgb.dcm", enforce_file_format=True)
+    source = read(tmp_path / "rgb.dcm")
+    assert source.dataset.SOPInstanceUID == ds.SOPInstanceUID
+    result = default_registry().get("speckle_obnlm").run(source)
+    (image,) = result.output.images
+    assert image.pixels.shape == rgb.shape
+    assert np.array_equal(image.pixels[100:104, 150:170], rgb[100:104, 150:170])
+    assert not np.array_equal(image.pixels[150:200, 100:200], rgb[150:200, 100:200])
+    derived = derived_from_result(source, result)
+    assert derived.PhotometricInterpretation == "RGB" and derived.SamplesPerPixel == 3
+    derived.save_as(tmp_path / "derived.dcm", enforce_file_format=True)
+    assert np.array_equal(read(tmp_path / "derived.dcm").frame(0), image.pixels)
+    if shutil.which("dciodvfy"):
+        run = subprocess.run(
+            ["dciodvfy", str(tmp_path / "derived.dcm")], capture_output=True, text=True, check=False
+        )
+        assert not [x for x in (run.stdout + run.stderr).splitlines() if x.startswith("Error")]

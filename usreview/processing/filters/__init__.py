@@ -1,0 +1,33 @@
+"""Speckle reduction: two registered filters and their results as derived DICOM images.
+
+=================  ==================================  ==========================================
+processor          method                              for
+=================  ==================================  ==========================================
+``speckle_fast``   subsampled guided filter            cines (and stills): ~100 frames/s, 600x800
+``speckle_obnlm``  optimized Bayesian NLM (Coupé 2009)  stills: ~0.7 s per 600 x 800 frame
+=================  ==================================  ==========================================
+
+Both filter the 2D tissue regions of grey-scale B-mode frames and keep every other pixel
+(annotations); Doppler, colour and M-mode images are skipped with the reason.
+:func:`derived_dataset` turns the output into a derived Ultrasound Image instance with the
+derivation recorded; :mod:`~usreview.processing.filters.quality` measures SSIM, ENL, CNR and
+inclusion diameters.
+
+>>> from usreview.processing.filters import guided_despeckle, obnlm
+>>> smooth = obnlm(frame)                                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from usreview.processing.filters.derived import derived_dataset, derived_from_result
+from usreview.processing.filters.guided import guided_despeckle, speckle_fast
+from usreview.processing.filters.obnlm import obnlm, speckle_obnlm
+
+__all__ = [
+    "derived_dataset",
+    "derived_from_result",
+    "guided_despeckle",
+    "obnlm",
+    "speckle_fast",
+    "speckle_obnlm",
+]

@@ -1,0 +1,263 @@
+"""Filtered images as DICOM: derived Ultrasound (Multi-frame) Image Storage instances.
+
+:func:`derived_dataset` copies the source's header (patient, study, equipment context,
+acquisition, the Sequence of Ultrasound Regions so that calibration stays valid, cine timing)
+and records the derivation as PS3.3 C.7.6.1.1 asks:
+
+- Image Type ``DERIVED\\SECONDARY`` (values 3 and 4, the ultrasound bit map, are kept);
+- Derivation Description (what was done: processor, version, parameters);
+- Derivation Code Sequence: (113087, DCM, "Smoothing") from CID 7203 "Image Derivation";
+- Source Image Sequence: the source instance, with purpose of reference
+  (121322, DCM, "Source image for image processing operation") from CID 7202.
+
+The series and instance UIDs are new and derived from the provenance, so processing the same
+instance again gives the same UIDs (a retried job replaces its result instead of adding one).
+Private elements, LUTs, windows and icons of the source are dropped: the pixels are 8-bit
+display values (MONOCHROME2, or RGB for a source stored in colour), Explicit VR Little
+Endian.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from usreview import __version__
+from usreview.dicom import UltrasoundInstance
+from usreview.processing.results import (
+    Code,
+    CodingScheme,
+    DerivedImage,
+    ProcessorResult,
+    Provenance,
+)
+
+__all__ = [
+    "SMOOTHING",
+    "SOURCE_IMAGE_FOR_PROCESSING",
+    "US_IMAGE_STORAGE",
+    "US_MULTIFRAME_IMAGE_STORAGE",
+    "derived_dataset",
+    "derived_from_result",
+]
+
+US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+US_MULTIFRAME_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"
+#: CID 7203 Image Derivation.
+SMOOTHING = Code("113087", CodingScheme.DCM, "Smoothing")
+#: CID 7202 Source Image Purposes of Reference.
+SOURCE_IMAGE_FOR_PROCESSING = Code(
+    "121322", CodingScheme.DCM, "Source image for image processing operation"
+)
+_LOSSY_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.203",
+}
+# Elements that describe the source's stored pixels or its own identity: not ours to copy.
+_DROPPED = (
+    "PixelData",
+    "PlanarConfiguration",
+    "IconImageSequence",
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "PixelPaddingValue",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "RescaleType",
+    "ModalityLUTSequence",
+    "VOILUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "WindowCenterWidthExplanation",
+    "RedPaletteColorLookupTableDescriptor",
+    "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor",
+    "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData",
+    "BluePaletteColorLookupTableData",
+    "SegmentedRedPaletteColorLookupTableData",
+    "SegmentedGreenPaletteColorLookupTableData",
+    "SegmentedBluePaletteColorLookupTableData",
+    "PaletteColorLookupTableUID",
+    "DeviceSerialNumber",
+    "DerivationDescription",
+    "DerivationCodeSequence",
+    "SourceImageSequence",
+    "DataSetTrailingPadding",
+)
+_MULTIFRAME_ONLY = (
+    "NumberOfFrames",
+    "FrameIncrementPointer",
+    "FrameTime",
+    "FrameTimeVector",
+    "FrameDelay",
+    "ActualFrameDuration",
+    "RecommendedDisplayFrameRate",
+    "CineRate",
+    "StartTrim",
+    "StopTrim",
+    "PreferredPlaybackSequencing",
+    "FrameLabelVector",
+)
+
+
+def _code_item(code: Code) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme.value
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def _uid(*parts: str) -> UID:
+    return generate_uid(entropy_srcs=["usreview.processing.filters", *parts])
+
+
+def derived_dataset(
+    source: UltrasoundInstance,
+    pixels: npt.NDArray[np.uint8],
+    provenance: Provenance,
+    *,
+    description: str,
+    frame: int | None = None,
+    series_number_offset: int = 1000,
+) -> Dataset:
+    """A derived US image of ``source`` holding ``pixels``, ready to save or send.
+
+    Parameters
+    ----------
+    source
+        The instance the pixels were derived from.
+    pixels
+        uint8 grey ``(rows, columns)`` or RGB ``(rows, columns, 3)`` (Ultrasound Image
+        Storage), or every frame of the source stacked first (Ultrasound Multi-frame Image
+        Storage); rows and columns as the source's, so that its regions stay valid.
+    provenance
+        Processor, version, parameters and input instance (Derivation Description, UIDs).
+    description
+        What was done, in words (first part of the Derivation Description).
+    frame
+        For a single frame taken from a multi-frame source: its number (from 1), which the
+        Source Image Sequence references.
+    series_number_offset
+        Added to the source's Series Number for the derived series.
+
+    Raises
+    ------
+    ValueError
+        For pixels of the wrong type or shape, naming the argument.
+    """
+    size = (source.rows, source.columns)
+    rgb = pixels.ndim in (3, 4) and pixels.shape[-1] == 3 and pixels.shape[-3:-1] == size
+    if pixels.dtype != np.uint8 or (pixels.shape[-2:] != size and not rgb):
+        raise ValueError(
+            f"argument 'pixels' must be uint8 with the source's {size} rows and columns, grey "
+            f"or RGB, one frame or all; got {pixels.dtype} {pixels.shape}"
+        )
+    multi = pixels.ndim == (4 if rgb else 3)
+    if pixels.ndim > (4 if rgb else 3):
+        raise ValueError(f"argument 'pixels' has too many dimensions: {pixels.shape}")
+    if multi and pixels.shape[0] != source.number_of_frames:
+        raise ValueError(
+            f"argument 'pixels' has {pixels.shape[0]} frames; the source has "
+            f"{source.number_of_frames}"
+        )
+    if frame is not None and not 1 <= frame <= source.number_of_frames:
+        raise ValueError(f"argument 'frame' {frame} is not a frame of the source")
+    if not description.strip():
+        raise ValueError("argument 'description' is empty")
+
+    ds = copy.deepcopy(source.dataset)
+    ds.remove_private_tags()
+    for keyword in _DROPPED + (() if multi else _MULTIFRAME_ONLY):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.file_meta = FileMetaDataset()
+    lossy = (
+        str(source.transfer_syntax) in _LOSSY_SYNTAXES or ds.get("LossyImageCompression") == "01"
+    )
+
+    params = json.dumps(dict(provenance.parameters), sort_keys=True, default=str)
+    key = (provenance.processor, provenance.version, params)
+    sop_class = US_MULTIFRAME_IMAGE_STORAGE if multi else US_IMAGE_STORAGE
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = _uid("instance", source.sop_instance_uid, str(frame), *key)
+    ds.SeriesInstanceUID = _uid("series", source.series_instance_uid, *key)
+    series = int(ds.get("SeriesNumber") or 0) + series_number_offset
+    ds.SeriesNumber = min(series, 2**31 - 1)
+    base = str(ds.get("SeriesDescription") or "").strip()
+    ds.SeriesDescription = f"{base} {description}".strip()[:64]
+    now = dt.datetime.now(dt.UTC)
+    for prefix in ("InstanceCreation", "Content", "Series"):
+        setattr(ds, f"{prefix}Date", now.strftime("%Y%m%d"))
+        setattr(ds, f"{prefix}Time", now.strftime("%H%M%S"))
+    ds.Manufacturer = "usreview"
+    ds.ManufacturerModelName = "usreview processing"
+    ds.SoftwareVersions = __version__
+
+    image_type = [str(v) for v in (ds.get("ImageType") or [])]
+    ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+    ds.DerivationDescription = (
+        f"{description}; processor {provenance.processor} {provenance.version}; parameters {params}"
+    )[:1024]
+    ds.DerivationCodeSequence = DicomSequence([_code_item(SMOOTHING)])
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.sop_class_uid
+    reference.ReferencedSOPInstanceUID = source.sop_instance_uid
+    if frame is not None and source.number_of_frames > 1:
+        reference.ReferencedFrameNumber = frame
+    reference.PurposeOfReferenceCodeSequence = DicomSequence(
+        [_code_item(SOURCE_IMAGE_FOR_PROCESSING)]
+    )
+    ds.SourceImageSequence = DicomSequence([reference])
+    if lossy:
+        ds.LossyImageCompression = "01"
+
+    ds.SamplesPerPixel = 3 if rgb else 1
+    ds.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"
+    if rgb:
+        ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = source.rows, source.columns
+    if multi:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    if "UltrasoundColorDataPresent" in ds and not rgb:
+        ds.UltrasoundColorDataPresent = 0
+    ds.add_new(0x7FE00010, "OB", np.ascontiguousarray(pixels).tobytes())  # Pixel Data
+
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def derived_from_result(source: UltrasoundInstance, result: ProcessorResult) -> Dataset:
+    """The derived instance of a speckle filter's result: one frame, or the whole cine.
+
+    Raises
+    ------
+    ValueError
+        When the result has no images (it was skipped or failed).
+    """
+    images: Sequence[DerivedImage] = result.output.images
+    if not result.ok or not images:
+        raise ValueError(f"result of {result.provenance.processor} holds no image: {result.reason}")
+    description = images[0].description.split(", frame ")[0]
+    if len(images) == 1:
+        return derived_dataset(source, images[0].pixels, result.provenance, description=description)
+    stack = np.stack([image.pixels for image in images])
+    return derived_dataset(source, stack, result.provenance, description=description)
