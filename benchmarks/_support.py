@@ -1,0 +1,245 @@
+"""What the system benchmarks share: data, Orthanc, dcmtk's storescu, a plain SCP, figures.
+
+The hub, sites and gateways are started with :mod:`usreview.demo`'s helpers (the same
+code ``usreview demo`` runs); this module adds the peers we compare against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from usreview.demo import (
+    Child,
+    HubProcess,
+    c_store,
+    enroll_site,
+    free_port,
+    held_at_hub,
+    start_gateway,
+    wait_for_port,
+)
+from usreview.simulate import simulate
+
+__all__ = [
+    "Child",
+    "HubProcess",
+    "Orthanc",
+    "StorescuRun",
+    "c_store",
+    "copies",
+    "enroll_site",
+    "finish",
+    "free_port",
+    "held_at_hub",
+    "percentile",
+    "plain_scp",
+    "scale",
+    "start_gateway",
+    "start_orthanc",
+    "storescu",
+    "storescu_all",
+    "template",
+]
+
+
+def scale(default: float = 1.0) -> float:
+    """``$USREVIEW_BENCH_SCALE`` (multiplies the benchmarks' counts), default 1."""
+    return float(os.environ.get("USREVIEW_BENCH_SCALE", default))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``, linearly interpolated."""
+    if len(values) == 1:
+        return float(values[0])
+    return float(statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1])
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def template(kind: str, folder: Path, **params: Any) -> Path:
+    """One simulated instance of ``kind`` (seed 7) to copy."""
+    return simulate(kind, folder / f"template-{kind}", seed=7, **params)[0]
+
+
+def copies(source: Path, count: int, folder: Path, prefix: str = "IM") -> list[Path]:
+    """``count`` copies of ``source``, each with new SOP Instance and study UIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.dcmread(source)
+    out = []
+    for i in range(count):
+        uid = generate_uid()
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.StudyInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+        path = folder / f"{prefix}{i:05d}.dcm"
+        ds.save_as(path)
+        out.append(path)
+    return out
+
+
+# -- dcmtk storescu -----------------------------------------------------------------------
+
+
+@dataclass
+class StorescuRun:
+    returncode: int
+    succeeded: int
+    seconds: float
+    output: str
+
+
+def storescu(
+    port: int,
+    files: Sequence[Path],
+    *,
+    called: str,
+    calling: str = "SCANNER",
+    nodelay: bool,
+) -> subprocess.Popen[str]:
+    """Start dcmtk's ``storescu`` sending ``files`` over one association.
+
+    ``nodelay`` sets ``TCP_NODELAY=1`` in its environment (dcmtk then disables Nagle);
+    without it, storescu runs with default settings, as an untuned scanner. Use
+    :func:`finish` to wait for it.
+    """
+    if shutil.which("storescu") is None:
+        raise SystemExit("storescu is missing: apt-get install dcmtk (make test does)")
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    return subprocess.Popen(
+        ["storescu", "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)]
+        + [str(p) for p in files],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def finish(process: subprocess.Popen[str], started: float, timeout: float = 600) -> StorescuRun:
+    """Wait for a :func:`storescu` process; count its successful C-STOREs."""
+    output, _ = process.communicate(timeout=timeout)
+    seconds = time.perf_counter() - started
+    succeeded = output.count("Received Store Response (Success)")
+    return StorescuRun(process.returncode, succeeded, seconds, output)
+
+
+def storescu_all(
+    port: int, batches: Sequence[Sequence[Path]], *, called: str, nodelay: bool
+) -> tuple[float, int, list[StorescuRun]]:
+    """One storescu per batch, all at once; (wall seconds, instances stored, runs)."""
+    started = time.perf_counter()
+    processes = [storescu(port, b, called=called, nodelay=nodelay) for b in batches if b]
+    runs = [finish(p, started) for p in processes]
+    seconds = time.perf_counter() - started
+    return seconds, sum(r.succeeded for r in runs), runs
+
+
+# -- Orthanc ------------------------------------------------------------------------------
+
+
+@dataclass
+class Orthanc:
+    child: Child
+    dicom_port: int
+    http: str
+    ae_title: str = "ORTHANC"
+
+    def count(self) -> int:
+        """Instances Orthanc holds (its REST ``/statistics``)."""
+        with urllib.request.urlopen(self.http + "/statistics", timeout=30) as answer:
+            return int(json.loads(answer.read())["CountInstances"])
+
+
+@contextmanager
+def start_orthanc(root: Path, *, nodelay: bool) -> Iterator[Orthanc]:
+    """Orthanc (Debian package) on free loopback ports with its storage in ``root``.
+
+    ``nodelay``: ``TCP_NODELAY=1`` in its environment (as in BASELINES.md).
+    """
+    binary = shutil.which("Orthanc")
+    if binary is None:
+        raise SystemExit("Orthanc is missing: apt-get install orthanc (make test does)")
+    root.mkdir(parents=True, exist_ok=True)
+    dicom_port, http_port = free_port(), free_port()
+    config = {
+        "Name": "bench",
+        "StorageDirectory": str(root / "db"),
+        "IndexDirectory": str(root / "db"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "DicomCheckCalledAet": False,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [],
+        "StorageCompression": False,
+    }
+    (root / "orthanc.json").write_text(json.dumps(config))
+    env = dict(os.environ)
+    env.pop("TCP_NODELAY", None)
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    command = [binary, str(root / "orthanc.json")]
+    child = Child("Orthanc", command, root / "orthanc.log", env=env)
+    try:
+        wait_for_port(http_port, child)
+        wait_for_port(dicom_port, child)
+        yield Orthanc(child, dicom_port, f"http://127.0.0.1:{http_port}")
+    finally:
+        child.stop()
+
+
+# -- a plain pynetdicom Storage SCP -------------------------------------------------------
+
+
+@contextmanager
+def plain_scp(folder: Path) -> Iterator[int]:
+    """pynetdicom's Storage SCP writing each dataset's raw bytes to ``folder``; its port.
+
+    The baseline of BASELINES.md ("pynetdicom SCP writing raw dataset bytes"): no
+    spool, no fsync, default socket options.
+    """
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = iter(range(1 << 30))
+    lock = threading.Lock()
+
+    def on_store(event: evt.Event) -> int:
+        with lock:
+            n = next(counter)
+        raw: Any = event.request.DataSet  # type: ignore[union-attr]  # a C-STORE request
+        with open(folder / f"{n:06d}.raw", "wb") as f:
+            f.write(raw.getvalue())
+        return 0x0000
+
+    ae = AE(ae_title="PLAIN")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert server is not None
+    try:
+        yield port
+    finally:
+        server.shutdown()

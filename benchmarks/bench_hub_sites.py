@@ -1,0 +1,253 @@
+"""Sixty sites upload at once to a real hub, against Orthanc receiving the same files.
+
+A real hub (``usreview hub``: JupyterHub, its TLS proxy, the usreview service) is started
+on a loopback port with its state in a temporary folder; 60 sites are enrolled the way
+``usreview demo`` does it. The data are generated at run time: per site a few small
+simulated B-mode instances (480x640, about 308 KB) with their own UIDs, and a few sites
+also send one 100-frame 600x800 cine (about 48 MB). Each site is one thread (spread
+over a few client processes) that seals every instance to the hub (AES-256-GCM, signed
+with the site's Ed25519 key), ``PUT``\\ s it and verifies the hub's signed receipt.
+Afterwards each site's batch receipt (signed by the hub, verified) must list every
+instance it sent exactly once, with the SHA-256 of its plaintext.
+
+The baseline, in the same run: Orthanc (Debian package) on loopback with
+``TCP_NODELAY=1``, receiving the same files from one dcmtk ``storescu`` per site (also
+``TCP_NODELAY=1``), all at once; Orthanc's count of instances is checked.
+Goal (issue 4): at least Orthanc's rate, with encryption.
+
+Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 60 sites x 8 small + 4 cines), or
+``$USREVIEW_BENCH_SITES``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import multiprocessing
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+
+from benchmarks._support import (
+    HubProcess,
+    copies,
+    enroll_site,
+    free_port,
+    held_at_hub,
+    percentile,
+    scale,
+    start_orthanc,
+    storescu_all,
+    template,
+)
+
+SITES = 60
+SMALL_PER_SITE = 8
+CINES = 4
+CLIENT_PROCESSES = 3
+
+
+@dataclass(frozen=True)
+class Upload:
+    site: str
+    uid: str
+    size: int
+    seconds: float  # seal + PUT + receipt check
+    put_seconds: float
+    status: str
+
+
+def _site_uploads(
+    config: str, files: list[tuple[str, str]], start_at: float, out: list[Upload]
+) -> None:
+    from usreview.envelope import seal
+    from usreview.ingest.receipts import verify_receipt
+    from usreview.site import load_config
+    from usreview.site.client import HubClient
+
+    site = load_config(Path(config))
+    keys = site.load_private_keys()
+    hub_key = site.load_hub_key()
+    with HubClient(site) as client:
+        time.sleep(max(0.0, start_at - time.time()))
+        for path, uid in files:
+            started = time.perf_counter()
+            envelope = io.BytesIO()
+            with open(path, "rb") as src:
+                seal(src, envelope, sender=keys, recipients=[hub_key])
+            size = envelope.tell()
+            envelope.seek(0)
+            put = time.perf_counter()
+            answer = client.put_instance(uid, envelope, size)
+            put_seconds = time.perf_counter() - put
+            verify_receipt(answer["receipt"], hub_key, site=site.name)
+            status = "duplicate" if answer.get("duplicate") else "stored"
+            out.append(
+                Upload(
+                    site.name,
+                    uid,
+                    os.path.getsize(path),
+                    time.perf_counter() - started,
+                    put_seconds,
+                    status,
+                )
+            )
+
+
+def _client_process(
+    jobs: list[tuple[str, list[tuple[str, str]]]], start_at: float
+) -> tuple[list[Upload], float, list[str]]:
+    """Upload the given sites' files, one thread per site; (uploads, end time, errors)."""
+    uploads: list[Upload] = []
+    errors: list[str] = []
+
+    def run(config: str, files: list[tuple[str, str]]) -> None:
+        try:
+            _site_uploads(config, files, start_at, uploads)
+        except Exception as exc:  # reported by the parent
+            errors.append(f"{Path(config).parent.name}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=job) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return uploads, time.time(), errors
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def main() -> None:
+    n_sites = int(os.environ.get("USREVIEW_BENCH_SITES", SITES))
+    per_site = max(1, round(SMALL_PER_SITE * scale()))
+    n_cines = min(n_sites, max(0, round(CINES * scale())))
+    with tempfile.TemporaryDirectory(prefix="bench-hub-sites-", dir="/var/tmp") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        small = template("bmode", root / "data")
+        cine = (
+            template("cine", root / "data", frames=100, rows=600, columns=800) if n_cines else None
+        )
+        files: dict[str, list[Path]] = {}
+        for i in range(n_sites):
+            name = f"site-{i:02d}"
+            files[name] = copies(small, per_site, root / "data" / name)
+            if cine is not None and i < n_cines:
+                files[name] += copies(cine, 1, root / "data" / name, prefix="CINE")
+        all_files = [p for paths in files.values() for p in paths]
+        total_bytes = sum(p.stat().st_size for p in all_files)
+        uids = {
+            p: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in all_files
+        }
+        print(
+            f"data: {n_sites} sites, {len(all_files)} instances ({n_sites * per_site} x "
+            f"{small.stat().st_size / 1e3:.0f} KB, {n_cines} x "
+            f"{cine.stat().st_size / 1e6 if cine else 0:.0f} MB cines), "
+            f"{total_bytes / 1e6:.0f} MB, generated in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+
+        hub = HubProcess.start(root / "hub", free_port(), root / "hub.log")
+        try:
+            t0 = time.perf_counter()
+            configs = {
+                name: enroll_site(hub.state, hub.url, name, root / "sites" / name, port=11112)
+                for name in files
+            }
+            print(
+                f"hub up; {n_sites} sites enrolled in {time.perf_counter() - t0:.1f} s", flush=True
+            )
+
+            jobs = [
+                (str(configs[name]), [(str(p), uids[p]) for p in paths])
+                for name, paths in files.items()
+            ]
+            groups = [jobs[i::CLIENT_PROCESSES] for i in range(CLIENT_PROCESSES)]
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(CLIENT_PROCESSES, mp_context=context) as pool:
+                start_at = time.time() + 4.0  # every client process is up by then
+                answers = [
+                    f.result() for f in [pool.submit(_client_process, g, start_at) for g in groups]
+                ]
+            uploads = [u for a in answers for u in a[0]]
+            errors = [e for a in answers for e in a[2]]
+            seconds = max(a[1] for a in answers) - start_at
+            if errors:
+                raise SystemExit(f"{len(errors)} site(s) failed, e.g. {errors[0]}")
+
+            # Every instance stored exactly once, with the right bytes (batch receipts).
+            t0 = time.perf_counter()
+            missing = 0
+            for name, paths in files.items():
+                held = held_at_hub(configs[name])
+                if len(held) != len(paths):
+                    missing += abs(len(paths) - len(held))
+                for p in paths:
+                    if held.get(uids[p]) != _sha256(p):
+                        missing += 1
+            stored = sum(u.status == "stored" for u in uploads)
+            verified = f"{len(all_files) - missing}/{len(all_files)} verified in batch receipts"
+            took = time.perf_counter() - t0
+            print(f"verification: {stored} stored (201), {verified} ({took:.1f} s)")
+            if missing or len(uploads) != len(all_files):
+                raise SystemExit(f"FAILED: {missing} instance(s) missing or wrong at the hub")
+        finally:
+            hub.stop()
+
+        ours_rate = len(uploads) / seconds
+        ours_mb = total_bytes / seconds / 1e6
+        lat = [u.seconds * 1000 for u in uploads]
+        lat_small = [u.seconds * 1000 for u in uploads if u.size < 10_000_000]
+        lat_cine = [u.seconds * 1000 for u in uploads if u.size >= 10_000_000]
+        print(
+            f"usreview hub, {n_sites} sites at once (seal + HTTPS PUT + signed receipt): "
+            f"{ours_rate:.0f} instances/s, {ours_mb:.0f} MB/s in {seconds:.1f} s"
+        )
+        p50, p99 = percentile(lat, 50), percentile(lat, 99)
+        s50, s99 = percentile(lat_small, 50), percentile(lat_small, 99)
+        print(
+            f"  upload latency: all p50 {p50:.0f} ms, p99 {p99:.0f} ms; "
+            f"small p50 {s50:.0f} ms, p99 {s99:.0f} ms"
+            + (f"; cines p50 {percentile(lat_cine, 50):.0f} ms" if lat_cine else ""),
+            flush=True,
+        )
+
+        with start_orthanc(root / "orthanc", nodelay=True) as orthanc:
+            batches = list(files.values())
+            o_seconds, o_stored, runs = storescu_all(
+                orthanc.dicom_port, batches, called=orthanc.ae_title, nodelay=True
+            )
+            in_orthanc = orthanc.count()
+        if o_stored != len(all_files) or in_orthanc != len(all_files):
+            bad = next((r.output[-500:] for r in runs if r.returncode), "")
+            raise SystemExit(
+                f"Orthanc stored {in_orthanc} of {len(all_files)} ({o_stored} acked) {bad}"
+            )
+        o_rate = len(all_files) / o_seconds
+        o_mb = total_bytes / o_seconds / 1e6
+        print(
+            f"Orthanc 1.10 <- {len(batches)} storescu at once, TCP_NODELAY=1 both sides (no "
+            f"encryption): {o_rate:.0f} instances/s, {o_mb:.0f} MB/s in {o_seconds:.1f} s"
+        )
+        ratio = ours_rate / o_rate
+        verdict = "meets" if ratio >= 1 else "misses"
+        print(
+            f"ratio usreview/Orthanc: {ratio:.2f}x instances/s, {ours_mb / o_mb:.2f}x MB/s "
+            f"({verdict} the goal >= 1, with encryption)"
+        )
+
+
+if __name__ == "__main__":
+    main()

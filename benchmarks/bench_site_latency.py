@@ -1,0 +1,255 @@
+"""Results during the exam: from a scanner's C-STORE at the gateway to a result in the outbox.
+
+A real hub and one site's gateway (``usreview site gateway``) run on loopback, started
+as ``usreview demo`` starts them. A "scanner" (pynetdicom SCU, one association) sends
+single-frame PW Doppler instances (about 308 KB) one every 0.5 s. For each we time, from
+the start of its C-STORE: the gateway's C-STORE response (spooled durably), the instance
+stored at the hub (seen in the archive: the hub has signed its receipt by then), and its
+automatic result (the pipeline's measurements, sealed to the site) delivered into the
+site's outbox folder. p50 and p95.
+
+The automatic result is published by a small loop in this benchmark that watches the
+archive, opens each new instance with the hub's key, runs ``run_pipeline`` and calls
+``publish_result``: the hub's own automatic processing worker is being built separately.
+Published from another process, a result reaches the waiting site within the service's
+``results_poll_seconds`` (0.5 s by default), which bounds the last step from below.
+
+Then the gateway's ingest rate from dcmtk ``storescu`` with default settings (an untuned
+scanner: no ``TCP_NODELAY``), with its uploads to the hub running, in the same run as the
+same files sent to pynetdicom's plain Storage SCP writing raw bytes and to Orthanc
+(Debian package, default settings). Goal (issue 5): at least 100 instances/s.
+
+Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 20 paced instances, 200 for the rate).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks._support import (
+    HubProcess,
+    c_store,
+    copies,
+    enroll_site,
+    finish,
+    free_port,
+    held_at_hub,
+    percentile,
+    plain_scp,
+    scale,
+    start_gateway,
+    start_orthanc,
+    storescu,
+    template,
+)
+from usreview.demo import SCANNER_AE, measure_stored, publish_measurements
+
+PACED = 20
+PACE_SECONDS = 0.5
+RATE_N = 200
+SITE = "clinic"
+
+
+class AutoResults:
+    """Watch the hub's archive; measure and publish each new instance of ``site``."""
+
+    def __init__(self, hub: HubProcess, site: str) -> None:
+        self.hub = hub
+        self.site = site
+        self.archived: dict[str, float] = {}
+        self.published: dict[str, float] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        from usreview.store import Archive
+
+        state = self.hub.state
+        with Archive.open(None, state.root / "archive") as archive:
+            while not self._stop.is_set():
+                for record in archive.list_instances(self.site):
+                    uid = record.sop_instance_uid
+                    if uid in self.archived:
+                        continue
+                    self.archived[uid] = time.monotonic()
+                    try:
+                        summary = measure_stored(state, archive, self.site, uid)
+                        publish_measurements(state, archive, summary)
+                    except Exception as exc:  # reported by main()
+                        self.errors.append(f"{uid}: {exc}")
+                    self.published[uid] = time.monotonic()
+                self._stop.wait(0.02)
+
+
+class OutboxWatch:
+    """Note when each instance's measurements appear in the outbox."""
+
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+        self.arrived: dict[str, float] = {}
+        self._seen: set[Path] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for path in self.outbox.glob("*/*-measurements.json"):
+                if path not in self._seen:
+                    now = time.monotonic()
+                    self._seen.add(path)
+                    self.arrived[json.loads(path.read_text())["sop_instance_uid"]] = now
+            self._stop.wait(0.01)
+
+
+def _line(name: str, values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return f"  {name:<44} p50 {percentile(ms, 50):6.0f} ms   p95 {percentile(ms, 95):6.0f} ms"
+
+
+def main() -> None:
+    paced = max(3, round(PACED * scale())) + 1
+    rate_n = max(20, round(RATE_N * scale()))
+    with tempfile.TemporaryDirectory(prefix="bench-site-latency-", dir="/var/tmp") as tmp:
+        root = Path(tmp)
+        exam = copies(template("pw", root / "data"), paced, root / "exam")
+        burst = copies(template("bmode", root / "data"), rate_n, root / "burst")
+        hub = HubProcess.start(root / "hub", free_port(), root / "hub.log")
+        try:
+            port = free_port()
+            config = enroll_site(hub.state, hub.url, SITE, root / "site", port=port)
+            gateway = start_gateway(config, root / "gateway.log")
+            try:
+                _latency(hub, config, port, exam)
+                _ingest(config, port, burst, root)
+            finally:
+                gateway.stop()
+        finally:
+            hub.stop()
+
+
+def _latency(hub: HubProcess, config: Path, port: int, exam: list[Path]) -> None:
+    from usreview.site import load_config
+
+    auto = AutoResults(hub, SITE)
+    watch = OutboxWatch(load_config(config).outbox)
+    auto.start()
+    watch.start()
+    sent: dict[str, float] = {}
+    acked: dict[str, float] = {}
+
+    def on_stored(path: Path, uid: str, started: float) -> None:
+        sent[uid] = started
+        acked[uid] = time.monotonic()
+
+    try:
+        # Warm-up (imports, first connections): one instance, not counted.
+        warm = c_store(exam[:1], port)
+        deadline = time.monotonic() + 60
+        while len(watch.arrived) < 1 and time.monotonic() < deadline and not warm.failed:
+            time.sleep(0.05)
+        outcome = c_store(exam[1:], port, pace=PACE_SECONDS, on_stored=on_stored)
+        deadline = time.monotonic() + 60
+        while len(watch.arrived) < len(exam) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        auto.stop()
+        watch.stop()
+    if outcome.failed or auto.errors or len(watch.arrived) < len(exam):
+        raise SystemExit(
+            f"FAILED: {len(outcome.failed)} C-STORE failure(s), {len(auto.errors)} processing "
+            f"error(s) {auto.errors[:1]}, {len(watch.arrived)}/{len(exam)} results in the outbox"
+        )
+    uids = list(sent)
+    print(
+        f"{len(uids)} single-frame PW instances (after one for warm-up), one every "
+        f"{PACE_SECONDS} s: scanner -> gateway -> hub -> automatic result -> outbox"
+    )
+    print(_line("C-STORE response (spooled at the gateway)", [acked[u] - sent[u] for u in uids]))
+    print(_line("stored at the hub (receipt signed)", [auto.archived[u] - sent[u] for u in uids]))
+    print(_line("result published at the hub", [auto.published[u] - sent[u] for u in uids]))
+    print(_line("result in the site's outbox", [watch.arrived[u] - sent[u] for u in uids]))
+    print(
+        "  (the automatic result is published by this benchmark's loop watching the archive; "
+        "the hub's automatic processing worker is being built by someone else)",
+        flush=True,
+    )
+
+
+def _ingest(config: Path, port: int, burst: list[Path], root: Path) -> None:
+    from usreview.site import Spool, load_config
+
+    n = len(burst)
+    print(f"ingest from dcmtk storescu with default settings (untuned scanner), {n} x 308 KB:")
+    started = time.perf_counter()
+    run = finish(
+        storescu(port, burst, called="USREVIEW", calling=SCANNER_AE, nodelay=False), started
+    )
+    if run.succeeded != n:
+        raise SystemExit(f"FAILED: gateway stored {run.succeeded}/{n}: {run.output[-500:]}")
+    gateway_rate = n / run.seconds
+    spool = Spool(load_config(config).spool)
+    while spool.pending():
+        time.sleep(0.05)
+    at_hub = time.perf_counter() - started
+    held = held_at_hub(config)
+    missing = sum(1 for p in burst if not _held(p, held))
+    print(
+        f"  usreview gateway (spool fsync, TCP_NODELAY, uploads running): "
+        f"{gateway_rate:.0f} instances/s; all {n - missing}/{n} at the hub after {at_hub:.1f} s "
+        f"({n / at_hub:.0f} instances/s end to end)"
+    )
+
+    with plain_scp(root / "plain") as plain_port:
+        started = time.perf_counter()
+        plain = finish(storescu(plain_port, burst, called="PLAIN", nodelay=False), started)
+    plain_rate = plain.succeeded / plain.seconds
+    print(f"  pynetdicom plain SCP writing raw bytes:                 {plain_rate:.0f} instances/s")
+
+    with start_orthanc(root / "orthanc", nodelay=False) as orthanc:
+        started = time.perf_counter()
+        ortho = finish(
+            storescu(orthanc.dicom_port, burst, called=orthanc.ae_title, nodelay=False), started
+        )
+        held_orthanc = orthanc.count()
+    orthanc_rate = ortho.succeeded / ortho.seconds
+    print(
+        f"  Orthanc 1.10, default settings:                         {orthanc_rate:.0f} "
+        f"instances/s ({held_orthanc} stored)"
+    )
+    verdict = "meets" if gateway_rate >= 100 else "misses"
+    print(
+        f"ratios: gateway/pynetdicom plain SCP {gateway_rate / plain_rate:.2f}x, "
+        f"gateway/Orthanc {gateway_rate / orthanc_rate:.2f}x; "
+        f"{verdict} the goal >= 100 instances/s with upload running"
+    )
+    if missing:
+        raise SystemExit(f"FAILED: {missing} instance(s) not at the hub")
+
+
+def _held(path: Path, held: dict[str, str]) -> bool:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) in held
+
+
+if __name__ == "__main__":
+    main()

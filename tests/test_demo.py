@@ -1,0 +1,66 @@
+"""``usreview demo --exit``: the whole system once, checked from its summary and its folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_the_system_and_stops_everything(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "usreview.cli", "demo", "--out", str(out), "--exit"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+
+    # Every instance sent was acknowledged by the hub's signed receipt, and every one with
+    # measurements came back, processed by the hub's worker, in its own site's outbox.
+    measured = {"pw", "cw", "mmode", "volume"}
+    assert [site["name"] for site in summary["sites"]] == ["clinic-a", "clinic-b", "clinic-c"]
+    kinds = {kind for site in summary["sites"] for kind in site["kinds"]}
+    assert kinds == {"bmode", "cine", "mmode", "pw", "cw", "color", "volume"}
+    for site in summary["sites"]:
+        assert site["instances_sent"] == len(site["kinds"])
+        assert site["acknowledged"] == site["instances_sent"]
+        assert site["results_received"] == len(measured & set(site["kinds"]))
+        outbox = out / "sites" / site["name"] / "outbox"
+        delivered = sorted(outbox.glob("*/*-summary.json"))
+        assert [str(p) for p in delivered] == sorted(site["outbox"])
+        assert len(list(outbox.glob("*/*-sr.dcm"))) == len(delivered)
+        for path in delivered:
+            assert json.loads(path.read_text())["quantities"]
+
+    pw = [m for m in summary["measurements"] if m["kind"] == "pw"]
+    assert len(pw) == 1
+    psv = pw[0]["quantities"]["peak_systolic_velocity"]
+    truth = json.loads(next((out / "studies" / "clinic-a" / "pw").glob("*.truth.json")).read_text())
+    assert psv["unit"] == "cm/s"
+    assert psv["value"] == pytest.approx(truth["psv_cm_s"], rel=0.05)
+
+    # The printed summary names the hub, the reviewer and the figures.
+    assert summary["hub"]["url"] in done.stdout
+    assert "reviewer / " in done.stdout  # the password, shown once
+    assert "clinic-a pw: PSV" in done.stdout
+    assert "demo: hub receipt" in done.stderr
+    # Nothing of it is left running.
+    assert json.loads((out / "run.json").read_text())["children"] == []
+    ours = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(out).encode() in _read(p)]
+    assert ours == []
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

@@ -1,0 +1,65 @@
+"""``usreview hub jobs``, ``python -m usreview.processing.worker`` and the hub's worker service."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+
+from tests.processing_queue_support import SITE, HubSetup
+from tests.test_hub_config import configured, fake_proxy  # noqa: F401  (fixtures)
+from tests.test_store import meta
+from usreview.cli import main
+from usreview.hub.config import WORKER_SERVICE
+from usreview.store import Reviewer, StudyStatus
+from usreview.store.jobs import JobQueue, RetryPolicy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_hub_jobs_lists_jobs_and_failures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup = HubSetup.create(tmp_path / "hub")
+    with setup.open_archive() as archive:
+        for n in (1, 2):
+            archive.put(SITE, f"envelope {n}".encode(), meta(n, study=n))
+        queue = JobQueue(archive, RetryPolicy(max_attempts=1))
+        lease = queue.claim("w", 30)
+        assert lease is not None
+        queue.fail(lease, "opening the stored instance: CorruptObjectError: it does not open")
+        study = archive.study(Reviewer("r"), "1.2.826.0.2.1")
+    assert study.status is StudyStatus.FAILED and "does not open" in (study.reason or "")
+    state = str(setup.state.root)
+    assert main(["hub", "jobs", "--state", state]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[:5] for line in lines] == [
+        ["1", "failed", "1", SITE, "1.2.826.0.1.1"],
+        ["2", "pending", "0", SITE, "1.2.826.0.1.2"],
+    ]
+    assert main(["hub", "--state", state, "jobs", "--failed"]) == 0
+    [failed] = capsys.readouterr().out.splitlines()
+    assert failed.startswith("1\tfailed") and "failed 1 times, last: opening" in failed
+
+
+def test_the_worker_refuses_to_start_with_a_sentence(tmp_path: Path) -> None:
+    setup = HubSetup.create(tmp_path / "hub")
+    setup.state.root.chmod(0o755)  # readable by others: the state is refused
+    done = subprocess.run(
+        [sys.executable, "-m", "usreview.processing.worker", "--state", str(setup.state.root)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "accessible to others" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_hub_manages_one_worker(configured: tuple[Config, Path]) -> None:  # noqa: F811
+    c, state = configured
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    worker = services[WORKER_SERVICE]
+    assert worker["command"][1:] == ["-m", "usreview.processing.worker"]
+    assert worker["environment"]["USREVIEW_STATE"] == str(state.absolute())
+    assert "url" not in worker  # a process, not a web service: no route, no scopes

@@ -1,0 +1,79 @@
+"""End to end in one process: ingest a simulated PW instance, the worker runs, the site reads.
+
+No hub: the Ingestor stores the site's envelope (and its job), a :class:`Worker` with a
+local process pool runs it, and the site opens the sealed SR from its feed with its key.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.processing_queue_support import (
+    PSV_LOINC,
+    SITE,
+    HubSetup,
+    ingest,
+    open_result,
+    simulate_pw,
+    sr_measurements,
+)
+from usreview.ingest import WorkerPool
+from usreview.processing.execution import LocalExecutor
+from usreview.processing.worker import Worker
+from usreview.store import Reviewer, StudyStatus
+from usreview.store.jobs import JobStatus
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[WorkerPool]:
+    with WorkerPool(1, timeout=30) as started:
+        yield started
+
+
+def test_ingest_to_sealed_sr_in_the_sites_feed(tmp_path: Path, pool: WorkerPool) -> None:
+    setup = HubSetup.create(tmp_path / "hub")
+    [path] = simulate_pw(tmp_path / "sim", 1, first_seed=3)
+    truth = json.loads(path.with_name("pw.truth.json").read_text())
+    with setup.open_archive() as archive:
+        ingest(setup, archive, pool, [path])
+        [job] = archive.jobs.list_jobs()
+        assert job.status is JobStatus.PENDING and job.site == SITE
+        assert job.sop_instance_uid == truth["sop_instance_uid"]
+
+        worker = Worker(setup.state, archive, LocalExecutor(1), lease_seconds=30)
+        try:
+            worker.run(threading.Event(), until_idle=True)
+        finally:
+            worker.close()
+
+        assert archive.jobs.get(job.id).status is JobStatus.DONE
+        study = archive.study(Reviewer("r"), truth["study_instance_uid"])
+        assert study.status is StudyStatus.PROCESSED
+        feed = archive.results.results_since(SITE)
+        assert sorted(r.kind for r in feed) == ["sr", "summary"]
+        by_kind = {r.kind: r for r in feed}
+
+        sr = open_result(setup, archive, by_kind["sr"].cursor, tmp_path / "sr.dcm")
+        psv = sr_measurements(sr)[PSV_LOINC]
+        assert psv == pytest.approx(truth["psv_cm_s"], rel=0.05)
+        document = pydicom.dcmread(sr)
+        [evidence] = document.CurrentRequestedProcedureEvidenceSequence
+        refs = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence
+        assert [r.ReferencedSOPInstanceUID for r in refs] == [truth["sop_instance_uid"]]
+        assert document.PreliminaryFlag == "PRELIMINARY"
+
+        summary = json.loads(
+            open_result(setup, archive, by_kind["summary"].cursor, tmp_path / "s.json").read_text()
+        )
+        names = {q["name"]: q for q in summary["quantities"]}
+        assert names["peak_systolic_velocity"]["code"] == PSV_LOINC
+        assert summary["sr_sop_instance_uid"] == document.SOPInstanceUID
+        assert "decision support" in summary["notice"]
+        # The worker's private folder is gone, and nothing was left in plaintext.
+        assert not any((setup.state.root / "processing").iterdir())

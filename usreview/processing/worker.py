@@ -1,0 +1,407 @@
+"""The queue worker: claims processing jobs, runs them, publishes results to the site.
+
+For each job (:mod:`usreview.store.jobs`), in order:
+
+1. claim it with a lease, renewed while it runs;
+2. open the stored envelope with the hub's key into a private file under
+   ``STATE/processing/`` (checked against the plaintext hash stored with it);
+3. run :func:`~usreview.processing.execution.execute_file` on an executor: a local
+   process pool (default) or a Dask cluster (``--scheduler``);
+4. seal the SR and the JSON summary to the originating site with
+   :func:`usreview.hub.api.publish_result`, each under an idempotency key made of the
+   instance, the output and the versions of the processors that ran;
+5. complete the job (the study becomes processed when all of its jobs are done).
+
+A failure at any step fails the attempt (retried with backoff; after the last, the job
+and its study are failed with the reason). A worker killed anywhere loses nothing: its
+lease expires, another worker (or the same one restarted) takes the job, and the
+results already published are found by their keys instead of being published again.
+
+Run it as ``python -m usreview.processing.worker --state DIR`` (the hub runs it as its
+managed service ``usreview-worker``) or ``usreview hub worker``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from asyncio import CancelledError
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+from usreview.envelope import KeyRing, PrivateKeys, load_private_keys, unseal
+from usreview.envelope.format import read_header
+from usreview.envelope.stream import Source
+from usreview.errors import InputError, UsreviewError
+from usreview.hub.api.publish import publish_result
+from usreview.hub.api.settings import ServiceSettings
+from usreview.hub.api.sitekeys import SiteKeyFiles
+from usreview.hub.audit import AuditLog
+from usreview.hub.state import HubState, open_state, state_from_env
+from usreview.processing.execution import (
+    DEFAULT_TASK,
+    DaskExecutor,
+    Executor,
+    Handle,
+    LocalExecutor,
+    Outputs,
+)
+from usreview.store import Archive, CorruptObjectError, Reviewer, StorageError
+from usreview.store.jobs import JobQueue, Lease, LeaseLostError, RetryPolicy
+
+__all__ = ["ACTOR", "Worker", "main", "open_stored_instance"]
+
+#: Who the worker is in the audit log and the study history.
+ACTOR = "processing"
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Running:
+    lease: Lease
+    handle: Handle
+    plaintext: Path
+    renewed: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """Takes jobs from the archive's queue and runs them on ``executor``.
+
+    Parameters
+    ----------
+    state
+        The hub's state directory (its key, the sites' keys, the audit log).
+    archive
+        The archive whose jobs and results feed it works on.
+    executor
+        Where the pipeline runs; :attr:`Executor.slots` jobs are kept in flight.
+    lease_seconds
+        How long a claim lasts without renewal (renewed every third of it).
+    poll_seconds
+        How long to sleep when no job is ready.
+    policy
+        Retries and backoff of failing jobs.
+    """
+
+    def __init__(
+        self,
+        state: HubState,
+        archive: Archive,
+        executor: Executor,
+        *,
+        lease_seconds: float = 60.0,
+        poll_seconds: float = 1.0,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.state = state
+        self.archive = archive
+        self.executor = executor
+        self.queue = JobQueue(archive, policy)
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._hub_keys: PrivateKeys = load_private_keys(state.hub_key)
+        self._site_keys = SiteKeyFiles(state.sites)
+        self._audit = AuditLog(state.audit_log, state.audit_key.read_bytes())
+        self._scratch = _Scratch(state.root / "processing")
+        self._running: list[_Running] = []
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, until_idle: bool = False) -> None:
+        """Work until ``stop`` is set (or, with ``until_idle``, until no job is left)."""
+        try:
+            while not stop.is_set():
+                try:
+                    busy = self.step()
+                except StorageError as exc:  # the database or disk is away: wait, try again
+                    _log.error("worker step failed: %s", exc)
+                    stop.wait(self.poll_seconds)
+                    continue
+                if until_idle and not busy and not self._running:
+                    return
+                stop.wait(0.02 if self._running or busy else self.poll_seconds)
+        finally:
+            self.release_all()
+
+    def step(self) -> bool:
+        """Claim what fits, renew leases, finish what is done; whether anything happened."""
+        claimed = self._fill()
+        self._renew()
+        finished = self._collect()
+        return claimed or finished
+
+    def release_all(self) -> None:
+        """Give back the jobs in flight (stopping): they are taken again, untried."""
+        for running in self._running:
+            running.handle.cancel()
+            with contextlib.suppress(UsreviewError):
+                self.queue.release(running.lease)
+            running.plaintext.unlink(missing_ok=True)
+        self._running.clear()
+
+    def close(self) -> None:
+        """Release jobs in flight, stop the executor, remove the private folder."""
+        self.release_all()
+        self.executor.close()
+        self._scratch.close()
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _fill(self) -> bool:
+        claimed = False
+        while len(self._running) < self.executor.slots:
+            lease = self.queue.claim(self.owner, self.lease_seconds)
+            if lease is None:
+                break
+            claimed = True
+            path = self._scratch.path(lease.job.id)
+            try:
+                open_stored_instance(
+                    self.archive, self._hub_keys, self._site_keys, lease.job.sop_instance_uid, path
+                )
+                handle = self.executor.submit(path)
+            except Exception as exc:
+                path.unlink(missing_ok=True)
+                self._fail(lease, "opening the stored instance", exc)
+                continue
+            self._running.append(_Running(lease, handle, path))
+        return claimed
+
+    def _renew(self) -> None:
+        now = time.monotonic()
+        for running in list(self._running):
+            if now - running.renewed < self.lease_seconds / 3:
+                continue
+            try:
+                running.lease = self.queue.renew(running.lease, self.lease_seconds)
+                running.renewed = now
+            except LeaseLostError:
+                _log.warning("lost the lease of job %s; dropping it", running.lease.job.id)
+                self._drop(running)
+            except UsreviewError as exc:  # the database is away: try again next round
+                _log.warning("renewing job %s: %s", running.lease.job.id, exc)
+
+    def _collect(self) -> bool:
+        finished = False
+        for running in [r for r in self._running if r.handle.done()]:
+            finished = True
+            self._drop(running)
+            lease = running.lease
+            try:
+                outputs = cast(Outputs, running.handle.result())
+            except (Exception, CancelledError) as exc:  # Dask cancels with asyncio's
+                self._fail(lease, "running the pipeline", exc)
+                continue
+            try:
+                self._publish(lease, outputs)
+            except Exception as exc:
+                self._fail(lease, "publishing the results", exc)
+                continue
+            try:
+                self.queue.complete(lease, problem=outputs.problem)
+            except LeaseLostError:
+                _log.warning("job %s finished elsewhere; not completing it", lease.job.id)
+        return finished
+
+    def _publish(self, lease: Lease, outputs: Outputs) -> None:
+        job = lease.job
+        if outputs.sop_instance_uid != job.sop_instance_uid:
+            raise CorruptObjectError(
+                f"the stored instance is {outputs.sop_instance_uid}, not {job.sop_instance_uid}"
+            )
+        for kind, data, label in (
+            ("sr", outputs.sr, "Automatic measurements (SR), not reviewed"),
+            ("summary", outputs.summary, "Automatic measurements (JSON), not reviewed"),
+        ):
+            if data is None:
+                continue
+            payload = self._scratch.write(f"{job.id}.{kind}", data)
+            try:
+                publish_result(
+                    self.state,
+                    self.archive,
+                    job.study_instance_uid,
+                    payload,
+                    sites=[job.site],
+                    kind=kind,
+                    label=label,
+                    actor=ACTOR,
+                    audit=self._audit,
+                    key=f"auto/{job.sop_instance_uid}/{kind}/{outputs.signature}",
+                )
+            finally:
+                payload.unlink(missing_ok=True)
+
+    def _fail(self, lease: Lease, step: str, exc: BaseException) -> None:
+        text = str(exc).strip().splitlines()
+        reason = f"{step}: {type(exc).__name__}: {text[0]}" if text else f"{step}: {exc!r}"
+        _log.warning("job %s (%s): %s", lease.job.id, lease.job.sop_instance_uid, reason)
+        with contextlib.suppress(LeaseLostError):
+            self.queue.fail(lease, reason)
+
+    def _drop(self, running: _Running) -> None:
+        if running in self._running:
+            self._running.remove(running)
+        running.plaintext.unlink(missing_ok=True)
+
+
+def open_stored_instance(
+    archive: Archive,
+    hub_keys: PrivateKeys,
+    site_keys: SiteKeyFiles,
+    sop_instance_uid: str,
+    out: Path,
+) -> None:
+    """Open the stored envelope of ``sop_instance_uid`` into the new file ``out``.
+
+    Raises
+    ------
+    CorruptObjectError
+        No key for its site, the envelope does not open, or its plaintext changed.
+    """
+    record = archive.get(Reviewer(ACTOR), sop_instance_uid)
+    try:
+        ring = KeyRing([site_keys[record.site]])
+    except KeyError:
+        raise CorruptObjectError(f"site {record.site} has no key to open its instances") from None
+    with archive.open_envelope(Reviewer(ACTOR), sop_instance_uid) as src:
+        header, _ = read_header(src)
+        src.seek(0)
+        try:  # the archive vouches that it was valid when stored: open it as of then
+            unseal(cast(Source, src), out, recipient=hub_keys, keyring=ring, now=header.not_before)
+        except Exception as exc:
+            raise CorruptObjectError(f"the stored envelope does not open ({exc})") from exc
+    with open(out, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != record.plaintext_sha256:
+        out.unlink()
+        raise CorruptObjectError(f"the stored instance {sop_instance_uid} has changed")
+
+
+class _Scratch:
+    """A private folder per worker under ``base``; folders of dead workers are removed.
+
+    Each worker holds an exclusive lock on its folder's ``lock`` file; a folder whose
+    lock can be taken belongs to a worker that is gone.
+    """
+
+    def __init__(self, base: Path) -> None:
+        base.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(base, 0o700)
+        for folder in base.iterdir():
+            if folder.is_dir() and _unlocked(folder / "lock"):
+                shutil.rmtree(folder, ignore_errors=True)
+        self.folder = base / f"w-{os.getpid()}-{secrets.token_hex(4)}"
+        self.folder.mkdir(mode=0o700)
+        self._fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def path(self, job_id: int) -> Path:
+        return self.folder / f"job-{job_id}.dcm"
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.folder / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as f:
+            f.write(data)
+        return path
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        os.close(self._fd)
+
+
+def _unlocked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+# -- the process -------------------------------------------------------------------------
+
+
+def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Open the state and the archive and work until SIGINT/SIGTERM (or ``stop``).
+
+    ``args`` holds the options of ``usreview hub worker``: ``state``, ``scheduler``,
+    ``processes``, ``lease``, ``poll``, ``attempts`` and ``task``.
+    """
+    if min(args.processes, args.attempts) < 1 or min(args.lease, args.poll) <= 0:
+        raise InputError("--processes and --attempts must be at least 1; --lease and --poll > 0")
+    state = open_state(args.state if args.state is not None else state_from_env())
+    settings = ServiceSettings.from_state(state.root)
+    stop = stop or _stop_on_signals()
+    task = args.task or DEFAULT_TASK
+    executor: Executor = (
+        DaskExecutor(args.scheduler, task)
+        if args.scheduler
+        else LocalExecutor(args.processes, task)
+    )
+    archive = Archive.open(settings.database_url or None, state.root / "archive")
+    worker: Worker | None = None
+    try:
+        worker = Worker(
+            state,
+            archive,
+            executor,
+            lease_seconds=args.lease,
+            poll_seconds=args.poll,
+            policy=RetryPolicy(max_attempts=args.attempts),
+        )
+        where = args.scheduler or f"{args.processes} local process(es)"
+        print(f"usreview worker {worker.owner}: running jobs on {where}", file=sys.stderr)
+        worker.run(stop)
+    finally:
+        if worker is not None:
+            worker.close()
+        else:
+            executor.close()
+        archive.close()
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    # The hub stops services with SIGINT; started from a non-interactive shell, SIGINT is
+    # inherited as ignored, so install handlers for both.
+    stop = threading.Event()
+
+    def handle(signum: int, frame: object) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handle)
+    return stop
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``usreview hub worker ARGS``: work until SIGINT/SIGTERM; 1 with a sentence on failure."""
+    from usreview.cli import main as cli_main
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return cli_main(["hub", "worker", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

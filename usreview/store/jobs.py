@@ -1,0 +1,382 @@
+"""The durable processing queue: one job per stored instance, taken with leases.
+
+>>> queue = archive.jobs                                    # doctest: +SKIP
+>>> lease = queue.claim("worker-1", lease_seconds=60)       # doctest: +SKIP
+>>> queue.renew(lease, 60)                                  # doctest: +SKIP
+>>> queue.complete(lease)                                   # doctest: +SKIP
+
+The archive creates the job in the same transaction as the instance's row, so a stored
+instance always has one. A claim takes the oldest ready job (pending and due, or running
+with an expired lease) and gives it a new lease token: on PostgreSQL with
+``SELECT ... FOR UPDATE SKIP LOCKED``, on SQLite with one ``UPDATE ... RETURNING``
+statement inside ``BEGIN IMMEDIATE``. Every claim counts as an attempt. A failed attempt
+goes back to pending after an exponential backoff (:class:`RetryPolicy`); after the last
+attempt, or when a worker's lease expired on it that many times, the job is ``failed``
+and its study too, with the reason (reviewers see it in the study's record).
+
+Completing a job moves its study to ``processed`` once none of its jobs is pending or
+running (and none failed). Only the holder of the current lease token may renew,
+complete or fail a job (:class:`LeaseLostError` otherwise), so a job finishes once.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import ColumnElement, Engine, Select, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from usreview.store.archive import _change, _guard
+from usreview.store.database import writer
+from usreview.store.errors import NotFoundError, StoreError
+from usreview.store.jobs_schema import JobRow, JobStatus
+from usreview.store.schema import InstanceRow, SiteRow, StudyRow
+from usreview.store.status import StudyStatus
+
+if TYPE_CHECKING:
+    from usreview.store.archive import Archive
+
+__all__ = ["JobQueue", "JobRecord", "JobStatus", "Lease", "LeaseLostError", "RetryPolicy"]
+
+#: Who the queue names in a study's status history.
+ACTOR = "processing"
+#: Study statuses that automatic processing may change (a study in review is left alone).
+_OURS = (StudyStatus.RECEIVED, StudyStatus.PROCESSED)
+
+
+class LeaseLostError(StoreError):
+    """The job is no longer held with this lease (it expired and another worker took it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how soon a failing job is tried again.
+
+    Attempt ``n`` (from 1) that fails waits ``min(maximum, initial * 2 ** (n - 1))``
+    seconds; after ``max_attempts`` the job is failed.
+    """
+
+    max_attempts: int = 5
+    initial: float = 10.0
+    maximum: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("RetryPolicy: argument 'max_attempts' must be at least 1")
+        if not 0 <= self.initial <= self.maximum:
+            raise ValueError("RetryPolicy: need 0 <= 'initial' <= 'maximum'")
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after the failed attempt number ``attempts``."""
+        return float(min(self.maximum, self.initial * 2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A processing job and the instance it is for."""
+
+    id: int
+    site: str
+    study_instance_uid: str
+    sop_instance_uid: str
+    status: JobStatus
+    attempts: int
+    available_at: datetime
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    last_error: str | None
+    note: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claimed job: hold it by renewing before ``expires_at``."""
+
+    job: JobRecord
+    token: str
+    expires_at: datetime
+
+
+class JobQueue:
+    """The archive's processing jobs (get it as :attr:`usreview.store.Archive.jobs`).
+
+    Parameters
+    ----------
+    archive
+        The archive whose database holds the jobs.
+    policy
+        Retries and backoff.
+    """
+
+    def __init__(self, archive: Archive, policy: RetryPolicy | None = None) -> None:
+        self._engine: Engine = archive._engine
+        self._writer = writer(self._engine)
+        self._clock: Callable[[], datetime] = archive._clock
+        self.policy = policy or RetryPolicy()
+
+    # -- workers -----------------------------------------------------------------------
+
+    def claim(self, owner: str, lease_seconds: float) -> Lease | None:
+        """Take the oldest ready job for ``lease_seconds``; ``None`` when none is ready.
+
+        Jobs whose lease expired after their last attempt are failed first.
+        """
+        now = self._clock()
+        token = secrets.token_hex(16)
+        expires = now + timedelta(seconds=lease_seconds)
+        values = {
+            "status": JobStatus.RUNNING,
+            "attempts": JobRow.attempts + 1,
+            "lease_owner": owner[:128],
+            "lease_token": token,
+            "lease_expires_at": expires,
+        }
+        with _guard("claiming a job"), Session(self._writer) as session, session.begin():
+            postgres = session.get_bind().dialect.name == "postgresql"
+            self._give_up_lost(session, now, postgres)
+            pick = (
+                select(JobRow.id)
+                .where(self._ready(now))
+                .order_by(JobRow.available_at, JobRow.id)
+                .limit(1)
+            )
+            if postgres:
+                job_id = session.scalars(pick.with_for_update(skip_locked=True)).first()
+                if job_id is None:
+                    return None
+                session.execute(
+                    update(JobRow).where(JobRow.id == job_id).values(**values),
+                    execution_options={"synchronize_session": False},
+                )
+            else:  # one statement; BEGIN IMMEDIATE already serialises SQLite's writers
+                job_id = session.scalars(
+                    update(JobRow)
+                    .where(JobRow.id == pick.scalar_subquery())
+                    .values(**values)
+                    .returning(JobRow.id),
+                    execution_options={"synchronize_session": False},
+                ).first()
+                if job_id is None:
+                    return None
+            record = self._record(session, job_id)
+        return Lease(record, token, expires)
+
+    def renew(self, lease: Lease, lease_seconds: float) -> Lease:
+        """Extend ``lease`` by ``lease_seconds`` from now.
+
+        Raises
+        ------
+        LeaseLostError
+            Another worker holds the job now, or it is finished.
+        """
+        expires = self._clock() + timedelta(seconds=lease_seconds)
+        with _guard("renewing a lease"), Session(self._writer) as session, session.begin():
+            row = _held(session, lease)
+            row.lease_expires_at = expires
+        return replace(lease, expires_at=expires)
+
+    def complete(self, lease: Lease, *, problem: str | None = None) -> JobRecord:
+        """Mark the job done; its study becomes processed when nothing else is open.
+
+        ``problem`` (a processor failed, outputs were still published) is kept as the
+        job's note and marks the study failed with it.
+
+        Raises
+        ------
+        LeaseLostError
+            The lease is no longer this worker's: it must not finish the job.
+        """
+        now = self._clock()
+        with _guard("completing a job"), Session(self._writer) as session, session.begin():
+            row = _held(session, lease)
+            row.status = JobStatus.DONE
+            row.finished_at = now
+            row.note = problem
+            _clear_lease(row)
+            session.flush()
+            _settle_study(session, row.study_id, now, problem)
+            return self._record(session, row.id)
+
+    def fail(self, lease: Lease, reason: str) -> JobRecord:
+        """Record a failed attempt: retry after the backoff, or fail job and study.
+
+        Raises
+        ------
+        LeaseLostError
+            The lease is no longer this worker's.
+        """
+        now = self._clock()
+        with _guard("failing a job"), Session(self._writer) as session, session.begin():
+            row = _held(session, lease)
+            if row.attempts >= self.policy.max_attempts:
+                _give_up(session, row, now, f"failed {row.attempts} times, last: {reason}")
+            else:
+                row.status = JobStatus.PENDING
+                row.available_at = now + timedelta(seconds=self.policy.delay(row.attempts))
+                row.last_error = reason
+                _clear_lease(row)
+            session.flush()
+            return self._record(session, row.id)
+
+    def release(self, lease: Lease) -> None:
+        """Give the job back untried (the worker is stopping); the attempt is not counted."""
+        with _guard("releasing a job"), Session(self._writer) as session, session.begin():
+            try:
+                row = _held(session, lease)
+            except LeaseLostError:
+                return
+            row.status = JobStatus.PENDING
+            row.attempts = max(0, row.attempts - 1)
+            row.available_at = self._clock()
+            _clear_lease(row)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def get(self, job_id: int) -> JobRecord:
+        """The job ``job_id``.
+
+        Raises
+        ------
+        NotFoundError
+            No such job.
+        """
+        with _guard("reading the jobs"), Session(self._engine) as session:
+            return self._record(session, job_id)
+
+    def list_jobs(
+        self, *, status: JobStatus | str | None = None, limit: int | None = None
+    ) -> list[JobRecord]:
+        """Jobs (in ``status`` if given), oldest first."""
+        stmt = _query().order_by(JobRow.id)
+        if status is not None:
+            stmt = stmt.where(JobRow.status == JobStatus(status))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with _guard("reading the jobs"), Session(self._engine) as session:
+            return [_record(*found) for found in session.execute(stmt)]
+
+    def counts(self) -> dict[JobStatus, int]:
+        """How many jobs are in each status."""
+        stmt = select(JobRow.status, func.count(JobRow.id)).group_by(JobRow.status)
+        with _guard("reading the jobs"), Session(self._engine) as session:
+            found: dict[JobStatus, int] = {s: int(n) for s, n in session.execute(stmt)}
+        return {status: found.get(status, 0) for status in JobStatus}
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _ready(self, now: datetime) -> ColumnElement[bool]:
+        return or_(
+            and_(JobRow.status == JobStatus.PENDING, JobRow.available_at <= now),
+            and_(
+                JobRow.status == JobStatus.RUNNING,
+                JobRow.lease_expires_at <= now,
+                JobRow.attempts < self.policy.max_attempts,
+            ),
+        )
+
+    def _give_up_lost(self, session: Session, now: datetime, postgres: bool) -> None:
+        lost = select(JobRow).where(
+            JobRow.status == JobStatus.RUNNING,
+            JobRow.lease_expires_at <= now,
+            JobRow.attempts >= self.policy.max_attempts,
+        )
+        if postgres:
+            lost = lost.with_for_update(skip_locked=True)
+        for row in session.scalars(lost).all():
+            reason = f"its worker stopped answering {row.attempts} times (lease expired)"
+            _give_up(session, row, now, reason)
+
+    def _record(self, session: Session, job_id: int) -> JobRecord:
+        found = session.execute(_query().where(JobRow.id == job_id)).one_or_none()
+        if found is None:
+            raise NotFoundError(f"no job {job_id}")
+        return _record(*found)
+
+
+def _query() -> Select[JobRow, str, str, str]:
+    return (
+        select(JobRow, SiteRow.name, StudyRow.study_instance_uid, InstanceRow.sop_instance_uid)
+        .join(InstanceRow, JobRow.instance_id == InstanceRow.id)
+        .join(SiteRow, InstanceRow.site_id == SiteRow.id)
+        .join(StudyRow, JobRow.study_id == StudyRow.id)
+    )
+
+
+def _record(row: JobRow, site: str, study_uid: str, sop_uid: str) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        site=site,
+        study_instance_uid=study_uid,
+        sop_instance_uid=sop_uid,
+        status=row.status,
+        attempts=row.attempts,
+        available_at=row.available_at,
+        lease_owner=row.lease_owner,
+        lease_expires_at=row.lease_expires_at,
+        last_error=row.last_error,
+        note=row.note,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _held(session: Session, lease: Lease) -> JobRow:
+    row = session.scalars(
+        select(JobRow).where(JobRow.id == lease.job.id).with_for_update()
+    ).one_or_none()
+    if row is None or row.status is not JobStatus.RUNNING or row.lease_token != lease.token:
+        raise LeaseLostError(
+            f"job {lease.job.id} is no longer held by this worker (its lease expired and "
+            "another worker took it, or it is finished)"
+        )
+    return row
+
+
+def _clear_lease(row: JobRow) -> None:
+    row.lease_owner = None
+    row.lease_token = None
+    row.lease_expires_at = None
+
+
+def _give_up(session: Session, row: JobRow, now: datetime, reason: str) -> None:
+    row.status = JobStatus.FAILED
+    row.finished_at = now
+    row.last_error = reason
+    _clear_lease(row)
+    session.flush()
+    uid = session.scalars(
+        select(InstanceRow.sop_instance_uid).where(InstanceRow.id == row.instance_id)
+    ).one()
+    _settle_study(session, row.study_id, now, f"processing instance {uid}: {reason}")
+
+
+def _settle_study(session: Session, study_id: int, now: datetime, problem: str | None) -> None:
+    """Fail the study with ``problem``, or mark it processed once all its jobs are done."""
+    study = session.scalars(select(StudyRow).where(StudyRow.id == study_id).with_for_update()).one()
+    if problem is not None:
+        if study.status in _OURS:
+            _change(session, study, StudyStatus.FAILED, now, problem, ACTOR)
+        return
+    still_open = session.scalar(
+        select(func.count(JobRow.id)).where(
+            JobRow.study_id == study_id,
+            JobRow.status.in_([JobStatus.PENDING, JobStatus.RUNNING]),
+        )
+    )
+    if still_open or study.status is not StudyStatus.RECEIVED:
+        return
+    failed = session.scalars(
+        select(JobRow.last_error).where(
+            JobRow.study_id == study_id, JobRow.status == JobStatus.FAILED
+        )
+    ).first()
+    if failed is not None:
+        _change(session, study, StudyStatus.FAILED, now, failed, ACTOR)
+    else:
+        _change(session, study, StudyStatus.PROCESSED, now, "automatic processing done", ACTOR)
