@@ -117,7 +117,7 @@ def sr_measurements(path: Path) -> dict[str, float]:
 
 
 def assert_all_done_once(archive: Archive, count: int) -> None:
-    """Every job is done, and the feed has one SR and one summary for each."""
+    """Every job is done, and the feed has one SR, one summary and one overlay for each."""
     jobs = archive.jobs.list_jobs()
     assert len(jobs) == count
     assert {j.status for j in jobs} == {JobStatus.DONE}, [
@@ -125,5 +125,5 @@ def assert_all_done_once(archive: Archive, count: int) -> None:
     ]
     kinds = feed_kinds(archive)
     studies = {j.study_instance_uid for j in jobs}
-    assert set(kinds) == {(s, k) for s in studies for k in ("sr", "summary")}
+    assert set(kinds) == {(s, k) for s in studies for k in ("sr", "summary", "derived-image")}
     assert set(kinds.values()) == {1}, kinds

@@ -21,6 +21,7 @@ from usreview.processing.filters import (
     guided_despeckle,
     obnlm,
 )
+from usreview.processing.filters._apply import grey_frame, tissue_boxes
 from usreview.processing.filters.quality import inclusion_diameters, score_phantom, ssim
 from usreview.simulate import simulate, speckle
 from usreview.simulate.bmode import noise_free
@@ -208,8 +209,13 @@ def test_pipeline_filters_every_frame_of_a_cine(cine_file: Path) -> None:
     results = {r.provenance.processor: r for r in run_pipeline(instance)}
     fast = results["speckle_fast"]
     assert fast.status == ResultStatus.DONE
-    assert [i.name for i in fast.output.images] == [f"frame_{k:04d}" for k in range(1, 7)]
-    assert all(i.pixels.shape == (instance.rows, instance.columns) for i in fast.output.images)
+    (image,) = fast.output.images  # one multi-frame image, not one image per frame
+    assert image.name == "filtered" and image.multiframe and image.number_of_frames == 6
+    assert image.pixels.shape == (6, instance.rows, instance.columns)
+    assert image.derivation is not None and image.derivation.value == "113087"
+    box = tissue_boxes(instance)[0]
+    frame, _ = grey_frame(instance, 3)
+    assert np.array_equal(image.frame(3)[box], guided_despeckle(frame[box]))
     skipped = results["speckle_obnlm"]
     assert skipped.status == ResultStatus.SKIPPED and "cine of 6 frames" in (skipped.reason or "")
 
@@ -285,7 +291,7 @@ def test_derived_files_read_back_with_calibration(
         cine.timing.frame_time_ms,
         cine.timing.source,
     )
-    assert np.array_equal(back.frame(5), result.output.images[5].pixels)
+    assert np.array_equal(back.frame(5), result.output.images[0].frame(5))
 
 
 def test_derived_dataset_refuses_wrong_pixels(

@@ -15,6 +15,7 @@ import pytest
 
 from tests.test_store import db_url, meta, postgres_server  # noqa: F401  (fixtures)
 from usreview.store import Archive, Reviewer, StudyStatus
+from usreview.store.errors import InvalidTransitionError, NotFoundError
 from usreview.store.jobs import JobQueue, JobStatus, LeaseLostError, RetryPolicy
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -148,6 +149,38 @@ def test_a_job_whose_workers_keep_dying_is_failed(archive: Archive, clock: Clock
     [job] = q.list_jobs()
     assert job.status is JobStatus.FAILED and "stopped answering 2 times" in (job.last_error or "")
     assert study_of(archive)[0] is StudyStatus.FAILED
+
+
+def test_retry_requeues_a_failed_job_and_its_study(archive: Archive, clock: Clock) -> None:
+    store(archive, 1, 2)
+    q = queue(archive, attempts=1)
+    first = q.claim("w", 30)
+    assert first is not None
+    failed = q.fail(first, "boom")
+    assert failed.status is JobStatus.FAILED and study_of(archive)[0] is StudyStatus.FAILED
+    with pytest.raises(InvalidTransitionError, match="only a failed job"):
+        q.retry(failed.id + 1)  # pending
+    with pytest.raises(NotFoundError):
+        q.retry(999)
+    clock.advance(5)
+    again = q.retry(failed.id, actor="alice")
+    assert (again.status, again.attempts, again.available_at, again.finished_at) == (
+        JobStatus.PENDING,
+        0,
+        clock.now,
+        None,
+    )
+    assert "boom" in (again.last_error or "")  # the last reason stays until it runs again
+    assert study_of(archive) == (StudyStatus.RECEIVED, f"job {failed.id} retried")
+    assert archive.history(Reviewer("r"), "1.2.826.0.2.1")[-1].actor == "alice"
+    with pytest.raises(InvalidTransitionError):
+        q.retry(failed.id)  # pending now: nothing to retry
+    leases = [q.claim("w", 30), q.claim("w", 30)]  # the retried job is taken like any other
+    assert sorted(lease.job.id for lease in leases if lease) == [failed.id, failed.id + 1]
+    for lease in leases:
+        assert lease is not None
+        q.complete(lease)
+    assert study_of(archive)[0] is StudyStatus.PROCESSED
 
 
 def test_the_study_is_processed_when_all_its_jobs_are_done(archive: Archive) -> None:

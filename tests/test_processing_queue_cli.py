@@ -45,6 +45,33 @@ def test_hub_jobs_lists_jobs_and_failures(
     assert failed.startswith("1\tfailed") and "failed 1 times, last: opening" in failed
 
 
+def test_hub_jobs_retry_requeues_a_failed_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup = HubSetup.create(tmp_path / "hub")
+    with setup.open_archive() as archive:
+        archive.put(SITE, b"envelope 1", meta(1, study=1))
+        queue = JobQueue(archive, RetryPolicy(max_attempts=1))
+        lease = queue.claim("w", 30)
+        assert lease is not None
+        queue.fail(lease, "running the pipeline: MemoryError")
+    state = str(setup.state.root)
+    assert main(["hub", "jobs", "--state", state, "--retry", "1"]) == 0
+    assert capsys.readouterr().out == "job 1 (1.2.826.0.1.1) is pending again\n"
+    with setup.open_archive() as archive:
+        [job] = archive.jobs.list_jobs()
+        assert (job.status.value, job.attempts) == ("pending", 0)
+        study = archive.study(Reviewer("r"), "1.2.826.0.2.1")
+        assert study.status is StudyStatus.RECEIVED
+        assert archive.history(Reviewer("r"), "1.2.826.0.2.1")[-1].actor == (
+            "usreview hub jobs --retry"
+        )
+    assert main(["hub", "jobs", "--state", state, "--retry", "1"]) == 1  # pending: refused
+    assert "only a failed job can be retried" in capsys.readouterr().err
+    assert main(["hub", "jobs", "--state", state, "--retry", "7"]) == 1
+    assert "no job 7" in capsys.readouterr().err
+
+
 def test_the_worker_refuses_to_start_with_a_sentence(tmp_path: Path) -> None:
     setup = HubSetup.create(tmp_path / "hub")
     setup.state.root.chmod(0o755)  # readable by others: the state is refused

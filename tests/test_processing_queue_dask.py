@@ -3,7 +3,7 @@
 A :class:`LocalCluster` with two worker processes (one thread each) runs the jobs; while
 they run, one Dask worker that is busy with a task is killed with SIGKILL. Its nanny
 restarts it and the scheduler runs the lost task again: every job finishes exactly once
-and the site's feed holds one SR and one summary per job.
+and the site's feed holds one SR, one summary and one overlay per job.
 """
 
 from __future__ import annotations

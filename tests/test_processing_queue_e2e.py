@@ -1,7 +1,9 @@
 """End to end in one process: ingest a simulated PW instance, the worker runs, the site reads.
 
 No hub: the Ingestor stores the site's envelope (and its job), a :class:`Worker` with a
-local process pool runs it, and the site opens the sealed SR from its feed with its key.
+local process pool runs it, and the site opens the sealed SR, summary and derived image
+(the Doppler envelope overlay; for a B-mode still, the filtered image) from its feed with
+its key.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 
 from tests.processing_queue_support import (
     PSV_LOINC,
@@ -26,6 +29,8 @@ from tests.processing_queue_support import (
 from usreview.ingest import WorkerPool
 from usreview.processing.execution import LocalExecutor
 from usreview.processing.worker import Worker
+from usreview.simulate import simulate
+from usreview.site.deliver import is_dicom
 from usreview.store import Reviewer, StudyStatus
 from usreview.store.jobs import JobStatus
 
@@ -56,7 +61,7 @@ def test_ingest_to_sealed_sr_in_the_sites_feed(tmp_path: Path, pool: WorkerPool)
         study = archive.study(Reviewer("r"), truth["study_instance_uid"])
         assert study.status is StudyStatus.PROCESSED
         feed = archive.results.results_since(SITE)
-        assert sorted(r.kind for r in feed) == ["sr", "summary"]
+        assert sorted(r.kind for r in feed) == ["derived-image", "sr", "summary"]
         by_kind = {r.kind: r for r in feed}
 
         sr = open_result(setup, archive, by_kind["sr"].cursor, tmp_path / "sr.dcm")
@@ -74,6 +79,47 @@ def test_ingest_to_sealed_sr_in_the_sites_feed(tmp_path: Path, pool: WorkerPool)
         names = {q["name"]: q for q in summary["quantities"]}
         assert names["peak_systolic_velocity"]["code"] == PSV_LOINC
         assert summary["sr_sop_instance_uid"] == document.SOPInstanceUID
+        overlay_path = open_result(
+            setup, archive, by_kind["derived-image"].cursor, tmp_path / "overlay.dcm"
+        )
+        assert is_dicom(overlay_path)  # what makes the site's gateway C-STORE it to its PACS
+        overlay = pydicom.dcmread(overlay_path)
+        assert_derived_from(overlay, path, "113076")
+        [listed] = summary["derived_images"]
+        assert (listed["processor"], listed["sop_instance_uid"]) == (
+            "doppler_indices",
+            overlay.SOPInstanceUID,
+        )
         assert "decision support" in summary["notice"]
         # The worker's private folder is gone, and nothing was left in plaintext.
         assert not any((setup.state.root / "processing").iterdir())
+
+
+def assert_derived_from(ds: Dataset, source_path: Path, derivation: str) -> None:
+    """``ds`` is a derived US image of the file ``source_path`` (regions, reference, code)."""
+    source = pydicom.dcmread(source_path, stop_before_pixels=True)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6.1"  # Ultrasound Image, not SC
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert ds.StudyInstanceUID == source.StudyInstanceUID
+    assert ds.SequenceOfUltrasoundRegions == source.SequenceOfUltrasoundRegions
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert ds.DerivationCodeSequence[0].CodeValue == derivation
+
+
+def test_a_bmode_still_comes_back_filtered(tmp_path: Path, pool: WorkerPool) -> None:
+    setup = HubSetup.create(tmp_path / "hub")
+    path = simulate("bmode", tmp_path / "sim", seed=2, rows=300, columns=400)[0]
+    with setup.open_archive() as archive:
+        ingest(setup, archive, pool, [path])
+        worker = Worker(setup.state, archive, LocalExecutor(1), lease_seconds=30)
+        try:
+            worker.run(threading.Event(), until_idle=True)
+        finally:
+            worker.close()
+        [job] = archive.jobs.list_jobs()
+        assert job.status is JobStatus.DONE and job.note is None
+        [result] = archive.results.results_since(SITE)  # nothing measured: the image only
+        assert result.kind == "derived-image"
+        filtered = pydicom.dcmread(open_result(setup, archive, result.cursor, tmp_path / "f.dcm"))
+        assert_derived_from(filtered, path, "113087")
+        assert "speckle_obnlm 1.0" in filtered.DerivationDescription

@@ -3,7 +3,7 @@
 Each round starts ``python -m usreview.processing.worker`` (with a task that sleeps before
 running the pipeline), waits until it holds a job, and kills its whole process group.
 A last worker then finishes the queue: every job is done exactly once, and the site's feed
-holds exactly one SR and one summary per job.
+holds exactly one SR, one summary and one derived image (the Doppler overlay) per job.
 """
 
 from __future__ import annotations

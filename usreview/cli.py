@@ -426,6 +426,10 @@ def _cmd_hub_jobs(args: argparse.Namespace) -> int:
     state = open_state(_state_dir(args))
     settings = ServiceSettings.from_state(state.root)
     with Archive.open(settings.database_url or None, state.root / "archive") as archive:
+        if args.retry is not None:  # NotFoundError / InvalidTransitionError: a sentence, 1
+            job = archive.jobs.retry(args.retry, actor="usreview hub jobs --retry")
+            print(f"job {job.id} ({job.sop_instance_uid}) is pending again")
+            return 0
         jobs = archive.jobs.list_jobs(status=JobStatus.FAILED if args.failed else None)
     for job in jobs:
         why = job.last_error if job.status is JobStatus.FAILED else job.note
@@ -460,11 +464,13 @@ def _add_hub_processing(actions: argparse._SubParsersAction[argparse.ArgumentPar
     worker.set_defaults(handler=_cmd_hub_worker)
     jobs = actions.add_parser(
         "jobs",
-        help="list the processing jobs",
+        help="list the processing jobs, or retry a failed one",
         description="One line per job: id, status, attempts, site, SOP Instance UID and, "
-        "for a failed job, the reason (tab-separated).",
+        "for a failed job, the reason (tab-separated). --retry ID puts a failed job back "
+        "in the queue with all its attempts (its study goes back to received).",
     )
     jobs.add_argument("--failed", action="store_true", help="only the failed jobs")
+    jobs.add_argument("--retry", type=int, metavar="ID", help="re-queue the failed job ID")
     _add_hub_state(jobs, action=True)
     jobs.set_defaults(handler=_cmd_hub_jobs)
 

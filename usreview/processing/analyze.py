@@ -54,7 +54,10 @@ def summarize(
 def analyze_file(
     path: Path, out: Path | None = None, registry: Registry | None = None
 ) -> dict[str, Any]:
-    """Read one file, run the pipeline, write derived images into ``out`` as PNG."""
+    """Read one file, run the pipeline, write derived images into ``out`` as PNG.
+
+    A multi-frame image (a filtered cine) gives one PNG per frame, ``NAME.0001.png`` ...
+    """
     instance = read(path)
     results = run_pipeline(instance, registry=registry)
     summary = summarize(path, [k.value for k in instance.kinds], instance.sop_instance_uid, results)
@@ -63,11 +66,14 @@ def analyze_file(
         stem = instance.sop_instance_uid or path.stem
         for result in results:
             for image in result.output.images:
-                target = out / f"{stem}.{result.provenance.processor}.{image.name}.png"
-                write_png(target, image.pixels)
-                summary["images"].append(
-                    {"file": os.fspath(target), "description": image.description}
-                )
+                base = f"{stem}.{result.provenance.processor}.{image.name}"
+                for index in range(image.number_of_frames):  # a cine: one PNG per frame
+                    suffix = f".{index + 1:04d}" if image.multiframe else ""
+                    target = out / f"{base}{suffix}.png"
+                    write_png(target, image.frame(index))
+                    summary["images"].append(
+                        {"file": os.fspath(target), "description": image.description}
+                    )
     return summary
 
 

@@ -2,8 +2,12 @@
 
 :func:`execute_file` is the task: it reads a plaintext DICOM file, runs
 :func:`~usreview.processing.run_pipeline`, and returns the :class:`Outputs` that leave
-the hub (the SR of :mod:`usreview.processing.sr` and a JSON summary) as bytes. It needs
-no key, no archive and no hub: it runs in any process that has usreview installed.
+the hub as bytes: the SR of :mod:`usreview.processing.sr`, a JSON summary, and each
+processor's derived images as derived Ultrasound (Multi-frame) Image instances of the
+source (:func:`~usreview.processing.filters.derived_from_result`: the speckle filters'
+outputs, the Doppler envelope overlay), with the source's regions and the derivation
+recorded. It needs no key, no archive and no hub: it runs in any process that has usreview
+installed.
 
 Two executors run it for the queue worker (:mod:`usreview.processing.worker`):
 
@@ -25,10 +29,12 @@ import io
 import json
 import os
 import tempfile
+import time
 import uuid
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,19 +42,22 @@ from typing import Any, Protocol
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from usreview.dicom import read
+from usreview.dicom import UltrasoundInstance, read
 from usreview.processing.analyze import summarize
+from usreview.processing.filters.derived import derived_from_result
 from usreview.processing.pipeline import run_pipeline
-from usreview.processing.results import ResultStatus
+from usreview.processing.results import ProcessorResult, ResultStatus
 from usreview.processing.sr import build_sr
 
 __all__ = [
     "DEFAULT_TASK",
     "DaskExecutor",
+    "DerivedOutput",
     "Executor",
     "Handle",
     "LocalExecutor",
     "Outputs",
+    "derived_outputs",
     "execute_bytes",
     "execute_file",
     "run_task",
@@ -63,12 +72,53 @@ _NOTICE = (
 
 
 @dataclass(frozen=True, slots=True)
+class DerivedOutput:
+    """One derived image of a processor as a DICOM Part 10 file (``data``), ready to seal.
+
+    ``sop_instance_uid`` is stable for the same source, processor, version, parameters and
+    image name, so a retried job makes the same instance.
+    """
+
+    processor: str
+    version: str
+    name: str
+    description: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    frames: int
+    data: bytes
+
+    @property
+    def key(self) -> str:
+        """The part of the idempotency key that tells this image apart (at most 110 chars)."""
+        text = f"{self.processor}={self.version}/{self.sop_instance_uid}"
+        if len(text) <= 110:
+            return text
+        return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON view without the bytes."""
+        return {
+            "processor": self.processor,
+            "version": self.version,
+            "name": self.name,
+            "description": self.description,
+            "sop_instance_uid": self.sop_instance_uid,
+            "sop_class_uid": self.sop_class_uid,
+            "frames": self.frames,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Outputs:
     """What processing one instance produced, ready to seal and publish.
 
-    ``sr`` and ``summary`` are ``None`` when no processor applied (nothing to send);
+    ``sr`` and ``summary`` are ``None`` when no processor measured or found anything
+    (nothing to send); ``derived`` holds the derived images (DICOM), whatever the rest;
     ``signature`` names the processors and versions that ran (the idempotency key uses
-    it); ``problem`` gives the reasons of processors that failed.
+    it); ``problem`` gives the reasons of processors that failed (or whose image could not
+    be made an instance); ``seconds`` how long each stage took (read, pipeline, derived,
+    sr, summary).
     """
 
     sop_instance_uid: str
@@ -77,41 +127,103 @@ class Outputs:
     sr: bytes | None
     summary: bytes | None
     problem: str | None = None
+    derived: tuple[DerivedOutput, ...] = ()
+    seconds: Mapping[str, float] = field(default_factory=dict)
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = self.laps.get(stage, 0.0) + now - self._last
+        self._last = now
 
 
 def execute_file(path: str) -> Outputs:
-    """Run the pipeline on the DICOM file ``path``; build the SR and the JSON summary."""
+    """Run the pipeline on the DICOM file ``path``; build the SR, JSON summary, derived images."""
+    clock = _Stopwatch()
     instance = read(Path(path))
+    clock.lap("read")
     results = run_pipeline(instance)
+    clock.lap("pipeline")
     uid = instance.sop_instance_uid
     versions = sorted(f"{r.provenance.processor}={r.provenance.version}" for r in results)
     signature = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
     failed = [r.reason or r.provenance.processor for r in results if r.status == _FAILED]
-    problem = "; ".join(failed) or None
+    derived, refused = derived_outputs(instance, results)
+    clock.lap("derived")
+    problem = "; ".join(failed + refused) or None
     produced = any(
         r.output.quantities or r.output.findings or r.output.recommendations for r in results
     )
+    study = instance.study_instance_uid
     if not produced and problem is None:
-        return Outputs(uid, instance.study_instance_uid, signature, None, None)
+        return Outputs(uid, study, signature, None, None, None, derived, clock.laps)
     sr_uid = generate_uid(entropy_srcs=[uid, "sr", signature])
     document = build_sr(
         dcmread(path, stop_before_pixels=True),
         results,
         sop_instance_uid=sr_uid,
-        series_instance_uid=generate_uid(entropy_srcs=[instance.study_instance_uid, "sr"]),
+        series_instance_uid=generate_uid(entropy_srcs=[study, "sr"]),
     )
     buffer = io.BytesIO()
     document.save_as(buffer, enforce_file_format=True)
+    clock.lap("sr")
     summary = summarize(Path(f"{uid}.dcm"), [k.value for k in instance.kinds], uid, results)
     del summary["file"], summary["images"]
     summary.update(
-        study_instance_uid=instance.study_instance_uid,
+        study_instance_uid=study,
         sr_sop_instance_uid=sr_uid,
+        derived_images=[d.as_dict() for d in derived],
         signature=signature,
         notice=_NOTICE,
     )
     data = json.dumps(summary, indent=1, sort_keys=True, default=str).encode()
-    return Outputs(uid, instance.study_instance_uid, signature, buffer.getvalue(), data, problem)
+    clock.lap("summary")
+    return Outputs(uid, study, signature, buffer.getvalue(), data, problem, derived, clock.laps)
+
+
+def derived_outputs(
+    instance: UltrasoundInstance, results: Sequence[ProcessorResult]
+) -> tuple[tuple[DerivedOutput, ...], list[str]]:
+    """Every image of the successful ``results`` as a derived instance of ``instance``.
+
+    Returns the instances and, for images that cannot be one (wrong size, say), the reasons;
+    the other images still go.
+    """
+    made: list[DerivedOutput] = []
+    refused: list[str] = []
+    for result in results:
+        if not result.ok:
+            continue
+        provenance = result.provenance
+        for image in result.output.images:
+            try:
+                ds = derived_from_result(instance, result, image)
+                buffer = io.BytesIO()
+                ds.save_as(buffer, enforce_file_format=True)
+            except (ValueError, TypeError) as exc:
+                refused.append(
+                    f"making image {image.name} of processor {provenance.processor} a DICOM "
+                    f"instance of {instance.sop_instance_uid}: {exc}"
+                )
+                continue
+            made.append(
+                DerivedOutput(
+                    processor=provenance.processor,
+                    version=provenance.version,
+                    name=image.name,
+                    description=image.description,
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    sop_class_uid=str(ds.SOPClassUID),
+                    frames=image.number_of_frames,
+                    data=buffer.getvalue(),
+                )
+            )
+    return tuple(made), refused
 
 
 def execute_bytes(task: str, data: bytes) -> Outputs:

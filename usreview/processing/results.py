@@ -3,7 +3,8 @@
 A processor returns an :class:`Output` (quantities, derived images, findings and
 recommendations); the registry wraps it into a :class:`ProcessorResult` that records who
 made it from what (:class:`Provenance`) and whether it was done, skipped or failed.
-``as_dict()`` gives the JSON view; the record that leaves the hub is DICOM (later).
+``as_dict()`` gives the JSON view; what leaves the hub is DICOM (:mod:`.sr` for the
+measurements, derived instances for the images: :mod:`.execution`).
 """
 
 from __future__ import annotations
@@ -114,29 +115,80 @@ class Quantity:
 
 @dataclass(frozen=True)
 class DerivedImage:
-    """An image made by a processor: 8-bit grey ``(rows, cols)`` or RGB ``(rows, cols, 3)``."""
+    """An image made by a processor from its input instance, 8-bit grey or RGB.
+
+    One frame is ``(rows, cols)`` grey or ``(rows, cols, 3)`` RGB; with ``multiframe`` the
+    frames come first, ``(frames, rows, cols)`` or ``(frames, rows, cols, 3)`` (a filtered
+    cine). Leaving the hub, it becomes a derived DICOM instance of the source
+    (:func:`usreview.processing.filters.derived_from_result`), so rows and columns are the
+    source's. ``derivation`` is the CID 7203 "Image Derivation" code of what was done
+    (``None``: described in words only); ``source_frame`` is, for one frame taken from a
+    multi-frame source, that frame's number (from 1).
+    """
 
     name: str
     pixels: npt.NDArray[np.uint8]
     description: str
+    multiframe: bool = False
+    derivation: Code | None = None
+    source_frame: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.name.isidentifier(), f"DerivedImage: argument 'name' {self.name!r}")
+        _require(
+            bool(self.description.strip()), f"DerivedImage {self.name}: argument 'description'"
+        )
         shape = self.pixels.shape
+        grey = 3 if self.multiframe else 2
+        layout = "(frames, rows, cols[, 3])" if self.multiframe else "(rows, cols[, 3])"
         _require(
             self.pixels.dtype == np.uint8
-            and (len(shape) == 2 or (len(shape) == 3 and shape[2] == 3)),
-            f"DerivedImage {self.name}: argument 'pixels' must be uint8 grey or RGB, "
+            and (len(shape) == grey or (len(shape) == grey + 1 and shape[-1] == 3))
+            and 0 not in shape,
+            f"DerivedImage {self.name}: argument 'pixels' must be uint8 {layout}, grey or RGB, "
             f"got {self.pixels.dtype} {shape}",
         )
+        _require(
+            self.source_frame is None or (self.source_frame >= 1 and not self.multiframe),
+            f"DerivedImage {self.name}: argument 'source_frame' {self.source_frame!r} must be "
+            "a frame number from 1, for a single-frame image",
+        )
+
+    @property
+    def number_of_frames(self) -> int:
+        """How many frames it holds (1 unless ``multiframe``)."""
+        return int(self.pixels.shape[0]) if self.multiframe else 1
+
+    @property
+    def rgb(self) -> bool:
+        """Whether its pixels are RGB (else grey)."""
+        return self.pixels.ndim == (4 if self.multiframe else 3)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(rows, cols)`` of each frame."""
+        start = 1 if self.multiframe else 0
+        return int(self.pixels.shape[start]), int(self.pixels.shape[start + 1])
+
+    def frame(self, index: int) -> npt.NDArray[np.uint8]:
+        """Frame ``index`` (from 0): ``(rows, cols)`` grey or ``(rows, cols, 3)`` RGB."""
+        if not 0 <= index < self.number_of_frames:
+            raise IndexError(
+                f"DerivedImage {self.name}: frame {index} of {self.number_of_frames} frame(s)"
+            )
+        return self.pixels[index] if self.multiframe else self.pixels
 
     def as_dict(self) -> dict[str, Any]:
         """JSON view without the pixels."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "shape": list(self.pixels.shape),
+            "frames": self.number_of_frames,
             "description": self.description,
         }
+        if self.derivation is not None:
+            out["derivation"] = self.derivation.as_dict()
+        return out
 
 
 @dataclass(frozen=True)

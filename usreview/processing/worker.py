@@ -7,9 +7,12 @@ For each job (:mod:`usreview.store.jobs`), in order:
    ``STATE/processing/`` (checked against the plaintext hash stored with it);
 3. run :func:`~usreview.processing.execution.execute_file` on an executor: a local
    process pool (default) or a Dask cluster (``--scheduler``);
-4. seal the SR and the JSON summary to the originating site with
+4. seal the SR, the JSON summary and each derived image (a derived Ultrasound Image
+   instance: filtered image or cine, Doppler envelope overlay) to the originating site with
    :func:`usreview.hub.api.publish_result`, each under an idempotency key made of the
-   instance, the output and the versions of the processors that ran;
+   instance, the output and the versions of the processors that made it (kinds ``sr``,
+   ``summary`` and ``derived-image``; the site's gateway puts each in its outbox and sends
+   the DICOM ones to its PACS);
 5. complete the job (the study becomes processed when all of its jobs are done).
 
 A failure at any step fails the attempt (retried with backoff; after the last, the job
@@ -62,10 +65,12 @@ from usreview.processing.execution import (
 from usreview.store import Archive, CorruptObjectError, Reviewer, StorageError
 from usreview.store.jobs import JobQueue, Lease, LeaseLostError, RetryPolicy
 
-__all__ = ["ACTOR", "Worker", "main", "open_stored_instance"]
+__all__ = ["ACTOR", "DERIVED_KIND", "Worker", "main", "open_stored_instance"]
 
 #: Who the worker is in the audit log and the study history.
 ACTOR = "processing"
+#: The results feed's kind of a derived image (a DICOM instance).
+DERIVED_KIND = "derived-image"
 _log = logging.getLogger(__name__)
 
 
@@ -207,7 +212,7 @@ class Worker:
                 self._fail(lease, "running the pipeline", exc)
                 continue
             try:
-                self._publish(lease, outputs)
+                self.publish(lease, outputs)
             except Exception as exc:
                 self._fail(lease, "publishing the results", exc)
                 continue
@@ -217,19 +222,32 @@ class Worker:
                 _log.warning("job %s finished elsewhere; not completing it", lease.job.id)
         return finished
 
-    def _publish(self, lease: Lease, outputs: Outputs) -> None:
+    def publish(self, lease: Lease, outputs: Outputs) -> None:
+        """Seal ``outputs`` of the job held by ``lease`` to its site and publish them.
+
+        Each goes under its idempotency key, so publishing again (a retried job) publishes
+        nothing twice. Raises :class:`CorruptObjectError` for outputs of another instance.
+        """
         job = lease.job
         if outputs.sop_instance_uid != job.sop_instance_uid:
             raise CorruptObjectError(
                 f"the stored instance is {outputs.sop_instance_uid}, not {job.sop_instance_uid}"
             )
-        for kind, data, label in (
-            ("sr", outputs.sr, "Automatic measurements (SR), not reviewed"),
-            ("summary", outputs.summary, "Automatic measurements (JSON), not reviewed"),
-        ):
+        source_uid = job.sop_instance_uid
+        items: list[tuple[str, bytes | None, str, str]] = [
+            ("sr", outputs.sr, "Automatic measurements (SR), not reviewed", outputs.signature),
+            ("summary", outputs.summary, "Automatic measurements (JSON), not reviewed",
+             outputs.signature),
+        ]  # fmt: skip
+        items += [
+            (DERIVED_KIND, image.data, f"{image.description} ({image.processor} "
+             f"{image.version}), not reviewed", image.key)
+            for image in outputs.derived
+        ]  # fmt: skip
+        for number, (kind, data, label, part) in enumerate(items):
             if data is None:
                 continue
-            payload = self._scratch.write(f"{job.id}.{kind}", data)
+            payload = self._scratch.write(f"{job.id}.{number}.{kind}", data)
             try:
                 publish_result(
                     self.state,
@@ -241,7 +259,7 @@ class Worker:
                     label=label,
                     actor=ACTOR,
                     audit=self._audit,
-                    key=f"auto/{job.sop_instance_uid}/{kind}/{outputs.signature}",
+                    key=f"auto/{source_uid}/{kind}/{part}",
                 )
             finally:
                 payload.unlink(missing_ok=True)

@@ -15,7 +15,8 @@ attempt, or when a worker's lease expired on it that many times, the job is ``fa
 and its study too, with the reason (reviewers see it in the study's record).
 
 Completing a job moves its study to ``processed`` once none of its jobs is pending or
-running (and none failed). Only the holder of the current lease token may renew,
+running (and none failed). An administrator re-queues a failed job with :meth:`JobQueue.retry`
+(``usreview hub jobs --retry ID``). Only the holder of the current lease token may renew,
 complete or fail a job (:class:`LeaseLostError` otherwise), so a job finishes once.
 """
 
@@ -32,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from usreview.store.archive import _change, _guard
 from usreview.store.database import writer
-from usreview.store.errors import NotFoundError, StoreError
+from usreview.store.errors import InvalidTransitionError, NotFoundError, StoreError
 from usreview.store.jobs_schema import JobRow, JobStatus
 from usreview.store.schema import InstanceRow, SiteRow, StudyRow
 from usreview.store.status import StudyStatus
@@ -235,6 +236,47 @@ class JobQueue:
             row.attempts = max(0, row.attempts - 1)
             row.available_at = self._clock()
             _clear_lease(row)
+
+    # -- administrators ----------------------------------------------------------------
+
+    def retry(self, job_id: int, *, actor: str = "admin") -> JobRecord:
+        """Put the failed job ``job_id`` back in the queue, due now, with all its attempts.
+
+        Its last error is kept until it runs again; its study, if failed, goes back to
+        received (and becomes processed, or failed again, when its jobs are through).
+        ``actor`` is named in the study's status history.
+
+        Raises
+        ------
+        NotFoundError
+            No such job.
+        InvalidTransitionError
+            The job is not failed (only a failed job is retried).
+        """
+        now = self._clock()
+        with _guard("retrying a job"), Session(self._writer) as session, session.begin():
+            row = session.scalars(
+                select(JobRow).where(JobRow.id == job_id).with_for_update()
+            ).one_or_none()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            if row.status is not JobStatus.FAILED:
+                raise InvalidTransitionError(
+                    f"job {job_id} is {row.status.value}: only a failed job can be retried"
+                )
+            row.status = JobStatus.PENDING
+            row.attempts = 0
+            row.available_at = now
+            row.finished_at = None
+            row.note = None
+            _clear_lease(row)
+            study = session.scalars(
+                select(StudyRow).where(StudyRow.id == row.study_id).with_for_update()
+            ).one()
+            if study.status is StudyStatus.FAILED:
+                _change(session, study, StudyStatus.RECEIVED, now, f"job {job_id} retried", actor)
+            session.flush()
+            return self._record(session, row.id)
 
     # -- reading ---------------------------------------------------------------------
 

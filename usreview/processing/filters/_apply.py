@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 from usreview.dicom import ImageKind, RegionDataType, RegionSpatialFormat, UltrasoundInstance
 from usreview.processing.errors import NotApplicable
+from usreview.processing.filters.derived import SMOOTHING
 from usreview.processing.results import DerivedImage, Output
 
 __all__ = ["FrameFilter", "filter_instance", "grey_frame", "tissue_boxes"]
@@ -64,8 +65,9 @@ def _coloured(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
 def filter_instance(instance: UltrasoundInstance, apply: FrameFilter, description: str) -> Output:
     """Filter the tissue regions of every frame; pixels outside them (annotations) are kept.
 
-    Returns one :class:`DerivedImage` per frame (``filtered`` for a single frame, else
-    ``frame_0001`` ...), grey or, for a frame stored in colour, RGB with coloured pixels kept.
+    Returns one :class:`DerivedImage` called ``filtered``: the frame, or for a cine all its
+    frames (``multiframe``), grey or, for frames stored in colour, RGB with coloured pixels
+    kept; its derivation is (113087, DCM, "Smoothing").
     Raises :class:`NotApplicable` for Doppler, colour flow or M-mode content.
     """
     other = set(instance.kinds) - _GREY_KINDS
@@ -76,7 +78,7 @@ def filter_instance(instance: UltrasoundInstance, apply: FrameFilter, descriptio
         )
     boxes = tissue_boxes(instance)
     count = instance.number_of_frames
-    images = []
+    stack: npt.NDArray[np.uint8] | None = None
     for index in range(count):
         frame, rgb = grey_frame(instance, index)
         coloured = _coloured(rgb) if rgb is not None else np.zeros(frame.shape, bool)
@@ -85,7 +87,13 @@ def filter_instance(instance: UltrasoundInstance, apply: FrameFilter, descriptio
                 f"speckle reduction applies to grey-scale images; frame {index + 1} has colour "
                 "in its tissue region"
             )
-        out = frame.copy() if rgb is None else rgb.copy()
+        source = frame if rgb is None else rgb
+        if stack is None:  # frames of one instance share their shape and colour model
+            stack = np.empty((count, *source.shape), np.uint8)
+        elif stack.shape[1:] != source.shape:
+            raise ValueError(f"frame {index + 1} has shape {source.shape}, not {stack.shape[1:]}")
+        out = stack[index]
+        out[...] = source
         for box in boxes:
             filtered = apply(frame[box])
             if rgb is None:
@@ -93,7 +101,13 @@ def filter_instance(instance: UltrasoundInstance, apply: FrameFilter, descriptio
             else:  # coloured pixels (annotations) keep their colour
                 keep = coloured[box]
                 out[box] = np.where(keep[..., None], rgb[box], filtered[..., None])
-        name = "filtered" if count == 1 else f"frame_{index + 1:04d}"
-        text = description if count == 1 else f"{description}, frame {index + 1} of {count}"
-        images.append(DerivedImage(name, out, text))
-    return Output(images=tuple(images))
+    if stack is None:
+        raise NotApplicable("the instance holds no frame")
+    image = DerivedImage(
+        "filtered",
+        stack if count > 1 else stack[0],
+        description,
+        multiframe=count > 1,
+        derivation=SMOOTHING,
+    )
+    return Output(images=(image,))

@@ -1,4 +1,8 @@
-"""Filtered images as DICOM: derived Ultrasound (Multi-frame) Image Storage instances.
+"""Processors' images as DICOM: derived Ultrasound (Multi-frame) Image Storage instances.
+
+Used for the speckle filters' outputs and the Doppler envelope overlay (any
+:class:`~usreview.processing.results.DerivedImage`: :func:`derived_from_result`); never
+Secondary Capture, so that viewers keep the ultrasound regions and their calibration.
 
 :func:`derived_dataset` copies the source's header (patient, study, equipment context,
 acquisition, the Sequence of Ultrasound Regions so that calibration stays valid, cine timing)
@@ -6,7 +10,8 @@ and records the derivation as PS3.3 C.7.6.1.1 asks:
 
 - Image Type ``DERIVED\\SECONDARY`` (values 3 and 4, the ultrasound bit map, are kept);
 - Derivation Description (what was done: processor, version, parameters);
-- Derivation Code Sequence: (113087, DCM, "Smoothing") from CID 7203 "Image Derivation";
+- Derivation Code Sequence: the image's code from CID 7203 "Image Derivation" (113087, DCM,
+  "Smoothing" for the speckle filters; 113076, DCM, "Segmentation" for the traced envelope);
 - Source Image Sequence: the source instance, with purpose of reference
   (121322, DCM, "Source image for image processing operation") from CID 7202.
 
@@ -132,6 +137,8 @@ def derived_dataset(
     description: str,
     frame: int | None = None,
     series_number_offset: int = 1000,
+    derivation: Code | None = SMOOTHING,
+    name: str | None = None,
 ) -> Dataset:
     """A derived US image of ``source`` holding ``pixels``, ready to save or send.
 
@@ -152,6 +159,12 @@ def derived_dataset(
         Source Image Sequence references.
     series_number_offset
         Added to the source's Series Number for the derived series.
+    derivation
+        The Derivation Code (CID 7203 "Image Derivation"); ``None`` leaves the derivation
+        to the description.
+    name
+        The image's name within its processor's output; with several images per result,
+        it keeps their SOP Instance UIDs apart.
 
     Raises
     ------
@@ -192,7 +205,8 @@ def derived_dataset(
     key = (provenance.processor, provenance.version, params)
     sop_class = US_MULTIFRAME_IMAGE_STORAGE if multi else US_IMAGE_STORAGE
     ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = _uid("instance", source.sop_instance_uid, str(frame), *key)
+    named = () if name is None else (name,)
+    ds.SOPInstanceUID = _uid("instance", source.sop_instance_uid, str(frame), *key, *named)
     ds.SeriesInstanceUID = _uid("series", source.series_instance_uid, *key)
     series = int(ds.get("SeriesNumber") or 0) + series_number_offset
     ds.SeriesNumber = min(series, 2**31 - 1)
@@ -211,7 +225,8 @@ def derived_dataset(
     ds.DerivationDescription = (
         f"{description}; processor {provenance.processor} {provenance.version}; parameters {params}"
     )[:1024]
-    ds.DerivationCodeSequence = DicomSequence([_code_item(SMOOTHING)])
+    if derivation is not None:
+        ds.DerivationCodeSequence = DicomSequence([_code_item(derivation)])
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.sop_class_uid
     reference.ReferencedSOPInstanceUID = source.sop_instance_uid
@@ -245,19 +260,54 @@ def derived_dataset(
     return ds
 
 
-def derived_from_result(source: UltrasoundInstance, result: ProcessorResult) -> Dataset:
-    """The derived instance of a speckle filter's result: one frame, or the whole cine.
+def derived_from_result(
+    source: UltrasoundInstance, result: ProcessorResult, image: DerivedImage | str | None = None
+) -> Dataset:
+    """The derived instance of one image of ``result``: a frame, or a whole cine.
+
+    ``image`` is one of the result's images or its name; by default the result's only image.
+    The image's derivation code, source frame and name are recorded (see
+    :func:`derived_dataset`); its frames become an Ultrasound Multi-frame Image.
 
     Raises
     ------
     ValueError
-        When the result has no images (it was skipped or failed).
+        When the result has no images (it was skipped or failed), several and none was
+        chosen, or none of that name; or when the pixels do not fit the source.
     """
     images: Sequence[DerivedImage] = result.output.images
+    name = result.provenance.processor
     if not result.ok or not images:
-        raise ValueError(f"result of {result.provenance.processor} holds no image: {result.reason}")
-    description = images[0].description.split(", frame ")[0]
-    if len(images) == 1:
-        return derived_dataset(source, images[0].pixels, result.provenance, description=description)
-    stack = np.stack([image.pixels for image in images])
-    return derived_dataset(source, stack, result.provenance, description=description)
+        raise ValueError(f"result of {name} holds no image: {result.reason}")
+    if image is None:
+        if len(images) > 1:
+            names = ", ".join(i.name for i in images)
+            raise ValueError(f"result of {name} holds several images ({names}): choose one")
+        chosen = images[0]
+    elif isinstance(image, str):
+        found = [i for i in images if i.name == image]
+        if not found:
+            raise ValueError(f"result of {name} holds no image called {image!r}")
+        chosen = found[0]
+    else:
+        chosen = image
+    if chosen.multiframe and chosen.number_of_frames != source.number_of_frames:
+        raise ValueError(
+            f"image {chosen.name} of {name} has {chosen.number_of_frames} frames; the source "
+            f"has {source.number_of_frames}"
+        )
+    frame = chosen.source_frame
+    if frame is None and not chosen.multiframe and source.number_of_frames > 1:
+        frame = 1  # one frame of a multi-frame source: the first unless it says otherwise
+    pixels = chosen.pixels
+    if chosen.multiframe and chosen.number_of_frames == 1:  # a one-frame "cine": one image
+        pixels = pixels[0]
+    return derived_dataset(
+        source,
+        pixels,
+        result.provenance,
+        description=chosen.description,
+        frame=frame,
+        derivation=chosen.derivation,
+        name=None if len(images) == 1 else chosen.name,
+    )

@@ -5,7 +5,10 @@ PW reports ``peak_systolic_velocity``, ``end_diastolic_velocity``, ``resistive_i
 ``heart_rate``; CW reports ``peak_velocity``, ``velocity_time_integral`` and ``heart_rate``.
 Each is the mean over the complete cycles in view, with the cycle count. A spectrum without
 a usable signal gets a finding that says so instead of numbers. The traced envelope is
-returned as an overlay image. Method and assumptions: :mod:`.spectral`, :mod:`.cycles`.
+returned as an overlay image: the whole displayed frame, in RGB, with the envelope drawn into
+the spectral region, so that it leaves the hub as a derived Ultrasound Image of the source with
+the source's regions (derivation: 113076, DCM, "Segmentation"). Method and assumptions:
+:mod:`.spectral`, :mod:`.cycles`.
 
 Parameters: ``dynamic_range_db`` (assumed display range, 50), ``average_columns`` (power
 averaged over this many columns before tracing, 3) and ``edge_refinement`` (``"cw"``: CW
@@ -44,7 +47,7 @@ from usreview.processing.results import (
     Quantity,
 )
 
-__all__ = ["CODES", "doppler_indices"]
+__all__ = ["CODES", "ENVELOPE_DERIVATION", "doppler_indices", "overlay"]
 
 Float = npt.NDArray[np.float64]
 LN = CodingScheme.LOINC
@@ -60,6 +63,8 @@ CODES: dict[str, tuple[Code, str]] = {
     "peak_velocity": (Code("20355-4", LN, "Peak Blood Velocity"), "cm/s"),
     "heart_rate": (Code("8867-4", LN, "Heart rate"), "/min"),
 }
+#: CID 7203 Image Derivation of the overlay: the envelope is the signal's segmented edge.
+ENVELOPE_DERIVATION = Code("113076", CodingScheme.DCM, "Segmentation")
 MIN_SIGNAL_FRACTION = 0.3  # of columns, for a PW spectrum (CW is silent in diastole)
 
 
@@ -139,7 +144,8 @@ def doppler_indices(context: Context) -> Output:
     instance = context.instance
     region = spectral_region(instance)
     cal = calibrate(region)
-    display = instance.display_frame(0)
+    shown = instance.display_frame(0)
+    display = shown
     if display.ndim == 3:  # colour spectral displays: their luminance
         display = np.rint(display @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
     x0, y0, x1, y1 = region.bounds
@@ -158,11 +164,16 @@ def doppler_indices(context: Context) -> Output:
     with_signal = float(np.mean(np.isfinite(envelope)))
     cycles, smooth = detect_cycles(envelope, dt)
     mode = "PW" if pw else "CW"
+    canvas = np.array(shown if shown.ndim == 3 else np.repeat(shown[..., None], 3, axis=2))
+    canvas[y0 : y1 + 1, x0 : x1 + 1] = overlay(
+        grey, cal, side, np.where(np.isfinite(envelope), smooth, np.nan), cycles
+    )
     image = DerivedImage(
         "doppler_envelope",
-        overlay(grey, cal, side, np.where(np.isfinite(envelope), smooth, np.nan), cycles),
-        f"{mode} spectral region with the traced maximum-velocity envelope (MGM, yellow) and "
-        "cycle boundaries (cyan)",
+        canvas,
+        f"{mode} traced maximum-velocity envelope (MGM, yellow) and cycle boundaries (cyan)",
+        derivation=ENVELOPE_DERIVATION,
+        source_frame=1 if instance.number_of_frames > 1 else None,
     )
     evidence = {
         "columns_with_signal": round(with_signal, 3),

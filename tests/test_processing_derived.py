@@ -1,0 +1,229 @@
+"""Derived images leave the hub as DICOM: filtered stills and cines, the Doppler overlay.
+
+:func:`~usreview.processing.execution.execute_file` turns every processor's images into
+derived Ultrasound (Multi-frame) Image instances of the source (never Secondary Capture):
+regions copied, the source referenced, the derivation recorded; dciodvfy finds no error;
+the site delivers them as DICOM (outbox ``.dcm`` and C-STORE to its PACS).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
+)
+
+from usreview.dicom import read
+from usreview.processing import Code, CodingScheme, DerivedImage
+from usreview.processing.execution import Outputs, execute_file
+from usreview.simulate import simulate
+from usreview.site.config import PacsDestination
+from usreview.site.deliver import deliver_to_outbox, is_dicom, send_to_pacs
+
+US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Outputs]]:
+    """Per kind: the simulated source and what execute_file made of it."""
+    folder = tmp_path_factory.mktemp("derived")
+    out = {}
+    for kind, params in (
+        ("pw", {}),
+        ("bmode", {"rows": 300, "columns": 400}),
+        ("cine", {"frames": 4}),
+    ):
+        path = simulate(kind, folder / kind, seed=5, **params)[0]
+        out[kind] = (path, execute_file(str(path)))
+    return out
+
+
+def _written(outputs: Outputs, folder: Path) -> list[Path]:
+    paths = []
+    for image in outputs.derived:
+        path = folder / f"{image.processor}.{image.name}.dcm"
+        path.write_bytes(image.data)
+        paths.append(path)
+    return paths
+
+
+def test_the_doppler_overlay_is_a_derived_us_image_of_its_source(
+    executed: dict[str, tuple[Path, Outputs]], tmp_path: Path
+) -> None:
+    source_path, outputs = executed["pw"]
+    assert outputs.sr is not None and outputs.summary is not None
+    [overlay] = outputs.derived
+    assert (overlay.processor, overlay.version, overlay.name) == (
+        "doppler_indices",
+        "1.0",
+        "doppler_envelope",
+    )
+    [path] = _written(outputs, tmp_path)
+    ds, source = pydicom.dcmread(path), pydicom.dcmread(source_path)
+    assert ds.SOPClassUID == US_IMAGE != SECONDARY_CAPTURE
+    assert ds.SOPInstanceUID == overlay.sop_instance_uid != source.SOPInstanceUID
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert ds.PhotometricInterpretation == "RGB" and (ds.Rows, ds.Columns) == (
+        source.Rows,
+        source.Columns,
+    )
+    assert ds.SequenceOfUltrasoundRegions == source.SequenceOfUltrasoundRegions
+    assert (ds.StudyInstanceUID, ds.PatientID) == (source.StudyInstanceUID, source.PatientID)
+    (code,) = ds.DerivationCodeSequence
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
+        "113076",
+        "DCM",
+        "Segmentation",
+    )
+    assert "doppler_indices 1.0" in ds.DerivationDescription
+    assert "envelope" in ds.DerivationDescription
+    (ref,) = ds.SourceImageSequence
+    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (
+        source.SOPClassUID,
+        source.SOPInstanceUID,
+    )
+    assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+    # The envelope is drawn (yellow) inside the spectral region only, over the source's pixels.
+    back = read(path)
+    assert back.kinds == read(source_path).kinds
+    spectral = next(r for r in back.regions if r.spatial_format.name == "SPECTRAL")
+    x0, y0, x1, y1 = spectral.bounds
+    rgb = back.frame(0)
+    yellow = (rgb[..., 0] == 255) & (rgb[..., 1] == 220) & (rgb[..., 2] == 0)
+    assert yellow[y0 : y1 + 1, x0 : x1 + 1].sum() > 100
+    assert yellow.sum() == yellow[y0 : y1 + 1, x0 : x1 + 1].sum()
+    grey = read(source_path).display_frame(0)
+    assert np.array_equal(rgb[: y0 - 1, :, 1], grey[: y0 - 1])
+
+
+def test_filters_give_a_still_and_one_multiframe_cine(
+    executed: dict[str, tuple[Path, Outputs]], tmp_path: Path
+) -> None:
+    still_source, still = executed["bmode"]
+    cine_source, cine = executed["cine"]
+    assert still.sr is None and cine.sr is None  # nothing measured: images only
+    assert [(d.processor, d.sop_class_uid, d.frames) for d in still.derived] == [
+        ("speckle_obnlm", US_IMAGE, 1)
+    ]
+    assert [(d.processor, d.sop_class_uid, d.frames) for d in cine.derived] == [
+        ("speckle_fast", US_MULTIFRAME, 4)
+    ]
+    [path] = _written(cine, tmp_path)
+    back, source = read(path), read(cine_source)
+    assert back.number_of_frames == 4 and back.regions == source.regions
+    assert back.timing.frame_time_ms == source.timing.frame_time_ms
+    assert pydicom.dcmread(path).DerivationCodeSequence[0].CodeValue == "113087"
+    # Processing again gives the same instances: a retried job publishes nothing new.
+    again = execute_file(str(still_source))
+    assert [d.sop_instance_uid for d in again.derived] == [
+        d.sop_instance_uid for d in still.derived
+    ]
+    assert [d.key for d in again.derived] == [d.key for d in still.derived]
+
+
+@pytest.mark.external
+def test_dciodvfy_finds_no_error_in_the_derived_instances(
+    executed: dict[str, tuple[Path, Outputs]], tmp_path: Path
+) -> None:
+    assert shutil.which("dciodvfy"), "dciodvfy missing: make test installs dicom3tools"
+    expected = {"pw": "USImage", "bmode": "USImage", "cine": "USMultiFrameImage"}
+    for kind, (_, outputs) in executed.items():
+        folder = tmp_path / kind
+        folder.mkdir()
+        [path] = _written(outputs, folder)
+        run = subprocess.run(
+            ["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False
+        )
+        report = run.stdout + run.stderr
+        assert [line for line in report.splitlines() if line.startswith("Error")] == [], kind
+        assert expected[kind] in report.split(), report
+
+
+def test_derived_image_holds_one_frame_or_a_cine() -> None:
+    grey = np.zeros((4, 5), np.uint8)
+    assert DerivedImage("a", grey, "x").number_of_frames == 1
+    rgb = DerivedImage("a", np.zeros((4, 5, 3), np.uint8), "x")
+    assert rgb.rgb and rgb.size == (4, 5) and rgb.frame(0).shape == (4, 5, 3)
+    cine = DerivedImage("a", np.zeros((3, 4, 5), np.uint8), "x", multiframe=True)
+    assert (cine.number_of_frames, cine.rgb, cine.size) == (3, False, (4, 5))
+    assert cine.as_dict()["frames"] == 3
+    colour_cine = DerivedImage("a", np.zeros((3, 4, 5, 3), np.uint8), "x", multiframe=True)
+    assert colour_cine.rgb and colour_cine.frame(2).shape == (4, 5, 3)
+    with pytest.raises(IndexError):
+        cine.frame(3)
+    for pixels, multiframe in (
+        (np.zeros((3, 4, 5), np.uint8), False),  # frames without multiframe
+        (np.zeros((4, 5), np.uint8), True),
+        (np.zeros((3, 4, 5, 4), np.uint8), True),
+        (np.zeros((4, 5), np.float32), False),
+        (np.zeros((0, 4, 5), np.uint8), True),
+    ):
+        with pytest.raises(ValueError, match="'pixels'"):
+            DerivedImage("a", pixels, "x", multiframe=multiframe)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'source_frame'"):
+        DerivedImage("a", np.zeros((3, 4, 5), np.uint8), "x", multiframe=True, source_frame=1)
+    code = Code("113076", CodingScheme.DCM, "Segmentation")
+    assert DerivedImage("a", grey, "x", derivation=code).as_dict()["derivation"]["value"] == (
+        "113076"
+    )
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[tuple[int, list[pydicom.Dataset]]]:
+    """A pynetdicom Storage SCP for US images on a free loopback port; what it received."""
+    received: list[pydicom.Dataset] = []
+    lock = threading.Lock()
+
+    def on_store(event: evt.Event) -> int:
+        with lock:
+            received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    for sop_class in (UltrasoundImageStorage, UltrasoundMultiFrameImageStorage):
+        ae.add_supported_context(sop_class)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert server is not None
+    try:
+        yield server.server_address[1], received
+    finally:
+        server.shutdown()
+
+
+def test_the_site_delivers_derived_images_as_dicom(
+    executed: dict[str, tuple[Path, Outputs]],
+    tmp_path: Path,
+    pacs: tuple[int, list[pydicom.Dataset]],
+) -> None:
+    port, received = pacs
+    destination = PacsDestination(name="pacs", ae_title="PACS", host="127.0.0.1", port=port)
+    sent = []
+    for number, kind in enumerate(("pw", "cine"), start=1):
+        _, outputs = executed[kind]
+        [payload] = _written(outputs, tmp_path)
+        assert is_dicom(payload)
+        target = deliver_to_outbox(
+            tmp_path / "outbox",
+            payload,
+            result_id=number,
+            study_instance_uid=pydicom.dcmread(payload).StudyInstanceUID,
+            kind="derived-image",
+        )
+        assert target.name == f"{number:08d}-derived-image.dcm"
+        send_to_pacs(destination, target, calling_ae_title="GATEWAY")
+        sent.append(outputs.derived[0].sop_instance_uid)
+    assert [str(ds.SOPInstanceUID) for ds in received] == sent
