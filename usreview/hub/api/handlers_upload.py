@@ -4,14 +4,14 @@ The body streams into a private spool file (never whole in memory), capped at
 :attr:`~usreview.hub.api.settings.ServiceSettings.max_upload_bytes`: 413 as soon as the
 declared length or the bytes received pass it.
 
-A refusal before the body is read (401, 403, 411, 413, 415) is answered at once and the
-rest of the body is then read and thrown away (up to :data:`DRAIN_LIMIT` bytes, then
-the connection is closed): closing with unread data makes the kernel reset the
-connection, which loses the answer in a proxy (JupyterHub's answers 503) or in a client
-that sends the whole body before reading. Then :meth:`usreview.ingest.Ingestor.ingest`
-runs in the thread pool (it blocks on the parsing worker and the durable commit) with
-the path's UID as the one expected; the answer comes after the commit and the audit
-line. The spool file is removed whatever happens.
+A refusal before the body is read (401, 403, 411, 413, 415) is answered at once, keeping the
+connection open, and the rest of the body is then read and thrown away (up to
+:data:`DRAIN_LIMIT` bytes, then the connection is closed): closing with unread data makes
+the kernel reset the connection, which loses the answer in a proxy (JupyterHub's answers
+503) or in a client that sends the whole body before reading. Then
+:meth:`usreview.ingest.Ingestor.ingest` runs in the thread pool (it blocks on the parsing
+worker and the durable commit) with the path's UID as the one expected; the answer comes
+after the commit and the audit line. The spool file is removed whatever happens.
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ class InstanceHandler(BaseHandler):
         self._draining = True
         body = json.dumps(self.error_body(exc, exc.status_code)).encode()
         self.set_header("Content-Length", str(len(body)))
-        self.set_header("Connection", "close")
+        # No "Connection: close": the proxy would close the client's connection as soon as
+        # this (complete) answer has passed, while the client is still sending its body,
+        # and the client would see a reset instead of the answer.
         self.write(body)
         self.flush()
 
