@@ -213,7 +213,9 @@ def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> N
         gateway.kill9()
         output, _ = scanner.communicate(timeout=60)
     acknowledged = succeeded_files(output)
-    assert 60 <= len(acknowledged) < len(files), output[-2000:]
+    # Killed mid-stream: some instances were acknowledged (the spool holds a few more,
+    # written before their answer left), not all.
+    assert 40 <= len(acknowledged) < len(files), output[-2000:]
     spooled = _spooled(config)
     assert {uids[p] for p in acknowledged} <= set(spooled)
     # Restart: the spool is intact, and the scanner sends the rest (and some again).

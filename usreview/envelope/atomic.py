@@ -29,11 +29,14 @@ def new_file(
     mode: int = 0o600,
     suffix: str = ".part",
     before_publish: Callable[[], None] | None = None,
+    durable: bool = True,
 ) -> Iterator[BinaryIO]:
     """Yield a temporary binary file that becomes ``path`` when the block succeeds.
 
     ``before_publish`` runs after the data is on disk and before the file gets its name;
-    if it raises, the file is removed.
+    if it raises, the file is removed. ``durable=False`` skips both fsyncs (file and
+    folder): the file still appears complete or not at all to other processes, but may
+    be lost in a power cut. Only for files deleted right after use (a quarantine).
 
     Raises
     ------
@@ -49,7 +52,8 @@ def new_file(
         with open(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         if before_publish is not None:
             before_publish()
         _publish(tmp, path)
@@ -57,7 +61,8 @@ def new_file(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:

@@ -8,10 +8,9 @@ by the number of messages in one validity window.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from usreview.envelope.errors import ReplayedError
@@ -20,6 +19,8 @@ __all__ = ["ReplayCache"]
 
 #: Clock skew tolerated between sender and receiver, in seconds.
 CLOCK_SKEW = 300
+#: Expired rows are deleted at most this often (seconds), not on every record.
+PURGE_INTERVAL = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
@@ -27,34 +28,46 @@ CREATE TABLE IF NOT EXISTS seen (
     message BLOB NOT NULL,
     expires INTEGER NOT NULL,
     PRIMARY KEY (sender, message)
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_expires ON seen (expires)
 """
 
 
 class ReplayCache:
-    """Message ids already opened, stored in the SQLite file ``path``."""
+    """Message ids already opened, stored in the SQLite file ``path``.
+
+    Safe to share between threads: each thread keeps its own connection (opening one
+    per call cost more than the query), and this process's writers take turns on a
+    lock instead of sleeping in SQLite's busy handler. Every record is still committed
+    with ``synchronous=FULL`` before :meth:`record` returns.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._purged_at = float("-inf")
+        db = self._db()
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             db.execute("PRAGMA synchronous=FULL")
-            yield db
-        finally:
-            db.close()
+            self._local.db = db
+        return db
 
     def check(self, sender_id: bytes, message_id: bytes) -> None:
         """Raise :class:`ReplayedError` if this message was already recorded."""
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT 1 FROM seen WHERE sender = ? AND message = ?", (sender_id, message_id)
-            ).fetchone()
+        row = (
+            self._db()
+            .execute("SELECT 1 FROM seen WHERE sender = ? AND message = ?", (sender_id, message_id))
+            .fetchone()
+        )
         if row is not None:
             raise _replayed(message_id)
 
@@ -63,16 +76,23 @@ class ReplayCache:
     ) -> None:
         """Record a message as opened (durably), forgetting expired ones.
 
+        Expired rows are deleted at most every :data:`PURGE_INTERVAL` seconds (each
+        delete looks through the whole window; a row kept a minute longer changes
+        nothing: :meth:`check` of an expired envelope is never reached).
+
         Raises
         ------
         ReplayedError
             If it was already recorded (for example by a concurrent receiver).
         """
         now = time.time() if now is None else now
-        with self._connect() as db:
+        db = self._db()
+        with self._write_lock:
+            purge = abs(now - self._purged_at) >= PURGE_INTERVAL
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("DELETE FROM seen WHERE expires < ?", (int(now) - CLOCK_SKEW,))
+                if purge:
+                    db.execute("DELETE FROM seen WHERE expires < ?", (int(now) - CLOCK_SKEW,))
                 db.execute(
                     "INSERT INTO seen (sender, message, expires) VALUES (?, ?, ?)",
                     (sender_id, message_id, not_after),
@@ -84,10 +104,11 @@ class ReplayCache:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            if purge:
+                self._purged_at = now
 
     def __len__(self) -> int:
-        with self._connect() as db:
-            (count,) = db.execute("SELECT count(*) FROM seen").fetchone()
+        (count,) = self._db().execute("SELECT count(*) FROM seen").fetchone()
         return int(count)
 
 

@@ -35,6 +35,7 @@ def unseal(
     keyring: KeyRing,
     replay_cache: ReplayCache | None = None,
     now: float | None = None,
+    durable: bool = True,
 ) -> EnvelopeInfo:
     """Open the envelope read from ``src`` into the new file ``out``.
 
@@ -43,7 +44,9 @@ def unseal(
     The payload is then decrypted to a quarantine file next to ``out`` (mode 0600) that
     gets the name ``out`` only after the final chunk and the sender's signature over
     header and ciphertext verify and the message id is recorded in ``replay_cache``.
-    On any failure no ``out`` file exists.
+    On any failure no ``out`` file exists. ``durable=False`` skips the fsyncs of ``out``
+    (see :func:`~usreview.envelope.atomic.new_file`): for a plaintext that is read and
+    deleted at once.
 
     Raises
     ------
@@ -93,7 +96,9 @@ def unseal(
         if replay_cache is not None:
             replay_cache.record(header.sender_id, header.message_id, header.not_after, clock)
 
-    with new_file(Path(out), suffix=".quarantine", before_publish=record) as quarantine:
+    with new_file(
+        Path(out), suffix=".quarantine", before_publish=record, durable=durable
+    ) as quarantine:
         frames_hash, signature = decrypt_stream(src, quarantine, payload_key, header_hash)
         try:
             sender.ed25519.verify(signature, FINAL_SIG_CONTEXT + header_hash + frames_hash)
@@ -119,11 +124,18 @@ def unseal_file(
     keyring: KeyRing,
     replay_cache: ReplayCache | None = None,
     now: float | None = None,
+    durable: bool = True,
 ) -> EnvelopeInfo:
     """Open the envelope file ``src`` into the new file ``out``; see :func:`unseal`."""
     with open(src, "rb") as fin:
         return unseal(
-            fin, out, recipient=recipient, keyring=keyring, replay_cache=replay_cache, now=now
+            fin,
+            out,
+            recipient=recipient,
+            keyring=keyring,
+            replay_cache=replay_cache,
+            now=now,
+            durable=durable,
         )
 
 
