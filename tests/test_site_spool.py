@@ -74,9 +74,9 @@ def test_invalid_uids_are_refused(tmp_path: Path, uid: str) -> None:
 
 def test_temporary_leftovers_are_removed_on_open(tmp_path: Path) -> None:
     Spool(tmp_path / "spool")
-    (tmp_path / "spool" / ".tmp-abc").write_bytes(b"half")
+    (tmp_path / "spool" / ".0001.dcm.abc.part").write_bytes(b"half")
     Spool(tmp_path / "spool")
-    assert not (tmp_path / "spool" / ".tmp-abc").exists()
+    assert not (tmp_path / "spool" / ".0001.dcm.abc.part").exists()
 
 
 def test_write_failure_is_a_spool_error(tmp_path: Path) -> None:
@@ -120,4 +120,4 @@ def test_kill_9_while_writing_loses_no_acknowledged_instance(tmp_path: Path) -> 
         assert acknowledged and {f"1.2.{i}" for i in acknowledged} <= found
         for item in spool.pending():  # nothing half-written under a final name
             assert hashlib.sha256(item.path.read_bytes()).hexdigest() == item.sha256
-        assert not list(root.glob(".tmp-*"))
+        assert not list(root.glob(".*.part"))

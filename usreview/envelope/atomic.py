@@ -6,7 +6,9 @@ even for a moment), fsyncs it, publishes it under its final name without ever
 overwriting (hard link, or rename after a check where links are unsupported), then
 fsyncs the folder. On any exception the temporary file is removed and the final
 name never appears. Unsealing uses it as its quarantine. :func:`replace_file` is the
-same for a file that is meant to be replaced (a key ring).
+same for a file that is meant to be replaced (a key ring, a spooled instance, a cursor);
+:func:`fsync_directory` makes a folder's entries durable. These are the project's one
+durable-write path: the store, the site's spool and the hub's state use them too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["new_file", "replace_file", "write_new_file"]
+__all__ = ["fsync_directory", "new_file", "replace_file", "write_new_file"]
 
 
 @contextlib.contextmanager
@@ -62,7 +64,7 @@ def new_file(
             os.unlink(tmp)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
 
 
 def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
@@ -71,7 +73,7 @@ def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         f.write(data)
 
 
-def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def replace_file(path: Path, data: bytes | memoryview, *, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` atomically, replacing any older version (fsynced)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -86,7 +88,7 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
 
 
 def _publish(tmp: str, path: Path) -> None:
@@ -108,7 +110,8 @@ def _publish(tmp: str, path: Path) -> None:
     os.unlink(tmp)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make new, renamed or removed names in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -27,9 +27,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from usreview.envelope.atomic import fsync_directory, replace_file
 from usreview.site.config import PacsDestination
 from usreview.site.errors import DeliveryError
-from usreview.site.spool import fsync_directory, write_durably
 
 __all__ = [
     "PacsQueue",
@@ -175,7 +175,7 @@ class PacsQueue:
             folder = self.root / name
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             note = json.dumps({"result": result_id, "path": str(path)}).encode()
-            write_durably(folder / f"{result_id:08d}.json", note)
+            replace_file(folder / f"{result_id:08d}.json", note, mode=0o600)
 
     def pending(self) -> list[PendingDelivery]:
         """Everything not yet delivered, oldest result first."""

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from usreview.envelope import EnvelopeError, KeyRing, ReplayCache, ReplayedError, unseal
+from usreview.envelope.atomic import replace_file
 from usreview.site.backoff import Backoff
 from usreview.site.client import HubClient
 from usreview.site.config import SiteConfig
 from usreview.site.deliver import PacsQueue, deliver_to_outbox, is_dicom
 from usreview.site.errors import DeliveryError, HubRequestError, HubUnreachableError, SiteError
-from usreview.site.spool import write_durably
 from usreview.site.status import CURSOR_FILE, StatusBook, read_cursor
 
 __all__ = ["Delivered", "ResultFollower"]
@@ -123,7 +123,7 @@ class ResultFollower:
             )
         except EnvelopeError as exc:
             aside = self.state / "refused" / f"{result_id:08d}.envelope"
-            write_durably(aside, envelope)
+            replace_file(aside, envelope, mode=0o600)
             self.status.error("results", f"result {result_id} refused and put aside: {exc}")
             return None
         try:
@@ -172,7 +172,7 @@ class ResultFollower:
         return len(self.pacs.pending())
 
     def _save_cursor(self, cursor: int) -> None:
-        write_durably(self.state / CURSOR_FILE, json.dumps({"cursor": cursor}).encode())
+        replace_file(self.state / CURSOR_FILE, json.dumps({"cursor": cursor}).encode(), mode=0o600)
         self.cursor = cursor
 
     # -- loops -----------------------------------------------------------------------

@@ -21,20 +21,20 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from usreview.envelope.atomic import fsync_directory, replace_file
 from usreview.site.errors import SpoolError
 
-__all__ = ["Spool", "SpooledInstance", "fsync_directory", "write_durably"]
+__all__ = ["Spool", "SpooledInstance"]
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _NAME = re.compile(r"(?P<uid>[0-9.]{1,64})_(?P<sha>[0-9a-f]{64})\.dcm")
-_TMP = ".tmp-"
+_TMP = ".*.part"  # temporary files of usreview.envelope.atomic.replace_file
 REJECTED = "rejected"
 
 
@@ -47,32 +47,6 @@ class SpooledInstance:
     sha256: str
     size: int
     spooled_at: float
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or a new file in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, data: bytes | memoryview, *, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` (replacing it): temp file, fsync, rename, folder fsync."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with open(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_directory(path.parent)
 
 
 def check_uid(uid: str) -> str:
@@ -100,7 +74,7 @@ class Spool:
             raise SpoolError(f"cannot create the spool {self.root}: {exc}") from None
         self._listeners: list[Callable[[SpooledInstance], None]] = []
         self._lock = threading.Lock()
-        for leftover in self.root.glob(_TMP + "*"):
+        for leftover in self.root.glob(_TMP):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
 
@@ -121,7 +95,7 @@ class Spool:
         path = self.root / f"{sop_instance_uid}_{sha}.dcm"
         try:
             if not path.exists():
-                write_durably(path, data)
+                replace_file(path, data, mode=0o600)
         except OSError as exc:
             raise SpoolError(f"cannot spool {sop_instance_uid}: {exc.strerror or exc}") from None
         item = SpooledInstance(path, sop_instance_uid, sha, len(data), time.time())
@@ -174,7 +148,7 @@ class Spool:
             "rejected_at": time.time(),
         }
         with self._lock:
-            write_durably(target.with_suffix(".reason.json"), json.dumps(note).encode())
+            replace_file(target.with_suffix(".reason.json"), json.dumps(note).encode(), mode=0o600)
             with contextlib.suppress(FileNotFoundError):
                 os.replace(item.path, target)
             fsync_directory(self.root / REJECTED)

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["AREAS", "ObjectStore", "WrittenObject", "fsync_directory"]
+from usreview.envelope.atomic import fsync_directory
+
+__all__ = ["AREAS", "ObjectStore", "WrittenObject"]
 
 #: The areas of content-addressed objects under the root.
 AREAS = ("objects", "conflicts")
@@ -39,15 +41,6 @@ class WrittenObject:
     key: str
     sha256: str
     size: int
-
-
-def fsync_directory(directory: Path) -> None:
-    """Flush a directory's entries (new, renamed or removed names) to disk."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _make_dir(directory: Path) -> None:
