@@ -393,7 +393,7 @@ def test_results_reach_the_outbox_and_the_pacs_of_their_site_only(
     to_both = hub.publish(_sr(tmp_path / "both.dcm", study), study, ["clinic", "referrer"], "sr")
 
     outbox = load_config(config).outbox / study
-    wait_until(lambda: len(list(outbox.glob("*"))) == 2, timeout=30)  # the gateway follows
+    wait_until(lambda: len(list(outbox.glob("[!.]*"))) == 2, timeout=30)  # delivered
     assert sorted(p.name for p in outbox.iterdir()) == [
         f"{to_clinic:08d}-report.dcm",
         f"{to_both:08d}-sr.dcm",
