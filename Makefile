@@ -9,9 +9,10 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.usreview-installed
 DEMO   ?= demo
 # Debian packages the tests drive for real: dciodvfy (dicom3tools), dcmtk's storescu
-# (a scanner), Orthanc (a site's PACS) and a PostgreSQL server that the store tests
-# start on a private socket.
-DEBIAN_PACKAGES = dicom3tools dcmtk orthanc postgresql
+# (a scanner), Orthanc (a site's PACS), a PostgreSQL server that the store tests
+# start on a private socket, and chromium for the dashboards' browser tests (Playwright
+# drives it; it never downloads a browser of its own).
+DEBIAN_PACKAGES = dicom3tools dcmtk orthanc postgresql chromium fonts-dejavu-core
 
 PROXY   = hub_config/node_modules/.bin/configurable-http-proxy
 

@@ -23,7 +23,7 @@ def test_processors_lists_kinds_version_and_availability(
     assert listing["doppler_indices"]["version"] == "1.0"
     assert listing["volume"]["available"] is True
     assert main(["processors"]) == 0
-    assert "mmode_motion\t1.0\tmmode\tavailable" in capsys.readouterr().out
+    assert "mmode_motion\t1.1\tmmode\tavailable" in capsys.readouterr().out
 
 
 def test_analyze_json_and_derived_images(

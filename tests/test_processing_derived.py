@@ -3,11 +3,14 @@
 :func:`~usreview.processing.execution.execute_file` turns every processor's images into
 derived Ultrasound (Multi-frame) Image instances of the source (never Secondary Capture):
 regions copied, the source referenced, the derivation recorded; dciodvfy finds no error;
-the site delivers them as DICOM (outbox ``.dcm`` and C-STORE to its PACS).
+the site delivers them as DICOM (outbox ``.dcm`` and C-STORE to its PACS). They are marked as
+usreview's (Contributing Equipment, Manufacturer and model), so that one a PACS forwards back
+to the hub is not processed again, and ``usreview analyze`` says so.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -23,9 +26,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     UltrasoundMultiFrameImageStorage,
 )
 
+from usreview.cli import main
 from usreview.dicom import read
 from usreview.processing import Code, CodingScheme, DerivedImage
 from usreview.processing.execution import Outputs, execute_file
+from usreview.processing.filters.derived import usreview_derivation
 from usreview.simulate import simulate
 from usreview.site.config import PacsDestination
 from usreview.site.deliver import deliver_to_outbox, is_dicom, send_to_pacs
@@ -149,6 +154,50 @@ def test_dciodvfy_finds_no_error_in_the_derived_instances(
         report = run.stdout + run.stderr
         assert [line for line in report.splitlines() if line.startswith("Error")] == [], kind
         assert expected[kind] in report.split(), report
+
+
+def test_usreview_derived_images_are_not_processed_again(
+    executed: dict[str, tuple[Path, Outputs]], tmp_path: Path
+) -> None:
+    for kind, (source, outputs) in executed.items():
+        assert outputs.derived and outputs.skipped is None, kind  # the original is processed
+        assert usreview_derivation(pydicom.dcmread(source)) is None  # the simulator's own
+        [path] = _written(outputs, tmp_path)
+        ds = pydicom.dcmread(path)
+        [contribution] = ds.ContributingEquipmentSequence
+        assert contribution.Manufacturer == "usreview"
+        assert contribution.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+        assert outputs.derived[0].processor in contribution.ContributionDescription
+        again = execute_file(str(path))  # forwarded back by the site's PACS
+        assert (again.sr, again.summary, again.derived, again.problem) == (None, None, (), None)
+        assert again.sop_instance_uid == ds.SOPInstanceUID
+        assert again.skipped is not None and "usreview made" in again.skipped, kind
+        assert outputs.derived[0].processor in again.skipped
+        # marked before the Contributing Equipment Sequence: Manufacturer and model suffice
+        del ds.ContributingEquipmentSequence
+        assert usreview_derivation(ds) is not None
+        ds.ManufacturerModelName = "usreview simulator"
+        assert usreview_derivation(ds) is None
+        ds.Manufacturer = "ACME"  # a scanner's derived image is processed as any other
+        ds.ManufacturerModelName = "usreview processing"
+        assert usreview_derivation(ds) is None
+
+
+def test_analyze_says_a_usreview_derived_image_is_not_processed(
+    executed: dict[str, tuple[Path, Outputs]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, outputs = executed["pw"]
+    [path] = _written(outputs, tmp_path)
+    assert main(["analyze", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "not processed: a derived image that usreview made" in out
+    assert "peak_systolic_velocity" not in out
+    assert main(["analyze", str(path), "--json"]) == 0
+    [summary] = json.loads(capsys.readouterr().out)
+    assert summary["skipped"].startswith("not processed: a derived image that usreview made")
+    assert summary["quantities"] == [] and summary["processors"] == []
 
 
 def test_derived_image_holds_one_frame_or_a_cine() -> None:

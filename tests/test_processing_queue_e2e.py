@@ -123,3 +123,30 @@ def test_a_bmode_still_comes_back_filtered(tmp_path: Path, pool: WorkerPool) -> 
         filtered = pydicom.dcmread(open_result(setup, archive, result.cursor, tmp_path / "f.dcm"))
         assert_derived_from(filtered, path, "113087")
         assert "speckle_obnlm 1.0" in filtered.DerivationDescription
+
+
+def test_a_filtered_image_forwarded_back_is_not_processed_again(
+    tmp_path: Path, pool: WorkerPool
+) -> None:
+    setup = HubSetup.create(tmp_path / "hub")
+    path = simulate("bmode", tmp_path / "sim", seed=4, rows=300, columns=400)[0]
+    with setup.open_archive() as archive:
+
+        def run_worker() -> None:
+            worker = Worker(setup.state, archive, LocalExecutor(1), lease_seconds=30)
+            try:
+                worker.run(threading.Event(), until_idle=True)
+            finally:
+                worker.close()
+
+        ingest(setup, archive, pool, [path])
+        run_worker()
+        [result] = archive.results.results_since(SITE)
+        forwarded = open_result(setup, archive, result.cursor, tmp_path / "forwarded.dcm")
+        ingest(setup, archive, pool, [forwarded])  # the site's PACS sends it back to the hub
+        run_worker()
+        jobs = archive.jobs.list_jobs()
+        assert [(j.status, j.note) for j in jobs] == [(JobStatus.DONE, None)] * 2
+        assert archive.results.results_since(SITE, result.cursor) == []  # nothing new
+        study = archive.study(Reviewer("r"), pydicom.dcmread(path).StudyInstanceUID)
+        assert study.status is StudyStatus.PROCESSED

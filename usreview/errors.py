@@ -14,7 +14,9 @@ and one sentence; anything else reaching a boundary is a bug.
     │   │                               no decoder installed for the transfer syntax
     │   ├── CorruptPixelDataError       pixel data missing, truncated or undecodable
     │   ├── ImageTooLargeError          declared decoded size over the configured cap
-    │   └── SimulationError             invalid simulator parameters
+    │   ├── SimulationError             invalid simulator parameters
+    │   └── ReportError                 a reviewer's report that fails validation (names the
+    │                                   field; usreview.review.report)
     ├── CalibrationError                no usable ultrasound region for a measurement,
     │   └── MixedCalibrationError       or points spanning regions of different calibration
     ├── EnvelopeError                   a sealed envelope could not be made or opened
@@ -23,6 +25,7 @@ and one sentence; anything else reaching a boundary is a bug.
     ├── IngestError                     an upload could not be taken in (usreview.ingest)
     ├── ProcessingError                 a processor could not run (usreview.processing.errors)
     ├── HubError                        the hub deployment (subclasses in usreview.hub.errors)
+    ├── ReviewError                     a review dashboard's request (usreview.review)
     └── SiteError                       a site's gateway and commands (usreview.site.errors)
 """
 
@@ -37,6 +40,8 @@ __all__ = [
     "MixedCalibrationError",
     "NotDicomError",
     "NotUltrasoundError",
+    "ReportError",
+    "ReviewError",
     "SimulationError",
     "UnsupportedTransferSyntaxError",
     "UsreviewError",
@@ -83,5 +88,25 @@ class SimulationError(InputError):
     """Simulator parameters that cannot produce a valid study."""
 
 
+class ReportError(InputError):
+    """A reviewer's report that fails validation; ``field`` names the offending field.
+
+    Parameters
+    ----------
+    field
+        The field, as a path into the report's JSON (``measurements[2].unit``).
+    problem
+        What is wrong with it, in a few words.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {problem}")
+
+
 class EnvelopeError(UsreviewError):
     """A sealed envelope could not be created or opened."""
+
+
+class ReviewError(UsreviewError):
+    """A review dashboard could not do what the reviewer asked (the message says why)."""

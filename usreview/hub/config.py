@@ -16,7 +16,8 @@
   not a thread of the service: a crashing or memory-hungry processor cannot take the
   HTTP API down or stall its event loop, JupyterHub starts it again when it exits, and
   its durable queue makes a restart lose nothing. It has no URL and no scopes;
-- single-user servers for reviewers, trainees and scientists.
+- single-user servers for reviewers, trainees and scientists, with the Voila dashboards
+  (:mod:`usreview.hub.dashboards`): reviewers land on the worklist.
 
 Production alternatives: ``SimpleLocalProcessSpawner`` runs every server as the hub's
 own system user with no isolation between users. A deployment with patient data
@@ -37,6 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from usreview.hub.accounts import Accounts
+from usreview.hub.dashboards import (
+    NOTEBOOKS_ENV,
+    SERVER_TOKEN_SCOPES,
+    SERVICE_URL_ENV,
+    notebooks_dir,
+    prepare_server,
+)
 from usreview.hub.errors import HubConfigError
 from usreview.hub.proxy import find_proxy
 from usreview.hub.roles import ADMIN_SERVICE, CUSTOM_SCOPES, SERVICE, load_roles
@@ -179,10 +187,20 @@ def configure(
         },
     ]
 
-    # Single-user servers (Voila dashboards will be their default URL).
+    # Single-user servers with the Voila dashboards (:mod:`usreview.hub.dashboards`).
     c.JupyterHub.spawner_class = "simple"
     c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
-    c.Spawner.args = ["--ServerApp.allow_root=True"] if _is_root() else []
+    c.Spawner.args = [
+        *(["--ServerApp.allow_root=True"] if _is_root() else []),
+        "--ServerApp.terminals_enabled=False",
+        "--VoilaConfiguration.show_tracebacks=False",
+    ]
+    c.Spawner.server_token_scopes = list(SERVER_TOKEN_SCOPES)
+    c.Spawner.pre_spawn_hook = prepare_server
+    c.Spawner.environment = {
+        SERVICE_URL_ENV: f"http://{_LOOPBACK}:{service_port}/services/{SERVICE}/",
+        NOTEBOOKS_ENV: str(notebooks_dir()),
+    }
     c.Spawner.start_timeout = 60
     c.Spawner.http_timeout = 60
     c.SimpleLocalProcessSpawner.home_dir_template = str(hub_state.homes / "{username}")

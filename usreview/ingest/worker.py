@@ -5,7 +5,9 @@ hundreds of GiB, so the hub never parses an upload in its own process. Each work
 *spawned* (not forked from the threaded server), imports the reader once, then limits
 itself with ``setrlimit``: address space (its size after imports plus ``memory_limit``),
 CPU time per task (``SIGXCPU`` ends it), and no core files (they would hold patient data).
-A task sends a file path and gets back a small dict, never pixels.
+A task sends a file path and gets back a small dict, never pixels: the UIDs, the image's
+shape and kinds, and the header's description of patient, study and equipment
+(:data:`usreview.store.records.HEADER_FIELDS`, read tolerantly).
 
 The parent gives each task a wall-clock ``timeout``: a worker that does not answer in
 time is killed and replaced; a worker that dies (signal, rlimit) is replaced; after a
@@ -25,7 +27,7 @@ import resource
 import signal
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -35,6 +37,7 @@ from typing import Any, Self
 from usreview.dicom.enum import ImageKind
 from usreview.ingest.errors import RejectedInstanceError, RejectReason, WorkerPoolError
 from usreview.store import InstanceMetadata, InvalidMetadataError
+from usreview.store.records import HEADER_FIELDS, header_fields
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",
@@ -53,7 +56,11 @@ _Parser = Callable[[str, int], dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class ParsedInstance:
-    """What a worker found in one plaintext instance (no pixels, no patient data)."""
+    """What a worker found in one plaintext instance (no pixels).
+
+    ``header`` holds the header's description (:data:`HEADER_FIELDS`: patient, study,
+    equipment), each ``None`` when absent; it goes to the archive with the UIDs.
+    """
 
     sop_instance_uid: str
     study_instance_uid: str
@@ -65,6 +72,7 @@ class ParsedInstance:
     columns: int
     transfer_syntax: str
     warnings: tuple[str, ...]
+    header: Mapping[str, str | None] = field(default_factory=dict, hash=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ParsedInstance:
@@ -91,11 +99,15 @@ class ParsedInstance:
             }
             kinds = tuple(ImageKind(_typed(k, str)) for k in data["kinds"])
             warnings = tuple(_typed(w, str) for w in data["warnings"])
+            header = {
+                name: None if data.get(name) is None else _typed(data[name], str)
+                for name in HEADER_FIELDS
+            }
         except (KeyError, TypeError, ValueError) as exc:
             raise RejectedInstanceError(
                 RejectReason.INVALID_HEADER, f"the parser's answer is malformed ({exc})"
             ) from None
-        return cls(kinds=kinds, warnings=warnings, **strings, **numbers)
+        return cls(kinds=kinds, warnings=warnings, header=header, **strings, **numbers)
 
     def metadata(self, *, plaintext_sha256: str, size: int) -> InstanceMetadata:
         """The archive's metadata for this instance.
@@ -114,6 +126,7 @@ class ParsedInstance:
                 kinds=self.kinds,
                 plaintext_sha256=plaintext_sha256,
                 size=size,
+                **self.header,
             )
         except InvalidMetadataError as exc:
             raise RejectedInstanceError(RejectReason.INVALID_HEADER, str(exc)) from None
@@ -155,6 +168,7 @@ def parse_file(path: str, max_decoded_bytes: int) -> dict[str, Any]:
         "columns": instance.columns,
         "transfer_syntax": str(instance.transfer_syntax),
         "warnings": list(instance.warnings),
+        **header_fields(instance.dataset),
     }
 
 

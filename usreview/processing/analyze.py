@@ -1,4 +1,9 @@
-"""Run the pipeline on local files without a hub: one JSON-ready summary per instance."""
+"""Run the pipeline on local files without a hub: one JSON-ready summary per instance.
+
+An image that usreview derived (:func:`~usreview.processing.filters.derived.usreview_derivation`)
+is not processed again: its summary says why under ``skipped`` and as its only finding
+(code ``not_processed``), with no quantities and no processors run.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 
 from usreview.dicom import iter_dicom_paths, read
 from usreview.errors import InputError
+from usreview.processing.filters.derived import usreview_derivation
 from usreview.processing.pipeline import run_pipeline
 from usreview.processing.png import write_png
 from usreview.processing.registry import Registry
@@ -59,8 +65,18 @@ def analyze_file(
     A multi-frame image (a filtered cine) gives one PNG per frame, ``NAME.0001.png`` ...
     """
     instance = read(path)
+    kinds = [k.value for k in instance.kinds]
+    derivation = usreview_derivation(instance.dataset)
+    if derivation is not None:
+        summary = summarize(path, kinds, instance.sop_instance_uid, [])
+        reason = f"not processed: {derivation}"
+        summary["skipped"] = reason
+        summary["findings"] = [
+            {"code": "not_processed", "text": reason, "evidence": {}, "processor": None}
+        ]
+        return summary
     results = run_pipeline(instance, registry=registry)
-    summary = summarize(path, [k.value for k in instance.kinds], instance.sop_instance_uid, results)
+    summary = summarize(path, kinds, instance.sop_instance_uid, results)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         stem = instance.sop_instance_uid or path.stem

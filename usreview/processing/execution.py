@@ -9,6 +9,12 @@ outputs, the Doppler envelope overlay), with the source's regions and the deriva
 recorded. It needs no key, no archive and no hub: it runs in any process that has usreview
 installed.
 
+An instance that usreview itself derived (a filtered still or cine, a Doppler overlay: see
+:func:`~usreview.processing.filters.derived.usreview_derivation`), which a site's PACS may
+forward back to the hub, is not processed again (that would publish filtered-of-filtered
+images): :func:`execute_file` returns :class:`Outputs` with nothing to publish, no
+``problem`` (nothing failed) and the reason in ``skipped``.
+
 Two executors run it for the queue worker (:mod:`usreview.processing.worker`):
 
 - :class:`LocalExecutor`, a small pool of spawned processes on this machine (default);
@@ -44,7 +50,7 @@ from pydicom.uid import generate_uid
 
 from usreview.dicom import UltrasoundInstance, read
 from usreview.processing.analyze import summarize
-from usreview.processing.filters.derived import derived_from_result
+from usreview.processing.filters.derived import derived_from_result, usreview_derivation
 from usreview.processing.pipeline import run_pipeline
 from usreview.processing.results import ProcessorResult, ResultStatus
 from usreview.processing.sr import build_sr
@@ -118,7 +124,9 @@ class Outputs:
     ``signature`` names the processors and versions that ran (the idempotency key uses
     it); ``problem`` gives the reasons of processors that failed (or whose image could not
     be made an instance); ``seconds`` how long each stage took (read, pipeline, derived,
-    sr, summary).
+    sr, summary). ``skipped`` says why the instance was not processed at all (it is an
+    image usreview derived): then there is nothing to publish and no problem; the job is
+    done, not failed.
     """
 
     sop_instance_uid: str
@@ -129,6 +137,7 @@ class Outputs:
     problem: str | None = None
     derived: tuple[DerivedOutput, ...] = ()
     seconds: Mapping[str, float] = field(default_factory=dict)
+    skipped: str | None = None
 
 
 class _Stopwatch:
@@ -147,6 +156,12 @@ def execute_file(path: str) -> Outputs:
     clock = _Stopwatch()
     instance = read(Path(path))
     clock.lap("read")
+    derivation = usreview_derivation(instance.dataset)
+    if derivation is not None:
+        uid, study = instance.sop_instance_uid, instance.study_instance_uid
+        signature = hashlib.sha256(b"usreview-derived: not processed").hexdigest()[:16]
+        skipped = f"not processed: {derivation}"
+        return Outputs(uid, study, signature, None, None, skipped=skipped, seconds=clock.laps)
     results = run_pipeline(instance)
     clock.lap("pipeline")
     uid = instance.sop_instance_uid

@@ -5,11 +5,23 @@ A Comprehensive SR whose content is a TID 1500 Measurement Report:
 - one measurement group (TID 1501) per processor that measured something, with its
   algorithm identification (name, version, parameters: the provenance), each quantity as
   a TID 300 measurement coded as the processor coded it (LOINC, DCM...) with its UCUM
-  unit, and a reference to the source instance (group and measurement);
-- a "Qualitative Evaluations" container (TID 1500 row 12) with the findings and the
-  recommendations as text, each with its evidence: a finding's values as text, a
-  recommendation's quantities as coded numbers, its criterion and published source;
-  processors that failed are listed there too.
+  unit, its finding site when the quantity's ``details`` name one (``"finding_site"``:
+  ``{"location": code, "modifier": code}``, codes as
+  :meth:`~usreview.processing.results.Code.as_dict` gives them,
+  the modifier optional), and a reference to the source instance (group and measurement);
+- a "Qualitative Evaluations" container (TID 1500, (C0034375, UMLS)) with the findings
+  and the recommendations as text, each with its evidence: a finding's values as a
+  comment (121106, DCM) it is inferred from; a recommendation's quantities as coded
+  numbers, and its rule as a table of values (121424, DCM) with that table's citation
+  (121422, DCM), the "Equation or Table" concepts (CID 228) that TID 300 uses for what a
+  value was derived with; processors that failed are listed there too, as failed
+  analyses (111024, DCM).
+
+Every concept is a standard one (DCM, LOINC, SNOMED CT, UMLS, UCUM) unless a processor
+codes a quantity with the private scheme ``99USREVIEW``; a private scheme in use is
+declared in the Coding Scheme Identification Sequence (0008,0110), as the SOP Common
+module asks. (dicom3tools' dciodvfy still warns about any designator it does not know,
+declared or not: hence standard codes wherever one fits.)
 
 The document is marked preliminary and unverified: decision support for the reviewing
 expert, not a report signed by one.
@@ -24,25 +36,31 @@ from typing import Any
 import highdicom as hd
 from highdicom.sr import CodedConcept, RelationshipTypeValues
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
-from usreview.processing.results import ProcessorResult, Quantity, ResultStatus
+from usreview.processing.results import CodingScheme, ProcessorResult, Quantity, ResultStatus
 
 __all__ = ["MANUFACTURER", "build_sr"]
 
 MANUFACTURER = "usreview"
-_PRIVATE = "99USREVIEW"
 _ULTRASONOGRAPHY = CodedConcept("16310003", "SCT", "Ultrasonography")
-_QUALITATIVE = CodedConcept("126010", "DCM", "Qualitative Evaluations")
+_QUALITATIVE = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 _FINDING = CodedConcept("121071", "DCM", "Finding")
 _RECOMMENDATION = CodedConcept("121075", "DCM", "Recommendation")
-_EVIDENCE = CodedConcept("evidence", _PRIVATE, "Evidence")
-_CRITERION = CodedConcept("criterion", _PRIVATE, "Criterion applied")
-_SOURCE = CodedConcept("source", _PRIVATE, "Published source")
-_FAILURE = CodedConcept("processing_failure", _PRIVATE, "Processing failure")
+_EVIDENCE = CodedConcept("121106", "DCM", "Comment")
+_CRITERION = CodedConcept("121424", "DCM", "Table of Values")
+_SOURCE = CodedConcept("121422", "DCM", "Table of Values Citation")
+_FAILURE = CodedConcept("111024", "DCM", "Failed Analyses")
+# Private coding schemes: name and responsible organisation, as declared in (0008,0110).
+_PRIVATE_SCHEMES = {
+    CodingScheme.USREVIEW.value: (
+        "usreview concepts without a standard code",
+        "usreview (automatic ultrasound processing)",
+    ),
+}
 _CONTAINS = RelationshipTypeValues.CONTAINS
 _INFERRED = RelationshipTypeValues.INFERRED_FROM
-_PROPERTIES = RelationshipTypeValues.HAS_PROPERTIES
 
 
 def build_sr(
@@ -89,7 +107,7 @@ def build_sr(
         container = hd.sr.ContainerContentItem(name=_QUALITATIVE, relationship_type=_CONTAINS)
         container.ContentSequence = hd.sr.ContentSequence(evaluations)
         report[0].ContentSequence.append(container)
-    return hd.sr.ComprehensiveSR(
+    document = hd.sr.ComprehensiveSR(
         evidence=[source],
         content=report[0],
         series_instance_uid=series_instance_uid,
@@ -102,6 +120,28 @@ def build_sr(
         is_verified=False,
         series_description="usreview automatic measurements (decision support)",
     )
+    _declare_private_schemes(document)
+    return document
+
+
+def _declare_private_schemes(document: Dataset) -> None:
+    """List the private coding schemes the content uses in (0008,0110)."""
+    used = {
+        str(element.value)
+        for element in document.iterall()
+        if element.keyword == "CodingSchemeDesignator" and str(element.value).startswith("99")
+    }
+    items = []
+    for designator in sorted(used):
+        item = Dataset()
+        item.CodingSchemeDesignator = designator
+        name, organization = _PRIVATE_SCHEMES.get(designator, ("private coding scheme", ""))
+        item.CodingSchemeName = name
+        if organization:
+            item.CodingSchemeResponsibleOrganization = organization
+        items.append(item)
+    if items:
+        document.CodingSchemeIdentificationSequence = DicomSequence(items)
 
 
 def _tracking(source: Dataset, what: str) -> hd.sr.TrackingIdentifier:
@@ -131,6 +171,7 @@ def _group(source: Dataset, result: ProcessorResult) -> hd.sr.MeasurementsAndQua
                 name=_concept(q),
                 value=q.value,
                 unit=CodedConcept(q.unit, "UCUM", q.unit),
+                finding_sites=_finding_sites(q),
                 referenced_images=[reference],
             )
             for q in result.output.quantities
@@ -142,6 +183,28 @@ def _group(source: Dataset, result: ProcessorResult) -> hd.sr.MeasurementsAndQua
 def _concept(quantity: Quantity) -> CodedConcept:
     code = quantity.code
     return CodedConcept(code.value, code.scheme.value, code.meaning)
+
+
+def _coded(value: Any, what: str) -> CodedConcept:
+    if not isinstance(value, Mapping) or not {"value", "scheme", "meaning"} <= value.keys():
+        raise ValueError(f"{what}: expected a code {{value, scheme, meaning}}, got {value!r}")
+    return CodedConcept(str(value["value"]), str(value["scheme"]), str(value["meaning"]))
+
+
+def _finding_sites(quantity: Quantity) -> list[hd.sr.FindingSite] | None:
+    site = quantity.details.get("finding_site")
+    if site is None:
+        return None
+    what = f"quantity {quantity.name}: details 'finding_site'"
+    if not isinstance(site, Mapping):
+        raise ValueError(f"{what}: expected {{location, modifier}}, got {site!r}")
+    modifier = site.get("modifier")
+    return [
+        hd.sr.FindingSite(
+            anatomic_location=_coded(site.get("location"), f"{what} location"),
+            topographical_modifier=None if modifier is None else _coded(modifier, what),
+        )
+    ]
 
 
 def _evaluations(results: Sequence[ProcessorResult]) -> list[hd.sr.ContentItem]:
@@ -165,8 +228,8 @@ def _evaluations(results: Sequence[ProcessorResult]) -> list[hd.sr.ContentItem]:
                 )
                 for q in rec.evidence
             ]
-            children.append(_text_item(_CRITERION, f"{rec.rule}: {rec.criterion}", _PROPERTIES))
-            children.append(_text_item(_SOURCE, rec.source, _PROPERTIES))
+            children.append(_text_item(_CRITERION, f"{rec.rule}: {rec.criterion}", _INFERRED))
+            children.append(_text_item(_SOURCE, rec.source, _INFERRED))
             item.ContentSequence = hd.sr.ContentSequence(children)
             items.append(item)
         if result.status is ResultStatus.FAILED and result.reason:

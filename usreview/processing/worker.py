@@ -226,7 +226,9 @@ class Worker:
         """Seal ``outputs`` of the job held by ``lease`` to its site and publish them.
 
         Each goes under its idempotency key, so publishing again (a retried job) publishes
-        nothing twice. Raises :class:`CorruptObjectError` for outputs of another instance.
+        nothing twice. The JSON summary is also kept in the archive for reviewers (sealed
+        results cannot be read back at the hub), once per instance and signature.
+        Raises :class:`CorruptObjectError` for outputs of another instance.
         """
         job = lease.job
         if outputs.sop_instance_uid != job.sop_instance_uid:
@@ -234,6 +236,8 @@ class Worker:
                 f"the stored instance is {outputs.sop_instance_uid}, not {job.sop_instance_uid}"
             )
         source_uid = job.sop_instance_uid
+        if outputs.summary is not None:
+            self.archive.review.record_analysis(source_uid, outputs.signature, outputs.summary)
         items: list[tuple[str, bytes | None, str, str]] = [
             ("sr", outputs.sr, "Automatic measurements (SR), not reviewed", outputs.signature),
             ("summary", outputs.summary, "Automatic measurements (JSON), not reviewed",

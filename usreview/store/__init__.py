@@ -11,9 +11,12 @@ PutResult(record=InstanceRecord(...), duplicate=False)
 ...                                kind="report")      # doctest: +SKIP
 >>> archive.results.results_since("site-a", cursor=0)   # doctest: +SKIP
 >>> lease = archive.jobs.claim("worker-1", lease_seconds=60)  # doctest: +SKIP
+>>> archive.review.worklist(Reviewer("dr-x"))           # doctest: +SKIP
 
 Every stored instance gets a processing job in the same commit (:mod:`usreview.store.jobs`:
-leases, retries with backoff, failures shown on the study).
+leases, retries with backoff, failures shown on the study). The review's records (the
+worklist, automatic analyses, claims, published reports) are in :mod:`usreview.store.review`.
+A study keeps the header's description of patient and study (first non-empty value).
 
 ``put`` returns only once the envelope is on disk (temp file, fsync, rename, directory
 fsync) and its row committed (SQLite WAL with synchronous=FULL, or PostgreSQL by URL):
@@ -31,6 +34,10 @@ Errors (all :class:`usreview.errors.UsreviewError`)::
     ├── InvalidMetadataError      metadata that fails validation (also an InputError)
     ├── CorruptObjectError        a stored object is missing or its bytes changed
     ├── LeaseLostError            a processing job is no longer this worker's (in .jobs)
+    ├── ClaimedError              another reviewer holds the study (in .review)
+    ├── NotClaimedError           the reviewer holds no claim on the study (in .review)
+    ├── NotReadyError             the study's processing is not through (in .review)
+    ├── VersionTakenError         that report version was recorded meanwhile (in .review)
     └── StorageError              the disk or the database failed; nothing acknowledged
 """
 

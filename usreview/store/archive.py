@@ -40,6 +40,7 @@ from usreview.store.errors import (
     StorageError,
 )
 from usreview.store.jobs_schema import JobRow, JobStatus
+from usreview.store.migrate import upgrade
 from usreview.store.objects import AREAS, ObjectStore, WrittenObject
 from usreview.store.queries import (
     conflict_record,
@@ -49,6 +50,7 @@ from usreview.store.queries import (
     study_record,
 )
 from usreview.store.records import (
+    STUDY_FIELDS,
     Caller,
     ConflictRecord,
     InstanceMetadata,
@@ -61,6 +63,7 @@ from usreview.store.records import (
     StudyRecord,
     validate_site,
 )
+from usreview.store.review_schema import ClaimRow  # noqa: F401  (its tables join Base)
 from usreview.store.schema import (
     Base,
     ConflictRow,
@@ -75,6 +78,7 @@ from usreview.store.status import TRANSITIONS, StudyStatus, check_transition
 if TYPE_CHECKING:
     from usreview.store.jobs import JobQueue
     from usreview.store.results import ResultFeed
+    from usreview.store.review import ReviewStore
 
 __all__ = ["Archive"]
 
@@ -134,6 +138,7 @@ class Archive:
             engine = make_engine(url if url is not None else default_url(root_path))
             try:
                 Base.metadata.create_all(engine)
+                upgrade(engine)
             except BaseException:
                 engine.dispose()
                 raise
@@ -178,6 +183,14 @@ class Archive:
         from usreview.store.jobs import JobQueue
 
         return JobQueue(self)
+
+    @property
+    def review(self) -> ReviewStore:
+        """What reviewers work with (:mod:`usreview.store.review`): worklist, analyses,
+        claims, reports."""
+        from usreview.store.review import ReviewStore
+
+        return ReviewStore(self)
 
     # -- storing ---------------------------------------------------------------------
 
@@ -258,6 +271,8 @@ class Archive:
                 StudyStatus.RECEIVED in TRANSITIONS[study.status]
             ):
                 _change(session, study, StudyStatus.RECEIVED, now, "new instance", None)
+            _describe(study, meta, STUDY_FIELDS)
+            study.kinds = sorted({*(study.kinds or ()), *(k.value for k in meta.kinds)})
             series = session.scalars(
                 select(SeriesRow).where(SeriesRow.series_instance_uid == meta.series_instance_uid)
             ).one_or_none()
@@ -269,6 +284,7 @@ class Archive:
                 )
                 session.add(series)
                 session.flush()
+            _describe(series, meta, ("manufacturer", "model_name"))
             row = InstanceRow(
                 site_id=site_row.id,
                 study_id=study.id,
@@ -723,6 +739,14 @@ def _site_row(session: Session, name: str, now: datetime) -> SiteRow:
         session.add(row)
         session.flush()
     return row
+
+
+def _describe(row: StudyRow | SeriesRow, meta: InstanceMetadata, fields: Iterable[str]) -> None:
+    """Keep the first non-empty value of each header field on ``row``."""
+    for name in fields:
+        value = getattr(meta, name)
+        if value is not None and getattr(row, name) is None:
+            setattr(row, name, value)
 
 
 def _change(

@@ -6,7 +6,11 @@
                └─< study_status_history
     sites ─< conflicts                              (envelopes kept aside for an admin)
 
-Times are stored as UTC without a zone and returned as aware UTC datetimes.
+A study keeps the header's description of the patient and the study (first non-empty
+value of each field, :data:`usreview.store.records.STUDY_FIELDS`) and the union of its
+instances' kinds; a series the equipment. The review's tables are in
+:mod:`usreview.store.review_schema`. Times are stored as UTC without a zone and returned
+as aware UTC datetimes.
 """
 
 from __future__ import annotations
@@ -97,6 +101,16 @@ class StudyRow(Base):
     status_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    kinds: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    patient_name: Mapped[str | None] = mapped_column(String(200))
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(10))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(String(10))
+    study_time: Mapped[str | None] = mapped_column(String(15))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    referring_physician_name: Mapped[str | None] = mapped_column(String(200))
 
 
 class SeriesRow(Base):
@@ -108,6 +122,8 @@ class SeriesRow(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     series_instance_uid: Mapped[str] = mapped_column(_UID, unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    model_name: Mapped[str | None] = mapped_column(String(64))
 
 
 class InstanceRow(Base):

@@ -11,7 +11,11 @@ Modules (one responsibility each)::
     handlers_upload     PUT /instances/{uid} (streamed, capped), GET /instances/{uid}
     handlers_receipts   GET /instances/{uid}/receipt, GET /receipts
     handlers_results    GET /results (long-poll), GET /results/{id}
-    handlers_review     GET /studies, GET /studies/{uid}; opening stored instances
+    handlers_review     GET /studies (the worklist), GET /studies/{uid},
+                        GET /instances/{uid}/analysis; opening stored instances
+    handlers_claims     POST and DELETE /studies/{uid}/claim
+    handlers_reports    GET and POST /studies/{uid}/reports
+    reporting           publish_report(): check, build the SR, seal, record a report
     publish             publish_result(): seal a result to sites and put it in the feed
 """
 

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from usreview.envelope import ReplayCache, load_private_keys
+from usreview.hub.api.handlers_claims import ClaimHandler
 from usreview.hub.api.handlers_receipts import BatchReceiptHandler, ReceiptHandler
+from usreview.hub.api.handlers_reports import ReportsHandler
 from usreview.hub.api.handlers_results import ResultHandler, ResultsHandler
-from usreview.hub.api.handlers_review import StudiesHandler, StudyHandler
+from usreview.hub.api.handlers_review import AnalysisHandler, StudiesHandler, StudyHandler
 from usreview.hub.api.handlers_upload import InstanceHandler
 from usreview.hub.api.settings import ServiceSettings
 from usreview.hub.api.sitekeys import SiteKeyFiles
@@ -121,11 +123,14 @@ def api_routes(prefix: str, context: ServiceContext, options: dict[str, Any]) ->
     uid = r"([^/]+)"
     return [
         (rf"{api}/instances/{uid}/receipt/?", ReceiptHandler, kwargs),
+        (rf"{api}/instances/{uid}/analysis/?", AnalysisHandler, kwargs),
         (rf"{api}/instances/{uid}/?", InstanceHandler, kwargs),
         (rf"{api}/receipts/?", BatchReceiptHandler, kwargs),
         (rf"{api}/results/?", ResultsHandler, kwargs),
         (rf"{api}/results/{uid}/?", ResultHandler, kwargs),
         (rf"{api}/studies/?", StudiesHandler, kwargs),
+        (rf"{api}/studies/{uid}/claim/?", ClaimHandler, kwargs),
+        (rf"{api}/studies/{uid}/reports/?", ReportsHandler, kwargs),
         (rf"{api}/studies/{uid}/?", StudyHandler, kwargs),
     ]
 

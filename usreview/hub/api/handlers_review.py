@@ -1,9 +1,12 @@
-"""What reviewers read: ``GET /studies``, ``GET /studies/{uid}``, ``GET /instances/{uid}``.
+"""What reviewers read: the worklist, one study, an instance and its automatic analysis.
 
-An instance is stored as the site's envelope; reading it opens the envelope with the
-hub's key into the quarantine folder, checks the plaintext against the hash recorded
-at ingest, streams it, and removes it. The read is audited before any byte leaves.
-A caller without the review scope gets the 404 of a missing study or instance.
+``GET /studies`` (the worklist), ``GET /studies/{uid}`` (series, instances with their
+analyses and processing, history, claim, reports), ``GET /instances/{uid}`` (the DICOM)
+and ``GET /instances/{uid}/analysis``. An instance is stored as the site's envelope;
+reading it opens the envelope with the hub's key into the quarantine folder, checks the
+plaintext against the hash recorded at ingest, streams it, and removes it. The read is
+audited before any byte leaves. A caller without the review scope gets the 404 of a
+missing study or instance.
 """
 
 from __future__ import annotations
@@ -12,24 +15,33 @@ import contextlib
 import hashlib
 import secrets
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from usreview.envelope import KeyRing, unseal
 from usreview.envelope.format import read_header
 from usreview.envelope.stream import Source
 from usreview.hub.api.base import BaseHandler, check_uid
 from usreview.hub.api.errors import ApiError, not_found
-from usreview.hub.api.views import instance_view, study_view
+from usreview.hub.api.views import entry_view, instance_view, report_view
 from usreview.hub.audit import AuditAction
 from usreview.store import CorruptObjectError, InstanceRecord, Reviewer, StudyStatus
 
-__all__ = ["StudiesHandler", "StudyHandler", "open_instance", "send_instance"]
+if TYPE_CHECKING:
+    from usreview.hub.api.app import ServiceContext
+
+__all__ = [
+    "AnalysisHandler",
+    "StudiesHandler",
+    "StudyHandler",
+    "open_instance",
+    "send_instance",
+]
 
 _CHUNK = 1024 * 1024
 
 
 class StudiesHandler(BaseHandler):
-    """``GET /studies?site=&status=``: studies the reviewer may read, newest first."""
+    """``GET /studies?site=&status=``: the worklist the reviewer may read, newest first."""
 
     async def get(self) -> None:
         """List studies."""
@@ -39,50 +51,88 @@ class StudiesHandler(BaseHandler):
         if status is not None and status not in {s.value for s in StudyStatus}:
             choices = ", ".join(s.value for s in StudyStatus)
             raise ApiError(400, "bad_request", f"status must be one of {choices}")
-        studies = await self.blocking(self.context.archive.list_studies, reviewer, status=status)
-        found = [study_view(s) for s in reversed(studies) if site is None or s.site == site]
-        await self.audit(AuditAction.READ, detail={"count": len(found), "site": site})
-        self.write_json({"studies": found})
+        review = self.context.archive.review
+        entries = await self.blocking(review.worklist, reviewer, status=status, site=site)
+        await self.audit(AuditAction.READ, detail={"count": len(entries), "site": site})
+        self.write_json({"studies": [entry_view(e) for e in entries]})
 
 
 class StudyHandler(BaseHandler):
-    """``GET /studies/{uid}``: one study, its series and instances, its status history."""
+    """``GET /studies/{uid}``: one study, its series and instances, history, claim, reports.
+
+    ``known_sites`` lists the registered sites (a report's possible recipients).
+    """
 
     async def get(self, study_instance_uid: str) -> None:
         """Describe one study."""
-        reviewer = self.reviewer(hide=("study", study_instance_uid))
-        archive = self.context.archive
-        study = await self.blocking(archive.study, reviewer, study_instance_uid)
-        instances = await self.blocking(
-            archive.list_instances, reviewer, study_instance_uid=study_instance_uid
+        hide = ("study", study_instance_uid)
+        reviewer = self.reviewer(hide=hide)
+        if not check_uid(study_instance_uid):
+            raise not_found(*hide)
+        detail = await self.blocking(_study_detail, self.context, reviewer, study_instance_uid)
+        await self.audit(AuditAction.READ, detail={"site": detail["site"]})
+        self.write_json(detail)
+
+
+class AnalysisHandler(BaseHandler):
+    """``GET /instances/{uid}/analysis``: the instance's automatic results (JSON)."""
+
+    async def get(self, sop_instance_uid: str) -> None:
+        """The latest analysis; 404 while there is none."""
+        hide = ("analysis of instance", sop_instance_uid)
+        reviewer = self.reviewer(hide=hide)
+        if not check_uid(sop_instance_uid):
+            raise not_found(*hide)
+        review = self.context.archive.review
+        analysis = await self.blocking(review.analysis, reviewer, sop_instance_uid)
+        await self.audit(
+            AuditAction.READ,
+            detail={"study": analysis.study_instance_uid, "signature": analysis.signature},
         )
-        history = await self.blocking(archive.history, reviewer, study_instance_uid)
-        series: dict[str, list[dict[str, Any]]] = {}
-        for record in instances:
-            series.setdefault(record.series_instance_uid, []).append(instance_view(record))
-        await self.audit(AuditAction.READ, detail={"site": study.site})
-        self.write_json(
+        self.write_json(dict(analysis.summary))
+
+
+def _study_detail(context: ServiceContext, reviewer: Reviewer, uid: str) -> dict[str, Any]:
+    archive = context.archive
+    review = archive.review
+    entry = review.entry(reviewer, uid)
+    states = review.instance_states(reviewer, uid)
+    series: dict[str, dict[str, Any]] = {}
+    for record in archive.list_instances(reviewer, study_instance_uid=uid):
+        state = states.get(record.sop_instance_uid)
+        item = series.setdefault(
+            record.series_instance_uid,
             {
-                **study_view(study),
-                "series": [
-                    {"series_instance_uid": uid, "instances": items}
-                    for uid, items in series.items()
-                ],
-                "history": [
-                    {
-                        "status": change.status.value,
-                        "previous": change.previous.value if change.previous else None,
-                        "at": change.at.isoformat(),
-                        "reason": change.reason,
-                        "actor": change.actor,
-                    }
-                    for change in history
-                ],
-            }
+                "series_instance_uid": record.series_instance_uid,
+                "manufacturer": state.manufacturer if state else None,
+                "model_name": state.model_name if state else None,
+                "instances": [],
+            },
         )
+        item["instances"].append(instance_view(record, state))
+    return {
+        **entry_view(entry),
+        "patient_birth_date": entry.patient_birth_date,
+        "patient_sex": entry.patient_sex,
+        "study_time": entry.study_time,
+        "referring_physician_name": entry.referring_physician_name,
+        "series": list(series.values()),
+        "history": [
+            {
+                "status": change.status.value,
+                "previous": change.previous.value if change.previous else None,
+                "at": change.at.isoformat(),
+                "reason": change.reason,
+                "actor": change.actor,
+            }
+            for change in archive.history(reviewer, uid)
+        ],
+        "reports": [report_view(r) for r in review.reports(reviewer, uid)],
+        "known_sites": list(context.site_keys),
+    }
 
 
-def open_instance(handler: BaseHandler, reviewer: Reviewer, record: InstanceRecord) -> Path:
+def open_instance(context: ServiceContext, reviewer: Reviewer, record: InstanceRecord) -> Path:
     """Open the stored envelope of ``record`` into a new quarantine file; return its path.
 
     Raises
@@ -90,7 +140,6 @@ def open_instance(handler: BaseHandler, reviewer: Reviewer, record: InstanceReco
     CorruptObjectError
         The envelope does not open or its plaintext is not what was stored.
     """
-    context = handler.context
     out = context.ingestor.quarantine_dir / f"{secrets.token_hex(16)}.read"
     try:
         ring = KeyRing([context.site_keys[record.site]])
@@ -127,7 +176,7 @@ async def send_instance(handler: BaseHandler, sop_instance_uid: str) -> None:
     if not check_uid(sop_instance_uid):
         raise not_found(*hide)
     record = await handler.blocking(handler.context.archive.get, reviewer, sop_instance_uid)
-    path = await handler.blocking(open_instance, handler, reviewer, record)
+    path = await handler.blocking(open_instance, handler.context, reviewer, record)
     try:
         await handler.audit(
             AuditAction.READ,

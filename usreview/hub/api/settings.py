@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from traitlets import Float, Integer, TraitError, Unicode, default
+from traitlets import Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader
 
@@ -53,6 +54,30 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
     max_wait_seconds = Float(
         60.0, min=0.0, max=600.0, help="Longest 'wait' a results request may ask for."
     ).tag(config=True)
+    claim_minutes = Float(
+        20.0,
+        min=1.0,
+        max=24 * 60.0,
+        help="How long a reviewer's claim on a study lasts without renewal, in minutes "
+        "(claiming again renews it).",
+    ).tag(config=True)
+    max_report_bytes = Integer(
+        1024**2,
+        min=1024,
+        max=64 * 1024**2,
+        help="Largest report body (JSON) a reviewer may publish, in bytes (bigger: 413).",
+    ).tag(config=True)
+    report_organization = Unicode(
+        "usreview hub",
+        help="The verifying organization named in published reports (DICOM SR).",
+    ).tag(config=True)
+
+    @validate("report_organization")
+    def _check_organization(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"]).strip()
+        if not value or len(value) > 64:
+            raise TraitError("report_organization must be 1 to 64 characters")
+        return value
 
     @default("database_url")
     def _database_url_default(self) -> str:

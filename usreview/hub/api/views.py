@@ -5,9 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from usreview.store import InstanceRecord, ResultRecord, StudyRecord
+from usreview.store import InstanceRecord, ResultRecord
+from usreview.store.review import InstanceState, ReportRecord
+from usreview.store.worklist import ClaimRecord, WorklistEntry
 
-__all__ = ["instance_view", "iso", "result_view", "study_view"]
+__all__ = [
+    "claim_view",
+    "entry_view",
+    "instance_view",
+    "iso",
+    "report_view",
+    "result_view",
+]
 
 
 def iso(moment: datetime) -> str:
@@ -15,29 +24,69 @@ def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def study_view(study: StudyRecord) -> dict[str, Any]:
-    """The ``Study`` schema."""
+def entry_view(entry: WorklistEntry) -> dict[str, Any]:
+    """The ``Study`` schema: a row of the worklist."""
     return {
-        "study_instance_uid": study.study_instance_uid,
-        "site": study.site,
-        "status": study.status.value,
-        "reason": study.reason,
-        "series": study.series,
-        "instances": study.instances,
-        "received_at": iso(study.created_at),
-        "updated_at": iso(study.status_changed_at),
+        "study_instance_uid": entry.study_instance_uid,
+        "site": entry.site,
+        "status": entry.status.value,
+        "reason": entry.reason,
+        "series": entry.series,
+        "instances": entry.instances,
+        "received_at": iso(entry.created_at),
+        "updated_at": iso(entry.status_changed_at),
+        "patient_name": entry.patient_name,
+        "patient_id": entry.patient_id,
+        "study_description": entry.study_description,
+        "study_date": entry.study_date,
+        "accession_number": entry.accession_number,
+        "kinds": [k.value for k in entry.kinds],
+        "urgency": entry.urgency,
+        "findings": list(entry.findings),
+        "claim": None if entry.claim is None else claim_view(entry.claim),
+        "failed_jobs": entry.failed_jobs,
+        "reports": entry.reports,
     }
 
 
-def instance_view(record: InstanceRecord) -> dict[str, Any]:
-    """One instance of a study."""
+def claim_view(claim: ClaimRecord) -> dict[str, Any]:
+    """The ``Claim`` schema."""
     return {
+        "reviewer": claim.reviewer,
+        "claimed_at": iso(claim.claimed_at),
+        "expires_at": iso(claim.expires_at),
+    }
+
+
+def instance_view(record: InstanceRecord, state: InstanceState | None = None) -> dict[str, Any]:
+    """One instance of a study (with its analysis and processing when ``state`` is given)."""
+    view: dict[str, Any] = {
         "sop_instance_uid": record.sop_instance_uid,
         "sop_class_uid": record.sop_class_uid,
         "kinds": [k.value for k in record.kinds],
         "size": record.size,
         "plaintext_sha256": record.plaintext_sha256,
         "received_at": iso(record.received_at),
+    }
+    if state is not None:
+        view["analysis"] = None if state.analysis is None else dict(state.analysis)
+        view["processing"] = {"status": state.processing, "reason": state.reason}
+    return view
+
+
+def report_view(report: ReportRecord) -> dict[str, Any]:
+    """The ``Report`` schema: one published version, its results and its content."""
+    return {
+        "version": report.version,
+        "reviewer": report.reviewer,
+        "published_at": iso(report.published_at),
+        "urgency": report.urgency,
+        "recipients": list(report.recipients),
+        "sop_instance_uid": report.sop_instance_uid,
+        "series_instance_uid": report.series_instance_uid,
+        "results": report.cursors,
+        "supersedes": report.supersedes,
+        "content": dict(report.content),
     }
 
 

@@ -15,6 +15,15 @@ and records the derivation as PS3.3 C.7.6.1.1 asks:
 - Source Image Sequence: the source instance, with purpose of reference
   (121322, DCM, "Source image for image processing operation") from CID 7202.
 
+It is also marked as usreview's own, so that an instance a site's PACS forwards back to the
+hub is not processed again (filtered-of-filtered images): Manufacturer ``usreview`` and
+Manufacturer's Model Name ``usreview processing`` (the General Equipment is this software),
+and an item of the Contributing Equipment Sequence (SOP Common) naming usreview with purpose
+(109102, DCM, "Processing Equipment") from CID 7005, its version, the time and what was
+done; the source's own contributing equipment is kept before it.
+:func:`usreview_derivation` recognises either mark (the first alone on instances made
+before the second was added).
+
 The series and instance UIDs are new and derived from the provenance, so processing the same
 instance again gives the same UIDs (a retried job replaces its result instead of adding one).
 Private elements, LUTs, windows and icons of the source are dropped: the pixels are 8-bit
@@ -46,12 +55,16 @@ from usreview.processing.results import (
 )
 
 __all__ = [
+    "MANUFACTURER",
+    "MODEL_NAME",
+    "PROCESSING_EQUIPMENT",
     "SMOOTHING",
     "SOURCE_IMAGE_FOR_PROCESSING",
     "US_IMAGE_STORAGE",
     "US_MULTIFRAME_IMAGE_STORAGE",
     "derived_dataset",
     "derived_from_result",
+    "usreview_derivation",
 ]
 
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -62,6 +75,11 @@ SMOOTHING = Code("113087", CodingScheme.DCM, "Smoothing")
 SOURCE_IMAGE_FOR_PROCESSING = Code(
     "121322", CodingScheme.DCM, "Source image for image processing operation"
 )
+#: CID 7005 Contributing Equipment Purposes of Reference.
+PROCESSING_EQUIPMENT = Code("109102", CodingScheme.DCM, "Processing Equipment")
+#: Manufacturer and Manufacturer's Model Name of usreview's derived instances.
+MANUFACTURER = "usreview"
+MODEL_NAME = "usreview processing"
 _LOSSY_SYNTAXES = {
     "1.2.840.10008.1.2.4.50",
     "1.2.840.10008.1.2.4.51",
@@ -101,6 +119,7 @@ _DROPPED = (
     "SourceImageSequence",
     "DataSetTrailingPadding",
 )
+_MARKS_SHOWN = 160  # characters of the derivation description quoted by usreview_derivation
 _MULTIFRAME_ONLY = (
     "NumberOfFrames",
     "FrameIncrementPointer",
@@ -123,6 +142,50 @@ def _code_item(code: Code) -> Dataset:
     item.CodingSchemeDesignator = code.scheme.value
     item.CodeMeaning = code.meaning
     return item
+
+
+def _contribution(when: dt.datetime, what: str) -> Dataset:
+    """The Contributing Equipment item that names usreview as the processing equipment."""
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = DicomSequence([_code_item(PROCESSING_EQUIPMENT)])
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = MODEL_NAME
+    item.SoftwareVersions = __version__
+    item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S+0000")
+    item.ContributionDescription = f"derived image: {what}"[:1024]
+    return item
+
+
+def usreview_derivation(dataset: Dataset) -> str | None:
+    """Why ``dataset`` is an instance that usreview derived, or ``None`` for any other.
+
+    Recognised by the marks :func:`derived_dataset` writes: an item of the Contributing
+    Equipment Sequence naming usreview as processing equipment, or usreview's Manufacturer
+    and Manufacturer's Model Name (``usreview processing``). The simulator's instances
+    (model ``usreview simulator``) and scanners' are not usreview-derived.
+    """
+    described = str(dataset.get("DerivationDescription") or "").strip()
+    for item in dataset.get("ContributingEquipmentSequence") or []:
+        purposes = item.get("PurposeOfReferenceCodeSequence") or []
+        processing = any(
+            str(code.get("CodeValue", "")) == PROCESSING_EQUIPMENT.value
+            and str(code.get("CodingSchemeDesignator", "")) == PROCESSING_EQUIPMENT.scheme.value
+            for code in purposes
+        )
+        if processing and str(item.get("Manufacturer", "")).strip() == MANUFACTURER:
+            described = described or str(item.get("ContributionDescription") or "").strip()
+            break
+    else:
+        equipment = (
+            str(dataset.get("Manufacturer", "")).strip(),
+            str(dataset.get("ManufacturerModelName", "")).strip(),
+        )
+        if equipment != (MANUFACTURER, MODEL_NAME):
+            return None
+    if len(described) > _MARKS_SHOWN:
+        described = described[: _MARKS_SHOWN - 3] + "..."
+    what = f" ({described})" if described else ""
+    return f"a derived image that usreview made{what}"
 
 
 def _uid(*parts: str) -> UID:
@@ -216,9 +279,17 @@ def derived_dataset(
     for prefix in ("InstanceCreation", "Content", "Series"):
         setattr(ds, f"{prefix}Date", now.strftime("%Y%m%d"))
         setattr(ds, f"{prefix}Time", now.strftime("%H%M%S"))
-    ds.Manufacturer = "usreview"
-    ds.ManufacturerModelName = "usreview processing"
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = MODEL_NAME
     ds.SoftwareVersions = __version__
+    ds.ContributingEquipmentSequence = DicomSequence(
+        [
+            *(ds.get("ContributingEquipmentSequence") or []),
+            _contribution(
+                now, f"{description}; processor {provenance.processor} {provenance.version}"
+            ),
+        ]
+    )
 
     image_type = [str(v) for v in (ds.get("ImageType") or [])]
     ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]

@@ -20,13 +20,14 @@ on a PW spectrum concentrated near its maximum the plain knee is the better esti
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from usreview.dicom import ImageKind, RegionDataType
+from usreview.dicom import ImageKind, RegionDataType, UltrasoundInstance, UltrasoundRegion
 from usreview.processing.quantification.cycles import Cycle, detect_cycles
 from usreview.processing.quantification.spectral import (
     FlowSide,
@@ -47,7 +48,15 @@ from usreview.processing.results import (
     Quantity,
 )
 
-__all__ = ["CODES", "ENVELOPE_DERIVATION", "doppler_indices", "overlay"]
+__all__ = [
+    "CODES",
+    "ENVELOPE_DERIVATION",
+    "Trace",
+    "doppler_indices",
+    "envelope_trace",
+    "overlay",
+    "trace",
+]
 
 Float = npt.NDArray[np.float64]
 LN = CodingScheme.LOINC
@@ -132,6 +141,71 @@ def overlay(
     return rgb
 
 
+@dataclass(frozen=True)
+class Trace:
+    """A traced maximum-velocity envelope and what it was traced on."""
+
+    grey: npt.NDArray[np.uint8]
+    """The spectral region's grey levels."""
+    shown: npt.NDArray[np.uint8]
+    """The whole displayed frame."""
+    region: UltrasoundRegion
+    calibration: SpectralCalibration
+    side: FlowSide
+    envelope: Float
+    """Speed (cm/s, unsigned) per column; NaN where there is no signal."""
+    pw: bool
+
+
+def trace(
+    instance: UltrasoundInstance,
+    *,
+    dynamic_range_db: float = 50.0,
+    average_columns: int = 3,
+    edge_refinement: str = "cw",
+) -> Trace:
+    """Trace the maximum-velocity envelope of ``instance``'s spectral region (MGM).
+
+    Raises
+    ------
+    CalibrationError
+        No spectral region with a velocity and time calibration.
+    ValueError
+        ``edge_refinement`` is not none, cw or all.
+    """
+    region = spectral_region(instance)
+    cal = calibrate(region)
+    shown = instance.display_frame(0)
+    display = shown
+    if display.ndim == 3:  # colour spectral displays: their luminance
+        display = np.rint(display @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    x0, y0, x1, y1 = region.bounds
+    grey = display[y0 : y1 + 1, x0 : x1 + 1]
+    power = grey_to_power(grey, dynamic_range_db)
+    if average_columns > 1:  # fewer speckle fluctuations; a few ms, well inside the window
+        power = ndimage.uniform_filter1d(power, average_columns, axis=1, mode="nearest")
+    side = flow_side(power, cal)
+    pw = region.data_type == RegionDataType.PW_SPECTRAL_DOPPLER
+    if edge_refinement not in ("none", "cw", "all"):
+        raise ValueError(f"parameter 'edge_refinement' {edge_refinement!r}: use none, cw or all")
+    edge = edge_refinement == "all" or (edge_refinement == "cw" and not pw)
+    envelope = mgm_envelope(side, edge=edge)
+    return Trace(grey, shown, region, cal, side, envelope, pw)
+
+
+def envelope_trace(instance: UltrasoundInstance) -> Float:
+    """The automatic envelope as rows of (time s, signed velocity cm/s), default parameters.
+
+    Time is the region's physical time axis; columns without signal are NaN. For viewers
+    that overlay the trace.
+    """
+    traced = trace(instance)
+    region = traced.region
+    columns = region.min_x0 + np.arange(traced.envelope.size, dtype=np.float64)
+    seconds, _ = region.to_physical(columns, np.zeros_like(columns))
+    return np.column_stack([seconds, traced.side.sign * traced.envelope])
+
+
 @processor(
     "doppler_indices",
     kinds={ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER},
@@ -142,24 +216,15 @@ def overlay(
 def doppler_indices(context: Context) -> Output:
     """Spectral Doppler indices from the maximum-velocity envelope (MGM), over complete cycles."""
     instance = context.instance
-    region = spectral_region(instance)
-    cal = calibrate(region)
-    shown = instance.display_frame(0)
-    display = shown
-    if display.ndim == 3:  # colour spectral displays: their luminance
-        display = np.rint(display @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
-    x0, y0, x1, y1 = region.bounds
-    grey = display[y0 : y1 + 1, x0 : x1 + 1]
-    power = grey_to_power(grey, float(context.params["dynamic_range_db"]))
-    width = int(context.params["average_columns"])
-    if width > 1:  # fewer speckle fluctuations; a few ms, well inside the analysis window
-        power = ndimage.uniform_filter1d(power, width, axis=1, mode="nearest")
-    side = flow_side(power, cal)
-    pw = region.data_type == RegionDataType.PW_SPECTRAL_DOPPLER
-    refine = str(context.params["edge_refinement"])
-    if refine not in ("none", "cw", "all"):
-        raise ValueError(f"parameter 'edge_refinement' {refine!r}: use none, cw or all")
-    envelope = mgm_envelope(side, edge=refine == "all" or (refine == "cw" and not pw))
+    traced = trace(
+        instance,
+        dynamic_range_db=float(context.params["dynamic_range_db"]),
+        average_columns=int(context.params["average_columns"]),
+        edge_refinement=str(context.params["edge_refinement"]),
+    )
+    cal, side, envelope, pw = traced.calibration, traced.side, traced.envelope, traced.pw
+    grey, shown = traced.grey, traced.shown
+    x0, y0, x1, y1 = traced.region.bounds
     dt = cal.seconds_per_column
     with_signal = float(np.mean(np.isfinite(envelope)))
     cycles, smooth = detect_cycles(envelope, dt)

@@ -1,12 +1,30 @@
 """Processor ``mmode_motion``: heart rate and wall motion from an M-mode strip.
 
-The strip (Region Spatial Format M-mode, seconds by cm) is smoothed (1 mm in depth, 10 ms in
-time) and split into dark (blood) and bright (tissue) at the midpoint of its 20th and 80th
-grey percentiles. The left-ventricular cavity is the dark band that, in the median profile,
-is the widest below the first 1.5 cm; per column its upper and lower edges (sub-pixel) are
-the septal and posterior endocardium. The cavity dimension's systolic shortening is cut
-into cycles (:func:`.cycles.detect_cycles`), giving the heart rate; per cycle the walls'
-excursions between end diastole and end systole, LVIDd, LVIDs and fractional shortening.
+The strip (Region Spatial Format M-mode, seconds by cm) is smoothed (Gaussian, 1 mm in
+depth, 5 ms in time) and split into dark (blood) and bright (tissue) at the midpoint of its
+20th and 80th grey percentiles. The left-ventricular cavity is the dark band that, in the
+median profile, is the widest below the first 1.5 cm; per column that band's dark run gives a
+first guess of the septal and posterior endocardium.
+
+Each wall edge is then placed where the blood-tissue interface lies, per column, on the
+display grey (log-compressed echo, where speckle is a small additive texture on a large
+step) smoothed only 0.5 mm in depth: at the midpoint between the cavity's level (median of
+its middle half) and the wall's own level (median of 3 mm of wall beyond the first guess),
+walking outward from inside the cavity. The global midpoint of the first guess lies 10 to
+20 dB under the walls' echo, where the partial-volume pixels of the interface and the
+1 mm smoothing across it still count as wall: edges placed there sit inside the cavity,
+shortening the dimension by about a millimetre against the interface.
+
+The excursions are coded as "Excursion Distance" (125327, DCM; CID 12304) with their finding
+site in ``details["finding_site"]`` (interventricular septum; left ventricle, posterior),
+which the SR carries (:mod:`usreview.processing.sr`).
+
+The cavity dimension's systolic shortening is cut into cycles
+(:func:`.cycles.detect_cycles`), giving the heart rate. End diastole is the largest
+dimension before contraction (the least shortening within the 30 % of the cycle before the
+foot of the upstroke, which the tangent method places after contraction onset), end systole
+the greatest shortening; per cycle: the walls' excursions between them, LVIDd, LVIDs and
+fractional shortening.
 """
 
 from __future__ import annotations
@@ -17,14 +35,22 @@ from scipy import ndimage
 
 from usreview.dicom import ImageKind, PhysicalUnits, RegionSpatialFormat, UltrasoundRegion
 from usreview.processing.errors import NotApplicable
-from usreview.processing.quantification.cycles import detect_cycles
+from usreview.processing.quantification.cycles import Cycle, detect_cycles
 from usreview.processing.registry import Context, processor
 from usreview.processing.results import Code, CodingScheme, Finding, Output, Quantity
 
 __all__ = ["mmode_motion"]
 
 Float = npt.NDArray[np.float64]
-LN, US = CodingScheme.LOINC, CodingScheme.USREVIEW
+LN, DCM, SCT = CodingScheme.LOINC, CodingScheme.DCM, CodingScheme.SNOMED
+_EXCURSION = Code("125327", DCM, "Excursion Distance")  # CID 12304, with a finding site
+_SITES = {  # as the SR's finding site (TID 300): anatomic location, topographical modifier
+    "septal_excursion": {"location": Code("589001", SCT, "Interventricular septum").as_dict()},
+    "posterior_wall_excursion": {
+        "location": Code("87878005", SCT, "Left ventricle").as_dict(),
+        "modifier": Code("255551008", SCT, "Posterior").as_dict(),
+    },
+}
 _CODES = {
     "heart_rate": (Code("8867-4", LN, "Heart rate"), "/min"),
     "lv_internal_dimension_diastole": (
@@ -36,12 +62,12 @@ _CODES = {
         "mm",
     ),
     "fractional_shortening": (Code("18051-3", LN, "Left Ventricular Fractional Shortening"), "1"),
-    "septal_excursion": (Code("septal-excursion", US, "Septal wall excursion (M-mode)"), "mm"),
-    "posterior_wall_excursion": (
-        Code("posterior-excursion", US, "Posterior wall excursion (M-mode)"),
-        "mm",
-    ),
+    "septal_excursion": (_EXCURSION, "mm"),
+    "posterior_wall_excursion": (_EXCURSION, "mm"),
 }
+_WALL_MM = 3.0  # wall sampled beyond the first guess of its edge, for the wall's level
+_GAP_MM = 0.5  # left out next to the first guess (it may lie up to a pixel or so off)
+_DIASTOLE = 0.30  # share of the cycle before the upstroke's foot searched for end diastole
 
 
 def _mmode_region(regions: tuple[UltrasoundRegion, ...]) -> UltrasoundRegion:
@@ -57,6 +83,11 @@ def _mmode_region(regions: tuple[UltrasoundRegion, ...]) -> UltrasoundRegion:
     if not strips:
         raise NotApplicable("no M-mode region calibrated in seconds and cm")
     return max(strips, key=lambda r: r.width * r.height)
+
+
+def _crossing(col: Float, level: float, a: int, b: int) -> float:
+    """Fractional row between rows ``a`` and ``b`` where ``col`` crosses ``level``."""
+    return float(a + (level - col[a]) / (col[b] - col[a]) * (b - a))
 
 
 def _edges(image: Float, threshold: float, band: tuple[float, float]) -> tuple[Float, Float]:
@@ -77,13 +108,48 @@ def _edges(image: Float, threshold: float, band: tuple[float, float]) -> tuple[F
             if score > best_score:
                 best, best_score = lab, score
         idx = np.flatnonzero(labels == best)
-        a, b = idx[0], idx[-1]
+        a, b = int(idx[0]), int(idx[-1])
         col = image[:, c]
-        if a > 0:  # crossing between rows a - 1 (bright) and a (dark)
-            top[c] = a - 1 + (col[a - 1] - threshold) / max(col[a - 1] - col[a], 1e-9)
-        if b < rows - 1:
-            bottom[c] = b + (col[b] - threshold) / min(col[b] - col[b + 1], -1e-9) * -1.0
+        if a > 0:  # between rows a - 1 (bright) and a (dark)
+            top[c] = _crossing(col, threshold, a, a - 1)
+        if b < rows - 1:  # between rows b (dark) and b + 1 (bright)
+            bottom[c] = _crossing(col, threshold, b, b + 1)
     return top, bottom
+
+
+def _walk(col: Float, level: float, start: int, step: int) -> float:
+    """From row ``start``, step ``step`` while below ``level``; the fractional crossing."""
+    i = start
+    while 0 <= i + step < len(col) and col[i + step] < level:
+        i += step
+    if not 0 <= i + step < len(col) or col[i] >= level:
+        return float("nan")
+    return _crossing(col, level, i, i + step)
+
+
+def _interfaces(
+    image: Float, top: Float, bottom: Float, wall: int, gap: int
+) -> tuple[Float, Float]:
+    """Septal and posterior blood-tissue interfaces (fractional rows) near the first guesses.
+
+    Per column the edge is where ``image`` crosses the midpoint of the cavity's level and
+    the adjacent wall's level, walking outward from inside the cavity.
+    """
+    rows = image.shape[0]
+    septum, posterior = np.full(len(top), np.nan), np.full(len(top), np.nan)
+    for c in np.flatnonzero(np.isfinite(top) & np.isfinite(bottom)):
+        a, b = int(np.ceil(top[c])), int(np.floor(bottom[c]))
+        if b - a < 4 or a - gap - wall < 0 or b + gap + wall >= rows:
+            continue
+        col = image[:, c]
+        quarter = (b - a) // 4
+        blood = float(np.median(col[a + quarter : b - quarter + 1]))
+        upper = float(np.median(col[a - gap - wall : a - gap]))
+        lower = float(np.median(col[b + 1 + gap : b + 1 + gap + wall]))
+        inside = min(gap + 1, quarter)  # start just inside the cavity
+        septum[c] = _walk(col, 0.5 * (blood + upper), a + inside, -1)
+        posterior[c] = _walk(col, 0.5 * (blood + lower), b - inside, +1)
+    return septum, posterior
 
 
 def _window_median(x: Float, centre: float, half: int) -> float:
@@ -93,18 +159,27 @@ def _window_median(x: Float, centre: float, half: int) -> float:
     return float(np.median(seg)) if len(seg) else float("nan")
 
 
+def _end_diastole(shortening: Float, cycle: Cycle, dt: float) -> int:
+    """Column of the largest dimension (least shortening) before the cycle's closing foot."""
+    end = int(np.floor(cycle.end_s / dt))
+    start = max(int(np.ceil((cycle.end_s - _DIASTOLE * cycle.period_s) / dt)), 0)
+    return start + int(np.argmin(shortening[start : end + 1]))
+
+
 def _quantity(name: str, values: list[float], digits: int = 3) -> Quantity:
     code, unit = _CODES[name]
     arr = np.asarray(values, dtype=np.float64)
-    details = {"per_cycle": [round(float(v), digits) for v in arr]}
+    details: dict[str, object] = {"per_cycle": [round(float(v), digits) for v in arr]}
+    if name in _SITES:
+        details["finding_site"] = _SITES[name]
     return Quantity(name, code, round(float(arr.mean()), digits), unit, len(arr), details)
 
 
 @processor(
     "mmode_motion",
     kinds={ImageKind.MMODE},
-    version="1.0",
-    params={"depth_smoothing_mm": 1.0, "min_depth_cm": 1.5},
+    version="1.1",
+    params={"depth_smoothing_mm": 1.0, "edge_smoothing_mm": 0.5, "min_depth_cm": 1.5},
     requires=("scipy",),
 )
 def mmode_motion(context: Context) -> Output:
@@ -117,8 +192,9 @@ def mmode_motion(context: Context) -> Output:
     x0, y0, x1, y1 = region.bounds
     strip = frame[y0 : y1 + 1, x0 : x1 + 1].astype(np.float64)
     dy_mm, dt = abs(region.delta_y) * 10.0, abs(region.delta_x)
+    sigma_t = max(0.005 / dt, 0.5)
     sigma_rows = float(context.params["depth_smoothing_mm"]) / dy_mm
-    smooth = ndimage.gaussian_filter(strip, (sigma_rows, max(0.005 / dt, 0.5)))
+    smooth = ndimage.gaussian_filter(strip, (sigma_rows, sigma_t))
     lo, hi = np.percentile(smooth, [20, 80])
     threshold = 0.5 * (lo + hi)
     skip = int(float(context.params["min_depth_cm"]) * 10.0 / dy_mm)
@@ -129,7 +205,17 @@ def mmode_motion(context: Context) -> Output:
     if not runs:
         raise NotApplicable("no dark cavity between two walls in the M-mode strip")
     band = max(runs, key=len)
-    top, bottom = _edges(smooth, threshold, (float(band[0]), float(band[-1])))
+    guess_top, guess_bottom = _edges(smooth, threshold, (float(band[0]), float(band[-1])))
+    sharp = ndimage.gaussian_filter(
+        strip, (float(context.params["edge_smoothing_mm"]) / dy_mm, sigma_t)
+    )
+    top, bottom = _interfaces(
+        sharp,
+        guess_top,
+        guess_bottom,
+        wall=max(round(_WALL_MM / dy_mm), 2),
+        gap=round(_GAP_MM / dy_mm),
+    )
     dimension = (bottom - top) * dy_mm
     valid = np.isfinite(dimension)
     if valid.mean() < 0.8:
@@ -145,19 +231,13 @@ def mmode_motion(context: Context) -> Output:
     half = max(round(0.010 / dt), 1)
     sept, post, lvidd, lvids = [], [], [], []
     for cycle in cycles:
-        ed = cycle.end_s / dt  # end diastole closing the cycle: contraction onset
-        i0, i1 = int(np.ceil(cycle.start_s / dt)), int(np.floor(ed))
+        ed = _end_diastole(shortening, cycle, dt)
+        i0, i1 = int(np.ceil(cycle.start_s / dt)), int(np.floor(cycle.end_s / dt))
         es = i0 + int(np.argmax(shortening[i0 : i1 + 1]))
-        diastole = _window_median(dimension, ed - 2 * half, 2 * half)
-        systole = _window_median(dimension, es, half)
-        lvidd.append(diastole)
-        lvids.append(systole)
-        sept.append(
-            _window_median(septum, es, half) - _window_median(septum, ed - 2 * half, 2 * half)
-        )
-        post.append(
-            _window_median(posterior, ed - 2 * half, 2 * half) - _window_median(posterior, es, half)
-        )
+        lvidd.append(_window_median(dimension, ed, 2 * half))
+        lvids.append(_window_median(dimension, es, half))
+        sept.append(_window_median(septum, es, half) - _window_median(septum, ed, 2 * half))
+        post.append(_window_median(posterior, ed, 2 * half) - _window_median(posterior, es, half))
     periods = [c.period_s for c in cycles]
     heart_rate = Quantity(
         "heart_rate",

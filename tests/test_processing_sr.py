@@ -1,0 +1,186 @@
+"""The automatic SR's concepts: standard codes, private schemes declared, dciodvfy satisfied.
+
+Findings, recommendations and failures are coded with DCM concepts (Comment, Table of Values
+and its Citation, Failed Analyses) in a "Qualitative Evaluations" container (C0034375, UMLS);
+the M-mode excursions are "Excursion Distance" (DCM) with their finding sites (SCT). A
+quantity that a processor codes with the private scheme ``99USREVIEW`` still works, and the
+scheme is declared in the Coding Scheme Identification Sequence (0008,0110).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from usreview.dicom import read
+from usreview.processing import (
+    Code,
+    CodingScheme,
+    Output,
+    ProcessorResult,
+    Provenance,
+    Quantity,
+    ResultStatus,
+    run_pipeline,
+)
+from usreview.processing.execution import execute_file
+from usreview.processing.sr import build_sr
+from usreview.simulate import simulate
+
+
+def _items(ds: Dataset) -> Iterator[Dataset]:
+    for item in ds.get("ContentSequence") or []:
+        yield item
+        yield from _items(item)
+
+
+def _concept(item: Dataset) -> tuple[str, str, str]:
+    (code,) = item.ConceptNameCodeSequence
+    return str(code.CodeValue), str(code.CodingSchemeDesignator), str(code.CodeMeaning)
+
+
+def _designators(ds: Dataset) -> set[str]:
+    return {
+        str(element.value)
+        for element in ds.iterall()
+        if element.keyword == "CodingSchemeDesignator"
+    }
+
+
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Automatic SRs written to files: PW (finding, recommendation), M-mode, a failure."""
+    folder = tmp_path_factory.mktemp("sr")
+    out = {}
+    for kind, params in (("pw", {"psv_cm_s": 260}), ("mmode", {})):
+        source = simulate(kind, folder / kind, seed=3, snr_db=20.0, **params)[0]
+        outputs = execute_file(str(source))
+        assert outputs.sr is not None, kind
+        out[kind] = folder / f"{kind}.sr.dcm"
+        out[kind].write_bytes(outputs.sr)
+    source = simulate("pw", folder / "failed", seed=4)[0]
+    results = run_pipeline(read(source))
+    failed = ProcessorResult(
+        Provenance("broken", "0.1", {}, "1.2.3"),
+        ResultStatus.FAILED,
+        reason="applying processor broken to instance 1.2.3: ZeroDivisionError",
+    )
+    document = build_sr(
+        pydicom.dcmread(source, stop_before_pixels=True),
+        [*results, failed],
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        series_instance_uid=pydicom.uid.generate_uid(),
+    )
+    out["failed"] = folder / "failed.sr.dcm"
+    document.save_as(out["failed"], enforce_file_format=True)
+    return out
+
+
+def test_built_in_results_use_standard_codes_only(documents: dict[str, Path]) -> None:
+    for name, path in documents.items():
+        ds = pydicom.dcmread(path)
+        assert _designators(ds) <= {"DCM", "LN", "SCT", "UCUM", "UMLS", "RFC5646"}, name
+        assert "CodingSchemeIdentificationSequence" not in ds, name  # nothing private
+
+
+def test_qualitative_evaluations_hold_findings_recommendations_and_failures(
+    documents: dict[str, Path],
+) -> None:
+    ds = pydicom.dcmread(documents["pw"])
+    [container] = [i for i in ds.ContentSequence if i.ValueType == "CONTAINER"][-1:]
+    assert _concept(container) == ("C0034375", "UMLS", "Qualitative Evaluations")
+    concepts: dict[tuple[str, str, str], list[Dataset]] = {}
+    for item in _items(container):
+        concepts.setdefault(_concept(item), []).append(item)
+    assert ("121071", "DCM", "Finding") in concepts
+    [evidence, *_] = concepts[("121106", "DCM", "Comment")]
+    assert evidence.RelationshipType == "INFERRED FROM" and "signal" in evidence.TextValue
+    rules = [i.TextValue for i in concepts[("121424", "DCM", "Table of Values")]]
+    assert any(r.startswith("sru_ica_stenosis_psv: ICA PSV < 125 cm/s") for r in rules)
+    citations = [i.TextValue for i in concepts[("121422", "DCM", "Table of Values Citation")]]
+    assert len(citations) == len(rules) and any("Radiology 2003" in c for c in citations)
+    assert ("11726-7", "LN", "Peak Systolic Velocity") in concepts  # the rule's evidence
+    failed = pydicom.dcmread(documents["failed"])
+    [failure] = [i for i in _items(failed) if _concept(i)[0] == "111024"]
+    assert _concept(failure) == ("111024", "DCM", "Failed Analyses")
+    assert "ZeroDivisionError" in failure.TextValue
+
+
+def test_mmode_excursions_are_excursion_distances_at_their_sites(
+    documents: dict[str, Path],
+) -> None:
+    ds = pydicom.dcmread(documents["mmode"])
+    excursions = [i for i in _items(ds) if i.ValueType == "NUM" and _concept(i)[0] == "125327"]
+    sites = []
+    for item in excursions:
+        assert _concept(item) == ("125327", "DCM", "Excursion Distance")
+        [site] = [c for c in item.ContentSequence if _concept(c)[2] == "Finding Site"]
+        modifiers = [_concept(c)[2] for c in site.get("ContentSequence") or []]
+        sites.append((site.ConceptCodeSequence[0].CodeMeaning, modifiers))
+    assert sites == [
+        ("Interventricular septum", []),
+        ("Left ventricle", ["Topographical modifier"]),
+    ]
+
+
+def test_a_private_code_is_declared_in_the_coding_scheme_identification(tmp_path: Path) -> None:
+    source = simulate("bmode", tmp_path, seed=1, rows=200, columns=240)[0]
+    private = Code("x-1", CodingScheme.USREVIEW, "Test value")
+    result = ProcessorResult(
+        Provenance("third_party", "1.0", {}, "1.2.3"),
+        ResultStatus.DONE,
+        Output(quantities=(Quantity("x", private, 2.0, "mm"),)),
+    )
+    document = build_sr(
+        pydicom.dcmread(source, stop_before_pixels=True),
+        [result],
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        series_instance_uid=pydicom.uid.generate_uid(),
+    )
+    buffer = io.BytesIO()
+    document.save_as(buffer, enforce_file_format=True)
+    ds = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+    [declared] = ds.CodingSchemeIdentificationSequence
+    assert declared.CodingSchemeDesignator == "99USREVIEW"
+    assert declared.CodingSchemeName and declared.CodingSchemeResponsibleOrganization
+    with pytest.raises(ValueError, match="finding_site"):
+        build_sr(
+            pydicom.dcmread(source, stop_before_pixels=True),
+            [
+                ProcessorResult(
+                    result.provenance,
+                    ResultStatus.DONE,
+                    Output(
+                        quantities=(
+                            Quantity("x", private, 2.0, "mm", details={"finding_site": "septum"}),
+                        )
+                    ),
+                )
+            ],
+            sop_instance_uid=pydicom.uid.generate_uid(),
+            series_instance_uid=pydicom.uid.generate_uid(),
+        )
+
+
+@pytest.mark.external
+def test_dciodvfy_finds_no_error_and_no_coding_scheme_warning(
+    documents: dict[str, Path],
+) -> None:
+    assert shutil.which("dciodvfy"), "dciodvfy missing: make test installs dicom3tools"
+    for name, path in documents.items():
+        run = subprocess.run(
+            ["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False
+        )
+        report = run.stdout + run.stderr
+        assert "ComprehensiveSR" in report.split(), report
+        lines = report.splitlines()
+        assert [line for line in lines if line.startswith("Error")] == [], (name, report)
+        schemes = [line for line in lines if "Coding Scheme" in line or "99USREVIEW" in line]
+        assert schemes == [], (name, report)

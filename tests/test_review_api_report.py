@@ -1,0 +1,197 @@
+"""The report's pure part: validation naming the field, the SR, the text summary (no hub)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from usreview.errors import InputError, ReportError
+from usreview.processing.quantification.doppler import CODES
+from usreview.review.report import (
+    ExamType,
+    MeasurementOrigin,
+    Report,
+    Urgency,
+    build_report_sr,
+    summary_text,
+)
+from usreview.simulate import simulate
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    [path] = simulate("pw", tmp_path_factory.mktemp("pw"), seed=5)
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def body(uid: str, **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "exam_type": "vascular",
+        "findings": "Plaque.",
+        "impression": "Stenosis 50-69%.",
+        "recommendations": "",
+        "urgency": "urgent",
+        "measurements": [
+            {"name": "peak_systolic_velocity", "value": 182, "unit": "cm/s",
+             "origin": "automatic", "decision": "corrected", "source_instance": uid},
+            {"name": "plaque_length", "value": 7.5, "unit": "mm", "code": None},
+        ],
+        "key_images": [uid],
+        "recipients": ["siteb"],
+    }  # fmt: skip
+    data.update(changes)
+    return data
+
+
+def test_a_valid_report_round_trips(source: Dataset) -> None:
+    uid = str(source.SOPInstanceUID)
+    report = Report.from_json(body(uid))
+    assert (report.exam_type, report.urgency) == (ExamType.VASCULAR, Urgency.URGENT)
+    psv, plaque = report.measurements
+    assert psv.value == 182.0 and psv.origin is MeasurementOrigin.AUTOMATIC
+    assert plaque.origin is MeasurementOrigin.REVIEWER  # the defaults
+    assert psv.concept().value == CODES["peak_systolic_velocity"][0].value  # LOINC reused
+    assert (plaque.concept().value, plaque.concept().scheme_designator) == (
+        "plaque_length", "99USREVIEW"
+    )  # fmt: skip
+    assert Report.from_json(report.to_json()) == report
+    assert report.referenced_instances == (uid,)
+    minimal = Report.from_json({"exam_type": "echo", "impression": "Normal.", "urgency": "routine"})
+    assert minimal.measurements == () and minimal.findings == "" and minimal.recipients == ()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"exam_type": "ct"}, "exam_type"),
+        ({"impression": ""}, "impression"),
+        ({"impression": "a\x00b"}, "impression"),
+        ({"findings": "x" * 20_001}, "findings"),
+        ({"urgency": "soon"}, "urgency"),
+        ({"extra": 1}, "extra"),
+        ({"measurements": {}}, "measurements"),
+        ({"measurements": [1]}, "measurements[0]"),
+        ({"measurements": [{"name": "x", "value": True, "unit": "mm"}]}, "measurements[0].value"),
+        ({"measurements": [{"name": "x", "value": float("nan"), "unit": "mm"}]},
+         "measurements[0].value"),
+        ({"measurements": [{"name": "", "value": 1, "unit": "mm"}]}, "measurements[0].name"),
+        ({"measurements": [{"name": "x", "value": 1}]}, "measurements[0].unit"),
+        ({"measurements": [{"name": "x", "value": 1, "unit": "m m"}]}, "measurements[0].unit"),
+        ({"measurements": [{"name": "x", "value": 1, "unit": "mm", "decision": "maybe"}]},
+         "measurements[0].decision"),
+        ({"measurements": [{"name": "x", "value": 1, "unit": "mm", "code": {"value": "1"}}]},
+         "measurements[0].code.scheme"),
+        ({"measurements": [{"name": "x", "value": 1, "unit": "mm",
+                            "code": {"value": "1", "scheme": "L N", "meaning": "m"}}]},
+         "measurements[0].code.scheme"),
+        ({"measurements": [{"name": "x", "value": 1, "unit": "mm", "source_instance": "1.x"}]},
+         "measurements[0].source_instance"),
+        ({"measurements": [{"name": "x", "value": 1, "unit": "mm", "when": "now"}]},
+         "measurements[0].when"),
+        ({"key_images": "1.2.3"}, "key_images"),
+        ({"key_images": ["1.2.x"]}, "key_images[0]"),
+        ({"key_images": ["1.2"] * 101}, "key_images"),
+        ({"recipients": ["../etc"]}, "recipients[0]"),
+        ({"recipients": ["b", "b"]}, "recipients[1]"),
+    ],
+)  # fmt: skip
+def test_every_field_is_validated_and_named(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(ReportError) as raised:
+        Report.from_json(body("1.2.3", **changes))
+    assert raised.value.field == field
+    assert str(raised.value).startswith(f"{field}: ")
+    assert isinstance(raised.value, InputError)
+
+
+def test_not_an_object_and_missing_fields() -> None:
+    for data, field in (([], "report"), ({"exam_type": "echo", "urgency": "routine"},
+                                         "impression")):  # fmt: skip
+        with pytest.raises(ReportError) as raised:
+            Report.from_json(data)
+        assert raised.value.field == field
+
+
+def test_the_sr_is_a_verified_tid_1500_report(source: Dataset, tmp_path: Path) -> None:
+    uid = str(source.SOPInstanceUID)
+    report = Report.from_json(body(uid))
+    sr = build_report_sr(
+        report,
+        [source],
+        reviewer="dr-x",
+        organization="usreview hub",
+        sop_instance_uid=generate_uid(),
+        series_instance_uid=generate_uid(),
+        version=1,
+    )
+    assert (sr.VerificationFlag, sr.CompletionFlag, sr.PreliminaryFlag) == (
+        "VERIFIED", "COMPLETE", "FINAL"
+    )  # fmt: skip
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert sr.PatientID == source.PatientID and sr.StudyInstanceUID == source.StudyInstanceUID
+    assert "PredecessorDocumentsSequence" not in sr
+    with pytest.raises(ReportError, match="not among the sources"):
+        build_report_sr(
+            Report.from_json(body("1.2.3.4")),
+            [source],
+            reviewer="dr-x",
+            organization="o",
+            sop_instance_uid=generate_uid(),
+            series_instance_uid=generate_uid(),
+            version=1,
+        )
+    previous = Dataset()
+    previous.StudyInstanceUID = sr.StudyInstanceUID
+    previous.SeriesInstanceUID = sr.SeriesInstanceUID
+    previous.SOPClassUID = sr.SOPClassUID
+    previous.SOPInstanceUID = sr.SOPInstanceUID
+    amendment = build_report_sr(
+        Report.from_json(body(uid, measurements=[], key_images=[])),
+        [source],
+        reviewer="Doe^Jane",
+        organization="usreview hub",
+        sop_instance_uid=generate_uid(),
+        series_instance_uid=sr.SeriesInstanceUID,
+        version=2,
+        previous=previous,
+    )
+    [series] = amendment.PredecessorDocumentsSequence[0].ReferencedSeriesSequence
+    assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sr.SOPInstanceUID
+    assert amendment.VerifyingObserverSequence[0].VerifyingObserverName == "Doe^Jane"
+    for name, document in (("first", sr), ("amendment", amendment)):
+        document.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+
+
+@pytest.mark.external
+def test_dciodvfy_accepts_the_report_srs(source: Dataset, tmp_path: Path) -> None:
+    assert shutil.which("dciodvfy"), "dciodvfy missing: make test installs dicom3tools"
+    test_the_sr_is_a_verified_tid_1500_report(source, tmp_path)
+    for name in ("first", "amendment"):
+        run = subprocess.run(
+            ["dciodvfy", str(tmp_path / f"{name}.dcm")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        output = run.stdout + run.stderr
+        assert [line for line in output.splitlines() if line.startswith("Error")] == [], output
+        assert "ComprehensiveSR" in output.split()
+
+
+def test_the_summary_is_plain_text_for_people(source: Dataset) -> None:
+    report = Report.from_json(body(str(source.SOPInstanceUID), findings="Évaluation."))
+    text = summary_text(report, reviewer="dr-x", version=2, patient="DOE^JANE")
+    assert text.startswith("usreview report, version 2 (amends version 1)\n")
+    assert "Urgency: URGENT" in text and "Patient: DOE^JANE" in text
+    assert "FINDINGS\nÉvaluation." in text and "RECOMMENDATIONS" not in text
+    assert "- Peak Systolic Velocity: 182 cm/s (automatic, corrected by the reviewer;" in text
+    assert "- plaque_length: 7.5 mm (measured by the reviewer)" in text
+    assert "Also sent to: siteb" in text
+    text.encode("utf-8")

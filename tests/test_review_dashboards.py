@@ -1,0 +1,196 @@
+"""The review dashboards through a real JupyterHub, in real headless chromium.
+
+One deployment for the module (see ``tests/review_support.py``): a hub with its proxy,
+service and worker; sites north and south sending studies by C-STORE through their
+gateways; west, a referring clinic, sending nothing. Two reviewers log in with the hub's
+login form and land on their Voila worklist. Screenshots of each page are written to
+``$USREVIEW_SCREENSHOTS`` when it is set (the README's come from there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from tests import browser_support
+from tests.review_support import Deployment, start_deployment, wait_until
+
+pytestmark = pytest.mark.slow
+
+chromium = browser_support.chromium
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    running = start_deployment(tmp_path_factory.mktemp("review"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _screenshot(page: Any, name: str) -> None:
+    folder = os.environ.get("USREVIEW_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def _login(chromium: Any, deployment: Deployment, person: str) -> Any:
+    """Log ``person`` in through the hub's form; return the page once the worklist shows."""
+    context = chromium.new_context(
+        ignore_https_errors=True, viewport={"width": 1500, "height": 1000}
+    )
+    page = context.new_page()
+    page.goto(deployment.url + "/hub/login")
+    page.fill("input[name=username]", person)
+    page.fill("input[name=password]", deployment.passwords[person])
+    page.click("[type=submit]")
+    page.wait_for_selector(
+        ".usr-worklist[data-total]", timeout=browser_support.DASHBOARD_TIMEOUT_MS
+    )
+    return page
+
+
+def _row(page: Any, uid: str) -> Any:
+    page.fill(".usr-wl-query", uid)  # the row is in view whatever the sort
+    row = page.locator(f".usr-wl-row[data-uid='{uid}']")
+    row.wait_for(timeout=20_000)
+    return row
+
+
+@pytest.fixture(scope="module")
+def rita(chromium: Any, deployment: Deployment) -> Iterator[Any]:
+    page = _login(chromium, deployment, "rita")
+    yield page
+    page.context.close()
+
+
+def test_a_reviewer_lands_on_the_worklist_with_studies_of_both_sites(
+    rita: Any, deployment: Deployment
+) -> None:
+    assert re.search(r"/user/rita/voila/render/usreview/worklist\.ipynb", rita.url), rita.url
+    rita.wait_for_function(
+        f"Number(document.querySelector('.usr-worklist').dataset.total) >= "
+        f"{len(deployment.studies)}",
+        timeout=30_000,
+    )
+    shown = {
+        rita.get_attribute(f".usr-wl-row[data-uid='{s.study_uid}']", "data-uid")
+        for s in deployment.studies
+        if rita.locator(f".usr-wl-row[data-uid='{s.study_uid}']").count()
+    }
+    text = rita.locator(".usr-worklist").inner_text()
+    assert "north" in text and "south" in text
+    assert shown, "no study row in view"
+    _screenshot(rita, "worklist")
+
+
+def test_a_claimed_study_cannot_be_claimed_by_a_second_reviewer(
+    rita: Any, chromium: Any, deployment: Deployment
+) -> None:
+    study = deployment.study("north", "pw")
+    _row(rita, study.study_uid).locator(".usr-claim").click()
+    rita.locator(".usreview-message:has-text('You hold this study')").wait_for(timeout=20_000)
+
+    omar = _login(chromium, deployment, "omar")
+    try:
+        _row(omar, study.study_uid).locator(".usr-claim").click()
+        refused = omar.locator(".usreview-message:has-text('claimed by rita')")
+        refused.wait_for(timeout=20_000)
+        _screenshot(omar, "claim-refused")
+    finally:
+        omar.context.close()
+    status, body = deployment.api("POST", f"/studies/{study.study_uid}/claim", "omar")
+    assert status == 409 and body["claim"]["reviewer"] == "rita"
+
+
+def test_the_caliper_measures_the_inclusion_within_one_pixel(
+    rita: Any, deployment: Deployment
+) -> None:
+    study = deployment.study("north", "bmode")
+    _row(rita, study.study_uid).locator(".usr-open").click()
+    rita.wait_for_selector(".usreview-study-page .usr-caliper[data-ready=true]", timeout=90_000)
+    truth = study.truth
+    spacing = truth["pixel_spacing_mm"]
+    circle = next(i for i in truth["inclusions"] if i["shape"] == "circle")
+    cx, cy = circle["centre_pixel"]
+    r_px = circle["radius_mm"] / spacing
+    canvas = rita.locator(".usreview-study-page canvas.usr-canvas").first.element_handle()
+    browser_support.click_pixel(rita, canvas, cx - r_px, cy)
+    browser_support.click_pixel(rita, canvas, cx + r_px, cy)
+    text = rita.locator(".usreview-study-page .usr-measure-text[data-name=distance]")
+    text.wait_for(timeout=20_000)
+    shown = float(text.get_attribute("data-value") or "nan")
+    print(f"\ncaliper through the hub: {shown:.3f} mm, truth {circle['diameters_mm'][0]:.3f} mm")
+    assert shown == pytest.approx(circle["diameters_mm"][0], abs=spacing)
+    rita.locator(".usreview-add-measurement").first.click()
+    rita.locator(".usreview-own[data-name=distance]").wait_for(timeout=10_000)
+    _screenshot(rita, "study-bmode")
+    rita.locator(".usreview-back").click()
+    rita.wait_for_selector(".usr-worklist[data-total]", timeout=30_000)
+
+
+def test_published_report_reaches_origin_and_second_site_only(
+    rita: Any, deployment: Deployment
+) -> None:
+    study = deployment.study("north", "pw")
+    _row(rita, study.study_uid).locator(".usr-open").click()
+    rita.wait_for_selector(".usreview-study-page .usr-plot", timeout=90_000)
+    status, body = deployment.api("GET", f"/studies/{study.study_uid}", "rita")
+    assert status == 200
+    analysis = body["series"][0]["instances"][0]["analysis"]
+    automatic = {q["name"]: q["value"] for q in analysis["quantities"]}
+    accepted = ("peak_systolic_velocity", "end_diastolic_velocity", "resistive_index")
+    for name in accepted:
+        row = rita.locator(
+            f".usreview-results .widget-hbox:has(.usreview-quantity[data-name={name}])"
+        )
+        row.locator("button:has-text('Accept')").click()
+    rita.fill(".usreview-impression textarea", "Normal internal carotid Doppler.")
+    rita.fill(".usreview-findings textarea", "Low-resistance flow, no stenosis criteria met.")
+    rita.locator(".usreview-recipients select").select_option(["west"])
+    _screenshot(rita, "study-doppler")
+    rita.locator(".usreview-publish").click()
+    rita.locator(".usreview-publish-status [data-version='1']").wait_for(timeout=60_000)
+    _screenshot(rita, "published")
+
+    def delivered(site: str) -> Path | None:
+        folder = deployment.sites[site].outbox / study.study_uid
+        return next(iter(sorted(folder.glob("*-report.dcm"))), None) if folder.is_dir() else None
+
+    reports = {
+        site: wait_until(lambda s=site: delivered(s), 90, f"the report at {site}")
+        for site in ("north", "west")
+    }
+    for site, path in reports.items():
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [line for line in check.stderr.splitlines() if line.startswith("Error")]
+        assert not errors, f"{site}: {errors}"
+        values = _numbers(dcmread(path))
+        for name in accepted:
+            assert any(abs(v - automatic[name]) < 1e-3 for v in values), (site, name, values)
+    time.sleep(3)  # the south gateway follows its feed: nothing may arrive there
+    south = deployment.sites["south"].outbox / study.study_uid
+    assert not south.exists() or not list(south.iterdir())
+    status, body = deployment.api("GET", f"/studies/{study.study_uid}/reports", "rita")
+    assert status == 200 and [r["version"] for r in body["reports"]] == [1]
+    assert json.dumps(body["reports"][0]).count("west") >= 1
+
+
+def _numbers(dataset: Any) -> list[float]:
+    found: list[float] = []
+    for item in getattr(dataset, "ContentSequence", []):
+        for measured in getattr(item, "MeasuredValueSequence", []):
+            found.append(float(measured.NumericValue))
+        found += _numbers(item)
+    return found

@@ -1,0 +1,395 @@
+"""The review widgets' Python side: encoding, calibrated axes, picks, NIfTI bytes, worklist rows.
+
+The browser side runs in ``test_review_widgets_browser.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import imagecodecs
+import numpy as np
+import pytest
+import traitlets
+
+from tests.conftest import region_item
+from usreview.dicom import UltrasoundInstance, UltrasoundRegion, read
+from usreview.errors import MixedCalibrationError
+from usreview.review.widgets import (
+    CineViewer,
+    ImageViewer,
+    MModeViewer,
+    SpectralViewer,
+    VolumeViewer,
+    WorklistTable,
+    volume,
+)
+from usreview.review.widgets._assets import css, esm
+from usreview.review.widgets._axes import nice_step, ticks, trace_pixels
+from usreview.review.widgets._encode import encode_frames
+from usreview.review.widgets._nifti import nifti_bytes
+from usreview.review.widgets.worklist import normalise_rows
+from usreview.simulate import simulate
+
+STATIC = Path(__file__).resolve().parents[1] / "usreview" / "review" / "widgets" / "static"
+
+
+def _study(root: Path, kind: str, **params: Any) -> tuple[UltrasoundInstance, dict[str, Any]]:
+    (path,) = simulate(kind, root / kind, **params)
+    truth = json.loads(path.with_name(path.stem + ".truth.json").read_text())
+    return read(path), truth
+
+
+@pytest.fixture(scope="module")
+def pw(tmp_path_factory: pytest.TempPathFactory) -> tuple[UltrasoundInstance, dict[str, Any]]:
+    return _study(tmp_path_factory.mktemp("widgets"), "pw")
+
+
+@pytest.fixture(scope="module")
+def mmode(tmp_path_factory: pytest.TempPathFactory) -> tuple[UltrasoundInstance, dict[str, Any]]:
+    return _study(tmp_path_factory.mktemp("widgets"), "mmode")
+
+
+# --- assets and encoding -----------------------------------------------------------------
+
+
+def test_widget_code_is_bundled_and_fetches_nothing() -> None:
+    for name in ("cine", "caliper", "plot", "worklist"):
+        module = esm(name)
+        assert "export default" in module and "function h(" in module
+    for path in STATIC.iterdir():
+        text = path.read_text()
+        assert "http://" not in text and "https://" not in text, path.name
+        assert "import " not in text.replace("important", ""), path.name
+    assert ".usr-worklist" in css()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_frames_round_trip_through_each_encoding(channels: int) -> None:
+    ramp = np.add.outer(np.arange(24) * 3, np.arange(32) * 2)  # smooth: JPEG keeps it
+    grey = np.stack([ramp + 10 * k for k in range(4)]).astype(np.uint8)
+    frames = grey if channels == 1 else np.stack([grey, grey // 2, 255 - grey], axis=-1)
+    for encoding in ("jpeg", "png", "raw"):
+        packed = encode_frames(frames, encoding)
+        assert (packed.width, packed.height, packed.channels) == (32, 24, channels)
+        assert len(packed.offsets) == 5 and packed.offsets[-1] == len(packed.data)
+        for k in range(4):
+            chunk = packed.data[packed.offsets[k] : packed.offsets[k + 1]]
+            if encoding == "raw":
+                decoded = np.frombuffer(chunk, np.uint8).reshape(frames[k].shape)
+            elif encoding == "png":
+                decoded = imagecodecs.png_decode(chunk)
+            else:
+                decoded = imagecodecs.jpeg8_decode(chunk)
+            tolerance = 12 if encoding == "jpeg" else 0
+            diff = np.abs(decoded.astype(int) - frames[k].astype(int))
+            assert diff.max() <= tolerance, (encoding, diff.max())
+
+
+def test_encoding_refuses_what_it_cannot_show() -> None:
+    frames = np.zeros((2, 8, 8), np.uint8)
+    with pytest.raises(ValueError, match="encoding"):
+        encode_frames(frames, "gif")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="quality"):
+        encode_frames(frames, "jpeg", quality=0)
+    with pytest.raises(ValueError, match="uint8"):
+        encode_frames(frames.astype(np.uint16))
+    with pytest.raises(ValueError, match="frame 1"):
+        encode_frames([frames[0], np.zeros((9, 8), np.uint8)])
+
+
+# --- cine --------------------------------------------------------------------------------
+
+
+def test_cine_takes_its_timing_from_the_dicom_header(tmp_path: Path) -> None:
+    instance, truth = _study(tmp_path, "cine", frames=12, rows=128, columns=160, frame_rate_hz=40.0)
+    viewer = CineViewer.from_instance(instance, encoding="png")
+    assert viewer.number_of_frames == 12 and (viewer.width, viewer.height) == (160, 128)
+    assert viewer.frame_rate == pytest.approx(40.0)
+    assert viewer.frame_times_ms == pytest.approx([25.0 * k for k in range(12)])
+    assert viewer.timing_source == "FrameTime" and viewer.encoding == "png"
+    assert viewer.payload_bytes == viewer._offsets[-1] > 0
+    vector, _ = _study(
+        tmp_path / "v", "cine", frames=6, rows=128, columns=128, frame_time_vector=True
+    )
+    from_vector = CineViewer.from_instance(vector)
+    assert from_vector.frame_times_ms == pytest.approx(
+        np.asarray(vector.timing.offsets_ms).tolist()
+    )
+    assert from_vector.frame_time_ms == pytest.approx(1000.0 / 30.0)
+    assert truth["kind"] == "cine"
+
+
+def test_cine_controls_from_python() -> None:
+    frames = np.zeros((5, 8, 8), np.uint8)
+    viewer = CineViewer(frames, autoplay=True)
+    assert viewer.playing and viewer.timing_source == "assumed 30 frames/s"
+    viewer.step()
+    assert (viewer.playing, viewer.frame) == (False, 1)
+    viewer.step(-2)
+    assert viewer.frame == 4  # wraps around the loop
+    viewer.speed = 4.0
+    with pytest.raises(traitlets.TraitError, match="speed"):
+        viewer.speed = 8.0
+    with pytest.raises(traitlets.TraitError, match="frame"):
+        viewer.frame = 5
+    with pytest.raises(ValueError, match="3 times for 5 frames"):
+        CineViewer(frames, frame_time_ms=[0.0, 10.0, 20.0])
+    with pytest.raises(ValueError, match="increase"):
+        CineViewer(frames, frame_time_ms=[0.0, 10.0, 10.0, 20.0, 30.0])
+
+
+# --- caliper -----------------------------------------------------------------------------
+
+
+def _two_regions() -> list[UltrasoundRegion]:
+    left = UltrasoundRegion.from_dataset(region_item(RegionLocationMaxX1=31, PhysicalDeltaX=0.02))
+    right = UltrasoundRegion.from_dataset(
+        region_item(
+            RegionLocationMinX0=32,
+            PhysicalDeltaX=0.05,
+            PhysicalDeltaY=0.05,
+        )
+    )
+    return [left, right]
+
+
+def test_caliper_requests_are_measured_in_the_kernel() -> None:
+    image = np.zeros((48, 64), np.uint8)
+    viewer = ImageViewer(image, _two_regions(), filtered=image + 1)
+    seen: list[list[Any]] = []
+    viewer.on_measure(seen.append)
+    viewer.request = {"tool": "distance", "points": [[2, 2], [5, 6]], "n": 1}
+    assert viewer.error == ""
+    (shown,) = viewer.result["measurements"]
+    assert viewer.result["n"] == 1
+    assert shown["name"] == "distance" and shown["value"] == pytest.approx(1.0)  # 5 px x 0.2 mm
+    assert shown["text"] == "Distance 1.00 mm" and len(seen) == 1
+    viewer.request = {"tool": "ellipse", "points": [[15, 20], [25, 20], [15, 25]], "n": 2}
+    names = [m["name"] for m in viewer.result["measurements"]]
+    assert names == ["area", "circumference", "major_axis", "minor_axis"]
+    assert viewer.result["measurements"][0]["value"] == pytest.approx(np.pi * 2.0 * 1.0)
+    # across the two regions: refused, the reason shown, nothing measured
+    viewer.request = {"tool": "distance", "points": [[10, 10], [50, 10]], "n": 3}
+    assert "different calibration" in viewer.error
+    assert viewer.result == {
+        "n": 3,
+        "tool": "distance",
+        "points": [[10.0, 10.0], [50.0, 10.0]],
+        "measurements": [],
+    }
+    assert len(viewer.measurements) == 5
+    with pytest.raises(MixedCalibrationError):
+        viewer.measure([(10, 10), (50, 10)])
+    viewer.request = {"tool": "distance", "points": [["a", 1], [2, 2]], "n": 4}
+    assert "unreadable points" in viewer.error
+    viewer.request = {"tool": "distance", "points": [[1, 1]], "n": 5}
+    assert "needs 2 points" in viewer.error
+
+
+def test_caliper_checks_its_images() -> None:
+    regions = _two_regions()
+    with pytest.raises(ValueError, match="filtered"):
+        ImageViewer(np.zeros((48, 64), np.uint8), regions, filtered=np.zeros((40, 64), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        ImageViewer(np.zeros((48, 64), np.float32), regions)
+    rgb = ImageViewer(np.zeros((48, 64, 3), np.uint8), regions, layout="side-by-side")
+    assert imagecodecs.png_decode(rgb.original).shape == (48, 64, 3)
+    assert rgb.filtered == b"" and rgb.layout == "side-by-side"
+    rgb.set_image(np.full((48, 64, 3), 7, np.uint8), filtered=np.zeros((48, 64), np.uint8))
+    assert imagecodecs.png_decode(rgb.original)[0, 0].tolist() == [7, 7, 7]
+    assert imagecodecs.png_decode(rgb.filtered).shape == (48, 64)
+    with pytest.raises(ValueError, match="differs"):
+        rgb.set_image(np.zeros((40, 64), np.uint8))
+
+
+# --- axes --------------------------------------------------------------------------------
+
+
+def test_nice_steps_and_ticks_follow_the_calibration() -> None:
+    assert nice_step(3.5) == 1.0 and nice_step(0.9) == 0.2 and nice_step(130) == 25.0
+    with pytest.raises(ValueError):
+        nice_step(0.0)
+    region = UltrasoundRegion.from_dataset(
+        region_item(
+            RegionSpatialFormat=3,
+            RegionDataType=3,
+            RegionLocationMinY0=100,
+            RegionLocationMaxX1=499,
+            RegionLocationMaxY1=299,
+            PhysicalUnitsXDirection=4,
+            PhysicalUnitsYDirection=7,
+            PhysicalDeltaX=0.005,
+            PhysicalDeltaY=-0.75,
+            ReferencePixelY0=150,
+            ReferencePixelX0=0,
+            ReferencePixelPhysicalValueX=0.25,
+        )
+    )
+    for axis in ("x", "y"):
+        marks = ticks(region, axis)  # type: ignore[arg-type]
+        assert len(marks) >= 3
+        for pixel, label in marks:
+            x, y = (pixel, 200.0) if axis == "x" else (10.0, pixel)
+            physical = region.to_physical(x, y)[0 if axis == "x" else 1]
+            # pixels are rounded to 1/1000
+            assert float(physical) == pytest.approx(float(label), abs=1e-3 * 0.75)
+    assert "0" in [label for _, label in ticks(region, "y")]
+    line = trace_pixels(region, [[0.5, 30.0], [float("nan"), 1.0], [1.0, -15.0]])
+    assert line[1] is None
+    assert line[0] == pytest.approx([50.0, 210.0]) and line[2] == pytest.approx([150.0, 270.0])
+
+
+# --- spectral and M-mode ---------------------------------------------------------------
+
+
+def test_spectral_viewer_axes_trace_and_picks(
+    pw: tuple[UltrasoundInstance, dict[str, Any]],
+) -> None:
+    instance, truth = pw
+    times, envelope = truth["column_times_s"], truth["envelope_cm_s"]
+    viewer = SpectralViewer.from_instance(instance, trace=np.c_[times, envelope])
+    x0, y0 = truth["region"]["location_min"]
+    assert viewer.origin == [x0, y0] and viewer.baseline == pytest.approx(truth["baseline_row"])
+    assert viewer.width == truth["region"]["location_max"][0] - x0 + 1
+    (line,) = viewer.traces
+    k = 100
+    row = truth["baseline_row"] - envelope[k] / truth["cm_s_per_pixel"]
+    assert line[k] == pytest.approx([x0 + times[k] / truth["s_per_pixel"], row], abs=0.01)
+    assert [label for _, label in viewer.y_ticks].count("0") == 1
+    assert [r["key"] for r in viewer.roles] == ["peak", "end_diastole", "next_peak"]
+
+    viewer.pick("peak", (x0 + 50, truth["baseline_row"] - 100))
+    (only,) = viewer.results
+    assert only["name"] == "velocity"
+    assert only["value"] == pytest.approx(100 * truth["cm_s_per_pixel"])
+    viewer.pick("end_diastole", (x0 + 150, truth["baseline_row"] - 40))
+    viewer.pick("next_peak", (x0 + 250, truth["baseline_row"] - 100))
+    names = [r["name"] for r in viewer.results]
+    assert names == [
+        "peak_systolic_velocity",
+        "end_diastolic_velocity",
+        "resistive_index",
+        "heart_rate",
+    ]
+    assert viewer.results[2]["value"] == pytest.approx(0.6)
+    assert viewer.results[3]["value"] == pytest.approx(60.0 / (200 * truth["s_per_pixel"]))
+    # an end-diastole point in the B-mode image above: refused, the reason shown
+    bx0, by0 = truth["bmode_region"]["location_min"]
+    viewer.pick("end_diastole", (bx0 + 5, by0 + 5))
+    assert viewer.results == [] and "different calibration" in viewer.error
+    with pytest.raises(ValueError, match="role"):
+        viewer.pick("systole", (1, 1))
+
+
+def test_mmode_viewer_depth_axis_traces_and_picks(
+    mmode: tuple[UltrasoundInstance, dict[str, Any]],
+) -> None:
+    instance, truth = mmode
+    region = truth["region"]
+    dt_s, dy_cm = region["physical_delta"]
+    x0, y0 = region["location_min"]
+    septum_rows = np.asarray(truth["septal_endocardium_row"])
+    times = np.arange(len(septum_rows)) * dt_s
+    depth_mm = (septum_rows - y0) * dy_cm * 10.0
+    viewer = MModeViewer.from_instance(instance, trace=[np.c_[times, depth_mm]])
+    assert viewer.y_label == "Depth (mm)"
+    assert viewer.traces[0][7] == pytest.approx([x0 + 7, septum_rows[7]], abs=0.01)
+    for pixel, label in viewer.y_ticks:
+        assert (pixel - y0) * dy_cm * 10.0 == pytest.approx(float(label), abs=1e-6)
+    ed = truth["end_diastole_s"]
+    viewer.pick("beat", (x0 + ed[0] / dt_s, y0 + 10))
+    viewer.pick("next_beat", (x0 + ed[1] / dt_s, y0 + 10))
+    viewer.pick("depth0", (x0 + 20, y0 + 100))
+    viewer.pick("depth1", (x0 + 30, y0 + 150))
+    hr, excursion = viewer.results
+    assert hr["name"] == "heart_rate" and hr["value"] == pytest.approx(truth["heart_rate_bpm"])
+    assert excursion["value"] == pytest.approx(50 * dy_cm * 10.0)
+    assert viewer.error == ""
+
+
+# --- volume ------------------------------------------------------------------------------
+
+
+def test_nifti_header_carries_shape_spacing_and_orientation() -> None:
+    voxels = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    data = nifti_bytes(voxels, (0.5, 0.4, 0.3))
+    assert struct.unpack_from("<i", data, 0)[0] == 348
+    assert struct.unpack_from("<8h", data, 40)[:4] == (3, 4, 3, 2)
+    assert struct.unpack_from("<hh", data, 70) == (2, 8)
+    assert struct.unpack_from("<4f", data, 76)[1:4] == pytest.approx((0.3, 0.4, 0.5))
+    assert struct.unpack_from("<f", data, 108)[0] == 352.0
+    assert data[344:348] == b"n+1\x00"
+    assert struct.unpack_from("<4f", data, 312) == pytest.approx((0.0, -0.4, 0.0, 0.0))
+    assert data[352:] == voxels.tobytes()
+    with pytest.raises(ValueError, match="spacing"):
+        nifti_bytes(voxels, (0.5, 0.0, 0.3))
+
+
+def test_volume_viewer_niivue_and_slices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    instance, truth = _study(tmp_path, "volume")
+    viewer = VolumeViewer.from_instance(instance)
+    assert viewer.backend == "niivue" and viewer.sliders == []
+    (vol,) = viewer.viewer.volumes
+    assert vol.data == nifti_bytes(instance.frames(), instance.voxel_spacing_mm or (1, 1, 1))
+    slices = VolumeViewer.from_instance(instance, backend="slices")
+    assert slices.backend == "slices" and len(slices.sliders) == 3
+    image = slices.viewer.children[0].children[0]
+    before = image.value
+    slices.sliders[0].value = 0
+    assert image.value != before
+    assert imagecodecs.png_decode(image.value).shape == (instance.rows, instance.columns)
+    monkeypatch.setattr(volume, "niivue_available", lambda: False)
+    fallback = VolumeViewer(instance.frames(), (0.6, 0.6, 0.6))
+    assert fallback.backend == "slices"
+    assert "ipyniivue is not installed" in fallback.children[0].value
+    with pytest.raises(ImportError, match="pip install"):
+        VolumeViewer(instance.frames(), (0.6, 0.6, 0.6), backend="niivue")
+    assert truth["kind"] == "volume"
+
+
+# --- worklist ----------------------------------------------------------------------------
+
+
+def test_worklist_rows_are_normalised_and_checked() -> None:
+    received = dt.datetime(2024, 5, 6, 7, 8, 9, 123)
+    (row,) = normalise_rows(
+        [
+            {
+                "study_instance_uid": "1.2.3",
+                "kinds": ("bmode", "pw_doppler"),
+                "received_at": received,
+                "findings": 2,
+                "unknown": "dropped",
+            }
+        ]
+    )
+    assert row["received_at"] == "2024-05-06 07:08:09"
+    assert row["kinds"] == ["bmode", "pw_doppler"] and row["findings"] == 2
+    assert row["claim"] == "" and "unknown" not in row
+    with pytest.raises(ValueError, match="row 0 has no study_instance_uid"):
+        normalise_rows([{"site": "A"}])
+    with pytest.raises(ValueError, match="listed twice"):
+        normalise_rows([{"study_instance_uid": "1"}, {"study_instance_uid": "1"}])
+    with pytest.raises(ValueError, match="cannot show"):
+        normalise_rows([{"study_instance_uid": "1", "claim": object()}])
+
+
+def test_worklist_actions_and_sort_from_python() -> None:
+    table = WorklistTable([{"study_instance_uid": "1.2", "site": "A"}])
+    heard: list[tuple[str, str]] = []
+    table.on_action(lambda kind, uid: heard.append((kind, uid)))
+    table.action = {"kind": "claim", "study": "1.2", "n": 1}
+    table.action = {"kind": "open", "study": "1.2", "n": 2}
+    table.action = {"kind": "delete", "study": "1.2", "n": 3}  # not an action: ignored
+    assert heard == [("claim", "1.2"), ("open", "1.2")]
+    table.sort_by("received_at", descending=True)
+    assert table.sort == {"key": "received_at", "descending": True}
+    with pytest.raises(traitlets.TraitError, match="unknown column"):
+        table.sort_by("password")
+    table.rows = [*table.rows, {"study_instance_uid": "1.3", "received_at": dt.date(2024, 1, 2)}]
+    assert [r["received_at"] for r in table.rows] == ["", "2024-01-02"]

@@ -1,0 +1,479 @@
+"""The review widgets in real headless chromium, through a standalone Voila server.
+
+One Voila server for the module; each test writes its notebook into the served folder and
+opens it as a dashboard (a kernel per page). Numbers are printed (run with ``-s``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import imagecodecs
+import numpy as np
+import pytest
+
+from tests import browser_support
+from usreview.simulate import simulate
+
+pytestmark = pytest.mark.slow
+
+chromium = browser_support.chromium
+voila = browser_support.voila
+
+CINE_FRAMES, CINE_RATE = 100, 50.0
+PLOT_MARGIN_LEFT, PLOT_MARGIN_TOP = 64, 12  # plot.js MARGIN
+
+
+@pytest.fixture(scope="module")
+def studies(voila: browser_support.VoilaServer) -> dict[str, Path]:
+    """Simulated studies inside the served folder (notebooks open them by relative path)."""
+    data = voila.root / "data"
+    return {
+        "cine": simulate(
+            "cine",
+            data / "cine",
+            frames=CINE_FRAMES,
+            rows=600,
+            columns=800,
+            frame_rate_hz=CINE_RATE,
+        )[0],
+        "bmode": simulate("bmode", data / "bmode", seed=3)[0],
+        "pw": simulate("pw", data / "pw", seed=1)[0],
+    }
+
+
+def _truth(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.with_name(path.stem + ".truth.json").read_text()))
+
+
+def _rel(voila: browser_support.VoilaServer, path: Path) -> str:
+    return str(path.relative_to(voila.root))
+
+
+@pytest.fixture
+def page(chromium: Any) -> Any:
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    yield context.new_page()
+    context.close()
+
+
+def _value(locator: Any) -> float:
+    return float(locator.get_attribute("data-value") or "nan")
+
+
+def _attr(page: Any, selector: str, name: str) -> str:
+    value = page.get_attribute(selector, name)
+    assert value is not None, f"{selector} has no {name}"
+    return str(value)
+
+
+# --- cine --------------------------------------------------------------------------------
+
+
+def test_cine_plays_at_the_dicom_frame_rate_pauses_and_steps(
+    voila: browser_support.VoilaServer, studies: dict[str, Path], page: Any
+) -> None:
+    browser_support.write_notebook(
+        voila.root / "cine.ipynb",
+        [
+            "import ipywidgets\n"
+            "from usreview.dicom import read\n"
+            "from usreview.review.widgets import CineViewer\n"
+            f"viewer = CineViewer.from_instance(read({_rel(voila, studies['cine'])!r}), "
+            "autoplay=True)\n"
+            "label = ipywidgets.Label('kernel frame -')\n"
+            "label.add_class('kernel-frame')\n"
+            "viewer.observe(lambda c: setattr(label, 'value', f'kernel frame {c.new}'), 'frame')\n"
+            "mb = viewer.payload_bytes / 1e6\n"
+            "print(f'encoded {mb:.1f} MB in {viewer.encode_seconds:.2f} s')",
+            "ipywidgets.VBox([viewer, label])",
+        ],
+    )
+    started = time.monotonic()
+    browser_support.open_dashboard(page, voila.url("cine.ipynb"), ".usr-cine[data-ready=true]")
+    shown_after = time.monotonic() - started
+    root = ".usr-cine"
+    assert _attr(page, root, "data-frames") == str(CINE_FRAMES)
+    assert _attr(page, root, "data-playing") == "true"
+    time.sleep(2.3)  # two complete one-second windows of the fps meter
+    fps = float(_attr(page, root, "data-fps"))
+    decode_ms = float(_attr(page, root, "data-decode-ms"))
+    print(
+        f"\ncine {CINE_FRAMES} frames 600x800 at {CINE_RATE:g} frames/s: dashboard ready in "
+        f"{shown_after:.1f} s (decode {decode_ms:.0f} ms), playing at {fps:.1f} frames/s"
+    )
+    # distinct frames drawn per second: the DICOM rate, never more
+    assert 30.0 <= fps <= CINE_RATE * 1.05, fps
+
+    # half speed halves the rate
+    page.select_option(".usr-speed", "0.5")
+    time.sleep(2.3)
+    half = float(_attr(page, root, "data-fps"))
+    print(f"cine at 0.5x: {half:.1f} frames/s")
+    assert half == pytest.approx(CINE_RATE / 2, rel=0.2)
+
+    # pause: the frame stops advancing and the kernel learns where
+    page.click(".usr-play")
+    assert _attr(page, root, "data-playing") == "false"
+    frame = int(_attr(page, root, "data-frame"))
+    time.sleep(0.6)
+    assert int(_attr(page, root, "data-frame")) == frame
+    page.wait_for_selector(f".kernel-frame:has-text('kernel frame {frame}')", timeout=10_000)
+
+    # step: exactly one frame each way
+    page.click(".usr-next")
+    assert int(_attr(page, root, "data-frame")) == (frame + 1) % CINE_FRAMES
+    page.click(".usr-prev")
+    page.click(".usr-prev")
+    assert int(_attr(page, root, "data-frame")) == (frame - 1) % CINE_FRAMES
+    time.sleep(0.3)
+    assert int(_attr(page, root, "data-frame")) == (frame - 1) % CINE_FRAMES
+    assert "frame" in page.inner_text(".usr-frame-label")
+
+
+# --- caliper -----------------------------------------------------------------------------
+
+
+def test_caliper_measures_inclusions_and_refuses_mixed_calibration(
+    voila: browser_support.VoilaServer, studies: dict[str, Path], page: Any
+) -> None:
+    browser_support.write_notebook(
+        voila.root / "caliper.ipynb",
+        [
+            "import ipywidgets\n"
+            "from scipy import ndimage\n"
+            "from usreview.dicom import read\n"
+            "from usreview.review.widgets import ImageViewer\n"
+            f"bmode = read({_rel(voila, studies['bmode'])!r})\n"
+            "smooth = ndimage.gaussian_filter(bmode.display_frame(0), 2)\n"
+            "caliper = ImageViewer.from_instance(bmode, filtered=smooth)\n"
+            f"duplex = ImageViewer.from_instance(read({_rel(voila, studies['pw'])!r}))\n"
+            "ipywidgets.VBox([caliper, duplex])",
+        ],
+    )
+    browser_support.open_dashboard(
+        page, voila.url("caliper.ipynb"), ".usr-caliper[data-ready=true]"
+    )
+    page.wait_for_function("document.querySelectorAll('.usr-caliper[data-ready=true]').length == 2")
+    truth = _truth(studies["bmode"])
+    spacing_mm = truth["pixel_spacing_mm"]
+    first = page.locator(".usr-caliper").nth(0)
+    canvas = first.locator("canvas.usr-canvas").first.element_handle()
+
+    # distance across the anechoic circle: its diameter, within one pixel
+    circle = next(i for i in truth["inclusions"] if i["shape"] == "circle")
+    cx, cy = circle["centre_pixel"]
+    r_px = circle["radius_mm"] / spacing_mm
+    browser_support.click_pixel(page, canvas, cx - r_px, cy)
+    browser_support.click_pixel(page, canvas, cx + r_px, cy)
+    text = first.locator(".usr-measure-text[data-name=distance]")
+    text.wait_for(timeout=10_000)
+    shown = _value(text)
+    print(f"\ncaliper: diameter {shown:.3f} mm, truth {circle['diameters_mm'][0]:.3f} mm")
+    assert shown == pytest.approx(circle["diameters_mm"][0], abs=spacing_mm)
+    assert text.inner_text().startswith("Distance ") and text.inner_text().endswith(" mm")
+
+    # ellipse on the elliptical inclusion: area within one pixel on each semi-axis
+    oval = next(i for i in truth["inclusions"] if i["shape"] == "ellipse")
+    ex, ey = oval["centre_pixel"]
+    a_mm, b_mm = oval["semi_axes_mm"]
+    first.locator(".usr-tool[data-tool=ellipse]").click()
+    page.wait_for_function(
+        "document.querySelector('.usr-caliper').dataset.tool === 'ellipse'", timeout=10_000
+    )
+    browser_support.click_pixel(page, canvas, ex, ey)
+    browser_support.click_pixel(page, canvas, ex + a_mm / spacing_mm, ey)
+    browser_support.click_pixel(page, canvas, ex, ey + b_mm / spacing_mm)
+    area = first.locator(".usr-measure-text[data-name=area]")
+    area.wait_for(timeout=10_000)
+    value = _value(area)
+    slack = math.pi * ((a_mm + spacing_mm) * (b_mm + spacing_mm) - a_mm * b_mm)
+    print(f"caliper: ellipse area {value:.2f} mm², truth {oval['area_mm2']:.2f} mm²")
+    assert value == pytest.approx(oval["area_mm2"], abs=slack)
+    assert "mm²" in area.inner_text()
+    assert first.locator(".usr-measure-text[data-name=circumference]").count() == 1
+    assert first.locator(".usr-measure-error").inner_text() == ""
+
+    # original and filtered toggle on the same pixel grid
+    first.locator(".usr-toggle").click()
+    page.wait_for_function(
+        "document.querySelector('.usr-caliper').dataset.showing === 'filtered'", timeout=10_000
+    )
+    assert first.locator("canvas.usr-canvas[data-role=filtered]").count() == 1
+
+    # a distance from the B-mode image into the spectral display is refused
+    pw = _truth(studies["pw"])
+    (bx0, by0), (bx1, by1) = pw["bmode_region"]["location_min"], pw["bmode_region"]["location_max"]
+    (sx0, sy0) = pw["region"]["location_min"]
+    second = page.locator(".usr-caliper").nth(1)
+    duplex = second.locator("canvas.usr-canvas").first.element_handle()
+    browser_support.click_pixel(page, duplex, (bx0 + bx1) / 2, (by0 + by1) / 2)
+    browser_support.click_pixel(page, duplex, sx0 + 100, sy0 + 60)
+    second.locator(".usr-measure-error:has-text('different calibration')").wait_for(timeout=10_000)
+    message = second.locator(".usr-measure-error").inner_text()
+    print(f"caliper refusal: {message}")
+    assert "measure within one region" in message
+    assert second.locator(".usr-measure-text").count() == 0
+
+
+# --- spectral Doppler --------------------------------------------------------------------
+
+
+def test_spectral_viewer_picks_give_psv_edv_ri(
+    voila: browser_support.VoilaServer, studies: dict[str, Path], page: Any
+) -> None:
+    truth = _truth(studies["pw"])
+    browser_support.write_notebook(
+        voila.root / "spectral.ipynb",
+        [
+            "import json\n"
+            "import numpy as np\n"
+            "from pathlib import Path\n"
+            "from usreview.dicom import read\n"
+            "from usreview.review.widgets import SpectralViewer\n"
+            f"path = Path({_rel(voila, studies['pw'])!r})\n"
+            "truth = json.loads(path.with_name('pw.truth.json').read_text())\n"
+            "trace = np.c_[truth['column_times_s'], truth['envelope_cm_s']]\n"
+            "SpectralViewer.from_instance(read(path), trace=trace)",
+        ],
+    )
+    browser_support.open_dashboard(page, voila.url("spectral.ipynb"), ".usr-plot[data-ready=true]")
+    root = page.locator(".usr-plot")
+    assert root.get_attribute("data-kind") == "SpectralViewer"
+    assert int(root.get_attribute("data-ticks-x") or 0) >= 3
+    assert int(root.get_attribute("data-ticks-y") or 0) >= 3
+    canvas = root.locator("canvas.usr-canvas").element_handle()
+    x0, y0 = truth["region"]["location_min"]
+
+    cycle = truth["cycles"][1]
+    times = truth["column_times_s"]
+    envelope = truth["envelope_cm_s"]
+    inside = [k for k, t in enumerate(times) if cycle["start_s"] <= t < cycle["start_s"] + 0.5]
+    k = max(inside, key=lambda i: abs(envelope[i]))
+    dv, dt, baseline = truth["cm_s_per_pixel"], truth["s_per_pixel"], truth["baseline_row"]
+    peak = (x0 + times[k] / dt, baseline - envelope[k] / dv)
+    end = cycle["start_s"] + cycle["period_s"]
+    end_diastole = (x0 + end / dt, baseline - cycle["edv_cm_s"] / dv)
+
+    # the automatic trace is drawn where the caller put it (yellow), before any pick
+    around = canvas.evaluate(
+        "(c, p) => Array.from(c.getContext('2d').getImageData(p[0] - 1, p[1] - 1, 3, 3).data)",
+        [
+            math.floor(PLOT_MARGIN_LEFT + peak[0] - x0 + 0.5),
+            math.floor(PLOT_MARGIN_TOP + peak[1] - y0 + 0.5),
+        ],
+    )
+    pixels = [around[i : i + 3] for i in range(0, len(around), 4)]
+    assert any(r > 200 and g > 170 and b < 90 for r, g, b in pixels), pixels
+
+    offset, origin = (PLOT_MARGIN_LEFT, PLOT_MARGIN_TOP), (x0, y0)
+    browser_support.click_pixel(page, canvas, *peak, offset=offset, origin=origin)
+    page.wait_for_function(
+        "document.querySelector('.usr-plot').dataset.role === 'end_diastole'", timeout=10_000
+    )
+    browser_support.click_pixel(page, canvas, *end_diastole, offset=offset, origin=origin)
+    ri = root.locator(".usr-result[data-name=resistive_index]")
+    ri.wait_for(timeout=10_000)
+    psv = _value(root.locator(".usr-result[data-name=peak_systolic_velocity]"))
+    edv = _value(root.locator(".usr-result[data-name=end_diastolic_velocity]"))
+    ri_value = _value(ri)
+    print(
+        f"\nspectral picks: PSV {psv:.2f} (truth {cycle['psv_cm_s']:.2f}) cm/s, "
+        f"EDV {edv:.2f} (truth {cycle['edv_cm_s']:.2f}) cm/s, RI {ri_value:.3f} "
+        f"(truth {cycle['ri']:.3f})"
+    )
+    # one row of velocity for the click, 1% for sampling the true peak at a column
+    assert psv == pytest.approx(cycle["psv_cm_s"], abs=dv + 0.01 * cycle["psv_cm_s"])
+    assert edv == pytest.approx(cycle["edv_cm_s"], abs=dv)
+    assert ri_value == pytest.approx(cycle["ri"], abs=0.015)
+    assert root.locator(".usr-measure-error").inner_text() == ""
+
+
+# --- worklist ----------------------------------------------------------------------------
+
+WORKLIST_ROWS = """
+import datetime, random
+def make_rows(n=5000, sites=60, seed=7):
+    rng = random.Random(seed)
+    statuses = ["received", "processed", "in review", "published", "delivered", "failed"]
+    kinds = ["bmode", "cine", "pw_doppler", "cw_doppler", "mmode", "color_flow", "volume"]
+    start = datetime.datetime(2024, 1, 1, 8, 0, 0)
+    rows = []
+    for i in range(n):
+        rows.append({
+            "study_instance_uid": f"1.2.826.0.1.3680043.99.{i}",
+            "site": f"Site {rng.randrange(sites):02d}",
+            "patient_name": f"PATIENT^{rng.choice('ABCDEFGHJKLMNPRSTUVWZ')}{i:05d}",
+            "patient_id": f"P{rng.randrange(10**6):06d}",
+            "study_description": rng.choice(
+                ["Abdomen", "Carotid Doppler", "Echo", "Renal", "Obstetric"]
+            ),
+            "kinds": rng.sample(kinds, rng.randint(1, 3)),
+            "received_at": start + datetime.timedelta(minutes=rng.randrange(60 * 24 * 90)),
+            "status": rng.choice(statuses),
+            "urgency": rng.choices(["routine", "urgent", "stat"], [90, 8, 2])[0],
+            "findings": rng.randint(0, 4),
+            "claim": "",
+        })
+    return rows
+"""
+
+
+def test_worklist_of_5000_rows_renders_sorts_filters_and_acts(
+    voila: browser_support.VoilaServer, page: Any
+) -> None:
+    namespace: dict[str, Any] = {}
+    exec(WORKLIST_ROWS, namespace)
+    rows: list[dict[str, Any]] = namespace["make_rows"]()
+    assert len({r["site"] for r in rows}) == 60
+    browser_support.write_notebook(
+        voila.root / "worklist.ipynb",
+        [
+            WORKLIST_ROWS,
+            "import ipywidgets\n"
+            "from usreview.review.widgets import WorklistTable\n"
+            "rows = make_rows()\n"
+            "table = WorklistTable(rows)\n"
+            "said = ipywidgets.Label('no action')\n"
+            "said.add_class('said')\n"
+            "table.on_action(lambda kind, uid: setattr(said, 'value', f'{kind} {uid}'))\n"
+            "more = ipywidgets.Button(description='Add a study')\n"
+            "more.add_class('add-study')\n"
+            "def add(_):\n"
+            "    extra = dict(rows[0], study_instance_uid='9.9.9', patient_name='ZZ^NEW',"
+            " received_at='2099-01-01 00:00:00', site='Site 07')\n"
+            "    table.rows = [*table.rows, extra]\n"
+            "more.on_click(add)\n"
+            "ipywidgets.VBox([table, said, more])",
+        ],
+    )
+    started = time.monotonic()
+    browser_support.open_dashboard(page, voila.url("worklist.ipynb"), ".usr-wl-row")
+    shown = time.monotonic()
+    root = ".usr-worklist"
+    render_ms = float(_attr(page, root, "data-render-ms"))
+    print(
+        f"\nworklist 5000 rows / 60 sites: page shown {shown - started:.1f} s after navigation "
+        f"(kernel start included), client render {render_ms:.1f} ms"
+    )
+    assert _attr(page, root, "data-total") == "5000"
+    assert _attr(page, root, "data-shown") == "5000"
+    drawn = page.locator(".usr-wl-row").count()
+    assert 10 <= drawn <= 80, drawn  # virtualised: only the rows in view exist
+    assert render_ms < 2000
+
+    def timed(action: Any, condition: str) -> float:
+        t0 = time.perf_counter()
+        action()
+        page.wait_for_function(condition, timeout=2000)
+        return (time.perf_counter() - t0) * 1000
+
+    by_time = sorted(rows, key=lambda r: (r["received_at"], 0))
+    sort_ms = timed(
+        lambda: page.click(".usr-wl-th[data-key=received_at]"),
+        "document.querySelector('.usr-worklist').dataset.sortDir === 'asc'",
+    )
+    assert _attr(page, root, "data-first-uid") == by_time[0]["study_instance_uid"]
+    first_row = page.locator(".usr-wl-row").first
+    assert first_row.get_attribute("data-uid") == by_time[0]["study_instance_uid"]
+    timed(
+        lambda: page.click(".usr-wl-th[data-key=received_at]"),
+        "document.querySelector('.usr-worklist').dataset.sortDir === 'desc'",
+    )
+    latest = max(rows, key=lambda r: r["received_at"])
+    assert _attr(page, root, "data-first-uid") == latest["study_instance_uid"]
+
+    site_rows = [r for r in rows if r["site"] == "Site 07"]
+    filter_ms = timed(
+        lambda: page.select_option(".usr-wl-site", "Site 07"),
+        f"document.querySelector('.usr-worklist').dataset.shown === '{len(site_rows)}'",
+    )
+    term = "carotid"
+    matching = [r for r in site_rows if term in r["study_description"].lower()]
+    query_ms = timed(
+        lambda: page.fill(".usr-wl-query", term),
+        f"document.querySelector('.usr-worklist').dataset.shown === '{len(matching)}'",
+    )
+    print(
+        f"worklist: sort {sort_ms:.0f} ms, site filter {filter_ms:.0f} ms, "
+        f"text filter {query_ms:.0f} ms (120 ms debounce included)"
+    )
+    for line in page.locator(".usr-wl-row").all():
+        assert line.locator(".usr-wl-td[data-key=site]").inner_text() == "Site 07"
+
+    # urgency stands out, and sorts most urgent first
+    page.fill(".usr-wl-query", "")
+    page.select_option(".usr-wl-site", "")
+    page.select_option(".usr-wl-status", "failed")
+    background = "e => getComputedStyle(e).backgroundColor"
+    routine = page.locator(".usr-wl-row.usr-urgency-routine").first
+    plain = routine.evaluate(background)
+    page.click(".usr-wl-th[data-key=urgency]")
+    page.wait_for_function(
+        "document.querySelector('.usr-worklist').dataset.sortKey === 'urgency'", timeout=2000
+    )
+    stat = page.locator(".usr-wl-row").first
+    assert stat.get_attribute("data-urgency") == "stat"
+    assert "usr-urgency-stat" in (stat.get_attribute("class") or "")
+    assert stat.evaluate(background) != plain
+
+    # new rows from the kernel keep the sort and the filters
+    shown_before = int(_attr(page, root, "data-shown"))
+    page.click(".add-study")
+    page.wait_for_function(
+        "document.querySelector('.usr-worklist').dataset.total === '5001'", timeout=10_000
+    )
+    assert _attr(page, root, "data-sort-key") == "urgency"
+    assert page.input_value(".usr-wl-site") == ""
+    assert page.input_value(".usr-wl-status") == "failed"
+    expected = shown_before + (1 if rows[0]["status"] == "failed" else 0)
+    assert int(_attr(page, root, "data-shown")) == expected
+
+    # Claim and Open reach the kernel
+    uid = _attr(page, root, "data-first-uid")
+    page.locator(f".usr-wl-row[data-uid='{uid}'] .usr-claim").click()
+    page.wait_for_selector(f".said:has-text('claim {uid}')", timeout=10_000)
+    page.locator(f".usr-wl-row[data-uid='{uid}'] .usr-open").click()
+    page.wait_for_selector(f".said:has-text('open {uid}')", timeout=10_000)
+
+
+# --- volume ------------------------------------------------------------------------------
+
+
+def test_volume_viewer_renders_niivue_and_slices(
+    voila: browser_support.VoilaServer, page: Any
+) -> None:
+    path = simulate("volume", voila.root / "data" / "volume")[0]
+    browser_support.write_notebook(
+        voila.root / "volume.ipynb",
+        [
+            "import ipywidgets\n"
+            "from usreview.dicom import read\n"
+            "from usreview.review.widgets import VolumeViewer\n"
+            f"instance = read({_rel(voila, path)!r})\n"
+            "ipywidgets.VBox([VolumeViewer.from_instance(instance, height=360),\n"
+            "                 VolumeViewer.from_instance(instance, backend='slices')])",
+        ],
+    )
+    browser_support.open_dashboard(page, voila.url("volume.ipynb"), ".usr-volume-slices img")
+    niivue = page.locator(".usr-volume-niivue canvas").first
+    niivue.wait_for(timeout=30_000)
+    box = niivue.bounding_box()
+    assert box is not None and box["width"] > 100 and box["height"] > 100
+    # the planes and the rendering show the volume's grey speckle, not a black canvas
+    deadline = time.monotonic() + 20
+    grey = 0.0
+    while time.monotonic() < deadline and grey < 0.3:
+        rgb = imagecodecs.png_decode(niivue.screenshot())[..., :3].astype(int)
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        grey = float(np.mean((r > 60) & (r < 230) & (abs(r - g) < 12) & (abs(r - b) < 12)))
+        time.sleep(0.5)
+    print(f"\nniivue canvas {box['width']:.0f}x{box['height']:.0f}, grey fraction {grey:.2f}")
+    assert grey >= 0.3
+    assert page.locator(".usr-volume-slices img").count() == 3
+    for image in page.locator(".usr-volume-slices img").all():
+        assert image.evaluate("i => i.complete && i.naturalWidth > 0")

@@ -1,0 +1,91 @@
+"""``GET /studies/{uid}/reports`` (every published version) and ``POST`` (publish one).
+
+A report is published by the reviewer who holds the study's claim (409 otherwise), from a
+JSON body of at most
+:attr:`~usreview.hub.api.settings.ServiceSettings.max_report_bytes` (413) whose every
+field is checked (400 naming the ``field``); :func:`usreview.hub.api.reporting.publish_report`
+does the rest. Sites and trainees get the 404 of a missing study. Reading is audited as
+a read, publishing as a write.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from usreview.errors import ReportError
+from usreview.hub.api.base import BaseHandler, check_uid
+from usreview.hub.api.errors import ApiError, not_found
+from usreview.hub.api.reporting import publish_report
+from usreview.hub.api.views import iso, report_view
+from usreview.hub.audit import AuditAction
+from usreview.review.report import Report
+from usreview.store import Reviewer
+
+__all__ = ["ReportsHandler"]
+
+_JSON = "application/json"
+
+
+class ReportsHandler(BaseHandler):
+    """The published versions of a study's report; publish a new one."""
+
+    def _caller(self, study_instance_uid: str) -> Reviewer:
+        hide = ("study", study_instance_uid)
+        reviewer = self.reviewer(hide=hide)
+        if not check_uid(study_instance_uid):
+            raise not_found(*hide)
+        return reviewer
+
+    async def get(self, study_instance_uid: str) -> None:
+        """``{"reports": [...]}``, oldest first."""
+        reviewer = self._caller(study_instance_uid)
+        review = self.context.archive.review
+        reports = await self.blocking(review.reports, reviewer, study_instance_uid)
+        await self.audit(AuditAction.READ, detail={"count": len(reports)})
+        self.write_json({"reports": [report_view(r) for r in reports]})
+
+    async def post(self, study_instance_uid: str) -> None:
+        """Publish a report: 201 with its version, SR UID, time and result cursors."""
+        self.audit_action = AuditAction.WRITE
+        reviewer = self._caller(study_instance_uid)
+        report = Report.from_json(self._body())
+        record = await self.blocking(
+            publish_report, self.context, reviewer, study_instance_uid, report
+        )
+        await self.audit(
+            AuditAction.WRITE,
+            "published",
+            {
+                "version": record.version,
+                "sop_instance_uid": record.sop_instance_uid,
+                "results": record.cursors,
+                "recipients": list(record.recipients),
+            },
+        )
+        self.write_json(
+            {
+                "version": record.version,
+                "sop_instance_uid": record.sop_instance_uid,
+                "published_at": iso(record.published_at),
+                "results": record.cursors,
+                "supersedes": record.supersedes,
+            },
+            status=201,
+        )
+
+    def _body(self) -> Any:
+        cap = self.context.settings.max_report_bytes
+        if len(self.request.body) > cap:
+            raise ApiError(413, "too_large", f"a report may be at most {cap} bytes")
+        media = self.request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        if media != _JSON:
+            raise ApiError(415, "unsupported_media_type", f"send the report as {_JSON}")
+        try:
+            return json.loads(self.request.body, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            raise ReportError("report", "the body is not JSON") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")

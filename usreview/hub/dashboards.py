@@ -1,0 +1,87 @@
+"""The single-user servers of reviewers, trainees and scientists, with their dashboards.
+
+Each person's server is a JupyterHub single-user Jupyter server with Voila. Before it
+starts, :func:`prepare_server` (JupyterHub's ``pre_spawn_hook``) copies the dashboards
+(the repository's ``notebooks/``, or ``$USREVIEW_NOTEBOOKS``) into ``HOME/usreview/``
+and sets where the person lands after logging in: reviewers on the worklist, the others
+on JupyterLab. Its token (``$JUPYTERHUB_API_TOKEN``, which the Voila kernels inherit)
+carries :data:`SERVER_TOKEN_SCOPES` — of which JupyterHub grants only those the person
+holds — so the dashboards call the usreview service as that person: the service checks
+and audits every read and write. The service's loopback URL is ``$USREVIEW_SERVICE_URL``.
+
+Terminals are off. Kernels still run code as the server's system user: the embedded
+``SimpleLocalProcessSpawner`` gives every person the hub's own account, which is why a
+deployment with patient data uses a spawner with one system user (or container) per
+person (see :mod:`usreview.hub.config`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Final
+
+from usreview.hub.roles import CUSTOM_SCOPES, SERVICE
+
+__all__ = [
+    "DASHBOARD_FOLDER",
+    "NOTEBOOKS_ENV",
+    "SERVER_TOKEN_SCOPES",
+    "SERVICE_URL_ENV",
+    "landing_url",
+    "notebooks_dir",
+    "prepare_server",
+]
+
+NOTEBOOKS_ENV: Final = "USREVIEW_NOTEBOOKS"
+SERVICE_URL_ENV: Final = "USREVIEW_SERVICE_URL"
+DASHBOARD_FOLDER: Final = "usreview"
+"""The folder of each person's home that holds the dashboards (replaced at each start)."""
+
+SERVER_TOKEN_SCOPES: Final = (
+    "users:activity!user",  # JupyterHub's own server role
+    "access:servers!server",
+    f"access:services!service={SERVICE}",
+    *sorted(name for name in CUSTOM_SCOPES if name != "custom:usreview:admin"),
+)
+"""Scopes asked for each server's token; JupyterHub keeps those the owner holds."""
+
+_LANDING: Final = {
+    "reviewers": f"/voila/render/{DASHBOARD_FOLDER}/worklist.ipynb",
+    "admins": f"/voila/render/{DASHBOARD_FOLDER}/worklist.ipynb",
+}
+_DEFAULT_LANDING: Final = "/lab"
+
+
+def notebooks_dir() -> Path:
+    """Where the dashboards are: ``$USREVIEW_NOTEBOOKS``, else the repository's ``notebooks/``."""
+    configured = os.environ.get(NOTEBOOKS_ENV)
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / "notebooks"
+
+
+def landing_url(groups: list[str]) -> str:
+    """The server URL a person of ``groups`` lands on after logging in."""
+    for group, url in _LANDING.items():
+        if group in groups:
+            return url
+    return _DEFAULT_LANDING
+
+
+def prepare_server(spawner: Any) -> None:
+    """JupyterHub ``pre_spawn_hook``: copy the dashboards home, set the landing page."""
+    groups = sorted(group.name for group in spawner.user.groups)
+    spawner.default_url = landing_url(groups)
+    template = getattr(spawner, "home_dir_template", None)
+    if template is None:  # another spawner: its image or home provides the dashboards
+        return
+    home = Path(template.format(username=spawner.user.name))
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    home.chmod(0o700)  # each person's files are theirs alone
+    target = home / DASHBOARD_FOLDER
+    source = notebooks_dir()
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*", "__pycache__"))

@@ -1,0 +1,241 @@
+"""The dashboards' connection to the usreview service, as the reviewer who opened them.
+
+>>> client = ReviewClient.from_environment()          # doctest: +SKIP
+>>> [s["study_instance_uid"] for s in client.studies(status="processed")]  # doctest: +SKIP
+>>> client.claim(uid)                                   # doctest: +SKIP
+>>> instance = client.instance(sop_uid)                 # usreview.dicom.UltrasoundInstance
+
+Inside a single-user server the service's loopback URL is ``$USREVIEW_SERVICE_URL``
+and the reviewer's token ``$JUPYTERHUB_API_TOKEN`` (both set by the hub, see
+:mod:`usreview.hub.dashboards`). Every call is checked and audited by the service; an
+answer that is not a success raises :class:`ServiceError` (or :class:`ClaimedError`)
+with the service's own message. Instances are downloaded once per session into a
+private temporary folder (mode 0700) that is removed when the client is closed or the
+kernel exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import http.client
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote, urlencode, urlsplit
+
+from usreview.errors import ReviewError
+
+if TYPE_CHECKING:
+    from usreview.dicom import UltrasoundInstance
+
+__all__ = ["ClaimedError", "ReviewClient", "ServiceError"]
+
+_SERVICE_URL_ENV: Final = "USREVIEW_SERVICE_URL"  # as usreview.hub.dashboards sets it
+_TOKEN_ENV: Final = "JUPYTERHUB_API_TOKEN"
+_CHUNK: Final = 1024 * 1024
+
+
+class ServiceError(ReviewError):
+    """The service refused or failed a request; ``status`` and ``error`` say how."""
+
+    def __init__(self, status: int, error: str, message: str, body: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.body = dict(body)
+
+
+class ClaimedError(ServiceError):
+    """Another reviewer holds the study (HTTP 409); ``body["claim"]`` says who, until when."""
+
+
+class ReviewClient:
+    """Calls of the service's review API (``api/v1``) with one person's token."""
+
+    def __init__(self, service_url: str, token: str, *, timeout: float = 60.0) -> None:
+        parts = urlsplit(service_url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ReviewError(
+                f"service URL must be http(s)://HOST:PORT/PREFIX/, not {service_url!r}"
+            )
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path.rstrip("/") + "/api/v1"
+        self._token = token
+        self._timeout = timeout
+        self._local = threading.local()
+        self._cache: Path | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_environment(cls) -> ReviewClient:
+        """The client of the person whose server this is.
+
+        Raises
+        ------
+        ReviewError
+            Outside a hub's single-user server (the variables are missing).
+        """
+        url, token = os.environ.get(_SERVICE_URL_ENV), os.environ.get(_TOKEN_ENV)
+        if not url or not token:
+            raise ReviewError(
+                f"${_SERVICE_URL_ENV} and ${_TOKEN_ENV} are not set: the dashboards run in a "
+                "reviewer's server started by the usreview hub"
+            )
+        return cls(url, token)
+
+    # Studies and instances -------------------------------------------------------------
+
+    def studies(
+        self, *, site: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The studies the caller may read, newest first (the worklist's rows)."""
+        query = {k: v for k, v in (("site", site), ("status", status)) if v}
+        return list(self._json("GET", "/studies", query=query)["studies"])
+
+    def study(self, study_instance_uid: str) -> dict[str, Any]:
+        """One study: series, instances with their analyses and processing, claim, reports."""
+        return dict(self._json("GET", f"/studies/{quote(study_instance_uid)}"))
+
+    def analysis(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        """The automatic results of one instance, or ``None`` while there are none."""
+        try:
+            return dict(self._json("GET", f"/instances/{quote(sop_instance_uid)}/analysis"))
+        except ServiceError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def instance_file(self, sop_instance_uid: str) -> Path:
+        """The instance's DICOM file, downloaded once into the private cache."""
+        path = self._cache_dir() / f"{sop_instance_uid}.dcm"
+        if path.exists():
+            return path
+        partial = path.with_suffix(".part")
+        response = self._request("GET", f"/instances/{quote(sop_instance_uid)}")
+        with open(partial, "wb") as out:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+        partial.replace(path)
+        return path
+
+    def instance(self, sop_instance_uid: str) -> UltrasoundInstance:
+        """The instance, read with :func:`usreview.dicom.read` (frames decoded lazily)."""
+        from usreview.dicom import read
+
+        return read(self.instance_file(sop_instance_uid))
+
+    # Claims and reports ----------------------------------------------------------------
+
+    def claim(self, study_instance_uid: str) -> dict[str, Any]:
+        """Claim (or renew the claim on) a study; raises :class:`ClaimedError` if taken."""
+        return dict(self._json("POST", f"/studies/{quote(study_instance_uid)}/claim"))
+
+    def release(self, study_instance_uid: str) -> None:
+        """Give the study back to the worklist."""
+        self._json("DELETE", f"/studies/{quote(study_instance_uid)}/claim")
+
+    def publish(self, study_instance_uid: str, report: Mapping[str, Any]) -> dict[str, Any]:
+        """Publish a report (or an amendment of the last one); the claim must be held."""
+        path = f"/studies/{quote(study_instance_uid)}/reports"
+        return dict(self._json("POST", path, body=report))
+
+    def reports(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """Every published version of the study's report, oldest first."""
+        path = f"/studies/{quote(study_instance_uid)}/reports"
+        return list(self._json("GET", path)["reports"])
+
+    # Plumbing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection and remove the downloaded instances."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+        with self._lock:
+            if self._cache is not None:
+                shutil.rmtree(self._cache, ignore_errors=True)
+                self._cache = None
+
+    def __enter__(self) -> ReviewClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _cache_dir(self) -> Path:
+        with self._lock:
+            if self._cache is None:
+                self._cache = Path(tempfile.mkdtemp(prefix="usreview-review-"))
+                atexit.register(shutil.rmtree, self._cache, True)
+            return self._cache
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            connection = cls(self._host, self._port, timeout=self._timeout)
+            self._local.connection = connection
+        return connection
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> http.client.HTTPResponse:
+        url = self._prefix + path + (f"?{urlencode(query)}" if query else "")
+        headers = {"Authorization": f"token {self._token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        for attempt in (1, 2):  # a kept-alive connection the service closed: once more
+            connection = self._connection()
+            try:
+                connection.request(method, url, body=data, headers=headers)
+                response = connection.getresponse()
+                break
+            except (ConnectionError, http.client.HTTPException) as exc:
+                connection.close()
+                self._local.connection = None
+                if attempt == 2:
+                    raise ReviewError(f"the usreview service does not answer ({exc})") from exc
+        if response.status >= 400:
+            _raise(response)
+        return response
+
+    def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        response = self._request(method, path, query=query, body=body)
+        data = response.read()
+        return json.loads(data) if data else {}
+
+
+def _raise(response: http.client.HTTPResponse) -> None:
+    data = response.read()
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    error = str(body.get("error", "error"))
+    message = str(body.get("message") or f"HTTP {response.status} {response.reason}")
+    cls = ClaimedError if response.status == 409 and error == "claimed" else ServiceError
+    raise cls(response.status, error, message, body)

@@ -1,0 +1,307 @@
+"""The two dashboards, as composite widgets the notebooks display.
+
+``notebooks/worklist.ipynb`` shows :func:`worklist_page`, ``notebooks/study.ipynb``
+shows :func:`study_page` for ``?study=UID``. Both run in the reviewer's Voila kernel and
+call the service as the reviewer (:class:`~usreview.review.client.ReviewClient`).
+
+- :class:`WorklistPage`: every study the reviewer may read, from every site, refreshed
+  every few seconds while instances arrive; *Claim* takes a study (another reviewer's
+  claim is refused with who holds it and until when), *Open* shows it in place.
+- :class:`StudyPage`: the study's instances as thumbnails, a viewer for the selected
+  one (:func:`viewer_for`), the automatic results to accept, correct or reject
+  (:class:`~usreview.review.results.ResultsPanel`), the report form
+  (:class:`~usreview.review.form.ReportForm`) and the published versions.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs
+
+import ipywidgets as w
+
+from usreview.errors import UsreviewError
+from usreview.review.client import ClaimedError, ReviewClient
+from usreview.review.form import ReportForm
+from usreview.review.results import ResultsPanel
+
+if TYPE_CHECKING:  # the worklist opens fast: DICOM and processing load with a study
+    from usreview.dicom import UltrasoundInstance
+
+__all__ = [
+    "REFRESH_SECONDS",
+    "StudyPage",
+    "WorklistPage",
+    "study_page",
+    "study_uid_from_query",
+    "worklist_page",
+]
+
+REFRESH_SECONDS: Final = 3.0
+_log = logging.getLogger(__name__)
+_THUMB: Final = 96
+
+
+def study_uid_from_query(query: str | None = None) -> str | None:
+    """The ``study`` parameter of the page's query string (Voila's ``$QUERY_STRING``)."""
+    values = parse_qs(query if query is not None else os.environ.get("QUERY_STRING", ""))
+    found = values.get("study")
+    return found[0] if found else None
+
+
+def _me() -> str:
+    return os.environ.get("JUPYTERHUB_USER", "")
+
+
+def _banner(text: str, *, error: bool = False) -> str:
+    colour = "#b00020" if error else "#1b5e20"
+    return f'<div class="usreview-message" style="color:{colour}">{html.escape(text)}</div>'
+
+
+class WorklistPage(w.VBox):  # type: ignore[misc]
+    """The worklist, its messages and, once a study is opened, that study in place."""
+
+    def __init__(self, client: ReviewClient, *, refresh_seconds: float = REFRESH_SECONDS) -> None:
+        from usreview.review.widgets import WorklistTable
+
+        self.client = client
+        self.message = w.HTML()
+        self.table = WorklistTable(rows=[], me=_me())
+        self.table.observe(self._on_action, "action")
+        self._stop = threading.Event()
+        self._refresh_seconds = refresh_seconds
+        title = w.HTML(f"<h2>Worklist</h2><div>Signed in as <b>{html.escape(_me())}</b></div>")
+        self._list_view = w.VBox([title, self.message, self.table])
+        super().__init__([self._list_view])
+        self.add_class("usreview-worklist-page")
+        self.refresh()
+        if refresh_seconds > 0:
+            threading.Thread(target=self._refresh_loop, name="worklist", daemon=True).start()
+
+    def refresh(self) -> None:
+        """Read the studies again (sort and filters are kept)."""
+        try:
+            self.table.rows = self.client.studies()
+        except UsreviewError as exc:
+            self.message.value = _banner(f"Cannot read the worklist: {exc}", error=True)
+
+    def close(self) -> None:
+        """Stop refreshing."""
+        self._stop.set()
+        super().close()
+
+    def show_list(self) -> None:
+        """Back from a study to the list."""
+        self.children = [self._list_view]
+        self.refresh()
+
+    def open_study(self, uid: str) -> None:
+        """Show one study in place of the list."""
+        back = w.Button(description="Back to worklist", icon="arrow-left")
+        back.add_class("usreview-back")
+        back.on_click(lambda _: self.show_list())
+        self.children = [w.VBox([back, StudyPage(self.client, uid)])]
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self._refresh_seconds):
+            if self.children and self.children[0] is self._list_view:
+                try:
+                    self.refresh()
+                except Exception:  # a kernel thread must not die on one bad refresh
+                    _log.exception("worklist refresh failed")
+
+    def _on_action(self, change: dict[str, Any]) -> None:
+        action = change["new"] or {}
+        uid = action.get("study")
+        if not uid:
+            return
+        if action.get("kind") == "claim":
+            self.claim(uid)
+        elif action.get("kind") == "release":
+            self.release(uid)
+        elif action.get("kind") == "open":
+            self.open_study(uid)
+
+    def claim(self, uid: str) -> None:
+        """Claim a study and say so (or who holds it)."""
+        try:
+            claim = self.client.claim(uid)
+        except ClaimedError as exc:
+            self.message.value = _banner(f"Not claimed: {exc}", error=True)
+        except UsreviewError as exc:
+            self.message.value = _banner(f"Not claimed: {exc}", error=True)
+        else:
+            self.message.value = _banner(f"You hold this study until {claim['expires_at']}.")
+        self.refresh()
+
+    def release(self, uid: str) -> None:
+        """Give a claimed study back."""
+        try:
+            self.client.release(uid)
+        except UsreviewError as exc:
+            self.message.value = _banner(f"Not released: {exc}", error=True)
+        else:
+            self.message.value = _banner("Study released.")
+        self.refresh()
+
+
+class StudyPage(w.VBox):  # type: ignore[misc]
+    """One study: thumbnails, the selected instance's viewer, results, report."""
+
+    def __init__(self, client: ReviewClient, study_instance_uid: str) -> None:
+        self.client = client
+        self.uid = study_instance_uid
+        self.message = w.HTML()
+        self.viewer_box = w.VBox([w.HTML("<i>Choose an image.</i>")])
+        self.viewer_box.add_class("usreview-viewer")
+        self.instances: dict[str, UltrasoundInstance] = {}
+        try:
+            self.study = client.study(study_instance_uid)
+        except UsreviewError as exc:
+            super().__init__([_error_html(f"Cannot open the study: {exc}")])
+            return
+        records = [i for s in self.study["series"] for i in s["instances"]]
+        self.records = {r["sop_instance_uid"]: r for r in records}
+        self.results = ResultsPanel(records)
+        self.form = ReportForm(
+            key_images=[(f"{', '.join(r['kinds'])} {r['sop_instance_uid'][-8:]}",
+                         r["sop_instance_uid"]) for r in records],
+            sites=self._other_sites(),
+            exam_type=_exam_type(records),
+            on_publish=self._publish,
+        )  # fmt: skip
+        self.header = w.HTML()
+        self.claim_button = w.Button(description="Claim", icon="lock")
+        self.claim_button.add_class("usreview-claim")
+        self.claim_button.on_click(lambda _: self._claim())
+        self._render_header()
+        thumbnails = w.HBox([self._thumbnail(r) for r in records])
+        thumbnails.add_class("usreview-thumbnails")
+        super().__init__(
+            [
+                w.HBox([self.header, self.claim_button]),
+                self.message,
+                thumbnails,
+                w.HBox([self.viewer_box, w.VBox([self.results], layout=w.Layout(width="40%"))]),
+                self.form,
+            ]
+        )
+        self.add_class("usreview-study-page")
+        if records:
+            self.show(records[0]["sop_instance_uid"])
+
+    # Actions ---------------------------------------------------------------------------
+
+    def show(self, sop_instance_uid: str) -> None:
+        """Show one instance in the viewer that fits its kind."""
+        from usreview.review.viewers import viewer_for
+
+        try:
+            instance = self._instance(sop_instance_uid)
+            record = self.records[sop_instance_uid]
+            self.viewer_box.children = [viewer_for(instance, record, self.results)]
+        except UsreviewError as exc:
+            self.viewer_box.children = [_error_html(f"Cannot show this image: {exc}")]
+
+    def _claim(self) -> None:
+        try:
+            self.study["claim"] = self.client.claim(self.uid)
+            self.message.value = _banner("You hold this study.")
+        except UsreviewError as exc:
+            self.message.value = _banner(f"Not claimed: {exc}", error=True)
+        self._render_header()
+
+    def _publish(self, form: ReportForm) -> None:
+        body = form.report(self.results.measurements())
+        try:
+            answer = self.client.publish(self.uid, body)
+        except UsreviewError as exc:
+            form.failed(str(exc))
+            return
+        form.published(answer)
+        self.message.value = _banner(
+            f"Report version {answer['version']} published to {self.study['site']}"
+            + (f" and {', '.join(body['recipients'])}" if body["recipients"] else "")
+            + "."
+        )
+
+    # Parts -----------------------------------------------------------------------------
+
+    def _instance(self, uid: str) -> UltrasoundInstance:
+        if uid not in self.instances:
+            self.instances[uid] = self.client.instance(uid)
+        return self.instances[uid]
+
+    def _thumbnail(self, record: Mapping[str, Any]) -> w.Widget:
+        uid = record["sop_instance_uid"]
+        button = w.Button(description=", ".join(record["kinds"])[:28], tooltip=uid)
+        button.add_class("usreview-thumbnail")
+        button.on_click(lambda _: self.show(uid))
+        try:
+            image = w.Image(value=_thumbnail_png(self._instance(uid)), format="png")
+        except UsreviewError as exc:
+            image = _error_html(str(exc))
+        return w.VBox([image, button], layout=w.Layout(width="140px"))
+
+    def _render_header(self) -> None:
+        s = self.study
+        claim = s.get("claim") or {}
+        who = "you" if claim.get("reviewer") == _me() else (claim.get("reviewer") or "nobody")
+        patient = s.get("patient_name") or "(no name)"
+        self.header.value = (
+            f"<h2>{html.escape(patient)} <small>{html.escape(s.get('patient_id') or '')}</small>"
+            f"</h2><div>{html.escape(s.get('study_description') or 'Ultrasound study')} · "
+            f"site <b>{html.escape(s['site'])}</b> · status <b class='usreview-status'>"
+            f"{html.escape(s['status'])}</b> · claimed by <b class='usreview-claimant'>"
+            f"{html.escape(who)}</b></div>"
+        )
+
+    def _other_sites(self) -> list[str]:
+        try:
+            sites = {s["site"] for s in self.client.studies()}
+        except UsreviewError:
+            sites = set()
+        sites |= set(self.study.get("known_sites", []))
+        sites.discard(self.study["site"])
+        return sorted(sites)
+
+
+def _exam_type(records: list[Mapping[str, Any]]) -> str:
+    kinds = {k for r in records for k in r["kinds"]}
+    if kinds & {"pw_doppler", "cw_doppler"}:  # ImageKind values
+        return "vascular"
+    if "mmode" in kinds:
+        return "echo"
+    return "general"
+
+
+def _thumbnail_png(instance: UltrasoundInstance) -> bytes:
+    from usreview.processing.png import encode_png
+
+    frame = instance.display_frame(0)
+    step = max(1, frame.shape[0] // _THUMB)
+    return encode_png(frame[::step, ::step].copy())
+
+
+def _error_html(text: str) -> w.HTML:
+    return w.HTML(_banner(text, error=True))
+
+
+def worklist_page(client: ReviewClient | None = None) -> WorklistPage:
+    """The worklist dashboard of the person whose server this is."""
+    return WorklistPage(client or ReviewClient.from_environment())
+
+
+def study_page(
+    study_instance_uid: str | None = None, client: ReviewClient | None = None
+) -> w.Widget:
+    """The review dashboard of ``study_instance_uid`` (default: the page's ``?study=``)."""
+    uid = study_instance_uid or study_uid_from_query()
+    if not uid:
+        return _error_html("No study given: open a study from the worklist.")
+    return StudyPage(client or ReviewClient.from_environment(), uid)

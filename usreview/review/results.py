@@ -1,0 +1,205 @@
+"""The automatic results of a study, for the reviewer to accept, correct or reject.
+
+:class:`ResultsPanel` shows, for each instance, what the hub's processors found: each
+measured quantity with its unit, cycle count and processor (provenance: name, version,
+parameters), the findings and recommendations with their evidence, and any processing
+failure stated plainly. Each quantity has three decisions: *accept* (goes in the report
+as measured), *correct* (the reviewer's value goes in the report) and *reject* (left
+out); nothing is accepted by default. The reviewer's own measurements from the viewers
+are added with :meth:`ResultsPanel.add_measurement`. :meth:`ResultsPanel.measurements`
+gives the report's ``measurements`` (see :mod:`usreview.review.report`).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import ipywidgets as w
+
+__all__ = ["DECISIONS", "ResultsPanel", "processing_line"]
+
+DECISIONS: Final = ("pending", "accept", "correct", "reject")
+
+
+@dataclass
+class _Row:
+    """One automatic quantity and the reviewer's decision widgets."""
+
+    quantity: dict[str, Any]
+    source_instance: str
+    decision: w.ToggleButtons
+    corrected: w.FloatText
+
+    def measurement(self) -> dict[str, Any] | None:
+        choice = self.decision.value
+        if choice in ("pending", "reject"):
+            return None
+        q = self.quantity
+        code = None
+        if q.get("code") and q.get("scheme"):
+            code = {"value": q["code"], "scheme": q["scheme"], "meaning": q.get("meaning", "")}
+        value = float(self.corrected.value if choice == "correct" else q["value"])
+        return {
+            "name": q["name"],
+            "value": value,
+            "unit": q["unit"],
+            "code": code,
+            "origin": "automatic",
+            "decision": "corrected" if choice == "correct" else "accepted",
+            "source_instance": self.source_instance,
+        }
+
+
+def processing_line(instance: Mapping[str, Any]) -> str:
+    """One sentence on how processing of ``instance`` (a study's instance view) went."""
+    processing = instance.get("processing") or {}
+    status = processing.get("status")
+    reason = processing.get("reason")
+    if status == "failed":
+        return f"Automatic processing FAILED: {reason or 'no reason recorded'}"
+    if status in ("queued", "running"):
+        return f"Automatic processing is {status}."
+    if instance.get("analysis") is None:
+        return "No automatic results for this instance."
+    return "Automatic processing done."
+
+
+class ResultsPanel(w.VBox):  # type: ignore[misc]
+    """Automatic results of a study's instances with accept / correct / reject per quantity."""
+
+    def __init__(self, instances: Sequence[Mapping[str, Any]]) -> None:
+        self._rows: list[_Row] = []
+        self._own: list[dict[str, Any]] = []
+        self._own_box = w.VBox()
+        sections: list[w.Widget] = []
+        for instance in instances:
+            sections.append(self._section(instance))
+        super().__init__(
+            [
+                w.HTML("<h3>Automatic results</h3>"),
+                *sections,
+                w.HTML("<h3>Your measurements</h3>"),
+                self._own_box,
+            ]
+        )
+        self.add_class("usreview-results")
+        self._render_own()
+
+    # The report's view ------------------------------------------------------------------
+
+    def measurements(self) -> list[dict[str, Any]]:
+        """Accepted and corrected automatic values, then the reviewer's own measurements."""
+        chosen = [m for row in self._rows if (m := row.measurement()) is not None]
+        return chosen + [dict(m) for m in self._own]
+
+    def decide(self, name: str, decision: str, value: float | None = None) -> None:
+        """Set the decision on every automatic quantity called ``name`` (for scripts)."""
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}")
+        for row in self._rows:
+            if row.quantity["name"] == name:
+                if value is not None:
+                    row.corrected.value = value
+                row.decision.value = decision
+
+    def add_measurement(self, measurement: Mapping[str, Any]) -> None:
+        """Add one of the reviewer's measurements (name, value, unit, code, source_instance)."""
+        entry = {
+            "name": str(measurement["name"]),
+            "value": float(measurement["value"]),
+            "unit": str(measurement["unit"]),
+            "code": measurement.get("code"),
+            "origin": "reviewer",
+            "decision": "accepted",
+            "source_instance": measurement.get("source_instance"),
+        }
+        self._own.append(entry)
+        self._render_own()
+
+    # Layout ----------------------------------------------------------------------------
+
+    def _section(self, instance: Mapping[str, Any]) -> w.Widget:
+        uid = str(instance["sop_instance_uid"])
+        kinds = ", ".join(instance.get("kinds", []))
+        analysis = instance.get("analysis") or {}
+        parts: list[w.Widget] = [
+            w.HTML(f"<b>{html.escape(kinds)}</b> <small>{html.escape(uid)}</small>"),
+        ]
+        line = processing_line(instance)
+        style = "color:#b00020;font-weight:bold" if "FAILED" in line else "color:#555"
+        parts.append(w.HTML(f'<div class="usreview-processing" style="{style}">{line}</div>'))
+        for quantity in analysis.get("quantities", []):
+            parts.append(self._quantity_row(quantity, uid))
+        for item in (*analysis.get("findings", []), *analysis.get("recommendations", [])):
+            parts.append(w.HTML(_finding_html(item)))
+        failed = [p for p in analysis.get("processors", []) if p.get("status") == "failed"]
+        for p in failed:
+            parts.append(
+                w.HTML(
+                    '<div class="usreview-processing" style="color:#b00020">'
+                    f"{html.escape(p['processor'])} {html.escape(str(p['version']))} failed: "
+                    f"{html.escape(str(p.get('reason') or ''))}</div>"
+                )
+            )
+        provenance = [
+            f"{p['processor']} {p['version']} "
+            + ", ".join(f"{k}={v}" for k, v in sorted(p.get("parameters", {}).items()))
+            for p in analysis.get("processors", [])
+        ]
+        if provenance:
+            parts.append(
+                w.HTML(
+                    "<details><summary>Provenance</summary><ul>"
+                    + "".join(f"<li>{html.escape(p)}</li>" for p in provenance)
+                    + "</ul></details>"
+                )
+            )
+        return w.VBox(parts, layout=w.Layout(border="1px solid #ddd", padding="4px"))
+
+    def _quantity_row(self, quantity: dict[str, Any], uid: str) -> w.Widget:
+        decision = w.ToggleButtons(
+            options=[("?", "pending"), ("Accept", "accept"), ("Correct", "correct"),
+                     ("Reject", "reject")],
+            value="pending",
+            style={"button_width": "64px"},
+        )  # fmt: skip
+        corrected = w.FloatText(
+            value=float(quantity["value"]), layout=w.Layout(width="90px"), disabled=True
+        )
+
+        def toggle(change: dict[str, Any]) -> None:
+            corrected.disabled = change["new"] != "correct"
+
+        decision.observe(toggle, "value")
+        self._rows.append(_Row(quantity, uid, decision, corrected))
+        cycles = f" ({quantity['cycles']} cycles)" if quantity.get("cycles") else ""
+        label = w.HTML(
+            f'<span class="usreview-quantity" data-name="{html.escape(quantity["name"])}">'
+            f"{html.escape(quantity.get('meaning') or quantity['name'])}: "
+            f"<b>{quantity['value']:.4g} {html.escape(quantity['unit'])}</b>{cycles}</span>",
+            layout=w.Layout(width="340px"),
+        )
+        return w.HBox([label, decision, corrected])
+
+    def _render_own(self) -> None:
+        if not self._own:
+            self._own_box.children = [w.HTML("<i>None yet: measure on the images.</i>")]
+            return
+        self._own_box.children = [
+            w.HTML(
+                f'<span class="usreview-own" data-name="{html.escape(m["name"])}">'
+                f"{html.escape(m['name'])}: <b>{m['value']:.4g} {html.escape(m['unit'])}</b>"
+                "</span>"
+            )
+            for m in self._own
+        ]
+
+
+def _finding_html(item: Mapping[str, Any]) -> str:
+    text = html.escape(str(item.get("text") or item.get("statement") or item.get("name", "")))
+    source = item.get("source")
+    cite = f" <small>({html.escape(str(source))})</small>" if source else ""
+    return f'<div class="usreview-finding">• {text}{cite}</div>'

@@ -1,0 +1,158 @@
+"""WorklistTable: the reviewers' study list, sorted and filtered in the browser."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import anywidget
+import traitlets
+
+from usreview.review.widgets._assets import css, esm
+
+__all__ = ["COLUMNS", "WorklistTable"]
+
+#: The columns shown, in order: (key, label, CSS grid width).
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("urgency", "Urgency", "80px"),
+    ("received_at", "Received", "150px"),
+    ("site", "Site", "110px"),
+    ("patient_name", "Patient", "1.2fr"),
+    ("patient_id", "ID", "100px"),
+    ("study_description", "Study", "1.4fr"),
+    ("kinds", "Kinds", "1fr"),
+    ("status", "Status", "90px"),
+    ("findings", "Findings", "1fr"),
+    ("claim", "Claimed by", "100px"),
+)
+_KEYS = {key for key, _, _ in COLUMNS} | {"study_instance_uid"}
+ACTIONS = ("open", "claim")
+
+
+def _cell(key: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, _dt.datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    if isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, Iterable):
+        return [str(v) for v in value]
+    raise ValueError(f"worklist column {key!r}: cannot show a {type(value).__name__}")
+
+
+def normalise_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts of the known columns; each needs a ``study_instance_uid``.
+
+    Datetimes become ``YYYY-MM-DD HH:MM:SS`` (sortable as text), lists stay lists of text,
+    missing columns are empty; unknown keys are dropped.
+
+    Raises
+    ------
+    ValueError
+        A row without ``study_instance_uid``, or two rows with the same one.
+    """
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for index, row in enumerate(rows):
+        uid = str(row.get("study_instance_uid") or "")
+        if not uid:
+            raise ValueError(f"worklist row {index} has no study_instance_uid")
+        if uid in seen:
+            raise ValueError(f"worklist row {index}: study {uid} is listed twice")
+        seen.add(uid)
+        out.append({key: _cell(key, row.get(key)) for key in sorted(_KEYS)})
+    return out
+
+
+class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
+    """The study worklist, rendered and virtualised in the browser.
+
+    Only the rows in view exist in the page, so thousands of studies scroll smoothly;
+    sorting (click a header, again to reverse), the free-text filter (every word must match
+    some column) and the site and status filters run in the browser and are kept when
+    :attr:`rows` is replaced from Python. Urgent and stat studies are highlighted.
+    Clicking a row's *Open* or *Claim* sets :attr:`action`; :meth:`on_action` registers a
+    handler.
+
+    Parameters
+    ----------
+    rows
+        Studies as mappings with ``study_instance_uid``, ``site``, ``patient_name``,
+        ``patient_id``, ``study_description``, ``kinds``, ``received_at``, ``status``,
+        ``urgency`` (``stat``, ``urgent``, ``routine``), ``findings`` and ``claim``.
+    height
+        Height of the scrolling list in CSS pixels.
+
+    Traitlets (synced)
+    ------------------
+    rows : list of dict
+        The studies (normalised by :func:`normalise_rows`).
+    sort : dict
+        ``{"key": column, "descending": bool}``; ``{}`` keeps the given order.
+    query, site_filter, status_filter : str
+        The filters ("" for none).
+    action : dict
+        ``{"kind": "open" | "claim", "study": uid, "n": counter}``, set by the browser.
+
+    DOM hooks: ``.usr-worklist[data-total, data-shown, data-render-ms, data-sort-key,
+    data-sort-dir, data-first-uid, data-drawn, data-last-action, data-ready]``,
+    ``.usr-wl-th[data-key, data-dir]``, ``input.usr-wl-query``, ``select.usr-wl-site``,
+    ``select.usr-wl-status``, ``.usr-wl-row[data-uid, data-urgency, data-index]`` with
+    ``.usr-wl-td[data-key]`` cells, ``button.usr-open``, ``button.usr-claim``,
+    ``.usr-wl-count``.
+    """
+
+    _esm = esm("worklist")
+    _css = css()
+
+    rows = traitlets.List(traitlets.Dict()).tag(sync=True)
+    columns = traitlets.List(traitlets.Dict()).tag(sync=True)
+    height = traitlets.Int(480).tag(sync=True)
+    sort = traitlets.Dict().tag(sync=True)
+    query = traitlets.Unicode("").tag(sync=True)
+    site_filter = traitlets.Unicode("").tag(sync=True)
+    status_filter = traitlets.Unicode("").tag(sync=True)
+    action = traitlets.Dict().tag(sync=True)
+
+    def __init__(
+        self,
+        rows: Iterable[Mapping[str, Any]] = (),
+        *,
+        height: int = 480,
+        **kwargs: Any,
+    ) -> None:
+        self._handlers: list[Callable[[str, str], None]] = []
+        columns = [{"key": k, "label": label, "width": w} for k, label, w in COLUMNS]
+        super().__init__(rows=list(rows), columns=columns, height=height, **kwargs)
+
+    @traitlets.validate("rows")
+    def _check_rows(self, proposal: dict[str, Any]) -> list[dict[str, Any]]:
+        return normalise_rows(proposal["value"])
+
+    @traitlets.validate("sort")
+    def _check_sort(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        value = dict(proposal["value"] or {})
+        if value and value.get("key") not in _KEYS:
+            raise traitlets.TraitError(f"WorklistTable.sort: unknown column {value.get('key')!r}")
+        return {"key": value["key"], "descending": bool(value.get("descending"))} if value else {}
+
+    def sort_by(self, key: str, *, descending: bool = False) -> None:
+        """Sort by column ``key`` (as clicking its header does)."""
+        self.sort = {"key": key, "descending": descending}
+
+    def on_action(self, handler: Callable[[str, str], None]) -> None:
+        """Call ``handler(kind, study_instance_uid)`` when a row's Open or Claim is clicked."""
+        self._handlers.append(handler)
+
+    @traitlets.observe("action")
+    def _on_action(self, change: dict[str, Any]) -> None:
+        action = change["new"] or {}
+        kind, study = action.get("kind"), action.get("study")
+        if kind not in ACTIONS or not isinstance(study, str):
+            return
+        for handler in self._handlers:
+            handler(kind, study)

@@ -1,0 +1,76 @@
+"""Tables of the review (same declarative base as :mod:`usreview.store.schema`).
+
+::
+
+    instances ─< analyses        (automatic results' JSON, one per processor signature)
+    studies ─── study_claims     (at most one claim per study: who reviews it, until when)
+    studies ─< reports           (published report versions; never changed once written)
+
+An analysis keeps, besides the JSON, what the worklist shows of it (``flagged``,
+``headlines``), so that listing thousands of studies reads no JSON document.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, UniqueConstraint, event
+from sqlalchemy.orm import Mapped, mapped_column
+
+from usreview.store.schema import Base, UTCDateTime
+
+__all__ = ["AnalysisRow", "ClaimRow", "ReportRow"]
+
+
+class AnalysisRow(Base):
+    """The automatic results of one instance by one set of processor versions."""
+
+    __tablename__ = "analyses"
+    __table_args__ = (UniqueConstraint("instance_id", "signature"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    signature: Mapped[str] = mapped_column(String(64))
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    headlines: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ClaimRow(Base):
+    """A reviewer's claim on a study (expired claims are free to take)."""
+
+    __tablename__ = "study_claims"
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    reviewer: Mapped[str] = mapped_column(String(128))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ReportRow(Base):
+    """One published version of a study's report."""
+
+    __tablename__ = "reports"
+    __table_args__ = (UniqueConstraint("study_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    reviewer: Mapped[str] = mapped_column(String(128))
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    urgency: Mapped[str] = mapped_column(String(16))
+    recipients: Mapped[list[str]] = mapped_column(JSON)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    results: Mapped[dict[str, Any]] = mapped_column(JSON)
+    supersedes: Mapped[int | None] = mapped_column(Integer)
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+@event.listens_for(ReportRow, "before_update")
+def _never_changed(mapper: Any, connection: Any, target: ReportRow) -> None:
+    raise ValueError(f"report version {target.version} is published: it is never changed")
