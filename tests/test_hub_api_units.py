@@ -109,10 +109,19 @@ def test_one_service_per_state_directory(tmp_path: Path) -> None:
     fd = _lock(tmp_path / "service.lock")
     try:
         with pytest.raises(StateError, match="another usreview service"):
-            _lock(tmp_path / "service.lock")
+            _lock(tmp_path / "service.lock", wait=0.3)
     finally:
         os.close(fd)
     os.close(_lock(tmp_path / "service.lock"))
+
+
+def test_a_restarting_service_waits_for_the_old_one_to_let_go(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    old = _lock(tmp_path / "service.lock")
+    threading.Timer(0.5, os.close, (old,)).start()  # the old service finishes its work
+    os.close(_lock(tmp_path / "service.lock", wait=10.0))
 
 
 def test_the_contract_and_the_routes_agree() -> None:

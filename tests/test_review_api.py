@@ -26,6 +26,7 @@ import requests
 import yaml
 from jsonschema import Draft202012Validator
 
+from benchmarks._worklist import fill
 from tests.hub_api_support import (
     ENVELOPE,
     HubRun,
@@ -34,7 +35,6 @@ from tests.hub_api_support import (
     service_pids,
     shown_once,
 )
-from tests.test_store_review_worklist import fill
 from usreview.envelope import KeyRing, PublicKeys, load_public_keys, seal_file, unseal_file
 from usreview.store import Archive
 

@@ -64,7 +64,7 @@ def _login(chromium: Any, deployment: Deployment, person: str) -> Any:
 def _row(page: Any, uid: str) -> Any:
     page.fill(".usr-wl-query", uid)  # the row is in view whatever the sort
     row = page.locator(f".usr-wl-row[data-uid='{uid}']")
-    row.wait_for(timeout=20_000)
+    row.wait_for(timeout=60_000)
     return row
 
 
@@ -100,13 +100,13 @@ def test_a_claimed_study_cannot_be_claimed_by_a_second_reviewer(
 ) -> None:
     study = deployment.study("north", "pw")
     _row(rita, study.study_uid).locator(".usr-claim").click()
-    rita.locator(".usreview-message:has-text('You hold this study')").wait_for(timeout=20_000)
+    rita.locator(".usreview-message:has-text('You hold this study')").wait_for(timeout=60_000)
 
     omar = _login(chromium, deployment, "omar")
     try:
         _row(omar, study.study_uid).locator(".usr-claim").click()
         refused = omar.locator(".usreview-message:has-text('claimed by rita')")
-        refused.wait_for(timeout=20_000)
+        refused.wait_for(timeout=60_000)
         _screenshot(omar, "claim-refused")
     finally:
         omar.context.close()
@@ -129,12 +129,12 @@ def test_the_caliper_measures_the_inclusion_within_one_pixel(
     browser_support.click_pixel(rita, canvas, cx - r_px, cy)
     browser_support.click_pixel(rita, canvas, cx + r_px, cy)
     text = rita.locator(".usreview-study-page .usr-measure-text[data-name=distance]")
-    text.wait_for(timeout=20_000)
+    text.wait_for(timeout=60_000)
     shown = float(text.get_attribute("data-value") or "nan")
     print(f"\ncaliper through the hub: {shown:.3f} mm, truth {circle['diameters_mm'][0]:.3f} mm")
     assert shown == pytest.approx(circle["diameters_mm"][0], abs=spacing)
     rita.locator(".usreview-add-measurement").first.click()
-    rita.locator(".usreview-own[data-name=distance]").wait_for(timeout=10_000)
+    rita.locator(".usreview-own[data-name=distance]").wait_for(timeout=60_000)
     _screenshot(rita, "study-bmode")
     rita.locator(".usreview-back").click()
     rita.wait_for_selector(".usr-worklist[data-total]", timeout=30_000)
@@ -146,6 +146,8 @@ def test_published_report_reaches_origin_and_second_site_only(
     study = deployment.study("north", "pw")
     _row(rita, study.study_uid).locator(".usr-open").click()
     rita.wait_for_selector(".usreview-study-page .usr-plot", timeout=90_000)
+    rita.locator(".usreview-title").first.scroll_into_view_if_needed()
+    _screenshot(rita, "study-doppler")
     status, body = deployment.api("GET", f"/studies/{study.study_uid}", "rita")
     assert status == 200
     analysis = body["series"][0]["instances"][0]["analysis"]
@@ -159,7 +161,6 @@ def test_published_report_reaches_origin_and_second_site_only(
     rita.fill(".usreview-impression textarea", "Normal internal carotid Doppler.")
     rita.fill(".usreview-findings textarea", "Low-resistance flow, no stenosis criteria met.")
     rita.locator(".usreview-recipients select").select_option(["west"])
-    _screenshot(rita, "study-doppler")
     rita.locator(".usreview-publish").click()
     rita.locator(".usreview-publish-status [data-version='1']").wait_for(timeout=60_000)
     _screenshot(rita, "published")
@@ -172,6 +173,12 @@ def test_published_report_reaches_origin_and_second_site_only(
         site: wait_until(lambda s=site: delivered(s), 90, f"the report at {site}")
         for site in ("north", "west")
     }
+    summary = wait_until(
+        lambda: next(iter((deployment.sites["west"].outbox / study.study_uid).glob("*.txt")), None),
+        60,
+        "the readable summary at west",
+    )
+    assert "Normal internal carotid Doppler." in summary.read_text(encoding="utf-8")
     for site, path in reports.items():
         check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         errors = [line for line in check.stderr.splitlines() if line.startswith("Error")]

@@ -418,7 +418,7 @@ def test_transition_table() -> None:
     for status, allowed in TRANSITIONS.items():
         assert status not in allowed
     assert StudyStatus.FAILED not in TRANSITIONS[StudyStatus.DELIVERED]
-    assert TRANSITIONS[StudyStatus.FAILED] == {StudyStatus.RECEIVED}
+    assert TRANSITIONS[StudyStatus.FAILED] == {StudyStatus.RECEIVED, StudyStatus.IN_REVIEW}
     assert [s.value for s in StudyStatus] == [
         "received",
         "processed",

@@ -434,16 +434,21 @@ def test_reports_are_versioned_published_and_never_changed(archive: Archive, clo
             session.flush()
 
 
-def test_a_failed_study_is_not_reported(archive: Archive) -> None:
+def test_a_study_whose_processing_failed_is_reviewed_and_goes_back_failed(
+    archive: Archive,
+) -> None:
     review = archive.review
     archive.put(SITE, b"e1", described(1))
     queue = JobQueue(archive, RetryPolicy(max_attempts=1))
     lease = queue.claim("w", 60)
     assert lease is not None
     queue.fail(lease, "boom")
+    assert archive.study(DR_X, STUDY).status is StudyStatus.FAILED
     review.claim(DR_X, STUDY, seconds=600)
-    with pytest.raises(NotReadyError, match="failed"):
-        review.report_slot(DR_X, STUDY)
+    assert archive.study(DR_X, STUDY).status is StudyStatus.IN_REVIEW
+    assert review.report_slot(DR_X, STUDY).version == 1  # the reviewer reports what they see
+    review.release(DR_X, STUDY)
+    assert archive.study(DR_X, STUDY).status is StudyStatus.FAILED  # still failed, visibly
 
 
 # -- upgrading an older archive ---------------------------------------------------------

@@ -29,6 +29,7 @@ from usreview.errors import UsreviewError
 from usreview.review.client import ClaimedError, ReviewClient
 from usreview.review.form import ReportForm
 from usreview.review.results import ResultsPanel
+from usreview.review.widgets.worklist import normalise_rows
 
 if TYPE_CHECKING:  # the worklist opens fast: DICOM and processing load with a study
     from usreview.dicom import UltrasoundInstance
@@ -42,7 +43,7 @@ __all__ = [
     "worklist_page",
 ]
 
-REFRESH_SECONDS: Final = 3.0
+REFRESH_SECONDS: Final = 5.0
 _log = logging.getLogger(__name__)
 _THUMB: Final = 96
 
@@ -56,6 +57,25 @@ def study_uid_from_query(query: str | None = None) -> str | None:
 
 def _me() -> str:
     return os.environ.get("JUPYTERHUB_USER", "")
+
+
+def _title(page: str) -> w.HTML:
+    return w.HTML(
+        '<div class="usreview-title" style="display:flex;justify-content:space-between;'
+        'align-items:baseline;border-bottom:2px solid #1565c0;margin-bottom:6px">'
+        f"<h2 style='margin:4px 0'>usreview · {html.escape(page)}</h2>"
+        f"<span>Signed in as <b>{html.escape(_me())}</b></span></div>"
+    )
+
+
+def _worklist_row(study: Mapping[str, Any]) -> dict[str, Any]:
+    """A study of ``GET /studies`` as a worklist row: times shown to the minute, in UTC."""
+    row = dict(study)
+    for key in ("received_at", "updated_at"):
+        value = row.get(key)
+        if isinstance(value, str) and "T" in value:
+            row[key] = value[:16].replace("T", " ")
+    return row
 
 
 def _banner(text: str, *, error: bool = False) -> str:
@@ -86,7 +106,9 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
     def refresh(self) -> None:
         """Read the studies again (sort and filters are kept)."""
         try:
-            self.table.rows = self.client.studies()
+            rows = normalise_rows(_worklist_row(s) for s in self.client.studies())
+            if rows != self.table.rows:  # unchanged: nothing is sent to the browser
+                self.table.rows = rows
         except UsreviewError as exc:
             self.message.value = _banner(f"Cannot read the worklist: {exc}", error=True)
 
@@ -105,7 +127,7 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         back = w.Button(description="Back to worklist", icon="arrow-left")
         back.add_class("usreview-back")
         back.on_click(lambda _: self.show_list())
-        self.children = [w.VBox([back, StudyPage(self.client, uid)])]
+        self.children = [w.VBox([_title("Study"), back, StudyPage(self.client, uid)])]
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self._refresh_seconds):
@@ -187,7 +209,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
                 w.HBox([self.header, self.claim_button]),
                 self.message,
                 thumbnails,
-                w.HBox([self.viewer_box, w.VBox([self.results], layout=w.Layout(width="40%"))]),
+                w.HBox([self.viewer_box, w.VBox([self.results], layout=w.Layout(width="48%"))]),
                 self.form,
             ]
         )
@@ -252,6 +274,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         s = self.study
         claim = s.get("claim") or {}
         who = "you" if claim.get("reviewer") == _me() else (claim.get("reviewer") or "nobody")
+        self.claim_button.description = "Renew claim" if who == "you" else "Claim"
         patient = s.get("patient_name") or "(no name)"
         self.header.value = (
             f"<h2>{html.escape(patient)} <small>{html.escape(s.get('patient_id') or '')}</small>"
@@ -262,13 +285,8 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         )
 
     def _other_sites(self) -> list[str]:
-        try:
-            sites = {s["site"] for s in self.client.studies()}
-        except UsreviewError:
-            sites = set()
-        sites |= set(self.study.get("known_sites", []))
-        sites.discard(self.study["site"])
-        return sorted(sites)
+        """The registered sites a report may also go to (the referring clinic)."""
+        return sorted(set(self.study.get("known_sites", [])) - {self.study["site"]})
 
 
 def _exam_type(records: list[Mapping[str, Any]]) -> str:
@@ -304,4 +322,4 @@ def study_page(
     uid = study_instance_uid or study_uid_from_query()
     if not uid:
         return _error_html("No study given: open a study from the worklist.")
-    return StudyPage(client or ReviewClient.from_environment(), uid)
+    return w.VBox([_title("Study"), StudyPage(client or ReviewClient.from_environment(), uid)])

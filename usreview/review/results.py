@@ -63,7 +63,7 @@ def processing_line(instance: Mapping[str, Any]) -> str:
     if status in ("queued", "running"):
         return f"Automatic processing is {status}."
     if instance.get("analysis") is None:
-        return "No automatic results for this instance."
+        return "Processed: nothing to measure on this kind of image (filtered images only)."
     return "Automatic processing done."
 
 
@@ -164,10 +164,12 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
             options=[("?", "pending"), ("Accept", "accept"), ("Correct", "correct"),
                      ("Reject", "reject")],
             value="pending",
-            style={"button_width": "64px"},
+            tooltips=["Not decided", "Report it as measured", "Report your value",
+                      "Leave it out of the report"],
+            style={"button_width": "68px", "font_size": "12px"},
         )  # fmt: skip
         corrected = w.FloatText(
-            value=float(quantity["value"]), layout=w.Layout(width="90px"), disabled=True
+            value=float(quantity["value"]), layout=w.Layout(width="80px"), disabled=True
         )
 
         def toggle(change: dict[str, Any]) -> None:
@@ -176,11 +178,12 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
         decision.observe(toggle, "value")
         self._rows.append(_Row(quantity, uid, decision, corrected))
         cycles = f" ({quantity['cycles']} cycles)" if quantity.get("cycles") else ""
+        unit = "" if quantity["unit"] == "1" else f" {html.escape(quantity['unit'])}"
         label = w.HTML(
             f'<span class="usreview-quantity" data-name="{html.escape(quantity["name"])}">'
             f"{html.escape(quantity.get('meaning') or quantity['name'])}: "
-            f"<b>{quantity['value']:.4g} {html.escape(quantity['unit'])}</b>{cycles}</span>",
-            layout=w.Layout(width="340px"),
+            f"<b>{quantity['value']:.4g}{unit}</b>{cycles}</span>",
+            layout=w.Layout(width="220px"),
         )
         return w.HBox([label, decision, corrected])
 

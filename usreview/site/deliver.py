@@ -1,13 +1,13 @@
 """Delivering an opened result: into the outbox folder, and by C-STORE to each PACS.
 
 The outbox gets every result as ``OUTBOX/STUDY_UID/ID-KIND.EXT`` (``.dcm`` for DICOM,
-``.json`` for a JSON summary, ``.bin`` otherwise), written atomically (temporary file,
-fsync, rename, folder fsync): a file there is complete. A DICOM result also goes to each
-configured PACS. Sending to a PACS is retried until it succeeds: before the first try a
-marker ``STATE/pacs/NAME/ID.json`` is written durably, and it is removed only after the
-PACS answered success, so a PACS that is down (or a gateway that is killed) delays a
-delivery but never loses it. Delivering twice is harmless: same file name, same SOP
-Instance UID at the PACS.
+``.json`` for a JSON summary, ``.txt`` for a readable summary, ``.bin`` otherwise),
+written atomically (temporary file, fsync, rename, folder fsync): a file there is
+complete. A DICOM result also goes to each configured PACS. Sending to a PACS is
+retried until it succeeds: before the first try a marker ``STATE/pacs/NAME/ID.json`` is
+written durably, and it is removed only after the PACS answered success, so a PACS that
+is down (or a gateway that is killed) delays a delivery but never loses it. Delivering
+twice is harmless: same file name, same SOP Instance UID at the PACS.
 """
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ def _is_json(path: Path) -> bool:
     return True
 
 
+def _is_text(path: Path) -> bool:
+    """UTF-8 text without control characters other than line breaks and tabs."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not any(ord(c) < 32 and c not in "\n\r\t" for c in text)
+
+
 def copy_durably(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically and durably (replacing ``dst``)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +97,12 @@ def deliver_to_outbox(
     DeliveryError
         The outbox cannot be written.
     """
-    ext = "dcm" if is_dicom(payload) else "json" if _is_json(payload) else "bin"
+    if is_dicom(payload):
+        ext = "dcm"
+    elif _is_json(payload):
+        ext = "json"
+    else:
+        ext = "txt" if _is_text(payload) else "bin"
     study = _SAFE.sub("_", study_instance_uid) or "unknown-study"
     target = outbox / study / f"{result_id:08d}-{_SAFE.sub('_', kind)}.{ext}"
     try:

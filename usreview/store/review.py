@@ -70,17 +70,23 @@ __all__ = [
 ]
 
 #: Study statuses from which a report may be published (the later two: an amendment).
+#: A study whose automatic processing failed is reported on what the reviewer sees: the
+#: failure is stated on its instances, and an administrator may still retry the jobs.
 _PUBLISHABLE = (
     StudyStatus.PROCESSED,
     StudyStatus.IN_REVIEW,
+    StudyStatus.FAILED,
     StudyStatus.PUBLISHED,
     StudyStatus.DELIVERED,
 )
 #: The status changes that publishing a report makes, by the study's status.
 _ON_PUBLISH = {
     StudyStatus.PROCESSED: (StudyStatus.IN_REVIEW, StudyStatus.PUBLISHED),
+    StudyStatus.FAILED: (StudyStatus.IN_REVIEW, StudyStatus.PUBLISHED),
     StudyStatus.IN_REVIEW: (StudyStatus.PUBLISHED,),
 }
+#: Claiming moves a study of these statuses into review.
+_CLAIMABLE_INTO_REVIEW = (StudyStatus.PROCESSED, StudyStatus.FAILED)
 _PROCESSING = {
     JobStatus.PENDING: "queued",
     JobStatus.RUNNING: "running",
@@ -401,7 +407,7 @@ class ReviewStore:
             elif row.reviewer != reviewer.name or row.expires_at <= now:
                 row.reviewer, row.claimed_at = reviewer.name, now
             row.expires_at = expires
-            if study.status is StudyStatus.PROCESSED:
+            if study.status in _CLAIMABLE_INTO_REVIEW:
                 why = f"claimed by {reviewer.name}"
                 _change(session, study, StudyStatus.IN_REVIEW, now, why, reviewer.name)
             session.flush()
@@ -413,7 +419,7 @@ class ReviewStore:
         """Give a claimed study back; return the claim released (``None``: none held).
 
         ``force`` (an administrator) releases another reviewer's claim. A study in review
-        goes back to ``processed``.
+        goes back to ``processed`` (``failed`` when one of its jobs failed).
 
         Raises
         ------
@@ -436,7 +442,13 @@ class ReviewStore:
             session.delete(row)
             if study.status is StudyStatus.IN_REVIEW:
                 why = f"released by {reviewer.name}"
-                _change(session, study, StudyStatus.PROCESSED, now, why, reviewer.name)
+                failed = session.scalar(
+                    select(func.count())
+                    .select_from(JobRow)
+                    .where(JobRow.study_id == study.id, JobRow.status == JobStatus.FAILED)
+                )
+                back = StudyStatus.FAILED if failed else StudyStatus.PROCESSED
+                _change(session, study, back, now, why, reviewer.name)
             session.flush()
         return record if live else None
 
@@ -456,7 +468,7 @@ class ReviewStore:
         ClaimedError
             Another reviewer holds it.
         NotReadyError
-            The study is still being processed, or its processing failed.
+            The study is still being processed.
         NotFoundError
             No such study for this caller.
         """
@@ -604,11 +616,6 @@ def _locked_study(session: Session, caller: Caller, uid: str) -> StudyRow:
 
 def _not_ready(study: StudyRow) -> str:
     uid = study.study_instance_uid
-    if study.status is StudyStatus.FAILED:
-        return (
-            f"the automatic processing of study {uid} failed ({study.reason}); an "
-            "administrator retries it ('usreview hub jobs --retry ID') before it is reported"
-        )
     return f"study {uid} is still being processed: publish its report once it is processed"
 
 

@@ -42,7 +42,7 @@ TRANSITIONS: Mapping[StudyStatus, frozenset[StudyStatus]] = MappingProxyType(
         _S.IN_REVIEW: frozenset({_S.PUBLISHED, _S.PROCESSED, _S.FAILED}),
         _S.PUBLISHED: frozenset({_S.DELIVERED, _S.FAILED}),
         _S.DELIVERED: frozenset({_S.RECEIVED}),
-        _S.FAILED: frozenset({_S.RECEIVED}),
+        _S.FAILED: frozenset({_S.RECEIVED, _S.IN_REVIEW}),  # retried, or read as it is
     }
 )
 

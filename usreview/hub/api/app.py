@@ -1,7 +1,8 @@
 """Wiring the API: the service's resources at startup, and the URL table.
 
 :func:`open_context` (once, before serving) takes the state directory's service lock
-(a second service on the same state refuses to start), opens the archive (SQLite in
+(a second service on the same state refuses to start, after waiting up to
+:data:`LOCK_WAIT_SECONDS` for one that is stopping), opens the archive (SQLite in
 ``STATE/archive``, or ``database_url``), recovers it and its results feed after a
 crash, empties the spool and quarantine folders, starts the parsing
 :class:`~usreview.ingest.WorkerPool`, and builds the :class:`~usreview.ingest.Ingestor`
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,15 +143,25 @@ def _private_folder(path: Path) -> Path:
     return path
 
 
-def _lock(path: Path) -> int:
+#: How long a starting service waits for the previous one (still finishing) to let go.
+LOCK_WAIT_SECONDS = 30.0
+
+
+def _lock(path: Path, wait: float = LOCK_WAIT_SECONDS) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StateError(
-            f"another usreview service is using {path.parent}: stop it first"
-        ) from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:  # a restart: the old service is finishing
+                time.sleep(0.2)
+                continue
+            os.close(fd)
+            raise StateError(
+                f"another usreview service is using {path.parent}: stop it first"
+            ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd

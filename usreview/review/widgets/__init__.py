@@ -20,11 +20,15 @@ documents the DOM hooks (classes and ``data-`` attributes) that browser tests re
 
 from __future__ import annotations
 
-from usreview.review.widgets.caliper import ImageViewer
-from usreview.review.widgets.cine import CineViewer
-from usreview.review.widgets.plot import MModeViewer, SpectralViewer
-from usreview.review.widgets.volume import VolumeViewer, niivue_available
-from usreview.review.widgets.worklist import WorklistTable
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from usreview.review.widgets.caliper import ImageViewer
+    from usreview.review.widgets.cine import CineViewer
+    from usreview.review.widgets.plot import MModeViewer, SpectralViewer
+    from usreview.review.widgets.volume import VolumeViewer, niivue_available
+    from usreview.review.widgets.worklist import WorklistTable
 
 __all__ = [
     "CineViewer",
@@ -35,3 +39,21 @@ __all__ = [
     "WorklistTable",
     "niivue_available",
 ]
+
+# Loaded on first use, so that the worklist does not pay for DICOM and processing imports.
+_MODULES = {
+    "CineViewer": "cine",
+    "ImageViewer": "caliper",
+    "MModeViewer": "plot",
+    "SpectralViewer": "plot",
+    "VolumeViewer": "volume",
+    "WorklistTable": "worklist",
+    "niivue_available": "volume",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
