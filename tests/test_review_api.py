@@ -280,8 +280,15 @@ def test_a_claim_is_taken_renewed_refused_and_released(world: World) -> None:
         if s["study_instance_uid"] == world.study
     ]  # fmt: skip
     assert row["claim"] == renewed
+    listed = hub.get("/studies", world.rev2)
+    etag = listed.headers["ETag"]
+    unchanged = hub.get("/studies", world.rev2, headers={"If-None-Match": etag})
+    assert unchanged.status_code == 304 and unchanged.content == b""
     released = hub.request("DELETE", path, world.rev)
     assert released.status_code == 204 and released.content == b""
+    # the release changed the worklist at once: a new answer, a new ETag
+    after = hub.get("/studies", world.rev2, headers={"If-None-Match": etag})
+    assert after.status_code == 200 and after.headers["ETag"] != etag
     assert hub.get(f"/studies/{world.study}", world.rev).json()["status"] == "processed"
     assert hub.request("DELETE", path, world.rev2).status_code == 204  # nothing held
 
@@ -520,6 +527,11 @@ def test_every_access_is_audited_with_its_outcome(world: World) -> None:
 def test_the_worklist_of_5000_studies_answers_quickly(world: World) -> None:
     with world.archive() as archive:
         filled = fill(archive, studies=5000, sites=60)
+    # Written behind the service's back: listed once its cached worklist expires.
+    deadline = time.monotonic() + 30
+    while len(world.hub.get("/studies", world.rev).json()["studies"]) < 5001:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
     # Through the proxy and TLS, as reviewers call it, and straight to the service.
     service = service_launch(service_pids(world.hub.state)[0])[1]["JUPYTERHUB_SERVICE_URL"]
     direct = requests.Session()

@@ -201,3 +201,16 @@ def _numbers(dataset: Any) -> list[float]:
             found.append(float(measured.NumericValue))
         found += _numbers(item)
     return found
+
+
+def test_a_study_opens_directly_from_its_link(rita: Any, deployment: Deployment) -> None:
+    study = deployment.study("south", "mmode")
+    base = rita.url.split("/voila/")[0]
+    rita.goto(f"{base}/voila/render/usreview/study.ipynb?study={study.study_uid}")
+    rita.wait_for_selector(".usreview-study-page .usr-plot", timeout=90_000)
+    header = rita.locator(".usreview-study-page h2").first.inner_text()
+    assert "MMODE" in header  # the simulated patient of that study
+    assert rita.locator(".usr-plot[data-kind=MModeViewer]").count() == 1
+    _screenshot(rita, "study-mmode")
+    rita.goto(f"{base}/voila/render/usreview/study.ipynb?study=1.2.3.404")
+    rita.locator(".usreview-message:has-text('Cannot open the study')").wait_for(timeout=90_000)

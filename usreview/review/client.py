@@ -72,6 +72,7 @@ class ReviewClient:
         self._local = threading.local()
         self._cache: Path | None = None
         self._lock = threading.Lock()
+        self._worklists: dict[str, tuple[str, list[dict[str, Any]]]] = {}
 
     @classmethod
     def from_environment(cls) -> ReviewClient:
@@ -95,9 +96,24 @@ class ReviewClient:
     def studies(
         self, *, site: str | None = None, status: str | None = None
     ) -> list[dict[str, Any]]:
-        """The studies the caller may read, newest first (the worklist's rows)."""
+        """The studies the caller may read, newest first (the worklist's rows).
+
+        Asked again with the same filters, an unchanged list costs no transfer: the
+        service answers 304 to the ETag of the last answer, and the last list is returned.
+        """
         query = {k: v for k, v in (("site", site), ("status", status)) if v}
-        return list(self._json("GET", "/studies", query=query)["studies"])
+        key = urlencode(sorted(query.items()))
+        known = self._worklists.get(key)
+        extra = {"If-None-Match": known[0]} if known else None
+        response = self._request("GET", "/studies", query=query, headers=extra)
+        if response.status == 304 and known is not None:
+            response.read()
+            return list(known[1])
+        studies = list(json.loads(response.read())["studies"])
+        etag = response.getheader("ETag")
+        if etag:
+            self._worklists[key] = (etag, studies)
+        return studies
 
     def study(self, study_instance_uid: str) -> dict[str, Any]:
         """One study: series, instances with their analyses and processing, claim, reports."""
@@ -192,17 +208,19 @@ class ReviewClient:
         *,
         query: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> http.client.HTTPResponse:
         url = self._prefix + path + (f"?{urlencode(query)}" if query else "")
-        headers = {"Authorization": f"token {self._token}", "Accept": "application/json"}
+        sent = {"Authorization": f"token {self._token}", "Accept": "application/json"}
+        sent.update(headers or {})
         data = None
         if body is not None:
             data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+            sent["Content-Type"] = "application/json"
         for attempt in (1, 2):  # a kept-alive connection the service closed: once more
             connection = self._connection()
             try:
-                connection.request(method, url, body=data, headers=headers)
+                connection.request(method, url, body=data, headers=sent)
                 response = connection.getresponse()
                 break
             except (ConnectionError, http.client.HTTPException) as exc:

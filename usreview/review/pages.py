@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the worklist opens fast: DICOM and processing load with a s
 
 __all__ = [
     "REFRESH_SECONDS",
+    "RENEW_SECONDS",
     "StudyPage",
     "WorklistPage",
     "study_page",
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 REFRESH_SECONDS: Final = 5.0
+#: How often an open study renews its reviewer's claim (claims last 20 minutes by default).
+RENEW_SECONDS: Final = 240.0
 _log = logging.getLogger(__name__)
 _THUMB: Final = 96
 
@@ -95,6 +98,7 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         self.table.observe(self._on_action, "action")
         self._stop = threading.Event()
         self._refresh_seconds = refresh_seconds
+        self._study: StudyPage | None = None
         title = w.HTML(f"<h2>Worklist</h2><div>Signed in as <b>{html.escape(_me())}</b></div>")
         self._list_view = w.VBox([title, self.message, self.table])
         super().__init__([self._list_view])
@@ -119,6 +123,9 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
 
     def show_list(self) -> None:
         """Back from a study to the list."""
+        if self._study is not None:
+            self._study.close()
+            self._study = None
         self.children = [self._list_view]
         self.refresh()
 
@@ -127,7 +134,8 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         back = w.Button(description="Back to worklist", icon="arrow-left")
         back.add_class("usreview-back")
         back.on_click(lambda _: self.show_list())
-        self.children = [w.VBox([_title("Study"), back, StudyPage(self.client, uid)])]
+        self._study = StudyPage(self.client, uid)
+        self.children = [w.VBox([_title("Study"), back, self._study])]
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self._refresh_seconds):
@@ -175,9 +183,17 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
 class StudyPage(w.VBox):  # type: ignore[misc]
     """One study: thumbnails, the selected instance's viewer, results, report."""
 
-    def __init__(self, client: ReviewClient, study_instance_uid: str) -> None:
+    def __init__(
+        self,
+        client: ReviewClient,
+        study_instance_uid: str,
+        *,
+        renew_seconds: float = RENEW_SECONDS,
+    ) -> None:
         self.client = client
         self.uid = study_instance_uid
+        self._closed = threading.Event()
+        self._renew_seconds = renew_seconds
         self.message = w.HTML()
         self.viewer_box = w.VBox([w.HTML("<i>Choose an image.</i>")])
         self.viewer_box.add_class("usreview-viewer")
@@ -216,6 +232,24 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.add_class("usreview-study-page")
         if records:
             self.show(records[0]["sop_instance_uid"])
+        threading.Thread(target=self._keep_claim, name="claim", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop renewing the claim (the study stays claimed until it expires or is released)."""
+        self._closed.set()
+        super().close()
+
+    def _keep_claim(self) -> None:
+        """While the page is open, renew the reviewer's own claim before it expires."""
+        while not self._closed.wait(self._renew_seconds):
+            if (self.study.get("claim") or {}).get("reviewer") != _me():
+                continue
+            try:
+                self.study["claim"] = self.client.claim(self.uid)
+            except UsreviewError as exc:  # taken over after expiry, or the service is away
+                self.study["claim"] = None
+                self.message.value = _banner(f"Your claim lapsed: {exc}", error=True)
+                self._render_header()
 
     # Actions ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import fcntl
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from usreview.hub.api.handlers_review import AnalysisHandler, StudiesHandler, St
 from usreview.hub.api.handlers_upload import InstanceHandler
 from usreview.hub.api.settings import ServiceSettings
 from usreview.hub.api.sitekeys import SiteKeyFiles
+from usreview.hub.api.worklist_cache import WorklistCache
 from usreview.hub.audit import AuditAction, AuditLog
 from usreview.hub.errors import StateError
 from usreview.hub.state import HubState, open_state, state_from_env
@@ -53,6 +54,7 @@ class ServiceContext:
     spool: Path
     executor: ThreadPoolExecutor
     lock_fd: int
+    worklist: WorklistCache = field(default_factory=WorklistCache)
 
     def close(self) -> None:
         """Finish work in flight, stop the workers, close the archive, release the lock."""

@@ -39,6 +39,7 @@ class ClaimHandler(BaseHandler):
         seconds = self.context.settings.claim_minutes * 60
         review = self.context.archive.review
         claim = await self.blocking(review.claim, reviewer, study_instance_uid, seconds=seconds)
+        self.context.worklist.invalidate()
         view = claim_view(claim)
         await self.audit(AuditAction.WRITE, "claimed", {"expires_at": view["expires_at"]})
         self.write_json(view)
@@ -49,6 +50,7 @@ class ClaimHandler(BaseHandler):
         review = self.context.archive.review
         force = self.has_scope(ADMIN)
         released = await self.blocking(review.release, reviewer, study_instance_uid, force=force)
+        self.context.worklist.invalidate()
         detail = {"holder": released.reviewer if released else None, "admin": force}
         await self.audit(AuditAction.WRITE, "released", detail)
         self.set_status(204)

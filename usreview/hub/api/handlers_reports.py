@@ -53,6 +53,7 @@ class ReportsHandler(BaseHandler):
         record = await self.blocking(
             publish_report, self.context, reviewer, study_instance_uid, report
         )
+        self.context.worklist.invalidate()
         await self.audit(
             AuditAction.WRITE,
             "published",

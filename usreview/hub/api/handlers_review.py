@@ -52,9 +52,22 @@ class StudiesHandler(BaseHandler):
             choices = ", ".join(s.value for s in StudyStatus)
             raise ApiError(400, "bad_request", f"status must be one of {choices}")
         review = self.context.archive.review
-        entries = await self.blocking(review.worklist, reviewer, status=status, site=site)
-        await self.audit(AuditAction.READ, detail={"count": len(entries), "site": site})
-        self.write_json({"studies": [entry_view(e) for e in entries]})
+
+        def compute() -> list[dict[str, Any]]:
+            entries = review.worklist(reviewer, status=status, site=site)
+            return [entry_view(e) for e in entries]
+
+        # Every reviewer may read every study: one cached answer per filter serves them all.
+        key = (type(reviewer).__name__, status or "", site or "")
+        answer = await self.blocking(self.context.worklist.get, key, compute)
+        await self.audit(AuditAction.READ, detail={"count": answer.count, "site": site})
+        self.set_header("ETag", answer.etag)
+        if answer.etag in _etags(self.request.headers.get("If-None-Match", "")):
+            self.set_status(304)
+            self.finish()
+            return
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(answer.body)
 
 
 class StudyHandler(BaseHandler):
@@ -195,3 +208,7 @@ async def send_instance(handler: BaseHandler, sop_instance_uid: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}

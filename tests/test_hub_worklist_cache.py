@@ -1,0 +1,61 @@
+"""The service's worklist cache: fresh answers shared, changes seen at once or within ttl."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from usreview.hub.api.worklist_cache import WorklistCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_answers_are_shared_within_ttl_and_recomputed_after() -> None:
+    clock, calls = Clock(), []
+
+    def compute() -> list[dict[str, Any]]:
+        calls.append(clock.now)
+        return [{"study_instance_uid": f"1.{len(calls)}"}]
+
+    cache = WorklistCache(ttl=2.0, clock=clock)
+    first = cache.get(("Reviewer", "", ""), compute)
+    assert json.loads(first.body) == {"studies": [{"study_instance_uid": "1.1"}]}
+    clock.now += 1.9
+    assert cache.get(("Reviewer", "", ""), compute) is first and len(calls) == 1
+    assert cache.get(("Reviewer", "processed", ""), compute).count == 1  # another filter
+    assert len(calls) == 2
+    clock.now += 0.2
+    later = cache.get(("Reviewer", "", ""), compute)
+    assert later.etag != first.etag and len(calls) == 3
+
+
+def test_a_change_made_here_is_seen_at_once() -> None:
+    clock, n = Clock(), [0]
+
+    def compute() -> list[dict[str, Any]]:
+        n[0] += 1
+        return [{"n": n[0]}]
+
+    cache = WorklistCache(ttl=60.0, clock=clock)
+    before = cache.get(("k",), compute)
+    cache.invalidate()
+    assert cache.get(("k",), compute).etag != before.etag
+
+
+def test_an_answer_computed_across_a_change_is_not_kept() -> None:
+    clock = Clock()
+    cache = WorklistCache(ttl=60.0, clock=clock)
+
+    def racing() -> list[dict[str, Any]]:
+        cache.invalidate()  # a claim lands while the worklist is being read
+        return [{"stale": True}]
+
+    cache.get(("k",), racing)
+    fresh = cache.get(("k",), lambda: [{"stale": False}])
+    assert json.loads(fresh.body)["studies"] == [{"stale": False}]
