@@ -3,7 +3,8 @@
 A real hub (proxy, service, worker) with one site sending, by C-STORE through its gateway,
 a cine of 100 frames of 600x800 at 50 frames/s; 5,000 more studies from 60 sites written
 into the hub's archive index (:func:`benchmarks._worklist.fill`). A reviewer logs in
-through the hub's form in Debian's chromium (Playwright) and lands on the worklist.
+through the hub's form in Debian's chromium (Playwright, launched as the browser tests
+do: :func:`tests.browser_support.launched_chromium`) and lands on the worklist.
 
 Measured, each against a baseline of the same run:
 
@@ -31,20 +32,10 @@ from typing import Any
 
 from benchmarks._support import HubProcess, c_store, enroll_site, free_port, scale, start_gateway
 from benchmarks._worklist import fill
+from tests.browser_support import launched_chromium
 
 RUNS = 3
 FRAMES, ROWS, COLUMNS, RATE = 100, 600, 800, 50.0
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 KERNEL = {"display_name": "Python 3", "language": "python", "name": "python3"}
 EMPTY = {
     "cells": [
@@ -96,8 +87,6 @@ def _wait(predicate: Any, timeout: float, what: str) -> Any:
 
 
 def main() -> None:
-    from playwright.sync_api import sync_playwright
-
     from usreview.hub.commands import add_user
     from usreview.simulate import simulate
     from usreview.store import Archive
@@ -143,8 +132,7 @@ def main() -> None:
             service = sorted(_api(hub, token, "/studies")[0] for _ in range(5))
             total = count + 1
 
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            with launched_chromium() as browser:
                 page = browser.new_context(
                     ignore_https_errors=True, viewport={"width": 1500, "height": 1000}
                 ).new_page()
@@ -196,7 +184,6 @@ def main() -> None:
                 for _ in range(5):
                     page.wait_for_timeout(1100)
                     rates.append(float(page.get_attribute(".usr-cine", "data-fps") or "0"))
-                browser.close()
         finally:
             if gateway is not None:
                 gateway.stop()

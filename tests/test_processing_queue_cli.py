@@ -90,3 +90,29 @@ def test_the_hub_manages_one_worker(configured: tuple[Config, Path]) -> None:  #
     assert worker["command"][1:] == ["-m", "usreview.processing.worker"]
     assert worker["environment"]["USREVIEW_STATE"] == str(state.absolute())
     assert "url" not in worker  # a process, not a web service: no route, no scopes
+
+
+def test_hub_jobs_backfill_queues_instances_stored_before_the_queue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sqlalchemy import delete
+    from sqlalchemy.orm import Session
+
+    from usreview.store.database import writer
+    from usreview.store.jobs_schema import JobRow
+
+    setup = HubSetup.create(tmp_path / "hub")
+    with setup.open_archive() as archive:
+        for n in (1, 2, 3):
+            archive.put(SITE, f"envelope {n}".encode(), meta(n, study=n))
+        with Session(writer(archive._engine)) as session, session.begin():
+            session.execute(delete(JobRow).where(JobRow.id != 2))  # as if stored before
+    state = str(setup.state.root)
+    assert main(["hub", "jobs", "--backfill", "--state", state]) == 0
+    assert "2 instance(s) without a processing job queued" in capsys.readouterr().out
+    assert main(["hub", "jobs", "--backfill", "--state", state]) == 0
+    assert "0 instance(s)" in capsys.readouterr().out
+    with setup.open_archive() as archive:
+        jobs = archive.jobs.list_jobs()
+    assert sorted(j.sop_instance_uid for j in jobs) == [f"1.2.826.0.1.{n}" for n in (1, 2, 3)]
+    assert all(j.status.value == "pending" for j in jobs)

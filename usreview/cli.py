@@ -426,6 +426,10 @@ def _cmd_hub_jobs(args: argparse.Namespace) -> int:
     state = open_state(_state_dir(args))
     settings = ServiceSettings.from_state(state.root)
     with Archive.open(settings.database_url or None, state.root / "archive") as archive:
+        if args.backfill:
+            made = archive.jobs.backfill()
+            print(f"{made} instance(s) without a processing job queued")
+            return 0
         if args.retry is not None:  # NotFoundError / InvalidTransitionError: a sentence, 1
             job = archive.jobs.retry(args.retry, actor="usreview hub jobs --retry")
             print(f"job {job.id} ({job.sop_instance_uid}) is pending again")
@@ -464,13 +468,19 @@ def _add_hub_processing(actions: argparse._SubParsersAction[argparse.ArgumentPar
     worker.set_defaults(handler=_cmd_hub_worker)
     jobs = actions.add_parser(
         "jobs",
-        help="list the processing jobs, or retry a failed one",
+        help="list the processing jobs, retry a failed one, or queue the instances without one",
         description="One line per job: id, status, attempts, site, SOP Instance UID and, "
         "for a failed job, the reason (tab-separated). --retry ID puts a failed job back "
         "in the queue with all its attempts (its study goes back to received).",
     )
     jobs.add_argument("--failed", action="store_true", help="only the failed jobs")
-    jobs.add_argument("--retry", type=int, metavar="ID", help="re-queue the failed job ID")
+    what = jobs.add_mutually_exclusive_group()
+    what.add_argument("--retry", type=int, metavar="ID", help="re-queue the failed job ID")
+    what.add_argument(
+        "--backfill",
+        action="store_true",
+        help="queue a job for every stored instance that has none (stored before the queue)",
+    )
     _add_hub_state(jobs, action=True)
     jobs.set_defaults(handler=_cmd_hub_jobs)
 

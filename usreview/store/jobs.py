@@ -278,6 +278,33 @@ class JobQueue:
             session.flush()
             return self._record(session, row.id)
 
+    def backfill(self) -> int:
+        """Queue a job for every stored instance that has none; return how many were made.
+
+        Instances stored before the archive had a queue (or restored from elsewhere) are
+        otherwise never processed. Running it again makes nothing twice.
+        """
+        now = self._clock()
+        with _guard("queueing jobs"), Session(self._writer) as session, session.begin():
+            missing = session.execute(
+                select(InstanceRow.id, InstanceRow.study_id)
+                .outerjoin(JobRow, JobRow.instance_id == InstanceRow.id)
+                .where(JobRow.id.is_(None))
+                .order_by(InstanceRow.id)
+            ).all()
+            for instance_id, study_id in missing:
+                session.add(
+                    JobRow(
+                        instance_id=instance_id,
+                        study_id=study_id,
+                        status=JobStatus.PENDING,
+                        attempts=0,
+                        available_at=now,
+                        created_at=now,
+                    )
+                )
+            return len(missing)
+
     # -- reading ---------------------------------------------------------------------
 
     def get(self, job_id: int) -> JobRecord:

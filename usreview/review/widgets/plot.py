@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import anywidget
 import numpy as np
@@ -112,6 +112,11 @@ class _TimeDisplay(anywidget.AnyWidget):  # type: ignore[misc]
             **kwargs,
         )
 
+    @classmethod
+    def from_instance(cls, instance: UltrasoundInstance, frame: int = 0, **kwargs: Any) -> Self:
+        """A viewer of frame ``frame`` of ``instance``, on its calibrated region."""
+        return cls(instance.display_frame(frame), instance.regions, **kwargs)
+
     def set_trace(self, trace: Trace | Sequence[Trace] | None) -> None:
         """Replace the overlaid trace(s): rows of (time s, value in the axis unit)."""
         self.traces = [trace_pixels(self.region, t, scale=self._y_scale) for t in _traces(trace)]
@@ -213,13 +218,6 @@ class SpectralViewer(_TimeDisplay):
             **kwargs,
         )
 
-    @classmethod
-    def from_instance(
-        cls, instance: UltrasoundInstance, frame: int = 0, **kwargs: Any
-    ) -> SpectralViewer:
-        """A viewer of the spectral display of ``instance`` (frame ``frame``)."""
-        return cls(instance.display_frame(frame), instance.regions, **kwargs)
-
     def _compute(self, picks: dict[str, tuple[float, float]]) -> list[measure.Measurement]:
         out: list[measure.Measurement] = []
         peak = picks.get("peak")
@@ -288,13 +286,6 @@ class MModeViewer(_TimeDisplay):
             baseline=None,
             **kwargs,
         )
-
-    @classmethod
-    def from_instance(
-        cls, instance: UltrasoundInstance, frame: int = 0, **kwargs: Any
-    ) -> MModeViewer:
-        """A viewer of the M-mode strip of ``instance`` (frame ``frame``)."""
-        return cls(instance.display_frame(frame), instance.regions, **kwargs)
 
     def _compute(self, picks: dict[str, tuple[float, float]]) -> list[measure.Measurement]:
         out: list[measure.Measurement] = []
