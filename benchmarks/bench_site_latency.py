@@ -15,9 +15,11 @@ Published from another process, a result reaches the waiting site within the ser
 ``results_poll_seconds`` (0.5 s by default), which bounds the last step from below.
 
 Then the gateway's ingest rate from dcmtk ``storescu`` with default settings (an untuned
-scanner: no ``TCP_NODELAY``), with its uploads to the hub running, in the same run as the
-same files sent to pynetdicom's plain Storage SCP writing raw bytes and to Orthanc
-(Debian package, default settings). Goal (issue 5): at least 100 instances/s.
+scanner: no ``TCP_NODELAY``), with its uploads to the hub running (in the gateway's
+upload process), in the same run as the same files sent to pynetdicom's plain Storage
+SCP writing raw bytes and to Orthanc (Debian package, default settings). Goal (issue 5):
+at least 100 instances/s. Then the same files from four storescu at once (four scanners),
+to the gateway and to the plain SCP: there the spool's writers share folder fsyncs.
 
 Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 20 paced instances, 200 for the rate).
 """
@@ -52,6 +54,7 @@ PACED = 20
 PACE_SECONDS = 0.5
 RATE_N = 200
 SITE = "clinic"
+SCANNERS = 4
 
 
 class AutoResults:
@@ -243,6 +246,42 @@ def _ingest(config: Path, port: int, burst: list[Path], root: Path) -> None:
     )
     if missing:
         raise SystemExit(f"FAILED: {missing} instance(s) not at the hub")
+    _scanners(config, port, burst, root)
+
+
+def _scanners(config: Path, port: int, burst: list[Path], root: Path) -> None:
+    from usreview.site import Spool, load_config
+
+    n = len(burst)
+    again = copies(burst[0], n, root / "scanners")  # new UIDs: not at the hub yet
+    batches = [again[i::SCANNERS] for i in range(SCANNERS)]
+    print(f"{SCANNERS} storescu at once (default settings), {n} x 308 KB in all:")
+    seconds, stored = _at_once(port, batches, "USREVIEW")
+    if stored != n:
+        raise SystemExit(f"FAILED: gateway stored {stored}/{n} from {SCANNERS} scanners")
+    gateway_rate = n / seconds
+    with plain_scp(root / "plain-scanners") as plain_port:
+        seconds, plain_stored = _at_once(plain_port, batches, "PLAIN")
+    plain_rate = plain_stored / seconds
+    spool = Spool(load_config(config).spool)
+    deadline = time.monotonic() + 120
+    while spool.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(
+        f"  usreview gateway (uploads running): {gateway_rate:.0f} instances/s; "
+        f"pynetdicom plain SCP: {plain_rate:.0f} instances/s; "
+        f"ratio {gateway_rate / plain_rate:.2f}x"
+    )
+
+
+def _at_once(port: int, batches: list[list[Path]], called: str) -> tuple[float, int]:
+    """One untuned storescu per batch, all at once: (wall seconds, instances stored)."""
+    started = time.perf_counter()
+    processes = [
+        storescu(port, batch, called=called, calling=SCANNER_AE, nodelay=False) for batch in batches
+    ]
+    runs = [finish(process, started) for process in processes]
+    return time.perf_counter() - started, sum(run.succeeded for run in runs)
 
 
 def _held(path: Path, held: dict[str, str]) -> bool:

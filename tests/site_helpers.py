@@ -107,6 +107,26 @@ def succeeded_files(output: str) -> list[Path]:
     return done
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def children(pid: int) -> set[int]:
+    """The process ids of ``pid``'s children (Linux ``/proc``)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found.update(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return {child for child in found if alive(child)}
+
+
 @dataclass
 class GatewayProcess:
     process: subprocess.Popen[bytes]
@@ -116,6 +136,17 @@ class GatewayProcess:
     def kill9(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
+
+    def upload_process(self, *, other_than: int | None = None, timeout: float = 30.0) -> int:
+        """The pid of the gateway's upload process (a new one: not ``other_than``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = children(self.process.pid) - {other_than}
+            if len(found) == 1:
+                return found.pop()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the gateway has no single upload process: {found}")
+            time.sleep(0.05)
 
     def stop(self) -> int:
         if self.process.poll() is None:

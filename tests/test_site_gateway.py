@@ -6,7 +6,9 @@ scanner sends stays in the spool where the tests can look at it.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from tests.conftest import REAL_FILES, real_file
 from tests.site_helpers import (
     USREVIEW,
+    alive,
     copies,
     free_port,
     set_port,
@@ -169,6 +172,22 @@ def test_second_gateway_on_the_same_site_is_refused(tmp_path: Path) -> None:
         gateway.stop()
 
 
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_the_upload_process_stops_with_the_gateway(tmp_path: Path, how: str) -> None:
+    config, port = _site(tmp_path, ["*"])
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        uploads = gateway.upload_process()
+        assert alive(uploads)
+        if how == "Ctrl-C":  # a terminal sends SIGINT to the whole process group
+            os.killpg(gateway.process.pid, signal.SIGINT)
+            assert gateway.process.wait(timeout=60) == 0
+    finally:
+        assert gateway.stop() == 0
+    assert not alive(uploads)
+    assert not read_status(load_config(config)).gateway_running
+
+
 def test_untuned_storescu_is_not_stuck_at_20_per_second(tmp_path: Path) -> None:
     config, port = _site(tmp_path, ["*"])
     subprocess.run(
@@ -201,6 +220,7 @@ def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> N
     files = copies(tmp_path / "one" / "bmode.dcm", 400, tmp_path / "many")
     uids = {path: sop_uid(path) for path in files}
     gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    uploads = gateway.upload_process()
     spool_dir = load_config(config).spool
     with subprocess.Popen(
         ["storescu", "-v", "-aet", "SCANNER", "-aec", "USREVIEW", "127.0.0.1", str(port)]
@@ -218,6 +238,8 @@ def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> N
     assert 40 <= len(acknowledged) < len(files), output[-2000:]
     spooled = _spooled(config)
     assert {uids[p] for p in acknowledged} <= set(spooled)
+    # The upload process sees its pipe close and ends by itself.
+    wait_until(lambda: not alive(uploads), timeout=60)
     # Restart: the spool is intact, and the scanner sends the rest (and some again).
     gateway = start_gateway(config, port, tmp_path / "gateway.log")
     try:

@@ -30,6 +30,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from tests.site_helpers import (
     USREVIEW,
     GatewayProcess,
+    alive,
     copies,
     free_port,
     sop_uid,
@@ -324,6 +325,7 @@ def test_gateway_kill_9_then_restart_delivers_everything_once(
     config, port = enroll(hub, "clinic-b", tmp_path / "site")
     files = copies(simulated[0], 200, tmp_path / "copies")
     gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    first = gateway.upload_process()
     with subprocess.Popen(
         ["storescu", "-v", "-aet", "SCANNER", "-aec", "USREVIEW", "127.0.0.1", str(port)]
         + [str(p) for p in files],
@@ -332,14 +334,26 @@ def test_gateway_kill_9_then_restart_delivers_everything_once(
         text=True,
     ) as scanner:
         assert scanner.stdout is not None
-        seen = []
-        while sum("Store Response (Success)" in line for line in seen) < 50:
-            seen.append(scanner.stdout.readline())  # part received, part uploaded
-        gateway.kill9()
+        seen: list[str] = []
+
+        def read_until(successes: int) -> None:
+            while sum("Store Response (Success)" in line for line in seen) < successes:
+                line = scanner.stdout.readline()  # type: ignore[union-attr]
+                assert line, "".join(seen)[-2000:]
+                seen.append(line)
+
+        read_until(25)
+        os.kill(first, signal.SIGKILL)  # the upload process, mid-upload
+        read_until(50)  # the gateway still receives, and starts another upload process
+        second = gateway.upload_process(other_than=first)
+        read_until(60)
+        gateway.kill9()  # now the gateway: part received, part uploaded
         rest, _ = scanner.communicate(timeout=60)
         output = "".join(seen) + rest
     acknowledged = succeeded_files(output)
     assert 0 < len(acknowledged) < len(files), output[-2000:]
+    # Its pipe closed, the orphaned upload process ends by itself.
+    wait_until(lambda: not alive(second), timeout=60)
     gateway = start_gateway(config, port, tmp_path / "gateway.log")
     try:
         wait_until(lambda: spool_empty(config), timeout=90, step=0.2)
@@ -350,8 +364,42 @@ def test_gateway_kill_9_then_restart_delivers_everything_once(
         wait_until(lambda: spool_empty(config), timeout=90, step=0.2)
         held = held_at_hub(config)
         assert set(held) == {sop_uid(p) for p in files}
+        errors = read_status(load_config(config)).recorded["errors"]
+        assert any("upload process ended" in e["message"] for e in errors)
     finally:
         gateway.stop()
+
+
+def test_spool_reconciles_with_the_hubs_batch_receipt(
+    hub: Hub, simulated: list[Path], tmp_path: Path
+) -> None:
+    from usreview.site.status import StatusBook
+    from usreview.site.uploader import Uploader
+
+    config, _ = enroll(hub, "clinic-d", tmp_path / "site")
+    site = load_config(config)
+    sent = copies(simulated[1], 3, tmp_path / "sent")
+    done = subprocess.run(
+        [*USREVIEW, "site", "push", "--config", str(config), *map(str, sent)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # As after a crash between the hub's receipts and the spool's removals: the spool
+    # still holds what the hub has, beside one instance the hub has never seen.
+    spool = Spool(site.spool)
+    for path in sent:
+        spool.put(sop_uid(path), path.read_bytes())
+    (new,) = copies(simulated[1], 1, tmp_path / "new")
+    spool.put(sop_uid(new), new.read_bytes())
+    site.state.mkdir(mode=0o700, exist_ok=True)
+    book = StatusBook(site.state)
+    assert Uploader(site, spool, book).reconcile() == len(sent)
+    assert [item.sop_instance_uid for item in spool.pending()] == [sop_uid(new)]
+    book.flush(force=True)
+    assert read_status(site).recorded["uploads"] == len(sent)
 
 
 def test_push_and_its_errors(hub: Hub, simulated: list[Path], tmp_path: Path) -> None:

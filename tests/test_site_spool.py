@@ -72,10 +72,12 @@ def test_invalid_uids_are_refused(tmp_path: Path, uid: str) -> None:
         Spool(tmp_path / "spool").put(uid, b"x")
 
 
-def test_temporary_leftovers_are_removed_on_open(tmp_path: Path) -> None:
-    Spool(tmp_path / "spool")
+def test_temporary_leftovers_are_removed_by_the_writer_only(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
     (tmp_path / "spool" / ".0001.dcm.abc.part").write_bytes(b"half")
-    Spool(tmp_path / "spool")
+    Spool(tmp_path / "spool")  # a reader (status, the upload process) leaves them alone
+    assert (tmp_path / "spool" / ".0001.dcm.abc.part").exists()
+    assert spool.remove_leftovers() == 1
     assert not (tmp_path / "spool" / ".0001.dcm.abc.part").exists()
 
 
@@ -116,8 +118,20 @@ def test_kill_9_while_writing_loses_no_acknowledged_instance(tmp_path: Path) -> 
             proc.wait()
             acknowledged += [int(line) for line in proc.stdout.read().split()]
         spool = Spool(root)
+        spool.remove_leftovers()
         found = {item.sop_instance_uid for item in spool.pending()}
         assert acknowledged and {f"1.2.{i}" for i in acknowledged} <= found
         for item in spool.pending():  # nothing half-written under a final name
             assert hashlib.sha256(item.path.read_bytes()).hexdigest() == item.sha256
         assert not list(root.glob(".*.part"))
+
+
+def test_item_looks_up_one_spooled_name(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    item = spool.put("1.2.3", b"abc")
+    found = spool.item(item.path.name)
+    assert found is not None and (found.sop_instance_uid, found.sha256) == ("1.2.3", item.sha256)
+    assert found.size == 3
+    assert spool.item("not-a-spool-name.dcm") is None
+    spool.acknowledge(item, item.sha256)
+    assert spool.item(item.path.name) is None

@@ -715,7 +715,8 @@ def _add_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the DICOM gateway until interrupted",
         description="Listen for scanners (DICOM C-STORE), spool every instance durably "
         "before answering, upload it sealed to the hub with retries, and deliver the hub's "
-        "results into the outbox and to the PACS. Stops on SIGINT or SIGTERM.",
+        "results into the outbox and to the PACS. Runs two processes: the DICOM receiver, "
+        "and an upload process that it supervises. Stops on SIGINT or SIGTERM.",
     )
     config_option(gateway)
     gateway.add_argument("-v", "--verbose", action="store_true", help="log every event")

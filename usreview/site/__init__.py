@@ -13,8 +13,9 @@ into an outbox folder and to the clinic's PACS. Modules (one responsibility each
     results     following the results feed (long-poll, persisted cursor, replay cache)
     deliver     the outbox folder and C-STORE to the PACS (durable retry markers)
     push        one-shot upload of files or folders
-    status      the status file, the state lock, ``usreview site status``
-    gateway     the three together in one process
+    status      the status file, the state locks, ``usreview site status``
+    gateway     the gateway process: the SCP, and supervising the upload process
+    worker      the upload process: uploader and results follower, woken by the SCP
 
 Errors are in :mod:`usreview.site.errors`.
 """

@@ -3,11 +3,16 @@
 One file per instance, named ``UID_SHA256.dcm`` (SOP Instance UID and the SHA-256 of the
 file's bytes), so the name alone says what a receipt must name. Writing is durable
 before it returns: a temporary file is written and fsynced, renamed to its name, and the
-folder is fsynced; only then may the C-STORE success be sent. A file leaves the spool
-only through :meth:`Spool.acknowledge` with a SHA-256 that matches (a verified receipt)
-or :meth:`Spool.reject` (the hub refused it for good: kept in ``rejected/`` with the
-reason beside it). Temporary files left by a crash were never acknowledged to the sender
-and are removed when the spool opens.
+folder is fsynced; only then may the C-STORE success be sent. (Concurrent writers need no
+grouping of their own: ext4's journal already serves concurrent fsyncs with one commit,
+and a user-space group commit measured slower.) A file leaves the spool only through
+:meth:`Spool.acknowledge` with a SHA-256 that matches (a verified receipt) or
+:meth:`Spool.reject` (the hub refused it for good: kept in ``rejected/`` with the reason
+beside it). Temporary files left by a crash were never acknowledged to the sender; the
+gateway removes them (:meth:`Spool.remove_leftovers`) before it listens.
+
+Several processes may open the spool at once: the gateway writes it, its upload process
+empties it, ``usreview site status`` reads it.
 
 The same instance received twice has the same name: stored once, uploaded once. The
 same UID with different bytes gets a second file; the hub refuses it (409 conflict) and
@@ -74,9 +79,19 @@ class Spool:
             raise SpoolError(f"cannot create the spool {self.root}: {exc}") from None
         self._listeners: list[Callable[[SpooledInstance], None]] = []
         self._lock = threading.Lock()
+
+    def remove_leftovers(self) -> int:
+        """Remove the temporary files a crash left; return how many.
+
+        Only for the process that writes the spool, before it writes: the temporary
+        files of a running gateway are in use.
+        """
+        removed = 0
         for leftover in self.root.glob(_TMP):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+                removed += 1
+        return removed
 
     def add_listener(self, listener: Callable[[SpooledInstance], None]) -> None:
         """Call ``listener`` after each instance is durably spooled."""
@@ -96,12 +111,26 @@ class Spool:
         try:
             if not path.exists():
                 replace_file(path, data, mode=0o600)
+            else:  # received again: its name may still await the first writer's fsync
+                fsync_directory(self.root)
         except OSError as exc:
             raise SpoolError(f"cannot spool {sop_instance_uid}: {exc.strerror or exc}") from None
         item = SpooledInstance(path, sop_instance_uid, sha, len(data), time.time())
         for listener in self._listeners:
             listener(item)
         return item
+
+    def item(self, name: str) -> SpooledInstance | None:
+        """The instance spooled as ``name`` (a file name), or None if it is not there."""
+        match = _NAME.fullmatch(name)
+        if match is None:
+            return None
+        path = self.root / name
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        return SpooledInstance(path, match["uid"], match["sha"], info.st_size, info.st_mtime)
 
     def pending(self) -> list[SpooledInstance]:
         """The instances waiting, oldest first."""

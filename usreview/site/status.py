@@ -1,9 +1,10 @@
 """What a site is doing: the gateway's status file and ``usreview site status``.
 
-The gateway (and ``push``/``pull``) record events in a :class:`StatusBook`, which keeps
-``STATE/status.json`` up to date (written atomically, at most every half second). The
-``status`` command reads it together with the spool and the results cursor, so it works
-while a gateway runs and when none does.
+The gateway's upload process (and ``pull``) record events in a :class:`StatusBook`,
+which keeps ``STATE/status.json`` up to date (written atomically, at most every half
+second); one process writes it at a time (the one holding ``STATE/uploader.lock``, or
+``pull``, which holds the gateway's lock). The ``status`` command reads it together with
+the spool and the results cursor, so it works while a gateway runs and when none does.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
 STATUS_FILE = "status.json"
 CURSOR_FILE = "results.cursor"
 LOCK_FILE = "gateway.lock"
+UPLOADER_LOCK_FILE = "uploader.lock"
 _MAX_ERRORS = 20
 
 
@@ -135,12 +137,32 @@ class SiteStatus:
 
 
 class StateLock:
-    """An exclusive lock on the state folder: one gateway (or pull) per site at a time."""
+    """An exclusive lock on the state folder: one gateway (or pull) per site at a time.
 
-    def __init__(self, state: Path) -> None:
+    Parameters
+    ----------
+    state
+        The site's state folder.
+    name
+        The lock file: ``gateway.lock`` (the default) or ``uploader.lock``, held by the
+        gateway's upload process (one per site, even while a killed gateway's one ends).
+    """
+
+    def __init__(self, state: Path, name: str = LOCK_FILE) -> None:
         Path(state).mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = Path(state) / LOCK_FILE
+        self.path = Path(state) / name
         self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if no other process holds it; return whether it was taken."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
 
     def acquire(self) -> None:
         """Take the lock.
@@ -150,16 +172,11 @@ class StateLock:
         GatewayRunningError
             Another process holds it.
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if not self.try_acquire():
             raise GatewayRunningError(
                 f"another process (a gateway or a pull) uses {self.path.parent}; "
                 "a running gateway delivers results and uploads by itself"
-            ) from None
-        self._fd = fd
+            )
 
     def release(self) -> None:
         """Give the lock back."""

@@ -4,9 +4,12 @@
 and checks the answer's receipt: signed by the hub's key, for this site, naming the
 instance's UID and the SHA-256 of the bytes sent. Only then may the instance leave the
 spool. :class:`Uploader` runs that for everything in the spool with a few worker threads,
-woken as soon as an instance is spooled; while the hub is unreachable (or refuses the
-token) it waits with exponential backoff and loses nothing. An instance the hub refuses
-for good (not ultrasound, a UID conflict, too large) moves to the spool's ``rejected/``.
+woken as soon as an instance is offered (the gateway's upload process offers the names
+the SCP sends it); while the hub is unreachable (or refuses the token) it waits with
+exponential backoff and loses nothing. An instance the hub refuses for good (not
+ultrasound, a UID conflict, too large) moves to the spool's ``rejected/``.
+:meth:`Uploader.reconcile` removes from the spool, without sending them again, the
+instances the hub's signed batch receipt says it already holds.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from queue import Queue
 from typing import IO, Any
@@ -146,6 +149,54 @@ class Uploader:
     def wake(self) -> None:
         """Look at the spool now."""
         self._wake.set()
+
+    def offer(self, items: Iterable[SpooledInstance]) -> None:
+        """Queue ``items`` for upload (those already queued or in progress are skipped)."""
+        self._offer(list(items))
+
+    def reconcile(self) -> int:
+        """Remove what the hub already holds from the spool; return how many left it.
+
+        Asks the hub for its signed batch receipt (every instance it holds for the site)
+        when the spool is not empty; an instance leaves the spool when the receipt names
+        its UID and its SHA-256, as after an upload. Meant for start-up, before
+        :meth:`start`: after a crash between the hub's receipt and the spool's removal.
+
+        Raises
+        ------
+        HubUnreachableError, HubRefusedError
+            The hub could not be asked (nothing left the spool).
+        ReceiptError
+            The batch receipt does not verify (nothing left the spool).
+        """
+        pending = self.spool.pending()
+        if not pending:
+            return 0
+        client = self._client_factory()
+        try:
+            answer = client.receipts()
+        finally:
+            client.close()
+        try:
+            body = verify_receipt(answer, self._hub_key, site=self.config.name)
+        except InvalidReceiptError as exc:
+            raise ReceiptError(f"the hub's batch receipt was refused: {exc}") from None
+        instances = body.get("instances")
+        if body.get("kind") != "batch" or not isinstance(instances, list):
+            raise ReceiptError("the hub's batch receipt lists no instances")
+        held: dict[str, set[str]] = {}
+        for entry in instances:
+            if isinstance(entry, Mapping):
+                uid, sha = entry.get("sop_instance_uid"), entry.get("plaintext_sha256")
+                if isinstance(uid, str) and isinstance(sha, str):
+                    held.setdefault(uid, set()).add(sha)
+        removed = 0
+        for item in pending:
+            named = held.get(item.sop_instance_uid, set())
+            if item.sha256 in named and self.spool.acknowledge(item, item.sha256):
+                self.status.uploaded(item.sop_instance_uid, duplicate=True)
+                removed += 1
+        return removed
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the uploads in progress (what is left stays in the spool)."""
