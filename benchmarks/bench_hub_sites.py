@@ -15,6 +15,11 @@ The baseline, in the same run: Orthanc (Debian package) on loopback with
 ``TCP_NODELAY=1``), all at once; Orthanc's count of instances is checked.
 Goal (issue 4): at least Orthanc's rate, with encryption.
 
+The clock starts once every client process has started and imported what it uses (a
+spawned process re-imports this module), plus a second for each site to load its keys
+and open its connection, so that the clients' start-up is not measured (storescu's is
+not either).
+
 Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 60 sites x 8 small + 4 cines), or
 ``$USREVIEW_BENCH_SITES``.
 """
@@ -31,6 +36,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
@@ -51,6 +57,10 @@ SITES = 60
 SMALL_PER_SITE = 8
 CINES = 4
 CLIENT_PROCESSES = 3
+#: Seconds between the client processes being ready and the start (sites' own set-up).
+SETUP_SECONDS = 1.0
+#: Shared with the parent, in a client process (set by :func:`_client_init`).
+_shared: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -100,10 +110,21 @@ def _site_uploads(
             )
 
 
+def _client_init(ready: Any, start: Any) -> None:
+    """Keep the parent's counter of ready processes and its start time (0 until set)."""
+    _shared.update(ready=ready, start=start)
+
+
 def _client_process(
-    jobs: list[tuple[str, list[tuple[str, str]]]], start_at: float
+    jobs: list[tuple[str, list[tuple[str, str]]]],
 ) -> tuple[list[Upload], float, list[str]]:
     """Upload the given sites' files, one thread per site; (uploads, end time, errors)."""
+    ready, start = _shared["ready"], _shared["start"]
+    with ready.get_lock():
+        ready.value += 1
+    while start.value == 0:
+        time.sleep(0.005)
+    start_at = float(start.value)
     uploads: list[Upload] = []
     errors: list[str] = []
 
@@ -176,11 +197,20 @@ def main() -> None:
             ]
             groups = [jobs[i::CLIENT_PROCESSES] for i in range(CLIENT_PROCESSES)]
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(CLIENT_PROCESSES, mp_context=context) as pool:
-                start_at = time.time() + 4.0  # every client process is up by then
-                answers = [
-                    f.result() for f in [pool.submit(_client_process, g, start_at) for g in groups]
-                ]
+            ready, start = context.Value("i", 0), context.Value("d", 0.0)
+            with ProcessPoolExecutor(
+                CLIENT_PROCESSES,
+                mp_context=context,
+                initializer=_client_init,
+                initargs=(ready, start),
+            ) as pool:
+                futures = [pool.submit(_client_process, g) for g in groups]
+                waited = time.perf_counter()
+                while ready.value < len(groups) and time.perf_counter() - waited < 300:
+                    time.sleep(0.01)
+                start_at = time.time() + SETUP_SECONDS
+                start.value = start_at
+                answers = [f.result() for f in futures]
             uploads = [u for a in answers for u in a[0]]
             errors = [e for a in answers for e in a[2]]
             seconds = max(a[1] for a in answers) - start_at

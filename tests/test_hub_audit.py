@@ -5,7 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,51 @@ def test_cli_verifies_the_state_log(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["hub", "audit", "--verify", "--state", str(state.root)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not verify at line 3" in err
+
+
+def test_threads_share_fsyncs_and_each_gets_its_own_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.log"
+    log = _fill(path, 2)
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        time.sleep(0.02)  # a slow disk: lines pile up behind the fsync in progress
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    lines: dict[int, dict[str, object]] = {}
+    start = threading.Barrier(30)
+
+    def run(n: int) -> None:
+        start.wait()
+        if n == 13:
+            with pytest.raises(TypeError):  # not JSON: this event fails, alone
+                log.record("site-x", "write", "r/13", detail={"bad": object()})
+            return
+        lines[n] = log.record(f"site-{n}", "write", f"r/{n}", detail={"n": n})
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(lines) == 29 and len(fsyncs) < 29
+    assert sorted(int(line["seq"]) for line in lines.values()) == list(range(3, 32))
+    assert all(line["resource"] == f"r/{n}" for n, line in lines.items())
+    report = verify(path, KEY)
+    assert (report.ok, report.lines) == (True, 31)
+
+
+def test_another_writer_between_appends_is_noticed(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    ours, theirs = AuditLog(path, KEY), AuditLog(path, KEY)  # as two processes
+    ours.record("a", "read", "r/1")
+    theirs.record("b", "read", "r/2")
+    assert ours.record("a", "read", "r/3")["seq"] == 3  # the tail was read again
+    path.rename(tmp_path / "rotated.log")  # a new file under the name
+    assert ours.record("a", "read", "r/4")["seq"] == 1
+    assert verify(path, KEY).ok and verify(tmp_path / "rotated.log", KEY).lines == 3

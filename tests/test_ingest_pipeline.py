@@ -135,6 +135,23 @@ def test_a_sealed_instance_is_stored_with_a_signed_receipt(
     assert body["stored_at"].endswith("Z")
 
 
+def test_an_envelope_in_memory_is_stored_as_from_a_file(
+    hub: Hub, keys: Keys, study: list[Path]
+) -> None:
+    """The service hands small uploads over as bytes: same checks, same stored bytes."""
+    data = sealed(study[1], keys.a, hub.folder, keys.hub).read_bytes()
+    uid = pydicom.dcmread(study[1], stop_before_pixels=True).SOPInstanceUID
+    with pytest.raises(RefusedEnvelopeError):
+        hub.ingestor.ingest("site-a", data[: len(data) // 2], expected_sop_instance_uid=uid)
+    result = hub.ingestor.ingest("site-a", data, expected_sop_instance_uid=uid)
+    assert not result.duplicate and result.record.sop_instance_uid == uid
+    assert hub.archive.read_envelope("site-a", uid) == data
+    again = hub.ingestor.ingest("site-a", bytearray(data))  # the same envelope again
+    assert again.duplicate and again.record == result.record
+    assert hub.stored() == [uid]
+    hub.assert_clean()
+
+
 def test_an_altered_receipt_does_not_verify(hub: Hub, keys: Keys, study: list[Path]) -> None:
     result = hub.ingestor.ingest("site-a", sealed(study[0], keys.a, hub.folder, keys.hub))
     wire = result.receipt.to_dict()

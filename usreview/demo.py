@@ -915,7 +915,7 @@ class _Demo:
             else "usreview demo: done (hub and gateways stopped after the summary)",
             f"  hub        {hub['url']}/   (TLS certificate {hub['certificate']})",
             f"  reviewer   {login}",
-            f"             log in at {hub['login']}",
+            f"             log in at {hub['login']}: the worklist of every site's studies opens",
             "",
             f"  {'site':<10} {'kinds':<18} {'sent':>5} {'acknowledged':>13} {'results':>8}",
         ]

@@ -8,9 +8,11 @@ by the number of messages in one validity window.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from usreview.envelope.errors import ReplayedError
@@ -21,6 +23,8 @@ __all__ = ["ReplayCache"]
 CLOCK_SKEW = 300
 #: Expired rows are deleted at most this often (seconds), not on every record.
 PURGE_INTERVAL = 60.0
+#: Most records committed together.
+MAX_BATCH = 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
@@ -37,15 +41,18 @@ class ReplayCache:
     """Message ids already opened, stored in the SQLite file ``path``.
 
     Safe to share between threads: each thread keeps its own connection (opening one
-    per call cost more than the query), and this process's writers take turns on a
-    lock instead of sleeping in SQLite's busy handler. Every record is still committed
-    with ``synchronous=FULL`` before :meth:`record` returns.
+    per call cost more than the query). This process's writers never sleep in SQLite's
+    busy handler: records that arrive while one transaction commits wait and are then
+    committed together, in one transaction and one fsync (group commit). Every record
+    is still committed with ``synchronous=FULL`` before its :meth:`record` returns.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
-        self._write_lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting: deque[_Record] = deque()
+        self._busy = False
         self._purged_at = float("-inf")
         db = self._db()
         db.execute("PRAGMA journal_mode=WAL")
@@ -85,31 +92,72 @@ class ReplayCache:
         ReplayedError
             If it was already recorded (for example by a concurrent receiver).
         """
-        now = time.time() if now is None else now
-        db = self._db()
-        with self._write_lock:
-            purge = abs(now - self._purged_at) >= PURGE_INTERVAL
+        entry = _Record(sender_id, message_id, not_after, time.time() if now is None else now)
+        with self._cond:
+            self._waiting.append(entry)
+            while self._busy and not entry.done:
+                self._cond.wait()
+            batch: list[_Record] = []
+            if not entry.done:  # nobody is committing: commit what waits, ours first
+                self._busy = True
+                self._waiting.remove(entry)
+                batch.append(entry)
+                while self._waiting and len(batch) < MAX_BATCH:
+                    batch.append(self._waiting.popleft())
+        if batch:
+            self._commit(batch)
+        if entry.error is not None:
+            raise entry.error
+
+    def _commit(self, batch: list[_Record]) -> None:
+        """Insert ``batch`` in one transaction; give each entry its outcome."""
+        now = min(entry.now for entry in batch)
+        purge = abs(now - self._purged_at) >= PURGE_INTERVAL
+        try:
+            db = self._db()
             db.execute("BEGIN IMMEDIATE")
             try:
                 if purge:
                     db.execute("DELETE FROM seen WHERE expires < ?", (int(now) - CLOCK_SKEW,))
-                db.execute(
-                    "INSERT INTO seen (sender, message, expires) VALUES (?, ?, ?)",
-                    (sender_id, message_id, not_after),
-                )
-            except sqlite3.IntegrityError:
-                db.execute("ROLLBACK")
-                raise _replayed(message_id) from None
+                for entry in batch:
+                    try:
+                        db.execute(
+                            "INSERT INTO seen (sender, message, expires) VALUES (?, ?, ?)",
+                            (entry.sender, entry.message, entry.not_after),
+                        )
+                    except sqlite3.IntegrityError:  # only this statement is undone
+                        entry.error = _replayed(entry.message)
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
             if purge:
                 self._purged_at = now
+        except BaseException as exc:
+            for entry in batch:  # nothing of the batch is recorded
+                entry.error = exc
+        finally:
+            with self._cond:
+                for entry in batch:
+                    entry.done = True
+                self._busy = False
+                self._cond.notify_all()
 
     def __len__(self) -> int:
         (count,) = self._db().execute("SELECT count(*) FROM seen").fetchone()
         return int(count)
+
+
+class _Record:
+    """One :meth:`ReplayCache.record` call waiting for its commit."""
+
+    __slots__ = ("done", "error", "message", "not_after", "now", "sender")
+
+    def __init__(self, sender: bytes, message: bytes, not_after: int, now: float) -> None:
+        self.sender, self.message, self.not_after, self.now = sender, message, not_after, now
+        self.done = False
+        self.error: BaseException | None = None
 
 
 def _replayed(message_id: bytes) -> ReplayedError:

@@ -23,6 +23,16 @@ Endpoints (prefix ``/services/usreview``):
 ``GET api/v1/studies``, ``GET api/v1/studies/{uid}``
     Studies for reviewers.
 
+Who is calling. A request's token is checked with the hub once and the answer is kept
+by :class:`TokenCache` for :data:`TOKEN_CACHE_SECONDS` (5 s), on the event loop, so that
+a site sending a stream of instances costs the hub one lookup every few seconds, not one
+per upload, and no request waits for another one's lookup. The cost is revocation lag:
+a token deleted at the hub (or a site removed from its group, or a token that expires)
+still works here for at most that long. The hub does not tell the service when a token
+expires, so no answer is kept longer than those few seconds whatever the token's expiry.
+Unknown tokens and failed lookups are never kept. Browsers (the hub's OAuth cookie) use
+JupyterHub's own cache, set to the same lifetime.
+
 Before serving, :func:`main` binds the port (a second copy fails there, before touching
 the state directory) and opens the service's resources with
 :func:`usreview.hub.api.open_context`. Add handlers to :func:`make_app`'s table; keep
@@ -33,16 +43,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import (
+    HubOAuth,
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+)
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
@@ -52,9 +69,130 @@ from usreview.errors import UsreviewError
 if TYPE_CHECKING:
     from usreview.hub.api import ServiceContext
 
-__all__ = ["ApiHandler", "WhoamiHandler", "main", "make_app", "require_scopes"]
+__all__ = [
+    "TOKEN_CACHE_SECONDS",
+    "ApiHandler",
+    "TokenCache",
+    "WhoamiHandler",
+    "main",
+    "make_app",
+    "require_scopes",
+]
 
 _Method = Callable[..., Awaitable[None] | None]
+#: How long the hub's answer about a token is kept (the revocation lag; see the module doc).
+TOKEN_CACHE_SECONDS = 5.0
+#: The application setting that holds the :class:`TokenCache`.
+_TOKENS = "usreview_token_cache"
+
+
+class TokenCache:
+    """The hub's answers about tokens it knows, kept for ``ttl`` seconds.
+
+    Used on the service's event loop only (no locks). Lookups of the same token that
+    arrive while one is in flight wait for it instead of asking the hub again. Keys are
+    SHA-256 hashes of the tokens, never the tokens.
+
+    Parameters
+    ----------
+    ttl
+        Seconds an answer is kept; ``0`` keeps nothing.
+    max_entries
+        Cap on the answers kept (expired ones go first, then the oldest).
+    clock
+        Monotonic seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        ttl: float = TOKEN_CACHE_SECONDS,
+        *,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl < 0 or max_entries < 1:
+            raise ValueError("ttl must be >= 0 and max_entries >= 1")
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._answers: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._pending: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        #: Lookups sent to the hub so far.
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def forget(self, token: str | None = None) -> None:
+        """Drop the answer about ``token`` (all answers without it)."""
+        if token is None:
+            self._answers.clear()
+        else:
+            self._answers.pop(_token_key(token), None)
+
+    async def lookup(self, hub_auth: Any, token: str) -> dict[str, Any] | None:
+        """The hub's model of the owner of ``token``, or ``None`` if the hub refuses it.
+
+        Raises what :meth:`HubAuth.user_for_token` raises when the hub cannot answer.
+        """
+        key = _token_key(token)
+        found = self._answers.get(key)
+        if found is not None:
+            if found[0] > self._clock():
+                return _copy(found[1])
+            del self._answers[key]
+        pending = self._pending.get(key)
+        if pending is not None and pending.get_loop() is asyncio.get_running_loop():
+            with contextlib.suppress(Exception):
+                model = await asyncio.shield(pending)
+                return _copy(model) if model is not None else None
+            # the lookup we waited for failed: ask the hub ourselves below
+        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        self.misses += 1
+        try:
+            model = await hub_auth.user_for_token(token, use_cache=False, sync=False)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            if self._pending.get(key) is future:
+                del self._pending[key]
+        if not future.done():
+            future.set_result(model)
+        if not isinstance(model, dict):
+            return None  # unknown tokens are not kept: the hub is asked again
+        if self.ttl > 0:
+            self._keep(key, model)
+        return _copy(model)
+
+    def _keep(self, key: str, model: dict[str, Any]) -> None:
+        now = self._clock()
+        if len(self._answers) >= self.max_entries:
+            for stale in [k for k, (until, _) in self._answers.items() if until <= now]:
+                del self._answers[stale]
+            while len(self._answers) >= self.max_entries:
+                del self._answers[next(iter(self._answers))]
+        self._answers[key] = (now + self.ttl, _copy(model))
+
+
+def _copy(model: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a user model deep enough that a handler cannot change the cached one
+    (nested dicts and lists; ``copy.deepcopy`` cost more than the rest of a lookup)."""
+    return {key: _copy_value(value) for key, value in model.items()}
+
+
+def _copy_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_value(v) for v in value]
+    return value
+
+
+def _token_key(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
 
 
 class ApiHandler(HubOAuthenticated, RequestHandler):  # type: ignore[misc]
@@ -65,14 +203,43 @@ class ApiHandler(HubOAuthenticated, RequestHandler):  # type: ignore[misc]
         if hub_auth is not None:
             self.hub_auth = hub_auth
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         """Refuse callers the hub does not know (401) or does not let in (403)."""
+        await self.identify()
         if self.current_user is None:
             if self.request.headers.get("Authorization") or self.get_cookie(
                 self.hub_auth.cookie_name
             ):
                 raise HTTPError(403, "not allowed to use the usreview service")
             raise HTTPError(401, "log in, or send 'Authorization: token TOKEN'")
+
+    async def identify(self) -> None:
+        """Ask the hub who the caller is, on the event loop (see the module docstring).
+
+        A token in the request goes through the application's :class:`TokenCache`;
+        otherwise (the hub's OAuth cookie) JupyterHub's own asynchronous lookup runs.
+        Afterwards :attr:`current_user` is the allowed caller's model or ``None``.
+        """
+        if hasattr(self, "_hub_auth_user_cache"):
+            return
+        tokens: TokenCache | None = self.settings.get(_TOKENS)
+        token = self.hub_auth.get_token(self, in_cookie=False) if tokens is not None else None
+        if tokens is not None and token:
+            model = await tokens.lookup(self.hub_auth, token)
+            if model:
+                self._token_authenticated = True
+            self._cached_hub_user = model  # what JupyterHub's own lookup would have kept
+        else:
+            model = await self.hub_auth.get_user(self, sync=False)
+        allowed = None
+        if model:
+            try:
+                allowed = self.check_hub_user(model)
+            except UserNotAllowed:
+                allowed = None
+        self._hub_auth_user_cache = allowed
+        if allowed:
+            self.hub_auth._persist_url_token_if_set(self)
 
     @property
     def caller(self) -> dict[str, Any]:
@@ -161,13 +328,17 @@ def make_app(
     """
     prefix = prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/usreview/")
     prefix = prefix.rstrip("/") + "/"
-    auth = hub_auth if hub_auth is not None else HubOAuth.instance()
+    if hub_auth is None:
+        # JupyterHub's own cache (cookie logins) as short-lived as ours (default 5 min).
+        hub_auth = HubOAuth.instance(cache_max_age=max(1, round(TOKEN_CACHE_SECONDS)))
+    auth = hub_auth
     options = {"hub_auth": auth}
     api: list[Any] = []
     if context is not None:
         from usreview.hub.api import api_routes
 
         api = api_routes(prefix, context, options)
+    settings: dict[str, Any] = {_TOKENS: TokenCache()}
     return Application(
         [
             (rf"{prefix}api/v1/whoami/?", WhoamiHandler, options),
@@ -178,6 +349,7 @@ def make_app(
         cookie_secret=os.urandom(32),
         hub_auth=auth,
         xsrf_cookies=False,
+        **settings,
     )
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import secrets
 import stat
@@ -49,7 +50,7 @@ from usreview.envelope import (
     ReplayCache,
     ReplayedError,
     UntrustedSenderError,
-    unseal_file,
+    unseal,
 )
 from usreview.ingest.errors import (
     NotForHubError,
@@ -141,15 +142,16 @@ class Ingestor:
     def ingest(
         self,
         site: str,
-        envelope_path: str | os.PathLike[str],
+        envelope_path: str | os.PathLike[str] | bytes,
         *,
         expected_sop_instance_uid: str | None = None,
     ) -> IngestResult:
-        """Accept the envelope at ``envelope_path`` uploaded by ``site``.
+        """Accept the envelope at ``envelope_path`` (or these bytes) uploaded by ``site``.
 
         Returns only once the envelope is durably stored (or found already stored).
         With ``expected_sop_instance_uid``, an instance with another UID is refused
-        before anything is stored.
+        before anything is stored. An envelope passed as bytes is stored from memory
+        (the HTTP service does so for small uploads, which then never touch its spool).
 
         Raises
         ------
@@ -170,7 +172,11 @@ class Ingestor:
         """
         validate_site(site)
         ring = self._ring_for(site)
-        envelope = Path(envelope_path)
+        envelope = (
+            bytes(envelope_path)
+            if isinstance(envelope_path, bytes | bytearray | memoryview)
+            else Path(envelope_path)
+        )
         plaintext = self.quarantine_dir / f"{secrets.token_hex(16)}{_SUFFIX}"
         try:
             info = self._open(site, envelope, plaintext, ring)
@@ -215,20 +221,23 @@ class Ingestor:
             )
         return ring
 
-    def _open(self, site: str, envelope: Path, out: Path, ring: KeyRing) -> EnvelopeInfo:
+    def _open(self, site: str, envelope: Path | bytes, out: Path, ring: KeyRing) -> EnvelopeInfo:
         try:
             # The plaintext is hashed, parsed and deleted within this call; what is
             # acknowledged is the envelope, stored durably by the archive. So the
             # quarantine file needs no fsync (a crash leaves at most a file that the
             # next start purges, and nothing acknowledged depends on it).
-            return unseal_file(
-                envelope,
-                out,
-                recipient=self.hub_keys,
-                keyring=ring,
-                now=self._clock(),
-                durable=False,
-            )
+            with (
+                io.BytesIO(envelope) if isinstance(envelope, bytes) else open(envelope, "rb")
+            ) as source:
+                return unseal(
+                    source,
+                    out,
+                    recipient=self.hub_keys,
+                    keyring=ring,
+                    now=self._clock(),
+                    durable=False,
+                )
         except UntrustedSenderError as exc:
             raise WrongSenderError(
                 f"the envelope is not signed by a key registered for site {site!r}; "
@@ -244,7 +253,7 @@ class Ingestor:
             raise RefusedEnvelopeError(f"envelope refused: {exc}") from exc
 
     def _store(
-        self, site: str, envelope: Path, metadata: InstanceMetadata, info: EnvelopeInfo
+        self, site: str, envelope: Path | bytes, metadata: InstanceMetadata, info: EnvelopeInfo
     ) -> PutResult:
         cache = self.replay_cache
         if cache is not None:

@@ -421,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``usreview hub worker ARGS``: work until SIGINT/SIGTERM; 1 with a sentence on failure."""
     from usreview.cli import main as cli_main
 
+    os.nice(10)  # processing is background work: ingest and the reviewers' API come first
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return cli_main(["hub", "worker", *(sys.argv[1:] if argv is None else argv)])
 

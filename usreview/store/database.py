@@ -5,17 +5,27 @@ power loss), ``foreign_keys=ON`` and a busy timeout. pysqlite's own transaction 
 is switched off so that SQLAlchemy's transactions are real ones: reads start with
 ``BEGIN``, writes (on :func:`writer`) with ``BEGIN IMMEDIATE`` so that concurrent
 writers wait for each other instead of failing.
+
+:class:`GroupCommit` lets threads that commit at the same time share one transaction and
+so one fsync ("group commit"): one of them commits for all the others waiting, each in
+its own savepoint, and each returns only after that shared commit.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 
-__all__ = ["BUSY_TIMEOUT_S", "default_url", "make_engine", "writer"]
+__all__ = ["BUSY_TIMEOUT_S", "GroupCommit", "default_url", "make_engine", "writer"]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 #: How long a SQLite connection waits for a lock before failing.
 BUSY_TIMEOUT_S = 30.0
@@ -74,3 +84,105 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     immediate = conn.get_execution_options().get(_WRITE, False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class _Slot(Generic[_T, _R]):
+    __slots__ = ("done", "error", "item", "value")
+
+    def __init__(self, item: _T) -> None:
+        self.item = item
+        self.done = False
+        self.value: _R | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit(Generic[_T, _R]):
+    """Run concurrent callers' items in shared batches, one batch at a time.
+
+    A caller of :meth:`submit` waits while a batch is being committed; when none is, it
+    becomes the leader: it takes its own item and up to ``max_batch - 1`` waiting ones
+    (oldest first), calls ``commit(items)`` outside the lock, and hands every caller its
+    own outcome. Nobody waits for a batch to fill: under load, what arrives while one
+    batch commits forms the next. So this is also the process's lock for these commits
+    (one at a time, no busy waiting between them).
+
+    Parameters
+    ----------
+    commit
+        Commits a batch; returns one outcome per item, in order: its result, or the
+        exception that item's caller raises (the others are unaffected). If it raises
+        instead, every caller in the batch raises that exception: nothing of the batch
+        may then be taken as committed.
+    max_batch
+        Most items in one batch.
+    """
+
+    def __init__(
+        self, commit: Callable[[Sequence[_T]], Sequence[_R | BaseException]], *, max_batch: int = 64
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._commit = commit
+        self._max_batch = max_batch
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting: deque[_Slot[_T, _R]] = deque()
+        self._busy = False
+        #: Batches committed and items in them so far (a mean batch size for tests).
+        self.batches = 0
+        self.items = 0
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for the batch being committed to finish."""
+        with self._cond:
+            return len(self._waiting)
+
+    def submit(self, item: _T) -> _R:
+        """Commit ``item`` (with whatever else is waiting); return its result.
+
+        Raises
+        ------
+        BaseException
+            The exception ``commit`` gave for this item, or raised for its batch.
+        """
+        slot: _Slot[_T, _R] = _Slot(item)
+        with self._cond:
+            self._waiting.append(slot)
+            while self._busy and not slot.done:
+                self._cond.wait()
+            batch: list[_Slot[_T, _R]] = []
+            if not slot.done:
+                self._busy = True
+                self._waiting.remove(slot)
+                batch.append(slot)
+                while self._waiting and len(batch) < self._max_batch:
+                    batch.append(self._waiting.popleft())
+        if batch:
+            self._lead(batch)  # ours is in it
+        if slot.error is not None:
+            raise slot.error
+        return slot.value  # type: ignore[return-value]  # set when no error
+
+    def _lead(self, batch: list[_Slot[_T, _R]]) -> None:
+        outcomes: Sequence[_R | BaseException] = []
+        try:
+            outcomes = self._commit([s.item for s in batch])
+            if len(outcomes) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} gave {len(outcomes)} outcomes")
+        except BaseException as exc:
+            outcomes = [exc] * len(batch)
+        finally:  # whatever happens, hand out the outcomes and let the next batch go
+            if len(outcomes) != len(batch):
+                interrupted = RuntimeError("the commit of this batch was interrupted")
+                outcomes = [interrupted] * len(batch)
+            with self._cond:
+                for slot, outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        slot.error = outcome
+                    else:
+                        slot.value = outcome
+                    slot.done = True
+                self.batches += 1
+                self.items += len(batch)
+                self._busy = False
+                self._cond.notify_all()

@@ -57,10 +57,10 @@ class BaseHandler(ApiHandler):
         self.audited = False
         self.resource = ""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         """Authenticate (401/403); name the resource for the audit log."""
         self.resource = self.request.path.partition("/api/v1/")[2] or self.request.path
-        super().prepare()
+        await super().prepare()
 
     # -- who is calling ---------------------------------------------------------------
 

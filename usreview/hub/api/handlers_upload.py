@@ -1,6 +1,10 @@
 """``PUT /instances/{uid}``: a site uploads one sealed instance (and ``GET`` reads it).
 
-The body streams into a private spool file (never whole in memory), capped at
+A body of at most :data:`MEMORY_BODY_LIMIT` bytes (a typical single-frame instance) is
+kept in memory and handed to the ingest as bytes; a larger one streams into a private
+spool file (never whole in memory). So the event loop, which serves every connection,
+never creates, writes or removes a file for a small upload: on a disk busy with the
+archive's fsyncs those calls can block for milliseconds. Uploads are capped at
 :attr:`~usreview.hub.api.settings.ServiceSettings.max_upload_bytes`: 413 as soon as the
 declared length or the bytes received pass it.
 
@@ -11,7 +15,8 @@ the kernel reset the connection, which loses the answer in a proxy (JupyterHub's
 503) or in a client that sends the whole body before reading. Then
 :meth:`usreview.ingest.Ingestor.ingest` runs in the thread pool (it blocks on the parsing
 worker and the durable commit) with the path's UID as the one expected; the answer comes
-after the commit and the audit line. The spool file is removed whatever happens.
+after the commit and the audit line. The spool file is removed whatever happens (by the
+worker thread, after the ingest).
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ from usreview.hub.api.handlers_review import send_instance
 from usreview.hub.audit import AuditAction
 from usreview.ingest import IngestResult
 
-__all__ = ["DRAIN_LIMIT", "ENVELOPE_TYPES", "InstanceHandler"]
+__all__ = ["DRAIN_LIMIT", "ENVELOPE_TYPES", "MEMORY_BODY_LIMIT", "InstanceHandler"]
 
 #: Content types an upload may declare.
 ENVELOPE_TYPES = ("application/vnd.usreview.envelope", "application/octet-stream")
 #: Bytes of a refused upload read and discarded before the connection is closed.
 DRAIN_LIMIT = 64 * 1024**2
+#: Bodies up to this size are held in memory instead of a spool file.
+MEMORY_BODY_LIMIT = 1024**2
 
 
 @stream_request_body
@@ -48,22 +55,23 @@ class InstanceHandler(BaseHandler):
     def initialize(self, hub_auth: Any = None, context: Any = None) -> None:
         """No spool file yet."""
         super().initialize(hub_auth, context)
+        self._memory: list[bytes] | None = None
         self._spool: IO[bytes] | None = None
         self._spool_path: Path | None = None
         self._received = 0
         self._draining = False
 
-    def prepare(self) -> None:
-        """For an upload: check caller, content type and length, open the spool file."""
+    async def prepare(self) -> None:
+        """For an upload: check caller, content type and length, prepare for the body."""
         if self.request.method != "PUT":
             self.audit_action = AuditAction.READ
-            super().prepare()
+            await super().prepare()
             return
         cap = self.context.settings.max_upload_bytes
         # Our own cap answers first (with 413); tornado's is a backstop past the drain.
         self.request.connection.set_max_body_size(cap + DRAIN_LIMIT)  # type: ignore[union-attr]
         try:
-            super().prepare()
+            await super().prepare()
             self._start_upload()
         except HTTPError as exc:
             if self.request.headers.get("Expect", "").lower() == "100-continue":
@@ -90,24 +98,38 @@ class InstanceHandler(BaseHandler):
                 raise ApiError(400, "bad_request", "Content-Length is not a number")
             if int(length) > cap:
                 raise self._too_large(cap)
+        if length is None or int(length) <= MEMORY_BODY_LIMIT:
+            self._memory = []  # a chunked body moves to a file if it grows past the limit
+        else:
+            self._open_spool()
+
+    def _open_spool(self) -> None:
         fd, name = tempfile.mkstemp(suffix=".upload", dir=self.context.spool)
         self._spool, self._spool_path = os.fdopen(fd, "wb"), Path(name)
+        if self._memory is not None:
+            self._spool.writelines(self._memory)
+            self._memory = None
 
     def data_received(self, chunk: bytes) -> None:
-        """Append to the spool file; 413 once the cap is passed."""
+        """Keep the chunk (memory or spool file); 413 once the cap is passed."""
         self._received += len(chunk)
         if self._draining:
             if self._received > DRAIN_LIMIT and self.request.connection is not None:
                 self.request.connection.close()  # type: ignore[attr-defined]
             return
-        if self._finished or self._spool is None:
+        if self._finished or (self._spool is None and self._memory is None):
             return
         cap = self.context.settings.max_upload_bytes
         if self._received > cap:
             self._answer_now(self._too_large(cap))
             self._received = 0
             return
-        self._spool.write(chunk)
+        if self._memory is not None:
+            self._memory.append(chunk)
+            if self._received > MEMORY_BODY_LIMIT:
+                self._open_spool()
+        elif self._spool is not None:
+            self._spool.write(chunk)
 
     def _answer_now(self, exc: HTTPError) -> None:
         """Send the refusal now; read and drop the rest of the body (see the module doc)."""
@@ -127,20 +149,18 @@ class InstanceHandler(BaseHandler):
             self.finish()  # the refusal was sent; the body is read
             return
         site = self.site(SITE_UPLOAD)
-        if self._spool is None or self._spool_path is None:
+        if self._memory is None and (self._spool is None or self._spool_path is None):
             return
         if self._received == 0:
             raise ApiError(400, "bad_envelope", "the body is empty: send the sealed envelope")
         self.resource = f"instances/{sop_instance_uid}"
         if not check_uid(sop_instance_uid):
             raise ApiError(400, "bad_request", f"{sop_instance_uid!r} is not a DICOM UID")
-        self._spool.close()
-        path, self._spool, self._spool_path = self._spool_path, None, None  # ours now
-        try:
-            result = await self.blocking(self._ingest, site, path, sop_instance_uid)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        if self._memory is not None:
+            body, self._memory = b"".join(self._memory), None
+            result = await self.blocking(self._ingest, site, body, sop_instance_uid)
+        else:
+            result = await self._ingest_spooled(site, sop_instance_uid)
         record = result.record
         self.write_json(
             {
@@ -152,8 +172,31 @@ class InstanceHandler(BaseHandler):
             status=200 if result.duplicate else 201,
         )
 
-    def _ingest(self, site: str, path: Path, uid: str) -> IngestResult:
-        result = self.context.ingestor.ingest(site, path, expected_sop_instance_uid=uid)
+    async def _ingest_spooled(self, site: str, uid: str) -> IngestResult:
+        """Ingest the spool file in the thread pool, which then removes it."""
+        assert self._spool is not None and self._spool_path is not None
+        self._spool.close()
+        path, self._spool, self._spool_path = self._spool_path, None, None  # ours now
+        started = False
+
+        def ingest_and_remove() -> IngestResult:
+            nonlocal started
+            started = True
+            try:
+                return self._ingest(site, path, uid)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+        try:
+            return await self.blocking(ingest_and_remove)
+        finally:
+            if not started:  # never ran (shutting down): remove it here
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def _ingest(self, site: str, envelope: Path | bytes, uid: str) -> IngestResult:
+        result = self.context.ingestor.ingest(site, envelope, expected_sop_instance_uid=uid)
         record = result.record
         self.audit_now(
             AuditAction.WRITE,
@@ -181,6 +224,7 @@ class InstanceHandler(BaseHandler):
         self._discard()
 
     def _discard(self) -> None:
+        self._memory = None
         if self._spool is not None:
             with contextlib.suppress(OSError):
                 self._spool.close()

@@ -1,0 +1,242 @@
+"""Group commit: puts that reach the commit together share one transaction and one fsync.
+
+Each put has its own savepoint: one that fails there rolls back alone and the others of
+its batch are stored; a failed shared commit fails every put of the batch (nothing
+acknowledged). Batches are forced by holding the first commit until the other puts wait
+behind it. The kill -9 test of concurrent puts is in ``test_store_crash.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from tests.test_store import (  # noqa: F401  (fixtures: db_url needs postgres_server)
+    Clock,
+    db_url,
+    envelope,
+    meta,
+    postgres_server,
+)
+from usreview.store import (
+    Archive,
+    ConflictError,
+    InstanceMetadata,
+    PutResult,
+    Reviewer,
+    StorageError,
+)
+from usreview.store.database import GroupCommit
+from usreview.store.jobs_schema import JobStatus
+
+PUTS = 8
+
+
+@pytest.fixture
+def archive(db_url: str | None, tmp_path: Path) -> Iterator[Archive]:  # noqa: F811
+    with Archive.open(db_url, tmp_path / "archive", clock=Clock()) as opened:
+        yield opened
+
+
+def _hold_first_commit(archive: Archive, monkeypatch: pytest.MonkeyPatch, behind: int) -> None:
+    """The first shared commit starts only once ``behind`` more puts wait for it."""
+    group = archive._group
+    original = group._commit
+    held = threading.Event()
+
+    def commit(items: Sequence[Any]) -> Sequence[Any]:
+        if not held.is_set():
+            held.set()
+            deadline = time.monotonic() + 30
+            while group.waiting < behind and time.monotonic() < deadline:
+                time.sleep(0.002)
+        return original(items)
+
+    monkeypatch.setattr(group, "_commit", commit)
+
+
+def _put_all(archive: Archive, puts: list[tuple[str, InstanceMetadata]]) -> list[Any]:
+    """Run every put in its own thread at once; each one's result or exception."""
+    outcomes: list[Any] = [None] * len(puts)
+    start = threading.Barrier(len(puts))
+
+    def run(i: int) -> None:
+        site, metadata = puts[i]
+        start.wait()
+        try:
+            outcomes[i] = archive.put(site, envelope(i), metadata)
+        except Exception as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(puts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return outcomes
+
+
+def _stored(archive: Archive) -> dict[str, str]:
+    """UID -> site of every instance, read through a freshly opened archive."""
+    url = archive._engine.url.render_as_string(hide_password=False)
+    with Archive.open(url, archive.root) as reopened:
+        return {r.sop_instance_uid: r.site for r in reopened.list_instances(Reviewer("t"))}
+
+
+def test_concurrent_puts_share_a_commit_and_are_all_stored(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _hold_first_commit(archive, monkeypatch, PUTS - 1)
+    # Two studies, one of them with two series, so that rows are shared within a batch.
+    puts = [("site-a", meta(n, study=n % 2, series=n % 3)) for n in range(PUTS)]
+    outcomes = _put_all(archive, puts)
+    assert all(isinstance(o, PutResult) and not o.duplicate for o in outcomes), outcomes
+    assert (archive._group.batches, archive._group.items) == (2, PUTS)
+    assert _stored(archive) == {m.sop_instance_uid: "site-a" for _, m in puts}
+    assert archive.jobs.counts()[JobStatus.PENDING] == PUTS
+    for study in (0, 1):
+        record = archive.study("site-a", f"1.2.826.0.2.{study}")
+        assert record.instances == PUTS // 2
+    assert archive.recover().orphans == ()
+
+
+def test_one_failing_put_does_not_fail_the_others_of_its_batch(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _hold_first_commit(archive, monkeypatch, PUTS - 1)
+    bad = meta(3, study=9).sop_instance_uid
+    insert = archive._insert
+
+    def insert_then_fail(conn: Any, site: str, metadata: InstanceMetadata, written: Any) -> Any:
+        result = insert(conn, site, metadata, written)
+        if metadata.sop_instance_uid == bad:  # its rows are in; now a statement fails
+            conn.exec_driver_sql("SELECT * FROM no_such_table")
+        return result
+
+    monkeypatch.setattr(archive, "_insert", insert_then_fail)
+    # The bad put shares its study with a good one, and comes first or later in the batch.
+    puts = [("site-a", meta(n, study=9 if n in (3, 5) else n)) for n in range(PUTS)]
+    outcomes = _put_all(archive, puts)
+    failed = [
+        m.sop_instance_uid
+        for (_, m), o in zip(puts, outcomes, strict=True)
+        if not isinstance(o, PutResult)
+    ]
+    assert failed == [bad]
+    assert isinstance(outcomes[3], StorageError) and "nothing was acknowledged" in str(outcomes[3])
+    assert archive._group.batches == 2
+    expected = {m.sop_instance_uid for _, m in puts} - {bad}
+    assert set(_stored(archive)) == expected
+    assert archive.jobs.counts()[JobStatus.PENDING] == PUTS - 1
+    assert archive.study("site-a", "1.2.826.0.2.9").instances == 1
+    report = archive.recover()  # the bad put's object was written, never acknowledged
+    assert len(report.orphans) == 1 and report.missing == ()
+
+
+def test_a_failed_shared_commit_fails_every_put_of_the_batch(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _hold_first_commit(archive, monkeypatch, PUTS - 1)  # then one of 1, one of PUTS - 1
+    sizes: list[int] = []
+    held = archive._group._commit
+
+    def commit(items: Sequence[Any]) -> Sequence[Any]:
+        sizes.append(len(items))
+        return held(items)
+
+    monkeypatch.setattr(archive._group, "_commit", commit)
+
+    def fail_big_batches(conn: Any) -> None:
+        if sizes and sizes[-1] > 1:
+            raise OSError(errno.EIO, "injected: the disk failed at commit")
+
+    event.listen(archive._engine, "commit", fail_big_batches)
+    try:
+        outcomes = _put_all(archive, [("site-a", meta(n, study=n)) for n in range(PUTS)])
+    finally:
+        event.remove(archive._engine, "commit", fail_big_batches)
+    stored = [o for o in outcomes if isinstance(o, PutResult)]
+    failed = [o for o in outcomes if isinstance(o, StorageError)]
+    assert (len(stored), len(failed), sizes) == (1, PUTS - 1, [1, PUTS - 1])
+    assert all("nothing was acknowledged" in str(e) for e in failed)
+    assert set(_stored(archive)) == {stored[0].record.sop_instance_uid}
+    # The archive goes on; recovery removes the objects of the failed batch.
+    assert not archive.put("site-a", envelope(99), meta(99)).duplicate
+    assert len(archive.recover().orphans) == PUTS - 1
+
+
+def test_a_uid_taken_within_the_batch_is_checked_again(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sites send the same new study in one batch: one stores, one conflicts."""
+    _hold_first_commit(archive, monkeypatch, PUTS - 1)
+    puts = [("site-a", meta(n, study=n)) for n in range(PUTS - 2)]
+    puts += [("site-b", meta(20, study=7)), ("site-c", meta(21, study=7))]
+    outcomes = _put_all(archive, puts)
+    assert all(isinstance(o, PutResult) for o in outcomes[: PUTS - 2])
+    winner, loser = sorted(outcomes[PUTS - 2 :], key=lambda o: isinstance(o, ConflictError))
+    assert isinstance(winner, PutResult) and isinstance(loser, ConflictError)
+    assert len(_stored(archive)) == PUTS - 1
+    assert len(archive.list_conflicts()) == 1
+
+
+# -- the helper itself ---------------------------------------------------------------------
+
+
+def test_group_commit_hands_each_caller_its_own_outcome() -> None:
+    batches: list[list[int]] = []
+    gate = threading.Event()
+
+    def commit(items: Sequence[int]) -> list[int | BaseException]:
+        if not batches:
+            gate.wait(10)
+        batches.append(list(items))
+        return [ValueError(n) if n % 3 == 0 else n * 10 for n in items]
+
+    group: GroupCommit[int, int] = GroupCommit(commit, max_batch=4)
+    results: dict[int, Any] = {}
+
+    def run(n: int) -> None:
+        try:
+            results[n] = group.submit(n)
+        except ValueError as exc:
+            results[n] = exc
+
+    first = threading.Thread(target=run, args=(1,))
+    first.start()
+    while group.waiting:  # the first caller leads a batch of its own
+        time.sleep(0.001)
+    others = [threading.Thread(target=run, args=(n,)) for n in range(2, 8)]
+    for thread in others:
+        thread.start()
+    while group.waiting < 6:
+        time.sleep(0.001)
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert batches[0] == [1] and sorted(n for b in batches[1:] for n in b) == list(range(2, 8))
+    assert all(len(b) <= 4 for b in batches) and group.items == 7
+    for n in range(1, 8):
+        if n % 3 == 0:
+            assert isinstance(results[n], ValueError) and results[n].args == (n,)
+        else:
+            assert results[n] == n * 10
+
+
+def test_group_commit_fails_the_whole_batch_when_the_commit_raises() -> None:
+    def commit(items: Sequence[int]) -> list[int | BaseException]:
+        raise OSError(errno.EIO, "commit failed")
+
+    group: GroupCommit[int, int] = GroupCommit(commit)
+    with pytest.raises(OSError, match="commit failed"):
+        group.submit(1)
+    assert (group.batches, group.waiting) == (1, 0)  # and it is usable again
+    with pytest.raises(ValueError, match="max_batch"):
+        GroupCommit(commit, max_batch=0)
