@@ -19,7 +19,14 @@ scanner: no ``TCP_NODELAY``), with its uploads to the hub running (in the gatewa
 upload process), in the same run as the same files sent to pynetdicom's plain Storage
 SCP writing raw bytes and to Orthanc (Debian package, default settings). Goal (issue 5):
 at least 100 instances/s. Then the same files from four storescu at once (four scanners),
-to the gateway and to the plain SCP: there the spool's writers share folder fsyncs.
+to the gateway and to the plain SCP: there the associations share the spool journal's
+fdatasyncs (group commit).
+
+Last, the spool's write itself, in this process, interleaved in blocks: ``Spool.put`` of
+one 308 KB instance written directly (temporary file, fsync, rename, folder fsync) and
+through the write-ahead journal (the gateway's way: the file unsynced, a journal record,
+one fdatasync), alone and beside another process writing durably to the same disk (as
+the hub's store does in this benchmark).
 
 Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 20 paced instances, 200 for the rate).
 """
@@ -147,6 +154,7 @@ def main() -> None:
                 gateway.stop()
         finally:
             hub.stop()
+        _spool_writes(burst[0], root / "writes")
 
 
 def _latency(hub: HubProcess, config: Path, port: int, exam: list[Path]) -> None:
@@ -216,7 +224,7 @@ def _ingest(config: Path, port: int, burst: list[Path], root: Path) -> None:
     held = held_at_hub(config)
     missing = sum(1 for p in burst if not _held(p, held))
     print(
-        f"  usreview gateway (spool fsync, TCP_NODELAY, uploads running): "
+        f"  usreview gateway (spool journal, TCP_NODELAY, uploads running): "
         f"{gateway_rate:.0f} instances/s; all {n - missing}/{n} at the hub after {at_hub:.1f} s "
         f"({n / at_hub:.0f} instances/s end to end)"
     )
@@ -225,7 +233,9 @@ def _ingest(config: Path, port: int, burst: list[Path], root: Path) -> None:
         started = time.perf_counter()
         plain = finish(storescu(plain_port, burst, called="PLAIN", nodelay=False), started)
     plain_rate = plain.succeeded / plain.seconds
-    print(f"  pynetdicom plain SCP writing raw bytes:                 {plain_rate:.0f} instances/s")
+    print(
+        f"  pynetdicom plain SCP writing raw bytes:                   {plain_rate:.0f} instances/s"
+    )
 
     with start_orthanc(root / "orthanc", nodelay=False) as orthanc:
         started = time.perf_counter()
@@ -235,7 +245,7 @@ def _ingest(config: Path, port: int, burst: list[Path], root: Path) -> None:
         held_orthanc = orthanc.count()
     orthanc_rate = ortho.succeeded / ortho.seconds
     print(
-        f"  Orthanc 1.10, default settings:                         {orthanc_rate:.0f} "
+        f"  Orthanc 1.10, default settings:                           {orthanc_rate:.0f} "
         f"instances/s ({held_orthanc} stored)"
     )
     verdict = "meets" if gateway_rate >= 100 else "misses"
@@ -272,6 +282,66 @@ def _scanners(config: Path, port: int, burst: list[Path], root: Path) -> None:
         f"pynetdicom plain SCP: {plain_rate:.0f} instances/s; "
         f"ratio {gateway_rate / plain_rate:.2f}x"
     )
+
+
+_LOAD = """
+import os, sys
+from usreview.envelope.atomic import replace_file
+data = os.urandom(1 << 20)
+for i in range(1_000_000):
+    replace_file(os.path.join(sys.argv[1], f"{i % 16}.bin"), data)
+"""
+
+
+def _spool_writes(instance: Path, root: Path) -> None:
+    """``Spool.put`` directly and through the journal, interleaved: p50, mean, ratio."""
+    import os
+    import subprocess
+    import sys
+
+    from usreview.site import Spool
+
+    data = instance.read_bytes()
+    blocks, per_block = max(2, round(8 * scale())), 25
+    print(
+        f"spool write of one {len(data) / 1e3:.0f} KB instance, {blocks} interleaved blocks "
+        f"of {per_block} each way (journal/direct: mean time ratio):"
+    )
+    direct = Spool(root / "direct")
+    journaled = Spool(root / "journaled")
+    journaled.open_journal()
+    n = 0
+    try:
+        for label, loaded in (("alone", False), ("beside a durable writer", True)):
+            load = None
+            if loaded:
+                (root / "load").mkdir(exist_ok=True)
+                env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+                load = subprocess.Popen([sys.executable, "-c", _LOAD, str(root / "load")], env=env)
+                time.sleep(0.5)
+            times: dict[str, list[float]] = {"direct": [], "journal": []}
+            try:
+                for block in range(blocks):
+                    order = [("direct", direct), ("journal", journaled)]
+                    for way, spool in order if block % 2 else order[::-1]:
+                        for _ in range(per_block):
+                            n += 1
+                            started = time.perf_counter()
+                            spool.put(f"1.2.826.0.1.3680043.99.{n}", data)
+                            times[way].append(time.perf_counter() - started)
+            finally:
+                if load is not None:
+                    load.kill()
+                    load.wait()
+            means = {way: sum(values) / len(values) for way, values in times.items()}
+            print(
+                f"  {label:<24} direct p50 {percentile(times['direct'], 50) * 1e3:5.2f} ms "
+                f"mean {means['direct'] * 1e3:5.2f} ms; journal p50 "
+                f"{percentile(times['journal'], 50) * 1e3:5.2f} ms mean "
+                f"{means['journal'] * 1e3:5.2f} ms; ratio {means['journal'] / means['direct']:.2f}x"
+            )
+    finally:
+        journaled.close_journal()
 
 
 def _at_once(port: int, batches: list[list[Path]], called: str) -> tuple[float, int]:

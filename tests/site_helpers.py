@@ -181,3 +181,34 @@ def wait_until(predicate: object, timeout: float = 30.0, step: float = 0.1) -> N
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(step)
+
+
+def journaled(root: Path) -> list[Path]:
+    """The spool files the journal holds a record of (the others were written directly)."""
+    from usreview.site.journal import _read_segment
+    from usreview.site.spool import JOURNAL
+
+    names = set()
+    for path in sorted((root / JOURNAL).glob("*.wal")):
+        for record in _read_segment(path, int(path.stem, 16)):
+            if record is not None:
+                names.add(f"{record.sop_instance_uid}_{record.sha256}.dcm")
+    return sorted(root / name for name in names if (root / name).exists())
+
+
+def power_cut(root: Path, *, worst: bool = False) -> int:
+    """Damage the spool files not synced yet (delete or cut short); return how many.
+
+    A power cut's worst case for a spool written through its journal: a file whose
+    record is still in the journal may never have reached the disk.
+
+    ``worst``: every one is lost; else every other one is lost, the rest cut short.
+    """
+    files = journaled(root)
+    for n, path in enumerate(files):
+        if worst or n % 2:
+            path.unlink()
+        else:
+            with path.open("r+b") as f:
+                f.truncate(path.stat().st_size // 2)
+    return len(files)

@@ -6,6 +6,7 @@ into an outbox folder and to the clinic's PACS. Modules (one responsibility each
 
     config      site.toml: reading, checking (errors name the setting), init_site()
     spool       the durable spool of received instances (UID_SHA256.dcm)
+    journal     the spool's write-ahead journal (group commit, replay at start)
     scp         the DICOM Storage SCP (pynetdicom, TCP_NODELAY, calling-AE allow-list)
     client      HTTP to the hub's API (pinned TLS certificate, the site's token)
     uploader    sealing and uploading the spool, verified receipts, backoff

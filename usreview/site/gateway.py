@@ -5,7 +5,9 @@ SIGTERM. It holds the state folder's lock, so a second gateway (or a ``pull``) o
 same site refuses to start. Everything it needs is checked before it listens: the
 keys, the hub's key, the token, the allow-list.
 
-The gateway process only receives: its SCP spools each instance durably and answers.
+The gateway process only receives: its SCP spools each instance durably and answers,
+through the spool's write-ahead journal (:mod:`usreview.site.journal`: one fdatasync
+shared by every association), which it replays at start-up before it listens.
 Sealing, uploading, receipts and the results feed run in the upload process
 (:mod:`usreview.site.worker`), which :class:`UploadProcess` starts, tells the name of
 each instance spooled (through a pipe), restarts when it ends, and stops. In one
@@ -236,20 +238,38 @@ class Gateway:
             raise
 
     def start(self) -> None:
-        """Start the upload process, then listen for scanners."""
+        """Replay the spool's journal, start the upload process, then listen for scanners.
+
+        Raises
+        ------
+        SpoolError
+            The journal left by the last run cannot be replayed (kept; nothing listens).
+        """
         self.spool.remove_leftovers()
-        self.uploads.start()
+        recovery = self.spool.open_journal()
+        if recovery.restored:
+            _log.warning(
+                "%d instance(s) written to the spool again from its journal", recovery.restored
+            )
         try:
-            self.scp.start(self.config.bind, self.config.port)
+            self.uploads.start()
+            try:
+                self.scp.start(self.config.bind, self.config.port)
+            except BaseException:
+                self.uploads.stop()
+                raise
         except BaseException:
-            self.uploads.stop()
+            self.spool.close_journal()
             raise
 
     def stop(self) -> None:
-        """Stop listening, then stop the upload process; release the state lock."""
+        """Stop listening, sync the spool, stop the upload process; release the state lock."""
         try:
             self.scp.stop()
-            self.uploads.stop()
+            try:
+                self.spool.close_journal()
+            finally:
+                self.uploads.stop()
         finally:
             self._lock.release()
 

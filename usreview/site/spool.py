@@ -2,10 +2,19 @@
 
 One file per instance, named ``UID_SHA256.dcm`` (SOP Instance UID and the SHA-256 of the
 file's bytes), so the name alone says what a receipt must name. Writing is durable
-before it returns: a temporary file is written and fsynced, renamed to its name, and the
-folder is fsynced; only then may the C-STORE success be sent. (Concurrent writers need no
-grouping of their own: ext4's journal already serves concurrent fsyncs with one commit,
-and a user-space group commit measured slower.) A file leaves the spool only through
+before :meth:`Spool.put` returns, so the C-STORE success may be sent:
+
+- without a journal (any process): a temporary file is written and fsynced, renamed to
+  its name, and the folder is fsynced;
+- through the write-ahead journal (the gateway, :meth:`Spool.open_journal`): the file
+  is written and renamed without syncing (other processes see it at once, complete or
+  not at all), and a record with the same bytes is appended to ``journal/`` and synced
+  with one ``fdatasync`` shared by every association (group commit). A background
+  thread fsyncs the files later and retires the journal's segments; at the next start,
+  records whose file is missing or damaged (a power cut) are written again.
+  :mod:`usreview.site.journal` describes the format and the guarantees.
+
+A file leaves the spool only through
 :meth:`Spool.acknowledge` with a SHA-256 that matches (a verified receipt) or
 :meth:`Spool.reject` (the hub refused it for good: kept in ``rejected/`` with the reason
 beside it). Temporary files left by a crash were never acknowledged to the sender; the
@@ -24,23 +33,35 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from usreview.envelope.atomic import fsync_directory, replace_file
+from usreview.envelope.atomic import fsync_directory, new_file, replace_file
 from usreview.site.errors import SpoolError
+from usreview.site.journal import (
+    SEGMENT_SIZE,
+    SYNC_DELAY,
+    Journal,
+    JournalRecord,
+    JournalUnavailable,
+    Recovery,
+)
 
 __all__ = ["Spool", "SpooledInstance"]
+
+_log = logging.getLogger(__name__)
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _NAME = re.compile(r"(?P<uid>[0-9.]{1,64})_(?P<sha>[0-9a-f]{64})\.dcm")
 _TMP = ".*.part"  # temporary files of usreview.envelope.atomic.replace_file
 REJECTED = "rejected"
+JOURNAL = "journal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +100,8 @@ class Spool:
             raise SpoolError(f"cannot create the spool {self.root}: {exc}") from None
         self._listeners: list[Callable[[SpooledInstance], None]] = []
         self._lock = threading.Lock()
+        self._journal: Journal | None = None
+        self._journaled = False  # a file here may not be synced yet (its record is)
 
     def remove_leftovers(self) -> int:
         """Remove the temporary files a crash left; return how many.
@@ -97,6 +120,52 @@ class Spool:
         """Call ``listener`` after each instance is durably spooled."""
         self._listeners.append(listener)
 
+    def open_journal(
+        self, *, segment_size: int = SEGMENT_SIZE, sync_delay: float = SYNC_DELAY
+    ) -> Recovery:
+        """Write through the journal from now on (the gateway: the spool's one writer).
+
+        First replays what the last run left in ``journal/``: an instance whose file is
+        missing or damaged is written again, every file is synced, the segments are
+        retired. Then :meth:`put` appends to the journal (see the module's docstring).
+        If no journal segment can be written (disk full), :meth:`put` keeps writing
+        directly (logged).
+
+        Raises
+        ------
+        SpoolError
+            The journal left by the last run could not be replayed (nothing is lost:
+            it is kept, and the gateway should not listen).
+        """
+        if self._journal is not None:
+            raise RuntimeError("the journal is open already")
+        try:
+            journal = Journal(
+                self.root / JOURNAL,
+                self._make_durable,
+                segment_size=segment_size,
+                sync_delay=sync_delay,
+            )
+            recovery = journal.recover(self._restore)
+        except OSError as exc:
+            raise SpoolError(
+                f"cannot replay the spool's journal {self.root / JOURNAL}: {exc.strerror or exc}"
+            ) from None
+        try:
+            journal.start()
+        except (OSError, SpoolError) as exc:
+            _log.error("the spool's journal cannot start (%s): writing directly", exc)
+            return recovery
+        self._journaled = True
+        self._journal = journal
+        return recovery
+
+    def close_journal(self) -> None:
+        """Make every journaled instance durable in the spool, and stop the journal."""
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()
+
     def put(self, sop_instance_uid: str, data: bytes | memoryview) -> SpooledInstance:
         """Store one instance durably; return only when it is on disk.
 
@@ -108,17 +177,77 @@ class Spool:
         check_uid(sop_instance_uid)
         sha = hashlib.sha256(data).hexdigest()
         path = self.root / f"{sop_instance_uid}_{sha}.dcm"
+        journal = self._journal
         try:
-            if not path.exists():
-                replace_file(path, data, mode=0o600)
-            else:  # received again: its name may still await the first writer's fsync
-                fsync_directory(self.root)
+            if journal is None or not self._put_journaled(
+                journal, path, sop_instance_uid, sha, data
+            ):
+                if self._journaled or not path.exists():
+                    # (after the journal, a file there may not be synced yet)
+                    replace_file(path, data, mode=0o600)
+                else:  # received again: its name may still await the first writer's fsync
+                    fsync_directory(self.root)
         except OSError as exc:
             raise SpoolError(f"cannot spool {sop_instance_uid}: {exc.strerror or exc}") from None
         item = SpooledInstance(path, sop_instance_uid, sha, len(data), time.time())
         for listener in self._listeners:
             listener(item)
         return item
+
+    @staticmethod
+    def _put_journaled(
+        journal: Journal, path: Path, uid: str, sha: str, data: bytes | memoryview
+    ) -> bool:
+        """Write ``path`` unsynced and append its record; False: write it directly."""
+        if len(data) > journal.max_record:
+            return False
+
+        def write_file() -> None:  # while the disk writes the record
+            if not path.exists():
+                with (
+                    contextlib.suppress(FileExistsError),
+                    new_file(path, mode=0o600, durable=False) as f,
+                ):
+                    f.write(data)
+
+        try:
+            journal.append(uid, sha, data, meanwhile=write_file)
+        except JournalUnavailable:
+            return False
+        return True
+
+    def _make_durable(self, names: Sequence[str]) -> None:
+        """Fsync each named file where it is now (spool or ``rejected/``), then the folders."""
+        folders: set[Path] = set()
+        for name in names:
+            for folder in (self.root, self.root / REJECTED):
+                try:
+                    fd = os.open(folder / name, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                folders.add(folder)
+                break
+            # else gone: acknowledged by a verified receipt, nothing to keep
+        for folder in sorted(folders):
+            fsync_directory(folder)
+
+    def _restore(self, record: JournalRecord) -> bool:
+        """Write ``record``'s instance again unless it is in place; True if written."""
+        try:
+            check_uid(record.sop_instance_uid)
+        except SpoolError:
+            _log.error("journal record with an invalid UID %r skipped", record.sop_instance_uid)
+            return False
+        name = f"{record.sop_instance_uid}_{record.sha256}.dcm"
+        for path in (self.root / name, self.root / REJECTED / name):
+            if _holds(path, record.sha256, len(record.data)):
+                return False
+        replace_file(self.root / name, record.data, mode=0o600)
+        return True
 
     def item(self, name: str) -> SpooledInstance | None:
         """The instance spooled as ``name`` (a file name), or None if it is not there."""
@@ -190,3 +319,14 @@ class Spool:
             with contextlib.suppress(OSError, ValueError):
                 notes.append(json.loads(path.read_text()))
         return notes
+
+
+def _holds(path: Path, sha256: str, size: int) -> bool:
+    """Whether ``path`` exists with ``size`` bytes hashing to ``sha256``."""
+    try:
+        if path.stat().st_size != size:
+            return False
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == sha256
+    except FileNotFoundError:
+        return False
