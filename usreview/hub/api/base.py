@@ -98,6 +98,13 @@ class BaseHandler(ApiHandler):
             raise ApiError(404, "not_found", f"no {hide[0]} {hide[1]}")
         raise ApiError(403, "forbidden", f"needs the scope {REVIEW}")
 
+    def study_reviewer(self, study_instance_uid: str) -> Reviewer:
+        """The caller as a reviewer of one study: the study's 404 without the scope or a UID."""
+        reviewer = self.reviewer(hide=("study", study_instance_uid))
+        if not check_uid(study_instance_uid):
+            raise ApiError(404, "not_found", f"no study {study_instance_uid}")
+        return reviewer
+
     # -- work off the event loop --------------------------------------------------------
 
     async def blocking(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

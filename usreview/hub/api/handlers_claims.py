@@ -10,11 +10,9 @@ the 404 of a missing study. Both are audited as writes.
 
 from __future__ import annotations
 
-from usreview.hub.api.base import BaseHandler, check_uid
-from usreview.hub.api.errors import not_found
+from usreview.hub.api.base import BaseHandler
 from usreview.hub.api.views import claim_view
 from usreview.hub.audit import AuditAction
-from usreview.store import Reviewer
 
 __all__ = ["ADMIN", "ClaimHandler"]
 
@@ -26,16 +24,9 @@ class ClaimHandler(BaseHandler):
 
     audit_action = AuditAction.WRITE
 
-    def _caller(self, study_instance_uid: str) -> Reviewer:
-        hide = ("study", study_instance_uid)
-        reviewer = self.reviewer(hide=hide)
-        if not check_uid(study_instance_uid):
-            raise not_found(*hide)
-        return reviewer
-
     async def post(self, study_instance_uid: str) -> None:
         """Claim the study (or renew one's own claim): 200 with the claim."""
-        reviewer = self._caller(study_instance_uid)
+        reviewer = self.study_reviewer(study_instance_uid)
         seconds = self.context.settings.claim_minutes * 60
         review = self.context.archive.review
         claim = await self.blocking(review.claim, reviewer, study_instance_uid, seconds=seconds)
@@ -46,7 +37,7 @@ class ClaimHandler(BaseHandler):
 
     async def delete(self, study_instance_uid: str) -> None:
         """Release the study (holder or administrator): 204."""
-        reviewer = self._caller(study_instance_uid)
+        reviewer = self.study_reviewer(study_instance_uid)
         review = self.context.archive.review
         force = self.has_scope(ADMIN)
         released = await self.blocking(review.release, reviewer, study_instance_uid, force=force)

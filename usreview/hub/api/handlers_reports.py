@@ -14,13 +14,12 @@ import json
 from typing import Any
 
 from usreview.errors import ReportError
-from usreview.hub.api.base import BaseHandler, check_uid
-from usreview.hub.api.errors import ApiError, not_found
+from usreview.hub.api.base import BaseHandler
+from usreview.hub.api.errors import ApiError
 from usreview.hub.api.reporting import publish_report
 from usreview.hub.api.views import iso, report_view
 from usreview.hub.audit import AuditAction
 from usreview.review.report import Report
-from usreview.store import Reviewer
 
 __all__ = ["ReportsHandler"]
 
@@ -30,16 +29,9 @@ _JSON = "application/json"
 class ReportsHandler(BaseHandler):
     """The published versions of a study's report; publish a new one."""
 
-    def _caller(self, study_instance_uid: str) -> Reviewer:
-        hide = ("study", study_instance_uid)
-        reviewer = self.reviewer(hide=hide)
-        if not check_uid(study_instance_uid):
-            raise not_found(*hide)
-        return reviewer
-
     async def get(self, study_instance_uid: str) -> None:
         """``{"reports": [...]}``, oldest first."""
-        reviewer = self._caller(study_instance_uid)
+        reviewer = self.study_reviewer(study_instance_uid)
         review = self.context.archive.review
         reports = await self.blocking(review.reports, reviewer, study_instance_uid)
         await self.audit(AuditAction.READ, detail={"count": len(reports)})
@@ -48,7 +40,7 @@ class ReportsHandler(BaseHandler):
     async def post(self, study_instance_uid: str) -> None:
         """Publish a report: 201 with its version, SR UID, time and result cursors."""
         self.audit_action = AuditAction.WRITE
-        reviewer = self._caller(study_instance_uid)
+        reviewer = self.study_reviewer(study_instance_uid)
         report = Report.from_json(self._body())
         record = await self.blocking(
             publish_report, self.context, reviewer, study_instance_uid, report
