@@ -188,7 +188,8 @@ def main() -> None:
                 for name in files
             }
             print(
-                f"hub up; {n_sites} sites enrolled in {time.perf_counter() - t0:.1f} s", flush=True
+                f"hub up; {n_sites} sites enrolled in {time.perf_counter() - t0:.1f} s",
+                flush=True,
             )
 
             jobs = [

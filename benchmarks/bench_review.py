@@ -8,9 +8,12 @@ do: :func:`tests.browser_support.launched_chromium`) and lands on the worklist.
 
 Measured, each against a baseline of the same run:
 
-- worklist load: navigation to the worklist page until its table shows every study
-  (a new Voila kernel each time), against an empty Voila dashboard on the same server
-  (the kernel start every page pays); goal under 2 s;
+- worklist load: navigation to the worklist page until its table shows every study,
+  against an empty Voila dashboard on the same server (the kernel start every other page
+  pays); goal under 2 s. Each worklist page gets a kernel nobody has used, which the
+  reviewer's server started and ran the worklist in before the page was asked for
+  (:mod:`usreview.hub.kernel_pool`); loads are a few seconds apart, as a reviewer's are,
+  so that the server has replaced it;
 - ``GET /studies`` at the service (5,000 studies), median;
 - opening the cine study from the worklist until its first frame is drawn;
 - sustained cine rate while playing, against the study's own frame rate and the
@@ -34,7 +37,8 @@ from benchmarks._support import HubProcess, c_store, enroll_site, free_port, sca
 from benchmarks._worklist import fill
 from tests.browser_support import launched_chromium
 
-RUNS = 3
+RUNS = 5
+SETTLE_S = 4.0  # between page loads: the server replaces the warm kernel a page took
 FRAMES, ROWS, COLUMNS, RATE = 100, 600, 800, 50.0
 KERNEL = {"display_name": "Python 3", "language": "python", "name": "python3"}
 EMPTY = {
@@ -149,6 +153,7 @@ def main() -> None:
                 (home / "empty.ipynb").write_text(json.dumps(EMPTY))
 
                 def load(url: str, ready: str) -> float:
+                    time.sleep(SETTLE_S)
                     began = time.perf_counter()
                     page.goto(url)
                     page.wait_for_function(ready, timeout=120_000)
@@ -193,13 +198,13 @@ def main() -> None:
     sustained = statistics.median(rates[1:])
     print(f"first login (spawns the reviewer's server) to worklist: {first:.1f} s")
     print(
-        f"worklist of {total} studies, page load (new kernel): median {w:.2f} s "
+        f"worklist of {total} studies, page load (warm kernel): median {w:.2f} s "
         f"(runs {', '.join(f'{x:.2f}' for x in worklist)}); in-browser filter+sort+draw "
         f"{render_ms:.0f} ms"
     )
     print(
-        f"  baseline: empty Voila dashboard {e:.2f} s -> ratio {w / e:.2f}; "
-        f"worklist beyond the kernel start {w - e:.2f} s; goal < 2 s: "
+        f"  baseline: empty Voila dashboard (new kernel) {e:.2f} s -> ratio {w / e:.2f}; "
+        f"difference {w - e:+.2f} s; goal < 2 s: "
         f"{'met' if w < 2.0 else 'NOT met'}"
     )
     print(

@@ -22,11 +22,17 @@ at least 100 instances/s. Then the same files from four storescu at once (four s
 to the gateway and to the plain SCP: there the associations share the spool journal's
 fdatasyncs (group commit).
 
+Then the spool encrypted at rest (``folders.spool_key``: files and journal records
+sealed with AES-256-GCM): a second site's gateway with a sealed spool takes the same
+burst from one untuned storescu, uploads running, against the first (plaintext) one's
+rate in the same run.
+
 Last, the spool's write itself, in this process, interleaved in blocks: ``Spool.put`` of
-one 308 KB instance written directly (temporary file, fsync, rename, folder fsync) and
+one 308 KB instance written directly (temporary file, fsync, rename, folder fsync),
 through the write-ahead journal (the gateway's way: the file unsynced, a journal record,
-one fdatasync), alone and beside another process writing durably to the same disk (as
-the hub's store does in this benchmark).
+one fdatasync), and through the journal sealed with a spool key, alone and beside
+another process writing durably to the same disk (as the hub's store does in this
+benchmark).
 
 Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 20 paced instances, 200 for the rate).
 """
@@ -149,9 +155,10 @@ def main() -> None:
             gateway = start_gateway(config, root / "gateway.log")
             try:
                 _latency(hub, config, port, exam)
-                _ingest(config, port, burst, root)
+                plain_rate = _ingest(config, port, burst, root)
             finally:
                 gateway.stop()
+            _sealed_ingest(hub, burst, root, plain_rate)
         finally:
             hub.stop()
         _spool_writes(burst[0], root / "writes")
@@ -205,7 +212,8 @@ def _latency(hub: HubProcess, config: Path, port: int, exam: list[Path]) -> None
     )
 
 
-def _ingest(config: Path, port: int, burst: list[Path], root: Path) -> None:
+def _ingest(config: Path, port: int, burst: list[Path], root: Path) -> float:
+    """The gateway's rate from one untuned storescu, against the plain SCP and Orthanc."""
     from usreview.site import Spool, load_config
 
     n = len(burst)
@@ -257,6 +265,48 @@ def _ingest(config: Path, port: int, burst: list[Path], root: Path) -> None:
     if missing:
         raise SystemExit(f"FAILED: {missing} instance(s) not at the hub")
     _scanners(config, port, burst, root)
+    return gateway_rate
+
+
+def _sealed_ingest(hub: HubProcess, burst: list[Path], root: Path, plain_rate: float) -> None:
+    """A gateway whose spool is encrypted at rest takes the burst (new UIDs)."""
+    from usreview.site import Spool, load_config
+    from usreview.site.atrest import generate_spool_key, load_spool_cipher
+
+    port = free_port()
+    config = enroll_site(hub.state, hub.url, f"{SITE}-sealed", root / "sealed", port=port)
+    generate_spool_key(root / "sealed" / "keys" / "spool.key")
+    text = config.read_text()
+    config.write_text(text.replace('spool_key = ""', 'spool_key = "keys/spool.key"'))
+    site = load_config(config)
+    assert load_spool_cipher(site) is not None
+    files = copies(burst[0], len(burst), root / "sealed-burst")
+    n = len(files)
+    gateway = start_gateway(config, root / "sealed-gateway.log")
+    try:
+        started = time.perf_counter()
+        run = finish(
+            storescu(port, files, called="USREVIEW", calling=SCANNER_AE, nodelay=False), started
+        )
+        if run.succeeded != n:
+            raise SystemExit(f"FAILED: sealed gateway stored {run.succeeded}/{n}")
+        rate = n / run.seconds
+        spool = Spool(site.spool)
+        deadline = time.monotonic() + 300
+        while spool.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        at_hub = time.perf_counter() - started
+        held = held_at_hub(config)
+    finally:
+        gateway.stop()
+    missing = sum(1 for p in files if not _held(p, held))
+    print(
+        f"spool encrypted at rest (AES-256-GCM), one untuned storescu, {n} x 308 KB, uploads "
+        f"running: {rate:.0f} instances/s ({rate / plain_rate:.2f}x the plaintext spool's "
+        f"{plain_rate:.0f}); all {n - missing}/{n} at the hub after {at_hub:.1f} s"
+    )
+    if missing:
+        raise SystemExit(f"FAILED: {missing} sealed instance(s) not at the hub")
 
 
 def _scanners(config: Path, port: int, burst: list[Path], root: Path) -> None:
@@ -296,20 +346,24 @@ for i in range(1_000_000):
 def _spool_writes(instance: Path, root: Path) -> None:
     """``Spool.put`` directly and through the journal, interleaved: p50, mean, ratio."""
     import os
+    import secrets
     import subprocess
     import sys
 
     from usreview.site import Spool
+    from usreview.site.atrest import SpoolCipher
 
     data = instance.read_bytes()
     blocks, per_block = max(2, round(8 * scale())), 25
     print(
         f"spool write of one {len(data) / 1e3:.0f} KB instance, {blocks} interleaved blocks "
-        f"of {per_block} each way (journal/direct: mean time ratio):"
+        f"of {per_block} each way (journal/direct and sealed/journal: mean time ratios):"
     )
     direct = Spool(root / "direct")
     journaled = Spool(root / "journaled")
     journaled.open_journal()
+    sealed = Spool(root / "sealed", SpoolCipher(secrets.token_bytes(32)))
+    sealed.open_journal()
     n = 0
     try:
         for label, loaded in (("alone", False), ("beside a durable writer", True)):
@@ -319,10 +373,10 @@ def _spool_writes(instance: Path, root: Path) -> None:
                 env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
                 load = subprocess.Popen([sys.executable, "-c", _LOAD, str(root / "load")], env=env)
                 time.sleep(0.5)
-            times: dict[str, list[float]] = {"direct": [], "journal": []}
+            times: dict[str, list[float]] = {"direct": [], "journal": [], "sealed": []}
             try:
                 for block in range(blocks):
-                    order = [("direct", direct), ("journal", journaled)]
+                    order = [("direct", direct), ("journal", journaled), ("sealed", sealed)]
                     for way, spool in order if block % 2 else order[::-1]:
                         for _ in range(per_block):
                             n += 1
@@ -340,8 +394,14 @@ def _spool_writes(instance: Path, root: Path) -> None:
                 f"{percentile(times['journal'], 50) * 1e3:5.2f} ms mean "
                 f"{means['journal'] * 1e3:5.2f} ms; ratio {means['journal'] / means['direct']:.2f}x"
             )
+            print(
+                f"  {'':<24} journal sealed p50 {percentile(times['sealed'], 50) * 1e3:5.2f} ms "
+                f"mean {means['sealed'] * 1e3:5.2f} ms; "
+                f"ratio {means['sealed'] / means['journal']:.2f}x the plaintext journal"
+            )
     finally:
         journaled.close_journal()
+        sealed.close_journal()
 
 
 def _at_once(port: int, batches: list[list[Path]], called: str) -> tuple[float, int]:

@@ -12,9 +12,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.uid import generate_uid
+
+if TYPE_CHECKING:
+    from usreview.site.atrest import SpoolCipher
 
 USREVIEW = [sys.executable, "-m", "usreview.cli"]
 
@@ -170,6 +174,25 @@ def start_gateway(config: Path, port: int, log: Path) -> GatewayProcess:
     return GatewayProcess(process, port, log)
 
 
+def offline_site(folder: Path, *extra: str) -> tuple[Path, int]:
+    """``usreview site init`` with ``extra`` options, the hub down; (site.toml, DICOM port).
+
+    The hub URL points at a closed port: what the scanner sends stays in the spool.
+    """
+    from usreview.envelope import generate_keys, write_key_pair
+
+    write_key_pair(generate_keys("hub"), folder / "hubkeys")
+    port = free_port()
+    args = [*USREVIEW, "site", "init", "clinic", "--dir", str(folder / "site")]
+    args += ["--hub", f"https://127.0.0.1:{free_port()}", "--allow-ae", "SCANNER"]
+    args += ["--hub-key", str(folder / "hubkeys" / "hub.pub"), "--port", str(port), *extra]
+    subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
+    token = folder / "site" / "token"
+    token.write_text("not-a-real-token\n")
+    token.chmod(0o600)
+    return folder / "site" / "site.toml", port
+
+
 def set_port(config: Path, port: int) -> None:
     text = config.read_text()
     config.write_text(re.sub(r"(?m)^port = 11112$", f"port = {port}", text, count=1))
@@ -183,20 +206,20 @@ def wait_until(predicate: object, timeout: float = 30.0, step: float = 0.1) -> N
         time.sleep(step)
 
 
-def journaled(root: Path) -> list[Path]:
+def journaled(root: Path, cipher: SpoolCipher | None = None) -> list[Path]:
     """The spool files the journal holds a record of (the others were written directly)."""
     from usreview.site.journal import _read_segment
     from usreview.site.spool import JOURNAL
 
     names = set()
     for path in sorted((root / JOURNAL).glob("*.wal")):
-        for record in _read_segment(path, int(path.stem, 16)):
+        for record in _read_segment(path, int(path.stem, 16), cipher):
             if record is not None:
                 names.add(f"{record.sop_instance_uid}_{record.sha256}.dcm")
     return sorted(root / name for name in names if (root / name).exists())
 
 
-def power_cut(root: Path, *, worst: bool = False) -> int:
+def power_cut(root: Path, *, worst: bool = False, cipher: SpoolCipher | None = None) -> int:
     """Damage the spool files not synced yet (delete or cut short); return how many.
 
     A power cut's worst case for a spool written through its journal: a file whose
@@ -204,7 +227,7 @@ def power_cut(root: Path, *, worst: bool = False) -> int:
 
     ``worst``: every one is lost; else every other one is lost, the rest cut short.
     """
-    files = journaled(root)
+    files = journaled(root, cipher)
     for n, path in enumerate(files):
         if worst or n % 2:
             path.unlink()

@@ -55,18 +55,24 @@ def test_a_known_token_is_asked_once_per_ttl_and_revocation_takes_effect() -> No
         del hub.known["good"]  # revoked at the hub
         clock.now += 0.2  # the answer has expired: the hub is asked again and refuses
         assert await cache.lookup(hub, "good") is None
-        assert await cache.lookup(hub, "good") is None  # refusals are not kept
+        assert await cache.lookup(hub, "good") is None  # the refusal is kept too
+        assert hub.asked == ["good"] * 2
+        clock.now += TOKEN_CACHE_SECONDS  # and asked again after as long
+        assert await cache.lookup(hub, "good") is None
         assert hub.asked == ["good"] * 3
 
     asyncio.run(scenario())
 
 
-def test_unknown_tokens_and_failures_are_not_kept() -> None:
+def test_unknown_tokens_are_kept_failures_are_not() -> None:
     hub = FakeHub()
     cache = TokenCache()
 
     async def scenario() -> None:
-        assert await cache.lookup(hub, "nobody") is None
+        for _ in range(100):  # a wrong token in a loop: the hub is asked once
+            assert await cache.lookup(hub, "nobody") is None
+        assert hub.asked == ["nobody"] and len(cache) == 1
+        cache.forget("nobody")
         hub.fail = True
         with pytest.raises(RuntimeError, match="down"):
             await cache.lookup(hub, "good")
@@ -117,3 +123,35 @@ def test_ttl_zero_keeps_nothing_and_the_cache_is_bounded() -> None:
     asyncio.run(scenario())
     with pytest.raises(ValueError, match="ttl"):
         TokenCache(-1)
+
+
+def test_an_expiry_in_the_model_is_honoured_exactly() -> None:
+    from datetime import UTC, datetime
+
+    hub, clock, wall = FakeHub(), Clock(), Clock()
+    wall.now = 1_800_000_000.0
+    expiry = datetime.fromtimestamp(wall.now + 2.0, UTC).isoformat().replace("+00:00", "Z")
+    hub.known = {
+        "expiring": dict(SITE, expires_at=expiry),
+        "forever": dict(SITE, expires_at=None),
+        "garbled": dict(SITE, expires_at="soon"),
+    }
+    cache = TokenCache(clock=clock, wall_clock=wall)
+
+    async def scenario() -> None:
+        for token in ("expiring", "forever", "garbled"):
+            assert (await cache.lookup(hub, token) or {})["name"] == "sitea"
+        assert len(cache) == 2  # an expiry it cannot read: used once, not kept
+        clock.now += 1.9
+        wall.now += 1.9
+        assert await cache.lookup(hub, "expiring") is not None
+        clock.now += 0.2  # past its expiry, well within the cache's 5 s
+        wall.now += 0.2
+        assert await cache.lookup(hub, "forever") is not None
+        assert hub.asked.count("expiring") == 1 and hub.asked.count("forever") == 1
+        # The hub (whose clock may lag) still answers with the model: refused here anyway.
+        assert await cache.lookup(hub, "expiring") is None
+        assert await cache.lookup(hub, "expiring") is None
+        assert hub.asked.count("expiring") == 2
+
+    asyncio.run(scenario())

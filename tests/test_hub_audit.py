@@ -172,3 +172,38 @@ def test_another_writer_between_appends_is_noticed(tmp_path: Path) -> None:
     path.rename(tmp_path / "rotated.log")  # a new file under the name
     assert ours.record("a", "read", "r/4")["seq"] == 1
     assert verify(path, KEY).ok and verify(tmp_path / "rotated.log", KEY).lines == 3
+
+
+def test_refusals_beyond_the_allowance_are_counted_then_drained() -> None:
+    from usreview.hub.audit import RefusalLimiter
+
+    now = [100.0]
+    limiter = RefusalLimiter(3, 60.0, clock=lambda: now[0])  # refills one per second
+    outcomes = [limiter.admit("ip:10.0.0.9") for _ in range(10)]
+    assert outcomes == [0, 0, 0] + [None] * 7
+    assert limiter.admit("sitea") == 0  # another caller has its own allowance
+    assert limiter.drain() == {}  # nothing refilled yet: the flood may go on
+    now[0] += 1.0
+    assert limiter.admit("ip:10.0.0.9") == 7  # the next line carries the count
+    for _ in range(5):
+        assert limiter.admit("ip:10.0.0.9") is None
+    now[0] += 1.5
+    assert limiter.drain() == {"ip:10.0.0.9": 5}  # it went quiet: one summary line
+    assert limiter.drain() == {}
+    now[0] += 10
+    limiter.drain()
+    assert limiter.admit("ip:10.0.0.9") == 0  # full again, nothing left to report
+
+
+def test_the_refusal_limiter_is_bounded_and_keeps_counts_of_forgotten_callers() -> None:
+    from usreview.hub.audit import RefusalLimiter
+
+    limiter = RefusalLimiter(1, 0.0, max_callers=3, clock=lambda: 0.0)
+    for caller in ("a", "b", "c"):
+        limiter.admit(caller)
+        limiter.admit(caller)  # counted
+    limiter.admit("d")  # "a" is forgotten, its count kept
+    assert len(limiter._callers) == 3
+    assert limiter.drain() == {"a": 1, "b": 1, "c": 1}  # no refill: drained as they are
+    with pytest.raises(ValueError):
+        RefusalLimiter(0)

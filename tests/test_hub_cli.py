@@ -62,3 +62,42 @@ def test_hub_refuses_plain_http_beyond_loopback(
     err = capsys.readouterr().err
     assert err.startswith("usreview: error: refusing to serve 0.0.0.0 without TLS")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_site_key_rotates_with_the_hub_stopped_and_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from usreview.envelope import load_public_keys
+    from usreview.hub.state import open_state
+
+    state = open_state(tmp_path / "state")
+    for name in ("old", "new"):
+        assert main(["keys", "new", "clinic", "--dir", str(tmp_path / name)]) == 0
+    old, new = (load_public_keys(tmp_path / n / "clinic.pub") for n in ("old", "new"))
+    (state.sites / "clinic.pub").write_text(old.to_text())  # as 'add-site' registered it
+    Accounts(state.accounts).add_site("clinic", state.sites / "clinic.pub", old.key_id.hex())
+    capsys.readouterr()
+    base = ["hub", "--state", str(state.root), "add-site", "clinic", "--public-key"]
+    assert main([*base, str(tmp_path / "new" / "clinic.pub"), "--grace", "1d"]) == 2
+    assert capsys.readouterr().err == "usreview: error: --grace goes with --rotate\n"
+    args = [*base, str(tmp_path / "new" / "clinic.pub"), "--rotate", "--grace", "2h"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert new.key_id.hex()[:16] in out and old.key_id.hex()[:16] in out
+    assert load_public_keys(state.sites / "clinic.pub").key_id == new.key_id
+    history = json.loads((state.sites / "clinic.previous.json").read_text())["keys"]
+    assert history[0]["key_id"] == old.key_id.hex()
+    assert history[0]["accepted_until"] - history[0]["replaced_at"] == 2 * 3600
+    assert main(args) == 2  # the same key again
+    err = capsys.readouterr().err
+    assert "current or an earlier key" in err and err.count("\n") == 1
+    assert main([*base, str(tmp_path / "old" / "clinic.pub"), "--rotate"]) == 2  # an old key
+    capsys.readouterr()
+    unknown = ["hub", "--state", str(state.root), "add-site", "other", "--rotate"]
+    assert main([*unknown, "--public-key", str(tmp_path / "old" / "clinic.pub")]) == 2
+    assert "has no key to rotate" in capsys.readouterr().err
+    lines = [json.loads(x) for x in state.audit_log.read_text().splitlines()]
+    assert [x["outcome"] for x in lines] == ["rotated"]
+    assert lines[0]["detail"]["grace_seconds"] == 2 * 3600

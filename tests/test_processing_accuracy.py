@@ -123,6 +123,17 @@ def test_mmode_heart_rate_wall_excursion_and_lv_dimensions(tmp_path: Path) -> No
         assert abs(worst[name][0]) <= tolerance, report
 
 
+def test_mmode_heart_rate_at_5_db(tmp_path: Path) -> None:
+    """Cycle detection at low SNR: spurious upstrokes at the strip's ends added short cycles."""
+    errors = []
+    for seed in range(13):
+        truth, q, _ = _run(tmp_path / str(seed), "mmode_motion", "mmode", seed, 5.0)
+        errors.append((abs(q["heart_rate"] - truth["heart_rate_bpm"]), seed))
+    worst, seed = max(errors)
+    print(f"M-mode at 5 dB: worst heart-rate error {worst:.2f} bpm (seed {seed})")
+    assert worst <= MMODE_TOLERANCES["heart_rate"], errors
+
+
 _SMALL_VOLUME = {
     "frames": 56,
     "rows": 72,

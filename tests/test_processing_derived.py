@@ -31,6 +31,7 @@ from usreview.dicom import read
 from usreview.processing import Code, CodingScheme, DerivedImage
 from usreview.processing.execution import Outputs, execute_file
 from usreview.processing.filters.derived import usreview_derivation
+from usreview.processing.registry import default_registry
 from usreview.simulate import simulate
 from usreview.site.config import PacsDestination
 from usreview.site.deliver import deliver_to_outbox, is_dicom, send_to_pacs
@@ -72,7 +73,7 @@ def test_the_doppler_overlay_is_a_derived_us_image_of_its_source(
     [overlay] = outputs.derived
     assert (overlay.processor, overlay.version, overlay.name) == (
         "doppler_indices",
-        "1.0",
+        default_registry().get("doppler_indices").version,
         "doppler_envelope",
     )
     [path] = _written(outputs, tmp_path)
@@ -92,7 +93,7 @@ def test_the_doppler_overlay_is_a_derived_us_image_of_its_source(
         "DCM",
         "Segmentation",
     )
-    assert "doppler_indices 1.0" in ds.DerivationDescription
+    assert f"doppler_indices {overlay.version}" in ds.DerivationDescription
     assert "envelope" in ds.DerivationDescription
     (ref,) = ds.SourceImageSequence
     assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (

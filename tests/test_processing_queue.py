@@ -249,3 +249,24 @@ def test_publishing_under_a_key_is_idempotent(archive: Archive) -> None:
         b"sealed 3", sites=[SITE], study_instance_uid="1.2.826.0.2.1", kind="sr", key="k/2"
     )
     assert other.cursor > first.cursor and feed.find_result("nope") is None
+
+
+def test_reprocess_queues_a_finished_job_again(archive: Archive, clock: Clock) -> None:
+    store(archive, 1)
+    q = queue(archive)
+    lease = q.claim("w", 30)
+    assert lease is not None
+    with pytest.raises(InvalidTransitionError, match="only a done or failed job"):
+        q.reprocess(lease.job.id)  # running
+    done = q.complete(lease)
+    assert study_of(archive)[0] is StudyStatus.PROCESSED
+    clock.advance(5)
+    again = q.reprocess(done.id, actor="alice")
+    assert (again.status, again.attempts, again.finished_at) == (JobStatus.PENDING, 0, None)
+    assert study_of(archive) == (StudyStatus.RECEIVED, f"job {done.id} queued again")
+    lease = q.claim("w", 30)
+    assert lease is not None and lease.job.id == done.id
+    q.complete(lease)
+    assert study_of(archive)[0] is StudyStatus.PROCESSED
+    with pytest.raises(NotFoundError):
+        q.reprocess(999)

@@ -72,6 +72,30 @@ def test_hub_jobs_retry_requeues_a_failed_job(
     assert "no job 7" in capsys.readouterr().err
 
 
+def test_hub_jobs_reprocess_queues_a_finished_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup = HubSetup.create(tmp_path / "hub")
+    with setup.open_archive() as archive:
+        archive.put(SITE, b"envelope 1", meta(1, study=1))
+        lease = archive.jobs.claim("w", 30)
+        assert lease is not None
+        state = str(setup.state.root)
+        assert main(["hub", "jobs", "--state", state, "--reprocess", "1"]) == 1  # running
+        assert "only a done or failed job can be queued again" in capsys.readouterr().err
+        archive.jobs.complete(lease)
+    assert main(["hub", "jobs", "--state", state, "--reprocess", "1"]) == 0
+    assert capsys.readouterr().out == "job 1 (1.2.826.0.1.1) is queued again\n"
+    with setup.open_archive() as archive:
+        [job] = archive.jobs.list_jobs()
+        assert job.status.value == "pending"
+        assert archive.history(Reviewer("r"), "1.2.826.0.2.1")[-1].actor == (
+            "usreview hub jobs --reprocess"
+        )
+    assert main(["hub", "jobs", "--state", state, "--reprocess", "7"]) == 1
+    assert "no job 7" in capsys.readouterr().err
+
+
 def test_the_worker_refuses_to_start_with_a_sentence(tmp_path: Path) -> None:
     setup = HubSetup.create(tmp_path / "hub")
     setup.state.root.chmod(0o755)  # readable by others: the state is refused

@@ -101,6 +101,12 @@ def test_a_claimed_study_cannot_be_claimed_by_a_second_reviewer(
     study = deployment.study("north", "pw")
     _row(rita, study.study_uid).locator(".usr-claim").click()
     rita.locator(".usreview-message:has-text('You hold this study')").wait_for(timeout=60_000)
+    rita.wait_for_function(  # the list names who holds it
+        "uid => document.querySelector(`.usr-wl-row[data-uid='${uid}'] "
+        ".usr-wl-td[data-key=claim]`)?.textContent === 'rita'",
+        arg=study.study_uid,
+        timeout=30_000,
+    )
 
     omar = _login(chromium, deployment, "omar")
     try:

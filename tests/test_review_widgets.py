@@ -32,7 +32,7 @@ from usreview.review.widgets._assets import css, esm
 from usreview.review.widgets._axes import nice_step, ticks, trace_pixels
 from usreview.review.widgets._encode import encode_frames
 from usreview.review.widgets._nifti import nifti_bytes
-from usreview.review.widgets.worklist import normalise_rows
+from usreview.review.widgets.worklist import columnar, normalise_rows
 from usreview.simulate import simulate
 
 STATIC = Path(__file__).resolve().parents[1] / "usreview" / "review" / "widgets" / "static"
@@ -377,6 +377,43 @@ def test_worklist_rows_are_normalised_and_checked() -> None:
         normalise_rows([{"study_instance_uid": "1"}, {"study_instance_uid": "1"}])
     with pytest.raises(ValueError, match="cannot show"):
         normalise_rows([{"study_instance_uid": "1", "claim": object()}])
+    with pytest.raises(ValueError, match="cannot show a dict"):  # not its keys as a list
+        normalise_rows([{"study_instance_uid": "1", "claim": {"reviewer": "rita"}}])
+
+
+def test_worklist_rows_reach_the_browser_by_column_and_only_when_changed() -> None:
+    rows = [
+        {"study_instance_uid": f"1.{n}", "site": f"S{n % 3}", "kinds": ["bmode"], "findings": n}
+        for n in range(50)
+    ]
+    table = WorklistTable(rows)
+    expected = normalise_rows(rows)
+    assert table.table["count"] == 50
+    columns = table.table["columns"]
+    assert set(columns) == set(expected[0])
+    assert [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ] == expected
+    assert columnar(expected) == table.table
+    as_rows = json.dumps(expected).encode()
+    by_column = json.dumps(table.table).encode()
+    assert len(by_column) < 0.75 * len(as_rows), (len(by_column), len(as_rows))
+    assert "rows" not in table.keys and "table" in table.keys  # only the columns are synced
+
+    sent: list[Any] = []
+    table.observe(sent.append, "table")
+    table.rows = [dict(r) for r in rows]  # the same studies, read again: nothing is sent
+    assert sent == []
+    table.rows = [*rows, {"study_instance_uid": "9.9", "site": "S9"}]
+    assert len(sent) == 1 and sent[0]["new"]["count"] == 51
+    assert sent[0]["new"]["columns"]["site"][-1] == "S9"
+
+    shown: list[int] = []
+    table.on_shown(lambda: shown.append(len(table.rows)))
+    table._handle_custom_msg({"event": "other"}, [])
+    assert shown == []
+    table._handle_custom_msg({"event": "shown"}, [])  # as the browser says once drawn
+    assert shown == [51]
 
 
 def test_worklist_actions_and_sort_from_python() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import shutil
 import signal
@@ -18,9 +19,10 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -116,15 +118,31 @@ class Hub:
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    def publish(self, payload: Path, study: str, sites: list[str], kind: str) -> int:
+    def publish(
+        self,
+        payload: Path,
+        study: str,
+        sites: list[str],
+        kind: str,
+        *,
+        supersedes: int | None = None,
+    ) -> int:
         from usreview.hub.api.publish import publish_result
         from usreview.hub.state import open_state
         from usreview.store import Archive
 
         state = open_state(self.state)
         with Archive.open(None, state.root / "archive") as archive:
-            record = publish_result(state, archive, study, payload, sites=sites, kind=kind)
+            record = publish_result(
+                state, archive, study, payload, sites=sites, kind=kind, supersedes=supersedes
+            )
         return record.cursor
+
+    def audited(self, actor: str) -> list[dict[str, Any]]:
+        """The audit log's events of ``actor``."""
+        lines = (self.state / "audit.log").read_text().splitlines()
+        events = [json.loads(line) for line in lines if line.strip()]
+        return [event for event in events if event.get("actor") == actor]
 
 
 @dataclass
@@ -195,10 +213,12 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
             process.wait()
 
 
-def enroll(hub: Hub, name: str, folder: Path, *, pacs: str | None = None) -> tuple[Path, int]:
+def enroll(
+    hub: Hub, name: str, folder: Path, *, pacs: str | None = None, extra: Sequence[str] = ()
+) -> tuple[Path, int]:
     """A site as its people set it up; returns its site.toml and DICOM port."""
     port = free_port()
-    args = [*USREVIEW, "site", "init", name, "--hub", hub.url, "--dir", str(folder)]
+    args = [*USREVIEW, "site", "init", name, "--hub", hub.url, "--dir", str(folder), *extra]
     args += ["--hub-cert", str(hub.state / "tls.crt"), "--allow-ae", "SCANNER"]
     args += ["--port", str(port)] + (["--pacs", pacs] if pacs else [])
     out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
@@ -370,6 +390,26 @@ def test_gateway_kill_9_then_restart_delivers_everything_once(
         gateway.stop()
 
 
+def test_a_spool_encrypted_at_rest_delivers_the_bytes_sent(
+    hub: Hub, simulated: list[Path], tmp_path: Path
+) -> None:
+    config, port = enroll(hub, "clinic-s", tmp_path / "site", extra=["--encrypt-spool"])
+    assert load_config(config).spool_key is not None
+    files = copies(simulated[3], 30, tmp_path / "copies")
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        run = storescu(port, files)
+        assert run.returncode == 0 and len(run.succeeded) == len(files), run.output[-2000:]
+        wait_until(lambda: spool_empty(config), timeout=90, step=0.2)
+    finally:
+        gateway.stop()
+    # The hub parsed each one as ultrasound DICOM (sealed bytes would be refused and
+    # rejected), and its receipts named the SHA-256 of the plaintext in the spool's names.
+    assert {sop_uid(p) for p in files} <= set(held_at_hub(config))
+    status = read_status(load_config(config))
+    assert status.rejected == 0 and status.recorded["uploads"] >= len(files)
+
+
 def test_spool_reconciles_with_the_hubs_batch_receipt(
     hub: Hub, simulated: list[Path], tmp_path: Path
 ) -> None:
@@ -400,6 +440,62 @@ def test_spool_reconciles_with_the_hubs_batch_receipt(
     assert [item.sop_instance_uid for item in spool.pending()] == [sop_uid(new)]
     book.flush(force=True)
     assert read_status(site).recorded["uploads"] == len(sent)
+    # It asked about the spool's UIDs only, and the hub named those it holds.
+    (asked,) = [e for e in hub.audited("clinic-d") if "requested" in e["detail"]]
+    assert asked["detail"] == {"count": len(sent), "requested": len(sent) + 1}
+
+
+def test_receipts_of_the_uids_asked_about(hub: Hub, simulated: list[Path], tmp_path: Path) -> None:
+    from usreview.site.client import RECEIPT_BATCH
+
+    config, _ = enroll(hub, "clinic-f", tmp_path / "site")
+    site = load_config(config)
+    sent = copies(simulated[0], 3, tmp_path / "sent")
+    done = subprocess.run(
+        [*USREVIEW, "site", "push", "--config", str(config), *map(str, sent)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    uids = [sop_uid(p) for p in sent]
+    unknown = generate_uid()
+    with HubClient(site) as client:
+        body = verify_receipt(
+            client.receipts([uids[0], uids[2], unknown]), site.load_hub_key(), site=site.name
+        )
+        everything = verify_receipt(client.receipts(), site.load_hub_key(), site=site.name)
+        assert everything["count"] == len(uids)
+        with pytest.raises(ValueError):
+            client.receipts([generate_uid() for _ in range(RECEIPT_BATCH + 1)])
+    assert body["kind"] == "batch" and body["count"] == 2
+    assert {item["sop_instance_uid"] for item in body["instances"]} == {uids[0], uids[2]}
+
+    # The hub bounds the request and checks every UID: 400 with a JSON body.
+    def ask(query: str) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            f"{site.api_url}receipts?{query}",
+            headers={"Authorization": f"token {site.read_token()}"},
+        )
+        context = ssl.create_default_context(cafile=str(site.hub_certificate))
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    many = "&".join(f"uid={generate_uid()}" for _ in range(RECEIPT_BATCH + 1))
+    status, answer = ask(many)
+    assert status == 400 and answer["error"] == "bad_request" and "at most" in answer["message"]
+    status, answer = ask(f"uid={uids[0]}&uid=1.2.x")
+    assert status == 400 and "not a DICOM UID" in answer["message"]
+    status, answer = ask("uid=")
+    assert status == 400
+    status, answer = ask(f"uid={uids[1]}&uid={uids[1]}")
+    assert status == 200 and answer["body"]["count"] == 1
+    refusals = [e for e in hub.audited("clinic-f") if e["outcome"] == "bad_request"]
+    assert len(refusals) == 3
 
 
 def test_push_and_its_errors(hub: Hub, simulated: list[Path], tmp_path: Path) -> None:
@@ -422,6 +518,46 @@ def test_push_and_its_errors(hub: Hub, simulated: list[Path], tmp_path: Path) ->
     assert again.returncode == 1
     assert "already at the hub" in again.stderr
     assert "1 instance(s) not acknowledged" in again.stderr and str(junk) in again.stderr
+
+
+def test_push_draws_a_progress_bar_on_a_terminal(
+    hub: Hub, simulated: list[Path], tmp_path: Path
+) -> None:
+    config, _ = enroll(hub, "clinic-g", tmp_path / "site")
+    files = copies(simulated[0], 12, tmp_path / "study")
+    junk = tmp_path / "study" / "zz-notes.dcm"
+    junk.write_text("not dicom")
+    main, child = pty.openpty()
+    process = subprocess.Popen(
+        [*USREVIEW, "site", "push", "--config", str(config), str(tmp_path / "study")],
+        stdout=subprocess.PIPE,
+        stderr=child,
+    )
+    os.close(child)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 1 << 16)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    out = process.communicate(timeout=120)[0].decode()
+    text = shown.decode()
+    total = len(files) + 1
+    assert process.returncode == 1
+    # One line redrawn per instance: done/total, percent, rate and time left.
+    frames = re.findall(r"\r\[[#.]+\] (\d+)/(\d+) (\d+)% ([\d.]+) inst/s ETA (\S+)", text)
+    assert [int(done) for done, *_ in frames] == list(range(1, total + 1))
+    assert all(int(of) == total for _, of, *_ in frames)
+    assert [int(p) for _, _, p, *_ in frames] == [100 * n // total for n in range(1, total + 1)]
+    assert all(float(rate) > 0 for *_, rate, _ in frames)
+    # The instance not acknowledged is on a line of its own, and named at the end.
+    assert f"{junk}: not sent" in text
+    assert "1 instance(s) not acknowledged" in text and str(junk) in text
+    assert f"{len(files)} acknowledged, 1 not acknowledged" in out
 
 
 # -- results ---------------------------------------------------------------------------
@@ -504,3 +640,88 @@ def test_a_result_not_sealed_by_the_hub_is_refused(
         check=False,
     )
     assert busy.returncode == 1 and "another process" in busy.stderr
+
+
+def test_pull_waits_for_the_gateways_upload_process(hub: Hub, tmp_path: Path) -> None:
+    config, _ = enroll(hub, "clinic-p", tmp_path / "site")
+    study = generate_uid()
+    first = hub.publish(_sr(tmp_path / "first.dcm", study), study, ["clinic-p"], "report")
+    outbox = load_config(config).outbox / study
+    # The gateway's upload process, as a killed gateway leaves it: it holds the uploader
+    # lock and delivers results until its pipe closes.
+    read_end, write_end = os.pipe()
+    worker = subprocess.Popen(
+        [
+            *USREVIEW[:1],
+            "-m",
+            "usreview.site.worker",
+            "--config",
+            str(config),
+            "--notify-fd",
+            str(read_end),
+        ],
+        pass_fds=(read_end,),
+    )
+    os.close(read_end)
+    try:
+        wait_until(lambda: (outbox / f"{first:08d}-report.dcm").exists(), timeout=30)
+        pull = [*USREVIEW, "site", "pull", "--config", str(config)]
+        busy = subprocess.run(pull, capture_output=True, text=True, timeout=60, check=False)
+        assert busy.returncode == 1
+        assert "upload process" in busy.stderr and "Traceback" not in busy.stderr
+        assert len(busy.stderr.strip().splitlines()) == 1
+    finally:
+        os.close(write_end)  # the gateway is gone: the process ends by itself
+        worker.wait(timeout=60)
+    assert worker.returncode == 0
+    second = hub.publish(_sr(tmp_path / "second.dcm", study), study, ["clinic-p"], "report")
+    done = subprocess.run(pull, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"result {second}:" in done.stdout and f"result {first}:" not in done.stdout
+    assert sorted(p.name for p in outbox.iterdir()) == [
+        f"{first:08d}-report.dcm",
+        f"{second:08d}-report.dcm",
+    ]
+
+
+def test_an_amendment_supersedes_the_earlier_result_in_the_outbox(
+    hub: Hub, orthanc: Orthanc, clinic: tuple[Path, GatewayProcess], tmp_path: Path
+) -> None:
+    config, _ = clinic
+    study = generate_uid()
+    sr1, sr2 = _sr(tmp_path / "v1.dcm", study), _sr(tmp_path / "v2.dcm", study)
+    (tmp_path / "v1.txt").write_text("usreview report, version 1\nNormal.\n")
+    (tmp_path / "v2.txt").write_text("usreview report, version 2 (amends version 1)\nStenosis.\n")
+    (tmp_path / "v1.json").write_text(json.dumps({"study": study, "psv_cm_s": 80.0}))
+    (tmp_path / "v2.json").write_text(json.dumps({"study": study, "psv_cm_s": 95.5}))
+    r1 = hub.publish(sr1, study, ["clinic"], "report")
+    t1 = hub.publish(tmp_path / "v1.txt", study, ["clinic"], "report-summary")
+    j1 = hub.publish(tmp_path / "v1.json", study, ["clinic"], "measurements")
+    r2 = hub.publish(sr2, study, ["clinic"], "report", supersedes=r1)
+    t2 = hub.publish(tmp_path / "v2.txt", study, ["clinic"], "report-summary", supersedes=t1)
+    j2 = hub.publish(tmp_path / "v2.json", study, ["clinic"], "measurements", supersedes=j1)
+
+    outbox = load_config(config).outbox / study
+    current = {
+        f"{r2:08d}-report.dcm",
+        f"{t2:08d}-report-summary.txt",
+        f"{j2:08d}-measurements.json",
+    }
+    old = {f"{r1:08d}-report.dcm", f"{t1:08d}-report-summary.txt", f"{j1:08d}-measurements.json"}
+    wait_until(lambda: {p.name for p in outbox.glob("[!.]*") if p.is_file()} == current, 30)
+    assert {p.name for p in (outbox / "superseded").iterdir()} == old
+    text = (outbox / f"{t2:08d}-report-summary.txt").read_text()
+    assert text.splitlines()[0] == f"Supersedes result {t1}: superseded/{t1:08d}-report-summary.txt"
+    assert text.endswith((tmp_path / "v2.txt").read_text())
+    summary = json.loads((outbox / f"{j2:08d}-measurements.json").read_text())
+    assert summary.pop("supersedes") == {
+        "result": j1,
+        "files": [f"superseded/{j1:08d}-measurements.json"],
+    }
+    assert summary == json.loads((tmp_path / "v2.json").read_text())
+    assert pydicom.dcmread(outbox / "superseded" / f"{r1:08d}-report.dcm").SOPInstanceUID == (
+        pydicom.dcmread(sr1).SOPInstanceUID
+    )
+    # Both reports reach the PACS (the earlier one even if superseded before it was sent).
+    wanted = {str(pydicom.dcmread(p).SOPInstanceUID) for p in (sr1, sr2)}
+    wait_until(lambda: wanted <= {t["SOPInstanceUID"] for t in orthanc.instances()}, 30)

@@ -132,6 +132,48 @@ def test_supersedes_is_recorded_and_checked(feed: ResultFeed) -> None:
     with pytest.raises(InvalidMetadataError, match="another study"):
         publish(feed, 3, "site-a", study=OTHER_STUDY, supersedes=draft.cursor)
     assert len(feed.results_since("site-a")) == 2
+    old, new = feed.results_since("site-a")
+    assert (old.superseded_by, new.superseded_by) == (final.cursor, None)
+    assert feed.get_result("site-a", draft.cursor).superseded_by == final.cursor
+    with pytest.raises(InvalidMetadataError, match=f"already superseded by result {final.cursor}"):
+        publish(feed, 4, "site-a", kind="sr", supersedes=draft.cursor)
+    third = publish(feed, 5, "site-a", kind="sr", supersedes=final.cursor)
+    chain = feed.results_since("site-a")
+    assert [(r.supersedes, r.superseded_by) for r in chain] == [
+        (None, final.cursor),
+        (draft.cursor, third.cursor),
+        (final.cursor, None),
+    ]
+
+
+def test_keyed_results_list_one_chain_by_key_prefix(feed: ResultFeed) -> None:
+    first = publish(feed, 1, "site-a", kind="sr", key="auto/1.2/sr/a")
+    publish(feed, 2, "site-a", kind="sr", key="auto/1.20/sr/a")
+    publish(feed, 3, "site-a", kind="sr")
+    second = publish(feed, 4, "site-a", kind="sr", key="auto/1.2/sr/b", supersedes=first.cursor)
+    found = feed.keyed_results("auto/1.2/")
+    assert [(r.cursor, key) for r, key in found] == [
+        (first.cursor, "auto/1.2/sr/a"),
+        (second.cursor, "auto/1.2/sr/b"),
+    ]
+    assert found[0][0].superseded_by == second.cursor
+    assert feed.keyed_results("auto/1.2_") == [] and feed.keyed_results("auto/1%") == []
+    with pytest.raises(InvalidMetadataError, match="prefix"):
+        feed.keyed_results("")
+
+
+def test_an_archive_without_the_superseded_column_is_upgraded(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    root = tmp_path / "archive"
+    with Archive.open(None, root, clock=Clock()) as archive:
+        draft = publish(archive.results, 1, "site-a")
+        with archive._engine.begin() as connection:
+            connection.execute(text('ALTER TABLE results DROP COLUMN "superseded_by"'))
+    with Archive.open(None, root, clock=Clock()) as archive:
+        assert archive.results.results_since("site-a")[0].superseded_by is None
+        final = publish(archive.results, 2, "site-a", supersedes=draft.cursor)
+        assert archive.results.get_result("site-a", draft.cursor).superseded_by == final.cursor
 
 
 def test_arguments_are_validated(feed: ResultFeed) -> None:

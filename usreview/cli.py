@@ -180,6 +180,10 @@ def _duration(text: str) -> int:
     return int(number) * unit
 
 
+def _grace(text: str) -> int:
+    return 0 if text.strip() == "0" else _duration(text)
+
+
 def _add_key_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--passphrase-file",
@@ -371,15 +375,42 @@ def _cmd_hub(args: argparse.Namespace) -> int:
 def _cmd_hub_add_user(args: argparse.Namespace) -> int:
     from usreview.hub.commands import add_user
 
-    person = add_user(_state_dir(args), args.name, args.role)
+    person = add_user(_state_dir(args), args.name, args.role, args.sites)
     print(f"password for {person.name} ({person.role}), shown once: {person.password}")
     print(person.note, file=sys.stderr)
     return 0
 
 
-def _cmd_hub_add_site(args: argparse.Namespace) -> int:
-    from usreview.hub.commands import add_site
+def _cmd_hub_reviewer_sites(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import reviewer_sites
 
+    sites = reviewer_sites(_state_dir(args), args.name, args.sites, every=args.all)
+    print(f"{args.name} reads {'every site' if sites is None else ', '.join(sorted(sites))}")
+    return 0
+
+
+def _site_list(text: str) -> list[str]:
+    sites = [name.strip() for name in text.split(",") if name.strip()]
+    if not sites:
+        raise argparse.ArgumentTypeError("give site names separated by commas")
+    return sites
+
+
+def _cmd_hub_add_site(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from usreview.hub.commands import add_site, rotate_site_key
+
+    if args.rotate:
+        rotated = rotate_site_key(_state_dir(args), args.name, args.public_key, args.grace)
+        until = datetime.fromtimestamp(rotated.accepted_until, UTC).isoformat(timespec="seconds")
+        print(f"site {rotated.name}: key {rotated.key_id[:16]} is current (results sealed to it)")
+        print(f"the replaced key {rotated.replaced_key_id[:16]} verifies uploads until {until}")
+        return 0
+    if args.grace is not None:
+        from usreview.hub.errors import AccountError
+
+        raise AccountError("--grace goes with --rotate")
     site = add_site(_state_dir(args), args.name, args.public_key)
     print(f"API token for site {site.name}, shown once: {site.token}")
     print(f"the site's public key: {site.site_public_key}")
@@ -434,6 +465,10 @@ def _cmd_hub_jobs(args: argparse.Namespace) -> int:
             job = archive.jobs.retry(args.retry, actor="usreview hub jobs --retry")
             print(f"job {job.id} ({job.sop_instance_uid}) is pending again")
             return 0
+        if args.reprocess is not None:  # new results will supersede the older ones
+            job = archive.jobs.reprocess(args.reprocess, actor="usreview hub jobs --reprocess")
+            print(f"job {job.id} ({job.sop_instance_uid}) is queued again")
+            return 0
         jobs = archive.jobs.list_jobs(status=JobStatus.FAILED if args.failed else None)
     for job in jobs:
         why = job.last_error if job.status is JobStatus.FAILED else job.note
@@ -471,11 +506,19 @@ def _add_hub_processing(actions: argparse._SubParsersAction[argparse.ArgumentPar
         help="list the processing jobs, retry a failed one, or queue the instances without one",
         description="One line per job: id, status, attempts, site, SOP Instance UID and, "
         "for a failed job, the reason (tab-separated). --retry ID puts a failed job back "
-        "in the queue with all its attempts (its study goes back to received).",
+        "in the queue with all its attempts (its study goes back to received); --reprocess ID "
+        "queues a finished job again, and its new results supersede the older ones.",
     )
     jobs.add_argument("--failed", action="store_true", help="only the failed jobs")
     what = jobs.add_mutually_exclusive_group()
     what.add_argument("--retry", type=int, metavar="ID", help="re-queue the failed job ID")
+    what.add_argument(
+        "--reprocess",
+        type=int,
+        metavar="ID",
+        help="queue the finished job ID again (processors changed): its new results "
+        "supersede the older ones",
+    )
     what.add_argument(
         "--backfill",
         action="store_true",
@@ -536,8 +579,27 @@ def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     user.add_argument(
         "--role", required=True, choices=["reviewer", "trainee", "scientist", "admin"]
     )
+    user.add_argument(
+        "--sites",
+        type=_site_list,
+        metavar="A,B",
+        help="a reviewer reads only these sites' studies (default: every site)",
+    )
     _add_hub_state(user, action=True)
     user.set_defaults(handler=_cmd_hub_add_user)
+    restrict = actions.add_parser(
+        "reviewer-sites",
+        help="restrict a reviewer to some sites, or show their sites",
+        description="Reviewers read every site's studies unless restricted: --sites A,B "
+        "restricts NAME to those sites, --all lifts the restriction; without either, show "
+        "it. Kept in the archive and audited; the running service applies it within 5 s.",
+    )
+    restrict.add_argument("name", metavar="NAME", help="a registered reviewer")
+    which = restrict.add_mutually_exclusive_group()
+    which.add_argument("--sites", type=_site_list, metavar="A,B", help="only these sites")
+    which.add_argument("--all", action="store_true", help="every site (the default)")
+    _add_hub_state(restrict, action=True)
+    restrict.set_defaults(handler=_cmd_hub_reviewer_sites)
     site = actions.add_parser(
         "add-site",
         help="register a site and its public key; print its API token once",
@@ -548,6 +610,19 @@ def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     site.add_argument("name", metavar="NAME", help="lowercase letters, digits, '_', '-'")
     site.add_argument(
         "--public-key", type=Path, required=True, metavar="SITE.pub", help="the site's key"
+    )
+    site.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace the key of a registered site (its token stays); results are sealed to "
+        "the new key, the old one verifies uploads for the grace period",
+    )
+    site.add_argument(
+        "--grace",
+        type=_grace,
+        metavar="DURATION",
+        help="with --rotate: how long the old key still verifies uploads (default 7d; "
+        "0 refuses it at once, for a compromised key)",
     )
     _add_hub_state(site, action=True)
     site.set_defaults(handler=_cmd_hub_add_site)
@@ -584,6 +659,8 @@ def _cmd_site_init(args: argparse.Namespace) -> int:
         port=args.port,
         allowed_calling_ae_titles=args.allow_ae,
         pacs=[parse_pacs(text) for text in args.pacs],
+        dicom_tls_hosts=args.dicom_tls_host if args.dicom_tls or args.dicom_tls_host else None,
+        encrypt_spool=args.encrypt_spool,
     )
     print(f"wrote {site.config}")
     print(f"site key id {site.key_id}")
@@ -613,12 +690,9 @@ def _cmd_site_gateway(args: argparse.Namespace) -> int:
 
 def _cmd_site_push(args: argparse.Namespace) -> int:
     from usreview.site import NotAcknowledgedError, load_config, push_paths
+    from usreview.site.progress import PushProgress
 
-    def progress(done: int, total: int, path: Path, outcome: str) -> None:
-        sys.stderr.write(f"[{done}/{total}] {path}: {outcome}\n")
-        sys.stderr.flush()
-
-    report = push_paths(load_config(args.config), args.paths, progress=progress)
+    report = push_paths(load_config(args.config), args.paths, progress=PushProgress(sys.stderr))
     print(f"{len(report.acknowledged)} acknowledged, {len(report.failed)} not acknowledged")
     if report.failed:
         raise NotAcknowledgedError({str(p): reason for p, reason in report.failed.items()})
@@ -626,26 +700,36 @@ def _cmd_site_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_site_pull(args: argparse.Namespace) -> int:
-    from usreview.site import ResultFollower, load_config
-    from usreview.site.status import StateLock, StatusBook
+    from usreview.site import load_config
+    from usreview.site.pull import pull_results
 
-    config = load_config(args.config)
-    with StateLock(config.state):
-        follower = ResultFollower(config, StatusBook(config.state))
-        try:
-            delivered = follower.pull()
-        finally:
-            follower.status.flush(force=True)
-            follower.client.close()
-        for result_id, path in delivered:
-            print(
-                f"result {result_id}: {path if path is not None else 'not delivered (see status)'}"
-            )
-        left = len(follower.pacs.pending())
+    report = pull_results(load_config(args.config))
+    for result_id, path in report.delivered:
+        print(f"result {result_id}: {path if path is not None else 'not delivered (see status)'}")
+    left = report.pacs_pending
     print(
-        f"{len(delivered)} result(s); cursor {follower.cursor}; {left} PACS delivery(ies) pending"
+        f"{len(report.delivered)} result(s); cursor {report.cursor}; "
+        f"{left} PACS delivery(ies) pending"
     )
     return 1 if left else 0
+
+
+def _cmd_site_rotate_key(args: argparse.Namespace) -> int:
+    import time
+
+    from usreview.site import load_config
+    from usreview.site.config import rotate_site_key
+
+    config = load_config(args.config)
+    site = rotate_site_key(config, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    print(f"site key id {site.key_id}; {site.config} now uses it")
+    print(f"give this public key to the hub's administrator: {site.public_key}")
+    print(
+        f"  (they run: usreview hub add-site {config.name} --public-key {site.public_key.name} "
+        "--rotate); restart the gateway",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _cmd_site_status(args: argparse.Namespace) -> int:
@@ -703,6 +787,26 @@ def _add_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="[NAME=]AE@HOST:PORT",
         help="a PACS that receives the results (repeatable)",
     )
+    init.add_argument(
+        "--dicom-tls",
+        action="store_true",
+        help="DICOM TLS on the gateway's port: generate DIR/dicom-tls.crt and .key "
+        "(self-signed; give the .crt to the scanners to trust)",
+    )
+    init.add_argument(
+        "--dicom-tls-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name or address the scanners use, named in the certificate "
+        "(repeatable; implies --dicom-tls)",
+    )
+    init.add_argument(
+        "--encrypt-spool",
+        action="store_true",
+        help="encrypt the spool and its journal at rest with a key generated in "
+        "DIR/keys/spool.key (AES-256-GCM)",
+    )
     init.set_defaults(handler=_cmd_site_init)
 
     def config_option(q: argparse.ArgumentParser) -> None:
@@ -724,7 +828,8 @@ def _add_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     push = actions.add_parser(
         "push",
         help="upload files or folders once",
-        description="Seal and upload every DICOM file under PATH; progress on stderr. Exit "
+        description="Seal and upload every DICOM file under PATH; progress on stderr (a bar "
+        "with rate and time left on a terminal, one line per instance otherwise). Exit "
         "status 1 naming every instance the hub did not acknowledge with a verified receipt.",
     )
     config_option(push)
@@ -734,7 +839,8 @@ def _add_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "pull",
         help="fetch and deliver the pending results once",
         description="Deliver the results published since the last one delivered into the "
-        "outbox and to the PACS. Refused while a gateway runs (it delivers them itself). "
+        "outbox and to the PACS. Refused while a gateway or its upload process runs (they "
+        "deliver them themselves). "
         "Exit status 1 when a PACS delivery is still pending.",
     )
     config_option(pull)
@@ -748,6 +854,15 @@ def _add_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config_option(status)
     status.add_argument("--json", action="store_true", help="as JSON")
     status.set_defaults(handler=_cmd_site_status)
+    rotate = actions.add_parser(
+        "rotate-key",
+        help="generate the site's next key pair and switch to it",
+        description="Write a new key pair into DIR/keys/STAMP/ and point site.private_key at "
+        "it (the old files stay). Restart the gateway, then give the new .pub to the hub's "
+        "administrator: 'usreview hub add-site NAME --public-key NEW.pub --rotate'.",
+    )
+    config_option(rotate)
+    rotate.set_defaults(handler=_cmd_site_rotate_key)
 
 
 # --- analyze -----------------------------------------------------------------------

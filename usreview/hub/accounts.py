@@ -108,6 +108,19 @@ class Accounts:
                 (name, str(public_key), key_id, time.time()),
             )
 
+    def set_site_key(self, name: str, key_id: str) -> None:
+        """Record the new key id of a registered site (after a key rotation).
+
+        Raises
+        ------
+        AccountError
+            If ``name`` is not a registered site.
+        """
+        with self._connect() as db:
+            changed = db.execute("UPDATE sites SET key_id = ? WHERE name = ?", (key_id, name))
+            if changed.rowcount != 1:
+                raise AccountError(f"{name!r} is not a registered site: add it first")
+
     def remove_site(self, name: str) -> None:
         """Forget a site (used to undo a registration whose token could not be issued)."""
         with self._connect() as db:

@@ -27,7 +27,8 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -37,7 +38,7 @@ from typing import Any
 from usreview.hub.errors import AuditError
 from usreview.store.database import GroupCommit
 
-__all__ = ["AuditAction", "AuditError", "AuditLog", "VerifyReport", "verify"]
+__all__ = ["AuditAction", "AuditError", "AuditLog", "RefusalLimiter", "VerifyReport", "verify"]
 
 GENESIS = "0" * 64
 #: Most lines appended with one fsync.
@@ -170,6 +171,86 @@ def _tail(path: Path) -> tuple[int, str]:
         raise AuditError(
             f"the audit log {path} ends with a damaged line; run 'usreview hub audit --verify'"
         ) from exc
+
+
+class RefusalLimiter:
+    """How many refusals of one anonymous caller are audited line by line (a token bucket).
+
+    A client refused in a loop without a valid token must neither fill the disk with
+    audit lines nor make the service fsync for each: each address may have ``burst``
+    refusals recorded, refilled at
+    ``per_minute``; the rest are counted. The count goes into the caller's next recorded
+    refusal (``suppressed``), and :meth:`drain` hands the counts of callers that went
+    quiet to the service, which records one ``suppressed`` line for each. Used on the
+    service's event loop only (no locks).
+
+    Parameters
+    ----------
+    burst
+        Refusals recorded in a row before counting starts.
+    per_minute
+        Refill rate of the allowance.
+    max_callers
+        Callers tracked at once (the quietest are forgotten first, their counts drained).
+    clock
+        Monotonic seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        burst: int = 20,
+        per_minute: float = 30.0,
+        *,
+        max_callers: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if burst < 1 or per_minute < 0 or max_callers < 1:
+            raise ValueError("burst and max_callers must be >= 1, per_minute >= 0")
+        self.burst = burst
+        self.per_minute = per_minute
+        self.max_callers = max_callers
+        self._clock = clock
+        # caller -> [allowance, last refill time, suppressed count]
+        self._callers: dict[str, list[float]] = {}
+        self._evicted: dict[str, int] = {}
+
+    def admit(self, caller: str) -> int | None:
+        """``None`` if this refusal is only counted; else how many were counted before it."""
+        now = self._clock()
+        state = self._callers.pop(caller, None)  # re-inserted last: the dict stays by age
+        if state is None:
+            state = [float(self.burst), now, 0]
+            self._make_room()
+        allowance = min(self.burst, state[0] + (now - state[1]) * self.per_minute / 60)
+        state[1] = now
+        self._callers[caller] = state
+        if allowance < 1:
+            state[0] = allowance
+            state[2] += 1
+            return None
+        state[0] = allowance - 1
+        counted, state[2] = int(state[2]), 0
+        return counted
+
+    def drain(self) -> dict[str, int]:
+        """Take the counts of callers whose allowance refilled (or who were forgotten)."""
+        now = self._clock()
+        taken, self._evicted = self._evicted, {}
+        for caller, state in list(self._callers.items()):
+            allowance = min(self.burst, state[0] + (now - state[1]) * self.per_minute / 60)
+            if state[2] and (allowance >= 1 or self.per_minute == 0):
+                taken[caller] = taken.get(caller, 0) + int(state[2])
+                state[2] = 0
+            if allowance >= self.burst and not state[2]:
+                del self._callers[caller]  # full again: nothing to remember
+        return taken
+
+    def _make_room(self) -> None:
+        while len(self._callers) >= self.max_callers:
+            caller = next(iter(self._callers))
+            count = int(self._callers.pop(caller)[2])
+            if count:
+                self._evicted[caller] = self._evicted.get(caller, 0) + count
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 - :func:`run_hub` configures and runs JupyterHub in this process until SIGINT/SIGTERM.
 - :func:`add_user` registers a person and returns their generated password.
 - :func:`add_site` registers a site and its envelope key, and returns its API token.
+- :func:`reviewer_sites` restricts a reviewer to some sites (kept in the archive; the
+  default is every site), or shows the restriction.
 
 People are usable at once: their password is checked against the registry at every
 login, and when the hub is running their group is set through its API (admins only
@@ -13,8 +15,10 @@ running hub (see :mod:`usreview.hub.admin` for why).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from usreview.envelope import load_public_keys
 from usreview.envelope.atomic import write_new_file
@@ -26,7 +30,19 @@ from usreview.hub.passwords import generate_password, hash_password
 from usreview.hub.roles import PERSON_ROLES, SITE_GROUP, SITE_TOKEN_SCOPES, group_for_role
 from usreview.hub.state import HubState, open_state
 
-__all__ = ["NewPerson", "NewSite", "add_site", "add_user", "run_hub"]
+if TYPE_CHECKING:
+    from usreview.store import Archive
+
+__all__ = [
+    "NewPerson",
+    "NewSite",
+    "RotatedSite",
+    "add_site",
+    "add_user",
+    "reviewer_sites",
+    "rotate_site_key",
+    "run_hub",
+]
 
 
 @dataclass(frozen=True)
@@ -86,22 +102,33 @@ def run_hub(
     return endpoints
 
 
-def add_user(state: Path, name: str, role: str) -> NewPerson:
+def add_user(state: Path, name: str, role: str, sites: Sequence[str] | None = None) -> NewPerson:
     """Register a person with ``role``; return their generated password.
+
+    ``sites`` restricts a reviewer to those sites' studies (default: every site).
 
     Raises
     ------
     AccountError
-        If the name is invalid or taken, or the role unknown.
+        If the name is invalid or taken, the role unknown, or ``sites`` given for
+        another role than reviewer.
     """
     check_name(name)
     if role not in PERSON_ROLES:
         raise AccountError(f"unknown role {role!r}: use one of {', '.join(PERSON_ROLES)}")
+    if sites is not None and role != "reviewer":
+        raise AccountError(f"--sites restricts reviewers only, not a {role}")
     hub_state = open_state(state)
+    if Accounts(hub_state.accounts).is_person(name):
+        raise AccountError(f"{name!r} already exists")
+    if sites is not None:  # first: a failure leaves nobody with more access than asked
+        _restrict(hub_state, name, sites)
     password = generate_password()
     Accounts(hub_state.accounts).add_person(name, role, hash_password(password))
     group = group_for_role(role)
     note = f"{name} is in group {group!r}"
+    if sites is not None:
+        note += f", reading the studies of {', '.join(sorted(set(sites)))} only"
     if role == "admin":
         note += "; the hub gives admin rights at its next start"
         return NewPerson(name, role, password, note)
@@ -153,6 +180,103 @@ def add_site(state: Path, name: str, public_key: Path) -> NewSite:
         accounts.remove_site(name)
         raise
     return NewSite(name, token, copy, hub_state.hub_pub)
+
+
+@dataclass(frozen=True)
+class RotatedSite:
+    """A site's new current key; the replaced one verifies uploads until ``accepted_until``."""
+
+    name: str
+    key_id: str
+    replaced_key_id: str
+    accepted_until: float
+
+
+def rotate_site_key(
+    state: Path, name: str, public_key: Path, grace_seconds: float | None = None
+) -> RotatedSite:
+    """Make ``public_key`` the current key of the registered site ``name`` (audited).
+
+    Results are sealed to it from now on; the replaced key still verifies the site's
+    uploads for ``grace_seconds`` (default
+    :data:`~usreview.hub.api.sitekeys.DEFAULT_GRACE_SECONDS`) and opens what is stored.
+    The site's token is unchanged. Works with the hub running or stopped.
+
+    Raises
+    ------
+    AccountError
+        ``name`` is not a registered site, or the key is one it already had.
+    EnvelopeError
+        ``public_key`` is not a usreview public key file.
+    """
+    from usreview.hub.api.sitekeys import DEFAULT_GRACE_SECONDS, SiteKeyFiles
+    from usreview.hub.audit import AuditAction, AuditLog
+
+    check_name(name)
+    keys = load_public_keys(public_key)
+    hub_state = open_state(state)
+    grace = DEFAULT_GRACE_SECONDS if grace_seconds is None else grace_seconds
+    replaced = SiteKeyFiles(hub_state.sites).rotate(name, keys, grace)
+    Accounts(hub_state.accounts).set_site_key(name, keys.key_id.hex())
+    rotated = RotatedSite(
+        name, keys.key_id.hex(), replaced.public.key_id.hex(), replaced.accepted_until
+    )
+    AuditLog(hub_state.audit_log, hub_state.audit_key.read_bytes()).record(
+        "usreview hub add-site", AuditAction.ADMIN, f"sites/{name}/key", outcome="rotated",
+        detail={"key_id": rotated.key_id, "replaced_key_id": rotated.replaced_key_id,
+                "grace_seconds": grace},
+    )  # fmt: skip
+    return rotated
+
+
+def reviewer_sites(
+    state: Path, name: str, sites: Sequence[str] | None = None, *, every: bool = False
+) -> frozenset[str] | None:
+    """Restrict reviewer ``name`` to ``sites``, or to none (``every``); return their sites.
+
+    Without ``sites`` or ``every`` only shows them (``None``: every site). A change is
+    audited and applies in the running service within 5 seconds.
+
+    Raises
+    ------
+    AccountError
+        ``name`` is not a registered reviewer or administrator, or a site name is invalid.
+    """
+    check_name(name)
+    hub_state = open_state(state)
+    groups = Accounts(hub_state.accounts).groups()
+    if name not in groups["reviewers"] and name not in groups["admins"]:
+        raise AccountError(f"{name!r} is not a registered reviewer")
+    if sites is None and not every:
+        with _archive(hub_state) as archive:
+            return archive.review.reviewer(name).sites
+    return _restrict(hub_state, name, None if every else sites)
+
+
+def _restrict(state: HubState, name: str, sites: Sequence[str] | None) -> frozenset[str] | None:
+    from usreview.hub.audit import AuditAction, AuditLog
+
+    for site in sites or ():
+        check_name(site)
+    if sites is not None and not sites:
+        raise AccountError("give at least one site, or every site")
+    actor = "usreview hub reviewer-sites"
+    with _archive(state) as archive:
+        reviewer = archive.review.restrict(name, sites, actor=actor)
+    chosen = None if reviewer.sites is None else sorted(reviewer.sites)
+    AuditLog(state.audit_log, state.audit_key.read_bytes()).record(
+        actor, AuditAction.ADMIN, f"reviewers/{name}/sites", outcome="changed",
+        detail={"sites": chosen},
+    )  # fmt: skip
+    return reviewer.sites
+
+
+def _archive(state: HubState) -> Archive:
+    from usreview.hub.api.settings import ServiceSettings
+    from usreview.store import Archive
+
+    settings = ServiceSettings.from_state(state.root)
+    return Archive.open(settings.database_url or None, state.root / "archive")
 
 
 def _api(state: HubState) -> HubApi | None:

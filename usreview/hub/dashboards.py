@@ -3,11 +3,14 @@
 Each person's server is a JupyterHub single-user Jupyter server with Voila. Before it
 starts, :func:`prepare_server` (JupyterHub's ``pre_spawn_hook``) copies the dashboards
 (the repository's ``notebooks/``, or ``$USREVIEW_NOTEBOOKS``) into ``HOME/usreview/``
-and sets where the person lands after logging in: reviewers on the worklist, the others
-on JupyterLab. Its token (``$JUPYTERHUB_API_TOKEN``, which the Voila kernels inherit)
-carries :data:`SERVER_TOKEN_SCOPES` — of which JupyterHub grants only those the person
-holds — so the dashboards call the usreview service as that person: the service checks
-and audits every read and write. The service's loopback URL is ``$USREVIEW_SERVICE_URL``.
+and sets where the person lands after logging in: reviewers on the worklist, trainees on
+their teaching cases (``teaching.ipynb``), the others on JupyterLab; the servers of
+those who land on the worklist keep a warm kernel for it
+(:mod:`usreview.hub.kernel_pool`, :data:`WARM_KERNELS_ARG`). Its token
+(``$JUPYTERHUB_API_TOKEN``, which the Voila kernels inherit) carries
+:data:`SERVER_TOKEN_SCOPES` — of which JupyterHub grants only those the person holds — so
+the dashboards call the usreview service as that person: the service checks and audits
+every read and write. The service's loopback URL is ``$USREVIEW_SERVICE_URL``.
 
 Terminals are off. Kernels still run code as the server's system user: the embedded
 ``SimpleLocalProcessSpawner`` gives every person the hub's own account, which is why a
@@ -29,6 +32,7 @@ __all__ = [
     "NOTEBOOKS_ENV",
     "SERVER_TOKEN_SCOPES",
     "SERVICE_URL_ENV",
+    "WARM_KERNELS_ARG",
     "landing_url",
     "notebooks_dir",
     "prepare_server",
@@ -52,6 +56,11 @@ _LANDING: Final = {
     "admins": f"/voila/render/{DASHBOARD_FOLDER}/worklist.ipynb",
 }
 _DEFAULT_LANDING: Final = "/lab"
+_TEACHING_LANDING: Final = f"/voila/render/{DASHBOARD_FOLDER}/teaching.ipynb"
+WARM_KERNELS_ARG: Final = (
+    "--ServerApp.kernel_manager_class=usreview.hub.kernel_pool.WarmKernelManager"
+)
+"""Added to the servers of people who land on the worklist: it opens in a warm kernel."""
 
 
 def notebooks_dir() -> Path:
@@ -67,6 +76,8 @@ def landing_url(groups: list[str]) -> str:
     for group, url in _LANDING.items():
         if group in groups:
             return url
+    if "trainees" in groups:  # no warm kernel: that pool is the worklist's
+        return _TEACHING_LANDING
     return _DEFAULT_LANDING
 
 
@@ -74,6 +85,10 @@ def prepare_server(spawner: Any) -> None:
     """JupyterHub ``pre_spawn_hook``: copy the dashboards home, set the landing page."""
     groups = sorted(group.name for group in spawner.user.groups)
     spawner.default_url = landing_url(groups)
+    args = [a for a in getattr(spawner, "args", None) or [] if a != WARM_KERNELS_ARG]
+    if spawner.default_url in _LANDING.values():  # :mod:`usreview.hub.kernel_pool`
+        args.append(WARM_KERNELS_ARG)
+    spawner.args = args
     template = getattr(spawner, "home_dir_template", None)
     if template is None:  # another spawner: its image or home provides the dashboards
         return

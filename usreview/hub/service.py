@@ -28,10 +28,24 @@ by :class:`TokenCache` for :data:`TOKEN_CACHE_SECONDS` (5 s), on the event loop,
 a site sending a stream of instances costs the hub one lookup every few seconds, not one
 per upload, and no request waits for another one's lookup. The cost is revocation lag:
 a token deleted at the hub (or a site removed from its group, or a token that expires)
-still works here for at most that long. The hub does not tell the service when a token
-expires, so no answer is kept longer than those few seconds whatever the token's expiry.
-Unknown tokens and failed lookups are never kept. Browsers (the hub's OAuth cookie) use
+still works here for at most that long. JupyterHub (6.1) answers a service's lookup
+(``GET /hub/api/user``) with the owner's model plus ``token_id`` and ``session_id``, but
+not the token's ``expires_at`` (that needs ``read:tokens`` on the owner, a right the
+service does not get): so an expiring token is honoured within those 5 s of its expiry,
+not exactly. Should the model carry ``expires_at`` (a later JupyterHub, or a hub that
+adds it), an answer is kept no later than that instant. A refusal (an unknown, deleted or
+expired token) is kept as long, so that a client sending a wrong token in a loop costs the
+hub one lookup every few seconds (a token the hub refuses never becomes valid: new tokens
+are new random strings); failed lookups are never kept. Browsers (the hub's OAuth cookie) use
 JupyterHub's own cache, set to the same lifetime.
+
+Slow clients. The server closes a connection whose request headers take longer than
+``header_timeout`` seconds (the same limit applies to idle keep-alive connections), and
+one whose body (other than an upload's) takes longer than ``body_timeout``; tornado gives
+no hook to answer those, so they are closed without an answer. Uploads, which may be
+large, are watched by their handler instead and answered 408
+(:mod:`usreview.hub.api.handlers_upload`). All are timers on the event loop: a stalled
+client holds a socket, never a thread.
 
 Before serving, :func:`main` binds the port (a second copy fails there, before touching
 the state directory) and opens the service's resources with
@@ -45,12 +59,14 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from functools import wraps
+from datetime import UTC, datetime
+from functools import partial, wraps
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -61,6 +77,7 @@ from jupyterhub.services.auth import (
     UserNotAllowed,
 )
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
 
@@ -80,8 +97,11 @@ __all__ = [
 ]
 
 _Method = Callable[..., Awaitable[None] | None]
+_log = logging.getLogger("usreview.service")
 #: How long the hub's answer about a token is kept (the revocation lag; see the module doc).
 TOKEN_CACHE_SECONDS = 5.0
+#: Seconds between the audit lines that count refusals not recorded one by one.
+SUPPRESSED_EVERY = 10.0
 #: The application setting that holds the :class:`TokenCache`.
 _TOKENS = "usreview_token_cache"
 
@@ -101,6 +121,8 @@ class TokenCache:
         Cap on the answers kept (expired ones go first, then the oldest).
     clock
         Monotonic seconds (tests pass a fake one).
+    wall_clock
+        Unix time, to compare with a model's ``expires_at`` (tests pass a fake one).
     """
 
     def __init__(
@@ -109,13 +131,15 @@ class TokenCache:
         *,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if ttl < 0 or max_entries < 1:
             raise ValueError("ttl must be >= 0 and max_entries >= 1")
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock
-        self._answers: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._wall_clock = wall_clock
+        self._answers: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._pending: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         #: Lookups sent to the hub so far.
         self.misses = 0
@@ -139,7 +163,7 @@ class TokenCache:
         found = self._answers.get(key)
         if found is not None:
             if found[0] > self._clock():
-                return _copy(found[1])
+                return None if found[1] is None else _copy(found[1])
             del self._answers[key]
         pending = self._pending.get(key)
         if pending is not None and pending.get_loop() is asyncio.get_running_loop():
@@ -162,19 +186,44 @@ class TokenCache:
         if not future.done():
             future.set_result(model)
         if not isinstance(model, dict):
-            return None  # unknown tokens are not kept: the hub is asked again
-        if self.ttl > 0:
-            self._keep(key, model)
+            if self.ttl > 0:
+                self._keep(key, None, self.ttl)  # refused: kept as long (module doc)
+            return None
+        try:
+            left = _seconds_left(model.get("expires_at"), self._wall_clock())
+        except ValueError:
+            left = 0.0  # an expiry we cannot read: use this answer once, keep nothing
+        else:
+            if left is not None and left <= 0:
+                if self.ttl > 0:
+                    self._keep(key, None, self.ttl)
+                return None  # expired while the hub answered
+        ttl = self.ttl if left is None else min(self.ttl, left)
+        if ttl > 0:
+            self._keep(key, model, ttl)
         return _copy(model)
 
-    def _keep(self, key: str, model: dict[str, Any]) -> None:
+    def _keep(self, key: str, model: dict[str, Any] | None, ttl: float) -> None:
         now = self._clock()
         if len(self._answers) >= self.max_entries:
             for stale in [k for k, (until, _) in self._answers.items() if until <= now]:
                 del self._answers[stale]
             while len(self._answers) >= self.max_entries:
                 del self._answers[next(iter(self._answers))]
-        self._answers[key] = (now + self.ttl, _copy(model))
+        self._answers[key] = (now + ttl, None if model is None else _copy(model))
+
+
+def _seconds_left(expires_at: Any, now: float) -> float | None:
+    """Seconds from ``now`` (Unix time) to an ISO 8601 ``expires_at``; ``None``: no expiry.
+
+    Raises ``ValueError`` if ``expires_at`` is not a timestamp.
+    """
+    if expires_at is None:
+        return None
+    when = datetime.fromisoformat(str(expires_at).replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # JupyterHub's timestamps are UTC
+    return when.timestamp() - now
 
 
 def _copy(model: dict[str, Any]) -> dict[str, Any]:
@@ -360,13 +409,39 @@ async def _serve() -> None:
     sockets = bind_sockets(url.port or 80, url.hostname or "127.0.0.1")
     context = open_context()
     try:
-        await _run(HTTPServer(make_app(context=context), xheaders=True), sockets)
+        settings = context.settings
+        app = make_app(context=context)
+        limits = {
+            "idle_connection_timeout": settings.header_timeout,
+            "body_timeout": settings.body_timeout,
+        }
+        servers = [(HTTPServer(app, xheaders=True, **limits), sockets)]  # behind the proxy
+        flush = PeriodicCallback(partial(_flush_suppressed, context), SUPPRESSED_EVERY * 1000)
+        flush.start()
+        try:
+            await _run(servers)
+        finally:
+            flush.stop()
+            await _flush_suppressed(context)
     finally:
         context.close()
 
 
-async def _run(server: HTTPServer, sockets: list[Any]) -> None:
-    server.add_sockets(sockets)
+async def _flush_suppressed(context: ServiceContext) -> None:
+    """Record the refusals counted instead of audited (see :class:`RefusalLimiter`)."""
+    counts = context.refusals.drain()
+    if counts:
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                context.executor, context.record_suppressed, counts
+            )
+        except UsreviewError as exc:
+            _log.error("cannot record suppressed refusals %s: %s", counts, exc)
+
+
+async def _run(servers: list[tuple[HTTPServer, list[Any]]]) -> None:
+    for server, sockets in servers:
+        server.add_sockets(sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -374,9 +449,11 @@ async def _run(server: HTTPServer, sockets: list[Any]) -> None:
         # shell inherits SIGINT as ignored, so install handlers rather than rely on it.
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    server.stop()
+    for server, _ in servers:
+        server.stop()
     with contextlib.suppress(TimeoutError):  # long-polls in flight are cut
-        await asyncio.wait_for(server.close_all_connections(), timeout=2)
+        closing = (server.close_all_connections() for server, _ in servers)
+        await asyncio.wait_for(asyncio.gather(*closing), timeout=2)
 
 
 def main() -> None:

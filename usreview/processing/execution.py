@@ -52,6 +52,7 @@ from usreview.dicom import UltrasoundInstance, read
 from usreview.processing.analyze import summarize
 from usreview.processing.filters.derived import derived_from_result, usreview_derivation
 from usreview.processing.pipeline import run_pipeline
+from usreview.processing.registry import Registry
 from usreview.processing.results import ProcessorResult, ResultStatus
 from usreview.processing.sr import build_sr
 
@@ -151,8 +152,11 @@ class _Stopwatch:
         self._last = now
 
 
-def execute_file(path: str) -> Outputs:
-    """Run the pipeline on the DICOM file ``path``; build the SR, JSON summary, derived images."""
+def execute_file(path: str, registry: Registry | None = None) -> Outputs:
+    """Run the pipeline on the DICOM file ``path``; build the SR, JSON summary, derived images.
+
+    ``registry`` replaces the default processors (a task may run other versions).
+    """
     clock = _Stopwatch()
     instance = read(Path(path))
     clock.lap("read")
@@ -162,7 +166,7 @@ def execute_file(path: str) -> Outputs:
         signature = hashlib.sha256(b"usreview-derived: not processed").hexdigest()[:16]
         skipped = f"not processed: {derivation}"
         return Outputs(uid, study, signature, None, None, skipped=skipped, seconds=clock.laps)
-    results = run_pipeline(instance)
+    results = run_pipeline(instance, registry=registry)
     clock.lap("pipeline")
     uid = instance.sop_instance_uid
     versions = sorted(f"{r.provenance.processor}={r.provenance.version}" for r in results)

@@ -6,9 +6,9 @@ A Comprehensive SR whose content is a TID 1500 Measurement Report:
   algorithm identification (name, version, parameters: the provenance), each quantity as
   a TID 300 measurement coded as the processor coded it (LOINC, DCM...) with its UCUM
   unit, its finding site when the quantity's ``details`` name one (``"finding_site"``:
-  ``{"location": code, "modifier": code}``, codes as
-  :meth:`~usreview.processing.results.Code.as_dict` gives them,
-  the modifier optional), and a reference to the source instance (group and measurement);
+  ``{"location": code, "laterality": code, "modifier": code}``, codes as
+  :meth:`~usreview.processing.results.Code.as_dict` gives them, laterality and
+  topographical modifier optional), and a reference to the source instance (group and measurement);
 - a "Qualitative Evaluations" container (TID 1500, (C0034375, UMLS)) with the findings
   and the recommendations as text, each with its evidence: a finding's values as a
   comment (121106, DCM) it is inferred from; a recommendation's quantities as coded
@@ -69,6 +69,7 @@ def build_sr(
     *,
     sop_instance_uid: str,
     series_instance_uid: str,
+    evidence: Sequence[Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
     """The SR of ``results`` obtained from the instance ``source`` (pixels not needed).
 
@@ -80,6 +81,8 @@ def build_sr(
         What :func:`usreview.processing.run_pipeline` returned for it.
     sop_instance_uid, series_instance_uid
         UIDs of the new document (stable ones make re-delivery harmless).
+    evidence
+        Other instances of the study the results used (a study-level rule's spectra).
     """
     groups = [_group(source, r) for r in results if r.ok and r.output.quantities]
     if not groups:  # TID 1500 needs one group: an empty one still names the source
@@ -108,7 +111,7 @@ def build_sr(
         container.ContentSequence = hd.sr.ContentSequence(evaluations)
         report[0].ContentSequence.append(container)
     document = hd.sr.ComprehensiveSR(
-        evidence=[source],
+        evidence=[source, *evidence],
         content=report[0],
         series_instance_uid=series_instance_uid,
         series_number=9001,
@@ -198,10 +201,11 @@ def _finding_sites(quantity: Quantity) -> list[hd.sr.FindingSite] | None:
     what = f"quantity {quantity.name}: details 'finding_site'"
     if not isinstance(site, Mapping):
         raise ValueError(f"{what}: expected {{location, modifier}}, got {site!r}")
-    modifier = site.get("modifier")
+    modifier, laterality = site.get("modifier"), site.get("laterality")
     return [
         hd.sr.FindingSite(
             anatomic_location=_coded(site.get("location"), f"{what} location"),
+            laterality=None if laterality is None else _coded(laterality, f"{what} laterality"),
             topographical_modifier=None if modifier is None else _coded(modifier, what),
         )
     ]

@@ -12,7 +12,10 @@ For each job (:mod:`usreview.store.jobs`), in order:
    :func:`usreview.hub.api.publish_result`, each under an idempotency key made of the
    instance, the output and the versions of the processors that made it (kinds ``sr``,
    ``summary`` and ``derived-image``; the site's gateway puts each in its outbox and sends
-   the DICOM ones to its PACS);
+   the DICOM ones to its PACS); an instance processed again supersedes its older results
+   (:mod:`usreview.processing.supersede`); an instance whose Doppler spectrum names its
+   vessel has the study rules applied to its study's analyses, which may publish the
+   study's own SR and JSON summary (:mod:`usreview.processing.study_results`);
 5. complete the job (the study becomes processed when all of its jobs are done).
 
 A failure at any step fails the attempt (retried with backoff; after the last, the job
@@ -45,6 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
 from usreview.envelope import KeyRing, PrivateKeys, load_private_keys, unseal
 from usreview.envelope.format import read_header
 from usreview.envelope.stream import Source
@@ -62,8 +68,10 @@ from usreview.processing.execution import (
     LocalExecutor,
     Outputs,
 )
+from usreview.processing.study_results import labelled, plan_study_results
+from usreview.processing.supersede import Planned, plan_publication
 from usreview.store import Archive, CorruptObjectError, Reviewer, StorageError
-from usreview.store.jobs import JobQueue, Lease, LeaseLostError, RetryPolicy
+from usreview.store.jobs import JobQueue, JobRecord, Lease, LeaseLostError, RetryPolicy
 
 __all__ = ["ACTOR", "DERIVED_KIND", "Worker", "main", "open_stored_instance"]
 
@@ -236,22 +244,38 @@ class Worker:
                 f"the stored instance is {outputs.sop_instance_uid}, not {job.sop_instance_uid}"
             )
         source_uid = job.sop_instance_uid
-        if outputs.summary is not None:
-            self.archive.review.record_analysis(source_uid, outputs.signature, outputs.summary)
-        items: list[tuple[str, bytes | None, str, str]] = [
-            ("sr", outputs.sr, "Automatic measurements (SR), not reviewed", outputs.signature),
-            ("summary", outputs.summary, "Automatic measurements (JSON), not reviewed",
-             outputs.signature),
-        ]  # fmt: skip
-        items += [
-            (DERIVED_KIND, image.data, f"{image.description} ({image.processor} "
-             f"{image.version}), not reviewed", image.key)
-            for image in outputs.derived
-        ]  # fmt: skip
-        for number, (kind, data, label, part) in enumerate(items):
-            if data is None:
-                continue
-            payload = self._scratch.write(f"{job.id}.{number}.{kind}", data)
+        plan = plan_publication(self.archive.results, outputs)
+        if plan.summary is not None:
+            self.archive.review.record_analysis(source_uid, plan.analysis_signature, plan.summary)
+        self._publish(job, plan.items)
+        if labelled(plan.summary):
+            self.publish_study(job)
+
+    def publish_study(self, job: JobRecord) -> None:
+        """Apply the study rules to the study of ``job``; publish their results if any.
+
+        See :mod:`usreview.processing.study_results`; the instances' headers are read from
+        their stored envelopes (opened into the private folder, removed at once).
+        """
+        states = self.archive.review.instance_states(Reviewer(ACTOR), job.study_instance_uid)
+        summaries = {uid: s.analysis for uid, s in states.items() if s.analysis is not None}
+
+        def header(uid: str) -> Dataset:
+            path = self._scratch.folder / f"job-{job.id}-header.dcm"
+            try:
+                open_stored_instance(self.archive, self._hub_keys, self._site_keys, uid, path)
+                return dcmread(path, stop_before_pixels=True)
+            finally:
+                path.unlink(missing_ok=True)
+
+        plan = plan_study_results(self.archive.results, job.study_instance_uid, summaries, header)
+        if plan is not None:
+            self._publish(job, plan.items, study=True)
+
+    def _publish(self, job: JobRecord, items: Sequence[Planned], *, study: bool = False) -> None:
+        for number, item in enumerate(items):
+            name = f"{job.id}.{'study.' if study else ''}{number}.{item.kind}"
+            payload = self._scratch.write(name, item.data)
             try:
                 publish_result(
                     self.state,
@@ -259,11 +283,12 @@ class Worker:
                     job.study_instance_uid,
                     payload,
                     sites=[job.site],
-                    kind=kind,
-                    label=label,
+                    kind=item.kind,
+                    label=_label(item, study=study),
+                    supersedes=item.supersedes,
                     actor=ACTOR,
                     audit=self._audit,
-                    key=f"auto/{source_uid}/{kind}/{part}",
+                    key=item.key,
                 )
             finally:
                 payload.unlink(missing_ok=True)
@@ -279,6 +304,23 @@ class Worker:
         if running in self._running:
             self._running.remove(running)
         running.plaintext.unlink(missing_ok=True)
+
+
+def _label(item: Planned, *, study: bool = False) -> str:
+    image = item.derived
+    if image is not None:
+        what = f"{image.description} ({image.processor} {image.version})"
+    elif study:
+        what = f"Automatic study evaluation ({'SR' if item.kind == 'sr' else 'JSON'})"
+    else:
+        what = (
+            "Automatic measurements (SR)" if item.kind == "sr" else "Automatic measurements (JSON)"
+        )
+    return what + (
+        ", not reviewed"
+        if item.supersedes is None
+        else ", not reviewed; replaces an earlier version"
+    )
 
 
 def open_stored_instance(

@@ -4,6 +4,7 @@
 >>> [s["study_instance_uid"] for s in client.studies(status="processed")]  # doctest: +SKIP
 >>> client.claim(uid)                                   # doctest: +SKIP
 >>> instance = client.instance(sop_uid)                 # usreview.dicom.UltrasoundInstance
+>>> client.teaching_cases()                             # a trainee's teaching cases
 
 Inside a single-user server the service's loopback URL is ``$USREVIEW_SERVICE_URL``
 and the reviewer's token ``$JUPYTERHUB_API_TOKEN`` (both set by the hub, see
@@ -130,16 +131,8 @@ class ReviewClient:
 
     def instance_file(self, sop_instance_uid: str) -> Path:
         """The instance's DICOM file, downloaded once into the private cache."""
-        path = self._cache_dir() / f"{sop_instance_uid}.dcm"
-        if path.exists():
-            return path
-        partial = path.with_suffix(".part")
-        response = self._request("GET", f"/instances/{quote(sop_instance_uid)}")
-        with open(partial, "wb") as out:
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-        partial.replace(path)
-        return path
+        path = f"/instances/{quote(sop_instance_uid)}"
+        return self._download(path, f"{sop_instance_uid}.dcm")
 
     def instance(self, sop_instance_uid: str) -> UltrasoundInstance:
         """The instance, read with :func:`usreview.dicom.read` (frames decoded lazily)."""
@@ -167,7 +160,42 @@ class ReviewClient:
         path = f"/studies/{quote(study_instance_uid)}/reports"
         return list(self._json("GET", path)["reports"])
 
+    # Teaching cases --------------------------------------------------------------------
+
+    def mark_teaching(self, study_instance_uid: str) -> dict[str, Any]:
+        """Make a published study a teaching case (reviewers); its case."""
+        return dict(
+            self._json("POST", "/teaching", body={"study_instance_uid": study_instance_uid})
+        )
+
+    def teaching_cases(self) -> list[dict[str, Any]]:
+        """The teaching cases, newest first (trainees)."""
+        return list(self._json("GET", "/teaching")["cases"])
+
+    def teaching_case(self, case_uid: str) -> dict[str, Any]:
+        """One teaching case: the reviewer's words and the de-identified instances."""
+        return dict(self._json("GET", f"/teaching/{quote(case_uid)}"))
+
+    def teaching_instance(self, case_uid: str, sop_instance_uid: str) -> UltrasoundInstance:
+        """A de-identified instance of a case, downloaded once into the private cache."""
+        from usreview.dicom import read
+
+        path = f"/teaching/{quote(case_uid)}/instances/{quote(sop_instance_uid)}"
+        return read(self._download(path, f"teaching-{sop_instance_uid}.dcm"))
+
     # Plumbing --------------------------------------------------------------------------
+
+    def _download(self, path: str, name: str) -> Path:
+        target = self._cache_dir() / name
+        if target.exists():
+            return target
+        partial = target.with_suffix(".part")
+        response = self._request("GET", path)
+        with open(partial, "wb") as out:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+        partial.replace(target)
+        return target
 
     def close(self) -> None:
         """Close the connection and remove the downloaded instances."""

@@ -5,7 +5,7 @@ shows :func:`study_page` for ``?study=UID``. Both run in the reviewer's Voila ke
 call the service as the reviewer (:class:`~usreview.review.client.ReviewClient`).
 
 - :class:`WorklistPage`: every study the reviewer may read, from every site, refreshed
-  every few seconds while instances arrive; *Claim* takes a study (another reviewer's
+  every few seconds once a browser shows it; *Claim* takes a study (another reviewer's
   claim is refused with who holds it and until when), *Open* shows it in place.
 - :class:`StudyPage`: the study's instances as thumbnails, a viewer for the selected
   one (:func:`viewer_for`), the automatic results to accept, correct or reject
@@ -29,7 +29,6 @@ from usreview.errors import UsreviewError
 from usreview.review.client import ClaimedError, ReviewClient
 from usreview.review.form import ReportForm
 from usreview.review.results import ResultsPanel
-from usreview.review.widgets.worklist import normalise_rows
 
 if TYPE_CHECKING:  # the worklist opens fast: DICOM and processing load with a study
     from usreview.dicom import UltrasoundInstance
@@ -72,12 +71,16 @@ def _title(page: str) -> w.HTML:
 
 
 def _worklist_row(study: Mapping[str, Any]) -> dict[str, Any]:
-    """A study of ``GET /studies`` as a worklist row: times shown to the minute, in UTC."""
+    """A study of ``GET /studies`` as a worklist row: times shown to the minute, in UTC,
+    the claim as the name of the reviewer who holds it."""
     row = dict(study)
     for key in ("received_at", "updated_at"):
         value = row.get(key)
         if isinstance(value, str) and "T" in value:
             row[key] = value[:16].replace("T", " ")
+    claim = row.get("claim")
+    if isinstance(claim, Mapping):
+        row["claim"] = claim.get("reviewer") or ""
     return row
 
 
@@ -96,7 +99,9 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         self.message = w.HTML()
         self.table = WorklistTable(rows=[], me=_me())
         self.table.observe(self._on_action, "action")
+        self.table.on_shown(self._on_shown)
         self._stop = threading.Event()
+        self._following = False
         self._refresh_seconds = refresh_seconds
         self._study: StudyPage | None = None
         title = w.HTML(f"<h2>Worklist</h2><div>Signed in as <b>{html.escape(_me())}</b></div>")
@@ -104,15 +109,23 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         super().__init__([self._list_view])
         self.add_class("usreview-worklist-page")
         self.refresh()
-        if refresh_seconds > 0:
+
+    def _on_shown(self) -> None:
+        """A browser shows the list: catch up, then refresh every few seconds.
+
+        A warm kernel (:mod:`usreview.hub.kernel_pool`) builds this page before anyone asks
+        for it; until someone sees it, it does not poll the service.
+        """
+        self.refresh()
+        if self._refresh_seconds > 0 and not self._following:
+            self._following = True
             threading.Thread(target=self._refresh_loop, name="worklist", daemon=True).start()
 
     def refresh(self) -> None:
         """Read the studies again (sort and filters are kept)."""
         try:
-            rows = normalise_rows(_worklist_row(s) for s in self.client.studies())
-            if rows != self.table.rows:  # unchanged: nothing is sent to the browser
-                self.table.rows = rows
+            # normalised once, by the table; unchanged rows send nothing to the browser
+            self.table.rows = [_worklist_row(s) for s in self.client.studies()]
         except UsreviewError as exc:
             self.message.value = _banner(f"Cannot read the worklist: {exc}", error=True)
 

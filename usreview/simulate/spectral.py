@@ -3,16 +3,27 @@
 PW: a small B-mode image of a vessel with the sample-volume gate on top, the
 spectrogram of a carotid- or renal-like waveform below. CW: a spectrogram of an
 aortic-valve-like ejection waveform only. Physics in :mod:`usreview.simulate.doppler`.
+
+A PW image may name the vessel sampled and its side as scanners do (``vessel``, ``side``):
+the Anatomic Region Sequence (SNOMED CT code, with the side as its Anatomic Region
+Modifier), Image Laterality, and the usual free text (``LT ICA``) in the
+Series Description and Image Comments. PW instances simulated with the same seed and
+``study`` label belong to one study (one patient), so that a study can hold, say, the
+left CCA and ICA spectra.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import generate_uid
 
 from usreview.dicom.enum import PhysicalUnits, RegionDataType, RegionSpatialFormat
 from usreview.errors import SimulationError
@@ -39,6 +50,20 @@ __all__ = ["CwParams", "PwParams", "build_cw", "build_pw"]
 
 _BASELINE_FRACTION = 0.8  # baseline this far from the edge opposite to the flow
 _HEADROOM = 1.15  # displayed range above the highest peak velocity
+#: Vessels a PW image may name: SNOMED CT code, meaning, the scanners' abbreviation.
+VESSELS: dict[str, tuple[str, str, str]] = {
+    "cca": ("32062004", "Common carotid artery", "CCA"),
+    "ica": ("86117002", "Internal carotid artery", "ICA"),
+    "eca": ("22286001", "External carotid artery", "ECA"),
+    "vertebral": ("85234005", "Vertebral artery", "VERT"),
+    "renal": ("2841007", "Renal artery", "RENAL A"),
+}
+#: Sides: SNOMED CT code and meaning, the laterality value, the scanners' prefix.
+SIDES: dict[str, tuple[str, str, str, str]] = {
+    "left": ("7771000", "Left", "L", "LT"),
+    "right": ("24028007", "Right", "R", "RT"),
+}
+_STUDY_LABEL = re.compile(r"[A-Za-z0-9_-]{0,32}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,11 @@ class PwParams:
     broadening: float = param(0.1, 0.0, 0.5, "intrinsic broadening, FWHM / velocity")
     window_ms: float = param(10.0, 2.0, 50.0, "spectral analysis window (ms)")
     wall_filter_cm_s: float = param(3.0, 0.0, 50.0, "wall (high-pass) filter cut-off (cm/s)")
+    vessel: str = choice("none", ("none", *VESSELS), "vessel sampled, written in the image")
+    side: str = choice("none", ("none", *SIDES), "side of the vessel")
+    study: str = param(
+        "", help="study label: same seed and label, same study (0-32 of A-Z a-z 0-9 _ -)"
+    )
 
 
 @dataclass(frozen=True)
@@ -106,6 +136,10 @@ def _spectral_region(rows: int, columns: int, top: int) -> tuple[int, int, int, 
 
 def build_pw(ctx: Context, p: PwParams) -> list[Instance]:
     """Simulate one PW Doppler image; return ``[(name, dataset, truth)]``."""
+    if not _STUDY_LABEL.fullmatch(p.study):
+        raise SimulationError(
+            f"parameter 'study': {p.study!r} is not 0-32 of the characters A-Z a-z 0-9 _ -"
+        )
     if p.edv_cm_s >= p.psv_cm_s:
         raise SimulationError("parameter 'edv_cm_s' must be below 'psv_cm_s'")
     _check_sweep(p.sweep_s, p.heart_rate_bpm, p.hr_variability)
@@ -150,17 +184,61 @@ def build_pw(ctx: Context, p: PwParams) -> list[Instance]:
             "TransducerFrequency": round(p.frequency_mhz * 1000),
         },
     )
-    ds = new_dataset(ctx, US_IMAGE_STORAGE, series_description="simulated PW Doppler")
+    label = _label(p.vessel, p.side)
+    description = "simulated PW Doppler" + (f" {label}" if label else "")
+    ds = new_dataset(ctx, US_IMAGE_STORAGE, series_description=description)
     us_image_attributes(ds, modes="0009")
     ds.SequenceOfUltrasoundRegions = regions_sequence([bmode_region, region])
     set_pixels(ds, image)
+    _name_vessel(ds, p.vessel, p.side, label)
+    if p.study:
+        ds.StudyInstanceUID = generate_uid(
+            entropy_srcs=["usreview.simulate", "pw study", str(ctx.seed), p.study]
+        )
     truth.update(
         prf_hz=prf,
         nyquist_cm_s=round(v_nyquist, 6),
         waveform=p.waveform,
         bmode_region=bmode_region.truth(),
+        vessel={
+            "name": p.vessel,
+            "side": p.side,
+            "code": VESSELS[p.vessel][0] if p.vessel in VESSELS else None,
+            "label": label,
+        },
     )
     return [("pw", ds, truth)]
+
+
+def _label(vessel: str, side: str) -> str:
+    """The scanners' free text, e.g. ``LT ICA`` (empty without a vessel)."""
+    if vessel not in VESSELS:
+        return ""
+    return " ".join(([SIDES[side][3]] if side in SIDES else []) + [VESSELS[vessel][2]])
+
+
+def _code(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = "SCT"
+    item.CodeMeaning = meaning
+    return item
+
+
+def _name_vessel(ds: Dataset, vessel: str, side: str, label: str) -> None:
+    """Write the vessel (coded and as text) and the side into ``ds``."""
+    if side in SIDES:
+        ds.ImageLaterality = SIDES[side][2]  # (General Series Laterality then must be absent)
+    if vessel not in VESSELS:
+        return
+    code, meaning, _ = VESSELS[vessel]
+    item = _code(code, meaning)
+    if side in SIDES:
+        item.AnatomicRegionModifierSequence = DicomSequence([_code(*SIDES[side][:2])])
+    ds.AnatomicRegionSequence = DicomSequence([item])
+    ds.ImageComments = label
+    if vessel != "renal":
+        ds.BodyPartExamined = "NECK"
 
 
 def build_cw(ctx: Context, p: CwParams) -> list[Instance]:

@@ -13,7 +13,12 @@ into an outbox folder and to the clinic's PACS. Modules (one responsibility each
     backoff     exponential backoff with jitter
     results     following the results feed (long-poll, persisted cursor, replay cache)
     deliver     the outbox folder and C-STORE to the PACS (durable retry markers)
+    supersede   amendments: superseded results move aside, the new summary says so
     push        one-shot upload of files or folders
+    progress    push's progress bar (rate, time left) or plain lines
+    pull        one-shot delivery of the results (both state locks held)
+    dicomtls    DICOM TLS on the gateway's port (certificate, server context)
+    atrest      the spool's encryption at rest (AES-256-GCM with the site's spool key)
     status      the status file, the state locks, ``usreview site status``
     gateway     the gateway process: the SCP, and supervising the upload process
     worker      the upload process: uploader and results follower, woken by the SCP

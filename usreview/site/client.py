@@ -13,15 +13,18 @@ import http.client
 import json
 import socket
 import ssl
+from collections.abc import Sequence
 from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from usreview.site.config import SiteConfig
 from usreview.site.errors import HubRefusedError, HubUnreachableError, SiteConfigError
 
-__all__ = ["ENVELOPE_TYPE", "HubClient"]
+__all__ = ["ENVELOPE_TYPE", "RECEIPT_BATCH", "HubClient"]
 
 ENVELOPE_TYPE = "application/vnd.usreview.envelope"
+#: UIDs asked about in one ``GET receipts`` (the hub answers at most 100).
+RECEIPT_BATCH = 100
 _BLOCK = 1 << 20
 
 
@@ -99,9 +102,25 @@ class HubClient:
             content_type=ENVELOPE_TYPE,
         )
 
-    def receipts(self) -> dict[str, Any]:
-        """``GET receipts``: a signed batch receipt of everything the hub holds for the site."""
-        return self._json("GET", "receipts")
+    def receipts(self, sop_instance_uids: Sequence[str] | None = None) -> dict[str, Any]:
+        """``GET receipts``: a signed batch receipt of what the hub holds for the site.
+
+        Parameters
+        ----------
+        sop_instance_uids
+            Ask only about these (at most :data:`RECEIPT_BATCH`); None: everything.
+
+        Raises
+        ------
+        ValueError
+            More UIDs than one request may carry.
+        """
+        if sop_instance_uids is None:
+            return self._json("GET", "receipts")
+        if len(sop_instance_uids) > RECEIPT_BATCH:
+            raise ValueError(f"at most {RECEIPT_BATCH} UIDs per receipts request")
+        query = urlencode([("uid", uid) for uid in sop_instance_uids])
+        return self._json("GET", f"receipts?{query}")
 
     def results(self, cursor: int, wait: float = 0.0, limit: int = 100) -> dict[str, Any]:
         """``GET results``: results after ``cursor``, long-polling up to ``wait`` seconds."""

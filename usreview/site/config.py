@@ -21,6 +21,9 @@ The file written by :func:`init_site`::
     bind = "0.0.0.0"
     port = 11112
     allowed_calling_ae_titles = ["SCANNER1"]   # "*" allows any calling AE title
+    tls_certificate = "dicom-tls.crt"  # DICOM TLS (both, or neither: plain DICOM)
+    tls_private_key = "dicom-tls.key"
+    tls_client_ca = ""                 # scanners must show a certificate of this CA
 
     [[pacs]]
     name = "pacs"
@@ -30,6 +33,7 @@ The file written by :func:`init_site`::
 
     [folders]
     spool = "spool"
+    spool_key = "keys/spool.key"       # spool encryption at rest ("" = plaintext)
     outbox = "outbox"
     state = "state"
 
@@ -80,10 +84,16 @@ __all__ = [
     "init_site",
     "load_config",
     "parse_pacs",
+    "rotate_site_key",
 ]
 
 DEFAULT_AE_TITLE = "USREVIEW"
 DEFAULT_PORT = 11112
+#: The DICOM TLS certificate and key ``site init --dicom-tls`` writes in the site folder.
+TLS_CERTIFICATE = "dicom-tls.crt"
+TLS_KEY = "dicom-tls.key"
+#: The spool key ``site init --encrypt-spool`` writes.
+SPOOL_KEY = "keys/spool.key"
 #: In ``gateway.allowed_calling_ae_titles``: any calling AE title may send.
 ANY_AE_TITLE = "*"
 _PASSPHRASE_ENV = "USREVIEW_KEY_PASSPHRASE"
@@ -117,8 +127,12 @@ class SiteConfig:
     bind: str
     port: int
     allowed_calling_ae_titles: tuple[str, ...]
+    tls_certificate: Path | None
+    tls_private_key: Path | None
+    tls_client_ca: Path | None
     pacs: tuple[PacsDestination, ...]
     spool: Path
+    spool_key: Path | None
     outbox: Path
     state: Path
     backoff_initial: float
@@ -282,6 +296,17 @@ def load_config(path: Path) -> SiteConfig:
     if not 1 <= port <= 65535:
         raise r._fail("gateway.port", f"must be from 1 to 65535 (got {port})")
     initial = r.number("upload.backoff_initial", 0.5, 0.01, 3600)
+    tls_cert, tls_key, tls_ca = (
+        r.path(key) if r.text(key, "") else None
+        for key in ("gateway.tls_certificate", "gateway.tls_private_key", "gateway.tls_client_ca")
+    )
+    if (tls_cert is None) != (tls_key is None):
+        raise r._fail(
+            "gateway.tls_private_key" if tls_key is None else "gateway.tls_certificate",
+            "DICOM TLS needs both tls_certificate and tls_private_key (or neither)",
+        )
+    if tls_ca is not None and tls_cert is None:
+        raise r._fail("gateway.tls_client_ca", "needs tls_certificate and tls_private_key")
     return SiteConfig(
         path=path,
         name=name,
@@ -294,8 +319,12 @@ def load_config(path: Path) -> SiteConfig:
         bind=r.text("gateway.bind", "0.0.0.0"),
         port=port,
         allowed_calling_ae_titles=allowed,
+        tls_certificate=tls_cert,
+        tls_private_key=tls_key,
+        tls_client_ca=tls_ca,
         pacs=_pacs_list(r),
         spool=r.path("folders.spool", "spool"),
+        spool_key=r.path("folders.spool_key") if r.text("folders.spool_key", "") else None,
         outbox=r.path("folders.outbox", "outbox"),
         state=r.path("folders.state", "state"),
         backoff_initial=initial,
@@ -371,10 +400,17 @@ def init_site(
     port: int = DEFAULT_PORT,
     allowed_calling_ae_titles: Sequence[str] = (),
     pacs: Sequence[PacsDestination] = (),
+    dicom_tls_hosts: Sequence[str] | None = None,
+    encrypt_spool: bool = False,
 ) -> NewSite:
     """Create a site folder: keys, ``site.toml``, copies of the hub's certificate and key.
 
     The private key is passphrase-protected when ``$USREVIEW_KEY_PASSPHRASE`` is set.
+    With ``dicom_tls_hosts`` (host names or addresses scanners reach the gateway by; may
+    be empty) the gateway's DICOM port speaks TLS with a self-signed certificate and key
+    generated as ``DIR/dicom-tls.crt`` and ``DIR/dicom-tls.key`` (give the certificate to
+    the scanners to trust). With ``encrypt_spool`` a random spool key is written to
+    ``DIR/keys/spool.key`` and the spool is encrypted at rest (:mod:`usreview.site.atrest`).
     Nothing existing is overwritten. The written configuration is loaded back, so an
     invalid argument fails here with the setting's name.
 
@@ -411,7 +447,20 @@ def init_site(
             f"site.private_key: {exc.filename} exists", "site.private_key"
         ) from None
     token = str(Path(token_file).resolve()) if token_file is not None else "token"
-    text = _render(name, hub_url, cert_rel, token, ae_title, port, allowed_calling_ae_titles, pacs)
+    tls = dicom_tls_hosts is not None
+    if dicom_tls_hosts is not None:
+        from usreview.site.dicomtls import create_certificate
+
+        create_certificate(directory / TLS_CERTIFICATE, directory / TLS_KEY, dicom_tls_hosts)
+    if encrypt_spool:
+        from usreview.site.atrest import generate_spool_key
+
+        generate_spool_key(directory / SPOOL_KEY)
+    text = _render(
+        name, hub_url, cert_rel, token, ae_title, port, allowed_calling_ae_titles, pacs, tls
+    )
+    if encrypt_spool:
+        text = text.replace('spool_key = ""', f"spool_key = {_q(SPOOL_KEY)}")
     write_new_file(config, text.encode("utf-8"), mode=0o600)
     try:
         load_config(config)
@@ -419,6 +468,45 @@ def init_site(
         config.unlink()
         raise
     return NewSite(config, key_path.with_suffix(".pub"), keys.key_id.hex())
+
+
+def rotate_site_key(config: SiteConfig, stamp: str) -> NewSite:
+    """Generate the site's next key pair in ``keys/STAMP/`` and make ``site.toml`` use it.
+
+    The old key files stay where they are (results the hub sealed to the old key before
+    it registered the new one open with them: ``usreview unseal --key OLD.key``). Give
+    the new ``.pub`` to the hub's administrator, who runs ``usreview hub add-site NAME
+    --public-key NEW.pub --rotate``; until then the hub refuses uploads sealed with the
+    new key (403) and they wait in the spool.
+
+    Raises
+    ------
+    SiteConfigError
+        ``keys/STAMP`` exists, or ``site.toml`` cannot be rewritten.
+    """
+    from usreview.envelope.atomic import replace_file
+
+    keys = generate_keys(config.name)
+    passphrase = os.environ.get(_PASSPHRASE_ENV)
+    folder = config.path.parent / "keys" / stamp
+    if folder.exists():
+        raise SiteConfigError(f"site.private_key: {folder} exists", "site.private_key")
+    key_path = write_key_pair(keys, folder, passphrase.encode() if passphrase else None)
+    line = f"private_key = {_q(key_path.relative_to(config.path.parent).as_posix())}"
+    text = config.path.read_text(encoding="utf-8")
+    section = re.search(r"(?ms)^\[site\][^\[]*", text)
+    if section is None:
+        raise SiteConfigError(f"{config.path}: no [site] table", "site")
+    body = section.group(0)
+    if re.search(r"(?m)^private_key\s*=.*$", body):
+        body = re.sub(r"(?m)^private_key\s*=.*$", lambda _: line, body, count=1)
+    else:
+        body = body.replace("[site]\n", f"[site]\n{line}\n", 1)
+    replace_file(config.path, (text[: section.start()] + body + text[section.end() :]).encode())
+    os.chmod(config.path, 0o600)
+    if load_config(config.path).private_key != key_path.resolve():
+        raise SiteConfigError(f"{config.path}: site.private_key was not updated", "site")
+    return NewSite(config.path, key_path.with_suffix(".pub"), keys.key_id.hex())
 
 
 def _copy_new(src: Path, dst: Path, setting: str) -> None:
@@ -442,6 +530,7 @@ def _render(
     port: int,
     allowed: Sequence[str],
     pacs: Sequence[PacsDestination],
+    tls: bool,
 ) -> str:
     allowed_text = ", ".join(_q(a) for a in allowed)
     lines = [
@@ -466,6 +555,11 @@ def _render(
         f"port = {port}",
         '# AE titles of the scanners that may send; "*" allows any',
         f"allowed_calling_ae_titles = [{allowed_text}]",
+        "# DICOM TLS on the port: certificate and key (both empty: plain DICOM); with",
+        "# tls_client_ca, scanners must show a certificate signed by that CA",
+        f"tls_certificate = {_q(TLS_CERTIFICATE if tls else '')}",
+        f"tls_private_key = {_q(TLS_KEY if tls else '')}",
+        'tls_client_ca = ""',
         "",
     ]
     for dest in pacs:
@@ -480,6 +574,8 @@ def _render(
     lines += [
         "[folders]",
         'spool = "spool"',
+        "# the spool's key: instances and journal encrypted at rest (empty: plaintext)",
+        'spool_key = ""',
         'outbox = "outbox"',
         'state = "state"',
         "",

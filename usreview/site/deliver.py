@@ -3,11 +3,13 @@
 The outbox gets every result as ``OUTBOX/STUDY_UID/ID-KIND.EXT`` (``.dcm`` for DICOM,
 ``.json`` for a JSON summary, ``.txt`` for a readable summary, ``.bin`` otherwise),
 written atomically (temporary file, fsync, rename, folder fsync): a file there is
-complete. A DICOM result also goes to each configured PACS. Sending to a PACS is
-retried until it succeeds: before the first try a marker ``STATE/pacs/NAME/ID.json`` is
-written durably, and it is removed only after the PACS answered success, so a PACS that
-is down (or a gateway that is killed) delays a delivery but never loses it. Delivering
-twice is harmless: same file name, same SOP Instance UID at the PACS.
+complete. A result that supersedes an earlier one moves the earlier one's files to
+``OUTBOX/STUDY_UID/superseded/`` and its summary says so (:mod:`usreview.site.supersede`).
+A DICOM result also goes to each configured PACS. Sending to a PACS is retried until it
+succeeds: before the first try a marker ``STATE/pacs/NAME/ID.json`` is written durably,
+and it is removed only after the PACS answered success, so a PACS that is down (or a
+gateway that is killed) delays a delivery but never loses it. Delivering twice is
+harmless: same file name, same SOP Instance UID at the PACS.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pynetdicom import AE
 from usreview.envelope.atomic import fsync_directory, replace_file
 from usreview.site.config import PacsDestination
 from usreview.site.errors import DeliveryError
+from usreview.site.supersede import SUPERSEDED, annotate, retire, superseded_files
 
 __all__ = [
     "PacsQueue",
@@ -88,9 +91,19 @@ def copy_durably(src: Path, dst: Path) -> None:
 
 
 def deliver_to_outbox(
-    outbox: Path, payload: Path, *, result_id: int, study_instance_uid: str, kind: str
+    outbox: Path,
+    payload: Path,
+    *,
+    result_id: int,
+    study_instance_uid: str,
+    kind: str,
+    supersedes: int | None = None,
 ) -> Path:
     """Copy an opened result into the outbox; return its path there.
+
+    ``supersedes``: the id of the result this one replaces (an amendment); its files
+    move to the study's ``superseded/`` folder and a JSON or text summary says so
+    (:mod:`usreview.site.supersede`).
 
     Raises
     ------
@@ -104,9 +117,18 @@ def deliver_to_outbox(
     else:
         ext = "txt" if _is_text(payload) else "bin"
     study = _SAFE.sub("_", study_instance_uid) or "unknown-study"
-    target = outbox / study / f"{result_id:08d}-{_SAFE.sub('_', kind)}.{ext}"
+    folder = outbox / study
+    target = folder / f"{result_id:08d}-{_SAFE.sub('_', kind)}.{ext}"
     try:
-        copy_durably(payload, target)
+        if supersedes is None or ext not in ("json", "txt"):
+            copy_durably(payload, target)
+        else:
+            files = superseded_files(folder, supersedes)
+            data = annotate(payload.read_bytes(), ext, supersedes, files)
+            folder.mkdir(parents=True, exist_ok=True)
+            replace_file(target, data, mode=0o640)
+        if supersedes is not None:
+            retire(folder, supersedes)
     except OSError as exc:
         raise DeliveryError(f"result {result_id}: cannot write {target}: {exc}") from None
     return target
@@ -211,14 +233,17 @@ class PacsQueue:
         DeliveryError
             The PACS could not take it (the marker stays for the next try).
         """
-        if not item.path.exists():
+        path = item.path
+        if not path.exists():  # superseded meanwhile: the PACS still gets the earlier one
+            path = path.parent / SUPERSEDED / path.name
+        if not path.exists():
             item.marker.unlink(missing_ok=True)
             raise DeliveryError(
                 f"result {item.result_id}: {item.path} left the outbox before it reached "
                 f"PACS {item.destination}; it will not be sent"
             )
         send_to_pacs(
-            self.destinations[item.destination], item.path, calling_ae_title=self.calling_ae_title
+            self.destinations[item.destination], path, calling_ae_title=self.calling_ae_title
         )
         item.marker.unlink(missing_ok=True)
         _log.info("result %s delivered to PACS %s", item.result_id, item.destination)

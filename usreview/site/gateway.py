@@ -28,9 +28,11 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from usreview.site.atrest import load_spool_cipher
 from usreview.site.backoff import Backoff
 from usreview.site.client import HubClient
 from usreview.site.config import SiteConfig
+from usreview.site.dicomtls import server_context
 from usreview.site.scp import StorageSCP
 from usreview.site.spool import Spool, SpooledInstance
 from usreview.site.status import UPLOADER_LOCK_FILE, StateLock, StatusBook
@@ -225,11 +227,12 @@ class Gateway:
             HubClient(config).close()  # token and pinned certificate usable
             config.load_private_keys()  # the upload process needs them: checked now
             config.load_hub_key()
-            self.spool = Spool(config.spool)
+            self.spool = Spool(config.spool, load_spool_cipher(config))
             self.scp = StorageSCP(
                 spool=self.spool,
                 ae_title=config.ae_title,
                 allowed_calling_ae_titles=config.allowed_calling_ae_titles,
+                ssl_context=server_context(config),
             )
             self.uploads = UploadProcess(config, workers=upload_workers)
             self.spool.add_listener(self.uploads.notify)
@@ -297,9 +300,10 @@ def run_gateway(config: SiteConfig, *, announce: Callable[[str], None] | None = 
         gateway.start()
         depth, size = gateway.spool.depth()
         if announce is not None:
+            tls = " (DICOM TLS)" if gateway.scp.ssl_context is not None else ""
             announce(
                 f"gateway {config.name}: AE {config.ae_title} on {config.bind}:"
-                f"{gateway.scp.port}; hub {config.hub_url}; spool {depth} instance(s) "
+                f"{gateway.scp.port}{tls}; hub {config.hub_url}; spool {depth} instance(s) "
                 f"({size / 1e6:.1f} MB) to upload"
             )
         while not stopping.wait(1.0):

@@ -44,15 +44,17 @@ next record's); integers are little-endian::
     generation   8  the segment's (a record left by an earlier use of the file has another)
     uid length   2
     data length  8
-    sha256      32  SHA-256 of the data (the spool file is named UID_SHA256.dcm)
+    sha256      32  SHA-256 of the instance (the spool file is named UID_SHA256.dcm)
     crc32        4  CRC-32 of the 54 bytes above and of the UID
     uid             the SOP Instance UID, ASCII
-    data            the instance's bytes, as received
+    data            the instance's bytes as stored in the spool: as received, or sealed
+                    with the spool key (:mod:`usreview.site.atrest`)
 
-A record is valid when its magic, generation and CRC match, it lies within the file, and
-the SHA-256 of its data matches. Reading a segment stops at its first invalid record:
-zeros or another generation end it cleanly; anything else is a torn write (never
-acknowledged) and is discarded with everything after it.
+A record is valid when its magic, generation and CRC match, it lies within the file, a
+sealed record opens with the spool key, and the SHA-256 of the instance matches.
+Reading a segment stops at its first invalid record: zeros or another generation end it
+cleanly; anything else is a torn write (never acknowledged) and is discarded with
+everything after it.
 
 Guarantees
 ----------
@@ -92,6 +94,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usreview.envelope.atomic import fsync_directory
+from usreview.site.atrest import SpoolCipher
 from usreview.site.errors import SpoolError
 
 __all__ = [
@@ -193,6 +196,8 @@ class Journal:
         Seconds a record waits before the background thread makes its spool file
         durable (files acknowledged meanwhile need no fsync); none once half the
         segments allowed are in use.
+    cipher
+        The spool key, to open sealed records at :meth:`recover` (None: no key).
     """
 
     def __init__(
@@ -202,6 +207,7 @@ class Journal:
         *,
         segment_size: int = SEGMENT_SIZE,
         sync_delay: float = SYNC_DELAY,
+        cipher: SpoolCipher | None = None,
     ) -> None:
         if segment_size < 1 << 16 or segment_size % 4096:
             raise ValueError(f"segment_size {segment_size} is not a multiple of 4096 >= 64 KiB")
@@ -209,6 +215,7 @@ class Journal:
         self.segment_size = segment_size
         self.max_record = min(MAX_RECORD, segment_size // 4)
         self.sync_delay = sync_delay
+        self.cipher = cipher
         #: fdatasync calls made for appends (group commits), for tests and benchmarks.
         self.syncs = 0
         self._make_durable = make_durable
@@ -271,7 +278,7 @@ class Journal:
         for generation, path in self._recoverable:
             tail_torn = False
             names = []
-            for record in _read_segment(path, generation):
+            for record in _read_segment(path, generation, self.cipher):
                 if record is None:
                     tail_torn = True
                     continue
@@ -324,7 +331,8 @@ class Journal:
     ) -> None:
         """Append a record; return once it is on disk (group commit).
 
-        ``sha256`` is the hex SHA-256 of ``data``; the spool file it stands for is
+        ``sha256`` is the hex SHA-256 of the instance, ``data`` its stored form (itself,
+        or sealed with the spool key); the spool file it stands for is
         ``UID_SHA256.dcm``. ``meanwhile`` runs after the record is written, while the
         disk writes it (its writeback is started at once), before the wait for the
         fdatasync; an exception from it is raised (the record stays: harmless).
@@ -628,8 +636,18 @@ def _pwrite_all(fd: int, parts: Sequence[bytes | memoryview], offset: int) -> No
             break
 
 
-def _read_segment(path: Path, generation: int) -> Iterator[JournalRecord | None]:
-    """The valid records of a segment, then ``None`` if it ends with a torn record."""
+def _read_segment(
+    path: Path, generation: int, cipher: SpoolCipher | None = None
+) -> Iterator[JournalRecord | None]:
+    """The valid records of a segment, then ``None`` if it ends with a torn record.
+
+    A record's ``data`` is the instance's bytes (sealed records are opened).
+
+    Raises
+    ------
+    SpoolError
+        A sealed record and no spool key (``folders.spool_key`` was removed).
+    """
     with path.open("rb") as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
@@ -654,7 +672,21 @@ def _read_segment(path: Path, generation: int) -> Iterator[JournalRecord | None]
                 yield None
                 return
             data = os.pread(fd, length, offset + _HEADER.size + uid_len)
-            if len(data) != length or hashlib.sha256(data).digest() != sha:
+            if len(data) == length and SpoolCipher.is_sealed(data):
+                if cipher is None:
+                    raise SpoolError(
+                        f"{path} holds instances sealed with a spool key: set "
+                        "folders.spool_key in site.toml to replay it"
+                    )
+                try:
+                    data = cipher.open(uid.decode("ascii"), sha.hex(), data)
+                except SpoolError:
+                    yield None
+                    return
+            elif len(data) != length:
+                yield None
+                return
+            if hashlib.sha256(data).digest() != sha:
                 yield None
                 return
             yield JournalRecord(uid.decode("ascii"), sha.hex(), data, generation, offset)

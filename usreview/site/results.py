@@ -8,6 +8,8 @@ For each item after the persisted cursor (``STATE/results.cursor``), in order:
    ``STATE/refused/`` and reported, never delivered);
 3. refuse a message id opened before (the replay cache, ``STATE/replay.sqlite``);
 4. deliver: the outbox, then a durable marker per PACS (see :mod:`usreview.site.deliver`);
+   a result that supersedes an earlier one (the item's ``supersedes``) retires the earlier
+   one's files to the study's ``superseded/`` folder (:mod:`usreview.site.supersede`);
 5. record the message id as opened, then advance the cursor durably.
 
 A crash anywhere repeats at most the delivery of one result, and delivering twice is
@@ -134,12 +136,14 @@ class ResultFollower:
                 return None
             study = str(item.get("study_instance_uid", ""))
             kind = str(item.get("kind") or item.get("label") or "result")
+            supersedes = item.get("supersedes")
             target = deliver_to_outbox(
                 self.config.outbox,
                 payload,
                 result_id=result_id,
                 study_instance_uid=study,
                 kind=kind,
+                supersedes=supersedes if isinstance(supersedes, int) else None,
             )
             where = [str(target)]
             if self.config.pacs and is_dicom(target):

@@ -9,12 +9,19 @@ answered; a spool failure answers 0xA700 (out of resources) so the scanner keeps
 Accepted sockets get ``TCP_NODELAY``: with Nagle's algorithm on, each small response
 waits for the scanner's delayed ACK and an untuned scanner stalls at about 20
 instances/s. pynetdicom sends each PDU with one ``send``.
+
+With an ``ssl_context`` (DICOM TLS, :mod:`usreview.site.dicomtls`) every association is
+TLS. pynetdicom would do the handshake in its accepting thread, where one client that
+connects and says nothing stops every other scanner; here it is done in the
+association's own thread, within the ACSE timeout, and a failed one ends only that
+connection.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -48,12 +55,43 @@ def _register_storage_classes(sop_classes: Sequence[str]) -> None:
 
 
 class _NoDelayServer(ThreadedAssociationServer):
-    """pynetdicom's server with Nagle's algorithm off on every accepted socket."""
+    """pynetdicom's server with Nagle's algorithm off on every accepted socket.
+
+    With TLS, the socket is wrapped in the accepting thread but its handshake is done
+    in the association's thread (:meth:`process_request_thread`).
+    """
+
+    #: Seconds a client has to complete the TLS handshake.
+    handshake_timeout = 30.0
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        sock, address = super().get_request()
+        listening = self.socket
+        if listening is None:
+            raise OSError("the server is closed")
+        sock, address = listening.accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
         return sock, address
+
+    def process_request_thread(
+        self,
+        request: socket.socket | tuple[bytes, socket.socket],
+        client_address: tuple[str, int] | str,
+    ) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            timeout = request.gettimeout()
+            try:
+                request.settimeout(self.handshake_timeout)
+                request.do_handshake()
+                request.settimeout(timeout)
+            except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
+                _log.warning("DICOM TLS handshake with %s failed: %s", client_address, exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
 
 class StorageSCP:
@@ -69,6 +107,8 @@ class StorageSCP:
         Calling AE titles accepted; ``"*"`` in the list accepts any. Empty: refuse all.
     sop_classes
         Storage SOP classes accepted (default: the ultrasound ones).
+    ssl_context
+        DICOM TLS: every association is TLS with this server context (None: plain).
     """
 
     def __init__(
@@ -78,8 +118,10 @@ class StorageSCP:
         allowed_calling_ae_titles: Sequence[str],
         *,
         sop_classes: Sequence[str] = tuple(ULTRASOUND_SOP_CLASSES),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.spool = spool
+        self.ssl_context = ssl_context
         self.ae = AE(ae_title=ae_title)
         self.ae.network_timeout = 60
         self.ae.acse_timeout = 30
@@ -125,7 +167,10 @@ class StorageSCP:
         """
         handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store)]
         server = self.ae.make_server(
-            (host, port), evt_handlers=handlers, server_class=_NoDelayServer
+            (host, port),
+            evt_handlers=handlers,
+            server_class=_NoDelayServer,
+            ssl_context=self.ssl_context,
         )
         self.ae._servers.append(server)  # as AE.start_server does: shutdown() removes it
         self._server = server

@@ -26,6 +26,9 @@ empties it, ``usreview site status`` reads it.
 The same instance received twice has the same name: stored once, uploaded once. The
 same UID with different bytes gets a second file; the hub refuses it (409 conflict) and
 it moves to ``rejected/``.
+
+With a spool key (:mod:`usreview.site.atrest`) files and journal records hold the
+instance sealed with AES-256-GCM; :meth:`Spool.read` opens them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usreview.envelope.atomic import fsync_directory, new_file, replace_file
+from usreview.site.atrest import SpoolCipher
 from usreview.site.errors import SpoolError
 from usreview.site.journal import (
     SEGMENT_SIZE,
@@ -89,10 +93,13 @@ class Spool:
     ----------
     root
         The folder; ``root/rejected`` holds instances the hub refused.
+    cipher
+        The spool key: files and journal records are sealed with it (None: plaintext).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cipher: SpoolCipher | None = None) -> None:
         self.root = Path(root)
+        self.cipher = cipher
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             (self.root / REJECTED).mkdir(mode=0o700, exist_ok=True)
@@ -145,6 +152,7 @@ class Spool:
                 self._make_durable,
                 segment_size=segment_size,
                 sync_delay=sync_delay,
+                cipher=self.cipher,
             )
             recovery = journal.recover(self._restore)
         except OSError as exc:
@@ -177,6 +185,8 @@ class Spool:
         check_uid(sop_instance_uid)
         sha = hashlib.sha256(data).hexdigest()
         path = self.root / f"{sop_instance_uid}_{sha}.dcm"
+        if self.cipher is not None:
+            data = self.cipher.seal(sop_instance_uid, sha, data)
         journal = self._journal
         try:
             if journal is None or not self._put_journaled(
@@ -244,10 +254,58 @@ class Spool:
             return False
         name = f"{record.sop_instance_uid}_{record.sha256}.dcm"
         for path in (self.root / name, self.root / REJECTED / name):
-            if _holds(path, record.sha256, len(record.data)):
+            if self._holds(path, record):
                 return False
-        replace_file(self.root / name, record.data, mode=0o600)
+        data: bytes = record.data
+        if self.cipher is not None:
+            data = self.cipher.seal(record.sop_instance_uid, record.sha256, data)
+        replace_file(self.root / name, data, mode=0o600)
         return True
+
+    def _holds(self, path: Path, record: JournalRecord) -> bool:
+        """Whether ``path`` exists and holds ``record``'s instance."""
+        if self.cipher is None:
+            return _holds(path, record.sha256, len(record.data))
+        try:
+            return self.read_file(path, record.sop_instance_uid, record.sha256) is not None
+        except (SpoolError, OSError):
+            return False
+
+    def read_file(self, path: Path, uid: str, sha256: str) -> bytes | None:
+        """The instance in ``path`` (opened if sealed), checked against ``sha256``.
+
+        Returns None when the file is gone.
+
+        Raises
+        ------
+        SpoolError
+            Damaged (its hash changed), sealed with another key, or sealed and no key.
+        OSError
+            The file cannot be read now (kept: try again later).
+        """
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if SpoolCipher.is_sealed(data):
+            if self.cipher is None:
+                raise SpoolError(
+                    f"{path.name} is sealed with a spool key: set folders.spool_key in site.toml"
+                )
+            data = self.cipher.open(uid, sha256, data)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise SpoolError(f"{path.name}: damaged in the spool (its hash changed)")
+        return data
+
+    def read(self, item: SpooledInstance) -> bytes | None:
+        """The bytes of ``item`` as received (None if it has left the spool meanwhile).
+
+        Raises
+        ------
+        SpoolError, OSError
+            See :meth:`read_file`.
+        """
+        return self.read_file(item.path, item.sop_instance_uid, item.sha256)
 
     def item(self, name: str) -> SpooledInstance | None:
         """The instance spooled as ``name`` (a file name), or None if it is not there."""

@@ -9,7 +9,8 @@ the SCP sends it); while the hub is unreachable (or refuses the token) it waits 
 exponential backoff and loses nothing. An instance the hub refuses for good (not
 ultrasound, a UID conflict, too large) moves to the spool's ``rejected/``.
 :meth:`Uploader.reconcile` removes from the spool, without sending them again, the
-instances the hub's signed batch receipt says it already holds.
+instances the hub's signed batch receipts say it already holds (asking only about the
+UIDs in the spool, a hundred at a time).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from usreview.envelope import PrivateKeys, PublicKeys, seal
 from usreview.ingest.errors import InvalidReceiptError
 from usreview.ingest.receipts import verify_receipt
 from usreview.site.backoff import Backoff
-from usreview.site.client import HubClient
+from usreview.site.client import RECEIPT_BATCH, HubClient
 from usreview.site.config import SiteConfig
 from usreview.site.errors import HubRefusedError, HubRequestError, ReceiptError, SpoolError
 from usreview.site.spool import Spool, SpooledInstance
@@ -157,39 +158,32 @@ class Uploader:
     def reconcile(self) -> int:
         """Remove what the hub already holds from the spool; return how many left it.
 
-        Asks the hub for its signed batch receipt (every instance it holds for the site)
-        when the spool is not empty; an instance leaves the spool when the receipt names
-        its UID and its SHA-256, as after an upload. Meant for start-up, before
-        :meth:`start`: after a crash between the hub's receipt and the spool's removal.
+        Asks the hub for signed batch receipts about the UIDs in the spool (in batches
+        of :data:`~usreview.site.client.RECEIPT_BATCH`), when the spool is not empty; an
+        instance leaves the spool when a receipt names its UID and its SHA-256, as after
+        an upload. Meant for start-up, before :meth:`start`: after a crash between the
+        hub's receipt and the spool's removal.
 
         Raises
         ------
         HubUnreachableError, HubRefusedError
             The hub could not be asked (nothing left the spool).
         ReceiptError
-            The batch receipt does not verify (nothing left the spool).
+            A batch receipt does not verify (nothing left the spool).
         """
         pending = self.spool.pending()
         if not pending:
             return 0
+        uids = sorted({item.sop_instance_uid for item in pending})
+        held: dict[str, set[str]] = {}
         client = self._client_factory()
         try:
-            answer = client.receipts()
+            for start in range(0, len(uids), RECEIPT_BATCH):
+                answer = client.receipts(uids[start : start + RECEIPT_BATCH])
+                for uid, sha in self._held(answer):
+                    held.setdefault(uid, set()).add(sha)
         finally:
             client.close()
-        try:
-            body = verify_receipt(answer, self._hub_key, site=self.config.name)
-        except InvalidReceiptError as exc:
-            raise ReceiptError(f"the hub's batch receipt was refused: {exc}") from None
-        instances = body.get("instances")
-        if body.get("kind") != "batch" or not isinstance(instances, list):
-            raise ReceiptError("the hub's batch receipt lists no instances")
-        held: dict[str, set[str]] = {}
-        for entry in instances:
-            if isinstance(entry, Mapping):
-                uid, sha = entry.get("sop_instance_uid"), entry.get("plaintext_sha256")
-                if isinstance(uid, str) and isinstance(sha, str):
-                    held.setdefault(uid, set()).add(sha)
         removed = 0
         for item in pending:
             named = held.get(item.sop_instance_uid, set())
@@ -197,6 +191,23 @@ class Uploader:
                 self.status.uploaded(item.sop_instance_uid, duplicate=True)
                 removed += 1
         return removed
+
+    def _held(self, answer: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The (UID, SHA-256) pairs a verified batch receipt names."""
+        try:
+            body = verify_receipt(answer, self._hub_key, site=self.config.name)
+        except InvalidReceiptError as exc:
+            raise ReceiptError(f"the hub's batch receipt was refused: {exc}") from None
+        instances = body.get("instances")
+        if body.get("kind") != "batch" or not isinstance(instances, list):
+            raise ReceiptError("the hub's batch receipt lists no instances")
+        pairs = []
+        for entry in instances:
+            if isinstance(entry, Mapping):
+                uid, sha = entry.get("sop_instance_uid"), entry.get("plaintext_sha256")
+                if isinstance(uid, str) and isinstance(sha, str):
+                    pairs.append((uid, sha))
+        return pairs
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the uploads in progress (what is left stays in the spool)."""
@@ -262,10 +273,9 @@ class Uploader:
         if self._stop.is_set():
             return
         try:
-            data = item.path.read_bytes()
-        except FileNotFoundError:
-            return  # acknowledged meanwhile (the same bytes received again)
-        try:
+            data = self.spool.read(item)  # opened if sealed, its hash checked
+            if data is None:
+                return  # acknowledged meanwhile (the same bytes received again)
             outcome = upload_instance(
                 client,
                 site=self.config.name,
@@ -273,7 +283,7 @@ class Uploader:
                 hub_key=self._hub_key,
                 sop_instance_uid=item.sop_instance_uid,
                 data=data,
-                sha256=_sha256(data, item),
+                sha256=item.sha256,
             )
         except SpoolError as exc:
             self.spool.reject(item, str(exc))
@@ -298,12 +308,3 @@ class Uploader:
         self._wake.set()  # the dispatcher pauses, then scans the spool again
         _log.warning("upload: %s (next try in %.1f s)", message, delay)
         self.status.error("upload", f"{message} (next try in {delay:.1f} s)", hub_down=hub_down)
-
-
-def _sha256(data: bytes, item: SpooledInstance) -> str:
-    import hashlib
-
-    sha = hashlib.sha256(data).hexdigest()
-    if sha != item.sha256:
-        raise SpoolError(f"{item.path.name}: damaged in the spool (its hash changed)")
-    return sha

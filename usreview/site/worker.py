@@ -35,6 +35,7 @@ import threading
 from pathlib import Path
 
 from usreview.errors import UsreviewError
+from usreview.site.atrest import load_spool_cipher
 from usreview.site.config import SiteConfig, load_config
 from usreview.site.results import ResultFollower
 from usreview.site.spool import Spool
@@ -74,7 +75,7 @@ def run_worker(
                 return
     try:
         status = StatusBook(config.state)
-        spool = Spool(config.spool)
+        spool = Spool(config.spool, load_spool_cipher(config))
         uploader = Uploader(config, spool, status, workers=workers)
         follower = ResultFollower(config, status) if config.follow_results else None
         try:

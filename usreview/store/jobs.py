@@ -16,7 +16,9 @@ and its study too, with the reason (reviewers see it in the study's record).
 
 Completing a job moves its study to ``processed`` once none of its jobs is pending or
 running (and none failed). An administrator re-queues a failed job with :meth:`JobQueue.retry`
-(``usreview hub jobs --retry ID``). Only the holder of the current lease token may renew,
+(``usreview hub jobs --retry ID``), and queues a finished one again with
+:meth:`JobQueue.reprocess` (``--reprocess ID``: after a processor's version changed; the
+new results supersede the older ones). Only the holder of the current lease token may renew,
 complete or fail a job (:class:`LeaseLostError` otherwise), so a job finishes once.
 """
 
@@ -253,16 +255,40 @@ class JobQueue:
         InvalidTransitionError
             The job is not failed (only a failed job is retried).
         """
+        return self._requeue(job_id, (JobStatus.FAILED,), "retried", actor)
+
+    def reprocess(self, job_id: int, *, actor: str = "admin") -> JobRecord:
+        """Queue the finished (done or failed) job ``job_id`` again, due now.
+
+        For an instance to be processed with newer processor versions: the worker's new
+        results supersede the older ones (:mod:`usreview.processing.supersede`). Its study,
+        if processed or failed, goes back to received until its jobs are through again; a
+        study in review or published keeps its status.
+
+        Raises
+        ------
+        NotFoundError
+            No such job.
+        InvalidTransitionError
+            The job is pending or running.
+        """
+        finished = (JobStatus.DONE, JobStatus.FAILED)
+        return self._requeue(job_id, finished, "queued again", actor)
+
+    def _requeue(
+        self, job_id: int, allowed: tuple[JobStatus, ...], what: str, actor: str
+    ) -> JobRecord:
         now = self._clock()
-        with _guard("retrying a job"), Session(self._writer) as session, session.begin():
+        with _guard("queueing a job"), Session(self._writer) as session, session.begin():
             row = session.scalars(
                 select(JobRow).where(JobRow.id == job_id).with_for_update()
             ).one_or_none()
             if row is None:
                 raise NotFoundError(f"no job {job_id}")
-            if row.status is not JobStatus.FAILED:
+            if row.status not in allowed:
+                can = " or ".join(status.value for status in allowed)
                 raise InvalidTransitionError(
-                    f"job {job_id} is {row.status.value}: only a failed job can be retried"
+                    f"job {job_id} is {row.status.value}: only a {can} job can be {what}"
                 )
             row.status = JobStatus.PENDING
             row.attempts = 0
@@ -273,8 +299,8 @@ class JobQueue:
             study = session.scalars(
                 select(StudyRow).where(StudyRow.id == row.study_id).with_for_update()
             ).one()
-            if study.status is StudyStatus.FAILED:
-                _change(session, study, StudyStatus.RECEIVED, now, f"job {job_id} retried", actor)
+            if study.status in (StudyStatus.FAILED, StudyStatus.PROCESSED):
+                _change(session, study, StudyStatus.RECEIVED, now, f"job {job_id} {what}", actor)
             session.flush()
             return self._record(session, row.id)
 

@@ -11,7 +11,10 @@ A result is an envelope (already sealed to its sites) stored like an instance: w
 durably (temp file, fsync, rename, directory fsync) under ``ROOT/results/`` and only then
 committed; returning is the acknowledgement. Its cursor is a global sequence that only
 grows, so a site that remembers the last cursor it saw misses nothing; each site sees
-only the results addressed to it. A newer result may name the one it ``supersedes``.
+only the results addressed to it. A newer result may name the one it ``supersedes``: the
+older one is marked ``superseded_by`` the newer in the same commit (a result is superseded
+once, so versions form one chain; :meth:`ResultFeed.keyed_results` lists a chain by the
+prefix of its idempotency keys).
 Publishing with a ``key`` is idempotent: a key published before returns that result and
 publishes nothing (automatic processing keys its outputs by instance and processor
 versions, so a job run twice publishes once). Publishers in several processes hold a
@@ -79,6 +82,7 @@ class ResultRecord:
     envelope_size: int
     object_key: str
     published_at: datetime
+    superseded_by: int | None = None
 
 
 def _record(row: ResultRow) -> ResultRecord:
@@ -92,6 +96,7 @@ def _record(row: ResultRow) -> ResultRecord:
         envelope_size=row.envelope_size,
         object_key=row.object_key,
         published_at=row.published_at,
+        superseded_by=row.superseded_by,
     )
 
 
@@ -197,7 +202,8 @@ class ResultFeed:
         label
             Text shown to people, optional.
         supersedes
-            Cursor of an earlier result of the same study that this one replaces.
+            Cursor of an earlier result of the same study that this one replaces; it is
+            marked superseded by this one (refused if another result superseded it).
         key
             Idempotency key (at most 200 characters): if a result was published under
             it, that result is returned and nothing is published.
@@ -264,8 +270,11 @@ class ResultFeed:
                     row = session.get(ResultRow, known.result_id)
                     assert row is not None
                     return _record(row), False
-            if supersedes is not None:
-                _check_supersedes(session, supersedes, study_instance_uid)
+            earlier = (
+                None
+                if supersedes is None
+                else _check_supersedes(session, supersedes, study_instance_uid)
+            )
             row = ResultRow(
                 study_instance_uid=study_instance_uid,
                 kind=kind,
@@ -278,6 +287,8 @@ class ResultFeed:
             )
             session.add(row)
             session.flush()
+            if earlier is not None:
+                earlier.superseded_by = row.id
             for name in names:
                 site_id = _site_row(session, name, now).id
                 session.add(ResultSiteRow(result_id=row.id, site_id=site_id))
@@ -291,6 +302,22 @@ class ResultFeed:
         with _guard("reading the results feed"), Session(self._engine) as session:
             row = session.scalars(stmt.where(ResultKeyRow.key == key)).one_or_none()
             return None if row is None else _record(row)
+
+    def keyed_results(self, prefix: str) -> list[tuple[ResultRecord, str]]:
+        """Results whose idempotency key starts with ``prefix``, oldest first, with their keys.
+
+        Hub-side only (publishers find the versions of one result this way).
+        """
+        if not isinstance(prefix, str) or not 0 < len(prefix) <= _KEY_MAX:
+            raise InvalidMetadataError(f"prefix must be 1 to {_KEY_MAX} characters")
+        stmt = (
+            select(ResultRow, ResultKeyRow.key)
+            .join(ResultKeyRow, ResultKeyRow.result_id == ResultRow.id)
+            .where(ResultKeyRow.key.startswith(prefix, autoescape=True))
+            .order_by(ResultRow.id)
+        )
+        with _guard("reading the results feed"), Session(self._engine) as session:
+            return [(_record(row), key) for row, key in session.execute(stmt)]
 
     # -- reading (per site) -----------------------------------------------------------
 
@@ -424,7 +451,7 @@ def _addressed(site: str) -> Select[ResultRow]:
     )
 
 
-def _check_supersedes(session: Session, cursor: int, study_instance_uid: str) -> None:
+def _check_supersedes(session: Session, cursor: int, study_instance_uid: str) -> ResultRow:
     earlier = session.get(ResultRow, cursor)
     if earlier is None:
         raise InvalidMetadataError(f"supersedes: no result {cursor}")
@@ -432,3 +459,8 @@ def _check_supersedes(session: Session, cursor: int, study_instance_uid: str) ->
         raise InvalidMetadataError(
             f"supersedes: result {cursor} is about another study ({earlier.study_instance_uid})"
         )
+    if earlier.superseded_by is not None:
+        raise InvalidMetadataError(
+            f"supersedes: result {cursor} is already superseded by result {earlier.superseded_by}"
+        )
+    return earlier

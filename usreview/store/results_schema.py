@@ -3,7 +3,8 @@
 ::
 
     results ─< result_sites >─ sites       (a result addressed to one or more sites)
-       ├── supersedes -> results.id
+       ├── supersedes -> results.id        (the earlier result this one replaces)
+       ├── superseded_by -> results.id     (set on the earlier one in the same commit)
        └── result_keys                     (optional idempotency key, unique)
 
 ``results.id`` is the feed's cursor: it only grows (SQLite ``AUTOINCREMENT``; on
@@ -33,6 +34,8 @@ class ResultRow(Base):
     kind: Mapped[str] = mapped_column(String(64))
     label: Mapped[str | None] = mapped_column(Text)
     supersedes: Mapped[int | None] = mapped_column(ForeignKey("results.id"))
+    #: The newer result that replaced this one (added to existing archives when opened).
+    superseded_by: Mapped[int | None] = mapped_column(Integer)
     object_key: Mapped[str] = mapped_column(String(100))
     envelope_sha256: Mapped[str] = mapped_column(String(64))
     envelope_size: Mapped[int] = mapped_column(BigInteger)

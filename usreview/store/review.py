@@ -1,11 +1,16 @@
 """What reviewers work with: the worklist, automatic analyses, claims, published reports.
 
 >>> review = archive.review                                       # doctest: +SKIP
->>> review.worklist(Reviewer("dr-x"))                             # doctest: +SKIP
+>>> review.restrict("dr-x", {"north", "south"}, actor="admin")  # doctest: +SKIP
+>>> review.worklist(review.reviewer("dr-x"))                      # north and south only
 >>> review.record_analysis(sop_uid, signature, summary)           # the processing worker
 >>> review.claim(Reviewer("dr-x"), study_uid, seconds=1200)       # doctest: +SKIP
 >>> slot = review.report_slot(Reviewer("dr-x"), study_uid)        # doctest: +SKIP
 >>> review.record_report(Reviewer("dr-x"), study_uid, slot.version, ...)  # doctest: +SKIP
+
+Sites: a reviewer reads every site's studies unless an administrator restricted them
+(:meth:`ReviewStore.restrict`, kept in ``reviewer_sites``); :meth:`ReviewStore.reviewer`
+gives the :class:`Reviewer` with their sites, which every query below honours.
 
 Claims: a study has at most one claim (a row keyed by the study). Claiming locks the
 study's row in a write transaction (``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR
@@ -32,7 +37,7 @@ caller may not see, a site included (sites never review).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -46,8 +51,8 @@ from usreview.store.database import writer
 from usreview.store.errors import InvalidMetadataError, NotFoundError, StoreError
 from usreview.store.jobs_schema import JobRow, JobStatus
 from usreview.store.queries import visible
-from usreview.store.records import Caller, Reviewer
-from usreview.store.review_schema import AnalysisRow, ClaimRow, ReportRow
+from usreview.store.records import Caller, Reviewer, validate_site
+from usreview.store.review_schema import AnalysisRow, ClaimRow, ReportRow, ReviewerSitesRow
 from usreview.store.schema import InstanceRow, SeriesRow, SiteRow, StudyRow
 from usreview.store.status import StudyStatus
 from usreview.store.worklist import ClaimRecord, WorklistEntry, claim_record, glance, worklist
@@ -193,6 +198,42 @@ class ReviewStore:
         self._engine: Engine = archive._engine
         self._writer = writer(self._engine)
         self._clock: Callable[[], datetime] = archive._clock
+
+    # -- who reads which sites -----------------------------------------------------------
+
+    def reviewer(self, name: str) -> Reviewer:
+        """``name`` as a reviewer: restricted to their sites, or every site (the default)."""
+        with _guard("reading the reviewers' sites"), Session(self._engine) as session:
+            row = session.get(ReviewerSitesRow, name)
+        return Reviewer(name, None if row is None else frozenset(row.sites))
+
+    def restrict(self, name: str, sites: Iterable[str] | None, *, actor: str) -> Reviewer:
+        """Restrict reviewer ``name`` to ``sites``; ``None`` gives them every site again.
+
+        Raises
+        ------
+        InvalidMetadataError
+            An invalid reviewer or site name, or no site at all (use ``None`` for all).
+        """
+        if not isinstance(name, str) or not 0 < len(name) <= 128:
+            raise InvalidMetadataError("a reviewer's name is 1 to 128 characters")
+        chosen = None if sites is None else sorted({validate_site(site) for site in sites})
+        if chosen == []:
+            raise InvalidMetadataError(
+                f"give {name} at least one site (or every site, the default)"
+            )
+        with _guard("restricting a reviewer"), Session(self._writer) as session, session.begin():
+            row = session.get(ReviewerSitesRow, name, with_for_update=True)
+            if chosen is None:
+                if row is not None:
+                    session.delete(row)
+            elif row is None:
+                session.add(ReviewerSitesRow(
+                    reviewer=name, sites=chosen, changed_at=self._clock(), changed_by=actor
+                ))  # fmt: skip
+            else:
+                row.sites, row.changed_at, row.changed_by = chosen, self._clock(), actor
+        return Reviewer(name, None if chosen is None else frozenset(chosen))
 
     # -- the worklist --------------------------------------------------------------------
 

@@ -5,6 +5,9 @@
     instances ─< analyses        (automatic results' JSON, one per processor signature)
     studies ─── study_claims     (at most one claim per study: who reviews it, until when)
     studies ─< reports           (published report versions; never changed once written)
+    reviewer_sites               (the sites a reviewer is restricted to; no row: every site)
+    studies ─< teaching_cases ─< teaching_instances
+                                 (de-identified copies of a published study for trainees)
 
 An analysis keeps, besides the JSON, what the worklist shows of it (``flagged``,
 ``headlines``), so that listing thousands of studies reads no JSON document.
@@ -15,12 +18,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, UniqueConstraint, event
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from usreview.store.schema import Base, UTCDateTime
 
-__all__ = ["AnalysisRow", "ClaimRow", "ReportRow"]
+__all__ = [
+    "AnalysisRow",
+    "ClaimRow",
+    "ReportRow",
+    "ReviewerSitesRow",
+    "TeachingCaseRow",
+    "TeachingInstanceRow",
+]
 
 
 class AnalysisRow(Base):
@@ -69,6 +88,54 @@ class ReportRow(Base):
     results: Mapped[dict[str, Any]] = mapped_column(JSON)
     supersedes: Mapped[int | None] = mapped_column(Integer)
     content: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ReviewerSitesRow(Base):
+    """The sites one reviewer may read (a reviewer without a row reads every site)."""
+
+    __tablename__ = "reviewer_sites"
+
+    reviewer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sites: Mapped[list[str]] = mapped_column(JSON)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    changed_by: Mapped[str] = mapped_column(String(128))
+
+
+class TeachingCaseRow(Base):
+    """A published study made into a teaching case (one per study).
+
+    ``case_uid`` is the de-identified copies' Study Instance UID; the text fields are the
+    reviewer's, cleaned of the patient's identifiers and of dates.
+    """
+
+    __tablename__ = "teaching_cases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    exam_type: Mapped[str | None] = mapped_column(String(32))
+    findings: Mapped[str] = mapped_column(Text)
+    impression: Mapped[str] = mapped_column(Text)
+    recommendations: Mapped[str] = mapped_column(Text)
+    kinds: Mapped[list[str]] = mapped_column(JSON)
+    refused: Mapped[list[str]] = mapped_column(JSON)
+
+
+class TeachingInstanceRow(Base):
+    """One de-identified instance of a teaching case (a file under the archive's root)."""
+
+    __tablename__ = "teaching_instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("teaching_cases.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    kinds: Mapped[list[str]] = mapped_column(JSON)
+    frames: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
 
 
 @event.listens_for(ReportRow, "before_update")

@@ -22,16 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from usreview.envelope import ReplayCache, load_private_keys
+from usreview.hub.api.access import ReviewerSites
 from usreview.hub.api.handlers_claims import ClaimHandler
 from usreview.hub.api.handlers_receipts import BatchReceiptHandler, ReceiptHandler
 from usreview.hub.api.handlers_reports import ReportsHandler
 from usreview.hub.api.handlers_results import ResultHandler, ResultsHandler
 from usreview.hub.api.handlers_review import AnalysisHandler, StudiesHandler, StudyHandler
+from usreview.hub.api.handlers_teaching import (
+    TeachingCaseHandler,
+    TeachingCasesHandler,
+    TeachingInstanceHandler,
+)
 from usreview.hub.api.handlers_upload import InstanceHandler
 from usreview.hub.api.settings import ServiceSettings
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.api.worklist_cache import WorklistCache
-from usreview.hub.audit import AuditAction, AuditLog
+from usreview.hub.audit import AuditAction, AuditLog, RefusalLimiter
 from usreview.hub.errors import StateError
 from usreview.hub.state import HubState, open_state, state_from_env
 from usreview.ingest import Ingestor, WorkerPool
@@ -55,6 +61,23 @@ class ServiceContext:
     executor: ThreadPoolExecutor
     lock_fd: int
     worklist: WorklistCache = field(default_factory=WorklistCache)
+    reviewers: ReviewerSites = field(default_factory=ReviewerSites)
+    refusals: RefusalLimiter = field(default_factory=RefusalLimiter)
+
+    def record_suppressed(self, counts: dict[str, int]) -> None:
+        """Record one ``suppressed`` line per caller of ``counts`` (:meth:`RefusalLimiter.drain`).
+
+        Called now and then by the service, off the event loop. Raises
+        :class:`~usreview.hub.errors.AuditError` if the log cannot be written.
+        """
+        for caller, count in sorted(counts.items()):
+            anonymous = caller.startswith("ip:")  # names cannot hold ':'
+            actor = "anonymous" if anonymous else caller
+            detail = {"ip": caller[3:]} if anonymous else {}
+            self.audit.record(
+                actor, AuditAction.DENIAL, "refusals", outcome="suppressed",
+                detail={**detail, "count": count},
+            )  # fmt: skip
 
     def close(self) -> None:
         """Finish work in flight, stop the workers, close the archive, release the lock."""
@@ -92,7 +115,7 @@ def open_context(
         ingestor = Ingestor(
             archive,
             load_private_keys(state.hub_key),
-            site_keys,
+            site_keys.uploads,  # replaced keys only within their grace period
             ReplayCache(state.root / "replay.sqlite3"),
             pool,
             state.root / "quarantine",
@@ -115,9 +138,11 @@ def open_context(
         os.close(lock_fd)
         raise
     executor = ThreadPoolExecutor(settings.parse_workers + 4, thread_name_prefix="usreview")
+    refusals = RefusalLimiter(settings.refusal_audit_burst, settings.refusal_audit_per_minute)
     return ServiceContext(
-        state, settings, archive, pool, ingestor, site_keys, audit, spool, executor, lock_fd
-    )
+        state, settings, archive, pool, ingestor, site_keys, audit, spool, executor, lock_fd,
+        refusals=refusals,
+    )  # fmt: skip
 
 
 def api_routes(prefix: str, context: ServiceContext, options: dict[str, Any]) -> list[Any]:
@@ -136,6 +161,9 @@ def api_routes(prefix: str, context: ServiceContext, options: dict[str, Any]) ->
         (rf"{api}/studies/{uid}/claim/?", ClaimHandler, kwargs),
         (rf"{api}/studies/{uid}/reports/?", ReportsHandler, kwargs),
         (rf"{api}/studies/{uid}/?", StudyHandler, kwargs),
+        (rf"{api}/teaching/?", TeachingCasesHandler, kwargs),
+        (rf"{api}/teaching/{uid}/instances/{uid}/?", TeachingInstanceHandler, kwargs),
+        (rf"{api}/teaching/{uid}/?", TeachingCaseHandler, kwargs),
     ]
 
 

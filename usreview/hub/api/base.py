@@ -3,6 +3,9 @@
 Every request leaves one audit line: handlers record their allowed accesses (a read is
 recorded before any data leaves), and :meth:`BaseHandler.write_error` records every
 refusal: 401, 403 and 404 as ``denial``, other errors under the handler's action.
+A reviewer restricted to some sites is refused everything else with the 404 of a
+missing record; the denial's audit line names the sites they are restricted to.
+Trainees (``custom:usreview:train``) reach only the teaching cases.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from usreview.store import Reviewer
 if TYPE_CHECKING:
     from usreview.hub.api.app import ServiceContext
 
-__all__ = ["REVIEW", "SITE_RESULTS", "SITE_UPLOAD", "BaseHandler", "check_uid"]
+__all__ = ["REVIEW", "SITE_RESULTS", "SITE_UPLOAD", "TRAIN", "BaseHandler", "check_uid"]
 
 SITE_UPLOAD = "custom:usreview:upload"
 SITE_RESULTS = "custom:usreview:results"
 REVIEW = "custom:usreview:review"
+TRAIN = "custom:usreview:train"
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _DENIALS = (401, 403, 404)
 _log = logging.getLogger("usreview.service")
@@ -56,6 +60,7 @@ class BaseHandler(ApiHandler):
         self.context = context
         self.audited = False
         self.resource = ""
+        self.refusal_detail: dict[str, Any] = {}
 
     async def prepare(self) -> None:
         """Authenticate (401/403); name the resource for the audit log."""
@@ -90,20 +95,41 @@ class BaseHandler(ApiHandler):
             raise ApiError(404, "not_found", f"no {hide[0]} {hide[1]}")
         raise ApiError(403, "forbidden", f"only sites with the scope {scope} may do this")
 
-    def reviewer(self, *, hide: tuple[str, object] | None = None) -> Reviewer:
-        """The caller as a reviewer (all sites), if it holds the review scope."""
-        if self.has_scope(REVIEW):
-            return Reviewer(str(self.caller["name"]))
-        if hide is not None:
-            raise ApiError(404, "not_found", f"no {hide[0]} {hide[1]}")
-        raise ApiError(403, "forbidden", f"needs the scope {REVIEW}")
+    async def reviewer(self, *, hide: tuple[str, object] | None = None) -> Reviewer:
+        """The caller as a reviewer with their sites, if it holds the review scope.
 
-    def study_reviewer(self, study_instance_uid: str) -> Reviewer:
+        Otherwise 403, or with ``hide=(kind, id)`` the 404 of a missing resource.
+        """
+        if not self.has_scope(REVIEW):
+            if hide is not None:
+                raise ApiError(404, "not_found", f"no {hide[0]} {hide[1]}")
+            raise ApiError(403, "forbidden", f"needs the scope {REVIEW}")
+        name = str(self.caller["name"])
+        known = self.context.reviewers
+        reviewer = known.fresh(name)
+        if reviewer is None:
+            reviewer = await self.blocking(known.load, name, self.context.archive.review.reviewer)
+        if reviewer.sites is not None:
+            self.refusal_detail["restricted_to"] = sorted(reviewer.sites)
+        return reviewer
+
+    async def study_reviewer(self, study_instance_uid: str) -> Reviewer:
         """The caller as a reviewer of one study: the study's 404 without the scope or a UID."""
-        reviewer = self.reviewer(hide=("study", study_instance_uid))
+        reviewer = await self.reviewer(hide=("study", study_instance_uid))
         if not check_uid(study_instance_uid):
             raise ApiError(404, "not_found", f"no study {study_instance_uid}")
         return reviewer
+
+    def trainee(self, *, hide: tuple[str, object] | None = None) -> str:
+        """The caller's name if it holds the teaching scope.
+
+        Otherwise 403, or with ``hide=(kind, id)`` the 404 of a missing resource.
+        """
+        if self.has_scope(TRAIN):
+            return str(self.caller["name"])
+        if hide is not None:
+            raise ApiError(404, "not_found", f"no {hide[0]} {hide[1]}")
+        raise ApiError(403, "forbidden", f"needs the scope {TRAIN}")
 
     # -- work off the event loop --------------------------------------------------------
 
@@ -175,8 +201,17 @@ class BaseHandler(ApiHandler):
         detail: dict[str, Any] = {"method": self.request.method, "status": status}
         if reason:
             detail["reason"] = reason
+        if status in _DENIALS:
+            detail.update(self.refusal_detail)
         if self.actor == "anonymous":
             detail["ip"] = self.request.remote_ip
+        counted: int | None = 0
+        if self.actor == "anonymous":  # a flood without a name: count, record later
+            counted = self.context.refusals.admit(f"ip:{self.request.remote_ip}")
+            if counted is None:
+                return
+        if counted:
+            detail["suppressed"] = counted
         try:
             self.audit_now(action, outcome=error, detail=detail)
         except AuditError as exc:

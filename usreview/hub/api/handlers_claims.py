@@ -26,7 +26,7 @@ class ClaimHandler(BaseHandler):
 
     async def post(self, study_instance_uid: str) -> None:
         """Claim the study (or renew one's own claim): 200 with the claim."""
-        reviewer = self.study_reviewer(study_instance_uid)
+        reviewer = await self.study_reviewer(study_instance_uid)
         seconds = self.context.settings.claim_minutes * 60
         review = self.context.archive.review
         claim = await self.blocking(review.claim, reviewer, study_instance_uid, seconds=seconds)
@@ -37,7 +37,7 @@ class ClaimHandler(BaseHandler):
 
     async def delete(self, study_instance_uid: str) -> None:
         """Release the study (holder or administrator): 204."""
-        reviewer = self.study_reviewer(study_instance_uid)
+        reviewer = await self.study_reviewer(study_instance_uid)
         review = self.context.archive.review
         force = self.has_scope(ADMIN)
         released = await self.blocking(review.release, reviewer, study_instance_uid, force=force)

@@ -1,7 +1,9 @@
 """Receipts a site asks for again: ``GET /instances/{uid}/receipt`` and ``GET /receipts``.
 
 Both are signed by the hub's key (:mod:`usreview.ingest.receipts`). A receipt fetched
-later answers no particular upload, so its ``message_id`` is empty.
+later answers no particular upload, so its ``message_id`` is empty. ``GET /receipts``
+may name the UIDs asked about (``?uid=A&uid=B``, at most :data:`MAX_UIDS`): the batch
+receipt, signed as the full one, then lists only those of them the hub holds.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from usreview.hub.api.errors import ApiError, not_found
 from usreview.hub.audit import AuditAction
 from usreview.ingest import sign_instance_receipt
 
-__all__ = ["BatchReceiptHandler", "ReceiptHandler"]
+__all__ = ["MAX_UIDS", "BatchReceiptHandler", "ReceiptHandler"]
+
+#: UIDs one ``GET /receipts`` may ask about: about 6.5 KB of query, under every
+#: proxy's header limit (a site asks in batches).
+MAX_UIDS = 100
 
 
 class _SiteHandler(BaseHandler):
@@ -39,11 +45,33 @@ class ReceiptHandler(_SiteHandler):
 
 
 class BatchReceiptHandler(_SiteHandler):
-    """``GET /receipts``: a signed list of every instance the hub holds for the site."""
+    """``GET /receipts[?uid=...]``: a signed list of the instances the hub holds for the site."""
 
     async def get(self) -> None:
-        """Sign a batch receipt."""
+        """Sign a batch receipt (of the UIDs asked about, if any)."""
         site = self.calling_site()
-        receipt = await self.blocking(self.context.ingestor.batch_receipt, site)
-        await self.audit(AuditAction.READ, detail={"count": receipt.body.get("count")})
+        uids = self._uids()
+        receipt = await self.blocking(
+            self.context.ingestor.batch_receipt, site, sop_instance_uids=uids
+        )
+        detail: dict[str, object] = {"count": receipt.body.get("count")}
+        if uids is not None:
+            detail["requested"] = len(uids)
+        await self.audit(AuditAction.READ, detail=detail)
         self.write_json(receipt.to_dict())
+
+    def _uids(self) -> list[str] | None:
+        """The ``uid`` query arguments (None: none given, every instance)."""
+        if "uid" not in self.request.query_arguments:
+            return None
+        uids = self.get_query_arguments("uid")
+        if len(uids) > MAX_UIDS:
+            raise ApiError(
+                400,
+                "bad_request",
+                f"at most {MAX_UIDS} uid arguments per request (got {len(uids)}); ask in batches",
+            )
+        for uid in uids:
+            if not check_uid(uid):
+                raise ApiError(400, "bad_request", f"uid {uid[:80]!r} is not a DICOM UID")
+        return list(dict.fromkeys(uids))

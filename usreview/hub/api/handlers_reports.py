@@ -31,7 +31,7 @@ class ReportsHandler(BaseHandler):
 
     async def get(self, study_instance_uid: str) -> None:
         """``{"reports": [...]}``, oldest first."""
-        reviewer = self.study_reviewer(study_instance_uid)
+        reviewer = await self.study_reviewer(study_instance_uid)
         review = self.context.archive.review
         reports = await self.blocking(review.reports, reviewer, study_instance_uid)
         await self.audit(AuditAction.READ, detail={"count": len(reports)})
@@ -40,7 +40,7 @@ class ReportsHandler(BaseHandler):
     async def post(self, study_instance_uid: str) -> None:
         """Publish a report: 201 with its version, SR UID, time and result cursors."""
         self.audit_action = AuditAction.WRITE
-        reviewer = self.study_reviewer(study_instance_uid)
+        reviewer = await self.study_reviewer(study_instance_uid)
         report = Report.from_json(self._body())
         record = await self.blocking(
             publish_report, self.context, reviewer, study_instance_uid, report

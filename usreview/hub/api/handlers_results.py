@@ -56,7 +56,7 @@ class ResultsHandler(BaseHandler):
             await self.audit(AuditAction.READ, detail={"results": [r.cursor for r in found]})
         self.write_json(
             {
-                "results": [result_view(r) for r in found],
+                "results": [{**result_view(r), "superseded_by": r.superseded_by} for r in found],
                 "cursor": found[-1].cursor if found else cursor,
             }
         )

@@ -2,11 +2,13 @@
 
 ``GET /studies`` (the worklist), ``GET /studies/{uid}`` (series, instances with their
 analyses and processing, history, claim, reports), ``GET /instances/{uid}`` (the DICOM)
-and ``GET /instances/{uid}/analysis``. An instance is stored as the site's envelope;
-reading it opens the envelope with the hub's key into the quarantine folder, checks the
-plaintext against the hash recorded at ingest, streams it, and removes it. The read is
-audited before any byte leaves. A caller without the review scope gets the 404 of a
-missing study or instance.
+and ``GET /instances/{uid}/analysis``. A reviewer restricted to some sites reads only
+theirs (:meth:`usreview.store.review.ReviewStore.reviewer`). An instance is stored as the
+site's envelope; reading it opens the envelope with the hub's key into the quarantine
+folder, checks the plaintext against the hash recorded at ingest, streams it, and
+removes it. The read is audited before any byte leaves. A caller without the review
+scope, or a reviewer outside the study's site, gets the 404 of a missing study or
+instance.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class StudiesHandler(BaseHandler):
     """``GET /studies?site=&status=``: the worklist the reviewer may read, newest first."""
 
     async def get(self) -> None:
-        """List studies."""
-        reviewer = self.reviewer()
+        """List studies (reviewers only: 403 for anybody else)."""
+        reviewer = await self.reviewer()
         site = self.get_query_argument("site", None)
         status = self.get_query_argument("status", None)
         if status is not None and status not in {s.value for s in StudyStatus}:
@@ -57,8 +59,10 @@ class StudiesHandler(BaseHandler):
             entries = review.worklist(reviewer, status=status, site=site)
             return [entry_view(e) for e in entries]
 
-        # Every reviewer may read every study: one cached answer per filter serves them all.
-        key = (type(reviewer).__name__, status or "", site or "")
+        # One cached answer per filter and set of sites serves every reviewer alike: its
+        # ETag is that of what this reviewer may read.
+        sites = "*" if reviewer.sites is None else ",".join(sorted(reviewer.sites))
+        key = (type(reviewer).__name__, sites, status or "", site or "")
         answer = await self.blocking(self.context.worklist.get, key, compute)
         await self.audit(AuditAction.READ, detail={"count": answer.count, "site": site})
         self.set_header("ETag", answer.etag)
@@ -79,7 +83,7 @@ class StudyHandler(BaseHandler):
     async def get(self, study_instance_uid: str) -> None:
         """Describe one study."""
         hide = ("study", study_instance_uid)
-        reviewer = self.reviewer(hide=hide)
+        reviewer = await self.reviewer(hide=hide)
         if not check_uid(study_instance_uid):
             raise not_found(*hide)
         detail = await self.blocking(_study_detail, self.context, reviewer, study_instance_uid)
@@ -93,7 +97,7 @@ class AnalysisHandler(BaseHandler):
     async def get(self, sop_instance_uid: str) -> None:
         """The latest analysis; 404 while there is none."""
         hide = ("analysis of instance", sop_instance_uid)
-        reviewer = self.reviewer(hide=hide)
+        reviewer = await self.reviewer(hide=hide)
         if not check_uid(sop_instance_uid):
             raise not_found(*hide)
         review = self.context.archive.review
@@ -185,7 +189,7 @@ def open_instance(context: ServiceContext, reviewer: Reviewer, record: InstanceR
 async def send_instance(handler: BaseHandler, sop_instance_uid: str) -> None:
     """Answer ``GET /instances/{uid}`` on ``handler``: the plaintext DICOM."""
     hide = ("instance", sop_instance_uid)
-    reviewer = handler.reviewer(hide=hide)
+    reviewer = await handler.reviewer(hide=hide)
     if not check_uid(sop_instance_uid):
         raise not_found(*hide)
     record = await handler.blocking(handler.context.archive.get, reviewer, sop_instance_uid)

@@ -17,6 +17,16 @@ the kernel reset the connection, which loses the answer in a proxy (JupyterHub's
 worker and the durable commit) with the path's UID as the one expected; the answer comes
 after the commit and the audit line. The spool file is removed whatever happens (by the
 worker thread, after the ingest).
+
+Slow clients. A body that pauses for
+:attr:`~usreview.hub.api.settings.ServiceSettings.body_idle_timeout` seconds, or that
+averages less than ``min_upload_rate`` bytes/s once it has run that long, is answered 408
+(``{"error": "timeout", "reason": "stalled" | "too_slow"}``, audited) and its connection
+closed; a refused body that is being drained is cut the same way, without a second answer.
+A timer per upload checks the progress a few times per timeout on the event loop, so a
+slow client costs one idle connection, not a worker. The server's own limits (headers,
+other requests' bodies, see :mod:`usreview.hub.service`) stay as a backstop: this
+upload's whole-body limit is raised to what the slowest allowed rate needs.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, stream_request_body
 
 from usreview.hub.api.base import SITE_UPLOAD, BaseHandler, check_uid
@@ -60,6 +71,8 @@ class InstanceHandler(BaseHandler):
         self._spool_path: Path | None = None
         self._received = 0
         self._draining = False
+        self._watch: Any = None  # the progress timer's handle
+        self._last_data = self._body_started = 0.0
 
     async def prepare(self) -> None:
         """For an upload: check caller, content type and length, prepare for the body."""
@@ -67,9 +80,14 @@ class InstanceHandler(BaseHandler):
             self.audit_action = AuditAction.READ
             await super().prepare()
             return
-        cap = self.context.settings.max_upload_bytes
+        settings = self.context.settings
+        cap = settings.max_upload_bytes
+        connection: Any = self.request.connection
         # Our own cap answers first (with 413); tornado's is a backstop past the drain.
-        self.request.connection.set_max_body_size(cap + DRAIN_LIMIT)  # type: ignore[union-attr]
+        connection.set_max_body_size(cap + DRAIN_LIMIT)
+        if settings.min_upload_rate:  # our timer answers first; tornado's is the backstop
+            slowest = (cap + DRAIN_LIMIT) / settings.min_upload_rate
+            connection.set_body_timeout(2 * settings.body_idle_timeout + slowest)
         try:
             await super().prepare()
             self._start_upload()
@@ -77,6 +95,51 @@ class InstanceHandler(BaseHandler):
             if self.request.headers.get("Expect", "").lower() == "100-continue":
                 raise  # nothing was sent yet: answer and close
             self._answer_now(exc)
+        self._start_watch()
+
+    # -- slow clients ----------------------------------------------------------------
+
+    def _start_watch(self) -> None:
+        loop = IOLoop.current()
+        self._body_started = self._last_data = loop.time()
+        self._watch = loop.call_later(self._tick, self._check_progress)
+
+    @property
+    def _tick(self) -> float:
+        return min(1.0, self.context.settings.body_idle_timeout / 4)
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None:
+            IOLoop.current().remove_timeout(self._watch)
+            self._watch = None
+
+    def _check_progress(self) -> None:
+        """408 for a stalled or too slow body (see the module doc); else check again later."""
+        self._watch = None
+        if self._finished or self.request.connection is None:
+            return
+        settings = self.context.settings
+        now = IOLoop.current().time()
+        idle, running = now - self._last_data, now - self._body_started
+        rate = settings.min_upload_rate
+        if idle >= settings.body_idle_timeout:
+            reason, message = "stalled", f"no bytes of the body for {idle:.0f} s"
+        elif rate and running >= settings.body_idle_timeout and self._received < rate * running:
+            reason = "too_slow"
+            message = f"the body arrives at {self._received / running:.0f} bytes/s"
+        else:
+            self._watch = IOLoop.current().call_later(self._tick, self._check_progress)
+            return
+        if self._draining:  # the refusal was answered already: just hang up
+            self.request.connection.close()  # type: ignore[attr-defined]
+            return
+        self._discard()
+        problem = ApiError(
+            408, "timeout", f"{message}: send the body without pausing", reason=reason
+        )
+        body = json.dumps(self.error_body(problem, 408))
+        self.set_header("Connection", "close")  # the rest of the body is not read
+        self.finish(body)
 
     def _start_upload(self) -> None:
         self.site(SITE_UPLOAD)
@@ -113,6 +176,7 @@ class InstanceHandler(BaseHandler):
     def data_received(self, chunk: bytes) -> None:
         """Keep the chunk (memory or spool file); 413 once the cap is passed."""
         self._received += len(chunk)
+        self._last_data = IOLoop.current().time()
         if self._draining:
             if self._received > DRAIN_LIMIT and self.request.connection is not None:
                 self.request.connection.close()  # type: ignore[attr-defined]
@@ -145,6 +209,7 @@ class InstanceHandler(BaseHandler):
 
     async def put(self, sop_instance_uid: str) -> None:
         """Ingest the spooled envelope; 201 stored, 200 already stored."""
+        self._stop_watch()  # the whole body is here
         if self._draining:
             self.finish()  # the refusal was sent; the body is read
             return
@@ -216,11 +281,13 @@ class InstanceHandler(BaseHandler):
 
     def on_connection_close(self) -> None:
         """The caller went away: drop what was spooled."""
+        self._stop_watch()
         self._discard()
         super().on_connection_close()
 
     def on_finish(self) -> None:
         """Never leave a spool file behind."""
+        self._stop_watch()
         self._discard()
 
     def _discard(self) -> None:

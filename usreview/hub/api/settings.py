@@ -67,6 +67,46 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
         max=64 * 1024**2,
         help="Largest report body (JSON) a reviewer may publish, in bytes (bigger: 413).",
     ).tag(config=True)
+    header_timeout = Float(
+        60.0,
+        min=1.0,
+        max=3600.0,
+        help="Seconds a connection may take to send a request's headers, and may stay "
+        "idle between requests, before it is closed.",
+    ).tag(config=True)
+    body_timeout = Float(
+        60.0,
+        min=1.0,
+        max=3600.0,
+        help="Seconds the body of a request other than an upload may take to arrive "
+        "before the connection is closed.",
+    ).tag(config=True)
+    body_idle_timeout = Float(
+        30.0,
+        min=0.2,
+        max=3600.0,
+        help="Seconds an upload's body may pause (no bytes) before it is answered 408 "
+        "and its connection closed.",
+    ).tag(config=True)
+    min_upload_rate = Integer(
+        16 * 1024,
+        min=0,
+        help="Bytes per second an upload must average once it has run for "
+        "body_idle_timeout seconds (slower: 408); 0 checks pauses only.",
+    ).tag(config=True)
+    refusal_audit_burst = Integer(
+        20,
+        min=1,
+        help="Refusals without a valid token audited line by line per address before the "
+        "rest are counted instead (see refusal_audit_per_minute); a known caller's "
+        "refusals are always audited line by line.",
+    ).tag(config=True)
+    refusal_audit_per_minute = Float(
+        30.0,
+        min=0.0,
+        help="Rate at which a caller's refusal allowance refills, per minute; refusals "
+        "beyond it are counted and recorded as one summary line per interval.",
+    ).tag(config=True)
     report_organization = Unicode(
         "usreview hub",
         help="The verifying organization named in published reports (DICOM SR).",

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-__all__ = ["Cycle", "detect_cycles", "smooth_envelope"]
+__all__ = ["Cycle", "detect_cycles", "dominant_period", "smooth_envelope"]
 
 Float = npt.NDArray[np.float64]
 
@@ -54,6 +54,14 @@ def smooth_envelope(envelope: Float, dt: float) -> Float:
         mode="nearest",
     )
     return out
+
+
+def dominant_period(envelope: Float, dt: float) -> float | None:
+    """The dominant period (s) of a signal sampled every ``dt`` s (autocorrelation), or ``None``.
+
+    The signal is smoothed as :func:`detect_cycles` smooths it.
+    """
+    return _period(smooth_envelope(envelope, dt), dt)
 
 
 def _period(e: Float, dt: float) -> float | None:

@@ -3,7 +3,11 @@
 PW reports ``peak_systolic_velocity``, ``end_diastolic_velocity``, ``resistive_index``,
 ``pulsatility_index``, ``time_averaged_peak_velocity``, ``velocity_time_integral`` and
 ``heart_rate``; CW reports ``peak_velocity``, ``velocity_time_integral`` and ``heart_rate``.
-Each is the mean over the complete cycles in view, with the cycle count. A spectrum without
+Each is the mean over the complete cycles in view, with the cycle count, and, when the image
+names the vessel sampled (:mod:`.vessel`: coded, else a conservative text reading), that
+vessel and side as the quantity's finding site (``details["finding_site"]``, in the SR a TID
+300 Finding Site with its laterality) plus a ``vessel`` finding saying where it was read.
+A spectrum without
 a usable signal gets a finding that says so instead of numbers. The traced envelope is
 returned as an overlay image: the whole displayed frame, in RGB, with the envelope drawn into
 the spectral region, so that it leaves the hub as a derived Ultrasound Image of the source with
@@ -20,7 +24,7 @@ on a PW spectrum concentrated near its maximum the plain knee is the better esti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,6 +42,7 @@ from usreview.processing.quantification.spectral import (
     mgm_envelope,
     spectral_region,
 )
+from usreview.processing.quantification.vessel import Vessel, vessel_of
 from usreview.processing.registry import Context, processor
 from usreview.processing.results import (
     Code,
@@ -209,7 +214,7 @@ def envelope_trace(instance: UltrasoundInstance) -> Float:
 @processor(
     "doppler_indices",
     kinds={ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER},
-    version="1.0",
+    version="1.1",
     params={"dynamic_range_db": 50.0, "average_columns": 3, "edge_refinement": "cw"},
     requires=("scipy",),
 )
@@ -227,6 +232,7 @@ def doppler_indices(context: Context) -> Output:
     x0, y0, x1, y1 = traced.region.bounds
     dt = cal.seconds_per_column
     with_signal = float(np.mean(np.isfinite(envelope)))
+    vessel = vessel_of(instance.dataset)
     cycles, smooth = detect_cycles(envelope, dt)
     mode = "PW" if pw else "CW"
     canvas = np.array(shown if shown.ndim == 3 else np.repeat(shown[..., None], 3, axis=2))
@@ -253,7 +259,8 @@ def doppler_indices(context: Context) -> Output:
             else ("no complete cardiac cycle was found")
         )
         text = f"No usable {mode} Doppler signal: {why}; no velocities are reported."
-        return Output(findings=(Finding("no_usable_signal", text, evidence),), images=(image,))
+        unusable = Finding("no_usable_signal", text, evidence)
+        return Output(findings=(unusable, *_vessel_findings(vessel)), images=(image,))
     direction = (
         "toward the probe (above the baseline)"
         if side.sign > 0
@@ -268,4 +275,19 @@ def doppler_indices(context: Context) -> Output:
             "assumed_dynamic_range_db": context.params["dynamic_range_db"],
         },
     )
-    return Output(quantities=tuple(_indices(cycles, pw)), images=(image,), findings=(finding,))
+    quantities = _indices(cycles, pw)
+    if vessel is not None:
+        site = vessel.finding_site()
+        quantities = [replace(q, details={**q.details, "finding_site": site}) for q in quantities]
+    return Output(
+        quantities=tuple(quantities),
+        images=(image,),
+        findings=(finding, *_vessel_findings(vessel)),
+    )
+
+
+def _vessel_findings(vessel: Vessel | None) -> tuple[Finding, ...]:
+    if vessel is None:
+        return ()
+    text = f"Spectrum labelled as sampled in the {vessel.label} (read from {vessel.source})."
+    return (Finding("vessel", text, vessel.as_dict()),)

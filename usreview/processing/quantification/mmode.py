@@ -20,7 +20,12 @@ site in ``details["finding_site"]`` (interventricular septum; left ventricle, po
 which the SR carries (:mod:`usreview.processing.sr`).
 
 The cavity dimension's systolic shortening is cut into cycles
-(:func:`.cycles.detect_cycles`), giving the heart rate. End diastole is the largest
+(:func:`.cycles.detect_cycles`), giving the heart rate. Before that, columns whose walls were
+misplaced (speckle at low SNR, the strip's ends) are removed by a 40 ms running median and
+the trace smoothed (15 ms Gaussian), and a cycle whose length is not within 0.65 to 1.5
+times the trace's dominant period (autocorrelation) is left out as cut at a spurious foot:
+at 5 dB this keeps the cycle count and the heart rate right where spurious upstrokes at the
+strip's ends added a short cycle. End diastole is the largest
 dimension before contraction (the least shortening within the 30 % of the cycle before the
 foot of the upstroke, which the tangent method places after contraction onset), end systole
 the greatest shortening; per cycle: the walls' excursions between them, LVIDd, LVIDs and
@@ -35,7 +40,7 @@ from scipy import ndimage
 
 from usreview.dicom import ImageKind, PhysicalUnits, RegionSpatialFormat, UltrasoundRegion
 from usreview.processing.errors import NotApplicable
-from usreview.processing.quantification.cycles import Cycle, detect_cycles
+from usreview.processing.quantification.cycles import Cycle, detect_cycles, dominant_period
 from usreview.processing.registry import Context, processor
 from usreview.processing.results import Code, CodingScheme, Finding, Output, Quantity
 
@@ -67,6 +72,9 @@ _CODES = {
 }
 _WALL_MM = 3.0  # wall sampled beyond the first guess of its edge, for the wall's level
 _GAP_MM = 0.5  # left out next to the first guess (it may lie up to a pixel or so off)
+_OUTLIER_S = 0.040  # running median against misplaced walls before cutting cycles
+_SMOOTH_S = 0.015  # then a Gaussian (SD, s): the wall motion is far slower than speckle
+_PERIOD_RANGE = (0.65, 1.5)  # cycles kept: this share of the dominant period (autocorrelation)
 _DIASTOLE = 0.30  # share of the cycle before the upstroke's foot searched for end diastole
 
 
@@ -178,7 +186,7 @@ def _quantity(name: str, values: list[float], digits: int = 3) -> Quantity:
 @processor(
     "mmode_motion",
     kinds={ImageKind.MMODE},
-    version="1.1",
+    version="1.2",
     params={"depth_smoothing_mm": 1.0, "edge_smoothing_mm": 0.5, "min_depth_cm": 1.5},
     requires=("scipy",),
 )
@@ -221,8 +229,19 @@ def mmode_motion(context: Context) -> Output:
     if valid.mean() < 0.8:
         raise NotApplicable("the cavity walls are not found in most of the M-mode strip")
     filled = np.where(valid, dimension, np.nanmedian(dimension))
-    reference = float(np.percentile(filled, 95))
-    cycles, shortening = detect_cycles(reference - filled, dt)
+    # Columns whose walls were misplaced (speckle at low SNR, the strip's ends) are single
+    # or paired outliers: a running median (reflected at the ends) removes them before the
+    # cycles are cut, so that no spurious upstroke opens or closes a cycle.
+    width = max(3, round(_OUTLIER_S / dt) | 1)
+    robust = ndimage.gaussian_filter1d(
+        ndimage.median_filter(filled, size=width, mode="reflect"), _SMOOTH_S / dt, mode="reflect"
+    )
+    reference = float(np.percentile(robust, 95))
+    cycles, shortening = detect_cycles(reference - robust, dt)
+    period = dominant_period(reference - robust, dt)
+    if period is not None:  # a foot placed on noise makes a cycle of implausible length
+        low, high = _PERIOD_RANGE
+        cycles = [c for c in cycles if low * period <= c.period_s <= high * period]
     evidence = {"complete_cycles": len(cycles), "columns_with_walls": round(float(valid.mean()), 3)}
     if not cycles:
         text = "No complete cardiac cycle in the M-mode strip; no motion is reported."

@@ -2,8 +2,11 @@
 
 Each :class:`Rule` names the quantity it reads, its bands (lower bound inclusive, upper
 exclusive, in the quantity's unit), the vessel it is meant for and its published source.
-The images carry no reliable vessel label, so every recommendation says for which vessel the
-rule holds and leaves that judgement, and the diagnosis, to the reviewing expert.
+When the image names the vessel sampled (:mod:`usreview.processing.quantification.vessel`),
+a rule for another vessel is not applied and the recommendation names the vessel as
+labelled; otherwise it says for which vessel the rule holds. Either way the vessel, and the
+diagnosis, stay the reviewing expert's judgement. Rules that combine spectra of several
+vessels (the ICA/CCA ratio) run on the study: :mod:`.study`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from usreview.dicom import ImageKind
+from usreview.processing.quantification.vessel import Vessel, vessel_of
 from usreview.processing.registry import Context, processor
 from usreview.processing.results import Output, Quantity, Recommendation
 
@@ -40,6 +44,8 @@ class Rule:
     criterion: str
     source: str
     bands: tuple[Band, ...]
+    vessels: tuple[str, ...] = ()
+    """Short names of the vessels it applies to (:data:`~.vessel.VESSELS`); empty: any."""
 
 
 RULES: tuple[Rule, ...] = (
@@ -56,6 +62,7 @@ RULES: tuple[Rule, ...] = (
             Band(125.0, 230.0, "ica_50_69", "50-69% stenosis"),
             Band(230.0, math.inf, "ica_70_or_more", ">= 70% stenosis (or near occlusion)"),
         ),
+        vessels=("ica",),
     ),
     Rule(
         name="sru_ica_stenosis_edv",
@@ -64,6 +71,7 @@ RULES: tuple[Rule, ...] = (
         criterion="ICA EDV > 100 cm/s suggests >= 70% stenosis (secondary criterion)",
         source="Grant EG et al. Radiology 2003;229:340-346 (SRU consensus)",
         bands=(Band(100.0, math.inf, "ica_70_or_more_edv", ">= 70% stenosis (secondary, EDV)"),),
+        vessels=("ica",),
     ),
     Rule(
         name="renal_resistive_index",
@@ -73,12 +81,21 @@ RULES: tuple[Rule, ...] = (
         source="Tublin ME, Bude RO, Platt JF. The resistive index in renal Doppler sonography: "
         "where do we stand? AJR 2003;180:885-892",
         bands=(Band(0.70 + 1e-9, math.inf, "renal_ri_elevated", "an elevated resistive index"),),
+        vessels=("renal",),
     ),
 )
 
 
-def apply_rule(rule: Rule, quantity: Quantity) -> Recommendation | None:
-    """The recommendation of ``rule`` for the measured ``quantity`` (``None`` outside its bands)."""
+def apply_rule(
+    rule: Rule, quantity: Quantity, vessel: Vessel | None = None
+) -> Recommendation | None:
+    """The recommendation of ``rule`` for the measured ``quantity`` (``None`` outside its bands).
+
+    ``vessel`` is the vessel the image names: ``None`` when it names none, and then the
+    text says for which vessel the rule holds; a vessel the rule is not for gives ``None``.
+    """
+    if vessel is not None and rule.vessels and vessel.name not in rule.vessels:
+        return None
     for band in rule.bands:
         if band.low <= quantity.value < band.high:
             value = (
@@ -87,8 +104,13 @@ def apply_rule(rule: Rule, quantity: Quantity) -> Recommendation | None:
                 else (f"{quantity.value:.2f}")
             )
             cycles = f" (mean of {quantity.cycles} cycles)" if quantity.cycles else ""
+            where = (
+                f"if this spectrum was sampled in the {rule.vessel}"
+                if vessel is None
+                else f"in this spectrum, labelled as the {vessel.label} ({vessel.source})"
+            )
             text = (
-                f"{SUPPORT}: if this spectrum was sampled in the {rule.vessel}, the measured "
+                f"{SUPPORT}: {where}, the measured "
                 f"{quantity.name.replace('_', ' ')} of {value}{cycles} meets the published "
                 f"criterion for {band.statement}. Please confirm the vessel, angle correction and "
                 "the trace before using it."
@@ -107,17 +129,18 @@ def apply_rule(rule: Rule, quantity: Quantity) -> Recommendation | None:
 @processor(
     "vascular_rules",
     kinds={ImageKind.PW_DOPPLER},
-    version="1.0",
+    version="1.1",
     params={"source_processor": "doppler_indices"},
 )
 def vascular_rules(context: Context) -> Output:
     """Apply the published Doppler criteria (:data:`RULES`) to the measured indices."""
     measured = context.prior_quantities(str(context.params["source_processor"]))
+    vessel = vessel_of(context.instance.dataset)
     recommendations = []
     for rule in RULES:
         quantity = measured.get(rule.quantity)
         if quantity is not None:
-            recommendation = apply_rule(rule, quantity)
+            recommendation = apply_rule(rule, quantity, vessel)
             if recommendation is not None:
                 recommendations.append(recommendation)
     return Output(recommendations=tuple(recommendations))

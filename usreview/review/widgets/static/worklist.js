@@ -31,6 +31,20 @@ function compareBy(key) {
   };
 }
 
+// The kernel sends the rows by column ({count, columns: {key: [values]}}): each key once.
+function fromColumns(table) {
+  const count = (table && table.count) || 0;
+  const columns = (table && table.columns) || {};
+  const keys = Object.keys(columns);
+  const out = new Array(count);
+  for (let i = 0; i < count; i++) {
+    const row = {};
+    for (const key of keys) row[key] = columns[key][i];
+    out[i] = row;
+  }
+  return out;
+}
+
 function render({ model, el }) {
   const root = h("div", { class: "usr-worklist", dataset: { ready: "false" } });
   const query = h("input", { class: "usr-wl-query", type: "search", placeholder: "Filter…" });
@@ -74,7 +88,7 @@ function render({ model, el }) {
   }
 
   function index() {
-    rows = model.get("rows");
+    rows = fromColumns(model.get("table"));
     // the visible columns, and the UIDs and accession number people paste in
     haystack = rows.map((r) =>
       [...columns.map((c) => cellText(r, c.key)), r.study_instance_uid, r.accession_number || ""]
@@ -181,7 +195,7 @@ function render({ model, el }) {
   });
   viewport.addEventListener("scroll", () => draw(false), { passive: true });
 
-  model.on("change:rows", () => { index(); recompute(); });
+  model.on("change:table", () => { index(); recompute(); });
   model.on("change:sort", recompute);
   model.on("change:query", () => {
     if (query.value !== model.get("query")) query.value = model.get("query");
@@ -193,6 +207,7 @@ function render({ model, el }) {
   index();
   recompute();
   root.dataset.ready = "true";
+  model.send({ event: "shown" }); // the kernel starts following the list once someone sees it
   // sizes are known only once attached: draw again on the next frame
   requestAnimationFrame(() => draw(true));
 }

@@ -1,0 +1,363 @@
+"""Who reads what: reviewers restricted to some sites, trainees and their teaching cases.
+
+One real hub (proxy, TLS, service, processing worker) for the module; the tests run in
+file order and build on each other. Two sites send a study each; reviewer ``rn`` may
+read ``north`` only (``add-user --sites``), ``rall`` every site, ``tina`` is a trainee.
+``rn`` publishes north's study (with ``south`` as second recipient) and makes it a
+teaching case; ``tina`` reads its de-identified copies, which are searched for every
+identifying value of the source.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+
+from tests.hub_api_support import (
+    ENVELOPE,
+    USREVIEW,
+    HubRun,
+    Site,
+    service_launch,
+    service_pids,
+    shown_once,
+)
+from usreview.dicom import read
+from usreview.envelope import PublicKeys, load_public_keys, seal_file
+from usreview.teaching import region_mask
+
+pytestmark = pytest.mark.slow
+
+PHI = {
+    "PatientName": "DOE^JANE",
+    "PatientID": "MRN-424242",
+    "PatientBirthDate": "19750310",
+    "AccessionNumber": "ACC-777001",
+    "InstitutionName": "Saint Elsewhere Clinic",
+    "ReferringPhysicianName": "HOUSE^GREGORY",
+    "OperatorsName": "RATCHED^MILDRED",
+    "StationName": "USROOM9",
+}
+
+
+@dataclass
+class World:
+    hub: HubRun
+    north: Site
+    south: Site
+    rn: str
+    rall: str
+    tina: str
+    admin: str
+    hub_public: PublicKeys
+    folder: Path
+    studies: dict[str, str] = field(default_factory=dict)  # site -> study UID
+    instances: dict[str, str] = field(default_factory=dict)  # site -> SOP Instance UID
+    sources: dict[str, Path] = field(default_factory=dict)  # site -> the DICOM sent
+    case: dict[str, Any] = field(default_factory=dict)
+
+
+def _token(hub: HubRun, name: str, password: str) -> str:
+    response = hub.http.post(
+        f"{hub.url}/hub/api/users/{name}/tokens",
+        json={"auth": {"username": name, "password": password}, "note": "test"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["token"])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("access")
+    hub = HubRun(root, {"parse_workers": 1})
+    admin_password = shown_once(hub.cli("add-user", "ada", "--role", "admin"))
+    rn_password = shown_once(hub.cli("add-user", "rn", "--role", "reviewer", "--sites", "north"))
+    hub.start()
+    try:
+        folder = root / "work"
+        folder.mkdir()
+        yield World(
+            hub,
+            hub.add_site("north"),
+            hub.add_site("south"),
+            _token(hub, "rn", rn_password),
+            hub.add_person("rall", "reviewer"),
+            hub.add_person("tina", "trainee"),
+            _token(hub, "ada", admin_password),
+            load_public_keys(hub.state / "hub.pub"),
+            folder,
+        )
+    finally:
+        hub.stop()
+
+
+def error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["error"] == code, body
+    return body
+
+
+def listed(world: World, token: str, **query: str) -> list[str]:
+    answer = world.hub.get("/studies", token, params=query)
+    assert answer.status_code == 200, answer.text
+    return [s["study_instance_uid"] for s in answer.json()["studies"]]
+
+
+def audit_lines(world: World) -> list[dict[str, Any]]:
+    text = (world.hub.state / "audit.log").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_each_site_sends_a_study(world: World) -> None:
+    from usreview.simulate import simulate
+
+    for site, kind, seed in ((world.north, "bmode", 11), (world.south, "pw", 12)):
+        [path] = simulate(kind, world.folder / site.name, seed=seed)
+        dataset = pydicom.dcmread(path)
+        for keyword, value in PHI.items():
+            setattr(dataset, keyword, value)
+        dataset.save_as(path)
+        uid = str(dataset.SOPInstanceUID)
+        world.studies[site.name], world.instances[site.name] = str(dataset.StudyInstanceUID), uid
+        world.sources[site.name] = path
+        sealed = world.folder / f"{site.name}.env"
+        seal_file(path, sealed, sender=site.keys, recipients=[world.hub_public])
+        stored = world.hub.upload(uid, sealed.read_bytes(), site.token, ENVELOPE)
+        assert stored.status_code == 201, stored.text
+    deadline = time.monotonic() + 180
+    study = world.studies["north"]
+    while (status := world.hub.get(f"/studies/{study}", world.rall).json()["status"]) != (
+        "processed"
+    ):
+        assert status == "received" and time.monotonic() < deadline, status
+        time.sleep(0.5)
+
+
+def test_a_restricted_reviewer_lists_only_their_sites(world: World) -> None:
+    north, south = world.studies["north"], world.studies["south"]
+    assert listed(world, world.rn) == [north]
+    assert set(listed(world, world.rall)) == {north, south}
+    assert listed(world, world.rn, site="south") == []
+    # Answers are cached per set of sites: each reviewer's ETag is that of their own list.
+    everything = world.hub.get("/studies", world.rall)
+    theirs = world.hub.get(
+        "/studies", world.rn, headers={"If-None-Match": everything.headers["ETag"]}
+    )
+    assert theirs.status_code == 200 and theirs.headers["ETag"] != everything.headers["ETag"]
+    again = world.hub.get("/studies", world.rn, headers={"If-None-Match": theirs.headers["ETag"]})
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_outside_their_sites_a_study_answers_the_404_of_a_missing_one(world: World) -> None:
+    study, instance = world.studies["south"], world.instances["south"]
+    missing_study, missing_instance = "1.2.3.4.5", "1.2.3.4.6"
+    calls = [
+        ("GET", "/studies/{s}"),
+        ("POST", "/studies/{s}/claim"),
+        ("DELETE", "/studies/{s}/claim"),
+        ("GET", "/studies/{s}/reports"),
+        ("POST", "/studies/{s}/reports"),
+        ("GET", "/instances/{i}"),
+        ("GET", "/instances/{i}/analysis"),
+    ]
+    body = {"exam_type": "vascular", "impression": "x", "urgency": "routine"}
+    for method, path in calls:
+        kwargs: dict[str, Any] = {"json": body} if method == "POST" else {}
+        real = world.hub.request(method, path.format(s=study, i=instance), world.rn, **kwargs)
+        fake = world.hub.request(
+            method, path.format(s=missing_study, i=missing_instance), world.rn, **kwargs
+        )
+        hidden, absent = error(real, 404, "not_found"), error(fake, 404, "not_found")
+        assert hidden["message"].replace(study, "X").replace(instance, "X") == (
+            absent["message"].replace(missing_study, "X").replace(missing_instance, "X")
+        ), (method, path)
+    assert world.hub.get(f"/studies/{study}", world.rall).status_code == 200
+    assert world.hub.get(f"/instances/{instance}", world.rall).status_code == 200
+    denials = [
+        line
+        for line in audit_lines(world)
+        if line["actor"] == "rn"
+        and line["action"] == "denial"
+        and (study in line["resource"] or instance in line["resource"])
+    ]
+    assert len(denials) == len(calls)
+    assert all(line["detail"]["restricted_to"] == ["north"] for line in denials)
+    assert {line["outcome"] for line in denials} == {"not_found"}
+
+
+def test_an_administrator_changes_the_sites_of_a_running_hub(world: World) -> None:
+    study = world.studies["south"]
+    out = world.hub.cli("reviewer-sites", "rn", "--sites", "north,south")
+    assert out.strip() == "rn reads north, south"
+    deadline = time.monotonic() + 15  # applied within 5 s (and the worklist's 2 s)
+    while world.hub.get(f"/studies/{study}", world.rn).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert study in listed(world, world.rn)
+    assert world.hub.cli("reviewer-sites", "rn", "--sites", "north").strip() == "rn reads north"
+    deadline = time.monotonic() + 15
+    while world.hub.get(f"/studies/{study}", world.rn).status_code != 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert world.hub.cli("reviewer-sites", "rall").strip() == "rall reads every site"
+    for args, message in (
+        (["reviewer-sites", "tina", "--all"], "'tina' is not a registered reviewer"),
+        (["reviewer-sites", "rn", "--sites", "North"], "invalid name 'North'"),
+        (["add-user", "tom", "--role", "trainee", "--sites", "north"], "restricts reviewers"),
+    ):
+        run = subprocess.run(
+            [*USREVIEW, "hub", *args, "--state", str(world.hub.state)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.startswith("usreview: error: ") and message in run.stderr, run.stderr
+    changes = [line for line in audit_lines(world) if line["resource"] == "reviewers/rn/sites"]
+    assert [c["detail"]["sites"] for c in changes] == [["north"], ["north", "south"], ["north"]]
+
+
+def test_a_restricted_reviewer_publishes_to_a_second_site(world: World) -> None:
+    study, instance = world.studies["north"], world.instances["north"]
+    assert world.hub.request("POST", f"/studies/{study}/claim", world.rn).status_code == 200
+    report = {
+        "exam_type": "general",
+        "findings": "Jane Doe (MRN-424242), seen 2024-01-02: a 9 mm anechoic cyst.",
+        "impression": "Simple cyst; Dr House agrees.",
+        "recommendations": "No follow-up.",
+        "urgency": "routine",
+        "key_images": [instance],
+        "recipients": ["south"],
+    }
+    answer = world.hub.request("POST", f"/studies/{study}/reports", world.rn, json=report)
+    assert answer.status_code == 201, answer.text
+    feed = world.hub.get("/results?cursor=0", world.south.token).json()["results"]
+    kinds = {item["kind"] for item in feed if item["study_instance_uid"] == study}
+    assert kinds == {"report", "report-summary", "key-image"}
+
+
+def test_trainees_reach_no_study(world: World) -> None:
+    study, instance = world.studies["north"], world.instances["north"]
+    for path in (f"/studies/{study}", f"/instances/{instance}", f"/studies/{study}/reports"):
+        error(world.hub.get(path, world.tina), 404, "not_found")
+    error(world.hub.get("/studies", world.tina), 403, "forbidden")
+    assert world.hub.get("/teaching", world.tina).json() == {"cases": []}
+
+
+def test_a_reviewer_makes_a_published_study_a_teaching_case(world: World) -> None:
+    north, south = world.studies["north"], world.studies["south"]
+    hub = world.hub
+
+    def mark(token: str, study: str) -> requests.Response:
+        return hub.request("POST", "/teaching", token, json={"study_instance_uid": study})
+
+    error(mark(world.tina, north), 404, "not_found")
+    error(mark(world.rn, south), 404, "not_found")  # not one of rn's sites
+    error(mark(world.rall, south), 409, "not_ready")  # not published
+    error(hub.request("POST", "/teaching", world.rn, json={"study": north}), 400, "bad_request")
+    made = mark(world.rn, north)
+    assert made.status_code == 201, made.text
+    case = made.json()
+    assert mark(world.rall, north).status_code == 200
+    assert mark(world.rall, north).json() == case  # one case per study
+    assert case["case_uid"] != north and len(case["instances"]) == 1
+    assert case["refused"] == [] and case["exam_type"] == "general"
+    assert "anechoic cyst" in case["findings"] and "Simple cyst" in case["impression"]
+    words = " ".join((case["findings"], case["impression"])).lower()
+    for gone in ("jane", "doe", "mrn-424242", "2024", "house", "rn"):
+        assert gone not in words.split() and gone not in words.replace("[", " "), gone
+    world.case = case
+
+
+def test_trainees_read_cases_and_only_deidentified_copies(world: World) -> None:
+    hub, case = world.hub, world.case
+    assert hub.get("/teaching", world.tina).json() == {"cases": [case]}
+    assert hub.get(f"/teaching/{case['case_uid']}", world.tina).json() == case
+    copy_uid = case["instances"][0]["sop_instance_uid"]
+    path = f"/teaching/{case['case_uid']}/instances/{copy_uid}"
+    answer = hub.get(path, world.tina)
+    assert answer.status_code == 200 and answer.headers["Content-Type"] == "application/dicom"
+    copy_path = world.folder / "copy.dcm"
+    copy_path.write_bytes(answer.content)
+
+    source = pydicom.dcmread(world.sources["north"])
+    uids = {str(e.value) for e in source.iterall() if e.VR == "UI"} - {str(source.SOPClassUID)}
+    secrets = {*PHI.values(), "DOE", "JANE", "HOUSE", "RATCHED", "SIM^BMODE", *uids}
+    copy = pydicom.dcmread(copy_path)
+    for element in copy.iterall():
+        if element.tag != 0x7FE00010 and element.VR != "SQ":
+            text = str(element.value).upper()
+            assert not any(s.upper() in text for s in secrets), element
+    header = answer.content[: answer.content.rindex(b"\xe0\x7f\x10\x00")].upper()
+    assert not any(s.upper().encode() in header for s in secrets)
+    assert copy.PatientIdentityRemoved == "YES" and copy.StudyInstanceUID == case["case_uid"]
+    original, cleaned = read(world.sources["north"]), read(copy_path)
+    inside = region_mask(original.pixels.rows, original.pixels.columns, original.regions)
+    assert int(np.count_nonzero(cleaned.pixels.frames()[:, ~inside])) == 0
+    np.testing.assert_array_equal(
+        cleaned.pixels.frames()[:, inside], original.pixels.frames()[:, inside]
+    )
+
+    # Reviewers are not trainees; an administrator holds both scopes.
+    error(hub.get("/teaching", world.rall), 403, "forbidden")
+    error(hub.get(f"/teaching/{case['case_uid']}", world.rall), 404, "not_found")
+    error(hub.get(path, world.rall), 404, "not_found")
+    error(hub.get(path, world.north.token), 404, "not_found")
+    error(hub.get(f"/teaching/{case['case_uid']}/instances/1.2.3", world.tina), 404, "not_found")
+    assert hub.get("/teaching", world.admin).json() == {"cases": [case]}
+
+
+def test_trainees_land_on_the_teaching_page_which_shows_the_cases(world: World) -> None:
+    from usreview.hub.dashboards import landing_url, notebooks_dir
+    from usreview.review.client import ReviewClient
+    from usreview.review.teaching import TeachingPage
+
+    assert landing_url(["trainees"]).endswith("/teaching.ipynb")
+    notebook = json.loads((notebooks_dir() / "teaching.ipynb").read_text())
+    assert "teaching_page()" in "".join(notebook["cells"][0]["source"])
+    service = service_launch(service_pids(world.hub.state)[0])[1]["JUPYTERHUB_SERVICE_URL"]
+    with ReviewClient(f"{service.rstrip('/')}/services/usreview/", world.tina) as client:
+        page = TeachingPage(client)
+        assert [value for _, value in page.picker.options] == [world.case["case_uid"]]
+        page.picker.value = world.case["case_uid"]
+        assert "anechoic cyst" in page.details.value and "Jane" not in page.details.value
+        assert len(page.thumbnails.children) == 1 and page.viewer.children
+        assert page.message.value == ""  # no error
+
+
+def test_every_access_is_audited(world: World) -> None:
+    lines = audit_lines(world)
+    seen = {(line["actor"], line["action"], line["outcome"]) for line in lines}
+    for expected in (
+        ("rn", "denial", "not_found"),
+        ("rn", "write", "created"),
+        ("rn", "write", "published"),
+        ("rall", "write", "allowed"),  # the case the study had already
+        ("tina", "read", "allowed"),
+        ("tina", "denial", "not_found"),
+        ("tina", "denial", "forbidden"),
+        ("rall", "denial", "forbidden"),
+        ("rall", "write", "not_ready"),
+        ("usreview hub reviewer-sites", "admin", "changed"),
+    ):
+        assert expected in seen, expected
+    reads = {line["resource"] for line in lines if line["actor"] == "tina"}
+    case = world.case
+    uid = case["instances"][0]["sop_instance_uid"]
+    assert {"teaching", f"teaching/{case['case_uid']}"} <= reads
+    assert f"teaching/{case['case_uid']}/instances/{uid}" in reads
+    verify = subprocess.run(
+        [*USREVIEW, "hub", "audit", "--verify", "--state", str(world.hub.state)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stderr

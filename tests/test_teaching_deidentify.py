@@ -1,0 +1,203 @@
+"""De-identified teaching copies: no identifying value of the source survives.
+
+The simulated instances get identifying values in the attributes PS3.15 Table E.1-1
+names (top level, nested sequences, private tags) and text burned into the pixels
+outside the ultrasound regions; the copy is searched element by element, byte by byte,
+and pixel by pixel.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+
+from usreview.dicom import read, read_regions
+from usreview.simulate import simulate
+from usreview.teaching import (
+    DeidentificationError,
+    UidMap,
+    deidentify,
+    region_mask,
+    scrub_text,
+)
+
+PHI = {
+    "PatientName": "DOE^JANE^QUINCY",
+    "PatientID": "MRN-998877",
+    "PatientBirthDate": "19800214",
+    "PatientAddress": "12 Elm Street Springfield",
+    "AccessionNumber": "ACC-55443",
+    "InstitutionName": "Saint Elsewhere Hospital",
+    "ReferringPhysicianName": "HOUSE^GREGORY",
+    "OperatorsName": "RATCHED^MILDRED",
+    "StationName": "USROOM7",
+    "DeviceSerialNumber": "SN-000111",
+    "StudyID": "STUDY-4242",
+    "StudyDate": "20240307",
+    "StudyTime": "101112",
+    "ContentDate": "20240308",
+    "ImageComments": "Mrs Doe came late",
+    "StudyDescription": "Carotid Doe follow-up",
+}
+NESTED = {"OTHER-ID-1234", "RP-777", "SPS-888", "Dr PRIVATE Person"}
+
+
+def _with_phi(path: Path, burn: bool = True) -> Path:
+    ds = pydicom.dcmread(path)
+    for keyword, value in PHI.items():
+        setattr(ds, keyword, value)
+    other = Dataset()
+    other.PatientID, other.IssuerOfPatientID = "OTHER-ID-1234", "HOSPX"
+    ds.OtherPatientIDsSequence = Sequence([other])
+    request = Dataset()
+    request.RequestedProcedureID, request.ScheduledProcedureStepID = "RP-777", "SPS-888"
+    referenced = Dataset()
+    referenced.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    referenced.ReferencedSOPInstanceUID = ds.StudyInstanceUID
+    request.ReferencedStudySequence = Sequence([referenced])
+    ds.RequestAttributesSequence = Sequence([request])
+    ds.private_block(0x0011, "ACME", create=True).add_new(0x01, "LO", "Dr PRIVATE Person")
+    region = ds.SequenceOfUltrasoundRegions[0]  # a private element inside a region item
+    region.private_block(0x0013, "ACME", create=True).add_new(0x01, "LO", "Dr PRIVATE Person")
+    if burn:
+        _burn(ds)
+    out = path.with_name(path.stem + "-phi.dcm")
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def _burn(ds: Dataset) -> None:
+    """Write a bright block (the 'burned-in name') everywhere outside the regions."""
+    pixels = ds.pixel_array.copy()
+    inside = region_mask(ds.Rows, ds.Columns, read_regions(ds))
+    if pixels.ndim == 2 or (pixels.ndim == 3 and "NumberOfFrames" not in ds):
+        pixels[~inside] = 200
+    else:
+        pixels[:, ~inside] = 200
+    ds.PixelData = pixels.tobytes()
+
+
+def _strings(ds: Dataset) -> list[str]:
+    found: list[str] = []
+    for element in ds.iterall():
+        if element.tag == 0x7FE00010:
+            continue
+        value = element.value
+        values = (
+            list(value)
+            if isinstance(value, list | tuple | pydicom.multival.MultiValue)
+            else [value]
+        )
+        for v in values:
+            if isinstance(v, bytes):
+                found.append(v.decode("latin-1"))
+            elif not isinstance(v, Sequence | Dataset):
+                found.append(str(v))
+    return found
+
+
+@pytest.fixture(scope="module", params=["bmode", "color", "cine"])
+def case(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp(request.param)
+    [path] = simulate(request.param, folder, seed=1)
+    source = _with_phi(path)
+    copy = deidentify(read(source), UidMap(), label="TEACHING-1")
+    out = folder / "copy.dcm"
+    copy.save_as(out, enforce_file_format=True)
+    return source, out
+
+
+def test_no_identifying_value_survives_anywhere(case: tuple[Path, Path]) -> None:
+    source_path, copy_path = case
+    source = pydicom.dcmread(source_path)
+    secrets = {*PHI.values(), *NESTED, "DOE", "JANE", "QUINCY", "HOUSE", "RATCHED"}
+    uids = {str(e.value) for e in source.iterall() if e.VR == "UI"} - {
+        str(source.SOPClassUID),
+        "1.2.840.10008.3.1.2.3.1",
+    }
+    assert len(uids) >= 3  # study, series, instance (at least)
+    copy = pydicom.dcmread(copy_path)
+    texts = " ".join(_strings(copy)).upper()
+    for secret in secrets | uids:
+        assert secret.upper() not in texts, secret
+    raw = copy_path.read_bytes()
+    raw = raw[: raw.rindex(b"\xe0\x7f\x10\x00")].upper()  # every byte before the pixels
+    for secret in secrets | uids:
+        assert secret.upper().encode() not in raw, secret
+    assert not any(e.tag.is_private for e in copy.iterall())
+    assert all(e.VR not in ("DA", "DT", "TM") or not e.value for e in copy.iterall())
+    assert copy.PatientIdentityRemoved == "YES"
+    assert copy.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+    assert any("outside the ultrasound regions" in m for m in copy.DeidentificationMethod)
+    assert copy.LongitudinalTemporalInformationModified == "REMOVED"
+
+
+def test_pixels_outside_the_regions_are_blank_and_inside_kept(case: tuple[Path, Path]) -> None:
+    source_path, copy_path = case
+    source, copy = read(source_path), read(copy_path)
+    assert copy.regions == source.regions and copy.kinds == source.kinds
+    inside = region_mask(source.pixels.rows, source.pixels.columns, source.regions)
+    before, after = source.pixels.frames(), copy.pixels.frames()
+    assert after.shape == before.shape
+    assert (before[:, ~inside] == 200).all()  # the burned-in text was there
+    assert int(np.count_nonzero(after[:, ~inside])) == 0
+    np.testing.assert_array_equal(after[:, inside], before[:, inside])
+
+
+def test_uids_are_new_and_consistent_within_a_case(tmp_path: Path) -> None:
+    [path] = simulate("bmode", tmp_path, seed=2)
+    first = _with_phi(path, burn=False)
+    second_ds = pydicom.dcmread(first)
+    second_ds.SOPInstanceUID = generate_uid()
+    second = tmp_path / "second.dcm"
+    second_ds.save_as(second, enforce_file_format=True)
+    uids = UidMap()
+    a = deidentify(read(first), uids, label="T")
+    b = deidentify(read(second), uids, label="T")
+    assert a.StudyInstanceUID == b.StudyInstanceUID != second_ds.StudyInstanceUID
+    assert a.SeriesInstanceUID == b.SeriesInstanceUID != second_ds.SeriesInstanceUID
+    assert a.SOPInstanceUID != b.SOPInstanceUID
+    assert str(a.SOPClassUID) == str(second_ds.SOPClassUID)  # a standard UID is kept
+    other = deidentify(read(first), UidMap(), label="T")  # another case: unlinkable
+    assert other.StudyInstanceUID != a.StudyInstanceUID
+
+
+def test_an_instance_without_regions_is_refused(tmp_path: Path) -> None:
+    [path] = simulate("bmode", tmp_path, seed=3)
+    ds = pydicom.dcmread(path)
+    del ds.SequenceOfUltrasoundRegions
+    bare = tmp_path / "bare.dcm"
+    ds.save_as(bare, enforce_file_format=True)
+    with pytest.raises(DeidentificationError, match="Regions"):
+        deidentify(read(bare), UidMap(), label="T")
+
+
+def test_the_report_text_loses_names_and_dates() -> None:
+    text = (
+        "Mrs Jane Doe (MRN-998877), seen 2024-03-07 and on 7 March 2024: plaque at the "
+        "left ICA bulb, 12/03/2024 follow-up; Dr House agrees."
+    )
+    cleaned = scrub_text(text, ["DOE^JANE", "MRN-998877", "HOUSE^GREGORY"])
+    for gone in ("Jane", "Doe", "MRN-998877", "2024", "March", "House"):
+        assert gone.lower() not in cleaned.lower(), cleaned
+    assert "plaque at the left ICA bulb" in cleaned
+
+
+@pytest.mark.external
+def test_dciodvfy_finds_no_error_in_a_copy(case: tuple[Path, Path]) -> None:
+    assert shutil.which("dciodvfy"), "dciodvfy missing: make test installs dicom3tools"
+    run = subprocess.run(
+        ["dciodvfy", str(case[1])], capture_output=True, text=True, timeout=60, check=False
+    )
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+    assert errors == []

@@ -1,0 +1,148 @@
+"""Teaching cases: reviewers make them of published studies, trainees read them.
+
+- ``POST /teaching`` ``{"study_instance_uid": UID}`` (review scope): make the study a
+  teaching case (:func:`usreview.hub.api.teaching_cases.make_case`): 201 with the case,
+  200 with the one it has already. A study the reviewer may not see answers its 404.
+- ``GET /teaching`` (train scope): ``{"cases": [...]}``, newest first.
+- ``GET /teaching/{case}``: one case; ``GET /teaching/{case}/instances/{uid}``: one
+  de-identified instance (DICOM), checked against the hash recorded with it.
+
+A caller without the train scope (a reviewer who is not also a trainee, a site) gets 403
+on the list and the 404 of a missing case or instance on the others; trainees never
+reach ``/studies``. A case shows the de-identified UIDs, kinds and the reviewer's
+cleaned words, never the reviewer's name or a date. Every access is audited (reads
+before any byte leaves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from usreview.hub.api.base import BaseHandler, check_uid
+from usreview.hub.api.errors import ApiError, not_found
+from usreview.hub.api.teaching_cases import make_case
+from usreview.hub.audit import AuditAction
+from usreview.store import CorruptObjectError
+from usreview.store.teaching import TeachingCase, TeachingStore
+from usreview.teaching import METHOD
+
+__all__ = ["TeachingCaseHandler", "TeachingCasesHandler", "TeachingInstanceHandler", "case_view"]
+
+_CHUNK = 1024 * 1024
+
+
+def case_view(case: TeachingCase) -> dict[str, Any]:
+    """The ``TeachingCase`` schema (what a trainee sees)."""
+    return {
+        "case_uid": case.case_uid,
+        "exam_type": case.exam_type,
+        "findings": case.findings,
+        "impression": case.impression,
+        "recommendations": case.recommendations,
+        "kinds": list(case.kinds),
+        "instances": [
+            {
+                "sop_instance_uid": i.sop_instance_uid,
+                "sop_class_uid": i.sop_class_uid,
+                "kinds": list(i.kinds),
+                "frames": i.frames,
+                "size": i.size,
+            }
+            for i in case.instances
+        ],
+        "refused": list(case.refused),
+        "deidentification": list(METHOD),
+    }
+
+
+class TeachingCasesHandler(BaseHandler):
+    """List the teaching cases (trainees); make one of a published study (reviewers)."""
+
+    async def get(self) -> None:
+        """``{"cases": [...]}``, newest first."""
+        self.trainee()
+        cases = await self.blocking(TeachingStore(self.context.archive).cases)
+        await self.audit(AuditAction.READ, detail={"count": len(cases)})
+        self.write_json({"cases": [case_view(c) for c in cases]})
+
+    async def post(self) -> None:
+        """Make a teaching case: 201 (made now) or 200 (the study's existing case)."""
+        self.audit_action = AuditAction.WRITE
+        uid = self._study_uid()
+        reviewer = await self.study_reviewer(uid)
+        case, made = await self.blocking(make_case, self.context, reviewer, uid)
+        await self.audit(
+            AuditAction.WRITE,
+            "created" if made else "allowed",
+            {
+                "study": uid,
+                "case": case.case_uid,
+                "instances": len(case.instances),
+                "refused": len(case.refused),
+            },
+        )
+        self.write_json(case_view(case), status=201 if made else 200)
+
+    def _study_uid(self) -> str:
+        media = self.request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        if media != "application/json":
+            raise ApiError(415, "unsupported_media_type", "send application/json")
+        if len(self.request.body) > 4096:
+            raise ApiError(413, "too_large", "the body may be at most 4096 bytes")
+        try:
+            body = json.loads(self.request.body)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "bad_request", "the body is not JSON") from None
+        uid = body.get("study_instance_uid") if isinstance(body, dict) else None
+        if not isinstance(uid, str) or set(body) != {"study_instance_uid"}:
+            raise ApiError(400, "bad_request", 'send {"study_instance_uid": UID} and nothing else')
+        return uid
+
+
+class TeachingCaseHandler(BaseHandler):
+    """``GET /teaching/{case}``: one teaching case."""
+
+    async def get(self, case_uid: str) -> None:
+        """The case."""
+        hide = ("teaching case", case_uid)
+        self.trainee(hide=hide)
+        if not check_uid(case_uid):
+            raise not_found(*hide)
+        case = await self.blocking(TeachingStore(self.context.archive).case, case_uid)
+        await self.audit(AuditAction.READ, detail={"instances": len(case.instances)})
+        self.write_json(case_view(case))
+
+
+class TeachingInstanceHandler(BaseHandler):
+    """``GET /teaching/{case}/instances/{uid}``: one de-identified instance (DICOM)."""
+
+    async def get(self, case_uid: str, sop_instance_uid: str) -> None:
+        """The instance's DICOM file."""
+        hide = ("instance", sop_instance_uid)
+        self.trainee(hide=hide)
+        if not (check_uid(case_uid) and check_uid(sop_instance_uid)):
+            raise not_found(*hide)
+        store = TeachingStore(self.context.archive)
+        item, path = await self.blocking(store.instance_file, case_uid, sop_instance_uid)
+        if await self.blocking(_digest, path) != item.sha256:
+            raise CorruptObjectError(f"the teaching copy {sop_instance_uid} has changed")
+        await self.audit(AuditAction.READ, detail={"case": case_uid, "size": item.size})
+        self.set_header("Content-Type", "application/dicom")
+        self.set_header("Content-Length", str(item.size))
+        self.set_header("Content-Disposition", f'attachment; filename="{sop_instance_uid}.dcm"')
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                self.write(chunk)
+                await self.flush()
+        self.finish()
+
+
+def _digest(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,174 @@
+"""Making a teaching case of a published study: copy, de-identify, record.
+
+:func:`make_case` runs in the service's thread pool, one case per study at a time:
+
+1. the study must be visible to the reviewer and published (or delivered): 409
+   ``not_ready`` otherwise; a study made into a case already gives that case;
+2. each instance is opened from the archive
+   (:func:`~usreview.hub.api.handlers_review.open_instance`), read with
+   :func:`usreview.dicom.read` (the decoded-size cap applies) and copied by
+   :func:`usreview.teaching.deidentify` with one UID map for the case; an instance that
+   cannot be cleaned (no ultrasound regions, undecodable pixels) is left out and the
+   reason kept; none left is 422 ``not_deidentifiable``;
+3. the latest report's exam type, findings, impression and recommendations are kept,
+   cleaned of the source's identifiers and of dates (:func:`usreview.teaching.scrub_text`);
+   not the reviewer's name, not the dates;
+4. the copies and the case are recorded (:class:`usreview.store.teaching.TeachingStore`).
+
+The plaintext sources are removed as soon as they are copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from usreview.dicom import read
+from usreview.errors import InputError
+from usreview.hub.api.errors import ApiError
+from usreview.hub.api.handlers_review import open_instance
+from usreview.store import InstanceRecord, Reviewer, StudyStatus
+from usreview.store.teaching import TeachingCase, TeachingInstance, TeachingStore
+from usreview.teaching import UidMap, deidentify, scrub_text
+
+if TYPE_CHECKING:
+    from usreview.hub.api.app import ServiceContext
+
+__all__ = ["IDENTIFYING", "make_case"]
+
+#: Attributes of the source whose values are removed from the reviewer's text.
+IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "InstitutionName",
+    "StationName",
+    "StudyID",
+)
+_PUBLISHED = (StudyStatus.PUBLISHED, StudyStatus.DELIVERED)
+_LOCKS = tuple(threading.Lock() for _ in range(16))
+
+
+def make_case(
+    context: ServiceContext, reviewer: Reviewer, study_instance_uid: str
+) -> tuple[TeachingCase, bool]:
+    """The teaching case of a study, made now if needed; whether it was made now.
+
+    Raises
+    ------
+    NotFoundError
+        No such study for this reviewer.
+    ApiError
+        409 ``not_ready`` (not published), 422 ``not_deidentifiable`` (no instance
+        can be cleaned).
+    StorageError
+        The archive failed; nothing was recorded.
+    """
+    archive = context.archive
+    store = TeachingStore(archive)
+    with _LOCKS[hash(study_instance_uid) % len(_LOCKS)]:
+        entry = archive.review.entry(reviewer, study_instance_uid)
+        known = store.case_of_study(reviewer, study_instance_uid)
+        if known is not None:
+            return known, False
+        if entry.status not in _PUBLISHED:
+            raise ApiError(
+                409,
+                "not_ready",
+                f"study {study_instance_uid} is {entry.status.value}: publish its report "
+                "before making it a teaching case",
+            )
+        reports = archive.review.reports(reviewer, study_instance_uid)
+        records = archive.list_instances(reviewer, study_instance_uid=study_instance_uid)
+        with tempfile.TemporaryDirectory(dir=context.ingestor.quarantine_dir) as scratch:
+            folder = Path(scratch) / "case"
+            folder.mkdir(mode=0o700)
+            uids = UidMap()
+            case_uid = uids(study_instance_uid)
+            made: list[TeachingInstance] = []
+            refused: list[str] = []
+            identifiers: list[str] = [reviewer.name, *(r.reviewer for r in reports)]
+            for n, record in enumerate(records, 1):
+                try:
+                    item, found = _copy(context, reviewer, record, uids, folder, case_uid)
+                except InputError as exc:
+                    refused.append(f"instance {n} of {len(records)}: {exc}")
+                    continue
+                made.append(item)
+                identifiers += found
+            if not made:
+                raise ApiError(
+                    422,
+                    "not_deidentifiable",
+                    "no instance of the study can be de-identified: " + "; ".join(refused),
+                )
+            content = reports[-1].content if reports else {}
+
+            def said(key: str) -> str:
+                return scrub_text(str(content.get(key) or ""), identifiers)
+
+            case = TeachingCase(
+                case_uid=case_uid,
+                exam_type=str(content["exam_type"]) if content.get("exam_type") else None,
+                findings=said("findings"),
+                impression=said("impression"),
+                recommendations=said("recommendations"),
+                kinds=tuple(sorted({k for item in made for k in item.kinds})),
+                refused=tuple(refused),
+                instances=tuple(made),
+            )
+            return store.add(reviewer, study_instance_uid, folder, case), True
+
+
+def _copy(
+    context: ServiceContext,
+    reviewer: Reviewer,
+    record: InstanceRecord,
+    uids: UidMap,
+    folder: Path,
+    case_uid: str,
+) -> tuple[TeachingInstance, list[str]]:
+    source = open_instance(context, reviewer, record)
+    try:
+        instance = read(source)
+        copy = deidentify(instance, uids, label=f"TEACHING-{case_uid[-8:]}")
+        identifiers = _identifiers(instance.dataset)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            source.unlink()
+    path = folder / f"{copy.SOPInstanceUID}.dcm"
+    copy.save_as(path, enforce_file_format=True)
+    path.chmod(0o600)
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    item = TeachingInstance(
+        sop_instance_uid=str(copy.SOPInstanceUID),
+        sop_class_uid=str(copy.SOPClassUID),
+        kinds=tuple(k.value for k in instance.kinds),
+        frames=instance.pixels.number_of_frames,
+        size=path.stat().st_size,
+        sha256=digest,
+    )
+    return item, identifiers
+
+
+def _identifiers(dataset: Dataset) -> list[str]:
+    found = []
+    for keyword in IDENTIFYING:
+        value = dataset.get(keyword)
+        if value:
+            many = isinstance(value, list | MultiValue)
+            found += [str(v) for v in value] if many else [str(value)]
+    return found

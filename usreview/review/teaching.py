@@ -1,0 +1,127 @@
+"""The trainees' dashboard: teaching cases, their de-identified images and the expert's words.
+
+``notebooks/teaching.ipynb`` shows :func:`teaching_page` (trainees land there after
+logging in). The list holds every case (exam, image kinds, how many instances); a case
+shows the reviewer's findings, impression and recommendations, what was done to
+de-identify it, and its instances as buttons; the selected one opens in the viewer the
+reviewers use (:func:`usreview.review.viewers.viewer_for`), calipers included, whose
+measurements go to a practice panel that is never sent anywhere. Everything comes from
+the service as the trainee (:class:`~usreview.review.client.ReviewClient`), which
+serves de-identified copies only.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ipywidgets as w
+
+from usreview.errors import UsreviewError
+from usreview.review.client import ReviewClient
+
+__all__ = ["TeachingPage", "case_label", "teaching_page"]
+
+
+def case_label(case: Mapping[str, Any]) -> str:
+    """How a case is listed: exam type, image kinds, number of instances."""
+    kinds = ", ".join(str(k).replace("_", " ") for k in case.get("kinds", [])) or "images"
+    count = len(case.get("instances", []))
+    exam = str(case.get("exam_type") or "ultrasound").capitalize()
+    return f"{exam} · {kinds} · {count} instance{'s' if count != 1 else ''}"
+
+
+class TeachingPage(w.VBox):  # type: ignore[misc]
+    """Every teaching case; the selected one with its words and a viewer."""
+
+    def __init__(self, client: ReviewClient) -> None:
+        self.client = client
+        self.message = w.HTML()
+        self.cases: list[dict[str, Any]] = []
+        self.picker = w.Select(options=[], rows=8, layout=w.Layout(width="100%"))
+        self.picker.observe(self._on_pick, names="value")
+        self.details = w.HTML()
+        self.thumbnails = w.HBox()
+        self.viewer = w.VBox()
+        user = html.escape(os.environ.get("JUPYTERHUB_USER", ""))
+        title = w.HTML(
+            "<div style='border-bottom:2px solid #1565c0;margin-bottom:6px'>"
+            f"<h2 style='margin:4px 0'>usreview · Teaching cases</h2>"
+            f"<span>Signed in as <b>{user}</b></span></div>"
+        )
+        super().__init__(
+            [title, self.message, self.picker, self.details, self.thumbnails, self.viewer]
+        )
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Fetch the cases again."""
+        try:
+            self.cases = self.client.teaching_cases()
+        except UsreviewError as exc:
+            self._say(str(exc), error=True)
+            return
+        self.picker.options = [(case_label(c), c["case_uid"]) for c in self.cases]
+        if not self.cases:
+            self._say("No teaching case yet: reviewers add them from published studies.")
+
+    def open_case(self, case_uid: str) -> None:
+        """Show one case: the reviewer's words and its instances."""
+        case = next((c for c in self.cases if c["case_uid"] == case_uid), None)
+        if case is None:
+            self._say(f"No teaching case {case_uid}.", error=True)
+            return
+        parts = [
+            f"<h3>{html.escape(case_label(case))}</h3>",
+            *(
+                f"<p><b>{title}</b><br>{html.escape(str(case.get(key) or '—'))}</p>"
+                for key, title in (
+                    ("findings", "Findings"),
+                    ("impression", "Impression"),
+                    ("recommendations", "Recommendations"),
+                )
+            ),
+            "<p style='color:#555'><small>De-identified: "
+            + html.escape("; ".join(case.get("deidentification", [])))
+            + "</small></p>",
+        ]
+        if case.get("refused"):
+            left_out = "; ".join(case["refused"])
+            parts.append(f"<p><small>Left out: {html.escape(left_out)}</small></p>")
+        self.details.value = "".join(parts)
+        buttons = []
+        for record in case["instances"]:
+            button = w.Button(description=", ".join(record["kinds"])[:28] or "image")
+            button.on_click(lambda _, r=record: self.show(case_uid, r))
+            buttons.append(button)
+        self.thumbnails.children = buttons
+        self.viewer.children = []
+        if case["instances"]:
+            self.show(case_uid, case["instances"][0])
+
+    def show(self, case_uid: str, record: Mapping[str, Any]) -> None:
+        """Open one de-identified instance in the reviewers' viewer for its kind."""
+        from usreview.review.results import ResultsPanel
+        from usreview.review.viewers import viewer_for
+
+        try:
+            instance = self.client.teaching_instance(case_uid, record["sop_instance_uid"])
+            practice = ResultsPanel([])
+            self.viewer.children = [viewer_for(instance, record, practice), practice]
+        except UsreviewError as exc:
+            self._say(str(exc), error=True)
+
+    def _on_pick(self, change: Mapping[str, Any]) -> None:
+        if change.get("new"):
+            self.open_case(str(change["new"]))
+
+    def _say(self, text: str, *, error: bool = False) -> None:
+        colour = "#b00020" if error else "#1b5e20"
+        self.message.value = f"<div style='color:{colour}'>{html.escape(text)}</div>"
+
+
+def teaching_page(client: ReviewClient | None = None) -> TeachingPage:
+    """The teaching dashboard of the trainee whose server this is."""
+    return TeachingPage(client or ReviewClient.from_environment())

@@ -1,0 +1,60 @@
+"""``usreview site pull``: deliver the pending results once, without a gateway.
+
+Two processes may deliver a site's results: a gateway's upload process and a pull. They
+must never both run, or one result could be delivered twice (into the outbox and, worse,
+to the PACS). A pull therefore takes both locks of the state folder, in the gateway's
+order: ``gateway.lock`` (held by a running gateway) and then ``uploader.lock`` (held by
+the upload process, which outlives a killed gateway while it finishes its uploads). If
+either is held, the pull is refused with :class:`~usreview.site.errors.GatewayRunningError`
+and nothing is fetched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from usreview.site.config import SiteConfig
+from usreview.site.errors import GatewayRunningError
+from usreview.site.results import Delivered, ResultFollower
+from usreview.site.status import UPLOADER_LOCK_FILE, StateLock, StatusBook
+
+__all__ = ["PullReport", "pull_results"]
+
+
+@dataclass(frozen=True)
+class PullReport:
+    """What a pull delivered, the cursor reached, and the PACS deliveries still pending."""
+
+    delivered: list[Delivered]
+    cursor: int
+    pacs_pending: int
+
+
+def pull_results(config: SiteConfig) -> PullReport:
+    """Fetch and deliver the results published since the last one delivered.
+
+    Raises
+    ------
+    GatewayRunningError
+        A gateway, its upload process or another pull delivers the site's results now.
+    HubUnreachableError, HubRefusedError
+        The feed could not be read (what was delivered before stays delivered).
+    """
+    with StateLock(config.state):
+        uploader = StateLock(config.state, UPLOADER_LOCK_FILE)
+        if not uploader.try_acquire():
+            raise GatewayRunningError(
+                f"a gateway's upload process holds {uploader.path} and delivers this site's "
+                "results itself (a stopped gateway's one ends once its uploads in progress "
+                "are done); pull again when it has ended"
+            )
+        try:
+            follower = ResultFollower(config, StatusBook(config.state))
+            try:
+                delivered = follower.pull()
+            finally:
+                follower.status.flush(force=True)
+                follower.client.close()
+            return PullReport(delivered, follower.cursor, len(follower.pacs.pending()))
+        finally:
+            uploader.release()

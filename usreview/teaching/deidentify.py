@@ -1,0 +1,212 @@
+"""De-identified copies of ultrasound instances (DICOM PS3.15 Annex E, Basic Profile).
+
+:func:`deidentify` keeps only the attributes a viewer needs and that identify nobody
+(:data:`KEPT`: the image pixel, cine and ultrasound region modules, the SOP class,
+modality, image type, manufacturer and model), which is stricter than Table E.1-1's
+list of what to remove: every other attribute, private ones and every sequence but the
+Sequence of Ultrasound Regions are dropped, including nested ones. Then:
+
+- the type 2 identity attributes are present but empty (patient's name and ID become
+  the case's label), dates and times are gone (Longitudinal Temporal Information
+  Modified ``REMOVED``);
+- every UID that is not a well-known DICOM UID is replaced through a :class:`UidMap`,
+  so the copies of one case keep their references to each other and nothing else;
+- the pixels outside every ultrasound region are set to 0
+  (:func:`usreview.teaching.pixels.blank_outside_regions`): an instance without
+  regions is refused; colour comes out as RGB, uncompressed;
+- Patient Identity Removed (0012,0062) is ``YES``, De-identification Method (0012,0063)
+  says what was done, including that text inside the regions was not checked, and
+  De-identification Method Code Sequence (0012,0064) holds (113100, DCM, "Basic
+  Application Confidentiality Profile").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import numpy as np
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from usreview.dicom import UltrasoundInstance
+from usreview.teaching.errors import DeidentificationError
+from usreview.teaching.pixels import blank_outside_regions
+
+__all__ = ["KEPT", "METHOD", "UidMap", "deidentify"]
+
+#: Attributes copied from the source (besides the ultrasound group, (0018,6000-60FF)).
+KEPT: Final = frozenset(
+    {
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "FrameOfReferenceUID",
+        "Modality",
+        "ImageType",
+        "PatientOrientation",
+        "Manufacturer",
+        "ManufacturerModelName",
+        "InstanceNumber",
+        "SeriesNumber",
+        "Laterality",
+        "ImageLaterality",
+        "BodyPartExamined",
+        "UltrasoundColorDataPresent",
+        "SamplesPerPixel",
+        "Rows",
+        "Columns",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "NumberOfFrames",
+        "FrameIncrementPointer",
+        "FrameTime",
+        "FrameTimeVector",
+        "CineRate",
+        "RecommendedDisplayFrameRate",
+        "ActualFrameDuration",
+        "PreferredPlaybackSequencing",
+        "StartTrim",
+        "StopTrim",
+        "HeartRate",
+        "RedPaletteColorLookupTableDescriptor",
+        "GreenPaletteColorLookupTableDescriptor",
+        "BluePaletteColorLookupTableDescriptor",
+        "RedPaletteColorLookupTableData",
+        "GreenPaletteColorLookupTableData",
+        "BluePaletteColorLookupTableData",
+        "LossyImageCompression",
+        "LossyImageCompressionRatio",
+        "LossyImageCompressionMethod",
+    }
+)
+#: What De-identification Method (0012,0063) says (each value at most 64 characters).
+METHOD: Final = (
+    "DICOM PS3.15 Basic Profile, keep-list of attributes",
+    "pixels outside the ultrasound regions set to 0",
+    "text inside the ultrasound regions not checked",
+)
+_ULTRASOUND_GROUP = 0x0018
+_ULTRASOUND_ELEMENTS = range(0x6000, 0x6100)
+_EMPTY: Final = (
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+class UidMap:
+    """New UIDs for old ones, the same new UID each time within one case (thread-unsafe)."""
+
+    def __init__(self, make: Callable[[], str] = generate_uid) -> None:
+        self._make = make
+        self._known: dict[str, str] = {}
+
+    def __call__(self, uid: str) -> str:
+        """The replacement of ``uid`` (a well-known DICOM UID is kept)."""
+        if UID(uid).name != uid:  # registered in the standard
+            return uid
+        if uid not in self._known:
+            self._known[uid] = str(self._make())
+        return self._known[uid]
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
+def deidentify(instance: UltrasoundInstance, uids: UidMap, *, label: str) -> Dataset:
+    """The de-identified copy of ``instance`` (see the module docstring), ready to save.
+
+    Parameters
+    ----------
+    instance
+        The source, read with :func:`usreview.dicom.read` (its pixels are decoded).
+    uids
+        The case's UID map (one per case).
+    label
+        Patient's Name and Patient ID of the copy (the case's label, e.g. ``TEACHING-7``).
+
+    Raises
+    ------
+    DeidentificationError
+        The instance has no ultrasound region inside its image.
+    InputError
+        Its pixels cannot be decoded (a subclass, from :mod:`usreview.dicom`).
+    """
+    if not instance.regions:
+        raise DeidentificationError(
+            "no Sequence of Ultrasound Regions: the pixels cannot be cleaned, so the "
+            "instance is not copied"
+        )
+    frames = blank_outside_regions(instance.pixels.frames(), instance.regions)
+    copy = _kept(instance.dataset, uids)
+    copy.SpecificCharacterSet = "ISO_IR 192"
+    copy.PatientName = label.replace("-", "^")
+    copy.PatientID = label
+    for keyword in _EMPTY:
+        setattr(copy, keyword, "")
+    if "PatientOrientation" not in copy:
+        copy.PatientOrientation = ""
+    copy.PatientIdentityRemoved = "YES"
+    copy.DeidentificationMethod = list(METHOD)
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    copy.DeidentificationMethodCodeSequence = Sequence([code])
+    copy.LongitudinalTemporalInformationModified = "REMOVED"
+    _set_pixels(copy, frames, "NumberOfFrames" in instance.dataset)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = copy.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = copy.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    copy.file_meta = meta
+    return copy
+
+
+def _kept(source: Dataset, uids: UidMap) -> Dataset:
+    out = Dataset()
+    for element in source:
+        tag = element.tag
+        ultrasound = tag.group == _ULTRASOUND_GROUP and tag.element in _ULTRASOUND_ELEMENTS
+        if tag.is_private or not (ultrasound or element.keyword in KEPT):
+            continue
+        if element.VR == "SQ":
+            items = Sequence([_kept(item, uids) for item in element.value])
+            out.add(DataElement(tag, "SQ", items))
+        elif element.VR == "UI" and element.value:
+            values = element.value if element.VM > 1 else [element.value]
+            mapped = [uids(str(v)) for v in values]
+            out.add(DataElement(tag, "UI", mapped if element.VM > 1 else mapped[0]))
+        elif element.VR in ("PN", "DA", "DT", "TM", "UN"):
+            continue  # never in the keep-list; a misfiled one is dropped all the same
+        else:
+            out.add(DataElement(tag, element.VR, element.value))
+    return out
+
+
+def _set_pixels(copy: Dataset, frames: np.ndarray, multi_frame: bool) -> None:
+    data = frames if multi_frame or frames.shape[0] != 1 else frames[0]
+    data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
+    bits = data.dtype.itemsize * 8
+    copy.BitsAllocated = bits
+    if int(copy.get("BitsStored", bits)) > bits:
+        copy.BitsStored, copy.HighBit = bits, bits - 1
+    if frames.ndim == 4:
+        copy.SamplesPerPixel = 3
+        copy.PhotometricInterpretation = "RGB"
+        copy.PlanarConfiguration = 0
+    else:
+        palette = "RedPaletteColorLookupTableData" in copy
+        copy.PhotometricInterpretation = "PALETTE COLOR" if palette else "MONOCHROME2"
+    raw = data.tobytes()
+    if len(raw) % 2:
+        raw += b"\0"
+    copy.add(DataElement(0x7FE00010, "OB" if bits == 8 else "OW", raw))
