@@ -1,7 +1,9 @@
-"""What the system benchmarks share: data, Orthanc, dcmtk's storescu, a plain SCP, figures.
+"""What the system benchmarks share: data, Orthanc, storescu, a plain SCP, chromium, figures.
 
 The hub, sites and gateways are started with :mod:`usreview.demo`'s helpers (the same
-code ``usreview demo`` runs); this module adds the peers we compare against.
+code ``usreview demo`` runs); this module adds the peers we compare against. The tests
+import from here (chromium for the browser tests, :mod:`benchmarks._worklist` for the
+worklist ones); nothing here imports the tests.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from usreview.demo import (
 from usreview.simulate import simulate
 
 __all__ = [
+    "CHROMIUM",
+    "CHROMIUM_ARGS",
     "Child",
     "HubProcess",
     "Orthanc",
@@ -46,6 +50,7 @@ __all__ = [
     "finish",
     "free_port",
     "held_at_hub",
+    "launched_chromium",
     "percentile",
     "plain_scp",
     "scale",
@@ -151,6 +156,40 @@ def storescu_all(
     runs = [finish(p, started) for p in processes]
     seconds = time.perf_counter() - started
     return seconds, sum(r.succeeded for r in runs), runs
+
+
+# -- chromium -----------------------------------------------------------------------------
+
+CHROMIUM = os.environ.get("USREVIEW_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+)
+
+
+@contextmanager
+def launched_chromium() -> Iterator[Any]:
+    """A Playwright ``Browser`` on headless Debian chromium; closed on exit.
+
+    Chromium is ``/usr/bin/chromium`` (``$USREVIEW_CHROMIUM`` to override), driven by
+    Playwright without ``playwright install``.
+    """
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=list(CHROMIUM_ARGS), headless=True
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 # -- Orthanc ------------------------------------------------------------------------------

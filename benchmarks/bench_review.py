@@ -4,7 +4,7 @@ A real hub (proxy, service, worker) with one site sending, by C-STORE through it
 a cine of 100 frames of 600x800 at 50 frames/s; 5,000 more studies from 60 sites written
 into the hub's archive index (:func:`benchmarks._worklist.fill`). A reviewer logs in
 through the hub's form in Debian's chromium (Playwright, launched as the browser tests
-do: :func:`tests.browser_support.launched_chromium`) and lands on the worklist.
+do: :func:`benchmarks._support.launched_chromium`) and lands on the worklist.
 
 Measured, each against a baseline of the same run:
 
@@ -33,9 +33,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks._support import HubProcess, c_store, enroll_site, free_port, scale, start_gateway
+from benchmarks._support import (
+    HubProcess,
+    c_store,
+    enroll_site,
+    free_port,
+    launched_chromium,
+    scale,
+    start_gateway,
+)
 from benchmarks._worklist import fill
-from tests.browser_support import launched_chromium
 
 RUNS = 5
 SETTLE_S = 4.0  # between page loads: the server replaces the warm kernel a page took

@@ -16,6 +16,8 @@ Chromium is Debian's (``/usr/bin/chromium``, override with ``USREVIEW_CHROMIUM``
 Playwright without ``playwright install``. Voila serves a folder, so notebooks written after
 start are rendered too; each page runs in its own kernel. :func:`running_voila` is the same
 server as a context manager, for harnesses (JupyterHub tests) that manage their own scope.
+Chromium is launched by :func:`benchmarks._support.launched_chromium`, which the review
+benchmark uses too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,27 +38,11 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = os.environ.get("USREVIEW_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-)
+from benchmarks._support import CHROMIUM, free_port, launched_chromium
+
 VOILA_START_TIMEOUT = 60.0
 #: Time for a dashboard's kernel to start and its widgets to render.
 DASHBOARD_TIMEOUT_MS = 90_000
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def chromium_missing_reason() -> str | None:
@@ -67,21 +52,6 @@ def chromium_missing_reason() -> str | None:
             f"chromium not found at {CHROMIUM} (apt-get install chromium, or set USREVIEW_CHROMIUM)"
         )
     return None
-
-
-@contextmanager
-def launched_chromium() -> Iterator[Any]:
-    """A Playwright ``Browser`` on headless Debian chromium; closed on exit."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=list(CHROMIUM_ARGS), headless=True
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,18 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from usreview.demo import free_port
 from usreview.envelope import PrivateKeys, generate_keys, write_key_pair
 from usreview.hub.state import open_state
 
@@ -28,12 +30,6 @@ USREVIEW = [sys.executable, "-m", "usreview.cli"]
 START_TIMEOUT = 90.0
 API = "/services/usreview/api/v1"
 ENVELOPE = "application/vnd.usreview.envelope"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def shown_once(output: str) -> str:
@@ -118,6 +114,17 @@ class HubRun:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
+    @contextmanager
+    def running(self) -> Iterator[Path]:
+        """Start the hub, yield an empty work folder beside its state, stop it on exit."""
+        try:
+            self.start()
+            folder = self.root / "work"
+            folder.mkdir()
+            yield folder
+        finally:
+            self.stop()
+
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
@@ -165,7 +172,10 @@ class HubRun:
 
     def add_person(self, name: str, role: str) -> str:
         """Register a person; return an API token they asked for with their password."""
-        password = shown_once(self.cli("add-user", name, "--role", role))
+        return self.token(name, shown_once(self.cli("add-user", name, "--role", role)))
+
+    def token(self, name: str, password: str) -> str:
+        """An API token ``name`` asks the running hub for with their password."""
         response = self.http.post(
             f"{self.url}/hub/api/users/{name}/tokens",
             json={"auth": {"username": name, "password": password}, "note": "test"},
@@ -173,6 +183,14 @@ class HubRun:
         )
         assert response.status_code == 201, response.text
         return str(response.json()["token"])
+
+
+def error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
+    """The JSON body of an API error, checked to be ``status`` with error ``code``."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["error"] == code, body
+    return body
 
 
 def service_pids(state: Path) -> list[int]:

@@ -175,3 +175,22 @@ def test_new_file_publishes_once(tmp_path: Path) -> None:
         t.join()
     assert len(errors) == 3 and len(target.read_bytes()) == 10
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_replacing_file_streams_a_replacement_or_leaves_the_old_file(tmp_path: Path) -> None:
+    from usreview.envelope.atomic import replacing_file
+
+    target = tmp_path / "copy.dcm"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), replacing_file(target, mode=0o640) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("the source went away")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["copy.dcm"]  # no temporary file left
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    with replacing_file(target, mode=0o640) as f:
+        for _ in range(3):
+            f.write(chunk)
+    assert target.read_bytes() == chunk * 3
+    assert target.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["copy.dcm"]

@@ -69,12 +69,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("hubapi")
-    hub = HubRun(root, {"max_upload_bytes": MAX_UPLOAD, "parse_workers": 1})
-    hub.start()
-    try:
-        folder = root / "work"
-        folder.mkdir()
+    settings = {"max_upload_bytes": MAX_UPLOAD, "parse_workers": 1}
+    hub = HubRun(tmp_path_factory.mktemp("hubapi"), settings)
+    with hub.running() as folder:
         yield World(
             hub,
             hub.add_site("sitea"),
@@ -84,8 +81,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             load_public_keys(hub.state / "hub.pub"),
             folder,
         )
-    finally:
-        hub.stop()
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,14 @@ from tests.hub_api_support import (
     Site,
     service_launch,
     service_pids,
+    shown_once,
 )
 from usreview.envelope import (
     KeyRing,
     NotARecipientError,
     PublicKeys,
     generate_keys,
+    load_private_keys,
     load_public_keys,
     seal_file,
     unseal_file,
@@ -220,6 +222,40 @@ def test_slow_headers_are_cut_at_the_service(world: World) -> None:
     assert ok.status_code == 401  # still serving
 
 
+# -- every access is audited ------------------------------------------------------------
+
+
+def test_whoami_and_unknown_paths_are_audited(world: World) -> None:
+    hub, token = world.hub, world.a.token
+    before = len(world.audit())
+    me = hub.get("/whoami", token)
+    assert me.status_code == 200 and me.json()["name"] == "sitea"
+    assert me.json()["groups"] == ["sites"]
+    lost = hub.request("DELETE", "/no/such/endpoint", token)
+    assert lost.status_code == 404, lost.text
+    assert lost.headers["Content-Type"].startswith("application/json")
+    assert (lost.json()["status"], lost.json()["error"]) == (404, "not_found")
+    outside = hub.http.get(
+        f"{hub.url}/services/usreview/elsewhere", headers={"Authorization": f"token {token}"}
+    )
+    assert outside.status_code == 404 and outside.json()["error"] == "not_found"
+    anonymous = hub.get("/no/such/endpoint")  # authentication first: nothing leaks
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
+    lines = world.audit()[before:]
+    mine = [(x["actor"], x["action"], x["resource"], x["outcome"]) for x in lines]
+    assert mine[:3] == [
+        ("sitea", "read", "whoami", "allowed"),
+        ("sitea", "denial", "no/such/endpoint", "not_found"),
+        ("sitea", "denial", "/services/usreview/elsewhere", "not_found"),
+    ], mine
+    assert lines[1]["detail"] == {"method": "DELETE", "status": 404}
+    # Anonymous refusals are audited too (a line: the limiter's burst is not spent yet).
+    refused = [x for x in lines[3:] if x["actor"] == "anonymous"]
+    assert refused and refused[0]["detail"]["status"] == 401, lines
+    assert refused[0]["resource"] == "no/such/endpoint"
+    assert refused[0]["detail"]["ip"] == "127.0.0.1"
+
+
 # -- site key rotation ---------------------------------------------------------------------
 
 GRACE = 6  # seconds
@@ -269,6 +305,64 @@ def test_a_rotated_site_key_keeps_the_old_one_for_the_grace_only(world: World) -
     stored = hub.get(f"/instances/{uid_of(world.studies[0])}", reviewer)
     assert stored.status_code == 200 and stored.content == world.studies[0].read_bytes()
     world.a.keys = new  # the site's key from now on
+
+
+def test_the_site_opens_results_sealed_to_its_old_key_during_a_rotation(
+    world: World, tmp_path: Path
+) -> None:
+    from usreview.site import init_site, load_config, read_status
+    from usreview.site.config import rotate_site_key
+    from usreview.site.pull import pull_results
+
+    hub = world.hub
+    site = init_site(
+        "siteb", hub.url, tmp_path / "siteb", hub_certificate=hub.cert,
+        hub_public_key=hub.state / "hub.pub",
+    )  # fmt: skip
+    token = shown_once(hub.cli("add-site", "siteb", "--public-key", str(site.public_key)))
+    (tmp_path / "siteb" / "token").write_text(token + "\n")
+    (tmp_path / "siteb" / "token").chmod(0o600)
+    study = "1.2.826.0.1.3680043.10.1234.1"
+
+    def publish(text: bytes) -> int:
+        payload = tmp_path / "result.json"
+        payload.write_bytes(text)
+        with Archive.open(None, hub.state / "archive") as archive:
+            return publish_result(
+                HubState(hub.state), archive, study, payload, sites=["siteb"], kind="summary"
+            ).cursor
+
+    def delivered(cursor: int) -> bytes:
+        return (load_config(site.config).outbox / study / f"{cursor:08d}-summary.json").read_bytes()
+
+    old_config = load_config(site.config)
+    new = rotate_site_key(old_config, "20261126T190000Z")  # the site switched first
+    config = load_config(site.config)
+    assert config.retired_private_keys == (old_config.private_key,)
+    # The hub does not have the new key yet: it seals to the old one.
+    sealed_to_old = publish(b'{"sealed": "to the old key"}')
+    report = pull_results(config)
+    assert [cursor for cursor, _ in report.delivered] == [sealed_to_old]
+    assert delivered(sealed_to_old) == b'{"sealed": "to the old key"}'
+    assert not list((config.state / "refused").iterdir())
+    # The hub switches: what it seals now opens with the new key.
+    hub.cli("add-site", "siteb", "--public-key", str(new.public_key), "--rotate")
+    sealed_to_new = publish(b'{"sealed": "to the new key"}')
+    # A result addressed to a key the site never had is still refused.
+    stranger = generate_keys("siteb")
+    hub_keys = load_private_keys(HubState(hub.state).hub_key)
+    foreign = tmp_path / "foreign.env"
+    seal_file(tmp_path / "result.json", foreign, sender=hub_keys, recipients=[stranger.public])
+    with Archive.open(None, hub.state / "archive") as archive:
+        refused = archive.results.publish_result(
+            foreign, sites=["siteb"], study_instance_uid=study, kind="summary"
+        ).cursor
+    report = pull_results(config)
+    assert [cursor for cursor, _ in report.delivered] == [sealed_to_new, refused]
+    assert delivered(sealed_to_new) == b'{"sealed": "to the new key"}'
+    assert [p.name for p in (config.state / "refused").iterdir()] == [f"{refused:08d}.envelope"]
+    errors = read_status(config).recorded["errors"]
+    assert any(f"result {refused} refused" in e["message"] for e in errors)
 
 
 # -- tokens --------------------------------------------------------------------------------

@@ -15,32 +15,70 @@ from tests.test_store import meta
 from usreview.cli import main
 from usreview.hub.config import WORKER_SERVICE
 from usreview.store import Reviewer, StudyStatus
-from usreview.store.jobs import JobQueue, RetryPolicy
+from usreview.store.jobs import JobQueue, JobRecord, RetryPolicy
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+STUDY = "1.2.826.0.2.1"  # the study of ``meta(1, study=1)``
+
+
+def _stored(tmp_path: Path, count: int) -> HubSetup:
+    """A hub state holding ``count`` instances, one study each, with their jobs pending."""
+    setup = HubSetup.create(tmp_path / "hub")
+    with setup.open_archive() as archive:
+        for n in range(1, count + 1):
+            archive.put(SITE, f"envelope {n}".encode(), meta(n, study=n))
+    return setup
+
+
+def _fail_first(setup: HubSetup, reason: str) -> None:
+    """Claim the first pending job and fail it for good (one attempt allowed)."""
+    with setup.open_archive() as archive:
+        queue = JobQueue(archive, RetryPolicy(max_attempts=1))
+        lease = queue.claim("w", 30)
+        assert lease is not None
+        queue.fail(lease, reason)
+
+
+def _jobs(setup: HubSetup, *args: str) -> int:
+    """``usreview hub jobs --state STATE ARGS``."""
+    return main(["hub", "jobs", "--state", str(setup.state.root), *args])
+
+
+def _requeued(
+    setup: HubSetup, flag: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[str, JobRecord, StudyStatus]:
+    """``hub jobs FLAG 1``: what it printed, then job 1 and its study's status.
+
+    The study's history names the command, and ``FLAG 7`` (no such job) is refused.
+    """
+    assert _jobs(setup, flag, "1") == 0
+    out = capsys.readouterr().out
+    with setup.open_archive() as archive:
+        [job] = archive.jobs.list_jobs()
+        status = archive.study(Reviewer("r"), STUDY).status
+        assert archive.history(Reviewer("r"), STUDY)[-1].actor == f"usreview hub jobs {flag}"
+    assert _jobs(setup, flag, "7") == 1
+    assert "no job 7" in capsys.readouterr().err
+    return out, job, status
 
 
 def test_hub_jobs_lists_jobs_and_failures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    setup = HubSetup.create(tmp_path / "hub")
+    setup = _stored(tmp_path, 2)
+    _fail_first(setup, "opening the stored instance: CorruptObjectError: it does not open")
     with setup.open_archive() as archive:
-        for n in (1, 2):
-            archive.put(SITE, f"envelope {n}".encode(), meta(n, study=n))
-        queue = JobQueue(archive, RetryPolicy(max_attempts=1))
-        lease = queue.claim("w", 30)
-        assert lease is not None
-        queue.fail(lease, "opening the stored instance: CorruptObjectError: it does not open")
-        study = archive.study(Reviewer("r"), "1.2.826.0.2.1")
+        study = archive.study(Reviewer("r"), STUDY)
     assert study.status is StudyStatus.FAILED and "does not open" in (study.reason or "")
-    state = str(setup.state.root)
-    assert main(["hub", "jobs", "--state", state]) == 0
+    assert _jobs(setup) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[:5] for line in lines] == [
         ["1", "failed", "1", SITE, "1.2.826.0.1.1"],
         ["2", "pending", "0", SITE, "1.2.826.0.1.2"],
     ]
-    assert main(["hub", "--state", state, "jobs", "--failed"]) == 0
+    assert main(["hub", "--state", str(setup.state.root), "jobs", "--failed"]) == 0
     [failed] = capsys.readouterr().out.splitlines()
     assert failed.startswith("1\tfailed") and "failed 1 times, last: opening" in failed
 
@@ -48,52 +86,29 @@ def test_hub_jobs_lists_jobs_and_failures(
 def test_hub_jobs_retry_requeues_a_failed_job(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    setup = HubSetup.create(tmp_path / "hub")
-    with setup.open_archive() as archive:
-        archive.put(SITE, b"envelope 1", meta(1, study=1))
-        queue = JobQueue(archive, RetryPolicy(max_attempts=1))
-        lease = queue.claim("w", 30)
-        assert lease is not None
-        queue.fail(lease, "running the pipeline: MemoryError")
-    state = str(setup.state.root)
-    assert main(["hub", "jobs", "--state", state, "--retry", "1"]) == 0
-    assert capsys.readouterr().out == "job 1 (1.2.826.0.1.1) is pending again\n"
-    with setup.open_archive() as archive:
-        [job] = archive.jobs.list_jobs()
-        assert (job.status.value, job.attempts) == ("pending", 0)
-        study = archive.study(Reviewer("r"), "1.2.826.0.2.1")
-        assert study.status is StudyStatus.RECEIVED
-        assert archive.history(Reviewer("r"), "1.2.826.0.2.1")[-1].actor == (
-            "usreview hub jobs --retry"
-        )
-    assert main(["hub", "jobs", "--state", state, "--retry", "1"]) == 1  # pending: refused
+    setup = _stored(tmp_path, 1)
+    _fail_first(setup, "running the pipeline: MemoryError")
+    out, job, status = _requeued(setup, "--retry", capsys)
+    assert out == "job 1 (1.2.826.0.1.1) is pending again\n"
+    assert (job.status.value, job.attempts) == ("pending", 0)
+    assert status is StudyStatus.RECEIVED
+    assert _jobs(setup, "--retry", "1") == 1  # pending: refused
     assert "only a failed job can be retried" in capsys.readouterr().err
-    assert main(["hub", "jobs", "--state", state, "--retry", "7"]) == 1
-    assert "no job 7" in capsys.readouterr().err
 
 
 def test_hub_jobs_reprocess_queues_a_finished_job(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    setup = HubSetup.create(tmp_path / "hub")
+    setup = _stored(tmp_path, 1)
     with setup.open_archive() as archive:
-        archive.put(SITE, b"envelope 1", meta(1, study=1))
         lease = archive.jobs.claim("w", 30)
         assert lease is not None
-        state = str(setup.state.root)
-        assert main(["hub", "jobs", "--state", state, "--reprocess", "1"]) == 1  # running
+        assert _jobs(setup, "--reprocess", "1") == 1  # running
         assert "only a done or failed job can be queued again" in capsys.readouterr().err
         archive.jobs.complete(lease)
-    assert main(["hub", "jobs", "--state", state, "--reprocess", "1"]) == 0
-    assert capsys.readouterr().out == "job 1 (1.2.826.0.1.1) is queued again\n"
-    with setup.open_archive() as archive:
-        [job] = archive.jobs.list_jobs()
-        assert job.status.value == "pending"
-        assert archive.history(Reviewer("r"), "1.2.826.0.2.1")[-1].actor == (
-            "usreview hub jobs --reprocess"
-        )
-    assert main(["hub", "jobs", "--state", state, "--reprocess", "7"]) == 1
-    assert "no job 7" in capsys.readouterr().err
+    out, job, _ = _requeued(setup, "--reprocess", capsys)
+    assert out == "job 1 (1.2.826.0.1.1) is queued again\n"
+    assert job.status.value == "pending"
 
 
 def test_the_worker_refuses_to_start_with_a_sentence(tmp_path: Path) -> None:
@@ -125,16 +140,16 @@ def test_hub_jobs_backfill_queues_instances_stored_before_the_queue(
     from usreview.store.database import writer
     from usreview.store.jobs_schema import JobRow
 
-    setup = HubSetup.create(tmp_path / "hub")
-    with setup.open_archive() as archive:
-        for n in (1, 2, 3):
-            archive.put(SITE, f"envelope {n}".encode(), meta(n, study=n))
-        with Session(writer(archive._engine)) as session, session.begin():
-            session.execute(delete(JobRow).where(JobRow.id != 2))  # as if stored before
-    state = str(setup.state.root)
-    assert main(["hub", "jobs", "--backfill", "--state", state]) == 0
+    setup = _stored(tmp_path, 3)
+    with (
+        setup.open_archive() as archive,
+        Session(writer(archive._engine)) as session,
+        session.begin(),
+    ):
+        session.execute(delete(JobRow).where(JobRow.id != 2))  # as if stored before
+    assert _jobs(setup, "--backfill") == 0
     assert "2 instance(s) without a processing job queued" in capsys.readouterr().out
-    assert main(["hub", "jobs", "--backfill", "--state", state]) == 0
+    assert _jobs(setup, "--backfill") == 0
     assert "0 instance(s)" in capsys.readouterr().out
     with setup.open_archive() as archive:
         jobs = archive.jobs.list_jobs()

@@ -28,6 +28,7 @@ from tests.hub_api_support import (
     USREVIEW,
     HubRun,
     Site,
+    error,
     service_launch,
     service_pids,
     shown_once,
@@ -67,46 +68,23 @@ class World:
     case: dict[str, Any] = field(default_factory=dict)
 
 
-def _token(hub: HubRun, name: str, password: str) -> str:
-    response = hub.http.post(
-        f"{hub.url}/hub/api/users/{name}/tokens",
-        json={"auth": {"username": name, "password": password}, "note": "test"},
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()["token"])
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("access")
-    hub = HubRun(root, {"parse_workers": 1})
+    hub = HubRun(tmp_path_factory.mktemp("access"), {"parse_workers": 1})
     admin_password = shown_once(hub.cli("add-user", "ada", "--role", "admin"))
     rn_password = shown_once(hub.cli("add-user", "rn", "--role", "reviewer", "--sites", "north"))
-    hub.start()
-    try:
-        folder = root / "work"
-        folder.mkdir()
+    with hub.running() as folder:
         yield World(
             hub,
             hub.add_site("north"),
             hub.add_site("south"),
-            _token(hub, "rn", rn_password),
+            hub.token("rn", rn_password),
             hub.add_person("rall", "reviewer"),
             hub.add_person("tina", "trainee"),
-            _token(hub, "ada", admin_password),
+            hub.token("ada", admin_password),
             load_public_keys(hub.state / "hub.pub"),
             folder,
         )
-    finally:
-        hub.stop()
-
-
-def error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["error"] == code, body
-    return body
 
 
 def listed(world: World, token: str, **query: str) -> list[str]:

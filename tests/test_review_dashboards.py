@@ -3,17 +3,21 @@
 One deployment for the module (see ``tests/review_support.py``): a hub with its proxy,
 service and worker; sites north and south sending studies by C-STORE through their
 gateways; west, a referring clinic, sending nothing. Two reviewers log in with the hub's
-login form and land on their Voila worklist. Screenshots of each page are written to
+login form and land on their Voila worklist; a trainee lands on the teaching page and
+opens the case a reviewer made. Screenshots of each page are written to
 ``$USREVIEW_SCREENSHOTS`` when it is set (the README's come from there).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from tests import browser_support
+from tests import browser_support, review_support
 from tests.review_support import Deployment, start_deployment, wait_until
 
 pytestmark = pytest.mark.slow
@@ -220,3 +224,90 @@ def test_a_study_opens_directly_from_its_link(rita: Any, deployment: Deployment)
     _screenshot(rita, "study-mmode")
     rita.goto(f"{base}/voila/render/usreview/study.ipynb?study=1.2.3.404")
     rita.locator(".usreview-message:has-text('Cannot open the study')").wait_for(timeout=90_000)
+
+
+def test_a_trainee_opens_the_case_a_reviewer_marked(chromium: Any, deployment: Deployment) -> None:
+    """omar publishes south's M-mode study and makes it a teaching case; tina, a trainee,
+    logs in, lands on her teaching page, opens the case and sees its image. The copy is
+    encrypted at rest, and what tina downloads is the de-identified instance."""
+    from usreview.hub.commands import add_user
+    from usreview.store import Archive
+    from usreview.store.teaching import TeachingStore
+
+    study = deployment.study("south", "mmode")
+    uid = study.study_uid
+    assert deployment.api("POST", f"/studies/{uid}/claim", "omar")[0] == 200
+    report = {
+        "exam_type": "echo",
+        "findings": "Normal left ventricular dimensions and wall motion.",
+        "impression": "Normal M-mode study.",
+        "recommendations": "",
+        "urgency": "routine",
+        "measurements": [],
+        "key_images": [],
+        "recipients": [],
+    }
+    status, body = deployment.api("POST", f"/studies/{uid}/reports", "omar", report)
+    assert status == 201, body
+    status, case = deployment.api("POST", "/teaching", "omar", {"study_instance_uid": uid})
+    assert status == 201, case
+    [item] = case["instances"]
+
+    tina = add_user(deployment.hub.state.root, "tina", "trainee").password
+    deployment.passwords["tina"] = tina
+    deployment.tokens["tina"] = review_support._token(deployment, "tina")
+    path = f"/teaching/{case['case_uid']}/instances/{item['sop_instance_uid']}"
+    downloaded = _download(deployment, path, "tina")
+    copy = dcmread(io.BytesIO(downloaded))
+    assert copy.PatientIdentityRemoved == "YES" and copy.StudyInstanceUID == case["case_uid"]
+    assert "MMODE" not in str(copy.get("PatientName", "")).upper()
+    [sealed] = (deployment.hub.state.root / "archive" / "teaching").rglob("*.sealed")
+    assert b"DICM" not in sealed.read_bytes() and item["sop_instance_uid"].encode() not in (
+        sealed.read_bytes()
+    )
+    key = deployment.hub.state.at_rest_key.read_bytes()
+    with Archive.open(None, deployment.hub.state.root / "archive") as archive:
+        _, stored = TeachingStore(archive, key).read_instance(
+            case["case_uid"], item["sop_instance_uid"]
+        )
+    assert stored == downloaded and len(downloaded) == item["size"]
+
+    context = chromium.new_context(
+        ignore_https_errors=True, viewport={"width": 1500, "height": 1000}
+    )
+    try:
+        page = context.new_page()
+        page.goto(deployment.url + "/hub/login")
+        page.fill("input[name=username]", "tina")
+        page.fill("input[name=password]", tina)
+        page.click("[type=submit]")
+        page.wait_for_selector(
+            ".usreview-teaching-page", timeout=browser_support.DASHBOARD_TIMEOUT_MS
+        )
+        assert re.search(r"/user/tina/voila/render/usreview/teaching\.ipynb", page.url), page.url
+        cases = page.locator(".usreview-teaching-cases select option")
+        assert cases.count() == 1 and "Echo" in cases.first.inner_text()
+        page.locator(".usreview-teaching-cases select").select_option(index=0)
+        page.locator(".usreview-teaching-case:has-text('Normal M-mode study.')").wait_for(
+            timeout=60_000
+        )
+        plot = page.locator(".usreview-teaching-viewer .usr-plot[data-kind=MModeViewer]")
+        plot.wait_for(timeout=60_000)
+        assert plot.locator("canvas, img, svg").count() >= 1
+        assert page.locator(".usreview-message").count() == 0
+        _screenshot(page, "teaching")
+    finally:
+        context.close()
+    status, _ = deployment.api("GET", f"/studies/{uid}", "tina")
+    assert status == 403 or status == 404  # trainees never reach the studies
+
+
+def _download(deployment: Deployment, path: str, person: str) -> bytes:
+    request = urllib.request.Request(
+        deployment.url + review_support.API + path,
+        headers={"Authorization": f"token {deployment.tokens[person]}"},
+    )
+    context = ssl.create_default_context(cafile=str(deployment.hub.state.tls_cert))
+    with urllib.request.urlopen(request, context=context, timeout=60) as response:
+        assert response.headers["Content-Type"] == "application/dicom"
+        return bytes(response.read())

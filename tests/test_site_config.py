@@ -78,6 +78,8 @@ def test_init_refuses_a_bad_name_and_url(tmp_path: Path) -> None:
         ("wait = 30.0", "wait = 600", "results.wait"),
         ('url = "https://hub.example.org:8443"', 'url = "ftp://x"', "hub.url"),
         ('name = "clinic"', 'name = "Clinic"', "site.name"),
+        ("retired_keys = []", 'retired_keys = "keys/old.key"', "site.retired_keys"),
+        ("retired_keys = []", 'retired_keys = ["keys/a.key", 3]', "site.retired_keys[1]"),
     ],
 )
 def test_bad_settings_are_named(site_dir: Path, old: str, new: str, setting: str) -> None:
@@ -120,6 +122,30 @@ def test_missing_hub_key_is_named(tmp_path: Path) -> None:
     config = load_config(tmp_path / "s" / "site.toml")
     with pytest.raises(SiteConfigError, match=r"hub\.public_key"):
         config.load_hub_key()
+
+
+def test_retired_keys_load_newest_first_and_a_missing_one_is_named(site_dir: Path) -> None:
+    config = load_config(site_dir / "site.toml")
+    assert config.retired_private_keys == () and config.load_retired_private_keys() == ()
+    older, old = generate_keys("clinic"), generate_keys("clinic")
+    write_key_pair(older, site_dir / "keys" / "1")
+    write_key_pair(old, site_dir / "keys" / "2")
+    _edit(
+        site_dir / "site.toml",
+        "retired_keys = []",
+        'retired_keys = [\n  "keys/2/clinic.key",\n  "keys/1/clinic.key",\n]',
+    )
+    config = load_config(site_dir / "site.toml")
+    assert config.retired_private_keys == (
+        (site_dir / "keys/2/clinic.key").resolve(),
+        (site_dir / "keys/1/clinic.key").resolve(),
+    )
+    loaded = config.load_retired_private_keys()
+    assert [k.key_id for k in loaded] == [old.key_id, older.key_id]
+    (site_dir / "keys/1/clinic.key").unlink()
+    with pytest.raises(SiteConfigError, match=r"site\.retired_keys\[1\].*does not exist") as info:
+        config.load_retired_private_keys()
+    assert info.value.setting == "site.retired_keys[1]"
 
 
 def test_parse_pacs() -> None:

@@ -43,7 +43,7 @@ from tests.site_helpers import (
     wait_until,
 )
 from usreview.ingest.receipts import verify_receipt
-from usreview.site import Spool, load_config, read_status
+from usreview.site import SiteConfig, Spool, load_config, read_status
 from usreview.site.client import HubClient
 
 pytestmark = pytest.mark.slow
@@ -236,6 +236,21 @@ def enroll(
     return config, port
 
 
+def pushed(hub: Hub, name: str, source: Path, folder: Path) -> tuple[SiteConfig, list[Path]]:
+    """Enroll site ``name`` in ``folder`` and ``site push`` three fresh copies of ``source``."""
+    config, _ = enroll(hub, name, folder / "site")
+    sent = copies(source, 3, folder / "sent")
+    done = subprocess.run(
+        [*USREVIEW, "site", "push", "--config", str(config), *map(str, sent)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return load_config(config), sent
+
+
 def held_at_hub(config: Path) -> dict[str, str]:
     """UID -> plaintext SHA-256 of everything the hub holds for the site (verified)."""
     site = load_config(config)
@@ -416,17 +431,7 @@ def test_spool_reconciles_with_the_hubs_batch_receipt(
     from usreview.site.status import StatusBook
     from usreview.site.uploader import Uploader
 
-    config, _ = enroll(hub, "clinic-d", tmp_path / "site")
-    site = load_config(config)
-    sent = copies(simulated[1], 3, tmp_path / "sent")
-    done = subprocess.run(
-        [*USREVIEW, "site", "push", "--config", str(config), *map(str, sent)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    site, sent = pushed(hub, "clinic-d", simulated[1], tmp_path)
     # As after a crash between the hub's receipts and the spool's removals: the spool
     # still holds what the hub has, beside one instance the hub has never seen.
     spool = Spool(site.spool)
@@ -448,17 +453,7 @@ def test_spool_reconciles_with_the_hubs_batch_receipt(
 def test_receipts_of_the_uids_asked_about(hub: Hub, simulated: list[Path], tmp_path: Path) -> None:
     from usreview.site.client import RECEIPT_BATCH
 
-    config, _ = enroll(hub, "clinic-f", tmp_path / "site")
-    site = load_config(config)
-    sent = copies(simulated[0], 3, tmp_path / "sent")
-    done = subprocess.run(
-        [*USREVIEW, "site", "push", "--config", str(config), *map(str, sent)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    site, sent = pushed(hub, "clinic-f", simulated[0], tmp_path)
     uids = [sop_uid(p) for p in sent]
     unknown = generate_uid()
     with HubClient(site) as client:

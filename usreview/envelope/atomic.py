@@ -6,7 +6,8 @@ even for a moment), fsyncs it, publishes it under its final name without ever
 overwriting (hard link, or rename after a check where links are unsupported), then
 fsyncs the folder. On any exception the temporary file is removed and the final
 name never appears. Unsealing uses it as its quarantine. :func:`replace_file` is the
-same for a file that is meant to be replaced (a key ring, a spooled instance, a cursor);
+same for a file that is meant to be replaced (a key ring, a spooled instance, a cursor),
+and :func:`replacing_file` its streamed form (a result copied into a site's outbox);
 :func:`fsync_directory` makes a folder's entries durable. These are the project's one
 durable-write path: the store, the site's spool and the hub's state use them too.
 """
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["fsync_directory", "new_file", "replace_file", "write_new_file"]
+__all__ = ["fsync_directory", "new_file", "replace_file", "replacing_file", "write_new_file"]
 
 
 @contextlib.contextmanager
@@ -48,23 +49,14 @@ def new_file(
     path = Path(path)
     if path.exists():
         raise FileExistsError(errno.EEXIST, "refusing to overwrite an existing file", str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with open(fd, "wb") as f:
-            yield f
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
+
+    def publish(tmp: str) -> None:
         if before_publish is not None:
             before_publish()
         _publish(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_directory(path.parent)
+
+    with _written(path, mode=mode, suffix=suffix, durable=durable, publish=publish) as f:
+        yield f
 
 
 def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
@@ -75,20 +67,50 @@ def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
 
 def replace_file(path: Path, data: bytes | memoryview, *, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` atomically, replacing any older version (fsynced)."""
+    with replacing_file(path, mode=mode) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def replacing_file(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Yield a temporary binary file that replaces ``path`` when the block succeeds.
+
+    The streamed form of :func:`replace_file` (for a copy too large to hold in memory):
+    the file is fsynced, renamed over ``path`` and the folder fsynced; on any exception
+    the temporary file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    with _written(
+        path, mode=mode, suffix=".part", durable=True, publish=lambda tmp: os.replace(tmp, path)
+    ) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def _written(
+    path: Path, *, mode: int, suffix: str, durable: bool, publish: Callable[[str], None]
+) -> Iterator[BinaryIO]:
+    """A temporary file beside ``path`` for the block; then fsync it and ``publish`` it.
+
+    ``publish`` gets the temporary file's name and gives it its final one; the folder is
+    fsynced after. On any exception (in the block or in ``publish``) the temporary file
+    is removed. ``durable=False`` skips both fsyncs.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         os.fchmod(fd, mode)
         with open(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if durable:
+                os.fsync(f.fileno())
+        publish(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_directory(path.parent)
+    if durable:
+        fsync_directory(path.parent)
 
 
 def _publish(tmp: str, path: Path) -> None:

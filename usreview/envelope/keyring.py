@@ -4,9 +4,8 @@ Rotation with overlap: a new key is added ``ACTIVE`` while the old one becomes
 ``RETIRED``; retired keys still open envelopes (and their signatures still verify)
 but nothing new is sealed to or with them. ``REVOKED`` keys are refused both ways.
 
-A :class:`RotatedKeys` is a current key that names the keys it replaced: a ring built
-from it trusts those as ``RETIRED`` (so ``KeyRing([site_key])`` still opens what the
-site sealed before its rotation), while sealing to it uses the current key only.
+:meth:`KeyRing.rotation` builds the ring of a rotated identity explicitly: its current
+key ``ACTIVE`` and the keys it replaced ``RETIRED``.
 
 A ring is saved as JSON (``{"format": "usreview-keyring", "version": 1, "keys": [...]}``,
 each key a ``state`` and the text of its ``.pub`` file), written atomically.
@@ -17,7 +16,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from usreview.envelope.atomic import replace_file
@@ -29,7 +28,7 @@ from usreview.envelope.errors import (
 )
 from usreview.envelope.keys import PublicKeys, key_id_hex, load_public_keys, parse_public_keys
 
-__all__ = ["KeyRing", "KeyState", "RotatedKeys", "TrustedKey"]
+__all__ = ["KeyRing", "KeyState", "TrustedKey"]
 
 _FORMAT = "usreview-keyring"
 
@@ -50,27 +49,6 @@ class TrustedKey:
     state: KeyState
 
 
-@dataclass(frozen=True)
-class RotatedKeys(PublicKeys):
-    """A current public key and the keys it replaced (``replaced``, newest first).
-
-    It seals and verifies as the current key; :meth:`KeyRing.add` adds the replaced keys
-    as ``RETIRED`` (they open, they never seal) unless the ring already holds them.
-    """
-
-    replaced: tuple[PublicKeys, ...] = field(default=(), compare=False, repr=False)
-
-    @classmethod
-    def of(cls, current: PublicKeys, replaced: Iterable[PublicKeys]) -> RotatedKeys:
-        """``current`` with the keys it replaced."""
-        return cls(current.name, current.x25519, current.ed25519, tuple(replaced))
-
-    @property
-    def current(self) -> PublicKeys:
-        """The current key alone (without the keys it replaced)."""
-        return PublicKeys(self.name, self.x25519, self.ed25519)
-
-
 class KeyRing:
     """Trusted public keys by key id.
 
@@ -86,16 +64,21 @@ class KeyRing:
             self.add(key)
 
     def add(self, key: PublicKeys, state: KeyState = KeyState.ACTIVE) -> None:
-        """Trust ``key`` in ``state`` (replacing its previous state).
-
-        The keys a :class:`RotatedKeys` replaced come in as ``RETIRED`` unless present.
-        """
-        if isinstance(key, RotatedKeys):
-            for old in key.replaced:
-                if old.key_id != key.key_id and old.key_id not in self._keys:
-                    self._keys[old.key_id] = TrustedKey(old, KeyState.RETIRED)
-            key = key.current
+        """Trust ``key`` in ``state`` (replacing its previous state)."""
         self._keys[key.key_id] = TrustedKey(key, KeyState(state))
+
+    @classmethod
+    def rotation(cls, current: PublicKeys, retired: Iterable[PublicKeys] = ()) -> KeyRing:
+        """The ring of a rotated identity: ``current`` active, the ``retired`` keys retired.
+
+        Retired keys open envelopes (their signatures verify) but never seal; a retired
+        key equal to ``current`` stays active.
+        """
+        ring = cls([current])
+        for old in retired:
+            if ring.get(old.key_id) is None:
+                ring.add(old, KeyState.RETIRED)
+        return ring
 
     def set_state(self, key_id: bytes, state: KeyState) -> None:
         """Change the state of a key already in the ring."""

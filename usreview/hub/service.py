@@ -11,7 +11,8 @@ they need. Every answer is JSON, errors included: ``{"status": 403, "message": "
 Endpoints (prefix ``/services/usreview``):
 
 ``GET api/v1/whoami``
-    The caller's ``name``, ``kind``, ``groups`` and ``scopes``.
+    The caller's ``name``, ``kind``, ``groups`` and ``scopes`` (audited, as every access;
+    any other path answers an audited JSON 404).
 ``PUT api/v1/instances/{uid}``
     A site uploads one sealed instance (streamed, size-capped); 201 or 200 with a receipt.
 ``GET api/v1/instances/{uid}``
@@ -91,6 +92,7 @@ __all__ = [
     "ApiHandler",
     "TokenCache",
     "WhoamiHandler",
+    "caller_summary",
     "main",
     "make_app",
     "require_scopes",
@@ -333,24 +335,32 @@ def require_scopes(*scopes: str) -> Callable[[_Method], _Method]:
     return decorate
 
 
+def caller_summary(model: dict[str, Any]) -> dict[str, Any]:
+    """The body of ``whoami``: name, kind, groups and scopes of the hub's user model."""
+    return {
+        "name": model["name"],
+        "kind": model.get("kind", "user"),
+        "groups": sorted(model.get("groups") or []),
+        "scopes": sorted(model.get("scopes") or []),
+    }
+
+
 class WhoamiHandler(ApiHandler):
-    """``GET api/v1/whoami``: who the hub says the caller is."""
+    """``GET api/v1/whoami`` without the API (no context): who the hub says the caller is.
+
+    The service's application serves the audited one of :mod:`usreview.hub.api`.
+    """
 
     def get(self) -> None:
         """Return name, kind, groups and scopes of the caller."""
-        model = self.caller
-        self.write_json(
-            {
-                "name": model["name"],
-                "kind": model.get("kind", "user"),
-                "groups": sorted(model.get("groups") or []),
-                "scopes": sorted(model.get("scopes") or []),
-            }
-        )
+        self.write_json(caller_summary(self.caller))
 
 
 class NotFoundHandler(ApiHandler):
-    """Any other path: JSON 404 (after authentication, so nothing leaks)."""
+    """Any other path without the API: JSON 404 (after authentication, so nothing leaks).
+
+    The service's application serves the audited one of :mod:`usreview.hub.api`.
+    """
 
     def get(self, *args: str) -> None:
         """Answer 404."""
@@ -373,7 +383,8 @@ def make_app(
         the hub gives its managed services.
     context
         The opened resources of :func:`usreview.hub.api.open_context`; without it only
-        ``whoami`` is served.
+        ``whoami`` is served, unaudited. With it, every request is audited, ``whoami``
+        and the 404 of unknown paths included.
     """
     prefix = prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/usreview/")
     prefix = prefix.rstrip("/") + "/"
@@ -382,18 +393,19 @@ def make_app(
         hub_auth = HubOAuth.instance(cache_max_age=max(1, round(TOKEN_CACHE_SECONDS)))
     auth = hub_auth
     options = {"hub_auth": auth}
-    api: list[Any] = []
-    if context is not None:
-        from usreview.hub.api import api_routes
+    api: list[Any] = [(rf"{prefix}api/v1/whoami/?", WhoamiHandler, options)]
+    missing: tuple[Any, ...] = (rf"{prefix}(.*)", NotFoundHandler, options)
+    if context is not None:  # the API's audited handlers, whoami and the 404 included
+        from usreview.hub.api.app import api_routes, unknown_path_route
 
         api = api_routes(prefix, context, options)
+        missing = unknown_path_route(prefix, context, options)
     settings: dict[str, Any] = {_TOKENS: TokenCache()}
     return Application(
         [
-            (rf"{prefix}api/v1/whoami/?", WhoamiHandler, options),
             *api,
             (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
-            (rf"{prefix}(.*)", NotFoundHandler, options),
+            missing,
         ],
         cookie_secret=os.urandom(32),
         hub_auth=auth,

@@ -30,7 +30,14 @@ from usreview.processing.sr import build_sr
 from usreview.processing.supersede import Publication, plan_documents
 from usreview.store import ResultFeed
 
-__all__ = ["STUDY_SUMMARY_KIND", "VERSION", "labelled", "plan_study_results", "study_documents"]
+__all__ = [
+    "STUDY_SUMMARY_KIND",
+    "VERSION",
+    "evaluation_signature",
+    "labelled",
+    "plan_study_results",
+    "study_documents",
+]
 
 #: The results feed's kind of the study-level JSON summary.
 STUDY_SUMMARY_KIND = "study-summary"
@@ -53,6 +60,12 @@ def labelled(summary: bytes | Mapping[str, Any] | None) -> bool:
     )
 
 
+def evaluation_signature(evaluations: Sequence[StudyEvaluation]) -> str:
+    """The digest of a study's evaluations (and of :data:`VERSION`) naming their documents."""
+    text = json.dumps([e.as_dict() for e in evaluations], sort_keys=True, default=str)
+    return hashlib.sha256(f"{VERSION}\n{text}".encode()).hexdigest()[:16]
+
+
 def study_documents(
     study_instance_uid: str,
     evaluations: Sequence[StudyEvaluation],
@@ -63,9 +76,7 @@ def study_documents(
     ``headers`` holds the datasets (pixels not needed) of the instances the evaluations used.
     The signature is a digest of the evaluations: the same values give the same documents.
     """
-    body = [e.as_dict() for e in evaluations]
-    text = json.dumps(body, sort_keys=True, default=str)
-    signature = hashlib.sha256(f"{VERSION}\n{text}".encode()).hexdigest()[:16]
+    signature = evaluation_signature(evaluations)
     first = evaluations[0]
     used = [first.ica_sop_instance_uid] + [
         uid
@@ -96,7 +107,7 @@ def study_documents(
         "study_instance_uid": study_instance_uid,
         "rule": SRU_ICA_CCA.name,
         "version": VERSION,
-        "evaluations": body,
+        "evaluations": [e.as_dict() for e in evaluations],
         "instances": used,
         "sr_sop_instance_uid": sr_uid,
         "signature": signature,

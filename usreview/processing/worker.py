@@ -51,7 +51,7 @@ from typing import cast
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from usreview.envelope import KeyRing, PrivateKeys, load_private_keys, unseal
+from usreview.envelope import PrivateKeys, load_private_keys, unseal
 from usreview.envelope.format import read_header
 from usreview.envelope.stream import Source
 from usreview.errors import InputError, UsreviewError
@@ -339,7 +339,7 @@ def open_stored_instance(
     """
     record = archive.get(Reviewer(ACTOR), sop_instance_uid)
     try:
-        ring = KeyRing([site_keys[record.site]])
+        ring = site_keys.stored_ring(record.site)
     except KeyError:
         raise CorruptObjectError(f"site {record.site} has no key to open its instances") from None
     with archive.open_envelope(Reviewer(ACTOR), sop_instance_uid) as src:

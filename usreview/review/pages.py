@@ -8,7 +8,8 @@ call the service as the reviewer (:class:`~usreview.review.client.ReviewClient`)
   every few seconds once a browser shows it; *Claim* takes a study (another reviewer's
   claim is refused with who holds it and until when), *Open* shows it in place.
 - :class:`StudyPage`: the study's instances as thumbnails, a viewer for the selected
-  one (:func:`viewer_for`), the automatic results to accept, correct or reject
+  one (:func:`viewer_for`), the study-level evaluation (decision support) above the
+  automatic results to accept, correct or reject
   (:class:`~usreview.review.results.ResultsPanel`), the report form
   (:class:`~usreview.review.form.ReportForm`) and the published versions.
 """
@@ -218,7 +219,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             return
         records = [i for s in self.study["series"] for i in s["instances"]]
         self.records = {r["sop_instance_uid"]: r for r in records}
-        self.results = ResultsPanel(records)
+        self.results = ResultsPanel(records, evaluation=self.study.get("study_evaluation"))
         self.form = ReportForm(
             key_images=[(f"{', '.join(r['kinds'])} {r['sop_instance_uid'][-8:]}",
                          r["sop_instance_uid"]) for r in records],

@@ -3,11 +3,14 @@
 :class:`ResultsPanel` shows, for each instance, what the hub's processors found: each
 measured quantity with its unit, cycle count and processor (provenance: name, version,
 parameters), the findings and recommendations with their evidence, and any processing
-failure stated plainly. Each quantity has three decisions: *accept* (goes in the report
-as measured), *correct* (the reviewer's value goes in the report) and *reject* (left
-out); nothing is accepted by default. The reviewer's own measurements from the viewers
-are added with :meth:`ResultsPanel.add_measurement`. :meth:`ResultsPanel.measurements`
-gives the report's ``measurements`` (see :mod:`usreview.review.report`).
+failure stated plainly. Above them, the study-level evaluation when the study has one
+(:func:`study_evaluation_html`: the SRU ICA/CCA criteria per side, worded as decision
+support, with the rule, its source and provenance). Each quantity has three decisions:
+*accept* (goes in the report as measured), *correct* (the reviewer's value goes in the
+report) and *reject* (left out); nothing is accepted by default. The reviewer's own
+measurements from the viewers are added with :meth:`ResultsPanel.add_measurement`.
+:meth:`ResultsPanel.measurements` gives the report's ``measurements`` (see
+:mod:`usreview.review.report`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ from typing import Any, Final
 
 import ipywidgets as w
 
-__all__ = ["DECISIONS", "ResultsPanel", "processing_line"]
+__all__ = ["DECISIONS", "ResultsPanel", "processing_line", "study_evaluation_html"]
 
 DECISIONS: Final = ("pending", "accept", "correct", "reject")
+_VALUES: Final = (
+    ("ica_psv", "ICA PSV", " cm/s", ".1f"),
+    ("cca_psv", "CCA PSV", " cm/s", ".1f"),
+    ("ica_cca_psv_ratio", "ICA/CCA PSV ratio", "", ".2f"),
+    ("ica_edv", "ICA EDV", " cm/s", ".1f"),
+)
 
 
 @dataclass
@@ -70,11 +79,18 @@ def processing_line(instance: Mapping[str, Any]) -> str:
 class ResultsPanel(w.VBox):  # type: ignore[misc]
     """Automatic results of a study's instances with accept / correct / reject per quantity."""
 
-    def __init__(self, instances: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        instances: Sequence[Mapping[str, Any]],
+        *,
+        evaluation: Mapping[str, Any] | None = None,
+    ) -> None:
         self._rows: list[_Row] = []
         self._own: list[dict[str, Any]] = []
         self._own_box = w.VBox()
         sections: list[w.Widget] = []
+        if evaluation:
+            sections.append(w.HTML(study_evaluation_html(evaluation)))
         for instance in instances:
             sections.append(self._section(instance))
         super().__init__(
@@ -166,7 +182,7 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
             value="pending",
             tooltips=["Not decided", "Report it as measured", "Report your value",
                       "Leave it out of the report"],
-            style={"button_width": "68px", "font_size": "12px"},
+            style={"button_width": "68px"},
         )  # fmt: skip
         corrected = w.FloatText(
             value=float(quantity["value"]), layout=w.Layout(width="80px"), disabled=True
@@ -206,3 +222,44 @@ def _finding_html(item: Mapping[str, Any]) -> str:
     source = item.get("source")
     cite = f" <small>({html.escape(str(source))})</small>" if source else ""
     return f'<div class="usreview-finding">• {text}{cite}</div>'
+
+
+def study_evaluation_html(evaluation: Mapping[str, Any]) -> str:
+    """The study-level evaluation (``GET /studies/{uid}``'s ``study_evaluation``) as HTML."""
+    sides = []
+    for side in evaluation.get("evaluations") or []:
+        values = side.get("values") or {}
+        shown = " · ".join(
+            f"{label} <b>{format(float(values[key]), spec)}{unit}</b>"
+            for key, label, unit, spec in _VALUES
+            if isinstance(values.get(key), int | float)
+        )
+        category = side.get("statement") or side.get("category") or ""
+        sides.append(
+            f'<div class="usreview-study-side" data-side="{html.escape(str(side.get("side")))}"'
+            f' data-category="{html.escape(str(side.get("category")))}">'
+            f"<div>{html.escape(str(side.get('side', '')).capitalize())} carotid: meets the "
+            f"criterion for <b>{html.escape(category)}</b></div><div>{shown}</div>"
+            f"<div style='color:#555'>{html.escape(str(side.get('text') or ''))}</div>"
+            f"<details><summary>Rule and source</summary>"
+            f"<div>{html.escape(str(side.get('criterion') or ''))}</div>"
+            f"<div><i>{html.escape(str(side.get('source') or ''))}</i></div></details></div>"
+        )
+    published = evaluation.get("published")
+    sent = (
+        f"sent to the site as result {published['result']} ({published['published_at'][:16]})"
+        if published
+        else "not sent to the site yet"
+    )
+    uids = ", ".join(str(u)[-12:] for u in evaluation.get("instances") or [])
+    return (
+        '<div class="usreview-study-evaluation" style="border-left:4px solid #1565c0;'
+        'padding:4px 8px;margin-bottom:6px;background:#f5f8fc">'
+        "<b>Study-level evaluation</b> <small>(automatic decision support for you to judge, "
+        "not a diagnosis)</small>"
+        + "".join(sides)
+        + f"<details><summary>Provenance</summary><div>{html.escape(str(evaluation['rule']))} "
+        f"{html.escape(str(evaluation['version']))}, from the spectra of instances …{uids}; "
+        f"{html.escape(sent)}.</div><div>{html.escape(str(evaluation.get('notice') or ''))}"
+        "</div></details></div>"
+    )

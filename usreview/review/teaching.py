@@ -54,6 +54,10 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
         super().__init__(
             [title, self.message, self.picker, self.details, self.thumbnails, self.viewer]
         )
+        self.add_class("usreview-teaching-page")
+        self.picker.add_class("usreview-teaching-cases")
+        self.details.add_class("usreview-teaching-case")
+        self.viewer.add_class("usreview-teaching-viewer")
         self.refresh()
 
     def refresh(self) -> None:
@@ -119,7 +123,9 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
 
     def _say(self, text: str, *, error: bool = False) -> None:
         colour = "#b00020" if error else "#1b5e20"
-        self.message.value = f"<div style='color:{colour}'>{html.escape(text)}</div>"
+        self.message.value = (
+            f"<div class='usreview-message' style='color:{colour}'>{html.escape(text)}</div>"
+        )
 
 
 def teaching_page(client: ReviewClient | None = None) -> TeachingPage:

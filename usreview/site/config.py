@@ -9,6 +9,7 @@ The file written by :func:`init_site`::
     [site]
     name = "clinic"
     private_key = "keys/clinic.key"
+    retired_keys = []                # earlier private keys, newest first (key rotation)
 
     [hub]
     url = "https://hub.example.org"
@@ -119,6 +120,7 @@ class SiteConfig:
     path: Path
     name: str
     private_key: Path
+    retired_private_keys: tuple[Path, ...]
     hub_url: str
     hub_certificate: Path | None
     hub_public_key: Path
@@ -180,13 +182,23 @@ class SiteConfig:
 
     def load_private_keys(self) -> PrivateKeys:
         """The site's private keys (passphrase from ``$USREVIEW_KEY_PASSPHRASE``)."""
-        value = os.environ.get(_PASSPHRASE_ENV)
-        try:
-            return load_private_keys(self.private_key, value.encode() if value else None)
-        except FileNotFoundError:
-            raise SiteConfigError(
-                f"site.private_key: {self.private_key} does not exist", "site.private_key"
-            ) from None
+        return _load_private(self.private_key, "site.private_key")
+
+    def load_retired_private_keys(self) -> tuple[PrivateKeys, ...]:
+        """The site's earlier private keys (``site.retired_keys``), newest first.
+
+        Results the hub sealed to an earlier key while a key rotation was under way
+        open with them.
+
+        Raises
+        ------
+        SiteConfigError
+            A listed file is missing (the message names its place in the list).
+        """
+        return tuple(
+            _load_private(path, f"site.retired_keys[{n}]")
+            for n, path in enumerate(self.retired_private_keys)
+        )
 
     def load_hub_key(self) -> PublicKeys:
         """The hub's public key (seal to it; receipts and results verify with it)."""
@@ -311,6 +323,7 @@ def load_config(path: Path) -> SiteConfig:
         path=path,
         name=name,
         private_key=r.path("site.private_key", f"keys/{name}.key"),
+        retired_private_keys=_retired_keys(r),
         hub_url=hub_url,
         hub_certificate=r.path("hub.certificate") if cert else None,
         hub_public_key=r.path("hub.public_key", "hub.pub"),
@@ -333,6 +346,25 @@ def load_config(path: Path) -> SiteConfig:
         follow_results=r.get("results.follow", bool, True),
         results_wait=r.number("results.wait", 30.0, 0, 60),
     )
+
+
+def _load_private(path: Path, where: str) -> PrivateKeys:
+    """A private key file (passphrase from ``$USREVIEW_KEY_PASSPHRASE``)."""
+    value = os.environ.get(_PASSPHRASE_ENV)
+    try:
+        return load_private_keys(path, value.encode() if value else None)
+    except FileNotFoundError:
+        raise SiteConfigError(f"{where}: {path} does not exist", where) from None
+
+
+def _retired_keys(r: _Reader) -> tuple[Path, ...]:
+    items = r.get("site.retired_keys", list, [])
+    out = []
+    for n, item in enumerate(items):
+        if not isinstance(item, str) or not item:
+            raise r._fail(f"site.retired_keys[{n}]", f"must be a path (got {item!r})")
+        out.append((r.base / Path(item).expanduser()).resolve())
+    return tuple(out)
 
 
 def _check_url(r: _Reader, url: str) -> str:
@@ -473,11 +505,13 @@ def init_site(
 def rotate_site_key(config: SiteConfig, stamp: str) -> NewSite:
     """Generate the site's next key pair in ``keys/STAMP/`` and make ``site.toml`` use it.
 
-    The old key files stay where they are (results the hub sealed to the old key before
-    it registered the new one open with them: ``usreview unseal --key OLD.key``). Give
-    the new ``.pub`` to the hub's administrator, who runs ``usreview hub add-site NAME
-    --public-key NEW.pub --rotate``; until then the hub refuses uploads sealed with the
-    new key (403) and they wait in the spool.
+    The old key files stay where they are and the old private key goes first in
+    ``site.retired_keys``: results the hub sealed to it before it registered the new one
+    still open (the results follower tries the retired keys after the current one).
+    Give the new ``.pub`` to the hub's administrator, who runs ``usreview hub add-site
+    NAME --public-key NEW.pub --rotate``; until then the hub refuses uploads sealed with
+    the new key (403) and they wait in the spool. Remove an old key from the list once
+    no result sealed to it can still arrive.
 
     Raises
     ------
@@ -492,21 +526,42 @@ def rotate_site_key(config: SiteConfig, stamp: str) -> NewSite:
     if folder.exists():
         raise SiteConfigError(f"site.private_key: {folder} exists", "site.private_key")
     key_path = write_key_pair(keys, folder, passphrase.encode() if passphrase else None)
-    line = f"private_key = {_q(key_path.relative_to(config.path.parent).as_posix())}"
+    retired = (config.private_key, *config.retired_private_keys)
+    lines = {
+        "private_key": f"private_key = {_q(_relative(key_path, config.path.parent))}",
+        "retired_keys": "retired_keys = ["
+        + ", ".join(_q(_relative(p, config.path.parent)) for p in retired)
+        + "]",
+    }
     text = config.path.read_text(encoding="utf-8")
-    section = re.search(r"(?ms)^\[site\][^\[]*", text)
+    section = re.search(r"(?ms)^\[site\][ \t]*(?:#[^\n]*)?$.*?(?=^[ \t]*\[|\Z)", text)
     if section is None:
         raise SiteConfigError(f"{config.path}: no [site] table", "site")
     body = section.group(0)
-    if re.search(r"(?m)^private_key\s*=.*$", body):
-        body = re.sub(r"(?m)^private_key\s*=.*$", lambda _: line, body, count=1)
-    else:
-        body = body.replace("[site]\n", f"[site]\n{line}\n", 1)
-    replace_file(config.path, (text[: section.start()] + body + text[section.end() :]).encode())
+    for key, line in lines.items():  # an array may span lines: up to its closing ']'
+        setting = re.compile(rf"(?m)^{key}\s*=(?:\s*\[[^\]]*\][ \t]*(?:#.*)?|.*)$")
+        if found := setting.search(body):
+            body = body[: found.start()] + line + body[found.end() :]
+        else:
+            body = body.replace("[site]\n", f"[site]\n{line}\n", 1)
+    text = text[: section.start()] + body + text[section.end() :]
+    try:  # checked before it replaces the file: a failure leaves site.toml as it was
+        written = tomllib.loads(text)["site"]
+    except (tomllib.TOMLDecodeError, KeyError) as exc:
+        raise SiteConfigError(f"{config.path}: cannot update [site] ({exc})", "site") from None
+    if written.get("retired_keys") != [_relative(p, config.path.parent) for p in retired]:
+        raise SiteConfigError(f"{config.path}: cannot update site.retired_keys", "site")
+    replace_file(config.path, text.encode())
     os.chmod(config.path, 0o600)
-    if load_config(config.path).private_key != key_path.resolve():
+    after = load_config(config.path)
+    if (after.private_key, after.retired_private_keys) != (key_path.resolve(), retired):
         raise SiteConfigError(f"{config.path}: site.private_key was not updated", "site")
     return NewSite(config.path, key_path.with_suffix(".pub"), keys.key_id.hex())
+
+
+def _relative(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` when inside it (the site folder can move), else as is."""
+    return (path.relative_to(base) if path.is_relative_to(base) else path).as_posix()
 
 
 def _copy_new(src: Path, dst: Path, setting: str) -> None:
@@ -539,6 +594,9 @@ def _render(
         "[site]",
         f"name = {_q(name)}",
         f"private_key = {_q(f'keys/{name}.key')}",
+        "# earlier private keys, newest first ('usreview site rotate-key' adds them):",
+        "# results sealed to them while the hub switched keys still open",
+        "retired_keys = []",
         "",
         "[hub]",
         f"url = {_q(hub_url)}",

@@ -17,10 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from usreview.envelope.atomic import fsync_directory, replace_file
+from usreview.envelope.atomic import replace_file, replacing_file
 from usreview.site.config import PacsDestination
 from usreview.site.errors import DeliveryError
 from usreview.site.supersede import SUPERSEDED, annotate, retire, superseded_files
@@ -75,19 +73,8 @@ def _is_text(path: Path) -> bool:
 def copy_durably(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically and durably (replacing ``dst``)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dst.parent)
-    try:
-        with open(fd, "wb") as out, open(src, "rb") as fin:
-            shutil.copyfileobj(fin, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_directory(dst.parent)
+    with replacing_file(dst, mode=0o640) as out, open(src, "rb") as fin:
+        shutil.copyfileobj(fin, out, 1 << 20)
 
 
 def deliver_to_outbox(

@@ -4,8 +4,11 @@ For each item after the persisted cursor (``STATE/results.cursor``), in order:
 
 1. fetch its envelope (``GET results/{id}``) and check its SHA-256 against the feed's;
 2. open it into ``STATE/inbox/`` with a key ring holding only the hub's key (the hub
-   must be the sender; an envelope that does not open is put aside in
-   ``STATE/refused/`` and reported, never delivered);
+   must be the sender) and the site's current private key or, for an envelope not
+   addressed to it, each of the site's retired keys (``site.retired_keys``, newest
+   first: the hub seals to the old key until it has registered the new one); an
+   envelope that does not open is put aside in ``STATE/refused/`` and reported, never
+   delivered;
 3. refuse a message id opened before (the replay cache, ``STATE/replay.sqlite``);
 4. deliver: the outbox, then a durable marker per PACS (see :mod:`usreview.site.deliver`);
    a result that supersedes an earlier one (the item's ``supersedes``) retires the earlier
@@ -30,7 +33,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from usreview.envelope import EnvelopeError, KeyRing, ReplayCache, ReplayedError, unseal
+from usreview.envelope import (
+    EnvelopeError,
+    EnvelopeInfo,
+    KeyRing,
+    NotARecipientError,
+    ReplayCache,
+    ReplayedError,
+    unseal,
+)
 from usreview.envelope.atomic import replace_file
 from usreview.site.backoff import Backoff
 from usreview.site.client import HubClient
@@ -69,7 +80,8 @@ class ResultFollower:
         self.state = config.state
         for name in ("inbox", "refused", "pacs"):
             (self.state / name).mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._site_keys = config.load_private_keys()
+        # The current key first, then the retired ones, newest first.
+        self._site_keys = (config.load_private_keys(), *config.load_retired_private_keys())
         self._ring = KeyRing([config.load_hub_key()])
         self._replay = ReplayCache(self.state / "replay.sqlite")
         self.pacs = PacsQueue(self.state / "pacs", config.pacs, config.ae_title)
@@ -120,9 +132,7 @@ class ResultFollower:
         payload = self.state / "inbox" / f"{result_id:08d}.payload"
         payload.unlink(missing_ok=True)  # left by a crash: open again
         try:
-            info = unseal(
-                io.BytesIO(envelope), payload, recipient=self._site_keys, keyring=self._ring
-            )
+            info = self._unseal(result_id, envelope, payload)
         except EnvelopeError as exc:
             aside = self.state / "refused" / f"{result_id:08d}.envelope"
             replace_file(aside, envelope, mode=0o600)
@@ -156,6 +166,21 @@ class ResultFollower:
         self.status.result(result_id, kind, where)
         self.send_pending()
         return target
+
+    def _unseal(self, result_id: int, envelope: bytes, payload: Path) -> EnvelopeInfo:
+        """Open ``envelope`` with the first of the site's keys it is addressed to."""
+        refused: NotARecipientError | None = None
+        for n, key in enumerate(self._site_keys):
+            try:
+                info = unseal(io.BytesIO(envelope), payload, recipient=key, keyring=self._ring)
+            except NotARecipientError as exc:
+                refused = refused or exc  # the current key's sentence
+                continue
+            if n:
+                _log.info("result %s: opened with a retired key %s", result_id, key.key_id.hex())
+            return info
+        assert refused is not None  # there is always a current key
+        raise refused
 
     def send_pending(self, *, force: bool = False) -> int:
         """Try the PACS deliveries still pending (after a backoff unless ``force``).

@@ -1,21 +1,34 @@
 """Teaching cases in the archive: de-identified copies of published studies, for trainees.
 
->>> cases = TeachingStore(archive)                                  # doctest: +SKIP
+>>> cases = TeachingStore(archive, key)                                # doctest: +SKIP
 >>> cases.case_of_study(Reviewer("dr-x"), study_uid)               # None until marked
 >>> cases.add(Reviewer("dr-x"), study_uid, folder, case)           # doctest: +SKIP
 >>> [c.case_uid for c in cases.cases()]                            # doctest: +SKIP
 
-A case's files (made by :func:`usreview.teaching.deidentify`) are moved from the folder
-given to :meth:`TeachingStore.add` into ``ROOT/teaching/CASE_UID/`` (mode 0700, files
-0600) before its rows are committed; a failed commit removes them. One case per study:
-marking a study again gives the case it has. Cases hold no link a trainee can follow to
-the study: only :meth:`TeachingStore.case_of_study` (a reviewer who may see the study)
-goes from a study to its case.
+A case's files (made by :func:`usreview.teaching.deidentify`) are encrypted at rest with
+the hub's at-rest key (AES-256-GCM) into ``ROOT/teaching/CASE_UID/SOP_UID.sealed``
+(folder 0700, files 0600), each written durably (temp file, fsync, rename, directory
+fsync: :func:`usreview.envelope.atomic.write_new_file`), and the plaintext folder is
+removed; only then are its rows committed, and a failed commit removes the files. A
+sealed file is::
+
+    magic   8  b"USRTCH1\0"
+    nonce  12  random
+    sealed     AES-256-GCM of the DICOM bytes (16-byte tag at the end)
+
+with the magic, the case UID, the SOP Instance UID and the plaintext's SHA-256 as
+associated data, so a file cannot be altered or passed off as another instance.
+:meth:`TeachingStore.read_instance` opens it and checks the SHA-256 recorded with it.
+One case per study: marking a study again gives the case it has. Cases hold no link a
+trainee can follow to the study: only :meth:`TeachingStore.case_of_study` (a reviewer who
+may see the study) goes from a study to its case.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import hashlib
+import secrets
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,12 +36,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from usreview.envelope.atomic import fsync_directory, write_new_file
 from usreview.store.archive import _guard
 from usreview.store.database import writer
-from usreview.store.errors import InvalidMetadataError, NotFoundError
+from usreview.store.errors import CorruptObjectError, InvalidMetadataError, NotFoundError
 from usreview.store.queries import visible
 from usreview.store.records import Reviewer
 from usreview.store.review_schema import TeachingCaseRow, TeachingInstanceRow
@@ -37,7 +53,12 @@ from usreview.store.schema import SiteRow, StudyRow
 if TYPE_CHECKING:
     from usreview.store.archive import Archive
 
-__all__ = ["TeachingCase", "TeachingInstance", "TeachingStore"]
+__all__ = ["MAGIC", "TeachingCase", "TeachingInstance", "TeachingStore"]
+
+#: The first bytes of a teaching copy encrypted at rest.
+MAGIC = b"USRTCH1\0"
+_NONCE = 12
+_TAG = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +94,23 @@ class TeachingCase:
 
 
 class TeachingStore:
-    """The teaching cases of an archive."""
+    """The teaching cases of an archive, their copies encrypted with ``key``.
 
-    def __init__(self, archive: Archive) -> None:
+    Parameters
+    ----------
+    archive
+        The archive holding the cases.
+    key
+        The hub's at-rest key: 32 bytes.
+    """
+
+    def __init__(self, archive: Archive, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise InvalidMetadataError("the at-rest key of teaching copies is 32 bytes")
         self._engine = archive._engine
         self._writer = writer(self._engine)
         self._clock = archive._clock
+        self._aead = AESGCM(key)
         self.root = archive.root / "teaching"
 
     def case_of_study(self, caller: Reviewer, study_instance_uid: str) -> TeachingCase | None:
@@ -101,28 +133,34 @@ class TeachingStore:
     ) -> TeachingCase:
         """Record ``case`` of a study visible to ``caller``; its files are in ``folder``.
 
-        ``folder`` holds ``SOP_INSTANCE_UID.dcm`` for each of ``case.instances`` and is
-        moved into the archive. If the study has a case already, ``folder`` is removed
-        and that case returned.
+        ``folder`` holds ``SOP_INSTANCE_UID.dcm`` for each of ``case.instances``; each is
+        encrypted into the archive (see the module docstring), then ``folder`` is removed.
 
         Raises
         ------
         NotFoundError
             No such study for this reviewer.
         InvalidMetadataError
-            A file of ``case.instances`` is missing from ``folder``.
+            A file of ``case.instances`` is missing from ``folder`` or is not the one
+            described (size or SHA-256).
         """
-        for item in case.instances:
-            if not (folder / f"{item.sop_instance_uid}.dcm").is_file():
-                raise InvalidMetadataError(f"no file for {item.sop_instance_uid} in {folder}")
         target = self.root / case.case_uid
         with _guard("recording a teaching case"):
-            self.root.mkdir(mode=0o700, exist_ok=True)
-            os.rename(folder, target)
+            if not self.root.is_dir():
+                self.root.mkdir(mode=0o700, exist_ok=True)
+                fsync_directory(self.root.parent)
+            target.mkdir(mode=0o700)
+            fsync_directory(self.root)
             try:
+                for item in case.instances:
+                    sealed = self._seal(case.case_uid, item, _plaintext(folder, item))
+                    write_new_file(target / f"{item.sop_instance_uid}.sealed", sealed)
+                shutil.rmtree(folder, ignore_errors=True)
                 self._insert(caller, study_instance_uid, case)
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    fsync_directory(self.root)
                 raise
         return self.case(case.case_uid)
 
@@ -178,18 +216,41 @@ class TeachingStore:
                 raise NotFoundError(f"no teaching case {case_uid}")
             return _case(session, row)
 
-    def instance_file(self, case_uid: str, sop_instance_uid: str) -> tuple[TeachingInstance, Path]:
-        """One de-identified instance of a case and its file.
+    def read_instance(self, case_uid: str, sop_instance_uid: str) -> tuple[TeachingInstance, bytes]:
+        """One de-identified instance of a case and its DICOM bytes (decrypted, checked).
 
         Raises
         ------
         NotFoundError
             No such case, or no such instance in it.
+        CorruptObjectError
+            Its file is missing, altered, or does not open with the at-rest key.
         """
         for item in self.case(case_uid).instances:
             if item.sop_instance_uid == sop_instance_uid:
-                return item, self.root / case_uid / f"{sop_instance_uid}.dcm"
+                path = self.root / case_uid / f"{sop_instance_uid}.sealed"
+                with _guard("reading a teaching copy"):
+                    stored = path.read_bytes() if path.is_file() else b""
+                return item, self._open(case_uid, item, stored)
         raise NotFoundError(f"no instance {sop_instance_uid} in teaching case {case_uid}")
+
+    def _seal(self, case_uid: str, item: TeachingInstance, data: bytes) -> bytes:
+        nonce = secrets.token_bytes(_NONCE)
+        return MAGIC + nonce + self._aead.encrypt(nonce, data, _aad(case_uid, item))
+
+    def _open(self, case_uid: str, item: TeachingInstance, stored: bytes) -> bytes:
+        head = len(MAGIC) + _NONCE
+        data = b""
+        if stored[: len(MAGIC)] == MAGIC and len(stored) >= head + _TAG:
+            nonce, sealed = stored[len(MAGIC) : head], stored[head:]
+            with contextlib.suppress(InvalidTag):
+                data = self._aead.decrypt(nonce, sealed, _aad(case_uid, item))
+        if not data or hashlib.sha256(data).hexdigest() != item.sha256:
+            raise CorruptObjectError(
+                f"the teaching copy {item.sop_instance_uid} is missing, has changed, or does "
+                "not open with the at-rest key; tell an administrator"
+            )
+        return data
 
     def _study(self, session: Session, caller: Reviewer, uid: str) -> StudyRow:
         study = session.scalars(
@@ -200,6 +261,20 @@ class TeachingStore:
         if study is None:
             raise NotFoundError(f"no study {uid}")
         return study
+
+
+def _aad(case_uid: str, item: TeachingInstance) -> bytes:
+    return MAGIC + f"{case_uid}/{item.sop_instance_uid}_{item.sha256}".encode("ascii")
+
+
+def _plaintext(folder: Path, item: TeachingInstance) -> bytes:
+    try:
+        data = (folder / f"{item.sop_instance_uid}.dcm").read_bytes()
+    except FileNotFoundError:
+        raise InvalidMetadataError(f"no file for {item.sop_instance_uid} in {folder}") from None
+    if len(data) != item.size or hashlib.sha256(data).hexdigest() != item.sha256:
+        raise InvalidMetadataError(f"the file of {item.sop_instance_uid} is not the one described")
+    return data
 
 
 def _case(session: Session, row: TeachingCaseRow) -> TeachingCase:

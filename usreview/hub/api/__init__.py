@@ -8,6 +8,7 @@ Modules (one responsibility each)::
     base                the handlers' base: caller rights, JSON errors, audit of refusals
     errors              exception -> status, code and sentence
     views               JSON views of the archive's records
+    handlers_service    GET /whoami, the 404 of unknown paths (both audited)
     handlers_upload     PUT /instances/{uid} (streamed, capped), GET /instances/{uid}
     handlers_receipts   GET /instances/{uid}/receipt, GET /receipts
     handlers_results    GET /results (long-poll), GET /results/{id}

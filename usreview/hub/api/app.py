@@ -7,7 +7,8 @@
 crash, empties the spool and quarantine folders, starts the parsing
 :class:`~usreview.ingest.WorkerPool`, and builds the :class:`~usreview.ingest.Ingestor`
 with the hub's keys and the registered sites' keys. :func:`api_routes` gives the
-handlers for :func:`usreview.hub.service.make_app`.
+handlers for :func:`usreview.hub.service.make_app`, and :func:`unknown_path_route` the
+audited 404 of every other path.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from usreview.hub.api.handlers_receipts import BatchReceiptHandler, ReceiptHandl
 from usreview.hub.api.handlers_reports import ReportsHandler
 from usreview.hub.api.handlers_results import ResultHandler, ResultsHandler
 from usreview.hub.api.handlers_review import AnalysisHandler, StudiesHandler, StudyHandler
+from usreview.hub.api.handlers_service import UnknownPathHandler, WhoamiHandler
 from usreview.hub.api.handlers_teaching import (
     TeachingCaseHandler,
     TeachingCasesHandler,
@@ -43,7 +45,7 @@ from usreview.hub.state import HubState, open_state, state_from_env
 from usreview.ingest import Ingestor, WorkerPool
 from usreview.store import Archive
 
-__all__ = ["ServiceContext", "api_routes", "open_context"]
+__all__ = ["ServiceContext", "api_routes", "open_context", "unknown_path_route"]
 
 
 @dataclass
@@ -151,6 +153,7 @@ def api_routes(prefix: str, context: ServiceContext, options: dict[str, Any]) ->
     kwargs = {**options, "context": context}
     uid = r"([^/]+)"
     return [
+        (rf"{api}/whoami/?", WhoamiHandler, kwargs),
         (rf"{api}/instances/{uid}/receipt/?", ReceiptHandler, kwargs),
         (rf"{api}/instances/{uid}/analysis/?", AnalysisHandler, kwargs),
         (rf"{api}/instances/{uid}/?", InstanceHandler, kwargs),
@@ -165,6 +168,13 @@ def api_routes(prefix: str, context: ServiceContext, options: dict[str, Any]) ->
         (rf"{api}/teaching/{uid}/instances/{uid}/?", TeachingInstanceHandler, kwargs),
         (rf"{api}/teaching/{uid}/?", TeachingCaseHandler, kwargs),
     ]
+
+
+def unknown_path_route(
+    prefix: str, context: ServiceContext, options: dict[str, Any]
+) -> tuple[str, type[UnknownPathHandler], dict[str, Any]]:
+    """The last route: every other path under ``prefix`` answers the audited JSON 404."""
+    return (rf"{prefix}(.*)", UnknownPathHandler, {**options, "context": context})
 
 
 def _private_folder(path: Path) -> Path:

@@ -1,12 +1,16 @@
 """What reviewers read: the worklist, one study, an instance and its automatic analysis.
 
 ``GET /studies`` (the worklist), ``GET /studies/{uid}`` (series, instances with their
-analyses and processing, history, claim, reports), ``GET /instances/{uid}`` (the DICOM)
+analyses and processing, the study-level evaluation, history, claim, reports),
+``GET /instances/{uid}`` (the DICOM)
 and ``GET /instances/{uid}/analysis``. A reviewer restricted to some sites reads only
 theirs (:meth:`usreview.store.review.ReviewStore.reviewer`). An instance is stored as the
 site's envelope; reading it opens the envelope with the hub's key into the quarantine
 folder, checks the plaintext against the hash recorded at ingest, streams it, and
-removes it. The read is audited before any byte leaves. A caller without the review
+removes it. The study-level evaluation (:func:`study_evaluation`) is the study rule
+applied to the instances' latest analyses, as the processing worker applies it, with the
+current version of the study summary it sent the site. The read is audited before any
+byte leaves. A caller without the review
 scope, or a reviewer outside the study's site, gets the 404 of a missing study or
 instance.
 """
@@ -16,17 +20,32 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from usreview.envelope import KeyRing, unseal
+from usreview.envelope import unseal
 from usreview.envelope.format import read_header
 from usreview.envelope.stream import Source
 from usreview.hub.api.base import BaseHandler, check_uid
 from usreview.hub.api.errors import ApiError, not_found
-from usreview.hub.api.views import entry_view, instance_view, report_view
+from usreview.hub.api.views import (
+    entry_view,
+    instance_view,
+    report_view,
+    study_evaluation_view,
+)
 from usreview.hub.audit import AuditAction
-from usreview.store import CorruptObjectError, InstanceRecord, Reviewer, StudyStatus
+from usreview.processing.recommendations.study import SRU_ICA_CCA, evaluate_study
+from usreview.processing.study_results import VERSION as STUDY_RULE_VERSION
+from usreview.processing.study_results import evaluation_signature
+from usreview.store import (
+    CorruptObjectError,
+    InstanceRecord,
+    ResultFeed,
+    Reviewer,
+    StudyStatus,
+)
 
 if TYPE_CHECKING:
     from usreview.hub.api.app import ServiceContext
@@ -37,6 +56,7 @@ __all__ = [
     "StudyHandler",
     "open_instance",
     "send_instance",
+    "study_evaluation",
 ]
 
 _CHUNK = 1024 * 1024
@@ -144,9 +164,42 @@ def _study_detail(context: ServiceContext, reviewer: Reviewer, uid: str) -> dict
             }
             for change in archive.history(reviewer, uid)
         ],
+        "study_evaluation": study_evaluation(
+            archive.results,
+            uid,
+            {k: s.analysis for k, s in states.items() if s.analysis is not None},
+        ),
         "reports": [report_view(r) for r in review.reports(reviewer, uid)],
         "known_sites": list(context.site_keys),
     }
+
+
+def study_evaluation(
+    feed: ResultFeed, study_instance_uid: str, summaries: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """The study-level evaluation of a study whose instances' latest analyses are ``summaries``.
+
+    ``None`` when no side of the study holds labelled ICA and CCA spectra. Its
+    ``published`` is the study summary the worker sent the site (lineage
+    ``auto-study/STUDY/summary``, see :mod:`usreview.processing.study_results`) if the
+    current version holds these evaluations: superseded versions are never shown.
+    """
+    evaluations = evaluate_study(summaries)
+    if not evaluations:
+        return None
+    signature = evaluation_signature(evaluations)
+    prefix = f"auto-study/{study_instance_uid}/summary/"
+    current = [(r, k) for r, k in feed.keyed_results(prefix) if r.superseded_by is None]
+    published = None
+    if current and current[-1][1][len(prefix) :].split("/")[0] == signature:
+        published = current[-1][0]
+    return study_evaluation_view(
+        evaluations,
+        rule=SRU_ICA_CCA.name,
+        version=STUDY_RULE_VERSION,
+        signature=signature,
+        published=published,
+    )
 
 
 def open_instance(context: ServiceContext, reviewer: Reviewer, record: InstanceRecord) -> Path:
@@ -159,7 +212,7 @@ def open_instance(context: ServiceContext, reviewer: Reviewer, record: InstanceR
     """
     out = context.ingestor.quarantine_dir / f"{secrets.token_hex(16)}.read"
     try:
-        ring = KeyRing([context.site_keys[record.site]])
+        ring = context.site_keys.stored_ring(record.site)
     except KeyError:
         raise CorruptObjectError(f"site {record.site} has no key to open its instances") from None
     with context.archive.open_envelope(reviewer, record.sop_instance_uid) as src:

@@ -5,7 +5,8 @@
   200 with the one it has already. A study the reviewer may not see answers its 404.
 - ``GET /teaching`` (train scope): ``{"cases": [...]}``, newest first.
 - ``GET /teaching/{case}``: one case; ``GET /teaching/{case}/instances/{uid}``: one
-  de-identified instance (DICOM), checked against the hash recorded with it.
+  de-identified instance (DICOM), decrypted from its at-rest copy and checked against the
+  hash recorded with it.
 
 A caller without the train scope (a reviewer who is not also a trainee, a site) gets 403
 on the list and the 404 of a missing case or instance on the others; trainees never
@@ -16,17 +17,14 @@ before any byte leaves).
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from usreview.hub.api.base import BaseHandler, check_uid
 from usreview.hub.api.errors import ApiError, not_found
-from usreview.hub.api.teaching_cases import make_case
+from usreview.hub.api.teaching_cases import make_case, teaching_store
 from usreview.hub.audit import AuditAction
-from usreview.store import CorruptObjectError
-from usreview.store.teaching import TeachingCase, TeachingStore
+from usreview.store.teaching import TeachingCase
 from usreview.teaching import METHOD
 
 __all__ = ["TeachingCaseHandler", "TeachingCasesHandler", "TeachingInstanceHandler", "case_view"]
@@ -64,7 +62,7 @@ class TeachingCasesHandler(BaseHandler):
     async def get(self) -> None:
         """``{"cases": [...]}``, newest first."""
         self.trainee()
-        cases = await self.blocking(TeachingStore(self.context.archive).cases)
+        cases = await self.blocking(teaching_store(self.context).cases)
         await self.audit(AuditAction.READ, detail={"count": len(cases)})
         self.write_json({"cases": [case_view(c) for c in cases]})
 
@@ -111,7 +109,7 @@ class TeachingCaseHandler(BaseHandler):
         self.trainee(hide=hide)
         if not check_uid(case_uid):
             raise not_found(*hide)
-        case = await self.blocking(TeachingStore(self.context.archive).case, case_uid)
+        case = await self.blocking(teaching_store(self.context).case, case_uid)
         await self.audit(AuditAction.READ, detail={"instances": len(case.instances)})
         self.write_json(case_view(case))
 
@@ -125,24 +123,13 @@ class TeachingInstanceHandler(BaseHandler):
         self.trainee(hide=hide)
         if not (check_uid(case_uid) and check_uid(sop_instance_uid)):
             raise not_found(*hide)
-        store = TeachingStore(self.context.archive)
-        item, path = await self.blocking(store.instance_file, case_uid, sop_instance_uid)
-        if await self.blocking(_digest, path) != item.sha256:
-            raise CorruptObjectError(f"the teaching copy {sop_instance_uid} has changed")
+        store = teaching_store(self.context)
+        item, data = await self.blocking(store.read_instance, case_uid, sop_instance_uid)
         await self.audit(AuditAction.READ, detail={"case": case_uid, "size": item.size})
         self.set_header("Content-Type", "application/dicom")
         self.set_header("Content-Length", str(item.size))
         self.set_header("Content-Disposition", f'attachment; filename="{sop_instance_uid}.dcm"')
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                self.write(chunk)
-                await self.flush()
+        for start in range(0, len(data), _CHUNK):
+            self.write(data[start : start + _CHUNK])
+            await self.flush()
         self.finish()
-
-
-def _digest(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except FileNotFoundError:
-        return ""

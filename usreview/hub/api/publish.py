@@ -69,7 +69,7 @@ def publish_result(
     keys = SiteKeyFiles(state.sites)
     names = sorted(set(sites))
     try:
-        recipients = [keys[name] for name in names]
+        recipients = [keys.current(name) for name in names]  # the newest key only
     except KeyError as exc:
         raise InvalidMetadataError(
             f"sites: no key is registered for site {exc.args[0]!r}"

@@ -7,16 +7,17 @@ when it changed (by inode, modification time and size); a removed file removes t
 Rotation (``usreview hub add-site NAME --public-key NEW.pub --rotate``, :meth:`rotate`)
 replaces the current key and moves the old one into ``STATE/sites/NAME.previous.json``,
 newest first, with the time it was replaced and the end of its grace period
-(``accepted_until``, default :data:`DEFAULT_GRACE_SECONDS` later):
+(``accepted_until``, default :data:`DEFAULT_GRACE_SECONDS` later). Which keys apply is
+always asked for explicitly:
 
-- new uploads verify with the current key, or with a replaced key until its grace period
-  ends (:meth:`SiteKeyFiles.upload_ring`, what the ingest uses): envelopes the site
-  sealed before it switched still arrive, and a grace of 0 refuses the old key at once
-  (a compromised key);
-- envelopes already stored open with every key the site ever had
-  (``KeyRing([site_keys[site]])``, see :class:`~usreview.envelope.keyring.RotatedKeys`):
-  they were verified when they arrived;
-- results are sealed to the current key only.
+- :meth:`SiteKeyFiles.current` (also ``site_keys[site]``): the one key results are
+  sealed to;
+- :meth:`SiteKeyFiles.upload_ring`: what a new upload may be signed with, the current
+  key and the replaced keys still in their grace period (what the ingest uses):
+  envelopes the site sealed before it switched still arrive, and a grace of 0 refuses
+  the old key at once (a compromised key);
+- :meth:`SiteKeyFiles.stored_ring`: what opens envelopes the hub already stored, the
+  current key and every key the site had (they were verified when they arrived).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 from usreview.envelope import EnvelopeError, PublicKeys, load_public_keys
 from usreview.envelope.atomic import replace_file
-from usreview.envelope.keyring import KeyRing, KeyState, RotatedKeys
+from usreview.envelope.keyring import KeyRing
 from usreview.envelope.keys import parse_public_keys
 from usreview.hub.errors import AccountError, StateError
 
@@ -73,10 +74,10 @@ class _Site:
 
 
 class SiteKeyFiles(Mapping[str, PublicKeys]):
-    """``{site: PublicKeys}`` backed by the folder of ``.pub`` files.
+    """``{site: current key}`` backed by the folder of ``.pub`` files.
 
-    A rotated site's value is a :class:`~usreview.envelope.keyring.RotatedKeys`: it seals
-    as the current key and brings the replaced keys into a ring as retired.
+    A site's value is its current key only; the rings that also trust the keys it
+    replaced are :meth:`upload_ring` and :meth:`stored_ring`.
 
     Parameters
     ----------
@@ -93,16 +94,18 @@ class SiteKeyFiles(Mapping[str, PublicKeys]):
         self._lock = threading.Lock()
 
     def __getitem__(self, site: str) -> PublicKeys:
-        found = self._site(site)
-        if not found.previous:
-            return found.current
-        return RotatedKeys.of(found.current, (p.public for p in found.previous))
+        return self.current(site)
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(p.stem for p in self.folder.glob("*.pub") if _NAME.fullmatch(p.stem)))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+    def current(self, site: str) -> PublicKeys:
+        """The current key of ``site``, the only one results are sealed to
+        (``KeyError``: no such site)."""
+        return self._site(site).current
 
     def previous(self, site: str) -> tuple[PreviousKey, ...]:
         """The keys ``site`` used before, newest first (``KeyError``: no such site)."""
@@ -113,11 +116,17 @@ class SiteKeyFiles(Mapping[str, PublicKeys]):
         replaced ones retired until their grace period ends (``KeyError``: no such site)."""
         found = self._site(site)
         now = self._clock() if now is None else now
-        ring = KeyRing([found.current])
-        for old in found.previous:
-            if old.accepted_until > now and ring.get(old.public.key_id) is None:
-                ring.add(old.public, KeyState.RETIRED)
-        return ring
+        valid = (old.public for old in found.previous if old.accepted_until > now)
+        return KeyRing.rotation(found.current, valid)
+
+    def stored_ring(self, site: str) -> KeyRing:
+        """The keys an envelope the hub stored for ``site`` may be signed with: the current
+        one active, every replaced one retired, grace or not (``KeyError``: no such site).
+
+        Only for envelopes the archive holds: they were verified when they arrived.
+        """
+        found = self._site(site)
+        return KeyRing.rotation(found.current, (old.public for old in found.previous))
 
     @property
     def uploads(self) -> UploadRings:

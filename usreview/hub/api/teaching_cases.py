@@ -13,9 +13,10 @@
 3. the latest report's exam type, findings, impression and recommendations are kept,
    cleaned of the source's identifiers and of dates (:func:`usreview.teaching.scrub_text`);
    not the reviewer's name, not the dates;
-4. the copies and the case are recorded (:class:`usreview.store.teaching.TeachingStore`).
+4. the copies are encrypted at rest with the hub's at-rest key and the case recorded
+   (:class:`usreview.store.teaching.TeachingStore`, from :func:`teaching_store`).
 
-The plaintext sources are removed as soon as they are copied.
+The plaintext sources and copies are removed as soon as they are used.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from usreview.dicom import read
 from usreview.errors import InputError
 from usreview.hub.api.errors import ApiError
 from usreview.hub.api.handlers_review import open_instance
+from usreview.hub.errors import StateError
 from usreview.store import InstanceRecord, Reviewer, StudyStatus
 from usreview.store.teaching import TeachingCase, TeachingInstance, TeachingStore
 from usreview.teaching import UidMap, deidentify, scrub_text
@@ -41,7 +43,7 @@ from usreview.teaching import UidMap, deidentify, scrub_text
 if TYPE_CHECKING:
     from usreview.hub.api.app import ServiceContext
 
-__all__ = ["IDENTIFYING", "make_case"]
+__all__ = ["IDENTIFYING", "make_case", "teaching_store"]
 
 #: Attributes of the source whose values are removed from the reviewer's text.
 IDENTIFYING = (
@@ -61,6 +63,24 @@ _PUBLISHED = (StudyStatus.PUBLISHED, StudyStatus.DELIVERED)
 _LOCKS = tuple(threading.Lock() for _ in range(16))
 
 
+def teaching_store(context: ServiceContext) -> TeachingStore:
+    """The archive's teaching cases, with the hub's at-rest key (``STATE/at-rest.key``).
+
+    Raises
+    ------
+    StateError
+        The key file is missing or does not hold 32 bytes.
+    """
+    path = context.state.at_rest_key
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise StateError(f"{path}: {exc.strerror}; restore it from the backup") from None
+    if len(key) != 32:
+        raise StateError(f"{path} does not hold 32 bytes; restore it from the backup")
+    return TeachingStore(context.archive, key)
+
+
 def make_case(
     context: ServiceContext, reviewer: Reviewer, study_instance_uid: str
 ) -> tuple[TeachingCase, bool]:
@@ -77,7 +97,7 @@ def make_case(
         The archive failed; nothing was recorded.
     """
     archive = context.archive
-    store = TeachingStore(archive)
+    store = teaching_store(context)
     with _LOCKS[hash(study_instance_uid) % len(_LOCKS)]:
         entry = archive.review.entry(reviewer, study_instance_uid)
         known = store.case_of_study(reviewer, study_instance_uid)

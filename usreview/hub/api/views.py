@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from usreview.processing.recommendations.study import SRU_ICA_CCA, StudyEvaluation
 from usreview.store import InstanceRecord, ResultRecord
 from usreview.store.review import InstanceState, ReportRecord
 from usreview.store.worklist import ClaimRecord, WorklistEntry
 
 __all__ = [
+    "STUDY_EVALUATION_NOTICE",
     "claim_view",
     "entry_view",
     "instance_view",
     "iso",
     "report_view",
     "result_view",
+    "study_evaluation_view",
 ]
+
+#: What a study-level evaluation is, said wherever it is shown.
+STUDY_EVALUATION_NOTICE = (
+    "Automatic study-level evaluation: decision support for the reviewing expert, not a "
+    "diagnosis; not reviewed yet."
+)
 
 
 def iso(moment: datetime) -> str:
@@ -103,3 +113,56 @@ def result_view(record: ResultRecord) -> dict[str, Any]:
         "sha256": record.envelope_sha256,
         "published_at": iso(record.published_at),
     }
+
+
+def study_evaluation_view(
+    evaluations: Sequence[StudyEvaluation],
+    *,
+    rule: str,
+    version: str,
+    signature: str,
+    published: ResultRecord | None,
+) -> dict[str, Any]:
+    """The ``StudyEvaluation`` schema: the study rule applied to each side of a study.
+
+    ``published`` is the current (not superseded) study summary sent to the site, when it
+    holds these evaluations (``None`` while the worker has not sent them yet).
+    """
+    statements = {c.name: c.statement for c in SRU_ICA_CCA.categories}
+    sides = []
+    for evaluation in evaluations:
+        view = evaluation.as_dict()
+        view["statement"] = statements.get(evaluation.recommendation.category or "")
+        view["values"] = _evaluation_values(evaluation)
+        sides.append(view)
+    used = [uid for e in evaluations for uid in (e.ica_sop_instance_uid, *e.cca_sop_instance_uids)]
+    return {
+        "rule": rule,
+        "version": version,
+        "signature": signature,
+        "notice": STUDY_EVALUATION_NOTICE,
+        "evaluations": sides,
+        "instances": list(dict.fromkeys(used)),
+        "published": None
+        if published is None
+        else {
+            "result": published.cursor,
+            "published_at": iso(published.published_at),
+            "supersedes": published.supersedes,
+        },
+    }
+
+
+def _evaluation_values(evaluation: StudyEvaluation) -> dict[str, float]:
+    """``ica_psv``, ``cca_psv`` (mean of the side's CCA spectra), ``ica_cca_psv_ratio``
+    and, when measured, ``ica_edv`` of one side's evaluation."""
+    values: dict[str, float] = {}
+    for quantity in evaluation.recommendation.evidence:
+        if quantity.name == "peak_systolic_velocity":
+            cca = "sop_instance_uids" in (quantity.details or {})
+            values["cca_psv" if cca else "ica_psv"] = quantity.value
+        elif quantity.name == "end_diastolic_velocity":
+            values["ica_edv"] = quantity.value
+        else:
+            values[quantity.name] = quantity.value
+    return values

@@ -1,0 +1,141 @@
+"""Teaching copies at rest: encrypted with the hub's at-rest key, durable, never half-written.
+
+A de-identified copy of a simulated B-mode is recorded as a case of a stored study: on disk
+it is AES-256-GCM ciphertext (no DICOM preamble, no header text), it reads back as the same
+bytes, an altered, swapped or wrongly keyed file is refused, and a case whose recording fails
+leaves neither rows nor files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from tests.test_store import meta
+from usreview.dicom import read
+from usreview.simulate import simulate
+from usreview.store import (
+    Archive,
+    CorruptObjectError,
+    InvalidMetadataError,
+    NotFoundError,
+    Reviewer,
+)
+from usreview.store.teaching import MAGIC, TeachingCase, TeachingInstance, TeachingStore
+from usreview.teaching import UidMap, deidentify
+
+SITE = "site-a"
+DR = Reviewer("dr-x")
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    with Archive.open(None, tmp_path / "archive") as opened:
+        for n in (1, 2):  # two studies to make cases of
+            opened.put(SITE, f"envelope {n}".encode(), meta(n, study=n))
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    [path] = simulate("bmode", tmp_path_factory.mktemp("bmode"), seed=4)
+    return path
+
+
+def _case(folder: Path, source: Path, study: str) -> TeachingCase:
+    """A de-identified copy of ``source`` in ``folder`` and the case describing it."""
+    folder.mkdir(mode=0o700)
+    uids = UidMap()
+    copy = deidentify(read(source), uids, label="TEACHING-1")
+    path = folder / f"{copy.SOPInstanceUID}.dcm"
+    copy.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    item = TeachingInstance(
+        str(copy.SOPInstanceUID),
+        str(copy.SOPClassUID),
+        ("bmode",),
+        1,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
+    return TeachingCase(uids(study), "general", "cyst", "simple cyst", "", ("bmode",), (), (item,))
+
+
+def test_a_copy_is_encrypted_at_rest_and_reads_back_the_same(
+    archive: Archive, source: Path, tmp_path: Path
+) -> None:
+    key = secrets.token_bytes(32)
+    study = "1.2.826.0.2.1"
+    case = _case(tmp_path / "case", source, study)
+    plaintext = (tmp_path / "case" / f"{case.instances[0].sop_instance_uid}.dcm").read_bytes()
+    store = TeachingStore(archive, key)
+    recorded = store.add(DR, study, tmp_path / "case", case)
+    assert not (tmp_path / "case").exists()  # the plaintext folder is gone
+    [item] = recorded.instances
+    files = [p for p in (archive.root / "teaching").rglob("*") if p.is_file()]
+    assert [p.name for p in files] == [f"{item.sop_instance_uid}.sealed"]
+    stored = files[0].read_bytes()
+    assert stored.startswith(MAGIC) and stored[128:132] != b"DICM"
+    with pytest.raises(InvalidDicomError):
+        dcmread(files[0])
+    assert len(stored) == len(plaintext) + len(MAGIC) + 12 + 16
+    for text in (b"DICM", b"TEACHING-1", item.sop_instance_uid.encode(), b"ORIGINAL"):
+        assert text not in stored, text
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(files[0].parent.stat().st_mode) == 0o700
+
+    same, data = store.read_instance(case.case_uid, item.sop_instance_uid)
+    assert same == item and data == plaintext
+    assert dcmread(io.BytesIO(data)).PatientIdentityRemoved == "YES"
+    assert TeachingStore(archive, key).case_of_study(DR, study) == recorded
+
+    # Another key, an altered byte, or another instance's file under this name: refused.
+    with pytest.raises(CorruptObjectError, match="at-rest key"):
+        TeachingStore(archive, secrets.token_bytes(32)).read_instance(
+            case.case_uid, item.sop_instance_uid
+        )
+    altered = bytearray(stored)
+    altered[len(stored) // 2] ^= 1
+    files[0].write_bytes(bytes(altered))
+    with pytest.raises(CorruptObjectError, match="has changed"):
+        store.read_instance(case.case_uid, item.sop_instance_uid)
+    files[0].unlink()
+    with pytest.raises(CorruptObjectError, match="missing"):
+        store.read_instance(case.case_uid, item.sop_instance_uid)
+
+
+def test_a_failed_recording_leaves_no_file_and_no_case(
+    archive: Archive, source: Path, tmp_path: Path
+) -> None:
+    store = TeachingStore(archive, secrets.token_bytes(32))
+    case = _case(tmp_path / "a", source, "1.2.826.0.2.2")
+    # Not a study this archive holds: refused when the rows are committed, after the files.
+    with pytest.raises(NotFoundError, match="no study"):
+        store.add(DR, "1.2.826.0.2.99", tmp_path / "a", case)
+    assert not [p for p in (archive.root / "teaching").rglob("*") if p.is_file()]
+    assert store.cases() == []
+
+    # A file that is not the one described is refused before anything is written.
+    case = _case(tmp_path / "b", source, "1.2.826.0.2.2")
+    wrong = replace(case.instances[0], sha256="0" * 64)
+    with pytest.raises(InvalidMetadataError, match="not the one described"):
+        store.add(DR, "1.2.826.0.2.2", tmp_path / "b", replace(case, instances=(wrong,)))
+    assert not list((archive.root / "teaching").rglob("*.sealed"))
+    assert not [p for p in (archive.root / "teaching").rglob("*.part")]
+    assert store.cases() == []
+
+
+def test_the_key_must_be_32_bytes(archive: Archive) -> None:
+    for key in (b"", os.urandom(16), os.urandom(33)):
+        with pytest.raises(InvalidMetadataError, match="32 bytes"):
+            TeachingStore(archive, key)
