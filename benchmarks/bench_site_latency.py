@@ -35,11 +35,18 @@ another process writing durably to the same disk (as the hub's store does in thi
 benchmark).
 
 Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 20 paced instances, 200 for the rate).
+``$USREVIEW_BENCH_SITE_PARTS`` (comma-separated, default all) picks the parts: ``latency``,
+``ingest`` (one untuned storescu: gateway against the plain SCP), ``orthanc``, ``scanners``,
+``sealed``, ``writes``; e.g. ``USREVIEW_BENCH_SITE_PARTS=ingest`` measures the ingest rate
+alone. ``$USREVIEW_BENCH_SITE_ROUNDS`` (default 1) repeats the ingest part, gateway and
+plain SCP alternating, each round with new UIDs (per round and median).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import tempfile
 import threading
 import time
@@ -68,6 +75,32 @@ PACE_SECONDS = 0.5
 RATE_N = 200
 SITE = "clinic"
 SCANNERS = 4
+PARTS = ("latency", "ingest", "orthanc", "scanners", "sealed", "writes")
+WARM_UP = 5
+
+
+def _parts() -> set[str]:
+    """The parts picked by ``$USREVIEW_BENCH_SITE_PARTS`` (all by default)."""
+    raw = os.environ.get("USREVIEW_BENCH_SITE_PARTS", "").strip()
+    picked = {part.strip() for part in raw.split(",") if part.strip()} if raw else set(PARTS)
+    unknown = picked - set(PARTS)
+    if unknown:
+        raise SystemExit(
+            f"USREVIEW_BENCH_SITE_PARTS: unknown part(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(PARTS)}"
+        )
+    return picked
+
+
+def _rounds() -> int:
+    raw = os.environ.get("USREVIEW_BENCH_SITE_ROUNDS", "1")
+    try:
+        rounds = int(raw)
+    except ValueError:
+        rounds = 0
+    if rounds < 1:
+        raise SystemExit(f"USREVIEW_BENCH_SITE_ROUNDS must be a whole number >= 1, not {raw!r}")
+    return rounds
 
 
 class AutoResults:
@@ -142,6 +175,7 @@ def _line(name: str, values: list[float]) -> str:
 
 
 def main() -> None:
+    parts = _parts()
     paced = max(3, round(PACED * scale())) + 1
     rate_n = max(20, round(RATE_N * scale()))
     with tempfile.TemporaryDirectory(prefix="bench-site-latency-", dir="/var/tmp") as tmp:
@@ -153,15 +187,22 @@ def main() -> None:
             port = free_port()
             config = enroll_site(hub.state, hub.url, SITE, root / "site", port=port)
             gateway = start_gateway(config, root / "gateway.log")
+            plain_rate: float | None = None
             try:
-                _latency(hub, config, port, exam)
-                plain_rate = _ingest(config, port, burst, root)
+                if "latency" in parts:
+                    _latency(hub, config, port, exam)
+                if parts & {"ingest", "orthanc"}:
+                    plain_rate = _ingest(config, port, burst, root, parts)
+                if "scanners" in parts:
+                    _scanners(config, port, burst, root)
             finally:
                 gateway.stop()
-            _sealed_ingest(hub, burst, root, plain_rate)
+            if "sealed" in parts:
+                _sealed_ingest(hub, burst, root, plain_rate)
         finally:
             hub.stop()
-        _spool_writes(burst[0], root / "writes")
+        if "writes" in parts:
+            _spool_writes(burst[0], root / "writes")
 
 
 def _latency(hub: HubProcess, config: Path, port: int, exam: list[Path]) -> None:
@@ -212,63 +253,107 @@ def _latency(hub: HubProcess, config: Path, port: int, exam: list[Path]) -> None
     )
 
 
-def _ingest(config: Path, port: int, burst: list[Path], root: Path) -> float:
-    """The gateway's rate from one untuned storescu, against the plain SCP and Orthanc."""
-    from usreview.site import Spool, load_config
+def _ingest(
+    config: Path, port: int, burst: list[Path], root: Path, parts: set[str]
+) -> float | None:
+    """The gateway's rate from one untuned storescu, against the plain SCP and Orthanc.
 
+    Returns the gateway's median rate (None when the ``ingest`` part is not picked).
+    """
     n = len(burst)
     print(f"ingest from dcmtk storescu with default settings (untuned scanner), {n} x 308 KB:")
-    started = time.perf_counter()
-    run = finish(
-        storescu(port, burst, called="USREVIEW", calling=SCANNER_AE, nodelay=False), started
-    )
-    if run.succeeded != n:
-        raise SystemExit(f"FAILED: gateway stored {run.succeeded}/{n}: {run.output[-500:]}")
-    gateway_rate = n / run.seconds
-    spool = Spool(load_config(config).spool)
-    while spool.pending():
-        time.sleep(0.05)
-    at_hub = time.perf_counter() - started
-    held = held_at_hub(config)
-    missing = sum(1 for p in burst if not _held(p, held))
-    print(
-        f"  usreview gateway (spool journal, TCP_NODELAY, uploads running): "
-        f"{gateway_rate:.0f} instances/s; all {n - missing}/{n} at the hub after {at_hub:.1f} s "
-        f"({n / at_hub:.0f} instances/s end to end)"
-    )
+    gateway_rate: float | None = None
+    plain_rate: float | None = None
+    if "ingest" in parts:
+        # Warm-up (imports, first connections, the upload process): not counted.
+        warm = copies(burst[0], WARM_UP, root / "warm-up")
+        finish(storescu(port, warm, called="USREVIEW", calling=SCANNER_AE, nodelay=False), 0.0)
+        rounds = _rounds()
+        gateway_rates: list[float] = []
+        plain_rates: list[float] = []
+        for i in range(rounds):
+            files = burst if i == 0 else copies(burst[0], n, root / f"burst-{i}")
+            gateway_rates.append(_gateway_burst(config, port, files))
+            with plain_scp(root / f"plain-{i}") as plain_port:
+                started = time.perf_counter()
+                plain = finish(storescu(plain_port, files, called="PLAIN", nodelay=False), started)
+            plain_rates.append(plain.succeeded / plain.seconds)
+            print(
+                f"  pynetdicom plain SCP writing raw bytes:                   "
+                f"{plain_rates[-1]:.0f} instances/s"
+            )
+            if rounds > 1:
+                print(
+                    f"  round {i + 1}/{rounds}: gateway {gateway_rates[-1]:.0f}, plain SCP "
+                    f"{plain_rates[-1]:.0f} instances/s, ratio "
+                    f"{gateway_rates[-1] / plain_rates[-1]:.2f}x"
+                )
+        gateway_rate = statistics.median(gateway_rates)
+        plain_rate = statistics.median(plain_rates)
+        if rounds > 1:
+            print(
+                f"  median of {rounds} rounds: gateway {gateway_rate:.0f}, plain SCP "
+                f"{plain_rate:.0f} instances/s"
+            )
 
-    with plain_scp(root / "plain") as plain_port:
-        started = time.perf_counter()
-        plain = finish(storescu(plain_port, burst, called="PLAIN", nodelay=False), started)
-    plain_rate = plain.succeeded / plain.seconds
-    print(
-        f"  pynetdicom plain SCP writing raw bytes:                   {plain_rate:.0f} instances/s"
-    )
-
-    with start_orthanc(root / "orthanc", nodelay=False) as orthanc:
-        started = time.perf_counter()
-        ortho = finish(
-            storescu(orthanc.dicom_port, burst, called=orthanc.ae_title, nodelay=False), started
+    orthanc_rate: float | None = None
+    if "orthanc" in parts:
+        with start_orthanc(root / "orthanc", nodelay=False) as orthanc:
+            started = time.perf_counter()
+            ortho = finish(
+                storescu(orthanc.dicom_port, burst, called=orthanc.ae_title, nodelay=False),
+                started,
+            )
+            held_orthanc = orthanc.count()
+        orthanc_rate = ortho.succeeded / ortho.seconds
+        print(
+            f"  Orthanc 1.10, default settings:                           {orthanc_rate:.0f} "
+            f"instances/s ({held_orthanc} stored)"
         )
-        held_orthanc = orthanc.count()
-    orthanc_rate = ortho.succeeded / ortho.seconds
-    print(
-        f"  Orthanc 1.10, default settings:                           {orthanc_rate:.0f} "
-        f"instances/s ({held_orthanc} stored)"
-    )
-    verdict = "meets" if gateway_rate >= 100 else "misses"
-    print(
-        f"ratios: gateway/pynetdicom plain SCP {gateway_rate / plain_rate:.2f}x, "
-        f"gateway/Orthanc {gateway_rate / orthanc_rate:.2f}x; "
-        f"{verdict} the goal >= 100 instances/s with upload running"
-    )
-    if missing:
-        raise SystemExit(f"FAILED: {missing} instance(s) not at the hub")
-    _scanners(config, port, burst, root)
+    if gateway_rate is not None and plain_rate is not None:
+        verdict = "meets" if gateway_rate >= 100 else "misses"
+        against_orthanc = (
+            f", gateway/Orthanc {gateway_rate / orthanc_rate:.2f}x" if orthanc_rate else ""
+        )
+        print(
+            f"ratios: gateway/pynetdicom plain SCP {gateway_rate / plain_rate:.2f}x"
+            f"{against_orthanc}; {verdict} the goal >= 100 instances/s with upload running"
+        )
     return gateway_rate
 
 
-def _sealed_ingest(hub: HubProcess, burst: list[Path], root: Path, plain_rate: float) -> None:
+def _gateway_burst(config: Path, port: int, files: list[Path]) -> float:
+    """``files`` from one untuned storescu to the gateway; its rate, all checked at the hub."""
+    from usreview.site import Spool, load_config
+
+    n = len(files)
+    started = time.perf_counter()
+    run = finish(
+        storescu(port, files, called="USREVIEW", calling=SCANNER_AE, nodelay=False), started
+    )
+    if run.succeeded != n:
+        raise SystemExit(f"FAILED: gateway stored {run.succeeded}/{n}: {run.output[-500:]}")
+    rate = n / run.seconds
+    spool = Spool(load_config(config).spool)
+    deadline = time.monotonic() + 300
+    while spool.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    at_hub = time.perf_counter() - started
+    held = held_at_hub(config)
+    missing = sum(1 for p in files if not _held(p, held))
+    print(
+        f"  usreview gateway (spool journal, TCP_NODELAY, uploads running): "
+        f"{rate:.0f} instances/s; all {n - missing}/{n} at the hub after {at_hub:.1f} s "
+        f"({n / at_hub:.0f} instances/s end to end)"
+    )
+    if missing:
+        raise SystemExit(f"FAILED: {missing} instance(s) not at the hub")
+    return rate
+
+
+def _sealed_ingest(
+    hub: HubProcess, burst: list[Path], root: Path, plain_rate: float | None
+) -> None:
     """A gateway whose spool is encrypted at rest takes the burst (new UIDs)."""
     from usreview.site import Spool, load_config
     from usreview.site.atrest import generate_spool_key, load_spool_cipher
@@ -300,10 +385,13 @@ def _sealed_ingest(hub: HubProcess, burst: list[Path], root: Path, plain_rate: f
     finally:
         gateway.stop()
     missing = sum(1 for p in files if not _held(p, held))
+    against = (
+        f" ({rate / plain_rate:.2f}x the plaintext spool's {plain_rate:.0f})" if plain_rate else ""
+    )
     print(
         f"spool encrypted at rest (AES-256-GCM), one untuned storescu, {n} x 308 KB, uploads "
-        f"running: {rate:.0f} instances/s ({rate / plain_rate:.2f}x the plaintext spool's "
-        f"{plain_rate:.0f}); all {n - missing}/{n} at the hub after {at_hub:.1f} s"
+        f"running: {rate:.0f} instances/s{against}; all {n - missing}/{n} at the hub after "
+        f"{at_hub:.1f} s"
     )
     if missing:
         raise SystemExit(f"FAILED: {missing} sealed instance(s) not at the hub")

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
+from jsonschema import Draft202012Validator
 
 from usreview.demo import free_port
 from usreview.envelope import PrivateKeys, generate_keys, write_key_pair
@@ -30,6 +32,18 @@ USREVIEW = [sys.executable, "-m", "usreview.cli"]
 START_TIMEOUT = 90.0
 API = "/services/usreview/api/v1"
 ENVELOPE = "application/vnd.usreview.envelope"
+CONTRACT = yaml.safe_load((Path(__file__).parents[1] / "docs" / "openapi.yaml").read_text())
+# The calls on one study and its instance; {s} and {i} are their UIDs.
+STUDY_CALLS = (
+    ("GET", "/studies/{s}"),
+    ("POST", "/studies/{s}/claim"),
+    ("DELETE", "/studies/{s}/claim"),
+    ("GET", "/studies/{s}/reports"),
+    ("POST", "/studies/{s}/reports"),
+    ("GET", "/instances/{i}"),
+    ("GET", "/instances/{i}/analysis"),
+)
+MISSING_STUDY, MISSING_INSTANCE = "1.2.3.4.5", "1.2.3.4.6"
 
 
 def shown_once(output: str) -> str:
@@ -191,6 +205,30 @@ def error(response: requests.Response, status: int, code: str) -> dict[str, Any]
     body: dict[str, Any] = response.json()
     assert body["status"] == status and body["error"] == code, body
     return body
+
+
+def conforms(body: Any, schema: str) -> None:
+    """``body`` is valid for the contract's component ``schema``."""
+    validator = Draft202012Validator(
+        {"components": CONTRACT["components"], "$ref": f"#/components/schemas/{schema}"}
+    )
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(body)]
+    assert not errors, errors
+
+
+def hidden_like_missing(
+    hub: HubRun, token: str, call: tuple[str, str], study: str, instance: str, body: Any
+) -> None:
+    """``call`` on a real study answers ``token`` with the 404 of a missing one."""
+    method, path = call
+    kwargs: dict[str, Any] = {"json": body} if method == "POST" else {}
+    real = hub.request(method, path.format(s=study, i=instance), token, **kwargs)
+    fake = hub.request(method, path.format(s=MISSING_STUDY, i=MISSING_INSTANCE), token, **kwargs)
+    hidden, absent = error(real, 404, "not_found"), error(fake, 404, "not_found")
+    conforms(hidden, "Error")
+    assert hidden["message"].replace(study, "X").replace(instance, "X") == (
+        absent["message"].replace(MISSING_STUDY, "X").replace(MISSING_INSTANCE, "X")
+    ), call
 
 
 def service_pids(state: Path) -> list[int]:

@@ -25,10 +25,12 @@ import requests
 
 from tests.hub_api_support import (
     ENVELOPE,
+    STUDY_CALLS,
     USREVIEW,
     HubRun,
     Site,
     error,
+    hidden_like_missing,
     service_launch,
     service_pids,
     shown_once,
@@ -140,27 +142,9 @@ def test_a_restricted_reviewer_lists_only_their_sites(world: World) -> None:
 
 def test_outside_their_sites_a_study_answers_the_404_of_a_missing_one(world: World) -> None:
     study, instance = world.studies["south"], world.instances["south"]
-    missing_study, missing_instance = "1.2.3.4.5", "1.2.3.4.6"
-    calls = [
-        ("GET", "/studies/{s}"),
-        ("POST", "/studies/{s}/claim"),
-        ("DELETE", "/studies/{s}/claim"),
-        ("GET", "/studies/{s}/reports"),
-        ("POST", "/studies/{s}/reports"),
-        ("GET", "/instances/{i}"),
-        ("GET", "/instances/{i}/analysis"),
-    ]
     body = {"exam_type": "vascular", "impression": "x", "urgency": "routine"}
-    for method, path in calls:
-        kwargs: dict[str, Any] = {"json": body} if method == "POST" else {}
-        real = world.hub.request(method, path.format(s=study, i=instance), world.rn, **kwargs)
-        fake = world.hub.request(
-            method, path.format(s=missing_study, i=missing_instance), world.rn, **kwargs
-        )
-        hidden, absent = error(real, 404, "not_found"), error(fake, 404, "not_found")
-        assert hidden["message"].replace(study, "X").replace(instance, "X") == (
-            absent["message"].replace(missing_study, "X").replace(missing_instance, "X")
-        ), (method, path)
+    for call in STUDY_CALLS:
+        hidden_like_missing(world.hub, world.rn, call, study, instance, body)
     assert world.hub.get(f"/studies/{study}", world.rall).status_code == 200
     assert world.hub.get(f"/instances/{instance}", world.rall).status_code == 200
     denials = [
@@ -170,7 +154,7 @@ def test_outside_their_sites_a_study_answers_the_404_of_a_missing_one(world: Wor
         and line["action"] == "denial"
         and (study in line["resource"] or instance in line["resource"])
     ]
-    assert len(denials) == len(calls)
+    assert len(denials) == len(STUDY_CALLS)
     assert all(line["detail"]["restricted_to"] == ["north"] for line in denials)
     assert {line["outcome"] for line in denials} == {"not_found"}
 

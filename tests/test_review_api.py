@@ -23,14 +23,17 @@ from typing import Any
 import pydicom
 import pytest
 import requests
-import yaml
-from jsonschema import Draft202012Validator
 
 from benchmarks._worklist import fill
+from tests import hub_api_support
 from tests.hub_api_support import (
     ENVELOPE,
+    MISSING_INSTANCE,
+    STUDY_CALLS,
     HubRun,
     Site,
+    conforms,
+    hidden_like_missing,
     service_launch,
     service_pids,
     shown_once,
@@ -40,17 +43,7 @@ from usreview.store import Archive
 
 pytestmark = pytest.mark.slow
 
-CONTRACT = yaml.safe_load((Path(__file__).parents[1] / "docs" / "openapi.yaml").read_text())
 PSV_LOINC = "11726-7"
-
-
-def conforms(body: Any, schema: str) -> None:
-    """``body`` is valid for the contract's component ``schema``."""
-    validator = Draft202012Validator(
-        {"components": CONTRACT["components"], "$ref": f"#/components/schemas/{schema}"}
-    )
-    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(body)]
-    assert not errors, errors
 
 
 @dataclass
@@ -89,25 +82,12 @@ class World:
         return {item["id"]: item for item in answer["results"]}
 
 
-def _token(hub: HubRun, name: str, password: str) -> str:
-    response = hub.http.post(
-        f"{hub.url}/hub/api/users/{name}/tokens",
-        json={"auth": {"username": name, "password": password}, "note": "test"},
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()["token"])
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("reviewapi")
     hub = HubRun(root, {"parse_workers": 1, "max_report_bytes": 64 * 1024})
     admin_password = shown_once(hub.cli("add-user", "ada", "--role", "admin"))  # at start
-    hub.start()
-    try:
-        folder = root / "work"
-        folder.mkdir()
+    with hub.running() as folder:
         yield World(
             hub,
             hub.add_site("sitea"),
@@ -116,18 +96,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             hub.add_person("rev", "reviewer"),
             hub.add_person("rev2", "reviewer"),
             hub.add_person("tina", "trainee"),
-            _token(hub, "ada", admin_password),
+            hub.token("ada", admin_password),
             load_public_keys(hub.state / "hub.pub"),
             folder,
         )
-    finally:
-        hub.stop()
 
 
 def error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["error"] == code, body
+    """The shared API error check, and the body conforms to the contract's ``Error``."""
+    body = hub_api_support.error(response, status, code)
     conforms(body, "Error")
     return body
 
@@ -233,26 +210,12 @@ def test_an_uploaded_study_is_analysed_and_listed(world: World) -> None:
 
 
 def test_sites_and_trainees_get_the_404_of_a_missing_study(world: World) -> None:
-    missing_study, missing_instance = "1.2.3.4.5", "1.2.3.4.6"
-    calls = [
-        ("GET", "/studies/{s}"),
-        ("POST", "/studies/{s}/claim"),
-        ("DELETE", "/studies/{s}/claim"),
-        ("GET", "/studies/{s}/reports"),
-        ("POST", "/studies/{s}/reports"),
-        ("GET", "/instances/{i}/analysis"),
-    ]
     for token in (world.a.token, world.b.token, world.trainee):  # even the study's own site
-        for method, path in calls:
-            real = path.format(s=world.study, i=world.instance)
-            fake = path.format(s=missing_study, i=missing_instance)
-            kwargs: dict[str, Any] = {"json": report_body(world)} if method == "POST" else {}
-            hidden = error(world.hub.request(method, real, token, **kwargs), 404, "not_found")
-            absent = error(world.hub.request(method, fake, token, **kwargs), 404, "not_found")
-            assert hidden["message"].replace(world.study, "X").replace(world.instance, "X") == (
-                absent["message"].replace(missing_study, "X").replace(missing_instance, "X")
+        for call in STUDY_CALLS:
+            hidden_like_missing(
+                world.hub, token, call, world.study, world.instance, report_body(world)
             )
-    error(world.hub.get(f"/instances/{missing_instance}/analysis", world.rev), 404, "not_found")
+    error(world.hub.get(f"/instances/{MISSING_INSTANCE}/analysis", world.rev), 404, "not_found")
     error(world.hub.request("POST", "/studies/1.2.x/claim", world.rev), 404, "not_found")
     detail = world.hub.get(f"/studies/{world.study}", world.rev).json()
     assert detail["status"] == "processed" and detail["claim"] is None  # nothing happened
@@ -558,6 +521,79 @@ def test_the_worklist_of_5000_studies_answers_quickly(world: World) -> None:
         for where, t in timings.items()
     )
     print(f"\nGET /studies, 5001 studies, {len(response.content) / 1e6:.1f} MB: {figures}")
+
+
+# -- a first frame before the instance ----------------------------------------------------
+
+
+def test_a_frame_is_rendered_once_checked_and_audited_like_the_instance(world: World) -> None:
+    import imagecodecs
+    import numpy as np
+
+    from usreview.dicom import read
+
+    path = world.folder / "frame-truth.dcm"
+    path.write_bytes(world.plaintext)
+    truth = read(path).display_frame(0)
+    frame = f"/instances/{world.instance}/frames/1"
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        answer = world.hub.get(frame, world.rev)
+        timings.append(time.perf_counter() - started)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["Content-Type"] == "image/png"
+        assert answer.headers["Cache-Control"] == "private, no-store"
+        assert np.array_equal(imagecodecs.png_decode(answer.content), truth)  # lossless
+    thumb = imagecodecs.png_decode(world.hub.get(f"{frame}?rows=96", world.rev).content)
+    step = truth.shape[0] // 96
+    assert thumb.shape[0] >= 96 and np.array_equal(thumb, truth[::step, ::step])
+
+    error(world.hub.get(f"/instances/{world.instance}/frames/2", world.rev), 400, "bad_request")
+    for rows in ("5", "2000", "big"):
+        error(world.hub.get(f"{frame}?rows={rows}", world.rev), 400, "bad_request")
+    for token in (world.a.token, world.trainee):  # the study's own site reads no pixels here
+        hidden = error(world.hub.get(frame, token), 404, "not_found")
+        absent = error(
+            world.hub.get(f"/instances/{MISSING_INSTANCE}/frames/1", token), 404, "not_found"
+        )
+        assert hidden["message"].replace(world.instance, "X") == absent["message"].replace(
+            MISSING_INSTANCE, "X"
+        )
+    error(world.hub.get(f"/instances/{MISSING_INSTANCE}/frames/1", world.rev), 404, "not_found")
+
+    lines = [json.loads(line) for line in (world.hub.state / "audit.log").read_text().splitlines()]
+    reads = [
+        line for line in lines
+        if line["resource"] == frame.lstrip("/") and line["outcome"] == "allowed"
+    ]  # fmt: skip
+    assert len(reads) == 4 and {line["actor"] for line in reads} == {"rev"}
+    assert all(line["detail"]["frame"] == 1 for line in reads)
+    denied = {line["actor"] for line in lines if line["resource"] == frame.lstrip("/")} - {"rev"}
+    assert denied == {"sitea", "tina"}
+    print(f"\nGET {frame}: first {timings[0] * 1000:.0f} ms, then {timings[-1] * 1000:.0f} ms")
+
+
+def test_the_frame_cache_decodes_once_and_keeps_to_its_bound() -> None:
+    import numpy as np
+
+    from usreview.hub.api.frames import FrameCache
+
+    frame = np.arange(200 * 300, dtype=np.uint32).reshape(200, 300).astype(np.uint8)
+    decoded: list[str] = []
+
+    def decode(name: str) -> Any:
+        return lambda: (decoded.append(name), frame)[1]
+
+    cache = FrameCache(max_bytes=4 * frame.nbytes)
+    full = cache.png("a", 1, None, decode("a"))
+    assert cache.png("a", 1, 50, decode("a")) != full
+    assert cache.png("a", 1, None, decode("a")) == full and decoded == ["a"]
+    for name in "bcdef":  # more frames than the bound holds: the oldest go first
+        cache.png(name, 1, None, decode(name))
+    assert cache.size <= 4 * frame.nbytes
+    cache.png("a", 1, None, decode("a"))
+    assert decoded == ["a", "b", "c", "d", "e", "f", "a"]
 
 
 def _walk(dataset: pydicom.Dataset) -> Iterator[pydicom.Dataset]:

@@ -221,6 +221,13 @@ def test_a_study_opens_directly_from_its_link(rita: Any, deployment: Deployment)
     header = rita.locator(".usreview-study-page h2").first.inner_text()
     assert "MMODE" in header  # the simulated patient of that study
     assert rita.locator(".usr-plot[data-kind=MModeViewer]").count() == 1
+    # the thumbnails are the instances' first frames, rendered by the service
+    rita.wait_for_selector(".usreview-thumbnails img", timeout=30_000)
+    size = rita.evaluate(
+        "() => { const i = document.querySelector('.usreview-thumbnails img');"
+        " return [i.naturalWidth, i.naturalHeight]; }"
+    )
+    assert size[1] >= 96 and size[0] > 0, size
     _screenshot(rita, "study-mmode")
     rita.goto(f"{base}/voila/render/usreview/study.ipynb?study=1.2.3.404")
     rita.locator(".usreview-message:has-text('Cannot open the study')").wait_for(timeout=90_000)

@@ -430,3 +430,67 @@ def test_worklist_actions_and_sort_from_python() -> None:
         table.sort_by("password")
     table.rows = [*table.rows, {"study_instance_uid": "1.3", "received_at": dt.date(2024, 1, 2)}]
     assert [r["received_at"] for r in table.rows] == ["", "2024-01-02"]
+
+
+# --- streamed cine -----------------------------------------------------------------------
+
+
+def _messages(viewer: CineViewer) -> list[tuple[dict[str, Any], bytes]]:
+    """The custom messages the viewer sends on its comm, as the kernel would publish them."""
+    sent: list[tuple[dict[str, Any], bytes]] = []
+
+    def publish(msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None,
+                **_: Any) -> None:  # fmt: skip
+        if data and data.get("method") == "custom":
+            sent.append((data["content"], bytes(buffers[0])))
+
+    viewer.comm.publish_msg = publish
+    return sent
+
+
+def test_png_size_reads_the_header_and_refuses_other_images() -> None:
+    from usreview.review.widgets._encode import png_size
+
+    grey = bytes(imagecodecs.png_encode(np.zeros((6, 9), np.uint8)))
+    rgb = bytes(imagecodecs.png_encode(np.zeros((4, 5, 3), np.uint8)))
+    assert png_size(grey) == (9, 6, 1) and png_size(rgb) == (5, 4, 3)
+    with pytest.raises(ValueError, match="not a PNG"):
+        png_size(b"\xff\xd8 a JPEG")
+    with pytest.raises(ValueError, match="8-bit grey or RGB"):
+        png_size(bytes(imagecodecs.png_encode(np.zeros((4, 5), np.uint16))))
+
+
+def test_a_streamed_cine_shows_its_first_frame_then_receives_chunks(tmp_path: Path) -> None:
+    instance, truth = _study(tmp_path, "cine", frames=23, rows=128, columns=160)
+    first = bytes(imagecodecs.png_encode(instance.display_frame(0)))
+    viewer = CineViewer.streaming(first)
+    assert (viewer.width, viewer.height, viewer.channels) == (160, 128, 1)
+    assert viewer._first == first and viewer.number_of_frames == 0
+    sent = _messages(viewer)
+    with pytest.raises(ValueError, match="start"):
+        viewer.append_frames(np.zeros((1, 128, 160), np.uint8))
+
+    viewer.stream_instance(instance, chunk=10)
+    assert viewer.number_of_frames == 23 and viewer.frames_sent == 23
+    assert viewer.frame_rate == pytest.approx(truth["frame_rate_hz"])
+    assert [(m["start"], len(m["offsets"]) - 1) for m, _ in sent] == [(0, 10), (10, 10), (20, 3)]
+    assert viewer.payload_bytes == sum(len(data) for _, data in sent)
+    for head, data in sent:  # every chunk decodes to the instance's frames (JPEG, close)
+        for i in range(len(head["offsets"]) - 1):
+            pixels = imagecodecs.jpeg8_decode(data[head["offsets"][i] : head["offsets"][i + 1]])
+            truth_frame = instance.display_frame(head["start"] + i).astype(float)
+            assert np.abs(pixels.astype(float) - truth_frame).mean() < 3.0
+
+    with pytest.raises(ValueError, match="24 frames sent, 23 announced"):
+        viewer.append_frames(np.zeros((1, 128, 160), np.uint8))
+    with pytest.raises(ValueError, match="first frame's"):
+        viewer.append_frames(np.zeros((1, 64, 160), np.uint8))
+
+    # A view rendered late asks for what it missed: every chunk again, in order.
+    sent.clear()
+    viewer._handle_msg(
+        {"content": {"data": {"method": "custom", "content": {"kind": "want"}}}, "buffers": []}
+    )
+    assert [m["start"] for m, _ in sent] == [0, 10, 20]
+    with pytest.raises(ValueError, match="not a PNG"):
+        CineViewer.streaming(b"nothing")

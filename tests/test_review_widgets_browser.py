@@ -135,6 +135,57 @@ def test_cine_plays_at_the_dicom_frame_rate_pauses_and_steps(
     assert "frame" in page.inner_text(".usr-frame-label")
 
 
+def test_a_streamed_cine_shows_its_first_frame_and_plays_before_every_frame_arrived(
+    voila: browser_support.VoilaServer, studies: dict[str, Path], page: Any
+) -> None:
+    browser_support.write_notebook(
+        voila.root / "stream.ipynb",
+        [
+            "import threading, time\n"
+            "import imagecodecs\n"
+            "from usreview.dicom import read\n"
+            "from usreview.review.widgets import CineViewer\n"
+            f"instance = read({_rel(voila, studies['cine'])!r})\n"
+            "first = bytes(imagecodecs.png_encode(instance.display_frame(0)))\n"
+            "viewer = CineViewer.streaming(first, playing=True)\n"
+            "def feed():\n"
+            "    time.sleep(1.0)\n"
+            "    viewer.start(instance.number_of_frames, instance.timing.frame_time_ms)\n"
+            "    for begin in range(0, instance.number_of_frames, 10):\n"
+            "        frames = [instance.display_frame(k) for k in range(begin, begin + 10)]\n"
+            "        viewer.append_frames(frames)\n"
+            "        time.sleep(0.5)  # a slow network: 20 frames/s arrive, 50 are played\n"
+            "threading.Thread(target=feed, daemon=True).start()",
+            "viewer",
+        ],
+    )
+    browser_support.open_dashboard(page, voila.url("stream.ipynb"), ".usr-cine[data-shown=true]")
+    root = ".usr-cine"
+    assert float(_attr(page, root, "data-first-ms")) < 1000
+    seen: list[list[int]] = []  # (loaded, frame shown) while frames still arrive
+    deadline = time.monotonic() + 60
+    while True:
+        loaded, frame = page.evaluate(  # both at once: frames keep arriving
+            "() => { const d = document.querySelector('.usr-cine').dataset;"
+            " return [Number(d.loaded), Number(d.frame)]; }"
+        )
+        if loaded >= CINE_FRAMES:
+            break
+        assert time.monotonic() < deadline, seen
+        seen.append([loaded, frame])
+        time.sleep(0.1)
+    # it played the frames arrived, never one that had not
+    assert any(frame > 10 for _, frame in seen), seen
+    assert all(frame < max(loaded, 1) for loaded, frame in seen), seen
+    page.wait_for_selector(".usr-cine[data-ready=true]", timeout=60_000)
+    time.sleep(2.3)
+    fps = float(_attr(page, root, "data-fps"))
+    print(
+        f"\nstreamed cine: first frame in {_attr(page, root, 'data-first-ms')} ms, then {fps:.1f}/s"
+    )
+    assert 30.0 <= fps <= CINE_RATE * 1.05, fps
+
+
 # --- caliper -----------------------------------------------------------------------------
 
 

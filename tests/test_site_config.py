@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.site_helpers import USREVIEW
 from usreview.cli import main
 from usreview.envelope import generate_keys, load_public_keys, write_key_pair
 from usreview.site import SiteConfigError, init_site, load_config
@@ -146,6 +148,40 @@ def test_retired_keys_load_newest_first_and_a_missing_one_is_named(site_dir: Pat
     with pytest.raises(SiteConfigError, match=r"site\.retired_keys\[1\].*does not exist") as info:
         config.load_retired_private_keys()
     assert info.value.setting == "site.retired_keys[1]"
+
+
+def test_a_gateway_with_a_missing_or_unreadable_retired_key_does_not_start(
+    site_dir: Path,
+) -> None:
+    from usreview.site import Gateway
+
+    config = site_dir / "site.toml"
+    (site_dir / "token").write_text("not-a-real-token\n")
+    (site_dir / "token").chmod(0o600)
+    retired = site_dir / "keys" / "old" / "clinic.key"
+    _edit(config, "retired_keys = []", 'retired_keys = ["keys/old/clinic.key"]')
+    missing = subprocess.run(
+        [*USREVIEW, "site", "gateway", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert f"site.retired_keys[0]: {retired} does not exist" in missing.stderr
+    write_key_pair(generate_keys("clinic"), retired.parent)
+    retired.chmod(0o644)
+    with pytest.raises(SiteConfigError, match=r"chmod 600") as exposed:
+        Gateway(load_config(config))
+    retired.write_text("not a key\n")
+    retired.chmod(0o600)
+    with pytest.raises(SiteConfigError, match=str(retired)) as malformed:
+        Gateway(load_config(config))
+    assert exposed.value.setting == malformed.value.setting == "site.retired_keys[0]"
+    retired.chmod(0)
+    if os.geteuid() != 0:  # root reads any file
+        with pytest.raises(SiteConfigError, match="permission denied"):
+            Gateway(load_config(config))
 
 
 def test_parse_pacs() -> None:

@@ -385,3 +385,51 @@ def test_the_journal_is_private(tmp_path: Path) -> None:
 def test_segment_size_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="segment_size"):
         Journal(tmp_path / "j", lambda names: None, segment_size=5000)
+
+
+def test_the_record_is_synced_while_the_spool_file_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usreview.site import journal as journal_module
+
+    real_fdatasync, real_pwrite = os.fdatasync, journal_module._pwrite_all
+    began = threading.Event()
+    syncs: list[tuple[float, float]] = []
+    written: list[float] = []
+
+    def fdatasync(fd: int) -> None:
+        start = time.monotonic()
+        began.set()
+        real_fdatasync(fd)
+        syncs.append((start, time.monotonic()))
+
+    def pwrite(fd: int, parts: Sequence[bytes | memoryview], offset: int) -> None:
+        real_pwrite(fd, parts, offset)
+        written.append(time.monotonic())
+
+    spool = Spool(tmp_path / "spool")
+    spool.open_journal(segment_size=SEGMENT)
+    journal = spool._journal
+    assert journal is not None
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(journal_module, "_pwrite_all", pwrite)
+    overlapped: list[bool] = []
+    try:
+        for i in range(5):
+            began.clear()
+            data = payload(0, i)
+            # The spool file's write waits for an fdatasync to begin: without the sync
+            # thread, none would begin until it returned.
+            journal.append(
+                f"1.2.{i}",
+                hashlib.sha256(data).hexdigest(),
+                data,
+                meanwhile=lambda: overlapped.append(began.wait(10)),
+            )
+            acknowledged = time.monotonic()
+            # Still durable first: an fdatasync that began after the record ended before.
+            assert any(written[-1] <= b and e <= acknowledged for b, e in syncs)
+    finally:
+        monkeypatch.undo()
+        spool.close_journal()
+    assert overlapped == [True] * 5

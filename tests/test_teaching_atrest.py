@@ -3,13 +3,17 @@
 A de-identified copy of a simulated B-mode is recorded as a case of a stored study: on disk
 it is AES-256-GCM ciphertext (no DICOM preamble, no header text), it reads back as the same
 bytes, an altered, swapped or wrongly keyed file is refused, and a case whose recording fails
-leaves neither rows nor files.
+leaves neither rows nor files; the folder of a case whose recording a crash cut short (files
+written, rows not committed) is removed when the service next opens its context.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
+import logging
+import multiprocessing
 import os
 import secrets
 import stat
@@ -23,6 +27,9 @@ from pydicom.errors import InvalidDicomError
 
 from tests.test_store import meta
 from usreview.dicom import read
+from usreview.hub.api.app import open_context
+from usreview.hub.api.settings import ServiceSettings
+from usreview.hub.api.teaching_cases import teaching_store
 from usreview.simulate import simulate
 from usreview.store import (
     Archive,
@@ -31,7 +38,13 @@ from usreview.store import (
     NotFoundError,
     Reviewer,
 )
-from usreview.store.teaching import MAGIC, TeachingCase, TeachingInstance, TeachingStore
+from usreview.store.teaching import (
+    MAGIC,
+    TeachingCase,
+    TeachingInstance,
+    TeachingStore,
+    remove_orphan_cases,
+)
 from usreview.teaching import UidMap, deidentify
 
 SITE = "site-a"
@@ -139,3 +152,54 @@ def test_the_key_must_be_32_bytes(archive: Archive) -> None:
     for key in (b"", os.urandom(16), os.urandom(33)):
         with pytest.raises(InvalidMetadataError, match="32 bytes"):
             TeachingStore(archive, key)
+
+
+def _crash_before_commit(state: Path, study: str, folder: Path, case: TeachingCase) -> None:
+    """In a child process: record ``case``, dying (as kill -9) once its files are written."""
+    with Archive.open(None, state / "archive") as archive:
+        store = TeachingStore(archive, (state / "at-rest.key").read_bytes())
+        store._insert = lambda *args: os._exit(9)  # type: ignore[method-assign]
+        store.add(DR, study, folder, case)
+
+
+def test_the_service_removes_at_start_the_folder_of_a_case_a_crash_left_uncommitted(
+    source: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    context = open_context(state, ServiceSettings(parse_workers=1))
+    try:
+        assert remove_orphan_cases(context.archive) == ()  # no teaching folder yet
+        for n in (1, 2):
+            context.archive.put(SITE, f"envelope {n}".encode(), meta(n, study=n))
+        kept = teaching_store(context).add(
+            DR, "1.2.826.0.2.1", tmp_path / "a", _case(tmp_path / "a", source, "1.2.826.0.2.1")
+        )
+        lost = _case(tmp_path / "b", source, "1.2.826.0.2.2")
+        child = multiprocessing.get_context("fork").Process(
+            target=_crash_before_commit, args=(state, "1.2.826.0.2.2", tmp_path / "b", lost)
+        )
+        child.start()
+        child.join(60)
+        assert child.exitcode == 9
+    finally:
+        context.close()
+    teaching = state / "archive" / "teaching"
+    assert list((teaching / lost.case_uid).glob("*.sealed"))  # the files, without rows
+    (teaching / "2.25.7").mkdir()  # a crash right after the folder was made
+
+    with caplog.at_level(logging.WARNING, logger="usreview.service"):
+        context = open_context(state, ServiceSettings(parse_workers=1))
+    try:
+        assert sorted(p.name for p in teaching.iterdir()) == [kept.case_uid]
+        store = teaching_store(context)
+        assert [c.case_uid for c in store.cases()] == [kept.case_uid]
+        item, data = store.read_instance(kept.case_uid, kept.instances[0].sop_instance_uid)
+        assert hashlib.sha256(data).hexdigest() == item.sha256
+        assert store.case_of_study(DR, "1.2.826.0.2.2") is None
+    finally:
+        context.close()
+    removed = sorted([lost.case_uid, "2.25.7"])
+    assert any(", ".join(removed) in r.getMessage() for r in caplog.records)
+    audit = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
+    started = [line["detail"] for line in audit if line["outcome"] == "started"]
+    assert [d["teaching_orphans_removed"] for d in started] == [[], removed]

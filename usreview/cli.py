@@ -732,6 +732,36 @@ def _cmd_site_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_site_rejected(args: argparse.Namespace) -> int:
+    import time
+
+    from usreview.site import Spool, SpoolError, load_config
+    from usreview.site.atrest import load_spool_cipher
+    from usreview.site.rejected import export_rejected, list_rejected
+
+    config = load_config(args.config)
+    spool = Spool(config.spool, load_spool_cipher(config) if args.export else None)
+    items = list_rejected(spool)
+    for item in items:
+        at = item.rejected_at
+        when = "?" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+        size = "gone" if item.size is None else f"{item.size} B"
+        print(f"{item.sop_instance_uid}\t{item.sha256[:12]}\t{size}\t{when}\t{item.reason}")
+    if args.export is None:
+        print(f"{len(items)} rejected instance(s)")
+        return 0
+    report = export_rejected(config, spool, items, args.export)
+    for name, reason in sorted(report.failed.items()):
+        print(f"usreview: error: {name}: {reason}", file=sys.stderr)
+    print(
+        f"{len(report.written)} exported to {args.export}, {len(report.already)} already "
+        f"there, {len(report.failed)} failed"
+    )
+    if report.failed:
+        raise SpoolError(f"{len(report.failed)} rejected instance(s) not exported")
+    return 0
+
+
 def _cmd_site_status(args: argparse.Namespace) -> int:
     from usreview.site import format_status, load_config, read_status
 
@@ -750,7 +780,8 @@ def _add_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="a site: DICOM gateway for scanners, uploads to the hub, results back",
         description="Run a site: 'init' creates its keys and site.toml; 'gateway' receives "
         "from scanners, uploads to the hub and delivers results; 'push' and 'pull' do it "
-        "once without a gateway; 'status' shows spool, uploads, results and errors.",
+        "once without a gateway; 'status' shows spool, uploads, results and errors; "
+        "'rejected' lists and exports what the hub refused.",
     )
     actions = p.add_subparsers(dest="site_command", metavar="ACTION", required=True)
     init = actions.add_parser(
@@ -863,6 +894,20 @@ def _add_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     config_option(rotate)
     rotate.set_defaults(handler=_cmd_site_rotate_key)
+    rejected = actions.add_parser(
+        "rejected",
+        help="list the instances the hub refused, and export them",
+        description="List the instances in the spool's rejected/ folder with the reason "
+        "recorded (no network). With --export DIR, write each as received (decrypted "
+        "with folders.spool_key when the spool is encrypted, checked against its SHA-256) "
+        "to DIR/UID_SHA256.dcm (mode 0600, never overwritten), each recorded in "
+        "STATE/exports.log. Exit status 1 naming any that could not be exported.",
+    )
+    config_option(rejected)
+    rejected.add_argument(
+        "--export", type=Path, metavar="DIR", help="write decrypted copies into DIR"
+    )
+    rejected.set_defaults(handler=_cmd_site_rejected)
 
 
 # --- analyze -----------------------------------------------------------------------

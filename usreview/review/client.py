@@ -3,6 +3,7 @@
 >>> client = ReviewClient.from_environment()          # doctest: +SKIP
 >>> [s["study_instance_uid"] for s in client.studies(status="processed")]  # doctest: +SKIP
 >>> client.claim(uid)                                   # doctest: +SKIP
+>>> png = client.frame(sop_uid)                         # the first frame, rendered by the service
 >>> instance = client.instance(sop_uid)                 # usreview.dicom.UltrasoundInstance
 >>> client.teaching_cases()                             # a trainee's teaching cases
 
@@ -74,6 +75,7 @@ class ReviewClient:
         self._cache: Path | None = None
         self._lock = threading.Lock()
         self._worklists: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+        self._downloads: dict[str, threading.Lock] = {}
 
     @classmethod
     def from_environment(cls) -> ReviewClient:
@@ -128,6 +130,16 @@ class ReviewClient:
             if exc.status == 404:
                 return None
             raise
+
+    def frame(self, sop_instance_uid: str, number: int = 1, *, rows: int | None = None) -> bytes:
+        """Frame ``number`` (from 1) as the viewers show it, PNG, rendered by the service.
+
+        Fast once rendered (the service keeps it): what a page shows before the instance
+        itself has arrived. ``rows`` asks for a thumbnail of at least that many rows.
+        """
+        query = {"rows": str(rows)} if rows is not None else None
+        path = f"/instances/{quote(sop_instance_uid)}/frames/{int(number)}"
+        return self._request("GET", path, query=query).read()
 
     def instance_file(self, sop_instance_uid: str) -> Path:
         """The instance's DICOM file, downloaded once into the private cache."""
@@ -187,15 +199,18 @@ class ReviewClient:
 
     def _download(self, path: str, name: str) -> Path:
         target = self._cache_dir() / name
-        if target.exists():
+        with self._lock:
+            busy = self._downloads.setdefault(name, threading.Lock())
+        with busy:  # a second thread asking for the same file waits for the first
+            if target.exists():
+                return target
+            partial = target.with_suffix(".part")
+            response = self._request("GET", path)
+            with open(partial, "wb") as out:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+            partial.replace(target)
             return target
-        partial = target.with_suffix(".part")
-        response = self._request("GET", path)
-        with open(partial, "wb") as out:
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-        partial.replace(target)
-        return target
 
     def close(self) -> None:
         """Close the connection and remove the downloaded instances."""

@@ -20,6 +20,7 @@ import html
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
@@ -110,6 +111,7 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         super().__init__([self._list_view])
         self.add_class("usreview-worklist-page")
         self.refresh()
+        threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()
 
     def _on_shown(self) -> None:
         """A browser shows the list: catch up, then refresh every few seconds.
@@ -212,6 +214,9 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.viewer_box = w.VBox([w.HTML("<i>Choose an image.</i>")])
         self.viewer_box.add_class("usreview-viewer")
         self.instances: dict[str, UltrasoundInstance] = {}
+        self.thumbnails: dict[str, w.VBox] = {}
+        #: The thread downloading the instance shown last (``None`` if it was there).
+        self.loading: threading.Thread | None = None
         try:
             self.study = client.study(study_instance_uid)
         except UsreviewError as exc:
@@ -232,7 +237,8 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.claim_button.add_class("usreview-claim")
         self.claim_button.on_click(lambda _: self._claim())
         self._render_header()
-        thumbnails = w.HBox([self._thumbnail(r) for r in records])
+        self.thumbnails = {r["sop_instance_uid"]: self._thumbnail(r) for r in records}
+        thumbnails = w.HBox(list(self.thumbnails.values()))
         thumbnails.add_class("usreview-thumbnails")
         super().__init__(
             [
@@ -246,6 +252,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.add_class("usreview-study-page")
         if records:
             self.show(records[0]["sop_instance_uid"])
+        threading.Thread(target=self._load_thumbnails, name="thumbnails", daemon=True).start()
         threading.Thread(target=self._keep_claim, name="claim", daemon=True).start()
 
     def close(self) -> None:
@@ -268,15 +275,39 @@ class StudyPage(w.VBox):  # type: ignore[misc]
     # Actions ---------------------------------------------------------------------------
 
     def show(self, sop_instance_uid: str) -> None:
-        """Show one instance in the viewer that fits its kind."""
-        from usreview.review.viewers import viewer_for
+        """Show one instance in the viewer that fits its kind.
 
+        An instance not downloaded yet shows at once with its first frame, rendered by
+        the service; a background thread downloads it and completes the viewer (a cine
+        streams its frames and plays those arrived).
+        """
+        from usreview.review.viewers import progressive_viewer, viewer_for
+
+        record = self.records[sop_instance_uid]
         try:
-            instance = self._instance(sop_instance_uid)
-            record = self.records[sop_instance_uid]
-            self.viewer_box.children = [viewer_for(instance, record, self.results)]
+            if sop_instance_uid in self.instances:
+                instance = self.instances[sop_instance_uid]
+                self.viewer_box.children = [viewer_for(instance, record, self.results)]
+                return
+            first = self.client.frame(sop_instance_uid)
+            progressive = progressive_viewer(record, first, self.results)
         except UsreviewError as exc:
             self.viewer_box.children = [_error_html(f"Cannot show this image: {exc}")]
+            return
+        self.viewer_box.children = [progressive.widget]
+
+        def complete() -> None:
+            try:
+                progressive.complete(self._instance(sop_instance_uid))
+            except UsreviewError as exc:
+                if progressive.widget in self.viewer_box.children:
+                    self.viewer_box.children = [_error_html(f"Cannot show this image: {exc}")]
+            except Exception:  # a kernel thread must not die silently
+                _log.exception("loading instance %s failed", sop_instance_uid)
+                self.viewer_box.children = [_error_html("Cannot show this image.")]
+
+        self.loading = threading.Thread(target=complete, name="instance", daemon=True)
+        self.loading.start()
 
     def _claim(self) -> None:
         try:
@@ -312,11 +343,19 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         button = w.Button(description=", ".join(record["kinds"])[:28], tooltip=uid)
         button.add_class("usreview-thumbnail")
         button.on_click(lambda _: self.show(uid))
-        try:
-            image = w.Image(value=_thumbnail_png(self._instance(uid)), format="png")
-        except UsreviewError as exc:
-            image = _error_html(str(exc))
-        return w.VBox([image, button], layout=w.Layout(width="140px"))
+        placeholder = w.HTML("<i>…</i>", layout=w.Layout(height=f"{_THUMB}px"))
+        return w.VBox([placeholder, button], layout=w.Layout(width="140px"))
+
+    def _load_thumbnails(self) -> None:
+        """Put each instance's first frame, rendered by the service, on its thumbnail."""
+        for uid, box in self.thumbnails.items():
+            if self._closed.is_set():
+                return
+            try:
+                image: w.Widget = w.Image(value=self.client.frame(uid, rows=_THUMB), format="png")
+            except UsreviewError as exc:
+                image = _error_html(str(exc))
+            box.children = [image, *box.children[1:]]
 
     def _render_header(self) -> None:
         s = self.study
@@ -337,6 +376,21 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         return sorted(set(self.study.get("known_sites", [])) - {self.study["site"]})
 
 
+#: Seconds the worklist waits before loading the study viewers' modules in the background.
+WARM_UP_DELAY: Final = 1.0
+
+
+def _warm_up() -> None:
+    """Import what opening a study needs (DICOM, processing, viewers: about a second),
+    once the worklist is built: a study then opens without waiting for it. In a warm
+    kernel (:mod:`usreview.hub.kernel_pool`) this is done before anyone asks for the page."""
+    time.sleep(WARM_UP_DELAY)  # the worklist's own messages go first
+    try:
+        import usreview.review.viewers  # noqa: F401
+    except Exception:  # opening a study will say what is wrong
+        _log.exception("loading the study viewers failed")
+
+
 def _exam_type(records: list[Mapping[str, Any]]) -> str:
     kinds = {k for r in records for k in r["kinds"]}
     if kinds & {"pw_doppler", "cw_doppler"}:  # ImageKind values
@@ -344,14 +398,6 @@ def _exam_type(records: list[Mapping[str, Any]]) -> str:
     if "mmode" in kinds:
         return "echo"
     return "general"
-
-
-def _thumbnail_png(instance: UltrasoundInstance) -> bytes:
-    from usreview.processing.png import encode_png
-
-    frame = instance.display_frame(0)
-    step = max(1, frame.shape[0] // _THUMB)
-    return encode_png(frame[::step, ::step].copy())
 
 
 def _error_html(text: str) -> w.HTML:

@@ -16,13 +16,18 @@ still (b-mode...)   :class:`~usreview.review.widgets.ImageViewer`, original and 
 
 Under each viewer, *Add to report* copies its current measurements into the
 :class:`~usreview.review.results.ResultsPanel` as the reviewer's own.
+
+:func:`progressive_viewer` shows an instance before it has arrived: its first frame
+(rendered by the service) at once, the viewer once the instance is there; a cine streams
+its frames into the same :class:`~usreview.review.widgets.CineViewer`, which plays those
+arrived while the rest come.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import ipywidgets as w
 import numpy as np
@@ -42,7 +47,7 @@ from usreview.review.widgets import (
     VolumeViewer,
 )
 
-__all__ = ["VIEWERS", "filtered_still", "viewer_for"]
+__all__ = ["VIEWERS", "Progressive", "filtered_still", "progressive_viewer", "viewer_for"]
 
 K = ImageKind
 VIEWERS: Final = (
@@ -80,6 +85,48 @@ def viewer_for(
     return _with_report_bar(caliper, lambda: [m.as_dict() for m in last], uid, results)
 
 
+class Progressive(NamedTuple):
+    """A viewer shown before its instance arrived, and what completes it once it has."""
+
+    widget: w.Widget
+    complete: Callable[[UltrasoundInstance], None]
+
+
+def progressive_viewer(
+    record: Mapping[str, Any], first_frame_png: bytes, results: ResultsPanel
+) -> Progressive:
+    """The viewer of ``record`` (an instance of ``GET /studies/{uid}``) from its first frame.
+
+    A cine (by the record's kinds) is a streamed :class:`CineViewer`: ``complete`` sends
+    it the instance's frames in chunks, then adds the caliper. Anything else shows the
+    first frame until ``complete`` puts :func:`viewer_for` in its place. ``complete`` runs
+    in a background thread; it raises what reading the instance raises.
+    """
+    kinds = set(record.get("kinds", []))
+    if K.CINE.value in kinds and not any(kind.value in kinds for kind, _ in VIEWERS):
+        cine = CineViewer.streaming(first_frame_png)
+        bar = w.VBox([])
+        note = w.HTML("<small>Pause the loop to measure on the frame shown.</small>")
+        box = w.VBox([cine, note, bar])
+
+        def stream(instance: UltrasoundInstance) -> None:
+            if instance.number_of_frames < 2:
+                box.children = [viewer_for(instance, record, results)]
+                return
+            cine.stream_instance(instance)
+            bar.children = [_caliper_bar(instance, cine, results)]
+
+        return Progressive(box, stream)
+    still = w.Image(value=first_frame_png, format="png")
+    still.add_class("usreview-first-frame")
+    box = w.VBox([still, w.HTML("<i>Loading the image…</i>")])
+
+    def replace(instance: UltrasoundInstance) -> None:
+        box.children = [viewer_for(instance, record, results)]
+
+    return Progressive(box, replace)
+
+
 def filtered_still(instance: UltrasoundInstance) -> npt.NDArray[np.uint8] | None:
     """The speckle-filtered still the hub's pipeline sent to the site (same processor)."""
     if not instance.has_kind(K.BMODE):
@@ -93,6 +140,12 @@ def filtered_still(instance: UltrasoundInstance) -> npt.NDArray[np.uint8] | None
 
 def _cine_with_caliper(instance: UltrasoundInstance, results: ResultsPanel) -> w.Widget:
     cine = CineViewer.from_instance(instance)
+    note = w.HTML("<small>Pause the loop to measure on the frame shown.</small>")
+    return w.VBox([cine, note, _caliper_bar(instance, cine, results)])
+
+
+def _caliper_bar(instance: UltrasoundInstance, cine: CineViewer, results: ResultsPanel) -> w.Widget:
+    """A caliper on the frame the cine is paused on, with its *Add to report* bar."""
     caliper = ImageViewer.from_instance(instance, 0)
     last: list[Measurement] = []
     caliper.on_measure(lambda found: last.__setitem__(slice(None), found))
@@ -102,11 +155,9 @@ def _cine_with_caliper(instance: UltrasoundInstance, results: ResultsPanel) -> w
             caliper.set_image(instance.display_frame(int(change["new"])))
 
     cine.observe(follow, "frame")
-    bar = _with_report_bar(
+    return _with_report_bar(
         caliper, lambda: [m.as_dict() for m in last], instance.sop_instance_uid, results
     )
-    note = w.HTML("<small>Pause the loop to measure on the frame shown.</small>")
-    return w.VBox([cine, note, bar])
 
 
 def _from_results(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

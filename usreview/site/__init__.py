@@ -7,7 +7,7 @@ into an outbox folder and to the clinic's PACS. Modules (one responsibility each
     config      site.toml: reading, checking (errors name the setting), init_site()
     spool       the durable spool of received instances (UID_SHA256.dcm)
     journal     the spool's write-ahead journal (group commit, replay at start)
-    scp         the DICOM Storage SCP (pynetdicom, TCP_NODELAY, calling-AE allow-list)
+    scp         the DICOM Storage SCP (pynetdicom, TCP_NODELAY + QUICKACK, AE allow-list)
     client      HTTP to the hub's API (pinned TLS certificate, the site's token)
     uploader    sealing and uploading the spool, verified receipts, backoff
     backoff     exponential backoff with jitter
@@ -20,6 +20,7 @@ into an outbox folder and to the clinic's PACS. Modules (one responsibility each
     dicomtls    DICOM TLS on the gateway's port (certificate, server context)
     atrest      the spool's encryption at rest (AES-256-GCM with the site's spool key)
     status      the status file, the state locks, ``usreview site status``
+    rejected    ``usreview site rejected``: what the spool put aside, decrypted exports
     gateway     the gateway process: the SCP, and supervising the upload process
     worker      the upload process: uploader and results follower, woken by the SCP
 

@@ -193,7 +193,8 @@ class SiteConfig:
         Raises
         ------
         SiteConfigError
-            A listed file is missing (the message names its place in the list).
+            A listed file is missing or unreadable (the message names its place in the
+            list).
         """
         return tuple(
             _load_private(path, f"site.retired_keys[{n}]")
@@ -349,12 +350,25 @@ def load_config(path: Path) -> SiteConfig:
 
 
 def _load_private(path: Path, where: str) -> PrivateKeys:
-    """A private key file (passphrase from ``$USREVIEW_KEY_PASSPHRASE``)."""
+    """A private key file (passphrase from ``$USREVIEW_KEY_PASSPHRASE``).
+
+    Raises
+    ------
+    SiteConfigError
+        The file is missing, unreadable, malformed, readable by others or locked with
+        another passphrase; the message names the setting ``where``.
+    """
     value = os.environ.get(_PASSPHRASE_ENV)
     try:
         return load_private_keys(path, value.encode() if value else None)
     except FileNotFoundError:
         raise SiteConfigError(f"{where}: {path} does not exist", where) from None
+    except PermissionError:
+        raise SiteConfigError(
+            f"{where}: {path} cannot be read (permission denied)", where
+        ) from None
+    except KeyFileError as exc:
+        raise SiteConfigError(f"{where}: {exc}", where) from None
 
 
 def _retired_keys(r: _Reader) -> tuple[Path, ...]:

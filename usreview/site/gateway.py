@@ -226,6 +226,7 @@ class Gateway:
         try:
             HubClient(config).close()  # token and pinned certificate usable
             config.load_private_keys()  # the upload process needs them: checked now
+            config.load_retired_private_keys()  # the results follower needs them too
             config.load_hub_key()
             self.spool = Spool(config.spool, load_spool_cipher(config))
             self.scp = StorageSCP(

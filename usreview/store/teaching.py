@@ -9,8 +9,9 @@ A case's files (made by :func:`usreview.teaching.deidentify`) are encrypted at r
 the hub's at-rest key (AES-256-GCM) into ``ROOT/teaching/CASE_UID/SOP_UID.sealed``
 (folder 0700, files 0600), each written durably (temp file, fsync, rename, directory
 fsync: :func:`usreview.envelope.atomic.write_new_file`), and the plaintext folder is
-removed; only then are its rows committed, and a failed commit removes the files. A
-sealed file is::
+removed; only then are its rows committed, and a failed commit removes the files. A crash
+between the two leaves a folder without rows: :func:`remove_orphan_cases` removes those
+when the service starts. A sealed file is::
 
     magic   8  b"USRTCH1\0"
     nonce  12  random
@@ -53,7 +54,7 @@ from usreview.store.schema import SiteRow, StudyRow
 if TYPE_CHECKING:
     from usreview.store.archive import Archive
 
-__all__ = ["MAGIC", "TeachingCase", "TeachingInstance", "TeachingStore"]
+__all__ = ["MAGIC", "TeachingCase", "TeachingInstance", "TeachingStore", "remove_orphan_cases"]
 
 #: The first bytes of a teaching copy encrypted at rest.
 MAGIC = b"USRTCH1\0"
@@ -261,6 +262,33 @@ class TeachingStore:
         if study is None:
             raise NotFoundError(f"no study {uid}")
         return study
+
+
+def remove_orphan_cases(archive: Archive) -> tuple[str, ...]:
+    """Remove the case folders of ``archive`` that hold no recorded case; their names.
+
+    A crash after a case's files are written but before its rows are committed leaves
+    such a folder (never shown, never acknowledged). Run it while no case is being made.
+
+    Raises
+    ------
+    StorageError
+        The folder or the database cannot be read, or a folder cannot be removed.
+    """
+    root = archive.root / "teaching"
+    with _guard("removing orphan teaching cases"):
+        if not root.is_dir():
+            return ()
+        with Session(archive._engine) as session:
+            recorded = set(session.scalars(select(TeachingCaseRow.case_uid)))
+        orphans = sorted(
+            entry.name for entry in root.iterdir() if entry.is_dir() and entry.name not in recorded
+        )
+        for name in orphans:
+            shutil.rmtree(root / name)
+        if orphans:
+            fsync_directory(root)
+    return tuple(orphans)
 
 
 def _aad(case_uid: str, item: TeachingInstance) -> bytes:

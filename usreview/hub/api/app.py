@@ -4,7 +4,9 @@
 (a second service on the same state refuses to start, after waiting up to
 :data:`LOCK_WAIT_SECONDS` for one that is stopping), opens the archive (SQLite in
 ``STATE/archive``, or ``database_url``), recovers it and its results feed after a
-crash, empties the spool and quarantine folders, starts the parsing
+crash, removes teaching-case folders a crash left without their case
+(:func:`~usreview.store.teaching.remove_orphan_cases`, logged and audited), empties the
+spool and quarantine folders, starts the parsing
 :class:`~usreview.ingest.WorkerPool`, and builds the :class:`~usreview.ingest.Ingestor`
 with the hub's keys and the registered sites' keys. :func:`api_routes` gives the
 handlers for :func:`usreview.hub.service.make_app`, and :func:`unknown_path_route` the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +31,12 @@ from usreview.hub.api.handlers_claims import ClaimHandler
 from usreview.hub.api.handlers_receipts import BatchReceiptHandler, ReceiptHandler
 from usreview.hub.api.handlers_reports import ReportsHandler
 from usreview.hub.api.handlers_results import ResultHandler, ResultsHandler
-from usreview.hub.api.handlers_review import AnalysisHandler, StudiesHandler, StudyHandler
+from usreview.hub.api.handlers_review import (
+    AnalysisHandler,
+    FrameHandler,
+    StudiesHandler,
+    StudyHandler,
+)
 from usreview.hub.api.handlers_service import UnknownPathHandler, WhoamiHandler
 from usreview.hub.api.handlers_teaching import (
     TeachingCaseHandler,
@@ -44,8 +52,11 @@ from usreview.hub.errors import StateError
 from usreview.hub.state import HubState, open_state, state_from_env
 from usreview.ingest import Ingestor, WorkerPool
 from usreview.store import Archive
+from usreview.store.teaching import remove_orphan_cases
 
 __all__ = ["ServiceContext", "api_routes", "open_context", "unknown_path_route"]
+
+_log = logging.getLogger("usreview.service")
 
 
 @dataclass
@@ -108,6 +119,13 @@ def open_context(
         archive = Archive.open(settings.database_url or None, state.root / "archive")
         report = archive.recover()
         results_removed = archive.results.recover()
+        teaching_removed = remove_orphan_cases(archive)
+        if teaching_removed:
+            _log.warning(
+                "removed %d teaching-case folder(s) left without their case by a crash: %s",
+                len(teaching_removed),
+                ", ".join(teaching_removed),
+            )
         spool = _private_folder(state.root / "spool")
         for leftover in spool.iterdir():
             with contextlib.suppress(OSError):
@@ -134,6 +152,7 @@ def open_context(
                 "temp_files_removed": report.temp_files_removed,
                 "missing": list(report.missing),
                 "results_removed": results_removed,
+                "teaching_orphans_removed": list(teaching_removed),
             },
         )
     except BaseException:
@@ -156,6 +175,7 @@ def api_routes(prefix: str, context: ServiceContext, options: dict[str, Any]) ->
         (rf"{api}/whoami/?", WhoamiHandler, kwargs),
         (rf"{api}/instances/{uid}/receipt/?", ReceiptHandler, kwargs),
         (rf"{api}/instances/{uid}/analysis/?", AnalysisHandler, kwargs),
+        (rf"{api}/instances/{uid}/frames/([0-9]{{1,6}})/?", FrameHandler, kwargs),
         (rf"{api}/instances/{uid}/?", InstanceHandler, kwargs),
         (rf"{api}/receipts/?", BatchReceiptHandler, kwargs),
         (rf"{api}/results/?", ResultsHandler, kwargs),

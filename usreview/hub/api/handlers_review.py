@@ -2,17 +2,17 @@
 
 ``GET /studies`` (the worklist), ``GET /studies/{uid}`` (series, instances with their
 analyses and processing, the study-level evaluation, history, claim, reports),
-``GET /instances/{uid}`` (the DICOM)
-and ``GET /instances/{uid}/analysis``. A reviewer restricted to some sites reads only
-theirs (:meth:`usreview.store.review.ReviewStore.reviewer`). An instance is stored as the
-site's envelope; reading it opens the envelope with the hub's key into the quarantine
-folder, checks the plaintext against the hash recorded at ingest, streams it, and
-removes it. The study-level evaluation (:func:`study_evaluation`) is the study rule
-applied to the instances' latest analyses, as the processing worker applies it, with the
-current version of the study summary it sent the site. The read is audited before any
-byte leaves. A caller without the review
-scope, or a reviewer outside the study's site, gets the 404 of a missing study or
-instance.
+``GET /instances/{uid}`` (the DICOM), ``GET /instances/{uid}/frames/{number}`` (one
+display frame as PNG, rendered once: :mod:`usreview.hub.api.frames`) and
+``GET /instances/{uid}/analysis``. A reviewer restricted to some sites reads only theirs
+(:meth:`usreview.store.review.ReviewStore.reviewer`). An instance is stored as the site's
+envelope; reading it opens the envelope with the hub's key into the quarantine folder,
+checks the plaintext against the hash recorded at ingest, streams it, and removes it. The
+study-level evaluation (:func:`study_evaluation`) is the study rule applied to the
+instances' latest analyses, as the processing worker applies it, with the current
+version of the study summary it sent the site. The read is audited before any byte
+leaves. A caller without the review scope, or a reviewer outside the study's site, gets
+the 404 of a missing study or instance.
 """
 
 from __future__ import annotations
@@ -24,11 +24,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+import numpy.typing as npt
+
 from usreview.envelope import unseal
 from usreview.envelope.format import read_header
 from usreview.envelope.stream import Source
 from usreview.hub.api.base import BaseHandler, check_uid
 from usreview.hub.api.errors import ApiError, not_found
+from usreview.hub.api.frames import FRAMES
 from usreview.hub.api.views import (
     entry_view,
     instance_view,
@@ -52,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnalysisHandler",
+    "FrameHandler",
     "StudiesHandler",
     "StudyHandler",
     "open_instance",
@@ -60,6 +65,8 @@ __all__ = [
 ]
 
 _CHUNK = 1024 * 1024
+#: Thumbnail sizes a caller may ask for (``?rows=``).
+THUMBNAIL_ROWS = range(16, 1025)
 
 
 class StudiesHandler(BaseHandler):
@@ -127,6 +134,69 @@ class AnalysisHandler(BaseHandler):
             detail={"study": analysis.study_instance_uid, "signature": analysis.signature},
         )
         self.write_json(dict(analysis.summary))
+
+
+class FrameHandler(BaseHandler):
+    """``GET /instances/{uid}/frames/{number}?rows=``: one display frame as PNG.
+
+    The frame the viewers show (8-bit grey or RGB), numbered from 1; with ``rows`` a
+    thumbnail of at least that many rows (16-1024). Rendered once per instance and
+    frame, then answered from memory; checked and audited like the instance itself.
+    """
+
+    async def get(self, sop_instance_uid: str, number: str) -> None:
+        """The PNG; 400 for a frame or size out of range."""
+        hide = ("instance", sop_instance_uid)
+        reviewer = await self.reviewer(hide=hide)
+        if not check_uid(sop_instance_uid):
+            raise not_found(*hide)
+        rows = _rows(self.get_query_argument("rows", None))
+        record = await self.blocking(self.context.archive.get, reviewer, sop_instance_uid)
+        frame = int(number)
+        data = await self.blocking(
+            FRAMES.png,
+            record.plaintext_sha256,
+            frame,
+            rows,
+            lambda: _display_frame(self.context, reviewer, record, frame),
+        )
+        await self.audit(
+            AuditAction.READ,
+            detail={"site": record.site, "study": record.study_instance_uid, "frame": frame},
+        )
+        self.set_header("Content-Type", "image/png")
+        self.set_header("Cache-Control", "private, no-store")
+        self.finish(data)
+
+
+def _rows(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) not in THUMBNAIL_ROWS:
+        raise ApiError(
+            400,
+            "bad_request",
+            f"rows must be a whole number from {THUMBNAIL_ROWS[0]} to {THUMBNAIL_ROWS[-1]}",
+        )
+    return int(value)
+
+
+def _display_frame(
+    context: ServiceContext, reviewer: Reviewer, record: InstanceRecord, number: int
+) -> npt.NDArray[np.uint8]:
+    """Frame ``number`` (from 1) of the stored instance, as the viewers show it."""
+    from usreview.dicom import read
+
+    path = open_instance(context, reviewer, record)
+    try:
+        instance = read(path)
+        count = instance.number_of_frames
+        if not 1 <= number <= count:
+            raise ApiError(400, "bad_request", f"frame {number} is outside 1-{count}")
+        return np.array(instance.display_frame(number - 1), dtype=np.uint8, copy=True)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _study_detail(context: ServiceContext, reviewer: Reviewer, uid: str) -> dict[str, Any]:

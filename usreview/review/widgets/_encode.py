@@ -16,7 +16,7 @@ import imagecodecs
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Encoded", "Encoding", "as_display", "encode_frames", "encode_png"]
+__all__ = ["Encoded", "Encoding", "as_display", "encode_frames", "encode_png", "png_size"]
 
 Encoding = Literal["jpeg", "png", "raw"]
 ENCODINGS: tuple[str, ...] = ("jpeg", "png", "raw")
@@ -54,6 +54,24 @@ def as_display(pixels: npt.ArrayLike, name: str = "image") -> npt.NDArray[np.uin
 def encode_png(pixels: npt.NDArray[np.uint8], level: int = 1) -> bytes:
     """Lossless PNG bytes of a grey or RGB image."""
     return bytes(imagecodecs.png_encode(as_display(pixels), level=level))
+
+
+def png_size(data: bytes) -> tuple[int, int, int]:
+    """``(width, height, channels)`` of an 8-bit grey or RGB PNG, from its header.
+
+    Raises
+    ------
+    ValueError
+        Not a PNG, or not 8-bit grey (1 channel) or RGB (3).
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR" or len(data) < 29:
+        raise ValueError("argument 'png': not a PNG image")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour = data[24], data[25]
+    channels = {0: 1, 2: 3}.get(colour)
+    if depth != 8 or channels is None or not (width and height):
+        raise ValueError("argument 'png': not an 8-bit grey or RGB image")
+    return width, height, channels
 
 
 def encode_frames(

@@ -1,32 +1,28 @@
-// CineViewer: all frames arrive once as one binary buffer; playback runs in the browser with
-// requestAnimationFrame at the acquisition frame rate (times from the DICOM header) x speed.
-// DOM hooks: .usr-cine[data-ready, data-frame, data-fps, data-playing, data-frames,
-// data-decode-ms, data-speed]; .usr-play, .usr-prev, .usr-next, .usr-speed, .usr-slider,
-// .usr-frame-label.
+// CineViewer: frames arrive either at once (one binary buffer, the `_frames` trait) or in
+// chunks (custom messages {kind: "frames", start, offsets} with one buffer each), after a
+// first frame (`_first`, PNG) drawn at once. Playback runs in the browser with
+// requestAnimationFrame at the acquisition frame rate (times from the DICOM header) x speed,
+// over the frames arrived so far. DOM hooks: .usr-cine[data-shown, data-first-ms, data-ready,
+// data-loaded, data-frame, data-fps, data-playing, data-frames, data-decode-ms, data-speed];
+// .usr-play, .usr-prev, .usr-next, .usr-speed, .usr-slider, .usr-frame-label.
 
 const SPEEDS = [0.25, 0.5, 1, 2, 4];
 
-async function decodeFrames(model) {
-  const blob = bytesOf(model.get("_frames"));
-  const offsets = model.get("_offsets");
-  const encoding = model.get("encoding");
-  const width = model.get("width");
-  const height = model.get("height");
-  const channels = model.get("channels");
+function decodeChunk(blob, offsets, encoding, width, height, channels) {
   const frames = [];
   for (let k = 0; k + 1 < offsets.length; k++) {
     frames.push(blob.subarray(offsets[k], offsets[k + 1]));
   }
   if (encoding === "raw") {
-    return frames.map((bytes) => ({ raw: bytes, width, height, channels }));
+    return Promise.resolve(frames.map((bytes) => ({ raw: bytes, width, height, channels })));
   }
   const mime = encoding === "png" ? "image/png" : "image/jpeg";
   return Promise.all(frames.map((bytes) => decodeImage(bytes, mime)));
 }
 
-function frameAt(times, t) {
+function frameAt(times, t, count = times.length) {
   let lo = 0;
-  let hi = times.length - 1;
+  let hi = count - 1;
   while (lo < hi) {
     const mid = (lo + hi + 1) >> 1;
     if (times[mid] <= t) lo = mid;
@@ -40,7 +36,7 @@ function formatSpeed(s) {
 }
 
 async function render({ model, el }) {
-  const root = h("div", { class: "usr-cine", dataset: { ready: "false", frame: "0", fps: "0" } });
+  const root = h("div", { class: "usr-cine", dataset: { ready: "false", shown: "false", frame: "0", fps: "0", loaded: "0" } });
   const canvas = h("canvas", { class: "usr-canvas" });
   const label = h("span", { class: "usr-frame-label" }, "loading frames…");
   const play = h("button", { class: "usr-play", type: "button", title: "Play / pause" }, "▶");
@@ -53,55 +49,70 @@ async function render({ model, el }) {
   root.append(canvas, controls);
   el.append(root);
 
-  const width = model.get("width");
-  const height = model.get("height");
-  canvas.width = width;
-  canvas.height = height;
-  const ctx = canvas.getContext("2d", { alpha: false });
-
   const started = performance.now();
-  let frames = [];
-  try {
-    frames = await decodeFrames(model);
-  } catch (error) {
-    label.textContent = `cannot decode the frames: ${error}`;
-    root.dataset.error = String(error);
-    return;
+  const ctx = canvas.getContext("2d", { alpha: false });
+  function size() {
+    if (canvas.width !== model.get("width")) canvas.width = model.get("width");
+    if (canvas.height !== model.get("height")) canvas.height = model.get("height");
   }
-  const n = frames.length;
-  const times = model.get("frame_times_ms");
-  const frameTime = model.get("frame_time_ms");
-  const duration = times[n - 1] + frameTime;
-  root.dataset.decodeMs = (performance.now() - started).toFixed(1);
-  root.dataset.frames = String(n);
-  slider.max = String(Math.max(n - 1, 0));
+  size();
+
+  // The frames so far: frames[k] once decoded; `available` frames from 0 have arrived.
+  let frames = [];
+  let available = 0;
+  let n = 0;
+  let times = [];
+  let frameTime = 0;
+  let duration = 0;
+  let first = null;
+  let alive = true;
+
+  function timing() {
+    n = model.get("number_of_frames");
+    times = model.get("frame_times_ms");
+    frameTime = model.get("frame_time_ms");
+    duration = n ? times[n - 1] + frameTime : 0;
+    root.dataset.frames = String(n);
+    slider.max = String(Math.max(n - 1, 0));
+  }
+  timing();
 
   let scratch = null;
   function draw(k) {
-    const frame = frames[k];
+    const frame = frames[k] || (k === 0 ? first : null);
+    if (!frame) return false;
     if (frame.raw) {
       scratch = rawToImageData(frame.raw, frame.width, frame.height, frame.channels);
       ctx.putImageData(scratch, 0, 0);
     } else {
       ctx.drawImage(frame, 0, 0);
     }
+    if (root.dataset.shown !== "true") {
+      root.dataset.shown = "true";
+      root.dataset.firstMs = (performance.now() - started).toFixed(1);
+    }
+    return true;
   }
 
-  let index = Math.min(Math.max(model.get("frame"), 0), n - 1);
-  let position = times[index];
+  let index = 0;
+  let position = 0;
   let playing = false;
   let last = null;
   let drawn = 0;
   let windowStart = performance.now();
-  let alive = true;
+
+  function describe(k) {
+    const time = n ? `${(times[k] / 1000).toFixed(3)} s` : "";
+    const loading = n && available < n ? ` · ${available}/${n} loaded` : "";
+    label.textContent = n ? `frame ${k + 1}/${n} · ${time}${loading}` : "loading frames…";
+  }
 
   function show(k) {
     index = k;
-    draw(k);
-    drawn += 1;
+    if (draw(k)) drawn += 1;
     root.dataset.frame = String(k);
     slider.value = String(k);
-    label.textContent = `frame ${k + 1}/${n} · ${(times[k] / 1000).toFixed(3)} s`;
+    describe(k);
   }
 
   function syncFrame() {
@@ -124,7 +135,8 @@ async function render({ model, el }) {
   }
 
   function seek(k) {
-    const target = ((k % n) + n) % n;
+    if (!n) return;
+    const target = Math.min(((k % n) + n) % n, Math.max(available - 1, 0));
     position = times[target];
     show(target);
   }
@@ -137,15 +149,19 @@ async function render({ model, el }) {
 
   function tick(now) {
     if (!alive) return;
-    if (playing) {
+    if (playing && available > 0) {
       if (last !== null) {
         position += (now - last) * model.get("speed");
-        if (position >= duration) position = model.get("loop") ? position % duration : duration;
+        if (available < n && position >= times[available]) {
+          position = times[available - 1]; // wait on the last frame arrived
+        } else if (position >= duration) {
+          position = model.get("loop") ? position % duration : duration;
+        }
       }
       last = now;
-      const k = frameAt(times, position);
+      const k = frameAt(times, position, available);
       if (k !== index) show(k);
-      if (!model.get("loop") && position >= duration) setPlaying(false);
+      if (!model.get("loop") && available === n && position >= duration) setPlaying(false);
     }
     const elapsed = now - windowStart;
     if (elapsed >= 1000) {
@@ -154,6 +170,32 @@ async function render({ model, el }) {
       windowStart = now;
     }
     requestAnimationFrame(tick);
+  }
+
+  function arrived(start, decoded) {
+    decoded.forEach((frame, i) => {
+      frames[start + i] = frame;
+    });
+    while (available < n && frames[available]) available += 1;
+    root.dataset.loaded = String(available);
+    if (root.dataset.shown !== "true" && frames[0]) show(0);
+    describe(index);
+    if (n && available === n && root.dataset.ready !== "true") {
+      root.dataset.decodeMs = (performance.now() - started).toFixed(1);
+      root.dataset.ready = "true";
+    }
+  }
+
+  async function receive(start, blob, offsets, encoding) {
+    try {
+      const decoded = await decodeChunk(
+        blob, offsets, encoding, model.get("width"), model.get("height"), model.get("channels"),
+      );
+      if (alive) arrived(start, decoded);
+    } catch (error) {
+      label.textContent = `cannot decode the frames: ${error}`;
+      root.dataset.error = String(error);
+    }
   }
 
   play.addEventListener("click", () => setPlaying(!playing));
@@ -181,11 +223,39 @@ async function render({ model, el }) {
     const k = model.get("frame");
     if (k !== index && !playing) seek(k);
   });
+  model.on("change:width", size);
+  model.on("change:height", size);
+  model.on("change:number_of_frames", () => {
+    timing();
+    describe(index);
+  });
+  model.on("change:frame_times_ms", timing);
+  model.on("msg:custom", (msg, buffers) => {
+    if (msg && msg.kind === "frames" && buffers && buffers.length) {
+      receive(msg.start, bytesOf(buffers[0]), msg.offsets, msg.encoding);
+    }
+  });
 
+  setPlaying(model.get("playing"), true);
+  const firstBytes = bytesOf(model.get("_first"));
+  if (firstBytes.length) {
+    try {
+      first = await decodeImage(firstBytes, "image/png");
+      show(0);
+    } catch (error) {
+      root.dataset.error = String(error);
+    }
+  }
+  const blob = bytesOf(model.get("_frames"));
+  if (blob.length) {
+    await receive(0, blob, model.get("_offsets"), model.get("encoding"));
+  } else {
+    model.send({ kind: "want" }); // the chunks sent before this view existed
+  }
+  index = Math.min(Math.max(model.get("frame"), 0), Math.max(available - 1, 0));
+  position = n ? times[index] : 0;
   show(index);
   drawn = 0;
-  root.dataset.ready = "true";
-  setPlaying(model.get("playing"), true);
   requestAnimationFrame(tick);
   return () => {
     alive = false;
