@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlencode, urlsplit
@@ -76,6 +76,8 @@ class ReviewClient:
         self._lock = threading.Lock()
         self._worklists: dict[str, tuple[str, list[dict[str, Any]]]] = {}
         self._downloads: dict[str, threading.Lock] = {}
+        self._connections: set[http.client.HTTPConnection] = set()
+        self._closed = False
 
     @classmethod
     def from_environment(cls) -> ReviewClient:
@@ -206,18 +208,50 @@ class ReviewClient:
                 return target
             partial = target.with_suffix(".part")
             response = self._request("GET", path)
-            with open(partial, "wb") as out:
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
+            try:
+                with open(partial, "wb") as out:
+                    while chunk := response.read(_CHUNK):
+                        out.write(chunk)
+            except FileNotFoundError:  # the cache went with close() meanwhile
+                raise ReviewError("the review session is closed") from None
+            finally:
+                response.close()
             partial.replace(target)
             return target
 
-    def close(self) -> None:
-        """Close the connection and remove the downloaded instances."""
+    def thread(self, target: Callable[[], None], *, name: str) -> threading.Thread:
+        """Start a daemon thread running ``target``; its connection is closed when it ends."""
+
+        def run() -> None:
+            try:
+                target()
+            finally:
+                self.end_thread()
+
+        started = threading.Thread(target=run, name=name, daemon=True)
+        started.start()
+        return started
+
+    def end_thread(self) -> None:
+        """Close the calling thread's connection (each thread has its own)."""
         connection = getattr(self._local, "connection", None)
         if connection is not None:
-            connection.close()
             self._local.connection = None
+            connection.close()
+            with self._lock:
+                self._connections.discard(connection)
+
+    def close(self) -> None:
+        """Close every thread's connection and remove the downloaded instances.
+
+        Calls still running in other threads then fail with :class:`ReviewError`.
+        """
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            connection.close()
+        self._local.connection = None
         with self._lock:
             if self._cache is not None:
                 shutil.rmtree(self._cache, ignore_errors=True)
@@ -231,6 +265,8 @@ class ReviewClient:
 
     def _cache_dir(self) -> Path:
         with self._lock:
+            if self._closed:
+                raise ReviewError("the review session is closed")
             if self._cache is None:
                 self._cache = Path(tempfile.mkdtemp(prefix="usreview-review-"))
                 atexit.register(shutil.rmtree, self._cache, True)
@@ -241,6 +277,10 @@ class ReviewClient:
         if connection is None:
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             connection = cls(self._host, self._port, timeout=self._timeout)
+            with self._lock:
+                if self._closed:
+                    raise ReviewError("the review session is closed")
+                self._connections.add(connection)
             self._local.connection = connection
         return connection
 

@@ -122,7 +122,7 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         self.refresh()
         if self._refresh_seconds > 0 and not self._following:
             self._following = True
-            threading.Thread(target=self._refresh_loop, name="worklist", daemon=True).start()
+            self.client.thread(self._refresh_loop, name="worklist")
 
     def refresh(self) -> None:
         """Read the studies again (sort and filters are kept)."""
@@ -252,8 +252,8 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.add_class("usreview-study-page")
         if records:
             self.show(records[0]["sop_instance_uid"])
-        threading.Thread(target=self._load_thumbnails, name="thumbnails", daemon=True).start()
-        threading.Thread(target=self._keep_claim, name="claim", daemon=True).start()
+        self.client.thread(self._load_thumbnails, name="thumbnails")
+        self.client.thread(self._keep_claim, name="claim")
 
     def close(self) -> None:
         """Stop renewing the claim (the study stays claimed until it expires or is released)."""
@@ -303,11 +303,12 @@ class StudyPage(w.VBox):  # type: ignore[misc]
                 if progressive.widget in self.viewer_box.children:
                     self.viewer_box.children = [_error_html(f"Cannot show this image: {exc}")]
             except Exception:  # a kernel thread must not die silently
+                if self._closed.is_set():
+                    return  # the page went away while loading
                 _log.exception("loading instance %s failed", sop_instance_uid)
                 self.viewer_box.children = [_error_html("Cannot show this image.")]
 
-        self.loading = threading.Thread(target=complete, name="instance", daemon=True)
-        self.loading.start()
+        self.loading = self.client.thread(complete, name="instance")
 
     def _claim(self) -> None:
         try:
