@@ -225,7 +225,10 @@ def test_reviewers_see_the_study_evaluation_the_site_was_sent(world: World) -> N
     service = service_launch(service_pids(world.hub.state)[0])[1]["JUPYTERHUB_SERVICE_URL"]
     with ReviewClient(f"{service.rstrip('/')}/services/usreview/", world.rev) as client:
         page = StudyPage(client, world.study)
+        page.teaching_button.click()  # not published yet: refused, said on the page
+        refused = page.message.value
         page.close()
+    assert "Not made a teaching case" in refused and "publish" in refused.lower(), refused
     shown = page.results.children[1].value
     values = evaluation["evaluations"][0]["values"]
     assert "usreview-study-evaluation" in shown and f"{values['ica_psv']:.1f} cm/s" in shown

@@ -236,13 +236,20 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.claim_button = w.Button(description="Claim", icon="lock")
         self.claim_button.add_class("usreview-claim")
         self.claim_button.on_click(lambda _: self._claim())
+        self.teaching_button = w.Button(
+            description="Make teaching case",
+            icon="graduation-cap",
+            tooltip="De-identified copies for trainees (published studies only)",
+        )
+        self.teaching_button.add_class("usreview-make-teaching")
+        self.teaching_button.on_click(lambda _: self._make_teaching())
         self._render_header()
         self.thumbnails = {r["sop_instance_uid"]: self._thumbnail(r) for r in records}
         thumbnails = w.HBox(list(self.thumbnails.values()))
         thumbnails.add_class("usreview-thumbnails")
         super().__init__(
             [
-                w.HBox([self.header, self.claim_button]),
+                w.HBox([self.header, self.claim_button, self.teaching_button]),
                 self.message,
                 thumbnails,
                 w.HBox([self.viewer_box, w.VBox([self.results], layout=w.Layout(width="48%"))]),
@@ -317,6 +324,18 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         except UsreviewError as exc:
             self.message.value = _banner(f"Not claimed: {exc}", error=True)
         self._render_header()
+
+    def _make_teaching(self) -> None:
+        try:
+            case = self.client.mark_teaching(self.uid)
+        except UsreviewError as exc:
+            self.message.value = _banner(f"Not made a teaching case: {exc}", error=True)
+            return
+        left_out = len(case.get("refused") or [])
+        self.message.value = _banner(
+            f"Teaching case made: {len(case.get('instances') or [])} de-identified "
+            "instance(s)" + (f", {left_out} left out (no ultrasound regions)." if left_out else ".")
+        )
 
     def _publish(self, form: ReportForm) -> None:
         body = form.report(self.results.measurements())
