@@ -64,3 +64,11 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+def test_ports_handed_out_for_later_listeners_are_distinct() -> None:
+    from usreview.demo import free_port
+
+    handed: set[int] = set()
+    ports = [free_port(besides=handed) for _ in range(50)]
+    assert len(set(ports)) == 50 and handed == set(ports)

@@ -124,11 +124,21 @@ _SHOWN = {  # quantities printed in the summary, per kind, with short labels
 # -- child processes ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(*, besides: set[int] | None = None) -> int:
+    """A TCP port free on 127.0.0.1 now, and not in ``besides`` (then added to it).
+
+    The kernel may hand the same port to two calls once the first socket is closed:
+    ports picked for several listeners that start later must be kept apart this way.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if besides is None:
+            return port
+        if port not in besides:
+            besides.add(port)
+            return port
 
 
 def _port_free(port: int) -> bool:
@@ -577,6 +587,7 @@ class _Demo:
         self.sites = [_SiteRun(s, self.out / "sites" / s.name) for s in SITES]
         self.password: str | None = None
         self.started = time.monotonic()
+        self._ports: set[int] = set()  # handed out to listeners that start later
 
     # -- bookkeeping of children, so that a killed demo's are stopped by the next run
 
@@ -658,8 +669,9 @@ class _Demo:
         saved = json.loads(self.run_file.read_text()) if self.run_file.exists() else {}
         for port in (saved.get("hub_port"), DEFAULT_HUB_PORT):
             if isinstance(port, int) and _port_free(port):
+                self._ports.add(port)
                 return port
-        return free_port()
+        return free_port(besides=self._ports)
 
     def start_hub(self) -> None:
         state_dir = self.out / "hub"
@@ -705,7 +717,7 @@ class _Demo:
             name = site.site.name
             if complete and name in registered:
                 set_toml_value(config, "hub", "url", json.dumps(self.hub.url))
-                port = free_port()
+                port = free_port(besides=self._ports)
                 set_toml_value(config, "gateway", "port", str(port))
                 site.config = config
                 _say(f"site {name}: reusing {site.folder}")
@@ -718,7 +730,7 @@ class _Demo:
             if site.folder.exists():
                 _remove_site_folder(site.folder)
             site.config = enroll_site(
-                self.hub.state, self.hub.url, name, site.folder, port=free_port()
+                self.hub.state, self.hub.url, name, site.folder, port=free_port(besides=self._ports)
             )
             _say(f"site {name}: enrolled in {site.folder} (site init, hub add-site)")
 
