@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -242,7 +243,24 @@ def test_untuned_storescu_is_not_stuck_at_20_per_second(tmp_path: Path) -> None:
         gateway.stop()
 
 
-def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> None:
+@dataclass
+class _Killed:
+    """A gateway killed with kill -9 while storescu sent ``files``."""
+
+    config: Path
+    port: int
+    files: list[Path]
+    uids: dict[Path, str]
+    acknowledged: list[Path]
+    spool_dir: Path
+    output: str
+
+
+def _kill_mid_transfer(tmp_path: Path, count: int, kill_at: int) -> _Killed:
+    """storescu sends ``count`` B-modes; the gateway is killed once ``kill_at`` are spooled.
+
+    Returns after the upload process, seeing its pipe close, has ended by itself.
+    """
     config, port = _site(tmp_path, ["*"])
     subprocess.run(
         [*USREVIEW, "simulate", "bmode", "--out", str(tmp_path / "one")],
@@ -250,7 +268,7 @@ def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> N
         check=True,
         timeout=120,
     )
-    files = copies(tmp_path / "one" / "bmode.dcm", 400, tmp_path / "many")
+    files = copies(tmp_path / "one" / "bmode.dcm", count, tmp_path / "many")
     uids = {path: sop_uid(path) for path in files}
     gateway = start_gateway(config, port, tmp_path / "gateway.log")
     uploads = gateway.upload_process()
@@ -262,26 +280,35 @@ def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> N
         stderr=subprocess.STDOUT,
         text=True,
     ) as scanner:
-        wait_until(lambda: len(list(spool_dir.glob("*.dcm"))) >= 60, timeout=60, step=0.01)
+        wait_until(lambda: len(list(spool_dir.glob("*.dcm"))) >= kill_at, timeout=60, step=0.01)
         gateway.kill9()
         output, _ = scanner.communicate(timeout=60)
-    acknowledged = succeeded_files(output)
+    wait_until(lambda: not alive(uploads), timeout=60)
+    return _Killed(config, port, files, uids, succeeded_files(output), spool_dir, output)
+
+
+def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    killed = _kill_mid_transfer(tmp_path, 400, kill_at=60)
+    config, files, uids, acknowledged = (
+        killed.config,
+        killed.files,
+        killed.uids,
+        killed.acknowledged,
+    )
     # Killed mid-stream: some instances were acknowledged (the spool holds a few more,
     # written before their answer left), not all.
-    assert 40 <= len(acknowledged) < len(files), output[-2000:]
+    assert 40 <= len(acknowledged) < len(files), killed.output[-2000:]
     spooled = _spooled(config)
     assert {uids[p] for p in acknowledged} <= set(spooled)
-    # The upload process sees its pipe close and ends by itself.
-    wait_until(lambda: not alive(uploads), timeout=60)
     # Restart: the spool is intact, and the scanner sends the rest (and some again).
-    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    gateway = start_gateway(config, killed.port, tmp_path / "gateway.log")
     try:
         rest = files[len(acknowledged) - 5 :]
-        run = storescu(port, rest)
+        run = storescu(killed.port, rest)
         assert run.returncode == 0, run.output[-2000:]
         spooled = _spooled(config)
         assert set(uids.values()) == set(spooled)
-        assert len(list(spool_dir.glob("*.dcm"))) == len(files)  # no duplicate
+        assert len(list(killed.spool_dir.glob("*.dcm"))) == len(files)  # no duplicate
     finally:
         gateway.stop()
 
@@ -289,37 +316,15 @@ def test_kill_9_during_transfers_loses_nothing_acknowledged(tmp_path: Path) -> N
 def test_kill_9_and_a_power_cut_the_journal_restores_what_was_acknowledged(
     tmp_path: Path,
 ) -> None:
-    config, port = _site(tmp_path, ["*"])
-    subprocess.run(
-        [*USREVIEW, "simulate", "bmode", "--out", str(tmp_path / "one")],
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
-    files = copies(tmp_path / "one" / "bmode.dcm", 150, tmp_path / "many")
-    uids = {path: sop_uid(path) for path in files}
-    gateway = start_gateway(config, port, tmp_path / "gateway.log")
-    uploads = gateway.upload_process()
-    spool_dir = load_config(config).spool
-    with subprocess.Popen(
-        ["storescu", "-v", "-aet", "SCANNER", "-aec", "USREVIEW", "127.0.0.1", str(port)]
-        + [str(p) for p in files],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as scanner:
-        wait_until(lambda: len(list(spool_dir.glob("*.dcm"))) >= 40, timeout=60, step=0.01)
-        gateway.kill9()
-        output, _ = scanner.communicate(timeout=60)
-    acknowledged = succeeded_files(output)
-    assert 20 <= len(acknowledged) < len(files), output[-2000:]
-    wait_until(lambda: not alive(uploads), timeout=60)
+    killed = _kill_mid_transfer(tmp_path, 150, kill_at=40)
+    acknowledged = killed.acknowledged
+    assert 20 <= len(acknowledged) < len(killed.files), killed.output[-2000:]
     # As after a power cut: the spool files not synced yet are lost or cut short.
-    assert power_cut(spool_dir) >= len(acknowledged) // 2
-    gateway = start_gateway(config, port, tmp_path / "gateway.log")  # replays, then listens
+    assert power_cut(killed.spool_dir) >= len(acknowledged) // 2
+    gateway = start_gateway(killed.config, killed.port, tmp_path / "gateway.log")  # replays
     try:
-        spooled = _spooled(config)
-        assert {uids[p] for p in acknowledged} <= set(spooled)
+        spooled = _spooled(killed.config)
+        assert {killed.uids[p] for p in acknowledged} <= set(spooled)
         for path in spooled.values():
             assert hashlib.sha256(path.read_bytes()).hexdigest() in path.name
         assert "written to the spool again from its journal" in gateway.log.read_text()
