@@ -46,6 +46,7 @@ __all__ = [
     "StorescuRun",
     "c_store",
     "copies",
+    "cpu_by_role",
     "enroll_site",
     "finish",
     "free_port",
@@ -156,6 +157,64 @@ def storescu_all(
     runs = [finish(p, started) for p in processes]
     seconds = time.perf_counter() - started
     return seconds, sum(r.succeeded for r in runs), runs
+
+
+# -- CPU by process -----------------------------------------------------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Roles of the hub's processes, from their command lines (first match wins).
+HUB_ROLES = (
+    ("usreview.hub.service", "service"),
+    ("configurable-http-proxy", "proxy"),
+    ("usreview.processing.worker", "processing"),
+    ("usreview.cli hub", "JupyterHub"),
+)
+
+
+def _processes() -> dict[int, tuple[int, float, str]]:
+    """Every process: pid -> (parent pid, CPU seconds so far, command line)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # it ended meanwhile
+        fields = stat.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
+        found[int(entry.name)] = (int(fields[1]), cpu, cmdline)
+    return found
+
+
+def cpu_by_role(root: int, roles: Sequence[tuple[str, str]] = HUB_ROLES) -> dict[str, float]:
+    """CPU seconds used so far by ``root`` and its descendants, summed by role.
+
+    A process whose command line contains a role's marker has that role, and so have its
+    own children unless they match another (the service's parsing workers count as
+    ``parse workers``, the processing worker's pool as ``processing``); the rest is
+    ``other``. Take it before and after a run: the difference is what the run cost.
+    Processes that ended in between are missing from the second reading.
+    """
+    table = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    totals: dict[str, float] = {}
+
+    def visit(pid: int, inherited: str) -> None:
+        _, cpu, cmdline = table[pid]
+        role = next((name for marker, name in roles if marker in cmdline), None)
+        if role is None:
+            role = "parse workers" if inherited == "service" else inherited
+        totals[role] = totals.get(role, 0.0) + cpu
+        for child in children.get(pid, []):
+            visit(child, role)
+
+    if root in table:
+        visit(root, "other")
+    return totals
 
 
 # -- chromium -----------------------------------------------------------------------------

@@ -20,6 +20,11 @@ spawned process re-imports this module), plus a second for each site to load its
 and open its connection, so that the clients' start-up is not measured (storescu's is
 not either).
 
+CPU per instance is reported by process for both sides (from ``/proc``: the hub's
+service, parsing workers, proxy, JupyterHub and processing worker; the client
+processes' own clocks; Orthanc and the storescu processes), with the cores they kept
+busy on average: on a machine of two cores this shows what bounds each rate.
+
 Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 60 sites x 8 small + 4 cines), or
 ``$USREVIEW_BENCH_SITES``.
 """
@@ -30,6 +35,7 @@ import hashlib
 import io
 import multiprocessing
 import os
+import resource
 import tempfile
 import threading
 import time
@@ -43,6 +49,7 @@ import pydicom
 from benchmarks._support import (
     HubProcess,
     copies,
+    cpu_by_role,
     enroll_site,
     free_port,
     held_at_hub,
@@ -59,6 +66,7 @@ CINES = 4
 CLIENT_PROCESSES = 3
 #: Seconds between the client processes being ready and the start (sites' own set-up).
 SETUP_SECONDS = 1.0
+ORTHANC_ROLES = (("Orthanc", "Orthanc"),)
 #: Shared with the parent, in a client process (set by :func:`_client_init`).
 _shared: dict[str, Any] = {}
 
@@ -117,8 +125,11 @@ def _client_init(ready: Any, start: Any) -> None:
 
 def _client_process(
     jobs: list[tuple[str, list[tuple[str, str]]]],
-) -> tuple[list[Upload], float, list[str]]:
-    """Upload the given sites' files, one thread per site; (uploads, end time, errors)."""
+) -> tuple[list[Upload], float, list[str], float]:
+    """Upload the given sites' files, one thread per site.
+
+    Returns (uploads, end time, errors, CPU seconds this process used from the start).
+    """
     ready, start = _shared["ready"], _shared["start"]
     with ready.get_lock():
         ready.value += 1
@@ -137,9 +148,11 @@ def _client_process(
     threads = [threading.Thread(target=run, args=job) for job in jobs]
     for thread in threads:
         thread.start()
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu = time.process_time()  # the sites' own set-up is done by now
     for thread in threads:
         thread.join()
-    return uploads, time.time(), errors
+    return uploads, time.time(), errors, time.process_time() - cpu
 
 
 def _sha256(path: Path) -> str:
@@ -148,6 +161,29 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {role: after[role] - before.get(role, 0.0) for role in after}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_line(name: str, spent: dict[str, float], instances: int, seconds: float) -> str:
+    """CPU per instance by process role, and the cores they kept busy on average."""
+    total = sum(spent.values())
+    parts = ", ".join(
+        f"{role} {cpu / instances * 1000:.1f}"
+        for role, cpu in sorted(spent.items(), key=lambda item: -item[1])
+        if cpu > 0
+    )
+    return (
+        f"  CPU per instance, {name}: {total / instances * 1000:.1f} ms ({parts}); "
+        f"{total / seconds:.2f} cores busy"
+    )
 
 
 def main() -> None:
@@ -211,7 +247,11 @@ def main() -> None:
                     time.sleep(0.01)
                 start_at = time.time() + SETUP_SECONDS
                 start.value = start_at
+                time.sleep(max(0.0, start_at - time.time()))
+                hub_cpu = cpu_by_role(hub.child.pid)
                 answers = [f.result() for f in futures]
+                hub_cpu = _spent(hub_cpu, cpu_by_role(hub.child.pid))
+                hub_cpu["sites (clients)"] = sum(a[3] for a in answers)
             uploads = [u for a in answers for u in a[0]]
             errors = [e for a in answers for e in a[2]]
             seconds = max(a[1] for a in answers) - start_at
@@ -257,9 +297,13 @@ def main() -> None:
 
         with start_orthanc(root / "orthanc", nodelay=True) as orthanc:
             batches = list(files.values())
+            orthanc_cpu = cpu_by_role(orthanc.child.pid, ORTHANC_ROLES)
+            storescu_cpu = _children_cpu()
             o_seconds, o_stored, runs = storescu_all(
                 orthanc.dicom_port, batches, called=orthanc.ae_title, nodelay=True
             )
+            orthanc_cpu = _spent(orthanc_cpu, cpu_by_role(orthanc.child.pid, ORTHANC_ROLES))
+            orthanc_cpu["storescu (clients)"] = _children_cpu() - storescu_cpu
             in_orthanc = orthanc.count()
         if o_stored != len(all_files) or in_orthanc != len(all_files):
             bad = next((r.output[-500:] for r in runs if r.returncode), "")
@@ -272,6 +316,8 @@ def main() -> None:
             f"Orthanc 1.10 <- {len(batches)} storescu at once, TCP_NODELAY=1 both sides (no "
             f"encryption): {o_rate:.0f} instances/s, {o_mb:.0f} MB/s in {o_seconds:.1f} s"
         )
+        print(_cpu_line("usreview", hub_cpu, len(uploads), seconds))
+        print(_cpu_line("Orthanc", orthanc_cpu, len(all_files), o_seconds))
         ratio = ours_rate / o_rate
         verdict = "meets" if ratio >= 1 else "misses"
         print(

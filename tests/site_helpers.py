@@ -17,16 +17,12 @@ from typing import TYPE_CHECKING
 import pydicom
 from pydicom.uid import generate_uid
 
+from usreview.demo import free_port
+
 if TYPE_CHECKING:
     from usreview.site.atrest import SpoolCipher
 
 USREVIEW = [sys.executable, "-m", "usreview.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, log: Path | None) -> None:

@@ -72,3 +72,6 @@ def test_ports_handed_out_for_later_listeners_are_distinct() -> None:
     handed: set[int] = set()
     ports = [free_port(besides=handed) for _ in range(50)]
     assert len(set(ports)) == 50 and handed == set(ports)
+    # Without a set of its own, a caller still never gets a port handed out before.
+    alone = [free_port() for _ in range(50)]
+    assert len(set(alone)) == 50

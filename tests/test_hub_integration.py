@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from usreview.demo import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +53,6 @@ class Hub:
         )
         assert result.returncode == 0, result.stderr
         return result.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _shown_once(output: str) -> str:
@@ -96,7 +91,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         timeout=60,
         check=True,
     )
-    port = _free_port()
+    port = free_port()
     log = root / "hub.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

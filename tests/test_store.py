@@ -7,7 +7,6 @@ import hashlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from sqlalchemy import create_engine
 import usreview.store
 import usreview.store.errors
 from tests.conftest import write_us
+from usreview.demo import free_port
 from usreview.dicom import ImageKind, read
 from usreview.errors import InputError, UsreviewError
 from usreview.store import (
@@ -57,13 +57,6 @@ def _postgres_bindir() -> Path | None:
     return Path(postgres).parent if postgres else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """Start ``postgres`` on a Unix socket in a private folder; yield a URL with ``{db}``."""
@@ -91,7 +84,7 @@ def postgres_server() -> Iterator[str]:
             pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}{tail}")
 
     data = base / "data"
-    port = _free_port()
+    port = free_port()
     # fsync=off: these tests check behaviour, not PostgreSQL's own durability.
     options = (
         f"-k {base} -p {port} -c listen_addresses='' -c fsync=off "

@@ -1,7 +1,8 @@
 """The ``usreview`` command line.
 
 Each subcommand is a small function that parses nothing itself: argparse does the
-parsing, the package does the work, and :func:`main` turns every
+parsing (each command is declared beside its function as a
+:class:`~usreview.cli_spec.Command`), the package does the work, and :func:`main` turns every
 :class:`~usreview.errors.UsreviewError` into one line on stderr and a non-zero
 exit status (2 for bad input or usage, 1 for anything else), never a traceback.
 """
@@ -11,13 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from usreview import __version__
+from usreview.cli_spec import Arg, Command, Handler, add_command, arg, one_of
 from usreview.errors import InputError, SimulationError, UsreviewError
 
-Handler = Callable[[argparse.Namespace], int]
+# --- arguments several commands share ----------------------------------------------
+
+
+def _paths() -> Arg:
+    return arg("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+
+
+def _json(text: str) -> Arg:
+    return arg("--json", action="store_true", help=text)
 
 
 # --- inspect -----------------------------------------------------------------------
@@ -44,21 +54,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return status
 
 
-def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "inspect",
-        help="describe ultrasound DICOM files: SOP class, syntax, frames, kinds, regions",
-        description="Print what usreview reads from each ultrasound instance. Folders are "
-        "searched recursively. Unreadable files are reported on stderr, one line each, and "
-        "make the exit status 2.",
-    )
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
-    p.add_argument("--json", action="store_true", help="one JSON array (keys: see README)")
-    p.set_defaults(handler=_cmd_inspect)
+_INSPECT = Command(
+    "inspect",
+    help="describe ultrasound DICOM files: SOP class, syntax, frames, kinds, regions",
+    handler=_cmd_inspect,
+    description="Print what usreview reads from each ultrasound instance. Folders are "
+    "searched recursively. Unreadable files are reported on stderr, one line each, and "
+    "make the exit status 2.",
+    args=(_paths(), _json("one JSON array (keys: see README)")),
+)
 
 
 # --- simulate ----------------------------------------------------------------------
-# (owned by usreview.simulate; see _add_simulate)
+# (owned by usreview.simulate)
 
 _SIMULATE_KINDS = "bmode, cine, mmode, pw, cw, color, volume"
 
@@ -83,38 +91,39 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "simulate",
-        help="write a simulated study with known answers (DICOM + NAME.truth.json)",
-        description="Write one simulated study of KIND into DIR: each instance NAME.dcm with "
-        "NAME.truth.json (the true values) beside it; print the DICOM paths. The same "
-        "kind, seed and parameters write the same bytes. Invalid kinds or parameters are "
-        "one line on stderr and exit status 2.",
-    )
-    p.add_argument("kind", metavar="KIND", help=f"one of: {_SIMULATE_KINDS}")
-    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (created)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    p.add_argument(
-        "--snr",
-        type=float,
-        default=None,
-        metavar="DB",
-        help="signal-to-noise ratio in dB (default: 20 for pw/cw, 40 otherwise)",
-    )
-    p.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a kind-specific parameter; repeat for several (see --list-params)",
-    )
-    p.add_argument(
-        "--list-params",
-        action="store_true",
-        help="print KIND's parameters with defaults and exit",
-    )
-    p.set_defaults(handler=_cmd_simulate)
+_SIMULATE = Command(
+    "simulate",
+    help="write a simulated study with known answers (DICOM + NAME.truth.json)",
+    handler=_cmd_simulate,
+    description="Write one simulated study of KIND into DIR: each instance NAME.dcm with "
+    "NAME.truth.json (the true values) beside it; print the DICOM paths. The same "
+    "kind, seed and parameters write the same bytes. Invalid kinds or parameters are "
+    "one line on stderr and exit status 2.",
+    args=(
+        arg("kind", metavar="KIND", help=f"one of: {_SIMULATE_KINDS}"),
+        arg("--out", type=Path, metavar="DIR", help="output folder (created)"),
+        arg("--seed", type=int, default=0, metavar="N", help="random seed (default 0)"),
+        arg(
+            "--snr",
+            type=float,
+            default=None,
+            metavar="DB",
+            help="signal-to-noise ratio in dB (default: 20 for pw/cw, 40 otherwise)",
+        ),
+        arg(
+            "--param",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="a kind-specific parameter; repeat for several (see --list-params)",
+        ),
+        arg(
+            "--list-params",
+            action="store_true",
+            help="print KIND's parameters with defaults and exit",
+        ),
+    ),
+)
 
 
 # --- demo --------------------------------------------------------------------------
@@ -127,30 +136,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, port=args.port, exit_after_summary=args.exit)
 
 
-def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the whole system on embedded defaults: hub, 3 sites, scanners, results",
-        description="Start the hub (state in OUT/hub), add a reviewer, enroll three simulated "
-        "sites (OUT/sites/NAME) and start their gateways, send their simulated studies by "
-        "C-STORE, wait for the hub's receipts, process what arrived, publish the measurements "
-        "to each site and wait for them in its outbox; print a summary and keep everything "
-        "running until Ctrl-C. Running it again on the same OUT reuses its state.",
-    )
-    p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo)")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        metavar="N",
-        help="the hub's HTTPS port (default: the last run's, else 8000 if free, else any free)",
-    )
-    p.add_argument(
-        "--exit",
-        action="store_true",
-        help="stop the hub and the gateways after the summary instead of waiting for Ctrl-C",
-    )
-    p.set_defaults(handler=_cmd_demo)
+_DEMO = Command(
+    "demo",
+    help="run the whole system on embedded defaults: hub, 3 sites, scanners, results",
+    handler=_cmd_demo,
+    description="Start the hub (state in OUT/hub), add a reviewer, enroll three simulated "
+    "sites (OUT/sites/NAME) and start their gateways, send their simulated studies by "
+    "C-STORE, wait for the hub's receipts, process what arrived, publish the measurements "
+    "to each site and wait for them in its outbox; print a summary and keep everything "
+    "running until Ctrl-C. Running it again on the same OUT reuses its state.",
+    args=(
+        arg("--out", type=Path, default=Path("demo"), help="output folder (default: demo)"),
+        arg(
+            "--port",
+            type=int,
+            default=None,
+            metavar="N",
+            help="the hub's HTTPS port (default: the last run's, else 8000 if free, else any free)",
+        ),
+        arg(
+            "--exit",
+            action="store_true",
+            help="stop the hub and the gateways after the summary instead of waiting for Ctrl-C",
+        ),
+    ),
+)
 
 
 # --- keys, seal, unseal ------------------------------------------------------------
@@ -184,13 +194,17 @@ def _grace(text: str) -> int:
     return 0 if text.strip() == "0" else _duration(text)
 
 
-def _add_key_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def _passphrase_file() -> Arg:
+    return arg(
         "--passphrase-file",
         type=Path,
         metavar="FILE",
         help=f"read the key's passphrase from FILE's first line (default: ${_PASSPHRASE_ENV})",
     )
+
+
+def _in_out() -> tuple[Arg, Arg]:
+    return arg("input", type=Path, metavar="IN"), arg("output", type=Path, metavar="OUT")
 
 
 def _cmd_keys_new(args: argparse.Namespace) -> int:
@@ -205,6 +219,21 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+_KEYS_NEW = Command(
+    "new",
+    help="create DIR/NAME.key (private, mode 0600) and DIR/NAME.pub",
+    handler=_cmd_keys_new,
+    description="Create an identity: an X25519 key to receive and an Ed25519 key to "
+    f"sign. The private file is passphrase-protected when ${_PASSPHRASE_ENV} or "
+    "--passphrase-file gives a passphrase. Existing files are never overwritten.",
+    args=(
+        arg("name", metavar="NAME", help="key name: letters, digits, '.', '_', '-'"),
+        arg("--dir", type=Path, default=Path("."), help="output folder (default: .)"),
+        _passphrase_file(),
+    ),
+)
+
+
 def _cmd_keys_trust(args: argparse.Namespace) -> int:
     from usreview.envelope import KeyRing, KeyState, load_public_keys
 
@@ -214,6 +243,24 @@ def _cmd_keys_trust(args: argparse.Namespace) -> int:
     ring.save(args.keyring)
     print(f"{args.keyring}: {key.name} {key.key_id.hex()} {args.state}")
     return 0
+
+
+_KEYS_TRUST = Command(
+    "trust",
+    help="add a public key to a key ring file, or change its state",
+    handler=_cmd_keys_trust,
+    description="Active keys seal and open; retired keys only open; revoked keys are refused.",
+    args=(
+        arg("pub", type=Path, metavar="PUB", help="a .pub file"),
+        arg("--keyring", type=Path, required=True, metavar="FILE", help="key ring (JSON)"),
+        arg("--state", choices=["active", "retired", "revoked"], default="active"),
+    ),
+)
+
+
+_KEYS = Command(
+    "keys", help="create identity keys and manage a key ring", actions=(_KEYS_NEW, _KEYS_TRUST)
+)
 
 
 def _cmd_seal(args: argparse.Namespace) -> int:
@@ -239,6 +286,40 @@ def _cmd_seal(args: argparse.Namespace) -> int:
     return 0
 
 
+_SEAL = Command(
+    "seal",
+    help="encrypt a file for one or more recipients and sign it",
+    handler=_cmd_seal,
+    description="Seal IN into the new file OUT (written atomically, never overwritten).",
+    args=(
+        arg("--key", type=Path, required=True, metavar="SENDER.key", help="your private key"),
+        arg(
+            "--to",
+            type=Path,
+            action="append",
+            required=True,
+            metavar="RECIPIENT.pub",
+            help="repeatable",
+        ),
+        arg(
+            "--keyring",
+            type=Path,
+            metavar="FILE",
+            help="refuse recipients it marks retired or revoked",
+        ),
+        arg(
+            "--valid-for",
+            type=_duration,
+            default=7 * 86400,
+            metavar="DURATION",
+            help="validity window, e.g. 3600, 90m, 12h, 7d (default: 7d, at most 90d)",
+        ),
+        _passphrase_file(),
+        *_in_out(),
+    ),
+)
+
+
 def _cmd_unseal(args: argparse.Namespace) -> int:
     from usreview.envelope import KeyRing, ReplayCache, load_private_keys, unseal_file
 
@@ -258,94 +339,37 @@ def _cmd_unseal(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("keys", help="create identity keys and manage a key ring")
-    keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    new = keys.add_parser(
-        "new",
-        help="create DIR/NAME.key (private, mode 0600) and DIR/NAME.pub",
-        description="Create an identity: an X25519 key to receive and an Ed25519 key to sign. "
-        f"The private file is passphrase-protected when ${_PASSPHRASE_ENV} or --passphrase-file "
-        "gives a passphrase. Existing files are never overwritten.",
-    )
-    new.add_argument("name", metavar="NAME", help="key name: letters, digits, '.', '_', '-'")
-    new.add_argument("--dir", type=Path, default=Path("."), help="output folder (default: .)")
-    _add_key_options(new)
-    new.set_defaults(handler=_cmd_keys_new)
-    trust = keys.add_parser(
-        "trust",
-        help="add a public key to a key ring file, or change its state",
-        description="Active keys seal and open; retired keys only open; revoked keys are refused.",
-    )
-    trust.add_argument("pub", type=Path, metavar="PUB", help="a .pub file")
-    trust.add_argument(
-        "--keyring", type=Path, required=True, metavar="FILE", help="key ring (JSON)"
-    )
-    trust.add_argument("--state", choices=["active", "retired", "revoked"], default="active")
-    trust.set_defaults(handler=_cmd_keys_trust)
-
-
-def _add_seal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "seal",
-        help="encrypt a file for one or more recipients and sign it",
-        description="Seal IN into the new file OUT (written atomically, never overwritten).",
-    )
-    p.add_argument("--key", type=Path, required=True, metavar="SENDER.key", help="your private key")
-    p.add_argument(
-        "--to",
-        type=Path,
-        action="append",
-        required=True,
-        metavar="RECIPIENT.pub",
-        help="repeatable",
-    )
-    p.add_argument(
-        "--keyring", type=Path, metavar="FILE", help="refuse recipients it marks retired or revoked"
-    )
-    p.add_argument(
-        "--valid-for",
-        type=_duration,
-        default=7 * 86400,
-        metavar="DURATION",
-        help="validity window, e.g. 3600, 90m, 12h, 7d (default: 7d, at most 90d)",
-    )
-    _add_key_options(p)
-    p.add_argument("input", type=Path, metavar="IN")
-    p.add_argument("output", type=Path, metavar="OUT")
-    p.set_defaults(handler=_cmd_seal)
-
-
-def _add_unseal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "unseal",
-        help="verify and decrypt an envelope",
-        description="Open IN into the new file OUT. OUT appears only when the whole envelope "
-        "verifies; on any failure one line names the cause and no OUT is left behind.",
-    )
-    p.add_argument(
-        "--key", type=Path, required=True, metavar="RECIPIENT.key", help="your private key"
-    )
-    p.add_argument(
-        "--trust",
-        type=Path,
-        action="append",
-        metavar="SENDER.pub",
-        help="a trusted sender's public key (repeatable)",
-    )
-    p.add_argument(
-        "--keyring", type=Path, metavar="FILE", help="trusted keys with states (see: keys trust)"
-    )
-    p.add_argument(
-        "--replay-cache",
-        type=Path,
-        metavar="FILE",
-        help="SQLite file of opened message ids; refuses an envelope opened before",
-    )
-    _add_key_options(p)
-    p.add_argument("input", type=Path, metavar="IN")
-    p.add_argument("output", type=Path, metavar="OUT")
-    p.set_defaults(handler=_cmd_unseal)
+_UNSEAL = Command(
+    "unseal",
+    help="verify and decrypt an envelope",
+    handler=_cmd_unseal,
+    description="Open IN into the new file OUT. OUT appears only when the whole envelope "
+    "verifies; on any failure one line names the cause and no OUT is left behind.",
+    args=(
+        arg("--key", type=Path, required=True, metavar="RECIPIENT.key", help="your private key"),
+        arg(
+            "--trust",
+            type=Path,
+            action="append",
+            metavar="SENDER.pub",
+            help="a trusted sender's public key (repeatable)",
+        ),
+        arg(
+            "--keyring",
+            type=Path,
+            metavar="FILE",
+            help="trusted keys with states (see: keys trust)",
+        ),
+        arg(
+            "--replay-cache",
+            type=Path,
+            metavar="FILE",
+            help="SQLite file of opened message ids; refuses an envelope opened before",
+        ),
+        _passphrase_file(),
+        *_in_out(),
+    ),
+)
 
 
 # --- hub ---------------------------------------------------------------------------
@@ -356,6 +380,24 @@ def _state_dir(args: argparse.Namespace) -> Path:
     from usreview.hub.state import state_from_env
 
     return args.state if args.state is not None else state_from_env()
+
+
+def _state(*, action: bool = True) -> Arg:
+    # An action's own --state must not reset one given before the action's name.
+    return arg(
+        "--state",
+        type=Path,
+        default=argparse.SUPPRESS if action else None,
+        metavar="DIR",
+        help="the hub's state directory (default: $USREVIEW_STATE or ./state)",
+    )
+
+
+def _site_list(text: str) -> list[str]:
+    sites = [name.strip() for name in text.split(",") if name.strip()]
+    if not sites:
+        raise argparse.ArgumentTypeError("give site names separated by commas")
+    return sites
 
 
 def _cmd_hub(args: argparse.Namespace) -> int:
@@ -381,6 +423,26 @@ def _cmd_hub_add_user(args: argparse.Namespace) -> int:
     return 0
 
 
+_HUB_ADD_USER = Command(
+    "add-user",
+    help="register a person; print their generated password once",
+    handler=_cmd_hub_add_user,
+    description="Register NAME with a role (its group: reviewers, trainees, scientists, "
+    "admins) and print a generated password once; only its scrypt hash is kept.",
+    args=(
+        arg("name", metavar="NAME", help="lowercase letters, digits, '_', '-'"),
+        arg("--role", required=True, choices=["reviewer", "trainee", "scientist", "admin"]),
+        arg(
+            "--sites",
+            type=_site_list,
+            metavar="A,B",
+            help="a reviewer reads only these sites' studies (default: every site)",
+        ),
+        _state(),
+    ),
+)
+
+
 def _cmd_hub_reviewer_sites(args: argparse.Namespace) -> int:
     from usreview.hub.commands import reviewer_sites
 
@@ -389,11 +451,22 @@ def _cmd_hub_reviewer_sites(args: argparse.Namespace) -> int:
     return 0
 
 
-def _site_list(text: str) -> list[str]:
-    sites = [name.strip() for name in text.split(",") if name.strip()]
-    if not sites:
-        raise argparse.ArgumentTypeError("give site names separated by commas")
-    return sites
+_HUB_REVIEWER_SITES = Command(
+    "reviewer-sites",
+    help="restrict a reviewer to some sites, or show their sites",
+    handler=_cmd_hub_reviewer_sites,
+    description="Reviewers read every site's studies unless restricted: --sites A,B "
+    "restricts NAME to those sites, --all lifts the restriction; without either, show "
+    "it. Kept in the archive and audited; the running service applies it within 5 s.",
+    args=(
+        arg("name", metavar="NAME", help="a registered reviewer"),
+        one_of(
+            arg("--sites", type=_site_list, metavar="A,B", help="only these sites"),
+            arg("--all", action="store_true", help="every site (the default)"),
+        ),
+        _state(),
+    ),
+)
 
 
 def _cmd_hub_add_site(args: argparse.Namespace) -> int:
@@ -419,6 +492,34 @@ def _cmd_hub_add_site(args: argparse.Namespace) -> int:
     return 0
 
 
+_HUB_ADD_SITE = Command(
+    "add-site",
+    help="register a site and its public key; print its API token once",
+    handler=_cmd_hub_add_site,
+    description="Register NAME in group 'sites' with its envelope public key (copied "
+    "into the state directory); print its API token, which reaches only the usreview "
+    "service, and the hub's public key. Needs a running hub.",
+    args=(
+        arg("name", metavar="NAME", help="lowercase letters, digits, '_', '-'"),
+        arg("--public-key", type=Path, required=True, metavar="SITE.pub", help="the site's key"),
+        arg(
+            "--rotate",
+            action="store_true",
+            help="replace the key of a registered site (its token stays); results are "
+            "sealed to the new key, the old one verifies uploads for the grace period",
+        ),
+        arg(
+            "--grace",
+            type=_grace,
+            metavar="DURATION",
+            help="with --rotate: how long the old key still verifies uploads (default "
+            "7d; 0 refuses it at once, for a compromised key)",
+        ),
+        _state(),
+    ),
+)
+
+
 def _cmd_hub_audit(args: argparse.Namespace) -> int:
     from usreview.hub.audit import verify
     from usreview.hub.errors import AuditError
@@ -441,11 +542,78 @@ def _cmd_hub_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+_HUB_AUDIT = Command(
+    "audit",
+    help="check or show the hash-chained audit log",
+    handler=_cmd_hub_audit,
+    description="--verify walks the whole audit log and checks its keyed hash chain: "
+    "exit status 0 when intact, 1 naming the first altered, removed, inserted or "
+    "reordered line. --tail N prints the last N lines (JSON).",
+    args=(
+        arg("--verify", action="store_true", help="check the whole chain"),
+        arg("--tail", type=int, default=0, metavar="N", help="print the last N lines"),
+        _state(),
+    ),
+)
+
+
 def _cmd_hub_worker(args: argparse.Namespace) -> int:
     from usreview.processing.worker import run_worker
 
     args.state = _state_dir(args)
     return run_worker(args)
+
+
+_HUB_WORKER = Command(
+    "worker",
+    help="process stored instances and publish the results to their sites",
+    handler=_cmd_hub_worker,
+    description="Take processing jobs from the archive's queue (leases, retries), run "
+    "the pipeline on local processes or a dask.distributed cluster, seal the SR and "
+    "the JSON summary to the site. The hub runs one as its 'usreview-worker' service; "
+    "start more (here or on other machines sharing the state) to go faster.",
+    args=(
+        _state(),
+        arg(
+            "--scheduler",
+            type=str,
+            default=None,
+            metavar="ADDR",
+            help="run on the dask.distributed scheduler at ADDR (tcp://HOST:PORT; "
+            "tls://... beyond a trusted network) instead of local processes",
+        ),
+        arg("--processes", type=int, default=2, metavar="N", help="local processes (default 2)"),
+        arg(
+            "--lease",
+            type=float,
+            default=60.0,
+            metavar="S",
+            help="seconds a claimed job is held unrenewed (default 60)",
+        ),
+        arg(
+            "--poll",
+            type=float,
+            default=1.0,
+            metavar="S",
+            help="seconds between looks at an empty queue (default 1)",
+        ),
+        arg(
+            "--attempts",
+            type=int,
+            default=5,
+            metavar="N",
+            help="attempts before a job and its study fail (default 5)",
+        ),
+        arg(
+            "--task",
+            type=str,
+            default=None,
+            metavar="MODULE:FUNCTION",
+            help="the function run on each instance "
+            "(default: usreview.processing.execution:execute_file, the pipeline)",
+        ),
+    ),
+)
 
 
 def _cmd_hub_jobs(args: argparse.Namespace) -> int:
@@ -479,169 +647,74 @@ def _cmd_hub_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_hub_processing(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    worker = actions.add_parser(
-        "worker",
-        help="process stored instances and publish the results to their sites",
-        description="Take processing jobs from the archive's queue (leases, retries), run "
-        "the pipeline on local processes or a dask.distributed cluster, seal the SR and "
-        "the JSON summary to the site. The hub runs one as its 'usreview-worker' service; "
-        "start more (here or on other machines sharing the state) to go faster.",
-    )
-    _add_hub_state(worker, action=True)
-    for flag, kind, default, metavar, text in (
-        ("--scheduler", str, None, "ADDR", "run on the dask.distributed scheduler at ADDR "
-         "(tcp://HOST:PORT; tls://... beyond a trusted network) instead of local processes"),
-        ("--processes", int, 2, "N", "local processes (default 2)"),
-        ("--lease", float, 60.0, "S", "seconds a claimed job is held unrenewed (default 60)"),
-        ("--poll", float, 1.0, "S", "seconds between looks at an empty queue (default 1)"),
-        ("--attempts", int, 5, "N", "attempts before a job and its study fail (default 5)"),
-        ("--task", str, None, "MODULE:FUNCTION", "the function run on each instance "
-         "(default: usreview.processing.execution:execute_file, the pipeline)"),
-    ):  # fmt: skip
-        worker.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
-    worker.set_defaults(handler=_cmd_hub_worker)
-    jobs = actions.add_parser(
-        "jobs",
-        help="list the processing jobs, retry a failed one, or queue the instances without one",
-        description="One line per job: id, status, attempts, site, SOP Instance UID and, "
-        "for a failed job, the reason (tab-separated). --retry ID puts a failed job back "
-        "in the queue with all its attempts (its study goes back to received); --reprocess ID "
-        "queues a finished job again, and its new results supersede the older ones.",
-    )
-    jobs.add_argument("--failed", action="store_true", help="only the failed jobs")
-    what = jobs.add_mutually_exclusive_group()
-    what.add_argument("--retry", type=int, metavar="ID", help="re-queue the failed job ID")
-    what.add_argument(
-        "--reprocess",
-        type=int,
-        metavar="ID",
-        help="queue the finished job ID again (processors changed): its new results "
-        "supersede the older ones",
-    )
-    what.add_argument(
-        "--backfill",
-        action="store_true",
-        help="queue a job for every stored instance that has none (stored before the queue)",
-    )
-    _add_hub_state(jobs, action=True)
-    jobs.set_defaults(handler=_cmd_hub_jobs)
+_HUB_JOBS = Command(
+    "jobs",
+    help="list the processing jobs, retry a failed one, or queue the instances without one",
+    handler=_cmd_hub_jobs,
+    description="One line per job: id, status, attempts, site, SOP Instance UID and, "
+    "for a failed job, the reason (tab-separated). --retry ID puts a failed job back "
+    "in the queue with all its attempts (its study goes back to received); --reprocess ID "
+    "queues a finished job again, and its new results supersede the older ones.",
+    args=(
+        arg("--failed", action="store_true", help="only the failed jobs"),
+        one_of(
+            arg("--retry", type=int, metavar="ID", help="re-queue the failed job ID"),
+            arg(
+                "--reprocess",
+                type=int,
+                metavar="ID",
+                help="queue the finished job ID again (processors changed): its new "
+                "results supersede the older ones",
+            ),
+            arg(
+                "--backfill",
+                action="store_true",
+                help="queue a job for every stored instance that has none (stored before "
+                "the queue)",
+            ),
+        ),
+        _state(),
+    ),
+)
 
 
-def _add_hub_state(p: argparse.ArgumentParser, *, action: bool = False) -> None:
-    # An action's own --state must not reset one given before the action's name.
-    p.add_argument(
-        "--state",
-        type=Path,
-        default=argparse.SUPPRESS if action else None,
-        metavar="DIR",
-        help="the hub's state directory (default: $USREVIEW_STATE or ./state)",
-    )
-
-
-def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "hub",
-        help="run the JupyterHub of the hub, and add its users and sites",
-        description="Without ACTION: run JupyterHub with its proxy and the usreview service "
-        "until interrupted. Everything it needs (keys, secrets, databases, a self-signed "
-        "certificate) is generated into the state directory on first start. The public "
-        "endpoint serves HTTPS; plain HTTP is refused beyond loopback.",
-    )
-    _add_hub_state(p)
-    p.add_argument(
-        "--ip",
-        default=None,
-        metavar="IP",
-        help="public address (default: $USREVIEW_HUB_IP or 127.0.0.1)",
-    )
-    p.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        metavar="N",
-        help="public port (default: $USREVIEW_HUB_PORT or 8000)",
-    )
-    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="certificate (PEM) to serve")
-    p.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
-    p.add_argument(
-        "--no-tls", action="store_true", help="serve plain HTTP (loopback addresses only)"
-    )
-    p.set_defaults(handler=_cmd_hub)
-    actions = p.add_subparsers(dest="hub_command", metavar="ACTION")
-    user = actions.add_parser(
-        "add-user",
-        help="register a person; print their generated password once",
-        description="Register NAME with a role (its group: reviewers, trainees, scientists, "
-        "admins) and print a generated password once; only its scrypt hash is kept.",
-    )
-    user.add_argument("name", metavar="NAME", help="lowercase letters, digits, '_', '-'")
-    user.add_argument(
-        "--role", required=True, choices=["reviewer", "trainee", "scientist", "admin"]
-    )
-    user.add_argument(
-        "--sites",
-        type=_site_list,
-        metavar="A,B",
-        help="a reviewer reads only these sites' studies (default: every site)",
-    )
-    _add_hub_state(user, action=True)
-    user.set_defaults(handler=_cmd_hub_add_user)
-    restrict = actions.add_parser(
-        "reviewer-sites",
-        help="restrict a reviewer to some sites, or show their sites",
-        description="Reviewers read every site's studies unless restricted: --sites A,B "
-        "restricts NAME to those sites, --all lifts the restriction; without either, show "
-        "it. Kept in the archive and audited; the running service applies it within 5 s.",
-    )
-    restrict.add_argument("name", metavar="NAME", help="a registered reviewer")
-    which = restrict.add_mutually_exclusive_group()
-    which.add_argument("--sites", type=_site_list, metavar="A,B", help="only these sites")
-    which.add_argument("--all", action="store_true", help="every site (the default)")
-    _add_hub_state(restrict, action=True)
-    restrict.set_defaults(handler=_cmd_hub_reviewer_sites)
-    site = actions.add_parser(
-        "add-site",
-        help="register a site and its public key; print its API token once",
-        description="Register NAME in group 'sites' with its envelope public key (copied into "
-        "the state directory); print its API token, which reaches only the usreview "
-        "service, and the hub's public key. Needs a running hub.",
-    )
-    site.add_argument("name", metavar="NAME", help="lowercase letters, digits, '_', '-'")
-    site.add_argument(
-        "--public-key", type=Path, required=True, metavar="SITE.pub", help="the site's key"
-    )
-    site.add_argument(
-        "--rotate",
-        action="store_true",
-        help="replace the key of a registered site (its token stays); results are sealed to "
-        "the new key, the old one verifies uploads for the grace period",
-    )
-    site.add_argument(
-        "--grace",
-        type=_grace,
-        metavar="DURATION",
-        help="with --rotate: how long the old key still verifies uploads (default 7d; "
-        "0 refuses it at once, for a compromised key)",
-    )
-    _add_hub_state(site, action=True)
-    site.set_defaults(handler=_cmd_hub_add_site)
-    audit = actions.add_parser(
-        "audit",
-        help="check or show the hash-chained audit log",
-        description="--verify walks the whole audit log and checks its keyed hash chain: "
-        "exit status 0 when intact, 1 naming the first altered, removed, inserted or "
-        "reordered line. --tail N prints the last N lines (JSON).",
-    )
-    audit.add_argument("--verify", action="store_true", help="check the whole chain")
-    audit.add_argument("--tail", type=int, default=0, metavar="N", help="print the last N lines")
-    _add_hub_state(audit, action=True)
-    audit.set_defaults(handler=_cmd_hub_audit)
-    _add_hub_processing(actions)
+_HUB = Command(
+    "hub",
+    help="run the JupyterHub of the hub, and add its users and sites",
+    handler=_cmd_hub,
+    description="Without ACTION: run JupyterHub with its proxy and the usreview service "
+    "until interrupted. Everything it needs (keys, secrets, databases, a self-signed "
+    "certificate) is generated into the state directory on first start. The public "
+    "endpoint serves HTTPS; plain HTTP is refused beyond loopback.",
+    args=(
+        _state(action=False),
+        arg(
+            "--ip",
+            default=None,
+            metavar="IP",
+            help="public address (default: $USREVIEW_HUB_IP or 127.0.0.1)",
+        ),
+        arg(
+            "--port",
+            type=int,
+            default=None,
+            metavar="N",
+            help="public port (default: $USREVIEW_HUB_PORT or 8000)",
+        ),
+        arg("--tls-cert", type=Path, metavar="FILE", help="certificate (PEM) to serve"),
+        arg("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)"),
+        arg("--no-tls", action="store_true", help="serve plain HTTP (loopback addresses only)"),
+    ),
+    actions=(_HUB_ADD_USER, _HUB_REVIEWER_SITES, _HUB_ADD_SITE, _HUB_AUDIT, _HUB_WORKER, _HUB_JOBS),
+)
 
 
 # --- site --------------------------------------------------------------------------
 # (owned by usreview.site)
+
+
+def _config() -> Arg:
+    return arg("--config", type=Path, required=True, metavar="site.toml", help="the site's file")
 
 
 def _cmd_site_init(args: argparse.Namespace) -> int:
@@ -673,6 +746,67 @@ def _cmd_site_init(args: argparse.Namespace) -> int:
     return 0
 
 
+_SITE_INIT = Command(
+    "init",
+    help="create a site's keys and DIR/site.toml",
+    handler=_cmd_site_init,
+    description="Generate the site's envelope keys (DIR/keys/NAME.key, mode 0600, "
+    "passphrase-protected when $USREVIEW_KEY_PASSPHRASE is set) and write "
+    "DIR/site.toml. Give DIR/keys/NAME.pub to the hub's administrator ('usreview hub "
+    "add-site'); put the token they send back into the token file (chmod 600) and "
+    "their hub.pub into DIR.",
+    args=(
+        arg("name", metavar="NAME", help="the site's name at the hub"),
+        arg("--hub", required=True, metavar="URL", help="the hub's https:// URL"),
+        arg("--dir", type=Path, required=True, metavar="DIR", help="site folder"),
+        arg("--hub-cert", type=Path, metavar="PEM", help="the hub's TLS certificate to pin"),
+        arg("--hub-key", type=Path, metavar="HUB.pub", help="the hub's public key"),
+        arg(
+            "--token-file",
+            type=Path,
+            metavar="F",
+            help="where the API token is (default DIR/token)",
+        ),
+        arg("--ae-title", default="USREVIEW", help="the gateway's AE title"),
+        arg("--port", type=int, default=11112, help="the gateway's DICOM port"),
+        arg(
+            "--allow-ae",
+            action="append",
+            default=[],
+            metavar="TITLE",
+            help="a scanner's calling AE title (repeatable; '*' allows any)",
+        ),
+        arg(
+            "--pacs",
+            action="append",
+            default=[],
+            metavar="[NAME=]AE@HOST:PORT",
+            help="a PACS that receives the results (repeatable)",
+        ),
+        arg(
+            "--dicom-tls",
+            action="store_true",
+            help="DICOM TLS on the gateway's port: generate DIR/dicom-tls.crt and .key "
+            "(self-signed; give the .crt to the scanners to trust)",
+        ),
+        arg(
+            "--dicom-tls-host",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="a host name or address the scanners use, named in the certificate "
+            "(repeatable; implies --dicom-tls)",
+        ),
+        arg(
+            "--encrypt-spool",
+            action="store_true",
+            help="encrypt the spool and its journal at rest with a key generated in "
+            "DIR/keys/spool.key (AES-256-GCM)",
+        ),
+    ),
+)
+
+
 def _cmd_site_gateway(args: argparse.Namespace) -> int:
     import logging
 
@@ -688,6 +822,18 @@ def _cmd_site_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+_SITE_GATEWAY = Command(
+    "gateway",
+    help="run the DICOM gateway until interrupted",
+    handler=_cmd_site_gateway,
+    description="Listen for scanners (DICOM C-STORE), spool every instance durably "
+    "before answering, upload it sealed to the hub with retries, and deliver the hub's "
+    "results into the outbox and to the PACS. Runs two processes: the DICOM receiver, "
+    "and an upload process that it supervises. Stops on SIGINT or SIGTERM.",
+    args=(_config(), arg("-v", "--verbose", action="store_true", help="log every event")),
+)
+
+
 def _cmd_site_push(args: argparse.Namespace) -> int:
     from usreview.site import NotAcknowledgedError, load_config, push_paths
     from usreview.site.progress import PushProgress
@@ -697,6 +843,18 @@ def _cmd_site_push(args: argparse.Namespace) -> int:
     if report.failed:
         raise NotAcknowledgedError({str(p): reason for p, reason in report.failed.items()})
     return 0
+
+
+_SITE_PUSH = Command(
+    "push",
+    help="upload files or folders once",
+    handler=_cmd_site_push,
+    description="Seal and upload every DICOM file under PATH; progress on stderr (a bar "
+    "with rate and time left on a terminal, one line per instance otherwise). Exit "
+    "status 1 naming every instance the hub did not acknowledge with a verified "
+    "receipt.",
+    args=(_config(), _paths()),
+)
 
 
 def _cmd_site_pull(args: argparse.Namespace) -> int:
@@ -712,6 +870,17 @@ def _cmd_site_pull(args: argparse.Namespace) -> int:
         f"{left} PACS delivery(ies) pending"
     )
     return 1 if left else 0
+
+
+_SITE_PULL = Command(
+    "pull",
+    help="fetch and deliver the pending results once",
+    handler=_cmd_site_pull,
+    description="Deliver the results published since the last one delivered into the "
+    "outbox and to the PACS. Refused while a gateway or its upload process runs (they "
+    "deliver them themselves). Exit status 1 when a PACS delivery is still pending.",
+    args=(_config(),),
+)
 
 
 def _cmd_site_rotate_key(args: argparse.Namespace) -> int:
@@ -730,6 +899,17 @@ def _cmd_site_rotate_key(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+_SITE_ROTATE_KEY = Command(
+    "rotate-key",
+    help="generate the site's next key pair and switch to it",
+    handler=_cmd_site_rotate_key,
+    description="Write a new key pair into DIR/keys/STAMP/ and point site.private_key "
+    "at it (the old files stay). Restart the gateway, then give the new .pub to the "
+    "hub's administrator: 'usreview hub add-site NAME --public-key NEW.pub --rotate'.",
+    args=(_config(),),
+)
 
 
 def _cmd_site_rejected(args: argparse.Namespace) -> int:
@@ -762,6 +942,22 @@ def _cmd_site_rejected(args: argparse.Namespace) -> int:
     return 0
 
 
+_SITE_REJECTED = Command(
+    "rejected",
+    help="list the instances the hub refused, and export them",
+    handler=_cmd_site_rejected,
+    description="List the instances in the spool's rejected/ folder with the reason "
+    "recorded (no network). With --export DIR, write each as received (decrypted "
+    "with folders.spool_key when the spool is encrypted, checked against its SHA-256) "
+    "to DIR/UID_SHA256.dcm (mode 0600, never overwritten), each recorded in "
+    "STATE/exports.log. Exit status 1 naming any that could not be exported.",
+    args=(
+        _config(),
+        arg("--export", type=Path, metavar="DIR", help="write decrypted copies into DIR"),
+    ),
+)
+
+
 def _cmd_site_status(args: argparse.Namespace) -> int:
     from usreview.site import format_status, load_config, read_status
 
@@ -774,140 +970,33 @@ def _cmd_site_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "site",
-        help="a site: DICOM gateway for scanners, uploads to the hub, results back",
-        description="Run a site: 'init' creates its keys and site.toml; 'gateway' receives "
-        "from scanners, uploads to the hub and delivers results; 'push' and 'pull' do it "
-        "once without a gateway; 'status' shows spool, uploads, results and errors; "
-        "'rejected' lists and exports what the hub refused.",
-    )
-    actions = p.add_subparsers(dest="site_command", metavar="ACTION", required=True)
-    init = actions.add_parser(
-        "init",
-        help="create a site's keys and DIR/site.toml",
-        description="Generate the site's envelope keys (DIR/keys/NAME.key, mode 0600, "
-        "passphrase-protected when $USREVIEW_KEY_PASSPHRASE is set) and write DIR/site.toml. "
-        "Give DIR/keys/NAME.pub to the hub's administrator ('usreview hub add-site'); put "
-        "the token they send back into the token file (chmod 600) and their hub.pub into DIR.",
-    )
-    init.add_argument("name", metavar="NAME", help="the site's name at the hub")
-    init.add_argument("--hub", required=True, metavar="URL", help="the hub's https:// URL")
-    init.add_argument("--dir", type=Path, required=True, metavar="DIR", help="site folder")
-    init.add_argument(
-        "--hub-cert", type=Path, metavar="PEM", help="the hub's TLS certificate to pin"
-    )
-    init.add_argument("--hub-key", type=Path, metavar="HUB.pub", help="the hub's public key")
-    init.add_argument(
-        "--token-file", type=Path, metavar="F", help="where the API token is (default DIR/token)"
-    )
-    init.add_argument("--ae-title", default="USREVIEW", help="the gateway's AE title")
-    init.add_argument("--port", type=int, default=11112, help="the gateway's DICOM port")
-    init.add_argument(
-        "--allow-ae",
-        action="append",
-        default=[],
-        metavar="TITLE",
-        help="a scanner's calling AE title (repeatable; '*' allows any)",
-    )
-    init.add_argument(
-        "--pacs",
-        action="append",
-        default=[],
-        metavar="[NAME=]AE@HOST:PORT",
-        help="a PACS that receives the results (repeatable)",
-    )
-    init.add_argument(
-        "--dicom-tls",
-        action="store_true",
-        help="DICOM TLS on the gateway's port: generate DIR/dicom-tls.crt and .key "
-        "(self-signed; give the .crt to the scanners to trust)",
-    )
-    init.add_argument(
-        "--dicom-tls-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a host name or address the scanners use, named in the certificate "
-        "(repeatable; implies --dicom-tls)",
-    )
-    init.add_argument(
-        "--encrypt-spool",
-        action="store_true",
-        help="encrypt the spool and its journal at rest with a key generated in "
-        "DIR/keys/spool.key (AES-256-GCM)",
-    )
-    init.set_defaults(handler=_cmd_site_init)
+_SITE_STATUS = Command(
+    "status",
+    help="spool depth, last upload, last result, errors",
+    handler=_cmd_site_status,
+    description="Show the site's state from its folders (works with or without a "
+    "running gateway; no network).",
+    args=(_config(), _json("as JSON")),
+)
 
-    def config_option(q: argparse.ArgumentParser) -> None:
-        q.add_argument(
-            "--config", type=Path, required=True, metavar="site.toml", help="the site's file"
-        )
 
-    gateway = actions.add_parser(
-        "gateway",
-        help="run the DICOM gateway until interrupted",
-        description="Listen for scanners (DICOM C-STORE), spool every instance durably "
-        "before answering, upload it sealed to the hub with retries, and deliver the hub's "
-        "results into the outbox and to the PACS. Runs two processes: the DICOM receiver, "
-        "and an upload process that it supervises. Stops on SIGINT or SIGTERM.",
-    )
-    config_option(gateway)
-    gateway.add_argument("-v", "--verbose", action="store_true", help="log every event")
-    gateway.set_defaults(handler=_cmd_site_gateway)
-    push = actions.add_parser(
-        "push",
-        help="upload files or folders once",
-        description="Seal and upload every DICOM file under PATH; progress on stderr (a bar "
-        "with rate and time left on a terminal, one line per instance otherwise). Exit "
-        "status 1 naming every instance the hub did not acknowledge with a verified receipt.",
-    )
-    config_option(push)
-    push.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
-    push.set_defaults(handler=_cmd_site_push)
-    pull = actions.add_parser(
-        "pull",
-        help="fetch and deliver the pending results once",
-        description="Deliver the results published since the last one delivered into the "
-        "outbox and to the PACS. Refused while a gateway or its upload process runs (they "
-        "deliver them themselves). "
-        "Exit status 1 when a PACS delivery is still pending.",
-    )
-    config_option(pull)
-    pull.set_defaults(handler=_cmd_site_pull)
-    status = actions.add_parser(
-        "status",
-        help="spool depth, last upload, last result, errors",
-        description="Show the site's state from its folders (works with or without a "
-        "running gateway; no network).",
-    )
-    config_option(status)
-    status.add_argument("--json", action="store_true", help="as JSON")
-    status.set_defaults(handler=_cmd_site_status)
-    rotate = actions.add_parser(
-        "rotate-key",
-        help="generate the site's next key pair and switch to it",
-        description="Write a new key pair into DIR/keys/STAMP/ and point site.private_key at "
-        "it (the old files stay). Restart the gateway, then give the new .pub to the hub's "
-        "administrator: 'usreview hub add-site NAME --public-key NEW.pub --rotate'.",
-    )
-    config_option(rotate)
-    rotate.set_defaults(handler=_cmd_site_rotate_key)
-    rejected = actions.add_parser(
-        "rejected",
-        help="list the instances the hub refused, and export them",
-        description="List the instances in the spool's rejected/ folder with the reason "
-        "recorded (no network). With --export DIR, write each as received (decrypted "
-        "with folders.spool_key when the spool is encrypted, checked against its SHA-256) "
-        "to DIR/UID_SHA256.dcm (mode 0600, never overwritten), each recorded in "
-        "STATE/exports.log. Exit status 1 naming any that could not be exported.",
-    )
-    config_option(rejected)
-    rejected.add_argument(
-        "--export", type=Path, metavar="DIR", help="write decrypted copies into DIR"
-    )
-    rejected.set_defaults(handler=_cmd_site_rejected)
+_SITE = Command(
+    "site",
+    help="a site: DICOM gateway for scanners, uploads to the hub, results back",
+    description="Run a site: 'init' creates its keys and site.toml; 'gateway' receives "
+    "from scanners, uploads to the hub and delivers results; 'push' and 'pull' do it "
+    "once without a gateway; 'status' shows spool, uploads, results and errors; "
+    "'rejected' lists and exports what the hub refused.",
+    actions=(
+        _SITE_INIT,
+        _SITE_GATEWAY,
+        _SITE_PUSH,
+        _SITE_PULL,
+        _SITE_STATUS,
+        _SITE_ROTATE_KEY,
+        _SITE_REJECTED,
+    ),
+)
 
 
 # --- analyze -----------------------------------------------------------------------
@@ -929,16 +1018,15 @@ def _cmd_processors(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_processors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "processors",
-        help="list the registered processors: kinds, version, availability",
-        description="List built-in processors and those of the entry-point group "
-        "'usreview.processors': name, version, image kinds and whether their dependencies "
-        "are installed (tab-separated, or JSON).",
-    )
-    p.add_argument("--json", action="store_true", help="one JSON array")
-    p.set_defaults(handler=_cmd_processors)
+_PROCESSORS = Command(
+    "processors",
+    help="list the registered processors: kinds, version, availability",
+    handler=_cmd_processors,
+    description="List built-in processors and those of the entry-point group "
+    "'usreview.processors': name, version, image kinds and whether their dependencies "
+    "are installed (tab-separated, or JSON).",
+    args=(_json("one JSON array"),),
+)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -974,19 +1062,20 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return status
 
 
-def _add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "analyze",
-        help="run the processing pipeline on local files, without a hub",
-        description="Run the default pipeline on each ultrasound file (folders are searched "
-        "recursively) and print its kinds, quantities (name, code, value, UCUM unit), "
-        "findings and recommendations. Recommendations are decision support for the "
-        "reviewing expert. Unreadable files are reported on stderr and make the exit status 2.",
-    )
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
-    p.add_argument("--json", action="store_true", help="one JSON array, an object per instance")
-    p.add_argument("--out", type=Path, metavar="DIR", help="write derived images here (PNG)")
-    p.set_defaults(handler=_cmd_analyze)
+_ANALYZE = Command(
+    "analyze",
+    help="run the processing pipeline on local files, without a hub",
+    handler=_cmd_analyze,
+    description="Run the default pipeline on each ultrasound file (folders are searched "
+    "recursively) and print its kinds, quantities (name, code, value, UCUM unit), "
+    "findings and recommendations. Recommendations are decision support for the "
+    "reviewing expert. Unreadable files are reported on stderr and make the exit status 2.",
+    args=(
+        _paths(),
+        _json("one JSON array, an object per instance"),
+        arg("--out", type=Path, metavar="DIR", help="write derived images here (PNG)"),
+    ),
+)
 
 
 # --- main --------------------------------------------------------------------------
@@ -999,24 +1088,23 @@ def _error(message: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``usreview`` command."""
     parser = argparse.ArgumentParser(
-        prog="usreview",
-        description="Remote assistance in diagnostic ultrasound.",
+        prog="usreview", description="Remote assistance in diagnostic ultrasound."
     )
     parser.add_argument("--version", action="version", version=f"usreview {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (
-        _add_inspect,
-        _add_simulate,
-        _add_demo,
-        _add_keys,
-        _add_seal,
-        _add_unseal,
-        _add_hub,
-        _add_site,
-        _add_processors,
-        _add_analyze,
+    for command in (
+        _INSPECT,
+        _SIMULATE,
+        _DEMO,
+        _KEYS,
+        _SEAL,
+        _UNSEAL,
+        _HUB,
+        _SITE,
+        _PROCESSORS,
+        _ANALYZE,
     ):
-        add(sub)
+        add_command(sub, command)
     return parser
 
 

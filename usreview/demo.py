@@ -124,20 +124,24 @@ _SHOWN = {  # quantities printed in the summary, per kind, with short labels
 # -- child processes ----------------------------------------------------------------------
 
 
+#: Ports :func:`free_port` handed out in this process (when not given its own set).
+_HANDED: set[int] = set()
+
+
 def free_port(*, besides: set[int] | None = None) -> int:
     """A TCP port free on 127.0.0.1 now, and not in ``besides`` (then added to it).
 
     The kernel may hand the same port to two calls once the first socket is closed:
-    ports picked for several listeners that start later must be kept apart this way.
+    ports picked for several listeners that start later must be kept apart. Without
+    ``besides``, the ports this process handed out before are avoided.
     """
+    taken = _HANDED if besides is None else besides
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if besides is None:
-            return port
-        if port not in besides:
-            besides.add(port)
+        if port not in taken:
+            taken.add(port)
             return port
 
 

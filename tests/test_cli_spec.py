@@ -1,0 +1,85 @@
+"""The declarative sub-command table and the parser it builds."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from usreview.cli import build_parser
+from usreview.cli_spec import Command, add_command, arg, one_of
+
+
+def _run(args: argparse.Namespace) -> int:
+    return 7
+
+
+def _root(*commands: Command) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in commands:
+        add_command(sub, command)
+    return parser
+
+
+def test_arguments_and_handler_reach_the_namespace() -> None:
+    parser = _root(
+        Command(
+            "go",
+            help="h",
+            handler=_run,
+            args=(arg("paths", nargs="+"), arg("--n", type=int, default=3)),
+        )
+    )
+    args = parser.parse_args(["go", "a", "b", "--n", "5"])
+    assert (args.paths, args.n, args.handler(args)) == (["a", "b"], 5, 7)
+    assert parser.parse_args(["go", "a"]).n == 3
+
+
+def test_one_of_refuses_two(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = _root(
+        Command(
+            "go",
+            help="h",
+            handler=_run,
+            args=(one_of(arg("--a", action="store_true"), arg("--b", action="store_true")),),
+        )
+    )
+    assert parser.parse_args(["go", "--b"]).b is True
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["go", "--a", "--b"])
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_actions_required_only_without_a_handler(capsys: pytest.CaptureFixture[str]) -> None:
+    leaf = Command("leaf", help="h", handler=_run)
+    parser = _root(
+        Command("group", help="h", actions=(leaf,)),
+        Command("runs", help="h", handler=_run, actions=(leaf,)),
+    )
+    assert parser.parse_args(["group", "leaf"]).group_command == "leaf"
+    runs = parser.parse_args(["runs"])
+    assert (runs.runs_command, runs.handler) == (None, _run)
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["group"])
+    assert exc.value.code == 2
+    assert "required: ACTION" in capsys.readouterr().err
+
+
+def _walk(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _walk(child)
+    return found
+
+
+def test_every_usreview_command_runs_a_handler_or_requires_an_action() -> None:
+    parsers = _walk(build_parser())
+    assert len(parsers) > 20
+    for parser in parsers[1:]:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        handler = parser.get_default("handler")
+        assert callable(handler) or (subs and subs[0].required), parser.prog

@@ -1,0 +1,50 @@
+"""The processing worker yields the CPU to ingest, also under autogroup scheduling."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from usreview.processing.worker import NICENESS
+
+AUTOGROUP = Path("/proc/self/autogroup")
+pytestmark = pytest.mark.skipif(not AUTOGROUP.exists(), reason="no autogroup scheduling here")
+
+_PROBE = (
+    "import os\n"
+    "from usreview.processing.worker import lower_priority\n"
+    "lower_priority()\n"
+    "print(os.nice(0))\n"
+    "print(open('/proc/self/autogroup').read().split()[-1])\n"
+)
+
+
+def _probe(*, new_session: bool) -> tuple[int, int]:
+    """(nice, autogroup nice) of a process that called ``lower_priority``."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=new_session,
+        timeout=60,
+    ).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def test_session_leader_lowers_its_autogroup() -> None:
+    # As under the hub, which starts each service in its own session.
+    nice, group = _probe(new_session=True)
+    assert nice == NICENESS
+    assert group == NICENESS
+
+
+def test_process_in_a_shared_session_leaves_the_session_alone() -> None:
+    before = int(AUTOGROUP.read_text().split()[-1])
+    nice, group = _probe(new_session=False)
+    assert nice == NICENESS
+    assert group == before
+    assert int(AUTOGROUP.read_text().split()[-1]) == before
