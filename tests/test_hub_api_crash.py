@@ -42,7 +42,8 @@ from usreview.store import Archive, Reviewer
 
 pytestmark = pytest.mark.slow
 
-# The issue asks for 40 kill -9 iterations; each restart costs 1-7 s on two cores.
+# The issue asks for 40 kill -9 iterations; a restart answers in about 2 s on two cores
+# (up to 8 s while the hub's processing of the stream competes for them).
 MIN_KILLS, MAX_KILLS, BUDGET = 40, 40, 60.0
 
 
@@ -127,15 +128,26 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubRun]:
         run.stop()
 
 
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie: its port, files and lock are released; only its parent's
+    ``wait`` is missing (the hub reaps the copies it started at its next poll)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
 def _kill(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(-1, os.WNOHANG)  # reap our own
+    while not all(_dead(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:  # reap our own
+            pass
 
 
 def test_kill_minus_9_during_uploads_loses_no_acknowledged_instance(hub: HubRun) -> None:

@@ -1,10 +1,14 @@
 """A pool of long-lived, resource-limited processes that parse untrusted DICOM files.
 
 pydicom lets a dozen exception types through on hostile input and can try to allocate
-hundreds of GiB, so the hub never parses an upload in its own process. Each worker is
-*spawned* (not forked from the threaded server), imports the reader once, then limits
-itself with ``setrlimit``: address space (its size after imports plus ``memory_limit``),
-CPU time per task (``SIGXCPU`` ends it), and no core files (they would hold patient data).
+hundreds of GiB, so the hub never parses an upload in its own process. Each worker is a
+fresh interpreter (``python -c``: not forked from the threaded server, and, unlike
+multiprocessing's *spawn*, not running the server's main module again, which for the
+service would import JupyterHub's client and double a worker's start), imports the
+reader once, then limits itself with ``setrlimit``: address space (its size after imports
+plus ``memory_limit``), CPU time per task (``SIGXCPU`` ends it), and no core files (they
+would hold patient data). Creating a pool does not wait for its workers: a task waits
+for its worker to be ready.
 A task sends a file path and gets back a small dict, never pixels: the UIDs, the image's
 shape and kinds, and the header's description of patient, study and equipment
 (:data:`usreview.store.records.HEADER_FIELDS`, read tolerantly).
@@ -25,11 +29,12 @@ import os
 import queue
 import resource
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -51,6 +56,8 @@ DEFAULT_MEMORY_LIMIT = 3 * 512 * 1024**2
 #: Cap on the declared decoded size of an upload (rows x columns x samples x bytes x frames).
 DEFAULT_MAX_DECODED_BYTES = 1024**3
 _PARSER = "usreview.ingest.worker:parse_file"
+#: What a worker process runs; its connection's file descriptor follows as an argument.
+_WORKER_MAIN = "from usreview.ingest.worker import _worker_main; _worker_main()"
 _Parser = Callable[[str, int], dict[str, Any]]
 
 
@@ -209,11 +216,26 @@ def _vm_size() -> int:
     return 0
 
 
+def _worker_main() -> None:
+    """A worker process's entry: its connection is the file descriptor in ``argv``.
+
+    The parent sends its ``sys.path`` (so a parser of the caller's, a test's, imports
+    here too) and :func:`_serve`'s arguments first.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    conn = Connection(int(sys.argv[1]))
+    try:
+        search_path, *args = conn.recv()
+    except (EOFError, OSError):
+        return  # the parent is gone
+    sys.path[:] = search_path
+    _serve(conn, *args)
+
+
 def _serve(
     conn: Connection, parser_spec: str, max_decoded_bytes: int, memory_limit: int, cpu: float
 ) -> None:
     """Worker main loop: limit this process, then answer one path at a time."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     module, _, name = parser_spec.partition(":")
     parser: _Parser = getattr(importlib.import_module(module), name)
     import usreview.dicom  # noqa: F401  (import the reader before limiting memory)
@@ -222,7 +244,10 @@ def _serve(
     baseline = _vm_size()
     if baseline:
         _limit(resource.RLIMIT_AS, baseline + memory_limit, hard_too=True)
-    conn.send(("ready", os.getpid(), baseline))
+    try:
+        conn.send(("ready", os.getpid(), baseline))
+    except OSError:
+        return  # the parent died while this worker was starting
     while True:
         try:
             path = conn.recv()
@@ -262,15 +287,28 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _Worker:
-    """One worker process and the parent's end of its pipe."""
+    """One worker process and the parent's end of its pipe (a socket pair).
 
-    def __init__(self, context: Any, args: tuple[Any, ...]) -> None:
-        self.conn, child = context.Pipe(duplex=True)
-        self.process: BaseProcess = context.Process(
-            target=_serve, args=(child, *args), name="usreview-ingest-worker", daemon=True
-        )
-        self.process.start()
-        child.close()
+    The process inherits only its end of the pipe and standard output and error; it
+    ends when the pipe closes, so also when the parent dies.
+    """
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.conn, child = multiprocessing.Pipe(duplex=True)
+        try:
+            fd = child.fileno()
+            self.process: subprocess.Popen[bytes] = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_MAIN, str(fd)],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(fd,),
+            )
+        except BaseException:
+            self.conn.close()
+            raise
+        finally:
+            child.close()
+        with contextlib.suppress(OSError):  # it died at once: wait_ready says so
+            self.conn.send((list(sys.path), *args))
         self.ready = False
         self.closed = False
         self.tasks = 0
@@ -287,29 +325,38 @@ class _Worker:
         except (EOFError, OSError, ValueError, TypeError):
             self.kill()
             raise WorkerPoolError(
-                f"a parsing worker failed to start (exit code {self.process.exitcode})"
+                f"a parsing worker failed to start (exit code {self.process.returncode})"
             ) from None
         if tag != "ready":
             self.kill()
             raise WorkerPoolError("a parsing worker answered before it was ready")
         self.ready, self.baseline = True, int(baseline)
 
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def join(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` s for the process to end; its exit code, or ``None``."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+        return self.process.returncode
+
     def stop(self, timeout: float = 2.0) -> None:
         with contextlib.suppress(OSError, ValueError):
             self.conn.send(None)
-        self.process.join(timeout)
+        self.join(timeout)
         self.kill()
 
     def kill(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(5)
+        if self.alive:
+            with contextlib.suppress(OSError):
+                self.process.kill()
+        self.join(5)
         self.conn.close()
-        with contextlib.suppress(ValueError):
-            self.process.close()
 
 
 class WorkerPool:
@@ -358,7 +405,6 @@ class WorkerPool:
         self.start_timeout = start_timeout
         self.max_tasks_per_worker = max_tasks_per_worker
         self._args = (parser, max_decoded_bytes, memory_limit, cpu_seconds)
-        self._context = multiprocessing.get_context("spawn")
         self._idle: queue.Queue[_Worker | None] = queue.Queue()
         self._lock = threading.Lock()
         self._all: set[_Worker] = set()
@@ -369,7 +415,7 @@ class WorkerPool:
             self._idle.put(self._spawn())
 
     def _spawn(self) -> _Worker:
-        worker = _Worker(self._context, self._args)
+        worker = _Worker(self._args)
         with self._lock:
             self._all.add(worker)
         return worker
@@ -384,13 +430,13 @@ class WorkerPool:
     def pids(self) -> list[int]:
         """Process ids of the live workers."""
         with self._lock:
-            return sorted(w.process.pid for w in self._all if w.process.pid is not None)
+            return sorted(w.process.pid for w in self._all)
 
     def _acquire(self) -> _Worker:
         """An idle, ready, live worker (one that died while idle is replaced first)."""
         for _ in range(self.size + 1):
             worker = self._acquire_one()
-            if worker.process.is_alive():
+            if worker.alive:
                 return worker
             self._retire(worker)
         raise WorkerPoolError("parsing workers keep dying while idle; see the hub's log")
@@ -474,8 +520,7 @@ class WorkerPool:
         try:
             message = worker.conn.recv()
         except (EOFError, OSError):
-            worker.process.join(5)
-            code = worker.process.exitcode
+            code = worker.join(5)
             self._retire(worker)
             raise _died(code) from None
         if message[0] == "ok":

@@ -2,13 +2,15 @@
 
 :func:`open_context` (once, before serving) takes the state directory's service lock
 (a second service on the same state refuses to start, after waiting up to
-:data:`LOCK_WAIT_SECONDS` for one that is stopping), opens the archive (SQLite in
-``STATE/archive``, or ``database_url``), recovers it and its results feed after a
-crash, removes teaching-case folders a crash left without their case
+:data:`LOCK_WAIT_SECONDS` for one that is stopping), starts the parsing
+:class:`~usreview.ingest.WorkerPool` without waiting for it (its workers import while
+the rest starts; an upload that arrives first waits for its worker), opens the archive
+(SQLite in ``STATE/archive``, or ``database_url``), recovers it and its results feed
+after a crash, removes teaching-case folders a crash left without their case
 (:func:`~usreview.store.teaching.remove_orphan_cases`, logged and audited), empties the
-spool and quarantine folders, starts the parsing
-:class:`~usreview.ingest.WorkerPool`, and builds the :class:`~usreview.ingest.Ingestor`
-with the hub's keys and the registered sites' keys. :func:`api_routes` gives the
+spool and quarantine folders, and builds the :class:`~usreview.ingest.Ingestor` with the
+hub's keys and the registered sites' keys. All of it is done before the service serves,
+so no upload is accepted before the archive is recovered. :func:`api_routes` gives the
 handlers for :func:`usreview.hub.service.make_app`, and :func:`unknown_path_route` the
 audited 404 of every other path.
 """
@@ -115,8 +117,12 @@ def open_context(
     state = open_state(state_root if state_root is not None else state_from_env())
     settings = settings or ServiceSettings.from_state(state.root)
     lock_fd = _lock(state.root / "service.lock")
-    try:
+    with contextlib.ExitStack() as undo:  # on failure: close what was opened, unlock
+        undo.callback(os.close, lock_fd)
+        pool = WorkerPool(settings.parse_workers, timeout=settings.parse_timeout)
+        undo.callback(pool.close)
         archive = Archive.open(settings.database_url or None, state.root / "archive")
+        undo.callback(archive.close)
         report = archive.recover()
         results_removed = archive.results.recover()
         teaching_removed = remove_orphan_cases(archive)
@@ -131,7 +137,6 @@ def open_context(
             with contextlib.suppress(OSError):
                 leftover.unlink()
         site_keys = SiteKeyFiles(state.sites)
-        pool = WorkerPool(settings.parse_workers, timeout=settings.parse_timeout)
         ingestor = Ingestor(
             archive,
             load_private_keys(state.hub_key),
@@ -155,9 +160,7 @@ def open_context(
                 "teaching_orphans_removed": list(teaching_removed),
             },
         )
-    except BaseException:
-        os.close(lock_fd)
-        raise
+        undo.pop_all()  # opened: the context owns them now
     executor = ThreadPoolExecutor(settings.parse_workers + 4, thread_name_prefix="usreview")
     refusals = RefusalLimiter(settings.refusal_audit_burst, settings.refusal_audit_per_minute)
     return ServiceContext(
