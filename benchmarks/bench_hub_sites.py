@@ -66,6 +66,7 @@ CINES = 4
 CLIENT_PROCESSES = 3
 #: Seconds between the client processes being ready and the start (sites' own set-up).
 SETUP_SECONDS = 1.0
+#: Orthanc's process is its whole tree (storescu is counted from its exits).
 ORTHANC_ROLES = (("Orthanc", "Orthanc"),)
 #: Shared with the parent, in a client process (set by :func:`_client_init`).
 _shared: dict[str, Any] = {}
