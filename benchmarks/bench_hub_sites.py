@@ -26,7 +26,9 @@ processes' own clocks; Orthanc and the storescu processes), with the cores they 
 busy on average: on a machine of two cores this shows what bounds each rate.
 
 Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 60 sites x 8 small + 4 cines), or
-``$USREVIEW_BENCH_SITES``.
+``$USREVIEW_BENCH_SITES``. The service runs with its default settings (one process per
+core, see ``ServiceSettings.processes``); ``$USREVIEW_BENCH_SERVICE_PROCESSES=N`` sets
+the number of service processes (``parse_workers`` then its default for N).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from benchmarks._support import (
     storescu_all,
     template,
 )
+from usreview.hub.api.settings import ServiceSettings
 
 SITES = 60
 SMALL_PER_SITE = 8
@@ -217,7 +220,11 @@ def main() -> None:
             flush=True,
         )
 
-        hub = HubProcess.start(root / "hub", free_port(), root / "hub.log")
+        settings: dict[str, Any] = {}
+        if os.environ.get("USREVIEW_BENCH_SERVICE_PROCESSES"):
+            settings["processes"] = int(os.environ["USREVIEW_BENCH_SERVICE_PROCESSES"])
+        service = ServiceSettings(**settings)
+        hub = HubProcess.start(root / "hub", free_port(), root / "hub.log", settings=settings)
         try:
             t0 = time.perf_counter()
             configs = {
@@ -225,7 +232,9 @@ def main() -> None:
                 for name in files
             }
             print(
-                f"hub up; {n_sites} sites enrolled in {time.perf_counter() - t0:.1f} s",
+                f"hub up (service: {service.processes} process(es) x {service.parse_workers} "
+                f"parsing worker(s)); {n_sites} sites enrolled in "
+                f"{time.perf_counter() - t0:.1f} s",
                 flush=True,
             )
 

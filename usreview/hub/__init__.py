@@ -11,6 +11,10 @@ Modules (one responsibility each)::
     tls         the bind check and a self-signed demo certificate
     proxy       finding configurable-http-proxy
     service     the hub-managed usreview service (tornado, make_app())
+    supervisor  several service processes on one port (fork, restart, die together)
+    audit       the append-only, hash-chained audit log
+    dashboards  the single-user servers of reviewers, trainees and scientists (Voila)
+    kernel_pool a warm Voila kernel in each reviewer's server
     admin       a client of the running hub's REST API
     commands    what the ``usreview hub`` commands do
 

@@ -198,7 +198,7 @@ class RefusalLimiter:
 
     def __init__(
         self,
-        burst: int = 20,
+        burst: float = 20,
         per_minute: float = 30.0,
         *,
         max_callers: int = 10_000,

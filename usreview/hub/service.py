@@ -50,8 +50,10 @@ client holds a socket, never a thread.
 
 Before serving, :func:`main` binds the port (a second copy fails there, before touching
 the state directory) and opens the service's resources with
-:func:`usreview.hub.api.open_context`. Add handlers to :func:`make_app`'s table; keep
-the factory free of side effects.
+:func:`usreview.hub.api.open_context`. With ``ServiceSettings.processes`` above 1 it
+recovers the state once and forks that many serving processes on the bound port
+(:mod:`usreview.hub.supervisor`), each with its own resources. Add handlers to
+:func:`make_app`'s table; keep the factory free of side effects.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ from tornado.web import Application, HTTPError, RequestHandler
 from usreview.errors import UsreviewError
 
 if TYPE_CHECKING:
-    from usreview.hub.api import ServiceContext
+    from usreview.hub.api import ServiceContext, ServiceWorker
 
 __all__ = [
     "TOKEN_CACHE_SECONDS",
@@ -414,12 +416,10 @@ def make_app(
     )
 
 
-async def _serve() -> None:
+async def _serve(sockets: list[Any], worker: ServiceWorker | None = None) -> None:
     from usreview.hub.api import open_context
 
-    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
-    sockets = bind_sockets(url.port or 80, url.hostname or "127.0.0.1")
-    context = open_context()
+    context = open_context(worker=worker)
     try:
         settings = context.settings
         app = make_app(context=context)
@@ -469,9 +469,35 @@ async def _run(servers: list[tuple[HTTPServer, list[Any]]]) -> None:
 
 
 def main() -> None:
-    """Run the service until SIGINT or SIGTERM; exit 1 with a sentence if it cannot start."""
+    """Run the service until SIGINT or SIGTERM; exit 1 with a sentence if it cannot start.
+
+    With ``ServiceSettings.processes`` above 1, this process binds the port, recovers the
+    state and supervises that many serving processes (:mod:`usreview.hub.supervisor`).
+    """
+    from usreview.hub.api.settings import ServiceSettings
+    from usreview.hub.state import state_from_env
+
     try:
-        asyncio.run(_serve())
+        url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
+        sockets = bind_sockets(url.port or 80, url.hostname or "127.0.0.1")
+        processes = ServiceSettings.from_state(state_from_env()).processes
+        if processes == 1:
+            asyncio.run(_serve(sockets))
+            return
+        from usreview.hub.api import ServiceWorker, recover_shared_state
+        from usreview.hub.supervisor import supervise
+
+        lock_fd = recover_shared_state()
+
+        def serve_one(index: int) -> int:
+            try:
+                asyncio.run(_serve(sockets, ServiceWorker(index, lock_fd)))
+            except (UsreviewError, OSError) as exc:
+                print(f"usreview service process {index}: {exc}", file=sys.stderr)
+                return 1
+            return 0
+
+        raise SystemExit(supervise(processes, serve_one))
     except (UsreviewError, OSError) as exc:
         print(f"usreview service: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

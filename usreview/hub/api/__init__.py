@@ -22,8 +22,22 @@ Modules (one responsibility each)::
 
 from __future__ import annotations
 
-from usreview.hub.api.app import ServiceContext, api_routes, open_context
+from usreview.hub.api.app import (
+    ServiceContext,
+    ServiceWorker,
+    api_routes,
+    open_context,
+    recover_shared_state,
+)
 from usreview.hub.api.publish import publish_result
 from usreview.hub.api.settings import ServiceSettings
 
-__all__ = ["ServiceContext", "ServiceSettings", "api_routes", "open_context", "publish_result"]
+__all__ = [
+    "ServiceContext",
+    "ServiceSettings",
+    "ServiceWorker",
+    "api_routes",
+    "open_context",
+    "publish_result",
+    "recover_shared_state",
+]

@@ -10,7 +10,13 @@ after a crash, removes teaching-case folders a crash left without their case
 (:func:`~usreview.store.teaching.remove_orphan_cases`, logged and audited), empties the
 spool and quarantine folders, and builds the :class:`~usreview.ingest.Ingestor` with the
 hub's keys and the registered sites' keys. All of it is done before the service serves,
-so no upload is accepted before the archive is recovered. :func:`api_routes` gives the
+so no upload is accepted before the archive is recovered.
+
+Several service processes (``ServiceSettings.processes``): the supervising process
+calls :func:`recover_shared_state` (the lock, the archive's recovery, emptied folders,
+the audited start) and each serving process then :func:`open_context` with its
+:class:`ServiceWorker`, which keeps the inherited lock and only empties its own spool
+and quarantine subfolders. :func:`api_routes` gives the
 handlers for :func:`usreview.hub.service.make_app`, and :func:`unknown_path_route` the
 audited 404 of every other path.
 """
@@ -102,10 +108,34 @@ class ServiceContext:
         os.close(self.lock_fd)
 
 
+@dataclass(frozen=True)
+class ServiceWorker:
+    """One of several service processes (``ServiceSettings.processes`` > 1).
+
+    The supervising process holds the state directory's lock (``lock_fd``, inherited)
+    and has recovered the shared state (:func:`recover_shared_state`); the worker keeps
+    its own spool and quarantine subfolders.
+    """
+
+    index: int
+    lock_fd: int
+
+    @property
+    def folder(self) -> str:
+        """The name of its spool and quarantine subfolders."""
+        return f"worker-{self.index}"
+
+
 def open_context(
-    state_root: Path | None = None, settings: ServiceSettings | None = None
+    state_root: Path | None = None,
+    settings: ServiceSettings | None = None,
+    *,
+    worker: ServiceWorker | None = None,
 ) -> ServiceContext:
     """Open the service's resources (see the module docstring).
+
+    With ``worker``, the lock and the shared state's recovery are the supervisor's
+    (:func:`recover_shared_state`): only this process's own folders are emptied.
 
     Raises
     ------
@@ -116,26 +146,21 @@ def open_context(
     """
     state = open_state(state_root if state_root is not None else state_from_env())
     settings = settings or ServiceSettings.from_state(state.root)
-    lock_fd = _lock(state.root / "service.lock")
+    lock_fd = _lock(state.root / "service.lock") if worker is None else worker.lock_fd
     with contextlib.ExitStack() as undo:  # on failure: close what was opened, unlock
         undo.callback(os.close, lock_fd)
         pool = WorkerPool(settings.parse_workers, timeout=settings.parse_timeout)
         undo.callback(pool.close)
         archive = Archive.open(settings.database_url or None, state.root / "archive")
         undo.callback(archive.close)
-        report = archive.recover()
-        results_removed = archive.results.recover()
-        teaching_removed = remove_orphan_cases(archive)
-        if teaching_removed:
-            _log.warning(
-                "removed %d teaching-case folder(s) left without their case by a crash: %s",
-                len(teaching_removed),
-                ", ".join(teaching_removed),
-            )
-        spool = _private_folder(state.root / "spool")
-        for leftover in spool.iterdir():
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        if worker is None:
+            detail = _recover(state, archive)
+            spool, quarantine = _spool(state), _quarantine(state)
+        else:
+            detail = {"worker": worker.index}
+            spool = _private_folder(_spool(state) / worker.folder)
+            quarantine = _private_folder(_quarantine(state) / worker.folder)
+            _empty(spool)
         site_keys = SiteKeyFiles(state.sites)
         ingestor = Ingestor(
             archive,
@@ -143,7 +168,7 @@ def open_context(
             site_keys.uploads,  # replaced keys only within their grace period
             ReplayCache(state.root / "replay.sqlite3"),
             pool,
-            state.root / "quarantine",
+            quarantine,
         )
         audit = AuditLog(state.audit_log, state.audit_key.read_bytes())
         audit.record(
@@ -151,22 +176,91 @@ def open_context(
             AuditAction.ADMIN,
             "service",
             outcome="started",
-            detail={
-                "pid": os.getpid(),
-                "orphans_removed": len(report.orphans),
-                "temp_files_removed": report.temp_files_removed,
-                "missing": list(report.missing),
-                "results_removed": results_removed,
-                "teaching_orphans_removed": list(teaching_removed),
-            },
+            detail={"pid": os.getpid(), **detail},
         )
         undo.pop_all()  # opened: the context owns them now
     executor = ThreadPoolExecutor(settings.parse_workers + 4, thread_name_prefix="usreview")
-    refusals = RefusalLimiter(settings.refusal_audit_burst, settings.refusal_audit_per_minute)
+    # The allowance is the service's: each of several processes has its share.
+    share = 1 if worker is None else settings.processes
+    refusals = RefusalLimiter(
+        max(1.0, settings.refusal_audit_burst / share),
+        settings.refusal_audit_per_minute / share,
+    )
     return ServiceContext(
         state, settings, archive, pool, ingestor, site_keys, audit, spool, executor, lock_fd,
         refusals=refusals,
     )  # fmt: skip
+
+
+def recover_shared_state(
+    state_root: Path | None = None, settings: ServiceSettings | None = None
+) -> int:
+    """For a supervisor of service processes: lock, recover, audit; return the lock's fd.
+
+    What :func:`open_context` does before serving, but for every process it will start:
+    the archive is opened, recovered and closed again, the spool and quarantine folders
+    (the workers' included) are emptied, and the start is audited. Closing the returned
+    descriptor (in every process that inherited it) releases the state directory.
+    """
+    state = open_state(state_root if state_root is not None else state_from_env())
+    settings = settings or ServiceSettings.from_state(state.root)
+    lock_fd = _lock(state.root / "service.lock")
+    with contextlib.ExitStack() as undo:
+        undo.callback(os.close, lock_fd)
+        with Archive.open(settings.database_url or None, state.root / "archive") as archive:
+            detail = _recover(state, archive)
+        _quarantine(state)
+        _spool(state)
+        AuditLog(state.audit_log, state.audit_key.read_bytes()).record(
+            "usreview",
+            AuditAction.ADMIN,
+            "service",
+            outcome="started",
+            detail={"pid": os.getpid(), "processes": settings.processes, **detail},
+        )
+        undo.pop_all()
+    return lock_fd
+
+
+def _recover(state: HubState, archive: Archive) -> dict[str, Any]:
+    """Recover the archive, its results and teaching cases after a crash; what was done."""
+    report = archive.recover()
+    results_removed = archive.results.recover()
+    teaching_removed = remove_orphan_cases(archive)
+    if teaching_removed:
+        _log.warning(
+            "removed %d teaching-case folder(s) left without their case by a crash: %s",
+            len(teaching_removed),
+            ", ".join(teaching_removed),
+        )
+    return {
+        "orphans_removed": len(report.orphans),
+        "temp_files_removed": report.temp_files_removed,
+        "missing": list(report.missing),
+        "results_removed": results_removed,
+        "teaching_orphans_removed": list(teaching_removed),
+    }
+
+
+def _spool(state: HubState) -> Path:
+    """The uploads' spool folder, emptied (workers' subfolders included)."""
+    return _empty(_private_folder(state.root / "spool"))
+
+
+def _quarantine(state: HubState) -> Path:
+    """The plaintexts' quarantine folder, emptied (workers' subfolders included)."""
+    return _empty(_private_folder(state.root / "quarantine"))
+
+
+def _empty(folder: Path) -> Path:
+    """Remove the files a crash left in ``folder`` and in its subfolders."""
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            _empty(entry)
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+    return folder
 
 
 def api_routes(prefix: str, context: ServiceContext, options: dict[str, Any]) -> list[Any]:

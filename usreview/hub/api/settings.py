@@ -3,7 +3,7 @@
 Read from ``STATE/service_config.json`` when it exists (the hub-managed service gets
 no other environment than the state directory)::
 
-    {"ServiceSettings": {"max_upload_bytes": 4294967296, "parse_workers": 2}}
+    {"ServiceSettings": {"max_upload_bytes": 4294967296, "processes": 2, "parse_workers": 1}}
 
 ``$USREVIEW_DATABASE_URL`` gives the default of :attr:`ServiceSettings.database_url`.
 """
@@ -23,6 +23,8 @@ from usreview.hub.errors import StateError
 __all__ = ["CONFIG_FILE", "DATABASE_URL_ENV", "ServiceSettings"]
 
 CONFIG_FILE = "service_config.json"
+#: At most this many service processes unless configured.
+MAX_DEFAULT_PROCESSES = 4
 DATABASE_URL_ENV = "USREVIEW_DATABASE_URL"
 
 
@@ -38,9 +40,31 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
         help="SQLAlchemy URL of the archive's index (postgresql://...); empty: SQLite "
         f"in STATE/archive. Default ${DATABASE_URL_ENV}.",
     ).tag(config=True)
-    parse_workers = Integer(
-        2, min=1, max=64, help="Processes that parse uploaded DICOM (one per core)."
+    processes = Integer(
+        min=1,
+        max=64,
+        help="Service processes answering on the service's port (a supervisor starts them "
+        "and starts again one that dies); default: one per core, at most 4. One Python "
+        "process runs on about one core; more let many sites' uploads use more. Each has "
+        "its own threads and parse_workers; its caches (worklists, reviewers' sites) are "
+        "its own, kept a few seconds as for the processing worker's writes, and a result "
+        "published by another process reaches a waiting site within results_poll_seconds.",
     ).tag(config=True)
+    parse_workers = Integer(
+        min=1,
+        max=64,
+        help="Processes that parse uploaded DICOM, for each service process; default: the "
+        "cores shared among the service processes (at least 1).",
+    ).tag(config=True)
+
+    @default("processes")
+    def _one_per_core(self) -> int:
+        return max(1, min(MAX_DEFAULT_PROCESSES, os.cpu_count() or 1))
+
+    @default("parse_workers")
+    def _cores_per_process(self) -> int:
+        return max(1, (os.cpu_count() or 1) // self.processes)
+
     parse_timeout = Float(
         60.0, min=1.0, help="Seconds one instance may take to parse before it is refused."
     ).tag(config=True)
@@ -98,8 +122,9 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
         20,
         min=1,
         help="Refusals without a valid token audited line by line per address before the "
-        "rest are counted instead (see refusal_audit_per_minute); a known caller's "
-        "refusals are always audited line by line.",
+        "rest are counted instead (see refusal_audit_per_minute), shared among the service "
+        "processes (each at least 1); a known caller's refusals are always audited line "
+        "by line.",
     ).tag(config=True)
     refusal_audit_per_minute = Float(
         30.0,

@@ -1,0 +1,151 @@
+"""A hub whose service runs as several processes (``ServiceSettings.processes``).
+
+A real hub with its proxy; the service's supervisor and its two serving processes are
+found in ``/proc``. Sites upload at once through the proxy: every upload is stored once
+with a receipt, both processes do work, the audit chain written by three processes
+verifies. Then the supervisor is killed with ``kill -9``: its processes die with it,
+the state directory is free, and the service started again (with the command the hub
+gave it) holds everything acknowledged and accepts more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.hub_api_support import HubRun, Site, service_launch, service_pids
+from tests.site_helpers import alive, wait_until
+from usreview.envelope import load_public_keys, seal_file
+from usreview.ingest import verify_receipt
+from usreview.simulate import simulate
+
+pytestmark = pytest.mark.slow
+
+SITES, PER_SITE = 8, 4
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubRun]:
+    run = HubRun(tmp_path_factory.mktemp("processes"), {"processes": 2, "parse_workers": 1})
+    with run.running():
+        yield run
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _processes(hub: HubRun) -> tuple[int, list[int]]:
+    """The service's supervisor and its serving processes."""
+    pids = service_pids(hub.state)
+    supervisors = [pid for pid in pids if _parent(pid) not in pids]
+    assert len(supervisors) == 1, pids
+    workers = [pid for pid in pids if _parent(pid) == supervisors[0]]
+    return supervisors[0], sorted(workers)
+
+
+def _envelopes(hub: HubRun, site: Site, n: int, folder: Path) -> list[tuple[str, bytes]]:
+    """``n`` instances of one study, sealed by ``site`` to the hub: (uid, envelope)."""
+    folder.mkdir(parents=True)
+    template = pydicom.dcmread(simulate("bmode", folder / "template", seed=11)[0])
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    hub_public = load_public_keys(hub.state / "hub.pub")
+    sealed = []
+    for i in range(n):
+        dataset = template.copy()
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
+        dataset.SOPInstanceUID = pydicom.uid.generate_uid()
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        plain, envelope = folder / f"{i}.dcm", folder / f"{i}.env"
+        dataset.save_as(plain, enforce_file_format=True)
+        seal_file(plain, envelope, sender=site.keys, recipients=[hub_public])
+        sealed.append((str(dataset.SOPInstanceUID), envelope.read_bytes()))
+    return sealed
+
+
+def _send(hub: HubRun, site: Site, uploads: list[tuple[str, bytes]]) -> list[str]:
+    """Upload in order; the UIDs acknowledged with a receipt that verifies."""
+    hub_public = load_public_keys(hub.state / "hub.pub")
+    acknowledged = []
+    for uid, envelope in uploads:
+        response = hub.upload(uid, envelope, site.token)
+        assert response.status_code == 201, response.text
+        receipt = verify_receipt(response.json()["receipt"], hub_public, site=site.name)
+        assert receipt["sop_instance_uid"] == uid
+        acknowledged.append(uid)
+    return acknowledged
+
+
+def _held(hub: HubRun, site: Site) -> set[str]:
+    response = hub.get("/receipts", site.token)
+    assert response.status_code == 200, response.text
+    body = verify_receipt(response.json(), load_public_keys(hub.state / "hub.pub"), site=site.name)
+    return {entry["sop_instance_uid"] for entry in body["instances"]}
+
+
+def test_sites_uploading_at_once_are_served_by_every_process(hub: HubRun) -> None:
+    supervisor, workers = _processes(hub)
+    assert len(workers) == 2
+    sites = [hub.add_site(f"site{i}") for i in range(SITES)]
+    uploads = {
+        site.name: _envelopes(hub, site, PER_SITE, hub.root / "data" / site.name) for site in sites
+    }
+    before = {pid: _cpu_ticks(pid) for pid in workers}
+    with ThreadPoolExecutor(SITES) as pool:
+        done = list(pool.map(lambda s: _send(hub, s, uploads[s.name]), sites))
+    spent = {pid: _cpu_ticks(pid) - before[pid] for pid in workers}
+    print(f"CPU ticks by serving process: {spent}")
+    assert [len(uids) for uids in done] == [PER_SITE] * SITES
+    for site in sites:
+        assert _held(hub, site) == {uid for uid, _ in uploads[site.name]}
+    # Both processes served: neither did less than a tenth of the work.
+    assert min(spent.values()) >= 0.1 * sum(spent.values()) > 0, spent
+
+    hub.cli("audit", "--verify")  # the chain written by three processes holds
+    starts = [
+        line["detail"]
+        for line in map(json.loads, (hub.state / "audit.log").read_text().splitlines())
+        if line["resource"] == "service" and line["outcome"] == "started"
+    ]
+    assert starts[-3]["pid"] == supervisor and starts[-3]["processes"] == 2
+    assert {d["worker"] for d in starts[-2:]} == {0, 1}
+    assert {d["pid"] for d in starts[-2:]} == set(workers)
+
+
+def test_a_killed_supervisor_takes_its_processes_along_and_starts_again(hub: HubRun) -> None:
+    supervisor, workers = _processes(hub)
+    command, env, cwd = service_launch(supervisor)
+    site = hub.add_site("sitek")
+    first, second = (_envelopes(hub, site, 3, hub.root / "data" / f"kill-{i}") for i in range(2))
+    acknowledged = _send(hub, site, first)
+
+    os.kill(supervisor, signal.SIGKILL)
+    wait_until(lambda: not any(alive(pid) for pid in workers), timeout=10, step=0.05)
+
+    with (hub.root / "restarted.log").open("ab") as log:
+        restarted = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=log, stderr=log, start_new_session=True
+        )
+    try:
+        hub.wait_for_service(timeout=60)
+        supervisor_again, workers_again = _processes(hub)
+        assert supervisor_again == restarted.pid and len(workers_again) == 2
+        assert _held(hub, site) == set(acknowledged)
+        acknowledged += _send(hub, site, second)
+        assert _held(hub, site) == set(acknowledged)
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(30)
