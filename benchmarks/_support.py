@@ -266,12 +266,26 @@ class Orthanc:
         with urllib.request.urlopen(self.http + "/statistics", timeout=30) as answer:
             return int(json.loads(answer.read())["CountInstances"])
 
+    def instances(self) -> list[dict[str, str]]:
+        """The simplified tags of every instance Orthanc holds (its REST API)."""
+        with urllib.request.urlopen(self.http + "/instances", timeout=10) as answer:
+            ids = json.loads(answer.read())
+        found = []
+        for orthanc_id in ids:
+            url = f"{self.http}/instances/{orthanc_id}/simplified-tags"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                found.append(json.loads(answer.read()))
+        return found
+
 
 @contextmanager
-def start_orthanc(root: Path, *, nodelay: bool) -> Iterator[Orthanc]:
+def start_orthanc(
+    root: Path, *, nodelay: bool, settings: dict[str, Any] | None = None
+) -> Iterator[Orthanc]:
     """Orthanc (Debian package) on free loopback ports with its storage in ``root``.
 
-    ``nodelay``: ``TCP_NODELAY=1`` in its environment (as in BASELINES.md).
+    ``nodelay``: ``TCP_NODELAY=1`` in its environment (as in BASELINES.md); ``settings``
+    are added to its configuration (a PACS in the tests checks the called AE title).
     """
     binary = shutil.which("Orthanc")
     if binary is None:
@@ -290,6 +304,7 @@ def start_orthanc(root: Path, *, nodelay: bool) -> Iterator[Orthanc]:
         "AuthenticationEnabled": False,
         "Plugins": [],
         "StorageCompression": False,
+        **(settings or {}),
     }
     (root / "orthanc.json").write_text(json.dumps(config))
     env = dict(os.environ)

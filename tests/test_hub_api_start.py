@@ -2,7 +2,9 @@
 
 Its parsing workers start first and import while the archive is opened and recovered;
 the context does not wait for them. A start that fails stops them and releases the
-state directory's lock, so that the next start is not held up.
+state directory's lock, so that the next start is not held up. With several service
+processes, the supervisor recovers the shared state (every process's leftovers
+included) and holds the lock; each serving process empties only its own folders.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from usreview.dicom import read
-from usreview.hub.api import open_context
+from usreview.hub.api import ServiceWorker, open_context, recover_shared_state
 from usreview.hub.api.app import _lock
 from usreview.hub.api.settings import ServiceSettings
+from usreview.hub.errors import StateError
 from usreview.simulate import simulate
 from usreview.store import StorageError
 
@@ -57,3 +60,37 @@ def test_a_failed_start_stops_its_workers_and_releases_the_lock(tmp_path: Path) 
         open_context(tmp_path / "state", settings)
     assert _workers() == set()
     os.close(_lock(tmp_path / "state" / "service.lock", wait=0))  # free at once
+
+
+def test_several_processes_share_the_state_each_with_its_own_folders(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    settings = ServiceSettings(processes=2, parse_workers=1, refusal_audit_burst=20)
+    os.close(recover_shared_state(state, settings))
+    # What crashed serving processes left: the supervisor's recovery removes all of it.
+    left = [state / "spool" / "worker-0" / "a.upload", state / "quarantine" / "worker-1" / "b"]
+    for path in left:
+        path.parent.mkdir(mode=0o700)
+        path.write_bytes(b"plaintext")
+    lock_fd = recover_shared_state(state, settings)
+    assert not any(path.exists() for path in left)
+    with pytest.raises(StateError, match="another usreview service"):
+        _lock(state / "service.lock", wait=0)  # the supervisor holds the state directory
+
+    left[0].write_bytes(b"left by the previous serving process 0")
+    context = open_context(state, settings, worker=ServiceWorker(0, lock_fd))
+    try:
+        assert context.spool == state / "spool" / "worker-0" and not left[0].exists()
+        assert context.ingestor.quarantine_dir == state / "quarantine" / "worker-0"
+        assert context.refusals.burst == 10  # the service's allowance, shared
+        assert context.refusals.per_minute == settings.refusal_audit_per_minute / 2
+    finally:
+        context.close()  # the last holder of the lock lets it go
+    os.close(_lock(state / "service.lock", wait=0))
+
+
+def test_service_processes_default_to_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cores, processes, parse_workers in ((1, 1, 2), (2, 2, 2), (8, 4, 2), (16, 4, 4)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        settings = ServiceSettings()
+        assert (settings.processes, settings.parse_workers) == (processes, parse_workers)
+    assert ServiceSettings(processes=1).parse_workers == 16

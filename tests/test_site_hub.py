@@ -13,7 +13,6 @@ import json
 import os
 import pty
 import re
-import shutil
 import signal
 import ssl
 import subprocess
@@ -29,6 +28,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from benchmarks._support import Orthanc, start_orthanc
 from tests.site_helpers import (
     USREVIEW,
     GatewayProcess,
@@ -39,7 +39,6 @@ from tests.site_helpers import (
     start_gateway,
     storescu,
     succeeded_files,
-    wait_for_port,
     wait_until,
 )
 from usreview.ingest.receipts import verify_receipt
@@ -145,24 +144,6 @@ class Hub:
         return [event for event in events if event.get("actor") == actor]
 
 
-@dataclass
-class Orthanc:
-    process: subprocess.Popen[bytes]
-    dicom_port: int
-    http: str
-
-    def instances(self) -> list[dict[str, str]]:
-        with urllib.request.urlopen(self.http + "/instances?expand", timeout=10) as answer:
-            found = json.loads(answer.read())
-        out = []
-        for item in found:
-            with urllib.request.urlopen(
-                f"{self.http}/instances/{item['ID']}/simplified-tags", timeout=10
-            ) as answer:
-                out.append(json.loads(answer.read()))
-        return out
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     root = tmp_path_factory.mktemp("hub")
@@ -176,41 +157,12 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    binary = shutil.which("Orthanc")
-    if binary is None:
-        pytest.fail("Orthanc is missing: apt-get install orthanc", pytrace=False)
-    root = tmp_path_factory.mktemp("orthanc")
-    dicom_port, http_port = free_port(), free_port()
-    config = {
-        "Name": "site-pacs",
-        "StorageDirectory": str(root / "db"),
-        "IndexDirectory": str(root / "db"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "ORTHANC",
-        "DicomCheckCalledAet": True,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "Plugins": [],
-        "ConcurrentJobs": 1,
-    }
-    (root / "orthanc.json").write_text(json.dumps(config))
-    log = root / "orthanc.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [binary, str(root / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_for_port(http_port, process, log)
-        wait_for_port(dicom_port, process, log)
-        yield Orthanc(process, dicom_port, f"http://127.0.0.1:{http_port}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """The site's PACS."""
+    settings = {"Name": "site-pacs", "DicomCheckCalledAet": True, "ConcurrentJobs": 1}
+    with start_orthanc(
+        tmp_path_factory.mktemp("orthanc"), nodelay=False, settings=settings
+    ) as pacs:
+        yield pacs
 
 
 def enroll(

@@ -472,14 +472,16 @@ def main() -> None:
     """Run the service until SIGINT or SIGTERM; exit 1 with a sentence if it cannot start.
 
     With ``ServiceSettings.processes`` above 1, this process binds the port, recovers the
-    state and supervises that many serving processes (:mod:`usreview.hub.supervisor`).
+    state and supervises that many serving processes (:mod:`usreview.hub.supervisor`),
+    each with its own socket on the port.
     """
     from usreview.hub.api.settings import ServiceSettings
     from usreview.hub.state import state_from_env
 
     try:
         url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
-        sockets = bind_sockets(url.port or 80, url.hostname or "127.0.0.1")
+        port, host = url.port or 80, url.hostname or "127.0.0.1"
+        sockets = bind_sockets(port, host)  # a copy of the service fails here
         processes = ServiceSettings.from_state(state_from_env()).processes
         if processes == 1:
             asyncio.run(_serve(sockets))
@@ -487,11 +489,23 @@ def main() -> None:
         from usreview.hub.api import ServiceWorker, recover_shared_state
         from usreview.hub.supervisor import supervise
 
+        # One socket per process on the port (SO_REUSEPORT): the kernel spreads the
+        # connections among them. On one shared socket a single process may accept
+        # every connection (the proxy keeps a few alive) and leave the others idle.
+        for sock in sockets:
+            sock.close()
+        groups = [bind_sockets(port, host, reuse_port=True) for _ in range(processes)]
         lock_fd = recover_shared_state()
 
         def serve_one(index: int) -> int:
+            # The others' sockets stay open in the supervisor only: connections the
+            # kernel gave to a process that died wait there until it starts again.
+            for other, group in enumerate(groups):
+                if other != index:
+                    for sock in group:
+                        sock.close()
             try:
-                asyncio.run(_serve(sockets, ServiceWorker(index, lock_fd)))
+                asyncio.run(_serve(groups[index], ServiceWorker(index, lock_fd)))
             except (UsreviewError, OSError) as exc:
                 print(f"usreview service process {index}: {exc}", file=sys.stderr)
                 return 1

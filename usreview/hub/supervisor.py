@@ -3,8 +3,8 @@
 A Python process runs its Python code on one core at a time (the GIL): with many sites
 uploading at once, one service process is the queue while the machine's other cores
 have time. :func:`supervise` forks ``processes`` workers from a process that has bound
-its listening sockets already; each worker inherits them, and the kernel hands every
-new connection to one of the workers waiting on it.
+their listening sockets already (the service gives each its own socket on the port,
+with ``SO_REUSEPORT``, so that the kernel spreads the connections among them).
 
 - A worker dies with its supervisor (``PR_SET_PDEATHSIG`` on Linux): a supervisor killed
   with ``kill -9`` leaves no worker holding the port, the state directory's lock or a

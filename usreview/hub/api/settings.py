@@ -3,7 +3,7 @@
 Read from ``STATE/service_config.json`` when it exists (the hub-managed service gets
 no other environment than the state directory)::
 
-    {"ServiceSettings": {"max_upload_bytes": 4294967296, "processes": 2, "parse_workers": 1}}
+    {"ServiceSettings": {"max_upload_bytes": 4294967296, "processes": 2, "parse_workers": 2}}
 
 ``$USREVIEW_DATABASE_URL`` gives the default of :attr:`ServiceSettings.database_url`.
 """
@@ -54,7 +54,8 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
         min=1,
         max=64,
         help="Processes that parse uploaded DICOM, for each service process; default: the "
-        "cores shared among the service processes (at least 1).",
+        "cores shared among the service processes, at least 2 (a file that keeps one busy "
+        "until parse_timeout does not hold up that process's other uploads).",
     ).tag(config=True)
 
     @default("processes")
@@ -63,7 +64,7 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
 
     @default("parse_workers")
     def _cores_per_process(self) -> int:
-        return max(1, (os.cpu_count() or 1) // self.processes)
+        return max(2, (os.cpu_count() or 1) // self.processes)
 
     parse_timeout = Float(
         60.0, min=1.0, help="Seconds one instance may take to parse before it is refused."
