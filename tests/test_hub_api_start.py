@@ -77,8 +77,13 @@ def test_several_processes_share_the_state_each_with_its_own_folders(tmp_path: P
         _lock(state / "service.lock", wait=0)  # the supervisor holds the state directory
 
     left[0].write_bytes(b"left by the previous serving process 0")
+    in_flight = [state / "spool" / "worker-1" / "c.upload", state / "quarantine" / "worker-1" / "d"]
+    for path in in_flight:  # serving process 1 is ingesting these
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.write_bytes(b"uploading")
     context = open_context(state, settings, worker=ServiceWorker(0, lock_fd))
     try:
+        assert all(path.exists() for path in in_flight)  # process 0 left them alone
         assert context.spool == state / "spool" / "worker-0" and not left[0].exists()
         assert context.ingestor.quarantine_dir == state / "quarantine" / "worker-0"
         assert context.refusals.burst == 10  # the service's allowance, shared

@@ -157,10 +157,10 @@ def open_context(
             detail = _recover(state, archive)
             spool, quarantine = _spool(state), _quarantine(state)
         else:
+            # Only its own folders: the other processes' hold uploads in flight.
             detail = {"worker": worker.index}
-            spool = _private_folder(_spool(state) / worker.folder)
-            quarantine = _private_folder(_quarantine(state) / worker.folder)
-            _empty(spool)
+            spool = _empty(_own_folder(state.root / "spool", worker))
+            quarantine = _own_folder(state.root / "quarantine", worker)  # the ingest empties it
         site_keys = SiteKeyFiles(state.sites)
         ingestor = Ingestor(
             archive,
@@ -250,6 +250,11 @@ def _spool(state: HubState) -> Path:
 def _quarantine(state: HubState) -> Path:
     """The plaintexts' quarantine folder, emptied (workers' subfolders included)."""
     return _empty(_private_folder(state.root / "quarantine"))
+
+
+def _own_folder(parent: Path, worker: ServiceWorker) -> Path:
+    """A serving process's subfolder of ``parent`` (both private)."""
+    return _private_folder(_private_folder(parent) / worker.folder)
 
 
 def _empty(folder: Path) -> Path:
