@@ -11,6 +11,7 @@ is started again by the supervisor meanwhile.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -23,11 +24,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.hub_api_support import HubRun, Site, service_launch, service_pids
+from tests.hub_api_support import HubRun, Site, service_launch, service_pids, shown_once
 from tests.site_helpers import alive, wait_until
-from usreview.envelope import load_public_keys, seal_file
+from usreview.envelope import load_private_keys, load_public_keys, seal_file
 from usreview.ingest import verify_receipt
 from usreview.simulate import simulate
+from usreview.site import SiteConfig, init_site, load_config
+from usreview.site.client import HubClient
+from usreview.site.errors import HubUnreachableError
 
 pytestmark = pytest.mark.slow
 
@@ -95,6 +99,18 @@ def _send(hub: HubRun, site: Site, uploads: list[tuple[str, bytes]]) -> list[str
     return acknowledged
 
 
+def _enrolled(hub: HubRun, name: str, folder: Path) -> tuple[Site, SiteConfig]:
+    """A site made with ``usreview site init`` and added to the hub, with its config."""
+    made = init_site(
+        name, hub.url, folder / name, hub_certificate=hub.cert, hub_public_key=hub.state / "hub.pub"
+    )
+    token = shown_once(hub.cli("add-site", name, "--public-key", str(made.public_key)))
+    config = load_config(made.config)
+    config.token_file.write_text(token + "\n")
+    config.token_file.chmod(0o600)
+    return Site(name, token, load_private_keys(config.private_key)), config
+
+
 def _held(hub: HubRun, site: Site) -> set[str]:
     response = hub.get("/receipts", site.token)
     assert response.status_code == 200, response.text
@@ -131,7 +147,9 @@ def test_sites_uploading_at_once_are_served_by_every_process(hub: HubRun) -> Non
     assert {d["pid"] for d in starts[-2:]} == set(workers)
 
 
-def test_a_killed_supervisor_takes_its_processes_along_and_starts_again(hub: HubRun) -> None:
+def test_a_killed_supervisor_takes_its_processes_along_and_starts_again(
+    hub: HubRun, tmp_path: Path
+) -> None:
     supervisor, workers = _processes(hub)
     command, env, cwd = service_launch(supervisor)
     site = hub.add_site("sitek")
@@ -150,6 +168,16 @@ def test_a_killed_supervisor_takes_its_processes_along_and_starts_again(hub: Hub
     os.kill(supervisor, signal.SIGKILL)
     wait_until(lambda: not any(alive(pid) for pid in workers), timeout=10, step=0.05)
 
+    # Meanwhile the proxy answers a site's every upload 503 at once. The site's client
+    # drops its connection after each such answer: the proxy may have left the rest of
+    # the body unread on it, and would then not read the next request for about 6 s.
+    client_site, config = _enrolled(hub, "sitec", tmp_path)
+    outage = _envelopes(hub, client_site, 10, hub.root / "data" / "outage")
+    with HubClient(config) as client:
+        for uid, envelope in outage:
+            with pytest.raises(HubUnreachableError, match=r": 503 "):
+                client.put_instance(uid, io.BytesIO(envelope), len(envelope))
+
     with (hub.root / "restarted.log").open("ab") as log:
         restarted = subprocess.Popen(
             command, env=env, cwd=cwd, stdout=log, stderr=log, start_new_session=True
@@ -161,6 +189,10 @@ def test_a_killed_supervisor_takes_its_processes_along_and_starts_again(hub: Hub
         assert _held(hub, site) == set(acknowledged)
         acknowledged += _send(hub, site, second)
         assert _held(hub, site) == set(acknowledged)
+        uid, envelope = outage[0]
+        with HubClient(config) as client:
+            answer = client.put_instance(uid, io.BytesIO(envelope), len(envelope))
+            assert answer["sop_instance_uid"] == uid and not answer["duplicate"]
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(30)

@@ -195,30 +195,31 @@ class HubClient:
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             self.close()
             raise HubUnreachableError(f"{where}: {type(exc).__name__}: {exc}") from None
-        if response.will_close:
+        if response.will_close or (body is not None and response.status >= 300):
+            # An answer to an unfinished body (the proxy's 503 while the service restarts)
+            # can leave the rest of it unread on this connection, and the proxy would not
+            # read the next request from it until its keep-alive timeout (about 6 s).
             self.close()
-        if response.status >= 500 or response.status == 503:
-            raise HubUnreachableError(f"{where}: {response.status} {_message(data)}")
+        if response.status >= 500:
+            raise HubUnreachableError(f"{where}: {response.status} {_error(response, data)[1]}")
         if response.status >= 400:
-            code, message = _error(data)
+            code, message = _error(response, data)
             raise HubRefusedError(response.status, code or response.reason, message)
         if response.status >= 300:
             raise HubUnreachableError(f"{where}: unexpected {response.status} (a proxy?)")
         return response, data
 
 
-def _error(data: bytes) -> tuple[str, str]:
+def _error(response: http.client.HTTPResponse, data: bytes) -> tuple[str, str]:
+    """The error code and message of an answer (the service's JSON, or else a proxy's)."""
     try:
         doc = json.loads(data)
     except ValueError:
-        return "", data[:200].decode("utf-8", "replace")
+        # The proxy's HTML page while the service is not running, say.
+        return "", f"{response.reason} (answered by the hub's proxy, not its usreview service)"
     if not isinstance(doc, dict):
         return "", str(doc)[:200]
     message = str(doc.get("message", ""))
     if doc.get("reason"):
         message += f" ({doc['reason']})"
     return str(doc.get("error", "")), message
-
-
-def _message(data: bytes) -> str:
-    return _error(data)[1]
