@@ -70,3 +70,15 @@ def test_a_worker_does_not_run_the_parents_main_module(bmode: Path, tmp_path: Pa
     rows = read(bmode).rows
     assert done.stdout.split() == [str(rows), str(rows)]
     assert runs.read_text().splitlines() == ["__main__"]
+
+
+def test_a_worker_holds_no_key_or_database_code(bmode: Path) -> None:
+    """The process that reads untrusted files has the DICOM reader's libraries mapped, not
+    the cryptography that handles the hub's keys nor the archive's SQLAlchemy."""
+    with WorkerPool(1, timeout=30) as pool:
+        assert pool.parse(bmode).rows == read(bmode).rows
+        [pid] = pool.pids
+        maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    mapped = {line.split()[-1] for line in maps if ".so" in line}
+    assert [p for p in mapped if "/numpy/" in p]  # the reader's
+    assert not [p for p in mapped if "/cryptography/" in p or "/sqlalchemy/" in p]

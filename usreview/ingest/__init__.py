@@ -32,6 +32,9 @@ UID, 409) and :class:`~usreview.store.StorageError` (5xx) pass through unchanged
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from usreview.ingest.errors import (
     IngestError,
     InvalidReceiptError,
@@ -45,14 +48,39 @@ from usreview.ingest.errors import (
     WorkerPoolError,
     WrongSenderError,
 )
-from usreview.ingest.pipeline import Ingestor, IngestResult, SiteKeys
-from usreview.ingest.receipts import (
-    SignedReceipt,
-    sign_batch_receipt,
-    sign_instance_receipt,
-    verify_receipt,
-)
-from usreview.ingest.worker import DEFAULT_MEMORY_LIMIT, ParsedInstance, WorkerPool
+
+if TYPE_CHECKING:
+    from usreview.ingest.pipeline import Ingestor, IngestResult, SiteKeys
+    from usreview.ingest.receipts import (
+        SignedReceipt,
+        sign_batch_receipt,
+        sign_instance_receipt,
+        verify_receipt,
+    )
+    from usreview.ingest.worker import DEFAULT_MEMORY_LIMIT, ParsedInstance, WorkerPool
+
+# Imported when first used: a parsing worker imports usreview.ingest.worker, and with it
+# this package, and needs none of the archive, database or cryptography code.
+_MODULES = {
+    "Ingestor": "pipeline",
+    "IngestResult": "pipeline",
+    "SiteKeys": "pipeline",
+    "SignedReceipt": "receipts",
+    "sign_batch_receipt": "receipts",
+    "sign_instance_receipt": "receipts",
+    "verify_receipt": "receipts",
+    "DEFAULT_MEMORY_LIMIT": "worker",
+    "ParsedInstance": "worker",
+    "WorkerPool": "worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",

@@ -11,7 +11,7 @@ would hold patient data). Creating a pool does not wait for its workers: a task 
 for its worker to be ready.
 A task sends a file path and gets back a small dict, never pixels: the UIDs, the image's
 shape and kinds, and the header's description of patient, study and equipment
-(:data:`usreview.store.records.HEADER_FIELDS`, read tolerantly).
+(:data:`usreview.dicom.header.HEADER_FIELDS`, read tolerantly).
 
 The parent gives each task a wall-clock ``timeout``: a worker that does not answer in
 time is killed and replaced; a worker that dies (signal, rlimit) is replaced; after a
@@ -37,12 +37,14 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from usreview.dicom.enum import ImageKind
+from usreview.dicom.header import HEADER_FIELDS, header_fields
 from usreview.ingest.errors import RejectedInstanceError, RejectReason, WorkerPoolError
-from usreview.store import InstanceMetadata, InvalidMetadataError
-from usreview.store.records import HEADER_FIELDS, header_fields
+
+if TYPE_CHECKING:
+    from usreview.store import InstanceMetadata
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",
@@ -124,6 +126,8 @@ class ParsedInstance:
         RejectedInstanceError
             A UID is missing or malformed (reason ``invalid header``).
         """
+        from usreview.store import InstanceMetadata, InvalidMetadataError  # not in the workers
+
         try:
             return InstanceMetadata(
                 sop_instance_uid=self.sop_instance_uid,
