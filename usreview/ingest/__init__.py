@@ -32,9 +32,9 @@ UID, 409) and :class:`~usreview.store.StorageError` (5xx) pass through unchanged
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from usreview._lazy import lazy_attributes
 from usreview.ingest.errors import (
     IngestError,
     InvalidReceiptError,
@@ -75,12 +75,7 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
+__getattr__ = lazy_attributes(__name__, _MODULES)
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",

@@ -20,8 +20,9 @@ documents the DOM hooks (classes and ``data-`` attributes) that browser tests re
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from usreview._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from usreview.review.widgets.caliper import ImageViewer
@@ -52,8 +53,4 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_attributes(__name__, _MODULES)
