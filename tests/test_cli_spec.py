@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from usreview.cli import build_parser
-from usreview.cli_spec import Command, add_command, arg, one_of
+from usreview.cli.spec import Command, add_command, arg, one_of
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 from usreview import cli
+from usreview.cli import files as cli_files
 from usreview.errors import SimulationError
 from usreview.simulate import KINDS, describe_kind, simulate
 
@@ -39,7 +40,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_kinds_are_the_public_tuple() -> None:
     assert KINDS == ("bmode", "cine", "mmode", "pw", "cw", "color", "volume")
-    assert ", ".join(KINDS) == cli._SIMULATE_KINDS
+    assert ", ".join(KINDS) == cli_files._SIMULATE_KINDS
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -10,8 +10,10 @@ the same way.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
@@ -102,3 +104,38 @@ def add_command(
         for action in command.actions:
             add_command(actions, action)
     return parser
+
+
+# --- arguments and types several commands share -----------------------------------------
+
+
+def paths() -> Arg:
+    """Positional ``PATH...``: files or folders."""
+    return arg("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+
+
+def json_flag(text: str) -> Arg:
+    """``--json``: print ``text`` (what the JSON holds) instead of lines for people."""
+    return arg("--json", action="store_true", help=text)
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> int:
+    unit = DURATION_UNITS.get(text[-1:].lower()) if text[-1:].isalpha() else 1
+    number = text[:-1] if text[-1:].isalpha() else text
+    if unit is None or not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r} (examples: 3600, 90m, 12h, 7d)"
+        )
+    return int(number) * unit
+
+
+def grace(text: str) -> int:
+    return 0 if text.strip() == "0" else duration(text)
+
+
+def error(message: str) -> None:
+    """Print ``message`` on stderr as the ``usreview`` command's one-line error."""
+    sys.stderr.write(f"usreview: error: {message}\n")

@@ -1,0 +1,345 @@
+"""``usreview hub``: start the hub and administer it (owned by :mod:`usreview.hub`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from usreview.cli.spec import Arg, Command, arg, grace, one_of
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from usreview.hub.state import state_from_env
+
+    return args.state if args.state is not None else state_from_env()
+
+
+def _state(*, action: bool = True) -> Arg:
+    # An action's own --state must not reset one given before the action's name.
+    return arg(
+        "--state",
+        type=Path,
+        default=argparse.SUPPRESS if action else None,
+        metavar="DIR",
+        help="the hub's state directory (default: $USREVIEW_STATE or ./state)",
+    )
+
+
+def _site_list(text: str) -> list[str]:
+    sites = [name.strip() for name in text.split(",") if name.strip()]
+    if not sites:
+        raise argparse.ArgumentTypeError("give site names separated by commas")
+    return sites
+
+
+def _cmd_hub(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import run_hub
+
+    run_hub(
+        _state_dir(args),
+        args.ip,
+        args.port,
+        tls=not args.no_tls,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    return 0
+
+
+def _cmd_hub_add_user(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import add_user
+
+    person = add_user(_state_dir(args), args.name, args.role, args.sites)
+    print(f"password for {person.name} ({person.role}), shown once: {person.password}")
+    print(person.note, file=sys.stderr)
+    return 0
+
+
+_HUB_ADD_USER = Command(
+    "add-user",
+    help="register a person; print their generated password once",
+    handler=_cmd_hub_add_user,
+    description="Register NAME with a role (its group: reviewers, trainees, scientists, "
+    "admins) and print a generated password once; only its scrypt hash is kept.",
+    args=(
+        arg("name", metavar="NAME", help="lowercase letters, digits, '_', '-'"),
+        arg("--role", required=True, choices=["reviewer", "trainee", "scientist", "admin"]),
+        arg(
+            "--sites",
+            type=_site_list,
+            metavar="A,B",
+            help="a reviewer reads only these sites' studies (default: every site)",
+        ),
+        _state(),
+    ),
+)
+
+
+def _cmd_hub_reviewer_sites(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import reviewer_sites
+
+    sites = reviewer_sites(_state_dir(args), args.name, args.sites, every=args.all)
+    print(f"{args.name} reads {'every site' if sites is None else ', '.join(sorted(sites))}")
+    return 0
+
+
+_HUB_REVIEWER_SITES = Command(
+    "reviewer-sites",
+    help="restrict a reviewer to some sites, or show their sites",
+    handler=_cmd_hub_reviewer_sites,
+    description="Reviewers read every site's studies unless restricted: --sites A,B "
+    "restricts NAME to those sites, --all lifts the restriction; without either, show "
+    "it. Kept in the archive and audited; the running service applies it within 5 s.",
+    args=(
+        arg("name", metavar="NAME", help="a registered reviewer"),
+        one_of(
+            arg("--sites", type=_site_list, metavar="A,B", help="only these sites"),
+            arg("--all", action="store_true", help="every site (the default)"),
+        ),
+        _state(),
+    ),
+)
+
+
+def _cmd_hub_add_site(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from usreview.hub.commands import add_site, rotate_site_key
+
+    if args.rotate:
+        rotated = rotate_site_key(_state_dir(args), args.name, args.public_key, args.grace)
+        until = datetime.fromtimestamp(rotated.accepted_until, UTC).isoformat(timespec="seconds")
+        print(f"site {rotated.name}: key {rotated.key_id[:16]} is current (results sealed to it)")
+        print(f"the replaced key {rotated.replaced_key_id[:16]} verifies uploads until {until}")
+        return 0
+    if args.grace is not None:
+        from usreview.hub.errors import AccountError
+
+        raise AccountError("--grace goes with --rotate")
+    site = add_site(_state_dir(args), args.name, args.public_key)
+    print(f"API token for site {site.name}, shown once: {site.token}")
+    print(f"the site's public key: {site.site_public_key}")
+    print(f"the hub's public key (give it to the site): {site.hub_public_key}")
+    sys.stdout.write(site.hub_public_key_text)
+    return 0
+
+
+_HUB_ADD_SITE = Command(
+    "add-site",
+    help="register a site and its public key; print its API token once",
+    handler=_cmd_hub_add_site,
+    description="Register NAME in group 'sites' with its envelope public key (copied "
+    "into the state directory); print its API token, which reaches only the usreview "
+    "service, and the hub's public key. Needs a running hub.",
+    args=(
+        arg("name", metavar="NAME", help="lowercase letters, digits, '_', '-'"),
+        arg("--public-key", type=Path, required=True, metavar="SITE.pub", help="the site's key"),
+        arg(
+            "--rotate",
+            action="store_true",
+            help="replace the key of a registered site (its token stays); results are "
+            "sealed to the new key, the old one verifies uploads for the grace period",
+        ),
+        arg(
+            "--grace",
+            type=grace,
+            metavar="DURATION",
+            help="with --rotate: how long the old key still verifies uploads (default "
+            "7d; 0 refuses it at once, for a compromised key)",
+        ),
+        _state(),
+    ),
+)
+
+
+def _cmd_hub_audit(args: argparse.Namespace) -> int:
+    from usreview.hub.audit import verify
+    from usreview.hub.errors import AuditError
+    from usreview.hub.state import open_state
+
+    state = open_state(_state_dir(args))
+    if not state.audit_log.exists():
+        raise AuditError(f"no audit log yet in {state.root}")
+    if args.tail:
+        lines = state.audit_log.read_text().splitlines()[-args.tail :]
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    if args.verify:
+        report = verify(state.audit_log, state.audit_key.read_bytes())
+        if not report.ok:
+            raise AuditError(
+                f"audit log {state.audit_log} does not verify at line {report.first_bad_line}: "
+                f"{report.reason} ({report.lines} lines before it hold)"
+            )
+        print(f"audit log {state.audit_log}: {report.lines} lines, chain intact")
+    return 0
+
+
+_HUB_AUDIT = Command(
+    "audit",
+    help="check or show the hash-chained audit log",
+    handler=_cmd_hub_audit,
+    description="--verify walks the whole audit log and checks its keyed hash chain: "
+    "exit status 0 when intact, 1 naming the first altered, removed, inserted or "
+    "reordered line. --tail N prints the last N lines (JSON).",
+    args=(
+        arg("--verify", action="store_true", help="check the whole chain"),
+        arg("--tail", type=int, default=0, metavar="N", help="print the last N lines"),
+        _state(),
+    ),
+)
+
+
+def _cmd_hub_worker(args: argparse.Namespace) -> int:
+    from usreview.processing.worker import run_worker
+
+    args.state = _state_dir(args)
+    return run_worker(args)
+
+
+_HUB_WORKER = Command(
+    "worker",
+    help="process stored instances and publish the results to their sites",
+    handler=_cmd_hub_worker,
+    description="Take processing jobs from the archive's queue (leases, retries), run "
+    "the pipeline on local processes or a dask.distributed cluster, seal the SR and "
+    "the JSON summary to the site. The hub runs one as its 'usreview-worker' service; "
+    "start more (here or on other machines sharing the state) to go faster.",
+    args=(
+        _state(),
+        arg(
+            "--scheduler",
+            type=str,
+            default=None,
+            metavar="ADDR",
+            help="run on the dask.distributed scheduler at ADDR (tcp://HOST:PORT; "
+            "tls://... beyond a trusted network) instead of local processes",
+        ),
+        arg("--processes", type=int, default=2, metavar="N", help="local processes (default 2)"),
+        arg(
+            "--lease",
+            type=float,
+            default=60.0,
+            metavar="S",
+            help="seconds a claimed job is held unrenewed (default 60)",
+        ),
+        arg(
+            "--poll",
+            type=float,
+            default=1.0,
+            metavar="S",
+            help="seconds between looks at an empty queue (default 1)",
+        ),
+        arg(
+            "--attempts",
+            type=int,
+            default=5,
+            metavar="N",
+            help="attempts before a job and its study fail (default 5)",
+        ),
+        arg(
+            "--task",
+            type=str,
+            default=None,
+            metavar="MODULE:FUNCTION",
+            help="the function run on each instance "
+            "(default: usreview.processing.execution:execute_file, the pipeline)",
+        ),
+    ),
+)
+
+
+def _cmd_hub_jobs(args: argparse.Namespace) -> int:
+    from usreview.hub.api.settings import ServiceSettings
+    from usreview.hub.state import open_state
+    from usreview.store import Archive
+    from usreview.store.jobs import JobStatus
+
+    state = open_state(_state_dir(args))
+    settings = ServiceSettings.from_state(state.root)
+    with Archive.open(settings.database_url or None, state.root / "archive") as archive:
+        if args.backfill:
+            made = archive.jobs.backfill()
+            print(f"{made} instance(s) without a processing job queued")
+            return 0
+        if args.retry is not None:  # NotFoundError / InvalidTransitionError: a sentence, 1
+            job = archive.jobs.retry(args.retry, actor="usreview hub jobs --retry")
+            print(f"job {job.id} ({job.sop_instance_uid}) is pending again")
+            return 0
+        if args.reprocess is not None:  # new results will supersede the older ones
+            job = archive.jobs.reprocess(args.reprocess, actor="usreview hub jobs --reprocess")
+            print(f"job {job.id} ({job.sop_instance_uid}) is queued again")
+            return 0
+        jobs = archive.jobs.list_jobs(status=JobStatus.FAILED if args.failed else None)
+    for job in jobs:
+        why = job.last_error if job.status is JobStatus.FAILED else job.note
+        print(
+            f"{job.id}\t{job.status.value}\t{job.attempts}\t{job.site}\t"
+            f"{job.sop_instance_uid}" + (f"\t{why}" if why else "")
+        )
+    return 0
+
+
+_HUB_JOBS = Command(
+    "jobs",
+    help="list the processing jobs, retry a failed one, or queue the instances without one",
+    handler=_cmd_hub_jobs,
+    description="One line per job: id, status, attempts, site, SOP Instance UID and, "
+    "for a failed job, the reason (tab-separated). --retry ID puts a failed job back "
+    "in the queue with all its attempts (its study goes back to received); --reprocess ID "
+    "queues a finished job again, and its new results supersede the older ones.",
+    args=(
+        arg("--failed", action="store_true", help="only the failed jobs"),
+        one_of(
+            arg("--retry", type=int, metavar="ID", help="re-queue the failed job ID"),
+            arg(
+                "--reprocess",
+                type=int,
+                metavar="ID",
+                help="queue the finished job ID again (processors changed): its new "
+                "results supersede the older ones",
+            ),
+            arg(
+                "--backfill",
+                action="store_true",
+                help="queue a job for every stored instance that has none (stored before "
+                "the queue)",
+            ),
+        ),
+        _state(),
+    ),
+)
+
+
+_HUB = Command(
+    "hub",
+    help="run the JupyterHub of the hub, and add its users and sites",
+    handler=_cmd_hub,
+    description="Without ACTION: run JupyterHub with its proxy and the usreview service "
+    "until interrupted. Everything it needs (keys, secrets, databases, a self-signed "
+    "certificate) is generated into the state directory on first start. The public "
+    "endpoint serves HTTPS; plain HTTP is refused beyond loopback.",
+    args=(
+        _state(action=False),
+        arg(
+            "--ip",
+            default=None,
+            metavar="IP",
+            help="public address (default: $USREVIEW_HUB_IP or 127.0.0.1)",
+        ),
+        arg(
+            "--port",
+            type=int,
+            default=None,
+            metavar="N",
+            help="public port (default: $USREVIEW_HUB_PORT or 8000)",
+        ),
+        arg("--tls-cert", type=Path, metavar="FILE", help="certificate (PEM) to serve"),
+        arg("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)"),
+        arg("--no-tls", action="store_true", help="serve plain HTTP (loopback addresses only)"),
+    ),
+    actions=(_HUB_ADD_USER, _HUB_REVIEWER_SITES, _HUB_ADD_SITE, _HUB_AUDIT, _HUB_WORKER, _HUB_JOBS),
+)
+
+
+COMMANDS = (_HUB,)

@@ -1,0 +1,203 @@
+"""``usreview keys``, ``seal`` and ``unseal``: key pairs and envelopes (owned by
+:mod:`usreview.envelope`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from usreview.cli.spec import Arg, Command, arg, duration
+from usreview.errors import InputError
+
+_PASSPHRASE_ENV = "USREVIEW_KEY_PASSPHRASE"
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    import os
+
+    if args.passphrase_file is not None:
+        lines = args.passphrase_file.read_bytes().splitlines()
+        return lines[0] if lines and lines[0] else None
+    value = os.environ.get(_PASSPHRASE_ENV)
+    return value.encode() if value else None
+
+
+def _passphrase_file() -> Arg:
+    return arg(
+        "--passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help=f"read the key's passphrase from FILE's first line (default: ${_PASSPHRASE_ENV})",
+    )
+
+
+def _in_out() -> tuple[Arg, Arg]:
+    return arg("input", type=Path, metavar="IN"), arg("output", type=Path, metavar="OUT")
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    from usreview.envelope import generate_keys, write_key_pair
+
+    keys = generate_keys(args.name)
+    passphrase = _passphrase(args)
+    key_path = write_key_pair(keys, args.dir, passphrase)
+    protection = "passphrase-protected" if passphrase else "not passphrase-protected"
+    print(f"key id {keys.key_id.hex()}")
+    print(f"wrote {key_path} (private, mode 0600, {protection}) and {key_path.with_suffix('.pub')}")
+    return 0
+
+
+_KEYS_NEW = Command(
+    "new",
+    help="create DIR/NAME.key (private, mode 0600) and DIR/NAME.pub",
+    handler=_cmd_keys_new,
+    description="Create an identity: an X25519 key to receive and an Ed25519 key to "
+    f"sign. The private file is passphrase-protected when ${_PASSPHRASE_ENV} or "
+    "--passphrase-file gives a passphrase. Existing files are never overwritten.",
+    args=(
+        arg("name", metavar="NAME", help="key name: letters, digits, '.', '_', '-'"),
+        arg("--dir", type=Path, default=Path("."), help="output folder (default: .)"),
+        _passphrase_file(),
+    ),
+)
+
+
+def _cmd_keys_trust(args: argparse.Namespace) -> int:
+    from usreview.envelope import KeyRing, KeyState, load_public_keys
+
+    ring = KeyRing.load(args.keyring) if args.keyring.exists() else KeyRing()
+    key = load_public_keys(args.pub)
+    ring.add(key, KeyState(args.state))
+    ring.save(args.keyring)
+    print(f"{args.keyring}: {key.name} {key.key_id.hex()} {args.state}")
+    return 0
+
+
+_KEYS_TRUST = Command(
+    "trust",
+    help="add a public key to a key ring file, or change its state",
+    handler=_cmd_keys_trust,
+    description="Active keys seal and open; retired keys only open; revoked keys are refused.",
+    args=(
+        arg("pub", type=Path, metavar="PUB", help="a .pub file"),
+        arg("--keyring", type=Path, required=True, metavar="FILE", help="key ring (JSON)"),
+        arg("--state", choices=["active", "retired", "revoked"], default="active"),
+    ),
+)
+
+
+_KEYS = Command(
+    "keys", help="create identity keys and manage a key ring", actions=(_KEYS_NEW, _KEYS_TRUST)
+)
+
+
+def _cmd_seal(args: argparse.Namespace) -> int:
+    from usreview.envelope import KeyRing, load_private_keys, load_public_keys, seal_file
+
+    sender = load_private_keys(args.key, _passphrase(args))
+    recipients = [load_public_keys(path) for path in args.to]
+    try:
+        info = seal_file(
+            args.input,
+            args.output,
+            sender=sender,
+            recipients=recipients,
+            keyring=KeyRing.from_files(args.keyring, ()) if args.keyring else None,
+            valid_for=args.valid_for,
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    print(
+        f"sealed message {info.message_id.hex()} for {len(recipients)} recipient(s), "
+        f"valid until {info.expires}"
+    )
+    return 0
+
+
+_SEAL = Command(
+    "seal",
+    help="encrypt a file for one or more recipients and sign it",
+    handler=_cmd_seal,
+    description="Seal IN into the new file OUT (written atomically, never overwritten).",
+    args=(
+        arg("--key", type=Path, required=True, metavar="SENDER.key", help="your private key"),
+        arg(
+            "--to",
+            type=Path,
+            action="append",
+            required=True,
+            metavar="RECIPIENT.pub",
+            help="repeatable",
+        ),
+        arg(
+            "--keyring",
+            type=Path,
+            metavar="FILE",
+            help="refuse recipients it marks retired or revoked",
+        ),
+        arg(
+            "--valid-for",
+            type=duration,
+            default=7 * 86400,
+            metavar="DURATION",
+            help="validity window, e.g. 3600, 90m, 12h, 7d (default: 7d, at most 90d)",
+        ),
+        _passphrase_file(),
+        *_in_out(),
+    ),
+)
+
+
+def _cmd_unseal(args: argparse.Namespace) -> int:
+    from usreview.envelope import KeyRing, ReplayCache, load_private_keys, unseal_file
+
+    if args.keyring is None and not args.trust:
+        raise InputError(
+            "unseal needs the sender's public key: --trust SENDER.pub or --keyring FILE"
+        )
+    recipient = load_private_keys(args.key, _passphrase(args))
+    ring = KeyRing.from_files(args.keyring, args.trust or ())
+    cache = ReplayCache(args.replay_cache) if args.replay_cache is not None else None
+    info = unseal_file(
+        args.input, args.output, recipient=recipient, keyring=ring, replay_cache=cache
+    )
+    sender = ring.get(info.sender_id)
+    name = sender.public.name if sender is not None else "?"
+    print(f"opened message {info.message_id.hex()} from {name} ({info.sender_id.hex()[:16]})")
+    return 0
+
+
+_UNSEAL = Command(
+    "unseal",
+    help="verify and decrypt an envelope",
+    handler=_cmd_unseal,
+    description="Open IN into the new file OUT. OUT appears only when the whole envelope "
+    "verifies; on any failure one line names the cause and no OUT is left behind.",
+    args=(
+        arg("--key", type=Path, required=True, metavar="RECIPIENT.key", help="your private key"),
+        arg(
+            "--trust",
+            type=Path,
+            action="append",
+            metavar="SENDER.pub",
+            help="a trusted sender's public key (repeatable)",
+        ),
+        arg(
+            "--keyring",
+            type=Path,
+            metavar="FILE",
+            help="trusted keys with states (see: keys trust)",
+        ),
+        arg(
+            "--replay-cache",
+            type=Path,
+            metavar="FILE",
+            help="SQLite file of opened message ids; refuses an envelope opened before",
+        ),
+        _passphrase_file(),
+        *_in_out(),
+    ),
+)
+
+
+COMMANDS = (_KEYS, _SEAL, _UNSEAL)

@@ -1,0 +1,299 @@
+"""``usreview site``: a clinic's gateway, uploads and results (owned by :mod:`usreview.site`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from usreview.cli.spec import Arg, Command, arg, json_flag, paths
+
+
+def _config() -> Arg:
+    return arg("--config", type=Path, required=True, metavar="site.toml", help="the site's file")
+
+
+def _cmd_site_init(args: argparse.Namespace) -> int:
+    from usreview.site import init_site
+    from usreview.site.config import parse_pacs
+
+    site = init_site(
+        args.name,
+        args.hub,
+        args.dir,
+        hub_certificate=args.hub_cert,
+        hub_public_key=args.hub_key,
+        token_file=args.token_file,
+        ae_title=args.ae_title,
+        port=args.port,
+        allowed_calling_ae_titles=args.allow_ae,
+        pacs=[parse_pacs(text) for text in args.pacs],
+        dicom_tls_hosts=args.dicom_tls_host if args.dicom_tls or args.dicom_tls_host else None,
+        encrypt_spool=args.encrypt_spool,
+    )
+    print(f"wrote {site.config}")
+    print(f"site key id {site.key_id}")
+    print(f"give this public key to the hub's administrator: {site.public_key}")
+    print(
+        f"  (they run: usreview hub add-site {args.name} --public-key {site.public_key.name}, "
+        "and send back the token and the hub's public key)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+_SITE_INIT = Command(
+    "init",
+    help="create a site's keys and DIR/site.toml",
+    handler=_cmd_site_init,
+    description="Generate the site's envelope keys (DIR/keys/NAME.key, mode 0600, "
+    "passphrase-protected when $USREVIEW_KEY_PASSPHRASE is set) and write "
+    "DIR/site.toml. Give DIR/keys/NAME.pub to the hub's administrator ('usreview hub "
+    "add-site'); put the token they send back into the token file (chmod 600) and "
+    "their hub.pub into DIR.",
+    args=(
+        arg("name", metavar="NAME", help="the site's name at the hub"),
+        arg("--hub", required=True, metavar="URL", help="the hub's https:// URL"),
+        arg("--dir", type=Path, required=True, metavar="DIR", help="site folder"),
+        arg("--hub-cert", type=Path, metavar="PEM", help="the hub's TLS certificate to pin"),
+        arg("--hub-key", type=Path, metavar="HUB.pub", help="the hub's public key"),
+        arg(
+            "--token-file",
+            type=Path,
+            metavar="F",
+            help="where the API token is (default DIR/token)",
+        ),
+        arg("--ae-title", default="USREVIEW", help="the gateway's AE title"),
+        arg("--port", type=int, default=11112, help="the gateway's DICOM port"),
+        arg(
+            "--allow-ae",
+            action="append",
+            default=[],
+            metavar="TITLE",
+            help="a scanner's calling AE title (repeatable; '*' allows any)",
+        ),
+        arg(
+            "--pacs",
+            action="append",
+            default=[],
+            metavar="[NAME=]AE@HOST:PORT",
+            help="a PACS that receives the results (repeatable)",
+        ),
+        arg(
+            "--dicom-tls",
+            action="store_true",
+            help="DICOM TLS on the gateway's port: generate DIR/dicom-tls.crt and .key "
+            "(self-signed; give the .crt to the scanners to trust)",
+        ),
+        arg(
+            "--dicom-tls-host",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="a host name or address the scanners use, named in the certificate "
+            "(repeatable; implies --dicom-tls)",
+        ),
+        arg(
+            "--encrypt-spool",
+            action="store_true",
+            help="encrypt the spool and its journal at rest with a key generated in "
+            "DIR/keys/spool.key (AES-256-GCM)",
+        ),
+    ),
+)
+
+
+def _cmd_site_gateway(args: argparse.Namespace) -> int:
+    import logging
+
+    from usreview.site import load_config, run_gateway
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("pynetdicom").setLevel(logging.ERROR)
+    run_gateway(load_config(args.config), announce=lambda line: print(line, flush=True))
+    return 0
+
+
+_SITE_GATEWAY = Command(
+    "gateway",
+    help="run the DICOM gateway until interrupted",
+    handler=_cmd_site_gateway,
+    description="Listen for scanners (DICOM C-STORE), spool every instance durably "
+    "before answering, upload it sealed to the hub with retries, and deliver the hub's "
+    "results into the outbox and to the PACS. Runs two processes: the DICOM receiver, "
+    "and an upload process that it supervises. Stops on SIGINT or SIGTERM.",
+    args=(_config(), arg("-v", "--verbose", action="store_true", help="log every event")),
+)
+
+
+def _cmd_site_push(args: argparse.Namespace) -> int:
+    from usreview.site import NotAcknowledgedError, load_config, push_paths
+    from usreview.site.progress import PushProgress
+
+    report = push_paths(load_config(args.config), args.paths, progress=PushProgress(sys.stderr))
+    print(f"{len(report.acknowledged)} acknowledged, {len(report.failed)} not acknowledged")
+    if report.failed:
+        raise NotAcknowledgedError({str(p): reason for p, reason in report.failed.items()})
+    return 0
+
+
+_SITE_PUSH = Command(
+    "push",
+    help="upload files or folders once",
+    handler=_cmd_site_push,
+    description="Seal and upload every DICOM file under PATH; progress on stderr (a bar "
+    "with rate and time left on a terminal, one line per instance otherwise). Exit "
+    "status 1 naming every instance the hub did not acknowledge with a verified "
+    "receipt.",
+    args=(_config(), paths()),
+)
+
+
+def _cmd_site_pull(args: argparse.Namespace) -> int:
+    from usreview.site import load_config
+    from usreview.site.pull import pull_results
+
+    report = pull_results(load_config(args.config))
+    for result_id, path in report.delivered:
+        print(f"result {result_id}: {path if path is not None else 'not delivered (see status)'}")
+    left = report.pacs_pending
+    print(
+        f"{len(report.delivered)} result(s); cursor {report.cursor}; "
+        f"{left} PACS delivery(ies) pending"
+    )
+    return 1 if left else 0
+
+
+_SITE_PULL = Command(
+    "pull",
+    help="fetch and deliver the pending results once",
+    handler=_cmd_site_pull,
+    description="Deliver the results published since the last one delivered into the "
+    "outbox and to the PACS. Refused while a gateway or its upload process runs (they "
+    "deliver them themselves). Exit status 1 when a PACS delivery is still pending.",
+    args=(_config(),),
+)
+
+
+def _cmd_site_rotate_key(args: argparse.Namespace) -> int:
+    import time
+
+    from usreview.site import load_config
+    from usreview.site.config import rotate_site_key
+
+    config = load_config(args.config)
+    site = rotate_site_key(config, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    print(f"site key id {site.key_id}; {site.config} now uses it")
+    print(f"give this public key to the hub's administrator: {site.public_key}")
+    print(
+        f"  (they run: usreview hub add-site {config.name} --public-key {site.public_key.name} "
+        "--rotate); restart the gateway",
+        file=sys.stderr,
+    )
+    return 0
+
+
+_SITE_ROTATE_KEY = Command(
+    "rotate-key",
+    help="generate the site's next key pair and switch to it",
+    handler=_cmd_site_rotate_key,
+    description="Write a new key pair into DIR/keys/STAMP/ and point site.private_key "
+    "at it (the old files stay). Restart the gateway, then give the new .pub to the "
+    "hub's administrator: 'usreview hub add-site NAME --public-key NEW.pub --rotate'.",
+    args=(_config(),),
+)
+
+
+def _cmd_site_rejected(args: argparse.Namespace) -> int:
+    import time
+
+    from usreview.site import Spool, SpoolError, load_config
+    from usreview.site.atrest import load_spool_cipher
+    from usreview.site.rejected import export_rejected, list_rejected
+
+    config = load_config(args.config)
+    spool = Spool(config.spool, load_spool_cipher(config) if args.export else None)
+    items = list_rejected(spool)
+    for item in items:
+        at = item.rejected_at
+        when = "?" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+        size = "gone" if item.size is None else f"{item.size} B"
+        print(f"{item.sop_instance_uid}\t{item.sha256[:12]}\t{size}\t{when}\t{item.reason}")
+    if args.export is None:
+        print(f"{len(items)} rejected instance(s)")
+        return 0
+    report = export_rejected(config, spool, items, args.export)
+    for name, reason in sorted(report.failed.items()):
+        print(f"usreview: error: {name}: {reason}", file=sys.stderr)
+    print(
+        f"{len(report.written)} exported to {args.export}, {len(report.already)} already "
+        f"there, {len(report.failed)} failed"
+    )
+    if report.failed:
+        raise SpoolError(f"{len(report.failed)} rejected instance(s) not exported")
+    return 0
+
+
+_SITE_REJECTED = Command(
+    "rejected",
+    help="list the instances the hub refused, and export them",
+    handler=_cmd_site_rejected,
+    description="List the instances in the spool's rejected/ folder with the reason "
+    "recorded (no network). With --export DIR, write each as received (decrypted "
+    "with folders.spool_key when the spool is encrypted, checked against its SHA-256) "
+    "to DIR/UID_SHA256.dcm (mode 0600, never overwritten), each recorded in "
+    "STATE/exports.log. Exit status 1 naming any that could not be exported.",
+    args=(
+        _config(),
+        arg("--export", type=Path, metavar="DIR", help="write decrypted copies into DIR"),
+    ),
+)
+
+
+def _cmd_site_status(args: argparse.Namespace) -> int:
+    from usreview.site import format_status, load_config, read_status
+
+    status = read_status(load_config(args.config))
+    if args.json:
+        json.dump(status.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_status(status))
+    return 0
+
+
+_SITE_STATUS = Command(
+    "status",
+    help="spool depth, last upload, last result, errors",
+    handler=_cmd_site_status,
+    description="Show the site's state from its folders (works with or without a "
+    "running gateway; no network).",
+    args=(_config(), json_flag("as JSON")),
+)
+
+
+_SITE = Command(
+    "site",
+    help="a site: DICOM gateway for scanners, uploads to the hub, results back",
+    description="Run a site: 'init' creates its keys and site.toml; 'gateway' receives "
+    "from scanners, uploads to the hub and delivers results; 'push' and 'pull' do it "
+    "once without a gateway; 'status' shows spool, uploads, results and errors; "
+    "'rejected' lists and exports what the hub refused.",
+    actions=(
+        _SITE_INIT,
+        _SITE_GATEWAY,
+        _SITE_PUSH,
+        _SITE_PULL,
+        _SITE_STATUS,
+        _SITE_ROTATE_KEY,
+        _SITE_REJECTED,
+    ),
+)
+
+
+COMMANDS = (_SITE,)
