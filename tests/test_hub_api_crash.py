@@ -1,13 +1,10 @@
 """Crash safety of the service: kill -9 it at random points during a stream of uploads.
 
-What is real here: the hub, its proxy and TLS, the site's token checked by the hub, and
-the service process started with exactly the command, environment and working
-directory the hub gave it (read from ``/proc``), on the same port, so the proxy routes
-to it. What the test does in the hub's place: restart it at once. JupyterHub restarts a
-managed service that died, but only at its next poll (every 30 s, not configurable for
-services), which would allow two kills a minute; the copies the hub starts meanwhile
-find the port taken and exit before touching the state (the service binds first, then
-takes the state directory's lock).
+Everything is real here: the hub, its proxy and TLS, the site's token checked by the hub,
+and the service started again by the hub itself, with its own command, environment and
+working directory, on the same port: JupyterHub checks its managed services every
+``SERVICE_POLL_SECONDS`` and starts one that exited again
+(:func:`usreview.hub.config.poll_services_every`).
 
 The site keeps sending: an upload without an answer is sent again (the same envelope),
 and some acknowledged ones are sent again on purpose (answered 200). At the end every
@@ -35,15 +32,16 @@ import pydicom
 import pytest
 import requests
 
-from tests.hub_api_support import USREVIEW, HubRun, Site, service_launch, service_pids
+from tests.hub_api_support import USREVIEW, HubRun, Site, service_pids
 from usreview.envelope import KeyRing, PublicKeys, load_public_keys, seal_file, unseal_file
 from usreview.ingest import verify_receipt
 from usreview.store import Archive, Reviewer
 
 pytestmark = pytest.mark.slow
 
-# The issue asks for 40 kill -9 iterations; a restart answers in about 2 s on two cores
-# (up to 8 s while the hub's processing of the stream competes for them).
+# The issue asks for 40 kill -9 iterations; the hub's restart answers in about 3 s on two
+# cores (a second to notice, then the service's start; longer while the hub's processing
+# of the stream competes for them).
 MIN_KILLS, MAX_KILLS, BUDGET = 40, 40, 60.0
 
 
@@ -130,7 +128,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubRun]:
 
 def _dead(pid: int) -> bool:
     """Gone, or a zombie: its port, files and lock are released; only its parent's
-    ``wait`` is missing (the hub reaps the copies it started at its next poll)."""
+    ``wait`` is missing (the hub reaps the service at its next check)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -145,9 +143,6 @@ def _kill(pids: list[int]) -> None:
     deadline = time.monotonic() + 10
     while not all(_dead(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:  # reap our own
-            pass
 
 
 def test_kill_minus_9_during_uploads_loses_no_acknowledged_instance(hub: HubRun) -> None:
@@ -160,9 +155,7 @@ def test_kill_minus_9_during_uploads_loses_no_acknowledged_instance(hub: HubRun)
     hub_public = load_public_keys(hub.state / "hub.pub")
     template = pydicom.dcmread(simulate("bmode", folder / "template", seed=3)[0])
     stream = Stream(hub, site, hub_public, template, folder)
-    command, env, cwd = service_launch(service_pids(hub.state)[0])
     sender = threading.Thread(target=stream.run, daemon=True)
-    ours: list[subprocess.Popen[bytes]] = []
     kills, restarts = 0, []
     started = time.monotonic()
     sender.start()
@@ -171,22 +164,12 @@ def test_kill_minus_9_during_uploads_loses_no_acknowledged_instance(hub: HubRun)
             time.sleep(rng.uniform(0.05, 1.2))  # kill at a random point of the stream
             _kill(service_pids(hub.state))
             kills += 1
-            with (hub.root / "service.log").open("ab") as log:
-                ours.append(
-                    subprocess.Popen(
-                        command, env=env, cwd=cwd, stdout=log, stderr=log, start_new_session=True
-                    )
-                )
             restarts.append(hub.wait_for_service(timeout=60))
         acked_during = len(stream.acked)
         time.sleep(1.0)  # a last stretch without kills
     finally:
         stream.stop.set()
         sender.join(60)
-        for process in ours:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(30)
     elapsed = time.monotonic() - started
     print(
         f"{kills} kills in {elapsed:.1f} s, restart {min(restarts):.2f}-{max(restarts):.2f} s, "

@@ -10,7 +10,9 @@
 - the SQLite database, cookie secret and PID files in the state directory;
 - the authenticator (:mod:`usreview.hub.auth`), the groups from the accounts
   registry, the roles and custom scopes of :mod:`usreview.hub.roles`;
-- the hub-managed ``usreview`` service and the API-only ``usreview-admin`` service;
+- the hub-managed ``usreview`` service and the API-only ``usreview-admin`` service; the
+  hub checks its managed services every :data:`SERVICE_POLL_SECONDS` and starts one that
+  exited again (:func:`poll_services_every`);
 - the hub-managed ``usreview-worker`` (:mod:`usreview.processing.worker`): it processes
   every stored instance and publishes the results to its site. A process of its own,
   not a thread of the service: a crashing or memory-hungry processor cannot take the
@@ -60,6 +62,9 @@ _DEFAULT_PORT = 8000
 _LOOPBACK = "127.0.0.1"
 #: Name of the hub-managed processing worker (no URL, no scopes).
 WORKER_SERVICE = "usreview-worker"
+#: Seconds between JupyterHub's checks that each managed service still runs; one that has
+#: exited is started again at the next check (JupyterHub's own interval is 30 s).
+SERVICE_POLL_SECONDS = 1
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,7 @@ def configure(
     }
 
     # Services.
+    poll_services_every(SERVICE_POLL_SECONDS)
     c.JupyterHub.services = [
         {
             "name": SERVICE,
@@ -209,6 +215,31 @@ def configure(
         {"public_url": public_url, "api_url": api_url, "tls_cert": str(cert) if cert else None}
     )
     return Endpoints(public_url=public_url, api_url=api_url, tls_cert=cert, state=hub_state)
+
+
+def poll_services_every(seconds: int) -> None:
+    """Make JupyterHub check its managed services' processes every ``seconds``.
+
+    JupyterHub starts a managed service again when a check finds it exited, but checks
+    every 30 s and has no setting for it (it builds the services' spawner without
+    configuration): a crashed usreview service would leave the sites without an API for
+    up to half a minute. The spawner class JupyterHub builds them from is replaced, in this
+    process, by a subclass with a shorter ``poll_interval`` (a check is one ``waitpid``).
+    ``tests/test_hub_service_processes.py`` checks that the hub starts a killed service
+    again within seconds, so a JupyterHub release that renames the class is noticed.
+    """
+    from jupyterhub.services import service
+    from traitlets import Integer
+
+    base: Any = service._ServiceSpawner
+    if getattr(base, "usreview_poll_seconds", None) == seconds:
+        return
+
+    class PolledServiceSpawner(base):  # type: ignore[misc,valid-type]
+        usreview_poll_seconds = seconds
+        poll_interval = Integer(seconds)
+
+    service._ServiceSpawner = PolledServiceSpawner
 
 
 def _port(value: object) -> int:
