@@ -30,31 +30,6 @@ from typing import Any
 from usreview.errors import UsreviewError
 from usreview.hub.state import HubState, open_state
 
-__all__ = [
-    "DEFAULT_HUB_PORT",
-    "RESULT_KIND",
-    "REVIEWER",
-    "SCANNER_AE",
-    "SITES",
-    "USREVIEW",
-    "Child",
-    "DemoError",
-    "DemoSite",
-    "HubProcess",
-    "StoreOutcome",
-    "c_store",
-    "enroll_site",
-    "free_port",
-    "held_at_hub",
-    "in_outbox",
-    "measure_stored",
-    "port_free",
-    "publish_measurements",
-    "set_toml_value",
-    "start_gateway",
-    "wait_for_port",
-]
-
 DEFAULT_HUB_PORT = 8000
 SCANNER_AE = "DEMOSCANNER"
 REVIEWER = "reviewer"
