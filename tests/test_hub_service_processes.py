@@ -24,12 +24,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.hub_api_support import HubRun, Site, service_pids, shown_once
+from tests.hub_api_support import HubRun, Site, service_pids
 from tests.site_helpers import alive, wait_until
+from usreview.demo import enroll_site, free_port
 from usreview.envelope import load_private_keys, load_public_keys, seal_file
+from usreview.hub.state import HubState
 from usreview.ingest import verify_receipt
 from usreview.simulate import simulate
-from usreview.site import SiteConfig, init_site, load_config
+from usreview.site import SiteConfig, load_config
 from usreview.site.client import HubClient
 from usreview.site.errors import HubUnreachableError
 
@@ -100,15 +102,11 @@ def _send(hub: HubRun, site: Site, uploads: list[tuple[str, bytes]]) -> list[str
 
 
 def _enrolled(hub: HubRun, name: str, folder: Path) -> tuple[Site, SiteConfig]:
-    """A site made with ``usreview site init`` and added to the hub, with its config."""
-    made = init_site(
-        name, hub.url, folder / name, hub_certificate=hub.cert, hub_public_key=hub.state / "hub.pub"
+    """A site enrolled as the demo enrolls one (``site init``, ``hub add-site``)."""
+    config = load_config(
+        enroll_site(HubState(hub.state), hub.url, name, folder / name, port=free_port())
     )
-    token = shown_once(hub.cli("add-site", name, "--public-key", str(made.public_key)))
-    config = load_config(made.config)
-    config.token_file.write_text(token + "\n")
-    config.token_file.chmod(0o600)
-    return Site(name, token, load_private_keys(config.private_key)), config
+    return Site(name, config.read_token(), load_private_keys(config.private_key)), config
 
 
 def _held(hub: HubRun, site: Site) -> set[str]:

@@ -119,10 +119,12 @@ def json_flag(text: str) -> Arg:
     return arg("--json", action="store_true", help=text)
 
 
+#: Suffixes of a duration argument and their seconds.
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration(text: str) -> int:
+    """An argument type: ``3600``, ``90m``, ``12h`` or ``7d`` as seconds (more than 0)."""
     unit = DURATION_UNITS.get(text[-1:].lower()) if text[-1:].isalpha() else 1
     number = text[:-1] if text[-1:].isalpha() else text
     if unit is None or not number.isdigit() or int(number) == 0:
@@ -133,6 +135,7 @@ def duration(text: str) -> int:
 
 
 def grace(text: str) -> int:
+    """An argument type: a :func:`duration`, or ``0`` for none."""
     return 0 if text.strip() == "0" else duration(text)
 
 
