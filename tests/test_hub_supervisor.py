@@ -51,12 +51,15 @@ def _wait(condition: object, timeout: float = 20.0) -> None:
 def _supervisor(
     tmp_path: Path, failing: int = -1
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A running supervisor of 2 workers; with ``failing``, that worker exits with 1 (the
+    other may then be stopped before it wrote its line, so none is waited for)."""
     log = tmp_path / "workers.log"
     process = subprocess.Popen(
         [sys.executable, "-c", _SUPERVISOR, str(log), str(failing)], stderr=subprocess.PIPE
     )
     try:
-        _wait(lambda: len(_started(log)) == 2)
+        if failing < 0:
+            _wait(lambda: len(_started(log)) == 2)
         yield process, log
     finally:
         if process.poll() is None:
@@ -103,8 +106,10 @@ def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None
         assert supervisor.wait(timeout=20) == 1
         assert supervisor.stderr is not None
         assert "worker cannot start" in supervisor.stderr.read().decode()
-        assert len(_started(log)) == 2  # not started again
-        _wait(lambda: not any(alive(pid) for _, pid in _started(log)))
+        started = _started(log)
+        # Each worker started at most once (the failing one not again), the failing one once.
+        assert sorted(index for index, _ in started) in ([1], [0, 1]), started
+        _wait(lambda: not any(alive(pid) for _, pid in started))
 
 
 def test_at_least_one_process() -> None:
