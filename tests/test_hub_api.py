@@ -259,12 +259,17 @@ def test_a_reviewer_lists_the_study_and_downloads_the_dicom(
     assert [i["sop_instance_uid"] for i in instances] == [uid_of(study[0])]
     assert detail["history"][0]["status"] == "received"
 
+    def plaintext_files() -> list[Path]:
+        return [p for p in (hub.state / "quarantine").rglob("*") if not p.is_dir()]
+
     for uid, plaintext in world.stored.items():
-        download = hub.get(f"/instances/{uid}", world.reviewer)
-        assert download.status_code == 200, download.text
-        assert download.headers["Content-Type"] == "application/dicom"
-        assert download.content == plaintext
-    assert [p for p in (hub.state / "quarantine").rglob("*") if not p.is_dir()] == []
+        with hub.get(f"/instances/{uid}", world.reviewer, stream=True) as download:
+            assert download.status_code == 200
+            # The opened plaintext is read from an unlinked file while it streams.
+            assert plaintext_files() == []
+            assert download.headers["Content-Type"] == "application/dicom"
+            assert download.content == plaintext
+    assert plaintext_files() == []
 
 
 def test_another_site_and_a_trainee_see_nothing(world: World, study: list[Path]) -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import secrets
@@ -51,10 +50,9 @@ from typing import cast
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from usreview.envelope import PrivateKeys, load_private_keys, unseal
-from usreview.envelope.format import read_header
-from usreview.envelope.stream import Source
+from usreview.envelope import PrivateKeys, load_private_keys
 from usreview.errors import InputError, UsreviewError
+from usreview.hub.api.plaintext import open_stored
 from usreview.hub.api.publish import publish_result
 from usreview.hub.api.settings import ServiceSettings
 from usreview.hub.api.sitekeys import SiteKeyFiles
@@ -73,7 +71,7 @@ from usreview.processing.supersede import Planned, plan_publication
 from usreview.store import Archive, CorruptObjectError, Reviewer, StorageError
 from usreview.store.jobs import JobQueue, JobRecord, Lease, LeaseLostError, RetryPolicy
 
-__all__ = ["ACTOR", "DERIVED_KIND", "Worker", "main", "open_stored_instance"]
+__all__ = ["ACTOR", "DERIVED_KIND", "Worker", "main"]
 
 #: Who the worker is in the audit log and the study history.
 ACTOR = "processing"
@@ -174,6 +172,19 @@ class Worker:
 
     # -- steps -------------------------------------------------------------------------
 
+    def _open(self, sop_instance_uid: str, out: Path) -> None:
+        """Open the stored instance into the new file ``out`` (:func:`open_stored`)."""
+        reviewer = Reviewer(ACTOR)
+        record = self.archive.get(reviewer, sop_instance_uid)
+        open_stored(
+            self.archive,
+            reviewer,
+            record,
+            out,
+            hub_keys=self._hub_keys,
+            site_keys=self._site_keys,
+        )
+
     def _fill(self) -> bool:
         claimed = False
         while len(self._running) < self.executor.slots:
@@ -183,9 +194,7 @@ class Worker:
             claimed = True
             path = self._scratch.path(lease.job.id)
             try:
-                open_stored_instance(
-                    self.archive, self._hub_keys, self._site_keys, lease.job.sop_instance_uid, path
-                )
+                self._open(lease.job.sop_instance_uid, path)
                 handle = self.executor.submit(path)
             except Exception as exc:
                 path.unlink(missing_ok=True)
@@ -263,7 +272,7 @@ class Worker:
         def header(uid: str) -> Dataset:
             path = self._scratch.folder / f"job-{job.id}-header.dcm"
             try:
-                open_stored_instance(self.archive, self._hub_keys, self._site_keys, uid, path)
+                self._open(uid, path)
                 return dcmread(path, stop_before_pixels=True)
             finally:
                 path.unlink(missing_ok=True)
@@ -321,39 +330,6 @@ def _label(item: Planned, *, study: bool = False) -> str:
         if item.supersedes is None
         else ", not reviewed; replaces an earlier version"
     )
-
-
-def open_stored_instance(
-    archive: Archive,
-    hub_keys: PrivateKeys,
-    site_keys: SiteKeyFiles,
-    sop_instance_uid: str,
-    out: Path,
-) -> None:
-    """Open the stored envelope of ``sop_instance_uid`` into the new file ``out``.
-
-    Raises
-    ------
-    CorruptObjectError
-        No key for its site, the envelope does not open, or its plaintext changed.
-    """
-    record = archive.get(Reviewer(ACTOR), sop_instance_uid)
-    try:
-        ring = site_keys.stored_ring(record.site)
-    except KeyError:
-        raise CorruptObjectError(f"site {record.site} has no key to open its instances") from None
-    with archive.open_envelope(Reviewer(ACTOR), sop_instance_uid) as src:
-        header, _ = read_header(src)
-        src.seek(0)
-        try:  # the archive vouches that it was valid when stored: open it as of then
-            unseal(cast(Source, src), out, recipient=hub_keys, keyring=ring, now=header.not_before)
-        except Exception as exc:
-            raise CorruptObjectError(f"the stored envelope does not open ({exc})") from exc
-    with open(out, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    if digest != record.plaintext_sha256:
-        out.unlink()
-        raise CorruptObjectError(f"the stored instance {sop_instance_uid} has changed")
 
 
 class _Scratch:

@@ -6,8 +6,8 @@ analyses and processing, the study-level evaluation, history, claim, reports),
 display frame as PNG, rendered once: :mod:`usreview.hub.api.frames`) and
 ``GET /instances/{uid}/analysis``. A reviewer restricted to some sites reads only theirs
 (:meth:`usreview.store.review.ReviewStore.reviewer`). An instance is stored as the site's
-envelope; reading it opens the envelope with the hub's key into the quarantine folder,
-checks the plaintext against the hash recorded at ingest, streams it, and removes it. The
+envelope; reading it opens the envelope into the quarantine folder
+(:mod:`usreview.hub.api.plaintext`), removes the file once it is open, and streams it. The
 study-level evaluation (:func:`study_evaluation`) is the study rule applied to the
 instances' latest analyses, as the processing worker applies it, with the current
 version of the study summary it sent the site. The read is audited before any byte
@@ -18,21 +18,18 @@ the 404 of a missing study or instance.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from usreview.envelope import unseal
-from usreview.envelope.format import read_header
-from usreview.envelope.stream import Source
 from usreview.hub.api.base import BaseHandler, check_uid
 from usreview.hub.api.errors import ApiError, not_found
 from usreview.hub.api.frames import FRAMES
+from usreview.hub.api.plaintext import open_stored
 from usreview.hub.api.views import (
     entry_view,
     instance_view,
@@ -44,7 +41,6 @@ from usreview.processing.recommendations.study import SRU_ICA_CCA, evaluate_stud
 from usreview.processing.study_results import VERSION as STUDY_RULE_VERSION
 from usreview.processing.study_results import evaluation_signature
 from usreview.store import (
-    CorruptObjectError,
     InstanceRecord,
     ResultFeed,
     Reviewer,
@@ -273,7 +269,9 @@ def study_evaluation(
 
 
 def open_instance(context: ServiceContext, reviewer: Reviewer, record: InstanceRecord) -> Path:
-    """Open the stored envelope of ``record`` into a new quarantine file; return its path.
+    """Open the stored instance ``record`` into a new quarantine file; return its path.
+
+    See :func:`~usreview.hub.api.plaintext.open_stored`; the caller removes the file.
 
     Raises
     ------
@@ -281,31 +279,14 @@ def open_instance(context: ServiceContext, reviewer: Reviewer, record: InstanceR
         The envelope does not open or its plaintext is not what was stored.
     """
     out = context.ingestor.quarantine_dir / f"{secrets.token_hex(16)}.read"
-    try:
-        ring = context.site_keys.stored_ring(record.site)
-    except KeyError:
-        raise CorruptObjectError(f"site {record.site} has no key to open its instances") from None
-    with context.archive.open_envelope(reviewer, record.sop_instance_uid) as src:
-        header, _ = read_header(src)
-        src.seek(0)
-        # The archive vouches that it was valid when stored: open it as of then.
-        try:
-            unseal(
-                cast(Source, src),  # a buffered file: it has readinto
-                out,
-                recipient=context.ingestor.hub_keys,
-                keyring=ring,
-                now=header.not_before,
-            )
-        except Exception as exc:
-            raise CorruptObjectError(
-                f"the stored envelope of {record.sop_instance_uid} does not open ({exc})"
-            ) from exc
-    with open(out, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    if digest != record.plaintext_sha256:
-        out.unlink()
-        raise CorruptObjectError(f"the stored instance {record.sop_instance_uid} has changed")
+    open_stored(
+        context.archive,
+        reviewer,
+        record,
+        out,
+        hub_keys=context.ingestor.hub_keys,
+        site_keys=context.site_keys,
+    )
     return out
 
 
@@ -317,7 +298,8 @@ async def send_instance(handler: BaseHandler, sop_instance_uid: str) -> None:
         raise not_found(*hide)
     record = await handler.blocking(handler.context.archive.get, reviewer, sop_instance_uid)
     path = await handler.blocking(open_instance, handler.context, reviewer, record)
-    try:
+    with open(path, "rb") as f:
+        path.unlink()  # read from the open file: no plaintext left however the answer ends
         await handler.audit(
             AuditAction.READ,
             detail={"site": record.site, "study": record.study_instance_uid, "size": record.size},
@@ -327,14 +309,10 @@ async def send_instance(handler: BaseHandler, sop_instance_uid: str) -> None:
         handler.set_header(
             "Content-Disposition", f'attachment; filename="{record.sop_instance_uid}.dcm"'
         )
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                handler.write(chunk)
-                await handler.flush()
+        while chunk := f.read(_CHUNK):
+            handler.write(chunk)
+            await handler.flush()
         handler.finish()
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def _etags(header: str) -> set[str]:
