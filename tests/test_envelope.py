@@ -8,6 +8,8 @@ import io
 import os
 import random
 import tempfile
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -205,6 +207,67 @@ def test_short_reads(alice: PrivateKeys, bob: PrivateKeys, ring: KeyRing, tmp_pa
     seal(_Trickle(data), out, sender=alice, recipients=[bob.public], now=NOW)
     unseal(_Trickle(out.getvalue()), tmp_path / "o", recipient=bob, keyring=ring, now=NOW)
     assert (tmp_path / "o").read_bytes() == data
+
+
+def test_threads_at_once_each_get_their_own_payload(
+    alice: PrivateKeys, bob: PrivateKeys, ring: KeyRing, tmp_path: Path
+) -> None:
+    """Each thread reuses its own batch buffers: streams in parallel never mix."""
+    sizes = [0, 1, CHUNK_SIZE, 3 * CHUNK_SIZE + 7, 17 * CHUNK_SIZE + 3, 40 * CHUNK_SIZE + 1]
+
+    def round_trip(n: int) -> bool:
+        ok = True
+        for k, size in enumerate(sizes):
+            data = payload(size, seed=100 * n + k)
+            env = make(data, alice, bob)
+            out = tmp_path / f"{n}-{k}"
+            unseal(io.BytesIO(env), out, recipient=bob, keyring=ring, now=NOW + 60)
+            ok &= out.read_bytes() == data
+        return ok
+
+    with ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(round_trip, range(12)))
+
+
+def test_a_stream_inside_a_stream_gets_its_own_buffers(
+    alice: PrivateKeys, bob: PrivateKeys, ring: KeyRing, tmp_path: Path
+) -> None:
+    """A sink that seals something else while it is written to (same thread)."""
+    inner_data, outer_data = payload(2 * CHUNK_SIZE + 9, 1), payload(20 * CHUNK_SIZE + 5, 2)
+    inner: list[bytes] = []
+
+    class SealingSink(io.BytesIO):
+        def write(self, data: bytes | memoryview) -> int:  # type: ignore[override]
+            inner.append(make(inner_data, alice, bob))
+            return super().write(data)
+
+    outer = SealingSink()
+    seal(io.BytesIO(outer_data), outer, sender=alice, recipients=[bob.public], now=NOW)
+    assert open_bytes(outer.getvalue(), tmp_path, bob, ring) == outer_data
+    assert len(inner) >= 2
+    for n, env in enumerate(inner):
+        (tmp_path / str(n)).mkdir()
+        assert open_bytes(env, tmp_path / str(n), bob, ring) == inner_data
+
+
+def test_a_thread_allocates_its_batch_buffers_once(
+    alice: PrivateKeys, bob: PrivateKeys, ring: KeyRing, tmp_path: Path
+) -> None:
+    """Allocating 3 MiB per envelope cost more than opening a 300 KB one."""
+    data = payload(300_000)
+    env = make(data, alice, bob)  # this thread's buffers exist from here on
+    tracemalloc.start()
+    try:
+        for n in range(5):
+            again = make(data, alice, bob)
+            out = tmp_path / f"o{n}"
+            unseal(io.BytesIO(again), out, recipient=bob, keyring=ring, now=NOW + 60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert open_bytes(env, tmp_path, bob, ring) == data
+    # the envelope and its copies are about 1.5 MB; one set of buffers alone is 3 MiB
+    assert peak < 2 * 1024**2, f"peak {peak} bytes"
 
 
 @pytest.mark.slow
