@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+import usreview.store.archive as archive_module
 from tests.test_store import (  # noqa: F401  (fixtures: db_url needs postgres_server)
     Clock,
     db_url,
@@ -112,15 +113,17 @@ def test_one_failing_put_does_not_fail_the_others_of_its_batch(
 ) -> None:
     _hold_first_commit(archive, monkeypatch, PUTS - 1)
     bad = meta(3, study=9).sop_instance_uid
-    insert = archive._insert
+    insert = archive_module.insert_rows
 
-    def insert_then_fail(conn: Any, site: str, metadata: InstanceMetadata, written: Any) -> Any:
-        result = insert(conn, site, metadata, written)
+    def insert_then_fail(
+        conn: Any, site: str, metadata: InstanceMetadata, written: Any, now: Any
+    ) -> Any:
+        result = insert(conn, site, metadata, written, now)
         if metadata.sop_instance_uid == bad:  # its rows are in; now a statement fails
             conn.exec_driver_sql("SELECT * FROM no_such_table")
         return result
 
-    monkeypatch.setattr(archive, "_insert", insert_then_fail)
+    monkeypatch.setattr(archive_module, "insert_rows", insert_then_fail)
     # The bad put shares its study with a good one, and comes first or later in the batch.
     puts = [("site-a", meta(n, study=9 if n in (3, 5) else n)) for n in range(PUTS)]
     outcomes = _put_all(archive, puts)
