@@ -36,6 +36,7 @@ from usreview.envelope import (
     unseal_file,
 )
 from usreview.hub.api import publish_result
+from usreview.hub.conflicts import ACTOR
 from usreview.hub.state import HubState
 from usreview.ingest import verify_receipt
 from usreview.store import Archive, Reviewer
@@ -370,6 +371,60 @@ def test_results_reach_only_their_addressees(world: World, study: list[Path]) ->
     world.results["sitea"].append(both)
     error(world.hub.get("/results?cursor=-1", world.a.token), 400, "bad_request")
     error(world.hub.get("/results?wait=3600", world.a.token), 400, "bad_request")
+
+
+# -- administration ----------------------------------------------------------------------
+
+
+def _conflicts(world: World, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*USREVIEW, "hub", "conflicts", *args, "--state", str(world.hub.state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_an_administrator_exports_and_resolves_a_conflict(world: World, study: list[Path]) -> None:
+    """The 409 of ``test_different_bytes_under_a_stored_uid_conflict``, kept aside."""
+    uid = uid_of(study[0])
+    listed = _conflicts(world)
+    assert listed.returncode == 0, listed.stderr
+    [line] = listed.stdout.splitlines()
+    conflict_id, _, site, sop_uid, reason = line.split("\t")
+    assert (site, sop_uid) == ("sitea", uid)
+    assert reason == "different content under this SOP Instance UID"
+
+    out = world.folder / "conflict-export"
+    exported = _conflicts(world, "--export", conflict_id, "--to", str(out))
+    assert exported.returncode == 0, exported.stderr
+    kept, stored = out / f"conflict-{conflict_id}.dcm", out / f"stored-{conflict_id}.dcm"
+    assert stored.read_bytes() == world.stored[uid]
+    assert pydicom.dcmread(kept).ImageComments == "changed after sending"
+    assert pydicom.dcmread(kept).SOPInstanceUID == uid
+    assert {p.stat().st_mode & 0o777 for p in (kept, stored)} == {0o600}
+    again = _conflicts(world, "--export", conflict_id, "--to", str(out))
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr, again.stderr
+    assert "Traceback" not in again.stderr
+    missing = _conflicts(world, "--export", "9999", "--to", str(out))
+    assert missing.returncode == 1 and "no conflict 9999" in missing.stderr
+
+    assert _conflicts(world, "--resolve", conflict_id).returncode == 2  # no --note
+    resolved = _conflicts(world, "--resolve", conflict_id, "--note", "scanner re-sent; kept first")
+    assert resolved.returncode == 0, resolved.stderr
+    assert _conflicts(world).stdout == ""
+    [line] = _conflicts(world, "--all").stdout.splitlines()
+    assert line.endswith("\tresolved: scanner re-sent; kept first")
+
+    import json
+
+    audit = [json.loads(x) for x in (world.hub.state / "audit.log").read_text().splitlines()]
+    mine = [(a["action"], a["resource"], a["outcome"]) for a in audit if a["actor"] == ACTOR]
+    assert ("export", f"conflicts/{conflict_id}", "exported") in mine
+    assert ("export", f"instances/{uid}", "exported") in mine
+    assert ("admin", f"conflicts/{conflict_id}", "resolved") in mine
+    assert ("read", "conflicts", "listed") in mine
 
 
 # -- audit -------------------------------------------------------------------------------

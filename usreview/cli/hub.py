@@ -250,14 +250,12 @@ _HUB_WORKER = Command(
 
 
 def _cmd_hub_jobs(args: argparse.Namespace) -> int:
-    from usreview.hub.api.settings import ServiceSettings
+    from usreview.hub.api.settings import open_archive
     from usreview.hub.state import open_state
-    from usreview.store import Archive
     from usreview.store.jobs import JobStatus
 
     state = open_state(_state_dir(args))
-    settings = ServiceSettings.from_state(state.root)
-    with Archive.open(settings.database_url or None, state.root / "archive") as archive:
+    with open_archive(state.root) as archive:
         if args.backfill:
             made = archive.jobs.backfill()
             print(f"{made} instance(s) without a processing job queued")
@@ -311,6 +309,64 @@ _HUB_JOBS = Command(
 )
 
 
+def _cmd_hub_conflicts(args: argparse.Namespace) -> int:
+    from usreview.hub import conflicts
+
+    state = _state_dir(args)
+    if args.export is not None:
+        exported = conflicts.export_conflict(state, args.export, args.to)
+        print(f"conflict {args.export} ({exported.conflict.site}): {exported.kept}")
+        if exported.stored is not None:
+            print(f"stored under {exported.conflict.sop_instance_uid}: {exported.stored}")
+        else:
+            print(f"nothing is stored under {exported.conflict.sop_instance_uid}")
+        return 0
+    if args.resolve is not None:
+        resolved = conflicts.resolve_conflict(state, args.resolve, args.note or "")
+        print(f"conflict {resolved.id} resolved: {resolved.resolution}")
+        return 0
+    if args.note is not None:
+        from usreview.errors import InputError
+
+        raise InputError("--note goes with --resolve ID")
+    for c in conflicts.list_conflicts(state, every=args.all):
+        received = c.received_at.isoformat(timespec="seconds")
+        print(
+            f"{c.id}\t{received}\t{c.site}\t{c.sop_instance_uid}\t{c.reason}"
+            + (f"\tresolved: {c.resolution}" if c.resolved_at is not None else "")
+        )
+    return 0
+
+
+_HUB_CONFLICTS = Command(
+    "conflicts",
+    help="list the uploads kept aside as conflicts, export one to compare, resolve it",
+    handler=_cmd_hub_conflicts,
+    description="A site that sends other content under a stored SOP Instance UID (or a "
+    "UID another site or study holds) is answered 409 and its envelope is kept aside, "
+    "never overwriting. One line per unresolved conflict: id, received, site, SOP "
+    "Instance UID, reason (tab-separated). --export ID writes the kept instance to "
+    "DIR/conflict-ID.dcm and the one stored under its UID, if any, to DIR/stored-ID.dcm; "
+    "--resolve ID --note TEXT records the decision (the envelope stays kept). Audited.",
+    args=(
+        one_of(
+            arg("--all", action="store_true", help="list the resolved conflicts too"),
+            arg("--export", type=int, metavar="ID", help="write conflict ID's DICOM files"),
+            arg("--resolve", type=int, metavar="ID", help="mark conflict ID resolved"),
+        ),
+        arg(
+            "--to",
+            type=Path,
+            default=Path("."),
+            metavar="DIR",
+            help="with --export: the folder to write into (default: the current folder)",
+        ),
+        arg("--note", metavar="TEXT", help="with --resolve: what was decided"),
+        _state(),
+    ),
+)
+
+
 _HUB = Command(
     "hub",
     help="run the JupyterHub of the hub, and add its users and sites",
@@ -338,7 +394,15 @@ _HUB = Command(
         arg("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)"),
         arg("--no-tls", action="store_true", help="serve plain HTTP (loopback addresses only)"),
     ),
-    actions=(_HUB_ADD_USER, _HUB_REVIEWER_SITES, _HUB_ADD_SITE, _HUB_AUDIT, _HUB_WORKER, _HUB_JOBS),
+    actions=(
+        _HUB_ADD_USER,
+        _HUB_REVIEWER_SITES,
+        _HUB_ADD_SITE,
+        _HUB_AUDIT,
+        _HUB_WORKER,
+        _HUB_JOBS,
+        _HUB_CONFLICTS,
+    ),
 )
 
 

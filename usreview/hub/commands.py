@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from usreview.envelope import load_public_keys
 from usreview.envelope.atomic import write_new_file
@@ -29,9 +28,6 @@ from usreview.hub.errors import AccountError, HubUnavailableError
 from usreview.hub.passwords import generate_password, hash_password
 from usreview.hub.roles import PERSON_ROLES, SITE_GROUP, SITE_TOKEN_SCOPES, group_for_role
 from usreview.hub.state import HubState, open_state
-
-if TYPE_CHECKING:
-    from usreview.store import Archive
 
 __all__ = [
     "NewPerson",
@@ -248,12 +244,15 @@ def reviewer_sites(
     if name not in groups["reviewers"] and name not in groups["admins"]:
         raise AccountError(f"{name!r} is not a registered reviewer")
     if sites is None and not every:
-        with _archive(hub_state) as archive:
+        from usreview.hub.api.settings import open_archive  # the API: slow to import
+
+        with open_archive(hub_state.root) as archive:
             return archive.review.reviewer(name).sites
     return _restrict(hub_state, name, None if every else sites)
 
 
 def _restrict(state: HubState, name: str, sites: Sequence[str] | None) -> frozenset[str] | None:
+    from usreview.hub.api.settings import open_archive
     from usreview.hub.audit import AuditAction, AuditLog
 
     for site in sites or ():
@@ -261,7 +260,7 @@ def _restrict(state: HubState, name: str, sites: Sequence[str] | None) -> frozen
     if sites is not None and not sites:
         raise AccountError("give at least one site, or every site")
     actor = "usreview hub reviewer-sites"
-    with _archive(state) as archive:
+    with open_archive(state.root) as archive:
         reviewer = archive.review.restrict(name, sites, actor=actor)
     chosen = None if reviewer.sites is None else sorted(reviewer.sites)
     AuditLog(state.audit_log, state.audit_key.read_bytes()).record(
@@ -269,14 +268,6 @@ def _restrict(state: HubState, name: str, sites: Sequence[str] | None) -> frozen
         detail={"sites": chosen},
     )  # fmt: skip
     return reviewer.sites
-
-
-def _archive(state: HubState) -> Archive:
-    from usreview.hub.api.settings import ServiceSettings
-    from usreview.store import Archive
-
-    settings = ServiceSettings.from_state(state.root)
-    return Archive.open(settings.database_url or None, state.root / "archive")
 
 
 def _api(state: HubState) -> HubApi | None:

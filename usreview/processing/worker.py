@@ -54,7 +54,7 @@ from usreview.envelope import PrivateKeys, load_private_keys
 from usreview.errors import InputError, UsreviewError
 from usreview.hub.api.plaintext import open_stored
 from usreview.hub.api.publish import publish_result
-from usreview.hub.api.settings import ServiceSettings
+from usreview.hub.api.settings import ServiceSettings, open_archive
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.audit import AuditLog
 from usreview.hub.state import HubState, open_state, state_from_env
@@ -399,7 +399,7 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
         if args.scheduler
         else LocalExecutor(args.processes, task)
     )
-    archive = Archive.open(settings.database_url or None, state.root / "archive")
+    archive = open_archive(state.root, settings)
     worker: Worker | None = None
     try:
         worker = Worker(

@@ -538,18 +538,41 @@ class Archive:
         with _guard("reading the archive"), Session(self._engine) as session:
             return [conflict_record(row, name) for row, name in session.execute(stmt)]
 
+    def conflict(self, conflict_id: int) -> ConflictRecord:
+        """The conflict ``conflict_id``, resolved or not.
+
+        Raises
+        ------
+        NotFoundError
+            No such conflict.
+        """
+        with _guard("reading the archive"), Session(self._engine) as session:
+            row, name = _find_conflict(session, conflict_id)
+            return conflict_record(row, name)
+
+    def open_conflict(self, conflict_id: int) -> BinaryIO:
+        """Open the envelope kept aside as conflict ``conflict_id`` for reading.
+
+        Raises
+        ------
+        NotFoundError
+            No such conflict.
+        CorruptObjectError
+            Its envelope is missing.
+        """
+        record = self.conflict(conflict_id)
+        try:
+            return self._objects.open(record.object_key)
+        except FileNotFoundError:
+            raise CorruptObjectError(
+                f"the envelope of conflict {conflict_id} is missing from the archive; run fsck"
+            ) from None
+
     def resolve_conflict(self, conflict_id: int, resolution: str) -> ConflictRecord:
         """Mark a conflict resolved with an administrator's note; its envelope stays kept."""
         now = self._clock()
         with _guard("resolving a conflict"), Session(self._writer) as session, session.begin():
-            found = session.execute(
-                select(ConflictRow, SiteRow.name)
-                .join(SiteRow, ConflictRow.site_id == SiteRow.id)
-                .where(ConflictRow.id == conflict_id)
-            ).one_or_none()
-            if found is None:
-                raise NotFoundError(f"no conflict {conflict_id}")
-            row, name = found
+            row, name = _find_conflict(session, conflict_id)
             row.resolved_at = now
             row.resolution = resolution
             session.flush()
@@ -644,6 +667,17 @@ def _source(envelope: str | os.PathLike[str] | bytes) -> Path | bytes:
     if not path.is_file():
         raise InvalidMetadataError(f"envelope: no such file {path}")
     return path
+
+
+def _find_conflict(session: Session, conflict_id: int) -> tuple[ConflictRow, str]:
+    found = session.execute(
+        select(ConflictRow, SiteRow.name)
+        .join(SiteRow, ConflictRow.site_id == SiteRow.id)
+        .where(ConflictRow.id == conflict_id)
+    ).one_or_none()
+    if found is None:
+        raise NotFoundError(f"no conflict {conflict_id}")
+    return found[0], found[1]
 
 
 def _site_row(session: Session, name: str, now: datetime) -> SiteRow:

@@ -52,7 +52,7 @@ from usreview.hub.api.handlers_teaching import (
     TeachingInstanceHandler,
 )
 from usreview.hub.api.handlers_upload import InstanceHandler
-from usreview.hub.api.settings import ServiceSettings
+from usreview.hub.api.settings import ServiceSettings, open_archive
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.api.worklist_cache import WorklistCache
 from usreview.hub.audit import AuditAction, AuditLog, RefusalLimiter
@@ -151,7 +151,7 @@ def open_context(
         undo.callback(os.close, lock_fd)
         pool = WorkerPool(settings.parse_workers, timeout=settings.parse_timeout)
         undo.callback(pool.close)
-        archive = Archive.open(settings.database_url or None, state.root / "archive")
+        archive = open_archive(state.root, settings)
         undo.callback(archive.close)
         if worker is None:
             detail = _recover(state, archive)
@@ -207,7 +207,7 @@ def recover_shared_state(
     lock_fd = _lock(state.root / "service.lock")
     with contextlib.ExitStack() as undo:
         undo.callback(os.close, lock_fd)
-        with Archive.open(settings.database_url or None, state.root / "archive") as archive:
+        with open_archive(state.root, settings) as archive:
             detail = _recover(state, archive)
         _quarantine(state)
         _spool(state)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from traitlets import Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
@@ -20,7 +20,10 @@ from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader
 
 from usreview.hub.errors import StateError
 
-__all__ = ["CONFIG_FILE", "DATABASE_URL_ENV", "ServiceSettings"]
+if TYPE_CHECKING:
+    from usreview.store import Archive
+
+__all__ = ["CONFIG_FILE", "DATABASE_URL_ENV", "ServiceSettings", "open_archive"]
 
 CONFIG_FILE = "service_config.json"
 #: At most this many service processes unless configured.
@@ -169,3 +172,14 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
             return cls(config=config)
         except TraitError as exc:
             raise StateError(f"{path}: invalid ServiceSettings value ({exc})") from None
+
+
+def open_archive(root: Path, settings: ServiceSettings | None = None) -> Archive:
+    """The archive of the state directory ``root``, on the database of its ``settings``.
+
+    ``settings`` default to :meth:`ServiceSettings.from_state`.
+    """
+    from usreview.store import Archive
+
+    settings = settings or ServiceSettings.from_state(root)
+    return Archive.open(settings.database_url or None, root / "archive")
