@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import requests
 from tests.hub_api_support import (
     API,
     ENVELOPE,
+    USREVIEW,
     HubRun,
     Site,
     service_launch,
@@ -423,6 +425,43 @@ def test_a_deleted_token_is_refused_within_the_cache_lifetime(world: World) -> N
     admin.request("DELETE", f"users/sitea/tokens/{minted['id']}")
     waited = _refused_after(world.hub, token, time.monotonic(), TOKEN_CACHE_SECONDS + 5)
     assert waited <= TOKEN_CACHE_SECONDS + 0.5
+
+
+def test_an_administrator_renews_then_revokes_a_site_token(world: World) -> None:
+    """``usreview hub site-token``: a leaked token stops working, the new one works."""
+    from usreview.hub.roles import SITE_TOKEN_SCOPES
+    from usreview.hub.service import TOKEN_CACHE_SECONDS
+
+    hub = world.hub
+    site = hub.add_site("sitec")
+    second = _admin(hub).new_token("sitec", SITE_TOKEN_SCOPES, "a second machine")
+    for token in (site.token, second):
+        assert hub.get("/whoami", token).status_code == 200  # in the service's cache now
+    renewed = hub.cli("site-token", "sitec")
+    assert "revoked 2 API token(s) of site sitec" in renewed
+    new = renewed.rsplit("shown once: ", 1)[1].strip()
+    since = time.monotonic()
+    for token in (site.token, second):
+        assert _refused_after(hub, token, since, TOKEN_CACHE_SECONDS + 5) <= TOKEN_CACHE_SECONDS + 1
+    assert hub.get("/whoami", new).json()["name"] == "sitec"
+
+    revoked = hub.cli("site-token", "sitec", "--revoke-only")
+    assert "revoked 1 API token(s)" in revoked and "shown once" not in revoked
+    _refused_after(hub, new, time.monotonic(), TOKEN_CACHE_SECONDS + 5)
+
+    unknown = subprocess.run(
+        [*USREVIEW, "hub", "site-token", "rev", "--state", str(hub.state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert unknown.returncode == 2 and "'rev' is not a registered site" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    changes = [
+        (a["outcome"], a["detail"]) for a in world.audit() if a["resource"] == "sites/sitec/token"
+    ]
+    assert changes == [("renewed", {"revoked": 2}), ("revoked", {"revoked": 1})]
 
 
 # -- a flood of refusals -------------------------------------------------------------------

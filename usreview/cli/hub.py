@@ -153,6 +153,34 @@ _HUB_ADD_SITE = Command(
 )
 
 
+def _cmd_hub_site_token(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import site_token
+
+    renewed = site_token(_state_dir(args), args.name, revoke_only=args.revoke_only)
+    print(f"revoked {renewed.revoked} API token(s) of site {renewed.name}")
+    if renewed.token is not None:
+        print(f"new API token for site {renewed.name}, shown once: {renewed.token}")
+        print("write it into the site's token file (usreview site config: hub.token_file)",
+              file=sys.stderr)  # fmt: skip
+    return 0
+
+
+_HUB_SITE_TOKEN = Command(
+    "site-token",
+    help="revoke a site's API tokens and print a new one once (a leaked token)",
+    handler=_cmd_hub_site_token,
+    description="Revoke every API token of site NAME, then print a new one once; "
+    "--revoke-only issues none (a site withdrawn). The service refuses the old tokens "
+    "within 5 s. Its keys are unchanged (add-site --rotate replaces them). Audited. "
+    "Needs a running hub.",
+    args=(
+        arg("name", metavar="NAME", help="a registered site"),
+        arg("--revoke-only", action="store_true", help="revoke without issuing a new token"),
+        _state(),
+    ),
+)
+
+
 def _cmd_hub_audit(args: argparse.Namespace) -> int:
     from usreview.hub.audit import verify
     from usreview.hub.errors import AuditError
@@ -398,6 +426,7 @@ _HUB = Command(
         _HUB_ADD_USER,
         _HUB_REVIEWER_SITES,
         _HUB_ADD_SITE,
+        _HUB_SITE_TOKEN,
         _HUB_AUDIT,
         _HUB_WORKER,
         _HUB_JOBS,

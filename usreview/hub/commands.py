@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from usreview.envelope import load_public_keys
 from usreview.envelope.atomic import write_new_file
@@ -33,11 +34,13 @@ __all__ = [
     "NewPerson",
     "NewSite",
     "RotatedSite",
+    "SiteToken",
     "add_site",
     "add_user",
     "reviewer_sites",
     "rotate_site_key",
     "run_hub",
+    "site_token",
 ]
 
 
@@ -223,6 +226,57 @@ def rotate_site_key(
                 "grace_seconds": grace},
     )  # fmt: skip
     return rotated
+
+
+@dataclass(frozen=True)
+class SiteToken:
+    """A site's API tokens revoked, and its new one (shown once) unless only revoked."""
+
+    name: str
+    revoked: int
+    token: str | None
+
+
+def site_token(state: Path, name: str, *, revoke_only: bool = False) -> SiteToken:
+    """Revoke every API token of site ``name`` and issue a new one (audited).
+
+    For a token that leaked or a site machine replaced; ``revoke_only`` issues none (a
+    site withdrawn). The service refuses the revoked tokens within its 5 s cache. The
+    old tokens are revoked first, so a failure after that leaves no old token working.
+    Needs a running hub.
+
+    Raises
+    ------
+    AccountError
+        ``name`` is not a registered site.
+    HubUnavailableError
+        The hub is not running, or refused a request.
+    """
+    from usreview.hub.audit import AuditAction, AuditLog
+
+    check_name(name)
+    hub_state = open_state(state)
+    if name not in Accounts(hub_state.accounts).groups()[SITE_GROUP]:
+        raise AccountError(f"{name!r} is not a registered site")
+    api = _api(hub_state)
+    if api is None:
+        raise HubUnavailableError(
+            f"no hub is running with state {hub_state.root}: start it with "
+            f"'usreview hub --state {hub_state.root}', then run this again"
+        )
+    user = f"users/{quote(name)}/tokens"
+    listed = api.request("GET", user)
+    tokens = listed.get("api_tokens", []) if isinstance(listed, dict) else []
+    for token in tokens:
+        api.request("DELETE", f"{user}/{quote(str(token['id']))}", ok=(404,))
+    new = None
+    if not revoke_only:
+        new = api.new_token(name, SITE_TOKEN_SCOPES, note=f"usreview site {name}")
+    AuditLog(hub_state.audit_log, hub_state.audit_key.read_bytes()).record(
+        "usreview hub site-token", AuditAction.ADMIN, f"sites/{name}/token",
+        outcome="revoked" if revoke_only else "renewed", detail={"revoked": len(tokens)},
+    )  # fmt: skip
+    return SiteToken(name, len(tokens), new)
 
 
 def reviewer_sites(
