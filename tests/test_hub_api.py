@@ -386,6 +386,19 @@ def _conflicts(world: World, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_an_administrator_lists_the_sites(world: World, study: list[Path]) -> None:
+    listed = world.hub.cli("sites")
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in listed.splitlines()}
+    assert set(rows) == {"sitea", "siteb"}
+    key, _, instances, studies, last, conflicts = rows["sitea"]
+    assert key == world.a.keys.key_id.hex()[:16]
+    assert (int(instances), int(studies), int(conflicts)) == (len(world.stored), 2, 1)
+    with world.archive() as archive:
+        newest = max(r.received_at for r in archive.list_instances(Reviewer("test")))
+    assert last == newest.isoformat(timespec="seconds")
+    assert rows["siteb"][2:] == ["0", "0", "never", "0"]
+
+
 def test_an_administrator_exports_and_resolves_a_conflict(world: World, study: list[Path]) -> None:
     """The 409 of ``test_different_bytes_under_a_stored_uid_conflict``, kept aside."""
     uid = uid_of(study[0])

@@ -35,6 +35,7 @@ from usreview.store import (
     InvalidTransitionError,
     NotFoundError,
     Reviewer,
+    SiteActivity,
     StorageError,
     StudyStatus,
 )
@@ -228,6 +229,26 @@ def test_different_bytes_under_a_stored_uid_are_kept_aside(archive: Archive) -> 
     assert len(archive.list_conflicts(unresolved_only=False)) == 1
     with pytest.raises(NotFoundError):
         archive.resolve_conflict(conflict.id + 100, "x")
+
+
+def test_site_activity_counts_each_site(archive: Archive) -> None:
+    assert archive.site_activity() == []
+    archive.put("site-a", envelope(1), meta(1, study=1))
+    archive.put("site-a", envelope(2), meta(2, study=1))
+    last_a = archive.put("site-a", envelope(3), meta(3, study=2)).record.received_at
+    last_b = archive.put("site-b", envelope(4), meta(4, study=3)).record.received_at
+    with pytest.raises(ConflictError):
+        archive.put("site-b", envelope(4), meta(4, study=3, content="b"))
+    with pytest.raises(ConflictError):  # a site whose only upload was refused
+        archive.put("site-c", envelope(1), meta(1, study=1))
+    activity = {a.site: a for a in archive.site_activity()}
+    assert activity["site-a"] == SiteActivity("site-a", 3, 2, last_a, 0)
+    assert activity["site-b"] == SiteActivity("site-b", 1, 1, last_b, 1)
+    assert activity["site-c"] == SiteActivity("site-c", 0, 0, None, 1)
+    assert last_a.tzinfo is not None and activity["site-a"].last_received == last_a
+    for conflict in archive.list_conflicts():
+        archive.resolve_conflict(conflict.id, "checked")
+    assert [a.open_conflicts for a in archive.site_activity()] == [0, 0, 0]
 
 
 def test_uids_of_another_site_conflict_without_saying_whose(archive: Archive) -> None:

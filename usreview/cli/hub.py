@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from usreview.cli.spec import Arg, Command, arg, grace, one_of
@@ -150,6 +151,33 @@ _HUB_ADD_SITE = Command(
         ),
         _state(),
     ),
+)
+
+
+def _cmd_hub_sites(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import list_sites
+
+    for site in list_sites(_state_dir(args)):
+        last = "never" if site.last_received is None else _iso(site.last_received)
+        print(
+            f"{site.name}\t{site.key_id[:16]}\t{_iso(site.registered)}\t{site.instances}\t"
+            f"{site.studies}\t{last}\t{site.open_conflicts}"
+        )
+    return 0
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+_HUB_SITES = Command(
+    "sites",
+    help="list the registered sites with what the hub holds of each",
+    handler=_cmd_hub_sites,
+    description="One line per registered site (tab-separated): name, current key id, "
+    "registered, instances stored, studies, last upload ('never'), open conflicts. "
+    "Audited. Works with the hub running or stopped.",
+    args=(_state(),),
 )
 
 
@@ -426,6 +454,7 @@ _HUB = Command(
         _HUB_ADD_USER,
         _HUB_REVIEWER_SITES,
         _HUB_ADD_SITE,
+        _HUB_SITES,
         _HUB_SITE_TOKEN,
         _HUB_AUDIT,
         _HUB_WORKER,

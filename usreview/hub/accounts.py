@@ -121,6 +121,14 @@ class Accounts:
             if changed.rowcount != 1:
                 raise AccountError(f"{name!r} is not a registered site: add it first")
 
+    def sites(self) -> dict[str, tuple[str, float]]:
+        """Every registered site: its current key id and when it was registered (epoch s)."""
+        if not self.path.exists():
+            return {}
+        with self._connect() as db:
+            rows = db.execute("SELECT name, key_id, created FROM sites ORDER BY name")
+            return {str(name): (str(key_id), float(created)) for name, key_id, created in rows}
+
     def remove_site(self, name: str) -> None:
         """Forget a site (used to undo a registration whose token could not be issued)."""
         with self._connect() as db:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -34,9 +35,11 @@ __all__ = [
     "NewPerson",
     "NewSite",
     "RotatedSite",
+    "SiteOverview",
     "SiteToken",
     "add_site",
     "add_user",
+    "list_sites",
     "reviewer_sites",
     "rotate_site_key",
     "run_hub",
@@ -226,6 +229,49 @@ def rotate_site_key(
                 "grace_seconds": grace},
     )  # fmt: skip
     return rotated
+
+
+@dataclass(frozen=True)
+class SiteOverview:
+    """A registered site as an administrator sees it (``usreview hub sites``)."""
+
+    name: str
+    key_id: str
+    registered: datetime
+    instances: int
+    studies: int
+    last_received: datetime | None
+    open_conflicts: int
+
+
+def list_sites(state: Path) -> list[SiteOverview]:
+    """Every registered site with what the archive holds of it, by name (audited)."""
+    from usreview.hub.api.settings import open_archive
+    from usreview.hub.audit import AuditAction, AuditLog
+
+    hub_state = open_state(state)
+    registered = Accounts(hub_state.accounts).sites()
+    with open_archive(hub_state.root) as archive:
+        activity = {a.site: a for a in archive.site_activity()}
+    overview = []
+    for name, (key_id, created) in registered.items():
+        seen = activity.get(name)
+        overview.append(
+            SiteOverview(
+                name=name,
+                key_id=key_id,
+                registered=datetime.fromtimestamp(created, UTC),
+                instances=seen.instances if seen else 0,
+                studies=seen.studies if seen else 0,
+                last_received=seen.last_received if seen else None,
+                open_conflicts=seen.open_conflicts if seen else 0,
+            )
+        )
+    AuditLog(hub_state.audit_log, hub_state.audit_key.read_bytes()).record(
+        "usreview hub sites", AuditAction.READ, "sites", outcome="listed",
+        detail={"count": len(overview)},
+    )  # fmt: skip
+    return overview
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from usreview.store.records import (
     Receipt,
     RecoveryReport,
     Reviewer,
+    SiteActivity,
     StatusChange,
     StudyRecord,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "ResultFeed",
     "ResultRecord",
     "Reviewer",
+    "SiteActivity",
     "StatusChange",
     "StorageError",
     "StoreError",

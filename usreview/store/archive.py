@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Self
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, distinct, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -67,6 +67,7 @@ from usreview.store.records import (
     Receipt,
     RecoveryReport,
     Reviewer,
+    SiteActivity,
     StatusChange,
     StudyRecord,
     validate_site,
@@ -523,6 +524,41 @@ class Archive:
             check_transition(study.status, status)
             _change(session, study, status, now, reason, actor)
         return self.study(Reviewer("hub"), study_instance_uid)
+
+    def site_activity(self) -> list[SiteActivity]:
+        """Per site that ever sent anything: instances, studies, last upload, open conflicts.
+
+        For administrators (no caller: every site), by site name.
+        """
+        counts = (
+            select(
+                SiteRow.name,
+                func.count(InstanceRow.id),
+                func.count(distinct(InstanceRow.study_id)),
+                func.max(InstanceRow.received_at),
+            )
+            .select_from(SiteRow)
+            .outerjoin(InstanceRow, InstanceRow.site_id == SiteRow.id)
+            .group_by(SiteRow.name)
+        )
+        conflicts = (
+            select(SiteRow.name, func.count(ConflictRow.id))
+            .join(ConflictRow, ConflictRow.site_id == SiteRow.id)
+            .where(ConflictRow.resolved_at.is_(None))
+            .group_by(SiteRow.name)
+        )
+        with _guard("reading the archive"), Session(self._engine) as session:
+            open_conflicts = {name: int(n) for name, n in session.execute(conflicts)}
+            return [
+                SiteActivity(
+                    site=name,
+                    instances=int(instances),
+                    studies=int(studies),
+                    last_received=last,
+                    open_conflicts=open_conflicts.get(name, 0),
+                )
+                for name, instances, studies, last in session.execute(counts.order_by(SiteRow.name))
+            ]
 
     # -- conflicts (administrators) -------------------------------------------------
 

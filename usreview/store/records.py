@@ -27,6 +27,7 @@ __all__ = [
     "Receipt",
     "RecoveryReport",
     "Reviewer",
+    "SiteActivity",
     "StatusChange",
     "StudyRecord",
     "header_fields",
@@ -267,6 +268,17 @@ class Receipt:
     plaintext_sha256: str
     size: int
     received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SiteActivity:
+    """What the archive holds of one site: for an administrator's overview."""
+
+    site: str
+    instances: int
+    studies: int
+    last_received: datetime | None
+    open_conflicts: int
 
 
 @dataclass(frozen=True, slots=True)
