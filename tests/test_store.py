@@ -588,6 +588,7 @@ def test_public_api_is_pinned() -> None:
         "ResultFeed",
         "ResultRecord",
         "Reviewer",
+        "SiteActivity",
         "StatusChange",
         "StorageError",
         "StoreError",

@@ -25,7 +25,6 @@ A crash between 2 and 3 leaves an orphan object; :meth:`Archive.recover` removes
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import threading
@@ -36,9 +35,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Self
 
 from sqlalchemy import Engine, distinct, func, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from usreview.store._shared import change_status, envelope_source, guard, site_row
 from usreview.store.database import GroupCommit, default_url, make_engine, writer
 from usreview.store.errors import (
     ConflictError,
@@ -142,7 +142,7 @@ class Archive:
         Run :meth:`recover` after opening, before accepting envelopes.
         """
         root_path = Path(root)
-        with _guard("opening the archive"):
+        with guard("opening the archive"):
             objects = ObjectStore(root_path)
             engine = make_engine(url if url is not None else default_url(root_path))
             try:
@@ -181,7 +181,7 @@ class Archive:
             if feed is None:
                 from usreview.store.results import ResultFeed
 
-                with _guard("opening the results feed"):
+                with guard("opening the results feed"):
                     feed = ResultFeed(self._engine, self.root / "results", self._clock)
                 self.__dict__["_results"] = feed
             return feed
@@ -235,8 +235,8 @@ class Archive:
         validate_site(site)
         if not isinstance(metadata, InstanceMetadata):
             raise InvalidMetadataError("metadata must be an InstanceMetadata")
-        source = _source(envelope)
-        with _guard("storing the envelope", acknowledged=False):
+        source = envelope_source(envelope)
+        with guard("storing the envelope", acknowledged=False):
             for _ in range(_ATTEMPTS):
                 try:
                     with self._engine.connect() as conn:
@@ -281,9 +281,9 @@ class Archive:
         written = self._objects.write("conflicts", source)
         now = self._clock()
         with Session(self._writer) as session, session.begin():
-            site_row = _site_row(session, site, now)
+            sender = site_row(session, site, now)
             row = ConflictRow(
-                site_id=site_row.id,
+                site_id=sender.id,
                 sop_instance_uid=meta.sop_instance_uid,
                 study_instance_uid=meta.study_instance_uid,
                 series_instance_uid=meta.series_instance_uid,
@@ -312,7 +312,7 @@ class Archive:
             If it is missing or belongs to a site the caller may not see.
         """
         stmt = instances_query(caller).where(InstanceRow.sop_instance_uid == sop_instance_uid)
-        with _guard("reading the archive"), Session(self._engine) as session:
+        with guard("reading the archive"), Session(self._engine) as session:
             found = session.execute(stmt).one_or_none()
         if found is None:
             raise NotFoundError(f"no instance {sop_instance_uid}")
@@ -357,7 +357,7 @@ class Archive:
         stmt = instances_query(caller).order_by(InstanceRow.received_at, InstanceRow.id)
         if study_instance_uid is not None:
             stmt = stmt.where(StudyRow.study_instance_uid == study_instance_uid)
-        with _guard("reading the archive"), Session(self._engine) as session:
+        with guard("reading the archive"), Session(self._engine) as session:
             return [
                 instance_record(row, site, study_uid, series_uid)
                 for row, site, study_uid, series_uid in session.execute(stmt)
@@ -372,7 +372,7 @@ class Archive:
             If it is missing or belongs to a site the caller may not see.
         """
         stmt = studies_query(caller).where(StudyRow.study_instance_uid == study_instance_uid)
-        with _guard("reading the archive"), Session(self._engine) as session:
+        with guard("reading the archive"), Session(self._engine) as session:
             found = session.execute(stmt).one_or_none()
         if found is None:
             raise NotFoundError(f"no study {study_instance_uid}")
@@ -386,7 +386,7 @@ class Archive:
         stmt = studies_query(caller).order_by(StudyRow.created_at, StudyRow.id)
         if status is not None:
             stmt = stmt.where(StudyRow.status == StudyStatus(status))
-        with _guard("reading the archive"), Session(self._engine) as session:
+        with guard("reading the archive"), Session(self._engine) as session:
             return [
                 study_record(row, site, series, instances)
                 for row, site, series, instances in session.execute(stmt)
@@ -401,7 +401,7 @@ class Archive:
             .where(StudyRow.study_instance_uid == study_instance_uid)
             .order_by(StatusHistoryRow.at, StatusHistoryRow.id)
         )
-        with _guard("reading the archive"), Session(self._engine) as session:
+        with guard("reading the archive"), Session(self._engine) as session:
             return [
                 StatusChange(
                     study_instance_uid=study_instance_uid,
@@ -455,7 +455,7 @@ class Archive:
                 for i in range(0, len(wanted), _IN_CHUNK)
             ]
         receipts: list[Receipt] = []
-        with _guard("reading the archive"), Session(self._engine) as session:
+        with guard("reading the archive"), Session(self._engine) as session:
             for stmt in statements:
                 receipts.extend(
                     Receipt(
@@ -505,7 +505,7 @@ class Archive:
         status = StudyStatus(status)
         now = self._clock()
         with (
-            _guard("changing a study's status"),
+            guard("changing a study's status"),
             Session(self._writer) as session,
             session.begin(),
         ):
@@ -522,7 +522,7 @@ class Archive:
                     f"not {StudyStatus(expected).value}"
                 )
             check_transition(study.status, status)
-            _change(session, study, status, now, reason, actor)
+            change_status(session, study, status, now, reason, actor)
         return self.study(Reviewer("hub"), study_instance_uid)
 
     def site_activity(self) -> list[SiteActivity]:
@@ -547,7 +547,7 @@ class Archive:
             .where(ConflictRow.resolved_at.is_(None))
             .group_by(SiteRow.name)
         )
-        with _guard("reading the archive"), Session(self._engine) as session:
+        with guard("reading the archive"), Session(self._engine) as session:
             open_conflicts = {name: int(n) for name, n in session.execute(conflicts)}
             return [
                 SiteActivity(
@@ -571,7 +571,7 @@ class Archive:
         )
         if unresolved_only:
             stmt = stmt.where(ConflictRow.resolved_at.is_(None))
-        with _guard("reading the archive"), Session(self._engine) as session:
+        with guard("reading the archive"), Session(self._engine) as session:
             return [conflict_record(row, name) for row, name in session.execute(stmt)]
 
     def conflict(self, conflict_id: int) -> ConflictRecord:
@@ -582,7 +582,7 @@ class Archive:
         NotFoundError
             No such conflict.
         """
-        with _guard("reading the archive"), Session(self._engine) as session:
+        with guard("reading the archive"), Session(self._engine) as session:
             row, name = _find_conflict(session, conflict_id)
             return conflict_record(row, name)
 
@@ -607,7 +607,7 @@ class Archive:
     def resolve_conflict(self, conflict_id: int, resolution: str) -> ConflictRecord:
         """Mark a conflict resolved with an administrator's note; its envelope stays kept."""
         now = self._clock()
-        with _guard("resolving a conflict"), Session(self._writer) as session, session.begin():
+        with guard("resolving a conflict"), Session(self._writer) as session, session.begin():
             row, name = _find_conflict(session, conflict_id)
             row.resolved_at = now
             row.resolution = resolution
@@ -622,7 +622,7 @@ class Archive:
         Removes temporary files and orphan objects (written, never committed, so never
         acknowledged). Run it after :meth:`open` while no :meth:`put` is in flight.
         """
-        with _guard("recovering the archive"):
+        with guard("recovering the archive"):
             temp_removed = self._objects.clean_tmp()
             referenced, rows = self._referenced()
             orphans = [k for k in self._on_disk() if k not in referenced]
@@ -640,7 +640,7 @@ class Archive:
         """Check every stored object's bytes against its row; change nothing."""
         missing: list[str] = []
         corrupt: list[str] = []
-        with _guard("checking the archive"):
+        with guard("checking the archive"):
             referenced, rows = self._referenced()
             orphans = [k for k in self._on_disk() if k not in referenced]
             for uid, key, sha, size in rows:
@@ -682,29 +682,6 @@ class Archive:
 # -- helpers ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _guard(action: str, *, acknowledged: bool | None = None) -> Iterator[None]:
-    """Turn disk and database failures into :class:`StorageError` naming ``action``."""
-    tail = "; nothing was acknowledged, send again" if acknowledged is False else ""
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise StorageError(f"{action}: the archive's database failed ({first}){tail}") from exc
-    except OSError as exc:
-        detail = exc.strerror or str(exc)
-        raise StorageError(f"{action}: the archive's disk failed ({detail}){tail}") from exc
-
-
-def _source(envelope: str | os.PathLike[str] | bytes) -> Path | bytes:
-    if isinstance(envelope, bytes | bytearray | memoryview):
-        return bytes(envelope)
-    path = Path(envelope)
-    if not path.is_file():
-        raise InvalidMetadataError(f"envelope: no such file {path}")
-    return path
-
-
 def _find_conflict(session: Session, conflict_id: int) -> tuple[ConflictRow, str]:
     found = session.execute(
         select(ConflictRow, SiteRow.name)
@@ -714,36 +691,3 @@ def _find_conflict(session: Session, conflict_id: int) -> tuple[ConflictRow, str
     if found is None:
         raise NotFoundError(f"no conflict {conflict_id}")
     return found[0], found[1]
-
-
-def _site_row(session: Session, name: str, now: datetime) -> SiteRow:
-    row = session.scalars(select(SiteRow).where(SiteRow.name == name)).one_or_none()
-    if row is None:
-        row = SiteRow(name=name, created_at=now)
-        session.add(row)
-        session.flush()
-    return row
-
-
-def _change(
-    session: Session,
-    study: StudyRow,
-    status: StudyStatus,
-    now: datetime,
-    reason: str | None,
-    actor: str | None,
-) -> None:
-    session.add(
-        StatusHistoryRow(
-            study_id=study.id,
-            previous=study.status,
-            status=status,
-            at=now,
-            reason=reason,
-            actor=actor,
-        )
-    )
-    study.status = status
-    study.status_changed_at = now
-    study.reason = reason
-    session.flush()

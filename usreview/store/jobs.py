@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import ColumnElement, Engine, Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from usreview.store.archive import _change, _guard
+from usreview.store._shared import change_status, guard
 from usreview.store.database import writer
 from usreview.store.errors import InvalidTransitionError, NotFoundError, StoreError
 from usreview.store.jobs_schema import JobRow, JobStatus
@@ -140,7 +140,7 @@ class JobQueue:
             "lease_token": token,
             "lease_expires_at": expires,
         }
-        with _guard("claiming a job"), Session(self._writer) as session, session.begin():
+        with guard("claiming a job"), Session(self._writer) as session, session.begin():
             postgres = session.get_bind().dialect.name == "postgresql"
             self._give_up_lost(session, now, postgres)
             pick = (
@@ -179,7 +179,7 @@ class JobQueue:
             Another worker holds the job now, or it is finished.
         """
         expires = self._clock() + timedelta(seconds=lease_seconds)
-        with _guard("renewing a lease"), Session(self._writer) as session, session.begin():
+        with guard("renewing a lease"), Session(self._writer) as session, session.begin():
             row = _held(session, lease)
             row.lease_expires_at = expires
         return replace(lease, expires_at=expires)
@@ -196,7 +196,7 @@ class JobQueue:
             The lease is no longer this worker's: it must not finish the job.
         """
         now = self._clock()
-        with _guard("completing a job"), Session(self._writer) as session, session.begin():
+        with guard("completing a job"), Session(self._writer) as session, session.begin():
             row = _held(session, lease)
             row.status = JobStatus.DONE
             row.finished_at = now
@@ -215,7 +215,7 @@ class JobQueue:
             The lease is no longer this worker's.
         """
         now = self._clock()
-        with _guard("failing a job"), Session(self._writer) as session, session.begin():
+        with guard("failing a job"), Session(self._writer) as session, session.begin():
             row = _held(session, lease)
             if row.attempts >= self.policy.max_attempts:
                 _give_up(session, row, now, f"failed {row.attempts} times, last: {reason}")
@@ -229,7 +229,7 @@ class JobQueue:
 
     def release(self, lease: Lease) -> None:
         """Give the job back untried (the worker is stopping); the attempt is not counted."""
-        with _guard("releasing a job"), Session(self._writer) as session, session.begin():
+        with guard("releasing a job"), Session(self._writer) as session, session.begin():
             try:
                 row = _held(session, lease)
             except LeaseLostError:
@@ -279,7 +279,7 @@ class JobQueue:
         self, job_id: int, allowed: tuple[JobStatus, ...], what: str, actor: str
     ) -> JobRecord:
         now = self._clock()
-        with _guard("queueing a job"), Session(self._writer) as session, session.begin():
+        with guard("queueing a job"), Session(self._writer) as session, session.begin():
             row = session.scalars(
                 select(JobRow).where(JobRow.id == job_id).with_for_update()
             ).one_or_none()
@@ -300,7 +300,9 @@ class JobQueue:
                 select(StudyRow).where(StudyRow.id == row.study_id).with_for_update()
             ).one()
             if study.status in (StudyStatus.FAILED, StudyStatus.PROCESSED):
-                _change(session, study, StudyStatus.RECEIVED, now, f"job {job_id} {what}", actor)
+                change_status(
+                    session, study, StudyStatus.RECEIVED, now, f"job {job_id} {what}", actor
+                )
             session.flush()
             return self._record(session, row.id)
 
@@ -311,7 +313,7 @@ class JobQueue:
         otherwise never processed. Running it again makes nothing twice.
         """
         now = self._clock()
-        with _guard("queueing jobs"), Session(self._writer) as session, session.begin():
+        with guard("queueing jobs"), Session(self._writer) as session, session.begin():
             missing = session.execute(
                 select(InstanceRow.id, InstanceRow.study_id)
                 .outerjoin(JobRow, JobRow.instance_id == InstanceRow.id)
@@ -341,7 +343,7 @@ class JobQueue:
         NotFoundError
             No such job.
         """
-        with _guard("reading the jobs"), Session(self._engine) as session:
+        with guard("reading the jobs"), Session(self._engine) as session:
             return self._record(session, job_id)
 
     def list_jobs(
@@ -353,13 +355,13 @@ class JobQueue:
             stmt = stmt.where(JobRow.status == JobStatus(status))
         if limit is not None:
             stmt = stmt.limit(limit)
-        with _guard("reading the jobs"), Session(self._engine) as session:
+        with guard("reading the jobs"), Session(self._engine) as session:
             return [_record(*found) for found in session.execute(stmt)]
 
     def counts(self) -> dict[JobStatus, int]:
         """How many jobs are in each status."""
         stmt = select(JobRow.status, func.count(JobRow.id)).group_by(JobRow.status)
-        with _guard("reading the jobs"), Session(self._engine) as session:
+        with guard("reading the jobs"), Session(self._engine) as session:
             found: dict[JobStatus, int] = {s: int(n) for s, n in session.execute(stmt)}
         return {status: found.get(status, 0) for status in JobStatus}
 
@@ -456,7 +458,7 @@ def _settle_study(session: Session, study_id: int, now: datetime, problem: str |
     study = session.scalars(select(StudyRow).where(StudyRow.id == study_id).with_for_update()).one()
     if problem is not None:
         if study.status in _OURS:
-            _change(session, study, StudyStatus.FAILED, now, problem, ACTOR)
+            change_status(session, study, StudyStatus.FAILED, now, problem, ACTOR)
         return
     still_open = session.scalar(
         select(func.count(JobRow.id)).where(
@@ -472,6 +474,8 @@ def _settle_study(session: Session, study_id: int, now: datetime, problem: str |
         )
     ).first()
     if failed is not None:
-        _change(session, study, StudyStatus.FAILED, now, failed, ACTOR)
+        change_status(session, study, StudyStatus.FAILED, now, failed, ACTOR)
     else:
-        _change(session, study, StudyStatus.PROCESSED, now, "automatic processing done", ACTOR)
+        change_status(
+            session, study, StudyStatus.PROCESSED, now, "automatic processing done", ACTOR
+        )

@@ -48,7 +48,7 @@ from sqlalchemy import Engine, Select, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from usreview.store.archive import _guard, _site_row, _source
+from usreview.store._shared import envelope_source, guard, site_row
 from usreview.store.database import writer
 from usreview.store.errors import CorruptObjectError, InvalidMetadataError, NotFoundError
 from usreview.store.objects import ObjectStore
@@ -232,10 +232,10 @@ class ResultFeed:
             raise InvalidMetadataError("label must be text or None")
         if key is not None and not (isinstance(key, str) and 0 < len(key) <= _KEY_MAX):
             raise InvalidMetadataError(f"key must be 1 to {_KEY_MAX} characters or None")
-        source = _source(envelope)
+        source = envelope_source(envelope)
         if key is not None and (known := self.find_result(key)) is not None:
             return known
-        with _guard("publishing a result", acknowledged=False), self._publish_lock(False):
+        with guard("publishing a result", acknowledged=False), self._publish_lock(False):
             try:
                 record, fresh = self._commit(
                     source, names, study_instance_uid, kind, label, supersedes, key
@@ -290,7 +290,7 @@ class ResultFeed:
             if earlier is not None:
                 earlier.superseded_by = row.id
             for name in names:
-                site_id = _site_row(session, name, now).id
+                site_id = site_row(session, name, now).id
                 session.add(ResultSiteRow(result_id=row.id, site_id=site_id))
             if key is not None:
                 session.add(ResultKeyRow(key=key, result_id=row.id))
@@ -299,7 +299,7 @@ class ResultFeed:
     def find_result(self, key: str) -> ResultRecord | None:
         """The result published under idempotency ``key``, or ``None`` (hub-side only)."""
         stmt = select(ResultRow).join(ResultKeyRow, ResultKeyRow.result_id == ResultRow.id)
-        with _guard("reading the results feed"), Session(self._engine) as session:
+        with guard("reading the results feed"), Session(self._engine) as session:
             row = session.scalars(stmt.where(ResultKeyRow.key == key)).one_or_none()
             return None if row is None else _record(row)
 
@@ -316,7 +316,7 @@ class ResultFeed:
             .where(ResultKeyRow.key.startswith(prefix, autoescape=True))
             .order_by(ResultRow.id)
         )
-        with _guard("reading the results feed"), Session(self._engine) as session:
+        with guard("reading the results feed"), Session(self._engine) as session:
             return [(_record(row), key) for row, key in session.execute(stmt)]
 
     # -- reading (per site) -----------------------------------------------------------
@@ -329,7 +329,7 @@ class ResultFeed:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise InvalidMetadataError(f"limit must be 1 to {MAX_LIMIT} (got {limit!r})")
         stmt = _addressed(site).where(ResultRow.id > cursor).order_by(ResultRow.id).limit(limit)
-        with _guard("reading the results feed"), Session(self._engine) as session:
+        with guard("reading the results feed"), Session(self._engine) as session:
             return [_record(row) for row in session.scalars(stmt)]
 
     def get_result(self, site: str, cursor: int) -> ResultRecord:
@@ -341,7 +341,7 @@ class ResultFeed:
             Missing or addressed to other sites (both answer alike).
         """
         validate_site(site)
-        with _guard("reading the results feed"), Session(self._engine) as session:
+        with guard("reading the results feed"), Session(self._engine) as session:
             row = session.scalars(_addressed(site).where(ResultRow.id == cursor)).one_or_none()
             if row is None:
                 raise NotFoundError(f"no result {cursor}")
@@ -431,7 +431,7 @@ class ResultFeed:
 
         Run it after opening, while nothing is being published.
         """
-        with _guard("recovering the results feed"), self._publish_lock(True):
+        with guard("recovering the results feed"), self._publish_lock(True):
             removed = self._objects.clean_tmp()
             with Session(self._engine) as session:
                 referenced = set(session.scalars(select(ResultRow.object_key)))

@@ -46,7 +46,7 @@ from sqlalchemy import Engine, and_, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from usreview.store.archive import _change, _guard
+from usreview.store._shared import change_status, guard
 from usreview.store.database import writer
 from usreview.store.errors import InvalidMetadataError, NotFoundError, StoreError
 from usreview.store.jobs_schema import JobRow, JobStatus
@@ -203,7 +203,7 @@ class ReviewStore:
 
     def reviewer(self, name: str) -> Reviewer:
         """``name`` as a reviewer: restricted to their sites, or every site (the default)."""
-        with _guard("reading the reviewers' sites"), Session(self._engine) as session:
+        with guard("reading the reviewers' sites"), Session(self._engine) as session:
             row = session.get(ReviewerSitesRow, name)
         return Reviewer(name, None if row is None else frozenset(row.sites))
 
@@ -222,7 +222,7 @@ class ReviewStore:
             raise InvalidMetadataError(
                 f"give {name} at least one site (or every site, the default)"
             )
-        with _guard("restricting a reviewer"), Session(self._writer) as session, session.begin():
+        with guard("restricting a reviewer"), Session(self._writer) as session, session.begin():
             row = session.get(ReviewerSitesRow, name, with_for_update=True)
             if chosen is None:
                 if row is not None:
@@ -246,7 +246,7 @@ class ReviewStore:
     ) -> list[WorklistEntry]:
         """The studies visible to ``caller`` (in ``status``, of ``site``), newest first."""
         wanted = None if status is None else StudyStatus(status)
-        with _guard("reading the worklist"), Session(self._engine) as session:
+        with guard("reading the worklist"), Session(self._engine) as session:
             return worklist(session, caller, self._clock(), status=wanted, site=site)
 
     def entry(self, caller: Caller, study_instance_uid: str) -> WorklistEntry:
@@ -257,7 +257,7 @@ class ReviewStore:
         NotFoundError
             Missing, or of a site the caller may not see.
         """
-        with _guard("reading the worklist"), Session(self._engine) as session:
+        with guard("reading the worklist"), Session(self._engine) as session:
             found = worklist(session, caller, self._clock(), study_instance_uid=study_instance_uid)
         if not found:
             raise NotFoundError(f"no study {study_instance_uid}")
@@ -320,7 +320,7 @@ class ReviewStore:
         headlines: list[str],
     ) -> None:
         with (
-            _guard("recording an analysis"),
+            guard("recording an analysis"),
             Session(self._writer) as session,
             session.begin(),
         ):
@@ -372,7 +372,7 @@ class ReviewStore:
             stmt = stmt.where(AnalysisRow.signature == signature)
         if caller is not None:
             stmt = stmt.where(visible(caller))
-        with _guard("reading the analyses"), Session(self._engine) as session:
+        with guard("reading the analyses"), Session(self._engine) as session:
             found = session.execute(stmt).one_or_none()
         if found is None:
             return None
@@ -405,7 +405,7 @@ class ReviewStore:
             .where(StudyRow.study_instance_uid == study_instance_uid, visible(caller))
         )
         states: dict[str, InstanceState] = {}
-        with _guard("reading the analyses"), Session(self._engine) as session:
+        with guard("reading the analyses"), Session(self._engine) as session:
             for uid, job, summary, series in session.execute(stmt):
                 reason = job.note if job.status is JobStatus.DONE else job.last_error
                 states[uid] = InstanceState(
@@ -437,7 +437,7 @@ class ReviewStore:
         reviewer = _reviewer(caller, study_instance_uid)
         now = self._clock()
         expires = now + timedelta(seconds=seconds)
-        with _guard("claiming a study"), Session(self._writer) as session, session.begin():
+        with guard("claiming a study"), Session(self._writer) as session, session.begin():
             study = _locked_study(session, reviewer, study_instance_uid)
             row = session.get(ClaimRow, study.id, with_for_update=True)
             if row is not None and row.reviewer != reviewer.name and row.expires_at > now:
@@ -450,7 +450,7 @@ class ReviewStore:
             row.expires_at = expires
             if study.status in _CLAIMABLE_INTO_REVIEW:
                 why = f"claimed by {reviewer.name}"
-                _change(session, study, StudyStatus.IN_REVIEW, now, why, reviewer.name)
+                change_status(session, study, StudyStatus.IN_REVIEW, now, why, reviewer.name)
             session.flush()
             return claim_record(row, study_instance_uid)
 
@@ -471,7 +471,7 @@ class ReviewStore:
         """
         reviewer = _reviewer(caller, study_instance_uid)
         now = self._clock()
-        with _guard("releasing a study"), Session(self._writer) as session, session.begin():
+        with guard("releasing a study"), Session(self._writer) as session, session.begin():
             study = _locked_study(session, reviewer, study_instance_uid)
             row = session.get(ClaimRow, study.id, with_for_update=True)
             if row is None:
@@ -489,7 +489,7 @@ class ReviewStore:
                     .where(JobRow.study_id == study.id, JobRow.status == JobStatus.FAILED)
                 )
                 back = StudyStatus.FAILED if failed else StudyStatus.PROCESSED
-                _change(session, study, back, now, why, reviewer.name)
+                change_status(session, study, back, now, why, reviewer.name)
             session.flush()
         return record if live else None
 
@@ -515,7 +515,7 @@ class ReviewStore:
         """
         reviewer = _reviewer(caller, study_instance_uid)
         now = self._clock()
-        with _guard("reading the reports"), Session(self._engine) as session:
+        with guard("reading the reports"), Session(self._engine) as session:
             study, site = _visible_study(session, reviewer, study_instance_uid)
             row = session.get(ClaimRow, study.id)
             if row is None or row.expires_at <= now:
@@ -563,7 +563,7 @@ class ReviewStore:
         now = self._clock()
         try:
             with (
-                _guard("recording a report"),
+                guard("recording a report"),
                 Session(self._writer) as session,
                 session.begin(),
             ):
@@ -593,7 +593,7 @@ class ReviewStore:
                 session.add(row)
                 why = f"report version {version} published"
                 for status in _ON_PUBLISH.get(study.status, ()):
-                    _change(session, study, status, now, why, reviewer.name)
+                    change_status(session, study, status, now, why, reviewer.name)
                 session.execute(
                     delete(ClaimRow).where(
                         and_(ClaimRow.study_id == study.id, ClaimRow.reviewer == reviewer.name)
@@ -617,7 +617,7 @@ class ReviewStore:
         NotFoundError
             No such study for this caller.
         """
-        with _guard("reading the reports"), Session(self._engine) as session:
+        with guard("reading the reports"), Session(self._engine) as session:
             study, _ = _visible_study(session, caller, study_instance_uid)
             rows = session.scalars(
                 select(ReportRow).where(ReportRow.study_id == study.id).order_by(ReportRow.version)

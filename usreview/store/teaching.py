@@ -43,7 +43,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from usreview.envelope.atomic import fsync_directory, write_new_file
-from usreview.store.archive import _guard
+from usreview.store._shared import guard
 from usreview.store.database import writer
 from usreview.store.errors import CorruptObjectError, InvalidMetadataError, NotFoundError
 from usreview.store.queries import visible
@@ -122,7 +122,7 @@ class TeachingStore:
         NotFoundError
             No such study for this reviewer.
         """
-        with _guard("reading the teaching cases"), Session(self._engine) as session:
+        with guard("reading the teaching cases"), Session(self._engine) as session:
             study = self._study(session, caller, study_instance_uid)
             row = session.scalars(
                 select(TeachingCaseRow).where(TeachingCaseRow.study_id == study.id)
@@ -146,7 +146,7 @@ class TeachingStore:
             described (size or SHA-256).
         """
         target = self.root / case.case_uid
-        with _guard("recording a teaching case"):
+        with guard("recording a teaching case"):
             if not self.root.is_dir():
                 self.root.mkdir(mode=0o700, exist_ok=True)
                 fsync_directory(self.root.parent)
@@ -197,7 +197,7 @@ class TeachingStore:
 
     def cases(self) -> list[TeachingCase]:
         """Every teaching case, newest first."""
-        with _guard("reading the teaching cases"), Session(self._engine) as session:
+        with guard("reading the teaching cases"), Session(self._engine) as session:
             rows = session.scalars(select(TeachingCaseRow).order_by(TeachingCaseRow.id.desc()))
             return [_case(session, row) for row in rows]
 
@@ -209,7 +209,7 @@ class TeachingStore:
         NotFoundError
             No such case.
         """
-        with _guard("reading the teaching cases"), Session(self._engine) as session:
+        with guard("reading the teaching cases"), Session(self._engine) as session:
             row = session.scalars(
                 select(TeachingCaseRow).where(TeachingCaseRow.case_uid == case_uid)
             ).one_or_none()
@@ -230,7 +230,7 @@ class TeachingStore:
         for item in self.case(case_uid).instances:
             if item.sop_instance_uid == sop_instance_uid:
                 path = self.root / case_uid / f"{sop_instance_uid}.sealed"
-                with _guard("reading a teaching copy"):
+                with guard("reading a teaching copy"):
                     stored = path.read_bytes() if path.is_file() else b""
                 return item, self._open(case_uid, item, stored)
         raise NotFoundError(f"no instance {sop_instance_uid} in teaching case {case_uid}")
@@ -276,7 +276,7 @@ def remove_orphan_cases(archive: Archive) -> tuple[str, ...]:
         The folder or the database cannot be read, or a folder cannot be removed.
     """
     root = archive.root / "teaching"
-    with _guard("removing orphan teaching cases"):
+    with guard("removing orphan teaching cases"):
         if not root.is_dir():
             return ()
         with Session(archive._engine) as session:
