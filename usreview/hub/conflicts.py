@@ -60,7 +60,7 @@ def export_conflict(state: Path, conflict_id: int, folder: Path) -> ExportedConf
         A file of that name is in ``folder`` already.
     """
     from usreview.envelope import load_private_keys
-    from usreview.hub.api.plaintext import open_kept
+    from usreview.hub.api.plaintext import open_kept, open_stored
     from usreview.hub.api.sitekeys import SiteKeyFiles
 
     hub_state = open_state(state)
@@ -91,17 +91,9 @@ def export_conflict(state: Path, conflict_id: int, folder: Path) -> ExportedConf
             record = None
         if record is not None:
             stored = folder / f"stored-{conflict_id}.dcm"
-            with archive.open_envelope(admin, record.sop_instance_uid) as src:
-                open_kept(
-                    src,
-                    stored,
-                    site=record.site,
-                    plaintext_sha256=record.plaintext_sha256,
-                    what=f"the stored instance {record.sop_instance_uid}",
-                    hub_keys=hub_keys,
-                    site_keys=site_keys,
-                    durable=True,
-                )
+            open_stored(
+                archive, admin, record, stored, hub_keys=hub_keys, site_keys=site_keys, durable=True
+            )
             _audit(hub_state, AuditAction.EXPORT, f"instances/{record.sop_instance_uid}",
                    "exported", {"site": record.site, "study": record.study_instance_uid,
                                 "conflict": conflict_id, "file": str(stored)})  # fmt: skip

@@ -35,10 +35,12 @@ def open_stored(
     *,
     hub_keys: PrivateKeys,
     site_keys: SiteKeyFiles,
+    durable: bool = False,
 ) -> None:
     """Open the stored envelope of ``record`` into the new file ``out`` (mode 0600).
 
-    On any failure no ``out`` file exists.
+    On any failure no ``out`` file exists. ``durable`` fsyncs ``out`` (a file kept, not
+    a scratch copy).
 
     Raises
     ------
@@ -55,6 +57,7 @@ def open_stored(
             what=f"the stored instance {record.sop_instance_uid}",
             hub_keys=hub_keys,
             site_keys=site_keys,
+            durable=durable,
         )
 
 
