@@ -434,8 +434,8 @@ def test_an_administrator_exports_and_resolves_a_conflict(world: World, study: l
 
     audit = [json.loads(x) for x in (world.hub.state / "audit.log").read_text().splitlines()]
     mine = [(a["action"], a["resource"], a["outcome"]) for a in audit if a["actor"] == ACTOR]
-    assert ("export", f"conflicts/{conflict_id}", "exported") in mine
-    assert ("export", f"instances/{uid}", "exported") in mine
+    assert ("export", f"conflicts/{conflict_id}", "allowed") in mine
+    assert ("export", f"instances/{uid}", "allowed") in mine
     assert ("admin", f"conflicts/{conflict_id}", "resolved") in mine
     assert ("read", "conflicts", "listed") in mine
 

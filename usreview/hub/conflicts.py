@@ -70,6 +70,10 @@ def export_conflict(state: Path, conflict_id: int, folder: Path) -> ExportedConf
     kept, stored = folder / f"conflict-{conflict_id}.dcm", None
     with open_archive(hub_state.root) as archive:
         conflict = archive.conflict(conflict_id)
+        # Audited before any plaintext is written, as the service audits a read.
+        _audit(hub_state, AuditAction.EXPORT, f"conflicts/{conflict_id}", "allowed",
+               {"site": conflict.site, "sop_instance_uid": conflict.sop_instance_uid,
+                "file": str(kept)})  # fmt: skip
         with archive.open_conflict(conflict_id) as src:
             open_kept(
                 src,
@@ -81,9 +85,6 @@ def export_conflict(state: Path, conflict_id: int, folder: Path) -> ExportedConf
                 site_keys=site_keys,
                 durable=True,
             )
-        _audit(hub_state, AuditAction.EXPORT, f"conflicts/{conflict_id}", "exported",
-               {"site": conflict.site, "sop_instance_uid": conflict.sop_instance_uid,
-                "file": str(kept)})  # fmt: skip
         admin = Reviewer(ACTOR)
         try:
             record = archive.get(admin, conflict.sop_instance_uid)
@@ -91,12 +92,12 @@ def export_conflict(state: Path, conflict_id: int, folder: Path) -> ExportedConf
             record = None
         if record is not None:
             stored = folder / f"stored-{conflict_id}.dcm"
+            _audit(hub_state, AuditAction.EXPORT, f"instances/{record.sop_instance_uid}",
+                   "allowed", {"site": record.site, "study": record.study_instance_uid,
+                                "conflict": conflict_id, "file": str(stored)})  # fmt: skip
             open_stored(
                 archive, admin, record, stored, hub_keys=hub_keys, site_keys=site_keys, durable=True
             )
-            _audit(hub_state, AuditAction.EXPORT, f"instances/{record.sop_instance_uid}",
-                   "exported", {"site": record.site, "study": record.study_instance_uid,
-                                "conflict": conflict_id, "file": str(stored)})  # fmt: skip
     return ExportedConflict(conflict, kept, stored)
 
 

@@ -18,19 +18,39 @@ Modules (one responsibility each)::
     handlers_reports    GET and POST /studies/{uid}/reports
     reporting           publish_report(): check, build the SR, seal, record a report
     publish             publish_result(): seal a result to sites and put it in the feed
+    plaintext           open_stored(): a stored instance opened back into its DICOM
 """
 
 from __future__ import annotations
 
-from usreview.hub.api.app import (
-    ServiceContext,
-    ServiceWorker,
-    api_routes,
-    open_context,
-    recover_shared_state,
-)
-from usreview.hub.api.publish import publish_result
-from usreview.hub.api.settings import ServiceSettings
+from typing import TYPE_CHECKING
+
+from usreview._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from usreview.hub.api.app import (
+        ServiceContext,
+        ServiceWorker,
+        api_routes,
+        open_context,
+        recover_shared_state,
+    )
+    from usreview.hub.api.publish import publish_result
+    from usreview.hub.api.settings import ServiceSettings
+
+# Imported when first used: the administration commands need the settings and a few
+# modules, not the handlers (tornado, JupyterHub's service auth, the processors).
+_MODULES = {
+    "ServiceContext": "app",
+    "ServiceWorker": "app",
+    "api_routes": "app",
+    "open_context": "app",
+    "recover_shared_state": "app",
+    "publish_result": "publish",
+    "ServiceSettings": "settings",
+}
+
+__getattr__ = lazy_attributes(__name__, _MODULES)
 
 __all__ = [
     "ServiceContext",
