@@ -10,6 +10,8 @@ included) and holds the lock; each serving process empties only its own folders.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,23 @@ def test_service_processes_default_to_the_cores(monkeypatch: pytest.MonkeyPatch)
         settings = ServiceSettings()
         assert (settings.processes, settings.parse_workers) == (processes, parse_workers)
     assert ServiceSettings(processes=1).parse_workers == 16
+
+
+def test_the_service_starts_without_the_processors() -> None:
+    """A restarted service answers sooner when it does not import what it never runs:
+    the processors and scipy (the processing worker's), nor the API when an
+    administration command only needs the settings."""
+    code = (
+        "import sys, usreview.hub.service, usreview.hub.api.app;"
+        "print(sorted(m for m in ('scipy', 'usreview.processing.analyze',"
+        " 'usreview.processing.execution') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]"
+    admin = "import sys, usreview.hub.conflicts; print('tornado' in sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", admin], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "False"

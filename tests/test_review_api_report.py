@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from usreview.errors import InputError, ReportError
-from usreview.processing.quantification.doppler import CODES
+from usreview.processing.quantification.codes import CODES
 from usreview.review.report import (
     ExamType,
     MeasurementOrigin,

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import real_file, region_item
 from usreview.dicom import UltrasoundInstance, UltrasoundRegion, read
 from usreview.errors import CalibrationError, MixedCalibrationError
-from usreview.processing.quantification.doppler import CODES as PROCESSOR_CODES
+from usreview.processing.quantification.codes import CODES as PROCESSOR_CODES
 from usreview.review import measure
 from usreview.simulate import simulate
 

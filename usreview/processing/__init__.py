@@ -13,21 +13,14 @@ from another package through the entry-point group ``usreview.processors``.
 
 from __future__ import annotations
 
-from usreview.processing.analyze import analyze_file, analyze_paths
+from typing import TYPE_CHECKING
+
+from usreview._lazy import lazy_attributes
 from usreview.processing.errors import (
     NotApplicable,
     ProcessingError,
     ProcessorUnavailableError,
     UnknownProcessorError,
-)
-from usreview.processing.pipeline import PIPELINE, run_pipeline
-from usreview.processing.registry import (
-    ENTRY_POINT_GROUP,
-    Context,
-    Processor,
-    Registry,
-    default_registry,
-    processor,
 )
 from usreview.processing.results import (
     Code,
@@ -41,6 +34,35 @@ from usreview.processing.results import (
     Recommendation,
     ResultStatus,
 )
+
+if TYPE_CHECKING:
+    from usreview.processing.analyze import analyze_file, analyze_paths
+    from usreview.processing.pipeline import PIPELINE, run_pipeline
+    from usreview.processing.registry import (
+        ENTRY_POINT_GROUP,
+        Context,
+        Processor,
+        Registry,
+        default_registry,
+        processor,
+    )
+
+# Imported when first used: the hub's service reads results, rules and codes from this
+# package's modules and needs none of the processors (nor scipy, which they import).
+_MODULES = {
+    "analyze_file": "analyze",
+    "analyze_paths": "analyze",
+    "PIPELINE": "pipeline",
+    "run_pipeline": "pipeline",
+    "ENTRY_POINT_GROUP": "registry",
+    "Context": "registry",
+    "Processor": "registry",
+    "Registry": "registry",
+    "default_registry": "registry",
+    "processor": "registry",
+}
+
+__getattr__ = lazy_attributes(__name__, _MODULES)
 
 __all__ = [
     "ENTRY_POINT_GROUP",

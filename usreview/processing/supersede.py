@@ -29,15 +29,17 @@ import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, generate_uid
 
-from usreview.processing.execution import DerivedOutput, Outputs
 from usreview.store import ResultFeed, ResultRecord
+
+if TYPE_CHECKING:  # the executor loads the processors; planning needs none of them
+    from usreview.processing.execution import DerivedOutput, Outputs
 
 __all__ = [
     "Planned",

@@ -44,7 +44,7 @@ from usreview.dicom import (
     region_for_points,
 )
 from usreview.errors import CalibrationError
-from usreview.processing.quantification.doppler import CODES as _DOPPLER_CODES
+from usreview.processing.quantification.codes import CODES as _DOPPLER_CODES
 from usreview.processing.quantification.spectral import calibrate
 from usreview.processing.results import Code, CodingScheme, Quantity
 
@@ -70,7 +70,7 @@ Source = UltrasoundInstance | Sequence[UltrasoundRegion]
 LengthUnit = Literal["mm", "cm"]
 
 #: Concept code and UCUM unit by measurement name; PSV, EDV, RI and heart rate are the
-#: processors' own (:data:`usreview.processing.quantification.doppler.CODES`).
+#: processors' own (:data:`usreview.processing.quantification.codes.CODES`).
 CODES: dict[str, tuple[Code, str]] = {
     "distance": (Code("121206", CodingScheme.DCM, "Distance"), "mm"),
     "area": (Code("42798000", CodingScheme.SNOMED, "Area"), "mm2"),

@@ -8,7 +8,7 @@
 The SR is a Comprehensive SR whose content is a TID 1500 Measurement Report observed by
 the reviewer (a person): one measurement group (TID 1501) per source instance, each
 measurement a TID 300 numeric coded as given, or, without a code, with the LOINC code of
-the automatic measurement of that name (:data:`usreview.processing.quantification.doppler.CODES`),
+the automatic measurement of that name (:data:`usreview.processing.quantification.codes.CODES`),
 else a private code; its method says whether it was measured automatically and accepted
 or corrected, or measured by the reviewer. A "Qualitative Evaluations" container holds
 the findings, the impression and the recommendations as text, the urgency as a code, and
@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from usreview.errors import ReportError
-from usreview.processing.quantification.doppler import CODES
+from usreview.processing.quantification.codes import CODES
 from usreview.processing.sr import MANUFACTURER
 
 __all__ = [

@@ -32,6 +32,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from usreview.dicom import ImageKind, RegionDataType, UltrasoundInstance, UltrasoundRegion
+from usreview.processing.quantification.codes import CODES
 from usreview.processing.quantification.cycles import Cycle, detect_cycles
 from usreview.processing.quantification.spectral import (
     FlowSide,
@@ -66,17 +67,6 @@ __all__ = [
 Float = npt.NDArray[np.float64]
 LN = CodingScheme.LOINC
 
-#: LOINC codes (DICOM CID 12120, 12121, 12220) and UCUM units, by quantity name.
-CODES: dict[str, tuple[Code, str]] = {
-    "peak_systolic_velocity": (Code("11726-7", LN, "Peak Systolic Velocity"), "cm/s"),
-    "end_diastolic_velocity": (Code("11653-3", LN, "End Diastolic Velocity"), "cm/s"),
-    "resistive_index": (Code("12023-8", LN, "Resistivity Index"), "1"),
-    "pulsatility_index": (Code("12008-9", LN, "Pulsatility Index"), "1"),
-    "time_averaged_peak_velocity": (Code("11692-1", LN, "Time averaged peak velocity"), "cm/s"),
-    "velocity_time_integral": (Code("20354-7", LN, "Velocity Time Integral"), "cm"),
-    "peak_velocity": (Code("20355-4", LN, "Peak Blood Velocity"), "cm/s"),
-    "heart_rate": (Code("8867-4", LN, "Heart rate"), "/min"),
-}
 #: CID 7203 Image Derivation of the overlay: the envelope is the signal's segmented edge.
 ENVELOPE_DERIVATION = Code("113076", CodingScheme.DCM, "Segmentation")
 MIN_SIGNAL_FRACTION = 0.3  # of columns, for a PW spectrum (CW is silent in diastole)

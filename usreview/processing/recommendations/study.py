@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from usreview.processing.quantification.doppler import CODES
+from usreview.processing.quantification.codes import CODES
 from usreview.processing.quantification.vessel import SIDES, VESSELS
 from usreview.processing.recommendations.rules import SUPPORT
 from usreview.processing.results import Code, CodingScheme, Quantity, Recommendation
