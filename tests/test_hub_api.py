@@ -178,7 +178,7 @@ def test_refusals_answer_4xx_and_store_nothing(world: World, study: list[Path]) 
 
     # Limits and protocol, before any body is read.
     error(
-        _before_the_body(lambda: hub.upload(uid, b"\0" * (MAX_UPLOAD + 1), a.token)),
+        _before_the_body(hub, lambda: hub.upload(uid, b"\0" * (MAX_UPLOAD + 1), a.token)),
         413,
         "too_large",
     )
@@ -189,14 +189,19 @@ def test_refusals_answer_4xx_and_store_nothing(world: World, study: list[Path]) 
             "PUT", f"/instances/{uid}", a.token, data=chunks, headers={"Content-Type": ENVELOPE}
         )
 
-    error(_before_the_body(chunked), 413, "too_large")
-    error(hub.upload(uid, good, a.token, content_type="text/plain"), 415, "unsupported_media_type")
-    error(hub.upload(uid, good, a.token, content_type=""), 415, "unsupported_media_type")
+    error(_before_the_body(hub, chunked), 413, "too_large")
+
+    def early(token: Any, media: str = ENVELOPE) -> requests.Response:
+        """An upload refused before its body is read (401, 403, 415)."""
+        return _before_the_body(hub, lambda: hub.upload(uid, good, token, content_type=media))
+
+    error(early(a.token, "text/plain"), 415, "unsupported_media_type")
+    error(early(a.token, ""), 415, "unsupported_media_type")
     error(hub.upload(uid, b"", a.token), 400, "bad_envelope")
-    error(hub.upload(uid, good, None), 401, "unauthorized")
-    error(hub.upload(uid, good, "not-a-token"), 403, "forbidden")
-    error(hub.upload(uid, good, world.trainee), 403, "forbidden")
-    error(hub.upload(uid, good, world.reviewer), 403, "forbidden")
+    error(early(None), 401, "unauthorized")
+    error(early("not-a-token"), 403, "forbidden")
+    error(early(world.trainee), 403, "forbidden")
+    error(early(world.reviewer), 403, "forbidden")
     error(hub.upload("1.2.x", good, a.token), 400, "bad_request")
 
     # Neither length nor chunked: 411 from the service (the proxy sends every PUT body
@@ -496,19 +501,24 @@ def test_a_restart_keeps_users_sites_studies_and_cursors(world: World, study: li
     assert again.status_code == 200, again.text
 
 
-def _before_the_body(send: Callable[[], requests.Response]) -> requests.Response:
-    """``send()`` an upload that is refused before its body is read (413), answered.
+def _before_the_body(hub: HubRun, send: Callable[[], requests.Response]) -> requests.Response:
+    """``send()`` an upload that is refused before its body is read (413, 415), answered.
 
     A client still writing its body can see the connection end before it reads the answer
     (the proxy closes once the answer is complete, or when the service closed its side
     first): a real client sends again, and so does this one, up to three times, then the
-    answer must be the refusal.
+    answer must be the refusal. Afterwards the session's connections are dropped, as the
+    site's client does after any refusal of a request with a body: the proxy may close
+    that connection once it has answered, and a request sent on it meanwhile is lost.
     """
-    for attempt in range(3):
-        try:
-            return send()
-        except requests.ConnectionError:
-            if attempt == 2:
-                raise
-            time.sleep(0.5)
-    raise AssertionError("unreachable")
+    try:
+        for attempt in range(3):
+            try:
+                return send()
+            except requests.ConnectionError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
+    finally:
+        hub.http.close()
