@@ -101,3 +101,17 @@ def test_a_site_key_rotates_with_the_hub_stopped_and_errors_are_one_line(
     lines = [json.loads(x) for x in state.audit_log.read_text().splitlines()]
     assert [x["outcome"] for x in lines] == ["rotated"]
     assert lines[0]["detail"]["grace_seconds"] == 2 * 3600
+
+
+@pytest.mark.parametrize(
+    "action",
+    [["conflicts"], ["sites"], ["site-token", "clinic"], ["jobs"], ["audit", "--verify"]],
+)
+def test_administration_refuses_a_state_that_is_not_a_hubs(
+    action: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "mistyped"
+    assert main(["hub", *action, "--state", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"usreview: error: no hub state in {missing}") and err.count("\n") == 1
+    assert not missing.exists()  # no new hub made by accident

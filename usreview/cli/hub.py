@@ -212,9 +212,9 @@ _HUB_SITE_TOKEN = Command(
 def _cmd_hub_audit(args: argparse.Namespace) -> int:
     from usreview.hub.audit import verify
     from usreview.hub.errors import AuditError
-    from usreview.hub.state import open_state
+    from usreview.hub.state import existing_state
 
-    state = open_state(_state_dir(args))
+    state = existing_state(_state_dir(args))
     if not state.audit_log.exists():
         raise AuditError(f"no audit log yet in {state.root}")
     if args.tail:
@@ -307,10 +307,10 @@ _HUB_WORKER = Command(
 
 def _cmd_hub_jobs(args: argparse.Namespace) -> int:
     from usreview.hub.api.settings import open_archive
-    from usreview.hub.state import open_state
+    from usreview.hub.state import existing_state
     from usreview.store.jobs import JobStatus
 
-    state = open_state(_state_dir(args))
+    state = existing_state(_state_dir(args))
     with open_archive(state.root) as archive:
         if args.backfill:
             made = archive.jobs.backfill()

@@ -29,7 +29,7 @@ from usreview.hub.config import Endpoints, configure
 from usreview.hub.errors import AccountError, HubUnavailableError
 from usreview.hub.passwords import generate_password, hash_password
 from usreview.hub.roles import PERSON_ROLES, SITE_GROUP, SITE_TOKEN_SCOPES, group_for_role
-from usreview.hub.state import HubState, open_state
+from usreview.hub.state import HubState, existing_state, open_state
 
 __all__ = [
     "NewPerson",
@@ -249,7 +249,7 @@ def list_sites(state: Path) -> list[SiteOverview]:
     from usreview.hub.api.settings import open_archive
     from usreview.hub.audit import AuditAction, AuditLog
 
-    hub_state = open_state(state)
+    hub_state = existing_state(state)
     registered = Accounts(hub_state.accounts).sites()
     with open_archive(hub_state.root) as archive:
         activity = {a.site: a for a in archive.site_activity()}
@@ -301,7 +301,7 @@ def site_token(state: Path, name: str, *, revoke_only: bool = False) -> SiteToke
     from usreview.hub.audit import AuditAction, AuditLog
 
     check_name(name)
-    hub_state = open_state(state)
+    hub_state = existing_state(state)
     if name not in Accounts(hub_state.accounts).groups()[SITE_GROUP]:
         raise AccountError(f"{name!r} is not a registered site")
     api = _api(hub_state)

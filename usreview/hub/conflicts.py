@@ -16,7 +16,7 @@ from pathlib import Path
 
 from usreview.hub.api.settings import open_archive
 from usreview.hub.audit import AuditAction, AuditLog
-from usreview.hub.state import HubState, open_state
+from usreview.hub.state import HubState, existing_state
 from usreview.store import ConflictRecord, NotFoundError, Reviewer
 
 __all__ = ["ACTOR", "ExportedConflict", "export_conflict", "list_conflicts", "resolve_conflict"]
@@ -36,7 +36,7 @@ class ExportedConflict:
 
 def list_conflicts(state: Path, *, every: bool = False) -> list[ConflictRecord]:
     """The unresolved conflicts (``every``: resolved ones too), oldest first (audited)."""
-    hub_state = open_state(state)
+    hub_state = existing_state(state)
     with open_archive(hub_state.root) as archive:
         found = archive.list_conflicts(unresolved_only=not every)
     _audit(hub_state, AuditAction.READ, "conflicts", "listed", {"count": len(found)})
@@ -63,7 +63,7 @@ def export_conflict(state: Path, conflict_id: int, folder: Path) -> ExportedConf
     from usreview.hub.api.plaintext import open_kept, open_stored
     from usreview.hub.api.sitekeys import SiteKeyFiles
 
-    hub_state = open_state(state)
+    hub_state = existing_state(state)
     folder.mkdir(parents=True, exist_ok=True)
     hub_keys = load_private_keys(hub_state.hub_key)
     site_keys = SiteKeyFiles(hub_state.sites)
@@ -115,7 +115,7 @@ def resolve_conflict(state: Path, conflict_id: int, note: str) -> ConflictRecord
 
     if not note.strip():
         raise InputError("say what was decided: --note TEXT")
-    hub_state = open_state(state)
+    hub_state = existing_state(state)
     with open_archive(hub_state.root) as archive:
         resolved = archive.resolve_conflict(conflict_id, note.strip())
     _audit(hub_state, AuditAction.ADMIN, f"conflicts/{conflict_id}", "resolved",

@@ -39,7 +39,14 @@ from usreview.envelope import generate_keys, write_key_pair
 from usreview.envelope.atomic import replace_file, write_new_file
 from usreview.hub.errors import StateError
 
-__all__ = ["DEFAULT_STATE", "STATE_ENV", "HubState", "open_state", "state_from_env"]
+__all__ = [
+    "DEFAULT_STATE",
+    "STATE_ENV",
+    "HubState",
+    "existing_state",
+    "open_state",
+    "state_from_env",
+]
 
 STATE_ENV = "USREVIEW_STATE"
 DEFAULT_STATE = Path("state")
@@ -201,3 +208,22 @@ def _read_text(path: Path) -> str:
 def state_from_env() -> Path:
     """Return ``$USREVIEW_STATE`` or ``./state``."""
     return Path(os.environ.get(STATE_ENV) or DEFAULT_STATE)
+
+
+def existing_state(root: Path) -> HubState:
+    """The state directory of an existing hub (:func:`open_state`), never a new one.
+
+    For the administration commands: a mistyped ``--state`` is an error, not a new hub.
+
+    Raises
+    ------
+    StateError
+        ``root`` holds no hub keys, or see :func:`open_state`.
+    """
+    root = Path(root).absolute()
+    if not (root / "hub.key").is_file():
+        raise StateError(
+            f"no hub state in {root}: give the hub's --state (or set ${STATE_ENV}); "
+            f"'usreview hub --state {root}' would start a new hub there"
+        )
+    return open_state(root)
