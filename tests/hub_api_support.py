@@ -165,14 +165,19 @@ class HubRun:
 
     # -- people and sites ---------------------------------------------------------------
 
-    def cli(self, *args: str) -> str:
-        result = subprocess.run(
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``usreview hub ARGS --state STATE``, whatever its exit status."""
+        return subprocess.run(
             [*USREVIEW, "hub", *args, "--state", str(self.state)],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         )
+
+    def cli(self, *args: str) -> str:
+        """The output of ``usreview hub ARGS --state STATE``, which must succeed."""
+        result = self.run_cli(*args)
         assert result.returncode == 0, result.stderr
         return result.stdout
 

@@ -25,7 +25,7 @@ import requests
 from pydicom.uid import CTImageStorage
 
 from tests.conftest import write_us
-from tests.hub_api_support import ENVELOPE, USREVIEW, HubRun, Site, service_launch, service_pids
+from tests.hub_api_support import ENVELOPE, HubRun, Site, service_launch, service_pids
 from tests.site_helpers import wait_until
 from usreview.envelope import (
     KeyRing,
@@ -382,13 +382,7 @@ def test_results_reach_only_their_addressees(world: World, study: list[Path]) ->
 
 
 def _conflicts(world: World, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*USREVIEW, "hub", "conflicts", *args, "--state", str(world.hub.state)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return world.hub.run_cli("conflicts", *args)
 
 
 def test_an_administrator_lists_the_sites(world: World, study: list[Path]) -> None:
@@ -464,13 +458,7 @@ def test_the_audit_log_records_writes_reads_exports_denials(world: World) -> Non
     assert ("anonymous", "denial", "unauthorized") in seen
     reads = [line for line in lines if line["action"] == "read" and line["actor"] == "rev"]
     assert any(line["resource"].startswith("instances/") for line in reads)
-    verified = subprocess.run(
-        [*USREVIEW, "hub", "audit", "--verify", "--state", str(world.hub.state)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    verified = world.hub.run_cli("audit", "--verify")
     assert verified.returncode == 0, verified.stderr
     assert "chain intact" in verified.stdout
 

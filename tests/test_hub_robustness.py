@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,6 @@ import requests
 from tests.hub_api_support import (
     API,
     ENVELOPE,
-    USREVIEW,
     HubRun,
     Site,
     service_launch,
@@ -449,13 +447,7 @@ def test_an_administrator_renews_then_revokes_a_site_token(world: World) -> None
     assert "revoked 1 API token(s)" in revoked and "shown once" not in revoked
     _refused_after(hub, new, time.monotonic(), TOKEN_CACHE_SECONDS + 5)
 
-    unknown = subprocess.run(
-        [*USREVIEW, "hub", "site-token", "rev", "--state", str(hub.state)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    unknown = hub.run_cli("site-token", "rev")
     assert unknown.returncode == 2 and "'rev' is not a registered site" in unknown.stderr
     assert "Traceback" not in unknown.stderr
     changes = [
