@@ -1,8 +1,11 @@
 """Sixty sites upload at once to a real hub, against Orthanc receiving the same files.
 
 A real hub (``usreview hub``: JupyterHub, its TLS proxy, the usreview service) is started
-on a loopback port with its state in a temporary folder; 60 sites are enrolled the way
-``usreview demo`` does it. The data are generated at run time: per site a few small
+on a loopback port with its state in a temporary folder, with a sites' port
+(``--site-port``, :mod:`usreview.hub.siteport`: the service serves the sites over TLS
+itself, without the proxy's hop); 60 sites are enrolled on it the way ``usreview demo``
+does it. ``$USREVIEW_BENCH_VIA_PROXY=1`` enrolls them on the public endpoint instead,
+through the proxy. The data are generated at run time: per site a few small
 simulated B-mode instances (480x640, about 308 KB) with their own UIDs, and a few sites
 also send one 100-frame 600x800 cine (about 48 MB). Each site is one thread (spread
 over a few client processes) that seals every instance to the hub (AES-256-GCM, signed
@@ -224,16 +227,24 @@ def main() -> None:
         if os.environ.get("USREVIEW_BENCH_SERVICE_PROCESSES"):
             settings["processes"] = int(os.environ["USREVIEW_BENCH_SERVICE_PROCESSES"])
         service = ServiceSettings(**settings)
-        hub = HubProcess.start(root / "hub", free_port(), root / "hub.log", settings=settings)
+        via_proxy = os.environ.get("USREVIEW_BENCH_VIA_PROXY", "") not in ("", "0")
+        hub = HubProcess.start(
+            root / "hub",
+            free_port(),
+            root / "hub.log",
+            settings=settings,
+            site_port=None if via_proxy else free_port(),
+        )
         try:
             t0 = time.perf_counter()
             configs = {
-                name: enroll_site(hub.state, hub.url, name, root / "sites" / name, port=11112)
+                name: enroll_site(hub.state, hub.site_url, name, root / "sites" / name, port=11112)
                 for name in files
             }
+            where = "the public endpoint (proxy)" if via_proxy else "the sites' port"
             print(
                 f"hub up (service: {service.processes} process(es) x {service.parse_workers} "
-                f"parsing worker(s)); {n_sites} sites enrolled in "
+                f"parsing worker(s)); {n_sites} sites enrolled on {where} in "
                 f"{time.perf_counter() - t0:.1f} s",
                 flush=True,
             )

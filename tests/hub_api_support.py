@@ -67,6 +67,7 @@ class HubRun:
     settings: dict[str, Any]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    site_port: int | None = None  # the sites' port (--site-port), if any
 
     def __post_init__(self) -> None:
         self.state = self.root / "state"
@@ -83,6 +84,12 @@ class HubRun:
         return f"https://127.0.0.1:{self.port}"
 
     @property
+    def site_url(self) -> str:
+        """The sites' port's URL (the hub must have one)."""
+        assert self.site_port is not None
+        return f"https://127.0.0.1:{self.site_port}"
+
+    @property
     def cert(self) -> Path:
         return self.state / "tls.crt"
 
@@ -92,9 +99,12 @@ class HubRun:
 
     def start(self) -> None:
         command = [*USREVIEW, "hub", "--state", str(self.state), "--ip", "127.0.0.1"]
+        command += ["--port", str(self.port)]
+        if self.site_port is not None:
+            command += ["--site-port", str(self.site_port)]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [*command, "--port", str(self.port)],
+                command,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,

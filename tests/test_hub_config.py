@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 import stat
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,10 @@ import jupyterhub.scopes as jupyterhub_scopes
 import pytest
 from traitlets.config import Config
 
+from usreview.demo import free_port
 from usreview.hub import roles
 from usreview.hub.accounts import Accounts
-from usreview.hub.config import configure
+from usreview.hub.config import SITE_PORT_ENV, configure
 from usreview.hub.errors import (
     AccountError,
     HubConfigError,
@@ -24,6 +27,7 @@ from usreview.hub.errors import (
 )
 from usreview.hub.passwords import generate_password, hash_password, verify_password
 from usreview.hub.proxy import PROXY_ENV, find_proxy
+from usreview.hub.siteport import SERVICE_SITE_PORT_ENV, SitePort
 from usreview.hub.tls import check_bind, ensure_certificate, is_loopback
 
 
@@ -243,6 +247,61 @@ def test_configure_from_the_environment(
     endpoints = configure(c)
     assert endpoints.state.root == tmp_path / "envstate"
     assert c.JupyterHub.bind_url == "https://127.0.0.1:18123/"
+
+
+# --- the sites' port -----------------------------------------------------------------
+
+
+def _service(c: Config, name: str = "usreview") -> dict[str, Any]:
+    [service] = [s for s in c.JupyterHub.services if s["name"] == name]
+    return dict(service)
+
+
+def test_the_sites_port_is_given_to_the_service(
+    tmp_path: Path, fake_proxy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    monkeypatch.setenv(SITE_PORT_ENV, str(port))
+    c = Config()
+    endpoints = configure(c, tmp_path / "state", "127.0.0.1", 18000)
+    assert endpoints.site_url == f"https://127.0.0.1:{port}/"
+    site = SitePort.from_env(_service(c)["environment"])
+    cert, key = Path(c.JupyterHub.ssl_cert), Path(c.JupyterHub.ssl_key)
+    assert site == SitePort("127.0.0.1", port, cert, key)
+    assert site.tls_context().minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert SERVICE_SITE_PORT_ENV not in _service(c, "usreview-worker")["environment"]
+    assert endpoints.state.read_run_info()["site_url"] == endpoints.site_url
+
+    monkeypatch.delenv(SITE_PORT_ENV)
+    c = Config()
+    assert configure(c, tmp_path / "state", "127.0.0.1", 18000).site_url is None
+    assert SERVICE_SITE_PORT_ENV not in _service(c)["environment"]
+
+
+def test_the_sites_port_is_checked_before_the_start(tmp_path: Path, fake_proxy: Path) -> None:
+    state = tmp_path / "state"
+    with pytest.raises(HubConfigError, match="TLS only"):
+        configure(Config(), state, "127.0.0.1", 18000, tls=False, site_port=free_port())
+    assert not state.exists()
+    with pytest.raises(HubConfigError, match="is the public port"):
+        configure(Config(), state, "127.0.0.1", 18000, site_port=18000)
+    with pytest.raises(HubConfigError, match=r"invalid port 0 \(--site-port"):
+        configure(Config(), state, "127.0.0.1", 18000, site_port=0)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(HubConfigError, match=f"cannot serve the sites on 127.0.0.1:{port}"):
+            configure(Config(), state, "127.0.0.1", 18000, site_port=port)
+
+
+@pytest.mark.parametrize(
+    "value", ["{", "[]", '{"ip": "", "port": 70000, "cert": "c", "key": "k"}', '{"ip": ""}']
+)
+def test_a_damaged_sites_port_variable_is_refused(value: str) -> None:
+    assert SitePort.from_env({}) is None
+    with pytest.raises(HubConfigError, match=SERVICE_SITE_PORT_ENV):
+        SitePort.from_env({SERVICE_SITE_PORT_ENV: value})
 
 
 # --- TLS ------------------------------------------------------------------------------

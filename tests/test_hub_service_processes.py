@@ -8,6 +8,11 @@ supervisor is killed with ``kill -9``: its processes die with it, the hub starts
 service again within seconds, and it holds everything acknowledged and accepts more; a
 site's uploads meanwhile are answered 503 at once, and its client stores one as soon as
 the service is back.
+
+The hub also has a sites' port (``--site-port``, :mod:`usreview.hub.siteport`): a site
+enrolled on it uploads there with its client, over TLS to the service itself; people's
+tokens are refused there (403 ``sites_only``, audited), plain HTTP gets no answer, and
+the port is served again after the service's restart.
 """
 
 from __future__ import annotations
@@ -23,11 +28,18 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 
-from tests.hub_api_support import HubRun, Site, service_pids
+from tests.hub_api_support import API, HubRun, Site, service_pids
 from tests.site_helpers import alive, wait_until
 from usreview.demo import enroll_site, free_port
-from usreview.envelope import load_private_keys, load_public_keys, seal_file
+from usreview.envelope import (
+    generate_keys,
+    load_private_keys,
+    load_public_keys,
+    seal_file,
+    write_key_pair,
+)
 from usreview.hub.state import HubState
 from usreview.ingest import verify_receipt
 from usreview.simulate import simulate
@@ -42,7 +54,8 @@ SITES, PER_SITE = 16, 3
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubRun]:
-    run = HubRun(tmp_path_factory.mktemp("processes"), {"processes": 2, "parse_workers": 1})
+    settings = {"processes": 2, "parse_workers": 1}
+    run = HubRun(tmp_path_factory.mktemp("processes"), settings, site_port=free_port())
     with run.running():
         yield run
 
@@ -101,10 +114,14 @@ def _send(hub: HubRun, site: Site, uploads: list[tuple[str, bytes]]) -> list[str
     return acknowledged
 
 
-def _enrolled(hub: HubRun, name: str, folder: Path) -> tuple[Site, SiteConfig]:
-    """A site enrolled as the demo enrolls one (``site init``, ``hub add-site``)."""
+def _enrolled(
+    hub: HubRun, name: str, folder: Path, hub_url: str | None = None
+) -> tuple[Site, SiteConfig]:
+    """A site enrolled as the demo enrolls one (``site init``, ``hub add-site``), sending
+    to ``hub_url`` (default: the hub's public endpoint)."""
+    url = hub_url or hub.url
     config = load_config(
-        enroll_site(HubState(hub.state), hub.url, name, folder / name, port=free_port())
+        enroll_site(HubState(hub.state), url, name, folder / name, port=free_port())
     )
     return Site(name, config.read_token(), load_private_keys(config.private_key)), config
 
@@ -143,6 +160,65 @@ def test_sites_uploading_at_once_are_served_by_every_process(hub: HubRun) -> Non
     assert starts[-3]["pid"] == supervisor and starts[-3]["processes"] == 2
     assert {d["worker"] for d in starts[-2:]} == {0, 1}
     assert {d["pid"] for d in starts[-2:]} == set(workers)
+
+
+def _put_all(config: SiteConfig, uploads: list[tuple[str, bytes]]) -> list[dict[str, object]]:
+    """Upload with the site's own client on one connection; the answers, its peer port."""
+    answers = []
+    with HubClient(config) as client:
+        for uid, envelope in uploads:
+            answers.append(client.put_instance(uid, io.BytesIO(envelope), len(envelope)))
+            sock = client._conn.sock if client._conn is not None else None
+            assert sock is not None
+            answers[-1]["peer_port"] = sock.getpeername()[1]
+    return answers
+
+
+def test_sites_upload_on_the_sites_port_and_only_sites_get_in(hub: HubRun, tmp_path: Path) -> None:
+    assert hub.site_port is not None
+    site, config = _enrolled(hub, "siteport", tmp_path, hub.site_url)
+    uploads = _envelopes(hub, site, 3, hub.root / "data" / "siteport")
+    answers = _put_all(config, uploads)
+    hub_public = load_public_keys(hub.state / "hub.pub")
+    for (uid, _), answer in zip(uploads, answers, strict=True):
+        assert answer["peer_port"] == hub.site_port  # not through the proxy
+        assert not answer["duplicate"]
+        receipt = verify_receipt(answer["receipt"], hub_public, site=site.name)
+        assert receipt["sop_instance_uid"] == uid
+    assert _held(hub, site) == {uid for uid, _ in uploads}  # the same archive as the proxy's
+
+    # 'add-site' tells the site where to send.
+    write_key_pair(generate_keys("siteother"), tmp_path)
+    out = hub.cli("add-site", "siteother", "--public-key", str(tmp_path / "siteother.pub"))
+    assert f"the site's hub.url: {hub.site_url}\n" in out, out
+
+    # People's tokens, and no token, are refused there; the same token works through the proxy.
+    reviewer = hub.add_person("rita", "reviewer")
+    on_port = requests.Session()
+    on_port.trust_env, on_port.verify = False, str(hub.cert)
+    studies = f"{hub.site_url}{API}/studies"
+    refused = on_port.get(studies, headers={"Authorization": f"token {reviewer}"}, timeout=30)
+    assert refused.status_code == 403, refused.text
+    assert (refused.json()["error"], refused.json()["reason"]) == ("forbidden", "sites_only")
+    assert hub.get("/studies", reviewer).status_code == 200
+    assert on_port.get(studies, timeout=30).status_code == 401
+    upload = on_port.put(
+        f"{hub.site_url}{API}/instances/{uploads[0][0]}",
+        data=uploads[0][1],
+        headers={"Authorization": f"token {reviewer}", "Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert (upload.status_code, upload.json()["reason"]) == (403, "sites_only"), upload.text
+    denials = [
+        line
+        for line in map(json.loads, (hub.state / "audit.log").read_text().splitlines())
+        if line["actor"] == "rita" and line["action"] == "denial"
+    ]
+    assert [d["detail"]["reason"] for d in denials[-2:]] == ["sites_only", "sites_only"]
+
+    # TLS only: a plain HTTP request gets no answer.
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{hub.site_port}{API}/whoami", timeout=10)
 
 
 def test_a_killed_supervisor_takes_its_processes_along_and_the_hub_starts_it_again(
@@ -191,3 +267,9 @@ def test_a_killed_supervisor_takes_its_processes_along_and_the_hub_starts_it_aga
     assert _held(hub, site) == set(acknowledged)
     acknowledged += _send(hub, site, second)
     assert _held(hub, site) == set(acknowledged)
+
+    # The restarted service serves the sites' port again.
+    site_port_site, site_port_config = _enrolled(hub, "siteagain", tmp_path, hub.site_url)
+    [(again, envelope)] = _envelopes(hub, site_port_site, 1, hub.root / "data" / "again")
+    [answer] = _put_all(site_port_config, [(again, envelope)])
+    assert answer["peer_port"] == hub.site_port and answer["sop_instance_uid"] == again

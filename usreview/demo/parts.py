@@ -183,10 +183,16 @@ class HubProcess:
     state: HubState
     port: int
     child: Child
+    site_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def site_url(self) -> str:
+        """Where sites send: the sites' port when the hub has one, else :attr:`url`."""
+        return self.url if self.site_port is None else f"https://127.0.0.1:{self.site_port}"
 
     @classmethod
     def start(
@@ -198,11 +204,13 @@ class HubProcess:
         settings: dict[str, Any] | None = None,
         timeout: float = 90.0,
         on_spawn: Callable[[Child], None] | None = None,
+        site_port: int | None = None,
     ) -> HubProcess:
         """Start the hub and wait until its proxy routes to the usreview service.
 
         ``settings`` are written to ``STATE/service_config.json`` (``ServiceSettings``)
-        before the start; ``on_spawn(child)`` is called as soon as the process exists.
+        before the start; ``on_spawn(child)`` is called as soon as the process exists;
+        ``site_port`` gives the hub a sites' port (``--site-port``).
 
         Raises
         ------
@@ -223,8 +231,11 @@ class HubProcess:
                 json.dumps({"ServiceSettings": settings})
             )
         command = [*USREVIEW, "hub", "--state", str(state.root), "--ip", "127.0.0.1"]
-        child = Child("the hub", [*command, "--port", str(port)], log, cwd=state.root)
-        hub = cls(state, port, child)
+        command += ["--port", str(port)]
+        if site_port is not None:
+            command += ["--site-port", str(site_port)]
+        child = Child("the hub", command, log, cwd=state.root)
+        hub = cls(state, port, child, site_port)
         try:
             if on_spawn is not None:
                 on_spawn(child)

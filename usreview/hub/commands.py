@@ -65,6 +65,9 @@ class NewSite:
     token: str
     site_public_key: Path
     hub_public_key: Path
+    hub_url: str | None = None
+    """The address the site sends to (its ``hub.url``): the sites' port when the hub has
+    one, else the public endpoint."""
 
     @property
     def hub_public_key_text(self) -> str:
@@ -80,6 +83,7 @@ def run_hub(
     tls: bool = True,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    site_port: int | None = None,
 ) -> Endpoints:
     """Configure JupyterHub and run it in this process until it is stopped.
 
@@ -89,7 +93,9 @@ def run_hub(
     from traitlets.config import Config
 
     config = Config()
-    endpoints = configure(config, state, ip, port, tls=tls, tls_cert=tls_cert, tls_key=tls_key)
+    endpoints = configure(
+        config, state, ip, port, tls=tls, tls_cert=tls_cert, tls_key=tls_key, site_port=site_port
+    )
 
     from jupyterhub.app import JupyterHub  # slow to import: after the checks
 
@@ -181,7 +187,9 @@ def add_site(state: Path, name: str, public_key: Path) -> NewSite:
     except BaseException:
         accounts.remove_site(name)
         raise
-    return NewSite(name, token, copy, hub_state.hub_pub)
+    info = hub_state.read_run_info()
+    url = info.get("site_url") or info.get("public_url")
+    return NewSite(name, token, copy, hub_state.hub_pub, url.rstrip("/") if url else None)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@
   ``configurable-http-proxy`` found by :func:`usreview.hub.proxy.find_proxy`;
   the hub, the proxy's API and the usreview service on loopback ports (free ports
   picked at each start unless given; recorded in ``run.json``);
+- optionally the sites' port (``site_port``), where the usreview service itself serves
+  the sites' API with the same certificate, without the proxy
+  (:mod:`usreview.hub.siteport`);
 - the SQLite database, cookie secret and PID files in the state directory;
 - the authenticator (:mod:`usreview.hub.auth`), the groups from the accounts
   registry, the roles and custom scopes of :mod:`usreview.hub.roles`;
@@ -50,13 +53,23 @@ from usreview.hub.dashboards import (
 from usreview.hub.errors import HubConfigError
 from usreview.hub.proxy import find_proxy
 from usreview.hub.roles import ADMIN_SERVICE, CUSTOM_SCOPES, SERVICE, load_roles
+from usreview.hub.siteport import SERVICE_SITE_PORT_ENV, SitePort
 from usreview.hub.state import STATE_ENV, HubState, open_state, state_from_env
 from usreview.hub.tls import check_bind, ensure_certificate
 
-__all__ = ["IP_ENV", "PORT_ENV", "WORKER_SERVICE", "Endpoints", "configure"]
+__all__ = [
+    "IP_ENV",
+    "PORT_ENV",
+    "SITE_PORT_ENV",
+    "WORKER_SERVICE",
+    "Endpoints",
+    "configure",
+]
 
 IP_ENV = "USREVIEW_HUB_IP"
 PORT_ENV = "USREVIEW_HUB_PORT"
+#: The default of ``site_port`` (``--site-port``); unset: no sites' port.
+SITE_PORT_ENV = "USREVIEW_HUB_SITE_PORT"
 _DEFAULT_IP = "127.0.0.1"
 _DEFAULT_PORT = 8000
 _LOOPBACK = "127.0.0.1"
@@ -78,6 +91,8 @@ class Endpoints:
     tls_cert: Path | None
     """The certificate clients verify against, when TLS is on."""
     state: HubState
+    site_url: str | None = None
+    """The sites' port (``https://IP:SITE_PORT/``), when the hub has one."""
 
 
 def configure(
@@ -92,6 +107,7 @@ def configure(
     hub_port: int | None = None,
     proxy_api_port: int | None = None,
     service_port: int | None = None,
+    site_port: int | None = None,
 ) -> Endpoints:
     """Set everything on the JupyterHub config object ``c``; return the endpoints.
 
@@ -113,6 +129,9 @@ def configure(
     hub_port, proxy_api_port, service_port
         Loopback ports of the hub's API, the proxy's API and the usreview service;
         default: free ports picked now.
+    site_port
+        The sites' port on ``ip`` (:mod:`usreview.hub.siteport`), TLS only; default
+        ``$USREVIEW_HUB_SITE_PORT``, else none (sites go through the proxy).
 
     Raises
     ------
@@ -126,9 +145,17 @@ def configure(
     if ip is None:
         ip = os.environ.get(IP_ENV, _DEFAULT_IP)
     port = _port(port if port is not None else os.environ.get(PORT_ENV, _DEFAULT_PORT))
+    if site_port is None and os.environ.get(SITE_PORT_ENV):
+        site_port = _port(os.environ[SITE_PORT_ENV], "--site-port", SITE_PORT_ENV)
+    elif site_port is not None:
+        site_port = _port(site_port, "--site-port", SITE_PORT_ENV)
     if (tls_cert is None) != (tls_key is None):
         raise HubConfigError("give both --tls-cert and --tls-key, or neither")
     check_bind(ip, tls)
+    if site_port is not None and not tls:
+        raise HubConfigError("the sites' port serves TLS only: drop --no-tls or --site-port")
+    if site_port == port:
+        raise HubConfigError(f"--site-port {site_port} is the public port: pick another")
     proxy = find_proxy()
     hub_state = open_state(state if state is not None else state_from_env())
     hub_port, proxy_api_port, service_port = (
@@ -137,6 +164,7 @@ def configure(
     )
 
     cert: Path | None = None
+    key: Path | None = None
     scheme = "http"
     if tls:
         scheme = "https"
@@ -149,6 +177,16 @@ def configure(
         c.JupyterHub.ssl_key = str(key)
     public_url = f"{scheme}://{_host(ip)}:{port}/"
     api_url = f"http://{_LOOPBACK}:{hub_port}/hub/api"
+    sites: SitePort | None = None
+    site_url: str | None = None
+    service_environment = _service_environment(hub_state.root)
+    if site_port is not None and cert is not None and key is not None:
+        sites = SitePort(ip, site_port, cert, key)
+        for sock in sites.bind():  # in use: say so now, not from the service's log
+            sock.close()
+        sites.tls_context()  # an unreadable certificate or key: the same
+        site_url = f"https://{_host(ip)}:{site_port}/"
+        service_environment[SERVICE_SITE_PORT_ENV] = sites.to_env()
 
     # Endpoints, proxy, files.
     c.JupyterHub.bind_url = public_url
@@ -178,7 +216,7 @@ def configure(
             "name": SERVICE,
             "url": f"http://{_LOOPBACK}:{service_port}",
             "command": [sys.executable, "-m", "usreview.hub.service"],
-            "environment": _service_environment(hub_state.root),
+            "environment": service_environment,
             "cwd": str(hub_state.root),
             "display": True,
             "oauth_no_confirm": True,
@@ -212,9 +250,14 @@ def configure(
     c.SimpleLocalProcessSpawner.home_dir_template = str(hub_state.homes / "{username}")
 
     hub_state.write_run_info(
-        {"public_url": public_url, "api_url": api_url, "tls_cert": str(cert) if cert else None}
+        {
+            "public_url": public_url,
+            "api_url": api_url,
+            "tls_cert": str(cert) if cert else None,
+            "site_url": site_url,
+        }
     )
-    return Endpoints(public_url=public_url, api_url=api_url, tls_cert=cert, state=hub_state)
+    return Endpoints(public_url, api_url, cert, hub_state, site_url)
 
 
 def poll_services_every(seconds: int) -> None:
@@ -242,13 +285,13 @@ def poll_services_every(seconds: int) -> None:
     service._ServiceSpawner = PolledServiceSpawner
 
 
-def _port(value: object) -> int:
+def _port(value: object, option: str = "--port", env: str = PORT_ENV) -> int:
     try:
         port = int(str(value))
     except ValueError:
         port = -1
     if not 0 < port < 65536:
-        raise HubConfigError(f"invalid port {value!r} (--port or ${PORT_ENV}): use 1 to 65535")
+        raise HubConfigError(f"invalid port {value!r} ({option} or ${env}): use 1 to 65535")
     return port
 
 

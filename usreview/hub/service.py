@@ -65,6 +65,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -85,6 +86,8 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
 
 from usreview.errors import UsreviewError
+from usreview.hub.roles import SITE_GROUP
+from usreview.hub.siteport import SitePort
 
 if TYPE_CHECKING:
     from usreview.hub.api import ServiceContext, ServiceWorker
@@ -108,6 +111,8 @@ TOKEN_CACHE_SECONDS = 5.0
 SUPPRESSED_EVERY = 10.0
 #: The application setting that holds the :class:`TokenCache`.
 _TOKENS = "usreview_token_cache"
+#: Application setting: only callers in the sites' group (the sites' port).
+SITES_ONLY = "usreview_sites_only"
 
 
 class TokenCache:
@@ -322,6 +327,11 @@ class ApiHandler(HubOAuthenticated, RequestHandler):  # type: ignore[misc]
         self.finish(json.dumps({"status": status_code, "message": message}))
 
 
+def is_site(model: dict[str, Any]) -> bool:
+    """Whether the hub's model of a caller is a site (a user in the sites' group)."""
+    return model.get("kind", "user") == "user" and SITE_GROUP in (model.get("groups") or [])
+
+
 def require_scopes(*scopes: str) -> Callable[[_Method], _Method]:
     """Decorate a handler method: answer 403 unless the caller holds one of ``scopes``."""
 
@@ -372,7 +382,11 @@ class NotFoundHandler(ApiHandler):
 
 
 def make_app(
-    prefix: str | None = None, hub_auth: Any = None, context: ServiceContext | None = None
+    prefix: str | None = None,
+    hub_auth: Any = None,
+    context: ServiceContext | None = None,
+    *,
+    sites_only: bool = False,
 ) -> Application:
     """Return the service's tornado application.
 
@@ -387,6 +401,9 @@ def make_app(
         The opened resources of :func:`usreview.hub.api.open_context`; without it only
         ``whoami`` is served, unaudited. With it, every request is audited, ``whoami``
         and the 404 of unknown paths included.
+    sites_only
+        The application of the sites' port (:mod:`usreview.hub.siteport`): callers
+        other than sites get 403, and there is no OAuth callback (no browsers).
     """
     prefix = prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/usreview/")
     prefix = prefix.rstrip("/") + "/"
@@ -402,13 +419,10 @@ def make_app(
 
         api = api_routes(prefix, context, options)
         missing = unknown_path_route(prefix, context, options)
-    settings: dict[str, Any] = {_TOKENS: TokenCache()}
+    settings: dict[str, Any] = {_TOKENS: TokenCache(), SITES_ONLY: sites_only}
+    oauth = [] if sites_only else [(rf"{prefix}oauth_callback", HubOAuthCallbackHandler)]
     return Application(
-        [
-            *api,
-            (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
-            missing,
-        ],
+        [*api, *oauth, missing],
         cookie_secret=os.urandom(32),
         hub_auth=auth,
         xsrf_cookies=False,
@@ -416,7 +430,13 @@ def make_app(
     )
 
 
-async def _serve(sockets: list[Any], worker: ServiceWorker | None = None) -> None:
+async def _serve(
+    sockets: list[Any],
+    worker: ServiceWorker | None = None,
+    site: tuple[ssl.SSLContext, list[Any]] | None = None,
+) -> None:
+    """Serve the API on ``sockets`` (behind the proxy), and to sites only on the TLS
+    sockets of ``site`` (:mod:`usreview.hub.siteport`)."""
     from usreview.hub.api import open_context
 
     context = open_context(worker=worker)
@@ -428,6 +448,10 @@ async def _serve(sockets: list[Any], worker: ServiceWorker | None = None) -> Non
             "body_timeout": settings.body_timeout,
         }
         servers = [(HTTPServer(app, xheaders=True, **limits), sockets)]  # behind the proxy
+        if site is not None:  # the sites' own TLS port: no proxy, so no forwarded headers
+            tls, site_sockets = site
+            sites_app = make_app(context=context, sites_only=True)
+            servers.append((HTTPServer(sites_app, ssl_options=tls, **limits), site_sockets))
         flush = PeriodicCallback(partial(_flush_suppressed, context), SUPPRESSED_EVERY * 1000)
         flush.start()
         try:
@@ -473,7 +497,8 @@ def main() -> None:
 
     With ``ServiceSettings.processes`` above 1, this process binds the port, recovers the
     state and supervises that many serving processes (:mod:`usreview.hub.supervisor`),
-    each with its own socket on the port.
+    each with its own socket on the port. The sites' port, when the hub gives one
+    (:mod:`usreview.hub.siteport`), is bound the same way.
     """
     from usreview.hub.api.settings import ServiceSettings
     from usreview.hub.state import state_from_env
@@ -482,9 +507,12 @@ def main() -> None:
         url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
         port, host = url.port or 80, url.hostname or "127.0.0.1"
         sockets = bind_sockets(port, host)  # a copy of the service fails here
+        site_port = SitePort.from_env()
+        site_sockets = [] if site_port is None else site_port.bind()  # and here
+        tls = None if site_port is None else site_port.tls_context()
         processes = ServiceSettings.from_state(state_from_env()).processes
         if processes == 1:
-            asyncio.run(_serve(sockets))
+            asyncio.run(_serve(sockets, site=None if tls is None else (tls, site_sockets)))
             return
         from usreview.hub.api import ServiceWorker, recover_shared_state
         from usreview.hub.supervisor import supervise
@@ -492,9 +520,10 @@ def main() -> None:
         # One socket per process on the port (SO_REUSEPORT): the kernel spreads the
         # connections among them. On one shared socket a single process may accept
         # every connection (the proxy keeps a few alive) and leave the others idle.
-        for sock in sockets:
+        for sock in [*sockets, *site_sockets]:
             sock.close()
         groups = [bind_sockets(port, host, reuse_port=True) for _ in range(processes)]
+        site_groups = [[] if site_port is None else site_port.bind(reuse_port=True) for _ in groups]
         lock_fd = recover_shared_state()
 
         def serve_one(index: int) -> int:
@@ -502,10 +531,11 @@ def main() -> None:
             # kernel gave to a process that died wait there until it starts again.
             for other, group in enumerate(groups):
                 if other != index:
-                    for sock in group:
+                    for sock in [*group, *site_groups[other]]:
                         sock.close()
+            site = None if tls is None else (tls, site_groups[index])
             try:
-                asyncio.run(_serve(groups[index], ServiceWorker(index, lock_fd)))
+                asyncio.run(_serve(groups[index], ServiceWorker(index, lock_fd), site))
             except (UsreviewError, OSError) as exc:
                 print(f"usreview service process {index}: {exc}", file=sys.stderr)
                 return 1

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from usreview.hub.api.errors import ApiError, problem_for
 from usreview.hub.audit import AuditAction
 from usreview.hub.errors import AuditError
-from usreview.hub.roles import SITE_GROUP
-from usreview.hub.service import ApiHandler
+from usreview.hub.service import SITES_ONLY, ApiHandler, is_site
 from usreview.store import Reviewer
 
 if TYPE_CHECKING:
@@ -63,9 +62,17 @@ class BaseHandler(ApiHandler):
         self.refusal_detail: dict[str, Any] = {}
 
     async def prepare(self) -> None:
-        """Authenticate (401/403); name the resource for the audit log."""
+        """Authenticate (401/403; 403 for all but sites on the sites' port); name the
+        resource for the audit log."""
         self.resource = self.request.path.partition("/api/v1/")[2] or self.request.path
         await super().prepare()
+        if self.settings.get(SITES_ONLY) and not is_site(self.caller):
+            raise ApiError(
+                403,
+                "forbidden",
+                "this port serves sites only: use the hub's address",
+                reason="sites_only",
+            )
 
     # -- who is calling ---------------------------------------------------------------
 
@@ -85,11 +92,7 @@ class BaseHandler(ApiHandler):
         Otherwise 403, or with ``hide=(kind, id)`` the 404 of a missing resource.
         """
         model = self.caller
-        if (
-            model.get("kind", "user") == "user"
-            and SITE_GROUP in (model.get("groups") or [])
-            and self.has_scope(scope)
-        ):
+        if is_site(model) and self.has_scope(scope):
             return str(model["name"])
         if hide is not None:
             raise ApiError(404, "not_found", f"no {hide[0]} {hide[1]}")
