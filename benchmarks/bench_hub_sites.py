@@ -64,6 +64,7 @@ from benchmarks._support import (
     storescu_all,
     template,
 )
+from usreview.demo import DemoError
 from usreview.hub.api.settings import ServiceSettings
 
 SITES = 60
@@ -228,13 +229,17 @@ def main() -> None:
             settings["processes"] = int(os.environ["USREVIEW_BENCH_SERVICE_PROCESSES"])
         service = ServiceSettings(**settings)
         via_proxy = os.environ.get("USREVIEW_BENCH_VIA_PROXY", "") not in ("", "0")
-        hub = HubProcess.start(
-            root / "hub",
-            free_port(),
-            root / "hub.log",
-            settings=settings,
-            site_port=None if via_proxy else free_port(),
-        )
+        try:
+            hub = HubProcess.start(
+                root / "hub",
+                free_port(),
+                root / "hub.log",
+                settings=settings,
+                site_port=None if via_proxy else free_port(),
+            )
+        except DemoError as exc:  # the log goes with the temporary folder: show its end
+            tail = (root / "hub.log").read_text(errors="replace").splitlines()[-40:]
+            raise SystemExit("\n".join([*tail, f"the hub did not start: {exc}"])) from None
         try:
             t0 = time.perf_counter()
             configs = {

@@ -1,9 +1,11 @@
 """A whole deployment for the review tests: a hub, three sites with gateways, studies, people.
 
 The hub runs as ``usreview hub`` (TLS, proxy, service, worker) on free loopback ports;
-each site is enrolled as its people would (``site init``, ``hub add-site``) and runs its
-gateway; studies are simulated and sent by C-STORE as a scanner would; reviewers log in
-with the hub's login form in a real chromium (Playwright) and land on their dashboards.
+each site is enrolled as its people would (``site init``, ``hub add-site``) on the hub's
+sites' port (``--site-port``: its gateway uploads and takes its results there, over TLS to
+the service itself) and runs its gateway; studies are simulated and sent by C-STORE as a
+scanner would; reviewers log in with the hub's login form in a real chromium (Playwright)
+and land on their dashboards, through the proxy.
 
 Sites: ``north`` sends a PW Doppler and a B-mode study, ``south`` a PW Doppler and an
 M-mode study, ``west`` (a referring clinic) sends nothing.
@@ -116,7 +118,7 @@ def start_deployment(root: Path) -> Deployment:
     from usreview.simulate import KINDS, simulate
 
     root.mkdir(parents=True, exist_ok=True)
-    hub = HubProcess.start(root / "hub", free_port(), root / "hub.log")
+    hub = HubProcess.start(root / "hub", free_port(), root / "hub.log", site_port=free_port())
     deployment = Deployment(root, hub, {}, {}, {})
     try:
         for person in REVIEWERS:
@@ -125,7 +127,7 @@ def start_deployment(root: Path) -> Deployment:
         for number, (name, kinds) in enumerate(SENT.items()):
             port = free_port()
             folder = root / "sites" / name
-            config = enroll_site(hub.state, hub.url, name, folder, port=port)
+            config = enroll_site(hub.state, hub.site_url, name, folder, port=port)
             gateway = start_gateway(config, root / f"gateway-{name}.log")
             outbox = folder / "outbox"
             deployment.sites[name] = SiteRun(name, config, outbox, gateway, port)
