@@ -9,6 +9,7 @@ its key.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.processing_queue_support import (
     simulate_pw,
     sr_measurements,
 )
+from tests.site_helpers import wait_until
 from usreview.ingest import WorkerPool
 from usreview.processing.execution import LocalExecutor
 from usreview.processing.worker import Worker
@@ -150,3 +152,29 @@ def test_a_filtered_image_forwarded_back_is_not_processed_again(
         assert archive.results.results_since(SITE, result.cursor) == []  # nothing new
         study = archive.study(Reviewer("r"), pydicom.dcmread(path).StudyInstanceUID)
         assert study.status is StudyStatus.PROCESSED
+
+
+def _spawned_children() -> set[int]:
+    """This process's children started by multiprocessing's spawn method."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # it ended meanwhile
+        if parent == os.getpid() and b"multiprocessing.spawn" in command:
+            found.add(int(entry.name))
+    return found
+
+
+def test_the_local_pool_starts_its_processes_before_the_first_job() -> None:
+    before = _spawned_children()
+    executor = LocalExecutor(2)
+    try:
+        # Both import the processors now, not when the first instance arrives.
+        wait_until(lambda: len(_spawned_children() - before) == 2, timeout=60, step=0.1)
+    finally:
+        executor.close()

@@ -85,7 +85,8 @@ def test_cine_plays_at_the_dicom_frame_rate_pauses_and_steps(
             "from usreview.review.widgets import CineViewer\n"
             f"viewer = CineViewer.from_instance(read({_rel(voila, studies['cine'])!r}), "
             "autoplay=True)\n"
-            "label = ipywidgets.Label('kernel frame -')\n"
+            # The kernel's frame as it is now: a pause on frame 0 changes nothing.
+            "label = ipywidgets.Label(f'kernel frame {viewer.frame}')\n"
             "label.add_class('kernel-frame')\n"
             "viewer.observe(lambda c: setattr(label, 'value', f'kernel frame {c.new}'), 'frame')\n"
             "mb = viewer.payload_bytes / 1e6\n"

@@ -177,7 +177,6 @@ def configure(
         c.JupyterHub.ssl_key = str(key)
     public_url = f"{scheme}://{_host(ip)}:{port}/"
     api_url = f"http://{_LOOPBACK}:{hub_port}/hub/api"
-    sites: SitePort | None = None
     site_url: str | None = None
     service_environment = _service_environment(hub_state.root)
     if site_port is not None and cert is not None and key is not None:

@@ -405,6 +405,8 @@ def make_app(
         The application of the sites' port (:mod:`usreview.hub.siteport`): callers
         other than sites get 403, and there is no OAuth callback (no browsers).
     """
+    if sites_only and context is None:
+        raise ValueError("the sites' port serves the API's handlers: give the context")
     prefix = prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/usreview/")
     prefix = prefix.rstrip("/") + "/"
     if hub_auth is None:
