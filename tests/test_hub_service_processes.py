@@ -176,6 +176,7 @@ def _put_all(config: SiteConfig, uploads: list[tuple[str, bytes]]) -> list[dict[
 
 def test_sites_upload_on_the_sites_port_and_only_sites_get_in(hub: HubRun, tmp_path: Path) -> None:
     assert hub.site_port is not None
+    assert f"usreview hub: sites' port {hub.site_url}/ " in hub.log.read_text(errors="replace")
     site, config = _enrolled(hub, "siteport", tmp_path, hub.site_url)
     uploads = _envelopes(hub, site, 3, hub.root / "data" / "siteport")
     answers = _put_all(config, uploads)

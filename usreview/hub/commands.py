@@ -15,6 +15,7 @@ running hub (see :mod:`usreview.hub.admin` for why).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,6 +97,14 @@ def run_hub(
     endpoints = configure(
         config, state, ip, port, tls=tls, tls_cert=tls_cert, tls_key=tls_key, site_port=site_port
     )
+
+    if endpoints.site_url:  # JupyterHub announces its own address; this one is ours
+        print(
+            f"usreview hub: sites' port {endpoints.site_url} (the usreview service, TLS, "
+            "sites only)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     from jupyterhub.app import JupyterHub  # slow to import: after the checks
 
