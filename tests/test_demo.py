@@ -50,6 +50,11 @@ def test_demo_runs_the_system_and_stops_everything(tmp_path: Path) -> None:
 
     # The printed summary names the hub, the reviewer and the figures.
     assert summary["hub"]["url"] in done.stdout
+    # The clinics send to the hub's sites' port.
+    assert summary["hub"]["sites_url"] != summary["hub"]["url"]
+    assert summary["hub"]["sites_url"] in done.stdout
+    site_toml = (out / "sites" / "clinic-a" / "site.toml").read_text()
+    assert f'url = "{summary["hub"]["sites_url"]}"' in site_toml
     assert "reviewer / " in done.stdout  # the password, shown once
     assert "clinic-a pw: PSV" in done.stdout
     assert "demo: hub receipt" in done.stderr

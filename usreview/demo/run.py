@@ -189,7 +189,11 @@ class _Demo:
         port = self._hub_port()
         _say(f"starting the hub on https://127.0.0.1:{port} (state {state_dir}) ...")
         self.hub = HubProcess.start(
-            state_dir, port, self.logs / "hub.log", on_spawn=self._record_pid
+            state_dir,
+            port,
+            self.logs / "hub.log",
+            on_spawn=self._record_pid,
+            site_port=free_port(besides=self._ports),  # the clinics' own port
         )
         saved = json.loads(self.run_file.read_text())
         saved["hub_port"] = port
@@ -221,7 +225,7 @@ class _Demo:
             )
             name = site.site.name
             if complete and name in registered:
-                set_toml_value(config, "hub", "url", json.dumps(self.hub.url))
+                set_toml_value(config, "hub", "url", json.dumps(self.hub.site_url))
                 port = free_port(besides=self._ports)
                 set_toml_value(config, "gateway", "port", str(port))
                 site.config = config
@@ -235,7 +239,11 @@ class _Demo:
             if site.folder.exists():
                 _remove_site_folder(site.folder)
             site.config = enroll_site(
-                self.hub.state, self.hub.url, name, site.folder, port=free_port(besides=self._ports)
+                self.hub.state,
+                self.hub.site_url,
+                name,
+                site.folder,
+                port=free_port(besides=self._ports),
             )
             _say(f"site {name}: enrolled in {site.folder} (site init, hub add-site)")
 
@@ -409,6 +417,7 @@ class _Demo:
             "hub": {
                 "url": self.hub.url,
                 "login": f"{self.hub.url}/hub/login",
+                "sites_url": self.hub.site_url,
                 "state": str(self.hub.state.root),
                 "certificate": str(self.hub.state.tls_cert),
                 "reviewer": REVIEWER,
@@ -431,6 +440,7 @@ class _Demo:
             if keep_running
             else "usreview demo: done (hub and gateways stopped after the summary)",
             f"  hub        {hub['url']}/   (TLS certificate {hub['certificate']})",
+            f"  sites      {hub['sites_url']}/   (the clinics' own port: the usreview service)",
             f"  reviewer   {login}",
             f"             log in at {hub['login']}: the worklist of every site's studies opens",
             "",
