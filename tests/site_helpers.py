@@ -127,6 +127,14 @@ def children(pid: int) -> set[int]:
     return {child for child in found if alive(child)}
 
 
+def command_line(pid: int) -> bytes:
+    """The command line of process ``pid`` (NUL-separated; empty once it has ended)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
 @dataclass
 class GatewayProcess:
     process: subprocess.Popen[bytes]

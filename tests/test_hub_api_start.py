@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.site_helpers import children, command_line
 from usreview.dicom import read
 from usreview.hub.api import ServiceWorker, open_context, recover_shared_state
 from usreview.hub.api.app import _lock
@@ -27,19 +28,7 @@ from usreview.store import StorageError
 
 def _workers() -> set[int]:
     """This process's children that are parsing workers."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"_worker_main" in cmdline:
-            found.add(int(entry.name))
-    return found
+    return {pid for pid in children(os.getpid()) if b"_worker_main" in command_line(pid)}
 
 
 def test_the_context_starts_its_workers_and_an_upload_waits_for_one(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from tests.processing_queue_support import (
     simulate_pw,
     sr_measurements,
 )
-from tests.site_helpers import wait_until
+from tests.site_helpers import children, command_line, wait_until
 from usreview.ingest import WorkerPool
 from usreview.processing.execution import LocalExecutor
 from usreview.processing.worker import Worker
@@ -155,19 +155,8 @@ def test_a_filtered_image_forwarded_back_is_not_processed_again(
 
 
 def _spawned_children() -> set[int]:
-    """This process's children started by multiprocessing's spawn method."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue  # it ended meanwhile
-        if parent == os.getpid() and b"multiprocessing.spawn" in command:
-            found.add(int(entry.name))
-    return found
+    """This process's live children started by multiprocessing's spawn method."""
+    return {pid for pid in children(os.getpid()) if b"multiprocessing.spawn" in command_line(pid)}
 
 
 def test_the_local_pool_starts_its_processes_before_the_first_job() -> None:
