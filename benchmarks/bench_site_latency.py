@@ -1,12 +1,12 @@
 """Results during the exam: from a scanner's C-STORE at the gateway to a result in the outbox.
 
 A real hub and one site's gateway (``usreview site gateway``) run on loopback, started
-as ``usreview demo`` starts them. A "scanner" (pynetdicom SCU, one association) sends
-single-frame PW Doppler instances (about 308 KB) one every 0.5 s. For each we time, from
-the start of its C-STORE: the gateway's C-STORE response (spooled durably), the instance
-stored at the hub (seen in the archive: the hub has signed its receipt by then), and its
-automatic result (the pipeline's measurements, sealed to the site) delivered into the
-site's outbox folder. p50 and p95.
+as ``usreview demo`` starts them (the site on the hub's sites' port). A "scanner"
+(pynetdicom SCU, one association) sends single-frame PW Doppler instances (about 308 KB)
+one every 0.5 s. For each we time, from the start of its C-STORE: the gateway's C-STORE
+response (spooled durably), the instance stored at the hub (seen in the archive: the hub
+has signed its receipt by then), and its automatic result (the pipeline's measurements,
+sealed to the site) delivered into the site's outbox folder. p50 and p95.
 
 The automatic result is published by a small loop in this benchmark that watches the
 archive, opens each new instance with the hub's key, runs ``run_pipeline`` and calls
@@ -182,10 +182,10 @@ def main() -> None:
         root = Path(tmp)
         exam = copies(template("pw", root / "data"), paced, root / "exam")
         burst = copies(template("bmode", root / "data"), rate_n, root / "burst")
-        hub = HubProcess.start(root / "hub", free_port(), root / "hub.log")
+        hub = HubProcess.start(root / "hub", free_port(), root / "hub.log", site_port=free_port())
         try:
             port = free_port()
-            config = enroll_site(hub.state, hub.url, SITE, root / "site", port=port)
+            config = enroll_site(hub.state, hub.site_url, SITE, root / "site", port=port)
             gateway = start_gateway(config, root / "gateway.log")
             plain_rate: float | None = None
             try:
@@ -359,7 +359,7 @@ def _sealed_ingest(
     from usreview.site.atrest import generate_spool_key, load_spool_cipher
 
     port = free_port()
-    config = enroll_site(hub.state, hub.url, f"{SITE}-sealed", root / "sealed", port=port)
+    config = enroll_site(hub.state, hub.site_url, f"{SITE}-sealed", root / "sealed", port=port)
     generate_spool_key(root / "sealed" / "keys" / "spool.key")
     text = config.read_text()
     config.write_text(text.replace('spool_key = ""', 'spool_key = "keys/spool.key"'))
