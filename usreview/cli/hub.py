@@ -458,7 +458,7 @@ _HUB = Command(
             default=None,
             metavar="N",
             help="also serve the sites' API on IP:N, TLS with the same certificate, for "
-            "sites only and without the proxy (about 20%% more uploads per second when "
+            "sites only and without the proxy (10-20%% more uploads per second when "
             "many sites send at once); sites then use hub.url https://IP:N (default: "
             "$USREVIEW_HUB_SITE_PORT, else none)",
         ),

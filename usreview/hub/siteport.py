@@ -6,8 +6,10 @@ on ``IP:N`` (the hub's address) with the hub's certificate, for sites only:
 
 - Sites upload without the proxy's hop. The proxy spends about 3 ms of CPU per 300 KB
   upload relaying it; on a machine where the uploads keep every core busy, 60 sites
-  upload about 20% more instances per second this way (``python -m benchmarks
-  hub_sites`` uses the sites' port; ``USREVIEW_BENCH_VIA_PROXY=1`` measures the proxy).
+  upload 10-20% more instances per second this way, and the slowest uploads (p99) take
+  a third less time (``python -m benchmarks hub_sites`` uses the sites' port;
+  ``USREVIEW_BENCH_VIA_PROXY=1`` measures the proxy). One site's upload is stored about
+  8 ms sooner (``python -m benchmarks site_latency``).
 - Least privilege at the network level: only callers in the ``sites`` group are let
   in (anyone else gets 403 ``sites_only``, audited); people's logins, the hub's pages
   and the reviewers' dashboards are not served there. A firewall can open the port to
