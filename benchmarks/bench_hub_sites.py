@@ -31,7 +31,8 @@ busy on average: on a machine of two cores this shows what bounds each rate.
 Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 60 sites x 8 small + 4 cines), or
 ``$USREVIEW_BENCH_SITES``. The service runs with its default settings (one process per
 core, see ``ServiceSettings.processes``); ``$USREVIEW_BENCH_SERVICE_PROCESSES=N`` sets
-the number of service processes (``parse_workers`` then its default for N).
+the number of service processes (``parse_workers`` then its default for N), and
+``$USREVIEW_BENCH_SERVICE_THREADS=N`` the threads of each (``ServiceSettings.threads``).
 """
 
 from __future__ import annotations
@@ -225,8 +226,9 @@ def main() -> None:
         )
 
         settings: dict[str, Any] = {}
-        if os.environ.get("USREVIEW_BENCH_SERVICE_PROCESSES"):
-            settings["processes"] = int(os.environ["USREVIEW_BENCH_SERVICE_PROCESSES"])
+        for name in ("processes", "threads"):
+            if os.environ.get(f"USREVIEW_BENCH_SERVICE_{name.upper()}"):
+                settings[name] = int(os.environ[f"USREVIEW_BENCH_SERVICE_{name.upper()}"])
         service = ServiceSettings(**settings)
         via_proxy = os.environ.get("USREVIEW_BENCH_VIA_PROXY", "") not in ("", "0")
         try:
@@ -249,8 +251,8 @@ def main() -> None:
             where = "the public endpoint (proxy)" if via_proxy else "the sites' port"
             print(
                 f"hub up (service: {service.processes} process(es) x {service.parse_workers} "
-                f"parsing worker(s)); {n_sites} sites enrolled on {where} in "
-                f"{time.perf_counter() - t0:.1f} s",
+                f"parsing worker(s), {service.threads} threads); {n_sites} sites enrolled on "
+                f"{where} in {time.perf_counter() - t0:.1f} s",
                 flush=True,
             )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,21 @@ def test_the_context_starts_its_workers_and_an_upload_waits_for_one(tmp_path: Pa
     finally:
         context.close()
     assert _workers() == set()
+
+
+def test_the_context_runs_as_many_blocking_calls_at_once_as_it_has_threads(
+    tmp_path: Path,
+) -> None:
+    context = open_context(tmp_path / "state", ServiceSettings(parse_workers=1, threads=3))
+    try:
+        three = threading.Barrier(3, timeout=10)
+        calls = [context.executor.submit(three.wait) for _ in range(3)]
+        assert sorted(call.result() for call in calls) == [0, 1, 2]  # all three at once
+        four = threading.Barrier(4, timeout=1)  # the fourth waits for a thread: never met
+        calls = [context.executor.submit(four.wait) for _ in range(4)]
+        assert all(isinstance(call.exception(), threading.BrokenBarrierError) for call in calls)
+    finally:
+        context.close()
 
 
 def test_a_failed_start_stops_its_workers_and_releases_the_lock(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def open_context(
             detail={"pid": os.getpid(), **detail},
         )
         undo.pop_all()  # opened: the context owns them now
-    executor = ThreadPoolExecutor(settings.parse_workers + 4, thread_name_prefix="usreview")
+    executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="usreview")
     # The allowance is the service's: each of several processes has its share.
     share = 1 if worker is None else settings.processes
     refusals = RefusalLimiter(

@@ -61,6 +61,17 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
         "until parse_timeout does not hold up that process's other uploads).",
     ).tag(config=True)
 
+    threads = Integer(
+        32,
+        min=1,
+        max=256,
+        help="Threads of each service process for blocking work: opening, parsing and "
+        "storing uploads, reading the archive. An upload spends most of its time there "
+        "waiting (on the parsing workers, the fsync of its object, the index's commit, the "
+        "audit log), so many more threads than cores keep the cores busy and let each "
+        "commit take several uploads at once.",
+    ).tag(config=True)
+
     @default("processes")
     def _one_per_core(self) -> int:
         return max(1, min(MAX_DEFAULT_PROCESSES, os.cpu_count() or 1))
