@@ -295,6 +295,19 @@ def test_the_sites_port_is_checked_before_the_start(tmp_path: Path, fake_proxy: 
             configure(Config(), state, "127.0.0.1", 18000, site_port=port)
 
 
+def test_the_services_settings_are_checked_before_the_start(
+    tmp_path: Path, fake_proxy: Path
+) -> None:
+    state = tmp_path / "state"
+    configure(Config(), state, "127.0.0.1", 18000)
+    settings = state / "service_config.json"
+    settings.write_text('{"ServiceSettings": {"threads": 0}}')
+    with pytest.raises(StateError, match=r"service_config\.json: invalid .*'threads'"):
+        configure(Config(), state, "127.0.0.1", 18000)
+    settings.write_text('{"ServiceSettings": {"threads": 8}}')
+    configure(Config(), state, "127.0.0.1", 18000)
+
+
 @pytest.mark.parametrize(
     "value", ["{", "[]", '{"ip": "", "port": 70000, "cert": "c", "key": "k"}', '{"ip": ""}']
 )

@@ -7,9 +7,12 @@ while it runs (through the hub's API).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +23,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.hub_api_support import service_pids
+from tests.site_helpers import command_line
 from usreview.demo import free_port
+from usreview.hub.state import open_state
 
 pytestmark = pytest.mark.slow
 
@@ -250,3 +256,34 @@ def test_hub_stops_cleanly(hub: Hub) -> None:
     assert not (hub.state / "jupyterhub.pid").exists()
     with pytest.raises(requests.ConnectionError):
         hub.get("/hub/api/")
+
+
+def _proxies_on(port: int) -> list[int]:
+    """configurable-http-proxy processes serving ``port``, whoever started them."""
+    found = []
+    for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()):
+        with contextlib.suppress(OSError):
+            argv = command_line(pid).split(b"\0")
+            if any(b"configurable-http-proxy" in a for a in argv) and str(port).encode() in argv:
+                found.append(pid)
+    return found
+
+
+def test_a_hub_whose_service_cannot_start_stops_its_proxy(tmp_path: Path) -> None:
+    """JupyterHub exits on a failed start without stopping what it started: we do."""
+    state = tmp_path / "state"
+    open_state(state)
+    down = f"postgresql://nobody@127.0.0.1:{free_port()}/usreview"  # nothing listens there
+    (state / "service_config.json").write_text(
+        json.dumps({"ServiceSettings": {"database_url": down}})
+    )
+    port = free_port()
+    command = [*USREVIEW, "hub", "--state", str(state), "--ip", "127.0.0.1", "--port", str(port)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "the archive's database failed" in done.stderr
+    assert "Cleaning up proxy" in done.stderr  # it had started
+    assert _proxies_on(port) == [] and service_pids(state) == []
+    with socket.create_server(("127.0.0.1", port)):
+        pass  # the public port is free for the next start
+    assert not (state / "proxy.pid").exists() and not (state / "jupyterhub.pid").exists()

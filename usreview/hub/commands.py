@@ -15,11 +15,15 @@ running hub (see :mod:`usreview.hub.admin` for why).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from usreview.envelope import load_public_keys
@@ -114,9 +118,34 @@ def run_hub(
         def load_config_file(self, *args: object, **kwargs: object) -> None:
             """Read no jupyterhub_config.py from the working directory."""
 
-    Hub.instance(config=config)
-    Hub.launch_instance(argv=[])
+    hub = Hub.instance(config=config)
+    try:
+        Hub.launch_instance(argv=[])
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            _clean_up_failed_start(hub)
+        raise
     return endpoints
+
+
+def _clean_up_failed_start(hub: Any) -> None:
+    """Stop what a failed start of JupyterHub left running.
+
+    When its start fails once the proxy is up (a managed service exits or never
+    answers, ...), JupyterHub exits at once: the proxy it started would keep the public
+    port, and the services that did start would keep running.
+    """
+    with contextlib.suppress(Exception):
+        asyncio.run(hub.cleanup())  # the services, then the proxy and the pid files
+    process = getattr(getattr(hub, "proxy", None), "proxy_process", None)
+    if process is None:
+        return  # it failed before starting the proxy
+    with contextlib.suppress(OSError):
+        process.terminate()  # again, in case cleanup failed before reaching it
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def add_user(state: Path, name: str, role: str, sites: Sequence[str] | None = None) -> NewPerson:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from usreview.hub.accounts import Accounts
+from usreview.hub.api.settings import ServiceSettings
 from usreview.hub.dashboards import (
     NOTEBOOKS_ENV,
     SERVER_TOKEN_SCOPES,
@@ -140,7 +141,7 @@ def configure(
         :class:`~usreview.hub.errors.InsecureBindError` and
         :class:`~usreview.hub.errors.ProxyNotFoundError`.
     StateError
-        If the state directory is unusable.
+        If the state directory is unusable, or its ``service_config.json``.
     """
     if ip is None:
         ip = os.environ.get(IP_ENV, _DEFAULT_IP)
@@ -158,6 +159,7 @@ def configure(
         raise HubConfigError(f"--site-port {site_port} is the public port: pick another")
     proxy = find_proxy()
     hub_state = open_state(state if state is not None else state_from_env())
+    ServiceSettings.from_state(hub_state.root)  # a bad service_config.json: say so now
     hub_port, proxy_api_port, service_port = (
         _port(p) if p is not None else _free_port()
         for p in (hub_port, proxy_api_port, service_port)
