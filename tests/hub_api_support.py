@@ -246,15 +246,15 @@ def hidden_like_missing(
     ), call
 
 
-def service_pids(state: Path) -> list[int]:
-    """Processes running the usreview service on ``state`` (whoever started them)."""
+def service_pids(state: Path, module: str = "usreview.hub.service") -> list[int]:
+    """Processes running ``module`` (the service) on ``state`` (whoever started them)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"usreview.hub.service" not in cmdline:
+            if module.encode() not in cmdline:
                 continue
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.hub_api_support import service_pids
-from tests.site_helpers import command_line
+from tests.hub_api_support import HubRun, service_pids
+from tests.site_helpers import command_line, wait_until
 from usreview.demo import free_port
 from usreview.hub.state import open_state
 
@@ -287,3 +287,20 @@ def test_a_hub_whose_service_cannot_start_stops_its_proxy(tmp_path: Path) -> Non
     with socket.create_server(("127.0.0.1", port)):
         pass  # the public port is free for the next start
     assert not (state / "proxy.pid").exists() and not (state / "jupyterhub.pid").exists()
+
+
+def test_a_killed_hub_takes_its_services_along_and_starts_again(tmp_path: Path) -> None:
+    """kill -9 of the hub (the OOM killer, say): its services stop, the next start works."""
+    run = HubRun(tmp_path, {"processes": 2, "parse_workers": 1})
+    try:
+        run.start()
+        worker = "usreview.processing.worker"
+        assert service_pids(run.state) and service_pids(run.state, worker)
+        assert run.process is not None
+        run.process.kill()
+        run.process.wait()
+        wait_until(lambda: not service_pids(run.state) and not service_pids(run.state, worker))
+        run.start()  # the same state and port: the proxy left running is replaced
+        assert len(service_pids(run.state)) == 3 and len(service_pids(run.state, worker)) == 1
+    finally:
+        run.stop()

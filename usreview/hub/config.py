@@ -56,6 +56,7 @@ from usreview.hub.proxy import find_proxy
 from usreview.hub.roles import ADMIN_SERVICE, CUSTOM_SCOPES, SERVICE, load_roles
 from usreview.hub.siteport import SERVICE_SITE_PORT_ENV, SitePort
 from usreview.hub.state import STATE_ENV, HubState, open_state, state_from_env
+from usreview.hub.supervisor import HUB_PID_ENV
 from usreview.hub.tls import check_bind, ensure_certificate
 
 __all__ = [
@@ -314,8 +315,9 @@ def _is_root() -> bool:
 
 
 def _service_environment(state_root: Path) -> dict[str, str]:
-    """What the service inherits: its state directory, and the database URL when one is set."""
-    environment = {STATE_ENV: str(state_root)}
+    """What the services inherit: the state directory, the hub's pid (they stop when it
+    dies, :func:`~usreview.hub.supervisor.die_with_hub`), the database URL when one is set."""
+    environment = {STATE_ENV: str(state_root), HUB_PID_ENV: str(os.getpid())}
     database_url = os.environ.get("USREVIEW_DATABASE_URL")
     if database_url:
         environment["USREVIEW_DATABASE_URL"] = database_url

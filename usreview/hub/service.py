@@ -500,11 +500,14 @@ def main() -> None:
     With ``ServiceSettings.processes`` above 1, this process binds the port, recovers the
     state and supervises that many serving processes (:mod:`usreview.hub.supervisor`),
     each with its own socket on the port. The sites' port, when the hub gives one
-    (:mod:`usreview.hub.siteport`), is bound the same way.
+    (:mod:`usreview.hub.siteport`), is bound the same way. Started by the hub, it stops
+    as on SIGTERM when the hub dies (:func:`~usreview.hub.supervisor.die_with_hub`).
     """
     from usreview.hub.api.settings import ServiceSettings
     from usreview.hub.state import state_from_env
+    from usreview.hub.supervisor import die_with_hub, supervise
 
+    die_with_hub()
     try:
         url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
         port, host = url.port or 80, url.hostname or "127.0.0.1"
@@ -517,7 +520,6 @@ def main() -> None:
             asyncio.run(_serve(sockets, site=None if tls is None else (tls, site_sockets)))
             return
         from usreview.hub.api import ServiceWorker, recover_shared_state
-        from usreview.hub.supervisor import supervise
 
         # One socket per process on the port (SO_REUSEPORT): the kernel spreads the
         # connections among them. On one shared socket a single process may accept

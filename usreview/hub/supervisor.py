@@ -10,6 +10,8 @@ with ``SO_REUSEPORT``, so that the kernel spreads the connections among them).
   with ``kill -9`` leaves no worker holding the port, the state directory's lock or a
   half-done request's files (what any process killed mid-upload leaves is what recovery
   is for).
+- The hub-managed services (this supervisor, the processing worker) get SIGTERM when
+  their JupyterHub dies (:func:`die_with_hub`), as when it stops them itself.
 - SIGINT or SIGTERM to the supervisor is passed on to every worker as SIGTERM; it
   returns once they have all exited.
 - A worker that exits while the supervisor is not stopping is logged and started again
@@ -32,13 +34,15 @@ import traceback
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["RESTART_DELAY", "START_GRACE", "supervise"]
+__all__ = ["HUB_PID_ENV", "RESTART_DELAY", "START_GRACE", "die_with_hub", "supervise"]
 
 #: Seconds before a worker that died is started again.
 RESTART_DELAY = 1.0
 #: A worker failing this soon after its start could not start: the supervisor gives up.
 START_GRACE = 5.0
 _PR_SET_PDEATHSIG = 1
+#: The pid of the JupyterHub process, given to its managed services.
+HUB_PID_ENV = "USREVIEW_HUB_PID"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _KNOWN = frozenset(int(s) for s in signal.Signals)
 _log = logging.getLogger("usreview.service")
@@ -130,7 +134,8 @@ def _worker(index: int, parent: int, run_worker: Callable[[int], int]) -> None:
         for signum in _STOP_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        _die_with(parent)
+        if not _die_with(parent, signal.SIGKILL):
+            os._exit(1)
         code = run_worker(index)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -142,15 +147,31 @@ def _worker(index: int, parent: int, run_worker: Callable[[int], int]) -> None:
         os._exit(code)
 
 
-def _die_with(parent: int) -> None:
-    """Be killed when the supervisor dies (Linux); exit now if it has died already."""
+def die_with_hub() -> None:
+    """In a hub-managed service: get SIGTERM when the JupyterHub that started it dies.
+
+    JupyterHub starts its managed services in sessions of their own and stops them when
+    it stops, but killed itself (``kill -9``, the OOM killer) it leaves them running,
+    holding the state directory's lock, the sites' port and the archive: the next
+    ``usreview hub`` could not start its own. The hub names itself in
+    ``$USREVIEW_HUB_PID`` (:func:`usreview.hub.config.configure`); a service whose hub
+    died before this call (while it imported) exits 1 at once. Without the variable
+    (started from a shell, under systemd), this does nothing.
+    """
+    hub = os.environ.get(HUB_PID_ENV, "")
+    if hub.isdigit() and not _die_with(int(hub), signal.SIGTERM):
+        print(f"usreview: the hub that started this process (pid {hub}) is gone", file=sys.stderr)
+        sys.exit(1)
+
+
+def _die_with(parent: int, signum: int) -> bool:
+    """Get ``signum`` when ``parent`` dies (Linux); False if it has died already."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: a killed supervisor leaves workers
-        _log.warning("service processes will not stop with their supervisor here")
-    if os.getppid() != parent:
-        os._exit(1)
+        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: a killed parent leaves its children
+        _log.warning("this process will not stop with its parent here")
+    return os.getppid() == parent
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -461,7 +461,9 @@ def lower_priority(niceness: int = NICENESS) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``usreview hub worker ARGS``: work until SIGINT/SIGTERM; 1 with a sentence on failure."""
     from usreview.cli import main as cli_main
+    from usreview.hub.supervisor import die_with_hub
 
+    die_with_hub()
     lower_priority()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return cli_main(["hub", "worker", *(sys.argv[1:] if argv is None else argv)])
