@@ -68,8 +68,8 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
         help="Threads of each service process for blocking work: opening, parsing and "
         "storing uploads, reading the archive. An upload spends most of its time there "
         "waiting (on the parsing workers, the fsync of its object, the index's commit, the "
-        "audit log), so many more threads than cores keep the cores busy and let each "
-        "commit take several uploads at once.",
+        "audit log), so more threads than cores let other uploads go on meanwhile and each "
+        "commit take several at once.",
     ).tag(config=True)
 
     @default("processes")
