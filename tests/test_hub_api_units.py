@@ -108,7 +108,7 @@ def test_one_service_per_state_directory(tmp_path: Path) -> None:
 
     fd = _lock(tmp_path / "service.lock")
     try:
-        with pytest.raises(StateError, match="another usreview service"):
+        with pytest.raises(StateError, match=rf"another usreview service \(pid {os.getpid()}\)"):
             _lock(tmp_path / "service.lock", wait=0.3)
     finally:
         os.close(fd)

@@ -320,9 +320,11 @@ def _lock(path: Path, wait: float = LOCK_WAIT_SECONDS) -> int:
             if time.monotonic() < deadline:  # a restart: the old service is finishing
                 time.sleep(0.2)
                 continue
+            holder = os.pread(fd, 32, 0).strip()  # the pid it wrote
             os.close(fd)
+            named = f" (pid {holder.decode()})" if holder.isdigit() else ""
             raise StateError(
-                f"another usreview service is using {path.parent}: stop it first"
+                f"another usreview service{named} is using {path.parent}: stop it first"
             ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
