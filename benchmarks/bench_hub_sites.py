@@ -233,6 +233,10 @@ def _round_files(
     return files
 
 
+def _megabytes(files: dict[str, list[Path]]) -> float:
+    return sum(p.stat().st_size for paths in files.values() for p in paths) / 1e6
+
+
 def _hub_round(
     hub: HubProcess, configs: dict[str, Path], files: dict[str, list[Path]], held: dict[str, int]
 ) -> Round:
@@ -283,8 +287,7 @@ def _hub_round(
     )
     if missing or len(uploads) != len(all_files) or stored != len(all_files):
         raise SystemExit(f"FAILED: {missing} instance(s) missing or wrong at the hub")
-    megabytes = sum(p.stat().st_size for p in all_files) / 1e6
-    return Round(len(all_files), megabytes, seconds, cpu, uploads)
+    return Round(len(all_files), _megabytes(files), seconds, cpu, uploads)
 
 
 def _orthanc_round(folder: Path, files: dict[str, list[Path]]) -> Round:
@@ -303,8 +306,7 @@ def _orthanc_round(folder: Path, files: dict[str, list[Path]]) -> Round:
     if stored != len(all_files) or in_orthanc != len(all_files):
         bad = next((r.output[-500:] for r in runs if r.returncode), "")
         raise SystemExit(f"Orthanc stored {in_orthanc} of {len(all_files)} ({stored} acked) {bad}")
-    megabytes = sum(p.stat().st_size for p in all_files) / 1e6
-    return Round(len(all_files), megabytes, seconds, cpu, [])
+    return Round(len(all_files), _megabytes(files), seconds, cpu, [])
 
 
 def _pooled_cpu(rounds: list[Round]) -> tuple[dict[str, float], int, float]:
@@ -366,7 +368,7 @@ def main() -> None:
                 folder = root / "data" / f"round-{r}"
                 files = _round_files(folder, n_sites, per_site, small, cine, n_cines)
                 count = sum(map(len, files.values()))
-                megabytes = sum(p.stat().st_size for v in files.values() for p in v) / 1e6
+                megabytes = _megabytes(files)
                 print(
                     f"round {r}/{n_rounds}: {count} instances ({n_sites * per_site} x "
                     f"{small.stat().st_size / 1e3:.0f} KB, {n_cines} x "

@@ -39,13 +39,14 @@ from usreview.envelope import (
     seal_file,
     write_key_pair,
 )
+from usreview.hub.api.plaintext import open_stored
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.state import HubState, open_state
 from usreview.ingest import Ingestor, WorkerPool
 from usreview.processing import run_pipeline
 from usreview.processing.execution import DEFAULT_TASK, Handle, Outputs, run_task
-from usreview.processing.worker import Worker, open_stored_instance
-from usreview.store import Archive
+from usreview.processing.worker import ACTOR, Worker
+from usreview.store import Archive, Reviewer
 
 SITE = "bench-site"
 COUNT = 10
@@ -98,7 +99,11 @@ def _one(hub: _Hub, envelope: Path, cursor: int) -> tuple[dict[str, float], int]
         raise SystemExit("no job after ingest")
     plaintext = hub.scratch / f"job-{lease.job.id}.dcm"
     uid = lease.job.sop_instance_uid
-    open_stored_instance(archive, hub.hub_keys, hub.site_keys, uid, plaintext)
+    reviewer = Reviewer(ACTOR)
+    record = archive.get(reviewer, uid)
+    open_stored(
+        archive, reviewer, record, plaintext, hub_keys=hub.hub_keys, site_keys=hub.site_keys
+    )
     after_claim = time.perf_counter()
     times["claim"] = after_claim - after_ingest
 
