@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.test_store import in_processes_at_once
 from usreview.envelope import ReplayCache, ReplayedError
 
 NOW = 1_900_000_000
@@ -80,3 +82,16 @@ def test_a_failed_commit_records_none_of_its_batch(
 
 def _short_timeout(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, timeout=0.05, isolation_level=None, check_same_thread=False)
+
+
+def _open_cache(path: Path) -> None:
+    ReplayCache(path).record(SENDER, os.urandom(16), not_after=NOW + 600, now=NOW)
+
+
+def test_processes_that_create_the_cache_together_all_succeed(tmp_path: Path) -> None:
+    # The hub's service processes open it together on a fresh state: the switch to WAL
+    # must wait its turn rather than fail with "database is locked".
+    for attempt in range(12):
+        path = tmp_path / f"replay-{attempt}.sqlite3"
+        assert in_processes_at_once(_open_cache, 4, path) == [0, 0, 0, 0]
+        assert len(ReplayCache(path)) == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import multiprocessing
 import os
 import pwd
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from sqlalchemy import create_engine
 
 import usreview.store
 import usreview.store.errors
+import usreview.store.schema
 from tests.conftest import write_us
 from usreview.demo import free_port
 from usreview.dicom import ImageKind, read
@@ -325,6 +327,42 @@ def test_concurrent_puts_of_one_uid_store_it_once(archive: Archive) -> None:
     assert len(report.orphans) <= 3
     assert report.clean
     assert len(object_files(archive.root)) == 1
+
+
+def in_processes_at_once(target: Callable[..., object], count: int, *args: object) -> list[int]:
+    """Run ``target(*args)`` in ``count`` forked processes released together; exit codes."""
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(count, timeout=30)
+
+    def run() -> None:
+        start.wait()
+        target(*args)
+
+    processes = [context.Process(target=run) for _ in range(count)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    return [process.exitcode for process in processes]  # type: ignore[misc]
+
+
+def _open_and_close(url: str | None, root: Path) -> None:
+    Archive.open(url, root).close()
+
+
+def test_processes_that_open_a_new_archive_together_all_succeed(
+    db_url: str | None, tmp_path: Path
+) -> None:
+    # The hub's service processes and its processing worker start together on a fresh
+    # state: each creates the index (SQLite's switch to WAL, the tables) at once.
+    for attempt in range(8):
+        root = tmp_path / f"archive-{attempt}"
+        assert in_processes_at_once(_open_and_close, 4, db_url, root) == [0, 0, 0, 0]
+        with Archive.open(db_url, root) as archive:
+            assert not archive.put("site-a", envelope(1), meta(1)).duplicate
+            if db_url is not None:  # the next attempt starts from an empty database again
+                with archive._engine.begin() as connection:
+                    usreview.store.schema.Base.metadata.drop_all(connection)
 
 
 # -- per-site isolation ------------------------------------------------------------------

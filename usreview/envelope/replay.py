@@ -15,6 +15,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from usreview._sqlite import use_wal
 from usreview.envelope.errors import ReplayedError
 
 __all__ = ["ReplayCache"]
@@ -23,6 +24,8 @@ __all__ = ["ReplayCache"]
 CLOCK_SKEW = 300
 #: Expired rows are deleted at most this often (seconds), not on every record.
 PURGE_INTERVAL = 60.0
+#: Seconds a connection waits for another's lock.
+BUSY_TIMEOUT_S = 30.0
 #: Most records committed together.
 MAX_BATCH = 64
 
@@ -55,14 +58,14 @@ class ReplayCache:
         self._busy = False
         self._purged_at = float("-inf")
         db = self._db()
-        db.execute("PRAGMA journal_mode=WAL")
+        use_wal(db, BUSY_TIMEOUT_S)  # processes may create the file together
         db.executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             db.execute("PRAGMA synchronous=FULL")
             self._local.db = db

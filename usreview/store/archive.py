@@ -39,7 +39,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from usreview.store._shared import change_status, envelope_source, guard, site_row
-from usreview.store.database import GroupCommit, default_url, make_engine, writer
+from usreview.store.database import (
+    GroupCommit,
+    create_schema,
+    default_url,
+    make_engine,
+    writer,
+)
 from usreview.store.errors import (
     ConflictError,
     CorruptObjectError,
@@ -146,7 +152,7 @@ class Archive:
             objects = ObjectStore(root_path)
             engine = make_engine(url if url is not None else default_url(root_path))
             try:
-                Base.metadata.create_all(engine)
+                create_schema(engine, Base.metadata)
                 upgrade(engine)
             except BaseException:
                 engine.dispose()

@@ -1,10 +1,13 @@
 """Engines for the archive's index: SQLite (WAL, synchronous=FULL) or PostgreSQL (psycopg 3).
 
 SQLite connections run with ``journal_mode=WAL``, ``synchronous=FULL`` (a commit survives
-power loss), ``foreign_keys=ON`` and a busy timeout. pysqlite's own transaction handling
-is switched off so that SQLAlchemy's transactions are real ones: reads start with
-``BEGIN``, writes (on :func:`writer`) with ``BEGIN IMMEDIATE`` so that concurrent
-writers wait for each other instead of failing.
+power loss), ``foreign_keys=ON`` and a busy timeout. Processes that create a new index
+together (the hub's services on a fresh state) wait their turn: the switch to WAL is
+retried (:func:`usreview._sqlite.use_wal`) and :func:`create_schema` creates the tables in
+one write transaction. pysqlite's own transaction handling is switched off so that
+SQLAlchemy's transactions are real ones: reads start with ``BEGIN``, writes (on
+:func:`writer`) with ``BEGIN IMMEDIATE`` so that concurrent writers wait for each other
+instead of failing.
 
 :class:`GroupCommit` lets threads that commit at the same time share one transaction and
 so one fsync ("group commit"): one of them commits for all the others waiting, each in
@@ -19,10 +22,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 
-__all__ = ["BUSY_TIMEOUT_S", "GroupCommit", "default_url", "make_engine", "writer"]
+from usreview._sqlite import use_wal
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "GroupCommit",
+    "create_schema",
+    "default_url",
+    "make_engine",
+    "writer",
+]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -30,6 +42,8 @@ _R = TypeVar("_R")
 #: How long a SQLite connection waits for a lock before failing.
 BUSY_TIMEOUT_S = 30.0
 _WRITE = "usreview_sqlite_write"
+#: PostgreSQL advisory lock key held while the schema is created ("usreview" in ASCII).
+_SCHEMA_LOCK = 0x7573726576696577
 
 
 def default_url(root: Path) -> str:
@@ -69,11 +83,25 @@ def writer(engine: Engine) -> Engine:
     return engine.execution_options(**{_WRITE: True})
 
 
+def create_schema(engine: Engine, metadata: MetaData) -> None:
+    """Create ``metadata``'s missing tables, one process at a time.
+
+    Processes that open a new archive together (the service and the processing worker
+    on a fresh state) would otherwise both find a table missing and both create it: the
+    check and the creation run in one write transaction (SQLite's ``BEGIN IMMEDIATE``,
+    PostgreSQL's transaction-scoped advisory lock).
+    """
+    with writer(engine).begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+        metadata.create_all(connection)
+
+
 def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
     dbapi_connection.isolation_level = None
+    use_wal(dbapi_connection, BUSY_TIMEOUT_S)  # processes may create the file together
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
