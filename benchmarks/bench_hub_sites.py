@@ -35,10 +35,12 @@ processes' own clocks; Orthanc and the storescu processes), with the cores they 
 busy on average: on a machine of two cores this shows what bounds each rate.
 
 Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 60 sites x 8 small + 4 cines), or
-``$USREVIEW_BENCH_SITES``. The service runs with its default settings (one process per
-core, see ``ServiceSettings.processes``); ``$USREVIEW_BENCH_SERVICE_PROCESSES=N`` sets
-the number of service processes (``parse_workers`` then its default for N), and
-``$USREVIEW_BENCH_SERVICE_THREADS=N`` the threads of each (``ServiceSettings.threads``).
+``$USREVIEW_BENCH_SITES``; ``$USREVIEW_BENCH_CINES`` sets the number of cines (0: small
+instances only, the per-upload costs without the cines' bulk). The service runs with its
+default settings (one process per core, see ``ServiceSettings.processes``);
+``$USREVIEW_BENCH_SERVICE_PROCESSES=N`` sets the number of service processes
+(``parse_workers`` then its default for N), and ``$USREVIEW_BENCH_SERVICE_THREADS=N`` the
+threads of each (``ServiceSettings.threads``).
 """
 
 from __future__ import annotations
@@ -322,7 +324,8 @@ def main() -> None:
     n_sites = int(os.environ.get("USREVIEW_BENCH_SITES", SITES))
     n_rounds = max(1, int(os.environ.get("USREVIEW_BENCH_ROUNDS", ROUNDS)))
     per_site = max(1, round(SMALL_PER_SITE * scale()))
-    n_cines = min(n_sites, max(0, round(CINES * scale())))
+    cines = os.environ.get("USREVIEW_BENCH_CINES")
+    n_cines = min(n_sites, max(0, int(cines) if cines else round(CINES * scale())))
     with tempfile.TemporaryDirectory(prefix="bench-hub-sites-", dir="/var/tmp") as tmp:
         root = Path(tmp)
         small = template("bmode", root / "data")
