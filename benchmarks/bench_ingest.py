@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -49,6 +50,10 @@ def _instances(folder: Path, n: int) -> list[Path]:
         template.save_as(path)
         paths.append(path)
     return paths
+
+
+def _put(archive: Archive, metadata: dict[Path, InstanceMetadata], envelope: Path) -> object:
+    return archive.put("site-a", envelope, metadata[envelope])
 
 
 def _timed(run: Callable[[Path], object], items: list[Path], threads: int) -> float:
@@ -105,13 +110,7 @@ def main() -> None:
                 base_s, ingest_s = [], []
                 for _ in range(REPEATS):
                     with fresh("put") as archive:
-                        base_s.append(
-                            _timed(
-                                lambda e, a=archive: a.put("site-a", e, metadata[e]),
-                                envelopes,
-                                threads,
-                            )
-                        )
+                        base_s.append(_timed(partial(_put, archive, metadata), envelopes, threads))
                     with fresh("ingest") as archive:
                         ingestor = Ingestor(
                             archive,
@@ -122,7 +121,7 @@ def main() -> None:
                             quarantine,
                         )
                         ingest_s.append(
-                            _timed(lambda e, i=ingestor: i.ingest("site-a", e), envelopes, threads)
+                            _timed(partial(ingestor.ingest, "site-a"), envelopes, threads)
                         )
                         assert len(archive.receipts("site-a")) == N
                 base, ingest = statistics.median(base_s), statistics.median(ingest_s)
