@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import multiprocessing
 import os
 import pwd
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +24,7 @@ import pytest
 from sqlalchemy import create_engine
 
 import usreview.store
+import usreview.store.database
 import usreview.store.errors
 import usreview.store.schema
 from tests.conftest import write_us
@@ -544,6 +548,56 @@ def test_sqlite_runs_wal_with_full_sync_and_foreign_keys(tmp_path: Path) -> None
         ]
     assert pragmas == ["wal", 2, 1]
     assert (tmp_path / "index.sqlite3").is_file()
+
+
+@contextlib.contextmanager
+def _write_lock_held(path: Path, seconds: float) -> Iterator[threading.Thread]:
+    """Another connection holds ``path``'s write lock for ``seconds`` (from a thread)."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        taken.set()
+        time.sleep(seconds)
+        db.execute("COMMIT")
+        db.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10)
+    try:
+        yield holder
+    finally:
+        holder.join()
+
+
+def _busy_timeout(archive: Archive) -> int:
+    with archive._engine.connect() as conn:
+        return int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
+
+
+def test_a_writer_waits_for_another_writer_and_then_writes(tmp_path: Path) -> None:
+    with Archive.open(None, tmp_path) as archive:
+        with _write_lock_held(tmp_path / "index.sqlite3", 0.5) as holder:
+            assert not archive.put("site-a", envelope(1), meta(1)).duplicate
+            assert not holder.is_alive()  # the put could only commit once the lock was free
+        assert archive.get("site-a", meta(1).sop_instance_uid).size == meta(1).size
+        assert _busy_timeout(archive) == 30_000  # SQLite's own wait is back for everything else
+
+
+def test_a_writer_kept_waiting_past_the_timeout_fails_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usreview.store.database, "BUSY_TIMEOUT_S", 0.3)
+    with Archive.open(None, tmp_path) as archive:
+        with _write_lock_held(tmp_path / "index.sqlite3", 2.0):
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="database is locked"):
+                archive.put("site-a", envelope(1), meta(1))
+            assert time.monotonic() - started >= 0.3
+        assert _busy_timeout(archive) == 300
+        assert not archive.put("site-a", envelope(1), meta(1)).duplicate  # nothing was kept
 
 
 def test_bad_urls_and_unreachable_databases(tmp_path: Path) -> None:

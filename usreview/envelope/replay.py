@@ -15,7 +15,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from usreview._sqlite import use_wal
+from usreview._sqlite import begin_immediate, use_wal
 from usreview.envelope.errors import ReplayedError
 
 __all__ = ["ReplayCache"]
@@ -46,8 +46,10 @@ class ReplayCache:
     Safe to share between threads: each thread keeps its own connection (opening one
     per call cost more than the query). This process's writers never sleep in SQLite's
     busy handler: records that arrive while one transaction commits wait and are then
-    committed together, in one transaction and one fsync (group commit). Every record
-    is still committed with ``synchronous=FULL`` before its :meth:`record` returns.
+    committed together, in one transaction and one fsync (group commit); another
+    process's write lock is waited for with :func:`usreview._sqlite.begin_immediate`.
+    Every record is still committed with ``synchronous=FULL`` before its :meth:`record`
+    returns.
     """
 
     def __init__(self, path: Path) -> None:
@@ -118,7 +120,7 @@ class ReplayCache:
         purge = abs(now - self._purged_at) >= PURGE_INTERVAL
         try:
             db = self._db()
-            db.execute("BEGIN IMMEDIATE")
+            begin_immediate(db, BUSY_TIMEOUT_S)
             try:
                 if purge:
                     db.execute("DELETE FROM seen WHERE expires < ?", (int(now) - CLOCK_SKEW,))
