@@ -20,8 +20,10 @@ from __future__ import annotations
 import sqlite3
 import time
 
-__all__ = ["WRITE_RETRY_S", "begin_immediate", "is_busy", "use_wal"]
+__all__ = ["BUSY_TIMEOUT_S", "WRITE_RETRY_S", "begin_immediate", "is_busy", "use_wal"]
 
+#: How long a connection waits for another's lock before failing (seconds).
+BUSY_TIMEOUT_S = 30.0
 #: SQLITE_BUSY and SQLITE_LOCKED (the primary result codes).
 _BUSY_CODES = (5, 6)
 #: Seconds between two tries of a write transaction waiting for another writer.

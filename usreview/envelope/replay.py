@@ -15,7 +15,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from usreview._sqlite import begin_immediate, use_wal
+from usreview._sqlite import BUSY_TIMEOUT_S, begin_immediate, use_wal
 from usreview.envelope.errors import ReplayedError
 
 __all__ = ["ReplayCache"]
@@ -24,8 +24,6 @@ __all__ = ["ReplayCache"]
 CLOCK_SKEW = 300
 #: Expired rows are deleted at most this often (seconds), not on every record.
 PURGE_INTERVAL = 60.0
-#: Seconds a connection waits for another's lock.
-BUSY_TIMEOUT_S = 30.0
 #: Most records committed together.
 MAX_BATCH = 64
 

@@ -29,7 +29,7 @@ from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import OperationalError
 
-from usreview._sqlite import begin_immediate, use_wal
+from usreview._sqlite import BUSY_TIMEOUT_S, begin_immediate, use_wal
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -43,8 +43,6 @@ __all__ = [
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-#: How long a SQLite connection waits for a lock before failing.
-BUSY_TIMEOUT_S = 30.0
 _WRITE = "usreview_sqlite_write"
 #: PostgreSQL advisory lock key held while the schema is created ("usreview" in ASCII).
 _SCHEMA_LOCK = 0x7573726576696577
