@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import usreview.envelope.replay
 from tests.test_store import in_processes_at_once
 from usreview.envelope import ReplayCache, ReplayedError
 
@@ -69,7 +70,7 @@ def test_a_failed_commit_records_none_of_its_batch(
     cache = ReplayCache(tmp_path / "seen.sqlite3")
     blocker = sqlite3.connect(tmp_path / "seen.sqlite3", timeout=0)
     blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-    monkeypatch.setattr(cache, "_db", lambda: _short_timeout(tmp_path / "seen.sqlite3"))
+    monkeypatch.setattr(usreview.envelope.replay, "BUSY_TIMEOUT_S", 0.05)
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         cache.record(SENDER, b"m" * 16, not_after=NOW + 600, now=NOW)
     blocker.execute("ROLLBACK")
@@ -78,10 +79,6 @@ def test_a_failed_commit_records_none_of_its_batch(
     assert len(cache) == 0
     cache.record(SENDER, b"m" * 16, not_after=NOW + 600, now=NOW)  # usable again
     assert len(cache) == 1
-
-
-def _short_timeout(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path, timeout=0.05, isolation_level=None, check_same_thread=False)
 
 
 def _open_cache(path: Path) -> None:

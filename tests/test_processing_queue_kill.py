@@ -46,7 +46,8 @@ def pool() -> Iterator[WorkerPool]:
 
 
 def start_worker(setup: HubSetup, log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "usreview.processing.worker", "--state",
+    # -X faulthandler: a worker that hangs is sent SIGABRT and prints its threads' stacks.
+    command = [sys.executable, "-X", "faulthandler", "-m", "usreview.processing.worker", "--state",
                str(setup.state.root), "--processes", "1", "--lease", str(LEASE), "--poll",
                "0.1", "--task", SLOW_TASK]  # fmt: skip
     env = {**os.environ, "USREVIEW_TEST_TASK_SLEEP": "0.7"}
@@ -67,6 +68,21 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 def kill(process: subprocess.Popen[bytes]) -> None:
     os.killpg(process.pid, signal.SIGKILL)  # the worker and its pool: by the group we started
     process.wait(10)
+
+
+def stop(process: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> int:
+    """SIGTERM, then its exit code; a worker still running after ``timeout`` fails the test
+    with its log, which ends with its threads' stacks (faulthandler)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        time.sleep(2)
+        kill(process)
+        pytest.fail(
+            f"the worker did not stop within {timeout:g} s of SIGTERM:\n" + log.read_text()[-6000:]
+        )
 
 
 def holds_a_job(archive: Archive, pid: int) -> bool:
@@ -95,8 +111,7 @@ def test_killed_workers_lose_nothing_and_publish_once(tmp_path: Path, pool: Work
         try:
             wait_for(lambda: archive.jobs.counts()[JobStatus.DONE] == JOBS, 120, "every job done")
         finally:
-            last.send_signal(signal.SIGTERM)
-            assert last.wait(20) == 0, log.read_text()[-3000:]
+            assert stop(last, log) == 0, log.read_text()[-3000:]
         assert_all_done_once(archive, JOBS)
         assert sorted(published_before_kill) == published_before_kill
         assert any(j.attempts > 1 for j in archive.jobs.list_jobs()), "no kill hit a job"
