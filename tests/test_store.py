@@ -28,6 +28,7 @@ import usreview.store.database
 import usreview.store.errors
 import usreview.store.schema
 from tests.conftest import write_us
+from usreview._sqlite import begin_immediate
 from usreview.demo import free_port
 from usreview.dicom import ImageKind, read
 from usreview.errors import InputError, UsreviewError
@@ -551,9 +552,9 @@ def test_sqlite_runs_wal_with_full_sync_and_foreign_keys(tmp_path: Path) -> None
 
 
 @contextlib.contextmanager
-def _write_lock_held(path: Path, seconds: float) -> Iterator[threading.Thread]:
-    """Another connection holds ``path``'s write lock for ``seconds`` (from a thread)."""
-    taken = threading.Event()
+def _write_lock_held(path: Path, seconds: float) -> Iterator[threading.Event]:
+    """Another connection holds ``path``'s write lock for ``seconds``; set once released."""
+    taken, released = threading.Event(), threading.Event()
 
     def hold() -> None:
         db = sqlite3.connect(path, isolation_level=None)
@@ -561,29 +562,24 @@ def _write_lock_held(path: Path, seconds: float) -> Iterator[threading.Thread]:
         taken.set()
         time.sleep(seconds)
         db.execute("COMMIT")
+        released.set()
         db.close()
 
     holder = threading.Thread(target=hold)
     holder.start()
     assert taken.wait(10)
     try:
-        yield holder
+        yield released
     finally:
         holder.join()
 
 
-def _busy_timeout(archive: Archive) -> int:
-    with archive._engine.connect() as conn:
-        return int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
-
-
 def test_a_writer_waits_for_another_writer_and_then_writes(tmp_path: Path) -> None:
     with Archive.open(None, tmp_path) as archive:
-        with _write_lock_held(tmp_path / "index.sqlite3", 0.5) as holder:
+        with _write_lock_held(tmp_path / "index.sqlite3", 0.5) as released:
             assert not archive.put("site-a", envelope(1), meta(1)).duplicate
-            assert not holder.is_alive()  # the put could only commit once the lock was free
+            assert released.is_set()  # it could only commit once the lock was free
         assert archive.get("site-a", meta(1).sop_instance_uid).size == meta(1).size
-        assert _busy_timeout(archive) == 30_000  # SQLite's own wait is back for everything else
 
 
 def test_a_writer_kept_waiting_past_the_timeout_fails_cleanly(
@@ -596,8 +592,22 @@ def test_a_writer_kept_waiting_past_the_timeout_fails_cleanly(
             with pytest.raises(StorageError, match="database is locked"):
                 archive.put("site-a", envelope(1), meta(1))
             assert time.monotonic() - started >= 0.3
-        assert _busy_timeout(archive) == 300
         assert not archive.put("site-a", envelope(1), meta(1)).duplicate  # nothing was kept
+
+
+def test_begin_immediate_gives_the_connection_its_busy_timeout_back(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    db = sqlite3.connect(path, timeout=5, isolation_level=None)
+    with _write_lock_held(path, 0.3) as released:
+        begin_immediate(db, 2.0)  # waits for the other writer, then holds the lock
+        assert released.is_set()
+    db.execute("COMMIT")
+    assert db.execute("PRAGMA busy_timeout").fetchone() == (2000,)
+    with _write_lock_held(path, 1.0), pytest.raises(sqlite3.OperationalError, match="locked"):
+        begin_immediate(db, 0.1)
+    assert db.execute("PRAGMA busy_timeout").fetchone() == (100,)
+    assert not db.in_transaction
+    db.close()
 
 
 def test_bad_urls_and_unreachable_databases(tmp_path: Path) -> None:
