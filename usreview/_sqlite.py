@@ -53,9 +53,9 @@ def use_wal(connection: sqlite3.Connection, timeout: float) -> None:
         delay = min(2 * delay, 0.05)
 
 
-def is_busy(exc: BaseException) -> bool:
-    """Whether ``exc`` (or the DB-API error it wraps) is SQLite's "database is locked"."""
-    code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked" (SQLITE_BUSY or SQLITE_LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in _BUSY_CODES
 
 
