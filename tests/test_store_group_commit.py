@@ -97,9 +97,18 @@ def test_concurrent_puts_share_a_commit_and_are_all_stored(
     _hold_first_commit(archive, monkeypatch, PUTS - 1)
     # Two studies, one of them with two series, so that rows are shared within a batch.
     puts = [("site-a", meta(n, study=n % 2, series=n % 3)) for n in range(PUTS)]
+    insert = archive_module.insert_puts
+    tried: list[int] = []
+
+    def counted(conn: Any, batch: Sequence[Any], *args: Any) -> Any:
+        tried.append(len(batch))
+        return insert(conn, batch, *args)
+
+    monkeypatch.setattr(archive_module, "insert_puts", counted)
     outcomes = _put_all(archive, puts)
     assert all(isinstance(o, PutResult) and not o.duplicate for o in outcomes), outcomes
     assert (archive._group.batches, archive._group.items) == (2, PUTS)
+    assert tried == [1, PUTS - 1]  # each batch inserted at once, none put by put
     assert _stored(archive) == {m.sop_instance_uid: "site-a" for _, m in puts}
     assert archive.jobs.counts()[JobStatus.PENDING] == PUTS
     for study in (0, 1):
@@ -113,17 +122,17 @@ def test_one_failing_put_does_not_fail_the_others_of_its_batch(
 ) -> None:
     _hold_first_commit(archive, monkeypatch, PUTS - 1)
     bad = meta(3, study=9).sop_instance_uid
-    insert = archive_module.insert_rows
+    insert = archive_module.insert_puts
+    tried: list[int] = []
 
-    def insert_then_fail(
-        conn: Any, site: str, metadata: InstanceMetadata, written: Any, now: Any
-    ) -> Any:
-        result = insert(conn, site, metadata, written, now)
-        if metadata.sop_instance_uid == bad:  # its rows are in; now a statement fails
+    def insert_then_fail(conn: Any, puts: Sequence[Any], *args: Any) -> Any:
+        tried.append(len(puts))
+        outcomes = insert(conn, puts, *args)
+        if any(m.sop_instance_uid == bad for _, m, _ in puts):  # rows in, then a failure
             conn.exec_driver_sql("SELECT * FROM no_such_table")
-        return result
+        return outcomes
 
-    monkeypatch.setattr(archive_module, "insert_rows", insert_then_fail)
+    monkeypatch.setattr(archive_module, "insert_puts", insert_then_fail)
     # The bad put shares its study with a good one, and comes first or later in the batch.
     puts = [("site-a", meta(n, study=9 if n in (3, 5) else n)) for n in range(PUTS)]
     outcomes = _put_all(archive, puts)
@@ -135,6 +144,9 @@ def test_one_failing_put_does_not_fail_the_others_of_its_batch(
     assert failed == [bad]
     assert isinstance(outcomes[3], StorageError) and "nothing was acknowledged" in str(outcomes[3])
     assert archive._group.batches == 2
+    # A batch with the bad put failed as a whole, then was inserted one put at a time
+    # (unless the bad one came first, alone).
+    assert tried in ([1, PUTS - 1], [1, PUTS - 1, *[1] * (PUTS - 1)]), tried
     expected = {m.sop_instance_uid for _, m in puts} - {bad}
     assert set(_stored(archive)) == expected
     assert archive.jobs.counts()[JobStatus.PENDING] == PUTS - 1

@@ -12,12 +12,14 @@ ever names a missing object:
 
 Group commit. Step 3 goes through one :class:`~usreview.store.database.GroupCommit` per
 archive: while one transaction commits, the puts that reach step 3 wait, then share the
-next transaction and its single fsync, each in its own SAVEPOINT: a put that fails there
-(a UID taken meanwhile, a constraint, a disk error on its rows) rolls back alone and the
-others commit. Every put still returns only after the shared commit is durable, and if
-that commit fails, every put of the batch fails (nothing acknowledged). Within this
-process the group commit is also the lock of step 3, so puts never wait on each other
-in SQLite's busy handler.
+next transaction and its single fsync, inserted together with a few statements per
+batch (:func:`~usreview.store.put_rows.insert_puts`). If one put's rows fail there (a
+UID taken meanwhile, a constraint, a disk error on its rows), the transaction is rolled
+back and the batch inserted again, each put in its own SAVEPOINT: the failing put rolls
+back alone and the others commit. Every put still returns only after the shared commit
+is durable, and if that commit fails, every put of the batch fails (nothing
+acknowledged). Within this process the group commit is also the lock of step 3, so puts
+never wait on each other in SQLite's busy handler.
 
 A crash between 2 and 3 leaves an orphan object; :meth:`Archive.recover` removes it
 (the site had no acknowledgement and sends again).
@@ -26,6 +28,7 @@ A crash between 2 and 3 leaves an orphan object; :meth:`Archive.recover` removes
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -56,7 +59,7 @@ from usreview.store.errors import (
 )
 from usreview.store.migrate import upgrade
 from usreview.store.objects import AREAS, ObjectStore, WrittenObject
-from usreview.store.put_rows import Changed, check, insert_rows
+from usreview.store.put_rows import Changed, Put, check, insert_puts
 from usreview.store.queries import (
     conflict_record,
     instance_record,
@@ -96,12 +99,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Archive"]
 
+_log = logging.getLogger(__name__)
 _ATTEMPTS = 5
 #: Most puts that share one transaction.
 _GROUP_MAX = 64
 _RESULTS_LOCK = threading.Lock()
 _IN_CHUNK = 500
-_Put = tuple[str, InstanceMetadata, WrittenObject]
 
 
 def _utcnow() -> datetime:
@@ -121,7 +124,8 @@ class Archive:
         self._writer = writer(engine)
         self._objects = objects
         self._clock = clock
-        self._group: GroupCommit[_Put, PutResult] = GroupCommit(
+        self._site_ids: dict[str, int] = {}  # of committed sites, for the group commit
+        self._group: GroupCommit[Put, PutResult] = GroupCommit(
             self._commit_batch, max_batch=_GROUP_MAX
         )
 
@@ -264,14 +268,30 @@ class Archive:
         """Commit the rows of a written object, in a transaction shared with other puts."""
         return self._group.submit((site, meta, written))
 
-    def _commit_batch(self, puts: Sequence[_Put]) -> list[PutResult | BaseException]:
-        """One transaction for ``puts``, each in its own savepoint (see the module doc)."""
-        outcomes: list[PutResult | BaseException] = []
+    def _commit_batch(self, puts: Sequence[Put]) -> list[PutResult | BaseException]:
+        """One transaction for ``puts`` (see the module doc): all their rows at once, or,
+        if a put's rows fail, each put in its own savepoint, so that only that one fails.
+        A failed commit fails them all."""
+        now = self._clock()
+        inserted = False
+        try:
+            with self._writer.begin() as conn:
+                outcomes: list[PutResult | BaseException] = []
+                outcomes.extend(insert_puts(conn, puts, now, self._site_ids))
+                inserted = True
+            return outcomes
+        except Exception as exc:
+            if inserted:
+                raise  # the commit failed: so do all the puts
+            if len(puts) == 1:
+                return [exc]
+            _log.info("a batch of %d puts failed (%s): one at a time now", len(puts), exc)
+        outcomes = []
         with self._writer.begin() as conn:
-            for site, meta, written in puts:
+            for put in puts:
                 try:
-                    with conn.begin_nested():
-                        outcomes.append(insert_rows(conn, site, meta, written, self._clock()))
+                    with conn.begin_nested():  # (a copy: the ids it finds may not commit)
+                        outcomes.extend(insert_puts(conn, [put], now, dict(self._site_ids)))
                 except Exception as exc:  # this put only: its savepoint is rolled back
                     outcomes.append(exc)
         return outcomes

@@ -12,8 +12,9 @@ instead of failing; a waiting writer tries again every millisecond
 100 ms), and gets the lock about a millisecond after it is freed.
 
 :class:`GroupCommit` lets threads that commit at the same time share one transaction and
-so one fsync ("group commit"): one of them commits for all the others waiting, each in
-its own savepoint, and each returns only after that shared commit.
+so one fsync ("group commit"): one of them commits for all the others waiting, and each
+returns only after that shared commit (how the batch's rows go in, and how one failing
+item is kept from failing the others, is the caller's: see :mod:`usreview.store.archive`).
 """
 
 from __future__ import annotations

@@ -1,19 +1,32 @@
-"""The rows of one put: the check before its envelope is written, and its inserts.
+"""The rows of puts: the check before an envelope is written, and the inserts.
 
 :class:`~usreview.store.archive.Archive` stores an instance in the order its module doc
 gives: :func:`check` (duplicate, conflict or new), the envelope written durably, then
-:func:`insert_rows` in the transaction shared by concurrent puts. Both use SQLAlchemy
-Core with statements built once: the ORM's bookkeeping, and compiling a statement, cost
-more than running it.
+:func:`insert_puts` in the transaction shared by concurrent puts, which holds the
+index's write lock. So that it holds it briefly, that transaction runs a handful of
+statements per batch rather than per put: every statement hands the GIL to the
+process's other threads, and each hand-back can wait for a thread switch. Both use
+SQLAlchemy Core with statements built once: the ORM's bookkeeping, and compiling a
+statement, cost more than running it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Select,
+    Table,
+    bindparam,
+    insert,
+    literal,
+    select,
+    update,
+)
 
 from usreview.dicom.enum import ImageKind
 from usreview.store.jobs_schema import JobRow, JobStatus
@@ -22,7 +35,7 @@ from usreview.store.records import STUDY_FIELDS, InstanceMetadata, InstanceRecor
 from usreview.store.schema import InstanceRow, SeriesRow, SiteRow, StatusHistoryRow, StudyRow
 from usreview.store.status import TRANSITIONS, StudyStatus
 
-__all__ = ["Changed", "check", "insert_rows"]
+__all__ = ["Changed", "Put", "check", "insert_puts"]
 
 _IN_USE = "a UID of this instance is already in use"
 # The tables the put path writes with SQLAlchemy Core.
@@ -57,13 +70,32 @@ _SERIES_OWNER = (
     .join(_SITES, _STUDIES.c.site_id == _SITES.c.id)
     .where(_SERIES.c.series_instance_uid == bindparam("uid"))
 )
-_INSTANCE_ID = select(_INSTANCES.c.id).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
-_SITE_ID = select(_SITES.c.id).where(_SITES.c.name == bindparam("name"))
-_STUDY = select(_STUDIES).where(_STUDIES.c.study_instance_uid == bindparam("uid"))
-_SERIES_ROW = select(_SERIES).where(_SERIES.c.series_instance_uid == bindparam("uid"))
+_UIDS: BindParameter[Any] = bindparam("uids", expanding=True)
+_SITES_IN = select(_SITES.c.id, _SITES.c.name).where(
+    _SITES.c.name.in_(bindparam("names", expanding=True))
+)
+_STUDIES_IN = select(_STUDIES).where(_STUDIES.c.study_instance_uid.in_(_UIDS))
+_SERIES_IN = select(_SERIES).where(_SERIES.c.series_instance_uid.in_(_UIDS))
+_NOW = bindparam("now", type_=_JOBS.c.created_at.type)
+_JOBS_FOR = insert(_JOBS).from_select(
+    ["instance_id", "study_id", "status", "attempts", "available_at", "created_at"],
+    select(
+        _INSTANCES.c.id,
+        _INSTANCES.c.study_id,
+        literal(JobStatus.PENDING, _JOBS.c.status.type),
+        literal(0),
+        _NOW,
+        _NOW,
+    )
+    .where(_INSTANCES.c.sop_instance_uid.in_(_UIDS))
+    .order_by(_INSTANCES.c.id),
+)
 _UPDATE_STUDY = update(_STUDIES).where(_STUDIES.c.id == bindparam("row_id"))
 _UPDATE_SERIES = update(_SERIES).where(_SERIES.c.id == bindparam("row_id"))
-_INSERTS = {t.name: insert(t) for t in (_SITES, _STUDIES, _SERIES, _INSTANCES, _HISTORY, _JOBS)}
+_INSERTS = {t.name: insert(t) for t in (_SITES, _STUDIES, _SERIES, _INSTANCES, _HISTORY)}
+_EQUIPMENT = ("manufacturer", "model_name")
+#: One put: the sending site, the instance's metadata, its envelope as written.
+Put = tuple[str, InstanceMetadata, WrittenObject]
 
 
 class Changed(Exception):
@@ -109,14 +141,6 @@ def check(
     return None
 
 
-def _site_id(conn: Connection, name: str, now: datetime) -> int:
-    """The id of the site ``name``, inserting its row if it is new."""
-    found = conn.execute(_SITE_ID, {"name": name}).scalar_one_or_none()
-    if found is not None:
-        return int(found)
-    return _insert_id(conn, _SITES, name=name, created_at=now)
-
-
 def _insert_id(conn: Connection, table: Table, **values: Any) -> int:
     """INSERT one row of ``values`` into ``table``; its new primary key."""
     key = conn.execute(_INSERTS[table.name], values).inserted_primary_key
@@ -124,129 +148,163 @@ def _insert_id(conn: Connection, table: Table, **values: Any) -> int:
     return int(key[0])
 
 
-def _described(row: Row[Any], meta: InstanceMetadata, fields: Iterable[str]) -> dict[str, Any]:
+def _described(
+    row: Mapping[str, Any], meta: InstanceMetadata, fields: Iterable[str]
+) -> dict[str, Any]:
     """The header fields of ``meta`` that ``row`` lacks (a row keeps the first non-empty)."""
     return {
         name: value
         for name in fields
-        if (value := getattr(meta, name)) is not None and getattr(row, name) is None
+        if (value := getattr(meta, name)) is not None and row[name] is None
     }
 
 
-def insert_rows(
-    conn: Connection, site: str, meta: InstanceMetadata, written: WrittenObject, now: datetime
-) -> PutResult:
-    """Insert the rows of one put whose envelope is ``written``, with its processing job.
+def _by(
+    conn: Connection, statement: Select[Any], key: str, values: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """The rows ``statement`` finds for ``values`` (its ``uids``), as dicts keyed by ``key``."""
+    rows = conn.execute(statement, {"uids": sorted(set(values))}).mappings()
+    return {row[key]: dict(row) for row in rows}
 
-    What :func:`check` saw before the envelope was written must still hold, else
-    :class:`Changed` (the put checks again).
+
+def insert_puts(
+    conn: Connection, puts: Sequence[Put], now: datetime, site_ids: dict[str, int]
+) -> list[PutResult | Changed]:
+    """Insert the rows of ``puts`` (written envelopes), each with its processing job.
+
+    A put whose UIDs are no longer as :func:`check` saw them (its study now another
+    site's, its series another study's, its instance in this batch already) gets
+    :class:`Changed` (it checks again) and nothing of it is written; an instance
+    stored by another transaction since makes the insert fail on the UID's uniqueness
+    (``IntegrityError``: the caller inserts put by put). The statements are per batch,
+    not per put: two lookups, the two bulk inserts, and a row for each new site, study
+    or series (and an update where a put adds to one), so that the write lock is held
+    briefly however many puts share the transaction. ``site_ids`` caches the ids of
+    committed sites (their rows are never removed): names it lacks are looked up and
+    added; a site inserted here is not added, its row is not committed yet.
     """
-    if conn.execute(_INSTANCE_ID, {"uid": meta.sop_instance_uid}).first() is not None:
-        raise Changed
-    site_id = _site_id(conn, site, now)
-    kinds = [k.value for k in meta.kinds]
-    study = conn.execute(_STUDY, {"uid": meta.study_instance_uid}).one_or_none()
-    if study is None:
-        study_id = _insert_id(
-            conn,
-            _STUDIES,
-            site_id=site_id,
+    missing = sorted({site for site, _, _ in puts} - site_ids.keys())
+    if missing:
+        site_ids.update((row.name, row.id) for row in conn.execute(_SITES_IN, {"names": missing}))
+    sites = dict(site_ids)  # and the sites inserted below
+    taken: set[str] = set()
+    studies = _by(
+        conn, _STUDIES_IN, "study_instance_uid", (m.study_instance_uid for _, m, _ in puts)
+    )
+    series = _by(
+        conn, _SERIES_IN, "series_instance_uid", (m.series_instance_uid for _, m, _ in puts)
+    )
+    outcomes: list[PutResult | Changed] = []
+    rows: list[dict[str, Any]] = []
+    for site, meta, written in puts:
+        study = studies.get(meta.study_instance_uid)
+        found = series.get(meta.series_instance_uid)
+        site_id = sites.get(site)
+        if (
+            meta.sop_instance_uid in taken
+            or (study is not None and study["site_id"] != site_id)
+            or (found is not None and (study is None or found["study_id"] != study["id"]))
+        ):
+            outcomes.append(Changed())
+            continue
+        if site_id is None:
+            site_id = sites[site] = _insert_id(conn, _SITES, name=site, created_at=now)
+        kinds = [k.value for k in meta.kinds]
+        if study is None:
+            study = studies[meta.study_instance_uid] = _new_study(conn, site_id, meta, kinds, now)
+        else:
+            _add_to_study(conn, study, meta, kinds, now)
+        if found is None:
+            values = {name: getattr(meta, name) for name in _EQUIPMENT}
+            found = series[meta.series_instance_uid] = dict(
+                study_id=study["id"], series_instance_uid=meta.series_instance_uid, **values
+            )
+            found["id"] = _insert_id(conn, _SERIES, created_at=now, **found)
+        elif changes := _described(found, meta, _EQUIPMENT):
+            conn.execute(_UPDATE_SERIES, {"row_id": found["id"], **changes})
+            found.update(changes)
+        taken.add(meta.sop_instance_uid)
+        record = InstanceRecord(
+            site=site,
+            sop_instance_uid=meta.sop_instance_uid,
             study_instance_uid=meta.study_instance_uid,
-            status=StudyStatus.RECEIVED,
-            status_changed_at=now,
-            created_at=now,
-            kinds=sorted(set(kinds)),
-            **{name: getattr(meta, name) for name in STUDY_FIELDS},
+            series_instance_uid=meta.series_instance_uid,
+            sop_class_uid=meta.sop_class_uid,
+            kinds=tuple(ImageKind(k) for k in kinds),
+            plaintext_sha256=meta.plaintext_sha256,
+            size=meta.size,
+            envelope_sha256=written.sha256,
+            envelope_size=written.size,
+            object_key=written.key,
+            received_at=now,
         )
+        rows.append(
+            {
+                "site_id": site_id,
+                "study_id": study["id"],
+                "series_id": found["id"],
+                "sop_instance_uid": record.sop_instance_uid,
+                "sop_class_uid": record.sop_class_uid,
+                "kinds": kinds,
+                "plaintext_sha256": record.plaintext_sha256,
+                "size": record.size,
+                "envelope_sha256": record.envelope_sha256,
+                "envelope_size": record.envelope_size,
+                "object_key": record.object_key,
+                "received_at": now,
+            }
+        )
+        outcomes.append(PutResult(record, duplicate=False))
+    if rows:
+        conn.execute(_INSERTS[_INSTANCES.name], rows)  # executemany: one compiled statement
+        # Their processing jobs commit with them: a stored instance always has one.
+        conn.execute(_JOBS_FOR, {"uids": [row["sop_instance_uid"] for row in rows], "now": now})
+    return outcomes
+
+
+def _new_study(
+    conn: Connection, site_id: int, meta: InstanceMetadata, kinds: list[str], now: datetime
+) -> dict[str, Any]:
+    """Insert the study of ``meta`` with its first status; its row as a dict."""
+    study = {
+        "site_id": site_id,
+        "study_instance_uid": meta.study_instance_uid,
+        "status": StudyStatus.RECEIVED,
+        "status_changed_at": now,
+        "created_at": now,
+        "kinds": sorted(set(kinds)),
+        **{name: getattr(meta, name) for name in STUDY_FIELDS},
+    }
+    study["id"] = _insert_id(conn, _STUDIES, **study)
+    _insert_id(
+        conn, _HISTORY, study_id=study["id"], previous=None, status=StudyStatus.RECEIVED, at=now
+    )
+    return study
+
+
+def _add_to_study(
+    conn: Connection, study: dict[str, Any], meta: InstanceMetadata, kinds: list[str], now: datetime
+) -> None:
+    """Update ``study`` (the row and the dict) for a new instance: header fields it
+    lacked, its kinds, and back to received if it had moved on."""
+    changes = _described(study, meta, STUDY_FIELDS)
+    merged = sorted({*(study["kinds"] or ()), *kinds})
+    if merged != study["kinds"]:
+        changes["kinds"] = merged
+    status: StudyStatus = study["status"]
+    if status is not StudyStatus.RECEIVED and StudyStatus.RECEIVED in TRANSITIONS[status]:
+        reason = "new instance"
+        changes.update(status=StudyStatus.RECEIVED, status_changed_at=now, reason=reason)
         _insert_id(
             conn,
             _HISTORY,
-            study_id=study_id,
-            previous=None,
+            study_id=study["id"],
+            previous=status,
             status=StudyStatus.RECEIVED,
             at=now,
+            reason=reason,
+            actor=None,
         )
-    else:
-        if study.site_id != site_id:
-            raise Changed
-        study_id = study.id
-        changes = _described(study, meta, STUDY_FIELDS)
-        merged = sorted({*(study.kinds or ()), *kinds})
-        if merged != study.kinds:
-            changes["kinds"] = merged
-        status: StudyStatus = study.status
-        if status is not StudyStatus.RECEIVED and StudyStatus.RECEIVED in TRANSITIONS[status]:
-            reason = "new instance"
-            changes.update(status=StudyStatus.RECEIVED, status_changed_at=now, reason=reason)
-            _insert_id(
-                conn,
-                _HISTORY,
-                study_id=study_id,
-                previous=status,
-                status=StudyStatus.RECEIVED,
-                at=now,
-                reason=reason,
-                actor=None,
-            )
-        if changes:
-            conn.execute(_UPDATE_STUDY, {"row_id": study_id, **changes})
-    series = conn.execute(_SERIES_ROW, {"uid": meta.series_instance_uid}).one_or_none()
-    equipment = ("manufacturer", "model_name")
-    if series is None:
-        series_id = _insert_id(
-            conn,
-            _SERIES,
-            study_id=study_id,
-            series_instance_uid=meta.series_instance_uid,
-            created_at=now,
-            **{name: getattr(meta, name) for name in equipment},
-        )
-    else:
-        if series.study_id != study_id:
-            raise Changed
-        series_id = series.id
-        changes = _described(series, meta, equipment)
-        if changes:
-            conn.execute(_UPDATE_SERIES, {"row_id": series_id, **changes})
-    instance_id = _insert_id(
-        conn,
-        _INSTANCES,
-        site_id=site_id,
-        study_id=study_id,
-        series_id=series_id,
-        sop_instance_uid=meta.sop_instance_uid,
-        sop_class_uid=meta.sop_class_uid,
-        kinds=kinds,
-        plaintext_sha256=meta.plaintext_sha256,
-        size=meta.size,
-        envelope_sha256=written.sha256,
-        envelope_size=written.size,
-        object_key=written.key,
-        received_at=now,
-    )
-    # Its processing job commits with it: a stored instance always has one.
-    _insert_id(
-        conn,
-        _JOBS,
-        instance_id=instance_id,
-        study_id=study_id,
-        status=JobStatus.PENDING,
-        attempts=0,
-        available_at=now,
-        created_at=now,
-    )
-    record = InstanceRecord(
-        site=site,
-        sop_instance_uid=meta.sop_instance_uid,
-        study_instance_uid=meta.study_instance_uid,
-        series_instance_uid=meta.series_instance_uid,
-        sop_class_uid=meta.sop_class_uid,
-        kinds=tuple(ImageKind(k) for k in kinds),
-        plaintext_sha256=meta.plaintext_sha256,
-        size=meta.size,
-        envelope_sha256=written.sha256,
-        envelope_size=written.size,
-        object_key=written.key,
-        received_at=now,
-    )
-    return PutResult(record, duplicate=False)
+    if changes:
+        conn.execute(_UPDATE_STUDY, {"row_id": study["id"], **changes})
+        study.update(changes)
