@@ -2,7 +2,7 @@
 
 N puts of a 300 KB envelope (random bytes: the archive does not open it) with their
 metadata, as 60 sites sending 60 studies, go into a fresh archive from 16 threads (the
-service's threads, which share transactions: :class:`~usreview.store.database.GroupCommit`)
+service's threads, which share transactions: :class:`~usreview._group_commit.GroupCommit`)
 and, as the baseline in the same run, from one thread (a transaction and its fsync per
 put). Median of three runs each. The index is SQLite in the archive, or the database of
 ``$USREVIEW_BENCH_DB_URL`` (a PostgreSQL URL such as ``postgresql://USER@HOST/DB``; its

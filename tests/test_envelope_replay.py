@@ -44,13 +44,13 @@ def test_concurrent_records_share_commits_and_a_duplicate_fails_alone(
     cache = ReplayCache(tmp_path / "seen.sqlite3")
     cache.record(SENDER, b"old" * 4, not_after=NOW + 600, now=NOW)
     batches: list[int] = []
-    commit = cache._commit
+    commit = cache._group._commit
 
-    def counted(batch: list[Any]) -> None:
+    def counted(batch: list[Any]) -> Any:
         batches.append(len(batch))
-        commit(batch)
+        return commit(batch)
 
-    monkeypatch.setattr(cache, "_commit", counted)
+    monkeypatch.setattr(cache._group, "_commit", counted)
     messages = [bytes([n]) * 16 for n in range(24)] + [b"old" * 4, bytes([5]) * 16]
     outcomes = _record_all(cache, messages)
     failed = [i for i, o in enumerate(outcomes) if o is not None]

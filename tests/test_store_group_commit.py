@@ -26,6 +26,7 @@ from tests.test_store import (  # noqa: F401  (fixtures: db_url needs postgres_s
     meta,
     postgres_server,
 )
+from usreview._group_commit import GroupCommit
 from usreview.store import (
     Archive,
     ConflictError,
@@ -34,7 +35,6 @@ from usreview.store import (
     Reviewer,
     StorageError,
 )
-from usreview.store.database import GroupCommit
 from usreview.store.jobs_schema import JobStatus
 
 PUTS = 8
@@ -243,6 +243,33 @@ def test_group_commit_hands_each_caller_its_own_outcome() -> None:
             assert isinstance(results[n], ValueError) and results[n].args == (n,)
         else:
             assert results[n] == n * 10
+
+
+def test_group_commit_hands_the_next_batch_to_the_oldest_waiting_caller() -> None:
+    """Batches are formed in arrival order; each caller wakes only when done or leading."""
+    batches: list[list[int]] = []
+    leaders: list[str] = []
+    gate = threading.Event()
+
+    def commit(items: Sequence[int]) -> list[int | BaseException]:
+        if not batches:
+            gate.wait(10)
+        batches.append(list(items))
+        leaders.append(threading.current_thread().name)
+        return [n for n in items]
+
+    group: GroupCommit[int, int] = GroupCommit(commit, max_batch=4)
+    threads = [threading.Thread(target=group.submit, args=(n,), name=str(n)) for n in range(1, 8)]
+    for n, thread in enumerate(threads):
+        thread.start()
+        while group.waiting < n:  # the first commits at once, the others queue in order
+            time.sleep(0.001)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert batches == [[1], [2, 3, 4, 5], [6, 7]]
+    assert leaders == ["1", "2", "6"]  # each batch committed by its first caller
+    assert (group.batches, group.items, group.waiting) == (3, 7, 0)
 
 
 def test_group_commit_fails_the_whole_batch_when_the_commit_raises() -> None:

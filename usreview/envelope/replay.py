@@ -12,9 +12,11 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
+from usreview._group_commit import GroupCommit
 from usreview._sqlite import BUSY_TIMEOUT_S, begin_immediate, use_wal
 from usreview.envelope.errors import ReplayedError
 
@@ -44,7 +46,8 @@ class ReplayCache:
     Safe to share between threads: each thread keeps its own connection (opening one
     per call cost more than the query). This process's writers never sleep in SQLite's
     busy handler: records that arrive while one transaction commits wait and are then
-    committed together, in one transaction and one fsync (group commit); another
+    committed together, in one transaction and one fsync
+    (:class:`~usreview._group_commit.GroupCommit`); another
     process's write lock is waited for with :func:`usreview._sqlite.begin_immediate`.
     Every record is still committed with ``synchronous=FULL`` before its :meth:`record`
     returns.
@@ -53,9 +56,7 @@ class ReplayCache:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
-        self._cond = threading.Condition(threading.Lock())
-        self._waiting: deque[_Record] = deque()
-        self._busy = False
+        self._group: GroupCommit[_Record, None] = GroupCommit(self._commit, max_batch=MAX_BATCH)
         self._purged_at = float("-inf")
         db = self._db()
         use_wal(db, BUSY_TIMEOUT_S)  # processes may create the file together
@@ -95,72 +96,50 @@ class ReplayCache:
         ReplayedError
             If it was already recorded (for example by a concurrent receiver).
         """
-        entry = _Record(sender_id, message_id, not_after, time.time() if now is None else now)
-        with self._cond:
-            self._waiting.append(entry)
-            while self._busy and not entry.done:
-                self._cond.wait()
-            batch: list[_Record] = []
-            if not entry.done:  # nobody is committing: commit what waits, ours first
-                self._busy = True
-                self._waiting.remove(entry)
-                batch.append(entry)
-                while self._waiting and len(batch) < MAX_BATCH:
-                    batch.append(self._waiting.popleft())
-        if batch:
-            self._commit(batch)
-        if entry.error is not None:
-            raise entry.error
+        self._group.submit(
+            _Record(sender_id, message_id, not_after, time.time() if now is None else now)
+        )
 
-    def _commit(self, batch: list[_Record]) -> None:
-        """Insert ``batch`` in one transaction; give each entry its outcome."""
+    def _commit(self, batch: Sequence[_Record]) -> list[BaseException | None]:
+        """Insert ``batch`` in one transaction: each entry's outcome (None: recorded)."""
         now = min(entry.now for entry in batch)
         purge = abs(now - self._purged_at) >= PURGE_INTERVAL
+        outcomes: list[BaseException | None] = []
+        db = self._db()
+        begin_immediate(db, BUSY_TIMEOUT_S)
         try:
-            db = self._db()
-            begin_immediate(db, BUSY_TIMEOUT_S)
-            try:
-                if purge:
-                    db.execute("DELETE FROM seen WHERE expires < ?", (int(now) - CLOCK_SKEW,))
-                for entry in batch:
-                    try:
-                        db.execute(
-                            "INSERT INTO seen (sender, message, expires) VALUES (?, ?, ?)",
-                            (entry.sender, entry.message, entry.not_after),
-                        )
-                    except sqlite3.IntegrityError:  # only this statement is undone
-                        entry.error = _replayed(entry.message)
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
             if purge:
-                self._purged_at = now
-        except BaseException as exc:
-            for entry in batch:  # nothing of the batch is recorded
-                entry.error = exc
-        finally:
-            with self._cond:
-                for entry in batch:
-                    entry.done = True
-                self._busy = False
-                self._cond.notify_all()
+                db.execute("DELETE FROM seen WHERE expires < ?", (int(now) - CLOCK_SKEW,))
+            for entry in batch:
+                try:
+                    db.execute(
+                        "INSERT INTO seen (sender, message, expires) VALUES (?, ?, ?)",
+                        (entry.sender, entry.message, entry.not_after),
+                    )
+                    outcomes.append(None)
+                except sqlite3.IntegrityError:  # only this statement is undone
+                    outcomes.append(_replayed(entry.message))
+            db.execute("COMMIT")
+        except BaseException:  # nothing of the batch is recorded
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        if purge:
+            self._purged_at = now
+        return outcomes
 
     def __len__(self) -> int:
         (count,) = self._db().execute("SELECT count(*) FROM seen").fetchone()
         return int(count)
 
 
-class _Record:
-    """One :meth:`ReplayCache.record` call waiting for its commit."""
+class _Record(NamedTuple):
+    """One :meth:`ReplayCache.record` call."""
 
-    __slots__ = ("done", "error", "message", "not_after", "now", "sender")
-
-    def __init__(self, sender: bytes, message: bytes, not_after: int, now: float) -> None:
-        self.sender, self.message, self.not_after, self.now = sender, message, not_after, now
-        self.done = False
-        self.error: BaseException | None = None
+    sender: bytes
+    message: bytes
+    not_after: int
+    now: float
 
 
 def _replayed(message_id: bytes) -> ReplayedError:

@@ -35,8 +35,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from usreview._group_commit import GroupCommit
 from usreview.hub.errors import AuditError
-from usreview.store.database import GroupCommit
 
 __all__ = ["AuditAction", "AuditError", "AuditLog", "RefusalLimiter", "VerifyReport", "verify"]
 

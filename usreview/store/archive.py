@@ -10,7 +10,7 @@ ever names a missing object:
    instance's processing job (:mod:`usreview.store.jobs`);
 4. return: returning is the acknowledgement.
 
-Group commit. Step 3 goes through one :class:`~usreview.store.database.GroupCommit` per
+Group commit. Step 3 goes through one :class:`~usreview._group_commit.GroupCommit` per
 archive: while one transaction commits, the puts that reach step 3 wait, then share the
 next transaction and its single fsync, inserted together with a few statements per
 batch (:func:`~usreview.store.put_rows.insert_puts`). If one put's rows fail there (a
@@ -41,9 +41,9 @@ from sqlalchemy import Engine, distinct, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from usreview._group_commit import GroupCommit
 from usreview.store._shared import change_status, envelope_source, guard, site_row
 from usreview.store.database import (
-    GroupCommit,
     create_schema,
     default_url,
     make_engine,
