@@ -61,14 +61,26 @@ _STUDY_OWNER = (
     select(_SITES.c.name)
     .select_from(_STUDIES)
     .join(_SITES, _STUDIES.c.site_id == _SITES.c.id)
-    .where(_STUDIES.c.study_instance_uid == bindparam("uid"))
+    .where(_STUDIES.c.study_instance_uid == bindparam("study"))
 )
-_SERIES_OWNER = (
+_SERIES_OF = (
     select(_STUDIES.c.study_instance_uid, _SITES.c.name)
     .select_from(_SERIES)
     .join(_STUDIES, _SERIES.c.study_id == _STUDIES.c.id)
     .join(_SITES, _STUDIES.c.site_id == _SITES.c.id)
-    .where(_SERIES.c.series_instance_uid == bindparam("uid"))
+    .where(_SERIES.c.series_instance_uid == bindparam("series"))
+)
+# What check() needs to know of a new instance's UIDs, in one statement.
+_UIDS_IN_USE = select(
+    select(_INSTANCES.c.id)
+    .where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
+    .scalar_subquery()
+    .label("instance"),
+    _STUDY_OWNER.scalar_subquery().label("study_owner"),
+    _SERIES_OF.with_only_columns(_STUDIES.c.study_instance_uid)
+    .scalar_subquery()
+    .label("series_study"),
+    _SERIES_OF.with_only_columns(_SITES.c.name).scalar_subquery().label("series_owner"),
 )
 _UIDS: BindParameter[Any] = bindparam("uids", expanding=True)
 _SITES_IN = select(_SITES.c.id, _SITES.c.name).where(
@@ -107,7 +119,15 @@ def check(
 ) -> PutResult | tuple[str, str] | None:
     """Before writing: a duplicate's result, a conflict's (admin, site) reasons, or
     ``None`` to store."""
-    found = conn.execute(_FIND_INSTANCE, {"uid": meta.sop_instance_uid}).one_or_none()
+    uids = {
+        "uid": meta.sop_instance_uid,
+        "study": meta.study_instance_uid,
+        "series": meta.series_instance_uid,
+    }
+    in_use = conn.execute(_UIDS_IN_USE, uids).one()
+    found = None
+    if in_use.instance is not None:
+        found = conn.execute(_FIND_INSTANCE, {"uid": meta.sop_instance_uid}).one_or_none()
     if found is not None:
         if found.owner != site:
             return f"SOP Instance UID already stored by site {found.owner}", _IN_USE
@@ -129,14 +149,13 @@ def check(
             return PutResult(record, duplicate=True)
         reason = "different content under this SOP Instance UID"
         return reason, reason
-    study = conn.execute(_STUDY_OWNER, {"uid": meta.study_instance_uid}).one_or_none()
-    if study is not None and study.name != site:
-        return f"Study Instance UID belongs to site {study.name}", _IN_USE
-    series = conn.execute(_SERIES_OWNER, {"uid": meta.series_instance_uid}).one_or_none()
-    if series is not None and series.study_instance_uid != meta.study_instance_uid:
-        admin = f"Series Instance UID belongs to study {series.study_instance_uid}"
-        if series.name != site:
-            return f"{admin} of site {series.name}", _IN_USE
+    if in_use.study_owner is not None and in_use.study_owner != site:
+        return f"Study Instance UID belongs to site {in_use.study_owner}", _IN_USE
+    series_study = in_use.series_study
+    if series_study is not None and series_study != meta.study_instance_uid:
+        admin = f"Series Instance UID belongs to study {series_study}"
+        if in_use.series_owner != site:
+            return f"{admin} of site {in_use.series_owner}", _IN_USE
         return admin, "the series belongs to another study"
     return None
 
