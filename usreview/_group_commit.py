@@ -8,8 +8,8 @@ and each returns only after that shared commit.
 Wake-ups are targeted. When a batch is done, its callers are woken (each its own event)
 and so is the first caller still waiting, who is handed the next batch to commit;
 nobody else wakes. Waking every waiter after each batch (a condition's ``notify_all``)
-made the hub's 32 threads per process race for the GIL, and for the lock, after every
-commit, while the next batch waited for its leader among them.
+would make all of them race for the GIL and the lock after every commit, and leave the
+next batch to whichever won; here batches keep the callers' arrival order.
 """
 
 from __future__ import annotations

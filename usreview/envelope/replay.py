@@ -46,9 +46,9 @@ class ReplayCache:
     Safe to share between threads: each thread keeps its own connection (opening one
     per call cost more than the query). This process's writers never sleep in SQLite's
     busy handler: records that arrive while one transaction commits wait and are then
-    committed together, in one transaction and one fsync
-    (:class:`~usreview._group_commit.GroupCommit`); another
-    process's write lock is waited for with :func:`usreview._sqlite.begin_immediate`.
+    committed together, in one transaction and one fsync (group commit,
+    :class:`~usreview._group_commit.GroupCommit`); another process's write lock is
+    waited for with :func:`usreview._sqlite.begin_immediate`.
     Every record is still committed with ``synchronous=FULL`` before its :meth:`record`
     returns.
     """

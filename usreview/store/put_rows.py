@@ -196,9 +196,10 @@ def insert_puts(
     :class:`Changed` (it checks again) and nothing of it is written; an instance
     stored by another transaction since makes the insert fail on the UID's uniqueness
     (``IntegrityError``: the caller inserts put by put). The statements are per batch,
-    not per put: two lookups, the two bulk inserts, and a row for each new site, study
-    or series (and an update where a put adds to one), so that the write lock is held
-    briefly however many puts share the transaction. ``site_ids`` caches the ids of
+    not per put: the batch's studies and series (and its sites not cached yet) looked
+    up, the two bulk inserts, and a row for each new site, study or series (and an
+    update where a put adds to one), so that the write lock is held briefly however
+    many puts share the transaction. ``site_ids`` caches the ids of
     committed sites (their rows are never removed): names it lacks are looked up and
     added; a site inserted here is not added, its row is not committed yet.
     """
