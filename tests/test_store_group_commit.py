@@ -2,8 +2,9 @@
 
 A batch's rows go in together; if one put's rows fail, the batch is redone with a
 savepoint per put: that one rolls back alone and the others of its batch are stored; a
-failed shared commit fails every put of the batch (nothing acknowledged). Batches are forced by holding the first commit until the other puts wait
-behind it. The kill -9 test of concurrent puts is in ``test_store_crash.py``.
+failed shared commit fails every put of the batch (nothing acknowledged). Batches are
+forced by holding the first commit until the other puts wait behind it. The kill -9 test
+of concurrent puts is in ``test_store_crash.py``.
 """
 
 from __future__ import annotations
