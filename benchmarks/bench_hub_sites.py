@@ -37,7 +37,7 @@ busy on average: on a machine of two cores this shows what bounds each rate.
 Scale with ``$USREVIEW_BENCH_SCALE`` (default 1: 60 sites x 8 small + 4 cines), or
 ``$USREVIEW_BENCH_SITES``; ``$USREVIEW_BENCH_CINES`` sets the number of cines (0: small
 instances only, the per-upload costs without the cines' bulk). The service runs with its
-default settings (one process per core, see ``ServiceSettings.processes``);
+default settings (two processes per core, see ``ServiceSettings.processes``);
 ``$USREVIEW_BENCH_SERVICE_PROCESSES=N`` sets the number of service processes
 (``parse_workers`` then its default for N), and ``$USREVIEW_BENCH_SERVICE_THREADS=N`` the
 threads of each (``ServiceSettings.threads``).

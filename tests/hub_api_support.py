@@ -72,9 +72,11 @@ class HubRun:
     def __post_init__(self) -> None:
         self.state = self.root / "state"
         open_state(self.state)
-        (self.state / "service_config.json").write_text(
-            json.dumps({"ServiceSettings": self.settings})
-        )
+        # Two serving processes unless a test says otherwise (the default is two per
+        # core: four service processes and their parsing workers per hub would make
+        # each test's hub slower to start without testing more).
+        settings = {"processes": 2, **self.settings}
+        (self.state / "service_config.json").write_text(json.dumps({"ServiceSettings": settings}))
         self.http = requests.Session()
         self.http.trust_env = False
         self.http.verify = str(self.cert)

@@ -101,7 +101,7 @@ def test_several_processes_share_the_state_each_with_its_own_folders(tmp_path: P
 
 
 def test_service_processes_default_to_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    for cores, processes, parse_workers in ((1, 1, 2), (2, 2, 2), (8, 4, 2), (16, 4, 4)):
+    for cores, processes, parse_workers in ((1, 2, 2), (2, 4, 2), (8, 4, 2), (16, 4, 4)):
         monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
         settings = ServiceSettings()
         assert (settings.processes, settings.parse_workers) == (processes, parse_workers)

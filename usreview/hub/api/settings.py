@@ -47,8 +47,9 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
         min=1,
         max=64,
         help="Service processes answering on the service's port (a supervisor starts them "
-        "and starts again one that dies); default: one per core, at most 4. One Python "
-        "process runs on about one core; more let many sites' uploads use more. Each has "
+        "and starts again one that dies); default: two per core, at most 4. One Python "
+        "process runs on about one core, and less while its threads wait for its "
+        "interpreter lock; more let many sites' uploads use more. Each has "
         "its own threads and parse_workers; its caches (worklists, reviewers' sites) are "
         "its own, kept a few seconds as for the processing worker's writes, and a result "
         "published by another process reaches a waiting site within results_poll_seconds.",
@@ -73,8 +74,8 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
     ).tag(config=True)
 
     @default("processes")
-    def _one_per_core(self) -> int:
-        return max(1, min(MAX_DEFAULT_PROCESSES, os.cpu_count() or 1))
+    def _two_per_core(self) -> int:
+        return max(1, min(MAX_DEFAULT_PROCESSES, 2 * (os.cpu_count() or 1)))
 
     @default("parse_workers")
     def _cores_per_process(self) -> int:
