@@ -247,7 +247,7 @@ def test_group_commit_hands_each_caller_its_own_outcome() -> None:
 
 
 def test_group_commit_hands_the_next_batch_to_the_oldest_waiting_caller() -> None:
-    """Batches are formed in arrival order; each caller wakes only when done or leading."""
+    """Batches are formed in arrival order, each committed by its first caller."""
     batches: list[list[int]] = []
     leaders: list[str] = []
     gate = threading.Event()
@@ -257,7 +257,7 @@ def test_group_commit_hands_the_next_batch_to_the_oldest_waiting_caller() -> Non
             gate.wait(10)
         batches.append(list(items))
         leaders.append(threading.current_thread().name)
-        return [n for n in items]
+        return list(items)
 
     group: GroupCommit[int, int] = GroupCommit(commit, max_batch=4)
     threads = [threading.Thread(target=group.submit, args=(n,), name=str(n)) for n in range(1, 8)]
