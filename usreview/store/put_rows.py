@@ -250,7 +250,7 @@ def insert_puts(
             study_instance_uid=meta.study_instance_uid,
             series_instance_uid=meta.series_instance_uid,
             sop_class_uid=meta.sop_class_uid,
-            kinds=tuple(ImageKind(k) for k in kinds),
+            kinds=meta.kinds,
             plaintext_sha256=meta.plaintext_sha256,
             size=meta.size,
             envelope_sha256=written.sha256,
