@@ -526,6 +526,46 @@ def test_replayed_message(
     assert len(cache) == 1
 
 
+def test_opening_into_a_file_object_verifies_before_recording(
+    alice: PrivateKeys, bob: PrivateKeys, ring: KeyRing, tmp_path: Path
+) -> None:
+    """The hub opens small uploads into a memory file: same checks, recorded only if intact."""
+    cache = ReplayCache(tmp_path / "seen.sqlite")
+    data = payload(3 * CHUNK_SIZE + 100, seed=5)
+    env = make(data, alice, bob)
+    head, parts, sig = frames(env)
+    for bad, error in (
+        (head + parts[0][:-1] + b"?" + b"".join(parts[1:]) + sig, TamperedError),
+        (head + b"".join(parts[:-1]) + sig, TruncatedError),
+    ):
+        with pytest.raises(error):
+            unseal(
+                io.BytesIO(bad),
+                io.BytesIO(),
+                recipient=bob,
+                keyring=ring,
+                replay_cache=cache,
+                now=NOW + 60,
+            )
+    assert len(cache) == 0, "a refused envelope does not burn its message id"
+    with open(os.memfd_create("plaintext"), "w+b") as memory:
+        info = unseal(
+            io.BytesIO(env), memory, recipient=bob, keyring=ring, replay_cache=cache, now=NOW + 60
+        )
+        memory.seek(0)
+        assert memory.read() == data
+    assert len(cache) == 1 and info.sender_id == alice.key_id
+    with pytest.raises(ReplayedError):
+        unseal(
+            io.BytesIO(env),
+            io.BytesIO(),
+            recipient=bob,
+            keyring=ring,
+            replay_cache=cache,
+            now=NOW + 60,
+        )
+
+
 def test_replay_cache_forgets_expired(
     alice: PrivateKeys, bob: PrivateKeys, ring: KeyRing, tmp_path: Path
 ) -> None:

@@ -5,6 +5,8 @@ After every failure no plaintext remains in quarantine and nothing is stored.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from usreview.ingest import (
     Ingestor,
     InvalidReceiptError,
     NotForHubError,
+    ParsedInstance,
     RefusedEnvelopeError,
     RejectedInstanceError,
     RejectReason,
@@ -150,6 +153,42 @@ def test_an_envelope_in_memory_is_stored_as_from_a_file(
     assert again.duplicate and again.record == result.record
     assert hub.stored() == [uid]
     hub.assert_clean()
+
+
+class WatchedPool(WorkerPool):
+    """The real pool, noting what each parse got and what the quarantine held meanwhile."""
+
+    quarantine: Path
+    seen: list[tuple[object, list[str]]]
+
+    def parse(self, source: str | os.PathLike[str] | int) -> ParsedInstance:
+        self.seen.append((source, sorted(p.name for p in self.quarantine.iterdir())))
+        return super().parse(source)
+
+
+def test_an_envelope_in_memory_is_opened_in_memory(
+    tmp_path: Path, keys: Keys, study: list[Path]
+) -> None:
+    """A small upload's plaintext is a memory file passed to the worker, never on a disk."""
+    envelopes = [sealed(path, keys.a, tmp_path, keys.hub) for path in study]
+    with (
+        Archive.open(None, tmp_path / "archive") as archive,
+        WatchedPool(1, timeout=30) as pool,
+    ):
+        pool.quarantine, pool.seen = tmp_path / "quarantine", []
+        ingestor = Ingestor(
+            archive, keys.hub, {"site-a": keys.a.public}, None, pool, tmp_path / "quarantine"
+        )
+        in_memory = ingestor.ingest("site-a", envelopes[0].read_bytes())
+        from_file = ingestor.ingest("site-a", envelopes[1])
+    (memory, listed), (path, listed_too) = pool.seen
+    assert isinstance(memory, int) and listed == []
+    assert isinstance(path, Path) and path.parent == tmp_path / "quarantine"
+    assert listed_too == [path.name]
+    assert not path.exists()
+    assert in_memory.record.plaintext_sha256 == hashlib.sha256(study[0].read_bytes()).hexdigest()
+    assert from_file.record.plaintext_sha256 == hashlib.sha256(study[1].read_bytes()).hexdigest()
+    assert in_memory.record.size == study[0].stat().st_size
 
 
 def test_an_altered_receipt_does_not_verify(hub: Hub, keys: Keys, study: list[Path]) -> None:

@@ -88,6 +88,30 @@ def test_a_real_multiframe_compressed_file_decodes_first_and_last_frame(pool: Wo
     assert parsed.transfer_syntax == RLELossless
 
 
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_memory_file_is_parsed_through_its_descriptor(pool: WorkerPool, bmode: Path) -> None:
+    """The hub's small uploads never reach a disk: the worker reads the caller's memory file."""
+    pool.start()
+    pids = pool.pids
+    before = {pid: open_fds(pid) for pid in pids}
+    with open(os.memfd_create("plaintext"), "w+b") as memory:
+        memory.write(bmode.read_bytes())
+        parsed = [pool.parse(memory.fileno()) for _ in range(20)]
+        assert memory.tell() == bmode.stat().st_size, "the caller's file offset is untouched"
+        with open(os.memfd_create("junk"), "w+b") as junk:
+            junk.write(b"not DICOM" * 100)
+            with pytest.raises(RejectedInstanceError) as info:
+                pool.parse(junk.fileno())
+            assert info.value.reason is RejectReason.NOT_DICOM
+        assert pool.parse(memory.fileno()) == parsed[0]
+    assert set(parsed) == {pool.parse(bmode)}
+    assert pool.pids == pids
+    assert {pid: open_fds(pid) for pid in pids} == before, "each worker closes its copy"
+
+
 def test_threads_share_the_pool(pool: WorkerPool, bmode: Path) -> None:
     results: list[ParsedInstance] = []
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidSignature
 
@@ -29,7 +31,7 @@ __all__ = ["unseal", "unseal_file"]
 
 def unseal(
     src: Source,
-    out: Path,
+    out: Path | BinaryIO,
     *,
     recipient: PrivateKeys,
     keyring: KeyRing,
@@ -37,7 +39,7 @@ def unseal(
     now: float | None = None,
     durable: bool = True,
 ) -> EnvelopeInfo:
-    """Open the envelope read from ``src`` into the new file ``out``.
+    """Open the envelope read from ``src`` into the new file ``out`` (or a file object).
 
     Checks in order: format and version, sender in ``keyring`` (active or retired, not
     revoked), header signature, validity window, replay, addressee, key commitment.
@@ -47,6 +49,11 @@ def unseal(
     On any failure no ``out`` file exists. ``durable=False`` skips the fsyncs of ``out``
     (see :func:`~usreview.envelope.atomic.new_file`): for a plaintext that is read and
     deleted at once.
+
+    ``out`` may instead be a binary file open for writing (the hub opens small uploads
+    into memory, :func:`os.memfd_create`): the plaintext is written into it as it is
+    decrypted and is verified only when this function returns; after an exception its
+    content is unauthenticated and must be discarded.
 
     Raises
     ------
@@ -96,10 +103,8 @@ def unseal(
         if replay_cache is not None:
             replay_cache.record(header.sender_id, header.message_id, header.not_after, clock)
 
-    with new_file(
-        Path(out), suffix=".quarantine", before_publish=record, durable=durable
-    ) as quarantine:
-        frames_hash, signature = decrypt_stream(src, quarantine, payload_key, header_hash)
+    def decrypt(sink: BinaryIO) -> None:
+        frames_hash, signature = decrypt_stream(src, sink, payload_key, header_hash)
         try:
             sender.ed25519.verify(signature, FINAL_SIG_CONTEXT + header_hash + frames_hash)
         except InvalidSignature:
@@ -107,6 +112,15 @@ def unseal(
                 "envelope has been altered or forged: the sender's signature over its "
                 "content does not verify"
             ) from None
+
+    if isinstance(out, str | os.PathLike):
+        with new_file(
+            Path(out), suffix=".quarantine", before_publish=record, durable=durable
+        ) as quarantine:
+            decrypt(quarantine)
+    else:
+        decrypt(out)
+        record()
     return EnvelopeInfo(
         header.message_id,
         header.sender_id,

@@ -9,9 +9,11 @@ reader once, then limits itself with ``setrlimit``: address space (its size afte
 plus ``memory_limit``), CPU time per task (``SIGXCPU`` ends it), and no core files (they
 would hold patient data). Creating a pool does not wait for its workers: a task waits
 for its worker to be ready.
-A task sends a file path and gets back a small dict, never pixels: the UIDs, the image's
-shape and kinds, and the header's description of patient, study and equipment
-(:data:`usreview.dicom.header.HEADER_FIELDS`, read tolerantly).
+A task sends a file path, or an open file descriptor (passed over the pipe with
+``SCM_RIGHTS``: the hub's small uploads are opened into memory, never onto a disk, and
+the worker reads that one file as ``/proc/self/fd/N``), and gets back a small dict, never
+pixels: the UIDs, the image's shape and kinds, and the header's description of patient,
+study and equipment (:data:`usreview.dicom.header.HEADER_FIELDS`, read tolerantly).
 
 The parent gives each task a wall-clock ``timeout``: a worker that does not answer in
 time is killed and replaced; a worker that dies (signal, rlimit) is replaced; after a
@@ -35,6 +37,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -61,6 +64,8 @@ _PARSER = "usreview.ingest.worker:parse_file"
 #: What a worker process runs; its connection's file descriptor follows as an argument.
 _WORKER_MAIN = "from usreview.ingest.worker import _worker_main; _worker_main()"
 _Parser = Callable[[str, int], dict[str, Any]]
+#: The task message announcing a file descriptor sent right after it (``SCM_RIGHTS``).
+_FD_TASK = ("fd",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,12 +258,16 @@ def _serve(
     except OSError:
         return  # the parent died while this worker was starting
     while True:
+        fd = None
         try:
-            path = conn.recv()
+            task = conn.recv()
+            if task == _FD_TASK:  # the file's descriptor follows
+                fd = recv_handle(conn)
         except (EOFError, OSError):
             return
-        if path is None:
+        if task is None:
             return
+        path = str(task) if fd is None else f"/proc/self/fd/{fd}"
         usage = resource.getrusage(resource.RUSAGE_SELF)
         _limit(resource.RLIMIT_CPU, math.ceil(usage.ru_utime + usage.ru_stime + cpu))
         try:
@@ -272,6 +281,9 @@ def _serve(
             conn.send(("error", _reason(exc).value, _first_line(exc), retire))
             if retire:
                 return
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 def _limit(which: int, soft: int, *, hard_too: bool = False) -> None:
@@ -483,8 +495,11 @@ class WorkerPool:
                 replacement = self._spawn()
         self._idle.put(replacement)
 
-    def parse(self, path: str | os.PathLike[str]) -> ParsedInstance:
-        """Parse the DICOM file ``path`` in a worker.
+    def parse(self, source: str | os.PathLike[str] | int) -> ParsedInstance:
+        """Parse the DICOM file ``source`` in a worker: a path, or an open file descriptor.
+
+        A descriptor (of a regular or memory file, read from its start) is passed to the
+        worker, which closes its copy; the caller keeps and closes its own.
 
         Raises
         ------
@@ -496,7 +511,7 @@ class WorkerPool:
         """
         worker = self._acquire()
         try:
-            answer = self._ask(worker, os.fspath(path))
+            answer = self._ask(worker, source if isinstance(source, int) else os.fspath(source))
         except RejectedInstanceError:
             raise
         except BaseException:
@@ -509,9 +524,13 @@ class WorkerPool:
             self._idle.put(worker)
         return ParsedInstance.from_dict(answer)
 
-    def _ask(self, worker: _Worker, path: str) -> dict[str, Any]:
+    def _ask(self, worker: _Worker, source: str | int) -> dict[str, Any]:
         try:
-            worker.conn.send(path)
+            if isinstance(source, int):
+                worker.conn.send(_FD_TASK)
+                send_handle(worker.conn, source, worker.process.pid)
+            else:
+                worker.conn.send(source)
             ready = worker.conn.poll(self.timeout)
         except (OSError, ValueError):
             ready = True  # a dead pipe reads as end of file below
