@@ -11,6 +11,7 @@ import tempfile
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +21,7 @@ import usreview.envelope as envelope
 from usreview.envelope import (
     CHUNK_SIZE,
     EnvelopeError,
+    EnvelopeInfo,
     ExpiredError,
     KeyRing,
     KeyState,
@@ -534,36 +536,31 @@ def test_opening_into_a_file_object_verifies_before_recording(
     data = payload(3 * CHUNK_SIZE + 100, seed=5)
     env = make(data, alice, bob)
     head, parts, sig = frames(env)
-    for bad, error in (
-        (head + parts[0][:-1] + b"?" + b"".join(parts[1:]) + sig, TamperedError),
-        (head + b"".join(parts[:-1]) + sig, TruncatedError),
-    ):
-        with pytest.raises(error):
-            unseal(
-                io.BytesIO(bad),
-                io.BytesIO(),
-                recipient=bob,
-                keyring=ring,
-                replay_cache=cache,
-                now=NOW + 60,
-            )
-    assert len(cache) == 0, "a refused envelope does not burn its message id"
-    with open(os.memfd_create("plaintext"), "w+b") as memory:
-        info = unseal(
-            io.BytesIO(env), memory, recipient=bob, keyring=ring, replay_cache=cache, now=NOW + 60
-        )
-        memory.seek(0)
-        assert memory.read() == data
-    assert len(cache) == 1 and info.sender_id == alice.key_id
-    with pytest.raises(ReplayedError):
-        unseal(
-            io.BytesIO(env),
-            io.BytesIO(),
+
+    def into(envelope: bytes, sink: BinaryIO) -> EnvelopeInfo:
+        return unseal(
+            io.BytesIO(envelope),
+            sink,
             recipient=bob,
             keyring=ring,
             replay_cache=cache,
             now=NOW + 60,
         )
+
+    for bad, error in (
+        (head + parts[0][:-1] + b"?" + b"".join(parts[1:]) + sig, TamperedError),
+        (head + b"".join(parts[:-1]) + sig, TruncatedError),
+    ):
+        with pytest.raises(error):
+            into(bad, io.BytesIO())
+    assert len(cache) == 0, "a refused envelope does not burn its message id"
+    with open(os.memfd_create("plaintext"), "w+b") as memory:
+        info = into(env, memory)
+        memory.seek(0)
+        assert memory.read() == data
+    assert len(cache) == 1 and info.sender_id == alice.key_id
+    with pytest.raises(ReplayedError):
+        into(env, io.BytesIO())
 
 
 def test_replay_cache_forgets_expired(

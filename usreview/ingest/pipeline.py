@@ -76,8 +76,9 @@ __all__ = ["IngestResult", "Ingestor", "SiteKeys"]
 #: The keys of each site: one key, a ring per site, or one ring whose key names are sites.
 SiteKeys = Mapping[str, PublicKeys | KeyRing] | KeyRing
 _SUFFIX = ".dcm"
-#: Memory files exist (Linux); elsewhere every plaintext goes to the quarantine folder.
-_MEMFD = hasattr(os, "memfd_create")
+#: Memory files exist and the parsing worker can open one by its descriptor (Linux, with
+#: ``/proc``); elsewhere every plaintext goes to the quarantine folder.
+_MEMFD = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 
 
 @dataclass(frozen=True, slots=True)
