@@ -302,13 +302,13 @@ class Ingestor:
         return result
 
 
-def _digest(plaintext: Path | io.BufferedRandom) -> tuple[str, int]:
-    if not isinstance(plaintext, Path):
-        plaintext.seek(0)
-        return hashlib.file_digest(plaintext, "sha256").hexdigest(), plaintext.tell()
-    with open(plaintext, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256")
-        return digest.hexdigest(), f.tell()
+def _digest(plaintext: Path | io.BufferedIOBase) -> tuple[str, int]:
+    """SHA-256 (hex) and size of the plaintext, a file or an open (memory) file."""
+    if isinstance(plaintext, Path):
+        with open(plaintext, "rb") as f:
+            return _digest(f)
+    plaintext.seek(0)
+    return hashlib.file_digest(plaintext, "sha256").hexdigest(), plaintext.tell()
 
 
 def _remove(path: Path) -> None:
