@@ -83,17 +83,24 @@ def template(kind: str, folder: Path, **params: Any) -> Path:
     return simulate(kind, folder / f"template-{kind}", seed=7, **params)[0]
 
 
-def copies(source: Path, count: int, folder: Path, prefix: str = "IM") -> list[Path]:
-    """``count`` copies of ``source``, each with new SOP Instance and study UIDs."""
+def copies(
+    source: Path, count: int, folder: Path, prefix: str = "IM", *, study_uid: str | None = None
+) -> list[Path]:
+    """``count`` copies of ``source``, each with a new SOP Instance UID.
+
+    Each copy is in a study and series of its own; with ``study_uid``, every copy is in that
+    study, in one new series (the images of one exam).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     ds = pydicom.dcmread(source)
+    series = generate_uid()
     out = []
     for i in range(count):
         uid = generate_uid()
         ds.SOPInstanceUID = uid
         ds.file_meta.MediaStorageSOPInstanceUID = uid
-        ds.StudyInstanceUID = generate_uid()
-        ds.SeriesInstanceUID = generate_uid()
+        ds.StudyInstanceUID = study_uid or generate_uid()
+        ds.SeriesInstanceUID = series if study_uid else generate_uid()
         path = folder / f"{prefix}{i:05d}.dcm"
         ds.save_as(path)
         out.append(path)

@@ -6,9 +6,13 @@ on a loopback port with its state in a temporary folder, with a sites' port
 itself, without the proxy's hop); 60 sites are enrolled on it the way ``usreview demo``
 does it. ``$USREVIEW_BENCH_VIA_PROXY=1`` enrolls them on the public endpoint instead,
 through the proxy. The data are generated at run time: per site a few small
-simulated B-mode instances (480x640, about 308 KB) with their own UIDs, and a few sites
-also send one 100-frame 600x800 cine (about 48 MB). Each site is one thread (spread
-over a few client processes) that seals every instance to the hub (AES-256-GCM, signed
+simulated B-mode instances (480x640, about 308 KB), and a few sites also send one
+100-frame 600x800 cine (about 48 MB). Each site's files of a round are one exam: a study
+of their own, the B-mode instances in one series, the cine in another (an exam under way is
+what the hub receives; Orthanc gets the same files). ``$USREVIEW_BENCH_STUDY_PER_INSTANCE=1``
+puts every instance in a study and series of its own instead, the index's worst case
+(a study, its first status and a series inserted per instance). Each site is one thread
+(spread over a few client processes) that seals every instance to the hub (AES-256-GCM, signed
 with the site's Ed25519 key), ``PUT``\\ s it and verifies the hub's signed receipt.
 Afterwards each site's batch receipt (signed by the hub, verified) must list every
 instance it sent exactly once, with the SHA-256 of its plaintext.
@@ -61,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.uid import generate_uid
 
 from benchmarks._support import (
     HubProcess,
@@ -88,6 +93,8 @@ SETUP_SECONDS = 1.0
 ROUNDS = 3
 #: Orthanc's process is its whole tree (storescu is counted from its exits).
 ORTHANC_ROLES = (("Orthanc", "Orthanc"),)
+#: Every instance in a study of its own (see the module doc).
+_STUDY_PER_INSTANCE = os.environ.get("USREVIEW_BENCH_STUDY_PER_INSTANCE", "") not in ("", "0")
 #: Shared with the parent, in a client process (set by :func:`_client_init`).
 _shared: dict[str, Any] = {}
 
@@ -229,9 +236,10 @@ def _round_files(
     files: dict[str, list[Path]] = {}
     for i in range(n_sites):
         name = f"site-{i:02d}"
-        files[name] = copies(small, per_site, folder / name)
+        exam = None if _STUDY_PER_INSTANCE else generate_uid()
+        files[name] = copies(small, per_site, folder / name, study_uid=exam)
         if cine is not None and i < n_cines:
-            files[name] += copies(cine, 1, folder / name, prefix="CINE")
+            files[name] += copies(cine, 1, folder / name, prefix="CINE", study_uid=exam)
     return files
 
 

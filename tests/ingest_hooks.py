@@ -1,11 +1,13 @@
 """Parsers for worker-pool tests, imported by name inside the spawned workers.
 
 A file whose name starts with ``sleep`` sleeps, ``spin`` burns CPU, ``exit`` ends the
-worker with ``SystemExit``; any other file is parsed for real.
+worker with ``SystemExit``; any other file is parsed for real, and one whose name starts
+with ``whoami`` gets the worker's process id as a warning.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,4 +26,7 @@ def parse_or_misbehave(path: str, max_decoded_bytes: int) -> dict[str, Any]:
             pass
     if name.startswith("exit"):
         raise SystemExit(3)
-    return parse_file(path, max_decoded_bytes)
+    parsed = parse_file(path, max_decoded_bytes)
+    if name.startswith("whoami"):
+        parsed["warnings"].append(f"worker {os.getpid()}")
+    return parsed

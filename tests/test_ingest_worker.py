@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import struct
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +126,25 @@ def test_threads_share_the_pool(pool: WorkerPool, bmode: Path) -> None:
     for thread in threads:
         thread.join()
     assert len(results) == 40 and len(set(results)) == 1
+
+
+def test_the_worker_that_finished_last_takes_the_next_task(bmode: Path, tmp_path: Path) -> None:
+    """One task at a time stays on one worker, whose caches are warm; under load both run."""
+    probe = tmp_path / "whoami.dcm"
+    shutil.copy(bmode, probe)
+    with WorkerPool(2, timeout=30, parser=HOOKS) as two:
+        two.start()
+        one_at_a_time = {pool_worker(two.parse(probe)) for _ in range(6)}
+        assert len(one_at_a_time) == 1
+        with ThreadPoolExecutor(2) as threads:
+            at_once = {pool_worker(p) for p in threads.map(two.parse, [probe] * 40)}
+        assert at_once == {str(pid) for pid in two.pids}
+
+
+def pool_worker(parsed: ParsedInstance) -> str:
+    """The process id a ``whoami`` file's parse reports (see tests/ingest_hooks.py)."""
+    [note] = [w for w in parsed.warnings if w.startswith("worker ")]
+    return note.removeprefix("worker ")
 
 
 def test_hostile_files_are_rejected_with_their_reason(
