@@ -141,6 +141,19 @@ def test_the_worker_that_finished_last_takes_the_next_task(bmode: Path, tmp_path
         assert at_once == {str(pid) for pid in two.pids}
 
 
+def test_a_starting_replacement_delays_no_task(bmode: Path, tmp_path: Path) -> None:
+    """A worker retired after its tasks is replaced; the idle ready one works meanwhile."""
+    probe = tmp_path / "whoami.dcm"
+    shutil.copy(bmode, probe)
+    with WorkerPool(2, timeout=30, parser=HOOKS, max_tasks_per_worker=3) as two:
+        two.start()
+        started = {str(pid) for pid in two.pids}
+        [retired] = {pool_worker(two.parse(probe)) for _ in range(3)}  # retires after these
+        [other] = started - {retired}
+        assert pool_worker(two.parse(probe)) == other  # not the replacement, still importing
+        assert retired not in {str(pid) for pid in two.pids}
+
+
 def pool_worker(parsed: ParsedInstance) -> str:
     """The process id a ``whoami`` file's parse reports (see tests/ingest_hooks.py)."""
     [note] = [w for w in parsed.warnings if w.startswith("worker ")]
