@@ -268,6 +268,40 @@ class HubProcess:
                     pass
             time.sleep(0.2)
 
+    def wait_processed(self, timeout: float, check: Callable[[], None] | None = None) -> int:
+        """Wait until the hub's automatic worker has no job left; how many jobs failed.
+
+        ``check()`` is called between polls (to raise if another part stopped).
+
+        Raises
+        ------
+        DemoError
+            The hub stopped, or jobs are still open after ``timeout`` seconds.
+        """
+        from usreview.store import Archive
+        from usreview.store.jobs import JobQueue, JobStatus
+
+        deadline = time.monotonic() + timeout
+        with Archive.open(None, self.state.root / "archive") as archive:
+            queue = JobQueue(archive)
+            while True:
+                counts = queue.counts()
+                open_jobs = counts[JobStatus.PENDING] + counts[JobStatus.RUNNING]
+                if open_jobs == 0:
+                    return counts[JobStatus.FAILED]
+                if not self.child.alive():
+                    raise DemoError(
+                        f"the hub stopped: {self.child.last_line()} (log: {self.child.log})"
+                    )
+                if check is not None:
+                    check()
+                if time.monotonic() > deadline:
+                    raise DemoError(
+                        f"{open_jobs} processing job(s) still open after {timeout:.0f} s "
+                        f"(log: {self.child.log})"
+                    )
+                time.sleep(0.1)
+
     def stop(self) -> None:
         self.child.stop(timeout=30.0)
 

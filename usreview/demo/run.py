@@ -312,25 +312,10 @@ class _Demo:
     def wait_for_processing(self) -> None:
         """Wait until the hub's automatic worker has processed every stored instance."""
         from usreview.store import Archive
-        from usreview.store.jobs import JobQueue, JobStatus
 
         assert self.hub is not None
-        deadline = time.monotonic() + self.timeout
+        failed = self.hub.wait_processed(self.timeout, self._check_children)
         with Archive.open(None, self.hub.state.root / "archive") as archive:
-            queue = JobQueue(archive)
-            while True:
-                counts = queue.counts()
-                open_jobs = counts.get(JobStatus.PENDING, 0) + counts.get(JobStatus.RUNNING, 0)
-                if open_jobs == 0:
-                    break
-                self._check_children()
-                if time.monotonic() > deadline:
-                    raise DemoError(
-                        f"{open_jobs} processing job(s) still open after {self.timeout:.0f} s "
-                        f"(log: {self.logs})"
-                    )
-                time.sleep(0.2)
-            failed = counts.get(JobStatus.FAILED, 0)
             for site in self.sites:
                 name = site.site.name
                 for record in archive.results.results_since(name, 0, limit=1000):
