@@ -80,7 +80,9 @@ def run_and_kill(root: Path, *, threads: int, count: int, after: int) -> set[tup
             acknowledged.add((int(t), int(i)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        for line in proc.stdout.read().splitlines():  # answered before the kill
+        # Answered before the kill; a last line the kill cut short (no newline) is no
+        # answer: the writer's print may reach the pipe in more than one write.
+        for line in proc.stdout.read().split("\n")[:-1]:
             if line != "done":
                 t, i = line.split()
                 acknowledged.add((int(t), int(i)))
