@@ -308,8 +308,15 @@ def _hub_round(
     # Orthanc's round starts on a quiet machine: the hub's processing of this round
     # would otherwise take CPU from it (or from the hub's next round).
     print("  waiting for the hub's automatic processing of the round ...", flush=True)
+    shown = [time.time()]
+
+    def progress(open_jobs: int) -> None:
+        if time.time() - shown[0] >= 15.0:
+            shown[0] = time.time()
+            print(f"    {open_jobs} processing job(s) left", flush=True)
+
     try:
-        failed = hub.wait_processed(600.0)
+        failed = hub.wait_processed(600.0, progress)
     except DemoError as exc:
         raise SystemExit(f"FAILED: {exc}") from None
     processed = time.time() - (start_at + seconds)

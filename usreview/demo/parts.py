@@ -268,10 +268,11 @@ class HubProcess:
                     pass
             time.sleep(0.2)
 
-    def wait_processed(self, timeout: float, check: Callable[[], None] | None = None) -> int:
+    def wait_processed(self, timeout: float, on_poll: Callable[[int], None] | None = None) -> int:
         """Wait until the hub's automatic worker has no job left; how many jobs failed.
 
-        ``check()`` is called between polls (to raise if another part stopped).
+        ``on_poll(open_jobs)`` is called between polls (to show progress, or to raise if
+        another part stopped).
 
         Raises
         ------
@@ -293,8 +294,8 @@ class HubProcess:
                     raise DemoError(
                         f"the hub stopped: {self.child.last_line()} (log: {self.child.log})"
                     )
-                if check is not None:
-                    check()
+                if on_poll is not None:
+                    on_poll(open_jobs)
                 if time.monotonic() > deadline:
                     raise DemoError(
                         f"{open_jobs} processing job(s) still open after {timeout:.0f} s "

@@ -314,7 +314,7 @@ class _Demo:
         from usreview.store import Archive
 
         assert self.hub is not None
-        failed = self.hub.wait_processed(self.timeout, self._check_children)
+        failed = self.hub.wait_processed(self.timeout, lambda _: self._check_children())
         with Archive.open(None, self.hub.state.root / "archive") as archive:
             for site in self.sites:
                 name = site.site.name
