@@ -457,7 +457,7 @@ def main() -> None:
         )
     )
     print(
-        "  processing (automatic, at low priority, after the uploads): every instance "
+        "  processing (automatic, at low priority while sites upload): every instance "
         f"processed {statistics.median(r.processed for r in ours):.1f} s after a round's "
         "last upload (median)"
     )
