@@ -305,6 +305,11 @@ def _hub_round(
     )
     if missing or len(uploads) != len(all_files) or stored != len(all_files):
         raise SystemExit(f"FAILED: {missing} instance(s) missing or wrong at the hub")
+    print(
+        f"  usreview {len(all_files) / seconds:.0f} instances/s in {seconds:.1f} s\n"
+        + _cpu_line("usreview", cpu, len(all_files), seconds),
+        flush=True,
+    )
     # Orthanc's round starts on a quiet machine: the hub's processing of this round
     # would otherwise take CPU from it (or from the hub's next round).
     print("  waiting for the hub's automatic processing of the round ...", flush=True)
