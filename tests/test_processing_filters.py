@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -160,6 +161,66 @@ def test_quality_measures_on_known_images(phantoms: dict[int, dict[str, Any]]) -
         assert np.allclose(np.multiply(measured, spacing), inc["diameters_mm"], atol=0.3)
 
 
+def _obnlm_reference(
+    image: np.ndarray, search: int, patch: int, gamma: float, smoothing: float
+) -> np.ndarray:
+    """OBNLM pixel by pixel in 2D and float64: the whole search window of each pixel.
+
+    As in the filter, a neighbour in the padding lends its value only from the forward half
+    of the window (the filter weighs each pair of frame pixels once, for both).
+    """
+    rows, cols = image.shape
+    pad = search + patch
+    padded = np.pad(image.astype(np.float64), pad, mode="symmetric")
+    half = 0.5 / np.maximum(padded, 1.0) ** (2.0 * gamma)
+    valid = np.pad(np.ones((rows, cols)), pad)
+
+    def at(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+        return a[pad + dy : pad + dy + rows, pad + dx : pad + dx + cols]
+
+    def distance(dy: int, dx: int) -> np.ndarray:
+        d = np.zeros((rows, cols))
+        for a in range(-patch, patch + 1):
+            for b in range(-patch, patch + 1):
+                here, there = at(padded, a, b), at(padded, a + dy, b + dx)
+                d += (here - there) ** 2 * (at(half, a, b) + at(half, a + dy, b + dx))
+        return d
+
+    spread = [np.median(d[d > 0]) for d in (distance(0, search), distance(search, 0))]
+    scale = -1.0 / (smoothing * float(np.mean(spread)))
+    total, weights, best = np.zeros((rows, cols)), np.zeros((rows, cols)), np.zeros((rows, cols))
+    for dy in range(-search, search + 1):
+        for dx in range(-search, search + 1):
+            if (dy, dx) == (0, 0):
+                continue
+            w = np.exp(distance(dy, dx) * scale)
+            if (dy, dx) < (0, 0):  # the backward half: frame pixels only
+                w = w * at(valid, dy, dx)
+            total += w * at(padded, dy, dx)
+            weights += w
+            best = np.maximum(best, w)
+    own = np.maximum(best, 1e-30)
+    out = (total + own * image) / (weights + own)
+    return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.0])
+def test_obnlm_agrees_with_a_pixel_by_pixel_reference(
+    gamma: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = np.clip(np.random.default_rng(3).gamma(2.0, 40.0, (29, 37)), 0, 255).astype(np.uint8)
+    expected = _obnlm_reference(frame, search=3, patch=1, gamma=gamma, smoothing=1.0)
+    whole = obnlm(frame, search=3, patch=1, gamma=gamma)  # one block
+    # Blocks of 4 rows of the padded width (45): 8 blocks, the last one of a single row.
+    module = importlib.import_module("usreview.processing.filters.obnlm")
+    monkeypatch.setattr(module, "BLOCK_ELEMENTS", 4 * 45)
+    for got in (whole, obnlm(frame, search=3, patch=1, gamma=gamma)):
+        difference = np.abs(got.astype(int) - expected)
+        assert difference.max() <= 1  # float32 against float64
+        assert np.mean(difference > 0) < 0.01
+    assert np.abs(expected.astype(int) - frame).mean() > 5  # it does filter
+
+
 @pytest.mark.parametrize("work", [guided_despeckle, obnlm])
 def test_filters_keep_odd_sizes_and_refuse_bad_frames(work: Any) -> None:
     frame = np.random.default_rng(0).integers(0, 256, (61, 47), dtype=np.uint8)
@@ -253,7 +314,7 @@ def test_derived_still_records_the_derivation(phantoms: dict[int, dict[str, Any]
         "DCM",
         "Smoothing",
     )
-    assert "speckle_obnlm 1.0" in ds.DerivationDescription
+    assert "speckle_obnlm 1.1" in ds.DerivationDescription
     assert '"search": 7' in ds.DerivationDescription
     (ref,) = ds.SourceImageSequence
     assert ref.ReferencedSOPInstanceUID == header.SOPInstanceUID

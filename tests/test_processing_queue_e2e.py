@@ -124,7 +124,7 @@ def test_a_bmode_still_comes_back_filtered(tmp_path: Path, pool: WorkerPool) -> 
         assert result.kind == "derived-image"
         filtered = pydicom.dcmread(open_result(setup, archive, result.cursor, tmp_path / "f.dcm"))
         assert_derived_from(filtered, path, "113087")
-        assert "speckle_obnlm 1.0" in filtered.DerivationDescription
+        assert "speckle_obnlm 1.1" in filtered.DerivationDescription
 
 
 def test_a_filtered_image_forwarded_back_is_not_processed_again(

@@ -4,7 +4,7 @@
 processor          method                              for
 =================  ==================================  ==========================================
 ``speckle_fast``   subsampled guided filter            cines (and stills): ~100 frames/s, 600x800
-``speckle_obnlm``  optimized Bayesian NLM (Coupé 2009)  stills: ~0.7 s per 600 x 800 frame
+``speckle_obnlm``  optimized Bayesian NLM (Coupé 2009)  stills: ~0.2 s per 600 x 800 frame
 =================  ==================================  ==========================================
 
 Both filter the 2D tissue regions of grey-scale B-mode frames and keep every other pixel
