@@ -204,17 +204,17 @@ def _obnlm_reference(
     return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
 
 
-@pytest.mark.parametrize("gamma", [0.5, 0.0])
+@pytest.mark.parametrize(("gamma", "patch"), [(0.5, 1), (0.0, 2), (0.5, 3), (0.5, 0)])
 def test_obnlm_agrees_with_a_pixel_by_pixel_reference(
-    gamma: float, monkeypatch: pytest.MonkeyPatch
+    gamma: float, patch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     frame = np.clip(np.random.default_rng(3).gamma(2.0, 40.0, (29, 37)), 0, 255).astype(np.uint8)
-    expected = _obnlm_reference(frame, search=3, patch=1, gamma=gamma, smoothing=1.0)
-    whole = obnlm(frame, search=3, patch=1, gamma=gamma)  # one block
-    # Blocks of 4 rows of the padded width (45): 8 blocks, the last one of a single row.
+    expected = _obnlm_reference(frame, search=3, patch=patch, gamma=gamma, smoothing=1.0)
+    whole = obnlm(frame, search=3, patch=patch, gamma=gamma)  # one block
+    # Blocks of 4 rows of the padded frame: 8 blocks, the last one of a single row.
     module = importlib.import_module("usreview.processing.filters.obnlm")
-    monkeypatch.setattr(module, "BLOCK_ELEMENTS", 4 * 45)
-    for got in (whole, obnlm(frame, search=3, patch=1, gamma=gamma)):
+    monkeypatch.setattr(module, "BLOCK_ELEMENTS", 4 * (37 + 2 * (3 + patch)))
+    for got in (whole, obnlm(frame, search=3, patch=patch, gamma=gamma)):
         difference = np.abs(got.astype(int) - expected)
         assert difference.max() <= 1  # float32 against float64
         assert np.mean(difference > 0) < 0.01

@@ -69,6 +69,7 @@ class _FlatImage:
         self.diff = np.empty(span, np.float32)
         self.rowsum = np.empty(span, np.float32)
         self.out = np.empty(block, np.float32)
+        self.scratch = (np.empty(span, np.float32), np.empty(span, np.float32))
 
     def distance(self, start: int, n: int, offset: int) -> Float:
         """Patch distance from each of ``n`` positions from ``start`` to ``position + offset``.
@@ -87,16 +88,35 @@ class _FlatImage:
             h = self.half_inverse
             np.add(h[first : first + length], h[first + offset :][:length], out=inverse)
             np.multiply(d, inverse, out=d)
-        rows = n + 2 * p * width  # along each row first ...
-        rowsum = self.rowsum[:rows]
-        np.copyto(rowsum, d[:rows])
-        for k in range(1, 2 * p + 1):
-            np.add(rowsum, d[k : k + rows], out=rowsum)
-        out = self.out[:n]  # ... then down the columns
-        np.copyto(out, rowsum[:n])
-        for k in range(1, 2 * p + 1):
-            np.add(out, rowsum[k * width : k * width + n], out=out)
+        rowsum = self.rowsum[: n + 2 * p * width]
+        _window_sum(d, 2 * p + 1, 1, rowsum, self.scratch)  # along each row first ...
+        out = self.out[:n]
+        _window_sum(rowsum, 2 * p + 1, width, out, self.scratch)  # ... then down the columns
         return out
+
+
+def _window_sum(src: Float, taps: int, step: int, out: Float, scratch: tuple[Float, Float]) -> None:
+    """``out[i] = sum(src[i + k * step] for k in range(taps))`` for an odd ``taps``.
+
+    Sums of 2, 4, 8... terms are built by doubling and ``taps`` is made of them by its
+    binary digits (the 1 of an odd number is ``src`` itself): 5 terms take 3 additions
+    where one by one they take 4 and a copy. ``scratch`` holds the doubled sums.
+    """
+    n = out.shape[0]
+    if taps == 1:
+        np.copyto(out, src[:n])
+        return
+    first = True
+    done, terms, doubled = 1, 1, src  # `done` terms summed; `doubled` sums `terms` terms
+    while 2 * terms <= taps:
+        length = n + (taps - 2 * terms) * step
+        buffer = scratch[terms.bit_length() % 2][:length]
+        np.add(doubled[:length], doubled[terms * step : terms * step + length], out=buffer)
+        doubled, terms = buffer, 2 * terms
+        if taps & terms:
+            part = doubled[done * step : done * step + n]
+            np.add(src[:n] if first else out, part, out=out)
+            first, done = False, done + terms
 
 
 def obnlm(
