@@ -553,7 +553,12 @@ def test_sqlite_runs_wal_with_full_sync_and_foreign_keys(tmp_path: Path) -> None
 
 @contextlib.contextmanager
 def _write_lock_held(path: Path, seconds: float) -> Iterator[threading.Event]:
-    """Another connection holds ``path``'s write lock for ``seconds``; set once released."""
+    """Another connection holds ``path``'s write lock for ``seconds``.
+
+    The event is set just before the holder's COMMIT frees the lock: a writer that got the
+    lock finds it set. (Set after the COMMIT, it could still be unset: the waiting writer
+    may take the lock and check before the holder's thread runs again.)
+    """
     taken, released = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -561,8 +566,8 @@ def _write_lock_held(path: Path, seconds: float) -> Iterator[threading.Event]:
         db.execute("BEGIN IMMEDIATE")
         taken.set()
         time.sleep(seconds)
-        db.execute("COMMIT")
         released.set()
+        db.execute("COMMIT")
         db.close()
 
     holder = threading.Thread(target=hold)
