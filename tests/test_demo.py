@@ -40,6 +40,14 @@ def test_demo_runs_the_system_and_stops_everything(tmp_path: Path) -> None:
         assert len(list(outbox.glob("*/*-sr.dcm"))) == len(delivered)
         for path in delivered:
             assert json.loads(path.read_text())["quantities"]
+        # Every result counted, by kind: the filtered images too.
+        files = [p for p in outbox.glob("*/*") if p.is_file()]
+        assert sum(site["outbox_files"].values()) == len(files)
+        assert site["outbox_files"].get("summary", 0) == len(delivered)
+        images = len(list(outbox.glob("*/*-derived-image.dcm")))
+        assert site["outbox_files"].get("derived-image", 0) == images
+        if {"bmode", "cine"} <= set(site["kinds"]):
+            assert images >= 2  # the filtered still and the filtered cine
 
     pw = [m for m in summary["measurements"] if m["kind"] == "pw"]
     assert len(pw) == 1
@@ -57,6 +65,7 @@ def test_demo_runs_the_system_and_stops_everything(tmp_path: Path) -> None:
     assert f'url = "{summary["hub"]["sites_url"]}"' in site_toml
     assert "reviewer / " in done.stdout  # the password, shown once
     assert "clinic-a pw: PSV" in done.stdout
+    assert "processed images" in done.stdout  # the results column names what came back
     assert "demo: hub receipt" in done.stderr
     # Nothing of it is left running.
     assert json.loads((out / "run.json").read_text())["children"] == []

@@ -535,6 +535,6 @@ def publish_measurements(state: HubState, archive: Any, summary: dict[str, Any])
     return int(record.cursor)
 
 
-def in_outbox(outbox: Path, result_id: int) -> Path | None:
-    """The outbox file of a measurements result, once delivered."""
-    return next(iter(outbox.glob(f"*/{result_id:08d}-{RESULT_KIND}.json")), None)
+def in_outbox(outbox: Path, result_id: int, kind: str = RESULT_KIND) -> Path | None:
+    """The outbox file of the result ``result_id`` of ``kind``, once delivered."""
+    return next(iter(outbox.glob(f"*/{result_id:08d}-{kind}.*")), None)

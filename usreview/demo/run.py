@@ -8,7 +8,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -65,6 +66,28 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
+#: How the summary names each kind of result, one and several.
+_KIND_NAMES = {
+    "summary": ("measurement summary", "measurement summaries"),
+    "sr": ("SR", "SRs"),
+    "derived-image": ("processed image", "processed images"),
+}
+
+
+def _kinds_text(counts: Mapping[str, int]) -> str:
+    """``{"sr": 1, "derived-image": 3}`` as "1 SR, 3 processed images"."""
+    order = [*_KIND_NAMES, *sorted(set(counts) - set(_KIND_NAMES))]
+    parts = []
+    for kind in (k for k in order if counts.get(k)):
+        one, many = _KIND_NAMES.get(kind, (kind, kind))
+        parts.append(f"{counts[kind]} {one if counts[kind] == 1 else many}")
+    return ", ".join(parts) or "none"
+
+
+def _kinds(site: _SiteRun) -> str:
+    return _kinds_text(Counter(site.published[i] for i in site.received))
+
+
 @dataclass
 class _SiteRun:
     site: DemoSite
@@ -78,6 +101,8 @@ class _SiteRun:
     acknowledged: list[str] = field(default_factory=list)
     results: dict[str, int] = field(default_factory=dict)  # uid -> result id
     delivered: dict[str, str] = field(default_factory=dict)  # uid -> outbox path
+    published: dict[int, str] = field(default_factory=dict)  # every result id -> its kind
+    received: dict[int, str] = field(default_factory=dict)  # every result id -> outbox path
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -319,6 +344,7 @@ class _Demo:
             for site in self.sites:
                 name = site.site.name
                 for record in archive.results.results_since(name, 0, limit=1000):
+                    site.published[int(record.cursor)] = record.kind
                     if record.kind == RESULT_KIND:
                         site.results[str(record.cursor)] = int(record.cursor)
         note = f"; {failed} job(s) failed (usreview hub jobs --failed)" if failed else ""
@@ -343,17 +369,25 @@ class _Demo:
                     site.summaries[uid] = summary
                     site.results[uid] = result_id
                     site.results.pop(str(result_id), None)
-                if len(site.delivered) == len(wanted):
+                for result_id, kind in site.published.items():
+                    if result_id not in site.received:
+                        path = in_outbox(outbox, result_id, kind)
+                        if path is not None:
+                            site.received[result_id] = str(path)
+                if len(site.delivered) == len(wanted) and len(site.received) == len(site.published):
                     break
                 self._check_children()
                 if time.monotonic() > deadline:
                     raise DemoError(
-                        f"site {site.site.name}: {len(site.delivered)} of "
-                        f"{len(wanted)} result(s) in {outbox} after "
+                        f"site {site.site.name}: {len(site.received)} of "
+                        f"{len(site.published)} result(s) in {outbox} after "
                         f"{self.timeout:.0f} s (log: {site.gateway and site.gateway.log})"
                     )
                 time.sleep(0.1)
-            _say(f"{site.site.name}: {len(site.delivered)} result(s) in its outbox {outbox}")
+            _say(
+                f"{site.site.name}: {len(site.received)} result(s) in its outbox {outbox} "
+                f"({_kinds(site)})"
+            )
 
     def _check_children(self) -> None:
         for child in self._children():
@@ -379,6 +413,7 @@ class _Demo:
                     "results_published": len(site.results),
                     "results_received": len(site.delivered),
                     "outbox": sorted(site.delivered.values()),
+                    "outbox_files": dict(Counter(site.published[i] for i in site.received)),
                 }
             )
             for uid, summary in site.summaries.items():
@@ -429,13 +464,14 @@ class _Demo:
             f"  reviewer   {login}",
             f"             log in at {hub['login']}: the worklist of every site's studies opens",
             "",
-            f"  {'site':<10} {'kinds':<18} {'sent':>5} {'acknowledged':>13} {'results':>8}",
+            f"  {'site':<10} {'kinds':<18} {'sent':>5} {'acknowledged':>13}  results in its outbox",
         ]
         for site in data["sites"]:
+            files = site["outbox_files"]
             lines.append(
                 f"  {site['name']:<10} {', '.join(site['kinds']):<18} "
-                f"{site['instances_sent']:>5} {site['acknowledged']:>13} "
-                f"{site['results_received']:>8}"
+                f"{site['instances_sent']:>5} {site['acknowledged']:>13}  "
+                f"{sum(files.values())} ({_kinds_text(files)})"
             )
         lines += ["", "  measurements (mean over complete cycles; truth from the simulator)"]
         for item in data["measurements"]:
