@@ -270,3 +270,31 @@ def test_reprocess_queues_a_finished_job_again(archive: Archive, clock: Clock) -
     assert study_of(archive)[0] is StudyStatus.PROCESSED
     with pytest.raises(NotFoundError):
         q.reprocess(999)
+
+
+def test_a_job_keeps_the_processors_of_its_last_run(
+    archive: Archive,
+    db_url: str | None,  # noqa: F811
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    from sqlalchemy import text
+
+    store(archive, 1, 2)
+    q = queue(archive)
+    first, second = q.claim("w", 30), q.claim("w", 30)
+    assert first is not None and second is not None
+    done = q.complete(first, processors=["speckle_obnlm=1.0", "speckle_fast=1.0"])
+    assert done.processors == ("speckle_fast=1.0", "speckle_obnlm=1.0")
+    assert q.complete(second).processors is None  # the task did not say
+    q.reprocess(done.id)
+    assert q.get(done.id).processors == done.processors  # until the next run says otherwise
+    lease = q.claim("w", 30)
+    assert lease is not None
+    assert q.complete(lease, processors=["speckle_obnlm=1.1"]).processors == ("speckle_obnlm=1.1",)
+
+    # An archive made before the column: opening it adds the column, its jobs say None.
+    with archive._engine.begin() as connection:
+        connection.execute(text('ALTER TABLE processing_jobs DROP COLUMN "processors"'))
+    with Archive.open(db_url, tmp_path / "archive", clock=clock) as reopened:
+        assert [job.processors for job in reopened.jobs.list_jobs()] == [None, None]

@@ -14,8 +14,9 @@ from tests.test_hub_config import configured, fake_proxy  # noqa: F401  (fixture
 from tests.test_store import meta
 from usreview.cli import main
 from usreview.hub.config import WORKER_SERVICE
+from usreview.processing import default_registry
 from usreview.store import Reviewer, StudyStatus
-from usreview.store.jobs import JobQueue, JobRecord, RetryPolicy
+from usreview.store.jobs import JobQueue, JobRecord, RetryPolicy, outdated_processors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,6 +110,50 @@ def test_hub_jobs_reprocess_queues_a_finished_job(
     out, job, _ = _requeued(setup, "--reprocess", capsys)
     assert out == "job 1 (1.2.826.0.1.1) is queued again\n"
     assert job.status.value == "pending"
+
+
+def test_hub_jobs_outdated_finds_and_requeues_jobs_of_older_processor_versions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    current = {p.name: p.version for p in default_registry()}
+    old = "speckle_obnlm=0.9"
+    setup = _stored(tmp_path, 4)
+    with setup.open_archive() as archive:
+        ran = [
+            [old, f"speckle_fast={current['speckle_fast']}"],  # made by an older OBNLM
+            [f"{name}={version}" for name, version in current.items()],  # up to date
+            None,  # done before jobs recorded their processors
+            ["retired_processor=0.1"],  # no longer registered: nothing would replace it
+        ]
+        for processors in ran:
+            lease = archive.jobs.claim("w", 30)
+            assert lease is not None
+            archive.jobs.complete(lease, processors=processors)
+        [first, *_] = archive.jobs.list_jobs()
+        assert first.processors == tuple(sorted(ran[0] or ()))
+    assert _jobs(setup, "--outdated") == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert lines == [
+        ["1", SITE, "1.2.826.0.1.1", f"speckle_obnlm 0.9 -> {current['speckle_obnlm']}"],
+        ["3", SITE, "1.2.826.0.1.3", "processors not recorded"],
+    ]
+    assert _jobs(setup, "--reprocess-outdated") == 0
+    assert capsys.readouterr().out.startswith("2 job(s) queued again (1 of them without")
+    with setup.open_archive() as archive:
+        status = {job.id: job.status.value for job in archive.jobs.list_jobs()}
+        history = archive.history(Reviewer("r"), "1.2.826.0.2.1")
+    assert status == {1: "pending", 2: "done", 3: "pending", 4: "done"}
+    assert history[-1].actor == "usreview hub jobs --reprocess-outdated"
+    assert _jobs(setup, "--outdated") == 0 and capsys.readouterr().out == ""  # none done now
+
+
+def test_outdated_processors_names_what_changed() -> None:
+    current = {"speckle_obnlm": "1.1", "speckle_fast": "1.0"}
+    assert outdated_processors(["speckle_obnlm=1.0", "speckle_fast=1.0"], current) == [
+        "speckle_obnlm 1.0 -> 1.1"
+    ]
+    assert outdated_processors(["speckle_obnlm=1.1", "gone=2.0"], current) == []
+    assert outdated_processors([], current) == []
 
 
 def test_the_worker_refuses_to_start_with_a_sentence(tmp_path: Path) -> None:

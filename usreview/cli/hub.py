@@ -6,8 +6,12 @@ import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from usreview.cli.spec import Arg, Command, arg, grace, one_of
+
+if TYPE_CHECKING:
+    from usreview.store import Archive
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -327,6 +331,8 @@ def _cmd_hub_jobs(args: argparse.Namespace) -> int:
             job = archive.jobs.reprocess(args.reprocess, actor="usreview hub jobs --reprocess")
             print(f"job {job.id} ({job.sop_instance_uid}) is queued again")
             return 0
+        if args.outdated or args.reprocess_outdated:
+            return _outdated_jobs(archive, queue_again=args.reprocess_outdated)
         jobs = archive.jobs.list_jobs(status=JobStatus.FAILED if args.failed else None)
     for job in jobs:
         why = job.last_error if job.status is JobStatus.FAILED else job.note
@@ -337,6 +343,36 @@ def _cmd_hub_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outdated_jobs(archive: Archive, *, queue_again: bool) -> int:
+    """List (or queue again) the done jobs whose processors the registry has changed.
+
+    A job done before jobs recorded their processors may be outdated too: it is listed
+    (and queued again) with "processors not recorded".
+    """
+    from usreview.processing import default_registry
+    from usreview.store.jobs import JobStatus, outdated_processors
+
+    current = {p.name: p.version for p in default_registry()}
+    found = []
+    for job in archive.jobs.list_jobs(status=JobStatus.DONE):
+        if job.processors is None:
+            found.append((job, "processors not recorded"))
+        elif changed := outdated_processors(job.processors, current):
+            found.append((job, ", ".join(changed)))
+    if not queue_again:
+        for job, why in found:
+            print(f"{job.id}\t{job.site}\t{job.sop_instance_uid}\t{why}")
+        return 0
+    for job, _ in found:
+        archive.jobs.reprocess(job.id, actor="usreview hub jobs --reprocess-outdated")
+    unrecorded = sum(why == "processors not recorded" for _, why in found)
+    print(
+        f"{len(found)} job(s) queued again ({unrecorded} of them without a record of their "
+        "processors); their new results supersede the older ones"
+    )
+    return 0
+
+
 _HUB_JOBS = Command(
     "jobs",
     help="list the processing jobs, retry a failed one, or queue the instances without one",
@@ -344,9 +380,17 @@ _HUB_JOBS = Command(
     description="One line per job: id, status, attempts, site, SOP Instance UID and, "
     "for a failed job, the reason (tab-separated). --retry ID puts a failed job back "
     "in the queue with all its attempts (its study goes back to received); --reprocess ID "
-    "queues a finished job again, and its new results supersede the older ones.",
+    "queues a finished job again, and its new results supersede the older ones. After an "
+    "upgrade, --outdated lists the done jobs made by an older version of a processor (id, "
+    "site, SOP Instance UID, e.g. 'speckle_obnlm 1.0 -> 1.1'; jobs done before versions were "
+    "recorded say 'processors not recorded'), and --reprocess-outdated queues them all again.",
     args=(
         arg("--failed", action="store_true", help="only the failed jobs"),
+        arg(
+            "--outdated",
+            action="store_true",
+            help="only the done jobs made by an older version of a registered processor",
+        ),
         one_of(
             arg("--retry", type=int, metavar="ID", help="re-queue the failed job ID"),
             arg(
@@ -361,6 +405,11 @@ _HUB_JOBS = Command(
                 action="store_true",
                 help="queue a job for every stored instance that has none (stored before "
                 "the queue)",
+            ),
+            arg(
+                "--reprocess-outdated",
+                action="store_true",
+                help="queue again every job that --outdated lists",
             ),
         ),
         _state(),

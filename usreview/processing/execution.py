@@ -127,7 +127,9 @@ class Outputs:
     be made an instance); ``seconds`` how long each stage took (read, pipeline, derived,
     sr, summary). ``skipped`` says why the instance was not processed at all (it is an
     image usreview derived): then there is nothing to publish and no problem; the job is
-    done, not failed.
+    done, not failed. ``processors`` lists the processors that ran as ``name=version``
+    (``None``: the task does not say); the job keeps it, and ``usreview hub jobs
+    --outdated`` finds the jobs whose processors an upgrade changed.
     """
 
     sop_instance_uid: str
@@ -139,6 +141,7 @@ class Outputs:
     derived: tuple[DerivedOutput, ...] = ()
     seconds: Mapping[str, float] = field(default_factory=dict)
     skipped: str | None = None
+    processors: tuple[str, ...] | None = None
 
 
 class _Stopwatch:
@@ -171,6 +174,7 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
     uid = instance.sop_instance_uid
     versions = sorted(f"{r.provenance.processor}={r.provenance.version}" for r in results)
     signature = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
+    ran = tuple(versions)
     failed = [r.reason or r.provenance.processor for r in results if r.status == _FAILED]
     derived, refused = derived_outputs(instance, results)
     clock.lap("derived")
@@ -180,7 +184,7 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
     )
     study = instance.study_instance_uid
     if not produced and problem is None:
-        return Outputs(uid, study, signature, None, None, None, derived, clock.laps)
+        return Outputs(uid, study, signature, None, None, None, derived, clock.laps, processors=ran)
     sr_uid = generate_uid(entropy_srcs=[uid, "sr", signature])
     document = build_sr(
         dcmread(path, stop_before_pixels=True),
@@ -202,7 +206,9 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
     )
     data = json.dumps(summary, indent=1, sort_keys=True, default=str).encode()
     clock.lap("summary")
-    return Outputs(uid, study, signature, buffer.getvalue(), data, problem, derived, clock.laps)
+    return Outputs(
+        uid, study, signature, buffer.getvalue(), data, problem, derived, clock.laps, processors=ran
+    )
 
 
 def derived_outputs(

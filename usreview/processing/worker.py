@@ -234,7 +234,7 @@ class Worker:
                 self._fail(lease, "publishing the results", exc)
                 continue
             try:
-                self.queue.complete(lease, problem=outputs.problem)
+                self.queue.complete(lease, problem=outputs.problem, processors=outputs.processors)
             except LeaseLostError:
                 _log.warning("job %s finished elsewhere; not completing it", lease.job.id)
         return finished

@@ -25,7 +25,7 @@ complete or fail a job (:class:`LeaseLostError` otherwise), so a job finishes on
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -43,7 +43,15 @@ from usreview.store.status import StudyStatus
 if TYPE_CHECKING:
     from usreview.store.archive import Archive
 
-__all__ = ["JobQueue", "JobRecord", "JobStatus", "Lease", "LeaseLostError", "RetryPolicy"]
+__all__ = [
+    "JobQueue",
+    "JobRecord",
+    "JobStatus",
+    "Lease",
+    "LeaseLostError",
+    "RetryPolicy",
+    "outdated_processors",
+]
 
 #: Who the queue names in a study's status history.
 ACTOR = "processing"
@@ -95,6 +103,8 @@ class JobRecord:
     note: str | None
     created_at: datetime
     finished_at: datetime | None
+    #: The processors of its last run as ``name=version`` (``None``: not recorded).
+    processors: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,11 +194,19 @@ class JobQueue:
             row.lease_expires_at = expires
         return replace(lease, expires_at=expires)
 
-    def complete(self, lease: Lease, *, problem: str | None = None) -> JobRecord:
+    def complete(
+        self,
+        lease: Lease,
+        *,
+        problem: str | None = None,
+        processors: Sequence[str] | None = None,
+    ) -> JobRecord:
         """Mark the job done; its study becomes processed when nothing else is open.
 
         ``problem`` (a processor failed, outputs were still published) is kept as the
-        job's note and marks the study failed with it.
+        job's note and marks the study failed with it. ``processors`` (``name=version``
+        of each processor that ran) is kept with the job: :func:`outdated_processors`
+        tells which a newer registry has changed.
 
         Raises
         ------
@@ -201,6 +219,8 @@ class JobQueue:
             row.status = JobStatus.DONE
             row.finished_at = now
             row.note = problem
+            if processors is not None:
+                row.processors = " ".join(sorted(processors))
             _clear_lease(row)
             session.flush()
             _settle_study(session, row.study_id, now, problem)
@@ -420,6 +440,7 @@ def _record(row: JobRow, site: str, study_uid: str, sop_uid: str) -> JobRecord:
         note=row.note,
         created_at=row.created_at,
         finished_at=row.finished_at,
+        processors=None if row.processors is None else tuple(row.processors.split()),
     )
 
 
@@ -479,3 +500,21 @@ def _settle_study(session: Session, study_id: int, now: datetime, problem: str |
         change_status(
             session, study, StudyStatus.PROCESSED, now, "automatic processing done", ACTOR
         )
+
+
+def outdated_processors(processors: Sequence[str], current: Mapping[str, str]) -> list[str]:
+    """Which of a job's ``name=version`` processors ``current`` (name -> version) changed.
+
+    Each as ``"name OLD -> NEW"``; a processor no longer registered is not counted (nothing
+    would replace its results).
+
+    >>> outdated_processors(["speckle_obnlm=1.0", "speckle_fast=1.0"], {"speckle_obnlm": "1.1"})
+    ['speckle_obnlm 1.0 -> 1.1']
+    """
+    changed = []
+    for entry in processors:
+        name, _, version = entry.partition("=")
+        now = current.get(name)
+        if now is not None and now != version:
+            changed.append(f"{name} {version} -> {now}")
+    return changed

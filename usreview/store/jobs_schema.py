@@ -61,3 +61,6 @@ class JobRow(Base):
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The processors of the last run, ``name=version`` separated by spaces (NULL: not
+    #: recorded, a job done before the column existed or by a task that does not say).
+    processors: Mapped[str | None] = mapped_column(Text)
