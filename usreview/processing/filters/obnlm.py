@@ -162,17 +162,17 @@ def obnlm(
     frame = (slice(pad, pad + rows), slice(pad, pad + cols))
     first = pad * width  # the flat position of the frame's first row (its padding included)
 
+    # Buffers for the whole frame; a block uses their start (so it stays in the cache).
+    flat = _FlatImage(padded, patch, gamma, rows * width)
+    values = flat.values
     # h^2 from the distances between patches `search` pixels apart, over the whole frame.
-    whole = _FlatImage(padded, patch, gamma, rows * width)
     spread = []
     for offset in (search, search * width):
-        d = whole.distance(first, rows * width, offset).reshape(rows, width)[:, frame[1]]
+        d = flat.distance(first, rows * width, offset).reshape(rows, width)[:, frame[1]]
         spread.append(float(np.median(d[d > 0])) if np.any(d > 0) else 1.0)
     scale = np.float32(-1.0 / (smoothing * max(float(np.mean(spread)), 1e-6)))
 
     block_rows = max(1, min(rows, BLOCK_ELEMENTS // width))
-    flat = _FlatImage(padded, patch, gamma, block_rows * width)
-    values = flat.values
     in_frame = np.arange(block_rows * width) % width
     mask = ((in_frame >= pad) & (in_frame < pad + cols)).astype(np.float32)
     # Accumulators in the same flat layout: pixel + offset always fits.
