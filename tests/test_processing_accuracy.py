@@ -150,6 +150,27 @@ def test_volume_of_the_ellipsoid(tmp_path: Path, seed: int, snr: float) -> None:
     assert q["volume"] == pytest.approx(truth["ellipsoid"]["volume_ml"], rel=0.05)
 
 
+def test_the_volume_shell_is_dilated_in_a_box_as_in_the_whole_volume() -> None:
+    import numpy as np
+    from scipy import ndimage
+
+    from usreview.processing.quantification.volume import _SHELL_IN, _SHELL_OUT, _around
+
+    rng = np.random.default_rng(5)
+    for centre in [(10, 12, 14), (1, 2, 30), (28, 33, 38)]:  # inside, at two borders
+        region = np.zeros((30, 35, 40), bool)
+        z, y, x = centre
+        region[max(0, z - 3) : z + 3, max(0, y - 2) : y + 4, max(0, x - 4) : x + 2] = True
+        region &= rng.random(region.shape) < 0.8
+        grown = ndimage.binary_dilation(region, iterations=_SHELL_IN)
+        shell = ndimage.binary_dilation(grown, iterations=_SHELL_OUT - _SHELL_IN) & ~grown
+        near = _around(region, _SHELL_OUT)
+        small = ndimage.binary_dilation(region[near], iterations=_SHELL_IN)
+        small_shell = ndimage.binary_dilation(small, iterations=_SHELL_OUT - _SHELL_IN) & ~small
+        assert shell[near].sum() == shell.sum() > 0  # the whole shell is in the box
+        assert np.array_equal(shell[near], small_shell)
+
+
 @pytest.mark.parametrize("snr", [-20.0, -10.0])
 def test_a_spectrum_without_usable_signal_gets_a_finding_not_numbers(
     tmp_path: Path, snr: float

@@ -26,6 +26,21 @@ __all__ = ["structure_volume"]
 VOLUME_CODE = Code("118565006", CodingScheme.SNOMED, "Volume")
 
 
+#: The shell around the structure: from this many voxels out ...
+_SHELL_IN = 2
+#: ... to this many.
+_SHELL_OUT = 6
+
+
+def _around(mask: npt.NDArray[np.bool_], margin: int) -> tuple[slice, ...]:
+    """The bounding box of ``mask`` grown by ``margin`` voxels (within the volume)."""
+    box = ndimage.find_objects(mask.astype(np.int8))[0]
+    return tuple(
+        slice(max(0, s.start - margin), min(n, s.stop + margin))
+        for s, n in zip(box, mask.shape, strict=True)
+    )
+
+
 def _largest_inner(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_] | None:
     """The largest connected component of ``mask`` not touching the border (or ``None``)."""
     labels, n = ndimage.label(mask)
@@ -70,9 +85,11 @@ def structure_volume(context: Context) -> Output:
     # refine: split at the midpoint of the structure's level and its surroundings' level
     region = seed
     for _ in range(8):
-        grown = ndimage.binary_dilation(region, iterations=2)
-        shell = ndimage.binary_dilation(grown, iterations=4) & ~grown
-        threshold = 0.5 * (float(np.median(smooth[region])) + float(np.median(smooth[shell])))
+        near = _around(region, _SHELL_OUT)  # the dilations reach no further
+        grown = ndimage.binary_dilation(region[near], iterations=_SHELL_IN)
+        shell = ndimage.binary_dilation(grown, iterations=_SHELL_OUT - _SHELL_IN) & ~grown
+        level = float(np.median(smooth[region]))
+        threshold = 0.5 * (level + float(np.median(smooth[near][shell])))
         labels, _ = ndimage.label(smooth < threshold)
         label = int(np.bincount(labels[seed]).argmax())
         if label == 0:
