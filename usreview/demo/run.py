@@ -357,24 +357,22 @@ class _Demo:
         for site in self.sites:
             assert site.config is not None
             outbox = load_config(site.config).outbox
-            wanted = set(site.results.values())
             while True:
-                for result_id in wanted:
-                    found = in_outbox(outbox, result_id)
+                for result_id, kind in site.published.items():
+                    if result_id in site.received:
+                        continue
+                    found = in_outbox(outbox, result_id, kind)
                     if found is None:
                         continue
-                    summary = json.loads(found.read_text())
-                    uid = str(summary.get("sop_instance_uid", result_id))
-                    site.delivered[uid] = str(found)
-                    site.summaries[uid] = summary
-                    site.results[uid] = result_id
-                    site.results.pop(str(result_id), None)
-                for result_id, kind in site.published.items():
-                    if result_id not in site.received:
-                        path = in_outbox(outbox, result_id, kind)
-                        if path is not None:
-                            site.received[result_id] = str(path)
-                if len(site.delivered) == len(wanted) and len(site.received) == len(site.published):
+                    site.received[result_id] = str(found)
+                    if kind == RESULT_KIND:  # the measurements, for the summary
+                        summary = json.loads(found.read_text())
+                        uid = str(summary.get("sop_instance_uid", result_id))
+                        site.delivered[uid] = str(found)
+                        site.summaries[uid] = summary
+                        site.results[uid] = result_id
+                        site.results.pop(str(result_id), None)
+                if len(site.received) == len(site.published):
                     break
                 self._check_children()
                 if time.monotonic() > deadline:
