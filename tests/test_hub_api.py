@@ -259,6 +259,7 @@ def test_a_reviewer_lists_the_study_and_downloads_the_dicom(
     assert studies[study_uid]["status"] in {"received", "processed"}
     assert hub.get("/studies?site=siteb", world.reviewer).json() == {"studies": []}
     error(hub.get("/studies?status=lost", world.reviewer), 400, "bad_request")
+    error(hub.get("/studies?site=../etc", world.reviewer), 400, "bad_request")
 
     detail = hub.get(f"/studies/{study_uid}", world.reviewer).json()
     instances = [i for s in detail["series"] for i in s["instances"]]
@@ -364,6 +365,7 @@ def test_results_reach_only_their_addressees(world: World, study: list[Path]) ->
     only_a = world.results["sitea"][0]
     error(world.hub.get(f"/results/{only_a}", world.b.token), 404, "not_found")
     error(world.hub.get(f"/results/{only_a}", world.reviewer), 404, "not_found")
+    error(world.hub.get("/results/%C2%B2", world.a.token), 404, "not_found")  # "²" is no id
     assert world.hub.get("/results?wait=0.5", world.b.token).json()["results"] == []
 
     both = _publish(world, study_of(study[0]), ["sitea", "siteb"], b"for both")

@@ -148,3 +148,36 @@ def _routes() -> list[str]:
     from usreview.hub.api.app import api_routes
 
     return [pattern for pattern, _, _ in api_routes("/p/", None, {})]  # type: ignore[arg-type]
+
+
+def test_behind_the_proxy_the_caller_cannot_name_its_own_address() -> None:
+    """The proxy appends the peer it saw to X-Forwarded-For/-Proto; X-Real-Ip and X-Scheme
+    come from the client as sent and must not decide the address audited."""
+    import asyncio
+
+    from tornado.httpclient import AsyncHTTPClient
+    from tornado.netutil import bind_sockets
+    from tornado.web import Application, RequestHandler
+
+    from usreview.hub.service import ProxiedHTTPServer
+
+    class Echo(RequestHandler):  # type: ignore[misc]
+        def get(self) -> None:
+            self.write({"ip": self.request.remote_ip, "protocol": self.request.protocol})
+
+    async def ask(headers: dict[str, str]) -> dict[str, str]:
+        sockets = bind_sockets(0, "127.0.0.1")
+        server = ProxiedHTTPServer(Application([("/", Echo)]))
+        server.add_sockets(sockets)
+        try:
+            url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}/"
+            answer = await AsyncHTTPClient().fetch(url, headers=headers)
+            return dict(json.loads(answer.body))
+        finally:
+            server.stop()
+
+    forwarded = {"X-Forwarded-For": "10.0.0.9, 192.0.2.7", "X-Forwarded-Proto": "http,https"}
+    spoofed = {**forwarded, "X-Real-Ip": "10.9.9.1", "X-Scheme": "http"}
+    assert asyncio.run(ask(spoofed)) == {"ip": "192.0.2.7", "protocol": "https"}
+    assert asyncio.run(ask(forwarded)) == {"ip": "192.0.2.7", "protocol": "https"}
+    assert asyncio.run(ask({"X-Real-Ip": "10.9.9.1"})) == {"ip": "127.0.0.1", "protocol": "http"}

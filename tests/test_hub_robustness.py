@@ -469,9 +469,13 @@ def test_a_flood_of_refusals_is_counted_not_written_line_by_line(world: World) -
     def flood(count: int) -> None:
         with requests.Session() as session:
             session.trust_env, session.verify = False, str(hub.cert)
-            for _ in range(count):
+            for i in range(count):
+                # A fresh X-Real-Ip each time: it must neither be audited as the caller's
+                # address nor give the caller a fresh allowance.
+                spoofed = f"10.9.{i // 200}.{i % 200 + 1}"
                 answer = session.get(
-                    hub.url + API + "/receipts", headers={"Authorization": "token wrong"}
+                    hub.url + API + "/receipts",
+                    headers={"Authorization": "token wrong", "X-Real-Ip": spoofed},
                 )
                 assert answer.status_code == 403
 

@@ -59,3 +59,12 @@ def test_an_answer_computed_across_a_change_is_not_kept() -> None:
     cache.get(("k",), racing)
     fresh = cache.get(("k",), lambda: [{"stale": False}])
     assert json.loads(fresh.body)["studies"] == [{"stale": False}]
+
+
+def test_filters_made_up_by_callers_are_kept_no_longer_than_ttl() -> None:
+    clock = Clock()
+    cache = WorklistCache(ttl=2.0, clock=clock)
+    for n in range(50):  # a caller tries ?site=x0, x1, ...: one a second
+        cache.get(("Reviewer", "*", "", f"x{n}"), list)
+        clock.now += 1.0
+        assert len(cache) <= 2

@@ -550,7 +550,7 @@ def test_a_frame_is_rendered_once_checked_and_audited_like_the_instance(world: W
     assert thumb.shape[0] >= 96 and np.array_equal(thumb, truth[::step, ::step])
 
     error(world.hub.get(f"/instances/{world.instance}/frames/2", world.rev), 400, "bad_request")
-    for rows in ("5", "2000", "big"):
+    for rows in ("5", "2000", "big", "%C2%B2"):  # the last: "²", a digit int() refuses
         error(world.hub.get(f"{frame}?rows={rows}", world.rev), 400, "bad_request")
     for token in (world.a.token, world.trainee):  # the study's own site reads no pixels here
         hidden = error(world.hub.get(frame, token), 404, "not_found")
@@ -594,6 +594,14 @@ def test_the_frame_cache_decodes_once_and_keeps_to_its_bound() -> None:
     assert cache.size <= 4 * frame.nbytes
     cache.png("a", 1, None, decode("a"))
     assert decoded == ["a", "b", "c", "d", "e", "f", "a"]
+
+    def missing() -> Any:
+        raise ValueError("frame 99999 is outside 1-1")
+
+    for number in range(2, 40):  # frames that are not there leave nothing behind
+        with pytest.raises(ValueError):
+            cache.png("a", number, None, missing)
+    assert cache._busy.keys() <= {(name, 1) for name in "abcdef"}
 
 
 def _walk(dataset: pydicom.Dataset) -> Iterator[pydicom.Dataset]:

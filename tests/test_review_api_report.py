@@ -81,6 +81,8 @@ def test_a_valid_report_round_trips(source: Dataset) -> None:
         ({"measurements": [{"name": "x", "value": True, "unit": "mm"}]}, "measurements[0].value"),
         ({"measurements": [{"name": "x", "value": float("nan"), "unit": "mm"}]},
          "measurements[0].value"),
+        ({"measurements": [{"name": "x", "value": 10**400, "unit": "mm"}]},
+         "measurements[0].value"),
         ({"measurements": [{"name": "", "value": 1, "unit": "mm"}]}, "measurements[0].name"),
         ({"measurements": [{"name": "x", "value": 1}]}, "measurements[0].unit"),
         ({"measurements": [{"name": "x", "value": 1, "unit": "m m"}]}, "measurements[0].unit"),

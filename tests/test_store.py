@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
+import logging
 import multiprocessing
 import os
 import pwd
@@ -306,6 +308,43 @@ def test_disk_failure_acknowledges_nothing(
     assert list((archive.root / "tmp").iterdir()) == []
     assert object_files(archive.root) == []
     assert not archive.put("site-a", envelope(1), meta(1)).duplicate  # sent again: stored
+
+
+def test_a_database_failure_names_no_patient_data(
+    archive: Archive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error, its chained causes and the archive's log carry no values of the row."""
+    import traceback
+
+    failing = {
+        "sqlite": [
+            "CREATE TRIGGER fail BEFORE INSERT ON studies "
+            "BEGIN INSERT INTO simulated_failure VALUES (1); END"
+        ],
+        "postgresql": [
+            "CREATE FUNCTION fail() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'simulated_failure'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER fail BEFORE INSERT ON studies FOR EACH ROW EXECUTE FUNCTION fail()",
+        ],
+    }[archive._engine.dialect.name]
+    with archive._engine.begin() as connection:
+        for statement in failing:
+            connection.exec_driver_sql(statement)
+    identified = dataclasses.replace(
+        meta(1),
+        patient_name="DOE^JANE",
+        patient_id="MRN-778899",
+        patient_birth_date="1961-02-03",
+        accession_number="ACC123",
+    )
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(StorageError, match=r"database failed.*simulated_failure") as raised:
+        archive.put("site-a", envelope(1), identified)
+    logged = "\n".join(traceback.format_exception(raised.value)) + caplog.text
+    assert "INSERT INTO studies" in logged  # the statement that failed is there
+    for value in ("DOE^JANE", "MRN-778899", "1961-02-03", "ACC123"):
+        assert value not in logged
+    assert archive.receipts("site-a") == []
 
 
 def test_concurrent_puts_of_one_uid_store_it_once(archive: Archive) -> None:

@@ -80,6 +80,7 @@ from jupyterhub.services.auth import (
     HubOAuthenticated,
     UserNotAllowed,
 )
+from tornado import httputil
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
@@ -432,6 +433,53 @@ def make_app(
     )
 
 
+#: Headers tornado's ``xheaders`` trusts before the proxy's own ``X-Forwarded-For`` and
+#: ``X-Forwarded-Proto``. The hub's proxy appends the peer it saw to those two, but passes
+#: these on as the client sent them: trusted, they let a caller write any address into the
+#: audit log, and start a fresh refusal allowance (:class:`RefusalLimiter`) per request.
+CLIENT_SET_HEADERS = ("X-Real-Ip", "X-Scheme")
+
+
+class ProxiedHTTPServer(HTTPServer):  # type: ignore[misc]
+    """The server behind the hub's proxy: the caller's address and scheme are the last
+    entries of the proxy's ``X-Forwarded-For`` and ``X-Forwarded-Proto`` (tornado's
+    ``xheaders``); :data:`CLIENT_SET_HEADERS` are dropped before they are read."""
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        """As :class:`HTTPServer`, with ``xheaders`` on."""
+        super().initialize(*args, **{**kwargs, "xheaders": True})
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        """Tornado's delegate, behind one that drops :data:`CLIENT_SET_HEADERS`."""
+        return _DropClientSetHeaders(super().start_request(server_conn, request_conn))
+
+
+class _DropClientSetHeaders(httputil.HTTPMessageDelegate):
+    def __init__(self, delegate: httputil.HTTPMessageDelegate) -> None:
+        self.delegate = delegate
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        for name in CLIENT_SET_HEADERS:
+            if name in headers:
+                del headers[name]
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self.delegate.on_connection_close()
+
+
 async def _serve(
     sockets: list[Any],
     worker: ServiceWorker | None = None,
@@ -449,7 +497,7 @@ async def _serve(
             "idle_connection_timeout": settings.header_timeout,
             "body_timeout": settings.body_timeout,
         }
-        servers = [(HTTPServer(app, xheaders=True, **limits), sockets)]  # behind the proxy
+        servers: list[tuple[HTTPServer, list[Any]]] = [(ProxiedHTTPServer(app, **limits), sockets)]
         if site is not None:  # the sites' own TLS port: no proxy, so no forwarded headers
             tls, site_sockets = site
             sites_app = make_app(context=context, sites_only=True)

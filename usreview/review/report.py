@@ -303,6 +303,14 @@ def _names(value: Any, field: str, most: int, pattern: re.Pattern[str]) -> tuple
     return tuple(items)
 
 
+def _finite(value: float) -> bool:
+    """Whether ``value`` is a finite float (JSON integers can be too large for one)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _measurement(item: Any, where: str) -> ReportMeasurement:
     fields = _object(item, where, required=("name", "value", "unit"),
                      optional=("code", "origin", "decision", "source_instance"))  # fmt: skip
@@ -310,7 +318,7 @@ def _measurement(item: Any, where: str) -> ReportMeasurement:
     if not name:
         raise ReportError(f"{where}.name", "must not be empty")
     value = fields["value"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise ReportError(f"{where}.value", "must be a finite number")
     unit = fields["unit"]
     if not isinstance(unit, str) or not _UCUM.fullmatch(unit):

@@ -62,11 +62,13 @@ def make_engine(url: str | URL) -> Engine:
     """Create the engine for ``url`` with the archive's durability settings."""
     parsed = _normalise(url)
     if parsed.drivername.startswith("sqlite"):
-        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S})
+        engine = create_engine(
+            parsed, connect_args={"timeout": BUSY_TIMEOUT_S}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    return create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
 
 
 def writer(engine: Engine) -> Engine:

@@ -71,7 +71,12 @@ class FrameCache:
                 return found
             pixels = self._get((content, number, _PIXELS))
             if not isinstance(pixels, np.ndarray):
-                pixels = decode()
+                try:
+                    pixels = decode()
+                except BaseException:  # a frame that is not there keeps no lock
+                    with self._lock:
+                        self._busy.pop((content, number), None)
+                    raise
                 self._put((content, number, _PIXELS), pixels, pixels.nbytes)
             data = encode_png(thumbnail(pixels, rows) if rows else pixels)
             self._put(key, data, len(data))

@@ -92,7 +92,7 @@ class ResultHandler(BaseHandler):
     async def get(self, result_id: str) -> None:
         """Stream the envelope."""
         site = self.site(SITE_RESULTS, hide=("result", result_id))
-        if not result_id.isdigit() or len(result_id) > 18:
+        if not (result_id.isascii() and result_id.isdigit()) or len(result_id) > 18:
             raise not_found("result", result_id)
         feed = self.context.archive.results
         record = await self.blocking(feed.get_result, site, int(result_id))

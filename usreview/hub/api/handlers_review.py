@@ -46,6 +46,7 @@ from usreview.store import (
     Reviewer,
     StudyStatus,
 )
+from usreview.store.records import validate_site
 
 if TYPE_CHECKING:
     from usreview.hub.api.app import ServiceContext
@@ -72,6 +73,8 @@ class StudiesHandler(BaseHandler):
         """List studies (reviewers only: 403 for anybody else)."""
         reviewer = await self.reviewer()
         site = self.get_query_argument("site", None)
+        if site is not None:
+            validate_site(site)  # 400: not a site's name
         status = self.get_query_argument("status", None)
         if status is not None and status not in {s.value for s in StudyStatus}:
             choices = ", ".join(s.value for s in StudyStatus)
@@ -168,7 +171,7 @@ class FrameHandler(BaseHandler):
 def _rows(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) not in THUMBNAIL_ROWS:
+    if not (value.isascii() and value.isdigit()) or int(value) not in THUMBNAIL_ROWS:
         raise ApiError(
             400,
             "bad_request",

@@ -57,8 +57,16 @@ class WorklistCache:
         answer = CachedAnswer(body, f'"{hashlib.sha256(body).hexdigest()[:32]}"', len(studies), now)
         with self._lock:
             if generation == self._generation:  # nothing changed while computing
+                # Stale answers go now: every filter asked for (any ?site=) is kept no
+                # longer than ttl, so the filters callers make up cannot grow the cache.
+                stale = [k for k, v in self._answers.items() if now - v.made >= self.ttl]
+                for old in stale:
+                    del self._answers[old]
                 self._answers[key] = answer
         return answer
+
+    def __len__(self) -> int:
+        return len(self._answers)
 
     def invalidate(self) -> None:
         """Forget every answer (after a change this service made)."""
