@@ -225,6 +225,22 @@ def test_replayed(
     )
 
 
+def test_a_replay_cache_that_cannot_be_used_is_one_line(
+    keydir: Path, sealed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_text("not a database, " * 100)
+    for cache in (not_a_db, tmp_path, tmp_path / "no" / "folder.sqlite"):
+        out = tmp_path / "o"
+        fails(
+            unseal_args(keydir, sealed, out, "hub", "--replay-cache", str(cache)),
+            capsys,
+            "not a replay cache this can use",
+            out,
+        )
+    assert not_a_db.read_text() == "not a database, " * 100
+
+
 def test_expired(keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     env, out = tmp_path / "old.env", tmp_path / "o"
     with open(env, "wb") as f:
@@ -276,6 +292,13 @@ def test_passphrase_env_and_file(
     )
     assert main([*base, "--passphrase-file", str(right), str(env), str(tmp_path / "o")]) == 0
     assert (tmp_path / "o").read_bytes() == b"payload"
+    empty = tmp_path / "empty.txt"
+    for text in ("", "\nsecond line\n"):  # asked for protection, given no passphrase
+        empty.write_text(text)
+        args = ["keys", "new", "x", "--dir", str(tmp_path / "x"), "--passphrase-file", str(empty)]
+        status, _, err = run(args, capsys)
+        assert status == 2 and "first line is empty" in err and err.count("\n") == 1
+        assert not (tmp_path / "x" / "x.key").exists()
 
 
 def test_usage_errors(keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -125,6 +125,19 @@ def test_cli_verifies_the_state_log(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not verify at line 3" in err
 
+    # --tail shows a damaged log as its bytes are, the last line's missing newline added.
+    with open(state.audit_log, "ab") as damaged:
+        damaged.write(b'{"seq": 9, "actor": "\xff\xfe"}')
+    assert main(["hub", "audit", "--tail", "2", "--state", str(state.root)]) == 0
+    shown = capsys.readouterr().out
+    assert shown == lines[-1] + "\n" + '{"seq": 9, "actor": "\\xff\\xfe"}\n'
+    for wrong in (["--tail", "-5"], ["--tail", "0"]):
+        with pytest.raises(SystemExit) as usage:
+            main(["hub", "audit", *wrong, "--state", str(state.root)])
+        assert usage.value.code == 2 and "invalid count" in capsys.readouterr().err
+    assert main(["hub", "audit", "--state", str(state.root)]) == 2  # nothing asked
+    assert capsys.readouterr().err == "usreview: error: give --verify, --tail N or both\n"
+
 
 def test_threads_share_fsyncs_and_each_gets_its_own_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

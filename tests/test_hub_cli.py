@@ -45,7 +45,9 @@ def test_add_user_twice_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_add_site_needs_a_running_hub(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", "new", "clinic", "--dir", str(tmp_path)]) == 0
     capsys.readouterr()
-    state = tmp_path / "state"
+    from usreview.hub.state import open_state
+
+    state = open_state(tmp_path / "state").root  # a hub that is not running
     args = ["hub", "add-site", "clinic", "--public-key", str(tmp_path / "clinic.pub")]
     assert main([*args, "--state", str(state)]) == 1
     err = capsys.readouterr().err
@@ -105,7 +107,15 @@ def test_a_site_key_rotates_with_the_hub_stopped_and_errors_are_one_line(
 
 @pytest.mark.parametrize(
     "action",
-    [["conflicts"], ["sites"], ["site-token", "clinic"], ["jobs"], ["audit", "--verify"]],
+    [
+        ["conflicts"],
+        ["sites"],
+        ["site-token", "clinic"],
+        ["jobs"],
+        ["audit", "--verify"],
+        ["reviewer-sites", "rev"],
+        ["worker"],
+    ],
 )
 def test_administration_refuses_a_state_that_is_not_a_hubs(
     action: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -115,3 +125,31 @@ def test_administration_refuses_a_state_that_is_not_a_hubs(
     err = capsys.readouterr().err
     assert err.startswith(f"usreview: error: no hub state in {missing}") and err.count("\n") == 1
     assert not missing.exists()  # no new hub made by accident
+
+
+@pytest.mark.parametrize("lost", ["at-rest.key", "audit.key"])
+def test_a_lost_key_that_stored_data_depends_on_is_never_made_again(
+    lost: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from usreview.hub.state import open_state
+
+    state = open_state(tmp_path / "state")
+    (state.root / lost).unlink()
+    assert main(["hub", "sites", "--state", str(state.root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"usreview: error: {state.root / lost} is missing: restore it")
+    assert err.count("\n") == 1
+    assert not (state.root / lost).exists()
+
+
+def test_the_worker_refuses_seconds_that_are_not_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from usreview.hub.state import open_state
+
+    state = open_state(tmp_path / "state")
+    for option in ("--lease", "--poll"):
+        for value in ("nan", "inf", "0"):
+            args = ["hub", "worker", "--state", str(state.root), option, value]
+            assert main(args) == 2, (option, value)
+            assert "--lease and --poll > 0" in capsys.readouterr().err

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from usreview.cli.spec import Arg, Command, arg, grace, one_of
+from usreview.cli.spec import Arg, Command, arg, count, grace, one_of
 
 if TYPE_CHECKING:
     from usreview.store import Archive
@@ -217,16 +218,21 @@ _HUB_SITE_TOKEN = Command(
 
 
 def _cmd_hub_audit(args: argparse.Namespace) -> int:
+    from usreview.errors import InputError
     from usreview.hub.audit import verify
     from usreview.hub.errors import AuditError
     from usreview.hub.state import existing_state
 
+    if not (args.tail or args.verify):
+        raise InputError("give --verify, --tail N or both")
     state = existing_state(_state_dir(args))
     if not state.audit_log.exists():
         raise AuditError(f"no audit log yet in {state.root}")
     if args.tail:
-        lines = state.audit_log.read_text().splitlines()[-args.tail :]
-        sys.stdout.write("".join(line + "\n" for line in lines))
+        # As the bytes are: a damaged log is when one looks at it.
+        with open(state.audit_log, encoding="utf-8", errors="backslashreplace") as log:
+            last = collections.deque(log, maxlen=args.tail)
+        sys.stdout.writelines(line.rstrip("\n") + "\n" for line in last)
     if args.verify:
         report = verify(state.audit_log, state.audit_key.read_bytes())
         if not report.ok:
@@ -247,7 +253,7 @@ _HUB_AUDIT = Command(
     "reordered line. --tail N prints the last N lines (JSON).",
     args=(
         arg("--verify", action="store_true", help="check the whole chain"),
-        arg("--tail", type=int, default=0, metavar="N", help="print the last N lines"),
+        arg("--tail", type=count, default=0, metavar="N", help="print the last N lines"),
         _state(),
     ),
 )

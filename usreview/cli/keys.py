@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 from pathlib import Path
 
 from usreview.cli.spec import Arg, Command, arg, duration
@@ -16,8 +17,13 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
     import os
 
     if args.passphrase_file is not None:
-        lines = args.passphrase_file.read_bytes().splitlines()
-        return lines[0] if lines and lines[0] else None
+        lines: list[bytes] = args.passphrase_file.read_bytes().splitlines()
+        if not (lines and lines[0]):
+            raise InputError(
+                f"--passphrase-file {args.passphrase_file}: its first line is empty; "
+                "write the passphrase there"
+            )
+        return lines[0]
     value = os.environ.get(_PASSPHRASE_ENV)
     return value.encode() if value else None
 
@@ -157,10 +163,15 @@ def _cmd_unseal(args: argparse.Namespace) -> int:
         )
     recipient = load_private_keys(args.key, _passphrase(args))
     ring = KeyRing.from_files(args.keyring, args.trust or ())
-    cache = ReplayCache(args.replay_cache) if args.replay_cache is not None else None
-    info = unseal_file(
-        args.input, args.output, recipient=recipient, keyring=ring, replay_cache=cache
-    )
+    try:
+        cache = ReplayCache(args.replay_cache) if args.replay_cache is not None else None
+        info = unseal_file(
+            args.input, args.output, recipient=recipient, keyring=ring, replay_cache=cache
+        )
+    except sqlite3.Error as exc:  # nothing was written: the message is recorded first
+        raise InputError(
+            f"--replay-cache {args.replay_cache}: not a replay cache this can use ({exc})"
+        ) from None
     sender = ring.get(info.sender_id)
     name = sender.public.name if sender is not None else "?"
     print(f"opened message {info.message_id.hex()} from {name} ({info.sender_id.hex()[:16]})")

@@ -134,6 +134,13 @@ def duration(text: str) -> int:
     return int(number) * unit
 
 
+def count(text: str) -> int:
+    """An argument type: a whole number more than 0."""
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number, at least 1)")
+    return int(text)
+
+
 def grace(text: str) -> int:
     """An argument type: a :func:`duration`, or ``0`` for none."""
     return 0 if text.strip() == "0" else duration(text)

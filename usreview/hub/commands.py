@@ -205,7 +205,7 @@ def add_site(state: Path, name: str, public_key: Path) -> NewSite:
     """
     check_name(name)
     keys = load_public_keys(public_key)
-    hub_state = open_state(state)
+    hub_state = existing_state(state)
     api = _api(hub_state)
     if api is None:
         raise HubUnavailableError(
@@ -262,7 +262,7 @@ def rotate_site_key(
 
     check_name(name)
     keys = load_public_keys(public_key)
-    hub_state = open_state(state)
+    hub_state = existing_state(state)
     grace = DEFAULT_GRACE_SECONDS if grace_seconds is None else grace_seconds
     replaced = SiteKeyFiles(hub_state.sites).rotate(name, keys, grace)
     Accounts(hub_state.accounts).set_site_key(name, keys.key_id.hex())
@@ -385,7 +385,7 @@ def reviewer_sites(
         ``name`` is not a registered reviewer or administrator, or a site name is invalid.
     """
     check_name(name)
-    hub_state = open_state(state)
+    hub_state = existing_state(state)
     groups = Accounts(hub_state.accounts).groups()
     if name not in groups["reviewers"] and name not in groups["admins"]:
         raise AccountError(f"{name!r} is not a registered reviewer")

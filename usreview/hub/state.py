@@ -1,8 +1,8 @@
 """The hub's state directory: every secret and database of one deployment.
 
 Created with mode 0700 on first start and never committed (default ``./state``, or
-``$USREVIEW_STATE``). Files generated when missing, each mode 0600 and never
-overwritten:
+``$USREVIEW_STATE``). Files generated when missing (``at-rest.key`` and ``audit.key``
+with a new hub only, see :func:`open_state`), each mode 0600 and never overwritten:
 
 ==========================  =================================================================
 ``hub.key`` / ``hub.pub``   the hub's envelope identity (:mod:`usreview.envelope`); sites seal
@@ -156,10 +156,15 @@ class HubState:
 def open_state(root: Path) -> HubState:
     """Create or check the state directory and generate missing secrets.
 
+    ``at-rest.key`` and ``audit.key`` are generated with a new hub only (no ``hub.key``
+    yet): what the hub stored depends on them, so in an existing hub a missing one is an
+    error, never replaced by a new one.
+
     Raises
     ------
     StateError
-        If the directory is accessible to group or others, or is not a directory.
+        If the directory is accessible to group or others, or is not a directory; if
+        ``at-rest.key`` or ``audit.key`` is missing from an existing hub.
     """
     root = Path(root).absolute()
     if root.exists() and not root.is_dir():
@@ -174,23 +179,32 @@ def open_state(root: Path) -> HubState:
     state = HubState(root)
     for folder in (state.sites, state.homes):
         folder.mkdir(mode=0o700, exist_ok=True)
-    if not state.hub_key.exists():
+    if not state.hub_key.exists():  # a new hub: its key is made last
         if state.hub_pub.exists():
             raise StateError(f"{state.hub_pub} exists without {state.hub_key}: restore both")
+        _ensure_secret(state.at_rest_key, lambda: secrets.token_bytes(32))
+        _ensure_secret(state.audit_key, lambda: secrets.token_bytes(32))
         write_key_pair(generate_keys("hub"), root)
+    # What is stored depends on these two: made with a new hub only, never made again.
+    _ensure_secret(state.at_rest_key, None, "the teaching cases stored are encrypted with it")
+    _ensure_secret(state.audit_key, None, "the audit log's chain is keyed with it")
     _ensure_secret(state.cookie_secret, lambda: secrets.token_hex(32).encode())
-    _ensure_secret(state.at_rest_key, lambda: secrets.token_bytes(32))
-    _ensure_secret(state.audit_key, lambda: secrets.token_bytes(32))
     _ensure_secret(state.admin_token, lambda: secrets.token_hex(32).encode())
     return state
 
 
-def _ensure_secret(path: Path, make: Callable[[], bytes]) -> None:
+def _ensure_secret(path: Path, make: Callable[[], bytes] | None, needed_for: str = "") -> None:
+    """Check ``path``'s mode; make it if missing, or say what it is needed for."""
     if path.exists():
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             raise StateError(f"{path} is readable by others (mode {mode:04o}): chmod 600 it")
         return
+    if make is None:
+        raise StateError(
+            f"{path} is missing: restore it from the hub's backup ({needed_for}; a new one "
+            "would not open them)"
+        )
     write_new_file(path, make(), mode=0o600)
 
 

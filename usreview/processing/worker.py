@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -57,7 +58,7 @@ from usreview.hub.api.publish import publish_result
 from usreview.hub.api.settings import ServiceSettings, open_archive
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.audit import AuditLog
-from usreview.hub.state import HubState, open_state, state_from_env
+from usreview.hub.state import HubState, existing_state, state_from_env
 from usreview.processing.execution import (
     DEFAULT_TASK,
     DaskExecutor,
@@ -388,9 +389,10 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
     ``args`` holds the options of ``usreview hub worker``: ``state``, ``scheduler``,
     ``processes``, ``lease``, ``poll``, ``attempts`` and ``task``.
     """
-    if min(args.processes, args.attempts) < 1 or min(args.lease, args.poll) <= 0:
+    seconds = (args.lease, args.poll)
+    if min(args.processes, args.attempts) < 1 or not all(0 < s < math.inf for s in seconds):
         raise InputError("--processes and --attempts must be at least 1; --lease and --poll > 0")
-    state = open_state(args.state if args.state is not None else state_from_env())
+    state = existing_state(args.state if args.state is not None else state_from_env())
     settings = ServiceSettings.from_state(state.root)
     stop = stop or _stop_on_signals()
     task = args.task or DEFAULT_TASK
