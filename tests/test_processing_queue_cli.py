@@ -167,6 +167,28 @@ def test_the_worker_refuses_to_start_with_a_sentence(tmp_path: Path) -> None:
     assert "accessible to others" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_ctrl_c_stops_the_worker_and_its_processes_without_a_traceback(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    setup = HubSetup.create(tmp_path / "hub")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "usreview.processing.worker", "--state", str(setup.state.root)],
+        cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert worker.stderr is not None
+        assert "running jobs on 2 local process(es)" in worker.stderr.readline()
+        time.sleep(3)  # the pool's processes are up (they import the processors)
+        os.killpg(worker.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group
+        _, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    assert worker.returncode == 0 and "Traceback" not in err, err
+
+
 def test_the_hub_manages_one_worker(configured: tuple[Config, Path]) -> None:  # noqa: F811
     c, state = configured
     services = {s["name"]: s for s in c.JupyterHub.services}

@@ -34,6 +34,7 @@ import importlib
 import io
 import json
 import os
+import signal
 import tempfile
 import time
 import uuid
@@ -305,6 +306,12 @@ def _ready() -> None:
     """Nothing: submitted once per slot so that a new pool starts its processes now."""
 
 
+def _leave_sigint_to_the_parent() -> None:
+    """A pool process ignores SIGINT: Ctrl-C reaches the whole process group, and the
+    worker that owns the pool stops it (a traceback per pool process otherwise)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class LocalExecutor:
     """A pool of ``processes`` spawned processes on this machine.
 
@@ -323,7 +330,9 @@ class LocalExecutor:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        pool = ProcessPoolExecutor(self.slots, mp_context=get_context("spawn"))
+        pool = ProcessPoolExecutor(
+            self.slots, mp_context=get_context("spawn"), initializer=_leave_sigint_to_the_parent
+        )
         for _ in range(self.slots):  # a process per submit while none is idle
             pool.submit(_ready)
         return pool
