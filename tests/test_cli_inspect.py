@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,3 +105,68 @@ def test_console_script_has_no_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_json_is_strict_non_finite_numbers_are_null(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    region = region_item(PhysicalDeltaX=float("nan"), PhysicalDeltaY=float("inf"))
+    path = write_us(tmp_path / "nan.dcm", np.zeros((1, 48, 64), np.uint8), regions=[region])
+    assert main(["inspect", "--json", str(path)]) == 0
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    (summary,) = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert summary["regions"][0]["deltas"] == [None, None]
+
+
+def _tree(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A folder with one good file, a broken symbolic link and a sub-folder holding a file."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    good = write_us(tree / "good.dcm", np.zeros((1, 48, 64), np.uint8), regions=[region_item()])
+    (tree / "broken.dcm").symlink_to(tree / "nowhere.dcm")
+    locked = tree / "locked"
+    locked.mkdir()
+    write_us(locked / "hidden.dcm", np.zeros((1, 48, 64), np.uint8))
+    return tree, good, locked
+
+
+def test_broken_links_and_unlistable_folders_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree, good, locked = _tree(tmp_path)
+    scandir = os.scandir
+
+    def refuse_locked(path: Any = ".") -> Any:  # what a mode 000 folder does to a non-root user
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_locked)
+    assert main(["inspect", "--json", str(tree)]) == 2
+    captured = capsys.readouterr()
+    assert [s["path"] for s in json.loads(captured.out)] == [str(good)]
+    assert captured.err.splitlines() == [
+        f"usreview: error: {tree / 'broken.dcm'}: broken symbolic link",
+        f"usreview: error: {locked}: cannot list the folder: Permission denied",
+    ]
+    assert main(["inspect", str(locked)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"usreview: error: {locked}: cannot list the folder: Permission denied\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists mode 000 folders")
+def test_mode_000_folder_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree, good, locked = _tree(tmp_path)
+    locked.chmod(0)
+    try:
+        assert main(["inspect", str(tree)]) == 2
+        assert main(["inspect", str(locked)]) == 2
+    finally:
+        locked.chmod(0o755)
+    captured = capsys.readouterr()
+    assert str(good) in captured.out and "hidden.dcm" not in captured.out
+    assert captured.err.count(f"{locked}: cannot list the folder") == 2

@@ -318,3 +318,27 @@ def test_fuzzed_real_files_raise_only_input_errors(
             instance.display_frame(index)
     except InputError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.6.1", True),
+        ("2.25." + "9" * 59, True),  # 64 characters
+        ("2.25." + "9" * 60, False),  # 65
+        ("", False),
+        ("1..2", False),
+        ("1.2.", False),
+        (".1.2", False),
+        ("1.2\n", False),
+        ("../../escaped", False),
+        ("1.2.3\x00", False),
+        ("１.２", False),  # full-width digits are not DICOM's
+        (123, False),
+        (None, False),
+    ],
+)
+def test_is_uid(value: object, valid: bool) -> None:
+    from usreview.dicom.header import is_uid
+
+    assert is_uid(value) is valid

@@ -5,11 +5,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from usreview.cli.spec import Command, arg, error, json_flag, paths
 from usreview.errors import InputError, SimulationError
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinity) replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _print_json(value: Any) -> None:
+    """Print ``value`` as strict JSON: non-finite numbers become ``null``."""
+    json.dump(_finite(value), sys.stdout, indent=2, allow_nan=False)
+    sys.stdout.write("\n")
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -25,8 +44,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             error(f"{path}: {exc}")
             status = 2
     if args.json:
-        json.dump(summaries, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(summaries)
     else:
         for summary in summaries:
             sys.stdout.write(format_summary(summary))
@@ -148,8 +166,7 @@ def _cmd_processors(args: argparse.Namespace) -> int:
 
     listing = [p.describe() for p in default_registry()]
     if args.json:
-        json.dump(listing, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(listing)
         return 0
     for item in listing:
         state = "available" if item["available"] else f"unavailable: {item['reason']}"
@@ -179,8 +196,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             error(f"{summary['file']}: {summary['error']}")
             status = 2
     if args.json:
-        json.dump(summaries, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(summaries)
         return status
     for summary in summaries:
         if "error" in summary:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["HEADER_FIELDS", "header_fields", "header_problem"]
+__all__ = ["HEADER_FIELDS", "header_fields", "header_problem", "is_uid"]
 
 #: Header fields kept from each instance: name -> (DICOM keyword, most characters kept).
 HEADER_FIELDS: Final[Mapping[str, tuple[str, int]]] = {
@@ -34,6 +34,7 @@ HEADER_FIELDS: Final[Mapping[str, tuple[str, int]]] = {
 }
 _DATES = ("patient_birth_date", "study_date")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _TIME = re.compile(r"([01][0-9]|2[0-3])(:[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?)?")
 
 
@@ -101,3 +102,8 @@ def header_problem(name: str, value: str | None) -> str | None:
     if name == "study_time" and not _TIME.fullmatch(value):
         return f"{name} must be a time HH:MM[:SS[.ffffff]] (got {value!r})"
     return None
+
+
+def is_uid(value: object) -> bool:
+    """Whether ``value`` is a DICOM UID: digits in dot-separated parts, at most 64 characters."""
+    return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None

@@ -216,7 +216,7 @@ def read(
 
 def _read(path: Path, notes: list[str], max_decoded_bytes: int) -> UltrasoundInstance:
     if not path.is_file():
-        raise NotDicomError("no such file")
+        raise NotDicomError(_not_a_file(path))
     with open(path, "rb") as fp:
         try:
             dataset = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -293,6 +293,19 @@ def _locate_pixel_data(fp: Any, position: int, syntax: UID) -> tuple[int, int | 
     return value_offset, (None if length == 0xFFFFFFFF else length)
 
 
+def _not_a_file(path: Path) -> str:
+    """Why ``path``, which is not a regular file, cannot be read."""
+    if path.is_symlink() and not path.exists():
+        return "broken symbolic link"
+    if path.is_dir():
+        try:
+            os.scandir(path).close()
+        except OSError as exc:
+            return f"cannot list the folder: {exc.strerror or exc}"
+        return "a folder, not a file"
+    return "not a regular file" if path.exists() else "no such file"
+
+
 def _first_line(exc: object) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -301,23 +314,31 @@ def _first_line(exc: object) -> str:
 def iter_dicom_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
     """Files named in ``paths``, folders searched recursively in sorted order.
 
-    Sidecar files (``*.json``, ``*.md``, hidden files) inside folders are skipped; files named
-    directly are always yielded.
+    Sidecar files (``*.json``, ``*.md``, ``*.txt``, hidden files) inside folders are skipped;
+    files named directly are always yielded. Broken symbolic links and folders that cannot be
+    listed are yielded too, so that :func:`read` reports them; other special files (FIFOs,
+    sockets, devices) inside folders are skipped.
     """
     for item in paths:
         path = Path(item)
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if (
-                    child.is_file()
-                    and not child.name.startswith(".")
-                    and child.suffix.lower()
-                    not in {
-                        ".json",
-                        ".md",
-                        ".txt",
-                    }
-                ):
-                    yield child
+        if os.path.isdir(path):  # False, not an error, for a path it cannot see
+            yield from _search(path)
         else:
             yield path
+
+
+def _search(folder: Path) -> list[Path]:
+    """What :func:`iter_dicom_paths` yields for ``folder``, sorted."""
+    found: list[Path] = []
+    # A folder that cannot be listed is kept, so that reading it says why.
+    walk = os.walk(folder, onerror=lambda exc: found.append(Path(exc.filename)))
+    for parent, _folders, names in walk:
+        for name in names:
+            child = Path(parent, name)
+            if (
+                not name.startswith(".")
+                and child.suffix.lower() not in {".json", ".md", ".txt"}
+                and (os.path.isfile(child) or not os.path.exists(child))  # or a broken link
+            ):
+                found.append(child)
+    return sorted(found)

@@ -8,11 +8,13 @@ is not processed again: its summary says why under ``skipped`` and as its only f
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from usreview.dicom import iter_dicom_paths, read
+from usreview.dicom.header import is_uid
 from usreview.errors import InputError
 from usreview.processing.filters.derived import usreview_derivation
 from usreview.processing.pipeline import run_pipeline
@@ -21,6 +23,8 @@ from usreview.processing.registry import Registry
 from usreview.processing.results import ProcessorResult
 
 __all__ = ["analyze_file", "analyze_paths", "summarize"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def summarize(
@@ -62,7 +66,9 @@ def analyze_file(
 ) -> dict[str, Any]:
     """Read one file, run the pipeline, write derived images into ``out`` as PNG.
 
-    A multi-frame image (a filtered cine) gives one PNG per frame, ``NAME.0001.png`` ...
+    Images are named ``UID.PROCESSOR.IMAGE.png`` inside ``out``, with the file's stem (made
+    safe) instead of a missing or malformed SOP Instance UID. A multi-frame image (a filtered
+    cine) gives one PNG per frame, ``NAME.0001.png`` ...
     """
     instance = read(path)
     kinds = [k.value for k in instance.kinds]
@@ -79,7 +85,7 @@ def analyze_file(
     summary = summarize(path, kinds, instance.sop_instance_uid, results)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        stem = instance.sop_instance_uid or path.stem
+        stem = _output_stem(instance.sop_instance_uid, path)
         for result in results:
             for image in result.output.images:
                 base = f"{stem}.{result.provenance.processor}.{image.name}"
@@ -91,6 +97,13 @@ def analyze_file(
                         {"file": os.fspath(target), "description": image.description}
                     )
     return summary
+
+
+def _output_stem(uid: str, path: Path) -> str:
+    """The start of output names: ``uid`` if it is a DICOM UID, else ``path``'s stem made safe."""
+    if is_uid(uid):
+        return uid
+    return _UNSAFE.sub("_", path.stem)
 
 
 def analyze_paths(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypeVar
@@ -31,6 +31,7 @@ from highdicom.sr import CodedConcept, RelationshipTypeValues
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from usreview.dicom.header import is_uid
 from usreview.errors import ReportError
 from usreview.processing.quantification.codes import CODES
 from usreview.processing.sr import MANUFACTURER
@@ -58,7 +59,6 @@ MAX_MEASUREMENTS: Final = 200
 MAX_KEY_IMAGES: Final = 100
 MAX_RECIPIENTS: Final = 20
 _PRIVATE = "99USREVIEW"
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _UCUM = re.compile(r"[!-~]{1,32}")  # printable ASCII without spaces, as UCUM's case-sensitive codes
 _SCHEME = re.compile(r"[A-Za-z0-9_.-]{1,16}")
@@ -223,8 +223,16 @@ class Report:
             measurements=tuple(
                 _measurement(item, f"measurements[{n}]") for n, item in enumerate(measurements)
             ),
-            key_images=_names(fields.get("key_images", []), "key_images", MAX_KEY_IMAGES, _UID),
-            recipients=_names(fields.get("recipients", []), "recipients", MAX_RECIPIENTS, _SITE),
+            key_images=_names(
+                fields.get("key_images", []),
+                "key_images",
+                MAX_KEY_IMAGES,
+                is_uid,
+                "a SOP Instance UID",
+            ),
+            recipients=_names(
+                fields.get("recipients", []), "recipients", MAX_RECIPIENTS, _is_site, "a site name"
+            ),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -292,11 +300,16 @@ def _list(value: Any, field: str, most: int) -> list[Any]:
     return value
 
 
-def _names(value: Any, field: str, most: int, pattern: re.Pattern[str]) -> tuple[str, ...]:
+def _is_site(value: object) -> bool:
+    return isinstance(value, str) and _SITE.fullmatch(value) is not None
+
+
+def _names(
+    value: Any, field: str, most: int, valid: Callable[[object], bool], what: str
+) -> tuple[str, ...]:
     items = _list(value, field, most)
     for n, item in enumerate(items):
-        if not isinstance(item, str) or len(item) > 64 or not pattern.fullmatch(item):
-            what = "a SOP Instance UID" if pattern is _UID else "a site name"
+        if not valid(item):
             raise ReportError(f"{field}[{n}]", f"must be {what}")
         if item in items[:n]:
             raise ReportError(f"{field}[{n}]", f"{item} is listed twice")
@@ -324,9 +337,7 @@ def _measurement(item: Any, where: str) -> ReportMeasurement:
     if not isinstance(unit, str) or not _UCUM.fullmatch(unit):
         raise ReportError(f"{where}.unit", "must be a UCUM unit (e.g. cm/s, mm, 1)")
     source = fields.get("source_instance")
-    if source is not None and not (
-        isinstance(source, str) and len(source) <= 64 and _UID.fullmatch(source)
-    ):
+    if source is not None and not is_uid(source):
         raise ReportError(f"{where}.source_instance", "must be a SOP Instance UID or null")
     return ReportMeasurement(
         name=name,

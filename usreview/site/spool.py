@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from usreview.dicom.header import is_uid
 from usreview.envelope.atomic import fsync_directory, new_file, replace_file
 from usreview.site.atrest import SpoolCipher
 from usreview.site.errors import SpoolError
@@ -61,7 +62,6 @@ __all__ = ["Spool", "SpooledInstance"]
 
 _log = logging.getLogger(__name__)
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _NAME = re.compile(r"(?P<uid>[0-9.]{1,64})_(?P<sha>[0-9a-f]{64})\.dcm")
 _TMP = ".*.part"  # temporary files of usreview.envelope.atomic.replace_file
 REJECTED = "rejected"
@@ -81,7 +81,7 @@ class SpooledInstance:
 
 def check_uid(uid: str) -> str:
     """Return ``uid`` if it is a valid DICOM UID, else raise :class:`SpoolError`."""
-    if not isinstance(uid, str) or len(uid) > 64 or not _UID.fullmatch(uid):
+    if not is_uid(uid):
         raise SpoolError(f"invalid SOP Instance UID {uid!r}")
     return uid
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from usreview.dicom.enum import ImageKind
-from usreview.dicom.header import HEADER_FIELDS, header_fields, header_problem
+from usreview.dicom.header import HEADER_FIELDS, header_fields, header_problem, is_uid
 from usreview.store.errors import InvalidMetadataError
 from usreview.store.status import StudyStatus
 
@@ -34,13 +34,12 @@ __all__ = [
     "validate_site",
 ]
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 def _check_uid(name: str, value: str) -> str:
-    if not isinstance(value, str) or len(value) > 64 or not _UID.fullmatch(value):
+    if not is_uid(value):
         raise InvalidMetadataError(f"{name} must be a DICOM UID (digits and dots, at most 64)")
     return value
 

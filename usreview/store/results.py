@@ -48,6 +48,7 @@ from sqlalchemy import Engine, Select, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from usreview.dicom.header import is_uid
 from usreview.store._shared import envelope_source, guard, site_row
 from usreview.store.database import writer
 from usreview.store.errors import CorruptObjectError, InvalidMetadataError, NotFoundError
@@ -60,7 +61,6 @@ __all__ = ["MAX_LIMIT", "ResultFeed", "ResultRecord"]
 
 #: Most results one :meth:`ResultFeed.results_since` call returns.
 MAX_LIMIT = 1000
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _KIND = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 _KEY_MAX = 200
 _log = logging.getLogger(__name__)
@@ -220,9 +220,7 @@ class ResultFeed:
         )
         if not names:
             raise InvalidMetadataError("sites: a result needs at least one site")
-        if not isinstance(study_instance_uid, str) or not (
-            len(study_instance_uid) <= 64 and _UID.fullmatch(study_instance_uid)
-        ):
+        if not is_uid(study_instance_uid):
             raise InvalidMetadataError("study_instance_uid must be a DICOM UID")
         if not isinstance(kind, str) or not _KIND.fullmatch(kind):
             raise InvalidMetadataError(

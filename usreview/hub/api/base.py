@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from usreview.dicom.header import is_uid
 from usreview.hub.api.errors import ApiError, problem_for
 from usreview.hub.audit import AuditAction
 from usreview.hub.errors import AuditError
@@ -27,23 +27,17 @@ from usreview.store import Reviewer
 if TYPE_CHECKING:
     from usreview.hub.api.app import ServiceContext
 
-__all__ = ["REVIEW", "SITE_RESULTS", "SITE_UPLOAD", "TRAIN", "BaseHandler", "check_uid"]
+__all__ = ["REVIEW", "SITE_RESULTS", "SITE_UPLOAD", "TRAIN", "BaseHandler"]
 
 SITE_UPLOAD = "custom:usreview:upload"
 SITE_RESULTS = "custom:usreview:results"
 REVIEW = "custom:usreview:review"
 TRAIN = "custom:usreview:train"
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _DENIALS = (401, 403, 404)
 _log = logging.getLogger("usreview.service")
 _T = TypeVar("_T")
 
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
-
-
-def check_uid(value: str) -> bool:
-    """Whether ``value`` is a DICOM UID."""
-    return len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 class BaseHandler(ApiHandler):
@@ -119,7 +113,7 @@ class BaseHandler(ApiHandler):
     async def study_reviewer(self, study_instance_uid: str) -> Reviewer:
         """The caller as a reviewer of one study: the study's 404 without the scope or a UID."""
         reviewer = await self.reviewer(hide=("study", study_instance_uid))
-        if not check_uid(study_instance_uid):
+        if not is_uid(study_instance_uid):
             raise ApiError(404, "not_found", f"no study {study_instance_uid}")
         return reviewer
 

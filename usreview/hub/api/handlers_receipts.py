@@ -8,7 +8,8 @@ receipt, signed as the full one, then lists only those of them the hub holds.
 
 from __future__ import annotations
 
-from usreview.hub.api.base import SITE_RESULTS, SITE_UPLOAD, BaseHandler, check_uid
+from usreview.dicom.header import is_uid
+from usreview.hub.api.base import SITE_RESULTS, SITE_UPLOAD, BaseHandler
 from usreview.hub.api.errors import ApiError, not_found
 from usreview.hub.audit import AuditAction
 from usreview.ingest import sign_instance_receipt
@@ -36,7 +37,7 @@ class ReceiptHandler(_SiteHandler):
         """Sign a receipt for one stored instance."""
         hide = ("instance", sop_instance_uid)
         site = self.calling_site(hide)
-        if not check_uid(sop_instance_uid):
+        if not is_uid(sop_instance_uid):
             raise not_found(*hide)
         record = await self.blocking(self.context.archive.get, site, sop_instance_uid)
         receipt = sign_instance_receipt(self.context.ingestor.hub_keys, record, message_id=b"")
@@ -72,6 +73,6 @@ class BatchReceiptHandler(_SiteHandler):
                 f"at most {MAX_UIDS} uid arguments per request (got {len(uids)}); ask in batches",
             )
         for uid in uids:
-            if not check_uid(uid):
+            if not is_uid(uid):
                 raise ApiError(400, "bad_request", f"uid {uid[:80]!r} is not a DICOM UID")
         return list(dict.fromkeys(uids))

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from usreview.hub.api.base import BaseHandler, check_uid
+from usreview.dicom.header import is_uid
+from usreview.hub.api.base import BaseHandler
 from usreview.hub.api.errors import ApiError, not_found
 from usreview.hub.api.frames import FRAMES
 from usreview.hub.api.plaintext import open_stored
@@ -110,7 +111,7 @@ class StudyHandler(BaseHandler):
         """Describe one study."""
         hide = ("study", study_instance_uid)
         reviewer = await self.reviewer(hide=hide)
-        if not check_uid(study_instance_uid):
+        if not is_uid(study_instance_uid):
             raise not_found(*hide)
         detail = await self.blocking(_study_detail, self.context, reviewer, study_instance_uid)
         await self.audit(AuditAction.READ, detail={"site": detail["site"]})
@@ -124,7 +125,7 @@ class AnalysisHandler(BaseHandler):
         """The latest analysis; 404 while there is none."""
         hide = ("analysis of instance", sop_instance_uid)
         reviewer = await self.reviewer(hide=hide)
-        if not check_uid(sop_instance_uid):
+        if not is_uid(sop_instance_uid):
             raise not_found(*hide)
         review = self.context.archive.review
         analysis = await self.blocking(review.analysis, reviewer, sop_instance_uid)
@@ -147,7 +148,7 @@ class FrameHandler(BaseHandler):
         """The PNG; 400 for a frame or size out of range."""
         hide = ("instance", sop_instance_uid)
         reviewer = await self.reviewer(hide=hide)
-        if not check_uid(sop_instance_uid):
+        if not is_uid(sop_instance_uid):
             raise not_found(*hide)
         rows = _rows(self.get_query_argument("rows", None))
         record = await self.blocking(self.context.archive.get, reviewer, sop_instance_uid)
@@ -297,7 +298,7 @@ async def send_instance(handler: BaseHandler, sop_instance_uid: str) -> None:
     """Answer ``GET /instances/{uid}`` on ``handler``: the plaintext DICOM."""
     hide = ("instance", sop_instance_uid)
     reviewer = await handler.reviewer(hide=hide)
-    if not check_uid(sop_instance_uid):
+    if not is_uid(sop_instance_uid):
         raise not_found(*hide)
     record = await handler.blocking(handler.context.archive.get, reviewer, sop_instance_uid)
     path = await handler.blocking(open_instance, handler.context, reviewer, record)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from usreview.hub.api.base import BaseHandler, check_uid
+from usreview.dicom.header import is_uid
+from usreview.hub.api.base import BaseHandler
 from usreview.hub.api.errors import ApiError, not_found
 from usreview.hub.api.teaching_cases import make_case, teaching_store
 from usreview.hub.audit import AuditAction
@@ -107,7 +108,7 @@ class TeachingCaseHandler(BaseHandler):
         """The case."""
         hide = ("teaching case", case_uid)
         self.trainee(hide=hide)
-        if not check_uid(case_uid):
+        if not is_uid(case_uid):
             raise not_found(*hide)
         case = await self.blocking(teaching_store(self.context).case, case_uid)
         await self.audit(AuditAction.READ, detail={"instances": len(case.instances)})
@@ -121,7 +122,7 @@ class TeachingInstanceHandler(BaseHandler):
         """The instance's DICOM file."""
         hide = ("instance", sop_instance_uid)
         self.trainee(hide=hide)
-        if not (check_uid(case_uid) and check_uid(sop_instance_uid)):
+        if not (is_uid(case_uid) and is_uid(sop_instance_uid)):
             raise not_found(*hide)
         store = teaching_store(self.context)
         item, data = await self.blocking(store.read_instance, case_uid, sop_instance_uid)

@@ -41,7 +41,8 @@ from typing import IO, Any
 from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, stream_request_body
 
-from usreview.hub.api.base import SITE_UPLOAD, BaseHandler, check_uid
+from usreview.dicom.header import is_uid
+from usreview.hub.api.base import SITE_UPLOAD, BaseHandler
 from usreview.hub.api.errors import ApiError
 from usreview.hub.api.handlers_review import send_instance
 from usreview.hub.audit import AuditAction
@@ -219,7 +220,7 @@ class InstanceHandler(BaseHandler):
         if self._received == 0:
             raise ApiError(400, "bad_envelope", "the body is empty: send the sealed envelope")
         self.resource = f"instances/{sop_instance_uid}"
-        if not check_uid(sop_instance_uid):
+        if not is_uid(sop_instance_uid):
             raise ApiError(400, "bad_request", f"{sop_instance_uid!r} is not a DICOM UID")
         if self._memory is not None:
             body, self._memory = b"".join(self._memory), None
