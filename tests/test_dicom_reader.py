@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -198,6 +199,27 @@ def test_bare_dataset_without_preamble_is_read_with_a_warning(tmp_path: Path) ->
     instance = read(bare)
     assert instance.number_of_frames == 1
     assert any("preamble" in w or "Transfer Syntax" in w for w in instance.warnings)
+
+
+def test_bytes_that_cannot_start_a_dataset_are_refused_without_a_forced_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forced: list[bool] = []
+    real = pydicom.dcmread
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        forced.append(bool(kwargs.get("force")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", spy)
+    zeros = tmp_path / "zeros.dcm"  # a forced read walks it element by empty element
+    zeros.write_bytes(bytes(4 << 20))
+    text = tmp_path / "notes.dcm"
+    text.write_bytes(b"patient notes " * 100)
+    for path in (zeros, text):
+        with pytest.raises(NotDicomError, match="not a DICOM file"):
+            read(path)
+    assert forced == [False, False]
 
 
 def test_pydicom_warnings_are_kept_not_raised() -> None:

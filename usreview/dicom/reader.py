@@ -222,6 +222,11 @@ def _read(path: Path, notes: list[str], max_decoded_bytes: int) -> UltrasoundIns
             dataset = pydicom.dcmread(fp, stop_before_pixels=True)
         except InvalidDicomError:
             fp.seek(0)
+            if not _starts_like_a_dataset(fp.read(2)):  # pydicom would walk the whole file
+                raise NotDicomError(
+                    "not a DICOM file (no 'DICM' preamble, no image header)"
+                ) from None
+            fp.seek(0)
             dataset = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
             if "SOPClassUID" not in dataset or "Rows" not in dataset:
                 raise NotDicomError(
@@ -291,6 +296,20 @@ def _locate_pixel_data(fp: Any, position: int, syntax: UID) -> tuple[int, int | 
         (length,) = struct.unpack(f"{endian}H", head[6:8])
         value_offset = position + 8
     return value_offset, (None if length == 0xFFFFFFFF else length)
+
+
+#: The group of the first element of a bare dataset: file meta information, or the
+#: identifying group whose SOP Class UID every image has (either byte order).
+_FIRST_GROUPS = (b"\x02\x00", b"\x00\x02", b"\x08\x00", b"\x00\x08")
+
+
+def _starts_like_a_dataset(first: bytes) -> bool:
+    """Whether bytes without a preamble may be a bare dataset worth a forced read.
+
+    A forced read of anything else (say a file of zeros, which reads as empty elements)
+    can take minutes before it finds no image header.
+    """
+    return first in _FIRST_GROUPS
 
 
 def _not_a_file(path: Path) -> str:
