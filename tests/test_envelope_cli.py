@@ -225,6 +225,14 @@ def test_replayed(
     )
 
 
+def test_an_output_in_a_missing_folder_is_named_as_given(
+    keydir: Path, sealed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "no" / "such" / "out.env"
+    status, _, err = run(seal_args(keydir, sealed, out), capsys)
+    assert status == 1 and err == f"usreview: error: {out}: No such file or directory\n"
+
+
 def test_a_replay_cache_that_cannot_be_used_is_one_line(
     keydir: Path, sealed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

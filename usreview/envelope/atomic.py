@@ -96,7 +96,10 @@ def _written(
     fsynced after. On any exception (in the block or in ``publish``) the temporary file
     is removed. ``durable=False`` skips both fsyncs.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
         os.fchmod(fd, mode)
         with open(fd, "wb") as f:
