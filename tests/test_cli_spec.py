@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +84,24 @@ def test_every_usreview_command_runs_a_handler_or_requires_an_action() -> None:
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         handler = parser.get_default("handler")
         assert callable(handler) or (subs and subs[0].required), parser.prog
+
+
+def test_a_reader_that_leaves_early_stops_the_command_quietly(tmp_path: Path) -> None:
+    """``usreview ... | head``: no error line, no traceback, the status of a SIGPIPE."""
+    import shutil
+    import subprocess
+    import sys
+
+    from usreview.simulate import simulate
+
+    first = simulate("pw", tmp_path / "sim", seed=1)[0]
+    for n in range(100):  # an answer larger than the pipe holds: the writer must wait
+        shutil.copy(first, tmp_path / f"copy{n:03d}.dcm")
+    code = "import sys; from usreview.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", code, "inspect", "--json", str(tmp_path)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as cli:
+        assert cli.stdout is not None and cli.stderr is not None
+        assert cli.stdout.read(5) == b"[\n  {"
+        cli.stdout.close()  # before the rest of the array is written
+        err = cli.stderr.read().decode()
+    assert cli.returncode == 141 and err == ""

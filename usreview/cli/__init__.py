@@ -16,6 +16,8 @@ exit status (2 for bad input or usage, 1 for anything else), never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 
 from usreview import __version__
@@ -54,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return 130
+    except BrokenPipeError:  # the reader left (``| head``): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 141
     except OSError as exc:
         error(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
         return 1
