@@ -153,3 +153,17 @@ def test_the_worker_refuses_seconds_that_are_not_numbers(
             args = ["hub", "worker", "--state", str(state.root), option, value]
             assert main(args) == 2, (option, value)
             assert "--lease and --poll > 0" in capsys.readouterr().err
+
+
+def test_options_that_would_be_ignored_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from usreview.hub.state import open_state
+
+    state = str(open_state(tmp_path / "state").root)
+    for both in (["--failed", "--outdated"], ["--failed", "--backfill"]):
+        with pytest.raises(SystemExit) as usage:
+            main(["hub", "jobs", *both, "--state", state])
+        assert usage.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    assert main(["hub", "conflicts", "--to", str(tmp_path), "--state", state]) == 2
+    assert capsys.readouterr().err == "usreview: error: --to goes with --export ID\n"

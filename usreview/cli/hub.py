@@ -391,13 +391,13 @@ _HUB_JOBS = Command(
     "site, SOP Instance UID, e.g. 'speckle_obnlm 1.0 -> 1.1'; jobs done before versions were "
     "recorded say 'processors not recorded'), and --reprocess-outdated queues them all again.",
     args=(
-        arg("--failed", action="store_true", help="only the failed jobs"),
-        arg(
-            "--outdated",
-            action="store_true",
-            help="only the done jobs made by an older version of a registered processor",
-        ),
         one_of(
+            arg("--failed", action="store_true", help="only the failed jobs"),
+            arg(
+                "--outdated",
+                action="store_true",
+                help="only the done jobs made by an older version of a registered processor",
+            ),
             arg("--retry", type=int, metavar="ID", help="re-queue the failed job ID"),
             arg(
                 "--reprocess",
@@ -424,11 +424,14 @@ _HUB_JOBS = Command(
 
 
 def _cmd_hub_conflicts(args: argparse.Namespace) -> int:
+    from usreview.errors import InputError
     from usreview.hub import conflicts
 
     state = _state_dir(args)
+    if args.to is not None and args.export is None:
+        raise InputError("--to goes with --export ID")
     if args.export is not None:
-        exported = conflicts.export_conflict(state, args.export, args.to)
+        exported = conflicts.export_conflict(state, args.export, args.to or Path("."))
         print(f"conflict {args.export} ({exported.conflict.site}): {exported.kept}")
         if exported.stored is not None:
             print(f"stored under {exported.conflict.sop_instance_uid}: {exported.stored}")
@@ -440,8 +443,6 @@ def _cmd_hub_conflicts(args: argparse.Namespace) -> int:
         print(f"conflict {resolved.id} resolved: {resolved.resolution}")
         return 0
     if args.note is not None:
-        from usreview.errors import InputError
-
         raise InputError("--note goes with --resolve ID")
     for c in conflicts.list_conflicts(state, every=args.all):
         received = c.received_at.isoformat(timespec="seconds")
@@ -471,7 +472,7 @@ _HUB_CONFLICTS = Command(
         arg(
             "--to",
             type=Path,
-            default=Path("."),
+            default=None,
             metavar="DIR",
             help="with --export: the folder to write into (default: the current folder)",
         ),
