@@ -8,6 +8,7 @@ hub's proxy answering 503 while the service restarts) is in
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -17,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from usreview.cli import main
+from usreview.envelope import generate_keys, write_key_pair
+from usreview.simulate import simulate
 from usreview.site import SiteConfig, init_site, load_config
 from usreview.site.client import HubClient
-from usreview.site.errors import HubRefusedError, HubUnreachableError
+from usreview.site.errors import HubRefusedError, HubUnreachableError, SiteConfigError
 
 
 class _Hub(ThreadingHTTPServer):
@@ -98,3 +102,35 @@ def test_uploads_share_one_connection_until_an_error_answer(hub: _Hub, config: S
     assert refused_on == after_down
     assert after_refusal != refused_on  # and after the refusal
     assert last == after_refusal
+
+
+@pytest.mark.parametrize("url", ["https://hub.example.org:abc", "https://hub.example.org:99999"])
+def test_a_bad_port_is_a_configuration_error(config: SiteConfig, url: str) -> None:
+    with pytest.raises(SiteConfigError, match="port must be a number") as info:
+        HubClient(dataclasses.replace(config, hub_url=url))
+    assert info.value.setting == "hub.url"
+
+
+def test_push_tells_bad_files_from_what_the_hub_refused(
+    hub: _Hub, config: SiteConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
+    (tmp_path / "hubkeys" / "hub.pub").rename(config.hub_public_key)
+    [dicom] = simulate("bmode", tmp_path / "sim", seed=0, rows=128, columns=128, inclusions=1)
+    junk, missing = tmp_path / "notes.dcm", tmp_path / "missing.dcm"
+    junk.write_text("not dicom")
+    push = ["site", "push", "--config", str(config.path)]
+
+    assert main([*push, str(junk), str(missing)]) == 2  # bad input: nothing reaches the hub
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == "0 acknowledged, 0 not acknowledged, 2 not sent"
+    assert f"usreview: error: 2 file(s) not sent: {missing}: no such file; {junk}: not a " in err
+    assert "force=True" not in err and "Errno" not in err and "by the hub" not in err
+    assert hub.peers == []
+
+    hub.answers = [409]
+    assert main([*push, str(dicom), str(junk)]) == 2
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == "0 acknowledged, 1 not acknowledged, 1 not sent"
+    assert f"1 instance(s) not acknowledged by the hub: {dicom}: the hub refused (409" in err
+    assert f"1 file(s) not sent: {junk}: not a DICOM" in err

@@ -61,10 +61,130 @@ def test_init_refuses_a_bad_name_and_url(tmp_path: Path) -> None:
     with pytest.raises(SiteConfigError, match="site name") as info:
         init_site("Clinic A", "https://hub.example.org", tmp_path / "a")
     assert info.value.setting == "site.name"
-    with pytest.raises(SiteConfigError, match=r"hub\.url") as info:
+    with pytest.raises(SiteConfigError, match=r"^--hub: ") as info:
         init_site("clinic", "http://hub.example.org", tmp_path / "b")
     assert info.value.setting == "hub.url"
-    assert not (tmp_path / "b" / "site.toml").exists()
+    assert not (tmp_path / "b").exists()
+
+
+def _init_args(folder: Path, hub_key: Path) -> list[str]:
+    """``site init`` with every option that writes a file, all valid."""
+    return [
+        *("site", "init", "clinic", "--hub", "https://hub.example.org:8443"),
+        *("--dir", str(folder), "--hub-key", str(hub_key), "--dicom-tls", "--encrypt-spool"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        (["--hub", "http://hub.example:8000"], "--hub: plain http"),
+        (["--hub", "https://hub.example.org:abc"], "--hub: the port must be a number"),
+        (["--hub", "https://hub.example.org:99999"], "--hub: the port must be a number"),
+        (["--port", "70000"], "--port: must be from 1 to 65535"),
+        (["--ae-title", "A\\B"], "--ae-title: invalid AE title"),
+        (["--allow-ae", "WAY-TOO-LONG-AE-TITLE"], "--allow-ae: invalid AE title"),
+        (["--pacs", "A@h:104", "--pacs", "B@h:104"], "--pacs: 'pacs' is used twice"),
+    ],
+)
+def test_init_checks_every_option_before_it_writes_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: list[str], named: str
+) -> None:
+    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
+    folder = tmp_path / "s"
+    args = _init_args(folder, tmp_path / "hubkeys" / "hub.pub")
+    assert main([*args, *bad]) == 2
+    err = capsys.readouterr().err
+    assert f"usreview: error: {named}" in err and "site.toml" not in err
+    assert not folder.exists()
+    assert main(args) == 0  # corrected: nothing in the way
+    assert load_config(folder / "site.toml").name == "clinic"
+
+
+def test_a_failure_removes_what_init_wrote_and_only_that(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import usreview.site.atrest
+
+    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "token").write_text("theirs\n")
+
+    def broken(path: Path) -> None:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(usreview.site.atrest, "generate_spool_key", broken)
+    args = _init_args(folder, tmp_path / "hubkeys" / "hub.pub")
+    assert main(args) == 1  # after the keys, the copies and the TLS pair were written
+    assert sorted(p.name for p in folder.iterdir()) == ["token"]
+    monkeypatch.undo()
+    assert main(args) == 0
+
+
+def test_init_refuses_a_file_in_the_way_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "dicom-tls.key").write_text("someone's key\n")
+    assert main(_init_args(folder, tmp_path / "hubkeys" / "hub.pub")) == 2
+    assert f"{folder / 'dicom-tls.key'} exists" in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == ["dicom-tls.key"]
+    assert (folder / "dicom-tls.key").read_text() == "someone's key\n"
+
+
+def test_init_copies_only_the_hubs_public_key_and_a_pem_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from usreview.site.dicomtls import create_certificate
+
+    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
+    create_certificate(tmp_path / "hub.crt", tmp_path / "hub-tls.key", ["hub.example.org"])
+    (tmp_path / "both.pem").write_bytes(
+        (tmp_path / "hub.crt").read_bytes() + (tmp_path / "hub-tls.key").read_bytes()
+    )
+    (tmp_path / "junk.txt").write_text("junk\n")
+    folder = tmp_path / "s"
+    init = ["site", "init", "clinic", "--hub", "https://hub.example.org", "--dir", str(folder)]
+    for option, path, message in [
+        ("--hub-key", "hubkeys/hub.key", "give the hub's public key"),
+        ("--hub-key", "junk.txt", "give the hub's public key"),
+        ("--hub-key", "missing.pub", "cannot read"),
+        ("--hub-cert", "junk.txt", "is not a PEM certificate"),
+        ("--hub-cert", "hub-tls.key", "is not a PEM certificate"),
+        ("--hub-cert", "both.pem", "also holds a private key"),
+    ]:
+        assert main([*init, option, str(tmp_path / path)]) == 2
+        err = capsys.readouterr().err
+        assert f"usreview: error: {option}: " in err and message in err
+        assert not folder.exists()
+    hub_files = ["--hub-key", str(tmp_path / "hubkeys" / "hub.pub")]
+    assert main([*init, *hub_files, "--hub-cert", str(tmp_path / "hub.crt")]) == 0
+    assert (folder / "hub.crt").read_bytes() == (tmp_path / "hub.crt").read_bytes()
+    config = load_config(folder / "site.toml")
+    assert config.load_hub_key().name == "hub"
+    assert {(folder / n).stat().st_mode & 0o777 for n in ("hub.crt", "hub.pub")} == {0o644}
+
+
+@pytest.mark.parametrize(
+    "name", ["9clinic", "a" * 33, "-clinic", "Clinic", "clinic.a", "a" * 40, "clinic", "a" * 32]
+)
+def test_init_takes_the_site_names_the_hub_takes(tmp_path: Path, name: str) -> None:
+    from usreview.hub.accounts import check_name
+    from usreview.hub.errors import AccountError
+
+    try:
+        check_name(name)
+    except AccountError:
+        with pytest.raises(SiteConfigError, match="starting with a letter") as info:
+            init_site(name, "https://hub.example.org", tmp_path / "s")
+        assert info.value.setting == "site.name"
+        assert not (tmp_path / "s").exists()
+    else:
+        site = init_site(name, "https://hub.example.org", tmp_path / "s")
+        assert load_config(site.config).name == name
 
 
 @pytest.mark.parametrize(
@@ -79,6 +199,9 @@ def test_init_refuses_a_bad_name_and_url(tmp_path: Path) -> None:
         ("backoff_max = 60.0", "backoff_max = 0.1", "upload.backoff_max"),
         ("wait = 30.0", "wait = 600", "results.wait"),
         ('url = "https://hub.example.org:8443"', 'url = "ftp://x"', "hub.url"),
+        ("https://hub.example.org:8443", "https://hub.example.org:abc", "hub.url"),
+        ("https://hub.example.org:8443", "https://hub.example.org:99999", "hub.url"),
+        ("https://hub.example.org:8443", "https://[::1:8443", "hub.url"),
         ('name = "clinic"', 'name = "Clinic"', "site.name"),
         ("retired_keys = []", 'retired_keys = "keys/old.key"', "site.retired_keys"),
         ("retired_keys = []", 'retired_keys = ["keys/a.key", 3]', "site.retired_keys[1]"),

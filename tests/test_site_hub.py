@@ -455,16 +455,17 @@ def test_push_and_its_errors(hub: Hub, simulated: list[Path], tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr
     assert f"[{len(files)}/{len(files)}]" in done.stderr
-    assert f"{len(files)} acknowledged, 0 not acknowledged" in done.stdout
+    assert f"{len(files)} acknowledged, 0 not acknowledged, 0 not sent" in done.stdout
     assert {sop_uid(p) for p in files} <= set(held_at_hub(config))
     junk = tmp_path / "notes.dcm"
     junk.write_text("not dicom")
     again = subprocess.run(
         [*push, str(files[0]), str(junk)], capture_output=True, text=True, timeout=120
     )
-    assert again.returncode == 1
+    assert again.returncode == 2  # bad input, not the hub's doing
     assert "already at the hub" in again.stderr
-    assert "1 instance(s) not acknowledged" in again.stderr and str(junk) in again.stderr
+    assert f"1 file(s) not sent: {junk}: not a DICOM" in again.stderr
+    assert "not acknowledged by the hub" not in again.stderr
 
 
 def test_push_draws_a_progress_bar_on_a_terminal(
@@ -494,17 +495,17 @@ def test_push_draws_a_progress_bar_on_a_terminal(
     out = process.communicate(timeout=120)[0].decode()
     text = shown.decode()
     total = len(files) + 1
-    assert process.returncode == 1
+    assert process.returncode == 2
     # One line redrawn per instance: done/total, percent, rate and time left.
     frames = re.findall(r"\r\[[#.]+\] (\d+)/(\d+) (\d+)% ([\d.]+) inst/s ETA (\S+)", text)
     assert [int(done) for done, *_ in frames] == list(range(1, total + 1))
     assert all(int(of) == total for _, of, *_ in frames)
     assert [int(p) for _, _, p, *_ in frames] == [100 * n // total for n in range(1, total + 1)]
     assert all(float(rate) > 0 for *_, rate, _ in frames)
-    # The instance not acknowledged is on a line of its own, and named at the end.
+    # The file not sent is on a line of its own, and named at the end.
     assert f"{junk}: not sent" in text
-    assert "1 instance(s) not acknowledged" in text and str(junk) in text
-    assert f"{len(files)} acknowledged, 1 not acknowledged" in out
+    assert f"1 file(s) not sent: {junk}" in text
+    assert f"{len(files)} acknowledged, 0 not acknowledged, 1 not sent" in out
 
 
 # -- results ---------------------------------------------------------------------------

@@ -118,3 +118,20 @@ def test_a_damaged_file_or_a_missing_key_fails_by_name_and_the_others_export(
     assert main(["site", "rejected", "--config", str(config), "--export", str(again)]) == 1
     err = capsys.readouterr().err
     assert err.count("set folders.spool_key") == 2 and not list(again.iterdir())
+
+
+def test_a_note_with_an_impossible_time_is_listed_with_the_time_unknown(
+    site: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, _ = site
+    notes = sorted((load_config(config).spool / "rejected").glob("*.reason.json"))
+    for times in ((1e20, float("nan")), (10**400, float("-inf"))):
+        for note, at in zip(notes, times, strict=True):
+            note.write_text(json.dumps({**json.loads(note.read_text()), "rejected_at": at}))
+        assert main(["site", "rejected", "--config", str(config)]) == 0
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        lines = captured.out.splitlines()
+        assert lines[-1] == "2 rejected instance(s)"
+        assert sorted(line.split("\t")[3] for line in lines[:-1]) == ["?", "?"]
+        assert {line.split("\t")[4] for line in lines[:-1]} == set(REASONS)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from usreview.cli.spec import Arg, Command, arg, json_flag, paths
+from usreview.cli.spec import Arg, Command, arg, error, json_flag, paths
 
 
 def _config() -> Arg:
@@ -132,13 +132,24 @@ _SITE_GATEWAY = Command(
 
 
 def _cmd_site_push(args: argparse.Namespace) -> int:
+    from usreview.errors import InputError
     from usreview.site import NotAcknowledgedError, load_config, push_paths
     from usreview.site.progress import PushProgress
 
     report = push_paths(load_config(args.config), args.paths, progress=PushProgress(sys.stderr))
-    print(f"{len(report.acknowledged)} acknowledged, {len(report.failed)} not acknowledged")
-    if report.failed:
-        raise NotAcknowledgedError({str(p): reason for p, reason in report.failed.items()})
+    refused = {str(p): why for p, why in report.failed.items()}
+    bad = {str(p): why for p, why in report.unread.items()}
+    print(
+        f"{len(report.acknowledged)} acknowledged, {len(refused)} not acknowledged, "
+        f"{len(bad)} not sent"
+    )
+    if bad:
+        if refused:
+            error(str(NotAcknowledgedError(refused)))
+        names = "; ".join(f"{path}: {why}" for path, why in sorted(bad.items()))
+        raise InputError(f"{len(bad)} file(s) not sent: {names}")
+    if refused:
+        raise NotAcknowledgedError(refused)
     return 0
 
 
@@ -149,7 +160,8 @@ _SITE_PUSH = Command(
     description="Seal and upload every DICOM file under PATH; progress on stderr (a bar "
     "with rate and time left on a terminal, one line per instance otherwise). Exit "
     "status 1 naming every instance the hub did not acknowledge with a verified "
-    "receipt.",
+    "receipt; 2 naming every file that is missing, unreadable or not DICOM (the others "
+    "are still sent).",
     args=(_config(), paths()),
 )
 
@@ -209,9 +221,19 @@ _SITE_ROTATE_KEY = Command(
 )
 
 
-def _cmd_site_rejected(args: argparse.Namespace) -> int:
+def _when(timestamp: float | None) -> str:
+    """A rejection note's time, local; ``?`` when missing or not a time (1e20, NaN)."""
     import time
 
+    if timestamp is None:
+        return "?"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    except (OverflowError, ValueError, OSError):
+        return "?"
+
+
+def _cmd_site_rejected(args: argparse.Namespace) -> int:
     from usreview.site import Spool, SpoolError, load_config
     from usreview.site.atrest import load_spool_cipher
     from usreview.site.rejected import export_rejected, list_rejected
@@ -220,8 +242,7 @@ def _cmd_site_rejected(args: argparse.Namespace) -> int:
     spool = Spool(config.spool, load_spool_cipher(config) if args.export else None)
     items = list_rejected(spool)
     for item in items:
-        at = item.rejected_at
-        when = "?" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+        when = _when(item.rejected_at)
         size = "gone" if item.size is None else f"{item.size} B"
         print(f"{item.sop_instance_uid}\t{item.sha256[:12]}\t{size}\t{when}\t{item.reason}")
     if args.export is None:

@@ -10,19 +10,18 @@ in JupyterHub's database, hashed by JupyterHub (see :mod:`usreview.hub.admin`).
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
+from usreview._names import ACCOUNT_NAME, ACCOUNT_NAME_RULE
 from usreview.hub.errors import AccountError, StateError
 from usreview.hub.roles import GROUPS, PERSON_ROLES, SITE_GROUP
 
 __all__ = ["Accounts", "check_name"]
 
-_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS people (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL, created REAL NOT NULL
@@ -35,11 +34,8 @@ CREATE TABLE IF NOT EXISTS sites (
 
 def check_name(name: str) -> str:
     """Return ``name`` if it can be a hub user name, else raise :class:`AccountError`."""
-    if not _NAME.fullmatch(name):
-        raise AccountError(
-            f"invalid name {name!r}: use 1 to 32 lowercase letters, digits, '_' or '-', "
-            "starting with a letter"
-        )
+    if not ACCOUNT_NAME.fullmatch(name):
+        raise AccountError(f"invalid name {name!r}: use {ACCOUNT_NAME_RULE}")
     return name
 
 

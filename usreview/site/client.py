@@ -57,7 +57,13 @@ class HubClient:
         parts = urlsplit(config.api_url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._https else 80)
+        try:
+            self._port = parts.port or (443 if self._https else 80)
+        except ValueError:  # load_config refuses it; a SiteConfig made otherwise may not
+            raise SiteConfigError(
+                f"hub.url: the port must be a number from 1 to 65535 (got {config.hub_url!r})",
+                "hub.url",
+            ) from None
         self._prefix = parts.path
         self._token = token if token is not None else config.read_token()
         self._context = _tls_context(config) if self._https else None

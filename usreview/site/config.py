@@ -50,11 +50,11 @@ The file written by :func:`init_site`::
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import re
-import shutil
 import stat
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -63,6 +63,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
+from usreview._names import ACCOUNT_NAME, ACCOUNT_NAME_RULE
 from usreview.envelope import (
     PrivateKeys,
     PublicKeys,
@@ -73,6 +76,7 @@ from usreview.envelope import (
 )
 from usreview.envelope.atomic import write_new_file
 from usreview.envelope.errors import KeyFileError
+from usreview.envelope.keys import parse_public_keys
 from usreview.site.errors import SiteConfigError
 
 __all__ = [
@@ -101,6 +105,15 @@ _PASSPHRASE_ENV = "USREVIEW_KEY_PASSPHRASE"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _AE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # printable, no backslash
 _PACS = re.compile(r"(?:(?P<name>[A-Za-z0-9_-]+)=)?(?P<ae>[^@]+)@(?P<host>[^:]+):(?P<port>\d+)")
+#: The ``site init`` option behind each setting it writes: its errors name the option.
+_INIT_OPTIONS = {
+    "site.name": "NAME",
+    "hub.url": "--hub",
+    "gateway.ae_title": "--ae-title",
+    "gateway.port": "--port",
+    "gateway.allowed_calling_ae_titles": "--allow-ae",
+    "pacs": "--pacs",
+}
 
 
 @dataclass(frozen=True)
@@ -275,6 +288,14 @@ class _Reader:
         return value.strip()
 
 
+class _InitOptions(_Reader):
+    """The settings ``site init`` is about to write; errors name the option, not the file."""
+
+    def _fail(self, key: str, message: str) -> SiteConfigError:
+        option = _INIT_OPTIONS.get(key.split("[")[0], key)
+        return SiteConfigError(f"{option}: {message}", key)
+
+
 def load_config(path: Path) -> SiteConfig:
     """Read and check ``site.toml``.
 
@@ -292,7 +313,11 @@ def load_config(path: Path) -> SiteConfig:
         ) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SiteConfigError(f"{path}: not a readable TOML file ({exc})") from None
-    r = _Reader(doc, path)
+    return _parse(_Reader(doc, path))
+
+
+def _parse(r: _Reader) -> SiteConfig:
+    """The checked settings of ``r``'s document (no file is read)."""
     name = r.text("site.name")
     if not _NAME.fullmatch(name):
         raise r._fail("site.name", f"invalid site name {name!r}: lowercase letters, digits, _ -")
@@ -321,7 +346,7 @@ def load_config(path: Path) -> SiteConfig:
     if tls_ca is not None and tls_cert is None:
         raise r._fail("gateway.tls_client_ca", "needs tls_certificate and tls_private_key")
     return SiteConfig(
-        path=path,
+        path=r.source,
         name=name,
         private_key=r.path("site.private_key", f"keys/{name}.key"),
         retired_private_keys=_retired_keys(r),
@@ -382,7 +407,16 @@ def _retired_keys(r: _Reader) -> tuple[Path, ...]:
 
 
 def _check_url(r: _Reader, url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed '[' of an IPv6 address
+        raise r._fail("hub.url", f"not a URL: {url!r} ({exc})") from None
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or over 65535
+        port = 0
+    if port == 0:
+        raise r._fail("hub.url", f"the port must be a number from 1 to 65535 (got {url!r})")
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise r._fail("hub.url", f"must be an https:// URL (got {url!r})")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
@@ -420,7 +454,7 @@ def _pacs_list(r: _Reader) -> tuple[PacsDestination, ...]:
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
             raise r._fail(f"{key}.name", f"invalid name {name!r}: letters, digits, _ -")
         if name in {p.name for p in out}:
-            raise r._fail(f"{key}.name", f"{name!r} is used twice")
+            raise r._fail(f"{key}.name", f"{name!r} is used twice; give each PACS its own name")
         ae = r.ae_title(f"{key}.ae_title", item.get("ae_title"))
         out.append(PacsDestination(name, ae, host, port))
     return tuple(out)
@@ -457,63 +491,71 @@ def init_site(
     generated as ``DIR/dicom-tls.crt`` and ``DIR/dicom-tls.key`` (give the certificate to
     the scanners to trust). With ``encrypt_spool`` a random spool key is written to
     ``DIR/keys/spool.key`` and the spool is encrypted at rest (:mod:`usreview.site.atrest`).
-    Nothing existing is overwritten. The written configuration is loaded back, so an
-    invalid argument fails here with the setting's name.
+    Every argument is checked before anything is written, nothing existing is
+    overwritten, and a failure removes what this call created, so it can be run again.
 
     Raises
     ------
     SiteConfigError
-        An invalid argument, or ``DIR/site.toml`` exists.
+        An invalid argument (the message names the ``site init`` option, ``setting`` the
+        setting), or a file it would write exists.
     """
-    if not _NAME.fullmatch(name):
+    if not ACCOUNT_NAME.fullmatch(name):  # the hub's rule: 'hub add-site NAME' must work
         raise SiteConfigError(
-            f"invalid site name {name!r}: 1 to 64 lowercase letters, digits, '_', '-' "
-            "(the name the hub registers)",
+            f"invalid site name {name!r}: {ACCOUNT_NAME_RULE} (the name the hub registers)",
             "site.name",
         )
     directory = Path(directory)
     config = directory / "site.toml"
-    if config.exists():
-        raise SiteConfigError(f"{config} exists; refusing to overwrite a site configuration")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cert_rel = ""
-    if hub_certificate is not None:
-        cert_rel = "hub.crt"
-        _copy_new(hub_certificate, directory / cert_rel, "hub.certificate")
-    if hub_public_key is not None:
-        _copy_new(hub_public_key, directory / "hub.pub", "hub.public_key")
-    keys = generate_keys(name)
-    passphrase = os.environ.get(_PASSPHRASE_ENV)
-    try:
-        key_path = write_key_pair(
-            keys, directory / "keys", passphrase.encode() if passphrase else None
-        )
-    except FileExistsError as exc:
-        raise SiteConfigError(
-            f"site.private_key: {exc.filename} exists", "site.private_key"
-        ) from None
     token = str(Path(token_file).resolve()) if token_file is not None else "token"
     tls = dicom_tls_hosts is not None
-    if dicom_tls_hosts is not None:
-        from usreview.site.dicomtls import create_certificate
-
-        create_certificate(directory / TLS_CERTIFICATE, directory / TLS_KEY, dicom_tls_hosts)
-    if encrypt_spool:
-        from usreview.site.atrest import generate_spool_key
-
-        generate_spool_key(directory / SPOOL_KEY)
+    cert_rel = "hub.crt" if hub_certificate is not None else ""
     text = _render(
         name, hub_url, cert_rel, token, ae_title, port, allowed_calling_ae_titles, pacs, tls
     )
     if encrypt_spool:
         text = text.replace('spool_key = ""', f"spool_key = {_q(SPOOL_KEY)}")
-    write_new_file(config, text.encode("utf-8"), mode=0o600)
+    _parse(_InitOptions(tomllib.loads(text), config.resolve()))
+    copies: dict[Path, bytes] = {}
+    if hub_certificate is not None:
+        copies[directory / cert_rel] = _hub_certificate(hub_certificate)
+    if hub_public_key is not None:
+        copies[directory / "hub.pub"] = _hub_public_key(hub_public_key)
+    key = directory / "keys" / f"{name}.key"
+    files = [*copies, key, key.with_suffix(".pub"), config]
+    if tls:
+        files += [directory / TLS_CERTIFICATE, directory / TLS_KEY]
+    if encrypt_spool:
+        files.append(directory / SPOOL_KEY)
+    for path in files:
+        if path.exists() or path.is_symlink():
+            raise SiteConfigError(f"{path} exists; refusing to overwrite it (use another --dir)")
+    keys_dir = key.parent
+    new_dirs = [d for d in (*reversed(keys_dir.parents), keys_dir) if not d.exists()]
     try:
-        load_config(config)
-    except SiteConfigError:
-        config.unlink()
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for path, data in copies.items():
+            write_new_file(path, data, mode=0o644)
+        keys = generate_keys(name)
+        passphrase = os.environ.get(_PASSPHRASE_ENV)
+        write_key_pair(keys, keys_dir, passphrase.encode() if passphrase else None)
+        if dicom_tls_hosts is not None:
+            from usreview.site.dicomtls import create_certificate
+
+            create_certificate(directory / TLS_CERTIFICATE, directory / TLS_KEY, dicom_tls_hosts)
+        if encrypt_spool:
+            from usreview.site.atrest import generate_spool_key
+
+            generate_spool_key(directory / SPOOL_KEY)
+        write_new_file(config, text.encode("utf-8"), mode=0o600)
+    except BaseException:  # none of these files existed: remove them, then the new folders
+        for path in files:
+            path.unlink(missing_ok=True)
+        for folder in reversed(new_dirs):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
-    return NewSite(config, key_path.with_suffix(".pub"), keys.key_id.hex())
+    return NewSite(config, key.with_suffix(".pub"), keys.key_id.hex())
 
 
 def rotate_site_key(config: SiteConfig, stamp: str) -> NewSite:
@@ -578,12 +620,46 @@ def _relative(path: Path, base: Path) -> str:
     return (path.relative_to(base) if path.is_relative_to(base) else path).as_posix()
 
 
-def _copy_new(src: Path, dst: Path, setting: str) -> None:
-    if not src.is_file():
-        raise SiteConfigError(f"{setting}: {src} is not a file", setting)
-    if dst.exists():
-        raise SiteConfigError(f"{setting}: {dst} exists", setting)
-    shutil.copyfile(src, dst)
+def _read_option(path: Path, option: str, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SiteConfigError(
+            f"{option}: cannot read {path} ({exc.strerror or exc})", setting
+        ) from None
+
+
+def _hub_certificate(path: Path) -> bytes:
+    """The contents of ``--hub-cert``, checked to be a PEM certificate and no private key."""
+    data = _read_option(path, "--hub-cert", "hub.certificate")
+    try:
+        x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise SiteConfigError(
+            f"--hub-cert: {path} is not a PEM certificate; give the hub's TLS certificate "
+            "(or its CA), the file that starts with -----BEGIN CERTIFICATE-----",
+            "hub.certificate",
+        ) from None
+    if b"PRIVATE KEY-----" in data:
+        raise SiteConfigError(
+            f"--hub-cert: {path} also holds a private key; give the certificate alone",
+            "hub.certificate",
+        )
+    return data
+
+
+def _hub_public_key(path: Path) -> bytes:
+    """The contents of ``--hub-key``, checked to be a public key file."""
+    data = _read_option(path, "--hub-key", "hub.public_key")
+    try:
+        parse_public_keys(data.decode("utf-8", "replace"), str(path))
+    except KeyFileError as exc:
+        raise SiteConfigError(
+            f"--hub-key: {exc}; give the hub's public key (the .pub file "
+            "'usreview hub add-site' printed), never its private key",
+            "hub.public_key",
+        ) from None
+    return data
 
 
 def _q(value: str) -> str:

@@ -4,7 +4,9 @@ Each file is sealed and uploaded like a spooled instance (see
 :func:`usreview.site.uploader.upload_instance`); it counts as acknowledged only with a
 verified receipt naming its UID and bytes. An unreachable hub is retried a few times with
 backoff; anything not acknowledged in the end is named in
-:class:`~usreview.site.errors.NotAcknowledgedError`. The files are only read.
+:class:`~usreview.site.errors.NotAcknowledgedError`. A file that cannot be read here (missing,
+unreadable, not DICOM) is not sent and is named apart (:attr:`PushReport.unread`). The files
+are only read.
 """
 
 from __future__ import annotations
@@ -36,17 +38,21 @@ Progress = Callable[[int, int, Path, str], None]
 
 @dataclass
 class PushReport:
-    """What a push did: acknowledged files with their outcome, failed files with why."""
+    """What a push did: acknowledged files with their outcome; files the hub did not
+    acknowledge, and files not sent because they cannot be read here, with why."""
 
     acknowledged: dict[Path, UploadOutcome] = field(default_factory=dict)
     failed: dict[Path, str] = field(default_factory=dict)
+    unread: dict[Path, str] = field(default_factory=dict)
 
 
 def _uid(path: Path, data: bytes) -> str:
     try:
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         uid = str(ds.SOPInstanceUID)
-    except (InvalidDicomError, AttributeError, ValueError, TypeError, EOFError) as exc:
+    except InvalidDicomError:
+        raise ValueError("not a DICOM file") from None
+    except (AttributeError, ValueError, TypeError, EOFError) as exc:
         raise ValueError(f"not a DICOM instance with a SOP Instance UID ({exc})") from None
     try:
         return check_uid(uid)
@@ -92,8 +98,14 @@ def _push_one(
     try:
         data = path.read_bytes()
         uid = _uid(path, data)
-    except (OSError, ValueError) as exc:
-        report.failed[path] = str(exc)
+    except FileNotFoundError:
+        report.unread[path] = "no such file"
+        return "not sent"
+    except OSError as exc:
+        report.unread[path] = f"cannot read it ({exc.strerror or exc})"
+        return "not sent"
+    except ValueError as exc:
+        report.unread[path] = str(exc)
         return "not sent"
     backoff = Backoff(config.backoff_initial, min(config.backoff_max, 10.0))
     for attempt in range(attempts):

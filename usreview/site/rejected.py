@@ -11,9 +11,11 @@ written durably, never overwritten) and appends one JSON line per copy to
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -90,10 +92,11 @@ def _note(path: Path) -> tuple[str, float | None]:
     if not isinstance(note, dict):
         return _UNKNOWN, None
     reason, at = note.get("reason"), note.get("rejected_at")
-    return (
-        reason if isinstance(reason, str) and reason else _UNKNOWN,
-        float(at) if isinstance(at, int | float) else None,
-    )
+    when = None
+    if isinstance(at, int | float) and not isinstance(at, bool):
+        with contextlib.suppress(OverflowError):  # a JSON integer past any float
+            when = float(at) if math.isfinite(at) else None
+    return reason if isinstance(reason, str) and reason else _UNKNOWN, when
 
 
 def export_rejected(

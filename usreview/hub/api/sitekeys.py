@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from usreview._names import ACCOUNT_NAME
 from usreview.envelope import EnvelopeError, PublicKeys, load_public_keys
 from usreview.envelope.atomic import replace_file
 from usreview.envelope.keyring import KeyRing
@@ -42,7 +42,6 @@ __all__ = ["DEFAULT_GRACE_SECONDS", "PreviousKey", "SiteKeyFiles", "UploadRings"
 
 #: How long a replaced key still verifies new uploads, by default (7 days).
 DEFAULT_GRACE_SECONDS = 7 * 86400
-_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _FORMAT = "usreview-site-previous-keys"
 _log = logging.getLogger(__name__)
 
@@ -97,7 +96,8 @@ class SiteKeyFiles(Mapping[str, PublicKeys]):
         return self.current(site)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(p.stem for p in self.folder.glob("*.pub") if _NAME.fullmatch(p.stem)))
+        names = (p.stem for p in self.folder.glob("*.pub"))
+        return iter(sorted(name for name in names if ACCOUNT_NAME.fullmatch(name)))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -179,7 +179,7 @@ class SiteKeyFiles(Mapping[str, PublicKeys]):
         return self.folder / f"{site}.previous.json"
 
     def _site(self, site: str) -> _Site:
-        if not isinstance(site, str) or not _NAME.fullmatch(site):
+        if not isinstance(site, str) or not ACCOUNT_NAME.fullmatch(site):
             raise KeyError(site)
         path = self.folder / f"{site}.pub"
         try:
