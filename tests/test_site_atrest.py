@@ -186,3 +186,40 @@ def test_a_gateway_with_a_spool_key_keeps_no_plaintext(tmp_path: Path) -> None:
             assert pydicom.dcmread(io.BytesIO(data)).PixelData == sent.PixelData
     finally:
         assert gateway.stop() == 0
+
+
+def test_without_its_key_the_uploader_keeps_the_sealed_instances(tmp_path: Path) -> None:
+    """A missing spool key is the configuration's fault: nothing is moved to rejected/."""
+    import time
+
+    from usreview.envelope import generate_keys, write_key_pair
+    from usreview.site import init_site, load_config, read_status
+    from usreview.site.status import StatusBook
+    from usreview.site.uploader import Uploader
+
+    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
+    site = init_site(
+        "clinic",
+        "http://127.0.0.1:9",
+        tmp_path / "site",
+        hub_public_key=tmp_path / "hubkeys" / "hub.pub",
+    )
+    (tmp_path / "site" / "token").write_text("unused\n")
+    (tmp_path / "site" / "token").chmod(0o600)
+    config = load_config(site.config)  # no folders.spool_key
+    config.state.mkdir(mode=0o700)  # as the gateway makes it
+    sealed = Spool(config.spool, SpoolCipher(KEY))
+    for i in range(3):
+        sealed.put(f"1.2.3.{i}", payload(i))
+    uploader = Uploader(config, Spool(config.spool), StatusBook(config.state), workers=1)
+    uploader.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not read_status(config).recorded.get("errors") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        uploader.stop()
+    errors = [e["message"] for e in read_status(config).recorded["errors"]]
+    assert errors and all("set folders.spool_key" in e for e in errors), errors
+    assert len(Spool(config.spool).pending()) == 3
+    assert not list((config.spool / "rejected").glob("*.dcm"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import struct
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -121,10 +122,15 @@ def test_push_tells_bad_files_from_what_the_hub_refused(
     junk.write_text("not dicom")
     push = ["site", "push", "--config", str(config.path)]
 
-    assert main([*push, str(junk), str(missing)]) == 2  # bad input: nothing reaches the hub
+    damaged = tmp_path / "damaged.dcm"  # a file meta element of a VR pydicom does not know
+    damaged.write_bytes(
+        bytes(128) + b"DICM" + struct.pack("<HH", 2, 0x10) + b"UF" + struct.pack("<H", 4) + b"1.2\0"
+    )
+    assert main([*push, str(junk), str(missing), str(damaged)]) == 2  # nothing reaches the hub
     out, err = capsys.readouterr()
-    assert out.splitlines()[-1] == "0 acknowledged, 0 not acknowledged, 2 not sent"
-    assert f"usreview: error: 2 file(s) not sent: {missing}: no such file; {junk}: not a " in err
+    assert out.splitlines()[-1] == "0 acknowledged, 0 not acknowledged, 3 not sent"
+    assert f"usreview: error: 3 file(s) not sent: {damaged}: not a DICOM instance with a " in err
+    assert f"; {missing}: no such file; {junk}: not a " in err
     assert "force=True" not in err and "Errno" not in err and "by the hub" not in err
     assert hub.peers == []
 

@@ -169,6 +169,26 @@ def test_calling_ae_not_allowed_is_refused(tmp_path: Path, simulated: list[Path]
         gateway.stop()
 
 
+def test_an_instance_with_an_invalid_uid_is_refused_as_not_understood(
+    tmp_path: Path, simulated: list[Path]
+) -> None:
+    """Not 0xA7xx (out of resources), which scanners retry forever."""
+    config, port = _site(tmp_path, ["SCANNER"])
+    bad = tmp_path / "bad.dcm"
+    dataset = pydicom.dcmread(simulated[0])
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3.abc"
+        dataset.save_as(bad)
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        run = storescu(port, [bad, simulated[0]], options=["--no-halt"])
+        assert run.succeeded == [simulated[0]], run.output[-2000:]
+        assert "Received Store Response (Error: CannotUnderstand)" in run.output
+        assert set(_spooled(config)) == {sop_uid(simulated[0])}
+    finally:
+        gateway.stop()
+
+
 def test_empty_allow_list_refuses_to_start(tmp_path: Path) -> None:
     config, _ = _site(tmp_path, [])
     result = subprocess.run(

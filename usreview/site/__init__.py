@@ -41,6 +41,7 @@ from usreview.site.errors import (
     SiteConfigError,
     SiteError,
     SpoolError,
+    SpoolKeyError,
 )
 from usreview.site.gateway import Gateway, run_gateway
 from usreview.site.push import PushReport, push_paths
@@ -66,6 +67,7 @@ __all__ = [
     "SiteStatus",
     "Spool",
     "SpoolError",
+    "SpoolKeyError",
     "SpooledInstance",
     "format_status",
     "init_site",

@@ -8,8 +8,12 @@ complete. A result that supersedes an earlier one moves the earlier one's files 
 A DICOM result also goes to each configured PACS. Sending to a PACS is retried until it
 succeeds: before the first try a marker ``STATE/pacs/NAME/ID.json`` is written durably,
 and it is removed only after the PACS answered success, so a PACS that is down (or a
-gateway that is killed) delays a delivery but never loses it. Delivering twice is
-harmless: same file name, same SOP Instance UID at the PACS.
+gateway that is killed) delays a delivery but never loses it. A result the PACS refuses
+for what it is (a failure status other than "out of resources", no presentation context
+for it) will not be taken later either: its marker moves to ``STATE/pacs/NAME/failed/``
+with the reason, and the next results go on. Delivering twice is harmless: same file
+name, same SOP Instance UID at the PACS. The outbox folder of a study is its Study
+Instance UID, or ``unknown-study`` for a name that is not a UID.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from usreview.dicom.header import is_uid
 from usreview.envelope.atomic import replace_file, replacing_file
 from usreview.site.config import PacsDestination
 from usreview.site.errors import DeliveryError
@@ -44,6 +48,10 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
+#: Refused: out of resources (PS3.4 B.2.3): the PACS may take it later.
+_OUT_OF_RESOURCES = range(0xA700, 0xA800)
+#: Where a delivery the PACS will never take is set aside, in each destination's folder.
+FAILED = "failed"
 
 
 def is_dicom(path: Path) -> bool:
@@ -103,15 +111,18 @@ def deliver_to_outbox(
         ext = "json"
     else:
         ext = "txt" if _is_text(payload) else "bin"
-    study = _SAFE.sub("_", study_instance_uid) or "unknown-study"
-    folder = outbox / study
+    folder = outbox / (study_instance_uid if is_uid(study_instance_uid) else "unknown-study")
     target = folder / f"{result_id:08d}-{_SAFE.sub('_', kind)}.{ext}"
     try:
         if supersedes is None or ext not in ("json", "txt"):
             copy_durably(payload, target)
         else:
             files = superseded_files(folder, supersedes)
-            data = annotate(payload.read_bytes(), ext, supersedes, files)
+            original = payload.read_bytes()
+            try:
+                data = annotate(original, ext, supersedes, files)
+            except ValueError:  # a summary that cannot be rewritten goes as it came
+                data = original
             folder.mkdir(parents=True, exist_ok=True)
             replace_file(target, data, mode=0o640)
         if supersedes is not None:
@@ -134,32 +145,42 @@ def send_to_pacs(
     where = (
         f"PACS {destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
     )
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
     try:
         dataset = dcmread(path)
         sop_class = str(dataset.SOPClassUID)
         syntax = str(dataset.file_meta.TransferSyntaxUID)
-    except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
+        syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+        ae.add_requested_context(sop_class, syntaxes)
+    except Exception as exc:  # pydicom raises many kinds on a damaged file
         raise DeliveryError(
-            f"{path.name} cannot go to {where}: not readable DICOM ({exc})"
+            f"{path.name} cannot go to {where}: not readable DICOM ({exc})", permanent=True
         ) from None
-    ae = AE(ae_title=calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
-    ae.add_requested_context(sop_class, syntaxes)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         raise DeliveryError(f"{where}: association refused or failed")
     try:
+        if not assoc.accepted_contexts:
+            raise DeliveryError(
+                f"{where} accepts no presentation context for {path.name} (SOP class {sop_class})",
+                permanent=True,
+            )
         status = assoc.send_c_store(dataset)
-    except (ValueError, RuntimeError, AttributeError) as exc:
+    except DeliveryError:
+        raise
+    except Exception as exc:  # encoding the dataset, or the association broke
         raise DeliveryError(f"{where}: C-STORE of {path.name} failed: {exc}") from None
     finally:
         assoc.release()
     code = getattr(status, "Status", None)
     if code not in _OK_STATUSES:
         shown = f"0x{code:04X}" if isinstance(code, int) else "no answer"
-        raise DeliveryError(f"{where}: C-STORE of {path.name} answered {shown}")
+        permanent = isinstance(code, int) and code not in _OUT_OF_RESOURCES
+        raise DeliveryError(
+            f"{where}: C-STORE of {path.name} answered {shown}", permanent=permanent
+        )
 
 
 @dataclass(frozen=True)
@@ -204,7 +225,7 @@ class PacsQueue:
         """Everything not yet delivered, oldest result first."""
         items = []
         for name in self.destinations:
-            for marker in sorted((self.root / name).glob("*.json")):
+            for marker in sorted((self.root / name).glob("*.json")):  # not failed/'s
                 with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                     doc = json.loads(marker.read_text())
                     items.append(
@@ -234,3 +255,13 @@ class PacsQueue:
         )
         item.marker.unlink(missing_ok=True)
         _log.info("result %s delivered to PACS %s", item.result_id, item.destination)
+
+    def set_aside(self, item: PendingDelivery, reason: str) -> Path:
+        """Move a delivery the PACS will never take to ``NAME/failed/`` with ``reason``."""
+        folder = item.marker.parent / FAILED
+        folder.mkdir(mode=0o700, exist_ok=True)
+        note = json.dumps({"result": item.result_id, "path": str(item.path), "reason": reason})
+        aside = folder / item.marker.name
+        replace_file(aside, note.encode(), mode=0o600)
+        item.marker.unlink(missing_ok=True)
+        return aside

@@ -6,6 +6,7 @@
     ├── SiteConfigError           a setting in site.toml that cannot work (names the setting;
     │                             also an InputError: exit status 2)
     ├── SpoolError                an instance could not be written durably to the spool
+    │   └── SpoolKeyError         it is sealed at rest and no spool key is set: fix site.toml
     ├── HubRequestError           talking to the hub failed
     │   ├── HubUnreachableError   no answer, TLS failure, 5xx or 503: try again later
     │   └── HubRefusedError       a 4xx answer (``status``, ``code``, ``message``)
@@ -30,6 +31,7 @@ __all__ = [
     "SiteConfigError",
     "SiteError",
     "SpoolError",
+    "SpoolKeyError",
 ]
 
 
@@ -47,6 +49,11 @@ class SiteConfigError(SiteError, InputError):
 
 class SpoolError(SiteError):
     """An instance could not be written durably to the spool."""
+
+
+class SpoolKeyError(SpoolError):
+    """A spooled instance is sealed at rest and no spool key is set: the configuration is
+    to fix, the instance is sound (kept in the spool, not rejected)."""
 
 
 class HubRequestError(SiteError):
@@ -87,7 +94,15 @@ class ReceiptError(SiteError):
 
 
 class DeliveryError(SiteError):
-    """A result could not be delivered into the outbox or to a PACS."""
+    """A result could not be delivered into the outbox or to a PACS.
+
+    ``permanent``: trying again cannot help (the file is not DICOM the PACS can take, or
+    the PACS refused it for what it is); otherwise the PACS may take it later.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class GatewayRunningError(SiteError):

@@ -38,6 +38,7 @@ from usreview.envelope import (
     EnvelopeInfo,
     KeyRing,
     NotARecipientError,
+    NotYetValidError,
     ReplayCache,
     ReplayedError,
     unseal,
@@ -53,6 +54,8 @@ from usreview.site.status import CURSOR_FILE, StatusBook, read_cursor
 __all__ = ["Delivered", "ResultFollower"]
 
 _log = logging.getLogger(__name__)
+#: The shortest time between two polls of the feed that both came back empty.
+MIN_POLL_SECONDS = 0.5
 
 #: What one result became at the site: ``(result id, outbox path or None)``.
 Delivered = tuple[int, Path | None]
@@ -80,6 +83,7 @@ class ResultFollower:
         self.state = config.state
         for name in ("inbox", "refused", "pacs"):
             (self.state / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._remove_leftovers()
         # The current key first, then the retired ones, newest first.
         self._site_keys = (config.load_private_keys(), *config.load_retired_private_keys())
         self._ring = KeyRing([config.load_hub_key()])
@@ -88,8 +92,21 @@ class ResultFollower:
         self.cursor = read_cursor(self.state)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pacs_retry_at = 0.0
-        self._pacs_backoff = Backoff(config.backoff_initial, config.backoff_max)
+        # Per PACS: one that is down (or refuses a result for now) holds up only its own.
+        self._pacs_retry_at: dict[str, float] = {}
+        self._pacs_backoff: dict[str, Backoff] = {}
+
+    def _remove_leftovers(self) -> None:
+        """Remove the partial plaintexts a crash can leave: a result being opened in the
+        inbox, a copy being written into the outbox (complete files are never touched)."""
+        for leftover in self.state.glob("inbox/*.payload*"):
+            leftover.unlink(missing_ok=True)
+        for leftover in self.state.glob("inbox/.*"):
+            leftover.unlink(missing_ok=True)
+        outbox = self.config.outbox
+        if outbox.is_dir():
+            for leftover in outbox.glob("*/.*.part"):
+                leftover.unlink(missing_ok=True)
 
     # -- one step --------------------------------------------------------------------
 
@@ -114,8 +131,13 @@ class ResultFollower:
 
     def process(self, item: Mapping[str, Any]) -> Delivered:
         """Deliver one feed item and advance the cursor past it."""
-        result_id = int(item["id"])
-        cursor = int(item.get("cursor", result_id))
+        try:
+            result_id = int(item["id"])
+            cursor = int(item.get("cursor", result_id))
+        except (KeyError, TypeError, ValueError):
+            raise HubRequestError(
+                f"the hub's results feed sent an item without a valid id: {str(item)[:200]}"
+            ) from None
         if cursor <= self.cursor:
             return result_id, None
         envelope = self.client.result(result_id)
@@ -124,6 +146,7 @@ class ResultFollower:
             raise HubRequestError(f"result {result_id}: the envelope arrived damaged")
         delivered = self._open_and_deliver(result_id, item, envelope)
         self._save_cursor(cursor)
+        self.send_pending()
         return result_id, delivered
 
     def _open_and_deliver(
@@ -133,6 +156,10 @@ class ResultFollower:
         payload.unlink(missing_ok=True)  # left by a crash: open again
         try:
             info = self._unseal(result_id, envelope, payload)
+        except NotYetValidError as exc:  # this machine's clock is behind: it will be valid
+            raise DeliveryError(
+                f"result {result_id} is not valid yet ({exc}); check this machine's clock"
+            ) from None
         except EnvelopeError as exc:
             aside = self.state / "refused" / f"{result_id:08d}.envelope"
             replace_file(aside, envelope, mode=0o600)
@@ -164,7 +191,6 @@ class ResultFollower:
         finally:
             payload.unlink(missing_ok=True)
         self.status.result(result_id, kind, where)
-        self.send_pending()
         return target
 
     def _unseal(self, result_id: int, envelope: bytes, payload: Path) -> EnvelopeInfo:
@@ -187,18 +213,37 @@ class ResultFollower:
 
         Returns how many are still pending.
         """
-        if not force and time.monotonic() < self._pacs_retry_at:
-            return len(self.pacs.pending())
+        waiting: set[str] = set()  # destinations that failed this round, or back off
+        now = time.monotonic()
         for pending in self.pacs.pending():
+            name = pending.destination
+            if name in waiting or (not force and now < self._pacs_retry_at.get(name, 0.0)):
+                waiting.add(name)
+                continue
             try:
                 self.pacs.send(pending)
             except DeliveryError as exc:
-                delay = self._pacs_backoff.next_delay()
-                self._pacs_retry_at = time.monotonic() + delay
-                self.status.error("pacs", f"{exc} (next try in {delay:.1f} s)")
-                break
-            self._pacs_backoff.reset()
+                if exc.permanent:  # it will never take this one: the next ones go on
+                    self.pacs.set_aside(pending, str(exc))
+                    self.status.error("pacs", f"{exc}; set aside in pacs/{name}/failed")
+                    continue
+                self._back_off(name, str(exc))
+                waiting.add(name)
+            except Exception as exc:  # a bug must not stop every later delivery
+                _log.exception("PACS %s: unexpected failure", name)
+                self._back_off(name, f"unexpected failure: {exc}")
+                waiting.add(name)
+            else:
+                self._pacs_backoff.pop(name, None)
         return len(self.pacs.pending())
+
+    def _back_off(self, destination: str, reason: str) -> None:
+        backoff = self._pacs_backoff.setdefault(
+            destination, Backoff(self.config.backoff_initial, self.config.backoff_max)
+        )
+        delay = backoff.next_delay()
+        self._pacs_retry_at[destination] = time.monotonic() + delay
+        self.status.error("pacs", f"{reason} (next try in {delay:.1f} s)")
 
     def _save_cursor(self, cursor: int) -> None:
         replace_file(self.state / CURSOR_FILE, json.dumps({"cursor": cursor}).encode(), mode=0o600)
@@ -234,9 +279,12 @@ class ResultFollower:
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
         while not self._stop.is_set():
             try:
-                self.poll(self.config.results_wait)
+                asked = time.monotonic()
+                done = self.poll(self.config.results_wait)
                 self.send_pending()
                 backoff.reset()
+                if not done:  # an empty answer at once (results.wait 0): do not hammer
+                    self._stop.wait(MIN_POLL_SECONDS - (time.monotonic() - asked))
             except Exception as exc:  # the thread's boundary: report, wait, try again
                 if self._stop.is_set():
                     return

@@ -54,6 +54,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from usreview.dicom import ULTRASOUND_SOP_CLASSES
+from usreview.dicom.header import is_uid
 from usreview.site.errors import SiteConfigError, SpoolError
 from usreview.site.spool import Spool
 
@@ -323,6 +324,8 @@ class StorageSCP:
         request: Any = event.request  # a C-STORE request
         try:
             uid = str(request.AffectedSOPInstanceUID)
+            if not is_uid(uid):  # the scanner's error, not ours: retrying cannot help
+                raise ValueError(f"the Affected SOP Instance UID {uid!r} is not a DICOM UID")
             header = part10_header(
                 str(request.AffectedSOPClassUID), uid, str(event.context.transfer_syntax)
             )

@@ -48,7 +48,7 @@ from pathlib import Path
 from usreview.dicom.header import is_uid
 from usreview.envelope.atomic import fsync_directory, new_file, replace_file
 from usreview.site.atrest import SpoolCipher
-from usreview.site.errors import SpoolError
+from usreview.site.errors import SpoolError, SpoolKeyError
 from usreview.site.journal import (
     SEGMENT_SIZE,
     SYNC_DELAY,
@@ -289,7 +289,7 @@ class Spool:
             return None
         if SpoolCipher.is_sealed(data):
             if self.cipher is None:
-                raise SpoolError(
+                raise SpoolKeyError(
                     f"{path.name} is sealed with a spool key: set folders.spool_key in site.toml"
                 )
             data = self.cipher.open(uid, sha256, data)

@@ -31,7 +31,13 @@ from usreview.ingest.receipts import verify_receipt
 from usreview.site.backoff import Backoff
 from usreview.site.client import RECEIPT_BATCH, HubClient
 from usreview.site.config import SiteConfig
-from usreview.site.errors import HubRefusedError, HubRequestError, ReceiptError, SpoolError
+from usreview.site.errors import (
+    HubRefusedError,
+    HubRequestError,
+    ReceiptError,
+    SpoolError,
+    SpoolKeyError,
+)
 from usreview.site.spool import Spool, SpooledInstance
 from usreview.site.status import StatusBook
 
@@ -285,6 +291,8 @@ class Uploader:
                 data=data,
                 sha256=item.sha256,
             )
+        except SpoolKeyError as exc:  # the configuration, not the instance: keep it
+            self._failed(str(exc), hub_down=False)
         except SpoolError as exc:
             self.spool.reject(item, str(exc))
             self.status.error("spool", str(exc))
