@@ -76,6 +76,7 @@ def test_keys_new(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fails(
         ["keys", "new", "../x", "--dir", str(tmp_path)], capsys, "invalid key name", tmp_path / "n"
     )
+    assert run(["keys", "new", "bad name", "--dir", str(tmp_path)], capsys)[0] == 2  # bad input
 
 
 def test_seal_unseal_round_trip(

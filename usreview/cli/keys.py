@@ -42,9 +42,12 @@ def _in_out() -> tuple[Arg, Arg]:
 
 
 def _cmd_keys_new(args: argparse.Namespace) -> int:
-    from usreview.envelope import generate_keys, write_key_pair
+    from usreview.envelope import KeyFileError, generate_keys, write_key_pair
 
-    keys = generate_keys(args.name)
+    try:
+        keys = generate_keys(args.name)
+    except KeyFileError as exc:  # the name typed: bad input
+        raise InputError(str(exc)) from None
     passphrase = _passphrase(args)
     key_path = write_key_pair(keys, args.dir, passphrase)
     protection = "passphrase-protected" if passphrase else "not passphrase-protected"
