@@ -360,9 +360,24 @@ def test_the_site_opens_results_sealed_to_its_old_key_during_a_rotation(
     report = pull_results(config)
     assert [cursor for cursor, _ in report.delivered] == [sealed_to_new, refused]
     assert delivered(sealed_to_new) == b'{"sealed": "to the new key"}'
-    assert [p.name for p in (config.state / "refused").iterdir()] == [f"{refused:08d}.envelope"]
+    aside = [f"{refused:08d}.envelope", f"{refused:08d}.json"]  # the envelope, its feed item
+    assert sorted(p.name for p in (config.state / "refused").iterdir()) == aside
     errors = read_status(config).recorded["errors"]
     assert any(f"result {refused} refused" in e["message"] for e in errors)
+    # Retried as it is, it is still refused and kept.
+    report = pull_results(config, retry_refused=True)
+    assert (report.retried, report.still_refused, report.delivered) == ([], 1, [])
+    assert sorted(p.name for p in (config.state / "refused").iterdir()) == aside
+    # The key it was sealed to was the site's after all (a rotation not recorded): listed
+    # among the retired keys, the result opens, lands in the outbox, and leaves refused/.
+    write_key_pair(stranger, tmp_path / "found")
+    text = site.config.read_text()
+    listed = f'retired_keys = ["{tmp_path / "found" / "siteb.key"}", '
+    site.config.write_text(text.replace("retired_keys = [", listed, 1))
+    report = pull_results(load_config(site.config), retry_refused=True)
+    assert [cursor for cursor, _ in report.retried] == [refused] and report.still_refused == 0
+    assert delivered(refused) == (tmp_path / "result.json").read_bytes()
+    assert not list((config.state / "refused").iterdir())
 
 
 # -- tokens --------------------------------------------------------------------------------

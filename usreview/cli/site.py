@@ -170,15 +170,20 @@ def _cmd_site_pull(args: argparse.Namespace) -> int:
     from usreview.site import load_config
     from usreview.site.pull import pull_results
 
-    report = pull_results(load_config(args.config))
-    for result_id, path in report.delivered:
+    report = pull_results(load_config(args.config), retry_refused=args.retry_refused)
+    for result_id, path in [*report.retried, *report.delivered]:
         print(f"result {result_id}: {path if path is not None else 'not delivered (see status)'}")
     left = report.pacs_pending
+    retried = (
+        f"{len(report.retried)} refused result(s) delivered, {report.still_refused} still refused; "
+        if args.retry_refused
+        else ""
+    )
     print(
-        f"{len(report.delivered)} result(s); cursor {report.cursor}; "
+        f"{retried}{len(report.delivered)} result(s); cursor {report.cursor}; "
         f"{left} PACS delivery(ies) pending"
     )
-    return 1 if left else 0
+    return 1 if left or report.still_refused else 0
 
 
 _SITE_PULL = Command(
@@ -187,8 +192,18 @@ _SITE_PULL = Command(
     handler=_cmd_site_pull,
     description="Deliver the results published since the last one delivered into the "
     "outbox and to the PACS. Refused while a gateway or its upload process runs (they "
-    "deliver them themselves). Exit status 1 when a PACS delivery is still pending.",
-    args=(_config(),),
+    "deliver them themselves). --retry-refused first opens again the results put aside in "
+    "state/refused/ because they did not open (the hub's key or the site's keys were wrong "
+    "or rotated): fix the keys, then retry. Exit status 1 when a PACS delivery is still "
+    "pending or a result is still refused.",
+    args=(
+        _config(),
+        arg(
+            "--retry-refused",
+            action="store_true",
+            help="open again the results put aside in state/refused/",
+        ),
+    ),
 )
 
 

@@ -11,7 +11,7 @@ and nothing is fetched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from usreview.site.config import SiteConfig
 from usreview.site.errors import GatewayRunningError
@@ -23,15 +23,21 @@ __all__ = ["PullReport", "pull_results"]
 
 @dataclass(frozen=True)
 class PullReport:
-    """What a pull delivered, the cursor reached, and the PACS deliveries still pending."""
+    """What a pull delivered, the cursor reached, and the PACS deliveries still pending;
+    with ``retry_refused``, the refused results delivered now and those still refused."""
 
     delivered: list[Delivered]
     cursor: int
     pacs_pending: int
+    retried: list[Delivered] = field(default_factory=list)
+    still_refused: int = 0
 
 
-def pull_results(config: SiteConfig) -> PullReport:
+def pull_results(config: SiteConfig, *, retry_refused: bool = False) -> PullReport:
     """Fetch and deliver the results published since the last one delivered.
+
+    With ``retry_refused``, first open again the results put aside in ``state/refused/``
+    (:meth:`~usreview.site.results.ResultFollower.retry_refused`).
 
     Raises
     ------
@@ -50,11 +56,16 @@ def pull_results(config: SiteConfig) -> PullReport:
             )
         try:
             follower = ResultFollower(config, StatusBook(config.state))
+            retried: list[Delivered] = []
+            still_refused = 0
             try:
+                if retry_refused:
+                    retried, still_refused = follower.retry_refused()
                 delivered = follower.pull()
             finally:
                 follower.status.flush(force=True)
                 follower.client.close()
-            return PullReport(delivered, follower.cursor, len(follower.pacs.pending()))
+            pending = len(follower.pacs.pending())
+            return PullReport(delivered, follower.cursor, pending, retried, still_refused)
         finally:
             uploader.release()

@@ -152,19 +152,59 @@ class ResultFollower:
     def _open_and_deliver(
         self, result_id: int, item: Mapping[str, Any], envelope: bytes
     ) -> Path | None:
-        payload = self.state / "inbox" / f"{result_id:08d}.payload"
-        payload.unlink(missing_ok=True)  # left by a crash: open again
+        """Deliver the result; one that does not open is put aside (``refused/``) with its
+        feed item, for :meth:`retry_refused` once the cause is fixed."""
         try:
-            info = self._unseal(result_id, envelope, payload)
+            return self._deliver(result_id, item, envelope)
         except NotYetValidError as exc:  # this machine's clock is behind: it will be valid
             raise DeliveryError(
                 f"result {result_id} is not valid yet ({exc}); check this machine's clock"
             ) from None
         except EnvelopeError as exc:
-            aside = self.state / "refused" / f"{result_id:08d}.envelope"
-            replace_file(aside, envelope, mode=0o600)
+            refused = self.state / "refused"
+            replace_file(refused / f"{result_id:08d}.envelope", envelope, mode=0o600)
+            note = json.dumps({"item": dict(item), "reason": str(exc)}).encode()
+            replace_file(refused / f"{result_id:08d}.json", note, mode=0o600)
             self.status.error("results", f"result {result_id} refused and put aside: {exc}")
             return None
+
+    def retry_refused(self) -> tuple[list[Delivered], int]:
+        """Open again the results put aside in ``refused/`` (after the site's keys or the
+        hub's key were fixed): what was delivered, and how many are still refused."""
+        done: list[Delivered] = []
+        left = 0
+        for aside in sorted((self.state / "refused").glob("*.envelope")):
+            try:
+                result_id = int(aside.stem)
+            except ValueError:
+                continue
+            note = aside.with_suffix(".json")
+            item: Mapping[str, Any] = {"id": result_id}
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                item = dict(json.loads(note.read_text())["item"])
+            try:
+                delivered = self._deliver(result_id, item, aside.read_bytes())
+            except EnvelopeError as exc:
+                self.status.error("results", f"result {result_id} still refused: {exc}")
+                left += 1
+                continue
+            note.unlink(missing_ok=True)
+            aside.unlink()
+            done.append((result_id, delivered))
+        self.send_pending()
+        return done, left
+
+    def _deliver(self, result_id: int, item: Mapping[str, Any], envelope: bytes) -> Path | None:
+        """Open ``envelope`` and deliver its payload (``None``: delivered before).
+
+        Raises
+        ------
+        EnvelopeError
+            It does not open (nothing was delivered).
+        """
+        payload = self.state / "inbox" / f"{result_id:08d}.payload"
+        payload.unlink(missing_ok=True)  # left by a crash: open again
+        info = self._unseal(result_id, envelope, payload)
         try:
             try:
                 self._replay.check(info.sender_id, info.message_id)
