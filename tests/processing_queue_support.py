@@ -36,6 +36,21 @@ def slow_task(path: str) -> Outputs:
     return execute_file(path)
 
 
+HANGING_TASK = "tests.processing_queue_support:hanging_task"
+
+
+def hanging_task(path: str) -> Outputs:
+    """Run the pipeline, except on the instance ``$USREVIEW_TEST_HANG_UID``: never return."""
+    import pydicom
+
+    if pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID == os.environ.get(
+        "USREVIEW_TEST_HANG_UID"
+    ):
+        while True:
+            time.sleep(1)
+    return execute_file(path)
+
+
 @dataclass
 class HubSetup:
     """A hub state directory with site ``SITE`` registered, and the site's keys."""

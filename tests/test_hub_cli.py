@@ -148,11 +148,11 @@ def test_the_worker_refuses_seconds_that_are_not_numbers(
     from usreview.hub.state import open_state
 
     state = open_state(tmp_path / "state")
-    for option in ("--lease", "--poll"):
+    for option in ("--lease", "--poll", "--task-timeout"):
         for value in ("nan", "inf", "0"):
             args = ["hub", "worker", "--state", str(state.root), option, value]
             assert main(args) == 2, (option, value)
-            assert "--lease and --poll > 0" in capsys.readouterr().err
+            assert "--lease, --poll and --task-timeout > 0" in capsys.readouterr().err
 
 
 def test_options_that_would_be_ignored_are_refused(

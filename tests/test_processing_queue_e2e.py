@@ -156,6 +156,33 @@ def test_a_filtered_image_forwarded_back_is_not_processed_again(
         assert study.status is StudyStatus.PROCESSED
 
 
+def test_an_instance_that_never_finishes_fails_alone_at_the_deadline(
+    tmp_path: Path, pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.processing_queue_support import HANGING_TASK
+
+    setup = HubSetup.create(tmp_path / "hub")
+    paths = simulate_pw(tmp_path / "sim", 3)
+    hanging = str(pydicom.dcmread(paths[0]).SOPInstanceUID)
+    monkeypatch.setenv("USREVIEW_TEST_HANG_UID", hanging)  # the pool's processes inherit it
+    before = _spawned_children()
+    with setup.open_archive() as archive:
+        ingest(setup, archive, pool, paths)
+        executor = LocalExecutor(2, HANGING_TASK)
+        worker = Worker(setup.state, archive, executor, lease_seconds=30, task_seconds=15)
+        try:
+            worker.run(threading.Event(), until_idle=True)
+        finally:
+            worker.close()
+        jobs = {j.sop_instance_uid: j for j in archive.jobs.list_jobs()}
+    failed = jobs.pop(hanging)
+    assert failed.status is JobStatus.FAILED and failed.attempts == 1
+    assert "took more than 15 s; not tried again" in (failed.last_error or "")
+    assert [j.status for j in jobs.values()] == [JobStatus.DONE] * 2  # the others: done
+    # The hanging process was stopped (the pool's processes end with the worker).
+    wait_until(lambda: not _spawned_children() - before, timeout=30, step=0.2)
+
+
 def _spawned_children() -> set[int]:
     """This process's live children started by multiprocessing's spawn method."""
     return {pid for pid in children(os.getpid()) if b"multiprocessing.spawn" in command_line(pid)}

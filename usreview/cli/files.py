@@ -4,31 +4,18 @@ local files, with no hub or site."""
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from usreview import _json as strict_json
 from usreview.cli.spec import Command, arg, error, json_flag, paths
 from usreview.errors import InputError, SimulationError
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, infinity) replaced by ``None``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
-
-
 def _print_json(value: Any) -> None:
     """Print ``value`` as strict JSON: non-finite numbers become ``null``."""
-    json.dump(_finite(value), sys.stdout, indent=2, allow_nan=False)
-    sys.stdout.write("\n")
+    sys.stdout.write(strict_json.dumps(value, indent=2) + "\n")
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

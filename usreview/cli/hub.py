@@ -300,6 +300,14 @@ _HUB_WORKER = Command(
             help="seconds between looks at an empty queue (default 1)",
         ),
         arg(
+            "--task-timeout",
+            type=float,
+            default=600.0,
+            metavar="S",
+            help="seconds one instance's processing may take; past it the job fails "
+            "without retries and the processes are restarted (default 600)",
+        ),
+        arg(
             "--attempts",
             type=int,
             default=5,

@@ -32,12 +32,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
-import json
 import os
 import signal
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -49,6 +49,7 @@ from typing import Any, Protocol
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from usreview import _json as strict_json
 from usreview.dicom import UltrasoundInstance, read
 from usreview.processing.analyze import summarize
 from usreview.processing.filters.derived import derived_from_result, usreview_derivation
@@ -205,7 +206,7 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
         signature=signature,
         notice=_NOTICE,
     )
-    data = json.dumps(summary, indent=1, sort_keys=True, default=str).encode()
+    data = strict_json.dumps(summary, indent=1, sort_keys=True, default=str).encode()
     clock.lap("summary")
     return Outputs(
         uid, study, signature, buffer.getvalue(), data, problem, derived, clock.laps, processors=ran
@@ -298,6 +299,9 @@ class Executor(Protocol):
     def submit(self, path: Path) -> Handle:
         """Run the task on the plaintext file ``path`` (read before this returns if remote)."""
 
+    def reset(self) -> None:
+        """Stop every task in flight (one ran past its deadline); new ones can be submitted."""
+
     def close(self) -> None:
         """Stop; tasks in flight are abandoned (their jobs' leases expire)."""
 
@@ -346,6 +350,17 @@ class LocalExecutor:
             self._pool = self._new_pool()
             return self._pool.submit(run_task, self.task, str(path))
 
+    def reset(self) -> None:
+        """Terminate the pool's processes (whatever they run) and start a new pool."""
+        old = self._pool
+        processes = list(getattr(old, "_processes", {}).values())  # no public way to stop one
+        for process in processes:
+            process.terminate()
+        old.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(10)
+        self._pool = self._new_pool()
+
     def close(self) -> None:
         """Shut the pool down without waiting for tasks in flight."""
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -371,13 +386,22 @@ class DaskExecutor:
         self._client = Client(address, timeout=timeout, set_as_default=False)  # type: ignore[no-untyped-call]
         threads = sum(self._client.nthreads().values())  # type: ignore[no-untyped-call]
         self.slots = slots if slots is not None else max(1, threads)
+        self._submitted: weakref.WeakSet[Handle] = weakref.WeakSet()
 
     def submit(self, path: Path) -> Handle:
         """Send the instance's bytes with the task to the cluster."""
         data = Path(path).read_bytes()
         key = f"usreview-process-{uuid.uuid4().hex}"
         future: Handle = self._client.submit(execute_bytes, self.task, data, key=key, pure=False)
+        self._submitted.add(future)
         return future
+
+    def reset(self) -> None:
+        """Cancel the tasks this executor has in flight on the cluster."""
+        pending = [f for f in self._submitted if not f.done()]
+        self._submitted.clear()
+        if pending:
+            self._client.cancel(pending)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         """Disconnect from the scheduler (the cluster keeps running)."""

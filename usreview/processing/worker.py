@@ -78,6 +78,9 @@ __all__ = ["ACTOR", "DERIVED_KIND", "Worker", "main"]
 ACTOR = "processing"
 #: The results feed's kind of a derived image (a DICOM instance).
 DERIVED_KIND = "derived-image"
+#: The longest one instance's processing may take, by default (a 200-frame 600x800 cine
+#: takes a few seconds on one core).
+DEFAULT_TASK_SECONDS = 600.0
 _log = logging.getLogger(__name__)
 
 
@@ -87,6 +90,7 @@ class _Running:
     handle: Handle
     plaintext: Path
     renewed: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
 
 
 class Worker:
@@ -106,6 +110,10 @@ class Worker:
         How long to sleep when no job is ready.
     policy
         Retries and backoff of failing jobs.
+    task_seconds
+        The longest one instance's processing may take: past it the job fails at once
+        (without retries: the instance would take as long again) and the executor's tasks
+        in flight are stopped, the others' jobs given back untried.
     """
 
     def __init__(
@@ -117,8 +125,10 @@ class Worker:
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
         policy: RetryPolicy | None = None,
+        task_seconds: float = DEFAULT_TASK_SECONDS,
     ) -> None:
         self.state = state
+        self.task_seconds = task_seconds
         self.archive = archive
         self.executor = executor
         self.queue = JobQueue(archive, policy)
@@ -154,7 +164,8 @@ class Worker:
         claimed = self._fill()
         self._renew()
         finished = self._collect()
-        return claimed or finished
+        expired = self._expire()
+        return claimed or finished or expired
 
     def release_all(self) -> None:
         """Give back the jobs in flight (stopping): they are taken again, untried."""
@@ -303,12 +314,29 @@ class Worker:
             finally:
                 payload.unlink(missing_ok=True)
 
-    def _fail(self, lease: Lease, step: str, exc: BaseException) -> None:
+    def _expire(self) -> bool:
+        """Fail the jobs past :attr:`task_seconds`; stop the executor's tasks in flight."""
+        now = time.monotonic()
+        late = [r for r in self._running if now - r.started > self.task_seconds]
+        if not late:
+            return False
+        for running in late:
+            self._drop(running)
+            reason = TimeoutError(f"took more than {self.task_seconds:g} s; not tried again")
+            self._fail(running.lease, "running the pipeline", reason, final=True)
+        for running in list(self._running):  # stopped with the others: given back, untried
+            self._drop(running)
+            with contextlib.suppress(UsreviewError):
+                self.queue.release(running.lease)
+        self.executor.reset()
+        return True
+
+    def _fail(self, lease: Lease, step: str, exc: BaseException, *, final: bool = False) -> None:
         text = str(exc).strip().splitlines()
         reason = f"{step}: {type(exc).__name__}: {text[0]}" if text else f"{step}: {exc!r}"
         _log.warning("job %s (%s): %s", lease.job.id, lease.job.sop_instance_uid, reason)
         with contextlib.suppress(LeaseLostError):
-            self.queue.fail(lease, reason)
+            self.queue.fail(lease, reason, final=final)
 
     def _drop(self, running: _Running) -> None:
         if running in self._running:
@@ -389,9 +417,11 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
     ``args`` holds the options of ``usreview hub worker``: ``state``, ``scheduler``,
     ``processes``, ``lease``, ``poll``, ``attempts`` and ``task``.
     """
-    seconds = (args.lease, args.poll)
+    seconds = (args.lease, args.poll, args.task_timeout)
     if min(args.processes, args.attempts) < 1 or not all(0 < s < math.inf for s in seconds):
-        raise InputError("--processes and --attempts must be at least 1; --lease and --poll > 0")
+        raise InputError(
+            "--processes and --attempts must be at least 1; --lease, --poll and --task-timeout > 0"
+        )
     state = existing_state(args.state if args.state is not None else state_from_env())
     settings = ServiceSettings.from_state(state.root)
     stop = stop or _stop_on_signals()
@@ -411,6 +441,7 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
             lease_seconds=args.lease,
             poll_seconds=args.poll,
             policy=RetryPolicy(max_attempts=args.attempts),
+            task_seconds=args.task_timeout,
         )
         where = args.scheduler or f"{args.processes} local process(es)"
         print(f"usreview worker {worker.owner}: running jobs on {where}", file=sys.stderr)

@@ -226,8 +226,9 @@ class JobQueue:
             _settle_study(session, row.study_id, now, problem)
             return self._record(session, row.id)
 
-    def fail(self, lease: Lease, reason: str) -> JobRecord:
-        """Record a failed attempt: retry after the backoff, or fail job and study.
+    def fail(self, lease: Lease, reason: str, *, final: bool = False) -> JobRecord:
+        """Record a failed attempt: retry after the backoff, or fail job and study
+        (at once with ``final``: trying again cannot help).
 
         Raises
         ------
@@ -237,7 +238,9 @@ class JobQueue:
         now = self._clock()
         with guard("failing a job"), Session(self._writer) as session, session.begin():
             row = _held(session, lease)
-            if row.attempts >= self.policy.max_attempts:
+            if final:
+                _give_up(session, row, now, reason)
+            elif row.attempts >= self.policy.max_attempts:
                 _give_up(session, row, now, f"failed {row.attempts} times, last: {reason}")
             else:
                 row.status = JobStatus.PENDING
