@@ -40,14 +40,17 @@ HANGING_TASK = "tests.processing_queue_support:hanging_task"
 
 
 def hanging_task(path: str) -> Outputs:
-    """Run the pipeline, except on the instance ``$USREVIEW_TEST_HANG_UID``: never return."""
+    """Run the pipeline, except on the instance ``$USREVIEW_TEST_HANG_UID``: never return;
+    and on ``$USREVIEW_TEST_GREEDY_UID``: first take 3 GiB of memory."""
     import pydicom
 
-    if pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID == os.environ.get(
-        "USREVIEW_TEST_HANG_UID"
-    ):
+    uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    if uid == os.environ.get("USREVIEW_TEST_HANG_UID"):
         while True:
             time.sleep(1)
+    if uid == os.environ.get("USREVIEW_TEST_GREEDY_UID"):
+        hoard = bytearray(3 * 1024**3)
+        del hoard
     return execute_file(path)
 
 

@@ -183,6 +183,29 @@ def test_an_instance_that_never_finishes_fails_alone_at_the_deadline(
     wait_until(lambda: not _spawned_children() - before, timeout=30, step=0.2)
 
 
+def test_an_instance_that_needs_too_much_memory_fails_alone(
+    tmp_path: Path, pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.processing_queue_support import HANGING_TASK
+
+    setup = HubSetup.create(tmp_path / "hub")
+    paths = simulate_pw(tmp_path / "sim", 2)
+    greedy = str(pydicom.dcmread(paths[0]).SOPInstanceUID)
+    monkeypatch.setenv("USREVIEW_TEST_GREEDY_UID", greedy)
+    with setup.open_archive() as archive:
+        ingest(setup, archive, pool, paths)
+        executor = LocalExecutor(1, HANGING_TASK, memory=2 * 1024**3)
+        worker = Worker(setup.state, archive, executor, lease_seconds=30)
+        try:
+            worker.run(threading.Event(), until_idle=True)
+        finally:
+            worker.close()
+        jobs = {j.sop_instance_uid: j for j in archive.jobs.list_jobs()}
+    failed = jobs.pop(greedy)  # tried again later, as a job that failed for want of memory
+    assert failed.status is JobStatus.PENDING and "MemoryError" in (failed.last_error or "")
+    assert [j.status for j in jobs.values()] == [JobStatus.DONE]  # the same process went on
+
+
 def _spawned_children() -> set[int]:
     """This process's live children started by multiprocessing's spawn method."""
     return {pid for pid in children(os.getpid()) if b"multiprocessing.spawn" in command_line(pid)}

@@ -33,6 +33,7 @@ import hashlib
 import importlib
 import io
 import os
+import resource
 import signal
 import tempfile
 import time
@@ -310,10 +311,19 @@ def _ready() -> None:
     """Nothing: submitted once per slot so that a new pool starts its processes now."""
 
 
-def _leave_sigint_to_the_parent() -> None:
-    """A pool process ignores SIGINT: Ctrl-C reaches the whole process group, and the
-    worker that owns the pool stops it (a traceback per pool process otherwise)."""
+#: Address space of each local pool process (``RLIMIT_AS``): an instance that needs more
+#: fails alone with ``MemoryError`` instead of starving the hub's other processes (the
+#: largest instance the hub takes, a 2 GiB volume, needs several times its size).
+DEFAULT_PROCESS_MEMORY = 8 * 1024**3
+
+
+def _pool_process(memory: int | None) -> None:
+    """Set up a pool process: it ignores SIGINT (Ctrl-C reaches the whole process group,
+    and the worker that owns the pool stops it; a traceback per pool process otherwise)
+    and may use at most ``memory`` bytes of address space."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
 
 class LocalExecutor:
@@ -326,16 +336,26 @@ class LocalExecutor:
     submit; the tasks it held fail and their jobs are retried.
     """
 
-    def __init__(self, processes: int = 2, task: str = DEFAULT_TASK) -> None:
+    def __init__(
+        self,
+        processes: int = 2,
+        task: str = DEFAULT_TASK,
+        *,
+        memory: int | None = DEFAULT_PROCESS_MEMORY,
+    ) -> None:
         if processes < 1:
             raise ValueError("LocalExecutor: argument 'processes' must be at least 1")
         self.slots = processes
         self.task = task
+        self.memory = memory
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(
-            self.slots, mp_context=get_context("spawn"), initializer=_leave_sigint_to_the_parent
+            self.slots,
+            mp_context=get_context("spawn"),
+            initializer=_pool_process,
+            initargs=(self.memory,),
         )
         for _ in range(self.slots):  # a process per submit while none is idle
             pool.submit(_ready)
