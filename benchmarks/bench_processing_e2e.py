@@ -63,6 +63,9 @@ class _Unused:
     def submit(self, path: Path) -> Handle:
         raise NotImplementedError
 
+    def reset(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
