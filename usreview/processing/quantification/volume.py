@@ -7,15 +7,26 @@ The largest component of the darkest 1% that does not touch the volume's border 
 the volume is then split at the midpoint of the structure's grey level and that of a shell
 2-6 voxels around it, keeping the component holding the seed, until it stops growing.
 Its volume is the voxel count times the voxel volume (Enhanced US Volume pixel measures).
+
+Segmentation runs on display values (:func:`~usreview.dicom.display.to_display` over the whole
+volume, so one grey window for every slice): MONOCHROME1 is inverted and more than 8 stored bits
+are scaled to 0-255. The voxel size is the product of the absolute spacings: a negative Spacing
+Between Slices only says that the slices are stored in reverse order. The volume is not
+applicable when a spacing is zero or not finite, when Pixel Spacing is negative, when a voxel side
+lies outside [``_MIN_VOXEL_MM``, ``_MAX_VOXEL_MM``], or when the volume spans less than
+``_MIN_EXTENT_MM`` or more than ``_MAX_EXTENT_MM`` along an axis.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
 from usreview.dicom import ImageKind
+from usreview.dicom.display import to_display
 from usreview.processing.errors import NotApplicable
 from usreview.processing.quantification.spectral import grey_to_power
 from usreview.processing.registry import Context, processor
@@ -25,6 +36,19 @@ __all__ = ["structure_volume"]
 
 VOLUME_CODE = Code("118565006", CodingScheme.SNOMED, "Volume")
 
+
+#: Voxel sides finer than 10 um are below the resolution of any ultrasound (even 50 MHz
+#: preclinical probes resolve some 30 um) ...
+_MIN_VOXEL_MM = 0.01
+#: ... and coarser than 10 mm cannot delimit an organ structure.
+_MAX_VOXEL_MM = 10.0
+#: A volume spanning less than this along an axis cannot hold an organ structure inside it ...
+_MIN_EXTENT_MM = 5.0
+#: ... and no ultrasound probe images deeper or wider than half a metre.
+_MAX_EXTENT_MM = 500.0
+#: The smoothing sigma is capped at this fraction of the volume's size in voxels (along each axis):
+#: wider smoothing averages the structure into its surroundings, and its cost grows with the width.
+_MAX_SIGMA_FRACTION = 0.25
 
 #: The shell around the structure: from this many voxels out ...
 _SHELL_IN = 2
@@ -39,6 +63,42 @@ def _around(mask: npt.NDArray[np.bool_], margin: int) -> tuple[slice, ...]:
         slice(max(0, s.start - margin), min(n, s.stop + margin))
         for s, n in zip(box, mask.shape, strict=True)
     )
+
+
+def _voxel_size_mm(
+    spacing: tuple[float, float, float], shape: tuple[int, ...]
+) -> tuple[float, float, float]:
+    """The (slice, row, column) voxel sides in mm, or :class:`NotApplicable` saying why not.
+
+    A negative slice spacing (reversed slice order) counts by its absolute value.
+    """
+    between, row, column = spacing
+    if not all(math.isfinite(s) and s != 0.0 for s in spacing):
+        raise NotApplicable(f"the voxel spacing {spacing} mm has a zero or non-finite value")
+    if row < 0.0 or column < 0.0:
+        raise NotApplicable(f"the pixel spacing ({row}, {column}) mm is negative")
+    size = (abs(between), row, column)
+    if not all(_MIN_VOXEL_MM <= s <= _MAX_VOXEL_MM for s in size):
+        raise NotApplicable(
+            f"the voxel size {size} mm is implausible for ultrasound: each side must lie in "
+            f"[{_MIN_VOXEL_MM}, {_MAX_VOXEL_MM}] mm"
+        )
+    extent = tuple(round(n * s, 3) for n, s in zip(shape, size, strict=True))
+    if not all(_MIN_EXTENT_MM <= e <= _MAX_EXTENT_MM for e in extent):
+        raise NotApplicable(
+            f"the volume spans {extent} mm: each side must lie in "
+            f"[{_MIN_EXTENT_MM}, {_MAX_EXTENT_MM}] mm to hold an organ structure"
+        )
+    return size
+
+
+def _smoothing_sigma(
+    smoothing_mm: float, size: tuple[float, float, float], shape: tuple[int, ...]
+) -> list[float]:
+    """Gaussian sigma in voxels per axis: ``smoothing_mm`` over the voxel side, capped."""
+    return [
+        min(smoothing_mm / s, _MAX_SIGMA_FRACTION * n) for s, n in zip(size, shape, strict=True)
+    ]
 
 
 def _largest_inner(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_] | None:
@@ -76,8 +136,13 @@ def structure_volume(context: Context) -> Output:
     voxels = instance.frames()
     if voxels.ndim != 3:
         raise NotApplicable(f"expected grey voxels (frames, rows, columns), got {voxels.shape}")
-    sigma = [float(context.params["smoothing_mm"]) / s for s in spacing]
-    power = grey_to_power(voxels.astype(np.uint8), float(context.params["dynamic_range_db"]))
+    photometric = instance.photometric_interpretation
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise NotApplicable(f"the voxels are {photometric}, not grey")
+    size = _voxel_size_mm(spacing, voxels.shape)
+    grey = to_display(voxels, instance.dataset, photometric)
+    sigma = _smoothing_sigma(float(context.params["smoothing_mm"]), size, grey.shape)
+    power = grey_to_power(grey, float(context.params["dynamic_range_db"]))
     smooth = ndimage.gaussian_filter(power.astype(np.float32), sigma)
     seed = _largest_inner(smooth <= np.percentile(smooth, 1))
     if seed is None:
@@ -100,10 +165,10 @@ def structure_volume(context: Context) -> Output:
         if done:
             break
     solid = ndimage.binary_fill_holes(region)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    voxel_ml = float(np.prod(size)) / 1000.0
     count = int(np.count_nonzero(solid))
     extent = ndimage.find_objects(solid.astype(np.int8))[0]
-    dims = [round((s.stop - s.start) * d, 2) for s, d in zip(extent, spacing, strict=True)]
+    dims = [round((s.stop - s.start) * d, 2) for s, d in zip(extent, size, strict=True)]
     quantity = Quantity(
         "volume",
         VOLUME_CODE,

@@ -1,0 +1,113 @@
+"""The ``volume`` processor on edited simulated volumes: spacing signs and sizes, grey encodings.
+
+Each case edits one simulated Enhanced US Volume with pydicom, as a reviewer did, and checks the
+published volume against the simulator's truth (within the accuracy goal, 5%) or the skip reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from usreview.dicom import read
+from usreview.processing import ProcessorResult, ResultStatus, default_registry
+from usreview.simulate import simulate
+
+_SMALL_VOLUME = {
+    "frames": 56,
+    "rows": 72,
+    "columns": 80,
+    "semi_axis_x_mm": 15.0,
+    "semi_axis_y_mm": 11.0,
+    "semi_axis_z_mm": 9.0,
+}
+
+
+def _measures(ds: Dataset) -> Dataset:
+    measures: Dataset = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    return measures
+
+
+def _run(tmp_path: Path, edit: Callable[[Dataset], None]) -> tuple[float, ProcessorResult]:
+    """The true volume (mL) and the processor's result on the simulated volume after ``edit``."""
+    path = simulate("volume", tmp_path, seed=3, snr_db=25.0, **_SMALL_VOLUME)[0]
+    truth = json.loads(path.with_suffix(".truth.json").read_text())["ellipsoid"]["volume_ml"]
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    edit(ds)
+    ds.save_as(path)
+    return float(truth), default_registry().get("volume").run(read(path))
+
+
+def _volume(result: ProcessorResult) -> float:
+    assert result.status == ResultStatus.DONE, result.reason
+    (quantity,) = result.output.quantities
+    return float(quantity.value)
+
+
+def _set_spacing(between: float, row: float, column: float) -> Callable[[Dataset], None]:
+    def edit(ds: Dataset) -> None:
+        measures = _measures(ds)
+        measures.SpacingBetweenSlices = between
+        measures.PixelSpacing = [row, column]
+
+    return edit
+
+
+def test_a_negative_slice_spacing_means_reversed_slices_not_a_negative_volume(
+    tmp_path: Path,
+) -> None:
+    truth, result = _run(tmp_path, _set_spacing(-0.6, 0.6, 0.6))
+    assert _volume(result) == pytest.approx(truth, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "reason"),
+    [
+        ((-0.6, -0.6, -0.6), "pixel spacing (-0.6, -0.6) mm is negative"),
+        ((0.6, 0.0, 0.6), "zero or non-finite"),
+        ((0.6, 0.6, float("nan")), "zero or non-finite"),
+        ((float("inf"), 0.6, 0.6), "zero or non-finite"),
+        ((1e-4, 1e-4, 1e-4), "implausible for ultrasound"),  # unbounded smoothing before
+        ((1e5, 1e5, 1e5), "implausible for ultrasound"),  # published 1e17 mL before
+        ((0.6, 0.6, 8.0), "the volume spans"),  # 80 columns of 8 mm: 640 mm wide
+        ((0.05, 0.6, 0.6), "the volume spans"),  # 56 slices of 0.05 mm: 2.8 mm thick
+    ],
+)
+def test_an_impossible_voxel_size_is_not_applicable(
+    tmp_path: Path, spacing: tuple[float, float, float], reason: str
+) -> None:
+    _, result = _run(tmp_path, _set_spacing(*spacing))
+    assert result.status == ResultStatus.SKIPPED
+    assert reason in (result.reason or "")
+
+
+def _monochrome1(ds: Dataset) -> None:
+    ds.PixelData = (255 - ds.pixel_array).astype(np.uint8).tobytes()
+    ds.PhotometricInterpretation = "MONOCHROME1"
+
+
+def _twelve_bits(ds: Dataset) -> None:
+    ds.PixelData = (ds.pixel_array.astype(np.uint16) * 4 + 1000).tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+
+
+@pytest.mark.parametrize("edit", [_monochrome1, _twelve_bits], ids=["monochrome1", "12-bit"])
+def test_the_volume_is_segmented_on_display_values(
+    tmp_path: Path, edit: Callable[[Dataset], None]
+) -> None:
+    truth, result = _run(tmp_path, edit)
+    assert _volume(result) == pytest.approx(truth, rel=0.05)
+
+
+def test_the_smoothing_is_capped_at_a_quarter_of_the_volume() -> None:
+    from usreview.processing.quantification.volume import _smoothing_sigma
+
+    assert _smoothing_sigma(1.0, (0.5, 0.25, 2.0), (56, 72, 80)) == [2.0, 4.0, 0.5]
+    assert _smoothing_sigma(1e6, (0.5, 0.25, 2.0), (56, 72, 80)) == [14.0, 18.0, 20.0]
