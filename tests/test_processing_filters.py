@@ -420,3 +420,18 @@ def test_grey_stored_as_rgb_keeps_its_coloured_annotations(tmp_path: Path) -> No
             ["dciodvfy", str(tmp_path / "derived.dcm")], capture_output=True, text=True, check=False
         )
         assert not [x for x in (run.stdout + run.stderr).splitlines() if x.startswith("Error")]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 300), (1, 300, 1), (3, 4, 200)])
+def test_frames_too_small_to_filter_are_skipped_not_failed(
+    tmp_path: Path, shape: tuple[int, int, int]
+) -> None:
+    from tests.conftest import write_us
+
+    frames = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    path = write_us(tmp_path / "tiny.dcm", frames)
+    results = {r.provenance.processor: r for r in run_pipeline(read(path))}
+    for name in ("speckle_obnlm", "speckle_fast"):
+        assert results[name].status == ResultStatus.SKIPPED, results[name]
+    applies = "speckle_obnlm" if shape[0] == 1 else "speckle_fast"  # stills / cines
+    assert "too small for speckle reduction" in str(results[applies].reason)

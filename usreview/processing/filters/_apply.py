@@ -23,6 +23,10 @@ _COLOUR_SPREAD = 16
 _COLOUR_FRACTION = 0.02
 
 
+#: The smallest frame side, and tissue region side, a speckle filter is applied to (pixels).
+_MIN_SIDE = 8
+
+
 def tissue_boxes(instance: UltrasoundInstance) -> list[tuple[slice, slice]]:
     """Bounding boxes of the 2D tissue regions, clipped to the frame; the whole frame if none."""
     boxes = []
@@ -34,7 +38,7 @@ def tissue_boxes(instance: UltrasoundInstance) -> list[tuple[slice, slice]]:
             x0, y0, x1, y1 = region.bounds
             x0, y0 = max(x0, 0), max(y0, 0)
             x1, y1 = min(x1, instance.columns - 1), min(y1, instance.rows - 1)
-            if x1 - x0 >= 8 and y1 - y0 >= 8:
+            if x1 - x0 >= _MIN_SIDE and y1 - y0 >= _MIN_SIDE:
                 boxes.append((slice(y0, y1 + 1), slice(x0, x1 + 1)))
     return boxes or [(slice(0, instance.rows), slice(0, instance.columns))]
 
@@ -75,6 +79,11 @@ def filter_instance(instance: UltrasoundInstance, apply: FrameFilter, descriptio
         shown = ", ".join(sorted(k.value for k in other))
         raise NotApplicable(
             f"speckle reduction applies to grey-scale B-mode only; this shows {shown}"
+        )
+    if min(instance.rows, instance.columns) < _MIN_SIDE:
+        raise NotApplicable(
+            f"the frame is {instance.rows} x {instance.columns} pixels: too small for speckle "
+            f"reduction (at least {_MIN_SIDE} x {_MIN_SIDE})"
         )
     boxes = tissue_boxes(instance)
     count = instance.number_of_frames
