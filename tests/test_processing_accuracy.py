@@ -31,7 +31,9 @@ def _run(
     return truth, values, result
 
 
-PW_CASES = [(seed, snr, {}) for seed in range(4) for snr in (5.0, 15.0, 30.0)] + [
+PW_CASES: list[tuple[int, float, dict[str, Any]]] = [
+    (seed, snr, {}) for seed in range(4) for snr in (5.0, 15.0, 30.0)
+] + [
     (seed, snr, params)
     for params in (
         {"waveform": "renal"},
@@ -66,9 +68,9 @@ def test_pw_indices_meet_the_goals(
     assert direction.evidence["flow_sign"] == sign
 
 
-CW_CASES = [(seed, snr, {}) for seed in range(3) for snr in (5.0, 20.0)] + [
-    (seed, snr, {"flow": "away", "heart_rate_bpm": 110}) for seed, snr in ((3, 5.0), (4, 25.0))
-]
+CW_CASES: list[tuple[int, float, dict[str, Any]]] = [
+    (seed, snr, {}) for seed in range(3) for snr in (5.0, 20.0)
+] + [(seed, snr, {"flow": "away", "heart_rate_bpm": 110}) for seed, snr in ((3, 5.0), (4, 25.0))]
 
 
 @pytest.mark.parametrize(("seed", "snr", "params"), CW_CASES)
@@ -205,3 +207,31 @@ def test_the_envelope_trace_is_the_true_envelope_in_physical_units(
     error = np.abs(np.abs(velocity[traced]) - np.abs(true_speed[traced]))
     assert np.median(error) < 1.5  # cm/s
     assert np.percentile(error, 90) < 4.0
+
+
+@pytest.mark.parametrize("flow", ["toward", "away"])
+def test_pw_indices_with_the_baseline_outside_the_spectral_region(
+    tmp_path: Path, flow: str
+) -> None:
+    """The region ends 20 rows short of the baseline: speeds count from the baseline."""
+    import pydicom
+
+    source = simulate("pw", tmp_path, seed=0, flow=flow)[0]
+    truth = json.loads(source.with_suffix(".truth.json").read_text())
+    ds = pydicom.dcmread(source)
+    r = ds.SequenceOfUltrasoundRegions[-1]
+    if flow == "toward":  # the region ends 20 rows above the baseline
+        r.RegionLocationMaxY1 = r.RegionLocationMinY0 + r.ReferencePixelY0 - 20
+    else:  # the region starts 20 rows below it
+        r.RegionLocationMinY0 = r.RegionLocationMinY0 + r.ReferencePixelY0 + 20
+        r.ReferencePixelY0 = -20
+    path = tmp_path / "edited.dcm"
+    ds.save_as(path)
+    result = default_registry().get("doppler_indices").run(read(path))
+    assert result.status == ResultStatus.DONE, result.reason
+    q = {x.name: x.value for x in result.output.quantities}
+    assert q["peak_systolic_velocity"] == pytest.approx(truth["psv_cm_s"], rel=0.05)
+    assert abs(q["end_diastolic_velocity"] - truth["edv_cm_s"]) <= max(
+        0.10 * truth["edv_cm_s"], 3.0
+    )
+    assert abs(q["resistive_index"] - truth["ri"]) <= 0.02

@@ -15,12 +15,15 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-__all__ = ["Cycle", "detect_cycles", "dominant_period", "smooth_envelope"]
+__all__ = ["Cycle", "detect_cycles", "dominant_period", "smooth_envelope", "sweep_problem"]
 
 Float = npt.NDArray[np.float64]
 
 MIN_BPM, MAX_BPM = 30.0, 200.0
 EJECTION_FRACTION = 0.1
+#: Columns of a time-based display (spectral Doppler, M-mode) closer than this are not
+#: plausible: a spectral line needs at least one pulse, and no PRF reaches 100 kHz.
+MIN_SECONDS_PER_COLUMN = 1e-5
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,38 @@ class Cycle:
         return self.end_s - self.start_s
 
 
+def sweep_problem(seconds_per_column: float, columns: int) -> str | None:
+    """Why a time axis of ``columns`` columns, ``seconds_per_column`` apart, cannot hold cycles.
+
+    ``None`` when it can: columns at least 10 us apart (:data:`MIN_SECONDS_PER_COLUMN`) and
+    a sweep no shorter than one cardiac cycle at :data:`MAX_BPM` (0.3 s), which also holds
+    the 30 ms smoothing window of :func:`smooth_envelope`.
+    """
+    if not seconds_per_column >= MIN_SECONDS_PER_COLUMN:
+        return (
+            f"its columns are {seconds_per_column:g} s apart, less than the "
+            f"{MIN_SECONDS_PER_COLUMN:g} s a displayed time column can plausibly take"
+        )
+    shortest = 60.0 / MAX_BPM
+    if columns * seconds_per_column < shortest:
+        return (
+            f"it spans {columns * seconds_per_column:.3g} s, shorter than one cardiac cycle "
+            f"at {MAX_BPM:g}/min ({shortest:g} s)"
+        )
+    return None
+
+
 def smooth_envelope(envelope: Float, dt: float) -> Float:
-    """Fill columns without signal with zero, then a 30 ms median and 8 ms Gaussian filter."""
+    """Fill columns without signal with zero, then a 30 ms median and 8 ms Gaussian filter.
+
+    Both filters are capped at the envelope's length, so a tiny ``dt`` stays cheap.
+    """
     filled = np.nan_to_num(envelope, nan=0.0)
-    width = max(3, round(0.030 / dt) | 1)
+    n = max(len(filled), 1)
+    width = min(max(3, round(0.030 / dt) | 1), n | 1)
     out: Float = ndimage.gaussian_filter1d(
         ndimage.median_filter(filled, size=width, mode="nearest"),
-        sigma=max(0.008 / dt, 0.5),
+        sigma=min(max(0.008 / dt, 0.5), float(n)),
         mode="nearest",
     )
     return out

@@ -8,7 +8,9 @@ names the vessel sampled (:mod:`.vessel`: coded, else a conservative text readin
 vessel and side as the quantity's finding site (``details["finding_site"]``, in the SR a TID
 300 Finding Site with its laterality) plus a ``vessel`` finding saying where it was read.
 A spectrum without
-a usable signal gets a finding that says so instead of numbers. The traced envelope is
+a usable signal gets a finding that says so instead of numbers; a region that cannot be
+measured (:func:`.spectral.region_problem`, or a baseline outside it hiding the slowest
+flow) is skipped with the reason. The traced envelope is
 returned as an overlay image: the whole displayed frame, in RGB, with the envelope drawn into
 the spectral region, so that it leaves the hub as a derived Ultrasound Image of the source with
 the source's regions (derivation: 113076, DCM, "Segmentation"). Method and assumptions:
@@ -32,8 +34,9 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from usreview.dicom import ImageKind, RegionDataType, UltrasoundInstance, UltrasoundRegion
+from usreview.processing.errors import NotApplicable
 from usreview.processing.quantification.codes import CODES
-from usreview.processing.quantification.cycles import Cycle, detect_cycles
+from usreview.processing.quantification.cycles import EJECTION_FRACTION, Cycle, detect_cycles
 from usreview.processing.quantification.spectral import (
     FlowSide,
     SpectralCalibration,
@@ -70,6 +73,11 @@ LN = CodingScheme.LOINC
 #: CID 7203 Image Derivation of the overlay: the envelope is the signal's segmented edge.
 ENVELOPE_DERIVATION = Code("113076", CodingScheme.DCM, "Segmentation")
 MIN_SIGNAL_FRACTION = 0.3  # of columns, for a PW spectrum (CW is silent in diastole)
+#: With the baseline outside the region, the slowest velocity used (PW end diastole, CW
+#: ejection threshold) must exceed the hidden speeds by this factor: on the simulator the
+#: accepted traces kept EDV within 1 cm/s and RI within 0.015; with less room than 10%
+#: the MGM knee rides up on the truncated spectrum (EDV +2 to +4 cm/s).
+HIDDEN_MARGIN = 1.2
 
 
 def _quantity(name: str, values: Sequence[float], digits: int = 4) -> Quantity:
@@ -204,7 +212,7 @@ def envelope_trace(instance: UltrasoundInstance) -> Float:
 @processor(
     "doppler_indices",
     kinds={ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER},
-    version="1.1",
+    version="1.2",
     params={"dynamic_range_db": 50.0, "average_columns": 3, "edge_refinement": "cw"},
     requires=("scipy",),
 )
@@ -224,6 +232,7 @@ def doppler_indices(context: Context) -> Output:
     with_signal = float(np.mean(np.isfinite(envelope)))
     vessel = vessel_of(instance.dataset)
     cycles, smooth = detect_cycles(envelope, dt)
+    _check_hidden_band(side, cycles, pw)
     mode = "PW" if pw else "CW"
     canvas = np.array(shown if shown.ndim == 3 else np.repeat(shown[..., None], 3, axis=2))
     canvas[y0 : y1 + 1, x0 : x1 + 1] = overlay(
@@ -274,6 +283,23 @@ def doppler_indices(context: Context) -> Output:
         images=(image,),
         findings=(finding, *_vessel_findings(vessel)),
     )
+
+
+def _check_hidden_band(side: FlowSide, cycles: Sequence[Cycle], pw: bool) -> None:
+    """Raise :class:`NotApplicable` when slow flow may hide between baseline and region.
+
+    Only a baseline outside the region hides speeds (``side.offset_rows`` rows of them).
+    """
+    hidden = side.offset_rows * side.cm_s_per_row
+    if hidden <= 0 or not cycles:
+        return
+    slowest = min(c.end_diastolic if pw else EJECTION_FRACTION * c.peak for c in cycles)
+    if slowest < HIDDEN_MARGIN * hidden:
+        raise NotApplicable(
+            f"the baseline lies {side.offset_rows:.1f} rows outside the spectral region, "
+            f"hiding speeds under {hidden:.1f} cm/s, too close to the slowest velocity "
+            f"measured ({slowest:.1f} cm/s) to trace it"
+        )
 
 
 def _vessel_findings(vessel: Vessel | None) -> tuple[Finding, ...]:

@@ -34,13 +34,20 @@ fractional shortening.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
 from usreview.dicom import ImageKind, PhysicalUnits, RegionSpatialFormat, UltrasoundRegion
 from usreview.processing.errors import NotApplicable
-from usreview.processing.quantification.cycles import Cycle, detect_cycles, dominant_period
+from usreview.processing.quantification.cycles import (
+    Cycle,
+    detect_cycles,
+    dominant_period,
+    sweep_problem,
+)
 from usreview.processing.registry import Context, processor
 from usreview.processing.results import Code, CodingScheme, Finding, Output, Quantity
 
@@ -76,21 +83,52 @@ _OUTLIER_S = 0.040  # running median against misplaced walls before cutting cycl
 _SMOOTH_S = 0.015  # then a Gaussian (SD, s): the wall motion is far slower than speckle
 _PERIOD_RANGE = (0.65, 1.5)  # cycles kept: this share of the dominant period (autocorrelation)
 _DIASTOLE = 0.30  # share of the cycle before the upstroke's foot searched for end diastole
+#: A strip through the heart spans several cm of depth; under 1 cm it cannot hold two walls
+#: and the cavity between them (a neonate's LV is 1.5 to 2 cm across).
+_MIN_SPAN_CM = 1.0
 
 
-def _mmode_region(regions: tuple[UltrasoundRegion, ...]) -> UltrasoundRegion:
+def _mmode_region(
+    regions: tuple[UltrasoundRegion, ...], rows: int, columns: int
+) -> UltrasoundRegion:
+    """The largest M-mode region of a ``rows`` by ``columns`` image that can be measured.
+
+    Raises :class:`NotApplicable` naming what is wrong when there is none.
+    """
     strips = [
         r
         for r in regions
         if r.spatial_format == RegionSpatialFormat.M_MODE
         and r.units_x == PhysicalUnits.SECONDS
         and r.units_y == PhysicalUnits.CM
-        and r.delta_x != 0
-        and r.delta_y != 0
     ]
     if not strips:
         raise NotApplicable("no M-mode region calibrated in seconds and cm")
-    return max(strips, key=lambda r: r.width * r.height)
+    problems = [_strip_problem(r, rows, columns) for r in strips]
+    usable = [r for r, problem in zip(strips, problems, strict=True) if problem is None]
+    if not usable:
+        raise NotApplicable(f"the M-mode region is not usable: {problems[0]}")
+    return max(usable, key=lambda r: r.width * r.height)
+
+
+def _strip_problem(region: UltrasoundRegion, rows: int, columns: int) -> str | None:
+    """Why an M-mode region cannot be measured (calibration, bounds, extent), or ``None``."""
+    for keyword, delta in (("PhysicalDeltaX", region.delta_x), ("PhysicalDeltaY", region.delta_y)):
+        if not math.isfinite(delta) or delta == 0:
+            return f"its {keyword} is {delta:g}; it must be finite and non-zero"
+    x0, y0, x1, y1 = region.bounds
+    if not (0 <= x0 <= x1 < columns and 0 <= y0 <= y1 < rows):
+        return (
+            f"its bounds (x {x0} to {x1}, y {y0} to {y1}) are swapped or outside "
+            f"the {columns} by {rows} image"
+        )
+    sweep = sweep_problem(abs(region.delta_x), region.width)
+    if sweep is not None:
+        return f"its time axis is implausible: {sweep}"
+    span = region.height * abs(region.delta_y)
+    if span < _MIN_SPAN_CM:
+        return f"it spans {span:.3g} cm of depth, less than the {_MIN_SPAN_CM:g} cm of a heart"
+    return None
 
 
 def _crossing(col: Float, level: float, a: int, b: int) -> float:
@@ -193,15 +231,16 @@ def _quantity(name: str, values: list[float], digits: int = 3) -> Quantity:
 def mmode_motion(context: Context) -> Output:
     """Heart rate, wall excursions, LVIDd, LVIDs and fractional shortening from M-mode."""
     instance = context.instance
-    region = _mmode_region(instance.regions)
+    region = _mmode_region(instance.regions, instance.rows, instance.columns)
     frame = instance.display_frame(0)
     if frame.ndim == 3:
         frame = np.rint(frame @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
     x0, y0, x1, y1 = region.bounds
     strip = frame[y0 : y1 + 1, x0 : x1 + 1].astype(np.float64)
     dy_mm, dt = abs(region.delta_y) * 10.0, abs(region.delta_x)
-    sigma_t = max(0.005 / dt, 0.5)
-    sigma_rows = float(context.params["depth_smoothing_mm"]) / dy_mm
+    rows, cols = strip.shape  # filter sizes are capped at the strip's size
+    sigma_t = min(max(0.005 / dt, 0.5), cols)
+    sigma_rows = min(float(context.params["depth_smoothing_mm"]) / dy_mm, rows)
     smooth = ndimage.gaussian_filter(strip, (sigma_rows, sigma_t))
     lo, hi = np.percentile(smooth, [20, 80])
     threshold = 0.5 * (lo + hi)
@@ -215,7 +254,7 @@ def mmode_motion(context: Context) -> Output:
     band = max(runs, key=len)
     guess_top, guess_bottom = _edges(smooth, threshold, (float(band[0]), float(band[-1])))
     sharp = ndimage.gaussian_filter(
-        strip, (float(context.params["edge_smoothing_mm"]) / dy_mm, sigma_t)
+        strip, (min(float(context.params["edge_smoothing_mm"]) / dy_mm, rows), sigma_t)
     )
     top, bottom = _interfaces(
         sharp,
@@ -232,9 +271,11 @@ def mmode_motion(context: Context) -> Output:
     # Columns whose walls were misplaced (speckle at low SNR, the strip's ends) are single
     # or paired outliers: a running median (reflected at the ends) removes them before the
     # cycles are cut, so that no spurious upstroke opens or closes a cycle.
-    width = max(3, round(_OUTLIER_S / dt) | 1)
+    width = min(max(3, round(_OUTLIER_S / dt) | 1), cols | 1)
     robust = ndimage.gaussian_filter1d(
-        ndimage.median_filter(filled, size=width, mode="reflect"), _SMOOTH_S / dt, mode="reflect"
+        ndimage.median_filter(filled, size=width, mode="reflect"),
+        min(_SMOOTH_S / dt, cols),
+        mode="reflect",
     )
     reference = float(np.percentile(robust, 95))
     cycles, shortening = detect_cycles(reference - robust, dt)

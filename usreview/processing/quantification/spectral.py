@@ -10,6 +10,7 @@ Steps (see ``shared/notes/SCIENCE.md``):
    reference power, grey 0 is ``-DR`` dB. A wrong guess (40 vs 60 dB) costs about 3% PSV.
 4. :func:`flow_side` keeps the side of the baseline that holds the signal, ordered from the
    baseline outward, and estimates the noise floor from the other side (or the outer rows).
+   A baseline outside the region is kept as an offset: speeds count from the baseline.
 5. :func:`mgm_envelope` traces the maximum velocity with the modified geometric method
    (Fernando, Mathews & Clark, IEEE TBME 51(11), 2004): the noise floor is subtracted, the
    spectrum integrated outward, and the knee is where the integrated spectrum lies furthest
@@ -34,6 +35,7 @@ from usreview.dicom import (
     UltrasoundRegion,
 )
 from usreview.processing.errors import NotApplicable
+from usreview.processing.quantification.cycles import sweep_problem
 
 __all__ = [
     "FlowSide",
@@ -42,6 +44,7 @@ __all__ = [
     "flow_side",
     "grey_to_power",
     "mgm_envelope",
+    "region_problem",
     "spectral_region",
 ]
 
@@ -53,30 +56,50 @@ SIGNAL_SIGMAS = 6.0
 
 
 def spectral_region(instance: UltrasoundInstance) -> UltrasoundRegion:
-    """The largest PW or CW spectral region with time and velocity units.
+    """The largest PW or CW spectral region that :func:`region_problem` accepts.
 
-    Raises :class:`NotApplicable` when there is none (the reason names what is missing).
+    Raises :class:`NotApplicable` when there is none (the reason names what is wrong).
     """
     spectral = [r for r in instance.regions if r.data_type in _SPECTRAL]
     if not spectral:
         raise NotApplicable(
             "no PW or CW spectral Doppler region in the Sequence of Ultrasound Regions"
         )
-    usable = [
-        r
-        for r in spectral
-        if r.units_x == PhysicalUnits.SECONDS
-        and r.units_y == PhysicalUnits.CM_PER_SECOND
-        and r.delta_x != 0
-        and r.delta_y != 0
-    ]
+    problems = [region_problem(r, instance.rows, instance.columns) for r in spectral]
+    usable = [r for r, problem in zip(spectral, problems, strict=True) if problem is None]
     if not usable:
-        r = spectral[0]
-        raise NotApplicable(
-            f"the spectral region is not calibrated in s and cm/s (units {r.units_x.ucum} "
-            f"by {r.units_y.ucum}, deltas {r.delta_x:g}, {r.delta_y:g})"
-        )
+        raise NotApplicable(f"the spectral region is not usable: {problems[0]}")
     return max(usable, key=lambda r: r.width * r.height)
+
+
+def region_problem(region: UltrasoundRegion, rows: int, columns: int) -> str | None:
+    """Why a spectral region of a ``rows`` by ``columns`` image cannot be measured, or ``None``.
+
+    It needs units s and cm/s, finite non-zero deltas and a finite baseline value, bounds
+    inside the image, and a plausible sweep (:func:`.cycles.sweep_problem`).
+    """
+    if region.units_x != PhysicalUnits.SECONDS or region.units_y != PhysicalUnits.CM_PER_SECOND:
+        return (
+            f"it is not calibrated in s and cm/s (units {region.units_x.ucum} "
+            f"by {region.units_y.ucum})"
+        )
+    values = {
+        "PhysicalDeltaX": (region.delta_x, True),
+        "PhysicalDeltaY": (region.delta_y, True),
+        "ReferencePixelPhysicalValueY": (region.reference_value_y, False),
+    }
+    for keyword, (value, nonzero) in values.items():
+        if not math.isfinite(value) or (nonzero and value == 0):
+            need = "finite and non-zero" if nonzero else "finite"
+            return f"its {keyword} is {value:g}; it must be {need}"
+    x0, y0, x1, y1 = region.bounds
+    if not (0 <= x0 <= x1 < columns and 0 <= y0 <= y1 < rows):
+        return (
+            f"its bounds (x {x0} to {x1}, y {y0} to {y1}) are swapped or outside "
+            f"the {columns} by {rows} image"
+        )
+    sweep = sweep_problem(abs(region.delta_x), region.width)
+    return None if sweep is None else f"its time axis is implausible: {sweep}"
 
 
 @dataclass(frozen=True)
@@ -129,9 +152,10 @@ def grey_to_power(grey: npt.NDArray[np.uint8], dynamic_range_db: float) -> Float
 class FlowSide:
     """The side of the baseline that holds the signal, rows ordered outward from zero velocity.
 
-    ``power[k, t]`` is the power at velocity magnitude ``k * cm_s_per_row``; ``sign`` is +1 for
-    positive velocities (toward the probe), -1 for negative; ``noise`` the mean noise power
-    per pixel.
+    ``power[k, t]`` is the power at velocity magnitude ``(k + offset_rows) * cm_s_per_row``;
+    ``offset_rows`` is 0 unless the baseline lies outside the region, where it is the rows
+    from the baseline to the region's nearest row. ``sign`` is +1 for positive velocities
+    (toward the probe), -1 for negative; ``noise`` the mean noise power per pixel.
     """
 
     power: Float
@@ -139,14 +163,19 @@ class FlowSide:
     cm_s_per_row: float
     noise: float
     signal_ratio: float
+    offset_rows: float = 0.0
 
 
 def flow_side(power: Float, calibration: SpectralCalibration, wall_rows: int = 3) -> FlowSide:
     """Pick the side of the baseline with more power above the noise; estimate the noise floor."""
     rows = power.shape[0]
     base = round(calibration.baseline_row)
+    offset = 0.0
     if not 0 <= base < rows:  # the baseline lies outside: all rows are on one side
         base = -1 if calibration.baseline_row < 0 else rows
+        # velocities start at the region's edge row, this many rows from the baseline
+        edge = 0.0 if base < 0 else float(rows - 1)
+        offset = abs(calibration.baseline_row - edge)
     below = power[max(base, 0) :] if base < rows else power[:0]
     above = power[: min(base, rows - 1) + 1][::-1] if base >= 0 else power[:0]
     sides = [s for s in (above, below) if s.shape[0] > wall_rows]
@@ -171,7 +200,7 @@ def flow_side(power: Float, calibration: SpectralCalibration, wall_rows: int = 3
     up_is_positive = calibration.velocity_per_row < 0
     sign = 1 if (pick is above) == up_is_positive else -1
     ratio = max(excess(pick, noise), 0.0) / max(noise, 1e-30)
-    return FlowSide(pick, sign, abs(calibration.velocity_per_row), noise, ratio)
+    return FlowSide(pick, sign, abs(calibration.velocity_per_row), noise, ratio, offset)
 
 
 def _edge_intersection(s: Float, knee: Float, k_max: npt.NDArray[np.intp], s_max: Float) -> Float:
@@ -192,7 +221,8 @@ def _edge_intersection(s: Float, knee: Float, k_max: npt.NDArray[np.intp], s_max
 def mgm_envelope(side: FlowSide, wall_rows: int = 3, edge: bool = False) -> Float:
     """Maximum velocity (cm/s, magnitude) per column by MGM; NaN where a column has no signal."""
     p = side.power - side.noise
-    p[:wall_rows] = 0.0  # the wall filter region carries no usable envelope information
+    # the wall filter region (rows near the baseline) carries no usable envelope information
+    p[: max(math.ceil(wall_rows - side.offset_rows), 0)] = 0.0
     s = np.cumsum(p, axis=0)
     n_rows, n_cols = s.shape
     k = np.arange(n_rows, dtype=np.float64)[:, None]
@@ -214,8 +244,8 @@ def mgm_envelope(side: FlowSide, wall_rows: int = 3, edge: bool = False) -> Floa
     position = knee + shift
     if edge:
         position = _edge_intersection(s, position, k_max, s_max)
-    # row k integrates up to its upper edge, (k + 0.5) rows from the baseline
-    velocity: Float = (position + 0.5) * side.cm_s_per_row
+    # row k integrates up to its upper edge, (k + offset + 0.5) rows from the baseline
+    velocity: Float = (position + side.offset_rows + 0.5) * side.cm_s_per_row
     noise_sd = side.noise * np.sqrt(np.maximum(k_max, 1))
     velocity[s_max < SIGNAL_SIGMAS * noise_sd] = np.nan
     return velocity

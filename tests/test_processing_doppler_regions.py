@@ -1,0 +1,95 @@
+"""``doppler_indices`` skips spectral regions it cannot measure, with a reason (no NaN)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from usreview.dicom import read
+from usreview.processing import ProcessorResult, ResultStatus, default_registry
+from usreview.simulate import simulate
+
+Edit = Callable[[Any], None]
+
+
+@pytest.fixture(scope="module")
+def pw_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return simulate("pw", tmp_path_factory.mktemp("pw"), seed=0)[0]
+
+
+def _run(source: Path, folder: Path, edit: Edit) -> ProcessorResult:
+    """Run ``doppler_indices`` on ``source`` with its last region edited by ``edit``."""
+    ds = pydicom.dcmread(source)
+    edit(ds.SequenceOfUltrasoundRegions[-1])
+    path = folder / "edited.dcm"
+    ds.save_as(path)
+    return default_registry().get("doppler_indices").run(read(path))
+
+
+def _set(**values: Any) -> Edit:
+    def edit(region: Any) -> None:
+        for keyword, value in values.items():
+            setattr(region, keyword, value)
+
+    return edit
+
+
+def _swap_x(region: Any) -> None:
+    region.RegionLocationMinX0, region.RegionLocationMaxX1 = (
+        region.RegionLocationMaxX1,
+        region.RegionLocationMinX0,
+    )
+
+
+def _past_right_edge(region: Any) -> None:
+    region.RegionLocationMaxX1 = region.RegionLocationMaxX1 + 2000
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (_set(PhysicalDeltaX=math.nan), "PhysicalDeltaX is nan"),
+        (_set(PhysicalDeltaY=math.nan), "PhysicalDeltaY is nan"),
+        (_set(ReferencePixelPhysicalValueY=math.nan), "ReferencePixelPhysicalValueY is nan"),
+        (_set(PhysicalDeltaY=math.inf), "PhysicalDeltaY is inf"),
+        (_set(PhysicalDeltaX=-math.inf), "PhysicalDeltaX is -inf"),
+        (_set(PhysicalDeltaX=1e-8), "columns are 1e-08 s apart"),
+        (_set(PhysicalDeltaX=1e-9), "columns are 1e-09 s apart"),
+        (_set(PhysicalDeltaX=1e-4), "shorter than one cardiac cycle"),
+        (_set(RegionLocationMinX0=700, RegionLocationMaxX1=900), "outside the 640 by 480"),
+        (_swap_x, "swapped or outside"),
+        (_past_right_edge, "swapped or outside"),
+        (_set(RegionLocationMaxY1=480), "swapped or outside"),
+    ],
+)
+def test_an_unmeasurable_spectral_region_is_skipped_with_a_reason(
+    pw_source: Path, tmp_path: Path, edit: Edit, reason: str
+) -> None:
+    result = _run(pw_source, tmp_path, edit)
+    assert result.status == ResultStatus.SKIPPED, result.reason
+    assert "spectral region is not usable" in (result.reason or "")
+    assert reason in (result.reason or "")
+
+
+def test_slow_flow_hidden_beyond_the_region_is_not_traced(pw_source: Path, tmp_path: Path) -> None:
+    """The baseline 62 rows out hides the diastolic flow (25 cm/s): no false EDV or RI."""
+
+    def edit(region: Any) -> None:
+        region.RegionLocationMaxY1 = region.RegionLocationMinY0 + region.ReferencePixelY0 - 62
+
+    result = _run(pw_source, tmp_path, edit)
+    assert result.status == ResultStatus.SKIPPED, result.output
+    assert "outside the spectral region, hiding speeds under" in (result.reason or "")
+
+
+def test_a_valid_region_gives_finite_evidence(pw_source: Path, tmp_path: Path) -> None:
+    result = _run(pw_source, tmp_path, lambda region: None)
+    assert result.status == ResultStatus.DONE
+    for finding in result.output.findings:
+        for value in finding.evidence.values():
+            assert not isinstance(value, float) or math.isfinite(value), finding
