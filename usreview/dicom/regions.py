@@ -70,6 +70,16 @@ class UltrasoundRegion:
         """``(min_x0, min_y0, max_x1, max_y1)``, corners inclusive."""
         return (self.min_x0, self.min_y0, self.max_x1, self.max_y1)
 
+    def bounds_problem(self, rows: int, columns: int) -> str | None:
+        """Why the region does not lie inside a ``columns`` x ``rows`` image, or ``None``."""
+        x0, y0, x1, y1 = self.bounds
+        if 0 <= x0 <= x1 < columns and 0 <= y0 <= y1 < rows:
+            return None
+        return (
+            f"its bounds (x {x0} to {x1}, y {y0} to {y1}) are swapped or outside "
+            f"the {columns} by {rows} image"
+        )
+
     @property
     def width(self) -> int:
         """Width in pixels."""

@@ -116,12 +116,9 @@ def _strip_problem(region: UltrasoundRegion, rows: int, columns: int) -> str | N
     for keyword, delta in (("PhysicalDeltaX", region.delta_x), ("PhysicalDeltaY", region.delta_y)):
         if not math.isfinite(delta) or delta == 0:
             return f"its {keyword} is {delta:g}; it must be finite and non-zero"
-    x0, y0, x1, y1 = region.bounds
-    if not (0 <= x0 <= x1 < columns and 0 <= y0 <= y1 < rows):
-        return (
-            f"its bounds (x {x0} to {x1}, y {y0} to {y1}) are swapped or outside "
-            f"the {columns} by {rows} image"
-        )
+    outside = region.bounds_problem(rows, columns)
+    if outside is not None:
+        return outside
     sweep = sweep_problem(abs(region.delta_x), region.width)
     if sweep is not None:
         return f"its time axis is implausible: {sweep}"

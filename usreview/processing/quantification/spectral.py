@@ -92,12 +92,9 @@ def region_problem(region: UltrasoundRegion, rows: int, columns: int) -> str | N
         if not math.isfinite(value) or (nonzero and value == 0):
             need = "finite and non-zero" if nonzero else "finite"
             return f"its {keyword} is {value:g}; it must be {need}"
-    x0, y0, x1, y1 = region.bounds
-    if not (0 <= x0 <= x1 < columns and 0 <= y0 <= y1 < rows):
-        return (
-            f"its bounds (x {x0} to {x1}, y {y0} to {y1}) are swapped or outside "
-            f"the {columns} by {rows} image"
-        )
+    outside = region.bounds_problem(rows, columns)
+    if outside is not None:
+        return outside
     sweep = sweep_problem(abs(region.delta_x), region.width)
     return None if sweep is None else f"its time axis is implausible: {sweep}"
 
