@@ -95,13 +95,14 @@ def test_a_reader_that_leaves_early_stops_the_command_quietly(tmp_path: Path) ->
     from usreview.simulate import simulate
 
     first = simulate("pw", tmp_path / "sim", seed=1)[0]
-    for n in range(100):  # an answer larger than the pipe holds: the writer must wait
+    for n in range(100):
         shutil.copy(first, tmp_path / f"copy{n:03d}.dcm")
     code = "import sys; from usreview.cli import main; sys.exit(main(sys.argv[1:]))"
     command = [sys.executable, "-c", code, "inspect", "--json", str(tmp_path)]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as cli:
         assert cli.stdout is not None and cli.stderr is not None
-        assert cli.stdout.read(5) == b"[\n  {"
-        cli.stdout.close()  # before the rest of the array is written
+        # Gone before the first byte: the command reads 100 files before it writes, and a
+        # reader that closes mid-write may see the write succeed partly, not fail.
+        cli.stdout.close()
         err = cli.stderr.read().decode()
     assert cli.returncode == 141 and err == ""
