@@ -61,6 +61,8 @@ def _past_right_edge(region: Any) -> None:
         (_set(PhysicalDeltaX=1e-8), "columns are 1e-08 s apart"),
         (_set(PhysicalDeltaX=1e-9), "columns are 1e-09 s apart"),
         (_set(PhysicalDeltaX=1e-4), "shorter than one cardiac cycle"),
+        (_set(PhysicalDeltaX=1.0), "more than the 60 s a display can plausibly sweep"),
+        (_set(PhysicalDeltaY=1e6), "more than the 10000 cm/s any Doppler display shows"),
         (_set(RegionLocationMinX0=700, RegionLocationMaxX1=900), "outside the 640 by 480"),
         (_swap_x, "swapped or outside"),
         (_past_right_edge, "swapped or outside"),

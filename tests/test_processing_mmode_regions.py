@@ -46,6 +46,8 @@ def _swap_y(region: Any) -> None:
         (_set(PhysicalDeltaX=1e-6), "columns are 1e-06 s apart"),
         (_set(PhysicalDeltaX=1e-4), "shorter than one cardiac cycle"),
         (_set(PhysicalDeltaY=1e-6), "less than the 1 cm of a heart"),
+        (_set(PhysicalDeltaY=1e6), "more than any ultrasound image"),
+        (_set(PhysicalDeltaX=1.0), "more than the 60 s a display can plausibly sweep"),
         (_set(RegionLocationMinX0=700, RegionLocationMaxX1=900), "outside the 640 by 480"),
         (_swap_y, "swapped or outside"),
         (_set(RegionLocationMaxY1=600), "swapped or outside"),

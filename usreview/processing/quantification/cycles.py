@@ -24,6 +24,8 @@ EJECTION_FRACTION = 0.1
 #: Columns of a time-based display (spectral Doppler, M-mode) closer than this are not
 #: plausible: a spectral line needs at least one pulse, and no PRF reaches 100 kHz.
 MIN_SECONDS_PER_COLUMN = 1e-5
+#: The longest plausible sweep across a spectral or M-mode display (they show 1-12 s).
+MAX_SWEEP_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ def sweep_problem(seconds_per_column: float, columns: int) -> str | None:
 
     ``None`` when it can: columns at least 10 us apart (:data:`MIN_SECONDS_PER_COLUMN`) and
     a sweep no shorter than one cardiac cycle at :data:`MAX_BPM` (0.3 s), which also holds
-    the 30 ms smoothing window of :func:`smooth_envelope`.
+    the 30 ms smoothing window of :func:`smooth_envelope`, and no longer than
+    :data:`MAX_SWEEP_SECONDS`.
     """
     if not seconds_per_column >= MIN_SECONDS_PER_COLUMN:
         return (
@@ -64,6 +67,11 @@ def sweep_problem(seconds_per_column: float, columns: int) -> str | None:
         return (
             f"it spans {columns * seconds_per_column:.3g} s, shorter than one cardiac cycle "
             f"at {MAX_BPM:g}/min ({shortest:g} s)"
+        )
+    if columns * seconds_per_column > MAX_SWEEP_SECONDS:
+        return (
+            f"it spans {columns * seconds_per_column:.3g} s, more than the "
+            f"{MAX_SWEEP_SECONDS:g} s a display can plausibly sweep"
         )
     return None
 

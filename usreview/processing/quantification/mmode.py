@@ -86,6 +86,8 @@ _DIASTOLE = 0.30  # share of the cycle before the upstroke's foot searched for e
 #: A strip through the heart spans several cm of depth; under 1 cm it cannot hold two walls
 #: and the cavity between them (a neonate's LV is 1.5 to 2 cm across).
 _MIN_SPAN_CM = 1.0
+#: ... and deeper than any ultrasound images (30 cm for the deepest abdominal probes).
+_MAX_SPAN_CM = 40.0
 
 
 def _mmode_region(
@@ -125,6 +127,8 @@ def _strip_problem(region: UltrasoundRegion, rows: int, columns: int) -> str | N
     span = region.height * abs(region.delta_y)
     if span < _MIN_SPAN_CM:
         return f"it spans {span:.3g} cm of depth, less than the {_MIN_SPAN_CM:g} cm of a heart"
+    if span > _MAX_SPAN_CM:
+        return f"it spans {span:.3g} cm of depth, more than any ultrasound image ({_MAX_SPAN_CM:g})"
     return None
 
 

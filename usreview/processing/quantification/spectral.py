@@ -50,6 +50,9 @@ __all__ = [
 
 Float = npt.NDArray[np.float64]
 _SPECTRAL = (RegionDataType.PW_SPECTRAL_DOPPLER, RegionDataType.CW_SPECTRAL_DOPPLER)
+#: The widest velocity scale a spectral display can plausibly span (cm/s): blood reaches
+#: some 7 m/s, and an angle correction near 80 degrees multiplies a scale by about 6.
+MAX_VELOCITY_SCALE = 10_000.0
 #: A column has signal when its integrated noise-subtracted power exceeds this many
 #: standard deviations of integrated noise.
 SIGNAL_SIGMAS = 6.0
@@ -95,6 +98,12 @@ def region_problem(region: UltrasoundRegion, rows: int, columns: int) -> str | N
     outside = region.bounds_problem(rows, columns)
     if outside is not None:
         return outside
+    scale = region.height * abs(region.delta_y)
+    if scale > MAX_VELOCITY_SCALE:
+        return (
+            f"its velocity scale spans {scale:.3g} cm/s, more than the "
+            f"{MAX_VELOCITY_SCALE:g} cm/s any Doppler display shows"
+        )
     sweep = sweep_problem(abs(region.delta_x), region.width)
     return None if sweep is None else f"its time axis is implausible: {sweep}"
 
