@@ -22,16 +22,20 @@ def pw_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return simulate("pw", tmp_path_factory.mktemp("pw"), seed=0)[0]
 
 
-def _run(source: Path, folder: Path, edit: Edit) -> ProcessorResult:
-    """Run ``doppler_indices`` on ``source`` with its last region edited by ``edit``."""
+def run_edited(
+    source: Path, folder: Path, edit: Edit, processor: str = "doppler_indices"
+) -> ProcessorResult:
+    """Run ``processor`` on ``source`` with its last region edited by ``edit``."""
     ds = pydicom.dcmread(source)
     edit(ds.SequenceOfUltrasoundRegions[-1])
     path = folder / "edited.dcm"
     ds.save_as(path)
-    return default_registry().get("doppler_indices").run(read(path))
+    return default_registry().get(processor).run(read(path))
 
 
-def _set(**values: Any) -> Edit:
+def set_attributes(**values: Any) -> Edit:
+    """An edit that sets the region's attributes ``values``."""
+
     def edit(region: Any) -> None:
         for keyword, value in values.items():
             setattr(region, keyword, value)
@@ -53,26 +57,32 @@ def _past_right_edge(region: Any) -> None:
 @pytest.mark.parametrize(
     ("edit", "reason"),
     [
-        (_set(PhysicalDeltaX=math.nan), "PhysicalDeltaX is nan"),
-        (_set(PhysicalDeltaY=math.nan), "PhysicalDeltaY is nan"),
-        (_set(ReferencePixelPhysicalValueY=math.nan), "ReferencePixelPhysicalValueY is nan"),
-        (_set(PhysicalDeltaY=math.inf), "PhysicalDeltaY is inf"),
-        (_set(PhysicalDeltaX=-math.inf), "PhysicalDeltaX is -inf"),
-        (_set(PhysicalDeltaX=1e-8), "columns are 1e-08 s apart"),
-        (_set(PhysicalDeltaX=1e-9), "columns are 1e-09 s apart"),
-        (_set(PhysicalDeltaX=1e-4), "shorter than one cardiac cycle"),
-        (_set(PhysicalDeltaX=1.0), "more than the 60 s a display can plausibly sweep"),
-        (_set(PhysicalDeltaY=1e6), "more than the 10000 cm/s any Doppler display shows"),
-        (_set(RegionLocationMinX0=700, RegionLocationMaxX1=900), "outside the 640 by 480"),
+        (set_attributes(PhysicalDeltaX=math.nan), "PhysicalDeltaX is nan"),
+        (set_attributes(PhysicalDeltaY=math.nan), "PhysicalDeltaY is nan"),
+        (
+            set_attributes(ReferencePixelPhysicalValueY=math.nan),
+            "ReferencePixelPhysicalValueY is nan",
+        ),
+        (set_attributes(PhysicalDeltaY=math.inf), "PhysicalDeltaY is inf"),
+        (set_attributes(PhysicalDeltaX=-math.inf), "PhysicalDeltaX is -inf"),
+        (set_attributes(PhysicalDeltaX=1e-8), "columns are 1e-08 s apart"),
+        (set_attributes(PhysicalDeltaX=1e-9), "columns are 1e-09 s apart"),
+        (set_attributes(PhysicalDeltaX=1e-4), "shorter than one cardiac cycle"),
+        (set_attributes(PhysicalDeltaX=1.0), "more than the 60 s a display can plausibly sweep"),
+        (set_attributes(PhysicalDeltaY=1e6), "more than the 10000 cm/s any Doppler display shows"),
+        (
+            set_attributes(RegionLocationMinX0=700, RegionLocationMaxX1=900),
+            "outside the 640 by 480",
+        ),
         (_swap_x, "swapped or outside"),
         (_past_right_edge, "swapped or outside"),
-        (_set(RegionLocationMaxY1=480), "swapped or outside"),
+        (set_attributes(RegionLocationMaxY1=480), "swapped or outside"),
     ],
 )
 def test_an_unmeasurable_spectral_region_is_skipped_with_a_reason(
     pw_source: Path, tmp_path: Path, edit: Edit, reason: str
 ) -> None:
-    result = _run(pw_source, tmp_path, edit)
+    result = run_edited(pw_source, tmp_path, edit)
     assert result.status == ResultStatus.SKIPPED, result.reason
     assert "spectral region is not usable" in (result.reason or "")
     assert reason in (result.reason or "")
@@ -84,13 +94,13 @@ def test_slow_flow_hidden_beyond_the_region_is_not_traced(pw_source: Path, tmp_p
     def edit(region: Any) -> None:
         region.RegionLocationMaxY1 = region.RegionLocationMinY0 + region.ReferencePixelY0 - 62
 
-    result = _run(pw_source, tmp_path, edit)
+    result = run_edited(pw_source, tmp_path, edit)
     assert result.status == ResultStatus.SKIPPED, result.output
     assert "outside the spectral region, hiding speeds under" in (result.reason or "")
 
 
 def test_a_valid_region_gives_finite_evidence(pw_source: Path, tmp_path: Path) -> None:
-    result = _run(pw_source, tmp_path, lambda region: None)
+    result = run_edited(pw_source, tmp_path, lambda region: None)
     assert result.status == ResultStatus.DONE
     for finding in result.output.findings:
         for value in finding.evidence.values():

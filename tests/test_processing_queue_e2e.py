@@ -34,7 +34,7 @@ from usreview.processing.worker import Worker
 from usreview.simulate import simulate
 from usreview.site.deliver import is_dicom
 from usreview.store import Reviewer, StudyStatus
-from usreview.store.jobs import JobStatus
+from usreview.store.jobs import JobRecord, JobStatus
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,24 @@ def test_a_filtered_image_forwarded_back_is_not_processed_again(
         assert study.status is StudyStatus.PROCESSED
 
 
+def _processed(
+    setup: HubSetup,
+    pool: WorkerPool,
+    paths: list[Path],
+    executor: LocalExecutor,
+    **options: float,
+) -> dict[str, JobRecord]:
+    """Ingest ``paths``, work on them with ``executor`` until idle; the jobs by UID."""
+    with setup.open_archive() as archive:
+        ingest(setup, archive, pool, paths)
+        worker = Worker(setup.state, archive, executor, lease_seconds=30, **options)
+        try:
+            worker.run(threading.Event(), until_idle=True)
+        finally:
+            worker.close()
+        return {j.sop_instance_uid: j for j in archive.jobs.list_jobs()}
+
+
 def test_an_instance_that_never_finishes_fails_alone_at_the_deadline(
     tmp_path: Path, pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -166,15 +184,7 @@ def test_an_instance_that_never_finishes_fails_alone_at_the_deadline(
     hanging = str(pydicom.dcmread(paths[0]).SOPInstanceUID)
     monkeypatch.setenv("USREVIEW_TEST_HANG_UID", hanging)  # the pool's processes inherit it
     before = _spawned_children()
-    with setup.open_archive() as archive:
-        ingest(setup, archive, pool, paths)
-        executor = LocalExecutor(2, HANGING_TASK)
-        worker = Worker(setup.state, archive, executor, lease_seconds=30, task_seconds=15)
-        try:
-            worker.run(threading.Event(), until_idle=True)
-        finally:
-            worker.close()
-        jobs = {j.sop_instance_uid: j for j in archive.jobs.list_jobs()}
+    jobs = _processed(setup, pool, paths, LocalExecutor(2, HANGING_TASK), task_seconds=15)
     failed = jobs.pop(hanging)
     assert failed.status is JobStatus.FAILED and failed.attempts == 1
     assert "took more than 15 s; not tried again" in (failed.last_error or "")
@@ -192,15 +202,7 @@ def test_an_instance_that_needs_too_much_memory_fails_alone(
     paths = simulate_pw(tmp_path / "sim", 2)
     greedy = str(pydicom.dcmread(paths[0]).SOPInstanceUID)
     monkeypatch.setenv("USREVIEW_TEST_GREEDY_UID", greedy)
-    with setup.open_archive() as archive:
-        ingest(setup, archive, pool, paths)
-        executor = LocalExecutor(1, HANGING_TASK, memory=2 * 1024**3)
-        worker = Worker(setup.state, archive, executor, lease_seconds=30)
-        try:
-            worker.run(threading.Event(), until_idle=True)
-        finally:
-            worker.close()
-        jobs = {j.sop_instance_uid: j for j in archive.jobs.list_jobs()}
+    jobs = _processed(setup, pool, paths, LocalExecutor(1, HANGING_TASK, memory=2 * 1024**3))
     failed = jobs.pop(greedy)  # tried again later, as a job that failed for want of memory
     assert failed.status is JobStatus.PENDING and "MemoryError" in (failed.last_error or "")
     assert [j.status for j in jobs.values()] == [JobStatus.DONE]  # the same process went on

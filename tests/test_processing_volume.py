@@ -14,18 +14,10 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
+from tests.test_processing_accuracy import _SMALL_VOLUME
 from usreview.dicom import read
 from usreview.processing import ProcessorResult, ResultStatus, default_registry
 from usreview.simulate import simulate
-
-_SMALL_VOLUME = {
-    "frames": 56,
-    "rows": 72,
-    "columns": 80,
-    "semi_axis_x_mm": 15.0,
-    "semi_axis_y_mm": 11.0,
-    "semi_axis_z_mm": 9.0,
-}
 
 
 def _measures(ds: Dataset) -> Dataset:

@@ -70,6 +70,13 @@ class UltrasoundRegion:
         """``(min_x0, min_y0, max_x1, max_y1)``, corners inclusive."""
         return (self.min_x0, self.min_y0, self.max_x1, self.max_y1)
 
+    def deltas_problem(self) -> str | None:
+        """Why the physical deltas cannot calibrate the region (zero, not finite), or ``None``."""
+        for keyword, delta in (("PhysicalDeltaX", self.delta_x), ("PhysicalDeltaY", self.delta_y)):
+            if not math.isfinite(delta) or delta == 0:
+                return f"its {keyword} is {delta:g}; it must be finite and non-zero"
+        return None
+
     def bounds_problem(self, rows: int, columns: int) -> str | None:
         """Why the region does not lie inside a ``columns`` x ``rows`` image, or ``None``."""
         x0, y0, x1, y1 = self.bounds

@@ -34,8 +34,6 @@ fractional shortening.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
@@ -115,12 +113,9 @@ def _mmode_region(
 
 def _strip_problem(region: UltrasoundRegion, rows: int, columns: int) -> str | None:
     """Why an M-mode region cannot be measured (calibration, bounds, extent), or ``None``."""
-    for keyword, delta in (("PhysicalDeltaX", region.delta_x), ("PhysicalDeltaY", region.delta_y)):
-        if not math.isfinite(delta) or delta == 0:
-            return f"its {keyword} is {delta:g}; it must be finite and non-zero"
-    outside = region.bounds_problem(rows, columns)
-    if outside is not None:
-        return outside
+    problem = region.deltas_problem() or region.bounds_problem(rows, columns)
+    if problem is not None:
+        return problem
     sweep = sweep_problem(abs(region.delta_x), region.width)
     if sweep is not None:
         return f"its time axis is implausible: {sweep}"

@@ -86,15 +86,13 @@ def region_problem(region: UltrasoundRegion, rows: int, columns: int) -> str | N
             f"it is not calibrated in s and cm/s (units {region.units_x.ucum} "
             f"by {region.units_y.ucum})"
         )
-    values = {
-        "PhysicalDeltaX": (region.delta_x, True),
-        "PhysicalDeltaY": (region.delta_y, True),
-        "ReferencePixelPhysicalValueY": (region.reference_value_y, False),
-    }
-    for keyword, (value, nonzero) in values.items():
-        if not math.isfinite(value) or (nonzero and value == 0):
-            need = "finite and non-zero" if nonzero else "finite"
-            return f"its {keyword} is {value:g}; it must be {need}"
+    problem = region.deltas_problem()
+    if problem is not None:
+        return problem
+    if not math.isfinite(region.reference_value_y):
+        return (
+            f"its ReferencePixelPhysicalValueY is {region.reference_value_y:g}; it must be finite"
+        )
     outside = region.bounds_problem(rows, columns)
     if outside is not None:
         return outside
