@@ -36,16 +36,17 @@ def _spawner(home_template: str, name: str, groups: list[str]) -> SimpleNamespac
     )
 
 
-def test_reviewers_land_on_the_worklist_others_on_jupyterlab() -> None:
+def test_reviewers_land_on_the_worklist_scientists_on_their_notebook_in_jupyterlab() -> None:
     assert landing_url(["reviewers"]).endswith(f"/{DASHBOARD_FOLDER}/worklist.ipynb")
     assert landing_url(["reviewers"]).startswith("/voila/render/")
     assert landing_url(["trainees"]).endswith(f"/{DASHBOARD_FOLDER}/teaching.ipynb")
-    assert landing_url(["scientists"]) == "/lab"
+    assert landing_url(["scientists"]) == f"/lab/tree/{DASHBOARD_FOLDER}/research.ipynb"
+    assert landing_url([]) == "/lab"
 
 
 def test_the_repository_notebooks_are_the_dashboards() -> None:
     names = {p.name for p in notebooks_dir().glob("*.ipynb")}
-    assert {"worklist.ipynb", "study.ipynb"} <= names
+    assert {"worklist.ipynb", "study.ipynb", "teaching.ipynb", "research.ipynb"} <= names
 
 
 def test_prepare_server_copies_the_dashboards_and_replaces_stale_ones(

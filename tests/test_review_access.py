@@ -1,11 +1,14 @@
-"""Who reads what: reviewers restricted to some sites, trainees and their teaching cases.
+"""Who reads what: reviewers restricted to some sites, trainees and scientists and the
+case library.
 
 One real hub (proxy, TLS, service, processing worker) for the module; the tests run in
 file order and build on each other. Two sites send a study each; reviewer ``rn`` may
-read ``north`` only (``add-user --sites``), ``rall`` every site, ``tina`` is a trainee.
-``rn`` publishes north's study (with ``south`` as second recipient) and makes it a
-teaching case; ``tina`` reads its de-identified copies, which are searched for every
-identifying value of the source.
+read ``north`` only (``add-user --sites``), ``rall`` every site, ``tina`` is a trainee,
+``sam`` a scientist. ``rn`` publishes north's study (with ``south`` as second recipient)
+and makes it a teaching case; ``tina`` and ``sam`` read its de-identified copies, which are
+searched for every identifying value of the source. ``rall`` then makes south's Doppler
+study a case, and ``sam`` runs the pipeline on the case library
+(:mod:`usreview.review.research` and ``notebooks/research.ipynb``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class World:
     rn: str
     rall: str
     tina: str
+    sam: str
     admin: str
     hub_public: PublicKeys
     folder: Path
@@ -83,6 +87,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             hub.token("rn", rn_password),
             hub.add_person("rall", "reviewer"),
             hub.add_person("tina", "trainee"),
+            hub.add_person("sam", "scientist"),
             hub.token("ada", admin_password),
             load_public_keys(hub.state / "hub.pub"),
             folder,
@@ -208,12 +213,20 @@ def test_a_restricted_reviewer_publishes_to_a_second_site(world: World) -> None:
     assert kinds == {"report", "report-summary", "key-image"}
 
 
-def test_trainees_reach_no_study(world: World) -> None:
+def test_trainees_and_scientists_reach_no_study(world: World) -> None:
     study, instance = world.studies["north"], world.instances["north"]
-    for path in (f"/studies/{study}", f"/instances/{instance}", f"/studies/{study}/reports"):
-        error(world.hub.get(path, world.tina), 404, "not_found")
-    error(world.hub.get("/studies", world.tina), 403, "forbidden")
-    assert world.hub.get("/teaching", world.tina).json() == {"cases": []}
+    for token in (world.tina, world.sam):
+        for path in (
+            f"/studies/{study}",
+            f"/instances/{instance}",
+            f"/instances/{instance}/analysis",
+            f"/studies/{study}/reports",
+        ):
+            error(world.hub.get(path, token), 404, "not_found")
+        error(world.hub.get("/studies", token), 403, "forbidden")
+        answer = world.hub.request("POST", "/teaching", token, json={"study_instance_uid": study})
+        error(answer, 404, "not_found")
+        assert world.hub.get("/teaching", token).json() == {"cases": []}
 
 
 def test_a_reviewer_makes_a_published_study_a_teaching_case(world: World) -> None:
@@ -270,7 +283,11 @@ def test_trainees_read_cases_and_only_deidentified_copies(world: World) -> None:
         cleaned.pixels.frames()[:, inside], original.pixels.frames()[:, inside]
     )
 
-    # Reviewers are not trainees; an administrator holds both scopes.
+    # Scientists read the same library.
+    assert hub.get("/teaching", world.sam).json() == {"cases": [case]}
+    assert hub.get(path, world.sam).content == answer.content
+
+    # Reviewers are neither trainees nor scientists; an administrator holds every scope.
     error(hub.get("/teaching", world.rall), 403, "forbidden")
     error(hub.get(f"/teaching/{case['case_uid']}", world.rall), 404, "not_found")
     error(hub.get(path, world.rall), 404, "not_found")
@@ -287,14 +304,95 @@ def test_trainees_land_on_the_teaching_page_which_shows_the_cases(world: World) 
     assert landing_url(["trainees"]).endswith("/teaching.ipynb")
     notebook = json.loads((notebooks_dir() / "teaching.ipynb").read_text())
     assert "teaching_page()" in "".join(notebook["cells"][0]["source"])
-    service = service_launch(service_pids(world.hub.state)[0])[1]["JUPYTERHUB_SERVICE_URL"]
-    with ReviewClient(f"{service.rstrip('/')}/services/usreview/", world.tina) as client:
+    with ReviewClient(_service_url(world), world.tina) as client:
         page = TeachingPage(client)
         assert [value for _, value in page.picker.options] == [world.case["case_uid"]]
         page.picker.value = world.case["case_uid"]
         assert "anechoic cyst" in page.details.value and "Jane" not in page.details.value
         assert len(page.thumbnails.children) == 1 and page.viewer.children
         assert page.message.value == ""  # no error
+
+
+def test_scientists_run_the_pipeline_on_the_case_library(world: World) -> None:
+    from usreview.review.client import ReviewClient
+    from usreview.review.research import CASE_COLUMNS, case_table, run_on_cases
+
+    hub, study, instance = world.hub, world.studies["south"], world.instances["south"]
+    truth = json.loads((world.folder / "south" / "pw.truth.json").read_text())
+    expected = hub.get(f"/instances/{instance}/analysis", world.rall).json()
+    assert hub.request("POST", f"/studies/{study}/claim", world.rall).status_code == 200
+    report = {
+        "exam_type": "general",
+        "findings": "Carotid spectrum, normal velocities.",
+        "impression": "No stenosis.",
+        "recommendations": "None.",
+        "urgency": "routine",
+        "key_images": [instance],
+    }
+    answer = hub.request("POST", f"/studies/{study}/reports", world.rall, json=report)
+    assert answer.status_code == 201, answer.text
+    answer = hub.request("POST", "/teaching", world.rall, json={"study_instance_uid": study})
+    assert answer.status_code == 201, answer.text
+    pw_case = answer.json()["case_uid"]
+
+    with ReviewClient(_service_url(world), world.sam) as client:
+        cases = case_table(client)
+        assert list(cases.columns) == list(CASE_COLUMNS)
+        assert set(cases["case_uid"]) == {world.case["case_uid"], pw_case}
+        pw = cases[cases["kinds"].map(lambda kinds: "pw_doppler" in kinds)]
+        assert list(pw["case_uid"]) == [pw_case] and list(pw["impression"]) == ["No stenosis."]
+        seen: list[tuple[int, int]] = []
+        runs = run_on_cases(client, pw, progress=lambda done, total: seen.append((done, total)))
+        missing = run_on_cases(client, pw.assign(sop_instance_uid="1.2.3"))
+    assert seen == [(1, 1)]
+    measured = runs[runs["quantity"].notna()].set_index("quantity")
+    assert set(measured["sop_instance_uid"]) == set(pw["sop_instance_uid"])
+    assert set(measured["impression"]) == {"No stenosis."}
+    hub_values = {q["name"]: q["value"] for q in expected["quantities"]}
+    for name in ("peak_systolic_velocity", "end_diastolic_velocity", "resistive_index"):
+        # The de-identified copy keeps the spectrum, so the numbers are the hub's own.
+        assert measured.loc[name, "value"] == pytest.approx(hub_values[name], rel=1e-9), name
+    assert measured.loc["peak_systolic_velocity", "value"] == pytest.approx(
+        truth["psv_cm_s"], rel=0.05
+    )
+    assert measured.loc["resistive_index", "value"] == pytest.approx(truth["ri"], abs=0.02)
+    # An instance the library does not hold is a row that says why; the run goes on.
+    assert list(missing["status"]) == ["error"] and "no instance" in missing["reason"][0]
+
+
+def test_scientists_land_on_the_research_notebook_which_runs(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    from usreview.hub.dashboards import landing_url, notebooks_dir
+
+    assert landing_url(["scientists"]).endswith("/research.ipynb")
+    notebook = nbformat.read(notebooks_dir() / "research.ipynb", as_version=4)
+    assert not any(cell.get("outputs") for cell in notebook.cells)  # committed without
+    monkeypatch.setenv("USREVIEW_SERVICE_URL", _service_url(world))
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", world.sam)
+    NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    shown = {
+        name: output["data"]["text/plain"]
+        for cell, name in zip(
+            [c for c in notebook.cells if c.cell_type == "code"],
+            ("cases", "runs", "study", "mine"),
+            strict=True,
+        )
+        for output in cell.outputs
+        if output.get("output_type") == "execute_result"
+    }
+    assert "Simple cyst" in shown["cases"] and "No stenosis." in shown["cases"]
+    assert "peak_systolic_velocity" in shown["runs"] and "No stenosis." in shown["runs"]
+    assert "value_60db" in shown["study"]
+    assert shown["mine"].count("mean_grey") == 2  # both cases' instances
+
+
+def _service_url(world: World) -> str:
+    service = service_launch(service_pids(world.hub.state)[0])[1]["JUPYTERHUB_SERVICE_URL"]
+    return f"{service.rstrip('/')}/services/usreview/"
 
 
 def test_every_access_is_audited(world: World) -> None:
@@ -308,6 +406,9 @@ def test_every_access_is_audited(world: World) -> None:
         ("tina", "read", "allowed"),
         ("tina", "denial", "not_found"),
         ("tina", "denial", "forbidden"),
+        ("sam", "read", "allowed"),
+        ("sam", "denial", "not_found"),
+        ("sam", "denial", "forbidden"),
         ("rall", "denial", "forbidden"),
         ("rall", "write", "not_ready"),
         ("usreview hub reviewer-sites", "admin", "changed"),
@@ -318,6 +419,11 @@ def test_every_access_is_audited(world: World) -> None:
     uid = case["instances"][0]["sop_instance_uid"]
     assert {"teaching", f"teaching/{case['case_uid']}"} <= reads
     assert f"teaching/{case['case_uid']}/instances/{uid}" in reads
+    science = [line for line in lines if line["actor"] == "sam"]
+    assert f"teaching/{case['case_uid']}/instances/{uid}" in {s["resource"] for s in science}
+    for line in science:  # a scientist is refused every study and identified instance
+        if line["resource"].startswith(("studies", "instances")):
+            assert line["action"] == "denial", line
     verify = subprocess.run(
         [*USREVIEW, "hub", "audit", "--verify", "--state", str(world.hub.state)],
         capture_output=True, text=True, timeout=60, check=False,

@@ -4,7 +4,9 @@ Each person's server is a JupyterHub single-user Jupyter server with Voila. Befo
 starts, :func:`prepare_server` (JupyterHub's ``pre_spawn_hook``) copies the dashboards
 (the repository's ``notebooks/``, or ``$USREVIEW_NOTEBOOKS``) into ``HOME/usreview/``
 and sets where the person lands after logging in: reviewers on the worklist, trainees on
-their teaching cases (``teaching.ipynb``), the others on JupyterLab; the servers of
+their teaching cases (``teaching.ipynb``), scientists on JupyterLab with the case library's
+starting notebook (``research.ipynb``, :mod:`usreview.review.research`), the others on
+JupyterLab; the servers of
 those who land on the worklist keep a warm kernel for it
 (:mod:`usreview.hub.kernel_pool`, :data:`WARM_KERNELS_ARG`). Its token
 (``$JUPYTERHUB_API_TOKEN``, which the Voila kernels inherit) carries
@@ -57,6 +59,7 @@ _LANDING: Final = {
 }
 _DEFAULT_LANDING: Final = "/lab"
 _TEACHING_LANDING: Final = f"/voila/render/{DASHBOARD_FOLDER}/teaching.ipynb"
+_RESEARCH_LANDING: Final = f"/lab/tree/{DASHBOARD_FOLDER}/research.ipynb"
 WARM_KERNELS_ARG: Final = (
     "--ServerApp.kernel_manager_class=usreview.hub.kernel_pool.WarmKernelManager"
 )
@@ -78,6 +81,8 @@ def landing_url(groups: list[str]) -> str:
             return url
     if "trainees" in groups:  # no warm kernel: that pool is the worklist's
         return _TEACHING_LANDING
+    if "scientists" in groups:
+        return _RESEARCH_LANDING
     return _DEFAULT_LANDING
 
 

@@ -10,7 +10,8 @@ sites         reach the usreview service only (upload studies, fetch results); n
               no hub API beyond identifying themselves
 reviewers     their own single-user server and tokens; the service; review studies
 trainees      their own single-user server and tokens; the service; teaching cases
-scientists    their own single-user server and tokens; the service; de-identified research
+scientists    their own single-user server and tokens; the service; the de-identified case
+              library (the teaching cases) for research
 admins        JupyterHub's ``admin`` role (all of the hub) and usreview administration
 ============  ===============================================================================
 
@@ -68,7 +69,9 @@ CUSTOM_SCOPES: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
         "custom:usreview:results": {"description": "Fetch the sealed results of one's site."},
         "custom:usreview:review": {"description": "Review studies and sign reports."},
         "custom:usreview:train": {"description": "Work on teaching cases."},
-        "custom:usreview:research": {"description": "Read de-identified research exports."},
+        "custom:usreview:research": {
+            "description": "Read the de-identified case library for research."
+        },
         "custom:usreview:admin": {
             "description": "Administer usreview: sites, keys, the archive.",
             "subscopes": [

@@ -5,7 +5,7 @@
 >>> client.claim(uid)                                   # doctest: +SKIP
 >>> png = client.frame(sop_uid)                         # the first frame, rendered by the service
 >>> instance = client.instance(sop_uid)                 # usreview.dicom.UltrasoundInstance
->>> client.teaching_cases()                             # a trainee's teaching cases
+>>> client.teaching_cases()                   # the case library (trainees, scientists)
 
 Inside a single-user server the service's loopback URL is ``$USREVIEW_SERVICE_URL``
 and the reviewer's token ``$JUPYTERHUB_API_TOKEN`` (both set by the hub, see
@@ -183,7 +183,7 @@ class ReviewClient:
         )
 
     def teaching_cases(self) -> list[dict[str, Any]]:
-        """The teaching cases, newest first (trainees)."""
+        """The teaching cases, newest first (trainees, scientists)."""
         return list(self._json("GET", "/teaching")["cases"])
 
     def teaching_case(self, case_uid: str) -> dict[str, Any]:

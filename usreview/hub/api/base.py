@@ -5,7 +5,8 @@ recorded before any data leaves), and :meth:`BaseHandler.write_error` records ev
 refusal: 401, 403 and 404 as ``denial``, other errors under the handler's action.
 A reviewer restricted to some sites is refused everything else with the 404 of a
 missing record; the denial's audit line names the sites they are restricted to.
-Trainees (``custom:usreview:train``) reach only the teaching cases.
+Trainees (``custom:usreview:train``) and scientists (``custom:usreview:research``) reach
+only the de-identified case library (the teaching cases).
 """
 
 from __future__ import annotations
@@ -27,12 +28,23 @@ from usreview.store import Reviewer
 if TYPE_CHECKING:
     from usreview.hub.api.app import ServiceContext
 
-__all__ = ["REVIEW", "SITE_RESULTS", "SITE_UPLOAD", "TRAIN", "BaseHandler"]
+__all__ = [
+    "CASE_LIBRARY",
+    "RESEARCH",
+    "REVIEW",
+    "SITE_RESULTS",
+    "SITE_UPLOAD",
+    "TRAIN",
+    "BaseHandler",
+]
 
 SITE_UPLOAD = "custom:usreview:upload"
 SITE_RESULTS = "custom:usreview:results"
 REVIEW = "custom:usreview:review"
 TRAIN = "custom:usreview:train"
+RESEARCH = "custom:usreview:research"
+#: Either scope reads the de-identified case library.
+CASE_LIBRARY = (TRAIN, RESEARCH)
 _DENIALS = (401, 403, 404)
 _log = logging.getLogger("usreview.service")
 _T = TypeVar("_T")
@@ -117,16 +129,16 @@ class BaseHandler(ApiHandler):
             raise ApiError(404, "not_found", f"no study {study_instance_uid}")
         return reviewer
 
-    def trainee(self, *, hide: tuple[str, object] | None = None) -> str:
-        """The caller's name if it holds the teaching scope.
+    def case_reader(self, *, hide: tuple[str, object] | None = None) -> str:
+        """The caller's name if it reads the case library (a trainee or a scientist).
 
         Otherwise 403, or with ``hide=(kind, id)`` the 404 of a missing resource.
         """
-        if self.has_scope(TRAIN):
+        if any(self.has_scope(scope) for scope in CASE_LIBRARY):
             return str(self.caller["name"])
         if hide is not None:
             raise ApiError(404, "not_found", f"no {hide[0]} {hide[1]}")
-        raise ApiError(403, "forbidden", f"needs the scope {TRAIN}")
+        raise ApiError(403, "forbidden", f"needs the scope {TRAIN} or {RESEARCH}")
 
     # -- work off the event loop --------------------------------------------------------
 

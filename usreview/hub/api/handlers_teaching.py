@@ -1,16 +1,17 @@
-"""Teaching cases: reviewers make them of published studies, trainees read them.
+"""The case library: reviewers make teaching cases of published studies; trainees learn
+from them and scientists prototype on them.
 
 - ``POST /teaching`` ``{"study_instance_uid": UID}`` (review scope): make the study a
   teaching case (:func:`usreview.hub.api.teaching_cases.make_case`): 201 with the case,
   200 with the one it has already. A study the reviewer may not see answers its 404.
-- ``GET /teaching`` (train scope): ``{"cases": [...]}``, newest first.
+- ``GET /teaching`` (train or research scope): ``{"cases": [...]}``, newest first.
 - ``GET /teaching/{case}``: one case; ``GET /teaching/{case}/instances/{uid}``: one
   de-identified instance (DICOM), decrypted from its at-rest copy and checked against the
   hash recorded with it.
 
-A caller without the train scope (a reviewer who is not also a trainee, a site) gets 403
-on the list and the 404 of a missing case or instance on the others; trainees never
-reach ``/studies``. A case shows the de-identified UIDs, kinds and the reviewer's
+A caller without either scope (a reviewer who is not also a trainee, a site) gets 403
+on the list and the 404 of a missing case or instance on the others; trainees and
+scientists never reach ``/studies``. A case shows the de-identified UIDs, kinds and the reviewer's
 cleaned words, never the reviewer's name or a date. Every access is audited (reads
 before any byte leaves).
 """
@@ -58,11 +59,12 @@ def case_view(case: TeachingCase) -> dict[str, Any]:
 
 
 class TeachingCasesHandler(BaseHandler):
-    """List the teaching cases (trainees); make one of a published study (reviewers)."""
+    """List the teaching cases (trainees, scientists); make one of a published study
+    (reviewers)."""
 
     async def get(self) -> None:
         """``{"cases": [...]}``, newest first."""
-        self.trainee()
+        self.case_reader()
         cases = await self.blocking(teaching_store(self.context).cases)
         await self.audit(AuditAction.READ, detail={"count": len(cases)})
         self.write_json({"cases": [case_view(c) for c in cases]})
@@ -107,7 +109,7 @@ class TeachingCaseHandler(BaseHandler):
     async def get(self, case_uid: str) -> None:
         """The case."""
         hide = ("teaching case", case_uid)
-        self.trainee(hide=hide)
+        self.case_reader(hide=hide)
         if not is_uid(case_uid):
             raise not_found(*hide)
         case = await self.blocking(teaching_store(self.context).case, case_uid)
@@ -121,7 +123,7 @@ class TeachingInstanceHandler(BaseHandler):
     async def get(self, case_uid: str, sop_instance_uid: str) -> None:
         """The instance's DICOM file."""
         hide = ("instance", sop_instance_uid)
-        self.trainee(hide=hide)
+        self.case_reader(hide=hide)
         if not (is_uid(case_uid) and is_uid(sop_instance_uid)):
             raise not_found(*hide)
         store = teaching_store(self.context)
