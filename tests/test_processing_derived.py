@@ -139,6 +139,69 @@ def test_filters_give_a_still_and_one_multiframe_cine(
     assert [d.key for d in again.derived] == [d.key for d in still.derived]
 
 
+FRAME_TIME, FRAME_TIME_VECTOR = 0x00181063, 0x00181065
+_TIMING = ("FrameTime", "FrameTimeVector", "CineRate", "RecommendedDisplayFrameRate")
+
+
+@pytest.mark.parametrize(
+    ("edit", "left_out", "pointer"),
+    [
+        ({}, set(), FRAME_TIME),
+        ({"FrameTime": 0.0}, {"FrameTime"}, None),
+        ({"FrameTime": -33.3}, {"FrameTime"}, None),
+        ({"FrameTime": float("nan")}, {"FrameTime"}, None),
+        ({"FrameTime": float("inf")}, {"FrameTime"}, None),
+        (
+            {"CineRate": 0, "RecommendedDisplayFrameRate": -30},
+            {"CineRate", "RecommendedDisplayFrameRate"},
+            FRAME_TIME,
+        ),
+        ({"FrameTimeVector": [0, 33.3, -33.3, 33.3]}, {"FrameTimeVector"}, FRAME_TIME),
+        ({"FrameTimeVector": [0, 33.3]}, {"FrameTimeVector"}, FRAME_TIME),  # 2 values, 4 frames
+        (
+            {
+                "FrameTime": 0.0,
+                "FrameTimeVector": [0, 25.0, 30.0, 25.0],
+                "FrameIncrementPointer": [FRAME_TIME, FRAME_TIME_VECTOR],
+            },
+            {"FrameTime"},
+            FRAME_TIME_VECTOR,
+        ),
+    ],
+    ids=[
+        "valid",
+        "zero",
+        "negative",
+        "nan",
+        "infinite",
+        "rates",
+        "vector-backwards",
+        "vector-short",
+        "two-pointers",
+    ],
+)
+def test_a_derived_cine_leaves_out_invalid_timing_and_keeps_valid_timing(
+    tmp_path: Path, edit: dict[str, object], left_out: set[str], pointer: int | None
+) -> None:
+    source_path = simulate("cine", tmp_path / "source", seed=5, frames=4)[0]
+    source = pydicom.dcmread(source_path)
+    for keyword, value in edit.items():
+        setattr(source, keyword, value)
+    source.save_as(source_path)
+    [path] = _written(execute_file(str(source_path)), tmp_path)
+    derived = pydicom.dcmread(path)
+    for keyword in _TIMING:
+        if keyword in left_out:
+            assert keyword not in derived, keyword
+        else:
+            assert derived.get(keyword) == source.get(keyword), keyword
+    assert derived.get("FrameIncrementPointer") == pointer
+    # it says what the reader makes of the source, no more
+    back, original = read(path).timing, read(source_path).timing
+    assert (back.source, back.frame_time_ms) == (original.source, original.frame_time_ms)
+    assert np.array_equal(back.offsets_ms, original.offsets_ms)
+
+
 @pytest.mark.external
 def test_dciodvfy_finds_no_error_in_the_derived_instances(
     executed: dict[str, tuple[Path, Outputs]], tmp_path: Path

@@ -1,4 +1,5 @@
-"""The ``volume`` processor on edited simulated volumes: spacing signs and sizes, grey encodings.
+"""The ``volume`` processor on edited simulated volumes: spacing signs and sizes, slice order,
+grey encodings.
 
 Each case edits one simulated Enhanced US Volume with pydicom, as a reviewer did, and checks the
 published volume against the simulator's truth (within the accuracy goal, 5%) or the skip reason.
@@ -52,11 +53,59 @@ def _set_spacing(between: float, row: float, column: float) -> Callable[[Dataset
     return edit
 
 
-def test_a_negative_slice_spacing_means_reversed_slices_not_a_negative_volume(
-    tmp_path: Path,
+def _store_reversed(ds: Dataset) -> None:
+    """The same volume with its slices (frames and their Image Position (Volume)) reversed."""
+    ds.PixelData = np.ascontiguousarray(ds.pixel_array[::-1]).tobytes()
+    frames = ds.PerFrameFunctionalGroupsSequence
+    positions = [f.PlanePositionVolumeSequence[0].ImagePositionVolume for f in frames]
+    for frame, position in zip(frames, reversed(positions), strict=True):
+        frame.PlanePositionVolumeSequence[0].ImagePositionVolume = position
+
+
+def _patient_normal_down(ds: Dataset) -> None:
+    """Patient positions only: z grows frame by frame, but the slice normal points to -z."""
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
+    ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = [orientation]
+    for k, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        del frame.PlanePositionVolumeSequence
+        position = Dataset()
+        position.ImagePositionPatient = [10.0, 20.0, 0.6 * k]
+        frame.PlanePositionSequence = [position]
+
+
+def _shuffle_positions(ds: Dataset) -> None:
+    frames = ds.PerFrameFunctionalGroupsSequence
+    first, second = (f.PlanePositionVolumeSequence[0] for f in frames[:2])
+    first.ImagePositionVolume, second.ImagePositionVolume = (
+        second.ImagePositionVolume,
+        first.ImagePositionVolume,
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "order", "evidence"),
+    [
+        (lambda ds: None, "forward", "Image Position (Volume) increasing along the slice normal"),
+        (_set_spacing(-0.6, 0.6, 0.6), "reversed", "slice spacing -0.6 mm"),
+        (_store_reversed, "reversed", "Image Position (Volume) decreasing along the slice normal"),
+        (
+            _patient_normal_down,
+            "reversed",
+            "Image Position (Patient) decreasing along the slice normal",
+        ),
+        (_shuffle_positions, "unsorted", "Image Position (Volume) not monotonic along the slice"),
+    ],
+    ids=["as-simulated", "negative-spacing", "reversed-frames", "patient-normal", "shuffled"],
+)
+def test_the_slice_order_is_reported_and_reversed_slices_give_the_same_volume(
+    tmp_path: Path, edit: Callable[[Dataset], None], order: str, evidence: str
 ) -> None:
-    truth, result = _run(tmp_path, _set_spacing(-0.6, 0.6, 0.6))
+    truth, result = _run(tmp_path, edit)
     assert _volume(result) == pytest.approx(truth, rel=0.05)
+    (quantity,) = result.output.quantities
+    assert quantity.details["slice_order"] == order
+    assert any(e.startswith(evidence) for e in quantity.details["slice_order_evidence"])
 
 
 @pytest.mark.parametrize(

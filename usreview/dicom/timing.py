@@ -7,11 +7,21 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.multival import MultiValue
 
-__all__ = ["FrameTiming", "frame_timing"]
+__all__ = [
+    "TIMING_KEYWORDS",
+    "FrameTiming",
+    "frame_increment_pointers",
+    "frame_timing",
+    "timing_problems",
+]
 
 _FRAME_TIME = 0x00181063
 _FRAME_TIME_VECTOR = 0x00181065
+#: The attributes that time the frames, in the order :func:`frame_timing` prefers them (the
+#: vector first when Frame Increment Pointer names it and not Frame Time).
+TIMING_KEYWORDS = ("FrameTime", "FrameTimeVector", "CineRate", "RecommendedDisplayFrameRate")
 
 
 @dataclass(frozen=True)
@@ -47,47 +57,87 @@ def _positive(value: Any) -> float | None:
     return number if number > 0 and np.isfinite(number) else None
 
 
+def _step_ms(keyword: str, value: Any) -> float | str:
+    """The frame time (ms) that Frame Time, Cine Rate or Recommended Display Frame Rate gives.
+
+    Or why it gives none: the value and the frame time must be positive and finite.
+    """
+    number = _positive(value)
+    ms = number if number is None or keyword == "FrameTime" else _positive(1000.0 / number)
+    return f"{keyword} {value} is not a positive, finite time or rate" if ms is None else ms
+
+
+def _increments(vector: Any, number_of_frames: int) -> npt.NDArray[np.float64] | str:
+    """Frame Time Vector's increments (ms), or why they cannot time ``number_of_frames`` frames.
+
+    One finite value per frame; the increments after the first (0) must be positive.
+    """
+    try:
+        increments = np.atleast_1d(np.asarray(vector, dtype=np.float64))
+    except (TypeError, ValueError):
+        return "Frame Time Vector is not a list of numbers"
+    if increments.shape != (number_of_frames,):
+        return f"Frame Time Vector has {len(increments)} values for {number_of_frames} frames"
+    if not (np.all(np.isfinite(increments)) and np.all(increments[1:] > 0)):
+        return "Frame Time Vector has increments that are not positive and finite"
+    return increments
+
+
+def timing_problems(dataset: Any, number_of_frames: int) -> dict[str, str]:
+    """The timing attributes of ``dataset`` whose values :func:`frame_timing` rejects, with why.
+
+    Keyed by keyword (of :data:`TIMING_KEYWORDS`); attributes absent or empty are not listed.
+    """
+    problems = {}
+    for keyword in TIMING_KEYWORDS:
+        value = dataset.get(keyword)
+        if value is None:
+            continue
+        parsed: npt.NDArray[np.float64] | float | str
+        if keyword == "FrameTimeVector":
+            parsed = _increments(value, number_of_frames)
+        else:
+            parsed = _step_ms(keyword, value)
+        if isinstance(parsed, str):
+            problems[keyword] = parsed
+    return problems
+
+
+def frame_increment_pointers(dataset: Any) -> tuple[int, ...]:
+    """The tags that Frame Increment Pointer names (one or several; none when absent)."""
+    pointer = dataset.get("FrameIncrementPointer")
+    if not pointer:
+        return ()
+    return tuple(int(p) for p in (pointer if isinstance(pointer, MultiValue) else [pointer]))
+
+
 def frame_timing(
     dataset: Any, number_of_frames: int, warnings: list[str] | None = None
 ) -> FrameTiming:
     """Frame timing of a dataset with ``number_of_frames`` frames.
 
     The attribute named by Frame Increment Pointer is preferred; then Frame Time, Frame Time
-    Vector (whose first increment is 0), Cine Rate and Recommended Display Frame Rate.
+    Vector (whose first increment is 0), Cine Rate and Recommended Display Frame Rate. An
+    invalid value (:func:`timing_problems`) is passed over, with a warning for the vector.
     """
-    pointer = dataset.get("FrameIncrementPointer")
-    pointers = (
-        {int(p) for p in (pointer if isinstance(pointer, list | tuple) else [pointer])}
-        if pointer
-        else set()
-    )
-    vector = dataset.get("FrameTimeVector")
-    order = ["FrameTime", "FrameTimeVector"]
+    pointers = frame_increment_pointers(dataset)
+    order = list(TIMING_KEYWORDS)
     if _FRAME_TIME_VECTOR in pointers and _FRAME_TIME not in pointers:
-        order.reverse()
-    for source in [*order, "CineRate", "RecommendedDisplayFrameRate"]:
-        if source == "FrameTimeVector" and vector is not None:
-            try:
-                increments = np.asarray([float(v) for v in vector], dtype=np.float64)
-            except (TypeError, ValueError):
-                continue
-            if len(increments) != number_of_frames or not np.all(np.isfinite(increments)):
+        order[0], order[1] = order[1], order[0]
+    for source in order:
+        value = dataset.get(source)
+        if value is None:
+            continue
+        if source == "FrameTimeVector":
+            increments = _increments(value, number_of_frames)
+            if isinstance(increments, str):
                 if warnings is not None:
-                    warnings.append(
-                        f"Frame Time Vector has {len(increments)} values for "
-                        f"{number_of_frames} frames; ignored"
-                    )
+                    warnings.append(f"{increments}; ignored")
                 continue
             offsets = np.cumsum(increments) - increments[0]
             mean = float(np.mean(increments[1:])) if number_of_frames > 1 else None
             return FrameTiming(mean, offsets, source)
-        if source == "FrameTime":
-            ms = _positive(dataset.get("FrameTime"))
-        elif source in ("CineRate", "RecommendedDisplayFrameRate"):
-            rate = _positive(dataset.get(source))
-            ms = 1000.0 / rate if rate else None
-        else:
-            continue
-        if ms is not None:
+        ms = _step_ms(source, value)
+        if not isinstance(ms, str):
             return FrameTiming(ms, np.arange(number_of_frames, dtype=np.float64) * ms, source)
     return FrameTiming(None, None, None)

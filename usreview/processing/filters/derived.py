@@ -28,7 +28,9 @@ The series and instance UIDs are new and derived from the provenance, so process
 instance again gives the same UIDs (a retried job replaces its result instead of adding one).
 Private elements, LUTs, windows and icons of the source are dropped: the pixels are 8-bit
 display values (MONOCHROME2, or RGB for a source stored in colour), Explicit VR Little
-Endian.
+Endian. So is any cine timing (Frame Time, Frame Time Vector, Cine Rate, Recommended Display
+Frame Rate) that the reader ignores as invalid (:func:`~usreview.dicom.timing.timing_problems`),
+and Frame Increment Pointer's reference to it: valid timing is copied unchanged.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from usreview import __version__
 from usreview.dicom import UltrasoundInstance
+from usreview.dicom.timing import frame_increment_pointers, timing_problems
 from usreview.processing.results import (
     Code,
     CodingScheme,
@@ -188,6 +192,21 @@ def usreview_derivation(dataset: Dataset) -> str | None:
     return f"a derived image that usreview made{what}"
 
 
+def _drop_invalid_timing(ds: Dataset, number_of_frames: int) -> None:
+    """Remove the timing attributes that the reader ignores, and the pointers to them."""
+    invalid = timing_problems(ds, number_of_frames)
+    for keyword in invalid:
+        delattr(ds, keyword)
+    pointers = frame_increment_pointers(ds)
+    kept = [p for p in pointers if keyword_for_tag(p) not in invalid]
+    if len(kept) == len(pointers):
+        return
+    if kept:
+        ds.FrameIncrementPointer = kept if len(kept) > 1 else kept[0]
+    else:
+        del ds.FrameIncrementPointer
+
+
 def _uid(*parts: str) -> UID:
     return generate_uid(entropy_srcs=["usreview.processing.filters", *parts])
 
@@ -259,6 +278,8 @@ def derived_dataset(
     for keyword in _DROPPED + (() if multi else _MULTIFRAME_ONLY):
         if keyword in ds:
             delattr(ds, keyword)
+    if multi:
+        _drop_invalid_timing(ds, source.number_of_frames)
     ds.file_meta = FileMetaDataset()
     lossy = (
         str(source.transfer_syntax) in _LOSSY_SYNTAXES or ds.get("LossyImageCompression") == "01"

@@ -11,7 +11,10 @@ Its volume is the voxel count times the voxel volume (Enhanced US Volume pixel m
 Segmentation runs on display values (:func:`~usreview.dicom.display.to_display` over the whole
 volume, so one grey window for every slice): MONOCHROME1 is inverted and more than 8 stored bits
 are scaled to 0-255. The voxel size is the product of the absolute spacings: a negative Spacing
-Between Slices only says that the slices are stored in reverse order. The volume is not
+Between Slices only says that the slices are stored in reverse order. That order is recorded in the
+quantity's details (``slice_order``: ``forward``, ``reversed`` or ``unsorted``, with the
+``slice_order_evidence``): reversed when the slice spacing is negative or the frames' positions
+(Image Position (Volume), else (Patient)) decrease along the slice normal. The volume is not
 applicable when a spacing is zero or not finite, when Pixel Spacing is negative, when a voxel side
 lies outside [``_MIN_VOXEL_MM``, ``_MAX_VOXEL_MM``], or when the volume spans less than
 ``_MIN_EXTENT_MM`` or more than ``_MAX_EXTENT_MM`` along an axis.
@@ -20,9 +23,11 @@ lies outside [``_MIN_VOXEL_MM``, ``_MAX_VOXEL_MM``], or when the volume spans le
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from usreview.dicom import ImageKind
@@ -49,6 +54,25 @@ _MAX_EXTENT_MM = 500.0
 #: The smoothing sigma is capped at this fraction of the volume's size in voxels (along each axis):
 #: wider smoothing averages the structure into its surroundings, and its cost grows with the width.
 _MAX_SIGMA_FRACTION = 0.25
+
+#: Where a frame's position and orientation are, per frame of reference (volume, then patient):
+#: (position sequence, position, orientation sequence, orientation, name).
+_PLANES = (
+    (
+        "PlanePositionVolumeSequence",
+        "ImagePositionVolume",
+        "PlaneOrientationVolumeSequence",
+        "ImageOrientationVolume",
+        "Image Position (Volume)",
+    ),
+    (
+        "PlanePositionSequence",
+        "ImagePositionPatient",
+        "PlaneOrientationSequence",
+        "ImageOrientationPatient",
+        "Image Position (Patient)",
+    ),
+)
 
 #: The shell around the structure: from this many voxels out ...
 _SHELL_IN = 2
@@ -90,6 +114,66 @@ def _voxel_size_mm(
             f"[{_MIN_EXTENT_MM}, {_MAX_EXTENT_MM}] mm to hold an organ structure"
         )
     return size
+
+
+def _group_value(group: Dataset, sequence: str, keyword: str) -> Any:
+    """``keyword`` of the first item of the functional group ``sequence`` (``None`` if absent)."""
+    items = group.get(sequence) or []
+    return items[0].get(keyword) if len(items) else None
+
+
+def _position_steps(dataset: Dataset, frames: int) -> tuple[str, npt.NDArray[np.float64]] | None:
+    """The steps (mm) between consecutive frames along the slice normal, and where they come from.
+
+    The normal is the cross product of the orientation's row and column directions (the first
+    frame's, else the shared one). ``None`` when no frame of reference gives each of the
+    ``frames`` frames (at least 2) a finite position, not all the same, and an orientation.
+    """
+    per_frame = list(dataset.get("PerFrameFunctionalGroupsSequence") or [])
+    shared = (dataset.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+    if frames < 2 or len(per_frame) != frames:
+        return None
+    for position_sequence, position, orientation_sequence, orientation, name in _PLANES:
+        try:
+            positions = np.array(
+                [_group_value(f, position_sequence, position) for f in per_frame], np.float64
+            )
+            cosines = np.array(
+                _group_value(per_frame[0], orientation_sequence, orientation)
+                or _group_value(shared, orientation_sequence, orientation),
+                np.float64,
+            )
+        except (TypeError, ValueError):
+            continue
+        if positions.shape != (frames, 3) or cosines.shape != (6,):
+            continue
+        normal = np.cross(cosines[:3], cosines[3:])
+        steps = np.diff(positions @ normal)
+        if np.all(np.isfinite(steps)) and np.any(steps) and np.linalg.norm(normal) > 0.5:
+            return name, steps
+    return None
+
+
+def _slice_order(dataset: Dataset, between: float, frames: int) -> dict[str, Any]:
+    """The order of the slices as stored (``slice_order``) and what shows it (evidence).
+
+    ``reversed`` when the slice spacing is negative or the frames' positions decrease along
+    the slice normal; ``unsorted`` when the positions go back and forth.
+    """
+    evidence = [f"slice spacing {between:g} mm"]
+    order = "reversed" if between < 0 else "forward"
+    found = _position_steps(dataset, frames)
+    if found is not None:
+        name, steps = found
+        if np.all(steps > 0):
+            evidence.append(f"{name} increasing along the slice normal")
+        elif np.all(steps < 0):
+            evidence.append(f"{name} decreasing along the slice normal")
+            order = "reversed"
+        else:
+            evidence.append(f"{name} not monotonic along the slice normal")
+            order = "unsorted"
+    return {"slice_order": order, "slice_order_evidence": evidence}
 
 
 def _smoothing_sigma(
@@ -174,6 +258,10 @@ def structure_volume(context: Context) -> Output:
         VOLUME_CODE,
         round(count * voxel_ml, 3),
         "mL",
-        details={"voxels": count, "extent_mm_frames_rows_columns": dims},
+        details={
+            "voxels": count,
+            "extent_mm_frames_rows_columns": dims,
+            **_slice_order(instance.dataset, spacing[0], voxels.shape[0]),
+        },
     )
     return Output(quantities=(quantity,))
