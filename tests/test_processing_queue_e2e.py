@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -221,3 +222,75 @@ def test_the_local_pool_starts_its_processes_before_the_first_job() -> None:
         wait_until(lambda: len(_spawned_children() - before) == 2, timeout=60, step=0.1)
     finally:
         executor.close()
+
+
+def test_summaries_name_the_most_similar_cases_of_the_library(
+    tmp_path: Path, pool: WorkerPool
+) -> None:
+    from tests.test_teaching_atrest import teaching_case
+    from usreview.hub.api.teaching_cases import open_teaching_store
+    from usreview.processing.similarity import VERSION
+
+    setup = HubSetup.create(tmp_path / "hub")
+    sim = tmp_path / "sim"
+    priors = {  # studies an expert reported on, made teaching cases
+        "Normal carotid spectrum.": simulate("pw", sim / "normal", seed=1)[0],
+        "ICA stenosis.": simulate("pw", sim / "stenosis", seed=2, psv_cm_s=260, edv_cm_s=110)[0],
+        "Large cysts.": simulate("bmode", sim / "cysts", seed=3, inclusions=6, min_radius_mm=8)[0],
+    }
+    stenotic = simulate("pw", sim / "query-pw", seed=9, psv_cm_s=250, edv_cm_s=100)[0]
+    cysts = simulate("bmode", sim / "query-b", seed=8, inclusions=5, min_radius_mm=8)[0]
+    study = {
+        p: pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID for p in sim.rglob("*.dcm")
+    }
+    with setup.open_archive() as archive:
+        ingest(setup, archive, pool, [*priors.values(), stenotic, cysts])
+        store = open_teaching_store(archive, setup.state.at_rest_key)
+        cases = {}
+        for n, (impression, path) in enumerate(priors.items()):
+            case = teaching_case(tmp_path / f"case{n}", path, study[path], impression=impression)
+            cases[impression] = store.add(
+                Reviewer("dr"), study[path], tmp_path / f"case{n}", case
+            ).case_uid
+        worker = Worker(setup.state, archive, LocalExecutor(1), lease_seconds=30)
+        try:
+            worker.run(threading.Event(), until_idle=True)
+        finally:
+            worker.close()
+
+        summaries = {}
+        for result in archive.results.results_since(SITE):
+            if result.kind == "summary":
+                opened = open_result(
+                    setup, archive, result.cursor, tmp_path / f"{result.cursor}.json"
+                )
+                summaries[result.study_instance_uid] = json.loads(opened.read_text())
+
+        def similar(path: Path) -> list[dict[str, Any]]:
+            findings = summaries[study[path]]["findings"] if study[path] in summaries else []
+            found = [f for f in findings if f["code"] == "similar_cases"]
+            return found[0]["evidence"]["matches"] if found else []
+
+        # The stenotic spectrum is most like the stenosis case, then the normal one; never
+        # like a B-mode case.
+        matches = similar(stenotic)
+        assert [m["case_uid"] for m in matches] == [
+            cases["ICA stenosis."],
+            cases["Normal carotid spectrum."],
+        ]
+        assert [m["impression"] for m in matches] == ["ICA stenosis.", "Normal carotid spectrum."]
+        assert matches[0]["similarity"] > matches[1]["similarity"]
+        # A B-mode still (filtered images only) gets a summary for its similar case, no SR.
+        [match] = similar(cysts)
+        assert match["case_uid"] == cases["Large cysts."] and match["similarity"] > 0.9
+        assert summaries[study[cysts]]["sr_sop_instance_uid"] is None
+        # A case is never offered for its own study.
+        assert [m["case_uid"] for m in similar(priors["ICA stenosis."])] == [
+            cases["Normal carotid spectrum."]
+        ]
+        assert study[priors["Large cysts."]] not in summaries  # nothing to say of it
+        # Each library instance was described once, and its descriptor kept.
+        assert {item.descriptor["version"] for item in store.library() if item.descriptor} == {
+            VERSION
+        }
+        assert all(item.descriptor for item in store.library())

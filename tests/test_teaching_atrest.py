@@ -65,23 +65,27 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _case(folder: Path, source: Path, study: str) -> TeachingCase:
+def teaching_case(
+    folder: Path, source: Path, study: str, *, impression: str = "simple cyst"
+) -> TeachingCase:
     """A de-identified copy of ``source`` in ``folder`` and the case describing it."""
     folder.mkdir(mode=0o700)
     uids = UidMap()
-    copy = deidentify(read(source), uids, label="TEACHING-1")
+    instance = read(source)
+    copy = deidentify(instance, uids, label="TEACHING-1")
     path = folder / f"{copy.SOPInstanceUID}.dcm"
     copy.save_as(path, enforce_file_format=True)
     data = path.read_bytes()
+    kinds = tuple(k.value for k in instance.kinds)
     item = TeachingInstance(
         str(copy.SOPInstanceUID),
         str(copy.SOPClassUID),
-        ("bmode",),
-        1,
+        kinds,
+        instance.pixels.number_of_frames,
         len(data),
         hashlib.sha256(data).hexdigest(),
     )
-    return TeachingCase(uids(study), "general", "cyst", "simple cyst", "", ("bmode",), (), (item,))
+    return TeachingCase(uids(study), "general", "cyst", impression, "", kinds, (), (item,))
 
 
 def test_a_copy_is_encrypted_at_rest_and_reads_back_the_same(
@@ -89,7 +93,7 @@ def test_a_copy_is_encrypted_at_rest_and_reads_back_the_same(
 ) -> None:
     key = secrets.token_bytes(32)
     study = "1.2.826.0.2.1"
-    case = _case(tmp_path / "case", source, study)
+    case = teaching_case(tmp_path / "case", source, study)
     plaintext = (tmp_path / "case" / f"{case.instances[0].sop_instance_uid}.dcm").read_bytes()
     store = TeachingStore(archive, key)
     recorded = store.add(DR, study, tmp_path / "case", case)
@@ -131,7 +135,7 @@ def test_a_failed_recording_leaves_no_file_and_no_case(
     archive: Archive, source: Path, tmp_path: Path
 ) -> None:
     store = TeachingStore(archive, secrets.token_bytes(32))
-    case = _case(tmp_path / "a", source, "1.2.826.0.2.2")
+    case = teaching_case(tmp_path / "a", source, "1.2.826.0.2.2")
     # Not a study this archive holds: refused when the rows are committed, after the files.
     with pytest.raises(NotFoundError, match="no study"):
         store.add(DR, "1.2.826.0.2.99", tmp_path / "a", case)
@@ -139,7 +143,7 @@ def test_a_failed_recording_leaves_no_file_and_no_case(
     assert store.cases() == []
 
     # A file that is not the one described is refused before anything is written.
-    case = _case(tmp_path / "b", source, "1.2.826.0.2.2")
+    case = teaching_case(tmp_path / "b", source, "1.2.826.0.2.2")
     wrong = replace(case.instances[0], sha256="0" * 64)
     with pytest.raises(InvalidMetadataError, match="not the one described"):
         store.add(DR, "1.2.826.0.2.2", tmp_path / "b", replace(case, instances=(wrong,)))
@@ -172,9 +176,12 @@ def test_the_service_removes_at_start_the_folder_of_a_case_a_crash_left_uncommit
         for n in (1, 2):
             context.archive.put(SITE, f"envelope {n}".encode(), meta(n, study=n))
         kept = teaching_store(context).add(
-            DR, "1.2.826.0.2.1", tmp_path / "a", _case(tmp_path / "a", source, "1.2.826.0.2.1")
+            DR,
+            "1.2.826.0.2.1",
+            tmp_path / "a",
+            teaching_case(tmp_path / "a", source, "1.2.826.0.2.1"),
         )
-        lost = _case(tmp_path / "b", source, "1.2.826.0.2.2")
+        lost = teaching_case(tmp_path / "b", source, "1.2.826.0.2.2")
         child = multiprocessing.get_context("fork").Process(
             target=_crash_before_commit, args=(state, "1.2.826.0.2.2", tmp_path / "b", lost)
         )

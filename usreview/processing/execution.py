@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import json
 import os
 import resource
 import signal
@@ -42,7 +43,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,11 +53,13 @@ from pydicom.uid import generate_uid
 
 from usreview import _json as strict_json
 from usreview.dicom import UltrasoundInstance, read
+from usreview.errors import InputError
 from usreview.processing.analyze import summarize
 from usreview.processing.filters.derived import derived_from_result, usreview_derivation
 from usreview.processing.pipeline import run_pipeline
 from usreview.processing.registry import Registry
 from usreview.processing.results import ProcessorResult, ResultStatus
+from usreview.processing.similarity import Descriptor, describe
 from usreview.processing.sr import build_sr
 
 __all__ = [
@@ -71,6 +74,7 @@ __all__ = [
     "execute_bytes",
     "execute_file",
     "run_task",
+    "with_finding",
 ]
 
 DEFAULT_TASK = "usreview.processing.execution:execute_file"
@@ -132,7 +136,9 @@ class Outputs:
     image usreview derived): then there is nothing to publish and no problem; the job is
     done, not failed. ``processors`` lists the processors that ran as ``name=version``
     (``None``: the task does not say); the job keeps it, and ``usreview hub jobs
-    --outdated`` finds the jobs whose processors an upgrade changed.
+    --outdated`` finds the jobs whose processors an upgrade changed. ``kinds`` are the
+    instance's image kinds and ``descriptor`` what the case library compares it by
+    (:mod:`usreview.processing.similarity`; ``None`` for a kind it does not compare).
     """
 
     sop_instance_uid: str
@@ -145,6 +151,8 @@ class Outputs:
     seconds: Mapping[str, float] = field(default_factory=dict)
     skipped: str | None = None
     processors: tuple[str, ...] | None = None
+    kinds: tuple[str, ...] = ()
+    descriptor: Descriptor | None = None
 
 
 class _Stopwatch:
@@ -174,6 +182,12 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
         return Outputs(uid, study, signature, None, None, skipped=skipped, seconds=clock.laps)
     results = run_pipeline(instance, registry=registry)
     clock.lap("pipeline")
+    kinds = tuple(k.value for k in instance.kinds)
+    try:
+        descriptor = describe(instance)
+    except InputError:  # undecodable pixels: the processors said so already
+        descriptor = None
+    clock.lap("descriptor")
     uid = instance.sop_instance_uid
     versions = sorted(f"{r.provenance.processor}={r.provenance.version}" for r in results)
     signature = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
@@ -187,7 +201,19 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
     )
     study = instance.study_instance_uid
     if not produced and problem is None:
-        return Outputs(uid, study, signature, None, None, None, derived, clock.laps, processors=ran)
+        return Outputs(
+            uid,
+            study,
+            signature,
+            None,
+            None,
+            None,
+            derived,
+            clock.laps,
+            processors=ran,
+            kinds=kinds,
+            descriptor=descriptor,
+        )
     sr_uid = generate_uid(entropy_srcs=[uid, "sr", signature])
     document = build_sr(
         dcmread(path, stop_before_pixels=True),
@@ -198,7 +224,35 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
     buffer = io.BytesIO()
     document.save_as(buffer, enforce_file_format=True)
     clock.lap("sr")
-    summary = summarize(Path(f"{uid}.dcm"), [k.value for k in instance.kinds], uid, results)
+    summary = _summary(uid, study, kinds, results, derived, signature, sr_uid)
+    data = strict_json.dumps(summary, indent=1, sort_keys=True, default=str).encode()
+    clock.lap("summary")
+    return Outputs(
+        uid,
+        study,
+        signature,
+        buffer.getvalue(),
+        data,
+        problem,
+        derived,
+        clock.laps,
+        processors=ran,
+        kinds=kinds,
+        descriptor=descriptor,
+    )
+
+
+def _summary(
+    uid: str,
+    study: str,
+    kinds: Sequence[str],
+    results: Sequence[ProcessorResult],
+    derived: Sequence[DerivedOutput],
+    signature: str,
+    sr_uid: str | None,
+) -> dict[str, Any]:
+    """The JSON summary sent to the site (and kept for reviewers)."""
+    summary = summarize(Path(f"{uid}.dcm"), kinds, uid, list(results))
     del summary["file"], summary["images"]
     summary.update(
         study_instance_uid=study,
@@ -207,11 +261,20 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
         signature=signature,
         notice=_NOTICE,
     )
-    data = strict_json.dumps(summary, indent=1, sort_keys=True, default=str).encode()
-    clock.lap("summary")
-    return Outputs(
-        uid, study, signature, buffer.getvalue(), data, problem, derived, clock.laps, processors=ran
-    )
+    return summary
+
+
+def with_finding(outputs: Outputs, finding: Mapping[str, Any]) -> Outputs:
+    """``outputs`` whose JSON summary also holds ``finding``; a summary without an SR is
+    made for it if the instance had none."""
+    if outputs.summary is None:
+        uid, study = outputs.sop_instance_uid, outputs.study_instance_uid
+        document = _summary(uid, study, outputs.kinds, (), outputs.derived, outputs.signature, None)
+    else:
+        document = json.loads(outputs.summary)
+    document["findings"] = [*document["findings"], dict(finding)]
+    data = strict_json.dumps(document, indent=1, sort_keys=True, default=str).encode()
+    return replace(outputs, summary=data)
 
 
 def derived_outputs(

@@ -6,7 +6,9 @@ For each job (:mod:`usreview.store.jobs`), in order:
 2. open the stored envelope with the hub's key into a private file under
    ``STATE/processing/`` (checked against the plaintext hash stored with it);
 3. run :func:`~usreview.processing.execution.execute_file` on an executor: a local
-   process pool (default) or a Dask cluster (``--scheduler``);
+   process pool (default) or a Dask cluster (``--scheduler``); then compare the instance
+   with the case library (:class:`~usreview.processing.case_library.CaseLibrary`): its most
+   similar teaching cases become the summary's ``similar_cases`` finding;
 4. seal the SR, the JSON summary and each derived image (a derived Ultrasound Image
    instance: filtered image or cine, Doppler envelope overlay) to the originating site with
    :func:`usreview.hub.api.publish_result`, each under an idempotency key made of the
@@ -57,8 +59,10 @@ from usreview.hub.api.plaintext import open_stored
 from usreview.hub.api.publish import publish_result
 from usreview.hub.api.settings import ServiceSettings, open_archive
 from usreview.hub.api.sitekeys import SiteKeyFiles
+from usreview.hub.api.teaching_cases import open_teaching_store
 from usreview.hub.audit import AuditLog
 from usreview.hub.state import HubState, existing_state, state_from_env
+from usreview.processing.case_library import CaseLibrary
 from usreview.processing.execution import (
     DEFAULT_TASK,
     DaskExecutor,
@@ -66,7 +70,9 @@ from usreview.processing.execution import (
     Handle,
     LocalExecutor,
     Outputs,
+    with_finding,
 )
+from usreview.processing.similarity import similar_cases_finding
 from usreview.processing.study_results import labelled, plan_study_results
 from usreview.processing.supersede import Planned, plan_publication
 from usreview.store import Archive, CorruptObjectError, Reviewer, StorageError
@@ -140,6 +146,9 @@ class Worker:
         self._audit = AuditLog(state.audit_log, state.audit_key.read_bytes())
         self._scratch = _Scratch(state.root / "processing")
         self._running: list[_Running] = []
+        self.library = CaseLibrary(
+            open_teaching_store(archive, state.at_rest_key), self._scratch.folder
+        )
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -265,12 +274,26 @@ class Worker:
                 f"the stored instance is {outputs.sop_instance_uid}, not {job.sop_instance_uid}"
             )
         source_uid = job.sop_instance_uid
-        plan = plan_publication(self.archive.results, outputs)
+        plan = plan_publication(self.archive.results, self._with_similar_cases(outputs))
         if plan.summary is not None:
             self.archive.review.record_analysis(source_uid, plan.analysis_signature, plan.summary)
         self._publish(job, plan.items)
         if labelled(plan.summary):
             self.publish_study(job)
+
+    def _with_similar_cases(self, outputs: Outputs) -> Outputs:
+        """``outputs`` with the library's most similar cases as a finding, if there are any."""
+        if outputs.descriptor is None:
+            return outputs
+        try:
+            matches = self.library.similar(outputs.descriptor, outputs.study_instance_uid)
+            size = len(self.library)
+        except UsreviewError as exc:  # the results go without it
+            _log.warning("comparing %s with the case library: %s", outputs.sop_instance_uid, exc)
+            return outputs
+        if not matches:
+            return outputs
+        return with_finding(outputs, similar_cases_finding(matches, size))
 
     def publish_study(self, job: JobRecord) -> None:
         """Apply the study rules to the study of ``job``; publish their results if any.

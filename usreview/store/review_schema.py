@@ -136,6 +136,9 @@ class TeachingInstanceRow(Base):
     frames: Mapped[int] = mapped_column(Integer)
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
+    #: What the case library compares it by (:mod:`usreview.processing.similarity`: kind,
+    #: version, vector); filled in by the processing worker.
+    descriptor: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 @event.listens_for(ReportRow, "before_update")

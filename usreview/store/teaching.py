@@ -31,15 +31,15 @@ import contextlib
 import hashlib
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from usreview.envelope.atomic import fsync_directory, write_new_file
@@ -54,12 +54,35 @@ from usreview.store.schema import SiteRow, StudyRow
 if TYPE_CHECKING:
     from usreview.store.archive import Archive
 
-__all__ = ["MAGIC", "TeachingCase", "TeachingInstance", "TeachingStore", "remove_orphan_cases"]
+__all__ = [
+    "MAGIC",
+    "LibraryItem",
+    "TeachingCase",
+    "TeachingInstance",
+    "TeachingStore",
+    "remove_orphan_cases",
+]
 
 #: The first bytes of a teaching copy encrypted at rest.
 MAGIC = b"USRTCH1\0"
 _NONCE = 12
 _TAG = 16
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryItem:
+    """A de-identified instance as the case library compares it (:meth:`TeachingStore.library`).
+
+    ``study_instance_uid`` is the source study's, for the hub's own use (an instance is not
+    compared with the case made of its own study); it never leaves the hub.
+    """
+
+    case_uid: str
+    sop_instance_uid: str
+    exam_type: str | None
+    impression: str
+    study_instance_uid: str
+    descriptor: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +239,37 @@ class TeachingStore:
             if row is None:
                 raise NotFoundError(f"no teaching case {case_uid}")
             return _case(session, row)
+
+    def library(self) -> list[LibraryItem]:
+        """Every de-identified instance with its descriptor, oldest case first."""
+        with guard("reading the case library"), Session(self._engine) as session:
+            rows = session.execute(
+                select(TeachingCaseRow, TeachingInstanceRow, StudyRow.study_instance_uid)
+                .join(TeachingInstanceRow, TeachingInstanceRow.case_id == TeachingCaseRow.id)
+                .join(StudyRow, StudyRow.id == TeachingCaseRow.study_id)
+                .order_by(TeachingCaseRow.id, TeachingInstanceRow.id)
+            )
+            return [
+                LibraryItem(
+                    case.case_uid,
+                    item.sop_instance_uid,
+                    case.exam_type,
+                    case.impression,
+                    study,
+                    item.descriptor,
+                )
+                for case, item, study in rows
+            ]
+
+    def set_descriptor(self, sop_instance_uid: str, descriptor: Mapping[str, Any]) -> None:
+        """Record the descriptor of a de-identified instance (:meth:`library` gives it back)."""
+        engine = writer(self._engine)
+        with guard("recording a descriptor"), Session(engine) as session, session.begin():
+            session.execute(
+                update(TeachingInstanceRow)
+                .where(TeachingInstanceRow.sop_instance_uid == sop_instance_uid)
+                .values(descriptor=dict(descriptor))
+            )
 
     def read_instance(self, case_uid: str, sop_instance_uid: str) -> tuple[TeachingInstance, bytes]:
         """One de-identified instance of a case and its DICOM bytes (decrypted, checked).

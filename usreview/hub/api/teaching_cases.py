@@ -36,14 +36,14 @@ from usreview.errors import InputError
 from usreview.hub.api.errors import ApiError
 from usreview.hub.api.handlers_review import open_instance
 from usreview.hub.errors import StateError
-from usreview.store import InstanceRecord, Reviewer, StudyStatus
+from usreview.store import Archive, InstanceRecord, Reviewer, StudyStatus
 from usreview.store.teaching import TeachingCase, TeachingInstance, TeachingStore
 from usreview.teaching import UidMap, deidentify, scrub_text
 
 if TYPE_CHECKING:
     from usreview.hub.api.app import ServiceContext
 
-__all__ = ["IDENTIFYING", "make_case", "teaching_store"]
+__all__ = ["IDENTIFYING", "make_case", "open_teaching_store", "teaching_store"]
 
 #: Attributes of the source whose values are removed from the reviewer's text.
 IDENTIFYING = (
@@ -71,14 +71,24 @@ def teaching_store(context: ServiceContext) -> TeachingStore:
     StateError
         The key file is missing or does not hold 32 bytes.
     """
-    path = context.state.at_rest_key
+    return open_teaching_store(context.archive, context.state.at_rest_key)
+
+
+def open_teaching_store(archive: Archive, key_file: Path) -> TeachingStore:
+    """The teaching cases of ``archive``, with the at-rest key in ``key_file``.
+
+    Raises
+    ------
+    StateError
+        The key file is missing or does not hold 32 bytes.
+    """
     try:
-        key = path.read_bytes()
+        key = key_file.read_bytes()
     except OSError as exc:
-        raise StateError(f"{path}: {exc.strerror}; restore it from the backup") from None
+        raise StateError(f"{key_file}: {exc.strerror}; restore it from the backup") from None
     if len(key) != 32:
-        raise StateError(f"{path} does not hold 32 bytes; restore it from the backup")
-    return TeachingStore(context.archive, key)
+        raise StateError(f"{key_file} does not hold 32 bytes; restore it from the backup")
+    return TeachingStore(archive, key)
 
 
 def make_case(

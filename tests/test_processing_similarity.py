@@ -1,0 +1,162 @@
+"""The index of similarity against the case library (:mod:`usreview.processing.similarity`).
+
+Ground truth: simulated studies of seven classes whose answer is known (normal, stenotic
+and renal spectra; plain tissue and tissue with large lesions; normal and dilated left
+ventricles in M-mode). Two studies of each class are the library; new studies (other
+seeds) must find a case of their own class first.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from usreview.dicom import read
+from usreview.processing.similarity import (
+    VERSION,
+    Descriptor,
+    LibraryEntry,
+    describe,
+    rank,
+    similar_cases_finding,
+)
+from usreview.simulate import simulate
+from usreview.teaching import UidMap, deidentify
+
+CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "carotid, normal": ("pw", {"psv_cm_s": 80, "edv_cm_s": 25}),
+    "carotid, stenosis": ("pw", {"psv_cm_s": 260, "edv_cm_s": 110}),
+    "renal": ("pw", {"waveform": "renal", "psv_cm_s": 60, "edv_cm_s": 20}),
+    "tissue, plain": ("bmode", {"inclusions": 0}),
+    "tissue, lesions": ("bmode", {"inclusions": 6, "min_radius_mm": 8, "max_radius_mm": 14}),
+    "LV normal": ("mmode", {}),
+    "LV dilated": ("mmode", {"lvidd_mm": 68, "lvids_mm": 58}),
+}
+LIBRARY_SEEDS = (1, 2)
+QUERY_SEEDS = (3, 4, 5)
+
+
+def _simulated(folder: Path, name: str, seed: int) -> Path:
+    kind, params = CLASSES[name]
+    [path] = simulate(kind, folder / f"{name}-{seed}".replace(" ", "_"), seed=seed, **params)
+    return path
+
+
+def _described(path: Path) -> Descriptor:
+    descriptor = describe(read(path))
+    assert descriptor is not None
+    return descriptor
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> list[LibraryEntry]:
+    folder = tmp_path_factory.mktemp("library")
+    return [
+        LibraryEntry(
+            f"{name}/{seed}",
+            f"uid-{name}-{seed}",
+            _described(_simulated(folder, name, seed)),
+            impression=name,
+        )
+        for name in CLASSES
+        for seed in LIBRARY_SEEDS
+    ]
+
+
+def test_new_studies_find_a_case_of_their_own_class_first(
+    library: list[LibraryEntry], tmp_path: Path
+) -> None:
+    found = []
+    for name, (kind, _) in CLASSES.items():
+        for seed in QUERY_SEEDS:
+            matches = rank(_described(_simulated(tmp_path, name, seed)), library, limit=3)
+            found.append((name, seed, [m.entry.impression for m in matches]))
+            # Only images of the same kind are compared, most similar first.
+            kinds = {CLASSES[m.entry.impression][0] for m in matches}
+            assert kinds == {kind}, (name, seed, kinds)
+            scores = [m.similarity for m in matches]
+            assert scores == sorted(scores, reverse=True) and scores[0] <= 1.0
+    misses = [f for f in found if f[2][0] != f[0]]
+    assert not misses, misses  # 21 of 21 (70 of 70 with seeds 3-12)
+
+
+def test_the_deidentified_copy_is_described_as_its_original(tmp_path: Path) -> None:
+    # The library holds de-identified copies (pixels outside the regions blanked); the
+    # queries are the originals: both must give the same descriptor.
+    for name in ("carotid, normal", "tissue, lesions", "LV normal"):
+        original = read(_simulated(tmp_path, name, 7))
+        copy_path = tmp_path / f"{name}.copy.dcm"
+        deidentify(original, UidMap(), label="CASE").save_as(copy_path, enforce_file_format=True)
+        np.testing.assert_allclose(
+            _described(copy_path).vector, _described(original.path).vector, atol=1e-6
+        )
+
+
+def test_rank_gives_one_match_per_case_of_the_same_kind_and_version() -> None:
+    def entry(
+        case: str, uid: str, kind: str, vector: list[float], version: str = VERSION
+    ) -> LibraryEntry:
+        unit = np.array(vector) / np.linalg.norm(vector)
+        return LibraryEntry(case, uid, Descriptor(kind, tuple(unit), version))
+
+    query = Descriptor("pw_doppler", (1.0, 0.0))
+    entries = [
+        entry("a", "a1", "pw_doppler", [1, 0.1]),
+        entry("a", "a2", "pw_doppler", [1, 0.2]),  # the same case again: once only
+        entry("b", "b1", "pw_doppler", [1, 1]),
+        entry("c", "c1", "bmode", [1, 0]),  # another kind
+        entry("d", "d1", "pw_doppler", [1, 0], version="0"),  # another version
+        entry("e", "e1", "pw_doppler", [0, 1]),
+        entry("f", "f1", "pw_doppler", [1, 0, 0]),  # another length (a damaged record)
+    ]
+    matches = rank(query, entries, limit=5)
+    assert [(m.entry.case_uid, m.entry.sop_instance_uid) for m in matches] == [
+        ("a", "a1"),
+        ("b", "b1"),
+        ("e", "e1"),
+    ]
+    assert matches[0].similarity == pytest.approx(1 / math.sqrt(1.01))
+    assert matches[2].similarity == pytest.approx(0.0)
+    assert [m.entry.case_uid for m in rank(query, entries, limit=1)] == ["a"]
+    assert rank(query, entries, limit=0) == [] and rank(query, [], limit=3) == []
+
+
+def test_descriptors_round_trip_and_garbage_is_refused() -> None:
+    descriptor = Descriptor("bmode", (0.6, 0.8))
+    assert Descriptor.from_dict(descriptor.as_dict()) == descriptor
+    for garbage in (
+        None,
+        [],
+        {"kind": "bmode", "version": VERSION},
+        {"kind": "bmode", "version": VERSION, "vector": [0.6, "x"]},
+        {"kind": "bmode", "version": VERSION, "vector": [float("nan")]},
+        {"kind": 3, "version": VERSION, "vector": [1.0]},
+    ):
+        assert Descriptor.from_dict(garbage) is None, garbage
+
+
+def test_the_finding_names_the_cases_with_their_impressions() -> None:
+    entry = LibraryEntry(
+        "1.2.3", "1.2.3.4", Descriptor("bmode", (1.0,)), "general", "Simple  cyst.\n"
+    )
+    long = LibraryEntry("1.2.5", "1.2.5.6", Descriptor("bmode", (1.0,)), None, "x" * 200)
+    matches = rank(Descriptor("bmode", (1.0,)), [entry, long])
+    finding = similar_cases_finding(matches, library_size=12)
+    assert finding["code"] == "similar_cases" and finding["processor"] == "similarity"
+    assert finding["text"].startswith(
+        "Most similar cases of the case library: case 1.2.3 (1.00): Simple cyst.;"
+    )
+    assert len(finding["text"]) < 200  # a long impression is cut
+    evidence = finding["evidence"]
+    assert evidence["library_instances"] == 12 and evidence["method"] == f"similarity {VERSION}"
+    assert evidence["matches"][0] == {
+        "case_uid": "1.2.3",
+        "sop_instance_uid": "1.2.3.4",
+        "similarity": 1.0,
+        "exam_type": "general",
+        "impression": "Simple  cyst.\n",
+    }

@@ -1,0 +1,267 @@
+"""An index of similarity against the case library: the prior cases an image resembles most.
+
+Every instance the hub processes is compared with the de-identified instances of the
+teaching cases (the hub's case library: prior images an expert has reported on). The
+comparison uses a descriptor of the image's main region, in physical units where the
+region is calibrated, so that two images are alike when what they show is alike:
+
+- the region: the spectral region of a PW or CW spectrum, else the largest tissue region
+  (B-mode, M-mode), else the whole frame; the middle frame of a cine or volume;
+- the **profile**: the region's mean and spread along its vertical axis, on a fixed
+  physical grid when the axis is calibrated (velocity in cm/s for a spectrum: the
+  distribution of velocities over time, whatever the phase of the cycles; depth in cm
+  for tissue and M-mode), else on its rows;
+- the **texture**: the grey-level histogram and the histogram of gradient orientations.
+
+Each part is centred and made unit length, so each weighs the same; the descriptor is unit
+length and two descriptors' similarity is their dot product (cosine, 1 for identical images). Only
+images of the same kind are compared (a spectrum with spectra, a still with stills).
+:data:`VERSION` changes whenever descriptors change: older ones are then recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from usreview.dicom import ImageKind, UltrasoundInstance
+from usreview.dicom.enum import PhysicalUnits, RegionDataType
+from usreview.dicom.regions import UltrasoundRegion
+
+__all__ = [
+    "VERSION",
+    "Descriptor",
+    "LibraryEntry",
+    "Match",
+    "describe",
+    "rank",
+    "similar_cases_finding",
+]
+
+VERSION: Final = "1.0"
+#: Kinds compared, in order of precedence: an instance is described as its first kind here.
+KINDS: Final = (
+    ImageKind.PW_DOPPLER,
+    ImageKind.CW_DOPPLER,
+    ImageKind.MMODE,
+    ImageKind.VOLUME,
+    ImageKind.COLOR_FLOW,
+    ImageKind.BMODE,
+)
+#: Physical grids of the profile (start, stop, points) by the vertical axis' unit.
+GRIDS: Final = {
+    PhysicalUnits.CM_PER_SECOND: (-800.0, 800.0, 321),  # 5 cm/s steps
+    PhysicalUnits.CM: (0.0, 30.0, 121),  # 0.25 cm steps
+}
+#: Points of an uncalibrated profile (its rows, resampled).
+ROW_POINTS: Final = 64
+GREY_BINS: Final = 32
+#: Side of the blocks whose mean grey levels are the echogenicity (pixels).
+BLOCK: Final = 8
+ORIENTATION_BINS: Final = 8
+
+_SPECTRAL = {
+    ImageKind.PW_DOPPLER: RegionDataType.PW_SPECTRAL_DOPPLER,
+    ImageKind.CW_DOPPLER: RegionDataType.CW_SPECTRAL_DOPPLER,
+}
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What an image is compared by: its kind and a unit vector (see the module doc)."""
+
+    kind: str
+    vector: tuple[float, ...]
+    version: str = VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON view (what the archive keeps): kind, version, vector."""
+        return {"kind": self.kind, "version": self.version, "vector": list(self.vector)}
+
+    @classmethod
+    def from_dict(cls, value: Any) -> Descriptor | None:
+        """The descriptor :meth:`as_dict` gave, or ``None`` for anything else."""
+        if not isinstance(value, dict):
+            return None
+        kind, version, vector = value.get("kind"), value.get("version"), value.get("vector")
+        if not (isinstance(kind, str) and isinstance(version, str) and isinstance(vector, list)):
+            return None
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in vector):
+            return None
+        return cls(kind, tuple(float(v) for v in vector), version)
+
+
+@dataclass(frozen=True)
+class LibraryEntry:
+    """A de-identified instance of the case library with its descriptor and its case's words."""
+
+    case_uid: str
+    sop_instance_uid: str
+    descriptor: Descriptor
+    exam_type: str | None = None
+    impression: str = ""
+
+
+@dataclass(frozen=True)
+class Match:
+    """A library instance like the query, with the similarity (cosine, at most 1)."""
+
+    entry: LibraryEntry
+    similarity: float
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON view: the case, the instance, the similarity, the case's impression."""
+        return {
+            "case_uid": self.entry.case_uid,
+            "sop_instance_uid": self.entry.sop_instance_uid,
+            "similarity": round(self.similarity, 4),
+            "exam_type": self.entry.exam_type,
+            "impression": self.entry.impression,
+        }
+
+
+def describe(instance: UltrasoundInstance) -> Descriptor | None:
+    """The descriptor of ``instance``, or ``None`` for a kind that is not compared.
+
+    Raises :class:`~usreview.errors.InputError` (from reading pixels) for pixel data that
+    cannot be decoded.
+    """
+    kind = next((k for k in KINDS if k in instance.kinds), None)
+    if kind is None:
+        return None
+    frame = instance.display_frame(instance.pixels.number_of_frames // 2).astype(np.float32)
+    if frame.ndim == 3:  # RGB: its luminance
+        frame = frame @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    region = _region(instance, kind)
+    if region is not None:
+        x0, y0, x1, y1 = region.bounds
+        frame = frame[y0 : y1 + 1, x0 : x1 + 1]
+    frame /= 255.0
+    parts = (
+        *_profiles(frame, region),
+        _histogram(frame),
+        _histogram(_block_means(frame)),
+        _orientations(frame),
+    )
+    vector = np.concatenate([_unit(p - p.mean()) for p in parts])
+    vector = _unit(vector)
+    return Descriptor(kind.value, tuple(float(v) for v in vector))
+
+
+def rank(query: Descriptor, library: Iterable[LibraryEntry], *, limit: int = 3) -> list[Match]:
+    """The ``limit`` library entries most like ``query``, most similar first.
+
+    Only entries of the same kind and descriptor version (and length) are compared; one
+    match per case (its most similar instance).
+    """
+    entries = [
+        e
+        for e in library
+        if e.descriptor.kind == query.kind
+        and e.descriptor.version == query.version
+        and len(e.descriptor.vector) == len(query.vector)
+    ]
+    if not entries or limit < 1:
+        return []
+    vectors = np.array([e.descriptor.vector for e in entries], dtype=np.float64)
+    scores = vectors @ np.array(query.vector, dtype=np.float64)
+    best: dict[str, Match] = {}
+    for index in np.argsort(-scores, kind="stable"):
+        entry = entries[int(index)]
+        if entry.case_uid not in best:
+            best[entry.case_uid] = Match(entry, float(min(1.0, scores[index])))
+        if len(best) == limit:
+            break
+    return list(best.values())
+
+
+def similar_cases_finding(matches: Sequence[Match], library_size: int) -> dict[str, Any]:
+    """The ``similar_cases`` finding of a JSON summary: the matches, most similar first."""
+    named = [
+        f"case {m.entry.case_uid} ({m.similarity:.2f}): {_short(m.entry.impression)}"
+        for m in matches
+    ]
+    return {
+        "code": "similar_cases",
+        "text": "Most similar cases of the case library: " + "; ".join(named),
+        "evidence": {
+            "matches": [m.as_dict() for m in matches],
+            "library_instances": library_size,
+            "method": f"similarity {VERSION}",
+        },
+        "processor": "similarity",
+    }
+
+
+def _short(text: str, limit: int = 80) -> str:
+    line = " ".join(text.split()) or "no impression recorded"
+    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
+
+
+def _region(instance: UltrasoundInstance, kind: ImageKind) -> UltrasoundRegion | None:
+    wanted = _SPECTRAL.get(kind, RegionDataType.TISSUE)
+    usable = [
+        r
+        for r in instance.regions
+        if r.data_type == wanted
+        and r.bounds_problem(instance.rows, instance.columns) is None
+        and r.width >= 8
+        and r.height >= 8
+    ]
+    return max(usable, key=lambda r: r.width * r.height, default=None)
+
+
+def _profiles(
+    frame: npt.NDArray[np.float32], region: UltrasoundRegion | None
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Mean and spread along the vertical axis, on the physical grid when calibrated."""
+    mean, spread = frame.mean(axis=1, dtype=np.float64), frame.std(axis=1, dtype=np.float64)
+    grid = GRIDS.get(region.units_y) if region is not None else None
+    if region is None or grid is None or region.deltas_problem() is not None:
+        rows = np.linspace(0, len(mean) - 1, ROW_POINTS)
+        at = np.arange(len(mean))
+        return np.interp(rows, at, mean), np.interp(rows, at, spread)
+    pixels = np.arange(region.min_y0, region.max_y1 + 1)
+    values = region.to_physical(np.zeros_like(pixels), pixels)[1]
+    order = np.argsort(values)
+    points = np.linspace(*grid[:2], int(grid[2]))
+    return (
+        np.interp(points, values[order], mean[order], left=0.0, right=0.0),
+        np.interp(points, values[order], spread[order], left=0.0, right=0.0),
+    )
+
+
+def _histogram(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """Square roots of the grey levels' frequencies (so that a dot product compares them)."""
+    counts = np.histogram(values, bins=GREY_BINS, range=(0.0, 1.0))[0]
+    return np.sqrt(counts / max(1, values.size))
+
+
+def _block_means(frame: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Means of :data:`BLOCK` by :data:`BLOCK` blocks: the echogenicity without the speckle."""
+    rows, columns = (n // BLOCK * BLOCK for n in frame.shape)
+    if not rows or not columns:
+        return frame
+    blocks = frame[:rows, :columns].reshape(rows // BLOCK, BLOCK, columns // BLOCK, BLOCK)
+    return np.asarray(blocks.mean(axis=(1, 3)), dtype=np.float32)
+
+
+def _orientations(frame: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """Histogram of gradient orientations (0-180 degrees), weighted by magnitude."""
+    if min(frame.shape) < 2:
+        return np.zeros(ORIENTATION_BINS)
+    dy, dx = np.gradient(frame)
+    angle = np.mod(np.arctan2(dy, dx), np.pi)
+    weights = np.hypot(dx, dy)
+    counts = np.histogram(angle, bins=ORIENTATION_BINS, range=(0.0, np.pi), weights=weights)[0]
+    return np.asarray(counts, dtype=np.float64)
+
+
+def _unit(vector: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 and np.isfinite(norm) else np.zeros_like(vector)
