@@ -148,7 +148,7 @@ def test_the_finding_names_the_cases_with_their_impressions() -> None:
     finding = similar_cases_finding(matches, library_size=12)
     assert finding["code"] == "similar_cases" and finding["processor"] == "similarity"
     assert finding["text"].startswith(
-        "Most similar cases of the case library: case 1.2.3 (1.00): Simple cyst.;"
+        "Most similar cases of the case library: TEACHING-1.2.3 (1.00): Simple cyst.;"
     )
     assert len(finding["text"]) < 200  # a long impression is cut
     evidence = finding["evidence"]

@@ -32,6 +32,7 @@ import numpy.typing as npt
 from usreview.dicom import ImageKind, UltrasoundInstance
 from usreview.dicom.enum import PhysicalUnits, RegionDataType
 from usreview.dicom.regions import UltrasoundRegion
+from usreview.teaching import case_name
 
 __all__ = [
     "VERSION",
@@ -183,7 +184,7 @@ def rank(query: Descriptor, library: Iterable[LibraryEntry], *, limit: int = 3) 
 def similar_cases_finding(matches: Sequence[Match], library_size: int) -> dict[str, Any]:
     """The ``similar_cases`` finding of a JSON summary: the matches, most similar first."""
     named = [
-        f"case {m.entry.case_uid} ({m.similarity:.2f}): {_short(m.entry.impression)}"
+        f"{case_name(m.entry.case_uid)} ({m.similarity:.2f}): {_short(m.entry.impression)}"
         for m in matches
     ]
     return {

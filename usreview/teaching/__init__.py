@@ -12,7 +12,7 @@ Errors: :class:`DeidentificationError` (an :class:`usreview.errors.InputError`).
 
 from __future__ import annotations
 
-from usreview.teaching.deidentify import KEPT, METHOD, UidMap, deidentify
+from usreview.teaching.deidentify import KEPT, METHOD, UidMap, case_name, deidentify
 from usreview.teaching.errors import DeidentificationError
 from usreview.teaching.pixels import blank_outside_regions, region_mask
 from usreview.teaching.text import scrub_text
@@ -23,6 +23,7 @@ __all__ = [
     "DeidentificationError",
     "UidMap",
     "blank_outside_regions",
+    "case_name",
     "deidentify",
     "region_mask",
     "scrub_text",

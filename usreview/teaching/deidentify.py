@@ -35,7 +35,7 @@ from usreview.dicom import UltrasoundInstance
 from usreview.teaching.errors import DeidentificationError
 from usreview.teaching.pixels import blank_outside_regions
 
-__all__ = ["KEPT", "METHOD", "UidMap", "deidentify"]
+__all__ = ["KEPT", "METHOD", "UidMap", "case_name", "deidentify"]
 
 #: Attributes copied from the source (besides the ultrasound group, (0018,6000-60FF)).
 KEPT: Final = frozenset(
@@ -120,6 +120,12 @@ class UidMap:
 
     def __len__(self) -> int:
         return len(self._known)
+
+
+def case_name(case_uid: str) -> str:
+    """A case's short name, its copies' Patient's Name and ID: ``TEACHING-`` and the last 8
+    characters of its UID."""
+    return f"TEACHING-{case_uid[-8:]}"
 
 
 def deidentify(instance: UltrasoundInstance, uids: UidMap, *, label: str) -> Dataset:

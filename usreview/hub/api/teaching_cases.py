@@ -38,7 +38,7 @@ from usreview.hub.api.handlers_review import open_instance
 from usreview.hub.errors import StateError
 from usreview.store import Archive, InstanceRecord, Reviewer, StudyStatus
 from usreview.store.teaching import TeachingCase, TeachingInstance, TeachingStore
-from usreview.teaching import UidMap, deidentify, scrub_text
+from usreview.teaching import UidMap, case_name, deidentify, scrub_text
 
 if TYPE_CHECKING:
     from usreview.hub.api.app import ServiceContext
@@ -173,7 +173,7 @@ def _copy(
     source = open_instance(context, reviewer, record)
     try:
         instance = read(source)
-        copy = deidentify(instance, uids, label=f"TEACHING-{case_uid[-8:]}")
+        copy = deidentify(instance, uids, label=case_name(case_uid))
         identifiers = _identifiers(instance.dataset)
     finally:
         with contextlib.suppress(FileNotFoundError):
