@@ -11,11 +11,13 @@ region is calibrated, so that two images are alike when what they show is alike:
   physical grid when the axis is calibrated (velocity in cm/s for a spectrum: the
   distribution of velocities over time, whatever the phase of the cycles; depth in cm
   for tissue and M-mode), else on its rows;
-- the **texture**: the grey-level histogram and the histogram of gradient orientations.
+- the **texture**: the histograms of the grey levels, of the echogenicity (means of 8x8
+  blocks, without the speckle) and of the gradient orientations (at half resolution).
 
 Each part is centred and made unit length, so each weighs the same; the descriptor is unit
-length and two descriptors' similarity is their dot product (cosine, 1 for identical images). Only
-images of the same kind are compared (a spectrum with spectra, a still with stills).
+length and two descriptors' similarity is their dot product (cosine, 1 for identical
+images). Only images of the same kind are compared (a spectrum with spectra, a still with
+stills). Describing a 480x640 still takes about 6 ms.
 :data:`VERSION` changes whenever descriptors change: older ones are then recomputed.
 """
 
@@ -62,7 +64,8 @@ GRIDS: Final = {
 #: Points of an uncalibrated profile (its rows, resampled).
 ROW_POINTS: Final = 64
 GREY_BINS: Final = 32
-#: Side of the blocks whose mean grey levels are the echogenicity (pixels).
+#: Side of the blocks whose mean grey levels are the echogenicity, without the speckle
+#: (pixels).
 BLOCK: Final = 8
 ORIENTATION_BINS: Final = 8
 
@@ -146,8 +149,8 @@ def describe(instance: UltrasoundInstance) -> Descriptor | None:
     parts = (
         *_profiles(frame, region),
         _histogram(frame),
-        _histogram(_block_means(frame)),
-        _orientations(frame),
+        _histogram(_block_means(frame, BLOCK)),
+        _orientations(_block_means(frame, 2)),  # at half resolution: a quarter of the work
     )
     vector = np.concatenate([_unit(p - p.mean()) for p in parts])
     vector = _unit(vector)
@@ -239,16 +242,17 @@ def _profiles(
 
 def _histogram(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     """Square roots of the grey levels' frequencies (so that a dot product compares them)."""
-    counts = np.histogram(values, bins=GREY_BINS, range=(0.0, 1.0))[0]
+    bins = np.minimum((values * GREY_BINS).astype(np.intp), GREY_BINS - 1).ravel()
+    counts = np.bincount(np.maximum(bins, 0), minlength=GREY_BINS)
     return np.sqrt(counts / max(1, values.size))
 
 
-def _block_means(frame: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """Means of :data:`BLOCK` by :data:`BLOCK` blocks: the echogenicity without the speckle."""
-    rows, columns = (n // BLOCK * BLOCK for n in frame.shape)
+def _block_means(frame: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.float32]:
+    """Means of ``size`` by ``size`` blocks (the frame itself if it is smaller)."""
+    rows, columns = (n // size * size for n in frame.shape)
     if not rows or not columns:
         return frame
-    blocks = frame[:rows, :columns].reshape(rows // BLOCK, BLOCK, columns // BLOCK, BLOCK)
+    blocks = frame[:rows, :columns].reshape(rows // size, size, columns // size, size)
     return np.asarray(blocks.mean(axis=(1, 3)), dtype=np.float32)
 
 
@@ -257,9 +261,10 @@ def _orientations(frame: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     if min(frame.shape) < 2:
         return np.zeros(ORIENTATION_BINS)
     dy, dx = np.gradient(frame)
-    angle = np.mod(np.arctan2(dy, dx), np.pi)
+    angle = np.mod(np.arctan2(dy, dx), np.float32(np.pi))
+    bins = np.minimum((angle * (ORIENTATION_BINS / np.pi)).astype(np.intp), ORIENTATION_BINS - 1)
     weights = np.hypot(dx, dy)
-    counts = np.histogram(angle, bins=ORIENTATION_BINS, range=(0.0, np.pi), weights=weights)[0]
+    counts = np.bincount(bins.ravel(), weights=weights.ravel(), minlength=ORIENTATION_BINS)
     return np.asarray(counts, dtype=np.float64)
 
 
