@@ -294,3 +294,8 @@ def test_summaries_name_the_most_similar_cases_of_the_library(
             VERSION
         }
         assert all(item.descriptor for item in store.library())
+        # Each read of a copy is audited.
+        audit = [json.loads(line) for line in setup.state.audit_log.read_text().splitlines()]
+        assert sorted(e["resource"] for e in audit if e["outcome"] == "described") == sorted(
+            f"teaching/{i.case_uid}/instances/{i.sop_instance_uid}" for i in store.library()
+        )

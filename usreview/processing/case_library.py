@@ -5,8 +5,9 @@ teaching cases' de-identified instances. It reads them from the archive
 (:meth:`~usreview.store.teaching.TeachingStore.library`) at most every
 ``refresh_seconds``; an instance without a descriptor of the current version (a new case,
 or an upgrade) is opened from its encrypted copy, described, and its descriptor recorded,
-so that each is computed once for all workers. An instance that cannot be described is
-logged and passed over until the worker restarts.
+so that each is computed once for all workers; each such read is audited (action
+``read``, resource ``teaching/CASE/instances/UID``, outcome ``described``). An instance that
+cannot be described is logged and passed over until the worker restarts.
 
 :meth:`CaseLibrary.similar` gives the cases most like an instance, never the case made of
 the instance's own study.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from usreview.dicom import read
 from usreview.errors import UsreviewError
+from usreview.hub.audit import AuditAction, AuditLog
 from usreview.processing.similarity import VERSION, Descriptor, LibraryEntry, Match, describe, rank
 from usreview.store.teaching import LibraryItem, TeachingStore
 
@@ -36,19 +38,24 @@ _log = logging.getLogger("usreview.worker")
 class CaseLibrary:
     """The descriptors of the case library, kept fresh from ``store``.
 
-    ``scratch`` is a private folder (mode 0700) for the moment a copy is described.
+    ``scratch`` is a private folder (mode 0700) for the moment a copy is described; the
+    reads of copies go to ``audit`` as ``actor``'s.
     """
 
     def __init__(
         self,
         store: TeachingStore,
         scratch: Path,
+        audit: AuditLog,
+        actor: str,
         *,
         refresh_seconds: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.scratch = scratch
+        self.audit = audit
+        self.actor = actor
         self.refresh_seconds = refresh_seconds
         self._clock = clock
         self._loaded_at: float | None = None
@@ -108,6 +115,12 @@ class CaseLibrary:
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(self.store.read_instance(item.case_uid, item.sop_instance_uid)[1])
+            self.audit.record(
+                self.actor,
+                AuditAction.READ,
+                f"teaching/{item.case_uid}/instances/{item.sop_instance_uid}",
+                outcome="described",
+            )
             descriptor = describe(read(path))
             if descriptor is not None:
                 self.store.set_descriptor(item.sop_instance_uid, descriptor.as_dict())

@@ -147,7 +147,10 @@ class Worker:
         self._scratch = _Scratch(state.root / "processing")
         self._running: list[_Running] = []
         self.library = CaseLibrary(
-            open_teaching_store(archive, state.at_rest_key), self._scratch.folder
+            open_teaching_store(archive, state.at_rest_key),
+            self._scratch.folder,
+            self._audit,
+            ACTOR,
         )
 
     # -- the loop ----------------------------------------------------------------------
