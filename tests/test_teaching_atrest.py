@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -210,3 +211,51 @@ def test_the_service_removes_at_start_the_folder_of_a_case_a_crash_left_uncommit
     audit = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
     started = [line["detail"] for line in audit if line["outcome"] == "started"]
     assert [d["teaching_orphans_removed"] for d in started] == [[], removed]
+
+
+def test_the_case_library_describes_each_copy_once_and_passes_over_a_damaged_one(
+    archive: Archive, source: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from usreview.hub.audit import AuditLog
+    from usreview.processing.case_library import CaseLibrary
+    from usreview.processing.similarity import VERSION, describe
+
+    store = TeachingStore(archive, secrets.token_bytes(32))
+    cases = {}
+    for n, study in enumerate(("1.2.826.0.2.1", "1.2.826.0.2.2")):
+        case = teaching_case(tmp_path / f"case{n}", source, study)
+        cases[study] = store.add(DR, study, tmp_path / f"case{n}", case)
+    now = [0.0]
+    audit = AuditLog(tmp_path / "audit.log", secrets.token_bytes(32))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o700)
+    library = CaseLibrary(store, scratch, audit, "worker", clock=lambda: now[0])
+    [first, second] = [cases[s].instances[0].sop_instance_uid for s in sorted(cases)]
+
+    # An outdated descriptor is made again; a damaged copy is passed over, logged.
+    store.set_descriptor(first, {"kind": "bmode", "version": "0", "vector": [1.0]})
+    sealed = archive.root / "teaching" / cases["1.2.826.0.2.2"].case_uid / f"{second}.sealed"
+    sealed.write_bytes(b"damaged")
+    with caplog.at_level(logging.WARNING, "usreview.worker"):
+        assert [entry.sop_instance_uid for _, entry in library.entries()] == [first]
+    assert "is passed over" in caplog.text and second in caplog.text
+    expected = describe(read(source))
+    assert expected is not None
+    recorded = store.descriptors([first, second])
+    assert list(recorded) == [first] and recorded[first]["version"] == VERSION
+    np.testing.assert_allclose(recorded[first]["vector"], expected.vector, atol=1e-6)
+    # The query's own study is left out.
+    query = library.similar(expected, "1.2.826.0.2.1")
+    assert query == []
+    [match] = library.similar(expected, "1.2.826.0.2.9")
+    assert match.entry.case_uid == cases["1.2.826.0.2.1"].case_uid and match.similarity > 0.999
+
+    # Read again only when stale, and each copy is described once.
+    assert len(audit.path.read_text().splitlines()) == 1  # the one copy described
+    cached = library.entries()
+    now[0] = 10.0
+    assert library.entries() is cached
+    now[0] = 100.0
+    again = library.entries()
+    assert again is not cached and again == cached
+    assert len(audit.path.read_text().splitlines()) == 1

@@ -3,9 +3,10 @@
 :class:`CaseLibrary` keeps the descriptors (:mod:`usreview.processing.similarity`) of the
 teaching cases' de-identified instances. It reads them from the archive
 (:meth:`~usreview.store.teaching.TeachingStore.library`) at most every
-``refresh_seconds``; an instance without a descriptor of the current version (a new case,
-or an upgrade) is opened from its encrypted copy, described, and its descriptor recorded,
-so that each is computed once for all workers; each such read is audited (action
+``refresh_seconds``, and the descriptor of each instance once; an instance without a
+descriptor of the current version (a new case, or an upgrade) is opened from its encrypted
+copy, described, and its descriptor recorded, so that each is computed once for all
+workers; each such read is audited (action
 ``read``, resource ``teaching/CASE/instances/UID``, outcome ``described``). An instance that
 cannot be described is logged and passed over until the worker restarts.
 
@@ -60,6 +61,7 @@ class CaseLibrary:
         self._clock = clock
         self._loaded_at: float | None = None
         self._entries: list[tuple[str, LibraryEntry]] = []  # (source study, entry)
+        self._descriptors: dict[str, Descriptor] = {}  # by SOP Instance UID, read once
         self._passed_over: set[str] = set()
 
     def similar(
@@ -83,29 +85,36 @@ class CaseLibrary:
         """
         now = self._clock()
         if self._loaded_at is None or now - self._loaded_at >= self.refresh_seconds:
-            self._entries = [
-                (item.study_instance_uid, entry)
-                for item in self.store.library()
-                if (entry := self._entry(item)) is not None
-            ]
+            self._entries = self._read()
             self._loaded_at = now
         return self._entries
 
     def __len__(self) -> int:
         return len(self.entries())
 
-    def _entry(self, item: LibraryItem) -> LibraryEntry | None:
-        descriptor = Descriptor.from_dict(item.descriptor)
-        if descriptor is None or descriptor.version != VERSION:
-            if item.sop_instance_uid in self._passed_over:
-                return None
-            descriptor = self._describe(item)
+    def _read(self) -> list[tuple[str, LibraryEntry]]:
+        """The library now; descriptors are read (or made) only for instances new to us."""
+        items = self.store.library()
+        known = self._descriptors.keys() | self._passed_over
+        new = [i.sop_instance_uid for i in items if i.sop_instance_uid not in known]
+        recorded = self.store.descriptors(new) if new else {}
+        entries = []
+        for item in items:
+            uid = item.sop_instance_uid
+            if uid in self._passed_over:
+                continue
+            descriptor = self._descriptors.get(uid)
             if descriptor is None:
-                self._passed_over.add(item.sop_instance_uid)
-                return None
-        return LibraryEntry(
-            item.case_uid, item.sop_instance_uid, descriptor, item.exam_type, item.impression
-        )
+                descriptor = Descriptor.from_dict(recorded.get(uid))
+                if descriptor is None or descriptor.version != VERSION:
+                    descriptor = self._describe(item)
+                if descriptor is None:
+                    self._passed_over.add(uid)
+                    continue
+                self._descriptors[uid] = descriptor
+            entry = LibraryEntry(item.case_uid, uid, descriptor, item.exam_type, item.impression)
+            entries.append((item.study_instance_uid, entry))
+        return entries
 
     def _describe(self, item: LibraryItem) -> Descriptor | None:
         """Describe a copy and record its descriptor; ``None`` (logged) if it cannot be."""

@@ -31,7 +31,7 @@ import contextlib
 import hashlib
 import secrets
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -74,7 +74,8 @@ class LibraryItem:
     """A de-identified instance as the case library compares it (:meth:`TeachingStore.library`).
 
     ``study_instance_uid`` is the source study's, for the hub's own use (an instance is not
-    compared with the case made of its own study); it never leaves the hub.
+    compared with the case made of its own study); it never leaves the hub. Descriptors
+    are read apart (:meth:`TeachingStore.descriptors`): they are large and rarely change.
     """
 
     case_uid: str
@@ -82,7 +83,6 @@ class LibraryItem:
     exam_type: str | None
     impression: str
     study_instance_uid: str
-    descriptor: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,28 +241,38 @@ class TeachingStore:
             return _case(session, row)
 
     def library(self) -> list[LibraryItem]:
-        """Every de-identified instance with its descriptor, oldest case first."""
+        """Every de-identified instance (without descriptors), oldest case first."""
         with guard("reading the case library"), Session(self._engine) as session:
             rows = session.execute(
-                select(TeachingCaseRow, TeachingInstanceRow, StudyRow.study_instance_uid)
+                select(
+                    TeachingCaseRow.case_uid,
+                    TeachingInstanceRow.sop_instance_uid,
+                    TeachingCaseRow.exam_type,
+                    TeachingCaseRow.impression,
+                    StudyRow.study_instance_uid,
+                )
                 .join(TeachingInstanceRow, TeachingInstanceRow.case_id == TeachingCaseRow.id)
                 .join(StudyRow, StudyRow.id == TeachingCaseRow.study_id)
                 .order_by(TeachingCaseRow.id, TeachingInstanceRow.id)
             )
-            return [
-                LibraryItem(
-                    case.case_uid,
-                    item.sop_instance_uid,
-                    case.exam_type,
-                    case.impression,
-                    study,
-                    item.descriptor,
+            return [LibraryItem(*row) for row in rows]
+
+    def descriptors(self, sop_instance_uids: Collection[str]) -> dict[str, Mapping[str, Any]]:
+        """The descriptors recorded for these instances (those without one are left out)."""
+        found: dict[str, Mapping[str, Any]] = {}
+        wanted = list(sop_instance_uids)
+        with guard("reading the case library"), Session(self._engine) as session:
+            for start in range(0, len(wanted), 500):
+                rows = session.execute(
+                    select(TeachingInstanceRow.sop_instance_uid, TeachingInstanceRow.descriptor)
+                    .where(TeachingInstanceRow.sop_instance_uid.in_(wanted[start : start + 500]))
+                    .where(TeachingInstanceRow.descriptor.is_not(None))
                 )
-                for case, item, study in rows
-            ]
+                found.update((uid, descriptor) for uid, descriptor in rows)
+        return found
 
     def set_descriptor(self, sop_instance_uid: str, descriptor: Mapping[str, Any]) -> None:
-        """Record the descriptor of a de-identified instance (:meth:`library` gives it back)."""
+        """Record the descriptor of a de-identified instance (:meth:`descriptors` gives it)."""
         engine = writer(self._engine)
         with guard("recording a descriptor"), Session(engine) as session, session.begin():
             session.execute(
