@@ -83,6 +83,16 @@ def _shuffle_positions(ds: Dataset) -> None:
     )
 
 
+def _store_shuffled(ds: Dataset) -> None:
+    """The same volume with its frames stored out of order, each with its true position."""
+    order = np.random.default_rng(0).permutation(int(ds.NumberOfFrames))
+    ds.PixelData = np.ascontiguousarray(ds.pixel_array[order]).tobytes()
+    frames = ds.PerFrameFunctionalGroupsSequence
+    positions = [list(f.PlanePositionVolumeSequence[0].ImagePositionVolume) for f in frames]
+    for frame, k in zip(frames, order, strict=True):
+        frame.PlanePositionVolumeSequence[0].ImagePositionVolume = positions[k]
+
+
 @pytest.mark.parametrize(
     ("edit", "order", "evidence"),
     [
@@ -95,8 +105,16 @@ def _shuffle_positions(ds: Dataset) -> None:
             "Image Position (Patient) decreasing along the slice normal",
         ),
         (_shuffle_positions, "unsorted", "Image Position (Volume) not monotonic along the slice"),
+        (_store_shuffled, "unsorted", "slices sorted by position before measuring"),
     ],
-    ids=["as-simulated", "negative-spacing", "reversed-frames", "patient-normal", "shuffled"],
+    ids=[
+        "as-simulated",
+        "negative-spacing",
+        "reversed-frames",
+        "patient-normal",
+        "shuffled-positions",
+        "frames-out-of-order",
+    ],
 )
 def test_the_slice_order_is_reported_and_reversed_slices_give_the_same_volume(
     tmp_path: Path, edit: Callable[[Dataset], None], order: str, evidence: str

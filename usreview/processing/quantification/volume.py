@@ -14,7 +14,8 @@ are scaled to 0-255. The voxel size is the product of the absolute spacings: a n
 Between Slices only says that the slices are stored in reverse order. That order is recorded in the
 quantity's details (``slice_order``: ``forward``, ``reversed`` or ``unsorted``, with the
 ``slice_order_evidence``): reversed when the slice spacing is negative or the frames' positions
-(Image Position (Volume), else (Patient)) decrease along the slice normal. The volume is not
+(Image Position (Volume), else (Patient)) decrease along the slice normal; unsorted slices are
+sorted by position before they are measured. The volume is not
 applicable when a spacing is zero or not finite, when Pixel Spacing is negative, when a voxel side
 lies outside [``_MIN_VOXEL_MM``, ``_MAX_VOXEL_MM``], or when the volume spans less than
 ``_MIN_EXTENT_MM`` or more than ``_MAX_EXTENT_MM`` along an axis.
@@ -122,8 +123,8 @@ def _group_value(group: Dataset, sequence: str, keyword: str) -> Any:
     return items[0].get(keyword) if len(items) else None
 
 
-def _position_steps(dataset: Dataset, frames: int) -> tuple[str, npt.NDArray[np.float64]] | None:
-    """The steps (mm) between consecutive frames along the slice normal, and where they come from.
+def _frame_positions(dataset: Dataset, frames: int) -> tuple[str, npt.NDArray[np.float64]] | None:
+    """The frames' positions (mm) along the slice normal, and where they come from.
 
     The normal is the cross product of the orientation's row and column directions (the first
     frame's, else the shared one). ``None`` when no frame of reference gives each of the
@@ -148,23 +149,28 @@ def _position_steps(dataset: Dataset, frames: int) -> tuple[str, npt.NDArray[np.
         if positions.shape != (frames, 3) or cosines.shape != (6,):
             continue
         normal = np.cross(cosines[:3], cosines[3:])
-        steps = np.diff(positions @ normal)
-        if np.all(np.isfinite(steps)) and np.any(steps) and np.linalg.norm(normal) > 0.5:
-            return name, steps
+        along = positions @ normal
+        if np.all(np.isfinite(along)) and np.ptp(along) > 0 and np.linalg.norm(normal) > 0.5:
+            return name, along
     return None
 
 
-def _slice_order(dataset: Dataset, between: float, frames: int) -> dict[str, Any]:
-    """The order of the slices as stored (``slice_order``) and what shows it (evidence).
+def _slice_order(
+    dataset: Dataset, between: float, frames: int
+) -> tuple[dict[str, Any], npt.NDArray[np.intp] | None]:
+    """The order of the slices as stored (``slice_order``) and what shows it (evidence), and
+    for unsorted slices the order that sorts them by position.
 
     ``reversed`` when the slice spacing is negative or the frames' positions decrease along
     the slice normal; ``unsorted`` when the positions go back and forth.
     """
     evidence = [f"slice spacing {between:g} mm"]
     order = "reversed" if between < 0 else "forward"
-    found = _position_steps(dataset, frames)
+    found = _frame_positions(dataset, frames)
+    sort: npt.NDArray[np.intp] | None = None
     if found is not None:
-        name, steps = found
+        name, along = found
+        steps = np.diff(along)
         if np.all(steps > 0):
             evidence.append(f"{name} increasing along the slice normal")
         elif np.all(steps < 0):
@@ -172,8 +178,10 @@ def _slice_order(dataset: Dataset, between: float, frames: int) -> dict[str, Any
             order = "reversed"
         else:
             evidence.append(f"{name} not monotonic along the slice normal")
+            evidence.append("slices sorted by position before measuring")
             order = "unsorted"
-    return {"slice_order": order, "slice_order_evidence": evidence}
+            sort = np.argsort(along, kind="stable")
+    return {"slice_order": order, "slice_order_evidence": evidence}, sort
 
 
 def _smoothing_sigma(
@@ -207,7 +215,7 @@ def _largest_inner(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_] | None:
 @processor(
     "volume",
     kinds={ImageKind.VOLUME},
-    version="1.0",
+    version="1.1",
     params={"smoothing_mm": 1.0, "dynamic_range_db": 60.0},
     requires=("scipy",),
 )
@@ -220,6 +228,9 @@ def structure_volume(context: Context) -> Output:
     voxels = instance.frames()
     if voxels.ndim != 3:
         raise NotApplicable(f"expected grey voxels (frames, rows, columns), got {voxels.shape}")
+    order, sort = _slice_order(instance.dataset, spacing[0], voxels.shape[0])
+    if sort is not None:  # frames stored out of order: measure them in place
+        voxels = voxels[sort]
     photometric = instance.photometric_interpretation
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise NotApplicable(f"the voxels are {photometric}, not grey")
@@ -261,7 +272,7 @@ def structure_volume(context: Context) -> Output:
         details={
             "voxels": count,
             "extent_mm_frames_rows_columns": dims,
-            **_slice_order(instance.dataset, spacing[0], voxels.shape[0]),
+            **order,
         },
     )
     return Output(quantities=(quantity,))
