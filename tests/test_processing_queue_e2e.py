@@ -278,7 +278,7 @@ def test_summaries_name_the_most_similar_cases_of_the_library(
             cases["ICA stenosis."],
             cases["Normal carotid spectrum."],
         ]
-        assert [m["impression"] for m in matches] == ["ICA stenosis.", "Normal carotid spectrum."]
+        assert set(matches[0]) == {"case_uid", "sop_instance_uid", "similarity"}
         assert matches[0]["similarity"] > matches[1]["similarity"]
         # A B-mode still (filtered images only) gets a summary for its similar case, no SR.
         [match] = similar(cysts)

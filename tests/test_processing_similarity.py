@@ -56,12 +56,7 @@ def _described(path: Path) -> Descriptor:
 def library(tmp_path_factory: pytest.TempPathFactory) -> list[LibraryEntry]:
     folder = tmp_path_factory.mktemp("library")
     return [
-        LibraryEntry(
-            f"{name}/{seed}",
-            f"uid-{name}-{seed}",
-            _described(_simulated(folder, name, seed)),
-            impression=name,
-        )
+        LibraryEntry(name, f"uid-{name}-{seed}", _described(_simulated(folder, name, seed)))
         for name in CLASSES
         for seed in LIBRARY_SEEDS
     ]
@@ -74,9 +69,9 @@ def test_new_studies_find_a_case_of_their_own_class_first(
     for name, (kind, _) in CLASSES.items():
         for seed in QUERY_SEEDS:
             matches = rank(_described(_simulated(tmp_path, name, seed)), library, limit=3)
-            found.append((name, seed, [m.entry.impression for m in matches]))
+            found.append((name, seed, [m.entry.case_uid for m in matches]))
             # Only images of the same kind are compared, most similar first.
-            kinds = {CLASSES[m.entry.impression][0] for m in matches}
+            kinds = {CLASSES[m.entry.case_uid][0] for m in matches}
             assert kinds == {kind}, (name, seed, kinds)
             scores = [m.similarity for m in matches]
             assert scores == sorted(scores, reverse=True) and scores[0] <= 1.0
@@ -139,24 +134,22 @@ def test_descriptors_round_trip_and_garbage_is_refused() -> None:
         assert Descriptor.from_dict(garbage) is None, garbage
 
 
-def test_the_finding_names_the_cases_with_their_impressions() -> None:
-    entry = LibraryEntry(
-        "1.2.3", "1.2.3.4", Descriptor("bmode", (1.0,)), "general", "Simple  cyst.\n"
-    )
-    long = LibraryEntry("1.2.5", "1.2.5.6", Descriptor("bmode", (1.0,)), None, "x" * 200)
-    matches = rank(Descriptor("bmode", (1.0,)), [entry, long])
+def test_the_finding_names_the_cases_and_nothing_of_their_patients() -> None:
+    first = LibraryEntry("1.2.3.45678901", "1.2.3.4", Descriptor("bmode", (1.0,)))
+    second = LibraryEntry("1.2.5", "1.2.5.6", Descriptor("bmode", (0.6, 0.8)))
+    third = LibraryEntry("1.2.7", "1.2.7.8", Descriptor("bmode", (1.0,)))
+    matches = rank(Descriptor("bmode", (1.0,)), [first, third])
     finding = similar_cases_finding(matches, library_size=12)
     assert finding["code"] == "similar_cases" and finding["processor"] == "similarity"
-    assert finding["text"].startswith(
-        "Most similar cases of the case library: TEACHING-1.2.3 (1.00): Simple cyst.;"
+    assert finding["text"] == (
+        "Most similar cases of the case library: TEACHING-45678901 (1.00), TEACHING-1.2.7 (1.00)"
     )
-    assert len(finding["text"]) < 200  # a long impression is cut
     evidence = finding["evidence"]
     assert evidence["library_instances"] == 12 and evidence["method"] == f"similarity {VERSION}"
+    # De-identified UIDs and the similarity only: the case's words stay in the library.
     assert evidence["matches"][0] == {
-        "case_uid": "1.2.3",
+        "case_uid": "1.2.3.45678901",
         "sop_instance_uid": "1.2.3.4",
         "similarity": 1.0,
-        "exam_type": "general",
-        "impression": "Simple  cyst.\n",
     }
+    assert rank(Descriptor("bmode", (1.0,)), [second]) == []  # another length

@@ -112,8 +112,7 @@ class CaseLibrary:
                     self._passed_over.add(uid)
                     continue
                 self._descriptors[uid] = descriptor
-            entry = LibraryEntry(item.case_uid, uid, descriptor, item.exam_type, item.impression)
-            entries.append((item.study_instance_uid, entry))
+            entries.append((item.study_instance_uid, LibraryEntry(item.case_uid, uid, descriptor)))
         return entries
 
     def _describe(self, item: LibraryItem) -> Descriptor | None:

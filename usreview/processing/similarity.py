@@ -102,13 +102,11 @@ class Descriptor:
 
 @dataclass(frozen=True)
 class LibraryEntry:
-    """A de-identified instance of the case library with its descriptor and its case's words."""
+    """A de-identified instance of the case library with its descriptor."""
 
     case_uid: str
     sop_instance_uid: str
     descriptor: Descriptor
-    exam_type: str | None = None
-    impression: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,13 +117,11 @@ class Match:
     similarity: float
 
     def as_dict(self) -> dict[str, object]:
-        """JSON view: the case, the instance, the similarity, the case's impression."""
+        """JSON view: the case, its instance (de-identified UIDs), the similarity."""
         return {
             "case_uid": self.entry.case_uid,
             "sop_instance_uid": self.entry.sop_instance_uid,
             "similarity": round(self.similarity, 4),
-            "exam_type": self.entry.exam_type,
-            "impression": self.entry.impression,
         }
 
 
@@ -186,13 +182,10 @@ def rank(query: Descriptor, library: Iterable[LibraryEntry], *, limit: int = 3) 
 
 def similar_cases_finding(matches: Sequence[Match], library_size: int) -> dict[str, Any]:
     """The ``similar_cases`` finding of a JSON summary: the matches, most similar first."""
-    named = [
-        f"{case_name(m.entry.case_uid)} ({m.similarity:.2f}): {_short(m.entry.impression)}"
-        for m in matches
-    ]
+    named = [f"{case_name(m.entry.case_uid)} ({m.similarity:.2f})" for m in matches]
     return {
         "code": "similar_cases",
-        "text": "Most similar cases of the case library: " + "; ".join(named),
+        "text": "Most similar cases of the case library: " + ", ".join(named),
         "evidence": {
             "matches": [m.as_dict() for m in matches],
             "library_instances": library_size,
@@ -200,11 +193,6 @@ def similar_cases_finding(matches: Sequence[Match], library_size: int) -> dict[s
         },
         "processor": "similarity",
     }
-
-
-def _short(text: str, limit: int = 80) -> str:
-    line = " ".join(text.split()) or "no impression recorded"
-    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
 
 
 def _region(instance: UltrasoundInstance, kind: ImageKind) -> UltrasoundRegion | None:

@@ -80,8 +80,6 @@ class LibraryItem:
 
     case_uid: str
     sop_instance_uid: str
-    exam_type: str | None
-    impression: str
     study_instance_uid: str
 
 
@@ -247,8 +245,6 @@ class TeachingStore:
                 select(
                     TeachingCaseRow.case_uid,
                     TeachingInstanceRow.sop_instance_uid,
-                    TeachingCaseRow.exam_type,
-                    TeachingCaseRow.impression,
                     StudyRow.study_instance_uid,
                 )
                 .join(TeachingInstanceRow, TeachingInstanceRow.case_id == TeachingCaseRow.id)
