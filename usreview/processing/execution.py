@@ -53,7 +53,6 @@ from pydicom.uid import generate_uid
 
 from usreview import _json as strict_json
 from usreview.dicom import UltrasoundInstance, read
-from usreview.errors import InputError
 from usreview.processing.analyze import summarize
 from usreview.processing.filters.derived import derived_from_result, usreview_derivation
 from usreview.processing.pipeline import run_pipeline
@@ -185,7 +184,7 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
     kinds = tuple(k.value for k in instance.kinds)
     try:
         descriptor = describe(instance)
-    except InputError:  # undecodable pixels: the processors said so already
+    except Exception:  # whatever it meets, the results go without it
         descriptor = None
     clock.lap("descriptor")
     uid = instance.sop_instance_uid
