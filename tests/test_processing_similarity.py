@@ -3,7 +3,8 @@
 Ground truth: simulated studies of seven classes whose answer is known (normal, stenotic
 and renal spectra; plain tissue and tissue with large lesions; normal and dilated left
 ventricles in M-mode). Two studies of each class are the library; new studies (other
-seeds) must find a case of their own class first.
+seeds) must find a case of their own class first. On the real files beside the checkout,
+the same image in another encoding (MANIFEST.md says which) is the most similar other file.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 
+from tests.conftest import REAL_FILES, real_file
 from usreview.dicom import read
 from usreview.processing.similarity import (
+    KINDS,
     VERSION,
     Descriptor,
     LibraryEntry,
@@ -153,3 +157,46 @@ def test_the_finding_names_the_cases_and_nothing_of_their_patients() -> None:
         "similarity": 1.0,
     }
     assert rank(Descriptor("bmode", (1.0,)), [second]) == []  # another length
+
+
+#: Real files with the same image in another encoding (MANIFEST.md): lossy JPEG 2000 of the
+#: lossless one; JPEG-LS of the RLE cine.
+SAME_IMAGE = (
+    ("pydicom-data__US1_J2KI.dcm", "pydicom-data__US1_J2KR.dcm", 0.95),
+    ("dcm4che__jpeg-ls-Palette.dcm", "dcm4che__US-PAL-8-10x-echo.dcm", 0.999),
+)
+
+
+def test_real_files_are_described_and_the_same_image_is_found_in_another_encoding() -> None:
+    library = []
+    for entry in REAL_FILES:
+        descriptor = _described(real_file(entry["file"]))
+        vector = np.array(descriptor.vector)
+        assert descriptor.kind in {k.value for k in KINDS}, entry["file"]
+        assert np.all(np.isfinite(vector)) and np.linalg.norm(vector) == pytest.approx(1.0)
+        library.append(LibraryEntry(entry["file"], entry["file"], descriptor))
+    assert len(library) == len(REAL_FILES) >= 10
+    for one, other, least in SAME_IMAGE:
+        for query, expected in ((one, other), (other, one)):
+            [entry] = [e for e in library if e.case_uid == query]
+            found = rank(entry.descriptor, [e for e in library if e is not entry], limit=1)
+            assert found[0].entry.case_uid == expected, (query, found)
+            assert found[0].similarity >= least, (query, found[0].similarity)
+
+
+def test_a_region_past_the_image_edge_is_clipped_not_ignored(tmp_path: Path) -> None:
+    # This scanner's tissue region ends one column past its 800-column image.
+    path = real_file("pydicom-data__OBXXXX1A.dcm")
+    dataset = pydicom.dcmread(path)
+    [tissue] = [r for r in dataset.SequenceOfUltrasoundRegions if r.RegionDataType == 1]
+    assert tissue.RegionLocationMaxX1 == dataset.Columns
+    tissue.RegionLocationMaxX1 = dataset.Columns - 1
+    inside = tmp_path / "inside.dcm"
+    dataset.save_as(inside)
+    tissue.RegionDataType = 0  # no tissue region at all: the whole frame is described
+    whole = tmp_path / "whole.dcm"
+    dataset.save_as(whole)
+    described = _described(path).vector
+    np.testing.assert_allclose(described, _described(inside).vector, atol=1e-9)
+    # Ignored, the region would leave the frame's rows as the profile's axis, not depth in cm.
+    assert len(_described(whole).vector) < len(described)

@@ -137,13 +137,14 @@ def describe(instance: UltrasoundInstance) -> Descriptor | None:
     frame = instance.display_frame(instance.pixels.number_of_frames // 2).astype(np.float32)
     if frame.ndim == 3:  # RGB: its luminance
         frame = frame @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    region = _region(instance, kind)
-    if region is not None:
-        x0, y0, x1, y1 = region.bounds
-        frame = frame[y0 : y1 + 1, x0 : x1 + 1]
+    found = _region(instance, kind)
+    region, rows = None, np.arange(frame.shape[0])
+    if found is not None:
+        region, (x0, y0, x1, y1) = found
+        frame, rows = frame[y0 : y1 + 1, x0 : x1 + 1], rows[y0 : y1 + 1]
     frame /= 255.0
     parts = (
-        *_profiles(frame, region),
+        *_profiles(frame, region, rows),
         _histogram(frame),
         _histogram(_block_means(frame, BLOCK)),
         _orientations(_block_means(frame, 2)),  # at half resolution: a quarter of the work
@@ -195,31 +196,40 @@ def similar_cases_finding(matches: Sequence[Match], library_size: int) -> dict[s
     }
 
 
-def _region(instance: UltrasoundInstance, kind: ImageKind) -> UltrasoundRegion | None:
+def _region(
+    instance: UltrasoundInstance, kind: ImageKind
+) -> tuple[UltrasoundRegion, tuple[int, int, int, int]] | None:
+    """The largest region of ``kind``'s data type, with its bounds clipped to the image.
+
+    Clipped, not refused: scanners write regions a pixel past the image's edge, and a
+    descriptor, unlike a measurement, does not depend on the edge.
+    """
     wanted = _SPECTRAL.get(kind, RegionDataType.TISSUE)
-    usable = [
-        r
-        for r in instance.regions
-        if r.data_type == wanted
-        and r.bounds_problem(instance.rows, instance.columns) is None
-        and r.width >= 8
-        and r.height >= 8
-    ]
-    return max(usable, key=lambda r: r.width * r.height, default=None)
+    best: tuple[int, tuple[UltrasoundRegion, tuple[int, int, int, int]]] | None = None
+    for region in instance.regions:
+        x0, y0 = max(region.min_x0, 0), max(region.min_y0, 0)
+        x1, y1 = min(region.max_x1, instance.columns - 1), min(region.max_y1, instance.rows - 1)
+        area = (x1 - x0 + 1) * (y1 - y0 + 1)
+        usable = region.data_type == wanted and x1 - x0 >= 7 and y1 - y0 >= 7
+        if usable and (best is None or area > best[0]):
+            best = (area, (region, (x0, y0, x1, y1)))
+    return None if best is None else best[1]
 
 
 def _profiles(
-    frame: npt.NDArray[np.float32], region: UltrasoundRegion | None
+    frame: npt.NDArray[np.float32],
+    region: UltrasoundRegion | None,
+    rows: npt.NDArray[np.int_],
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Mean and spread along the vertical axis, on the physical grid when calibrated."""
+    """Mean and spread along the vertical axis (image ``rows``), on the physical grid when
+    calibrated."""
     mean, spread = frame.mean(axis=1, dtype=np.float64), frame.std(axis=1, dtype=np.float64)
     grid = GRIDS.get(region.units_y) if region is not None else None
     if region is None or grid is None or region.deltas_problem() is not None:
-        rows = np.linspace(0, len(mean) - 1, ROW_POINTS)
+        points = np.linspace(0, len(mean) - 1, ROW_POINTS)
         at = np.arange(len(mean))
-        return np.interp(rows, at, mean), np.interp(rows, at, spread)
-    pixels = np.arange(region.min_y0, region.max_y1 + 1)
-    values = region.to_physical(np.zeros_like(pixels), pixels)[1]
+        return np.interp(points, at, mean), np.interp(points, at, spread)
+    values = region.to_physical(np.zeros_like(rows), rows)[1]
     order = np.argsort(values)
     points = np.linspace(*grid[:2], int(grid[2]))
     return (
