@@ -105,3 +105,27 @@ def test_a_valid_region_gives_finite_evidence(pw_source: Path, tmp_path: Path) -
     for finding in result.output.findings:
         for value in finding.evidence.values():
             assert not isinstance(value, float) or math.isfinite(value), finding
+
+
+def test_a_velocity_no_patient_can_have_is_a_finding_not_a_number(
+    pw_source: Path, tmp_path: Path
+) -> None:
+    # A plausible-looking calibration twelve times too large: the spectrum now spans some
+    # 15 m/s and the PSV reads near 10 m/s, more than blood reaches.
+    region = pydicom.dcmread(pw_source).SequenceOfUltrasoundRegions[-1]
+    edit = set_attributes(PhysicalDeltaY=12 * float(region.PhysicalDeltaY))
+    result = run_edited(pw_source, tmp_path, edit)
+    assert result.ok, result.reason
+    assert result.output.quantities == ()  # none is reported: they share the calibration
+    wrong = {f.evidence["name"]: f for f in result.output.findings if f.code == "implausible_value"}
+    assert set(wrong) == {"peak_systolic_velocity", "velocity_time_integral"}
+    psv = wrong["peak_systolic_velocity"]
+    assert psv.evidence["value"] > 800
+    assert psv.evidence["range"] == [0.0, 800.0]
+    assert "end_diastolic_velocity" in psv.evidence["withheld"]
+    assert psv.text.startswith("Peak Systolic Velocity ") and "calibration" in psv.text
+    # The vascular rules never see the withheld values.
+    rules = (
+        default_registry().get("vascular_rules").run(read(tmp_path / "edited.dcm"), None, [result])
+    )
+    assert not rules.output.recommendations

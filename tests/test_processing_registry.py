@@ -207,3 +207,41 @@ def test_constructed_results_validate_their_arguments() -> None:
         Quantity("psv", CODE, float("nan"), "cm/s")
     with pytest.raises(ValueError, match="'unit'"):
         Quantity("psv", CODE, 1.0, " ")
+
+
+def test_values_no_patient_can_have_are_findings_in_any_processor(pw_file: Path) -> None:
+    from usreview.processing.plausible import RANGES
+    from usreview.processing.quantification.codes import CODES
+
+    def measured(values: dict[str, float]) -> Output:
+        return Output(
+            quantities=tuple(
+                Quantity(name, CODES[name][0], value, CODES[name][1])
+                for name, value in values.items()
+            )
+        )
+
+    registry = Registry()
+    edges = {"peak_systolic_velocity": 800.0, "heart_rate": 15.0}  # the bounds are included
+    for name, values in (
+        ("edges", edges),
+        ("too_fast", {"peak_systolic_velocity": 800.5, "heart_rate": 70.0}),
+    ):
+        processor(name, kinds={"pw_doppler"}, version="1", registry=registry)(
+            lambda context, values=values: measured(values)
+        )
+    instance = read(pw_file)
+    kept = registry.get("edges").run(instance)
+    assert {q.name: q.value for q in kept.output.quantities} == edges and not kept.output.findings
+    wrong = registry.get("too_fast").run(instance)
+    assert wrong.ok and wrong.output.quantities == ()
+    [finding] = wrong.output.findings
+    assert finding.code == "implausible_value"
+    assert finding.evidence == {
+        "name": "peak_systolic_velocity",
+        "value": 800.5,
+        "unit": "cm/s",
+        "range": [0.0, 800.0],
+        "withheld": ["heart_rate"],
+    }
+    assert RANGES[("peak_systolic_velocity", "cm/s")] == (0.0, 800.0)

@@ -13,7 +13,9 @@ entry point may name a module (its decorators register), a decorated function or
 :class:`Processor`. One whose import fails, or whose ``requires`` modules are missing, is
 listed as unavailable with the reason instead of breaking the import. :meth:`Processor.run`
 never raises for a failure of the function: it returns a failed :class:`ProcessorResult`
-whose reason reads "applying processor X to instance Y: ...".
+whose reason reads "applying processor X to instance Y: ...". The quantities of a successful
+run go through :func:`usreview.processing.plausible.screen`: a value no patient can have is
+an ``implausible_value`` finding instead.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from usreview.processing.errors import (
     ProcessorUnavailableError,
     UnknownProcessorError,
 )
+from usreview.processing.plausible import screen
 from usreview.processing.results import Output, ProcessorResult, Provenance, ResultStatus
 
 __all__ = [
@@ -183,6 +186,7 @@ class Processor:
                 f"{type(output).__name__}, not Output",
                 started=started,
             )
+        output = screen(output)  # values no patient can have are findings, not numbers
         return self._result(instance, values, ResultStatus.DONE, output=output, started=started)
 
     def _result(
