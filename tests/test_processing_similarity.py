@@ -134,8 +134,37 @@ def test_descriptors_round_trip_and_garbage_is_refused() -> None:
         {"kind": "bmode", "version": VERSION, "vector": [0.6, "x"]},
         {"kind": "bmode", "version": VERSION, "vector": [float("nan")]},
         {"kind": 3, "version": VERSION, "vector": [1.0]},
+        # Damaged records: an integer no float holds (it raised OverflowError), booleans,
+        # vectors that are not of unit length (they ranked first, or gave a similarity of
+        # -5, 1e300, ...).
+        {"kind": "bmode", "version": VERSION, "vector": [10**400, 0]},
+        {"kind": "bmode", "version": VERSION, "vector": [True, False]},
+        {"kind": "bmode", "version": VERSION, "vector": [3.0, 4.0]},
+        {"kind": "bmode", "version": VERSION, "vector": [-3.0, -4.0]},
+        {"kind": "bmode", "version": VERSION, "vector": [1e300, 1e300]},
     ):
         assert Descriptor.from_dict(garbage) is None, garbage
+    # A descriptor describe() made, its JSON, and the zero vector are taken as they are.
+    assert Descriptor.from_dict({"kind": "bmode", "version": VERSION, "vector": [0, 1]}) == (
+        Descriptor("bmode", (0.0, 1.0))
+    )
+    assert Descriptor.from_dict({"kind": "bmode", "version": VERSION, "vector": [0.0, 0.0]})
+
+
+def test_a_recorded_descriptor_ranks_by_its_true_similarity() -> None:
+    # A vector five times too long in the query's direction once ranked before the query's
+    # own copy (similarity 5, shown as 1.00); read from the archive, it is refused.
+    query = Descriptor("bmode", (0.6, 0.8))
+    same = LibraryEntry("same", "s1", query)
+    damaged = Descriptor.from_dict({"kind": "bmode", "version": VERSION, "vector": [4.0, 3.0]})
+    assert damaged is None
+    near = Descriptor.from_dict({"kind": "bmode", "version": VERSION, "vector": [0.8, 0.6]})
+    assert near is not None
+    matches = rank(query, [LibraryEntry("near", "n1", near), same])
+    assert [(m.entry.case_uid, round(m.similarity, 4)) for m in matches] == [
+        ("same", 1.0),
+        ("near", 0.96),
+    ]
 
 
 def test_the_finding_names_the_cases_and_nothing_of_their_patients() -> None:

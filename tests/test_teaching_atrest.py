@@ -20,6 +20,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from usreview.dicom import read
 from usreview.hub.api.app import open_context
 from usreview.hub.api.settings import ServiceSettings
 from usreview.hub.api.teaching_cases import teaching_store
+from usreview.hub.audit import AuditLog
 from usreview.simulate import simulate
 from usreview.store import (
     Archive,
@@ -259,3 +261,196 @@ def test_the_case_library_describes_each_copy_once_and_passes_over_a_damaged_one
     again = library.entries()
     assert again is not cached and again == cached
     assert len(audit.path.read_text().splitlines()) == 1
+
+
+def _library(
+    archive: Archive, source: Path, folder: Path, studies: int, **options: Any
+) -> tuple[TeachingStore, list[TeachingCase], Any]:
+    """``studies`` cases of ``source`` (studies 1.2.826.0.2.1, .2, ...) and a case library."""
+    from usreview.processing.case_library import CaseLibrary
+
+    for n in range(3, studies + 1):  # the fixture holds studies 1 and 2
+        archive.put(SITE, f"envelope {n}".encode(), meta(n, study=n))
+    store = TeachingStore(archive, secrets.token_bytes(32))
+    cases = []
+    for n in range(1, studies + 1):
+        study = f"1.2.826.0.2.{n}"
+        cases.append(
+            store.add(
+                DR, study, folder / f"case{n}", teaching_case(folder / f"case{n}", source, study)
+            )
+        )
+    scratch = folder / "scratch"
+    scratch.mkdir(mode=0o700)
+    audit = AuditLog(folder / "audit.log", secrets.token_bytes(32))
+    return store, cases, CaseLibrary(store, scratch, audit, "worker", **options)
+
+
+def _audited(library: Any) -> list[tuple[str, str]]:
+    lines = library.audit.path.read_text().splitlines() if library.audit.path.exists() else []
+    return [
+        (json.loads(line)["resource"].rsplit("/", 1)[1], json.loads(line)["outcome"])
+        for line in lines
+    ]
+
+
+def test_damaged_descriptor_records_are_made_again_not_raised(
+    archive: Archive, source: Path, tmp_path: Path
+) -> None:
+    from sqlalchemy import text
+
+    from usreview.processing.similarity import VERSION, describe
+
+    store, cases, library = _library(archive, source, tmp_path, 4)
+    expected = describe(read(source))
+    assert expected is not None
+    uids = [c.instances[0].sop_instance_uid for c in cases]
+    size = len(expected.vector)
+    # An integer no float holds; a vector 5 times too long (it ranked first, similarity
+    # capped at 1.00); a vector of the opposite direction, too long (similarity -5).
+    store.set_descriptor(uids[0], {"kind": "bmode", "version": VERSION, "vector": [10**400] * size})
+    store.set_descriptor(
+        uids[1], {"kind": "bmode", "version": VERSION, "vector": [5 * v for v in expected.vector]}
+    )
+    store.set_descriptor(
+        uids[2], {"kind": "bmode", "version": VERSION, "vector": [-5 * v for v in expected.vector]}
+    )
+    # A record that is not even JSON: the copy's case cannot be read (the store decodes
+    # every column), so it is passed over; the others are still compared.
+    with archive._engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE teaching_instances SET descriptor = :damaged WHERE sop_instance_uid = :uid"
+            ),
+            {"damaged": '{"kind": "bm', "uid": uids[3]},
+        )
+    matches = library.similar(expected, "1.2.826.0.2.9", limit=4)
+    assert sorted(m.entry.sop_instance_uid for m in matches) == sorted(uids[:3])
+    assert all(m.similarity == pytest.approx(1.0, abs=1e-6) for m in matches)
+    recorded = store.descriptors(uids[:3])
+    for uid in uids[:3]:  # made again from the copy, and recorded
+        np.testing.assert_allclose(recorded[uid]["vector"], expected.vector, atol=1e-6)
+    assert sorted(_audited(library)) == sorted((uid, "described") for uid in uids[:3])
+
+
+def test_archive_failures_are_tried_again_and_odd_errors_pass_over_one_copy(
+    archive: Archive, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import usreview.processing.case_library as case_library
+    from usreview.processing.similarity import describe
+    from usreview.store import StorageError
+
+    now = [0.0]
+    store, cases, library = _library(archive, source, tmp_path, 3, clock=lambda: now[0])
+    first, second, third = (c.instances[0].sop_instance_uid for c in cases)
+    expected = describe(read(source))
+    assert expected is not None
+    failing = {"read": {first}, "record": {second}}
+    read_instance, set_descriptor = store.read_instance, store.set_descriptor
+
+    def flaky_read(case_uid: str, uid: str) -> Any:
+        if uid in failing["read"]:
+            raise StorageError("reading a teaching copy: the archive's disk failed (I/O error)")
+        return read_instance(case_uid, uid)
+
+    def flaky_record(uid: str, descriptor: Any) -> None:
+        if uid in failing["record"]:
+            raise StorageError("recording a descriptor: the archive's database failed (locked)")
+        set_descriptor(uid, descriptor)
+
+    def out_of_memory(instance: Any) -> Any:
+        if instance.sop_instance_uid == third:
+            raise MemoryError("Unable to allocate 8.00 GiB")
+        return describe(instance)
+
+    monkeypatch.setattr(store, "read_instance", flaky_read)
+    monkeypatch.setattr(store, "set_descriptor", flaky_record)
+    monkeypatch.setattr(case_library, "describe", out_of_memory)
+    # The disk fails for the first: left for later. The database fails for the second: it
+    # is compared all the same. The third cannot be described: passed over, not raised.
+    found = [m.entry.sop_instance_uid for m in library.similar(expected, "1.2.826.0.2.9")]
+    assert found == [second]
+    assert list(store.descriptors([first, second, third])) == []
+    assert sorted(_audited(library)) == sorted(
+        [(second, "described"), (third, "described"), (third, "not described")]
+    )
+    failing["read"].clear()
+    now[0] = 100.0  # the next refresh
+    found = [m.entry.sop_instance_uid for m in library.similar(expected, "1.2.826.0.2.9")]
+    assert sorted(found) == sorted([first, second])
+    assert list(store.descriptors([first, second, third])) == [first]
+
+
+def test_each_read_describes_for_a_bounded_time(
+    archive: Archive, source: Path, tmp_path: Path
+) -> None:
+    from usreview.processing.similarity import describe
+
+    ticks = [0.0]
+
+    def clock() -> float:  # each look at the clock is one second later
+        ticks[0] += 1.0
+        return ticks[0]
+
+    _, cases, library = _library(
+        archive, source, tmp_path, 5, clock=clock, describe_seconds=2.5, refresh_seconds=1e9
+    )
+    expected = describe(read(source))
+    assert expected is not None
+    # A large library (or an upgrade) is described over several reads, not in one that
+    # keeps the worker from renewing its jobs' leases; what is described is compared.
+    sizes = []
+    for _ in range(4):
+        library.similar(expected, "1.2.826.0.2.9")
+        sizes.append((len(library), library.pending))
+    assert sizes == [(2, 3), (4, 1), (5, 0), (5, 0)]
+    described = [uid for uid, _ in _audited(library)]
+    assert sorted(described) == sorted(c.instances[0].sop_instance_uid for c in cases)
+
+
+def test_a_worker_looks_again_before_describing_what_another_described_meanwhile(
+    archive: Archive, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usreview.processing.case_library import CaseLibrary
+
+    store, _, first = _library(archive, source, tmp_path, 4)
+    scratch = tmp_path / "scratch2"
+    scratch.mkdir(mode=0o700)
+    audit = AuditLog(tmp_path / "audit2.log", secrets.token_bytes(32))
+    second = CaseLibrary(store, scratch, audit, "worker-2")
+    descriptors, calls = store.descriptors, [0]
+
+    def slow(uids: Any) -> Any:  # the second's read of the library finds nothing ...
+        calls[0] += 1
+        found = descriptors(uids)
+        if calls[0] == 1:
+            first.entries()  # ... and meanwhile the first describes every copy
+        return found
+
+    monkeypatch.setattr(store, "descriptors", slow)
+    assert len(second.entries()) == 4
+    assert len(_audited(first)) == 4
+    assert not audit.path.exists()  # described once, by the first
+
+
+def test_the_research_notebook_runs_on_an_empty_case_library() -> None:
+    from usreview.review.research import RUN_COLUMNS, case_table, run_on_cases
+
+    class NoCases:  # a new hub: nobody has made a teaching case yet
+        def teaching_cases(self) -> list[dict[str, Any]]:
+            return []
+
+    client: Any = NoCases()
+    cases = case_table(client)
+    assert len(cases) == 0
+    # The notebook's selection keeps no row and, pandas being pandas, no column either; it
+    # was refused as "the table has no column case_uid, sop_instance_uid".
+    doppler = cases[cases["kinds"].map(lambda kinds: "pw_doppler" in kinds)]
+    assert list(doppler.columns) == []
+    runs = run_on_cases(client, doppler)
+    assert len(runs) == 0 and list(runs.columns) == [*RUN_COLUMNS, "exam_type", "impression"]
+    measured = runs[runs["quantity"].notna()]
+    table = measured.pivot_table(
+        index=["case_uid", "impression"], columns="quantity", values="value"
+    )
+    assert len(table) == 0

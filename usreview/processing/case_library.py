@@ -4,11 +4,23 @@
 teaching cases' de-identified instances. It reads them from the archive
 (:meth:`~usreview.store.teaching.TeachingStore.library`) at most every
 ``refresh_seconds``, and the descriptor of each instance once; an instance without a
-descriptor of the current version (a new case, or an upgrade) is opened from its encrypted
-copy, described, and its descriptor recorded, so that each is computed once for all
-workers; each such read is audited (action
-``read``, resource ``teaching/CASE/instances/UID``, outcome ``described``). An instance that
-cannot be described is logged and passed over until the worker restarts.
+valid descriptor of the current version (a new case, an upgrade, a damaged record) is
+opened from its encrypted copy, described, and its descriptor recorded, so that each is
+computed once for all workers; each such read is audited (action ``read``, resource
+``teaching/CASE/instances/UID``, outcome ``described``, or ``not described`` with the reason
+when the copy cannot be described).
+
+Describing is work done in the worker's loop, which renews the leases of the jobs in flight
+between steps: so each read of the library describes for at most ``describe_seconds``, the
+rest is described by the next reads (the next jobs), and is compared once it is.
+Workers describing at the same time (after an upgrade) take the instances in different
+orders and look again for a descriptor just before describing, so that each instance is
+seldom described twice.
+
+An instance that cannot be described (a damaged copy, pixels that cannot be decoded, a kind
+that is not compared) is logged and passed over until the worker restarts; one the archive
+cannot give or record now (its disk or database away, the audit log unwritable) is tried
+again at the next refresh.
 
 :meth:`CaseLibrary.similar` gives the cases most like an instance, never the case made of
 the instance's own study.
@@ -18,22 +30,38 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from usreview.dicom import read
 from usreview.errors import UsreviewError
 from usreview.hub.audit import AuditAction, AuditLog
+from usreview.hub.errors import AuditError
 from usreview.processing.similarity import VERSION, Descriptor, LibraryEntry, Match, describe, rank
+from usreview.store import StorageError
 from usreview.store.teaching import LibraryItem, TeachingStore
 
-__all__ = ["REFRESH_SECONDS", "CaseLibrary"]
+__all__ = ["DESCRIBE_SECONDS", "REFRESH_SECONDS", "CaseLibrary"]
 
 #: How long the library read from the archive is used before it is read again.
 REFRESH_SECONDS = 30.0
+#: How long one read of the library may spend describing instances (the rest wait).
+DESCRIBE_SECONDS = 5.0
 _log = logging.getLogger("usreview.worker")
+
+
+class _Later(Enum):
+    """An instance to describe at the next refresh (the archive failed for now)."""
+
+    LATER = "later"
+
+
+_LATER = _Later.LATER
 
 
 class CaseLibrary:
@@ -51,6 +79,7 @@ class CaseLibrary:
         actor: str,
         *,
         refresh_seconds: float = REFRESH_SECONDS,
+        describe_seconds: float = DESCRIBE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -58,11 +87,18 @@ class CaseLibrary:
         self.audit = audit
         self.actor = actor
         self.refresh_seconds = refresh_seconds
+        self.describe_seconds = describe_seconds
         self._clock = clock
         self._loaded_at: float | None = None
         self._entries: list[tuple[str, LibraryEntry]] = []  # (source study, entry)
         self._descriptors: dict[str, Descriptor] = {}  # by SOP Instance UID, read once
         self._passed_over: set[str] = set()
+        self._pending = 0  # instances left for the next read (the time was up)
+
+    @property
+    def pending(self) -> int:
+        """How many instances the last read left to describe (its time was up)."""
+        return self._pending
 
     def similar(
         self, descriptor: Descriptor, study_instance_uid: str, *, limit: int = 3
@@ -84,57 +120,127 @@ class CaseLibrary:
             The archive cannot be read.
         """
         now = self._clock()
-        if self._loaded_at is None or now - self._loaded_at >= self.refresh_seconds:
+        stale = self._loaded_at is None or now - self._loaded_at >= self.refresh_seconds
+        if stale or self._pending:
             self._entries = self._read()
-            self._loaded_at = now
+            if stale:
+                self._loaded_at = now
         return self._entries
 
     def __len__(self) -> int:
-        return len(self.entries())
+        """How many instances :meth:`similar` compares with (read again only when stale,
+        not to describe more)."""
+        if self._loaded_at is None or self._clock() - self._loaded_at >= self.refresh_seconds:
+            return len(self.entries())
+        return len(self._entries)
 
     def _read(self) -> list[tuple[str, LibraryEntry]]:
         """The library now; descriptors are read (or made) only for instances new to us."""
         items = self.store.library()
         known = self._descriptors.keys() | self._passed_over
-        new = [i.sop_instance_uid for i in items if i.sop_instance_uid not in known]
-        recorded = self.store.descriptors(new) if new else {}
-        entries = []
-        for item in items:
-            uid = item.sop_instance_uid
-            if uid in self._passed_over:
-                continue
-            descriptor = self._descriptors.get(uid)
+        new = [i for i in items if i.sop_instance_uid not in known]
+        recorded = self._recorded([i.sop_instance_uid for i in new])
+        unrecorded = []
+        for item in new:
+            descriptor = _current(recorded.get(item.sop_instance_uid))
             if descriptor is None:
-                descriptor = Descriptor.from_dict(recorded.get(uid))
-                if descriptor is None or descriptor.version != VERSION:
-                    descriptor = self._describe(item)
-                if descriptor is None:
-                    self._passed_over.add(uid)
-                    continue
-                self._descriptors[uid] = descriptor
-            entries.append((item.study_instance_uid, LibraryEntry(item.case_uid, uid, descriptor)))
-        return entries
+                unrecorded.append(item)
+            else:
+                self._descriptors[item.sop_instance_uid] = descriptor
+        # Workers describing at once (all restarted by an upgrade) start apart.
+        random.shuffle(unrecorded)
+        started, self._pending = self._clock(), 0
+        for item in unrecorded:
+            if self._clock() - started >= self.describe_seconds:
+                self._pending += 1
+                continue
+            uid = item.sop_instance_uid
+            # Another worker may have described it since the library was read.
+            found = _current(self._recorded([uid]).get(uid)) or self._describe(item)
+            if found is None:
+                self._passed_over.add(uid)
+            elif found is not _LATER:
+                self._descriptors[uid] = found
+        return [
+            (i.study_instance_uid, LibraryEntry(i.case_uid, i.sop_instance_uid, descriptor))
+            for i in items
+            if (descriptor := self._descriptors.get(i.sop_instance_uid)) is not None
+        ]
 
-    def _describe(self, item: LibraryItem) -> Descriptor | None:
-        """Describe a copy and record its descriptor; ``None`` (logged) if it cannot be."""
+    def _recorded(self, sop_instance_uids: Collection[str]) -> Mapping[str, Any]:
+        """The descriptors the archive holds for these instances; a record that does not
+        even decode (damaged JSON) counts as none, so that it is made again."""
+        if not sop_instance_uids:
+            return {}
+        try:
+            return self.store.descriptors(sop_instance_uids)
+        except StorageError:
+            raise
+        except Exception:  # one damaged record: ask for each alone
+            if len(sop_instance_uids) == 1:
+                _log.warning("case library: the descriptor of %s is damaged", *sop_instance_uids)
+                return {}
+            found: dict[str, Any] = {}
+            for uid in sop_instance_uids:
+                found.update(self._recorded([uid]))
+            return found
+
+    def _describe(self, item: LibraryItem) -> Descriptor | _Later | None:
+        """Describe a copy and record its descriptor; ``None`` (logged) if it cannot be,
+        :data:`_LATER` if the archive or the audit log fails for now."""
         where = f"teaching case {item.case_uid}, instance {item.sop_instance_uid}"
-        fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.scratch)
+        resource = f"teaching/{item.case_uid}/instances/{item.sop_instance_uid}"
+        try:
+            data = self.store.read_instance(item.case_uid, item.sop_instance_uid)[1]
+        except StorageError as exc:
+            _log.warning("case library: %s is left for later: %s", where, exc)
+            return _LATER
+        except Exception as exc:  # a damaged copy or record, a case removed meanwhile
+            _log.warning("case library: %s is passed over: %s", where, _reason(exc))
+            return None
+        try:
+            fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.scratch)
+        except OSError as exc:
+            _log.warning("case library: %s is left for later: %s", where, exc)
+            return _LATER
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(self.store.read_instance(item.case_uid, item.sop_instance_uid)[1])
-            self.audit.record(
-                self.actor,
-                AuditAction.READ,
-                f"teaching/{item.case_uid}/instances/{item.sop_instance_uid}",
-                outcome="described",
-            )
-            descriptor = describe(read(path))
-            if descriptor is not None:
-                self.store.set_descriptor(item.sop_instance_uid, descriptor.as_dict())
-            return descriptor
-        except UsreviewError as exc:
-            _log.warning("case library: %s is passed over: %s", where, exc)
-            return None
+                out.write(data)
+            self.audit.record(self.actor, AuditAction.READ, resource, outcome="described")
+            try:
+                descriptor = describe(read(path))
+            except Exception as exc:  # whatever it meets (as the query's own descriptor)
+                reason = _reason(exc)
+                self.audit.record(
+                    self.actor,
+                    AuditAction.READ,
+                    resource,
+                    outcome="not described",
+                    detail={"reason": reason[:300]},
+                )
+                _log.warning("case library: %s is passed over: %s", where, reason)
+                return None
+        except (OSError, AuditError) as exc:  # the scratch disk, the audit log
+            _log.warning("case library: %s is left for later: %s", where, exc)
+            return _LATER
         finally:
             path.unlink(missing_ok=True)
+        if descriptor is not None:
+            try:
+                self.store.set_descriptor(item.sop_instance_uid, descriptor.as_dict())
+            except StorageError as exc:  # used all the same; recorded by a later describing
+                _log.warning("case library: the descriptor of %s is not recorded: %s", where, exc)
+        return descriptor
+
+
+def _current(value: Any) -> Descriptor | None:
+    """A recorded descriptor, if it is valid and of the current version."""
+    descriptor = Descriptor.from_dict(value)
+    return descriptor if descriptor is not None and descriptor.version == VERSION else None
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, for the log and the audit line (the error's class when it is not
+    one of ours, whose messages say enough)."""
+    return str(exc) if isinstance(exc, UsreviewError) else f"{type(exc).__name__}: {exc}"

@@ -69,6 +69,9 @@ GREY_BINS: Final = 32
 BLOCK: Final = 8
 ORIENTATION_BINS: Final = 8
 
+#: How far from 1 the length of a recorded descriptor's vector may be (rounding only).
+_UNIT_TOLERANCE: Final = 1e-6
+
 _SPECTRAL = {
     ImageKind.PW_DOPPLER: RegionDataType.PW_SPECTRAL_DOPPLER,
     ImageKind.CW_DOPPLER: RegionDataType.CW_SPECTRAL_DOPPLER,
@@ -89,15 +92,29 @@ class Descriptor:
 
     @classmethod
     def from_dict(cls, value: Any) -> Descriptor | None:
-        """The descriptor :meth:`as_dict` gave, or ``None`` for anything else."""
+        """The descriptor :meth:`as_dict` gave, or ``None`` for anything else.
+
+        Its vector must be finite numbers of unit length (or all zero), as :func:`describe`
+        makes them: a damaged record would otherwise rank first, or give a similarity
+        outside -1 to 1.
+        """
         if not isinstance(value, dict):
             return None
         kind, version, vector = value.get("kind"), value.get("version"), value.get("vector")
         if not (isinstance(kind, str) and isinstance(version, str) and isinstance(vector, list)):
             return None
-        if not all(isinstance(v, int | float) and math.isfinite(v) for v in vector):
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vector):
             return None
-        return cls(kind, tuple(float(v) for v in vector), version)
+        try:
+            values = tuple(float(v) for v in vector)
+        except OverflowError:  # an integer too large for a float
+            return None
+        if not all(math.isfinite(v) for v in values):
+            return None
+        norm = math.sqrt(math.fsum(v * v for v in values))
+        if norm != 0 and abs(norm - 1) > _UNIT_TOLERANCE:
+            return None
+        return cls(kind, values, version)
 
 
 @dataclass(frozen=True)

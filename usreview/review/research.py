@@ -103,13 +103,18 @@ def run_on_cases(
     failed, with its reason); the table's ``exam_type`` and ``impression`` follow.
     ``progress(done, total)`` is called after each instance.
 
+    A table without rows (an empty library, or a selection that kept nothing: pandas
+    then also drops the columns) gives a run without rows, with every column.
+
     Raises
     ------
     ReviewError
-        ``table`` lacks ``case_uid`` or ``sop_instance_uid``.
+        ``table`` has rows but lacks ``case_uid`` or ``sop_instance_uid``.
     """
     from usreview.processing import run_pipeline  # scipy: only when a run is asked for
 
+    if len(table) == 0:
+        return pd.DataFrame([], columns=[*RUN_COLUMNS, *_LABELS])
     missing = {"case_uid", "sop_instance_uid"} - set(table.columns)
     if missing:
         raise ReviewError(f"the table has no column {', '.join(sorted(missing))}")
