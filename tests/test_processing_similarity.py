@@ -172,13 +172,13 @@ def test_the_finding_names_the_cases_and_nothing_of_their_patients() -> None:
     second = LibraryEntry("1.2.5", "1.2.5.6", Descriptor("bmode", (0.6, 0.8)))
     third = LibraryEntry("1.2.7", "1.2.7.8", Descriptor("bmode", (1.0,)))
     matches = rank(Descriptor("bmode", (1.0,)), [first, third])
-    finding = similar_cases_finding(matches, library_size=12)
+    finding = similar_cases_finding(matches)
     assert finding["code"] == "similar_cases" and finding["processor"] == "similarity"
     assert finding["text"] == (
         "Most similar cases of the case library: TEACHING-45678901 (1.00), TEACHING-1.2.7 (1.00)"
     )
     evidence = finding["evidence"]
-    assert evidence["library_instances"] == 12 and evidence["method"] == f"similarity {VERSION}"
+    assert set(evidence) == {"matches", "method"} and evidence["method"] == f"similarity {VERSION}"
     # De-identified UIDs and the similarity only: the case's words stay in the library.
     assert evidence["matches"][0] == {
         "case_uid": "1.2.3.45678901",
@@ -229,3 +229,40 @@ def test_a_region_past_the_image_edge_is_clipped_not_ignored(tmp_path: Path) -> 
     np.testing.assert_allclose(described, _described(inside).vector, atol=1e-9)
     # Ignored, the region would leave the frame's rows as the profile's axis, not depth in cm.
     assert len(_described(whole).vector) < len(described)
+
+
+def test_a_huge_frame_is_described_in_little_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    [path] = simulate("bmode", tmp_path / "b", seed=1)
+    dataset = pydicom.dcmread(path)
+    big = np.repeat(np.repeat(dataset.pixel_array, 4, axis=0), 4, axis=1)  # 1920 x 2560
+    dataset.Rows, dataset.Columns = big.shape
+    dataset.PixelData = big.tobytes()
+    for region in dataset.SequenceOfUltrasoundRegions:
+        for keyword in ("MinX0", "MinY0", "MaxX1", "MaxY1"):
+            setattr(
+                region, f"RegionLocation{keyword}", 4 * getattr(region, f"RegionLocation{keyword}")
+            )
+        region.ReferencePixelX0, region.ReferencePixelY0 = (
+            4 * region.ReferencePixelX0,
+            4 * region.ReferencePixelY0,
+        )
+        region.PhysicalDeltaX, region.PhysicalDeltaY = (
+            region.PhysicalDeltaX / 4,
+            region.PhysicalDeltaY / 4,
+        )
+    dataset.save_as(tmp_path / "big.dcm")
+    instance = read(tmp_path / "big.dcm")
+    frame_bytes = instance.display_frame(0).nbytes
+    tracemalloc.start()
+    try:
+        descriptor = describe(instance)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert descriptor is not None and np.isfinite(descriptor.vector).all()
+    assert peak < 4 * frame_bytes, peak / frame_bytes  # 2.8x; 17x before it was sampled down
+    # Sampled down, it is still much the same image as at its own size.
+    similarity = float(np.dot(descriptor.vector, _described(path).vector))
+    assert similarity > 0.95, similarity  # 0.97: its texture, enlarged, is smoother

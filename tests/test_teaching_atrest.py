@@ -315,8 +315,8 @@ def test_damaged_descriptor_records_are_made_again_not_raised(
     store.set_descriptor(
         uids[2], {"kind": "bmode", "version": VERSION, "vector": [-5 * v for v in expected.vector]}
     )
-    # A record that is not even JSON: the copy's case cannot be read (the store decodes
-    # every column), so it is passed over; the others are still compared.
+    # A record that is not even JSON: the cases still list (trainees and scientists never
+    # read descriptors), and it is made again too.
     with archive._engine.begin() as connection:
         connection.execute(
             text(
@@ -324,13 +324,14 @@ def test_damaged_descriptor_records_are_made_again_not_raised(
             ),
             {"damaged": '{"kind": "bm', "uid": uids[3]},
         )
+    assert [c.case_uid for c in store.cases()] == [c.case_uid for c in reversed(cases)]
     matches = library.similar(expected, "1.2.826.0.2.9", limit=4)
-    assert sorted(m.entry.sop_instance_uid for m in matches) == sorted(uids[:3])
+    assert sorted(m.entry.sop_instance_uid for m in matches) == sorted(uids)
     assert all(m.similarity == pytest.approx(1.0, abs=1e-6) for m in matches)
-    recorded = store.descriptors(uids[:3])
-    for uid in uids[:3]:  # made again from the copy, and recorded
+    recorded = store.descriptors(uids)
+    for uid in uids:  # made again from the copy, and recorded
         np.testing.assert_allclose(recorded[uid]["vector"], expected.vector, atol=1e-6)
-    assert sorted(_audited(library)) == sorted((uid, "described") for uid in uids[:3])
+    assert sorted(_audited(library)) == sorted((uid, "described") for uid in uids)
 
 
 def test_archive_failures_are_tried_again_and_odd_errors_pass_over_one_copy(

@@ -64,6 +64,8 @@ GRIDS: Final = {
 #: Points of an uncalibrated profile (its rows, resampled).
 ROW_POINTS: Final = 64
 GREY_BINS: Final = 32
+#: Longest side (pixels) described; a larger frame or region is sampled down to it.
+MAX_SIDE: Final = 1024
 #: Side of the blocks whose mean grey levels are the echogenicity, without the speckle
 #: (pixels).
 BLOCK: Final = 8
@@ -151,14 +153,18 @@ def describe(instance: UltrasoundInstance) -> Descriptor | None:
     kind = next((k for k in KINDS if k in instance.kinds), None)
     if kind is None:
         return None
-    frame = instance.display_frame(instance.pixels.number_of_frames // 2).astype(np.float32)
-    if frame.ndim == 3:  # RGB: its luminance
-        frame = frame @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    shown = instance.display_frame(instance.pixels.number_of_frames // 2)  # 8-bit
     found = _region(instance, kind)
-    region, rows = None, np.arange(frame.shape[0])
+    region, rows = None, np.arange(shown.shape[0])
     if found is not None:
         region, (x0, y0, x1, y1) = found
-        frame, rows = frame[y0 : y1 + 1, x0 : x1 + 1], rows[y0 : y1 + 1]
+        shown, rows = shown[y0 : y1 + 1, x0 : x1 + 1], rows[y0 : y1 + 1]
+    # A huge frame is sampled down first (a view): the floats below stay small.
+    step = max(1, math.ceil(max(shown.shape[:2]) / MAX_SIDE))
+    shown, rows = shown[::step, ::step], rows[::step]
+    frame = shown.astype(np.float32)
+    if frame.ndim == 3:  # RGB: its luminance
+        frame = frame @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     frame /= 255.0
     parts = (
         *_profiles(frame, region, rows),
@@ -198,7 +204,7 @@ def rank(query: Descriptor, library: Iterable[LibraryEntry], *, limit: int = 3) 
     return list(best.values())
 
 
-def similar_cases_finding(matches: Sequence[Match], library_size: int) -> dict[str, Any]:
+def similar_cases_finding(matches: Sequence[Match]) -> dict[str, Any]:
     """The ``similar_cases`` finding of a JSON summary: the matches, most similar first."""
     named = [f"{case_name(m.entry.case_uid)} ({m.similarity:.2f})" for m in matches]
     return {
@@ -206,7 +212,6 @@ def similar_cases_finding(matches: Sequence[Match], library_size: int) -> dict[s
         "text": "Most similar cases of the case library: " + ", ".join(named),
         "evidence": {
             "matches": [m.as_dict() for m in matches],
-            "library_instances": library_size,
             "method": f"similarity {VERSION}",
         },
         "processor": "similarity",

@@ -290,13 +290,12 @@ class Worker:
             return outputs
         try:
             matches = self.library.similar(outputs.descriptor, outputs.study_instance_uid)
-            size = len(self.library)
         except UsreviewError as exc:  # the results go without it
             _log.warning("comparing %s with the case library: %s", outputs.sop_instance_uid, exc)
             return outputs
         if not matches:
             return outputs
-        return with_finding(outputs, similar_cases_finding(matches, size))
+        return with_finding(outputs, similar_cases_finding(matches))
 
     def publish_study(self, job: JobRecord) -> None:
         """Apply the study rules to the study of ``job``; publish their results if any.

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from usreview.envelope.atomic import fsync_directory, write_new_file
 from usreview.store._shared import guard
@@ -368,6 +368,7 @@ def _plaintext(folder: Path, item: TeachingInstance) -> bytes:
 def _case(session: Session, row: TeachingCaseRow) -> TeachingCase:
     rows: Sequence[TeachingInstanceRow] = session.scalars(
         select(TeachingInstanceRow)
+        .options(defer(TeachingInstanceRow.descriptor))  # large; the worker's alone
         .where(TeachingInstanceRow.case_id == row.id)
         .order_by(TeachingInstanceRow.id)
     ).all()
