@@ -127,13 +127,6 @@ class CaseLibrary:
                 self._loaded_at = now
         return self._entries
 
-    def __len__(self) -> int:
-        """How many instances :meth:`similar` compares with (read again only when stale,
-        not to describe more)."""
-        if self._loaded_at is None or self._clock() - self._loaded_at >= self.refresh_seconds:
-            return len(self.entries())
-        return len(self._entries)
-
     def _read(self) -> list[tuple[str, LibraryEntry]]:
         """The library now; descriptors are read (or made) only for instances new to us."""
         items = self.store.library()
