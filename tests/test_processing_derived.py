@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from usreview.cli import main
 from usreview.dicom import read
-from usreview.processing import Code, CodingScheme, DerivedImage
+from usreview.processing import Code, CodingScheme, DerivedImage, plausible
 from usreview.processing.execution import Outputs, execute_file
 from usreview.processing.filters.derived import usreview_derivation
 from usreview.processing.registry import default_registry
@@ -237,6 +237,9 @@ def test_usreview_derived_images_are_not_processed_again(
         assert again.sop_instance_uid == ds.SOPInstanceUID
         assert again.skipped is not None and "usreview made" in again.skipped, kind
         assert outputs.derived[0].processor in again.skipped
+        # The job records that nothing ran (``hub jobs --outdated`` then passes it over).
+        assert again.processors == () and outputs.processors is not None
+        assert f"{plausible.NAME}={plausible.VERSION}" in outputs.processors
         # marked before the Contributing Equipment Sequence: Manufacturer and model suffice
         del ds.ContributingEquipmentSequence
         assert usreview_derivation(ds) is not None

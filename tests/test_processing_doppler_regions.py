@@ -124,6 +124,9 @@ def test_a_velocity_no_patient_can_have_is_a_finding_not_a_number(
     assert psv.evidence["range"] == [0.0, 800.0]
     assert "end_diastolic_velocity" in psv.evidence["withheld"]
     assert psv.text.startswith("Peak Systolic Velocity ") and "calibration" in psv.text
+    # The other findings claim no values (they used to say "values are means over ...").
+    direction = next(f for f in result.output.findings if f.code == "flow_direction")
+    assert "value" not in direction.text and "complete cycle(s) traced" in direction.text
     # The vascular rules never see the withheld values.
     rules = (
         default_registry().get("vascular_rules").run(read(tmp_path / "edited.dcm"), None, [result])

@@ -14,7 +14,7 @@ from tests.test_hub_config import configured, fake_proxy  # noqa: F401  (fixture
 from tests.test_store import meta
 from usreview.cli import main
 from usreview.hub.config import WORKER_SERVICE
-from usreview.processing import default_registry
+from usreview.processing import default_registry, plausible
 from usreview.store import Reviewer, StudyStatus
 from usreview.store.jobs import JobQueue, JobRecord, RetryPolicy, outdated_processors
 
@@ -116,14 +116,20 @@ def test_hub_jobs_outdated_finds_and_requeues_jobs_of_older_processor_versions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     current = {p.name: p.version for p in default_registry()}
-    old = "speckle_obnlm=0.9"
-    setup = _stored(tmp_path, 4)
+    checked = f"{plausible.NAME}={plausible.VERSION}"
+    now = [f"{name}={version}" for name, version in current.items()] + [checked]
+    obnlm = f"speckle_obnlm={current['speckle_obnlm']}"
+    setup = _stored(tmp_path, 8)  # B-mode (and color flow) instances
     with setup.open_archive() as archive:
         ran = [
-            [old, f"speckle_fast={current['speckle_fast']}"],  # made by an older OBNLM
-            [f"{name}={version}" for name, version in current.items()],  # up to date
+            [*(p for p in now if p != obnlm), "speckle_obnlm=0.9"],  # an older OBNLM
+            now,  # up to date
             None,  # done before jobs recorded their processors
-            ["retired_processor=0.1"],  # no longer registered: nothing would replace it
+            [*now, "retired_processor=0.1"],  # no longer registered: nothing replaces it
+            now[:-1],  # done before the value check
+            [],  # an image usreview derived: never processed
+            [p for p in now if not p.startswith("doppler_indices=")],  # not for B-mode
+            [p for p in now if p != obnlm],  # a B-mode processor added since
         ]
         for processors in ran:
             lease = archive.jobs.claim("w", 30)
@@ -131,18 +137,22 @@ def test_hub_jobs_outdated_finds_and_requeues_jobs_of_older_processor_versions(
             archive.jobs.complete(lease, processors=processors)
         [first, *_] = archive.jobs.list_jobs()
         assert first.processors == tuple(sorted(ran[0] or ()))
+        assert first.kinds == ("bmode", "color_flow")
     assert _jobs(setup, "--outdated") == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert lines == [
         ["1", SITE, "1.2.826.0.1.1", f"speckle_obnlm 0.9 -> {current['speckle_obnlm']}"],
         ["3", SITE, "1.2.826.0.1.3", "processors not recorded"],
+        ["5", SITE, "1.2.826.0.1.5", f"value_ranges none -> {plausible.VERSION}"],
+        ["8", SITE, "1.2.826.0.1.8", f"speckle_obnlm none -> {current['speckle_obnlm']}"],
     ]
     assert _jobs(setup, "--reprocess-outdated") == 0
-    assert capsys.readouterr().out.startswith("2 job(s) queued again (1 of them without")
+    assert capsys.readouterr().out.startswith("4 job(s) queued again (1 of them without")
     with setup.open_archive() as archive:
         status = {job.id: job.status.value for job in archive.jobs.list_jobs()}
         history = archive.history(Reviewer("r"), "1.2.826.0.2.1")
-    assert status == {1: "pending", 2: "done", 3: "pending", 4: "done"}
+    queued = {1, 3, 5, 8}
+    assert status == {n: "pending" if n in queued else "done" for n in range(1, 9)}
     assert history[-1].actor == "usreview hub jobs --reprocess-outdated"
     assert _jobs(setup, "--outdated") == 0 and capsys.readouterr().out == ""  # none done now
 
@@ -154,6 +164,11 @@ def test_outdated_processors_names_what_changed() -> None:
     ]
     assert outdated_processors(["speckle_obnlm=1.1", "gone=2.0"], current) == []
     assert outdated_processors([], current) == []
+    expected = ["speckle_fast", "speckle_obnlm"]
+    assert outdated_processors(["speckle_obnlm=1.0"], current, expected) == [
+        "speckle_obnlm 1.0 -> 1.1",
+        "speckle_fast none -> 1.0",
+    ]
 
 
 def test_the_worker_refuses_to_start_with_a_sentence(tmp_path: Path) -> None:

@@ -123,6 +123,7 @@ def test_a_bmode_still_comes_back_filtered(tmp_path: Path, pool: WorkerPool) -> 
         assert job.status is JobStatus.DONE and job.note is None
         # The job keeps the processors that ran (``hub jobs --outdated`` compares them).
         assert job.processors is not None and "speckle_obnlm=1.1" in job.processors
+        assert "value_ranges=1.0" in job.processors  # the value check, recorded as one
         [result] = archive.results.results_since(SITE)  # nothing measured: the image only
         assert result.kind == "derived-image"
         filtered = pydicom.dcmread(open_result(setup, archive, result.cursor, tmp_path / "f.dcm"))

@@ -18,11 +18,13 @@ from usreview.processing import (
     Context,
     NotApplicable,
     Output,
+    Processor,
     Quantity,
     Registry,
     ResultStatus,
     UnknownProcessorError,
     default_registry,
+    plausible,
     processor,
     run_pipeline,
 )
@@ -175,6 +177,38 @@ def test_entry_point_processors_load_and_broken_ones_are_unavailable(
     }
     assert results["plugin_kinds"].status == ResultStatus.DONE
     assert results["missing_dep"].status == ResultStatus.SKIPPED
+
+
+def test_names_and_versions_a_job_cannot_record_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A job records "name=version name=version ...": a space or "=" would corrupt it.
+    registry = Registry()
+
+    def nothing(context: Context) -> Output:
+        return Output()
+
+    for name, version, why in [
+        ("my proc", "1.0", "a name is letters, digits"),
+        ("a=b", "1.0", "a name is letters, digits"),
+        (plausible.NAME, "1.0", "is reserved"),
+        ("fine", "1.0 beta", "without spaces or '='"),
+        ("fine", "1=2", "without spaces or '='"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            processor(name, kinds={"bmode"}, version=version, registry=registry)(nothing)
+    processor("my-proc.v2", kinds={"bmode"}, version="2.0rc1", registry=registry)(nothing)
+    assert [p.name for p in registry] == ["my-proc.v2"]
+    # From an entry point: listed as unavailable with the reason, the others still load.
+    bad = Processor("bad name", nothing, frozenset({ImageKind.BMODE}), "1")
+    plugin = types.ModuleType("usreview_test_bad_plugin")
+    plugin.bad = bad  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "usreview_test_bad_plugin", plugin)
+    points = [_EntryPoint("bad name", "usreview_test_bad_plugin:bad")]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: points)
+    assert registry.load_entry_points() == ["bad_name"]
+    listed = registry.get("bad_name")
+    assert not listed.available and "a name is letters" in (listed.unavailable_reason or "")
 
 
 def _with_builtins(extra: Registry) -> Registry:

@@ -111,7 +111,7 @@ SUMMARY = {
     "findings": [
         {
             "code": "flow_direction",
-            "text": "PW flow toward the probe (above the baseline); values are means over 3",
+            "text": "PW flow toward the probe (above the baseline); 3 complete cycle(s) traced.",
             "evidence": {},
             "processor": "doppler_indices",
         }

@@ -382,6 +382,162 @@ def test_archive_failures_are_tried_again_and_odd_errors_pass_over_one_copy(
     assert list(store.descriptors([first, second, third])) == [first]
 
 
+def test_an_instance_that_cannot_be_described_for_good_is_read_once_for_all_workers(
+    archive: Archive, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import usreview.processing.case_library as case_library
+    from usreview.errors import CorruptPixelDataError
+    from usreview.processing.case_library import CaseLibrary
+    from usreview.processing.similarity import VERSION, Descriptor, describe
+
+    now = [0.0]
+    store, cases, library = _library(archive, source, tmp_path, 3, clock=lambda: now[0])
+    uncompared, undecodable, still = (c.instances[0].sop_instance_uid for c in cases)
+    expected = describe(read(source))
+    assert expected is not None
+    read_instance, reads = store.read_instance, []
+
+    def counted(case_uid: str, uid: str) -> Any:
+        reads.append(uid)
+        return read_instance(case_uid, uid)
+
+    def some_fail(instance: Any) -> Any:  # a kind that is not compared; pixels that do not decode
+        if instance.sop_instance_uid == uncompared:
+            return None
+        if instance.sop_instance_uid == undecodable:
+            raise CorruptPixelDataError("frame 0 cannot be decoded (JPEG Baseline): truncated")
+        return describe(instance)
+
+    monkeypatch.setattr(store, "read_instance", counted)
+    monkeypatch.setattr(case_library, "describe", some_fail)
+    found = library.similar(expected, "1.2.826.0.2.9")
+    assert [m.entry.sop_instance_uid for m in found] == [still]
+    assert sorted(reads) == sorted([uncompared, undecodable, still])
+    audited = sorted(_audited(library))
+    assert audited == sorted(
+        [
+            (uncompared, "described"),
+            (uncompared, "not described"),
+            (undecodable, "described"),
+            (undecodable, "not described"),
+            (still, "described"),
+        ]
+    )
+    recorded = store.descriptors([uncompared, undecodable, still])
+    assert recorded[uncompared] == {
+        "version": VERSION,
+        "compared": False,
+        "reason": "no kind that is compared (bmode)",
+    }
+    assert recorded[undecodable] == {
+        "version": VERSION,
+        "compared": False,
+        "reason": "frame 0 cannot be decoded (JPEG Baseline): truncated",
+    }
+    assert Descriptor.from_dict(recorded[uncompared]) is None
+    assert Descriptor.from_dict(recorded[undecodable]) is None
+
+    # The next refresh, and a worker restarted on the same archive: neither reads them again.
+    now[0] = 100.0
+    restarted = CaseLibrary(store, library.scratch, library.audit, "worker")
+    assert library.similar(expected, "1.2.826.0.2.9") == found
+    assert restarted.similar(expected, "1.2.826.0.2.9") == found
+    assert [entry.sop_instance_uid for _, entry in restarted.entries()] == [still]
+    assert len(reads) == 3 and sorted(_audited(restarted)) == audited
+
+
+def test_a_transient_failure_records_no_marker_and_the_instance_is_read_again(
+    archive: Archive, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import usreview.processing.case_library as case_library
+    from usreview.hub.errors import AuditError
+    from usreview.processing.case_library import CaseLibrary
+    from usreview.processing.similarity import VERSION, describe
+    from usreview.store import StorageError
+
+    now = [0.0]
+    store, cases, library = _library(archive, source, tmp_path, 2, clock=lambda: now[0])
+    uncompared, still = (c.instances[0].sop_instance_uid for c in cases)
+    expected = describe(read(source))
+    assert expected is not None
+    read_instance, set_descriptor, audit = store.read_instance, store.set_descriptor, library.audit
+    audit_record, reads = audit.record, [0]  # reads of the instance not compared
+    failing = {"audit": True, "record": True}
+
+    def counted(case_uid: str, uid: str) -> Any:
+        reads[0] += uid == uncompared
+        return read_instance(case_uid, uid)
+
+    def flaky_record(uid: str, value: Any) -> None:
+        if uid == uncompared and failing["record"]:
+            raise StorageError("recording a descriptor: the archive's database failed (locked)")
+        set_descriptor(uid, value)
+
+    def flaky_audit(*args: Any, **kwargs: Any) -> Any:
+        if failing["audit"]:
+            raise AuditError("the audit log cannot be written: No space left on device")
+        return audit_record(*args, **kwargs)
+
+    monkeypatch.setattr(store, "read_instance", counted)
+    monkeypatch.setattr(store, "set_descriptor", flaky_record)
+    monkeypatch.setattr(audit, "record", flaky_audit)
+    monkeypatch.setattr(
+        case_library,
+        "describe",
+        lambda instance: None if instance.sop_instance_uid == uncompared else describe(instance),
+    )
+    # The audit log is unwritable: both are left for the next refresh, nothing recorded.
+    assert library.similar(expected, "1.2.826.0.2.9") == []
+    assert reads[0] == 1 and _audited(library) == []
+    assert store.descriptors([uncompared, still]) == {}
+    # The next refresh reads both; the database fails to record the marker: not kept.
+    failing["audit"] = False
+    now[0] = 100.0
+    [match] = library.similar(expected, "1.2.826.0.2.9")
+    assert match.entry.sop_instance_uid == still
+    assert reads[0] == 2 and sorted(_audited(library)) == sorted(
+        [(uncompared, "described"), (uncompared, "not described"), (still, "described")]
+    )
+    assert list(store.descriptors([uncompared, still])) == [still]
+    # A restart reads it once more and records the marker; the next restart does not read it.
+    failing["record"] = False
+    for n in (1, 2):
+        restarted = CaseLibrary(store, library.scratch, audit, f"worker-{n}")
+        assert restarted.similar(expected, "1.2.826.0.2.9") == [match]
+    assert reads[0] == 3 and sorted(_audited(library)) == sorted(
+        [(uncompared, "described"), (uncompared, "not described")] * 2 + [(still, "described")]
+    )
+    assert store.descriptors([uncompared])[uncompared] == {
+        "version": VERSION,
+        "compared": False,
+        "reason": "no kind that is compared (bmode)",
+    }
+
+
+def test_a_marker_of_another_version_or_damaged_is_read_again(
+    archive: Archive, source: Path, tmp_path: Path
+) -> None:
+    from usreview.processing.similarity import VERSION, describe
+
+    store, cases, library = _library(archive, source, tmp_path, 4)
+    expected = describe(read(source))
+    assert expected is not None
+    uids = [c.instances[0].sop_instance_uid for c in cases]
+    marker = {"version": VERSION, "compared": False, "reason": "no kind that is compared (ecg)"}
+    store.set_descriptor(uids[0], {**marker, "version": "0"})  # an upgrade since
+    store.set_descriptor(uids[1], {**marker, "compared": "no"})  # a wrong type
+    store.set_descriptor(uids[2], {**marker, **expected.as_dict()})  # a marker and a descriptor
+    store.set_descriptor(uids[3], marker)  # current: never read
+    matches = library.similar(expected, "1.2.826.0.2.9", limit=4)
+    assert sorted(m.entry.sop_instance_uid for m in matches) == sorted(uids[:3])
+    assert sorted(_audited(library)) == sorted((uid, "described") for uid in uids[:3])
+    recorded = store.descriptors(uids)
+    for uid in uids[:3]:  # described again, and the descriptor recorded in place of the marker
+        assert set(recorded[uid]) == {"kind", "version", "vector"}
+        np.testing.assert_allclose(recorded[uid]["vector"], expected.vector, atol=1e-6)
+    assert recorded[uids[3]] == marker
+
+
 def test_each_read_describes_for_a_bounded_time(
     archive: Archive, source: Path, tmp_path: Path
 ) -> None:

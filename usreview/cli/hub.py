@@ -358,20 +358,29 @@ def _cmd_hub_jobs(args: argparse.Namespace) -> int:
 
 
 def _outdated_jobs(archive: Archive, *, queue_again: bool) -> int:
-    """List (or queue again) the done jobs whose processors the registry has changed.
+    """List (or queue again) the done jobs that processing would now do differently.
 
-    A job done before jobs recorded their processors may be outdated too: it is listed
-    (and queued again) with "processors not recorded".
+    A processor whose version changed, a step of the pipeline that never ran on the job's
+    kind of image (a processor added since), or the value check not applied (a job done
+    before it, :mod:`usreview.processing.plausible`). A job done before jobs recorded their
+    processors may be outdated too: it is listed (and queued again) with "processors not
+    recorded". A job with an empty record (an image usreview derived) is never outdated.
     """
-    from usreview.processing import default_registry
+    from usreview.processing import default_registry, plausible
+    from usreview.processing.pipeline import planned_steps
     from usreview.store.jobs import JobStatus, outdated_processors
 
-    current = {p.name: p.version for p in default_registry()}
+    registry = default_registry()
+    current = {p.name: p.version for p in registry} | {plausible.NAME: plausible.VERSION}
+    steps = planned_steps(registry)
     found = []
     for job in archive.jobs.list_jobs(status=JobStatus.DONE):
+        expected = [plausible.NAME] + [
+            name for name, kinds in steps if any(k.value in job.kinds for k in kinds)
+        ]
         if job.processors is None:
             found.append((job, "processors not recorded"))
-        elif changed := outdated_processors(job.processors, current):
+        elif job.processors and (changed := outdated_processors(job.processors, current, expected)):
             found.append((job, ", ".join(changed)))
     if not queue_again:
         for job, why in found:
@@ -395,9 +404,11 @@ _HUB_JOBS = Command(
     "for a failed job, the reason (tab-separated). --retry ID puts a failed job back "
     "in the queue with all its attempts (its study goes back to received); --reprocess ID "
     "queues a finished job again, and its new results supersede the older ones. After an "
-    "upgrade, --outdated lists the done jobs made by an older version of a processor (id, "
-    "site, SOP Instance UID, e.g. 'speckle_obnlm 1.0 -> 1.1'; jobs done before versions were "
-    "recorded say 'processors not recorded'), and --reprocess-outdated queues them all again.",
+    "upgrade, --outdated lists the done jobs that processing would now do differently (id, "
+    "site, SOP Instance UID and why: 'speckle_obnlm 1.0 -> 1.1' for an older version, "
+    "'NAME none -> 1.0' for a processor added since or the value check 'value_ranges' not "
+    "yet applied; jobs done before versions were recorded say 'processors not recorded'), "
+    "and --reprocess-outdated queues them all again.",
     args=(
         one_of(
             arg("--failed", action="store_true", help="only the failed jobs"),

@@ -3,12 +3,12 @@
 :class:`CaseLibrary` keeps the descriptors (:mod:`usreview.processing.similarity`) of the
 teaching cases' de-identified instances. It reads them from the archive
 (:meth:`~usreview.store.teaching.TeachingStore.library`) at most every
-``refresh_seconds``, and the descriptor of each instance once; an instance without a
-valid descriptor of the current version (a new case, an upgrade, a damaged record) is
-opened from its encrypted copy, described, and its descriptor recorded, so that each is
-computed once for all workers; each such read is audited (action ``read``, resource
-``teaching/CASE/instances/UID``, outcome ``described``, or ``not described`` with the reason
-when the copy cannot be described).
+``refresh_seconds``, and the record of each instance once; an instance without a valid
+descriptor or marker (below) of the current version (a new case, an upgrade, a damaged
+record) is opened from its encrypted copy, described, and its descriptor recorded, so that
+each is computed once for all workers; each such read is audited (action ``read``, resource
+``teaching/CASE/instances/UID``, outcome ``described``, then ``not described`` with the
+reason when it cannot be).
 
 Describing is work done in the worker's loop, which renews the leases of the jobs in flight
 between steps: so each read of the library describes for at most ``describe_seconds``, the
@@ -17,10 +17,23 @@ Workers describing at the same time (after an upgrade) take the instances in dif
 orders and look again for a descriptor just before describing, so that each instance is
 seldom described twice.
 
-An instance that cannot be described (a damaged copy, pixels that cannot be decoded, a kind
-that is not compared) is logged and passed over until the worker restarts; one the archive
-cannot give or record now (its disk or database away, the audit log unwritable) is tried
-again at the next refresh.
+An instance that cannot be described for a lasting reason gets, in place of its descriptor
+(``teaching_instances.descriptor``), a marker::
+
+    {"version": VERSION, "compared": false, "reason": "no kind that is compared (ecg)"}
+
+It is so when it is of a kind that is not compared (:func:`describe` gives ``None``), or when
+its copy, whose bytes are checked against their SHA-256, cannot be read or decoded (an
+:class:`~usreview.errors.InputError`, unless a lack of memory, a failing disk or a decoder
+not installed is the cause). No worker reads it again until
+:data:`~usreview.processing.similarity.VERSION` changes: an instance with a marker of the
+current version is known and left out of the library (no read, no audit line). A marker of
+another version, or a damaged one (not JSON, other keys or types), counts as no record: the
+copy is described again. An instance that cannot be described for a reason that may pass (a
+copy missing or altered on disk, which an administrator may restore; a lack of memory; any
+other error) is logged and passed over, not recorded, until the worker restarts; one the
+archive cannot give or record now (its disk or database away, the audit log unwritable) is
+tried again at the next refresh.
 
 :meth:`CaseLibrary.similar` gives the cases most like an instance, never the case made of
 the instance's own study.
@@ -39,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from usreview.dicom import read
-from usreview.errors import UsreviewError
+from usreview.errors import InputError, UnsupportedTransferSyntaxError, UsreviewError
 from usreview.hub.audit import AuditAction, AuditLog
 from usreview.hub.errors import AuditError
 from usreview.processing.similarity import VERSION, Descriptor, LibraryEntry, Match, describe, rank
@@ -92,7 +105,7 @@ class CaseLibrary:
         self._loaded_at: float | None = None
         self._entries: list[tuple[str, LibraryEntry]] = []  # (source study, entry)
         self._descriptors: dict[str, Descriptor] = {}  # by SOP Instance UID, read once
-        self._passed_over: set[str] = set()
+        self._passed_over: set[str] = set()  # marked, or not described until a restart
         self._pending = 0  # instances left for the next read (the time was up)
 
     @property
@@ -135,11 +148,13 @@ class CaseLibrary:
         recorded = self._recorded([i.sop_instance_uid for i in new])
         unrecorded = []
         for item in new:
-            descriptor = _current(recorded.get(item.sop_instance_uid))
-            if descriptor is None:
-                unrecorded.append(item)
+            uid = item.sop_instance_uid
+            if _marked(recorded.get(uid)):
+                self._passed_over.add(uid)
+            elif (descriptor := _current(recorded.get(uid))) is not None:
+                self._descriptors[uid] = descriptor
             else:
-                self._descriptors[item.sop_instance_uid] = descriptor
+                unrecorded.append(item)
         # Workers describing at once (all restarted by an upgrade) start apart.
         random.shuffle(unrecorded)
         started, self._pending = self._clock(), 0
@@ -148,8 +163,9 @@ class CaseLibrary:
                 self._pending += 1
                 continue
             uid = item.sop_instance_uid
-            # Another worker may have described it since the library was read.
-            found = _current(self._recorded([uid]).get(uid)) or self._describe(item)
+            # Another worker may have described (or marked) it since the library was read.
+            again = self._recorded([uid]).get(uid)
+            found = None if _marked(again) else (_current(again) or self._describe(item))
             if found is None:
                 self._passed_over.add(uid)
             elif found is not _LATER:
@@ -161,8 +177,8 @@ class CaseLibrary:
         ]
 
     def _recorded(self, sop_instance_uids: Collection[str]) -> Mapping[str, Any]:
-        """The descriptors the archive holds for these instances; a record that does not
-        even decode (damaged JSON) counts as none, so that it is made again."""
+        """The descriptors and markers the archive holds for these instances; a record that
+        does not even decode (damaged JSON) counts as none, so that it is made again."""
         if not sop_instance_uids:
             return {}
         try:
@@ -179,8 +195,9 @@ class CaseLibrary:
             return found
 
     def _describe(self, item: LibraryItem) -> Descriptor | _Later | None:
-        """Describe a copy and record its descriptor; ``None`` (logged) if it cannot be,
-        :data:`_LATER` if the archive or the audit log fails for now."""
+        """Describe a copy and record its descriptor; ``None`` (logged; a marker recorded
+        when the reason lasts) if it cannot be, :data:`_LATER` if the archive or the audit
+        log fails for now."""
         where = f"teaching case {item.case_uid}, instance {item.sop_instance_uid}"
         resource = f"teaching/{item.case_uid}/instances/{item.sop_instance_uid}"
         try:
@@ -202,7 +219,8 @@ class CaseLibrary:
                 out.write(data)
             self.audit.record(self.actor, AuditAction.READ, resource, outcome="described")
             try:
-                descriptor = describe(read(path))
+                instance = read(path)
+                descriptor = describe(instance)
             except Exception as exc:  # whatever it meets (as the query's own descriptor)
                 reason = _reason(exc)
                 self.audit.record(
@@ -213,24 +231,68 @@ class CaseLibrary:
                     detail={"reason": reason[:300]},
                 )
                 _log.warning("case library: %s is passed over: %s", where, reason)
-                return None
+                if not _lasting(exc):
+                    return None
+                descriptor, record = None, _marker(reason)
+            else:
+                if descriptor is None:
+                    reason = f"no kind that is compared ({', '.join(instance.kinds) or 'none'})"
+                    self.audit.record(
+                        self.actor,
+                        AuditAction.READ,
+                        resource,
+                        outcome="not described",
+                        detail={"reason": reason},
+                    )
+                    _log.info("case library: %s is passed over: %s", where, reason)
+                record = descriptor.as_dict() if descriptor is not None else _marker(reason)
         except (OSError, AuditError) as exc:  # the scratch disk, the audit log
             _log.warning("case library: %s is left for later: %s", where, exc)
             return _LATER
         finally:
             path.unlink(missing_ok=True)
-        if descriptor is not None:
-            try:
-                self.store.set_descriptor(item.sop_instance_uid, descriptor.as_dict())
-            except StorageError as exc:  # used all the same; recorded by a later describing
-                _log.warning("case library: the descriptor of %s is not recorded: %s", where, exc)
+        try:
+            self.store.set_descriptor(item.sop_instance_uid, record)
+        except StorageError as exc:  # used (or passed over) all the same; recorded later
+            _log.warning("case library: the record of %s is not kept: %s", where, exc)
         return descriptor
 
 
 def _current(value: Any) -> Descriptor | None:
-    """A recorded descriptor, if it is valid and of the current version."""
+    """A recorded descriptor, if it is valid and of the current version (never a marker)."""
+    if isinstance(value, dict) and "compared" in value:
+        return None
     descriptor = Descriptor.from_dict(value)
     return descriptor if descriptor is not None and descriptor.version == VERSION else None
+
+
+def _marker(reason: str) -> dict[str, Any]:
+    """The record of an instance that is not compared while :data:`VERSION` holds."""
+    return {"version": VERSION, "compared": False, "reason": reason[:300]}
+
+
+def _marked(value: Any) -> bool:
+    """Whether a record is a marker (:func:`_marker`) of the current version."""
+    return (
+        isinstance(value, dict)
+        and value.keys() == {"version", "compared", "reason"}
+        and value["version"] == VERSION
+        and value["compared"] is False
+        and isinstance(value["reason"], str)
+    )
+
+
+def _lasting(exc: BaseException) -> bool:
+    """Whether describing a copy (its bytes checked) fails for good: an input error not
+    caused by a lack of memory or a failing disk, nor a decoder that may yet be installed."""
+    if not isinstance(exc, InputError) or isinstance(exc, UnsupportedTransferSyntaxError):
+        return False
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, MemoryError | OSError):
+            return False
+        cause = cause.__cause__
+    return True
 
 
 def _reason(exc: BaseException) -> str:

@@ -53,6 +53,7 @@ from pydicom.uid import generate_uid
 
 from usreview import _json as strict_json
 from usreview.dicom import UltrasoundInstance, read
+from usreview.processing import plausible
 from usreview.processing.analyze import summarize
 from usreview.processing.filters.derived import derived_from_result, usreview_derivation
 from usreview.processing.pipeline import run_pipeline
@@ -133,9 +134,10 @@ class Outputs:
     be made an instance); ``seconds`` how long each stage took (read, pipeline, derived,
     sr, summary). ``skipped`` says why the instance was not processed at all (it is an
     image usreview derived): then there is nothing to publish and no problem; the job is
-    done, not failed. ``processors`` lists the processors that ran as ``name=version``
-    (``None``: the task does not say); the job keeps it, and ``usreview hub jobs
-    --outdated`` finds the jobs whose processors an upgrade changed. ``kinds`` are the
+    done, not failed. ``processors`` lists the processors that ran as ``name=version``, and the
+    value check (:mod:`usreview.processing.plausible`) as ``value_ranges=VERSION``; empty
+    for an instance not processed, ``None`` when the task does not say; the job keeps it,
+    and ``usreview hub jobs --outdated`` finds the jobs an upgrade changed. ``kinds`` are the
     instance's image kinds and ``descriptor`` what the case library compares it by
     (:mod:`usreview.processing.similarity`; ``None`` for a kind it does not compare).
     """
@@ -178,7 +180,9 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
         uid, study = instance.sop_instance_uid, instance.study_instance_uid
         signature = hashlib.sha256(b"usreview-derived: not processed").hexdigest()[:16]
         skipped = f"not processed: {derivation}"
-        return Outputs(uid, study, signature, None, None, skipped=skipped, seconds=clock.laps)
+        return Outputs(
+            uid, study, signature, None, None, skipped=skipped, seconds=clock.laps, processors=()
+        )
     results = run_pipeline(instance, registry=registry)
     clock.lap("pipeline")
     kinds = tuple(k.value for k in instance.kinds)
@@ -188,7 +192,10 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
         descriptor = None
     clock.lap("descriptor")
     uid = instance.sop_instance_uid
-    versions = sorted(f"{r.provenance.processor}={r.provenance.version}" for r in results)
+    versions = sorted(
+        [f"{r.provenance.processor}={r.provenance.version}" for r in results]
+        + [f"{plausible.NAME}={plausible.VERSION}"]  # Processor.run checked every value
+    )
     signature = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
     ran = tuple(versions)
     failed = [r.reason or r.provenance.processor for r in results if r.status == _FAILED]

@@ -18,7 +18,7 @@ from usreview.dicom import ImageKind, UltrasoundInstance
 from usreview.processing.registry import Processor, Registry, default_registry
 from usreview.processing.results import ProcessorResult
 
-__all__ = ["PIPELINE", "run_pipeline"]
+__all__ = ["PIPELINE", "planned_steps", "run_pipeline"]
 
 K = ImageKind
 
@@ -31,6 +31,15 @@ PIPELINE: tuple[tuple[str, frozenset[ImageKind]], ...] = (
     ("speckle_fast", frozenset({K.CINE})),
     ("speckle_obnlm", frozenset({K.BMODE})),
 )
+
+
+def planned_steps(registry: Registry | None = None) -> list[tuple[str, frozenset[ImageKind]]]:
+    """What :func:`run_pipeline` runs by default: :data:`PIPELINE`, then the registry's
+    third-party processors on their own kinds."""
+    reg = registry if registry is not None else default_registry()
+    listed = {name for name, _ in PIPELINE}
+    extra = [(p.name, p.kinds) for p in reg if p.origin != "usreview" and p.name not in listed]
+    return [*PIPELINE, *extra]
 
 
 def run_pipeline(
@@ -46,10 +55,7 @@ def run_pipeline(
     (third-party processors of the registry are then not added).
     """
     reg = registry if registry is not None else default_registry()
-    plan = list(steps if steps is not None else PIPELINE)
-    if steps is None:
-        listed = {name for name, _ in plan}
-        plan += [(p.name, p.kinds) for p in reg if p.origin != "usreview" and p.name not in listed]
+    plan = list(steps) if steps is not None else planned_steps(reg)
     results: list[ProcessorResult] = []
     for name, kinds in plan:
         proc = reg.get(name)

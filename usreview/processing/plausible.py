@@ -8,7 +8,8 @@ it becomes an ``implausible_value`` finding that names the value, the range and 
 to check the image's calibration, and the output's other quantities, measured on the same
 image, are withheld with it; the rules after it never see them.
 :func:`screen` is applied by :meth:`usreview.processing.registry.Processor.run` to every
-processor's output, built-in or third-party.
+processor's output, built-in or third-party; each job records it as :data:`NAME` =
+:data:`VERSION`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from typing import Final
 
 from usreview.processing.results import Finding, Output, Quantity
 
-__all__ = ["RANGES", "screen"]
+__all__ = ["NAME", "RANGES", "VERSION", "screen"]
+
+#: How a job records that its outputs passed this check (``value_ranges=1.0``, beside its
+#: processors' ``name=version``): ``usreview hub jobs --outdated`` lists the jobs done
+#: without it, or with an older version, so that their values can be checked again.
+NAME: Final = "value_ranges"
+#: Changes when :data:`RANGES` or the rule does.
+VERSION: Final = "1.0"
 
 #: (name, UCUM unit) -> (lowest, highest), both included.
 RANGES: Final[Mapping[tuple[str, str], tuple[float, float]]] = {

@@ -16,6 +16,9 @@ never raises for a failure of the function: it returns a failed :class:`Processo
 whose reason reads "applying processor X to instance Y: ...". The quantities of a successful
 run go through :func:`usreview.processing.plausible.screen`: a value no patient can have is
 an ``implausible_value`` finding instead.
+
+A name is letters, digits, ``_``, ``.`` and ``-`` (jobs record ``name=version`` lists), and
+a version has no spaces; ``value_ranges``, the check's own record, is reserved.
 """
 
 from __future__ import annotations
@@ -23,18 +26,19 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from usreview.dicom import ImageKind, UltrasoundInstance
+from usreview.processing import plausible
 from usreview.processing.errors import (
     NotApplicable,
     ProcessorUnavailableError,
     UnknownProcessorError,
 )
-from usreview.processing.plausible import screen
 from usreview.processing.results import Output, ProcessorResult, Provenance, ResultStatus
 
 __all__ = [
@@ -186,7 +190,7 @@ class Processor:
                 f"{type(output).__name__}, not Output",
                 started=started,
             )
-        output = screen(output)  # values no patient can have are findings, not numbers
+        output = plausible.screen(output)  # values no patient can have are findings, not numbers
         return self._result(instance, values, ResultStatus.DONE, output=output, started=started)
 
     def _result(
@@ -217,7 +221,21 @@ class Registry:
         self._processors: dict[str, Processor] = {}
 
     def register(self, proc: Processor, *, replace: bool = False) -> Processor:
-        """Add ``proc``; a second processor of the same name is refused unless ``replace``."""
+        """Add ``proc``; a second processor of the same name is refused unless ``replace``.
+
+        Raises ``ValueError`` for a name or version a job could not record (see the module
+        docstring).
+        """
+        if not _NAME.fullmatch(proc.name) or proc.name == plausible.NAME:
+            raise ValueError(
+                f"processor {proc.name!r}: a name is letters, digits, '_', '.' and '-' "
+                f"({plausible.NAME!r} is reserved)"
+            )
+        if not proc.version.strip() or any(c.isspace() or c == "=" for c in proc.version):
+            raise ValueError(
+                f"processor {proc.name}: version {proc.version!r} must be non-empty, "
+                "without spaces or '='"
+            )
         if proc.name in self._processors and not replace:
             raise ValueError(f"a processor named {proc.name!r} is already registered")
         self._processors[proc.name] = proc
@@ -259,22 +277,28 @@ class Registry:
             except Exception as exc:  # a missing dependency must not break usreview
                 text = str(exc).strip().splitlines()
                 reason = f"cannot import {ep.value}: {text[0] if text else type(exc).__name__}"
-                self.register(
-                    Processor(ep.name, None, frozenset(), "?", origin=ep.value, load_error=reason),
-                    replace=True,
-                )
-                names.append(ep.name)
+                names.append(self._unavailable(ep, reason).name)
                 continue
             found = loaded if isinstance(loaded, Processor) else getattr(loaded, "processor", None)
             if isinstance(found, Processor) and found.name not in self._processors:
-                self.register(found)
+                try:
+                    self.register(found)
+                except ValueError as exc:  # a name or version jobs cannot record
+                    found = self._unavailable(ep, str(exc))
             names.extend(n for n in self._processors if n not in before)
             if isinstance(found, Processor) and found.name not in names:
                 names.append(found.name)
         return names
 
+    def _unavailable(self, ep: importlib.metadata.EntryPoint, reason: str) -> Processor:
+        """List entry point ``ep`` as an unavailable processor, for ``reason``."""
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", ep.name)
+        proc = Processor(name, None, frozenset(), "?", origin=ep.value, load_error=reason)
+        return self.register(proc, replace=True)
+
 
 REGISTRY = Registry()
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _LOADED = False
 
 

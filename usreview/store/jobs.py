@@ -25,7 +25,7 @@ complete or fail a job (:class:`LeaseLostError` otherwise), so a job finishes on
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -105,6 +105,8 @@ class JobRecord:
     finished_at: datetime | None
     #: The processors of its last run as ``name=version`` (``None``: not recorded).
     processors: tuple[str, ...] | None = None
+    #: The image kinds of its instance (:class:`~usreview.dicom.ImageKind` values).
+    kinds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,16 +421,22 @@ class JobQueue:
         return _record(*found)
 
 
-def _query() -> Select[JobRow, str, str, str]:
+def _query() -> Select[JobRow, str, str, str, list[str]]:
     return (
-        select(JobRow, SiteRow.name, StudyRow.study_instance_uid, InstanceRow.sop_instance_uid)
+        select(
+            JobRow,
+            SiteRow.name,
+            StudyRow.study_instance_uid,
+            InstanceRow.sop_instance_uid,
+            InstanceRow.kinds,
+        )
         .join(InstanceRow, JobRow.instance_id == InstanceRow.id)
         .join(SiteRow, InstanceRow.site_id == SiteRow.id)
         .join(StudyRow, JobRow.study_id == StudyRow.id)
     )
 
 
-def _record(row: JobRow, site: str, study_uid: str, sop_uid: str) -> JobRecord:
+def _record(row: JobRow, site: str, study_uid: str, sop_uid: str, kinds: list[str]) -> JobRecord:
     return JobRecord(
         id=row.id,
         site=site,
@@ -444,6 +452,7 @@ def _record(row: JobRow, site: str, study_uid: str, sop_uid: str) -> JobRecord:
         created_at=row.created_at,
         finished_at=row.finished_at,
         processors=None if row.processors is None else tuple(row.processors.split()),
+        kinds=tuple(kinds or ()),
     )
 
 
@@ -505,19 +514,28 @@ def _settle_study(session: Session, study_id: int, now: datetime, problem: str |
         )
 
 
-def outdated_processors(processors: Sequence[str], current: Mapping[str, str]) -> list[str]:
+def outdated_processors(
+    processors: Sequence[str], current: Mapping[str, str], expected: Iterable[str] = ()
+) -> list[str]:
     """Which of a job's ``name=version`` processors ``current`` (name -> version) changed.
 
     Each as ``"name OLD -> NEW"``; a processor no longer registered is not counted (nothing
-    would replace its results).
+    would replace its results). Each name of ``expected`` (a key of ``current``: what
+    would run on the job's instance now) that the job did not run counts as ``"name none -> NEW"``.
 
     >>> outdated_processors(["speckle_obnlm=1.0", "speckle_fast=1.0"], {"speckle_obnlm": "1.1"})
     ['speckle_obnlm 1.0 -> 1.1']
+    >>> outdated_processors(["speckle_obnlm=1.1"], {"speckle_obnlm": "1.1", "value_ranges": "1.0"},
+    ...                     expected=["value_ranges"])
+    ['value_ranges none -> 1.0']
     """
     changed = []
+    ran = set()
     for entry in processors:
         name, _, version = entry.partition("=")
+        ran.add(name)
         now = current.get(name)
         if now is not None and now != version:
             changed.append(f"{name} {version} -> {now}")
+    changed += [f"{name} none -> {current[name]}" for name in expected if name not in ran]
     return changed

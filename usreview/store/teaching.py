@@ -254,7 +254,11 @@ class TeachingStore:
             return [LibraryItem(*row) for row in rows]
 
     def descriptors(self, sop_instance_uids: Collection[str]) -> dict[str, Mapping[str, Any]]:
-        """The descriptors recorded for these instances (those without one are left out)."""
+        """The descriptors recorded for these instances (those without one are left out).
+
+        A record may instead be the case library's marker of an instance that is not
+        compared (:mod:`usreview.processing.case_library`).
+        """
         found: dict[str, Mapping[str, Any]] = {}
         wanted = list(sop_instance_uids)
         with guard("reading the case library"), Session(self._engine) as session:
@@ -268,7 +272,8 @@ class TeachingStore:
         return found
 
     def set_descriptor(self, sop_instance_uid: str, descriptor: Mapping[str, Any]) -> None:
-        """Record the descriptor of a de-identified instance (:meth:`descriptors` gives it)."""
+        """Record the descriptor (or marker) of a de-identified instance (:meth:`descriptors`
+        gives it)."""
         engine = writer(self._engine)
         with guard("recording a descriptor"), Session(engine) as session, session.begin():
             session.execute(

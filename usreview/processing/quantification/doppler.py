@@ -267,7 +267,8 @@ def doppler_indices(context: Context) -> Output:
     )
     finding = Finding(
         "flow_direction",
-        f"{mode} flow {direction}; values are means over {len(cycles)} complete cycle(s).",
+        # True whether or not the values are reported (the range check may withhold them).
+        f"{mode} flow {direction}; {len(cycles)} complete cycle(s) traced.",
         {
             **evidence,
             "flow_sign": side.sign,
