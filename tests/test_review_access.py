@@ -287,10 +287,13 @@ def test_trainees_read_cases_and_only_deidentified_copies(world: World) -> None:
     assert hub.get("/teaching", world.sam).json() == {"cases": [case]}
     assert hub.get(path, world.sam).content == answer.content
 
-    # Reviewers are neither trainees nor scientists; an administrator holds every scope.
-    error(hub.get("/teaching", world.rall), 403, "forbidden")
-    error(hub.get(f"/teaching/{case['case_uid']}", world.rall), 404, "not_found")
-    error(hub.get(path, world.rall), 404, "not_found")
+    # Reviewers read them too (a study's similar cases are links to them). A site reads
+    # none; an administrator all.
+    assert hub.get("/teaching", world.rn).json() == {"cases": [case]}
+    assert hub.get(f"/teaching/{case['case_uid']}", world.rall).json() == case
+    assert hub.get(path, world.rall).content == answer.content
+    error(hub.get("/teaching", world.north.token), 403, "forbidden")
+    error(hub.get(f"/teaching/{case['case_uid']}", world.north.token), 404, "not_found")
     error(hub.get(path, world.north.token), 404, "not_found")
     error(hub.get(f"/teaching/{case['case_uid']}/instances/1.2.3", world.tina), 404, "not_found")
     assert hub.get("/teaching", world.admin).json() == {"cases": [case]}
@@ -311,6 +314,38 @@ def test_trainees_land_on_the_teaching_page_which_shows_the_cases(world: World) 
         assert "anechoic cyst" in page.details.value and "Jane" not in page.details.value
         assert len(page.thumbnails.children) == 1 and page.viewer.children
         assert page.message.value == ""  # no error
+
+
+def test_a_reviewer_opens_a_similar_case_from_the_study_page(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    from usreview.processing.similarity import LibraryEntry, Match, similar_cases_finding
+    from usreview.review.results import ResultsPanel
+    from usreview.review.teaching import teaching_page
+    from usreview.teaching import case_name
+
+    case_uid = world.case["case_uid"]
+    entry = LibraryEntry(case_uid, world.case["instances"][0]["sop_instance_uid"], None)  # type: ignore[arg-type]
+    finding = similar_cases_finding([Match(entry, 0.9312)])
+    panel = ResultsPanel([{"sop_instance_uid": "1.2.3", "analysis": {"findings": [finding]}}])
+    [similar] = [
+        c.value for c in panel.children[1].children if "usreview-similar" in getattr(c, "value", "")
+    ]
+    [href] = re.findall(r'href="([^"]+)"', similar)
+    assert (
+        href == f"teaching.ipynb?case={case_uid}" and f"{case_name(case_uid)}</a> (0.93)" in similar
+    )
+    # The link's page, as Voila runs it in the reviewer's server: the case is open.
+    monkeypatch.setenv("QUERY_STRING", href.partition("?")[2])
+    monkeypatch.setenv("USREVIEW_SERVICE_URL", _service_url(world))
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", world.rn)
+    page = teaching_page()
+    assert page.picker.value == case_uid and page.message.value == ""
+    assert "anechoic cyst" in page.details.value and page.viewer.children
+    monkeypatch.setenv("QUERY_STRING", "case=1.2.3.4")  # a case no longer there
+    assert "No teaching case 1.2.3.4" in teaching_page().message.value
 
 
 def test_scientists_run_the_pipeline_on_the_case_library(world: World) -> None:
@@ -334,6 +369,9 @@ def test_scientists_run_the_pipeline_on_the_case_library(world: World) -> None:
     answer = hub.request("POST", "/teaching", world.rall, json={"study_instance_uid": study})
     assert answer.status_code == 201, answer.text
     pw_case = answer.json()["case_uid"]
+    # A reviewer of north only opens this case of a south study: it is de-identified.
+    error(hub.get(f"/studies/{study}", world.rn), 404, "not_found")
+    assert hub.get(f"/teaching/{pw_case}", world.rn).json() == answer.json()
 
     with ReviewClient(_service_url(world), world.sam) as client:
         cases = case_table(client)
@@ -409,7 +447,6 @@ def test_every_access_is_audited(world: World) -> None:
         ("sam", "read", "allowed"),
         ("sam", "denial", "not_found"),
         ("sam", "denial", "forbidden"),
-        ("rall", "denial", "forbidden"),
         ("rall", "write", "not_ready"),
         ("usreview hub reviewer-sites", "admin", "changed"),
     ):
@@ -419,6 +456,8 @@ def test_every_access_is_audited(world: World) -> None:
     uid = case["instances"][0]["sop_instance_uid"]
     assert {"teaching", f"teaching/{case['case_uid']}"} <= reads
     assert f"teaching/{case['case_uid']}/instances/{uid}" in reads
+    reviewed = {line["resource"] for line in lines if line["actor"] in ("rn", "rall")}
+    assert {"teaching", f"teaching/{case['case_uid']}/instances/{uid}"} <= reviewed
     science = [line for line in lines if line["actor"] == "sam"]
     assert f"teaching/{case['case_uid']}/instances/{uid}" in {s["resource"] for s in science}
     for line in science:  # a scientist is refused every study and identified instance

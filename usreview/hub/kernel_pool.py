@@ -13,7 +13,8 @@ rendered, its widgets live in a kernel nobody has used), and a replacement start
 Security is unchanged: a pooled kernel is a kernel of the same server, started with the
 server's environment (its owner's token and nothing else) and handed to that owner's next
 page only. A pooled notebook runs before its request exists, so it must not read the
-request (query string, headers): ``study.ipynb`` (``?study=UID``) is never pooled.
+request (query string, headers): ``study.ipynb`` (``?study=UID``) and ``teaching.ipynb``
+(``?case=UID``) are never pooled.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ __all__ = [
     "RENEW_SECONDS",
     "StudyPage",
     "WorklistPage",
+    "query_value",
     "study_page",
-    "study_uid_from_query",
     "worklist_page",
 ]
 
@@ -52,10 +52,11 @@ _log = logging.getLogger(__name__)
 _THUMB: Final = 96
 
 
-def study_uid_from_query(query: str | None = None) -> str | None:
-    """The ``study`` parameter of the page's query string (Voila's ``$QUERY_STRING``)."""
+def query_value(name: str, query: str | None = None) -> str | None:
+    """The parameter ``name`` of the page's query string (Voila's ``$QUERY_STRING``):
+    ``study`` on the study page, ``case`` on the teaching page."""
     values = parse_qs(query if query is not None else os.environ.get("QUERY_STRING", ""))
-    found = values.get("study")
+    found = values.get(name)
     return found[0] if found else None
 
 
@@ -433,7 +434,7 @@ def study_page(
     study_instance_uid: str | None = None, client: ReviewClient | None = None
 ) -> w.Widget:
     """The review dashboard of ``study_instance_uid`` (default: the page's ``?study=``)."""
-    uid = study_instance_uid or study_uid_from_query()
+    uid = study_instance_uid or query_value("study")
     if not uid:
         return _error_html("No study given: open a study from the worklist.")
     return w.VBox([_title("Study"), StudyPage(client or ReviewClient.from_environment(), uid)])

@@ -19,6 +19,7 @@ import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote
 
 import ipywidgets as w
 
@@ -218,10 +219,33 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
 
 
 def _finding_html(item: Mapping[str, Any]) -> str:
+    if item.get("code") == "similar_cases" and (links := _case_links(item.get("evidence"))):
+        return f'<div class="usreview-finding usreview-similar">• Most similar cases: {links}</div>'
     text = html.escape(str(item.get("text") or item.get("statement") or item.get("name", "")))
     source = item.get("source")
     cite = f" <small>({html.escape(str(source))})</small>" if source else ""
     return f'<div class="usreview-finding">• {text}{cite}</div>'
+
+
+def _case_links(evidence: Any) -> str:
+    """The matches of a ``similar_cases`` finding as links to the teaching page, each on
+    its case (``teaching.ipynb?case=UID``, beside this page); "" if they are malformed."""
+    from usreview.dicom.header import is_uid
+    from usreview.teaching import case_name
+
+    matches = evidence.get("matches") if isinstance(evidence, Mapping) else None
+    links = []
+    for match in matches if isinstance(matches, list) else []:
+        uid = match.get("case_uid") if isinstance(match, Mapping) else None
+        similarity = match.get("similarity") if isinstance(match, Mapping) else None
+        if not isinstance(uid, str) or not is_uid(uid) or not isinstance(similarity, float | int):
+            return ""
+        href = html.escape(f"teaching.ipynb?case={quote(uid, safe='')}")
+        links.append(
+            f'<a href="{href}" target="_blank" rel="noopener" class="usreview-case-link">'
+            f"{html.escape(case_name(uid))}</a> ({similarity:.2f})"
+        )
+    return ", ".join(links)
 
 
 def study_evaluation_html(evaluation: Mapping[str, Any]) -> str:

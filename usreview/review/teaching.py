@@ -1,13 +1,14 @@
 """The trainees' dashboard: teaching cases, their de-identified images and the expert's words.
 
 ``notebooks/teaching.ipynb`` shows :func:`teaching_page` (trainees land there after
-logging in). The list holds every case (exam, image kinds, how many instances); a case
-shows the reviewer's findings, impression and recommendations, what was done to
-de-identify it, and its instances as buttons; the selected one opens in the viewer the
-reviewers use (:func:`usreview.review.viewers.viewer_for`), calipers included, whose
-measurements go to a practice panel that is never sent anywhere. Everything comes from
-the service as the trainee (:class:`~usreview.review.client.ReviewClient`), which
-serves de-identified copies only.
+logging in; reviewers open it on one case, ``?case=UID``, from a study's similar cases).
+The list holds every case (exam, image kinds, how many instances); a case shows the
+reviewer's findings, impression and recommendations, what was done to de-identify it, and
+its instances as buttons; the selected one opens in the viewer the reviewers use
+(:func:`usreview.review.viewers.viewer_for`), calipers included, whose measurements go to a
+practice panel that is never sent anywhere. Everything comes from the service as the
+person (:class:`~usreview.review.client.ReviewClient`), which serves de-identified copies
+only.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ def case_label(case: Mapping[str, Any]) -> str:
 
 
 class TeachingPage(w.VBox):  # type: ignore[misc]
-    """Every teaching case; the selected one with its words and a viewer."""
+    """Every teaching case; the selected one (``case_uid``, if given) with its words and a
+    viewer."""
 
-    def __init__(self, client: ReviewClient) -> None:
+    def __init__(self, client: ReviewClient, case_uid: str | None = None) -> None:
         self.client = client
         self.message = w.HTML()
         self.cases: list[dict[str, Any]] = []
@@ -59,6 +61,11 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
         self.details.add_class("usreview-teaching-case")
         self.viewer.add_class("usreview-teaching-viewer")
         self.refresh()
+        if case_uid:
+            if any(c["case_uid"] == case_uid for c in self.cases):
+                self.picker.value = case_uid  # opens it
+            else:
+                self.open_case(case_uid)  # says there is none
 
     def refresh(self) -> None:
         """Fetch the cases again."""
@@ -129,5 +136,8 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
 
 
 def teaching_page(client: ReviewClient | None = None) -> TeachingPage:
-    """The teaching dashboard of the trainee whose server this is."""
-    return TeachingPage(client or ReviewClient.from_environment())
+    """The teaching dashboard of the person whose server this is, on the page's ``?case=``
+    if it names one (a reviewer's link from a similar case)."""
+    from usreview.review.pages import query_value
+
+    return TeachingPage(client or ReviewClient.from_environment(), query_value("case"))

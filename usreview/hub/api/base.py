@@ -43,8 +43,9 @@ SITE_RESULTS = "custom:usreview:results"
 REVIEW = "custom:usreview:review"
 TRAIN = "custom:usreview:train"
 RESEARCH = "custom:usreview:research"
-#: Either scope reads the de-identified case library.
-CASE_LIBRARY = (TRAIN, RESEARCH)
+#: Each of these scopes reads the de-identified case library: reviewers open the cases
+#: their studies' similar cases name; what they see of identified studies is more.
+CASE_LIBRARY = (REVIEW, TRAIN, RESEARCH)
 _DENIALS = (401, 403, 404)
 _log = logging.getLogger("usreview.service")
 _T = TypeVar("_T")
@@ -130,7 +131,7 @@ class BaseHandler(ApiHandler):
         return reviewer
 
     def case_reader(self, *, hide: tuple[str, object] | None = None) -> str:
-        """The caller's name if it reads the case library (a trainee or a scientist).
+        """The caller's name if it reads the case library (a reviewer, trainee or scientist).
 
         Otherwise 403, or with ``hide=(kind, id)`` the 404 of a missing resource.
         """
@@ -138,7 +139,7 @@ class BaseHandler(ApiHandler):
             return str(self.caller["name"])
         if hide is not None:
             raise ApiError(404, "not_found", f"no {hide[0]} {hide[1]}")
-        raise ApiError(403, "forbidden", f"needs the scope {TRAIN} or {RESEARCH}")
+        raise ApiError(403, "forbidden", f"needs the scope {REVIEW}, {TRAIN} or {RESEARCH}")
 
     # -- work off the event loop --------------------------------------------------------
 

@@ -4,13 +4,14 @@ from them and scientists prototype on them.
 - ``POST /teaching`` ``{"study_instance_uid": UID}`` (review scope): make the study a
   teaching case (:func:`usreview.hub.api.teaching_cases.make_case`): 201 with the case,
   200 with the one it has already. A study the reviewer may not see answers its 404.
-- ``GET /teaching`` (train or research scope): ``{"cases": [...]}``, newest first.
+- ``GET /teaching`` (review, train or research scope): ``{"cases": [...]}``, newest
+  first. Reviewers read the library to open the similar cases their studies name.
 - ``GET /teaching/{case}``: one case; ``GET /teaching/{case}/instances/{uid}``: one
   de-identified instance (DICOM), decrypted from its at-rest copy and checked against the
   hash recorded with it.
 
-A caller without either scope (a reviewer who is not also a trainee, a site) gets 403
-on the list and the 404 of a missing case or instance on the others; trainees and
+A caller without any of them (a site) gets 403 on the list and the 404 of a missing case
+or instance on the others; trainees and
 scientists never reach ``/studies``. A case shows the de-identified UIDs, kinds and the reviewer's
 cleaned words, never the reviewer's name or a date. Every access is audited (reads
 before any byte leaves).
@@ -59,8 +60,8 @@ def case_view(case: TeachingCase) -> dict[str, Any]:
 
 
 class TeachingCasesHandler(BaseHandler):
-    """List the teaching cases (trainees, scientists); make one of a published study
-    (reviewers)."""
+    """List the teaching cases (reviewers, trainees, scientists); make one of a published
+    study (reviewers)."""
 
     async def get(self) -> None:
         """``{"cases": [...]}``, newest first."""
