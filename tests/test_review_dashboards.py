@@ -27,6 +27,7 @@ from pydicom import dcmread
 
 from tests import browser_support, review_support
 from tests.review_support import Deployment, start_deployment, wait_until
+from usreview.demo import c_store
 
 pytestmark = pytest.mark.slow
 
@@ -243,19 +244,8 @@ def test_a_trainee_opens_the_case_a_reviewer_marked(chromium: Any, deployment: D
 
     study = deployment.study("south", "mmode")
     uid = study.study_uid
-    assert deployment.api("POST", f"/studies/{uid}/claim", "omar")[0] == 200
-    report = {
-        "exam_type": "echo",
-        "findings": "Normal left ventricular dimensions and wall motion.",
-        "impression": "Normal M-mode study.",
-        "recommendations": "",
-        "urgency": "routine",
-        "measurements": [],
-        "key_images": [],
-        "recipients": [],
-    }
-    status, body = deployment.api("POST", f"/studies/{uid}/reports", "omar", report)
-    assert status == 201, body
+    findings = "Normal left ventricular dimensions and wall motion."
+    _publish(deployment, uid, "omar", "Normal M-mode study.", exam_type="echo", findings=findings)
     status, case = deployment.api("POST", "/teaching", "omar", {"study_instance_uid": uid})
     assert status == 201, case
     [item] = case["instances"]
@@ -305,6 +295,78 @@ def test_a_trainee_opens_the_case_a_reviewer_marked(chromium: Any, deployment: D
         context.close()
     status, _ = deployment.api("GET", f"/studies/{uid}", "tina")
     assert status == 403 or status == 404  # trainees never reach the studies
+
+
+def test_a_reviewer_opens_a_similar_case_from_the_study_page(
+    rita: Any, deployment: Deployment
+) -> None:
+    """rita makes north's published Doppler study a teaching case; south then sends a new
+    Doppler study, whose analysis names the case among its similar cases; on that study's
+    page the case is a link, and the page it opens shows the case."""
+    from usreview.processing.case_library import REFRESH_SECONDS
+    from usreview.review.teaching import case_label
+    from usreview.simulate import simulate
+
+    north = deployment.study("north", "pw")
+    if deployment.api("GET", f"/studies/{north.study_uid}", "rita")[1]["status"] != "published":
+        _publish(deployment, north.study_uid, "rita", "Normal internal carotid Doppler.")
+    status, case = deployment.api(
+        "POST", "/teaching", "rita", {"study_instance_uid": north.study_uid}
+    )
+    assert status in (200, 201), case
+    time.sleep(REFRESH_SECONDS + 1)  # the worker reads the library again by then
+
+    [path] = simulate("pw", deployment.root / "studies" / "south" / "pw-later", seed=77)
+    truth = json.loads(path.with_name(path.stem + ".truth.json").read_text())
+    assert not c_store([path], deployment.sites["south"].port).failed
+
+    def named() -> bool:
+        uid = truth["sop_instance_uid"]
+        status, analysis = deployment.api("GET", f"/instances/{uid}/analysis", "rita")
+        found = [f for f in analysis.get("findings", []) if f["code"] == "similar_cases"]
+        return status == 200 and any(
+            m["case_uid"] == case["case_uid"] for f in found for m in f["evidence"]["matches"]
+        )
+
+    wait_until(named, 120, "the teaching case among the new study's similar cases", step=1)
+    base = rita.url.split("/voila/")[0]
+    rita.goto(f"{base}/voila/render/usreview/study.ipynb?study={truth['study_instance_uid']}")
+    link = rita.locator(".usreview-similar a.usreview-case-link").first
+    link.wait_for(timeout=90_000)
+    with rita.context.expect_page() as opened:
+        link.click()
+    page = opened.value
+    try:
+        page.locator(f".usreview-teaching-case:has-text('{case['impression']}')").wait_for(
+            timeout=browser_support.DASHBOARD_TIMEOUT_MS
+        )
+        assert re.search(r"/usreview/teaching\.ipynb\?case=", page.url), page.url
+        selected = page.locator(".usreview-teaching-cases select").input_value()
+        assert selected == case_label(case)  # the option shown is the case's label
+        page.locator(".usreview-teaching-viewer .usr-plot").first.wait_for(timeout=60_000)
+    finally:
+        page.close()
+
+
+def _publish(
+    deployment: Deployment, study_uid: str, person: str, impression: str, **fields: str
+) -> None:
+    """Claim the study and publish, as ``person``, a report of ``impression`` (and
+    ``fields``: ``exam_type``, ``findings``)."""
+    assert deployment.api("POST", f"/studies/{study_uid}/claim", person)[0] == 200
+    report = {
+        "exam_type": "vascular",
+        "findings": "",
+        "impression": impression,
+        "recommendations": "",
+        "urgency": "routine",
+        "measurements": [],
+        "key_images": [],
+        "recipients": [],
+        **fields,
+    }
+    status, body = deployment.api("POST", f"/studies/{study_uid}/reports", person, report)
+    assert status == 201, body
 
 
 def _download(deployment: Deployment, path: str, person: str) -> bytes:
