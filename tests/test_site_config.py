@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -333,12 +334,53 @@ def test_cli_init_prints_the_public_key(tmp_path: Path, capsys: pytest.CaptureFi
         ]
     )
     assert status == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "--allow-ae" not in err  # scanners are named: no note
     pub = tmp_path / "s" / "keys" / "clinic.pub"
     assert str(pub) in out
     assert load_public_keys(pub).name == "clinic"
     assert main(["site", "status", "--config", str(tmp_path / "s" / "site.toml")]) == 0
     assert "0 instance(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [
+        '{"last_upload": {"at": 1e20}, "uploads": 3}',
+        '{"last_upload": {"at": NaN}, "last_result": {"at": Infinity, "id": 4}}',
+        '{"errors": ["oops", {"at": "noon", "where": "upload", "message": "x"}]}',
+        '{"last_upload": "x", "last_result": [1], "errors": {"a": 1}}',
+        "[1, 2]",
+        "{not json",
+    ],
+)
+def test_site_status_survives_a_damaged_status_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], recorded: str
+) -> None:
+    # Before: OverflowError, ValueError or AttributeError tracebacks.
+    init_site("clinic", "https://hub.example.org", tmp_path / "s")
+    state = tmp_path / "s" / "state"
+    state.mkdir(exist_ok=True)
+    (state / "status.json").write_text(recorded)
+    config = str(tmp_path / "s" / "site.toml")
+    assert main(["site", "status", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("site          clinic -> https://hub.example.org")
+    assert "errors        " in out and "Traceback" not in out
+    if "1e20" in recorded or "NaN" in recorded:
+        assert "last ?" in out  # a time that is not one
+    assert main(["site", "status", "--config", config, "--json"]) == 0
+    json.loads(capsys.readouterr().out)  # strict JSON: no NaN or Infinity
+
+
+def test_cli_init_without_scanners_says_the_gateway_refuses_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["site", "init", "clinic", "--hub", "https://hub.example.org", "--dir"]
+    assert main([*argv, str(tmp_path / "s")]) == 0
+    err = capsys.readouterr().err
+    assert "no --allow-ae, so the gateway will refuse every scanner" in err
+    assert "gateway.allowed_calling_ae_titles" in err
 
 
 def test_cli_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -135,3 +135,40 @@ def test_a_note_with_an_impossible_time_is_listed_with_the_time_unknown(
         assert lines[-1] == "2 rejected instance(s)"
         assert sorted(line.split("\t")[3] for line in lines[:-1]) == ["?", "?"]
         assert {line.split("\t")[4] for line in lines[:-1]} == set(REASONS)
+
+
+def test_a_copy_that_cannot_be_written_is_logged_as_failed(
+    site: tuple[Path, list[bytes]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    import usreview.site.rejected as rejected
+
+    config, _ = site
+    first, second = list_rejected(Spool(load_config(config).spool))
+    write = rejected.write_new_file
+
+    def full_disk(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+        if path.name == first.path.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, data, mode=mode)
+
+    monkeypatch.setattr(rejected, "write_new_file", full_disk)
+    out = tmp_path / "export"
+    assert main(["site", "rejected", "--config", str(config), "--export", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"usreview: error: {first.path.name}: cannot write {out / first.path.name}: " in err
+    assert err.count(first.path.name) == 2  # the file named once, and its target
+    assert [p.name for p in out.iterdir()] == [second.path.name]
+    log = load_config(config).state / EXPORTS_LOG
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    # Recorded before the copy was written, then its failure: the log never claims a copy.
+    assert [(x["action"], x["sop_instance_uid"]) for x in lines] == [
+        ("export_rejected", first.sop_instance_uid),
+        ("export_failed", first.sop_instance_uid),
+        ("export_rejected", second.sop_instance_uid),
+    ]
+    assert "No space left on device" in lines[1]["failed"]

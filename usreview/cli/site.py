@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -40,6 +39,12 @@ def _cmd_site_init(args: argparse.Namespace) -> int:
         "and send back the token and the hub's public key)",
         file=sys.stderr,
     )
+    if not args.allow_ae:
+        print(
+            "note: no --allow-ae, so the gateway will refuse every scanner: name their calling "
+            f"AE titles in gateway.allowed_calling_ae_titles of {site.config} ('*' allows any)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -71,7 +76,8 @@ _SITE_INIT = Command(
             action="append",
             default=[],
             metavar="TITLE",
-            help="a scanner's calling AE title (repeatable; '*' allows any)",
+            help="a scanner's calling AE title (repeatable; '*' allows any); the gateway "
+            "refuses every scanner until one is named",
         ),
         arg(
             "--pacs",
@@ -238,14 +244,9 @@ _SITE_ROTATE_KEY = Command(
 
 def _when(timestamp: float | None) -> str:
     """A rejection note's time, local; ``?`` when missing or not a time (1e20, NaN)."""
-    import time
+    from usreview.site.status import local_time
 
-    if timestamp is None:
-        return "?"
-    try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
-    except (OverflowError, ValueError, OSError):
-        return "?"
+    return local_time(timestamp) or "?"
 
 
 def _cmd_site_rejected(args: argparse.Namespace) -> int:
@@ -265,7 +266,8 @@ def _cmd_site_rejected(args: argparse.Namespace) -> int:
         return 0
     report = export_rejected(config, spool, items, args.export)
     for name, reason in sorted(report.failed.items()):
-        print(f"usreview: error: {name}: {reason}", file=sys.stderr)
+        said = reason if reason.startswith(name) else f"{name}: {reason}"  # named once
+        print(f"usreview: error: {said}", file=sys.stderr)
     print(
         f"{len(report.written)} exported to {args.export}, {len(report.already)} already "
         f"there, {len(report.failed)} failed"
@@ -292,12 +294,12 @@ _SITE_REJECTED = Command(
 
 
 def _cmd_site_status(args: argparse.Namespace) -> int:
+    from usreview import _json as strict_json
     from usreview.site import format_status, load_config, read_status
 
     status = read_status(load_config(args.config))
     if args.json:
-        json.dump(status.to_dict(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(strict_json.dumps(status.to_dict(), indent=2) + "\n")
     else:
         sys.stdout.write(format_status(status))
     return 0

@@ -109,7 +109,8 @@ def export_rejected(
     a failure, and the others are still exported.
 
     Each copy is recorded in ``STATE/exports.log`` before it is written; a copy that
-    cannot be recorded is not written (a failure).
+    cannot be recorded is not written (a failure), and one that cannot be written after it
+    was recorded gets a second line, ``"action": "export_failed"`` with the reason.
 
     Raises
     ------
@@ -131,12 +132,20 @@ def export_rejected(
             if data is None:
                 raise SpoolError("the file is gone (only its note is left)")
             _log_export(config.state, item, target)  # recorded before the copy exists
-            write_new_file(target, data, mode=0o600)
-        except FileExistsError:
-            report.failed[item.path.name] = f"{target} exists with other bytes"
-            continue
         except (SpoolError, OSError) as exc:
             report.failed[item.path.name] = str(exc)
+            continue
+        try:
+            write_new_file(target, data, mode=0o600)
+        except OSError as exc:
+            why = (
+                f"{target} exists with other bytes"
+                if isinstance(exc, FileExistsError)
+                else f"cannot write {target}: {exc.strerror or exc}"
+            )
+            report.failed[item.path.name] = why
+            with contextlib.suppress(SpoolError):  # the report says it failed all the same
+                _log_export(config.state, item, target, failed=why)
             continue
         report.written.append(target)
     return report
@@ -150,8 +159,11 @@ def _holds(path: Path, sha256: str) -> bool:
         return False
 
 
-def _log_export(state: Path, item: RejectedInstance, target: Path) -> None:
-    """Append the export of ``item`` to ``STATE/exports.log``; on disk when this returns.
+def _log_export(
+    state: Path, item: RejectedInstance, target: Path, *, failed: str | None = None
+) -> None:
+    """Append the export of ``item`` to ``STATE/exports.log`` (its failure, with ``failed``:
+    why the recorded copy was not written); on disk when this returns.
 
     Raises
     ------
@@ -161,11 +173,12 @@ def _log_export(state: Path, item: RejectedInstance, target: Path) -> None:
     line = {
         "at": time.time(),
         "user": _user(),
-        "action": "export_rejected",
+        "action": "export_rejected" if failed is None else "export_failed",
         "sop_instance_uid": item.sop_instance_uid,
         "sha256": item.sha256,
         "reason": item.reason,
         "to": str(target),
+        **({} if failed is None else {"failed": failed}),
     }
     path = state / EXPORTS_LOG
     try:

@@ -30,6 +30,7 @@ __all__ = [
     "StatusBook",
     "format_status",
     "gateway_running",
+    "local_time",
     "read_cursor",
     "read_status",
 ]
@@ -239,18 +240,34 @@ def read_status(config: SiteConfig) -> SiteStatus:
     )
 
 
+def local_time(moment: Any) -> str | None:
+    """A Unix time as local ``YYYY-MM-DD HH:MM:SS``; ``None`` when it is not one (a damaged
+    record: text, 1e20, NaN)."""
+    if isinstance(moment, bool) or not isinstance(moment, int | float):
+        return None
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def _ago(moment: Any) -> str:
-    if not isinstance(moment, int | float):
-        return "never"
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+    stamp = local_time(moment)
+    if stamp is None:
+        return "never" if moment is None else "?"
     return f"{stamp} ({max(0, time.time() - moment):.0f} s ago)"
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def format_status(status: SiteStatus) -> str:
-    """The human-readable form printed by ``usreview site status``."""
+    """The human-readable form printed by ``usreview site status``; what a damaged
+    ``status.json`` holds in place of a time or a record is shown as ``?`` or left out."""
     rec = status.recorded
-    upload = rec.get("last_upload") or {}
-    result = rec.get("last_result") or {}
+    upload = _mapping(rec.get("last_upload"))
+    result = _mapping(rec.get("last_result"))
     lines = [
         f"site          {status.site} -> {status.hub_url}",
         f"gateway       {'running' if status.gateway_running else 'not running'}",
@@ -264,7 +281,8 @@ def format_status(status: SiteStatus) -> str:
         + (f" #{result.get('id')} {result.get('label')}" if result else "")
         + f" (cursor {status.results_cursor})",
     ]
-    errors = rec.get("errors") or []
+    recorded = rec.get("errors")
+    errors = [_mapping(e) for e in recorded] if isinstance(recorded, list) else []
     lines.append(f"errors        {len(errors)} recorded" + (", latest:" if errors else ""))
     for item in errors[-5:]:
         lines.append(f"  {_ago(item.get('at'))} {item.get('where')}: {item.get('message')}")
