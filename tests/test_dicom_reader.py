@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,37 @@ def test_truncated_native_pixel_data(
     cut.write_bytes(data[: len(data) - 100])
     with pytest.raises(CorruptPixelDataError, match="truncated"):
         read(cut)
+
+
+def test_a_file_cut_in_its_header_says_so(
+    tmp_path: Path, gradient_cine: tuple[Path, np.ndarray]
+) -> None:
+    # Before: "not an ultrasound image: SOP class missing" and "the file has no pixel data".
+    path, _frames = gradient_cine
+    data = path.read_bytes()
+    for size, error, says in [
+        (132, NotDicomError, "the file ends before its DICOM header (truncated?)"),
+        (700, CorruptPixelDataError, "the file ends before any pixel data (truncated"),
+    ]:
+        cut = tmp_path / f"cut{size}.dcm"
+        cut.write_bytes(data[:size])
+        with pytest.raises(error, match=re.escape(says)):
+            read(cut)
+
+
+def test_errors_leave_out_pydicom_settings_nobody_can_change(tmp_path: Path) -> None:
+    # A UL element of 2 bytes: pydicom's message ends "To replace this error with a warning
+    # set pydicom.config.convert_wrong_length_to_UN = True."
+    path = write_us(tmp_path / "bad.dcm", np.zeros((1, 8, 8), np.uint8))
+    data = path.read_bytes()
+    element = b"\x18\x00\x16\x60UL\x02\x00\x00\x00"  # (0018,6016) UL, length 2
+    at = data.index(b"\xe0\x7f\x10\x00")  # before the pixel data: elements stay sorted
+    path.write_bytes(data[:at] + element + data[at:])
+    with pytest.raises(NotDicomError) as caught:
+        read(path)
+    message = str(caught.value)
+    assert "(0018,6016)" in message and "pydicom.config" not in message
+    assert message.endswith("according to VR 'UL'.")
 
 
 def test_declared_size_over_cap_is_refused_before_decoding(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ left on disk and decoded one frame at a time.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import warnings as _warnings
 from collections.abc import Iterable, Iterator
@@ -240,6 +241,8 @@ def _read(path: Path, notes: list[str], max_decoded_bytes: int) -> UltrasoundIns
         sop_class = str(
             dataset.get("SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", "")
         )
+        if not sop_class and not len(dataset):
+            raise NotDicomError("the file ends before its DICOM header (truncated?)")
         if sop_class not in ULTRASOUND_SOP_CLASSES:
             modality = dataset.get("Modality", "?")
             raise NotUltrasoundError(
@@ -275,7 +278,9 @@ def _locate_pixel_data(fp: Any, position: int, syntax: UID) -> tuple[int, int | 
     fp.seek(position)
     head = fp.read(12)
     if len(head) < 8:
-        raise CorruptPixelDataError("the file has no pixel data")
+        raise CorruptPixelDataError(
+            "the file ends before any pixel data (truncated, or an image without pixels)"
+        )
     little = syntax != "1.2.840.10008.1.2.2"
     endian = "<" if little else ">"
     group, element = struct.unpack(f"{endian}HH", head[:4])
@@ -326,8 +331,12 @@ def _not_a_file(path: Path) -> str:
 
 
 def _first_line(exc: object) -> str:
+    """The message's first line, without pydicom's advice to change its settings (which
+    nobody reading a usreview message can follow)."""
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    line = text[0] if text else type(exc).__name__
+    sentences = re.split(r"(?<=\.)\s+", line)
+    return " ".join(s for s in sentences if "pydicom.config" not in s) or line
 
 
 def iter_dicom_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
