@@ -383,6 +383,20 @@ def test_cli_init_without_scanners_says_the_gateway_refuses_them(
     assert "gateway.allowed_calling_ae_titles" in err
 
 
+def test_cli_init_names_dir_when_it_is_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: exit 1, "plain.dcm/keys/clinic.key: Not a directory".
+    plain = tmp_path / "plain.dcm"
+    plain.write_bytes(b"not a folder")
+    for where in (plain, plain / "site"):
+        argv = ["site", "init", "clinic", "--hub", "https://hub.example.org", "--dir"]
+        assert main([*argv, str(where), "--allow-ae", "S"]) == 2
+        err = capsys.readouterr().err
+        assert f"--dir {where}: {plain} is a file, not a folder" in err and err.count("\n") == 1
+    assert plain.read_bytes() == b"not a folder"
+
+
 def test_cli_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     init_site("clinic", "https://hub.example.org", tmp_path / "s")
     _edit(tmp_path / "s" / "site.toml", "port = 11112", "port = -1")

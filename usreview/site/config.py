@@ -506,6 +506,13 @@ def init_site(
             "site.name",
         )
     directory = Path(directory)
+    for folder in (directory, *directory.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise SiteConfigError(
+                    f"--dir {directory}: {folder} is a file, not a folder", "site.dir"
+                )
+            break
     config = directory / "site.toml"
     token = str(Path(token_file).resolve()) if token_file is not None else "token"
     tls = dicom_tls_hosts is not None
