@@ -184,3 +184,54 @@ def test_mode_000_folder_is_reported(tmp_path: Path) -> None:
     assert str(good) in runs[0].stdout and "hidden.dcm" not in runs[0].stdout
     for run in runs:
         assert run.stderr.count(f"{locked}: cannot list the folder: Permission denied") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "cut", "missing"),
+    [
+        (
+            "pydicom-data__color3d_jpeg_baseline.dcm",
+            "a third",
+            "80 of 120 frame(s) in the file (the file ends inside fragment 81; "
+            "JPEG Baseline (Process 1))",
+        ),
+        (
+            "dcm4che__US-PAL-8-10x-echo.dcm",
+            "3 KB",
+            "9 of 10 frame(s) in the file (the file ends inside fragment 10; RLE Lossless)",
+        ),
+        (
+            "dcm4che__jpeg-ls-Palette.dcm",
+            "3 KB",
+            "9 of 10 frame(s) in the file (the file ends inside fragment 10; "
+            "JPEG-LS Lossless Image Compression)",
+        ),
+    ],
+)
+def test_cut_compressed_pixel_data_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, cut: str, missing: str
+) -> None:
+    """A JPEG frame cut short still decodes (the decoder fills it in): the item structure
+    of the pixel data says what is missing, without decoding."""
+    data = real_file(name).read_bytes()
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) * 2 // 3] if cut == "a third" else data[:-3072])
+    assert main(["inspect", "--json", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == []
+    assert captured.err == f"usreview: error: {path}: pixel data incomplete: {missing}\n"
+
+
+def test_pixel_data_without_its_sequence_delimiter_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = real_file("dcm4che__jpeg-ls-Palette.dcm").read_bytes()
+    assert data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")  # the delimiter ends the file
+    path = tmp_path / "no_delimiter.dcm"
+    path.write_bytes(data[:-8])
+    assert main(["inspect", "--json", str(path)]) == 0
+    [summary] = json.loads(capsys.readouterr().out)
+    assert summary["frames"] == 10
+    assert summary["warnings"][-1] == (
+        "encapsulated pixel data ends without its sequence delimiter (file truncated?)"
+    )

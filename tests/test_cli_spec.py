@@ -106,3 +106,22 @@ def test_a_reader_that_leaves_early_stops_the_command_quietly(tmp_path: Path) ->
         cli.stdout.close()
         err = cli.stderr.read().decode()
     assert cli.returncode == 141 and err == ""
+
+
+@pytest.mark.parametrize("value", ["99999", "-1", "0", "80x"])
+def test_demo_port_is_checked_when_the_arguments_are_parsed(
+    value: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import usreview.demo
+    from usreview.cli import main
+
+    def never(*args: object, **kwargs: object) -> int:
+        raise AssertionError("the demo ran")
+
+    monkeypatch.setattr(usreview.demo, "run_demo", never)
+    with pytest.raises(SystemExit) as usage:
+        main(["demo", "--out", "unused", "--port", value])
+    assert usage.value.code == 2
+    err = capsys.readouterr().err
+    assert f"usreview demo: error: argument --port: invalid port '{value}': use 1 to 65535" in err
+    assert "Traceback" not in err

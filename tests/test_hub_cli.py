@@ -167,3 +167,135 @@ def test_options_that_would_be_ignored_are_refused(
         assert usage.value.code == 2 and "not allowed with" in capsys.readouterr().err
     assert main(["hub", "conflicts", "--to", str(tmp_path), "--state", state]) == 2
     assert capsys.readouterr().err == "usreview: error: --to goes with --export ID\n"
+
+
+def test_add_user_says_when_it_creates_a_hub_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("USREVIEW_STATE", raising=False)
+    monkeypatch.chdir(tmp_path)  # no --state and no ./state: ./state is made
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o700)
+    for state, given in ((Path.cwd() / "state", []), (empty, ["--state", str(empty)])):
+        assert main(["hub", "add-user", "rev", "--role", "reviewer", *given]) == 0
+        err = capsys.readouterr().err
+        assert err.startswith(f"created a new hub state in {state}; if you meant"), err
+        assert (state / "hub.key").is_file()
+        assert main(["hub", "add-user", "tra", "--role", "trainee", *given]) == 0
+        assert "created" not in capsys.readouterr().err  # the same hub: nothing to say
+
+
+def test_add_user_refuses_a_folder_that_is_not_a_hubs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = tmp_path / "clinic"
+    (site / "spool").mkdir(mode=0o700, parents=True)
+    site.chmod(0o700)
+    (site / "site.toml").write_text("[hub]\n")
+    assert main(["hub", "add-user", "rev", "--role", "reviewer", "--state", str(site)]) == 2
+    assert capsys.readouterr().err == (
+        f"usreview: error: {site} is not a hub state (it holds site.toml, spool): give the "
+        "hub's --state (or set $USREVIEW_STATE), or a new or empty folder for a new hub\n"
+    )
+    assert sorted(p.name for p in site.iterdir()) == ["site.toml", "spool"]  # no keys made
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        ["conflicts"],
+        ["sites"],
+        ["site-token", "clinic"],
+        ["jobs"],
+        ["audit", "--verify"],
+        ["reviewer-sites", "rev"],
+        ["worker"],
+        ["add-user", "rev", "--role", "reviewer"],
+        ["add-site", "clinic", "--rotate", "--public-key", "KEY"],
+    ],
+)
+def test_every_command_says_a_hubs_key_is_lost(
+    action: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from usreview.envelope import generate_keys, write_key_pair
+    from usreview.hub.state import open_state
+
+    site_key = write_key_pair(generate_keys("clinic"), tmp_path / "keys").with_suffix(".pub")
+    action = [str(site_key) if a == "KEY" else a for a in action]
+    state = open_state(tmp_path / "state")
+    state.hub_key.unlink()
+    assert main(["hub", *action, "--state", str(state.root)]) == 1
+    assert capsys.readouterr().err == (
+        f"usreview: error: {state.hub_pub} exists without {state.hub_key}: restore both\n"
+    )
+    state.hub_pub.unlink()  # both lost: what the hub made after them is still there
+    assert main(["hub", *action, "--state", str(state.root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"usreview: error: {state.hub_key} is missing from a hub's state")
+    assert err.endswith("restore hub.key and hub.pub from the hub's backup\n")
+    assert err.count("\n") == 1
+    assert not state.hub_key.exists() and not state.hub_pub.exists()  # no new hub made
+
+
+def test_add_site_help_says_when_a_running_hub_is_needed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["hub", "add-site", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Registering needs a running hub (it issues the token)" in text
+    assert "--rotate works with the hub running or stopped" in text
+
+
+def test_options_of_running_the_hub_are_refused_with_an_action(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from usreview.hub.state import open_state
+
+    state = str(open_state(tmp_path / "state").root)
+    args = ["hub", "--ip", "nonsense", "--no-tls", "--tls-cert", "x", "sites", "--state", state]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        "usreview: error: --ip, --tls-cert and --no-tls are options of running the hub, "
+        "not of 'hub sites': drop them\n"
+    )
+    assert main(["hub", "--state", state, "--site-port", "8443", "jobs"]) == 2
+    assert capsys.readouterr().err == (
+        "usreview: error: --site-port is an option of running the hub, not of 'hub jobs': drop it\n"
+    )
+    for option in ("--port", "--site-port"):
+        with pytest.raises(SystemExit) as usage:
+            main(["hub", option, "99999", "sites", "--state", state])
+        assert usage.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {option}: invalid port '99999': use 1 to 65535" in err
+
+
+def test_the_hub_checks_its_address_and_certificate_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usreview.hub.tls import ensure_certificate
+
+    monkeypatch.setenv(PROXY_ENV, str(tmp_path / "no-proxy"))  # past the checks: refused
+    cert, key = ensure_certificate(tmp_path / "a.crt", tmp_path / "a.key", ["127.0.0.1"])
+    other_cert, other_key = ensure_certificate(tmp_path / "b.crt", tmp_path / "b.key", [])
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not PEM\n")
+    missing = tmp_path / "missing.pem"
+    state = tmp_path / "state"
+    cases = [
+        (["--ip", "not an ip!"], "invalid address 'not an ip!' (--ip or $USREVIEW_HUB_IP)"),
+        (["--tls-cert", missing, "--tls-key", key], f"--tls-cert {missing}: No such file"),
+        (["--tls-cert", cert, "--tls-key", missing], f"--tls-key {missing}: No such file"),
+        (["--tls-cert", junk, "--tls-key", key], f"--tls-cert {junk} is not a PEM certificate"),
+        (["--tls-cert", cert, "--tls-key", cert], f"--tls-key {cert} is not an unencrypted PEM"),
+        (["--tls-cert", cert, "--tls-key", other_key], f"--tls-key {other_key} is not the key"),
+        (["--tls-cert", cert, "--tls-key", key, "--no-tls"], "--no-tls serves no certificate"),
+    ]
+    for options, refusal in cases:
+        assert main(["hub", "--state", str(state), *map(str, options)]) == 1, options
+        err = capsys.readouterr().err
+        assert err.startswith(f"usreview: error: {refusal}") and err.count("\n") == 1, err
+        assert not state.exists()
+    assert other_cert.exists()

@@ -237,3 +237,49 @@ def test_hub_jobs_backfill_queues_instances_stored_before_the_queue(
         jobs = archive.jobs.list_jobs()
     assert sorted(j.sop_instance_uid for j in jobs) == [f"1.2.826.0.1.{n}" for n in (1, 2, 3)]
     assert all(j.status.value == "pending" for j in jobs)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "refusal"),
+    [
+        ("--task", "bogus", "--task 'bogus': give MODULE:FUNCTION (default usreview.proc"),
+        ("--task", "nosuchmod:func", "--task 'nosuchmod:func': nosuchmod does not import"),
+        ("--task", "usreview.processing.execution:nope", "--task 'usreview.processing.ex"),
+        ("--scheduler", "garbage", "--scheduler 'garbage': missing port number in address"),
+        ("--scheduler", "tcp://127.0.0.1:99999", "--scheduler 'tcp://127.0.0.1:99999': inv"),
+        ("--scheduler", "nosuch://h:1", "--scheduler 'nosuch://h:1': unknown address scheme"),
+    ],
+)
+def test_the_worker_checks_its_task_and_scheduler_before_it_starts(
+    option: str,
+    value: str,
+    refusal: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mistyped task would fail every job and its study; a bad address hangs a minute."""
+    from usreview.hub.state import open_state
+    from usreview.processing import worker
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the worker started")
+
+    for executor in ("LocalExecutor", "DaskExecutor"):
+        monkeypatch.setattr(worker, executor, started)
+    state = open_state(tmp_path / "state")
+    assert main(["hub", "worker", "--state", str(state.root), option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usreview: error: {refusal}") and err.count("\n") == 1, err
+
+
+def test_the_worker_process_refuses_a_bad_scheduler_at_once(tmp_path: Path) -> None:
+    setup = HubSetup.create(tmp_path / "hub")
+    args = ["--state", str(setup.state.root), "--scheduler", "garbage"]
+    done = subprocess.run(
+        [sys.executable, "-m", "usreview.processing.worker", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("usreview: error: --scheduler 'garbage': missing port number")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 import pydicom
 import pytest
 
+from tests.test_processing_cli import disk_full_on
 from usreview import cli
 from usreview.cli import files as cli_files
 from usreview.errors import SimulationError
@@ -60,7 +62,9 @@ def test_files_sop_class_and_sidecar(studies: dict[str, Path], kind: str) -> Non
     assert truth["params"] == {name: default for name, default, _ in describe_kind(kind)}
     assert ds.pixel_array.dtype.name == "uint8"
     assert path.stat().st_size < 5_000_000
-    assert not list(path.parent.glob("*.tmp")), "temporary files left behind"
+    files = sorted(path.parent.iterdir())  # no temporary file left behind
+    assert [p.name for p in files] == [path.name, f"{kind}.truth.json"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
 
 
 @pytest.mark.external
@@ -191,3 +195,50 @@ def test_cli_lists_parameters(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert "semi_axis_x_mm=20.0\tellipsoid semi-axis, lateral (mm)" in lines
     assert len(lines) == len(describe_kind("volume"))
+
+
+REFUSED = "exists: refusing to overwrite it (--force, or overwrite=True in Python, replaces it)"
+
+
+@pytest.mark.parametrize("existing", ["bmode.dcm", "bmode.truth.json"])
+def test_cli_refuses_to_overwrite_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], existing: str
+) -> None:
+    (tmp_path / existing).write_text("precious\n")
+    assert cli.main(["simulate", "bmode", "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"usreview: error: {tmp_path / existing} {REFUSED}\n"
+    assert [p.name for p in tmp_path.iterdir()] == [existing]
+    assert (tmp_path / existing).read_text() == "precious\n"
+    with pytest.raises(SimulationError, match="refusing to overwrite"):
+        simulate("bmode", tmp_path)
+
+
+def test_cli_force_replaces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bmode.dcm").write_text("precious\n")
+    assert cli.main(["simulate", "bmode", "--out", str(tmp_path), "--force"]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'bmode.dcm'}\n"
+    assert pydicom.dcmread(tmp_path / "bmode.dcm").Modality == "US"
+    truth = json.loads((tmp_path / "bmode.truth.json").read_text())
+    assert truth["file"] == "bmode.dcm"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bmode.dcm", "bmode.truth.json"]
+
+
+@pytest.mark.parametrize(("nth", "failed"), [(1, "cine.truth.json"), (2, "cine.dcm")])
+def test_a_full_disk_leaves_neither_file_and_names_the_one_it_was_writing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    nth: int,
+    failed: str,
+) -> None:
+    out = tmp_path / "simcine"
+    out.mkdir()
+    disk_full_on(monkeypatch, out, nth)
+    argv = ["simulate", "cine", "--out", str(out), "--param", "frames=4", "--param", "rows=128"]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"usreview: error: {out / failed}: No space left on device\n"
+    assert list(out.iterdir()) == []

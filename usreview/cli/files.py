@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from usreview import _json as strict_json
+from usreview.cli.hub import port
 from usreview.cli.spec import Command, arg, error, json_flag, paths
 from usreview.errors import InputError, SimulationError
 
@@ -43,8 +44,8 @@ _INSPECT = Command(
     help="describe ultrasound DICOM files: SOP class, syntax, frames, kinds, regions",
     handler=_cmd_inspect,
     description="Print what usreview reads from each ultrasound instance. Folders are "
-    "searched recursively. Unreadable files are reported on stderr, one line each, and "
-    "make the exit status 2.",
+    "searched recursively. Unreadable files (compressed pixel data missing frames "
+    "included) are reported on stderr, one line each, and make the exit status 2.",
     args=(paths(), json_flag("one JSON array (keys: see README)")),
 )
 
@@ -57,7 +58,7 @@ _SIMULATE_KINDS = "bmode, cine, mmode, pw, cw, color, volume"
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from usreview.simulate import describe_kind, simulate
 
-    params: dict[str, str] = {}
+    params: dict[str, Any] = {}  # strings, converted by the kind's parameters
     for item in args.param:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
@@ -69,7 +70,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise SimulationError("--out DIR is required")
-    for path in simulate(args.kind, args.out, seed=args.seed, snr_db=args.snr, **params):
+    written = simulate(
+        args.kind, args.out, seed=args.seed, snr_db=args.snr, overwrite=args.force, **params
+    )
+    for path in written:
         print(path)
     return 0
 
@@ -80,8 +84,10 @@ _SIMULATE = Command(
     handler=_cmd_simulate,
     description="Write one simulated study of KIND into DIR: each instance NAME.dcm with "
     "NAME.truth.json (the true values) beside it; print the DICOM paths. The same "
-    "kind, seed and parameters write the same bytes. Invalid kinds or parameters are "
-    "one line on stderr and exit status 2.",
+    "kind, seed and parameters write the same bytes. Invalid kinds or parameters, or a "
+    "file to write that exists (without --force), are one line on stderr and exit status 2, "
+    "and nothing is written. Files are written atomically, mode 0600; a run that fails (a "
+    "full disk) removes what it wrote.",
     args=(
         arg("kind", metavar="KIND", help=f"one of: {_SIMULATE_KINDS}"),
         arg("--out", type=Path, metavar="DIR", help="output folder (created)"),
@@ -104,6 +110,11 @@ _SIMULATE = Command(
             "--list-params",
             action="store_true",
             help="print KIND's parameters with defaults and exit",
+        ),
+        arg(
+            "--force",
+            action="store_true",
+            help="replace NAME.dcm and NAME.truth.json if they exist (default: refuse)",
         ),
     ),
 )
@@ -131,7 +142,7 @@ _DEMO = Command(
         arg("--out", type=Path, default=Path("demo"), help="output folder (default: demo)"),
         arg(
             "--port",
-            type=int,
+            type=port,
             default=None,
             metavar="N",
             help="the hub's HTTPS port (default: the last run's, else 8000 if free, else any free)",
@@ -200,6 +211,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         for step in summary["processors"]:
             if step["status"] != "done":
                 print(f"  {step['processor']}: {step['status']} ({step['reason']})")
+        for warning in summary["warnings"]:
+            print(f"  warning: {warning}")
         for image in summary["images"]:
             print(f"  image: {image['file']}")
     return status
@@ -212,11 +225,19 @@ _ANALYZE = Command(
     description="Run the default pipeline on each ultrasound file (folders are searched "
     "recursively) and print its kinds, quantities (name, code, value, UCUM unit), "
     "findings and recommendations. Recommendations are decision support for the "
-    "reviewing expert. Unreadable files are reported on stderr and make the exit status 2.",
+    "reviewing expert. Unreadable files (their pixel data incomplete or not decodable "
+    "included) are reported on stderr and make the exit status 2. Images are written "
+    "atomically, mode 0600; if one cannot be written (a full disk), the run stops with "
+    "status 1 and removes the images it wrote.",
     args=(
         paths(),
         json_flag("one JSON array, an object per instance"),
-        arg("--out", type=Path, metavar="DIR", help="write derived images here (PNG)"),
+        arg(
+            "--out",
+            type=Path,
+            metavar="DIR",
+            help="write derived images here (PNG, mode 0600; replaces older ones)",
+        ),
     ),
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,17 @@ def _state(*, action: bool = True) -> Arg:
     )
 
 
+def port(text: str) -> int:
+    """An argument type: a TCP port, 1 to 65535 (:func:`usreview.hub.config.port_number`)."""
+    from usreview.hub.config import port_number
+    from usreview.hub.errors import HubConfigError
+
+    try:
+        return port_number(text)
+    except HubConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _site_list(text: str) -> list[str]:
     sites = [name.strip() for name in text.split(",") if name.strip()]
     if not sites:
@@ -57,7 +69,12 @@ def _cmd_hub(args: argparse.Namespace) -> int:
 def _cmd_hub_add_user(args: argparse.Namespace) -> int:
     from usreview.hub.commands import add_user
 
-    person = add_user(_state_dir(args), args.name, args.role, args.sites)
+    state = _state_dir(args)
+    person = add_user(state, args.name, args.role, args.sites)
+    if person.new_state:
+        print(f"created a new hub state in {state.absolute()}; if you meant an existing hub, "
+              "remove it and give that hub's --state (or set $USREVIEW_STATE)",
+              file=sys.stderr)  # fmt: skip
     print(f"password for {person.name} ({person.role}), shown once: {person.password}")
     print(person.note, file=sys.stderr)
     return 0
@@ -68,7 +85,9 @@ _HUB_ADD_USER = Command(
     help="register a person; print their generated password once",
     handler=_cmd_hub_add_user,
     description="Register NAME with a role (its group: reviewers, trainees, scientists, "
-    "admins) and print a generated password once; only its scrypt hash is kept.",
+    "admins) and print a generated password once; only its scrypt hash is kept. May come "
+    "before the hub's first start: a missing or empty --state becomes a new hub's (said on "
+    "stderr); a folder that holds anything else is refused.",
     args=(
         arg("name", metavar="NAME", help="lowercase letters, digits, '_', '-'"),
         arg("--role", required=True, choices=["reviewer", "trainee", "scientist", "admin"]),
@@ -140,7 +159,8 @@ _HUB_ADD_SITE = Command(
     handler=_cmd_hub_add_site,
     description="Register NAME in group 'sites' with its envelope public key (copied "
     "into the state directory); print its API token, which reaches only the usreview "
-    "service, and the hub's public key. Needs a running hub.",
+    "service, and the hub's public key. Registering needs a running hub (it issues the "
+    "token); --rotate works with the hub running or stopped.",
     args=(
         arg("name", metavar="NAME", help="lowercase letters, digits, '_', '-'"),
         arg("--public-key", type=Path, required=True, metavar="SITE.pub", help="the site's key"),
@@ -501,6 +521,64 @@ _HUB_CONFLICTS = Command(
 )
 
 
+#: The options of running the hub (``usreview hub`` without an action).
+_RUN_OPTIONS = (
+    arg(
+        "--ip",
+        default=None,
+        metavar="IP",
+        help="public address (default: $USREVIEW_HUB_IP or 127.0.0.1)",
+    ),
+    arg(
+        "--port",
+        type=port,
+        default=None,
+        metavar="N",
+        help="public port (default: $USREVIEW_HUB_PORT or 8000)",
+    ),
+    arg("--tls-cert", type=Path, metavar="FILE", help="certificate (PEM) to serve"),
+    arg("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)"),
+    arg("--no-tls", action="store_true", help="serve plain HTTP (loopback addresses only)"),
+    arg(
+        "--site-port",
+        type=port,
+        default=None,
+        metavar="N",
+        help="also serve the sites' API on IP:N, TLS with the same certificate, for "
+        "sites only and without the proxy (10-20%% more uploads per second when "
+        "many sites send at once); sites then use hub.url https://IP:N (default: "
+        "$USREVIEW_HUB_SITE_PORT, else none)",
+    ),
+)
+
+
+def _refusing_run_options(action: Command) -> Command:
+    """``action`` refusing the options of running the hub, which it would ignore."""
+    handler = action.handler
+    assert handler is not None
+
+    def refuse_then_run(args: argparse.Namespace) -> int:
+        from usreview.errors import InputError
+
+        given = [
+            option.flags[0]
+            for option in _RUN_OPTIONS
+            if getattr(args, option.flags[0].lstrip("-").replace("-", "_")) not in (None, False)
+        ]
+        if len(given) == 1:
+            raise InputError(
+                f"{given[0]} is an option of running the hub, not of 'hub {action.name}': drop it"
+            )
+        if given:
+            raise InputError(
+                f"{', '.join(given[:-1])} and {given[-1]} are options of running the hub, "
+                f"not of 'hub {action.name}': drop them"
+            )
+        return handler(args)
+
+    return dataclasses.replace(action, handler=refuse_then_run)
+
+
 _HUB = Command(
     "hub",
     help="run the JupyterHub of the hub, and add its users and sites",
@@ -508,46 +586,23 @@ _HUB = Command(
     description="Without ACTION: run JupyterHub with its proxy and the usreview service "
     "until interrupted. Everything it needs (keys, secrets, databases, a self-signed "
     "certificate) is generated into the state directory on first start. The public "
-    "endpoint serves HTTPS; plain HTTP is refused beyond loopback.",
-    args=(
-        _state(action=False),
-        arg(
-            "--ip",
-            default=None,
-            metavar="IP",
-            help="public address (default: $USREVIEW_HUB_IP or 127.0.0.1)",
-        ),
-        arg(
-            "--port",
-            type=int,
-            default=None,
-            metavar="N",
-            help="public port (default: $USREVIEW_HUB_PORT or 8000)",
-        ),
-        arg("--tls-cert", type=Path, metavar="FILE", help="certificate (PEM) to serve"),
-        arg("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)"),
-        arg("--no-tls", action="store_true", help="serve plain HTTP (loopback addresses only)"),
-        arg(
-            "--site-port",
-            type=int,
-            default=None,
-            metavar="N",
-            help="also serve the sites' API on IP:N, TLS with the same certificate, for "
-            "sites only and without the proxy (10-20%% more uploads per second when "
-            "many sites send at once); sites then use hub.url https://IP:N (default: "
-            "$USREVIEW_HUB_SITE_PORT, else none)",
-        ),
-    ),
-    actions=(
-        _HUB_ADD_USER,
-        _HUB_REVIEWER_SITES,
-        _HUB_ADD_SITE,
-        _HUB_SITES,
-        _HUB_SITE_TOKEN,
-        _HUB_AUDIT,
-        _HUB_WORKER,
-        _HUB_JOBS,
-        _HUB_CONFLICTS,
+    "endpoint serves HTTPS; plain HTTP is refused beyond loopback. --ip, --port, "
+    "--tls-cert, --tls-key, --no-tls and --site-port are checked before anything starts, "
+    "and refused with an ACTION.",
+    args=(_state(action=False), *_RUN_OPTIONS),
+    actions=tuple(
+        _refusing_run_options(action)
+        for action in (
+            _HUB_ADD_USER,
+            _HUB_REVIEWER_SITES,
+            _HUB_ADD_SITE,
+            _HUB_SITES,
+            _HUB_SITE_TOKEN,
+            _HUB_AUDIT,
+            _HUB_WORKER,
+            _HUB_JOBS,
+            _HUB_CONFLICTS,
+        )
     ),
 )
 

@@ -34,7 +34,7 @@ from usreview.hub.config import Endpoints, configure
 from usreview.hub.errors import AccountError, HubUnavailableError
 from usreview.hub.passwords import generate_password, hash_password
 from usreview.hub.roles import PERSON_ROLES, SITE_GROUP, SITE_TOKEN_SCOPES, group_for_role
-from usreview.hub.state import HubState, existing_state, open_state
+from usreview.hub.state import HubState, existing_state, state_or_new
 
 __all__ = [
     "NewPerson",
@@ -60,6 +60,8 @@ class NewPerson:
     role: str
     password: str
     note: str
+    new_state: bool = False
+    """Whether the state directory was created for them (no hub there before)."""
 
 
 @dataclass(frozen=True)
@@ -151,20 +153,24 @@ def _clean_up_failed_start(hub: Any) -> None:
 def add_user(state: Path, name: str, role: str, sites: Sequence[str] | None = None) -> NewPerson:
     """Register a person with ``role``; return their generated password.
 
-    ``sites`` restricts a reviewer to those sites' studies (default: every site).
+    ``sites`` restricts a reviewer to those sites' studies (default: every site). A
+    missing or empty ``state`` becomes a new hub's (:func:`~usreview.hub.state.state_or_new`;
+    ``new_state`` says so).
 
     Raises
     ------
     AccountError
         If the name is invalid or taken, the role unknown, or ``sites`` given for
         another role than reviewer.
+    NotAStateError
+        If ``state`` holds files but no hub (nothing is created then).
     """
     check_name(name)
     if role not in PERSON_ROLES:
         raise AccountError(f"unknown role {role!r}: use one of {', '.join(PERSON_ROLES)}")
     if sites is not None and role != "reviewer":
         raise AccountError(f"--sites restricts reviewers only, not a {role}")
-    hub_state = open_state(state)
+    hub_state, new_state = state_or_new(state)
     if Accounts(hub_state.accounts).is_person(name):
         raise AccountError(f"{name!r} already exists")
     if sites is not None:  # first: a failure leaves nobody with more access than asked
@@ -177,16 +183,16 @@ def add_user(state: Path, name: str, role: str, sites: Sequence[str] | None = No
         note += f", reading the studies of {', '.join(sorted(set(sites)))} only"
     if role == "admin":
         note += "; the hub gives admin rights at its next start"
-        return NewPerson(name, role, password, note)
+        return NewPerson(name, role, password, note, new_state)
     api = _api(hub_state)
     if api is None:
-        return NewPerson(name, role, password, note + " from the hub's next start")
+        return NewPerson(name, role, password, note + " from the hub's next start", new_state)
     try:
         api.ensure_user(name)
         api.add_to_group(group, name)
     except HubUnavailableError as exc:
         note += f" from the hub's next start (the running hub was not updated: {exc})"
-    return NewPerson(name, role, password, note)
+    return NewPerson(name, role, password, note, new_state)
 
 
 def add_site(state: Path, name: str, public_key: Path) -> NewSite:

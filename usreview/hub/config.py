@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ __all__ = [
     "WORKER_SERVICE",
     "Endpoints",
     "configure",
+    "port_number",
 ]
 
 IP_ENV = "USREVIEW_HUB_IP"
@@ -75,6 +77,8 @@ SITE_PORT_ENV = "USREVIEW_HUB_SITE_PORT"
 _DEFAULT_IP = "127.0.0.1"
 _DEFAULT_PORT = 8000
 _LOOPBACK = "127.0.0.1"
+#: A host name's syntax (RFC 1123 labels separated by dots).
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 #: Name of the hub-managed processing worker (no URL, no scopes).
 WORKER_SERVICE = "usreview-worker"
 #: Seconds between JupyterHub's checks that each managed service still runs; one that has
@@ -122,12 +126,14 @@ def configure(
         ``$USREVIEW_STATE`` or ``./state``.
     ip, port
         The public endpoint; default ``$USREVIEW_HUB_IP`` / ``$USREVIEW_HUB_PORT``,
-        else ``127.0.0.1`` and 8000. Without TLS only a loopback ``ip`` is accepted.
+        else ``127.0.0.1`` and 8000. ``ip`` is an IP address, a host name or ``""``
+        (every interface); without TLS only a loopback ``ip`` is accepted.
     tls
         Serve HTTPS (default). Without ``tls_cert``/``tls_key`` a self-signed
         certificate is generated into the state directory.
     tls_cert, tls_key
-        A certificate and key from your authority (PEM), both or neither.
+        A certificate and key from your authority (PEM), both or neither, and not
+        without ``tls``; checked now (readable PEM files, the key the certificate's).
     hub_port, proxy_api_port, service_port
         Loopback ports of the hub's API, the proxy's API and the usreview service;
         default: free ports picked now.
@@ -153,7 +159,12 @@ def configure(
         site_port = _port(site_port, "--site-port", SITE_PORT_ENV)
     if (tls_cert is None) != (tls_key is None):
         raise HubConfigError("give both --tls-cert and --tls-key, or neither")
+    _check_ip(ip)
     check_bind(ip, tls)
+    if tls_cert is not None and tls_key is not None:
+        if not tls:
+            raise HubConfigError("--no-tls serves no certificate: drop --tls-cert/--tls-key")
+        _check_certificate(tls_cert, tls_key)
     if site_port is not None and not tls:
         raise HubConfigError("the sites' port serves TLS only: drop --no-tls or --site-port")
     if site_port == port:
@@ -287,14 +298,78 @@ def poll_services_every(seconds: int) -> None:
     service._ServiceSpawner = PolledServiceSpawner
 
 
-def _port(value: object, option: str = "--port", env: str = PORT_ENV) -> int:
+def port_number(value: object, given_by: str = "") -> int:
+    """``value`` (a number or its text) as a TCP port, 1 to 65535: the one check of ports.
+
+    Raises
+    ------
+    HubConfigError
+        If it is not one; the message names ``given_by`` (an option, a variable) if given.
+    """
     try:
         port = int(str(value))
     except ValueError:
         port = -1
     if not 0 < port < 65536:
-        raise HubConfigError(f"invalid port {value!r} ({option} or ${env}): use 1 to 65535")
+        where = f" ({given_by})" if given_by else ""
+        raise HubConfigError(f"invalid port {value!r}{where}: use 1 to 65535")
     return port
+
+
+def _port(value: object, option: str = "--port", env: str = PORT_ENV) -> int:
+    return port_number(value, f"{option} or ${env}")
+
+
+def _check_ip(ip: str) -> None:
+    """Refuse a public address that is neither an IP address nor a host name.
+
+    ``""`` (every interface) and host names (``localhost``, the hub's name) are accepted,
+    as the proxy and the sites' port bind them; a name is not resolved here (the network
+    may come up after the configuration is made).
+    """
+    if ip and not _is_ip_address(ip) and _HOST_NAME.fullmatch(ip) is None:
+        raise HubConfigError(
+            f"invalid address {ip!r} (--ip or ${IP_ENV}): give an IP address or a host name"
+        )
+
+
+def _is_ip_address(text: str) -> bool:
+    """Whether ``text`` is an IP address (an IPv6 one may be in brackets)."""
+    bracketed = text.startswith("[") and text.endswith("]")
+    try:
+        address = ipaddress.ip_address(text[1:-1] if bracketed else text)
+    except ValueError:
+        return False
+    return address.version == 6 or not bracketed
+
+
+def _check_certificate(cert: Path, key: Path) -> None:
+    """Refuse a ``--tls-cert``/``--tls-key`` pair the proxy could not serve.
+
+    Each must be a readable PEM file (the certificate first in its chain, the key
+    unencrypted), and the key must be the certificate's.
+    """
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    def read(path: Path, option: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise HubConfigError(f"{option} {path}: {exc.strerror or exc}") from None
+
+    try:
+        certificate = x509.load_pem_x509_certificates(read(cert, "--tls-cert"))[0]
+    except ValueError:
+        raise HubConfigError(f"--tls-cert {cert} is not a PEM certificate") from None
+    try:
+        private = serialization.load_pem_private_key(read(key, "--tls-key"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: encrypted
+        raise HubConfigError(f"--tls-key {key} is not an unencrypted PEM private key") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if private.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
+        raise HubConfigError(f"--tls-key {key} is not the key of --tls-cert {cert}")
 
 
 def _free_port() -> int:

@@ -37,15 +37,19 @@ from typing import Any
 
 from usreview.envelope import generate_keys, write_key_pair
 from usreview.envelope.atomic import replace_file, write_new_file
+from usreview.errors import InputError
 from usreview.hub.errors import StateError
 
 __all__ = [
     "DEFAULT_STATE",
     "STATE_ENV",
     "HubState",
+    "NotAStateError",
     "existing_state",
+    "holds_hub",
     "open_state",
     "state_from_env",
+    "state_or_new",
 ]
 
 STATE_ENV = "USREVIEW_STATE"
@@ -157,14 +161,15 @@ def open_state(root: Path) -> HubState:
     """Create or check the state directory and generate missing secrets.
 
     ``at-rest.key`` and ``audit.key`` are generated with a new hub only (no ``hub.key``
-    yet): what the hub stored depends on them, so in an existing hub a missing one is an
-    error, never replaced by a new one.
+    yet, :func:`holds_hub`): what the hub stored depends on them, so in an existing hub a
+    missing one is an error, never replaced by a new one.
 
     Raises
     ------
     StateError
         If the directory is accessible to group or others, or is not a directory; if
-        ``at-rest.key`` or ``audit.key`` is missing from an existing hub.
+        ``at-rest.key`` or ``audit.key`` is missing from an existing hub, or ``hub.key``
+        (``hub.pub`` left).
     """
     root = Path(root).absolute()
     if root.exists() and not root.is_dir():
@@ -179,9 +184,7 @@ def open_state(root: Path) -> HubState:
     state = HubState(root)
     for folder in (state.sites, state.homes):
         folder.mkdir(mode=0o700, exist_ok=True)
-    if not state.hub_key.exists():  # a new hub: its key is made last
-        if state.hub_pub.exists():
-            raise StateError(f"{state.hub_pub} exists without {state.hub_key}: restore both")
+    if not holds_hub(root):  # a new hub: its key is made last
         _ensure_secret(state.at_rest_key, lambda: secrets.token_bytes(32))
         _ensure_secret(state.audit_key, lambda: secrets.token_bytes(32))
         write_key_pair(generate_keys("hub"), root)
@@ -224,6 +227,37 @@ def state_from_env() -> Path:
     return Path(os.environ.get(STATE_ENV) or DEFAULT_STATE)
 
 
+class NotAStateError(StateError, InputError):
+    """A folder given as a new hub's state that already holds something else (exit status 2)."""
+
+
+def holds_hub(root: Path) -> bool:
+    """Whether ``root`` is the state directory of an existing hub (it has ``hub.key``).
+
+    The one check of what a state directory is, for :func:`open_state`,
+    :func:`existing_state` and :func:`state_or_new`.
+
+    Raises
+    ------
+    StateError
+        ``hub.key`` is missing but ``hub.pub`` or a file made after it is there: a hub
+        whose key was lost, not a new one (a new key would not open what it stored).
+    """
+    state = HubState(Path(root).absolute())
+    if state.hub_key.exists():
+        return True
+    if state.hub_pub.exists():
+        raise StateError(f"{state.hub_pub} exists without {state.hub_key}: restore both")
+    made_after_the_key = (state.cookie_secret, state.admin_token, state.accounts, state.audit_log)
+    left = [path.name for path in made_after_the_key if path.exists()]
+    if left:
+        raise StateError(
+            f"{state.hub_key} is missing from a hub's state (it holds {', '.join(left)}): "
+            "restore hub.key and hub.pub from the hub's backup"
+        )
+    return False
+
+
 def existing_state(root: Path) -> HubState:
     """The state directory of an existing hub (:func:`open_state`), never a new one.
 
@@ -232,12 +266,39 @@ def existing_state(root: Path) -> HubState:
     Raises
     ------
     StateError
-        ``root`` holds no hub keys, or see :func:`open_state`.
+        ``root`` holds no hub (see :func:`holds_hub`), or see :func:`open_state`.
     """
     root = Path(root).absolute()
-    if not (root / "hub.key").is_file():
+    if not holds_hub(root):
         raise StateError(
             f"no hub state in {root}: give the hub's --state (or set ${STATE_ENV}); "
             f"'usreview hub --state {root}' would start a new hub there"
         )
     return open_state(root)
+
+
+def state_or_new(root: Path) -> tuple[HubState, bool]:
+    """An existing hub's state directory, or a new hub's in a missing or empty folder.
+
+    Returns the state and whether it was created now. For the commands that may come
+    before the hub's first start (``usreview hub add-user``).
+
+    Raises
+    ------
+    NotAStateError
+        ``root`` is a folder that holds files but no hub (a site's folder, a typo).
+    StateError
+        See :func:`holds_hub` and :func:`open_state`.
+    """
+    root = Path(root).absolute()
+    if holds_hub(root):
+        return open_state(root), False
+    if root.is_dir():
+        found = sorted(path.name for path in root.iterdir())
+        if found:
+            shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            raise NotAStateError(
+                f"{root} is not a hub state (it holds {shown}): give the hub's --state "
+                f"(or set ${STATE_ENV}), or a new or empty folder for a new hub"
+            )
+    return open_state(root), True

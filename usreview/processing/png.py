@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from usreview.envelope.atomic import replace_file
+
 __all__ = ["encode_png", "write_png"]
 
 
@@ -35,6 +37,15 @@ def encode_png(pixels: npt.NDArray[np.uint8]) -> bytes:
 
 
 def write_png(path: Path, pixels: npt.NDArray[np.uint8]) -> Path:
-    """Write ``pixels`` to ``path`` as PNG; return the path."""
-    path.write_bytes(encode_png(pixels))
+    """Write ``pixels`` to ``path`` as PNG; return the path.
+
+    The file is written atomically (complete or not at all; an older one is replaced) and
+    readable by its owner only (mode 0600: images of a patient's study are PHI). An
+    :class:`OSError` (a full disk) names ``path``.
+    """
+    data = encode_png(pixels)
+    try:
+        replace_file(path, data, mode=0o600)
+    except OSError as exc:  # "No space left on device" alone does not say which file
+        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
     return path

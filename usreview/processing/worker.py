@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import importlib
 import logging
 import math
 import os
@@ -78,7 +79,7 @@ from usreview.processing.supersede import Planned, plan_publication
 from usreview.store import Archive, CorruptObjectError, Reviewer, StorageError
 from usreview.store.jobs import JobQueue, JobRecord, Lease, LeaseLostError, RetryPolicy
 
-__all__ = ["ACTOR", "DERIVED_KIND", "Worker", "main"]
+__all__ = ["ACTOR", "DERIVED_KIND", "Worker", "check_scheduler", "check_task", "main"]
 
 #: Who the worker is in the audit log and the study history.
 ACTOR = "processing"
@@ -440,17 +441,26 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
     """Open the state and the archive and work until SIGINT/SIGTERM (or ``stop``).
 
     ``args`` holds the options of ``usreview hub worker``: ``state``, ``scheduler``,
-    ``processes``, ``lease``, ``poll``, ``attempts`` and ``task``.
+    ``processes``, ``lease``, ``poll``, ``attempts`` and ``task``. They are checked
+    before anything starts (:func:`check_task`, :func:`check_scheduler`).
+
+    Raises
+    ------
+    InputError
+        An option that cannot work (exit status 2).
     """
     seconds = (args.lease, args.poll, args.task_timeout)
     if min(args.processes, args.attempts) < 1 or not all(0 < s < math.inf for s in seconds):
         raise InputError(
             "--processes and --attempts must be at least 1; --lease, --poll and --task-timeout > 0"
         )
+    task = args.task or DEFAULT_TASK
+    check_task(task)
+    if args.scheduler:
+        check_scheduler(args.scheduler)
     state = existing_state(args.state if args.state is not None else state_from_env())
     settings = ServiceSettings.from_state(state.root)
     stop = stop or _stop_on_signals()
-    task = args.task or DEFAULT_TASK
     executor: Executor = (
         DaskExecutor(args.scheduler, task)
         if args.scheduler
@@ -478,6 +488,53 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
             executor.close()
         archive.close()
     return 0
+
+
+def check_task(task: str) -> None:
+    """Refuse a task (``--task MODULE:FUNCTION``) that does not import here.
+
+    At the start, not job by job: a mistyped task would otherwise fail every job and,
+    after its attempts, its study.
+
+    Raises
+    ------
+    InputError
+        ``task`` is not ``MODULE:FUNCTION``, its module does not import, or it has no
+        such function.
+    """
+    module_name, _, name = task.partition(":")
+    if not module_name or not name.isidentifier():
+        raise InputError(f"--task {task!r}: give MODULE:FUNCTION (default {DEFAULT_TASK})")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # whatever importing it raises: the task cannot run
+        raise InputError(f"--task {task!r}: {module_name} does not import ({exc})") from None
+    if not callable(getattr(module, name, None)):
+        raise InputError(f"--task {task!r}: {module_name} has no function {name}")
+
+
+def check_scheduler(address: str) -> None:
+    """Refuse a ``--scheduler`` address Dask could not connect to whatever listens there.
+
+    Raises
+    ------
+    InputError
+        ``address`` is not ``SCHEME://HOST:PORT`` with a scheme Dask knows and a port
+        from 1 to 65535.
+    """
+    from distributed.comm.addressing import get_address_host_port
+
+    from usreview.hub.config import port_number
+    from usreview.hub.errors import HubConfigError
+
+    usage = "give tcp://HOST:PORT (tls://HOST:PORT beyond a trusted network)"
+    try:
+        host, port = get_address_host_port(address)
+        if not host:
+            raise ValueError("no host")
+        port_number(port)
+    except (ValueError, HubConfigError) as exc:
+        raise InputError(f"--scheduler {address!r}: {exc}; {usage}") from None
 
 
 def _stop_on_signals() -> threading.Event:

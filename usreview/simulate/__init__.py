@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 from usreview.errors import SimulationError
 from usreview.simulate import bmode, cine, color, mmode, spectral, volume
 from usreview.simulate.params import describe, parse_params
-from usreview.simulate.writer import Context, Instance, save
+from usreview.simulate.writer import Context, Instance, discard, instance_files, save
 
 __all__ = ["KINDS", "describe_kind", "simulate"]
 
@@ -57,7 +58,13 @@ def _lookup(kind: str) -> _Kind:
 
 
 def simulate(
-    kind: str, out: Path, *, seed: int = 0, snr_db: float | None = None, **params: Any
+    kind: str,
+    out: Path,
+    *,
+    seed: int = 0,
+    snr_db: float | None = None,
+    overwrite: bool = False,
+    **params: Any,
 ) -> list[Path]:
     """Write one simulated study of ``kind`` into folder ``out``; return the DICOM paths.
 
@@ -73,14 +80,20 @@ def simulate(
     snr_db
         Signal-to-noise ratio in dB; ``None`` for the kind's default (20 dB for ``pw``
         and ``cw``, 40 dB otherwise).
+    overwrite
+        Replace files of an earlier run; by default a file that exists is an error and
+        nothing is written.
     **params
         Kind-specific parameters (strings are converted, as from the command line).
 
     Raises
     ------
     SimulationError
-        Unknown kind or parameter, or a value that cannot make a valid study; the
-        message names the parameter.
+        Unknown kind or parameter, or a value that cannot make a valid study (the
+        message names the parameter); a file to write that exists, unless ``overwrite``.
+    OSError
+        A file could not be written (the message names it); what this call wrote is
+        removed.
     """
     spec = _lookup(kind)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
@@ -98,18 +111,31 @@ def simulate(
     resolved: Any = parse_params(spec.params, params, kind)
     values = dataclasses.asdict(resolved)
     ctx = Context(kind=kind, seed=seed, snr_db=float(snr_db), params=values)
+    out = Path(out)
+    instances = spec.build(ctx, resolved)
+    for name, _ds, _truth in instances:
+        for target in instance_files(out, name):
+            if not overwrite and os.path.lexists(target):
+                raise SimulationError(
+                    f"{target} exists: refusing to overwrite it (--force, or overwrite=True "
+                    "in Python, replaces it)"
+                )
     written: list[Path] = []
-    for name, ds, truth in spec.build(ctx, resolved):
-        record = {
-            "kind": kind,
-            "seed": seed,
-            "snr_db": float(snr_db),
-            "params": values,
-            "file": f"{name}.dcm",
-            "sop_class_uid": str(ds.SOPClassUID),
-            "sop_instance_uid": str(ds.SOPInstanceUID),
-            "study_instance_uid": str(ds.StudyInstanceUID),
-            **truth,
-        }
-        written.append(save(ds, record, Path(out), name))
+    try:
+        for name, ds, truth in instances:
+            record = {
+                "kind": kind,
+                "seed": seed,
+                "snr_db": float(snr_db),
+                "params": values,
+                "file": f"{name}.dcm",
+                "sop_class_uid": str(ds.SOPClassUID),
+                "sop_instance_uid": str(ds.SOPInstanceUID),
+                "study_instance_uid": str(ds.StudyInstanceUID),
+                **truth,
+            }
+            written.append(save(ds, record, out, name, overwrite=overwrite))
+    except BaseException:  # a full disk, say: leave no part of the study
+        discard(f for path in written for f in instance_files(out, path.stem))
+        raise
     return written

@@ -8,10 +8,8 @@ entropy sources, dates and times are fixed, so the same call writes the same byt
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from usreview import __version__
 from usreview.dicom.enum import PhysicalUnits, RegionDataType, RegionFlags, RegionSpatialFormat
 from usreview.dicom.regions import UltrasoundRegion
+from usreview.envelope.atomic import replace_file, write_new_file
 
 __all__ = [
     "STUDY_DATE",
@@ -32,6 +31,8 @@ __all__ = [
     "Context",
     "Instance",
     "Region",
+    "discard",
+    "instance_files",
     "new_dataset",
     "regions_sequence",
     "save",
@@ -229,30 +230,50 @@ def regions_sequence(regions: Sequence[Region]) -> DicomSequence:
     return DicomSequence([r.item() for r in regions])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def instance_files(out: Path, name: str) -> tuple[Path, Path]:
+    """The files :func:`save` writes for instance ``name``: its truth, then its DICOM."""
+    return out / f"{name}.truth.json", out / f"{name}.dcm"
 
 
-def save(ds: Dataset, truth: Mapping[str, Any], out: Path, name: str) -> Path:
-    """Write ``NAME.dcm`` and ``NAME.truth.json`` into ``out``, each atomically.
+def discard(paths: Iterable[Path]) -> None:
+    """Remove ``paths`` (those missing are ignored): what a failed run wrote."""
+    for path in paths:
+        path.unlink(missing_ok=True)
 
-    The sidecar is written first, so a complete ``.dcm`` always has its truth beside it.
+
+def save(
+    ds: Dataset, truth: Mapping[str, Any], out: Path, name: str, *, overwrite: bool = False
+) -> Path:
+    """Write ``NAME.truth.json``, then ``NAME.dcm``, into ``out``; return the DICOM's path.
+
+    Each file is written atomically (mode 0600) and, unless ``overwrite``, never over an
+    existing one (:class:`FileExistsError`). The sidecar is written first, so a complete
+    ``.dcm`` always has its truth beside it; if the DICOM cannot be written, the sidecar is
+    removed again. An :class:`OSError` (a full disk) names the file it was writing.
     """
     from io import BytesIO
 
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.dcm"
-    sidecar = out / f"{name}.truth.json"
     text = json.dumps(truth, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    _atomic_write(sidecar, text.encode())
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    _atomic_write(path, buffer.getvalue())
+    out.mkdir(parents=True, exist_ok=True)
+    sidecar, path = instance_files(out, name)
+    written: list[Path] = []
+    try:
+        for target, data in ((sidecar, text.encode()), (path, buffer.getvalue())):
+            _write(target, data, overwrite=overwrite)
+            written.append(target)
+    except BaseException:
+        discard(written)
+        raise
     return path
+
+
+def _write(path: Path, data: bytes, *, overwrite: bool) -> None:
+    try:
+        if overwrite:
+            replace_file(path, data, mode=0o600)
+        else:
+            write_new_file(path, data)
+    except OSError as exc:  # name the file: "No space left on device" alone says not which
+        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
