@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
+import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +18,8 @@ import pytest
 
 from usreview.cli import main
 from usreview.envelope import generate_keys, load_private_keys, load_public_keys, seal
+
+USREVIEW = [sys.executable, "-m", "usreview.cli"]
 
 
 @pytest.fixture
@@ -336,6 +345,101 @@ def test_usage_errors(keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
         )
     assert exit_info.value.code == 2
     capsys.readouterr()
+
+
+def temporaries(out: Path) -> list[Path]:
+    """The temporary files of ``out`` in its folder (quarantine or partial envelope)."""
+    return [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+@pytest.mark.parametrize("command", ["seal", "unseal"])
+def test_sigterm_leaves_no_partial_output(
+    command: str, keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while IN still arrives (a slow pipe): exit 143, neither OUT nor its
+    temporary file (a quarantine holds plaintext) is left."""
+    plain, out = tmp_path / "plain", tmp_path / "out"
+    plain.write_bytes(os.urandom(8 * 2**20))
+    if command == "seal":
+        data, args = plain.read_bytes(), seal_args(keydir, Path("/dev/stdin"), out)
+    else:
+        assert main(seal_args(keydir, plain, tmp_path / "plain.env")) == 0
+        capsys.readouterr()
+        data = (tmp_path / "plain.env").read_bytes()
+        args = unseal_args(keydir, Path("/dev/stdin"), out)
+    half = len(data) // 2
+    with subprocess.Popen(
+        [*USREVIEW, *args], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        assert process.stdin is not None and process.stderr is not None
+        process.stdin.write(data[:half])
+        process.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not any(p.stat().st_size for p in temporaries(out)):
+            assert process.poll() is None and time.monotonic() < deadline, "nothing written"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        # More input, never all of it: as for Ctrl-C, a signal that arrives between two
+        # reads of a buffered readinto (C code) runs its handler when the next read returns.
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write(data[half:-1])
+            process.stdin.flush()
+        status = process.wait(timeout=30)
+        err = process.stderr.read().decode()
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+    assert status == 143 and err == "usreview: error: terminated\n", (status, err)
+    assert not out.exists() and temporaries(out) == []
+
+
+def test_the_next_run_removes_what_a_killed_one_left(
+    keydir: Path, sealed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hard kill (SIGKILL, power loss) leaves a temporary file; the next run writing
+    the same OUT removes it, and nothing else: not another output's, not a live writer's."""
+    out, env = tmp_path / "o", tmp_path / "o.env"
+    left = [tmp_path / ".o.k1lled_1.quarantine", tmp_path / ".o.env.k1lled_1.part"]
+    kept = [
+        tmp_path / ".o2.k1lled_1.quarantine",  # another output
+        tmp_path / ".o.x.k1lled_1.quarantine",  # the output o.x
+        tmp_path / ".o.k1lled_1.part",  # not unseal's
+        tmp_path / ".o.writing1.quarantine",  # a run still writing it: locked
+    ]
+    for path in (*left, *kept):
+        path.write_bytes(b"partial plaintext")
+    (tmp_path / ".o.symlink1.quarantine").symlink_to(plain := tmp_path / "plain")
+    plain.write_bytes(b"not ours to remove")
+    with open(kept[-1], "rb") as live:
+        fcntl.flock(live, fcntl.LOCK_EX)
+        assert run(unseal_args(keydir, sealed, out), capsys)[0] == 0
+        assert run(seal_args(keydir, sealed, env), capsys)[0] == 0
+    assert [p for p in left if p.exists()] == []
+    assert all(p.read_bytes() == b"partial plaintext" for p in kept)
+    assert (tmp_path / ".o.symlink1.quarantine").is_symlink() and plain.exists()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o600], ids=["0644", "0600"])
+@pytest.mark.parametrize("command", ["seal", "unseal"])
+def test_a_public_key_given_as_key_is_named_as_such(
+    command: str,
+    mode: int,
+    keydir: Path,
+    sealed: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "o"
+    args = (seal_args if command == "seal" else unseal_args)(keydir, sealed, out)
+    pub = keydir / ("site.pub" if command == "seal" else "hub.pub")
+    pub.chmod(mode)
+    args[args.index("--key") + 1] = str(pub)
+    status, _, err = run(args, capsys)
+    assert status == 2, err
+    assert err == (
+        f"usreview: error: {pub} is a public key; --key takes your private key file "
+        "(NAME.key, mode 0600)\n"
+    )
+    assert not out.exists()
 
 
 def test_generated_keys_are_distinct() -> None:

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from usreview.cli.spec import Arg, Command, arg, duration
 from usreview.errors import InputError
+
+if TYPE_CHECKING:
+    from usreview.envelope import PrivateKeys
 
 _PASSPHRASE_ENV = "USREVIEW_KEY_PASSPHRASE"
 
@@ -26,6 +31,22 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
         return lines[0]
     value = os.environ.get(_PASSPHRASE_ENV)
     return value.encode() if value else None
+
+
+def _private_keys(args: argparse.Namespace) -> PrivateKeys:
+    """The keys of ``--key``; a public key file there is bad input, whatever its mode."""
+    from usreview.envelope import KeyFileError, load_private_keys, load_public_keys
+
+    try:
+        return load_private_keys(args.key, _passphrase(args))
+    except KeyFileError:
+        with contextlib.suppress(KeyFileError, OSError):  # not a public key: its own error
+            load_public_keys(args.key)
+            raise InputError(
+                f"{args.key} is a public key; --key takes your private key file "
+                "(NAME.key, mode 0600)"
+            ) from None
+        raise
 
 
 def _passphrase_file() -> Arg:
@@ -101,9 +122,9 @@ _KEYS = Command(
 
 
 def _cmd_seal(args: argparse.Namespace) -> int:
-    from usreview.envelope import KeyRing, load_private_keys, load_public_keys, seal_file
+    from usreview.envelope import KeyRing, load_public_keys, seal_file
 
-    sender = load_private_keys(args.key, _passphrase(args))
+    sender = _private_keys(args)
     recipients = [load_public_keys(path) for path in args.to]
     try:
         info = seal_file(
@@ -158,13 +179,13 @@ _SEAL = Command(
 
 
 def _cmd_unseal(args: argparse.Namespace) -> int:
-    from usreview.envelope import KeyRing, ReplayCache, load_private_keys, unseal_file
+    from usreview.envelope import KeyRing, ReplayCache, unseal_file
 
     if args.keyring is None and not args.trust:
         raise InputError(
             "unseal needs the sender's public key: --trust SENDER.pub or --keyring FILE"
         )
-    recipient = load_private_keys(args.key, _passphrase(args))
+    recipient = _private_keys(args)
     ring = KeyRing.from_files(args.keyring, args.trust or ())
     try:
         cache = ReplayCache(args.replay_cache) if args.replay_cache is not None else None

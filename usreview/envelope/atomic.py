@@ -10,19 +10,33 @@ same for a file that is meant to be replaced (a key ring, a spooled instance, a 
 and :func:`replacing_file` its streamed form (a result copied into a site's outbox);
 :func:`fsync_directory` makes a folder's entries durable. These are the project's one
 durable-write path: the store, the site's spool and the hub's state use them too.
+
+A writer holds an ``flock`` on its temporary file until it is published or removed, so
+:func:`remove_leftovers` tells the files a killed writer left (``SIGKILL``, power loss)
+from those still being written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["fsync_directory", "new_file", "replace_file", "replacing_file", "write_new_file"]
+__all__ = [
+    "fsync_directory",
+    "new_file",
+    "remove_leftovers",
+    "replace_file",
+    "replacing_file",
+    "write_new_file",
+]
 
 
 @contextlib.contextmanager
@@ -101,19 +115,55 @@ def _written(
     except OSError as exc:  # name the file asked for, not the temporary one
         raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
+        with contextlib.suppress(OSError):  # no locks here: remove_leftovers cannot lock it
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.fchmod(fd, mode)
-        with open(fd, "wb") as f:
+        with open(fd, "wb") as f:  # open, so locked, until published
             yield f
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        publish(tmp)
+            publish(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     if durable:
         fsync_directory(path.parent)
+
+
+def remove_leftovers(path: Path, suffix: str = ".part") -> list[Path]:
+    """Remove the temporary files of ``path`` that killed writers left; return them.
+
+    Only names the writers of ``path`` here give them (``.NAME.XXXXXXXX`` + ``suffix``,
+    the ``suffix`` of :func:`new_file`), and of those only regular files of this user
+    that no live writer holds locked. Files that cannot be checked are kept.
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + "[a-z0-9_]{8}" + re.escape(suffix))
+    try:
+        entries = [e for e in os.scandir(path.parent) if pattern.fullmatch(e.name)]
+    except OSError:  # no folder: writing the file reports it
+        return []
+    removed: list[Path] = []
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            fd = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if os.path.samestat(st, os.fstat(fd)):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a writer still runs
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _publish(tmp: str, path: Path) -> None:

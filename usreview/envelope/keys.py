@@ -182,13 +182,13 @@ def load_private_keys(path: Path, passphrase: bytes | None = None) -> PrivateKey
     PassphraseError
         Protected and ``passphrase`` is missing or wrong.
     """
+    fields = _fields(_read_text(path), _PRIV_MAGIC, str(path))  # what it is, then its mode
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
             f"{path}: private key file is accessible by other users "
             f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
         )
-    fields = _fields(_read_text(path), _PRIV_MAGIC, str(path))
     try:
         key_id = bytes.fromhex(fields["key-id"])
         blob = base64.b64decode(fields["secret"], validate=True)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from usreview.envelope.atomic import new_file
+from usreview.envelope.atomic import new_file, remove_leftovers
 from usreview.envelope.crypto import derive_keys, wrap_key
 from usreview.envelope.format import (
     FINAL_SIG_CONTEXT,
@@ -127,8 +127,11 @@ def seal_file(
 ) -> EnvelopeInfo:
     """Seal the file ``src`` into the new file ``dst``, which appears only when complete.
 
-    See :func:`seal`. Raises :class:`FileExistsError` if ``dst`` exists.
+    See :func:`seal`. Partial files of ``dst`` that a killed run left are removed first
+    (:func:`~usreview.envelope.atomic.remove_leftovers`). Raises :class:`FileExistsError`
+    if ``dst`` exists.
     """
+    remove_leftovers(Path(dst))
     with open(src, "rb") as fin, new_file(Path(dst), mode=0o644) as fout:
         return seal(
             fin,

@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 from cryptography.exceptions import InvalidSignature
 
-from usreview.envelope.atomic import new_file
+from usreview.envelope.atomic import new_file, remove_leftovers
 from usreview.envelope.crypto import commitment_matches, derive_keys, unwrap_key
 from usreview.envelope.errors import (
     ExpiredError,
@@ -27,6 +27,8 @@ from usreview.envelope.seal import EnvelopeInfo
 from usreview.envelope.stream import Source, decrypt_stream
 
 __all__ = ["unseal", "unseal_file"]
+
+_QUARANTINE = ".quarantine"
 
 
 def unseal(
@@ -115,7 +117,7 @@ def unseal(
 
     if isinstance(out, str | os.PathLike):
         with new_file(
-            Path(out), suffix=".quarantine", before_publish=record, durable=durable
+            Path(out), suffix=_QUARANTINE, before_publish=record, durable=durable
         ) as quarantine:
             decrypt(quarantine)
     else:
@@ -140,7 +142,12 @@ def unseal_file(
     now: float | None = None,
     durable: bool = True,
 ) -> EnvelopeInfo:
-    """Open the envelope file ``src`` into the new file ``out``; see :func:`unseal`."""
+    """Open the envelope file ``src`` into the new file ``out``; see :func:`unseal`.
+
+    Quarantine files of ``out`` that a killed run left (partial, unverified plaintext)
+    are removed first (:func:`~usreview.envelope.atomic.remove_leftovers`).
+    """
+    remove_leftovers(Path(out), _QUARANTINE)
     with open(src, "rb") as fin:
         return unseal(
             fin,
