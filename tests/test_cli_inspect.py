@@ -232,6 +232,7 @@ def test_pixel_data_without_its_sequence_delimiter_is_a_warning(
     assert main(["inspect", "--json", str(path)]) == 0
     [summary] = json.loads(capsys.readouterr().out)
     assert summary["frames"] == 10
-    assert summary["warnings"][-1] == (
+    assert (
         "encapsulated pixel data ends without its sequence delimiter (file truncated?)"
+        in summary["warnings"]
     )

@@ -172,6 +172,10 @@ def test_hostile_files_are_rejected_with_their_reason(
     bomb = rle_bomb(tmp_path / "bomb.dcm", 65535, 65535, frames=4)
     assert bomb.stat().st_size < 2048
     no_uid = write_us(tmp_path / "no-uid.dcm", np.zeros((1, 8, 8), np.uint8), SOPInstanceUID="")
+    # Compressed cines cut by 3 KB: their last frame still decodes (the decoder fills the
+    # rest in), so only the item structure shows it is cut. Both were accepted before.
+    for name in ("pydicom-data__color3d_jpeg_baseline.dcm", "dcm4che__jpeg-ls-Palette.dcm"):
+        (tmp_path / f"cut-{name}").write_bytes(real_file(name).read_bytes()[:-3072])
     expected = {
         tmp_path / "noise": (RejectReason.NOT_DICOM, "not a DICOM file"),
         tmp_path / "empty": (RejectReason.NOT_DICOM, "DICOM"),
@@ -179,6 +183,14 @@ def test_hostile_files_are_rejected_with_their_reason(
         tmp_path / "missing": (RejectReason.NOT_DICOM, "no such file"),
         ct: (RejectReason.NOT_ULTRASOUND, "CT Image Storage"),
         tmp_path / "truncated.dcm": (RejectReason.CORRUPT_PIXEL_DATA, "truncated"),
+        tmp_path / "cut-pydicom-data__color3d_jpeg_baseline.dcm": (
+            RejectReason.CORRUPT_PIXEL_DATA,
+            "119 of 120 frame",
+        ),
+        tmp_path / "cut-dcm4che__jpeg-ls-Palette.dcm": (
+            RejectReason.CORRUPT_PIXEL_DATA,
+            "9 of 10 frame",
+        ),
         bomb: (RejectReason.IMAGE_TOO_LARGE, "over the cap"),
     }
     pids = pool.pids

@@ -26,6 +26,7 @@ from pydicom.uid import UID
 
 from usreview.dicom.display import to_display
 from usreview.dicom.enum import ImageKind
+from usreview.dicom.fragments import check_frames_present
 from usreview.dicom.kinds import classify
 from usreview.dicom.pixels import DEFAULT_MAX_DECODED_BYTES, PixelData
 from usreview.dicom.regions import UltrasoundRegion, read_regions
@@ -259,6 +260,11 @@ def _read(path: Path, notes: list[str], max_decoded_bytes: int) -> UltrasoundIns
             )
         offset, length = _locate_pixel_data(fp, position, syntax)
     pixels = PixelData(path, dataset, offset, length, syntax, max_decoded_bytes=max_decoded_bytes)
+    if pixels.encapsulated:  # every compressed frame in the file (item headers only)
+        with open(path, "rb") as fp:
+            note = check_frames_present(fp, offset, pixels.number_of_frames, syntax, syntax.name)
+        if note is not None:
+            notes.append(note)
     return UltrasoundInstance(path, dataset, pixels, notes)
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 from usreview.dicom import UltrasoundInstance, iter_dicom_paths, read
 from usreview.dicom.header import is_uid
-from usreview.dicom.inspect import check_pixel_data
 from usreview.errors import InputError
 from usreview.processing.filters.derived import usreview_derivation
 from usreview.processing.pipeline import run_pipeline
@@ -87,7 +86,6 @@ def analyze_file(
         its frames do not decode.
     """
     instance = read(path)
-    check_pixel_data(instance)
     kinds = [k.value for k in instance.kinds]
     derivation = usreview_derivation(instance.dataset)
     if derivation is not None:
