@@ -396,3 +396,20 @@ def test_is_uid(value: object, valid: bool) -> None:
     from usreview.dicom.header import is_uid
 
     assert is_uid(value) is valid
+
+
+def test_a_frame_that_does_not_decode_says_why_each_decoder_refused(tmp_path: Path) -> None:
+    # pydicom's message is "... raised by all available plugins:" then one line per
+    # decoder; only the first line was kept, which says nothing.
+    data = bytearray(real_file("dcm4che__US-PAL-8-10x-echo.dcm").read_bytes())
+    at = len(data) - len(data) // 10  # inside the last frame's RLE segments
+    data[at : at + 400] = b"\x01" * 400
+    path = tmp_path / "damaged.dcm"
+    path.write_bytes(bytes(data))
+    instance = read(path)
+    with pytest.raises(CorruptPixelDataError) as caught:
+        instance.frame(instance.number_of_frames - 1)
+    message = str(caught.value)
+    assert message.startswith("frame 9 cannot be decoded (RLE Lossless): Unable to decode")
+    assert "pydicom: The amount of decoded RLE segment data doesn't match" in message
+    assert "\n" not in message

@@ -297,5 +297,11 @@ def _human(size: int) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """The message's first line; with the lines it announces (ending in ':', as pydicom's
+    "exceptions were raised by all available plugins:" does), joined with '; '."""
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not text:
+        return type(exc).__name__
+    if text[0].endswith(":") and len(text) > 1:
+        return f"{text[0]} {'; '.join(text[1:4])}"
+    return text[0]
