@@ -190,8 +190,20 @@ def test_an_administrator_changes_the_sites_of_a_running_hub(world: World) -> No
         )  # fmt: skip
         assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
         assert run.stderr.startswith("usreview: error: ") and message in run.stderr, run.stderr
+    # A site not registered (yet) is allowed, with a note: a typo would show nothing.
+    noted = world.hub.run_cli("reviewer-sites", "rn", "--sites", "north,nowhere")
+    assert noted.returncode == 0 and noted.stdout.strip() == "rn reads north, nowhere"
+    assert "note: nowhere is not a registered site (yet)" in noted.stderr
+    assert "north" not in noted.stderr
+    assert world.hub.cli("reviewer-sites", "rn", "--sites", "north").strip() == "rn reads north"
     changes = [line for line in audit_lines(world) if line["resource"] == "reviewers/rn/sites"]
-    assert [c["detail"]["sites"] for c in changes] == [["north"], ["north", "south"], ["north"]]
+    assert [c["detail"]["sites"] for c in changes] == [
+        ["north"],
+        ["north", "south"],
+        ["north"],
+        ["north", "nowhere"],
+        ["north"],
+    ]
 
 
 def test_a_restricted_reviewer_publishes_to_a_second_site(world: World) -> None:
@@ -342,10 +354,12 @@ def test_a_reviewer_opens_a_similar_case_from_the_study_page(
     monkeypatch.setenv("USREVIEW_SERVICE_URL", _service_url(world))
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", world.rn)
     page = teaching_page()
-    assert page.picker.value == case_uid and page.message.value == ""
-    assert "anechoic cyst" in page.details.value and page.viewer.children
+    with page.client:
+        assert page.picker.value == case_uid and page.message.value == ""
+        assert "anechoic cyst" in page.details.value and page.viewer.children
     monkeypatch.setenv("QUERY_STRING", "case=1.2.3.4")  # a case no longer there
-    assert "No teaching case 1.2.3.4" in teaching_page().message.value
+    with (missing := teaching_page()).client:
+        assert "No teaching case 1.2.3.4" in missing.message.value
 
 
 def test_scientists_run_the_pipeline_on_the_case_library(world: World) -> None:

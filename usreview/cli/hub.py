@@ -103,10 +103,20 @@ _HUB_ADD_USER = Command(
 
 
 def _cmd_hub_reviewer_sites(args: argparse.Namespace) -> int:
+    from usreview.hub.accounts import Accounts
     from usreview.hub.commands import reviewer_sites
+    from usreview.hub.state import HubState
 
-    sites = reviewer_sites(_state_dir(args), args.name, args.sites, every=args.all)
+    state = _state_dir(args)
+    sites = reviewer_sites(state, args.name, args.sites, every=args.all)
     print(f"{args.name} reads {'every site' if sites is None else ', '.join(sorted(sites))}")
+    unknown = sorted((sites or set()) - set(Accounts(HubState(state).accounts).sites()))
+    if unknown:  # allowed (a site may be added later), but a typo would show nothing
+        print(
+            f"note: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a registered "
+            "site (yet): nothing of it shows until 'usreview hub add-site' registers it",
+            file=sys.stderr,
+        )
     return 0
 
 
