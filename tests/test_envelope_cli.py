@@ -333,18 +333,20 @@ def test_usage_errors(keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     fails(
         seal_args(keydir, tmp_path / "missing", tmp_path / "e"), capsys, "missing", tmp_path / "e"
     )
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                *seal_args(keydir, src, tmp_path / "e")[:-2],
-                "--valid-for",
-                "soon",
-                str(src),
-                str(tmp_path / "e"),
-            ]
-        )
-    assert exit_info.value.code == 2
-    capsys.readouterr()
+    for window, says in (("soon", "invalid duration 'soon'"), ("100d", "at most 90d")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(
+                [
+                    *seal_args(keydir, src, tmp_path / "e")[:-2],
+                    "--valid-for",
+                    window,
+                    str(src),
+                    str(tmp_path / "e"),
+                ]
+            )
+        assert exit_info.value.code == 2
+        assert says in capsys.readouterr().err  # 100d said "valid_for must be 1 to 7776000"
+    assert not (tmp_path / "e").exists()
 
 
 def temporaries(out: Path) -> list[Path]:

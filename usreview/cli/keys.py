@@ -111,9 +111,26 @@ _KEYS_TRUST = Command(
     args=(
         arg("pub", type=Path, metavar="PUB", help="a .pub file"),
         arg("--keyring", type=Path, required=True, metavar="FILE", help="key ring (JSON)"),
-        arg("--state", choices=["active", "retired", "revoked"], default="active"),
+        arg(
+            "--state",
+            choices=["active", "retired", "revoked"],
+            default="active",
+            help="the key's state in the ring (default active; not a hub's --state DIR)",
+        ),
     ),
 )
+
+
+def _validity(text: str) -> int:
+    """An argument type: a :func:`~usreview.cli.spec.duration` of at most 90 days."""
+    from usreview.envelope.seal import MAX_VALIDITY
+
+    seconds = duration(text)
+    if seconds > MAX_VALIDITY:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is longer than an envelope may be valid (at most 90d)"
+        )
+    return seconds
 
 
 _KEYS = Command(
@@ -167,7 +184,7 @@ _SEAL = Command(
         ),
         arg(
             "--valid-for",
-            type=duration,
+            type=_validity,
             default=7 * 86400,
             metavar="DURATION",
             help="validity window, e.g. 3600, 90m, 12h, 7d (default: 7d, at most 90d)",
