@@ -36,6 +36,7 @@ CONTRACT = yaml.safe_load((Path(__file__).parents[1] / "docs" / "openapi.yaml").
 # The calls on one study and its instance; {s} and {i} are their UIDs.
 STUDY_CALLS = (
     ("GET", "/studies/{s}"),
+    ("GET", "/studies/{s}/priors"),
     ("POST", "/studies/{s}/claim"),
     ("DELETE", "/studies/{s}/claim"),
     ("GET", "/studies/{s}/reports"),

@@ -32,6 +32,7 @@ from tests.hub_api_support import (
     USREVIEW,
     HubRun,
     Site,
+    conforms,
     error,
     hidden_like_missing,
     service_launch,
@@ -72,6 +73,7 @@ class World:
     instances: dict[str, str] = field(default_factory=dict)  # site -> SOP Instance UID
     sources: dict[str, Path] = field(default_factory=dict)  # site -> the DICOM sent
     case: dict[str, Any] = field(default_factory=dict)
+    prior: str = ""  # north's second study of the same patient
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +164,95 @@ def test_outside_their_sites_a_study_answers_the_404_of_a_missing_one(world: Wor
     assert len(denials) == len(STUDY_CALLS)
     assert all(line["detail"]["restricted_to"] == ["north"] for line in denials)
     assert {line["outcome"] for line in denials} == {"not_found"}
+
+
+def test_a_study_lists_the_patients_prior_studies_of_its_site(world: World) -> None:
+    from usreview.simulate import simulate
+
+    north, south = world.studies["north"], world.studies["south"]
+    [path] = simulate("bmode", world.folder / "north-prior", seed=13)
+    dataset = pydicom.dcmread(path)
+    for keyword, value in PHI.items():  # north's patient (and the Patient ID south sent)
+        setattr(dataset, keyword, value)
+    dataset.StudyDate, dataset.StudyDescription = "20230105", "Abdomen <prior>"
+    dataset.save_as(path)
+    world.prior, uid = str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID)
+    sealed = world.folder / "north-prior.env"
+    seal_file(path, sealed, sender=world.north.keys, recipients=[world.hub_public])
+    stored = world.hub.upload(uid, sealed.read_bytes(), world.north.token, ENVELOPE)
+    assert stored.status_code == 201, stored.text
+    deadline = time.monotonic() + 180
+    while (status := world.hub.get(f"/studies/{world.prior}", world.rn).json()["status"]) != (
+        "processed"
+    ):
+        assert status == "received" and time.monotonic() < deadline, status
+        time.sleep(0.5)
+
+    answer = world.hub.get(f"/studies/{north}/priors", world.rn)
+    assert answer.status_code == 200, answer.text
+    [row] = answer.json()["priors"]
+    conforms(row, "Study")
+    assert (row["study_instance_uid"], row["site"]) == (world.prior, "north")
+    assert (row["patient_id"], row["study_date"]) == ("MRN-424242", "2023-01-05")
+    back = world.hub.get(f"/studies/{world.prior}/priors", world.rall).json()["priors"]
+    assert [r["study_instance_uid"] for r in back] == [north]  # south's is another patient
+    assert world.hub.get(f"/studies/{south}/priors", world.rall).json() == {"priors": []}
+    call = ("GET", "/studies/{s}/priors")
+    hidden_like_missing(world.hub, world.rn, call, south, world.instances["south"], None)
+    for token in (world.north.token, world.tina):  # the review scope only
+        error(world.hub.get(f"/studies/{north}/priors", token), 404, "not_found")
+
+    lines = audit_lines(world)
+    reads = [line for line in lines if line["resource"] == f"studies/{north}/priors"]
+    assert [(r["actor"], r["action"], r["outcome"], r["detail"]) for r in reads[:1]] == [
+        ("rn", "read", "allowed", {"count": 1, "studies": [world.prior]})
+    ]
+    assert {(r["actor"], r["action"]) for r in reads[1:]} == {
+        ("north", "denial"),
+        ("tina", "denial"),
+    }
+    south_reads = [line for line in lines if line["resource"] == f"studies/{south}/priors"]
+    seen = [(r["actor"], r["action"], r["detail"].get("restricted_to")) for r in south_reads]
+    assert ("rall", "read", None) in seen and ("rn", "denial", ["north"]) in seen
+    assert {actor for actor, action, _ in seen if action == "read"} == {"rall"}
+
+
+def test_the_study_page_links_the_patients_prior_studies(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    from usreview.review.client import ReviewClient, ServiceError
+    from usreview.review.pages import StudyPage
+
+    def priors_of(client: ReviewClient, study: str) -> tuple[StudyPage, str]:
+        page = StudyPage(client, study)
+        page.close()
+        assert "usreview-priors" in page.priors._dom_classes
+        return page, page.priors.value
+
+    link = r'<a href="([^"]+)" target="_blank" rel="noopener">([^<]*)</a>'
+    with ReviewClient(_service_url(world), world.rn) as client:
+        _, shown = priors_of(client, world.studies["north"])
+        assert "Prior studies of this patient" in shown
+        assert re.findall(link, shown) == [
+            (
+                f"study.ipynb?study={world.prior}",
+                "2023-01-05 · Abdomen &lt;prior&gt; · processed · bmode",
+            )
+        ]
+
+        def refused(study_instance_uid: str) -> list[dict[str, Any]]:
+            raise ServiceError(503, "unavailable", "the archive is busy", {})
+
+        monkeypatch.setattr(client, "priors", refused)
+        page, shown = priors_of(client, world.studies["north"])
+        assert "Cannot read the prior studies: the archive is busy" in shown
+        assert "DOE^JANE" in page.header.value and len(page.thumbnails) == 1  # the rest is there
+    with ReviewClient(_service_url(world), world.rall) as client:
+        _, shown = priors_of(client, world.studies["south"])
+        assert "No prior study of this patient at the hub." in shown
+        assert "<a " not in shown
 
 
 def test_an_administrator_changes_the_sites_of_a_running_hub(world: World) -> None:

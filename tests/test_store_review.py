@@ -30,7 +30,7 @@ from usreview.store import (
     StudyStatus,
 )
 from usreview.store.jobs import JobQueue, RetryPolicy
-from usreview.store.records import header_fields
+from usreview.store.records import Caller, header_fields
 from usreview.store.review import (
     ClaimedError,
     NotClaimedError,
@@ -268,6 +268,41 @@ def test_the_worklist_lists_newest_first_and_filters(archive: Archive, clock: Cl
     assert [e.site for e in review.worklist(only_b)] == ["site-b"]
     with pytest.raises(NotFoundError):
         review.entry(only_b, STUDY)
+
+
+def test_priors_are_the_patients_other_studies_at_the_same_site(
+    archive: Archive, clock: Clock
+) -> None:
+    review = archive.review
+    born = {"patient_birth_date": "1950-04-01"}
+    for n, site, header in (
+        (1, SITE, born),  # the study read (P-1, dated 2026-02-27)
+        (2, SITE, {"study_date": "2025-06-01"}),  # no birth date: may be the same patient
+        (3, SITE, {"study_date": "2024-01-10", **born}),  # received later, dated earlier
+        (4, SITE, {"patient_birth_date": "1961-09-09"}),  # another patient with the same ID
+        (5, "site-b", born),  # the same ID at another site: another patient
+        (6, SITE, {"patient_id": "P-2", **born}),
+        (7, SITE, {"patient_id": None}),
+    ):
+        archive.put(site, f"e{n}".encode(), described(n, study=n, **header))
+        clock.advance(1)
+
+    def priors(caller: Caller, study: int) -> list[int]:
+        found = review.priors(caller, f"1.2.826.0.2.{study}")
+        return [int(e.study_instance_uid.rsplit(".", 1)[1]) for e in found]
+
+    assert priors(DR_X, 1) == [2, 3]  # newest first by study date, itself left out
+    assert priors(DR_X, 3) == [1, 2]
+    assert priors(DR_X, 4) == [2]  # only the study without a birth date
+    assert priors(DR_X, 2) == [4, 1, 3]  # ties by date: the newest received first
+    assert priors(DR_X, 5) == priors(DR_X, 6) == priors(DR_X, 7) == []
+    assert priors(Reviewer("r", sites=frozenset({SITE})), 1) == [2, 3]
+    assert priors(SITE, 1) == [2, 3]
+    only_b = Reviewer("r", sites=frozenset({"site-b"}))
+    assert priors(only_b, 5) == []
+    for caller, study in ((only_b, 1), ("site-b", 1), (DR_X, 99)):
+        with pytest.raises(NotFoundError, match=rf"no study 1\.2\.826\.0\.2\.{study}"):
+            priors(caller, study)
 
 
 def test_glance_reads_flags_and_categories() -> None:

@@ -3,6 +3,7 @@
 >>> client = ReviewClient.from_environment()          # doctest: +SKIP
 >>> [s["study_instance_uid"] for s in client.studies(status="processed")]  # doctest: +SKIP
 >>> client.claim(uid)                                   # doctest: +SKIP
+>>> client.priors(uid)                                  # the patient's other studies
 >>> png = client.frame(sop_uid)                         # the first frame, rendered by the service
 >>> instance = client.instance(sop_uid)                 # usreview.dicom.UltrasoundInstance
 >>> client.teaching_cases()                   # the case library (trainees, scientists)
@@ -123,6 +124,10 @@ class ReviewClient:
     def study(self, study_instance_uid: str) -> dict[str, Any]:
         """One study: series, instances with their analyses and processing, claim, reports."""
         return dict(self._json("GET", f"/studies/{quote(study_instance_uid)}"))
+
+    def priors(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """The patient's other studies at the study's site, newest first (worklist rows)."""
+        return list(self._json("GET", f"/studies/{quote(study_instance_uid)}/priors")["priors"])
 
     def analysis(self, sop_instance_uid: str) -> dict[str, Any] | None:
         """The automatic results of one instance, or ``None`` while there are none."""

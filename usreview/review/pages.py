@@ -7,8 +7,9 @@ call the service as the reviewer (:class:`~usreview.review.client.ReviewClient`)
 - :class:`WorklistPage`: every study the reviewer may read, from every site, refreshed
   every few seconds once a browser shows it; *Claim* takes a study (another reviewer's
   claim is refused with who holds it and until when), *Open* shows it in place.
-- :class:`StudyPage`: the study's instances as thumbnails, a viewer for the selected
-  one (:func:`viewer_for`), the study-level evaluation (decision support) above the
+- :class:`StudyPage`: the patient's prior studies at the site (each a link to its own
+  page), the study's instances as thumbnails, a viewer for the selected one
+  (:func:`viewer_for`), the study-level evaluation (decision support) above the
   automatic results to accept, correct or reject
   (:class:`~usreview.review.results.ResultsPanel`), the report form
   (:class:`~usreview.review.form.ReportForm`) and the published versions.
@@ -21,9 +22,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import ipywidgets as w
 
@@ -245,6 +246,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.teaching_button.add_class("usreview-make-teaching")
         self.teaching_button.on_click(lambda _: self._make_teaching())
         self._render_header()
+        self.priors = self._priors()
         self.thumbnails = {r["sop_instance_uid"]: self._thumbnail(r) for r in records}
         thumbnails = w.HBox(list(self.thumbnails.values()))
         thumbnails.add_class("usreview-thumbnails")
@@ -252,6 +254,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             [
                 w.HBox([self.header, self.claim_button, self.teaching_button]),
                 self.message,
+                self.priors,
                 thumbnails,
                 w.HBox([self.viewer_box, w.VBox([self.results], layout=w.Layout(width="48%"))]),
                 self.form,
@@ -359,6 +362,16 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             self.instances[uid] = self.client.instance(uid)
         return self.instances[uid]
 
+    def _priors(self) -> w.HTML:
+        """The patient's prior studies (or why they cannot be shown)."""
+        try:
+            shown = _priors_html(self.client.priors(self.uid))
+        except UsreviewError as exc:
+            shown = _banner(f"Cannot read the prior studies: {exc}", error=True)
+        priors = w.HTML(f"<b>Prior studies of this patient</b>{shown}")
+        priors.add_class("usreview-priors")
+        return priors
+
     def _thumbnail(self, record: Mapping[str, Any]) -> w.Widget:
         uid = record["sop_instance_uid"]
         button = w.Button(description=", ".join(record["kinds"])[:28], tooltip=uid)
@@ -410,6 +423,25 @@ def _warm_up() -> None:
         import usreview.review.viewers  # noqa: F401
     except Exception:  # opening a study will say what is wrong
         _log.exception("loading the study viewers failed")
+
+
+def _priors_html(priors: Sequence[Mapping[str, Any]]) -> str:
+    """Prior studies (``GET /studies/{uid}/priors``), one line each, as links to their
+    study page (``study.ipynb?study=UID``, beside this page, in a new tab)."""
+    if not priors:
+        return "<div>No prior study of this patient at the hub.</div>"
+    lines = []
+    for prior in priors:
+        href = html.escape(f"study.ipynb?study={quote(prior['study_instance_uid'], safe='')}")
+        parts = (
+            prior.get("study_date") or str(prior.get("received_at") or "")[:10],
+            prior.get("study_description") or "Ultrasound study",
+            prior.get("status"),
+            ", ".join(prior.get("kinds") or ()),
+        )
+        text = html.escape(" · ".join(str(part) for part in parts if part))
+        lines.append(f'<li><a href="{href}" target="_blank" rel="noopener">{text}</a></li>')
+    return f"<ul style='margin:2px 0'>{''.join(lines)}</ul>"
 
 
 def _exam_type(records: list[Mapping[str, Any]]) -> str:

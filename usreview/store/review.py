@@ -3,6 +3,7 @@
 >>> review = archive.review                                       # doctest: +SKIP
 >>> review.restrict("dr-x", {"north", "south"}, actor="admin")  # doctest: +SKIP
 >>> review.worklist(review.reviewer("dr-x"))                      # north and south only
+>>> review.priors(Reviewer("dr-x"), study_uid)                    # the patient's other studies
 >>> review.record_analysis(sop_uid, signature, summary)           # the processing worker
 >>> review.claim(Reviewer("dr-x"), study_uid, seconds=1200)       # doctest: +SKIP
 >>> slot = review.report_slot(Reviewer("dr-x"), study_uid)        # doctest: +SKIP
@@ -262,6 +263,34 @@ class ReviewStore:
         if not found:
             raise NotFoundError(f"no study {study_instance_uid}")
         return found[0]
+
+    def priors(self, caller: Caller, study_instance_uid: str) -> list[WorklistEntry]:
+        """The patient's other studies at the study's site that ``caller`` may see.
+
+        The same site and Patient ID (unique within a site only) and, when both studies
+        record one, the same birth date; newest first by the date a reader is shown (the
+        study date, else the day received). Empty for a study without a Patient ID.
+
+        Raises
+        ------
+        NotFoundError
+            Missing, or of a site the caller may not see.
+        """
+        study = self.entry(caller, study_instance_uid)
+        if study.patient_id is None:
+            return []
+        with guard("reading the worklist"), Session(self._engine) as session:
+            same = worklist(
+                session, caller, self._clock(), site=study.site, patient_id=study.patient_id
+            )
+        born = study.patient_birth_date
+        others = [
+            other
+            for other in same
+            if other.study_instance_uid != study_instance_uid
+            and (born is None or other.patient_birth_date in (None, born))
+        ]
+        return sorted(others, key=_shown_day, reverse=True)  # stable: ties newest received
 
     # -- analyses ------------------------------------------------------------------------
 
@@ -623,6 +652,11 @@ class ReviewStore:
                 select(ReportRow).where(ReportRow.study_id == study.id).order_by(ReportRow.version)
             )
             return [_report(row, study_instance_uid) for row in rows]
+
+
+def _shown_day(entry: WorklistEntry) -> str:
+    """The study's date (YYYY-MM-DD), else the day it was received (UTC)."""
+    return entry.study_date or entry.created_at.date().isoformat()
 
 
 def _reviewer(caller: Caller, study_instance_uid: str) -> Reviewer:

@@ -114,6 +114,7 @@ def worklist(
     status: StudyStatus | None = None,
     site: str | None = None,
     study_instance_uid: str | None = None,
+    patient_id: str | None = None,
 ) -> list[WorklistEntry]:
     """The studies visible to ``caller`` (filtered as asked), newest first."""
     where = [visible(caller)]
@@ -121,6 +122,7 @@ def worklist(
         (StudyRow.status, status),
         (SiteRow.name, site),
         (StudyRow.study_instance_uid, study_instance_uid),
+        (StudyRow.patient_id, patient_id),
     ):
         if value is not None:
             where.append(column == value)

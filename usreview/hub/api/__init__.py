@@ -13,7 +13,8 @@ Modules (one responsibility each)::
     handlers_receipts   GET /instances/{uid}/receipt, GET /receipts
     handlers_results    GET /results (long-poll), GET /results/{id}
     handlers_review     GET /studies (the worklist), GET /studies/{uid},
-                        GET /instances/{uid}/analysis; opening stored instances
+                        GET /studies/{uid}/priors, GET /instances/{uid}/analysis,
+                        GET /instances/{uid}/frames/{n}; opening stored instances
     handlers_claims     POST and DELETE /studies/{uid}/claim
     handlers_reports    GET and POST /studies/{uid}/reports
     reporting           publish_report(): check, build the SR, seal, record a report

@@ -42,6 +42,7 @@ from usreview.hub.api.handlers_results import ResultHandler, ResultsHandler
 from usreview.hub.api.handlers_review import (
     AnalysisHandler,
     FrameHandler,
+    PriorsHandler,
     StudiesHandler,
     StudyHandler,
 )
@@ -285,6 +286,7 @@ def api_routes(prefix: str, context: ServiceContext, options: dict[str, Any]) ->
         (rf"{api}/studies/?", StudiesHandler, kwargs),
         (rf"{api}/studies/{uid}/claim/?", ClaimHandler, kwargs),
         (rf"{api}/studies/{uid}/reports/?", ReportsHandler, kwargs),
+        (rf"{api}/studies/{uid}/priors/?", PriorsHandler, kwargs),
         (rf"{api}/studies/{uid}/?", StudyHandler, kwargs),
         (rf"{api}/teaching/?", TeachingCasesHandler, kwargs),
         (rf"{api}/teaching/{uid}/instances/{uid}/?", TeachingInstanceHandler, kwargs),

@@ -2,6 +2,8 @@
 
 ``GET /studies`` (the worklist), ``GET /studies/{uid}`` (series, instances with their
 analyses and processing, the study-level evaluation, history, claim, reports),
+``GET /studies/{uid}/priors`` (the patient's other studies at the study's site:
+:meth:`usreview.store.review.ReviewStore.priors`),
 ``GET /instances/{uid}`` (the DICOM), ``GET /instances/{uid}/frames/{number}`` (one
 display frame as PNG, rendered once: :mod:`usreview.hub.api.frames`) and
 ``GET /instances/{uid}/analysis``. A reviewer restricted to some sites reads only theirs
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AnalysisHandler",
     "FrameHandler",
+    "PriorsHandler",
     "StudiesHandler",
     "StudyHandler",
     "open_instance",
@@ -116,6 +119,19 @@ class StudyHandler(BaseHandler):
         detail = await self.blocking(_study_detail, self.context, reviewer, study_instance_uid)
         await self.audit(AuditAction.READ, detail={"site": detail["site"]})
         self.write_json(detail)
+
+
+class PriorsHandler(BaseHandler):
+    """``GET /studies/{uid}/priors``: the patient's other studies at the study's site."""
+
+    async def get(self, study_instance_uid: str) -> None:
+        """``{"priors": [Study...]}``, newest first (:meth:`ReviewStore.priors`)."""
+        reviewer = await self.study_reviewer(study_instance_uid)
+        review = self.context.archive.review
+        priors = await self.blocking(review.priors, reviewer, study_instance_uid)
+        studies = [p.study_instance_uid for p in priors]
+        await self.audit(AuditAction.READ, detail={"count": len(priors), "studies": studies})
+        self.write_json({"priors": [entry_view(p) for p in priors]})
 
 
 class AnalysisHandler(BaseHandler):
