@@ -105,18 +105,19 @@ def test_a_site_key_rotates_with_the_hub_stopped_and_errors_are_one_line(
     assert lines[0]["detail"]["grace_seconds"] == 2 * 3600
 
 
-@pytest.mark.parametrize(
-    "action",
-    [
-        ["conflicts"],
-        ["sites"],
-        ["site-token", "clinic"],
-        ["jobs"],
-        ["audit", "--verify"],
-        ["reviewer-sites", "rev"],
-        ["worker"],
-    ],
-)
+#: The administration commands that need an existing hub's state.
+ADMIN_ACTIONS = [
+    ["conflicts"],
+    ["sites"],
+    ["site-token", "clinic"],
+    ["jobs"],
+    ["audit", "--verify"],
+    ["reviewer-sites", "rev"],
+    ["worker"],
+]
+
+
+@pytest.mark.parametrize("action", ADMIN_ACTIONS)
 def test_administration_refuses_a_state_that_is_not_a_hubs(
     action: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -203,13 +204,7 @@ def test_add_user_refuses_a_folder_that_is_not_a_hubs(
 @pytest.mark.parametrize(
     "action",
     [
-        ["conflicts"],
-        ["sites"],
-        ["site-token", "clinic"],
-        ["jobs"],
-        ["audit", "--verify"],
-        ["reviewer-sites", "rev"],
-        ["worker"],
+        *ADMIN_ACTIONS,
         ["add-user", "rev", "--role", "reviewer"],
         ["add-site", "clinic", "--rotate", "--public-key", "KEY"],
     ],
