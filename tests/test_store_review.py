@@ -504,6 +504,7 @@ def test_an_archive_made_before_the_review_columns_is_upgraded(
             for column in ("kinds", "patient_name", "study_date"):
                 connection.execute(text(f'ALTER TABLE studies DROP COLUMN "{column}"'))
             connection.execute(text('ALTER TABLE series DROP COLUMN "manufacturer"'))
+            connection.execute(text("DROP INDEX ix_studies_site_patient"))
         assert "kinds" not in {c["name"] for c in inspect(engine).get_columns("studies")}
     finally:
         engine.dispose()
@@ -513,3 +514,9 @@ def test_an_archive_made_before_the_review_columns_is_upgraded(
         assert entry.patient_name is None and entry.patient_id == "P-1"
         archive.put(SITE, b"e3", described(3))
         assert archive.review.entry(DR_X, STUDY).patient_name == "DOE^JANE"
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:  # the priors' index is made again
+        indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("studies")}
+        assert indexes["ix_studies_site_patient"] == ["site_id", "patient_id"]
+    finally:
+        engine.dispose()

@@ -1,8 +1,9 @@
 """Bring an archive's existing tables up to the declared schema when it is opened.
 
 ``create_all`` makes missing tables but never changes an existing one, so columns added
-to a table later (all nullable) are added here with ``ALTER TABLE ... ADD COLUMN``; a
-process that opens the same archive at the same moment may add one first, which is fine.
+to a table later (all nullable) are added here with ``ALTER TABLE ... ADD COLUMN``, and
+indexes declared later with ``CREATE INDEX``; a process that opens the same archive at the
+same moment may add one first, which is fine.
 Studies stored before their ``kinds`` column existed get it from their instances.
 """
 
@@ -20,7 +21,8 @@ __all__ = ["upgrade"]
 
 
 def upgrade(engine: Engine) -> None:
-    """Add the declared columns that existing tables lack; fill the studies' kinds.
+    """Add the declared columns and indexes that existing tables lack; fill the studies'
+    kinds.
 
     Raises
     ------
@@ -52,6 +54,15 @@ def upgrade(engine: Engine) -> None:
                 if column.name not in found:
                     raise
             added.append(f"{table.name}.{column.name}")
+        indexes = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name in indexes:
+                continue
+            try:
+                index.create(engine, checkfirst=True)
+            except SQLAlchemyError:
+                if index.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
+                    raise
     if "studies.kinds" in added:
         _fill_study_kinds(engine)
 
