@@ -261,6 +261,15 @@ def test_the_case_library_describes_each_copy_once_and_passes_over_a_damaged_one
     again = library.entries()
     assert again is not cached and again == cached
     assert len(audit.path.read_text().splitlines()) == 1
+    # A case made meanwhile is read at once, not at the next refresh (it waited 30 s before).
+    archive.put(SITE, b"envelope 3", meta(3, study=3))
+    third = store.add(DR, "1.2.826.0.2.3", tmp_path / "case3", teaching_case(
+        tmp_path / "case3", source, "1.2.826.0.2.3"
+    ))  # fmt: skip
+    now[0] = 101.0
+    uids = [entry.sop_instance_uid for _, entry in library.entries()]
+    assert uids == [first, third.instances[0].sop_instance_uid]
+    assert len(audit.path.read_text().splitlines()) == 2  # the new copy, described once
 
 
 def _library(

@@ -2,8 +2,9 @@
 
 :class:`CaseLibrary` keeps the descriptors (:mod:`usreview.processing.similarity`) of the
 teaching cases' de-identified instances. It reads them from the archive
-(:meth:`~usreview.store.teaching.TeachingStore.library`) at most every
-``refresh_seconds``, and the record of each instance once; an instance without a valid
+(:meth:`~usreview.store.teaching.TeachingStore.library`) every ``refresh_seconds`` and at
+once when a case is made or removed (a one-row query per read tells), and the record of each
+instance once; an instance without a valid
 descriptor or marker (below) of the current version (a new case, an upgrade, a damaged
 record) is opened from its encrypted copy, described, and its descriptor recorded, so that
 each is computed once for all workers; each such read is audited (action ``read``, resource
@@ -107,6 +108,7 @@ class CaseLibrary:
         self._descriptors: dict[str, Descriptor] = {}  # by SOP Instance UID, read once
         self._passed_over: set[str] = set()  # marked, or not described until a restart
         self._pending = 0  # instances left for the next read (the time was up)
+        self._mark: tuple[int, int] | None = None  # the library as last read
 
     @property
     def pending(self) -> int:
@@ -133,11 +135,16 @@ class CaseLibrary:
             The archive cannot be read.
         """
         now = self._clock()
-        stale = self._loaded_at is None or now - self._loaded_at >= self.refresh_seconds
+        mark = self.store.library_mark()  # a case made or removed: read again at once
+        stale = (
+            self._loaded_at is None
+            or now - self._loaded_at >= self.refresh_seconds
+            or mark != self._mark
+        )
         if stale or self._pending:
             self._entries = self._read()
             if stale:
-                self._loaded_at = now
+                self._loaded_at, self._mark = now, mark
         return self._entries
 
     def _read(self) -> list[tuple[str, LibraryEntry]]:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, defer
 
 from usreview.envelope.atomic import fsync_directory, write_new_file
@@ -252,6 +252,15 @@ class TeachingStore:
                 .order_by(TeachingCaseRow.id, TeachingInstanceRow.id)
             )
             return [LibraryItem(*row) for row in rows]
+
+    def library_mark(self) -> tuple[int, int]:
+        """How many de-identified instances there are and the newest one's id: a new or
+        removed case changes it (one small query, for readers that keep the library)."""
+        with guard("reading the case library"), Session(self._engine) as session:
+            count, newest = session.execute(
+                select(func.count(TeachingInstanceRow.id), func.max(TeachingInstanceRow.id))
+            ).one()
+            return int(count), int(newest or 0)
 
     def descriptors(self, sop_instance_uids: Collection[str]) -> dict[str, Mapping[str, Any]]:
         """The descriptors recorded for these instances (those without one are left out).
