@@ -259,12 +259,13 @@ def _read(path: Path, notes: list[str], max_decoded_bytes: int) -> UltrasoundIns
                 "for example with dcmtk's 'dcmconv +te'"
             )
         offset, length = _locate_pixel_data(fp, position, syntax)
-    pixels = PixelData(path, dataset, offset, length, syntax, max_decoded_bytes=max_decoded_bytes)
-    if pixels.encapsulated:  # every compressed frame in the file (item headers only)
-        with open(path, "rb") as fp:
+        pixels = PixelData(
+            path, dataset, offset, length, syntax, max_decoded_bytes=max_decoded_bytes
+        )
+        if pixels.encapsulated:  # every compressed frame in the file (item headers only)
             note = check_frames_present(fp, offset, pixels.number_of_frames, syntax, syntax.name)
-        if note is not None:
-            notes.append(note)
+            if note is not None:
+                notes.append(note)
     return UltrasoundInstance(path, dataset, pixels, notes)
 
 

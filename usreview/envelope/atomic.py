@@ -74,15 +74,29 @@ def new_file(
 
 
 def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Write ``data`` to the new file ``path`` atomically (see :func:`new_file`)."""
-    with new_file(path, mode=mode) as f:
+    """Write ``data`` to the new file ``path`` atomically (see :func:`new_file`); an
+    :class:`OSError` (a full disk) names ``path``."""
+    with _naming(path), new_file(path, mode=mode) as f:
         f.write(data)
 
 
 def replace_file(path: Path, data: bytes | memoryview, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically, replacing any older version (fsynced)."""
-    with replacing_file(path, mode=mode) as f:
+    """Write ``data`` to ``path`` atomically, replacing any older version (fsynced); an
+    :class:`OSError` (a full disk) names ``path``."""
+    with _naming(path), replacing_file(path, mode=mode) as f:
         f.write(data)
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Give an :class:`OSError` that names no file ``path`` ("No space left on device"
+    alone does not say which file); only around writes of bytes, where it is ``path``'s."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 @contextlib.contextmanager

@@ -43,9 +43,5 @@ def write_png(path: Path, pixels: npt.NDArray[np.uint8]) -> Path:
     readable by its owner only (mode 0600: images of a patient's study are PHI). An
     :class:`OSError` (a full disk) names ``path``.
     """
-    data = encode_png(pixels)
-    try:
-        replace_file(path, data, mode=0o600)
-    except OSError as exc:  # "No space left on device" alone does not say which file
-        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
+    replace_file(path, encode_png(pixels), mode=0o600)
     return path

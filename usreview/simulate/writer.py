@@ -261,19 +261,12 @@ def save(
     written: list[Path] = []
     try:
         for target, data in ((sidecar, text.encode()), (path, buffer.getvalue())):
-            _write(target, data, overwrite=overwrite)
+            if overwrite:
+                replace_file(target, data, mode=0o600)
+            else:
+                write_new_file(target, data)
             written.append(target)
     except BaseException:
         discard(written)
         raise
     return path
-
-
-def _write(path: Path, data: bytes, *, overwrite: bool) -> None:
-    try:
-        if overwrite:
-            replace_file(path, data, mode=0o600)
-        else:
-            write_new_file(path, data)
-    except OSError as exc:  # name the file: "No space left on device" alone says not which
-        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
