@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from usreview import _json as strict_json
-from usreview.cli.hub import port
-from usreview.cli.spec import Command, arg, error, json_flag, paths
+from usreview.cli.spec import Command, arg, error, json_flag, paths, port
 from usreview.errors import InputError, SimulationError
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from usreview.cli.spec import Arg, Command, arg, count, grace, one_of
+from usreview.cli.spec import Arg, Command, arg, count, grace, one_of, port
 
 if TYPE_CHECKING:
     from usreview.store import Archive
@@ -31,17 +31,6 @@ def _state(*, action: bool = True) -> Arg:
         metavar="DIR",
         help="the hub's state directory (default: $USREVIEW_STATE or ./state)",
     )
-
-
-def port(text: str) -> int:
-    """An argument type: a TCP port, 1 to 65535 (:func:`usreview.hub.config.port_number`)."""
-    from usreview.hub.config import port_number
-    from usreview.hub.errors import HubConfigError
-
-    try:
-        return port_number(text)
-    except HubConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _site_list(text: str) -> list[str]:

@@ -141,6 +141,17 @@ def count(text: str) -> int:
     return int(text)
 
 
+def port(text: str) -> int:
+    """An argument type: a TCP port, 1 to 65535 (:func:`usreview.hub.config.port_number`)."""
+    from usreview.hub.config import port_number
+    from usreview.hub.errors import HubConfigError
+
+    try:
+        return port_number(text)
+    except HubConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def grace(text: str) -> int:
     """An argument type: a :func:`duration`, or ``0`` for none."""
     return 0 if text.strip() == "0" else duration(text)
