@@ -193,6 +193,36 @@ def test_the_report_text_loses_names_and_dates() -> None:
     assert "plaque at the left ICA bulb" in cleaned
 
 
+@pytest.mark.parametrize(
+    ("typed", "gone"),
+    [
+        ("seen on 14/03, again 03/14", ["14/03", "03/14"]),
+        ("scanned 14 March, then March 14th and the 2nd of May", ["14", "March", "2nd", "May"]),
+        ("first seen in March 2024, then 03/2024 and 2024-03", ["March", "03/2024", "2024-03"]),
+        (
+            "MRN P-1234, ID: 12345678, accession no. A-77, MR# 00123",
+            ["1234", "12345678", "A-77", "00123"],
+        ),
+        ("NHS 943 476 5919, chart 55667, patient 1234567", ["943", "5919", "55667", "1234567"]),
+        ("call 555-123-4567 or (020) 794-6095, jane.doe@example.org", ["4567", "6095", "example"]),
+    ],
+)
+def test_identifiers_the_header_does_not_hold_are_removed(typed: str, gone: list[str]) -> None:
+    """A reviewer may type a day, a month, a record number the header does not hold."""
+    cleaned = scrub_text(typed, [])
+    for part in gone:
+        assert part.lower() not in cleaned.lower(), cleaned
+
+
+def test_clinical_numbers_stay() -> None:
+    text = (
+        "Plaque 3.5 cm, ID 3.2 mm, ID 12 mm; 10-12 weeks; grade 2/4 murmur; segment 4/5; "
+        "BP 120/80; 60/40 split; PSV 120 150 180 cm/s; RI 0.68; VTI 34.6 cm; HR 71/min; "
+        "1/3 of the wall; LVIDd 47 mm; since 2019; recorded 3 times; ID cards seen."
+    )
+    assert scrub_text(text, []) == text
+
+
 @pytest.mark.external
 def test_dciodvfy_finds_no_error_in_a_copy(case: tuple[Path, Path]) -> None:
     assert shutil.which("dciodvfy"), "dciodvfy missing: make test installs dicom3tools"

@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import shutil
+import ssl
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
@@ -41,6 +42,11 @@ __all__ = ["ClaimedError", "ReviewClient", "ServiceError"]
 _SERVICE_URL_ENV: Final = "USREVIEW_SERVICE_URL"  # as usreview.hub.dashboards sets it
 _TOKEN_ENV: Final = "JUPYTERHUB_API_TOKEN"
 _CHUNK: Final = 1024 * 1024
+#: What a request or its answer can fail with on the way (timeouts and TLS errors are OSErrors).
+_TRANSPORT_ERRORS: Final = (OSError, http.client.HTTPException)
+#: What a kept-alive connection that the service closed meanwhile fails with.
+_STALE_ERRORS: Final = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
 class ServiceError(ReviewError):
@@ -113,9 +119,9 @@ class ReviewClient:
         extra = {"If-None-Match": known[0]} if known else None
         response = self._request("GET", "/studies", query=query, headers=extra)
         if response.status == 304 and known is not None:
-            response.read()
+            self._read("GET", response)
             return list(known[1])
-        studies = list(json.loads(response.read())["studies"])
+        studies = list(json.loads(self._read("GET", response))["studies"])
         etag = response.getheader("ETag")
         if etag:
             self._worklists[key] = (etag, studies)
@@ -146,7 +152,7 @@ class ReviewClient:
         """
         query = {"rows": str(rows)} if rows is not None else None
         path = f"/instances/{quote(sop_instance_uid)}/frames/{int(number)}"
-        return self._request("GET", path, query=query).read()
+        return self._read("GET", self._request("GET", path, query=query))
 
     def instance_file(self, sop_instance_uid: str) -> Path:
         """The instance's DICOM file, downloaded once into the private cache."""
@@ -215,7 +221,7 @@ class ReviewClient:
             response = self._request("GET", path)
             try:
                 with open(partial, "wb") as out:
-                    while chunk := response.read(_CHUNK):
+                    while chunk := self._read("GET", response, _CHUNK):
                         out.write(chunk)
             except FileNotFoundError:  # the cache went with close() meanwhile
                 raise ReviewError("the review session is closed") from None
@@ -305,20 +311,38 @@ class ReviewClient:
         if body is not None:
             data = json.dumps(body).encode()
             sent["Content-Type"] = "application/json"
-        for attempt in (1, 2):  # a kept-alive connection the service closed: once more
+        for attempt in (1, 2):
             connection = self._connection()
+            reused = connection.sock is not None
             try:
                 connection.request(method, url, body=data, headers=sent)
                 response = connection.getresponse()
                 break
-            except (ConnectionError, http.client.HTTPException) as exc:
-                connection.close()
-                self._local.connection = None
-                if attempt == 2:
-                    raise ReviewError(f"the usreview service does not answer ({exc})") from exc
+            except _TRANSPORT_ERRORS as exc:
+                self._drop_connection()
+                # A kept-alive connection the service had closed: the request never
+                # reached it, so once more on a new connection.
+                if attempt == 1 and reused and isinstance(exc, _STALE_ERRORS):
+                    continue
+                raise _transport_error(method, self._timeout, exc) from exc
         if response.status >= 400:
-            _raise(response)
+            _raise(response, self._read(method, response))
         return response
+
+    def _read(self, method: str, response: http.client.HTTPResponse, amount: int = -1) -> bytes:
+        """``amount`` bytes (all by default) of the answer; a broken transfer is a
+        :class:`ReviewError` that says whether the request may have been carried out."""
+        try:
+            return response.read(None if amount < 0 else amount)
+        except _TRANSPORT_ERRORS as exc:
+            self._drop_connection()
+            raise _transport_error(method, self._timeout, exc) from exc
+
+    def _drop_connection(self) -> None:
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
 
     def _json(
         self,
@@ -329,12 +353,24 @@ class ReviewClient:
         body: Mapping[str, Any] | None = None,
     ) -> Any:
         response = self._request(method, path, query=query, body=body)
-        data = response.read()
+        data = self._read(method, response)
         return json.loads(data) if data else {}
 
 
-def _raise(response: http.client.HTTPResponse) -> None:
-    data = response.read()
+def _transport_error(method: str, timeout: float, exc: BaseException) -> ReviewError:
+    """What a reviewer reads when the service's answer does not arrive whole."""
+    if isinstance(exc, TimeoutError):
+        problem = f"the usreview service did not answer within {timeout:g} s"
+    elif isinstance(exc, ssl.SSLError):
+        problem = f"the secure connection to the usreview service failed ({exc})"
+    else:
+        problem = f"the usreview service does not answer ({exc or type(exc).__name__})"
+    if method not in _SAFE_METHODS:
+        problem += "; the change may have been made: reload the study before trying again"
+    return ReviewError(problem)
+
+
+def _raise(response: http.client.HTTPResponse, data: bytes) -> None:
     try:
         body = json.loads(data)
     except ValueError:

@@ -2,7 +2,14 @@
 
 A report's findings and impression are kept with a teaching case; any identifier of
 the source (name components, IDs, accession number, institution, physicians) and
-anything that looks like a date is replaced by ``[removed]`` / ``[date]``.
+anything that looks like a date is replaced by ``[removed]`` / ``[date]``, as the HIPAA
+Safe Harbor method asks of every element of a date but the year alone: full dates in
+the usual orders, a day with its month (``14/03``, ``14 March``, ``March 14th``) and a
+month with its year (``March 2024``, ``03/2024``). Identifiers a reviewer may type that
+the header does not hold are removed too: a number after a label such as ``MRN``,
+``ID``, ``accession`` or ``NHS``; runs of seven or more digits; telephone numbers and
+e-mail addresses. Clinical numbers stay: decimals (``3.5 cm``), ranges (``10-12 weeks``),
+grades (``2/4``), years.
 """
 
 from __future__ import annotations
@@ -16,12 +23,33 @@ _MONTHS = (
     "jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
     "sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
 )
+_DAY = r"(?:0?[1-9]|[12]\d|3[01])"
+_MONTH = r"(?:0?[1-9]|1[0-2])"
+_ORDINAL = r"(?:st|nd|rd|th)?"
 _DATES = (
     re.compile(r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b"),
     re.compile(r"\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b"),
     re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),
-    re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:{_MONTHS})\.?,?\s+\d{{2,4}}\b", re.I),
-    re.compile(rf"\b(?:{_MONTHS})\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{2,4}}\b", re.I),
+    # A day and a month, with or without the year, in words.
+    re.compile(rf"\b\d{{1,2}}{_ORDINAL}\s+(?:of\s+)?(?:{_MONTHS})\b\.?(?:,?\s+\d{{4}}\b)?", re.I),
+    re.compile(rf"\b(?:{_MONTHS})\.?\s+\d{{1,2}}{_ORDINAL}\b(?:,?\s+\d{{4}}\b)?", re.I),
+    # A month and its year: "March 2024", "03/2024", "2024-03".
+    re.compile(rf"\b(?:{_MONTHS})\.?,?\s+\d{{4}}\b", re.I),
+    re.compile(rf"\b{_MONTH}/(?:19|20)\d{{2}}\b|\b(?:19|20)\d{{2}}-(?:0[1-9]|1[0-2])\b"),
+    # A day and a month in figures, two digits on at least one side: "14/03", "03/14".
+    re.compile(rf"(?<![\d/.])(?:\d\d/{_MONTH}|{_DAY}/\d\d)(?![\d/]|\.\d)"),
+)
+_IDENTIFIERS = (
+    # A labelled number: "MRN P-1234", "ID: 12345", "accession no. A-77", "NHS 943 476 5919".
+    re.compile(
+        r"\b(?:MRN|MR\s?#|MR\s+no\.?|ID|IDs|accession(?:\s+no\.?|\s+number)?|acc\.?\s?#?"
+        r"|NHS(?:\s+number)?|SSN|record(?:\s+number)?|chart(?:\s+number)?)"
+        r"\s*(?:[:#=]|no\.?|number)?\s*(?=[\w-]*\d)\w[\w-]{2,}(?:\s\d{3,4}){0,2}(?![\w.-])",
+        re.I,
+    ),
+    re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),  # e-mail
+    re.compile(r"(?<![\w.])(?:\+\d{1,3}[\s-]?)?\(?\d{3}\)?[\s-]\d{3}[\s-]\d{4}(?![\w.])"),  # phone
+    re.compile(r"(?<![\w.])\d{7,}(?![\w.])"),  # seven digits or more
 )
 _SPLIT = re.compile(r"[\^\s,=]+")
 
@@ -40,6 +68,8 @@ def scrub_text(text: str, identifiers: Iterable[str]) -> str:
     """
     for pattern in _DATES:
         text = pattern.sub("[date]", text)
+    for pattern in _IDENTIFIERS:
+        text = pattern.sub("[removed]", text)
     parts = {part for value in identifiers for part in _SPLIT.split(str(value)) if len(part) > 1}
     for part in sorted(parts, key=len, reverse=True):
         text = re.sub(rf"(?<!\w){re.escape(part)}(?!\w)", "[removed]", text, flags=re.I)
