@@ -87,11 +87,36 @@ def test_bad_files_are_one_line_each_and_exit_2(
     )
     captured = capsys.readouterr()
     assert status == 2
-    assert len(json.loads(captured.out)) == 1
+    junk, good_summary, none = json.loads(captured.out)  # failed files too, where found
+    assert (junk["path"], good_summary["path"], none["path"]) == (
+        str(tmp_path / "junk.dcm"),
+        str(good),
+        str(tmp_path / "none.dcm"),
+    )
     lines = captured.err.strip().splitlines()
     assert len(lines) == 2
     assert all(line.startswith("usreview: error: ") for line in lines)
     assert "not a DICOM file" in lines[0] and "no such file" in lines[1]
+
+
+def test_json_lists_a_failed_file_with_its_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each unreadable file is in the array where it was found, with analyze's error."""
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"junk" * 100)
+    good = write_us(tmp_path / "good.dcm", np.zeros((1, 48, 64), np.uint8), regions=[region_item()])
+    assert main(["analyze", "--json", str(junk)]) == 2
+    [failed] = json.loads(capsys.readouterr().out)
+    assert main(["inspect", "--json", str(good), str(junk)]) == 2
+    captured = capsys.readouterr()
+    described, listed = json.loads(captured.out)
+    assert set(described) == JSON_KEYS and described["path"] == str(good)
+    assert listed == {"path": str(junk), "error": failed["error"]}
+    assert listed["error"].startswith("not a DICOM file")
+    assert captured.err == f"usreview: error: {junk}: {listed['error']}\n"
+    assert main(["inspect", str(good), str(junk)]) == 2  # the text lists readable files only
+    assert "junk" not in capsys.readouterr().out
 
 
 def test_console_script_has_no_traceback(tmp_path: Path) -> None:
@@ -147,7 +172,10 @@ def test_broken_links_and_unlistable_folders_are_reported(
     monkeypatch.setattr(os, "scandir", refuse_locked)
     assert main(["inspect", "--json", str(tree)]) == 2
     captured = capsys.readouterr()
-    assert [s["path"] for s in json.loads(captured.out)] == [str(good)]
+    broken, summary, unlisted = json.loads(captured.out)
+    assert broken == {"path": str(tree / "broken.dcm"), "error": "broken symbolic link"}
+    assert summary["path"] == str(good)
+    assert unlisted == {"path": str(locked), "error": "cannot list the folder: Permission denied"}
     assert captured.err.splitlines() == [
         f"usreview: error: {tree / 'broken.dcm'}: broken symbolic link",
         f"usreview: error: {locked}: cannot list the folder: Permission denied",
@@ -218,8 +246,9 @@ def test_cut_compressed_pixel_data_is_an_error(
     path.write_bytes(data[: len(data) * 2 // 3] if cut == "a third" else data[:-3072])
     assert main(["inspect", "--json", str(path)]) == 2
     captured = capsys.readouterr()
-    assert json.loads(captured.out) == []
-    assert captured.err == f"usreview: error: {path}: pixel data incomplete: {missing}\n"
+    error = f"pixel data incomplete: {missing}"
+    assert json.loads(captured.out) == [{"path": str(path), "error": error}]
+    assert captured.err == f"usreview: error: {path}: {error}\n"
 
 
 def test_pixel_data_without_its_sequence_delimiter_is_a_warning(

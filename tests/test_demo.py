@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from usreview.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +94,34 @@ def test_ports_handed_out_for_later_listeners_are_distinct() -> None:
     # Without a set of its own, a caller still never gets a port handed out before.
     alone = [free_port() for _ in range(50)]
     assert len(set(alone)) == 50
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "says"),
+    [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
+)
+def test_a_signal_before_the_summary_stops_the_demo_as_it_stops_every_command(
+    signum: int,
+    status: int,
+    says: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM is Ctrl-C with exit status 143 (130 for Ctrl-C); what the demo started is
+    stopped either way."""
+    from usreview.demo import run
+
+    def signalled(self: run._Demo, exit_after_summary: bool) -> int:  # while a step runs
+        os.kill(os.getpid(), signum)
+        time.sleep(30)
+        raise AssertionError("the signal did not stop the demo")
+
+    stopped: list[Path] = []
+    monkeypatch.setattr(run._Demo, "run", signalled)
+    monkeypatch.setattr(run._Demo, "stop", lambda self: stopped.append(self.out))
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == status
+    assert capsys.readouterr().err == f"usreview: error: {says}\n"
+    assert stopped == [(tmp_path / "demo").resolve()]
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -98,11 +98,48 @@ def test_a_site_key_rotates_with_the_hub_stopped_and_errors_are_one_line(
     assert main([*base, str(tmp_path / "old" / "clinic.pub"), "--rotate"]) == 2  # an old key
     capsys.readouterr()
     unknown = ["hub", "--state", str(state.root), "add-site", "other", "--rotate"]
-    assert main([*unknown, "--public-key", str(tmp_path / "old" / "clinic.pub")]) == 2
-    assert "has no key to rotate" in capsys.readouterr().err
+    assert main([*unknown, "--public-key", str(tmp_path / "old" / "clinic.pub")]) == 1
+    assert "'other' is not a registered site" in capsys.readouterr().err
     lines = [json.loads(x) for x in state.audit_log.read_text().splitlines()]
     assert [x["outcome"] for x in lines] == ["rotated"]
     assert lines[0]["detail"]["grace_seconds"] == 2 * 3600
+
+
+#: An administration command naming what does not exist, and what it says.
+NOT_FOUND = [
+    (["site-token", "nowhere"], "'nowhere' is not a registered site"),
+    (["site-token", "nowhere", "--revoke-only"], "'nowhere' is not a registered site"),
+    (["add-site", "nowhere", "--rotate", "--public-key", "KEY"], "'nowhere' is not a registered"),
+    (["reviewer-sites", "nobody"], "'nobody' is not a registered reviewer"),
+    (["reviewer-sites", "nobody", "--all"], "'nobody' is not a registered reviewer"),
+    (["jobs", "--retry", "7"], "no job 7"),
+    (["jobs", "--reprocess", "7"], "no job 7"),
+    (["conflicts", "--export", "7", "--to", "."], "no conflict 7"),
+    (["conflicts", "--resolve", "7", "--note", "none"], "no conflict 7"),
+]
+
+
+@pytest.mark.parametrize(("action", "says"), NOT_FOUND)
+def test_what_does_not_exist_is_a_failure_exit_1(
+    action: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """No such site, reviewer, job or conflict: exit status 1 and one line, as any failure
+    (2 is for bad input: an invalid name)."""
+    from usreview.hub.state import open_state
+
+    state = open_state(tmp_path / "state").root
+    assert main(["keys", "new", "nowhere", "--dir", str(tmp_path)]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    action = [str(tmp_path / "nowhere.pub") if a == "KEY" else a for a in action]
+    assert main(["hub", *action, "--state", str(state)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("usreview: error: ") and err.count("\n") == 1, err
+    assert says in err, err
+    if action[0] in ("site-token", "add-site", "reviewer-sites"):  # an invalid name: bad input
+        assert main(["hub", action[0], "No.Such", *action[2:], "--state", str(state)]) == 2
+        assert "invalid name 'No.Such'" in capsys.readouterr().err
 
 
 #: The administration commands that need an existing hub's state.

@@ -463,7 +463,7 @@ def test_an_administrator_renews_then_revokes_a_site_token(world: World) -> None
     _refused_after(hub, new, time.monotonic(), TOKEN_CACHE_SECONDS + 5)
 
     unknown = hub.run_cli("site-token", "rev")
-    assert unknown.returncode == 2 and "'rev' is not a registered site" in unknown.stderr
+    assert unknown.returncode == 1 and "'rev' is not a registered site" in unknown.stderr
     assert "Traceback" not in unknown.stderr
     changes = [
         (a["outcome"], a["detail"]) for a in world.audit() if a["resource"] == "sites/sitec/token"

@@ -260,6 +260,39 @@ def test_a_full_disk_leaves_no_image_and_names_the_file(
     assert list(out.iterdir()) == []  # no truncated file, and none of this run's images
 
 
+@pytest.mark.parametrize("nth", [1, 7])  # the first image; the PW's after the cine's
+def test_a_failed_run_removes_the_out_folder_it_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, nth: int
+) -> None:
+    """The folders the run made for --out go, those that were there stay."""
+    _cine_and_pw(tmp_path / "in")
+    there = tmp_path / "there"
+    there.mkdir()
+    out = there / "made" / "out"
+    disk_full_on(monkeypatch, out, nth)
+    assert main(["analyze", str(tmp_path / "in"), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.endswith(": No space left on device\n")
+    assert there.is_dir() and list(there.iterdir()) == []
+
+
+def test_unreadable_files_leave_no_empty_out_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit status 2 with nothing written: no --out folder; with an image written, it stays."""
+    mmode = simulate("mmode", tmp_path / "in", seed=1)[0]  # no derived image
+    pw = simulate("pw", tmp_path / "in", seed=2, snr_db=20.0)[0]
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"junk" * 100)
+    out = tmp_path / "out"
+    for inputs in ([junk], [mmode, junk]):
+        assert main(["analyze", *map(str, inputs), "--out", str(out)]) == 2
+        assert "not a DICOM file" in capsys.readouterr().err
+        assert not out.exists(), inputs
+    assert main(["analyze", str(pw), str(junk), "--out", str(out)]) == 2
+    [image] = out.iterdir()
+    assert image.name.endswith(".doppler_indices.doppler_envelope.png")
+
+
 def test_images_are_private_and_a_second_run_replaces_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,6 +4,7 @@ local files, with no hub or site."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         except InputError as exc:
             error(f"{path}: {exc}")
             status = 2
+            if args.json:  # in the array where it was found, with its error
+                summaries.append({"path": str(path), "error": str(exc)})
     if args.json:
         _print_json(summaries)
     else:
@@ -44,7 +47,8 @@ _INSPECT = Command(
     handler=_cmd_inspect,
     description="Print what usreview reads from each ultrasound instance. Folders are "
     "searched recursively. Unreadable files (compressed pixel data missing frames "
-    "included) are reported on stderr, one line each, and make the exit status 2.",
+    "included) are reported on stderr, one line each, and make the exit status 2; in the "
+    "JSON each is an object with 'path' and 'error'.",
     args=(paths(), json_flag("one JSON array (keys: see README)")),
 )
 
@@ -184,6 +188,39 @@ _PROCESSORS = Command(
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    made = _missing_folders(args.out)
+    status = 1  # unless the run ends with a status of its own
+    try:
+        status = _analyze(args)
+    finally:
+        if status != 0:  # a failed run leaves no empty --out folder it made
+            _remove_empty_folders(made)
+    return status
+
+
+def _missing_folders(folder: Path | None) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    if folder is None:
+        return missing
+    folder = Path(os.path.abspath(folder))  # "a/../b" is b, made or not
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path):
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` in order, as long as each is empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # it holds something (or was never made): it and its parents stay
+            return
+
+
+def _analyze(args: argparse.Namespace) -> int:
     from usreview.processing import analyze_paths
 
     summaries = analyze_paths(args.paths, args.out)
@@ -227,7 +264,8 @@ _ANALYZE = Command(
     "reviewing expert. Unreadable files (their pixel data incomplete or not decodable "
     "included) are reported on stderr and make the exit status 2. Images are written "
     "atomically, mode 0600; if one cannot be written (a full disk), the run stops with "
-    "status 1 and removes the images it wrote.",
+    "status 1 and removes the images it wrote. A run that fails removes the --out folder "
+    "(and its parents) it made if nothing is in it.",
     args=(
         paths(),
         json_flag("one JSON array, an object per instance"),

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -519,7 +519,7 @@ class _Demo:
             while True:
                 self._check_children()
                 time.sleep(1.0)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the way to stop it once it is ready
             _say("stopping the gateways and the hub ...")
             return 0
 
@@ -557,14 +557,22 @@ def _truth_values(truth: dict[str, Any], quantities: Iterable[str]) -> dict[str,
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
+    """Raise :class:`KeyboardInterrupt` on SIGINT and SIGTERM while the block runs.
+
+    A SIGTERM handler installed before (in Python) is kept: the command line's raises its
+    own interrupt, which it answers with exit status 143 as for every command (130: Ctrl-C).
+    """
+
     def raise_interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     # SIGINT too: a shell starting the demo in the background may have ignored it.
-    previous = {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, raise_interrupt),
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+    handlers: dict[signal.Signals, Callable[[int, FrameType | None], Any]] = {
+        signal.SIGINT: signal.default_int_handler
     }
+    if not callable(signal.getsignal(signal.SIGTERM)):
+        handlers[signal.SIGTERM] = raise_interrupt
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         yield
     finally:

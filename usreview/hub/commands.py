@@ -11,6 +11,10 @@ login, and when the hub is running their group is set through its API (admins on
 at the next start: the administration token cannot grant admin). At every start the
 registry is loaded into the hub's groups again. Site tokens are minted by the
 running hub (see :mod:`usreview.hub.admin` for why).
+
+A name that is not registered is a :class:`~usreview.hub.errors.HubError` (exit status 1, as
+a job or conflict that does not exist), not an :class:`~usreview.hub.errors.AccountError`
+(bad input, exit status 2).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from usreview.envelope.atomic import write_new_file
 from usreview.hub.accounts import Accounts, check_name
 from usreview.hub.admin import HubApi
 from usreview.hub.config import Endpoints, configure
-from usreview.hub.errors import AccountError, HubUnavailableError
+from usreview.hub.errors import AccountError, HubError, HubUnavailableError
 from usreview.hub.passwords import generate_password, hash_password
 from usreview.hub.roles import PERSON_ROLES, SITE_GROUP, SITE_TOKEN_SCOPES, group_for_role
 from usreview.hub.state import HubState, existing_state, state_or_new
@@ -258,8 +262,10 @@ def rotate_site_key(
 
     Raises
     ------
+    HubError
+        ``name`` is not a registered site.
     AccountError
-        ``name`` is not a registered site, or the key is one it already had.
+        An invalid name, or the key is one the site already had.
     EnvelopeError
         ``public_key`` is not a usreview public key file.
     """
@@ -269,6 +275,8 @@ def rotate_site_key(
     check_name(name)
     keys = load_public_keys(public_key)
     hub_state = existing_state(state)
+    if name not in Accounts(hub_state.accounts).sites():
+        raise HubError(f"{name!r} is not a registered site: add it first")
     grace = DEFAULT_GRACE_SECONDS if grace_seconds is None else grace_seconds
     replaced = SiteKeyFiles(hub_state.sites).rotate(name, keys, grace)
     Accounts(hub_state.accounts).set_site_key(name, keys.key_id.hex())
@@ -346,6 +354,8 @@ def site_token(state: Path, name: str, *, revoke_only: bool = False) -> SiteToke
     Raises
     ------
     AccountError
+        ``name`` is not a valid name.
+    HubError
         ``name`` is not a registered site.
     HubUnavailableError
         The hub is not running, or refused a request.
@@ -355,7 +365,7 @@ def site_token(state: Path, name: str, *, revoke_only: bool = False) -> SiteToke
     check_name(name)
     hub_state = existing_state(state)
     if name not in Accounts(hub_state.accounts).groups()[SITE_GROUP]:
-        raise AccountError(f"{name!r} is not a registered site")
+        raise HubError(f"{name!r} is not a registered site")
     api = _api(hub_state)
     if api is None:
         raise HubUnavailableError(
@@ -387,14 +397,16 @@ def reviewer_sites(
 
     Raises
     ------
+    HubError
+        ``name`` is not a registered reviewer or administrator.
     AccountError
-        ``name`` is not a registered reviewer or administrator, or a site name is invalid.
+        A name is invalid, or ``sites`` is empty.
     """
     check_name(name)
     hub_state = existing_state(state)
     groups = Accounts(hub_state.accounts).groups()
     if name not in groups["reviewers"] and name not in groups["admins"]:
-        raise AccountError(f"{name!r} is not a registered reviewer")
+        raise HubError(f"{name!r} is not a registered reviewer")
     if sites is None and not every:
         from usreview.hub.api.settings import open_archive  # the API: slow to import
 
