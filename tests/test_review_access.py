@@ -270,16 +270,16 @@ def test_an_administrator_changes_the_sites_of_a_running_hub(world: World) -> No
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert world.hub.cli("reviewer-sites", "rall").strip() == "rall reads every site"
-    for args, message in (
-        (["reviewer-sites", "tina", "--all"], "'tina' is not a registered reviewer"),
-        (["reviewer-sites", "rn", "--sites", "North"], "invalid name 'North'"),
-        (["add-user", "tom", "--role", "trainee", "--sites", "north"], "restricts reviewers"),
+    for args, status, message in (  # no such reviewer is a failure (1), the others bad input
+        (["reviewer-sites", "tina", "--all"], 1, "'tina' is not a registered reviewer"),
+        (["reviewer-sites", "rn", "--sites", "North"], 2, "invalid name 'North'"),
+        (["add-user", "tom", "--role", "trainee", "--sites", "north"], 2, "restricts reviewers"),
     ):
         run = subprocess.run(
             [*USREVIEW, "hub", *args, "--state", str(world.hub.state)],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
-        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert run.returncode == status and "Traceback" not in run.stderr, run.stderr
         assert run.stderr.startswith("usreview: error: ") and message in run.stderr, run.stderr
     # A site not registered (yet) is allowed, with a note: a typo would show nothing.
     noted = world.hub.run_cli("reviewer-sites", "rn", "--sites", "north,nowhere")
@@ -400,6 +400,36 @@ def test_trainees_read_cases_and_only_deidentified_copies(world: World) -> None:
     error(hub.get(path, world.north.token), 404, "not_found")
     error(hub.get(f"/teaching/{case['case_uid']}/instances/1.2.3", world.tina), 404, "not_found")
     assert hub.get("/teaching", world.admin).json() == {"cases": [case]}
+
+
+def test_an_amended_report_reaches_its_teaching_case(world: World) -> None:
+    """Trainees never learn from a superseded diagnosis: the case takes the new words."""
+    hub, case, study = world.hub, world.case, world.studies["north"]
+    assert hub.request("POST", f"/studies/{study}/claim", world.rn).status_code == 200
+    report = {
+        "exam_type": "general",
+        "findings": "Jane Doe (MRN-424242), seen on 14 March: a 9 mm anechoic cyst, thin septum.",
+        "impression": "Simple cyst with a thin septum, amended after review with Dr House.",
+        "recommendations": "Follow-up in March 2025.",
+        "urgency": "routine",
+        "key_images": [world.instances["north"]],
+    }
+    answer = hub.request("POST", f"/studies/{study}/reports", world.rn, json=report)
+    assert answer.status_code == 201 and answer.json()["supersedes"] is not None, answer.text
+    amended = hub.get(f"/teaching/{case['case_uid']}", world.tina).json()
+    assert "thin septum" in amended["findings"] and "thin septum" in amended["impression"]
+    assert "Follow-up in [date]" in amended["recommendations"]
+    words = " ".join((amended["findings"], amended["impression"])).lower()
+    for gone in ("jane", "doe", "424242", "14 march", "house"):
+        assert gone not in words, gone
+    words_of = ("findings", "impression", "recommendations")
+    same = {k: v for k, v in case.items() if k not in words_of}
+    assert {k: v for k, v in amended.items() if k not in words_of} == same  # the same copies
+    assert hub.get("/teaching", world.tina).json() == {"cases": [amended]}
+    assert answer.json()["version"] == 2
+    published = [x for x in audit_lines(world) if x["outcome"] == "published"][-1]
+    assert published["detail"]["teaching_case"] == case["case_uid"]
+    world.case = amended
 
 
 def test_trainees_land_on_the_teaching_page_which_shows_the_cases(world: World) -> None:

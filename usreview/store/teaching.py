@@ -216,6 +216,35 @@ class TeachingStore:
                     )
                 )
 
+    def set_text(
+        self,
+        caller: Reviewer,
+        study_instance_uid: str,
+        *,
+        exam_type: str | None,
+        findings: str,
+        impression: str,
+        recommendations: str,
+    ) -> TeachingCase:
+        """Replace the words of the case made of a study (an amended report's, cleaned).
+
+        Raises
+        ------
+        NotFoundError
+            No such study for this reviewer, or no case of it.
+        """
+        with guard("updating a teaching case"), Session(self._writer) as session:
+            with session.begin():
+                study = self._study(session, caller, study_instance_uid)
+                row = session.scalars(
+                    select(TeachingCaseRow).where(TeachingCaseRow.study_id == study.id)
+                ).one_or_none()
+                if row is None:
+                    raise NotFoundError(f"no teaching case of study {study_instance_uid}")
+                row.exam_type, row.findings = exam_type, findings
+                row.impression, row.recommendations = impression, recommendations
+            return _case(session, row)
+
     def cases(self) -> list[TeachingCase]:
         """Every teaching case, newest first."""
         with guard("reading the teaching cases"), Session(self._engine) as session:

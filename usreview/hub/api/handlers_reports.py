@@ -4,26 +4,31 @@ A report is published by the reviewer who holds the study's claim (409 otherwise
 JSON body of at most
 :attr:`~usreview.hub.api.settings.ServiceSettings.max_report_bytes` (413) whose every
 field is checked (400 naming the ``field``); :func:`usreview.hub.api.reporting.publish_report`
-does the rest. Sites and trainees get the 404 of a missing study. Reading is audited as
-a read, publishing as a write.
+does the rest; a teaching case made of the study takes the new version's words
+(:func:`~usreview.hub.api.teaching_cases.refresh_case_text`). Sites and trainees get the 404
+of a missing study. Reading is audited as a read, publishing as a write.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
-from usreview.errors import ReportError
+from usreview.errors import ReportError, UsreviewError
 from usreview.hub.api.base import BaseHandler
 from usreview.hub.api.errors import ApiError
 from usreview.hub.api.reporting import publish_report
+from usreview.hub.api.teaching_cases import refresh_case_text
 from usreview.hub.api.views import iso, report_view
 from usreview.hub.audit import AuditAction
 from usreview.review.report import Report
+from usreview.store import Reviewer
 
 __all__ = ["ReportsHandler"]
 
 _JSON = "application/json"
+_log = logging.getLogger(__name__)
 
 
 class ReportsHandler(BaseHandler):
@@ -46,6 +51,7 @@ class ReportsHandler(BaseHandler):
             publish_report, self.context, reviewer, study_instance_uid, report
         )
         self.context.worklist.invalidate()
+        case = await self._refresh_case(reviewer, study_instance_uid)
         await self.audit(
             AuditAction.WRITE,
             "published",
@@ -54,6 +60,7 @@ class ReportsHandler(BaseHandler):
                 "sop_instance_uid": record.sop_instance_uid,
                 "results": record.cursors,
                 "recipients": list(record.recipients),
+                **({"teaching_case": case} if case else {}),
             },
         )
         self.write_json(
@@ -66,6 +73,21 @@ class ReportsHandler(BaseHandler):
             },
             status=201,
         )
+
+    async def _refresh_case(self, reviewer: Reviewer, study_instance_uid: str) -> str | None:
+        """The study's teaching case, its words now the new version's; ``None``: none.
+
+        The report is published whatever happens here: a failure is logged, and the
+        case is brought up to date the next time the study is made a teaching case.
+        """
+        try:
+            case = await self.blocking(
+                refresh_case_text, self.context, reviewer, study_instance_uid
+            )
+        except UsreviewError as exc:
+            _log.warning("teaching case of %s not updated: %s", study_instance_uid, exc)
+            return None
+        return None if case is None else case.case_uid
 
     def _body(self) -> Any:
         cap = self.context.settings.max_report_bytes

@@ -3,7 +3,8 @@
 :func:`make_case` runs in the service's thread pool, one case per study at a time:
 
 1. the study must be visible to the reviewer and published (or delivered): 409
-   ``not_ready`` otherwise; a study made into a case already gives that case;
+   ``not_ready`` otherwise; a study made into a case already gives that case, its text
+   brought up to the latest report first (:func:`refresh_case_text`);
 2. each instance is opened from the archive
    (:func:`~usreview.hub.api.handlers_review.open_instance`), read with
    :func:`usreview.dicom.read` (the decoded-size cap applies) and copied by
@@ -17,6 +18,11 @@
    (:class:`usreview.store.teaching.TeachingStore`, from :func:`teaching_store`).
 
 The plaintext sources and copies are removed as soon as they are used.
+
+An amended report reaches its case: publishing a report calls :func:`refresh_case_text`,
+which cleans the new version's words against the identifiers of the study's instances
+(their headers read again) and replaces the case's text, so trainees never learn from a
+superseded diagnosis.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ import contextlib
 import hashlib
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from usreview.dicom import read
@@ -43,7 +52,13 @@ from usreview.teaching import UidMap, case_name, deidentify, scrub_text
 if TYPE_CHECKING:
     from usreview.hub.api.app import ServiceContext
 
-__all__ = ["IDENTIFYING", "make_case", "open_teaching_store", "teaching_store"]
+__all__ = [
+    "IDENTIFYING",
+    "make_case",
+    "open_teaching_store",
+    "refresh_case_text",
+    "teaching_store",
+]
 
 #: Attributes of the source whose values are removed from the reviewer's text.
 IDENTIFYING = (
@@ -112,7 +127,7 @@ def make_case(
         entry = archive.review.entry(reviewer, study_instance_uid)
         known = store.case_of_study(reviewer, study_instance_uid)
         if known is not None:
-            return known, False
+            return _refreshed(context, store, reviewer, study_instance_uid, known), False
         if entry.status not in _PUBLISHED:
             raise ApiError(
                 409,
@@ -144,22 +159,76 @@ def make_case(
                     "not_deidentifiable",
                     "no instance of the study can be de-identified: " + "; ".join(refused),
                 )
-            content = reports[-1].content if reports else {}
-
-            def said(key: str) -> str:
-                return scrub_text(str(content.get(key) or ""), identifiers)
-
+            text = _case_text(reports[-1].content if reports else {}, identifiers)
             case = TeachingCase(
                 case_uid=case_uid,
-                exam_type=str(content["exam_type"]) if content.get("exam_type") else None,
-                findings=said("findings"),
-                impression=said("impression"),
-                recommendations=said("recommendations"),
+                **text,
                 kinds=tuple(sorted({k for item in made for k in item.kinds})),
                 refused=tuple(refused),
                 instances=tuple(made),
             )
             return store.add(reviewer, study_instance_uid, folder, case), True
+
+
+def refresh_case_text(
+    context: ServiceContext, reviewer: Reviewer, study_instance_uid: str
+) -> TeachingCase | None:
+    """The study's teaching case with the latest report's cleaned words; ``None``: no case.
+
+    Raises
+    ------
+    NotFoundError
+        No such study for this reviewer.
+    StorageError
+        The archive failed; the case is unchanged.
+    """
+    store = teaching_store(context)
+    with _LOCKS[hash(study_instance_uid) % len(_LOCKS)]:
+        known = store.case_of_study(reviewer, study_instance_uid)
+        if known is None:
+            return None
+        return _refreshed(context, store, reviewer, study_instance_uid, known)
+
+
+def _refreshed(
+    context: ServiceContext,
+    store: TeachingStore,
+    reviewer: Reviewer,
+    study_instance_uid: str,
+    case: TeachingCase,
+) -> TeachingCase:
+    """``case`` with the latest report's words (held lock: the study's)."""
+    archive = context.archive
+    reports = archive.review.reports(reviewer, study_instance_uid)
+    if not reports:
+        return case
+    identifiers: list[str] = [reviewer.name, *(r.reviewer for r in reports)]
+    for record in archive.list_instances(reviewer, study_instance_uid=study_instance_uid):
+        source = open_instance(context, reviewer, record)
+        try:
+            identifiers += _identifiers(dcmread(source, stop_before_pixels=True))
+        except (InvalidDicomError, OSError, ValueError):
+            continue  # its copy was refused when the case was made: nothing of it is kept
+        finally:
+            source.unlink(missing_ok=True)
+    text = _case_text(reports[-1].content, identifiers)
+    if all(getattr(case, key) == value for key, value in text.items()):
+        return case
+    return store.set_text(reviewer, study_instance_uid, **text)
+
+
+def _case_text(content: Mapping[str, Any], identifiers: list[str]) -> dict[str, Any]:
+    """A report's exam type and its words, cleaned of ``identifiers`` and of dates."""
+
+    def said(key: str) -> str:
+        return scrub_text(str(content.get(key) or ""), identifiers)
+
+    return {
+        "exam_type": str(content["exam_type"]) if content.get("exam_type") else None,
+        "findings": said("findings"),
+        "impression": said("impression"),
+        "recommendations": said("recommendations"),
+    }
 
 
 def _copy(
