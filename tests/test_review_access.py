@@ -603,3 +603,46 @@ def test_every_access_is_audited(world: World) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stderr
+
+
+def test_a_reviewer_withdraws_a_teaching_case(world: World) -> None:
+    """A case that must not be shown (text burned into its images, say) goes for everyone."""
+    from usreview.review.client import ReviewClient
+    from usreview.review.teaching import TeachingPage
+
+    hub, case_uid = world.hub, world.case["case_uid"]
+    listed = [c["case_uid"] for c in hub.get("/teaching", world.tina).json()["cases"]]
+    [south_case] = [uid for uid in listed if uid != case_uid]
+    path = f"/teaching/{case_uid}"
+    error(hub.request("DELETE", path, world.tina), 403, "forbidden")
+    error(hub.request("DELETE", path, world.sam), 403, "forbidden")
+    error(hub.request("DELETE", path, world.north.token), 404, "not_found")
+    error(hub.request("DELETE", f"/teaching/{south_case}", world.rn), 404, "not_found")
+    assert list(hub.state.rglob(case_uid))  # its encrypted copies
+    with ReviewClient(_service_url(world), world.tina) as client:
+        assert TeachingPage(client).withdraw.layout.display == "none"  # trainees: no button
+    with ReviewClient(_service_url(world), world.rn) as client:
+        page = TeachingPage(client)
+        page.picker.value = case_uid
+        assert page.withdraw.layout.display != "none"
+        page.withdraw.click()  # asks first
+        assert "Click again" in page.withdraw.description
+        assert hub.get(path, world.tina).status_code == 200
+        page.withdraw.click()
+        assert "withdrawn: nobody sees it any more" in page.message.value
+        assert [value for _, value in page.picker.options] == [south_case]
+    error(hub.get(path, world.tina), 404, "not_found")
+    copy = world.case["instances"][0]["sop_instance_uid"]
+    error(hub.get(f"{path}/instances/{copy}", world.sam), 404, "not_found")
+    assert [c["case_uid"] for c in hub.get("/teaching", world.tina).json()["cases"]] == [south_case]
+    assert not list(hub.state.rglob(case_uid))
+    error(hub.request("DELETE", path, world.rn), 404, "not_found")  # once
+    withdrawn = [x for x in audit_lines(world) if x["outcome"] == "withdrawn"]
+    assert [(x["actor"], x["action"], x["resource"]) for x in withdrawn] == [
+        ("rn", "write", f"teaching/{case_uid}")
+    ]
+    # The study's report stands; the study can be made a case again.
+    made = hub.request(
+        "POST", "/teaching", world.rn, json={"study_instance_uid": world.studies["north"]}
+    )
+    assert made.status_code == 201 and made.json()["case_uid"] != case_uid, made.text

@@ -201,6 +201,14 @@ class ReviewClient:
         """One teaching case: the reviewer's words and the de-identified instances."""
         return dict(self._json("GET", f"/teaching/{quote(case_uid)}"))
 
+    def withdraw_teaching(self, case_uid: str) -> None:
+        """Withdraw a teaching case (reviewers who may see its study): gone for everyone."""
+        self._json("DELETE", f"/teaching/{quote(case_uid)}")
+
+    def whoami(self) -> dict[str, Any]:
+        """Who the hub says the caller is: ``name``, ``kind``, ``groups``, ``scopes``."""
+        return dict(self._json("GET", "/whoami"))
+
     def teaching_instance(self, case_uid: str, sop_instance_uid: str) -> UltrasoundInstance:
         """A de-identified instance of a case, downloaded once into the private cache."""
         from usreview.dicom import read

@@ -9,6 +9,10 @@ its instances as buttons; the selected one opens in the viewer the reviewers use
 practice panel that is never sent anywhere. Everything comes from the service as the
 person (:class:`~usreview.review.client.ReviewClient`), which serves de-identified copies
 only.
+
+Reviewers (the review scope) also get **Withdraw this case**, for a case that must not be
+shown (text burned into its images, say): a second click confirms, and the case is gone
+for everyone (``DELETE /teaching/{case}``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from usreview.errors import UsreviewError
 from usreview.review.client import ReviewClient
 
 __all__ = ["TeachingPage", "case_label", "teaching_page"]
+
+#: The scope of reviewers, who may withdraw a case (``usreview.hub.api.base.REVIEW``).
+_REVIEW_SCOPE = "custom:usreview:review"
 
 
 def case_label(case: Mapping[str, Any]) -> str:
@@ -47,6 +54,15 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
         self.details = w.HTML()
         self.thumbnails = w.HBox()
         self.viewer = w.VBox()
+        self.withdraw = w.Button(
+            description="Withdraw this case",
+            button_style="danger",
+            tooltip="Trainees and scientists will no longer see it (a second click confirms)",
+            layout=w.Layout(display="none", width="auto"),
+        )
+        self.withdraw.on_click(self._on_withdraw)
+        self.withdraw.add_class("usreview-withdraw-case")
+        self._confirming: str | None = None  # the case a first click asked to withdraw
         user = html.escape(os.environ.get("JUPYTERHUB_USER", ""))
         title = w.HTML(
             "<div style='border-bottom:2px solid #1565c0;margin-bottom:6px'>"
@@ -54,12 +70,21 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
             f"<span>Signed in as <b>{user}</b></span></div>"
         )
         super().__init__(
-            [title, self.message, self.picker, self.details, self.thumbnails, self.viewer]
+            [
+                title,
+                self.message,
+                self.picker,
+                self.details,
+                self.withdraw,
+                self.thumbnails,
+                self.viewer,
+            ]
         )
         self.add_class("usreview-teaching-page")
         self.picker.add_class("usreview-teaching-cases")
         self.details.add_class("usreview-teaching-case")
         self.viewer.add_class("usreview-teaching-viewer")
+        self._may_withdraw = self._reviewer()
         self.refresh()
         if case_uid:
             if any(c["case_uid"] == case_uid for c in self.cases):
@@ -81,6 +106,9 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
     def open_case(self, case_uid: str) -> None:
         """Show one case: the reviewer's words and its instances."""
         case = next((c for c in self.cases if c["case_uid"] == case_uid), None)
+        self._confirming = None
+        self.withdraw.description = "Withdraw this case"
+        self.withdraw.layout.display = "" if case is not None and self._may_withdraw else "none"
         if case is None:
             self._say(f"No teaching case {case_uid}.", error=True)
             return
@@ -123,6 +151,46 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
             self.viewer.children = [viewer_for(instance, record, practice), practice]
         except UsreviewError as exc:
             self._say(str(exc), error=True)
+
+    def withdraw_case(self, case_uid: str) -> bool:
+        """Withdraw a case (reviewers): whether it is gone; the message says why not."""
+        from usreview.teaching import case_name
+
+        try:
+            self.client.withdraw_teaching(case_uid)
+        except UsreviewError as exc:
+            self._say(f"Not withdrawn: {exc}", error=True)
+            return False
+        self.details.value = ""
+        self.thumbnails.children = self.viewer.children = []
+        self.withdraw.layout.display = "none"
+        self.refresh()
+        if self.cases:
+            self.picker.value = None
+        self._say(f"Case {case_name(case_uid)} withdrawn: nobody sees it any more.")
+        return True
+
+    def _on_withdraw(self, _: Any) -> None:
+        case_uid = self.picker.value
+        if not case_uid:
+            return
+        if self._confirming != case_uid:  # the first click asks
+            self._confirming = case_uid
+            self.withdraw.description = "Click again to withdraw it for everyone"
+            return
+        self._confirming = None
+        self.withdraw.disabled = True
+        try:
+            self.withdraw_case(str(case_uid))
+        finally:
+            self.withdraw.disabled = False
+            self.withdraw.description = "Withdraw this case"
+
+    def _reviewer(self) -> bool:
+        try:
+            return _REVIEW_SCOPE in self.client.whoami().get("scopes", [])
+        except UsreviewError:
+            return False  # the button stays hidden; the service would refuse anyway
 
     def _on_pick(self, change: Mapping[str, Any]) -> None:
         if change.get("new"):

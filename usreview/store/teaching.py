@@ -20,7 +20,8 @@ when the service starts. A sealed file is::
 with the magic, the case UID, the SOP Instance UID and the plaintext's SHA-256 as
 associated data, so a file cannot be altered or passed off as another instance.
 :meth:`TeachingStore.read_instance` opens it and checks the SHA-256 recorded with it.
-One case per study: marking a study again gives the case it has. Cases hold no link a
+One case per study: marking a study again gives the case it has; a case can be withdrawn
+(:meth:`TeachingStore.remove`), its rows then its files. Cases hold no link a
 trainee can follow to the study: only :meth:`TeachingStore.case_of_study` (a reviewer who
 may see the study) goes from a study to its case.
 """
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from usreview.envelope.atomic import fsync_directory, write_new_file
@@ -244,6 +245,43 @@ class TeachingStore:
                 row.exam_type, row.findings = exam_type, findings
                 row.impression, row.recommendations = impression, recommendations
             return _case(session, row)
+
+    def remove(self, caller: Reviewer, case_uid: str) -> TeachingCase:
+        """Withdraw a case (burned-in text found in its images, say); the case it was.
+
+        Its rows go in one transaction, then its files; a crash between the two leaves a
+        folder without rows, which :func:`remove_orphan_cases` removes at the next start.
+        Trainees and the case library no longer see it from the commit on.
+
+        Raises
+        ------
+        NotFoundError
+            No such case, or its study is not visible to ``caller``.
+        """
+        with (
+            guard("withdrawing a teaching case"),
+            Session(self._writer) as session,
+            session.begin(),
+        ):
+            row = session.scalars(
+                select(TeachingCaseRow)
+                .join(StudyRow, StudyRow.id == TeachingCaseRow.study_id)
+                .join(SiteRow, StudyRow.site_id == SiteRow.id)
+                .where(TeachingCaseRow.case_uid == case_uid, visible(caller))
+            ).one_or_none()
+            if row is None:
+                raise NotFoundError(f"no teaching case {case_uid}")
+            case = _case(session, row)
+            session.execute(
+                delete(TeachingInstanceRow).where(TeachingInstanceRow.case_id == row.id)
+            )
+            session.delete(row)
+        with guard("removing a withdrawn teaching case's files"):
+            folder = self.root / case_uid
+            if folder.is_dir():
+                shutil.rmtree(folder)
+                fsync_directory(self.root)
+        return case
 
     def cases(self) -> list[TeachingCase]:
         """Every teaching case, newest first."""

@@ -9,6 +9,10 @@ from them and scientists prototype on them.
 - ``GET /teaching/{case}``: one case; ``GET /teaching/{case}/instances/{uid}``: one
   de-identified instance (DICOM), decrypted from its at-rest copy and checked against the
   hash recorded with it.
+- ``DELETE /teaching/{case}`` (review scope, a reviewer who may see the source study):
+  withdraw the case (text found burned into its images, say): 204, gone for everyone from
+  then on (:meth:`usreview.store.teaching.TeachingStore.remove`). Trainees and scientists
+  get 403; a case whose study the reviewer may not see answers the 404 of a missing one.
 
 A caller without any of them (a site) gets 403 on the list and the 404 of a missing case
 or instance on the others; trainees and
@@ -105,7 +109,7 @@ class TeachingCasesHandler(BaseHandler):
 
 
 class TeachingCaseHandler(BaseHandler):
-    """``GET /teaching/{case}``: one teaching case."""
+    """``GET /teaching/{case}``: one teaching case; ``DELETE``: withdraw it (reviewers)."""
 
     async def get(self, case_uid: str) -> None:
         """The case."""
@@ -116,6 +120,21 @@ class TeachingCaseHandler(BaseHandler):
         case = await self.blocking(teaching_store(self.context).case, case_uid)
         await self.audit(AuditAction.READ, detail={"instances": len(case.instances)})
         self.write_json(case_view(case))
+
+    async def delete(self, case_uid: str) -> None:
+        """Withdraw the case: 204."""
+        self.audit_action = AuditAction.WRITE
+        hide = ("teaching case", case_uid)
+        self.case_reader(hide=hide)  # a site: the 404 of a missing case
+        reviewer = await self.reviewer()  # a trainee or a scientist: 403
+        if not is_uid(case_uid):
+            raise not_found(*hide)
+        case = await self.blocking(teaching_store(self.context).remove, reviewer, case_uid)
+        await self.audit(
+            AuditAction.WRITE, "withdrawn", {"case": case_uid, "instances": len(case.instances)}
+        )
+        self.set_status(204)
+        self.finish()
 
 
 class TeachingInstanceHandler(BaseHandler):
