@@ -9,13 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from tests.conftest import real_file, region_item
 from usreview.dicom import UltrasoundInstance, UltrasoundRegion, read
-from usreview.errors import CalibrationError, MixedCalibrationError
+from usreview.errors import CalibrationError, MixedCalibrationError, ReportError
 from usreview.processing.quantification.codes import CODES as PROCESSOR_CODES
 from usreview.review import measure
+from usreview.review.report import Report, build_report_sr, summary_text
+from usreview.review.results import ResultsPanel
 from usreview.simulate import simulate
 
 
@@ -359,3 +364,79 @@ def test_measurement_views_and_validation() -> None:
             (1, 1),
             (1, 5),
         ).to_quantity()
+
+
+# --- a reviewer's measurement in the signed report -------------------------------------
+
+
+def _measurement_groups(sr: Dataset) -> dict[str, list[tuple[str, float]]]:
+    """Tracking Identifier -> (concept, value) of each TID 1501 group of ``sr``."""
+    groups: dict[str, list[tuple[str, float]]] = {}
+    stack = list(sr.ContentSequence)
+    while stack:
+        item = stack.pop()
+        children = list(item.get("ContentSequence", []))
+        stack.extend(children)
+        if item.ConceptNameCodeSequence[0].CodeValue != "125007":  # Measurement Group
+            continue
+        (name,) = [
+            c.TextValue for c in children if c.ConceptNameCodeSequence[0].CodeValue == "112039"
+        ]  # Tracking Identifier
+        groups[str(name)] = [
+            (
+                c.ConceptNameCodeSequence[0].CodeMeaning,
+                float(c.MeasuredValueSequence[0].NumericValue),
+            )
+            for c in children
+            if c.ValueType == "NUM"
+        ]
+    return groups
+
+
+def test_a_labelled_reviewer_measurement_reaches_the_signed_report(tmp_path: Path) -> None:
+    (path,) = simulate("bmode", tmp_path / "bmode", seed=3)
+    instance, truth = read(path), json.loads(path.with_name(path.stem + ".truth.json").read_text())
+    uid = instance.sop_instance_uid
+    targets = [t["pixel"] for t in truth["point_targets"]]
+    length = measure.distance(instance, targets[0], targets[1])
+    width = measure.distance(instance, targets[0], targets[2])
+    panel = ResultsPanel([])
+    assert panel.add_measurement(
+        {**length.as_dict(), "source_instance": uid}, label=" Left kidney length "
+    )
+    assert panel.add_measurement({**width.as_dict(), "source_instance": uid}, label="")
+    body = {
+        "exam_type": "abdominal",
+        "impression": "Normal kidney.",
+        "urgency": "routine",
+        "measurements": panel.measurements(),
+        "key_images": [uid],
+    }
+    report = Report.from_json(body)
+    labelled, plain = report.measurements
+    assert (labelled.label, plain.label) == ("Left kidney length", None)
+    assert Report.from_json(report.to_json()) == report
+    assert "label" not in report.to_json()["measurements"][1]  # unlabelled: JSON as before
+    sr = build_report_sr(
+        report,
+        [pydicom.dcmread(path, stop_before_pixels=True)],
+        reviewer="dr-x",
+        organization="usreview hub",
+        sop_instance_uid=generate_uid(),
+        series_instance_uid=generate_uid(),
+        version=1,
+    )
+    assert _measurement_groups(sr) == {
+        "Left kidney length": [("Distance", pytest.approx(length.value))],
+        "reviewer measurements": [("Distance", pytest.approx(width.value))],
+    }
+    sr.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    text = summary_text(report, reviewer="dr-x", version=1)
+    assert (
+        f"- Distance (Left kidney length): {length.value:g} mm (measured by the reviewer;" in text
+    )
+    for label, reason in (("x" * 65, "at most 64"), (3, "must be text"), ("a\x01", "control")):
+        body["measurements"] = [{**panel.measurements()[0], "label": label}]
+        with pytest.raises(ReportError, match=reason) as raised:
+            Report.from_json(body)
+        assert raised.value.field == "measurements[0].label"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import imagecodecs
+import ipywidgets
 import numpy as np
 import pytest
 import traitlets
@@ -19,6 +20,8 @@ import traitlets
 from tests.conftest import region_item
 from usreview.dicom import UltrasoundInstance, UltrasoundRegion, read
 from usreview.errors import MixedCalibrationError
+from usreview.review.results import ResultsPanel
+from usreview.review.viewers import viewer_for
 from usreview.review.widgets import (
     CineViewer,
     ImageViewer,
@@ -32,8 +35,9 @@ from usreview.review.widgets._assets import css, esm
 from usreview.review.widgets._axes import nice_step, ticks, trace_pixels
 from usreview.review.widgets._encode import encode_frames
 from usreview.review.widgets._nifti import nifti_bytes
-from usreview.review.widgets.worklist import columnar, normalise_rows
+from usreview.review.widgets.worklist import COLUMNS, columnar, normalise_rows
 from usreview.simulate import simulate
+from usreview.store.status import StudyStatus
 
 STATIC = Path(__file__).resolve().parents[1] / "usreview" / "review" / "widgets" / "static"
 
@@ -47,6 +51,11 @@ def _study(root: Path, kind: str, **params: Any) -> tuple[UltrasoundInstance, di
 @pytest.fixture(scope="module")
 def pw(tmp_path_factory: pytest.TempPathFactory) -> tuple[UltrasoundInstance, dict[str, Any]]:
     return _study(tmp_path_factory.mktemp("widgets"), "pw")
+
+
+@pytest.fixture(scope="module")
+def bmode(tmp_path_factory: pytest.TempPathFactory) -> tuple[UltrasoundInstance, dict[str, Any]]:
+    return _study(tmp_path_factory.mktemp("widgets"), "bmode", seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +214,198 @@ def test_caliper_checks_its_images() -> None:
     assert imagecodecs.png_decode(rgb.filtered).shape == (48, 64)
     with pytest.raises(ValueError, match="differs"):
         rgb.set_image(np.zeros((40, 64), np.uint8))
+
+
+def test_caliper_clear_and_frame_number_from_python() -> None:
+    image = np.zeros((48, 64), np.uint8)
+    viewer = ImageViewer(image, _two_regions())
+    viewer.measure([(2, 2), (5, 6)])
+    assert [m.name for m in viewer.current] == ["distance"]
+    assert "frame_number" not in viewer.current[0].details  # a still: no frame
+    viewer.clear()
+    assert (viewer.current, viewer.result, viewer.error) == ([], {}, "")
+    viewer.measure([(2, 2), (5, 6)])
+    viewer.result = {}  # what the browser's Clear sends
+    assert viewer.current == []
+    viewer.set_image(image + 1, frame_number=4)
+    (m,) = viewer.measure([(2, 2), (5, 6)])
+    assert m.details["frame_number"] == 4 and viewer.result["measurements"][0]["details"] == {
+        **m.details
+    }
+    with pytest.raises(MixedCalibrationError):
+        viewer.measure([(10, 10), (50, 10)])
+    assert viewer.current == []  # a refused pick leaves nothing current
+    with pytest.raises(ValueError, match="frame_number"):
+        viewer.set_image(image, frame_number=0)
+
+
+# --- the report bar under each viewer ----------------------------------------------------
+
+
+def _find(widget: Any, css_class: str) -> Any:
+    """The one widget below ``widget`` with ``css_class`` (or of that type)."""
+    found = []
+    stack = [widget]
+    while stack:
+        item = stack.pop()
+        classes = getattr(item, "_dom_classes", ())
+        if css_class in classes or type(item).__name__ == css_class:
+            found.append(item)
+        stack.extend(getattr(item, "children", ()))
+    assert len(found) == 1, f"{len(found)} widgets {css_class}"
+    return found[0]
+
+
+def _distance(caliper: ImageViewer, p0: list[float], p1: list[float], n: int) -> None:
+    caliper.request = {"tool": "distance", "points": [p0, p1], "n": n}  # as the browser does
+    assert caliper.error == ""
+
+
+def test_add_to_report_adds_what_the_caliper_shows_once(
+    bmode: tuple[UltrasoundInstance, dict[str, Any]],
+) -> None:
+    instance, truth = bmode
+    panel = ResultsPanel([])
+    box = viewer_for(instance, {}, panel)
+    caliper, add = _find(box, "ImageViewer"), _find(box, "usreview-add-measurement")
+    (a, b), (c, d) = [truth["point_targets"][k]["pixel"] for k in (0, 1)], [[100, 100], [140, 100]]
+    assert add.disabled  # nothing measured
+    _distance(caliper, a, b, 1)
+    assert not add.disabled
+
+    # Clear: nothing is shown, so nothing is added
+    caliper.result, caliper.error = {}, ""  # the browser's Clear
+    assert add.disabled
+    add.click()  # a click sent before the button was disabled
+    assert panel.measurements() == []
+
+    # measured again: added once, however often Add is clicked
+    _distance(caliper, a, b, 2)
+    add.click()
+    assert add.disabled
+    add.click()
+    add.click()
+    (first,) = panel.measurements()
+    assert first["name"] == "distance" and first["origin"] == "reviewer"
+    assert first["source_instance"] == instance.sop_instance_uid
+
+    # a new measurement can be added after it
+    _distance(caliper, c, d, 3)
+    assert not add.disabled
+    add.click()
+    forty_px = 40 * truth["pixel_spacing_mm"]
+    assert [m["value"] for m in panel.measurements()] == [first["value"], pytest.approx(forty_px)]
+
+    # a refused pick leaves nothing to add (not the last good one again)
+    caliper.request = {"tool": "distance", "points": [[1, 1], [2, 2]], "n": 4}  # outside
+    assert caliper.error and add.disabled
+    add.click()
+    assert len(panel.measurements()) == 2
+
+
+def test_reviewer_measurements_can_be_removed_before_publishing(
+    bmode: tuple[UltrasoundInstance, dict[str, Any]],
+) -> None:
+    instance, _ = bmode
+    panel = ResultsPanel([])
+    box = viewer_for(instance, {}, panel)
+    caliper, add = _find(box, "ImageViewer"), _find(box, "usreview-add-measurement")
+    _distance(caliper, [100, 100], [140, 100], 1)
+    add.click()
+    caliper.request = {"tool": "ellipse", "points": [[200, 200], [230, 200], [200, 220]], "n": 2}
+    add.click()
+    assert [m["name"] for m in panel.measurements()] == [
+        "distance", "area", "circumference", "major_axis", "minor_axis"
+    ]  # fmt: skip
+    removes = [row.children[1] for row in panel._own_box.children]
+    assert all("usreview-own-remove" in r._dom_classes for r in removes)
+    removes[1].click()
+    removes[1].click()  # a double click removes that one only
+    assert [m["name"] for m in panel.measurements()] == [
+        "distance", "circumference", "major_axis", "minor_axis"
+    ]  # fmt: skip
+    assert not add.disabled  # the area is shown and no longer added: it can be again
+    add.click()
+    assert [m["name"] for m in panel.measurements()][-1] == "area"
+    panel.remove_measurement(0)
+    assert "distance" not in [m["name"] for m in panel.measurements()]
+    with pytest.raises(IndexError, match="no measurement 9"):
+        panel.remove_measurement(9)
+    for _ in range(4):
+        panel.remove_measurement(0)
+    assert panel.measurements() == [] and "None yet" in panel._own_box.children[0].value
+
+
+def test_a_label_goes_with_the_measurement(
+    bmode: tuple[UltrasoundInstance, dict[str, Any]],
+) -> None:
+    instance, _ = bmode
+    panel = ResultsPanel([])
+    box = viewer_for(instance, {}, panel)
+    caliper, add = _find(box, "ImageViewer"), _find(box, "usreview-add-measurement")
+    label = _find(box, "usreview-measurement-label")
+    assert isinstance(label, ipywidgets.Combobox) and "Kidney length" in label.options
+    assert not label.ensure_option  # free text too
+    _distance(caliper, [100, 100], [140, 100], 1)
+    label.value = "  Left kidney length "
+    add.click()
+    (entry,) = panel.measurements()
+    assert entry["label"] == "Left kidney length" and label.value == ""  # not carried over
+    assert 'data-label="Left kidney length"' in panel._own_box.children[0].children[0].value
+    _distance(caliper, [100, 100], [150, 100], 2)
+    label.value = "x" * 65
+    add.click()
+    assert len(panel.measurements()) == 1 and "too long" in _find(box, "usreview-add-said").value
+    label.value = ""
+    add.click()
+    assert "label" not in panel.measurements()[1]  # unlabelled: the JSON as before
+
+
+def test_spectral_picks_are_added_once_and_only_what_changed_again(
+    pw: tuple[UltrasoundInstance, dict[str, Any]],
+) -> None:
+    instance, truth = pw
+    panel = ResultsPanel([])
+    box = viewer_for(instance, {}, panel)
+    spectral, add = _find(box, "SpectralViewer"), _find(box, "usreview-add-measurement")
+    assert "Left ICA" in _find(box, "usreview-measurement-label").options
+    x0, base = truth["region"]["location_min"][0], truth["baseline_row"]
+    spectral.pick("peak", (x0 + 50, base - 100))
+    spectral.pick("end_diastole", (x0 + 150, base - 40))
+    add.click()
+    add.click()
+    assert [m["name"] for m in panel.measurements()] == [
+        "peak_systolic_velocity", "end_diastolic_velocity", "resistive_index"
+    ]  # fmt: skip
+    assert add.disabled
+    spectral.pick("end_diastole", (x0 + 150, base - 30))  # the same peak, another diastole
+    add.click()
+    names = [m["name"] for m in panel.measurements()]
+    assert names.count("peak_systolic_velocity") == 1 and names.count("resistive_index") == 2
+
+
+def test_a_caliper_on_a_cine_records_the_frame_it_measured_on(tmp_path: Path) -> None:
+    instance, _ = _study(tmp_path, "cine", frames=12, rows=128, columns=160)
+    panel = ResultsPanel([])
+    box = viewer_for(instance, {}, panel)
+    cine, caliper = _find(box, "CineViewer"), _find(box, "ImageViewer")
+    add = _find(box, "usreview-add-measurement")
+    cine.frame = 7  # paused on the 8th frame
+    _distance(caliper, [40, 40], [60, 40], 1)
+    assert caliper.current[0].details["frame_number"] == 8
+    add.click()
+    assert 'data-frame="8"' in panel._own_box.children[0].children[0].value
+    cine.play()
+    cine.frame = 2  # playing: the caliper keeps the frame it shows
+    _distance(caliper, [40, 40], [70, 40], 2)
+    assert caliper.current[0].details["frame_number"] == 8
+    cine.pause()
+    cine.frame = 0
+    _distance(caliper, [40, 40], [60, 40], 3)
+    assert caliper.current[0].details["frame_number"] == 1
+    assert not add.disabled  # the same points on another frame: another measurement
+    add.click()
+    assert len(panel.measurements()) == 2
 
 
 # --- axes --------------------------------------------------------------------------------
@@ -430,6 +631,49 @@ def test_worklist_actions_and_sort_from_python() -> None:
         table.sort_by("password")
     table.rows = [*table.rows, {"study_instance_uid": "1.3", "received_at": dt.date(2024, 1, 2)}]
     assert [r["received_at"] for r in table.rows] == ["", "2024-01-02"]
+
+
+def test_worklist_sorts_by_the_report_urgencies_and_styles_each_above_routine() -> None:
+    from usreview.review.report import Urgency
+
+    table = WorklistTable([{"study_instance_uid": "1.2", "urgency": "critical"}])
+    # most urgent first, from the one list the form and the report share
+    assert table.urgencies == ["critical", "urgent", "routine"]
+    assert table.urgencies == [u.value for u in reversed(Urgency)]
+    assert "urgencies" in table.keys  # the browser receives the order
+    stylesheet = css()
+    for urgency in table.urgencies[:-1]:
+        assert f".usr-urgency-{urgency} {{" in stylesheet, urgency
+    assert "usr-urgency-stat" not in stylesheet  # no second vocabulary
+
+
+def test_worklist_rows_carry_the_received_time_for_the_waiting_column() -> None:
+    rows = normalise_rows(
+        [
+            {"study_instance_uid": "1", "received_at": dt.datetime(2024, 5, 6, 7, 8, 9)},
+            {"study_instance_uid": "2", "received_at": "2024-05-06 07:08"},  # as pages.py sends
+            {"study_instance_uid": "3", "received_at": "2024-05-06T09:08:09.5+02:00"},
+            {"study_instance_uid": "4", "received_at": dt.date(2024, 5, 6)},  # no time of day
+            {"study_instance_uid": "5", "received_at": "yesterday"},
+            {"study_instance_uid": "6"},
+        ]
+    )
+    utc = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC).timestamp() * 1000
+    assert [r["received_ms"] for r in rows] == [utc, utc - 9000, utc + 500, "", "", ""]
+    assert rows[1]["received_at"] == "2024-05-06 07:08"  # shown as it came
+    assert ("waiting", "Waiting", "70px") in COLUMNS
+    table = WorklistTable(rows)
+    assert "waiting" not in table.table["columns"]  # computed in the browser, kept current
+    assert table.table["columns"]["received_ms"][0] == utc
+    table.sort_by("waiting", descending=True)
+    assert table.sort == {"key": "waiting", "descending": True}
+    # A study whose report is out waits no more: no waiting time (but its received time).
+    answered = normalise_rows(
+        {"study_instance_uid": str(n), "received_at": "2024-05-06 07:08:09", "status": status}
+        for n, status in enumerate(("in_review", "published", StudyStatus.DELIVERED, "failed"))
+    )
+    assert [r["received_ms"] for r in answered] == [utc, "", "", utc]
+    assert {r["received_at"] for r in answered} == {"2024-05-06 07:08:09"}
 
 
 # --- streamed cine -----------------------------------------------------------------------

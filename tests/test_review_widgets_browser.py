@@ -272,6 +272,63 @@ def test_caliper_measures_inclusions_and_refuses_mixed_calibration(
     assert second.locator(".usr-measure-text").count() == 0
 
 
+def test_clear_and_add_to_report_add_what_is_shown_once_and_it_can_be_removed(
+    voila: browser_support.VoilaServer, studies: dict[str, Path], page: Any
+) -> None:
+    browser_support.write_notebook(
+        voila.root / "report_bar.ipynb",
+        [
+            "import ipywidgets\n"
+            "from usreview.dicom import read\n"
+            "from usreview.review.results import ResultsPanel\n"
+            "from usreview.review.viewers import viewer_for\n"
+            f"bmode = read({_rel(voila, studies['bmode'])!r})\n"
+            "panel = ResultsPanel([])\n"
+            "ipywidgets.VBox([viewer_for(bmode, {}, panel), panel])",
+        ],
+    )
+    browser_support.open_dashboard(
+        page, voila.url("report_bar.ipynb"), ".usr-caliper[data-ready=true]"
+    )
+    add = "button.usreview-add-measurement"
+    enabled = f"!document.querySelector('{add}').disabled"
+    disabled = f"document.querySelector('{add}').disabled"
+    assert page.locator(add).is_disabled()  # nothing measured
+    truth = _truth(studies["bmode"])
+    circle = next(i for i in truth["inclusions"] if i["shape"] == "circle")
+    cx, cy = circle["centre_pixel"]
+    r_px = circle["radius_mm"] / truth["pixel_spacing_mm"]
+    canvas = page.locator("canvas.usr-canvas").first.element_handle()
+
+    def measure() -> None:
+        browser_support.click_pixel(page, canvas, cx - r_px, cy)
+        browser_support.click_pixel(page, canvas, cx + r_px, cy)
+        page.locator(".usr-measure-text[data-name=distance]").wait_for(timeout=60_000)
+        page.wait_for_function(enabled, timeout=60_000)
+
+    measure()
+    page.locator(".usr-clear").click()
+    page.locator(".usr-caliper[data-measured='0']").wait_for(timeout=10_000)
+    page.wait_for_function(disabled, timeout=10_000)  # the kernel forgot the cleared value
+    assert page.locator(".usreview-own").count() == 0
+
+    measure()
+    page.locator(".usreview-measurement-label input").fill("Cyst diameter")
+    started = time.perf_counter()
+    page.locator(add).click()
+    page.locator(".usreview-own[data-label='Cyst diameter']").wait_for(timeout=10_000)
+    page.wait_for_function(disabled, timeout=10_000)  # added once: no second click to make
+    print(f"\nreport bar: added and disabled in {(time.perf_counter() - started) * 1000:.0f} ms")
+    assert page.locator(".usreview-own").count() == 1
+    assert page.locator(".usreview-measurement-label input").input_value() == ""
+
+    page.locator(".usreview-own-remove").click()
+    page.wait_for_function(
+        "document.querySelectorAll('.usreview-own').length === 0", timeout=10_000
+    )
+    page.wait_for_function(enabled, timeout=10_000)  # removed: it can be added again
+
+
 # --- spectral Doppler --------------------------------------------------------------------
 
 
@@ -367,7 +424,7 @@ def make_rows(n=5000, sites=60, seed=7):
             "kinds": rng.sample(kinds, rng.randint(1, 3)),
             "received_at": start + datetime.timedelta(minutes=rng.randrange(60 * 24 * 90)),
             "status": rng.choice(statuses),
-            "urgency": rng.choices(["routine", "urgent", "stat"], [90, 8, 2])[0],
+            "urgency": rng.choices(["routine", "urgent", "critical"], [90, 8, 2])[0],
             "findings": rng.randint(0, 4),
             "claim": "",
         })
@@ -468,10 +525,10 @@ def test_worklist_of_5000_rows_renders_sorts_filters_and_acts(
     page.wait_for_function(
         "document.querySelector('.usr-worklist').dataset.sortKey === 'urgency'", timeout=2000
     )
-    stat = page.locator(".usr-wl-row").first
-    assert stat.get_attribute("data-urgency") == "stat"
-    assert "usr-urgency-stat" in (stat.get_attribute("class") or "")
-    assert stat.evaluate(background) != plain
+    critical = page.locator(".usr-wl-row").first
+    assert critical.get_attribute("data-urgency") == "critical"
+    assert "usr-urgency-critical" in (critical.get_attribute("class") or "")
+    assert critical.evaluate(background) != plain
 
     # new rows from the kernel keep the sort and the filters
     shown_before = int(_attr(page, root, "data-shown"))
@@ -491,6 +548,111 @@ def test_worklist_of_5000_rows_renders_sorts_filters_and_acts(
     page.wait_for_selector(f".said:has-text('claim {uid}')", timeout=60_000)
     page.locator(f".usr-wl-row[data-uid='{uid}'] .usr-open").click()
     page.wait_for_selector(f".said:has-text('open {uid}')", timeout=60_000)
+
+
+WAITING_ROWS = """
+import datetime
+now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # the service's times: UTC
+ago = lambda **kw: (now - datetime.timedelta(**kw)).isoformat(sep=" ")
+row = lambda u, at: {"study_instance_uid": f"1.{u or 'none'}", "urgency": u, "received_at": at}
+rows = [  # in the order the audit found them sorted: urgent, routine, critical, none
+    row("urgent", ago(hours=3, minutes=10)),
+    row("routine", ago(minutes=12, seconds=20)),
+    row("critical", ago(days=2, hours=1)),
+    row(None, ""),
+]
+"""
+
+
+def test_worklist_sorts_critical_first_from_the_keyboard_and_shows_the_wait(
+    voila: browser_support.VoilaServer, page: Any
+) -> None:
+    """The report urgencies sort critical first, headers sort with Enter and Space and say
+    how in aria-sort, and each study shows how long it has waited."""
+    browser_support.write_notebook(
+        voila.root / "worklist_urgency.ipynb",
+        [WAITING_ROWS, "from usreview.review.widgets import WorklistTable\nWorklistTable(rows)"],
+    )
+    browser_support.open_dashboard(page, voila.url("worklist_urgency.ipynb"), ".usr-wl-row")
+    started = time.perf_counter()
+    root = ".usr-worklist"
+
+    def column(name: str) -> list[str]:  # an attribute of each row, top to bottom
+        return [str(line.get_attribute(name)) for line in page.locator(".usr-wl-row").all()]
+
+    def waiting() -> dict[str, str]:
+        return {
+            str(line.get_attribute("data-uid")): line.locator(
+                ".usr-wl-td[data-key=waiting]"
+            ).inner_text()
+            for line in page.locator(".usr-wl-row").all()
+        }
+
+    def sorted_by(key: str, direction: str) -> None:
+        page.wait_for_function(
+            f"document.querySelector('{root}').dataset.sortKey === '{key}' && "
+            f"document.querySelector('{root}').dataset.sortDir === '{direction}'",
+            timeout=5000,
+        )
+
+    def aria_sort() -> dict[str, str]:
+        found = page.eval_on_selector_all(
+            ".usr-wl-th[aria-sort]",
+            "ths => ths.map(t => [t.dataset.key, t.getAttribute('aria-sort')])",
+        )
+        return dict(found)
+
+    assert waiting() == {
+        "1.urgent": "3 h",
+        "1.routine": "12 min",
+        "1.critical": "2 d",
+        "1.none": "",
+    }
+    assert aria_sort() == {}
+
+    # from the filters, Tab reaches the first column header; Enter sorts, Space reverses
+    page.focus(".usr-wl-status")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.closest('.usr-wl-th')?.dataset.key ?? ''")
+    assert focused == "urgency"
+    page.keyboard.press("Enter")
+    sorted_by("urgency", "asc")
+    assert column("data-urgency") == ["critical", "urgent", "routine", ""]
+    assert aria_sort() == {"urgency": "ascending"}
+    page.keyboard.press(" ")
+    sorted_by("urgency", "desc")
+    assert column("data-urgency") == ["routine", "urgent", "critical", ""]  # none last either way
+    assert aria_sort() == {"urgency": "descending"}
+
+    # critical stands out at least as much as urgent, and says so in words
+    looks = page.eval_on_selector_all(
+        ".usr-wl-row",
+        """lines => Object.fromEntries(lines.map(l => {
+             const cell = l.querySelector('.usr-wl-td[data-key=urgency]');
+             const s = getComputedStyle(l);
+             return [l.dataset.urgency, {background: s.backgroundColor, stripe: s.boxShadow,
+                     weight: getComputedStyle(cell).fontWeight, text: cell.innerText}];
+           }))""",
+    )
+    for urgency in ("critical", "urgent"):
+        assert looks[urgency]["background"] != looks["routine"]["background"], looks
+        assert looks[urgency]["stripe"] != "none", looks
+        assert int(looks[urgency]["weight"]) >= 700, looks
+        assert urgency in looks[urgency]["text"].lower(), looks
+    assert int(looks["critical"]["weight"]) >= int(looks["urgent"]["weight"])
+
+    # two more Tabs: Received, then Waiting; sorted shortest wait first, then longest
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    sorted_by("waiting", "asc")
+    assert column("data-uid") == ["1.routine", "1.urgent", "1.critical", "1.none"]
+    assert aria_sort() == {"waiting": "ascending"}
+    page.keyboard.press("Enter")
+    sorted_by("waiting", "desc")
+    assert column("data-uid") == ["1.critical", "1.urgent", "1.routine", "1.none"]
+    assert aria_sort() == {"waiting": "descending"}
+    print(f"\nworklist keyboard sorting checked in {time.perf_counter() - started:.1f} s")
 
 
 # --- volume ------------------------------------------------------------------------------

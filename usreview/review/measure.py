@@ -122,7 +122,8 @@ class Measurement:
     points
         The image points it was measured from.
     details
-        JSON-ready extras (times, flow direction, the calibrating region).
+        JSON-ready extras (times, flow direction, the calibrating region; on a frame of a
+        cine, ``frame_number``, 1-based, as the caliper records it).
     """
 
     name: str

@@ -6,7 +6,8 @@
 >>> text = summary_text(report, reviewer="dr-x", version=1)  # doctest: +SKIP
 
 The SR is a Comprehensive SR whose content is a TID 1500 Measurement Report observed by
-the reviewer (a person): one measurement group (TID 1501) per source instance, each
+the reviewer (a person): one measurement group (TID 1501) per source instance and label
+(the reviewer's label is the group's Tracking Identifier), each
 measurement a TID 300 numeric coded as given, or, without a code, with the LOINC code of
 the automatic measurement of that name (:data:`usreview.processing.quantification.codes.CODES`),
 else a private code; its method says whether it was measured automatically and accepted
@@ -38,6 +39,7 @@ from usreview.processing.sr import MANUFACTURER
 
 __all__ = [
     "MAX_KEY_IMAGES",
+    "MAX_LABEL",
     "MAX_MEASUREMENTS",
     "MAX_RECIPIENTS",
     "MAX_TEXT",
@@ -58,6 +60,8 @@ MAX_TEXT: Final = 20_000
 MAX_MEASUREMENTS: Final = 200
 MAX_KEY_IMAGES: Final = 100
 MAX_RECIPIENTS: Final = 20
+#: Most characters of a measurement's label.
+MAX_LABEL: Final = 64
 _PRIVATE = "99USREVIEW"
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _UCUM = re.compile(r"[!-~]{1,32}")  # printable ASCII without spaces, as UCUM's case-sensitive codes
@@ -143,7 +147,11 @@ class ReportCode:
 
 @dataclass(frozen=True)
 class ReportMeasurement:
-    """One value of the report, with its unit (UCUM), concept and where it comes from."""
+    """One value of the report, with its unit (UCUM), concept and where it comes from.
+
+    ``label`` is the reviewer's name for what was measured (``"Left kidney length"``),
+    or ``None``.
+    """
 
     name: str
     value: float
@@ -152,6 +160,7 @@ class ReportMeasurement:
     origin: MeasurementOrigin
     decision: MeasurementDecision
     source_instance: str | None
+    label: str | None = None
 
     def concept(self) -> CodedConcept:
         """Its code, else the automatic measurement's code of that name, else a private one."""
@@ -164,7 +173,7 @@ class ReportMeasurement:
         return CodedConcept(self.name, _PRIVATE, self.name)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON form (as :meth:`Report.from_json` takes it)."""
+        """The JSON form (as :meth:`Report.from_json` takes it); ``label`` only when set."""
         return {
             "name": self.name,
             "value": self.value,
@@ -173,6 +182,7 @@ class ReportMeasurement:
             "origin": self.origin.value,
             "decision": self.decision.value,
             "source_instance": self.source_instance,
+            **({} if self.label is None else {"label": self.label}),
         }
 
 
@@ -326,7 +336,8 @@ def _finite(value: float) -> bool:
 
 def _measurement(item: Any, where: str) -> ReportMeasurement:
     fields = _object(item, where, required=("name", "value", "unit"),
-                     optional=("code", "origin", "decision", "source_instance"))  # fmt: skip
+                     optional=("code", "origin", "decision", "source_instance",
+                               "label"))  # fmt: skip
     name = _text(fields["name"], f"{where}.name", longest=64).strip()
     if not name:
         raise ReportError(f"{where}.name", "must not be empty")
@@ -339,6 +350,9 @@ def _measurement(item: Any, where: str) -> ReportMeasurement:
     source = fields.get("source_instance")
     if source is not None and not is_uid(source):
         raise ReportError(f"{where}.source_instance", "must be a SOP Instance UID or null")
+    label = fields.get("label")
+    if label is not None:
+        label = _text(label, f"{where}.label", longest=MAX_LABEL).strip() or None
     return ReportMeasurement(
         name=name,
         value=float(value),
@@ -349,6 +363,7 @@ def _measurement(item: Any, where: str) -> ReportMeasurement:
             MeasurementDecision, fields.get("decision", "accepted"), f"{where}.decision"
         ),
         source_instance=source,
+        label=label,
     )
 
 
@@ -459,16 +474,21 @@ def _exam_concept(exam: ExamType) -> CodedConcept:
 def _groups(
     report: Report, by_uid: Mapping[str, Dataset], first: Dataset
 ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    sources: dict[str | None, list[ReportMeasurement]] = {}
+    sources: dict[tuple[str | None, str | None], list[ReportMeasurement]] = {}
     for measurement in report.measurements:
-        sources.setdefault(measurement.source_instance, []).append(measurement)
+        key = (measurement.source_instance, measurement.label)
+        sources.setdefault(key, []).append(measurement)
     groups = []
-    for uid, measurements in sources.items():
+    for (uid, label), measurements in sources.items():
         source = by_uid[uid] if uid is not None else None
         references = [hd.sr.SourceImageForMeasurement.from_source_image(source)] if source else None
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(uid or "study", "reviewer measurements"),
+                tracking_identifier=(
+                    _tracking(uid or "study", "reviewer measurements")
+                    if label is None
+                    else _tracking(uid or "study", label, "label")  # its own UID, whatever the text
+                ),
                 measurements=[
                     hd.sr.Measurement(
                         name=m.concept(),
@@ -496,9 +516,9 @@ def _groups(
     return groups
 
 
-def _tracking(uid: str, what: str) -> hd.sr.TrackingIdentifier:
+def _tracking(uid: str, what: str, *entropy: str) -> hd.sr.TrackingIdentifier:
     return hd.sr.TrackingIdentifier(
-        uid=generate_uid(entropy_srcs=[uid, what]), identifier=what[:64]
+        uid=generate_uid(entropy_srcs=[uid, what, *entropy]), identifier=what[:64]
     )
 
 
@@ -574,7 +594,8 @@ def summary_text(
             unit = "" if m.unit == "1" else f" {m.unit}"
             how = _METHODS[(m.origin, m.decision)]
             where = f"; instance {m.source_instance}" if m.source_instance else ""
-            lines.append(f"- {m.concept().meaning}: {m.value:g}{unit} ({how}{where})")
+            named = f" ({m.label})" if m.label else ""
+            lines.append(f"- {m.concept().meaning}{named}: {m.value:g}{unit} ({how}{where})")
     if report.key_images:
         lines += ["", "KEY IMAGES"] + [f"- {uid}" for uid in report.key_images]
     if report.recipients:

@@ -8,15 +8,17 @@ failure stated plainly. Above them, the study-level evaluation when the study ha
 support, with the rule, its source and provenance). Each quantity has three decisions:
 *accept* (goes in the report as measured), *correct* (the reviewer's value goes in the
 report) and *reject* (left out); nothing is accepted by default. The reviewer's own
-measurements from the viewers are added with :meth:`ResultsPanel.add_measurement`.
-:meth:`ResultsPanel.measurements` gives the report's ``measurements`` (see
+measurements from the viewers are added with :meth:`ResultsPanel.add_measurement`, each
+once and with an optional label, and each has a *Remove* button until the report is
+published. :meth:`ResultsPanel.measurements` gives the report's ``measurements`` (see
 :mod:`usreview.review.report`).
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -63,6 +65,31 @@ class _Row:
         }
 
 
+@dataclass(eq=False)
+class _Own:
+    """One of the reviewer's measurements: the report's entry and what identifies it."""
+
+    entry: dict[str, Any]
+    key: str
+    frame_number: int | None
+
+
+def _identity(measurement: Mapping[str, Any]) -> str:
+    """Instance, name, value, unit, points and details: equal for the same measurement."""
+    return json.dumps(
+        [
+            measurement.get("source_instance"),
+            str(measurement["name"]),
+            float(measurement["value"]),
+            str(measurement["unit"]),
+            measurement.get("points") or [],
+            measurement.get("details") or {},
+        ],
+        sort_keys=True,
+        default=str,
+    )
+
+
 def processing_line(instance: Mapping[str, Any]) -> str:
     """One sentence on how processing of ``instance`` (a study's instance view) went."""
     processing = instance.get("processing") or {}
@@ -87,8 +114,9 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
         evaluation: Mapping[str, Any] | None = None,
     ) -> None:
         self._rows: list[_Row] = []
-        self._own: list[dict[str, Any]] = []
+        self._own: list[_Own] = []
         self._own_box = w.VBox()
+        self._observers: list[Callable[[], None]] = []
         sections: list[w.Widget] = []
         if evaluation:
             sections.append(w.HTML(study_evaluation_html(evaluation)))
@@ -110,7 +138,7 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
     def measurements(self) -> list[dict[str, Any]]:
         """Accepted and corrected automatic values, then the reviewer's own measurements."""
         chosen = [m for row in self._rows if (m := row.measurement()) is not None]
-        return chosen + [dict(m) for m in self._own]
+        return chosen + [dict(own.entry) for own in self._own]
 
     def decide(self, name: str, decision: str, value: float | None = None) -> None:
         """Set the decision on every automatic quantity called ``name`` (for scripts)."""
@@ -122,8 +150,28 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
                     row.corrected.value = value
                 row.decision.value = decision
 
-    def add_measurement(self, measurement: Mapping[str, Any]) -> None:
-        """Add one of the reviewer's measurements (name, value, unit, code, source_instance)."""
+    def add_measurement(self, measurement: Mapping[str, Any], *, label: str | None = None) -> bool:
+        """Add one of the reviewer's measurements, unless it is already there.
+
+        Parameters
+        ----------
+        measurement
+            ``name``, ``value``, ``unit``, ``code`` and ``source_instance``, and the
+            ``points`` and ``details`` it was measured from
+            (:meth:`~usreview.review.measure.Measurement.as_dict`), which tell it from
+            another measurement of the same value; ``details["frame_number"]`` is shown.
+        label
+            The reviewer's name for it (``"Left kidney length"``), carried to the report;
+            blank for none.
+
+        Returns
+        -------
+        bool
+            ``False`` (and nothing added) when the same measurement is already there.
+        """
+        key = _identity(measurement)
+        if any(own.key == key for own in self._own):
+            return False
         entry = {
             "name": str(measurement["name"]),
             "value": float(measurement["value"]),
@@ -133,8 +181,44 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
             "decision": "accepted",
             "source_instance": measurement.get("source_instance"),
         }
-        self._own.append(entry)
+        if label is not None and label.strip():
+            entry["label"] = label.strip()
+        frame = (measurement.get("details") or {}).get("frame_number")
+        self._own.append(_Own(entry, key, frame if isinstance(frame, int) else None))
+        self._changed()
+        return True
+
+    def has_measurement(self, measurement: Mapping[str, Any]) -> bool:
+        """Whether the same measurement is among the reviewer's (see :meth:`add_measurement`)."""
+        key = _identity(measurement)
+        return any(own.key == key for own in self._own)
+
+    def remove_measurement(self, index: int) -> None:
+        """Leave out the reviewer's measurement ``index`` (0-based, as listed), as its
+        *Remove* button does.
+
+        Raises
+        ------
+        IndexError
+            There is no such measurement.
+        """
+        if not 0 <= index < len(self._own):
+            raise IndexError(f"argument 'index': no measurement {index} of {len(self._own)}")
+        self._remove(self._own[index])
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever a measurement of the reviewer's is added or removed."""
+        self._observers.append(callback)
+
+    def _remove(self, own: _Own) -> None:
+        if own in self._own:  # a second click on the same button removes nothing more
+            self._own.remove(own)
+            self._changed()
+
+    def _changed(self) -> None:
         self._render_own()
+        for callback in self._observers:
+            callback()
 
     # Layout ----------------------------------------------------------------------------
 
@@ -208,14 +292,28 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
         if not self._own:
             self._own_box.children = [w.HTML("<i>None yet: measure on the images.</i>")]
             return
-        self._own_box.children = [
-            w.HTML(
-                f'<span class="usreview-own" data-name="{html.escape(m["name"])}">'
-                f"{html.escape(m['name'])}: <b>{m['value']:.4g} {html.escape(m['unit'])}</b>"
-                "</span>"
-            )
-            for m in self._own
-        ]
+        self._own_box.children = [self._own_row(own) for own in self._own]
+
+    def _own_row(self, own: _Own) -> w.Widget:
+        m = own.entry
+        label = m.get("label") or ""
+        named = f"{html.escape(label)}, " if label else ""
+        frame = f" <small>(frame {own.frame_number})</small>" if own.frame_number else ""
+        text = w.HTML(
+            f'<span class="usreview-own" data-name="{html.escape(m["name"])}"'
+            f' data-label="{html.escape(label)}" data-frame="{own.frame_number or ""}">'
+            f"{named}{html.escape(m['name'])}: <b>{m['value']:.4g} {html.escape(m['unit'])}</b>"
+            f"{frame}</span>"
+        )
+        remove = w.Button(
+            description="Remove",
+            icon="trash",
+            tooltip="Leave it out of the report",
+            layout=w.Layout(width="auto"),
+        )
+        remove.add_class("usreview-own-remove")
+        remove.on_click(lambda _: self._remove(own))
+        return w.HBox([text, remove])
 
 
 def _finding_html(item: Mapping[str, Any]) -> str:

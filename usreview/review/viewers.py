@@ -14,8 +14,12 @@ cine (any kind)     :class:`~usreview.review.widgets.CineViewer`, and a caliper 
 still (b-mode...)   :class:`~usreview.review.widgets.ImageViewer`, original and filtered
 ==================  =========================================================================
 
-Under each viewer, *Add to report* copies its current measurements into the
-:class:`~usreview.review.results.ResultsPanel` as the reviewer's own.
+Under each viewer, *Add to report* copies the measurements it shows now into the
+:class:`~usreview.review.results.ResultsPanel` as the reviewer's own, with the label typed
+beside it (free text, or one of a few suggestions for that viewer). Each measurement is
+added once: the button is disabled while there is nothing new to add (nothing measured,
+*Clear* pressed, a refused pick, or all of it added already). A caliper on a cine records
+the frame it measured on (``details["frame_number"]``, 1-based).
 
 :func:`progressive_viewer` shows an instance before it has arrived: its first frame
 (rendered by the service) at once, the viewer once the instance is there; a cine streams
@@ -37,7 +41,7 @@ from usreview.dicom import ImageKind, UltrasoundInstance
 from usreview.errors import UsreviewError
 from usreview.processing import run_pipeline
 from usreview.processing.quantification.doppler import envelope_trace
-from usreview.review.measure import Measurement
+from usreview.review.report import MAX_LABEL
 from usreview.review.results import ResultsPanel
 from usreview.review.widgets import (
     CineViewer,
@@ -58,6 +62,20 @@ VIEWERS: Final = (
 )
 """(kind, viewer) in order of precedence; anything else is a cine or a still."""
 
+_SUGGESTIONS: Final = {
+    "caliper": (
+        "Lesion",
+        "Cyst",
+        "Kidney length",
+        "Vessel diameter",
+        "Plaque thickness",
+        "Intima-media thickness",
+    ),
+    "spectral": ("Right ICA", "Left ICA", "Right CCA", "Left CCA"),
+    "mmode": ("TAPSE", "MAPSE", "Interventricular septum", "LV posterior wall"),
+}
+"""Labels offered beside *Add to report*, by viewer; the reviewer may type any other."""
+
 
 def viewer_for(
     instance: UltrasoundInstance, record: Mapping[str, Any], results: ResultsPanel
@@ -73,16 +91,18 @@ def viewer_for(
             spectral.set_trace(envelope_trace(instance))
         except UsreviewError as exc:
             spectral.error = f"No automatic trace: {exc}"
-        return _with_report_bar(spectral, lambda: _from_results(spectral.results), uid, results)
+        return _with_report_bar(
+            spectral, lambda: _from_results(spectral.results), "results", uid, results, "spectral"
+        )
     if choice == "mmode":
         mmode = MModeViewer.from_instance(instance)
-        return _with_report_bar(mmode, lambda: _from_results(mmode.results), uid, results)
+        return _with_report_bar(
+            mmode, lambda: _from_results(mmode.results), "results", uid, results, "mmode"
+        )
     if instance.number_of_frames > 1:
         return _cine_with_caliper(instance, results)
     caliper = ImageViewer.from_instance(instance, filtered=filtered_still(instance))
-    last: list[Measurement] = []
-    caliper.on_measure(lambda found: last.__setitem__(slice(None), found))
-    return _with_report_bar(caliper, lambda: [m.as_dict() for m in last], uid, results)
+    return _with_caliper_bar(caliper, uid, results)
 
 
 class Progressive(NamedTuple):
@@ -145,44 +165,89 @@ def _cine_with_caliper(instance: UltrasoundInstance, results: ResultsPanel) -> w
 
 
 def _caliper_bar(instance: UltrasoundInstance, cine: CineViewer, results: ResultsPanel) -> w.Widget:
-    """A caliper on the frame the cine is paused on, with its *Add to report* bar."""
-    caliper = ImageViewer.from_instance(instance, 0)
-    last: list[Measurement] = []
-    caliper.on_measure(lambda found: last.__setitem__(slice(None), found))
+    """A caliper on the frame the cine is paused on, with its *Add to report* bar.
+
+    Its measurements record that frame (``details["frame_number"]``, 1-based).
+    """
+    start = cine.frame if 0 <= cine.frame < instance.number_of_frames else 0
+    caliper = ImageViewer.from_instance(instance, start)
 
     def follow(change: dict[str, Any]) -> None:
         if not cine.playing:
-            caliper.set_image(instance.display_frame(int(change["new"])))
+            k = int(change["new"])
+            caliper.set_image(instance.display_frame(k), frame_number=k + 1)
 
     cine.observe(follow, "frame")
-    return _with_report_bar(
-        caliper, lambda: [m.as_dict() for m in last], instance.sop_instance_uid, results
-    )
+    return _with_caliper_bar(caliper, instance.sop_instance_uid, results)
 
 
 def _from_results(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [dict(item) for item in items]
 
 
+def _with_caliper_bar(caliper: ImageViewer, uid: str, results: ResultsPanel) -> w.Widget:
+    def shown() -> list[dict[str, Any]]:
+        return [m.as_dict() for m in caliper.current]
+
+    return _with_report_bar(caliper, shown, "current", uid, results, "caliper")
+
+
 def _with_report_bar(
     viewer: w.Widget,
     current: Callable[[], list[dict[str, Any]]],
+    trait: str,
     uid: str,
     results: ResultsPanel,
+    kind: str,
 ) -> w.Widget:
-    button = w.Button(description="Add to report", icon="plus")
+    """``viewer`` above a label box and *Add to report*.
+
+    ``current()`` gives the measurements the viewer shows now (as
+    :meth:`~usreview.review.measure.Measurement.as_dict`); its trait ``trait`` changes
+    with them. The button adds those not yet among the reviewer's in ``results``, with
+    the label, and is disabled while there are none.
+    """
+    label = w.Combobox(
+        placeholder="Label (optional)",
+        options=list(_SUGGESTIONS[kind]),
+        ensure_option=False,
+        layout=w.Layout(width="220px"),
+    )
+    label.add_class("usreview-measurement-label")
+    button = w.Button(description="Add to report", icon="plus", disabled=True)
     button.add_class("usreview-add-measurement")
     said = w.HTML()
+    said.add_class("usreview-add-said")
+
+    def shown() -> list[dict[str, Any]]:
+        return [{**item, "source_instance": uid} for item in current()]
+
+    def fresh() -> list[dict[str, Any]]:
+        return [item for item in shown() if not results.has_measurement(item)]
+
+    def refresh() -> None:
+        button.disabled = not fresh()
+
+    def changed(_: object) -> None:
+        said.value = ""
+        refresh()
 
     def add(_: object) -> None:
-        found = current()
-        if not found:
-            said.value = "<i>Nothing measured yet.</i>"
-            return
-        for item in found:
-            results.add_measurement({**item, "source_instance": uid})
-        names = ", ".join(html.escape(str(item["name"])) for item in found)
-        said.value = f"<i>Added {names}.</i>"
+        found = fresh()
+        text = label.value.strip()
+        if not found:  # a click that arrived before the button was disabled
+            said.value = "<i>Already added.</i>" if shown() else "<i>Nothing measured.</i>"
+        elif len(text) > MAX_LABEL:
+            said.value = f"<i>The label is too long: {MAX_LABEL} characters at most.</i>"
+        else:
+            added = [item for item in found if results.add_measurement(item, label=text)]
+            names = ", ".join(html.escape(str(item["name"])) for item in added)
+            named = f" as {html.escape(text)}" if text else ""
+            said.value = f"<i>Added {names}{named}.</i>"
+            label.value = ""
+        refresh()
 
+    viewer.observe(changed, trait)
+    results.on_change(refresh)
     button.on_click(add)
-    return w.VBox([viewer, w.HBox([button, said])])
+    return w.VBox([viewer, w.HBox([label, button, said])])

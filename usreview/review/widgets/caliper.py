@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -32,7 +33,9 @@ class ImageViewer(anywidget.AnyWidget):  # type: ignore[misc]
     with :mod:`usreview.review.measure` and answers with :attr:`result` or :attr:`error`
     (for instance the refusal of points in regions of different calibration). An optional
     filtered version of the same image is shown beside the original or toggled with it;
-    both share the pixel grid, so calipers work on either.
+    both share the pixel grid, so calipers work on either. *Clear* (or :meth:`clear`)
+    empties :attr:`result` and :attr:`current`. On a frame of a cine, each measurement's
+    ``details`` carry its ``frame_number`` (1-based, as DICOM and the cine's label count).
 
     Parameters
     ----------
@@ -62,10 +65,16 @@ class ImageViewer(anywidget.AnyWidget):  # type: ignore[misc]
     error : str
         Why the last request could not be measured ("" when it was).
 
+    Traitlets (kernel only)
+    -----------------------
+    current : list of Measurement
+        The measurements shown now: the last caliper's, none after a refusal or *Clear*.
+
     DOM hooks: ``.usr-caliper[data-tool, data-showing, data-pending, data-request,
-    data-ready, data-error]``, ``canvas.usr-canvas[data-role]``, ``.usr-tool[data-tool]``,
-    ``.usr-toggle``, ``.usr-clear``, one ``.usr-measure-text[data-name, data-value,
-    data-unit, data-request]`` per value and ``.usr-measure-error``.
+    data-ready, data-error, data-measured]`` (``data-measured``: the values shown),
+    ``canvas.usr-canvas[data-role]``, ``.usr-tool[data-tool]``, ``.usr-toggle``,
+    ``.usr-clear``, one ``.usr-measure-text[data-name, data-value, data-unit,
+    data-request]`` per value and ``.usr-measure-error``.
     """
 
     _esm = esm("caliper")
@@ -82,6 +91,7 @@ class ImageViewer(anywidget.AnyWidget):  # type: ignore[misc]
     request = traitlets.Dict().tag(sync=True)
     result = traitlets.Dict().tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
+    current = traitlets.List(traitlets.Instance(Measurement))
 
     def __init__(
         self,
@@ -93,6 +103,7 @@ class ImageViewer(anywidget.AnyWidget):  # type: ignore[misc]
         layout: Layout = "toggle",
         unit: LengthUnit = "mm",
         labels: tuple[str, str] = ("Original", "Filtered"),
+        frame_number: int | None = None,
         **kwargs: Any,
     ) -> None:
         original = as_display(image, "image")
@@ -113,6 +124,8 @@ class ImageViewer(anywidget.AnyWidget):  # type: ignore[misc]
             raise ValueError(f"argument 'unit': {unit!r} is not 'mm' or 'cm'")
         self.regions: tuple[UltrasoundRegion, ...] = tuple(regions)
         self.unit: LengthUnit = unit
+        #: The frame shown (1-based) when it is one of a cine's, else ``None``.
+        self.frame_number: int | None = _frame_number(frame_number)
         #: Every measurement made, oldest first.
         self.measurements: list[Measurement] = []
         self._callbacks: list[Callable[[list[Measurement]], None]] = []
@@ -127,14 +140,26 @@ class ImageViewer(anywidget.AnyWidget):  # type: ignore[misc]
         filtered: npt.ArrayLike | None = None,
         **kwargs: Any,
     ) -> ImageViewer:
-        """A viewer of frame ``frame`` of ``instance``, calibrated by its regions."""
+        """A viewer of frame ``frame`` (0-based) of ``instance``, calibrated by its regions.
+
+        On a multi-frame instance, measurements record ``frame_number`` ``frame + 1``.
+        """
+        if instance.number_of_frames > 1:
+            kwargs.setdefault("frame_number", frame + 1)
         return cls(instance.display_frame(frame), instance.regions, filtered=filtered, **kwargs)
 
-    def set_image(self, image: npt.ArrayLike, filtered: npt.ArrayLike | None = None) -> None:
+    def set_image(
+        self,
+        image: npt.ArrayLike,
+        filtered: npt.ArrayLike | None = None,
+        *,
+        frame_number: int | None = None,
+    ) -> None:
         """Show another image of the same size and calibration (another frame of a cine).
 
-        For instance ``cine.observe(lambda c: caliper.set_image(inst.display_frame(c.new)),
-        "frame")`` measures on the frame the cine viewer was paused on.
+        For instance ``cine.observe(lambda c: caliper.set_image(inst.display_frame(c.new),
+        frame_number=c.new + 1), "frame")`` measures on the frame the cine viewer was paused
+        on, and records which. Measurements already shown keep the frame they were made on.
         """
         pixels = as_display(image, "image")
         if pixels.shape[:2] != (self.height, self.width):
@@ -151,6 +176,14 @@ class ImageViewer(anywidget.AnyWidget):  # type: ignore[misc]
                         f"argument 'filtered': {other.shape[:2]} differs from the image"
                     )
                 self.filtered = encode_png(other)
+        self.frame_number = _frame_number(frame_number)
+
+    def clear(self) -> None:
+        """Forget the measurements shown, as the *Clear* button does."""
+        with self.hold_sync():
+            self.result = {}
+            self.error = ""
+        self.current = []
 
     def on_measure(self, callback: Callable[[list[Measurement]], None]) -> None:
         """Call ``callback(measurements)`` after each successful caliper measurement."""
@@ -180,9 +213,14 @@ class ImageViewer(anywidget.AnyWidget):  # type: ignore[misc]
                 shape = ellipse(self.regions, *points, unit=self.unit)
                 results = list(shape.measurements)
         except (CalibrationError, ValueError) as exc:
+            self.current = []
             self.result = {"n": n, "tool": tool, "points": points, "measurements": []}
             self.error = str(exc)
             raise
+        if self.frame_number is not None:
+            frame = {"frame_number": self.frame_number}
+            results = [dataclasses.replace(m, details={**m.details, **frame}) for m in results]
+        self.current = results
         self.error = ""
         self.result = {
             "n": n,
@@ -194,6 +232,12 @@ class ImageViewer(anywidget.AnyWidget):  # type: ignore[misc]
         for callback in self._callbacks:
             callback(results)
         return results
+
+    @traitlets.observe("result")
+    def _on_result(self, change: dict[str, Any]) -> None:
+        # the browser's Clear empties the result: nothing is shown, nothing is current
+        if not (change["new"] or {}).get("measurements"):
+            self.current = []
 
     @traitlets.observe("request")
     def _on_request(self, change: dict[str, Any]) -> None:
@@ -207,3 +251,9 @@ class ImageViewer(anywidget.AnyWidget):  # type: ignore[misc]
         # a refusal is shown to the reviewer through ``error``
         with contextlib.suppress(CalibrationError, ValueError):
             self._measure(tool, points, n)
+
+
+def _frame_number(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"argument 'frame_number': {value!r} is not a frame number (from 1)")
+    return value

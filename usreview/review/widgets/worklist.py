@@ -9,14 +9,17 @@ from typing import Any
 import anywidget
 import traitlets
 
+from usreview.review.form import URGENCIES
 from usreview.review.widgets._assets import css, esm
 
-__all__ = ["COLUMNS", "WorklistTable", "columnar", "normalise_rows"]
+__all__ = ["COLUMNS", "URGENCY_ORDER", "WorklistTable", "columnar", "normalise_rows"]
 
-#: The columns shown, in order: (key, label, CSS grid width).
+#: The columns shown, in order: (key, label, CSS grid width). ``waiting`` is computed in
+#: the browser from ``received_ms`` (the time since the study was received, kept current).
 COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("urgency", "Urgency", "80px"),
+    ("urgency", "Urgency", "96px"),
     ("received_at", "Received", "150px"),
+    ("waiting", "Waiting", "70px"),
     ("site", "Site", "110px"),
     ("patient_name", "Patient", "1.2fr"),
     ("patient_id", "ID", "100px"),
@@ -27,8 +30,13 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("claim", "Claimed by", "100px"),
 )
 _KEYS = {key for key, _, _ in COLUMNS} | {"study_instance_uid"}
-_ORDER = tuple(sorted(_KEYS))
+_COMPUTED = frozenset({"waiting"})
+#: Statuses of a study whose report is out: its waiting time is not shown.
+_ANSWERED = frozenset({"published", "delivered"})
+_ORDER = tuple(sorted(_KEYS - _COMPUTED | {"received_ms"}))
 ACTIONS = ("open", "claim")
+#: The report urgencies, most urgent first: the form's (and the report's) own, reversed.
+URGENCY_ORDER: tuple[str, ...] = tuple(reversed(URGENCIES))
 
 
 def _cell(key: str, value: Any) -> Any:
@@ -45,11 +53,34 @@ def _cell(key: str, value: Any) -> Any:
     raise ValueError(f"worklist column {key!r}: cannot show a {type(value).__name__}")
 
 
+def _epoch_ms(value: Any) -> int | str:
+    """Milliseconds since 1970 (UTC) of a received time, or "" without one.
+
+    Datetimes and ISO 8601 text with a time of day; without an offset they are UTC (as the
+    service sends them). A date alone, or text that is not a time, gives "".
+    """
+    if isinstance(value, str):
+        if len(value) <= 10:  # no time of day
+            return ""
+        try:
+            value = _dt.datetime.fromisoformat(value)
+        except ValueError:
+            return ""
+    if not isinstance(value, _dt.datetime):
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_dt.UTC)
+    return int(value.timestamp() * 1000)
+
+
 def normalise_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Rows as JSON-ready dicts of the known columns; each needs a ``study_instance_uid``.
 
     Datetimes become ``YYYY-MM-DD HH:MM:SS`` (sortable as text), lists stay lists of text,
-    missing columns are empty; unknown keys are dropped.
+    missing columns are empty; unknown keys are dropped. ``received_ms`` is added: the
+    received time (``received_at``, UTC unless it says otherwise) in milliseconds since
+    1970, or "" when it has no time of day or the study is answered (published or
+    delivered: nobody waits any more); the browser shows the waiting time from it.
 
     Raises
     ------
@@ -72,6 +103,9 @@ def normalise_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             # the common case first: text as it came from the service
             clean[key] = value if type(value) is str else _cell(key, value)
         clean["study_instance_uid"] = uid
+        status = row.get("status")
+        answered = str(getattr(status, "value", status)) in _ANSWERED
+        clean["received_ms"] = "" if answered else _epoch_ms(row.get("received_at"))
         out.append(clean)
     return out
 
@@ -89,9 +123,14 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
     """The study worklist, rendered and virtualised in the browser.
 
     Only the rows in view exist in the page, so thousands of studies scroll smoothly;
-    sorting (click a header, again to reverse), the free-text filter (every word must match
-    some column) and the site and status filters run in the browser and are kept when
-    :attr:`rows` is replaced from Python. Urgent and stat studies are highlighted.
+    sorting (click a header or press Enter or Space on it, again to reverse), the free-text
+    filter (every word must match some column) and the site and status filters run in the
+    browser and are kept when :attr:`rows` is replaced from Python. Sorting by urgency
+    follows :attr:`urgencies` (most urgent first; other values after them, studies without
+    one last); critical and urgent studies are highlighted, and say so in words. The
+    *Waiting* column shows how long ago each study was received ("12 min", "3 h", "2 d",
+    kept current) until its report is published; sorting by it puts the shortest wait
+    first, again the longest.
     Clicking a row's *Open* or *Claim* sets :attr:`action`; :meth:`on_action` registers a
     handler, :meth:`on_shown` one for each time a browser draws the table.
 
@@ -100,7 +139,8 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
     rows
         Studies as mappings with ``study_instance_uid``, ``site``, ``patient_name``,
         ``patient_id``, ``study_description``, ``kinds``, ``received_at``, ``status``,
-        ``urgency`` (``stat``, ``urgent``, ``routine``), ``findings`` and ``claim``.
+        ``urgency`` (``routine``, ``urgent``, ``critical``: the report's), ``findings`` and
+        ``claim``.
     height
         Height of the scrolling list in CSS pixels.
 
@@ -111,6 +151,8 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
         ``table`` (:func:`columnar`), and only when they change.
     sort : dict
         ``{"key": column, "descending": bool}``; ``{}`` keeps the given order.
+    urgencies : list of str
+        The urgencies, most urgent first (:data:`URGENCY_ORDER`); the browser sorts by it.
     query, site_filter, status_filter : str
         The filters ("" for none).
     action : dict
@@ -118,7 +160,8 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
 
     DOM hooks: ``.usr-worklist[data-total, data-shown, data-render-ms, data-sort-key,
     data-sort-dir, data-first-uid, data-drawn, data-last-action, data-ready]``,
-    ``.usr-wl-th[data-key, data-dir]``, ``input.usr-wl-query``, ``select.usr-wl-site``,
+    ``.usr-wl-th[data-key, data-dir, aria-sort]`` (``role=columnheader``) each with a
+    ``button.usr-wl-sort``, ``input.usr-wl-query``, ``select.usr-wl-site``,
     ``select.usr-wl-status``, ``.usr-wl-row[data-uid, data-urgency, data-index]`` with
     ``.usr-wl-td[data-key]`` cells, ``button.usr-open``, ``button.usr-claim``,
     ``.usr-wl-count``.
@@ -132,6 +175,11 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
     columns = traitlets.List(traitlets.Dict()).tag(sync=True)
     height = traitlets.Int(480).tag(sync=True)
     sort = traitlets.Dict().tag(sync=True)
+    urgencies = traitlets.List(
+        traitlets.Unicode(),
+        default_value=list(URGENCY_ORDER),
+        help="The urgencies, most urgent first: the order of a sort by urgency.",
+    ).tag(sync=True)
     query = traitlets.Unicode("").tag(sync=True)
     site_filter = traitlets.Unicode("").tag(sync=True)
     status_filter = traitlets.Unicode("").tag(sync=True)

@@ -1,6 +1,7 @@
 // ImageViewer: a still (or one frame) with distance and ellipse calipers. Clicks become image
 // pixels; the kernel computes calibrated values (usreview.review.measure) and sends them back.
-// DOM hooks: .usr-caliper[data-tool, data-showing, data-pending, data-request];
+// DOM hooks: .usr-caliper[data-tool, data-showing, data-pending, data-request, data-measured
+// (the number of values shown)];
 // canvas.usr-canvas[data-role=original|filtered]; .usr-tool[data-tool]; .usr-toggle;
 // .usr-clear; .usr-measure-text[data-name, data-value, data-unit, data-request] (one per
 // value in .usr-measure-list); .usr-measure-error.
@@ -145,10 +146,10 @@ function render({ model, el }) {
     }, m.text)));
     error.textContent = model.get("error");
     root.dataset.error = model.get("error") ? "true" : "false";
-    if (result.points && result.points.length) {
-      shown = result.points;
-      shownTool = result.tool;
-    }
+    // an empty result (Clear, here or from the kernel) leaves nothing drawn
+    shown = result.points && result.points.length ? result.points : [];
+    shownTool = result.tool || null;
+    root.dataset.measured = String(items.length);
     redraw();
   }
 

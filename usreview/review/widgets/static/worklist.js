@@ -1,33 +1,66 @@
 // WorklistTable: thousands of studies rendered in the browser. Only the rows in view exist
-// in the DOM (virtual scrolling); sorting (click a header), a free-text filter and site and
-// status filters run client-side and survive updates of the rows from the kernel.
+// in the DOM (virtual scrolling); sorting (click a header, or Enter / Space on it), a
+// free-text filter and site and status filters run client-side and survive updates of the
+// rows from the kernel. The urgency order comes from the kernel (model "urgencies", most
+// urgent first); the Waiting column is computed here from received_ms and kept current.
 // DOM hooks: .usr-worklist[data-total, data-shown, data-render-ms, data-sort-key,
-// data-sort-dir, data-first-uid, data-ready]; .usr-wl-th[data-key]; input.usr-wl-query;
-// select.usr-wl-site; select.usr-wl-status; .usr-wl-row[data-uid, data-urgency, data-index];
-// .usr-wl-td[data-key]; button.usr-open / button.usr-claim; .usr-wl-count.
+// data-sort-dir, data-first-uid, data-ready]; .usr-wl-th[data-key, data-dir, aria-sort]
+// with button.usr-wl-sort; input.usr-wl-query; select.usr-wl-site; select.usr-wl-status;
+// .usr-wl-row[data-uid, data-urgency, data-index]; .usr-wl-td[data-key];
+// button.usr-open / button.usr-claim; .usr-wl-count.
 
 const ROW_HEIGHT = 30;
 const OVERSCAN = 8;
-const URGENCY_RANK = { stat: 0, urgent: 1, high: 1, priority: 2, routine: 3, low: 4 };
+const TICK_MS = 30_000; // how often the waiting times are brought up to date
+const MINUTE = 60_000;
+const HOUR = 60 * MINUTE;
+const DAY = 24 * HOUR;
 const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
 
+function receivedMs(row) {
+  return typeof row.received_ms === "number" ? row.received_ms : null;
+}
+
+/** How long since `since` (ms since 1970): "12 min" below an hour, "3 h" below two days, then "4 d". */
+function waited(since, now) {
+  if (since === null) return "";
+  const ms = Math.max(now - since, 0);
+  if (ms < HOUR) return `${Math.floor(ms / MINUTE)} min`;
+  if (ms < 2 * DAY) return `${Math.floor(ms / HOUR)} h`;
+  return `${Math.floor(ms / DAY)} d`;
+}
+
 function cellText(row, key) {
+  if (key === "waiting") return waited(receivedMs(row), Date.now());
   const value = row[key];
   if (value === null || value === undefined || value === "") return "";
   if (Array.isArray(value)) return value.join(", ");
   return String(value);
 }
 
-function compareBy(key) {
+// How to sort by `key`: `missing(row)` is 1 for rows that sort last in either direction
+// (no urgency, no received time), `compare` orders the others.
+function sorterFor(key, urgencies) {
   if (key === "urgency") {
-    const rank = (r) => URGENCY_RANK[String(r.urgency || "").toLowerCase()] ?? 9;
-    return (a, b) => rank(a) - rank(b);
+    const ranks = new Map(urgencies.map((u, i) => [String(u).toLowerCase(), i]));
+    const rank = (r) => ranks.get(String(r.urgency || "").toLowerCase()) ?? urgencies.length;
+    return { missing: (r) => (r.urgency ? 0 : 1), compare: (a, b) => rank(a) - rank(b) };
   }
-  return (a, b) => {
-    const x = a[key];
-    const y = b[key];
-    if (typeof x === "number" && typeof y === "number") return x - y;
-    return collator.compare(cellText(a, key), cellText(b, key));
+  if (key === "waiting") {
+    // received later = waited less: ascending is the shortest wait first
+    return {
+      missing: (r) => (receivedMs(r) === null ? 1 : 0),
+      compare: (a, b) => receivedMs(b) - receivedMs(a),
+    };
+  }
+  return {
+    missing: () => 0,
+    compare: (a, b) => {
+      const x = a[key];
+      const y = b[key];
+      if (typeof x === "number" && typeof y === "number") return x - y;
+      return collator.compare(cellText(a, key), cellText(b, key));
+    },
   };
 }
 
@@ -52,12 +85,14 @@ function render({ model, el }) {
   const status = h("select", { class: "usr-wl-status", title: "Status" });
   const count = h("span", { class: "usr-wl-count" });
   const filters = h("div", { class: "usr-controls" }, query, site, status, count);
-  const header = h("div", { class: "usr-wl-header" });
+  const header = h("div", { class: "usr-wl-header", role: "row", "aria-rowindex": "1" });
   const spacer = h("div", { class: "usr-wl-spacer" });
-  const body = h("div", { class: "usr-wl-rows" });
+  const body = h("div", { class: "usr-wl-rows", role: "rowgroup" });
   const viewport = h("div", { class: "usr-wl-viewport" }, spacer, body);
   viewport.style.height = `${model.get("height")}px`;
-  root.append(filters, header, viewport);
+  const table = h("div", { class: "usr-wl-table", role: "table", "aria-label": "Studies" },
+    header, viewport);
+  root.append(filters, table);
   el.append(root);
 
   let rows = [];
@@ -68,9 +103,12 @@ function render({ model, el }) {
   const template = columns.map((c) => c.width || "1fr").join(" ") + " 118px";
   header.style.gridTemplateColumns = template;
 
+  table.setAttribute("aria-colcount", String(columns.length + 1));
   for (const column of columns) {
-    const th = h("div", { class: "usr-wl-th", dataset: { key: column.key }, role: "button" },
-      column.label);
+    // a real button in each column header: focusable, Enter and Space click it
+    const button = h("button", { class: "usr-wl-sort", type: "button" }, column.label);
+    const th = h("div", { class: "usr-wl-th", dataset: { key: column.key }, role: "columnheader" },
+      button);
     th.addEventListener("click", () => {
       const sort = model.get("sort") || {};
       const descending = sort.key === column.key ? !sort.descending : false;
@@ -79,7 +117,8 @@ function render({ model, el }) {
     });
     header.append(th);
   }
-  header.append(h("div", { class: "usr-wl-th usr-wl-actions" }, ""));
+  header.append(h("div", { class: "usr-wl-th usr-wl-actions", role: "columnheader",
+    "aria-label": "Actions" }, ""));
 
   function options(select, values, label, current) {
     select.replaceChildren(h("option", { value: "" }, `All ${label}`),
@@ -90,8 +129,9 @@ function render({ model, el }) {
   function index() {
     rows = fromColumns(model.get("table"));
     // the visible columns, and the UIDs and accession number people paste in
+    const searched = columns.filter((c) => c.key !== "waiting"); // changes with the clock
     haystack = rows.map((r) =>
-      [...columns.map((c) => cellText(r, c.key)), r.study_instance_uid, r.accession_number || ""]
+      [...searched.map((c) => cellText(r, c.key)), r.study_instance_uid, r.accession_number || ""]
         .join("\u0001")
         .toLowerCase()
     );
@@ -117,15 +157,22 @@ function render({ model, el }) {
     }
     const sort = model.get("sort") || {};
     if (sort.key) {
-      const compare = compareBy(sort.key);
+      const { missing, compare } = sorterFor(sort.key, model.get("urgencies") || []);
       const sign = sort.descending ? -1 : 1;
-      order.sort((a, b) => sign * compare(rows[a], rows[b]) || a - b);
+      order.sort((a, b) => {
+        const x = rows[a];
+        const y = rows[b];
+        return missing(x) - missing(y) || sign * compare(x, y) || a - b;
+      });
     }
     for (const th of header.querySelectorAll(".usr-wl-th[data-key]")) {
       const active = th.dataset.key === sort.key;
       th.classList.toggle("usr-sorted", active);
       th.dataset.dir = active ? (sort.descending ? "desc" : "asc") : "";
+      if (active) th.setAttribute("aria-sort", sort.descending ? "descending" : "ascending");
+      else th.removeAttribute("aria-sort");
     }
+    table.setAttribute("aria-rowcount", String(order.length + 1));
     root.dataset.sortKey = sort.key || "";
     root.dataset.sortDir = sort.key ? (sort.descending ? "desc" : "asc") : "";
     root.dataset.total = String(rows.length);
@@ -152,17 +199,21 @@ function render({ model, el }) {
       const line = h("div", {
         class: `usr-wl-row usr-urgency-${urgency || "none"}`,
         dataset: { uid: r.study_instance_uid, urgency, index: String(k) },
+        role: "row",
+        "aria-rowindex": String(k + 2),
       });
       line.style.gridTemplateColumns = template;
       for (const column of columns) {
         const text = cellText(r, column.key);
-        line.append(h("div", { class: "usr-wl-td", dataset: { key: column.key }, title: text }, text));
+        const title = column.key === "waiting" && text ? `since ${cellText(r, "received_at")}` : text;
+        line.append(h("div", { class: "usr-wl-td", dataset: { key: column.key }, title, role: "cell" },
+          text));
       }
       const open = h("button", { class: "usr-open", type: "button" }, "Open");
       const claim = h("button", { class: "usr-claim", type: "button" }, r.claim ? "Claimed" : "Claim");
       open.addEventListener("click", () => act("open", r.study_instance_uid));
       claim.addEventListener("click", () => act("claim", r.study_instance_uid));
-      line.append(h("div", { class: "usr-wl-td usr-wl-actions" }, open, claim));
+      line.append(h("div", { class: "usr-wl-td usr-wl-actions", role: "cell" }, open, claim));
       fragment.append(line);
     }
     body.replaceChildren(fragment);
@@ -197,6 +248,7 @@ function render({ model, el }) {
 
   model.on("change:table", () => { index(); recompute(); });
   model.on("change:sort", recompute);
+  model.on("change:urgencies", recompute);
   model.on("change:query", () => {
     if (query.value !== model.get("query")) query.value = model.get("query");
     recompute();
@@ -210,6 +262,15 @@ function render({ model, el }) {
   model.send({ event: "shown" }); // the kernel starts following the list once someone sees it
   // sizes are known only once attached: draw again on the next frame
   requestAnimationFrame(() => draw(true));
+  // the waiting times grow: rewrite those cells (only), so focus and hover stay put
+  const tick = setInterval(() => {
+    const now = Date.now();
+    for (const cell of body.querySelectorAll('.usr-wl-td[data-key="waiting"]')) {
+      const r = rows[order[Number(cell.parentElement.dataset.index)]];
+      if (r) cell.textContent = waited(receivedMs(r), now);
+    }
+  }, TICK_MS);
+  return () => clearInterval(tick);
 }
 
 export default { render };
