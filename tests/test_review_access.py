@@ -350,6 +350,7 @@ def test_a_reviewer_makes_a_published_study_a_teaching_case(world: World) -> Non
     assert mark(world.rall, north).json() == case  # one case per study
     assert case["case_uid"] != north and len(case["instances"]) == 1
     assert case["refused"] == [] and case["exam_type"] == "general"
+    assert case["measurements"] == []  # the report measured nothing
     assert "anechoic cyst" in case["findings"] and "Simple cyst" in case["impression"]
     words = " ".join((case["findings"], case["impression"])).lower()
     for gone in ("jane", "doe", "mrn-424242", "2024", "house", "rn"):
@@ -413,16 +414,29 @@ def test_an_amended_report_reaches_its_teaching_case(world: World) -> None:
         "recommendations": "Follow-up in March 2025.",
         "urgency": "routine",
         "key_images": [world.instances["north"]],
+        "measurements": [
+            {
+                "name": "distance",
+                "value": 9.0,
+                "unit": "mm",
+                "label": "Cyst depth 14/03",
+                "source_instance": world.instances["north"],
+            },
+        ],
     }
     answer = hub.request("POST", f"/studies/{study}/reports", world.rn, json=report)
     assert answer.status_code == 201 and answer.json()["supersedes"] is not None, answer.text
     amended = hub.get(f"/teaching/{case['case_uid']}", world.tina).json()
     assert "thin septum" in amended["findings"] and "thin septum" in amended["impression"]
     assert "Follow-up in [date]" in amended["recommendations"]
+    assert amended["measurements"] == [  # the expert's, for trainees and scientists; no UID
+        {"name": "distance", "value": 9.0, "unit": "mm", "label": "Cyst depth [date]",
+         "origin": "reviewer", "decision": "accepted", "code": None},
+    ]  # fmt: skip
     words = " ".join((amended["findings"], amended["impression"])).lower()
     for gone in ("jane", "doe", "424242", "14 march", "house"):
         assert gone not in words, gone
-    words_of = ("findings", "impression", "recommendations")
+    words_of = ("findings", "impression", "recommendations", "measurements")
     same = {k: v for k, v in case.items() if k not in words_of}
     assert {k: v for k, v in amended.items() if k not in words_of} == same  # the same copies
     assert hub.get("/teaching", world.tina).json() == {"cases": [amended]}
@@ -445,6 +459,7 @@ def test_trainees_land_on_the_teaching_page_which_shows_the_cases(world: World) 
         assert [value for _, value in page.picker.options] == [world.case["case_uid"]]
         page.picker.value = world.case["case_uid"]
         assert "anechoic cyst" in page.details.value and "Jane" not in page.details.value
+        assert "Cyst depth [date] (distance): 9 mm" in page.details.value
         assert len(page.thumbnails.children) == 1 and page.viewer.children
         assert page.message.value == ""  # no error
 

@@ -505,6 +505,7 @@ def test_an_archive_made_before_the_review_columns_is_upgraded(
                 connection.execute(text(f'ALTER TABLE studies DROP COLUMN "{column}"'))
             connection.execute(text('ALTER TABLE series DROP COLUMN "manufacturer"'))
             connection.execute(text("DROP INDEX ix_studies_site_patient"))
+            connection.execute(text('ALTER TABLE teaching_cases DROP COLUMN "measurements"'))
         assert "kinds" not in {c["name"] for c in inspect(engine).get_columns("studies")}
     finally:
         engine.dispose()
@@ -518,5 +519,7 @@ def test_an_archive_made_before_the_review_columns_is_upgraded(
     try:  # the priors' index is made again
         indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("studies")}
         assert indexes["ix_studies_site_patient"] == ["site_id", "patient_id"]
+        columns = {c["name"] for c in inspect(engine).get_columns("teaching_cases")}
+        assert "measurements" in columns  # cases made before it read as having none
     finally:
         engine.dispose()

@@ -134,6 +134,36 @@ def test_a_copy_is_encrypted_at_rest_and_reads_back_the_same(
         store.read_instance(case.case_uid, item.sop_instance_uid)
 
 
+def test_a_case_keeps_the_experts_measurements_takes_new_words_and_can_be_withdrawn(
+    archive: Archive, source: Path, tmp_path: Path
+) -> None:
+    store = TeachingStore(archive, secrets.token_bytes(32))
+    study = "1.2.826.0.2.1"
+    depth = {"name": "distance", "value": 9.0, "unit": "mm", "origin": "reviewer",
+             "decision": "accepted", "label": "Cyst depth"}  # fmt: skip
+    case = replace(teaching_case(tmp_path / "case", source, study), measurements=(depth,))
+    recorded = store.add(DR, study, tmp_path / "case", case)
+    assert recorded.measurements == (depth,) and store.case(case.case_uid) == recorded
+    amended = store.set_text(
+        DR, study, exam_type="general", findings="septated cyst", impression="complex cyst",
+        recommendations="follow-up", measurements=[{**depth, "value": 11.0}],
+    )  # fmt: skip
+    assert (amended.findings, amended.measurements[0]["value"]) == ("septated cyst", 11.0)
+    assert amended.instances == recorded.instances  # the same copies
+    with pytest.raises(NotFoundError):
+        store.set_text(Reviewer("dr-y", frozenset({"elsewhere"})), study, exam_type=None,
+                       findings="", impression="", recommendations="")  # fmt: skip
+    with pytest.raises(NotFoundError):  # not a study this reviewer may see
+        store.remove(Reviewer("dr-y", frozenset({"elsewhere"})), case.case_uid)
+    before = store.library_mark()
+    assert store.remove(DR, case.case_uid) == amended
+    assert store.cases() == [] and store.library_mark() != before
+    assert not (archive.root / "teaching" / case.case_uid).exists()
+    with pytest.raises(NotFoundError):
+        store.remove(DR, case.case_uid)
+    assert store.case_of_study(DR, study) is None  # the study can be made a case again
+
+
 def test_a_failed_recording_leaves_no_file_and_no_case(
     archive: Archive, source: Path, tmp_path: Path
 ) -> None:

@@ -2,8 +2,9 @@
 the pipeline (or a prototype processor) on them.
 
 Scientists (scope ``custom:usreview:research``) read what trainees read: the hub's teaching
-cases, de-identified copies of published studies with the expert's findings, impression and
-recommendations (``GET /teaching``, see :mod:`usreview.hub.api.handlers_teaching`); never a
+cases, de-identified copies of published studies with the expert's findings, impression,
+recommendations and measurements (``GET /teaching``, see
+:mod:`usreview.hub.api.handlers_teaching`); never a
 study, never an identified instance. In a scientist's JupyterLab (``research.ipynb``):
 
 >>> client = ReviewClient.from_environment()                    # doctest: +SKIP
@@ -42,8 +43,10 @@ CASE_COLUMNS: Final = (
     "findings",
     "impression",
     "recommendations",
+    "measurements",
 )
-"""The columns of :func:`case_table`: the instance, then its case's words (the labels)."""
+"""The columns of :func:`case_table`: the instance, then its case's words (the labels) and
+the expert's measurements (``{"name", "label", "value", "unit"}`` each, a tuple)."""
 
 RUN_COLUMNS: Final = (
     "case_uid",
@@ -79,6 +82,10 @@ def case_table(client: ReviewClient) -> pd.DataFrame:
             "findings": case["findings"],
             "impression": case["impression"],
             "recommendations": case["recommendations"],
+            "measurements": tuple(
+                {key: m.get(key) for key in ("name", "label", "value", "unit")}
+                for m in case.get("measurements", ())
+            ),
         }
         for case in client.teaching_cases()
         for item in case["instances"]

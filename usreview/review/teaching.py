@@ -3,7 +3,8 @@
 ``notebooks/teaching.ipynb`` shows :func:`teaching_page` (trainees land there after
 logging in; reviewers open it on one case, ``?case=UID``, from a study's similar cases).
 The list holds every case (exam, image kinds, how many instances); a case shows the
-reviewer's findings, impression and recommendations, what was done to de-identify it, and
+reviewer's findings, impression, recommendations and measurements (so a trainee can check
+their calipers against the expert's), what was done to de-identify it, and
 its instances as buttons; the selected one opens in the viewer the reviewers use
 (:func:`usreview.review.viewers.viewer_for`), calipers included, whose measurements go to a
 practice panel that is never sent anywhere. Everything comes from the service as the
@@ -122,6 +123,7 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
                     ("recommendations", "Recommendations"),
                 )
             ),
+            _measurements_html(case.get("measurements") or []),
             "<p style='color:#555'><small>De-identified: "
             + html.escape("; ".join(case.get("deidentification", [])))
             + "</small></p>",
@@ -201,6 +203,26 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
         self.message.value = (
             f"<div class='usreview-message' style='color:{colour}'>{html.escape(text)}</div>"
         )
+
+
+def _measurements_html(measurements: list[Mapping[str, Any]]) -> str:
+    """The expert's measurements, one line each: label or name, value, unit."""
+    if not measurements:
+        return ""
+    lines = []
+    for m in measurements:
+        name = str(m.get("name", "")).replace("_", " ")
+        label = f"{m['label']} ({name})" if m.get("label") else name.capitalize()
+        value = m.get("value")
+        shown = f"{value:.4g}" if isinstance(value, int | float) else "—"
+        lines.append(
+            f"{html.escape(label)}: {html.escape(shown)} {html.escape(str(m.get('unit', '')))}"
+        )
+    return (
+        "<p class='usreview-expert-measurements'><b>Expert's measurements</b><br>"
+        + "<br>".join(lines)
+        + "</p>"
+    )
 
 
 def teaching_page(client: ReviewClient | None = None) -> TeachingPage:

@@ -121,6 +121,9 @@ class TeachingCaseRow(Base):
     recommendations: Mapped[str] = mapped_column(Text)
     kinds: Mapped[list[str]] = mapped_column(JSON)
     refused: Mapped[list[str]] = mapped_column(JSON)
+    #: The expert's measurements (name, value, unit, label...), no source UID; ``None``
+    #: in cases made before they were kept.
+    measurements: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
 
 class TeachingInstanceRow(Base):

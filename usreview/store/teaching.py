@@ -112,6 +112,9 @@ class TeachingCase:
     kinds: tuple[str, ...]
     refused: tuple[str, ...]
     instances: tuple[TeachingInstance, ...]
+    measurements: tuple[Mapping[str, Any], ...] = ()
+    """The expert's measurements from the report (name, value, unit, origin, decision and
+    the cleaned label; never the source instance's UID)."""
     created_by: str = ""
     created_at: datetime | None = None
 
@@ -201,6 +204,7 @@ class TeachingStore:
                 recommendations=case.recommendations,
                 kinds=list(case.kinds),
                 refused=list(case.refused),
+                measurements=[dict(m) for m in case.measurements],
             )
             session.add(row)
             session.flush()
@@ -226,8 +230,10 @@ class TeachingStore:
         findings: str,
         impression: str,
         recommendations: str,
+        measurements: Sequence[Mapping[str, Any]] = (),
     ) -> TeachingCase:
-        """Replace the words of the case made of a study (an amended report's, cleaned).
+        """Replace the words and measurements of the case made of a study (an amended
+        report's, cleaned).
 
         Raises
         ------
@@ -244,6 +250,7 @@ class TeachingStore:
                     raise NotFoundError(f"no teaching case of study {study_instance_uid}")
                 row.exam_type, row.findings = exam_type, findings
                 row.impression, row.recommendations = impression, recommendations
+                row.measurements = [dict(m) for m in measurements]
             return _case(session, row)
 
     def remove(self, caller: Reviewer, case_uid: str) -> TeachingCase:
@@ -461,6 +468,7 @@ def _case(session: Session, row: TeachingCaseRow) -> TeachingCase:
         recommendations=row.recommendations,
         kinds=tuple(row.kinds),
         refused=tuple(row.refused),
+        measurements=tuple(row.measurements or ()),
         instances=tuple(
             TeachingInstance(
                 i.sop_instance_uid, i.sop_class_uid, tuple(i.kinds), i.frames, i.size, i.sha256

@@ -47,6 +47,7 @@ def case_view(case: TeachingCase) -> dict[str, Any]:
         "findings": case.findings,
         "impression": case.impression,
         "recommendations": case.recommendations,
+        "measurements": [dict(m) for m in case.measurements],
         "kinds": list(case.kinds),
         "instances": [
             {

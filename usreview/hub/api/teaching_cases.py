@@ -13,7 +13,8 @@
    reason kept; none left is 422 ``not_deidentifiable``;
 3. the latest report's exam type, findings, impression and recommendations are kept,
    cleaned of the source's identifiers and of dates (:func:`usreview.teaching.scrub_text`);
-   not the reviewer's name, not the dates;
+   not the reviewer's name, not the dates; and its measurements (concept, value, unit,
+   how they were decided, the cleaned label), without the source instance's UID;
 4. the copies are encrypted at rest with the hub's at-rest key and the case recorded
    (:class:`usreview.store.teaching.TeachingStore`, from :func:`teaching_store`).
 
@@ -75,6 +76,8 @@ IDENTIFYING = (
     "StudyID",
 )
 _PUBLISHED = (StudyStatus.PUBLISHED, StudyStatus.DELIVERED)
+#: What a teaching case keeps of each of the report's measurements (and its cleaned label).
+_MEASUREMENT_KEYS = ("name", "value", "unit", "code", "origin", "decision")
 _LOCKS = tuple(threading.Lock() for _ in range(16))
 
 
@@ -218,16 +221,25 @@ def _refreshed(
 
 
 def _case_text(content: Mapping[str, Any], identifiers: list[str]) -> dict[str, Any]:
-    """A report's exam type and its words, cleaned of ``identifiers`` and of dates."""
+    """A report's exam type, words and measurements, cleaned of ``identifiers`` and of
+    dates; a measurement keeps its concept, value, unit and how it was decided, never the
+    source instance's UID."""
 
     def said(key: str) -> str:
         return scrub_text(str(content.get(key) or ""), identifiers)
 
+    measurements = []
+    for item in content.get("measurements") or ():
+        kept = {key: item[key] for key in _MEASUREMENT_KEYS if key in item}
+        if item.get("label"):
+            kept["label"] = scrub_text(str(item["label"]), identifiers)
+        measurements.append(kept)
     return {
         "exam_type": str(content["exam_type"]) if content.get("exam_type") else None,
         "findings": said("findings"),
         "impression": said("impression"),
         "recommendations": said("recommendations"),
+        "measurements": tuple(measurements),
     }
 
 
