@@ -147,8 +147,10 @@ def test_the_caliper_measures_the_inclusion_within_one_pixel(
     rita.locator(".usreview-add-measurement").first.click()
     rita.locator(".usreview-own[data-name=distance]").wait_for(timeout=60_000)
     _screenshot(rita, "study-bmode")
+    rita.fill(".usreview-impression textarea", "Round inclusion, measured.")
     rita.locator(".usreview-back").click()
     rita.wait_for_selector(".usr-worklist[data-total]", timeout=30_000)
+    rita.locator(".usreview-message:has-text('kept as a draft')").wait_for(timeout=30_000)
 
 
 def test_published_report_reaches_origin_and_second_site_only(
@@ -174,6 +176,10 @@ def test_published_report_reaches_origin_and_second_site_only(
     rita.locator(".usreview-recipients select").select_option(["west"])
     rita.locator(".usreview-publish").click()
     rita.locator(".usreview-publish-status [data-version='1']").wait_for(timeout=60_000)
+    # the claim went with the publication: the page says so, and an amendment waits for a claim
+    rita.locator(".usreview-claimant:has-text('nobody')").wait_for(timeout=30_000)
+    assert rita.locator(".usreview-publish").is_disabled()
+    rita.locator(".usreview-versions [data-version='1']").wait_for(timeout=30_000)
     _screenshot(rita, "published")
 
     def delivered(site: str) -> Path | None:

@@ -11,8 +11,16 @@ call the service as the reviewer (:class:`~usreview.review.client.ReviewClient`)
   page), the study's instances as thumbnails, a viewer for the selected one
   (:func:`viewer_for`), the study-level evaluation (decision support) above the
   automatic results to accept, correct or reject
-  (:class:`~usreview.review.results.ResultsPanel`), the report form
-  (:class:`~usreview.review.form.ReportForm`) and the published versions.
+  (:class:`~usreview.review.results.ResultsPanel`), the published versions and the report
+  form (:class:`~usreview.review.form.ReportForm`, filled from the latest version to amend).
+  *Claim* and *Release* take and give back the study; the page renews the reviewer's
+  claim while it is open. A publication releases the claim (the service does): the page
+  reads the study again, stops renewing and locks the form until the study is claimed
+  again. *Back to worklist* (:meth:`StudyPage.leave`) releases the claim and keeps unsent
+  text as a draft, per study, for the rest of the session (the kernel).
+
+Every button says what happened, in the page's message: a refusal with the service's
+words, anything unexpected as one line (and logged), since Voila shows no tracebacks.
 """
 
 from __future__ import annotations
@@ -22,14 +30,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, quote
 
 import ipywidgets as w
 
 from usreview.errors import UsreviewError
-from usreview.review.client import ClaimedError, ReviewClient
+from usreview.review.client import ClaimedError, ReviewClient, ServiceError
 from usreview.review.form import ReportForm
 from usreview.review.results import ResultsPanel
 
@@ -51,6 +59,8 @@ REFRESH_SECONDS: Final = 5.0
 RENEW_SECONDS: Final = 240.0
 _log = logging.getLogger(__name__)
 _THUMB: Final = 96
+#: Unsent reports left with *Back to worklist*, by study UID, for this kernel's session.
+_DRAFTS: dict[str, dict[str, Any]] = {}
 
 
 def query_value(name: str, query: str | None = None) -> str | None:
@@ -93,6 +103,26 @@ def _banner(text: str, *, error: bool = False) -> str:
     return f'<div class="usreview-message" style="color:{colour}">{html.escape(text)}</div>'
 
 
+def _unexpected(exc: BaseException, longest: int = 200) -> str:
+    """An exception nobody foresaw, as one line of a message (the traceback is logged)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return "unexpected error (" + (text if len(text) <= longest else text[:longest] + "…") + ")"
+
+
+def _guarded(message: w.HTML, failure: str, action: Callable[[], None]) -> Callable[..., None]:
+    """A button's (or observer's) handler running ``action``: what it did not foresee is
+    logged and said in ``message`` as ``failure: unexpected error (...)``."""
+
+    def handle(*_: Any) -> None:
+        try:
+            action()
+        except Exception as exc:  # Voila hides tracebacks: the reviewer must be told
+            _log.exception("%s", failure)
+            message.value = _banner(f"{failure}: {_unexpected(exc)}", error=True)
+
+    return handle
+
+
 class WorklistPage(w.VBox):  # type: ignore[misc]
     """The worklist, its messages and, once a study is opened, that study in place."""
 
@@ -101,7 +131,7 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
 
         self.client = client
         self.message = w.HTML()
-        self.table = WorklistTable(rows=[], me=_me())
+        self.table = WorklistTable(rows=[])
         self.table.observe(self._on_action, "action")
         self.table.on_shown(self._on_shown)
         self._stop = threading.Event()
@@ -133,6 +163,11 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
             self.table.rows = [_worklist_row(s) for s in self.client.studies()]
         except UsreviewError as exc:
             self.message.value = _banner(f"Cannot read the worklist: {exc}", error=True)
+        except Exception as exc:
+            _log.exception("reading the worklist failed")
+            self.message.value = _banner(
+                f"Cannot read the worklist: {_unexpected(exc)}", error=True
+            )
 
     def close(self) -> None:
         """Stop refreshing."""
@@ -140,19 +175,24 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         super().close()
 
     def show_list(self) -> None:
-        """Back from a study to the list."""
+        """Back from a study to the list: the study is left (:meth:`StudyPage.leave`: its
+        claim released, unsent text kept as a draft), and the list says so."""
+        said, error = "", False
         if self._study is not None:
-            self._study.close()
-            self._study = None
+            study, self._study = self._study, None
+            said, error = study.leave()
         self.children = [self._list_view]
+        self.message.value = ""
         self.refresh()
+        if said and not self.message.value:
+            self.message.value = _banner(said, error=error)
 
     def open_study(self, uid: str) -> None:
         """Show one study in place of the list."""
         back = w.Button(description="Back to worklist", icon="arrow-left")
         back.add_class("usreview-back")
-        back.on_click(lambda _: self.show_list())
         self._study = StudyPage(self.client, uid)
+        back.on_click(_guarded(self._study.message, "Not back to the worklist", self.show_list))
         self.children = [w.VBox([_title("Study"), back, self._study])]
 
     def _refresh_loop(self) -> None:
@@ -168,12 +208,18 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         uid = action.get("study")
         if not uid:
             return
-        if action.get("kind") == "claim":
-            self.claim(uid)
-        elif action.get("kind") == "release":
-            self.release(uid)
-        elif action.get("kind") == "open":
-            self.open_study(uid)
+        kind = action.get("kind")
+        try:
+            if kind == "claim":
+                self.claim(uid)
+            elif kind == "release":
+                self.release(uid)
+            elif kind == "open":
+                self.open_study(uid)
+        except Exception as exc:  # Voila hides tracebacks: the reviewer must be told
+            _log.exception("worklist action %s on %s failed", kind, uid)
+            self.children = [self._list_view]
+            self.message.value = _banner(f"Not done ({kind}): {_unexpected(exc)}", error=True)
 
     def claim(self, uid: str) -> None:
         """Claim a study and say so (or who holds it)."""
@@ -199,7 +245,7 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
 
 
 class StudyPage(w.VBox):  # type: ignore[misc]
-    """One study: thumbnails, the selected instance's viewer, results, report."""
+    """One study: thumbnails, the selected instance's viewer, results, versions, report."""
 
     def __init__(
         self,
@@ -212,17 +258,24 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.uid = study_instance_uid
         self._closed = threading.Event()
         self._renew_seconds = renew_seconds
+        #: Held while the claim is renewed, published on or released (one at a time).
+        self._claiming = threading.Lock()
         self.message = w.HTML()
         self.viewer_box = w.VBox([w.HTML("<i>Choose an image.</i>")])
         self.viewer_box.add_class("usreview-viewer")
         self.instances: dict[str, UltrasoundInstance] = {}
         self.thumbnails: dict[str, w.VBox] = {}
+        self.form: ReportForm | None = None
         #: The thread downloading the instance shown last (``None`` if it was there).
         self.loading: threading.Thread | None = None
         try:
             self.study = client.study(study_instance_uid)
-        except UsreviewError as exc:
-            super().__init__([_error_html(f"Cannot open the study: {exc}")])
+        except Exception as exc:
+            if not isinstance(exc, UsreviewError):
+                _log.exception("opening study %s failed", study_instance_uid)
+            said = str(exc) if isinstance(exc, UsreviewError) else _unexpected(exc)
+            self.study = {}
+            super().__init__([_error_html(f"Cannot open the study: {said}")])
             return
         records = [i for s in self.study["series"] for i in s["instances"]]
         self.records = {r["sop_instance_uid"]: r for r in records}
@@ -237,26 +290,38 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.header = w.HTML()
         self.claim_button = w.Button(description="Claim", icon="lock")
         self.claim_button.add_class("usreview-claim")
-        self.claim_button.on_click(lambda _: self._claim())
+        self.claim_button.on_click(_guarded(self.message, "Not claimed", self._claim))
+        self.release_button = w.Button(
+            description="Release", icon="unlock", tooltip="Give the study back to the worklist"
+        )
+        self.release_button.add_class("usreview-release")
+        self.release_button.on_click(_guarded(self.message, "Not released", self._release))
         self.teaching_button = w.Button(
             description="Make teaching case",
             icon="graduation-cap",
             tooltip="De-identified copies for trainees (published studies only)",
         )
         self.teaching_button.add_class("usreview-make-teaching")
-        self.teaching_button.on_click(lambda _: self._make_teaching())
+        self.teaching_button.on_click(
+            _guarded(self.message, "Not made a teaching case", self._make_teaching)
+        )
+        self.versions = w.HTML()
+        self.versions.add_class("usreview-versions")
         self._render_header()
+        self._render_versions()
+        self._fill_form()
         self.priors = self._priors()
         self.thumbnails = {r["sop_instance_uid"]: self._thumbnail(r) for r in records}
         thumbnails = w.HBox(list(self.thumbnails.values()))
         thumbnails.add_class("usreview-thumbnails")
         super().__init__(
             [
-                w.HBox([self.header, self.claim_button, self.teaching_button]),
+                w.HBox([self.header, self.claim_button, self.release_button, self.teaching_button]),
                 self.message,
                 self.priors,
                 thumbnails,
                 w.HBox([self.viewer_box, w.VBox([self.results], layout=w.Layout(width="48%"))]),
+                self.versions,
                 self.form,
             ]
         )
@@ -271,17 +336,57 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self._closed.set()
         super().close()
 
+    def leave(self) -> tuple[str, bool]:
+        """Leave the study (*Back to worklist*): keep unsent text as a draft (restored
+        when the study is opened again in this session), release the reviewer's claim,
+        close. What to tell the reviewer, and whether it is an error."""
+        said: list[str] = []
+        error = False
+        self._closed.set()  # no renewal from now on
+        if self.form is not None:
+            if self.form.unsent:
+                _DRAFTS[self.uid] = self.form.values()
+                said.append(
+                    "Your unsent report is kept as a draft: it is back when you open "
+                    "the study again (until this page is reloaded)."
+                )
+            else:
+                _DRAFTS.pop(self.uid, None)
+        with self._claiming:
+            if self._mine():
+                try:
+                    self.client.release(self.uid)
+                except Exception as exc:
+                    if not isinstance(exc, UsreviewError):
+                        _log.exception("releasing study %s failed", self.uid)
+                    why = str(exc) if isinstance(exc, UsreviewError) else _unexpected(exc)
+                    said.append(f"Not released: {why}; it stays claimed until the claim expires.")
+                    error = True
+                else:
+                    self.study["claim"] = None
+                    said.append("Study released.")
+        self.close()
+        return " ".join(said), error
+
+    def _mine(self) -> bool:
+        return bool(self.study) and (self.study.get("claim") or {}).get("reviewer") == _me()
+
     def _keep_claim(self) -> None:
-        """While the page is open, renew the reviewer's own claim before it expires."""
+        """While the page is open, renew the reviewer's own claim before it expires
+        (not once published or released: the study is then claimed again explicitly)."""
         while not self._closed.wait(self._renew_seconds):
-            if (self.study.get("claim") or {}).get("reviewer") != _me():
-                continue
-            try:
-                self.study["claim"] = self.client.claim(self.uid)
-            except UsreviewError as exc:  # taken over after expiry, or the service is away
-                self.study["claim"] = None
-                self.message.value = _banner(f"Your claim lapsed: {exc}", error=True)
-                self._render_header()
+            with self._claiming:
+                if self._closed.is_set() or not self._mine():
+                    continue
+                try:
+                    self.study["claim"] = self.client.claim(self.uid)
+                except Exception as exc:  # taken over after expiry, or the service is away
+                    if not isinstance(exc, UsreviewError):
+                        _log.exception("renewing the claim on %s failed", self.uid)
+                    why = str(exc) if isinstance(exc, UsreviewError) else _unexpected(exc)
+                    self.study["claim"] = None
+                    self.message.value = _banner(f"Your claim lapsed: {why}", error=True)
+                    self._render_header()
 
     # Actions ---------------------------------------------------------------------------
 
@@ -305,6 +410,10 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         except UsreviewError as exc:
             self.viewer_box.children = [_error_html(f"Cannot show this image: {exc}")]
             return
+        except Exception as exc:
+            _log.exception("showing instance %s failed", sop_instance_uid)
+            self.viewer_box.children = [_error_html(f"Cannot show this image: {_unexpected(exc)}")]
+            return
         self.viewer_box.children = [progressive.widget]
 
         def complete() -> None:
@@ -322,12 +431,30 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.loading = self.client.thread(complete, name="instance")
 
     def _claim(self) -> None:
-        try:
-            self.study["claim"] = self.client.claim(self.uid)
-            self.message.value = _banner("You hold this study.")
-        except UsreviewError as exc:
-            self.message.value = _banner(f"Not claimed: {exc}", error=True)
-        self._render_header()
+        with self._claiming:
+            try:
+                self.study["claim"] = self.client.claim(self.uid)
+            except UsreviewError as exc:
+                self.message.value = _banner(f"Not claimed: {exc}", error=True)
+                return
+            finally:
+                self._render_header()
+        if self.form is not None:
+            self.form.allow()
+        amend = " You may publish an amendment." if self.study.get("reports") else ""
+        self.message.value = _banner(f"You hold this study.{amend}")
+        self._reread()  # its status (in review)
+
+    def _release(self) -> None:
+        with self._claiming:
+            try:
+                self.client.release(self.uid)
+            except UsreviewError as exc:
+                self.message.value = _banner(f"Not released: {exc}", error=True)
+                return
+            self.study["claim"] = None
+        self.message.value = _banner("Study released: other reviewers may claim it.")
+        self._reread()  # its status (processed again)
 
     def _make_teaching(self) -> None:
         try:
@@ -342,18 +469,62 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         )
 
     def _publish(self, form: ReportForm) -> None:
+        """Publish the form's report; then the study as the service has it (published, the
+        claim released: no renewal, and the form locked until the study is claimed again).
+
+        A refusal is said with the service's words. Without an answer (no connection,
+        time-out, anything unexpected) the report may have gone out: the versions are
+        read again to say which.
+        """
         body = form.report(self.results.measurements())
-        try:
-            answer = self.client.publish(self.uid, body)
-        except UsreviewError as exc:
-            form.failed(str(exc))
-            return
+        before = {r.get("version") for r in self.study.get("reports") or []}
+        with self._claiming:
+            try:
+                answer = self.client.publish(self.uid, body)
+            except ServiceError as exc:  # refused: nothing went out
+                form.failed(str(exc))
+                return
+            except Exception as exc:  # no answer: find out whether it went out
+                if not isinstance(exc, UsreviewError):
+                    _log.exception("publishing a report of %s failed", self.uid)
+                why = str(exc) if isinstance(exc, UsreviewError) else _unexpected(exc)
+                found = self._published_meanwhile(before, why, form)
+                if found is None:
+                    return
+                answer = found
+            self.study["claim"] = None  # the service released it with the publication
+        self._reread()
         form.published(answer)
+        self._render_header()
+        self._render_versions()
         self.message.value = _banner(
             f"Report version {answer['version']} published to {self.study['site']}"
             + (f" and {', '.join(body['recipients'])}" if body["recipients"] else "")
             + "."
         )
+
+    def _published_meanwhile(
+        self, before: set[Any], why: str, form: ReportForm
+    ) -> dict[str, Any] | None:
+        """After a publication without an answer: the new version the service recorded,
+        if any (``None``: the form then says that none was, or that this is not known)."""
+        try:
+            reports = self.client.reports(self.uid)
+        except Exception as exc:
+            if not isinstance(exc, UsreviewError):
+                _log.exception("reading the reports of %s failed", self.uid)
+            form.lock("Reload the page and check the published versions first.")
+            form.status.value = (
+                '<span style="color:#b00020">It is not known whether the report went out '
+                f"({html.escape(why)}). Reload the page and check the published versions "
+                "before publishing again.</span>"
+            )
+            return None
+        new = [r for r in reports if r.get("version") not in before and r.get("reviewer") == _me()]
+        if not new:
+            form.failed(f"{why}. No new version was recorded: you may publish again.")
+            return None
+        return new[-1]
 
     # Parts -----------------------------------------------------------------------------
 
@@ -389,13 +560,68 @@ class StudyPage(w.VBox):  # type: ignore[misc]
                 image: w.Widget = w.Image(value=self.client.frame(uid, rows=_THUMB), format="png")
             except UsreviewError as exc:
                 image = _error_html(str(exc))
+            except Exception as exc:  # a kernel thread must not die silently
+                _log.exception("thumbnail of %s failed", uid)
+                image = _error_html(_unexpected(exc))
             box.children = [image, *box.children[1:]]
+
+    def _reread(self) -> None:
+        """The study as the service has it now (status, claim, versions), shown."""
+        try:
+            study = self.client.study(self.uid)
+        except Exception:  # what is shown stays; the action's own message says the rest
+            _log.exception("reading study %s again failed", self.uid)
+            return
+        with self._claiming:
+            self.study = study
+        self._render_header()
+        self._render_versions()
+
+    def _fill_form(self) -> None:
+        """The draft left with *Back to worklist*, else the latest version (to amend)."""
+        assert self.form is not None
+        draft = _DRAFTS.pop(self.uid, None)
+        reports = self.study.get("reports") or []
+        if reports:
+            self.form.fill(reports[-1].get("content") or {}, sent=True)
+        if draft is not None:
+            self.form.fill(draft)
+            self.message.value = _banner(
+                "Your unsent report is back as you left it: it is not published yet."
+            )
+
+    def _render_versions(self) -> None:
+        reports = self.study.get("reports") or []
+        if not reports:
+            self.versions.value = "<b>Published versions</b><div>None yet.</div>"
+            return
+        rows = []
+        for report in reversed(reports):  # newest first
+            content = report.get("content") or {}
+            cells = (
+                f"version {report.get('version')}",
+                str(report.get("published_at") or "")[:16].replace("T", " "),
+                report.get("reviewer") or "",
+                report.get("urgency") or content.get("urgency") or "",
+                content.get("impression") or "",
+            )
+            rows.append(
+                f"<tr data-version='{html.escape(str(report.get('version')))}'>"
+                + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
+                + "</tr>"
+            )
+        self.versions.value = (
+            "<b>Published versions</b> <small>(newest first; times in UTC)</small>"
+            "<table style='border-spacing:8px 2px'><tr><th>Version</th><th>Published</th>"
+            "<th>Reviewer</th><th>Urgency</th><th>Impression</th></tr>" + "".join(rows) + "</table>"
+        )
 
     def _render_header(self) -> None:
         s = self.study
         claim = s.get("claim") or {}
         who = "you" if claim.get("reviewer") == _me() else (claim.get("reviewer") or "nobody")
         self.claim_button.description = "Renew claim" if who == "you" else "Claim"
+        self.release_button.disabled = who != "you"
         patient = s.get("patient_name") or "(no name)"
         self.header.value = (
             f"<h2>{html.escape(patient)} <small>{html.escape(s.get('patient_id') or '')}</small>"

@@ -1,0 +1,319 @@
+"""The study page's buttons, driven as the reviewer's kernel runs them, against a real hub.
+
+One hub (proxy, TLS, service, processing worker) for the module; a site uploads a PW
+Doppler and a B-mode study, and reviewer ``rev``'s pages call the service with her own
+client (:class:`~usreview.review.client.ReviewClient`), as in Voila. The tests run in file
+order: the Doppler study is published, then amended; the B-mode study is claimed, released,
+left with a draft, and made to fail in every way a button can.
+
+A failure that the service did not cause is made by replacing one client call with a
+function that raises (or that calls the real one and then raises: the report went out, the
+answer did not come back).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from tests.hub_api_support import ENVELOPE, HubRun, Site, service_launch, service_pids
+from usreview.envelope import PublicKeys, load_public_keys, seal_file
+
+pytestmark = pytest.mark.slow
+
+ME = "rev"
+
+
+@dataclass
+class World:
+    hub: HubRun
+    site: Site
+    rev: str
+    hub_public: PublicKeys
+    folder: Path
+    studies: dict[str, str] = field(default_factory=dict)  # kind -> study UID
+
+    @property
+    def service_url(self) -> str:
+        """The service's URL as a reviewer's server sees it (``$USREVIEW_SERVICE_URL``)."""
+        service = service_launch(service_pids(self.hub.state)[0])[1]["JUPYTERHUB_SERVICE_URL"]
+        return f"{service.rstrip('/')}/services/usreview/"
+
+    def detail(self, kind: str) -> dict[str, Any]:
+        answer = self.hub.get(f"/studies/{self.studies[kind]}", self.rev)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    from usreview.simulate import simulate
+
+    hub = HubRun(tmp_path_factory.mktemp("pages"), {"parse_workers": 1})
+    with hub.running() as folder:
+        running = World(
+            hub,
+            hub.add_site("north"),
+            hub.add_person(ME, "reviewer"),
+            load_public_keys(hub.state / "hub.pub"),
+            folder,
+        )
+        for kind, seed in (("pw", 31), ("bmode", 32)):
+            [path] = simulate(kind, folder / kind, seed=seed)
+            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+            running.studies[kind] = str(dataset.StudyInstanceUID)
+            sealed = path.with_suffix(".env")
+            seal_file(path, sealed, sender=running.site.keys, recipients=[running.hub_public])
+            uid = str(dataset.SOPInstanceUID)
+            stored = hub.upload(uid, sealed.read_bytes(), running.site.token, ENVELOPE)
+            assert stored.status_code == 201, stored.text
+        deadline = time.monotonic() + 180
+        for kind in running.studies:
+            while (status := running.detail(kind)["status"]) != "processed":
+                assert status == "received" and time.monotonic() < deadline, status
+                time.sleep(0.5)
+        yield running
+
+
+@pytest.fixture
+def client(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``rev``'s client, in a kernel whose ``$JUPYTERHUB_USER`` is ``rev``."""
+    from usreview.review.client import ReviewClient
+
+    monkeypatch.setenv("JUPYTERHUB_USER", ME)
+    with ReviewClient(world.service_url, world.rev) as opened:
+        yield opened
+
+
+def raising(exc: BaseException) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        raise exc
+
+    return call
+
+
+def claimant(page: Any) -> str:
+    return str(page.header.value).split("class='usreview-claimant'>")[1].split("<")[0]
+
+
+def test_publish_is_disabled_while_in_flight_and_a_second_click_sends_nothing(
+    world: World, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usreview.review.pages import StudyPage
+
+    page = StudyPage(client, world.studies["pw"], renew_seconds=3600)
+    try:
+        form = page.form
+        assert form is not None
+        page.claim_button.click()
+        assert "You hold this study" in page.message.value and claimant(page) == "you"
+        form.impression.value = "Normal internal carotid Doppler."
+        seen: list[tuple[bool, str, str]] = []
+        real = client.publish
+
+        def publish(uid: str, body: dict[str, Any]) -> dict[str, Any]:
+            seen.append(
+                (form.publish_button.disabled, form.publish_button.description, form.status.value)
+            )
+            if len(seen) == 1:
+                form.publish_button.click()  # clicked again while the first is in flight
+            return dict(real(uid, body))
+
+        monkeypatch.setattr(client, "publish", publish)
+        form.publish_button.click()
+        assert len(seen) == 1, seen
+        disabled, label, status = seen[0]
+        assert disabled and label == "Publishing…" and "Publishing…" in status
+        assert 'data-version="1"' in form.status.value
+        form.publish_button.click()  # a double click's second click, handled after the first
+        assert len(seen) == 1 and "Not published" not in form.status.value, form.status.value
+        assert 'data-version="1"' in form.status.value
+        assert "Claim the study again" in form.status.value
+        assert form.publish_button.disabled
+        assert form.publish_button.description == "Publish amendment"
+        assert "Report version 1 published to north" in page.message.value
+    finally:
+        page.close()
+    reports = world.hub.get(f"/studies/{world.studies['pw']}/reports", world.rev).json()
+    assert [r["version"] for r in reports["reports"]] == [1]
+
+
+def test_once_published_the_claim_is_not_renewed_until_claimed_again(
+    world: World, client: Any
+) -> None:
+    from usreview.review.pages import StudyPage
+
+    page = StudyPage(client, world.studies["pw"], renew_seconds=0.2)
+    try:
+        form = page.form
+        assert form is not None
+        page.claim_button.click()
+        form.impression.value = "Normal internal carotid Doppler, amended."
+        form.urgency.value = "urgent"
+        form.publish_button.click()
+        assert 'data-version="2"' in form.status.value, form.status.value
+        # the page reads the study again: published, nobody's claim
+        assert claimant(page) == "nobody" and page.claim_button.description == "Claim"
+        assert "<b class='usreview-status'>published</b>" in page.header.value
+        time.sleep(1.5)  # seven renewal periods
+        assert world.detail("pw")["claim"] is None  # not claimed again behind her back
+        assert form.publish_button.disabled and "Claim the study again" in form.status.value
+        form.publish_button.click()
+        assert 'data-version="2"' in form.status.value and "Not published" not in form.status.value
+        page.claim_button.click()  # the explicit action: now an amendment may go
+        assert not form.publish_button.disabled and "Claim the study again" not in form.status.value
+        assert 'data-version="2"' in form.status.value  # the confirmation stays
+        assert world.detail("pw")["claim"]["reviewer"] == ME
+        assert "data-version='2'" in page.versions.value  # the versions read again
+        page.release_button.click()
+    finally:
+        page.close()
+    assert len(world.detail("pw")["reports"]) == 2
+
+
+def test_the_study_page_shows_the_published_versions_and_amends_the_latest(
+    world: World, client: Any
+) -> None:
+    from usreview.review.pages import StudyPage
+
+    page = StudyPage(client, world.studies["pw"], renew_seconds=3600)
+    page.close()
+    assert page.form is not None
+    assert page.form.impression.value == "Normal internal carotid Doppler, amended."
+    assert page.form.urgency.value == "urgent"
+    assert page.form.publish_button.description == "Publish amendment"
+    shown = page.versions.value
+    assert "Published versions" in shown
+    assert shown.index("data-version='2'") < shown.index("data-version='1'")  # newest first
+    row = shown.split("data-version='2'>")[1].split("</tr>")[0]
+    for cell in (ME, "urgent", "Normal internal carotid Doppler, amended."):
+        assert f"<td>{cell}</td>" in row, row
+    published = world.detail("pw")["reports"][1]["published_at"][:16].replace("T", " ")
+    assert f"<td>{published}</td>" in row
+    assert not page.form.unsent
+
+
+def test_release_gives_the_study_back(world: World, client: Any) -> None:
+    from usreview.review.pages import StudyPage
+
+    page = StudyPage(client, world.studies["bmode"], renew_seconds=3600)
+    try:
+        assert page.release_button.disabled  # nothing to release
+        page.claim_button.click()
+        assert world.detail("bmode")["claim"]["reviewer"] == ME
+        assert not page.release_button.disabled
+        page.release_button.click()
+        assert "Study released" in page.message.value
+        assert claimant(page) == "nobody" and page.release_button.disabled
+        assert "<b class='usreview-status'>processed</b>" in page.header.value
+    finally:
+        page.close()
+    detail = world.detail("bmode")
+    assert detail["claim"] is None and detail["status"] == "processed"
+
+
+def test_back_to_the_worklist_keeps_a_draft_and_releases_the_claim(
+    world: World, client: Any
+) -> None:
+    from usreview.review.pages import WorklistPage
+
+    uid = world.studies["bmode"]
+    worklist = WorklistPage(client, refresh_seconds=0)
+    try:
+        worklist.open_study(uid)
+        study = worklist._study
+        assert study is not None and study.form is not None
+        study.claim_button.click()
+        assert world.detail("bmode")["claim"]["reviewer"] == ME
+        study.form.impression.value = "Hypoechoic lesion, 12 mm."
+        back = worklist.children[0].children[1]
+        assert "usreview-back" in back._dom_classes
+        back.click()
+        assert worklist.children[0] is worklist._list_view
+        assert world.detail("bmode")["claim"] is None
+        said = worklist.message.value
+        assert "kept as a draft" in said and "Study released" in said, said
+
+        worklist.open_study(uid)  # the same session: the draft is back
+        again = worklist._study
+        assert again is not None and again.form is not None
+        assert again.form.impression.value == "Hypoechoic lesion, 12 mm."
+        assert "not published yet" in again.message.value
+        again.form.impression.value = ""  # nothing left unsent: no draft, nothing to say
+        worklist.show_list()
+        assert worklist.message.value == ""
+        worklist.open_study(uid)
+        assert worklist._study is not None and worklist._study.form is not None
+        assert worklist._study.form.impression.value == ""
+    finally:
+        worklist.close()
+        if worklist._study is not None:
+            worklist._study.close()
+
+
+def test_every_button_says_what_went_wrong_even_unexpectedly(
+    world: World, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usreview.review.pages import StudyPage
+
+    uid = world.studies["bmode"]
+    assert world.hub.request("DELETE", f"/studies/{uid}/claim", world.rev).status_code == 204
+    page = StudyPage(client, uid, renew_seconds=3600)
+    try:
+        form = page.form
+        assert form is not None
+        with monkeypatch.context() as patch:
+            patch.setattr(client, "claim", raising(OSError(101, "Network is unreachable")))
+            page.claim_button.click()
+        assert "Not claimed: unexpected error (OSError: [Errno 101] Network is unreachable)" in (
+            page.message.value
+        )
+        with monkeypatch.context() as patch:
+            patch.setattr(client, "mark_teaching", raising(ssl.SSLError("bad record mac")))
+            page.teaching_button.click()
+        assert "Not made a teaching case: unexpected error (SSLError:" in page.message.value
+
+        form.impression.value = "No focal lesion."
+        form.publish_button.click()  # refused by the service: not claimed
+        assert "Not published: claim study" in form.status.value
+        assert not form.publish_button.disabled and form.publish_button.description == (
+            "Publish report"
+        )
+
+        page.claim_button.click()
+        assert "You hold this study" in page.message.value
+        with monkeypatch.context() as patch:
+            patch.setattr(client, "release", raising(RuntimeError("boom")))
+            page.release_button.click()
+        assert "Not released: unexpected error (RuntimeError: boom)" in page.message.value
+
+        with monkeypatch.context() as patch:  # nothing went out, and the page finds so
+            patch.setattr(client, "publish", raising(TimeoutError("timed out")))
+            form.publish_button.click()
+        assert "unexpected error (TimeoutError: timed out)" in form.status.value
+        assert "No new version was recorded" in form.status.value
+        assert not form.publish_button.disabled
+        assert world.detail("bmode")["reports"] == []
+
+        real = client.publish
+
+        def lost_answer(uid: str, body: dict[str, Any]) -> dict[str, Any]:
+            real(uid, body)
+            raise TimeoutError("timed out")
+
+        with monkeypatch.context() as patch:  # it went out; the answer was lost
+            patch.setattr(client, "publish", lost_answer)
+            form.publish_button.click()
+        assert 'data-version="1"' in form.status.value, form.status.value
+        assert "Report version 1 published" in page.message.value
+        assert form.publish_button.disabled and claimant(page) == "nobody"
+    finally:
+        page.close()
+    assert [r["version"] for r in world.detail("bmode")["reports"]] == [1]
