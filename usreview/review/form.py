@@ -54,14 +54,18 @@ class ReportForm(w.VBox):  # type: ignore[misc]
     ) -> None:
         """``key_images`` are ``(label, sop_instance_uid)``; ``sites`` the possible recipients."""
         self.exam_type = w.Dropdown(options=list(EXAM_TYPES), value=exam_type, description="Exam")
-        self.findings = w.Textarea(
-            value=EXAM_TYPES[exam_type], description="Findings", rows=6,
-            layout=w.Layout(width="98%"),
-        )  # fmt: skip
-        self.impression = w.Textarea(description="Impression", rows=3, layout=w.Layout(width="98%"))
-        self.recommendations = w.Textarea(
-            description="Advice", rows=2, layout=w.Layout(width="98%")
-        )
+
+        def text(description: str, rows: int) -> w.Textarea:
+            return w.Textarea(
+                description=description, rows=rows, layout=w.Layout(width="98%"),
+                style={"description_width": "120px"},
+            )  # fmt: skip
+
+        self.findings = text("Findings", 6)
+        self.findings.value = EXAM_TYPES[exam_type]
+        self.impression = text("Impression", 3)
+        # "Recommendations" as in the SR, the summary and the teaching page
+        self.recommendations = text("Recommendations", 2)
         self.urgency = w.ToggleButtons(options=list(URGENCIES), value="routine")
         self.key_images = w.SelectMultiple(
             options=list(key_images), description="Key images", rows=min(6, len(key_images) or 1)
