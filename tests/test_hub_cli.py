@@ -114,7 +114,7 @@ NOT_FOUND = [
     (["reviewer-sites", "nobody", "--all"], "'nobody' is not a registered reviewer"),
     (["jobs", "--retry", "7"], "no job 7"),
     (["jobs", "--reprocess", "7"], "no job 7"),
-    (["conflicts", "--export", "7", "--to", "."], "no conflict 7"),
+    (["conflicts", "--export", "7", "--to", "out/conflicts"], "no conflict 7"),
     (["conflicts", "--resolve", "7", "--note", "none"], "no conflict 7"),
 ]
 
@@ -137,6 +137,7 @@ def test_what_does_not_exist_is_a_failure_exit_1(
     err = capsys.readouterr().err
     assert err.startswith("usreview: error: ") and err.count("\n") == 1, err
     assert says in err, err
+    assert not (tmp_path / "out").exists()  # an export of nothing makes no folder
     if action[0] in ("site-token", "add-site", "reviewer-sites"):  # an invalid name: bad input
         assert main(["hub", action[0], "No.Such", *action[2:], "--state", str(state)]) == 2
         assert "invalid name 'No.Such'" in capsys.readouterr().err

@@ -64,12 +64,12 @@ def export_conflict(state: Path, conflict_id: int, folder: Path) -> ExportedConf
     from usreview.hub.api.sitekeys import SiteKeyFiles
 
     hub_state = existing_state(state)
-    folder.mkdir(parents=True, exist_ok=True)
     hub_keys = load_private_keys(hub_state.hub_key)
     site_keys = SiteKeyFiles(hub_state.sites)
     kept, stored = folder / f"conflict-{conflict_id}.dcm", None
     with open_archive(hub_state.root) as archive:
-        conflict = archive.conflict(conflict_id)
+        conflict = archive.conflict(conflict_id)  # a missing one leaves no folder behind
+        folder.mkdir(parents=True, exist_ok=True)
         # Audited before any plaintext is written, as the service audits a read.
         _audit(hub_state, AuditAction.EXPORT, f"conflicts/{conflict_id}", "allowed",
                {"site": conflict.site, "sop_instance_uid": conflict.sop_instance_uid,
