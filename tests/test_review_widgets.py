@@ -5,6 +5,7 @@ The browser side runs in ``test_review_widgets_browser.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import struct
@@ -18,7 +19,13 @@ import pytest
 import traitlets
 
 from tests.conftest import region_item
-from usreview.dicom import UltrasoundInstance, UltrasoundRegion, read
+from usreview.dicom import (
+    PhysicalUnits,
+    RegionSpatialFormat,
+    UltrasoundInstance,
+    UltrasoundRegion,
+    read,
+)
 from usreview.errors import MixedCalibrationError
 from usreview.review.results import ResultsPanel
 from usreview.review.viewers import viewer_for
@@ -35,11 +42,14 @@ from usreview.review.widgets._assets import css, esm
 from usreview.review.widgets._axes import nice_step, ticks, trace_pixels
 from usreview.review.widgets._encode import encode_frames
 from usreview.review.widgets._nifti import nifti_bytes
+from usreview.review.widgets.plot import angle_readout
 from usreview.review.widgets.worklist import COLUMNS, columnar, normalise_rows
 from usreview.simulate import simulate
 from usreview.store.status import StudyStatus
 
 STATIC = Path(__file__).resolve().parents[1] / "usreview" / "review" / "widgets" / "static"
+#: What a time display shows of its strip (unchanged by a look at the whole frame).
+STRIP_TRAITS = ("image", "origin", "width", "height", "x_ticks", "y_ticks", "traces", "results")
 
 
 def _study(root: Path, kind: str, **params: Any) -> tuple[UltrasoundInstance, dict[str, Any]]:
@@ -511,6 +521,78 @@ def test_mmode_viewer_depth_axis_traces_and_picks(
     assert hr["name"] == "heart_rate" and hr["value"] == pytest.approx(truth["heart_rate_bpm"])
     assert excursion["value"] == pytest.approx(50 * dy_cm * 10.0)
     assert viewer.error == ""
+
+
+def test_spectral_viewer_reads_out_the_doppler_correction_angle(
+    pw: tuple[UltrasoundInstance, dict[str, Any]],
+) -> None:
+    instance, truth = pw
+    # the simulated PW records 60° (the limit itself: no warning), 5 MHz and its PRF
+    viewer = viewer_for(instance, {}, ResultsPanel([]))
+    spectral = _find(viewer, "SpectralViewer")
+    prf = f"{truth['prf_hz']:g}"
+    assert spectral.readout == f"Angle correction 60° · 5 MHz · PRF {prf} Hz"
+    assert spectral.warning == ""
+    frame, region = instance.display_frame(0), spectral.region
+
+    def shown(angle: float | None) -> SpectralViewer:
+        changed = dataclasses.replace(region, doppler_correction_angle_deg=angle)
+        return SpectralViewer(frame, instance.regions, region=changed)
+
+    assert shown(52.0).readout.startswith("Angle correction 52° · ")
+    assert shown(52.0).warning == "" and shown(60.04).warning == ""
+    for angle, text in ((65.0, "65°"), (-70.0, "-70°"), (60.06, "60.1°")):
+        above = shown(angle)
+        assert above.readout.startswith(f"Angle correction {text} · ")
+        assert f"{text} is above 60°" in above.warning
+        assert "velocities are unreliable above 60°" in above.warning
+    # a spectral region read without the angle, frequency or PRF (as some scanners write it)
+    bare = UltrasoundRegion.from_dataset(
+        region_item(
+            RegionSpatialFormat=3,
+            RegionDataType=3,
+            PhysicalUnitsXDirection=4,
+            PhysicalUnitsYDirection=7,
+            PhysicalDeltaX=0.01,
+            PhysicalDeltaY=-0.5,
+            ReferencePixelY0=40,
+        )
+    )
+    absent = SpectralViewer(np.zeros((48, 64), np.uint8), [bare])
+    assert absent.readout == "No angle correction recorded" and absent.warning == ""
+    assert angle_readout(bare) == ("No angle correction recorded", "")
+    # M-mode has no Doppler angle to read out
+    assert MModeViewer(np.zeros((48, 64), np.uint8), [dataclasses.replace(
+        bare, spatial_format=RegionSpatialFormat.M_MODE, units_y=PhysicalUnits.CM
+    )]).readout == ""  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["pw", "mmode"])
+def test_time_displays_show_the_whole_frame_on_request_then_the_strip_as_it_was(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    instance, _ = request.getfixturevalue(kind)
+    frame = instance.display_frame(0)
+    viewer = (SpectralViewer if kind == "pw" else MModeViewer).from_instance(instance)
+    x0, y0 = viewer.origin
+    viewer.pick(viewer.roles[0]["key"], (x0 + 20, y0 + 20))
+    strip = {name: viewer.trait_values()[name] for name in STRIP_TRAITS}
+    assert viewer.view == "strip" and viewer.whole_image == b""  # sent only when asked for
+    assert viewer.frame_size == [frame.shape[1], frame.shape[0]]
+    assert imagecodecs.png_decode(viewer.image).shape[:2] == (strip["height"], strip["width"])
+
+    viewer.view = "whole"
+    whole = imagecodecs.png_decode(viewer.whole_image)
+    assert whole.shape[0] == frame.shape[0] > strip["height"]
+    assert np.array_equal(whole, frame)  # the B-mode above the strip with its gate or M-line
+    bx0, by0, bx1, by1 = viewer.regions[0].bounds  # the 2D region, above the strip
+    assert by1 < y0 and whole[by0 : by1 + 1, bx0 : bx1 + 1].any()
+
+    viewer.view = "strip"
+    assert {name: viewer.trait_values()[name] for name in STRIP_TRAITS} == strip
+    assert viewer.picks and viewer.results == strip["results"]
+    with pytest.raises(traitlets.TraitError):
+        viewer.view = "bmode"
 
 
 # --- volume ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests import browser_support
+from usreview.dicom import read
 from usreview.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -400,6 +401,89 @@ def test_spectral_viewer_picks_give_psv_edv_ri(
     assert edv == pytest.approx(cycle["edv_cm_s"], abs=dv)
     assert ri_value == pytest.approx(cycle["ri"], abs=0.015)
     assert root.locator(".usr-measure-error").inner_text() == ""
+
+
+def test_spectral_viewer_shows_the_whole_frame_and_the_strip_again_with_the_angle(
+    voila: browser_support.VoilaServer, studies: dict[str, Path], page: Any
+) -> None:
+    truth = _truth(studies["pw"])
+    (x0, y0), (x1, y1) = truth["region"]["location_min"], truth["region"]["location_max"]
+    (bx0, by0), (bx1, by1) = (
+        truth["bmode_region"]["location_min"],
+        truth["bmode_region"]["location_max"],
+    )
+    frame = read(studies["pw"]).display_frame(0)
+    rows, columns = frame.shape[:2]
+    browser_support.write_notebook(
+        voila.root / "whole.ipynb",
+        [
+            "import dataclasses, ipywidgets\n"
+            "from usreview.dicom import read\n"
+            "from usreview.review.widgets import SpectralViewer\n"
+            f"instance = read({_rel(voila, studies['pw'])!r})\n"
+            "viewer = SpectralViewer.from_instance(instance)\n"
+            "viewer.add_class('pw-60')\n"
+            "steep = dataclasses.replace(viewer.region, doppler_correction_angle_deg=70.0)\n"
+            "other = SpectralViewer(instance.display_frame(0), instance.regions, region=steep)\n"
+            "other.add_class('pw-70')",
+            "ipywidgets.VBox([viewer, other])",
+        ],
+    )
+    browser_support.open_dashboard(
+        page, voila.url("whole.ipynb"), ".pw-70 .usr-plot[data-ready=true]"
+    )
+    page.wait_for_selector(".pw-60 .usr-plot[data-ready=true]", timeout=30_000)
+    started = time.monotonic()
+    root = ".pw-60 .usr-plot"
+    strip = (str(x1 - x0 + 1), str(y1 - y0 + 1))
+    canvas = page.locator(f"{root} canvas.usr-canvas")
+
+    def shown() -> tuple[str, str, str]:
+        return (
+            _attr(page, root, "data-view"),
+            _attr(page, root, "data-shown-width"),
+            _attr(page, root, "data-shown-height"),
+        )
+
+    def canvas_size() -> tuple[int, int]:
+        size = canvas.evaluate("c => [c.width, c.height]")
+        return int(size[0]), int(size[1])
+
+    # the angle: 60° is the limit (no warning); 70° is above it (a visible warning)
+    readout = page.inner_text(f"{root} .usr-readout")
+    assert readout.startswith("Angle correction 60°") and "5 MHz" in readout, readout
+    assert not page.is_visible(f"{root} .usr-readout-warning")
+    assert page.inner_text(".pw-70 .usr-readout").startswith("Angle correction 70°")
+    assert page.is_visible(".pw-70 .usr-readout-warning")
+    assert "velocities are unreliable above 60°" in page.inner_text(".pw-70 .usr-readout-warning")
+
+    # the strip by default, then the whole frame: the B-mode image above the strip is drawn
+    assert shown() == ("strip", *strip)
+    strip_canvas = canvas_size()
+    page.click(f"{root} button.usr-whole")
+    page.wait_for_selector(f"{root}[data-view=whole]", timeout=30_000)
+    assert shown() == ("whole", str(columns), str(rows))
+    assert _attr(page, f"{root} button.usr-whole", "aria-pressed") == "true"
+    grow = (columns - int(strip[0]), rows - int(strip[1]))
+    assert canvas_size() == (strip_canvas[0] + grow[0], strip_canvas[1] + grow[1])
+    bmode = canvas.evaluate(
+        "(c, r) => Array.from(c.getContext('2d').getImageData(...r).data)",
+        [PLOT_MARGIN_LEFT + bx0, PLOT_MARGIN_TOP + by0, bx1 - bx0 + 1, by1 - by0 + 1],
+    )
+    # the B-mode image with the gate, pixel for pixel, where the strip was drawn before
+    expected = frame[by0 : by1 + 1, bx0 : bx1 + 1].astype(int)
+    drawn = np.asarray(bmode[0::4]).reshape(expected.shape)
+    assert np.abs(drawn - expected).mean() < 1.0
+    assert page.is_disabled(f"{root} .usr-role[data-role=peak]")
+
+    # and back: the strip with its calibrated axes, as it was
+    page.click(f"{root} button.usr-whole")
+    page.wait_for_selector(f"{root}[data-view=strip]", timeout=30_000)
+    assert shown() == ("strip", *strip) and canvas_size() == strip_canvas
+    assert _attr(page, f"{root} button.usr-whole", "aria-pressed") == "false"
+    assert page.is_enabled(f"{root} .usr-role[data-role=peak]")
+    assert int(_attr(page, root, "data-ticks-y")) >= 3
+    print(f"\nwhole image and back in {time.monotonic() - started:.2f} s")
 
 
 # --- worklist ----------------------------------------------------------------------------

@@ -14,6 +14,11 @@ cine (any kind)     :class:`~usreview.review.widgets.CineViewer`, and a caliper 
 still (b-mode...)   :class:`~usreview.review.widgets.ImageViewer`, original and filtered
 ==================  =========================================================================
 
+The spectral and M-mode viewers show the calibrated strip; their *Whole image* button shows
+the whole frame instead, for the B-mode image above the strip with the Doppler sample gate and
+angle cursor, or the M-line. A spectral viewer reads out its region's Doppler correction angle
+(with the transducer frequency and PRF when recorded) and warns when it is above 60°.
+
 Under each viewer, *Add to report* copies the measurements it shows now into the
 :class:`~usreview.review.results.ResultsPanel` as the reviewer's own, with the label typed
 beside it (free text, or one of a few suggestions for that viewer). Each measurement is

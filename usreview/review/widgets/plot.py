@@ -1,9 +1,15 @@
-"""SpectralViewer and MModeViewer: time-based displays with calibrated axes and point picking."""
+"""SpectralViewer and MModeViewer: time-based displays with calibrated axes and point picking.
+
+Both show the calibrated strip by default; *Whole image* (``view = "whole"``) shows the whole
+frame, so the reviewer sees the B-mode image above the strip with the Doppler sample gate and
+angle cursor, or the M-line. A spectral viewer reads out its region's Doppler correction
+angle (:func:`angle_readout`) and warns above :data:`ANGLE_LIMIT_DEG`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Any, Final, NamedTuple, Self
 
 import anywidget
 import numpy as np
@@ -23,10 +29,60 @@ from usreview.review.widgets._assets import css, esm
 from usreview.review.widgets._axes import ticks, trace_pixels
 from usreview.review.widgets._encode import as_display, encode_png
 
-__all__ = ["MModeViewer", "SpectralViewer"]
+__all__ = [
+    "ANGLE_LIMIT_DEG",
+    "VIEWS",
+    "AngleReadout",
+    "MModeViewer",
+    "SpectralViewer",
+    "angle_readout",
+]
 
 Trace = npt.ArrayLike
 _SPECTRAL = (RegionDataType.PW_SPECTRAL_DOPPLER, RegionDataType.CW_SPECTRAL_DOPPLER)
+VIEWS: Final = ("strip", "whole")
+"""What a time display shows: its calibrated region (the default) or the whole frame."""
+ANGLE_LIMIT_DEG: Final = 60.0
+"""Above this insonation angle, angle-corrected velocities are unreliable."""
+
+
+class AngleReadout(NamedTuple):
+    """What a spectral viewer says of its region's acquisition."""
+
+    text: str
+    """``Angle correction 52°`` (with the transducer frequency and PRF when recorded)."""
+    warning: str
+    """Why the velocities are unreliable, or ``""``."""
+
+
+def _number(value: float) -> str:
+    return f"{round(value, 1):g}"
+
+
+def angle_readout(region: UltrasoundRegion) -> AngleReadout:
+    """The Doppler correction angle of a spectral ``region``, as the viewer reads it out.
+
+    The angle is its Doppler Correction Angle (0018,6034); beside it, the Transducer
+    Frequency (0018,6030) and Pulse Repetition Frequency (0018,6032) when recorded. The
+    warning is given when the angle, as shown (to 0.1°), is above :data:`ANGLE_LIMIT_DEG`
+    either side of the beam.
+    """
+    angle = region.doppler_correction_angle_deg
+    parts = [
+        "No angle correction recorded" if angle is None else f"Angle correction {_number(angle)}°"
+    ]
+    if region.transducer_frequency_khz is not None:
+        parts.append(f"{_number(region.transducer_frequency_khz / 1000.0)} MHz")
+    if region.pulse_repetition_frequency_hz is not None:
+        parts.append(f"PRF {_number(region.pulse_repetition_frequency_hz)} Hz")
+    warning = ""
+    if angle is not None and abs(round(angle, 1)) > ANGLE_LIMIT_DEG:
+        limit = _number(ANGLE_LIMIT_DEG)
+        warning = (
+            f"The angle correction {_number(angle)}° is above {limit}°: "
+            f"velocities are unreliable above {limit}°."
+        )
+    return AngleReadout(" · ".join(parts), warning)
 
 
 def _largest(regions: Sequence[UltrasoundRegion], what: str, test: Any) -> UltrasoundRegion:
@@ -69,6 +125,11 @@ class _TimeDisplay(anywidget.AnyWidget):  # type: ignore[misc]
     picks = traitlets.Dict().tag(sync=True)
     results = traitlets.List(traitlets.Dict()).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
+    view = traitlets.Enum(VIEWS, "strip").tag(sync=True)
+    frame_size = traitlets.List(traitlets.Int(), [0, 0]).tag(sync=True)
+    whole_image = traitlets.Bytes(b"").tag(sync=True)
+    readout = traitlets.Unicode("").tag(sync=True)
+    warning = traitlets.Unicode("").tag(sync=True)
 
     _y_scale = 1.0
 
@@ -93,12 +154,14 @@ class _TimeDisplay(anywidget.AnyWidget):  # type: ignore[misc]
             )
         self.regions: tuple[UltrasoundRegion, ...] = tuple(regions)
         self.region = region
+        self._pixels = pixels
         #: The reviewer's current measurements (recomputed on every pick).
         self.measurements: list[measure.Measurement] = []
         super().__init__(
             kind=type(self).__name__,
             image=encode_png(pixels[y0 : y1 + 1, x0 : x1 + 1]),
             origin=[x0, y0],
+            frame_size=[pixels.shape[1], pixels.shape[0]],
             width=x1 - x0 + 1,
             height=y1 - y0 + 1,
             x_ticks=[list(t) for t in ticks(region, "x")],
@@ -130,6 +193,12 @@ class _TimeDisplay(anywidget.AnyWidget):  # type: ignore[misc]
     def _compute(self, picks: dict[str, tuple[float, float]]) -> list[measure.Measurement]:
         raise NotImplementedError
 
+    @traitlets.observe("view")
+    def _on_view(self, change: dict[str, Any]) -> None:
+        # The whole frame is sent the first time it is asked for, not with every viewer.
+        if change["new"] == "whole" and not self.whole_image:
+            self.whole_image = encode_png(self._pixels)
+
     @traitlets.observe("picks")
     def _on_picks(self, change: dict[str, Any]) -> None:
         picks: dict[str, tuple[float, float]] = {}
@@ -150,10 +219,13 @@ class _TimeDisplay(anywidget.AnyWidget):  # type: ignore[misc]
 class SpectralViewer(_TimeDisplay):
     """A PW or CW spectral Doppler display with calibrated axes, a trace and PSV/EDV/RI picks.
 
-    Only the spectral region is shown, with time (s) and velocity (cm/s) ticks from its
+    The spectral region is shown, with time (s) and velocity (cm/s) ticks from its
     calibration and the zero-velocity baseline dashed. The reviewer picks the systolic peak,
     the end of diastole and optionally the next systolic peak; the kernel computes PSV, EDV,
-    RI and heart rate with :mod:`usreview.review.measure`.
+    RI and heart rate with :mod:`usreview.review.measure`. *Whole image* shows the whole
+    frame instead (the B-mode image with the sample gate and angle cursor), without axes or
+    picking; pressed again, the strip comes back as it was. Above the image, the region's
+    Doppler correction angle (:func:`angle_readout`), with a warning above 60°.
 
     Parameters
     ----------
@@ -175,11 +247,19 @@ class SpectralViewer(_TimeDisplay):
         The role the next click sets (it advances after each click).
     results : list of dict
         :meth:`Measurement.as_dict` of each value; ``error`` says why there are none.
+    view : {"strip", "whole"}
+        What the canvas shows: the calibrated region (default) or the whole frame, whose
+        PNG (``whole_image``) is encoded the first time it is asked for.
+    readout, warning : str
+        The angle readout and its warning (``""`` when none), from :func:`angle_readout`.
 
     DOM hooks: ``.usr-plot[data-kind=SpectralViewer, data-role, data-ready, data-ticks-x,
-    data-ticks-y, data-error]``, ``canvas.usr-canvas`` (the region is drawn at an offset of
-    64 px left and 12 px top, at one canvas pixel per image pixel), ``.usr-role[data-role]``,
-    ``.usr-result[data-name, data-value, data-unit]``, ``.usr-measure-error``.
+    data-ticks-y, data-error, data-view, data-shown-width, data-shown-height]``
+    (``data-view`` and the shown size are those of the image drawn now),
+    ``canvas.usr-canvas`` (the region, or the whole frame, is drawn at an offset of 64 px
+    left and 12 px top, at one canvas pixel per image pixel), ``.usr-role[data-role]``,
+    ``button.usr-whole[aria-pressed]``, ``.usr-result[data-name, data-value, data-unit]``,
+    ``.usr-measure-error``, ``.usr-readout``, ``.usr-readout-warning``.
     """
 
     ROLES: tuple[tuple[str, str], ...] = (
@@ -207,6 +287,7 @@ class SpectralViewer(_TimeDisplay):
             ),
         )
         baseline = chosen.origin_y - chosen.reference_value_y / chosen.delta_y
+        readout = angle_readout(chosen)
         super().__init__(
             frame,
             regions,
@@ -215,6 +296,8 @@ class SpectralViewer(_TimeDisplay):
             roles=[{"key": k, "label": label} for k, label in self.ROLES],
             labels=("Time (s)", "Velocity (cm/s)"),
             baseline=baseline,
+            readout=readout.text,
+            warning=readout.warning,
             **kwargs,
         )
 
@@ -247,7 +330,8 @@ class MModeViewer(_TimeDisplay):
 
     Traitlets and DOM hooks are those of :class:`SpectralViewer` (``data-kind=MModeViewer``);
     the roles are ``beat`` and ``next_beat`` (heart rate) and ``depth0`` and ``depth1``
-    (excursion).
+    (excursion). *Whole image* shows the B-mode image with the M-line above the strip; there
+    is no angle readout.
     """
 
     ROLES: tuple[tuple[str, str], ...] = (

@@ -1,9 +1,14 @@
 // SpectralViewer and MModeViewer: a time-based display (spectral Doppler or M-mode strip) with
 // axes calibrated from its ultrasound region, the automatic trace overlaid, and point picking
 // for the reviewer's own values (computed in the kernel by usreview.review.measure).
-// DOM hooks: .usr-plot[data-kind, data-role, data-ready]; canvas.usr-canvas;
+// "Whole image" (button.usr-whole[aria-pressed], the view trait) shows the whole frame instead
+// of the strip: the B-mode image with the Doppler gate and angle cursor, or the M-line; the
+// strip's outline is dashed on it, and there are no axes or picks until the strip is back.
+// DOM hooks: .usr-plot[data-kind, data-role, data-ready, data-view, data-shown-width,
+// data-shown-height] (the view and size of the image drawn now); canvas.usr-canvas;
 // .usr-role[data-role] buttons; .usr-result[data-name, data-value, data-unit] in
-// .usr-results; .usr-measure-error; .usr-tick-x / .usr-tick-y counts in data-ticks-x/-y.
+// .usr-results; .usr-measure-error; .usr-readout and .usr-readout-warning (the spectral angle);
+// .usr-tick-x / .usr-tick-y counts in data-ticks-x/-y.
 
 const MARGIN = { left: 64, right: 12, top: 12, bottom: 40 };
 const PICK_COLOURS = ["#ff4d4d", "#00e0ff", "#7dff7d", "#ff9cf0"];
@@ -15,16 +20,22 @@ function render({ model, el }) {
   const results = h("div", { class: "usr-results" });
   const error = h("div", { class: "usr-measure-error", role: "alert" });
   const clear = h("button", { class: "usr-clear", type: "button" }, "Clear");
-  root.append(toolbar, canvas, results, error);
+  const whole = h("button", {
+    class: "usr-whole", type: "button", "aria-pressed": "false",
+    title: "Show the whole frame: the 2D image above the strip, with the gate, angle or M-line",
+  }, "Whole image");
+  const readout = h("div", { class: "usr-readout" });
+  const warning = h("div", { class: "usr-readout-warning", role: "alert" });
+  root.append(toolbar, readout, warning, canvas, results, error);
   el.append(root);
 
   const [x0, y0] = model.get("origin");
   const width = model.get("width");
   const height = model.get("height");
-  canvas.width = MARGIN.left + width + MARGIN.right;
-  canvas.height = MARGIN.top + height + MARGIN.bottom;
+  const [frameWidth, frameHeight] = model.get("frame_size");
   const ctx = canvas.getContext("2d");
   let bitmap = null;
+  let wholeBitmap = null;
   const buttons = {};
 
   for (const [i, role] of model.get("roles").entries()) {
@@ -40,6 +51,19 @@ function render({ model, el }) {
     toolbar.append(button);
   }
   toolbar.append(clear);
+  // nothing more to see when the strip is the whole frame
+  if (frameWidth > width || frameHeight > height) toolbar.append(whole);
+
+  function showingWhole() {
+    return model.get("view") === "whole" && wholeBitmap !== null;
+  }
+
+  /** The image drawn now: its origin in the frame and its size. */
+  function shown() {
+    return showingWhole()
+      ? { x: 0, y: 0, width: frameWidth, height: frameHeight, image: wholeBitmap }
+      : { x: x0, y: y0, width, height, image: bitmap };
+  }
 
   function colourOf(key) {
     const index = model.get("roles").findIndex((r) => r.key === key);
@@ -117,12 +141,56 @@ function render({ model, el }) {
     ctx.restore();
   }
 
+  function drawStripOutline() {
+    ctx.save();
+    ctx.strokeStyle = "rgba(255,212,0,0.8)";
+    ctx.setLineDash([4, 4]);
+    ctx.strokeRect(MARGIN.left + x0 - 0.5, MARGIN.top + y0 - 0.5, width + 1, height + 1);
+    ctx.restore();
+  }
+
   function redraw() {
+    const view = shown();
+    const canvasWidth = MARGIN.left + view.width + MARGIN.right;
+    const canvasHeight = MARGIN.top + view.height + MARGIN.bottom;
+    if (canvas.width !== canvasWidth) canvas.width = canvasWidth;
+    if (canvas.height !== canvasHeight) canvas.height = canvasHeight;
     ctx.fillStyle = "#111";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
-    if (bitmap) ctx.drawImage(bitmap, MARGIN.left, MARGIN.top);
-    drawAxes();
-    drawOverlay();
+    if (view.image) ctx.drawImage(view.image, MARGIN.left, MARGIN.top);
+    if (showingWhole()) {
+      drawStripOutline();
+    } else {
+      drawAxes();
+      drawOverlay();
+    }
+    root.dataset.view = showingWhole() ? "whole" : "strip";
+    if (view.image) {
+      root.dataset.shownWidth = String(view.image.width);
+      root.dataset.shownHeight = String(view.image.height);
+    }
+  }
+
+  function updateView() {
+    const wanted = model.get("view") === "whole";
+    whole.setAttribute("aria-pressed", String(wanted));
+    whole.classList.toggle("usr-active", wanted);
+    for (const button of [...Object.values(buttons), clear]) button.disabled = wanted;
+    root.classList.toggle("usr-plot-whole", wanted);
+    redraw();
+  }
+
+  async function decodeWhole() {
+    const bytes = bytesOf(model.get("whole_image"));
+    wholeBitmap = bytes.length ? await decodeImage(bytes, "image/png") : null;
+    redraw();
+  }
+
+  function showReadout() {
+    readout.textContent = model.get("readout");
+    readout.hidden = !model.get("readout");
+    warning.textContent = model.get("warning");
+    warning.hidden = !model.get("warning");
   }
 
   function updateRole() {
@@ -143,6 +211,7 @@ function render({ model, el }) {
   }
 
   canvas.addEventListener("click", (event) => {
+    if (model.get("view") === "whole") return; // no picks on the whole frame
     const [x, y] = eventToPixel(canvas, event, x0, y0, MARGIN.left, MARGIN.top);
     if (x < x0 - 0.5 || y < y0 - 0.5 || x > x0 + width - 0.5 || y > y0 + height - 0.5) return;
     const roles = model.get("roles").map((r) => r.key);
@@ -152,6 +221,10 @@ function render({ model, el }) {
     model.set("picks", picks);
     const next = roles[(roles.indexOf(active) + 1) % roles.length];
     if (!(next in picks)) model.set("active_role", next);
+    model.save_changes();
+  });
+  whole.addEventListener("click", () => {
+    model.set("view", model.get("view") === "whole" ? "strip" : "whole");
     model.save_changes();
   });
   clear.addEventListener("click", () => {
@@ -165,6 +238,10 @@ function render({ model, el }) {
   model.on("change:active_role", updateRole);
   model.on("change:results", showResults);
   model.on("change:error", showResults);
+  model.on("change:view", updateView);
+  model.on("change:whole_image", decodeWhole);
+  model.on("change:readout", showReadout);
+  model.on("change:warning", showReadout);
   model.on("change:image", async () => {
     bitmap = await decodeImage(bytesOf(model.get("image")), "image/png");
     redraw();
@@ -172,7 +249,9 @@ function render({ model, el }) {
 
   updateRole();
   showResults();
-  redraw();
+  showReadout();
+  updateView();
+  if (bytesOf(model.get("whole_image")).length) decodeWhole();
   decodeImage(bytesOf(model.get("image")), "image/png").then((b) => {
     bitmap = b;
     redraw();
