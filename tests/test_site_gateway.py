@@ -164,6 +164,15 @@ def test_calling_ae_not_allowed_is_refused(tmp_path: Path, simulated: list[Path]
             check=False,
         )
         assert echo.returncode == 0  # Verification from an allowed scanner
+        misdirected = subprocess.run(  # an allowed scanner calling its PACS's AE title
+            ["echoscu", "-aet", "SCANNER", "-aec", "PACS", "127.0.0.1", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert misdirected.returncode != 0
+        assert "Called AE Title Not Recognized" in misdirected.stderr + misdirected.stdout
         assert _spooled(config) == {}
     finally:
         gateway.stop()

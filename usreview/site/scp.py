@@ -2,7 +2,9 @@
 
 Accepts Verification and every ultrasound storage SOP class, in every transfer syntax
 pynetdicom knows, from the calling AE titles on the allow-list (others are rejected at
-association: "calling AE title not recognised"). Each instance is written to the durable
+association: "calling AE title not recognised") calling the gateway's own AE title (a
+scanner that calls another, its PACS's say, is rejected: "called AE title not
+recognised"). Each instance is written to the durable
 spool, as the bytes the scanner sent (never decoded) behind the File Meta Information
 pynetdicom's ``Event.encoded_dataset()`` would write (encoded here directly: pydicom's
 way cost half a millisecond of the scanner's wait per instance), before the C-STORE
@@ -267,6 +269,9 @@ class StorageSCP:
             self.ae.require_calling_aet = []
         else:
             self.ae.require_calling_aet = list(allowed_calling_ae_titles)
+        # A scanner aimed at another node (its PACS, say) on this port is refused, not
+        # taken in silently: "called AE title not recognised".
+        self.ae.require_called_aet = True
         _register_storage_classes(sop_classes)
         self.ae.add_supported_context(VERIFICATION)
         for sop_class in sop_classes:
