@@ -359,3 +359,38 @@ def test_kill_9_and_a_power_cut_the_journal_restores_what_was_acknowledged(
         assert "written to the spool again from its journal" in gateway.log.read_text()
     finally:
         assert gateway.stop() == 0
+
+
+def test_the_gateway_accepts_only_transfer_syntaxes_the_hub_decodes(tmp_path: Path) -> None:
+    """An MPEG-4 cine (no decoder here) is refused at negotiation, so the scanner keeps it
+    or sends it in another syntax, instead of hearing "stored" for what the hub refuses."""
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_context
+
+    from usreview.dicom.pixels import decodable_transfer_syntaxes
+
+    usable = decodable_transfer_syntaxes(ALL_TRANSFER_SYNTAXES)
+    decoded = ("1.2", "1.2.1", "1.2.4.50", "1.2.4.80", "1.2.4.90", "1.2.5")  # 1.2.840.10008.
+    refused = ("1.2.1.99", "1.2.4.100", "1.2.4.102", "1.2.4.107", "1.2.4.94")  # video, JPIP...
+    assert {f"1.2.840.10008.{s}" for s in decoded} <= set(usable)
+    assert not {f"1.2.840.10008.{s}" for s in refused} & set(usable)
+
+    config, port = _site(tmp_path, ["SCANNER"])
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        multiframe = "1.2.840.10008.5.1.4.1.1.3.1"  # Ultrasound Multi-frame Image Storage
+        scanner = AE(ae_title="SCANNER")
+        scanner.requested_contexts = [
+            build_context(multiframe, "1.2.840.10008.1.2.4.102"),  # MPEG-4 AVC/H.264
+            build_context(multiframe, "1.2.840.10008.1.2.1"),
+        ]
+        assoc = scanner.associate("127.0.0.1", port, ae_title="USREVIEW")
+        try:
+            assert assoc.is_established
+            accepted = [c.transfer_syntax[0] for c in assoc.accepted_contexts]
+            rejected = [c.transfer_syntax[0] for c in assoc.rejected_contexts]
+            assert accepted == ["1.2.840.10008.1.2.1"]
+            assert rejected == ["1.2.840.10008.1.2.4.102"]
+        finally:
+            assoc.release()
+    finally:
+        gateway.stop()

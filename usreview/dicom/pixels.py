@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,12 @@ from usreview.errors import (
     UnsupportedTransferSyntaxError,
 )
 
-__all__ = ["DEFAULT_MAX_DECODED_BYTES", "JPEG_XL_SYNTAXES", "PixelData"]
+__all__ = [
+    "DEFAULT_MAX_DECODED_BYTES",
+    "JPEG_XL_SYNTAXES",
+    "PixelData",
+    "decodable_transfer_syntaxes",
+]
 
 #: Default cap on rows x columns x samples x bytes x frames, checked before any decoding.
 DEFAULT_MAX_DECODED_BYTES = 2 * 1024**3
@@ -39,9 +44,43 @@ JPEG_XL_SYNTAXES = frozenset(
 )
 
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+#: Read by the reader only once inflated (it refuses them).
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _SIMPLE_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL"})
 
 Array = npt.NDArray[Any]
+
+
+def decodable_transfer_syntaxes(candidates: Iterable[str]) -> tuple[str, ...]:
+    """Those of ``candidates`` whose pixel data :class:`PixelData` decodes on this machine.
+
+    Native encodings always; compressed ones when a decoding plugin for them is installed
+    (pydicom's decoders, imagecodecs for JPEG XL); never Deflated (refused: inflate it
+    first), nor the video syntaxes (MPEG-2, MPEG-4, HEVC), which no installed plugin
+    decodes. A gateway accepts only these, so that what it acknowledges can be read.
+    """
+    found = []
+    for syntax in candidates:
+        if syntax in _NATIVE_SYNTAXES:
+            found.append(syntax)
+        elif syntax in JPEG_XL_SYNTAXES:
+            if _jpeg_xl_available():
+                found.append(syntax)
+        elif syntax != _DEFLATED:
+            try:
+                if get_decoder(syntax).is_available:
+                    found.append(syntax)
+            except NotImplementedError:
+                continue
+    return tuple(found)
+
+
+def _jpeg_xl_available() -> bool:
+    try:
+        import imagecodecs
+    except ImportError:  # pragma: no cover - a declared dependency
+        return False
+    return bool(imagecodecs.JPEGXL.available)
 
 
 class PixelData:

@@ -1,8 +1,11 @@
 """The gateway's DICOM Storage SCP: what a scanner sends to, as to a PACS.
 
 Accepts Verification and every ultrasound storage SOP class, in every transfer syntax
-pynetdicom knows, from the calling AE titles on the allow-list (others are rejected at
-association: "calling AE title not recognised") calling the gateway's own AE title (a
+whose pixel data the hub's reader decodes
+(:func:`usreview.dicom.pixels.decodable_transfer_syntaxes`: native, JPEG, JPEG-LS,
+JPEG 2000, HTJ2K, RLE, JPEG XL; not Deflated nor the video syntaxes, which a scanner must
+then send in another), from the calling AE titles on the allow-list (others are rejected
+at association: "calling AE title not recognised") calling the gateway's own AE title (a
 scanner that calls another, its PACS's say, is rejected: "called AE title not
 recognised"). Each instance is written to the durable
 spool, as the bytes the scanner sent (never decoded) behind the File Meta Information
@@ -57,6 +60,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from usreview.dicom import ULTRASOUND_SOP_CLASSES
 from usreview.dicom.header import is_uid
+from usreview.dicom.pixels import decodable_transfer_syntaxes
 from usreview.site.errors import SiteConfigError, SpoolError
 from usreview.site.spool import Spool
 
@@ -274,8 +278,12 @@ class StorageSCP:
         self.ae.require_called_aet = True
         _register_storage_classes(sop_classes)
         self.ae.add_supported_context(VERIFICATION)
+        # Only what the hub's reader decodes: a scanner offering nothing else (an MPEG-4
+        # cine, say) is refused at association and keeps the instance, instead of being
+        # told it was stored and the hub refusing it later.
+        syntaxes = decodable_transfer_syntaxes(ALL_TRANSFER_SYNTAXES)
         for sop_class in sop_classes:
-            self.ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+            self.ae.add_supported_context(sop_class, syntaxes)
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.received = 0
