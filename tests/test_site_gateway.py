@@ -394,3 +394,25 @@ def test_the_gateway_accepts_only_transfer_syntaxes_the_hub_decodes(tmp_path: Pa
             assoc.release()
     finally:
         gateway.stop()
+
+
+def test_an_instance_that_would_fill_the_spools_disk_is_refused_out_of_resources(
+    tmp_path: Path, simulated: list[Path]
+) -> None:
+    """0xA700 before the disk is full: the scanner keeps the image and sends it again."""
+    from usreview.site.scp import StorageSCP
+
+    spool = Spool(tmp_path / "spool")
+    free = shutil.disk_usage(spool.root).free
+    scp = StorageSCP(spool, "USREVIEW", ["SCANNER"], min_free_bytes=free + 10**15)
+    port = free_port()
+    scp.start("127.0.0.1", port)
+    try:
+        run = storescu(port, simulated[:1])
+        assert not run.succeeded and "Refused: OutOfResources" in run.output, run.output[-2000:]
+        assert list(spool.pending()) == []
+        scp.min_free_bytes = 0  # space again: the scanner's next try is stored
+        assert storescu(port, simulated[:1]).succeeded == simulated[:1]
+        assert [p.sop_instance_uid for p in spool.pending()] == [sop_uid(simulated[0])]
+    finally:
+        scp.stop()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import shutil
 import socket
 import ssl
 import struct
@@ -64,7 +65,13 @@ from usreview.dicom.pixels import decodable_transfer_syntaxes
 from usreview.site.errors import SiteConfigError, SpoolError
 from usreview.site.spool import Spool
 
-__all__ = ["STATUS_OUT_OF_RESOURCES", "STATUS_SUCCESS", "StorageSCP", "part10_header"]
+__all__ = [
+    "MIN_FREE_BYTES",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_SUCCESS",
+    "StorageSCP",
+    "part10_header",
+]
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -225,6 +232,10 @@ class _NoDelayServer(ThreadedAssociationServer):
         super().process_request_thread(request, client_address)
 
 
+#: Free space the spool's disk keeps by default (an instance that would leave less is refused).
+MIN_FREE_BYTES = 1024**3
+
+
 class StorageSCP:
     """A Storage SCP writing every received instance to ``spool``.
 
@@ -240,6 +251,10 @@ class StorageSCP:
         Storage SOP classes accepted (default: the ultrasound ones).
     ssl_context
         DICOM TLS: every association is TLS with this server context (None: plain).
+    min_free_bytes
+        Space the spool's disk keeps free: an instance that would leave less is refused
+        with 0xA700 (out of resources), which scanners keep and send again, before the
+        disk is full and the outbox and state files beside the spool start failing too.
     """
 
     def __init__(
@@ -250,8 +265,10 @@ class StorageSCP:
         *,
         sop_classes: Sequence[str] = tuple(ULTRASOUND_SOP_CLASSES),
         ssl_context: ssl.SSLContext | None = None,
+        min_free_bytes: int = MIN_FREE_BYTES,
     ) -> None:
         self.spool = spool
+        self.min_free_bytes = min_free_bytes
         self.ssl_context = ssl_context
         self.ae = AE(ae_title=ae_title)
         self.ae.network_timeout = 60
@@ -347,6 +364,20 @@ class StorageSCP:
         except Exception as exc:  # a malformed request: refuse it, keep serving
             _log.warning("C-STORE refused: %s", exc)
             return STATUS_CANNOT_UNDERSTAND
+        try:
+            free = shutil.disk_usage(self.spool.root).free - len(data)
+        except OSError:
+            free = self.min_free_bytes  # cannot tell: the spool's own errors will say
+        if free < self.min_free_bytes:
+            _log.error(
+                "C-STORE of %s refused: the spool's disk would have %d MB free, below the "
+                "%d MB kept free; the scanner keeps the instance (free space, or let the "
+                "uploads drain the spool)",
+                uid,
+                max(free, 0) // 10**6,
+                self.min_free_bytes // 10**6,
+            )
+            return STATUS_OUT_OF_RESOURCES
         try:
             self.spool.put(uid, data)
         except SpoolError as exc:
