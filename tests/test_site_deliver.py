@@ -7,6 +7,8 @@ to deliver what a site has already opened.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,3 +141,20 @@ def test_a_pacs_that_refuses_or_is_down_holds_up_no_other(
     assert follower.send_pending() == 3  # the one that is down waits for its backoff
     assert len(read_status(config).recorded["errors"]) == len(errors)
     follower.client.close()
+
+
+def test_outbox_folders_are_listed_by_their_owner_and_group_only(tmp_path: Path) -> None:
+    """Results are PHI: a study's folder is 0750 whatever the umask lets through."""
+    payload = tmp_path / "payload"
+    payload.write_text('{"finding": "x"}')
+    previous = os.umask(0o022)
+    try:
+        target = deliver_to_outbox(
+            tmp_path / "shared" / "outbox", payload, result_id=1, study_instance_uid=STUDY,
+            kind="summary",
+        )  # fmt: skip
+    finally:
+        os.umask(previous)
+    for folder in (target.parent, tmp_path / "shared" / "outbox", tmp_path / "shared"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o750, folder
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640

@@ -78,9 +78,21 @@ def _is_text(path: Path) -> bool:
     return not any(ord(c) < 32 and c not in "\n\r\t" for c in text)
 
 
+def _make_folder(folder: Path) -> None:
+    """``folder`` and its missing parents, mode 0750: the outbox's files (0640) are PHI,
+    listed by their owner and group only, whatever the umask lets through."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.is_dir():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        path.mkdir(mode=0o750, exist_ok=True)
+
+
 def copy_durably(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically and durably (replacing ``dst``)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(dst.parent)
     with replacing_file(dst, mode=0o640) as out, open(src, "rb") as fin:
         shutil.copyfileobj(fin, out, 1 << 20)
 
@@ -123,7 +135,7 @@ def deliver_to_outbox(
                 data = annotate(original, ext, supersedes, files)
             except ValueError:  # a summary that cannot be rewritten goes as it came
                 data = original
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_folder(folder)
             replace_file(target, data, mode=0o640)
         if supersedes is not None:
             retire(folder, supersedes)
