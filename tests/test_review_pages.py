@@ -317,3 +317,140 @@ def test_every_button_says_what_went_wrong_even_unexpectedly(
     finally:
         page.close()
     assert [r["version"] for r in world.detail("bmode")["reports"]] == [1]
+
+
+# -- a study open during a live exam ------------------------------------------------------
+
+
+def send(world: World, path: Path, study: str | None = None) -> str:
+    """Upload the simulated instance at ``path`` as the site does, into ``study`` (the
+    patient and study of the live exam) if given; its SOP Instance UID."""
+    if study is not None:
+        dataset = pydicom.dcmread(path)
+        first = pydicom.dcmread(world.folder / "live" / "first.dcm", stop_before_pixels=True)
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
+            if keyword in first:
+                setattr(dataset, keyword, first.data_element(keyword).value)
+        dataset.StudyInstanceUID = study
+        dataset.save_as(path)
+    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    sealed = path.with_suffix(".env")
+    seal_file(path, sealed, sender=world.site.keys, recipients=[world.hub_public])
+    uid = str(dataset.SOPInstanceUID)
+    stored = world.hub.upload(uid, sealed.read_bytes(), world.site.token, ENVELOPE)
+    assert stored.status_code == 201, stored.text
+    return uid
+
+
+def within(seconds: float, what: str, predicate: Callable[[], Any]) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.05)
+    return value
+
+
+@pytest.fixture(scope="module")
+def live(world: World) -> str:
+    """A Doppler study of its own, processed: the exam goes on while it is open."""
+    from usreview.simulate import simulate
+
+    [path] = simulate("pw", world.folder / "live", seed=41)
+    path = path.rename(path.with_name("first.dcm"))
+    uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+    send(world, path)
+    world.studies["live"] = uid
+    within(120, "the live study processed", lambda: world.detail("live")["status"] == "processed")
+    return uid
+
+
+def processing(page: Any, sop_instance_uid: str) -> str:
+    """The results panel's processing line for one instance."""
+    for section in page.results.children:
+        parts = getattr(section, "children", ())
+        if parts and sop_instance_uid in getattr(parts[0], "value", ""):
+            return str(parts[1].value)
+    return ""
+
+
+def test_an_open_study_shows_what_arrives_and_keeps_what_the_reviewer_did(
+    world: World, client: Any, live: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usreview.review.pages import StudyPage
+    from usreview.simulate import simulate
+
+    answers: list[int] = []
+    request = client._request
+
+    def counted(method: str, path: str, **kwargs: Any) -> Any:
+        response = request(method, path, **kwargs)
+        if path == f"/studies/{live}":
+            answers.append(response.status)
+        return response
+
+    monkeypatch.setattr(client, "_request", counted)
+    page = StudyPage(client, live, renew_seconds=3600, refresh_seconds=0.2)
+    try:
+        form = page.form
+        assert form is not None and page.loading is not None
+        page.loading.join(30)
+        viewer = page.viewer_box.children[0]
+        [first] = page.records
+        shown = dict(page.thumbnails)
+        page.claim_button.click()
+        form.impression.value = "Exam in progress: no stenosis so far."
+        quantity = page.results._rows[0].quantity["name"]
+        page.results.decide(quantity, "accept")
+        mine = {"name": "Distance", "value": 12.5, "unit": "mm", "code": None,
+                "source_instance": first, "points": [[10, 10], [40, 30]]}  # fmt: skip
+        assert page.results.add_measurement(mine, label="Plaque")
+        before = page.results.measurements()
+        within(10, "an unchanged study answered 304", lambda: 304 in answers)
+
+        [path] = simulate("bmode", world.folder / "live-2", seed=42)
+        new = send(world, path, live)
+        within(20, "the new thumbnail", lambda: new in page.thumbnails)
+        within(5, "the banner", lambda: "1 new instance" in page.news.value)
+        assert [*page.thumbnail_box.children] == [*shown.values(), page.thumbnails[new]]
+        assert all(page.thumbnails[uid] is box for uid, box in shown.items())  # not reloaded
+        assert processing(page, new)  # its results (or that they are coming)
+        assert new in {uid for _, uid in form.key_images.options}
+        # what the reviewer was doing is as she left it
+        assert form.impression.value == "Exam in progress: no stenosis so far."
+        assert page.viewer_box.children[0] is viewer
+        assert page.results.measurements() == before
+        assert claimant(page) == "you"
+        within(60, "the new instance processed", lambda: "done" in processing(page, new)
+               or "nothing to measure" in processing(page, new))  # fmt: skip
+        assert page.results.measurements() == before
+        assert form.impression.value == "Exam in progress: no stenosis so far."
+    finally:
+        page.leave()  # releases her claim
+
+
+def test_the_results_line_follows_processing_and_a_failed_read_is_one_line(
+    world: World, client: Any, live: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usreview.review.pages import StudyPage
+    from usreview.simulate import simulate
+
+    page = StudyPage(client, live, renew_seconds=3600, refresh_seconds=0.1)
+    try:
+        [path] = simulate("pw", world.folder / "live-3", seed=43)
+        new = send(world, path, live)
+        within(20, "the new instance", lambda: new in page.records)
+        first_seen = processing(page, new)
+        # seen at once, before the worker (which looks for jobs every second) is done
+        assert "queued" in first_seen or "running" in first_seen, first_seen
+        within(60, "its results", lambda: "Automatic processing done." in processing(page, new))
+        within(5, "the banner", lambda: "results ready for 1 instance" in page.news.value)
+        assert any(row.source_instance == new for row in page.results._rows)
+
+        said = page.message.value
+        with monkeypatch.context() as patch:  # the service is away: said, and tried again
+            patch.setattr(client, "study", raising(OSError(111, "Connection refused")))
+            within(5, "the note", lambda: "Connection refused" in page.stale.value)
+            assert "Not up to date since" in page.stale.value and page.message.value == said
+        within(5, "the note gone", lambda: page.stale.value == "")
+    finally:
+        page.close()

@@ -82,6 +82,7 @@ class ReviewClient:
         self._cache: Path | None = None
         self._lock = threading.Lock()
         self._worklists: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+        self._studies: dict[str, tuple[str, bytes]] = {}  # uid -> ETag, answer
         self._downloads: dict[str, threading.Lock] = {}
         self._connections: set[http.client.HTTPConnection] = set()
         self._closed = False
@@ -128,8 +129,24 @@ class ReviewClient:
         return studies
 
     def study(self, study_instance_uid: str) -> dict[str, Any]:
-        """One study: series, instances with their analyses and processing, claim, reports."""
-        return dict(self._json("GET", f"/studies/{quote(study_instance_uid)}"))
+        """One study: series, instances with their analyses and processing, claim, reports.
+
+        Asked again, an unchanged study costs no transfer (as :meth:`studies`): the
+        service answers 304 to the ETag of the last answer, which is read again (a new
+        dictionary each time: the caller may change it).
+        """
+        path = f"/studies/{quote(study_instance_uid)}"
+        known = self._studies.get(study_instance_uid)
+        extra = {"If-None-Match": known[0]} if known else None
+        response = self._request("GET", path, headers=extra)
+        data = self._read("GET", response)
+        if response.status == 304 and known is not None:
+            data = known[1]
+        else:
+            etag = response.getheader("ETag")
+            if etag:
+                self._studies[study_instance_uid] = (etag, data)
+        return dict(json.loads(data))
 
     def priors(self, study_instance_uid: str) -> list[dict[str, Any]]:
         """The patient's other studies at the study's site, newest first (worklist rows)."""

@@ -14,10 +14,15 @@ call the service as the reviewer (:class:`~usreview.review.client.ReviewClient`)
   (:class:`~usreview.review.results.ResultsPanel`), the published versions and the report
   form (:class:`~usreview.review.form.ReportForm`, filled from the latest version to amend).
   *Claim* and *Release* take and give back the study; the page renews the reviewer's
-  claim while it is open. A publication releases the claim (the service does): the page
-  reads the study again, stops renewing and locks the form until the study is claimed
-  again. *Back to worklist* (:meth:`StudyPage.leave`) releases the claim and keeps unsent
-  text as a draft, per study, for the rest of the session (the kernel).
+  claim while it is open. It reads the study again every few seconds (a live exam):
+  new instances come as new thumbnails, finished processing as results, and the header
+  shows the status and who holds the claim; a line says what is new. What the reviewer
+  is doing stays: the viewer, the form's text, the decisions on the results and her own
+  measurements. A read that fails is said in one discreet line, and tried again. A
+  publication releases the claim (the service does): the page reads the study again,
+  stops renewing and locks the form until the study is claimed again. *Back to worklist*
+  (:meth:`StudyPage.leave`) releases the claim and keeps unsent text as a draft, per
+  study, for the rest of the session (the kernel).
 
 Every button says what happened, in the page's message: a refusal with the service's
 words, anything unexpected as one line (and logged), since Voila shows no tracebacks.
@@ -31,6 +36,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, quote
 
@@ -253,14 +259,29 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         study_instance_uid: str,
         *,
         renew_seconds: float = RENEW_SECONDS,
+        refresh_seconds: float = REFRESH_SECONDS,
     ) -> None:
+        """``refresh_seconds``: how often the study is read again while the page is
+        open (0: never; it is then read again only after the page's own actions)."""
         self.client = client
         self.uid = study_instance_uid
         self._closed = threading.Event()
         self._renew_seconds = renew_seconds
+        self._refresh_seconds = refresh_seconds
         #: Held while the claim is renewed, published on or released (one at a time).
         self._claiming = threading.Lock()
+        #: Counts the page's own changes of ``study["claim"]`` (under ``_claiming``): a
+        #: read that began before one is not shown (the next one is).
+        self._changes = 0
+        #: Held while a new reading of the study is shown (one at a time).
+        self._showing = threading.Lock()
         self.message = w.HTML()
+        #: What came since the page was opened (new instances, results, claim, versions).
+        self.news = w.HTML()
+        self.news.add_class("usreview-news")
+        #: One discreet line while the study cannot be read again.
+        self.stale = w.HTML()
+        self.stale.add_class("usreview-stale")
         self.viewer_box = w.VBox([w.HTML("<i>Choose an image.</i>")])
         self.viewer_box.add_class("usreview-viewer")
         self.instances: dict[str, UltrasoundInstance] = {}
@@ -281,8 +302,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.records = {r["sop_instance_uid"]: r for r in records}
         self.results = ResultsPanel(records, evaluation=self.study.get("study_evaluation"))
         self.form = ReportForm(
-            key_images=[(f"{', '.join(r['kinds'])} {r['sop_instance_uid'][-8:]}",
-                         r["sop_instance_uid"]) for r in records],
+            key_images=[_key_image(r) for r in records],
             sites=self._other_sites(),
             exam_type=_exam_type(records),
             on_publish=self._publish,
@@ -312,14 +332,16 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self._fill_form()
         self.priors = self._priors()
         self.thumbnails = {r["sop_instance_uid"]: self._thumbnail(r) for r in records}
-        thumbnails = w.HBox(list(self.thumbnails.values()))
-        thumbnails.add_class("usreview-thumbnails")
+        self.thumbnail_box = w.HBox(list(self.thumbnails.values()))
+        self.thumbnail_box.add_class("usreview-thumbnails")
         super().__init__(
             [
                 w.HBox([self.header, self.claim_button, self.release_button, self.teaching_button]),
                 self.message,
+                self.news,
+                self.stale,
                 self.priors,
-                thumbnails,
+                self.thumbnail_box,
                 w.HBox([self.viewer_box, w.VBox([self.results], layout=w.Layout(width="48%"))]),
                 self.versions,
                 self.form,
@@ -328,8 +350,10 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.add_class("usreview-study-page")
         if records:
             self.show(records[0]["sop_instance_uid"])
-        self.client.thread(self._load_thumbnails, name="thumbnails")
+        self.client.thread(lambda: self._load_thumbnails(list(self.thumbnails)), name="thumbnails")
         self.client.thread(self._keep_claim, name="claim")
+        if refresh_seconds > 0:
+            self.client.thread(self._follow, name="study")
 
     def close(self) -> None:
         """Stop renewing the claim (the study stays claimed until it expires or is released)."""
@@ -363,6 +387,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
                     said.append(f"Not released: {why}; it stays claimed until the claim expires.")
                     error = True
                 else:
+                    self._changes += 1
                     self.study["claim"] = None
                     said.append("Study released.")
         self.close()
@@ -378,6 +403,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             with self._claiming:
                 if self._closed.is_set() or not self._mine():
                     continue
+                self._changes += 1
                 try:
                     self.study["claim"] = self.client.claim(self.uid)
                 except Exception as exc:  # taken over after expiry, or the service is away
@@ -432,6 +458,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
 
     def _claim(self) -> None:
         with self._claiming:
+            self._changes += 1
             try:
                 self.study["claim"] = self.client.claim(self.uid)
             except UsreviewError as exc:
@@ -452,6 +479,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             except UsreviewError as exc:
                 self.message.value = _banner(f"Not released: {exc}", error=True)
                 return
+            self._changes += 1
             self.study["claim"] = None
         self.message.value = _banner("Study released: other reviewers may claim it.")
         self._reread()  # its status (processed again)
@@ -492,6 +520,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
                 if found is None:
                     return
                 answer = found
+            self._changes += 1
             self.study["claim"] = None  # the service released it with the publication
         self._reread()
         form.published(answer)
@@ -551,9 +580,10 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         placeholder = w.HTML("<i>…</i>", layout=w.Layout(height=f"{_THUMB}px"))
         return w.VBox([placeholder, button], layout=w.Layout(width="140px"))
 
-    def _load_thumbnails(self) -> None:
+    def _load_thumbnails(self, uids: Sequence[str]) -> None:
         """Put each instance's first frame, rendered by the service, on its thumbnail."""
-        for uid, box in self.thumbnails.items():
+        for uid in uids:
+            box = self.thumbnails[uid]
             if self._closed.is_set():
                 return
             try:
@@ -566,16 +596,112 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             box.children = [image, *box.children[1:]]
 
     def _reread(self) -> None:
-        """The study as the service has it now (status, claim, versions), shown."""
+        """The study as the service has it now, shown (after one of the page's actions)."""
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Read the study again and show what changed (:meth:`_show_changes`); whether
+        it could be read. A failure is said in one line (:attr:`stale`), never raised."""
+        if self._closed.is_set() or not self.study:
+            return False
+        with self._claiming:
+            changes = self._changes
         try:
             study = self.client.study(self.uid)
-        except Exception:  # what is shown stays; the action's own message says the rest
-            _log.exception("reading study %s again failed", self.uid)
-            return
-        with self._claiming:
-            self.study = study
+        except Exception as exc:
+            if self._closed.is_set():
+                return False
+            if not isinstance(exc, UsreviewError):
+                _log.exception("reading study %s again failed", self.uid)
+            why = str(exc) if isinstance(exc, UsreviewError) else _unexpected(exc)
+            again = (
+                f"; trying again every {self._refresh_seconds:g} s"
+                if self._refresh_seconds > 0
+                else ""
+            )
+            self.stale.value = (
+                '<div style="color:#777;font-size:smaller">'
+                f"Not up to date since {_now()} UTC: {html.escape(why)}{again}.</div>"
+            )
+            return False
+        self.stale.value = ""
+        with self._showing:
+            with self._claiming:
+                if self._closed.is_set():
+                    return False
+                if changes != self._changes:  # the page's own claim changed meanwhile
+                    return True  # this reading may not show it; the next one will
+                before, self.study = self.study, study
+            self._show_changes(before, study)
+        return True
+
+    def _follow(self) -> None:
+        """While the page is open, read the study every ``refresh_seconds``."""
+        while not self._closed.wait(self._refresh_seconds):
+            try:
+                self.refresh()
+            except Exception:  # a kernel thread must not die on one bad refresh
+                _log.exception("refreshing study %s failed", self.uid)
+
+    def _show_changes(self, before: Mapping[str, Any], study: Mapping[str, Any]) -> None:
+        """Show ``study`` in place of ``before``: new thumbnails, results in place, the
+        header and versions; say what is new in :attr:`news`. The viewer, the form's
+        text and the results' decisions and measurements stay."""
+        records = [i for s in study.get("series") or [] for i in s["instances"]]
+        shown = self.records
+        self.records = {r["sop_instance_uid"]: r for r in records}
+        new = [r for r in records if r["sop_instance_uid"] not in shown]
+        ended = {"done": 0, "failed": 0}
+        for record in records:
+            old = shown.get(record["sop_instance_uid"])
+            status = (record.get("processing") or {}).get("status")
+            if old is not None and _pending(old) and status in ended:
+                ended[status] += 1
+        changed = self.results.update(records, evaluation=study.get("study_evaluation"))
+        redone = sum(  # analysed again (a new processor version, say)
+            1
+            for uid in changed
+            if uid in shown and not _pending(shown[uid]) and not _pending(self.records[uid])
+        )
+        if new:
+            self._add_thumbnails(new)
         self._render_header()
         self._render_versions()
+        said = []
+        if new:
+            said.append(_count(len(new), "new instance"))
+        if ended["done"]:
+            said.append(f"results ready for {_count(ended['done'], 'instance')}")
+        if ended["failed"]:
+            said.append(f"processing failed for {_count(ended['failed'], 'instance')}")
+        if redone > 0:
+            said.append(f"new results for {_count(redone, 'instance')}")
+        said += _claim_news(before.get("claim"), study.get("claim"))
+        versions = {r.get("version") for r in before.get("reports") or []}
+        said += [
+            f"version {r.get('version')} published by {r.get('reviewer')}"
+            for r in study.get("reports") or []
+            if r.get("version") not in versions and r.get("reviewer") != _me()
+        ]
+        if said:
+            text = f"New at {_now()} UTC: " + "; ".join(said) + "."
+            self.news.value = (
+                '<div class="usreview-news-line" style="background:#e3f2fd;border-left:4px '
+                f'solid #1565c0;padding:2px 8px;margin:2px 0">{html.escape(text)}</div>'
+            )
+
+    def _add_thumbnails(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Thumbnails (and key image choices) for instances that arrived while open."""
+        added = {r["sop_instance_uid"]: self._thumbnail(r) for r in records}
+        self.thumbnails.update(added)
+        self.thumbnail_box.children = [*self.thumbnail_box.children, *added.values()]
+        if self.form is not None:
+            chosen = self.form.key_images.value
+            options = [*self.form.key_images.options, *(_key_image(r) for r in records)]
+            self.form.key_images.options = options
+            self.form.key_images.value = chosen
+            self.form.key_images.rows = min(6, len(options))
+        self.client.thread(lambda: self._load_thumbnails(list(added)), name="thumbnails")
 
     def _fill_form(self) -> None:
         """The draft left with *Back to worklist*, else the latest version (to amend)."""
@@ -668,6 +794,36 @@ def _priors_html(priors: Sequence[Mapping[str, Any]]) -> str:
         text = html.escape(" · ".join(str(part) for part in parts if part))
         lines.append(f'<li><a href="{href}" target="_blank" rel="noopener">{text}</a></li>')
     return f"<ul style='margin:2px 0'>{''.join(lines)}</ul>"
+
+
+def _key_image(record: Mapping[str, Any]) -> tuple[str, str]:
+    """An instance as a choice of the form's key images: ``(label, SOP Instance UID)``."""
+    uid = record["sop_instance_uid"]
+    return f"{', '.join(record['kinds'])} {uid[-8:]}", uid
+
+
+def _pending(record: Mapping[str, Any]) -> bool:
+    """Whether the instance's automatic processing has not ended yet."""
+    return (record.get("processing") or {}).get("status") in ("queued", "running")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%H:%M:%S")
+
+
+def _claim_news(before: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> list[str]:
+    """What a change of claim that the page did not make itself says."""
+    was, holder = (before or {}).get("reviewer"), (now or {}).get("reviewer")
+    if was == holder:
+        return []
+    if holder:
+        taken = "your claim was taken over by" if was == _me() else "claimed by"
+        return [f"{taken} {'you' if holder == _me() else holder}"]
+    return ["your claim ended" if was == _me() else f"released by {was}"]
 
 
 def _exam_type(records: list[Mapping[str, Any]]) -> str:

@@ -11,7 +11,9 @@ report) and *reject* (left out); nothing is accepted by default. The reviewer's 
 measurements from the viewers are added with :meth:`ResultsPanel.add_measurement`, each
 once and with an optional label, and each has a *Remove* button until the report is
 published. :meth:`ResultsPanel.measurements` gives the report's ``measurements`` (see
-:mod:`usreview.review.report`).
+:mod:`usreview.review.report`). :meth:`ResultsPanel.update` shows the results as they are
+now (an open study page reads them every few seconds) in place: the reviewer's decisions
+and measurements stay.
 """
 
 from __future__ import annotations
@@ -90,6 +92,17 @@ def _identity(measurement: Mapping[str, Any]) -> str:
     )
 
 
+def _shown(instance: Mapping[str, Any]) -> str:
+    """What an instance's section shows, as a string equal for equal sections."""
+    keys = ("kinds", "processing", "analysis")
+    return json.dumps([instance.get(k) for k in keys], sort_keys=True, default=str)
+
+
+def _same(quantity: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes a quantity the same one again (a decision on it still holds)."""
+    return (quantity.get("name"), quantity.get("value"), quantity.get("unit"))
+
+
 def processing_line(instance: Mapping[str, Any]) -> str:
     """One sentence on how processing of ``instance`` (a study's instance view) went."""
     processing = instance.get("processing") or {}
@@ -117,27 +130,79 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
         self._own: list[_Own] = []
         self._own_box = w.VBox()
         self._observers: list[Callable[[], None]] = []
-        sections: list[w.Widget] = []
-        if evaluation:
-            sections.append(w.HTML(study_evaluation_html(evaluation)))
-        for instance in instances:
-            sections.append(self._section(instance))
-        super().__init__(
-            [
-                w.HTML("<h3>Automatic results</h3>"),
-                *sections,
-                w.HTML("<h3>Your measurements</h3>"),
-                self._own_box,
-            ]
-        )
+        self._heading = w.HTML("<h3>Automatic results</h3>")
+        self._own_heading = w.HTML("<h3>Your measurements</h3>")
+        #: Each instance's section and what it shows (:func:`_shown`), in the study's order.
+        self._sections: dict[str, tuple[str, w.Widget]] = {}
+        self._evaluation: tuple[Mapping[str, Any], w.HTML] | None = None
+        super().__init__()
+        self.update(instances, evaluation=evaluation)
         self.add_class("usreview-results")
         self._render_own()
+
+    def update(
+        self,
+        instances: Sequence[Mapping[str, Any]],
+        *,
+        evaluation: Mapping[str, Any] | None = None,
+    ) -> list[str]:
+        """Show the results of ``instances`` (and the study-level ``evaluation``) as they
+        are now, in place.
+
+        An instance not shown yet gets its section; one whose processing or analysis
+        changed gets a new section, in which each quantity keeps the reviewer's decision
+        (and corrected value) if it is the same quantity with the same value. Every other
+        section, with its decisions, and the reviewer's own measurements stay as they are.
+
+        Returns
+        -------
+        list of str
+            The SOP Instance UIDs whose section was added or replaced.
+        """
+        changed: list[str] = []
+        sections: dict[str, tuple[str, w.Widget]] = {}
+        for instance in instances:
+            uid = str(instance["sop_instance_uid"])
+            shown = _shown(instance)
+            known = self._sections.get(uid)
+            if known is not None and known[0] == shown:
+                sections[uid] = known
+                continue
+            kept: dict[tuple[Any, ...], list[tuple[str, float]]] = {}
+            for row in self._rows:
+                if row.source_instance == uid:
+                    state = (row.decision.value, row.corrected.value)
+                    kept.setdefault(_same(row.quantity), []).append(state)
+            self._rows = [row for row in self._rows if row.source_instance != uid]
+            sections[uid] = (shown, self._section(instance))
+            for row in self._rows:
+                if row.source_instance == uid and (states := kept.get(_same(row.quantity))):
+                    decision, corrected = states.pop(0)
+                    row.corrected.value = corrected
+                    row.decision.value = decision  # last: it enables the corrected value
+            changed.append(uid)
+        self._rows = [row for row in self._rows if row.source_instance in sections]
+        self._sections = sections
+        if not evaluation:
+            self._evaluation = None
+        elif self._evaluation is None or self._evaluation[0] != evaluation:
+            self._evaluation = (dict(evaluation), w.HTML(study_evaluation_html(evaluation)))
+        self.children = [
+            self._heading,
+            *([self._evaluation[1]] if self._evaluation else []),
+            *(section for _, section in sections.values()),
+            self._own_heading,
+            self._own_box,
+        ]
+        return changed
 
     # The report's view ------------------------------------------------------------------
 
     def measurements(self) -> list[dict[str, Any]]:
         """Accepted and corrected automatic values, then the reviewer's own measurements."""
-        chosen = [m for row in self._rows if (m := row.measurement()) is not None]
+        order = {uid: number for number, uid in enumerate(self._sections)}
+        rows = sorted(self._rows, key=lambda row: order.get(row.source_instance, len(order)))
+        chosen = [m for row in rows if (m := row.measurement()) is not None]
         return chosen + [dict(own.entry) for own in self._own]
 
     def decide(self, name: str, decision: str, value: float | None = None) -> None:
