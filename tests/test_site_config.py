@@ -206,6 +206,16 @@ def test_init_takes_the_site_names_the_hub_takes(tmp_path: Path, name: str) -> N
         ('name = "clinic"', 'name = "Clinic"', "site.name"),
         ("retired_keys = []", 'retired_keys = "keys/old.key"', "site.retired_keys"),
         ("retired_keys = []", 'retired_keys = ["keys/a.key", 3]', "site.retired_keys[1]"),
+        (
+            "retired_spool_keys = []",
+            'retired_spool_keys = ["keys/a.key"]',  # and no folders.spool_key
+            "folders.retired_spool_keys",
+        ),
+        (
+            "retired_spool_keys = []",
+            'retired_spool_keys = ["keys/a.key", ""]',
+            "folders.retired_spool_keys[1]",
+        ),
     ],
 )
 def test_bad_settings_are_named(site_dir: Path, old: str, new: str, setting: str) -> None:

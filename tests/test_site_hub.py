@@ -9,6 +9,7 @@ key go into the site's folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -400,6 +401,126 @@ def test_spool_reconciles_with_the_hubs_batch_receipt(
     # It asked about the spool's UIDs only, and the hub named those it holds.
     (asked,) = [e for e in hub.audited("clinic-d") if "requested" in e["detail"]]
     assert asked["detail"] == {"count": len(sent), "requested": len(sent) + 1}
+
+
+def _uploading(site: SiteConfig, spool: Spool, **options: Any) -> Any:
+    """An uploader of ``site``'s spool, as the gateway's upload process runs it."""
+    from usreview.site.status import StatusBook
+    from usreview.site.uploader import Uploader
+
+    site.state.mkdir(mode=0o700, exist_ok=True)
+    return Uploader(site, spool, StatusBook(site.state), workers=1, **options)
+
+
+def _errors(site: SiteConfig) -> list[dict[str, Any]]:
+    return list(read_status(site).recorded.get("errors", []))
+
+
+def test_a_site_clock_ahead_keeps_the_instance_until_it_is_fixed(
+    hub: Hub, simulated: list[Path], tmp_path: Path
+) -> None:
+    from usreview.site import format_status
+
+    config, _ = enroll(hub, "clinic-t", tmp_path / "site")
+    site = load_config(config)
+    spool = Spool(site.spool)
+    (path,) = copies(simulated[0], 1, tmp_path / "copies")
+    uid = sop_uid(path)
+    spool.put(uid, path.read_bytes())
+    ahead = [900.0]  # the site's clock, 15 minutes ahead of the hub's (which allows 5)
+    uploader = _uploading(site, spool, clock=lambda: time.time() + ahead[0])
+    uploader.start()
+    try:
+        wait_until(lambda: any("ahead of the hub" in e.get("advice", "") for e in _errors(site)))
+        (refused,) = [e for e in _errors(site) if "advice" in e][:1]
+        assert (
+            "400 bad_envelope" in refused["message"] and "kept in the spool" in refused["message"]
+        )
+        found = re.match(r"the site clock is (\d+) s ahead of the hub: fix NTP", refused["advice"])
+        assert found and 890 <= int(found[1]) <= 910, refused["advice"]
+        shown = format_status(read_status(site))
+        assert f"    -> {refused['advice']}" in shown
+        time.sleep(3)  # several tries (the backoff is capped at 2 s here): none rejects it
+        assert [item.sop_instance_uid for item in spool.pending()] == [uid]
+        assert read_status(site).rejected == 0
+        tries = len([e for e in _errors(site) if "bad_envelope" in e["message"]])
+        assert 2 <= tries <= 8  # with backoff, not a hot loop
+        ahead[0] = 0.0  # NTP fixed
+        wait_until(lambda: spool_empty(config), timeout=30)
+    finally:
+        uploader.stop()
+    assert held_at_hub(config).get(uid) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert read_status(site).rejected == 0
+
+
+def test_only_an_instance_bad_in_itself_is_rejected_and_one_held_back_blocks_none(
+    hub: Hub, simulated: list[Path], tmp_path: Path
+) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    config, _ = enroll(hub, "clinic-u", tmp_path / "site")
+    site = load_config(config)
+    spool = Spool(site.spool)
+    # Oldest first: one the hub has no decoder for, one that is not ultrasound, then good.
+    deflated = tmp_path / "deflated.dcm"
+    ds = pydicom.dcmread(copies(simulated[0], 1, tmp_path / "d")[0])
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(deflated, enforce_file_format=True)
+    report = _sr(tmp_path / "report.dcm", generate_uid())
+    good = copies(simulated[1], 3, tmp_path / "good")
+    for path in [deflated, report, *good]:
+        spool.put(sop_uid(path), path.read_bytes())
+        time.sleep(0.01)  # distinct spool times: this order
+    uploader = _uploading(site, spool)
+    uploader.start()
+    try:
+        wait_until(lambda: len(spool.pending()) == 1 and read_status(site).rejected == 1)
+        time.sleep(3)  # the held-back one is tried again, with its own backoff
+    finally:
+        uploader.stop()
+    assert {sop_uid(p) for p in good} <= set(held_at_hub(config))
+    # Not ultrasound: nothing can change that, rejected with the hub's reason.
+    (rejected,) = Spool(site.spool).rejected()
+    assert rejected["sop_instance_uid"] == sop_uid(report)
+    assert "422 rejected_instance" in str(rejected["reason"]) and "(not ultrasound)" in str(
+        rejected["reason"]
+    )
+    # No decoder at the hub: kept in the spool, and the site is told what to do.
+    assert [item.sop_instance_uid for item in spool.pending()] == [sop_uid(deflated)]
+    held = [e for e in _errors(site) if sop_uid(deflated) in e["message"]]
+    assert held and all("kept in the spool" in e["message"] for e in held)
+    assert held[-1]["advice"].startswith(
+        "the hub is missing a decoder for transfer syntax 1.2.840.10008.1.2.1.99 "
+        "(Deflated Explicit VR Little Endian): tell the hub's administrator"
+    )
+    assert 2 <= len(held) <= 6  # 0.5, 1, 2, 4 s...: not a hot loop
+
+
+def test_a_requeued_instance_is_uploaded(
+    hub: Hub, simulated: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from usreview.cli import main
+
+    config, _ = enroll(hub, "clinic-r", tmp_path / "site")
+    site = load_config(config)
+    spool = Spool(site.spool)
+    (path,) = copies(simulated[2], 1, tmp_path / "copies")
+    uid = sop_uid(path)
+    # Rejected as the old rules did for a clock ahead of the hub's.
+    spool.reject(spool.put(uid, path.read_bytes()), "the hub refused (400 bad_envelope): ...")
+    assert main(["site", "rejected", "--config", str(config), "--requeue", uid]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "1 requeued for upload, 0 already in the spool, 0 failed"
+    )
+    assert read_status(site).rejected == 0 and len(spool.pending()) == 1
+    uploader = _uploading(site, spool)
+    uploader.start()
+    try:
+        wait_until(lambda: spool_empty(config), timeout=30)
+    finally:
+        uploader.stop()
+    assert held_at_hub(config).get(uid) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert read_status(site).rejected == 0
 
 
 def test_receipts_of_the_uids_asked_about(hub: Hub, simulated: list[Path], tmp_path: Path) -> None:

@@ -172,3 +172,118 @@ def test_a_copy_that_cannot_be_written_is_logged_as_failed(
         ("export_rejected", second.sop_instance_uid),
     ]
     assert "No space left on device" in lines[1]["failed"]
+
+
+# -- what is final, and sending again --------------------------------------------------
+
+# (status, error, reason, what it means): every refusal of an upload in the hub's table
+# (usreview/hub/api/errors.py), each 422 reason (usreview.ingest.errors.RejectReason).
+REFUSALS = [
+    (422, "rejected_instance", "not DICOM", "final"),
+    (422, "rejected_instance", "not ultrasound", "final"),
+    (422, "rejected_instance", "corrupt pixel data", "final"),
+    (422, "rejected_instance", "invalid header", "final"),
+    (409, "conflict", None, "final"),
+    (422, "rejected_instance", "unsupported transfer syntax", "instance"),
+    (422, "rejected_instance", "image too large", "instance"),
+    (422, "rejected_instance", "resource limit exceeded", "instance"),
+    (422, "rejected_instance", "timed out", "instance"),
+    (422, "rejected_instance", "worker crashed", "instance"),
+    (422, "rejected_instance", None, "instance"),  # a reason this site does not know
+    (413, "too_large", None, "instance"),
+    (409, "replayed", None, "instance"),
+    (400, "uid_mismatch", None, "instance"),
+    (400, "bad_request", None, "instance"),
+    (400, "bad_envelope", None, "site"),
+    (400, "not_for_hub", None, "site"),
+    (403, "wrong_sender", None, "site"),
+    (403, "forbidden", None, "site"),
+    (401, "unauthorized", None, "site"),
+    (404, "not_found", None, "site"),
+    (408, "", None, "site"),
+    (429, "", None, "site"),
+]
+
+
+@pytest.mark.parametrize(("status", "code", "reason", "meaning"), REFUSALS)
+def test_only_an_instance_bad_in_itself_is_refused_for_good(
+    status: int, code: str, reason: str | None, meaning: str
+) -> None:
+    from usreview.site.errors import HubRefusedError
+
+    refused = HubRefusedError(status, code, "the hub's sentence", reason)
+    assert refused.permanent is (meaning == "final")
+    assert refused.refusal == meaning
+
+
+def test_advice_for_a_refusal_the_site_or_the_hub_can_fix(tmp_path: Path) -> None:
+    from usreview.site.errors import HubRefusedError
+
+    ahead = HubRefusedError(
+        400,
+        "bad_envelope",
+        "envelope refused: envelope is valid only from 2025-03-01 10:15:00Z "
+        "(now 2025-03-01 10:00:00Z); check the clocks of sender and receiver",
+    )
+    assert str(ahead.advice()).startswith("the site clock is 900 s ahead of the hub: fix NTP")
+    stale = HubRefusedError(400, "not_for_hub", "the envelope is not addressed to the hub's key")
+    assert f"save it as {tmp_path / 'hub.pub'}" in str(
+        stale.advice(hub_key_file=tmp_path / "hub.pub")
+    )
+    decoder = HubRefusedError(422, "rejected_instance", "x", "unsupported transfer syntax")
+    assert str(decoder.advice(transfer_syntax="1.2.840.10008.1.2.4.201")).startswith(
+        "the hub is missing a decoder for transfer syntax 1.2.840.10008.1.2.4.201: tell the "
+        "hub's administrator"
+    )
+    assert "raise it" in str(HubRefusedError(413, "too_large", "too large").advice())
+    assert HubRefusedError(409, "conflict", "another instance has this UID").advice() is None
+
+
+def test_requeue_moves_rejected_instances_back_into_the_spool_once(
+    site: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, sent = site
+    spool_root = load_config(config).spool
+    first, second = list_rejected(Spool(spool_root))
+    base = ["site", "rejected", "--config", str(config)]
+    assert main([*base, "--requeue", first.sop_instance_uid]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "1 requeued for upload, 0 already in the spool, 0 failed"
+    )
+    back = spool_root / first.path.name
+    assert back.read_bytes().startswith(MAGIC)  # moved as it was: sealed
+    assert [i.path.name for i in list_rejected(Spool(spool_root))] == [second.path.name]
+    assert not list((spool_root / "rejected").glob(first.path.stem + "*"))  # no note left
+    cipher = load_spool_cipher(load_config(config))
+    [pending] = Spool(spool_root, cipher).pending()
+    assert Spool(spool_root, cipher).read(pending) == sent[0]
+
+    # Interrupted after the move: only the note is left in rejected/. It is found in the
+    # spool, not sent twice.
+    note = spool_root / "rejected" / (first.path.stem + ".reason.json")
+    note.write_text(json.dumps({"reason": REASONS[0], "rejected_at": 1.0}))
+    assert main([*base, "--requeue", "--all"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "1 requeued for upload, 1 already in the spool, 0 failed"
+    )
+    assert list_rejected(Spool(spool_root)) == []
+    assert len(Spool(spool_root).pending()) == 2
+
+    log = load_config(config).state / EXPORTS_LOG
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["action"], x["sop_instance_uid"]) for x in lines] == [
+        ("requeue_rejected", first.sop_instance_uid),
+        ("requeue_rejected", second.sop_instance_uid),
+    ]
+    assert [x["reason"] for x in lines] == list(REASONS)
+
+    # Nothing left to requeue: an unknown UID is named, exit status 1; no UID at all is
+    # a usage error.
+    assert main([*base, "--requeue", first.sop_instance_uid]) == 1
+    captured = capsys.readouterr()
+    assert f"{first.sop_instance_uid}: no rejected instance with this UID" in captured.err
+    assert (
+        captured.out.splitlines()[-1] == "0 requeued for upload, 0 already in the spool, 1 failed"
+    )
+    assert main([*base, "--requeue"]) == 2
+    assert "--all" in capsys.readouterr().err

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from usreview.cli.spec import Arg, Command, arg, error, json_flag, paths
+from usreview.cli.spec import Arg, Command, arg, error, json_flag, one_of, paths
+
+if TYPE_CHECKING:
+    from usreview.site import SiteConfig, Spool
+    from usreview.site.rejected import RejectedInstance
 
 
 def _config() -> Arg:
@@ -250,13 +255,22 @@ def _when(timestamp: float | None) -> str:
 
 
 def _cmd_site_rejected(args: argparse.Namespace) -> int:
+    from usreview.errors import InputError
     from usreview.site import Spool, SpoolError, load_config
     from usreview.site.atrest import load_spool_cipher
     from usreview.site.rejected import export_rejected, list_rejected
 
+    if args.all and args.requeue is None:
+        raise InputError("--all goes with --requeue")
+    if args.requeue is not None and not args.requeue and not args.all:
+        raise InputError("--requeue needs the UIDs of the instances to requeue, or --all")
+    if args.requeue and args.all:
+        raise InputError("--requeue takes UIDs or --all, not both")
     config = load_config(args.config)
     spool = Spool(config.spool, load_spool_cipher(config) if args.export else None)
     items = list_rejected(spool)
+    if args.requeue is not None:
+        return _requeue(config, spool, items, None if args.all else args.requeue)
     for item in items:
         when = _when(item.rejected_at)
         size = "gone" if item.size is None else f"{item.size} B"
@@ -277,18 +291,58 @@ def _cmd_site_rejected(args: argparse.Namespace) -> int:
     return 0
 
 
+def _requeue(
+    config: SiteConfig, spool: Spool, items: list[RejectedInstance], uids: list[str] | None
+) -> int:
+    """``site rejected --requeue``: move the named (or all) rejected instances back."""
+    from usreview.site import SpoolError
+    from usreview.site.rejected import requeue_rejected
+
+    failed: dict[str, str] = {}
+    if uids is not None:
+        known = {item.sop_instance_uid for item in items}
+        for uid in dict.fromkeys(uids):
+            if uid not in known:
+                failed[uid] = "no rejected instance with this UID"
+        items = [item for item in items if item.sop_instance_uid in set(uids)]
+    report = requeue_rejected(config, spool, items)
+    failed.update(report.failed)
+    for name, reason in sorted(failed.items()):
+        print(f"usreview: error: {name}: {reason}", file=sys.stderr)
+    print(
+        f"{len(report.requeued)} requeued for upload, {len(report.already)} already in the "
+        f"spool, {len(failed)} failed"
+    )
+    if failed:
+        raise SpoolError(f"{len(failed)} rejected instance(s) not requeued")
+    return 0
+
+
 _SITE_REJECTED = Command(
     "rejected",
-    help="list the instances the hub refused, and export them",
+    help="list the instances the hub refused; export them or send them again",
     handler=_cmd_site_rejected,
     description="List the instances in the spool's rejected/ folder with the reason "
     "recorded (no network). With --export DIR, write each as received (decrypted "
     "with folders.spool_key when the spool is encrypted, checked against its SHA-256) "
     "to DIR/UID_SHA256.dcm (mode 0600, never overwritten), each recorded in "
-    "STATE/exports.log. Exit status 1 naming any that could not be exported.",
+    "STATE/exports.log. Exit status 1 naming any that could not be exported. "
+    "With --requeue UID... (or --requeue --all), move those instances back into the "
+    "spool, where the gateway uploads them again (after the cause is fixed at the hub), "
+    "each recorded in STATE/exports.log; exit status 1 naming any not requeued.",
     args=(
         _config(),
-        arg("--export", type=Path, metavar="DIR", help="write decrypted copies into DIR"),
+        one_of(
+            arg("--export", type=Path, metavar="DIR", help="write decrypted copies into DIR"),
+            arg(
+                "--requeue",
+                nargs="*",
+                metavar="UID",
+                help="move the instances with these SOP Instance UIDs back into the spool "
+                "for upload",
+            ),
+        ),
+        arg("--all", action="store_true", help="with --requeue: every rejected instance"),
     ),
 )
 
@@ -321,7 +375,7 @@ _SITE = Command(
     description="Run a site: 'init' creates its keys and site.toml; 'gateway' receives "
     "from scanners, uploads to the hub and delivers results; 'push' and 'pull' do it "
     "once without a gateway; 'status' shows spool, uploads, results and errors; "
-    "'rejected' lists and exports what the hub refused.",
+    "'rejected' lists, exports or requeues what the hub refused.",
     actions=(
         _SITE_INIT,
         _SITE_GATEWAY,

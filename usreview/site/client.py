@@ -209,23 +209,26 @@ class HubClient:
         if response.status >= 500:
             raise HubUnreachableError(f"{where}: {response.status} {_error(response, data)[1]}")
         if response.status >= 400:
-            code, message = _error(response, data)
-            raise HubRefusedError(response.status, code or response.reason, message)
+            code, message, reason = _error(response, data)
+            raise HubRefusedError(response.status, code or response.reason, message, reason)
         if response.status >= 300:
             raise HubUnreachableError(f"{where}: unexpected {response.status} (a proxy?)")
         return response, data
 
 
-def _error(response: http.client.HTTPResponse, data: bytes) -> tuple[str, str]:
-    """The error code and message of an answer (the service's JSON, or else a proxy's)."""
+def _error(response: http.client.HTTPResponse, data: bytes) -> tuple[str, str, str | None]:
+    """The error code, message and reason of an answer (the service's JSON, or else a
+    proxy's); the reason is also said at the end of the message."""
     try:
         doc = json.loads(data)
     except ValueError:
         # The proxy's HTML page while the service is not running, say.
-        return "", f"{response.reason} (answered by the hub's proxy, not its usreview service)"
+        text = f"{response.reason} (answered by the hub's proxy, not its usreview service)"
+        return "", text, None
     if not isinstance(doc, dict):
-        return "", str(doc)[:200]
+        return "", str(doc)[:200], None
     message = str(doc.get("message", ""))
-    if doc.get("reason"):
-        message += f" ({doc['reason']})"
-    return str(doc.get("error", "")), message
+    reason = str(doc["reason"]) if doc.get("reason") else None
+    if reason:
+        message += f" ({reason})"
+    return str(doc.get("error", "")), message, reason

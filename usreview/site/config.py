@@ -35,6 +35,7 @@ The file written by :func:`init_site`::
     [folders]
     spool = "spool"
     spool_key = "keys/spool.key"       # spool encryption at rest ("" = plaintext)
+    retired_spool_keys = []            # earlier spool keys, newest first: they only open
     outbox = "outbox"
     state = "state"
 
@@ -90,6 +91,7 @@ __all__ = [
     "load_config",
     "parse_pacs",
     "rotate_site_key",
+    "rotate_spool_key",
 ]
 
 DEFAULT_AE_TITLE = "USREVIEW"
@@ -155,6 +157,9 @@ class SiteConfig:
     timeout: float
     follow_results: bool
     results_wait: float
+    #: Earlier spool keys, newest first (``folders.retired_spool_keys``): they open
+    #: files and journal records sealed before a rotation, and seal nothing.
+    retired_spool_keys: tuple[Path, ...] = ()
 
     @property
     def api_url(self) -> str:
@@ -345,11 +350,18 @@ def _parse(r: _Reader) -> SiteConfig:
         )
     if tls_ca is not None and tls_cert is None:
         raise r._fail("gateway.tls_client_ca", "needs tls_certificate and tls_private_key")
+    spool_key = r.path("folders.spool_key") if r.text("folders.spool_key", "") else None
+    retired_spool_keys = _path_list(r, "folders.retired_spool_keys")
+    if retired_spool_keys and spool_key is None:
+        raise r._fail(
+            "folders.retired_spool_keys",
+            "needs folders.spool_key (the key that seals from now on; retired keys only open)",
+        )
     return SiteConfig(
         path=r.source,
         name=name,
         private_key=r.path("site.private_key", f"keys/{name}.key"),
-        retired_private_keys=_retired_keys(r),
+        retired_private_keys=_path_list(r, "site.retired_keys"),
         hub_url=hub_url,
         hub_certificate=r.path("hub.certificate") if cert else None,
         hub_public_key=r.path("hub.public_key", "hub.pub"),
@@ -363,7 +375,8 @@ def _parse(r: _Reader) -> SiteConfig:
         tls_client_ca=tls_ca,
         pacs=_pacs_list(r),
         spool=r.path("folders.spool", "spool"),
-        spool_key=r.path("folders.spool_key") if r.text("folders.spool_key", "") else None,
+        spool_key=spool_key,
+        retired_spool_keys=retired_spool_keys,
         outbox=r.path("folders.outbox", "outbox"),
         state=r.path("folders.state", "state"),
         backoff_initial=initial,
@@ -396,12 +409,13 @@ def _load_private(path: Path, where: str) -> PrivateKeys:
         raise SiteConfigError(f"{where}: {exc}", where) from None
 
 
-def _retired_keys(r: _Reader) -> tuple[Path, ...]:
-    items = r.get("site.retired_keys", list, [])
+def _path_list(r: _Reader, key: str) -> tuple[Path, ...]:
+    """A list of paths (``site.retired_keys``, ``folders.retired_spool_keys``)."""
+    items = r.get(key, list, [])
     out = []
     for n, item in enumerate(items):
         if not isinstance(item, str) or not item:
-            raise r._fail(f"site.retired_keys[{n}]", f"must be a path (got {item!r})")
+            raise r._fail(f"{key}[{n}]", f"must be a path (got {item!r})")
         out.append((r.base / Path(item).expanduser()).resolve())
     return tuple(out)
 
@@ -596,18 +610,7 @@ def rotate_site_key(config: SiteConfig, stamp: str) -> NewSite:
         + ", ".join(_q(_relative(p, config.path.parent)) for p in retired)
         + "]",
     }
-    text = config.path.read_text(encoding="utf-8")
-    section = re.search(r"(?ms)^\[site\][ \t]*(?:#[^\n]*)?$.*?(?=^[ \t]*\[|\Z)", text)
-    if section is None:
-        raise SiteConfigError(f"{config.path}: no [site] table", "site")
-    body = section.group(0)
-    for key, line in lines.items():  # an array may span lines: up to its closing ']'
-        setting = re.compile(rf"(?m)^{key}\s*=(?:\s*\[[^\]]*\][ \t]*(?:#.*)?|.*)$")
-        if found := setting.search(body):
-            body = body[: found.start()] + line + body[found.end() :]
-        else:
-            body = body.replace("[site]\n", f"[site]\n{line}\n", 1)
-    text = text[: section.start()] + body + text[section.end() :]
+    text = _replace_settings(config.path.read_text(encoding="utf-8"), "site", lines)
     try:  # checked before it replaces the file: a failure leaves site.toml as it was
         written = tomllib.loads(text)["site"]
     except (tomllib.TOMLDecodeError, KeyError) as exc:
@@ -620,6 +623,80 @@ def rotate_site_key(config: SiteConfig, stamp: str) -> NewSite:
     if (after.private_key, after.retired_private_keys) != (key_path.resolve(), retired):
         raise SiteConfigError(f"{config.path}: site.private_key was not updated", "site")
     return NewSite(config.path, key_path.with_suffix(".pub"), keys.key_id.hex())
+
+
+def rotate_spool_key(config: SiteConfig, stamp: str) -> Path:
+    """Write a new spool key ``keys/spool-STAMP.key`` and make ``site.toml`` seal with it.
+
+    The previous ``folders.spool_key`` goes first in ``folders.retired_spool_keys``: the
+    spool files and journal records it sealed still open (:mod:`usreview.site.atrest`).
+    The gateway and its upload process read the keys when they start: restart the
+    gateway. Remove the old key from the list once nothing it sealed is left in the
+    spool (its files, ``rejected/``, and the journal, which a clean stop empties). On a
+    site without a spool key, this turns encryption at rest on. Returns the new key file.
+
+    Raises
+    ------
+    SiteConfigError
+        The key file exists, or ``site.toml`` cannot be rewritten.
+    """
+    from usreview.envelope.atomic import replace_file
+    from usreview.site.atrest import generate_spool_key
+
+    key_path = config.path.parent / "keys" / f"spool-{stamp}.key"
+    retired = (
+        (config.spool_key, *config.retired_spool_keys)
+        if config.spool_key is not None
+        else config.retired_spool_keys
+    )
+    base = config.path.parent
+    lines = {
+        "spool_key": f"spool_key = {_q(_relative(key_path, base))}",
+        "retired_spool_keys": "retired_spool_keys = ["
+        + ", ".join(_q(_relative(p, base)) for p in retired)
+        + "]",
+    }
+    text = _replace_settings(config.path.read_text(encoding="utf-8"), "folders", lines)
+    try:  # checked before anything is written: a failure leaves the site as it was
+        written = tomllib.loads(text)["folders"]
+    except (tomllib.TOMLDecodeError, KeyError) as exc:
+        raise SiteConfigError(
+            f"{config.path}: cannot update [folders] ({exc})", "folders.spool_key"
+        ) from None
+    if written.get("retired_spool_keys") != [_relative(p, base) for p in retired]:
+        raise SiteConfigError(
+            f"{config.path}: cannot update folders.retired_spool_keys", "folders.spool_key"
+        )
+    generate_spool_key(key_path)  # never overwrites
+    replace_file(config.path, text.encode())
+    os.chmod(config.path, 0o600)
+    after = load_config(config.path)
+    if (after.spool_key, after.retired_spool_keys) != (key_path.resolve(), retired):
+        raise SiteConfigError(f"{config.path}: folders.spool_key was not updated", "folders")
+    return key_path
+
+
+def _replace_settings(text: str, table: str, lines: dict[str, str]) -> str:
+    """``text`` with each ``key = ...`` of ``[table]`` replaced by ``lines[key]``.
+
+    A setting missing from the table is added at its top (and a missing table at the
+    end of the file); an array may span lines, up to its closing ``]``.
+    """
+    pattern = rf"(?ms)^\[{table}\][ \t]*(?:#[^\n]*)?$.*?(?=^[ \t]*\[|\Z)"
+    section = re.search(pattern, text)
+    if section is None:
+        text = text.rstrip("\n") + f"\n\n[{table}]\n"
+        section = re.search(pattern, text)
+        assert section is not None
+    body = section.group(0)
+    for key, line in lines.items():
+        setting = re.compile(rf"(?m)^{key}\s*=(?:\s*\[[^\]]*\][ \t]*(?:#.*)?|.*)$")
+        if found := setting.search(body):
+            body = body[: found.start()] + line + body[found.end() :]
+        else:
+            head, _, rest = body.partition("\n")
+            body = f"{head}\n{line}\n{rest}"
+    return text[: section.start()] + body + text[section.end() :]
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -731,6 +808,8 @@ def _render(
         'spool = "spool"',
         "# the spool's key: instances and journal encrypted at rest (empty: plaintext)",
         'spool_key = ""',
+        "# earlier spool keys, newest first: what they sealed still opens (key rotation)",
+        "retired_spool_keys = []",
         'outbox = "outbox"',
         'state = "state"',
         "",

@@ -57,6 +57,23 @@ Reading a segment stops at its first invalid record: zeros or another generation
 cleanly; anything else is a torn write (never acknowledged) and is discarded with
 everything after it.
 
+A sealed record that is not torn but sealed with a spool key the site no longer lists
+is not invalid: replay refuses to go on (:class:`JournalKeyError`, naming the segment and
+the key id), keeping the segment, as when no spool key is set at all. The sealed form
+(:mod:`usreview.site.atrest`) names its key by id in its first 16 bytes, which lie in the
+record's first 512-byte sector with the header and the UID (58 + 64 + 16 bytes at most):
+when the CRC matches, that sector was written whole by this record, so its key id is
+the one the record was sealed with, whatever happened to the rest of the record. Then:
+
+- key id of no configured key: :class:`JournalKeyError` (never taken for a torn write);
+- key id of a configured key (the current one or one in ``folders.retired_spool_keys``)
+  and it does not open: the record's later blocks were not all written, a torn write.
+
+Records sealed before key ids (magic ``USRSPL1``) still replay, with every configured
+key tried. One that opens with none is torn only if an earlier sealed record of the same
+segment opened (a segment is written by one run of the gateway, with one key);
+otherwise a wrong key cannot be told from a torn write and replay refuses, saying so.
+
 Guarantees
 ----------
 - :meth:`Journal.append` returns only after an ``fdatasync`` that began after its record
@@ -66,7 +83,8 @@ Guarantees
 - A segment is retired only when each of its records is durable in the spool (file and
   folder fsynced) or has left the spool (a verified receipt, or ``rejected/``).
 - :meth:`Journal.recover` (at the gateway's start, before it listens) replays every valid
-  record of every remaining segment. A record whose file is in the spool with the right
+  record of every remaining segment, or refuses (nothing discarded) when one is sealed
+  with a spool key that is not configured. A record whose file is in the spool with the right
   bytes changes nothing; one whose file is missing or damaged is written again (durably);
   one that had already left the spool comes back, and the upload process finds that the
   hub holds it (a duplicate, never a loss).
@@ -96,13 +114,14 @@ from pathlib import Path
 
 from usreview.envelope.atomic import fsync_directory
 from usreview.site.atrest import SpoolCipher
-from usreview.site.errors import SpoolError
+from usreview.site.errors import SpoolError, SpoolKeyError
 
 __all__ = [
     "MAGIC",
     "SEGMENT_SIZE",
     "SYNC_DELAY",
     "Journal",
+    "JournalKeyError",
     "JournalRecord",
     "JournalUnavailable",
     "Recovery",
@@ -136,6 +155,29 @@ _ZEROS = bytes(1 << 20)
 
 class JournalUnavailable(SpoolError):
     """The journal cannot take this record now: write it the direct way."""
+
+
+class JournalKeyError(SpoolKeyError):
+    """A journal record is sealed with a spool key that is not configured: not replayed.
+
+    The segment is kept, nothing is discarded: configure the key (``folders.spool_key``,
+    or the old key in ``folders.retired_spool_keys``) and start again.
+
+    Attributes
+    ----------
+    segment
+        The segment file.
+    offset
+        The record's offset in it.
+    key_id
+        The id of the key that sealed the record (None: sealed before key ids).
+    """
+
+    def __init__(self, message: str, segment: Path, offset: int, key_id: str | None) -> None:
+        super().__init__(message)
+        self.segment = segment
+        self.offset = offset
+        self.key_id = key_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +319,10 @@ class Journal:
         ------
         OSError
             A record could not be restored or made durable (its segment is kept).
+        SpoolKeyError
+            A record is sealed and no spool key is set, or (:class:`JournalKeyError`)
+            sealed with a key that is not configured: its segment and every later one
+            are kept, nothing is discarded.
         """
         records = restored = torn = 0
         for generation, path in self._recoverable:
@@ -677,9 +723,12 @@ def _read_segment(
 
     Raises
     ------
-    SpoolError
+    SpoolKeyError
         A sealed record and no spool key (``folders.spool_key`` was removed).
+    JournalKeyError
+        A record sealed with a key that is not configured (see the module's docstring).
     """
+    opened = False  # a sealed record of this segment opened: its key is configured
     with path.open("rb") as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
@@ -705,16 +754,27 @@ def _read_segment(
                 return
             data = os.pread(fd, length, offset + _HEADER.size + uid_len)
             if len(data) == length and SpoolCipher.is_sealed(data):
+                key_id = SpoolCipher.sealed_key_id(data)
                 if cipher is None:
-                    raise SpoolError(
-                        f"{path} holds instances sealed with a spool key: set "
-                        "folders.spool_key in site.toml to replay it"
+                    sealer = f"spool key {key_id}" if key_id else "a spool key"
+                    raise SpoolKeyError(
+                        f"the spool's journal segment {path} holds instances sealed with "
+                        f"{sealer}: set folders.spool_key in site.toml to replay it "
+                        "(nothing was discarded)"
                     )
+                if key_id is not None and not cipher.knows(key_id):
+                    raise _key_error(path, offset, uid, key_id, cipher)
                 try:
                     data = cipher.open(uid.decode("ascii"), sha.hex(), data)
-                except SpoolError:
+                except SpoolKeyError:  # sealed before key ids; no configured key opens it
+                    if not opened:
+                        raise _key_error(path, offset, uid, None, cipher) from None
+                    yield None  # an earlier record opened: this one's key is configured
+                    return
+                except SpoolError:  # its key is configured: the record is cut short
                     yield None
                     return
+                opened = True
             elif len(data) != length:
                 yield None
                 return
@@ -723,3 +783,28 @@ def _read_segment(
                 return
             yield JournalRecord(uid.decode("ascii"), sha.hex(), data, generation, offset)
             offset = -(-end // _ALIGN) * _ALIGN
+
+
+def _key_error(
+    path: Path, offset: int, uid: bytes, key_id: str | None, cipher: SpoolCipher
+) -> JournalKeyError:
+    where = (
+        f"the spool's journal segment {path} holds a record (offset {offset}, "
+        f"SOP Instance UID {uid.decode('ascii')})"
+    )
+    if key_id is not None:
+        message = (
+            f"{where} sealed with spool key {key_id}, which is not configured "
+            f"(configured: {cipher.describe()}): list that key's file in "
+            "folders.retired_spool_keys in site.toml (or set it back as folders.spool_key) "
+            "and start again; the journal is kept, nothing was discarded"
+        )
+    else:
+        message = (
+            f"{where} sealed before spool key ids that opens with no configured key "
+            f"({cipher.describe()}): list the spool key of the last run in "
+            "folders.retired_spool_keys in site.toml and start again; the journal is kept, "
+            "nothing was discarded. Only if that key is already configured is the record "
+            "a write a crash cut short (never acknowledged): then remove the segment file"
+        )
+    return JournalKeyError(message, path, offset, key_id)

@@ -7,6 +7,9 @@ lists them with the reason recorded; :func:`export_rejected` writes decrypted co
 checked against the SHA-256 in their name, into a folder (``NAME.dcm``, mode 0600,
 written durably, never overwritten) and appends one JSON line per copy to
 ``STATE/exports.log`` (when, which operating-system user, which instance, where to).
+:func:`requeue_rejected` moves instances back into the spool, to be uploaded again (one
+rename each, so a file is in one folder or the other, never both or neither), recorded in
+the same log.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import getpass
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -26,9 +30,19 @@ from usreview.site.config import SiteConfig
 from usreview.site.errors import SpoolError
 from usreview.site.spool import REJECTED, Spool, check_uid
 
-__all__ = ["EXPORTS_LOG", "ExportReport", "RejectedInstance", "export_rejected", "list_rejected"]
+__all__ = [
+    "EXPORTS_LOG",
+    "ExportReport",
+    "RejectedInstance",
+    "RequeueReport",
+    "export_rejected",
+    "list_rejected",
+    "requeue_rejected",
+]
 
-#: In the site's state folder: one JSON line per rejected instance exported.
+_log = logging.getLogger(__name__)
+
+#: In the site's state folder: one JSON line per rejected instance exported or requeued.
 EXPORTS_LOG = "exports.log"
 _NOTE = ".reason.json"
 _UNKNOWN = "no reason recorded"
@@ -51,6 +65,16 @@ class ExportReport:
     """What :func:`export_rejected` did: copies written, already there, and failures."""
 
     written: list[Path] = field(default_factory=list)
+    already: list[Path] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # file name -> reason
+
+
+@dataclass
+class RequeueReport:
+    """What :func:`requeue_rejected` did: moved back into the spool, found there already
+    (only their note was left in ``rejected/``), and failures."""
+
+    requeued: list[Path] = field(default_factory=list)
     already: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # file name -> reason
 
@@ -131,7 +155,7 @@ def export_rejected(
             data = spool.read_file(item.path, item.sop_instance_uid, item.sha256)
             if data is None:
                 raise SpoolError("the file is gone (only its note is left)")
-            _log_export(config.state, item, target)  # recorded before the copy exists
+            _record(config.state, item, "export_rejected", target)  # before the copy exists
         except (SpoolError, OSError) as exc:
             report.failed[item.path.name] = str(exc)
             continue
@@ -145,10 +169,67 @@ def export_rejected(
             )
             report.failed[item.path.name] = why
             with contextlib.suppress(SpoolError):  # the report says it failed all the same
-                _log_export(config.state, item, target, failed=why)
+                _record(config.state, item, "export_failed", target, failed=why)
             continue
         report.written.append(target)
     return report
+
+
+def requeue_rejected(
+    config: SiteConfig, spool: Spool, items: list[RejectedInstance]
+) -> RequeueReport:
+    """Move ``items`` from ``rejected/`` back into the spool, for the gateway to upload.
+
+    Each file is renamed to its name in the spool (as received: sealed if it was), both
+    folders are synced, then its note is removed: interrupted at any point, the file is in
+    one folder or the other. One whose note alone is left (interrupted after the move) is
+    ``already`` when the spool holds it, else a failure. The same name in the spool holds
+    the same bytes (named by their hash): it is replaced, never doubled.
+
+    Each move is recorded in ``STATE/exports.log`` (``"action": "requeue_rejected"``)
+    before it is made; one that cannot be recorded is not made, and one that then fails
+    gets a second line, ``"action": "requeue_failed"`` with the reason.
+    """
+    report = RequeueReport()
+    folder = spool.root / REJECTED
+    for item in items:
+        name = item.path.name
+        target = spool.root / name
+        note = folder / (name.removesuffix(".dcm") + _NOTE)
+        if item.size is None:  # only the note is left
+            if target.exists():
+                with contextlib.suppress(OSError):
+                    _remove(note)
+                report.already.append(target)
+            else:
+                report.failed[name] = "the file is gone (only its note is left)"
+            continue
+        try:
+            _record(config.state, item, "requeue_rejected", target)
+        except SpoolError as exc:
+            report.failed[name] = str(exc)
+            continue
+        try:
+            os.replace(item.path, target)  # atomic: one folder or the other
+            fsync_directory(spool.root)
+            fsync_directory(folder)
+        except OSError as exc:
+            why = f"cannot move {name} into {spool.root}: {exc.strerror or exc}"
+            report.failed[name] = why
+            with contextlib.suppress(SpoolError):  # the report says it failed all the same
+                _record(config.state, item, "requeue_failed", target, failed=why)
+            continue
+        with contextlib.suppress(OSError):  # a note left behind lists the file as gone
+            _remove(note)
+        _log.info("%s requeued for upload (rejected: %s)", name, item.reason)
+        report.requeued.append(target)
+    return report
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fsync_directory(path.parent)
 
 
 def _holds(path: Path, sha256: str) -> bool:
@@ -159,11 +240,12 @@ def _holds(path: Path, sha256: str) -> bool:
         return False
 
 
-def _log_export(
-    state: Path, item: RejectedInstance, target: Path, *, failed: str | None = None
+def _record(
+    state: Path, item: RejectedInstance, action: str, target: Path, *, failed: str | None = None
 ) -> None:
-    """Append the export of ``item`` to ``STATE/exports.log`` (its failure, with ``failed``:
-    why the recorded copy was not written); on disk when this returns.
+    """Append ``action`` on ``item`` to ``STATE/exports.log``: its export or requeue to
+    ``target``, or (with ``failed``) why the recorded one was not made; on disk when this
+    returns.
 
     Raises
     ------
@@ -173,7 +255,7 @@ def _log_export(
     line = {
         "at": time.time(),
         "user": _user(),
-        "action": "export_rejected" if failed is None else "export_failed",
+        "action": action,
         "sop_instance_uid": item.sop_instance_uid,
         "sha256": item.sha256,
         "reason": item.reason,
@@ -193,7 +275,8 @@ def _log_export(
         if created:
             fsync_directory(state)
     except OSError as exc:
-        raise SpoolError(f"cannot record the export in {path}: {exc.strerror or exc}") from None
+        what = "requeue" if action.startswith("requeue") else "export"
+        raise SpoolError(f"cannot record the {what} in {path}: {exc.strerror or exc}") from None
 
 
 def _user() -> str:

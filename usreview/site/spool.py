@@ -28,7 +28,12 @@ same UID with different bytes gets a second file; the hub refuses it (409 confli
 it moves to ``rejected/``.
 
 With a spool key (:mod:`usreview.site.atrest`) files and journal records hold the
-instance sealed with AES-256-GCM; :meth:`Spool.read` opens them.
+instance sealed with AES-256-GCM; :meth:`Spool.read` opens them, with the current key or
+a retired one (``folders.retired_spool_keys``, after a rotation). A file sealed with a key
+that is not configured raises :class:`SpoolKeyError` (the configuration is to fix: keep
+the file), one that its own key no longer opens :class:`SpoolError` (damaged). Replaying
+the journal refuses a record sealed with a key that is not configured
+(:class:`~usreview.site.journal.JournalKeyError`), keeping it.
 """
 
 from __future__ import annotations
@@ -94,7 +99,8 @@ class Spool:
     root
         The folder; ``root/rejected`` holds instances the hub refused.
     cipher
-        The spool key: files and journal records are sealed with it (None: plaintext).
+        The spool key: files and journal records are sealed with its current key and
+        opened with it or a retired one (None: plaintext).
     """
 
     def __init__(self, root: Path, cipher: SpoolCipher | None = None) -> None:
@@ -142,7 +148,10 @@ class Spool:
         ------
         SpoolError
             The journal left by the last run could not be replayed (nothing is lost:
-            it is kept, and the gateway should not listen).
+            it is kept, and the gateway should not listen). :class:`SpoolKeyError`
+            (:class:`~usreview.site.journal.JournalKeyError`) when a record is sealed
+            with a spool key that is not configured, or none is set: the message names
+            the segment and the key id.
         """
         if self._journal is not None:
             raise RuntimeError("the journal is open already")
@@ -278,8 +287,11 @@ class Spool:
 
         Raises
         ------
+        SpoolKeyError
+            Sealed with a key that is not configured (current or retired), or sealed and
+            no key set: the file is sound, the configuration is to fix.
         SpoolError
-            Damaged (its hash changed), sealed with another key, or sealed and no key.
+            Damaged: its hash changed, or its own key does not open it.
         OSError
             The file cannot be read now (kept: try again later).
         """

@@ -73,11 +73,16 @@ class StatusBook:
         last = {"id": result_id, "label": label, "at": time.time(), "to": where}
         self._update("results", last_result=last, hub="ok")
 
-    def error(self, where: str, message: str, *, hub_down: bool = False) -> None:
-        """Record an error (the last few are kept)."""
+    def error(
+        self, where: str, message: str, *, hub_down: bool = False, advice: str | None = None
+    ) -> None:
+        """Record an error (the last few are kept), with what to do about it if known."""
         with self._lock:
             errors = list(self._doc.get("errors", []))[-(_MAX_ERRORS - 1) :]
-            errors.append({"at": time.time(), "where": where, "message": message})
+            entry = {"at": time.time(), "where": where, "message": message}
+            if advice:
+                entry["advice"] = advice
+            errors.append(entry)
             self._doc["errors"] = errors
             if hub_down:
                 self._doc["hub"] = "unreachable"
@@ -286,4 +291,6 @@ def format_status(status: SiteStatus) -> str:
     lines.append(f"errors        {len(errors)} recorded" + (", latest:" if errors else ""))
     for item in errors[-5:]:
         lines.append(f"  {_ago(item.get('at'))} {item.get('where')}: {item.get('message')}")
+        if isinstance(item.get("advice"), str):
+            lines.append(f"    -> {item['advice']}")
     return "\n".join(lines) + "\n"

@@ -6,8 +6,14 @@ instance's UID and the SHA-256 of the bytes sent. Only then may the instance lea
 spool. :class:`Uploader` runs that for everything in the spool with a few worker threads,
 woken as soon as an instance is offered (the gateway's upload process offers the names
 the SCP sends it); while the hub is unreachable (or refuses the token) it waits with
-exponential backoff and loses nothing. An instance the hub refuses for good (not
-ultrasound, a UID conflict, too large) moves to the spool's ``rejected/``.
+exponential backoff and loses nothing. Only an instance the hub refuses for good (not
+DICOM, not ultrasound, corrupt pixel data, an invalid header, a UID conflict:
+:func:`~usreview.site.refusals.classify_refusal`) moves to the spool's ``rejected/``.
+Other refusals keep the instance in the spool: one about the site (its clock ahead of
+the hub's, a stale hub key) makes every upload wait with the backoff; one about this
+instance (too large for the hub, a decoder missing there, hub-side trouble) holds that
+instance back with its own backoff while the others go on. The status records each
+with advice where it is clear.
 :meth:`Uploader.reconcile` removes from the spool, without sending them again, the
 instances the hub's signed batch receipts say it already holds (asking only about the
 UIDs in the spool, a hundred at a time).
@@ -38,6 +44,7 @@ from usreview.site.errors import (
     SpoolError,
     SpoolKeyError,
 )
+from usreview.site.refusals import Refusal
 from usreview.site.spool import Spool, SpooledInstance
 from usreview.site.status import StatusBook
 
@@ -46,6 +53,10 @@ __all__ = ["UploadOutcome", "Uploader", "upload_instance"]
 _log = logging.getLogger(__name__)
 _IN_MEMORY = 64 << 20
 _RESCAN = 5.0
+#: Least cap of an instance's own backoff (seconds): an instance the hub refused for
+#: itself (too large, a decoder missing) is not sent again more often than this once its
+#: delays have grown, whatever ``upload.backoff_max``.
+_HELD_MAX = 300.0
 
 
 @dataclass(frozen=True)
@@ -67,8 +78,11 @@ def upload_instance(
     sop_instance_uid: str,
     data: bytes,
     sha256: str,
+    now: float | None = None,
 ) -> UploadOutcome:
     """Seal ``data`` to the hub, upload it, verify the receipt.
+
+    ``now`` is the time the envelope is sealed at (default: the clock).
 
     Raises
     ------
@@ -78,7 +92,7 @@ def upload_instance(
         The receipt does not verify with the hub's key or names other bytes.
     """
     with _sink(len(data)) as sink:
-        seal(io.BytesIO(data), sink, sender=site_keys, recipients=[hub_key])
+        seal(io.BytesIO(data), sink, sender=site_keys, recipients=[hub_key], now=now)
         size = sink.tell()
         answer = client.put_instance(sop_instance_uid, sink, size)
     try:
@@ -115,6 +129,8 @@ class Uploader:
         Concurrent uploads.
     client_factory
         Makes one :class:`HubClient` per worker (default: from ``config``).
+    clock
+        The site's clock, Unix time (default :func:`time.time`): envelopes are sealed at it.
     """
 
     def __init__(
@@ -125,6 +141,7 @@ class Uploader:
         *,
         workers: int = 2,
         client_factory: Callable[[], HubClient] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.spool = spool
@@ -133,7 +150,11 @@ class Uploader:
         self._client_factory = client_factory or (lambda: HubClient(config))
         self._site_keys = config.load_private_keys()
         self._hub_key = config.load_hub_key()
+        self._clock = clock
         self._backoff = Backoff(config.backoff_initial, config.backoff_max)
+        # Instances refused for themselves: file name -> (monotonic time of the next try,
+        # their own backoff); not offered before that time.
+        self._waiting: dict[str, tuple[float, Backoff]] = {}
         self._queue: Queue[SpooledInstance | None] = Queue()
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
@@ -227,26 +248,47 @@ class Uploader:
     # -- threads ---------------------------------------------------------------------
 
     def _offer(self, items: list[SpooledInstance]) -> None:
+        now = time.monotonic()
         with self._lock:
-            fresh = [item for item in items if item.path.name not in self._inflight]
+            fresh = [
+                item
+                for item in items
+                if item.path.name not in self._inflight
+                and not self._waiting.get(item.path.name, (0.0, None))[0] > now
+            ]
             self._inflight.update(item.path.name for item in fresh)
         for item in fresh:
             self._queue.put(item)
 
     def _dispatch(self) -> None:
         # New instances come straight from the spool's listener; the folder is scanned
-        # at start, after each pause and every few seconds (for what failed or was missed).
+        # at start, after each pause, every few seconds (for what failed or was missed)
+        # and when an instance held back is due. Oldest first: an instance held back is
+        # skipped until then, so it never stands in front of the others.
         while not self._stop.is_set():
             pause = self._resume_at - time.monotonic()
             if pause > 0:
                 self._stop.wait(pause)
                 continue
             try:
-                self._offer(self.spool.pending())
+                pending = self.spool.pending()
             except OSError as exc:
                 self.status.error("spool", str(exc))
-            self._wake.wait(_RESCAN)
+            else:
+                with self._lock:  # forget what left the spool otherwise
+                    names = {item.path.name for item in pending}
+                    for name in [name for name in self._waiting if name not in names]:
+                        del self._waiting[name]
+                self._offer(pending)
+            self._wake.wait(self._next_scan())
             self._wake.clear()
+
+    def _next_scan(self) -> float:
+        """Seconds until the next scan: sooner when an instance held back is due."""
+        now = time.monotonic()
+        with self._lock:
+            due = min((at for at, _ in self._waiting.values() if at > now), default=now + _RESCAN)
+        return min(_RESCAN, max(0.05, due - now))
 
     def _work(self) -> None:
         client = self._client_factory()
@@ -278,6 +320,7 @@ class Uploader:
     def _upload(self, client: HubClient, item: SpooledInstance) -> None:
         if self._stop.is_set():
             return
+        data: bytes | None = None
         try:
             data = self.spool.read(item)  # opened if sealed, its hash checked
             if data is None:
@@ -290,29 +333,86 @@ class Uploader:
                 sop_instance_uid=item.sop_instance_uid,
                 data=data,
                 sha256=item.sha256,
+                now=self._clock(),
             )
-        except SpoolKeyError as exc:  # the configuration, not the instance: keep it
-            self._failed(str(exc), hub_down=False)
+        except SpoolKeyError as exc:  # sealed with a key not configured: keep it, go on
+            self._hold(
+                item,
+                str(exc),
+                "list the spool key that sealed it in folders.retired_spool_keys and restart",
+            )
         except SpoolError as exc:
+            self._release(item)
             self.spool.reject(item, str(exc))
             self.status.error("spool", str(exc))
         except HubRefusedError as exc:
-            if exc.permanent:
-                self.spool.reject(item, str(exc))
-                self.status.error("upload", f"{item.sop_instance_uid} rejected: {exc}")
-            else:
-                self._failed(f"{item.sop_instance_uid}: {exc}", hub_down=False)
+            self._refused(item, exc, data)
         except (HubRequestError, ReceiptError) as exc:
             self._failed(str(exc), hub_down=True)
         else:
             self._backoff.reset()
+            self._release(item)
             self.spool.acknowledge(item, outcome.sha256)
             self.status.uploaded(item.sop_instance_uid, outcome.duplicate)
 
-    def _failed(self, message: str, *, hub_down: bool) -> None:
+    def _refused(self, item: SpooledInstance, exc: HubRefusedError, data: bytes | None) -> None:
+        """Reject ``item`` if the refusal is final, else keep it and try again later."""
+        uid = item.sop_instance_uid
+        refusal = exc.refusal
+        if refusal is Refusal.FINAL:
+            self._release(item)
+            self.spool.reject(item, str(exc))
+            self.status.error("upload", f"{uid} rejected: {exc}")
+            return
+        advice = exc.advice(
+            transfer_syntax=_transfer_syntax(data) if data is not None else None,
+            hub_key_file=self.config.hub_public_key,
+        )
+        if refusal is Refusal.SITE:
+            self._failed(f"{uid}: {exc}; kept in the spool", hub_down=False, advice=advice)
+            return
+        self._hold(item, f"{uid}: {exc}", advice)
+
+    def _hold(self, item: SpooledInstance, message: str, advice: str | None) -> None:
+        """Keep ``item`` in the spool and try it again after its own backoff; the others
+        go on meanwhile."""
+        with self._lock:
+            name = item.path.name
+            _, backoff = self._waiting.get(name, (0.0, None))
+            if backoff is None:
+                cap = max(self.config.backoff_max, _HELD_MAX)
+                backoff = Backoff(self.config.backoff_initial, cap)
+            delay = backoff.next_delay()
+            self._waiting[name] = (time.monotonic() + delay, backoff)
+        self._wake.set()  # the dispatcher goes on with the others
+        message = f"{message}; kept in the spool (next try of it in {delay:.1f} s)"
+        _log.warning("upload: %s", message)
+        self.status.error("upload", message, advice=advice)
+
+    def _release(self, item: SpooledInstance) -> None:
+        """``item`` leaves the spool: forget its own backoff."""
+        with self._lock:
+            self._waiting.pop(item.path.name, None)
+
+    def _failed(self, message: str, *, hub_down: bool, advice: str | None = None) -> None:
         with self._lock:
             delay = self._backoff.next_delay()
             self._resume_at = max(self._resume_at, time.monotonic() + delay)
         self._wake.set()  # the dispatcher pauses, then scans the spool again
         _log.warning("upload: %s (next try in %.1f s)", message, delay)
-        self.status.error("upload", f"{message} (next try in {delay:.1f} s)", hub_down=hub_down)
+        self.status.error(
+            "upload", f"{message} (next try in {delay:.1f} s)", hub_down=hub_down, advice=advice
+        )
+
+
+def _transfer_syntax(data: bytes) -> str | None:
+    """The transfer syntax of a DICOM file's bytes, with its name when pydicom knows it."""
+    import pydicom
+
+    try:
+        meta = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).file_meta
+        uid = meta.TransferSyntaxUID
+    except Exception:  # whatever a damaged header raises: only advice is lost
+        return None
+    name = getattr(uid, "name", "")
+    return f"{uid} ({name})" if name and name != str(uid) else str(uid)
