@@ -36,8 +36,9 @@ class PullReport:
 def pull_results(config: SiteConfig, *, retry_refused: bool = False) -> PullReport:
     """Fetch and deliver the results published since the last one delivered.
 
-    With ``retry_refused``, first open again the results put aside in ``state/refused/``
-    (:meth:`~usreview.site.results.ResultFollower.retry_refused`).
+    With ``retry_refused``, first fetch again from the hub and open the results put aside
+    in ``state/refused/`` (the hub seals an expired one again; the copy aside is opened if
+    the hub cannot be asked; :meth:`~usreview.site.results.ResultFollower.retry_refused`).
 
     Raises
     ------

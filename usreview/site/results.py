@@ -170,7 +170,10 @@ class ResultFollower:
 
     def retry_refused(self) -> tuple[list[Delivered], int]:
         """Open again the results put aside in ``refused/`` (after the site's keys or the
-        hub's key were fixed): what was delivered, and how many are still refused."""
+        hub's key were fixed): what was delivered, and how many are still refused.
+
+        Each is fetched from the hub again (it seals an expired result again when it is
+        fetched); the copy put aside is opened only if the hub cannot be asked."""
         done: list[Delivered] = []
         left = 0
         for aside in sorted((self.state / "refused").glob("*.envelope")):
@@ -183,7 +186,14 @@ class ResultFollower:
             with contextlib.suppress(OSError, ValueError, TypeError):
                 item = dict(json.loads(note.read_text())["item"])
             try:
-                delivered = self._deliver(result_id, item, aside.read_bytes())
+                envelope = self.client.result(result_id)
+            except HubRequestError as exc:
+                _log.info(
+                    "result %s: not fetched again (%s), opening the copy aside", result_id, exc
+                )
+                envelope = aside.read_bytes()
+            try:
+                delivered = self._deliver(result_id, item, envelope)
             except EnvelopeError as exc:
                 self.status.error("results", f"result {result_id} still refused: {exc}")
                 left += 1

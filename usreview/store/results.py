@@ -21,6 +21,12 @@ versions, so a job run twice publishes once). Publishers in several processes ho
 shared lock on ``ROOT/results/publish.lock`` while they write; :meth:`ResultFeed.recover`
 takes it exclusively, so it never removes an object that is about to be committed.
 
+Sealing again: an envelope has a validity window, so the hub replaces the envelope of a
+result that a site fetches late (:meth:`ResultFeed.replace_envelope`: a new object written
+the same way, then the row switched to it if it still names the old one, then the old
+object removed). The result keeps its cursor and everything else: the site sees one
+result, whose ``sha256`` is the new envelope's.
+
 Waiting: :meth:`ResultFeed.wait_for_results` (threads) and
 :meth:`ResultFeed.wait_for_results_async` (asyncio) return as soon as a result for the
 site is published in this process, and re-check every ``poll`` seconds for results
@@ -42,9 +48,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
-from sqlalchemy import Engine, Select, select, text
+from sqlalchemy import CursorResult, Engine, Select, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -374,6 +380,85 @@ class ResultFeed:
             return self._objects.open(record.object_key)
         except FileNotFoundError:
             raise CorruptObjectError(f"result {cursor} is missing from disk") from None
+
+    def open_record(self, record: ResultRecord) -> BinaryIO:
+        """Open the envelope ``record`` names (hub-side: ``record`` comes from this feed).
+
+        Raises :class:`FileNotFoundError` if that envelope is gone: it was replaced since
+        ``record`` was read (:meth:`replace_envelope`), or is missing.
+        """
+        return self._objects.open(record.object_key)
+
+    def result_sites(self, cursor: int) -> tuple[str, ...]:
+        """The sites result ``cursor`` is addressed to, sorted (hub-side only)."""
+        stmt = (
+            select(SiteRow.name)
+            .join(ResultSiteRow, ResultSiteRow.site_id == SiteRow.id)
+            .where(ResultSiteRow.result_id == cursor)
+            .order_by(SiteRow.name)
+        )
+        with guard("reading the results feed"), Session(self._engine) as session:
+            return tuple(session.scalars(stmt))
+
+    def replace_envelope(
+        self, cursor: int, envelope: str | os.PathLike[str] | bytes, *, replaces: str
+    ) -> tuple[ResultRecord, bool]:
+        """Make ``envelope`` (the same result sealed again) the envelope of result ``cursor``.
+
+        Hub-side only. The new envelope is written durably, then the row switched to it
+        in one commit, only if its envelope is still the one whose SHA-256 is
+        ``replaces``; the old object is then removed (unless another row names it). The
+        result keeps its cursor, sites and metadata: no site sees a new result, and
+        nobody is woken. Returns the result as it is now and whether this call replaced
+        it (``False``: another process replaced it first; its envelope stays).
+
+        Raises
+        ------
+        NotFoundError
+            No result ``cursor``.
+        StorageError
+            The disk or the database failed; the result is as it was.
+        """
+        source = envelope_source(envelope)
+        with guard("sealing a result again", acknowledged=False):
+            with self._publish_lock(False):
+                written = self._objects.write("objects", source)
+                with Session(self._writer, expire_on_commit=False) as session, session.begin():
+                    old_key = session.scalars(
+                        select(ResultRow.object_key).where(ResultRow.id == cursor)
+                    ).one_or_none()
+                    if old_key is None:
+                        raise NotFoundError(f"no result {cursor}")
+                    switch = (
+                        update(ResultRow)
+                        .where(ResultRow.id == cursor, ResultRow.envelope_sha256 == replaces)
+                        .values(
+                            object_key=written.key,
+                            envelope_sha256=written.sha256,
+                            envelope_size=written.size,
+                        )
+                    )
+                    # Compare and swap: of two concurrent replacements, one switches.
+                    replaced = old_key != written.key and (
+                        cast("CursorResult[Any]", session.execute(switch)).rowcount == 1
+                    )
+                    row = session.get(ResultRow, cursor, populate_existing=True)
+                    assert row is not None
+                    record = _record(row)
+            if not replaced:
+                self._remove_unreferenced(written.key)
+                return record, False
+            self._remove_unreferenced(old_key)
+        return record, True
+
+    def _remove_unreferenced(self, key: str) -> None:
+        """Remove the object ``key`` if no result names it (publishers held off meanwhile,
+        so an object about to be committed is never removed)."""
+        with self._publish_lock(True):
+            stmt = select(ResultRow.id).where(ResultRow.object_key == key).limit(1)
+            with Session(self._engine) as session:
+                if session.scalars(stmt).first() is None:
+                    self._objects.remove(key)
 
     # -- waiting ----------------------------------------------------------------------
 

@@ -4,6 +4,11 @@ A waiting request is woken at once by a result published in the service and with
 ``results_poll_seconds`` by one published by another process; a caller that goes away
 stops its wait. Only non-empty answers are audited (an empty poll shows nothing);
 fetching a result's envelope is audited as an export.
+
+Both hand out results that a site can still open: a result listed whose envelope expires
+within a day, or fetched within 12 hours of its expiry, is sealed again first (same id
+and cursor, a new envelope and ``sha256``; audited ``resealed``), see
+:mod:`usreview.hub.api.publish`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 
 from usreview.hub.api.base import SITE_RESULTS, BaseHandler
 from usreview.hub.api.errors import ApiError, not_found
+from usreview.hub.api.publish import fresh_results, open_fresh_result
 from usreview.hub.api.views import result_view
 from usreview.hub.audit import AuditAction
 from usreview.store import ResultRecord
@@ -53,6 +59,10 @@ class ResultsHandler(BaseHandler):
         except asyncio.CancelledError:
             return  # the caller went away
         if found:
+            context = self.context
+            found = await self.blocking(
+                fresh_results, context.state, context.archive, site, found, audit=context.audit
+            )
             await self.audit(AuditAction.READ, detail={"results": [r.cursor for r in found]})
         self.write_json(
             {
@@ -90,13 +100,19 @@ class ResultHandler(BaseHandler):
     audit_action = AuditAction.EXPORT
 
     async def get(self, result_id: str) -> None:
-        """Stream the envelope."""
+        """Stream the envelope (sealed again first if it expires soon)."""
         site = self.site(SITE_RESULTS, hide=("result", result_id))
         if not (result_id.isascii() and result_id.isdigit()) or len(result_id) > 18:
             raise not_found("result", result_id)
-        feed = self.context.archive.results
-        record = await self.blocking(feed.get_result, site, int(result_id))
-        stream = await self.blocking(feed.open_result, site, record.cursor)
+        context = self.context
+        record, stream = await self.blocking(
+            open_fresh_result,
+            context.state,
+            context.archive,
+            site,
+            int(result_id),
+            audit=context.audit,
+        )
         with contextlib.closing(stream):
             await self.audit(
                 AuditAction.EXPORT,
