@@ -389,8 +389,10 @@ DEFAULT_PROCESS_MEMORY = 8 * 1024**3
 def _pool_process(memory: int | None) -> None:
     """Set up a pool process: it ignores SIGINT (Ctrl-C reaches the whole process group,
     and the worker that owns the pool stops it; a traceback per pool process otherwise)
-    and may use at most ``memory`` bytes of address space."""
+    and may use at most ``memory`` bytes of address space. It started with SIGINT blocked
+    (:meth:`LocalExecutor._new_pool`), so a Ctrl-C while it was importing is dropped too."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if memory is not None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
@@ -426,8 +428,16 @@ class LocalExecutor:
             initializer=_pool_process,
             initargs=(self.memory,),
         )
-        for _ in range(self.slots):  # a process per submit while none is idle
-            pool.submit(_ready)
+        # A process per submit while none is idle, spawned by this thread: with SIGINT
+        # blocked here, each starts with it blocked (the mask survives fork and exec) until
+        # _pool_process ignores it, instead of dying with a traceback on a Ctrl-C that
+        # comes while it imports (a second or two).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for _ in range(self.slots):
+                pool.submit(_ready)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return pool
 
     def submit(self, path: Path) -> Future[Outputs]:
