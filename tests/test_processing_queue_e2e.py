@@ -225,6 +225,36 @@ def test_the_local_pool_starts_its_processes_before_the_first_job() -> None:
         executor.close()
 
 
+def test_closing_the_local_pool_stops_a_task_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that stops (the hub stopping) does not wait for a filter in flight: its
+    job was released for another worker, and its process ends with the pool."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.processing_queue_support import HANGING_TASK
+
+    [path] = simulate_pw(tmp_path / "sim", 1)
+    monkeypatch.setenv("USREVIEW_TEST_HANG_UID", str(pydicom.dcmread(path).SOPInstanceUID))
+    script = (
+        "import sys, time\n"
+        "from usreview.processing.execution import LocalExecutor\n"
+        f"pool = LocalExecutor(1, {HANGING_TASK!r})\n"
+        f"future = pool.submit(__import__('pathlib').Path({str(path)!r}))\n"
+        "while not future.running(): time.sleep(0.05)\n"
+        "time.sleep(1)\n"
+        "print('running', flush=True)\n"
+        "pool.close()\n"
+    )
+    run = subprocess.run(  # with the old close(), the exit waited for the task: for ever
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout == "running\n", run.stderr
+
+
 def test_summaries_name_the_most_similar_cases_of_the_library(
     tmp_path: Path, pool: WorkerPool
 ) -> None:

@@ -451,18 +451,25 @@ class LocalExecutor:
 
     def reset(self) -> None:
         """Terminate the pool's processes (whatever they run) and start a new pool."""
-        old = self._pool
-        processes = list(getattr(old, "_processes", {}).values())  # no public way to stop one
-        for process in processes:
-            process.terminate()
-        old.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.join(10)
+        _terminate(self._pool)
         self._pool = self._new_pool()
 
     def close(self) -> None:
-        """Shut the pool down without waiting for tasks in flight."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Terminate the pool's processes without waiting for tasks in flight (a worker
+        released their jobs first: another runs them). Shutting the pool down alone would
+        leave the interpreter's exit waiting for them: a hub stopping its worker waited
+        as long as the longest filter in flight."""
+        _terminate(self._pool)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Terminate ``pool``'s processes (whatever they run) and shut it down."""
+    processes = list(getattr(pool, "_processes", {}).values())  # no public way to stop one
+    for process in processes:
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(10)
 
 
 class DaskExecutor:
