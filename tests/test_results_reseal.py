@@ -69,6 +69,8 @@ class HubParts:
         self.audit = AuditLog(self.state.audit_log, self.state.audit_key.read_bytes())
         self.payload = root / "report.txt"
         self.payload.write_bytes(b"usreview report\nNo stenosis.\n")
+        self.scratch = root / "quarantine"  # the service's
+        self.scratch.mkdir(mode=0o700)
 
     def publish(self, age: float) -> ResultRecord:
         """Publish the payload to the site, sealed ``age`` seconds ago."""
@@ -84,7 +86,7 @@ class HubParts:
 
     def fetch(self, cursor: int, **kwargs: Any) -> tuple[ResultRecord, bytes]:
         record, stream = open_fresh_result(
-            self.state, self.archive, SITE, cursor, audit=self.audit, **kwargs
+            self.state, self.archive, SITE, cursor, audit=self.audit, scratch=self.scratch, **kwargs
         )
         with stream:
             return record, stream.read()
@@ -154,6 +156,9 @@ def test_an_expired_result_is_sealed_again_for_the_site_that_fetches_it(hub: Hub
     assert event["resource"] == f"results/{published.cursor}"
     assert event["action"] == "write" and event["detail"]["fetched_by"] == SITE
     assert event["detail"]["sites"] == [SITE] and "expired_at" in event["detail"]
+    # The plaintext passed through the service's quarantine only, and is gone.
+    assert list(hub.scratch.iterdir()) == []
+    assert not [p for p in hub.state.root.iterdir() if p.name.startswith(".reseal")]
     # Fetched again: served as stored now, not sealed a second time.
     again, same = hub.fetch(published.cursor)
     assert (again.envelope_sha256, same) == (record.envelope_sha256, envelope)
@@ -166,7 +171,9 @@ def test_a_result_not_near_expiry_is_served_as_stored(hub: HubParts) -> None:
     record, envelope = hub.fetch(published.cursor)
     assert record == published and envelope == stored
     assert hub.opened(envelope) == hub.payload.read_bytes()
-    assert fresh_results(hub.state, hub.archive, SITE, [published], audit=hub.audit) == [published]
+    assert fresh_results(
+        hub.state, hub.archive, SITE, [published], audit=hub.audit, scratch=hub.scratch
+    ) == [published]
     assert hub.stored(published.cursor) == stored
     assert hub.resealed() == []
 
@@ -181,7 +188,9 @@ def test_the_listing_seals_again_within_a_day_and_the_fetch_serves_what_was_list
     assert hub.fetch(published.cursor)[0] == published
     assert hub.resealed() == []
     # Listed, it is sealed again, and fetching then gives the envelope listed.
-    (listed,) = fresh_results(hub.state, hub.archive, SITE, [published], audit=hub.audit)
+    (listed,) = fresh_results(
+        hub.state, hub.archive, SITE, [published], audit=hub.audit, scratch=hub.scratch
+    )
     assert listed.cursor == published.cursor
     assert listed.envelope_sha256 != published.envelope_sha256
     record, envelope = hub.fetch(published.cursor)

@@ -441,8 +441,14 @@ def test_an_amended_report_reaches_its_teaching_case(world: World) -> None:
     assert {k: v for k, v in amended.items() if k not in words_of} == same  # the same copies
     assert hub.get("/teaching", world.tina).json() == {"cases": [amended]}
     assert answer.json()["version"] == 2
-    published = [x for x in audit_lines(world) if x["outcome"] == "published"][-1]
-    assert published["detail"]["teaching_case"] == case["case_uid"]
+    lines = audit_lines(world)
+    published = [n for n, x in enumerate(lines) if x["outcome"] == "published"][-1]
+    updated = [n for n, x in enumerate(lines) if x["outcome"] == "updated"]
+    assert updated and updated[-1] > published  # the publication is audited first
+    line = lines[updated[-1]]
+    assert (line["actor"], line["action"], line["resource"], line["detail"]) == (
+        "rn", "write", f"teaching/{case['case_uid']}", {"study": study}
+    )  # fmt: skip
     world.case = amended
 
 
@@ -462,6 +468,25 @@ def test_trainees_land_on_the_teaching_page_which_shows_the_cases(world: World) 
         assert "Cyst depth [date] (distance): 9 mm" in page.details.value
         assert len(page.thumbnails.children) == 1 and page.viewer.children
         assert page.message.value == ""  # no error
+        # Her calipers feed a practice panel, which says that nothing is sent, and stays
+        # while the case is open.
+        viewer, practice = page.viewer.children
+        assert "Practice: your measurements (not sent anywhere)" in practice.children[0].value
+        assert "Automatic results" not in practice.children[0].value
+        assert _buttons(viewer, "usreview-add-measurement") == ["Keep for practice"]
+        page.thumbnails.children[0].click()  # the instance again
+        assert page.viewer.children[1] is practice
+
+
+def _buttons(widget: Any, css_class: str) -> list[str]:
+    """The descriptions of the buttons below ``widget`` with ``css_class``."""
+    found, stack = [], [widget]
+    while stack:
+        item = stack.pop()
+        if css_class in getattr(item, "_dom_classes", ()):
+            found.append(str(item.description))
+        stack.extend(getattr(item, "children", ()))
+    return found
 
 
 def test_a_reviewer_opens_a_similar_case_from_the_study_page(

@@ -13,6 +13,8 @@ answer did not come back).
 
 from __future__ import annotations
 
+import html
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -190,7 +192,7 @@ def test_the_study_page_shows_the_published_versions_and_amends_the_latest(
     assert page.form.urgency.value == "urgent"
     assert page.form.publish_button.description == "Publish amendment"
     shown = page.versions.value
-    assert "Published versions" in shown
+    assert "Published versions" in shown and "<th>Published (UTC)</th>" in shown
     assert shown.index("data-version='2'") < shown.index("data-version='1'")  # newest first
     row = shown.split("data-version='2'>")[1].split("</tr>")[0]
     for cell in (ME, "urgent", "Normal internal carotid Doppler, amended."):
@@ -198,6 +200,40 @@ def test_the_study_page_shows_the_published_versions_and_amends_the_latest(
     published = world.detail("pw")["reports"][1]["published_at"][:16].replace("T", " ")
     assert f"<td>{published}</td>" in row
     assert not page.form.unsent
+
+
+def test_a_publication_the_service_failed_after_recording_is_shown_as_published(
+    world: World, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 5xx (the audit failing after the commit, say) is not a refusal: the versions are
+    read again, and the page says the report went out instead of inviting a second one."""
+    from usreview.review.client import ServiceError
+    from usreview.review.pages import StudyPage
+
+    uid = world.studies["pw"]
+    before = len(world.hub.get(f"/studies/{uid}/reports", world.rev).json()["reports"])
+    page = StudyPage(client, uid, renew_seconds=3600, refresh_seconds=0)
+    try:
+        form = page.form
+        assert form is not None
+        page.claim_button.click()
+        form.impression.value = "Amended once more."
+        real = client.publish
+
+        def publish(uid: str, body: dict[str, Any]) -> dict[str, Any]:
+            real(uid, body)  # recorded; then the service fails
+            raise ServiceError(503, "unavailable", "the audit log cannot be written", {})
+
+        monkeypatch.setattr(client, "publish", publish)
+        form.publish_button.click()
+        assert "Not published" not in form.status.value, form.status.value
+        assert f'data-version="{before + 1}"' in form.status.value
+        assert form.publish_button.disabled  # claim again to amend
+        assert f"Report version {before + 1} published" in page.message.value
+    finally:
+        page.close()
+    after = world.hub.get(f"/studies/{uid}/reports", world.rev).json()["reports"]
+    assert len(after) == before + 1
 
 
 def test_release_gives_the_study_back(world: World, client: Any) -> None:
@@ -275,10 +311,11 @@ def test_every_button_says_what_went_wrong_even_unexpectedly(
         assert "Not claimed: unexpected error (OSError: [Errno 101] Network is unreachable)" in (
             page.message.value
         )
-        with monkeypatch.context() as patch:
+        with monkeypatch.context() as patch:  # never published: refused at once, not asked
             patch.setattr(client, "mark_teaching", raising(ssl.SSLError("bad record mac")))
             page.teaching_button.click()
-        assert "Not made a teaching case: unexpected error (SSLError:" in page.message.value
+        assert "Not made a teaching case: publish its report first" in page.message.value
+        assert page.teaching_button.description == "Make teaching case"
 
         form.impression.value = "No focal lesion."
         form.publish_button.click()  # refused by the service: not claimed
@@ -314,6 +351,12 @@ def test_every_button_says_what_went_wrong_even_unexpectedly(
         assert 'data-version="1"' in form.status.value, form.status.value
         assert "Report version 1 published" in page.message.value
         assert form.publish_button.disabled and claimant(page) == "nobody"
+
+        with monkeypatch.context() as patch:  # published: asked, then made, unexpectedly not
+            patch.setattr(client, "mark_teaching", raising(ssl.SSLError("bad record mac")))
+            page.teaching_button.click()
+            page.teaching_button.click()
+        assert "Not made a teaching case: unexpected error (SSLError:" in page.message.value
     finally:
         page.close()
     assert [r["version"] for r in world.detail("bmode")["reports"]] == [1]
@@ -411,6 +454,7 @@ def test_an_open_study_shows_what_arrives_and_keeps_what_the_reviewer_did(
         new = send(world, path, live)
         within(20, "the new thumbnail", lambda: new in page.thumbnails)
         within(5, "the banner", lambda: "1 new instance" in page.news.value)
+        assert re.search(r"New at \d\d:\d\d UTC: ", page.news.value), page.news.value
         assert [*page.thumbnail_box.children] == [*shown.values(), page.thumbnails[new]]
         assert all(page.thumbnails[uid] is box for uid, box in shown.items())  # not reloaded
         assert processing(page, new)  # its results (or that they are coming)
@@ -451,6 +495,115 @@ def test_the_results_line_follows_processing_and_a_failed_read_is_one_line(
             patch.setattr(client, "study", raising(OSError(111, "Connection refused")))
             within(5, "the note", lambda: "Connection refused" in page.stale.value)
             assert "Not up to date since" in page.stale.value and page.message.value == said
+            assert re.search(r"since \d\d:\d\d UTC: ", page.stale.value), page.stale.value
         within(5, "the note gone", lambda: page.stale.value == "")
+    finally:
+        page.close()
+
+
+# -- times, claims and teaching cases, as the pages say them -------------------------------
+
+#: A time of today as the pages say it.
+TODAY = r"\d\d:\d\d UTC"
+
+
+def test_times_are_to_the_minute_and_say_utc() -> None:
+    from usreview.review.pages import _utc, _worklist_row
+    from usreview.review.widgets.worklist import normalise_rows
+
+    sent = "2024-03-14T14:05:09.123456Z"  # as the service sends times
+    assert _utc(sent) == "2024-03-14 14:05 UTC"
+    assert _utc("2024-03-14T16:05:09+02:00") == "2024-03-14 14:05 UTC"
+    assert _utc(sent, short=True) == "2024-03-14 14:05 UTC"  # not today: the date too
+    assert _utc("2024-03-14") == "2024-03-14" and _utc("not a time at all") == "not a time at all"
+    assert _utc(None) == ""
+    row = _worklist_row({"study_instance_uid": "1.2", "received_at": sent, "status": "processed"})
+    [shown] = normalise_rows([row])
+    assert shown["received_at"] == "2024-03-14 14:05"  # its column says UTC
+    assert shown["received_ms"] == 1710425100000  # the waiting time still reads it
+
+
+def test_what_a_teaching_case_left_out_is_said() -> None:
+    from usreview.review.pages import _teaching_said
+
+    case = {"instances": [{}, {}], "refused": ["instance 3 of 3: no ultrasound regions"]}
+    made = _teaching_said(case, made=True)
+    assert made.startswith("Teaching case made: 2 de-identified instances for trainees.")
+    assert "Left out: instance 3 of 3: no ultrasound regions." in made
+    assert "Check its images" in made
+    earlier = _teaching_said({"instances": [{}], "refused": []}, made=False)
+    assert earlier.startswith(
+        "This study's teaching case (made earlier) is up to date: 1 de-identified instance."
+    )
+    assert "Left out" not in earlier
+
+
+def test_claims_say_until_when_in_utc(world: World, client: Any) -> None:
+    from usreview.review.pages import StudyPage, WorklistPage
+
+    uid = world.studies["pw"]
+    other = world.hub.add_person("oli", "reviewer")
+    assert world.hub.request("POST", f"/studies/{uid}/claim", other).status_code == 200
+    worklist = WorklistPage(client, refresh_seconds=0)
+    page = StudyPage(client, uid, renew_seconds=3600, refresh_seconds=0)
+    try:
+        [received] = [c for c in worklist.table.columns if c["key"] == "received_at"]
+        assert received["label"] == "Received (UTC)"
+        times = [r["received_at"] for r in worklist.table.rows]
+        assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", t) for t in times)
+        assert "usreview · Worklist" in worklist._list_view.children[0].value
+        worklist.claim(uid)  # oli holds it
+        said = worklist.message.value
+        assert re.search(rf"Not claimed: claimed by oli until {TODAY}<", said), said
+        assert re.search(rf"claimed by <b class='usreview-claimant'>oli</b> until {TODAY}<",
+                         page.header.value), page.header.value  # fmt: skip
+        page.claim_button.click()
+        said = page.message.value
+        assert re.search(rf"Not claimed: claimed by oli until {TODAY}<", said), said
+        assert world.hub.request("DELETE", f"/studies/{uid}/claim", other).status_code == 204
+
+        worklist.claim(uid)
+        said = worklist.message.value
+        assert re.search(rf"You hold this study until {TODAY}\.<", said), said
+        page.claim_button.click()  # renewed
+        said = page.message.value
+        assert re.search(rf"You hold this study until {TODAY}; this page renews", said), said
+        assert re.search(rf"'usreview-claimant'>you</b> until {TODAY}<", page.header.value)
+        page.release_button.click()
+        assert claimant(page) == "nobody" and " until " not in page.header.value
+    finally:
+        worklist.close()
+        page.close()
+
+
+def test_making_a_teaching_case_asks_first_and_says_whether_it_was_made_now(
+    world: World, client: Any
+) -> None:
+    from usreview.review.pages import StudyPage
+
+    uid = world.studies["pw"]  # published
+    page = StudyPage(client, uid, renew_seconds=3600, refresh_seconds=0)
+    try:
+        before = page.message.value
+        page.teaching_button.click()  # asks: patient images are copied for trainees
+        assert page.teaching_button.description == (
+            "Click again to make de-identified copies for trainees"
+        )
+        assert page.message.value == before
+        assert world.hub.get("/teaching", world.rev).json() == {"cases": []}
+        page.teaching_button.click()
+        said = page.message.value
+        assert "Teaching case made: 1 de-identified instance for trainees." in said, said
+        assert "Check its images" in said and "Left out" not in said
+        [case] = world.hub.get("/teaching", world.rev).json()["cases"]
+        assert f'href="teaching.ipynb?case={case["case_uid"]}"' in said
+        assert page.teaching_button.description == "Make teaching case"
+
+        page.teaching_button.click()
+        page.teaching_button.click()  # the study's case already
+        said = html.unescape(page.message.value)
+        assert "This study's teaching case (made earlier) is up to date" in said, said
+        assert "Teaching case made" not in said
+        assert len(world.hub.get("/teaching", world.rev).json()["cases"]) == 1
     finally:
         page.close()

@@ -418,6 +418,41 @@ def test_a_caliper_on_a_cine_records_the_frame_it_measured_on(tmp_path: Path) ->
     assert len(panel.measurements()) == 2
 
 
+def test_a_practice_panel_keeps_measurements_for_practice_and_says_it_sends_nothing(
+    bmode: tuple[UltrasoundInstance, dict[str, Any]],
+) -> None:
+    instance, _ = bmode
+    practice = ResultsPanel([], practice=True)
+    box = viewer_for(instance, {}, practice)
+    add = _find(box, "usreview-add-measurement")
+    assert add.description == "Keep for practice"
+    shown = " ".join(getattr(c, "value", "") for c in practice.children)
+    assert "Practice: your measurements (not sent anywhere)" in shown
+    assert "Automatic results" not in shown and "report" not in shown
+    _distance(_find(box, "ImageViewer"), [100, 100], [140, 100], 1)
+    add.click()
+    assert "Kept distance" in _find(box, "usreview-add-said").value
+    assert [m["name"] for m in practice.measurements()] == ["distance"]
+    [remove] = [row.children[1] for row in practice._own_box.children]
+    assert "report" not in remove.tooltip
+    with pytest.raises(ValueError, match="argument 'instances'"):
+        ResultsPanel([{"sop_instance_uid": "1.2"}], practice=True)
+
+    reviewers = ResultsPanel([])  # the study page's, as it was
+    add = _find(viewer_for(instance, {}, reviewers), "usreview-add-measurement")
+    assert add.description == "Add to report"
+    assert reviewers.children[0].value == "<h3>Automatic results</h3>"
+    assert "Your measurements" in reviewers.children[1].value
+
+
+def test_the_study_evaluation_says_when_it_was_sent_in_utc() -> None:
+    from usreview.review.results import study_evaluation_html
+
+    published = {"result": 7, "published_at": "2024-03-14T14:05:09.123456Z"}
+    shown = study_evaluation_html({"rule": "sru", "version": "1", "published": published})
+    assert "sent to the site as result 7 (2024-03-14 14:05 UTC)" in shown
+
+
 # --- axes --------------------------------------------------------------------------------
 
 

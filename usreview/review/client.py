@@ -204,11 +204,12 @@ class ReviewClient:
 
     # Teaching cases --------------------------------------------------------------------
 
-    def mark_teaching(self, study_instance_uid: str) -> dict[str, Any]:
-        """Make a published study a teaching case (reviewers); its case."""
-        return dict(
-            self._json("POST", "/teaching", body={"study_instance_uid": study_instance_uid})
-        )
+    def mark_teaching(self, study_instance_uid: str) -> tuple[dict[str, Any], bool]:
+        """Make a published study a teaching case (reviewers): its case, and whether it was
+        made now (``False``: the study had one already, which is returned)."""
+        body = {"study_instance_uid": study_instance_uid}
+        response = self._request("POST", "/teaching", body=body)
+        return dict(json.loads(self._read("POST", response))), response.status == 201
 
     def teaching_cases(self) -> list[dict[str, Any]]:
         """The teaching cases, newest first (trainees, scientists)."""

@@ -22,10 +22,14 @@ call the service as the reviewer (:class:`~usreview.review.client.ReviewClient`)
   publication releases the claim (the service does): the page reads the study again,
   stops renewing and locks the form until the study is claimed again. *Back to worklist*
   (:meth:`StudyPage.leave`) releases the claim and keeps unsent text as a draft, per
-  study, for the rest of the session (the kernel).
+  study, for the rest of the session (the kernel). *Make teaching case* asks for a second
+  click (patient images are copied for trainees), then says whether the case was made now
+  or earlier, what was left out, and that its images are to be checked.
 
 Every button says what happened, in the page's message: a refusal with the service's
 words, anything unexpected as one line (and logged), since Voila shows no tracebacks.
+Times are to the minute in UTC, and say so (``2024-03-14 14:05 UTC``, ``until 14:05
+UTC``; in a table, the column's heading): the kernel cannot know the reviewer's time zone.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ _log = logging.getLogger(__name__)
 _THUMB: Final = 96
 #: Unsent reports left with *Back to worklist*, by study UID, for this kernel's session.
 _DRAFTS: dict[str, dict[str, Any]] = {}
+_MAKE_TEACHING: Final = "Make teaching case"
+_CONFIRM_TEACHING: Final = "Click again to make de-identified copies for trainees"
 
 
 def query_value(name: str, query: str | None = None) -> str | None:
@@ -90,23 +96,78 @@ def _title(page: str) -> w.HTML:
     )
 
 
+def _utc(moment: Any, *, zone: bool = True, short: bool = False) -> str:
+    """A time as every page shows it: to the minute, in UTC, said, ``2024-03-14 14:05 UTC``.
+
+    ``moment`` is ISO 8601 text as the service sends it (``...T14:05:09.123456Z``; without
+    an offset it is UTC) or a datetime. The kernel cannot know the reviewer's time zone
+    (the browser does), so the zone is always said: ``zone=False`` only where a column's
+    heading says it (``2024-03-14 14:05``). ``short``: the time of day alone when it is
+    today (``14:05 UTC``). A date alone, or text that is not a time, is shown as it came;
+    ``None`` as "".
+    """
+    if moment is None:
+        return ""
+    if isinstance(moment, str):
+        text = moment
+        if len(text) <= 10:  # a date, or not a time
+            return text
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            return text
+    if not isinstance(moment, datetime):
+        return str(moment)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    today = moment.date() == datetime.now(UTC).date()
+    text = moment.strftime("%H:%M" if short and today else "%Y-%m-%d %H:%M")
+    return f"{text} UTC" if zone else text
+
+
+def _until(claim: Mapping[str, Any] | None) -> str:
+    """`` until 14:05 UTC``: when a claim (the service's ``Claim``) ends, or ""."""
+    expires = _utc((claim or {}).get("expires_at"), short=True)
+    return f" until {expires}" if expires else ""
+
+
+def _refused_claim(exc: ServiceError) -> str:
+    """Why a claim was refused: who holds the study and until when (a 409 ``claimed``
+    carries the claim), else the service's words."""
+    claim = exc.body.get("claim") if isinstance(exc, ClaimedError) else None
+    if isinstance(claim, Mapping) and claim.get("reviewer"):
+        return f"claimed by {claim['reviewer']}{_until(claim)}"
+    return str(exc)
+
+
+#: The worklist's *Received* column, whose times (:func:`_worklist_row`) do not say the zone.
+_RECEIVED_HEADING: Final = "Received (UTC)"
+
+
 def _worklist_row(study: Mapping[str, Any]) -> dict[str, Any]:
-    """A study of ``GET /studies`` as a worklist row: times shown to the minute, in UTC,
-    the claim as the name of the reviewer who holds it."""
+    """A study of ``GET /studies`` as a worklist row: times to the minute, in UTC (the
+    column says so: the table reads the waiting time from this text, which must stay ISO
+    8601), the claim as the name of the reviewer who holds it."""
     row = dict(study)
     for key in ("received_at", "updated_at"):
-        value = row.get(key)
-        if isinstance(value, str) and "T" in value:
-            row[key] = value[:16].replace("T", " ")
+        row[key] = _utc(row.get(key), zone=False)
     claim = row.get("claim")
     if isinstance(claim, Mapping):
         row["claim"] = claim.get("reviewer") or ""
     return row
 
 
-def _banner(text: str, *, error: bool = False) -> str:
+def _banner(text: str, *, error: bool = False, link: tuple[str, str] | None = None) -> str:
+    """A page's message; ``link``: ``(href, text)`` of a link after it (in a new tab)."""
     colour = "#b00020" if error else "#1b5e20"
-    return f'<div class="usreview-message" style="color:{colour}">{html.escape(text)}</div>'
+    after = (
+        f' <a href="{html.escape(link[0])}" target="_blank" rel="noopener">'
+        f"{html.escape(link[1])}</a>"
+        if link
+        else ""
+    )
+    return f'<div class="usreview-message" style="color:{colour}">{html.escape(text)}{after}</div>'
 
 
 def _unexpected(exc: BaseException, longest: int = 200) -> str:
@@ -144,8 +205,11 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         self._following = False
         self._refresh_seconds = refresh_seconds
         self._study: StudyPage | None = None
-        title = w.HTML(f"<h2>Worklist</h2><div>Signed in as <b>{html.escape(_me())}</b></div>")
-        self._list_view = w.VBox([title, self.message, self.table])
+        self.table.columns = [
+            dict(c, label=_RECEIVED_HEADING) if c["key"] == "received_at" else c
+            for c in self.table.columns
+        ]
+        self._list_view = w.VBox([_title("Worklist"), self.message, self.table])
         super().__init__([self._list_view])
         self.add_class("usreview-worklist-page")
         self.refresh()
@@ -176,8 +240,10 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
             )
 
     def close(self) -> None:
-        """Stop refreshing."""
+        """Stop refreshing, and the open study's threads (its claim stays until it expires)."""
         self._stop.set()
+        if self._study is not None:
+            self._study.close()
         super().close()
 
     def show_list(self) -> None:
@@ -231,12 +297,12 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         """Claim a study and say so (or who holds it)."""
         try:
             claim = self.client.claim(uid)
-        except ClaimedError as exc:
-            self.message.value = _banner(f"Not claimed: {exc}", error=True)
+        except ServiceError as exc:
+            self.message.value = _banner(f"Not claimed: {_refused_claim(exc)}", error=True)
         except UsreviewError as exc:
             self.message.value = _banner(f"Not claimed: {exc}", error=True)
         else:
-            self.message.value = _banner(f"You hold this study until {claim['expires_at']}.")
+            self.message.value = _banner(f"You hold this study{_until(claim)}.")
         self.refresh()
 
     def release(self, uid: str) -> None:
@@ -317,10 +383,14 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self.release_button.add_class("usreview-release")
         self.release_button.on_click(_guarded(self.message, "Not released", self._release))
         self.teaching_button = w.Button(
-            description="Make teaching case",
+            description=_MAKE_TEACHING,
             icon="graduation-cap",
-            tooltip="De-identified copies for trainees (published studies only)",
+            tooltip="De-identified copies for trainees (published studies only; a second "
+            "click confirms)",
+            layout=w.Layout(width="auto"),
         )
+        #: Whether a first click on *Make teaching case* asked for a second one.
+        self._confirming_teaching = False
         self.teaching_button.add_class("usreview-make-teaching")
         self.teaching_button.on_click(
             _guarded(self.message, "Not made a teaching case", self._make_teaching)
@@ -412,7 +482,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
                     why = str(exc) if isinstance(exc, UsreviewError) else _unexpected(exc)
                     self.study["claim"] = None
                     self.message.value = _banner(f"Your claim lapsed: {why}", error=True)
-                    self._render_header()
+                self._render_header()  # until when it is held now
 
     # Actions ---------------------------------------------------------------------------
 
@@ -461,6 +531,9 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             self._changes += 1
             try:
                 self.study["claim"] = self.client.claim(self.uid)
+            except ServiceError as exc:
+                self.message.value = _banner(f"Not claimed: {_refused_claim(exc)}", error=True)
+                return
             except UsreviewError as exc:
                 self.message.value = _banner(f"Not claimed: {exc}", error=True)
                 return
@@ -469,7 +542,10 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         if self.form is not None:
             self.form.allow()
         amend = " You may publish an amendment." if self.study.get("reports") else ""
-        self.message.value = _banner(f"You hold this study.{amend}")
+        self.message.value = _banner(
+            f"You hold this study{_until(self.study['claim'])}; this page renews the claim "
+            f"while it is open.{amend}"
+        )
         self._reread()  # its status (in review)
 
     def _release(self) -> None:
@@ -485,33 +561,58 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         self._reread()  # its status (processed again)
 
     def _make_teaching(self) -> None:
+        """*Make teaching case*: the first click asks (patient images are copied for
+        trainees), the second makes it; the message says what was copied, what was left
+        out and that the images are to be checked, with a link to the case. A study
+        never published is refused at once (the service would refuse it too)."""
+        if not self.study.get("reports"):
+            self.message.value = _banner(
+                "Not made a teaching case: publish its report first (a teaching case is "
+                "made of a published study).",
+                error=True,
+            )
+            return
+        if not self._confirming_teaching:
+            self._confirming_teaching = True
+            self.teaching_button.description = _CONFIRM_TEACHING
+            return
+        self._confirming_teaching = False
+        self.teaching_button.description = _MAKE_TEACHING
         try:
-            case = self.client.mark_teaching(self.uid)
+            case, made = self.client.mark_teaching(self.uid)
         except UsreviewError as exc:
             self.message.value = _banner(f"Not made a teaching case: {exc}", error=True)
             return
-        left_out = len(case.get("refused") or [])
         self.message.value = _banner(
-            f"Teaching case made: {len(case.get('instances') or [])} de-identified "
-            "instance(s)" + (f", {left_out} left out (no ultrasound regions)." if left_out else ".")
+            _teaching_said(case, made),
+            link=(
+                f"teaching.ipynb?case={quote(str(case.get('case_uid', '')), safe='')}",
+                "Open it on the teaching page",
+            ),
         )
 
     def _publish(self, form: ReportForm) -> None:
         """Publish the form's report; then the study as the service has it (published, the
         claim released: no renewal, and the form locked until the study is claimed again).
 
-        A refusal is said with the service's words. Without an answer (no connection,
-        time-out, anything unexpected) the report may have gone out: the versions are
-        read again to say which.
+        A refusal (4xx) is said with the service's words. Without an answer (no connection,
+        time-out, anything unexpected) or with a failure of the service (5xx) the report
+        may have gone out: the versions are read again to say which.
         """
         body = form.report(self.results.measurements())
         before = {r.get("version") for r in self.study.get("reports") or []}
         with self._claiming:
             try:
                 answer = self.client.publish(self.uid, body)
-            except ServiceError as exc:  # refused: nothing went out
-                form.failed(str(exc))
-                return
+            except ServiceError as exc:
+                if exc.status < 500:  # refused (4xx): nothing went out
+                    form.failed(str(exc))
+                    return
+                # The service failed after, or before, recording it: find out which.
+                found = self._published_meanwhile(before, str(exc), form)
+                if found is None:
+                    return
+                answer = found
             except Exception as exc:  # no answer: find out whether it went out
                 if not isinstance(exc, UsreviewError):
                     _log.exception("publishing a report of %s failed", self.uid)
@@ -621,7 +722,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             )
             self.stale.value = (
                 '<div style="color:#777;font-size:smaller">'
-                f"Not up to date since {_now()} UTC: {html.escape(why)}{again}.</div>"
+                f"Not up to date since {_now()}: {html.escape(why)}{again}.</div>"
             )
             return False
         self.stale.value = ""
@@ -684,7 +785,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             if r.get("version") not in versions and r.get("reviewer") != _me()
         ]
         if said:
-            text = f"New at {_now()} UTC: " + "; ".join(said) + "."
+            text = f"New at {_now()}: " + "; ".join(said) + "."
             self.news.value = (
                 '<div class="usreview-news-line" style="background:#e3f2fd;border-left:4px '
                 f'solid #1565c0;padding:2px 8px;margin:2px 0">{html.escape(text)}</div>'
@@ -726,7 +827,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             content = report.get("content") or {}
             cells = (
                 f"version {report.get('version')}",
-                str(report.get("published_at") or "")[:16].replace("T", " "),
+                _utc(report.get("published_at"), zone=False),
                 report.get("reviewer") or "",
                 report.get("urgency") or content.get("urgency") or "",
                 content.get("impression") or "",
@@ -737,8 +838,8 @@ class StudyPage(w.VBox):  # type: ignore[misc]
                 + "</tr>"
             )
         self.versions.value = (
-            "<b>Published versions</b> <small>(newest first; times in UTC)</small>"
-            "<table style='border-spacing:8px 2px'><tr><th>Version</th><th>Published</th>"
+            "<b>Published versions</b> <small>(newest first)</small>"
+            "<table style='border-spacing:8px 2px'><tr><th>Version</th><th>Published (UTC)</th>"
             "<th>Reviewer</th><th>Urgency</th><th>Impression</th></tr>" + "".join(rows) + "</table>"
         )
 
@@ -754,7 +855,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             f"</h2><div>{html.escape(s.get('study_description') or 'Ultrasound study')} · "
             f"site <b>{html.escape(s['site'])}</b> · status <b class='usreview-status'>"
             f"{html.escape(s['status'])}</b> · claimed by <b class='usreview-claimant'>"
-            f"{html.escape(who)}</b></div>"
+            f"{html.escape(who)}</b>{html.escape(_until(claim))}</div>"
         )
 
     def _other_sites(self) -> list[str]:
@@ -812,7 +913,26 @@ def _count(number: int, noun: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%H:%M:%S")
+    return _utc(datetime.now(UTC), short=True)
+
+
+def _teaching_said(case: Mapping[str, Any], made: bool) -> str:
+    """What *Make teaching case* did: the case made now, or the study's case made earlier
+    (``made`` false: its words follow the latest report); its copies, what was left out
+    and why; and that whoever makes a case checks its images."""
+    copies = _count(len(case.get("instances") or []), "de-identified instance")
+    said = (
+        f"Teaching case made: {copies} for trainees."
+        if made
+        else f"This study's teaching case (made earlier) is up to date: {copies}."
+    )
+    refused = [str(r) for r in case.get("refused") or []]
+    if refused:
+        said += f" Left out: {'; '.join(refused)}."
+    return (
+        said + " Check its images for text burned into them (text inside the ultrasound "
+        "regions is not removed) and withdraw it on the teaching page if you find any."
+    )
 
 
 def _claim_news(before: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> list[str]:

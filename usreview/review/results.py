@@ -13,7 +13,8 @@ once and with an optional label, and each has a *Remove* button until the report
 published. :meth:`ResultsPanel.measurements` gives the report's ``measurements`` (see
 :mod:`usreview.review.report`). :meth:`ResultsPanel.update` shows the results as they are
 now (an open study page reads them every few seconds) in place: the reviewer's decisions
-and measurements stay.
+and measurements stay. A *practice* panel (``practice=True``, the trainees' teaching
+page) holds only the trainee's own measurements, titled as sent nowhere.
 """
 
 from __future__ import annotations
@@ -117,20 +118,34 @@ def processing_line(instance: Mapping[str, Any]) -> str:
     return "Automatic processing done."
 
 
+#: The title of a practice panel (the trainees' teaching page).
+_PRACTICE_TITLE: Final = "Practice: your measurements (not sent anywhere)"
+
+
 class ResultsPanel(w.VBox):  # type: ignore[misc]
-    """Automatic results of a study's instances with accept / correct / reject per quantity."""
+    """Automatic results of a study's instances with accept / correct / reject per quantity.
+
+    ``practice=True``: a trainee's practice panel instead, titled "Practice: your
+    measurements (not sent anywhere)", with the trainee's own measurements only (no
+    ``instances``, no ``evaluation``); the viewers then *Keep for practice* rather than
+    *Add to report* (:func:`~usreview.review.viewers.viewer_for`).
+    """
 
     def __init__(
         self,
         instances: Sequence[Mapping[str, Any]],
         *,
         evaluation: Mapping[str, Any] | None = None,
+        practice: bool = False,
     ) -> None:
+        #: Whether this is a trainee's practice panel (nothing of it is ever sent).
+        self.practice = practice
         self._rows: list[_Row] = []
         self._own: list[_Own] = []
         self._own_box = w.VBox()
         self._observers: list[Callable[[], None]] = []
-        self._heading = w.HTML("<h3>Automatic results</h3>")
+        title = _PRACTICE_TITLE if practice else "Automatic results"
+        self._heading = w.HTML(f"<h3>{html.escape(title)}</h3>")
         self._own_heading = w.HTML("<h3>Your measurements</h3>")
         #: Each instance's section and what it shows (:func:`_shown`), in the study's order.
         self._sections: dict[str, tuple[str, w.Widget]] = {}
@@ -138,6 +153,8 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
         super().__init__()
         self.update(instances, evaluation=evaluation)
         self.add_class("usreview-results")
+        if practice:
+            self.add_class("usreview-practice")
         self._render_own()
 
     def update(
@@ -158,7 +175,14 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
         -------
         list of str
             The SOP Instance UIDs whose section was added or replaced.
+
+        Raises
+        ------
+        ValueError
+            ``instances`` or ``evaluation`` given to a practice panel.
         """
+        if self.practice and (instances or evaluation):
+            raise ValueError("argument 'instances': a practice panel shows no automatic results")
         changed: list[str] = []
         sections: dict[str, tuple[str, w.Widget]] = {}
         for instance in instances:
@@ -191,7 +215,7 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
             self._heading,
             *([self._evaluation[1]] if self._evaluation else []),
             *(section for _, section in sections.values()),
-            self._own_heading,
+            *([] if self.practice else [self._own_heading]),  # the title says it
             self._own_box,
         ]
         return changed
@@ -373,7 +397,7 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
         remove = w.Button(
             description="Remove",
             icon="trash",
-            tooltip="Leave it out of the report",
+            tooltip="Remove it" if self.practice else "Leave it out of the report",
             layout=w.Layout(width="auto"),
         )
         remove.add_class("usreview-own-remove")
@@ -432,9 +456,11 @@ def study_evaluation_html(evaluation: Mapping[str, Any]) -> str:
             f"<div>{html.escape(str(side.get('criterion') or ''))}</div>"
             f"<div><i>{html.escape(str(side.get('source') or ''))}</i></div></details></div>"
         )
+    from usreview.review.pages import _utc  # the pages' one way of showing a time
+
     published = evaluation.get("published")
     sent = (
-        f"sent to the site as result {published['result']} ({published['published_at'][:16]})"
+        f"sent to the site as result {published['result']} ({_utc(published['published_at'])})"
         if published
         else "not sent to the site yet"
     )

@@ -6,10 +6,11 @@ The list holds every case (exam, image kinds, how many instances); a case shows 
 reviewer's findings, impression, recommendations and measurements (so a trainee can check
 their calipers against the expert's), what was done to de-identify it, and
 its instances as buttons; the selected one opens in the viewer the reviewers use
-(:func:`usreview.review.viewers.viewer_for`), calipers included, whose measurements go to a
-practice panel that is never sent anywhere. Everything comes from the service as the
-person (:class:`~usreview.review.client.ReviewClient`), which serves de-identified copies
-only.
+(:func:`usreview.review.viewers.viewer_for`), calipers included, whose *Keep for practice*
+puts measurements in the case's practice panel ("Practice: your measurements (not sent
+anywhere)", kept while the case is open), which is never sent anywhere. Everything comes
+from the service as the person (:class:`~usreview.review.client.ReviewClient`), which
+serves de-identified copies only.
 
 Reviewers (the review scope) also get **Withdraw this case**, for a case that must not be
 shown (text burned into its images, say): a second click confirms, and the case is gone
@@ -21,12 +22,15 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
 from usreview.errors import UsreviewError
 from usreview.review.client import ReviewClient
+
+if TYPE_CHECKING:  # the list opens fast: the viewers load with a case
+    from usreview.review.results import ResultsPanel
 
 __all__ = ["TeachingPage", "case_label", "teaching_page"]
 
@@ -55,6 +59,8 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
         self.details = w.HTML()
         self.thumbnails = w.HBox()
         self.viewer = w.VBox()
+        #: The open case's practice panel (the trainee's measurements; sent nowhere).
+        self.practice: ResultsPanel | None = None
         self.withdraw = w.Button(
             description="Withdraw this case",
             button_style="danger",
@@ -98,7 +104,7 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
         try:
             self.cases = self.client.teaching_cases()
         except UsreviewError as exc:
-            self._say(str(exc), error=True)
+            self._say(f"Cannot read the teaching cases: {exc}", error=True)
             return
         self.picker.options = [(case_label(c), c["case_uid"]) for c in self.cases]
         if not self.cases:
@@ -139,20 +145,22 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
             buttons.append(button)
         self.thumbnails.children = buttons
         self.viewer.children = []
+        self.practice = _practice_panel()
         if case["instances"]:
             self.show(case_uid, case["instances"][0])
 
     def show(self, case_uid: str, record: Mapping[str, Any]) -> None:
-        """Open one de-identified instance in the reviewers' viewer for its kind."""
-        from usreview.review.results import ResultsPanel
+        """Open one de-identified instance in the reviewers' viewer for its kind, above
+        the case's practice panel (what was kept on its other instances stays)."""
         from usreview.review.viewers import viewer_for
 
+        if self.practice is None:
+            self.practice = _practice_panel()
         try:
             instance = self.client.teaching_instance(case_uid, record["sop_instance_uid"])
-            practice = ResultsPanel([])
-            self.viewer.children = [viewer_for(instance, record, practice), practice]
+            self.viewer.children = [viewer_for(instance, record, self.practice), self.practice]
         except UsreviewError as exc:
-            self._say(str(exc), error=True)
+            self._say(f"Cannot show this image: {exc}", error=True)
 
     def withdraw_case(self, case_uid: str) -> bool:
         """Withdraw a case (reviewers): whether it is gone; the message says why not."""
@@ -203,6 +211,12 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
         self.message.value = (
             f"<div class='usreview-message' style='color:{colour}'>{html.escape(text)}</div>"
         )
+
+
+def _practice_panel() -> ResultsPanel:
+    from usreview.review.results import ResultsPanel
+
+    return ResultsPanel([], practice=True)
 
 
 def _measurements_html(measurements: list[Mapping[str, Any]]) -> str:

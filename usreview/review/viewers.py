@@ -24,7 +24,9 @@ Under each viewer, *Add to report* copies the measurements it shows now into the
 beside it (free text, or one of a few suggestions for that viewer). Each measurement is
 added once: the button is disabled while there is nothing new to add (nothing measured,
 *Clear* pressed, a refused pick, or all of it added already). A caliper on a cine records
-the frame it measured on (``details["frame_number"]``, 1-based).
+the frame it measured on (``details["frame_number"]``, 1-based). Feeding a practice panel
+(``ResultsPanel(..., practice=True)``: the trainees' teaching page) the button says *Keep
+for practice* instead, since nothing of it goes anywhere.
 
 :func:`progressive_viewer` shows an instance before it has arrived: its first frame
 (rendered by the service) at once, the viewer once the instance is there; a cine streams
@@ -85,7 +87,8 @@ _SUGGESTIONS: Final = {
 def viewer_for(
     instance: UltrasoundInstance, record: Mapping[str, Any], results: ResultsPanel
 ) -> w.Widget:
-    """The viewer of ``instance`` with an *Add to report* bar feeding ``results``."""
+    """The viewer of ``instance`` with an *Add to report* bar feeding ``results`` (*Keep
+    for practice* if ``results`` is a practice panel)."""
     uid = instance.sop_instance_uid
     choice = next((name for kind, name in VIEWERS if instance.has_kind(kind)), None)
     if choice == "volume":
@@ -205,7 +208,8 @@ def _with_report_bar(
     results: ResultsPanel,
     kind: str,
 ) -> w.Widget:
-    """``viewer`` above a label box and *Add to report*.
+    """``viewer`` above a label box and *Add to report* (*Keep for practice* when
+    ``results`` is a practice panel).
 
     ``current()`` gives the measurements the viewer shows now (as
     :meth:`~usreview.review.measure.Measurement.as_dict`); its trait ``trait`` changes
@@ -219,7 +223,13 @@ def _with_report_bar(
         layout=w.Layout(width="220px"),
     )
     label.add_class("usreview-measurement-label")
-    button = w.Button(description="Add to report", icon="plus", disabled=True)
+    practice = results.practice
+    button = w.Button(
+        description="Keep for practice" if practice else "Add to report",
+        icon="plus",
+        tooltip="Into your practice list, which is sent nowhere" if practice else "",
+        disabled=True,
+    )
     button.add_class("usreview-add-measurement")
     said = w.HTML()
     said.add_class("usreview-add-said")
@@ -241,14 +251,15 @@ def _with_report_bar(
         found = fresh()
         text = label.value.strip()
         if not found:  # a click that arrived before the button was disabled
-            said.value = "<i>Already added.</i>" if shown() else "<i>Nothing measured.</i>"
+            again = "<i>Already kept.</i>" if practice else "<i>Already added.</i>"
+            said.value = again if shown() else "<i>Nothing measured.</i>"
         elif len(text) > MAX_LABEL:
             said.value = f"<i>The label is too long: {MAX_LABEL} characters at most.</i>"
         else:
             added = [item for item in found if results.add_measurement(item, label=text)]
             names = ", ".join(html.escape(str(item["name"])) for item in added)
             named = f" as {html.escape(text)}" if text else ""
-            said.value = f"<i>Added {names}{named}.</i>"
+            said.value = f"<i>{'Kept' if practice else 'Added'} {names}{named}.</i>"
             label.value = ""
         refresh()
 

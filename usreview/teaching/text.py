@@ -4,12 +4,14 @@ A report's findings and impression are kept with a teaching case; any identifier
 the source (name components, IDs, accession number, institution, physicians) and
 anything that looks like a date is replaced by ``[removed]`` / ``[date]``, as the HIPAA
 Safe Harbor method asks of every element of a date but the year alone: full dates in
-the usual orders, a day with its month (``14/03``, ``14 March``, ``March 14th``) and a
-month with its year (``March 2024``, ``03/2024``). Identifiers a reviewer may type that
-the header does not hold are removed too: a number after a label such as ``MRN``,
-``ID``, ``accession`` or ``NHS``; runs of seven or more digits; telephone numbers and
-e-mail addresses. Clinical numbers stay: decimals (``3.5 cm``), ranges (``10-12 weeks``),
-grades (``2/4``), years.
+the usual orders, a day with its month (``14/03``, ``14 March``, ``March 14th``; a month
+word without a year only capitalised, as a date writes it) and a month with its year
+(``March 2024``, ``03/2024``). Identifiers a reviewer may type that the header does not
+hold are removed too: a number after ``MRN``, ``accession``, ``NHS`` or ``SSN``, or after
+``ID``, ``record``, ``chart`` or ``acc`` with a separator (``ID: 12345``, ``chart #55``);
+runs of seven or more digits; telephone numbers and e-mail addresses. Clinical numbers
+stay: decimals (``3.5 cm``), ranges (``10-12 weeks``), grades (``2/4``), readings after
+those words (``ID 3.2 mm``, ``record 140 bpm``), years.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ _MONTHS = (
     "jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
     "sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
 )
+#: Month names as a date writes them: capitalised or in capitals ("May 3", "MAR 14").
+_MONTH_NAMES = (
+    "jan", "january", "feb", "february", "mar", "march", "apr", "april", "may", "jun",
+    "june", "jul", "july", "aug", "august", "sep", "sept", "september", "oct", "october",
+    "nov", "november", "dec", "december",
+)  # fmt: skip
+_CAPITALISED = "|".join(f"{m.capitalize()}|{m.upper()}" for m in _MONTH_NAMES)
 _DAY = r"(?:0?[1-9]|[12]\d|3[01])"
 _MONTH = r"(?:0?[1-9]|1[0-2])"
 _ORDINAL = r"(?:st|nd|rd|th)?"
@@ -30,9 +39,12 @@ _DATES = (
     re.compile(r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b"),
     re.compile(r"\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b"),
     re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),
-    # A day and a month, with or without the year, in words.
-    re.compile(rf"\b\d{{1,2}}{_ORDINAL}\s+(?:of\s+)?(?:{_MONTHS})\b\.?(?:,?\s+\d{{4}}\b)?", re.I),
-    re.compile(rf"\b(?:{_MONTHS})\.?\s+\d{{1,2}}{_ORDINAL}\b(?:,?\s+\d{{4}}\b)?", re.I),
+    # A day and a month in words, with the year; without it, the month capitalised as a
+    # date writes it ("march 3 lesions" is not a date).
+    re.compile(rf"\b\d{{1,2}}{_ORDINAL}\s+(?:of\s+)?(?:{_MONTHS})\b\.?,?\s+\d{{4}}\b", re.I),
+    re.compile(rf"\b(?:{_MONTHS})\.?\s+\d{{1,2}}{_ORDINAL},?\s+\d{{4}}\b", re.I),
+    re.compile(rf"\b\d{{1,2}}{_ORDINAL}\s+(?:of\s+)?(?:{_CAPITALISED})\b\.?"),
+    re.compile(rf"\b(?:{_CAPITALISED})\.?\s+\d{{1,2}}{_ORDINAL}\b"),
     # A month and its year: "March 2024", "03/2024", "2024-03".
     re.compile(rf"\b(?:{_MONTHS})\.?,?\s+\d{{4}}\b", re.I),
     re.compile(rf"\b{_MONTH}/(?:19|20)\d{{2}}\b|\b(?:19|20)\d{{2}}-(?:0[1-9]|1[0-2])\b"),
@@ -40,11 +52,18 @@ _DATES = (
     re.compile(rf"(?<![\d/.])(?:\d\d/{_MONTH}|{_DAY}/\d\d)(?![\d/]|\.\d)"),
 )
 _IDENTIFIERS = (
-    # A labelled number: "MRN P-1234", "ID: 12345", "accession no. A-77", "NHS 943 476 5919".
+    # A number after a label that only an identifier has: "MRN P-1234", "NHS 943 476 5919",
+    # "accession A-77", "SSN 123-45-6789".
     re.compile(
-        r"\b(?:MRN|MR\s?#|MR\s+no\.?|ID|IDs|accession(?:\s+no\.?|\s+number)?|acc\.?\s?#?"
-        r"|NHS(?:\s+number)?|SSN|record(?:\s+number)?|chart(?:\s+number)?)"
+        r"\b(?:MRN|MR\s?#|MR\s+no\.?|accession(?:\s+no\.?|\s+number)?|NHS(?:\s+number)?|SSN)"
         r"\s*(?:[:#=]|no\.?|number)?\s*(?=[\w-]*\d)\w[\w-]{2,}(?:\s\d{3,4}){0,2}(?![\w.-])",
+        re.I,
+    ),
+    # After a label that clinical text uses too ("ID 3.2 mm" is a diameter, "record 140
+    # bpm" a reading): only with a separator, "ID: 12345", "chart #5567", "acc. no. 8812".
+    re.compile(
+        r"\b(?:ID|IDs|acc\.?|record|chart)\s*(?:[:#=]|no\.|number)\s*"
+        r"(?=[\w-]*\d)\w[\w-]{2,}(?:\s\d{3,4}){0,2}(?![\w.-])",
         re.I,
     ),
     re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),  # e-mail

@@ -15,13 +15,13 @@ import json
 import logging
 from typing import Any
 
-from usreview.errors import ReportError, UsreviewError
+from usreview.errors import ReportError
 from usreview.hub.api.base import BaseHandler
 from usreview.hub.api.errors import ApiError
 from usreview.hub.api.reporting import publish_report
 from usreview.hub.api.teaching_cases import refresh_case_text
 from usreview.hub.api.views import iso, report_view
-from usreview.hub.audit import AuditAction
+from usreview.hub.audit import AuditAction, AuditError
 from usreview.review.report import Report
 from usreview.store import Reviewer
 
@@ -51,7 +51,6 @@ class ReportsHandler(BaseHandler):
             publish_report, self.context, reviewer, study_instance_uid, report
         )
         self.context.worklist.invalidate()
-        case = await self._refresh_case(reviewer, study_instance_uid)
         await self.audit(
             AuditAction.WRITE,
             "published",
@@ -60,9 +59,9 @@ class ReportsHandler(BaseHandler):
                 "sop_instance_uid": record.sop_instance_uid,
                 "results": record.cursors,
                 "recipients": list(record.recipients),
-                **({"teaching_case": case} if case else {}),
             },
         )
+        await self._refresh_case(reviewer, study_instance_uid)
         self.write_json(
             {
                 "version": record.version,
@@ -74,20 +73,31 @@ class ReportsHandler(BaseHandler):
             status=201,
         )
 
-    async def _refresh_case(self, reviewer: Reviewer, study_instance_uid: str) -> str | None:
-        """The study's teaching case, its words now the new version's; ``None``: none.
+    async def _refresh_case(self, reviewer: Reviewer, study_instance_uid: str) -> None:
+        """Give the study's teaching case, if any, the new version's words (audited as a
+        write of ``teaching/CASE``, outcome ``updated``).
 
-        The report is published whatever happens here: a failure is logged, and the
-        case is brought up to date the next time the study is made a teaching case.
+        The report is published and audited before: whatever fails here is logged, and
+        the case is brought up to date the next time the study is made a teaching case.
         """
         try:
             case = await self.blocking(
                 refresh_case_text, self.context, reviewer, study_instance_uid
             )
-        except UsreviewError as exc:
-            _log.warning("teaching case of %s not updated: %s", study_instance_uid, exc)
-            return None
-        return None if case is None else case.case_uid
+        except Exception:  # the publication stands; the case waits for the next one
+            _log.exception("teaching case of study %s not updated", study_instance_uid)
+            return
+        if case is None:
+            return
+        try:
+            await self.audit(
+                AuditAction.WRITE,
+                "updated",
+                {"study": study_instance_uid},
+                resource=f"teaching/{case.case_uid}",
+            )
+        except AuditError:  # a 503 would tell the reviewer the publication failed
+            _log.exception("the update of teaching case %s is not audited", case.case_uid)
 
     def _body(self) -> Any:
         cap = self.context.settings.max_report_bytes

@@ -61,7 +61,13 @@ class ResultsHandler(BaseHandler):
         if found:
             context = self.context
             found = await self.blocking(
-                fresh_results, context.state, context.archive, site, found, audit=context.audit
+                fresh_results,
+                context.state,
+                context.archive,
+                site,
+                found,
+                audit=context.audit,
+                scratch=context.ingestor.quarantine_dir,
             )
             await self.audit(AuditAction.READ, detail={"results": [r.cursor for r in found]})
         self.write_json(
@@ -112,6 +118,7 @@ class ResultHandler(BaseHandler):
             site,
             int(result_id),
             audit=context.audit,
+            scratch=context.ingestor.quarantine_dir,
         )
         with contextlib.closing(stream):
             await self.audit(

@@ -156,11 +156,13 @@ def fresh_results(
     records: Sequence[ResultRecord],
     *,
     audit: AuditLog,
+    scratch: Path,
     now: float | None = None,
     margin: float = LIST_MARGIN,
 ) -> list[ResultRecord]:
     """``records`` of ``site``'s feed, each sealed again first if it expires within ``margin``
-    seconds of ``now`` (see the module docstring); the records as they are now.
+    seconds of ``now`` (see the module docstring); the records as they are now. A result's
+    plaintext passes through ``scratch`` (the service's quarantine, emptied at its start).
 
     Raises
     ------
@@ -169,7 +171,9 @@ def fresh_results(
     """
     fresh = []
     for record in records:
-        found, stream = _fresh(state, archive, site, record.cursor, record, audit, now, margin)
+        found, stream = _fresh(
+            state, archive, site, record.cursor, record, audit, scratch, now, margin
+        )
         stream.close()
         fresh.append(found)
     return fresh
@@ -182,11 +186,13 @@ def open_fresh_result(
     cursor: int,
     *,
     audit: AuditLog,
+    scratch: Path,
     now: float | None = None,
     margin: float = FETCH_MARGIN,
 ) -> tuple[ResultRecord, BinaryIO]:
     """Result ``cursor`` of ``site`` and its envelope open for reading, sealed again
-    first if it expires within ``margin`` seconds of ``now`` (see the module docstring).
+    first if it expires within ``margin`` seconds of ``now`` (see the module docstring);
+    ``scratch`` as for :func:`fresh_results`.
 
     Raises
     ------
@@ -197,7 +203,7 @@ def open_fresh_result(
     StorageError, AuditError
         It could not be sealed again (its old envelope stays).
     """
-    return _fresh(state, archive, site, cursor, None, audit, now, margin)
+    return _fresh(state, archive, site, cursor, None, audit, scratch, now, margin)
 
 
 def _fresh(
@@ -207,6 +213,7 @@ def _fresh(
     cursor: int,
     record: ResultRecord | None,
     audit: AuditLog,
+    scratch: Path,
     now: float | None,
     margin: float,
 ) -> tuple[ResultRecord, BinaryIO]:
@@ -225,7 +232,7 @@ def _fresh(
             if header is None or header.not_after - clock > margin:
                 close_on_error.pop_all()
                 return record, stream
-            resealed = _reseal(state, archive, site, record, stream, header, audit, clock)
+            resealed = _reseal(state, archive, site, record, stream, header, audit, scratch, clock)
             if resealed is None:  # the hub cannot open it: as stored
                 stream.seek(0)
                 close_on_error.pop_all()
@@ -257,6 +264,7 @@ def _reseal(
     stream: BinaryIO,
     header: Header,
     audit: AuditLog,
+    scratch: Path,
     now: float,
 ) -> ResultRecord | None:
     """Seal ``record``'s result again from its envelope read from ``stream``; store it and
@@ -282,7 +290,7 @@ def _reseal(
     if not recipients:
         _log.warning("result %s: none of its sites has a key, it cannot be sealed again", cursor)
         return None
-    with tempfile.TemporaryDirectory(dir=state.root, prefix=".reseal-") as folder:
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="reseal-") as folder:
         plaintext, envelope = Path(folder) / "result", Path(folder) / "result.env"
         if not _open_own(hub, stream, plaintext, header, cursor):
             return None

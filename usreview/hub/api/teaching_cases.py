@@ -36,9 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from usreview.dicom import read
@@ -208,9 +206,9 @@ def _refreshed(
     identifiers: list[str] = [reviewer.name, *(r.reviewer for r in reports)]
     for record in archive.list_instances(reviewer, study_instance_uid=study_instance_uid):
         source = open_instance(context, reviewer, record)
-        try:
-            identifiers += _identifiers(dcmread(source, stop_before_pixels=True))
-        except (InvalidDicomError, OSError, ValueError):
+        try:  # the reader make_case uses (its header only: pixels are decoded lazily)
+            identifiers += _identifiers(read(source).dataset)
+        except InputError:
             continue  # its copy was refused when the case was made: nothing of it is kept
         finally:
             source.unlink(missing_ok=True)
@@ -231,8 +229,12 @@ def _case_text(content: Mapping[str, Any], identifiers: list[str]) -> dict[str, 
     measurements = []
     for item in content.get("measurements") or ():
         kept = {key: item[key] for key in _MEASUREMENT_KEYS if key in item}
-        if item.get("label"):
-            kept["label"] = scrub_text(str(item["label"]), identifiers)
+        for key in ("name", "label"):  # free text a reviewer may type
+            if item.get(key):
+                kept[key] = scrub_text(str(item[key]), identifiers)
+        if isinstance(item.get("code"), Mapping) and item["code"].get("meaning"):
+            code = dict(item["code"])
+            kept["code"] = {**code, "meaning": scrub_text(str(code["meaning"]), identifiers)}
         measurements.append(kept)
     return {
         "exam_type": str(content["exam_type"]) if content.get("exam_type") else None,
