@@ -39,11 +39,20 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, log: Path 
             time.sleep(0.1)
 
 
-def copies(source: Path, count: int, folder: Path, *, study_uid: str | None = None) -> list[Path]:
+def copies(
+    source: Path,
+    count: int,
+    folder: Path,
+    *,
+    study_uid: str | None = None,
+    accession: str | None = None,
+) -> list[Path]:
     """``count`` copies of ``source`` with new SOP Instance UIDs (one study)."""
     folder.mkdir(parents=True, exist_ok=True)
     ds = pydicom.dcmread(source)
     ds.StudyInstanceUID = study_uid or generate_uid()
+    if accession is not None:
+        ds.AccessionNumber = accession
     ds.SeriesInstanceUID = generate_uid()
     out = []
     for i in range(count):

@@ -46,6 +46,7 @@ def test_init_writes_a_loadable_site(site_dir: Path) -> None:
     assert config.allowed_calling_ae_titles == ("SCANNER1",)
     assert config.pacs == (PacsDestination("pacs", "PACS", "10.0.0.5", 104),)
     assert config.spool == (site_dir / "spool").resolve()
+    assert config.min_free_bytes == 10**9  # gateway.min_free_mb = 1000
     assert config.hub_certificate is None
     assert config.load_hub_key().name == "hub"
     assert config.load_private_keys().name == "clinic"
@@ -199,6 +200,7 @@ def test_init_takes_the_site_names_the_hub_takes(tmp_path: Path, name: str) -> N
         ('host = "10.0.0.5"', 'host = ""', "pacs[0].host"),
         ("backoff_max = 60.0", "backoff_max = 0.1", "upload.backoff_max"),
         ("wait = 30.0", "wait = 600", "results.wait"),
+        ("min_free_mb = 1000", "min_free_mb = -5", "gateway.min_free_mb"),
         ('url = "https://hub.example.org:8443"', 'url = "ftp://x"', "hub.url"),
         ("https://hub.example.org:8443", "https://hub.example.org:abc", "hub.url"),
         ("https://hub.example.org:8443", "https://hub.example.org:99999", "hub.url"),
@@ -444,3 +446,19 @@ def test_site_exports_are_pinned() -> None:
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.SiteError)
         assert name in (errors.__doc__ or "")
+
+
+def test_cli_rotate_spool_key_seals_with_a_new_key_and_keeps_the_old_one(
+    site_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = site_dir / "site.toml"
+    before = load_config(config)
+    assert main(["site", "rotate-spool-key", "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    after = load_config(config)
+    assert after.spool_key is not None and after.spool_key.name.startswith("spool-")
+    assert out == f"new spool key {after.spool_key}; {config} seals with it\n"
+    assert "restart the gateway" in err
+    assert oct(after.spool_key.stat().st_mode & 0o777) == "0o600"
+    old = () if before.spool_key is None else (before.spool_key,)
+    assert after.retired_spool_keys == (*old, *before.retired_spool_keys)

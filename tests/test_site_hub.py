@@ -794,3 +794,99 @@ def test_an_amendment_supersedes_the_earlier_result_in_the_outbox(
     # Both reports reach the PACS (the earlier one even if superseded before it was sent).
     wanted = {str(pydicom.dcmread(p).SOPInstanceUID) for p in (sr1, sr2)}
     wait_until(lambda: wanted <= {t["SOPInstanceUID"] for t in orthanc.instances()}, 30)
+
+
+# -- one study's journey -----------------------------------------------------------------
+
+
+class _FlakyPacs:
+    """A PACS (pynetdicom Storage SCP) that answers its first C-STORE 0x0110 (processing
+    failure), then takes everything; the SOP Instance UIDs it took."""
+
+    def __init__(self) -> None:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        self.received: list[str] = []
+        self.answered: list[int] = []
+        ae = AE(ae_title="PACS")
+        ae.supported_contexts = AllStoragePresentationContexts
+        self.server = ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+        self.port = int(self.server.server_address[1])
+
+    def _store(self, event: Any) -> int:
+        status = 0x0110 if not self.answered else 0x0000
+        self.answered.append(status)
+        if status == 0:
+            self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return status
+
+
+def test_site_status_follows_one_study_to_the_hub_and_its_results_to_the_pacs(
+    hub: Hub, simulated: list[Path], tmp_path: Path
+) -> None:
+    from usreview.site.studies import STUDIES_FILE
+
+    pacs = _FlakyPacs()
+    try:
+        config, _ = enroll(hub, "clinic-j", tmp_path / "site", pacs=f"PACS@127.0.0.1:{pacs.port}")
+        site = load_config(config)
+        study = generate_uid()
+        sent = copies(simulated[0], 4, tmp_path / "exam", study_uid=study, accession="ACC-77")
+        other = copies(simulated[0], 1, tmp_path / "other")  # another study
+        spool = Spool(site.spool)
+        for path in [*sent[:3], *other]:
+            spool.put(sop_uid(path), path.read_bytes())
+        uploader = _uploading(site, spool)
+        uploader.start()
+        try:
+            wait_until(lambda: not spool.pending(), timeout=60)
+        finally:
+            uploader.stop()
+        spool.put(sop_uid(sent[3]), sent[3].read_bytes())  # received, not uploaded yet
+
+        report = hub.publish(_sr(tmp_path / "report.dcm", study), study, ["clinic-j"], "report")
+        (tmp_path / "summary.json").write_text(json.dumps({"study": study, "psv_cm_s": 80.0}))
+        summary = hub.publish(tmp_path / "summary.json", study, ["clinic-j"], "measurements")
+        pull = [*USREVIEW, "site", "pull", "--config", str(config)]
+        done = subprocess.run(pull, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert pacs.answered[0] == 0x0110  # a processing failure first, then taken
+        assert pydicom.dcmread(tmp_path / "report.dcm").SOPInstanceUID in pacs.received
+
+        status = [*USREVIEW, "site", "status", "--config", str(config)]
+        shown = subprocess.run(
+            [*status, "--study", study], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        assert f"study         {study}" in shown
+        assert "accession     ACC-77" in shown
+        assert "4 received, 3 acknowledged by the hub, 1 waiting, 0 rejected" in shown
+        # The hub's own processing may add results of its own for the study meanwhile.
+        assert "1 report" in shown and "1 measurements" in shown
+        assert re.search(r"PACS pacs: \d+ delivered, 0 pending, 0 failed", shown), shown
+
+        as_json = subprocess.run(
+            [*status, "--accession", "ACC-77", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        [doc] = json.loads(as_json)["studies"]
+        assert doc["study_instance_uid"] == study
+        assert doc["instances"]["acknowledged"] == 3 and doc["instances"]["waiting"] == 1
+        items = {item["id"]: item for item in doc["results"]["items"]}
+        assert items[report]["kind"] == "report"
+        assert items[report]["pacs"] == {"pacs": {"state": "delivered"}}
+        assert items[summary]["kind"] == "measurements" and items[summary]["pacs"] == {}
+        assert items[summary]["file"].endswith(f"{summary:08d}-measurements.json")
+        journal = (site.state / STUDIES_FILE).read_text()
+        assert "TEST^" not in journal and "PatientName" not in journal
+        assert (site.state / STUDIES_FILE).stat().st_mode & 0o777 == 0o600
+        unknown = subprocess.run(
+            [*status, "--study", "1.2.3.4"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        assert unknown.startswith("no instance or result of study 1.2.3.4 recorded")
+    finally:
+        pacs.server.shutdown()

@@ -192,7 +192,7 @@ REFUSALS = [
     (422, "rejected_instance", None, "instance"),  # a reason this site does not know
     (413, "too_large", None, "instance"),
     (409, "replayed", None, "instance"),
-    (400, "uid_mismatch", None, "instance"),
+    (400, "uid_mismatch", None, "final"),  # the dataset is not the UID it came under
     (400, "bad_request", None, "instance"),
     (400, "bad_envelope", None, "site"),
     (400, "not_for_hub", None, "site"),

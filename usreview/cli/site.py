@@ -350,8 +350,20 @@ _SITE_REJECTED = Command(
 def _cmd_site_status(args: argparse.Namespace) -> int:
     from usreview import _json as strict_json
     from usreview.site import format_status, load_config, read_status
+    from usreview.site.status import read_study_status
+    from usreview.site.studies import format_study_reports
 
-    status = read_status(load_config(args.config))
+    config = load_config(args.config)
+    if args.study is not None or args.accession is not None:
+        reports = read_study_status(config, study=args.study, accession=args.accession)
+        if args.json:
+            doc = {"studies": [report.to_dict() for report in reports]}
+            sys.stdout.write(strict_json.dumps(doc, indent=2) + "\n")
+        else:
+            asked = f"study {args.study}" if args.study else f"accession {args.accession}"
+            sys.stdout.write(format_study_reports(reports, asked))
+        return 0
+    status = read_status(config)
     if args.json:
         sys.stdout.write(strict_json.dumps(status.to_dict(), indent=2) + "\n")
     else:
@@ -361,11 +373,99 @@ def _cmd_site_status(args: argparse.Namespace) -> int:
 
 _SITE_STATUS = Command(
     "status",
-    help="spool depth, last upload, last result, errors",
+    help="spool depth, last upload, last result, errors; or one study's journey",
     handler=_cmd_site_status,
     description="Show the site's state from its folders (works with or without a "
-    "running gateway; no network).",
-    args=(_config(), json_flag("as JSON")),
+    "running gateway; no network): spool, uploads, results, results refused, PACS "
+    "deliveries pending and failed per destination, recent errors. With --study UID or "
+    "--accession N, one block per study from the per-study journal (STATE/studies.jsonl, "
+    "30 days): instances received, acknowledged by the hub, waiting and rejected; results "
+    "received by kind; delivered to each PACS, pending or failed.",
+    args=(
+        _config(),
+        one_of(
+            arg("--study", metavar="UID", help="one study, by its Study Instance UID"),
+            arg("--accession", metavar="N", help="the studies with this accession number"),
+        ),
+        json_flag("as JSON"),
+    ),
+)
+
+
+def _cmd_site_pacs(args: argparse.Namespace) -> int:
+    from usreview.site import load_config
+    from usreview.site.deliver import PacsQueue
+
+    config = load_config(args.config)
+    queue = PacsQueue(config.state / "pacs", config.pacs, config.ae_title)
+    if args.name is not None and args.name not in queue.destinations:
+        from usreview.errors import InputError
+
+        known = ", ".join(sorted(queue.destinations)) or "none"
+        raise InputError(f"no PACS named {args.name!r} in {args.config} (configured: {known})")
+    if not args.retry_failed:
+        failed = queue.failed(args.name)
+        pending = [p for p in queue.pending() if args.name in (None, p.destination)]
+        for item in failed:
+            print(f"{item.destination}\tresult {item.result_id}\t{item.path}\t{item.reason}")
+        print(f"{len(pending)} delivery(ies) pending, {len(failed)} failed")
+        return 0
+    moved = queue.retry_failed(args.name)
+    names = sorted({item.destination for item in moved})
+    where = f" ({', '.join(names)})" if names else ""
+    print(
+        f"{len(moved)} failed delivery(ies) moved back into the queue{where}; the gateway "
+        "sends them (without one: usreview site pull)"
+    )
+    return 0
+
+
+_SITE_PACS = Command(
+    "pacs",
+    help="list the PACS deliveries set aside; move them back into the queue",
+    handler=_cmd_site_pacs,
+    description="List the deliveries each PACS refused for good (STATE/pacs/NAME/failed/, "
+    "with the reason) and the number pending (no network). With --retry-failed, move "
+    "them (of PACS NAME, or of all) back into the queue, each durably, for the gateway "
+    "(or 'site pull') to send again once the PACS takes them.",
+    args=(
+        _config(),
+        arg("name", nargs="?", metavar="NAME", help="one PACS (default: all)"),
+        arg(
+            "--retry-failed",
+            action="store_true",
+            help="move the failed deliveries back into the queue",
+        ),
+    ),
+)
+
+
+def _cmd_site_rotate_spool_key(args: argparse.Namespace) -> int:
+    import time
+
+    from usreview.site import load_config
+    from usreview.site.config import rotate_spool_key
+
+    config = load_config(args.config)
+    key = rotate_spool_key(config, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    print(f"new spool key {key}; {config.path} seals with it")
+    print(
+        "restart the gateway; the previous key is first in folders.retired_spool_keys "
+        "(remove it once nothing it sealed is left in the spool, rejected/ or the journal)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+_SITE_ROTATE_SPOOL_KEY = Command(
+    "rotate-spool-key",
+    help="write a new spool key and seal the spool with it",
+    handler=_cmd_site_rotate_spool_key,
+    description="Write a new spool key (DIR/keys/spool-STAMP.key, mode 0600), point "
+    "folders.spool_key at it and list the previous one first in "
+    "folders.retired_spool_keys (what it sealed still opens). Restart the gateway. On a "
+    "site without a spool key, this turns encryption at rest on.",
+    args=(_config(),),
 )
 
 
@@ -374,7 +474,8 @@ _SITE = Command(
     help="a site: DICOM gateway for scanners, uploads to the hub, results back",
     description="Run a site: 'init' creates its keys and site.toml; 'gateway' receives "
     "from scanners, uploads to the hub and delivers results; 'push' and 'pull' do it "
-    "once without a gateway; 'status' shows spool, uploads, results and errors; "
+    "once without a gateway; 'status' shows spool, uploads, results and errors (or one "
+    "study's journey); 'pacs' lists or retries the deliveries a PACS refused; "
     "'rejected' lists, exports or requeues what the hub refused.",
     actions=(
         _SITE_INIT,
@@ -382,7 +483,9 @@ _SITE = Command(
         _SITE_PUSH,
         _SITE_PULL,
         _SITE_STATUS,
+        _SITE_PACS,
         _SITE_ROTATE_KEY,
+        _SITE_ROTATE_SPOOL_KEY,
         _SITE_REJECTED,
     ),
 )

@@ -20,6 +20,7 @@ into an outbox folder and to the clinic's PACS. Modules (one responsibility each
     dicomtls    DICOM TLS on the gateway's port (certificate, server context)
     atrest      the spool's encryption at rest (AES-256-GCM with the site's spool key)
     status      the status file, the state locks, ``usreview site status``
+    studies     the per-study journal (instances acknowledged or rejected, results, PACS)
     rejected    ``usreview site rejected``: what the spool put aside, decrypted exports
     gateway     the gateway process: the SCP, and supervising the upload process
     worker      the upload process: uploader and results follower, woken by the SCP

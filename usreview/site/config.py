@@ -160,6 +160,9 @@ class SiteConfig:
     #: Earlier spool keys, newest first (``folders.retired_spool_keys``): they open
     #: files and journal records sealed before a rotation, and seal nothing.
     retired_spool_keys: tuple[Path, ...] = ()
+    #: Space the spool's disk keeps free (``gateway.min_free_mb``, in MB): an instance that
+    #: would leave less is refused with 0xA700, which scanners keep and send again.
+    min_free_bytes: int = 10**9
 
     @property
     def api_url(self) -> str:
@@ -384,6 +387,7 @@ def _parse(r: _Reader) -> SiteConfig:
         timeout=r.number("upload.timeout", 60.0, 1, 3600),
         follow_results=r.get("results.follow", bool, True),
         results_wait=r.number("results.wait", 30.0, 0, 60),
+        min_free_bytes=int(r.number("gateway.min_free_mb", 1000.0, 0, 10**7) * 10**6),
     )
 
 
@@ -787,6 +791,9 @@ def _render(
         f"port = {port}",
         '# AE titles of the scanners that may send; "*" allows any',
         f"allowed_calling_ae_titles = [{allowed_text}]",
+        "# MB the spool's disk keeps free: an instance that would leave less is refused",
+        "# (0xA700, out of resources), and the scanner keeps it",
+        "min_free_mb = 1000",
         "# DICOM TLS on the port: certificate and key (both empty: plain DICOM); with",
         "# tls_client_ca, scanners must show a certificate signed by that CA",
         f"tls_certificate = {_q(TLS_CERTIFICATE if tls else '')}",

@@ -9,9 +9,13 @@ A DICOM result also goes to each configured PACS. Sending to a PACS is retried u
 succeeds: before the first try a marker ``STATE/pacs/NAME/ID.json`` is written durably,
 and it is removed only after the PACS answered success, so a PACS that is down (or a
 gateway that is killed) delays a delivery but never loses it. A result the PACS refuses
-for what it is (a failure status other than "out of resources", no presentation context
-for it) will not be taken later either: its marker moves to ``STATE/pacs/NAME/failed/``
-with the reason, and the next results go on. Delivering twice is harmless: same file
+for what it is (a failure status other than "out of resources" or "processing failure",
+no presentation context for it) will not be taken later either: its marker moves to
+``STATE/pacs/NAME/failed/`` with the reason, and the next results go on. "Processing
+failure" (0x0110), which PACS often answer for a passing trouble, is retried with the
+queue's backoff, :data:`PROCESSING_FAILURE_TRIES` times in all (counted in the marker)
+before it is set aside. :meth:`PacsQueue.retry_failed` moves what was set aside back into
+the queue (``usreview site pacs --retry-failed``). Delivering twice is harmless: same file
 name, same SOP Instance UID at the PACS. The outbox folder of a study is its Study
 Instance UID, or ``unknown-study`` for a name that is not a UID.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -31,12 +36,14 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from usreview.dicom.header import is_uid
-from usreview.envelope.atomic import replace_file, replacing_file
+from usreview.envelope.atomic import fsync_directory, replace_file, replacing_file
 from usreview.site.config import PacsDestination
 from usreview.site.errors import DeliveryError
 from usreview.site.supersede import SUPERSEDED, annotate, retire, superseded_files
 
 __all__ = [
+    "PROCESSING_FAILURE_TRIES",
+    "FailedDelivery",
     "PacsQueue",
     "PendingDelivery",
     "copy_durably",
@@ -50,6 +57,10 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
 #: Refused: out of resources (PS3.4 B.2.3): the PACS may take it later.
 _OUT_OF_RESOURCES = range(0xA700, 0xA800)
+#: Processing failure (PS3.7 C.4.2): often a passing trouble at the PACS.
+_PROCESSING_FAILURE = 0x0110
+#: How many times in all a delivery answered 0x0110 is tried before it is set aside.
+PROCESSING_FAILURE_TRIES = 5
 #: Where a delivery the PACS will never take is set aside, in each destination's folder.
 FAILED = "failed"
 
@@ -88,6 +99,7 @@ def _make_folder(folder: Path) -> None:
         missing.append(path)
     for path in reversed(missing):
         path.mkdir(mode=0o750, exist_ok=True)
+        os.chmod(path, 0o750)  # mkdir's mode passes through the umask
 
 
 def copy_durably(src: Path, dst: Path) -> None:
@@ -189,10 +201,11 @@ def send_to_pacs(
     code = getattr(status, "Status", None)
     if code not in _OK_STATUSES:
         shown = f"0x{code:04X}" if isinstance(code, int) else "no answer"
+        message = f"{where}: C-STORE of {path.name} answered {shown}"
+        if code == _PROCESSING_FAILURE:
+            raise DeliveryError(f"{message} (processing failure)", tries=PROCESSING_FAILURE_TRIES)
         permanent = isinstance(code, int) and code not in _OUT_OF_RESOURCES
-        raise DeliveryError(
-            f"{where}: C-STORE of {path.name} answered {shown}", permanent=permanent
-        )
+        raise DeliveryError(message, permanent=permanent)
 
 
 @dataclass(frozen=True)
@@ -202,6 +215,25 @@ class PendingDelivery:
     destination: str
     result_id: int
     path: Path
+    marker: Path
+    #: Failed tries counted so far (those that may succeed later but not forever).
+    attempts: int = 0
+
+    @property
+    def study(self) -> str:
+        """The study's outbox folder name (its Study Instance UID, or ``unknown-study``)."""
+        folder = self.path.parent
+        return folder.parent.name if folder.name == SUPERSEDED else folder.name
+
+
+@dataclass(frozen=True)
+class FailedDelivery:
+    """A result set aside in ``NAME/failed/``: the PACS refused it."""
+
+    destination: str
+    result_id: int
+    path: Path
+    reason: str
     marker: Path
 
 
@@ -240,10 +272,68 @@ class PacsQueue:
             for marker in sorted((self.root / name).glob("*.json")):  # not failed/'s
                 with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                     doc = json.loads(marker.read_text())
+                    attempts = doc.get("attempts", 0)
                     items.append(
-                        PendingDelivery(name, int(doc["result"]), Path(doc["path"]), marker)
+                        PendingDelivery(
+                            name,
+                            int(doc["result"]),
+                            Path(doc["path"]),
+                            marker,
+                            attempts if isinstance(attempts, int) else 0,
+                        )
                     )
         return items
+
+    def count_failure(self, item: PendingDelivery) -> int:
+        """Count one more failed try of ``item`` in its marker (durably); return the count."""
+        attempts = item.attempts + 1
+        note = {"result": item.result_id, "path": str(item.path), "attempts": attempts}
+        if item.marker.exists():
+            replace_file(item.marker, json.dumps(note).encode(), mode=0o600)
+        return attempts
+
+    def failed(self, destination: str | None = None) -> list[FailedDelivery]:
+        """The deliveries set aside in ``NAME/failed/`` (of one destination, or all)."""
+        items = []
+        names = [destination] if destination is not None else list(self.destinations)
+        for name in names:
+            for marker in sorted((self.root / name / FAILED).glob("*.json")):
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    doc = json.loads(marker.read_text())
+                    items.append(
+                        FailedDelivery(
+                            name,
+                            int(doc["result"]),
+                            Path(doc["path"]),
+                            str(doc.get("reason", "")),
+                            marker,
+                        )
+                    )
+        return items
+
+    def retry_failed(self, destination: str | None = None) -> list[FailedDelivery]:
+        """Move the deliveries set aside (of one destination, or all) back into the queue.
+
+        Each gets a fresh marker (written durably, as :meth:`enqueue` does, with no tries
+        counted) before its note in ``failed/`` is removed, so an interruption leaves it
+        queued, or in both places (sending twice is harmless). Returns those moved back.
+
+        Raises
+        ------
+        DeliveryError
+            ``destination`` is not a configured PACS.
+        """
+        if destination is not None and destination not in self.destinations:
+            known = ", ".join(sorted(self.destinations)) or "none"
+            raise DeliveryError(f"no PACS named {destination!r} in site.toml (configured: {known})")
+        moved = []
+        for item in self.failed(destination):
+            note = json.dumps({"result": item.result_id, "path": str(item.path)}).encode()
+            replace_file(item.marker.parent.parent / item.marker.name, note, mode=0o600)
+            item.marker.unlink(missing_ok=True)
+            fsync_directory(item.marker.parent)
+            moved.append(item)
+        return moved
 
     def send(self, item: PendingDelivery) -> None:
         """Send one pending delivery; remove its marker on success.

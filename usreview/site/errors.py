@@ -192,12 +192,15 @@ class DeliveryError(SiteError):
     """A result could not be delivered into the outbox or to a PACS.
 
     ``permanent``: trying again cannot help (the file is not DICOM the PACS can take, or
-    the PACS refused it for what it is); otherwise the PACS may take it later.
+    the PACS refused it for what it is); otherwise the PACS may take it later. ``tries``:
+    the PACS may take it later, but not forever (a processing failure): how many times
+    in all to try before it is set aside (``None``: no limit).
     """
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, tries: int | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.tries = tries
 
 
 class GatewayRunningError(SiteError):

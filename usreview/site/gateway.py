@@ -234,6 +234,7 @@ class Gateway:
                 ae_title=config.ae_title,
                 allowed_calling_ae_titles=config.allowed_calling_ae_titles,
                 ssl_context=server_context(config),
+                min_free_bytes=config.min_free_bytes,
             )
             self.uploads = UploadProcess(config, workers=upload_workers)
             self.spool.add_listener(self.uploads.notify)

@@ -65,6 +65,7 @@ def pull_results(config: SiteConfig, *, retry_refused: bool = False) -> PullRepo
                 delivered = follower.pull()
             finally:
                 follower.status.flush(force=True)
+                follower.studies.close()
                 follower.client.close()
             pending = len(follower.pacs.pending())
             return PullReport(delivered, follower.cursor, pending, retried, still_refused)

@@ -52,14 +52,15 @@ def classify_refusal(status: int, code: str, reason: str | None = None) -> Refus
     """What a 4xx answer to an upload means, from the hub's JSON ``error`` and ``reason``.
 
     Final only when the instance itself can never be accepted: ``409 conflict`` (other
-    bytes under a UID the hub holds; the hub keeps them aside for its administrator) and
-    ``422 rejected_instance`` with a reason in :data:`FINAL_REASONS`. The site's own
-    conditions (an envelope refused: a clock ahead, a stale hub key, a key not
+    bytes under a UID the hub holds; the hub keeps them aside for its administrator),
+    ``400 uid_mismatch`` (the dataset's SOP Instance UID is not the one its scanner sent
+    it under) and ``422 rejected_instance`` with a reason in :data:`FINAL_REASONS`. The
+    site's own conditions (an envelope refused: a clock ahead, a stale hub key, a key not
     registered; the token; the address) make every upload wait; anything else (``413
-    too_large``, ``409 replayed``, ``400 uid_mismatch``, a hub-side 422, a code not
-    known here) is retried for that instance alone.
+    too_large``, ``409 replayed``, a hub-side 422, a code not known here) is retried for
+    that instance alone.
     """
-    if status == 409 and code == "conflict":
+    if (status, code) in ((409, "conflict"), (400, "uid_mismatch")):
         return Refusal.FINAL
     if status == 422 and code == "rejected_instance" and reason in FINAL_REASONS:
         return Refusal.FINAL

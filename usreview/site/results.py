@@ -50,6 +50,7 @@ from usreview.site.config import SiteConfig
 from usreview.site.deliver import PacsQueue, deliver_to_outbox, is_dicom
 from usreview.site.errors import DeliveryError, HubRequestError, HubUnreachableError, SiteError
 from usreview.site.status import CURSOR_FILE, StatusBook, read_cursor
+from usreview.site.studies import StudyLog
 
 __all__ = ["Delivered", "ResultFollower"]
 
@@ -72,10 +73,18 @@ class ResultFollower:
         Where deliveries and errors are recorded.
     client
         A :class:`HubClient` (default: a new one from ``config``).
+    studies
+        The per-study journal deliveries are recorded in (default: the state folder's;
+        the gateway's upload process shares one with its uploader).
     """
 
     def __init__(
-        self, config: SiteConfig, status: StatusBook, *, client: HubClient | None = None
+        self,
+        config: SiteConfig,
+        status: StatusBook,
+        *,
+        client: HubClient | None = None,
+        studies: StudyLog | None = None,
     ) -> None:
         self.config = config
         self.status = status
@@ -83,6 +92,7 @@ class ResultFollower:
         self.state = config.state
         for name in ("inbox", "refused", "pacs"):
             (self.state / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.studies = studies if studies is not None else StudyLog(self.state)
         self._remove_leftovers()
         # The current key first, then the retired ones, newest first.
         self._site_keys = (config.load_private_keys(), *config.load_retired_private_keys())
@@ -233,9 +243,12 @@ class ResultFollower:
                 supersedes=supersedes if isinstance(supersedes, int) else None,
             )
             where = [str(target)]
+            queued: list[str] = []
             if self.config.pacs and is_dicom(target):
                 self.pacs.enqueue(result_id, target)
-                where += [f"pacs:{name}" for name in self.pacs.destinations]
+                queued = list(self.pacs.destinations)
+                where += [f"pacs:{name}" for name in queued]
+            self.studies.result(result_id, kind, target.parent.name, target, queued)
             with contextlib.suppress(ReplayedError):
                 self._replay.record(info.sender_id, info.message_id, info.not_after)
         finally:
@@ -273,11 +286,20 @@ class ResultFollower:
             try:
                 self.pacs.send(pending)
             except DeliveryError as exc:
-                if exc.permanent:  # it will never take this one: the next ones go on
-                    self.pacs.set_aside(pending, str(exc))
-                    self.status.error("pacs", f"{exc}; set aside in pacs/{name}/failed")
+                reason = str(exc)
+                if exc.tries is not None and not exc.permanent:
+                    tried = self.pacs.count_failure(pending)
+                    if tried < exc.tries:
+                        reason = f"{exc}, try {tried} of {exc.tries}"
+                    else:
+                        reason = f"{exc}, {tried} times"
+                if exc.permanent or (exc.tries is not None and pending.attempts + 1 >= exc.tries):
+                    # it will never take this one: the next ones go on
+                    self.pacs.set_aside(pending, reason)
+                    self.studies.pacs(pending.result_id, pending.study, name, reason)
+                    self.status.error("pacs", f"{reason}; set aside in pacs/{name}/failed")
                     continue
-                self._back_off(name, str(exc))
+                self._back_off(name, reason)
                 waiting.add(name)
             except Exception as exc:  # a bug must not stop every later delivery
                 _log.exception("PACS %s: unexpected failure", name)
@@ -285,6 +307,8 @@ class ResultFollower:
                 waiting.add(name)
             else:
                 self._pacs_backoff.pop(name, None)
+                self.studies.pacs(pending.result_id, pending.study, name)
+        self.studies.flush()
         return len(self.pacs.pending())
 
     def _back_off(self, destination: str, reason: str) -> None:
@@ -324,6 +348,7 @@ class ResultFollower:
         if self._thread is not None:
             self._thread.join(timeout)
         self.client.close()
+        self.studies.flush()
 
     def _follow(self) -> None:
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)

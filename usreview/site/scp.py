@@ -233,7 +233,7 @@ class _NoDelayServer(ThreadedAssociationServer):
 
 
 #: Free space the spool's disk keeps by default (an instance that would leave less is refused).
-MIN_FREE_BYTES = 1024**3
+MIN_FREE_BYTES = 10**9
 
 
 class StorageSCP:

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from usreview.site.config import SiteConfig
-from usreview.site.errors import GatewayRunningError
+from usreview.site.errors import GatewayRunningError, SiteError
 from usreview.site.spool import Spool
+from usreview.site.studies import InstanceHeader, StudyReport, instance_header, study_reports
 
 __all__ = [
     "SiteStatus",
@@ -33,6 +34,7 @@ __all__ = [
     "local_time",
     "read_cursor",
     "read_status",
+    "read_study_status",
 ]
 
 STATUS_FILE = "status.json"
@@ -124,6 +126,10 @@ class SiteStatus:
     rejected: int
     results_cursor: int
     recorded: Mapping[str, Any] = field(default_factory=dict)
+    #: Results put aside in ``state/refused/`` (they did not open).
+    results_refused: int = 0
+    #: Per PACS: deliveries ``pending`` in its queue and ``failed`` (set aside).
+    pacs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -138,6 +144,8 @@ class SiteStatus:
                 "rejected": self.rejected,
             },
             "results_cursor": self.results_cursor,
+            "results_refused": self.results_refused,
+            "pacs": {name: dict(counts) for name, counts in self.pacs.items()},
             **dict(self.recorded),
         }
 
@@ -232,6 +240,10 @@ def read_status(config: SiteConfig) -> SiteStatus:
         doc = json.loads((config.state / STATUS_FILE).read_text())
         if isinstance(doc, dict):
             recorded = doc
+    pacs = {
+        name: {"pending": len(queued), "failed": len(failed)}
+        for name, (queued, failed) in _pacs_queues(config).items()
+    }
     return SiteStatus(
         site=config.name,
         hub_url=config.hub_url,
@@ -242,6 +254,56 @@ def read_status(config: SiteConfig) -> SiteStatus:
         rejected=rejected,
         results_cursor=read_cursor(config.state),
         recorded=recorded,
+        results_refused=len(list((config.state / "refused").glob("*.envelope"))),
+        pacs=pacs,
+    )
+
+
+def _pacs_queues(config: SiteConfig) -> dict[str, tuple[set[int], dict[int, str]]]:
+    """Per configured PACS: the result ids queued, and those set aside with the reason."""
+    from usreview.site.deliver import PacsQueue
+
+    queue = PacsQueue(config.state / "pacs", config.pacs, config.ae_title)
+    found: dict[str, tuple[set[int], dict[int, str]]] = {
+        name: (set(), {}) for name in queue.destinations
+    }
+    for item in queue.pending():
+        found[item.destination][0].add(item.result_id)
+    for aside in queue.failed():
+        found[aside.destination][1][aside.result_id] = aside.reason
+    return found
+
+
+def read_study_status(
+    config: SiteConfig, *, study: str | None = None, accession: str | None = None
+) -> list[StudyReport]:
+    """The studies named by ``study`` (a Study Instance UID) or ``accession``, from the
+    per-study journal, the spool (instances waiting) and the PACS queues (no network)."""
+    from usreview.site.atrest import load_spool_cipher
+    from usreview.site.errors import SiteConfigError
+
+    waiting: list[tuple[str, InstanceHeader, float]] = []
+    if config.spool.exists():
+        try:
+            cipher = load_spool_cipher(config)
+        except SiteConfigError:  # the instances sealed at rest are counted nowhere
+            cipher = None
+        spool = Spool(config.spool, cipher)
+        for item in spool.pending():
+            header = InstanceHeader()
+            with contextlib.suppress(OSError, SiteError):
+                data = item.path.read_bytes() if cipher is None else spool.read(item)
+                if data is not None:
+                    header = instance_header(data)
+            waiting.append((item.sop_instance_uid, header, item.spooled_at))
+    queues = _pacs_queues(config)
+    return study_reports(
+        config.state,
+        study=study,
+        accession=accession,
+        waiting=waiting,
+        pacs_pending={name: queued for name, (queued, _) in queues.items()},
+        pacs_failed={name: failed for name, (_, failed) in queues.items()},
     )
 
 
@@ -285,7 +347,15 @@ def format_status(status: SiteStatus) -> str:
         f"results       {rec.get('results', 0)}, last {_ago(result.get('at'))}"
         + (f" #{result.get('id')} {result.get('label')}" if result else "")
         + f" (cursor {status.results_cursor})",
+        f"refused       {status.results_refused} result(s) that did not open (state/refused/;"
+        " 'site pull --retry-refused' once the keys are fixed)",
     ]
+    for name, counts in sorted(status.pacs.items()):
+        failed = counts.get("failed", 0)
+        lines.append(
+            f"pacs {name:<8} {counts.get('pending', 0)} pending, {failed} failed"
+            + (f" (state/pacs/{name}/failed/; 'site pacs --retry-failed {name}')" if failed else "")
+        )
     recorded = rec.get("errors")
     errors = [_mapping(e) for e in recorded] if isinstance(recorded, list) else []
     lines.append(f"errors        {len(errors)} recorded" + (", latest:" if errors else ""))

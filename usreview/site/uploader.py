@@ -47,6 +47,7 @@ from usreview.site.errors import (
 from usreview.site.refusals import Refusal
 from usreview.site.spool import Spool, SpooledInstance
 from usreview.site.status import StatusBook
+from usreview.site.studies import InstanceHeader, StudyLog, instance_header
 
 __all__ = ["UploadOutcome", "Uploader", "upload_instance"]
 
@@ -131,6 +132,9 @@ class Uploader:
         Makes one :class:`HubClient` per worker (default: from ``config``).
     clock
         The site's clock, Unix time (default :func:`time.time`): envelopes are sealed at it.
+    studies
+        The per-study journal acknowledgements and rejections are recorded in (default:
+        the state folder's).
     """
 
     def __init__(
@@ -142,10 +146,12 @@ class Uploader:
         workers: int = 2,
         client_factory: Callable[[], HubClient] | None = None,
         clock: Callable[[], float] = time.time,
+        studies: StudyLog | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
         self.status = status
+        self.studies = studies if studies is not None else StudyLog(config.state)
         self.workers = workers
         self._client_factory = client_factory or (lambda: HubClient(config))
         self._site_keys = config.load_private_keys()
@@ -214,10 +220,29 @@ class Uploader:
         removed = 0
         for item in pending:
             named = held.get(item.sop_instance_uid, set())
-            if item.sha256 in named and self.spool.acknowledge(item, item.sha256):
+            if item.sha256 not in named:
+                continue
+            header = self._header_of(item)  # (a batch receipt names no study)
+            if self.spool.acknowledge(item, item.sha256):
                 self.status.uploaded(item.sop_instance_uid, duplicate=True)
+                self.studies.acknowledged(
+                    item.sop_instance_uid,
+                    None,
+                    header,
+                    spooled_at=item.spooled_at,
+                    duplicate=True,
+                )
                 removed += 1
+        self.studies.flush()
         return removed
+
+    def _header_of(self, item: SpooledInstance) -> InstanceHeader:
+        """The journal's part of ``item``'s header; empty if it cannot be read now."""
+        try:
+            data = self.spool.read(item)
+        except (SpoolError, OSError):
+            return InstanceHeader()
+        return instance_header(data) if data is not None else InstanceHeader()
 
     def _held(self, answer: Mapping[str, Any]) -> list[tuple[str, str]]:
         """The (UID, SHA-256) pairs a verified batch receipt names."""
@@ -244,6 +269,7 @@ class Uploader:
             self._queue.put(None)
         for thread in self._threads:
             thread.join(timeout)
+        self.studies.flush()
 
     # -- threads ---------------------------------------------------------------------
 
@@ -344,6 +370,9 @@ class Uploader:
         except SpoolError as exc:
             self._release(item)
             self.spool.reject(item, str(exc))
+            self.studies.rejected(
+                item.sop_instance_uid, InstanceHeader(), str(exc), spooled_at=item.spooled_at
+            )
             self.status.error("spool", str(exc))
         except HubRefusedError as exc:
             self._refused(item, exc, data)
@@ -354,6 +383,14 @@ class Uploader:
             self._release(item)
             self.spool.acknowledge(item, outcome.sha256)
             self.status.uploaded(item.sop_instance_uid, outcome.duplicate)
+            study = outcome.receipt.get("study_instance_uid")
+            self.studies.acknowledged(
+                item.sop_instance_uid,
+                study if isinstance(study, str) else None,
+                instance_header(data),
+                spooled_at=item.spooled_at,
+                duplicate=outcome.duplicate,
+            )
 
     def _refused(self, item: SpooledInstance, exc: HubRefusedError, data: bytes | None) -> None:
         """Reject ``item`` if the refusal is final, else keep it and try again later."""
@@ -362,6 +399,8 @@ class Uploader:
         if refusal is Refusal.FINAL:
             self._release(item)
             self.spool.reject(item, str(exc))
+            header = instance_header(data) if data is not None else InstanceHeader()
+            self.studies.rejected(uid, header, str(exc), spooled_at=item.spooled_at)
             self.status.error("upload", f"{uid} rejected: {exc}")
             return
         advice = exc.advice(

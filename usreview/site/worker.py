@@ -12,7 +12,7 @@ spool). This process:
 - uploads the spool (:class:`~usreview.site.uploader.Uploader`), woken by the names on
   the pipe, rescanning the spool every few seconds;
 - follows the results feed (:class:`~usreview.site.results.ResultFollower`);
-- keeps ``STATE/status.json``;
+- keeps ``STATE/status.json`` and the per-study journal ``STATE/studies.jsonl``;
 - stops when the pipe closes (the gateway stopped, or died) or on SIGTERM, after the
   uploads in progress. It ignores SIGINT: a terminal's Ctrl-C reaches the gateway too,
   which then stops it in order.
@@ -40,6 +40,7 @@ from usreview.site.config import SiteConfig, load_config
 from usreview.site.results import ResultFollower
 from usreview.site.spool import Spool
 from usreview.site.status import UPLOADER_LOCK_FILE, StateLock, StatusBook
+from usreview.site.studies import StudyLog
 from usreview.site.uploader import Uploader
 
 __all__ = ["RESCAN", "main", "run_worker"]
@@ -75,9 +76,12 @@ def run_worker(
                 return
     try:
         status = StatusBook(config.state)
+        studies = StudyLog(config.state)  # one for both: one appending, compacting writer
         spool = Spool(config.spool, load_spool_cipher(config))
-        uploader = Uploader(config, spool, status, workers=workers)
-        follower = ResultFollower(config, status) if config.follow_results else None
+        uploader = Uploader(config, spool, status, workers=workers, studies=studies)
+        follower = (
+            ResultFollower(config, status, studies=studies) if config.follow_results else None
+        )
         try:
             removed = uploader.reconcile()
         except UsreviewError as exc:
@@ -93,11 +97,13 @@ def run_worker(
         try:
             while not stopping.wait(1.0):
                 status.flush()
+                studies.flush()
         finally:
             uploader.stop()
             if follower is not None:
                 follower.stop()
             status.flush(force=True)
+            studies.close()
     finally:
         lock.release()
 

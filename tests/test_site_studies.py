@@ -1,0 +1,66 @@
+"""The per-study journal (``STATE/studies.jsonl``): reading what a crash cut short, and
+keeping its size bounded (studies quiet for the retention period are dropped)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from usreview.site.studies import (
+    STUDIES_FILE,
+    InstanceHeader,
+    StudyLog,
+    format_study_reports,
+    read_journal,
+    study_reports,
+)
+
+DAY = 86400.0
+
+
+def test_the_journal_drops_studies_quiet_for_the_retention_and_skips_a_cut_line(
+    tmp_path: Path,
+) -> None:
+    now = [1_000_000_000.0]
+    log = StudyLog(tmp_path, retention=30 * DAY, clock=lambda: now[0])
+    header = InstanceHeader("1.2.3", "ACC-1", "US ABDOMEN")
+    log.acknowledged("1.2.3.1", "1.2.3", header, spooled_at=now[0] - 5)
+    log.rejected("1.2.3.2", header, "not ultrasound", spooled_at=now[0] - 4)
+    log.result(7, "report", "1.2.3", tmp_path / "outbox" / "1.2.3" / "00000007-report.dcm", ["p"])
+    log.pacs(7, "1.2.3", "p", "C-STORE answered 0xA900")
+    now[0] += 20 * DAY
+    log.acknowledged("1.2.4.1", "1.2.4", InstanceHeader(), spooled_at=now[0])
+    log.close()
+    path = tmp_path / STUDIES_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with path.open("ab") as f:
+        f.write(b'{"e": "ack", "sop": "1.2')  # a line a crash cut short
+    assert len(read_journal(tmp_path)) == 5
+
+    [rep] = study_reports(tmp_path, accession="ACC-1", pacs_failed={"p": {7: "0xA900"}})
+    doc = rep.to_dict()
+    assert doc["instances"]["acknowledged"] == 1 and doc["instances"]["rejected"] == 1
+    assert doc["results"]["pacs"] == {"p": {"delivered": 0, "pending": 0, "failed": 1}}
+    shown = format_study_reports([rep], "accession ACC-1")
+    assert "2 received, 1 acknowledged by the hub, 0 waiting, 1 rejected" in shown
+    assert "rejected 1.2.3.2: not ultrasound" in shown
+    assert "result 7 failed at PACS p: 0xA900" in shown
+    # Moved back by 'site pacs --retry-failed': pending again, not failed.
+    [again] = study_reports(tmp_path, study="1.2.3", pacs_pending={"p": {7}}, pacs_failed={})
+    assert again.results[7]["pacs"] == {"p": {"state": "pending"}}
+
+    now[0] += 15 * DAY  # 35 days after the first study, 15 after the second
+    StudyLog(tmp_path, retention=30 * DAY, clock=lambda: now[0]).close()
+    assert {entry["study"] for entry in read_journal(tmp_path)} == {"1.2.4"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert study_reports(tmp_path, study="1.2.3") == []
+
+
+def test_the_journal_stays_below_its_size(tmp_path: Path) -> None:
+    log = StudyLog(tmp_path, max_bytes=20_000)
+    for n in range(400):
+        log.acknowledged(f"1.2.{n}.1", f"1.2.{n}", InstanceHeader(), spooled_at=None)
+    log.close()
+    assert (tmp_path / STUDIES_FILE).stat().st_size <= 20_000
+    studies = [entry["study"] for entry in read_journal(tmp_path)]
+    assert studies[-1] == "1.2.399"  # the oldest went first
