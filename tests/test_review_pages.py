@@ -236,6 +236,44 @@ def test_a_publication_the_service_failed_after_recording_is_shown_as_published(
     assert len(after) == before + 1
 
 
+def test_a_reading_that_finishes_late_is_not_shown_over_a_newer_one(
+    world: World, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's own re-read and its timer can overlap: the older answer must not undo
+    the newer (an instance back to "queued", its decisions dropped)."""
+    import threading
+
+    from usreview.review.pages import StudyPage
+
+    page = StudyPage(client, world.studies["bmode"], renew_seconds=3600, refresh_seconds=0)
+    try:
+        real = client.study
+        calls: list[int] = []
+        release = threading.Event()
+
+        def study(uid: str) -> dict[str, Any]:
+            first = not calls
+            calls.append(len(calls))
+            answer = dict(real(uid))
+            if first:  # the first reading is slow, and older
+                release.wait(10)
+                answer["status"] = "stale"
+            return answer
+
+        monkeypatch.setattr(client, "study", study)
+        slow = threading.Thread(target=page.refresh)
+        slow.start()
+        while not calls:
+            threading.Event().wait(0.01)
+        assert page.refresh()  # begun later, finished first
+        shown = page.study["status"]
+        release.set()
+        slow.join(20)
+        assert page.study["status"] == shown != "stale"
+    finally:
+        page.close()
+
+
 def test_release_gives_the_study_back(world: World, client: Any) -> None:
     from usreview.review.pages import StudyPage
 

@@ -339,8 +339,12 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         #: Counts the page's own changes of ``study["claim"]`` (under ``_claiming``): a
         #: read that began before one is not shown (the next one is).
         self._changes = 0
-        #: Held while a new reading of the study is shown (one at a time).
+        #: Held while a new reading of the study is shown (one at a time), and while a
+        #: publication collects the results' decisions.
         self._showing = threading.Lock()
+        #: Readings begun (under ``_claiming``) and the last one shown: an older reading
+        #: that finishes after a newer one is not shown over it.
+        self._readings = self._shown = 0
         self.message = w.HTML()
         #: What came since the page was opened (new instances, results, claim, versions).
         self.news = w.HTML()
@@ -599,7 +603,8 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         time-out, anything unexpected) or with a failure of the service (5xx) the report
         may have gone out: the versions are read again to say which.
         """
-        body = form.report(self.results.measurements())
+        with self._showing:  # not while a new reading rebuilds the results
+            body = form.report(self.results.measurements())
         before = {r.get("version") for r in self.study.get("reports") or []}
         with self._claiming:
             try:
@@ -707,6 +712,8 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             return False
         with self._claiming:
             changes = self._changes
+            self._readings += 1
+            reading = self._readings
         try:
             study = self.client.study(self.uid)
         except Exception as exc:
@@ -732,6 +739,9 @@ class StudyPage(w.VBox):  # type: ignore[misc]
                     return False
                 if changes != self._changes:  # the page's own claim changed meanwhile
                     return True  # this reading may not show it; the next one will
+                if reading < self._shown:  # a reading begun later is shown already
+                    return True
+                self._shown = reading
                 before, self.study = self.study, study
             self._show_changes(before, study)
         return True
