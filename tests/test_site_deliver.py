@@ -271,3 +271,34 @@ def test_a_failed_delivery_is_counted_and_retried_on_request(
     finally:
         refusing.stop()
         good.stop()
+
+
+def test_a_retry_of_failed_deliveries_never_interleaves_with_setting_one_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway sets a delivery aside (two steps) while `site pacs --retry-failed` runs:
+    the delivery ends queued or set aside, never neither (both markers were lost)."""
+    import usreview.site.deliver as deliver
+    from usreview.site.config import PacsDestination
+    from usreview.site.deliver import PacsQueue
+
+    queue = PacsQueue(tmp_path / "pacs", (PacsDestination("pacs", "PACS", "127.0.0.1", 9),), "GW")
+    payload = tmp_path / "result.dcm"
+    payload.write_bytes(b"x")
+    queue.enqueue(1, payload)
+    [item] = queue.pending()
+    real = deliver.replace_file
+    retries: list[threading.Thread] = []
+
+    def replace_then_retry(path: Path, data: bytes, **kwargs: object) -> None:
+        real(path, data, **kwargs)  # type: ignore[arg-type]
+        if path.parent.name == "failed" and not retries:  # between set_aside's two steps
+            retries.append(threading.Thread(target=queue.retry_failed))
+            retries[0].start()
+            retries[0].join(0.5)  # it waits for the lock (it ran through before)
+
+    monkeypatch.setattr(deliver, "replace_file", replace_then_retry)
+    queue.set_aside(item, "0xC000")
+    retries[0].join(10)
+    assert [p.result_id for p in queue.pending()] == [1]  # moved back, once
+    assert queue.failed() == []

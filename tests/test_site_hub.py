@@ -882,7 +882,9 @@ def test_site_status_follows_one_study_to_the_hub_and_its_results_to_the_pacs(
         assert items[summary]["kind"] == "measurements" and items[summary]["pacs"] == {}
         assert items[summary]["file"].endswith(f"{summary:08d}-measurements.json")
         journal = (site.state / STUDIES_FILE).read_text()
-        assert "TEST^" not in journal and "PatientName" not in journal
+        header = pydicom.dcmread(sent[0], stop_before_pixels=True)
+        for value in (str(header.PatientName), str(header.PatientID)):
+            assert value and value not in journal, value  # the patient's name and ID
         assert (site.state / STUDIES_FILE).stat().st_mode & 0o777 == 0o600
         unknown = subprocess.run(
             [*status, "--study", "1.2.3.4"], capture_output=True, text=True, timeout=60, check=True

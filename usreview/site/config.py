@@ -94,6 +94,9 @@ __all__ = [
     "rotate_spool_key",
 ]
 
+#: MB the spool's disk keeps free by default (``gateway.min_free_mb``).
+DEFAULT_MIN_FREE_MB = 1000
+
 DEFAULT_AE_TITLE = "USREVIEW"
 DEFAULT_PORT = 11112
 #: The DICOM TLS certificate and key ``site init --dicom-tls`` writes in the site folder.
@@ -162,7 +165,7 @@ class SiteConfig:
     retired_spool_keys: tuple[Path, ...] = ()
     #: Space the spool's disk keeps free (``gateway.min_free_mb``, in MB): an instance that
     #: would leave less is refused with 0xA700, which scanners keep and send again.
-    min_free_bytes: int = 10**9
+    min_free_bytes: int = DEFAULT_MIN_FREE_MB * 10**6
 
     @property
     def api_url(self) -> str:
@@ -387,7 +390,7 @@ def _parse(r: _Reader) -> SiteConfig:
         timeout=r.number("upload.timeout", 60.0, 1, 3600),
         follow_results=r.get("results.follow", bool, True),
         results_wait=r.number("results.wait", 30.0, 0, 60),
-        min_free_bytes=int(r.number("gateway.min_free_mb", 1000.0, 0, 10**7) * 10**6),
+        min_free_bytes=int(r.number("gateway.min_free_mb", DEFAULT_MIN_FREE_MB, 0, 10**7) * 10**6),
     )
 
 
@@ -793,7 +796,7 @@ def _render(
         f"allowed_calling_ae_titles = [{allowed_text}]",
         "# MB the spool's disk keeps free: an instance that would leave less is refused",
         "# (0xA700, out of resources), and the scanner keeps it",
-        "min_free_mb = 1000",
+        f"min_free_mb = {DEFAULT_MIN_FREE_MB}",
         "# DICOM TLS on the port: certificate and key (both empty: plain DICOM); with",
         "# tls_client_ca, scanners must show a certificate signed by that CA",
         f"tls_certificate = {_q(TLS_CERTIFICATE if tls else '')}",

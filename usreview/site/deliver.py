@@ -23,11 +23,13 @@ Instance UID, or ``unknown-study`` for a name that is not a UID.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,6 +239,20 @@ class FailedDelivery:
     marker: Path
 
 
+@contextlib.contextmanager
+def _holding(folder: Path) -> Iterator[None]:
+    """Hold the lock of one PACS's queue ``folder`` (``.lock`` in it): moving a delivery
+    between the queue and ``failed/`` is two steps, which another process must not
+    interleave (the gateway setting one aside while ``site pacs --retry-failed`` moves it
+    back lost both markers)."""
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class PacsQueue:
     """Durable markers of results still to send to each PACS, under ``STATE/pacs``.
 
@@ -329,9 +345,12 @@ class PacsQueue:
         moved = []
         for item in self.failed(destination):
             note = json.dumps({"result": item.result_id, "path": str(item.path)}).encode()
-            replace_file(item.marker.parent.parent / item.marker.name, note, mode=0o600)
-            item.marker.unlink(missing_ok=True)
-            fsync_directory(item.marker.parent)
+            with _holding(item.marker.parent.parent):  # not while the gateway sets it aside
+                if not item.marker.exists():
+                    continue
+                replace_file(item.marker.parent.parent / item.marker.name, note, mode=0o600)
+                item.marker.unlink(missing_ok=True)
+                fsync_directory(item.marker.parent)
             moved.append(item)
         return moved
 
@@ -364,6 +383,7 @@ class PacsQueue:
         folder.mkdir(mode=0o700, exist_ok=True)
         note = json.dumps({"result": item.result_id, "path": str(item.path), "reason": reason})
         aside = folder / item.marker.name
-        replace_file(aside, note.encode(), mode=0o600)
-        item.marker.unlink(missing_ok=True)
+        with _holding(item.marker.parent):  # not while site pacs --retry-failed moves it back
+            replace_file(aside, note.encode(), mode=0o600)
+            item.marker.unlink(missing_ok=True)
         return aside

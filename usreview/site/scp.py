@@ -62,6 +62,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from usreview.dicom import ULTRASOUND_SOP_CLASSES
 from usreview.dicom.header import is_uid
 from usreview.dicom.pixels import decodable_transfer_syntaxes
+from usreview.site.config import DEFAULT_MIN_FREE_MB
 from usreview.site.errors import SiteConfigError, SpoolError
 from usreview.site.spool import Spool
 
@@ -233,7 +234,7 @@ class _NoDelayServer(ThreadedAssociationServer):
 
 
 #: Free space the spool's disk keeps by default (an instance that would leave less is refused).
-MIN_FREE_BYTES = 10**9
+MIN_FREE_BYTES = DEFAULT_MIN_FREE_MB * 10**6
 
 
 class StorageSCP:

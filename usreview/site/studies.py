@@ -7,7 +7,8 @@ upload process, or ``site pull``), never by the scanners' C-STORE path:
 
 - ``{"e": "ack", "sop", "study", "acc", "desc", "spooled", "at", "dup"}``: the hub's
   verified receipt named the instance (``study`` from the receipt; the accession number
-  and study description from the header the uploader has in memory; no patient data);
+  and study description from the header the uploader has in memory: identifying, hence
+  0600; never the patient's name, ID or birth date);
 - ``{"e": "rejected", "sop", "study", "acc", "desc", "spooled", "at", "reason"}``: moved
   to the spool's ``rejected/``;
 - ``{"e": "result", "id", "kind", "study", "file", "pacs": [NAME...], "at"}``: a result
@@ -61,7 +62,8 @@ _SYNC_INTERVAL = 0.5
 
 @dataclass(frozen=True)
 class InstanceHeader:
-    """What the journal keeps of an instance's header (never patient data)."""
+    """What the journal keeps of an instance's header (never the patient's name, ID or
+    birth date)."""
 
     study_instance_uid: str | None = None
     accession_number: str | None = None

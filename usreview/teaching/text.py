@@ -4,14 +4,14 @@ A report's findings and impression are kept with a teaching case; any identifier
 the source (name components, IDs, accession number, institution, physicians) and
 anything that looks like a date is replaced by ``[removed]`` / ``[date]``, as the HIPAA
 Safe Harbor method asks of every element of a date but the year alone: full dates in
-the usual orders, a day with its month (``14/03``, ``14 March``, ``March 14th``; a month
-word without a year only capitalised, as a date writes it) and a month with its year
-(``March 2024``, ``03/2024``). Identifiers a reviewer may type that the header does not
-hold are removed too: a number after ``MRN``, ``accession``, ``NHS`` or ``SSN``, or after
-``ID``, ``record``, ``chart`` or ``acc`` with a separator (``ID: 12345``, ``chart #55``);
-runs of seven or more digits; telephone numbers and e-mail addresses. Clinical numbers
-stay: decimals (``3.5 cm``), ranges (``10-12 weeks``), grades (``2/4``), readings after
-those words (``ID 3.2 mm``, ``record 140 bpm``), years.
+the usual orders, a day with its month (``14/03``, ``14 March``, ``march 14th``) and a
+month with its year (``March 2024``, ``03/2024``). Identifiers a reviewer may type that
+the header does not hold are removed too: a number after ``MRN``, ``accession``, ``NHS``
+or ``SSN``, or after ``ID``, ``record``, ``chart`` or ``acc`` unless a unit follows it (a
+reading: ``ID 3.2 mm``, ``record 140 bpm``); runs of seven or more digits; telephone
+numbers and e-mail addresses. Clinical numbers stay: decimals (``3.5 cm``), ranges
+(``10-12 weeks``), grades (``2/4``), readings, years. Privacy first: a word that could be
+a date or an identifier goes (``march 3 lesions`` loses its number).
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ _MONTHS = (
     "jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
     "sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
 )
-#: Month names as a date writes them: capitalised or in capitals ("May 3", "MAR 14").
-_MONTH_NAMES = (
-    "jan", "january", "feb", "february", "mar", "march", "apr", "april", "may", "jun",
-    "june", "jul", "july", "aug", "august", "sep", "sept", "september", "oct", "october",
-    "nov", "november", "dec", "december",
-)  # fmt: skip
-_CAPITALISED = "|".join(f"{m.capitalize()}|{m.upper()}" for m in _MONTH_NAMES)
+#: What a number after ID, record, chart or acc is when it is a reading: a unit follows.
+_NOT_A_READING = (
+    r"(?!\s*(?:(?:mm|cm|m|ml|l|s|ms|min|bpm|mmhg|hz|khz|mhz|db|g|kg|cm/s2?|m/s2?|mm/s)\b"
+    r"|%|°|/))"
+)
 _DAY = r"(?:0?[1-9]|[12]\d|3[01])"
 _MONTH = r"(?:0?[1-9]|1[0-2])"
 _ORDINAL = r"(?:st|nd|rd|th)?"
@@ -39,12 +37,10 @@ _DATES = (
     re.compile(r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b"),
     re.compile(r"\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b"),
     re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),
-    # A day and a month in words, with the year; without it, the month capitalised as a
-    # date writes it ("march 3 lesions" is not a date).
-    re.compile(rf"\b\d{{1,2}}{_ORDINAL}\s+(?:of\s+)?(?:{_MONTHS})\b\.?,?\s+\d{{4}}\b", re.I),
-    re.compile(rf"\b(?:{_MONTHS})\.?\s+\d{{1,2}}{_ORDINAL},?\s+\d{{4}}\b", re.I),
-    re.compile(rf"\b\d{{1,2}}{_ORDINAL}\s+(?:of\s+)?(?:{_CAPITALISED})\b\.?"),
-    re.compile(rf"\b(?:{_CAPITALISED})\.?\s+\d{{1,2}}{_ORDINAL}\b"),
+    # A day and a month in words, with or without the year (in any case: a date typed
+    # "march 14" goes too, and so does the odd "march 3 lesions": privacy first).
+    re.compile(rf"\b\d{{1,2}}{_ORDINAL}\s+(?:of\s+)?(?:{_MONTHS})\b\.?(?:,?\s+\d{{4}}\b)?", re.I),
+    re.compile(rf"\b(?:{_MONTHS})\.?\s+\d{{1,2}}{_ORDINAL}\b(?:,?\s+\d{{4}}\b)?", re.I),
     # A month and its year: "March 2024", "03/2024", "2024-03".
     re.compile(rf"\b(?:{_MONTHS})\.?,?\s+\d{{4}}\b", re.I),
     re.compile(rf"\b{_MONTH}/(?:19|20)\d{{2}}\b|\b(?:19|20)\d{{2}}-(?:0[1-9]|1[0-2])\b"),
@@ -59,11 +55,11 @@ _IDENTIFIERS = (
         r"\s*(?:[:#=]|no\.?|number)?\s*(?=[\w-]*\d)\w[\w-]{2,}(?:\s\d{3,4}){0,2}(?![\w.-])",
         re.I,
     ),
-    # After a label that clinical text uses too ("ID 3.2 mm" is a diameter, "record 140
-    # bpm" a reading): only with a separator, "ID: 12345", "chart #5567", "acc. no. 8812".
+    # After a label that clinical text uses too, unless it is a reading: "patient ID 6543",
+    # "chart 55667", "ID: 12345" go; "ID 3.2 mm", "record 140 bpm", "Acc 250 cm/s2" stay.
     re.compile(
-        r"\b(?:ID|IDs|acc\.?|record|chart)\s*(?:[:#=]|no\.|number)\s*"
-        r"(?=[\w-]*\d)\w[\w-]{2,}(?:\s\d{3,4}){0,2}(?![\w.-])",
+        r"\b(?:ID|IDs|acc\.?|record|chart)\s*(?:[:#=]|no\.?|number)?\s*"
+        r"(?=[\w-]*\d)\w[\w-]{2,}(?:\s\d{3,4}){0,2}(?![\w.-])" + _NOT_A_READING,
         re.I,
     ),
     re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),  # e-mail
