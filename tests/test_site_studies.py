@@ -64,3 +64,17 @@ def test_the_journal_stays_below_its_size(tmp_path: Path) -> None:
     assert (tmp_path / STUDIES_FILE).stat().st_size <= 20_000
     studies = [entry["study"] for entry in read_journal(tmp_path)]
     assert studies[-1] == "1.2.399"  # the oldest went first
+
+
+def test_an_entry_appended_after_close_is_written_and_leaves_no_open_file(
+    tmp_path: Path,
+) -> None:
+    """An upload thread finishing after the worker closed the journal (its join timed out)."""
+    import os
+
+    log = StudyLog(tmp_path)
+    log.close()
+    fds = set(os.listdir("/proc/self/fd"))
+    log.acknowledged("1.2.3.1", "1.2.3", InstanceHeader("1.2.3"), spooled_at=1.0)
+    assert [entry["sop"] for entry in read_journal(tmp_path)] == ["1.2.3.1"]
+    assert set(os.listdir("/proc/self/fd")) <= fds  # nothing left open (nor unsynced)

@@ -122,6 +122,7 @@ class StudyLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._closed = False
         self._dirty = False
         self._synced = 0.0
         self._compacted = 0.0
@@ -209,6 +210,15 @@ class StudyLog:
         line = (json.dumps({**entry, "at": now}, separators=(",", ":")) + "\n").encode()
         with self._lock:
             try:
+                if self._closed:  # a thread finishing after close(): written, synced, closed
+                    fd = self._open()
+                    try:
+                        os.write(fd, line)
+                        os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+                        self._fd = None
+                    return
                 fd = self._open()
                 os.write(fd, line)
                 self._dirty = True
@@ -237,8 +247,9 @@ class StudyLog:
             self._sync()
 
     def close(self) -> None:
-        """Sync and close the file."""
+        """Sync and close the file (an entry appended later is written and synced alone)."""
         with self._lock:
+            self._closed = True
             with contextlib.suppress(OSError):
                 self._sync()
             if self._fd is not None:
