@@ -40,7 +40,9 @@ def test_the_journal_drops_studies_quiet_for_the_retention_and_skips_a_cut_line(
     [rep] = study_reports(tmp_path, accession="ACC-1", pacs_failed={"p": {7: "0xA900"}})
     doc = rep.to_dict()
     assert doc["instances"]["acknowledged"] == 1 and doc["instances"]["rejected"] == 1
-    assert doc["results"]["pacs"] == {"p": {"delivered": 0, "pending": 0, "failed": 1}}
+    assert doc["results"]["pacs"] == {
+        "p": {"delivered": 0, "pending": 0, "failed": 1, "unknown": 0}
+    }
     shown = format_study_reports([rep], "accession ACC-1")
     assert "2 received, 1 acknowledged by the hub, 0 waiting, 1 rejected" in shown
     assert "rejected 1.2.3.2: not ultrasound" in shown
@@ -48,6 +50,11 @@ def test_the_journal_drops_studies_quiet_for_the_retention_and_skips_a_cut_line(
     # Moved back by 'site pacs --retry-failed': pending again, not failed.
     [again] = study_reports(tmp_path, study="1.2.3", pacs_pending={"p": {7}}, pacs_failed={})
     assert again.results[7]["pacs"] == {"p": {"state": "pending"}}
+    # In no queue and no delivery recorded (a crash lost the line, or the file left the
+    # outbox): said so, not "pending" for ever.
+    [gone] = study_reports(tmp_path, study="1.2.3", pacs_pending={"p": set()}, pacs_failed={})
+    assert gone.results[7]["pacs"]["p"]["state"] == "unknown"
+    assert "result 7 unknown at PACS p: in no queue" in format_study_reports([gone], "study")
 
     now[0] += 15 * DAY  # 35 days after the first study, 15 after the second
     StudyLog(tmp_path, retention=30 * DAY, clock=lambda: now[0]).close()

@@ -356,7 +356,9 @@ class StudyReport:
         for result in self.results.values():
             kinds[result["kind"]] = kinds.get(result["kind"], 0) + 1
             for name, where in result["pacs"].items():
-                counts = pacs.setdefault(name, {"delivered": 0, "pending": 0, "failed": 0})
+                counts = pacs.setdefault(
+                    name, {"delivered": 0, "pending": 0, "failed": 0, "unknown": 0}
+                )
                 counts[where["state"]] = counts.get(where["state"], 0) + 1
         return {
             "study_instance_uid": self.study_instance_uid,
@@ -475,8 +477,12 @@ def study_reports(
                 elif result_id in (pacs_failed or {}).get(name, {}):
                     reason = (pacs_failed or {})[name][result_id]
                     result["pacs"][name] = {"state": "failed", "reason": reason}
-                elif pacs_failed is not None and result["pacs"][name]["state"] == "failed":
-                    result["pacs"][name] = {"state": "pending"}  # moved back (--retry-failed)
+                elif pacs_pending is not None and result["pacs"][name]["state"] != "delivered":
+                    result["pacs"][name] = {  # in no queue, and no delivery recorded
+                        "state": "unknown",
+                        "reason": "in no queue: delivered without a record (a crash), or "
+                        "its outbox file left before it was sent",
+                    }
     return [reports[uid] for uid in sorted(reports)]
 
 
@@ -520,10 +526,13 @@ def format_study_reports(reports: list[StudyReport], asked: str) -> str:
             lines.append(
                 f"  PACS {name}: {counts['delivered']} delivered, {counts['pending']} pending, "
                 f"{counts['failed']} failed"
+                + (f", {counts['unknown']} unknown" if counts.get("unknown") else "")
             )
         for item in res["items"]:
             for name, where in sorted(item["pacs"].items()):
-                if where["state"] == "failed":
-                    lines.append(f"  result {item['id']} failed at PACS {name}: {where['reason']}")
+                if where["state"] in ("failed", "unknown"):
+                    lines.append(
+                        f"  result {item['id']} {where['state']} at PACS {name}: {where['reason']}"
+                    )
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
