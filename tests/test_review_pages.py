@@ -293,6 +293,79 @@ def test_release_gives_the_study_back(world: World, client: Any) -> None:
     assert detail["claim"] is None and detail["status"] == "processed"
 
 
+def test_release_on_the_worklist_gives_back_the_reviewers_own_claim(
+    world: World, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table is told who is signed in (its rows held by her offer *Release*); the
+    row's *Release* reaches the service and says what the study page's does."""
+    from usreview.review.pages import StudyPage, WorklistPage
+
+    uid = world.studies["bmode"]
+    worklist = WorklistPage(client, refresh_seconds=0)
+    study = StudyPage(client, uid, renew_seconds=3600, refresh_seconds=0)
+    try:
+
+        def row() -> dict[str, Any]:
+            [found] = [r for r in worklist.table.rows if r["study_instance_uid"] == uid]
+            return found
+
+        assert worklist.table.user == ME  # the browser offers Release on her rows only
+        worklist.table.action = {"kind": "claim", "study": uid, "n": 1}  # as the browser does
+        assert world.detail("bmode")["claim"]["reviewer"] == ME
+        assert row()["claim"] == ME == worklist.table.user
+
+        worklist.table.action = {"kind": "release", "study": uid, "n": 2}
+        said = html.unescape(worklist.message.value)
+        assert "Study released: other reviewers may claim it." in said, said
+        assert world.detail("bmode")["claim"] is None and row()["claim"] == ""
+        study.claim_button.click()
+        study.release_button.click()  # the same words on the study page
+        assert "Study released: other reviewers may claim it." in html.unescape(study.message.value)
+
+        worklist.table.action = {"kind": "claim", "study": uid, "n": 3}
+        with monkeypatch.context() as patch:
+            patch.setattr(client, "release", raising(RuntimeError("boom")))
+            worklist.table.action = {"kind": "release", "study": uid, "n": 4}
+        said = worklist.message.value
+        assert "Not done (release): unexpected error (RuntimeError: boom)" in said, said
+        assert world.detail("bmode")["claim"]["reviewer"] == ME  # still hers
+        worklist.table.action = {"kind": "release", "study": uid, "n": 5}
+        assert world.detail("bmode")["claim"] is None
+
+        other = world.hub.add_person("ada", "reviewer")  # a row another reviewer holds
+        assert world.hub.request("POST", f"/studies/{uid}/claim", other).status_code == 200
+        worklist.refresh()
+        assert row()["claim"] == "ada"  # no Release in the browser; a stale one is refused
+        worklist.table.action = {"kind": "release", "study": uid, "n": 6}
+        assert "Not released: " in worklist.message.value, worklist.message.value
+        assert world.detail("bmode")["claim"]["reviewer"] == "ada"
+        assert world.hub.request("DELETE", f"/studies/{uid}/claim", other).status_code == 204
+    finally:
+        worklist.close()
+        study.close()
+
+
+def test_switching_instances_leaves_one_results_callback_per_live_viewer(
+    world: World, client: Any
+) -> None:
+    from usreview.review.pages import StudyPage
+
+    page = StudyPage(client, world.studies["bmode"], renew_seconds=3600, refresh_seconds=0)
+    try:
+        assert page.loading is not None
+        page.loading.join(30)  # the first viewer, completed once the instance arrived
+        assert len(page.results._observers) == 1
+        [uid] = page.records
+        viewers = []
+        for _ in range(6):  # the reviewer clicks the thumbnail again and again
+            page.show(uid)
+            viewers.append(page.viewer_box.children[0])
+            assert len(page.results._observers) == 1
+        assert all(v.comm is None for v in viewers[:-1]) and viewers[-1].comm is not None
+    finally:
+        page.close()
+
+
 def test_back_to_the_worklist_keeps_a_draft_and_releases_the_claim(
     world: World, client: Any
 ) -> None:
@@ -643,5 +716,37 @@ def test_making_a_teaching_case_asks_first_and_says_whether_it_was_made_now(
         assert "This study's teaching case (made earlier) is up to date" in said, said
         assert "Teaching case made" not in said
         assert len(world.hub.get("/teaching", world.rev).json()["cases"]) == 1
+    finally:
+        page.close()
+
+
+def test_the_teaching_page_says_an_unexpected_failure_and_keeps_one_callback_per_viewer(
+    world: World, client: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Voila shows no traceback: an image the viewer cannot decode is one line (and
+    logged); showing instances again and again leaves the practice panel one callback."""
+    from usreview.review.teaching import TeachingPage
+
+    [case] = world.hub.get("/teaching", world.rev).json()["cases"]  # made above
+    page = TeachingPage(client, case["case_uid"])
+    try:
+        assert page.practice is not None and page.viewer.children
+        [record] = case["instances"]
+        for _ in range(5):
+            page.show(case["case_uid"], record)
+            assert len(page.practice._observers) == 1
+        shown = page.viewer.children
+        with monkeypatch.context() as patch:
+            patch.setattr(client, "teaching_instance", raising(ValueError("bad JPEG 2000 frame")))
+            page.show(case["case_uid"], record)
+        said = page.message.value
+        assert "Cannot show this image: unexpected error (ValueError: bad JPEG 2000 frame)" in (
+            said
+        ), said
+        assert "usreview-message" in said and "#b00020" in said  # as an error
+        assert page.viewer.children == shown  # the viewer stays as it was
+        logged = [r for r in caplog.records if r.exc_info and "Cannot show this image" in r.message]
+        assert logged and logged[0].exc_info is not None
+        assert isinstance(logged[0].exc_info[1], ValueError)
     finally:
         page.close()

@@ -28,7 +28,7 @@ from usreview.dicom import (
 )
 from usreview.errors import MixedCalibrationError
 from usreview.review.results import ResultsPanel
-from usreview.review.viewers import viewer_for
+from usreview.review.viewers import close_viewer, progressive_viewer, viewer_for
 from usreview.review.widgets import (
     CineViewer,
     ImageViewer,
@@ -43,7 +43,7 @@ from usreview.review.widgets._axes import nice_step, ticks, trace_pixels
 from usreview.review.widgets._encode import encode_frames
 from usreview.review.widgets._nifti import nifti_bytes
 from usreview.review.widgets.plot import angle_readout
-from usreview.review.widgets.worklist import COLUMNS, columnar, normalise_rows
+from usreview.review.widgets.worklist import ACTIONS, COLUMNS, columnar, normalise_rows
 from usreview.simulate import simulate
 from usreview.store.status import StudyStatus
 
@@ -445,6 +445,56 @@ def test_a_practice_panel_keeps_measurements_for_practice_and_says_it_sends_noth
     assert "Your measurements" in reviewers.children[1].value
 
 
+def test_a_viewer_built_again_and_again_leaves_one_callback_per_live_viewer(
+    bmode: tuple[UltrasoundInstance, dict[str, Any]],
+) -> None:
+    """A reviewer switching instances: the page closes the viewer it replaces, and the
+    panel forgets that viewer's callback (it calls one per live viewer)."""
+    instance, _ = bmode
+    panel = ResultsPanel([])
+    shown = viewer_for(instance, {}, panel)
+    for _ in range(8):
+        again = viewer_for(instance, {}, panel)
+        close_viewer(shown)
+        shown = again
+        assert len(panel._observers) == 1
+    other = viewer_for(instance, {}, panel)  # two viewers live at once: one callback each
+    assert len(panel._observers) == 2
+    assert all(w.comm is not None for w in (shown, other, *panel.children))  # panel kept
+    caliper, add = _find(shown, "ImageViewer"), _find(shown, "usreview-add-measurement")
+    _distance(caliper, [100, 100], [140, 100], 1)
+    add.click()
+    assert add.disabled
+    panel.remove_measurement(0)
+    assert not add.disabled  # the live viewer still follows the panel
+    close_viewer(other)
+    close_viewer(shown)
+    panel.add_measurement({"name": "distance", "value": 1.0, "unit": "mm"})
+    assert panel._observers == []
+
+    heard: list[int] = []
+
+    def callback() -> None:
+        heard.append(1)
+
+    forget = panel.on_change(callback)
+    panel.on_change(callback)  # registering again changes nothing
+    panel.remove_measurement(0)
+    assert heard == [1]
+    forget()
+    forget()
+    panel.add_measurement({"name": "distance", "value": 2.0, "unit": "mm"})
+    assert heard == [1] and panel._observers == []
+
+    # a viewer replaced while its instance was downloading is not completed
+    progressive = progressive_viewer({"kinds": ["bmode"]}, b"png", panel)
+    close_viewer(progressive.widget)
+    progressive.complete(instance)
+    assert panel._observers == [] and "usreview-first-frame" in (
+        progressive.widget.children[0]._dom_classes
+    )
+
+
 def test_the_study_evaluation_says_when_it_was_sent_in_utc() -> None:
     from usreview.review.results import study_evaluation_html
 
@@ -748,6 +798,23 @@ def test_worklist_actions_and_sort_from_python() -> None:
         table.sort_by("password")
     table.rows = [*table.rows, {"study_instance_uid": "1.3", "received_at": dt.date(2024, 1, 2)}]
     assert [r["received_at"] for r in table.rows] == ["", "2024-01-02"]
+
+
+def test_worklist_offers_release_on_the_rows_the_signed_in_reviewer_holds() -> None:
+    table = WorklistTable(
+        [{"study_instance_uid": "1.2", "claim": "rev"}, {"study_instance_uid": "1.3"}],
+        user="rev",
+    )
+    assert table.user == "rev" and "user" in table.keys  # the browser compares the claim
+    assert WorklistTable().user == ""  # nobody signed in: no Release anywhere
+    assert ACTIONS == ("open", "claim", "release")
+    heard: list[tuple[str, str]] = []
+    table.on_action(lambda kind, uid: heard.append((kind, uid)))
+    table.action = {"kind": "release", "study": "1.2", "n": 1}  # as the row's button does
+    assert heard == [("release", "1.2")]
+    code = esm("worklist")
+    assert 'class: "usr-release", type: "button"' in code  # a real button: keyboard too
+    assert 'act("release", r.study_instance_uid)' in code
 
 
 def test_worklist_sorts_by_the_report_urgencies_and_styles_each_above_routine() -> None:

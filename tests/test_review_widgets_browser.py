@@ -739,6 +739,57 @@ def test_worklist_sorts_critical_first_from_the_keyboard_and_shows_the_wait(
     print(f"\nworklist keyboard sorting checked in {time.perf_counter() - started:.1f} s")
 
 
+CLAIMED_ROWS = """
+import ipywidgets
+from usreview.review.widgets import WorklistTable
+rows = [
+    {"study_instance_uid": "1.mine", "claim": "rev", "patient_name": "A"},
+    {"study_instance_uid": "1.theirs", "claim": "ada", "patient_name": "B"},
+    {"study_instance_uid": "1.free", "claim": "", "patient_name": "C"},
+]
+table = WorklistTable(rows, user="rev")
+said = ipywidgets.Label("no action")
+said.add_class("said")
+table.on_action(lambda kind, uid: setattr(said, "value", f"{kind} {uid}"))
+"""
+
+
+def test_worklist_offers_release_on_ones_own_claims_only_and_from_the_keyboard(
+    voila: browser_support.VoilaServer, page: Any
+) -> None:
+    browser_support.write_notebook(
+        voila.root / "worklist_release.ipynb", [CLAIMED_ROWS, "ipywidgets.VBox([table, said])"]
+    )
+    browser_support.open_dashboard(page, voila.url("worklist_release.ipynb"), ".usr-wl-row")
+    started = time.perf_counter()
+    offered = page.eval_on_selector_all(
+        ".usr-release", "bs => bs.map(b => b.closest('.usr-wl-row').dataset.uid)"
+    )
+    assert offered == ["1.mine"]  # not on another reviewer's claim, nor on a free study
+    mine = ".usr-wl-row[data-uid='1.mine']"
+    assert page.locator(f"{mine} .usr-release").inner_text() == "Release"
+    overflow = page.eval_on_selector(  # each button's right edge past the cell's, in px
+        f"{mine} .usr-wl-actions",
+        "cell => [...cell.querySelectorAll('button')].map(b => "
+        "b.getBoundingClientRect().right - cell.getBoundingClientRect().right)",
+    )
+    assert len(overflow) == 3 and max(overflow) <= 0.5, overflow  # Open, Claimed, Release
+
+    # as the other row buttons: Tab reaches it from Claim, Enter sends the action
+    page.focus(f"{mine} .usr-claim")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.classList.contains('usr-release')")
+    assert focused
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".said:has-text('release 1.mine')", timeout=60_000)
+    assert page.get_attribute(".usr-worklist", "data-last-action") == "release:1.mine:1"
+    page.click(f"{mine} .usr-open")  # the others still send theirs
+    page.wait_for_selector(".said:has-text('open 1.mine')", timeout=60_000)
+    page.locator(f"{mine} .usr-release").click()
+    page.wait_for_selector(".said:has-text('release 1.mine')", timeout=60_000)
+    print(f"\nworklist Release checked in {time.perf_counter() - started:.1f} s")
+
+
 # --- volume ------------------------------------------------------------------------------
 
 

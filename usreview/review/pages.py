@@ -6,7 +6,8 @@ call the service as the reviewer (:class:`~usreview.review.client.ReviewClient`)
 
 - :class:`WorklistPage`: every study the reviewer may read, from every site, refreshed
   every few seconds once a browser shows it; *Claim* takes a study (another reviewer's
-  claim is refused with who holds it and until when), *Open* shows it in place.
+  claim is refused with who holds it and until when), *Release* (on the rows the reviewer
+  holds) gives it back, *Open* shows it in place.
 - :class:`StudyPage`: the patient's prior studies at the site (each a link to its own
   page), the study's instances as thumbnails, a viewer for the selected one
   (:func:`viewer_for`), the study-level evaluation (decision support) above the
@@ -73,6 +74,8 @@ _THUMB: Final = 96
 _DRAFTS: dict[str, dict[str, Any]] = {}
 _MAKE_TEACHING: Final = "Make teaching case"
 _CONFIRM_TEACHING: Final = "Click again to make de-identified copies for trainees"
+#: What *Release* says, on the worklist as on the study page.
+_RELEASED: Final = "Study released: other reviewers may claim it."
 
 
 def query_value(name: str, query: str | None = None) -> str | None:
@@ -198,7 +201,7 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
 
         self.client = client
         self.message = w.HTML()
-        self.table = WorklistTable(rows=[])
+        self.table = WorklistTable(rows=[], user=_me())  # her rows offer Release
         self.table.observe(self._on_action, "action")
         self.table.on_shown(self._on_shown)
         self._stop = threading.Event()
@@ -306,13 +309,13 @@ class WorklistPage(w.VBox):  # type: ignore[misc]
         self.refresh()
 
     def release(self, uid: str) -> None:
-        """Give a claimed study back."""
+        """Give a study the reviewer holds back (a row's *Release*), and say so."""
         try:
             self.client.release(uid)
         except UsreviewError as exc:
             self.message.value = _banner(f"Not released: {exc}", error=True)
         else:
-            self.message.value = _banner("Study released.")
+            self.message.value = _banner(_RELEASED)
         self.refresh()
 
 
@@ -495,7 +498,8 @@ class StudyPage(w.VBox):  # type: ignore[misc]
 
         An instance not downloaded yet shows at once with its first frame, rendered by
         the service; a background thread downloads it and completes the viewer (a cine
-        streams its frames and plays those arrived).
+        streams its frames and plays those arrived). The viewer it replaces is closed
+        (:func:`~usreview.review.viewers.close_viewer`).
         """
         from usreview.review.viewers import progressive_viewer, viewer_for
 
@@ -503,32 +507,42 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         try:
             if sop_instance_uid in self.instances:
                 instance = self.instances[sop_instance_uid]
-                self.viewer_box.children = [viewer_for(instance, record, self.results)]
+                self._view(viewer_for(instance, record, self.results))
                 return
             first = self.client.frame(sop_instance_uid)
             progressive = progressive_viewer(record, first, self.results)
         except UsreviewError as exc:
-            self.viewer_box.children = [_error_html(f"Cannot show this image: {exc}")]
+            self._view(_error_html(f"Cannot show this image: {exc}"))
             return
         except Exception as exc:
             _log.exception("showing instance %s failed", sop_instance_uid)
-            self.viewer_box.children = [_error_html(f"Cannot show this image: {_unexpected(exc)}")]
+            self._view(_error_html(f"Cannot show this image: {_unexpected(exc)}"))
             return
-        self.viewer_box.children = [progressive.widget]
+        self._view(progressive.widget)
 
         def complete() -> None:
             try:
                 progressive.complete(self._instance(sop_instance_uid))
             except UsreviewError as exc:
                 if progressive.widget in self.viewer_box.children:
-                    self.viewer_box.children = [_error_html(f"Cannot show this image: {exc}")]
+                    self._view(_error_html(f"Cannot show this image: {exc}"))
             except Exception:  # a kernel thread must not die silently
                 if self._closed.is_set():
                     return  # the page went away while loading
                 _log.exception("loading instance %s failed", sop_instance_uid)
-                self.viewer_box.children = [_error_html("Cannot show this image.")]
+                self._view(_error_html("Cannot show this image."))
 
         self.loading = self.client.thread(complete, name="instance")
+
+    def _view(self, widget: w.Widget) -> None:
+        """Show ``widget`` in the viewer's place, and close the viewer it replaces (its
+        *Add to report* bar stops following the results; its images are let go)."""
+        from usreview.review.viewers import close_viewer
+
+        shown, self.viewer_box.children = self.viewer_box.children, [widget]
+        for old in shown:
+            if old is not widget:
+                close_viewer(old)
 
     def _claim(self) -> None:
         with self._claiming:
@@ -561,7 +575,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
                 return
             self._changes += 1
             self.study["claim"] = None
-        self.message.value = _banner("Study released: other reviewers may claim it.")
+        self.message.value = _banner(_RELEASED)
         self._reread()  # its status (processed again)
 
     def _make_teaching(self) -> None:

@@ -143,6 +143,7 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
         self._rows: list[_Row] = []
         self._own: list[_Own] = []
         self._own_box = w.VBox()
+        #: :meth:`on_change` callbacks, in the order registered.
         self._observers: list[Callable[[], None]] = []
         title = _PRACTICE_TITLE if practice else "Automatic results"
         self._heading = w.HTML(f"<h3>{html.escape(title)}</h3>")
@@ -295,9 +296,38 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
             raise IndexError(f"argument 'index': no measurement {index} of {len(self._own)}")
         self._remove(self._own[index])
 
-    def on_change(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` whenever a measurement of the reviewer's is added or removed."""
+    def on_change(
+        self, callback: Callable[[], None], *, owner: w.Widget | None = None
+    ) -> Callable[[], None]:
+        """Call ``callback()`` whenever a measurement of the reviewer's is added or removed.
+
+        Registering the same callback again changes nothing. ``owner``: the widget the
+        callback serves (a viewer's *Add to report* bar); the callback is forgotten when it
+        is closed (a page closes the viewer it replaces,
+        :func:`~usreview.review.viewers.close_viewer`), so a panel whose viewer is built
+        again and again calls one callback per live viewer.
+
+        Returns
+        -------
+        callable
+            Forgets the callback when called (again: nothing more).
+        """
+
+        def forget() -> None:
+            self._observers = [known for known in self._observers if known is not callback]
+
+        def closed(change: dict[str, Any]) -> None:
+            if change["new"] is None:  # closing a widget drops its comm
+                forget()
+
+        if callback in self._observers:
+            return forget
+        if owner is not None:
+            if owner.comm is None:  # closed already: it will never be shown
+                return forget
+            owner.observe(closed, names="comm")
         self._observers.append(callback)
+        return forget
 
     def _remove(self, own: _Own) -> None:
         if own in self._own:  # a second click on the same button removes nothing more
@@ -306,7 +336,7 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
 
     def _changed(self) -> None:
         self._render_own()
-        for callback in self._observers:
+        for callback in list(self._observers):
             callback()
 
     # Layout ----------------------------------------------------------------------------

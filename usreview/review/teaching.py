@@ -151,16 +151,31 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
 
     def show(self, case_uid: str, record: Mapping[str, Any]) -> None:
         """Open one de-identified instance in the reviewers' viewer for its kind, above
-        the case's practice panel (what was kept on its other instances stays)."""
-        from usreview.review.viewers import viewer_for
+        the case's practice panel (what was kept on its other instances stays); the
+        viewer it replaces is closed (:func:`~usreview.review.viewers.close_viewer`).
+
+        A refusal is said with the service's words; anything unexpected (an image that
+        cannot be decoded, say) in one line, and logged: Voila shows no tracebacks.
+        """
+        from usreview.review.pages import _guarded
+
+        _guarded(self.message, "Cannot show this image", lambda: self._show(case_uid, record))()
+
+    def _show(self, case_uid: str, record: Mapping[str, Any]) -> None:
+        from usreview.review.viewers import close_viewer, viewer_for
 
         if self.practice is None:
             self.practice = _practice_panel()
         try:
             instance = self.client.teaching_instance(case_uid, record["sop_instance_uid"])
-            self.viewer.children = [viewer_for(instance, record, self.practice), self.practice]
+            viewer = viewer_for(instance, record, self.practice)
         except UsreviewError as exc:
             self._say(f"Cannot show this image: {exc}", error=True)
+            return
+        shown, self.viewer.children = self.viewer.children, [viewer, self.practice]
+        for old in shown:
+            if old is not self.practice:
+                close_viewer(old)
 
     def withdraw_case(self, case_uid: str) -> bool:
         """Withdraw a case (reviewers): whether it is gone; the message says why not."""

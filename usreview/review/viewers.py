@@ -32,6 +32,11 @@ for practice* instead, since nothing of it goes anywhere.
 (rendered by the service) at once, the viewer once the instance is there; a cine streams
 its frames into the same :class:`~usreview.review.widgets.CineViewer`, which plays those
 arrived while the rest come.
+
+A page that replaces a viewer (the reviewer chose another instance) closes the one it
+replaces with :func:`close_viewer`: its bar then stops following the results panel (each
+live viewer has one callback there, however often the reviewer switches), and the kernel
+lets its images go.
 """
 
 from __future__ import annotations
@@ -58,7 +63,14 @@ from usreview.review.widgets import (
     VolumeViewer,
 )
 
-__all__ = ["VIEWERS", "Progressive", "filtered_still", "progressive_viewer", "viewer_for"]
+__all__ = [
+    "VIEWERS",
+    "Progressive",
+    "close_viewer",
+    "filtered_still",
+    "progressive_viewer",
+    "viewer_for",
+]
 
 K = ImageKind
 VIEWERS: Final = (
@@ -113,6 +125,39 @@ def viewer_for(
     return _with_caliper_bar(caliper, uid, results)
 
 
+def close_viewer(viewer: w.Widget) -> None:
+    """Close a viewer that is no longer shown, and every widget inside it.
+
+    Its *Add to report* bar is then forgotten by the results panel it fed
+    (:meth:`~usreview.review.results.ResultsPanel.on_change`), and the kernel no longer
+    keeps its images. A viewer still loading (:func:`progressive_viewer`) is not completed
+    once closed.
+    """
+    stack = [viewer]
+    while stack:
+        widget = stack.pop()
+        if isinstance(widget, ResultsPanel):  # the page's panel is not the viewer's to close
+            continue
+        stack.extend(getattr(widget, "children", ()))
+        widget.close()
+
+
+def _closed(widget: w.Widget) -> bool:
+    return widget.comm is None
+
+
+def _fill(box: w.Box, build: Callable[[], w.Widget]) -> None:
+    """Put what ``build()`` makes in ``box``, unless ``box`` was closed (the viewer was
+    replaced while its instance was downloading): what was built is then closed too."""
+    if _closed(box):
+        return
+    made = build()
+    if _closed(box):
+        close_viewer(made)
+    else:
+        box.children = [made]
+
+
 class Progressive(NamedTuple):
     """A viewer shown before its instance arrived, and what completes it once it has."""
 
@@ -139,10 +184,11 @@ def progressive_viewer(
 
         def stream(instance: UltrasoundInstance) -> None:
             if instance.number_of_frames < 2:
-                box.children = [viewer_for(instance, record, results)]
+                _fill(box, lambda: viewer_for(instance, record, results))
                 return
-            cine.stream_instance(instance)
-            bar.children = [_caliper_bar(instance, cine, results)]
+            if not _closed(box):  # else replaced while it was downloading
+                cine.stream_instance(instance)
+                _fill(bar, lambda: _caliper_bar(instance, cine, results))
 
         return Progressive(box, stream)
     still = w.Image(value=first_frame_png, format="png")
@@ -150,7 +196,7 @@ def progressive_viewer(
     box = w.VBox([still, w.HTML("<i>Loading the image…</i>")])
 
     def replace(instance: UltrasoundInstance) -> None:
-        box.children = [viewer_for(instance, record, results)]
+        _fill(box, lambda: viewer_for(instance, record, results))
 
     return Progressive(box, replace)
 
@@ -264,6 +310,7 @@ def _with_report_bar(
         refresh()
 
     viewer.observe(changed, trait)
-    results.on_change(refresh)
     button.on_click(add)
-    return w.VBox([viewer, w.HBox([label, button, said])])
+    box = w.VBox([viewer, w.HBox([label, button, said])])
+    results.on_change(refresh, owner=box)  # until the viewer is closed (close_viewer)
+    return box

@@ -34,7 +34,9 @@ _COMPUTED = frozenset({"waiting"})
 #: Statuses of a study whose report is out: its waiting time is not shown.
 _ANSWERED = frozenset({"published", "delivered"})
 _ORDER = tuple(sorted(_KEYS - _COMPUTED | {"received_ms"}))
-ACTIONS = ("open", "claim")
+#: What a row's buttons send: *Open*, *Claim* and, on a study the signed-in reviewer
+#: (:attr:`WorklistTable.user`) holds, *Release*.
+ACTIONS = ("open", "claim", "release")
 #: The report urgencies, most urgent first: the form's (and the report's) own, reversed.
 URGENCY_ORDER: tuple[str, ...] = tuple(reversed(URGENCIES))
 
@@ -131,8 +133,10 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
     *Waiting* column shows how long ago each study was received ("12 min", "3 h", "2 d",
     kept current) until its report is published; sorting by it puts the shortest wait
     first, again the longest.
-    Clicking a row's *Open* or *Claim* sets :attr:`action`; :meth:`on_action` registers a
-    handler, :meth:`on_shown` one for each time a browser draws the table.
+    Each row has *Open* and *Claim*, and *Release* when the study is held by :attr:`user`
+    (its ``claim`` column is that name); they are buttons (Tab reaches them, Enter or Space
+    clicks). Clicking one sets :attr:`action`; :meth:`on_action` registers a handler,
+    :meth:`on_shown` one for each time a browser draws the table.
 
     Parameters
     ----------
@@ -140,9 +144,12 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
         Studies as mappings with ``study_instance_uid``, ``site``, ``patient_name``,
         ``patient_id``, ``study_description``, ``kinds``, ``received_at``, ``status``,
         ``urgency`` (``routine``, ``urgent``, ``critical``: the report's), ``findings`` and
-        ``claim``.
+        ``claim`` (the name of the reviewer who holds the study, "" for nobody).
     height
         Height of the scrolling list in CSS pixels.
+    user
+        The signed-in reviewer's name (``$JUPYTERHUB_USER``): rows she holds offer
+        *Release*.
 
     Traitlets
     ---------
@@ -155,8 +162,11 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
         The urgencies, most urgent first (:data:`URGENCY_ORDER`); the browser sorts by it.
     query, site_filter, status_filter : str
         The filters ("" for none).
+    user : str
+        The signed-in reviewer's name; "" (nobody signed in) offers no *Release*.
     action : dict
-        ``{"kind": "open" | "claim", "study": uid, "n": counter}``, set by the browser.
+        ``{"kind": "open" | "claim" | "release", "study": uid, "n": counter}``, set by the
+        browser.
 
     DOM hooks: ``.usr-worklist[data-total, data-shown, data-render-ms, data-sort-key,
     data-sort-dir, data-first-uid, data-drawn, data-last-action, data-ready]``,
@@ -164,7 +174,7 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
     ``button.usr-wl-sort``, ``input.usr-wl-query``, ``select.usr-wl-site``,
     ``select.usr-wl-status``, ``.usr-wl-row[data-uid, data-urgency, data-index]`` with
     ``.usr-wl-td[data-key]`` cells, ``button.usr-open``, ``button.usr-claim``,
-    ``.usr-wl-count``.
+    ``button.usr-release`` (rows held by :attr:`user` only), ``.usr-wl-count``.
     """
 
     _esm = esm("worklist")
@@ -183,6 +193,9 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
     query = traitlets.Unicode("").tag(sync=True)
     site_filter = traitlets.Unicode("").tag(sync=True)
     status_filter = traitlets.Unicode("").tag(sync=True)
+    user = traitlets.Unicode(
+        "", help="The signed-in reviewer's name: the rows she holds offer Release."
+    ).tag(sync=True)
     action = traitlets.Dict().tag(sync=True)
 
     def __init__(
@@ -190,13 +203,16 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
         rows: Iterable[Mapping[str, Any]] = (),
         *,
         height: int = 480,
+        user: str = "",
         **kwargs: Any,
     ) -> None:
         self._handlers: list[Callable[[str, str], None]] = []
         self._shown: list[Callable[[], None]] = []
         columns = [{"key": k, "label": label, "width": w} for k, label, w in COLUMNS]
         rows = normalise_rows(rows)
-        super().__init__(rows=rows, table=columnar(rows), columns=columns, height=height, **kwargs)
+        super().__init__(
+            rows=rows, table=columnar(rows), columns=columns, height=height, user=user, **kwargs
+        )
         self.on_msg(self._on_message)
 
     @traitlets.validate("rows")
@@ -228,7 +244,8 @@ class WorklistTable(anywidget.AnyWidget):  # type: ignore[misc]
                 handler()
 
     def on_action(self, handler: Callable[[str, str], None]) -> None:
-        """Call ``handler(kind, study_instance_uid)`` when a row's Open or Claim is clicked."""
+        """Call ``handler(kind, study_instance_uid)`` when a row's Open, Claim or Release is
+        clicked (``kind``: one of :data:`ACTIONS`)."""
         self._handlers.append(handler)
 
     @traitlets.observe("action")

@@ -3,13 +3,16 @@
 // free-text filter and site and status filters run client-side and survive updates of the
 // rows from the kernel. The urgency order comes from the kernel (model "urgencies", most
 // urgent first); the Waiting column is computed here from received_ms and kept current.
+// Each row has Open and Claim, and Release when the signed-in reviewer (model "user")
+// holds it (its claim column is her name); each sends an action to the kernel.
 // DOM hooks: .usr-worklist[data-total, data-shown, data-render-ms, data-sort-key,
 // data-sort-dir, data-first-uid, data-ready]; .usr-wl-th[data-key, data-dir, aria-sort]
 // with button.usr-wl-sort; input.usr-wl-query; select.usr-wl-site; select.usr-wl-status;
 // .usr-wl-row[data-uid, data-urgency, data-index]; .usr-wl-td[data-key];
-// button.usr-open / button.usr-claim; .usr-wl-count.
+// button.usr-open / button.usr-claim / button.usr-release (one's own claims); .usr-wl-count.
 
 const ROW_HEIGHT = 30;
+const ACTIONS_WIDTH = "208px"; // Open, Claim(ed) and Release side by side
 const OVERSCAN = 8;
 const TICK_MS = 30_000; // how often the waiting times are brought up to date
 const MINUTE = 60_000;
@@ -100,7 +103,7 @@ function render({ model, el }) {
   let order = [];
   let counter = (model.get("action") || {}).n || 0;
   const columns = model.get("columns");
-  const template = columns.map((c) => c.width || "1fr").join(" ") + " 118px";
+  const template = columns.map((c) => c.width || "1fr").join(" ") + ` ${ACTIONS_WIDTH}`;
   header.style.gridTemplateColumns = template;
 
   table.setAttribute("aria-colcount", String(columns.length + 1));
@@ -213,7 +216,16 @@ function render({ model, el }) {
       const claim = h("button", { class: "usr-claim", type: "button" }, r.claim ? "Claimed" : "Claim");
       open.addEventListener("click", () => act("open", r.study_instance_uid));
       claim.addEventListener("click", () => act("claim", r.study_instance_uid));
-      line.append(h("div", { class: "usr-wl-td usr-wl-actions", role: "cell" }, open, claim));
+      const buttons = [open, claim];
+      const user = model.get("user");
+      if (user && r.claim === user) {
+        // a real button, as Open and Claim: Tab reaches it, Enter or Space clicks it
+        const release = h("button", { class: "usr-release", type: "button",
+          title: "Give the study back to the worklist" }, "Release");
+        release.addEventListener("click", () => act("release", r.study_instance_uid));
+        buttons.push(release);
+      }
+      line.append(h("div", { class: "usr-wl-td usr-wl-actions", role: "cell" }, ...buttons));
       fragment.append(line);
     }
     body.replaceChildren(fragment);
@@ -249,6 +261,7 @@ function render({ model, el }) {
   model.on("change:table", () => { index(); recompute(); });
   model.on("change:sort", recompute);
   model.on("change:urgencies", recompute);
+  model.on("change:user", () => draw(true));
   model.on("change:query", () => {
     if (query.value !== model.get("query")) query.value = model.get("query");
     recompute();
