@@ -208,7 +208,7 @@ function render({ model, el }) {
       line.style.gridTemplateColumns = template;
       for (const column of columns) {
         const text = cellText(r, column.key);
-        const title = column.key === "waiting" && text ? `since ${cellText(r, "received_at")}` : text;
+        const title = column.key === "waiting" && text ? `received ${cellText(r, "received_at")} UTC` : text;
         line.append(h("div", { class: "usr-wl-td", dataset: { key: column.key }, title, role: "cell" },
           text));
       }
