@@ -45,6 +45,7 @@ from tests.site_helpers import (
 from usreview.ingest.receipts import verify_receipt
 from usreview.site import SiteConfig, Spool, load_config, read_status
 from usreview.site.client import HubClient
+from usreview.site.studies import read_journal
 
 pytestmark = pytest.mark.slow
 
@@ -578,6 +579,20 @@ def test_push_and_its_errors(hub: Hub, simulated: list[Path], tmp_path: Path) ->
     assert f"[{len(files)}/{len(files)}]" in done.stderr
     assert f"{len(files)} acknowledged, 0 not acknowledged, 0 not sent" in done.stdout
     assert {sop_uid(p) for p in files} <= set(held_at_hub(config))
+    # Journaled as the gateway's uploads are: 'site status --study' shows pushed exams.
+    state = load_config(config).state
+    acked = {e["sop"]: e for e in read_journal(state) if e["e"] == "ack"}
+    assert set(acked) == {sop_uid(p) for p in files}
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    assert acked[sop_uid(files[0])]["study"] == study and not acked[sop_uid(files[0])]["dup"]
+    shown = subprocess.run(
+        [*USREVIEW, "site", "status", "--config", str(config), "--study", study],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "1 received, 1 acknowledged by the hub, 0 waiting, 0 rejected" in shown.stdout
     junk = tmp_path / "notes.dcm"
     junk.write_text("not dicom")
     again = subprocess.run(
@@ -587,6 +602,9 @@ def test_push_and_its_errors(hub: Hub, simulated: list[Path], tmp_path: Path) ->
     assert "already at the hub" in again.stderr
     assert f"1 file(s) not sent: {junk}: not a DICOM" in again.stderr
     assert "not acknowledged by the hub" not in again.stderr
+    assert [e["sop"] for e in read_journal(state) if e["e"] == "ack" and e["dup"]] == [
+        sop_uid(files[0])
+    ]
 
 
 def test_push_draws_a_progress_bar_on_a_terminal(

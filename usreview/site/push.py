@@ -6,7 +6,9 @@ verified receipt naming its UID and bytes. An unreachable hub is retried a few t
 backoff; anything not acknowledged in the end is named in
 :class:`~usreview.site.errors.NotAcknowledgedError`. A file that cannot be read here (missing,
 unreadable, not DICOM) is not sent and is named apart (:attr:`PushReport.unread`). The files
-are only read.
+are only read. Each instance the hub acknowledges, or refuses for what it is, is recorded in
+the per-study journal (:class:`~usreview.site.studies.StudyLog`, shared safely with a
+running gateway), so ``site status --study`` shows pushed exams too.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from usreview.site.backoff import Backoff
 from usreview.site.client import HubClient
 from usreview.site.config import SiteConfig
 from usreview.site.errors import HubRefusedError, HubUnreachableError, ReceiptError, SpoolError
+from usreview.site.refusals import Refusal
 from usreview.site.spool import check_uid
+from usreview.site.studies import StudyLog, instance_header
 from usreview.site.uploader import UploadOutcome, upload_instance
 
 __all__ = ["PushReport", "push_paths"]
@@ -75,12 +79,14 @@ def push_paths(
     report = PushReport()
     own = client is None
     client = client or HubClient(config)
+    studies = StudyLog(config.state)
     try:
         for done, path in enumerate(files, 1):
-            outcome = _push_one(client, config, path, site_keys, hub_key, attempts, report)
+            outcome = _push_one(client, config, path, site_keys, hub_key, attempts, report, studies)
             if progress is not None:
                 progress(done, len(files), path, outcome)
     finally:
+        studies.close()
         if own:
             client.close()
     return report
@@ -94,6 +100,7 @@ def _push_one(
     hub_key: PublicKeys,
     attempts: int,
     report: PushReport,
+    studies: StudyLog,
 ) -> str:
     try:
         data = path.read_bytes()
@@ -126,8 +133,18 @@ def _push_one(
             time.sleep(backoff.next_delay())
         except HubRefusedError as exc:
             report.failed[path] = str(exc)
+            if exc.refusal is Refusal.FINAL:  # the instance itself (as the uploader journals)
+                studies.rejected(uid, instance_header(data), str(exc), spooled_at=None)
             return "refused"
         else:
             report.acknowledged[path] = outcome
+            study = outcome.receipt.get("study_instance_uid")
+            studies.acknowledged(
+                uid,
+                study if isinstance(study, str) else None,
+                instance_header(data),
+                spooled_at=None,  # never spooled: no time the site received it
+                duplicate=outcome.duplicate,
+            )
             return "already at the hub" if outcome.duplicate else "stored"
     return "failed"  # pragma: no cover

@@ -2,8 +2,9 @@
 
 ``STATE/studies.jsonl`` (mode 0600) answers "did exam X reach the hub, and are its results
 back, and at the PACS?" (``usreview site status --study UID`` or ``--accession N``). One
-JSON object per line, appended by the process that uploads and delivers (the gateway's
-upload process, or ``site pull``), never by the scanners' C-STORE path:
+JSON object per line, appended by the processes that upload and deliver (the gateway's
+upload process, ``site pull``, and ``site push``, which may run beside a gateway), never by
+the scanners' C-STORE path:
 
 - ``{"e": "ack", "sop", "study", "acc", "desc", "spooled", "at", "dup"}``: the hub's
   verified receipt named the instance (``study`` from the receipt; the accession number
@@ -19,7 +20,11 @@ upload process, or ``site pull``), never by the scanners' C-STORE path:
 Lines are written at once (``O_APPEND``) and synced at most every half second, and at
 :meth:`StudyLog.flush`; a line cut short by a crash is skipped when read. The journal is
 compacted when it is opened, once a day and when it grows past 64 MiB: the studies with
-nothing recorded for :data:`RETENTION` (30 days) are dropped, written atomically.
+nothing recorded for :data:`RETENTION` (30 days) are dropped, written atomically. Writers
+in several processes take turns: each append and each compaction (read, filter, replace)
+holds an ``flock`` on ``STATE/studies.lock`` (0600), so no line is written between a
+compaction's read and its replace, and an appender whose file another process replaced
+meanwhile opens the new one before writing.
 :func:`study_reports` reads it together with the spool (instances still waiting), and the
 PACS queues (deliveries pending or set aside), which outrank what the journal says.
 """
@@ -27,12 +32,13 @@ PACS queues (deliveries pending or set aside), which outrank what the journal sa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,7 @@ __all__ = [
 ]
 
 STUDIES_FILE = "studies.jsonl"
+_LOCK_FILE = "studies.lock"
 #: Studies with nothing recorded for this long (seconds) are dropped at compaction.
 RETENTION = 30 * 86400.0
 #: Compact when the file grows past this many bytes.
@@ -94,7 +101,7 @@ def instance_header(source: bytes | Path) -> InstanceHeader:
 
 
 class StudyLog:
-    """Append-only journal of ``STATE/studies.jsonl``; thread-safe, one writing process.
+    """Append-only journal of ``STATE/studies.jsonl``; safe for threads and processes.
 
     Parameters
     ----------
@@ -117,6 +124,7 @@ class StudyLog:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(state) / STUDIES_FILE
+        self._lock_path = Path(state) / _LOCK_FILE
         self.retention = retention
         self.max_bytes = max_bytes
         self._clock = clock
@@ -126,8 +134,12 @@ class StudyLog:
         self._dirty = False
         self._synced = 0.0
         self._compacted = 0.0
-        with self._lock:
-            self._compact()
+        # A full disk or a read-only folder: the journal is a record, never a reason to stop.
+        with self._lock, contextlib.suppress(OSError):
+            # 'site push' at a site whose gateway never ran: no state folder yet.
+            Path(state).mkdir(mode=0o700, parents=True, exist_ok=True)
+            with self._file_lock():
+                self._compact()
 
     # -- events ------------------------------------------------------------------------
 
@@ -210,26 +222,54 @@ class StudyLog:
         line = (json.dumps({**entry, "at": now}, separators=(",", ":")) + "\n").encode()
         with self._lock:
             try:
-                if self._closed:  # a thread finishing after close(): written, synced, closed
-                    fd = self._open()
-                    try:
-                        os.write(fd, line)
-                        os.fdatasync(fd)
-                    finally:
-                        os.close(fd)
-                        self._fd = None
-                    return
-                fd = self._open()
-                os.write(fd, line)
-                self._dirty = True
-                if now - self._compacted > _COMPACT_EVERY or os.fstat(fd).st_size > self.max_bytes:
-                    self._compact()
-                elif time.monotonic() - self._synced > _SYNC_INTERVAL:
-                    self._sync()
+                with self._file_lock():
+                    self._write(line, now)
             except OSError:  # a full disk: the journal is a record, never a reason to stop
                 return
 
+    def _write(self, line: bytes, now: float) -> None:
+        """Append ``line``. Holds ``self._lock`` and the file lock."""
+        if self._closed:  # a thread finishing after close(): written, synced, closed
+            fd = self._open()
+            try:
+                os.write(fd, line)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+                self._fd = None
+            return
+        fd = self._open()
+        os.write(fd, line)
+        self._dirty = True
+        if now - self._compacted > _COMPACT_EVERY or os.fstat(fd).st_size > self.max_bytes:
+            self._compact()
+        elif time.monotonic() - self._synced > _SYNC_INTERVAL:
+            self._sync()
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """Hold the ``flock`` on ``STATE/studies.lock`` (another process's log takes turns
+        with this one). Taken after ``self._lock``, never before."""
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
     def _open(self) -> int:
+        """The journal's descriptor, opened again if another process replaced the file
+        (compacted it) since. Holds both locks."""
+        if self._fd is not None:
+            try:
+                named, mine = os.stat(self.path), os.fstat(self._fd)
+                replaced = (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino)
+            except FileNotFoundError:
+                replaced = True
+            if replaced:  # what was written through it is in the replacement (read under lock)
+                os.close(self._fd)
+                self._fd = None
+                self._dirty = False
         if self._fd is None:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
             self._fd = os.open(self.path, flags, 0o600)
@@ -258,7 +298,8 @@ class StudyLog:
 
     def _compact(self) -> None:
         """Drop the studies quiet for :attr:`retention` (then the oldest, past
-        :attr:`max_bytes`); written atomically. Holds ``self._lock``."""
+        :attr:`max_bytes`); written atomically. Holds ``self._lock`` and the file lock,
+        so no other process appends between the read and the replace."""
         now = self._clock()
         self._compacted = now
         try:
