@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -204,6 +204,25 @@ def offline_site(folder: Path, *extra: str) -> tuple[Path, int]:
     token.write_text("not-a-real-token\n")
     token.chmod(0o600)
     return folder / "site" / "site.toml", port
+
+
+def site_hub_never_asked(folder: Path, **init: Any) -> Path:
+    """``init_site`` in ``folder/site`` (keyword options ``init``) for a hub that is never
+    asked (a closed port), with a token file; its site.toml."""
+    from usreview.envelope import generate_keys, write_key_pair
+    from usreview.site import init_site
+
+    write_key_pair(generate_keys("hub"), folder / "hubkeys")
+    site = init_site(
+        "clinic",
+        "http://127.0.0.1:9",
+        folder / "site",
+        hub_public_key=folder / "hubkeys" / "hub.pub",
+        **init,
+    )
+    (folder / "site" / "token").write_text("unused\n")
+    (folder / "site" / "token").chmod(0o600)
+    return site.config
 
 
 def set_port(config: Path, port: int) -> None:

@@ -619,8 +619,9 @@ TODAY = r"\d\d:\d\d UTC"
 
 
 def test_times_are_to_the_minute_and_say_utc() -> None:
-    from usreview.review.pages import _utc, _worklist_row
+    from usreview.review.pages import _worklist_row
     from usreview.review.widgets.worklist import normalise_rows
+    from usreview.review.wording import utc as _utc
 
     sent = "2024-03-14T14:05:09.123456Z"  # as the service sends times
     assert _utc(sent) == "2024-03-14 14:05 UTC"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.site_helpers import power_cut
+from tests.site_helpers import power_cut, site_hub_never_asked
 from usreview.site import SiteConfigError, SpoolError, SpoolKeyError
 from usreview.site.atrest import MAGIC, SpoolCipher, generate_spool_key
 from usreview.site.spool import JOURNAL, Spool
@@ -193,21 +193,11 @@ def test_without_its_key_the_uploader_keeps_the_sealed_instances(tmp_path: Path)
     """A missing spool key is the configuration's fault: nothing is moved to rejected/."""
     import time
 
-    from usreview.envelope import generate_keys, write_key_pair
-    from usreview.site import init_site, load_config, read_status
+    from usreview.site import load_config, read_status
     from usreview.site.status import StatusBook
     from usreview.site.uploader import Uploader
 
-    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
-    site = init_site(
-        "clinic",
-        "http://127.0.0.1:9",
-        tmp_path / "site",
-        hub_public_key=tmp_path / "hubkeys" / "hub.pub",
-    )
-    (tmp_path / "site" / "token").write_text("unused\n")
-    (tmp_path / "site" / "token").chmod(0o600)
-    config = load_config(site.config)  # no folders.spool_key
+    config = load_config(site_hub_never_asked(tmp_path))  # no folders.spool_key
     config.state.mkdir(mode=0o700)  # as the gateway makes it
     sealed = Spool(config.spool, SpoolCipher(KEY))
     for i in range(3):
@@ -449,23 +439,12 @@ def test_the_uploader_keeps_files_sealed_with_a_key_no_longer_listed(tmp_path: P
     """A changed spool key is the configuration's fault: nothing is moved to rejected/."""
     import time
 
-    from usreview.envelope import generate_keys, write_key_pair
-    from usreview.site import init_site, load_config, read_status
+    from usreview.site import load_config, read_status
     from usreview.site.atrest import load_spool_cipher
     from usreview.site.status import StatusBook
     from usreview.site.uploader import Uploader
 
-    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
-    site = init_site(
-        "clinic",
-        "http://127.0.0.1:9",
-        tmp_path / "site",
-        hub_public_key=tmp_path / "hubkeys" / "hub.pub",
-        encrypt_spool=True,
-    )
-    (tmp_path / "site" / "token").write_text("unused\n")
-    (tmp_path / "site" / "token").chmod(0o600)
-    config = load_config(site.config)
+    config = load_config(site_hub_never_asked(tmp_path, encrypt_spool=True))
     config.state.mkdir(mode=0o700)
     sealed = Spool(config.spool, SpoolCipher(OLD))  # the key before a careless change
     for i in range(3):

@@ -19,9 +19,9 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import UltrasoundImageStorage
 
-from usreview.envelope import generate_keys, write_key_pair
+from tests.site_helpers import site_hub_never_asked
 from usreview.simulate import simulate
-from usreview.site import init_site, load_config, read_status
+from usreview.site import load_config, read_status
 from usreview.site.config import PacsDestination
 from usreview.site.deliver import FAILED, deliver_to_outbox
 from usreview.site.results import ResultFollower
@@ -106,22 +106,12 @@ def test_a_pacs_that_refuses_or_is_down_holds_up_no_other(
     with socket.socket() as closed:  # a port where nothing listens: a PACS that is down
         closed.bind(("127.0.0.1", 0))
         down = closed.getsockname()[1]
-    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
     destinations = [
         PacsDestination("refusing", "PACS", "127.0.0.1", peers["refusing"].port),
         PacsDestination("down", "PACS", "127.0.0.1", down),
         PacsDestination("good", "PACS", "127.0.0.1", peers["good"].port),
     ]
-    site = init_site(
-        "clinic",
-        "http://127.0.0.1:9",
-        tmp_path / "site",
-        hub_public_key=tmp_path / "hubkeys" / "hub.pub",
-        pacs=destinations,
-    )
-    (tmp_path / "site" / "token").write_text("unused\n")
-    (tmp_path / "site" / "token").chmod(0o600)
-    config = load_config(site.config)
+    config = load_config(site_hub_never_asked(tmp_path, pacs=destinations))
     follower = ResultFollower(config, StatusBook(config.state))
     uids = []
     for n in range(3):
@@ -169,17 +159,10 @@ def test_outbox_folders_are_listed_by_their_owner_and_group_only(
 
 def _site_with(tmp_path: Path, pacs: dict[str, _Pacs]) -> Path:
     """A site (its hub never asked) whose PACS are ``pacs``; its site.toml."""
-    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
-    site = init_site(
-        "clinic",
-        "http://127.0.0.1:9",
-        tmp_path / "site",
-        hub_public_key=tmp_path / "hubkeys" / "hub.pub",
+    return site_hub_never_asked(
+        tmp_path,
         pacs=[PacsDestination(name, "PACS", "127.0.0.1", p.port) for name, p in pacs.items()],
     )
-    (tmp_path / "site" / "token").write_text("unused\n")
-    (tmp_path / "site" / "token").chmod(0o600)
-    return site.config
 
 
 def _image(tmp_path: Path, n: int) -> tuple[Path, str]:

@@ -25,6 +25,8 @@ from typing import Any, Final
 
 import ipywidgets as w
 
+from usreview.review.wording import one_line
+
 __all__ = ["EXAM_TYPES", "URGENCIES", "ReportForm"]
 
 _log = logging.getLogger(__name__)
@@ -217,7 +219,7 @@ class ReportForm(w.VBox):  # type: ignore[misc]
             _log.exception("publishing the report failed")
             self.status.value = (
                 '<span style="color:#b00020">Publishing failed unexpectedly '
-                f"({html.escape(_one_line(exc))}): reload the page and check the published "
+                f"({html.escape(one_line(exc))}): reload the page and check the published "
                 "versions before publishing again.</span>"
             )
         finally:
@@ -225,8 +227,3 @@ class ReportForm(w.VBox):  # type: ignore[misc]
             self._show_button()
             if "usreview-publishing" in self.status.value:  # nothing said what happened
                 self.status.value = ""
-
-
-def _one_line(exc: BaseException, longest: int = 200) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= longest else text[: longest - 1] + "…"

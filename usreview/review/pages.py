@@ -51,6 +51,7 @@ from usreview.errors import UsreviewError
 from usreview.review.client import ClaimedError, ReviewClient, ServiceError
 from usreview.review.form import ReportForm
 from usreview.review.results import ResultsPanel
+from usreview.review.wording import one_line, utc
 
 if TYPE_CHECKING:  # the worklist opens fast: DICOM and processing load with a study
     from usreview.dicom import UltrasoundInstance
@@ -99,39 +100,9 @@ def _title(page: str) -> w.HTML:
     )
 
 
-def _utc(moment: Any, *, zone: bool = True, short: bool = False) -> str:
-    """A time as every page shows it: to the minute, in UTC, said, ``2024-03-14 14:05 UTC``.
-
-    ``moment`` is ISO 8601 text as the service sends it (``...T14:05:09.123456Z``; without
-    an offset it is UTC) or a datetime. The kernel cannot know the reviewer's time zone
-    (the browser does), so the zone is always said: ``zone=False`` only where a column's
-    heading says it (``2024-03-14 14:05``). ``short``: the time of day alone when it is
-    today (``14:05 UTC``). A date alone, or text that is not a time, is shown as it came;
-    ``None`` as "".
-    """
-    if moment is None:
-        return ""
-    if isinstance(moment, str):
-        text = moment
-        if len(text) <= 10:  # a date, or not a time
-            return text
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            return text
-    if not isinstance(moment, datetime):
-        return str(moment)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    today = moment.date() == datetime.now(UTC).date()
-    text = moment.strftime("%H:%M" if short and today else "%Y-%m-%d %H:%M")
-    return f"{text} UTC" if zone else text
-
-
 def _until(claim: Mapping[str, Any] | None) -> str:
     """`` until 14:05 UTC``: when a claim (the service's ``Claim``) ends, or ""."""
-    expires = _utc((claim or {}).get("expires_at"), short=True)
+    expires = utc((claim or {}).get("expires_at"), short=True)
     return f" until {expires}" if expires else ""
 
 
@@ -154,7 +125,7 @@ def _worklist_row(study: Mapping[str, Any]) -> dict[str, Any]:
     8601), the claim as the name of the reviewer who holds it."""
     row = dict(study)
     for key in ("received_at", "updated_at"):
-        row[key] = _utc(row.get(key), zone=False)
+        row[key] = utc(row.get(key), zone=False)
     claim = row.get("claim")
     if isinstance(claim, Mapping):
         row["claim"] = claim.get("reviewer") or ""
@@ -173,10 +144,9 @@ def _banner(text: str, *, error: bool = False, link: tuple[str, str] | None = No
     return f'<div class="usreview-message" style="color:{colour}">{html.escape(text)}{after}</div>'
 
 
-def _unexpected(exc: BaseException, longest: int = 200) -> str:
+def _unexpected(exc: BaseException) -> str:
     """An exception nobody foresaw, as one line of a message (the traceback is logged)."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return "unexpected error (" + (text if len(text) <= longest else text[:longest] + "…") + ")"
+    return f"unexpected error ({one_line(exc)})"
 
 
 def _guarded(message: w.HTML, failure: str, action: Callable[[], None]) -> Callable[..., None]:
@@ -851,7 +821,7 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             content = report.get("content") or {}
             cells = (
                 f"version {report.get('version')}",
-                _utc(report.get("published_at"), zone=False),
+                utc(report.get("published_at"), zone=False),
                 report.get("reviewer") or "",
                 report.get("urgency") or content.get("urgency") or "",
                 content.get("impression") or "",
@@ -937,7 +907,7 @@ def _count(number: int, noun: str) -> str:
 
 
 def _now() -> str:
-    return _utc(datetime.now(UTC), short=True)
+    return utc(datetime.now(UTC), short=True)
 
 
 def _teaching_said(case: Mapping[str, Any], made: bool) -> str:

@@ -28,6 +28,8 @@ from urllib.parse import quote
 
 import ipywidgets as w
 
+from usreview.review.wording import utc
+
 __all__ = ["DECISIONS", "ResultsPanel", "processing_line", "study_evaluation_html"]
 
 DECISIONS: Final = ("pending", "accept", "correct", "reject")
@@ -486,11 +488,10 @@ def study_evaluation_html(evaluation: Mapping[str, Any]) -> str:
             f"<div>{html.escape(str(side.get('criterion') or ''))}</div>"
             f"<div><i>{html.escape(str(side.get('source') or ''))}</i></div></details></div>"
         )
-    from usreview.review.pages import _utc  # the pages' one way of showing a time
 
     published = evaluation.get("published")
     sent = (
-        f"sent to the site as result {published['result']} ({_utc(published['published_at'])})"
+        f"sent to the site as result {published['result']} ({utc(published['published_at'])})"
         if published
         else "not sent to the site yet"
     )
