@@ -669,10 +669,20 @@ def test_claims_say_until_when_in_utc(world: World, client: Any) -> None:
         assert re.search(rf"Not claimed: claimed by oli until {TODAY}<", said), said
         assert re.search(rf"claimed by <b class='usreview-claimant'>oli</b> until {TODAY}<",
                          page.header.value), page.header.value  # fmt: skip
+        form = page.form
+        assert form is not None and form.publish_button.disabled  # oli holds it
+        assert re.search(rf"oli holds this study until {TODAY}: you may publish", form.status.value)
+        form.publish_button.click()  # does nothing while locked
+        assert "Publishing" not in form.status.value and "Not published" not in form.status.value
         page.claim_button.click()
         said = page.message.value
         assert re.search(rf"Not claimed: claimed by oli until {TODAY}<", said), said
+        assert form.publish_button.disabled
         assert world.hub.request("DELETE", f"/studies/{uid}/claim", other).status_code == 204
+        page.refresh()  # oli released it: the form is as it was before
+        assert claimant(page) == "nobody" and "oli holds" not in form.status.value
+        assert form.publish_button.disabled == (form.locked is not None)
+        assert "oli holds" not in (form.locked or "")
 
         worklist.claim(uid)
         said = worklist.message.value

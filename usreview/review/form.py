@@ -168,10 +168,7 @@ class ReportForm(w.VBox):  # type: ignore[misc]
             f'<span data-version="{html.escape(str(version))}">Published version {version} '
             f"at {html.escape(str(answer.get('published_at', '')))}.</span>"
         )
-        self.lock("Claim the study again to publish an amendment.")
-        self.status.value = (
-            f"{self._confirmation} <span class='usreview-publish-hint'>{self.locked}</span>"
-        )
+        self.lock("Claim the study again to publish an amendment.", shown=True)
 
     def allow(self) -> None:
         """The study is claimed again: publishing (an amendment) is possible."""
@@ -180,10 +177,16 @@ class ReportForm(w.VBox):  # type: ignore[misc]
         self.locked = None
         self._show_button()
 
-    def lock(self, reason: str) -> None:
-        """Refuse to publish until :meth:`allow` (``reason``: the button's tooltip)."""
+    def lock(self, reason: str, *, shown: bool = False) -> None:
+        """Refuse to publish until :meth:`allow` (``reason``: the button's tooltip, and
+        with ``shown`` a hint under it, after what was last published)."""
         self.locked = reason
         self._show_button()
+        if shown:
+            self.status.value = (
+                f"{self._confirmation} <span class='usreview-publish-hint'>"
+                f"{html.escape(reason)}</span>"
+            )
 
     def failed(self, message: str) -> None:
         """Show why a publication was refused."""

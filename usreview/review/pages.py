@@ -21,7 +21,9 @@ call the service as the reviewer (:class:`~usreview.review.client.ReviewClient`)
   is doing stays: the viewer, the form's text, the decisions on the results and her own
   measurements. A read that fails is said in one discreet line, and tried again. A
   publication releases the claim (the service does): the page reads the study again,
-  stops renewing and locks the form until the study is claimed again. *Back to worklist*
+  stops renewing and locks the form until the study is claimed again. While another
+  reviewer holds the study, the form is locked too and says who and until when.
+  *Back to worklist*
   (:meth:`StudyPage.leave`) releases the claim and keeps unsent text as a draft, per
   study, for the rest of the session (the kernel). *Make teaching case* asks for a second
   click (patient images are copied for trainees), then says whether the case was made now
@@ -318,6 +320,9 @@ class StudyPage(w.VBox):  # type: ignore[misc]
         #: Readings begun (under ``_claiming``) and the last one shown: an older reading
         #: that finishes after a newer one is not shown over it.
         self._readings = self._shown = 0
+        #: While another reviewer holds the study, the form's lock before it (see
+        #: :meth:`_follow_holder`): a list of one reason (or ``None``), else empty.
+        self._lock_before_other: list[str | None] = []
         self.message = w.HTML()
         #: What came since the page was opened (new instances, results, claim, versions).
         self.news = w.HTML()
@@ -851,6 +856,32 @@ class StudyPage(w.VBox):  # type: ignore[misc]
             f"{html.escape(s['status'])}</b> · claimed by <b class='usreview-claimant'>"
             f"{html.escape(who)}</b>{html.escape(_until(claim))}</div>"
         )
+        self._follow_holder()
+
+    def _follow_holder(self) -> None:
+        """Lock the form while another reviewer holds the study (the service would refuse
+        the publication), saying who and until when; once they no longer hold it, the
+        form is locked or not as it was before."""
+        if self.form is None:
+            return
+        claim = self.study.get("claim") or {}
+        holder = claim.get("reviewer")
+        if holder and holder != _me():
+            if not self._lock_before_other:
+                self._lock_before_other.append(self.form.locked)
+            reason = (
+                f"{holder} holds this study{_until(claim)}: you may publish once you claim "
+                "it after they release it."
+            )
+            if self.form.locked != reason:
+                self.form.lock(reason, shown=True)
+        elif self._lock_before_other:
+            [before] = self._lock_before_other
+            self._lock_before_other.clear()
+            if before is None:
+                self.form.allow()
+            else:
+                self.form.lock(before, shown=True)
 
     def _other_sites(self) -> list[str]:
         """The registered sites a report may also go to (the referring clinic)."""
