@@ -49,7 +49,7 @@ def test_the_repository_notebooks_are_the_dashboards() -> None:
     assert {"worklist.ipynb", "study.ipynb", "teaching.ipynb", "research.ipynb"} <= names
 
 
-def test_prepare_server_copies_the_dashboards_and_replaces_stale_ones(
+def test_prepare_server_refreshes_the_dashboards_and_keeps_what_people_saved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = tmp_path / "notebooks"
@@ -65,9 +65,29 @@ def test_prepare_server_copies_the_dashboards_and_replaces_stale_ones(
     prepare_server(spawner)
 
     copied = tmp_path / "homes" / "rita" / DASHBOARD_FOLDER
-    assert sorted(p.name for p in copied.iterdir()) == ["worklist.ipynb"]
+    assert sorted(p.name for p in copied.iterdir() if p.name != ".shipped") == [
+        "old.ipynb",  # not shipped by an earlier start: perhaps hers
+        "worklist.ipynb",
+    ]
     assert spawner.default_url == landing_url(["reviewers"])
     assert (tmp_path / "homes" / "rita").stat().st_mode & 0o777 == 0o700
+
+    # Her own notebook saved beside the dashboards stays; a shipped one is refreshed, and
+    # one no longer shipped goes.
+    (copied / "my-analysis.ipynb").write_text('{"mine": 1}')
+    (copied / "worklist.ipynb").write_text('{"edited": 1}')
+    (source / "worklist.ipynb").write_text('{"v": 2}')
+    (source / "research.ipynb").write_text("{}")
+    prepare_server(spawner)
+    assert (copied / "my-analysis.ipynb").read_text() == '{"mine": 1}'
+    assert (copied / "worklist.ipynb").read_text() == '{"v": 2}'
+    (source / "research.ipynb").unlink()
+    prepare_server(spawner)
+    assert sorted(p.name for p in copied.iterdir() if p.name != ".shipped") == [
+        "my-analysis.ipynb",
+        "old.ipynb",
+        "worklist.ipynb",
+    ]
 
 
 def test_server_tokens_reach_the_service_but_never_administer_it() -> None:

@@ -2,7 +2,8 @@
 
 Each person's server is a JupyterHub single-user Jupyter server with Voila. Before it
 starts, :func:`prepare_server` (JupyterHub's ``pre_spawn_hook``) copies the dashboards
-(the repository's ``notebooks/``, or ``$USREVIEW_NOTEBOOKS``) into ``HOME/usreview/``
+(the repository's ``notebooks/``, or ``$USREVIEW_NOTEBOOKS``) into ``HOME/usreview/``,
+replacing the ones shipped before (notebooks a person saved there under another name stay),
 and sets where the person lands after logging in: reviewers on the worklist, trainees on
 their teaching cases (``teaching.ipynb``), scientists on JupyterLab with the case library's
 starting notebook (``research.ipynb``, :mod:`usreview.review.research`), the others on
@@ -43,7 +44,9 @@ __all__ = [
 NOTEBOOKS_ENV: Final = "USREVIEW_NOTEBOOKS"
 SERVICE_URL_ENV: Final = "USREVIEW_SERVICE_URL"
 DASHBOARD_FOLDER: Final = "usreview"
-"""The folder of each person's home that holds the dashboards (replaced at each start)."""
+"""The folder of each person's home that holds the dashboards (refreshed at each start)."""
+#: The list, in :data:`DASHBOARD_FOLDER`, of the files the last start shipped there.
+_SHIPPED: Final = ".shipped"
 
 SERVER_TOKEN_SCOPES: Final = (
     "users:activity!user",  # JupyterHub's own server role
@@ -100,8 +103,29 @@ def prepare_server(spawner: Any) -> None:
     home = Path(template.format(username=spawner.user.name))
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     home.chmod(0o700)  # each person's files are theirs alone
-    target = home / DASHBOARD_FOLDER
-    source = notebooks_dir()
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+    _ship(notebooks_dir(), home / DASHBOARD_FOLDER)
+
+
+def _ship(source: Path, target: Path) -> None:
+    """Copy the dashboards of ``source`` into ``target``, replacing those shipped before.
+
+    What the person saved there under other names stays: only files that an earlier start
+    shipped (listed in :data:`_SHIPPED`) and that are no longer shipped are removed.
+    """
+    shipped = sorted(
+        str(path.relative_to(source))
+        for path in source.rglob("*")
+        if path.is_file()
+        and not any(part.startswith(".") or part == "__pycache__" for part in path.parts)
+    )
+    target.mkdir(mode=0o700, exist_ok=True)
+    listed = target / _SHIPPED
+    before = set(listed.read_text().splitlines()) if listed.is_file() else set()
+    for name in before - set(shipped):
+        stale = target / name
+        if stale.resolve().is_relative_to(target.resolve()):
+            stale.unlink(missing_ok=True)
+    for name in shipped:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, target / name)
+    listed.write_text("".join(f"{name}\n" for name in shipped))
