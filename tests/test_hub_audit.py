@@ -220,3 +220,20 @@ def test_the_refusal_limiter_is_bounded_and_keeps_counts_of_forgotten_callers() 
     assert limiter.drain() == {"a": 1, "b": 1, "c": 1}  # no refill: drained as they are
     with pytest.raises(ValueError):
         RefusalLimiter(0)
+
+
+def test_a_caller_cannot_make_a_line_that_stops_other_writers(tmp_path: Path) -> None:
+    """A request path of tens of kilobytes (anonymous: its denial is recorded) is cut and
+    digested; and a line longer than a read block (a large detail) does not stop another
+    process's writer, which finds its start however far back it is."""
+    path = tmp_path / "audit.log"
+    ours, theirs = AuditLog(path, KEY), AuditLog(path, KEY)  # as two processes
+    sent = "services/usreview/api/v1/" + "\u00e9" * 30_000
+    line = ours.record("anonymous", AuditAction.DENIAL, sent, outcome="denied")
+    assert len(line["resource"]) < 600 and line["resource"].startswith(sent[:200])
+    assert "30025 characters, sha256 " in line["resource"]
+    assert len(path.read_bytes().splitlines()[-1]) < 2_000
+    ours.record("worker", AuditAction.READ, "instances/1.2.3", detail={"note": "\\" * 150_000})
+    assert len(path.read_bytes().splitlines()[-1]) > 200_000  # escaped: longer than a block
+    assert theirs.record("site-a", AuditAction.WRITE, "instances/1.2.4")["seq"] == 3
+    assert verify(path, KEY).ok and verify(path, KEY).lines == 3

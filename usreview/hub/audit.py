@@ -43,6 +43,8 @@ __all__ = ["AuditAction", "AuditError", "AuditLog", "RefusalLimiter", "VerifyRep
 GENESIS = "0" * 64
 #: Most lines appended with one fsync.
 MAX_BATCH = 256
+#: Longest resource recorded as it is (longer ones are cut and digested: :func:`_bounded`).
+MAX_RESOURCE = 512
 
 _Event = tuple[str, str, str, str, dict[str, Any]]  # actor, action, resource, outcome, detail
 
@@ -103,7 +105,13 @@ class AuditLog:
             The log cannot be written (nothing of this event may be taken as recorded),
             or it ends with a damaged line.
         """
-        event: _Event = (actor, str(AuditAction(action)), resource, outcome, detail or {})
+        event: _Event = (
+            actor,
+            str(AuditAction(action)),
+            _bounded(resource),
+            outcome,
+            detail or {},
+        )
         return self._group.submit(event)
 
     def _append(self, events: Sequence[_Event]) -> list[dict[str, Any] | BaseException]:
@@ -154,16 +162,34 @@ class AuditLog:
         return outcomes
 
 
+def _bounded(resource: str) -> str:
+    """``resource``, or its start and a digest of the whole when it is longer than
+    :data:`MAX_RESOURCE` (a caller's request path is recorded as it was sent)."""
+    if len(resource) <= MAX_RESOURCE:
+        return resource
+    digest = hashlib.sha256(resource.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{resource[: MAX_RESOURCE // 2]}...[{len(resource)} characters, sha256 {digest}]"
+
+
 def _tail(path: Path) -> tuple[int, str]:
-    """Sequence number and hash of the last complete line (0 and the genesis when empty)."""
+    """Sequence number and hash of the last complete line (0 and the genesis when empty).
+
+    The end of the file is read, twice as much each time, until it holds the last line's
+    start, however long that line is.
+    """
     with open(path, "rb") as fp:
-        fp.seek(0, os.SEEK_END)
-        size = fp.tell()
+        size = fp.seek(0, os.SEEK_END)
         if size == 0:
             return 0, GENESIS
-        block = min(size, 65536)
-        fp.seek(size - block)
-        lines = fp.read(block).rstrip(b"\n").split(b"\n")
+        block = 65536
+        while True:
+            start = max(0, size - block)
+            fp.seek(start)
+            tail = fp.read(size - start)
+            if start == 0 or b"\n" in tail.rstrip(b"\n"):
+                break
+            block *= 2  # the last line is longer: read twice as much
+        lines = tail.rstrip(b"\n").split(b"\n")
     try:
         last = json.loads(lines[-1])
         return int(last["seq"]), str(last["hash"])
