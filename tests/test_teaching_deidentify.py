@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -19,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
+from tests.conftest import real_file
 from usreview.dicom import read, read_regions
 from usreview.simulate import simulate
 from usreview.teaching import (
@@ -237,3 +239,89 @@ def test_dciodvfy_finds_no_error_in_a_copy(case: tuple[Path, Path]) -> None:
     )
     errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
     assert errors == []
+
+
+def _run(path: Path) -> tuple[list[str], list[Any]]:
+    """The rules' recommendations and the Doppler quantities' finding sites for ``path``."""
+    from usreview.processing import run_pipeline
+
+    results = {r.provenance.processor: r for r in run_pipeline(read(path))}
+    rules = [r.rule for r in results["vascular_rules"].output.recommendations]
+    sites = [q.details.get("finding_site") for q in results["doppler_indices"].output.quantities]
+    return rules, sites
+
+
+@pytest.mark.parametrize(("vessel", "side"), [("renal", "right"), ("ica", "left")])
+def test_the_copy_keeps_the_vessel_and_side_the_rules_read(
+    tmp_path: Path, vessel: str, side: str
+) -> None:
+    """A renal artery copy lost its vessel and was graded as an ICA."""
+    [path] = simulate("pw", tmp_path, seed=4, vessel=vessel, side=side)
+    copy = tmp_path / "copy.dcm"
+    deidentify(read(path), UidMap(), label="T").save_as(copy, enforce_file_format=True)
+    rules, sites = _run(path)
+    assert sites and all(site["location"]["meaning"] for site in sites)
+    assert _run(copy) == (rules, sites)
+    assert ("sru_ica_stenosis_psv" in rules) == (vessel == "ica")
+    assert pydicom.dcmread(copy).ImageLaterality == ("R" if side == "right" else "L")
+
+
+def test_the_coded_anatomy_keeps_plain_codes_only(tmp_path: Path) -> None:
+    [path] = simulate("pw", tmp_path, seed=5, vessel="ica", side="left")
+    ds = pydicom.dcmread(_with_phi(path, burn=False))
+    region = ds.AnatomicRegionSequence[0]
+    region.ContextIdentifier, region.CodingSchemeVersion = "4031", "20240101"
+    region.private_block(0x0011, "ACME", create=True).add_new(0x01, "LO", "Dr PRIVATE Person")
+    named = Dataset()  # a code meaning a person typed: not a plain meaning, dropped
+    named.CodeValue, named.CodingSchemeDesignator = "7771000", "SCT"
+    named.CodeMeaning = "Left (DOE JANE)"
+    dated = Dataset()
+    dated.CodeValue, dated.CodingSchemeDesignator, dated.CodeMeaning = "1", "99X", "07/03/2024"
+    region.AnatomicRegionModifierSequence.extend([named, dated])
+    source = tmp_path / "coded.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    copy = deidentify(read(source), UidMap(), label="T")
+    [kept] = copy.AnatomicRegionSequence
+    assert {e.keyword for e in kept} == {
+        "CodeValue",
+        "CodingSchemeDesignator",
+        "CodingSchemeVersion",
+        "CodeMeaning",
+        "AnatomicRegionModifierSequence",
+    }
+    assert (kept.CodeValue, kept.CodeMeaning) == ("86117002", "Internal carotid artery")
+    [left] = kept.AnatomicRegionModifierSequence
+    assert {e.keyword for e in left} == {"CodeValue", "CodingSchemeDesignator", "CodeMeaning"}
+    assert (left.CodeValue, left.CodeMeaning) == ("7771000", "Left")
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # ALOKA's image type
+def test_a_segmented_palette_copy_displays_like_the_original(tmp_path: Path) -> None:
+    """ALOKA's 16-bit segmented palette: the copy was MONOCHROME2, its green markers grey."""
+    source = read(real_file("pydicom-data__gdcm-US-ALOKA-16.dcm"))
+    out = tmp_path / "copy.dcm"
+    deidentify(source, UidMap(), label="T").save_as(out, enforce_file_format=True)
+    copy = read(out)
+    assert copy.photometric_interpretation == "PALETTE COLOR"
+    inside = region_mask(source.rows, source.columns, source.regions)
+    before, after = source.display_frame(), copy.display_frame()
+    assert after.shape == before.shape == (source.rows, source.columns, 3)
+    coloured = np.ptp(before[inside].astype(int), axis=-1) > 30
+    assert coloured.sum() > 100  # the colour markers are inside the regions
+    np.testing.assert_array_equal(after[inside], before[inside])
+
+
+@pytest.mark.parametrize("kind", ["bmode", "color"])
+def test_no_palette_attribute_is_left_without_its_palette(tmp_path: Path, kind: str) -> None:
+    """A grey or RGB copy of a source with palette tables (a supplemental palette, or a
+    segmented one the copy once lost) has no orphan descriptor or table."""
+    [path] = simulate(kind, tmp_path, seed=6)
+    ds = pydicom.dcmread(path)
+    for colour in ("Red", "Green", "Blue"):
+        ds.add_new(f"{colour}PaletteColorLookupTableDescriptor", "US", [256, 0, 8])
+        ds.add_new(f"Segmented{colour}PaletteColorLookupTableData", "OW", bytes([0, 1, 0, 0]))
+    source = tmp_path / "palette.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    copy = deidentify(read(source), UidMap(), label="T")
+    assert copy.PhotometricInterpretation == ("RGB" if kind == "color" else "MONOCHROME2")
+    assert not [e.keyword for e in copy if "PaletteColorLookupTable" in e.keyword]

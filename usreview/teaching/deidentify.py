@@ -2,9 +2,18 @@
 
 :func:`deidentify` keeps only the attributes a viewer needs and that identify nobody
 (:data:`KEPT`: the image pixel, cine and ultrasound region modules, the SOP class,
-modality, image type, manufacturer and model), which is stricter than Table E.1-1's
-list of what to remove: every other attribute, private ones and every sequence but the
-Sequence of Ultrasound Regions are dropped, including nested ones. Then:
+modality, image type, laterality, manufacturer and model), which is stricter than Table
+E.1-1's list of what to remove: every other attribute, private ones and every sequence but
+the Sequence of Ultrasound Regions and the coded anatomy are dropped, including nested
+ones. Then:
+
+- the coded anatomy (:data:`ANATOMY`: Anatomic Region Sequence, Primary Anatomic
+  Structure Sequence and their modifiers, which name the vessel and side the hub's rules
+  read) keeps its code items only: Code Value, Coding Scheme Designator and Version, and
+  Code Meaning when it is plain words (no date, identifier or name of the source); an
+  item without one of these is dropped;
+- a palette colour image keeps its lookup tables (plain or segmented) and stays
+  PALETTE COLOR; any other copy has no palette lookup table attributes;
 
 - the type 2 identity attributes are present but empty (patient's name and ID become
   the case's label), dates and times are gone (Longitudinal Temporal Information
@@ -22,7 +31,8 @@ Sequence of Ultrasound Regions are dropped, including nested ones. Then:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import numpy as np
@@ -34,10 +44,12 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from usreview.dicom import UltrasoundInstance
 from usreview.teaching.errors import DeidentificationError
 from usreview.teaching.pixels import blank_outside_regions
+from usreview.teaching.text import scrub_text
 
-__all__ = ["KEPT", "METHOD", "UidMap", "case_name", "deidentify"]
+__all__ = ["ANATOMY", "KEPT", "METHOD", "UidMap", "case_name", "deidentify"]
 
-#: Attributes copied from the source (besides the ultrasound group, (0018,6000-60FF)).
+#: Attributes copied from the source (besides the ultrasound group, (0018,6000-60FF), and
+#: the coded anatomy, :data:`ANATOMY`).
 KEPT: Final = frozenset(
     {
         "SOPClassUID",
@@ -79,11 +91,24 @@ KEPT: Final = frozenset(
         "RedPaletteColorLookupTableData",
         "GreenPaletteColorLookupTableData",
         "BluePaletteColorLookupTableData",
+        "SegmentedRedPaletteColorLookupTableData",
+        "SegmentedGreenPaletteColorLookupTableData",
+        "SegmentedBluePaletteColorLookupTableData",
         "LossyImageCompression",
         "LossyImageCompressionRatio",
         "LossyImageCompressionMethod",
     }
 )
+#: Coded anatomy kept as code items: each sequence and the sequences its items keep.
+ANATOMY: Final = {
+    "AnatomicRegionSequence": (
+        "AnatomicRegionModifierSequence",
+        "PrimaryAnatomicStructureSequence",
+    ),
+    "PrimaryAnatomicStructureSequence": ("PrimaryAnatomicStructureModifierSequence",),
+    "AnatomicRegionModifierSequence": (),
+    "PrimaryAnatomicStructureModifierSequence": (),
+}
 #: What De-identification Method (0012,0063) says (each value at most 64 characters).
 METHOD: Final = (
     "DICOM PS3.15 Basic Profile, keep-list of attributes",
@@ -92,6 +117,16 @@ METHOD: Final = (
 )
 _ULTRASOUND_GROUP = 0x0018
 _ULTRASOUND_ELEMENTS = range(0x6000, 0x6100)
+_CODE: Final = ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion")
+#: A plain code meaning: words, with a few digits and marks (``Renal artery``).
+_PLAIN_MEANING = re.compile(r"[A-Za-z][A-Za-z0-9 ,()'/+.-]{0,63}")
+#: The source's identifying values a code meaning must not hold (besides person names).
+_IDENTIFYING: Final = ("PatientID", "OtherPatientIDs", "AccessionNumber", "InstitutionName")
+_PALETTE: Final = tuple(
+    f"{prefix}{colour}PaletteColorLookupTable{suffix}"
+    for colour in ("Red", "Green", "Blue")
+    for prefix, suffix in (("", "Descriptor"), ("", "Data"), ("Segmented", "Data"))
+)
 _EMPTY: Final = (
     "PatientBirthDate",
     "PatientSex",
@@ -153,7 +188,7 @@ def deidentify(instance: UltrasoundInstance, uids: UidMap, *, label: str) -> Dat
             "instance is not copied"
         )
     frames = blank_outside_regions(instance.pixels.frames(), instance.regions)
-    copy = _kept(instance.dataset, uids)
+    copy = _kept(instance.dataset, uids, _identifiers(instance.dataset))
     copy.SpecificCharacterSet = "ISO_IR 192"
     copy.PatientName = label.replace("-", "^")
     copy.PatientID = label
@@ -168,7 +203,8 @@ def deidentify(instance: UltrasoundInstance, uids: UidMap, *, label: str) -> Dat
     code.CodeMeaning = "Basic Application Confidentiality Profile"
     copy.DeidentificationMethodCodeSequence = Sequence([code])
     copy.LongitudinalTemporalInformationModified = "REMOVED"
-    _set_pixels(copy, frames, "NumberOfFrames" in instance.dataset)
+    palette = instance.photometric_interpretation == "PALETTE COLOR"
+    _set_pixels(copy, frames, "NumberOfFrames" in instance.dataset, palette=palette)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = copy.SOPClassUID
     meta.MediaStorageSOPInstanceUID = copy.SOPInstanceUID
@@ -177,15 +213,52 @@ def deidentify(instance: UltrasoundInstance, uids: UidMap, *, label: str) -> Dat
     return copy
 
 
-def _kept(source: Dataset, uids: UidMap) -> Dataset:
+def _identifiers(source: Dataset) -> list[str]:
+    """The source's person names and identifying values (what a code meaning must not hold)."""
+    found: list[str] = []
+    for element in source:
+        if element.VR == "PN" or element.keyword in _IDENTIFYING:
+            found += [str(v) for v in (element.value if element.VM > 1 else [element.value])]
+    return [value for value in found if value]
+
+
+def _coded(items: Iterable[Dataset], nested: tuple[str, ...], names: list[str]) -> Sequence:
+    """``items`` reduced to their code (see :data:`ANATOMY`); an item not plainly coded goes."""
+    kept = []
+    for item in items:
+        meaning = str(item.get("CodeMeaning") or "").strip()
+        plain = _PLAIN_MEANING.fullmatch(meaning) and scrub_text(meaning, names) == meaning
+        if not plain or not all(str(item.get(k) or "").strip() for k in _CODE[:2]):
+            continue
+        out = Dataset()
+        for keyword in _CODE:
+            if keyword in item:
+                setattr(out, keyword, str(item.get(keyword) or "").strip())
+        out.CodeMeaning = meaning
+        for keyword in nested:
+            inner = _coded(item.get(keyword) or (), ANATOMY[keyword], names)
+            if inner:
+                setattr(out, keyword, inner)
+        kept.append(out)
+    return Sequence(kept)
+
+
+def _kept(source: Dataset, uids: UidMap, names: list[str]) -> Dataset:
     out = Dataset()
     for element in source:
         tag = element.tag
         ultrasound = tag.group == _ULTRASOUND_GROUP and tag.element in _ULTRASOUND_ELEMENTS
-        if tag.is_private or not (ultrasound or element.keyword in KEPT):
+        if tag.is_private:
+            continue
+        if element.keyword in ANATOMY and element.VR == "SQ":
+            coded = _coded(element.value, ANATOMY[element.keyword], names)
+            if coded:
+                out.add(DataElement(tag, "SQ", coded))
+            continue
+        if not (ultrasound or element.keyword in KEPT):
             continue
         if element.VR == "SQ":
-            items = Sequence([_kept(item, uids) for item in element.value])
+            items = Sequence([_kept(item, uids, names) for item in element.value])
             out.add(DataElement(tag, "SQ", items))
         elif element.VR == "UI" and element.value:
             values = element.value if element.VM > 1 else [element.value]
@@ -198,7 +271,9 @@ def _kept(source: Dataset, uids: UidMap) -> Dataset:
     return out
 
 
-def _set_pixels(copy: Dataset, frames: np.ndarray, multi_frame: bool) -> None:
+def _set_pixels(copy: Dataset, frames: np.ndarray, multi_frame: bool, *, palette: bool) -> None:
+    """Set the pixel module of ``copy``: RGB colour, the source's palette colour when it
+    and its lookup tables are all there, else MONOCHROME2 (without palette attributes)."""
     data = frames if multi_frame or frames.shape[0] != 1 else frames[0]
     data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
     bits = data.dtype.itemsize * 8
@@ -209,10 +284,26 @@ def _set_pixels(copy: Dataset, frames: np.ndarray, multi_frame: bool) -> None:
         copy.SamplesPerPixel = 3
         copy.PhotometricInterpretation = "RGB"
         copy.PlanarConfiguration = 0
-    else:
-        palette = "RedPaletteColorLookupTableData" in copy
+    palette = palette and frames.ndim == 3 and _has_palette(copy)
+    if not palette:
+        for keyword in _PALETTE:
+            if keyword in copy:
+                delattr(copy, keyword)
+    if frames.ndim != 4:
         copy.PhotometricInterpretation = "PALETTE COLOR" if palette else "MONOCHROME2"
     raw = data.tobytes()
     if len(raw) % 2:
         raw += b"\0"
     copy.add(DataElement(0x7FE00010, "OB" if bits == 8 else "OW", raw))
+
+
+def _has_palette(ds: Dataset) -> bool:
+    """Whether ``ds`` has a descriptor and a table (plain or segmented) for each colour."""
+    return all(
+        f"{colour}PaletteColorLookupTableDescriptor" in ds
+        and (
+            f"{colour}PaletteColorLookupTableData" in ds
+            or f"Segmented{colour}PaletteColorLookupTableData" in ds
+        )
+        for colour in ("Red", "Green", "Blue")
+    )
