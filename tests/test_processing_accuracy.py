@@ -235,3 +235,15 @@ def test_pw_indices_with_the_baseline_outside_the_spectral_region(
         0.10 * truth["edv_cm_s"], 3.0
     )
     assert abs(q["resistive_index"] - truth["ri"]) <= 0.02
+
+
+@pytest.mark.parametrize(("seed", "sweep"), [(seed, s) for s in (8.0, 12.0) for seed in range(3)])
+def test_pw_indices_on_a_slow_sweep(tmp_path: Path, seed: int, sweep: float) -> None:
+    """Power is averaged over a time, not a number of columns (13-20 ms each here).
+
+    Three columns (40-60 ms) flattened the systolic peak: PI -7.8%, RI -0.02 at 12 s.
+    """
+    truth, q, _ = _run(tmp_path, "doppler_indices", "pw", seed, 25.0, sweep_s=sweep)
+    assert q["peak_systolic_velocity"] == pytest.approx(truth["psv_cm_s"], rel=0.03)
+    assert q["pulsatility_index"] == pytest.approx(truth["pi"], rel=0.05)
+    assert abs(q["resistive_index"] - truth["ri"]) <= 0.015

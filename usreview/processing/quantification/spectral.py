@@ -10,11 +10,17 @@ Steps (see ``shared/notes/SCIENCE.md``):
    reference power, grey 0 is ``-DR`` dB. A wrong guess (40 vs 60 dB) costs about 3% PSV.
 4. :func:`flow_side` keeps the side of the baseline that holds the signal, ordered from the
    baseline outward, and estimates the noise floor from the other side (or the outer rows).
-   A baseline outside the region is kept as an offset: speeds count from the baseline.
+   Of the sides holding at least a tenth of the signal power, the one whose envelope
+   reaches the higher speeds (the systolic peak) is kept, so concentrated reversed
+   diastolic flow does not win over the forward flow. A baseline outside the region is kept
+   as an offset: speeds count from the baseline.
 5. :func:`mgm_envelope` traces the maximum velocity with the modified geometric method
    (Fernando, Mathews & Clark, IEEE TBME 51(11), 2004): the noise floor is subtracted, the
    spectrum integrated outward, and the knee is where the integrated spectrum lies furthest
    above the line from the origin to its maximum. Columns without signal get NaN.
+   :func:`aliasing_problem` then refuses a spectrum that does not fit its velocity scale:
+   an envelope reaching the far edge of its side, or strong signal at the far edge of the
+   other side (the peaks wrapped around).
 6. Optionally (``edge=True``) the knee moves to the area midpoint of the spectral edge: where
    the integrated spectrum's slope just below the knee, extrapolated, reaches its plateau.
    For a locally flat spectrum broadened symmetrically this is the true maximum velocity.
@@ -40,6 +46,7 @@ from usreview.processing.quantification.cycles import sweep_problem
 __all__ = [
     "FlowSide",
     "SpectralCalibration",
+    "aliasing_problem",
     "calibrate",
     "flow_side",
     "grey_to_power",
@@ -56,6 +63,17 @@ MAX_VELOCITY_SCALE = 10_000.0
 #: A column has signal when its integrated noise-subtracted power exceeds this many
 #: standard deviations of integrated noise.
 SIGNAL_SIGMAS = 6.0
+#: A side holding less than this fraction of the strongest side's signal power (a mirror
+#: image, noise) is not taken for the flow, however fast its envelope.
+MIN_SIDE_POWER = 0.1
+#: An envelope within this many rows of the far edge of its side is clipped (or aliased).
+EDGE_ROWS = 2
+#: Wrap-around: the far-edge rows of the other side hold at least this fraction of the
+#: signal's power (its 99.5th percentile); spectral tails and mirror images stay below 0.1.
+WRAP_FRACTION = 0.1
+#: Columns that must show clipping or wrap-around before a spectrum is refused; on the
+#: simulator the aliased traces showed 3 to 70, the others none.
+ALIAS_COLUMNS = 3
 
 
 def spectral_region(instance: UltrasoundInstance) -> UltrasoundRegion:
@@ -160,6 +178,8 @@ class FlowSide:
     ``offset_rows`` is 0 unless the baseline lies outside the region, where it is the rows
     from the baseline to the region's nearest row. ``sign`` is +1 for positive velocities
     (toward the probe), -1 for negative; ``noise`` the mean noise power per pixel.
+    ``opposite`` is the other side's power, rows also ordered outward (no rows when the
+    baseline lies at or beyond the region's edge).
     """
 
     power: Float
@@ -168,10 +188,15 @@ class FlowSide:
     noise: float
     signal_ratio: float
     offset_rows: float = 0.0
+    opposite: Float | None = None
 
 
 def flow_side(power: Float, calibration: SpectralCalibration, wall_rows: int = 3) -> FlowSide:
-    """Pick the side of the baseline with more power above the noise; estimate the noise floor."""
+    """Pick the side of the baseline that holds the flow; estimate the noise floor.
+
+    Of the sides with at least :data:`MIN_SIDE_POWER` of the most power above the noise, the
+    one whose MGM envelope reaches the higher speeds (90th percentile over the columns).
+    """
     rows = power.shape[0]
     base = round(calibration.baseline_row)
     offset = 0.0
@@ -193,18 +218,69 @@ def flow_side(power: Float, calibration: SpectralCalibration, wall_rows: int = 3
     def excess(side: Float, noise: float) -> float:
         return float(np.mean(side[wall_rows:]) - noise)
 
+    def peak(side: Float, noise: float) -> float:
+        trial = FlowSide(side, 1, 1.0, noise, 0.0, offset)
+        return float(np.percentile(np.nan_to_num(mgm_envelope(trial, wall_rows)), 90))
+
     pool = np.concatenate([outer(s).ravel() for s in sides])
     noise0 = float(np.median(pool)) / math.log(2.0)
-    pick = max(sides, key=lambda s: excess(s, noise0))
+    total = [excess(s, noise0) * (s.shape[0] - wall_rows) for s in sides]
+    most = max(total)
+    strong = [s for s, t in zip(sides, total, strict=True) if t > 0 and t >= MIN_SIDE_POWER * most]
+    if len(strong) > 1:
+        pick = max(strong, key=lambda s: peak(s, noise0))
+    else:  # one side with flow, or none (noise only)
+        pick = sides[total.index(most)]
     other = [s for s in sides if s is not pick]
-    if other and other[0].shape[0] >= 8 + wall_rows:
+    # the other side's noise, unless it holds flow too (reversed flow, wrapped peaks)
+    if other and other[0].shape[0] >= 8 + wall_rows and not any(s is other[0] for s in strong):
         noise = float(np.median(other[0][wall_rows:])) / math.log(2.0)
     else:
         noise = float(np.median(outer(pick))) / math.log(2.0)
     up_is_positive = calibration.velocity_per_row < 0
     sign = 1 if (pick is above) == up_is_positive else -1
     ratio = max(excess(pick, noise), 0.0) / max(noise, 1e-30)
-    return FlowSide(pick, sign, abs(calibration.velocity_per_row), noise, ratio, offset)
+    opposite = other[0] if other else power[:0]
+    step = abs(calibration.velocity_per_row)
+    return FlowSide(pick, sign, step, noise, ratio, offset, opposite)
+
+
+def aliasing_problem(
+    side: FlowSide, envelope: Float, calibration: SpectralCalibration, wall_rows: int = 3
+) -> str | None:
+    """Why the spectrum does not fit its velocity scale (aliased or clipped), or ``None``.
+
+    Refused when, in at least :data:`ALIAS_COLUMNS` columns, the envelope comes within
+    :data:`EDGE_ROWS` rows of the far edge of its side, or the far-edge rows of the other
+    side hold more than :data:`WRAP_FRACTION` of the signal's power (and 4 times the noise):
+    the peaks wrapped around to the other side.
+    """
+    rows = side.power.shape[0]
+    position = envelope / side.cm_s_per_row - side.offset_rows - 0.5
+    clipped = int(np.sum(np.nan_to_num(position, nan=-1.0) >= rows - 1 - EDGE_ROWS))
+    wrapped = 0
+    opposite = side.opposite
+    if opposite is not None and opposite.shape[0] >= 8 + wall_rows:
+        # mean over the far-edge rows and 3 columns: 9 speckle samples, so that noise
+        # alone stays below 4 times its mean (chance about 1e-8 per column)
+        edge = np.mean(opposite[-(EDGE_ROWS + 1) :], axis=0)
+        far = np.convolve(edge, np.ones(3) / 3.0, mode="same") - side.noise
+        signal = float(np.percentile(side.power[wall_rows:], 99.5)) - side.noise
+        wrapped = int(np.sum((far > WRAP_FRACTION * signal) & (far > 3.0 * side.noise)))
+    if max(clipped, wrapped) < ALIAS_COLUMNS:
+        return None
+    where = (
+        f"the traced envelope reaches the edge of the scale "
+        f"({(rows + side.offset_rows) * side.cm_s_per_row:.1f} cm/s) in {clipped} columns"
+        if clipped >= ALIAS_COLUMNS
+        else f"strong signal sits at the far edge of the other side in {wrapped} columns"
+    )
+    above = (side.sign > 0) == (calibration.velocity_per_row < 0)
+    move = "lower" if above else "raise"
+    return (
+        f"aliased or clipped spectrum: {where}; {move} the baseline or raise the scale "
+        "(velocity range) and acquire again"
+    )
 
 
 def _edge_intersection(s: Float, knee: Float, k_max: npt.NDArray[np.intp], s_max: Float) -> Float:

@@ -1,7 +1,8 @@
 """Processor ``vascular_rules``: published Doppler criteria as data, applied to measured values.
 
-Each :class:`Rule` names the quantity it reads, its bands (lower bound inclusive, upper
-exclusive, in the quantity's unit), the vessel it is meant for and its published source.
+Each :class:`Rule` names the quantity it reads, its bands (in the quantity's unit, each end
+open or closed as the published criterion words it: "125-230" holds both ends, "> 230" not
+its lower one), the vessel it is meant for and its published source.
 When the image names the vessel sampled (:mod:`usreview.processing.quantification.vessel`),
 a rule for another vessel is not applied and the recommendation names the vessel as
 labelled; otherwise it says for which vessel the rule holds. Either way the vessel, and the
@@ -13,25 +14,43 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from usreview.dicom import ImageKind
 from usreview.processing.quantification.vessel import Vessel, vessel_of
 from usreview.processing.registry import Context, processor
 from usreview.processing.results import Output, Quantity, Recommendation
 
-__all__ = ["RULES", "Band", "Rule", "apply_rule", "vascular_rules"]
+__all__ = ["RULES", "Band", "Closed", "Rule", "apply_rule", "vascular_rules", "within"]
 
 SUPPORT = "Decision support for the reviewing expert, not a diagnosis"
+
+#: Which ends of a range belong to it: ``"left"`` is ``[low, high)``, ``"both"`` is
+#: ``[low, high]``, ``"right"`` is ``(low, high]``, ``"neither"`` is ``(low, high)``.
+Closed = Literal["left", "right", "both", "neither"]
+
+
+def within(value: float, low: float, high: float, closed: Closed = "left") -> bool:
+    """Whether ``value`` lies in the range from ``low`` to ``high`` closed at ``closed``."""
+    above = value >= low if closed in ("left", "both") else value > low
+    below = value <= high if closed in ("right", "both") else value < high
+    return above and below
 
 
 @dataclass(frozen=True)
 class Band:
-    """A range ``[low, high)`` of the measured value and what the rule says of it."""
+    """A range of the measured value (``[low, high)`` unless ``closed`` says otherwise) and
+    what the rule says of it."""
 
     low: float
     high: float
     category: str
     statement: str
+    closed: Closed = "left"
+
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` falls in this band."""
+        return within(value, self.low, self.high, self.closed)
 
 
 @dataclass(frozen=True)
@@ -59,8 +78,14 @@ RULES: tuple[Rule, ...] = (
         "Society of Radiologists in Ultrasound Consensus Conference. Radiology 2003;229:340-346",
         bands=(
             Band(0.0, 125.0, "ica_below_50", "normal or < 50% stenosis (plaque on B-mode decides)"),
-            Band(125.0, 230.0, "ica_50_69", "50-69% stenosis"),
-            Band(230.0, math.inf, "ica_70_or_more", ">= 70% stenosis (or near occlusion)"),
+            Band(125.0, 230.0, "ica_50_69", "50-69% stenosis", closed="both"),
+            Band(
+                230.0,
+                math.inf,
+                "ica_70_or_more",
+                ">= 70% stenosis (or near occlusion)",
+                closed="neither",
+            ),
         ),
         vessels=("ica",),
     ),
@@ -70,7 +95,15 @@ RULES: tuple[Rule, ...] = (
         vessel="internal carotid artery",
         criterion="ICA EDV > 100 cm/s suggests >= 70% stenosis (secondary criterion)",
         source="Grant EG et al. Radiology 2003;229:340-346 (SRU consensus)",
-        bands=(Band(100.0, math.inf, "ica_70_or_more_edv", ">= 70% stenosis (secondary, EDV)"),),
+        bands=(
+            Band(
+                100.0,
+                math.inf,
+                "ica_70_or_more_edv",
+                ">= 70% stenosis (secondary, EDV)",
+                closed="neither",
+            ),
+        ),
         vessels=("ica",),
     ),
     Rule(
@@ -80,7 +113,11 @@ RULES: tuple[Rule, ...] = (
         criterion="renal RI > 0.70 is commonly taken as abnormal in adults",
         source="Tublin ME, Bude RO, Platt JF. The resistive index in renal Doppler sonography: "
         "where do we stand? AJR 2003;180:885-892",
-        bands=(Band(0.70 + 1e-9, math.inf, "renal_ri_elevated", "an elevated resistive index"),),
+        bands=(
+            Band(
+                0.70, math.inf, "renal_ri_elevated", "an elevated resistive index", closed="neither"
+            ),
+        ),
         vessels=("renal",),
     ),
 )
@@ -97,7 +134,7 @@ def apply_rule(
     if vessel is not None and rule.vessels and vessel.name not in rule.vessels:
         return None
     for band in rule.bands:
-        if band.low <= quantity.value < band.high:
+        if band.holds(quantity.value):
             value = (
                 f"{quantity.value:g} {quantity.unit}"
                 if quantity.unit != "1"
@@ -129,7 +166,7 @@ def apply_rule(
 @processor(
     "vascular_rules",
     kinds={ImageKind.PW_DOPPLER},
-    version="1.1",
+    version="1.2",
     params={"source_processor": "doppler_indices"},
 )
 def vascular_rules(context: Context) -> Output:

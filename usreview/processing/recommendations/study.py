@@ -2,7 +2,9 @@
 
 :data:`SRU_ICA_CCA` is the SRU consensus table for internal carotid stenosis (Grant et al.,
 Radiology 2003): per category, the ICA peak systolic velocity (primary), the ICA/CCA PSV
-ratio and the ICA end-diastolic velocity (additional), each a band ``[low, high)``. It applies
+ratio and the ICA end-diastolic velocity (additional), each a band whose ends are open or
+closed as the consensus words them ("125-230 cm/s" holds both ends, "> 230 cm/s" not 230,
+"< 125 cm/s" not 125). It applies
 when a study holds PW spectra labelled as the ICA and the CCA of the same side
 (:mod:`usreview.processing.quantification.vessel`, read by ``doppler_indices`` into each
 quantity's finding site). Per side, the ICA spectrum with the highest PSV is used (the
@@ -27,7 +29,7 @@ from typing import Any
 
 from usreview.processing.quantification.codes import CODES
 from usreview.processing.quantification.vessel import SIDES, VESSELS
-from usreview.processing.recommendations.rules import SUPPORT
+from usreview.processing.recommendations.rules import SUPPORT, Closed, within
 from usreview.processing.results import Code, CodingScheme, Quantity, Recommendation
 
 __all__ = [
@@ -47,16 +49,19 @@ _WORDS = {_PSV: "ICA PSV", _RATIO: "ICA/CCA PSV ratio", _EDV: "ICA EDV"}
 
 @dataclass(frozen=True)
 class Category:
-    """One row of a table of criteria: each parameter's band ``[low, high)``."""
+    """One row of a table of criteria: each parameter's band ``(low, high, closed)``.
+
+    ``closed`` names the ends that belong to the band (:data:`~.rules.Closed`).
+    """
 
     name: str
     statement: str
-    bands: Mapping[str, tuple[float, float]]
+    bands: Mapping[str, tuple[float, float, Closed]]
 
     def holds(self, parameter: str, value: float) -> bool:
         """Whether ``value`` of ``parameter`` falls in this category's band."""
-        low, high = self.bands[parameter]
-        return low <= value < high
+        low, high, closed = self.bands[parameter]
+        return within(value, low, high, closed)
 
 
 @dataclass(frozen=True)
@@ -87,17 +92,25 @@ SRU_ICA_CCA = StudyRule(
         Category(
             "ica_below_50",
             "normal or < 50% stenosis (plaque on B-mode decides)",
-            {_PSV: (0.0, 125.0), _RATIO: (0.0, 2.0), _EDV: (0.0, 40.0)},
+            {_PSV: (0.0, 125.0, "left"), _RATIO: (0.0, 2.0, "left"), _EDV: (0.0, 40.0, "left")},
         ),
         Category(
             "ica_50_69",
             "50-69% stenosis",
-            {_PSV: (125.0, 230.0), _RATIO: (2.0, 4.0), _EDV: (40.0, 100.0)},
+            {
+                _PSV: (125.0, 230.0, "both"),
+                _RATIO: (2.0, 4.0, "both"),
+                _EDV: (40.0, 100.0, "both"),
+            },
         ),
         Category(
             "ica_70_or_more",
             ">= 70% stenosis (short of near occlusion)",
-            {_PSV: (230.0, math.inf), _RATIO: (4.0, math.inf), _EDV: (100.0, math.inf)},
+            {
+                _PSV: (230.0, math.inf, "neither"),
+                _RATIO: (4.0, math.inf, "neither"),
+                _EDV: (100.0, math.inf, "neither"),
+            },
         ),
     ),
 )
