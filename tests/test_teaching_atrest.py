@@ -164,6 +164,24 @@ def test_a_case_keeps_the_experts_measurements_takes_new_words_and_can_be_withdr
     assert store.case_of_study(DR, study) is None  # the study can be made a case again
 
 
+def test_a_case_recorded_meanwhile_by_another_process_is_the_case(
+    archive: Archive, source: Path, tmp_path: Path
+) -> None:
+    """Two service processes make the same study's case at once (each holds only its own
+    lock): the second to record gets the first's case, and its own copies are removed."""
+    key = secrets.token_bytes(32)
+    first, second = TeachingStore(archive, key), TeachingStore(archive, key)
+    study = "1.2.826.0.2.1"
+    ours = teaching_case(tmp_path / "ours", source, study)
+    theirs = teaching_case(tmp_path / "theirs", source, study)
+    assert first.case_of_study(DR, study) is None and second.case_of_study(DR, study) is None
+    won = first.add(DR, study, tmp_path / "ours", ours)
+    lost = second.add(DR, study, tmp_path / "theirs", theirs)
+    assert lost == won and lost.case_uid == ours.case_uid
+    assert not (archive.root / "teaching" / theirs.case_uid).exists()
+    assert [c.case_uid for c in second.cases()] == [ours.case_uid]
+
+
 def test_a_failed_recording_leaves_no_file_and_no_case(
     archive: Archive, source: Path, tmp_path: Path
 ) -> None:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from usreview.envelope.atomic import fsync_directory, write_new_file
@@ -161,6 +162,8 @@ class TeachingStore:
 
         ``folder`` holds ``SOP_INSTANCE_UID.dcm`` for each of ``case.instances``; each is
         encrypted into the archive (see the module docstring), then ``folder`` is removed.
+        A case another process recorded for the study meanwhile wins: ``case``'s files are
+        removed and that case is returned (compare its ``case_uid``).
 
         Raises
         ------
@@ -183,10 +186,14 @@ class TeachingStore:
                     write_new_file(target / f"{item.sop_instance_uid}.sealed", sealed)
                 shutil.rmtree(folder, ignore_errors=True)
                 self._insert(caller, study_instance_uid, case)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(target, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     fsync_directory(self.root)
+                if isinstance(exc, IntegrityError):  # one case per study: another won
+                    known = self.case_of_study(caller, study_instance_uid)
+                    if known is not None and known.case_uid != case.case_uid:
+                        return known
                 raise
         return self.case(case.case_uid)
 

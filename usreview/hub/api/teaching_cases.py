@@ -12,9 +12,13 @@
    cannot be cleaned (no ultrasound regions, undecodable pixels) is left out and the
    reason kept; none left is 422 ``not_deidentifiable``;
 3. the latest report's exam type, findings, impression and recommendations are kept,
-   cleaned of the source's identifiers and of dates (:func:`usreview.teaching.scrub_text`);
-   not the reviewer's name, not the dates; and its measurements (concept, value, unit,
-   how they were decided, the cleaned label), without the source instance's UID;
+   cleaned of the source's identifiers and of dates (:func:`usreview.teaching.scrub_text`:
+   person names by their parts, other identifiers as whole phrases); not the reviewer's
+   name, not the dates; and its measurements (concept, value, unit, how they were
+   decided, the cleaned label), without the source instance's UID: a code of a scheme
+   :class:`~usreview.processing.CodingScheme` does not know, or whose value held an
+   identifier, is dropped; a measurement whose unit is not a plausible UCUM unit is
+   dropped whole (its value may be the identifier);
 4. the copies are encrypted at rest with the hub's at-rest key and the case recorded
    (:class:`usreview.store.teaching.TeachingStore`, from :func:`teaching_store`).
 
@@ -30,20 +34,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 
 from usreview.dicom import read
 from usreview.errors import InputError
 from usreview.hub.api.errors import ApiError
 from usreview.hub.api.handlers_review import open_instance
 from usreview.hub.errors import StateError
+from usreview.processing.results import CodingScheme
 from usreview.store import Archive, InstanceRecord, Reviewer, StudyStatus
 from usreview.store.teaching import TeachingCase, TeachingInstance, TeachingStore
 from usreview.teaching import UidMap, case_name, deidentify, scrub_text
@@ -73,6 +81,10 @@ IDENTIFYING = (
     "StationName",
     "StudyID",
 )
+#: Those of :data:`IDENTIFYING` that are person names (VR PN): removed by their parts.
+_PERSON_NAMES = frozenset(k for k in IDENTIFYING if dictionary_VR(Tag(k)) == "PN")
+#: A plausible UCUM unit: short printable ASCII without spaces, no run of three digits.
+_UNIT = re.compile(r"(?!.*\d{3})[!-~]{1,16}")
 _PUBLISHED = (StudyStatus.PUBLISHED, StudyStatus.DELIVERED)
 #: What a teaching case keeps of each of the report's measurements (and its cleaned label).
 _MEASUREMENT_KEYS = ("name", "value", "unit", "code", "origin", "decision")
@@ -145,7 +157,7 @@ def make_case(
             case_uid = uids(study_instance_uid)
             made: list[TeachingInstance] = []
             refused: list[str] = []
-            identifiers: list[str] = [reviewer.name, *(r.reviewer for r in reports)]
+            identifiers = _Identifiers(names=[reviewer.name, *(r.reviewer for r in reports)])
             for n, record in enumerate(records, 1):
                 try:
                     item, found = _copy(context, reviewer, record, uids, folder, case_uid)
@@ -153,7 +165,7 @@ def make_case(
                     refused.append(f"instance {n} of {len(records)}: {exc}")
                     continue
                 made.append(item)
-                identifiers += found
+                identifiers.extend(found)
             if not made:
                 raise ApiError(
                     422,
@@ -168,7 +180,10 @@ def make_case(
                 refused=tuple(refused),
                 instances=tuple(made),
             )
-            return store.add(reviewer, study_instance_uid, folder, case), True
+            # Another service process may have recorded the study's case meanwhile: that
+            # case is the one (this one's copies are removed), not made now.
+            recorded = store.add(reviewer, study_instance_uid, folder, case)
+            return recorded, recorded.case_uid == case_uid
 
 
 def refresh_case_text(
@@ -203,11 +218,11 @@ def _refreshed(
     reports = archive.review.reports(reviewer, study_instance_uid)
     if not reports:
         return case
-    identifiers: list[str] = [reviewer.name, *(r.reviewer for r in reports)]
+    identifiers = _Identifiers(names=[reviewer.name, *(r.reviewer for r in reports)])
     for record in archive.list_instances(reviewer, study_instance_uid=study_instance_uid):
         source = open_instance(context, reviewer, record)
         try:  # the reader make_case uses (its header only: pixels are decoded lazily)
-            identifiers += _identifiers(read(source).dataset)
+            identifiers.extend(_identifiers(read(source).dataset))
         except InputError:
             continue  # its copy was refused when the case was made: nothing of it is kept
         finally:
@@ -218,24 +233,36 @@ def _refreshed(
     return store.set_text(reviewer, study_instance_uid, **text)
 
 
-def _case_text(content: Mapping[str, Any], identifiers: list[str]) -> dict[str, Any]:
+class _Identifiers:
+    """The values to clean a report of: identifiers (whole phrases) and person names."""
+
+    def __init__(self, phrases: list[str] | None = None, names: list[str] | None = None) -> None:
+        self.phrases = list(phrases or ())
+        self.names = list(names or ())
+
+    def extend(self, other: _Identifiers) -> None:
+        """Add the values of ``other``."""
+        self.phrases += other.phrases
+        self.names += other.names
+
+    def scrub(self, text: str) -> str:
+        """``text`` cleaned of these values and of dates (:func:`scrub_text`)."""
+        return scrub_text(text, self.phrases, self.names)
+
+
+def _case_text(content: Mapping[str, Any], identifiers: _Identifiers) -> dict[str, Any]:
     """A report's exam type, words and measurements, cleaned of ``identifiers`` and of
     dates; a measurement keeps its concept, value, unit and how it was decided, never the
-    source instance's UID."""
+    source instance's UID (see :func:`_measurement`)."""
 
     def said(key: str) -> str:
-        return scrub_text(str(content.get(key) or ""), identifiers)
+        return identifiers.scrub(str(content.get(key) or ""))
 
     measurements = []
     for item in content.get("measurements") or ():
-        kept = {key: item[key] for key in _MEASUREMENT_KEYS if key in item}
-        for key in ("name", "label"):  # free text a reviewer may type
-            if item.get(key):
-                kept[key] = scrub_text(str(item[key]), identifiers)
-        if isinstance(item.get("code"), Mapping) and item["code"].get("meaning"):
-            code = dict(item["code"])
-            kept["code"] = {**code, "meaning": scrub_text(str(code["meaning"]), identifiers)}
-        measurements.append(kept)
+        kept = _measurement(item, identifiers)
+        if kept is not None:
+            measurements.append(kept)
     return {
         "exam_type": str(content["exam_type"]) if content.get("exam_type") else None,
         "findings": said("findings"),
@@ -245,6 +272,46 @@ def _case_text(content: Mapping[str, Any], identifiers: list[str]) -> dict[str, 
     }
 
 
+def _measurement(item: Mapping[str, Any], identifiers: _Identifiers) -> dict[str, Any] | None:
+    """What a teaching case keeps of a report's measurement; ``None``: nothing.
+
+    Its free text (name, label, code meaning and value) is cleaned; a code of an unknown
+    scheme, or whose value held an identifier or a date, is dropped (``None``); a unit
+    that is not a plausible UCUM unit (:data:`_UNIT`) or that holds an identifier drops
+    the whole measurement, since its value may be the identifier typed in the wrong place.
+    """
+    unit = item.get("unit")
+    if unit is not None and not (
+        isinstance(unit, str) and _UNIT.fullmatch(unit) and identifiers.scrub(unit) == unit
+    ):
+        return None
+    kept = {key: item[key] for key in _MEASUREMENT_KEYS if key in item}
+    for key in ("name", "label"):  # free text a reviewer may type
+        if item.get(key):
+            kept[key] = identifiers.scrub(str(item[key]))
+    if "code" in item:
+        kept["code"] = _code(item["code"], identifiers)
+    return kept
+
+
+def _code(code: Any, identifiers: _Identifiers) -> dict[str, Any] | None:
+    """A measurement's code with its value and meaning cleaned; ``None``: dropped."""
+    if not isinstance(code, Mapping) or code.get("scheme") not in set(CodingScheme):
+        return None
+    value = str(code.get("value") or "")
+    cleaned = identifiers.scrub(value)
+    concept = code["scheme"] == CodingScheme.SNOMED and _is_sctid(value)
+    if cleaned != value and not (concept and value not in identifiers.phrases):
+        return None  # an identifier or a date where a code belongs: no code left
+    return {**code, "meaning": identifiers.scrub(str(code.get("meaning") or ""))}
+
+
+def _is_sctid(value: str) -> bool:
+    """Whether ``value`` has the form of a SNOMED CT concept id (its many digits would look
+    like an identifier to :func:`scrub_text`): 6 to 18 digits, partition ``00`` or ``10``."""
+    return bool(re.fullmatch(r"\d{3,15}[01]0\d", value))
+
+
 def _copy(
     context: ServiceContext,
     reviewer: Reviewer,
@@ -252,7 +319,7 @@ def _copy(
     uids: UidMap,
     folder: Path,
     case_uid: str,
-) -> tuple[TeachingInstance, list[str]]:
+) -> tuple[TeachingInstance, _Identifiers]:
     source = open_instance(context, reviewer, record)
     try:
         instance = read(source)
@@ -277,11 +344,13 @@ def _copy(
     return item, identifiers
 
 
-def _identifiers(dataset: Dataset) -> list[str]:
-    found = []
+def _identifiers(dataset: Dataset) -> _Identifiers:
+    """The values of ``dataset``'s :data:`IDENTIFYING` attributes."""
+    found = _Identifiers()
     for keyword in IDENTIFYING:
         value = dataset.get(keyword)
         if value:
             many = isinstance(value, list | MultiValue)
-            found += [str(v) for v in value] if many else [str(value)]
+            values = [str(v) for v in value] if many else [str(value)]
+            (found.names if keyword in _PERSON_NAMES else found.phrases).extend(values)
     return found
