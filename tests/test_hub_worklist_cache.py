@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from usreview.hub.api.worklist_cache import WorklistCache
@@ -68,3 +69,25 @@ def test_filters_made_up_by_callers_are_kept_no_longer_than_ttl() -> None:
         cache.get(("Reviewer", "*", "", f"x{n}"), list)
         clock.now += 1.0
         assert len(cache) <= 2
+
+
+def test_a_change_made_by_another_service_process_is_seen_at_once(tmp_path: Path) -> None:
+    """Two processes' caches share the marker: a claim in one drops the other's answers
+    (a worklist read from the other process showed a study unclaimed for up to ttl)."""
+    clock, n = Clock(), [0]
+
+    def compute() -> list[dict[str, Any]]:
+        n[0] += 1
+        return [{"n": n[0]}]
+
+    marker = tmp_path / "worklist.changed"
+    ours = WorklistCache(ttl=60.0, clock=clock, marker=marker)
+    theirs = WorklistCache(ttl=60.0, clock=clock, marker=marker)
+    before = ours.get(("k",), compute)
+    assert ours.get(("k",), compute) is before  # nothing changed: the cached answer
+    theirs.invalidate()  # the first change creates the marker
+    after = ours.get(("k",), compute)
+    assert after.etag != before.etag and ours.get(("k",), compute) is after
+    theirs.invalidate()  # and the next ones, however soon, are seen too
+    assert ours.get(("k",), compute).etag != after.etag
+    assert WorklistCache(ttl=60.0, clock=clock).get(("k",), compute).count == 1  # no marker

@@ -66,6 +66,8 @@ from usreview.store.teaching import remove_orphan_cases
 __all__ = ["ServiceContext", "api_routes", "open_context", "unknown_path_route"]
 
 _log = logging.getLogger("usreview.service")
+#: In the state directory: its modification time says when a worklist last changed.
+WORKLIST_MARKER = "worklist.changed"
 
 
 @dataclass
@@ -187,9 +189,11 @@ def open_context(
         max(1.0, settings.refusal_audit_burst / share),
         settings.refusal_audit_per_minute / share,
     )
+    # Claims, releases and reports drop every process's cached worklists.
+    worklist = WorklistCache(marker=state.root / WORKLIST_MARKER)
     return ServiceContext(
         state, settings, archive, pool, ingestor, site_keys, audit, spool, executor, lock_fd,
-        refusals=refusals,
+        worklist=worklist, refusals=refusals,
     )  # fmt: skip
 
 
