@@ -35,7 +35,7 @@ from usreview.processing.worker import Worker
 from usreview.simulate import simulate
 from usreview.site.deliver import is_dicom
 from usreview.store import Reviewer, StudyStatus
-from usreview.store.jobs import JobRecord, JobStatus
+from usreview.store.jobs import JobRecord, JobStatus, RetryPolicy
 
 
 @pytest.fixture(scope="module")
@@ -328,3 +328,88 @@ def test_summaries_name_the_most_similar_cases_of_the_library(
         assert sorted(e["resource"] for e in audit if e["outcome"] == "described") == sorted(
             f"teaching/{i.case_uid}/instances/{i.sop_instance_uid}" for i in store.library()
         )
+
+
+def test_every_instance_the_worker_opens_is_audited_first(
+    tmp_path: Path, pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``read`` line per instance opened, with the job, before its plaintext exists;
+    an audit log that cannot be written fails the attempt, and nothing is opened."""
+    from usreview.hub.audit import AuditLog, verify
+    from usreview.processing import worker as worker_module
+
+    setup = HubSetup.create(tmp_path / "hub")
+    [path] = simulate_pw(tmp_path / "sim", 1, first_seed=3)
+    uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    log = setup.state.audit_log
+    opened: list[tuple[str, int]] = []  # (what was opened, audit lines written by then)
+    real_open = worker_module.open_stored
+
+    def open_stored(*args: Any, **kwargs: Any) -> None:
+        lines = len(log.read_text().splitlines()) if log.exists() else 0
+        opened.append((args[2].sop_instance_uid, lines))
+        real_open(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "open_stored", open_stored)
+    with setup.open_archive() as archive:
+        ingest(setup, archive, pool, [path])
+        [job] = archive.jobs.list_jobs()
+        again = RetryPolicy(max_attempts=2, initial=0.0)  # both attempts in one step
+        worker = Worker(setup.state, archive, LocalExecutor(1), lease_seconds=30, policy=again)
+        try:
+            key = setup.state.audit_key.read_bytes()
+            (tmp_path / "not-a-file").mkdir()
+            worker._audit = AuditLog(tmp_path / "not-a-file", key)  # cannot be written
+            worker.step()
+            failed = archive.jobs.get(job.id)  # as when a published line cannot be written
+            assert failed.status is JobStatus.FAILED and failed.attempts == 2
+            assert "opening the stored instance: AuditError: cannot open the audit log" in (
+                failed.last_error or ""
+            )
+            assert opened == [] and not list(worker._scratch.folder.glob("job-*"))
+            worker._audit = AuditLog(log, key)
+            archive.jobs.retry(job.id, actor="test")
+            worker.run(threading.Event(), until_idle=True)
+        finally:
+            worker.close()
+        assert archive.jobs.get(job.id).status is JobStatus.DONE
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    reads = [(n, x) for n, x in enumerate(lines) if x["action"] == "read"]
+    assert len(reads) == len(opened) >= 1  # one line per instance opened
+    for (number, line), (what, written) in zip(reads, opened, strict=True):
+        assert (line["actor"], line["resource"], line["outcome"]) == (
+            "processing", f"instances/{what}", "allowed"
+        )  # fmt: skip
+        assert line["detail"]["job"] == job.id and line["detail"]["site"] == SITE
+        assert number < written  # on disk before the envelope was opened
+    assert reads[0][1]["resource"] == f"instances/{uid}"
+    published = [n for n, x in enumerate(lines) if x["outcome"] == "published"]
+    assert published and reads[0][0] < published[0]
+    assert {x["actor"] for x in lines if x["outcome"] == "published"} == {"processing"}
+    assert verify(log, setup.state.audit_key.read_bytes()).ok
+
+
+def test_a_processor_deployed_while_the_pool_runs_runs_from_the_next_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's processes live as long as the worker: a package installed meanwhile
+    (the research notebook's "Deploying it") runs on the next instance, same processes."""
+    from tests.test_processing_registry import _HOTPLUG, install_fake_package
+
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))  # the pool's processes start with it
+    [path] = simulate_pw(tmp_path / "sim", 1, first_seed=3)
+    executor = LocalExecutor(1)
+    try:
+        before = executor.submit(path).result(timeout=120)
+        processes = set(executor._pool._processes)
+        assert before.processors and not any(p.startswith("hotplug") for p in before.processors)
+        install_fake_package(
+            site, "usreview_hotplug", _HOTPLUG, "hotplug = usreview_hotplug:hotplug_kinds"
+        )
+        after = executor.submit(path).result(timeout=120)
+        assert after.processors and "hotplug_kinds=0.1" in after.processors
+        assert set(executor._pool._processes) == processes  # not restarted
+    finally:
+        executor.close()

@@ -6,6 +6,7 @@ import importlib.metadata
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,6 +210,77 @@ def test_names_and_versions_a_job_cannot_record_are_refused(
     assert registry.load_entry_points() == ["bad_name"]
     listed = registry.get("bad_name")
     assert not listed.available and "a name is letters" in (listed.unavailable_reason or "")
+
+
+_HOTPLUG = """
+from usreview.processing import Code, CodingScheme, Context, Output, Quantity, Registry, processor
+
+
+@processor("hotplug_kinds", kinds={"pw_doppler"}, version="0.1", registry=Registry())
+def hotplug_kinds(context: Context) -> Output:
+    code = Code("x-2", CodingScheme.USREVIEW, "Kinds")
+    return Output(quantities=(Quantity("kinds", code, len(context.instance.kinds), "1"),))
+"""
+
+
+def install_fake_package(folder: Path, name: str, source: str, entry_points: str) -> Path:
+    """A package as pip leaves it in ``folder``: module ``name`` and its ``.dist-info``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
+    info = folder / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[usreview.processors]\n{entry_points}\n")
+    return folder
+
+
+def test_a_processor_installed_while_running_is_found_without_a_restart(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pw_file: Path
+) -> None:
+    """The worker's pool processes live long: a package deployed meanwhile runs at the
+    next job (``run_pipeline``), and ``usreview hub jobs --outdated`` expects it."""
+    from usreview.processing import registry as module
+    from usreview.processing.pipeline import planned_steps
+
+    registry = default_registry()  # loaded (as a pool process after its first job)
+    monkeypatch.setattr(registry, "_processors", dict(registry._processors))
+    monkeypatch.setattr(registry, "_entry_points", dict(registry._entry_points))
+    monkeypatch.setattr(module, "_fingerprint", module._fingerprint)
+    assert "hotplug_kinds" not in default_registry()
+    site = tmp_path / "site-packages"
+    install_fake_package(
+        site, "usreview_hotplug", _HOTPLUG, "hotplug = usreview_hotplug:hotplug_kinds"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        assert default_registry() is registry and "hotplug_kinds" in registry
+        assert registry.get("hotplug_kinds").available
+        assert ("hotplug_kinds", frozenset({ImageKind.PW_DOPPLER})) in planned_steps()
+        results = {r.provenance.processor: r for r in run_pipeline(read(pw_file))}
+        assert results["hotplug_kinds"].status == ResultStatus.DONE
+        assert [p.name for p in default_registry()].count("hotplug_kinds") == 1  # once
+    finally:
+        sys.modules.pop("usreview_hotplug", None)
+
+
+def test_looking_for_new_processors_reads_no_entry_point_when_nothing_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each job asks :func:`default_registry`: with nothing installed meanwhile, it reads
+    no entry point (a few stats of the ``sys.path`` folders)."""
+
+    default_registry()
+    read: list[str] = []
+    real = importlib.metadata.entry_points
+
+    def counted(**kwargs: Any) -> Any:
+        read.append(str(kwargs.get("group")))
+        return real(**kwargs)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", counted)
+    for _ in range(100):
+        default_registry()
+    assert read == []
 
 
 def _with_builtins(extra: Registry) -> Registry:

@@ -761,3 +761,45 @@ def test_the_teaching_page_says_an_unexpected_failure_and_keeps_one_callback_per
         assert isinstance(logged[0].exc_info[1], ValueError)
     finally:
         page.close()
+
+
+def test_the_teaching_page_says_loading_and_forgets_an_old_error(
+    world: World, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download says "Loading the image…" first; the red line of a download that failed
+    goes once an image shows or a case opens (it was left above the working viewer)."""
+    from usreview.errors import ReviewError
+    from usreview.review.teaching import TeachingPage
+
+    [case] = world.hub.get("/teaching", world.rev).json()["cases"]  # made above
+    page = TeachingPage(client, case["case_uid"])
+    try:
+        [record] = case["instances"]
+        said_while_loading: list[str] = []
+        download = client.teaching_instance
+
+        def slow_download(*args: Any) -> Any:
+            said_while_loading.append(page.message.value)
+            return download(*args)
+
+        monkeypatch.setattr(client, "teaching_instance", slow_download)
+        page.show(case["case_uid"], record)
+        assert len(said_while_loading) == 1 and "Loading the image…" in said_while_loading[0]
+        assert page.message.value == "" and page.viewer.children
+        timed_out = ReviewError("the usreview service does not answer (timed out)")
+        for opened_again in (lambda: page.show(case["case_uid"], record),
+                             lambda: page.open_case(case["case_uid"])):  # fmt: skip
+            with monkeypatch.context() as patch:
+                patch.setattr(client, "teaching_instance", raising(timed_out))
+                page.show(case["case_uid"], record)
+            assert "Cannot show this image: the usreview service does not answer (timed out)" in (
+                page.message.value
+            )
+            opened_again()  # it shows now
+            assert page.message.value == "" and page.viewer.children
+        with monkeypatch.context() as patch:  # a case that opens, its image failing
+            patch.setattr(client, "teaching_instance", raising(timed_out))
+            page.open_case(case["case_uid"])
+        assert "timed out" in page.message.value and "Loading" not in page.message.value
+    finally:
+        page.close()

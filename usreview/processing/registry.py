@@ -11,7 +11,10 @@ its parameters (with defaults) and the modules it needs::
 Third-party processors arrive through the entry-point group ``usreview.processors``: an
 entry point may name a module (its decorators register), a decorated function or a
 :class:`Processor`. One whose import fails, or whose ``requires`` modules are missing, is
-listed as unavailable with the reason instead of breaking the import. :meth:`Processor.run`
+listed as unavailable with the reason instead of breaking the import. A package installed
+while a process runs (the worker's long-lived pool processes) is found at its next
+:func:`default_registry` call, without a restart; a new version of one already loaded
+still needs a restart (a module is not imported twice). :meth:`Processor.run`
 never raises for a failure of the function: it returns a failed :class:`ProcessorResult`
 whose reason reads "applying processor X to instance Y: ...". The quantities of a successful
 run go through :func:`usreview.processing.plausible.screen`: a value no patient can have is
@@ -26,7 +29,11 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
+import os
 import re
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +59,7 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "usreview.processors"
+_log = logging.getLogger(__name__)
 #: Modules of the built-in processors, imported by :func:`default_registry`.
 BUILTIN_MODULES = (
     "usreview.processing.quantification.doppler",
@@ -219,6 +227,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._processors: dict[str, Processor] = {}
+        #: The entry points loaded, by name: their value and their distribution's version.
+        self._entry_points: dict[str, str] = {}
 
     def register(self, proc: Processor, *, replace: bool = False) -> Processor:
         """Add ``proc``; a second processor of the same name is refused unless ``replace``.
@@ -268,21 +278,39 @@ class Registry:
         return len(self._processors)
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> list[str]:
-        """Register third-party processors of entry-point ``group``; return their names."""
+        """Register the third-party processors of entry-point ``group`` not loaded yet;
+        return their names.
+
+        An entry point loaded before is not loaded again (one whose package changed since,
+        upgraded, is logged once: its new version runs after a restart); one that did not
+        import is tried again, and replaces its unavailable listing once it imports.
+        """
         names: list[str] = []
         for ep in importlib.metadata.entry_points(group=group):
+            dist = getattr(ep, "dist", None)
+            seen = f"{ep.value} {getattr(dist, 'version', '')}"
+            if ep.name in self._entry_points:
+                if self._entry_points[ep.name] != seen:
+                    self._entry_points[ep.name] = seen
+                    _log.warning(
+                        "processor entry point %s changed (%s); restart to run it", ep.name, seen
+                    )
+                continue
+            self._entry_points[ep.name] = seen  # before importing it: it may call us
             before = set(self._processors)
             try:
                 loaded = ep.load()
             except Exception as exc:  # a missing dependency must not break usreview
+                del self._entry_points[ep.name]
                 text = str(exc).strip().splitlines()
                 reason = f"cannot import {ep.value}: {text[0] if text else type(exc).__name__}"
                 names.append(self._unavailable(ep, reason).name)
                 continue
             found = loaded if isinstance(loaded, Processor) else getattr(loaded, "processor", None)
-            if isinstance(found, Processor) and found.name not in self._processors:
+            listed = self._processors.get(found.name) if isinstance(found, Processor) else None
+            if isinstance(found, Processor) and (listed is None or listed.load_error):
                 try:
-                    self.register(found)
+                    self.register(found, replace=True)
                 except ValueError as exc:  # a name or version jobs cannot record
                     found = self._unavailable(ep, str(exc))
             names.extend(n for n in self._processors if n not in before)
@@ -299,7 +327,9 @@ class Registry:
 
 REGISTRY = Registry()
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_LOADED = False
+#: What :func:`_installed` gave when :data:`REGISTRY` last read the entry points.
+_fingerprint: tuple[tuple[str, int | None], ...] | None = None
+_loading = threading.RLock()  # a plugin importing may call default_registry()
 
 
 def processor(
@@ -343,11 +373,35 @@ def processor(
 
 
 def default_registry() -> Registry:
-    """The registry with the built-in processors and the entry-point group loaded (once)."""
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        for module in BUILTIN_MODULES:
-            importlib.import_module(module)
-        REGISTRY.load_entry_points()
+    """The registry with the built-in processors and the entry-point group loaded.
+
+    Processors installed since the last call are loaded too: the entry points are read
+    again (about 10 ms) only when a folder of ``sys.path`` changed (:func:`_installed`,
+    about 15 us per call), so a long-lived process (the worker's pool) runs a processor
+    deployed while it runs from its next job on.
+    """
+    global _fingerprint
+    installed = _installed()
+    if installed != _fingerprint:
+        with _loading:  # threads of a Dask worker, of a kernel
+            if installed != _fingerprint:
+                if _fingerprint is None:
+                    for module in BUILTIN_MODULES:
+                        importlib.import_module(module)
+                else:
+                    importlib.invalidate_caches()  # the new modules must import
+                REGISTRY.load_entry_points()
+                _fingerprint = installed
     return REGISTRY
+
+
+def _installed() -> tuple[tuple[str, int | None], ...]:
+    """Each folder of ``sys.path`` with its modification time: installing or removing a
+    package there (its ``.dist-info`` folder) changes it."""
+    found: list[tuple[str, int | None]] = []
+    for entry in sys.path:
+        try:
+            found.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except (OSError, TypeError, ValueError):  # a zip file missing, a path hook's name
+            found.append((entry, None))
+    return tuple(found)

@@ -3,8 +3,10 @@
 For each job (:mod:`usreview.store.jobs`), in order:
 
 1. claim it with a lease, renewed while it runs;
-2. open the stored envelope with the hub's key into a private file under
-   ``STATE/processing/`` (checked against the plaintext hash stored with it);
+2. audit the read (``read`` of ``instances/{uid}`` with the job's id: every instance the
+   worker opens, the study rules' too), then open the stored envelope with the hub's key
+   into a private file under ``STATE/processing/`` (checked against the plaintext hash
+   stored with it);
 3. run :func:`~usreview.processing.execution.execute_file` on an executor: a local
    process pool (default) or a Dask cluster (``--scheduler``); then compare the instance
    with the case library (:class:`~usreview.processing.case_library.CaseLibrary`): its most
@@ -61,7 +63,7 @@ from usreview.hub.api.publish import publish_result
 from usreview.hub.api.settings import ServiceSettings, open_archive
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.api.teaching_cases import open_teaching_store
-from usreview.hub.audit import AuditLog
+from usreview.hub.audit import AuditAction, AuditLog
 from usreview.hub.state import HubState, existing_state, state_from_env
 from usreview.processing.case_library import CaseLibrary
 from usreview.processing.execution import (
@@ -197,10 +199,21 @@ class Worker:
 
     # -- steps -------------------------------------------------------------------------
 
-    def _open(self, sop_instance_uid: str, out: Path) -> None:
-        """Open the stored instance into the new file ``out`` (:func:`open_stored`)."""
+    def _open(self, job: JobRecord, sop_instance_uid: str, out: Path) -> None:
+        """Open the stored instance into the new file ``out`` (:func:`open_stored`) for
+        ``job``, audited first (``read`` of ``instances/{uid}``).
+
+        Raises :class:`~usreview.hub.errors.AuditError` (nothing opened) if the audit log
+        cannot be written: the attempt fails, as when a ``published`` line cannot be.
+        """
         reviewer = Reviewer(ACTOR)
         record = self.archive.get(reviewer, sop_instance_uid)
+        self._audit.record(
+            ACTOR,
+            AuditAction.READ,
+            f"instances/{sop_instance_uid}",
+            detail={"job": job.id, "site": record.site, "study": record.study_instance_uid},
+        )
         open_stored(
             self.archive,
             reviewer,
@@ -219,7 +232,7 @@ class Worker:
             claimed = True
             path = self._scratch.path(lease.job.id)
             try:
-                self._open(lease.job.sop_instance_uid, path)
+                self._open(lease.job, lease.job.sop_instance_uid, path)
                 handle = self.executor.submit(path)
             except Exception as exc:
                 path.unlink(missing_ok=True)
@@ -310,7 +323,7 @@ class Worker:
         def header(uid: str) -> Dataset:
             path = self._scratch.folder / f"job-{job.id}-header.dcm"
             try:
-                self._open(uid, path)
+                self._open(job, uid, path)
                 return dcmread(path, stop_before_pixels=True)
             finally:
                 path.unlink(missing_ok=True)

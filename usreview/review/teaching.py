@@ -36,6 +36,8 @@ __all__ = ["TeachingPage", "case_label", "teaching_page"]
 
 #: The scope of reviewers, who may withdraw a case (``usreview.hub.api.base.REVIEW``).
 _REVIEW_SCOPE = "custom:usreview:review"
+#: The message while an instance downloads (the study page's viewer says the same).
+_LOADING = "<div class='usreview-message' style='color:#555'><i>Loading the image…</i></div>"
 
 
 def case_label(case: Mapping[str, Any]) -> str:
@@ -113,6 +115,7 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
     def open_case(self, case_uid: str) -> None:
         """Show one case: the reviewer's words and its instances."""
         case = next((c for c in self.cases if c["case_uid"] == case_uid), None)
+        self.message.value = ""  # what was said of the case shown before
         self._confirming = None
         self.withdraw.description = "Withdraw this case"
         self.withdraw.layout.display = "" if case is not None and self._may_withdraw else "none"
@@ -154,8 +157,10 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
         the case's practice panel (what was kept on its other instances stays); the
         viewer it replaces is closed (:func:`~usreview.review.viewers.close_viewer`).
 
-        A refusal is said with the service's words; anything unexpected (an image that
-        cannot be decoded, say) in one line, and logged: Voila shows no tracebacks.
+        The message says "Loading the image…" while it downloads (as the study page's
+        viewer), nothing once it shows; a refusal is said with the service's words,
+        anything unexpected (an image that cannot be decoded, say) in one line, and
+        logged: Voila shows no tracebacks.
         """
         from usreview.review.pages import _guarded
 
@@ -166,12 +171,14 @@ class TeachingPage(w.VBox):  # type: ignore[misc]
 
         if self.practice is None:
             self.practice = _practice_panel()
+        self.message.value = _LOADING  # sent to the browser now: the download takes a while
         try:
             instance = self.client.teaching_instance(case_uid, record["sop_instance_uid"])
             viewer = viewer_for(instance, record, self.practice)
         except UsreviewError as exc:
             self._say(f"Cannot show this image: {exc}", error=True)
             return
+        self.message.value = ""
         shown, self.viewer.children = self.viewer.children, [viewer, self.practice]
         for old in shown:
             if old is not self.practice:
