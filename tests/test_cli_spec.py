@@ -125,3 +125,18 @@ def test_demo_port_is_checked_when_the_arguments_are_parsed(
     err = capsys.readouterr().err
     assert f"usreview demo: error: argument --port: invalid port '{value}': use 1 to 65535" in err
     assert "Traceback" not in err
+
+
+def test_every_usreview_command_and_argument_says_what_it_is() -> None:
+    """``--help`` of each command has a description (or its one-line help), and every
+    argument and option its own help."""
+    undocumented = []
+    for parser in _walk(build_parser())[1:]:
+        if not parser.description:
+            undocumented.append(f"{parser.prog}: no description")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            if not action.help:
+                undocumented.append(f"{parser.prog}: {action.metavar or action.dest}")
+    assert not undocumented, undocumented

@@ -293,6 +293,22 @@ def test_unreadable_files_leave_no_empty_out_folder(
     assert image.name.endswith(".doppler_indices.doppler_envelope.png")
 
 
+def test_an_out_that_is_a_file_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pw = simulate("pw", tmp_path / "in", seed=2)[0]
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    assert main(["analyze", str(pw), "--out", str(taken)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert (
+        captured.err
+        == f"usreview: error: --out {taken}: not a folder (name a folder for the images)\n"
+    )
+    assert taken.read_text() == "mine"
+
+
 def test_images_are_private_and_a_second_run_replaces_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -188,6 +188,8 @@ _PROCESSORS = Command(
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    if args.out is not None and os.path.lexists(args.out) and not args.out.is_dir():
+        raise InputError(f"--out {args.out}: not a folder (name a folder for the images)")
     made = _missing_folders(args.out)
     status = 1  # unless the run ends with a status of its own
     try:

@@ -79,7 +79,13 @@ _HUB_ADD_USER = Command(
     "stderr); a folder that holds anything else is refused.",
     args=(
         arg("name", metavar="NAME", help="lowercase letters, digits, '_', '-'"),
-        arg("--role", required=True, choices=["reviewer", "trainee", "scientist", "admin"]),
+        arg(
+            "--role",
+            required=True,
+            choices=["reviewer", "trainee", "scientist", "admin"],
+            help="reviewers read and report on studies; trainees read teaching cases; "
+            "scientists read the de-identified case library; admins administer the hub",
+        ),
         arg(
             "--sites",
             type=_site_list,

@@ -58,8 +58,11 @@ def _passphrase_file() -> Arg:
     )
 
 
-def _in_out() -> tuple[Arg, Arg]:
-    return arg("input", type=Path, metavar="IN"), arg("output", type=Path, metavar="OUT")
+def _in_out(what_in: str, what_out: str) -> tuple[Arg, Arg]:
+    return (
+        arg("input", type=Path, metavar="IN", help=what_in),
+        arg("output", type=Path, metavar="OUT", help=f"{what_out} (a new file: never overwritten)"),
+    )
 
 
 def _cmd_keys_new(args: argparse.Namespace) -> int:
@@ -134,7 +137,11 @@ def _validity(text: str) -> int:
 
 
 _KEYS = Command(
-    "keys", help="create identity keys and manage a key ring", actions=(_KEYS_NEW, _KEYS_TRUST)
+    "keys",
+    help="create identity keys and manage a key ring",
+    description="Identity keys (X25519 to open envelopes, Ed25519 to sign them) and the key "
+    "rings that say which public keys are active, retired or revoked.",
+    actions=(_KEYS_NEW, _KEYS_TRUST),
 )
 
 
@@ -190,7 +197,7 @@ _SEAL = Command(
             help="validity window, e.g. 3600, 90m, 12h, 7d (default: 7d, at most 90d)",
         ),
         _passphrase_file(),
-        *_in_out(),
+        *_in_out("the file to seal (a DICOM instance, say)", "the envelope"),
     ),
 )
 
@@ -247,7 +254,7 @@ _UNSEAL = Command(
             help="SQLite file of opened message ids; refuses an envelope opened before",
         ),
         _passphrase_file(),
-        *_in_out(),
+        *_in_out("the envelope to open", "the file it holds"),
     ),
 )
 

@@ -99,8 +99,9 @@ class ReviewClient:
         url, token = os.environ.get(_SERVICE_URL_ENV), os.environ.get(_TOKEN_ENV)
         if not url or not token:
             raise ReviewError(
-                f"${_SERVICE_URL_ENV} and ${_TOKEN_ENV} are not set: the dashboards run in a "
-                "reviewer's server started by the usreview hub"
+                f"${_SERVICE_URL_ENV} and ${_TOKEN_ENV} are not set: the dashboards and "
+                "notebooks run in your own server, started by the usreview hub (log in to the "
+                "hub and open them there)"
             )
         return cls(url, token)
 
