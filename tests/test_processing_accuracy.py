@@ -59,7 +59,7 @@ def test_pw_indices_meet_the_goals(
     assert abs(q["end_diastolic_velocity"] - truth["edv_cm_s"]) <= edv_tolerance
     assert abs(q["resistive_index"] - truth["ri"]) <= 0.02
     assert abs(q["heart_rate"] - truth["heart_rate_bpm"]) <= 1.0
-    assert q["pulsatility_index"] == pytest.approx(truth["pi"], rel=0.10)
+    assert q["pulsatility_index"] == pytest.approx(truth["pi"], rel=0.06)
     assert q["velocity_time_integral"] == pytest.approx(truth["vti_cm"], rel=0.10)
     heart_rate = result.quantity("heart_rate")
     assert heart_rate is not None and heart_rate.cycles == truth["cycle_count"]
@@ -82,6 +82,64 @@ def test_cw_peak_velocity_vti_and_heart_rate(
     assert q["peak_velocity"] == pytest.approx(truth["psv_cm_s"], rel=0.05)
     assert q["velocity_time_integral"] == pytest.approx(truth["vti_cm"], rel=0.05)
     assert abs(q["heart_rate"] - truth["heart_rate_bpm"]) <= 1.0
+
+
+# high-resistance waveforms: params -> tolerances (EDV cm/s, RI, PI relative). Before the
+# knee was deconvolved (processor 1.3) the worst errors were EDV +4.4/+3.2/+1.8/+1.7 cm/s,
+# RI -0.054/-0.040/-0.022/-0.052 and PI -11%/-8.5%/-6.0%/-12.7%; now EDV +0.4/-2.0/-1.5/-0.5,
+# RI -0.005/+0.025/+0.017/+0.018, PI +2.6%/+4.3%/+2.8%/+3.6% (EDV 2 cm/s at 5 dB: the
+# correction removes it, EDV reads about 0.2).
+LOW_EDV_CASES: list[tuple[dict[str, Any], tuple[float, float, float]]] = [
+    ({"edv_cm_s": 0.0}, (1.0, 0.01, 0.05)),
+    ({"edv_cm_s": 2.0}, (2.5, 0.03, 0.06)),
+    ({"edv_cm_s": 5.0}, (2.0, 0.02, 0.04)),
+    ({"edv_cm_s": 5.0, "psv_cm_s": 30.0}, (1.0, 0.025, 0.05)),
+]
+
+
+@pytest.mark.parametrize(("params", "tolerances"), LOW_EDV_CASES)
+def test_pw_low_end_diastolic_velocity(
+    tmp_path: Path, params: dict[str, Any], tolerances: tuple[float, float, float]
+) -> None:
+    """Window broadening lifted the MGM knee at low speeds: EDV 0 read 4 cm/s, RI 0.95."""
+    edv_tol, ri_tol, pi_tol = tolerances
+    errors = []
+    for seed in range(4):
+        for snr in (5.0, 15.0, 30.0):
+            truth, q, _ = _run(
+                tmp_path / f"{seed}-{snr:g}", "doppler_indices", "pw", seed, snr, **params
+            )
+            errors.append(
+                (
+                    q["end_diastolic_velocity"] - truth["edv_cm_s"],
+                    q["resistive_index"] - truth["ri"],
+                    q["pulsatility_index"] / truth["pi"] - 1.0,
+                )
+            )
+    worst = [max((e[i] for e in errors), key=abs) for i in range(3)]
+    print(f"{params}: worst EDV {worst[0]:+.2f} cm/s, RI {worst[1]:+.4f}, PI {worst[2]:+.2%}")
+    assert abs(worst[0]) <= edv_tol, errors
+    assert abs(worst[1]) <= ri_tol, errors
+    assert abs(worst[2]) <= pi_tol, errors
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CW peak velocity biased low at 5 dB: mean -2.65%, seed 6 -5.28% (233.0 vs 246.0 "
+    "cm/s); VTI mean -3.2%: the edge refinement loses the tail of the edge under the noise",
+)
+def test_cw_eight_seeds_at_5_db(tmp_path: Path) -> None:
+    errors = []
+    for seed in range(8):
+        truth, q, _ = _run(tmp_path / str(seed), "doppler_indices", "cw", seed, 5.0)
+        errors.append(
+            (
+                q["peak_velocity"] / truth["psv_cm_s"] - 1.0,
+                q["velocity_time_integral"] / truth["vti_cm"] - 1.0,
+            )
+        )
+    assert max(abs(e[1]) for e in errors) <= 0.045, errors
+    assert max(abs(e[0]) for e in errors) <= 0.05, errors
 
 
 MMODE_CASES: list[tuple[int, float, dict[str, Any]]] = [

@@ -24,6 +24,8 @@ peak on slow sweeps, PI -7.8% at 12 s) and ``edge_refinement`` (``"cw"``: CW
 envelopes are moved from the MGM knee to the area midpoint of the spectral edge, since on
 a flat, filled-in CW spectrum the knee sits about 1.3 broadening SDs inside the edge, while
 on a PW spectrum concentrated near its maximum the plain knee is the better estimate).
+PW envelopes traced without edge refinement are corrected for window broadening
+(:func:`.spectral.deconvolve_knee`, version 1.4): at low speeds the knee sat above the edge.
 """
 
 from __future__ import annotations
@@ -45,10 +47,12 @@ from usreview.processing.quantification.spectral import (
     SpectralCalibration,
     aliasing_problem,
     calibrate,
+    deconvolve_knee,
     flow_side,
     grey_to_power,
     mgm_envelope,
     spectral_region,
+    window_broadening,
 )
 from usreview.processing.quantification.vessel import Vessel, vessel_of
 from usreview.processing.registry import Context, processor
@@ -205,6 +209,8 @@ def trace(
         raise ValueError(f"parameter 'edge_refinement' {edge_refinement!r}: use none, cw or all")
     edge = edge_refinement == "all" or (edge_refinement == "cw" and not pw)
     envelope = mgm_envelope(side, edge=edge)
+    if pw and not edge:
+        envelope = deconvolve_knee(envelope, window_broadening(side, envelope))
     return Trace(grey, shown, region, cal, side, envelope, pw)
 
 
@@ -224,7 +230,7 @@ def envelope_trace(instance: UltrasoundInstance) -> Float:
 @processor(
     "doppler_indices",
     kinds={ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER},
-    version="1.3",
+    version="1.4",
     params={"dynamic_range_db": 50.0, "average_ms": 18.0, "edge_refinement": "cw"},
     requires=("scipy",),
 )
