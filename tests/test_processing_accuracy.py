@@ -79,8 +79,8 @@ def test_cw_peak_velocity_vti_and_heart_rate(
 ) -> None:
     truth, q, _ = _run(tmp_path, "doppler_indices", "cw", seed, snr, **params)
     assert set(q) == {"peak_velocity", "velocity_time_integral", "heart_rate"}
-    assert q["peak_velocity"] == pytest.approx(truth["psv_cm_s"], rel=0.05)
-    assert q["velocity_time_integral"] == pytest.approx(truth["vti_cm"], rel=0.05)
+    assert q["peak_velocity"] == pytest.approx(truth["psv_cm_s"], rel=0.03)
+    assert q["velocity_time_integral"] == pytest.approx(truth["vti_cm"], rel=0.03)
     assert abs(q["heart_rate"] - truth["heart_rate_bpm"]) <= 1.0
 
 
@@ -123,23 +123,55 @@ def test_pw_low_end_diastolic_velocity(
     assert abs(worst[2]) <= pi_tol, errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CW peak velocity biased low at 5 dB: mean -2.65%, seed 6 -5.28% (233.0 vs 246.0 "
-    "cm/s); VTI mean -3.2%: the edge refinement loses the tail of the edge under the noise",
-)
-def test_cw_eight_seeds_at_5_db(tmp_path: Path) -> None:
+# CW at 5 dB and 0 dB, 8 seeds each: peak velocity and VTI errors (mean, worst). Against the
+# pixel median over ln 2 (processor 1.4) PV -2.65%/-5.28% and VTI -3.21%/-3.75% at 5 dB,
+# -4.43%/-8.24% and -5.34%/-6.11% at 0 dB; against the mean noise with a fitted edge slope
+# (1.5) PV -0.09%/-0.70% and VTI +1.14%/+1.95% at 5 dB, +0.05%/-2.41% and +1.71%/+3.05%
+# at 0 dB (VTI now slightly high: the analysis window smears the envelope in time).
+CW_SEED_TOLERANCES: dict[float, tuple[float, float, float, float]] = {
+    # snr -> worst PV, worst VTI, mean PV, mean VTI (relative)
+    5.0: (0.02, 0.025, 0.01, 0.015),
+    0.0: (0.035, 0.04, 0.01, 0.025),
+}
+
+
+@pytest.mark.parametrize("snr", sorted(CW_SEED_TOLERANCES))
+def test_cw_eight_seeds_at_low_snr(tmp_path: Path, snr: float) -> None:
+    """CW peak velocity and VTI were biased low: the edge refinement lost the edge's tail."""
     errors = []
     for seed in range(8):
-        truth, q, _ = _run(tmp_path / str(seed), "doppler_indices", "cw", seed, 5.0)
+        truth, q, _ = _run(tmp_path / str(seed), "doppler_indices", "cw", seed, snr)
         errors.append(
             (
                 q["peak_velocity"] / truth["psv_cm_s"] - 1.0,
                 q["velocity_time_integral"] / truth["vti_cm"] - 1.0,
             )
         )
-    assert max(abs(e[1]) for e in errors) <= 0.045, errors
-    assert max(abs(e[0]) for e in errors) <= 0.05, errors
+    worst_pv, worst_vti, mean_pv, mean_vti = CW_SEED_TOLERANCES[snr]
+    pv, vti = ([e[i] for e in errors] for i in (0, 1))
+    print(f"CW {snr:g} dB: PV mean {sum(pv) / 8:+.2%}, VTI mean {sum(vti) / 8:+.2%}")
+    assert max(abs(e) for e in pv) <= worst_pv, errors
+    assert max(abs(e) for e in vti) <= worst_vti, errors
+    assert abs(sum(pv) / 8) <= mean_pv, errors
+    assert abs(sum(vti) / 8) <= mean_vti, errors
+
+
+@pytest.mark.parametrize("snr", [5.0, 30.0])
+def test_cw_severe_aortic_stenosis_reads_above_the_cut_off(tmp_path: Path, snr: float) -> None:
+    """A 4.1 m/s jet read about 3.99 m/s (processor 1.4), below the 4 m/s severe cut-off."""
+    for seed in range(4):
+        truth, q, _ = _run(
+            tmp_path / str(seed),
+            "doppler_indices",
+            "cw",
+            seed,
+            snr,
+            psv_cm_s=410.0,
+            psv_variability=0.0,
+        )
+        assert truth["psv_cm_s"] == pytest.approx(410.0)
+        assert q["peak_velocity"] == pytest.approx(410.0, rel=0.02)
+        assert q["peak_velocity"] > 400.0
 
 
 MMODE_CASES: list[tuple[int, float, dict[str, Any]]] = [

@@ -24,6 +24,9 @@ peak on slow sweeps, PI -7.8% at 12 s) and ``edge_refinement`` (``"cw"``: CW
 envelopes are moved from the MGM knee to the area midpoint of the spectral edge, since on
 a flat, filled-in CW spectrum the knee sits about 1.3 broadening SDs inside the edge, while
 on a PW spectrum concentrated near its maximum the plain knee is the better estimate).
+Edge-refined envelopes are traced against the mean noise (:func:`.spectral.noise_floor`,
+version 1.5): against the pixel median over ln 2, 29% above the mean once three columns
+are averaged, CW peak velocity read 2.7% low at 5 dB (worst 5.3%) and VTI 3.2% low.
 PW envelopes traced without edge refinement are corrected for window broadening
 (:func:`.spectral.deconvolve_knee`, version 1.4): at low speeds the knee sat above the edge.
 """
@@ -230,7 +233,7 @@ def envelope_trace(instance: UltrasoundInstance) -> Float:
 @processor(
     "doppler_indices",
     kinds={ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER},
-    version="1.4",
+    version="1.5",
     params={"dynamic_range_db": 50.0, "average_ms": 18.0, "edge_refinement": "cw"},
     requires=("scipy",),
 )
