@@ -34,7 +34,7 @@ def test_processors_lists_kinds_version_and_availability(
     assert main(["processors", "--json"]) == 0
     listing = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert listing["doppler_indices"]["kinds"] == ["cw_doppler", "pw_doppler"]
-    assert listing["doppler_indices"]["version"] == "1.5"
+    assert listing["doppler_indices"]["version"] == "1.6"
     assert listing["volume"]["available"] is True
     assert main(["processors"]) == 0
     assert "mmode_motion\t1.2\tmmode\tavailable" in capsys.readouterr().out

@@ -292,3 +292,16 @@ def test_volume_ellipsoid_matches_truth(tmp_path: Path) -> None:
     a, b, c = truth["ellipsoid"]["semi_axes_mm_xyz"]
     assert truth["ellipsoid"]["volume_ml"] == pytest.approx(4 / 3 * math.pi * a * b * c / 1000)
     assert ndimage.center_of_mass(blob) == pytest.approx(centre, abs=1.0)
+
+
+def test_reversed_diastolic_flow_truth_is_signed(tmp_path: Path) -> None:
+    """A negative EDV reverses late diastole: signed truth, spectrum below the baseline."""
+    ds, truth = _load(simulate("pw", tmp_path, seed=1, edv_cm_s=-12.0)[0])
+    envelope = np.array(truth["envelope_cm_s"])
+    assert truth["edv_cm_s"] == -12.0 and envelope.min() < -10.0
+    for cycle in truth["cycles"]:
+        assert cycle["ri"] == pytest.approx((cycle["psv_cm_s"] + 12.0) / cycle["psv_cm_s"])
+    region = ds.SequenceOfUltrasoundRegions[-1]
+    grey = _crop(ds, region).astype(float)
+    below = grey[region.ReferencePixelY0 + 8 :]  # reversed flow: below the baseline
+    assert below[:, envelope < -8.0].mean() > below[:, envelope > 8.0].mean() + 30.0

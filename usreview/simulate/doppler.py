@@ -27,7 +27,15 @@ from scipy.special import ndtr
 
 from usreview.simulate.speckle import SOUND_SPEED_CM_S
 
-__all__ = ["SHAPES", "Beats", "Spectrum", "draw_beats", "shape_function", "spectrogram"]
+__all__ = [
+    "SHAPES",
+    "Beats",
+    "Spectrum",
+    "draw_beats",
+    "shape_function",
+    "speckled_display",
+    "spectrogram",
+]
 
 Float = npt.NDArray[np.float64]
 
@@ -208,7 +216,15 @@ def spectrogram(
     noise power across the displayed velocity range, per column.
     """
     mean = mean_spectrum(spec, beats, sign)
-    noise_power = 10.0 ** (-snr_db / 10.0) / spec.rows
+    return speckled_display(rng, mean, snr_db=snr_db, dynamic_range_db=dynamic_range_db)
+
+
+def speckled_display(
+    rng: np.random.Generator, mean: Float, *, snr_db: float, dynamic_range_db: float
+) -> tuple[npt.NDArray[np.uint8], float, float]:
+    """The 8-bit display of the expected spectrum ``mean`` (rows by columns) with speckle
+    and noise, its reference power and the noise power per row (see :func:`spectrogram`)."""
+    noise_power = 10.0 ** (-snr_db / 10.0) / mean.shape[0]
     power = mean * rng.exponential(size=mean.shape) + noise_power * rng.exponential(size=mean.shape)
     reference = float(mean.max()) * 10.0**0.3
     db = 10.0 * np.log10(np.maximum(power / reference, 1e-30))

@@ -10,10 +10,18 @@ Modifier), Image Laterality, and the usual free text (``LT ICA``) in the
 Series Description and Image Comments. PW instances simulated with the same seed and
 ``study`` label belong to one study (one patient), so that a study can hold, say, the
 left CCA and ICA spectra.
+
+A negative ``edv_cm_s`` reverses diastolic flow: the waveform ``EDV + (PSV - EDV) f``
+(:mod:`usreview.simulate.doppler`) then dips below zero around end diastole, for as long
+as ``f < -EDV / (PSV - EDV)`` (at PSV 80 cm/s: the last 15% of the cycle for -12 cm/s,
+half of it for -25), and its spectrum lies on the other side of the baseline. The truth
+stays analytic and signed: EDV is the (negative) velocity at the cycle boundary, RI =
+(PSV - EDV) / PSV, PI = (PSV - EDV) / TAMV with TAMV = EDV + (PSV - EDV) mean(f).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -50,6 +58,9 @@ __all__ = ["CwParams", "PwParams", "build_cw", "build_pw"]
 
 _BASELINE_FRACTION = 0.8  # baseline this far from the edge opposite to the flow
 _HEADROOM = 1.15  # displayed range above the highest peak velocity
+#: Displayed range beyond the fastest reversed flow: its spectral edge (broadened by the
+#: window, SD about 2 cm/s) must stay clear of the far edge, where it would read as aliasing.
+_REVERSED_HEADROOM = 1.5
 #: Vessels a PW image may name: SNOMED CT code, meaning, the scanners' abbreviation.
 VESSELS: dict[str, tuple[str, str, str]] = {
     "cca": ("32062004", "Common carotid artery", "CCA"),
@@ -74,7 +85,9 @@ class PwParams:
     columns: int = param(640, 320, 1280, "image columns")
     waveform: str = choice("carotid", ("carotid", "renal"), "velocity waveform shape")
     psv_cm_s: float = param(80.0, 5.0, 600.0, "mean peak systolic velocity (cm/s)")
-    edv_cm_s: float = param(25.0, 0.0, 300.0, "end-diastolic velocity (cm/s)")
+    edv_cm_s: float = param(
+        25.0, -100.0, 300.0, "end-diastolic velocity (cm/s); negative: diastolic flow reversed"
+    )
     heart_rate_bpm: float = param(72.0, 30.0, 200.0, "mean heart rate (beats/min)")
     hr_variability: float = param(0.03, 0.0, 0.2, "beat-to-beat SD of the period (fraction)")
     psv_variability: float = param(0.03, 0.0, 0.2, "beat-to-beat SD of the PSV (fraction)")
@@ -144,12 +157,15 @@ def build_pw(ctx: Context, p: PwParams) -> list[Instance]:
         raise SimulationError("parameter 'edv_cm_s' must be below 'psv_cm_s'")
     _check_sweep(p.sweep_s, p.heart_rate_bpm, p.hr_variability)
     top_velocity = p.psv_cm_s * (1.0 + 3.0 * p.psv_variability) * _HEADROOM
+    # reversed flow lies on the short side of the baseline: scaled to the long side's range
+    reversed_room = _BASELINE_FRACTION / (1.0 - _BASELINE_FRACTION)
+    top_velocity = max(top_velocity, -p.edv_cm_s * _REVERSED_HEADROOM * reversed_room)
     if p.prf_hz > 0:
         prf = p.prf_hz
         if 2.0 * _nyquist(prf, p.frequency_mhz, p.angle_deg) * _BASELINE_FRACTION < top_velocity:
             raise SimulationError(
-                f"parameter 'prf_hz': {prf} Hz aliases a PSV of {p.psv_cm_s} cm/s; raise it or "
-                "use 0 to choose one"
+                f"parameter 'prf_hz': {prf} Hz aliases a PSV of {p.psv_cm_s} cm/s (or an EDV "
+                f"of {p.edv_cm_s} cm/s); raise it or use 0 to choose one"
             )
     else:
         per_hz = _nyquist(1.0, p.frequency_mhz, p.angle_deg)
@@ -349,7 +365,8 @@ def _spectrum(
         shape=shape,
         ejection=ejection,
     )
-    grey, reference, noise = doppler.spectrogram(
+    make = doppler.spectrogram if edv >= 0 else _reversing_spectrogram
+    grey, reference, noise = make(
         rng, spec, beats, sign=sign, snr_db=ctx.snr_db, dynamic_range_db=p.dynamic_range_db
     )
     image[y0 : y1 + 1, x0 : x1 + 1] = grey
@@ -385,6 +402,43 @@ def _spectrum(
         envelope_cm_s=[round(float(v), 4) for v in sign * beats.vmax(times)],
     )
     return region, truth
+
+
+@dataclass(frozen=True)
+class _Part(doppler.Beats):
+    """The forward (``part`` +1) or reversed (-1) flow of some beats: its speed, else 0."""
+
+    part: int = 1
+
+    def vmax(self, t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """The speed (cm/s) of this part's flow at times ``t`` (s), zero when it is the other's."""
+        out: npt.NDArray[np.float64] = np.maximum(self.part * super().vmax(t), 0.0)
+        return out
+
+
+def _reversing_spectrogram(
+    rng: np.random.Generator,
+    spec: doppler.Spectrum,
+    beats: doppler.Beats,
+    *,
+    sign: int,
+    snr_db: float,
+    dynamic_range_db: float,
+) -> tuple[npt.NDArray[np.uint8], float, float]:
+    """:func:`.doppler.spectrogram` of beats whose velocity turns negative (reversed flow).
+
+    Each column's expected spectrum lies on the side of its true velocity at the column's
+    time: forward speeds on the ``sign`` side of the baseline, reversed ones on the other.
+    Speckle, noise and compression as :func:`.doppler.spectrogram` (same draws, same order).
+    """
+    forward = beats.vmax(np.arange(spec.columns, dtype=np.float64) * spec.dt) >= 0.0
+    fields = {f.name: getattr(beats, f.name) for f in dataclasses.fields(beats)}
+    mean = np.zeros((spec.rows, spec.columns))
+    for part, where in ((1, forward), (-1, ~forward)):
+        mean[:, where] += doppler.mean_spectrum(spec, _Part(**fields, part=part), sign * part)[
+            :, where
+        ]
+    return doppler.speckled_display(rng, mean, snr_db=snr_db, dynamic_range_db=dynamic_range_db)
 
 
 def _indices(beats: doppler.Beats, t_end: float) -> dict[str, Any]:

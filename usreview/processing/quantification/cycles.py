@@ -199,7 +199,9 @@ def detect_cycles(envelope: Float, dt: float) -> tuple[list[Cycle], Float]:
         seg = e[i0 : i1 + 1]
         mean = float(np.trapezoid(seg, t[i0 : i1 + 1]) / (t[i1] - t[i0]))
         peak = _extremum(raw, e, t, i0 + int(np.argmax(seg)), half, +1)
-        end = max(_extremum(raw, e, t, levels[k + 1], half, -1), 0.0)
+        # no lower than the raw envelope near the foot: 0 unless the flow reversed there
+        near = raw[max(levels[k + 1] - half, 0) : levels[k + 1] + half + 1]
+        end = max(_extremum(raw, e, t, levels[k + 1], half, -1), min(float(near.min()), 0.0))
         ejecting = np.where(seg > EJECTION_FRACTION * peak, seg, 0.0)
         ejection = float(np.trapezoid(ejecting, t[i0 : i1 + 1]))
         cycles.append(Cycle(f0 * dt, f1 * dt, peak, end, mean, ejection))

@@ -29,6 +29,10 @@ version 1.5): against the pixel median over ln 2, 29% above the mean once three 
 are averaged, CW peak velocity read 2.7% low at 5 dB (worst 5.3%) and VTI 3.2% low.
 PW envelopes traced without edge refinement are corrected for window broadening
 (:func:`.spectral.deconvolve_knee`, version 1.4): at low speeds the knee sat above the edge.
+PW envelopes are signed (version 1.6): where diastolic flow reverses
+(:func:`.spectral.reversed_flow`) the other side is traced and counts negative, so EDV
+may be negative, RI = (PSV - EDV) / PSV above 1 and PI = (PSV - EDV) / TAMV uses the
+signed mean. Before, EDV was clamped at 0: -12 cm/s under a PSV of 80 read RI 1.00 (1.15).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from usreview.processing.quantification.spectral import (
     flow_side,
     grey_to_power,
     mgm_envelope,
+    reversed_flow,
     spectral_region,
     window_broadening,
 )
@@ -167,7 +172,8 @@ class Trace:
     calibration: SpectralCalibration
     side: FlowSide
     envelope: Float
-    """Speed (cm/s, unsigned) per column; NaN where there is no signal."""
+    """Velocity (cm/s) per column along ``side.sign``: negative where PW flow reversed
+    (:func:`.spectral.reversed_flow`); NaN where there is no signal."""
     pw: bool
 
 
@@ -212,9 +218,15 @@ def trace(
         raise ValueError(f"parameter 'edge_refinement' {edge_refinement!r}: use none, cw or all")
     edge = edge_refinement == "all" or (edge_refinement == "cw" and not pw)
     envelope = mgm_envelope(side, edge=edge)
-    if pw and not edge:
-        envelope = deconvolve_knee(envelope, window_broadening(side, envelope))
-    return Trace(grey, shown, region, cal, side, envelope, pw)
+    if not pw:
+        return Trace(grey, shown, region, cal, side, envelope, pw)
+    backward = reversed_flow(side, envelope, cal.seconds_per_column, edge=edge)
+    if not edge:
+        sigma_w = window_broadening(side, envelope)
+        envelope = deconvolve_knee(envelope, sigma_w)
+        backward = deconvolve_knee(backward, sigma_w)
+    signed: Float = np.where(np.isfinite(backward), -backward, envelope)
+    return Trace(grey, shown, region, cal, side, signed, pw)
 
 
 def envelope_trace(instance: UltrasoundInstance) -> Float:
@@ -233,7 +245,7 @@ def envelope_trace(instance: UltrasoundInstance) -> Float:
 @processor(
     "doppler_indices",
     kinds={ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER},
-    version="1.5",
+    version="1.6",
     params={"dynamic_range_db": 50.0, "average_ms": 18.0, "edge_refinement": "cw"},
     requires=("scipy",),
 )
