@@ -10,10 +10,12 @@ to the hub is not processed again, and ``usreview analyze`` says so.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,16 +143,19 @@ def test_filters_give_a_still_and_one_multiframe_cine(
 
 FRAME_TIME, FRAME_TIME_VECTOR = 0x00181063, 0x00181065
 _TIMING = ("FrameTime", "FrameTimeVector", "CineRate", "RecommendedDisplayFrameRate")
+_NO_RATES = {"CineRate": None, "RecommendedDisplayFrameRate": None}
 
 
 @pytest.mark.parametrize(
     ("edit", "left_out", "pointer"),
     [
         ({}, set(), FRAME_TIME),
-        ({"FrameTime": 0.0}, {"FrameTime"}, None),
-        ({"FrameTime": -33.3}, {"FrameTime"}, None),
-        ({"FrameTime": float("nan")}, {"FrameTime"}, None),
-        ({"FrameTime": float("inf")}, {"FrameTime"}, None),
+        # no valid timing to point to (None: left out of the source): the pointer (Type 1C)
+        # and what it names stay; with a valid rate, see the next test
+        ({"FrameTime": 0.0, **_NO_RATES}, set(), FRAME_TIME),
+        ({"FrameTime": -33.3, **_NO_RATES}, set(), FRAME_TIME),
+        ({"FrameTime": float("nan"), **_NO_RATES}, set(), FRAME_TIME),
+        ({"FrameTime": float("inf"), **_NO_RATES}, set(), FRAME_TIME),
         (
             {"CineRate": 0, "RecommendedDisplayFrameRate": -30},
             {"CineRate", "RecommendedDisplayFrameRate"},
@@ -186,7 +191,10 @@ def test_a_derived_cine_leaves_out_invalid_timing_and_keeps_valid_timing(
     source_path = simulate("cine", tmp_path / "source", seed=5, frames=4)[0]
     source = pydicom.dcmread(source_path)
     for keyword, value in edit.items():
-        setattr(source, keyword, value)
+        if value is None:
+            delattr(source, keyword)
+        else:
+            setattr(source, keyword, value)
     source.save_as(source_path)
     [path] = _written(execute_file(str(source_path)), tmp_path)
     derived = pydicom.dcmread(path)
@@ -194,12 +202,101 @@ def test_a_derived_cine_leaves_out_invalid_timing_and_keeps_valid_timing(
         if keyword in left_out:
             assert keyword not in derived, keyword
         else:
-            assert derived.get(keyword) == source.get(keyword), keyword
+            assert str(derived.get(keyword)) == str(source.get(keyword)), keyword  # nan too
     assert derived.get("FrameIncrementPointer") == pointer
     # it says what the reader makes of the source, no more
     back, original = read(path).timing, read(source_path).timing
     assert (back.source, back.frame_time_ms) == (original.source, original.frame_time_ms)
     assert np.array_equal(back.offsets_ms, original.offsets_ms)
+
+
+@pytest.mark.parametrize("rate", ["CineRate", "RecommendedDisplayFrameRate"])
+@pytest.mark.parametrize("pointed", [True, False], ids=["pointer", "no-pointer"])
+def test_a_derived_cine_times_its_frames_from_a_valid_rate(
+    tmp_path: Path, rate: str, pointed: bool
+) -> None:
+    """Frame Time invalid, a rate valid: Frame Time = 1000 / rate, and the pointer names it."""
+    source_path = simulate("cine", tmp_path / "source", seed=5, frames=4)[0]
+    source = pydicom.dcmread(source_path)
+    source.FrameTime = 0.0
+    del source.CineRate, source.RecommendedDisplayFrameRate
+    setattr(source, rate, 30)
+    if not pointed:  # the source lacks the pointer (Type 1C): it gets one
+        del source.FrameIncrementPointer
+    source.save_as(source_path)
+    [path] = _written(execute_file(str(source_path)), tmp_path)
+    derived = pydicom.dcmread(path)
+    assert int(derived.NumberOfFrames) == 4
+    assert derived.FrameIncrementPointer == FRAME_TIME
+    assert float(derived.FrameTime) == pytest.approx(1000 / 30, abs=1e-5)
+    assert derived.get(rate) == 30  # the valid rate is kept
+    back, original = read(path).timing, read(source_path).timing
+    assert back.frame_time_ms == pytest.approx(original.frame_time_ms, abs=1e-5)
+    assert np.allclose(back.offsets_ms, original.offsets_ms, atol=1e-4)
+    if shutil.which("dciodvfy"):
+        run = subprocess.run(
+            ["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert "FrameIncrementPointer" not in run.stdout + run.stderr
+
+
+def test_derived_text_is_utf8_whatever_the_source_declared(tmp_path: Path) -> None:
+    """A source in Latin-1, undeclared (as some scanners write) or declared: text kept."""
+    path = simulate("bmode", tmp_path / "source", seed=1, rows=200, columns=240)[0]
+    source = pydicom.dcmread(path)
+    source.PatientName = "Ibáñez^José"
+    source.SeriesDescription = "Ecografía"
+    for charset in (None, "ISO_IR 100"):
+        if charset is None:
+            if "SpecificCharacterSet" in source:
+                del source.SpecificCharacterSet
+            source.save_as(path)  # pydicom's default encoding: Latin-1, undeclared
+            assert b"Ib\xe1\xf1ez^Jos\xe9" in path.read_bytes()
+        else:
+            source.SpecificCharacterSet = charset
+            source.save_as(path)
+        folder = tmp_path / (charset or "none")
+        folder.mkdir()
+        [written] = _written(execute_file(str(path)), folder)
+        derived = pydicom.dcmread(written)
+        assert derived.SpecificCharacterSet == "ISO_IR 192", charset
+        assert str(derived.PatientName) == "Ibáñez^José"
+        assert derived.SeriesDescription.startswith("Ecografía ")
+        assert "Ibáñez^José".encode() in written.read_bytes()
+
+
+@pytest.mark.parametrize("offset", [None, "+0130"], ids=["hub", "source"])
+def test_derived_dates_and_times_are_local_with_their_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offset: str | None
+) -> None:
+    """Local time: in the source's offset (0008,0201) if it has one, else in the hub's, not
+    written (it would date the site's copied study times too, whose zone is unknown)."""
+    path = simulate("bmode", tmp_path / "source", seed=1, rows=200, columns=240)[0]
+    if offset is not None:
+        source = pydicom.dcmread(path)
+        source.TimezoneOffsetFromUTC = offset
+        source.save_as(path)
+    monkeypatch.setenv("TZ", "America/New_York")  # the hub's zone, not UTC
+    time.tzset()
+    try:
+        before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        [written] = _written(execute_file(str(path)), tmp_path)
+        after = dt.datetime.now(dt.UTC)
+        expected = offset or dt.datetime.now().astimezone().strftime("%z")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert expected not in ("+0000", "")
+    derived = pydicom.dcmread(written)
+    assert derived.get("TimezoneOffsetFromUTC") == offset
+    for prefix in ("InstanceCreation", "Content", "Series"):
+        moment = dt.datetime.strptime(
+            f"{derived.get(prefix + 'Date')}{derived.get(prefix + 'Time')}{expected}",
+            "%Y%m%d%H%M%S%z",
+        )
+        assert before <= moment <= after, prefix
+    [contribution] = derived.ContributingEquipmentSequence
+    assert str(contribution.ContributionDateTime).endswith(expected)
 
 
 @pytest.mark.external

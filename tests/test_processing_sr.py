@@ -10,11 +10,13 @@ scheme is declared in the Coding Scheme Identification Sequence (0008,0110).
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import highdicom as hd
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -23,6 +25,7 @@ from usreview.dicom import read
 from usreview.processing import (
     Code,
     CodingScheme,
+    Finding,
     Output,
     ProcessorResult,
     Provenance,
@@ -31,7 +34,9 @@ from usreview.processing import (
     run_pipeline,
 )
 from usreview.processing.execution import execute_file
+from usreview.processing.recommendations.study import evaluate_study
 from usreview.processing.sr import build_sr
+from usreview.processing.study_results import study_documents
 from usreview.simulate import simulate
 
 
@@ -184,3 +189,104 @@ def test_dciodvfy_finds_no_error_and_no_coding_scheme_warning(
         assert [line for line in lines if line.startswith("Error")] == [], (name, report)
         schemes = [line for line in lines if "Coding Scheme" in line or "99USREVIEW" in line]
         assert schemes == [], (name, report)
+
+
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100"], ids=["undeclared", "latin-1"])
+def test_non_ascii_text_survives_whatever_the_source_declares(
+    tmp_path: Path, charset: str | None
+) -> None:
+    """The SR is UTF-8 (ISO_IR 192), not in the source's character set nor undeclared."""
+    path = simulate("bmode", tmp_path, seed=1, rows=200, columns=240)[0]
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    source.PatientName = "Ibáñez^José"
+    if charset is None:
+        if "SpecificCharacterSet" in source:
+            del source.SpecificCharacterSet
+    else:
+        source.SpecificCharacterSet = charset
+    text = "ICA PSV ≥ 125 cm/s; 狭窄 (stenosis)"
+    result = ProcessorResult(
+        Provenance("third_party", "1.0", {}, str(source.SOPInstanceUID)),
+        ResultStatus.DONE,
+        Output(findings=(Finding("x", text, {"note": "µ-calcification"}),)),
+    )
+    document = build_sr(
+        source,
+        [result],
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        series_instance_uid=pydicom.uid.generate_uid(),
+    )
+    buffer = io.BytesIO()
+    document.save_as(buffer, enforce_file_format=True)
+    assert "José".encode() in buffer.getvalue()  # UTF-8 bytes, not Latin-1 ones
+    ds = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert str(ds.PatientName) == "Ibáñez^José"
+    texts = {str(i.TextValue) for i in _items(ds) if i.ValueType == "TEXT"}
+    assert text in texts and "note: µ-calcification" in texts
+
+
+def test_study_sr_evidence_values_name_their_vessel_side_and_spectrum(tmp_path: Path) -> None:
+    """TID 300 evidence: each value with its finding site and the instance it comes from."""
+    paths = {
+        vessel: simulate(
+            "pw", tmp_path / vessel, seed=21, study="eval", vessel=vessel, side="left",
+            psv_cm_s=psv, edv_cm_s=edv,
+        )[0]
+        for vessel, psv, edv in (("cca", 60.0, 15.0), ("ica", 180.0, 60.0))
+    }  # fmt: skip
+    summaries, uids = {}, {}
+    for vessel, path in paths.items():
+        outputs = execute_file(str(path))
+        assert outputs.summary is not None
+        summaries[outputs.sop_instance_uid] = json.loads(outputs.summary)
+        uids[vessel] = outputs.sop_instance_uid
+    headers = {
+        str(h.SOPInstanceUID): h
+        for h in (pydicom.dcmread(p, stop_before_pixels=True) for p in paths.values())
+    }
+    study = str(next(iter(headers.values())).StudyInstanceUID)
+    evaluations = evaluate_study(summaries)
+    _, data, _ = study_documents(study, evaluations, headers)
+    written = tmp_path / "study.sr.dcm"
+    written.write_bytes(data)
+    ds = pydicom.dcmread(written)
+    [recommendation] = [i for i in _items(ds) if _concept(i)[0] == "121075"]
+    values = []
+    for item in recommendation.ContentSequence:
+        if item.ValueType != "NUM":
+            continue
+        assert item.RelationshipType == "INFERRED FROM"
+        # highdicom reads it back as a TID 300 measurement
+        measurement = hd.sr.Measurement.from_sequence([hd.sr.NumContentItem.from_dataset(item)])
+        [site] = measurement.finding_sites
+        assert site.laterality is not None
+        references = [r.referenced_sop_instance_uid for r in measurement.referenced_images]
+        values.append(
+            (measurement.name.meaning, site.value.meaning, site.laterality.meaning, references)
+        )
+    assert values == [
+        ("Peak Systolic Velocity", "Internal carotid artery", "Left", [uids["ica"]]),
+        ("End Diastolic Velocity", "Internal carotid artery", "Left", [uids["ica"]]),
+        ("Peak Systolic Velocity", "Common carotid artery", "Left", [uids["cca"]]),
+        ("ICA/CCA velocity ratio", "Internal carotid artery", "Left", []),
+    ]
+    if shutil.which("dsrdump"):
+        run = subprocess.run(
+            ["dsrdump", str(written)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert run.returncode == 0 and "E:" not in run.stderr, run.stderr
+    # Strict when writing: an instance the details name must be among the sources.
+    [evaluation] = evaluations
+    result = ProcessorResult(
+        Provenance("rule", "1", {}, uids["ica"]),
+        ResultStatus.DONE,
+        Output(recommendations=(evaluation.recommendation,)),
+    )
+    with pytest.raises(ValueError, match="not among the source and evidence instances"):
+        build_sr(
+            headers[uids["ica"]],
+            [result],
+            sop_instance_uid=pydicom.uid.generate_uid(),
+            series_instance_uid=pydicom.uid.generate_uid(),
+        )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -197,3 +201,126 @@ def test_the_summary_is_plain_text_for_people(source: Dataset) -> None:
     assert "- plaque_length: 7.5 mm (measured by the reviewer)" in text
     assert "Also sent to: siteb" in text
     text.encode("utf-8")
+
+
+def _walk(ds: Dataset) -> Iterator[Dataset]:
+    for item in ds.get("ContentSequence") or []:
+        yield item
+        yield from _walk(item)
+
+
+def _code(item: Dataset) -> tuple[str, str]:
+    code = item.ConceptNameCodeSequence[0]
+    return str(code.CodeValue), str(code.CodingSchemeDesignator)
+
+
+def _report_sr(report: Report, sources: list[Dataset], **changes: Any) -> Dataset:
+    """The SR written and read back, as a site's PACS gets it."""
+    arguments: dict[str, Any] = {
+        "reviewer": "dr-x",
+        "organization": "usreview hub",
+        "sop_instance_uid": generate_uid(),
+        "series_instance_uid": generate_uid(),
+        "version": 1,
+        **changes,
+    }
+    buffer = io.BytesIO()
+    build_report_sr(report, sources, **arguments).save_as(buffer, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100"], ids=["undeclared", "latin-1"])
+def test_non_ascii_text_survives_whatever_the_source_declares(
+    source: Dataset, charset: str | None
+) -> None:
+    """UTF-8 (ISO_IR 192): not the source's Latin-1 ("≥" -> "?"), nor undeclared bytes."""
+    header = copy.deepcopy(source)
+    if charset is None:
+        if "SpecificCharacterSet" in header:
+            del header.SpecificCharacterSet
+    else:
+        header.SpecificCharacterSet = charset
+    impression = "Sténose ICA ≥ 125 cm/s; 狭窄"
+    report = Report.from_json(body(str(source.SOPInstanceUID), impression=impression))
+    sr = _report_sr(report, [header], reviewer="José", organization="Hôpital")
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "José^"
+    assert sr.VerifyingObserverSequence[0].VerifyingOrganization == "Hôpital"
+    assert impression in {str(i.TextValue) for i in _walk(sr) if i.ValueType == "TEXT"}
+
+
+def _containers(sr: Dataset) -> dict[tuple[str, str], Dataset]:
+    return {_code(i): i for i in sr.ContentSequence if i.ValueType == "CONTAINER"}
+
+
+def test_qualitative_evaluations_have_the_tid_1500_code(source: Dataset) -> None:
+    """(C0034375, UMLS), as the automatic SRs; 126010 is "Imaging Measurements"."""
+    sr = _report_sr(Report.from_json(body(str(source.SOPInstanceUID))), [source])
+    containers = _containers(sr)
+    assert containers[("126010", "DCM")].ConceptNameCodeSequence[0].CodeMeaning == (
+        "Imaging Measurements"
+    )
+    qualitative = containers[("C0034375", "UMLS")]
+    assert qualitative.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"
+    assert {_code(i)[0] for i in qualitative.ContentSequence} == {
+        "121071", "121073", "urgency"
+    }  # fmt: skip
+
+
+def test_the_private_scheme_is_declared(source: Dataset) -> None:
+    sr = _report_sr(Report.from_json(body(str(source.SOPInstanceUID))), [source])
+    [declared] = sr.CodingSchemeIdentificationSequence
+    assert declared.CodingSchemeDesignator == "99USREVIEW"
+    assert declared.CodingSchemeName and declared.CodingSchemeResponsibleOrganization
+
+
+def test_key_images_are_the_image_library(source: Dataset) -> None:
+    """TID 1600 Image Library, before the measurements; Qualitative Evaluations: CODE, TEXT."""
+    uid = str(source.SOPInstanceUID)
+    sr = _report_sr(Report.from_json(body(uid)), [source])
+    containers = _containers(sr)
+    assert list(containers) == [("111028", "DCM"), ("126010", "DCM"), ("C0034375", "UMLS")]
+    qualitative = containers[("C0034375", "UMLS")]
+    assert {i.ValueType for i in qualitative.ContentSequence} == {"TEXT", "CODE"}
+    images = [i for i in _walk(containers[("111028", "DCM")]) if i.ValueType == "IMAGE"]
+    assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images] == [uid]
+    assert hd.sr.MeasurementReport.from_sequence([sr]).get_image_measurement_groups()
+    sr = _report_sr(Report.from_json(body(uid, key_images=[])), [source])
+    assert list(_containers(sr)) == [("126010", "DCM"), ("C0034375", "UMLS")]  # no library
+
+
+def _tracking_uids(sr: Dataset) -> dict[str, list[str]]:
+    """Tracking Identifier -> its Tracking Unique Identifiers."""
+    uids: dict[str, list[str]] = {}
+    for group in _walk(sr):
+        if group.ValueType != "CONTAINER" or _code(group) != ("125007", "DCM"):
+            continue
+        children = {_code(c): c for c in group.ContentSequence}
+        name = str(children[("112039", "DCM")].TextValue)
+        uids.setdefault(name, []).append(str(children[("112040", "DCM")].UID))
+    return uids
+
+
+def test_study_level_measurements_are_tracked_per_study(tmp_path: Path) -> None:
+    """No source instance: the study's UID, not a constant, makes the Tracking UID."""
+    sources = []
+    for n in range(2):
+        [path] = simulate("pw", tmp_path / str(n), seed=5 + n)
+        sources.append(pydicom.dcmread(path, stop_before_pixels=True))
+    assert sources[0].StudyInstanceUID != sources[1].StudyInstanceUID
+    measurements = [
+        {"name": "plaque_length", "value": 7.5, "unit": "mm"},
+        {"name": "plaque_width", "value": 2.5, "unit": "mm", "label": "Plaque"},
+    ]
+
+    def uids(header: Dataset, **changes: Any) -> dict[str, list[str]]:
+        report = Report.from_json(
+            body(str(header.SOPInstanceUID), measurements=measurements, **changes)
+        )
+        return _tracking_uids(_report_sr(report, [header]))
+
+    first, other = uids(sources[0]), uids(sources[1])
+    assert set(first) == {"reviewer measurements", "Plaque"}
+    for name in first:
+        assert first[name] != other[name], name  # another patient's study, another UID
+    assert uids(sources[0], impression="Amended.", key_images=[]) == first  # stable

@@ -11,8 +11,11 @@ A Comprehensive SR whose content is a TID 1500 Measurement Report:
   topographical modifier optional), and a reference to the source instance (group and measurement);
 - a "Qualitative Evaluations" container (TID 1500, (C0034375, UMLS)) with the findings
   and the recommendations as text, each with its evidence: a finding's values as a
-  comment (121106, DCM) it is inferred from; a recommendation's quantities as coded
-  numbers, and its rule as a table of values (121424, DCM) with that table's citation
+  comment (121106, DCM) it is inferred from; a recommendation's quantities as TID 300
+  measurements, each with its finding site and the instance(s) it was measured on (an
+  INFERRED FROM IMAGE "Source of Measurement" reference, from the quantity's ``details``
+  ``"sop_instance_uid"`` or ``"sop_instance_uids"``, which must be the source or evidence
+  instances), and its rule as a table of values (121424, DCM) with that table's citation
   (121422, DCM), the "Equation or Table" concepts (CID 228) that TID 300 uses for what a
   value was derived with; processors that failed are listed there too, as failed
   analyses (111024, DCM).
@@ -23,8 +26,10 @@ declared in the Coding Scheme Identification Sequence (0008,0110), as the SOP Co
 module asks. (dicom3tools' dciodvfy still warns about any designator it does not know,
 declared or not: hence standard codes wherever one fits.)
 
-The document is marked preliminary and unverified: decision support for the reviewing
-expert, not a report signed by one.
+The document is written in UTF-8 (Specific Character Set ``ISO_IR 192``) whatever the
+source declares, and is marked preliminary and unverified: decision support for the
+reviewing expert, not a report signed by one. The concepts and the declaration of private
+schemes are shared with the reviewer's report (:mod:`usreview.processing.sr_codes`).
 """
 
 from __future__ import annotations
@@ -36,29 +41,25 @@ from typing import Any
 import highdicom as hd
 from highdicom.sr import CodedConcept, RelationshipTypeValues
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
-from usreview.processing.results import CodingScheme, ProcessorResult, Quantity, ResultStatus
+from usreview.processing.results import ProcessorResult, Quantity, ResultStatus
+from usreview.processing.sr_codes import (
+    FINDING,
+    QUALITATIVE_EVALUATIONS,
+    RECOMMENDATION,
+    SPECIFIC_CHARACTER_SET,
+    ULTRASONOGRAPHY,
+    declare_private_schemes,
+)
 
 __all__ = ["MANUFACTURER", "build_sr"]
 
 MANUFACTURER = "usreview"
-_ULTRASONOGRAPHY = CodedConcept("16310003", "SCT", "Ultrasonography")
-_QUALITATIVE = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
-_FINDING = CodedConcept("121071", "DCM", "Finding")
-_RECOMMENDATION = CodedConcept("121075", "DCM", "Recommendation")
 _EVIDENCE = CodedConcept("121106", "DCM", "Comment")
 _CRITERION = CodedConcept("121424", "DCM", "Table of Values")
 _SOURCE = CodedConcept("121422", "DCM", "Table of Values Citation")
 _FAILURE = CodedConcept("111024", "DCM", "Failed Analyses")
-# Private coding schemes: name and responsible organisation, as declared in (0008,0110).
-_PRIVATE_SCHEMES = {
-    CodingScheme.USREVIEW.value: (
-        "usreview concepts without a standard code",
-        "usreview (automatic ultrasound processing)",
-    ),
-}
 _CONTAINS = RelationshipTypeValues.CONTAINS
 _INFERRED = RelationshipTypeValues.INFERRED_FROM
 
@@ -102,12 +103,15 @@ def build_sr(
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=_ULTRASONOGRAPHY,
+        procedure_reported=ULTRASONOGRAPHY,
         imaging_measurements=groups,
     )
-    evaluations = _evaluations(results)
+    images = {str(ds.SOPInstanceUID): ds for ds in (source, *evidence)}
+    evaluations = _evaluations(results, images)
     if evaluations:
-        container = hd.sr.ContainerContentItem(name=_QUALITATIVE, relationship_type=_CONTAINS)
+        container = hd.sr.ContainerContentItem(
+            name=QUALITATIVE_EVALUATIONS, relationship_type=_CONTAINS
+        )
         container.ContentSequence = hd.sr.ContentSequence(evaluations)
         report[0].ContentSequence.append(container)
     document = hd.sr.ComprehensiveSR(
@@ -122,29 +126,10 @@ def build_sr(
         is_final=False,
         is_verified=False,
         series_description="usreview automatic measurements (decision support)",
+        specific_character_set=SPECIFIC_CHARACTER_SET,
     )
-    _declare_private_schemes(document)
+    declare_private_schemes(document)
     return document
-
-
-def _declare_private_schemes(document: Dataset) -> None:
-    """List the private coding schemes the content uses in (0008,0110)."""
-    used = {
-        str(element.value)
-        for element in document.iterall()
-        if element.keyword == "CodingSchemeDesignator" and str(element.value).startswith("99")
-    }
-    items = []
-    for designator in sorted(used):
-        item = Dataset()
-        item.CodingSchemeDesignator = designator
-        name, organization = _PRIVATE_SCHEMES.get(designator, ("private coding scheme", ""))
-        item.CodingSchemeName = name
-        if organization:
-            item.CodingSchemeResponsibleOrganization = organization
-        items.append(item)
-    if items:
-        document.CodingSchemeIdentificationSequence = DicomSequence(items)
 
 
 def _tracking(source: Dataset, what: str) -> hd.sr.TrackingIdentifier:
@@ -211,27 +196,21 @@ def _finding_sites(quantity: Quantity) -> list[hd.sr.FindingSite] | None:
     ]
 
 
-def _evaluations(results: Sequence[ProcessorResult]) -> list[hd.sr.ContentItem]:
+def _evaluations(
+    results: Sequence[ProcessorResult], images: Mapping[str, Dataset]
+) -> list[hd.sr.ContentItem]:
     items: list[hd.sr.ContentItem] = []
     for result in results:
         for finding in result.output.findings:
-            item = _text_item(_FINDING, finding.text, _CONTAINS)
+            item = _text_item(FINDING, finding.text, _CONTAINS)
             if finding.evidence:
                 item.ContentSequence = hd.sr.ContentSequence(
                     [_text_item(_EVIDENCE, _evidence_text(finding.evidence), _INFERRED)]
                 )
             items.append(item)
         for rec in result.output.recommendations:
-            item = _text_item(_RECOMMENDATION, rec.text, _CONTAINS)
-            children: list[hd.sr.ContentItem] = [
-                hd.sr.NumContentItem(
-                    name=_concept(q),
-                    value=q.value,
-                    unit=CodedConcept(q.unit, "UCUM", q.unit),
-                    relationship_type=_INFERRED,
-                )
-                for q in rec.evidence
-            ]
+            item = _text_item(RECOMMENDATION, rec.text, _CONTAINS)
+            children: list[hd.sr.ContentItem] = [_evidence_value(q, images) for q in rec.evidence]
             children.append(_text_item(_CRITERION, f"{rec.rule}: {rec.criterion}", _INFERRED))
             children.append(_text_item(_SOURCE, rec.source, _INFERRED))
             item.ContentSequence = hd.sr.ContentSequence(children)
@@ -239,6 +218,45 @@ def _evaluations(results: Sequence[ProcessorResult]) -> list[hd.sr.ContentItem]:
         if result.status is ResultStatus.FAILED and result.reason:
             items.append(_text_item(_FAILURE, result.reason, _CONTAINS))
     return items
+
+
+def _evidence_value(quantity: Quantity, images: Mapping[str, Dataset]) -> hd.sr.NumContentItem:
+    """A value a recommendation is inferred from, as a TID 300 measurement.
+
+    With its finding site and the instances it was measured on (``details``
+    ``"sop_instance_uid"`` or ``"sop_instance_uids"``), so that the values of several
+    vessels, sides or spectra can be told apart.
+    """
+    item = hd.sr.NumContentItem(
+        name=_concept(quantity),
+        value=quantity.value,
+        unit=CodedConcept(quantity.unit, "UCUM", quantity.unit),
+        relationship_type=_INFERRED,
+    )
+    children: list[hd.sr.ContentItem] = [*(_finding_sites(quantity) or [])]
+    children += [
+        hd.sr.SourceImageForMeasurement.from_source_image(images[uid])
+        for uid in _measured_on(quantity, images)
+    ]
+    if children:
+        item.ContentSequence = hd.sr.ContentSequence(children)
+    return item
+
+
+def _measured_on(quantity: Quantity, images: Mapping[str, Dataset]) -> list[str]:
+    """The SOP Instance UIDs ``quantity``'s details name, each among ``images``."""
+    details = quantity.details
+    named = details.get("sop_instance_uids") or []
+    uids = [details["sop_instance_uid"]] if "sop_instance_uid" in details else []
+    if not isinstance(named, list | tuple):
+        raise ValueError(f"quantity {quantity.name}: details 'sop_instance_uids' is not a list")
+    for uid in [*uids, *named]:
+        if uid not in images:
+            raise ValueError(
+                f"quantity {quantity.name}: instance {uid!r} of its details is not among the "
+                "source and evidence instances"
+            )
+    return list(dict.fromkeys(str(uid) for uid in [*uids, *named]))
 
 
 def _text_item(

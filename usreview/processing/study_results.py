@@ -42,7 +42,7 @@ __all__ = [
 #: The results feed's kind of the study-level JSON summary.
 STUDY_SUMMARY_KIND = "study-summary"
 #: Version of the study-level evaluation (its provenance in the SR and JSON).
-VERSION = "1.1"
+VERSION = "1.2"
 _NOTICE = (
     "Automatic study-level evaluation: decision support for the reviewing expert, not a "
     "diagnosis; not reviewed yet."

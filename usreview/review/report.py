@@ -11,11 +11,15 @@ the reviewer (a person): one measurement group (TID 1501) per source instance an
 measurement a TID 300 numeric coded as given, or, without a code, with the LOINC code of
 the automatic measurement of that name (:data:`usreview.processing.quantification.codes.CODES`),
 else a private code; its method says whether it was measured automatically and accepted
-or corrected, or measured by the reviewer. A "Qualitative Evaluations" container holds
-the findings, the impression and the recommendations as text, the urgency as a code, and
-the key images as IMAGE references. The document is complete, final and verified by the
-reviewer; an amendment names the version it replaces in its Predecessor Documents
-Sequence. Nothing here does I/O.
+or corrected, or measured by the reviewer. A group's Tracking Unique Identifier is derived
+from its source instance (or, for measurements without one, the study) and its label, so
+it stays the same across amendments. The key images are the entries of a TID 1600 "Image
+Library" (111028, DCM); a "Qualitative Evaluations" container (C0034375, UMLS) holds the
+findings, the impression and the recommendations as text and the urgency as a code. The
+private scheme ``99USREVIEW`` (methods, urgency, examination) is declared in the Coding
+Scheme Identification Sequence; the text is UTF-8 (``ISO_IR 192``) whatever the sources
+declare. The document is complete, final and verified by the reviewer; an amendment names
+the version it replaces in its Predecessor Documents Sequence. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ from usreview.dicom.header import is_uid
 from usreview.errors import ReportError
 from usreview.processing.quantification.codes import CODES
 from usreview.processing.sr import MANUFACTURER
+from usreview.processing.sr_codes import (
+    FINDING,
+    QUALITATIVE_EVALUATIONS,
+    RECOMMENDATION,
+    SPECIFIC_CHARACTER_SET,
+    ULTRASONOGRAPHY,
+    declare_private_schemes,
+)
 
 __all__ = [
     "MAX_KEY_IMAGES",
@@ -67,12 +79,7 @@ _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _UCUM = re.compile(r"[!-~]{1,32}")  # printable ASCII without spaces, as UCUM's case-sensitive codes
 _SCHEME = re.compile(r"[A-Za-z0-9_.-]{1,16}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_ULTRASONOGRAPHY = CodedConcept("16310003", "SCT", "Ultrasonography")
-_QUALITATIVE = CodedConcept("126010", "DCM", "Qualitative Evaluations")
-_FINDING = CodedConcept("121071", "DCM", "Finding")
 _IMPRESSION = CodedConcept("121073", "DCM", "Impression")
-_RECOMMENDATION = CodedConcept("121075", "DCM", "Recommendation")
-_KEY_IMAGE = CodedConcept("121080", "DCM", "Best illustration of finding")
 _URGENCY = CodedConcept("urgency", _PRIVATE, "Report urgency")
 _PERSON = CodedConcept("121006", "DCM", "Person")
 _CONTAINS = RelationshipTypeValues.CONTAINS
@@ -437,13 +444,16 @@ def build_report_sr(
     )
     document = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_person_context=person),
-        procedure_reported=[_ULTRASONOGRAPHY, _exam_concept(report.exam_type)],
+        procedure_reported=[ULTRASONOGRAPHY, _exam_concept(report.exam_type)],
         imaging_measurements=_groups(report, by_uid, source_datasets[0]),
+        referenced_images=[by_uid[uid] for uid in report.key_images] or None,
     )
-    container = hd.sr.ContainerContentItem(name=_QUALITATIVE, relationship_type=_CONTAINS)
-    container.ContentSequence = hd.sr.ContentSequence(_evaluations(report, by_uid))
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=_CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(_evaluations(report))
     document[0].ContentSequence.append(container)
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=list(by_uid.values()),
         content=document[0],
         series_instance_uid=series_instance_uid,
@@ -458,7 +468,10 @@ def build_report_sr(
         verifying_organization=organization,
         previous_versions=None if previous is None else [previous],
         series_description="usreview report (expert review)",
+        specific_character_set=SPECIFIC_CHARACTER_SET,
     )
+    declare_private_schemes(sr)
+    return sr
 
 
 def _person_name(name: str) -> str:
@@ -478,6 +491,7 @@ def _groups(
     for measurement in report.measurements:
         key = (measurement.source_instance, measurement.label)
         sources.setdefault(key, []).append(measurement)
+    study = str(first.StudyInstanceUID)  # what study-level measurements are tracked by
     groups = []
     for (uid, label), measurements in sources.items():
         source = by_uid[uid] if uid is not None else None
@@ -485,9 +499,9 @@ def _groups(
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=(
-                    _tracking(uid or "study", "reviewer measurements")
+                    _tracking(uid or study, "reviewer measurements")
                     if label is None
-                    else _tracking(uid or "study", label, "label")  # its own UID, whatever the text
+                    else _tracking(uid or study, label, "label")  # its own UID, whatever the text
                 ),
                 measurements=[
                     hd.sr.Measurement(
@@ -527,12 +541,12 @@ def _method(measurement: ReportMeasurement) -> CodedConcept:
     return CodedConcept(f"{key[0].value}-{key[1].value}", _PRIVATE, _METHODS[key])
 
 
-def _evaluations(report: Report, by_uid: Mapping[str, Dataset]) -> list[hd.sr.ContentItem]:
+def _evaluations(report: Report) -> list[hd.sr.ContentItem]:
     items: list[hd.sr.ContentItem] = []
     for name, text in (
-        (_FINDING, report.findings),
+        (FINDING, report.findings),
         (_IMPRESSION, report.impression),
-        (_RECOMMENDATION, report.recommendations),
+        (RECOMMENDATION, report.recommendations),
     ):
         if text.strip():
             items.append(hd.sr.TextContentItem(name=name, value=text, relationship_type=_CONTAINS))
@@ -543,16 +557,6 @@ def _evaluations(report: Report, by_uid: Mapping[str, Dataset]) -> list[hd.sr.Co
             relationship_type=_CONTAINS,
         )
     )
-    for uid in report.key_images:
-        source = by_uid[uid]
-        items.append(
-            hd.sr.ImageContentItem(
-                name=_KEY_IMAGE,
-                referenced_sop_class_uid=str(source.SOPClassUID),
-                referenced_sop_instance_uid=uid,
-                relationship_type=_CONTAINS,
-            )
-        )
     return items
 
 

@@ -29,8 +29,16 @@ instance again gives the same UIDs (a retried job replaces its result instead of
 Private elements, LUTs, windows and icons of the source are dropped: the pixels are 8-bit
 display values (MONOCHROME2, or RGB for a source stored in colour), Explicit VR Little
 Endian. So is any cine timing (Frame Time, Frame Time Vector, Cine Rate, Recommended Display
-Frame Rate) that the reader ignores as invalid (:func:`~usreview.dicom.timing.timing_problems`),
-and Frame Increment Pointer's reference to it: valid timing is copied unchanged.
+Frame Rate) that the reader ignores as invalid (:func:`~usreview.dicom.timing.timing_problems`);
+valid timing is copied unchanged. Frame Increment Pointer (Type 1C with several frames) is
+kept: when what it names is invalid it names the valid timing instead, if need be a Frame
+Time of 1000 / the valid Cine Rate or Recommended Display Frame Rate.
+
+The text is written in UTF-8 (``ISO_IR 192``, as the SRs), whatever the source declared. The
+new dates and times are local, in the source's Timezone Offset From UTC (0008,0201) when it
+has one (the copied study dates and times are in it), else in the hub's; an offset is not
+written where the source had none, since it would apply to the site's copied study dates
+and times too, whose zone is not known (Contribution DateTime carries its own).
 """
 
 from __future__ import annotations
@@ -38,18 +46,25 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from usreview import __version__
 from usreview.dicom import UltrasoundInstance
-from usreview.dicom.timing import frame_increment_pointers, timing_problems
+from usreview.dicom.timing import (
+    TIMING_KEYWORDS,
+    FrameTiming,
+    frame_increment_pointers,
+    frame_timing,
+    timing_problems,
+)
 from usreview.processing.results import (
     Code,
     CodingScheme,
@@ -57,6 +72,7 @@ from usreview.processing.results import (
     ProcessorResult,
     Provenance,
 )
+from usreview.processing.sr_codes import SPECIFIC_CHARACTER_SET
 
 __all__ = [
     "MANUFACTURER",
@@ -155,7 +171,7 @@ def _contribution(when: dt.datetime, what: str) -> Dataset:
     item.Manufacturer = MANUFACTURER
     item.ManufacturerModelName = MODEL_NAME
     item.SoftwareVersions = __version__
-    item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S+0000")
+    item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S%z")
     item.ContributionDescription = f"derived image: {what}"[:1024]
     return item
 
@@ -193,18 +209,55 @@ def usreview_derivation(dataset: Dataset) -> str | None:
 
 
 def _drop_invalid_timing(ds: Dataset, number_of_frames: int) -> None:
-    """Remove the timing attributes that the reader ignores, and the pointers to them."""
+    """Remove the timing attributes that the reader ignores, keeping Frame Increment Pointer.
+
+    The pointer is Type 1C with several frames, so it is never dropped: when
+    every attribute it names is invalid, it names the valid Frame Time or Frame Time Vector
+    instead, or a Frame Time of 1000 / rate from a valid Cine Rate or Recommended Display
+    Frame Rate; with no valid timing at all, the source's pointer and what it names stay.
+    """
     invalid = timing_problems(ds, number_of_frames)
-    for keyword in invalid:
-        delattr(ds, keyword)
     pointers = frame_increment_pointers(ds)
     kept = [p for p in pointers if keyword_for_tag(p) not in invalid]
-    if len(kept) == len(pointers):
-        return
+    valid = _timing_without(ds, invalid, number_of_frames)
+    if pointers and not kept and valid.source is None:
+        invalid = {k: v for k, v in invalid.items() if tag_for_keyword(k) not in pointers}
+        kept = list(pointers)
+    for keyword in invalid:
+        delattr(ds, keyword)
+    if not kept and valid.source is not None and number_of_frames > 1:
+        if valid.source in ("CineRate", "RecommendedDisplayFrameRate"):
+            ds.FrameTime = f"{valid.frame_time_ms:.8g}"
+            kept = [Tag("FrameTime")]
+        else:
+            kept = [Tag(valid.source)]
     if kept:
         ds.FrameIncrementPointer = kept if len(kept) > 1 else kept[0]
-    else:
+    elif "FrameIncrementPointer" in ds:
         del ds.FrameIncrementPointer
+
+
+def _timing_without(ds: Dataset, invalid: Iterable[str], number_of_frames: int) -> FrameTiming:
+    """The frame timing that ``ds``'s timing attributes but the ``invalid`` ones give."""
+    left = Dataset()
+    for keyword in TIMING_KEYWORDS:
+        if keyword in ds and keyword not in invalid:
+            setattr(left, keyword, ds.get(keyword))
+    return frame_timing(left, number_of_frames)
+
+
+def _local_now(ds: Dataset) -> dt.datetime:
+    """Now, in the source's Timezone Offset From UTC if it has a valid one, else the hub's.
+
+    DICOM dates and times are local: (0008,0201) says which offset all of an instance's
+    dates and times (the source's copied ones too) are in.
+    """
+    offset = str(ds.get("TimezoneOffsetFromUTC") or "").strip()
+    try:
+        zone = dt.datetime.strptime(offset, "%z").tzinfo
+    except ValueError:
+        zone = None
+    return dt.datetime.now(dt.UTC).astimezone(zone)
 
 
 def _uid(*parts: str) -> UID:
@@ -275,6 +328,8 @@ def derived_dataset(
 
     ds = copy.deepcopy(source.dataset)
     ds.remove_private_tags()
+    ds.decode()  # the source's text, read in its character set, is written in ours
+    ds.SpecificCharacterSet = SPECIFIC_CHARACTER_SET
     for keyword in _DROPPED + (() if multi else _MULTIFRAME_ONLY):
         if keyword in ds:
             delattr(ds, keyword)
@@ -296,10 +351,15 @@ def derived_dataset(
     ds.SeriesNumber = min(series, 2**31 - 1)
     base = str(ds.get("SeriesDescription") or "").strip()
     ds.SeriesDescription = f"{base} {description}".strip()[:64]
-    now = dt.datetime.now(dt.UTC)
+    now = _local_now(ds)
     for prefix in ("InstanceCreation", "Content", "Series"):
         setattr(ds, f"{prefix}Date", now.strftime("%Y%m%d"))
         setattr(ds, f"{prefix}Time", now.strftime("%H%M%S"))
+    if "TimezoneOffsetFromUTC" in ds:  # kept when valid (``now`` is in it), else dropped
+        if str(ds.TimezoneOffsetFromUTC).strip() == now.strftime("%z"):
+            ds.TimezoneOffsetFromUTC = now.strftime("%z")
+        else:
+            del ds.TimezoneOffsetFromUTC
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = MODEL_NAME
     ds.SoftwareVersions = __version__
