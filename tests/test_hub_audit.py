@@ -6,6 +6,8 @@ import itertools
 import json
 import multiprocessing
 import os
+import resource
+import signal
 import stat
 import threading
 import time
@@ -237,3 +239,30 @@ def test_a_caller_cannot_make_a_line_that_stops_other_writers(tmp_path: Path) ->
     assert len(path.read_bytes().splitlines()[-1]) > 200_000  # escaped: longer than a block
     assert theirs.record("site-a", AuditAction.WRITE, "instances/1.2.4")["seq"] == 3
     assert verify(path, KEY).ok and verify(path, KEY).lines == 3
+
+
+def _record_past_a_size_limit(path: Path, limit: int) -> str:
+    """In a child process: record one line with files limited to ``limit`` bytes (a disk
+    that fills in the middle of the line)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        AuditLog(path, KEY).record("worker", AuditAction.READ, "instances/" + "9" * 300)
+    except AuditError as exc:
+        return str(exc)
+    return "recorded"
+
+
+def test_a_line_the_disk_cut_short_is_taken_back(tmp_path: Path) -> None:
+    """A write that fails half-way leaves no part of a line: the next append, once there is
+    space again, succeeds (it found a damaged last line, and the service answered 503 to
+    every request until the log was edited by hand)."""
+    path = tmp_path / "audit.log"
+    _fill(path, 3)
+    before = path.read_bytes()
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        said = pool.apply(_record_past_a_size_limit, (path, len(before) + 100))
+    assert said.startswith("cannot write the audit log"), said
+    assert path.read_bytes() == before  # the 100 bytes that fitted were taken back
+    assert AuditLog(path, KEY).record("site-a", AuditAction.WRITE, "instances/1.2.9")["seq"] == 4
+    assert verify(path, KEY).ok and verify(path, KEY).lines == 4

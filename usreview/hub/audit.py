@@ -22,6 +22,7 @@ it (another process appended, or it was replaced).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -150,9 +151,18 @@ class AuditLog:
                 outcomes.append(line)
                 chunks.append(text.encode())
             data = memoryview(b"".join(chunks))
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            except OSError:
+                # A full disk, say: what was written of this batch goes (none of it is
+                # taken as recorded), so the log still ends with a complete line; a part
+                # of one left there would refuse every later append, even with space again.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, found.st_size)
+                    os.fsync(fd)
+                raise
             self._left = (found.st_dev, found.st_ino, found.st_size + sum(map(len, chunks)))
             self._last = (seq, prev)
         except OSError as exc:
