@@ -516,6 +516,15 @@ def test_an_archive_made_before_the_review_columns_is_upgraded(
         archive.put(SITE, b"e3", described(3))
         assert archive.review.entry(DR_X, STUDY).patient_name == "DOE^JANE"
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:  # an upgrade stopped after adding the column, before filling it: finished now
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE studies SET kinds = NULL"))
+    finally:
+        engine.dispose()
+    with Archive.open(db_url, root) as archive:
+        entry = archive.review.entry(DR_X, STUDY)
+        assert [k.value for k in entry.kinds] == ["bmode", "color_flow"]
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     try:  # the priors' index is made again
         indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("studies")}
         assert indexes["ix_studies_site_patient"] == ["site_id", "patient_id"]

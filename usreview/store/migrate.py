@@ -4,7 +4,8 @@
 to a table later (all nullable) are added here with ``ALTER TABLE ... ADD COLUMN``, and
 indexes declared later with ``CREATE INDEX``; a process that opens the same archive at the
 same moment may add one first, which is fine.
-Studies stored before their ``kinds`` column existed get it from their instances.
+Studies stored before their ``kinds`` column existed get it from their instances, also when
+an earlier upgrade stopped before it filled them.
 """
 
 from __future__ import annotations
@@ -63,13 +64,17 @@ def upgrade(engine: Engine) -> None:
             except SQLAlchemyError:
                 if index.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
                     raise
-    if "studies.kinds" in added:
+    if inspector.has_table(StudyRow.__tablename__):
         _fill_study_kinds(engine)
 
 
 def _fill_study_kinds(engine: Engine) -> None:
+    """Fill the kinds of studies that lack them: every opening looks (one query), so an
+    upgrade stopped between adding the column and filling it is finished next time."""
     with Session(writer(engine)) as session, session.begin():
         missing = list(session.scalars(select(StudyRow.id).where(StudyRow.kinds.is_(None))))
+        if not missing:
+            return
         kinds: dict[int, set[str]] = {study: set() for study in missing}
         rows = session.execute(select(InstanceRow.study_id, InstanceRow.kinds))
         for study_id, values in rows:
