@@ -3,7 +3,9 @@
 A :class:`LocalCluster` with two worker processes (one thread each) runs the jobs; while
 they run, one Dask worker that is busy with a task is killed with SIGKILL. Its nanny
 restarts it and the scheduler runs the lost task again: every job finishes exactly once
-and the site's feed holds one SR, one summary and one overlay per job.
+and the site's feed holds one SR, one summary and one overlay per job. The workers'
+temporary folder (``$TMPDIR``) holds no plaintext instance, even of the killed task's
+(:func:`~usreview.processing.execution.execute_bytes` keeps it in a memory file).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.plaintext_support import PEEKING_TASK, RAISING_TASK, plaintext_left, uid_marker
 from tests.processing_queue_support import (
     SLOW_TASK,
     HubSetup,
@@ -25,7 +28,7 @@ from tests.processing_queue_support import (
     simulate_pw,
 )
 from usreview.ingest import WorkerPool
-from usreview.processing.execution import DaskExecutor
+from usreview.processing.execution import DaskExecutor, execute_bytes
 from usreview.processing.worker import Worker
 from usreview.store.jobs import JobStatus
 
@@ -45,8 +48,19 @@ def pool() -> Iterator[WorkerPool]:
 
 
 @pytest.fixture
-def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[distributed.LocalCluster]:
+def worker_tmp(tmp_path: Path) -> Path:
+    """The Dask workers' temporary folder (``$TMPDIR``), empty at first."""
+    folder = tmp_path / "worker-tmp"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def cluster(
+    monkeypatch: pytest.MonkeyPatch, worker_tmp: Path
+) -> Iterator[distributed.LocalCluster]:
     monkeypatch.setenv("USREVIEW_TEST_TASK_SLEEP", "1.5")  # inherited by the Dask workers
+    monkeypatch.setenv("TMPDIR", str(worker_tmp))  # the spawned workers' gettempdir()
     with distributed.LocalCluster(
         processes=True,
         n_workers=2,
@@ -69,11 +83,12 @@ def busy_worker_pid(client: distributed.Client) -> int | None:
 
 
 def test_a_dask_worker_lost_mid_job_loses_nothing(
-    tmp_path: Path, pool: WorkerPool, cluster: distributed.LocalCluster
+    tmp_path: Path, pool: WorkerPool, cluster: distributed.LocalCluster, worker_tmp: Path
 ) -> None:
     setup = HubSetup.create(tmp_path / "hub")
     with setup.open_archive() as archive:
-        ingest(setup, archive, pool, simulate_pw(tmp_path / "sim", JOBS))
+        sources = simulate_pw(tmp_path / "sim", JOBS)
+        ingest(setup, archive, pool, sources)
         executor = DaskExecutor(cluster.scheduler_address, SLOW_TASK)
         assert executor.slots == 2
         worker = Worker(setup.state, archive, executor, lease_seconds=20, poll_seconds=0.1)
@@ -100,3 +115,20 @@ def test_a_dask_worker_lost_mid_job_loses_nothing(
         assert_all_done_once(archive, JOBS)
         # The scheduler re-ran the lost task: no job needed a second attempt of ours.
         assert {j.attempts for j in archive.jobs.list_jobs()} == {1}
+    # The killed worker's instance is not left in its temporary folder.
+    assert plaintext_left(worker_tmp, [uid_marker(p) for p in sources]) == []
+
+
+def test_a_dask_task_keeps_the_plaintext_off_the_workers_temporary_folder(
+    tmp_path: Path, cluster: distributed.LocalCluster, worker_tmp: Path
+) -> None:
+    [source] = simulate_pw(tmp_path / "sim", 1)
+    data = source.read_bytes()
+    with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+        assert set(client.run(lambda: os.environ["TMPDIR"]).values()) == {str(worker_tmp)}
+        # The task fails if it finds the plaintext in the worker's temporary folder.
+        outputs = client.submit(execute_bytes, PEEKING_TASK, data, pure=False).result(120)
+        assert outputs.sr is not None and outputs.derived
+        with pytest.raises(RuntimeError, match="a task that fails"):
+            client.submit(execute_bytes, RAISING_TASK, data, pure=False).result(120)
+    assert plaintext_left(worker_tmp, [uid_marker(source)]) == []

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from usreview import _memfile
 from usreview.envelope import (
     EnvelopeError,
     EnvelopeInfo,
@@ -76,9 +77,6 @@ __all__ = ["IngestResult", "Ingestor", "SiteKeys"]
 #: The keys of each site: one key, a ring per site, or one ring whose key names are sites.
 SiteKeys = Mapping[str, PublicKeys | KeyRing] | KeyRing
 _SUFFIX = ".dcm"
-#: Memory files exist and the parsing worker can open one by its descriptor (Linux, with
-#: ``/proc``); elsewhere every plaintext goes to the quarantine folder.
-_MEMFD = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +233,8 @@ class Ingestor:
 
         Either is gone when the block ends, whatever happened.
         """
-        if in_memory and _MEMFD:
-            with open(os.memfd_create("usreview-plaintext", os.MFD_CLOEXEC), "w+b") as f:
+        if in_memory and _memfile.AVAILABLE:  # elsewhere every plaintext goes to quarantine
+            with _memfile.memory_file() as f:
                 yield f
             return
         path = self.quarantine_dir / f"{secrets.token_hex(16)}{_SUFFIX}"

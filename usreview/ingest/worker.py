@@ -43,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from usreview._memfile import fd_path
 from usreview.dicom.enum import ImageKind
 from usreview.dicom.header import HEADER_FIELDS, header_fields
 from usreview.ingest.errors import RejectedInstanceError, RejectReason, WorkerPoolError
@@ -268,7 +269,7 @@ def _serve(
             return
         if task is None:
             return
-        path = str(task) if fd is None else f"/proc/self/fd/{fd}"
+        path = str(task) if fd is None else fd_path(fd)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         _limit(resource.RLIMIT_CPU, math.ceil(usage.ru_utime + usage.ru_stime + cpu))
         try:

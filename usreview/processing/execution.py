@@ -23,24 +23,35 @@ Two executors run it for the queue worker (:mod:`usreview.processing.worker`):
   the plaintext instance travels to the Dask worker). A Dask worker lost mid-task is
   replaced by the scheduler, which runs the task again elsewhere.
 
+A Dask worker gets the instance's bytes (:func:`execute_bytes`) and keeps them in a memory
+file (:func:`os.memfd_create`), which the task reads as ``/proc/self/fd/N``: no plaintext
+reaches its disk, and the kernel frees it when the task ends or its process dies, even by
+``kill -9``. On a system without memory files (not Linux) the instance goes to a private
+file in ``usreview-plaintext-UID`` (mode 0700) in the temporary folder (``$TMPDIR``; put
+it on tmpfs or an encrypted volume); a file a killed process left there is removed by a
+later task once older than twice the worker's default task timeout.
+
 A task is named ``"module:function"`` (default :data:`DEFAULT_TASK`), so that another
 function with the same contract (a path in, :class:`Outputs` out) can be plugged in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io
 import json
 import os
 import resource
+import secrets
 import signal
+import stat
 import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -52,6 +63,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from usreview import _json as strict_json
+from usreview import _memfile
 from usreview.dicom import UltrasoundInstance, read
 from usreview.processing import plausible
 from usreview.processing.analyze import summarize
@@ -78,6 +90,9 @@ __all__ = [
 ]
 
 DEFAULT_TASK = "usreview.processing.execution:execute_file"
+#: Age past which :func:`_fallback_folder` removes a leftover plaintext: twice the worker's
+#: default task timeout (``usreview hub worker --task-timeout``), so no running task's file.
+_FALLBACK_MAX_AGE = 1200.0
 _FAILED = ResultStatus.FAILED
 _NOTICE = (
     "Automatic measurements: decision support for the reviewing expert, not a diagnosis; "
@@ -324,17 +339,60 @@ def derived_outputs(
 
 
 def execute_bytes(task: str, data: bytes) -> Outputs:
-    """Write ``data`` (a DICOM file) to a private temporary file and run ``task`` on it."""
-    folder = tempfile.mkdtemp(prefix="usreview-task-")  # mode 0700
-    path = Path(folder) / "instance.dcm"
+    """Run ``task`` on ``data`` (a DICOM file) held in a memory file, read by its
+    ``/proc/self/fd/N`` name: the plaintext never reaches a disk and the kernel frees it
+    when the call ends or the process dies, even by ``kill -9`` (a Dask worker stopped for
+    the task timeout). Without memory files (not Linux) it is written to a private file
+    in ``$TMPDIR/usreview-plaintext-UID`` (see the module docstring), removed when the
+    call ends."""
+    with _plaintext(data) as path:
+        return run_task(task, path)
+
+
+@contextlib.contextmanager
+def _plaintext(data: bytes) -> Iterator[str]:
+    """A name to read ``data`` by during the block: a memory file's, else a private file's."""
+    if _memfile.AVAILABLE:
+        with _memfile.memory_file() as memory:
+            memory.write(data)
+            memory.flush()
+            yield _memfile.fd_path(memory.fileno())
+        return
+    path = _fallback_folder() / f"{secrets.token_hex(16)}.dcm"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with open(fd, "wb") as f:
             f.write(data)
-        return run_task(task, str(path))
+        yield str(path)
     finally:
         path.unlink(missing_ok=True)
-        os.rmdir(folder)
+
+
+def _fallback_folder() -> Path:
+    """The private folder (mode 0700) of :func:`execute_bytes` on a system without memory
+    files: ``usreview-plaintext-UID`` in the temporary folder (:func:`tempfile.gettempdir`,
+    ``$TMPDIR``; put it on tmpfs or an encrypted volume). Files left there by a killed
+    process and older than :data:`_FALLBACK_MAX_AGE` are removed first.
+
+    Raises
+    ------
+    PermissionError
+        The name exists and is not a folder of this user: remove it.
+    """
+    base = Path(tempfile.gettempdir()) / f"usreview-plaintext-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        base.mkdir(mode=0o700)
+    info = os.lstat(base)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(f"{base} is not a folder of this user; remove it")
+    if info.st_mode & 0o077:
+        os.chmod(base, 0o700)
+    stale = time.time() - _FALLBACK_MAX_AGE
+    for entry in base.glob("*.dcm"):
+        with contextlib.suppress(FileNotFoundError):
+            if entry.lstat().st_mtime < stale:
+                entry.unlink()
+    return base
 
 
 def run_task(task: str, path: str) -> Outputs:
