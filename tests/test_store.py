@@ -528,7 +528,7 @@ def test_transition_table() -> None:
 # -- recovery ----------------------------------------------------------------------------
 
 
-def test_recover_removes_orphans_and_temp_files(archive: Archive) -> None:
+def test_recover_holds_orphans_and_removes_temp_files(archive: Archive) -> None:
     kept = archive.put("site-a", envelope(1), meta(1)).record
     orphan_data = b"written, then the process died before the commit"
     sha = hashlib.sha256(orphan_data).hexdigest()
@@ -545,7 +545,13 @@ def test_recover_removes_orphans_and_temp_files(archive: Archive) -> None:
         archive.root / "objects" / "README",
         archive.root / kept.object_key,
     }
+    # The orphan is held, not deleted: it may be an acknowledged envelope whose row is gone.
+    held = archive.root / "orphans" / "objects" / sha[:2] / sha
+    assert held.read_bytes() == orphan_data
+    assert held.parent.stat().st_mode & 0o777 == 0o700
+    assert not (archive.root / "tmp" / "put-x.part").exists()
     assert archive.recover().orphans == ()
+    assert held.exists() and archive.fsck().clean
 
 
 def test_fsck_reports_missing_and_corrupt_objects(archive: Archive) -> None:

@@ -111,7 +111,7 @@ def test_kill_minus_9_loses_no_acknowledged_instance(tmp_path: Path) -> None:
             assert record.plaintext_sha256 == _meta(n).plaintext_sha256
         on_disk = {p.relative_to(root).as_posix() for p in (root / "objects").rglob("*")}
         on_disk = {k for k in on_disk if (root / k).is_file()}
-        assert on_disk == {r.object_key for r in records}, "orphans survived recovery"
+        assert on_disk == {r.object_key for r in records}, "orphans left in objects/ by recovery"
         assert list((root / "tmp").iterdir()) == []
 
     with Archive.open(None, root) as archive:
@@ -122,7 +122,7 @@ def test_kill_minus_9_loses_no_acknowledged_instance(tmp_path: Path) -> None:
             archive.read_envelope(SITE, f"1.2.826.0.9.{n}")  # bytes match their hash
     print(
         f"{len(acknowledged)} acknowledged, {duplicates} duplicate acks, "
-        f"{orphans} orphans and {temp_files} temp files removed by recovery"
+        f"{orphans} orphans held and {temp_files} temp files removed by recovery"
     )
     assert len(acknowledged) > ITERATIONS  # the kills did not all land at start-up
     assert duplicates > 0

@@ -21,8 +21,11 @@ is durable, and if that commit fails, every put of the batch fails (nothing
 acknowledged). Within this process the group commit is also the lock of step 3, so puts
 never wait on each other in SQLite's busy handler.
 
-A crash between 2 and 3 leaves an orphan object; :meth:`Archive.recover` removes it
-(the site had no acknowledgement and sends again).
+A crash between 2 and 3 leaves an orphan object (the site had no acknowledgement and
+sends again). :meth:`Archive.recover` never deletes an orphan: it cannot tell it from an
+acknowledged envelope whose row is gone (an index restored from a backup older than the
+objects), so it moves it to ``ROOT/orphans/`` under the same key, where an administrator
+can ingest it again. Only a crash's temporary files (``tmp/``) are removed.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from usreview._group_commit import GroupCommit
+from usreview.envelope.atomic import fsync_directory
 from usreview.store._shared import change_status, envelope_source, guard, site_row
 from usreview.store.database import (
     create_schema,
@@ -58,7 +62,7 @@ from usreview.store.errors import (
     StorageError,
 )
 from usreview.store.migrate import upgrade
-from usreview.store.objects import AREAS, ObjectStore, WrittenObject
+from usreview.store.objects import AREAS, ObjectStore, WrittenObject, make_durable_dir
 from usreview.store.put_rows import Changed, Put, check, insert_puts
 from usreview.store.queries import (
     conflict_record,
@@ -97,7 +101,10 @@ if TYPE_CHECKING:
     from usreview.store.results import ResultFeed
     from usreview.store.review import ReviewStore
 
-__all__ = ["Archive"]
+__all__ = ["ORPHANS", "Archive"]
+
+#: The folder under the archive root where :meth:`Archive.recover` moves orphan objects.
+ORPHANS = "orphans"
 
 _log = logging.getLogger(__name__)
 _ATTEMPTS = 5
@@ -643,17 +650,28 @@ class Archive:
     # -- recovery --------------------------------------------------------------------
 
     def recover(self) -> RecoveryReport:
-        """Remove what interrupted writes left and check that every row has its object.
+        """Clear what interrupted writes left and check that every row has its object.
 
-        Removes temporary files and orphan objects (written, never committed, so never
-        acknowledged). Run it after :meth:`open` while no :meth:`put` is in flight.
+        Removes the temporary files of interrupted writes (``tmp/``). Moves each complete
+        object that no row names (an orphan) to ``ROOT/orphans/`` under the same key,
+        never deletes it: a crash's orphan was never acknowledged, but after an index
+        restored older than the objects it was (:mod:`usreview.hub.backup`). Run it after
+        :meth:`open` while no :meth:`put` is in flight.
         """
         with guard("recovering the archive"):
             temp_removed = self._objects.clean_tmp()
             referenced, rows = self._referenced()
             orphans = [k for k in self._on_disk() if k not in referenced]
             for key in orphans:
-                self._objects.remove(key)
+                self._hold(key)
+            if orphans:
+                _log.warning(
+                    "moved %d object(s) that no index row names to %s (ingest them again "
+                    "if the sites hold receipts for them): %s",
+                    len(orphans),
+                    self.root / ORPHANS,
+                    ", ".join(orphans),
+                )
             missing = [uid for uid, key, _, _ in rows if not self._objects.exists(key)]
         return RecoveryReport(
             temp_files_removed=temp_removed,
@@ -661,6 +679,15 @@ class Archive:
             missing=tuple(sorted(missing)),
             checked=len(rows),
         )
+
+    def _hold(self, key: str) -> None:
+        """Move the orphan object ``key`` durably to ``ROOT/orphans/KEY`` (folders 0700)."""
+        source = self._objects.path(key)
+        target = self.root / ORPHANS / key
+        make_durable_dir(target.parent)
+        os.replace(source, target)  # the same key holds the same bytes: replacing is harmless
+        fsync_directory(target.parent)
+        fsync_directory(source.parent)
 
     def fsck(self) -> RecoveryReport:
         """Check every stored object's bytes against its row; change nothing."""

@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from usreview.envelope.atomic import fsync_directory
 
-__all__ = ["AREAS", "ObjectStore", "WrittenObject"]
+__all__ = ["AREAS", "ObjectStore", "WrittenObject", "make_durable_dir"]
 
 #: The areas of content-addressed objects under the root.
 AREAS = ("objects", "conflicts")
@@ -43,11 +43,11 @@ class WrittenObject:
     size: int
 
 
-def _make_dir(directory: Path) -> None:
+def make_durable_dir(directory: Path) -> None:
     """Create ``directory`` (and parents) so that its name itself is durable."""
     if directory.is_dir():
         return
-    _make_dir(directory.parent)
+    make_durable_dir(directory.parent)
     with contextlib.suppress(FileExistsError):
         directory.mkdir(mode=0o700)
     fsync_directory(directory.parent)
@@ -66,7 +66,7 @@ class ObjectStore:
         self.root = Path(root)
         self.tmp = self.root / "tmp"
         for name in (*AREAS, "tmp"):
-            _make_dir(self.root / name)
+            make_durable_dir(self.root / name)
 
     def path(self, key: str) -> Path:
         """The file of ``key``; keys that are not object keys are refused."""
@@ -96,7 +96,7 @@ class ObjectStore:
             sha = digest.hexdigest()
             key = f"{area}/{sha[:2]}/{sha}"
             target = self.root / key
-            _make_dir(target.parent)
+            make_durable_dir(target.parent)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
