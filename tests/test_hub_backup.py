@@ -126,7 +126,7 @@ def test_restoring_an_older_index_holds_the_newer_envelopes(
         assert not (restored / "archive" / record.object_key).exists()
         assert stat.S_IMODE(held.parent.stat().st_mode) == 0o700
     started = json.loads((restored / "audit.log").read_text().splitlines()[-1])
-    assert started["outcome"] == "started" and started["detail"]["orphans_removed"] == 3
+    assert started["outcome"] == "started" and started["detail"]["orphans_held"] == 3
     with open_archive(restored) as archive:
         check = archive.fsck()
         assert check.clean and check.checked == 3 and check.orphans == ()

@@ -302,9 +302,9 @@ class ConflictRecord:
 class RecoveryReport:
     """What :meth:`~usreview.store.Archive.recover` or ``fsck`` found (and recover did).
 
-    ``orphans`` are object keys that no row names (removed by ``recover``, only listed
-    by ``fsck``); ``missing`` and ``corrupt`` list SOP Instance UIDs whose object is gone
-    or changed (never expected: report them to an administrator).
+    ``orphans`` are object keys that no row names (moved to ``orphans/`` by ``recover``,
+    only listed by ``fsck``); ``missing`` and ``corrupt`` list SOP Instance UIDs whose
+    object is gone or changed (never expected: report them to an administrator).
     """
 
     temp_files_removed: int = 0

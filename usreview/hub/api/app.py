@@ -239,7 +239,7 @@ def _recover(state: HubState, archive: Archive) -> dict[str, Any]:
             ", ".join(teaching_removed),
         )
     return {
-        "orphans_removed": len(report.orphans),
+        "orphans_held": len(report.orphans),
         "temp_files_removed": report.temp_files_removed,
         "missing": list(report.missing),
         "results_removed": results_removed,
