@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +18,30 @@ from usreview.cli import main
 from usreview.hub.accounts import Accounts
 from usreview.hub.passwords import verify_password
 from usreview.hub.proxy import PROXY_ENV
+
+
+def admin_audit(state: Path) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """Actor, resource, outcome and detail of each ``admin`` line of ``STATE/audit.log``,
+    once its whole chain verifies."""
+    from usreview.hub.audit import verify
+
+    report = verify(state / "audit.log", (state / "audit.key").read_bytes())
+    assert report.ok, report
+    lines = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
+    return [
+        (x["actor"], x["resource"], x["outcome"], x["detail"])
+        for x in lines
+        if x["action"] == "admin"
+    ]
+
+
+def _logs_in(state: Path, name: str, password: str) -> bool:
+    """Whether the hub's authenticator lets ``name`` in with ``password``."""
+    from usreview.hub.auth import UsreviewAuthenticator
+
+    auth = UsreviewAuthenticator(accounts_db=str(state / "accounts.sqlite"))
+    data = {"username": name, "password": password}
+    return asyncio.run(auth.authenticate(None, data)) == name and auth.check_allowed(name)
 
 
 def test_hub_exports() -> None:
@@ -112,6 +142,8 @@ NOT_FOUND = [
     (["add-site", "nowhere", "--rotate", "--public-key", "KEY"], "'nowhere' is not a registered"),
     (["reviewer-sites", "nobody"], "'nobody' is not a registered reviewer"),
     (["reviewer-sites", "nobody", "--all"], "'nobody' is not a registered reviewer"),
+    (["remove-user", "nobody"], "'nobody' is not a registered person"),
+    (["reset-password", "nobody"], "'nobody' is not a registered person"),
     (["jobs", "--retry", "7"], "no job 7"),
     (["jobs", "--reprocess", "7"], "no job 7"),
     (["conflicts", "--export", "7", "--to", "out/conflicts"], "no conflict 7"),
@@ -138,7 +170,8 @@ def test_what_does_not_exist_is_a_failure_exit_1(
     assert err.startswith("usreview: error: ") and err.count("\n") == 1, err
     assert says in err, err
     assert not (tmp_path / "out").exists()  # an export of nothing makes no folder
-    if action[0] in ("site-token", "add-site", "reviewer-sites"):  # an invalid name: bad input
+    named = ("site-token", "add-site", "reviewer-sites", "remove-user", "reset-password")
+    if action[0] in named:  # an invalid name: bad input
         assert main(["hub", action[0], "No.Such", *action[2:], "--state", str(state)]) == 2
         assert "invalid name 'No.Such'" in capsys.readouterr().err
 
@@ -151,6 +184,8 @@ ADMIN_ACTIONS = [
     ["jobs"],
     ["audit", "--verify"],
     ["reviewer-sites", "rev"],
+    ["remove-user", "rev"],
+    ["reset-password", "rev"],
     ["worker"],
 ]
 
@@ -332,3 +367,176 @@ def test_the_hub_checks_its_address_and_certificate_before_it_starts(
         assert err.startswith(f"usreview: error: {refusal}") and err.count("\n") == 1, err
         assert not state.exists()
     assert other_cert.exists()
+
+
+def test_add_user_is_audited_without_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    shown = []
+    for name, role in (("rev", "reviewer"), ("ada", "admin")):
+        assert main(["hub", "add-user", name, "--role", role, "--state", str(state)]) == 0
+        shown.append(re.findall(r"shown once: (\S+)", capsys.readouterr().out)[0])
+    assert main(["hub", "add-user", "bob", "--role", "reviewer", "--sites", "north",
+                 "--state", str(state)]) == 0  # fmt: skip
+    shown.append(re.findall(r"shown once: (\S+)", capsys.readouterr().out)[0])
+    assert admin_audit(state) == [
+        ("usreview hub add-user", "users/rev", "added", {"role": "reviewer"}),
+        ("usreview hub add-user", "users/ada", "added", {"role": "admin"}),
+        ("usreview hub add-user", "reviewers/bob/sites", "changed", {"sites": ["north"]}),
+        ("usreview hub add-user", "users/bob", "added", {"role": "reviewer"}),
+    ]
+    assert main(["hub", "audit", "--verify", "--state", str(state)]) == 0
+    assert "4 lines, chain intact" in capsys.readouterr().out
+    log = (state / "audit.log").read_text()
+    assert not [password for password in shown if password in log]
+
+
+def test_reset_password_replaces_the_old_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    assert main(["hub", "add-user", "rev", "--role", "reviewer", "--state", str(state)]) == 0
+    old = re.findall(r"shown once: (\S+)", capsys.readouterr().out)[0]
+    assert _logs_in(state, "rev", old)
+    assert main(["hub", "reset-password", "rev", "--state", str(state)]) == 0
+    out, err = capsys.readouterr()
+    new = re.findall(r"new password for rev, shown once: (\S+)", out)[0]
+    assert err == "the old password no longer works\n"
+    assert not _logs_in(state, "rev", old)
+    assert _logs_in(state, "rev", new)
+    assert verify_password(new, Accounts(state / "accounts.sqlite").password_hash("rev"))
+    assert admin_audit(state)[-1] == (
+        "usreview hub reset-password",
+        "users/rev/password",
+        "reset",
+        {},
+    )
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert new.encode() not in path.read_bytes(), path
+    for name, says in (("nobody", "'nobody' is not a registered person"),
+                       ("clinic", "'clinic' is a site, not a person")):  # fmt: skip
+        if name == "clinic":
+            Accounts(state / "accounts.sqlite").add_site("clinic", state / "c.pub", "00")
+        assert main(["hub", "reset-password", name, "--state", str(state)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"usreview: error: {says}") and err.count("\n") == 1, err
+    assert main(["hub", "reset-password", "No.Such", "--state", str(state)]) == 2
+    assert len(admin_audit(state)) == 2  # nothing for a refusal
+    assert _logs_in(state, "rev", new)
+
+
+_SEED_HUB_DATABASE = """
+import sys
+from jupyterhub import orm
+
+sessions = orm.new_session_factory(f"sqlite:///{sys.argv[1]}")
+with sessions() as db:
+    group = orm.Group(name="reviewers")
+    db.add_all([group, orm.OAuthClient(identifier="jupyterhub")])  # as the hub makes them
+    for name in sys.argv[2:]:
+        user = orm.User(name=name)
+        db.add(user)
+        group.users.append(user)
+        db.commit()
+        user.new_api_token(note="theirs")
+"""
+
+
+def _hub_database_with(state: Path, *names: str) -> None:
+    """JupyterHub's database of a stopped hub that knew ``names``, each with an API token.
+
+    Made in another process: creating it runs JupyterHub's alembic, which sets up logging.
+    """
+    database = str(state / "jupyterhub.sqlite")
+    command = [sys.executable, "-c", _SEED_HUB_DATABASE, database, *names]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+
+def _hub_users(state: Path) -> dict[str, list[str]]:
+    """Each user of JupyterHub's database and the notes of their API tokens."""
+    from jupyterhub import orm
+
+    sessions = orm.new_session_factory(f"sqlite:///{state / 'jupyterhub.sqlite'}")
+    with sessions() as db:
+        found = {u.name: [t.note for t in u.api_tokens] for u in db.query(orm.User)}
+        assert [u.name for u in orm.Group.find(db, "reviewers").users] == sorted(found)
+    sessions.kw["bind"].dispose()
+    return found
+
+
+def test_remove_user_with_the_hub_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The person cannot log in, and the hub's database forgets them and their tokens."""
+    state = tmp_path / "state"
+    passwords = {}
+    for name in ("rev", "stay"):
+        assert main(["hub", "add-user", name, "--role", "reviewer", "--state", str(state)]) == 0
+        passwords[name] = re.findall(r"shown once: (\S+)", capsys.readouterr().out)[0]
+    _hub_database_with(state, "rev", "stay")
+    (state / "jupyterhub.pid").write_text(str(os.getpid()))  # a hub that does not answer yet
+    assert main(["hub", "remove-user", "rev", "--state", str(state)]) == 1
+    err = capsys.readouterr().err
+    assert f"the hub (pid {os.getpid()}) runs but does not answer" in err, err
+    assert err.count("\n") == 1
+    assert _logs_in(state, "rev", passwords["rev"])  # nothing changed
+    (state / "jupyterhub.pid").unlink()  # stopped
+
+    assert main(["hub", "remove-user", "rev", "--state", str(state)]) == 0
+    assert capsys.readouterr().out == (
+        "rev can no longer log in; deleted from the stopped hub's database with their API "
+        "tokens; their reports and audit lines stay\n"
+    )
+    assert not _logs_in(state, "rev", passwords["rev"])
+    assert not verify_password(
+        passwords["rev"], Accounts(state / "accounts.sqlite").password_hash("rev")
+    )
+    assert _logs_in(state, "stay", passwords["stay"])
+    assert _hub_users(state) == {"stay": ["theirs"]}
+    assert admin_audit(state)[-1] == (
+        "usreview hub remove-user",
+        "users/rev",
+        "removed",
+        {"hub": "stopped"},
+    )
+    assert main(["hub", "remove-user", "rev", "--state", str(state)]) == 1
+    err = capsys.readouterr().err
+    assert err == "usreview: error: 'rev' is not a registered person\n"
+    assert main(["hub", "remove-user", "No.Such", "--state", str(state)]) == 2
+    assert "invalid name 'No.Such'" in capsys.readouterr().err
+    assert len(admin_audit(state)) == 3  # two added, one removed
+
+
+def test_remove_user_before_the_hubs_first_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    assert main(["hub", "add-user", "rev", "--role", "admin", "--state", str(state)]) == 0
+    password = re.findall(r"shown once: (\S+)", capsys.readouterr().out)[0]
+    assert main(["hub", "remove-user", "rev", "--state", str(state)]) == 0
+    assert capsys.readouterr().out.startswith("rev can no longer log in; their reports")
+    assert not _logs_in(state, "rev", password)
+    assert not (state / "jupyterhub.sqlite").exists()
+    assert Accounts(state / "accounts.sqlite").groups()["admins"] == []
+
+
+def test_hub_backup_copies_the_state_and_is_audited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state, dest = tmp_path / "state", tmp_path / "backups" / "monday"
+    assert main(["hub", "add-user", "rev", "--role", "reviewer", "--state", str(state)]) == 0
+    capsys.readouterr()
+    assert main(["hub", "backup", str(dest), "--state", str(state)]) == 0
+    said = capsys.readouterr()
+    assert said.out.startswith(f"backed up {state} to {dest}: ") and said.err == ""
+    assert dest.stat().st_mode & 0o777 == 0o700
+    backed_up = [line for line in (dest / "audit.log").read_text().splitlines() if line]
+    assert '"outcome":"backup"' in backed_up[-1]  # the copy holds its own line
+    assert main(["hub", "audit", "--verify", "--state", str(dest)]) == 0
+    capsys.readouterr()
+    assert main(["hub", "backup", str(dest), "--state", str(state)]) == 1
+    assert capsys.readouterr().err == (
+        f"usreview: error: {dest} exists: give a new folder for the backup\n"
+    )

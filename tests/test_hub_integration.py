@@ -25,6 +25,7 @@ import requests
 
 from tests.hub_api_support import HubRun, service_pids
 from tests.site_helpers import command_line, wait_until
+from tests.test_hub_cli import admin_audit
 from usreview.demo import free_port
 from usreview.hub.state import open_state
 
@@ -249,6 +250,49 @@ def test_trainee_cannot_touch_the_reviewer(hub: Hub, trainee_token: str) -> None
     assert me["groups"] == ["trainees"] and "custom:usreview:train" in me["scopes"]
 
 
+def test_adding_a_site_or_a_person_is_audited(hub: Hub, site_token: str) -> None:
+    changes = admin_audit(hub.state)  # the service appends meanwhile: the chain holds
+    assert changes[0] == ("usreview hub add-user", "users/rev", "added", {"role": "reviewer"})
+    [site] = [change for change in changes if change[1] == "sites/clinic"]
+    assert site[:3] == ("usreview hub add-site", "sites/clinic", "added")
+    assert site_token not in (hub.state / "audit.log").read_text()
+
+
+def test_a_removed_person_can_no_longer_log_in(hub: Hub) -> None:
+    """``usreview hub remove-user`` on a running hub: login, session and API token end."""
+    password = _shown_once(hub.cli("add-user", "gone", "--role", "trainee"))
+    session, response = _login(hub, "gone", password)
+    assert response.status_code == 302, response.text
+    response = hub.post(
+        "/hub/api/users/gone/tokens",
+        json={"auth": {"username": "gone", "password": password}, "note": "test"},
+    )
+    auth = {"Authorization": f"token {response.json()['token']}"}
+    assert hub.get("/hub/api/user", headers=auth).status_code == 200
+    assert hub.cli("remove-user", "gone") == (
+        "gone can no longer log in; the running hub stopped their server and deleted their "
+        "tokens; their reports and audit lines stay\n"
+    )
+    assert _login(hub, "gone", password)[1].status_code == 403
+    assert hub.get("/hub/api/user", headers=auth).status_code == 403
+    home = session.get(hub.url + "/hub/home", allow_redirects=False, timeout=30)
+    assert home.status_code == 302 and "/hub/login" in home.headers["Location"]
+    assert admin_audit(hub.state)[-1] == (
+        "usreview hub remove-user",
+        "users/gone",
+        "removed",
+        {"hub": "running"},
+    )
+
+
+def test_a_reset_password_replaces_the_old_one_at_once(hub: Hub) -> None:
+    old = _shown_once(hub.cli("add-user", "rita", "--role", "reviewer"))
+    assert _login(hub, "rita", old)[1].status_code == 302
+    new = _shown_once(hub.cli("reset-password", "rita"))
+    assert _login(hub, "rita", old)[1].status_code == 403
+    assert _login(hub, "rita", new)[1].status_code == 302
+
+
 def test_hub_stops_cleanly(hub: Hub) -> None:
     elapsed = _stop(hub.process)
     assert hub.process.returncode == 0, hub.log.read_text()[-3000:]
@@ -256,6 +300,21 @@ def test_hub_stops_cleanly(hub: Hub) -> None:
     assert not (hub.state / "jupyterhub.pid").exists()
     with pytest.raises(requests.ConnectionError):
         hub.get("/hub/api/")
+
+
+def test_a_person_is_removed_from_the_stopped_hubs_database(hub: Hub) -> None:
+    """With the hub stopped, ``remove-user`` deletes the person from JupyterHub's database,
+    so a next start does not bring back their group and tokens."""
+    from jupyterhub import orm
+
+    _stop(hub.process)
+    sessions = orm.new_session_factory(f"sqlite:///{hub.state / 'jupyterhub.sqlite'}")
+    with sessions() as db:
+        assert orm.User.find(db, "rev") is not None  # loaded from the registry at the start
+    assert "deleted from the stopped hub's database" in hub.cli("remove-user", "rev")
+    with sessions() as db:
+        assert orm.User.find(db, "rev") is None
+    sessions.kw["bind"].dispose()
 
 
 def _proxies_on(port: int) -> list[int]:

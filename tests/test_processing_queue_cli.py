@@ -10,6 +10,7 @@ import pytest
 from traitlets.config import Config
 
 from tests.processing_queue_support import SITE, HubSetup
+from tests.test_hub_cli import admin_audit
 from tests.test_hub_config import configured, fake_proxy  # noqa: F401  (fixtures)
 from tests.test_store import meta
 from usreview.cli import main
@@ -52,10 +53,16 @@ def _requeued(
 ) -> tuple[str, JobRecord, StudyStatus]:
     """``hub jobs FLAG 1``: what it printed, then job 1 and its study's status.
 
-    The study's history names the command, and ``FLAG 7`` (no such job) is refused.
+    The study's history names the command, so does the audit log's one ``admin`` line,
+    and ``FLAG 7`` (no such job) is refused.
     """
     assert _jobs(setup, flag, "1") == 0
     out = capsys.readouterr().out
+    outcome = {"--retry": "retried", "--reprocess": "reprocessed"}[flag]
+    assert admin_audit(setup.state.root) == [
+        (f"usreview hub jobs {flag}", "jobs/1", outcome,
+         {"site": SITE, "sop_instance_uid": "1.2.826.0.1.1"}),
+    ]  # fmt: skip
     with setup.open_archive() as archive:
         [job] = archive.jobs.list_jobs()
         status = archive.study(Reviewer("r"), STUDY).status
@@ -154,6 +161,14 @@ def test_hub_jobs_outdated_finds_and_requeues_jobs_of_older_processor_versions(
     queued = {1, 3, 5, 8}
     assert status == {n: "pending" if n in queued else "done" for n in range(1, 9)}
     assert history[-1].actor == "usreview hub jobs --reprocess-outdated"
+    assert [
+        (resource, why["outdated"]) for _, resource, _, why in admin_audit(setup.state.root)
+    ] == [
+        ("jobs/1", f"speckle_obnlm 0.9 -> {current['speckle_obnlm']}"),
+        ("jobs/3", "processors not recorded"),
+        ("jobs/5", f"value_ranges none -> {plausible.VERSION}"),
+        ("jobs/8", f"speckle_obnlm none -> {current['speckle_obnlm']}"),
+    ]
     assert _jobs(setup, "--outdated") == 0 and capsys.readouterr().out == ""  # none done now
 
 
@@ -233,6 +248,10 @@ def test_hub_jobs_backfill_queues_instances_stored_before_the_queue(
     assert "2 instance(s) without a processing job queued" in capsys.readouterr().out
     assert _jobs(setup, "--backfill") == 0
     assert "0 instance(s)" in capsys.readouterr().out
+    assert admin_audit(setup.state.root) == [
+        ("usreview hub jobs --backfill", "jobs", "backfilled", {"queued": 2}),
+        ("usreview hub jobs --backfill", "jobs", "backfilled", {"queued": 0}),
+    ]
     with setup.open_archive() as archive:
         jobs = archive.jobs.list_jobs()
     assert sorted(j.sop_instance_uid for j in jobs) == [f"1.2.826.0.1.{n}" for n in (1, 2, 3)]

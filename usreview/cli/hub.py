@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 from usreview.cli.spec import Arg, Command, arg, count, grace, one_of, port
 
 if TYPE_CHECKING:
+    from usreview.hub.state import HubState
     from usreview.store import Archive
+    from usreview.store.jobs import JobRecord
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -76,7 +78,7 @@ _HUB_ADD_USER = Command(
     description="Register NAME with a role (its group: reviewers, trainees, scientists, "
     "admins) and print a generated password once; only its scrypt hash is kept. May come "
     "before the hub's first start: a missing or empty --state becomes a new hub's (said on "
-    "stderr); a folder that holds anything else is refused.",
+    "stderr); a folder that holds anything else is refused. Audited.",
     args=(
         arg("name", metavar="NAME", help="lowercase letters, digits, '_', '-'"),
         arg(
@@ -94,6 +96,50 @@ _HUB_ADD_USER = Command(
         ),
         _state(),
     ),
+)
+
+
+def _cmd_hub_remove_user(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import remove_user
+
+    print(remove_user(_state_dir(args), args.name).note)
+    return 0
+
+
+_HUB_REMOVE_USER = Command(
+    "remove-user",
+    help="offboard a person: no more logins, their API tokens and server end",
+    handler=_cmd_hub_remove_user,
+    description="Remove person NAME: their password stops working at once; with the hub "
+    "running, it stops their server and deletes their API tokens; with it stopped, they are "
+    "deleted from its database with their tokens. A hub that runs but does not answer yet "
+    "(starting) is refused, nothing changed: run it again. Their reports and audit lines "
+    "stay. Audited.",
+    args=(
+        arg("name", metavar="NAME", help="a registered person (not a site: see site-token)"),
+        _state(),
+    ),
+)
+
+
+def _cmd_hub_reset_password(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import reset_password
+
+    password = reset_password(_state_dir(args), args.name)
+    print(f"new password for {args.name}, shown once: {password}")
+    print("the old password no longer works", file=sys.stderr)
+    return 0
+
+
+_HUB_RESET_PASSWORD = Command(
+    "reset-password",
+    help="give a person a new generated password; print it once",
+    handler=_cmd_hub_reset_password,
+    description="Generate a new password for person NAME and print it once; only its "
+    "scrypt hash is kept and the old password stops working at once (hub running or "
+    "stopped). Sessions already open and API tokens are unchanged (remove-user ends "
+    "them). Audited.",
+    args=(arg("name", metavar="NAME", help="a registered person"), _state()),
 )
 
 
@@ -165,7 +211,7 @@ _HUB_ADD_SITE = Command(
     description="Register NAME in group 'sites' with its envelope public key (copied "
     "into the state directory); print its API token, which reaches only the usreview "
     "service, and the hub's public key. Registering needs a running hub (it issues the "
-    "token); --rotate works with the hub running or stopped.",
+    "token); --rotate works with the hub running or stopped. Audited.",
     args=(
         arg("name", metavar="NAME", help="lowercase letters, digits, '_', '-'"),
         arg("--public-key", type=Path, required=True, metavar="SITE.pub", help="the site's key"),
@@ -353,6 +399,7 @@ _HUB_WORKER = Command(
 
 def _cmd_hub_jobs(args: argparse.Namespace) -> int:
     from usreview.hub.api.settings import open_archive
+    from usreview.hub.commands import audit_admin
     from usreview.hub.state import existing_state
     from usreview.store.jobs import JobStatus
 
@@ -360,18 +407,24 @@ def _cmd_hub_jobs(args: argparse.Namespace) -> int:
     with open_archive(state.root) as archive:
         if args.backfill:
             made = archive.jobs.backfill()
+            audit_admin(state, "usreview hub jobs --backfill", "jobs", "backfilled",
+                        {"queued": made})  # fmt: skip
             print(f"{made} instance(s) without a processing job queued")
             return 0
         if args.retry is not None:  # NotFoundError / InvalidTransitionError: a sentence, 1
-            job = archive.jobs.retry(args.retry, actor="usreview hub jobs --retry")
+            actor = "usreview hub jobs --retry"
+            job = archive.jobs.retry(args.retry, actor=actor)
+            _audit_job(state, actor, job, "retried")
             print(f"job {job.id} ({job.sop_instance_uid}) is pending again")
             return 0
         if args.reprocess is not None:  # new results will supersede the older ones
-            job = archive.jobs.reprocess(args.reprocess, actor="usreview hub jobs --reprocess")
+            actor = "usreview hub jobs --reprocess"
+            job = archive.jobs.reprocess(args.reprocess, actor=actor)
+            _audit_job(state, actor, job, "reprocessed")
             print(f"job {job.id} ({job.sop_instance_uid}) is queued again")
             return 0
         if args.outdated or args.reprocess_outdated:
-            return _outdated_jobs(archive, queue_again=args.reprocess_outdated)
+            return _outdated_jobs(archive, queue_again=args.reprocess_outdated, state=state)
         jobs = archive.jobs.list_jobs(status=JobStatus.FAILED if args.failed else None)
     for job in jobs:
         why = job.last_error if job.status is JobStatus.FAILED else job.note
@@ -382,7 +435,15 @@ def _cmd_hub_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outdated_jobs(archive: Archive, *, queue_again: bool) -> int:
+def _audit_job(state: HubState, actor: str, job: JobRecord, outcome: str, **detail: str) -> None:
+    """One ``admin`` audit line for a job an administrator queued again."""
+    from usreview.hub.commands import audit_admin
+
+    audit_admin(state, actor, f"jobs/{job.id}", outcome,
+                {"site": job.site, "sop_instance_uid": job.sop_instance_uid, **detail})  # fmt: skip
+
+
+def _outdated_jobs(archive: Archive, *, queue_again: bool, state: HubState) -> int:
     """List (or queue again) the done jobs that processing would now do differently.
 
     A processor whose version changed, a step of the pipeline that never ran on the job's
@@ -411,8 +472,10 @@ def _outdated_jobs(archive: Archive, *, queue_again: bool) -> int:
         for job, why in found:
             print(f"{job.id}\t{job.site}\t{job.sop_instance_uid}\t{why}")
         return 0
-    for job, _ in found:
-        archive.jobs.reprocess(job.id, actor="usreview hub jobs --reprocess-outdated")
+    actor = "usreview hub jobs --reprocess-outdated"
+    for job, why in found:
+        queued = archive.jobs.reprocess(job.id, actor=actor)
+        _audit_job(state, actor, queued, "reprocessed", outdated=why)
     unrecorded = sum(why == "processors not recorded" for _, why in found)
     print(
         f"{len(found)} job(s) queued again ({unrecorded} of them without a record of their "
@@ -433,7 +496,7 @@ _HUB_JOBS = Command(
     "site, SOP Instance UID and why: 'speckle_obnlm 1.0 -> 1.1' for an older version, "
     "'NAME none -> 1.0' for a processor added since or the value check 'value_ranges' not "
     "yet applied; jobs done before versions were recorded say 'processors not recorded'), "
-    "and --reprocess-outdated queues them all again.",
+    "and --reprocess-outdated queues them all again. Each change is audited.",
     args=(
         one_of(
             arg("--failed", action="store_true", help="only the failed jobs"),
@@ -584,6 +647,46 @@ def _refusing_run_options(action: Command) -> Command:
     return dataclasses.replace(action, handler=refuse_then_run)
 
 
+def _cmd_hub_backup(args: argparse.Namespace) -> int:
+    from usreview.hub.backup import backup_state
+    from usreview.hub.commands import audit_admin
+    from usreview.hub.state import existing_state
+
+    state = existing_state(_state_dir(args))
+    # Before copying, so that the backup's own audit log holds the line.
+    audit_admin(state, "usreview hub backup", "state", "backup", {"destination": str(args.dest)})
+    shown = sys.stderr.isatty()
+
+    def progress(done: int, total: int, copied: int) -> None:
+        if shown and (done == total or done % 100 == 0):
+            print(f"\r{done}/{total} files, {copied / 1e6:.1f} MB", end="", file=sys.stderr)
+
+    report = backup_state(state.root, args.dest, progress=progress)
+    if shown:
+        print(file=sys.stderr)
+    print(
+        f"backed up {state.root} to {report.destination}: {report.files} files "
+        f"({len(report.databases)} SQLite databases), {report.bytes / 1e6:.1f} MB"
+    )
+    for name in report.vanished:
+        print(f"removed while copying (not in the backup): {name}", file=sys.stderr)
+    for sentence in report.not_copied:
+        print(f"NOT in the backup: {sentence}", file=sys.stderr)
+    return 0
+
+
+_HUB_BACKUP = Command(
+    "backup",
+    help="copy the hub's state consistently, running or not",
+    handler=_cmd_hub_backup,
+    description="Copy the state directory to the new folder DEST (mode 0700): the SQLite "
+    "databases with SQLite's online backup API, then the files. Works with the hub "
+    "running. An archive index in PostgreSQL is not copied: dump it with pg_dump first. "
+    "Audited.",
+    args=(arg("dest", type=Path, metavar="DEST", help="a new folder outside the state"), _state()),
+)
+
+
 _HUB = Command(
     "hub",
     help="run the JupyterHub of the hub, and add its users and sites",
@@ -599,11 +702,14 @@ _HUB = Command(
         _refusing_run_options(action)
         for action in (
             _HUB_ADD_USER,
+            _HUB_REMOVE_USER,
+            _HUB_RESET_PASSWORD,
             _HUB_REVIEWER_SITES,
             _HUB_ADD_SITE,
             _HUB_SITES,
             _HUB_SITE_TOKEN,
             _HUB_AUDIT,
+            _HUB_BACKUP,
             _HUB_WORKER,
             _HUB_JOBS,
             _HUB_CONFLICTS,

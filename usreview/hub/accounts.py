@@ -87,6 +87,21 @@ class Accounts:
                 "INSERT INTO people VALUES (?, ?, ?, ?)", (name, role, password_hash, time.time())
             )
 
+    def remove_person(self, name: str) -> bool:
+        """Forget a person (they can no longer log in); return whether there was one."""
+        if not self.path.exists():
+            return False
+        with self._connect() as db:
+            return db.execute("DELETE FROM people WHERE name = ?", (name,)).rowcount == 1
+
+    def set_password_hash(self, name: str, password_hash: str) -> bool:
+        """Replace a person's password hash; return whether ``name`` is a person."""
+        if not self.path.exists():
+            return False
+        with self._connect() as db:
+            query = "UPDATE people SET password_hash = ? WHERE name = ?"
+            return db.execute(query, (password_hash, name)).rowcount == 1
+
     def add_site(self, name: str, public_key: Path, key_id: str) -> None:
         """Register a site, its public key file (in the state directory) and key id.
 

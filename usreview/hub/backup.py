@@ -126,6 +126,7 @@ def backup_state(
     # Built beside the destination, which appears only once the copy is complete.
     work = dest.with_name(f".{dest.name}.partial")
     try:
+        work.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # /backups/2026-11-28
         work.mkdir(mode=0o700)
     except FileExistsError:
         raise BackupError(f"{work} is left from a failed backup: remove it first") from None

@@ -2,6 +2,7 @@
 
 - :func:`run_hub` configures and runs JupyterHub in this process until SIGINT/SIGTERM.
 - :func:`add_user` registers a person and returns their generated password.
+- :func:`remove_user` offboards a person; :func:`reset_password` gives them a new password.
 - :func:`add_site` registers a site and its envelope key, and returns its API token.
 - :func:`reviewer_sites` restricts a reviewer to some sites (kept in the archive; the
   default is every site), or shows the restriction.
@@ -10,7 +11,8 @@ People are usable at once: their password is checked against the registry at eve
 login, and when the hub is running their group is set through its API (admins only
 at the next start: the administration token cannot grant admin). At every start the
 registry is loaded into the hub's groups again. Site tokens are minted by the
-running hub (see :mod:`usreview.hub.admin` for why).
+running hub (see :mod:`usreview.hub.admin` for why). Every change is one ``admin`` line
+of the audit log (:func:`audit_admin`), naming the command; never a password or token.
 
 A name that is not registered is a :class:`~usreview.hub.errors.HubError` (exit status 1, as
 a job or conflict that does not exist), not an :class:`~usreview.hub.errors.AccountError`
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -35,7 +38,7 @@ from usreview.envelope.atomic import write_new_file
 from usreview.hub.accounts import Accounts, check_name
 from usreview.hub.admin import HubApi
 from usreview.hub.config import Endpoints, configure
-from usreview.hub.errors import AccountError, HubError, HubUnavailableError
+from usreview.hub.errors import AccountError, HubError, HubUnavailableError, StateError
 from usreview.hub.passwords import generate_password, hash_password
 from usreview.hub.roles import PERSON_ROLES, SITE_GROUP, SITE_TOKEN_SCOPES, group_for_role
 from usreview.hub.state import HubState, existing_state, state_or_new
@@ -43,12 +46,16 @@ from usreview.hub.state import HubState, existing_state, state_or_new
 __all__ = [
     "NewPerson",
     "NewSite",
+    "RemovedPerson",
     "RotatedSite",
     "SiteOverview",
     "SiteToken",
     "add_site",
     "add_user",
+    "audit_admin",
     "list_sites",
+    "remove_user",
+    "reset_password",
     "reviewer_sites",
     "rotate_site_key",
     "run_hub",
@@ -178,9 +185,15 @@ def add_user(state: Path, name: str, role: str, sites: Sequence[str] | None = No
     if Accounts(hub_state.accounts).is_person(name):
         raise AccountError(f"{name!r} already exists")
     if sites is not None:  # first: a failure leaves nobody with more access than asked
-        _restrict(hub_state, name, sites)
+        _restrict(hub_state, name, sites, actor="usreview hub add-user")
     password = generate_password()
-    Accounts(hub_state.accounts).add_person(name, role, hash_password(password))
+    accounts = Accounts(hub_state.accounts)
+    accounts.add_person(name, role, hash_password(password))
+    try:
+        audit_admin(hub_state, "usreview hub add-user", f"users/{name}", "added", {"role": role})
+    except BaseException:
+        accounts.remove_person(name)  # not audited: not added
+        raise
     group = group_for_role(role)
     note = f"{name} is in group {group!r}"
     if sites is not None:
@@ -197,6 +210,130 @@ def add_user(state: Path, name: str, role: str, sites: Sequence[str] | None = No
     except HubUnavailableError as exc:
         note += f" from the hub's next start (the running hub was not updated: {exc})"
     return NewPerson(name, role, password, note, new_state)
+
+
+@dataclass(frozen=True)
+class RemovedPerson:
+    """A person offboarded: ``note`` says what the hub did (running or stopped)."""
+
+    name: str
+    note: str
+
+
+def remove_user(state: Path, name: str) -> RemovedPerson:
+    """Offboard person ``name``: they can no longer log in, their tokens and server end.
+
+    With the hub running, it deletes the user through its API (it stops their server and
+    deletes their API tokens and memberships); with it stopped, the user is deleted from
+    its database directly (as ``jupyterhub token`` writes it). Then the registry forgets
+    them, so logins are refused. Their reports, the archive and the audit log keep their
+    name. Audited.
+
+    Raises
+    ------
+    AccountError
+        ``name`` is not a valid name.
+    HubError
+        ``name`` is not a registered person.
+    HubUnavailableError
+        The hub runs but does not answer (starting), or refused (a server still stopping):
+        nothing changed, run it again.
+    """
+    check_name(name)
+    hub_state = existing_state(state)
+    accounts = Accounts(hub_state.accounts)
+    if not accounts.is_person(name):
+        raise _not_a_person(accounts, name)
+    api = _api(hub_state)
+    if api is not None:
+        api.timeout = 60  # the hub stops their server before answering
+        api.request("DELETE", f"users/{quote(name)}", ok=(404,))
+        how, note = "running", "the running hub stopped their server and deleted their tokens"
+    else:
+        pid = _hub_pid(hub_state)
+        if pid is not None:
+            raise HubUnavailableError(
+                f"the hub (pid {pid}) runs but does not answer: wait until it has started "
+                f"(or stop it), then run 'usreview hub remove-user {name}' again"
+            )
+        had = _delete_while_stopped(hub_state, name)
+        how = "stopped"
+        note = "deleted from the stopped hub's database with their API tokens" if had else ""
+    accounts.remove_person(name)
+    audit_admin(hub_state, "usreview hub remove-user", f"users/{name}", "removed", {"hub": how})
+    said = f"{name} can no longer log in" + (f"; {note}" if note else "")
+    return RemovedPerson(name, said + "; their reports and audit lines stay")
+
+
+def reset_password(state: Path, name: str) -> str:
+    """Give person ``name`` a new generated password and return it (audited).
+
+    Only its hash is kept; the old password stops working at once, running hub or not.
+
+    Raises
+    ------
+    AccountError
+        ``name`` is not a valid name.
+    HubError
+        ``name`` is not a registered person.
+    """
+    check_name(name)
+    hub_state = existing_state(state)
+    accounts = Accounts(hub_state.accounts)
+    password = generate_password()
+    if not accounts.set_password_hash(name, hash_password(password)):
+        raise _not_a_person(accounts, name)
+    audit_admin(hub_state, "usreview hub reset-password", f"users/{name}/password", "reset", {})
+    return password
+
+
+def _not_a_person(accounts: Accounts, name: str) -> HubError:
+    if name in accounts.sites():
+        return HubError(
+            f"{name!r} is a site, not a person: 'usreview hub site-token {name} "
+            "--revoke-only' withdraws it"
+        )
+    return HubError(f"{name!r} is not a registered person")
+
+
+def _hub_pid(state: HubState) -> int | None:
+    """The pid of the JupyterHub running on ``state`` (its pid file), ``None`` if none."""
+    try:  # JupyterHub writes it before it opens its database, removes it when it stops
+        pid = int((state.root / "jupyterhub.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # left by a killed hub
+    except PermissionError:
+        pass  # another user's process: alive
+    return pid
+
+
+def _delete_while_stopped(state: HubState, name: str) -> bool:
+    """Delete user ``name`` from a stopped hub's database (tokens, servers, memberships
+    with it); return whether it was there."""
+    if not state.jupyterhub_db.exists():
+        return False  # the hub never started: nothing to delete
+    from jupyterhub import orm
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        sessions = orm.new_session_factory(f"sqlite:///{state.jupyterhub_db}")
+        try:
+            with sessions() as db:
+                user = orm.User.find(db, name)
+                if user is not None:
+                    db.delete(user)
+                    db.commit()
+                return user is not None
+        finally:
+            sessions.kw["bind"].dispose()
+    except (SQLAlchemyError, orm.DatabaseSchemaMismatch) as exc:
+        raise StateError(
+            f"{state.jupyterhub_db}: cannot remove {name!r} from the hub's database ({exc})"
+        ) from None
 
 
 def add_site(state: Path, name: str, public_key: Path) -> NewSite:
@@ -232,6 +369,8 @@ def add_site(state: Path, name: str, public_key: Path) -> NewSite:
         api.ensure_user(name)
         api.add_to_group(SITE_GROUP, name)
         token = api.new_token(name, SITE_TOKEN_SCOPES, note=f"usreview site {name}")
+        audit_admin(hub_state, "usreview hub add-site", f"sites/{name}", "added",
+                    {"key_id": keys.key_id.hex()})  # fmt: skip
     except BaseException:
         accounts.remove_site(name)
         raise
@@ -270,7 +409,6 @@ def rotate_site_key(
         ``public_key`` is not a usreview public key file.
     """
     from usreview.hub.api.sitekeys import DEFAULT_GRACE_SECONDS, SiteKeyFiles
-    from usreview.hub.audit import AuditAction, AuditLog
 
     check_name(name)
     keys = load_public_keys(public_key)
@@ -283,11 +421,9 @@ def rotate_site_key(
     rotated = RotatedSite(
         name, keys.key_id.hex(), replaced.public.key_id.hex(), replaced.accepted_until
     )
-    AuditLog(hub_state.audit_log, hub_state.audit_key.read_bytes()).record(
-        "usreview hub add-site", AuditAction.ADMIN, f"sites/{name}/key", outcome="rotated",
-        detail={"key_id": rotated.key_id, "replaced_key_id": rotated.replaced_key_id,
-                "grace_seconds": grace},
-    )  # fmt: skip
+    audit_admin(hub_state, "usreview hub add-site", f"sites/{name}/key", "rotated",
+                {"key_id": rotated.key_id, "replaced_key_id": rotated.replaced_key_id,
+                 "grace_seconds": grace})  # fmt: skip
     return rotated
 
 
@@ -360,8 +496,6 @@ def site_token(state: Path, name: str, *, revoke_only: bool = False) -> SiteToke
     HubUnavailableError
         The hub is not running, or refused a request.
     """
-    from usreview.hub.audit import AuditAction, AuditLog
-
     check_name(name)
     hub_state = existing_state(state)
     if name not in Accounts(hub_state.accounts).groups()[SITE_GROUP]:
@@ -380,10 +514,8 @@ def site_token(state: Path, name: str, *, revoke_only: bool = False) -> SiteToke
     new = None
     if not revoke_only:
         new = api.new_token(name, SITE_TOKEN_SCOPES, note=f"usreview site {name}")
-    AuditLog(hub_state.audit_log, hub_state.audit_key.read_bytes()).record(
-        "usreview hub site-token", AuditAction.ADMIN, f"sites/{name}/token",
-        outcome="revoked" if revoke_only else "renewed", detail={"revoked": len(tokens)},
-    )  # fmt: skip
+    audit_admin(hub_state, "usreview hub site-token", f"sites/{name}/token",
+                "revoked" if revoke_only else "renewed", {"revoked": len(tokens)})  # fmt: skip
     return SiteToken(name, len(tokens), new)
 
 
@@ -415,23 +547,41 @@ def reviewer_sites(
     return _restrict(hub_state, name, None if every else sites)
 
 
-def _restrict(state: HubState, name: str, sites: Sequence[str] | None) -> frozenset[str] | None:
+def _restrict(
+    state: HubState,
+    name: str,
+    sites: Sequence[str] | None,
+    actor: str = "usreview hub reviewer-sites",
+) -> frozenset[str] | None:
     from usreview.hub.api.settings import open_archive
-    from usreview.hub.audit import AuditAction, AuditLog
 
     for site in sites or ():
         check_name(site)
     if sites is not None and not sites:
         raise AccountError("give at least one site, or every site")
-    actor = "usreview hub reviewer-sites"
     with open_archive(state.root) as archive:
         reviewer = archive.review.restrict(name, sites, actor=actor)
     chosen = None if reviewer.sites is None else sorted(reviewer.sites)
-    AuditLog(state.audit_log, state.audit_key.read_bytes()).record(
-        actor, AuditAction.ADMIN, f"reviewers/{name}/sites", outcome="changed",
-        detail={"sites": chosen},
-    )  # fmt: skip
+    audit_admin(state, actor, f"reviewers/{name}/sites", "changed", {"sites": chosen})
     return reviewer.sites
+
+
+def audit_admin(
+    state: HubState, actor: str, resource: str, outcome: str, detail: dict[str, Any]
+) -> None:
+    """Append one ``admin`` line to the audit log: ``actor`` is the command that made the
+    change (``usreview hub add-user``). Never put a password or token in ``detail``.
+
+    Raises
+    ------
+    AuditError
+        The audit log cannot be written.
+    """
+    from usreview.hub.audit import AuditAction, AuditLog
+
+    AuditLog(state.audit_log, state.audit_key.read_bytes()).record(
+        actor, AuditAction.ADMIN, resource, outcome=outcome, detail=detail
+    )
 
 
 def _api(state: HubState) -> HubApi | None:
