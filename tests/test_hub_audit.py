@@ -266,3 +266,18 @@ def test_a_line_the_disk_cut_short_is_taken_back(tmp_path: Path) -> None:
     assert path.read_bytes() == before  # the 100 bytes that fitted were taken back
     assert AuditLog(path, KEY).record("site-a", AuditAction.WRITE, "instances/1.2.9")["seq"] == 4
     assert verify(path, KEY).ok and verify(path, KEY).lines == 4
+
+
+def test_last_lines_are_read_from_the_end_whatever_their_length(tmp_path: Path) -> None:
+    """``hub audit --tail N`` reads the log's end, not the whole file (a log of years)."""
+    from usreview.hub.audit import last_lines
+
+    path = tmp_path / "audit.log"
+    path.write_bytes(b"")
+    assert last_lines(path, 3) == []
+    lines = [b"a" * 10, b"b" * 200_000, b"c", b"d" * 70_000, b"\xff damaged"]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    for count in range(1, 7):
+        assert last_lines(path, count) == lines[-count:], count
+    path.write_bytes(b"\n".join(lines))  # no newline after the last line
+    assert last_lines(path, 2) == lines[-2:]

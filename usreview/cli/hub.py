@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import sys
 from datetime import datetime
@@ -290,7 +289,7 @@ _HUB_SITE_TOKEN = Command(
 
 def _cmd_hub_audit(args: argparse.Namespace) -> int:
     from usreview.errors import InputError
-    from usreview.hub.audit import verify
+    from usreview.hub.audit import last_lines, verify
     from usreview.hub.errors import AuditError
     from usreview.hub.state import existing_state
 
@@ -300,10 +299,9 @@ def _cmd_hub_audit(args: argparse.Namespace) -> int:
     if not state.audit_log.exists():
         raise AuditError(f"no audit log yet in {state.root}")
     if args.tail:
-        # As the bytes are: a damaged log is when one looks at it.
-        with open(state.audit_log, encoding="utf-8", errors="backslashreplace") as log:
-            last = collections.deque(log, maxlen=args.tail)
-        sys.stdout.writelines(line.rstrip("\n") + "\n" for line in last)
+        # As the bytes are: a damaged log is when one looks at it. Read from its end.
+        last = last_lines(state.audit_log, args.tail)
+        sys.stdout.writelines(line.decode("utf-8", "backslashreplace") + "\n" for line in last)
     if args.verify:
         report = verify(state.audit_log, state.audit_key.read_bytes())
         if not report.ok:

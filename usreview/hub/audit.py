@@ -39,7 +39,15 @@ from typing import Any
 from usreview._group_commit import GroupCommit
 from usreview.hub.errors import AuditError
 
-__all__ = ["AuditAction", "AuditError", "AuditLog", "RefusalLimiter", "VerifyReport", "verify"]
+__all__ = [
+    "AuditAction",
+    "AuditError",
+    "AuditLog",
+    "RefusalLimiter",
+    "VerifyReport",
+    "last_lines",
+    "verify",
+]
 
 GENESIS = "0" * 64
 #: Most lines appended with one fsync.
@@ -181,25 +189,32 @@ def _bounded(resource: str) -> str:
     return f"{resource[: MAX_RESOURCE // 2]}...[{len(resource)} characters, sha256 {digest}]"
 
 
-def _tail(path: Path) -> tuple[int, str]:
-    """Sequence number and hash of the last complete line (0 and the genesis when empty).
+def last_lines(path: Path, count: int) -> list[bytes]:
+    """The last ``count`` lines of ``path`` as their bytes, without their newlines.
 
-    The end of the file is read, twice as much each time, until it holds the last line's
-    start, however long that line is.
+    The end of the file is read, twice as much each time, until it holds them, however
+    long they are: a log of gigabytes is not read whole.
     """
     with open(path, "rb") as fp:
         size = fp.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0, GENESIS
         block = 65536
         while True:
             start = max(0, size - block)
             fp.seek(start)
-            tail = fp.read(size - start)
-            if start == 0 or b"\n" in tail.rstrip(b"\n"):
+            lines = fp.read(size - start).rstrip(b"\n").split(b"\n")
+            if start == 0 or len(lines) > count:  # the first may be cut: one more
                 break
-            block *= 2  # the last line is longer: read twice as much
-        lines = tail.rstrip(b"\n").split(b"\n")
+            block *= 2  # the lines are longer: read twice as much
+    if lines == [b""]:
+        return []
+    return lines[-count:]
+
+
+def _tail(path: Path) -> tuple[int, str]:
+    """Sequence number and hash of the last complete line (0 and the genesis when empty)."""
+    lines = last_lines(path, 1)
+    if not lines:
+        return 0, GENESIS
     try:
         last = json.loads(lines[-1])
         return int(last["seq"]), str(last["hash"])
