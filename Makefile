@@ -3,7 +3,10 @@
 #   make demo   run the hub, three simulated sites and their gateways (Ctrl-C stops)
 #   make test   lint, type-check and run the whole test suite
 
-PYTHON ?= python3
+# The system's Python when there is one: run as root, the hub starts each person's server
+# under an account of their own (usreview/hub/spawner.py), which must be able to run the
+# environment's Python; one installed under a private home (pyenv in /root) it cannot.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.usreview-installed
@@ -21,6 +24,10 @@ PROXY   = hub_config/node_modules/.bin/configurable-http-proxy
 setup: $(STAMP) $(PROXY)
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $$SUDO apt-get install -y -qq --no-install-recommends python3-venv; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,hub]'

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,41 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _passable_temp_folders() -> None:
+    """Let other accounts pass (not list) the folders pytest makes, as root.
+
+    A hub run as root starts each person's server under an account of its own
+    (:mod:`usreview.hub.spawner`), which must pass every folder above its home in the
+    state directory; pytest makes its temporary folders 0700. Mode 0711 lets them pass
+    without listing anything.
+    """
+    if os.geteuid() != 0:
+        return
+    original = pytest.TempPathFactory.mktemp
+
+    def mktemp(self: pytest.TempPathFactory, basename: str, numbered: bool = True) -> Path:
+        made = original(self, basename, numbered)
+        for folder in (made, *made.parents):
+            if folder == self.getbasetemp().parent.parent:
+                break
+            folder.chmod(folder.stat().st_mode & 0o777 | 0o011)
+        return made
+
+    pytest.TempPathFactory.mktemp = mktemp  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _same_umask() -> Iterator[None]:
+    """Give each test the umask it started with: ``configure()`` sets 077 as root."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
+
+
 SHARED_DATA = Path(
     os.environ.get("USREVIEW_SHARED_DATA", REPO.parent / "shared" / "data" / "ultrasound")
 )

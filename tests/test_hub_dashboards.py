@@ -19,21 +19,19 @@ from tests import browser_support
 from usreview.hub.config import configure
 from usreview.hub.dashboards import (
     DASHBOARD_FOLDER,
-    NOTEBOOKS_ENV,
     SERVER_TOKEN_SCOPES,
     SERVICE_URL_ENV,
     WARM_KERNELS_ARG,
     landing_url,
     notebooks_dir,
     prepare_server,
+    ship_dashboards,
 )
 
 
-def _spawner(home_template: str, name: str, groups: list[str]) -> SimpleNamespace:
+def _spawner(name: str, groups: list[str]) -> SimpleNamespace:
     user = SimpleNamespace(name=name, groups=[SimpleNamespace(name=g) for g in groups])
-    return SimpleNamespace(
-        user=user, home_dir_template=home_template, default_url="", args=["--a=1"]
-    )
+    return SimpleNamespace(user=user, default_url="", args=["--a=1"])
 
 
 def test_reviewers_land_on_the_worklist_scientists_on_their_notebook_in_jupyterlab() -> None:
@@ -49,28 +47,24 @@ def test_the_repository_notebooks_are_the_dashboards() -> None:
     assert {"worklist.ipynb", "study.ipynb", "teaching.ipynb", "research.ipynb"} <= names
 
 
-def test_prepare_server_refreshes_the_dashboards_and_keeps_what_people_saved(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_shipping_refreshes_the_dashboards_and_keeps_what_people_saved(
+    tmp_path: Path,
 ) -> None:
     source = tmp_path / "notebooks"
     source.mkdir()
     (source / "worklist.ipynb").write_text("{}")
     (source / ".hidden").write_text("x")
-    monkeypatch.setenv(NOTEBOOKS_ENV, str(source))
-    spawner = _spawner(str(tmp_path / "homes" / "{username}"), "rita", ["reviewers"])
-    stale = tmp_path / "homes" / "rita" / DASHBOARD_FOLDER / "old.ipynb"
+    copied = tmp_path / "homes" / "rita" / DASHBOARD_FOLDER
+    stale = copied / "old.ipynb"
     stale.parent.mkdir(parents=True)
     stale.write_text("{}")
 
-    prepare_server(spawner)
+    ship_dashboards(source, copied)
 
-    copied = tmp_path / "homes" / "rita" / DASHBOARD_FOLDER
     assert sorted(p.name for p in copied.iterdir() if p.name != ".shipped") == [
         "old.ipynb",  # not shipped by an earlier start: perhaps hers
         "worklist.ipynb",
     ]
-    assert spawner.default_url == landing_url(["reviewers"])
-    assert (tmp_path / "homes" / "rita").stat().st_mode & 0o777 == 0o700
 
     # Her own notebook saved beside the dashboards stays; a shipped one is refreshed, and
     # one no longer shipped goes.
@@ -78,16 +72,45 @@ def test_prepare_server_refreshes_the_dashboards_and_keeps_what_people_saved(
     (copied / "worklist.ipynb").write_text('{"edited": 1}')
     (source / "worklist.ipynb").write_text('{"v": 2}')
     (source / "research.ipynb").write_text("{}")
-    prepare_server(spawner)
+    ship_dashboards(source, copied)
     assert (copied / "my-analysis.ipynb").read_text() == '{"mine": 1}'
     assert (copied / "worklist.ipynb").read_text() == '{"v": 2}'
     (source / "research.ipynb").unlink()
-    prepare_server(spawner)
+    ship_dashboards(source, copied)
     assert sorted(p.name for p in copied.iterdir() if p.name != ".shipped") == [
         "my-analysis.ipynb",
         "old.ipynb",
         "worklist.ipynb",
     ]
+
+
+def test_a_link_in_place_of_a_dashboard_is_replaced_not_written_through(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "notebooks"
+    source.mkdir()
+    (source / "worklist.ipynb").write_text('{"v": 1}')
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("not a dashboard")
+    copied = tmp_path / "home" / DASHBOARD_FOLDER
+    copied.mkdir(parents=True)
+    (copied / "worklist.ipynb").symlink_to(elsewhere)
+    (copied / ".shipped").symlink_to(elsewhere)
+
+    ship_dashboards(source, copied)
+
+    assert elsewhere.read_text() == "not a dashboard"
+    assert not (copied / "worklist.ipynb").is_symlink()
+    assert (copied / "worklist.ipynb").read_text() == '{"v": 1}'
+    assert (copied / ".shipped").read_text() == "worklist.ipynb\n"
+
+
+def test_dashboards_under_a_hidden_folder_are_still_shipped(tmp_path: Path) -> None:
+    source = tmp_path / ".config" / "notebooks"
+    source.mkdir(parents=True)
+    (source / "worklist.ipynb").write_text("{}")
+    ship_dashboards(source, tmp_path / "home")
+    assert (tmp_path / "home" / "worklist.ipynb").is_file()
 
 
 def test_server_tokens_reach_the_service_but_never_administer_it() -> None:
@@ -100,23 +123,29 @@ def test_server_tokens_reach_the_service_but_never_administer_it() -> None:
 def test_configure_wires_the_servers(tmp_path: Path) -> None:
     from traitlets.config import Config
 
+    from usreview.hub.spawner import PersonalSpawner
+
     c = Config()
     configure(c, tmp_path / "state", "127.0.0.1", 8443, service_port=10123)
+    assert c.JupyterHub.spawner_class is PersonalSpawner
+    assert c.PersonalSpawner.accounts_db == str(tmp_path / "state" / "accounts.sqlite")
+    assert c.PersonalSpawner.home_dir_template == str(tmp_path / "state" / "users" / "{username}")
+    assert "--ServerApp.allow_root=True" not in c.Spawner.args  # no server runs as root
     assert c.Spawner.pre_spawn_hook is prepare_server
     assert list(c.Spawner.server_token_scopes) == list(SERVER_TOKEN_SCOPES)
     assert c.Spawner.environment[SERVICE_URL_ENV] == "http://127.0.0.1:10123/services/usreview/"
     assert "--ServerApp.terminals_enabled=False" in c.Spawner.args
 
 
-def test_only_servers_landing_on_the_worklist_keep_a_warm_kernel(tmp_path: Path) -> None:
-    rita = _spawner(str(tmp_path / "{username}"), "rita", ["reviewers"])
+def test_only_servers_landing_on_the_worklist_keep_a_warm_kernel() -> None:
+    rita = _spawner("rita", ["reviewers"])
     prepare_server(rita)
     prepare_server(rita)  # every start: added once
     assert rita.args == ["--a=1", WARM_KERNELS_ARG]
     rita.user.groups = [SimpleNamespace(name="trainees")]  # no longer a reviewer
     prepare_server(rita)
     assert rita.args == ["--a=1"]
-    tess = _spawner(str(tmp_path / "{username}"), "tess", ["trainees"])
+    tess = _spawner("tess", ["trainees"])
     prepare_server(tess)
     assert tess.args == ["--a=1"]
 

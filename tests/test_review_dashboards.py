@@ -100,6 +100,70 @@ def test_a_reviewer_lands_on_the_worklist_with_studies_of_both_sites(
     _screenshot(rita, "worklist")
 
 
+# What a kernel of rita's tries to read of the hub (run in her warm worklist kernel).
+_PROBE = """
+import json, os
+seen = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}
+for name, path in json.loads(%r).items():
+    try:
+        os.listdir(path) if os.path.isdir(path) else open(path, "rb").read(1)
+        seen[name] = "read"
+    except PermissionError:
+        seen[name] = "denied"
+with open(os.path.join(os.environ["HOME"], "mine.txt"), "w") as mine:
+    seen["home"] = mine.write("mine")
+print("PROBE" + json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give people accounts of their own")
+def test_a_persons_kernel_runs_under_their_own_account_and_reads_nothing_of_the_hub(
+    rita: Any, deployment: Deployment
+) -> None:
+    from jupyter_client import BlockingKernelClient
+
+    from usreview.hub.accounts import Accounts
+
+    state = deployment.hub.state.root
+    home = state / "users" / "rita"
+    uid = Accounts(state / "accounts.sqlite").system_uid("rita")
+    assert home.stat().st_uid == uid and uid >= 1 << 24
+    runtime = home / ".local" / "share" / "jupyter" / "runtime"
+    connections = wait_until(
+        lambda: sorted(runtime.glob("kernel-*.json")), 60, "a kernel of rita's server"
+    )
+    targets = {
+        "hub.key": state / "hub.key",
+        "at-rest.key": state / "at-rest.key",
+        "jupyterhub.sqlite": state / "jupyterhub.sqlite",
+        "accounts.sqlite": state / "accounts.sqlite",
+        "audit.log": state / "audit.log",
+        "archive": state / "archive",
+        "state listing": state,
+        "homes listing": state / "users",
+        "omar's home": state / "users" / "omar",
+    }
+    (state / "users" / "omar").mkdir(mode=0o700, exist_ok=True)  # as his first start makes it
+    client = BlockingKernelClient(connection_file=str(connections[0]))
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        printed: list[str] = []
+        client.execute_interactive(
+            _PROBE % json.dumps({k: str(v) for k, v in targets.items()}),
+            timeout=60,
+            output_hook=lambda m: printed.append(m["content"].get("text", "")),
+        )
+    finally:
+        client.stop_channels()
+    [line] = [x for x in "".join(printed).splitlines() if x.startswith("PROBE")]
+    seen = json.loads(line.removeprefix("PROBE"))
+    assert (seen["uid"], seen["gid"], seen["groups"]) == (uid, uid, [])
+    assert {name: seen[name] for name in targets} == dict.fromkeys(targets, "denied")
+    assert seen["home"] == 4 and (home / "mine.txt").stat().st_uid == uid
+
+
 def test_a_claimed_study_cannot_be_claimed_by_a_second_reviewer(
     rita: Any, chromium: Any, deployment: Deployment
 ) -> None:

@@ -14,6 +14,7 @@ Modules (one responsibility each)::
     supervisor  several service processes on one port (fork, restart, die together)
     audit       the append-only, hash-chained audit log
     dashboards  the single-user servers of reviewers, trainees and scientists (Voila)
+    spawner     each person's server under a system account of their own
     kernel_pool a warm Voila kernel in each reviewer's server
     admin       a client of the running hub's REST API
     commands    what the ``usreview hub`` commands do
@@ -23,6 +24,15 @@ Errors are in :mod:`usreview.hub.errors`.
 
 from __future__ import annotations
 
-from usreview.hub.config import Endpoints, configure
+from typing import TYPE_CHECKING
+
+from usreview._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from usreview.hub.config import Endpoints, configure
 
 __all__ = ["Endpoints", "configure"]
+
+# Imported when first used: a module of this package (say ``dashboards``, run under a
+# person's account) does not pay for JupyterHub's imports.
+__getattr__ = lazy_attributes(__name__, {"Endpoints": "config", "configure": "config"})

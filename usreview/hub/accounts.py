@@ -10,17 +10,19 @@ in JupyterHub's database, hashed by JupyterHub (see :mod:`usreview.hub.admin`).
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
+from typing import Final
 
 from usreview._names import ACCOUNT_NAME, ACCOUNT_NAME_RULE
 from usreview.hub.errors import AccountError, StateError
 from usreview.hub.roles import GROUPS, PERSON_ROLES, SITE_GROUP
 
-__all__ = ["Accounts", "check_name"]
+__all__ = ["UID_BASE", "Accounts", "check_name"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS people (
@@ -29,7 +31,16 @@ CREATE TABLE IF NOT EXISTS people (
 CREATE TABLE IF NOT EXISTS sites (
     name TEXT PRIMARY KEY, public_key TEXT NOT NULL, key_id TEXT NOT NULL, created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS system_ids (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uid_block (base INTEGER NOT NULL);
 """
+
+UID_BASE: Final = 1 << 24
+"""The lowest system uid a person's server can get (above every usual system range)."""
+_UID_BLOCK: Final = 1 << 16  # uids of one hub: UID_BASE + block * _UID_BLOCK + id
+_UID_BLOCKS: Final = 32_000  # the highest uid stays below 2**31
 
 
 def check_name(name: str) -> str:
@@ -156,6 +167,35 @@ class Accounts:
     def is_person(self, name: str) -> bool:
         """Return whether ``name`` is a registered person (sites cannot log in)."""
         return self.password_hash(name) is not None
+
+    def system_uid(self, name: str) -> int:
+        """The system uid (and gid) under which ``name``'s server runs, allocated on first use.
+
+        Each hub draws a random block of uids once, so that two hubs of one machine do not
+        share them; in it, a name keeps its uid for ever (also after ``hub remove-user``,
+        so that the same name finds its home again) and a uid is never given to another
+        name.
+
+        Raises
+        ------
+        AccountError
+            If the hub's block of uids is used up.
+        """
+        check_name(name)
+        with self._connect() as db:
+            row = db.execute("SELECT base FROM uid_block").fetchone()
+            if row is None:
+                base = UID_BASE + secrets.randbelow(_UID_BLOCKS) * _UID_BLOCK
+                db.execute("INSERT INTO uid_block VALUES (?)", (base,))
+            else:
+                base = int(row[0])
+            row = db.execute("SELECT id FROM system_ids WHERE name = ?", (name,)).fetchone()
+            if row is None:  # (INSERT OR IGNORE would use up a number at every call)
+                row = (db.execute("INSERT INTO system_ids (name) VALUES (?)", (name,)).lastrowid,)
+            number = int(row[0])
+        if number >= _UID_BLOCK:
+            raise AccountError(f"no system uid left for {name!r}: {_UID_BLOCK - 1} were given")
+        return base + number
 
     def groups(self) -> dict[str, list[str]]:
         """Return every group (also empty ones) with its sorted members."""

@@ -22,11 +22,14 @@
   HTTP API down or stall its event loop, JupyterHub starts it again when it exits, and
   its durable queue makes a restart lose nothing. It has no URL and no scopes;
 - single-user servers for reviewers, trainees and scientists, with the Voila dashboards
-  (:mod:`usreview.hub.dashboards`): reviewers land on the worklist.
+  (:mod:`usreview.hub.dashboards`): reviewers land on the worklist. When the hub runs as
+  root, each person's server runs under a system account of that person's own, which
+  reaches its home and nothing else of the state directory
+  (:mod:`usreview.hub.spawner`); the hub's files are then made with umask 077.
 
-Production alternatives: ``SimpleLocalProcessSpawner`` runs every server as the hub's
-own system user with no isolation between users. A deployment with patient data
-uses a spawner that isolates them: ``LocalProcessSpawner`` with one system user per
+Production alternatives: run as another user, the hub cannot change accounts and every
+server runs as the hub's own user, with no isolation between people. Spawners that
+isolate people further: ``LocalProcessSpawner`` with one ``/etc/passwd`` user per
 person, ``systemdspawner`` (resource limits, private /tmp), ``dockerspawner`` or
 ``kubespawner``; and single sign-on instead of hub passwords (see
 :mod:`usreview.hub.auth`).
@@ -56,7 +59,8 @@ from usreview.hub.errors import HubConfigError
 from usreview.hub.proxy import find_proxy
 from usreview.hub.roles import ADMIN_SERVICE, CUSTOM_SCOPES, SERVICE, load_roles
 from usreview.hub.siteport import SERVICE_SITE_PORT_ENV, SitePort
-from usreview.hub.state import STATE_ENV, HubState, open_state, state_from_env
+from usreview.hub.spawner import PersonalSpawner, check_runnable, isolates_people
+from usreview.hub.state import STATE_ENV, HubState, open_state, open_to_servers, state_from_env
 from usreview.hub.supervisor import HUB_PID_ENV
 from usreview.hub.tls import check_bind, ensure_certificate
 
@@ -172,6 +176,9 @@ def configure(
     proxy = find_proxy()
     hub_state = open_state(state if state is not None else state_from_env())
     ServiceSettings.from_state(hub_state.root)  # a bad service_config.json: say so now
+    if isolates_people():  # :mod:`usreview.hub.spawner`: an account of their own per person
+        check_runnable(hub_state.root, [notebooks_dir()])
+        os.umask(0o077)  # what the hub and its services make stays theirs
     hub_port, proxy_api_port, service_port = (
         _port(p) if p is not None else _free_port()
         for p in (hub_port, proxy_api_port, service_port)
@@ -245,10 +252,10 @@ def configure(
     ]
 
     # Single-user servers with the Voila dashboards (:mod:`usreview.hub.dashboards`).
-    c.JupyterHub.spawner_class = "simple"
+    c.JupyterHub.spawner_class = PersonalSpawner
+    c.PersonalSpawner.accounts_db = str(hub_state.accounts)
     c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
     c.Spawner.args = [
-        *(["--ServerApp.allow_root=True"] if _is_root() else []),
         "--ServerApp.terminals_enabled=False",
         "--VoilaConfiguration.show_tracebacks=False",
     ]
@@ -260,7 +267,7 @@ def configure(
     }
     c.Spawner.start_timeout = 60
     c.Spawner.http_timeout = 60
-    c.SimpleLocalProcessSpawner.home_dir_template = str(hub_state.homes / "{username}")
+    c.PersonalSpawner.home_dir_template = str(hub_state.homes / "{username}")
 
     hub_state.write_run_info(
         {
@@ -270,6 +277,8 @@ def configure(
             "site_url": site_url,
         }
     )
+    if isolates_people():
+        open_to_servers(hub_state)  # last: after the certificate and run.json are made
     return Endpoints(public_url, api_url, cert, hub_state, site_url)
 
 
@@ -383,10 +392,6 @@ def _host(ip: str) -> str:
         return f"[{ip}]" if ipaddress.ip_address(ip).version == 6 else ip
     except ValueError:
         return ip
-
-
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _service_environment(state_root: Path) -> dict[str, str]:

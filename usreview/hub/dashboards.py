@@ -1,30 +1,35 @@
 """The single-user servers of reviewers, trainees and scientists, with their dashboards.
 
 Each person's server is a JupyterHub single-user Jupyter server with Voila. Before it
-starts, :func:`prepare_server` (JupyterHub's ``pre_spawn_hook``) copies the dashboards
-(the repository's ``notebooks/``, or ``$USREVIEW_NOTEBOOKS``) into ``HOME/usreview/``,
-replacing the ones shipped before (notebooks a person saved there under another name stay),
-and sets where the person lands after logging in: reviewers on the worklist, trainees on
-their teaching cases (``teaching.ipynb``), scientists on JupyterLab with the case library's
-starting notebook (``research.ipynb``, :mod:`usreview.review.research`), the others on
-JupyterLab; the servers of
-those who land on the worklist keep a warm kernel for it
-(:mod:`usreview.hub.kernel_pool`, :data:`WARM_KERNELS_ARG`). Its token
-(``$JUPYTERHUB_API_TOKEN``, which the Voila kernels inherit) carries
-:data:`SERVER_TOKEN_SCOPES` — of which JupyterHub grants only those the person holds — so
-the dashboards call the usreview service as that person: the service checks and audits
-every read and write. The service's loopback URL is ``$USREVIEW_SERVICE_URL``.
+starts, :func:`prepare_server` (JupyterHub's ``pre_spawn_hook``) sets where the person
+lands after logging in: reviewers on the worklist, trainees on their teaching cases
+(``teaching.ipynb``), scientists on JupyterLab with the case library's starting notebook
+(``research.ipynb``, :mod:`usreview.review.research`), the others on JupyterLab; the
+servers of those who land on the worklist keep a warm kernel for it
+(:mod:`usreview.hub.kernel_pool`, :data:`WARM_KERNELS_ARG`). The spawner
+(:mod:`usreview.hub.spawner`) then copies the dashboards (the repository's
+``notebooks/``, or ``$USREVIEW_NOTEBOOKS``) into ``HOME/usreview/`` with
+:func:`ship_dashboards`, replacing the ones shipped before (notebooks a person saved
+there under another name stay). The server's token (``$JUPYTERHUB_API_TOKEN``, which
+the Voila kernels inherit) carries :data:`SERVER_TOKEN_SCOPES` — of which JupyterHub
+grants only those the person holds — so the dashboards call the usreview service as that
+person: the service checks and audits every read and write. The service's loopback URL
+is ``$USREVIEW_SERVICE_URL``.
 
-Terminals are off. Kernels still run code as the server's system user: the embedded
-``SimpleLocalProcessSpawner`` gives every person the hub's own account, which is why a
-deployment with patient data uses a spawner with one system user (or container) per
-person (see :mod:`usreview.hub.config`).
+Terminals are off. Kernels still run code as the server's system account: one of the
+person's own when the hub runs as root (:mod:`usreview.hub.spawner`), which can read
+nothing of the hub's state but its own home.
+
+``python -m usreview.hub.dashboards SOURCE TARGET`` runs :func:`ship_dashboards`: the
+spawner runs it under the person's account, so that a link the person put in their
+home cannot make the hub write elsewhere.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,6 +44,7 @@ __all__ = [
     "landing_url",
     "notebooks_dir",
     "prepare_server",
+    "ship_dashboards",
 ]
 
 NOTEBOOKS_ENV: Final = "USREVIEW_NOTEBOOKS"
@@ -90,33 +96,30 @@ def landing_url(groups: list[str]) -> str:
 
 
 def prepare_server(spawner: Any) -> None:
-    """JupyterHub ``pre_spawn_hook``: copy the dashboards home, set the landing page."""
+    """JupyterHub ``pre_spawn_hook``: set the landing page and the warm kernel."""
     groups = sorted(group.name for group in spawner.user.groups)
     spawner.default_url = landing_url(groups)
     args = [a for a in getattr(spawner, "args", None) or [] if a != WARM_KERNELS_ARG]
     if spawner.default_url in _LANDING.values():  # :mod:`usreview.hub.kernel_pool`
         args.append(WARM_KERNELS_ARG)
     spawner.args = args
-    template = getattr(spawner, "home_dir_template", None)
-    if template is None:  # another spawner: its image or home provides the dashboards
-        return
-    home = Path(template.format(username=spawner.user.name))
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    home.chmod(0o700)  # each person's files are theirs alone
-    _ship(notebooks_dir(), home / DASHBOARD_FOLDER)
 
 
-def _ship(source: Path, target: Path) -> None:
+def ship_dashboards(source: Path, target: Path) -> None:
     """Copy the dashboards of ``source`` into ``target``, replacing those shipped before.
 
     What the person saved there under other names stays: only files that an earlier start
-    shipped (listed in :data:`_SHIPPED`) and that are no longer shipped are removed.
+    shipped (listed in :data:`_SHIPPED`) and that are no longer shipped are removed. A
+    link in the place of a shipped file is replaced by the file, never written through.
     """
+    os.listdir(source)  # unreadable: say so (rglob would find nothing)
     shipped = sorted(
         str(path.relative_to(source))
         for path in source.rglob("*")
         if path.is_file()
-        and not any(part.startswith(".") or part == "__pycache__" for part in path.parts)
+        and not any(
+            part.startswith(".") or part == "__pycache__" for part in path.relative_to(source).parts
+        )
     )
     target.mkdir(mode=0o700, exist_ok=True)
     listed = target / _SHIPPED
@@ -125,7 +128,14 @@ def _ship(source: Path, target: Path) -> None:
         stale = target / name
         if stale.resolve().is_relative_to(target.resolve()):
             stale.unlink(missing_ok=True)
+    for name in [*shipped, _SHIPPED]:
+        if (target / name).is_symlink():
+            (target / name).unlink()
     for name in shipped:
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / name, target / name)
     listed.write_text("".join(f"{name}\n" for name in shipped))
+
+
+if __name__ == "__main__":  # the spawner's call, under the person's own account
+    ship_dashboards(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -48,6 +48,7 @@ __all__ = [
     "existing_state",
     "holds_hub",
     "open_state",
+    "open_to_servers",
     "state_from_env",
     "state_or_new",
 ]
@@ -124,7 +125,7 @@ class HubState:
 
     @property
     def homes(self) -> Path:
-        """Folder of the single-user servers' working directories."""
+        """Folder of the people's homes (their single-user servers' working directories)."""
         return self.root / "users"
 
     @property
@@ -167,7 +168,8 @@ def open_state(root: Path) -> HubState:
     Raises
     ------
     StateError
-        If the directory is accessible to group or others, or is not a directory; if
+        If the directory is readable or writable by group or others (passing through,
+        mode 0711, is what :func:`open_to_servers` allows), or is not a directory; if
         ``at-rest.key`` or ``audit.key`` is missing from an existing hub, or ``hub.key``
         (``hub.pub`` left).
     """
@@ -176,7 +178,7 @@ def open_state(root: Path) -> HubState:
         raise StateError(f"state directory {root} is not a directory")
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     mode = stat.S_IMODE(root.stat().st_mode)
-    if mode & 0o077:
+    if mode & 0o066:
         raise StateError(
             f"state directory {root} is accessible to others (mode {mode:04o}): "
             f"run 'chmod 700 {root}'"
@@ -194,6 +196,24 @@ def open_state(root: Path) -> HubState:
     _ensure_secret(state.cookie_secret, lambda: secrets.token_hex(32).encode())
     _ensure_secret(state.admin_token, lambda: secrets.token_hex(32).encode())
     return state
+
+
+def open_to_servers(state: HubState) -> None:
+    """Let each person's server account pass to its home, and reach nothing else.
+
+    The state directory and ``users/`` become 0711; every other entry of the state
+    directory loses all permissions of group and others (``jupyterhub.sqlite``, made by
+    JupyterHub, was 0644; the hub's ``hub.pub`` and ``tls.crt`` are public anyway).
+    """
+    state.homes.mkdir(mode=0o711, exist_ok=True)
+    for entry in os.scandir(state.root):
+        if entry.name == state.homes.name:
+            continue
+        mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+        if mode & 0o077 and not entry.is_symlink():
+            os.chmod(entry.path, mode & 0o700)
+    os.chmod(state.homes, 0o711)
+    os.chmod(state.root, 0o711)
 
 
 def _ensure_secret(path: Path, make: Callable[[], bytes] | None, needed_for: str = "") -> None:
