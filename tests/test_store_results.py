@@ -6,6 +6,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import stat
 import threading
 import time
 import uuid
@@ -230,19 +231,41 @@ def test_publishing_is_durable_before_it_is_visible(
     assert list((archive.root / "results" / "tmp").iterdir()) == []
 
 
-def test_recovery_keeps_results_and_removes_unpublished_objects(
+def test_recovery_keeps_results_and_holds_unpublished_objects(
     feed: ResultFeed, archive: Archive
 ) -> None:
     record = publish(feed, 1, "site-a")
     assert archive.recover().orphans == ()  # the archive's recovery leaves results alone
     orphan = feed._objects.write("objects", b"written, never committed")
     (feed._objects.tmp / "put-x.part").write_bytes(b"partial")
-    assert feed.recover() == 2
+    report = feed.recover()
+    assert (report.temp_files_removed, report.orphans) == (1, (orphan.key,))
     assert not feed._objects.exists(orphan.key)
+    held = archive.root / "results" / "orphans" / orphan.key  # moved aside, not deleted
+    assert held.read_bytes() == b"written, never committed"
     assert feed.read_result("site-a", record.cursor).startswith(b"sealed result 1")
     feed._objects.path(record.object_key).write_bytes(b"changed")
     with pytest.raises(CorruptObjectError):
         feed.read_result("site-a", record.cursor)
+
+
+def test_recovery_over_an_older_index_holds_published_results_durably(tmp_path: Path) -> None:
+    """An index restored older than the result objects: recovery moves the published
+    results it no longer names to ``results/orphans/`` (folders 0700), never deletes them."""
+    root = tmp_path / "archive"
+    with Archive.open(None, root) as archive:
+        published = [publish(archive.results, n, "site-a") for n in (1, 2)]
+    # The same objects under an index from before they were published.
+    with Archive.open(f"sqlite:///{tmp_path / 'older.sqlite3'}", root) as older:
+        report = older.results.recover()
+        assert sorted(report.orphans) == sorted(r.object_key for r in published)
+        assert older.results.recover().orphans == ()  # held once
+    for record in published:
+        held = root / "results" / "orphans" / record.object_key
+        assert hashlib.sha256(held.read_bytes()).hexdigest() == record.envelope_sha256
+        assert not (root / "results" / record.object_key).exists()
+        for folder in (held.parent, held.parent.parent, root / "results" / "orphans"):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
 def test_a_waiting_thread_is_woken_by_a_publish(feed: ResultFeed) -> None:

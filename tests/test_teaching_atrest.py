@@ -4,7 +4,8 @@ A de-identified copy of a simulated B-mode is recorded as a case of a stored stu
 it is AES-256-GCM ciphertext (no DICOM preamble, no header text), it reads back as the same
 bytes, an altered, swapped or wrongly keyed file is refused, and a case whose recording fails
 leaves neither rows nor files; the folder of a case whose recording a crash cut short (files
-written, rows not committed) is removed when the service next opens its context.
+written, rows not committed) is moved aside (never deleted) when the service next opens its
+context.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def _crash_before_commit(state: Path, study: str, folder: Path, case: TeachingCa
         store.add(DR, study, folder, case)
 
 
-def test_the_service_removes_at_start_the_folder_of_a_case_a_crash_left_uncommitted(
+def test_the_service_moves_aside_at_start_the_folder_of_a_case_a_crash_left_uncommitted(
     source: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = tmp_path / "state"
@@ -245,10 +246,14 @@ def test_the_service_removes_at_start_the_folder_of_a_case_a_crash_left_uncommit
     assert list((teaching / lost.case_uid).glob("*.sealed"))  # the files, without rows
     (teaching / "2.25.7").mkdir()  # a crash right after the folder was made
 
+    lost_files = {p.name: p.read_bytes() for p in (teaching / lost.case_uid).iterdir()}
     with caplog.at_level(logging.WARNING, logger="usreview.service"):
         context = open_context(state, ServiceSettings(parse_workers=1))
     try:
-        assert sorted(p.name for p in teaching.iterdir()) == [kept.case_uid]
+        assert sorted(p.name for p in teaching.iterdir()) == sorted([kept.case_uid, "orphans"])
+        held = teaching / "orphans"
+        assert sorted(p.name for p in held.iterdir()) == sorted([lost.case_uid, "2.25.7"])
+        assert {p.name: p.read_bytes() for p in (held / lost.case_uid).iterdir()} == lost_files
         store = teaching_store(context)
         assert [c.case_uid for c in store.cases()] == [kept.case_uid]
         item, data = store.read_instance(kept.case_uid, kept.instances[0].sop_instance_uid)
@@ -256,11 +261,38 @@ def test_the_service_removes_at_start_the_folder_of_a_case_a_crash_left_uncommit
         assert store.case_of_study(DR, "1.2.826.0.2.2") is None
     finally:
         context.close()
-    removed = sorted([lost.case_uid, "2.25.7"])
-    assert any(", ".join(removed) in r.getMessage() for r in caplog.records)
+    moved = sorted([lost.case_uid, "2.25.7"])
+    assert any(", ".join(moved) in r.getMessage() for r in caplog.records)
     audit = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
     started = [line["detail"] for line in audit if line["outcome"] == "started"]
-    assert [d["teaching_orphans_removed"] for d in started] == [[], removed]
+    assert [d["teaching_orphans_held"] for d in started] == [[], moved]
+
+
+def test_an_index_older_than_a_recorded_case_moves_its_folder_aside_durably(
+    archive: Archive, source: Path, tmp_path: Path
+) -> None:
+    """The case's rows are gone (an index restored from an older backup), its encrypted
+    files are not: they are held in ``teaching/orphans/`` (folders 0700), never deleted."""
+    key = secrets.token_bytes(32)
+    case = TeachingStore(archive, key).add(
+        DR, "1.2.826.0.2.1", tmp_path / "a", teaching_case(tmp_path / "a", source, "1.2.826.0.2.1")
+    )
+    teaching = archive.root / "teaching"
+    files = {p.name: p.read_bytes() for p in (teaching / case.case_uid).iterdir()}
+
+    with Archive.open(f"sqlite:///{tmp_path / 'older.sqlite3'}", archive.root) as older:
+        assert remove_orphan_cases(older) == (case.case_uid,)
+        assert remove_orphan_cases(older) == ()  # held once; "orphans" is not a case
+        assert sorted(p.name for p in teaching.iterdir()) == ["orphans"]
+        held = teaching / "orphans" / case.case_uid
+        assert {p.name: p.read_bytes() for p in held.iterdir()} == files
+        for folder in (held, held.parent):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        (teaching / case.case_uid).mkdir(mode=0o700)  # the same name left again
+        (teaching / case.case_uid / "again.sealed").write_bytes(b"again")
+        assert remove_orphan_cases(older) == (case.case_uid,)
+    assert {p.name: p.read_bytes() for p in held.iterdir()} == files  # not replaced
+    assert (held.parent / f"{case.case_uid}.2" / "again.sealed").read_bytes() == b"again"
 
 
 def test_the_case_library_describes_each_copy_once_and_passes_over_a_damaged_one(

@@ -587,6 +587,64 @@ _HUB_CONFLICTS = Command(
 )
 
 
+def _cmd_hub_orphans(args: argparse.Namespace) -> int:
+    from usreview.hub.errors import HubError
+    from usreview.hub.orphans import Orphan, list_orphans, reingest_orphans
+
+    state = _state_dir(args)
+    if not args.reingest:
+        for o in list_orphans(state):
+            print(f"{o.key}\t{o.size}\t{o.site or '-'}\t{o.sop_instance_uid or '-'}"
+                  + (f"\t{o.reason}" if o.reason else ""))  # fmt: skip
+        return 0
+
+    def show(o: Orphan) -> None:
+        said = {
+            "stored": "stored",
+            "duplicate": "already stored with the same content",
+            "conflict": f"kept aside as conflict {o.conflict_id} ({o.reason})",
+        }.get(o.outcome, f"stays held: {o.reason}")
+        uid, site = o.sop_instance_uid or "-", o.site or "-"
+        print(f"{o.key}: {o.outcome}: {uid} from {site}, {said}", flush=True)
+
+    done = reingest_orphans(state, progress=show)
+    count = {o: sum(x.outcome == o for x in done) for o in ("stored", "duplicate", "conflict")}
+    kept = len(done) - sum(count.values())
+    print(
+        f"{len(done)} orphan envelope(s): {count['stored']} stored, {count['duplicate']} "
+        f"already stored, {count['conflict']} kept aside as conflicts, {kept} still held"
+    )
+    if kept:
+        raise HubError(
+            f"{kept} orphan envelope(s) could not be ingested again and stay held: see why "
+            "above, fix it and run this again"
+        )
+    return 0
+
+
+_HUB_ORPHANS = Command(
+    "orphans",
+    help="list the envelopes no index row names (held in orphans/), or ingest them again",
+    handler=_cmd_hub_orphans,
+    description="The service's start moves each archive object that no index row names "
+    "(an index restored older than the objects) to STATE/archive/orphans/, never deleting "
+    "it: the sites may hold receipts for them. One line per held envelope (tab-separated): "
+    "key, size, the site whose key signed it and its SOP Instance UID, or '-' and why it "
+    "does not open or parse. --reingest puts each one through the upload's ingest: stored, "
+    "already stored with the same content, or kept aside as a conflict ('hub conflicts'), "
+    "then removed from orphans/; one that fails stays held and is named with its reason "
+    "(exit status 1). Audited. Works with the hub running or stopped.",
+    args=(
+        arg(
+            "--reingest",
+            action="store_true",
+            help="store each held envelope as its site's upload, then remove it from orphans/",
+        ),
+        _state(),
+    ),
+)
+
+
 #: The options of running the hub (``usreview hub`` without an action).
 _RUN_OPTIONS = (
     arg(
@@ -711,6 +769,7 @@ _HUB = Command(
             _HUB_WORKER,
             _HUB_JOBS,
             _HUB_CONFLICTS,
+            _HUB_ORPHANS,
         )
     ),
 )

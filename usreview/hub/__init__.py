@@ -18,6 +18,7 @@ Modules (one responsibility each)::
     kernel_pool a warm Voila kernel in each reviewer's server
     admin       a client of the running hub's REST API
     commands    what the ``usreview hub`` commands do
+    orphans     envelopes no index row names: list them, ingest them again
 
 Errors are in :mod:`usreview.hub.errors`.
 """

@@ -25,7 +25,8 @@ A crash between 2 and 3 leaves an orphan object (the site had no acknowledgement
 sends again). :meth:`Archive.recover` never deletes an orphan: it cannot tell it from an
 acknowledged envelope whose row is gone (an index restored from a backup older than the
 objects), so it moves it to ``ROOT/orphans/`` under the same key, where an administrator
-can ingest it again. Only a crash's temporary files (``tmp/``) are removed.
+ingests it again (:mod:`usreview.store.orphans`, ``usreview hub orphans --reingest``).
+Only a crash's temporary files (``tmp/``) are removed.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from usreview._group_commit import GroupCommit
-from usreview.envelope.atomic import fsync_directory
 from usreview.store._shared import change_status, envelope_source, guard, site_row
 from usreview.store.database import (
     create_schema,
@@ -62,7 +62,8 @@ from usreview.store.errors import (
     StorageError,
 )
 from usreview.store.migrate import upgrade
-from usreview.store.objects import AREAS, ObjectStore, WrittenObject, make_durable_dir
+from usreview.store.objects import AREAS, ORPHANS, ObjectStore, WrittenObject
+from usreview.store.orphans import recovery_lock
 from usreview.store.put_rows import Changed, Put, check, insert_puts
 from usreview.store.queries import (
     conflict_record,
@@ -102,9 +103,6 @@ if TYPE_CHECKING:
     from usreview.store.review import ReviewStore
 
 __all__ = ["ORPHANS", "Archive"]
-
-#: The folder under the archive root where :meth:`Archive.recover` moves orphan objects.
-ORPHANS = "orphans"
 
 _log = logging.getLogger(__name__)
 _ATTEMPTS = 5
@@ -656,18 +654,19 @@ class Archive:
         object that no row names (an orphan) to ``ROOT/orphans/`` under the same key,
         never deletes it: a crash's orphan was never acknowledged, but after an index
         restored older than the objects it was (:mod:`usreview.hub.backup`). Run it after
-        :meth:`open` while no :meth:`put` is in flight.
+        :meth:`open` while no :meth:`put` is in flight; it waits for an orphan being
+        ingested again (:func:`~usreview.store.orphans.recovery_lock`).
         """
-        with guard("recovering the archive"):
+        with guard("recovering the archive"), recovery_lock(self.root):
             temp_removed = self._objects.clean_tmp()
             referenced, rows = self._referenced()
             orphans = [k for k in self._on_disk() if k not in referenced]
             for key in orphans:
-                self._hold(key)
+                self._objects.hold(key)
             if orphans:
                 _log.warning(
-                    "moved %d object(s) that no index row names to %s (ingest them again "
-                    "if the sites hold receipts for them): %s",
+                    "moved %d object(s) that no index row names to %s (the sites may hold "
+                    "receipts for them: 'usreview hub orphans --reingest' stores them again): %s",
                     len(orphans),
                     self.root / ORPHANS,
                     ", ".join(orphans),
@@ -679,15 +678,6 @@ class Archive:
             missing=tuple(sorted(missing)),
             checked=len(rows),
         )
-
-    def _hold(self, key: str) -> None:
-        """Move the orphan object ``key`` durably to ``ROOT/orphans/KEY`` (folders 0700)."""
-        source = self._objects.path(key)
-        target = self.root / ORPHANS / key
-        make_durable_dir(target.parent)
-        os.replace(source, target)  # the same key holds the same bytes: replacing is harmless
-        fsync_directory(target.parent)
-        fsync_directory(source.parent)
 
     def fsck(self) -> RecoveryReport:
         """Check every stored object's bytes against its row; change nothing."""

@@ -6,10 +6,13 @@ archive root (``objects/`` for stored envelopes, ``conflicts/`` for those kept a
     ROOT/objects/ab/ab12...ef     one file per distinct envelope
     ROOT/conflicts/cd/cd34...01
     ROOT/tmp/                     files being written (removed by recovery)
+    ROOT/orphans/objects/ef/ef56...23   an object no row names, moved aside by recovery
 
 A key is the path relative to the root (``objects/ab/ab12...ef``). :meth:`ObjectStore.write`
 returns only when the bytes and the name are on disk; a crash before that leaves at most
 a file in ``tmp/``, a crash after it an object that no row names yet (an orphan).
+Recovery never deletes an orphan (it may be an acknowledged object whose row is gone):
+:meth:`ObjectStore.hold` moves it to ``ROOT/orphans/`` under the same key.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from typing import BinaryIO
 
 from usreview.envelope.atomic import fsync_directory
 
-__all__ = ["AREAS", "ObjectStore", "WrittenObject", "make_durable_dir"]
+__all__ = ["AREAS", "ORPHANS", "ObjectStore", "WrittenObject", "make_durable_dir", "move_durably"]
 
 #: The areas of content-addressed objects under the root.
 AREAS = ("objects", "conflicts")
+#: The folder under a store's root where recovery moves what no row names (never deleted).
+ORPHANS = "orphans"
 _CHUNK = 1 << 20
 _KEY = re.compile(r"(objects|conflicts)/([0-9a-f]{2})/([0-9a-f]{64})")
 
@@ -51,6 +56,18 @@ def make_durable_dir(directory: Path) -> None:
     with contextlib.suppress(FileExistsError):
         directory.mkdir(mode=0o700)
     fsync_directory(directory.parent)
+
+
+def move_durably(source: Path, target: Path) -> None:
+    """Move the file or folder ``source`` to ``target`` (same file system), both names durable.
+
+    Missing folders of ``target`` are made (mode 0700); an existing file ``target`` is
+    replaced, an existing folder must be empty.
+    """
+    make_durable_dir(target.parent)
+    os.replace(source, target)
+    fsync_directory(target.parent)
+    fsync_directory(source.parent)
 
 
 class ObjectStore:
@@ -139,6 +156,30 @@ class ObjectStore:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         fsync_directory(path.parent)
+
+    def hold(self, key: str) -> None:
+        """Move the object ``key`` durably to ``ROOT/orphans/KEY`` (folders 0700).
+
+        The same key holds the same bytes, so replacing one held before is harmless.
+        """
+        move_durably(self.path(key), self.held_path(key))
+
+    def held_path(self, key: str) -> Path:
+        """Where the object ``key`` is when held (``ROOT/orphans/KEY``)."""
+        self.path(key)  # refuses what is not an object key
+        return self.root / ORPHANS / key
+
+    def held(self) -> Iterator[tuple[str, Path]]:
+        """The key and file of every object held in ``ROOT/orphans/``, area by area."""
+        for area in AREAS:
+            base = self.root / ORPHANS / area
+            if not base.is_dir():
+                continue
+            for sub in sorted(base.iterdir()):
+                for entry in sorted(sub.iterdir()) if sub.is_dir() else ():
+                    key = f"{area}/{sub.name}/{entry.name}"
+                    if _KEY.fullmatch(key) and entry.is_file():
+                        yield key, entry
 
     def clean_tmp(self) -> int:
         """Remove every file left in ``tmp/`` by interrupted writes; return how many."""

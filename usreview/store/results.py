@@ -19,7 +19,12 @@ Publishing with a ``key`` is idempotent: a key published before returns that res
 publishes nothing (automatic processing keys its outputs by instance and processor
 versions, so a job run twice publishes once). Publishers in several processes hold a
 shared lock on ``ROOT/results/publish.lock`` while they write; :meth:`ResultFeed.recover`
-takes it exclusively, so it never removes an object that is about to be committed.
+takes it exclusively, so it never moves an object that is about to be committed.
+
+Recovery never deletes a result object that no row names: a crash's was never
+published, but after an index restored older than the objects (:mod:`usreview.hub.backup`)
+it was, and a site may have fetched it. It is moved to ``ROOT/results/orphans/KEY``
+(:meth:`~usreview.store.objects.ObjectStore.hold`), as the archive holds its own.
 
 Sealing again: an envelope has a validity window, so the hub replaces the envelope of a
 result that a site fetches late (:meth:`ResultFeed.replace_envelope`: a new object written
@@ -58,8 +63,8 @@ from usreview.dicom.header import is_uid
 from usreview.store._shared import envelope_source, guard, site_row
 from usreview.store.database import writer
 from usreview.store.errors import CorruptObjectError, InvalidMetadataError, NotFoundError
-from usreview.store.objects import ObjectStore
-from usreview.store.records import validate_site
+from usreview.store.objects import ORPHANS, ObjectStore
+from usreview.store.records import RecoveryReport, validate_site
 from usreview.store.results_schema import ResultKeyRow, ResultRow, ResultSiteRow
 from usreview.store.schema import SiteRow
 
@@ -509,20 +514,28 @@ class ResultFeed:
 
     # -- recovery ---------------------------------------------------------------------
 
-    def recover(self) -> int:
-        """Remove temp files and unpublished objects left by a crash; return how many.
+    def recover(self) -> RecoveryReport:
+        """Remove the temp files a crash left; move aside the objects no result names.
 
-        Run it after opening, while nothing is being published.
+        Each such object goes to ``ROOT/results/orphans/`` under its key, never deleted
+        (see the module docstring). Run it after opening, while nothing is being
+        published. The report gives the temp files removed and the keys moved.
         """
         with guard("recovering the results feed"), self._publish_lock(True):
             removed = self._objects.clean_tmp()
             with Session(self._engine) as session:
                 referenced = set(session.scalars(select(ResultRow.object_key)))
-            for key in list(self._objects.keys("objects")):
-                if key not in referenced:
-                    self._objects.remove(key)
-                    removed += 1
-        return removed
+            orphans = [k for k in self._objects.keys("objects") if k not in referenced]
+            for key in orphans:
+                self._objects.hold(key)
+        if orphans:
+            _log.warning(
+                "moved %d result object(s) that no row names to %s: %s",
+                len(orphans),
+                self._objects.root / ORPHANS,
+                ", ".join(orphans),
+            )
+        return RecoveryReport(temp_files_removed=removed, orphans=tuple(orphans))
 
 
 def _addressed(site: str) -> Select[ResultRow]:

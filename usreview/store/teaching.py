@@ -10,8 +10,9 @@ the hub's at-rest key (AES-256-GCM) into ``ROOT/teaching/CASE_UID/SOP_UID.sealed
 (folder 0700, files 0600), each written durably (temp file, fsync, rename, directory
 fsync: :func:`usreview.envelope.atomic.write_new_file`), and the plaintext folder is
 removed; only then are its rows committed, and a failed commit removes the files. A crash
-between the two leaves a folder without rows: :func:`remove_orphan_cases` removes those
-when the service starts. A sealed file is::
+between the two leaves a folder without rows: :func:`remove_orphan_cases` moves those to
+``ROOT/teaching/orphans/`` (never deleting them: after an index restored older than the
+files, they are cases that were recorded) when the service starts. A sealed file is::
 
     magic   8  b"USRTCH1\0"
     nonce  12  random
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import secrets
 import shutil
 from collections.abc import Collection, Mapping, Sequence
@@ -48,6 +50,7 @@ from usreview.envelope.atomic import fsync_directory, write_new_file
 from usreview.store._shared import guard
 from usreview.store.database import writer
 from usreview.store.errors import CorruptObjectError, InvalidMetadataError, NotFoundError
+from usreview.store.objects import ORPHANS, move_durably
 from usreview.store.queries import visible
 from usreview.store.records import Reviewer
 from usreview.store.review_schema import TeachingCaseRow, TeachingInstanceRow
@@ -264,7 +267,7 @@ class TeachingStore:
         """Withdraw a case (burned-in text found in its images, say); the case it was.
 
         Its rows go in one transaction, then its files; a crash between the two leaves a
-        folder without rows, which :func:`remove_orphan_cases` removes at the next start.
+        folder without rows, which :func:`remove_orphan_cases` moves aside at the next start.
         Trainees and the case library no longer see it from the commit on.
 
         Raises
@@ -420,29 +423,38 @@ class TeachingStore:
 
 
 def remove_orphan_cases(archive: Archive) -> tuple[str, ...]:
-    """Remove the case folders of ``archive`` that hold no recorded case; their names.
+    """Move the case folders of ``archive`` that hold no recorded case aside; their names.
 
-    A crash after a case's files are written but before its rows are committed leaves
-    such a folder (never shown, never acknowledged). Run it while no case is being made.
+    Each goes to ``ROOT/teaching/orphans/CASE_UID`` (durably, folders 0700; a name held
+    before gets a suffix, ``CASE_UID.2``), never deleted: a crash after a case's files
+    are written but before its rows are committed leaves such a folder (never shown),
+    but so does an index restored from a backup older than the files (a recorded case),
+    and a crash while a case is withdrawn (:meth:`TeachingStore.remove`: an administrator
+    deletes its folder once checked). Run it while no case is being made.
 
     Raises
     ------
     StorageError
-        The folder or the database cannot be read, or a folder cannot be removed.
+        The folder or the database cannot be read, or a folder cannot be moved.
     """
     root = archive.root / "teaching"
-    with guard("removing orphan teaching cases"):
+    with guard("moving aside orphan teaching cases"):
         if not root.is_dir():
             return ()
         with Session(archive._engine) as session:
             recorded = set(session.scalars(select(TeachingCaseRow.case_uid)))
         orphans = sorted(
-            entry.name for entry in root.iterdir() if entry.is_dir() and entry.name not in recorded
+            entry.name
+            for entry in root.iterdir()
+            if entry.is_dir() and entry.name != ORPHANS and entry.name not in recorded
         )
         for name in orphans:
-            shutil.rmtree(root / name)
-        if orphans:
-            fsync_directory(root)
+            target = root / ORPHANS / name
+            for n in itertools.count(2):
+                if not target.exists():
+                    break
+                target = root / ORPHANS / f"{name}.{n}"
+            move_durably(root / name, target)
     return tuple(orphans)
 
 

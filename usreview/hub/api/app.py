@@ -6,7 +6,7 @@
 :class:`~usreview.ingest.WorkerPool` without waiting for it (its workers import while
 the rest starts; an upload that arrives first waits for its worker), opens the archive
 (SQLite in ``STATE/archive``, or ``database_url``), recovers it and its results feed
-after a crash, removes teaching-case folders a crash left without their case
+after a crash, moves aside teaching-case folders left without their case
 (:func:`~usreview.store.teaching.remove_orphan_cases`, logged and audited), empties the
 spool and quarantine folders, and builds the :class:`~usreview.ingest.Ingestor` with the
 hub's keys and the registered sites' keys. All of it is done before the service serves,
@@ -230,20 +230,21 @@ def recover_shared_state(
 def _recover(state: HubState, archive: Archive) -> dict[str, Any]:
     """Recover the archive, its results and teaching cases after a crash; what was done."""
     report = archive.recover()
-    results_removed = archive.results.recover()
-    teaching_removed = remove_orphan_cases(archive)
-    if teaching_removed:
+    results = archive.results.recover()
+    teaching_held = remove_orphan_cases(archive)
+    if teaching_held:
         _log.warning(
-            "removed %d teaching-case folder(s) left without their case by a crash: %s",
-            len(teaching_removed),
-            ", ".join(teaching_removed),
+            "moved %d teaching-case folder(s) without their case to teaching/orphans/: %s",
+            len(teaching_held),
+            ", ".join(teaching_held),
         )
     return {
         "orphans_held": len(report.orphans),
         "temp_files_removed": report.temp_files_removed,
         "missing": list(report.missing),
-        "results_removed": results_removed,
-        "teaching_orphans_removed": list(teaching_removed),
+        "results_temp_files_removed": results.temp_files_removed,
+        "results_orphans_held": len(results.orphans),
+        "teaching_orphans_held": list(teaching_held),
     }
 
 
