@@ -201,6 +201,10 @@ def test_init_takes_the_site_names_the_hub_takes(tmp_path: Path, name: str) -> N
         ("backoff_max = 60.0", "backoff_max = 0.1", "upload.backoff_max"),
         ("wait = 30.0", "wait = 600", "results.wait"),
         ("min_free_mb = 1000", "min_free_mb = -5", "gateway.min_free_mb"),
+        ("give_up_after_hours = 24.0", "give_up_after_hours = -1", "upload.give_up_after_hours"),
+        ('bind = "0.0.0.0"', 'bind = "10.0.0.300"', "gateway.bind"),
+        ('bind = "0.0.0.0"', 'bind = "gate way"', "gateway.bind"),
+        ('bind = "0.0.0.0"', 'bind = ""', "gateway.bind"),
         ('url = "https://hub.example.org:8443"', 'url = "ftp://x"', "hub.url"),
         ("https://hub.example.org:8443", "https://hub.example.org:abc", "hub.url"),
         ("https://hub.example.org:8443", "https://hub.example.org:99999", "hub.url"),
@@ -227,6 +231,67 @@ def test_bad_settings_are_named(site_dir: Path, old: str, new: str, setting: str
         load_config(config)
     assert info.value.setting == setting
     assert setting in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "setting", "suggestion"),
+    [
+        ("min_free_mb = 1000", "min_free_MB = 20000", "gateway.min_free_MB", "gateway.min_free_mb"),
+        ("backoff_max = 60.0", "backof_max = 5.0", "upload.backof_max", "upload.backoff_max"),
+        ("[results]", "[result]", "result", "[results]"),
+        ('host = "10.0.0.5"', 'hots = "10.0.0.5"', "pacs[0].hots", "pacs.host"),
+        ("follow = true", "follow = true\nmin_free_mb = 5", "results.min_free_mb", "[gateway]"),
+        ("[site]", 'spool = "elsewhere"\n[site]', "spool", "tables:"),
+    ],
+)
+def test_unknown_settings_and_tables_are_named_with_the_closest_known_name(
+    site_dir: Path, old: str, new: str, setting: str, suggestion: str
+) -> None:
+    # Before: each loaded with the default in force (min_free_mb 1000, backoff_max 60,
+    # the results followed, the PACS's host missing was the only complaint).
+    config = site_dir / "site.toml"
+    _edit(config, old, new)
+    with pytest.raises(SiteConfigError) as info:
+        load_config(config)
+    assert info.value.setting == setting
+    message = str(info.value)
+    assert f": {setting}: unknown " in message and suggestion in message, message
+
+
+def test_every_setting_init_writes_is_known_and_hostnames_may_bind(site_dir: Path) -> None:
+    config = site_dir / "site.toml"
+    loaded = load_config(config)
+    assert loaded.give_up_after_hours == 24.0 and loaded.bind == "0.0.0.0"
+    _edit(config, 'bind = "0.0.0.0"', 'bind = "localhost"')
+    assert load_config(config).bind == "localhost"  # resolved when the gateway starts
+    _edit(config, 'bind = "localhost"', 'bind = "::1"')
+    assert load_config(config).bind == "::1"
+
+
+def test_a_bind_name_that_does_not_resolve_is_named_before_anything_listens(
+    tmp_path: Path,
+) -> None:
+    # Before: the gateway built, then "Name or service not known" when it listened,
+    # naming no setting.
+    from usreview.site import Gateway
+    from usreview.site.status import gateway_running
+
+    write_key_pair(generate_keys("hub"), tmp_path / "hubkeys")
+    site = init_site(
+        "clinic",
+        "http://127.0.0.1:9",
+        tmp_path / "site",
+        hub_public_key=tmp_path / "hubkeys" / "hub.pub",
+        allowed_calling_ae_titles=["SCANNER"],
+    )
+    (tmp_path / "site" / "token").write_text("unused\n")
+    (tmp_path / "site" / "token").chmod(0o600)
+    _edit(site.config, 'bind = "0.0.0.0"', 'bind = "no-such-host.invalid"')
+    with pytest.raises(SiteConfigError) as info:
+        Gateway(load_config(site.config))
+    assert info.value.setting == "gateway.bind"
+    assert "gateway.bind: 'no-such-host.invalid' cannot be resolved" in str(info.value)
+    assert not gateway_running(tmp_path / "site" / "state")  # the state lock released
 
 
 def test_not_toml_and_missing(tmp_path: Path) -> None:
@@ -362,6 +427,8 @@ def test_cli_init_prints_the_public_key(tmp_path: Path, capsys: pytest.CaptureFi
         '{"last_upload": {"at": NaN}, "last_result": {"at": Infinity, "id": 4}}',
         '{"errors": ["oops", {"at": "noon", "where": "upload", "message": "x"}]}',
         '{"last_upload": "x", "last_result": [1], "errors": {"a": 1}}',
+        '{"hub": "unreachable", "hub_since": "noon", "held": [1], "given_up": "x", '
+        '"results_follower": {"state": "failed", "at": "noon"}, "errors": [{"count": "x"}]}',
         "[1, 2]",
         "{not json",
     ],

@@ -43,7 +43,7 @@ from tests.site_helpers import (
     wait_until,
 )
 from usreview.ingest.receipts import verify_receipt
-from usreview.site import SiteConfig, Spool, load_config, read_status
+from usreview.site import SiteConfig, Spool, format_status, load_config, read_status
 from usreview.site.client import HubClient
 from usreview.site.studies import read_journal
 
@@ -444,8 +444,9 @@ def test_a_site_clock_ahead_keeps_the_instance_until_it_is_fixed(
         time.sleep(3)  # several tries (the backoff is capped at 2 s here): none rejects it
         assert [item.sop_instance_uid for item in spool.pending()] == [uid]
         assert read_status(site).rejected == 0
-        tries = len([e for e in _errors(site) if "bad_envelope" in e["message"]])
+        tries = sum(e["count"] for e in _errors(site) if "bad_envelope" in e["message"])
         assert 2 <= tries <= 8  # with backoff, not a hot loop
+        assert read_status(site).recorded["hub"] == "refusing"
         ahead[0] = 0.0  # NTP fixed
         wait_until(lambda: spool_empty(config), timeout=30)
     finally:
@@ -488,13 +489,165 @@ def test_only_an_instance_bad_in_itself_is_rejected_and_one_held_back_blocks_non
     )
     # No decoder at the hub: kept in the spool, and the site is told what to do.
     assert [item.sop_instance_uid for item in spool.pending()] == [sop_uid(deflated)]
-    held = [e for e in _errors(site) if sop_uid(deflated) in e["message"]]
-    assert held and all("kept in the spool" in e["message"] for e in held)
-    assert held[-1]["advice"].startswith(
+    (held,) = [e for e in _errors(site) if sop_uid(deflated) in e["message"]]  # one entry
+    assert "kept in the spool" in held["message"]
+    assert held["advice"].startswith(
         "the hub is missing a decoder for transfer syntax 1.2.840.10008.1.2.1.99 "
         "(Deflated Explicit VR Little Endian): tell the hub's administrator"
     )
-    assert 2 <= len(held) <= 6  # 0.5, 1, 2, 4 s...: not a hot loop
+    assert 2 <= held["count"] <= 6  # 0.5, 1, 2, 4 s...: not a hot loop
+
+
+def _deflated(source: Path, folder: Path, **study: Any) -> Path:
+    """A copy of ``source`` in a transfer syntax the hub has no decoder for (it refuses
+    it for now, never for good)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    (path,) = copies(source, 1, folder, **study)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _status_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*USREVIEW, "site", "status", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("damage", ["replay.sqlite", "inbox"])
+def test_a_results_follower_that_cannot_start_stops_no_upload(
+    hub: Hub, simulated: list[Path], tmp_path: Path, damage: str
+) -> None:
+    # Before: the upload process built the results follower before it uploaded; its
+    # exception (not a UsreviewError) ended the process at every start, and the scanner
+    # heard "stored" while nothing reached the hub.
+    name = f"clinic-{'y' if damage == 'inbox' else 'z'}"
+    config, port = enroll(hub, name, tmp_path / "site")
+    site = load_config(config)
+    site.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (site.state / damage).write_bytes(b"not a database, nor a folder\n" * 100)
+    gateway = start_gateway(config, port, tmp_path / "gateway.log")
+    try:
+        study = generate_uid()
+        files = copies(simulated[0], 5, tmp_path / "exam", study_uid=study)
+        run = storescu(port, files)
+        assert run.returncode == 0 and len(run.succeeded) == len(files), run.output[-2000:]
+        wait_until(lambda: spool_empty(config), timeout=60, step=0.2)
+        assert {sop_uid(p) for p in files} <= set(held_at_hub(config))
+        assert read_status(site).gateway["upload_process"].get("restarts") == 0
+        assert not any("upload process ended" in e["message"] for e in _errors(site))
+        if damage != "inbox":  # what a damaged cache raises is the results side's to say
+            return
+        wait_until(lambda: "results_follower" in read_status(site).recorded)
+        follower = read_status(site).recorded["results_follower"]
+        assert follower["state"] == "failed" and follower["error"].startswith(
+            "FileExistsError: "
+        ), follower
+        shown = _status_cli(config).stdout
+        assert "the results follower cannot start (" in shown and "uploads go on" in shown
+        checked = _status_cli(config, "--check")
+        assert checked.returncode == 1, checked.stdout
+        assert "the results follower cannot start: FileExistsError" in checked.stdout
+        # Fixed: the follower starts at its next try, and the results come.
+        (site.state / "inbox").unlink()
+        result = hub.publish(_sr(tmp_path / "report.dcm", study), study, [name], "report")
+        outbox = site.outbox / study / f"{result:08d}-report.dcm"
+        wait_until(outbox.exists, timeout=60, step=0.5)
+        assert read_status(site).recorded["results_follower"]["state"] == "running"
+    finally:
+        gateway.stop()
+
+
+def test_an_unreadable_spool_file_holds_back_itself_alone(
+    hub: Hub, simulated: list[Path], tmp_path: Path
+) -> None:
+    # Before: its OSError paused every upload with the site's backoff, growing to
+    # backoff_max, and it was tried first again after each pause: a study waited for it.
+    config, _ = enroll(hub, "clinic-w", tmp_path / "site")
+    config.write_text(config.read_text().replace("backoff_max = 2.0", "backoff_max = 60.0"))
+    site = load_config(config)
+    spool = Spool(site.spool)
+    bad = generate_uid()
+    # Reading it fails with EIO, as a bad sector does: /proc/self/mem's first page is
+    # never mapped.
+    (site.spool / f"{bad}_{'0' * 64}.dcm").symlink_to("/proc/self/mem")
+    uploader = _uploading(site, spool)
+    uploader.start()
+    try:
+        wait_until(lambda: read_status(site).held.get(bad, {}).get("tries", 0) >= 3, 30)
+        files = copies(simulated[1], 5, tmp_path / "exam")
+        started = time.monotonic()
+        for path in files:
+            spool.put(sop_uid(path), path.read_bytes())
+        wait_until(lambda: [i.sop_instance_uid for i in spool.pending()] == [bad], 30, 0.05)
+        took = time.monotonic() - started
+    finally:
+        uploader.stop()
+    assert took < 5.0, took  # before: until the site-wide pause (4 s, then 8 s...) ended
+    assert {sop_uid(p) for p in files} <= set(held_at_hub(config))
+    status = read_status(site)
+    held = status.held[bad]
+    assert held["reason"] == f"{bad}: its spool file cannot be read (Input/output error)"
+    assert held["advice"].startswith("the spool file cannot be read at the site: check its")
+    assert status.recorded["hub"] == "ok"
+    assert not any("(next try in " in e["message"] for e in _errors(site))  # no pause
+    assert f"  held {bad}: its spool file cannot be read (Input/output error) (" in (
+        format_status(status)
+    )
+
+
+def test_an_instance_refused_for_now_is_shown_held_then_given_up(
+    hub: Hub, simulated: list[Path], tmp_path: Path
+) -> None:
+    # Before: tried again every 5 minutes forever, one error entry per try, and
+    # 'site status --accession' said "1 waiting" with no reason.
+    config, _ = enroll(hub, "clinic-x", tmp_path / "site")
+    text = config.read_text()
+    config.write_text(text.replace("give_up_after_hours = 24.0", "give_up_after_hours = 0.006"))
+    site = load_config(config)
+    spool = Spool(site.spool)
+    study = generate_uid()
+    deflated = _deflated(simulated[0], tmp_path / "d", study_uid=study, accession="ACC-88")
+    good = copies(simulated[0], 2, tmp_path / "good", study_uid=study, accession="ACC-88")
+    uid = sop_uid(deflated)
+    for path in [deflated, *good]:
+        spool.put(sop_uid(path), path.read_bytes())
+    uploader = _uploading(site, spool)
+    uploader.start()
+    try:
+        wait_until(lambda: read_status(site).held.get(uid, {}).get("tries", 0) >= 2, 20)
+        shown = _status_cli(config, "--accession", "ACC-88").stdout
+        assert "3 received, 2 acknowledged by the hub, 1 waiting, 0 rejected" in shown
+        assert f"  held {uid}: the hub refused (422 rejected_instance): " in shown, shown
+        assert re.search(r"\((\d+) tries since [-\d]+ [:\d]+, next try ", shown), shown
+        doc = json.loads(_status_cli(config, "--accession", "ACC-88", "--json").stdout)
+        assert doc["studies"][0]["instances"]["held"][uid]["tries"] >= 2
+        checked = _status_cli(config, "--check")
+        assert checked.returncode == 2  # no gateway runs here: the uploader alone
+        assert "1 instance(s) held back (oldest: the hub refused (422" in checked.stdout
+        assert len([e for e in _errors(site) if "rejected_instance" in e["message"]]) == 1
+        # Held for upload.give_up_after_hours (21.6 s here): given up, set aside.
+        wait_until(lambda: read_status(site).rejected == 1, timeout=60)
+    finally:
+        uploader.stop()
+    (note,) = Spool(site.spool).rejected()
+    assert note["sop_instance_uid"] == uid
+    assert re.match(r"given up after \d+ s and \d+ tries: the hub refused \(422 ", note["reason"])
+    status = read_status(site)
+    assert status.given_up == 1 and status.held == {} and status.spool_depth == 0
+    assert status.recorded["given_up"]["count"] == 1
+    checked = _status_cli(config, "--check")
+    assert "1 instance(s) given up after being held back too long" in checked.stdout
+    shown = _status_cli(config, "--accession", "ACC-88").stdout
+    assert "3 received, 2 acknowledged by the hub, 0 waiting, 1 rejected" in shown
+    assert f"  rejected {uid}: given up after " in shown
+    assert "1 given up after being held back too long" in format_status(status)
 
 
 def test_a_requeued_instance_is_uploaded(

@@ -181,7 +181,9 @@ def _cmd_site_pull(args: argparse.Namespace) -> int:
     from usreview.site import load_config
     from usreview.site.pull import pull_results
 
-    report = pull_results(load_config(args.config), retry_refused=args.retry_refused)
+    report = pull_results(
+        load_config(args.config), retry_refused=args.retry_refused, cursor=args.cursor
+    )
     for result_id, path in [*report.retried, *report.delivered]:
         print(f"result {result_id}: {path if path is not None else 'not delivered (see status)'}")
     left = report.pacs_pending
@@ -205,14 +207,22 @@ _SITE_PULL = Command(
     "outbox and to the PACS. Refused while a gateway or its upload process runs (they "
     "deliver them themselves). --retry-refused first opens again the results put aside in "
     "state/refused/ because they did not open (the hub's key or the site's keys were wrong "
-    "or rotated): fix the keys, then retry. Exit status 1 when a PACS delivery is still "
-    "pending or a result is still refused.",
+    "or rotated): fix the keys, then retry. --cursor N sets the results cursor first (when "
+    "state/results.cursor is damaged or missing: the error names N). Exit status 1 when a "
+    "PACS delivery is still pending or a result is still refused.",
     args=(
         _config(),
         arg(
             "--retry-refused",
             action="store_true",
             help="open again the results put aside in state/refused/",
+        ),
+        arg(
+            "--cursor",
+            type=int,
+            metavar="N",
+            help="first set the results cursor to N: results after N are delivered, those up "
+            "to N are not (after state/results.cursor was damaged or lost)",
         ),
     ),
 )
@@ -347,21 +357,48 @@ _SITE_REJECTED = Command(
 )
 
 
+_DURATION = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``--max-age``: a number of seconds, or with a unit: ``90s``, ``15m``, ``2h``, ``1d``."""
+    import re
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*", text.lower())
+    if found is None or float(found[1]) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: a number of seconds, or 90s, 15m, 2h, 1d"
+        )
+    return float(found[1]) * _DURATION[found[2] or ""]
+
+
 def _cmd_site_status(args: argparse.Namespace) -> int:
     from usreview import _json as strict_json
+    from usreview.errors import InputError
     from usreview.site import format_status, load_config, read_status
-    from usreview.site.status import read_study_status
-    from usreview.site.studies import format_study_reports
+    from usreview.site.status import (
+        format_study_status,
+        read_held,
+        read_study_status,
+        study_status_doc,
+    )
 
+    if args.check:
+        if args.study is not None or args.accession is not None or args.json:
+            raise InputError("--check prints one line: not with --study, --accession or --json")
+        return _check(args)
+    if args.max_age is not None:
+        raise InputError("--max-age goes with --check")
     config = load_config(args.config)
     if args.study is not None or args.accession is not None:
         reports = read_study_status(config, study=args.study, accession=args.accession)
+        held = read_held(config)
         if args.json:
-            doc = {"studies": [report.to_dict() for report in reports]}
+            doc = study_status_doc(reports, held)
             sys.stdout.write(strict_json.dumps(doc, indent=2) + "\n")
         else:
             asked = f"study {args.study}" if args.study else f"accession {args.accession}"
-            sys.stdout.write(format_study_reports(reports, asked))
+            sys.stdout.write(format_study_status(reports, held, asked))
         return 0
     status = read_status(config)
     if args.json:
@@ -371,16 +408,42 @@ def _cmd_site_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """``site status --check``: one line, and the Nagios exit status."""
+    from usreview.errors import UsreviewError
+    from usreview.site import load_config, read_status
+    from usreview.site.status import CheckState, check_status
+
+    max_age = args.max_age if args.max_age is not None else DEFAULT_MAX_AGE
+    try:
+        state, line = check_status(read_status(load_config(args.config)), max_age)
+    except (UsreviewError, OSError) as exc:  # the check itself cannot run
+        state, line = CheckState.UNKNOWN, f"UNKNOWN: {exc}"
+    print(line)
+    return int(state)
+
+
+#: ``site status --check --max-age``'s default (seconds).
+DEFAULT_MAX_AGE = 3600.0
+
 _SITE_STATUS = Command(
     "status",
-    help="spool depth, last upload, last result, errors; or one study's journey",
+    help="spool depth, last upload, last result, errors; one study's journey; or a check",
     handler=_cmd_site_status,
     description="Show the site's state from its folders (works with or without a "
-    "running gateway; no network): spool, uploads, results, results refused, PACS "
-    "deliveries pending and failed per destination, recent errors. With --study UID or "
-    "--accession N, one block per study from the per-study journal (STATE/studies.jsonl, "
-    "30 days): instances received, acknowledged by the hub, waiting and rejected; results "
-    "received by kind; delivered to each PACS, pending or failed.",
+    "running gateway; no network): the gateway and its upload process (restarts, and why "
+    "it last ended), the hub, spool, instances held back (why, tries, since when), "
+    "uploads, results, results refused, PACS deliveries pending and failed per "
+    "destination, scanners refused, recent errors (each with how often it repeated). "
+    "With --study UID or --accession N, one block per study from the per-study journal "
+    "(STATE/studies.jsonl, 30 days): instances received, acknowledged by the hub, waiting "
+    "(and why any is held back) and rejected; results received by kind; delivered to each "
+    "PACS, pending or failed. With --check, one line for monitoring and the Nagios exit "
+    "status: 0 OK, 1 WARNING (instances held back or given up, a scanner refused, the "
+    "upload process restarted, the results follower not starting), 2 CRITICAL (the "
+    "gateway not running, its upload process restarting, the hub unreachable or an "
+    "instance waiting for longer than --max-age, a scanner refused for want of space), "
+    "3 UNKNOWN (site.toml unreadable).",
     args=(
         _config(),
         one_of(
@@ -388,6 +451,18 @@ _SITE_STATUS = Command(
             arg("--accession", metavar="N", help="the studies with this accession number"),
         ),
         json_flag("as JSON"),
+        arg(
+            "--check",
+            action="store_true",
+            help="one line and exit status 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios)",
+        ),
+        arg(
+            "--max-age",
+            type=parse_duration,
+            metavar="DURATION",
+            help="with --check: how long an instance may wait for upload, or the hub be "
+            "unreachable, before it is critical (seconds, or 90s, 15m, 2h, 1d; default 1h)",
+        ),
     ),
 )
 

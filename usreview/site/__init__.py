@@ -13,6 +13,9 @@ into an outbox folder and to the clinic's PACS. Modules (one responsibility each
     backoff     exponential backoff with jitter
     results     following the results feed (long-poll, persisted cursor, replay cache)
     deliver     the outbox folder and C-STORE to the PACS (durable retry markers)
+    pacs_senders one thread per PACS sending its queue
+    identity    the study a result names itself; the quarantine
+    cursor      the results cursor, read strictly (backup, site pull --cursor)
     supersede   amendments: superseded results move aside, the new summary says so
     push        one-shot upload of files or folders
     progress    push's progress bar (rate, time left) or plain lines

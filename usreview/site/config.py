@@ -2,7 +2,9 @@
 
 Relative paths in the file are relative to the file's folder, so a site folder can be
 moved as a whole. Every problem is a :class:`SiteConfigError` that names the setting
-(``gateway.port``, ``hub.url``, ...) and says what to write instead.
+(``gateway.port``, ``hub.url``, ...) and says what to write instead; a table or a setting
+that is not one of those below (a typo: ``min_free_MB``, ``[result]``) is refused too,
+naming it and the closest known name, rather than silently left at its default.
 
 The file written by :func:`init_site`::
 
@@ -43,6 +45,7 @@ The file written by :func:`init_site`::
     backoff_initial = 0.5
     backoff_max = 60.0
     timeout = 60.0
+    give_up_after_hours = 24.0         # an instance held back this long goes to rejected/
 
     [results]
     follow = true
@@ -52,13 +55,14 @@ The file written by :func:`init_site`::
 from __future__ import annotations
 
 import contextlib
+import difflib
 import ipaddress
 import json
 import os
 import re
 import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +100,9 @@ __all__ = [
 
 #: MB the spool's disk keeps free by default (``gateway.min_free_mb``).
 DEFAULT_MIN_FREE_MB = 1000
+#: Hours an instance the hub refuses for now is tried again before it is given up
+#: (``upload.give_up_after_hours``; 0: never).
+DEFAULT_GIVE_UP_AFTER_HOURS = 24.0
 
 DEFAULT_AE_TITLE = "USREVIEW"
 DEFAULT_PORT = 11112
@@ -110,6 +117,28 @@ _PASSPHRASE_ENV = "USREVIEW_KEY_PASSPHRASE"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _AE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # printable, no backslash
 _PACS = re.compile(r"(?:(?P<name>[A-Za-z0-9_-]+)=)?(?P<ae>[^@]+)@(?P<host>[^:]+):(?P<port>\d+)")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+#: Every table of site.toml and its settings (``pacs`` is an array of tables).
+_KNOWN: dict[str, frozenset[str]] = {
+    "site": frozenset({"name", "private_key", "retired_keys"}),
+    "hub": frozenset({"url", "certificate", "public_key", "token_file"}),
+    "gateway": frozenset(
+        {
+            "ae_title",
+            "bind",
+            "port",
+            "allowed_calling_ae_titles",
+            "min_free_mb",
+            "tls_certificate",
+            "tls_private_key",
+            "tls_client_ca",
+        }
+    ),
+    "pacs": frozenset({"name", "ae_title", "host", "port"}),
+    "folders": frozenset({"spool", "spool_key", "retired_spool_keys", "outbox", "state"}),
+    "upload": frozenset({"backoff_initial", "backoff_max", "timeout", "give_up_after_hours"}),
+    "results": frozenset({"follow", "wait"}),
+}
 #: The ``site init`` option behind each setting it writes: its errors name the option.
 _INIT_OPTIONS = {
     "site.name": "NAME",
@@ -166,6 +195,10 @@ class SiteConfig:
     #: Space the spool's disk keeps free (``gateway.min_free_mb``, in MB): an instance that
     #: would leave less is refused with 0xA700, which scanners keep and send again.
     min_free_bytes: int = DEFAULT_MIN_FREE_MB * 10**6
+    #: Hours an instance held back (the hub refuses it for now, or its file cannot be
+    #: read) is tried again before it is given up: moved to ``rejected/`` with the reason
+    #: (``upload.give_up_after_hours``; 0: never).
+    give_up_after_hours: float = DEFAULT_GIVE_UP_AFTER_HOURS
 
     @property
     def api_url(self) -> str:
@@ -329,6 +362,7 @@ def load_config(path: Path) -> SiteConfig:
 
 def _parse(r: _Reader) -> SiteConfig:
     """The checked settings of ``r``'s document (no file is read)."""
+    _check_known(r)
     name = r.text("site.name")
     if not _NAME.fullmatch(name):
         raise r._fail("site.name", f"invalid site name {name!r}: lowercase letters, digits, _ -")
@@ -373,7 +407,7 @@ def _parse(r: _Reader) -> SiteConfig:
         hub_public_key=r.path("hub.public_key", "hub.pub"),
         token_file=r.path("hub.token_file", "token"),
         ae_title=r.ae_title("gateway.ae_title", r.text("gateway.ae_title", DEFAULT_AE_TITLE)),
-        bind=r.text("gateway.bind", "0.0.0.0"),
+        bind=_check_bind(r, r.text("gateway.bind", "0.0.0.0")),
         port=port,
         allowed_calling_ae_titles=allowed,
         tls_certificate=tls_cert,
@@ -391,7 +425,73 @@ def _parse(r: _Reader) -> SiteConfig:
         follow_results=r.get("results.follow", bool, True),
         results_wait=r.number("results.wait", 30.0, 0, 60),
         min_free_bytes=int(r.number("gateway.min_free_mb", DEFAULT_MIN_FREE_MB, 0, 10**7) * 10**6),
+        give_up_after_hours=r.number(
+            "upload.give_up_after_hours", DEFAULT_GIVE_UP_AFTER_HOURS, 0, 24 * 365
+        ),
     )
+
+
+def _closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name ``name`` is most likely a typo of (case aside), or None."""
+    known = list(known)
+    by_case = {k.lower(): k for k in known}
+    if name.lower() in by_case:
+        return by_case[name.lower()]
+    found = difflib.get_close_matches(name.lower(), list(by_case), n=1, cutoff=0.6)
+    return by_case[found[0]] if found else None
+
+
+def _check_known(r: _Reader) -> None:
+    """Refuse a table or a setting that site.toml does not have (a typo would otherwise
+    leave the default in force, silently), naming it and the closest known name."""
+    for table, value in r.doc.items():
+        if table not in _KNOWN:
+            guess = _closest(table, _KNOWN)
+            kind = "table" if isinstance(value, Mapping | list) else "setting"
+            raise r._fail(
+                table,
+                f"unknown {kind}"
+                + (f"; did you mean [{guess}]?" if guess else f"; the tables: {_tables()}"),
+            )
+        items = value if isinstance(value, list) else [value]
+        for n, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                continue  # the table's own reader names it
+            where = f"{table}[{n}]" if isinstance(value, list) else table
+            for key in item:
+                if key not in _KNOWN[table]:
+                    raise r._fail(f"{where}.{key}", _unknown_setting(table, key))
+
+
+def _unknown_setting(table: str, key: str) -> str:
+    """What to say of setting ``key`` that table ``table`` does not have."""
+    guess = _closest(key, _KNOWN[table])
+    if guess is not None:
+        return f"unknown setting; did you mean {table}.{guess}?"
+    elsewhere = [t for t, keys in _KNOWN.items() if key in keys]
+    if elsewhere:
+        return f"unknown setting in [{table}]; it belongs in [{elsewhere[0]}]"
+    return f"unknown setting; [{table}] has: {', '.join(sorted(_KNOWN[table]))}"
+
+
+def _tables() -> str:
+    return ", ".join(f"[[{t}]]" if t == "pacs" else f"[{t}]" for t in _KNOWN)
+
+
+def _check_bind(r: _Reader, value: str) -> str:
+    """``gateway.bind``: an IP address, or a host name (resolved when the gateway starts)."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(value)
+        return value
+    labels = value.rstrip(".").split(".")
+    numeric = all(label.isdigit() for label in labels)
+    if numeric or len(value) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in labels):
+        raise r._fail(
+            "gateway.bind",
+            f"{value!r} is not an IP address or a host name (0.0.0.0: every interface; "
+            "127.0.0.1: this machine only)",
+        )
+    return value
 
 
 def _load_private(path: Path, where: str) -> PrivateKeys:
@@ -827,6 +927,9 @@ def _render(
         "backoff_initial = 0.5",
         "backoff_max = 60.0",
         "timeout = 60.0",
+        "# hours an instance the hub refuses for now (too large, no decoder) is tried",
+        "# again before it is given up: moved to spool/rejected/ with the reason (0: never)",
+        f"give_up_after_hours = {DEFAULT_GIVE_UP_AFTER_HOURS}",
         "",
         "[results]",
         "follow = true",

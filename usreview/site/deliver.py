@@ -5,37 +5,55 @@ The outbox gets every result as ``OUTBOX/STUDY_UID/ID-KIND.EXT`` (``.dcm`` for D
 written atomically (temporary file, fsync, rename, folder fsync): a file there is
 complete. A result that supersedes an earlier one moves the earlier one's files to
 ``OUTBOX/STUDY_UID/superseded/`` and its summary says so (:mod:`usreview.site.supersede`).
-A DICOM result also goes to each configured PACS. Sending to a PACS is retried until it
-succeeds: before the first try a marker ``STATE/pacs/NAME/ID.json`` is written durably,
-and it is removed only after the PACS answered success, so a PACS that is down (or a
-gateway that is killed) delays a delivery but never loses it. A result the PACS refuses
-for what it is (a failure status other than "out of resources" or "processing failure",
-no presentation context for it) will not be taken later either: its marker moves to
-``STATE/pacs/NAME/failed/`` with the reason, and the next results go on. "Processing
-failure" (0x0110), which PACS often answer for a passing trouble, is retried with the
-queue's backoff, :data:`PROCESSING_FAILURE_TRIES` times in all (counted in the marker)
-before it is set aside. :meth:`PacsQueue.retry_failed` moves what was set aside back into
-the queue (``usreview site pacs --retry-failed``). Delivering twice is harmless: same file
-name, same SOP Instance UID at the PACS. The outbox folder of a study is its Study
-Instance UID, or ``unknown-study`` for a name that is not a UID.
+The outbox folder of a study is its Study Instance UID, or ``unknown-study`` for a name
+that is not a UID.
+
+A DICOM result also goes to each configured PACS, from the queue's own copy, never from
+the outbox (which belongs to the clinic: an EMR import job may move its files away at any
+time). :meth:`PacsQueue.enqueue` first puts the DICOM file into each destination's folder
+as ``STATE/pacs/NAME/ID.dcm`` (mode 0600: a hard link of the opened result when it is
+private to this user on the same filesystem, a durable copy otherwise), then writes the
+marker ``STATE/pacs/NAME/ID.json`` durably; both are removed only after the PACS answered
+success, so a PACS that is down (or a gateway that is killed) delays a delivery but never
+loses it. A result the PACS refuses for what it is (a failure status other than "out of
+resources" or "processing failure", no presentation context for it), and a delivery whose
+file is missing (nothing of ours removes it), will not be taken later either: marker and
+file move to ``STATE/pacs/NAME/failed/`` with the reason, and the next results go on.
+"Processing failure" (0x0110), which PACS often answer for a passing trouble, is retried
+with the queue's backoff, :data:`PROCESSING_FAILURE_TRIES` times in all (counted in the
+marker) before it is set aside. :meth:`PacsQueue.retry_failed` moves what was set aside
+back into the queue (``usreview site pacs --retry-failed``). Delivering twice is
+harmless: same file name, same SOP Instance UID at the PACS.
+
+A delivery's file is where its marker is (``NAME/ID.dcm``) or, while a move between the
+queue and ``failed/`` is interrupted, in the other folder: it is looked for in both, so a
+crash between the two steps of a move loses nothing. Markers written before the queue
+kept copies (``{"result", "path"}`` naming the outbox file) are still sent from the outbox
+file, or from its ``superseded/`` copy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
-from collections.abc import Iterator
+import socket
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
 
 from usreview.dicom.header import is_uid
 from usreview.envelope.atomic import fsync_directory, replace_file, replacing_file
@@ -44,13 +62,17 @@ from usreview.site.errors import DeliveryError
 from usreview.site.supersede import SUPERSEDED, annotate, retire, superseded_files
 
 __all__ = [
+    "FAILED",
+    "PACS_TIMEOUT",
     "PROCESSING_FAILURE_TRIES",
     "FailedDelivery",
     "PacsQueue",
     "PendingDelivery",
+    "break_association",
     "copy_durably",
     "deliver_to_outbox",
     "is_dicom",
+    "place_copy",
     "send_to_pacs",
 ]
 
@@ -65,6 +87,10 @@ _PROCESSING_FAILURE = 0x0110
 PROCESSING_FAILURE_TRIES = 5
 #: Where a delivery the PACS will never take is set aside, in each destination's folder.
 FAILED = "failed"
+#: Seconds the PACS has to accept an association and answer each message.
+PACS_TIMEOUT = 30.0
+#: ``os.link`` errors that mean "no hard link here": the file is copied instead.
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EACCES)
 
 
 def is_dicom(path: Path) -> bool:
@@ -159,9 +185,18 @@ def deliver_to_outbox(
 
 
 def send_to_pacs(
-    destination: PacsDestination, path: Path, *, calling_ae_title: str, timeout: float = 30.0
+    destination: PacsDestination,
+    path: Path,
+    *,
+    calling_ae_title: str,
+    timeout: float = PACS_TIMEOUT,
+    connected: Callable[[Association], None] | None = None,
 ) -> None:
     """C-STORE the DICOM file ``path`` to ``destination``.
+
+    ``connected`` is called with the association as soon as its connection is open (before
+    the PACS answers): :func:`break_association` from another thread then ends a PACS's
+    silence at once instead of after ``timeout``.
 
     Raises
     ------
@@ -184,7 +219,12 @@ def send_to_pacs(
         raise DeliveryError(
             f"{path.name} cannot go to {where}: not readable DICOM ({exc})", permanent=True
         ) from None
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    handlers: list[Any] = []
+    if connected is not None:
+        handlers.append((evt.EVT_CONN_OPEN, lambda event: connected(event.assoc)))
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=handlers
+    )
     if not assoc.is_established:
         raise DeliveryError(f"{where}: association refused or failed")
     try:
@@ -210,39 +250,108 @@ def send_to_pacs(
         raise DeliveryError(message, permanent=permanent)
 
 
+def break_association(assoc: Association) -> None:
+    """Shut the socket of ``assoc`` (any thread): a C-STORE or an association request that
+    waits for a silent PACS ends at once, as a failed delivery (tried again later)."""
+    raw = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if raw is not None:
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_RDWR)
+
+
 @dataclass(frozen=True)
 class PendingDelivery:
     """A result waiting to be sent to one PACS."""
 
     destination: str
     result_id: int
+    #: The queue's own copy of the DICOM file (``NAME/ID.dcm``); for a marker written
+    #: before the queue kept copies, the outbox file it names.
     path: Path
     marker: Path
     #: Failed tries counted so far (those that may succeed later but not forever).
     attempts: int = 0
+    #: The study's outbox folder name (its Study Instance UID, or ``unknown-study``).
+    study: str = ""
+    #: Where the result was delivered in the outbox (for people; never read to send).
+    outbox: Path | None = None
+    #: The result's SOP Instance UID, when known.
+    sop_instance_uid: str | None = None
+    #: False for a marker written before the queue kept copies (sent from the outbox).
+    copied: bool = True
 
-    @property
-    def study(self) -> str:
-        """The study's outbox folder name (its Study Instance UID, or ``unknown-study``)."""
-        folder = self.path.parent
-        return folder.parent.name if folder.name == SUPERSEDED else folder.name
+    def note(self, **extra: Any) -> bytes:
+        """The marker's JSON (with ``extra`` members, e.g. ``reason``)."""
+        doc: dict[str, Any] = {"result": self.result_id, "study": self.study}
+        if self.copied:
+            doc["file"] = self.path.name
+        else:
+            doc["path"] = str(self.path)
+        if self.outbox is not None:
+            doc["outbox"] = str(self.outbox)
+        if self.sop_instance_uid is not None:
+            doc["sop_instance_uid"] = self.sop_instance_uid
+        doc.update(extra)
+        return json.dumps(doc).encode()
 
 
 @dataclass(frozen=True)
 class FailedDelivery:
-    """A result set aside in ``NAME/failed/``: the PACS refused it."""
+    """A result set aside in ``NAME/failed/``: the PACS refused it, or its file was gone."""
 
     destination: str
     result_id: int
+    #: The copy kept beside the note (``NAME/failed/ID.dcm``), or the outbox file an
+    #: older note names.
     path: Path
     reason: str
     marker: Path
+    study: str = ""
+
+
+def _study_of(path: Path) -> str:
+    """An outbox file's study folder name (``superseded/`` looked through)."""
+    folder = path.parent
+    return folder.parent.name if folder.name == SUPERSEDED else folder.name
+
+
+def _read_pending(destination: str, marker: Path) -> PendingDelivery:
+    """The delivery a marker (or a note in ``failed/``) describes.
+
+    Raises
+    ------
+    OSError, ValueError, KeyError, TypeError
+        The marker cannot be read.
+    """
+    doc = json.loads(marker.read_text())
+    attempts = doc.get("attempts", 0)
+    outbox = doc.get("outbox")
+    sop = doc.get("sop_instance_uid")
+    if "file" in doc:
+        path = marker.with_name(Path(str(doc["file"])).name)  # only ever beside the marker
+        copied = True
+        study = doc.get("study") or (_study_of(Path(outbox)) if isinstance(outbox, str) else "")
+    else:  # written before the queue kept copies: the outbox file itself
+        path = Path(doc["path"])
+        copied = False
+        study = doc.get("study") or _study_of(path)
+    return PendingDelivery(
+        destination,
+        int(doc["result"]),
+        path,
+        marker,
+        attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0,
+        str(study),
+        Path(outbox) if isinstance(outbox, str) else None,
+        sop if isinstance(sop, str) else None,
+        copied,
+    )
 
 
 @contextlib.contextmanager
 def _holding(folder: Path) -> Iterator[None]:
     """Hold the lock of one PACS's queue ``folder`` (``.lock`` in it): moving a delivery
-    between the queue and ``failed/`` is two steps, which another process must not
+    between the queue and ``failed/`` is several steps, which another process must not
     interleave (the gateway setting one aside while ``site pacs --retry-failed`` moves it
     back lost both markers)."""
     fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -253,8 +362,48 @@ def _holding(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _private(path: Path) -> bool:
+    """Whether ``path`` is a regular file of this user that nobody else may read."""
+    st = os.stat(path)
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def place_copy(source: Path, target: Path) -> None:
+    """Make ``target`` (mode 0600) hold the bytes of ``source``, durably, replacing it.
+
+    A hard link when ``source`` is already private to this user (mode 0600, so the link
+    is too) and on the same filesystem; a copy otherwise (another filesystem, a file the
+    clinic's group may read, no hard links there).
+    """
+    if _private(source):
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.link")
+        try:
+            _fsync_file(source)  # its bytes on disk before a durable name points at them
+            os.link(source, tmp)
+            os.replace(tmp, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if exc.errno not in _NO_LINK:
+                raise
+        else:
+            fsync_directory(target.parent)
+            return
+    with replacing_file(target, mode=0o600) as out, open(source, "rb") as fin:
+        shutil.copyfileobj(fin, out, 1 << 20)
+
+
 class PacsQueue:
-    """Durable markers of results still to send to each PACS, under ``STATE/pacs``.
+    """Durable markers of results still to send to each PACS, and their copies, under
+    ``STATE/pacs``.
 
     Parameters
     ----------
@@ -264,48 +413,88 @@ class PacsQueue:
         The configured PACS.
     calling_ae_title
         The AE title the gateway calls the PACS with.
+    timeout
+        Seconds a PACS has to accept an association and to answer each message.
     """
 
     def __init__(
-        self, root: Path, destinations: tuple[PacsDestination, ...], calling_ae_title: str
+        self,
+        root: Path,
+        destinations: tuple[PacsDestination, ...],
+        calling_ae_title: str,
+        *,
+        timeout: float = PACS_TIMEOUT,
     ) -> None:
         self.root = Path(root)
         self.destinations = {d.name: d for d in destinations}
         self.calling_ae_title = calling_ae_title
+        self.timeout = timeout
 
-    def enqueue(self, result_id: int, path: Path) -> None:
-        """Record durably that ``path`` must reach every PACS."""
+    def enqueue(
+        self,
+        result_id: int,
+        path: Path,
+        *,
+        study: str | None = None,
+        sop_instance_uid: str | None = None,
+        outbox: Path | None = None,
+    ) -> None:
+        """Record durably that the DICOM file ``path`` must reach every PACS.
+
+        Each destination gets its own ``ID.dcm`` (:func:`place_copy`: ``path`` may go
+        or change afterwards), then its marker. ``study`` (default: the name of
+        ``path``'s outbox folder), ``sop_instance_uid`` and ``outbox`` (where the
+        result was delivered) are recorded with it.
+
+        Raises
+        ------
+        OSError
+            A copy or a marker could not be written (what was written stays queued).
+        """
+        first: Path | None = None
         for name in self.destinations:
             folder = self.root / name
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            note = json.dumps({"result": result_id, "path": str(path)}).encode()
-            replace_file(folder / f"{result_id:08d}.json", note, mode=0o600)
+            target = folder / f"{result_id:08d}.dcm"
+            place_copy(first or path, target)
+            first = first or target  # the others link to the first copy (0600, here)
+            item = PendingDelivery(
+                name,
+                result_id,
+                target,
+                folder / f"{result_id:08d}.json",
+                study=study if study is not None else _study_of(outbox or path),
+                outbox=outbox,
+                sop_instance_uid=sop_instance_uid,
+            )
+            replace_file(item.marker, item.note(), mode=0o600)
 
-    def pending(self) -> list[PendingDelivery]:
-        """Everything not yet delivered, oldest result first."""
+    def pending(self, destination: str | None = None) -> list[PendingDelivery]:
+        """Everything not yet delivered (to one destination, or all), oldest result first."""
         items = []
-        for name in self.destinations:
-            for marker in sorted((self.root / name).glob("*.json")):  # not failed/'s
+        names = [destination] if destination is not None else list(self.destinations)
+        for name in names:
+            for marker in sorted((self.root / name).glob("[!.]*.json")):  # not failed/'s
                 with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                    doc = json.loads(marker.read_text())
-                    attempts = doc.get("attempts", 0)
-                    items.append(
-                        PendingDelivery(
-                            name,
-                            int(doc["result"]),
-                            Path(doc["path"]),
-                            marker,
-                            attempts if isinstance(attempts, int) else 0,
-                        )
-                    )
+                    items.append(_read_pending(name, marker))
         return items
+
+    def source(self, item: PendingDelivery) -> Path | None:
+        """The file to send for ``item``: its copy in the queue (or in ``failed/``, where
+        an interrupted move left it); for an older marker, the outbox file (or its
+        ``superseded/`` copy). None when there is none."""
+        if item.copied:
+            candidates = [item.path, item.path.parent / FAILED / item.path.name]
+        else:
+            candidates = [item.path, item.path.parent / SUPERSEDED / item.path.name]
+        return next((p for p in candidates if p.is_file()), None)
 
     def count_failure(self, item: PendingDelivery) -> int:
         """Count one more failed try of ``item`` in its marker (durably); return the count."""
         attempts = item.attempts + 1
-        note = {"result": item.result_id, "path": str(item.path), "attempts": attempts}
-        if item.marker.exists():
-            replace_file(item.marker, json.dumps(note).encode(), mode=0o600)
+        with _holding(item.marker.parent):
+            if item.marker.exists():
+                replace_file(item.marker, item.note(attempts=attempts), mode=0o600)
         return attempts
 
     def failed(self, destination: str | None = None) -> list[FailedDelivery]:
@@ -313,16 +502,13 @@ class PacsQueue:
         items = []
         names = [destination] if destination is not None else list(self.destinations)
         for name in names:
-            for marker in sorted((self.root / name / FAILED).glob("*.json")):
+            for marker in sorted((self.root / name / FAILED).glob("[!.]*.json")):
                 with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                    doc = json.loads(marker.read_text())
+                    item = _read_pending(name, marker)
+                    reason = json.loads(marker.read_text()).get("reason", "")
                     items.append(
                         FailedDelivery(
-                            name,
-                            int(doc["result"]),
-                            Path(doc["path"]),
-                            str(doc.get("reason", "")),
-                            marker,
+                            name, item.result_id, item.path, str(reason), marker, item.study
                         )
                     )
         return items
@@ -331,8 +517,9 @@ class PacsQueue:
         """Move the deliveries set aside (of one destination, or all) back into the queue.
 
         Each gets a fresh marker (written durably, as :meth:`enqueue` does, with no tries
-        counted) before its note in ``failed/`` is removed, so an interruption leaves it
-        queued, or in both places (sending twice is harmless). Returns those moved back.
+        counted) and its copy moves back before its note in ``failed/`` is removed, so an
+        interruption leaves it queued, or in both places (sending twice is harmless).
+        Returns those moved back.
 
         Raises
         ------
@@ -344,46 +531,124 @@ class PacsQueue:
             raise DeliveryError(f"no PACS named {destination!r} in site.toml (configured: {known})")
         moved = []
         for item in self.failed(destination):
-            note = json.dumps({"result": item.result_id, "path": str(item.path)}).encode()
-            with _holding(item.marker.parent.parent):  # not while the gateway sets it aside
+            folder = item.marker.parent.parent
+            with _holding(folder):  # not while the gateway sets it aside
                 if not item.marker.exists():
                     continue
-                replace_file(item.marker.parent.parent / item.marker.name, note, mode=0o600)
+                try:
+                    aside = _read_pending(item.destination, item.marker)
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                marker = folder / item.marker.name
+                if aside.copied:
+                    back = PendingDelivery(
+                        aside.destination,
+                        aside.result_id,
+                        folder / aside.path.name,
+                        marker,
+                        study=aside.study,
+                        outbox=aside.outbox,
+                        sop_instance_uid=aside.sop_instance_uid,
+                    )
+                    replace_file(marker, back.note(), mode=0o600)
+                    if aside.path.exists():
+                        os.replace(aside.path, back.path)
+                else:
+                    replace_file(marker, aside.note(), mode=0o600)
                 item.marker.unlink(missing_ok=True)
                 fsync_directory(item.marker.parent)
+                fsync_directory(folder)
             moved.append(item)
         return moved
 
-    def send(self, item: PendingDelivery) -> None:
-        """Send one pending delivery; remove its marker on success.
+    def send(
+        self,
+        item: PendingDelivery,
+        *,
+        connected: Callable[[Association], None] | None = None,
+    ) -> None:
+        """Send one pending delivery; remove its marker and copy on success.
+
+        ``connected``: see :func:`send_to_pacs`.
 
         Raises
         ------
         DeliveryError
-            The PACS could not take it (the marker stays for the next try).
+            The PACS could not take it (the marker stays for the next try), or its file
+            is missing (``permanent``: to set aside, with the reason).
         """
-        path = item.path
-        if not path.exists():  # superseded meanwhile: the PACS still gets the earlier one
-            path = path.parent / SUPERSEDED / path.name
-        if not path.exists():
-            item.marker.unlink(missing_ok=True)
+        source = self.source(item)
+        if source is None:
+            where = item.path if item.copied else f"{item.path} (the outbox)"
             raise DeliveryError(
-                f"result {item.result_id}: {item.path} left the outbox before it reached "
-                f"PACS {item.destination}; it will not be sent"
+                f"result {item.result_id}: its DICOM file for PACS {item.destination} is "
+                f"missing ({where}); not sent",
+                permanent=True,
             )
         send_to_pacs(
-            self.destinations[item.destination], path, calling_ae_title=self.calling_ae_title
+            self.destinations[item.destination],
+            source,
+            calling_ae_title=self.calling_ae_title,
+            timeout=self.timeout,
+            connected=connected,
         )
-        item.marker.unlink(missing_ok=True)
+        with _holding(item.marker.parent):
+            item.marker.unlink(missing_ok=True)  # first: a crash leaves a copy, not a marker
+            if item.copied:
+                item.path.unlink(missing_ok=True)
+                aside = item.path.parent / FAILED / item.path.name
+                if not aside.with_suffix(".json").exists():  # an interrupted set_aside's
+                    aside.unlink(missing_ok=True)
         _log.info("result %s delivered to PACS %s", item.result_id, item.destination)
 
     def set_aside(self, item: PendingDelivery, reason: str) -> Path:
-        """Move a delivery the PACS will never take to ``NAME/failed/`` with ``reason``."""
+        """Move a delivery the PACS will never take to ``NAME/failed/`` with ``reason``
+        (its copy too, for :meth:`retry_failed`); return the note's path."""
         folder = item.marker.parent / FAILED
         folder.mkdir(mode=0o700, exist_ok=True)
-        note = json.dumps({"result": item.result_id, "path": str(item.path), "reason": reason})
         aside = folder / item.marker.name
         with _holding(item.marker.parent):  # not while site pacs --retry-failed moves it back
-            replace_file(aside, note.encode(), mode=0o600)
+            if item.copied:
+                kept = PendingDelivery(
+                    item.destination,
+                    item.result_id,
+                    folder / item.path.name,
+                    aside,
+                    study=item.study,
+                    outbox=item.outbox,
+                    sop_instance_uid=item.sop_instance_uid,
+                )
+                replace_file(aside, kept.note(reason=reason), mode=0o600)
+                if item.path.exists():
+                    os.replace(item.path, kept.path)
+            else:
+                replace_file(aside, item.note(reason=reason), mode=0o600)
             item.marker.unlink(missing_ok=True)
+            fsync_directory(folder)
+            fsync_directory(item.marker.parent)
         return aside
+
+    def remove_orphans(self) -> list[Path]:
+        """Remove the copies no marker or note names, and temporary files, that a crash
+        left (``enqueue`` writes the copy first); only for the one process that delivers,
+        when it starts. Returns what was removed."""
+        removed: list[Path] = []
+        for name in self.destinations:
+            folder = self.root / name
+            if not folder.is_dir():
+                continue
+            with _holding(folder):
+                for sub in (folder, folder / FAILED):
+                    for path in sub.glob(".*"):
+                        if path.name != ".lock" and path.is_file():
+                            path.unlink(missing_ok=True)
+                            removed.append(path)
+                    for path in sub.glob("[!.]*.dcm"):
+                        notes = (
+                            folder / f"{path.stem}.json",
+                            folder / FAILED / f"{path.stem}.json",
+                        )
+                        if not any(note.exists() for note in notes):
+                            path.unlink(missing_ok=True)
+                            removed.append(path)
+        return removed

@@ -1,10 +1,21 @@
-"""What a site is doing: the gateway's status file and ``usreview site status``.
+"""What a site is doing: the status files and ``usreview site status``.
 
-The gateway's upload process (and ``pull``) record events in a :class:`StatusBook`,
-which keeps ``STATE/status.json`` up to date (written atomically, at most every half
-second); one process writes it at a time (the one holding ``STATE/uploader.lock``, or
-``pull``, which holds the gateway's lock). The ``status`` command reads it together with
-the spool and the results cursor, so it works while a gateway runs and when none does.
+Two files in the state folder, each written by one process at a time (atomically):
+
+- ``status.json``: the upload process (and ``pull``) record uploads, results, errors,
+  instances held back and instances given up in a :class:`StatusBook` (at most every
+  half second); the writer is the process holding ``STATE/uploader.lock``, or ``pull``,
+  which holds the gateway's lock. An error that repeats (the same refusal of other
+  instances, the same outage) is one entry with a count and its first and last times,
+  so it never pushes the others out of the last :data:`MAX_ERRORS`.
+- ``gateway.json``: the gateway's own process records its upload process (running or
+  restarting, how often, and why it last ended: its last line on stderr) and the
+  scanners it refused (C-STORE answered with a failure, associations rejected), in a
+  :class:`GatewayBook`.
+
+The ``status`` command reads them together with the spool and the results cursor, so it
+works while a gateway runs and when none does; :func:`check_status` sums them up in one
+line with a Nagios exit status (``site status --check``).
 """
 
 from __future__ import annotations
@@ -12,94 +23,110 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 from usreview.site.config import SiteConfig
 from usreview.site.errors import GatewayRunningError, SiteError
 from usreview.site.spool import Spool
-from usreview.site.studies import InstanceHeader, StudyReport, instance_header, study_reports
+from usreview.site.studies import (
+    InstanceHeader,
+    StudyReport,
+    format_study_reports,
+    instance_header,
+    study_reports,
+)
 
 __all__ = [
+    "GIVEN_UP",
+    "HEALTHY_RUN",
+    "MAX_ERRORS",
+    "CheckState",
+    "GatewayBook",
     "SiteStatus",
     "StateLock",
     "StatusBook",
+    "check_status",
+    "duration",
+    "format_held",
     "format_status",
+    "format_study_status",
     "gateway_running",
     "local_time",
     "read_cursor",
+    "read_held",
     "read_status",
     "read_study_status",
+    "study_status_doc",
 ]
 
 STATUS_FILE = "status.json"
+GATEWAY_FILE = "gateway.json"
 CURSOR_FILE = "results.cursor"
 LOCK_FILE = "gateway.lock"
 UPLOADER_LOCK_FILE = "uploader.lock"
-_MAX_ERRORS = 20
+#: Distinct errors kept in ``status.json`` (each with its count).
+MAX_ERRORS = 20
+#: How the reason of an instance given up starts, in its ``rejected/`` note.
+GIVEN_UP = "given up after"
+#: An upload process that ran this long before it ended was working: it is restarted
+#: quickly, and its earlier ends no longer count as a crash loop.
+HEALTHY_RUN = 60.0
+#: How the upload process's last line on stderr starts when it fails (``TYPE: message``
+#: follows): the gateway shows the rest in the status.
+UPLOAD_PROCESS_FAILED = "usreview site gateway (upload process): "
+#: The C-STORE status of a refusal for want of space (the scanner keeps the instance).
+OUT_OF_RESOURCES = 0xA700
+#: What repeats of one error do not share: UIDs and IP addresses, hashes, numbers.
+_VARYING = (
+    (re.compile(r"\b\d+(?:\.\d+){2,}\b"), "#"),
+    (re.compile(r"\b[0-9a-f]{16,}\b"), "#"),
+    (re.compile(r"\d+(?:\.\d+)?"), "#"),
+)
 
 
-class StatusBook:
-    """Thread-safe record of uploads, results and errors, mirrored to ``status.json``.
+def _number(value: Any) -> float | None:
+    """``value`` if it is a finite number (not a bool), else None (a damaged record)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
-    Parameters
-    ----------
-    state
-        The site's state folder.
-    """
 
-    def __init__(self, state: Path, *, min_interval: float = 0.5) -> None:
-        self.path = Path(state) / STATUS_FILE
+def _error_key(where: str, message: str) -> str:
+    """What the repeats of one error share: ``where`` and the message with its UIDs,
+    addresses, hashes and numbers blanked."""
+    for pattern, blank in _VARYING:
+        message = pattern.sub(blank, message)
+    return f"{where}|{message}"
+
+
+class _Book:
+    """A JSON document mirrored to a file of the state folder: written atomically when
+    it changed, at most every ``min_interval`` seconds unless forced; a full disk or a
+    read-only folder loses an update, never the process."""
+
+    def __init__(self, path: Path, doc: dict[str, Any], min_interval: float) -> None:
+        self.path = path
         self._lock = threading.Lock()
         self._min_interval = min_interval
         self._written = 0.0
         self._dirty = False
-        self._doc: dict[str, Any] = {"uploads": 0, "results": 0, "errors": []}
-        with contextlib.suppress(OSError, ValueError):
+        self._doc = doc
+        with contextlib.suppress(OSError, ValueError):  # what the last writer left
             old = json.loads(self.path.read_text())
             if isinstance(old, dict):
                 self._doc.update(old)
 
-    def uploaded(self, sop_instance_uid: str, duplicate: bool) -> None:
-        """One instance acknowledged by a verified receipt."""
-        last = {"sop_instance_uid": sop_instance_uid, "at": time.time(), "duplicate": duplicate}
-        self._update("uploads", last_upload=last, hub="ok")
-
-    def result(self, result_id: int, label: str, where: list[str]) -> None:
-        """One result delivered."""
-        last = {"id": result_id, "label": label, "at": time.time(), "to": where}
-        self._update("results", last_result=last, hub="ok")
-
-    def error(
-        self, where: str, message: str, *, hub_down: bool = False, advice: str | None = None
-    ) -> None:
-        """Record an error (the last few are kept), with what to do about it if known."""
-        with self._lock:
-            errors = list(self._doc.get("errors", []))[-(_MAX_ERRORS - 1) :]
-            entry = {"at": time.time(), "where": where, "message": message}
-            if advice:
-                entry["advice"] = advice
-            errors.append(entry)
-            self._doc["errors"] = errors
-            if hub_down:
-                self._doc["hub"] = "unreachable"
-            self._dirty = True
-        self.flush(force=True)
-
-    def _update(self, counter: str, **values: Any) -> None:
-        with self._lock:
-            self._doc.update(values)
-            self._doc[counter] = int(self._doc.get(counter, 0)) + 1
-            self._dirty = True
-        self.flush()
-
     def flush(self, *, force: bool = False) -> None:
-        """Write ``status.json`` if something changed (throttled unless ``force``)."""
+        """Write the file if something changed (throttled unless ``force``)."""
         with self._lock:
             now = time.monotonic()
             if not self._dirty or (not force and now - self._written < self._min_interval):
@@ -107,10 +134,234 @@ class StatusBook:
             data = json.dumps(self._doc, indent=1).encode()
             self._dirty = False
             self._written = now
-            tmp = self.path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             with contextlib.suppress(OSError):
                 tmp.write_bytes(data)
                 os.replace(tmp, self.path)
+
+
+class StatusBook(_Book):
+    """Thread-safe record of uploads, results and errors, mirrored to ``status.json``.
+
+    Parameters
+    ----------
+    state
+        The site's state folder.
+    min_interval
+        Seconds between two writes of the file (unless forced).
+    """
+
+    def __init__(self, state: Path, *, min_interval: float = 0.5) -> None:
+        super().__init__(
+            Path(state) / STATUS_FILE, {"uploads": 0, "results": 0, "errors": []}, min_interval
+        )
+
+    def uploaded(self, sop_instance_uid: str, duplicate: bool) -> None:
+        """One instance acknowledged by a verified receipt."""
+        last = {"sop_instance_uid": sop_instance_uid, "at": time.time(), "duplicate": duplicate}
+        self._update("uploads", last_upload=last)
+
+    def result(self, result_id: int, label: str, where: list[str]) -> None:
+        """One result delivered."""
+        last = {"id": result_id, "label": label, "at": time.time(), "to": where}
+        self._update("results", last_result=last)
+
+    def error(
+        self,
+        where: str,
+        message: str,
+        *,
+        hub_down: bool = False,
+        advice: str | None = None,
+        key: str | None = None,
+        hub: str | None = None,
+    ) -> None:
+        """Record an error, with what to do about it if known.
+
+        Repeats of an error (same ``where`` and ``key``; without a key, the same message
+        but for its UIDs, addresses and numbers) are one entry: ``count``, ``first`` and
+        ``at`` (the last time), the latest message and advice. The last
+        :data:`MAX_ERRORS` distinct ones are kept. ``hub_down`` records the hub as
+        unreachable; ``hub`` records another state of it (``"refusing"``).
+        """
+        now = time.time()
+        group = f"{where}|{key}" if key else _error_key(where, message)
+        with self._lock:
+            recorded = self._doc.get("errors")
+            errors = (
+                [e for e in recorded if isinstance(e, dict)] if isinstance(recorded, list) else []
+            )
+            entry: dict[str, Any] = {
+                "at": now,
+                "first": now,
+                "count": 1,
+                "where": where,
+                "message": message,
+                "key": group,
+            }
+            for previous in [e for e in errors if e.get("key") == group]:
+                errors.remove(previous)
+                first, count = _number(previous.get("first")), _number(previous.get("count"))
+                entry["first"] = first if first is not None else now
+                entry["count"] = int(count) + 1 if count is not None and count >= 1 else 2
+            if advice:
+                entry["advice"] = advice
+            errors.append(entry)
+            self._doc["errors"] = errors[-MAX_ERRORS:]
+            if hub_down:
+                self._set_hub("unreachable", now)
+            elif hub is not None:
+                self._set_hub(hub, now)
+            self._dirty = True
+        self.flush(force=True)
+
+    def held(
+        self,
+        sop_instance_uid: str,
+        *,
+        reason: str,
+        advice: str | None,
+        tries: int,
+        since: float,
+        next_try: float,
+    ) -> None:
+        """An instance kept in the spool and tried again later (refused for now, or its
+        file unreadable): why, how many tries, since when, the next try (Unix times)."""
+        record: dict[str, Any] = {
+            "reason": reason,
+            "tries": tries,
+            "since": since,
+            "last": time.time(),
+            "next": next_try,
+        }
+        if advice:
+            record["advice"] = advice
+        with self._lock:
+            self._held()[sop_instance_uid] = record
+            self._dirty = True
+        self.flush()
+
+    def held_since(self, sop_instance_uid: str) -> tuple[float, int] | None:
+        """``(since, tries)`` of an instance recorded as held (by this process or the
+        one before it), or None."""
+        with self._lock:
+            record = self._held().get(sop_instance_uid)
+        if not isinstance(record, dict):
+            return None
+        since, tries = _number(record.get("since")), _number(record.get("tries"))
+        if since is None:
+            return None
+        return since, int(tries) if tries is not None and tries >= 0 else 0
+
+    def released(self, sop_instance_uid: str) -> None:
+        """The instance is no longer held (acknowledged, rejected, or gone)."""
+        with self._lock:
+            if self._held().pop(sop_instance_uid, None) is not None:
+                self._dirty = True
+
+    def keep_held(self, sop_instance_uids: set[str]) -> None:
+        """Forget the instances held that are not among ``sop_instance_uids`` (those in
+        the spool): they left it otherwise."""
+        with self._lock:
+            held = self._held()
+            for uid in [uid for uid in held if uid not in sop_instance_uids]:
+                del held[uid]
+                self._dirty = True
+
+    def given_up(self, sop_instance_uid: str, reason: str) -> None:
+        """An instance held for too long, moved to ``rejected/``: counted, the last kept."""
+        now = time.time()
+        with self._lock:
+            self._held().pop(sop_instance_uid, None)
+            previous = self._doc.get("given_up")
+            count = _number(previous.get("count")) if isinstance(previous, dict) else None
+            self._doc["given_up"] = {
+                "count": int(count or 0) + 1,
+                "last": {"sop_instance_uid": sop_instance_uid, "at": now, "reason": reason},
+            }
+            self._dirty = True
+        self.flush(force=True)
+
+    def follower(self, state: str, error: str | None = None) -> None:
+        """The results follower's state: ``"running"``, or ``"failed"`` with why."""
+        record: dict[str, Any] = {"state": state, "at": time.time()}
+        if error is not None:
+            record["error"] = error
+        with self._lock:
+            self._doc["results_follower"] = record
+            self._dirty = True
+        self.flush(force=True)
+
+    def _held(self) -> dict[str, Any]:
+        """The held instances' records (a damaged value is replaced); holds the lock."""
+        held = self._doc.get("held")
+        if not isinstance(held, dict):
+            held = self._doc["held"] = {}
+        return held
+
+    def _set_hub(self, state: str, now: float) -> None:
+        """The hub's state, and since when it is in it; holds the lock."""
+        if self._doc.get("hub") != state or _number(self._doc.get("hub_since")) is None:
+            self._doc["hub"] = state
+            self._doc["hub_since"] = now
+
+    def _update(self, counter: str, **values: Any) -> None:
+        with self._lock:
+            self._doc.update(values)
+            count = _number(self._doc.get(counter))
+            self._doc[counter] = int(count or 0) + 1
+            self._set_hub("ok", time.time())
+            self._dirty = True
+        self.flush()
+
+
+class GatewayBook(_Book):
+    """The gateway process's record, mirrored to ``gateway.json``: its upload process
+    (state, restarts, why it last ended) and the scanners it refused.
+
+    Parameters
+    ----------
+    state
+        The site's state folder.
+    min_interval
+        Seconds between two writes of the file (unless forced).
+    """
+
+    def __init__(self, state: Path, *, min_interval: float = 1.0) -> None:
+        super().__init__(Path(state) / GATEWAY_FILE, {}, min_interval)  # counts go on
+
+    def scanner_refused(self, status: int, reason: str, calling_ae_title: str | None) -> None:
+        """A scanner was refused: a C-STORE answered with failure ``status``, or its
+        association rejected (``status`` 0). Counted; the last time and reason kept."""
+        now = time.time()
+        with self._lock:
+            record = self._doc.get("scanner_refusals")
+            record = record if isinstance(record, dict) else {}
+            count = _number(record.get("count"))
+            first = _number(record.get("first"))
+            self._doc["scanner_refusals"] = {
+                "count": int(count or 0) + 1,
+                "first": first if first is not None else now,
+                "last": now,
+                "status": status,
+                "reason": reason,
+                "calling_ae_title": calling_ae_title,
+            }
+            self._dirty = True
+        self.flush()
+
+    def upload_process(self, state: str, **values: Any) -> None:
+        """The upload process is ``"running"``, ``"restarting"`` or ``"stopped"``;
+        ``values`` update its record (``pid``, ``restarts``, ``failures``, ``last_exit``)."""
+        with self._lock:
+            record = self._doc.get("upload_process")
+            record = record if isinstance(record, dict) else {}
+            if record.get("state") != state:
+                record["since"] = time.time()
+            record.update(values, state=state)
+            self._doc["upload_process"] = record
+            self._dirty = True
+        self.flush(force=True)
 
 
 @dataclass(frozen=True)
@@ -128,11 +379,26 @@ class SiteStatus:
     recorded: Mapping[str, Any] = field(default_factory=dict)
     #: Results put aside in ``state/refused/`` (they did not open).
     results_refused: int = 0
+    #: Results kept in ``state/quarantine/``: their content names another study.
+    results_quarantined: int = 0
+    #: Why the results cursor cannot be used (no result is delivered), or ``None``.
+    results_cursor_problem: str | None = None
     #: Per PACS: deliveries ``pending`` in its queue and ``failed`` (set aside).
     pacs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    #: The spool's instances the upload process holds back: SOP Instance UID -> why
+    #: (``reason``, ``tries``, ``since``, ``next``, as ``status.json`` records them).
+    held: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Instances in ``rejected/`` because they were held back for too long.
+    given_up: int = 0
+    #: When the oldest instance waiting and not held back was spooled.
+    oldest_waiting: float | None = None
+    #: What the gateway's process records (``gateway.json``): its upload process, the
+    #: scanners it refused.
+    gateway: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
+        recorded = {key: value for key, value in self.recorded.items() if key != "held"}
         return {
             "site": self.site,
             "hub_url": self.hub_url,
@@ -141,12 +407,19 @@ class SiteStatus:
                 "depth": self.spool_depth,
                 "bytes": self.spool_bytes,
                 "oldest": self.oldest_spooled,
+                "oldest_waiting": self.oldest_waiting,
+                "held": len(self.held),
                 "rejected": self.rejected,
+                "given_up": self.given_up,
             },
             "results_cursor": self.results_cursor,
             "results_refused": self.results_refused,
+            "results_quarantined": self.results_quarantined,
+            "results_cursor_problem": self.results_cursor_problem,
             "pacs": {name: dict(counts) for name, counts in self.pacs.items()},
-            **dict(self.recorded),
+            **recorded,
+            "held": {uid: dict(record) for uid, record in self.held.items()},
+            "gateway": dict(self.gateway),
         }
 
 
@@ -231,32 +504,67 @@ def read_cursor(state: Path) -> int:
     return int(value) if isinstance(value, int) else 0
 
 
+def _read_doc(path: Path) -> dict[str, Any]:
+    """A status file's document ({} when missing or damaged)."""
+    with contextlib.suppress(OSError, ValueError):
+        doc = json.loads(path.read_text())
+        if isinstance(doc, dict):
+            return doc
+    return {}
+
+
+def _held_in(recorded: Mapping[str, Any], uids: set[str]) -> dict[str, Mapping[str, Any]]:
+    """The records of the instances held back that are still in the spool (``uids``)."""
+    held = recorded.get("held")
+    if not isinstance(held, dict):
+        return {}
+    return {uid: r for uid, r in held.items() if uid in uids and isinstance(r, dict)}
+
+
 def read_status(config: SiteConfig) -> SiteStatus:
     """Collect the site's status from its folders (no network)."""
-    pending = Spool(config.spool).pending() if config.spool.exists() else []
-    rejected = len(Spool(config.spool).rejected()) if config.spool.exists() else 0
-    recorded: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        doc = json.loads((config.state / STATUS_FILE).read_text())
-        if isinstance(doc, dict):
-            recorded = doc
+    spool = Spool(config.spool) if config.spool.exists() else None
+    pending = spool.pending() if spool is not None else []
+    notes = spool.rejected() if spool is not None else []
+    recorded = _read_doc(config.state / STATUS_FILE)
+    held = _held_in(recorded, {item.sop_instance_uid for item in pending})
+    waiting = [item for item in pending if item.sop_instance_uid not in held]
     pacs = {
         name: {"pending": len(queued), "failed": len(failed)}
         for name, (queued, failed) in _pacs_queues(config).items()
     }
     return SiteStatus(
+        results_quarantined=len(list((config.state / "quarantine").glob("*.envelope"))),
+        results_cursor_problem=_cursor_problem(config),
         site=config.name,
         hub_url=config.hub_url,
         gateway_running=gateway_running(config.state),
         spool_depth=len(pending),
         spool_bytes=sum(item.size for item in pending),
         oldest_spooled=pending[0].spooled_at if pending else None,
-        rejected=rejected,
+        rejected=len(notes),
         results_cursor=read_cursor(config.state),
         recorded=recorded,
         results_refused=len(list((config.state / "refused").glob("*.envelope"))),
         pacs=pacs,
+        held=held,
+        given_up=sum(1 for note in notes if str(note.get("reason", "")).startswith(GIVEN_UP)),
+        oldest_waiting=waiting[0].spooled_at if waiting else None,
+        gateway=_read_doc(config.state / GATEWAY_FILE),
     )
+
+
+def _cursor_problem(config: SiteConfig) -> str | None:
+    """Why the results cursor cannot be used (:func:`usreview.site.cursor.load_cursor`)."""
+    from usreview.site.cursor import ResultsCursorError, load_cursor  # it imports this module
+
+    if not config.follow_results:
+        return None
+    try:
+        load_cursor(config)
+    except ResultsCursorError as exc:
+        return str(exc)
+    return None
 
 
 def _pacs_queues(config: SiteConfig) -> dict[str, tuple[set[int], dict[int, str]]]:
@@ -307,6 +615,58 @@ def read_study_status(
     )
 
 
+def read_held(config: SiteConfig) -> dict[str, Mapping[str, Any]]:
+    """The spool's instances the upload process holds back, with why (from
+    ``status.json``): SOP Instance UID -> ``reason``, ``tries``, ``since``, ``next``."""
+    pending = Spool(config.spool).pending() if config.spool.exists() else []
+    recorded = _read_doc(config.state / STATUS_FILE)
+    return _held_in(recorded, {item.sop_instance_uid for item in pending})
+
+
+def _held_of(report: StudyReport, held: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The waiting instances of ``report`` that are held back, sorted."""
+    return sorted(uid for uid, s in report.instances.items() if s == "waiting" and uid in held)
+
+
+def study_status_doc(
+    reports: list[StudyReport], held: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """``site status --study/--accession --json``: each report's dict, its instances held
+    back under ``instances.held`` (SOP Instance UID -> ``reason``, ``tries``, ``since``)."""
+    docs = []
+    for report in reports:
+        doc = report.to_dict()
+        doc["instances"]["held"] = {uid: dict(held[uid]) for uid in _held_of(report, held)}
+        docs.append(doc)
+    return {"studies": docs}
+
+
+def format_held(uid: str, record: Mapping[str, Any]) -> str:
+    """One instance held back: ``held UID: reason (N tries since T, next try T)``."""
+    reason = str(record.get("reason", "?")).removeprefix(f"{uid}: ")
+    tries = _number(record.get("tries"))
+    since = local_time(record.get("since")) or "?"
+    text = f"held {uid}: {reason} ({int(tries or 0)} tries since {since}"
+    following = local_time(record.get("next"))
+    return text + (f", next try {following})" if following else ")")
+
+
+def format_study_status(
+    reports: list[StudyReport], held: Mapping[str, Mapping[str, Any]], asked: str
+) -> str:
+    """``site status --study/--accession``: the reports' blocks, each with a line per
+    instance held back (why, how many tries, since when) after its instance counts."""
+    if not reports:
+        return format_study_reports(reports, asked)
+    blocks = []
+    for report in reports:
+        lines = format_study_reports([report], asked).splitlines()
+        extra = [f"  {format_held(uid, held[uid])}" for uid in _held_of(report, held)]
+        at = next((i for i, line in enumerate(lines) if line.startswith("results ")), len(lines))
+        blocks.append("\n".join(lines[:at] + extra + lines[at:]) + "\n")
+    return "\n".join(blocks)
+
+
 def local_time(moment: Any) -> str | None:
     """A Unix time as local ``YYYY-MM-DD HH:MM:SS``; ``None`` when it is not one (a damaged
     record: text, 1e20, NaN)."""
@@ -325,8 +685,24 @@ def _ago(moment: Any) -> str:
     return f"{stamp} ({max(0, time.time() - moment):.0f} s ago)"
 
 
+def duration(seconds: float) -> str:
+    """``seconds`` for people: ``45 s``, ``12 min``, ``3.5 h``, ``2.0 days``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _exit_reason(last_exit: Mapping[str, Any]) -> str:
+    """Why the upload process last ended, as the gateway recorded it."""
+    return str(last_exit.get("reason") or f"exit status {last_exit.get('code', '?')}")
 
 
 def format_status(status: SiteStatus) -> str:
@@ -335,20 +711,48 @@ def format_status(status: SiteStatus) -> str:
     rec = status.recorded
     upload = _mapping(rec.get("last_upload"))
     result = _mapping(rec.get("last_result"))
+    hub = rec.get("hub", "unknown")
+    hub_since = _number(rec.get("hub_since"))
+    given_up = (
+        f"; {status.given_up} given up after being held back too long ('site rejected "
+        "--requeue UID' once the cause is fixed)"
+        if status.given_up
+        else ""
+    )
     lines = [
         f"site          {status.site} -> {status.hub_url}",
         f"gateway       {'running' if status.gateway_running else 'not running'}",
-        f"hub           {rec.get('hub', 'unknown')}",
+        *_upload_process_lines(status),
+        f"hub           {hub}" + (f" since {_ago(hub_since)}" if hub_since is not None else ""),
         f"spool         {status.spool_depth} instance(s), {status.spool_bytes / 1e6:.1f} MB"
         + (f", oldest {_ago(status.oldest_spooled)}" if status.oldest_spooled else ""),
-        f"rejected      {status.rejected} (see the spool's rejected/ folder)",
+        f"held          {len(status.held)} instance(s) held back, each tried again on its own",
+        *(
+            f"  {format_held(uid, record)}"
+            for uid, record in sorted(
+                status.held.items(), key=lambda item: _number(item[1].get("since")) or 0.0
+            )[:5]
+        ),
+        f"rejected      {status.rejected} (see the spool's rejected/ folder){given_up}",
         f"uploads       {rec.get('uploads', 0)}, last {_ago(upload.get('at'))}"
         + (f" {upload.get('sop_instance_uid')}" if upload else ""),
         f"results       {rec.get('results', 0)}, last {_ago(result.get('at'))}"
         + (f" #{result.get('id')} {result.get('label')}" if result else "")
-        + f" (cursor {status.results_cursor})",
+        + f" (cursor {status.results_cursor})"
+        + (
+            " (cursor unusable: results are not delivered)" if status.results_cursor_problem else ""
+        ),
+        *(
+            [f"cursor        {status.results_cursor_problem}"]
+            if status.results_cursor_problem
+            else []
+        ),
+        *_follower_lines(rec),
         f"refused       {status.results_refused} result(s) that did not open (state/refused/;"
-        " 'site pull --retry-refused' once the keys are fixed)",
+        " tried again by the gateway at start and hourly; without one, 'site pull"
+        " --retry-refused')",
+        f"quarantined   {status.results_quarantined} result(s) whose content names another study"
+        " than the feed (state/quarantine/; tell the hub's administrator)",
     ]
     for name, counts in sorted(status.pacs.items()):
         failed = counts.get("failed", 0)
@@ -356,11 +760,168 @@ def format_status(status: SiteStatus) -> str:
             f"pacs {name:<8} {counts.get('pending', 0)} pending, {failed} failed"
             + (f" (state/pacs/{name}/failed/; 'site pacs --retry-failed {name}')" if failed else "")
         )
+    refusals = _mapping(status.gateway.get("scanner_refusals"))
+    if refusals:
+        calling = refusals.get("calling_ae_title")
+        lines.append(
+            f"scanners      {refusals.get('count', '?')} refused, last {_ago(refusals.get('last'))}"
+            + (f" ({calling})" if calling else "")
+            + f": {refusals.get('reason')}"
+        )
     recorded = rec.get("errors")
     errors = [_mapping(e) for e in recorded] if isinstance(recorded, list) else []
     lines.append(f"errors        {len(errors)} recorded" + (", latest:" if errors else ""))
     for item in errors[-5:]:
-        lines.append(f"  {_ago(item.get('at'))} {item.get('where')}: {item.get('message')}")
+        count = _number(item.get("count"))
+        repeated = (
+            f" [{int(count)} times since {local_time(item.get('first')) or '?'}]"
+            if count is not None and count > 1
+            else ""
+        )
+        lines.append(
+            f"  {_ago(item.get('at'))} {item.get('where')}: {item.get('message')}{repeated}"
+        )
         if isinstance(item.get("advice"), str):
             lines.append(f"    -> {item['advice']}")
     return "\n".join(lines) + "\n"
+
+
+def _follower_lines(rec: Mapping[str, Any]) -> list[str]:
+    """The results follower, when it could not start (its last try)."""
+    follower = _mapping(rec.get("results_follower"))
+    if follower.get("state") != "failed":
+        return []
+    return [
+        f"  the results follower cannot start (last try {_ago(follower.get('at'))}): "
+        f"{follower.get('error')}; uploads go on, it is tried again"
+    ]
+
+
+def _upload_process_lines(status: SiteStatus) -> list[str]:
+    """The upload process as the gateway records it (nothing before a gateway ran)."""
+    process = _mapping(status.gateway.get("upload_process"))
+    if not process:
+        return []
+    if status.gateway_running:
+        line = f"upload proc   {process.get('state', '?')} since {_ago(process.get('since'))}"
+    else:
+        line = "upload proc   not running"
+    restarts = _number(process.get("restarts"))
+    if restarts:
+        line += f", restarted {int(restarts)} time(s)"
+    last_exit = _mapping(process.get("last_exit"))
+    if last_exit:
+        line += f"; last ended {_ago(last_exit.get('at'))}: {_exit_reason(last_exit)}"
+    return [line]
+
+
+class CheckState(IntEnum):
+    """The exit status of ``site status --check`` (the Nagios plugins' convention)."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+def check_status(
+    status: SiteStatus, max_age: float, *, now: float | None = None
+) -> tuple[CheckState, str]:
+    """The site's health for monitoring: a state and one line saying why.
+
+    CRITICAL: the gateway is not running; its upload process is restarting, or keeps
+    ending; the hub has been unreachable (or refusing the site) for longer than
+    ``max_age`` seconds; an instance not held back has waited longer than that; a
+    scanner was refused for want of space within that time. WARNING: the upload
+    process ended (and was restarted) within that time; the results follower cannot
+    start; instances are held back or were given up; a scanner was refused otherwise
+    within that time. The line is ``STATE: site NAME: what; what | perfdata``.
+    """
+    now = time.time() if now is None else now
+    rec = status.recorded
+    found: list[tuple[CheckState, str]] = []
+    if not status.gateway_running:
+        found.append((CheckState.CRITICAL, "the gateway is not running"))
+    else:
+        process = _mapping(status.gateway.get("upload_process"))
+        last_exit = _mapping(process.get("last_exit"))
+        why = _exit_reason(last_exit)
+        failures = _number(process.get("failures")) or 0
+        running_for = now - (_number(process.get("since")) or 0.0)
+        ended = _number(last_exit.get("at"))
+        if process.get("state") == "restarting":
+            found.append((CheckState.CRITICAL, f"the upload process is restarting ({why})"))
+        elif failures >= 2 and running_for < HEALTHY_RUN:
+            found.append(
+                (
+                    CheckState.CRITICAL,
+                    f"the upload process keeps ending ({int(failures)} times in a row; {why})",
+                )
+            )
+        elif ended is not None and now - ended < max_age:
+            found.append(
+                (
+                    CheckState.WARNING,
+                    f"the upload process ended {duration(now - ended)} ago ({why}), restarted",
+                )
+            )
+        follower = _mapping(rec.get("results_follower"))
+        if follower.get("state") == "failed":
+            found.append(
+                (
+                    CheckState.WARNING,
+                    f"the results follower cannot start: {follower.get('error')}",
+                )
+            )
+    hub, since = rec.get("hub"), _number(rec.get("hub_since"))
+    if hub in ("unreachable", "refusing") and since is not None and now - since > max_age:
+        found.append((CheckState.CRITICAL, f"the hub has been {hub} for {duration(now - since)}"))
+    if status.oldest_waiting is not None and now - status.oldest_waiting > max_age:
+        found.append(
+            (
+                CheckState.CRITICAL,
+                f"an instance has waited {duration(now - status.oldest_waiting)} for upload",
+            )
+        )
+    if status.held:
+        uid, first = min(status.held.items(), key=lambda item: _number(item[1].get("since")) or 0.0)
+        reason = str(first.get("reason", "?")).removeprefix(f"{uid}: ")
+        found.append(
+            (
+                CheckState.WARNING,
+                f"{len(status.held)} instance(s) held back (oldest: {reason[:160]})",
+            )
+        )
+    if status.given_up:
+        found.append(
+            (
+                CheckState.WARNING,
+                f"{status.given_up} instance(s) given up after being held back too long "
+                "(site rejected)",
+            )
+        )
+    refusals = _mapping(status.gateway.get("scanner_refusals"))
+    last = _number(refusals.get("last"))
+    if last is not None and now - last < max_age:
+        full = refusals.get("status") == OUT_OF_RESOURCES
+        found.append(
+            (
+                CheckState.CRITICAL if full else CheckState.WARNING,
+                f"a scanner was refused {duration(now - last)} ago: {refusals.get('reason')} "
+                f"({refusals.get('count', '?')} in all)",
+            )
+        )
+    state = max((s for s, _ in found), default=CheckState.OK)
+    if found:
+        said = "; ".join(text for s, text in sorted(found, key=lambda f: -f[0]))
+    else:
+        upload = _number(_mapping(rec.get("last_upload")).get("at"))
+        said = f"{status.spool_depth} instance(s) in the spool, hub {hub or 'unknown'}" + (
+            f", last upload {duration(now - upload)} ago" if upload is not None else ""
+        )
+    oldest = now - status.oldest_waiting if status.oldest_waiting is not None else 0.0
+    perf = (
+        f"spool={status.spool_depth} held={len(status.held)} given_up={status.given_up} "
+        f"oldest_waiting={oldest:.0f}s"
+    )
+    return state, f"{state.name}: site {status.site}: {' '.join(said.split())} | {perf}"

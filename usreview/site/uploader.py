@@ -12,8 +12,13 @@ DICOM, not ultrasound, corrupt pixel data, an invalid header, a UID conflict:
 Other refusals keep the instance in the spool: one about the site (its clock ahead of
 the hub's, a stale hub key) makes every upload wait with the backoff; one about this
 instance (too large for the hub, a decoder missing there, hub-side trouble) holds that
-instance back with its own backoff while the others go on. The status records each
-with advice where it is clear.
+instance back with its own backoff while the others go on. So does a problem with one
+instance at the site (its spool file unreadable, an unexpected failure while preparing
+it): only the hub being down or refusing the site pauses every upload. An instance held
+back for ``upload.give_up_after_hours`` (24 h by default) is given up: moved to
+``rejected/`` with the reason, where ``usreview site rejected --requeue`` finds it once
+the cause is fixed. The status records each refusal with advice where it is clear, and
+each instance held back with why, how many tries, and since when.
 :meth:`Uploader.reconcile` removes from the spool, without sending them again, the
 instances the hub's signed batch receipts say it already holds (asking only about the
 UIDs in the spool, a hundred at a time).
@@ -27,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from queue import Queue
 from typing import IO, Any
 
@@ -46,7 +51,7 @@ from usreview.site.errors import (
 )
 from usreview.site.refusals import Refusal
 from usreview.site.spool import Spool, SpooledInstance
-from usreview.site.status import StatusBook
+from usreview.site.status import GIVEN_UP, StatusBook, duration
 from usreview.site.studies import InstanceHeader, StudyLog, instance_header
 
 __all__ = ["UploadOutcome", "Uploader", "upload_instance"]
@@ -58,6 +63,10 @@ _RESCAN = 5.0
 #: itself (too large, a decoder missing) is not sent again more often than this once its
 #: delays have grown, whatever ``upload.backoff_max``.
 _HELD_MAX = 300.0
+_UNREADABLE = (
+    "the spool file cannot be read at the site: check its owner, its permissions and the "
+    "disk (kernel log); it is tried again by itself"
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,17 @@ def upload_instance(
     return UploadOutcome(sop_instance_uid, sha256, bool(answer.get("duplicate")), body)
 
 
+@dataclass
+class _Held:
+    """An instance held back: when it is offered again, its own backoff, since when (Unix
+    time, kept across restarts in the status file) and how many tries."""
+
+    next_at: float
+    since: float
+    tries: int
+    backoff: Backoff = field(repr=False)
+
+
 def _sink(size: int) -> IO[bytes]:
     if size < _IN_MEMORY:
         return io.BytesIO()
@@ -158,9 +178,9 @@ class Uploader:
         self._hub_key = config.load_hub_key()
         self._clock = clock
         self._backoff = Backoff(config.backoff_initial, config.backoff_max)
-        # Instances refused for themselves: file name -> (monotonic time of the next try,
-        # their own backoff); not offered before that time.
-        self._waiting: dict[str, tuple[float, Backoff]] = {}
+        # Instances held back (refused for themselves, unreadable): file name -> their
+        # next try (monotonic time) and backoff; not offered before that time.
+        self._waiting: dict[str, _Held] = {}
         self._queue: Queue[SpooledInstance | None] = Queue()
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
@@ -279,12 +299,16 @@ class Uploader:
             fresh = [
                 item
                 for item in items
-                if item.path.name not in self._inflight
-                and not self._waiting.get(item.path.name, (0.0, None))[0] > now
+                if item.path.name not in self._inflight and self._due(item.path.name, now)
             ]
             self._inflight.update(item.path.name for item in fresh)
         for item in fresh:
             self._queue.put(item)
+
+    def _due(self, name: str, now: float) -> bool:
+        """Whether the instance spooled as ``name`` may be tried now (holds the lock)."""
+        held = self._waiting.get(name)
+        return held is None or held.next_at <= now
 
     def _dispatch(self) -> None:
         # New instances come straight from the spool's listener; the folder is scanned
@@ -305,6 +329,7 @@ class Uploader:
                     names = {item.path.name for item in pending}
                     for name in [name for name in self._waiting if name not in names]:
                         del self._waiting[name]
+                self.status.keep_held({item.sop_instance_uid for item in pending})
                 self._offer(pending)
             self._wake.wait(self._next_scan())
             self._wake.clear()
@@ -313,7 +338,10 @@ class Uploader:
         """Seconds until the next scan: sooner when an instance held back is due."""
         now = time.monotonic()
         with self._lock:
-            due = min((at for at, _ in self._waiting.values() if at > now), default=now + _RESCAN)
+            due = min(
+                (held.next_at for held in self._waiting.values() if held.next_at > now),
+                default=now + _RESCAN,
+            )
         return min(_RESCAN, max(0.05, due - now))
 
     def _work(self) -> None:
@@ -327,9 +355,9 @@ class Uploader:
                     if not self._stop.is_set():
                         self._wait_for_resume()
                         self._upload(client, item)
-                except Exception as exc:  # a bug must not end the worker: keep the instance
+                except Exception as exc:  # a bug must not end the worker: hold the instance
                     _log.exception("upload of %s failed", item.sop_instance_uid)
-                    self._failed(f"{item.sop_instance_uid}: unexpected {exc!r}", hub_down=False)
+                    self._hold_safely(item, exc)
                 finally:
                     with self._lock:
                         self._inflight.discard(item.path.name)
@@ -346,34 +374,44 @@ class Uploader:
     def _upload(self, client: HubClient, item: SpooledInstance) -> None:
         if self._stop.is_set():
             return
-        data: bytes | None = None
+        uid = item.sop_instance_uid
         try:
             data = self.spool.read(item)  # opened if sealed, its hash checked
-            if data is None:
-                return  # acknowledged meanwhile (the same bytes received again)
-            outcome = upload_instance(
-                client,
-                site=self.config.name,
-                site_keys=self._site_keys,
-                hub_key=self._hub_key,
-                sop_instance_uid=item.sop_instance_uid,
-                data=data,
-                sha256=item.sha256,
-                now=self._clock(),
-            )
         except SpoolKeyError as exc:  # sealed with a key not configured: keep it, go on
             self._hold(
                 item,
                 str(exc),
                 "list the spool key that sealed it in folders.retired_spool_keys and restart",
+                key="spool key",
             )
+            return
         except SpoolError as exc:
             self._release(item)
             self.spool.reject(item, str(exc))
-            self.studies.rejected(
-                item.sop_instance_uid, InstanceHeader(), str(exc), spooled_at=item.spooled_at
-            )
+            self.studies.rejected(uid, InstanceHeader(), str(exc), spooled_at=item.spooled_at)
             self.status.error("spool", str(exc))
+            return
+        except OSError as exc:  # this file, now (permissions, a bad sector): the others go on
+            self._hold(
+                item,
+                f"{uid}: its spool file cannot be read ({exc.strerror or exc})",
+                _UNREADABLE,
+                key=f"unreadable {exc.errno}",
+            )
+            return
+        if data is None:
+            return  # acknowledged meanwhile (the same bytes received again)
+        try:
+            outcome = upload_instance(
+                client,
+                site=self.config.name,
+                site_keys=self._site_keys,
+                hub_key=self._hub_key,
+                sop_instance_uid=uid,
+                data=data,
+                sha256=item.sha256,
+                now=self._clock(),
+            )
         except HubRefusedError as exc:
             self._refused(item, exc, data)
         except (HubRequestError, ReceiptError) as exc:
@@ -382,10 +420,10 @@ class Uploader:
             self._backoff.reset()
             self._release(item)
             self.spool.acknowledge(item, outcome.sha256)
-            self.status.uploaded(item.sop_instance_uid, outcome.duplicate)
+            self.status.uploaded(uid, outcome.duplicate)
             study = outcome.receipt.get("study_instance_uid")
             self.studies.acknowledged(
-                item.sop_instance_uid,
+                uid,
                 study if isinstance(study, str) else None,
                 instance_header(data),
                 spooled_at=item.spooled_at,
@@ -410,28 +448,86 @@ class Uploader:
         if refusal is Refusal.SITE:
             self._failed(f"{uid}: {exc}; kept in the spool", hub_down=False, advice=advice)
             return
-        self._hold(item, f"{uid}: {exc}", advice)
+        key = f"refused {exc.status} {exc.code} {exc.reason or ''}".rstrip()
+        self._hold(item, f"{uid}: {exc}", advice, key=key, data=data)
 
-    def _hold(self, item: SpooledInstance, message: str, advice: str | None) -> None:
+    def _hold(
+        self,
+        item: SpooledInstance,
+        message: str,
+        advice: str | None,
+        *,
+        key: str,
+        data: bytes | None = None,
+    ) -> None:
         """Keep ``item`` in the spool and try it again after its own backoff; the others
-        go on meanwhile."""
+        go on meanwhile. Held for ``upload.give_up_after_hours`` since its first refusal
+        (recorded in the status file, so a restart does not reset it), it is given up."""
+        uid = item.sop_instance_uid
+        now = time.time()
+        limit = self.config.give_up_after_hours * 3600.0
         with self._lock:
             name = item.path.name
-            _, backoff = self._waiting.get(name, (0.0, None))
-            if backoff is None:
+            held = self._waiting.get(name)
+            if held is None:
+                since, tries = self.status.held_since(uid) or (now, 0)
                 cap = max(self.config.backoff_max, _HELD_MAX)
-                backoff = Backoff(self.config.backoff_initial, cap)
-            delay = backoff.next_delay()
-            self._waiting[name] = (time.monotonic() + delay, backoff)
+                held = _Held(0.0, since, tries, Backoff(self.config.backoff_initial, cap))
+                self._waiting[name] = held
+            held.tries += 1
+            give_up = limit > 0 and now - held.since >= limit
+            delay = 0.0 if give_up else held.backoff.next_delay()
+            held.next_at = time.monotonic() + delay
+        if give_up:
+            self._give_up(item, message, held, data)
+            return
         self._wake.set()  # the dispatcher goes on with the others
+        self.status.held(
+            uid,
+            reason=message,
+            advice=advice,
+            tries=held.tries,
+            since=held.since,
+            next_try=now + delay,
+        )
         message = f"{message}; kept in the spool (next try of it in {delay:.1f} s)"
         _log.warning("upload: %s", message)
-        self.status.error("upload", message, advice=advice)
+        self.status.error("upload", message, advice=advice, key=key)
+
+    def _hold_safely(self, item: SpooledInstance, exc: Exception) -> None:
+        """:meth:`_hold` after an unexpected failure, which must not end the worker."""
+        kind = f"unexpected {type(exc).__name__}"
+        try:
+            self._hold(item, f"{item.sop_instance_uid}: {kind}: {exc}", None, key=kind)
+        except Exception:
+            _log.exception("holding %s back failed", item.sop_instance_uid)
+
+    def _give_up(
+        self, item: SpooledInstance, message: str, held: _Held, data: bytes | None
+    ) -> None:
+        """Stop trying ``item``: to ``rejected/`` with why, for ``site rejected``."""
+        uid = item.sop_instance_uid
+        held_for = duration(time.time() - held.since)
+        why = message.removeprefix(f"{uid}: ")
+        reason = f"{GIVEN_UP} {held_for} and {held.tries} tries: {why}"
+        self._release(item)
+        self.spool.reject(item, reason)
+        header = instance_header(data) if data is not None else self._header_of(item)
+        self.studies.rejected(uid, header, reason, spooled_at=item.spooled_at)
+        self.status.given_up(uid, reason)
+        _log.error("upload: %s: %s; moved to rejected/", uid, reason)
+        self.status.error(
+            "upload",
+            f"{uid}: {reason}; moved to rejected/",
+            advice=f"once the cause is fixed: usreview site rejected --requeue {uid}",
+            key="given up",
+        )
 
     def _release(self, item: SpooledInstance) -> None:
         """``item`` leaves the spool: forget its own backoff."""
         with self._lock:
             self._waiting.pop(item.path.name, None)
+        self.status.released(item.sop_instance_uid)
 
     def _failed(self, message: str, *, hub_down: bool, advice: str | None = None) -> None:
         with self._lock:
@@ -440,7 +536,11 @@ class Uploader:
         self._wake.set()  # the dispatcher pauses, then scans the spool again
         _log.warning("upload: %s (next try in %.1f s)", message, delay)
         self.status.error(
-            "upload", f"{message} (next try in {delay:.1f} s)", hub_down=hub_down, advice=advice
+            "upload",
+            f"{message} (next try in {delay:.1f} s)",
+            hub_down=hub_down,
+            advice=advice,
+            hub=None if hub_down else "refusing",
         )
 
 

@@ -11,11 +11,18 @@ spool). This process:
   (:meth:`~usreview.site.uploader.Uploader.reconcile`), when the spool is not empty;
 - uploads the spool (:class:`~usreview.site.uploader.Uploader`), woken by the names on
   the pipe, rescanning the spool every few seconds;
-- follows the results feed (:class:`~usreview.site.results.ResultFollower`);
+- follows the results feed (:class:`~usreview.site.results.ResultFollower`), started
+  beside the uploads and independent of them: when it cannot start (a damaged
+  ``STATE/replay.sqlite``, a folder it cannot write), the error is recorded in the
+  status file, uploads go on, and it is tried again with a backoff of up to 10 minutes;
 - keeps ``STATE/status.json`` and the per-study journal ``STATE/studies.jsonl``;
 - stops when the pipe closes (the gateway stopped, or died) or on SIGTERM, after the
   uploads in progress. It ignores SIGINT: a terminal's Ctrl-C reaches the gateway too,
   which then stops it in order.
+
+When it cannot go on (whatever the exception), it records ``TYPE: message`` in the
+status file and prints it as its last line on stderr, which the gateway shows in the
+status when it restarts it, then exits with status 1.
 
 It runs at a lower CPU priority than the gateway: receiving from the scanners comes
 first, uploads use what is left. An instance leaves the spool only on a verified receipt
@@ -36,20 +43,28 @@ from pathlib import Path
 
 from usreview.errors import UsreviewError
 from usreview.site.atrest import load_spool_cipher
+from usreview.site.backoff import Backoff
 from usreview.site.config import SiteConfig, load_config
 from usreview.site.results import ResultFollower
 from usreview.site.spool import Spool
-from usreview.site.status import UPLOADER_LOCK_FILE, StateLock, StatusBook
+from usreview.site.status import (
+    UPLOAD_PROCESS_FAILED,
+    UPLOADER_LOCK_FILE,
+    StateLock,
+    StatusBook,
+)
 from usreview.site.studies import StudyLog
 from usreview.site.uploader import Uploader
 
-__all__ = ["RESCAN", "main", "run_worker"]
+__all__ = ["RESCAN", "describe", "main", "run_worker"]
 
 _log = logging.getLogger(__name__)
 #: A line of the pipe that asks for a rescan of the spool.
 RESCAN = b"*"
 #: Added to the process's nice value: scanners first.
 NICENESS = 10
+#: Backoff (seconds) between tries to start the results follower.
+FOLLOWER_RETRY = (5.0, 600.0)
 
 
 def run_worker(
@@ -65,6 +80,10 @@ def run_worker(
     ------
     SiteConfigError
         A key, the token or the certificate cannot be used.
+    Exception
+        Whatever else stops it; recorded in the status file first (``TYPE: message``).
+        The results follower's failures are not among them: they are recorded, and it
+        is started again later, while the uploads go on.
     """
     stopping = stopping or threading.Event()
     pipe = _Pipe(notify_fd, stopping)  # from now on, the pipe's end stops the process
@@ -74,17 +93,15 @@ def run_worker(
         while not lock.try_acquire():
             if stopping.wait(0.2):
                 return
+    status: StatusBook | None = None
     try:
         status = StatusBook(config.state)
         studies = StudyLog(config.state)  # one for both: one appending, compacting writer
         spool = Spool(config.spool, load_spool_cipher(config))
         uploader = Uploader(config, spool, status, workers=workers, studies=studies)
-        follower = (
-            ResultFollower(config, status, studies=studies) if config.follow_results else None
-        )
         try:
             removed = uploader.reconcile()
-        except UsreviewError as exc:
+        except Exception as exc:  # the hub unreachable, or anything else: upload anyway
             _log.warning("the spool was not reconciled with the hub's receipts: %s", exc)
         else:
             if removed:
@@ -92,20 +109,84 @@ def run_worker(
         # Names read until now are in the spool, where the uploader's first scan finds them.
         pipe.attach(spool, uploader)
         uploader.start()
-        if follower is not None:
-            follower.start()
+        results = _Results(config, status, studies) if config.follow_results else None
         try:
             while not stopping.wait(1.0):
                 status.flush()
                 studies.flush()
         finally:
             uploader.stop()
-            if follower is not None:
-                follower.stop()
+            if results is not None:
+                results.stop()
             status.flush(force=True)
             studies.close()
+    except Exception as exc:
+        if status is not None:  # while this process holds the lock: its file to write
+            status.error("upload process", describe(exc))
+        raise
     finally:
         lock.release()
+
+
+def describe(exc: BaseException) -> str:
+    """``TYPE: message``: what the status file and the last line on stderr say."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _Results:
+    """The results follower, started in a thread of its own beside the uploads.
+
+    Building it opens the replay cache, the inbox and the PACS queues; any failure there
+    (whatever the exception) is recorded in the status file and tried again later, with
+    a backoff of :data:`FOLLOWER_RETRY`, while the uploads go on.
+    """
+
+    def __init__(self, config: SiteConfig, status: StatusBook, studies: StudyLog) -> None:
+        self.config = config
+        self.status = status
+        self.studies = studies
+        self.follower: ResultFollower | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._start, name="results-start", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        backoff = Backoff(*FOLLOWER_RETRY)
+        while not self._stopping.is_set():
+            try:
+                follower = ResultFollower(self.config, self.status, studies=self.studies)
+                with self._lock:
+                    if not self._stopping.is_set():
+                        follower.start()
+                        self.follower = follower
+                if self.follower is not follower:  # stopped meanwhile
+                    follower.stop()
+                    return
+            except Exception as exc:
+                delay = backoff.next_delay()
+                message = f"the results follower cannot start: {describe(exc)}"
+                _log.error("%s; uploads go on; next try in %.0f s", message, delay)
+                self.status.follower("failed", describe(exc))
+                self.status.error(
+                    "results", f"{message}; uploads go on (next try in {delay:.0f} s)"
+                )
+                self._stopping.wait(delay)
+            else:
+                self.status.follower("running")
+                return
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the follower (or stop trying to start it)."""
+        with self._lock:
+            self._stopping.set()
+            follower = self.follower
+        self._thread.join(timeout)
+        if follower is not None:
+            try:
+                follower.stop()
+            except Exception:
+                _log.exception("stopping the results follower failed")
 
 
 class _Pipe:
@@ -180,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         run_worker(config, args.notify_fd, workers=args.workers, stopping=stopping)
-    except UsreviewError as exc:
-        print(f"usreview site gateway (upload process): {exc}", file=sys.stderr)
+    except Exception as exc:  # whatever it is: one line the gateway can show, exit 1
+        if not isinstance(exc, UsreviewError):
+            _log.error("the upload process failed", exc_info=exc)
+        with contextlib.suppress(OSError):  # a gateway killed: nobody reads stderr
+            print(f"{UPLOAD_PROCESS_FAILED}{describe(exc)}", file=sys.stderr, flush=True)
         return 1
     return 0
 
