@@ -185,6 +185,10 @@ def test_missing_and_unknown_values_are_tolerated_with_warnings() -> None:
     (region,) = read_regions(holder, notes)
     assert region.data_type == RegionDataType.NONE
     assert region.delta_y == 0.0
+    assert region.missing == {"PhysicalDeltaY"}
+    assert (
+        region.deltas_problem() == "its PhysicalDeltaY is missing; it must be finite and non-zero"
+    )
     assert any("PhysicalDeltaY" in n for n in notes)
     assert any("RegionDataType" in n for n in notes)
     with pytest.raises(CalibrationError, match="zero physical delta"):
@@ -195,3 +199,54 @@ def test_vectorised_conversion() -> None:
     region = _region(ReferencePixelX0=3, ReferencePixelY0=4, ReferencePixelPhysicalValueY=1.0)
     xs, ys = region.to_physical(np.arange(5), np.arange(5))
     assert xs.shape == (5,) and ys[4] == pytest.approx(1.0)
+
+
+def _without(*keywords: str, **values: object) -> UltrasoundRegion:
+    """A 400 x 300 B-mode region at 0.02 cm per pixel, without the attributes ``keywords``."""
+    item = region_item(**{"RegionLocationMaxX1": 399, "RegionLocationMaxY1": 299, **values})
+    for keyword in keywords:
+        delattr(item, keyword)
+    return UltrasoundRegion.from_dataset(item, [])
+
+
+def test_a_missing_pixel_size_refuses_the_measurement_instead_of_reading_zero() -> None:
+    """The audit's calipers: 22.36 mm with a complete region; 10.00 mm (diagonal) and
+    0.00 mm (vertical) when PhysicalDeltaY was missing and read as 0."""
+    assert distance([_without()], (100, 100), (150, 200))[0] == pytest.approx(
+        50 * math.sqrt(5) * 0.02
+    )
+    no_y = [_without("PhysicalDeltaY")]
+    for end in ((150, 200), (100, 200), (150, 100)):  # diagonal, vertical, even horizontal
+        with pytest.raises(CalibrationError) as caught:
+            distance(no_y, (100, 100), end)
+        assert str(caught.value) == (
+            "the tissue region at [0, 0, 399, 299] has no vertical pixel size "
+            "(PhysicalDeltaY), so it cannot calibrate a measurement"
+        )
+        assert not isinstance(caught.value, MixedCalibrationError)
+    with pytest.raises(CalibrationError, match=r"no horizontal pixel size \(PhysicalDeltaX\)"):
+        region_for_points([_without("PhysicalDeltaX")], [(100, 100)])
+
+
+@pytest.mark.parametrize(
+    ("delta", "shown"), [(0.0, "0"), (math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf")]
+)
+def test_a_zero_or_non_finite_pixel_size_is_refused_with_its_reason(
+    delta: float, shown: str
+) -> None:
+    """Before: 0 read a number; NaN was refused as "different calibration (tissue at [...]
+    and tissue at [...])", naming one region twice."""
+    bad = _without(PhysicalDeltaY=delta)
+    reason = (
+        rf"the tissue region at \[0, 0, 399, 299\] has a vertical pixel size "
+        rf"\(PhysicalDeltaY\) of {shown}, so it cannot calibrate a measurement"
+    )
+    with pytest.raises(CalibrationError, match=reason) as caught:
+        distance([bad], (100, 100), (150, 200))
+    assert not isinstance(caught.value, MixedCalibrationError)
+    # A point in a calibrated region and one in the broken region: the broken region is
+    # named, before any comparison of calibrations.
+    good = _without(RegionLocationMinX0=400, RegionLocationMaxX1=799)
+    with pytest.raises(CalibrationError, match=reason) as caught:
+        region_for_points([good, bad], [(500, 100), (100, 100)])
+    assert not isinstance(caught.value, MixedCalibrationError)

@@ -23,7 +23,7 @@ from pydicom.uid import RLELossless
 from tests.conftest import SHARED_DATA, real_file
 from usreview.cli import main
 from usreview.dicom import read
-from usreview.processing import ResultStatus, run_pipeline
+from usreview.processing import ResultStatus, default_registry, run_pipeline
 from usreview.processing.quantification import doppler
 from usreview.simulate import simulate
 
@@ -34,16 +34,19 @@ def test_processors_lists_kinds_version_and_availability(
     assert main(["processors", "--json"]) == 0
     listing = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert listing["doppler_indices"]["kinds"] == ["cw_doppler", "pw_doppler"]
-    assert listing["doppler_indices"]["version"] == "1.6"
+    assert (
+        listing["doppler_indices"]["version"] == default_registry().get("doppler_indices").version
+    )
     assert listing["volume"]["available"] is True
     assert main(["processors"]) == 0
-    assert "mmode_motion\t1.2\tmmode\tavailable" in capsys.readouterr().out
+    mmode = default_registry().get("mmode_motion").version
+    assert f"mmode_motion\t{mmode}\tmmode\tavailable" in capsys.readouterr().out
 
 
 def test_analyze_json_and_derived_images(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pw = simulate("pw", tmp_path / "in", seed=2, snr_db=20.0)[0]
+    pw = simulate("pw", tmp_path / "in", seed=2, snr_db=20.0, vessel="ica", side="left")[0]
     (tmp_path / "in" / "junk.dcm").write_bytes(b"not dicom")
     status = main(["analyze", str(tmp_path / "in"), "--json", "--out", str(tmp_path / "out")])
     captured = capsys.readouterr()
@@ -280,7 +283,7 @@ def test_unreadable_files_leave_no_empty_out_folder(
 ) -> None:
     """Exit status 2 with nothing written: no --out folder; with an image written, it stays."""
     mmode = simulate("mmode", tmp_path / "in", seed=1)[0]  # no derived image
-    pw = simulate("pw", tmp_path / "in", seed=2, snr_db=20.0)[0]
+    pw = simulate("pw", tmp_path / "in", seed=2, snr_db=20.0, vessel="ica", side="left")[0]
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"junk" * 100)
     out = tmp_path / "out"

@@ -1,5 +1,9 @@
 """Speckle filters: goals on simulated phantoms, processors, and derived DICOM with provenance.
 
+The goals are checked on what the processors return (the image a clinician gets), and
+include edge sharpness and point-target contrast: SSIM, ENL and CNR alone are met by a plain
+Gaussian blur, which the negative control below shows failing the goals.
+
 Their speed goals (speckle_fast >= 30 frames/s, speckle_obnlm <= 2 s per 600x800 frame) are
 measured by ``python -m benchmarks filters``, not here: a timed test fails with the load of
 a shared machine, not with the code.
@@ -17,6 +21,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from scipy import ndimage
 
 from usreview.dicom import ImageKind, read
 from usreview.processing import PIPELINE, ResultStatus, default_registry, run_pipeline
@@ -27,7 +32,12 @@ from usreview.processing.filters import (
     obnlm,
 )
 from usreview.processing.filters._apply import grey_frame, tissue_boxes
-from usreview.processing.filters.quality import inclusion_diameters, score_phantom, ssim
+from usreview.processing.filters.quality import (
+    PhantomScore,
+    inclusion_diameters,
+    score_phantom,
+    ssim,
+)
 from usreview.simulate import simulate, speckle
 from usreview.simulate.bmode import noise_free
 
@@ -39,9 +49,17 @@ def _phantom(folder: Path, seed: int) -> tuple[Path, dict[str, Any]]:
     return path, json.loads(path.with_suffix(".truth.json").read_text())
 
 
+def _processed(path: Path, processor: str) -> np.ndarray:
+    """The image ``processor`` returns for the instance at ``path``."""
+    result = default_registry().get(processor).run(read(path))
+    assert result.status == ResultStatus.DONE, result.reason
+    pixels: np.ndarray = result.output.images[0].pixels
+    return pixels
+
+
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
-    """Per seed: the file, truth, speckled frame, noise-free frame, both filter outputs."""
+    """Per seed: the file, truth, speckled frame, noise-free frame, both processors' images."""
     out = {}
     for seed in SEEDS:
         path, truth = _phantom(tmp_path_factory.mktemp(f"bmode{seed}"), seed)
@@ -51,8 +69,8 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, An
             "truth": truth,
             "frame": frame,
             "reference": noise_free(truth),
-            "fast": guided_despeckle(frame),
-            "obnlm": obnlm(frame),
+            "fast": _processed(path, "speckle_fast"),
+            "obnlm": _processed(path, "speckle_obnlm"),
         }
     return out
 
@@ -98,6 +116,36 @@ def test_noise_free_phantom_matches_the_simulated_one(phantoms: dict[int, dict[s
 
 # --- goals ------------------------------------------------------------------------------
 
+#: Per filter: least SSIM, least ENL, least CNR gain, and how far diameters (mm), the anechoic
+#: inclusion's 10-90 % edge width (mm, growth) and point-target contrast (dB) may move from
+#: the unfiltered image's.
+GOALS = {
+    "fast": {"ssim": 0.55, "enl": 100, "cnr_gain": 2.0, "diameter_mm": 0.3, "edge_mm": 0.5,
+             "point_db": 3.0},
+    "obnlm": {"ssim": 0.70, "enl": 100, "cnr_gain": 2.0, "diameter_mm": 0.3, "edge_mm": 0.5,
+              "point_db": 3.0},
+}  # fmt: skip
+
+
+def shortfalls(score: PhantomScore, base: PhantomScore, goals: dict[str, float]) -> set[str]:
+    """The goals ``score`` misses, against ``base``, the unfiltered image's score."""
+    missed = set()
+    if score.ssim < goals["ssim"]:
+        missed.add("ssim")
+    if score.enl < goals["enl"]:
+        missed.add("enl")
+    for s, s0 in zip(score.inclusions, base.inclusions, strict=True):
+        if s.cnr < goals["cnr_gain"] * s0.cnr:
+            missed.add("cnr")
+        if not np.allclose(s.diameters_mm, s0.diameters_mm, atol=goals["diameter_mm"]):
+            missed.add("diameters")
+        if s.kind == "anechoic" and max(np.subtract(s.edges_mm, s0.edges_mm)) > goals["edge_mm"]:
+            missed.add("edges")
+    moved = np.subtract(score.point_contrast_db, base.point_contrast_db)
+    if np.abs(moved).max() > goals["point_db"]:
+        missed.add("point targets")
+    return missed
+
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_fast_filter_meets_its_quality_goal(phantoms: dict[int, dict[str, Any]], seed: int) -> None:
@@ -106,10 +154,7 @@ def test_fast_filter_meets_its_quality_goal(phantoms: dict[int, dict[str, Any]],
     assert out.shape == frame.shape and out.dtype == np.uint8
     score = score_phantom(out, case["truth"], case["reference"])
     base = score_phantom(frame, case["truth"], case["reference"])
-    assert score.ssim >= 0.55
-    assert score.enl >= 100
-    for s, s0 in zip(score.inclusions, base.inclusions, strict=True):
-        assert np.allclose(s.diameters_mm, s0.diameters_mm, atol=0.3), s.kind
+    assert shortfalls(score, base, GOALS["fast"]) == set()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -120,16 +165,68 @@ def test_obnlm_meets_its_quality_goals(phantoms: dict[int, dict[str, Any]], seed
     score = score_phantom(out, truth, case["reference"])
     base = score_phantom(frame, truth, case["reference"])
     noise_free_score = score_phantom(case["reference"], truth, case["reference"])
-    assert score.ssim >= 0.70
-    assert score.enl >= 100
-    for s, s0, ref in zip(
-        score.inclusions, base.inclusions, noise_free_score.inclusions, strict=True
-    ):
-        assert s.cnr >= 2 * s0.cnr, s.kind
-        # unchanged by the filter: against the same measurement on the unfiltered image
-        assert np.allclose(s.diameters_mm, s0.diameters_mm, atol=0.3), s.kind
+    assert shortfalls(score, base, GOALS["obnlm"]) == set()
+    for s, ref in zip(score.inclusions, noise_free_score.inclusions, strict=True):
         if s.kind == "anechoic":  # high contrast: speckle does not move the edge
             assert np.allclose(s.diameters_mm, ref.diameters_mm, atol=0.3)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", ["fast", "obnlm"])
+def test_point_targets_keep_their_contrast_within_3_db(
+    phantoms: dict[int, dict[str, Any]], seed: int, name: str
+) -> None:
+    """+25 dB point targets (a calcification, a needle tip) stand 21 dB over their tissue;
+    both filters used to leave 7-10 dB of it (28-43 grey levels of 91)."""
+    case = phantoms[seed]
+    before = score_phantom(case["frame"], case["truth"], case["reference"]).point_contrast_db
+    after = score_phantom(case[name], case["truth"], case["reference"]).point_contrast_db
+    assert min(before) > 18
+    assert np.allclose(after, before, atol=3.0), (before, after)
+
+
+@pytest.mark.parametrize("processor", ["speckle_fast", "speckle_obnlm"])
+def test_point_targets_below_saturation_keep_their_contrast(
+    phantoms: dict[int, dict[str, Any]], tmp_path: Path, processor: str
+) -> None:
+    """With 10 dB less gain the targets' peaks are not saturated (about 210 of 255): found as
+    small bright structures, not as white, they keep their contrast too."""
+    case = phantoms[0]
+    ds = pydicom.dcmread(case["path"])
+    lower = np.clip(ds.pixel_array.astype(int) - 42, 0, 255).astype(np.uint8)  # -10 dB
+    ds.PixelData = lower.tobytes()
+    ds.save_as(tmp_path / "lower.dcm", enforce_file_format=True)
+    out = _processed(tmp_path / "lower.dcm", processor)
+    truth = case["truth"]
+    peaks = [lower[r - 3 : r + 4, c - 3 : c + 4].max() for c, r in _targets(truth)]
+    assert max(peaks) < 240
+    before = score_phantom(lower, truth, case["reference"]).point_contrast_db
+    after = score_phantom(out, truth, case["reference"]).point_contrast_db
+    assert min(before) > 18
+    assert np.allclose(after, before, atol=3.0), (before, after)
+
+
+def _targets(truth: dict[str, Any]) -> list[tuple[int, int]]:
+    return [tuple(target["pixel"]) for target in truth["point_targets"]]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_gaussian_blur_fails_the_goals_the_filters_meet(
+    phantoms: dict[int, dict[str, Any]], seed: int
+) -> None:
+    """Negative control: a sigma-3 Gaussian blur beats OBNLM on SSIM, ENL and CNR (0.92,
+    above 1000, five times the unfiltered), so those alone cannot tell a speckle filter from
+    a blur; it fails on edges (its anechoic edge rises over about 1 mm more) and on point
+    targets (about 15 dB of their 21 dB lost)."""
+    case = phantoms[seed]
+    truth, frame, reference = case["truth"], case["frame"], case["reference"]
+    base = score_phantom(frame, truth, reference)
+    blurred = np.rint(ndimage.gaussian_filter(frame.astype(float), 3.0)).astype(np.uint8)
+    blur = score_phantom(blurred, truth, reference)
+    for goals in GOALS.values():
+        assert shortfalls(blur, base, goals) == {"edges", "point targets"}
+    for name, goals in GOALS.items():
+        assert shortfalls(score_phantom(case[name], truth, reference), base, goals) == set()
 
 
 def test_quality_measures_on_known_images(phantoms: dict[int, dict[str, Any]]) -> None:
@@ -145,18 +242,37 @@ def test_quality_measures_on_known_images(phantoms: dict[int, dict[str, Any]]) -
 
 
 def _obnlm_reference(
-    image: np.ndarray, search: int, patch: int, gamma: float, smoothing: float
+    image: np.ndarray,
+    search: int,
+    patch: int,
+    gamma: float,
+    smoothing: float,
+    keep: np.ndarray | None = None,
 ) -> np.ndarray:
     """OBNLM pixel by pixel in 2D and float64: the whole search window of each pixel.
 
     As in the filter, a neighbour in the padding lends its value only from the forward half
-    of the window (the filter weighs each pair of frame pixels once, for both).
+    of the window (the filter weighs each pair of frame pixels once, for both). Pixels in
+    ``keep`` keep their value and weigh nothing; in the patches they read as the mean of the
+    pixels not kept within ``patch`` of them (mirrored at the frame's edge).
     """
     rows, cols = image.shape
     pad = search + patch
-    padded = np.pad(image.astype(np.float64), pad, mode="symmetric")
+    values = image.astype(np.float64)
+    kept = np.zeros((rows, cols), bool) if keep is None else keep
+    if kept.any() and patch:
+        mirrored = np.pad(values, patch, mode="reflect")
+        free = np.pad(~kept, patch, mode="reflect")
+        filled = values.copy()
+        for r, c in zip(*np.nonzero(kept), strict=True):
+            near = free[r : r + 2 * patch + 1, c : c + 2 * patch + 1]
+            if near.any():
+                filled[r, c] = mirrored[r : r + 2 * patch + 1, c : c + 2 * patch + 1][near].mean()
+        values = filled
+    padded = np.pad(values, pad, mode="symmetric")
     half = 0.5 / np.maximum(padded, 1.0) ** (2.0 * gamma)
     valid = np.pad(np.ones((rows, cols)), pad)
+    usable = np.pad((~kept).astype(np.float64), pad, mode="symmetric")
 
     def at(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
         return a[pad + dy : pad + dy + rows, pad + dx : pad + dx + cols]
@@ -169,22 +285,28 @@ def _obnlm_reference(
                 d += (here - there) ** 2 * (at(half, a, b) + at(half, a + dy, b + dx))
         return d
 
-    spread = [np.median(d[d > 0]) for d in (distance(0, search), distance(search, 0))]
+    pairs = [(0, search), (search, 0)]
+    spread = [
+        np.median(d[(d > 0) & (at(usable, 0, 0) * at(usable, dy, dx) > 0)])
+        for (dy, dx), d in ((pair, distance(*pair)) for pair in pairs)
+    ]
     scale = -1.0 / (smoothing * float(np.mean(spread)))
     total, weights, best = np.zeros((rows, cols)), np.zeros((rows, cols)), np.zeros((rows, cols))
     for dy in range(-search, search + 1):
         for dx in range(-search, search + 1):
             if (dy, dx) == (0, 0):
                 continue
-            w = np.exp(distance(dy, dx) * scale)
+            w = np.exp(distance(dy, dx) * scale) * at(usable, 0, 0) * at(usable, dy, dx)
             if (dy, dx) < (0, 0):  # the backward half: frame pixels only
                 w = w * at(valid, dy, dx)
             total += w * at(padded, dy, dx)
             weights += w
             best = np.maximum(best, w)
     own = np.maximum(best, 1e-30)
-    out = (total + own * image) / (weights + own)
-    return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
+    u = image.astype(np.float64)
+    out = np.where(kept, u, (total + own * u) / (weights + own))
+    result: np.ndarray = np.rint(np.clip(out, 0, 255)).astype(np.uint8)
+    return result
 
 
 @pytest.mark.parametrize(("gamma", "patch"), [(0.5, 1), (0.0, 2), (0.5, 3), (0.5, 0)])
@@ -202,6 +324,29 @@ def test_obnlm_agrees_with_a_pixel_by_pixel_reference(
         assert difference.max() <= 1  # float32 against float64
         assert np.mean(difference > 0) < 0.01
     assert np.abs(expected.astype(int) - frame).mean() > 5  # it does filter
+
+
+@pytest.mark.parametrize("patch", [2, 1, 0])
+def test_obnlm_with_kept_pixels_agrees_with_the_reference(
+    patch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept pixels (black beside a sector, a caliper line, a bright reflector) weigh nothing."""
+    frame = np.clip(np.random.default_rng(4).gamma(2.0, 40.0, (29, 37)), 0, 255).astype(np.uint8)
+    keep = np.zeros(frame.shape, bool)
+    keep[:, :4] = True
+    keep[12:14, 10:30] = True
+    keep[20:23, 25:28] = True
+    frame[12:14, 10:30] = 255
+    expected = _obnlm_reference(frame, search=3, patch=patch, gamma=0.5, smoothing=1.0, keep=keep)
+    module = importlib.import_module("usreview.processing.filters.obnlm")
+    whole = obnlm(frame, search=3, patch=patch, keep=keep)
+    monkeypatch.setattr(module, "BLOCK_ELEMENTS", 4 * (37 + 2 * (3 + patch)))
+    for got in (whole, obnlm(frame, search=3, patch=patch, keep=keep)):
+        difference = np.abs(got.astype(int) - expected)
+        assert difference.max() <= 1  # float32 against float64
+        assert np.mean(difference > 0) < 0.01
+    assert np.array_equal(whole[keep], frame[keep])
+    assert np.abs(expected.astype(int) - frame)[~keep].mean() > 5  # it does filter
 
 
 @pytest.mark.parametrize("work", [guided_despeckle, obnlm])
@@ -244,7 +389,17 @@ def test_pipeline_filters_a_still_inside_its_tissue_region(
     outside = np.ones(case["frame"].shape, bool)
     outside[inside] = False
     assert np.array_equal(image.pixels[outside], case["frame"][outside])
-    assert np.array_equal(image.pixels[inside], obnlm(case["frame"][inside]))
+    # Inside: the sector (here the whole rectangle: a linear array) but the point targets.
+    from usreview.processing.filters._apply import kept_pixels
+
+    frame = case["frame"][inside]
+    keep = kept_pixels(frame)
+    assert 0 < keep.sum() < 500  # the three targets and the few saturated speckle pixels
+    for col, row in _targets(case["truth"]):
+        assert keep[row - y0, col - x0]
+    assert np.array_equal(image.pixels[inside][keep], frame[keep])
+    expected = obnlm(frame, keep=keep)
+    assert np.array_equal(image.pixels[inside][~keep], expected[~keep])
     assert done.provenance.parameters == {"search": 7, "patch": 2, "gamma": 0.5, "smoothing": 1.0}
 
 
@@ -257,9 +412,17 @@ def test_pipeline_filters_every_frame_of_a_cine(cine_file: Path) -> None:
     assert image.name == "filtered" and image.multiframe and image.number_of_frames == 6
     assert image.pixels.shape == (6, instance.rows, instance.columns)
     assert image.derivation is not None and image.derivation.value == "113087"
+    from usreview.processing.filters._apply import kept_pixels
+    from usreview.processing.filters._masks import graphics_mask, sector_mask
+
     box = tissue_boxes(instance)[0]
+    first, _ = grey_frame(instance, 0)  # the sector is found once, in the first frame
+    sector = sector_mask(first[box], graphics_mask(first[box]))
+    assert sector.all()  # a linear array's rectangle, dark speckle at its edge included
     frame, _ = grey_frame(instance, 3)
-    assert np.array_equal(image.frame(3)[box], guided_despeckle(frame[box]))
+    keep = kept_pixels(frame[box], sector=sector)
+    assert np.array_equal(image.frame(3)[box], guided_despeckle(frame[box], keep=keep))
+    assert np.array_equal(image.frame(3)[box][keep], frame[box][keep])
     skipped = results["speckle_obnlm"]
     assert skipped.status == ResultStatus.SKIPPED and "cine of 6 frames" in (skipped.reason or "")
 
@@ -297,7 +460,9 @@ def test_derived_still_records_the_derivation(phantoms: dict[int, dict[str, Any]
         "DCM",
         "Smoothing",
     )
-    assert "speckle_obnlm 1.1" in ds.DerivationDescription
+    assert f"speckle_obnlm {default_registry().get('speckle_obnlm').version}" in (
+        ds.DerivationDescription
+    )
     assert '"search": 7' in ds.DerivationDescription
     (ref,) = ds.SourceImageSequence
     assert ref.ReferencedSOPInstanceUID == header.SOPInstanceUID

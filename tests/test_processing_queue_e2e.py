@@ -30,6 +30,7 @@ from tests.processing_queue_support import (
 )
 from tests.site_helpers import children, command_line, wait_until
 from usreview.ingest import WorkerPool
+from usreview.processing import default_registry
 from usreview.processing.execution import LocalExecutor
 from usreview.processing.worker import Worker
 from usreview.simulate import simulate
@@ -122,13 +123,14 @@ def test_a_bmode_still_comes_back_filtered(tmp_path: Path, pool: WorkerPool) -> 
         [job] = archive.jobs.list_jobs()
         assert job.status is JobStatus.DONE and job.note is None
         # The job keeps the processors that ran (``hub jobs --outdated`` compares them).
-        assert job.processors is not None and "speckle_obnlm=1.1" in job.processors
+        obnlm = default_registry().get("speckle_obnlm").version
+        assert job.processors is not None and f"speckle_obnlm={obnlm}" in job.processors
         assert "value_ranges=1.0" in job.processors  # the value check, recorded as one
         [result] = archive.results.results_since(SITE)  # nothing measured: the image only
         assert result.kind == "derived-image"
         filtered = pydicom.dcmread(open_result(setup, archive, result.cursor, tmp_path / "f.dcm"))
         assert_derived_from(filtered, path, "113087")
-        assert "speckle_obnlm 1.1" in filtered.DerivationDescription
+        assert f"speckle_obnlm {obnlm}" in filtered.DerivationDescription
 
 
 def test_a_filtered_image_forwarded_back_is_not_processed_again(

@@ -37,7 +37,15 @@ CODE = Code("x-1", CodingScheme.USREVIEW, "Test value")
 
 @pytest.fixture(scope="module")
 def pw_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return simulate("pw", tmp_path_factory.mktemp("pw"), seed=3, snr_db=20.0, psv_cm_s=260)[0]
+    return simulate(
+        "pw",
+        tmp_path_factory.mktemp("pw"),
+        seed=3,
+        snr_db=20.0,
+        psv_cm_s=260,
+        vessel="ica",
+        side="left",
+    )[0]
 
 
 def test_public_names_are_sorted_and_present() -> None:

@@ -2,7 +2,9 @@
 
 SRU consensus (Grant et al., Radiology 2003): ICA PSV < 125 cm/s: normal or < 50%;
 125-230 cm/s: 50-69%; > 230 cm/s: >= 70%; ICA/CCA PSV ratio < 2.0, 2.0-4.0, > 4.0; ICA EDV
-< 40, 40-100, > 100 cm/s. Renal RI > 0.70 is elevated.
+< 40, 40-100, > 100 cm/s. Renal RI > 0.70 is elevated. Below 50 cm/s (this product's prompt:
+the consensus gives near occlusion no velocity) the ICA PSV is not graded. Each single-spectrum
+rule is applied to a spectrum labelled as its own vessel.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from typing import Any
 import pytest
 
 from usreview.processing.quantification.codes import CODES
-from usreview.processing.quantification.vessel import SIDES, VESSELS
+from usreview.processing.quantification.vessel import SIDES, VESSELS, Vessel
 from usreview.processing.recommendations.rules import RULES, apply_rule
 from usreview.processing.recommendations.study import SRU_ICA_CCA, evaluate_study
-from usreview.processing.results import Quantity
+from usreview.processing.results import Quantity, Recommendation
 
 _RULES = {rule.name: rule for rule in RULES}
 
@@ -23,13 +25,19 @@ _RULES = {rule.name: rule for rule in RULES}
 def _category(rule: str, value: float) -> str | None:
     name = _RULES[rule].quantity
     code, unit = CODES[name]
-    recommendation = apply_rule(_RULES[rule], Quantity(name, code, value, unit, 3, {}))
-    return None if recommendation is None else recommendation.category
+    [short] = _RULES[rule].vessels
+    vessel = Vessel(short, VESSELS[short], "left", "test")
+    said = apply_rule(_RULES[rule], Quantity(name, code, value, unit, 3, {}), vessel)
+    assert said is None or isinstance(said, Recommendation)
+    return None if said is None else said.category
 
 
 @pytest.mark.parametrize(
     ("rule", "value", "category"),
     [
+        ("sru_ica_stenosis_psv", 0.0, "ica_low_psv"),
+        ("sru_ica_stenosis_psv", 49.99, "ica_low_psv"),
+        ("sru_ica_stenosis_psv", 50.0, "ica_below_50"),
         ("sru_ica_stenosis_psv", 124.99, "ica_below_50"),
         ("sru_ica_stenosis_psv", 125.0, "ica_50_69"),
         ("sru_ica_stenosis_psv", 230.0, "ica_50_69"),

@@ -64,7 +64,7 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Automatic SRs written to files: PW (finding, recommendation), M-mode, a failure."""
     folder = tmp_path_factory.mktemp("sr")
     out = {}
-    for kind, params in (("pw", {"psv_cm_s": 260}), ("mmode", {})):
+    for kind, params in (("pw", {"psv_cm_s": 260, "vessel": "ica", "side": "left"}), ("mmode", {})):
         source = simulate(kind, folder / kind, seed=3, snr_db=20.0, **params)[0]
         outputs = execute_file(str(source))
         assert outputs.sr is not None, kind

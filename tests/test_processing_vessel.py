@@ -112,8 +112,9 @@ def test_a_rule_for_another_vessel_is_not_applied(tmp_path: Path) -> None:
     _, summary = _measure(tmp_path, "cca", vessel="cca", side="left", psv_cm_s=150.0)
     assert [r["rule"] for r in summary["recommendations"]] == []
     _, unlabelled = _measure(tmp_path, "none", psv_cm_s=150.0)
-    [rec] = [r for r in unlabelled["recommendations"] if r["rule"] == "sru_ica_stenosis_psv"]
-    assert "if this spectrum was sampled in the internal carotid artery" in rec["text"]
+    assert unlabelled["recommendations"] == []  # no vessel: no grade for any vessel
+    [label] = [f for f in unlabelled["findings"] if f["code"] == "vessel_not_labelled"]
+    assert "sru_ica_stenosis_psv" in label["evidence"]["rules"]
 
 
 def _expected(ica_psv: float, ratio: float, edv: float) -> list[str | None]:

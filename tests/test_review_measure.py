@@ -14,13 +14,14 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from tests.conftest import real_file, region_item
+from tests.conftest import real_file, region_item, write_us
 from usreview.dicom import UltrasoundInstance, UltrasoundRegion, read
 from usreview.errors import CalibrationError, MixedCalibrationError, ReportError
 from usreview.processing.quantification.codes import CODES as PROCESSOR_CODES
 from usreview.review import measure
 from usreview.review.report import Report, build_report_sr, summary_text
 from usreview.review.results import ResultsPanel
+from usreview.review.widgets import ImageViewer
 from usreview.simulate import simulate
 
 
@@ -364,6 +365,65 @@ def test_measurement_views_and_validation() -> None:
             (1, 1),
             (1, 5),
         ).to_quantity()
+
+
+# --- regions that cannot calibrate -------------------------------------------------------
+
+
+def test_the_caliper_shows_why_a_region_without_pixel_size_cannot_measure(
+    tmp_path: Path,
+) -> None:
+    """A scanner that leaves PhysicalDeltaY out: the reader warns and reads 0; before, the
+    caliper showed "Distance 10.00 mm" for a 22.36 mm diagonal (0.00 mm vertically)."""
+    item = region_item(RegionLocationMaxX1=399, RegionLocationMaxY1=299)
+    del item.PhysicalDeltaY
+    path = write_us(tmp_path / "no-dy.dcm", np.zeros((1, 300, 400), np.uint8), regions=[item])
+    instance = read(path)
+    assert any("PhysicalDeltaY" in w for w in instance.warnings)
+    reason = (
+        "the tissue region at [0, 0, 399, 299] has no vertical pixel size (PhysicalDeltaY), "
+        "so it cannot calibrate a measurement"
+    )
+    viewer = ImageViewer.from_instance(instance)
+    for n, (tool, points) in enumerate(
+        (
+            ("distance", [[100.0, 100.0], [150.0, 200.0]]),
+            ("distance", [[100.0, 100.0], [100.0, 200.0]]),
+            ("ellipse", [[200.0, 150.0], [240.0, 150.0], [200.0, 180.0]]),
+        ),
+        start=1,
+    ):
+        viewer.request = {"tool": tool, "points": points, "n": n}
+        assert viewer.error == reason
+        assert viewer.result == {"n": n, "tool": tool, "points": points, "measurements": []}
+        assert viewer.current == [] and viewer.measurements == []
+    with pytest.raises(CalibrationError, match=r"no vertical pixel size \(PhysicalDeltaY\)"):
+        measure.distance(instance, (100, 100), (150, 200))
+
+
+def test_time_and_velocity_measurements_name_the_unusable_pixel_size() -> None:
+    """Before: a velocity on a zero PhysicalDeltaY was "not calibrated in s and cm/s", a heart
+    rate without PhysicalDeltaX "both beats are at the same time", an excursion read 0 mm."""
+    spectral = region_item(
+        RegionSpatialFormat=3,
+        RegionDataType=3,
+        PhysicalUnitsXDirection=4,
+        PhysicalUnitsYDirection=7,
+        PhysicalDeltaX=0.01,
+        PhysicalDeltaY=0.0,
+    )
+    with pytest.raises(CalibrationError, match=r"vertical pixel size \(PhysicalDeltaY\) of 0,"):
+        measure.velocity([UltrasoundRegion.from_dataset(spectral)], (10, 10))
+    strip = region_item(RegionSpatialFormat=2, PhysicalUnitsXDirection=4)
+    del strip.PhysicalDeltaX
+    no_dx = [UltrasoundRegion.from_dataset(strip, [])]
+    with pytest.raises(CalibrationError, match=r"no horizontal pixel size \(PhysicalDeltaX\)"):
+        measure.heart_rate(no_dx, (10, 10), (40, 10))
+    strip = region_item(RegionSpatialFormat=2, PhysicalUnitsXDirection=4)
+    del strip.PhysicalDeltaY
+    no_dy = [UltrasoundRegion.from_dataset(strip, [])]
+    with pytest.raises(CalibrationError, match=r"no vertical pixel size \(PhysicalDeltaY\)"):
+        measure.excursion(no_dy, (10, 10), (10, 40))
 
 
 # --- a reviewer's measurement in the signed report -------------------------------------

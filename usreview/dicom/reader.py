@@ -8,6 +8,7 @@ left on disk and decoded one frame at a time.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -162,16 +163,136 @@ class UltrasoundInstance:
             ) from exc
 
     @cached_property
+    def slice_positions_mm(self) -> tuple[str, npt.NDArray[np.float64]] | None:
+        """Each frame's position along the slice normal (mm), and the attribute it comes from.
+
+        Image Position (Volume), else (Patient), of the per-frame Plane Position functional
+        groups, projected on the normal of the row and column directions (the first frame's
+        orientation, else the shared one). ``None`` unless every one of at least 2 frames has a
+        finite position, not all the same, and an orientation.
+        """
+        return _frame_positions(self.dataset, self.number_of_frames)
+
+    @property
     def voxel_spacing_mm(self) -> tuple[float, float, float] | None:
-        """(slice, row, column) spacing of an Enhanced US Volume (shared functional groups)."""
+        """(slice, row, column) spacing of an Enhanced US Volume; ``None`` when not known.
+
+        Row and column come from Pixel Spacing (shared Pixel Measures). The slice spacing is
+        the step between the frames' positions along the slice normal
+        (:attr:`slice_positions_mm`) when they are given, with the sign of a declared negative
+        Spacing Between Slices (slices stored in reverse); else the declared Spacing Between
+        Slices. Slice Thickness is never used: it is the thickness of the slab a slice images,
+        not the distance between slices. :attr:`voxel_spacing_problem` says why it is ``None``.
+        """
+        return self._voxel_spacing[0]
+
+    @property
+    def voxel_spacing_problem(self) -> str | None:
+        """Why :attr:`voxel_spacing_mm` is ``None``, as a sentence (``None`` when it is known)."""
+        return self._voxel_spacing[1]
+
+    @cached_property
+    def _voxel_spacing(self) -> tuple[tuple[float, float, float] | None, str | None]:
         try:
             shared = self.dataset.SharedFunctionalGroupsSequence[0]
             measures = shared.PixelMeasuresSequence[0]
             row, col = (float(v) for v in measures.PixelSpacing)
-            between = measures.get("SpacingBetweenSlices") or measures.get("SliceThickness")
-            return (float(between), row, col) if between else None
+            declared = measures.get("SpacingBetweenSlices")
+            between = None if declared is None or declared == "" else float(declared)
         except (AttributeError, IndexError, KeyError, TypeError, ValueError):
-            return None
+            return None, "no Pixel Spacing in the shared Pixel Measures Sequence"
+        between, problem = _slice_spacing(between, self.slice_positions_mm)
+        return (None if between is None else (between, row, col)), problem
+
+
+#: Where a frame's position and orientation are, per frame of reference (volume, then patient):
+#: (position sequence, position, orientation sequence, orientation, name).
+_PLANES = (
+    (
+        "PlanePositionVolumeSequence",
+        "ImagePositionVolume",
+        "PlaneOrientationVolumeSequence",
+        "ImageOrientationVolume",
+        "Image Position (Volume)",
+    ),
+    (
+        "PlanePositionSequence",
+        "ImagePositionPatient",
+        "PlaneOrientationSequence",
+        "ImageOrientationPatient",
+        "Image Position (Patient)",
+    ),
+)
+
+#: A declared slice spacing, and each step between sorted frame positions, may differ from the
+#: positions' median step by this fraction (positions are decimal strings of 16 characters).
+_SPACING_TOLERANCE = 0.01
+
+
+def _group_value(group: Dataset, sequence: str, keyword: str) -> Any:
+    """``keyword`` of the first item of the functional group ``sequence`` (``None`` if absent)."""
+    items = group.get(sequence) or []
+    return items[0].get(keyword) if len(items) else None
+
+
+def _frame_positions(dataset: Dataset, frames: int) -> tuple[str, npt.NDArray[np.float64]] | None:
+    """See :attr:`UltrasoundInstance.slice_positions_mm`."""
+    per_frame = list(dataset.get("PerFrameFunctionalGroupsSequence") or [])
+    shared = (dataset.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+    if frames < 2 or len(per_frame) != frames:
+        return None
+    for position_sequence, position, orientation_sequence, orientation, name in _PLANES:
+        try:
+            positions = np.array(
+                [_group_value(f, position_sequence, position) for f in per_frame], np.float64
+            )
+            cosines = np.array(
+                _group_value(per_frame[0], orientation_sequence, orientation)
+                or _group_value(shared, orientation_sequence, orientation),
+                np.float64,
+            )
+        except (TypeError, ValueError):
+            continue
+        if positions.shape != (frames, 3) or cosines.shape != (6,):
+            continue
+        normal = np.cross(cosines[:3], cosines[3:])
+        length = float(np.linalg.norm(normal))
+        if not length > 0.5:  # direction cosines nowhere near perpendicular unit vectors
+            continue
+        along = positions @ (normal / length)  # in mm, whatever rounding the cosines carry
+        if np.all(np.isfinite(along)) and np.ptp(along) > 0:
+            return name, along
+    return None
+
+
+def _slice_spacing(
+    declared: float | None, positions: tuple[str, npt.NDArray[np.float64]] | None
+) -> tuple[float | None, str | None]:
+    """The slice spacing (mm) from the frames' positions, checked against the declared Spacing
+    Between Slices, else the declared one; or ``None`` and why not."""
+    if positions is None:
+        if declared is None:
+            return None, (
+                "the slice spacing is unknown: no Spacing Between Slices and no frame positions "
+                "(Slice Thickness is the thickness of a slice, not the distance between slices)"
+            )
+        return declared, None
+    name, along = positions
+    steps = np.diff(np.sort(along))
+    step = float(np.median(steps))
+    if step <= 0 or float(np.max(np.abs(steps - step))) > _SPACING_TOLERANCE * step:
+        return None, (
+            f"the slices are not evenly spaced: their {name} steps from {steps.min():.4g} to "
+            f"{steps.max():.4g} mm along the slice normal"
+        )
+    if declared is None:
+        return step, None
+    if not abs(abs(declared) - step) <= _SPACING_TOLERANCE * step:  # NaN disagrees too
+        return None, (
+            f"the Spacing Between Slices ({declared:g} mm) disagrees with the {step:.4g} mm "
+            f"between the frames' {name} along the slice normal"
+        )
+    return math.copysign(step, declared), None
 
 
 def read(

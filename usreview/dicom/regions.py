@@ -8,13 +8,18 @@ A region maps pixels to physical values with::
 The reference pixel is relative to the region's top-left corner and its physical value is not
 always zero (the baseline of a spectral Doppler region, a depth offset): dropping either term
 is the calibration bug viewers keep making. Deltas may be negative (velocity grows upward).
+
+A region read without a Physical Delta keeps 0 in its place (with a warning) and remembers the
+keyword in :attr:`UltrasoundRegion.missing`; :func:`region_for_points` refuses any region whose
+axis has physical units but no finite, non-zero pixel size, so a caliper never reads 0 or part
+of a distance.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +46,8 @@ class UltrasoundRegion:
 
     Pixel coordinates are (x = column, y = row) of the whole image, with the region's corners
     inclusive as in DICOM. ``reference_pixel_x0/y0`` are relative to the region's top-left.
+    ``missing`` holds the keywords of required attributes that were absent and replaced by a
+    neutral value (``PhysicalDeltaY`` read as 0); it takes no part in equality.
     """
 
     spatial_format: RegionSpatialFormat
@@ -62,6 +69,7 @@ class UltrasoundRegion:
     pulse_repetition_frequency_hz: float | None = None
     doppler_correction_angle_deg: float | None = None
     steering_angle_deg: float | None = None
+    missing: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     # --- geometry -------------------------------------------------------------------
 
@@ -73,8 +81,36 @@ class UltrasoundRegion:
     def deltas_problem(self) -> str | None:
         """Why the physical deltas cannot calibrate the region (zero, not finite), or ``None``."""
         for keyword, delta in (("PhysicalDeltaX", self.delta_x), ("PhysicalDeltaY", self.delta_y)):
+            if keyword in self.missing:
+                return f"its {keyword} is missing; it must be finite and non-zero"
             if not math.isfinite(delta) or delta == 0:
                 return f"its {keyword} is {delta:g}; it must be finite and non-zero"
+        return None
+
+    def calibration_problem(self) -> str | None:
+        """Why the region cannot calibrate a measurement, as a sentence, or ``None``.
+
+        Every axis with physical units needs a pixel size (Physical Delta) that is present,
+        finite and non-zero; an axis without units (the amplitude of an ECG trace) is not
+        measured and needs none.
+        """
+        axes = (
+            ("horizontal", "PhysicalDeltaX", self.units_x, self.delta_x),
+            ("vertical", "PhysicalDeltaY", self.units_y, self.delta_y),
+        )
+        for axis, keyword, units, delta in axes:
+            if units == PhysicalUnits.NONE:
+                continue
+            if keyword in self.missing:
+                found = f"has no {axis} pixel size ({keyword})"
+            elif not math.isfinite(delta) or delta == 0:
+                found = f"has a {axis} pixel size ({keyword}) of {delta:g}"
+            else:
+                continue
+            return (
+                f"the {self.data_type.name.lower()} region at {list(self.bounds)} {found}, "
+                "so it cannot calibrate a measurement"
+            )
         return None
 
     def bounds_problem(self, rows: int, columns: int) -> str | None:
@@ -172,12 +208,14 @@ class UltrasoundRegion:
         Missing required attributes are replaced by neutral values and reported in ``warnings``.
         """
         notes = warnings if warnings is not None else []
+        missing: set[str] = set()
 
         def get(keyword: str, default: Any, required: bool = False) -> Any:
             value = getattr(item, keyword, None)
             if value is None or value == "":
                 if required:
                     notes.append(f"ultrasound region without {keyword}; assumed {default!r}")
+                    missing.add(keyword)
                 return default
             return value
 
@@ -201,6 +239,7 @@ class UltrasoundRegion:
             pulse_repetition_frequency_hz=_optional_float(get("PulseRepetitionFrequency", None)),
             doppler_correction_angle_deg=_optional_float(get("DopplerCorrectionAngle", None)),
             steering_angle_deg=_optional_float(get("SteeringAngle", None)),
+            missing=frozenset(missing),
         )
 
     def to_dataset(self) -> Dataset:
@@ -280,8 +319,10 @@ def region_for_points(
 
     The smallest high-priority region containing every point wins. When the points fall in
     different regions, those regions must share one calibration, otherwise the measurement is
-    refused with :class:`MixedCalibrationError`. A point outside every region, or a region
-    without physical units, raises :class:`CalibrationError`.
+    refused with :class:`MixedCalibrationError`. A point outside every region, a region
+    without physical units, or a region that cannot calibrate
+    (:meth:`UltrasoundRegion.calibration_problem`: a pixel size missing, zero or not finite)
+    raises :class:`CalibrationError`; the last is checked before regions are compared.
     """
     pts = list(points)
     if not pts:
@@ -304,8 +345,12 @@ def region_for_points(
         key=rank,
     )
     chosen = common[0] if common else per_point[0]
+    for region in (chosen, *per_point):
+        problem = region.calibration_problem()
+        if problem is not None:
+            raise CalibrationError(problem)
     for other in per_point:
-        if not chosen.same_calibration(other):
+        if other is not chosen and not chosen.same_calibration(other):
             raise MixedCalibrationError(
                 "the points fall in ultrasound regions of different calibration "
                 f"({chosen.data_type.name.lower()} at {list(chosen.bounds)} and "

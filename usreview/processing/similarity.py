@@ -3,22 +3,46 @@
 Every instance the hub processes is compared with the de-identified instances of the
 teaching cases (the hub's case library: prior images an expert has reported on). The
 comparison uses a descriptor of the image's main region, in physical units where the
-region is calibrated, so that two images are alike when what they show is alike:
+region is calibrated, so that two images are alike when what they show is alike, not when
+they were shown alike (the same gain, dynamic range or depth):
 
 - the region: the spectral region of a PW or CW spectrum, else the largest tissue region
   (B-mode, M-mode), else the whole frame; the middle frame of a cine or volume;
-- the **profile**: the region's mean and spread along its vertical axis, on a fixed
-  physical grid when the axis is calibrated (velocity in cm/s for a spectrum: the
-  distribution of velocities over time, whatever the phase of the cycles; depth in cm
-  for tissue and M-mode), else on its rows;
-- the **texture**: the histograms of the grey levels, of the echogenicity (means of 8x8
-  blocks, without the speckle) and of the gradient orientations (at half resolution).
+- its grey levels **normalised**: less their median, divided by the spread of their upper
+  half (90th less 50th percentile), clipped to -3..3 (:data:`LEVELS`). A display's gain
+  adds to its log-compressed grey levels and its dynamic range scales them, so the
+  normalised levels are the same under both but for what the display clipped. The upper
+  half, not the interquartile range: a quarter to a half of an M-mode strip is black at a
+  dynamic range of 45 dB;
+- the **profiles**: the mean and spread of the normalised rows along the vertical axis, on
+  a physical grid when the axis is calibrated (velocity in cm/s for a spectrum: the
+  distribution of velocities over time, whatever the phase of the cycles; depth in cm for
+  tissue and M-mode), and on the region's rows (resampled to 64), calibrated or not; and
+  the mean's autocovariance, the **distances** between structures (the walls of a
+  ventricle) wherever they lie;
+- the **texture**: the histograms of the normalised grey levels, of the echogenicity
+  (means of 8x8 blocks, without the speckle), of the gradient orientations (at half
+  resolution) and of the local binary patterns of the 8x8 blocks; and the
+  **heterogeneity**: how much the echogenicity varies from blocks of 2 to 64 pixels (the
+  speckle averages out as blocks grow, lesions and organs do not).
 
-Each part is centred and made unit length, so each weighs the same; the descriptor is unit
-length and two descriptors' similarity is their dot product (cosine, 1 for identical
-images). Only images of the same kind are compared (a spectrum with spectra, a still with
-stills). Describing a 480x640 still takes about 6 ms.
-:data:`VERSION` changes whenever descriptors change: older ones are then recomputed.
+Each part is made unit length and weighed by its share (:data:`PARTS`): structure and
+texture weigh most, the positions along the axis (they differ from patient to patient and
+with the depth setting) less, the grey levels least. A profile is compared as its
+deviation from flat, so that two flat profiles are alike rather than as alike as their
+noise. The similarity of two descriptors is their cosine over the parts both have: the
+mean of the parts' cosines weighed by their shares (1 for identical images). Every
+descriptor has :data:`DIMENSION` numbers: a part an image does not have (the physical
+profiles and distances of an image that is not calibrated) is zeros, so that calibrated
+and uncalibrated images are compared on the parts they share. Only images of the same
+kind are compared (a spectrum with spectra, a still with stills). Describing a 480x640
+still takes a little less time than version 1.0 did.
+
+:data:`VERSION` changes whenever descriptors change. The case library then describes its
+instances again (:mod:`usreview.processing.case_library` takes a record of another version
+as none), and :func:`rank` never compares descriptors of different versions. Version 1.0
+compared raw grey levels with the profiles at equal weight, so that it mostly measured the
+display's gain, and its descriptors had 314 numbers when calibrated and 200 when not.
 """
 
 from __future__ import annotations
@@ -37,16 +61,19 @@ from usreview.dicom.regions import UltrasoundRegion
 from usreview.teaching import case_name
 
 __all__ = [
+    "DIMENSION",
+    "PARTS",
     "VERSION",
     "Descriptor",
     "LibraryEntry",
     "Match",
+    "Part",
     "describe",
     "rank",
     "similar_cases_finding",
 ]
 
-VERSION: Final = "1.0"
+VERSION: Final = "2.0"
 #: Kinds compared, in order of precedence: an instance is described as its first kind here.
 KINDS: Final = (
     ImageKind.PW_DOPPLER,
@@ -56,28 +83,83 @@ KINDS: Final = (
     ImageKind.COLOR_FLOW,
     ImageKind.BMODE,
 )
-#: Physical grids of the profile (start, stop, points) by the vertical axis' unit.
+#: Points of the physical profiles, whatever the axis' unit.
+GRID_POINTS: Final = 321
+#: Physical grids of the profile (start, stop) by the vertical axis' unit.
 GRIDS: Final = {
-    PhysicalUnits.CM_PER_SECOND: (-800.0, 800.0, 321),  # 5 cm/s steps
-    PhysicalUnits.CM: (0.0, 30.0, 121),  # 0.25 cm steps
+    PhysicalUnits.CM_PER_SECOND: (-800.0, 800.0),  # 5 cm/s steps
+    PhysicalUnits.CM: (0.0, 32.0),  # 0.1 cm steps
 }
-#: Points of an uncalibrated profile (its rows, resampled).
+#: Points of the profiles along the rows (resampled), calibrated or not.
 ROW_POINTS: Final = 64
 GREY_BINS: Final = 32
+#: Range of the normalised grey levels: what is beyond is clipped to it (about 16 dB either
+#: side of the median in speckle, whose upper half spreads over about 5 dB), so that what a
+#: display clips to black or white at one gain or dynamic range is clipped alike at another.
+LEVELS: Final = (-3.0, 3.0)
 #: Longest side (pixels) described; a larger frame or region is sampled down to it.
 MAX_SIDE: Final = 1024
 #: Side of the blocks whose mean grey levels are the echogenicity, without the speckle
 #: (pixels).
 BLOCK: Final = 8
 ORIENTATION_BINS: Final = 8
+#: Lags of the physical profile's autocovariance (grid steps: 0.1 to 8 cm, 5 to 400 cm/s).
+LAGS: Final = 80
+#: Profiles flatter than this (root mean square, in normalised grey levels) count as flat.
+FLAT: Final = 0.15
+#: Sides (pixels) of the blocks whose means' spread is the heterogeneity, from the speckle
+#: to whole structures.
+SCALES: Final = (2, 4, 8, 16, 32, 64)
+#: Where the spreads' logarithms (base 2) are placed (soft bins, 0.5 apart).
+_SCALE_GRID: Final = tuple(float(v) for v in np.linspace(-6.0, 2.0, 17))
+#: Rotation-invariant uniform local binary patterns (8 neighbours): 0-8 neighbours
+#: brighter, or not uniform.
+PATTERN_BINS: Final = 10
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part of the descriptor: its name, its length and its share of the similarity."""
+
+    name: str
+    size: int
+    share: float
+
+
+#: The descriptor's parts, in order, with their shares (percent of the similarity of two
+#: images that have every part). A part an image does not have is zeros. The shape and
+#: structure of what is shown (the distances between structures, the heterogeneity, the
+#: echogenicity and patterns) weigh most; the positions along the axis, which differ from
+#: one patient (and one depth setting) to the next, less; the grey levels themselves least.
+PARTS: Final = (
+    # The profiles and their autocovariances end with a constant (see _anchored).
+    Part("profile", GRID_POINTS + 1, 10.0),  # calibrated only
+    Part("spread", GRID_POINTS + 1, 3.0),  # calibrated only
+    Part("distances", LAGS + 1, 21.0),  # calibrated only
+    Part("row_profile", ROW_POINTS + 1, 3.0),
+    Part("row_spread", ROW_POINTS + 1, 1.0),
+    Part("row_distances", ROW_POINTS // 2 + 1, 5.0),
+    Part("levels", GREY_BINS, 5.0),
+    Part("echogenicity", GREY_BINS, 10.0),
+    Part("heterogeneity", len(SCALES) * len(_SCALE_GRID), 26.0),
+    Part("orientations", ORIENTATION_BINS, 5.0),
+    Part("patterns", PATTERN_BINS, 11.0),
+)
+#: Length of every descriptor's vector.
+DIMENSION: Final = sum(p.size for p in PARTS)
 
 #: How far from 1 the length of a recorded descriptor's vector may be (rounding only).
 _UNIT_TOLERANCE: Final = 1e-6
+#: A part whose squared length is below this is one the image does not have.
+_ABSENT: Final = 1e-12
 
 _SPECTRAL = {
     ImageKind.PW_DOPPLER: RegionDataType.PW_SPECTRAL_DOPPLER,
     ImageKind.CW_DOPPLER: RegionDataType.CW_SPECTRAL_DOPPLER,
 }
+_BOUNDS: Final = tuple(
+    (start := sum(p.size for p in PARTS[:i]), start + part.size) for i, part in enumerate(PARTS)
+)
 
 
 @dataclass(frozen=True)
@@ -165,23 +247,29 @@ def describe(instance: UltrasoundInstance) -> Descriptor | None:
     frame = shown.astype(np.float32)
     if frame.ndim == 3:  # RGB: its luminance
         frame = frame @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    frame /= 255.0
+    frame, levels = _normalised(frame)
+    pyramid = _pyramid(frame)
+    # A frame too small for them has its coarsest blocks in their place.
+    half, blocks = (pyramid[min(side, max(pyramid))] for side in (2, BLOCK))
+    mean, spread = frame.mean(axis=1, dtype=np.float64), frame.std(axis=1, dtype=np.float64)
     parts = (
-        *_profiles(frame, region, rows),
-        _histogram(frame),
-        _histogram(_block_means(frame, BLOCK)),
-        _orientations(_block_means(frame, 2)),  # at half resolution: a quarter of the work
+        *_physical_profiles(mean, spread, region, rows),
+        *_row_profiles(mean, spread),
+        _centred(levels),
+        _centred(_histogram(blocks)),
+        _heterogeneity(pyramid),
+        _centred(_orientations(half)),  # at half resolution: a quarter of the work
+        _centred(_patterns(blocks)),
     )
-    vector = np.concatenate([_unit(p - p.mean()) for p in parts])
-    vector = _unit(vector)
-    return Descriptor(kind.value, tuple(float(v) for v in vector))
+    return Descriptor(kind.value, tuple(float(v) for v in _combined(parts)))
 
 
 def rank(query: Descriptor, library: Iterable[LibraryEntry], *, limit: int = 3) -> list[Match]:
     """The ``limit`` library entries most like ``query``, most similar first.
 
-    Only entries of the same kind and descriptor version (and length) are compared; one
-    match per case (its most similar instance).
+    Only entries of the same kind and descriptor version (and length) are compared, on the
+    parts both have (:data:`PARTS`; a vector of another length than :data:`DIMENSION` is
+    compared whole); one match per case (its most similar instance).
     """
     entries = [
         e
@@ -193,7 +281,7 @@ def rank(query: Descriptor, library: Iterable[LibraryEntry], *, limit: int = 3) 
     if not entries or limit < 1:
         return []
     vectors = np.array([e.descriptor.vector for e in entries], dtype=np.float64)
-    scores = vectors @ np.array(query.vector, dtype=np.float64)
+    scores = _similarities(np.array(query.vector, dtype=np.float64), vectors)
     best: dict[str, Match] = {}
     for index in np.argsort(-scores, kind="stable"):
         entry = entries[int(index)]
@@ -218,6 +306,49 @@ def similar_cases_finding(matches: Sequence[Match]) -> dict[str, Any]:
     }
 
 
+def _similarities(
+    query: npt.NDArray[np.float64], vectors: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """The cosine of ``query`` with each row of ``vectors`` over the parts both have."""
+    if len(query) != DIMENSION:  # not a descriptor describe() made: compared whole
+        return vectors @ query
+    dots = np.empty((len(vectors), len(PARTS)))
+    lengths = np.empty_like(dots)
+    own = np.empty(len(PARTS))
+    for index, (start, stop) in enumerate(_BOUNDS):
+        dots[:, index] = vectors[:, start:stop] @ query[start:stop]
+        lengths[:, index] = np.einsum("ij,ij->i", vectors[:, start:stop], vectors[:, start:stop])
+        own[index] = query[start:stop] @ query[start:stop]
+    shared = (lengths > _ABSENT) & (own > _ABSENT)
+    norms = np.sqrt((lengths * shared).sum(axis=1) * (own * shared).sum(axis=1))
+    total = (dots * shared).sum(axis=1)
+    return np.asarray(np.divide(total, norms, out=np.zeros_like(total), where=norms > 0))
+
+
+def _combined(parts: Sequence[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+    """The unit vector of ``parts`` (as :data:`PARTS`), each made unit length and weighed
+    by its share; a part that is all zeros (absent) stays zeros."""
+    pieces = []
+    for part, values in zip(PARTS, parts, strict=True):
+        assert len(values) == part.size, (part.name, len(values))
+        pieces.append(math.sqrt(part.share) * _unit(values))
+    return _unit(np.concatenate(pieces))
+
+
+def _centred(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``values`` less their mean: a histogram compared by its correlation."""
+    return np.asarray(values - values.mean(), dtype=np.float64)
+
+
+def _anchored(values: npt.NDArray[np.float64], flat: float) -> npt.NDArray[np.float64]:
+    """Deviations from flat (a profile less its mean, an autocovariance) followed by a
+    constant, ``flat`` as a root mean square over them (:data:`FLAT`, squared for an
+    autocovariance). Two flat profiles are then alike, rather than as alike as their noise
+    (their correlation); a flat profile and one that is not are unlike; two that are not
+    are compared by their correlation."""
+    return np.append(values, flat * math.sqrt(len(values)))
+
+
 def _region(
     instance: UltrasoundInstance, kind: ImageKind
 ) -> tuple[UltrasoundRegion, tuple[int, int, int, int]] | None:
@@ -238,42 +369,108 @@ def _region(
     return None if best is None else best[1]
 
 
-def _profiles(
+def _normalised(
     frame: npt.NDArray[np.float32],
-    region: UltrasoundRegion | None,
-    rows: npt.NDArray[np.int_],
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Mean and spread along the vertical axis (image ``rows``), on the physical grid when
-    calibrated."""
-    mean, spread = frame.mean(axis=1, dtype=np.float64), frame.std(axis=1, dtype=np.float64)
-    grid = GRIDS.get(region.units_y) if region is not None else None
-    if region is None or grid is None or region.deltas_problem() is not None:
-        points = np.linspace(0, len(mean) - 1, ROW_POINTS)
-        at = np.arange(len(mean))
-        return np.interp(points, at, mean), np.interp(points, at, spread)
-    values = region.to_physical(np.zeros_like(rows), rows)[1]
-    order = np.argsort(values)
-    points = np.linspace(*grid[:2], int(grid[2]))
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    """The grey levels (0-255) less their median, divided by the upper half's spread (90th
+    less 50th percentile; failing that the 99th less the 50th, or 1), clipped to
+    :data:`LEVELS`; and their histogram (:func:`_histogram`, from the count of each grey
+    level, a luminance rounded)."""
+    counts = np.bincount(np.rint(frame).astype(np.intp).ravel(), minlength=256)[:256]
+    below = np.cumsum(counts)
+    middle, high, top = (float(np.searchsorted(below, q * below[-1])) for q in (0.5, 0.9, 0.99))
+    spread = next((s for s in (high - middle, top - middle) if s >= 1.0), 1.0)
+    normalised = (frame - np.float32(middle)) * np.float32(1 / spread)
+    level = np.clip((np.arange(256) - middle) / spread, *LEVELS)
     return (
-        np.interp(points, values[order], mean[order], left=0.0, right=0.0),
-        np.interp(points, values[order], spread[order], left=0.0, right=0.0),
+        np.clip(normalised, *LEVELS, out=normalised),
+        _histogram(level, weights=counts.astype(np.float64)),
     )
 
 
-def _histogram(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """Square roots of the grey levels' frequencies (so that a dot product compares them)."""
-    bins = np.minimum((values * GREY_BINS).astype(np.intp), GREY_BINS - 1).ravel()
-    counts = np.bincount(np.maximum(bins, 0), minlength=GREY_BINS)
-    return np.sqrt(counts / max(1, values.size))
+def _physical_profiles(
+    mean: npt.NDArray[np.float64],
+    spread: npt.NDArray[np.float64],
+    region: UltrasoundRegion | None,
+    rows: npt.NDArray[np.int_],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The rows' ``mean`` and ``spread`` on the physical grid of the vertical axis (image
+    ``rows``), less their means where the region covers the grid (zeros beyond), and the
+    mean's autocovariance (:data:`LAGS`); all zeros when the axis is not calibrated."""
+    grid = GRIDS.get(region.units_y) if region is not None else None
+    absent = np.zeros(GRID_POINTS + 1), np.zeros(GRID_POINTS + 1), np.zeros(LAGS + 1)
+    if region is None or grid is None or region.deltas_problem() is not None:
+        return absent
+    values = region.to_physical(np.zeros_like(rows), rows)[1]
+    order = np.argsort(values)
+    points = np.linspace(*grid, GRID_POINTS)
+    covered = (points >= values[order[0]]) & (points <= values[order[-1]])
+    if covered.sum() < 2:
+        return absent
+    profiles = []
+    for profile in (mean, spread):
+        on_grid = np.zeros(GRID_POINTS)
+        inside = np.interp(points[covered], values[order], profile[order])
+        on_grid[covered] = inside - inside.mean()
+        profiles.append(on_grid)
+    return (
+        _anchored(profiles[0], FLAT),
+        _anchored(profiles[1], FLAT),
+        _anchored(_autocovariance(profiles[0][covered], LAGS), FLAT**2),
+    )
 
 
-def _block_means(frame: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.float32]:
-    """Means of ``size`` by ``size`` blocks (the frame itself if it is smaller)."""
-    rows, columns = (n // size * size for n in frame.shape)
-    if not rows or not columns:
-        return frame
-    blocks = frame[:rows, :columns].reshape(rows // size, size, columns // size, size)
-    return np.asarray(blocks.mean(axis=(1, 3)), dtype=np.float32)
+def _row_profiles(
+    mean: npt.NDArray[np.float64], spread: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The rows' ``mean`` and ``spread`` resampled to :data:`ROW_POINTS`, less their means,
+    and the mean's autocovariance (half as many lags)."""
+    points = np.linspace(0, len(mean) - 1, ROW_POINTS)
+    at = np.arange(len(mean))
+    mean, spread = np.interp(points, at, mean), np.interp(points, at, spread)
+    mean, spread = mean - mean.mean(), spread - spread.mean()
+    return (
+        _anchored(mean, FLAT),
+        _anchored(spread, FLAT),
+        _anchored(_autocovariance(mean, ROW_POINTS // 2), FLAT**2),
+    )
+
+
+def _autocovariance(values: npt.NDArray[np.float64], lags: int) -> npt.NDArray[np.float64]:
+    """The autocovariance of ``values`` (a mean of 0) at lags 1 to ``lags`` (0 beyond its
+    length): how alike the profile is to itself moved along, whatever its position."""
+    found = np.zeros(lags)
+    count = min(lags, len(values) - 1)
+    if count > 0:
+        full = np.correlate(values, values, mode="full")[len(values) : len(values) + count]
+        found[:count] = full / len(values)
+    return found
+
+
+def _histogram(
+    values: npt.NDArray[np.floating[Any]], weights: npt.NDArray[np.float64] | None = None
+) -> npt.NDArray[np.float64]:
+    """Square roots of the frequencies of normalised grey levels (each of the ``weights``
+    if given) in :data:`GREY_BINS` bins over :data:`LEVELS`, each value shared between its
+    two nearest bins (so that a small shift moves the histogram a little, not a whole
+    bin)."""
+    low, high = LEVELS
+    position = (values.ravel().astype(np.float64) - low) * (GREY_BINS / (high - low)) - 0.5
+    position = np.clip(position, 0, GREY_BINS - 1)
+    below = np.minimum(position.astype(np.intp), GREY_BINS - 2)
+    above = position - below
+    weight = np.ones(len(position)) if weights is None else weights.ravel()
+    counts = np.bincount(below, weights=weight * (1 - above), minlength=GREY_BINS)
+    counts += np.bincount(below + 1, weights=weight * above, minlength=GREY_BINS)
+    return np.sqrt(counts / max(1.0, float(weight.sum())))
+
+
+def _halved(frame: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Means of 2 by 2 blocks (a last odd row or column is left out)."""
+    rows, columns = (n // 2 * 2 for n in frame.shape)
+    even, odd = frame[0:rows:2, :columns], frame[1:rows:2, :columns]
+    summed = even[:, 0::2] + even[:, 1::2] + odd[:, 0::2] + odd[:, 1::2]
+    return np.asarray(summed * np.float32(0.25), dtype=np.float32)
 
 
 def _orientations(frame: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
@@ -286,6 +483,69 @@ def _orientations(frame: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     weights = np.hypot(dx, dy)
     counts = np.bincount(bins.ravel(), weights=weights.ravel(), minlength=ORIENTATION_BINS)
     return np.asarray(counts, dtype=np.float64)
+
+
+def _pyramid(frame: npt.NDArray[np.float32]) -> dict[int, npt.NDArray[np.float32]]:
+    """``frame`` and the means of its blocks of 2, 4, 8, ... pixels (by side), each made
+    from the one before, while both sides hold at least 2 blocks."""
+    pyramid, side = {1: frame}, 1
+    while side < max(SCALES) and min(pyramid[side].shape) >= 4:
+        pyramid[2 * side] = _halved(pyramid[side])
+        side *= 2
+    return pyramid
+
+
+def _heterogeneity(pyramid: dict[int, npt.NDArray[np.float32]]) -> npt.NDArray[np.float64]:
+    """How much the echogenicity varies at each scale: the spread of the means of blocks
+    of :data:`SCALES` pixels (:func:`_pyramid`), from the speckle (whose spread falls as
+    the blocks grow) to whole structures (whose spread stays). Each spread's logarithm is a
+    soft bin (a Gaussian, 0.5 wide) on :data:`_SCALE_GRID`, so that two images' spreads are
+    compared by how close they are, scale by scale; a scale a small frame does not have
+    is zeros."""
+    grid = np.array(_SCALE_GRID)
+    found = []
+    for scale in SCALES:
+        blocks = pyramid.get(scale)
+        if blocks is None:
+            found.append(np.zeros(len(grid)))
+            continue
+        spread = math.log2(max(float(blocks.std(dtype=np.float64)), 2.0**-8))
+        found.append(np.exp(-0.5 * ((grid - spread) / 0.5) ** 2))
+    return np.concatenate(found)
+
+
+#: The 8 neighbours of a pixel, in turn around it (row, column offsets).
+_NEIGHBOURS: Final = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
+
+
+def _patterns(frame: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """Square roots of the frequencies of the rotation-invariant uniform local binary
+    patterns (Ojala et al., IEEE TPAMI 24(7), 2002): how many of the 8 neighbours are
+    brighter than the pixel when they make one arc (9 bins), else one bin. They depend on
+    the order of the grey levels only. Flat neighbourhoods (clipped to black or white) are
+    left out: they show no pattern."""
+    if min(frame.shape) < 3:
+        return np.zeros(PATTERN_BINS)
+    centre = frame[1:-1, 1:-1]
+    rows, columns = frame.shape
+    brighter = np.stack(
+        [
+            frame[1 + dr : rows - 1 + dr, 1 + dc : columns - 1 + dc] > centre
+            for dr, dc in _NEIGHBOURS
+        ]
+    )
+    darker = np.stack(
+        [
+            frame[1 + dr : rows - 1 + dr, 1 + dc : columns - 1 + dc] < centre
+            for dr, dc in _NEIGHBOURS
+        ]
+    )
+    flat = ~(brighter | darker).any(axis=0)
+    ones = brighter.sum(axis=0)
+    changes = (brighter != np.roll(brighter, 1, axis=0)).sum(axis=0)
+    labels = np.where(changes <= 2, ones, PATTERN_BINS - 1)[~flat]
+    counts = np.bincount(labels.ravel(), minlength=PATTERN_BINS)
+    return np.sqrt(counts / max(1, labels.size))
 
 
 def _unit(vector: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -3,9 +3,11 @@
 Points are image pixels ``(x = column, y = row)`` of the displayed frame, as a caliper picks
 them. Every function finds the one region that calibrates all its points
 (:func:`usreview.dicom.region_for_points`): points in regions of different calibration are
-refused with :class:`~usreview.errors.MixedCalibrationError`, points outside every region or
-in a region of the wrong units with :class:`~usreview.errors.CalibrationError`, and a
-degenerate pick (two identical beats, an ellipse without width) with :class:`ValueError`.
+refused with :class:`~usreview.errors.MixedCalibrationError`; points outside every region, in a
+region of the wrong units or in a region without a usable pixel size (a Physical Delta missing,
+zero or not finite on an axis with units) with :class:`~usreview.errors.CalibrationError`,
+whose message the caliper widgets show instead of a value; and a degenerate pick (two
+identical beats, an ellipse without width) with :class:`ValueError`.
 
 ===================  ===========================================  ==========================
 function             points                                       result (UCUM)
@@ -279,7 +281,8 @@ def distance(
     MixedCalibrationError
         The points lie in regions of different calibration.
     CalibrationError
-        A point lies outside every region, or the region is not calibrated in cm.
+        A point lies outside every region, the region is not calibrated in cm, or it has
+        no usable pixel size on an axis.
     """
     a, b = _point(p0, "p0"), _point(p1, "p1")
     region = _spatial_region(source, (a, b))
@@ -364,11 +367,7 @@ def ellipse(
 
 def _spectral_region(source: Source, points: Sequence[Point]) -> UltrasoundRegion:
     region = region_for_points(_regions(source), points)
-    if (
-        region.units_x != PhysicalUnits.SECONDS
-        or region.units_y != PhysicalUnits.CM_PER_SECOND
-        or region.delta_y == 0
-    ):
+    if region.units_x != PhysicalUnits.SECONDS or region.units_y != PhysicalUnits.CM_PER_SECOND:
         raise CalibrationError(
             "a velocity needs a spectral Doppler region calibrated in s and cm/s; "
             f"the points lie in {_describe(region)}"

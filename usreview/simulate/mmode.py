@@ -6,6 +6,12 @@ internal dimension follows ``D(t) = LVIDd - (LVIDd - LVIDs) s(phase)``, with ``s
 rising smoothly from 0 at end diastole (cycle start) to 1 at end systole (30 % of the
 cycle) and back to 0 by 50 %; the septum takes 40 % of the excursion, the posterior
 wall 60 %. Each structure carries its own speckle texture, moving with it.
+
+With ``write_point`` above 0 the strip is a frozen sweeping display
+(:mod:`usreview.simulate.sweep`): Region Flags say so, the newest time lies left of the
+write point, ``erase_columns`` blank columns follow it, and the oldest time lies right of
+them. The truth then adds ``sweep``: the write point, the erase bar and, per stretch of
+continuous time, its columns, times and complete cycles.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from scipy import ndimage
 
 from usreview.dicom.enum import PhysicalUnits, RegionDataType, RegionSpatialFormat
 from usreview.errors import SimulationError
-from usreview.simulate import speckle
+from usreview.simulate import speckle, sweep
 from usreview.simulate.bmode import (
     US_IMAGE_STORAGE,
     Inclusion,
@@ -53,7 +59,7 @@ class MmodeParams:
 
     rows: int = param(480, 320, 1024, "image rows")
     columns: int = param(640, 320, 1280, "image columns")
-    heart_rate_bpm: float = param(75.0, 30.0, 200.0, "heart rate (beats/min)")
+    heart_rate_bpm: float = param(75.0, 30.0, 300.0, "heart rate (beats/min)")
     lvidd_mm: float = param(48.0, 20.0, 80.0, "LV internal dimension in diastole (mm)")
     lvids_mm: float = param(30.0, 10.0, 75.0, "LV internal dimension in systole (mm)")
     ivs_mm: float = param(10.0, 4.0, 25.0, "septal thickness (mm)")
@@ -62,6 +68,10 @@ class MmodeParams:
     depth_cm: float = param(14.0, 10.0, 24.0, "depth shown in the M-mode strip (cm)")
     frequency_mhz: float = param(2.5, 1.0, 7.0, "transducer frequency (MHz)")
     dynamic_range_db: float = param(60.0, 20.0, 100.0, "display dynamic range (dB)")
+    write_point: float = param(
+        0.0, 0.0, 0.95, "sweeping display: write point as a share of the width (0: scrolling)"
+    )
+    erase_columns: int = param(8, 0, 64, "sweeping display: blank columns after the write point")
 
 
 def contraction(phase: Float) -> Float:
@@ -177,12 +187,14 @@ def build(ctx: Context, p: MmodeParams) -> list[Instance]:
         units_y=PhysicalUnits.CM,
         delta_x=dt,
         delta_y=dy,
+        extra={"RegionFlags": sweep.SWEEPING_FLAGS} if p.write_point > 0 else {},
     )
     image = np.zeros((p.rows, p.columns), np.uint8)
     _draw_bmode(rng, image, bregion, p, ctx.snr_db)
     phase0 = float(rng.uniform(0.0, 1.0))
     grey, septum, posterior = _mstrip(rng, p, (n_rows, n_cols), dy, dt, phase0, ctx.snr_db)
-    image[y0 : y1 + 1, x0 : x1 + 1] = grey
+    shown = sweep.layout(n_cols, p.write_point, p.erase_columns) if p.write_point > 0 else None
+    image[y0 : y1 + 1, x0 : x1 + 1] = grey if shown is None else sweep.apply(grey, shown)
 
     ds = new_dataset(ctx, US_IMAGE_STORAGE, series_description="simulated M-mode")
     us_image_attributes(ds, modes="0003")
@@ -191,7 +203,10 @@ def build(ctx: Context, p: MmodeParams) -> list[Instance]:
     t_end = (n_cols - 1) * dt
     first = (-phase0 % 1.0) * period  # first end diastole (cycle start) at or after t = 0
     starts = np.arange(first, t_end, period)
-    complete = [float(t) for t in starts if t + period <= t_end]
+    spans = [(0.0, t_end)] if shown is None else _stretches(shown, dt)
+    complete = [float(t) for t in starts if any(a <= t and t + period <= b for a, b in spans)]
+    rows_septum = [round(float(y0 + v / dy), 3) for v in septum]
+    rows_posterior = [round(float(y0 + v / dy), 3) for v in posterior]
     truth = {
         "region": mregion.truth(),
         "bmode_region": bregion.truth(),
@@ -210,11 +225,52 @@ def build(ctx: Context, p: MmodeParams) -> list[Instance]:
             if 0.0 <= t <= t_end
         ],
         "complete_cycles": len(complete),
-        "septal_endocardium_row": [round(float(y0 + v / dy), 3) for v in septum],
-        "posterior_endocardium_row": [round(float(y0 + v / dy), 3) for v in posterior],
+        "septal_endocardium_row": _as_shown(rows_septum, shown),
+        "posterior_endocardium_row": _as_shown(rows_posterior, shown),
         "row_convention": "row = RegionLocationMinY0 + depth / PhysicalDeltaY (depth 0 at MinY0)",
     }
+    if shown is not None:
+        truth["sweep"] = _sweep_truth(shown, dt, starts, period)
     return [("mmode", ds, truth)]
+
+
+def _stretches(shown: sweep.SweepLayout, dt: float) -> list[tuple[float, float]]:
+    """Recording times (s) of the first and last column of each stretch of continuous time."""
+    return [(shown.source[a] * dt, shown.source[b - 1] * dt) for a, b in shown.parts]
+
+
+def _as_shown(values: list[float], shown: sweep.SweepLayout | None) -> list[float | None]:
+    """Per-column ``values`` of the recording in display order (``None`` where erased)."""
+    if shown is None:
+        return list(values)
+    return [values[i] if i >= 0 else None for i in shown.source.tolist()]
+
+
+def _sweep_truth(
+    shown: sweep.SweepLayout, dt: float, starts: Float, period: float
+) -> dict[str, object]:
+    """The sweep's write point, erase bar and stretches of continuous time, with their cycles.
+
+    Times are those of the recording (0 at its oldest column, which the erase bar blanked).
+    """
+    parts = []
+    for (a, b), (t0, t1) in zip(shown.parts, _stretches(shown, dt), strict=True):
+        done = [float(t) for t in starts if t0 <= t and t + period <= t1]
+        parts.append(
+            {
+                "columns": [a, b],
+                "start_s": round(t0, 6),
+                "end_s": round(t1, 6),
+                "complete_cycles": len(done),
+                "end_diastole_s": [round(t, 6) for t in done],
+            }
+        )
+    return {
+        "write_point_column": shown.write_point,
+        "erase_columns": [shown.write_point, shown.write_point + shown.erase],
+        "column_convention": "columns from RegionLocationMinX0; [start, stop)",
+        "parts": parts,
+    }
 
 
 def _draw_bmode(

@@ -17,6 +17,14 @@ as ``f < -EDV / (PSV - EDV)`` (at PSV 80 cm/s: the last 15% of the cycle for -12
 half of it for -25), and its spectrum lies on the other side of the baseline. The truth
 stays analytic and signed: EDV is the (negative) velocity at the cycle boundary, RI =
 (PSV - EDV) / PSV, PI = (PSV - EDV) / TAMV with TAMV = EDV + (PSV - EDV) mean(f).
+
+With ``write_point`` above 0 a PW strip is a frozen sweeping display
+(:mod:`usreview.simulate.sweep`): Region Flags say so, the newest time lies left of the
+write point, ``erase_columns`` blank columns follow it, the oldest time lies right of them.
+The indices of the truth are then means over the cycles complete on either side (none
+crosses the write point; without one, only ``cycle_count`` 0), ``column_times_s`` and
+``envelope_cm_s`` follow the display (null where erased), and ``sweep`` adds the write
+point, the erase bar and, per stretch of continuous time, its columns, times and indices.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from pydicom.uid import generate_uid
 
 from usreview.dicom.enum import PhysicalUnits, RegionDataType, RegionSpatialFormat
 from usreview.errors import SimulationError
-from usreview.simulate import doppler
+from usreview.simulate import doppler, sweep
 from usreview.simulate.bmode import (
     US_IMAGE_STORAGE,
     Inclusion,
@@ -88,7 +96,7 @@ class PwParams:
     edv_cm_s: float = param(
         25.0, -100.0, 300.0, "end-diastolic velocity (cm/s); negative: diastolic flow reversed"
     )
-    heart_rate_bpm: float = param(72.0, 30.0, 200.0, "mean heart rate (beats/min)")
+    heart_rate_bpm: float = param(72.0, 30.0, 300.0, "mean heart rate (beats/min)")
     hr_variability: float = param(0.03, 0.0, 0.2, "beat-to-beat SD of the period (fraction)")
     psv_variability: float = param(0.03, 0.0, 0.2, "beat-to-beat SD of the PSV (fraction)")
     angle_deg: float = param(60.0, 0.0, 80.0, "Doppler correction angle (degrees)")
@@ -106,6 +114,10 @@ class PwParams:
     study: str = param(
         "", help="study label: same seed and label, same study (0-32 of A-Z a-z 0-9 _ -)"
     )
+    write_point: float = param(
+        0.0, 0.0, 0.95, "sweeping display: write point as a share of the width (0: scrolling)"
+    )
+    erase_columns: int = param(8, 0, 64, "sweeping display: blank columns after the write point")
 
 
 @dataclass(frozen=True)
@@ -369,7 +381,14 @@ def _spectrum(
     grey, reference, noise = make(
         rng, spec, beats, sign=sign, snr_db=ctx.snr_db, dynamic_range_db=p.dynamic_range_db
     )
-    image[y0 : y1 + 1, x0 : x1 + 1] = grey
+    shown = (
+        sweep.layout(n_cols, p.write_point, p.erase_columns)
+        if isinstance(p, PwParams) and p.write_point > 0
+        else None
+    )
+    image[y0 : y1 + 1, x0 : x1 + 1] = grey if shown is None else sweep.apply(grey, shown)
+    if shown is not None:
+        extra = {**extra, "RegionFlags": sweep.SWEEPING_FLAGS}
     region = Region(
         x0=x0,
         y0=y0,
@@ -386,7 +405,29 @@ def _spectrum(
         extra=extra,
     )
     times = np.arange(n_cols, dtype=np.float64) * dt
-    truth = _indices(beats, float(times[-1]))
+    envelope = sign * beats.vmax(times)
+    if shown is None:
+        truth = _indices(beats, [(0.0, float(times[-1]))])
+        column_times: list[float | None] = [round(float(t), 6) for t in times]
+        column_speeds: list[float | None] = [round(float(v), 4) for v in envelope]
+    else:
+        stretches = [
+            (float(times[shown.source[a]]), float(times[shown.source[b - 1]]))
+            for a, b in shown.parts
+        ]
+        truth = _indices(beats, stretches, required=False)  # a case to refuse, maybe
+        truth["sweep"] = {
+            "write_point_column": shown.write_point,
+            "erase_columns": [shown.write_point, shown.write_point + shown.erase],
+            "column_convention": "columns from RegionLocationMinX0; [start, stop)",
+            "parts": [
+                {"columns": [a, b], "start_s": round(t0, 6), "end_s": round(t1, 6)}
+                | _indices(beats, [(t0, t1)], required=False)
+                for (a, b), (t0, t1) in zip(shown.parts, stretches, strict=True)
+            ],
+        }
+        column_times = [round(float(times[i]), 6) if i >= 0 else None for i in shown.source]
+        column_speeds = [round(float(envelope[i]), 4) if i >= 0 else None for i in shown.source]
     truth.update(
         region=region.truth(),
         flow=p.flow,
@@ -398,8 +439,8 @@ def _spectrum(
         reference_power=reference,
         noise_power_per_row=noise,
         angle_deg=p.angle_deg,
-        column_times_s=[round(float(t), 6) for t in times],
-        envelope_cm_s=[round(float(v), 4) for v in sign * beats.vmax(times)],
+        column_times_s=column_times,
+        envelope_cm_s=column_speeds,
     )
     return region, truth
 
@@ -441,9 +482,18 @@ def _reversing_spectrogram(
     return doppler.speckled_display(rng, mean, snr_db=snr_db, dynamic_range_db=dynamic_range_db)
 
 
-def _indices(beats: doppler.Beats, t_end: float) -> dict[str, Any]:
-    """PSV, EDV, RI, PI, VTI and heart rate: means over the complete cycles in view."""
-    done = beats.complete(0.0, t_end)
+def _indices(
+    beats: doppler.Beats, stretches: list[tuple[float, float]], *, required: bool = True
+) -> dict[str, Any]:
+    """PSV, EDV, RI, PI, VTI and heart rate: means over the cycles complete in a stretch.
+
+    ``stretches`` are the times (s) of continuous time in view: the whole strip, or both
+    sides of a sweep's write point. Without a complete cycle: an error if ``required``,
+    else only ``cycle_count`` 0 (a sweep whose sides are both shorter than a cycle).
+    """
+    done = np.sort(np.concatenate([beats.complete(t0, t1) for t0, t1 in stretches]))
+    if len(done) == 0 and not required:
+        return {"cycle_count": 0, "cycles": []}
     if len(done) == 0:  # guarded by _check_sweep
         raise SimulationError("parameter 'sweep_s': no complete cycle in the display")
     psv = beats.psv[done]

@@ -7,11 +7,15 @@ processor          method                              for
 ``speckle_obnlm``  optimized Bayesian NLM (Coupé 2009)  stills: ~0.2 s per 600 x 800 frame
 =================  ==================================  ==========================================
 
-Both filter the 2D tissue regions of grey-scale B-mode frames and keep every other pixel
-(annotations); Doppler, colour and M-mode images are skipped with the reason.
+Both filter the sector (the acquisition area) of the 2D tissue regions of grey-scale B-mode
+frames, echo stills with an ECG trace included. Every other pixel keeps its value exactly and
+lends none to its neighbours: the black around the sector, burned-in graphics (calipers,
+their dotted lines, text, markers: near-white pixels and small or thin bright structures),
+point reflectors (a calcification keeps its peak), coloured pixels and other regions (the ECG
+trace, a grey bar). Doppler, colour and M-mode images are skipped with the reason.
 :func:`derived_dataset` turns the output into a derived Ultrasound Image instance with the
-derivation recorded; :mod:`~usreview.processing.filters.quality` measures SSIM, ENL, CNR and
-inclusion diameters.
+derivation recorded; :mod:`~usreview.processing.filters.quality` measures SSIM, ENL, CNR,
+inclusion diameters and edge widths, and point-target contrast.
 
 >>> from usreview.processing.filters import guided_despeckle, obnlm
 >>> smooth = obnlm(frame)                                           # doctest: +SKIP

@@ -1,4 +1,10 @@
-"""Apply a frame filter to the grey-scale tissue regions of an instance, frame by frame."""
+"""Apply a frame filter to the grey-scale tissue regions of an instance, frame by frame.
+
+Only the sector of each tissue region is filtered, and in it neither burned-in graphics nor
+point reflectors (:mod:`~usreview.processing.filters._masks`), nor the pixels of any other
+region that overlaps it (an ECG trace, a grey bar), nor coloured pixels: all of these keep
+their values exactly and lend none to their neighbours.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,18 @@ import numpy.typing as npt
 
 from usreview.dicom import ImageKind, RegionDataType, RegionSpatialFormat, UltrasoundInstance
 from usreview.processing.errors import NotApplicable
+from usreview.processing.filters._masks import graphics_mask, sector_mask
 from usreview.processing.filters.derived import SMOOTHING
 from usreview.processing.results import DerivedImage, Output
 
-__all__ = ["FrameFilter", "filter_instance", "grey_frame", "tissue_boxes"]
+__all__ = ["FrameFilter", "filter_instance", "grey_frame", "kept_pixels", "tissue_boxes"]
 
-FrameFilter = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.uint8]]
-#: Kinds a speckle filter may meet; any other (Doppler, colour, M-mode) is left alone.
-_GREY_KINDS = frozenset({ImageKind.BMODE, ImageKind.CINE, ImageKind.HARMONIC})
+#: A frame filter: ``apply(frame, keep)``, where ``keep`` marks the pixels to leave as they
+#: are and to give no weight as neighbours.
+FrameFilter = Callable[[npt.NDArray[np.uint8], npt.NDArray[np.bool_]], npt.NDArray[np.uint8]]
+#: Kinds a speckle filter may meet; any other (Doppler, colour, M-mode) is left alone. An ECG
+#: trace (most echo stills have one) is a region of its own, kept as it is.
+_GREY_KINDS = frozenset({ImageKind.BMODE, ImageKind.CINE, ImageKind.HARMONIC, ImageKind.ECG})
 #: A pixel whose channels differ by more than this is coloured (an annotation, flow).
 _COLOUR_SPREAD = 16
 #: Above this fraction of coloured pixels in the tissue regions, the image is not grey-scale.
@@ -43,6 +53,40 @@ def tissue_boxes(instance: UltrasoundInstance) -> list[tuple[slice, slice]]:
     return boxes or [(slice(0, instance.rows), slice(0, instance.columns))]
 
 
+def _other_regions(instance: UltrasoundInstance) -> npt.NDArray[np.bool_]:
+    """Pixels inside a region that is not a 2D tissue region (ECG trace, grey bar, ...)."""
+    inside = np.zeros((instance.rows, instance.columns), bool)
+    for region in instance.regions:
+        if (
+            region.spatial_format == RegionSpatialFormat.TWO_D
+            and region.data_type == RegionDataType.TISSUE
+        ):
+            continue
+        x0, y0, x1, y1 = region.bounds
+        inside[max(y0, 0) : max(y1 + 1, 0), max(x0, 0) : max(x1 + 1, 0)] = True
+    return inside
+
+
+def kept_pixels(
+    grey: npt.NDArray[np.uint8],
+    fixed: npt.NDArray[np.bool_] | None = None,
+    sector: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """The pixels of a tissue region's rectangle ``grey`` that a speckle filter keeps.
+
+    Those outside the sector (``sector``, by default found in ``grey``), burned-in graphics
+    and point reflectors (see :mod:`~usreview.processing.filters._masks`), and ``fixed``
+    ones (coloured, or in another region).
+    """
+    graphics = graphics_mask(grey)
+    if fixed is not None:
+        graphics |= fixed
+    if sector is None:
+        sector = sector_mask(grey, graphics)
+    keep: npt.NDArray[np.bool_] = graphics | ~sector
+    return keep
+
+
 def grey_frame(
     instance: UltrasoundInstance, index: int
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8] | None]:
@@ -67,11 +111,16 @@ def _coloured(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
 
 
 def filter_instance(instance: UltrasoundInstance, apply: FrameFilter, description: str) -> Output:
-    """Filter the tissue regions of every frame; pixels outside them (annotations) are kept.
+    """Filter the sector of the tissue regions of every frame; every other pixel is kept.
 
+    Kept exactly, and given no weight as neighbours (:func:`kept_pixels`): the rectangle of
+    a tissue region outside its sector (found in the first frame: a cine's acquisition area
+    does not change), burned-in graphics and point reflectors in it (found in each frame),
+    coloured pixels, the pixels of any other region (ECG trace, grey bar), and everything
+    outside the tissue regions.
     Returns one :class:`DerivedImage` called ``filtered``: the frame, or for a cine all its
-    frames (``multiframe``), grey or, for frames stored in colour, RGB with coloured pixels
-    kept; its derivation is (113087, DCM, "Smoothing").
+    frames (``multiframe``), grey or, for frames stored in colour, RGB; its derivation is
+    (113087, DCM, "Smoothing").
     Raises :class:`NotApplicable` for Doppler, colour flow or M-mode content.
     """
     other = set(instance.kinds) - _GREY_KINDS
@@ -86,6 +135,8 @@ def filter_instance(instance: UltrasoundInstance, apply: FrameFilter, descriptio
             f"reduction (at least {_MIN_SIDE} x {_MIN_SIDE})"
         )
     boxes = tissue_boxes(instance)
+    elsewhere = _other_regions(instance)
+    sectors: list[npt.NDArray[np.bool_]] = []  # per box, from the first frame
     count = instance.number_of_frames
     stack: npt.NDArray[np.uint8] | None = None
     for index in range(count):
@@ -103,13 +154,16 @@ def filter_instance(instance: UltrasoundInstance, apply: FrameFilter, descriptio
             raise ValueError(f"frame {index + 1} has shape {source.shape}, not {stack.shape[1:]}")
         out = stack[index]
         out[...] = source
-        for box in boxes:
-            filtered = apply(frame[box])
-            if rgb is None:
-                out[box] = filtered
-            else:  # coloured pixels (annotations) keep their colour
-                keep = coloured[box]
-                out[box] = np.where(keep[..., None], rgb[box], filtered[..., None])
+        for k, box in enumerate(boxes):
+            fixed = coloured[box] | elsewhere[box]
+            if index == 0:  # a cine's acquisition area does not change from frame to frame
+                sectors.append(sector_mask(frame[box], graphics_mask(frame[box]) | fixed))
+            keep = kept_pixels(frame[box], fixed, sectors[k])
+            if keep.all():
+                continue
+            filtered = apply(frame[box], keep)
+            change, target = ~keep, out[box]
+            target[change] = filtered[change] if rgb is None else filtered[change][:, None]
     if stack is None:
         raise NotApplicable("the instance holds no frame")
     image = DerivedImage(

@@ -14,6 +14,13 @@ upsampled. ``eps`` is ``strength`` times the median local variance: speckle fill
 so that median is the speckle's own variance, with no separate noise estimate (automatic
 estimators badly underestimate speckle). Flat speckle gets the window mean; an edge, whose
 variance exceeds the speckle's, keeps the guide. About 100 frames/s on a 600 x 800 frame.
+
+With ``keep`` (version 1.1 of the processor), the kept pixels (burned-in graphics, point
+reflectors, the black around the sector) are left as they are and every mean is over the
+others only: 1.0 averaged the black around a sector into its rim (18 grey levels darker on a
+simulated fan) and a caliper dot into the tissue around it. Finding the kept pixels and the
+masked means make a frame two to four times as long to filter as the bare filter, which is
+what ``python -m benchmarks filters`` times.
 """
 
 from __future__ import annotations
@@ -47,7 +54,11 @@ def _upsample2(low: Float) -> Float:
 
 
 def guided_despeckle(
-    image: npt.NDArray[np.generic], *, radius: int = 3, strength: float = 2.0
+    image: npt.NDArray[np.generic],
+    *,
+    radius: int = 3,
+    strength: float = 2.0,
+    keep: npt.NDArray[np.bool_] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Reduce speckle in one 8-bit grey frame with the fast guided filter (module docstring).
 
@@ -59,6 +70,11 @@ def guided_despeckle(
         Window radius at half resolution (3: a 14 x 14 pixel window at full resolution).
     strength
         ``eps`` over the median local variance; larger smooths more and keeps fewer edges.
+    keep
+        Pixels to keep as they are, with no weight in any window (burned-in graphics, point
+        reflectors, the black around the sector): the frame's shape. Block and window means
+        are then over the pixels not kept, and each window's coefficients count as much as
+        the pixels not kept it holds.
 
     Returns
     -------
@@ -71,31 +87,62 @@ def guided_despeckle(
         raise ValueError(f"argument 'radius' must be at least 1, got {radius}")
     if not strength > 0:
         raise ValueError(f"argument 'strength' must be positive, got {strength}")
+    if keep is not None and keep.shape != image.shape:
+        raise ValueError(f"argument 'keep' has shape {keep.shape}, not the image's {image.shape}")
+    kept = keep if keep is not None and keep.any() else None
+    if kept is not None and kept.all():
+        return np.asarray(image, np.uint8).copy()
     rows, cols = image.shape
     full = np.asarray(image, np.float32)
     if rows % 2 or cols % 2:
         full = np.pad(full, ((0, rows % 2), (0, cols % 2)), mode="edge")
-    low = (full[0::2, 0::2] + full[1::2, 0::2] + full[0::2, 1::2] + full[1::2, 1::2]) * 0.25
     size = 2 * radius + 1
-    mean = ndimage.uniform_filter(low, size, mode="reflect")
-    var = ndimage.uniform_filter(low * low, size, mode="reflect") - mean * mean
+    if kept is None:
+        low = _halved(full)
+        mean = ndimage.uniform_filter(low, size, mode="reflect")
+        var = ndimage.uniform_filter(low * low, size, mode="reflect") - mean * mean
+        textured = var > 1e-3
+    else:
+        free = (~kept).astype(np.float32)
+        if rows % 2 or cols % 2:
+            free = np.pad(free, ((0, rows % 2), (0, cols % 2)), mode="edge")
+        share = _halved(free)  # the fraction of each block not kept
+        blocks = np.maximum(share, np.float32(1e-6))
+        low = (_halved(full * free) / blocks).astype(np.float32, copy=False)
+        mass = np.maximum(ndimage.uniform_filter(share, size, mode="reflect"), 1e-6)
+        mean = ndimage.uniform_filter(share * low, size, mode="reflect") / mass
+        var = ndimage.uniform_filter(share * low * low, size, mode="reflect") / mass - mean * mean
+        np.copyto(low, mean, where=share == 0)  # a block all kept reads as its window's mean
+        textured = (var > 1e-3) & (share > 0.5)
     np.maximum(var, 0.0, out=var)
-    textured = var[var > 1e-3]
-    eps = strength * float(np.median(textured)) if textured.size else 1.0
+    eps = strength * float(np.median(var[textured])) if textured.any() else 1.0
     a = var / (var + max(eps, 1e-3))
     b = mean * (1.0 - a)
-    gain = _upsample2(ndimage.uniform_filter(a, size, mode="reflect"))
-    offset = _upsample2(ndimage.uniform_filter(b, size, mode="reflect"))
-    out = gain * _upsample2(low) + offset
+    if kept is None:
+        gain = ndimage.uniform_filter(a, size, mode="reflect")
+        offset = ndimage.uniform_filter(b, size, mode="reflect")
+    else:  # each window counts as much as the pixels not kept it holds
+        weight = np.maximum(ndimage.uniform_filter(mass, size, mode="reflect"), 1e-6)
+        gain = ndimage.uniform_filter(a * mass, size, mode="reflect") / weight
+        offset = ndimage.uniform_filter(b * mass, size, mode="reflect") / weight
+    out = _upsample2(gain) * _upsample2(low) + _upsample2(offset)
     np.clip(out, 0.0, 255.0, out=out)
     result: npt.NDArray[np.uint8] = np.rint(out[:rows, :cols]).astype(np.uint8)
+    if kept is not None:
+        result[kept] = np.asarray(image)[kept]
     return result
+
+
+def _halved(full: Float) -> Float:
+    """Means of the 2 x 2 blocks of an even-sized frame."""
+    low: Float = (full[0::2, 0::2] + full[1::2, 0::2] + full[0::2, 1::2] + full[1::2, 1::2]) * 0.25
+    return low
 
 
 @processor(
     "speckle_fast",
     kinds={ImageKind.BMODE, ImageKind.CINE},
-    version="1.0",
+    version="1.1",
     params={"radius": 3, "strength": 2.0},
 )
 def speckle_fast(context: Context) -> Output:
@@ -103,6 +150,6 @@ def speckle_fast(context: Context) -> Output:
     radius, strength = int(context.params["radius"]), float(context.params["strength"])
     return filter_instance(
         context.instance,
-        lambda frame: guided_despeckle(frame, radius=radius, strength=strength),
+        lambda frame, keep: guided_despeckle(frame, radius=radius, strength=strength, keep=keep),
         "speckle reduced (fast guided filter)",
     )

@@ -1,7 +1,15 @@
-"""Image-quality measures of speckle filters: SSIM, ENL, CNR and inclusion diameters.
+"""Image-quality measures of speckle filters: SSIM, ENL, CNR, inclusion diameters and edges,
+point-target contrast.
 
 :func:`score_phantom` applies them to a simulated ``bmode`` phantom (its truth record), against
 the phantom rendered without speckle (:func:`usreview.simulate.bmode.noise_free`).
+
+SSIM, ENL and CNR reward smoothing: a Gaussian blur of sigma 3 pixels scores better on all
+three than OBNLM (SSIM 0.92 against 0.88 on the 600 x 800 phantom, ENL above 1000, CNR five
+times the unfiltered). What tells an edge-preserving filter from a blur is the sharpness of
+the edges (:func:`inclusion_edges`: the blur widens an anechoic edge's 10-90 % rise by about
+1 mm, OBNLM not at all) and the contrast of point targets over their tissue
+(:func:`point_contrast_db`: the blur loses about 15 dB of the targets' 21 dB).
 """
 
 from __future__ import annotations
@@ -21,9 +29,14 @@ __all__ = [
     "cnr",
     "enl",
     "inclusion_diameters",
+    "inclusion_edges",
+    "point_contrast_db",
     "score_phantom",
     "ssim",
 ]
+
+#: The 10-90 % rise of an error-function edge, in standard deviations of its Gaussian.
+_RISE_10_90 = 2.0 * float(special.erfinv(0.8)) * float(np.sqrt(2.0))
 
 Mask = npt.NDArray[np.bool_]
 
@@ -77,6 +90,20 @@ def inclusion_diameters(
     gives ``rho`` at half contrast between inside and outside, so speckle along the whole edge
     is averaged instead of thresholding single pixels.
     """
+    return inclusion_edges(image, centre, semi_axes)[0]
+
+
+def inclusion_edges(
+    image: npt.NDArray[np.generic],
+    centre: tuple[float, float],
+    semi_axes: tuple[float, float],
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Diameters and edge widths (pixels), lateral and axial, of an elliptical inclusion.
+
+    The same fits as :func:`inclusion_diameters`; the edge width is the 10-90 % rise
+    distance of the fitted error-function step (2.56 of its standard deviations), across
+    the edge. A blur widens it; an edge-preserving filter keeps it.
+    """
     col, row = centre
     a, b = semi_axes
     rows, cols = image.shape
@@ -86,7 +113,7 @@ def inclusion_diameters(
     yy, xx = np.mgrid[r0:r1, c0:c1]
     ex, ey = (xx - col) / a, (yy - row) / b
     rho = np.hypot(ex, ey)
-    out = []
+    diameters, widths = [], []
     for sector, scale in ((np.abs(ex) >= np.abs(ey), a), (np.abs(ex) < np.abs(ey), b)):
         step = 0.5 / scale  # half a pixel along this axis
         chosen = sector & (rho < 2.0)
@@ -120,26 +147,49 @@ def inclusion_diameters(
                 sigma=1.0 / np.sqrt(counts[full]),
                 maxfev=4000,
             )
-        out.append(2.0 * float(fitted[2]) * scale)
-    return out[0], out[1]
+        diameters.append(2.0 * float(fitted[2]) * scale)
+        widths.append(_RISE_10_90 * abs(float(fitted[3])) * scale)
+    return (diameters[0], diameters[1]), (widths[0], widths[1])
+
+
+def point_contrast_db(
+    image: npt.NDArray[np.generic], target: tuple[int, int], dynamic_range_db: float
+) -> float:
+    """Contrast (dB) of a point target at pixel ``target`` ``(col, row)`` over its tissue.
+
+    The brightest pixel within 3 pixels of it less the median of the pixels 8 to 20 pixels
+    from it (a square ring), in grey levels, times ``dynamic_range_db / 255`` (the display's
+    log compression).
+    """
+    col, row = target
+    values = np.asarray(image, np.float64)
+    peak = values[max(row - 3, 0) : row + 4, max(col - 3, 0) : col + 4].max()
+    r0, c0 = max(row - 20, 0), max(col - 20, 0)
+    window = values[r0 : row + 21, c0 : col + 21]
+    yy, xx = np.mgrid[r0 : r0 + window.shape[0], c0 : c0 + window.shape[1]]
+    ring = np.maximum(np.abs(yy - row), np.abs(xx - col)) >= 8
+    return float((peak - np.median(window[ring])) * dynamic_range_db / 255.0)
 
 
 @dataclass(frozen=True)
 class InclusionScore:
-    """One inclusion of a phantom: its kind, CNR against the tissue around it, diameters (mm)."""
+    """One inclusion of a phantom: its kind, CNR against the tissue around it, diameters and
+    10-90 % edge widths (mm, lateral and axial)."""
 
     kind: str
     cnr: float
     diameters_mm: tuple[float, float]
+    edges_mm: tuple[float, float]
 
 
 @dataclass(frozen=True)
 class PhantomScore:
-    """Scores of one image of a simulated ``bmode`` phantom."""
+    """Scores of one image of a simulated ``bmode`` phantom (point targets' contrast in dB)."""
 
     ssim: float
     enl: float
     inclusions: tuple[InclusionScore, ...]
+    point_contrast_db: tuple[float, ...]
 
 
 def score_phantom(
@@ -152,7 +202,8 @@ def score_phantom(
     SSIM against ``reference`` (default: the phantom without speckle) over the tissue region
     less a 5-pixel border; ENL over homogeneous tissue (8 pixels from any structure); per
     inclusion, CNR of its central half (elliptical radius below 0.6) against the tissue ring
-    between 1.5 and 2.5 radii, and its diameters at half contrast.
+    between 1.5 and 2.5 radii, its diameters at half contrast and its edge widths; per point
+    target, its contrast over the tissue around it (:func:`point_contrast_db`).
     """
     from usreview.simulate.bmode import noise_free
 
@@ -172,12 +223,18 @@ def score_phantom(
         a, b = (s / spacing for s in inc["semi_axes_mm"])
         rho = np.hypot((cols - col) / a, (rows - row) / b)
         ring = (rho > 1.5) & (rho < 2.5) & tissue
-        across = inclusion_diameters(image, (col, row), (a, b))
+        across, edges = inclusion_edges(image, (col, row), (a, b))
         scores.append(
             InclusionScore(
                 inc["kind"],
                 cnr(image, rho < 0.6, ring),
                 (across[0] * spacing, across[1] * spacing),
+                (edges[0] * spacing, edges[1] * spacing),
             )
         )
-    return PhantomScore(ssim(image, ref, inner), enl(image, tissue), tuple(scores))
+    dynamic_range = float(truth["params"]["dynamic_range_db"])
+    points = tuple(
+        point_contrast_db(image, tuple(target["pixel"]), dynamic_range)
+        for target in truth["point_targets"]
+    )
+    return PhantomScore(ssim(image, ref, inner), enl(image, tissue), tuple(scores), points)

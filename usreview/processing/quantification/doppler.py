@@ -33,6 +33,15 @@ PW envelopes are signed (version 1.6): where diastolic flow reverses
 (:func:`.spectral.reversed_flow`) the other side is traced and counts negative, so EDV
 may be negative, RI = (PSV - EDV) / PSV above 1 and PI = (PSV - EDV) / TAMV uses the
 signed mean. Before, EDV was clamped at 0: -12 cm/s under a PSV of 80 read RI 1.00 (1.15).
+
+Version 1.7 (:mod:`.cycles`): heart rates are searched from 12 to 320/min, a period at
+the edge of that range is refused (finding ``no_cycles``) and a sub-harmonic pick is
+checked at half the lag; 1.6 searched 30 to 200/min and read 200/min as 111 with the VTI
+doubled (12.2 cm as 22.1), 220/min as 55. Upstrokes need the trace to have fallen below a
+quarter of its range first: a strip opening just after a systolic peak read a first cycle
+at its late-systolic hump (89.9 instead of 72/min). A sweeping display (Region Flags) is
+measured only on the longer side of its write point (finding ``sweep``), and refused when
+that cannot be found; 1.6 measured across it (73.2/min read 31.9, VTI 33.4 cm read 76.5).
 """
 
 from __future__ import annotations
@@ -48,7 +57,13 @@ from scipy import ndimage
 from usreview.dicom import ImageKind, RegionDataType, UltrasoundInstance, UltrasoundRegion
 from usreview.processing.errors import NotApplicable
 from usreview.processing.quantification.codes import CODES
-from usreview.processing.quantification.cycles import EJECTION_FRACTION, Cycle, detect_cycles
+from usreview.processing.quantification.cycles import (
+    EJECTION_FRACTION,
+    Cycle,
+    Cycles,
+    continuous_columns,
+    detect_cycles,
+)
 from usreview.processing.quantification.spectral import (
     FlowSide,
     SpectralCalibration,
@@ -245,7 +260,7 @@ def envelope_trace(instance: UltrasoundInstance) -> Float:
 @processor(
     "doppler_indices",
     kinds={ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER},
-    version="1.6",
+    version="1.7",
     params={"dynamic_range_db": 50.0, "average_ms": 18.0, "edge_refinement": "cw"},
     requires=("scipy",),
 )
@@ -265,15 +280,23 @@ def doppler_indices(context: Context) -> Output:
     grey, shown = traced.grey, traced.shown
     x0, y0, x1, y1 = traced.region.bounds
     dt = cal.seconds_per_column
-    with_signal = float(np.mean(np.isfinite(envelope)))
+    # a sweeping display: only the longer side of its write point (time runs on there)
+    span = continuous_columns(grey, traced.region.scrolling)
+    measured = envelope[span.start : span.stop]
+    with_signal = float(np.mean(np.isfinite(measured))) if measured.size else 0.0
     vessel = vessel_of(instance.dataset)
-    cycles, smooth = detect_cycles(envelope, dt)
+    if span.problem is None:
+        found = detect_cycles(measured, dt)
+    else:
+        found = Cycles([], np.full(measured.shape, np.nan), None, span.problem)
+    offset = span.start * dt  # cycle times from the region's first column
+    cycles = [replace(c, start_s=c.start_s + offset, end_s=c.end_s + offset) for c in found.cycles]
     _check_hidden_band(side, cycles, pw)
     mode = "PW" if pw else "CW"
+    smooth = np.full(envelope.shape, np.nan)
+    smooth[span.start : span.stop] = np.where(np.isfinite(measured), found.smooth, np.nan)
     canvas = np.array(shown if shown.ndim == 3 else np.repeat(shown[..., None], 3, axis=2))
-    canvas[y0 : y1 + 1, x0 : x1 + 1] = overlay(
-        grey, cal, side, np.where(np.isfinite(envelope), smooth, np.nan), cycles
-    )
+    canvas[y0 : y1 + 1, x0 : x1 + 1] = overlay(grey, cal, side, smooth, cycles)
     image = DerivedImage(
         "doppler_envelope",
         canvas,
@@ -281,12 +304,21 @@ def doppler_indices(context: Context) -> Output:
         derivation=ENVELOPE_DERIVATION,
         source_frame=1 if instance.number_of_frames > 1 else None,
     )
-    evidence = {
+    evidence: dict[str, Any] = {
         "columns_with_signal": round(with_signal, 3),
         "signal_to_noise_ratio": round(side.signal_ratio, 3),
         "complete_cycles": len(cycles),
         "seconds": round(cal.columns * dt, 3),
     }
+    if span.note is not None:
+        evidence.update(sweep=span.note, columns=[span.start, span.stop])
+    problem = found.problem
+    if problem is None and not cycles and span.note is not None:
+        problem = f"no complete cycle lies on the longer side of its write point ({span.note})"
+    if problem is not None and not (pw and with_signal < MIN_SIGNAL_FRACTION):
+        text = f"No {mode} Doppler cycle is measured: {problem}; no velocities are reported."
+        refused = Finding("no_cycles", text, evidence)
+        return Output(findings=(refused, *_vessel_findings(vessel)), images=(image,))
     if (pw and with_signal < MIN_SIGNAL_FRACTION) or not cycles:
         why = (
             "too few columns hold a Doppler signal"
@@ -315,10 +347,12 @@ def doppler_indices(context: Context) -> Output:
     if vessel is not None:
         site = vessel.finding_site()
         quantities = [replace(q, details={**q.details, "finding_site": site}) for q in quantities]
+    described = span.describe(dt)
+    swept = () if described is None else (Finding("sweep", described, evidence),)
     return Output(
         quantities=tuple(quantities),
         images=(image,),
-        findings=(finding, *_vessel_findings(vessel)),
+        findings=(finding, *swept, *_vessel_findings(vessel)),
     )
 
 

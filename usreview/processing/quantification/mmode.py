@@ -30,6 +30,12 @@ dimension before contraction (the least shortening within the 30 % of the cycle 
 foot of the upstroke, which the tangent method places after contraction onset), end systole
 the greatest shortening; per cycle: the walls' excursions between them, LVIDd, LVIDs and
 fractional shortening.
+
+Version 1.3 (:mod:`.cycles`): heart rates are searched from 12 to 320/min and a period at
+the edge of that range is refused (finding ``no_cycles`` with the reason); 1.2 searched 30
+to 200/min and read 200/min as 100, 250 as 125, 30 as no cycle. A sweeping strip (Region
+Flags) is measured only on the longer side of its write point (finding ``sweep``) and
+refused when that cannot be found; 1.2 measured across it (75/min read 82 or 43).
 """
 
 from __future__ import annotations
@@ -42,8 +48,8 @@ from usreview.dicom import ImageKind, PhysicalUnits, RegionSpatialFormat, Ultras
 from usreview.processing.errors import NotApplicable
 from usreview.processing.quantification.cycles import (
     Cycle,
+    continuous_columns,
     detect_cycles,
-    dominant_period,
     sweep_problem,
 )
 from usreview.processing.registry import Context, processor
@@ -220,7 +226,7 @@ def _quantity(name: str, values: list[float], digits: int = 3) -> Quantity:
 @processor(
     "mmode_motion",
     kinds={ImageKind.MMODE},
-    version="1.2",
+    version="1.3",
     params={"depth_smoothing_mm": 1.0, "edge_smoothing_mm": 0.5, "min_depth_cm": 1.5},
     requires=("scipy",),
 )
@@ -234,6 +240,12 @@ def mmode_motion(context: Context) -> Output:
     x0, y0, x1, y1 = region.bounds
     strip = frame[y0 : y1 + 1, x0 : x1 + 1].astype(np.float64)
     dy_mm, dt = abs(region.delta_y) * 10.0, abs(region.delta_x)
+    span = continuous_columns(strip, region.scrolling)
+    sweep = {} if span.note is None else {"sweep": span.note, "columns": [span.start, span.stop]}
+    if span.problem is not None:
+        text = f"No cardiac cycle is measured in the M-mode strip: {span.problem}."
+        return Output(findings=(Finding("no_cycles", text, sweep),))
+    strip = strip[:, span.start : span.stop]  # where time runs on (a sweep's longer side)
     rows, cols = strip.shape  # filter sizes are capped at the strip's size
     sigma_t = min(max(0.005 / dt, 0.5), cols)
     sigma_rows = min(float(context.params["depth_smoothing_mm"]) / dy_mm, rows)
@@ -274,14 +286,25 @@ def mmode_motion(context: Context) -> Output:
         mode="reflect",
     )
     reference = float(np.percentile(robust, 95))
-    cycles, shortening = detect_cycles(reference - robust, dt)
-    period = dominant_period(reference - robust, dt)
+    found = detect_cycles(reference - robust, dt)
+    cycles, shortening, period = found.cycles, found.smooth, found.period_s
     if period is not None:  # a foot placed on noise makes a cycle of implausible length
         low, high = _PERIOD_RANGE
         cycles = [c for c in cycles if low * period <= c.period_s <= high * period]
-    evidence = {"complete_cycles": len(cycles), "columns_with_walls": round(float(valid.mean()), 3)}
+    evidence = {
+        "complete_cycles": len(cycles),
+        "columns_with_walls": round(float(valid.mean()), 3),
+        **sweep,
+    }
+    if found.problem is not None:
+        text = (
+            f"No heart rate is measured in the M-mode strip: {found.problem}; "
+            "no motion is reported."
+        )
+        return Output(findings=(Finding("no_cycles", text, evidence),))
     if not cycles:
-        text = "No complete cardiac cycle in the M-mode strip; no motion is reported."
+        where = f" on the longer side of its write point ({span.note})" if sweep else ""
+        text = f"No complete cardiac cycle in the M-mode strip{where}; no motion is reported."
         return Output(findings=(Finding("no_cycles", text, evidence),))
     septum, posterior = top * dy_mm, bottom * dy_mm
     half = max(round(0.010 / dt), 1)
@@ -313,4 +336,6 @@ def mmode_motion(context: Context) -> Output:
             "fractional_shortening", [(d - s) / d for d, s in zip(lvidd, lvids, strict=True)], 4
         ),
     ]
-    return Output(quantities=tuple(quantities))
+    described = span.describe(dt)
+    notes = () if described is None else (Finding("sweep", described, sweep),)
+    return Output(quantities=tuple(quantities), findings=notes)
