@@ -287,7 +287,10 @@ def _records(path: Path) -> int:
     from usreview.site.journal import _read_segment
 
     generation = int(path.stem, 16)
-    return sum(1 for record in _read_segment(path, generation) if record is not None)
+    try:
+        return sum(1 for record in _read_segment(path, generation) if record is not None)
+    except FileNotFoundError:  # retired between the listing and the reading
+        return 0
 
 
 def test_an_fdatasync_error_falls_back_to_the_direct_write(
