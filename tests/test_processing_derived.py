@@ -11,6 +11,7 @@ to the hub is not processed again, and ``usreview analyze`` says so.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import shutil
 import subprocess
@@ -30,9 +31,17 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from usreview.cli import main
 from usreview.dicom import read
-from usreview.processing import Code, CodingScheme, DerivedImage, plausible
+from usreview.processing import (
+    Code,
+    CodingScheme,
+    DerivedImage,
+    Provenance,
+    plausible,
+    similarity,
+)
 from usreview.processing.execution import Outputs, execute_file
-from usreview.processing.filters.derived import usreview_derivation
+from usreview.processing.filters.derived import derived_dataset, usreview_derivation
+from usreview.processing.recommendations import study as study_rule
 from usreview.processing.registry import default_registry
 from usreview.simulate import simulate
 from usreview.site.config import PacsDestination
@@ -265,12 +274,16 @@ def test_derived_text_is_utf8_whatever_the_source_declared(tmp_path: Path) -> No
         assert "Ibáñez^José".encode() in written.read_bytes()
 
 
-@pytest.mark.parametrize("offset", [None, "+0130"], ids=["hub", "source"])
+@pytest.mark.parametrize(
+    ("offset", "kept"),
+    [(None, False), ("+0130", True), ("+01:30", False)],
+    ids=["hub", "source", "invalid"],
+)
 def test_derived_dates_and_times_are_local_with_their_offset(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offset: str | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offset: str | None, kept: bool
 ) -> None:
-    """Local time: in the source's offset (0008,0201) if it has one, else in the hub's, not
-    written (it would date the site's copied study times too, whose zone is unknown)."""
+    """Local time: in the source's valid offset (0008,0201) if it has one, else in the hub's,
+    not written (it would date the site's copied study times too, whose zone is unknown)."""
     path = simulate("bmode", tmp_path / "source", seed=1, rows=200, columns=240)[0]
     if offset is not None:
         source = pydicom.dcmread(path)
@@ -282,13 +295,13 @@ def test_derived_dates_and_times_are_local_with_their_offset(
         before = dt.datetime.now(dt.UTC).replace(microsecond=0)
         [written] = _written(execute_file(str(path)), tmp_path)
         after = dt.datetime.now(dt.UTC)
-        expected = offset or dt.datetime.now().astimezone().strftime("%z")
+        expected = offset if kept else dt.datetime.now().astimezone().strftime("%z")
     finally:
         monkeypatch.undo()
         time.tzset()
-    assert expected not in ("+0000", "")
+    assert expected not in ("+0000", "", None)
     derived = pydicom.dcmread(written)
-    assert derived.get("TimezoneOffsetFromUTC") == offset
+    assert derived.get("TimezoneOffsetFromUTC") == (offset if kept else None)
     for prefix in ("InstanceCreation", "Content", "Series"):
         moment = dt.datetime.strptime(
             f"{derived.get(prefix + 'Date')}{derived.get(prefix + 'Time')}{expected}",
@@ -297,6 +310,51 @@ def test_derived_dates_and_times_are_local_with_their_offset(
         assert before <= moment <= after, prefix
     [contribution] = derived.ContributingEquipmentSequence
     assert str(contribution.ContributionDateTime).endswith(expected)
+
+
+def test_each_derived_series_of_a_study_has_its_own_series_number(tmp_path: Path) -> None:
+    """Every derived series was numbered the source's + 1000: a PACS showed the filtered
+    images and the Doppler overlay of one source series under one Series Number."""
+    path = simulate("bmode", tmp_path, seed=7, rows=200, columns=240)[0]
+    second = pydicom.dcmread(path)  # another series of the study, and a sibling instance
+    second.SeriesNumber, second.SeriesInstanceUID = 2, pydicom.uid.generate_uid()
+    sibling = pydicom.dcmread(path)
+    sibling.SOPInstanceUID = pydicom.uid.generate_uid()
+    for name, ds in (("second", second), ("sibling", sibling)):
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+    sources = {
+        "first": read(path),
+        "second": read(tmp_path / "second.dcm"),
+        "sibling": read(tmp_path / "sibling.dcm"),
+    }
+    registry = default_registry()
+    processors = ("speckle_obnlm", "speckle_fast", "doppler_indices")
+
+    def made(source: str, processor: str, version: str | None = None) -> pydicom.Dataset:
+        instance = sources[source]
+        known = registry.get(processor)
+        provenance = Provenance(
+            processor, version or known.version, dict(known.params), instance.sop_instance_uid
+        )
+        pixels = np.zeros((instance.rows, instance.columns), np.uint8)
+        return derived_dataset(instance, pixels, provenance, description="filtered")
+
+    numbers = {
+        (s, p): int(made(s, p).SeriesNumber) for s in ("first", "second") for p in processors
+    }
+    assert len(set(numbers.values())) == len(numbers), numbers
+    for (source, _), number in numbers.items():
+        assert 10_000 <= number <= 2**31 - 1  # above the scanner's series and the SRs' 9001
+        assert number % 10_000 == int(sources[source].dataset.SeriesNumber)
+    for processor in processors:  # the same again; one series, one number for its instances
+        again, sibling_ds = made("first", processor), made("sibling", processor)
+        assert int(again.SeriesNumber) == numbers[("first", processor)]
+        assert sibling_ds.SeriesInstanceUID == again.SeriesInstanceUID
+        assert int(sibling_ds.SeriesNumber) == numbers[("first", processor)]
+    newer = made("first", "speckle_obnlm", version="99")  # another series: its own number
+    assert newer.SeriesInstanceUID != made("first", "speckle_obnlm").SeriesInstanceUID
+    assert int(newer.SeriesNumber) not in numbers.values()
 
 
 @pytest.mark.external
@@ -362,6 +420,27 @@ def test_analyze_says_a_usreview_derived_image_is_not_processed(
     [summary] = json.loads(capsys.readouterr().out)
     assert summary["skipped"].startswith("not processed: a derived image that usreview made")
     assert summary["quantities"] == [] and summary["processors"] == []
+
+
+def test_a_job_records_the_descriptor_and_the_study_rule_its_results_depend_on(
+    executed: dict[str, tuple[Path, Outputs]],
+) -> None:
+    """The similar cases of a summary are chosen by the descriptor (similarity 2.0): its
+    version is in the job's record and the signature that names the outputs, so that
+    ``hub jobs --outdated`` lists the jobs of an older descriptor. A PW spectrum may trigger
+    the study evaluation: its version is recorded too, but not signed, since it changes
+    nothing of the instance's own outputs."""
+    descriptor = f"{similarity.NAME}={similarity.VERSION}"
+    evaluation = f"{study_rule.NAME}={study_rule.VERSION}"
+    for kind, (_, outputs) in executed.items():
+        assert outputs.processors is not None and outputs.descriptor is not None, kind
+        assert descriptor in outputs.processors
+        assert (evaluation in outputs.processors) is (kind == "pw"), kind
+        signed = sorted(p for p in outputs.processors if p != evaluation)
+        digest = hashlib.sha256("\n".join(signed).encode()).hexdigest()[:16]
+        assert outputs.signature == digest, kind
+        if outputs.summary is not None:
+            assert json.loads(outputs.summary)["signature"] == digest
 
 
 def test_derived_image_holds_one_frame_or_a_cine() -> None:

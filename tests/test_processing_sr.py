@@ -9,10 +9,12 @@ scheme is declared in the Coding Scheme Identification Sequence (0008,0110).
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,6 +191,52 @@ def test_dciodvfy_finds_no_error_and_no_coding_scheme_warning(
         assert [line for line in lines if line.startswith("Error")] == [], (name, report)
         schemes = [line for line in lines if "Coding Scheme" in line or "99USREVIEW" in line]
         assert schemes == [], (name, report)
+
+
+@pytest.mark.parametrize(
+    ("offset", "kept"),
+    [(None, False), ("+0130", True), ("-0930", True), ("+01:30", False), ("+1500", False)],
+    ids=["hub", "source", "negative", "colon", "out-of-range"],
+)
+def test_sr_dates_and_times_are_local_with_the_offset_they_are_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offset: str | None, kept: bool
+) -> None:
+    """The SR carried no Timezone Offset From UTC, its Content Date/Time in the hub's zone.
+
+    As the derived images: in the source's valid offset (0008,0201), which the SR carries;
+    else in the hub's zone, no offset written (the copied study times' zone is unknown).
+    """
+    path = simulate("pw", tmp_path, seed=2, rows=240, columns=320)[0]
+    if offset is not None:
+        source = pydicom.dcmread(path)
+        source.TimezoneOffsetFromUTC = offset
+        source.save_as(path)
+    monkeypatch.setenv("TZ", "America/New_York")  # the hub's zone, not UTC
+    time.tzset()
+    try:
+        before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        outputs = execute_file(str(path))
+        after = dt.datetime.now(dt.UTC)
+        expected = offset if kept else dt.datetime.now().astimezone().strftime("%z")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert outputs.sr is not None and expected not in ("+0000", None)
+    written = tmp_path / "sr.dcm"
+    written.write_bytes(outputs.sr)
+    ds = pydicom.dcmread(written)
+    assert ds.get("TimezoneOffsetFromUTC") == (offset if kept else None)
+    for prefix in ("InstanceCreation", "Content"):
+        moment = dt.datetime.strptime(
+            f"{ds.get(prefix + 'Date')}{ds.get(prefix + 'Time')}{expected}", "%Y%m%d%H%M%S%z"
+        )
+        assert before <= moment <= after, prefix
+    if kept and shutil.which("dciodvfy"):
+        run = subprocess.run(
+            ["dciodvfy", str(written)], capture_output=True, text=True, timeout=60, check=False
+        )
+        report = run.stdout + run.stderr
+        assert [line for line in report.splitlines() if line.startswith("Error")] == [], report
 
 
 @pytest.mark.parametrize("charset", [None, "ISO_IR 100"], ids=["undeclared", "latin-1"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import io
 import shutil
 import subprocess
@@ -324,3 +325,30 @@ def test_study_level_measurements_are_tracked_per_study(tmp_path: Path) -> None:
     for name in first:
         assert first[name] != other[name], name  # another patient's study, another UID
     assert uids(sources[0], impression="Amended.", key_images=[]) == first  # stable
+
+
+@pytest.mark.parametrize("offset", [None, "-0930"], ids=["hub", "source"])
+def test_the_report_is_dated_in_local_time_with_its_offset(
+    source: Dataset, offset: str | None
+) -> None:
+    """The report SR was dated in the hub's zone with no offset, whatever the site's.
+
+    As the automatic SRs: in the source's valid offset, which the report carries; its
+    Verification DateTime carries the offset it is in.
+    """
+    first = copy.deepcopy(source)
+    if offset is not None:
+        first.TimezoneOffsetFromUTC = offset
+    uid = str(first.SOPInstanceUID)
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    sr = _report_sr(Report.from_json(body(uid)), [first])
+    after = dt.datetime.now(dt.UTC)
+    assert sr.get("TimezoneOffsetFromUTC") == offset
+    verified = dt.datetime.strptime(
+        str(sr.VerifyingObserverSequence[0].VerificationDateTime), "%Y%m%d%H%M%S%z"
+    )
+    assert before <= verified <= after
+    zone = verified.strftime("%z")
+    assert zone == (offset or dt.datetime.now().astimezone().strftime("%z"))
+    content = dt.datetime.strptime(f"{sr.ContentDate}{sr.ContentTime}{zone}", "%Y%m%d%H%M%S%z")
+    assert before <= content <= after

@@ -325,3 +325,82 @@ def test_no_palette_attribute_is_left_without_its_palette(tmp_path: Path, kind: 
     copy = deidentify(read(source), UidMap(), label="T")
     assert copy.PhotometricInterpretation == ("RGB" if kind == "color" else "MONOCHROME2")
     assert not [e.keyword for e in copy if "PaletteColorLookupTable" in e.keyword]
+
+
+def _graded(path: Path) -> tuple[list[tuple[str, str]], list[str], str]:
+    """The vascular rules' (rule, category) and finding codes for ``path``, and their text."""
+    from usreview.processing import run_pipeline
+
+    [rules] = [r for r in run_pipeline(read(path)) if r.provenance.processor == "vascular_rules"]
+    output = rules.output
+    text = " ".join([r.text for r in output.recommendations] + [f.text for f in output.findings])
+    return (
+        [(r.rule, r.category) for r in output.recommendations],
+        [f.code for f in output.findings],
+        text,
+    )
+
+
+@pytest.mark.parametrize(
+    ("recorded", "kept", "adult"),
+    [
+        ({"PatientAge": "052Y"}, "052Y", True),
+        ({"PatientBirthDate": "19700615"}, "053Y", True),  # the study is on 2024-01-02
+        ({"PatientAge": "010Y"}, "010Y", False),
+    ],
+    ids=["age", "birth-date", "child"],
+)
+def test_the_renal_rule_grades_the_copy_as_its_source(
+    tmp_path: Path, recorded: dict[str, str], kept: str, adult: bool
+) -> None:
+    """Teaching copies dropped the age: the renal RI rule (adults only) saw none on them."""
+    [path] = simulate("pw", tmp_path, seed=4, vessel="renal", side="right", edv_cm_s=15.0)
+    ds = pydicom.dcmread(path)
+    for keyword, value in recorded.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    copy = tmp_path / "copy.dcm"
+    deidentify(read(path), UidMap(), label="T").save_as(copy, enforce_file_format=True)
+    written = pydicom.dcmread(copy)
+    assert written.PatientAge == kept and written.PatientBirthDate == ""
+    rules, findings, text = _graded(path)
+    copied_rules, copied_findings, copied_text = _graded(copy)
+    assert (copied_rules, copied_findings) == (rules, findings)
+    assert ("renal_resistive_index", "renal_ri_elevated") in rules if adult else not rules
+    assert ("adult_criterion_not_applied" in findings) == (not adult)
+    years = f"{int(kept[:3])} years old"
+    assert years in text and years in copied_text and "not recorded" not in copied_text
+    if "PatientAge" in recorded:  # the same words, the same age source
+        assert copied_text == text
+
+
+@pytest.mark.parametrize(
+    ("recorded", "kept"),
+    [
+        ({"PatientAge": "095Y"}, "090Y"),
+        ({"PatientBirthDate": "19281231"}, "090Y"),  # 95 at the study (2024-01-02)
+        ({"PatientBirthDate": "19331231"}, "090Y"),  # 90
+        ({"PatientBirthDate": "19340103"}, "089Y"),  # 89, one day short of 90
+        ({"PatientAge": "1140M"}, None),  # not an age string, no dates: no age
+        ({"PatientAge": "006W"}, "006W"),
+        ({}, None),
+    ],
+    ids=["age-95", "born-95", "born-90", "born-89", "unreadable", "weeks", "none"],
+)
+@pytest.mark.filterwarnings("ignore:Invalid value for VR AS")  # the unreadable age
+def test_ages_of_90_or_more_are_aggregated_and_the_birth_date_never_kept(
+    tmp_path: Path, recorded: dict[str, str], kept: str | None
+) -> None:
+    """HIPAA Safe Harbor: ages over 89 are one category (090Y); PS3.15 keeps the rest."""
+    [path] = simulate("bmode", tmp_path, seed=6, rows=200, columns=240)
+    ds = pydicom.dcmread(path)
+    for keyword, value in recorded.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    copy = deidentify(read(path), UidMap(), label="T")
+    assert copy.get("PatientAge") == kept
+    assert copy.PatientBirthDate == "" and copy.LongitudinalTemporalInformationModified == "REMOVED"
+    birth = recorded.get("PatientBirthDate", "")
+    assert not birth or birth[:4] not in " ".join(_strings(copy))
+    codes = [item.CodeValue for item in copy.DeidentificationMethodCodeSequence]
+    assert codes == (["113100", "113108"] if kept else ["113100"])

@@ -28,8 +28,12 @@ declared or not: hence standard codes wherever one fits.)
 
 The document is written in UTF-8 (Specific Character Set ``ISO_IR 192``) whatever the
 source declares, and is marked preliminary and unverified: decision support for the
-reviewing expert, not a report signed by one. The concepts and the declaration of private
-schemes are shared with the reviewer's report (:mod:`usreview.processing.sr_codes`).
+reviewing expert, not a report signed by one. Its Instance Creation and Content Date and
+Time are local, as the derived images' (:func:`~usreview.processing.sr_codes.stamp_local_time`):
+in the source's valid Timezone Offset From UTC (0008,0201), which the document then
+carries, else in the hub's zone without an offset (the study date and time it copies are
+in the site's zone, not known). The concepts and the declaration of private schemes are
+shared with the reviewer's report (:mod:`usreview.processing.sr_codes`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from usreview.processing.sr_codes import (
     SPECIFIC_CHARACTER_SET,
     ULTRASONOGRAPHY,
     declare_private_schemes,
+    stamp_local_time,
 )
 
 __all__ = ["MANUFACTURER", "build_sr"]
@@ -128,6 +133,7 @@ def build_sr(
         series_description="usreview automatic measurements (decision support)",
         specific_character_set=SPECIFIC_CHARACTER_SET,
     )
+    stamp_local_time(document, source, ("InstanceCreation", "Content"))
     declare_private_schemes(document)
     return document
 

@@ -47,6 +47,7 @@ from usreview.processing.sr_codes import (
     SPECIFIC_CHARACTER_SET,
     ULTRASONOGRAPHY,
     declare_private_schemes,
+    stamp_local_time,
 )
 
 __all__ = [
@@ -470,6 +471,9 @@ def build_report_sr(
         series_description="usreview report (expert review)",
         specific_character_set=SPECIFIC_CHARACTER_SET,
     )
+    now = stamp_local_time(sr, source_datasets[0], ("InstanceCreation", "Content"))
+    # highdicom dates the verification in the hub's zone, without an offset.
+    sr.VerifyingObserverSequence[0].VerificationDateTime = now.strftime("%Y%m%d%H%M%S%z")
     declare_private_schemes(sr)
     return sr
 

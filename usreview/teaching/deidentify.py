@@ -17,7 +17,14 @@ ones. Then:
 
 - the type 2 identity attributes are present but empty (patient's name and ID become
   the case's label), dates and times are gone (Longitudinal Temporal Information
-  Modified ``REMOVED``);
+  Modified ``REMOVED``), the birth date among them;
+- Patient's Age (0010,1010) is kept, as PS3.15's Retain Patient Characteristics Option
+  allows, so that the rules for adults grade a copy as they grade its source
+  (:mod:`usreview.processing.recommendations.patient` reads it): the source's Patient's
+  Age, else the completed years between its birth date and study date (read before both
+  are dropped); aggregated as HIPAA Safe Harbor asks for ages over 89: any age of 90
+  years or more is :data:`AGGREGATED_AGE` (``090Y``). A source that records no age gives
+  a copy without one;
 - every UID that is not a well-known DICOM UID is replaced through a :class:`UidMap`,
   so the copies of one case keep their references to each other and nothing else;
 - the pixels outside every ultrasound region are set to 0
@@ -26,11 +33,13 @@ ones. Then:
 - Patient Identity Removed (0012,0062) is ``YES``, De-identification Method (0012,0063)
   says what was done, including that text inside the regions was not checked, and
   De-identification Method Code Sequence (0012,0064) holds (113100, DCM, "Basic
-  Application Confidentiality Profile").
+  Application Confidentiality Profile"), and (113108, DCM, "Retain Patient
+  Characteristics Option") when the copy keeps an age.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -42,11 +51,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from usreview.dicom import UltrasoundInstance
+from usreview.processing.recommendations.patient import age_of
 from usreview.teaching.errors import DeidentificationError
 from usreview.teaching.pixels import blank_outside_regions
 from usreview.teaching.text import scrub_text
 
-__all__ = ["ANATOMY", "KEPT", "METHOD", "UidMap", "case_name", "deidentify"]
+__all__ = ["AGGREGATED_AGE", "ANATOMY", "KEPT", "METHOD", "UidMap", "case_name", "deidentify"]
 
 #: Attributes copied from the source (besides the ultrasound group, (0018,6000-60FF), and
 #: the coded anatomy, :data:`ANATOMY`).
@@ -114,7 +124,14 @@ METHOD: Final = (
     "DICOM PS3.15 Basic Profile, keep-list of attributes",
     "pixels outside the ultrasound regions set to 0",
     "text inside the ultrasound regions not checked",
+    "Patient's Age kept, 090Y for 90 years or more",
 )
+#: Patient's Age of a copy whose patient is 90 or older (HIPAA Safe Harbor: over 89).
+AGGREGATED_AGE: Final = "090Y"
+_AGGREGATED_YEARS: Final = 90
+#: An Age String as written: three digits and the unit (days, weeks, months, years).
+_AGE_STRING = re.compile(r"\d{3}[DWMY]")
+_RETAIN_CHARACTERISTICS: Final = ("113108", "Retain Patient Characteristics Option")
 _ULTRASOUND_GROUP = 0x0018
 _ULTRASOUND_ELEMENTS = range(0x6000, 0x6100)
 _CODE: Final = ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion")
@@ -196,12 +213,15 @@ def deidentify(instance: UltrasoundInstance, uids: UidMap, *, label: str) -> Dat
         setattr(copy, keyword, "")
     if "PatientOrientation" not in copy:
         copy.PatientOrientation = ""
+    age = _kept_age(instance.dataset)
+    if age is not None:
+        copy.PatientAge = age
     copy.PatientIdentityRemoved = "YES"
     copy.DeidentificationMethod = list(METHOD)
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
-    code.CodeMeaning = "Basic Application Confidentiality Profile"
-    copy.DeidentificationMethodCodeSequence = Sequence([code])
+    methods = [("113100", "Basic Application Confidentiality Profile")]
+    if age is not None:
+        methods.append(_RETAIN_CHARACTERISTICS)
+    copy.DeidentificationMethodCodeSequence = Sequence([_dcm_code(*m) for m in methods])
     copy.LongitudinalTemporalInformationModified = "REMOVED"
     palette = instance.photometric_interpretation == "PALETTE COLOR"
     _set_pixels(copy, frames, "NumberOfFrames" in instance.dataset, palette=palette)
@@ -211,6 +231,26 @@ def deidentify(instance: UltrasoundInstance, uids: UidMap, *, label: str) -> Dat
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     copy.file_meta = meta
     return copy
+
+
+def _kept_age(source: Dataset) -> str | None:
+    """The Patient's Age of ``source``'s copy (see the module docstring), or ``None``."""
+    age = age_of(source)
+    if age is None:
+        return None
+    if age.years >= _AGGREGATED_YEARS:
+        return AGGREGATED_AGE
+    if age.source.startswith("Patient's Age"):  # read from it: kept in its own unit
+        recorded = str(source.PatientAge).strip().upper()
+        if _AGE_STRING.fullmatch(recorded):
+            return recorded
+    return f"{math.floor(age.years + 1e-9):03d}Y"  # from the dates, or a loosely written age
+
+
+def _dcm_code(value: str, meaning: str) -> Dataset:
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "DCM", meaning
+    return code
 
 
 def _identifiers(source: Dataset) -> list[str]:

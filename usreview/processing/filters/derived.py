@@ -26,6 +26,17 @@ before the second was added).
 
 The series and instance UIDs are new and derived from the provenance, so processing the same
 instance again gives the same UIDs (a retried job replaces its result instead of adding one).
+One derived series holds a processor's images of one source series (same processor, version
+and parameters); its Series Number is ``SLOT * 10000 + N`` (:func:`derived_series_number`),
+where ``N`` is the source's Series Number (0 when absent; modulo 10000) and ``SLOT``, from
+1 to 214747, a hash (SHA-256) of what names the derived series: the source's Series
+Instance UID, the processor, its version and parameters. So the number is the same each
+time the same source series is processed by the same processor, ends with the source
+series' number, is 10000 or more (above a scanner's series numbers and the SRs' 9001 and
+9101), at most 2**31 - 1, and differs between the derived series of one study: always for
+sources of different numbers below 10000, and for two processors on one source series
+unless their slots collide (a chance of 1 in 214747 per pair).
+
 Private elements, LUTs, windows and icons of the source are dropped: the pixels are 8-bit
 display values (MONOCHROME2, or RGB for a source stored in colour), Explicit VR Little
 Endian. So is any cine timing (Frame Time, Frame Time Vector, Cine Rate, Recommended Display
@@ -35,16 +46,19 @@ kept: when what it names is invalid it names the valid timing instead, if need b
 Time of 1000 / the valid Cine Rate or Recommended Display Frame Rate.
 
 The text is written in UTF-8 (``ISO_IR 192``, as the SRs), whatever the source declared. The
-new dates and times are local, in the source's Timezone Offset From UTC (0008,0201) when it
-has one (the copied study dates and times are in it), else in the hub's; an offset is not
-written where the source had none, since it would apply to the site's copied study dates
-and times too, whose zone is not known (Contribution DateTime carries its own).
+new dates and times are local, as in every object the hub writes
+(:func:`~usreview.processing.sr_codes.stamp_local_time`): in the source's Timezone Offset
+From UTC (0008,0201) when it has a valid one (the copied study dates and times are in it),
+else in the hub's; an offset is not written where the source had no valid one, since it
+would apply to the site's copied study dates and times too, whose zone is not known
+(Contribution DateTime carries its own).
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 
@@ -72,7 +86,7 @@ from usreview.processing.results import (
     ProcessorResult,
     Provenance,
 )
-from usreview.processing.sr_codes import SPECIFIC_CHARACTER_SET
+from usreview.processing.sr_codes import SPECIFIC_CHARACTER_SET, stamp_local_time
 
 __all__ = [
     "MANUFACTURER",
@@ -84,6 +98,7 @@ __all__ = [
     "US_MULTIFRAME_IMAGE_STORAGE",
     "derived_dataset",
     "derived_from_result",
+    "derived_series_number",
     "usreview_derivation",
 ]
 
@@ -139,6 +154,9 @@ _DROPPED = (
     "SourceImageSequence",
     "DataSetTrailingPadding",
 )
+#: Derived series numbers: a slot (1 to :data:`_SLOTS`) times this, plus the source's number.
+_SERIES_SPAN = 10_000
+_SLOTS = (2**31 - 1) // _SERIES_SPAN - 1
 _MARKS_SHOWN = 160  # characters of the derivation description quoted by usreview_derivation
 _MULTIFRAME_ONLY = (
     "NumberOfFrames",
@@ -246,18 +264,29 @@ def _timing_without(ds: Dataset, invalid: Iterable[str], number_of_frames: int) 
     return frame_timing(left, number_of_frames)
 
 
-def _local_now(ds: Dataset) -> dt.datetime:
-    """Now, in the source's Timezone Offset From UTC if it has a valid one, else the hub's.
+def derived_series_number(source_series_number: int, *series: str) -> int:
+    """The Series Number of a derived series (see the module docstring).
 
-    DICOM dates and times are local: (0008,0201) says which offset all of an instance's
-    dates and times (the source's copied ones too) are in.
+    Parameters
+    ----------
+    source_series_number
+        The source's Series Number (0 when it has none).
+    *series
+        What names the derived series: the source's Series Instance UID, the processor, its
+        version and parameters.
     """
-    offset = str(ds.get("TimezoneOffsetFromUTC") or "").strip()
+    digest = hashlib.sha256("\0".join(series).encode()).digest()
+    slot = 1 + int.from_bytes(digest[:8], "big") % _SLOTS
+    return slot * _SERIES_SPAN + source_series_number % _SERIES_SPAN
+
+
+def _series_number(ds: Dataset) -> int:
+    """``ds``'s Series Number, 0 when absent, unreadable or negative."""
     try:
-        zone = dt.datetime.strptime(offset, "%z").tzinfo
-    except ValueError:
-        zone = None
-    return dt.datetime.now(dt.UTC).astimezone(zone)
+        number = int(ds.get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        return 0
+    return max(number, 0)
 
 
 def _uid(*parts: str) -> UID:
@@ -271,7 +300,6 @@ def derived_dataset(
     *,
     description: str,
     frame: int | None = None,
-    series_number_offset: int = 1000,
     derivation: Code | None = SMOOTHING,
     name: str | None = None,
 ) -> Dataset:
@@ -292,8 +320,6 @@ def derived_dataset(
     frame
         For a single frame taken from a multi-frame source: its number (from 1), which the
         Source Image Sequence references.
-    series_number_offset
-        Added to the source's Series Number for the derived series.
     derivation
         The Derivation Code (CID 7203 "Image Derivation"); ``None`` leaves the derivation
         to the description.
@@ -347,19 +373,12 @@ def derived_dataset(
     named = () if name is None else (name,)
     ds.SOPInstanceUID = _uid("instance", source.sop_instance_uid, str(frame), *key, *named)
     ds.SeriesInstanceUID = _uid("series", source.series_instance_uid, *key)
-    series = int(ds.get("SeriesNumber") or 0) + series_number_offset
-    ds.SeriesNumber = min(series, 2**31 - 1)
+    ds.SeriesNumber = derived_series_number(
+        _series_number(source.dataset), source.series_instance_uid, *key
+    )
     base = str(ds.get("SeriesDescription") or "").strip()
     ds.SeriesDescription = f"{base} {description}".strip()[:64]
-    now = _local_now(ds)
-    for prefix in ("InstanceCreation", "Content", "Series"):
-        setattr(ds, f"{prefix}Date", now.strftime("%Y%m%d"))
-        setattr(ds, f"{prefix}Time", now.strftime("%H%M%S"))
-    if "TimezoneOffsetFromUTC" in ds:  # kept when valid (``now`` is in it), else dropped
-        if str(ds.TimezoneOffsetFromUTC).strip() == now.strftime("%z"):
-            ds.TimezoneOffsetFromUTC = now.strftime("%z")
-        else:
-            del ds.TimezoneOffsetFromUTC
+    now = stamp_local_time(ds, source.dataset, ("InstanceCreation", "Content", "Series"))
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = MODEL_NAME
     ds.SoftwareVersions = __version__

@@ -21,6 +21,9 @@ others only: 1.0 averaged the black around a sector into its rim (18 grey levels
 simulated fan) and a caliper dot into the tissue around it. Finding the kept pixels and the
 masked means make a frame two to four times as long to filter as the bare filter, which is
 what ``python -m benchmarks filters`` times.
+Version 1.2: the filtered series has a Series Number of its own
+(:func:`usreview.processing.filters.derived.derived_series_number`); 1.1 shared one with
+every other derived series of its source.
 """
 
 from __future__ import annotations
@@ -142,7 +145,7 @@ def _halved(full: Float) -> Float:
 @processor(
     "speckle_fast",
     kinds={ImageKind.BMODE, ImageKind.CINE},
-    version="1.1",
+    version="1.2",
     params={"radius": 3, "strength": 2.0},
 )
 def speckle_fast(context: Context) -> Output:

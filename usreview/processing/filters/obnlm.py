@@ -29,6 +29,9 @@ graphics and point reflectors exactly, with no weight as neighbours (``keep``; s
 :mod:`~usreview.processing.filters._apply`): 1.1 filtered the region's whole rectangle, so
 that a caliper dot of 255 on a real echo came out at 75-123 and +25 dB point targets lost
 two thirds of their contrast over tissue (91 grey levels to 28-37).
+Version 1.3: the filtered series has a Series Number of its own
+(:func:`usreview.processing.filters.derived.derived_series_number`); 1.2 shared one with
+every other derived series of its source.
 """
 
 from __future__ import annotations
@@ -274,7 +277,7 @@ def _filled_in(values: Float, kept: npt.NDArray[np.bool_], patch: int) -> Float:
 @processor(
     "speckle_obnlm",
     kinds={ImageKind.BMODE},
-    version="1.2",
+    version="1.3",
     params={"search": 7, "patch": 2, "gamma": 0.5, "smoothing": 1.0},
 )
 def speckle_obnlm(context: Context) -> Output:

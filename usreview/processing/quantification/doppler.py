@@ -42,6 +42,9 @@ quarter of its range first: a strip opening just after a systolic peak read a fi
 at its late-systolic hump (89.9 instead of 72/min). A sweeping display (Region Flags) is
 measured only on the longer side of its write point (finding ``sweep``), and refused when
 that cannot be found; 1.6 measured across it (73.2/min read 31.9, VTI 33.4 cm read 76.5).
+Version 1.8: the overlay series has a Series Number of its own
+(:func:`usreview.processing.filters.derived.derived_series_number`); 1.7 shared one with
+every other derived series of its source.
 """
 
 from __future__ import annotations
@@ -260,7 +263,7 @@ def envelope_trace(instance: UltrasoundInstance) -> Float:
 @processor(
     "doppler_indices",
     kinds={ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER},
-    version="1.7",
+    version="1.8",
     params={"dynamic_range_db": 50.0, "average_ms": 18.0, "edge_refinement": "cw"},
     requires=("scipy",),
 )
