@@ -399,8 +399,10 @@ def test_spool_reconciles_with_the_hubs_batch_receipt(
     assert [item.sop_instance_uid for item in spool.pending()] == [sop_uid(new)]
     book.flush(force=True)
     assert read_status(site).recorded["uploads"] == len(sent)
-    # It asked about the spool's UIDs only, and the hub named those it holds.
-    (asked,) = [e for e in hub.audited("clinic-d") if "requested" in e["detail"]]
+    # It asked about the spool's UIDs only, and the hub named those it holds (the push
+    # before it asked about its files, none held yet).
+    before, asked = [e for e in hub.audited("clinic-d") if "requested" in e["detail"]]
+    assert before["detail"] == {"count": 0, "requested": len(sent)}
     assert asked["detail"] == {"count": len(sent), "requested": len(sent) + 1}
 
 

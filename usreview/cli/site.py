@@ -144,16 +144,28 @@ _SITE_GATEWAY = Command(
 
 def _cmd_site_push(args: argparse.Namespace) -> int:
     from usreview.errors import InputError
-    from usreview.site import NotAcknowledgedError, load_config, push_paths
+    from usreview.site import NotAcknowledgedError, PushStoppedError, load_config, push_paths
     from usreview.site.progress import PushProgress
 
-    report = push_paths(load_config(args.config), args.paths, progress=PushProgress(sys.stderr))
+    progress = PushProgress(sys.stderr)
+    report = push_paths(load_config(args.config), args.paths, progress=progress)
+    progress.end()
     refused = {str(p): why for p, why in report.failed.items()}
     bad = {str(p): why for p, why in report.unread.items()}
+    left = f", {len(report.remaining)} left (the hub cannot be reached)" if report.stopped else ""
     print(
         f"{len(report.acknowledged)} acknowledged, {len(refused)} not acknowledged, "
-        f"{len(bad)} not sent"
+        f"{len(bad)} not sent{left}"
     )
+    if report.stopped is not None:
+        if refused:
+            error(str(NotAcknowledgedError(refused)))
+        if bad:
+            names = "; ".join(f"{path}: {why}" for path, why in sorted(bad.items()))
+            error(f"{len(bad)} file(s) not sent: {names}")
+        raise PushStoppedError(
+            report.stopped, sent=len(report.acknowledged), remaining=len(report.remaining)
+        )
     if bad:
         if refused:
             error(str(NotAcknowledgedError(refused)))
@@ -169,7 +181,10 @@ _SITE_PUSH = Command(
     help="upload files or folders once",
     handler=_cmd_site_push,
     description="Seal and upload every DICOM file under PATH; progress on stderr (a bar "
-    "with rate and time left on a terminal, one line per instance otherwise). Exit "
+    "with rate and time left on a terminal, one line per instance otherwise). What the "
+    "hub already holds (same UID and bytes) is not sent again. When the hub cannot be "
+    "reached (3 files in a row, or 20 s of tries), stop, say how many were sent and how "
+    "many remain, exit status 1: the same command resumes. Exit "
     "status 1 naming every instance the hub did not acknowledge with a verified "
     "receipt; 2 naming every file that is missing, unreadable or not DICOM (the others "
     "are still sent).",

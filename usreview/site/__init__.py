@@ -17,6 +17,7 @@ into an outbox folder and to the clinic's PACS. Modules (one responsibility each
     identity    the study a result names itself; the quarantine
     cursor      the results cursor, read strictly (backup, site pull --cursor)
     supersede   amendments: superseded results move aside, the new summary says so
+    retention   results leave the site: results.keep_days, results.outbox = false
     push        one-shot upload of files or folders
     progress    push's progress bar (rate, time left) or plain lines
     pull        one-shot delivery of the results (both state locks held)
@@ -41,6 +42,7 @@ from usreview.site.errors import (
     HubRequestError,
     HubUnreachableError,
     NotAcknowledgedError,
+    PushStoppedError,
     ReceiptError,
     SiteConfigError,
     SiteError,
@@ -63,6 +65,7 @@ __all__ = [
     "NotAcknowledgedError",
     "PacsDestination",
     "PushReport",
+    "PushStoppedError",
     "ReceiptError",
     "ResultFollower",
     "SiteConfig",

@@ -50,6 +50,8 @@ The file written by :func:`init_site`::
     [results]
     follow = true
     wait = 30.0
+    outbox = true                      # false: PACS only (a result kept until every PACS took it)
+    keep_days = 0                      # outbox files older, delivered to every PACS, go (0: never)
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ DEFAULT_MIN_FREE_MB = 1000
 #: Hours an instance the hub refuses for now is tried again before it is given up
 #: (``upload.give_up_after_hours``; 0: never).
 DEFAULT_GIVE_UP_AFTER_HOURS = 24.0
+#: The longest ``results.keep_days`` (a hundred years).
+MAX_KEEP_DAYS = 36500
 
 DEFAULT_AE_TITLE = "USREVIEW"
 DEFAULT_PORT = 11112
@@ -137,7 +141,7 @@ _KNOWN: dict[str, frozenset[str]] = {
     "pacs": frozenset({"name", "ae_title", "host", "port"}),
     "folders": frozenset({"spool", "spool_key", "retired_spool_keys", "outbox", "state"}),
     "upload": frozenset({"backoff_initial", "backoff_max", "timeout", "give_up_after_hours"}),
-    "results": frozenset({"follow", "wait"}),
+    "results": frozenset({"follow", "wait", "outbox", "keep_days"}),
 }
 #: The ``site init`` option behind each setting it writes: its errors name the option.
 _INIT_OPTIONS = {
@@ -199,6 +203,13 @@ class SiteConfig:
     #: read) is tried again before it is given up: moved to ``rejected/`` with the reason
     #: (``upload.give_up_after_hours``; 0: never).
     give_up_after_hours: float = DEFAULT_GIVE_UP_AFTER_HOURS
+    #: Whether results are written into the outbox folder (``results.outbox``); False:
+    #: PACS only, a DICOM result is kept (in the PACS queues) until every PACS took it,
+    #: and a result no PACS takes (a JSON or text summary) is not kept.
+    results_to_outbox: bool = True
+    #: Days an outbox file is kept once its result reached every PACS
+    #: (``results.keep_days``; 0: for ever).
+    outbox_keep_days: float = 0.0
 
     @property
     def api_url(self) -> str:
@@ -390,6 +401,8 @@ def _parse(r: _Reader) -> SiteConfig:
         )
     if tls_ca is not None and tls_cert is None:
         raise r._fail("gateway.tls_client_ca", "needs tls_certificate and tls_private_key")
+    pacs = _pacs_list(r)
+    to_outbox = _results_outbox(r, pacs)
     spool_key = r.path("folders.spool_key") if r.text("folders.spool_key", "") else None
     retired_spool_keys = _path_list(r, "folders.retired_spool_keys")
     if retired_spool_keys and spool_key is None:
@@ -413,7 +426,7 @@ def _parse(r: _Reader) -> SiteConfig:
         tls_certificate=tls_cert,
         tls_private_key=tls_key,
         tls_client_ca=tls_ca,
-        pacs=_pacs_list(r),
+        pacs=pacs,
         spool=r.path("folders.spool", "spool"),
         spool_key=spool_key,
         retired_spool_keys=retired_spool_keys,
@@ -428,7 +441,26 @@ def _parse(r: _Reader) -> SiteConfig:
         give_up_after_hours=r.number(
             "upload.give_up_after_hours", DEFAULT_GIVE_UP_AFTER_HOURS, 0, 24 * 365
         ),
+        results_to_outbox=to_outbox,
+        outbox_keep_days=r.number("results.keep_days", 0.0, 0, MAX_KEEP_DAYS),
     )
+
+
+def _results_outbox(r: _Reader, pacs: tuple[PacsDestination, ...]) -> bool:
+    """``results.outbox``: true, or false (PACS only) where a PACS is configured."""
+    value = r.section("results").get("outbox", True)
+    if not isinstance(value, bool):
+        raise r._fail(
+            "results.outbox",
+            f"must be true or false (got {value!r}): whether results are written into the "
+            "outbox folder (the folder itself is folders.outbox)",
+        )
+    if not value and not pacs:
+        raise r._fail(
+            "results.outbox",
+            "false (PACS only) needs a [[pacs]]: no result would be delivered anywhere",
+        )
+    return value
 
 
 def _closest(name: str, known: Iterable[str]) -> str | None:
@@ -934,6 +966,11 @@ def _render(
         "[results]",
         "follow = true",
         "wait = 30.0",
+        "# write each result into the outbox folder; false: PACS only (a DICOM result is",
+        "# kept until every PACS took it; a JSON or text summary, which no PACS takes, is not)",
+        "outbox = true",
+        "# days an outbox file is kept once its result reached every PACS (0: for ever)",
+        "keep_days = 0",
         "",
     ]
     return "\n".join(lines)

@@ -72,12 +72,16 @@ __all__ = [
     "copy_durably",
     "deliver_to_outbox",
     "is_dicom",
+    "outbox_result_id",
     "place_copy",
     "send_to_pacs",
+    "study_folder_name",
 ]
 
 _log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: The name :func:`deliver_to_outbox` gives a result: ``ID-KIND.EXT``.
+_OUTBOX_NAME = re.compile(r"(\d{8,})-[A-Za-z0-9._-]*\.(?:dcm|json|txt|bin)")
 _OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
 #: Refused: out of resources (PS3.4 B.2.3): the PACS may take it later.
 _OUT_OF_RESOURCES = range(0xA700, 0xA800)
@@ -115,6 +119,19 @@ def _is_text(path: Path) -> bool:
     except UnicodeDecodeError:
         return False
     return not any(ord(c) < 32 and c not in "\n\r\t" for c in text)
+
+
+def outbox_result_id(name: str) -> int | None:
+    """The result id of an outbox file named ``name`` (``ID-KIND.EXT``); None for a name
+    :func:`deliver_to_outbox` does not give (the clinic's own files, temporary files)."""
+    match = _OUTBOX_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def study_folder_name(study_instance_uid: str) -> str:
+    """The outbox folder of a study: its Study Instance UID, or ``unknown-study`` for a
+    name that is not a UID."""
+    return study_instance_uid if is_uid(study_instance_uid) else "unknown-study"
 
 
 def _make_folder(folder: Path) -> None:
@@ -163,7 +180,7 @@ def deliver_to_outbox(
         ext = "json"
     else:
         ext = "txt" if _is_text(payload) else "bin"
-    folder = outbox / (study_instance_uid if is_uid(study_instance_uid) else "unknown-study")
+    folder = outbox / study_folder_name(study_instance_uid)
     target = folder / f"{result_id:08d}-{_SAFE.sub('_', kind)}.{ext}"
     try:
         if supersedes is None or ext not in ("json", "txt"):
@@ -478,6 +495,25 @@ class PacsQueue:
                 with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                     items.append(_read_pending(name, marker))
         return items
+
+    def held_results(self) -> set[int]:
+        """The ids of the results something of which is left in a queue: pending, or set
+        aside in ``failed/`` (a marker or a note, whether it can be read or not)."""
+        ids: set[int] = set()
+        for name in self.destinations:
+            for pattern in ("[0-9]*.json", f"{FAILED}/[0-9]*.json"):
+                for marker in (self.root / name).glob(pattern):
+                    with contextlib.suppress(ValueError):
+                        ids.add(int(marker.stem))
+        return ids
+
+    def holds(self, result_id: int) -> bool:
+        """Whether a queue holds result ``result_id``: pending, or set aside in ``failed/``."""
+        name = f"{int(result_id):08d}.json"
+        return any(
+            (self.root / dest / name).exists() or (self.root / dest / FAILED / name).exists()
+            for dest in self.destinations
+        )
 
     def source(self, item: PendingDelivery) -> Path | None:
         """The file to send for ``item``: its copy in the queue (or in ``failed/``, where

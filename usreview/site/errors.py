@@ -11,6 +11,8 @@
     │                             JournalKeyError (site.journal) names its segment
     ├── HubRequestError           talking to the hub failed
     │   ├── HubUnreachableError   no answer, TLS failure, 5xx or 503: try again later
+    │   │   └── PushStoppedError  push stopped early, the hub down: how many were sent and
+    │   │                         remain; the same command resumes
     │   └── HubRefusedError       a 4xx answer (``status``, ``code``, ``message``, ``reason``);
     │                             ``refusal`` says whether it is final (site.refusals)
     ├── ReceiptError              the hub's receipt does not verify or names other bytes
@@ -41,6 +43,7 @@ __all__ = [
     "HubRequestError",
     "HubUnreachableError",
     "NotAcknowledgedError",
+    "PushStoppedError",
     "ReceiptError",
     "SiteConfigError",
     "SiteError",
@@ -77,6 +80,29 @@ class HubRequestError(SiteError):
 
 class HubUnreachableError(HubRequestError):
     """The hub could not be reached or asked to try again later (5xx, 503, TLS, timeout)."""
+
+
+class PushStoppedError(HubUnreachableError):
+    """``site push`` stopped before its end because the hub could not be reached.
+
+    Parameters
+    ----------
+    reason
+        The hub's last error.
+    sent
+        Instances the hub acknowledged (those it held already included).
+    remaining
+        Instances not acknowledged because the push stopped.
+    """
+
+    def __init__(self, reason: str, *, sent: int, remaining: int) -> None:
+        super().__init__(
+            f"the hub cannot be reached ({reason}); push stopped: {sent} instance(s) sent, "
+            f"{remaining} remaining. Run the same command again once the hub is back: it "
+            "resumes (what the hub already holds is not sent again)"
+        )
+        self.sent = sent
+        self.remaining = remaining
 
 
 _NOT_YET_VALID = re.compile(

@@ -9,7 +9,9 @@ A PACS that hangs (accepts, never answers) holds up only its own thread, for its
 timeout; one that is down or out of resources backs off on its own
 (``upload.backoff_initial`` to ``upload.backoff_max``), the others go on. What a PACS will
 never take, and a delivery whose file is missing, is set aside in ``pacs/NAME/failed/``
-with the reason, recorded in the status file and the per-study journal.
+with the reason, recorded in the status file and the per-study journal. At a PACS-only
+site (``results.outbox = false``) a result is gone once every PACS took it: that is
+recorded (:func:`usreview.site.retention.every_pacs_took`).
 
 :meth:`PacsSenders.send_pending` does the same rounds in the caller's thread, for
 ``usreview site pull`` (no threads) and for tests.
@@ -27,6 +29,7 @@ from pynetdicom.association import Association
 from usreview.site.backoff import Backoff
 from usreview.site.deliver import PacsQueue, PendingDelivery, break_association
 from usreview.site.errors import DeliveryError
+from usreview.site.retention import every_pacs_took
 from usreview.site.status import StatusBook
 from usreview.site.studies import StudyLog
 
@@ -65,6 +68,8 @@ class PacsSenders:
         The per-study journal (a delivery, or a delivery set aside).
     backoff_initial, backoff_max
         The backoff of a PACS that is down, in seconds.
+    pacs_only
+        ``results.outbox = false``: record each result that every PACS took as removed.
     """
 
     def __init__(
@@ -75,10 +80,14 @@ class PacsSenders:
         *,
         backoff_initial: float,
         backoff_max: float,
+        pacs_only: bool = False,
     ) -> None:
         self.queue = queue
         self.status = status
         self.studies = studies
+        self.pacs_only = pacs_only
+        self._gone: set[int] = set()  # results recorded as removed (once, whichever thread)
+        self._gone_lock = threading.Lock()
         self._stop = threading.Event()
         self._destinations = {
             name: _Destination(name, Backoff(backoff_initial, backoff_max))
@@ -189,6 +198,12 @@ class PacsSenders:
         dest.backoff.reset()
         dest.retry_at = 0.0
         self.studies.pacs(item.result_id, item.study, dest.name)
+        if self.pacs_only:
+            with self._gone_lock:
+                if item.result_id not in self._gone and every_pacs_took(
+                    item.result_id, self.queue, self.status
+                ):
+                    self._gone.add(item.result_id)
         return True
 
     def _back_off(self, dest: _Destination, reason: str) -> None:

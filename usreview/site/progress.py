@@ -95,6 +95,13 @@ class PushProgress:
             self._drawn = False
         self.stream.flush()
 
+    def end(self) -> None:
+        """End the bar's line (a push that stopped before its last instance)."""
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
     def _clear(self) -> None:
         if self._drawn:
             self.stream.write("\r\x1b[K")

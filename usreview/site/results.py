@@ -19,14 +19,18 @@ For each item after it, in order:
 5. deliver: the outbox folder of the payload's study, then the PACS queue (its own copy
    and a durable marker per PACS, see :mod:`usreview.site.deliver`); a result that
    supersedes an earlier one (the item's ``supersedes``) retires the earlier one's files
-   to the study's ``superseded/`` folder (:mod:`usreview.site.supersede`);
+   to the study's ``superseded/`` folder (:mod:`usreview.site.supersede`). At a PACS-only
+   site (``results.outbox = false``) only the PACS queue: a result no PACS takes is not
+   kept (:mod:`usreview.site.retention`);
 6. record the message id as opened, then advance the cursor durably (keeping the previous
    one in ``results.cursor.bak``).
 
 The feed's thread never talks to a PACS: each PACS's queue is sent by a thread of its own
 (:mod:`usreview.site.pacs_senders`), woken when a result is queued, so a PACS that hangs
 delays nothing in the outbox. The results put aside in ``refused/`` are tried again when
-the follower starts and every :data:`REFUSED_RETRY_SECONDS` (:meth:`ResultFollower.retry_refused`).
+the follower starts and every :data:`REFUSED_RETRY_SECONDS` (:meth:`ResultFollower.retry_refused`);
+the outbox files past ``results.keep_days`` are removed then too, every
+:data:`~usreview.site.retention.PRUNE_SECONDS` (:meth:`ResultFollower.prune_outbox`).
 
 A crash anywhere repeats at most the delivery of one result, and delivering twice is
 harmless (same outbox name, same SOP Instance UID at the PACS). The hub only lists the
@@ -62,10 +66,11 @@ from usreview.site.backoff import Backoff
 from usreview.site.client import HubClient
 from usreview.site.config import SiteConfig
 from usreview.site.cursor import ResultsCursorError, load_cursor, read_saved_cursor, save_cursor
-from usreview.site.deliver import PacsQueue, deliver_to_outbox
+from usreview.site.deliver import PacsQueue, deliver_to_outbox, study_folder_name
 from usreview.site.errors import DeliveryError, HubRequestError, HubUnreachableError, SiteError
 from usreview.site.identity import QUARANTINE, PayloadIdentity, identify, quarantine
 from usreview.site.pacs_senders import PacsSenders
+from usreview.site.retention import PRUNE_SECONDS, not_kept, prune_outbox
 from usreview.site.status import StatusBook
 from usreview.site.studies import StudyLog
 
@@ -77,7 +82,9 @@ MIN_POLL_SECONDS = 0.5
 #: How often (seconds) the follower tries again the results put aside in ``refused/``.
 REFUSED_RETRY_SECONDS = 3600.0
 
-#: What one result became at the site: ``(result id, outbox path or None)``.
+#: What one result became at the site: ``(result id, where it was delivered)``: its outbox
+#: file or, at a PACS-only site, its copy in the first PACS's queue; None when it was
+#: delivered before, quarantined, refused or (PACS only, not DICOM) not kept.
 Delivered = tuple[int, Path | None]
 
 
@@ -134,6 +141,7 @@ class ResultFollower:
             self.studies,
             backoff_initial=config.backoff_initial,
             backoff_max=config.backoff_max,
+            pacs_only=not config.results_to_outbox,
         )
         #: Why nothing is delivered (None: the follower works).
         self.blocked: SiteError | None = None
@@ -159,6 +167,7 @@ class ResultFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_refused_retry = 0.0
+        self._next_prune = 0.0
 
     def _set_cursor(self, cursor: int) -> None:
         """Go on after ``cursor`` (an operator's decision), saved at once."""
@@ -342,11 +351,13 @@ class ResultFollower:
         payload: Path,
         identity: PayloadIdentity,
         feed_study: str,
-    ) -> Path:
+    ) -> Path | None:
         """Deliver an opened payload that agrees with its feed item: the outbox folder of
         the study it names itself (the feed's when it names none), then (DICOM) the PACS
         queue."""
         kind = str(item.get("kind") or item.get("label") or "result")
+        if not self.config.results_to_outbox:
+            return self._place_pacs_only(result_id, kind, payload, identity, feed_study)
         supersedes = item.get("supersedes")
         target = deliver_to_outbox(
             self.config.outbox,
@@ -371,6 +382,31 @@ class ResultFollower:
         self.studies.result(result_id, kind, target.parent.name, target, queued)
         self.status.result(result_id, kind, where)
         return target
+
+    def _place_pacs_only(
+        self,
+        result_id: int,
+        kind: str,
+        payload: Path,
+        identity: PayloadIdentity,
+        feed_study: str,
+    ) -> Path | None:
+        """``results.outbox = false``: queue a DICOM payload for every PACS (its copies
+        there are all the site keeps of it); any other is not kept."""
+        study = study_folder_name(identity.study or feed_study)
+        queued: list[str] = []
+        copy: Path | None = None
+        if identity.is_dicom and self.pacs.destinations:  # (load_config requires a PACS)
+            self.pacs.enqueue(
+                result_id, payload, study=study, sop_instance_uid=identity.sop_instance_uid
+            )
+            queued = list(self.pacs.destinations)
+            copy = self.pacs.root / queued[0] / f"{result_id:08d}.dcm"
+        else:
+            not_kept(result_id, kind, self.status)
+        self.studies.result(result_id, kind, study, None, queued)
+        self.status.result(result_id, kind, [f"pacs:{name}" for name in queued])
+        return copy
 
     def _quarantine(
         self,
@@ -436,7 +472,13 @@ class ResultFollower:
                 break
         if self.send_pending(force=True):
             self.send_pending(force=True)
+        self.prune_outbox()
         return done
+
+    def prune_outbox(self) -> list[Path]:
+        """Remove the outbox files past ``results.keep_days`` whose result every PACS took
+        (:func:`~usreview.site.retention.prune_outbox`); return them."""
+        return prune_outbox(self.config, self.pacs, self.status)
 
     def start(self) -> None:
         """Follow the feed in a background thread (long-poll), until :meth:`stop`; send
@@ -484,10 +526,22 @@ class ResultFollower:
                 left,
             )
 
+    def _prune_now(self) -> None:
+        """Remove the outbox files past ``results.keep_days``, when it is time."""
+        if self.config.outbox_keep_days <= 0 or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_SECONDS
+        try:
+            self.prune_outbox()
+        except Exception as exc:  # the feed goes on; the next try is in PRUNE_SECONDS
+            _log.exception("outbox: removing the files past results.keep_days failed")
+            self.status.error("outbox", f"removing old outbox files failed: {exc}")
+
     def _follow(self) -> None:
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
         while not self._stop.is_set():
             self._retry_refused_now()
+            self._prune_now()
             try:
                 asked = time.monotonic()
                 done = self.poll(self.config.results_wait)

@@ -282,6 +282,19 @@ class StatusBook(_Book):
             self._dirty = True
         self.flush(force=True)
 
+    def removed(self, what: str, why: str, *, count: int = 1) -> None:
+        """``count`` results or outbox files removed at the site (``results.keep_days``,
+        ``results.outbox = false``): counted, the last one and why kept."""
+        with self._lock:
+            previous = _mapping(self._doc.get("removed"))
+            total = _number(previous.get("count"))
+            self._doc["removed"] = {
+                "count": int(total or 0) + count,
+                "last": {"what": what, "why": why, "at": time.time()},
+            }
+            self._dirty = True
+        self.flush()
+
     def follower(self, state: str, error: str | None = None) -> None:
         """The results follower's state: ``"running"``, or ``"failed"`` with why."""
         record: dict[str, Any] = {"state": state, "at": time.time()}
@@ -395,6 +408,9 @@ class SiteStatus:
     #: What the gateway's process records (``gateway.json``): its upload process, the
     #: scanners it refused.
     gateway: Mapping[str, Any] = field(default_factory=dict)
+    #: What becomes of results at the site: ``folder`` (the outbox), ``written``
+    #: (``results.outbox``), ``keep_days`` (``results.keep_days``; 0: for ever).
+    outbox: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -420,6 +436,7 @@ class SiteStatus:
             **recorded,
             "held": {uid: dict(record) for uid, record in self.held.items()},
             "gateway": dict(self.gateway),
+            "outbox": dict(self.outbox),
         }
 
 
@@ -551,6 +568,11 @@ def read_status(config: SiteConfig) -> SiteStatus:
         given_up=sum(1 for note in notes if str(note.get("reason", "")).startswith(GIVEN_UP)),
         oldest_waiting=waiting[0].spooled_at if waiting else None,
         gateway=_read_doc(config.state / GATEWAY_FILE),
+        outbox={
+            "folder": str(config.outbox),
+            "written": config.results_to_outbox,
+            "keep_days": config.outbox_keep_days,
+        },
     )
 
 
@@ -754,6 +776,7 @@ def format_status(status: SiteStatus) -> str:
         f"quarantined   {status.results_quarantined} result(s) whose content names another study"
         " than the feed (state/quarantine/; tell the hub's administrator)",
     ]
+    lines += _outbox_lines(status)
     for name, counts in sorted(status.pacs.items()):
         failed = counts.get("failed", 0)
         lines.append(
@@ -784,6 +807,28 @@ def format_status(status: SiteStatus) -> str:
         if isinstance(item.get("advice"), str):
             lines.append(f"    -> {item['advice']}")
     return "\n".join(lines) + "\n"
+
+
+def _outbox_lines(status: SiteStatus) -> list[str]:
+    """Where results go and how long they stay (``[results]``), and what was removed."""
+    policy = status.outbox
+    if not policy:
+        return []
+    days = _number(policy.get("keep_days")) or 0.0
+    if not policy.get("written", True):
+        text = "not written (results.outbox = false: PACS only, kept until every PACS took it)"
+    elif days > 0:
+        text = f"{policy.get('folder')}, files kept {days:g} days once every PACS took them"
+    else:
+        text = f"{policy.get('folder')}, files kept for ever (results.keep_days = 0)"
+    removed = _mapping(status.recorded.get("removed"))
+    if removed:
+        last = _mapping(removed.get("last"))
+        text += (
+            f"; {removed.get('count', '?')} removed, last {_ago(last.get('at'))}: "
+            f"{last.get('what')} ({last.get('why')})"
+        )
+    return [f"outbox        {text}"]
 
 
 def _follower_lines(rec: Mapping[str, Any]) -> list[str]:

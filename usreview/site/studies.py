@@ -13,7 +13,8 @@ the scanners' C-STORE path:
 - ``{"e": "rejected", "sop", "study", "acc", "desc", "spooled", "at", "reason"}``: moved
   to the spool's ``rejected/``;
 - ``{"e": "result", "id", "kind", "study", "file", "pacs": [NAME...], "at"}``: a result
-  delivered into the outbox (and queued for those PACS);
+  delivered into the outbox (and queued for those PACS); ``file`` is null at a PACS-only
+  site (``results.outbox = false``);
 - ``{"e": "pacs", "id", "study", "pacs", "ok", "at"[, "reason"]}``: a PACS took it, or it
   was set aside in ``pacs/NAME/failed/``.
 
@@ -167,16 +168,17 @@ class StudyLog:
         self._instance("rejected", sop_instance_uid, None, header, spooled_at, reason=reason)
 
     def result(
-        self, result_id: int, kind: str, study: str, file: Path, pacs: Iterable[str] = ()
+        self, result_id: int, kind: str, study: str, file: Path | None, pacs: Iterable[str] = ()
     ) -> None:
-        """A result delivered into the outbox (and queued for ``pacs``)."""
+        """A result delivered into the outbox as ``file`` (None: not written there, at a
+        PACS-only site) and queued for ``pacs``."""
         self._append(
             {
                 "e": "result",
                 "id": result_id,
                 "kind": kind,
                 "study": study,
-                "file": str(file),
+                "file": str(file) if file is not None else None,
                 "pacs": list(pacs),
             }
         )

@@ -54,7 +54,7 @@ from usreview.site.spool import Spool, SpooledInstance
 from usreview.site.status import GIVEN_UP, StatusBook, duration
 from usreview.site.studies import InstanceHeader, StudyLog, instance_header
 
-__all__ = ["UploadOutcome", "Uploader", "upload_instance"]
+__all__ = ["UploadOutcome", "Uploader", "held_instances", "upload_instance"]
 
 _log = logging.getLogger(__name__)
 _IN_MEMORY = 64 << 20
@@ -116,6 +116,33 @@ def upload_instance(
             f"({body.get('sop_instance_uid')}, sha256 {str(named)[:16]}...); kept in the spool"
         )
     return UploadOutcome(sop_instance_uid, sha256, bool(answer.get("duplicate")), body)
+
+
+def held_instances(
+    answer: Mapping[str, Any], hub_key: PublicKeys, site: str
+) -> list[tuple[str, str]]:
+    """The (SOP Instance UID, plaintext SHA-256) pairs a batch receipt names, once it
+    verifies with ``hub_key`` as the hub's receipt for ``site`` (``GET receipts``).
+
+    Raises
+    ------
+    ReceiptError
+        The receipt does not verify, or is not a batch receipt.
+    """
+    try:
+        body = verify_receipt(answer, hub_key, site=site)
+    except InvalidReceiptError as exc:
+        raise ReceiptError(f"the hub's batch receipt was refused: {exc}") from None
+    instances = body.get("instances")
+    if body.get("kind") != "batch" or not isinstance(instances, list):
+        raise ReceiptError("the hub's batch receipt lists no instances")
+    pairs = []
+    for entry in instances:
+        if isinstance(entry, Mapping):
+            uid, sha = entry.get("sop_instance_uid"), entry.get("plaintext_sha256")
+            if isinstance(uid, str) and isinstance(sha, str):
+                pairs.append((uid, sha))
+    return pairs
 
 
 @dataclass
@@ -233,7 +260,7 @@ class Uploader:
         try:
             for start in range(0, len(uids), RECEIPT_BATCH):
                 answer = client.receipts(uids[start : start + RECEIPT_BATCH])
-                for uid, sha in self._held(answer):
+                for uid, sha in held_instances(answer, self._hub_key, self.config.name):
                     held.setdefault(uid, set()).add(sha)
         finally:
             client.close()
@@ -263,23 +290,6 @@ class Uploader:
         except (SpoolError, OSError):
             return InstanceHeader()
         return instance_header(data) if data is not None else InstanceHeader()
-
-    def _held(self, answer: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """The (UID, SHA-256) pairs a verified batch receipt names."""
-        try:
-            body = verify_receipt(answer, self._hub_key, site=self.config.name)
-        except InvalidReceiptError as exc:
-            raise ReceiptError(f"the hub's batch receipt was refused: {exc}") from None
-        instances = body.get("instances")
-        if body.get("kind") != "batch" or not isinstance(instances, list):
-            raise ReceiptError("the hub's batch receipt lists no instances")
-        pairs = []
-        for entry in instances:
-            if isinstance(entry, Mapping):
-                uid, sha = entry.get("sop_instance_uid"), entry.get("plaintext_sha256")
-                if isinstance(uid, str) and isinstance(sha, str):
-                    pairs.append((uid, sha))
-        return pairs
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the uploads in progress (what is left stays in the spool)."""
