@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ from tests.test_hub_config import configured, fake_proxy  # noqa: F401  (fixture
 from tests.test_store import meta
 from usreview.cli import main
 from usreview.hub.config import WORKER_SERVICE
-from usreview.processing import default_registry, plausible
+from usreview.processing import default_registry, plausible, similarity
+from usreview.processing.recommendations import study as study_rule
 from usreview.store import Reviewer, StudyStatus
 from usreview.store.jobs import JobQueue, JobRecord, RetryPolicy, outdated_processors
 
@@ -124,51 +126,58 @@ def test_hub_jobs_outdated_finds_and_requeues_jobs_of_older_processor_versions(
 ) -> None:
     current = {p.name: p.version for p in default_registry()}
     checked = f"{plausible.NAME}={plausible.VERSION}"
-    now = [f"{name}={version}" for name, version in current.items()] + [checked]
+    compared = f"{similarity.NAME}={similarity.VERSION}"
+    evaluated = f"{study_rule.NAME}={study_rule.VERSION}"
+    now = [f"{name}={version}" for name, version in current.items()] + [compared, checked]
     obnlm = f"speckle_obnlm={current['speckle_obnlm']}"
-    setup = _stored(tmp_path, 8)  # B-mode (and color flow) instances
-    with setup.open_archive() as archive:
+    setup = _stored(tmp_path, 10)  # B-mode (and color flow) instances
+    with setup.open_archive() as archive:  # and two PW spectra
+        for n in (11, 12):
+            spectrum = replace(meta(n, study=n), kinds=["pw_doppler"])
+            archive.put(SITE, f"envelope {n}".encode(), spectrum)
         ran = [
             [*(p for p in now if p != obnlm), "speckle_obnlm=0.9"],  # an older OBNLM
             now,  # up to date
             None,  # done before jobs recorded their processors
             [*now, "retired_processor=0.1"],  # no longer registered: nothing replaces it
-            now[:-1],  # done before the value check
+            [p for p in now if p != checked],  # done before the value check
             [],  # an image usreview derived: never processed
             [p for p in now if not p.startswith("doppler_indices=")],  # not for B-mode
             [p for p in now if p != obnlm],  # a B-mode processor added since
+            [*(p for p in now if p != compared), "similarity=1.0"],  # the old descriptor
+            [p for p in now if p != compared],  # done before jobs recorded the descriptor
+            [*now, "study_evaluation=1.2"],  # a spectrum whose study the old rule evaluated
+            [*now, evaluated],  # a spectrum up to date
         ]
         for processors in ran:
             lease = archive.jobs.claim("w", 30)
             assert lease is not None
             archive.jobs.complete(lease, processors=processors)
-        [first, *_] = archive.jobs.list_jobs()
+        [first, *_, last] = archive.jobs.list_jobs()
         assert first.processors == tuple(sorted(ran[0] or ()))
-        assert first.kinds == ("bmode", "color_flow")
+        assert first.kinds == ("bmode", "color_flow") and last.kinds == ("pw_doppler",)
     assert _jobs(setup, "--outdated") == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
-    assert lines == [
-        ["1", SITE, "1.2.826.0.1.1", f"speckle_obnlm 0.9 -> {current['speckle_obnlm']}"],
-        ["3", SITE, "1.2.826.0.1.3", "processors not recorded"],
-        ["5", SITE, "1.2.826.0.1.5", f"value_ranges none -> {plausible.VERSION}"],
-        ["8", SITE, "1.2.826.0.1.8", f"speckle_obnlm none -> {current['speckle_obnlm']}"],
-    ]
+    why = {
+        1: f"speckle_obnlm 0.9 -> {current['speckle_obnlm']}",
+        3: "processors not recorded",
+        5: f"value_ranges none -> {plausible.VERSION}",
+        8: f"speckle_obnlm none -> {current['speckle_obnlm']}",
+        9: f"similarity 1.0 -> {similarity.VERSION}",
+        10: f"similarity none -> {similarity.VERSION}",
+        11: f"study_evaluation 1.2 -> {study_rule.VERSION}",
+    }
+    assert lines == [[str(n), SITE, f"1.2.826.0.1.{n}", text] for n, text in why.items()]
     assert _jobs(setup, "--reprocess-outdated") == 0
-    assert capsys.readouterr().out.startswith("4 job(s) queued again (1 of them without")
+    assert capsys.readouterr().out.startswith("7 job(s) queued again (1 of them without")
     with setup.open_archive() as archive:
         status = {job.id: job.status.value for job in archive.jobs.list_jobs()}
         history = archive.history(Reviewer("r"), "1.2.826.0.2.1")
-    queued = {1, 3, 5, 8}
-    assert status == {n: "pending" if n in queued else "done" for n in range(1, 9)}
+    assert status == {n: "pending" if n in why else "done" for n in range(1, 13)}
     assert history[-1].actor == "usreview hub jobs --reprocess-outdated"
     assert [
-        (resource, why["outdated"]) for _, resource, _, why in admin_audit(setup.state.root)
-    ] == [
-        ("jobs/1", f"speckle_obnlm 0.9 -> {current['speckle_obnlm']}"),
-        ("jobs/3", "processors not recorded"),
-        ("jobs/5", f"value_ranges none -> {plausible.VERSION}"),
-        ("jobs/8", f"speckle_obnlm none -> {current['speckle_obnlm']}"),
-    ]
+        (resource, detail["outdated"]) for _, resource, _, detail in admin_audit(setup.state.root)
+    ] == [(f"jobs/{n}", text) for n, text in why.items()]
     assert _jobs(setup, "--outdated") == 0 and capsys.readouterr().out == ""  # none done now
 
 

@@ -30,7 +30,7 @@ from tests.processing_queue_support import (
 )
 from tests.site_helpers import children, command_line, wait_until
 from usreview.ingest import WorkerPool
-from usreview.processing import default_registry
+from usreview.processing import default_registry, plausible, similarity
 from usreview.processing.execution import LocalExecutor
 from usreview.processing.worker import Worker
 from usreview.simulate import simulate
@@ -125,7 +125,10 @@ def test_a_bmode_still_comes_back_filtered(tmp_path: Path, pool: WorkerPool) -> 
         # The job keeps the processors that ran (``hub jobs --outdated`` compares them).
         obnlm = default_registry().get("speckle_obnlm").version
         assert job.processors is not None and f"speckle_obnlm={obnlm}" in job.processors
-        assert "value_ranges=1.0" in job.processors  # the value check, recorded as one
+        assert f"value_ranges={plausible.VERSION}" in job.processors  # the value check, as one
+        # and the descriptor its similar cases are chosen by; a still triggers no study rule
+        assert f"similarity={similarity.VERSION}" in job.processors
+        assert not any(p.startswith("study_evaluation=") for p in job.processors)
         [result] = archive.results.results_since(SITE)  # nothing measured: the image only
         assert result.kind == "derived-image"
         filtered = pydicom.dcmread(open_result(setup, archive, result.cursor, tmp_path / "f.dcm"))
@@ -304,6 +307,12 @@ def test_summaries_name_the_most_similar_cases_of_the_library(
             found = [f for f in findings if f["code"] == "similar_cases"]
             return found[0]["evidence"]["matches"] if found else []
 
+        def compared(path: Path) -> int:
+            [found] = [
+                f for f in summaries[study[path]]["findings"] if f["code"] == "similar_cases"
+            ]
+            return int(found["evidence"]["compared"])
+
         # The stenotic spectrum is most like the stenosis case, then the normal one; never
         # like a B-mode case.
         matches = similar(stenotic)
@@ -311,8 +320,10 @@ def test_summaries_name_the_most_similar_cases_of_the_library(
             cases["ICA stenosis."],
             cases["Normal carotid spectrum."],
         ]
-        assert set(matches[0]) == {"case_uid", "sop_instance_uid", "similarity"}
+        assert set(matches[0]) == {"case_uid", "sop_instance_uid", "similarity", "rank"}
         assert matches[0]["similarity"] > matches[1]["similarity"]
+        # Ranked among the spectra compared (the B-mode case is another kind).
+        assert [m["rank"] for m in matches] == [1, 2] and compared(stenotic) == 2
         # A B-mode still (filtered images only) gets a summary for its similar case, no SR.
         [match] = similar(cysts)
         assert match["case_uid"] == cases["Large cysts."] and match["similarity"] > 0.9

@@ -200,7 +200,9 @@ def test_names_and_versions_a_job_cannot_record_are_refused(
     for name, version, why in [
         ("my proc", "1.0", "a name is letters, digits"),
         ("a=b", "1.0", "a name is letters, digits"),
-        (plausible.NAME, "1.0", "is reserved"),
+        (plausible.NAME, "1.0", "are reserved"),
+        ("similarity", "1.0", "are reserved"),
+        ("study_evaluation", "1.0", "are reserved"),
         ("fine", "1.0 beta", "without spaces or '='"),
         ("fine", "1=2", "without spaces or '='"),
     ]:
@@ -356,6 +358,52 @@ def test_values_no_patient_can_have_are_findings_in_any_processor(pw_file: Path)
         "value": 800.5,
         "unit": "cm/s",
         "range": [0.0, 800.0],
+        "range_unit": "cm/s",
         "withheld": ["heart_rate"],
     }
     assert RANGES[("peak_systolic_velocity", "cm/s")] == (0.0, 800.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        # the same velocity in cm/s, m/s and mm/s: at the bound (kept) and past it
+        ("peak_systolic_velocity", [(800.0, "cm/s"), (8.0, "m/s"), (8000.0, "mm/s")]),
+        ("peak_systolic_velocity", [(800.5, "cm/s"), (8.005, "m/s"), (8005.0, "mm/s")]),
+        ("peak_systolic_velocity", [(230.0, "cm/s"), (2.3, "m/s"), (2300.0, "mm/s")]),
+        ("end_diastolic_velocity", [(-400.0, "cm/s"), (-4.0, "m/s")]),
+        ("end_diastolic_velocity", [(-400.1, "cm/s"), (-4.001, "m/s")]),
+        ("lv_internal_dimension_diastole", [(121.0, "mm"), (12.1, "cm"), (0.121, "m")]),
+        ("volume", [(10_000.0, "mL"), (10.0, "L")]),
+        ("volume", [(10_500.0, "mL"), (10.5, "L")]),
+    ],
+)
+def test_a_value_in_another_unit_gets_the_same_verdict_as_in_the_ranges_unit(
+    name: str, values: list[tuple[float, str]]
+) -> None:
+    """The check converts exactly (as the rules do) before comparing: 9 m/s is no longer
+    waved through as 9 cm/s, nor 3 m/s left unchecked."""
+    from usreview.processing.plausible import screen
+
+    code = CODE
+    verdicts = []
+    for value, unit in values:
+        output = screen(Output(quantities=(Quantity(name, code, value, unit),)))
+        verdicts.append(bool(output.quantities))
+        if not output.quantities:
+            [finding] = output.findings
+            assert finding.evidence["unit"] == unit and finding.evidence["value"] == value
+            range_unit = finding.evidence["range_unit"]
+            assert range_unit == values[0][1]
+            if unit != range_unit:  # the value is shown in both units
+                assert f"{value:.4g} {unit} (" in finding.text
+    assert len(set(verdicts)) == 1, verdicts
+
+
+def test_a_unit_that_does_not_convert_is_not_checked() -> None:
+    """Nothing says what 900 cm/sec (a misspelt unit) or 900 kHz would be in cm/s."""
+    from usreview.processing.plausible import screen
+
+    for unit in ("cm/sec", "kHz", "cm"):
+        output = Output(quantities=(Quantity("peak_systolic_velocity", CODE, 900.0, unit),))
+        assert screen(output) == output, unit

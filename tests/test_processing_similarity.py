@@ -188,15 +188,18 @@ def test_the_finding_names_the_cases_and_nothing_of_their_patients() -> None:
     finding = similar_cases_finding(matches)
     assert finding["code"] == "similar_cases" and finding["processor"] == "similarity"
     assert finding["text"] == (
-        "Most similar cases of the case library: TEACHING-45678901 (1.00), TEACHING-1.2.7 (1.00)"
-    )
+        "Most similar cases of the case library (2 compared), closest first: "
+        "TEACHING-45678901 (1st), TEACHING-1.2.7 (2nd)"
+    )  # by rank: the cosine orders the cases, it does not say how alike they are
     evidence = finding["evidence"]
-    assert set(evidence) == {"matches", "method"} and evidence["method"] == f"similarity {VERSION}"
-    # De-identified UIDs and the similarity only: the case's words stay in the library.
+    assert set(evidence) == {"matches", "compared", "method"}
+    assert evidence["method"] == f"similarity {VERSION}" and evidence["compared"] == 2
+    # De-identified UIDs, the similarity and rank only: the case's words stay in the library.
     assert evidence["matches"][0] == {
         "case_uid": "1.2.3.45678901",
         "sop_instance_uid": "1.2.3.4",
         "similarity": 1.0,
+        "rank": 1,
     }
     assert rank(Descriptor("bmode", (1.0,)), [second]) == []  # another length
 

@@ -501,15 +501,16 @@ def test_a_reviewer_opens_a_similar_case_from_the_study_page(
 
     case_uid = world.case["case_uid"]
     entry = LibraryEntry(case_uid, world.case["instances"][0]["sop_instance_uid"], None)  # type: ignore[arg-type]
-    finding = similar_cases_finding([Match(entry, 0.9312)])
+    finding = similar_cases_finding([Match(entry, 0.9312, rank=1, compared=7)])
     panel = ResultsPanel([{"sop_instance_uid": "1.2.3", "analysis": {"findings": [finding]}}])
     [similar] = [
         c.value for c in panel.children[1].children if "usreview-similar" in getattr(c, "value", "")
     ]
     [href] = re.findall(r'href="([^"]+)"', similar)
-    assert (
-        href == f"teaching.ipynb?case={case_uid}" and f"{case_name(case_uid)}</a> (0.93)" in similar
-    )
+    assert href == f"teaching.ipynb?case={case_uid}" and f"{case_name(case_uid)}</a>" in similar
+    # By rank among the cases compared, never the cosine (only its order means something).
+    assert "Most similar cases of 7 compared, closest first:" in similar
+    assert '<span class="usreview-case-rank">1st</span>' in similar and "0.93" not in similar
     # The link's page, as Voila runs it in the reviewer's server: the case is open.
     monkeypatch.setenv("QUERY_STRING", href.partition("?")[2])
     monkeypatch.setenv("USREVIEW_SERVICE_URL", _service_url(world))

@@ -253,3 +253,36 @@ def test_a_newer_evaluation_replaces_the_superseded_one(world: World) -> None:
         "supersedes": old["id"],
     }
     assert len(evaluation["evaluations"]) == 1  # one side, the newest only
+
+
+def test_a_low_ica_psv_is_shown_as_not_graded_with_what_to_exclude(tmp_path: Path) -> None:
+    """Study evaluation 1.3 grades the ICA PSV as one spectrum is graded: below 50 cm/s it
+    meets no criterion (1.2 said "normal or < 50% stenosis"); the page says so."""
+    from usreview.processing.quantification.vessel import SIDES, VESSELS
+    from usreview.review.results import study_evaluation_html
+
+    def summary(psv: float, vessel: str) -> dict[str, Any]:
+        where = {"location": VESSELS[vessel].as_dict(), "laterality": SIDES["left"].as_dict()}
+        return {
+            "quantities": [
+                {"processor": "doppler_indices", "name": name, "value": value,
+                 "unit": "cm/s", "details": {"finding_site": where}}
+                for name, value in (("peak_systolic_velocity", psv),
+                                    ("end_diastolic_velocity", psv / 4))
+            ]
+        }  # fmt: skip
+
+    summaries = {
+        "1.2.3.1": summary(60.0, "cca"),
+        "1.2.3.2": summary(30.0, "ica"),
+    }
+    with Archive.open(None, tmp_path / "archive") as archive:
+        view = study_evaluation(archive.results, "1.2.3", summaries)
+    assert view is not None
+    conforms(view, "StudyEvaluation")
+    [side] = view["evaluations"]
+    assert (side["category"], side["graded"], side["findings"]) == ("ica_low_psv", False, [])
+    assert side["statement"].startswith("a low ICA velocity (< 50 cm/s)")
+    shown = study_evaluation_html(view)
+    assert "ICA PSV not graded:" in shown and "exclude near occlusion" in shown
+    assert "meets the criterion" not in shown

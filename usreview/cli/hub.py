@@ -445,23 +445,35 @@ def _outdated_jobs(archive: Archive, *, queue_again: bool, state: HubState) -> i
     """List (or queue again) the done jobs that processing would now do differently.
 
     A processor whose version changed, a step of the pipeline that never ran on the job's
-    kind of image (a processor added since), or the value check not applied (a job done
-    before it, :mod:`usreview.processing.plausible`). A job done before jobs recorded their
-    processors may be outdated too: it is listed (and queued again) with "processors not
-    recorded". A job with an empty record (an image usreview derived) is never outdated.
+    kind of image (a processor added since), the value check not applied (a job done
+    before it, :mod:`usreview.processing.plausible`), the similar cases chosen by another
+    descriptor, or none recorded for a kind compared (:mod:`usreview.processing.similarity`),
+    and the study evaluation of another version, or none recorded, for a PW spectrum
+    (:mod:`usreview.processing.recommendations.study`). A job done before jobs recorded
+    their processors may be outdated too: it is listed (and queued again) with "processors
+    not recorded". A job with an empty record (an image usreview derived) is never outdated.
     """
-    from usreview.processing import default_registry, plausible
+    from usreview.processing import default_registry, plausible, similarity
     from usreview.processing.pipeline import planned_steps
+    from usreview.processing.recommendations import study as study_rule
     from usreview.store.jobs import JobStatus, outdated_processors
 
     registry = default_registry()
-    current = {p.name: p.version for p in registry} | {plausible.NAME: plausible.VERSION}
+    current = {p.name: p.version for p in registry} | {
+        plausible.NAME: plausible.VERSION,
+        similarity.NAME: similarity.VERSION,
+        study_rule.NAME: study_rule.VERSION,
+    }
     steps = planned_steps(registry)
     found = []
     for job in archive.jobs.list_jobs(status=JobStatus.DONE):
         expected = [plausible.NAME] + [
             name for name, kinds in steps if any(k.value in job.kinds for k in kinds)
         ]
+        if similarity.compares(job.kinds):
+            expected.append(similarity.NAME)
+        if any(kind.value in job.kinds for kind in study_rule.KINDS):
+            expected.append(study_rule.NAME)
         if job.processors is None:
             found.append((job, "processors not recorded"))
         elif job.processors and (changed := outdated_processors(job.processors, current, expected)):
@@ -493,7 +505,10 @@ _HUB_JOBS = Command(
     "upgrade, --outdated lists the done jobs that processing would now do differently (id, "
     "site, SOP Instance UID and why: 'speckle_obnlm 1.0 -> 1.1' for an older version, "
     "'NAME none -> 1.0' for a processor added since or the value check 'value_ranges' not "
-    "yet applied; jobs done before versions were recorded say 'processors not recorded'), "
+    "yet applied; 'similarity 1.0 -> 2.0' for similar cases chosen by an older descriptor "
+    "and 'study_evaluation 1.2 -> 1.3' for a spectrum whose study an older study rule "
+    "evaluated, 'none' where the job did not record them; jobs done before versions were "
+    "recorded say 'processors not recorded'), "
     "and --reprocess-outdated queues them all again. Each change is audited.",
     args=(
         one_of(

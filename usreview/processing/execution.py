@@ -65,10 +65,11 @@ from pydicom.uid import generate_uid
 from usreview import _json as strict_json
 from usreview import _memfile
 from usreview.dicom import UltrasoundInstance, read
-from usreview.processing import plausible
+from usreview.processing import plausible, similarity
 from usreview.processing.analyze import summarize
 from usreview.processing.filters.derived import derived_from_result, usreview_derivation
 from usreview.processing.pipeline import run_pipeline
+from usreview.processing.recommendations import study as study_rule
 from usreview.processing.registry import Registry
 from usreview.processing.results import ProcessorResult, ResultStatus
 from usreview.processing.similarity import Descriptor, describe
@@ -149,10 +150,15 @@ class Outputs:
     be made an instance); ``seconds`` how long each stage took (read, pipeline, derived,
     sr, summary). ``skipped`` says why the instance was not processed at all (it is an
     image usreview derived): then there is nothing to publish and no problem; the job is
-    done, not failed. ``processors`` lists the processors that ran as ``name=version``, and the
-    value check (:mod:`usreview.processing.plausible`) as ``value_ranges=VERSION``; empty
-    for an instance not processed, ``None`` when the task does not say; the job keeps it,
-    and ``usreview hub jobs --outdated`` finds the jobs an upgrade changed. ``kinds`` are the
+    done, not failed. ``processors`` lists the processors that ran as ``name=version``, the
+    value check (:mod:`usreview.processing.plausible`) as ``value_ranges=VERSION``, for a
+    kind compared with the case library the descriptor its similar cases are chosen by
+    (:mod:`usreview.processing.similarity`, ``similarity=VERSION``), and for a PW spectrum
+    the study evaluation it may trigger (:mod:`usreview.processing.recommendations.study`,
+    ``study_evaluation=VERSION``); empty for an instance not processed, ``None`` when the
+    task does not say; the job keeps it, and ``usreview hub jobs --outdated`` finds the jobs
+    an upgrade changed. ``signature`` names them all but the study evaluation, which
+    changes nothing of this instance's outputs. ``kinds`` are the
     instance's image kinds and ``descriptor`` what the case library compares it by
     (:mod:`usreview.processing.similarity`; ``None`` for a kind it does not compare).
     """
@@ -210,9 +216,15 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
     versions = sorted(
         [f"{r.provenance.processor}={r.provenance.version}" for r in results]
         + [f"{plausible.NAME}={plausible.VERSION}"]  # Processor.run checked every value
+        # The descriptor the worker chooses the similar cases of the summary by.
+        + ([f"{similarity.NAME}={similarity.VERSION}"] if similarity.compares(kinds) else [])
     )
     signature = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
-    ran = tuple(versions)
+    # The study evaluation these results may trigger (the worker's, after publishing):
+    # recorded with the job, not in the signature, since this instance's outputs do not
+    # depend on it.
+    evaluation = [f"{study_rule.NAME}={study_rule.VERSION}"] if _evaluated(instance) else []
+    ran = tuple(sorted(versions + evaluation))
     failed = [r.reason or r.provenance.processor for r in results if r.status == _FAILED]
     derived, refused = derived_outputs(instance, results)
     clock.lap("derived")
@@ -261,6 +273,11 @@ def execute_file(path: str, registry: Registry | None = None) -> Outputs:
         kinds=kinds,
         descriptor=descriptor,
     )
+
+
+def _evaluated(instance: UltrasoundInstance) -> bool:
+    """Whether ``instance`` is of a kind whose results the study rules read."""
+    return any(kind in instance.kinds for kind in study_rule.KINDS)
 
 
 def _summary(

@@ -21,7 +21,8 @@ run go through :func:`usreview.processing.plausible.screen`: a value no patient 
 an ``implausible_value`` finding instead.
 
 A name is letters, digits, ``_``, ``.`` and ``-`` (jobs record ``name=version`` lists), and
-a version has no spaces; ``value_ranges``, the check's own record, is reserved.
+a version has no spaces; ``value_ranges``, the check's own record, is reserved, and so are
+``similarity`` and ``study_evaluation``, what else a job records (:data:`RESERVED`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from usreview.dicom import ImageKind, UltrasoundInstance
 from usreview.processing import plausible
@@ -50,6 +51,7 @@ from usreview.processing.results import Output, ProcessorResult, Provenance, Res
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "RESERVED",
     "Context",
     "Processor",
     "ProcessorFunction",
@@ -236,10 +238,10 @@ class Registry:
         Raises ``ValueError`` for a name or version a job could not record (see the module
         docstring).
         """
-        if not _NAME.fullmatch(proc.name) or proc.name == plausible.NAME:
+        if not _NAME.fullmatch(proc.name) or proc.name in RESERVED:
             raise ValueError(
                 f"processor {proc.name!r}: a name is letters, digits, '_', '.' and '-' "
-                f"({plausible.NAME!r} is reserved)"
+                f"({', '.join(repr(name) for name in sorted(RESERVED))} are reserved)"
             )
         if not proc.version.strip() or any(c.isspace() or c == "=" for c in proc.version):
             raise ValueError(
@@ -327,6 +329,12 @@ class Registry:
 
 REGISTRY = Registry()
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
+#: Names a job records beside its processors', which no processor may take: the value check
+#: (:data:`usreview.processing.plausible.NAME`), the descriptor of the similar cases
+#: (:data:`usreview.processing.similarity.NAME`) and the study evaluation
+#: (:data:`usreview.processing.recommendations.study.NAME`; those two modules are not
+#: imported here, which the registry's own users do not need).
+RESERVED: Final = frozenset({plausible.NAME, "similarity", "study_evaluation"})
 #: What :func:`_installed` gave when :data:`REGISTRY` last read the entry points.
 _fingerprint: tuple[tuple[str, int | None], ...] | None = None
 _loading = threading.RLock()  # a plugin importing may call default_registry()

@@ -40,7 +40,16 @@ still takes a little less time than version 1.0 did.
 
 :data:`VERSION` changes whenever descriptors change. The case library then describes its
 instances again (:mod:`usreview.processing.case_library` takes a record of another version
-as none), and :func:`rank` never compares descriptors of different versions. Version 1.0
+as none), and :func:`rank` never compares descriptors of different versions. A processing
+job of an instance of a kind compared (:func:`compares`) records it as :data:`NAME` =
+:data:`VERSION` among its processors, and its signature names it, so that ``usreview hub
+jobs --outdated`` lists the jobs whose similar cases an older descriptor chose.
+
+A similarity says which cases are closer, not how close: images of one kind share most of
+what is described, so that even unrelated images have cosines well above 0.5 and the figure
+differs from one kind (and one library) to the next. The ``similar_cases`` finding
+(:func:`similar_cases_finding`) therefore names each case by its rank among the cases
+compared ("1st of 12"); the cosine stays in its evidence, for ordering and research. Version 1.0
 compared raw grey levels with the profiles at equal weight, so that it mostly measured the
 display's gain, and its descriptors had 314 numbers when calibrated and 200 when not.
 """
@@ -62,18 +71,25 @@ from usreview.teaching import case_name
 
 __all__ = [
     "DIMENSION",
+    "KINDS",
+    "NAME",
     "PARTS",
     "VERSION",
     "Descriptor",
     "LibraryEntry",
     "Match",
     "Part",
+    "compares",
     "describe",
+    "ordinal",
     "rank",
     "similar_cases_finding",
 ]
 
 VERSION: Final = "2.0"
+#: How a processing job records the descriptor its similar cases were chosen by
+#: (``similarity=2.0``, beside its processors' ``name=version``).
+NAME: Final = "similarity"
 #: Kinds compared, in order of precedence: an instance is described as its first kind here.
 KINDS: Final = (
     ImageKind.PW_DOPPLER,
@@ -212,18 +228,36 @@ class LibraryEntry:
 
 @dataclass(frozen=True)
 class Match:
-    """A library instance like the query, with the similarity (cosine, at most 1)."""
+    """A library instance like the query, with the similarity (cosine, at most 1), its
+    ``rank`` among the cases compared (1 for the most similar) and how many cases were
+    ``compared`` (of the query's kind and descriptor version)."""
 
     entry: LibraryEntry
     similarity: float
+    rank: int = 1
+    compared: int = 1
 
     def as_dict(self) -> dict[str, object]:
-        """JSON view: the case, its instance (de-identified UIDs), the similarity."""
+        """JSON view: the case, its instance (de-identified UIDs), the similarity, the rank."""
         return {
             "case_uid": self.entry.case_uid,
             "sop_instance_uid": self.entry.sop_instance_uid,
             "similarity": round(self.similarity, 4),
+            "rank": self.rank,
         }
+
+
+def compares(kinds: Iterable[ImageKind | str]) -> bool:
+    """Whether an instance of these kinds is compared with the library (:data:`KINDS`)."""
+    names = {kind.value if isinstance(kind, ImageKind) else kind for kind in kinds}
+    return any(kind.value in names for kind in KINDS)
+
+
+def ordinal(number: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ... ``11th``, ``21st``."""
+    if 10 <= number % 100 <= 20:
+        return f"{number}th"
+    return f"{number}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(number % 10, 'th') }"
 
 
 def describe(instance: UltrasoundInstance) -> Descriptor | None:
@@ -282,27 +316,34 @@ def rank(query: Descriptor, library: Iterable[LibraryEntry], *, limit: int = 3) 
         return []
     vectors = np.array([e.descriptor.vector for e in entries], dtype=np.float64)
     scores = _similarities(np.array(query.vector, dtype=np.float64), vectors)
+    compared = len({e.case_uid for e in entries})
     best: dict[str, Match] = {}
     for index in np.argsort(-scores, kind="stable"):
         entry = entries[int(index)]
         if entry.case_uid not in best:
-            best[entry.case_uid] = Match(entry, float(min(1.0, scores[index])))
+            score = float(min(1.0, scores[index]))
+            best[entry.case_uid] = Match(entry, score, len(best) + 1, compared)
         if len(best) == limit:
             break
     return list(best.values())
 
 
 def similar_cases_finding(matches: Sequence[Match]) -> dict[str, Any]:
-    """The ``similar_cases`` finding of a JSON summary: the matches, most similar first."""
-    named = [f"{case_name(m.entry.case_uid)} ({m.similarity:.2f})" for m in matches]
+    """The ``similar_cases`` finding of a JSON summary: the matches, most similar first,
+    each named by its rank among the cases compared (``compared`` in the evidence), not by
+    its cosine, which orders the cases but does not say how alike they are."""
+    compared = max((m.compared for m in matches), default=0)
+    named = [f"{case_name(m.entry.case_uid)} ({ordinal(m.rank)})" for m in matches]
     return {
         "code": "similar_cases",
-        "text": "Most similar cases of the case library: " + ", ".join(named),
+        "text": f"Most similar cases of the case library ({compared} compared), closest "
+        "first: " + ", ".join(named),
         "evidence": {
             "matches": [m.as_dict() for m in matches],
+            "compared": compared,
             "method": f"similarity {VERSION}",
         },
-        "processor": "similarity",
+        "processor": NAME,
     }
 
 

@@ -19,18 +19,29 @@ import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from usreview.processing.recommendations.study import SRU_ICA_CCA, StudyEvaluation, evaluate_study
+from usreview.processing.recommendations.study import (
+    KINDS,
+    NAME,
+    SRU_ICA_CCA,
+    VERSION,
+    StudyEvaluation,
+    evaluate_study,
+)
 from usreview.processing.results import Output, ProcessorResult, Provenance, ResultStatus
 from usreview.processing.sr import build_sr
 from usreview.processing.supersede import Publication, plan_documents
-from usreview.store import ResultFeed
+
+if TYPE_CHECKING:
+    from usreview.store import ResultFeed
 
 __all__ = [
+    "KINDS",
+    "NAME",
     "STUDY_SUMMARY_KIND",
     "VERSION",
     "evaluation_signature",
@@ -41,8 +52,6 @@ __all__ = [
 
 #: The results feed's kind of the study-level JSON summary.
 STUDY_SUMMARY_KIND = "study-summary"
-#: Version of the study-level evaluation (its provenance in the SR and JSON).
-VERSION = "1.2"
 _NOTICE = (
     "Automatic study-level evaluation: decision support for the reviewing expert, not a "
     "diagnosis; not reviewed yet."
@@ -91,7 +100,10 @@ def study_documents(
     result = ProcessorResult(
         provenance,
         ResultStatus.DONE,
-        Output(recommendations=tuple(e.recommendation for e in evaluations)),
+        Output(
+            findings=tuple(f for e in evaluations for f in e.findings),
+            recommendations=tuple(e.recommendation for e in evaluations),
+        ),
     )
     sr_uid = str(generate_uid(entropy_srcs=[study_instance_uid, "study sr", signature]))
     document = build_sr(

@@ -439,32 +439,65 @@ class ResultsPanel(w.VBox):  # type: ignore[misc]
 
 def _finding_html(item: Mapping[str, Any]) -> str:
     if item.get("code") == "similar_cases" and (links := _case_links(item.get("evidence"))):
-        return f'<div class="usreview-finding usreview-similar">• Most similar cases: {links}</div>'
+        return f'<div class="usreview-finding usreview-similar">• {links}</div>'
     text = html.escape(str(item.get("text") or item.get("statement") or item.get("name", "")))
     source = item.get("source")
     cite = f" <small>({html.escape(str(source))})</small>" if source else ""
     return f'<div class="usreview-finding">• {text}{cite}</div>'
 
 
+#: What a reviewer reads of the similar cases' order (the page's tooltip).
+_SIMILAR_HELP = (
+    "Ranked by the image's resemblance to the de-identified instances of the case library, "
+    "closest first. Only the order means something: images of one kind resemble each other "
+    "in most of what is compared, so unrelated ones still score high. The cases say what the "
+    "image looks like, not what it is."
+)
+
+
 def _case_links(evidence: Any) -> str:
     """The matches of a ``similar_cases`` finding as links to the teaching page, each on
-    its case (``teaching.ipynb?case=UID``, beside this page); "" if they are malformed."""
+    its case (``teaching.ipynb?case=UID``, beside this page), by rank, closest first, and
+    how many cases were compared when the finding says (``compared``); "" if they are
+    malformed.
+
+    The cosine similarity of each match is not shown: it orders the cases, but its size says
+    little (unrelated images of one kind score high too; see
+    :mod:`usreview.processing.similarity`). The rank is the match's ``rank``, else its
+    place in the list (findings made before ranks were recorded).
+    """
     from usreview.dicom.header import is_uid
+    from usreview.processing.similarity import ordinal
     from usreview.teaching import case_name
 
     matches = evidence.get("matches") if isinstance(evidence, Mapping) else None
     links = []
-    for match in matches if isinstance(matches, list) else []:
+    for place, match in enumerate(matches if isinstance(matches, list) else [], start=1):
         uid = match.get("case_uid") if isinstance(match, Mapping) else None
         similarity = match.get("similarity") if isinstance(match, Mapping) else None
         if not isinstance(uid, str) or not is_uid(uid) or not isinstance(similarity, float | int):
             return ""
+        rank = match.get("rank", place)
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            return ""
         href = html.escape(f"teaching.ipynb?case={quote(uid, safe='')}")
         links.append(
+            f'<span class="usreview-case-rank">{ordinal(rank)}</span> '
             f'<a href="{href}" target="_blank" rel="noopener" class="usreview-case-link">'
-            f"{html.escape(case_name(uid))}</a> ({similarity:.2f})"
+            f"{html.escape(case_name(uid))}</a>"
         )
-    return ", ".join(links)
+    if not links:
+        return ""
+    compared = evidence.get("compared")
+    among = (
+        f" of {compared} compared"
+        if isinstance(compared, int) and not isinstance(compared, bool) and compared > 0
+        else ""
+    )
+    return (
+        f'<span title="{html.escape(_SIMILAR_HELP)}">Most similar cases{among}, closest '
+        f"first:</span> " + ", ".join(links)
+    )
 
 
 def study_evaluation_html(evaluation: Mapping[str, Any]) -> str:
@@ -478,11 +511,13 @@ def study_evaluation_html(evaluation: Mapping[str, Any]) -> str:
             if isinstance(values.get(key), int | float)
         )
         category = side.get("statement") or side.get("category") or ""
+        # An ungraded band (a low ICA PSV) says what to exclude: it meets no criterion.
+        said = "meets the criterion for" if side.get("graded", True) else "ICA PSV not graded:"
         sides.append(
             f'<div class="usreview-study-side" data-side="{html.escape(str(side.get("side")))}"'
             f' data-category="{html.escape(str(side.get("category")))}">'
-            f"<div>{html.escape(str(side.get('side', '')).capitalize())} carotid: meets the "
-            f"criterion for <b>{html.escape(category)}</b></div><div>{shown}</div>"
+            f"<div>{html.escape(str(side.get('side', '')).capitalize())} carotid: {said} "
+            f"<b>{html.escape(category)}</b></div><div>{shown}</div>"
             f"<div style='color:#555'>{html.escape(str(side.get('text') or ''))}</div>"
             f"<details><summary>Rule and source</summary>"
             f"<div>{html.escape(str(side.get('criterion') or ''))}</div>"

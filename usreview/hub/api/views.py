@@ -128,7 +128,7 @@ def study_evaluation_view(
     ``published`` is the current (not superseded) study summary sent to the site, when it
     holds these evaluations (``None`` while the worker has not sent them yet).
     """
-    statements = {c.name: c.statement for c in SRU_ICA_CCA.categories}
+    statements = SRU_ICA_CCA.statements
     sides = []
     for evaluation in evaluations:
         view = evaluation.as_dict()

@@ -12,8 +12,8 @@ and its published source. A rule is applied only where it belongs:
   finding that asks for the label (a PSV fits the carotid bands and an RI the renal band
   whichever vessel it came from).
 - **The unit.** A value in another unit is converted when the units differ by an exact
-  power of ten (:data:`UNITS`: m/s, cm/s, mm/s; ``%`` and the ratio ``1``), else the rule
-  is skipped with a ``unit_not_convertible`` finding.
+  power of ten (:func:`~usreview.processing.units.convert`: m/s, cm/s, mm/s; ``%`` and the
+  ratio ``1``), else the rule is skipped with a ``unit_not_convertible`` finding.
 - **The patient.** A rule for adults is not applied to a patient younger than
   :data:`~.patient.ADULT_YEARS` (Patient's Age, else Birth Date with the Study Date:
   :mod:`.patient`); that gives an ``adult_criterion_not_applied`` finding. When the age
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Final, Literal
 
 from usreview.dicom import ImageKind
@@ -39,16 +38,19 @@ from usreview.processing.quantification.vessel import VESSELS, Vessel, vessel_of
 from usreview.processing.recommendations.patient import ADULT_YEARS, Age, age_of
 from usreview.processing.registry import Context, processor
 from usreview.processing.results import Finding, Output, Quantity, Recommendation
+from usreview.processing.units import UNITS, convert
 
 __all__ = [
     "LOW_ICA_PSV_CM_S",
     "RULES",
+    "SRU_ICA_PSV",
     "UNITS",
     "Band",
     "Closed",
     "Rule",
     "apply_rule",
     "convert",
+    "grade",
     "vascular_rules",
     "within",
 ]
@@ -58,15 +60,6 @@ SUPPORT = "Decision support for the reviewing expert, not a diagnosis"
 #: Which ends of a range belong to it: ``"left"`` is ``[low, high)``, ``"both"`` is
 #: ``[low, high]``, ``"right"`` is ``(low, high]``, ``"neither"`` is ``(low, high)``.
 Closed = Literal["left", "right", "both", "neither"]
-
-#: UCUM units converted exactly: unit -> (dimension, power of ten of the dimension's base).
-UNITS: Final = {
-    "m/s": ("velocity", 0),
-    "cm/s": ("velocity", -2),
-    "mm/s": ("velocity", -3),
-    "1": ("ratio", 0),
-    "%": ("ratio", -2),
-}
 
 #: Below this ICA PSV the ICA PSV rule does not grade but asks to exclude near or total
 #: occlusion. The SRU consensus gives near occlusion no velocity threshold ("velocities may
@@ -80,20 +73,6 @@ def within(value: float, low: float, high: float, closed: Closed = "left") -> bo
     above = value >= low if closed in ("left", "both") else value > low
     below = value <= high if closed in ("right", "both") else value < high
     return above and below
-
-
-def convert(value: float, unit: str, to: str) -> float | None:
-    """``value`` in ``unit`` expressed in ``to`` (UCUM), or ``None`` when the two do not
-    convert exactly (:data:`UNITS`).
-
-    The shift by a power of ten is done on the decimal digits, so that 2.3 m/s is 230 cm/s,
-    not 229.99999999999997.
-    """
-    if unit == to:
-        return value
-    if unit not in UNITS or to not in UNITS or UNITS[unit][0] != UNITS[to][0]:
-        return None
-    return float(Decimal(repr(float(value))).scaleb(UNITS[unit][1] - UNITS[to][1]))
 
 
 @dataclass(frozen=True)
@@ -145,47 +124,51 @@ class Rule:
             raise ValueError(f"Rule {self.name}: argument 'vessels' names unknown {unknown}")
 
 
-RULES: tuple[Rule, ...] = (
-    Rule(
-        name="sru_ica_stenosis_psv",
-        quantity="peak_systolic_velocity",
-        unit="cm/s",
-        vessel="internal carotid artery",
-        criterion="ICA PSV < 125 cm/s: normal or < 50% (plaque decides); 125-230 cm/s: 50-69%; "
-        "> 230 cm/s: >= 70% stenosis (primary criterion; ICA/CCA ratio and ICA EDV are "
-        "secondary). Near occlusion has no velocity threshold (velocities may be high, low or "
-        f"undetectable) and total occlusion no flow, so a PSV < {LOW_ICA_PSV_CM_S:g} cm/s "
-        "(this product's prompt, not a consensus value) is not graded: exclude them first",
-        source="Grant EG et al. Carotid artery stenosis: gray-scale and Doppler US diagnosis - "
-        "Society of Radiologists in Ultrasound Consensus Conference. Radiology 2003;229:340-346",
-        bands=(
-            Band(
-                0.0,
-                LOW_ICA_PSV_CM_S,
-                "ica_low_psv",
-                f"a low ICA velocity (< {LOW_ICA_PSV_CM_S:g} cm/s), which the SRU consensus "
-                "does not grade: exclude near occlusion (a markedly narrowed lumen on colour "
-                "or power Doppler, the string sign) and total occlusion (no flow) before "
-                "reading it as normal or < 50% stenosis",
-                graded=False,
-            ),
-            Band(
-                LOW_ICA_PSV_CM_S,
-                125.0,
-                "ica_below_50",
-                "normal or < 50% stenosis (plaque on B-mode decides)",
-            ),
-            Band(125.0, 230.0, "ica_50_69", "50-69% stenosis", closed="both"),
-            Band(
-                230.0,
-                math.inf,
-                "ica_70_or_more",
-                ">= 70% stenosis (or near occlusion)",
-                closed="neither",
-            ),
+#: The ICA PSV rule: the primary SRU criterion, which grades the ICA PSV of one spectrum here
+#: and of a study's highest ICA velocity in the study rule (:data:`.study.SRU_ICA_CCA`).
+SRU_ICA_PSV: Final = Rule(
+    name="sru_ica_stenosis_psv",
+    quantity="peak_systolic_velocity",
+    unit="cm/s",
+    vessel="internal carotid artery",
+    criterion="ICA PSV < 125 cm/s: normal or < 50% (plaque decides); 125-230 cm/s: 50-69%; "
+    "> 230 cm/s: >= 70% stenosis (primary criterion; ICA/CCA ratio and ICA EDV are "
+    "secondary). Near occlusion has no velocity threshold (velocities may be high, low or "
+    f"undetectable) and total occlusion no flow, so a PSV < {LOW_ICA_PSV_CM_S:g} cm/s "
+    "(this product's prompt, not a consensus value) is not graded: exclude them first",
+    source="Grant EG et al. Carotid artery stenosis: gray-scale and Doppler US diagnosis - "
+    "Society of Radiologists in Ultrasound Consensus Conference. Radiology 2003;229:340-346",
+    bands=(
+        Band(
+            0.0,
+            LOW_ICA_PSV_CM_S,
+            "ica_low_psv",
+            f"a low ICA velocity (< {LOW_ICA_PSV_CM_S:g} cm/s), which the SRU consensus "
+            "does not grade: exclude near occlusion (a markedly narrowed lumen on colour "
+            "or power Doppler, the string sign) and total occlusion (no flow) before "
+            "reading it as normal or < 50% stenosis",
+            graded=False,
         ),
-        vessels=("ica",),
+        Band(
+            LOW_ICA_PSV_CM_S,
+            125.0,
+            "ica_below_50",
+            "normal or < 50% stenosis (plaque on B-mode decides)",
+        ),
+        Band(125.0, 230.0, "ica_50_69", "50-69% stenosis", closed="both"),
+        Band(
+            230.0,
+            math.inf,
+            "ica_70_or_more",
+            ">= 70% stenosis (or near occlusion)",
+            closed="neither",
+        ),
     ),
+    vessels=("ica",),
+)
+
+RULES: tuple[Rule, ...] = (
+    SRU_ICA_PSV,
     Rule(
         name="sru_ica_stenosis_edv",
         quantity="end_diastolic_velocity",
@@ -226,6 +209,15 @@ RULES: tuple[Rule, ...] = (
         adults_only=True,
     ),
 )
+
+
+def grade(rule: Rule, value: float) -> Band | None:
+    """The band of ``rule`` that holds ``value`` (in the rule's unit), or ``None``.
+
+    The one way a band is chosen: :func:`apply_rule` on a spectrum and the study rule on a
+    study's ICA PSV (:mod:`.study`) both grade by it.
+    """
+    return next((band for band in rule.bands if band.holds(value)), None)
 
 
 def _words(quantity: str) -> str:
@@ -290,7 +282,7 @@ def apply_rule(
             "to judge.",
             {"rule": rule.name, "age_years": round(age.years, 3), "age_source": age.source},
         )
-    band = next((b for b in rule.bands if b.holds(value)), None)
+    band = grade(rule, value)
     if band is None:
         return None
     measured = _value(value, rule.unit)
