@@ -11,6 +11,9 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.usreview-installed
 DEMO   ?= demo
+# The suite runs in this many processes (pytest-xdist), each taking whole test files, so
+# a file's shared fixtures (a running hub, a PostgreSQL server) are started once.
+TEST_PROCESSES ?= 2
 # Debian packages the tests drive for real: dciodvfy (dicom3tools), dcmtk's storescu
 # (a scanner), Orthanc (a site's PACS), a PostgreSQL server that the store tests
 # start on a private socket, and chromium for the dashboards' browser tests (Playwright
@@ -58,7 +61,7 @@ test: setup system
 	$(BIN)/ruff check usreview tests benchmarks
 	$(BIN)/ruff format --check usreview tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 bench: setup
 	$(BIN)/python -m benchmarks

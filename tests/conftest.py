@@ -14,7 +14,20 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+# Fixtures of every test file: one PostgreSQL server per test process.
+from tests.postgres_support import db_url, postgres_server  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the files that hold slow tests first, each file's tests in their own order.
+
+    ``make test`` hands whole files to its processes in this order (pytest-xdist
+    ``--dist loadfile``): a long file handed out last would end the run alone.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,10 +45,12 @@ def _passable_temp_folders() -> None:
 
     def mktemp(self: pytest.TempPathFactory, basename: str, numbered: bool = True) -> Path:
         made = original(self, basename, numbered)
+        base = self.getbasetemp()  # pytest-of-USER/pytest-N, or its popen-gwK under xdist
+        top = next((p for p in (base, *base.parents) if p.name.startswith("pytest-of-")), base)
         for folder in (made, *made.parents):
-            if folder == self.getbasetemp().parent.parent:
-                break
             folder.chmod(folder.stat().st_mode & 0o777 | 0o011)
+            if folder == top:
+                break
         return made
 
     pytest.TempPathFactory.mktemp = mktemp  # type: ignore[method-assign]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_store import db_url, meta, postgres_server  # noqa: F401  (fixtures)
+from tests.test_store import meta
 from usreview.store import Archive, Reviewer, StudyStatus
 from usreview.store.errors import InvalidTransitionError, NotFoundError
 from usreview.store.jobs import JobQueue, JobStatus, LeaseLostError, RetryPolicy
@@ -41,7 +41,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def archive(db_url: str | None, tmp_path: Path, clock: Clock) -> Iterator[Archive]:  # noqa: F811
+def archive(db_url: str | None, tmp_path: Path, clock: Clock) -> Iterator[Archive]:
     with Archive.open(db_url, tmp_path / "archive", clock=clock) as opened:
         yield opened
 
@@ -274,7 +274,7 @@ def test_reprocess_queues_a_finished_job_again(archive: Archive, clock: Clock) -
 
 def test_a_job_keeps_the_processors_of_its_last_run(
     archive: Archive,
-    db_url: str | None,  # noqa: F811
+    db_url: str | None,
     tmp_path: Path,
     clock: Clock,
 ) -> None:

@@ -9,21 +9,15 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import pwd
-import shutil
 import sqlite3
-import subprocess
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine
 
 import usreview.store
 import usreview.store.database
@@ -31,7 +25,6 @@ import usreview.store.errors
 import usreview.store.schema
 from tests.conftest import write_us
 from usreview._sqlite import begin_immediate
-from usreview.demo import free_port
 from usreview.dicom import ImageKind, read
 from usreview.errors import InputError, UsreviewError
 from usreview.store import (
@@ -51,83 +44,6 @@ from usreview.store import (
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
-
-
-# -- a real PostgreSQL server for the session --------------------------------------------
-
-
-def _postgres_bindir() -> Path | None:
-    found = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
-        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
-    )
-    if found:
-        return found[-1].parent
-    postgres = shutil.which("postgres")
-    return Path(postgres).parent if postgres else None
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """Start ``postgres`` on a Unix socket in a private folder; yield a URL with ``{db}``."""
-    bindir = _postgres_bindir()
-    if bindir is None or not (bindir / "initdb").exists() or not (bindir / "pg_ctl").exists():
-        pytest.fail(
-            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: "
-            "`make test` installs them (Debian package postgresql)",
-            pytrace=False,
-        )
-    base = Path(tempfile.mkdtemp(prefix="usreview-pg-"))
-    as_root = os.geteuid() == 0
-    if as_root:
-        user = pwd.getpwnam("postgres")
-        os.chown(base, user.pw_uid, user.pw_gid)
-
-    def run(*args: str | Path) -> None:
-        cmd = [str(a) for a in args]
-        if as_root:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode:
-            log = base / "log"
-            tail = log.read_text()[-2000:] if log.exists() else ""
-            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}{tail}")
-
-    data = base / "data"
-    port = free_port()
-    # fsync=off: these tests check behaviour, not PostgreSQL's own durability.
-    options = (
-        f"-k {base} -p {port} -c listen_addresses='' -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off"
-    )
-    run(bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-        "--locale=C", "--no-sync")  # fmt: skip
-    run(bindir / "pg_ctl", "-D", data, "-l", base / "log", "-w", "-t", "60", "-o", options,
-        "start")  # fmt: skip
-    try:
-        yield f"postgresql+psycopg://postgres@/{{db}}?host={base}&port={port}"
-    finally:
-        run(bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """``None`` (SQLite inside the archive root) or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield None
-        return
-    server: str = request.getfixturevalue("postgres_server")
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(server.format(db="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        yield server.format(db=name)
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
 
 
 class Clock:

@@ -20,13 +20,7 @@ import pytest
 from sqlalchemy import event
 
 import usreview.store.archive as archive_module
-from tests.test_store import (  # noqa: F401  (fixtures: db_url needs postgres_server)
-    Clock,
-    db_url,
-    envelope,
-    meta,
-    postgres_server,
-)
+from tests.test_store import Clock, envelope, meta
 from usreview._group_commit import GroupCommit
 from usreview.store import (
     Archive,
@@ -42,7 +36,7 @@ PUTS = 8
 
 
 @pytest.fixture
-def archive(db_url: str | None, tmp_path: Path) -> Iterator[Archive]:  # noqa: F811
+def archive(db_url: str | None, tmp_path: Path) -> Iterator[Archive]:
     with Archive.open(db_url, tmp_path / "archive", clock=Clock()) as opened:
         yield opened
 

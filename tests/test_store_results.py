@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from tests.test_store import Clock, postgres_server  # noqa: F401  (session fixture)
+from tests.test_store import Clock
 from usreview.store import (
     Archive,
     CorruptObjectError,

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.orm import Session
 
-from tests.test_store import db_url, meta, postgres_server  # noqa: F401  (fixtures)
+from tests.test_store import meta
 from usreview.processing.recommendations.rules import RULES
 from usreview.store import (
     Archive,
@@ -66,7 +66,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def archive(db_url: str | None, tmp_path: Path, clock: Clock) -> Iterator[Archive]:  # noqa: F811
+def archive(db_url: str | None, tmp_path: Path, clock: Clock) -> Iterator[Archive]:
     with Archive.open(db_url, tmp_path / "archive", clock=clock) as opened:
         yield opened
 
@@ -490,7 +490,7 @@ def test_a_study_whose_processing_failed_is_reviewed_and_goes_back_failed(
 
 
 def test_an_archive_made_before_the_review_columns_is_upgraded(
-    db_url: str | None,  # noqa: F811
+    db_url: str | None,
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "old"

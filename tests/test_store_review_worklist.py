@@ -14,13 +14,12 @@ import pytest
 from sqlalchemy import event
 
 from benchmarks._worklist import T0, Filled, fill
-from tests.test_store import db_url, postgres_server  # noqa: F401  (fixtures)
 from usreview.store import Archive, Reviewer
 from usreview.store.status import StudyStatus
 
 
 @pytest.fixture
-def archive(db_url: str | None, tmp_path: Path) -> Iterator[Archive]:  # noqa: F811
+def archive(db_url: str | None, tmp_path: Path) -> Iterator[Archive]:
     with Archive.open(db_url, tmp_path / "archive", clock=lambda: T0) as opened:
         yield opened
 
