@@ -9,12 +9,10 @@ import os
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 
 from tests.test_store import Clock
 from usreview.store import (
@@ -29,24 +27,6 @@ from usreview.store import (
 
 STUDY = "1.2.826.0.2.1"
 OTHER_STUDY = "1.2.826.0.2.2"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-        return
-    server: str = request.getfixturevalue("postgres_server")
-    name = f"r_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(server.format(db="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        yield server.format(db=name)
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
 
 
 @pytest.fixture
