@@ -61,7 +61,7 @@ test: setup system
 	$(BIN)/ruff check usreview tests benchmarks
 	$(BIN)/ruff format --check usreview tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
 
 bench: setup
 	$(BIN)/python -m benchmarks

@@ -24,7 +24,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the files that hold slow tests first, each file's tests in their own order.
 
     ``make test`` hands whole files to its processes in this order (pytest-xdist
-    ``--dist loadfile``): a long file handed out last would end the run alone.
+    ``--dist loadfile --no-loadscope-reorder``; by default xdist hands out the files with
+    the most tests first, so the kill -9 test of the service, one test of four minutes,
+    ran last and alone): a long file handed out last would end the run alone.
     """
     slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
     items.sort(key=lambda item: item.path not in slow)
