@@ -13,6 +13,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -51,6 +52,7 @@ __all__ = [
     "finish",
     "free_port",
     "held_at_hub",
+    "hub_workdir",
     "launched_chromium",
     "percentile",
     "plain_scp",
@@ -61,6 +63,19 @@ __all__ = [
     "storescu_all",
     "template",
 ]
+
+
+@contextmanager
+def hub_workdir(prefix: str, parent: str | None = "/var/tmp") -> Iterator[Path]:
+    """A temporary folder for a benchmark's hub, removed afterwards.
+
+    Mode 0711: a hub run as root starts each person's server under an account of its own
+    (:mod:`usreview.hub.spawner`), which must pass this folder to reach its home in the
+    state below it (and the hub refuses to start otherwise); nothing in it is listed.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as folder:
+        os.chmod(folder, 0o711)
+        yield Path(folder)
 
 
 def scale(default: float = 1.0) -> float:

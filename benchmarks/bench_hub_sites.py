@@ -61,7 +61,6 @@ import os
 import resource
 import shutil
 import statistics
-import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -79,6 +78,7 @@ from benchmarks._support import (
     enroll_site,
     free_port,
     held_at_hub,
+    hub_workdir,
     percentile,
     scale,
     start_orthanc,
@@ -366,8 +366,7 @@ def main() -> None:
     per_site = max(1, round(SMALL_PER_SITE * scale()))
     cines = os.environ.get("USREVIEW_BENCH_CINES")
     n_cines = min(n_sites, max(0, int(cines) if cines else round(CINES * scale())))
-    with tempfile.TemporaryDirectory(prefix="bench-hub-sites-", dir="/var/tmp") as tmp:
-        root = Path(tmp)
+    with hub_workdir("bench-hub-sites-") as root:
         small = template("bmode", root / "data")
         cine = (
             template("cine", root / "data", frames=100, rows=600, columns=800) if n_cines else None

@@ -29,10 +29,8 @@ from __future__ import annotations
 import json
 import ssl
 import statistics
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from benchmarks._support import (
@@ -40,6 +38,7 @@ from benchmarks._support import (
     c_store,
     enroll_site,
     free_port,
+    hub_workdir,
     launched_chromium,
     scale,
     start_gateway,
@@ -122,8 +121,7 @@ def main() -> None:
     from usreview.store import Archive
 
     count = max(100, round(5000 * scale()))
-    with tempfile.TemporaryDirectory(prefix="usreview-bench-review-") as folder:
-        root = Path(folder)
+    with hub_workdir("usreview-bench-review-", None) as root:
         hub = HubProcess.start(root / "hub", free_port(), root / "hub.log")
         gateway = None
         try:

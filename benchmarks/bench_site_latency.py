@@ -50,7 +50,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -63,6 +62,7 @@ from benchmarks._support import (
     finish,
     free_port,
     held_at_hub,
+    hub_workdir,
     percentile,
     plain_scp,
     scale,
@@ -182,8 +182,7 @@ def main() -> None:
     parts = _parts()
     paced = max(3, round(PACED * scale())) + 1
     rate_n = max(20, round(RATE_N * scale()))
-    with tempfile.TemporaryDirectory(prefix="bench-site-latency-", dir="/var/tmp") as tmp:
-        root = Path(tmp)
+    with hub_workdir("bench-site-latency-") as root:
         exam = copies(template("pw", root / "data"), paced, root / "exam")
         burst = copies(template("bmode", root / "data"), rate_n, root / "burst")
         hub = HubProcess.start(root / "hub", free_port(), root / "hub.log", site_port=free_port())
