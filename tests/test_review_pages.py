@@ -593,7 +593,8 @@ def test_the_results_line_follows_processing_and_a_failed_read_is_one_line(
     try:
         [path] = simulate("pw", world.folder / "live-3", seed=43)
         new = send(world, path, live)
-        within(20, "the new instance", lambda: new in page.records)
+        # The refresh thread knows the instance (page.records) just before it draws its line.
+        within(20, "the new instance's processing line", lambda: processing(page, new) != "")
         first_seen = processing(page, new)
         # seen at once, before the worker (which looks for jobs every second) is done
         assert "queued" in first_seen or "running" in first_seen, first_seen
