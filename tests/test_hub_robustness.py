@@ -222,6 +222,35 @@ def test_slow_headers_are_cut_at_the_service(world: World) -> None:
     assert ok.status_code == 401  # still serving
 
 
+def test_behind_the_proxy_a_connection_may_idle_between_requests(world: World) -> None:
+    # The proxy keeps its connections to the service without a time limit: one the
+    # service closed as idle could meet the proxy's next request (a 503 "socket hang up").
+    pid = service_pids(world.hub.state)[0]
+    service = urlparse(service_launch(pid)[1]["JUPYTERHUB_SERVICE_URL"])
+    request = f"GET {API}/whoami HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with socket.create_connection((service.hostname, service.port), timeout=30) as conn:
+        conn.sendall(request)
+        assert read_answer(conn)[0] == 401
+        time.sleep(HEADERS + 1.5)  # idle longer than a first request's headers may take
+        conn.sendall(request)
+        assert read_answer(conn)[0] == 401  # the same connection still serves
+
+
+def test_a_site_idle_longer_than_the_proxys_keep_alive_is_not_told_the_hub_is_down(
+    world: World,
+) -> None:
+    from usreview.site import init_site, load_config
+    from usreview.site.client import HubClient
+
+    hub = world.hub
+    made = init_site("sitea", hub.url, world.folder / "site", hub_certificate=hub.cert)
+    config = load_config(made.config)
+    with HubClient(config, token=world.a.token) as client:
+        assert client.whoami()["name"] == "sitea"
+        time.sleep(6)  # the proxy closes a client's connection idle for 5 s
+        assert client.whoami()["name"] == "sitea"  # sent again on a new connection
+
+
 # -- every access is audited ------------------------------------------------------------
 
 

@@ -67,10 +67,20 @@ def _login(chromium: Any, deployment: Deployment, person: str) -> Any:
 
 
 def _row(page: Any, uid: str) -> Any:
+    """The worklist's row of ``uid``, once the search for it has filtered the list.
+
+    The search applies 120 ms after the typing and redraws the list: a click sent before
+    then could land where the row was, on another row or on nothing.
+    """
     page.fill(".usr-wl-query", uid)  # the row is in view whatever the sort
-    row = page.locator(f".usr-wl-row[data-uid='{uid}']")
-    row.wait_for(timeout=60_000)
-    return row
+    page.wait_for_function(
+        "uid => { const rows = [...document.querySelectorAll('.usr-wl-row')];"
+        " return rows.some(r => r.dataset.uid === uid)"
+        " && rows.every(r => r.dataset.uid.includes(uid)); }",
+        arg=uid,
+        timeout=60_000,
+    )
+    return page.locator(f".usr-wl-row[data-uid='{uid}']")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,8 @@ from usreview.site.errors import HubRefusedError, HubUnreachableError, SiteConfi
 class _Hub(ThreadingHTTPServer):
     answers: list[int]  # the status of each PUT, in turn
     peers: list[tuple[str, int]]  # the client address of each request
+    drop_idle = False  # close each connection after its answer, as an idle one is closed
+    polled: threading.Event  # a GET (a long-poll) has arrived
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -49,6 +51,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        self.close_connection = self.server.drop_idle  # without a word to the client
+
+    def do_GET(self) -> None:  # the results feed: a long-poll that never answers
+        if "/results" not in self.path:
+            self.send_error(501)  # what the hub answers no other GET with here
+            return
+        self.server.peers.append(self.client_address)
+        self.server.polled.set()
+        self.rfile.read(1)  # until the client goes
 
     def log_message(self, *args: object) -> None:
         pass
@@ -57,7 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def hub() -> Iterator[_Hub]:
     server = _Hub(("127.0.0.1", 0), _Handler)
-    server.answers, server.peers = [], []
+    server.answers, server.peers, server.polled = [], [], threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -103,6 +114,37 @@ def test_uploads_share_one_connection_until_an_error_answer(hub: _Hub, config: S
     assert refused_on == after_down
     assert after_refusal != refused_on  # and after the refusal
     assert last == after_refusal
+
+
+def test_a_connection_the_hub_closed_while_idle_is_replaced_not_reported(
+    hub: _Hub, config: SiteConfig
+) -> None:
+    hub.answers, hub.drop_idle = [201, 201, 201], True
+    with HubClient(config) as client:
+        for _ in range(3):
+            _put(client)  # each on a kept-alive connection the hub has closed since
+    assert len(hub.peers) == 3 and len(set(hub.peers)) == 3  # each PUT arrived once
+
+
+def test_an_aborted_long_poll_is_not_sent_again(hub: _Hub, config: SiteConfig) -> None:
+    hub.answers = [201]
+    with HubClient(config) as client:
+        _put(client)  # the long-poll goes on this kept-alive connection
+        failed: list[BaseException] = []
+
+        def follow() -> None:
+            try:
+                client.results(0, wait=30)
+            except HubUnreachableError as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        assert hub.polled.wait(10)
+        client.abort()
+        thread.join(10)
+        assert not thread.is_alive() and len(failed) == 1
+    assert len(hub.peers) == 2  # the PUT and one GET: the broken poll was not sent again
 
 
 @pytest.mark.parametrize("url", ["https://hub.example.org:abc", "https://hub.example.org:99999"])

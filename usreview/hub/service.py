@@ -41,12 +41,20 @@ are new random strings); failed lookups are never kept. Browsers (the hub's OAut
 JupyterHub's own cache, set to the same lifetime.
 
 Slow clients. The server closes a connection whose request headers take longer than
-``header_timeout`` seconds (the same limit applies to idle keep-alive connections), and
-one whose body (other than an upload's) takes longer than ``body_timeout``; tornado gives
-no hook to answer those, so they are closed without an answer. Uploads, which may be
-large, are watched by their handler instead and answered 408
-(:mod:`usreview.hub.api.handlers_upload`). All are timers on the event loop: a stalled
-client holds a socket, never a thread.
+``header_timeout`` seconds, and one whose body (other than an upload's) takes longer than
+``body_timeout``; tornado gives no hook to answer those, so they are closed without an
+answer. Uploads, which may be large, are watched by their handler instead and answered
+408 (:mod:`usreview.hub.api.handlers_upload`). All are timers on the event loop: a
+stalled client holds a socket, never a thread.
+
+Idle connections. On the sites' port the header limit also closes a kept-alive
+connection idle that long between requests (the site client sends again on a new
+connection when it finds its kept-alive one closed). Behind the proxy it limits a
+connection's first request only, and a connection may then stay idle
+:data:`PROXY_IDLE_TIMEOUT` between requests: the proxy keeps its connections to the
+service without a time limit and sends on any of them, so now and then a connection the
+service was closing as idle met the proxy's next request, which the proxy answered 503
+"socket hang up" (7 of 150 requests sent ``header_timeout`` apart).
 
 Before serving, :func:`main` binds the port (a second copy fails there, before touching
 the state directory) and opens the service's resources with
@@ -60,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -81,6 +90,7 @@ from jupyterhub.services.auth import (
     UserNotAllowed,
 )
 from tornado import httputil
+from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
@@ -94,6 +104,7 @@ if TYPE_CHECKING:
     from usreview.hub.api import ServiceContext, ServiceWorker
 
 __all__ = [
+    "PROXY_IDLE_TIMEOUT",
     "TOKEN_CACHE_SECONDS",
     "ApiHandler",
     "TokenCache",
@@ -440,19 +451,35 @@ def make_app(
 CLIENT_SET_HEADERS = ("X-Real-Ip", "X-Scheme")
 
 
+#: Seconds a connection behind the proxy may stay idle between two requests (tornado's
+#: default; the proxy's own connections are never idle that long while the hub is used).
+PROXY_IDLE_TIMEOUT = 3600.0
+
+
 class ProxiedHTTPServer(HTTPServer):  # type: ignore[misc]
     """The server behind the hub's proxy: the caller's address and scheme are the last
     entries of the proxy's ``X-Forwarded-For`` and ``X-Forwarded-Proto`` (tornado's
-    ``xheaders``); :data:`CLIENT_SET_HEADERS` are dropped before they are read."""
+    ``xheaders``); :data:`CLIENT_SET_HEADERS` are dropped before they are read.
+
+    ``idle_connection_timeout`` limits a connection's first request headers only; it may
+    then stay idle :data:`PROXY_IDLE_TIMEOUT` between requests (see the module doc).
+    """
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
         """As :class:`HTTPServer`, with ``xheaders`` on."""
         super().initialize(*args, **{**kwargs, "xheaders": True})
+        self._after_first = copy.copy(self.conn_params)
+        self._after_first.header_timeout = max(
+            PROXY_IDLE_TIMEOUT, self.conn_params.header_timeout or 0
+        )
 
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
     ) -> httputil.HTTPMessageDelegate:
         """Tornado's delegate, behind one that drops :data:`CLIENT_SET_HEADERS`."""
+        if isinstance(server_conn, HTTP1ServerConnection):
+            # Read by the connection's next requests (this one's parameters are set).
+            server_conn.params = self._after_first
         return _DropClientSetHeaders(super().start_request(server_conn, request_conn))
 
 

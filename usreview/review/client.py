@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlencode, urlsplit
 
+from usreview._http import STALE_CONNECTION_ERRORS
 from usreview.errors import ReviewError
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ _TOKEN_ENV: Final = "JUPYTERHUB_API_TOKEN"
 _CHUNK: Final = 1024 * 1024
 #: What a request or its answer can fail with on the way (timeouts and TLS errors are OSErrors).
 _TRANSPORT_ERRORS: Final = (OSError, http.client.HTTPException)
-#: What a kept-alive connection that the service closed meanwhile fails with.
-_STALE_ERRORS: Final = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
@@ -349,7 +348,7 @@ class ReviewClient:
                 self._drop_connection()
                 # A kept-alive connection the service had closed: the request never
                 # reached it, so once more on a new connection.
-                if attempt == 1 and reused and isinstance(exc, _STALE_ERRORS):
+                if attempt == 1 and reused and isinstance(exc, STALE_CONNECTION_ERRORS):
                     continue
                 raise _transport_error(method, self._timeout, exc) from exc
         if response.status >= 400:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from usreview._http import STALE_CONNECTION_ERRORS
 from usreview.site.config import SiteConfig
 from usreview.site.errors import HubRefusedError, HubUnreachableError, SiteConfigError
 
@@ -68,6 +69,7 @@ class HubClient:
         self._token = token if token is not None else config.read_token()
         self._context = _tls_context(config) if self._https else None
         self._conn: http.client.HTTPConnection | None = None
+        self._aborted = False
 
     def close(self) -> None:
         """Close the kept-alive connection."""
@@ -79,6 +81,7 @@ class HubClient:
         """Break a request in progress in another thread (a long-poll), from any thread."""
         conn = self._conn
         sock = conn.sock if conn is not None else None
+        self._aborted = True  # the broken request is not sent again
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -169,6 +172,35 @@ class HubClient:
             self._conn.sock.settimeout(timeout)
         return self._conn
 
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: IO[bytes] | None,
+        headers: dict[str, str],
+        timeout: float | None,
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """Send once; once more on a new connection if the kept-alive one was closed.
+
+        Every request of the sites' API may be sent twice: an upload is idempotent by
+        its SOP Instance UID, the others read.
+        """
+        self._aborted = False
+        for attempt in (1, 2):
+            conn = self._connection(timeout or self.config.timeout)
+            reused = conn.sock is not None
+            try:
+                if body is not None:
+                    body.seek(0)
+                conn.request(method, self._prefix + path, body=body, headers=headers)
+                response = conn.getresponse()
+                return response, response.read()
+            except STALE_CONNECTION_ERRORS:
+                if attempt == 2 or not reused or self._aborted:
+                    raise
+                self.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _request(
         self,
         method: str,
@@ -185,13 +217,8 @@ class HubClient:
         if size is not None:
             headers["Content-Length"] = str(size)
         where = f"{method} {self.config.hub_url}{self._prefix}{path.split('?')[0]}"
-        conn = self._connection(timeout or self.config.timeout)
         try:
-            if body is not None:
-                body.seek(0)
-            conn.request(method, self._prefix + path, body=body, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
+            response, data = self._send(method, path, body, headers, timeout)
         except ssl.SSLCertVerificationError as exc:
             self.close()
             raise HubUnreachableError(
