@@ -261,12 +261,17 @@ def test_untuned_storescu_is_not_stuck_at_20_per_second(tmp_path: Path) -> None:
     files = copies(tmp_path / "one" / "bmode.dcm", 150, tmp_path / "many")
     gateway = start_gateway(config, port, tmp_path / "gateway.log")
     try:
-        run = storescu(port, files)
-        assert run.returncode == 0, run.output[-2000:]
-        rate = len(files) / run.seconds
+        # Five associations of 30: Nagle holds every one of them near 20/s, while a busy
+        # moment of a shared machine slows only some (the best one tells).
+        rates = []
+        for batch in range(5):
+            run = storescu(port, files[batch * 30 : (batch + 1) * 30])
+            assert run.returncode == 0, run.output[-2000:]
+            rates.append(30 / run.seconds)
         size = (tmp_path / "one" / "bmode.dcm").stat().st_size // 1024
-        print(f"untuned storescu -> gateway: {rate:.0f} instances/s ({len(files)} x {size} KB)")
-        assert rate > 50  # Nagle + delayed ACK would hold it near 20
+        shown = ", ".join(f"{rate:.0f}" for rate in rates)
+        print(f"untuned storescu -> gateway: {shown} instances/s (5 x 30 x {size} KB)")
+        assert max(rates) > 50  # Nagle + delayed ACK would hold each near 20
         assert len(_spooled(config)) == len(files)
     finally:
         gateway.stop()
