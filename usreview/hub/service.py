@@ -628,6 +628,7 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     # Run the importable module, so that the API's handlers share this one.
+    from usreview._process import run_then_exit
     from usreview.hub.service import main as _main
 
-    _main()
+    run_then_exit(_main)  # without the interpreter's teardown: the hub waits for it

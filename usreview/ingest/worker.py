@@ -233,14 +233,17 @@ def _worker_main() -> None:
     The parent sends its ``sys.path`` (so a parser of the caller's, a test's, imports
     here too) and :func:`_serve`'s arguments first.
     """
+    from usreview._process import exit_now
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     conn = Connection(int(sys.argv[1]))
     try:
         search_path, *args = conn.recv()
     except (EOFError, OSError):
-        return  # the parent is gone
+        exit_now(0)  # the parent is gone
     sys.path[:] = search_path
     _serve(conn, *args)
+    exit_now(0)  # without the interpreter's teardown: the service waits for it
 
 
 def _serve(

@@ -598,4 +598,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    from usreview._process import run_then_exit
+
+    run_then_exit(main)  # without the interpreter's teardown: the hub waits for it
