@@ -68,7 +68,10 @@ def test_a_json_summary_gains_a_supersedes_member(tmp_path: Path) -> None:
 def test_superseding_a_result_not_delivered_here_says_so(tmp_path: Path) -> None:
     outbox = tmp_path / "outbox"
     target = _deliver(outbox, tmp_path, 9, b"version 2\n", supersedes=5)
-    assert target.read_text().startswith("Supersedes result 5: not delivered here\n")
+    assert target.read_text().startswith(
+        "Supersedes result 5: none of its files is in this outbox (not delivered here, "
+        "or removed since)\n"
+    )
     assert not (outbox / STUDY / SUPERSEDED).exists()
 
 

@@ -7,7 +7,9 @@ naming the results they replace (the feed item's ``supersedes``). The site then:
   (same names), so nothing superseded is left looking current;
 - states it in the new result's summary: a JSON object gets a ``supersedes`` member
   (``{"result": ID, "files": ["superseded/NAME", ...]}``), a text summary a first line
-  ``Supersedes result ID: superseded/NAME`` and a blank line before the hub's text.
+  ``Supersedes result ID: superseded/NAME`` and a blank line before the hub's text (no
+  file of the earlier result in the outbox: never delivered here, or removed since by
+  ``results.keep_days`` or the clinic, and the line says so).
 
 Both are idempotent: delivering the same result again finds the earlier files already
 moved and writes the same summary.
@@ -25,6 +27,7 @@ __all__ = ["SUPERSEDED", "annotate", "retire", "superseded_files"]
 
 #: The subfolder of a study's outbox folder that holds superseded results.
 SUPERSEDED = "superseded"
+_NONE_HERE = "none of its files is in this outbox (not delivered here, or removed since)"
 
 
 def _pattern(result_id: int) -> str:
@@ -78,6 +81,7 @@ def annotate(data: bytes, ext: str, result_id: int, files: list[str]) -> bytes:
         doc["supersedes"] = {"result": int(result_id), "files": files}
         return json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
     if ext == "txt":
-        where = ", ".join(files) if files else "not delivered here"
+        # No file: never delivered here, or removed since (results.keep_days, the clinic).
+        where = ", ".join(files) if files else _NONE_HERE
         return f"Supersedes result {int(result_id)}: {where}\n\n".encode() + data
     return data
