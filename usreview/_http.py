@@ -2,8 +2,11 @@
 
 A server closes a kept-alive connection that stays idle (the hub's proxy after 5 s, the
 usreview service after its ``header_timeout``). A client that sends its next request on
-such a connection learns it only then, with one of :data:`STALE_CONNECTION_ERRORS`: the
-request did not reach the server, and is sent again on a new connection.
+such a connection learns it only then, with one of :data:`STALE_CONNECTION_ERRORS`, and
+sends the request once more on a new connection: a connection closed while idle was not
+reading it. (The same errors also follow a server that died while it answered; the
+sites' requests are safe to repeat then too: reads, and uploads, idempotent by SOP
+Instance UID.)
 """
 
 from __future__ import annotations
