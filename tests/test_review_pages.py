@@ -615,8 +615,9 @@ def test_the_results_line_follows_processing_and_a_failed_read_is_one_line(
 
 # -- times, claims and teaching cases, as the pages say them -------------------------------
 
-#: A time of today as the pages say it.
-TODAY = r"\d\d:\d\d UTC"
+#: A claim's end as the pages say it: HH:MM UTC, after its date when that is another day
+#: (a run near midnight UTC).
+TODAY = r"(?:\d{4}-\d\d-\d\d )?\d\d:\d\d UTC"
 
 
 def test_times_are_to_the_minute_and_say_utc() -> None:

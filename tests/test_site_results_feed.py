@@ -474,6 +474,8 @@ def test_a_hung_pacs_holds_up_neither_the_outbox_nor_another_pacs(
             wait_until(lambda: sorted(good.received) == sorted(u for _, u in sent), 10)
             assert time.monotonic() - started < 10
             assert hung.connections  # the hung PACS was being tried meanwhile
+            # the good PACS has the last one; its queue lets go of it just after
+            wait_until(lambda: not follower.pacs.pending("good"), 10)
             pending = follower.pacs.pending()
             assert [p.result_id for p in pending] == ids
             assert {p.destination for p in pending} == {"hung"}
