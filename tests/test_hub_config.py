@@ -457,7 +457,7 @@ def test_accounts_refuse_bad_names_roles_and_duplicates(tmp_path: Path) -> None:
     assert accounts.password_hash("ghost") is None
 
 
-def test_managed_services_are_checked_every_second() -> None:
+def test_managed_services_are_checked_four_times_a_second() -> None:
     from jupyterhub.services import service
 
     from usreview.hub.config import SERVICE_POLL_SECONDS, poll_services_every
@@ -466,4 +466,4 @@ def test_managed_services_are_checked_every_second() -> None:
     patched = service._ServiceSpawner
     poll_services_every(SERVICE_POLL_SECONDS)  # once is enough: no subclass of a subclass
     assert service._ServiceSpawner is patched
-    assert service._ServiceSpawner().poll_interval == SERVICE_POLL_SECONDS == 1
+    assert service._ServiceSpawner().poll_interval == SERVICE_POLL_SECONDS == 0.25

@@ -59,7 +59,6 @@ from usreview.hub.errors import HubConfigError
 from usreview.hub.proxy import find_proxy
 from usreview.hub.roles import ADMIN_SERVICE, CUSTOM_SCOPES, SERVICE, load_roles
 from usreview.hub.siteport import SERVICE_SITE_PORT_ENV, SitePort
-from usreview.hub.spawner import PersonalSpawner, check_runnable, isolates_people
 from usreview.hub.state import STATE_ENV, HubState, open_state, open_to_servers, state_from_env
 from usreview.hub.supervisor import HUB_PID_ENV
 from usreview.hub.tls import check_bind, ensure_certificate
@@ -86,8 +85,9 @@ _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63
 #: Name of the hub-managed processing worker (no URL, no scopes).
 WORKER_SERVICE = "usreview-worker"
 #: Seconds between JupyterHub's checks that each managed service still runs; one that has
-#: exited is started again at the next check (JupyterHub's own interval is 30 s).
-SERVICE_POLL_SECONDS = 1
+#: exited is started again at the next check (JupyterHub's own interval is 30 s). A check
+#: is one ``waitpid`` per service.
+SERVICE_POLL_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,10 @@ def configure(
     StateError
         If the state directory is unusable, or its ``service_config.json``.
     """
+    # JupyterHub's spawners (its ORM, aiohttp) load here, not with the administration
+    # commands that import this module.
+    from usreview.hub.spawner import PersonalSpawner, check_runnable, isolates_people
+
     if ip is None:
         ip = os.environ.get(IP_ENV, _DEFAULT_IP)
     port = _port(port if port is not None else os.environ.get(PORT_ENV, _DEFAULT_PORT))
@@ -282,7 +286,7 @@ def configure(
     return Endpoints(public_url, api_url, cert, hub_state, site_url)
 
 
-def poll_services_every(seconds: int) -> None:
+def poll_services_every(seconds: float) -> None:
     """Make JupyterHub check its managed services' processes every ``seconds``.
 
     JupyterHub starts a managed service again when a check finds it exited, but checks
@@ -294,7 +298,7 @@ def poll_services_every(seconds: int) -> None:
     again within seconds, so a JupyterHub release that renames the class is noticed.
     """
     from jupyterhub.services import service
-    from traitlets import Integer
+    from traitlets import Float
 
     base: Any = service._ServiceSpawner
     if getattr(base, "usreview_poll_seconds", None) == seconds:
@@ -302,7 +306,7 @@ def poll_services_every(seconds: int) -> None:
 
     class PolledServiceSpawner(base):  # type: ignore[misc,valid-type]
         usreview_poll_seconds = seconds
-        poll_interval = Integer(seconds)
+        poll_interval = Float(seconds)  # JupyterHub's is whole seconds; it takes a float
 
     service._ServiceSpawner = PolledServiceSpawner
 

@@ -38,9 +38,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from usreview.dicom import ImageKind, UltrasoundInstance
+from usreview.dicom import ImageKind
 from usreview.processing import plausible
 from usreview.processing.errors import (
     NotApplicable,
@@ -48,6 +48,9 @@ from usreview.processing.errors import (
     UnknownProcessorError,
 )
 from usreview.processing.results import Output, ProcessorResult, Provenance, ResultStatus
+
+if TYPE_CHECKING:
+    from usreview.dicom import UltrasoundInstance
 
 __all__ = [
     "ENTRY_POINT_GROUP",

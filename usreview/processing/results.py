@@ -13,10 +13,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
 
 __all__ = [
     "Code",
@@ -142,7 +144,7 @@ class DerivedImage:
         grey = 3 if self.multiframe else 2
         layout = "(frames, rows, cols[, 3])" if self.multiframe else "(rows, cols[, 3])"
         _require(
-            self.pixels.dtype == np.uint8
+            self.pixels.dtype == "uint8"
             and (len(shape) == grey or (len(shape) == grey + 1 and shape[-1] == 3))
             and 0 not in shape,
             f"DerivedImage {self.name}: argument 'pixels' must be uint8 {layout}, grey or RGB, "

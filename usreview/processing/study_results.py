@@ -21,9 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
-
 from usreview.processing.recommendations.study import (
     KINDS,
     NAME,
@@ -33,10 +30,11 @@ from usreview.processing.recommendations.study import (
     evaluate_study,
 )
 from usreview.processing.results import Output, ProcessorResult, Provenance, ResultStatus
-from usreview.processing.sr import build_sr
-from usreview.processing.supersede import Publication, plan_documents
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from usreview.processing.supersede import Publication
     from usreview.store import ResultFeed
 
 __all__ = [
@@ -85,6 +83,10 @@ def study_documents(
     ``headers`` holds the datasets (pixels not needed) of the instances the evaluations used.
     The signature is a digest of the evaluations: the same values give the same documents.
     """
+    from pydicom.uid import generate_uid  # with the SR's builder: the service reads
+
+    from usreview.processing.sr import build_sr  # signatures without either
+
     signature = evaluation_signature(evaluations)
     first = evaluations[0]
     used = [first.ica_sop_instance_uid] + [
@@ -146,6 +148,8 @@ def plan_study_results(
     needed = {
         uid for e in evaluations for uid in (e.ica_sop_instance_uid, *e.cca_sop_instance_uids)
     }
+    from usreview.processing.supersede import plan_documents
+
     headers = {uid: header(uid) for uid in sorted(needed)}
     signature, sr, summary = study_documents(study_instance_uid, evaluations, headers)
     plan = plan_documents(feed, f"auto-study/{study_instance_uid}", signature, sr, summary)

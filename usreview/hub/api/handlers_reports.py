@@ -18,17 +18,17 @@ from typing import Any
 from usreview.errors import ReportError
 from usreview.hub.api.base import BaseHandler
 from usreview.hub.api.errors import ApiError
-from usreview.hub.api.reporting import publish_report
-from usreview.hub.api.teaching_cases import refresh_case_text
 from usreview.hub.api.views import iso, report_view
 from usreview.hub.audit import AuditAction, AuditError
-from usreview.review.report import Report
 from usreview.store import Reviewer
 
 __all__ = ["ReportsHandler"]
 
 _JSON = "application/json"
 _log = logging.getLogger(__name__)
+
+# The report's SR (highdicom, pydicom) is imported by the first publication: the service
+# starts, and starts again after a crash, without it.
 
 
 class ReportsHandler(BaseHandler):
@@ -46,6 +46,9 @@ class ReportsHandler(BaseHandler):
         """Publish a report: 201 with its version, SR UID, time and result cursors."""
         self.audit_action = AuditAction.WRITE
         reviewer = await self.study_reviewer(study_instance_uid)
+        from usreview.hub.api.reporting import publish_report
+        from usreview.review.report import Report
+
         report = Report.from_json(self._body())
         record = await self.blocking(
             publish_report, self.context, reviewer, study_instance_uid, report
@@ -80,6 +83,8 @@ class ReportsHandler(BaseHandler):
         The report is published and audited before: whatever fails here is logged, and
         the case is brought up to date the next time the study is made a teaching case.
         """
+        from usreview.hub.api.teaching_cases import refresh_case_text
+
         try:
             case = await self.blocking(
                 refresh_case_text, self.context, reviewer, study_instance_uid

@@ -24,23 +24,35 @@ before any byte leaves).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from usreview.dicom.header import is_uid
 from usreview.hub.api.base import BaseHandler
 from usreview.hub.api.errors import ApiError, not_found
-from usreview.hub.api.teaching_cases import make_case, teaching_store
 from usreview.hub.audit import AuditAction
-from usreview.store.teaching import TeachingCase
-from usreview.teaching import METHOD
+
+if TYPE_CHECKING:
+    from usreview.hub.api.app import ServiceContext
+    from usreview.store.teaching import TeachingCase, TeachingStore
+
+# De-identification (pydicom) is imported by the first request that needs it: the service
+# starts, and starts again after a crash, without it.
 
 __all__ = ["TeachingCaseHandler", "TeachingCasesHandler", "TeachingInstanceHandler", "case_view"]
 
 _CHUNK = 1024 * 1024
 
 
+def _store(context: ServiceContext) -> TeachingStore:
+    from usreview.hub.api.teaching_cases import teaching_store
+
+    return teaching_store(context)
+
+
 def case_view(case: TeachingCase) -> dict[str, Any]:
     """The ``TeachingCase`` schema (what a trainee sees)."""
+    from usreview.teaching import METHOD
+
     return {
         "case_uid": case.case_uid,
         "exam_type": case.exam_type,
@@ -71,7 +83,7 @@ class TeachingCasesHandler(BaseHandler):
     async def get(self) -> None:
         """``{"cases": [...]}``, newest first."""
         self.case_reader()
-        cases = await self.blocking(teaching_store(self.context).cases)
+        cases = await self.blocking(_store(self.context).cases)
         await self.audit(AuditAction.READ, detail={"count": len(cases)})
         self.write_json({"cases": [case_view(c) for c in cases]})
 
@@ -80,6 +92,8 @@ class TeachingCasesHandler(BaseHandler):
         self.audit_action = AuditAction.WRITE
         uid = self._study_uid()
         reviewer = await self.study_reviewer(uid)
+        from usreview.hub.api.teaching_cases import make_case
+
         case, made = await self.blocking(make_case, self.context, reviewer, uid)
         await self.audit(
             AuditAction.WRITE,
@@ -118,7 +132,7 @@ class TeachingCaseHandler(BaseHandler):
         self.case_reader(hide=hide)
         if not is_uid(case_uid):
             raise not_found(*hide)
-        case = await self.blocking(teaching_store(self.context).case, case_uid)
+        case = await self.blocking(_store(self.context).case, case_uid)
         await self.audit(AuditAction.READ, detail={"instances": len(case.instances)})
         self.write_json(case_view(case))
 
@@ -130,7 +144,7 @@ class TeachingCaseHandler(BaseHandler):
         reviewer = await self.reviewer()  # a trainee or a scientist: 403
         if not is_uid(case_uid):
             raise not_found(*hide)
-        case = await self.blocking(teaching_store(self.context).remove, reviewer, case_uid)
+        case = await self.blocking(_store(self.context).remove, reviewer, case_uid)
         await self.audit(
             AuditAction.WRITE, "withdrawn", {"case": case_uid, "instances": len(case.instances)}
         )
@@ -147,7 +161,7 @@ class TeachingInstanceHandler(BaseHandler):
         self.case_reader(hide=hide)
         if not (is_uid(case_uid) and is_uid(sop_instance_uid)):
             raise not_found(*hide)
-        store = teaching_store(self.context)
+        store = _store(self.context)
         item, data = await self.blocking(store.read_instance, case_uid, sop_instance_uid)
         await self.audit(AuditAction.READ, detail={"case": case_uid, "size": item.size})
         self.set_header("Content-Type", "application/dicom")

@@ -16,11 +16,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any
 
 from usreview.processing.results import Code, CodingScheme
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = ["SIDES", "VESSELS", "Vessel", "vessel_of"]
 
