@@ -34,6 +34,9 @@ Errors are in :mod:`usreview.site.errors`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from usreview._lazy import lazy_attributes
 from usreview.site.config import PacsDestination, SiteConfig, init_site, load_config
 from usreview.site.errors import (
     DeliveryError,
@@ -49,11 +52,31 @@ from usreview.site.errors import (
     SpoolError,
     SpoolKeyError,
 )
-from usreview.site.gateway import Gateway, run_gateway
-from usreview.site.push import PushReport, push_paths
-from usreview.site.results import ResultFollower
-from usreview.site.spool import Spool, SpooledInstance
-from usreview.site.status import SiteStatus, format_status, read_status
+
+if TYPE_CHECKING:
+    from usreview.site.gateway import Gateway, run_gateway
+    from usreview.site.push import PushReport, push_paths
+    from usreview.site.results import ResultFollower
+    from usreview.site.spool import Spool, SpooledInstance
+    from usreview.site.status import SiteStatus, format_status, read_status
+
+# Imported when first used: the site's commands (status, check, ...) read the
+# configuration and a file or two, and need neither the DICOM network stack nor the
+# hub's client.
+_MODULES = {
+    "Gateway": "gateway",
+    "run_gateway": "gateway",
+    "PushReport": "push",
+    "push_paths": "push",
+    "ResultFollower": "results",
+    "Spool": "spool",
+    "SpooledInstance": "spool",
+    "SiteStatus": "status",
+    "format_status": "status",
+    "read_status": "status",
+}
+
+__getattr__ = lazy_attributes(__name__, _MODULES)
 
 __all__ = [
     "DeliveryError",

@@ -48,18 +48,16 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
-from pynetdicom.association import Association
+from typing import TYPE_CHECKING, Any
 
 from usreview.dicom.header import is_uid
 from usreview.envelope.atomic import fsync_directory, replace_file, replacing_file
 from usreview.site.config import PacsDestination
 from usreview.site.errors import DeliveryError
 from usreview.site.supersede import SUPERSEDED, annotate, retire, superseded_files
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
 
 __all__ = [
     "FAILED",
@@ -220,6 +218,12 @@ def send_to_pacs(
     DeliveryError
         The file is not DICOM, the association fails, or the PACS answers a failure.
     """
+    # The DICOM network stack loads with the first delivery: the site's commands that read
+    # the queue (status, pacs) start without it.
+    from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE, evt
+
     where = (
         f"PACS {destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
     )
