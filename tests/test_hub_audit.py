@@ -224,6 +224,53 @@ def test_the_refusal_limiter_is_bounded_and_keeps_counts_of_forgotten_callers() 
         RefusalLimiter(0)
 
 
+def test_unchanged_re_reads_are_counted_until_quiet_or_old_then_drained() -> None:
+    from usreview.hub.audit import RereadCounter
+
+    now = [1_800_000_000.0]
+    counter = RereadCounter(quiet=30.0, span=300.0, clock=lambda: now[0])
+    for _ in range(6):  # an open study page: a re-read every 5 s
+        counter.count("rev", "studies/1.2.3")
+        now[0] += 5.0
+    counter.count("rev", "studies")
+    counter.count("rev2", "studies/1.2.3")  # another reviewer: a count of their own
+    assert counter.drain() == []  # all still open
+    now[0] += 26.0  # the study page left 31 s ago; the worklist and rev2's 26 s ago
+    (page,) = counter.drain()
+    assert (page.actor, page.resource, page.count) == ("rev", "studies/1.2.3", 6)
+    assert page.detail() == {
+        "count": 6,
+        "from": "2027-01-15T08:00:00.000000Z",
+        "to": "2027-01-15T08:00:25.000000Z",
+    }
+    assert counter.drain() == []
+    # A page left open shows every span, however often it asks (rev2 left meanwhile).
+    for _ in range(61):
+        counter.count("rev", "studies")
+        now[0] += 5.0
+    assert [(r.actor, r.resource, r.count) for r in counter.drain()] == [
+        ("rev", "studies", 62),
+        ("rev2", "studies/1.2.3", 1),
+    ]
+    # Stopping hands over every count; nothing is counted twice.
+    counter.count("rev", "studies")
+    assert [(r.resource, r.count) for r in counter.drain(everything=True)] == [("studies", 1)]
+    assert counter.drain(everything=True) == []
+
+
+def test_the_reread_counter_is_bounded_and_hands_over_what_it_makes_room_from() -> None:
+    from usreview.hub.audit import RereadCounter
+
+    counter = RereadCounter(max_keys=2, clock=lambda: 0.0)
+    for name in ("a", "b", "c"):
+        counter.count("rev", name)
+        counter.count("rev", name)
+    assert len(counter._counts) == 2
+    assert [(r.resource, r.count) for r in counter.drain()] == [("a", 2)]
+    with pytest.raises(ValueError):
+        RereadCounter(quiet=0)
+
+
 def test_a_caller_cannot_make_a_line_that_stops_other_writers(tmp_path: Path) -> None:
     """A request path of tens of kilobytes (anonymous: its denial is recorded) is cut and
     digested; and a line longer than a read block (a large detail) does not stop another

@@ -78,7 +78,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    hub = HubRun(tmp_path_factory.mktemp("access"), {"parse_workers": 1})
+    settings = {"parse_workers": 1, "unchanged_audit_seconds": 2}
+    hub = HubRun(tmp_path_factory.mktemp("access"), settings)
     admin_password = shown_once(hub.cli("add-user", "ada", "--role", "admin"))
     rn_password = shown_once(hub.cli("add-user", "rn", "--role", "reviewer", "--sites", "north"))
     with hub.running() as folder:
@@ -145,6 +146,45 @@ def test_a_restricted_reviewer_lists_only_their_sites(world: World) -> None:
     assert theirs.status_code == 200 and theirs.headers["ETag"] != everything.headers["ETag"]
     again = world.hub.get("/studies", world.rn, headers={"If-None-Match": theirs.headers["ETag"]})
     assert again.status_code == 304 and again.content == b""
+
+
+def test_unchanged_re_reads_are_audited_as_one_counted_line(world: World) -> None:
+    north = world.studies["north"]
+    before = len(audit_lines(world))
+    page = world.hub.get(f"/studies/{north}", world.rall)
+    worklist = world.hub.get("/studies", world.rall)
+    for _ in range(3):  # an open study page and worklist asking again
+        for path, first in ((f"studies/{north}", page), ("studies", worklist)):
+            etag = first.headers["ETag"]
+            again = world.hub.get(f"/{path}", world.rall, headers={"If-None-Match": etag})
+            assert again.status_code == 304 and again.content == b"", again.text
+    new = audit_lines(world)[before:]
+    # The two reads that sent data, line by line; the re-reads not yet.
+    assert [(x["resource"], x["outcome"]) for x in new if x["actor"] == "rall"] == [
+        (f"studies/{north}", "allowed"),
+        ("studies", "allowed"),
+    ]
+
+    # Quiet for unchanged_audit_seconds (2 here): the re-reads of each resource are
+    # counted in one line (one per service process that answered some of them).
+    def counts() -> tuple[list[dict[str, Any]], dict[str, int]]:
+        lines = [
+            x
+            for x in audit_lines(world)[before:]
+            if x["outcome"] == "unchanged" and x["actor"] == "rall"
+        ]
+        total = {r: sum(x["detail"]["count"] for x in lines if x["resource"] == r) for r in paths}
+        return lines, total
+
+    paths = ("studies", f"studies/{north}")
+    deadline = time.monotonic() + 30
+    while (found := counts())[1] != dict.fromkeys(paths, 3):
+        assert time.monotonic() < deadline, found
+        time.sleep(0.25)
+    lines = found[0]
+    assert {x["action"] for x in lines} == {"read"}
+    assert len(lines) <= 2 * len(paths)  # two processes serve this hub
+    assert all(x["detail"]["from"] <= x["detail"]["to"] for x in lines)
 
 
 def test_outside_their_sites_a_study_answers_the_404_of_a_missing_one(world: World) -> None:
@@ -624,6 +664,7 @@ def test_every_access_is_audited(world: World) -> None:
         ("sam", "denial", "not_found"),
         ("sam", "denial", "forbidden"),
         ("rall", "write", "not_ready"),
+        ("rall", "read", "unchanged"),  # re-reads answered 304, counted
         ("usreview hub reviewer-sites", "admin", "changed"),
     ):
         assert expected in seen, expected

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,10 +41,13 @@ from usreview._group_commit import GroupCommit
 from usreview.hub.errors import AuditError
 
 __all__ = [
+    "REREAD_QUIET",
     "AuditAction",
     "AuditError",
     "AuditLog",
     "RefusalLimiter",
+    "RereadCounter",
+    "UnchangedReads",
     "VerifyReport",
     "last_lines",
     "verify",
@@ -141,7 +145,7 @@ class AuditLog:
             for actor, action, resource, outcome, detail in events:
                 body: dict[str, Any] = {
                     "seq": seq + 1,
-                    "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    "time": _iso(time.time()),
                     "actor": actor,
                     "action": action,
                     "resource": resource,
@@ -302,6 +306,95 @@ class RefusalLimiter:
             count = int(self._callers.pop(caller)[2])
             if count:
                 self._evicted[caller] = self._evicted.get(caller, 0) + count
+
+
+@dataclass(frozen=True)
+class UnchangedReads:
+    """One caller's re-reads of one resource answered ``304 Not Modified``, counted."""
+
+    actor: str
+    resource: str
+    count: int
+    first: float  # Unix time of the first and of the last counted re-read
+    last: float
+
+    def detail(self) -> dict[str, Any]:
+        """The ``unchanged`` audit line's detail: how many, from when to when (UTC)."""
+        return {"count": self.count, "from": _iso(self.first), "to": _iso(self.last)}
+
+
+#: Seconds without a re-read after which a count is recorded (the page was left).
+REREAD_QUIET = 30.0
+
+
+class RereadCounter:
+    """Re-reads answered ``304 Not Modified``, counted per caller and resource.
+
+    An open worklist or study page asks again every few seconds; an answer that says
+    "unchanged" sends no data, so it is counted rather than audited line by line (the read
+    that sent the data was). :meth:`drain` hands over the counts of a caller and resource
+    not re-read for ``quiet`` seconds (the page was closed, or changed and read again in
+    full) or first counted ``span`` seconds ago (a page left open shows in the log every
+    ``span``), and every count when the service stops; the service records one
+    ``unchanged`` line for each (:class:`UnchangedReads`). Thread-safe.
+
+    Parameters
+    ----------
+    quiet, span
+        Seconds, as above.
+    max_keys
+        Callers and resources counted at once (the oldest are handed over first).
+    clock
+        Unix time (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        quiet: float = REREAD_QUIET,
+        span: float = 300.0,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if quiet <= 0 or span <= 0 or max_keys < 1:
+            raise ValueError("quiet and span must be > 0, max_keys >= 1")
+        self.quiet, self.span, self.max_keys = quiet, span, max_keys
+        self._clock = clock
+        self._counts: dict[tuple[str, str], list[float]] = {}  # -> [count, first, last]
+        self._full: list[UnchangedReads] = []  # handed over early to make room
+        self._lock = threading.Lock()
+
+    def count(self, actor: str, resource: str) -> None:
+        """Count one re-read of ``resource`` by ``actor`` answered 304."""
+        now = self._clock()
+        with self._lock:
+            state = self._counts.get((actor, resource))
+            if state is None:
+                while len(self._counts) >= self.max_keys:
+                    key = next(iter(self._counts))  # the oldest first count
+                    self._full.append(_reads(key, self._counts.pop(key)))
+                self._counts[(actor, resource)] = [1, now, now]
+            else:
+                state[0] += 1
+                state[2] = now
+
+    def drain(self, *, everything: bool = False) -> list[UnchangedReads]:
+        """Take the counts due (see the class doc), or all of them with ``everything``."""
+        now = self._clock()
+        with self._lock:
+            taken, self._full = self._full, []
+            for key, state in list(self._counts.items()):
+                if everything or now - state[2] >= self.quiet or now - state[1] >= self.span:
+                    taken.append(_reads(key, self._counts.pop(key)))
+        return taken
+
+
+def _reads(key: tuple[str, str], state: list[float]) -> UnchangedReads:
+    return UnchangedReads(key[0], key[1], int(state[0]), state[1], state[2])
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,8 @@ _Method = Callable[..., Awaitable[None] | None]
 _log = logging.getLogger("usreview.service")
 #: How long the hub's answer about a token is kept (the revocation lag; see the module doc).
 TOKEN_CACHE_SECONDS = 5.0
-#: Seconds between the audit lines that count refusals not recorded one by one.
+#: Seconds between the audit lines that count refusals, and unchanged re-reads, not
+#: recorded one by one (at most).
 SUPPRESSED_EVERY = 10.0
 #: The application setting that holds the :class:`TokenCache`.
 _TOKENS = "usreview_token_cache"
@@ -529,27 +530,35 @@ async def _serve(
             tls, site_sockets = site
             sites_app = make_app(context=context, sites_only=True)
             servers.append((HTTPServer(sites_app, ssl_options=tls, **limits), site_sockets))
-        flush = PeriodicCallback(partial(_flush_suppressed, context), SUPPRESSED_EVERY * 1000)
+        every = min(SUPPRESSED_EVERY, settings.unchanged_audit_seconds / 2)
+        flush = PeriodicCallback(partial(_flush_suppressed, context), every * 1000)
         flush.start()
         try:
             await _run(servers)
         finally:
             flush.stop()
-            await _flush_suppressed(context)
+            await _flush_suppressed(context, stopping=True)
     finally:
         context.close()
 
 
-async def _flush_suppressed(context: ServiceContext) -> None:
-    """Record the refusals counted instead of audited (see :class:`RefusalLimiter`)."""
+async def _flush_suppressed(context: ServiceContext, *, stopping: bool = False) -> None:
+    """Record the refusals and the unchanged re-reads counted instead of audited one by
+    one (:class:`~usreview.hub.audit.RefusalLimiter`,
+    :class:`~usreview.hub.audit.RereadCounter`); every count when ``stopping``."""
+    loop = asyncio.get_running_loop()
     counts = context.refusals.drain()
     if counts:
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                context.executor, context.record_suppressed, counts
-            )
+            await loop.run_in_executor(context.executor, context.record_suppressed, counts)
         except UsreviewError as exc:
             _log.error("cannot record suppressed refusals %s: %s", counts, exc)
+    reads = context.rereads.drain(everything=stopping)
+    if reads:
+        try:
+            await loop.run_in_executor(context.executor, context.record_unchanged, reads)
+        except UsreviewError as exc:
+            _log.error("cannot record unchanged re-reads %s: %s", reads, exc)
 
 
 async def _run(servers: list[tuple[HTTPServer, list[Any]]]) -> None:

@@ -56,7 +56,14 @@ from usreview.hub.api.handlers_upload import InstanceHandler
 from usreview.hub.api.settings import ServiceSettings, open_archive
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.api.worklist_cache import WorklistCache
-from usreview.hub.audit import AuditAction, AuditLog, RefusalLimiter
+from usreview.hub.audit import (
+    REREAD_QUIET,
+    AuditAction,
+    AuditLog,
+    RefusalLimiter,
+    RereadCounter,
+    UnchangedReads,
+)
 from usreview.hub.errors import StateError
 from usreview.hub.state import HubState, open_state, state_from_env
 from usreview.ingest import Ingestor, WorkerPool
@@ -87,6 +94,7 @@ class ServiceContext:
     worklist: WorklistCache = field(default_factory=WorklistCache)
     reviewers: ReviewerSites = field(default_factory=ReviewerSites)
     refusals: RefusalLimiter = field(default_factory=RefusalLimiter)
+    rereads: RereadCounter = field(default_factory=RereadCounter)
 
     def record_suppressed(self, counts: dict[str, int]) -> None:
         """Record one ``suppressed`` line per caller of ``counts`` (:meth:`RefusalLimiter.drain`).
@@ -101,6 +109,15 @@ class ServiceContext:
             self.audit.record(
                 actor, AuditAction.DENIAL, "refusals", outcome="suppressed",
                 detail={**detail, "count": count},
+            )  # fmt: skip
+
+    def record_unchanged(self, reads: list[UnchangedReads]) -> None:
+        """Record one ``unchanged`` line per caller and resource of ``reads``
+        (:meth:`RereadCounter.drain`); called as :meth:`record_suppressed` is."""
+        for item in reads:
+            self.audit.record(
+                item.actor, AuditAction.READ, item.resource, outcome="unchanged",
+                detail=item.detail(),
             )  # fmt: skip
 
     def close(self) -> None:
@@ -189,11 +206,13 @@ def open_context(
         max(1.0, settings.refusal_audit_burst / share),
         settings.refusal_audit_per_minute / share,
     )
+    span = settings.unchanged_audit_seconds
+    rereads = RereadCounter(quiet=min(REREAD_QUIET, span), span=span)
     # Claims, releases and reports drop every process's cached worklists.
     worklist = WorklistCache(marker=state.root / WORKLIST_MARKER)
     return ServiceContext(
         state, settings, archive, pool, ingestor, site_keys, audit, spool, executor, lock_fd,
-        worklist=worklist, refusals=refusals,
+        worklist=worklist, refusals=refusals, rereads=rereads,
     )  # fmt: skip
 
 

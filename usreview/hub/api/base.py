@@ -177,6 +177,25 @@ class BaseHandler(ApiHandler):
         """:meth:`audit_now` off the event loop (the log is fsynced)."""
         await self.blocking(self.audit_now, action, outcome, detail, resource)
 
+    def answer_unchanged(self, etag: str) -> bool:
+        """Set the answer's ``etag``; if the caller's ``If-None-Match`` names it, answer
+        ``304 Not Modified`` and return ``True``.
+
+        Such a re-read sends no data: it is counted
+        (:class:`~usreview.hub.audit.RereadCounter`), not audited line by line, and the
+        answer does not wait for the audit log's fsync. The caller's rights to what
+        ``etag`` stands for must be checked before.
+        """
+        self.set_header("ETag", etag)
+        known = self.request.headers.get("If-None-Match", "")
+        if etag not in {tag.strip().removeprefix("W/") for tag in known.split(",")}:
+            return False
+        self.context.rereads.count(self.actor, self.resource)
+        self.audited = True
+        self.set_status(304)
+        self.finish()
+        return True
+
     # -- errors ----------------------------------------------------------------------
 
     def log_exception(

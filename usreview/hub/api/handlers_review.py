@@ -20,6 +20,7 @@ the 404 of a missing study or instance.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +40,7 @@ from usreview.hub.api.views import (
     report_view,
     study_evaluation_view,
 )
+from usreview.hub.api.worklist_cache import etag_of
 from usreview.hub.audit import AuditAction
 from usreview.processing.recommendations.study import SRU_ICA_CCA, evaluate_study
 from usreview.processing.study_results import VERSION as STUDY_RULE_VERSION
@@ -94,12 +96,9 @@ class StudiesHandler(BaseHandler):
         sites = "*" if reviewer.sites is None else ",".join(sorted(reviewer.sites))
         key = (type(reviewer).__name__, sites, status or "", site or "")
         answer = await self.blocking(self.context.worklist.get, key, compute)
-        await self.audit(AuditAction.READ, detail={"count": answer.count, "site": site})
-        self.set_header("ETag", answer.etag)
-        if answer.etag in _etags(self.request.headers.get("If-None-Match", "")):
-            self.set_status(304)
-            self.finish()
+        if self.answer_unchanged(answer.etag):
             return
+        await self.audit(AuditAction.READ, detail={"count": answer.count, "site": site})
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(answer.body)
 
@@ -117,8 +116,12 @@ class StudyHandler(BaseHandler):
         if not is_uid(study_instance_uid):
             raise not_found(*hide)
         detail = await self.blocking(_study_detail, self.context, reviewer, study_instance_uid)
+        body = json.dumps(detail).encode()
+        if self.answer_unchanged(etag_of(body)):
+            return
         await self.audit(AuditAction.READ, detail={"site": detail["site"]})
-        self.write_json(detail)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(body)
 
 
 class PriorsHandler(BaseHandler):
@@ -333,7 +336,3 @@ async def send_instance(handler: BaseHandler, sop_instance_uid: str) -> None:
             handler.write(chunk)
             await handler.flush()
         handler.finish()
-
-
-def _etags(header: str) -> set[str]:
-    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}

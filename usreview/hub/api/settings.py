@@ -148,6 +148,14 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
         help="Rate at which a caller's refusal allowance refills, per minute; refusals "
         "beyond it are counted and recorded as one summary line per interval.",
     ).tag(config=True)
+    unchanged_audit_seconds = Float(
+        300.0,
+        min=1.0,
+        help="A caller re-reading a worklist or study it already holds (answered 304 Not "
+        "Modified: an open page asks every few seconds) is audited as one 'unchanged' line "
+        "per resource with the count, at least this often, and within min(30 s, this) of its "
+        "last re-read; a read that sends data is always audited line by line.",
+    ).tag(config=True)
     report_organization = Unicode(
         "usreview hub",
         help="The verifying organization named in published reports (DICOM SR).",

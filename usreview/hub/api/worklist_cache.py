@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CachedAnswer", "WorklistCache"]
+__all__ = ["CachedAnswer", "WorklistCache", "etag_of"]
+
+
+def etag_of(body: bytes) -> str:
+    """The strong ETag of an answer's ``body`` (the worklist's, a study's)."""
+    return f'"{hashlib.sha256(body).hexdigest()[:32]}"'
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class WorklistCache:
             return known
         studies = compute()
         body = json.dumps({"studies": studies}).encode()
-        answer = CachedAnswer(body, f'"{hashlib.sha256(body).hexdigest()[:32]}"', len(studies), now)
+        answer = CachedAnswer(body, etag_of(body), len(studies), now)
         with self._lock:
             if generation == self._generation:  # nothing changed while computing
                 # Stale answers go now: every filter asked for (any ?site=) is kept no
