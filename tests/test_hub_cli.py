@@ -509,6 +509,58 @@ def test_remove_user_with_the_hub_stopped(
     assert len(admin_audit(state)) == 3  # two added, one removed
 
 
+def test_a_removed_persons_home_stays_until_deleted_and_links_are_not_followed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    for name in ("rev", "sci"):
+        assert main(["hub", "add-user", name, "--role", "reviewer", "--state", str(state)]) == 0
+    capsys.readouterr()
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("not theirs")
+    homes = {}
+    for name in ("rev", "sci"):  # as their servers left them
+        home = homes[name] = state / "users" / name
+        (home / "usreview").mkdir(parents=True)
+        (home / "usreview" / "notes.ipynb").write_bytes(b"x" * 1500)
+        (home / "study.png").write_bytes(b"y" * 500)
+        (home / "link").symlink_to(outside)
+
+    assert main(["hub", "remove-user", "rev", "--state", str(state)]) == 0
+    said = capsys.readouterr().out
+    assert said == (
+        f"rev can no longer log in; their reports and audit lines stay; their home "
+        f"{homes['rev']} stays (3 files, 0.0 MB: their notebooks may hold patient data): "
+        "'usreview hub remove-user rev --delete-home' deletes it\n"
+    )
+    assert (homes["rev"] / "usreview" / "notes.ipynb").exists()
+    assert admin_audit(state)[-1][2:] == (
+        "removed",
+        {"hub": "stopped", "home": "kept", "files": 3, "bytes": 2000 + len(str(outside))},
+    )
+    # Removed before: --delete-home deletes what they left.
+    assert main(["hub", "remove-user", "rev", "--delete-home", "--state", str(state)]) == 0
+    assert capsys.readouterr().out == f"their home {homes['rev']} is deleted (3 files, 0.0 MB)\n"
+    assert not homes["rev"].exists() and outside.read_text() == "not theirs"
+    assert admin_audit(state)[-1][3]["home"] == "deleted"
+    # Removed with their home at once.
+    assert main(["hub", "remove-user", "sci", "--delete-home", "--state", str(state)]) == 0
+    assert capsys.readouterr().out == (
+        f"sci can no longer log in; their home {homes['sci']} is deleted (3 files, 0.0 MB); "
+        "their reports and audit lines stay\n"
+    )
+    assert not homes["sci"].exists() and outside.exists()
+    assert admin_audit(state)[-1] == (
+        "usreview hub remove-user",
+        "users/sci",
+        "removed",
+        {"hub": "stopped", "home": "deleted", "files": 3, "bytes": 2000 + len(str(outside))},
+    )
+    # Nothing left: the name is unknown again.
+    assert main(["hub", "remove-user", "sci", "--delete-home", "--state", str(state)]) == 1
+    assert capsys.readouterr().err == "usreview: error: 'sci' is not a registered person\n"
+
+
 def test_remove_user_before_the_hubs_first_start(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

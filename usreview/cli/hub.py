@@ -101,7 +101,7 @@ _HUB_ADD_USER = Command(
 def _cmd_hub_remove_user(args: argparse.Namespace) -> int:
     from usreview.hub.commands import remove_user
 
-    print(remove_user(_state_dir(args), args.name).note)
+    print(remove_user(_state_dir(args), args.name, delete_home=args.delete_home).note)
     return 0
 
 
@@ -113,9 +113,15 @@ _HUB_REMOVE_USER = Command(
     "running, it stops their server and deletes their API tokens; with it stopped, they are "
     "deleted from its database with their tokens. A hub that runs but does not answer yet "
     "(starting) is refused, nothing changed: run it again. Their reports and audit lines "
-    "stay. Audited.",
+    "stay. Their home (STATE/users/NAME, their notebooks) stays unless --delete-home, which "
+    "also deletes the home a person removed before left behind. Audited.",
     args=(
         arg("name", metavar="NAME", help="a registered person (not a site: see site-token)"),
+        arg(
+            "--delete-home",
+            action="store_true",
+            help="delete their home once their server has stopped",
+        ),
         _state(),
     ),
 )

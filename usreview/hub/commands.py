@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -220,21 +221,24 @@ class RemovedPerson:
     note: str
 
 
-def remove_user(state: Path, name: str) -> RemovedPerson:
+def remove_user(state: Path, name: str, *, delete_home: bool = False) -> RemovedPerson:
     """Offboard person ``name``: they can no longer log in, their tokens and server end.
 
     With the hub running, it deletes the user through its API (it stops their server and
     deletes their API tokens and memberships); with it stopped, the user is deleted from
     its database directly (as ``jupyterhub token`` writes it). Then the registry forgets
     them, so logins are refused. Their reports, the archive and the audit log keep their
-    name. Audited.
+    name. Their home (``STATE/users/NAME``: their notebooks, which may hold patient data)
+    stays, and the note says so, unless ``delete_home``: then it is deleted once their
+    server has stopped, also for a person removed before. Audited.
 
     Raises
     ------
     AccountError
         ``name`` is not a valid name.
     HubError
-        ``name`` is not a registered person.
+        ``name`` is not a registered person (nor, with ``delete_home``, one removed who
+        left a home).
     HubUnavailableError
         The hub runs but does not answer (starting), or refused (a server still stopping):
         nothing changed, run it again.
@@ -242,7 +246,12 @@ def remove_user(state: Path, name: str) -> RemovedPerson:
     check_name(name)
     hub_state = existing_state(state)
     accounts = Accounts(hub_state.accounts)
+    home = hub_state.homes / name
     if not accounts.is_person(name):
+        if delete_home and home.is_dir() and name not in accounts.sites():
+            return RemovedPerson(
+                name, _delete_home(hub_state, name, home, {"hub": "removed before"})
+            )
         raise _not_a_person(accounts, name)
     api = _api(hub_state)
     if api is not None:
@@ -260,9 +269,41 @@ def remove_user(state: Path, name: str) -> RemovedPerson:
         how = "stopped"
         note = "deleted from the stopped hub's database with their API tokens" if had else ""
     accounts.remove_person(name)
-    audit_admin(hub_state, "usreview hub remove-user", f"users/{name}", "removed", {"hub": how})
     said = f"{name} can no longer log in" + (f"; {note}" if note else "")
-    return RemovedPerson(name, said + "; their reports and audit lines stay")
+    if not home.is_dir():
+        audit_admin(hub_state, "usreview hub remove-user", f"users/{name}", "removed", {"hub": how})
+        return RemovedPerson(name, said + "; their reports and audit lines stay")
+    if delete_home:
+        deleted = _delete_home(hub_state, name, home, {"hub": how})
+        return RemovedPerson(name, f"{said}; {deleted}; their reports and audit lines stay")
+    files, size = _tree_size(home)
+    detail = {"hub": how, "home": "kept", "files": files, "bytes": size}
+    audit_admin(hub_state, "usreview hub remove-user", f"users/{name}", "removed", detail)
+    return RemovedPerson(
+        name,
+        f"{said}; their reports and audit lines stay; their home {home} stays "
+        f"({files} files, {size / 1e6:.1f} MB: their notebooks may hold patient data): "
+        f"'usreview hub remove-user {name} --delete-home' deletes it",
+    )
+
+
+def _delete_home(hub_state: HubState, name: str, home: Path, detail: dict[str, Any]) -> str:
+    """Delete a removed person's ``home`` (never following a link out of it); audited."""
+    files, size = _tree_size(home)
+    shutil.rmtree(home)  # by file descriptor: a link inside is removed, not followed
+    detail = {**detail, "home": "deleted", "files": files, "bytes": size}
+    audit_admin(hub_state, "usreview hub remove-user", f"users/{name}", "removed", detail)
+    return f"their home {home} is deleted ({files} files, {size / 1e6:.1f} MB)"
+
+
+def _tree_size(folder: Path) -> tuple[int, int]:
+    """Files (links included) under ``folder`` and their bytes, never following a link."""
+    files = size = 0
+    for _here, _folders, names, here_fd in os.fwalk(folder, follow_symlinks=False):
+        for entry in names:
+            info = os.stat(entry, dir_fd=here_fd, follow_symlinks=False)
+            files, size = files + 1, size + info.st_size
+    return files, size
 
 
 def reset_password(state: Path, name: str) -> str:
