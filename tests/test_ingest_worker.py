@@ -141,6 +141,19 @@ def test_the_worker_that_finished_last_takes_the_next_task(bmode: Path, tmp_path
         assert at_once == {str(pid) for pid in two.pids}
 
 
+def test_a_worker_imports_the_reader_before_its_limits_and_first_task(
+    bmode: Path, tmp_path: Path
+) -> None:
+    """Its memory limit is its size after the imports plus the task's allowance: a reader
+    imported by the first task would count against that task (and make it slow)."""
+    probe = tmp_path / "modules.dcm"
+    shutil.copy(bmode, probe)
+    with WorkerPool(1, timeout=30, parser=HOOKS) as one:
+        one.start()
+        parsed = one.parse(probe)
+    assert "loaded before usreview.dicom.reader,pydicom,numpy" in parsed.warnings
+
+
 def test_a_starting_replacement_delays_no_task(bmode: Path, tmp_path: Path) -> None:
     """A worker retired after its tasks is replaced; the idle ready one works meanwhile."""
     probe = tmp_path / "whoami.dcm"

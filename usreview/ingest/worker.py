@@ -252,7 +252,7 @@ def _serve(
     """Worker main loop: limit this process, then answer one path at a time."""
     module, _, name = parser_spec.partition(":")
     parser: _Parser = getattr(importlib.import_module(module), name)
-    import usreview.dicom  # noqa: F401  (import the reader before limiting memory)
+    import usreview.dicom.reader  # noqa: F401  (the reader, pydicom, numpy: before the limits)
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     baseline = _vm_size()
