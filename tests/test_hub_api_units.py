@@ -181,3 +181,22 @@ def test_behind_the_proxy_the_caller_cannot_name_its_own_address() -> None:
     assert asyncio.run(ask(spoofed)) == {"ip": "192.0.2.7", "protocol": "https"}
     assert asyncio.run(ask(forwarded)) == {"ip": "192.0.2.7", "protocol": "https"}
     assert asyncio.run(ask({"X-Real-Ip": "10.9.9.1"})) == {"ip": "127.0.0.1", "protocol": "http"}
+
+
+@pytest.mark.parametrize("soft", [256, 1024])
+def test_the_service_raises_its_open_files_limit_within_the_hard_one(soft: int) -> None:
+    import resource
+    import subprocess
+    import sys
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    code = "from usreview._process import raise_open_files_limit as r; print(r(4096), r(512))"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
+    raised = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+    assert done.stdout.split() == [str(raised), str(raised)]  # never lowered

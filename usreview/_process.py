@@ -1,15 +1,36 @@
-"""Ending one of the package's long-running processes without the interpreter's teardown."""
+"""The package's long-running processes: their open files limit, their end without the
+interpreter's teardown."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import resource
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-__all__ = ["exit_now", "run_then_exit"]
+__all__ = ["OPEN_FILES", "exit_now", "raise_open_files_limit", "run_then_exit"]
+
+#: Open files a serving process asks for (sockets included), within the hard limit.
+OPEN_FILES = 65536
+
+
+def raise_open_files_limit(wanted: int = OPEN_FILES) -> int:
+    """Raise this process's soft limit of open files to ``wanted`` (at most the hard
+    limit, never lowering it); return the limit now in force.
+
+    A service started with the usual soft limit of 1024 (systemd's default) runs out of
+    descriptors with a few hundred connections (sites, the proxy's, local processes that
+    hold them idle) plus its files, and then refuses connections it cannot accept.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
 
 
 def exit_now(code: int) -> NoReturn:

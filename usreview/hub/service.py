@@ -587,11 +587,13 @@ def main() -> None:
     (:mod:`usreview.hub.siteport`), is bound the same way. Started by the hub, it stops
     as on SIGTERM when the hub dies (:func:`~usreview.hub.supervisor.die_with_hub`).
     """
+    from usreview._process import raise_open_files_limit
     from usreview.hub.api.settings import ServiceSettings
     from usreview.hub.state import state_from_env
     from usreview.hub.supervisor import die_with_hub, supervise
 
     die_with_hub()
+    raise_open_files_limit()  # inherited by the serving processes it forks
     try:
         url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
         port, host = url.port or 80, url.hostname or "127.0.0.1"
