@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from usreview.errors import ReportError
 from usreview.hub.api.base import BaseHandler
@@ -22,13 +22,38 @@ from usreview.hub.api.views import iso, report_view
 from usreview.hub.audit import AuditAction, AuditError
 from usreview.store import Reviewer
 
+if TYPE_CHECKING:
+    from usreview.hub.api.app import ServiceContext
+    from usreview.store.review import ReportRecord
+    from usreview.store.teaching import TeachingCase
+
 __all__ = ["ReportsHandler"]
 
 _JSON = "application/json"
 _log = logging.getLogger(__name__)
 
-# The report's SR (highdicom, pydicom) is imported by the first publication: the service
-# starts, and starts again after a crash, without it.
+# The report's SR (highdicom, pydicom) and de-identification are imported by the first
+# publication, in the thread pool (never on the event loop): the service starts, and
+# starts again after a crash, without them.
+
+
+def _publish(
+    context: ServiceContext, reviewer: Reviewer, study_instance_uid: str, body: Any
+) -> ReportRecord:
+    """Check the report ``body``, then :func:`~usreview.hub.api.reporting.publish_report`."""
+    from usreview.hub.api.reporting import publish_report
+    from usreview.review.report import Report
+
+    return publish_report(context, reviewer, study_instance_uid, Report.from_json(body))
+
+
+def _refresh(
+    context: ServiceContext, reviewer: Reviewer, study_instance_uid: str
+) -> TeachingCase | None:
+    """:func:`~usreview.hub.api.teaching_cases.refresh_case_text`."""
+    from usreview.hub.api.teaching_cases import refresh_case_text
+
+    return refresh_case_text(context, reviewer, study_instance_uid)
 
 
 class ReportsHandler(BaseHandler):
@@ -46,12 +71,8 @@ class ReportsHandler(BaseHandler):
         """Publish a report: 201 with its version, SR UID, time and result cursors."""
         self.audit_action = AuditAction.WRITE
         reviewer = await self.study_reviewer(study_instance_uid)
-        from usreview.hub.api.reporting import publish_report
-        from usreview.review.report import Report
-
-        report = Report.from_json(self._body())
         record = await self.blocking(
-            publish_report, self.context, reviewer, study_instance_uid, report
+            _publish, self.context, reviewer, study_instance_uid, self._body()
         )
         self.context.worklist.invalidate()
         await self.audit(
@@ -83,12 +104,8 @@ class ReportsHandler(BaseHandler):
         The report is published and audited before: whatever fails here is logged, and
         the case is brought up to date the next time the study is made a teaching case.
         """
-        from usreview.hub.api.teaching_cases import refresh_case_text
-
         try:
-            case = await self.blocking(
-                refresh_case_text, self.context, reviewer, study_instance_uid
-            )
+            case = await self.blocking(_refresh, self.context, reviewer, study_instance_uid)
         except Exception:  # the publication stands; the case waits for the next one
             _log.exception("teaching case of study %s not updated", study_instance_uid)
             return

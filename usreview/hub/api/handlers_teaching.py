@@ -33,10 +33,12 @@ from usreview.hub.audit import AuditAction
 
 if TYPE_CHECKING:
     from usreview.hub.api.app import ServiceContext
+    from usreview.store import Reviewer
     from usreview.store.teaching import TeachingCase, TeachingStore
 
-# De-identification (pydicom) is imported by the first request that needs it: the service
-# starts, and starts again after a crash, without it.
+# De-identification (pydicom) is imported by the first request that needs it, in the thread
+# pool (never on the event loop): the service starts, and starts again after a crash,
+# without it.
 
 __all__ = ["TeachingCaseHandler", "TeachingCasesHandler", "TeachingInstanceHandler", "case_view"]
 
@@ -44,9 +46,19 @@ _CHUNK = 1024 * 1024
 
 
 def _store(context: ServiceContext) -> TeachingStore:
+    """The case library (in the thread pool: the first call imports de-identification)."""
     from usreview.hub.api.teaching_cases import teaching_store
 
     return teaching_store(context)
+
+
+def _make_case(
+    context: ServiceContext, reviewer: Reviewer, study_instance_uid: str
+) -> tuple[TeachingCase, bool]:
+    """:func:`~usreview.hub.api.teaching_cases.make_case` (in the thread pool, as above)."""
+    from usreview.hub.api.teaching_cases import make_case
+
+    return make_case(context, reviewer, study_instance_uid)
 
 
 def case_view(case: TeachingCase) -> dict[str, Any]:
@@ -83,7 +95,7 @@ class TeachingCasesHandler(BaseHandler):
     async def get(self) -> None:
         """``{"cases": [...]}``, newest first."""
         self.case_reader()
-        cases = await self.blocking(_store(self.context).cases)
+        cases = await self.blocking(lambda: _store(self.context).cases())
         await self.audit(AuditAction.READ, detail={"count": len(cases)})
         self.write_json({"cases": [case_view(c) for c in cases]})
 
@@ -92,9 +104,7 @@ class TeachingCasesHandler(BaseHandler):
         self.audit_action = AuditAction.WRITE
         uid = self._study_uid()
         reviewer = await self.study_reviewer(uid)
-        from usreview.hub.api.teaching_cases import make_case
-
-        case, made = await self.blocking(make_case, self.context, reviewer, uid)
+        case, made = await self.blocking(_make_case, self.context, reviewer, uid)
         await self.audit(
             AuditAction.WRITE,
             "created" if made else "allowed",
@@ -132,7 +142,7 @@ class TeachingCaseHandler(BaseHandler):
         self.case_reader(hide=hide)
         if not is_uid(case_uid):
             raise not_found(*hide)
-        case = await self.blocking(_store(self.context).case, case_uid)
+        case = await self.blocking(lambda: _store(self.context).case(case_uid))
         await self.audit(AuditAction.READ, detail={"instances": len(case.instances)})
         self.write_json(case_view(case))
 
@@ -144,7 +154,7 @@ class TeachingCaseHandler(BaseHandler):
         reviewer = await self.reviewer()  # a trainee or a scientist: 403
         if not is_uid(case_uid):
             raise not_found(*hide)
-        case = await self.blocking(_store(self.context).remove, reviewer, case_uid)
+        case = await self.blocking(lambda: _store(self.context).remove(reviewer, case_uid))
         await self.audit(
             AuditAction.WRITE, "withdrawn", {"case": case_uid, "instances": len(case.instances)}
         )
@@ -161,8 +171,9 @@ class TeachingInstanceHandler(BaseHandler):
         self.case_reader(hide=hide)
         if not (is_uid(case_uid) and is_uid(sop_instance_uid)):
             raise not_found(*hide)
-        store = _store(self.context)
-        item, data = await self.blocking(store.read_instance, case_uid, sop_instance_uid)
+        item, data = await self.blocking(
+            lambda: _store(self.context).read_instance(case_uid, sop_instance_uid)
+        )
         await self.audit(AuditAction.READ, detail={"case": case_uid, "size": item.size})
         self.set_header("Content-Type", "application/dicom")
         self.set_header("Content-Length", str(item.size))
