@@ -138,6 +138,38 @@ def test_a_kept_alive_connection_closed_by_the_service_is_reopened_once(peer: Ma
     assert [r.split(b" ")[0] for r in server.requests] == [b"GET", b"POST"]
 
 
+def _answer_then_hang_up(conn: socket.socket, requests: list[bytes]) -> None:
+    """Answers the first request, keeps the connection, reads the next and closes without
+    an answer (a service that died while it worked on it)."""
+    requests.append(_read_request(conn))
+    conn.sendall(_OK)
+    requests.append(_read_request(conn))
+    conn.close()
+
+
+def test_a_change_cut_on_a_kept_alive_connection_is_not_sent_again(peer: MakePeer) -> None:
+    server = peer(_answer_then_hang_up)
+    with _client(server) as client:
+        assert client.study("1.2.3") == {}
+        with pytest.raises(ReviewError, match="the change may have been made"):
+            client.claim("1.2.3")
+    assert [r.split(b" ")[0] for r in server.requests] == [b"GET", b"POST"]
+    assert server.connections == 1  # the claim was not sent a second time
+
+
+def test_a_read_cut_on_a_kept_alive_connection_is_sent_once_more(peer: MakePeer) -> None:
+    server = peer(_answer_then_hang_up)
+    with _client(server) as client:
+        assert client.study("1.2.3") == {}
+        assert client.study("1.2.4") == {}  # on a new connection, answered there
+    assert [r.split(b" ")[1] for r in server.requests] == [
+        b"/services/usreview/api/v1/studies/1.2.3",
+        b"/services/usreview/api/v1/studies/1.2.4",
+        b"/services/usreview/api/v1/studies/1.2.4",
+    ]
+    assert server.connections == 2
+
+
 def test_a_broken_transfer_of_a_frame_is_a_review_error(peer: MakePeer) -> None:
     def cut(conn: socket.socket, requests: list[bytes]) -> None:
         requests.append(_read_request(conn))

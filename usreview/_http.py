@@ -6,15 +6,19 @@ such a connection learns it only then, with one of :data:`STALE_CONNECTION_ERROR
 sends the request once more on a new connection: a connection closed while idle was not
 reading it. (The same errors also follow a server that died while it answered; the
 sites' requests are safe to repeat then too: reads, and uploads, idempotent by SOP
-Instance UID.)
+Instance UID.) Before a request, :func:`connection_dropped` tells a connection the server
+closed while idle (its end of file is already there) without sending anything on it, so
+that a client whose requests are not all safe to repeat (the dashboards': claims,
+publications) sends again only its reads.
 """
 
 from __future__ import annotations
 
 import http.client
+import select
 from typing import Final
 
-__all__ = ["STALE_CONNECTION_ERRORS"]
+__all__ = ["STALE_CONNECTION_ERRORS", "connection_dropped"]
 
 #: What a request sent on a kept-alive connection that the server had closed fails with.
 STALE_CONNECTION_ERRORS: Final = (
@@ -22,3 +26,20 @@ STALE_CONNECTION_ERRORS: Final = (
     ConnectionResetError,
     BrokenPipeError,
 )
+
+
+def connection_dropped(connection: http.client.HTTPConnection) -> bool:
+    """Whether the server closed this kept-alive connection while it was idle.
+
+    An idle connection has nothing to read until the client sends a request: if its socket
+    reads as ready, it holds the server's end of file (or bytes nobody asked for), and the
+    connection must not carry a request. ``False`` for a connection not yet opened.
+    """
+    if connection.sock is None:
+        return False
+    poller = select.poll()  # any descriptor number, unlike select.select
+    try:
+        poller.register(connection.sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed meanwhile
+        return True

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlencode, urlsplit
 
-from usreview._http import STALE_CONNECTION_ERRORS
+from usreview._http import STALE_CONNECTION_ERRORS, connection_dropped
 from usreview.errors import ReviewError
 
 if TYPE_CHECKING:
@@ -339,6 +339,9 @@ class ReviewClient:
             sent["Content-Type"] = "application/json"
         for attempt in (1, 2):
             connection = self._connection()
+            if connection_dropped(connection):  # closed while idle: nothing was sent on it
+                self._drop_connection()
+                connection = self._connection()
             reused = connection.sock is not None
             try:
                 connection.request(method, url, body=data, headers=sent)
@@ -346,9 +349,15 @@ class ReviewClient:
                 break
             except _TRANSPORT_ERRORS as exc:
                 self._drop_connection()
-                # A kept-alive connection the service had closed: the request never
-                # reached it, so once more on a new connection.
-                if attempt == 1 and reused and isinstance(exc, STALE_CONNECTION_ERRORS):
+                # A kept-alive connection the service closed just as the request went: a
+                # read goes once more on a new connection. A change does not: the service
+                # may have died while making it (see _transport_error).
+                if (
+                    attempt == 1
+                    and reused
+                    and method in _SAFE_METHODS
+                    and isinstance(exc, STALE_CONNECTION_ERRORS)
+                ):
                     continue
                 raise _transport_error(method, self._timeout, exc) from exc
         if response.status >= 400:
