@@ -611,7 +611,7 @@ def test_an_instance_refused_for_now_is_shown_held_then_given_up(
     # 'site status --accession' said "1 waiting" with no reason.
     config, _ = enroll(hub, "clinic-x", tmp_path / "site")
     text = config.read_text()
-    config.write_text(text.replace("give_up_after_hours = 24.0", "give_up_after_hours = 0.006"))
+    config.write_text(text.replace("give_up_after_hours = 24.0", "give_up_after_hours = 0.003"))
     site = load_config(config)
     spool = Spool(site.spool)
     study = generate_uid()
@@ -634,7 +634,7 @@ def test_an_instance_refused_for_now_is_shown_held_then_given_up(
         assert checked.returncode == 2  # no gateway runs here: the uploader alone
         assert "1 instance(s) held back (oldest: the hub refused (422" in checked.stdout
         assert len([e for e in _errors(site) if "rejected_instance" in e["message"]]) == 1
-        # Held for upload.give_up_after_hours (21.6 s here): given up, set aside.
+        # Held for upload.give_up_after_hours (10.8 s here): given up, set aside.
         wait_until(lambda: read_status(site).rejected == 1, timeout=60)
     finally:
         uploader.stop()
