@@ -559,6 +559,11 @@ def test_a_removed_persons_home_stays_until_deleted_and_links_are_not_followed(
     # Nothing left: the name is unknown again.
     assert main(["hub", "remove-user", "sci", "--delete-home", "--state", str(state)]) == 1
     assert capsys.readouterr().err == "usreview: error: 'sci' is not a registered person\n"
+    # A home that is a link (made by hand) is not followed: refused, nothing deleted.
+    (state / "users" / "sci").symlink_to(tmp_path, target_is_directory=True)
+    assert main(["hub", "remove-user", "sci", "--delete-home", "--state", str(state)]) == 1
+    assert "is a link, not a home" in capsys.readouterr().err
+    assert outside.exists()
 
 
 def test_remove_user_before_the_hubs_first_start(

@@ -247,6 +247,8 @@ def remove_user(state: Path, name: str, *, delete_home: bool = False) -> Removed
     hub_state = existing_state(state)
     accounts = Accounts(hub_state.accounts)
     home = hub_state.homes / name
+    if delete_home and home.is_symlink():  # the homes' folder is root's: made by hand
+        raise HubError(f"{home} is a link, not a home: look at it and remove it by hand")
     if not accounts.is_person(name):
         if delete_home and home.is_dir() and name not in accounts.sites():
             return RemovedPerson(
