@@ -6,10 +6,11 @@ such a connection learns it only then, with one of :data:`STALE_CONNECTION_ERROR
 sends the request once more on a new connection: a connection closed while idle was not
 reading it. (The same errors also follow a server that died while it answered; the
 sites' requests are safe to repeat then too: reads, and uploads, idempotent by SOP
-Instance UID.) Before a request, :func:`connection_dropped` tells a connection the server
-closed while idle (its end of file is already there) without sending anything on it, so
-that a client whose requests are not all safe to repeat (the dashboards': claims,
-publications) sends again only its reads.
+Instance UID.) Before a request, both clients ask :func:`connection_dropped` whether the
+server closed the connection while idle (its end of file is already there), and then open a
+new one without sending anything (a 48 MB body) into the old; so the errors above mostly
+mean a server that died while it answered, and the dashboards' client, whose changes
+(claims, publications) are not safe to repeat, sends again only its reads.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from usreview._http import STALE_CONNECTION_ERRORS
+from usreview._http import STALE_CONNECTION_ERRORS, connection_dropped
 from usreview.site.config import SiteConfig
 from usreview.site.errors import HubRefusedError, HubUnreachableError, SiteConfigError
 
@@ -188,6 +188,9 @@ class HubClient:
         self._aborted = False
         for attempt in (1, 2):
             conn = self._connection(timeout or self.config.timeout)
+            if connection_dropped(conn):  # closed while idle (the proxy's, after 5 s):
+                self.close()  # a new one before a byte of the body is sent into it
+                conn = self._connection(timeout or self.config.timeout)
             reused = conn.sock is not None
             try:
                 if body is not None:
