@@ -579,6 +579,42 @@ def test_remove_user_before_the_hubs_first_start(
     assert Accounts(state / "accounts.sqlite").groups()["admins"] == []
 
 
+def test_audit_verify_against_a_backup_finds_lines_cut_from_the_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state, dest = tmp_path / "state", tmp_path / "backup"
+    assert main(["hub", "add-user", "rev", "--role", "reviewer", "--state", str(state)]) == 0
+    assert main(["hub", "backup", str(dest), "--state", str(state)]) == 0  # 2 lines
+    assert main(["hub", "add-user", "ann", "--role", "reviewer", "--state", str(state)]) == 0
+    capsys.readouterr()
+    log = state / "audit.log"
+    verify = ["hub", "audit", "--verify", "--state", str(state)]
+    assert main([*verify, "--against", str(dest)]) == 0
+    assert capsys.readouterr().out == (
+        f"audit log {log}: 3 lines, chain intact, extends {dest / 'audit.log'} (its 2 lines)\n"
+    )
+    # Cut the last two lines (the backup's own and the one after): the chain still holds.
+    log.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:1]))
+    assert main(verify) == 0
+    assert capsys.readouterr().out == f"audit log {log}: 1 lines, chain intact\n"
+    assert main([*verify, "--against", str(dest / "audit.log")]) == 1
+    assert capsys.readouterr().err == (
+        f"usreview: error: audit log {log} does not verify at line 2: the log ends at line 1 "
+        "but the earlier copy holds 2: lines were cut from its end (1 lines before it hold)\n"
+    )
+    # Rewritten from line 2 on (another backup line, as a restore of another copy would):
+    # the chain holds, but line 2 is not the copy's.
+    assert main(["hub", "add-user", "bob", "--role", "reviewer", "--state", str(state)]) == 0
+    capsys.readouterr()
+    assert main([*verify, "--against", str(dest)]) == 1
+    assert "at line 2: not the line the earlier copy ends with" in capsys.readouterr().err
+    assert main(["hub", "audit", "--tail", "1", "--against", str(dest), "--state", str(state)]) == 2
+    assert "--against is checked by --verify" in capsys.readouterr().err
+    (tmp_path / "empty.log").write_bytes(b"")
+    assert main([*verify, "--against", str(tmp_path / "empty.log")]) == 1
+    assert "does not end with an audit line" in capsys.readouterr().err
+
+
 def test_hub_backup_copies_the_state_and_is_audited(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -295,12 +295,14 @@ _HUB_SITE_TOKEN = Command(
 
 def _cmd_hub_audit(args: argparse.Namespace) -> int:
     from usreview.errors import InputError
-    from usreview.hub.audit import last_lines, verify
+    from usreview.hub.audit import anchor_of, last_lines, verify
     from usreview.hub.errors import AuditError
     from usreview.hub.state import existing_state
 
     if not (args.tail or args.verify):
         raise InputError("give --verify, --tail N or both")
+    if args.against is not None and not args.verify:
+        raise InputError("--against is checked by --verify: give both")
     state = existing_state(_state_dir(args))
     if not state.audit_log.exists():
         raise AuditError(f"no audit log yet in {state.root}")
@@ -309,13 +311,18 @@ def _cmd_hub_audit(args: argparse.Namespace) -> int:
         last = last_lines(state.audit_log, args.tail)
         sys.stdout.writelines(line.decode("utf-8", "backslashreplace") + "\n" for line in last)
     if args.verify:
-        report = verify(state.audit_log, state.audit_key.read_bytes())
+        copy = args.against
+        if copy is not None and copy.is_dir():  # a backup: its audit log
+            copy = copy / state.audit_log.name
+        anchor = None if copy is None else anchor_of(copy)
+        report = verify(state.audit_log, state.audit_key.read_bytes(), anchor=anchor)
         if not report.ok:
             raise AuditError(
                 f"audit log {state.audit_log} does not verify at line {report.first_bad_line}: "
                 f"{report.reason} ({report.lines} lines before it hold)"
             )
-        print(f"audit log {state.audit_log}: {report.lines} lines, chain intact")
+        extends = "" if anchor is None else f", extends {copy} (its {anchor[0]} lines)"
+        print(f"audit log {state.audit_log}: {report.lines} lines, chain intact{extends}")
     return 0
 
 
@@ -325,9 +332,18 @@ _HUB_AUDIT = Command(
     handler=_cmd_hub_audit,
     description="--verify walks the whole audit log and checks its keyed hash chain: "
     "exit status 0 when intact, 1 naming the first altered, removed, inserted or "
-    "reordered line. --tail N prints the last N lines (JSON).",
+    "reordered line. The chain cannot show lines cut from its end: --against COPY also "
+    "checks that the log still holds the last line of an earlier copy (a backup folder or "
+    "its audit.log). --tail N prints the last N lines (JSON).",
     args=(
         arg("--verify", action="store_true", help="check the whole chain"),
+        arg(
+            "--against",
+            type=Path,
+            default=None,
+            metavar="COPY",
+            help="an earlier copy (a 'hub backup' folder or an audit.log) the log must extend",
+        ),
         arg("--tail", type=count, default=0, metavar="N", help="print the last N lines"),
         _state(),
     ),

@@ -49,6 +49,7 @@ __all__ = [
     "RereadCounter",
     "UnchangedReads",
     "VerifyReport",
+    "anchor_of",
     "last_lines",
     "verify",
 ]
@@ -407,8 +408,13 @@ class VerifyReport:
     reason: str = ""
 
 
-def verify(path: Path, key: bytes) -> VerifyReport:
-    """Check the whole chain of ``path``; never raises for a damaged log, reports it."""
+def verify(path: Path, key: bytes, *, anchor: tuple[int, str] | None = None) -> VerifyReport:
+    """Check the whole chain of ``path``; never raises for a damaged log, reports it.
+
+    The chain cannot show lines cut from the end. With ``anchor``, the ``(seq, hash)`` of
+    the last line of an earlier copy (:func:`anchor_of`, a backup's log), the log must
+    also hold that very line: cut below it, or rewritten from some line up to it, it fails.
+    """
     prev, expected_seq = GENESIS, 1
     count = 0
     with open(path, "rb") as fp:
@@ -430,5 +436,42 @@ def verify(path: Path, key: bytes) -> VerifyReport:
                 return VerifyReport(number - 1, False, number, "sequence number out of order")
             if not hmac.compare_digest(_digest(key, prev, line), str(claimed)):
                 return VerifyReport(number - 1, False, number, "line altered (hash mismatch)")
+            if anchor is not None and number == anchor[0] and claimed != anchor[1]:
+                return VerifyReport(
+                    number - 1,
+                    False,
+                    number,
+                    "not the line the earlier copy ends with: the log was rewritten up to here",
+                )
             prev, expected_seq = str(claimed), expected_seq + 1
+    if anchor is not None and count < anchor[0]:
+        return VerifyReport(
+            count,
+            False,
+            count + 1,
+            f"the log ends at line {count} but the earlier copy holds {anchor[0]}: "
+            "lines were cut from its end",
+        )
     return VerifyReport(count, True)
+
+
+def anchor_of(copy: Path) -> tuple[int, str]:
+    """The ``(seq, hash)`` of the last line of ``copy``, an earlier copy of the log.
+
+    Raises
+    ------
+    AuditError
+        ``copy`` cannot be read, is empty, or its last line is not an audit line.
+    """
+    try:
+        last = last_lines(copy, 1)
+    except OSError as exc:
+        raise AuditError(f"cannot read the earlier copy {copy}: {exc.strerror}") from None
+    try:
+        line = json.loads(last[0])
+        seq, digest = line["seq"], line["hash"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        raise AuditError(f"{copy} does not end with an audit line") from None
+    if not isinstance(seq, int) or seq < 1 or not isinstance(digest, str):
+        raise AuditError(f"{copy} does not end with an audit line")
+    return seq, digest
