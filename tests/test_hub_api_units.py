@@ -200,3 +200,78 @@ def test_the_service_raises_its_open_files_limit_within_the_hard_one(soft: int) 
     )
     raised = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
     assert done.stdout.split() == [str(raised), str(raised)]  # never lowered
+
+
+def test_beyond_its_connections_the_server_closes_the_one_idle_longest_never_one_at_work() -> None:
+    import asyncio
+
+    from tornado.netutil import bind_sockets
+    from tornado.web import Application, RequestHandler
+
+    from usreview.hub.service import CappedHTTPServer
+
+    class Answer(RequestHandler):  # type: ignore[misc]
+        def get(self) -> None:
+            self.write("ok")
+
+        def post(self) -> None:
+            self.write(f"{len(self.request.body)} bytes")
+
+    async def closed(reader: asyncio.StreamReader) -> bool:
+        try:
+            return await asyncio.wait_for(reader.read(), 2) == b""
+        except TimeoutError:
+            return False
+
+    async def scenario(cap: int) -> dict[str, object]:
+        sockets = bind_sockets(0, "127.0.0.1")
+        port = sockets[0].getsockname()[1]
+        server = CappedHTTPServer(Application([("/", Answer)]), max_connections=cap)
+        server.add_sockets(sockets)
+
+        writers: list[asyncio.StreamWriter] = []
+
+        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writers.append(writer)
+            await asyncio.sleep(0.1)  # accepted and waiting for its first request
+            return reader, writer
+
+        try:
+            seen: dict[str, object] = {}
+            if cap == 1:  # every connection at work: the new one is closed
+                busy_r, busy_w = await connect()
+                busy_w.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+                await asyncio.sleep(0.1)
+                new_r, _ = await connect()
+                seen["new closed"] = await closed(new_r)
+                busy_w.write(b"67890")
+                seen["busy answered"] = (await busy_r.read(200)).endswith(b"10 bytes")
+                return seen
+            silent_r, _ = await connect()  # never sends a request: idle the longest
+            kept_r, kept_w = await connect()  # one request answered, then idle
+            kept_w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            seen["kept answered"] = (await kept_r.read(200)).endswith(b"ok")
+            busy_r, busy_w = await connect()  # an upload under way
+            busy_w.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+            await asyncio.sleep(0.1)
+            await connect()  # one too many: the silent one goes
+            seen["silent closed"] = await closed(silent_r)
+            await connect()  # and then the one idle since its answer
+            seen["kept closed"] = await closed(kept_r)
+            busy_w.write(b"67890")
+            seen["busy answered"] = (await busy_r.read(200)).endswith(b"10 bytes")
+            return seen
+        finally:
+            for writer in writers:
+                writer.close()
+            server.stop()
+            await server.close_all_connections()
+
+    assert asyncio.run(scenario(3)) == {
+        "kept answered": True,
+        "silent closed": True,
+        "kept closed": True,
+        "busy answered": True,
+    }
+    assert asyncio.run(scenario(1)) == {"new closed": True, "busy answered": True}

@@ -56,6 +56,13 @@ service without a time limit and sends on any of them, so now and then a connect
 service was closing as idle met the proxy's next request, which the proxy answered 503
 "socket hang up" (7 of 150 requests sent ``header_timeout`` apart).
 
+Too many connections. Each server of a serving process holds at most
+``ServiceSettings.max_connections`` (:class:`CappedHTTPServer`). One more closes the
+connection that has waited longest for its next request (never one whose request is being
+read or answered: an upload, a long-poll), or, when none waits, the new one: connections
+opened and left idle (by a local process on the loopback port, or from the internet on
+the sites' port) cannot take every descriptor of the service.
+
 Before serving, :func:`main` binds the port (a second copy fails there, before touching
 the state directory) and opens the service's resources with
 :func:`usreview.hub.api.open_context`. With ``ServiceSettings.processes`` above 1 it
@@ -457,7 +464,55 @@ CLIENT_SET_HEADERS = ("X-Real-Ip", "X-Scheme")
 PROXY_IDLE_TIMEOUT = 3600.0
 
 
-class ProxiedHTTPServer(HTTPServer):  # type: ignore[misc]
+#: Connections each server of a serving process holds at most (``max_connections``).
+MAX_CONNECTIONS = 4096
+
+
+class CappedHTTPServer(HTTPServer):  # type: ignore[misc]
+    """A server of at most ``max_connections`` connections (see the module doc): one more
+    closes the connection idle the longest, or itself when none is idle.
+
+    A connection is idle from the moment the server waits for its next request (its first
+    included) until that request's headers have arrived.
+    """
+
+    def initialize(self, *args: Any, max_connections: int = MAX_CONNECTIONS, **kwargs: Any) -> None:
+        """As :class:`HTTPServer`, with the cap."""
+        super().initialize(*args, **kwargs)
+        self.max_connections = max_connections
+        self._idle: dict[object, None] = {}  # waiting for a request, longest first
+
+    def handle_stream(self, stream: Any, address: tuple[Any, ...]) -> None:
+        """Serve a new connection, after making room for it (see the class doc)."""
+        if len(self._connections) >= self.max_connections:
+            if not self._idle:
+                stream.close()  # every connection is at work: this one waits its turn
+                return
+            oldest = next(iter(self._idle))
+            del self._idle[oldest]
+            oldest.stream.close()  # type: ignore[attr-defined]  # its loop ends, on_close
+        super().handle_stream(stream, address)
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        """Tornado's delegate, behind one that marks the connection busy once the
+        request's headers are in."""
+        self._idle.pop(server_conn, None)
+        self._idle[server_conn] = None  # idle the shortest now
+        return _Watched(super().start_request(server_conn, request_conn), self, server_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        """Forget the connection."""
+        self._idle.pop(server_conn, None)
+        super().on_close(server_conn)
+
+    def request_headers(self, server_conn: object, headers: httputil.HTTPHeaders) -> None:
+        """The connection is at work (the request is read and answered)."""
+        self._idle.pop(server_conn, None)
+
+
+class ProxiedHTTPServer(CappedHTTPServer):
     """The server behind the hub's proxy: the caller's address and scheme are the last
     entries of the proxy's ``X-Forwarded-For`` and ``X-Forwarded-Proto`` (tornado's
     ``xheaders``); :data:`CLIENT_SET_HEADERS` are dropped before they are read.
@@ -467,7 +522,7 @@ class ProxiedHTTPServer(HTTPServer):  # type: ignore[misc]
     """
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
-        """As :class:`HTTPServer`, with ``xheaders`` on."""
+        """As :class:`CappedHTTPServer`, with ``xheaders`` on."""
         super().initialize(*args, **{**kwargs, "xheaders": True})
         self._after_first = copy.copy(self.conn_params)
         self._after_first.header_timeout = max(
@@ -477,25 +532,34 @@ class ProxiedHTTPServer(HTTPServer):  # type: ignore[misc]
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
     ) -> httputil.HTTPMessageDelegate:
-        """Tornado's delegate, behind one that drops :data:`CLIENT_SET_HEADERS`."""
+        """As :class:`CappedHTTPServer`; the connection's next requests may wait longer."""
         if isinstance(server_conn, HTTP1ServerConnection):
             # Read by the connection's next requests (this one's parameters are set).
             server_conn.params = self._after_first
-        return _DropClientSetHeaders(super().start_request(server_conn, request_conn))
+        return super().start_request(server_conn, request_conn)
+
+    def request_headers(self, server_conn: object, headers: httputil.HTTPHeaders) -> None:
+        """Drop :data:`CLIENT_SET_HEADERS` before anything reads them."""
+        super().request_headers(server_conn, headers)
+        for name in CLIENT_SET_HEADERS:
+            if name in headers:
+                del headers[name]
 
 
-class _DropClientSetHeaders(httputil.HTTPMessageDelegate):
-    def __init__(self, delegate: httputil.HTTPMessageDelegate) -> None:
-        self.delegate = delegate
+class _Watched(httputil.HTTPMessageDelegate):
+    """Tornado's delegate of one request; tells the server when its headers are in."""
+
+    def __init__(
+        self, delegate: httputil.HTTPMessageDelegate, server: CappedHTTPServer, conn: object
+    ) -> None:
+        self.delegate, self.server, self.conn = delegate, server, conn
 
     def headers_received(
         self,
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
-        for name in CLIENT_SET_HEADERS:
-            if name in headers:
-                del headers[name]
+        self.server.request_headers(self.conn, headers)
         return self.delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
@@ -524,12 +588,13 @@ async def _serve(
         limits = {
             "idle_connection_timeout": settings.header_timeout,
             "body_timeout": settings.body_timeout,
+            "max_connections": settings.max_connections,
         }
         servers: list[tuple[HTTPServer, list[Any]]] = [(ProxiedHTTPServer(app, **limits), sockets)]
         if site is not None:  # the sites' own TLS port: no proxy, so no forwarded headers
             tls, site_sockets = site
             sites_app = make_app(context=context, sites_only=True)
-            servers.append((HTTPServer(sites_app, ssl_options=tls, **limits), site_sockets))
+            servers.append((CappedHTTPServer(sites_app, ssl_options=tls, **limits), site_sockets))
         every = min(SUPPRESSED_EVERY, settings.unchanged_audit_seconds / 2)
         flush = PeriodicCallback(partial(_flush_suppressed, context), every * 1000)
         flush.start()

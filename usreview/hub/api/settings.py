@@ -114,6 +114,13 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
         help="Seconds a connection may take to send a request's headers, and may stay "
         "idle between requests, before it is closed.",
     ).tag(config=True)
+    max_connections = Integer(
+        4096,
+        min=16,
+        help="Connections each server of a serving process holds at most (the proxy's, "
+        "the sites' port's); one more closes the one idle the longest, or itself when "
+        "none is idle.",
+    ).tag(config=True)
     body_timeout = Float(
         60.0,
         min=1.0,
