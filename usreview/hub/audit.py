@@ -342,7 +342,7 @@ class RereadCounter:
     Parameters
     ----------
     quiet, span
-        Seconds, as above.
+        Seconds, as above (``quiet`` at most ``span``).
     max_keys
         Callers and resources counted at once (the oldest are handed over first).
     clock
@@ -359,7 +359,7 @@ class RereadCounter:
     ) -> None:
         if quiet <= 0 or span <= 0 or max_keys < 1:
             raise ValueError("quiet and span must be > 0, max_keys >= 1")
-        self.quiet, self.span, self.max_keys = quiet, span, max_keys
+        self.quiet, self.span, self.max_keys = min(quiet, span), span, max_keys
         self._clock = clock
         self._counts: dict[tuple[str, str], list[float]] = {}  # -> [count, first, last]
         self._full: list[UnchangedReads] = []  # handed over early to make room

@@ -57,7 +57,6 @@ from usreview.hub.api.settings import ServiceSettings, open_archive
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.api.worklist_cache import WorklistCache
 from usreview.hub.audit import (
-    REREAD_QUIET,
     AuditAction,
     AuditLog,
     RefusalLimiter,
@@ -206,8 +205,7 @@ def open_context(
         max(1.0, settings.refusal_audit_burst / share),
         settings.refusal_audit_per_minute / share,
     )
-    span = settings.unchanged_audit_seconds
-    rereads = RereadCounter(quiet=min(REREAD_QUIET, span), span=span)
+    rereads = RereadCounter(span=settings.unchanged_audit_seconds)
     # Claims, releases and reports drop every process's cached worklists.
     worklist = WorklistCache(marker=state.root / WORKLIST_MARKER)
     return ServiceContext(
