@@ -656,6 +656,7 @@ def test_public_api_is_pinned() -> None:
         "ResultFeed",
         "ResultRecord",
         "Reviewer",
+        "SchemaVersionError",
         "SiteActivity",
         "StatusChange",
         "StorageError",

@@ -38,6 +38,7 @@ Errors (all :class:`usreview.errors.UsreviewError`)::
     ├── NotClaimedError           the reviewer holds no claim on the study (in .review)
     ├── NotReadyError             the study's processing is not through (in .review)
     ├── VersionTakenError         that report version was recorded meanwhile (in .review)
+    ├── SchemaVersionError        the index was upgraded by a newer usreview (untouched)
     └── StorageError              the disk or the database failed; nothing acknowledged
 """
 
@@ -50,6 +51,7 @@ from usreview.store.errors import (
     InvalidMetadataError,
     InvalidTransitionError,
     NotFoundError,
+    SchemaVersionError,
     StorageError,
     StoreError,
 )
@@ -87,6 +89,7 @@ __all__ = [
     "ResultFeed",
     "ResultRecord",
     "Reviewer",
+    "SchemaVersionError",
     "SiteActivity",
     "StatusChange",
     "StorageError",

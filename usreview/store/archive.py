@@ -61,7 +61,7 @@ from usreview.store.errors import (
     NotFoundError,
     StorageError,
 )
-from usreview.store.migrate import upgrade
+from usreview.store.migrate import check_version, upgrade
 from usreview.store.objects import AREAS, ORPHANS, ObjectStore, WrittenObject
 from usreview.store.orphans import recovery_lock
 from usreview.store.put_rows import Changed, Put, check, insert_puts
@@ -161,6 +161,7 @@ class Archive:
             objects = ObjectStore(root_path)
             engine = make_engine(url if url is not None else default_url(root_path))
             try:
+                check_version(engine)
                 create_schema(engine, Base.metadata)
                 upgrade(engine)
             except BaseException:

@@ -28,6 +28,7 @@ __all__ = [
     "BUSY_TIMEOUT_S",
     "create_schema",
     "default_url",
+    "lock_schema",
     "make_engine",
     "writer",
 ]
@@ -85,9 +86,15 @@ def create_schema(engine: Engine, metadata: MetaData) -> None:
     PostgreSQL's transaction-scoped advisory lock).
     """
     with writer(engine).begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+        lock_schema(connection)
         metadata.create_all(connection)
+
+
+def lock_schema(connection: Connection) -> None:
+    """Make this write transaction the only one changing the schema (PostgreSQL; a
+    SQLite write transaction already is)."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
 
 
 def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:

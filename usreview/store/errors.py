@@ -10,6 +10,7 @@
     ├── InvalidTransitionError          a study status change that is not allowed
     ├── InvalidMetadataError            metadata that fails validation (also an InputError)
     ├── CorruptObjectError              a stored object is missing or its bytes changed
+    ├── SchemaVersionError              the index was upgraded by a newer usreview
     └── StorageError                    the disk or the database failed; nothing was
                                         acknowledged, send again
 """
@@ -24,6 +25,7 @@ __all__ = [
     "InvalidMetadataError",
     "InvalidTransitionError",
     "NotFoundError",
+    "SchemaVersionError",
     "StorageError",
     "StoreError",
 ]
@@ -74,6 +76,10 @@ class InvalidMetadataError(StoreError, InputError):
 
 class CorruptObjectError(StoreError):
     """A stored object is missing or its bytes no longer match the recorded hash."""
+
+
+class SchemaVersionError(StoreError):
+    """The archive's index was upgraded by a newer usreview: this one leaves it untouched."""
 
 
 class StorageError(StoreError):

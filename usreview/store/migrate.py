@@ -6,19 +6,50 @@ indexes declared later with ``CREATE INDEX``; a process that opens the same arch
 same moment may add one first, which is fine.
 Studies stored before their ``kinds`` column existed get it from their instances, also when
 an earlier upgrade stopped before it filled them.
+
+Last, the archive records :data:`~usreview.store.schema.SCHEMA_VERSION` (table
+``usreview_schema``). :func:`check_version` runs before anything else touches the index:
+an archive upgraded by a newer usreview (a higher version) is refused, unchanged, instead
+of being written by code that does not know its tables (after going back to an older
+release, for example). An archive made before versions were recorded counts as older.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine, inspect, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from usreview.store.database import writer
-from usreview.store.errors import StorageError
-from usreview.store.schema import Base, InstanceRow, StudyRow
+from usreview import __version__
+from usreview.store.database import lock_schema, writer
+from usreview.store.errors import SchemaVersionError, StorageError
+from usreview.store.schema import (
+    SCHEMA_VERSION,
+    Base,
+    InstanceRow,
+    SchemaVersionRow,
+    StudyRow,
+)
 
-__all__ = ["upgrade"]
+__all__ = ["check_version", "upgrade"]
+
+
+def check_version(engine: Engine) -> None:
+    """Refuse an archive upgraded by a newer usreview, before anything changes it.
+
+    Raises
+    ------
+    SchemaVersionError
+        The archive records a schema version above :data:`SCHEMA_VERSION`.
+    """
+    if not inspect(engine).has_table(SchemaVersionRow.__tablename__):
+        return  # new, or older than recorded versions: the upgrade records one
+    with Session(engine) as session:
+        row = session.get(SchemaVersionRow, 1)
+        if row is not None and row.version > SCHEMA_VERSION:
+            raise _too_new(row)
 
 
 def upgrade(engine: Engine) -> None:
@@ -66,6 +97,36 @@ def upgrade(engine: Engine) -> None:
                     raise
     if inspector.has_table(StudyRow.__tablename__):
         _fill_study_kinds(engine)
+    _record_version(engine)
+
+
+def _record_version(engine: Engine) -> None:
+    """Record :data:`SCHEMA_VERSION` unless the archive has it (never lower it)."""
+    with writer(engine).connect() as connection, connection.begin():
+        lock_schema(connection)
+        with Session(bind=connection) as session:
+            row = session.get(SchemaVersionRow, 1)
+            if row is not None and row.version > SCHEMA_VERSION:
+                raise _too_new(row)  # a newer usreview upgraded it meanwhile
+            if row is None or row.version < SCHEMA_VERSION:
+                session.merge(
+                    SchemaVersionRow(
+                        id=1,
+                        version=SCHEMA_VERSION,
+                        written_by=__version__,
+                        upgraded_at=datetime.now(UTC),
+                    )
+                )
+                session.flush()
+
+
+def _too_new(row: SchemaVersionRow) -> SchemaVersionError:
+    return SchemaVersionError(
+        f"the archive's index is at schema version {row.version} (upgraded by usreview "
+        f"{row.written_by} on {row.upgraded_at:%Y-%m-%d}); this usreview ({__version__}) knows "
+        f"version {SCHEMA_VERSION} and leaves it untouched: run usreview {row.written_by} or "
+        "later, or restore the backup made before that upgrade"
+    )
 
 
 def _fill_study_kinds(engine: Engine) -> None:

@@ -5,12 +5,18 @@
     sites ─< studies ─< series ─< instances         (instances also name their site)
                └─< study_status_history
     sites ─< conflicts                              (envelopes kept aside for an admin)
+    usreview_schema                                 (one row: the schema version)
 
 A study keeps the header's description of the patient and the study (first non-empty
 value of each field, :data:`usreview.store.records.STUDY_FIELDS`) and the union of its
 instances' kinds; a series the equipment. The review's tables are in
 :mod:`usreview.store.review_schema`. Times are stored as UTC without a zone and returned
 as aware UTC datetimes.
+
+:data:`SCHEMA_VERSION` numbers the tables as declared here and in the other schema
+modules; it goes up with every change to them (``tests/test_store_schema_version.py``
+fails until it does). An archive records the version it was last upgraded to
+(:mod:`usreview.store.migrate`), and an older usreview refuses to change it.
 """
 
 from __future__ import annotations
@@ -27,15 +33,20 @@ from sqlalchemy.types import TypeDecorator
 from usreview.store.status import StudyStatus
 
 __all__ = [
+    "SCHEMA_VERSION",
     "Base",
     "ConflictRow",
     "InstanceRow",
+    "SchemaVersionRow",
     "SeriesRow",
     "SiteRow",
     "StatusHistoryRow",
     "StudyRow",
     "UTCDateTime",
 ]
+
+#: The version of the declared tables (see the module's doc).
+SCHEMA_VERSION = 1
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -182,3 +193,14 @@ class StatusHistoryRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     reason: Mapped[str | None] = mapped_column(Text)
     actor: Mapped[str | None] = mapped_column(String(128))
+
+
+class SchemaVersionRow(Base):
+    """The schema version the archive was last upgraded to, and by which usreview (one row)."""
+
+    __tablename__ = "usreview_schema"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    written_by: Mapped[str] = mapped_column(String(32))
+    upgraded_at: Mapped[datetime] = mapped_column(UTCDateTime())
