@@ -138,7 +138,8 @@ def test_cli_verifies_the_state_log(tmp_path: Path, capsys: pytest.CaptureFixtur
             main(["hub", "audit", *wrong, "--state", str(state.root)])
         assert usage.value.code == 2 and "invalid count" in capsys.readouterr().err
     assert main(["hub", "audit", "--state", str(state.root)]) == 2  # nothing asked
-    assert capsys.readouterr().err == "usreview: error: give --verify, --tail N or both\n"
+    asked = "usreview: error: give --verify, --tail N, --rotate, or several\n"
+    assert capsys.readouterr().err == asked
 
 
 def test_threads_share_fsyncs_and_each_gets_its_own_line(

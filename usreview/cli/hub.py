@@ -295,12 +295,12 @@ _HUB_SITE_TOKEN = Command(
 
 def _cmd_hub_audit(args: argparse.Namespace) -> int:
     from usreview.errors import InputError
-    from usreview.hub.audit import anchor_of, last_lines, verify
+    from usreview.hub.audit import anchor_of, rotate, tail, verify
     from usreview.hub.errors import AuditError
     from usreview.hub.state import existing_state
 
-    if not (args.tail or args.verify):
-        raise InputError("give --verify, --tail N or both")
+    if not (args.tail or args.verify or args.rotate):
+        raise InputError("give --verify, --tail N, --rotate, or several")
     if args.against is not None and not args.verify:
         raise InputError("--against is checked by --verify: give both")
     state = existing_state(_state_dir(args))
@@ -308,7 +308,7 @@ def _cmd_hub_audit(args: argparse.Namespace) -> int:
         raise AuditError(f"no audit log yet in {state.root}")
     if args.tail:
         # As the bytes are: a damaged log is when one looks at it. Read from its end.
-        last = last_lines(state.audit_log, args.tail)
+        last = tail(state.audit_log, args.tail)
         sys.stdout.writelines(line.decode("utf-8", "backslashreplace") + "\n" for line in last)
     if args.verify:
         copy = args.against
@@ -317,12 +317,20 @@ def _cmd_hub_audit(args: argparse.Namespace) -> int:
         anchor = None if copy is None else anchor_of(copy)
         report = verify(state.audit_log, state.audit_key.read_bytes(), anchor=anchor)
         if not report.ok:
+            where = "" if report.file in (None, state.audit_log) else f" (in {report.file})"
             raise AuditError(
-                f"audit log {state.audit_log} does not verify at line {report.first_bad_line}: "
-                f"{report.reason} ({report.lines} lines before it hold)"
+                f"audit log {state.audit_log} does not verify at line {report.first_bad_line}"
+                f"{where}: {report.reason} ({report.lines} lines before it hold)"
             )
         extends = "" if anchor is None else f", extends {copy} (its {anchor[0]} lines)"
-        print(f"audit log {state.audit_log}: {report.lines} lines, chain intact{extends}")
+        segments = f" in {report.files} files" if report.files > 1 else ""
+        print(f"audit log {state.audit_log}: {report.lines} lines{segments}, chain intact{extends}")
+    if args.rotate:
+        segment = rotate(state.audit_log, state.audit_key.read_bytes(), "usreview hub audit")
+        if segment is None:
+            print(f"audit log {state.audit_log}: no lines yet, nothing to rotate")
+        else:
+            print(f"audit log: closed as {segment}; {state.audit_log} goes on")
     return 0
 
 
@@ -334,9 +342,13 @@ _HUB_AUDIT = Command(
     "exit status 0 when intact, 1 naming the first altered, removed, inserted or "
     "reordered line. The chain cannot show lines cut from its end: --against COPY also "
     "checks that the log still holds the last line of an earlier copy (a backup folder or "
-    "its audit.log). --tail N prints the last N lines (JSON).",
+    "its audit.log). --tail N prints the last N lines (JSON). --rotate closes the current "
+    "file as a read-only segment in STATE/audit/ and goes on in a new one, with the hub "
+    "running or not (the service does so by itself past audit_segment_bytes); --verify "
+    "walks the segments and the current file as one chain.",
     args=(
         arg("--verify", action="store_true", help="check the whole chain"),
+        arg("--rotate", action="store_true", help="close the current file as a segment"),
         arg(
             "--against",
             type=Path,

@@ -18,6 +18,18 @@ together, with one lock, one write and one fsync; each :meth:`AuditLog.record` s
 returns only once its own line is on disk. The last line's sequence number and hash are
 remembered, and the file's tail is read again only when the file is not as this log left
 it (another process appended, or it was replaced).
+
+Segments. The log does not grow without end: :func:`rotate` (``usreview hub audit
+--rotate``, or the service once the file passes
+:attr:`~usreview.hub.api.settings.ServiceSettings.audit_segment_bytes`) closes the current
+file as a read-only segment ``audit/audit-FIRST-LAST.log`` (the sequence numbers of its
+first and last lines) and starts a new ``audit.log`` whose first line, an ``admin``
+``rotated`` event naming the segment, continues the chain. Under the file's lock: the
+segment is a hard link made first, then a new file with that line replaces the name, so
+the log always exists and a writer that waited for the lock on the old file appends to
+the new one. :func:`verify` walks the segments, oldest first, then the current file, as
+one chain: a missing segment breaks it. Segments can be copied to write-once storage; to
+be verified they must be where they were.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from usreview._group_commit import GroupCommit
+from usreview.envelope.atomic import fsync_directory
 from usreview.hub.errors import AuditError
 
 __all__ = [
@@ -51,6 +64,9 @@ __all__ = [
     "VerifyReport",
     "anchor_of",
     "last_lines",
+    "log_files",
+    "rotate",
+    "tail",
     "verify",
 ]
 
@@ -59,6 +75,10 @@ GENESIS = "0" * 64
 MAX_BATCH = 256
 #: Longest resource recorded as it is (longer ones are cut and digested: :func:`_bounded`).
 MAX_RESOURCE = 512
+#: Seconds an automatic rotation that failed (a full disk) waits before it is tried again.
+ROTATE_RETRY_SECONDS = 60.0
+#: Attempts to append to the log while it is being rotated by another process.
+_REOPEN_ATTEMPTS = 20
 
 _Event = tuple[str, str, str, str, dict[str, Any]]  # actor, action, resource, outcome, detail
 
@@ -87,13 +107,19 @@ class AuditLog:
         The log file.
     key
         Secret key of the chain (at least 32 bytes), kept in the hub's state directory.
+    segment_bytes
+        Once an append leaves the file at least this large, it is rotated (see the
+        module's doc); ``None`` never rotates. A rotation that fails leaves the lines
+        recorded and is tried again after :data:`ROTATE_RETRY_SECONDS`.
     """
 
-    def __init__(self, path: Path, key: bytes) -> None:
+    def __init__(self, path: Path, key: bytes, *, segment_bytes: int | None = None) -> None:
         if len(key) < 32:
             raise AuditError("the audit key must be at least 32 bytes")
         self.path = Path(path)
         self._key = key
+        self._segment_bytes = segment_bytes
+        self._rotate_after = 0.0  # monotonic time before which no rotation is tried
         self._group: GroupCommit[_Event, dict[str, Any]] = GroupCommit(
             self._append, max_batch=MAX_BATCH
         )
@@ -130,13 +156,8 @@ class AuditLog:
 
     def _append(self, events: Sequence[_Event]) -> list[dict[str, Any] | BaseException]:
         """Append ``events`` under the file lock with one write and one fsync."""
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        fd = _open_locked(self.path)
         try:
-            fd = os.open(self.path, flags, 0o600)
-        except OSError as exc:
-            raise AuditError(f"cannot open the audit log {self.path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             found = os.fstat(fd)
             where = (found.st_dev, found.st_ino, found.st_size)
             seq, prev = self._last if where == self._left else _tail(self.path)
@@ -176,13 +197,163 @@ class AuditLog:
                     os.ftruncate(fd, found.st_size)
                     os.fsync(fd)
                 raise
-            self._left = (found.st_dev, found.st_ino, found.st_size + sum(map(len, chunks)))
+            size = found.st_size + sum(map(len, chunks))
+            self._left = (found.st_dev, found.st_ino, size)
             self._last = (seq, prev)
+            if self._segment_bytes is not None and size >= self._segment_bytes:
+                self._rotate_now(fd)
         except OSError as exc:
             raise AuditError(f"cannot write the audit log {self.path}: {exc.strerror}") from exc
         finally:
             os.close(fd)  # also releases the lock
         return outcomes
+
+    def _rotate_now(self, fd: int) -> None:
+        """Rotate after an append (the lock held); a failure waits for the next try."""
+        if time.monotonic() < self._rotate_after:
+            return
+        try:
+            _, self._last = _rotate_locked(self.path, self._key, "usreview", self._last)
+            new = os.stat(self.path)
+            self._left = (new.st_dev, new.st_ino, new.st_size)
+        except (OSError, AuditError):  # the lines are on disk: rotate another time
+            self._left = None
+            self._rotate_after = time.monotonic() + ROTATE_RETRY_SECONDS
+
+
+def _open_locked(path: Path) -> int:
+    """A descriptor of the log ``path`` (created when missing), locked exclusively.
+
+    A rotation may replace the file while this waits for its lock: then the new file is
+    opened and locked instead.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    for _ in range(_REOPEN_ATTEMPTS):
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise AuditError(f"cannot open the audit log {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held, named = os.fstat(fd), os.stat(path)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        except OSError as exc:
+            os.close(fd)
+            raise AuditError(f"cannot lock the audit log {path}: {exc.strerror}") from exc
+        if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+            return fd
+        os.close(fd)  # rotated meanwhile: the name is a new file now
+    raise AuditError(f"the audit log {path} keeps being replaced: cannot append to it")
+
+
+def segment_folder(path: Path) -> Path:
+    """The folder of the closed segments of the log ``path`` (``audit/`` for ``audit.log``)."""
+    return path.parent / path.stem
+
+
+def log_files(path: Path) -> list[Path]:
+    """The closed segments of the log ``path``, oldest first, then ``path`` (if it exists).
+
+    A segment that is still the current file (a rotation cut short before it replaced
+    the file) is not one.
+    """
+    folder = segment_folder(path)
+    digits = "[0-9]" * 12
+    found = sorted(folder.glob(f"{path.stem}-{digits}-{digits}.log")) if folder.is_dir() else []
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return found
+    same = (current.st_dev, current.st_ino)
+    closed = [f for f in found if (f.stat().st_dev, f.stat().st_ino) != same]
+    return [*closed, path]
+
+
+def rotate(path: Path, key: bytes, actor: str) -> Path | None:
+    """Close the log ``path`` as a segment and start a new file (see the module's doc).
+
+    Returns the segment, or ``None`` when the log has no line yet.
+
+    Raises
+    ------
+    AuditError
+        The log cannot be read, locked or written; it is then as it was.
+    """
+    if not path.exists():
+        return None
+    fd = _open_locked(path)
+    try:
+        last = _tail(path)
+        if last[0] == 0:
+            return None
+        segment, _ = _rotate_locked(path, key, actor, last)
+    except OSError as exc:
+        raise AuditError(f"cannot rotate the audit log {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    return segment
+
+
+def _rotate_locked(
+    path: Path, key: bytes, actor: str, last: tuple[int, str]
+) -> tuple[Path, tuple[int, str]]:
+    """Rotate ``path``, whose lock the caller holds and whose last line is ``last``;
+    return the segment and the new file's only line's ``(seq, hash)``."""
+    seq, prev = last
+    first = _first_seq(path)
+    folder = segment_folder(path)
+    segment = folder / f"{path.stem}-{first:012d}-{seq:012d}.log"
+    if not folder.is_dir():
+        folder.mkdir(mode=0o700, exist_ok=True)
+        fsync_directory(path.parent)
+    # A rotation cut short left a file or a link to the current file: gone, it is redone.
+    for stale in path.parent.glob(f".{path.name}.*.new"):
+        stale.unlink(missing_ok=True)
+    current = os.stat(path)
+    for linked in folder.glob(f"{path.stem}-*.log"):
+        found = linked.stat()
+        if (found.st_dev, found.st_ino) == (current.st_dev, current.st_ino):
+            linked.unlink()
+    body: dict[str, Any] = {
+        "seq": seq + 1,
+        "time": _iso(time.time()),
+        "actor": actor,
+        "action": str(AuditAction.ADMIN),
+        "resource": "audit",
+        "outcome": "rotated",
+        "detail": {"segment": f"{folder.name}/{segment.name}", "lines": seq - first + 1},
+        "prev": prev,
+    }
+    line = dict(body, hash=_digest(key, prev, body))
+    new = path.with_name(f".{path.name}.{os.getpid()}.new")
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, (json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(path, segment)
+        fsync_directory(folder)
+        os.replace(new, path)
+    except BaseException:
+        new.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    segment.chmod(0o400)
+    return segment, (seq + 1, str(line["hash"]))
+
+
+def _first_seq(path: Path) -> int:
+    """The sequence number of the first line of ``path``."""
+    with open(path, "rb") as fp:
+        first = fp.readline()
+    try:
+        return int(json.loads(first)["seq"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AuditError(f"the audit log {path} starts with a damaged line") from exc
 
 
 def _bounded(resource: str) -> str:
@@ -215,9 +386,24 @@ def last_lines(path: Path, count: int) -> list[bytes]:
     return lines[-count:]
 
 
+def tail(path: Path, count: int) -> list[bytes]:
+    """The last ``count`` lines of the log ``path``, its segments' too when it holds fewer."""
+    lines: list[bytes] = []
+    if count < 1:
+        return lines
+    for file in reversed(log_files(path)):
+        lines[:0] = last_lines(file, count - len(lines))
+        if len(lines) >= count:
+            break
+    return lines
+
+
 def _tail(path: Path) -> tuple[int, str]:
-    """Sequence number and hash of the last complete line (0 and the genesis when empty)."""
-    lines = last_lines(path, 1)
+    """Sequence number and hash of the last complete line of the log (0 and the genesis
+    when it has none); an empty file continues its last segment."""
+    lines = last_lines(path, 1) if path.exists() else []
+    if not lines:
+        lines = tail(path, 1)
     if not lines:
         return 0, GENESIS
     try:
@@ -400,50 +586,54 @@ def _iso(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """Result of :func:`verify`: how many lines hold, and the first that does not."""
+    """Result of :func:`verify`: how many lines hold, and the first that does not.
+
+    Lines are numbered through the whole log (their sequence numbers); ``file`` is the
+    segment or file holding the first bad line, and ``files`` how many were walked.
+    """
 
     lines: int
     ok: bool
     first_bad_line: int | None = None
     reason: str = ""
+    file: Path | None = None
+    files: int = 1
 
 
 def verify(path: Path, key: bytes, *, anchor: tuple[int, str] | None = None) -> VerifyReport:
-    """Check the whole chain of ``path``; never raises for a damaged log, reports it.
+    """Check the whole chain of the log ``path``, its closed segments first; never raises
+    for a damaged log, reports it.
 
     The chain cannot show lines cut from the end. With ``anchor``, the ``(seq, hash)`` of
     the last line of an earlier copy (:func:`anchor_of`, a backup's log), the log must
     also hold that very line: cut below it, or rewritten from some line up to it, it fails.
     """
-    prev, expected_seq = GENESIS, 1
-    count = 0
-    with open(path, "rb") as fp:
-        for number, raw in enumerate(fp, 1):
-            count = number
-            try:
-                line = json.loads(raw)
-                claimed = line.pop("hash")
-            except (ValueError, KeyError, TypeError, AttributeError):
-                return VerifyReport(number - 1, False, number, "not a complete audit line")
-            if line.get("prev") != prev:
-                return VerifyReport(
-                    number - 1,
-                    False,
-                    number,
-                    "chain broken: a line was removed, inserted or reordered before this one",
-                )
-            if line.get("seq") != expected_seq:
-                return VerifyReport(number - 1, False, number, "sequence number out of order")
-            if not hmac.compare_digest(_digest(key, prev, line), str(claimed)):
-                return VerifyReport(number - 1, False, number, "line altered (hash mismatch)")
-            if anchor is not None and number == anchor[0] and claimed != anchor[1]:
-                return VerifyReport(
-                    number - 1,
-                    False,
-                    number,
-                    "not the line the earlier copy ends with: the log was rewritten up to here",
-                )
-            prev, expected_seq = str(claimed), expected_seq + 1
+    prev, count = GENESIS, 0
+    files = log_files(path) or [path]
+
+    def bad(reason: str, file: Path) -> VerifyReport:
+        return VerifyReport(count, False, count + 1, reason, file, len(files))
+
+    for index, file in enumerate(files):
+        with open(file, "rb") as fp:
+            for number, raw in enumerate(fp, 1):
+                try:
+                    line = json.loads(raw)
+                    claimed = line.pop("hash")
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    return bad("not a complete audit line", file)
+                if line.get("prev") != prev:
+                    return bad(_break(number, line.get("seq"), files[:index]), file)
+                if line.get("seq") != count + 1:
+                    return bad("sequence number out of order", file)
+                if not hmac.compare_digest(_digest(key, prev, line), str(claimed)):
+                    return bad("line altered (hash mismatch)", file)
+                if anchor is not None and count + 1 == anchor[0] and claimed != anchor[1]:
+                    return bad(
+                        "not the line the earlier copy ends with: the log was rewritten up to here",
+                        file,
+                    )
+                prev, count = str(claimed), count + 1
     if anchor is not None and count < anchor[0]:
         return VerifyReport(
             count,
@@ -451,8 +641,22 @@ def verify(path: Path, key: bytes, *, anchor: tuple[int, str] | None = None) -> 
             count + 1,
             f"the log ends at line {count} but the earlier copy holds {anchor[0]}: "
             "lines were cut from its end",
+            files[-1],
+            len(files),
         )
-    return VerifyReport(count, True)
+    return VerifyReport(count, True, files=len(files))
+
+
+def _break(number: int, seq: object, before: list[Path]) -> str:
+    """Why a line does not follow the one before it: the reason :func:`verify` gives."""
+    if number == 1 and before:
+        return (
+            f"does not continue {before[-1].name}: a segment between them is missing, "
+            "or lines were removed"
+        )
+    if number == 1 and seq != 1:
+        return f"the log starts at line {seq}: the segments before it are missing"
+    return "chain broken: a line was removed, inserted or reordered before this one"
 
 
 def anchor_of(copy: Path) -> tuple[int, str]:

@@ -189,7 +189,11 @@ def open_context(
             pool,
             quarantine,
         )
-        audit = AuditLog(state.audit_log, state.audit_key.read_bytes())
+        audit = AuditLog(
+            state.audit_log,
+            state.audit_key.read_bytes(),
+            segment_bytes=settings.audit_segment_bytes or None,
+        )
         audit.record(
             "usreview",
             AuditAction.ADMIN,

@@ -163,6 +163,13 @@ class ServiceSettings(Configurable):  # type: ignore[misc]
         "per resource with the count, at least this often, and within min(30 s, this) of its "
         "last re-read; a read that sends data is always audited line by line.",
     ).tag(config=True)
+    audit_segment_bytes = Integer(
+        256 * 1024**2,
+        min=0,
+        help="Once the audit log's current file reaches this size (bytes), it is closed as a "
+        "read-only segment in STATE/audit/ and a new file continues the chain (0: never; "
+        "'usreview hub audit --rotate' does it at any time).",
+    ).tag(config=True)
     report_organization = Unicode(
         "usreview hub",
         help="The verifying organization named in published reports (DICOM SR).",
