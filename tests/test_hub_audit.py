@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from usreview.hub.audit import AuditAction, AuditError, AuditLog, verify
+from usreview.hub.audit import AuditAction, AuditError, AuditLog, log_files, verify
 
 KEY = bytes(range(32))
 
@@ -78,23 +78,33 @@ def test_tampering_is_found_at_its_line(tmp_path: Path, attack: str) -> None:
     assert report.lines == expected - 1
 
 
-def _writer(path: str, worker: int) -> None:
-    log = AuditLog(Path(path), KEY)
+def _writer(path: str, worker: int, segment_bytes: int | None) -> None:
+    log = AuditLog(Path(path), KEY, segment_bytes=segment_bytes)
     for n in range(40):
         log.record(f"worker-{worker}", "read", f"r/{n}")
 
 
-def test_concurrent_writers_keep_one_chain(tmp_path: Path) -> None:
+@pytest.mark.parametrize("segment_bytes", [None, 3000])  # 3000: rotated every dozen lines
+def test_concurrent_writers_keep_one_chain(tmp_path: Path, segment_bytes: int | None) -> None:
     path = tmp_path / "audit.log"
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_writer, args=(str(path), w)) for w in range(4)]
+    workers = [
+        context.Process(target=_writer, args=(str(path), w, segment_bytes)) for w in range(4)
+    ]
     for w in workers:
         w.start()
     for w in workers:
         w.join(60)
         assert w.exitcode == 0
     report = verify(path, KEY)
-    assert (report.ok, report.lines) == (True, 160)
+    lines = [json.loads(x) for f in log_files(path) for x in f.read_text().splitlines()]
+    rotations = [x for x in lines if x["outcome"] == "rotated"]
+    assert report.ok and report.lines == len(lines) == 160 + len(rotations)
+    assert report.files == len(rotations) + 1 >= (1 if segment_bytes is None else 5)
+    written = sorted((str(x["actor"]), str(x["resource"])) for x in lines if x not in rotations)
+    assert written == sorted((f"worker-{w}", f"r/{n}") for w in range(4) for n in range(40))
+    for segment in log_files(path)[:-1]:  # each closed once it had reached the size
+        assert segment_bytes is not None and segment.stat().st_size >= segment_bytes
 
 
 def test_short_key_and_damaged_tail_are_errors(tmp_path: Path) -> None:

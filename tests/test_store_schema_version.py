@@ -9,6 +9,8 @@ fingerprinted so that changing them without raising ``SCHEMA_VERSION`` fails her
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,9 +59,15 @@ def test_changing_the_tables_raises_the_schema_version() -> None:
     )
 
 
-def _engine(db_url: str | None, root: Path) -> Engine:
+@contextmanager
+def _index(db_url: str | None, root: Path) -> Iterator[Engine]:
+    """The archive's index, reached around the archive."""
     url = db_url or f"sqlite:///{root / 'index.sqlite3'}"
-    return create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _recorded(engine: Engine) -> tuple[int, str] | None:
@@ -71,19 +79,13 @@ def _recorded(engine: Engine) -> tuple[int, str] | None:
 def test_a_new_archive_records_its_version(db_url: str | None, tmp_path: Path) -> None:
     root = tmp_path / "archive"
     Archive.open(db_url, root).close()
-    engine = _engine(db_url, root)
-    try:
+    with _index(db_url, root) as engine:
         assert _recorded(engine) == (SCHEMA_VERSION, __version__)
-    finally:
-        engine.dispose()
     Archive.open(db_url, root).close()  # again: still one row
-    engine = _engine(db_url, root)
-    try:
+    with _index(db_url, root) as engine:
         with engine.connect() as connection:
             count = connection.execute(text("SELECT count(*) FROM usreview_schema")).scalar()
         assert count == 1
-    finally:
-        engine.dispose()
 
 
 def test_an_archive_from_before_versions_is_upgraded_and_recorded(
@@ -92,21 +94,14 @@ def test_an_archive_from_before_versions_is_upgraded_and_recorded(
     root = tmp_path / "archive"
     with Archive.open(db_url, root) as archive:
         stored = archive.put("site-a", b"envelope", _metadata()).record
-    engine = _engine(db_url, root)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("DROP TABLE usreview_schema"))
-            connection.execute(text('ALTER TABLE series DROP COLUMN "manufacturer"'))
-    finally:
-        engine.dispose()
+    with _index(db_url, root) as engine, engine.begin() as connection:
+        connection.execute(text("DROP TABLE usreview_schema"))
+        connection.execute(text('ALTER TABLE series DROP COLUMN "manufacturer"'))
     with Archive.open(db_url, root) as archive:
         assert archive.get("site-a", stored.sop_instance_uid) == stored
-    engine = _engine(db_url, root)
-    try:
+    with _index(db_url, root) as engine:
         assert _recorded(engine) == (SCHEMA_VERSION, __version__)
         assert "manufacturer" in {c["name"] for c in inspect(engine).get_columns("series")}
-    finally:
-        engine.dispose()
 
 
 def test_an_archive_of_a_newer_usreview_is_refused_and_left_untouched(
@@ -115,28 +110,22 @@ def test_an_archive_of_a_newer_usreview_is_refused_and_left_untouched(
     root = tmp_path / "archive"
     with Archive.open(db_url, root) as archive:
         archive.put("site-a", b"envelope", _metadata())
-    engine = _engine(db_url, root)
-    try:  # a newer usreview dropped a column and said so
-        with engine.begin() as connection:
-            connection.execute(text('ALTER TABLE series DROP COLUMN "manufacturer"'))
-            connection.execute(
-                text("UPDATE usreview_schema SET version = :v, written_by = '9.1.0'"),
-                {"v": SCHEMA_VERSION + 1},
-            )
-    finally:
-        engine.dispose()
+    # A newer usreview dropped a column and said so.
+    with _index(db_url, root) as engine, engine.begin() as connection:
+        connection.execute(text('ALTER TABLE series DROP COLUMN "manufacturer"'))
+        connection.execute(
+            text("UPDATE usreview_schema SET version = :v, written_by = '9.1.0'"),
+            {"v": SCHEMA_VERSION + 1},
+        )
     with pytest.raises(SchemaVersionError) as refused:
         Archive.open(db_url, root)
     message = str(refused.value)
     assert f"schema version {SCHEMA_VERSION + 1} (upgraded by usreview 9.1.0" in message
     assert f"this usreview ({__version__}) knows version {SCHEMA_VERSION}" in message
     assert "run usreview 9.1.0 or later" in message
-    engine = _engine(db_url, root)
-    try:  # nothing added back, nothing lowered
+    with _index(db_url, root) as engine:  # nothing added back, nothing lowered
         assert "manufacturer" not in {c["name"] for c in inspect(engine).get_columns("series")}
         assert _recorded(engine) == (SCHEMA_VERSION + 1, "9.1.0")
-    finally:
-        engine.dispose()
 
 
 def test_the_hub_commands_say_so_in_one_line(
