@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from usreview.hub import audit
-from usreview.hub.audit import AuditLog, log_files, rotate, tail, verify
+from usreview.hub.audit import AuditLog, log_files, rotate, segments_before, tail, verify
 
 KEY = bytes(range(32))
 
@@ -198,3 +198,29 @@ def test_the_cli_rotates_and_verifies_the_segments_and_a_backup_keeps_them(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert f"does not verify at line 1 (in {segment}): the log starts at line 2" in err
+
+
+def test_a_copy_of_the_current_file_goes_with_the_segments_closed_before_it(
+    tmp_path: Path,
+) -> None:
+    """What ``hub backup`` copies: a rotation after the copy made a segment holding the
+    copy's lines, which must not go with it (the chain would not continue)."""
+    path = _three_files(tmp_path)
+    first, second, _ = log_files(path)
+    copy = tmp_path / "copy.log"
+    copy.write_bytes(path.read_bytes())
+    assert segments_before(path, copy) == [first, second]
+    rotate(path, KEY, "admin-x")  # after the copy
+    third = log_files(path)[2]
+    assert segments_before(path, copy) == [first, second]  # not the third: the copy's lines
+    folder = tmp_path / "backup"
+    (folder / "audit").mkdir(parents=True)
+    for segment in segments_before(path, copy):
+        (folder / "audit" / segment.name).write_bytes(segment.read_bytes())
+    (folder / "audit.log").write_bytes(copy.read_bytes())
+    assert verify(folder / "audit.log", KEY).ok
+    (folder / "audit" / third.name).write_bytes(third.read_bytes())  # with it: broken
+    assert not verify(folder / "audit.log", KEY).ok
+    empty = tmp_path / "empty.log"
+    empty.touch()
+    assert segments_before(path, empty) == [first, second, third]

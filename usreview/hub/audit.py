@@ -66,6 +66,8 @@ __all__ = [
     "last_lines",
     "log_files",
     "rotate",
+    "segment_folder",
+    "segments_before",
     "tail",
     "verify",
 ]
@@ -269,6 +271,20 @@ def log_files(path: Path) -> list[Path]:
     same = (current.st_dev, current.st_ino)
     closed = [f for f in found if (f.stat().st_dev, f.stat().st_ino) != same]
     return [*closed, path]
+
+
+def segments_before(path: Path, copy: Path) -> list[Path]:
+    """The closed segments of the log ``path`` that end before the first line of ``copy``
+    (a copy of its current file, or an empty one): what goes with that copy.
+
+    A segment closed after the copy was made holds the copy's lines: it is left out.
+    """
+    first = _first_seq(copy) if copy.stat().st_size else None
+    return [
+        segment
+        for segment in log_files(path)
+        if segment != path and (first is None or int(segment.stem.rsplit("-", 1)[1]) < first)
+    ]
 
 
 def rotate(path: Path, key: bytes, actor: str) -> Path | None:

@@ -48,6 +48,7 @@ from sqlalchemy.exc import ArgumentError
 from usreview._sqlite import BUSY_TIMEOUT_S
 from usreview.envelope.atomic import fsync_directory, new_file
 from usreview.hub.api.settings import CONFIG_FILE, DATABASE_URL_ENV, ServiceSettings
+from usreview.hub.audit import segment_folder, segments_before
 from usreview.hub.errors import StateError
 from usreview.hub.state import HubState, holds_hub
 
@@ -175,6 +176,9 @@ def _copy_state(
     if progress is not None:
         progress(done, total, copied)
     audit_log = HubState(root).audit_log.name
+    # The log's closed segments go with the copy of its current file (see below).
+    segments = f"{segment_folder(root / audit_log).name}/"
+    files = [name for name in files if not name.startswith(segments)]
     for name in files:
         source = root / name
         try:
@@ -191,6 +195,15 @@ def _copy_state(
         done += 1
         if progress is not None:
             progress(done, total, copied)
+    if (dest / audit_log).exists():
+        # Those closed before the copied file began: one rotated since holds its lines.
+        for segment in segments_before(root / audit_log, dest / audit_log):
+            name = _relative(root, segment)
+            _copy_file(segment, dest / name)
+            copied += segment.stat().st_size
+            done += 1
+            if progress is not None:
+                progress(done, max(done, total), copied)
     return tuple(databases), done - len(vanished), copied, tuple(vanished)
 
 
