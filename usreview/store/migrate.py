@@ -102,6 +102,10 @@ def upgrade(engine: Engine) -> None:
 
 def _record_version(engine: Engine) -> None:
     """Record :data:`SCHEMA_VERSION` unless the archive has it (never lower it)."""
+    with Session(engine) as session:
+        row = session.get(SchemaVersionRow, 1)
+        if row is not None and row.version == SCHEMA_VERSION:
+            return  # as usual: no write transaction
     with writer(engine).connect() as connection, connection.begin():
         lock_schema(connection)
         with Session(bind=connection) as session:
