@@ -138,10 +138,12 @@ def test_the_hub_commands_say_so_in_one_line(
     with open_archive(state) as archive, archive._engine.begin() as connection:
         connection.execute(SchemaVersionRow.__table__.update().values(version=SCHEMA_VERSION + 1))
     capsys.readouterr()
-    assert main(["hub", "conflicts", "--state", str(state)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("usreview: error: the archive's index is at schema version "), err
-    assert err.count("\n") == 1, err
+    for command in ([], ["conflicts"]):  # [] is "usreview hub": refused before starting
+        assert main(["hub", *command, "--state", str(state)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("usreview: error: the archive's index is at schema version "), err
+        assert err.count("\n") == 1, err
+    assert not (state / "jupyterhub.sqlite").exists() and not (state / "proxy.pid").exists()
 
 
 def _metadata() -> InstanceMetadata:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from usreview.hub.accounts import Accounts
-from usreview.hub.api.settings import ServiceSettings
+from usreview.hub.api.settings import ServiceSettings, check_archive_version
 from usreview.hub.dashboards import (
     NOTEBOOKS_ENV,
     SERVER_TOKEN_SCOPES,
@@ -179,7 +179,8 @@ def configure(
         raise HubConfigError(f"--site-port {site_port} is the public port: pick another")
     proxy = find_proxy()
     hub_state = open_state(state if state is not None else state_from_env())
-    ServiceSettings.from_state(hub_state.root)  # a bad service_config.json: say so now
+    # A bad service_config.json, or an archive of a newer usreview: say so now.
+    check_archive_version(hub_state.root, ServiceSettings.from_state(hub_state.root))
     if isolates_people():  # :mod:`usreview.hub.spawner`: an account of their own per person
         check_runnable(hub_state.root, [notebooks_dir()])
         os.umask(0o077)  # what the hub and its services make stays theirs

@@ -23,7 +23,13 @@ from usreview.hub.errors import StateError
 if TYPE_CHECKING:
     from usreview.store import Archive
 
-__all__ = ["CONFIG_FILE", "DATABASE_URL_ENV", "ServiceSettings", "open_archive"]
+__all__ = [
+    "CONFIG_FILE",
+    "DATABASE_URL_ENV",
+    "ServiceSettings",
+    "check_archive_version",
+    "open_archive",
+]
 
 CONFIG_FILE = "service_config.json"
 #: At most this many service processes unless configured.
@@ -217,3 +223,32 @@ def open_archive(root: Path, settings: ServiceSettings | None = None) -> Archive
 
     settings = settings or ServiceSettings.from_state(root)
     return Archive.open(settings.database_url or None, root / "archive")
+
+
+def check_archive_version(root: Path, settings: ServiceSettings | None = None) -> None:
+    """Refuse, before the hub starts anything, an archive a newer usreview upgraded.
+
+    Only reads: an archive not made yet, or a database that cannot be reached now, is
+    left to the service to open (and report).
+
+    Raises
+    ------
+    SchemaVersionError
+        The archive's index records a newer schema (see :mod:`usreview.store.migrate`).
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from usreview.store.database import default_url, make_engine
+    from usreview.store.migrate import check_version
+
+    settings = settings or ServiceSettings.from_state(root)
+    archive = root / "archive"
+    if not settings.database_url and not (archive / "index.sqlite3").exists():
+        return
+    engine = make_engine(settings.database_url or default_url(archive))
+    try:
+        check_version(engine)
+    except SQLAlchemyError:
+        pass  # the service says what is wrong with the database
+    finally:
+        engine.dispose()
