@@ -46,6 +46,8 @@ from usreview.site.studies import (
 )
 
 __all__ = [
+    "CERTIFICATE_CRITICAL_DAYS",
+    "CERTIFICATE_WARNING_DAYS",
     "GIVEN_UP",
     "HEALTHY_RUN",
     "MAX_ERRORS",
@@ -75,6 +77,16 @@ LOCK_FILE = "gateway.lock"
 UPLOADER_LOCK_FILE = "uploader.lock"
 #: Distinct errors kept in ``status.json`` (each with its count).
 MAX_ERRORS = 20
+#: ``site status --check`` warns when a configured certificate expires within this many
+#: days, and is critical within :data:`CERTIFICATE_CRITICAL_DAYS` (or once it has expired).
+CERTIFICATE_WARNING_DAYS = 30
+CERTIFICATE_CRITICAL_DAYS = 7
+#: The settings naming certificates, and what each is to the site.
+_CERTIFICATES = {
+    "hub.certificate": "the hub's pinned certificate",
+    "gateway.tls_certificate": "the gateway's DICOM TLS certificate",
+    "gateway.tls_client_ca": "the scanners' CA certificate",
+}
 #: How the reason of an instance given up starts, in its ``rejected/`` note.
 GIVEN_UP = "given up after"
 #: An upload process that ran this long before it ended was working: it is restarted
@@ -411,6 +423,9 @@ class SiteStatus:
     #: What becomes of results at the site: ``folder`` (the outbox), ``written``
     #: (``results.outbox``), ``keep_days`` (``results.keep_days``; 0: for ever).
     outbox: Mapping[str, Any] = field(default_factory=dict)
+    #: Each configured certificate file (by setting, e.g. ``hub.certificate``): its path and
+    #: when the first of its certificates expires (Unix time; ``None``: unreadable).
+    certificates: Mapping[str, tuple[str, float | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -437,6 +452,10 @@ class SiteStatus:
             "held": {uid: dict(record) for uid, record in self.held.items()},
             "gateway": dict(self.gateway),
             "outbox": dict(self.outbox),
+            "certificates": {
+                name: {"path": path, "expires": expires}
+                for name, (path, expires) in self.certificates.items()
+            },
         }
 
 
@@ -573,7 +592,47 @@ def read_status(config: SiteConfig) -> SiteStatus:
             "written": config.results_to_outbox,
             "keep_days": config.outbox_keep_days,
         },
+        certificates=_certificates(config),
     )
+
+
+def _certificates(config: SiteConfig) -> dict[str, tuple[str, float | None]]:
+    """The configured certificate files and when the first certificate of each expires."""
+    files = {
+        "hub.certificate": config.hub_certificate,
+        "gateway.tls_certificate": config.tls_certificate,
+        "gateway.tls_client_ca": config.tls_client_ca,
+    }
+    return {name: (str(path), _expires(path)) for name, path in files.items() if path}
+
+
+def _expires(path: Path) -> float | None:
+    """When the first of the PEM certificates in ``path`` expires; ``None`` if unreadable."""
+    from cryptography import x509  # only here: "site status" starts fast
+
+    try:
+        found = x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return min(c.not_valid_after_utc.timestamp() for c in found)
+
+
+def _certificate_problems(status: SiteStatus, now: float) -> list[tuple[CheckState, str]]:
+    """Certificates expired, expiring within the warning days, or unreadable."""
+    found: list[tuple[CheckState, str]] = []
+    for name, (path, expires) in sorted(status.certificates.items()):
+        what = f"{_CERTIFICATES.get(name, name)} ({name}, {path})"
+        if expires is None:
+            found.append((CheckState.WARNING, f"{what} cannot be read"))
+            continue
+        days = (expires - now) / 86400
+        if days >= CERTIFICATE_WARNING_DAYS:
+            continue
+        when = time.strftime("%Y-%m-%d", time.gmtime(expires))
+        said = f"expired on {when}" if days < 0 else f"expires in {math.ceil(days)} day(s) ({when})"
+        state = CheckState.CRITICAL if days < CERTIFICATE_CRITICAL_DAYS else CheckState.WARNING
+        found.append((state, f"{what} {said}: renew it"))
+    return found
 
 
 def _cursor_problem(config: SiteConfig) -> str | None:
@@ -777,6 +836,13 @@ def format_status(status: SiteStatus) -> str:
         " than the feed (state/quarantine/; tell the hub's administrator)",
     ]
     lines += _outbox_lines(status)
+    for name, (path, expires) in sorted(status.certificates.items()):
+        until = (
+            "unreadable"
+            if expires is None
+            else f"valid until {time.strftime('%Y-%m-%d', time.gmtime(expires))}"
+        )
+        lines.append(f"certificate   {name} ({path}): {until}")
     for name, counts in sorted(status.pacs.items()):
         failed = counts.get("failed", 0)
         lines.append(
@@ -877,10 +943,13 @@ def check_status(
     CRITICAL: the gateway is not running; its upload process is restarting, or keeps
     ending; the hub has been unreachable (or refusing the site) for longer than
     ``max_age`` seconds; an instance not held back has waited longer than that; a
-    scanner was refused for want of space within that time. WARNING: the upload
-    process ended (and was restarted) within that time; the results follower cannot
-    start; instances are held back or were given up; a scanner was refused otherwise
-    within that time. The line is ``STATE: site NAME: what; what | perfdata``.
+    scanner was refused for want of space within that time; a configured certificate
+    (the hub's pinned one, the gateway's DICOM TLS one, the scanners' CA) has expired or
+    expires within :data:`CERTIFICATE_CRITICAL_DAYS`. WARNING: the upload process ended
+    (and was restarted) within that time; the results follower cannot start; instances
+    are held back or were given up; a scanner was refused otherwise within that time; a
+    certificate expires within :data:`CERTIFICATE_WARNING_DAYS` or cannot be read. The
+    line is ``STATE: site NAME: what; what | perfdata``.
     """
     now = time.time() if now is None else now
     rec = status.recorded
@@ -945,6 +1014,7 @@ def check_status(
                 "(site rejected)",
             )
         )
+    found.extend(_certificate_problems(status, now))
     refusals = _mapping(status.gateway.get("scanner_refusals"))
     last = _number(refusals.get("last"))
     if last is not None and now - last < max_age:
