@@ -355,6 +355,32 @@ def test_certificate_is_kept_then_renewed_for_a_new_host(tmp_path: Path) -> None
     assert cert.read_bytes() != first
 
 
+def test_a_certificate_expiring_or_replaced_is_noticed_at_start(
+    tmp_path: Path, fake_proxy: Path
+) -> None:
+    """Sites pin the hub's certificate: its administrator must hear of a change in time."""
+    import datetime as dt
+
+    from usreview.hub.tls import expiry_notice
+
+    state = tmp_path / "state"
+    assert configure(Config(), state, "127.0.0.1", 18443).notices == ()  # new: 397 days
+    cert = state / "tls.crt"
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=397 - 20)  # 20 days left then
+    notice = expiry_notice(cert, now=soon)
+    assert notice is not None and f"the TLS certificate {cert} expires on " in notice
+    assert "give the sites the new one" in notice
+    later = soon + dt.timedelta(days=30)
+    assert "expired on" in str(expiry_notice(cert, now=later))
+    assert expiry_notice(cert, now=soon - dt.timedelta(days=11)) is None  # 31 days left
+    first = cert.read_bytes()
+    endpoints = configure(Config(), state, "192.0.2.10", 18443)  # another host: a new one
+    assert cert.read_bytes() != first
+    (said,) = endpoints.notices
+    assert said.startswith(f"a new self-signed TLS certificate replaced {cert}")
+    assert configure(Config(), state, "192.0.2.10", 18443).notices == ()  # kept now
+
+
 def test_tls_cert_and_key_go_together(tmp_path: Path, fake_proxy: Path) -> None:
     with pytest.raises(HubConfigError, match="--tls-key"):
         configure(Config(), tmp_path / "s", "127.0.0.1", 1, tls_cert=tmp_path / "c.pem")

@@ -116,6 +116,8 @@ def run_hub(
         config, state, ip, port, tls=tls, tls_cert=tls_cert, tls_key=tls_key, site_port=site_port
     )
 
+    for notice in endpoints.notices:
+        print(f"usreview hub: warning: {notice}", file=sys.stderr, flush=True)
     if endpoints.site_url:  # JupyterHub announces its own address; this one is ours
         print(
             f"usreview hub: sites' port {endpoints.site_url} (the usreview service, TLS, "

@@ -61,7 +61,7 @@ from usreview.hub.roles import ADMIN_SERVICE, CUSTOM_SCOPES, SERVICE, load_roles
 from usreview.hub.siteport import SERVICE_SITE_PORT_ENV, SitePort
 from usreview.hub.state import STATE_ENV, HubState, open_state, open_to_servers, state_from_env
 from usreview.hub.supervisor import HUB_PID_ENV
-from usreview.hub.tls import check_bind, ensure_certificate
+from usreview.hub.tls import check_bind, ensure_certificate, expiry_notice
 
 __all__ = [
     "IP_ENV",
@@ -103,6 +103,9 @@ class Endpoints:
     state: HubState
     site_url: str | None = None
     """The sites' port (``https://IP:SITE_PORT/``), when the hub has one."""
+    notices: tuple[str, ...] = ()
+    """What an administrator should know before the hub starts (a certificate expiring
+    soon, or replaced: sites pin it)."""
 
 
 def configure(
@@ -191,6 +194,7 @@ def configure(
 
     cert: Path | None = None
     key: Path | None = None
+    notices: list[str] = []
     scheme = "http"
     if tls:
         scheme = "https"
@@ -198,7 +202,17 @@ def configure(
             cert, key = tls_cert.absolute(), tls_key.absolute()
         else:
             hosts = [ip] if ip else [socket.gethostname()]
+            before = _read_or_none(hub_state.tls_cert)
             cert, key = ensure_certificate(hub_state.tls_cert, hub_state.tls_key, hosts)
+            if before is not None and before != cert.read_bytes():
+                notices.append(
+                    f"a new self-signed TLS certificate replaced {cert} (the old one expired "
+                    "within a week or named other hosts): give the sites the new one, they "
+                    "pin it (hub.certificate in their site.toml)"
+                )
+        notice = expiry_notice(cert)
+        if notice is not None:
+            notices.append(notice)
         c.JupyterHub.ssl_cert = str(cert)
         c.JupyterHub.ssl_key = str(key)
     public_url = f"{scheme}://{_host(ip)}:{port}/"
@@ -284,7 +298,7 @@ def configure(
     )
     if isolates_people():
         open_to_servers(hub_state)  # last: after the certificate and run.json are made
-    return Endpoints(public_url, api_url, cert, hub_state, site_url)
+    return Endpoints(public_url, api_url, cert, hub_state, site_url, tuple(notices))
 
 
 def poll_services_every(seconds: float) -> None:
@@ -407,3 +421,10 @@ def _service_environment(state_root: Path) -> dict[str, str]:
     if database_url:
         environment["USREVIEW_DATABASE_URL"] = database_url
     return environment
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None

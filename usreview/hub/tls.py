@@ -22,10 +22,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from usreview.envelope.atomic import replace_file
 from usreview.hub.errors import InsecureBindError
 
-__all__ = ["check_bind", "ensure_certificate", "is_loopback"]
+__all__ = ["EXPIRY_NOTICE_DAYS", "check_bind", "ensure_certificate", "expiry_notice", "is_loopback"]
 
 _VALIDITY = dt.timedelta(days=397)
 _RENEW_BEFORE = dt.timedelta(days=7)
+#: ``usreview hub`` says so at start when its certificate expires within this many days.
+EXPIRY_NOTICE_DAYS = 30
 
 
 def is_loopback(ip: str) -> bool:
@@ -126,3 +128,21 @@ def _usable(cert: Path, key: Path, names: Sequence[str]) -> bool:
     wanted = {str(_general_name(n).value) for n in names}
     expires = certificate.not_valid_after_utc
     return wanted <= present and expires - dt.datetime.now(dt.UTC) > _RENEW_BEFORE
+
+
+def expiry_notice(cert: Path, *, now: dt.datetime | None = None) -> str | None:
+    """A sentence when the certificate in ``cert`` expires within
+    :data:`EXPIRY_NOTICE_DAYS` days (sites pin it: they need the new one in time)."""
+    try:
+        expires = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+    except (OSError, ValueError):
+        return None
+    left = expires - (now or dt.datetime.now(dt.UTC))
+    if left > dt.timedelta(days=EXPIRY_NOTICE_DAYS):
+        return None
+    when = f"{expires:%Y-%m-%d}"
+    said = f"expired on {when}" if left.total_seconds() < 0 else f"expires on {when}"
+    return (
+        f"the TLS certificate {cert} {said}: renew it, and give the sites the new one "
+        "before (they pin it: hub.certificate in their site.toml)"
+    )
