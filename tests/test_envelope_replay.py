@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import usreview.envelope.replay
-from tests.test_store import in_processes_at_once
+from tests.store_support import in_processes_at_once
 from usreview.envelope import ReplayCache, ReplayedError
 
 NOW = 1_900_000_000

@@ -8,40 +8,26 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.test_store import meta
+from tests.store_support import T0, StillClock, meta
 from usreview.store import Archive, Reviewer, StudyStatus
 from usreview.store.errors import InvalidTransitionError, NotFoundError
 from usreview.store.jobs import JobQueue, JobStatus, LeaseLostError, RetryPolicy
 
-T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 SITE = "site-a"
 
 
-class Clock:
-    """A clock that stands still until told to move."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+@pytest.fixture
+def clock() -> StillClock:
+    return StillClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def archive(db_url: str | None, tmp_path: Path, clock: Clock) -> Iterator[Archive]:
+def archive(db_url: str | None, tmp_path: Path, clock: StillClock) -> Iterator[Archive]:
     with Archive.open(db_url, tmp_path / "archive", clock=clock) as opened:
         yield opened
 
@@ -87,7 +73,9 @@ def test_claims_take_the_oldest_ready_job_once(archive: Archive) -> None:
     assert q.claim("w3", 30) is None
 
 
-def test_an_expired_lease_lets_another_worker_take_the_job(archive: Archive, clock: Clock) -> None:
+def test_an_expired_lease_lets_another_worker_take_the_job(
+    archive: Archive, clock: StillClock
+) -> None:
     store(archive, 1)
     q = queue(archive)
     lost = q.claim("w1", 10)
@@ -110,7 +98,7 @@ def test_an_expired_lease_lets_another_worker_take_the_job(archive: Archive, clo
 
 
 def test_failures_back_off_exponentially_then_fail_the_study(
-    archive: Archive, clock: Clock
+    archive: Archive, clock: StillClock
 ) -> None:
     store(archive, 1)
     q = queue(archive, attempts=3)
@@ -139,7 +127,7 @@ def test_failures_back_off_exponentially_then_fail_the_study(
     assert [j.id for j in q.list_jobs(status="failed")] == [lease.job.id]
 
 
-def test_a_job_whose_workers_keep_dying_is_failed(archive: Archive, clock: Clock) -> None:
+def test_a_job_whose_workers_keep_dying_is_failed(archive: Archive, clock: StillClock) -> None:
     store(archive, 1)
     q = queue(archive, attempts=2)
     for _ in range(2):
@@ -151,7 +139,7 @@ def test_a_job_whose_workers_keep_dying_is_failed(archive: Archive, clock: Clock
     assert study_of(archive)[0] is StudyStatus.FAILED
 
 
-def test_retry_requeues_a_failed_job_and_its_study(archive: Archive, clock: Clock) -> None:
+def test_retry_requeues_a_failed_job_and_its_study(archive: Archive, clock: StillClock) -> None:
     store(archive, 1, 2)
     q = queue(archive, attempts=1)
     first = q.claim("w", 30)
@@ -251,7 +239,7 @@ def test_publishing_under_a_key_is_idempotent(archive: Archive) -> None:
     assert other.cursor > first.cursor and feed.find_result("nope") is None
 
 
-def test_reprocess_queues_a_finished_job_again(archive: Archive, clock: Clock) -> None:
+def test_reprocess_queues_a_finished_job_again(archive: Archive, clock: StillClock) -> None:
     store(archive, 1)
     q = queue(archive)
     lease = q.claim("w", 30)
@@ -276,7 +264,7 @@ def test_a_job_keeps_the_processors_of_its_last_run(
     archive: Archive,
     db_url: str | None,
     tmp_path: Path,
-    clock: Clock,
+    clock: StillClock,
 ) -> None:
     from sqlalchemy import text
 

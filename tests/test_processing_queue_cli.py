@@ -11,9 +11,9 @@ import pytest
 from traitlets.config import Config
 
 from tests.processing_queue_support import SITE, HubSetup
+from tests.store_support import meta
 from tests.test_hub_cli import admin_audit
 from tests.test_hub_config import configured, fake_proxy  # noqa: F401  (fixtures)
-from tests.test_store import meta
 from usreview.cli import main
 from usreview.hub.config import WORKER_SERVICE
 from usreview.processing import default_registry, plausible, similarity

@@ -7,13 +7,12 @@ import dataclasses
 import errno
 import hashlib
 import logging
-import multiprocessing
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import usreview.store.database
 import usreview.store.errors
 import usreview.store.schema
 from tests.conftest import write_us
+from tests.store_support import T0, US_IMAGE, Clock, envelope, in_processes_at_once, meta
 from usreview._sqlite import begin_immediate
 from usreview.dicom import ImageKind, read
 from usreview.errors import InputError, UsreviewError
@@ -42,20 +42,6 @@ from usreview.store import (
     StudyStatus,
 )
 
-US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
-T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
-
-
-class Clock:
-    """A fake clock that moves one second per reading, or as told."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
 
 @pytest.fixture
 def clock() -> Clock:
@@ -66,24 +52,6 @@ def clock() -> Clock:
 def archive(db_url: str | None, tmp_path: Path, clock: Clock) -> Iterator[Archive]:
     with Archive.open(db_url, tmp_path / "archive", clock=clock) as opened:
         yield opened
-
-
-def meta(n: int, *, study: int = 1, series: int = 1, content: str = "a") -> InstanceMetadata:
-    """Metadata of instance ``n``; ``content`` stands for the plaintext's bytes."""
-    return InstanceMetadata(
-        sop_instance_uid=f"1.2.826.0.1.{n}",
-        study_instance_uid=f"1.2.826.0.2.{study}",
-        series_instance_uid=f"1.2.826.0.3.{study}.{series}",
-        sop_class_uid=US_IMAGE,
-        kinds=["bmode", ImageKind.COLOR_FLOW, "bmode"],
-        plaintext_sha256=hashlib.sha256(f"{n}-{content}".encode()).hexdigest(),
-        size=1000 + n,
-    )
-
-
-def envelope(n: int) -> bytes:
-    """Envelope bytes: different at each sealing, as real envelopes are."""
-    return f"envelope {n} ".encode() + os.urandom(64)
 
 
 def object_files(root: Path, area: str = "objects") -> list[Path]:
@@ -287,23 +255,6 @@ def test_concurrent_puts_of_one_uid_store_it_once(archive: Archive) -> None:
     assert len(report.orphans) <= 3
     assert report.clean
     assert len(object_files(archive.root)) == 1
-
-
-def in_processes_at_once(target: Callable[..., object], count: int, *args: object) -> list[int]:
-    """Run ``target(*args)`` in ``count`` forked processes released together; exit codes."""
-    context = multiprocessing.get_context("fork")
-    start = context.Barrier(count, timeout=30)
-
-    def run() -> None:
-        start.wait()
-        target(*args)
-
-    processes = [context.Process(target=run) for _ in range(count)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(60)
-    return [process.exitcode for process in processes]  # type: ignore[misc]
 
 
 def _open_and_close(url: str | None, root: Path) -> None:

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import event
 
 import usreview.store.archive as archive_module
-from tests.test_store import Clock, envelope, meta
+from tests.store_support import Clock, envelope, meta
 from usreview._group_commit import GroupCommit
 from usreview.store import (
     Archive,

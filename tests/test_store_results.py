@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_store import Clock
+from tests.store_support import Clock
 from usreview.store import (
     Archive,
     CorruptObjectError,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.orm import Session
 
-from tests.test_store import meta
+from tests.store_support import T0, StillClock, meta
 from usreview.processing.recommendations.rules import RULES
 from usreview.store import (
     Archive,
@@ -41,32 +41,18 @@ from usreview.store.review import (
 from usreview.store.review_schema import ReportRow
 from usreview.store.worklist import ROUTINE_CATEGORIES, glance
 
-T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 SITE = "site-a"
 STUDY = "1.2.826.0.2.1"
 DR_X, DR_Y = Reviewer("dr-x"), Reviewer("dr-y")
 
 
-class Clock:
-    """A clock that stands still until told to move."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+@pytest.fixture
+def clock() -> StillClock:
+    return StillClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def archive(db_url: str | None, tmp_path: Path, clock: Clock) -> Iterator[Archive]:
+def archive(db_url: str | None, tmp_path: Path, clock: StillClock) -> Iterator[Archive]:
     with Archive.open(db_url, tmp_path / "archive", clock=clock) as opened:
         yield opened
 
@@ -211,7 +197,7 @@ def test_an_analysis_is_recorded_once_and_read_by_reviewers(archive: Archive) ->
         review.record_analysis("1.2.826.0.1.1", "", SUMMARY)
 
 
-def test_instances_show_their_analysis_and_processing(archive: Archive, clock: Clock) -> None:
+def test_instances_show_their_analysis_and_processing(archive: Archive, clock: StillClock) -> None:
     review = archive.review
     for n in (1, 2, 3):
         archive.put(SITE, f"e{n}".encode(), described(n))
@@ -235,7 +221,9 @@ def test_instances_show_their_analysis_and_processing(archive: Archive, clock: C
     assert entry.findings[0].startswith("Peak Systolic Velocity")
 
 
-def test_urgency_follows_processing_analyses_and_reports(archive: Archive, clock: Clock) -> None:
+def test_urgency_follows_processing_analyses_and_reports(
+    archive: Archive, clock: StillClock
+) -> None:
     review = archive.review
     archive.put(SITE, b"e1", described(1))
     assert review.entry(DR_X, STUDY).urgency is None  # not analysed yet
@@ -252,7 +240,7 @@ def test_urgency_follows_processing_analyses_and_reports(archive: Archive, clock
     assert (entry.urgency, entry.reports, entry.status) == ("critical", 1, StudyStatus.PUBLISHED)
 
 
-def test_the_worklist_lists_newest_first_and_filters(archive: Archive, clock: Clock) -> None:
+def test_the_worklist_lists_newest_first_and_filters(archive: Archive, clock: StillClock) -> None:
     review = archive.review
     archive.put(SITE, b"e1", described(1, study=1))
     clock.advance(1)
@@ -271,7 +259,7 @@ def test_the_worklist_lists_newest_first_and_filters(archive: Archive, clock: Cl
 
 
 def test_priors_are_the_patients_other_studies_at_the_same_site(
-    archive: Archive, clock: Clock
+    archive: Archive, clock: StillClock
 ) -> None:
     review = archive.review
     born = {"patient_birth_date": "1950-04-01"}
@@ -320,7 +308,7 @@ def test_glance_reads_flags_and_categories() -> None:
 # -- claims -------------------------------------------------------------------------------
 
 
-def test_a_claim_is_held_renewed_released_and_expires(archive: Archive, clock: Clock) -> None:
+def test_a_claim_is_held_renewed_released_and_expires(archive: Archive, clock: StillClock) -> None:
     review = archive.review
     processed(archive, 1)
     claim = review.claim(DR_X, STUDY, seconds=1200)
@@ -426,7 +414,9 @@ def publish(review: ReviewStore, reviewer: Reviewer, version: int, urgency: str 
     )
 
 
-def test_reports_are_versioned_published_and_never_changed(archive: Archive, clock: Clock) -> None:
+def test_reports_are_versioned_published_and_never_changed(
+    archive: Archive, clock: StillClock
+) -> None:
     review = archive.review
     processed(archive, 1)
     with pytest.raises(NotClaimedError):

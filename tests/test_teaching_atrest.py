@@ -28,7 +28,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from tests.test_store import meta
+from tests.store_support import meta
 from usreview.dicom import read
 from usreview.hub.api.app import open_context
 from usreview.hub.api.settings import ServiceSettings
