@@ -45,8 +45,10 @@ def test_rotation_closes_a_read_only_segment_and_the_chain_goes_on(tmp_path: Pat
     second = rotate(path, KEY, "admin-x")
     assert second == tmp_path / "audit" / "audit-000000000011-000000000016.log"
     _fill(log, 2, start=15)
-    report = verify(path, KEY)
+    walked: list[tuple[int, int, int]] = []
+    report = verify(path, KEY, progress=lambda *done: walked.append(done))
     assert (report.ok, report.lines, report.files) == (True, 19, 3)
+    assert walked == [(1, 3, 10), (2, 3, 16), (3, 3, 19)]  # file by file
     assert [x["seq"] for x in _lines(path)] == list(range(1, 20))
     last = [json.loads(x) for x in tail(path, 4)]  # across the files, in order
     assert [x["seq"] for x in last] == [16, 17, 18, 19]

@@ -315,7 +315,17 @@ def _cmd_hub_audit(args: argparse.Namespace) -> int:
         if copy is not None and copy.is_dir():  # a backup: its audit log
             copy = copy / state.audit_log.name
         anchor = None if copy is None else anchor_of(copy)
-        report = verify(state.audit_log, state.audit_key.read_bytes(), anchor=anchor)
+        shown = sys.stderr.isatty()
+
+        def progress(done: int, files: int, lines: int) -> None:
+            if shown and files > 1:  # segments: the walk may take minutes
+                print(f"\r{done}/{files} files, {lines} lines hold", end="", file=sys.stderr)
+
+        report = verify(
+            state.audit_log, state.audit_key.read_bytes(), anchor=anchor, progress=progress
+        )
+        if shown and report.files > 1:
+            print(file=sys.stderr)
         if not report.ok:
             where = "" if report.file in (None, state.audit_log) else f" (in {report.file})"
             raise AuditError(

@@ -616,13 +616,20 @@ class VerifyReport:
     files: int = 1
 
 
-def verify(path: Path, key: bytes, *, anchor: tuple[int, str] | None = None) -> VerifyReport:
+def verify(
+    path: Path,
+    key: bytes,
+    *,
+    anchor: tuple[int, str] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> VerifyReport:
     """Check the whole chain of the log ``path``, its closed segments first; never raises
     for a damaged log, reports it.
 
     The chain cannot show lines cut from the end. With ``anchor``, the ``(seq, hash)`` of
     the last line of an earlier copy (:func:`anchor_of`, a backup's log), the log must
     also hold that very line: cut below it, or rewritten from some line up to it, it fails.
+    ``progress(files_done, files, lines)`` is called after each file that holds.
     """
     prev, count = GENESIS, 0
     files = log_files(path) or [path]
@@ -650,6 +657,8 @@ def verify(path: Path, key: bytes, *, anchor: tuple[int, str] | None = None) -> 
                         file,
                     )
                 prev, count = str(claimed), count + 1
+        if progress is not None:
+            progress(index + 1, len(files), count)
     if anchor is not None and count < anchor[0]:
         return VerifyReport(
             count,
