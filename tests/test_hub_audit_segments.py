@@ -55,6 +55,12 @@ def test_rotation_closes_a_read_only_segment_and_the_chain_goes_on(tmp_path: Pat
     assert last[1]["outcome"] == "rotated"
     assert [json.loads(x)["seq"] for x in tail(path, 40)] == list(range(1, 20))
     assert rotate(tmp_path / "none.log", KEY, "admin-x") is None  # no log, nothing to close
+    # Emptied (lines 17-19 cut, as from any log's end): nothing to close, and the next
+    # line continues from the last segment's.
+    path.write_bytes(b"")
+    assert rotate(path, KEY, "admin-x") is None
+    assert log.record("site-x", "read", "study/1")["seq"] == 17
+    assert verify(path, KEY).ok and verify(path, KEY).lines == 17
 
 
 def _three_files(tmp_path: Path) -> Path:

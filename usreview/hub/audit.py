@@ -290,7 +290,7 @@ def segments_before(path: Path, copy: Path) -> list[Path]:
 def rotate(path: Path, key: bytes, actor: str) -> Path | None:
     """Close the log ``path`` as a segment and start a new file (see the module's doc).
 
-    Returns the segment, or ``None`` when the log has no line yet.
+    Returns the segment, or ``None`` when the current file has no line yet.
 
     Raises
     ------
@@ -301,10 +301,9 @@ def rotate(path: Path, key: bytes, actor: str) -> Path | None:
         return None
     fd = _open_locked(path)
     try:
-        last = _tail(path)
-        if last[0] == 0:
-            return None
-        segment, _ = _rotate_locked(path, key, actor, last)
+        if os.fstat(fd).st_size == 0:
+            return None  # nothing in this file to close (its lines, if any, are in segments)
+        segment, _ = _rotate_locked(path, key, actor, _tail(path))
     except OSError as exc:
         raise AuditError(f"cannot rotate the audit log {path}: {exc.strerror}") from exc
     finally:
