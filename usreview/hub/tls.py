@@ -22,7 +22,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from usreview.envelope.atomic import replace_file
 from usreview.hub.errors import InsecureBindError
 
-__all__ = ["EXPIRY_NOTICE_DAYS", "check_bind", "ensure_certificate", "expiry_notice", "is_loopback"]
+__all__ = [
+    "EXPIRY_NOTICE_DAYS",
+    "certificate_expiry",
+    "check_bind",
+    "ensure_certificate",
+    "expiry_notice",
+    "is_loopback",
+]
 
 _VALIDITY = dt.timedelta(days=397)
 _RENEW_BEFORE = dt.timedelta(days=7)
@@ -133,9 +140,8 @@ def _usable(cert: Path, key: Path, names: Sequence[str]) -> bool:
 def expiry_notice(cert: Path, *, now: dt.datetime | None = None) -> str | None:
     """A sentence when the certificate in ``cert`` expires within
     :data:`EXPIRY_NOTICE_DAYS` days (sites pin it: they need the new one in time)."""
-    try:
-        expires = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
-    except (OSError, ValueError):
+    expires = certificate_expiry(cert)
+    if expires is None:
         return None
     left = expires - (now or dt.datetime.now(dt.UTC))
     if left > dt.timedelta(days=EXPIRY_NOTICE_DAYS):
@@ -146,3 +152,13 @@ def expiry_notice(cert: Path, *, now: dt.datetime | None = None) -> str | None:
         f"the TLS certificate {cert} {said}: renew it, and give the sites the new one "
         "before (they pin it: hub.certificate in their site.toml)"
     )
+
+
+def certificate_expiry(path: Path) -> dt.datetime | None:
+    """When the first of the PEM certificates in ``path`` (one, or a bundle) expires;
+    ``None`` when the file cannot be read as certificates."""
+    try:
+        found = x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return min(c.not_valid_after_utc for c in found)

@@ -608,13 +608,10 @@ def _certificates(config: SiteConfig) -> dict[str, tuple[str, float | None]]:
 
 def _expires(path: Path) -> float | None:
     """When the first of the PEM certificates in ``path`` expires; ``None`` if unreadable."""
-    from cryptography import x509  # only here: "site status" starts fast
+    from usreview.hub.tls import certificate_expiry  # only here: "site status" starts fast
 
-    try:
-        found = x509.load_pem_x509_certificates(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return min(c.not_valid_after_utc.timestamp() for c in found)
+    expires = certificate_expiry(path)
+    return None if expires is None else expires.timestamp()
 
 
 def _certificate_problems(status: SiteStatus, now: float) -> list[tuple[CheckState, str]]:
