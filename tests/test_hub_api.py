@@ -297,6 +297,11 @@ def test_another_site_and_a_trainee_see_nothing(world: World, study: list[Path])
     assert hub.get("/results", world.b.token).json() == {"results": [], "cursor": 0}
     batch = verify_receipt(hub.get("/receipts", world.b.token).json(), world.hub_public)
     assert batch["site"] == "siteb" and batch["instances"] == []
+    # The hub's keys: for sites only (the current key, and no transition yet).
+    keys = hub.get("/hub-keys", world.b.token).json()
+    assert keys == {"key_id": world.hub_public.key_id.hex(), "key": world.hub_public.to_text(),
+                    "transitions": []}  # fmt: skip
+    error(hub.get("/hub-keys", world.trainee), 403, "forbidden")
 
 
 # -- results -----------------------------------------------------------------------------

@@ -1065,3 +1065,82 @@ def test_site_status_follows_one_study_to_the_hub_and_its_results_to_the_pacs(
         assert unknown.startswith("no instance or result of study 1.2.3.4 recorded")
     finally:
         pacs.server.shutdown()
+
+
+def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
+    hub: Hub, clinic: tuple[Path, GatewayProcess], simulated: list[Path], tmp_path: Path
+) -> None:
+    """Last in the module: the hub's key changes for the tests after it.
+
+    The gateway started with the pinned key: after ``hub rotate-key`` and a restart, its
+    next upload is sealed to the old key (still taken), the receipt by the new key makes
+    it follow the hub's signed transition (the instance sent again is a duplicate: the
+    first envelope stays). The next instance is sealed to the new key. A result signed by
+    the new key reaches the outbox. What was stored before opens only with the earlier
+    key, which the hub keeps.
+    """
+    from usreview.envelope import load_public_keys
+    from usreview.envelope.format import read_header
+    from usreview.hub.api.plaintext import open_stored
+    from usreview.hub.api.sitekeys import SiteKeyFiles
+    from usreview.hub.hubkeys import load_hub_keys
+    from usreview.hub.state import HubState
+    from usreview.store import Archive, CorruptObjectError, Reviewer
+
+    config, gateway = clinic
+    site = load_config(config)
+    [before] = copies(simulated[0], 1, tmp_path / "before")
+    assert storescu(gateway.port, [before]).returncode == 0
+    wait_until(lambda: spool_empty(config), timeout=60, step=0.2)
+    old = load_public_keys(hub.state / "hub.pub")
+    pinned = site.hub_public_key.read_text()
+
+    hub.stop()
+    try:
+        rotated = hub.cli("rotate-key")
+    finally:
+        hub.start()
+    new = load_public_keys(hub.state / "hub.pub")
+    assert new.key_id != old.key_id and f"now {new.key_id.hex()[:16]}" in rotated
+    assert (hub.state / "hub-keys" / f"{old.key_id.hex()[:16]}.key").stat().st_mode & 0o777 == 0o600
+    [event] = [e for e in hub.audited("usreview hub rotate-key") if e["outcome"] == "rotated"]
+    assert event["detail"]["replaced_key_id"] == old.key_id.hex()
+
+    [after] = copies(simulated[0], 1, tmp_path / "after")
+    assert storescu(gateway.port, [after]).returncode == 0
+    wait_until(lambda: spool_empty(config), timeout=60, step=0.2)
+    site = load_config(config)
+    assert site.hub_public_key.read_text() == pinned  # the pinned file is never rewritten
+    assert [k.key_id for k in site.load_hub_keys()] == [old.key_id, new.key_id]
+    held = held_at_hub(config)  # verifies with the adopted key
+    assert {sop_uid(before), sop_uid(after)} <= set(held)
+    asked = [e for e in hub.audited("clinic") if e["resource"] == "hub-keys"]
+    assert asked and asked[-1]["outcome"] == "allowed"
+    [later] = copies(simulated[0], 1, tmp_path / "later")
+    assert storescu(gateway.port, [later]).returncode == 0
+    wait_until(lambda: spool_empty(config), timeout=60, step=0.2)
+
+    state = hub.state
+    keys = load_hub_keys(HubState(state))
+    assert [k.key_id for k in keys.opening] == [new.key_id, old.key_id]
+    admin = Reviewer("test")
+    with Archive.open(None, state / "archive") as archive:
+        for path, key in ((before, old), (after, old), (later, new)):
+            record = archive.get(admin, sop_uid(path))
+            with archive.open_envelope(admin, sop_uid(path)) as src:
+                header, _ = read_header(src)
+            assert [r.key_id for r in header.recipients] == [key.key_id]
+        stored = archive.get(admin, sop_uid(before))
+        sites = SiteKeyFiles(state / "sites")
+        with pytest.raises(CorruptObjectError):  # the current key alone cannot open it
+            open_stored(archive, admin, stored, tmp_path / "no.dcm", hub_keys=keys.current,
+                        site_keys=sites)  # fmt: skip
+        out = tmp_path / "before.dcm"
+        open_stored(archive, admin, stored, out, hub_keys=keys.opening, site_keys=sites)
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == stored.plaintext_sha256
+        assert held_at_hub(config)[sop_uid(later)] == record.plaintext_sha256
+
+    study = generate_uid()
+    report = hub.publish(_sr(tmp_path / "report.dcm", study), study, ["clinic"], "report")
+    wait_until(lambda: (site.outbox / study / f"{report:08d}-report.dcm").exists(), timeout=30)
+    assert not (site.state / "refused" / f"{report:08d}.envelope").exists()

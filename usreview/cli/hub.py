@@ -372,6 +372,33 @@ _HUB_AUDIT = Command(
 )
 
 
+def _cmd_hub_rotate_key(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import rotate_hub_key
+
+    rotated = rotate_hub_key(_state_dir(args))
+    print(f"the hub's key is now {rotated.key_id[:16]} ({rotated.public_key})")
+    print(
+        f"the replaced key {rotated.replaced_key_id[:16]} still opens what was sealed to it "
+        f"({rotated.earlier_keys} earlier key(s) kept in hub-keys/)"
+    )
+    print("start the hub: sites adopt the new key by themselves (signed by the old one)")
+    return 0
+
+
+_HUB_ROTATE_KEY = Command(
+    "rotate-key",
+    help="give the hub a new envelope key; sites adopt it by themselves",
+    handler=_cmd_hub_rotate_key,
+    description="With the hub stopped: make a new hub key (hub.key, hub.pub) and sign "
+    "the step from the current one with both. The replaced key is kept in STATE/hub-keys/: "
+    "it opens the archive's envelopes and the uploads sites sealed to it before they "
+    "heard of the new one. Receipts and results are signed with the new key from the "
+    "next start; a site that meets it asks the hub for the signed steps and follows them "
+    "from the key it pinned (no new hub.pub to hand over). Audited.",
+    args=(_state(),),
+)
+
+
 def _cmd_hub_worker(args: argparse.Namespace) -> int:
     from usreview.processing.worker import run_worker
 
@@ -823,6 +850,7 @@ _HUB = Command(
             _HUB_ADD_SITE,
             _HUB_SITES,
             _HUB_SITE_TOKEN,
+            _HUB_ROTATE_KEY,
             _HUB_AUDIT,
             _HUB_BACKUP,
             _HUB_WORKER,

@@ -493,12 +493,13 @@ def measure_stored(state: HubState, archive: Any, site: str, uid: str) -> dict[s
     written to a private temporary folder and removed afterwards.
     """
     from usreview.dicom import read
-    from usreview.envelope import load_private_keys, unseal
+    from usreview.envelope import unseal
     from usreview.hub.api.sitekeys import SiteKeyFiles
+    from usreview.hub.hubkeys import load_hub_keys
     from usreview.processing import run_pipeline
     from usreview.processing.analyze import summarize
 
-    hub_keys = load_private_keys(state.hub_key)
+    hub_keys = load_hub_keys(state).opening
     ring = SiteKeyFiles(state.sites).stored_ring(site)
     with tempfile.TemporaryDirectory(prefix=".measure-", dir=state.root) as folder:
         plain = Path(folder) / "instance.dcm"

@@ -22,8 +22,10 @@ Errors (all :class:`usreview.errors.EnvelopeError`)::
     ├── ExpiredError              past the end of the validity window
     ├── NotYetValidError          before the start of the validity window
     ├── ReplayedError             this message was already opened here
-    └── KeyFileError              a key file that cannot be used
-        └── PassphraseError       its passphrase is missing or wrong
+    ├── KeyFileError              a key file that cannot be used
+    │   └── PassphraseError       its passphrase is missing or wrong
+    └── KeyTransitionError        a key transition (a rotated identity's next key) that
+                                  does not verify (:mod:`usreview.envelope.transitions`)
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ from usreview.envelope.keys import (
 )
 from usreview.envelope.replay import ReplayCache
 from usreview.envelope.seal import EnvelopeInfo, seal, seal_file
+from usreview.envelope.transitions import (
+    KeyTransition,
+    KeyTransitionError,
+    follow_transitions,
+    sign_transition,
+)
 from usreview.envelope.unseal import unseal, unseal_file
 
 __all__ = [
@@ -69,6 +77,8 @@ __all__ = [
     "KeyFileError",
     "KeyRing",
     "KeyState",
+    "KeyTransition",
+    "KeyTransitionError",
     "NotARecipientError",
     "NotAnEnvelopeError",
     "NotYetValidError",
@@ -86,11 +96,13 @@ __all__ = [
     "TrustedKey",
     "UnsupportedVersionError",
     "UntrustedSenderError",
+    "follow_transitions",
     "generate_keys",
     "load_private_keys",
     "load_public_keys",
     "seal",
     "seal_file",
+    "sign_transition",
     "unseal",
     "unseal_file",
     "write_key_pair",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,7 +36,7 @@ def unseal(
     src: Source,
     out: Path | BinaryIO,
     *,
-    recipient: PrivateKeys,
+    recipient: PrivateKeys | Sequence[PrivateKeys],
     keyring: KeyRing,
     replay_cache: ReplayCache | None = None,
     now: float | None = None,
@@ -51,6 +52,10 @@ def unseal(
     On any failure no ``out`` file exists. ``durable=False`` skips the fsyncs of ``out``
     (see :func:`~usreview.envelope.atomic.new_file`): for a plaintext that is read and
     deleted at once.
+
+    ``recipient`` may be several keys of one identity (its current key first, then the
+    ones it replaced, see :mod:`usreview.envelope.transitions`): the one the envelope is
+    addressed to opens it.
 
     ``out`` may instead be a binary file open for writing (the hub opens small uploads
     into memory, :func:`os.memfd_create`): the plaintext is written into it as it is
@@ -85,14 +90,19 @@ def unseal(
         )
     if replay_cache is not None:
         replay_cache.check(header.sender_id, header.message_id)
-    entry = next((e for e in header.recipients if e.key_id == recipient.key_id), None)
+    keys = (recipient,) if isinstance(recipient, PrivateKeys) else tuple(recipient)
+    entry, key = next(
+        ((e, k) for k in keys for e in header.recipients if e.key_id == k.key_id),
+        (None, keys[0]),
+    )
     if entry is None:
+        also = f" (nor to {len(keys) - 1} earlier key(s))" if len(keys) > 1 else ""
         raise NotARecipientError(
-            f"envelope is not addressed to key {key_id_hex(recipient.key_id)} "
-            f"({recipient.name}); it has {len(header.recipients)} other recipient(s)"
+            f"envelope is not addressed to key {key_id_hex(key.key_id)} "
+            f"({key.name}){also}; it has {len(header.recipients)} other recipient(s)"
         )
     message_key = unwrap_key(
-        entry.wrapped_key, recipient.x25519, header.message_id, header.sender_id, entry.key_id
+        entry.wrapped_key, key.x25519, header.message_id, header.sender_id, entry.key_id
     )
     if message_key is None:
         raise TamperedError("envelope has been altered: the key wrapped for you does not open")
@@ -136,7 +146,7 @@ def unseal_file(
     src: Path,
     out: Path,
     *,
-    recipient: PrivateKeys,
+    recipient: PrivateKeys | Sequence[PrivateKeys],
     keyring: KeyRing,
     replay_cache: ReplayCache | None = None,
     now: float | None = None,

@@ -48,6 +48,7 @@ __all__ = [
     "NewPerson",
     "NewSite",
     "RemovedPerson",
+    "RotatedHubKey",
     "RotatedSite",
     "SiteOverview",
     "SiteToken",
@@ -58,6 +59,7 @@ __all__ = [
     "remove_user",
     "reset_password",
     "reviewer_sites",
+    "rotate_hub_key",
     "rotate_site_key",
     "run_hub",
     "site_token",
@@ -470,6 +472,69 @@ def rotate_site_key(
                 {"key_id": rotated.key_id, "replaced_key_id": rotated.replaced_key_id,
                  "grace_seconds": grace})  # fmt: skip
     return rotated
+
+
+@dataclass(frozen=True)
+class RotatedHubKey:
+    """The hub's new current key and the one it replaced (both as 64 hex digits)."""
+
+    key_id: str
+    replaced_key_id: str
+    public_key: Path
+    """``hub.pub``, now the new key's."""
+    earlier_keys: int
+    """How many keys the hub keeps for opening what was sealed to them."""
+
+
+def rotate_hub_key(state: Path) -> RotatedHubKey:
+    """Give the hub a new envelope key (audited); see :mod:`usreview.hub.hubkeys`.
+
+    The hub must be stopped: its processes read the keys at start. Sites adopt the new
+    key by themselves once the hub runs again; uploads sealed to the earlier keys are
+    still taken, and the archive's envelopes still open.
+
+    Raises
+    ------
+    HubError
+        The hub is running.
+    StateError
+        No hub state, or its keys cannot be read or written.
+    """
+    from usreview.hub import hubkeys
+
+    hub_state = existing_state(state)
+    pid = _hub_pid(hub_state)
+    if pid is not None or _service_running(hub_state):
+        running = f"JupyterHub pid {pid}" if pid is not None else "its usreview service"
+        raise HubError(
+            f"the hub on {hub_state.root} is running ({running}): stop it, rotate the key, "
+            "then start it again"
+        )
+    keys, step = hubkeys.rotate_hub_key(hub_state)
+    rotated = RotatedHubKey(
+        keys.current.key_id.hex(), step.previous_key_id.hex(), hub_state.hub_pub,
+        len(keys.previous),
+    )  # fmt: skip
+    audit_admin(hub_state, "usreview hub rotate-key", "hub/key", "rotated",
+                {"key_id": rotated.key_id, "replaced_key_id": rotated.replaced_key_id})  # fmt: skip
+    return rotated
+
+
+def _service_running(state: HubState) -> bool:
+    """Whether a usreview service holds the state's lock (one left after the hub)."""
+    import fcntl
+
+    try:
+        fd = os.open(state.root / "service.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 @dataclass(frozen=True)

@@ -59,12 +59,12 @@ def export_conflict(state: Path, conflict_id: int, folder: Path) -> ExportedConf
     FileExistsError
         A file of that name is in ``folder`` already.
     """
-    from usreview.envelope import load_private_keys
     from usreview.hub.api.plaintext import open_kept, open_stored
     from usreview.hub.api.sitekeys import SiteKeyFiles
+    from usreview.hub.hubkeys import load_hub_keys
 
     hub_state = existing_state(state)
-    hub_keys = load_private_keys(hub_state.hub_key)
+    hub_keys = load_hub_keys(hub_state).opening
     site_keys = SiteKeyFiles(hub_state.sites)
     kept, stored = folder / f"conflict-{conflict_id}.dcm", None
     with open_archive(hub_state.root) as archive:

@@ -126,11 +126,11 @@ class _OrphanTools:
     worker and a private quarantine folder (both made when first needed)."""
 
     def __init__(self, state: HubState, archive: Archive, settings: ServiceSettings) -> None:
-        from usreview.envelope import load_private_keys
         from usreview.hub.api.sitekeys import SiteKeyFiles
+        from usreview.hub.hubkeys import load_hub_keys
 
         self.state, self.archive, self.settings = state, archive, settings
-        self.hub_keys = load_private_keys(state.hub_key)
+        self.hub_keys = load_hub_keys(state)
         self.site_keys = SiteKeyFiles(state.sites)
         self._pool: WorkerPool | None = None
         self._quarantine: Path | None = None
@@ -199,7 +199,7 @@ class _OrphanTools:
             try:
                 with orphan.path.open("rb") as src:
                     source = cast(Source, src)  # a buffered file: it has readinto
-                    unseal(source, out, recipient=self.hub_keys, keyring=ring, now=when,
+                    unseal(source, out, recipient=self.hub_keys.opening, keyring=ring, now=when,
                            durable=False)  # fmt: skip
                 return replace(shown, sop_instance_uid=self.pool.parse(out).sop_instance_uid)
             finally:
@@ -219,11 +219,12 @@ class _OrphanTools:
             shown = replace(shown, site=site)
             ingestor = Ingestor(
                 self.archive,
-                self.hub_keys,
+                self.hub_keys.current,
                 {site: ring},
                 None,  # no replay cache: the archive held it (see reingest_orphans)
                 self.pool,
                 self.quarantine,
+                earlier_hub_keys=self.hub_keys.previous,
                 clock=lambda: when,
             )
             with recovery_lock(self.archive.root):

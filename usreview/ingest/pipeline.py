@@ -41,7 +41,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -98,7 +98,10 @@ class Ingestor:
     archive
         Where envelopes are stored.
     hub_keys
-        The hub's private keys: envelopes are opened with them, receipts signed.
+        The hub's private keys: receipts are signed with them, envelopes opened.
+    earlier_hub_keys
+        The keys the hub had before (newest first, :mod:`usreview.hub.hubkeys`): they
+        open what a site sealed before it adopted the current key.
     site_keys
         The keys each site may sign with: ``{site: PublicKeys}``, ``{site: KeyRing}``
         (rotation, revocation), or one :class:`KeyRing` whose keys are named after sites.
@@ -122,10 +125,13 @@ class Ingestor:
         pool: WorkerPool,
         quarantine_dir: str | os.PathLike[str],
         *,
+        earlier_hub_keys: Sequence[PrivateKeys] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.archive = archive
         self.hub_keys = hub_keys
+        self.opening_keys: tuple[PrivateKeys, ...] = (hub_keys, *earlier_hub_keys)
+        """Every key of the hub an envelope may be addressed to, current first."""
         self.site_keys = site_keys
         self.replay_cache = replay_cache
         self.pool = pool
@@ -257,7 +263,7 @@ class Ingestor:
                 return unseal(
                     source,
                     out,
-                    recipient=self.hub_keys,
+                    recipient=self.opening_keys,
                     keyring=ring,
                     now=self._clock(),
                     durable=False,

@@ -56,7 +56,6 @@ from typing import cast
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from usreview.envelope import PrivateKeys, load_private_keys
 from usreview.errors import InputError, UsreviewError
 from usreview.hub.api.plaintext import open_stored
 from usreview.hub.api.publish import publish_result
@@ -64,6 +63,7 @@ from usreview.hub.api.settings import ServiceSettings, open_archive
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.api.teaching_cases import open_teaching_store
 from usreview.hub.audit import AuditAction, AuditLog
+from usreview.hub.hubkeys import load_hub_keys
 from usreview.hub.state import HubState, existing_state, state_from_env
 from usreview.processing.case_library import CaseLibrary
 from usreview.processing.execution import (
@@ -144,7 +144,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._hub_keys: PrivateKeys = load_private_keys(state.hub_key)
+        self._hub_keys = load_hub_keys(state).opening
         self._site_keys = SiteKeyFiles(state.sites)
         self._audit = AuditLog(state.audit_log, state.audit_key.read_bytes())
         self._scratch = _Scratch(state.root / "processing")

@@ -131,6 +131,11 @@ class HubClient:
         query = urlencode([("uid", uid) for uid in sop_instance_uids])
         return self._json("GET", f"receipts?{query}")
 
+    def hub_keys(self) -> dict[str, Any]:
+        """``GET hub-keys``: the hub's current key and its signed transitions (verified by
+        :func:`usreview.site.hubkeys.adopt_hub_keys`, not here)."""
+        return self._json("GET", "hub-keys")
+
     def results(self, cursor: int, wait: float = 0.0, limit: int = 100) -> dict[str, Any]:
         """``GET results``: results after ``cursor``, long-polling up to ``wait`` seconds."""
         query = urlencode({"cursor": cursor, "wait": f"{wait:g}", "limit": limit})

@@ -74,6 +74,7 @@ from cryptography import x509
 
 from usreview._names import ACCOUNT_NAME, ACCOUNT_NAME_RULE
 from usreview.envelope import (
+    KeyTransitionError,
     PrivateKeys,
     PublicKeys,
     generate_keys,
@@ -270,7 +271,25 @@ class SiteConfig:
         )
 
     def load_hub_key(self) -> PublicKeys:
-        """The hub's public key (seal to it; receipts and results verify with it)."""
+        """The hub's current public key as the site knows it: seal to it.
+
+        The pinned one, or the newest the site followed since the hub rotated its key
+        (:mod:`usreview.site.hubkeys`).
+        """
+        return self.load_hub_keys()[-1]
+
+    def load_hub_keys(self) -> list[PublicKeys]:
+        """Every hub key the site trusts, oldest first (receipts and results verify with
+        any): the pinned ``hub.public_key``, then those followed since."""
+        from usreview.site.hubkeys import followed_hub_keys
+
+        try:
+            return followed_hub_keys(self.load_pinned_hub_key(), self.state)
+        except KeyTransitionError as exc:
+            raise SiteConfigError(f"hub.public_key: {exc}", "hub.public_key") from None
+
+    def load_pinned_hub_key(self) -> PublicKeys:
+        """The hub's public key as configured (``hub.public_key``)."""
         where = "hub.public_key"
         try:
             return load_public_keys(self.hub_public_key)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -44,6 +45,7 @@ from usreview.site.errors import (
     ReceiptError,
     SpoolError,
 )
+from usreview.site.hubkeys import refreshed_hub_keys
 from usreview.site.refusals import Refusal
 from usreview.site.spool import check_uid
 from usreview.site.studies import StudyLog, instance_header
@@ -192,7 +194,7 @@ class _Push:
         self.attempts = attempts
         self.outage = outage
         self.site_keys: PrivateKeys = config.load_private_keys()
-        self.hub_key: PublicKeys = config.load_hub_key()
+        self.hub_keys: list[PublicKeys] = config.load_hub_keys()  # the last is current
         #: UID -> the SHA-256 of the bytes the hub holds under it (of the current batch).
         self.held: dict[str, set[str]] = {}
 
@@ -206,7 +208,7 @@ class _Push:
         started = self.outage.clock()
         try:
             answer = self.client.receipts(uids)
-            pairs = held_instances(answer, self.hub_key, self.config.name)
+            pairs = self._held(answer)
         except HubUnreachableError as exc:
             self.outage.failed(started, exc)
             return
@@ -214,6 +216,23 @@ class _Push:
             return
         for uid, sha in pairs:
             self.held.setdefault(uid, set()).add(sha)
+
+    def _held(self, answer: dict[str, Any]) -> list[tuple[str, str]]:
+        try:
+            return held_instances(answer, self.hub_keys, self.config.name)
+        except ReceiptError:
+            if not self._adopt_hub_keys():
+                raise
+            return held_instances(answer, self.hub_keys, self.config.name)
+
+    def _adopt_hub_keys(self) -> bool:
+        """Follow the hub's signed key transitions (it rotated its key, see
+        :mod:`usreview.site.hubkeys`); whether a new key is trusted now."""
+        keys = refreshed_hub_keys(self.config, self.client)
+        if len(keys) <= len(self.hub_keys):
+            return False
+        self.hub_keys = keys
+        return True
 
     def one(self, path: Path) -> str:
         """Push the file ``path``; return its outcome for the progress."""
@@ -236,22 +255,29 @@ class _Push:
             return "already at the hub"
         backoff = Backoff(self.config.backoff_initial, min(self.config.backoff_max, _MAX_DELAY))
         tries = 1 if self.outage.files else self.attempts  # the hub failed the file before
-        for attempt in range(tries):
+        adopted = False
+        attempt = 0
+        while attempt < tries:
             started = self.outage.clock()
             try:
                 outcome = upload_instance(
                     self.client,
                     site=self.config.name,
                     site_keys=self.site_keys,
-                    hub_key=self.hub_key,
+                    hub_key=self.hub_keys[-1],
                     sop_instance_uid=uid,
                     data=data,
                     sha256=sha256,
+                    trusted_hub_keys=self.hub_keys[:-1],
                 )
             except (HubUnreachableError, ReceiptError) as exc:
+                if isinstance(exc, ReceiptError) and not adopted and self._adopt_hub_keys():
+                    adopted = True  # the hub rotated its key: again at once, sealed to it
+                    continue
+                attempt += 1
                 if isinstance(exc, HubUnreachableError):
                     self.outage.failed(started, exc)
-                if attempt + 1 == tries or self.outage.down:
+                if attempt == tries or self.outage.down:
                     report.failed[path] = str(exc)
                     if not isinstance(exc, HubUnreachableError):
                         return "failed"

@@ -55,10 +55,10 @@ from usreview.envelope import (
     EnvelopeError,
     EnvelopeInfo,
     KeyRing,
-    NotARecipientError,
     NotYetValidError,
     ReplayCache,
     ReplayedError,
+    UntrustedSenderError,
     unseal,
 )
 from usreview.envelope.atomic import replace_file
@@ -68,6 +68,7 @@ from usreview.site.config import SiteConfig
 from usreview.site.cursor import ResultsCursorError, load_cursor, read_saved_cursor, save_cursor
 from usreview.site.deliver import PacsQueue, deliver_to_outbox, study_folder_name
 from usreview.site.errors import DeliveryError, HubRequestError, HubUnreachableError, SiteError
+from usreview.site.hubkeys import refreshed_hub_keys
 from usreview.site.identity import QUARANTINE, PayloadIdentity, identify, quarantine
 from usreview.site.pacs_senders import PacsSenders
 from usreview.site.retention import PRUNE_SECONDS, not_kept, prune_outbox
@@ -132,7 +133,7 @@ class ResultFollower:
         self._remove_leftovers()
         # The current key first, then the retired ones, newest first.
         self._site_keys = (config.load_private_keys(), *config.load_retired_private_keys())
-        self._ring = KeyRing([config.load_hub_key()])
+        self._ring = KeyRing(config.load_hub_keys())
         self.pacs = PacsQueue(self.state / "pacs", config.pacs, config.ae_title)
         self.pacs.remove_orphans()
         self.senders = PacsSenders(
@@ -431,19 +432,27 @@ class ResultFollower:
         )
 
     def _unseal(self, result_id: int, envelope: bytes, payload: Path) -> EnvelopeInfo:
-        """Open ``envelope`` with the first of the site's keys it is addressed to."""
-        refused: NotARecipientError | None = None
-        for n, key in enumerate(self._site_keys):
-            try:
-                info = unseal(io.BytesIO(envelope), payload, recipient=key, keyring=self._ring)
-            except NotARecipientError as exc:
-                refused = refused or exc  # the current key's sentence
-                continue
-            if n:
-                _log.info("result %s: opened with a retired key %s", result_id, key.key_id.hex())
-            return info
-        assert refused is not None  # there is always a current key
-        raise refused
+        """Open ``envelope`` with the site's key it is addressed to (current or retired).
+
+        A result signed by a hub key the site does not know yet (the hub rotated its key)
+        makes it follow the hub's signed key transitions once, then open again.
+        """
+        try:
+            info = unseal(
+                io.BytesIO(envelope), payload, recipient=self._site_keys, keyring=self._ring
+            )
+        except UntrustedSenderError:
+            keys = refreshed_hub_keys(self.config, self.client)
+            if len(keys) <= len(self._ring):
+                raise
+            self._ring = KeyRing(keys)
+            info = unseal(
+                io.BytesIO(envelope), payload, recipient=self._site_keys, keyring=self._ring
+            )
+        current = self._site_keys[0].key_id
+        if current not in info.recipient_ids:
+            _log.info("result %s: opened with a retired key of the site", result_id)
+        return info
 
     def send_pending(self, *, force: bool = False) -> int:
         """Try the PACS deliveries still pending, in this thread (after each PACS's

@@ -31,7 +31,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from queue import Queue
 from typing import IO, Any
@@ -49,6 +49,7 @@ from usreview.site.errors import (
     SpoolError,
     SpoolKeyError,
 )
+from usreview.site.hubkeys import refreshed_hub_keys
 from usreview.site.refusals import Refusal
 from usreview.site.spool import Spool, SpooledInstance
 from usreview.site.status import GIVEN_UP, StatusBook, duration
@@ -89,10 +90,12 @@ def upload_instance(
     data: bytes,
     sha256: str,
     now: float | None = None,
+    trusted_hub_keys: Sequence[PublicKeys] = (),
 ) -> UploadOutcome:
     """Seal ``data`` to the hub, upload it, verify the receipt.
 
-    ``now`` is the time the envelope is sealed at (default: the clock).
+    ``now`` is the time the envelope is sealed at (default: the clock). The receipt
+    verifies with ``hub_key`` or one of ``trusted_hub_keys`` (the hub's earlier keys).
 
     Raises
     ------
@@ -106,7 +109,7 @@ def upload_instance(
         size = sink.tell()
         answer = client.put_instance(sop_instance_uid, sink, size)
     try:
-        body = verify_receipt(answer.get("receipt", {}), hub_key, site=site)
+        body = verify_receipt(answer.get("receipt", {}), [hub_key, *trusted_hub_keys], site=site)
     except InvalidReceiptError as exc:
         raise ReceiptError(f"{sop_instance_uid}: the hub's receipt was refused: {exc}") from None
     named = body.get("plaintext_sha256", body.get("sha256"))
@@ -119,10 +122,10 @@ def upload_instance(
 
 
 def held_instances(
-    answer: Mapping[str, Any], hub_key: PublicKeys, site: str
+    answer: Mapping[str, Any], hub_keys: Sequence[PublicKeys], site: str
 ) -> list[tuple[str, str]]:
     """The (SOP Instance UID, plaintext SHA-256) pairs a batch receipt names, once it
-    verifies with ``hub_key`` as the hub's receipt for ``site`` (``GET receipts``).
+    verifies with one of ``hub_keys`` as the hub's receipt for ``site`` (``GET receipts``).
 
     Raises
     ------
@@ -130,7 +133,7 @@ def held_instances(
         The receipt does not verify, or is not a batch receipt.
     """
     try:
-        body = verify_receipt(answer, hub_key, site=site)
+        body = verify_receipt(answer, hub_keys, site=site)
     except InvalidReceiptError as exc:
         raise ReceiptError(f"the hub's batch receipt was refused: {exc}") from None
     instances = body.get("instances")
@@ -202,7 +205,7 @@ class Uploader:
         self.workers = workers
         self._client_factory = client_factory or (lambda: HubClient(config))
         self._site_keys = config.load_private_keys()
-        self._hub_key = config.load_hub_key()
+        self._hub_keys = config.load_hub_keys()  # the last is current
         self._clock = clock
         self._backoff = Backoff(config.backoff_initial, config.backoff_max)
         # Instances held back (refused for themselves, unreadable): file name -> their
@@ -260,7 +263,13 @@ class Uploader:
         try:
             for start in range(0, len(uids), RECEIPT_BATCH):
                 answer = client.receipts(uids[start : start + RECEIPT_BATCH])
-                for uid, sha in held_instances(answer, self._hub_key, self.config.name):
+                try:
+                    pairs = held_instances(answer, self._hub_keys, self.config.name)
+                except ReceiptError:
+                    if not self._adopt_hub_keys(client):
+                        raise
+                    pairs = held_instances(answer, self._hub_keys, self.config.name)
+                for uid, sha in pairs:
                     held.setdefault(uid, set()).add(sha)
         finally:
             client.close()
@@ -381,7 +390,16 @@ class Uploader:
                 return
             self._stop.wait(pause)
 
-    def _upload(self, client: HubClient, item: SpooledInstance) -> None:
+    def _adopt_hub_keys(self, client: HubClient) -> bool:
+        """After a receipt by a key the site does not know: follow the hub's signed key
+        transitions (:mod:`usreview.site.hubkeys`); whether a new key is trusted now."""
+        keys = refreshed_hub_keys(self.config, client)
+        if len(keys) <= len(self._hub_keys):
+            return False
+        self._hub_keys = keys
+        return True
+
+    def _upload(self, client: HubClient, item: SpooledInstance, *, adopted: bool = False) -> None:
         if self._stop.is_set():
             return
         uid = item.sop_instance_uid
@@ -416,15 +434,21 @@ class Uploader:
                 client,
                 site=self.config.name,
                 site_keys=self._site_keys,
-                hub_key=self._hub_key,
+                hub_key=self._hub_keys[-1],
                 sop_instance_uid=uid,
                 data=data,
                 sha256=item.sha256,
                 now=self._clock(),
+                trusted_hub_keys=self._hub_keys[:-1],
             )
         except HubRefusedError as exc:
             self._refused(item, exc, data)
-        except (HubRequestError, ReceiptError) as exc:
+        except ReceiptError as exc:
+            if not adopted and self._adopt_hub_keys(client):
+                self._upload(client, item, adopted=True)  # sealed to the new key; the
+                return  # hub answers a duplicate with a receipt by it
+            self._failed(str(exc), hub_down=True)
+        except HubRequestError as exc:
             self._failed(str(exc), hub_down=True)
         else:
             self._backoff.reset()

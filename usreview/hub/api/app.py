@@ -33,10 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from usreview.envelope import ReplayCache, load_private_keys
+from usreview.envelope import ReplayCache
 from usreview.hub.api.access import ReviewerSites
 from usreview.hub.api.handlers_claims import ClaimHandler
-from usreview.hub.api.handlers_receipts import BatchReceiptHandler, ReceiptHandler
+from usreview.hub.api.handlers_receipts import (
+    BatchReceiptHandler,
+    HubKeysHandler,
+    ReceiptHandler,
+)
 from usreview.hub.api.handlers_reports import ReportsHandler
 from usreview.hub.api.handlers_results import ResultHandler, ResultsHandler
 from usreview.hub.api.handlers_review import (
@@ -64,6 +68,7 @@ from usreview.hub.audit import (
     UnchangedReads,
 )
 from usreview.hub.errors import StateError
+from usreview.hub.hubkeys import HubKeys, load_hub_keys
 from usreview.hub.state import HubState, open_state, state_from_env
 from usreview.ingest import Ingestor, WorkerPool
 from usreview.store import Archive
@@ -90,6 +95,7 @@ class ServiceContext:
     spool: Path
     executor: ThreadPoolExecutor
     lock_fd: int
+    hub_keys: HubKeys
     worklist: WorklistCache = field(default_factory=WorklistCache)
     reviewers: ReviewerSites = field(default_factory=ReviewerSites)
     refusals: RefusalLimiter = field(default_factory=RefusalLimiter)
@@ -181,13 +187,15 @@ def open_context(
             spool = _empty(_own_folder(state.root / "spool", worker))
             quarantine = _own_folder(state.root / "quarantine", worker)  # the ingest empties it
         site_keys = SiteKeyFiles(state.sites)
+        hub_keys = load_hub_keys(state)
         ingestor = Ingestor(
             archive,
-            load_private_keys(state.hub_key),
+            hub_keys.current,
             site_keys.uploads,  # replaced keys only within their grace period
             ReplayCache(state.root / "replay.sqlite3"),
             pool,
             quarantine,
+            earlier_hub_keys=hub_keys.previous,  # uploads sealed before a site adopted it
         )
         audit = AuditLog(
             state.audit_log,
@@ -214,7 +222,7 @@ def open_context(
     worklist = WorklistCache(marker=state.root / WORKLIST_MARKER)
     return ServiceContext(
         state, settings, archive, pool, ingestor, site_keys, audit, spool, executor, lock_fd,
-        worklist=worklist, refusals=refusals, rereads=rereads,
+        hub_keys, worklist=worklist, refusals=refusals, rereads=rereads,
     )  # fmt: skip
 
 
@@ -307,6 +315,7 @@ def api_routes(prefix: str, context: ServiceContext, options: dict[str, Any]) ->
         (rf"{api}/instances/{uid}/frames/([0-9]{{1,6}})/?", FrameHandler, kwargs),
         (rf"{api}/instances/{uid}/?", InstanceHandler, kwargs),
         (rf"{api}/receipts/?", BatchReceiptHandler, kwargs),
+        (rf"{api}/hub-keys/?", HubKeysHandler, kwargs),
         (rf"{api}/results/?", ResultsHandler, kwargs),
         (rf"{api}/results/{uid}/?", ResultHandler, kwargs),
         (rf"{api}/studies/?", StudiesHandler, kwargs),

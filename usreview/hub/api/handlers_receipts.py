@@ -1,9 +1,14 @@
-"""Receipts a site asks for again: ``GET /instances/{uid}/receipt`` and ``GET /receipts``.
+"""Receipts a site asks for again (``GET /instances/{uid}/receipt``, ``GET /receipts``),
+and the keys that sign them (``GET /hub-keys``).
 
 Both are signed by the hub's key (:mod:`usreview.ingest.receipts`). A receipt fetched
 later answers no particular upload, so its ``message_id`` is empty. ``GET /receipts``
 may name the UIDs asked about (``?uid=A&uid=B``, at most :data:`MAX_UIDS`): the batch
 receipt, signed as the full one, then lists only those of them the hub holds.
+
+``GET /hub-keys`` gives a site the hub's current public key and the signed transitions
+from every earlier one (:mod:`usreview.hub.hubkeys`): a site that meets a receipt or a
+result signed by a key it does not know follows them from the key it pinned.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from usreview.hub.api.errors import ApiError, not_found
 from usreview.hub.audit import AuditAction
 from usreview.ingest import sign_instance_receipt
 
-__all__ = ["MAX_UIDS", "BatchReceiptHandler", "ReceiptHandler"]
+__all__ = ["MAX_UIDS", "BatchReceiptHandler", "HubKeysHandler", "ReceiptHandler"]
 
 #: UIDs one ``GET /receipts`` may ask about: about 6.5 KB of query, under every
 #: proxy's header limit (a site asks in batches).
@@ -76,3 +81,17 @@ class BatchReceiptHandler(_SiteHandler):
             if not is_uid(uid):
                 raise ApiError(400, "bad_request", f"uid {uid[:80]!r} is not a DICOM UID")
         return list(dict.fromkeys(uids))
+
+
+class HubKeysHandler(_SiteHandler):
+    """``GET /hub-keys``: the hub's current public key and its signed transitions."""
+
+    async def get(self) -> None:
+        """Answer the keys (public: nothing of any site's)."""
+        self.calling_site()
+        keys = self.context.hub_keys
+        await self.audit(
+            AuditAction.READ,
+            detail={"kind": "hub_keys", "key_id": keys.current.key_id.hex()[:16]},
+        )
+        self.write_json(keys.to_dict())

@@ -307,7 +307,7 @@ def open_instance(context: ServiceContext, reviewer: Reviewer, record: InstanceR
         reviewer,
         record,
         out,
-        hub_keys=context.ingestor.hub_keys,
+        hub_keys=context.ingestor.opening_keys,
         site_keys=context.site_keys,
     )
     return out

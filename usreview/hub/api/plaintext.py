@@ -15,6 +15,7 @@ written without fsync: the envelope is the durable object.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -33,7 +34,7 @@ def open_stored(
     record: InstanceRecord,
     out: Path,
     *,
-    hub_keys: PrivateKeys,
+    hub_keys: PrivateKeys | Sequence[PrivateKeys],
     site_keys: SiteKeyFiles,
     durable: bool = False,
 ) -> None:
@@ -68,7 +69,7 @@ def open_kept(
     site: str,
     plaintext_sha256: str,
     what: str,
-    hub_keys: PrivateKeys,
+    hub_keys: PrivateKeys | Sequence[PrivateKeys],
     site_keys: SiteKeyFiles,
     durable: bool = False,
 ) -> None:

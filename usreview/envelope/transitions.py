@@ -1,0 +1,183 @@
+"""Key transitions: an identity's previous key vouches for its next one.
+
+Sites pin the hub's public key (``hub.pub``). When the hub replaces its key
+(``usreview hub rotate-key``) it writes a *transition*: the new public key, signed by the
+previous private key (the authority the sites already trust) and by the new one (proof
+that the hub holds it). A site that meets a key it does not know (a receipt or a result
+signed by it) asks the hub for its transitions and follows them from its pinned key with
+:func:`follow_transitions`: only a chain that starts at a key it trusts and where every
+step verifies is adopted, so the hub's answer need not be trusted.
+
+Wire form (JSON)::
+
+    {"type": "usreview-key-transition", "version": 1, "previous_key_id": HEX,
+     "key": "<the new key's .pub text>", "at": "2026-11-29T07:00:00+00:00",
+     "signature": B64, "proof": B64}
+
+Both signatures are Ed25519 over ``"usreview-key-transition/v1\\0" || canonical JSON of
+every other field``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+
+from usreview.envelope.errors import EnvelopeError
+from usreview.envelope.keys import PrivateKeys, PublicKeys, key_id_hex, parse_public_keys
+
+__all__ = ["KeyTransition", "KeyTransitionError", "follow_transitions", "sign_transition"]
+
+_TYPE = "usreview-key-transition"
+_VERSION = 1
+_CONTEXT = b"usreview-key-transition/v1\0"
+
+
+class KeyTransitionError(EnvelopeError):
+    """A transition is malformed, or a step of the chain does not verify."""
+
+
+@dataclass(frozen=True)
+class KeyTransition:
+    """``key`` replaces the key ``previous_key_id`` of the same identity, from ``at``."""
+
+    previous_key_id: bytes
+    key: PublicKeys
+    at: str
+    signature: bytes
+    """By the previous key."""
+    proof: bytes
+    """By ``key`` itself."""
+
+    def _body(self) -> bytes:
+        body = {
+            "type": _TYPE,
+            "version": _VERSION,
+            "previous_key_id": self.previous_key_id.hex(),
+            "key": self.key.to_text(),
+            "at": self.at,
+        }
+        return _CONTEXT + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form (see the module docstring)."""
+        b64 = base64.b64encode
+        return {
+            "type": _TYPE,
+            "version": _VERSION,
+            "previous_key_id": self.previous_key_id.hex(),
+            "key": self.key.to_text(),
+            "at": self.at,
+            "signature": b64(self.signature).decode(),
+            "proof": b64(self.proof).decode(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KeyTransition:
+        """Read the wire form (signatures are checked by :meth:`verify`).
+
+        Raises
+        ------
+        KeyTransitionError
+            Not a transition of this version, or a field is missing or malformed.
+        """
+        if not isinstance(data, Mapping) or data.get("type") != _TYPE:
+            raise KeyTransitionError("not a usreview key transition")
+        if data.get("version") != _VERSION:
+            raise KeyTransitionError(f"unsupported key transition version {data.get('version')!r}")
+        try:
+            return cls(
+                bytes.fromhex(str(data["previous_key_id"])),
+                parse_public_keys(str(data["key"]), "the transition's key"),
+                str(data["at"]),
+                base64.b64decode(str(data["signature"]), validate=True),
+                base64.b64decode(str(data["proof"]), validate=True),
+            )
+        except (KeyError, ValueError, binascii.Error, EnvelopeError) as exc:
+            raise KeyTransitionError(f"malformed key transition: {exc}") from None
+
+    def verify(self, previous: PublicKeys) -> None:
+        """Check both signatures, ``previous`` being the key it replaces.
+
+        Raises
+        ------
+        KeyTransitionError
+            ``previous`` is not the key named, or a signature does not verify.
+        """
+        if previous.key_id != self.previous_key_id:
+            raise KeyTransitionError(
+                f"the transition replaces key {key_id_hex(self.previous_key_id)}, "
+                f"not {key_id_hex(previous.key_id)}"
+            )
+        body = self._body()
+        for signer, signature, who in (
+            (previous, self.signature, "previous"),
+            (self.key, self.proof, "new"),
+        ):
+            try:
+                signer.ed25519.verify(signature, body)
+            except InvalidSignature:
+                raise KeyTransitionError(
+                    f"the transition to key {key_id_hex(self.key.key_id)} does not verify "
+                    f"with the {who} key: altered or forged"
+                ) from None
+
+
+def sign_transition(
+    previous: PrivateKeys, new: PrivateKeys, at: datetime | None = None
+) -> KeyTransition:
+    """The transition from ``previous`` to ``new`` (same identity name), signed by both."""
+    if previous.name != new.name:
+        raise KeyTransitionError(
+            f"a transition stays within one identity: {previous.name!r} is not {new.name!r}"
+        )
+    moment = (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
+    unsigned = KeyTransition(previous.key_id, new.public, moment, b"", b"")
+    body = unsigned._body()
+    return KeyTransition(
+        previous.key_id,
+        new.public,
+        moment,
+        previous.ed25519.sign(body),
+        new.ed25519.sign(body),
+    )
+
+
+def follow_transitions(
+    trusted: Iterable[PublicKeys], transitions: Sequence[KeyTransition | Mapping[str, Any]]
+) -> list[PublicKeys]:
+    """The keys reached from ``trusted`` through ``transitions``, oldest first.
+
+    Transitions are taken in the given order; one that starts at a key not reached (yet)
+    is skipped, so a site pinned at a later key ignores the earlier steps. A key already
+    trusted is not returned again.
+
+    Raises
+    ------
+    KeyTransitionError
+        A transition is malformed, or one that starts at a reached key does not verify
+        (the chain is refused: nothing after it is trusted).
+    """
+    reached = {key.key_id: key for key in trusted}
+    new: list[PublicKeys] = []
+    for item in transitions:
+        step = item if isinstance(item, KeyTransition) else KeyTransition.from_dict(item)
+        previous = reached.get(step.previous_key_id)
+        if previous is None:
+            continue
+        step.verify(previous)
+        if step.key.name != previous.name:
+            raise KeyTransitionError(
+                f"the transition names identity {step.key.name!r}, not {previous.name!r}"
+            )
+        if step.key.key_id not in reached:
+            reached[step.key.key_id] = step.key
+            new.append(step.key)
+    return new

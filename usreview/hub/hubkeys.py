@@ -1,0 +1,171 @@
+"""The hub's envelope keys: the current one, the ones it replaced, and their transitions.
+
+==================================  ==========================================================
+``hub.key`` / ``hub.pub``           the current key: sites seal uploads to it, receipts and
+                                    results are signed with it
+``hub-keys/KEYID.key`` / ``.pub``   every key the hub has had (``KEYID``: 16 hex digits of its
+                                    key id), kept for good: the archive's envelopes sealed to
+                                    an earlier key open only with it
+``hub-keys/transitions.json``       the signed transitions (:mod:`usreview.envelope.transitions`),
+                                    oldest first
+==================================  ==========================================================
+
+``usreview hub rotate-key`` (:func:`rotate_hub_key`, the hub stopped) makes a new current
+key. Everything the hub opens (uploads, stored instances for review, processing,
+conflicts, orphans) opens with any of its keys, so uploads a site sealed to the previous
+key before it heard of the new one are still taken. Sites adopt the new key on their own:
+the first receipt or result signed by it sends them to ``GET /hub-keys``, and they follow
+the transitions from the key they pinned (each signed by the previous key and by the new
+one), without a new ``hub.pub`` to hand over.
+
+Each step of a rotation is durable before the next: both keys are written to
+``hub-keys/`` first, then the transition, then ``hub.key`` and ``hub.pub`` are replaced.
+A rotation cut short leaves either the previous key current (run it again) or
+``hub.pub`` behind ``hub.key``, which :func:`load_hub_keys` rewrites.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from usreview.envelope import (
+    KeyTransition,
+    KeyTransitionError,
+    PrivateKeys,
+    generate_keys,
+    load_private_keys,
+    sign_transition,
+)
+from usreview.envelope.atomic import replace_file, write_new_file
+from usreview.envelope.errors import EnvelopeError
+from usreview.hub.errors import StateError
+from usreview.hub.state import HubState
+
+__all__ = ["HubKeys", "load_hub_keys", "rotate_hub_key"]
+
+_FOLDER = "hub-keys"
+_TRANSITIONS = "transitions.json"
+
+
+@dataclass(frozen=True)
+class HubKeys:
+    """The hub's current key, the ones it replaced (newest first), and the transitions."""
+
+    current: PrivateKeys
+    previous: tuple[PrivateKeys, ...] = ()
+    transitions: tuple[KeyTransition, ...] = ()
+
+    @property
+    def opening(self) -> tuple[PrivateKeys, ...]:
+        """Every key an envelope addressed to the hub may be sealed to, current first."""
+        return (self.current, *self.previous)
+
+    def to_dict(self) -> dict[str, object]:
+        """What ``GET /hub-keys`` answers: the current public key and the transitions."""
+        return {
+            "key_id": self.current.key_id.hex(),
+            "key": self.current.public.to_text(),
+            "transitions": [step.to_dict() for step in self.transitions],
+        }
+
+
+def _folder(state: HubState) -> Path:
+    return state.root / _FOLDER
+
+
+def _stem(keys: PrivateKeys) -> str:
+    return keys.key_id.hex()[:16]
+
+
+def load_hub_keys(state: HubState) -> HubKeys:
+    """Read the hub's keys from its state directory.
+
+    Raises
+    ------
+    StateError
+        A key file or the transitions cannot be read, or a transition does not verify.
+    """
+    try:
+        current = load_private_keys(state.hub_key)
+        folder = _folder(state)
+        stored = {
+            keys.key_id: keys
+            for path in sorted(folder.glob("*.key"))
+            if (keys := load_private_keys(path)).key_id != current.key_id
+        }
+        transitions = _read_transitions(folder / _TRANSITIONS)
+    except (OSError, EnvelopeError) as exc:
+        raise StateError(f"the hub's keys cannot be read: {exc}") from None
+    # Newest first: the order of the transitions, then any other (a rotation cut short).
+    order = [step.previous_key_id for step in reversed(transitions)]
+    previous = [stored.pop(key_id) for key_id in dict.fromkeys(order) if key_id in stored]
+    previous += stored.values()
+    _repair_public(state, current)
+    return HubKeys(current, tuple(previous), tuple(transitions))
+
+
+def _read_transitions(path: Path) -> list[KeyTransition]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except ValueError as exc:
+        raise KeyTransitionError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise KeyTransitionError(f"{path}: not a list of transitions")
+    return [KeyTransition.from_dict(item) for item in data]
+
+
+def _repair_public(state: HubState, current: PrivateKeys) -> None:
+    """Rewrite ``hub.pub`` if it is not ``hub.key``'s (a rotation cut between the two)."""
+    text = current.public.to_text()
+    try:
+        if state.hub_pub.read_text() == text:
+            return
+    except FileNotFoundError:
+        pass
+    replace_file(state.hub_pub, text.encode(), mode=0o644)
+
+
+def rotate_hub_key(
+    state: HubState, now: Callable[[], datetime] | None = None
+) -> tuple[HubKeys, KeyTransition]:
+    """Make a new current hub key; the replaced one keeps opening what was sealed to it.
+
+    The hub must be stopped (the caller checks): its processes hold the keys they read at
+    start.
+
+    Raises
+    ------
+    StateError
+        The keys cannot be read or written.
+    """
+    keys = load_hub_keys(state)
+    new = generate_keys(keys.current.name)
+    step = sign_transition(keys.current, new, now() if now else None)
+    folder = _folder(state)
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        for pair in (keys.current, new):
+            for suffix, text, mode in (
+                (".key", pair.to_text(), 0o600),
+                (".pub", pair.public.to_text(), 0o644),
+            ):
+                path = folder / f"{_stem(pair)}{suffix}"
+                if not path.exists():
+                    write_new_file(path, text.encode(), mode=mode)
+        steps = [*keys.transitions, step]
+        replace_file(
+            folder / _TRANSITIONS,
+            json.dumps([s.to_dict() for s in steps], indent=1).encode(),
+            mode=0o644,
+        )
+        replace_file(state.hub_key, new.to_text().encode(), mode=0o600)
+        replace_file(state.hub_pub, new.public.to_text().encode(), mode=0o644)
+    except OSError as exc:
+        raise StateError(f"the hub's key could not be rotated: {exc}") from None
+    return HubKeys(new, keys.opening, tuple(steps)), step

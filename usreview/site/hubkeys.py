@@ -1,0 +1,124 @@
+"""The hub's keys as a site knows them: the one it pinned, and those it followed since.
+
+The site's configuration pins the hub's public key (``hub.public_key``, the ``hub.pub``
+that ``usreview hub add-site`` printed). When the hub rotates its key
+(``usreview hub rotate-key``) its receipts and results are signed by a key the site does
+not know: the site then asks the hub for its keys (``GET hub-keys``) and follows the
+signed transitions from the pinned key (:func:`usreview.envelope.follow_transitions`;
+each step is signed by the previous key and by the new one, so the answer proves
+itself). The transitions it followed are kept in ``STATE/hub-keys.json`` and verified
+again whenever they are read; the pinned file is never rewritten.
+
+The site seals to the newest key it trusts; it accepts receipts and results signed by
+any of them (an earlier key signed what the hub sent before it rotated).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from usreview.envelope import KeyTransition, KeyTransitionError, PublicKeys, follow_transitions
+from usreview.envelope.atomic import replace_file
+
+if TYPE_CHECKING:
+    from usreview.site.client import HubClient
+    from usreview.site.config import SiteConfig
+
+__all__ = ["ADOPTED_FILE", "adopt_hub_keys", "followed_hub_keys", "refreshed_hub_keys"]
+
+#: The transitions a site followed, in its state folder.
+ADOPTED_FILE = "hub-keys.json"
+_log = logging.getLogger(__name__)
+
+
+def followed_hub_keys(pinned: PublicKeys, state: Path) -> list[PublicKeys]:
+    """The hub's keys the site trusts, oldest first: ``pinned``, then those followed.
+
+    Raises
+    ------
+    KeyTransitionError
+        ``STATE/hub-keys.json`` is damaged, or a step in it from a trusted key does not
+        verify (remove the file to start over).
+    """
+    path = state / ADOPTED_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        return [pinned]
+    except ValueError as exc:
+        raise KeyTransitionError(f"{path}: not JSON ({exc}); remove it to start over") from None
+    if not isinstance(saved, list):
+        raise KeyTransitionError(f"{path}: not a list of transitions; remove it to start over")
+    followed = follow_transitions([pinned], saved)  # steps from other keys: ignored
+    return [pinned, *followed]
+
+
+def adopt_hub_keys(pinned: PublicKeys, state: Path, answer: Any) -> list[PublicKeys]:
+    """Follow the transitions of a ``GET hub-keys`` answer; keep them; return the keys
+    newly trusted (none: the answer led nowhere new).
+
+    Raises
+    ------
+    KeyTransitionError
+        The answer is malformed, or a step from a trusted key does not verify (nothing
+        is kept).
+    """
+    trusted = followed_hub_keys(pinned, state)
+    steps = answer.get("transitions") if isinstance(answer, dict) else None
+    if not isinstance(steps, list):
+        raise KeyTransitionError("the hub's answer lists no key transitions")
+    parsed = [KeyTransition.from_dict(step) for step in steps]
+    new = follow_transitions(trusted, parsed)
+    if not new:
+        return []
+    # Keep the steps saved before, then the ones that led to the new keys, in order:
+    # reading follows them again from the pinned key.
+    saved = _saved(state)
+    reached = {key.key_id for key in trusted} | {key.key_id for key in new}
+    seen = {(step.previous_key_id, step.key.key_id) for step in saved}
+    kept = saved + [
+        step
+        for step in parsed
+        if step.previous_key_id in reached and (step.previous_key_id, step.key.key_id) not in seen
+    ]
+    replace_file(
+        state / ADOPTED_FILE,
+        json.dumps([step.to_dict() for step in kept], indent=1).encode(),
+        mode=0o600,
+    )
+    for key in new:
+        _log.info("adopted the hub's key %s (signed by its previous key)", key.key_id.hex()[:16])
+    return new
+
+
+def _saved(state: Path) -> list[KeyTransition]:
+    """The steps kept in ``STATE/hub-keys.json`` (verified by the caller's read)."""
+    try:
+        return [KeyTransition.from_dict(s) for s in json.loads((state / ADOPTED_FILE).read_text())]
+    except FileNotFoundError:
+        return []
+
+
+def refreshed_hub_keys(config: SiteConfig, client: HubClient) -> list[PublicKeys]:
+    """Ask the hub for its keys, adopt those that follow from the trusted ones, and return
+    every hub key the site trusts now, oldest first (as ``config.load_hub_keys()``).
+
+    For a site that met a receipt or a result signed by a key it does not know. Another
+    process of the site (the gateway's uploads and its results follower) may have adopted
+    it already: the caller compares with the keys it holds. A refused answer, or a hub
+    that cannot be asked, is logged and adopts nothing; the keys cannot be read: ``[]``.
+    """
+    from usreview.site.errors import HubRequestError, SiteConfigError
+
+    try:
+        adopt_hub_keys(config.load_pinned_hub_key(), config.state, client.hub_keys())
+    except (HubRequestError, KeyTransitionError, OSError) as exc:
+        _log.warning("the hub's keys were not refreshed: %s", exc)
+    try:
+        return config.load_hub_keys()
+    except SiteConfigError as exc:
+        _log.warning("the hub's keys cannot be read: %s", exc)
+        return []
