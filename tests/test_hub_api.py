@@ -300,7 +300,7 @@ def test_another_site_and_a_trainee_see_nothing(world: World, study: list[Path])
     # The hub's keys: for sites only (the current key, and no transition yet).
     keys = hub.get("/hub-keys", world.b.token).json()
     assert keys == {"key_id": world.hub_public.key_id.hex(), "key": world.hub_public.to_text(),
-                    "transitions": []}  # fmt: skip
+                    "transitions": [], "next_certificate": None}  # fmt: skip
     error(hub.get("/hub-keys", world.trainee), 403, "forbidden")
 
 

@@ -155,3 +155,152 @@ def test_a_site_adopts_only_what_follows_from_its_pinned_key(tmp_path: Path) -> 
     (site_state / ADOPTED_FILE).write_text("[{}]")
     with pytest.raises(KeyTransitionError, match="not a usreview key transition"):
         followed_hub_keys(pinned, site_state)
+
+
+def test_site_status_shows_the_hub_key_followed_and_a_damaged_record(tmp_path: Path) -> None:
+    from usreview.site import format_status, init_site, load_config, read_status
+    from usreview.site.status import CheckState, check_status
+
+    hub = open_state(tmp_path / "hub")
+    site = init_site("clinic", "http://127.0.0.1:9", tmp_path / "site", hub_public_key=hub.hub_pub)
+    (tmp_path / "site" / "token").write_text("unused\n")
+    (tmp_path / "site" / "token").chmod(0o600)
+    config = load_config(site.config)
+    pinned = config.load_pinned_hub_key()
+    status = read_status(config)
+    assert status.hub_key == {"pinned": pinned.key_id.hex()[:16],
+                              "current": pinned.key_id.hex()[:16], "followed": 0}  # fmt: skip
+    assert f"hub key       {pinned.key_id.hex()[:16]} (pinned)" in format_status(status)
+
+    _rotate(hub)
+    _rotate(hub)
+    config.state.mkdir(parents=True, exist_ok=True)
+    adopt_hub_keys(pinned, config.state, load_hub_keys(hub).to_dict())
+    current = load_hub_keys(hub).current.key_id.hex()[:16]
+    assert config.load_hub_key().key_id.hex()[:16] == current  # what the site seals to
+    status = read_status(config)
+    assert status.to_dict()["hub_key"]["followed"] == 2
+    assert (
+        f"hub key       {current} (followed from the pinned {pinned.key_id.hex()[:16]} "
+        "through 2 rotation(s) of the hub, state/hub-keys.json)"
+    ) in format_status(status)
+    assert "hub's key" not in check_status(status, 3600)[1]
+
+    (config.state / ADOPTED_FILE).write_text("not json")
+    status = read_status(config)
+    assert "not JSON" in status.hub_key["error"]
+    state, line = check_status(status, 3600)
+    assert state is CheckState.CRITICAL and "the hub's key: hub.public_key:" in line
+
+
+# -- the hub's next TLS certificate ----------------------------------------------------
+
+
+def test_the_self_signed_certificate_gets_a_successor_a_month_ahead(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from usreview.hub.tls import certificate_expiry, ensure_certificate
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    successor = (tmp_path / "tls-next.crt", tmp_path / "tls-next.key")
+    t0 = dt.datetime.now(dt.UTC)
+
+    def at(days: float) -> str | None:
+        return ensure_certificate(
+            cert, key, ["127.0.0.1"], successor=successor, now=t0 + dt.timedelta(days=days)
+        )[2]
+
+    assert at(0) == "new"
+    first = cert.read_bytes()
+    expires = certificate_expiry(cert)
+    assert expires is not None
+    left = (expires - t0).days  # 397
+    assert at(left - 60) is None and not successor[0].exists()
+    assert at(left - 29) == "successor"  # within EXPIRY_NOTICE_DAYS: the next one, ahead
+    assert cert.read_bytes() == first and successor[1].stat().st_mode & 0o777 == 0o600
+    announced = successor[0].read_bytes()
+    assert at(left - 20) is None and successor[0].read_bytes() == announced  # kept
+    assert at(left - 6) == "promoted"  # a week before expiry: the one the sites fetched
+    assert cert.read_bytes() == announced and not successor[0].exists()
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert at(left + 345) == "successor"  # the promoted one's own successor, in turn
+    moved = ensure_certificate(cert, key, ["10.1.2.3"], successor=successor, now=t0)[2]
+    assert moved == "new" and not successor[0].exists()  # made for other hosts: dropped
+    # Without a successor (the site's DICOM TLS pair), a week before expiry: a new one.
+    alone = (tmp_path / "a.crt", tmp_path / "a.key")
+    assert ensure_certificate(*alone, ["127.0.0.1"], now=t0)[2] == "new"
+    assert ensure_certificate(*alone, ["127.0.0.1"], now=t0 + dt.timedelta(days=391))[2] == "new"
+
+
+def test_next_certificate_is_announced_withdrawn_and_audited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from usreview.cli import main
+    from usreview.hub.tls import ensure_certificate
+
+    state = open_state(tmp_path / "state")
+    made = ensure_certificate(tmp_path / "next.crt", tmp_path / "next.key", ["hub.example"])[0]
+    argv = ["hub", "next-certificate", "--state", str(state.root)]
+    assert main([*argv, str(made)]) == 0
+    assert state.tls_next_cert.read_bytes() == made.read_bytes()
+    assert "announced to the sites as the hub's next certificate" in capsys.readouterr().out
+    answer = load_hub_keys(state).to_dict(state.tls_next_cert.read_text())
+    assert answer["next_certificate"]["text"] == made.read_text()  # type: ignore[index]
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    assert main([*argv, str(junk)]) == 2
+    assert capsys.readouterr().err == f"usreview: error: {junk}: not PEM certificates\n"
+    assert state.tls_next_cert.read_bytes() == made.read_bytes()  # left as it was
+    assert main([*argv, "--clear"]) == 0 and not state.tls_next_cert.exists()
+    assert main(argv) == 2  # neither: one line
+    lines = [json.loads(x) for x in state.audit_log.read_text().splitlines()]
+    assert [x["outcome"] for x in lines if x["resource"] == "hub/next-certificate"] == [
+        "announced",
+        "withdrawn",
+    ]
+
+
+def test_a_site_trusts_the_announced_certificate_only_when_signed(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from usreview.envelope import generate_keys, sign_announcement
+    from usreview.hub.hubkeys import CERTIFICATE_ANNOUNCEMENT
+    from usreview.hub.tls import ensure_certificate
+    from usreview.site import format_status, init_site, load_config, read_status
+    from usreview.site.client import _tls_context
+    from usreview.site.hubkeys import ANNOUNCED_CERTIFICATES, adopt_hub_certificate
+    from usreview.site.status import check_status
+
+    hub = open_state(tmp_path / "hub")
+    now = dt.datetime.now(dt.UTC)
+    pinned, _, _ = ensure_certificate(hub.tls_cert, hub.tls_key, ["127.0.0.1"],
+                                      now=now - dt.timedelta(days=380))  # fmt: skip
+    nxt, _, _ = ensure_certificate(hub.tls_next_cert, hub.tls_next_key, ["127.0.0.1"])
+    folder = tmp_path / "site"
+    site = init_site("clinic", "https://127.0.0.1:9", folder, hub_public_key=hub.hub_pub,
+                     hub_certificate=pinned)  # fmt: skip
+    (folder / "token").write_text("unused\n")
+    (folder / "token").chmod(0o600)
+    config = load_config(site.config)
+    config.state.mkdir(parents=True, exist_ok=True)
+    assert len(_tls_context(config).get_ca_certs()) == 1
+    warned = check_status(read_status(config), 3600)[1]
+    assert "the hub's pinned certificate (hub.certificate" in warned  # 17 days left
+
+    trusted = config.load_hub_keys()
+    forged = sign_announcement(generate_keys("hub"), CERTIFICATE_ANNOUNCEMENT, nxt.read_text())
+    with pytest.raises(KeyTransitionError, match="not signed by a trusted key"):
+        adopt_hub_certificate(trusted, config.state, forged)
+    announced = load_hub_keys(hub).to_dict(nxt.read_text())["next_certificate"]
+    altered = dict(announced)  # type: ignore[call-overload]
+    altered["text"] = pinned.read_text()
+    with pytest.raises(KeyTransitionError, match="does not verify"):
+        adopt_hub_certificate(trusted, config.state, altered)
+    assert not (config.state / ANNOUNCED_CERTIFICATES).exists()
+
+    assert adopt_hub_certificate(trusted, config.state, announced) is True
+    assert adopt_hub_certificate(trusted, config.state, announced) is False  # known
+    assert len(_tls_context(config).get_ca_certs()) == 2  # pinned and announced
+    status = read_status(config)
+    assert "certificate   hub.announced (" in format_status(status)
+    assert "hub.certificate" not in check_status(status, 3600)[1]  # its successor is here

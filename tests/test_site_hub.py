@@ -42,6 +42,7 @@ from tests.site_helpers import (
     succeeded_files,
     wait_until,
 )
+from usreview.hub.state import HubState
 from usreview.ingest.receipts import verify_receipt
 from usreview.site import SiteConfig, Spool, format_status, load_config, read_status
 from usreview.site.client import HubClient
@@ -1084,7 +1085,6 @@ def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
     from usreview.hub.api.plaintext import open_stored
     from usreview.hub.api.sitekeys import SiteKeyFiles
     from usreview.hub.hubkeys import load_hub_keys
-    from usreview.hub.state import HubState
     from usreview.store import Archive, CorruptObjectError, Reviewer
 
     config, gateway = clinic
@@ -1144,3 +1144,51 @@ def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
     report = hub.publish(_sr(tmp_path / "report.dcm", study), study, ["clinic"], "report")
     wait_until(lambda: (site.outbox / study / f"{report:08d}-report.dcm").exists(), timeout=30)
     assert not (site.state / "refused" / f"{report:08d}.envelope").exists()
+
+
+def test_the_hubs_next_certificate_reaches_the_sites_before_the_switch(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """After the key rotation: the module's hub changes its TLS certificate last.
+
+    The hub announces ``tls-next.crt`` (made here as the hub makes its successor a month
+    ahead); a site that pulls results trusts it, signed with the hub's key; after the
+    switch (what the hub does a week before expiry) that site still reaches the hub and
+    one that never asked does not.
+    """
+    from usreview.hub.tls import ensure_certificate
+    from usreview.site.hubkeys import ANNOUNCED_CERTIFICATES
+
+    asked, _ = enroll(hub, "clinic-asks", tmp_path / "asks")
+    never, _ = enroll(hub, "clinic-never", tmp_path / "never")
+    pull = [*USREVIEW, "site", "pull", "--config"]
+
+    def pulled(config: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*pull, str(config)], capture_output=True, text=True, timeout=120)
+
+    hub.stop()
+    try:
+        state = HubState(hub.state)
+        ensure_certificate(state.tls_next_cert, state.tls_next_key, ["127.0.0.1"])
+    finally:
+        hub.start()
+    assert pulled(asked).returncode == 0
+    kept = load_config(asked).state / ANNOUNCED_CERTIFICATES
+    assert kept.read_bytes() == state.tls_next_cert.read_bytes()
+    [event] = [e for e in hub.audited("clinic-asks") if e["resource"] == "hub-keys"]
+    assert event["detail"]["next_certificate"] is True
+
+    hub.stop()
+    try:  # the switch, as the hub makes it a week before the old one expires
+        os.replace(state.tls_next_key, state.tls_key)
+        os.replace(state.tls_next_cert, state.tls_cert)
+    finally:
+        hub.start()
+    assert pulled(asked).returncode == 0
+    failed = pulled(never)
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stderr.splitlines() == [
+        f"usreview: error: GET {hub.url}/services/usreview/api/v1/results: the hub's TLS "
+        "certificate does not verify against the pinned certificate (hub.certificate): "
+        "self-signed certificate"
+    ]

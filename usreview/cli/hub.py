@@ -399,6 +399,41 @@ _HUB_ROTATE_KEY = Command(
 )
 
 
+def _cmd_hub_next_certificate(args: argparse.Namespace) -> int:
+    from usreview.hub.commands import next_certificate
+
+    if (args.certificate is None) == (not args.clear):
+        from usreview.errors import InputError
+
+        raise InputError("give the next certificate's PEM file, or --clear")
+    announced = next_certificate(_state_dir(args), None if args.clear else args.certificate)
+    if announced is None:
+        print("no next certificate is announced to the sites")
+    else:
+        print(f"announced to the sites as the hub's next certificate: {announced}")
+        print("sites following results trust it within hours ('site status' shows it); "
+              "then start the hub with it (--tls-cert, --tls-key)")  # fmt: skip
+    return 0
+
+
+_HUB_NEXT_CERTIFICATE = Command(
+    "next-certificate",
+    help="announce the TLS certificate the hub serves next; sites trust it ahead",
+    handler=_cmd_hub_next_certificate,
+    description="Copy CERT (PEM) to STATE/tls-next.crt: the hub announces it to the sites "
+    "in GET hub-keys, signed with its envelope key, and the sites that follow results "
+    "fetch it within hours and trust it beside the certificate they pinned. Then switch "
+    "the hub to it (--tls-cert, --tls-key) without handing a file to every site. For a "
+    "pinned certificate from elsewhere: the hub announces its own self-signed successor a "
+    "month ahead by itself. --clear withdraws it. Hub running or not; audited.",
+    args=(
+        arg("certificate", type=Path, nargs="?", metavar="CERT", help="the next certificate"),
+        arg("--clear", action="store_true", help="withdraw the announced certificate"),
+        _state(),
+    ),
+)
+
+
 def _cmd_hub_worker(args: argparse.Namespace) -> int:
     from usreview.processing.worker import run_worker
 
@@ -851,6 +886,7 @@ _HUB = Command(
             _HUB_SITES,
             _HUB_SITE_TOKEN,
             _HUB_ROTATE_KEY,
+            _HUB_NEXT_CERTIFICATE,
             _HUB_AUDIT,
             _HUB_BACKUP,
             _HUB_WORKER,

@@ -64,7 +64,9 @@ from usreview.envelope.transitions import (
     KeyTransition,
     KeyTransitionError,
     follow_transitions,
+    sign_announcement,
     sign_transition,
+    verify_announcement,
 )
 from usreview.envelope.unseal import unseal, unseal_file
 
@@ -102,8 +104,10 @@ __all__ = [
     "load_public_keys",
     "seal",
     "seal_file",
+    "sign_announcement",
     "sign_transition",
     "unseal",
     "unseal_file",
+    "verify_announcement",
     "write_key_pair",
 ]

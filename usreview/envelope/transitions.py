@@ -16,6 +16,14 @@ Wire form (JSON)::
 
 Both signatures are Ed25519 over ``"usreview-key-transition/v1\\0" || canonical JSON of
 every other field``.
+
+An *announcement* is text an identity vouches for with its current key, for holders who
+trust that key: the hub announces the TLS certificate it will serve next, so that sites
+trust it before the switch (:func:`sign_announcement`, :func:`verify_announcement`)::
+
+    {"kind": "hub-certificate", "text": "...", "key_id": HEX, "signature": B64}
+
+signed over ``"usreview-announcement/v1\\0" || kind || "\\0" || text``.
 """
 
 from __future__ import annotations
@@ -33,11 +41,19 @@ from cryptography.exceptions import InvalidSignature
 from usreview.envelope.errors import EnvelopeError
 from usreview.envelope.keys import PrivateKeys, PublicKeys, key_id_hex, parse_public_keys
 
-__all__ = ["KeyTransition", "KeyTransitionError", "follow_transitions", "sign_transition"]
+__all__ = [
+    "KeyTransition",
+    "KeyTransitionError",
+    "follow_transitions",
+    "sign_announcement",
+    "sign_transition",
+    "verify_announcement",
+]
 
 _TYPE = "usreview-key-transition"
 _VERSION = 1
 _CONTEXT = b"usreview-key-transition/v1\0"
+_ANNOUNCEMENT = b"usreview-announcement/v1\0"
 
 
 class KeyTransitionError(EnvelopeError):
@@ -181,3 +197,41 @@ def follow_transitions(
             reached[step.key.key_id] = step.key
             new.append(step.key)
     return new
+
+
+def _announced(kind: str, text: str) -> bytes:
+    return _ANNOUNCEMENT + kind.encode() + b"\0" + text.encode()
+
+
+def sign_announcement(keys: PrivateKeys, kind: str, text: str) -> dict[str, str]:
+    """``text`` of ``kind`` (e.g. ``hub-certificate``), signed by ``keys`` (wire form)."""
+    return {
+        "kind": kind,
+        "text": text,
+        "key_id": keys.key_id.hex(),
+        "signature": base64.b64encode(keys.ed25519.sign(_announced(kind, text))).decode(),
+    }
+
+
+def verify_announcement(trusted: Iterable[PublicKeys], kind: str, data: Any) -> str:
+    """The text of an announcement of ``kind`` signed by one of the ``trusted`` keys.
+
+    Raises
+    ------
+    KeyTransitionError
+        Malformed, of another kind, signed by a key not trusted, or altered.
+    """
+    if not isinstance(data, Mapping) or data.get("kind") != kind:
+        raise KeyTransitionError(f"not an announcement of {kind}")
+    text, key_id = data.get("text"), data.get("key_id")
+    signer = next((k for k in trusted if k.key_id.hex() == key_id), None)
+    if not isinstance(text, str) or signer is None:
+        raise KeyTransitionError(f"the announcement of {kind} is not signed by a trusted key")
+    try:
+        signature = base64.b64decode(str(data.get("signature")), validate=True)
+        signer.ed25519.verify(signature, _announced(kind, text))
+    except (ValueError, binascii.Error, InvalidSignature):
+        raise KeyTransitionError(
+            f"the announcement of {kind} does not verify: altered or forged"
+        ) from None
+    return text

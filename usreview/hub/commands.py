@@ -56,6 +56,7 @@ __all__ = [
     "add_user",
     "audit_admin",
     "list_sites",
+    "next_certificate",
     "remove_user",
     "reset_password",
     "reviewer_sites",
@@ -518,6 +519,56 @@ def rotate_hub_key(state: Path) -> RotatedHubKey:
     audit_admin(hub_state, "usreview hub rotate-key", "hub/key", "rotated",
                 {"key_id": rotated.key_id, "replaced_key_id": rotated.replaced_key_id})  # fmt: skip
     return rotated
+
+
+def next_certificate(state: Path, certificate: Path | None) -> Path | None:
+    """Announce ``certificate`` (PEM) to the sites as the one the hub serves next, or
+    withdraw the announcement (``None``); hub running or not, audited. Returns the
+    announced file (``STATE/tls-next.crt``), ``None`` once withdrawn.
+
+    For a hub whose certificate the sites pin and that comes from elsewhere
+    (``--tls-cert``): the sites fetch it (signed with the hub's key) within hours, then
+    the hub can be started with it. The hub's own self-signed certificate is announced
+    by itself, a month ahead (:func:`usreview.hub.tls.ensure_certificate`).
+
+    Raises
+    ------
+    StateError
+        No hub state, or the file cannot be written.
+    InputError
+        ``certificate`` cannot be read as PEM certificates.
+    """
+    from cryptography import x509
+
+    from usreview.envelope.atomic import replace_file
+    from usreview.errors import InputError
+
+    hub_state = existing_state(state)
+    target = hub_state.tls_next_cert
+    if certificate is None:
+        existed = target.exists()
+        target.unlink(missing_ok=True)
+        hub_state.tls_next_key.unlink(missing_ok=True)
+        if existed:
+            audit_admin(hub_state, "usreview hub next-certificate", "hub/next-certificate",
+                        "withdrawn", {})  # fmt: skip
+        return None
+    try:
+        text = certificate.read_text()
+        found = x509.load_pem_x509_certificates(text.encode())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not PEM certificates"
+        raise InputError(f"{certificate}: {why}") from None
+    expires = min(c.not_valid_after_utc for c in found)
+    try:
+        replace_file(target, text.encode(), mode=0o644)
+    except OSError as exc:
+        raise StateError(f"{target}: {exc.strerror or exc}") from None
+    hub_state.tls_next_key.unlink(missing_ok=True)  # a successor the hub made: replaced
+    audit_admin(hub_state, "usreview hub next-certificate", "hub/next-certificate",
+                "announced", {"certificates": len(found),
+                              "expires": expires.isoformat(timespec="seconds")})  # fmt: skip
+    return target
 
 
 def _service_running(state: HubState) -> bool:

@@ -61,7 +61,7 @@ from usreview.hub.roles import ADMIN_SERVICE, CUSTOM_SCOPES, SERVICE, load_roles
 from usreview.hub.siteport import SERVICE_SITE_PORT_ENV, SitePort
 from usreview.hub.state import STATE_ENV, HubState, open_state, open_to_servers, state_from_env
 from usreview.hub.supervisor import HUB_PID_ENV
-from usreview.hub.tls import check_bind, ensure_certificate, expiry_notice
+from usreview.hub.tls import EXPIRY_NOTICE_DAYS, check_bind, ensure_certificate, expiry_notice
 
 __all__ = [
     "IP_ENV",
@@ -202,17 +202,18 @@ def configure(
             cert, key = tls_cert.absolute(), tls_key.absolute()
         else:
             hosts = [ip] if ip else [socket.gethostname()]
-            before = _read_or_none(hub_state.tls_cert)
-            cert, key = ensure_certificate(hub_state.tls_cert, hub_state.tls_key, hosts)
-            if before is not None and before != cert.read_bytes():
-                notices.append(
-                    f"a new self-signed TLS certificate replaced {cert} (the old one expired "
-                    "within a week or named other hosts): give the sites the new one, they "
-                    "pin it (hub.certificate in their site.toml)"
-                )
-        notice = expiry_notice(cert)
-        if notice is not None:
-            notices.append(notice)
+            had = hub_state.tls_cert.exists()
+            cert, key, change = ensure_certificate(
+                hub_state.tls_cert,
+                hub_state.tls_key,
+                hosts,
+                successor=(hub_state.tls_next_cert, hub_state.tls_next_key),
+            )
+            notices += _certificate_change(cert, change if had else None)
+        if not hub_state.tls_next_cert.exists():  # else the sites fetch the next one
+            notice = expiry_notice(cert)
+            if notice is not None:
+                notices.append(notice)
         c.JupyterHub.ssl_cert = str(cert)
         c.JupyterHub.ssl_key = str(key)
     public_url = f"{scheme}://{_host(ip)}:{port}/"
@@ -423,8 +424,20 @@ def _service_environment(state_root: Path) -> dict[str, str]:
     return environment
 
 
-def _read_or_none(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
+def _certificate_change(cert: Path, change: str | None) -> list[str]:
+    """What ``usreview hub`` says at start about its self-signed certificate's change."""
+    if change == "new":
+        return [
+            f"a new self-signed TLS certificate replaced {cert} (the old one expired within a "
+            "week or named other hosts): give the sites the new one, they pin it "
+            "(hub.certificate in their site.toml)"
+        ]
+    if change == "successor":
+        return [
+            f"{cert} expires within {EXPIRY_NOTICE_DAYS} days: its successor "
+            f"{cert.with_name('tls-next.crt')} is announced to the sites (signed with the "
+            "hub's key); it replaces the certificate a week before expiry"
+        ]
+    if change == "promoted":
+        return [f"{cert} was replaced by the successor announced to the sites"]
+    return []

@@ -10,6 +10,12 @@
                                     oldest first
 ==================================  ==========================================================
 
+The same answer (``GET /hub-keys``) announces the TLS certificate the hub will serve next
+(``tls-next.crt``), signed with the current key: sites that follow results fetch it every
+few hours and trust it beside the certificate they pinned, so the hub can switch to it
+(:func:`usreview.hub.tls.ensure_certificate` does so a week before the current one
+expires) without a new file handed to every site.
+
 ``usreview hub rotate-key`` (:func:`rotate_hub_key`, the hub stopped) makes a new current
 key. Everything the hub opens (uploads, stored instances for review, processing,
 conflicts, orphans) opens with any of its keys, so uploads a site sealed to the previous
@@ -38,6 +44,7 @@ from usreview.envelope import (
     PrivateKeys,
     generate_keys,
     load_private_keys,
+    sign_announcement,
     sign_transition,
 )
 from usreview.envelope.atomic import replace_file, write_new_file
@@ -45,7 +52,10 @@ from usreview.envelope.errors import EnvelopeError
 from usreview.hub.errors import StateError
 from usreview.hub.state import HubState
 
-__all__ = ["HubKeys", "load_hub_keys", "rotate_hub_key"]
+__all__ = ["CERTIFICATE_ANNOUNCEMENT", "HubKeys", "load_hub_keys", "rotate_hub_key"]
+
+#: The kind of the signed announcement of the hub's next TLS certificate.
+CERTIFICATE_ANNOUNCEMENT = "hub-certificate"
 
 _FOLDER = "hub-keys"
 _TRANSITIONS = "transitions.json"
@@ -64,12 +74,18 @@ class HubKeys:
         """Every key an envelope addressed to the hub may be sealed to, current first."""
         return (self.current, *self.previous)
 
-    def to_dict(self) -> dict[str, object]:
-        """What ``GET /hub-keys`` answers: the current public key and the transitions."""
+    def to_dict(self, next_certificate: str | None = None) -> dict[str, object]:
+        """What ``GET /hub-keys`` answers: the current public key, the transitions, and
+        the TLS certificate the hub serves next (PEM), signed with the current key."""
         return {
             "key_id": self.current.key_id.hex(),
             "key": self.current.public.to_text(),
             "transitions": [step.to_dict() for step in self.transitions],
+            "next_certificate": (
+                None
+                if next_certificate is None
+                else sign_announcement(self.current, CERTIFICATE_ANNOUNCEMENT, next_certificate)
+            ),
         }
 
 

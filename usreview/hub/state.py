@@ -7,6 +7,8 @@ with a new hub only, see :func:`open_state`), each mode 0600 and never overwritt
 ==========================  =================================================================
 ``hub.key`` / ``hub.pub``   the hub's envelope identity (:mod:`usreview.envelope`); sites seal
                             studies to ``hub.pub``
+``hub-keys/``               the keys ``usreview hub rotate-key`` replaced, and the signed
+                            transitions sites follow (:mod:`usreview.hub.hubkeys`)
 ``cookie_secret``           JupyterHub's cookie signing key (hex)
 ``at-rest.key``             32 random bytes for encrypting stored studies (the archive)
 ``audit.key``               32 random bytes keying the audit log's hash chain
@@ -16,6 +18,9 @@ with a new hub only, see :func:`open_state`), each mode 0600 and never overwritt
 ``accounts.sqlite``         people (scrypt hashes) and sites (:mod:`usreview.hub.accounts`)
 ``jupyterhub.sqlite``       JupyterHub's database (users, groups, hashed API tokens)
 ``tls.crt`` / ``tls.key``   the self-signed demo certificate (:mod:`usreview.hub.tls`)
+``tls-next.crt``            the certificate served next, announced to the sites ahead (with
+                            ``tls-next.key``: made a month before ``tls.crt`` expires; alone:
+                            given with ``usreview hub next-certificate``)
 ``sites/NAME.pub``          each site's envelope public key
 ``run.json``                where the running hub's API listens (written at each start)
 ==========================  =================================================================
@@ -117,6 +122,16 @@ class HubState:
     def tls_key(self) -> Path:
         """The generated certificate's private key (PEM)."""
         return self.root / "tls.key"
+
+    @property
+    def tls_next_cert(self) -> Path:
+        """The certificate the hub serves next, announced to the sites ahead (PEM)."""
+        return self.root / "tls-next.crt"
+
+    @property
+    def tls_next_key(self) -> Path:
+        """Its private key, when the hub made it (a self-signed successor)."""
+        return self.root / "tls-next.key"
 
     @property
     def sites(self) -> Path:

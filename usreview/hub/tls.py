@@ -63,18 +63,53 @@ def check_bind(ip: str, tls: bool) -> None:
         )
 
 
-def ensure_certificate(cert: Path, key: Path, hosts: Sequence[str]) -> tuple[Path, Path]:
-    """Return ``(cert, key)``, generating a self-signed pair when needed.
+def ensure_certificate(
+    cert: Path,
+    key: Path,
+    hosts: Sequence[str],
+    *,
+    successor: tuple[Path, Path] | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[Path, Path, str | None]:
+    """Return ``(cert, key, change)``, generating a self-signed pair when needed.
 
     A new pair replaces the old one when it is missing, does not name every one of
-    ``hosts`` (addresses or DNS names) or expires within a week.
+    ``hosts`` (addresses or DNS names) or expires within a week. With ``successor``
+    (``(cert, key)`` paths), the next pair is made ahead: once the current one expires
+    within :data:`EXPIRY_NOTICE_DAYS`, a successor is generated (the hub announces it to
+    the sites, signed, see :mod:`usreview.hub.hubkeys`), and a week before expiry it
+    becomes the current pair, so that the sites that fetched it never lose the hub.
+    ``change`` says what was done: ``"new"``, ``"successor"``, ``"promoted"`` or ``None``.
     """
+    moment = now or dt.datetime.now(dt.UTC)
     names = sorted({"localhost", "127.0.0.1", "::1", *(h for h in hosts if h)})
-    if _usable(cert, key, names):
-        return cert, key
+    if _usable(cert, key, names, moment):
+        if successor is None or _expires(cert) - moment > dt.timedelta(days=EXPIRY_NOTICE_DAYS):
+            return cert, key, None
+        if _usable(*successor, names, moment):
+            return cert, key, None
+        _write_pair(*successor, *_self_signed(names, moment))
+        return cert, key, "successor"
+    if successor is not None and _usable(*successor, names, moment):
+        _write_pair(cert, key, successor[0].read_bytes(), successor[1].read_bytes())
+        for path in successor:
+            path.unlink()
+        return cert, key, "promoted"
+    _write_pair(cert, key, *_self_signed(names, moment))
+    for path in successor or ():  # made for other hosts: not to be announced
+        path.unlink(missing_ok=True)
+    return cert, key, "new"
+
+
+def _write_pair(cert: Path, key: Path, cert_pem: bytes, key_pem: bytes) -> None:
+    replace_file(key, key_pem, mode=0o600)
+    replace_file(cert, cert_pem, mode=0o644)
+
+
+def _self_signed(names: Sequence[str], now: dt.datetime) -> tuple[bytes, bytes]:
+    """A self-signed certificate for ``names``, valid from ``now``, and its key (PEM)."""
     private = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "usreview hub (self-signed)")])
-    now = dt.datetime.now(dt.UTC)
     public = private.public_key()
     certificate = (
         x509.CertificateBuilder()
@@ -110,9 +145,13 @@ def ensure_certificate(cert: Path, key: Path, hosts: Sequence[str]) -> tuple[Pat
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    replace_file(key, key_pem, mode=0o600)
-    replace_file(cert, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
-    return cert, key
+    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def _expires(cert: Path) -> dt.datetime:
+    expires = certificate_expiry(cert)
+    assert expires is not None  # checked usable
+    return expires
 
 
 def _general_name(name: str) -> x509.GeneralName:
@@ -122,7 +161,7 @@ def _general_name(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
-def _usable(cert: Path, key: Path, names: Sequence[str]) -> bool:
+def _usable(cert: Path, key: Path, names: Sequence[str], now: dt.datetime) -> bool:
     if not (cert.is_file() and key.is_file()):
         return False
     try:
@@ -134,7 +173,7 @@ def _usable(cert: Path, key: Path, names: Sequence[str]) -> bool:
     present |= set(san.get_values_for_type(x509.DNSName))
     wanted = {str(_general_name(n).value) for n in names}
     expires = certificate.not_valid_after_utc
-    return wanted <= present and expires - dt.datetime.now(dt.UTC) > _RENEW_BEFORE
+    return wanted <= present and expires - now > _RENEW_BEFORE
 
 
 def expiry_notice(cert: Path, *, now: dt.datetime | None = None) -> str | None:
@@ -154,11 +193,11 @@ def expiry_notice(cert: Path, *, now: dt.datetime | None = None) -> str | None:
     )
 
 
-def certificate_expiry(path: Path) -> dt.datetime | None:
-    """When the first of the PEM certificates in ``path`` (one, or a bundle) expires;
-    ``None`` when the file cannot be read as certificates."""
+def certificate_expiry(path: Path, *, latest: bool = False) -> dt.datetime | None:
+    """When the first (``latest``: the last) of the PEM certificates in ``path`` (one, or
+    a bundle) expires; ``None`` when the file cannot be read as certificates."""
     try:
         found = x509.load_pem_x509_certificates(path.read_bytes())
     except (OSError, ValueError):
         return None
-    return min(c.not_valid_after_utc for c in found)
+    return (max if latest else min)(c.not_valid_after_utc for c in found)

@@ -1,4 +1,5 @@
-"""HTTP to the hub's usreview API: TLS with the pinned certificate, the site's token.
+"""HTTP to the hub's usreview API: TLS with the pinned certificate (and the next one the hub
+announced, :mod:`usreview.site.hubkeys`), the site's token.
 
 Standard library only (``http.client``): one kept-alive connection per client, so give
 each thread its own :class:`HubClient`. Every failure is one of two errors:
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import socket
 import ssl
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from usreview._http import STALE_CONNECTION_ERRORS, connection_dropped
 from usreview.site.config import SiteConfig
 from usreview.site.errors import HubRefusedError, HubUnreachableError, SiteConfigError
+from usreview.site.hubkeys import ANNOUNCED_CERTIFICATES
 
 __all__ = ["ENVELOPE_TYPE", "RECEIPT_BATCH", "HubClient"]
 
@@ -27,6 +30,7 @@ ENVELOPE_TYPE = "application/vnd.usreview.envelope"
 #: UIDs asked about in one ``GET receipts`` (the hub answers at most 100).
 RECEIPT_BATCH = 100
 _BLOCK = 1 << 20
+_log = logging.getLogger(__name__)
 
 
 def _tls_context(config: SiteConfig) -> ssl.SSLContext:
@@ -39,6 +43,12 @@ def _tls_context(config: SiteConfig) -> ssl.SSLContext:
             "hub.certificate",
         ) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    announced = config.state / ANNOUNCED_CERTIFICATES
+    if cert is not None and announced.exists():  # the hub's next one, signed by its key
+        try:
+            context.load_verify_locations(cafile=str(announced))
+        except (OSError, ssl.SSLError) as exc:  # the pinned one still works
+            _log.warning("%s cannot be used (%s): the pinned certificate alone", announced, exc)
     return context
 
 

@@ -11,26 +11,53 @@ again whenever they are read; the pinned file is never rewritten.
 
 The site seals to the newest key it trusts; it accepts receipts and results signed by
 any of them (an earlier key signed what the hub sent before it rotated).
+
+The same answer announces the TLS certificate the hub serves next, signed with its
+current key. A site keeps it in ``STATE/hub-certificates.pem`` (with the ones announced
+before that have not expired) and trusts it beside ``hub.certificate``
+(:class:`~usreview.site.client.HubClient`), so that the hub can switch to it without a
+new file for every site. The results follower asks every :data:`REFRESH_SECONDS`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from usreview.envelope import KeyTransition, KeyTransitionError, PublicKeys, follow_transitions
+from usreview.envelope import (
+    KeyTransition,
+    KeyTransitionError,
+    PublicKeys,
+    follow_transitions,
+    verify_announcement,
+)
 from usreview.envelope.atomic import replace_file
 
 if TYPE_CHECKING:
     from usreview.site.client import HubClient
     from usreview.site.config import SiteConfig
 
-__all__ = ["ADOPTED_FILE", "adopt_hub_keys", "followed_hub_keys", "refreshed_hub_keys"]
+__all__ = [
+    "ADOPTED_FILE",
+    "ANNOUNCED_CERTIFICATES",
+    "REFRESH_SECONDS",
+    "adopt_hub_certificate",
+    "adopt_hub_keys",
+    "followed_hub_keys",
+    "refreshed_hub_keys",
+]
 
 #: The transitions a site followed, in its state folder.
 ADOPTED_FILE = "hub-keys.json"
+#: The hub's announced TLS certificates (PEM), in its state folder.
+ANNOUNCED_CERTIFICATES = "hub-certificates.pem"
+#: How often the results follower asks the hub for its keys and next certificate.
+REFRESH_SECONDS = 6 * 3600.0
+#: The kind of the hub's signed announcement of its next certificate.
+_CERTIFICATE = "hub-certificate"
 _log = logging.getLogger(__name__)
 
 
@@ -111,14 +138,57 @@ def refreshed_hub_keys(config: SiteConfig, client: HubClient) -> list[PublicKeys
     it already: the caller compares with the keys it holds. A refused answer, or a hub
     that cannot be asked, is logged and adopts nothing; the keys cannot be read: ``[]``.
     """
-    from usreview.site.errors import HubRequestError, SiteConfigError
+    from usreview.site.errors import HubRequestError, HubUnreachableError, SiteConfigError
 
+    answer: Any = None
     try:
-        adopt_hub_keys(config.load_pinned_hub_key(), config.state, client.hub_keys())
+        answer = client.hub_keys()
+        adopt_hub_keys(config.load_pinned_hub_key(), config.state, answer)
+    except HubUnreachableError as exc:  # the caller's own request says so
+        _log.info("the hub's keys were not refreshed: %s", exc)
     except (HubRequestError, KeyTransitionError, OSError) as exc:
         _log.warning("the hub's keys were not refreshed: %s", exc)
     try:
-        return config.load_hub_keys()
+        keys = config.load_hub_keys()
     except SiteConfigError as exc:
         _log.warning("the hub's keys cannot be read: %s", exc)
         return []
+    announced = answer.get("next_certificate") if isinstance(answer, dict) else None
+    if announced is not None:
+        try:
+            adopt_hub_certificate(keys, config.state, announced)
+        except (KeyTransitionError, ValueError, OSError) as exc:
+            _log.warning("the hub's next certificate was refused: %s", exc)
+    return keys
+
+
+def adopt_hub_certificate(trusted: list[PublicKeys], state: Path, announced: Any) -> bool:
+    """Keep the hub's announced next certificate, once its signature verifies with one of
+    the ``trusted`` hub keys; whether it is new. Expired ones are dropped from the file.
+
+    Raises
+    ------
+    KeyTransitionError
+        Not signed by a trusted key, or altered.
+    ValueError
+        Not PEM certificates.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    text = verify_announcement(trusted, _CERTIFICATE, announced)
+    new = x509.load_pem_x509_certificates(text.encode())
+    path = state / ANNOUNCED_CERTIFICATES
+    try:
+        kept = x509.load_pem_x509_certificates(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        kept = []
+    now = datetime.now(UTC)
+    known = {c.public_bytes(Encoding.DER) for c in kept}
+    if all(c.public_bytes(Encoding.DER) in known for c in new):
+        return False
+    chosen = [c for c in kept if c.not_valid_after_utc > now]
+    chosen += [c for c in new if c.public_bytes(Encoding.DER) not in known]
+    replace_file(path, b"".join(c.public_bytes(Encoding.PEM) for c in chosen), mode=0o644)
+    _log.info("trusting the hub's next TLS certificate (announced, signed by its key)")
+    return True

@@ -68,7 +68,7 @@ from usreview.site.config import SiteConfig
 from usreview.site.cursor import ResultsCursorError, load_cursor, read_saved_cursor, save_cursor
 from usreview.site.deliver import PacsQueue, deliver_to_outbox, study_folder_name
 from usreview.site.errors import DeliveryError, HubRequestError, HubUnreachableError, SiteError
-from usreview.site.hubkeys import refreshed_hub_keys
+from usreview.site.hubkeys import REFRESH_SECONDS, refreshed_hub_keys
 from usreview.site.identity import QUARANTINE, PayloadIdentity, identify, quarantine
 from usreview.site.pacs_senders import PacsSenders
 from usreview.site.retention import PRUNE_SECONDS, not_kept, prune_outbox
@@ -169,6 +169,7 @@ class ResultFollower:
         self._thread: threading.Thread | None = None
         self._next_refused_retry = 0.0
         self._next_prune = 0.0
+        self._next_trust_refresh = 0.0
 
     def _set_cursor(self, cursor: int) -> None:
         """Go on after ``cursor`` (an operator's decision), saved at once."""
@@ -473,6 +474,7 @@ class ResultFollower:
         it did not take gets one more try at once (a processing failure, 0x0110, is often
         passing; what is left waits for the gateway or the next pull)."""
         self._check()
+        self._refresh_hub_trust_now()
         done: list[Delivered] = []
         while True:
             batch = self.poll(0.0)
@@ -535,6 +537,16 @@ class ResultFollower:
                 left,
             )
 
+    def _refresh_hub_trust_now(self) -> None:
+        """Ask the hub for its keys and its next TLS certificate, when it is time
+        (:func:`~usreview.site.hubkeys.refreshed_hub_keys`; failures are only logged)."""
+        if time.monotonic() < self._next_trust_refresh:
+            return
+        self._next_trust_refresh = time.monotonic() + REFRESH_SECONDS
+        keys = refreshed_hub_keys(self.config, self.client)
+        if len(keys) > len(self._ring):
+            self._ring = KeyRing(keys)
+
     def _prune_now(self) -> None:
         """Remove the outbox files past ``results.keep_days``, when it is time."""
         if self.config.outbox_keep_days <= 0 or time.monotonic() < self._next_prune:
@@ -549,6 +561,7 @@ class ResultFollower:
     def _follow(self) -> None:
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
         while not self._stop.is_set():
+            self._refresh_hub_trust_now()
             self._retry_refused_now()
             self._prune_now()
             try:

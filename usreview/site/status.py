@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from usreview.site.config import SiteConfig
-from usreview.site.errors import GatewayRunningError, SiteError
+from usreview.site.errors import GatewayRunningError, SiteConfigError, SiteError
 from usreview.site.spool import Spool
 from usreview.site.studies import (
     InstanceHeader,
@@ -84,6 +84,7 @@ CERTIFICATE_CRITICAL_DAYS = 7
 #: The settings naming certificates, and what each is to the site.
 _CERTIFICATES = {
     "hub.certificate": "the hub's pinned certificate",
+    "hub.announced": "the hub's next certificates, announced by the hub",
     "gateway.tls_certificate": "the gateway's DICOM TLS certificate",
     "gateway.tls_client_ca": "the scanners' CA certificate",
 }
@@ -426,6 +427,10 @@ class SiteStatus:
     #: Each configured certificate file (by setting, e.g. ``hub.certificate``): its path and
     #: when the first of its certificates expires (Unix time; ``None``: unreadable).
     certificates: Mapping[str, tuple[str, float | None]] = field(default_factory=dict)
+    #: The hub's keys the site trusts (:mod:`usreview.site.hubkeys`): ``pinned`` and
+    #: ``current`` key ids (16 hex digits; the same until the hub rotated its key),
+    #: ``followed`` (rotations followed since the pinned key), or ``error``.
+    hub_key: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -456,6 +461,7 @@ class SiteStatus:
                 name: {"path": path, "expires": expires}
                 for name, (path, expires) in self.certificates.items()
             },
+            "hub_key": dict(self.hub_key),
         }
 
 
@@ -593,35 +599,62 @@ def read_status(config: SiteConfig) -> SiteStatus:
             "keep_days": config.outbox_keep_days,
         },
         certificates=_certificates(config),
+        hub_key=_hub_key(config),
     )
+
+
+def _hub_key(config: SiteConfig) -> dict[str, Any]:
+    """The pinned and the current hub key ids, or why they cannot be read."""
+    try:
+        pinned = config.load_pinned_hub_key()
+        keys = config.load_hub_keys()
+    except SiteConfigError as exc:
+        return {"error": str(exc)}
+    return {
+        "pinned": pinned.key_id.hex()[:16],
+        "current": keys[-1].key_id.hex()[:16],
+        "followed": len(keys) - 1,
+    }
 
 
 def _certificates(config: SiteConfig) -> dict[str, tuple[str, float | None]]:
     """The configured certificate files and when the first certificate of each expires."""
+    from usreview.site.hubkeys import ANNOUNCED_CERTIFICATES
+
+    announced = config.state / ANNOUNCED_CERTIFICATES
     files = {
         "hub.certificate": config.hub_certificate,
+        "hub.announced": announced if config.hub_certificate and announced.exists() else None,
         "gateway.tls_certificate": config.tls_certificate,
         "gateway.tls_client_ca": config.tls_client_ca,
     }
-    return {name: (str(path), _expires(path)) for name, path in files.items() if path}
+    return {
+        name: (str(path), _expires(path, latest=name == "hub.announced"))
+        for name, path in files.items()
+        if path
+    }
 
 
-def _expires(path: Path) -> float | None:
-    """When the first of the PEM certificates in ``path`` expires; ``None`` if unreadable."""
+def _expires(path: Path, *, latest: bool = False) -> float | None:
+    """When the first (``latest``: the last) of the PEM certificates in ``path`` expires;
+    ``None`` if unreadable."""
     from usreview.hub.tls import certificate_expiry  # only here: "site status" starts fast
 
-    expires = certificate_expiry(path)
+    expires = certificate_expiry(path, latest=latest)
     return None if expires is None else expires.timestamp()
 
 
 def _certificate_problems(status: SiteStatus, now: float) -> list[tuple[CheckState, str]]:
     """Certificates expired, expiring within the warning days, or unreadable."""
     found: list[tuple[CheckState, str]] = []
+    _, successor = status.certificates.get("hub.announced", ("", None))
     for name, (path, expires) in sorted(status.certificates.items()):
         what = f"{_CERTIFICATES.get(name, name)} ({name}, {path})"
         if expires is None:
             found.append((CheckState.WARNING, f"{what} cannot be read"))
             continue
+        if name == "hub.certificate" and successor is not None and successor > expires:
+            expires = successor  # the hub announced the one it switches to
         days = (expires - now) / 86400
         if days >= CERTIFICATE_WARNING_DAYS:
             continue
@@ -666,7 +699,6 @@ def read_study_status(
     """The studies named by ``study`` (a Study Instance UID) or ``accession``, from the
     per-study journal, the spool (instances waiting) and the PACS queues (no network)."""
     from usreview.site.atrest import load_spool_cipher
-    from usreview.site.errors import SiteConfigError
 
     waiting: list[tuple[str, InstanceHeader, float]] = []
     if config.spool.exists():
@@ -833,6 +865,16 @@ def format_status(status: SiteStatus) -> str:
         " than the feed (state/quarantine/; tell the hub's administrator)",
     ]
     lines += _outbox_lines(status)
+    key = status.hub_key
+    if key.get("error"):
+        lines.append(f"hub key       cannot be read: {key['error']}")
+    elif key.get("followed"):
+        lines.append(
+            f"hub key       {key['current']} (followed from the pinned {key['pinned']} through "
+            f"{key['followed']} rotation(s) of the hub, state/hub-keys.json)"
+        )
+    elif key:
+        lines.append(f"hub key       {key['current']} (pinned)")
     for name, (path, expires) in sorted(status.certificates.items()):
         until = (
             "unreadable"
@@ -1012,6 +1054,8 @@ def check_status(
             )
         )
     found.extend(_certificate_problems(status, now))
+    if status.hub_key.get("error"):  # nothing from the hub verifies, nothing is sealed
+        found.append((CheckState.CRITICAL, f"the hub's key: {status.hub_key['error']}"))
     refusals = _mapping(status.gateway.get("scanner_refusals"))
     last = _number(refusals.get("last"))
     if last is not None and now - last < max_age:

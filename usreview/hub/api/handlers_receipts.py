@@ -8,7 +8,8 @@ receipt, signed as the full one, then lists only those of them the hub holds.
 
 ``GET /hub-keys`` gives a site the hub's current public key and the signed transitions
 from every earlier one (:mod:`usreview.hub.hubkeys`): a site that meets a receipt or a
-result signed by a key it does not know follows them from the key it pinned.
+result signed by a key it does not know follows them from the key it pinned. It also
+announces the TLS certificate the hub serves next (``tls-next.crt``), signed.
 """
 
 from __future__ import annotations
@@ -90,8 +91,13 @@ class HubKeysHandler(_SiteHandler):
         """Answer the keys (public: nothing of any site's)."""
         self.calling_site()
         keys = self.context.hub_keys
+        try:  # read each time: 'hub next-certificate' works with the hub running
+            announced: str | None = self.context.state.tls_next_cert.read_text()
+        except FileNotFoundError:
+            announced = None
         await self.audit(
             AuditAction.READ,
-            detail={"kind": "hub_keys", "key_id": keys.current.key_id.hex()[:16]},
-        )
-        self.write_json(keys.to_dict())
+            detail={"kind": "hub_keys", "key_id": keys.current.key_id.hex()[:16],
+                    "next_certificate": announced is not None},
+        )  # fmt: skip
+        self.write_json(keys.to_dict(announced))
