@@ -346,8 +346,8 @@ def test_the_hub_checks_its_address_and_certificate_before_it_starts(
     from usreview.hub.tls import ensure_certificate
 
     monkeypatch.setenv(PROXY_ENV, str(tmp_path / "no-proxy"))  # past the checks: refused
-    cert, key = ensure_certificate(tmp_path / "a.crt", tmp_path / "a.key", ["127.0.0.1"])
-    other_cert, other_key = ensure_certificate(tmp_path / "b.crt", tmp_path / "b.key", [])
+    cert, key, _ = ensure_certificate(tmp_path / "a.crt", tmp_path / "a.key", ["127.0.0.1"])
+    other_cert, other_key, _ = ensure_certificate(tmp_path / "b.crt", tmp_path / "b.key", [])
     junk = tmp_path / "junk.pem"
     junk.write_text("not PEM\n")
     missing = tmp_path / "missing.pem"

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from usreview._locks import lock_held
 from usreview.envelope import load_public_keys
 from usreview.envelope.atomic import write_new_file
 from usreview.hub.accounts import Accounts, check_name
@@ -505,7 +506,7 @@ def rotate_hub_key(state: Path) -> RotatedHubKey:
 
     hub_state = existing_state(state)
     pid = _hub_pid(hub_state)
-    if pid is not None or _service_running(hub_state):
+    if pid is not None or lock_held(hub_state.root / "service.lock"):
         running = f"JupyterHub pid {pid}" if pid is not None else "its usreview service"
         raise HubError(
             f"the hub on {hub_state.root} is running ({running}): stop it, rotate the key, "
@@ -569,23 +570,6 @@ def next_certificate(state: Path, certificate: Path | None) -> Path | None:
                 "announced", {"certificates": len(found),
                               "expires": expires.isoformat(timespec="seconds")})  # fmt: skip
     return target
-
-
-def _service_running(state: HubState) -> bool:
-    """Whether a usreview service holds the state's lock (one left after the hub)."""
-    import fcntl
-
-    try:
-        fd = os.open(state.root / "service.lock", os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock taken here
-    return False
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from typing import cast
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from usreview._locks import lock_held
 from usreview.errors import InputError, UsreviewError
 from usreview.hub.api.plaintext import open_stored
 from usreview.hub.api.publish import publish_result
@@ -411,7 +412,7 @@ class _Scratch:
         base.mkdir(mode=0o700, exist_ok=True)
         os.chmod(base, 0o700)
         for folder in base.iterdir():
-            if folder.is_dir() and _unlocked(folder / "lock"):
+            if folder.is_dir() and not lock_held(folder / "lock"):
                 shutil.rmtree(folder, ignore_errors=True)
         self.folder = base / f"w-{os.getpid()}-{secrets.token_hex(4)}"
         self.folder.mkdir(mode=0o700)
@@ -431,20 +432,6 @@ class _Scratch:
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         os.close(self._fd)
-
-
-def _unlocked(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
 
 
 # -- the process -------------------------------------------------------------------------

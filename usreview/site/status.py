@@ -34,6 +34,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from usreview._locks import lock_held
 from usreview.site.config import SiteConfig
 from usreview.site.errors import GatewayRunningError, SiteConfigError, SiteError
 from usreview.site.spool import Spool
@@ -523,18 +524,7 @@ class StateLock:
 
 def gateway_running(state: Path) -> bool:
     """True when a process holds the state folder's lock (a gateway, or a pull)."""
-    path = Path(state) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return lock_held(Path(state) / LOCK_FILE)
 
 
 def read_cursor(state: Path) -> int:
