@@ -1147,14 +1147,15 @@ def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
 
 
 def test_the_hubs_next_certificate_reaches_the_sites_before_the_switch(
-    hub: Hub, tmp_path: Path
+    hub: Hub, simulated: list[Path], tmp_path: Path
 ) -> None:
     """After the key rotation: the module's hub changes its TLS certificate last.
 
     The hub announces ``tls-next.crt`` (made here as the hub makes its successor a month
-    ahead); a site that pulls results trusts it, signed with the hub's key; after the
-    switch (what the hub does a week before expiry) that site still reaches the hub and
-    one that never asked does not.
+    ahead); a site that pulls results trusts it, signed with the hub's key, and so does a
+    gateway that only uploads (``results.follow = false``: its uploads ask); after the
+    switch (what the hub does a week before expiry) both still reach the hub, and a site
+    that never asked does not.
     """
     from usreview.hub.tls import ensure_certificate
     from usreview.site.hubkeys import ANNOUNCED_CERTIFICATES
@@ -1162,6 +1163,8 @@ def test_the_hubs_next_certificate_reaches_the_sites_before_the_switch(
     asked, _ = enroll(hub, "clinic-asks", tmp_path / "asks")
     never, _ = enroll(hub, "clinic-never", tmp_path / "never")
     pull = [*USREVIEW, "site", "pull", "--config"]
+    sends, port = enroll(hub, "clinic-sends", tmp_path / "sends")
+    sends.write_text(sends.read_text().replace("follow = true", "follow = false", 1))
 
     def pulled(config: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*pull, str(config)], capture_output=True, text=True, timeout=120)
@@ -1177,13 +1180,24 @@ def test_the_hubs_next_certificate_reaches_the_sites_before_the_switch(
     assert kept.read_bytes() == state.tls_next_cert.read_bytes()
     [event] = [e for e in hub.audited("clinic-asks") if e["resource"] == "hub-keys"]
     assert event["detail"]["next_certificate"] is True
+    gateway = start_gateway(sends, port, tmp_path / "sends-gateway.log")
+    try:
+        fetched = load_config(sends).state / ANNOUNCED_CERTIFICATES
+        wait_until(fetched.exists, timeout=30)
+        assert fetched.read_bytes() == state.tls_next_cert.read_bytes()
 
-    hub.stop()
-    try:  # the switch, as the hub makes it a week before the old one expires
-        os.replace(state.tls_next_key, state.tls_key)
-        os.replace(state.tls_next_cert, state.tls_cert)
+        hub.stop()
+        try:  # the switch, as the hub makes it a week before the old one expires
+            os.replace(state.tls_next_key, state.tls_key)
+            os.replace(state.tls_next_cert, state.tls_cert)
+        finally:
+            hub.start()
+        [sent] = copies(simulated[0], 1, tmp_path / "sent")
+        assert storescu(gateway.port, [sent]).returncode == 0
+        wait_until(lambda: spool_empty(sends), timeout=60, step=0.2)
+        assert sop_uid(sent) in held_at_hub(sends)
     finally:
-        hub.start()
+        gateway.stop()
     assert pulled(asked).returncode == 0
     failed = pulled(never)
     assert failed.returncode == 1, failed.stderr

@@ -52,6 +52,15 @@ def _tls_context(config: SiteConfig) -> ssl.SSLContext:
     return context
 
 
+def _announced_stamp(config: SiteConfig) -> tuple[int, int] | None:
+    """Which version of the announced certificates file a TLS context was made with."""
+    try:
+        found = (config.state / ANNOUNCED_CERTIFICATES).stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size
+
+
 class HubClient:
     """A client of the hub's API for one site.
 
@@ -78,6 +87,7 @@ class HubClient:
         self._prefix = parts.path
         self._token = token if token is not None else config.read_token()
         self._context = _tls_context(config) if self._https else None
+        self._announced = _announced_stamp(config)
         self._conn: http.client.HTTPConnection | None = None
         self._aborted = False
 
@@ -170,6 +180,11 @@ class HubClient:
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if self._conn is None:
+            if self._https and (stamp := _announced_stamp(self.config)) != self._announced:
+                # The hub announced its next certificate since: trust it from now on (a
+                # long-lived client, such as the gateway's, would not reach it after the
+                # hub's switch).
+                self._context, self._announced = _tls_context(self.config), stamp
             if self._https:
                 self._conn = http.client.HTTPSConnection(
                     self._host,

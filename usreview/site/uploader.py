@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import tempfile
 import threading
 import time
@@ -49,7 +50,7 @@ from usreview.site.errors import (
     SpoolError,
     SpoolKeyError,
 )
-from usreview.site.hubkeys import refreshed_hub_keys
+from usreview.site.hubkeys import REFRESH_SECONDS, refreshed_hub_keys
 from usreview.site.refusals import Refusal
 from usreview.site.spool import Spool, SpooledInstance
 from usreview.site.status import GIVEN_UP, StatusBook, duration
@@ -206,6 +207,8 @@ class Uploader:
         self._client_factory = client_factory or (lambda: HubClient(config))
         self._site_keys = config.load_private_keys()
         self._hub_keys = config.load_hub_keys()  # the last is current
+        # Without a results follower, the uploads ask for the hub's next certificate.
+        self._next_trust_refresh = math.inf if config.follow_results else 0.0
         self._clock = clock
         self._backoff = Backoff(config.backoff_initial, config.backoff_max)
         # Instances held back (refused for themselves, unreadable): file name -> their
@@ -339,6 +342,7 @@ class Uploader:
             if pause > 0:
                 self._stop.wait(pause)
                 continue
+            self._refresh_hub_trust_now()
             try:
                 pending = self.spool.pending()
             except OSError as exc:
@@ -352,6 +356,21 @@ class Uploader:
                 self._offer(pending)
             self._wake.wait(self._next_scan())
             self._wake.clear()
+
+    def _refresh_hub_trust_now(self) -> None:
+        """For a site without a results follower (``results.follow = false``): ask the hub
+        for its keys and its next TLS certificate every :data:`REFRESH_SECONDS` (the
+        follower does so otherwise), so that the hub's switch does not cut the uploads."""
+        if time.monotonic() < self._next_trust_refresh:
+            return
+        self._next_trust_refresh = time.monotonic() + REFRESH_SECONDS
+        client = self._client_factory()
+        try:
+            keys = refreshed_hub_keys(self.config, client)
+        finally:
+            client.close()
+        if len(keys) > len(self._hub_keys):
+            self._hub_keys = keys
 
     def _next_scan(self) -> float:
         """Seconds until the next scan: sooner when an instance held back is due."""
