@@ -263,8 +263,7 @@ def test_next_certificate_is_announced_withdrawn_and_audited(
 def test_a_site_trusts_the_announced_certificate_only_when_signed(tmp_path: Path) -> None:
     import datetime as dt
 
-    from usreview.envelope import generate_keys, sign_announcement
-    from usreview.hub.hubkeys import CERTIFICATE_ANNOUNCEMENT
+    from usreview.envelope import HUB_CERTIFICATE, generate_keys, sign_announcement
     from usreview.hub.tls import ensure_certificate
     from usreview.site import format_status, init_site, load_config, read_status
     from usreview.site.client import _tls_context
@@ -288,7 +287,7 @@ def test_a_site_trusts_the_announced_certificate_only_when_signed(tmp_path: Path
     assert "the hub's pinned certificate (hub.certificate" in warned  # 17 days left
 
     trusted = config.load_hub_keys()
-    forged = sign_announcement(generate_keys("hub"), CERTIFICATE_ANNOUNCEMENT, nxt.read_text())
+    forged = sign_announcement(generate_keys("hub"), HUB_CERTIFICATE, nxt.read_text())
     with pytest.raises(KeyTransitionError, match="not signed by a trusted key"):
         adopt_hub_certificate(trusted, config.state, forged)
     announced = load_hub_keys(hub).to_dict(nxt.read_text())["next_certificate"]

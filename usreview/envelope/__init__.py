@@ -61,18 +61,22 @@ from usreview.envelope.keys import (
 from usreview.envelope.replay import ReplayCache
 from usreview.envelope.seal import EnvelopeInfo, seal, seal_file
 from usreview.envelope.transitions import (
+    HUB_CERTIFICATE,
     KeyTransition,
     KeyTransitionError,
     follow_transitions,
+    read_transitions,
     sign_announcement,
     sign_transition,
     verify_announcement,
+    write_transitions,
 )
 from usreview.envelope.unseal import unseal, unseal_file
 
 __all__ = [
     "CHUNK_SIZE",
     "FORMAT_VERSION",
+    "HUB_CERTIFICATE",
     "EnvelopeError",
     "EnvelopeInfo",
     "ExpiredError",
@@ -102,6 +106,7 @@ __all__ = [
     "generate_keys",
     "load_private_keys",
     "load_public_keys",
+    "read_transitions",
     "seal",
     "seal_file",
     "sign_announcement",
@@ -110,4 +115,5 @@ __all__ = [
     "unseal_file",
     "verify_announcement",
     "write_key_pair",
+    "write_transitions",
 ]

@@ -34,21 +34,29 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
+from usreview.envelope.atomic import replace_file
 from usreview.envelope.errors import EnvelopeError
 from usreview.envelope.keys import PrivateKeys, PublicKeys, key_id_hex, parse_public_keys
 
 __all__ = [
+    "HUB_CERTIFICATE",
     "KeyTransition",
     "KeyTransitionError",
     "follow_transitions",
+    "read_transitions",
     "sign_announcement",
     "sign_transition",
     "verify_announcement",
+    "write_transitions",
 ]
+
+#: The kind of the hub's announcement of the TLS certificate it serves next.
+HUB_CERTIFICATE = "hub-certificate"
 
 _TYPE = "usreview-key-transition"
 _VERSION = 1
@@ -164,6 +172,31 @@ def sign_transition(
         previous.ed25519.sign(body),
         new.ed25519.sign(body),
     )
+
+
+def read_transitions(path: Path) -> list[KeyTransition]:
+    """The transitions saved in the JSON file ``path`` (none when it is missing).
+
+    Raises
+    ------
+    KeyTransitionError
+        The file is not a JSON list of transitions.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except ValueError as exc:
+        raise KeyTransitionError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise KeyTransitionError(f"{path}: not a list of transitions")
+    return [KeyTransition.from_dict(item) for item in data]
+
+
+def write_transitions(path: Path, steps: Sequence[KeyTransition], *, mode: int) -> None:
+    """Replace the JSON file ``path`` with ``steps`` (atomically, fsynced)."""
+    text = json.dumps([step.to_dict() for step in steps], indent=1)
+    replace_file(path, text.encode(), mode=mode)
 
 
 def follow_transitions(

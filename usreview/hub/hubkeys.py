@@ -32,30 +32,28 @@ A rotation cut short leaves either the previous key current (run it again) or
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from usreview.envelope import (
+    HUB_CERTIFICATE,
     KeyTransition,
-    KeyTransitionError,
     PrivateKeys,
     generate_keys,
     load_private_keys,
+    read_transitions,
     sign_announcement,
     sign_transition,
+    write_transitions,
 )
 from usreview.envelope.atomic import replace_file, write_new_file
 from usreview.envelope.errors import EnvelopeError
 from usreview.hub.errors import StateError
 from usreview.hub.state import HubState
 
-__all__ = ["CERTIFICATE_ANNOUNCEMENT", "HubKeys", "load_hub_keys", "rotate_hub_key"]
-
-#: The kind of the signed announcement of the hub's next TLS certificate.
-CERTIFICATE_ANNOUNCEMENT = "hub-certificate"
+__all__ = ["HubKeys", "load_hub_keys", "rotate_hub_key"]
 
 _FOLDER = "hub-keys"
 _TRANSITIONS = "transitions.json"
@@ -84,7 +82,7 @@ class HubKeys:
             "next_certificate": (
                 None
                 if next_certificate is None
-                else sign_announcement(self.current, CERTIFICATE_ANNOUNCEMENT, next_certificate)
+                else sign_announcement(self.current, HUB_CERTIFICATE, next_certificate)
             ),
         }
 
@@ -113,7 +111,7 @@ def load_hub_keys(state: HubState) -> HubKeys:
             for path in sorted(folder.glob("*.key"))
             if (keys := load_private_keys(path)).key_id != current.key_id
         }
-        transitions = _read_transitions(folder / _TRANSITIONS)
+        transitions = read_transitions(folder / _TRANSITIONS)
     except (OSError, EnvelopeError) as exc:
         raise StateError(f"the hub's keys cannot be read: {exc}") from None
     # Newest first: the order of the transitions, then any other (a rotation cut short).
@@ -122,18 +120,6 @@ def load_hub_keys(state: HubState) -> HubKeys:
     previous += stored.values()
     _repair_public(state, current)
     return HubKeys(current, tuple(previous), tuple(transitions))
-
-
-def _read_transitions(path: Path) -> list[KeyTransition]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return []
-    except ValueError as exc:
-        raise KeyTransitionError(f"{path}: not JSON ({exc})") from None
-    if not isinstance(data, list):
-        raise KeyTransitionError(f"{path}: not a list of transitions")
-    return [KeyTransition.from_dict(item) for item in data]
 
 
 def _repair_public(state: HubState, current: PrivateKeys) -> None:
@@ -175,11 +161,7 @@ def rotate_hub_key(
                 if not path.exists():
                     write_new_file(path, text.encode(), mode=mode)
         steps = [*keys.transitions, step]
-        replace_file(
-            folder / _TRANSITIONS,
-            json.dumps([s.to_dict() for s in steps], indent=1).encode(),
-            mode=0o644,
-        )
+        write_transitions(folder / _TRANSITIONS, steps, mode=0o644)
         replace_file(state.hub_key, new.to_text().encode(), mode=0o600)
         replace_file(state.hub_pub, new.public.to_text().encode(), mode=0o644)
     except OSError as exc:

@@ -21,18 +21,20 @@ new file for every site. The results follower asks every :data:`REFRESH_SECONDS`
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usreview.envelope import (
+    HUB_CERTIFICATE,
     KeyTransition,
     KeyTransitionError,
     PublicKeys,
     follow_transitions,
+    read_transitions,
     verify_announcement,
+    write_transitions,
 )
 from usreview.envelope.atomic import replace_file
 
@@ -56,8 +58,6 @@ ADOPTED_FILE = "hub-keys.json"
 ANNOUNCED_CERTIFICATES = "hub-certificates.pem"
 #: How often the results follower asks the hub for its keys and next certificate.
 REFRESH_SECONDS = 6 * 3600.0
-#: The kind of the hub's signed announcement of its next certificate.
-_CERTIFICATE = "hub-certificate"
 _log = logging.getLogger(__name__)
 
 
@@ -70,15 +70,10 @@ def followed_hub_keys(pinned: PublicKeys, state: Path) -> list[PublicKeys]:
         ``STATE/hub-keys.json`` is damaged, or a step in it from a trusted key does not
         verify (remove the file to start over).
     """
-    path = state / ADOPTED_FILE
     try:
-        saved = json.loads(path.read_text())
-    except FileNotFoundError:
-        return [pinned]
-    except ValueError as exc:
-        raise KeyTransitionError(f"{path}: not JSON ({exc}); remove it to start over") from None
-    if not isinstance(saved, list):
-        raise KeyTransitionError(f"{path}: not a list of transitions; remove it to start over")
+        saved = read_transitions(state / ADOPTED_FILE)
+    except KeyTransitionError as exc:
+        raise KeyTransitionError(f"{exc}; remove it to start over") from None
     followed = follow_transitions([pinned], saved)  # steps from other keys: ignored
     return [pinned, *followed]
 
@@ -103,7 +98,7 @@ def adopt_hub_keys(pinned: PublicKeys, state: Path, answer: Any) -> list[PublicK
         return []
     # Keep the steps saved before, then the ones that led to the new keys, in order:
     # reading follows them again from the pinned key.
-    saved = _saved(state)
+    saved = read_transitions(state / ADOPTED_FILE)
     reached = {key.key_id for key in trusted} | {key.key_id for key in new}
     seen = {(step.previous_key_id, step.key.key_id) for step in saved}
     kept = saved + [
@@ -111,22 +106,10 @@ def adopt_hub_keys(pinned: PublicKeys, state: Path, answer: Any) -> list[PublicK
         for step in parsed
         if step.previous_key_id in reached and (step.previous_key_id, step.key.key_id) not in seen
     ]
-    replace_file(
-        state / ADOPTED_FILE,
-        json.dumps([step.to_dict() for step in kept], indent=1).encode(),
-        mode=0o600,
-    )
+    write_transitions(state / ADOPTED_FILE, kept, mode=0o600)
     for key in new:
         _log.info("adopted the hub's key %s (signed by its previous key)", key.key_id.hex()[:16])
     return new
-
-
-def _saved(state: Path) -> list[KeyTransition]:
-    """The steps kept in ``STATE/hub-keys.json`` (verified by the caller's read)."""
-    try:
-        return [KeyTransition.from_dict(s) for s in json.loads((state / ADOPTED_FILE).read_text())]
-    except FileNotFoundError:
-        return []
 
 
 def refreshed_hub_keys(config: SiteConfig, client: HubClient) -> list[PublicKeys]:
@@ -176,7 +159,7 @@ def adopt_hub_certificate(trusted: list[PublicKeys], state: Path, announced: Any
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    text = verify_announcement(trusted, _CERTIFICATE, announced)
+    text = verify_announcement(trusted, HUB_CERTIFICATE, announced)
     new = x509.load_pem_x509_certificates(text.encode())
     path = state / ANNOUNCED_CERTIFICATES
     try:
