@@ -6,6 +6,7 @@ to deliver what a site has already opened.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -111,7 +112,13 @@ def test_a_pacs_that_refuses_or_is_down_holds_up_no_other(
         PacsDestination("down", "PACS", "127.0.0.1", down),
         PacsDestination("good", "PACS", "127.0.0.1", peers["good"].port),
     ]
-    config = load_config(site_hub_never_asked(tmp_path, pacs=destinations))
+    # A backoff longer than the test: the PACS that is down is not tried again in it,
+    # however slow the machine (0.5 s, the default, was overrun under load).
+    config = dataclasses.replace(
+        load_config(site_hub_never_asked(tmp_path, pacs=destinations)),
+        backoff_initial=60.0,
+        backoff_max=120.0,
+    )
     follower = ResultFollower(config, StatusBook(config.state))
     uids = []
     for n in range(3):
