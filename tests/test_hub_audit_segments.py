@@ -133,6 +133,37 @@ def test_a_writer_waiting_for_the_lock_appends_to_the_new_file(tmp_path: Path) -
     assert verify(path, KEY).ok
 
 
+def test_a_line_appended_just_after_a_rotation_is_not_taken_for_the_rotations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rotating writer holds the old file's lock, not the new one's: once the new file
+    # has the name, another process may append to it before the rotation returns. The
+    # writer must not then take that line's bytes for its own and chain past it (a CI run
+    # found the chain broken at the third line of a segment that way).
+    path = tmp_path / "audit.log"
+    rotating = AuditLog(path, KEY, segment_bytes=1500)
+    other = AuditLog(path, KEY)
+    (tmp_path / "audit").mkdir(mode=0o700)  # so the parent is synced only after the rename
+    fsync_directory = audit.fsync_directory
+    cut_in: list[int] = []
+
+    def other_appends_once_named(folder: Path) -> None:
+        fsync_directory(folder)
+        if folder == path.parent and not cut_in:  # the new file has just got the name
+            cut_in.append(int(other.record("other", "read", "study/2")["seq"]))
+
+    monkeypatch.setattr(audit, "fsync_directory", other_appends_once_named)
+    while not cut_in:
+        rotating.record("site-a", "write", "instance/1.2.3")
+    monkeypatch.setattr(audit, "fsync_directory", fsync_directory)
+    after = rotating.record("site-a", "write", "instance/1.2.4")
+    assert after["seq"] == cut_in[0] + 1
+    current = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["actor"] for x in current] == ["usreview", "other", "site-a"]
+    report = verify(path, KEY)
+    assert (report.ok, report.lines, report.files) == (True, after["seq"], 2)
+
+
 def test_a_rotation_cut_short_is_redone(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     log = AuditLog(path, KEY)

@@ -271,7 +271,10 @@ def test_untuned_storescu_is_not_stuck_at_20_per_second(tmp_path: Path) -> None:
         size = (tmp_path / "one" / "bmode.dcm").stat().st_size // 1024
         shown = ", ".join(f"{rate:.0f}" for rate in rates)
         print(f"untuned storescu -> gateway: {shown} instances/s (5 x 30 x {size} KB)")
-        assert max(rates) > 50  # Nagle + delayed ACK would hold each near 20
+        # Nagle + delayed ACK hold each at most near 1/40 ms = 25/s, however fast the
+        # machine; with the gateway's TCP_NODELAY, the best is about 120/s on an idle machine,
+        # 48/s on a loaded CI run.
+        assert max(rates) > 30
         assert len(_spooled(config)) == len(files)
     finally:
         gateway.stop()

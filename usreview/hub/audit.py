@@ -215,9 +215,7 @@ class AuditLog:
         if time.monotonic() < self._rotate_after:
             return
         try:
-            _, self._last = _rotate_locked(self.path, self._key, "usreview", self._last)
-            new = os.stat(self.path)
-            self._left = (new.st_dev, new.st_ino, new.st_size)
+            _, self._last, self._left = _rotate_locked(self.path, self._key, "usreview", self._last)
         except (OSError, AuditError):  # the lines are on disk: rotate another time
             self._left = None
             self._rotate_after = time.monotonic() + ROTATE_RETRY_SECONDS
@@ -303,7 +301,7 @@ def rotate(path: Path, key: bytes, actor: str) -> Path | None:
     try:
         if os.fstat(fd).st_size == 0:
             return None  # nothing in this file to close (its lines, if any, are in segments)
-        segment, _ = _rotate_locked(path, key, actor, _tail(path))
+        segment, _, _ = _rotate_locked(path, key, actor, _tail(path))
     except OSError as exc:
         raise AuditError(f"cannot rotate the audit log {path}: {exc.strerror}") from exc
     finally:
@@ -313,9 +311,15 @@ def rotate(path: Path, key: bytes, actor: str) -> Path | None:
 
 def _rotate_locked(
     path: Path, key: bytes, actor: str, last: tuple[int, str]
-) -> tuple[Path, tuple[int, str]]:
+) -> tuple[Path, tuple[int, str], tuple[int, int, int]]:
     """Rotate ``path``, whose lock the caller holds and whose last line is ``last``;
-    return the segment and the new file's only line's ``(seq, hash)``."""
+    return the segment, the new file's only line's ``(seq, hash)`` and the new file's
+    ``(device, inode, size)`` as written.
+
+    The new file's lock is not held: once it has the name, another process may append to
+    it, so its identity is taken from the descriptor that wrote it, never from the name
+    (a size read later would count that process's lines as the rotation's).
+    """
     seq, prev = last
     first = _first_seq(path)
     folder = segment_folder(path)
@@ -347,6 +351,7 @@ def _rotate_locked(
     try:
         os.write(fd, (json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n").encode())
         os.fsync(fd)
+        written = os.fstat(fd)
     finally:
         os.close(fd)
     try:
@@ -358,7 +363,7 @@ def _rotate_locked(
         raise
     fsync_directory(path.parent)
     segment.chmod(0o400)
-    return segment, (seq + 1, str(line["hash"]))
+    return segment, (seq + 1, str(line["hash"])), (written.st_dev, written.st_ino, written.st_size)
 
 
 def _first_seq(path: Path) -> int:
