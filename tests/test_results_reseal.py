@@ -45,6 +45,7 @@ from usreview.hub.api.publish import (
     publish_result,
 )
 from usreview.hub.audit import AuditLog
+from usreview.hub.hubkeys import rotate_hub_key
 from usreview.hub.state import HubState, open_state
 from usreview.site import load_config
 from usreview.site.status import CURSOR_FILE
@@ -205,6 +206,27 @@ def test_a_rotated_site_key_gets_the_result_sealed_to_its_new_key(hub: HubParts)
     (hub.state.sites / f"{SITE}.pub").write_text(new.public.to_text())
     _, envelope = hub.fetch(published.cursor)
     assert hub.opened(envelope, new) == hub.payload.read_bytes()
+
+
+def test_a_result_sealed_before_a_hub_key_rotation_is_sealed_again_with_the_new_key(
+    hub: HubParts,
+) -> None:
+    published = hub.publish(WEEK + DAY)
+    rotate_hub_key(hub.state)  # the hub keeps the earlier key, which the result opens with
+    rotated = load_private_keys(hub.state.hub_key)
+    assert rotated.key_id != hub.hub_keys.key_id
+    record, envelope = hub.fetch(published.cursor)
+    assert record.envelope_sha256 != published.envelope_sha256
+    header, _ = read_header(io.BytesIO(envelope))
+    assert header.sender_id == rotated.key_id  # signed by the current key
+    assert {r.key_id for r in header.recipients} == {
+        hub.site_keys.key_id,
+        rotated.key_id,  # sealed to the current key: it can be sealed again later
+    }
+    out = io.BytesIO()
+    unseal(io.BytesIO(envelope), out, recipient=hub.site_keys, keyring=KeyRing([rotated.public]))
+    assert out.getvalue() == hub.payload.read_bytes()
+    assert len(hub.resealed()) == 1
 
 
 def test_an_expired_result_the_hub_cannot_open_is_served_as_stored(

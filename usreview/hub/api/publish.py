@@ -42,6 +42,7 @@ from usreview.envelope.format import MAX_RECIPIENTS, Header, read_header
 from usreview.envelope.stream import Source
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.audit import AuditAction, AuditLog
+from usreview.hub.hubkeys import load_hub_keys
 from usreview.hub.state import HubState
 from usreview.store import Archive, CorruptObjectError, InvalidMetadataError, ResultRecord
 
@@ -268,10 +269,13 @@ def _reseal(
     now: float,
 ) -> ResultRecord | None:
     """Seal ``record``'s result again from its envelope read from ``stream``; store it and
-    audit it. ``None`` if the hub cannot: it is not a recipient, or no addressee has a key."""
-    hub = load_private_keys(state.hub_key)
+    audit it. ``None`` if the hub cannot: it is not a recipient, or no addressee has a key.
+
+    A result sealed before ``usreview hub rotate-key`` opens with the earlier key that
+    sealed it and is sealed again with the current one."""
+    keys = load_hub_keys(state)
     cursor = record.cursor
-    if hub.key_id not in {entry.key_id for entry in header.recipients}:
+    if not {k.key_id for k in keys.opening} & {entry.key_id for entry in header.recipients}:
         _log.warning(
             "result %s expires at %s but cannot be sealed again: the hub is not one of its "
             "recipients (sealed before results were sealed to the hub too)",
@@ -279,12 +283,12 @@ def _reseal(
             _utc(header.not_after),
         )
         return None
-    keys = SiteKeyFiles(state.sites)
+    site_keys = SiteKeyFiles(state.sites)
     sites = archive.results.result_sites(cursor)
     recipients = []
     for name in sites:
         try:
-            recipients.append(keys.current(name))  # the newest key only, as when published
+            recipients.append(site_keys.current(name))  # the newest key only, as when published
         except KeyError:
             _log.warning("result %s: site %s has no key any more, not sealed to it", cursor, name)
     if not recipients:
@@ -292,8 +296,9 @@ def _reseal(
         return None
     with tempfile.TemporaryDirectory(dir=scratch, prefix="reseal-") as folder:
         plaintext, envelope = Path(folder) / "result", Path(folder) / "result.env"
-        if not _open_own(hub, stream, plaintext, header, cursor):
+        if not _open_own(keys.opening, stream, plaintext, header, cursor):
             return None
+        hub = keys.current
         info = seal_file(
             plaintext, envelope, sender=hub, recipients=[*recipients, hub.public], now=now
         )
@@ -319,17 +324,18 @@ def _reseal(
 
 
 def _open_own(
-    hub: PrivateKeys, stream: BinaryIO, plaintext: Path, header: Header, cursor: int
+    hub: Sequence[PrivateKeys], stream: BinaryIO, plaintext: Path, header: Header, cursor: int
 ) -> bool:
-    """Open an envelope the hub sealed and stored into ``plaintext`` (scratch, no fsync),
-    as of its own start of validity (the archive vouches for it); ``False`` if it does not
-    open (not sealed by the hub: served as stored, the site refuses it)."""
+    """Open an envelope the hub sealed with one of its keys ``hub`` and stored into
+    ``plaintext`` (scratch, no fsync), as of its own start of validity (the archive vouches
+    for it); ``False`` if it does not open (not sealed by the hub: served as stored, the
+    site refuses it)."""
     try:
         unseal(
             cast(Source, stream),  # a buffered file: it has readinto
             plaintext,
             recipient=hub,
-            keyring=KeyRing([hub.public]),
+            keyring=KeyRing([keys.public for keys in hub]),
             now=header.not_before,
             durable=False,
         )
