@@ -14,10 +14,12 @@ from usreview.envelope import (
     KeyTransitionError,
     NotARecipientError,
     PrivateKeys,
+    PublicKeys,
     follow_transitions,
     generate_keys,
     seal,
     sign_transition,
+    trusted_keys,
     unseal,
 )
 
@@ -73,6 +75,51 @@ def test_a_step_signed_by_the_old_key_alone_is_refused() -> None:
                            step.signature, step.proof)  # fmt: skip
     with pytest.raises(KeyTransitionError, match="does not verify"):
         follow_transitions([old.public], [forged])
+
+
+def _ids(keys: list[PublicKeys]) -> list[bytes]:
+    return [k.key_id for k in keys]
+
+
+def test_a_revoking_step_ends_the_trust_of_every_earlier_key() -> None:
+    keys = [generate_keys("hub") for _ in range(4)]
+    steps = [
+        sign_transition(keys[0], keys[1]),
+        sign_transition(keys[1], keys[2], revokes=True),  # keys[1] believed stolen
+        sign_transition(keys[2], keys[3]),
+    ]
+    wire = [step.to_dict() for step in steps]
+    assert "revokes" not in wire[0] and wire[1]["revokes"] is True
+    assert _ids(trusted_keys([keys[0].public], wire)) == _ids([keys[2].public, keys[3].public])
+    assert _ids(follow_transitions([keys[0].public], wire)) == _ids(
+        [keys[2].public, keys[3].public]
+    )
+    # A site that already trusted the revoked keys drops them too.
+    trusted = trusted_keys([keys[0].public, keys[1].public], wire)
+    assert _ids(trusted) == _ids([keys[2].public, keys[3].public])
+    # A thief's rival step from a revoked key, listed after the revocation: not followed.
+    thief = generate_keys("hub")
+    rival = sign_transition(keys[1], thief).to_dict()
+    assert thief.key_id not in _ids(trusted_keys([keys[0].public], [*wire, rival]))
+    # Without revocation every key stays trusted (as before).
+    plain = [sign_transition(a, b).to_dict() for a, b in itertools.pairwise(keys)]
+    assert _ids(trusted_keys([keys[0].public], plain)) == _ids([k.public for k in keys])
+
+
+@pytest.mark.parametrize("change", ["dropped", "added"])
+def test_revocation_is_signed_with_the_step(change: str) -> None:
+    """Neither can a man in the middle strip a revocation, nor add one to a routine step."""
+    old, new = generate_keys("hub"), generate_keys("hub")
+    wire = sign_transition(old, new, revokes=change == "dropped").to_dict()
+    if change == "dropped":
+        del wire["revokes"]
+    else:
+        wire["revokes"] = True
+    with pytest.raises(KeyTransitionError, match="does not verify"):
+        trusted_keys([old.public], [wire])
+    wire["revokes"] = "yes"
+    with pytest.raises(KeyTransitionError, match="revokes is not true or false"):
+        trusted_keys([old.public], [wire])
 
 
 def test_a_transition_keeps_the_identity() -> None:

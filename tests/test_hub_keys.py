@@ -20,10 +20,10 @@ from usreview.hub.state import HubState, open_state
 from usreview.site.hubkeys import ADOPTED_FILE, adopt_hub_keys, followed_hub_keys
 
 
-def _rotate(state: HubState) -> None:
+def _rotate(state: HubState, *, revoke: bool = False) -> None:
     from usreview.hub.commands import rotate_hub_key
 
-    rotate_hub_key(state.root)
+    rotate_hub_key(state.root, revoke=revoke)
 
 
 def test_rotations_keep_every_key_and_chain_their_transitions(
@@ -157,6 +157,48 @@ def test_a_site_adopts_only_what_follows_from_its_pinned_key(tmp_path: Path) -> 
         followed_hub_keys(pinned, site_state)
 
 
+def test_a_revoking_rotation_leaves_the_site_trusting_only_the_new_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from usreview.cli import main
+    from usreview.ingest.receipts import InvalidReceiptError, sign_batch_receipt, verify_receipt
+
+    hub = open_state(tmp_path / "hub")
+    pinned = load_public_keys(hub.hub_pub)
+    _rotate(hub)
+    site_state = tmp_path / "site-state"
+    site_state.mkdir()
+    adopt_hub_keys(pinned, site_state, load_hub_keys(hub).to_dict())
+    stolen = load_hub_keys(hub).current
+    assert load_hub_keys(hub).revoked == frozenset()
+
+    assert main(["hub", "rotate-key", "--revoke", "--state", str(hub.root)]) == 0
+    out = capsys.readouterr().out
+    assert "revoked: the sites stop trusting 2 earlier key(s)" in out
+    keys = load_hub_keys(hub)
+    assert keys.revoked == {pinned.key_id, stolen.key_id}
+    assert [k.key_id for k in keys.opening][1:] == [stolen.key_id, pinned.key_id]  # still open
+    [event] = [json.loads(x) for x in hub.audit_log.read_text().splitlines()][-1:]
+    assert event["actor"] == "usreview hub rotate-key --revoke"
+    assert set(event["detail"]["revoked"]) == {pinned.key_id.hex(), stolen.key_id.hex()}
+
+    assert [k.key_id for k in adopt_hub_keys(pinned, site_state, keys.to_dict())] == [
+        keys.current.key_id
+    ]
+    assert [k.key_id for k in followed_hub_keys(pinned, site_state)] == [keys.current.key_id]
+    # A receipt signed by the stolen key is refused now; by the current one, it verifies.
+    trusted = followed_hub_keys(pinned, site_state)
+    with pytest.raises(InvalidReceiptError):
+        verify_receipt(sign_batch_receipt(stolen, "clinic", []), trusted, site="clinic")
+    receipt = sign_batch_receipt(keys.current, "clinic", [])
+    assert verify_receipt(receipt, trusted, site="clinic")["kind"] == "batch"
+    # A later routine rotation keeps the revocation: the earlier keys stay untrusted.
+    _rotate(hub)
+    assert load_hub_keys(hub).revoked == {pinned.key_id, stolen.key_id}
+    adopt_hub_keys(pinned, site_state, load_hub_keys(hub).to_dict())
+    assert len(followed_hub_keys(pinned, site_state)) == 2
+
+
 def test_site_status_shows_the_hub_key_followed_and_a_damaged_record(tmp_path: Path) -> None:
     from usreview.site import format_status, init_site, load_config, read_status
     from usreview.site.status import CheckState, check_status
@@ -168,8 +210,9 @@ def test_site_status_shows_the_hub_key_followed_and_a_damaged_record(tmp_path: P
     config = load_config(site.config)
     pinned = config.load_pinned_hub_key()
     status = read_status(config)
-    assert status.hub_key == {"pinned": pinned.key_id.hex()[:16],
-                              "current": pinned.key_id.hex()[:16], "followed": 0}  # fmt: skip
+    short = pinned.key_id.hex()[:16]
+    assert status.hub_key == {"pinned": short, "current": short, "trusted": 1,
+                              "pinned_revoked": False}  # fmt: skip
     assert f"hub key       {pinned.key_id.hex()[:16]} (pinned)" in format_status(status)
 
     _rotate(hub)
@@ -179,12 +222,21 @@ def test_site_status_shows_the_hub_key_followed_and_a_damaged_record(tmp_path: P
     current = load_hub_keys(hub).current.key_id.hex()[:16]
     assert config.load_hub_key().key_id.hex()[:16] == current  # what the site seals to
     status = read_status(config)
-    assert status.to_dict()["hub_key"]["followed"] == 2
+    assert status.to_dict()["hub_key"]["trusted"] == 3
     assert (
         f"hub key       {current} (followed from the pinned {pinned.key_id.hex()[:16]} "
-        "through 2 rotation(s) of the hub, state/hub-keys.json)"
+        "in state/hub-keys.json; 3 key(s) trusted)"
     ) in format_status(status)
     assert "hub's key" not in check_status(status, 3600)[1]
+
+    _rotate(hub, revoke=True)  # a key believed stolen: only the new one is trusted now
+    adopt_hub_keys(pinned, config.state, load_hub_keys(hub).to_dict())
+    current = load_hub_keys(hub).current.key_id.hex()[:16]
+    status = read_status(config)
+    assert (
+        f"hub key       {current} (followed from the pinned {pinned.key_id.hex()[:16]} "
+        "in state/hub-keys.json; 1 key(s) trusted, the pinned one revoked)"
+    ) in format_status(status)
 
     (config.state / ADOPTED_FILE).write_text("not json")
     status = read_status(config)

@@ -229,6 +229,27 @@ def test_a_result_sealed_before_a_hub_key_rotation_is_sealed_again_with_the_new_
     assert len(hub.resealed()) == 1
 
 
+@pytest.mark.parametrize("revoke", [False, True])
+def test_a_result_signed_by_a_revoked_hub_key_is_sealed_again_however_fresh(
+    hub: HubParts, revoke: bool
+) -> None:
+    published = hub.publish(DAY)  # six days left: fresh
+    rotate_hub_key(hub.state, revoke=revoke)
+    (listed,) = fresh_results(
+        hub.state, hub.archive, SITE, [published], audit=hub.audit, scratch=hub.scratch
+    )
+    if not revoke:  # a routine rotation: the sites still trust the earlier key
+        assert listed == published and hub.resealed() == []
+        return
+    rotated = load_private_keys(hub.state.hub_key)
+    record, envelope = hub.fetch(published.cursor)
+    assert record == listed != published  # listed sealed again, then fetched as listed
+    assert read_header(io.BytesIO(envelope))[0].sender_id == rotated.key_id
+    (event,) = hub.resealed()
+    assert event["detail"]["revoked_key"] == hub.hub_keys.key_id.hex()
+    assert "expiring_at" in event["detail"]  # when the revoked envelope would have expired
+
+
 def test_an_expired_result_the_hub_cannot_open_is_served_as_stored(
     hub: HubParts, tmp_path: Path
 ) -> None:

@@ -1078,7 +1078,7 @@ def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
     it follow the hub's signed transition (the instance sent again is a duplicate: the
     first envelope stays). The next instance is sealed to the new key. A result signed by
     the new key reaches the outbox. What was stored before opens only with the earlier
-    key, which the hub keeps.
+    key, which the hub keeps. Then a revoking rotation (below).
     """
     from usreview.envelope import load_public_keys
     from usreview.envelope.format import read_header
@@ -1145,6 +1145,32 @@ def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
     wait_until(lambda: (site.outbox / study / f"{report:08d}-report.dcm").exists(), timeout=30)
     assert not (site.state / "refused" / f"{report:08d}.envelope").exists()
 
+    # The new key is then believed stolen: rotated again with --revoke while a result
+    # signed by it waits for the site (published with the hub stopped). The hub seals it
+    # again with the newest key when the site asks, the site follows the revoking step,
+    # trusts the newest key alone and gets the result; its uploads go on.
+    hub.stop()
+    try:
+        pending_study = generate_uid()
+        pending = hub.publish(
+            _sr(tmp_path / "pending.dcm", pending_study), pending_study, ["clinic"], "report"
+        )
+        revoking = hub.cli("rotate-key", "--revoke")
+    finally:
+        hub.start()
+    newest = load_public_keys(hub.state / "hub.pub")
+    assert "revoked: the sites stop trusting 2 earlier key(s)" in revoking
+    delivered = site.outbox / pending_study / f"{pending:08d}-report.dcm"
+    wait_until(delivered.exists, timeout=60)
+    assert [k.key_id for k in load_config(config).load_hub_keys()] == [newest.key_id]
+    [resealed] = [e for e in hub.audited("usreview") if e["outcome"] == "resealed"]
+    assert resealed["resource"] == f"results/{pending}"
+    assert resealed["detail"]["revoked_key"] == new.key_id.hex()
+    [last] = copies(simulated[0], 1, tmp_path / "last")
+    assert storescu(gateway.port, [last]).returncode == 0
+    wait_until(lambda: spool_empty(config), timeout=60, step=0.2)
+    assert sop_uid(last) in held_at_hub(config)  # a receipt signed by the newest key
+
 
 def test_the_hubs_next_certificate_reaches_the_sites_before_the_switch(
     hub: Hub, simulated: list[Path], tmp_path: Path
@@ -1152,10 +1178,11 @@ def test_the_hubs_next_certificate_reaches_the_sites_before_the_switch(
     """After the key rotation: the module's hub changes its TLS certificate last.
 
     The hub announces ``tls-next.crt`` (made here as the hub makes its successor a month
-    ahead); a site that pulls results trusts it, signed with the hub's key, and so does a
-    gateway that only uploads (``results.follow = false``: its uploads ask); after the
-    switch (what the hub does a week before expiry) both still reach the hub, and a site
-    that never asked does not.
+    ahead); a site that pulls results trusts it, signed with the hub's key, and so do a
+    gateway that only uploads (``results.follow = false``: its uploads ask) and a site
+    that only runs ``site push`` now and then (each push asks); after the switch (what the
+    hub does a week before expiry) they all still reach the hub, and a site that never
+    asked does not.
     """
     from usreview.hub.tls import ensure_certificate
     from usreview.site.hubkeys import ANNOUNCED_CERTIFICATES
@@ -1165,9 +1192,15 @@ def test_the_hubs_next_certificate_reaches_the_sites_before_the_switch(
     pull = [*USREVIEW, "site", "pull", "--config"]
     sends, port = enroll(hub, "clinic-sends", tmp_path / "sends")
     sends.write_text(sends.read_text().replace("follow = true", "follow = false", 1))
+    pushes, _ = enroll(hub, "clinic-pushes", tmp_path / "pushes")
 
     def pulled(config: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*pull, str(config)], capture_output=True, text=True, timeout=120)
+
+    def pushed(name: str) -> subprocess.CompletedProcess[str]:
+        [file] = copies(simulated[0], 1, tmp_path / name)
+        push = [*USREVIEW, "site", "push", "--config", str(pushes), str(file)]
+        return subprocess.run(push, capture_output=True, text=True, timeout=120)
 
     hub.stop()
     try:
@@ -1180,6 +1213,8 @@ def test_the_hubs_next_certificate_reaches_the_sites_before_the_switch(
     assert kept.read_bytes() == state.tls_next_cert.read_bytes()
     [event] = [e for e in hub.audited("clinic-asks") if e["resource"] == "hub-keys"]
     assert event["detail"]["next_certificate"] is True
+    assert pushed("pushed-before").returncode == 0
+    assert (load_config(pushes).state / ANNOUNCED_CERTIFICATES).exists()
     gateway = start_gateway(sends, port, tmp_path / "sends-gateway.log")
     try:
         fetched = load_config(sends).state / ANNOUNCED_CERTIFICATES
@@ -1199,6 +1234,8 @@ def test_the_hubs_next_certificate_reaches_the_sites_before_the_switch(
     finally:
         gateway.stop()
     assert pulled(asked).returncode == 0
+    after = pushed("pushed-after")
+    assert after.returncode == 0, after.stderr
     failed = pulled(never)
     assert failed.returncode == 1, failed.stderr
     assert failed.stderr.splitlines() == [

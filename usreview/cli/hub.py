@@ -375,12 +375,17 @@ _HUB_AUDIT = Command(
 def _cmd_hub_rotate_key(args: argparse.Namespace) -> int:
     from usreview.hub.commands import rotate_hub_key
 
-    rotated = rotate_hub_key(_state_dir(args))
+    rotated = rotate_hub_key(_state_dir(args), revoke=args.revoke)
     print(f"the hub's key is now {rotated.key_id[:16]} ({rotated.public_key})")
     print(
         f"the replaced key {rotated.replaced_key_id[:16]} still opens what was sealed to it "
         f"({rotated.earlier_keys} earlier key(s) kept in hub-keys/)"
     )
+    if args.revoke:
+        print(
+            f"revoked: the sites stop trusting {rotated.revoked} earlier key(s) once they "
+            "follow the new one; results signed by them are sealed again when fetched"
+        )
     print("start the hub: sites adopt the new key by themselves (signed by the old one)")
     return 0
 
@@ -394,8 +399,18 @@ _HUB_ROTATE_KEY = Command(
     "it opens the archive's envelopes and the uploads sites sealed to it before they "
     "heard of the new one. Receipts and results are signed with the new key from the "
     "next start; a site that meets it asks the hub for the signed steps and follows them "
-    "from the key it pinned (no new hub.pub to hand over). Audited.",
-    args=(_state(),),
+    "from the key it pinned (no new hub.pub to hand over). --revoke, for a key believed "
+    "stolen: the sites then stop trusting every earlier hub key (receipts and results "
+    "signed by one are refused, a rival chain from one is not followed), and the hub "
+    "seals again, with the new key, each result signed by one when it is fetched. Audited.",
+    args=(
+        arg(
+            "--revoke",
+            action="store_true",
+            help="the current key may be stolen: sites stop trusting every earlier key",
+        ),
+        _state(),
+    ),
 )
 
 

@@ -68,6 +68,7 @@ from usreview.envelope.transitions import (
     read_transitions,
     sign_announcement,
     sign_transition,
+    trusted_keys,
     verify_announcement,
     write_transitions,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "seal_file",
     "sign_announcement",
     "sign_transition",
+    "trusted_keys",
     "unseal",
     "unseal_file",
     "verify_announcement",

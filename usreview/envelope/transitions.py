@@ -15,7 +15,11 @@ Wire form (JSON)::
      "signature": B64, "proof": B64}
 
 Both signatures are Ed25519 over ``"usreview-key-transition/v1\\0" || canonical JSON of
-every other field``.
+every other field``. A transition that *revokes* (``usreview hub rotate-key --revoke``: the
+replaced key is believed stolen) also holds ``"revokes": true``, signed with the rest: a
+holder that follows it stops trusting every key it reached before that step, the pinned
+one included, and follows no later step that starts at one of them (a thief's rival
+chain). Transitions without it are as before.
 
 An *announcement* is text an identity vouches for with its current key, for holders who
 trust that key: the hub announces the TLS certificate it will serve next, so that sites
@@ -51,6 +55,7 @@ __all__ = [
     "read_transitions",
     "sign_announcement",
     "sign_transition",
+    "trusted_keys",
     "verify_announcement",
     "write_transitions",
 ]
@@ -79,26 +84,29 @@ class KeyTransition:
     """By the previous key."""
     proof: bytes
     """By ``key`` itself."""
+    revokes: bool = False
+    """Every key before this step is no longer to be trusted (see the module docstring)."""
 
-    def _body(self) -> bytes:
-        body = {
+    def _fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
             "type": _TYPE,
             "version": _VERSION,
             "previous_key_id": self.previous_key_id.hex(),
             "key": self.key.to_text(),
             "at": self.at,
         }
-        return _CONTEXT + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        if self.revokes:  # absent otherwise: what was signed before stays as it was
+            fields["revokes"] = True
+        return fields
+
+    def _body(self) -> bytes:
+        return _CONTEXT + json.dumps(self._fields(), sort_keys=True, separators=(",", ":")).encode()
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form (see the module docstring)."""
         b64 = base64.b64encode
         return {
-            "type": _TYPE,
-            "version": _VERSION,
-            "previous_key_id": self.previous_key_id.hex(),
-            "key": self.key.to_text(),
-            "at": self.at,
+            **self._fields(),
             "signature": b64(self.signature).decode(),
             "proof": b64(self.proof).decode(),
         }
@@ -116,6 +124,9 @@ class KeyTransition:
             raise KeyTransitionError("not a usreview key transition")
         if data.get("version") != _VERSION:
             raise KeyTransitionError(f"unsupported key transition version {data.get('version')!r}")
+        revokes = data.get("revokes", False)
+        if not isinstance(revokes, bool):
+            raise KeyTransitionError("malformed key transition: revokes is not true or false")
         try:
             return cls(
                 bytes.fromhex(str(data["previous_key_id"])),
@@ -123,6 +134,7 @@ class KeyTransition:
                 str(data["at"]),
                 base64.b64decode(str(data["signature"]), validate=True),
                 base64.b64decode(str(data["proof"]), validate=True),
+                revokes,
             )
         except (KeyError, ValueError, binascii.Error, EnvelopeError) as exc:
             raise KeyTransitionError(f"malformed key transition: {exc}") from None
@@ -155,15 +167,16 @@ class KeyTransition:
 
 
 def sign_transition(
-    previous: PrivateKeys, new: PrivateKeys, at: datetime | None = None
+    previous: PrivateKeys, new: PrivateKeys, at: datetime | None = None, *, revokes: bool = False
 ) -> KeyTransition:
-    """The transition from ``previous`` to ``new`` (same identity name), signed by both."""
+    """The transition from ``previous`` to ``new`` (same identity name), signed by both;
+    with ``revokes``, it ends the trust of every earlier key."""
     if previous.name != new.name:
         raise KeyTransitionError(
             f"a transition stays within one identity: {previous.name!r} is not {new.name!r}"
         )
     moment = (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
-    unsigned = KeyTransition(previous.key_id, new.public, moment, b"", b"")
+    unsigned = KeyTransition(previous.key_id, new.public, moment, b"", b"", revokes)
     body = unsigned._body()
     return KeyTransition(
         previous.key_id,
@@ -171,6 +184,7 @@ def sign_transition(
         moment,
         previous.ed25519.sign(body),
         new.ed25519.sign(body),
+        revokes,
     )
 
 
@@ -202,11 +216,29 @@ def write_transitions(path: Path, steps: Sequence[KeyTransition], *, mode: int) 
 def follow_transitions(
     trusted: Iterable[PublicKeys], transitions: Sequence[KeyTransition | Mapping[str, Any]]
 ) -> list[PublicKeys]:
-    """The keys reached from ``trusted`` through ``transitions``, oldest first.
+    """The keys reached from ``trusted`` through ``transitions``, oldest first, without
+    those revoked by a later step (see :func:`trusted_keys`). A key already trusted is not
+    returned again.
 
-    Transitions are taken in the given order; one that starts at a key not reached (yet)
-    is skipped, so a site pinned at a later key ignores the earlier steps. A key already
-    trusted is not returned again.
+    Raises
+    ------
+    KeyTransitionError
+        As :func:`trusted_keys`.
+    """
+    start = list(trusted)
+    known = {key.key_id for key in start}
+    return [key for key in trusted_keys(start, transitions) if key.key_id not in known]
+
+
+def trusted_keys(
+    trusted: Iterable[PublicKeys], transitions: Sequence[KeyTransition | Mapping[str, Any]]
+) -> list[PublicKeys]:
+    """Every key still trusted after following ``transitions`` from ``trusted``, oldest
+    first: ``trusted`` and the keys reached, less those a revoking step ended.
+
+    Transitions are taken in the given order; one that starts at a key not reached (yet),
+    or at a key revoked by an earlier step, is skipped, so a site pinned at a later key
+    ignores the earlier steps.
 
     Raises
     ------
@@ -214,8 +246,7 @@ def follow_transitions(
         A transition is malformed, or one that starts at a reached key does not verify
         (the chain is refused: nothing after it is trusted).
     """
-    reached = {key.key_id: key for key in trusted}
-    new: list[PublicKeys] = []
+    reached = {key.key_id: key for key in trusted}  # in the order reached
     for item in transitions:
         step = item if isinstance(item, KeyTransition) else KeyTransition.from_dict(item)
         previous = reached.get(step.previous_key_id)
@@ -226,10 +257,10 @@ def follow_transitions(
             raise KeyTransitionError(
                 f"the transition names identity {step.key.name!r}, not {previous.name!r}"
             )
-        if step.key.key_id not in reached:
-            reached[step.key.key_id] = step.key
-            new.append(step.key)
-    return new
+        if step.revokes:
+            reached.clear()
+        reached.setdefault(step.key.key_id, step.key)
+    return list(reached.values())
 
 
 def _announced(kind: str, text: str) -> bytes:

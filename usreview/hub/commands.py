@@ -486,14 +486,17 @@ class RotatedHubKey:
     """``hub.pub``, now the new key's."""
     earlier_keys: int
     """How many keys the hub keeps for opening what was sealed to them."""
+    revoked: int = 0
+    """How many of them the sites stop trusting (``revoke``)."""
 
 
-def rotate_hub_key(state: Path) -> RotatedHubKey:
+def rotate_hub_key(state: Path, *, revoke: bool = False) -> RotatedHubKey:
     """Give the hub a new envelope key (audited); see :mod:`usreview.hub.hubkeys`.
 
     The hub must be stopped: its processes read the keys at start. Sites adopt the new
     key by themselves once the hub runs again; uploads sealed to the earlier keys are
-    still taken, and the archive's envelopes still open.
+    still taken, and the archive's envelopes still open. With ``revoke`` (a key believed
+    stolen), the sites stop trusting every earlier key.
 
     Raises
     ------
@@ -512,13 +515,19 @@ def rotate_hub_key(state: Path) -> RotatedHubKey:
             f"the hub on {hub_state.root} is running ({running}): stop it, rotate the key, "
             "then start it again"
         )
-    keys, step = hubkeys.rotate_hub_key(hub_state)
+    keys, step = hubkeys.rotate_hub_key(hub_state, revoke=revoke)
     rotated = RotatedHubKey(
         keys.current.key_id.hex(), step.previous_key_id.hex(), hub_state.hub_pub,
-        len(keys.previous),
+        len(keys.previous), len(keys.revoked),
     )  # fmt: skip
-    audit_admin(hub_state, "usreview hub rotate-key", "hub/key", "rotated",
-                {"key_id": rotated.key_id, "replaced_key_id": rotated.replaced_key_id})  # fmt: skip
+    detail: dict[str, object] = {
+        "key_id": rotated.key_id,
+        "replaced_key_id": rotated.replaced_key_id,
+    }
+    if revoke:
+        detail["revoked"] = sorted(key_id.hex() for key_id in keys.revoked)
+    command = "usreview hub rotate-key" + (" --revoke" if revoke else "")
+    audit_admin(hub_state, command, "hub/key", "rotated", detail)
     return rotated
 
 

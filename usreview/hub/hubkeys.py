@@ -24,6 +24,14 @@ the first receipt or result signed by it sends them to ``GET /hub-keys``, and th
 the transitions from the key they pinned (each signed by the previous key and by the new
 one), without a new ``hub.pub`` to hand over.
 
+``rotate-key --revoke`` is for a key believed stolen: its transition *revokes*, and a site
+that follows it stops trusting every earlier hub key (a receipt or result signed by one is
+refused; a thief's rival transition from one is not followed). The hub still opens with
+them (its archive), and hands out every result signed by a revoked key sealed again with the
+current one (:func:`usreview.hub.api.publish.open_fresh_result`). Uploads a site sealed to a
+revoked key before it heard are still taken: what a thief could read of them was sent
+already, and the receipt, signed by the new key, makes the site switch.
+
 Each step of a rotation is durable before the next: both keys are written to
 ``hub-keys/`` first, then the transition, then ``hub.key`` and ``hub.pub`` are replaced.
 A rotation cut short leaves either the previous key current (run it again) or
@@ -71,6 +79,16 @@ class HubKeys:
     def opening(self) -> tuple[PrivateKeys, ...]:
         """Every key an envelope addressed to the hub may be sealed to, current first."""
         return (self.current, *self.previous)
+
+    @property
+    def revoked(self) -> frozenset[bytes]:
+        """Key ids of the keys the sites no longer trust: every key before the last
+        transition that revokes (none without one)."""
+        last = max((n for n, step in enumerate(self.transitions) if step.revokes), default=None)
+        if last is None:
+            return frozenset()
+        kept = {step.key.key_id for step in self.transitions[last:]} | {self.current.key_id}
+        return frozenset(k.key_id for k in self.opening if k.key_id not in kept)
 
     def to_dict(self, next_certificate: str | None = None) -> dict[str, object]:
         """What ``GET /hub-keys`` answers: the current public key, the transitions, and
@@ -134,9 +152,10 @@ def _repair_public(state: HubState, current: PrivateKeys) -> None:
 
 
 def rotate_hub_key(
-    state: HubState, now: Callable[[], datetime] | None = None
+    state: HubState, now: Callable[[], datetime] | None = None, *, revoke: bool = False
 ) -> tuple[HubKeys, KeyTransition]:
     """Make a new current hub key; the replaced one keeps opening what was sealed to it.
+    With ``revoke``, the sites stop trusting every earlier key (see the module docstring).
 
     The hub must be stopped (the caller checks): its processes hold the keys they read at
     start.
@@ -148,7 +167,7 @@ def rotate_hub_key(
     """
     keys = load_hub_keys(state)
     new = generate_keys(keys.current.name)
-    step = sign_transition(keys.current, new, now() if now else None)
+    step = sign_transition(keys.current, new, now() if now else None, revokes=revoke)
     folder = _folder(state)
     try:
         folder.mkdir(mode=0o700, exist_ok=True)

@@ -10,7 +10,10 @@ itself). The transitions it followed are kept in ``STATE/hub-keys.json`` and ver
 again whenever they are read; the pinned file is never rewritten.
 
 The site seals to the newest key it trusts; it accepts receipts and results signed by
-any of them (an earlier key signed what the hub sent before it rotated).
+any of them (an earlier key signed what the hub sent before it rotated). A transition that
+revokes (``usreview hub rotate-key --revoke``: a key believed stolen) ends the trust of
+every key before it, the pinned one included: what they sign is refused from then on, and
+no later step from one of them is followed.
 
 The same answer announces the TLS certificate the hub serves next, signed with its
 current key. A site keeps it in ``STATE/hub-certificates.pem`` (with the ones announced
@@ -22,6 +25,7 @@ new file for every site. The results follower asks every :data:`REFRESH_SECONDS`
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +37,7 @@ from usreview.envelope import (
     PublicKeys,
     follow_transitions,
     read_transitions,
+    trusted_keys,
     verify_announcement,
     write_transitions,
 )
@@ -48,6 +53,7 @@ __all__ = [
     "REFRESH_SECONDS",
     "adopt_hub_certificate",
     "adopt_hub_keys",
+    "changed_hub_keys",
     "followed_hub_keys",
     "refreshed_hub_keys",
 ]
@@ -62,7 +68,8 @@ _log = logging.getLogger(__name__)
 
 
 def followed_hub_keys(pinned: PublicKeys, state: Path) -> list[PublicKeys]:
-    """The hub's keys the site trusts, oldest first: ``pinned``, then those followed.
+    """The hub's keys the site trusts, oldest first: ``pinned``, then those followed, less
+    those a revoking step ended.
 
     Raises
     ------
@@ -74,8 +81,7 @@ def followed_hub_keys(pinned: PublicKeys, state: Path) -> list[PublicKeys]:
         saved = read_transitions(state / ADOPTED_FILE)
     except KeyTransitionError as exc:
         raise KeyTransitionError(f"{exc}; remove it to start over") from None
-    followed = follow_transitions([pinned], saved)  # steps from other keys: ignored
-    return [pinned, *followed]
+    return trusted_keys([pinned], saved)  # steps from other keys: ignored
 
 
 def adopt_hub_keys(pinned: PublicKeys, state: Path, answer: Any) -> list[PublicKeys]:
@@ -118,7 +124,8 @@ def refreshed_hub_keys(config: SiteConfig, client: HubClient) -> list[PublicKeys
 
     For a site that met a receipt or a result signed by a key it does not know. Another
     process of the site (the gateway's uploads and its results follower) may have adopted
-    it already: the caller compares with the keys it holds. A refused answer, or a hub
+    it already: callers compare with the keys they hold (:func:`changed_hub_keys`). A
+    refused answer, or a hub
     that cannot be asked, is logged and adopts nothing; the keys cannot be read: ``[]``.
     """
     from usreview.site.errors import HubRequestError, HubUnreachableError, SiteConfigError
@@ -142,6 +149,17 @@ def refreshed_hub_keys(config: SiteConfig, client: HubClient) -> list[PublicKeys
             adopt_hub_certificate(keys, config.state, announced)
         except (KeyTransitionError, ValueError, OSError) as exc:
             _log.warning("the hub's next certificate was refused: %s", exc)
+    return keys
+
+
+def changed_hub_keys(
+    config: SiteConfig, client: HubClient, held: Sequence[PublicKeys]
+) -> list[PublicKeys] | None:
+    """:func:`refreshed_hub_keys` when they differ from the keys ``held`` by the caller (a
+    rotation or a revocation followed, by this process or another), else ``None``."""
+    keys = refreshed_hub_keys(config, client)
+    if not keys or [k.key_id for k in keys] == [k.key_id for k in held]:
+        return None
     return keys
 
 

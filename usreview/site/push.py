@@ -17,6 +17,11 @@ not DICOM) is not sent and is named apart (:attr:`PushReport.unread`). The files
 read. Each instance the hub acknowledges, or refuses for what it is, is recorded in the
 per-study journal (:class:`~usreview.site.studies.StudyLog`, shared safely with a running
 gateway), so ``site status --study`` shows pushed exams too.
+
+A push first asks the hub for its keys and the TLS certificate it serves next
+(:func:`~usreview.site.hubkeys.refreshed_hub_keys`, as a gateway does every few hours), so
+that a site that only pushes now and then still follows the hub's key rotations and
+certificate switches.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from usreview.site.errors import (
     ReceiptError,
     SpoolError,
 )
-from usreview.site.hubkeys import refreshed_hub_keys
+from usreview.site.hubkeys import changed_hub_keys, refreshed_hub_keys
 from usreview.site.refusals import Refusal
 from usreview.site.spool import check_uid
 from usreview.site.studies import StudyLog, instance_header
@@ -151,6 +156,7 @@ def push_paths(
     done = 0
     try:
         push = _Push(config, client, report, studies, attempts, _Outage(clock))
+        push.hub_keys = refreshed_hub_keys(config, client) or push.hub_keys
         for start in range(0, len(files), RECEIPT_BATCH):
             batch = files[start : start + RECEIPT_BATCH]
             push.ask_held(batch)
@@ -228,8 +234,8 @@ class _Push:
     def _adopt_hub_keys(self) -> bool:
         """Follow the hub's signed key transitions (it rotated its key, see
         :mod:`usreview.site.hubkeys`); whether a new key is trusted now."""
-        keys = refreshed_hub_keys(self.config, self.client)
-        if len(keys) <= len(self.hub_keys):
+        keys = changed_hub_keys(self.config, self.client, self.hub_keys)
+        if keys is None:
             return False
         self.hub_keys = keys
         return True

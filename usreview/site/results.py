@@ -68,7 +68,7 @@ from usreview.site.config import SiteConfig
 from usreview.site.cursor import ResultsCursorError, load_cursor, read_saved_cursor, save_cursor
 from usreview.site.deliver import PacsQueue, deliver_to_outbox, study_folder_name
 from usreview.site.errors import DeliveryError, HubRequestError, HubUnreachableError, SiteError
-from usreview.site.hubkeys import REFRESH_SECONDS, refreshed_hub_keys
+from usreview.site.hubkeys import REFRESH_SECONDS, changed_hub_keys
 from usreview.site.identity import QUARANTINE, PayloadIdentity, identify, quarantine
 from usreview.site.pacs_senders import PacsSenders
 from usreview.site.retention import PRUNE_SECONDS, not_kept, prune_outbox
@@ -133,7 +133,8 @@ class ResultFollower:
         self._remove_leftovers()
         # The current key first, then the retired ones, newest first.
         self._site_keys = (config.load_private_keys(), *config.load_retired_private_keys())
-        self._ring = KeyRing(config.load_hub_keys())
+        self._hub_keys = config.load_hub_keys()
+        self._ring = KeyRing(self._hub_keys)
         self.pacs = PacsQueue(self.state / "pacs", config.pacs, config.ae_title)
         self.pacs.remove_orphans()
         self.senders = PacsSenders(
@@ -443,10 +444,10 @@ class ResultFollower:
                 io.BytesIO(envelope), payload, recipient=self._site_keys, keyring=self._ring
             )
         except UntrustedSenderError:
-            keys = refreshed_hub_keys(self.config, self.client)
-            if len(keys) <= len(self._ring):
+            keys = changed_hub_keys(self.config, self.client, self._hub_keys)
+            if keys is None:
                 raise
-            self._ring = KeyRing(keys)
+            self._hub_keys, self._ring = keys, KeyRing(keys)
             info = unseal(
                 io.BytesIO(envelope), payload, recipient=self._site_keys, keyring=self._ring
             )
@@ -543,9 +544,9 @@ class ResultFollower:
         if time.monotonic() < self._next_trust_refresh:
             return
         self._next_trust_refresh = time.monotonic() + REFRESH_SECONDS
-        keys = refreshed_hub_keys(self.config, self.client)
-        if len(keys) > len(self._ring):
-            self._ring = KeyRing(keys)
+        keys = changed_hub_keys(self.config, self.client, self._hub_keys)
+        if keys is not None:
+            self._hub_keys, self._ring = keys, KeyRing(keys)
 
     def _prune_now(self) -> None:
         """Remove the outbox files past ``results.keep_days``, when it is time."""

@@ -594,7 +594,8 @@ def read_status(config: SiteConfig) -> SiteStatus:
 
 
 def _hub_key(config: SiteConfig) -> dict[str, Any]:
-    """The pinned and the current hub key ids, or why they cannot be read."""
+    """The pinned and the current hub key ids, how many keys are trusted and whether the
+    pinned one still is (a revoking rotation ends it), or why they cannot be read."""
     try:
         pinned = config.load_pinned_hub_key()
         keys = config.load_hub_keys()
@@ -603,7 +604,8 @@ def _hub_key(config: SiteConfig) -> dict[str, Any]:
     return {
         "pinned": pinned.key_id.hex()[:16],
         "current": keys[-1].key_id.hex()[:16],
-        "followed": len(keys) - 1,
+        "trusted": len(keys),
+        "pinned_revoked": pinned.key_id not in {key.key_id for key in keys},
     }
 
 
@@ -858,10 +860,11 @@ def format_status(status: SiteStatus) -> str:
     key = status.hub_key
     if key.get("error"):
         lines.append(f"hub key       cannot be read: {key['error']}")
-    elif key.get("followed"):
+    elif key and key["current"] != key["pinned"]:
+        revoked = ", the pinned one revoked" if key["pinned_revoked"] else ""
         lines.append(
-            f"hub key       {key['current']} (followed from the pinned {key['pinned']} through "
-            f"{key['followed']} rotation(s) of the hub, state/hub-keys.json)"
+            f"hub key       {key['current']} (followed from the pinned {key['pinned']} in "
+            f"state/hub-keys.json; {key['trusted']} key(s) trusted{revoked})"
         )
     elif key:
         lines.append(f"hub key       {key['current']} (pinned)")

@@ -50,7 +50,7 @@ from usreview.site.errors import (
     SpoolError,
     SpoolKeyError,
 )
-from usreview.site.hubkeys import REFRESH_SECONDS, refreshed_hub_keys
+from usreview.site.hubkeys import REFRESH_SECONDS, changed_hub_keys
 from usreview.site.refusals import Refusal
 from usreview.site.spool import Spool, SpooledInstance
 from usreview.site.status import GIVEN_UP, StatusBook, duration
@@ -366,10 +366,10 @@ class Uploader:
         self._next_trust_refresh = time.monotonic() + REFRESH_SECONDS
         client = self._client_factory()
         try:
-            keys = refreshed_hub_keys(self.config, client)
+            keys = changed_hub_keys(self.config, client, self._hub_keys)
         finally:
             client.close()
-        if len(keys) > len(self._hub_keys):
+        if keys is not None:
             self._hub_keys = keys
 
     def _next_scan(self) -> float:
@@ -412,8 +412,8 @@ class Uploader:
     def _adopt_hub_keys(self, client: HubClient) -> bool:
         """After a receipt by a key the site does not know: follow the hub's signed key
         transitions (:mod:`usreview.site.hubkeys`); whether a new key is trusted now."""
-        keys = refreshed_hub_keys(self.config, client)
-        if len(keys) <= len(self._hub_keys):
+        keys = changed_hub_keys(self.config, client, self._hub_keys)
+        if keys is None:
             return False
         self._hub_keys = keys
         return True

@@ -15,8 +15,10 @@ window to the current keys of the same sites (and the hub), stored in place of t
 envelope (:meth:`~usreview.store.ResultFeed.replace_envelope`: same cursor, same
 metadata, so the site sees one result) and audited (``write``, outcome ``resealed``).
 The listing's margin is larger than the fetch's, so a result listed is fetched with the
-hash that was listed. A result the hub cannot open (sealed before the hub was one of its
-recipients, or not sealed by the hub) is served as it is stored.
+hash that was listed. A result signed by a hub key that ``usreview hub rotate-key --revoke``
+revoked is sealed again the same way whatever its validity: the sites no longer trust that
+key. A result the hub cannot open (sealed before the hub was one of its recipients, or not
+sealed by the hub) is served as it is stored.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from usreview.envelope.format import MAX_RECIPIENTS, Header, read_header
 from usreview.envelope.stream import Source
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.audit import AuditAction, AuditLog
-from usreview.hub.hubkeys import load_hub_keys
+from usreview.hub.hubkeys import HubKeys, load_hub_keys
 from usreview.hub.state import HubState
 from usreview.store import Archive, CorruptObjectError, InvalidMetadataError, ResultRecord
 
@@ -171,9 +173,10 @@ def fresh_results(
         A result could not be sealed again (its old envelope stays).
     """
     fresh = []
+    keys = load_hub_keys(state)
     for record in records:
         found, stream = _fresh(
-            state, archive, site, record.cursor, record, audit, scratch, now, margin
+            state, keys, archive, site, record.cursor, record, audit, scratch, now, margin
         )
         stream.close()
         fresh.append(found)
@@ -204,11 +207,13 @@ def open_fresh_result(
     StorageError, AuditError
         It could not be sealed again (its old envelope stays).
     """
-    return _fresh(state, archive, site, cursor, None, audit, scratch, now, margin)
+    keys = load_hub_keys(state)
+    return _fresh(state, keys, archive, site, cursor, None, audit, scratch, now, margin)
 
 
 def _fresh(
     state: HubState,
+    keys: HubKeys,
     archive: Archive,
     site: str,
     cursor: int,
@@ -230,10 +235,14 @@ def _fresh(
         with contextlib.ExitStack() as close_on_error:
             close_on_error.callback(stream.close)
             header = _header(stream)
-            if header is None or header.not_after - clock > margin:
+            if header is None or (
+                header.not_after - clock > margin and header.sender_id not in keys.revoked
+            ):
                 close_on_error.pop_all()
                 return record, stream
-            resealed = _reseal(state, archive, site, record, stream, header, audit, scratch, clock)
+            resealed = _reseal(
+                state, keys, archive, site, record, stream, header, audit, scratch, clock
+            )
             if resealed is None:  # the hub cannot open it: as stored
                 stream.seek(0)
                 close_on_error.pop_all()
@@ -259,6 +268,7 @@ def _header(stream: BinaryIO) -> Header | None:
 
 def _reseal(
     state: HubState,
+    keys: HubKeys,
     archive: Archive,
     site: str,
     record: ResultRecord,
@@ -273,7 +283,6 @@ def _reseal(
 
     A result sealed before ``usreview hub rotate-key`` opens with the earlier key that
     sealed it and is sealed again with the current one."""
-    keys = load_hub_keys(state)
     cursor = record.cursor
     if not {k.key_id for k in keys.opening} & {entry.key_id for entry in header.recipients}:
         _log.warning(
@@ -317,6 +326,11 @@ def _reseal(
                 "sites": list(sites),
                 "fetched_by": site,
                 "expired_at" if header.not_after <= now else "expiring_at": _utc(header.not_after),
+                **(
+                    {"revoked_key": header.sender_id.hex()}
+                    if header.sender_id in keys.revoked
+                    else {}
+                ),
                 "valid_until": _utc(info.not_after),
             },
         )
