@@ -14,6 +14,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+# The hub configuration's, for its tests and the processing queue's command tests.
+from tests.hub_config_support import configured, fake_proxy  # noqa: F401
+
 # Fixtures of every test file: one PostgreSQL server per test process.
 from tests.postgres_support import db_url, postgres_server  # noqa: F401
 

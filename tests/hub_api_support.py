@@ -277,3 +277,18 @@ def service_launch(pid: int) -> tuple[list[str], dict[str, str], str]:
         if b"=" in item
     )
     return cmd, env, os.readlink(proc / "cwd")
+
+
+def admin_audit(state: Path) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """Actor, resource, outcome and detail of each ``admin`` line of ``STATE/audit.log``,
+    once its whole chain verifies."""
+    from usreview.hub.audit import verify
+
+    report = verify(state / "audit.log", (state / "audit.key").read_bytes())
+    assert report.ok, report
+    lines = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
+    return [
+        (x["actor"], x["resource"], x["outcome"], x["detail"])
+        for x in lines
+        if x["action"] == "admin"
+    ]

@@ -9,30 +9,15 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import usreview.hub
+from tests.hub_api_support import admin_audit
 from usreview.cli import main
 from usreview.hub.accounts import Accounts
 from usreview.hub.passwords import verify_password
 from usreview.hub.proxy import PROXY_ENV
-
-
-def admin_audit(state: Path) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """Actor, resource, outcome and detail of each ``admin`` line of ``STATE/audit.log``,
-    once its whole chain verifies."""
-    from usreview.hub.audit import verify
-
-    report = verify(state / "audit.log", (state / "audit.key").read_bytes())
-    assert report.ok, report
-    lines = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
-    return [
-        (x["actor"], x["resource"], x["outcome"], x["detail"])
-        for x in lines
-        if x["action"] == "admin"
-    ]
 
 
 def _logs_in(state: Path, name: str, password: str) -> bool:
@@ -99,7 +84,6 @@ def test_hub_refuses_plain_http_beyond_loopback(
 def test_a_site_key_rotates_with_the_hub_stopped_and_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
 
     from usreview.envelope import load_public_keys
     from usreview.hub.state import open_state

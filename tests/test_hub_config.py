@@ -31,24 +31,6 @@ from usreview.hub.siteport import SERVICE_SITE_PORT_ENV, SitePort
 from usreview.hub.tls import check_bind, ensure_certificate, is_loopback
 
 
-@pytest.fixture
-def fake_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    proxy = tmp_path / "bin" / "configurable-http-proxy"
-    proxy.parent.mkdir()
-    proxy.write_text("#!/bin/sh\nexit 0\n")
-    proxy.chmod(0o755)
-    monkeypatch.setenv(PROXY_ENV, str(proxy))
-    return proxy
-
-
-@pytest.fixture
-def configured(tmp_path: Path, fake_proxy: Path) -> tuple[Config, Path]:
-    c = Config()
-    state = tmp_path / "state"
-    configure(c, state, "127.0.0.1", 18000)
-    return c, state
-
-
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 

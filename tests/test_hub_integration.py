@@ -23,9 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.hub_api_support import HubRun, service_pids
+from tests.hub_api_support import HubRun, admin_audit, service_pids
 from tests.site_helpers import command_line, wait_until
-from tests.test_hub_cli import admin_audit
 from usreview.demo import free_port
 from usreview.hub.state import open_state
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.processing_support import SMALL_VOLUME
 from usreview.dicom import read
 from usreview.processing import ProcessorResult, ResultStatus, default_registry
 from usreview.simulate import simulate
@@ -294,19 +295,9 @@ def test_pw_heart_rate_and_vti_from_30_to_280_per_min(tmp_path: Path) -> None:
     )
 
 
-_SMALL_VOLUME = {
-    "frames": 56,
-    "rows": 72,
-    "columns": 80,
-    "semi_axis_x_mm": 15.0,
-    "semi_axis_y_mm": 11.0,
-    "semi_axis_z_mm": 9.0,
-}
-
-
 @pytest.mark.parametrize(("seed", "snr"), [(0, 10.0), (1, 40.0), (2, 25.0)])
 def test_volume_of_the_ellipsoid(tmp_path: Path, seed: int, snr: float) -> None:
-    truth, q, _ = _run(tmp_path, "volume", "volume", seed, snr, **_SMALL_VOLUME)
+    truth, q, _ = _run(tmp_path, "volume", "volume", seed, snr, **SMALL_VOLUME)
     assert q["volume"] == pytest.approx(truth["ellipsoid"]["volume_ml"], rel=0.05)
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
-import errno
-import io
 import json
 import os
 import stat
@@ -21,6 +18,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import RLELossless
 
 from tests.conftest import SHARED_DATA, real_file
+from tests.processing_support import disk_full_on
 from usreview.cli import main
 from usreview.dicom import read
 from usreview.processing import ResultStatus, default_registry, run_pipeline
@@ -192,46 +190,6 @@ def test_warnings_while_processing_are_notes_of_the_summary(
 
 
 # --- derived images: private, complete or absent ----------------------------------------------
-
-
-class _FullDisk:
-    """A file on a nearly full disk: half of what is written gets there, then ENOSPC."""
-
-    def __init__(self, file: Any) -> None:
-        self._file = file
-
-    def write(self, data: bytes) -> int:
-        self._file.write(bytes(data)[: len(data) // 2])
-        self._file.flush()
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
-
-    def __enter__(self) -> _FullDisk:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._file.close()
-
-
-def disk_full_on(monkeypatch: pytest.MonkeyPatch, folder: Path, nth: int) -> None:
-    """Make the ``nth`` file opened for writing in ``folder`` (by name or by descriptor, as
-    atomic writers do) meet a full disk."""
-    real_open, folder, opened = io.open, folder.resolve(), 0
-
-    def fake_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        nonlocal opened
-        f = real_open(file, mode, *args, **kwargs)
-        name = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else file
-        if "r" not in mode and Path(name).resolve().parent == folder:
-            opened += 1
-            if opened == nth:
-                return _FullDisk(f)
-        return f
-
-    monkeypatch.setattr(io, "open", fake_open)  # pathlib and os.fdopen
-    monkeypatch.setattr(builtins, "open", fake_open)
 
 
 def _cine_and_pw(folder: Path) -> tuple[str, str]:

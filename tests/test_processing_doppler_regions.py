@@ -3,44 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 
+from tests.processing_support import Edit, run_edited, set_attributes
 from usreview.dicom import read
-from usreview.processing import ProcessorResult, ResultStatus, default_registry
+from usreview.processing import ResultStatus, default_registry
 from usreview.simulate import simulate
-
-Edit = Callable[[Any], None]
 
 
 @pytest.fixture(scope="module")
 def pw_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return simulate("pw", tmp_path_factory.mktemp("pw"), seed=0)[0]
-
-
-def run_edited(
-    source: Path, folder: Path, edit: Edit, processor: str = "doppler_indices"
-) -> ProcessorResult:
-    """Run ``processor`` on ``source`` with its last region edited by ``edit``."""
-    ds = pydicom.dcmread(source)
-    edit(ds.SequenceOfUltrasoundRegions[-1])
-    path = folder / "edited.dcm"
-    ds.save_as(path)
-    return default_registry().get(processor).run(read(path))
-
-
-def set_attributes(**values: Any) -> Edit:
-    """An edit that sets the region's attributes ``values``."""
-
-    def edit(region: Any) -> None:
-        for keyword, value in values.items():
-            setattr(region, keyword, value)
-
-    return edit
 
 
 def _swap_x(region: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_processing_doppler_regions import Edit, run_edited, set_attributes
+from tests.processing_support import Edit, run_edited, set_attributes
 from usreview.processing import ResultStatus
 from usreview.simulate import simulate
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from traitlets.config import Config
 
+from tests.hub_api_support import admin_audit
 from tests.processing_queue_support import SITE, HubSetup
 from tests.store_support import meta
-from tests.test_hub_cli import admin_audit
-from tests.test_hub_config import configured, fake_proxy  # noqa: F401  (fixtures)
 from usreview.cli import main
 from usreview.hub.config import WORKER_SERVICE
 from usreview.processing import default_registry, plausible, similarity
@@ -228,7 +227,7 @@ def test_ctrl_c_stops_the_worker_and_its_processes_without_a_traceback(tmp_path:
     assert worker.returncode == 0 and "Traceback" not in err, err
 
 
-def test_the_hub_manages_one_worker(configured: tuple[Config, Path]) -> None:  # noqa: F811
+def test_the_hub_manages_one_worker(configured: tuple[Config, Path]) -> None:
     c, state = configured
     services = {s["name"]: s for s in c.JupyterHub.services}
     worker = services[WORKER_SERVICE]

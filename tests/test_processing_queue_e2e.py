@@ -263,7 +263,7 @@ def test_closing_the_local_pool_stops_a_task_in_flight(
 def test_summaries_name_the_most_similar_cases_of_the_library(
     tmp_path: Path, pool: WorkerPool
 ) -> None:
-    from tests.test_teaching_atrest import teaching_case
+    from tests.teaching_support import teaching_case
     from usreview.hub.api.teaching_cases import open_teaching_store
     from usreview.processing.similarity import VERSION
 
@@ -407,7 +407,7 @@ def test_a_processor_deployed_while_the_pool_runs_runs_from_the_next_job(
 ) -> None:
     """The pool's processes live as long as the worker: a package installed meanwhile
     (the research notebook's "Deploying it") runs on the next instance, same processes."""
-    from tests.test_processing_registry import _HOTPLUG, install_fake_package
+    from tests.processing_support import HOTPLUG, install_fake_package
 
     site = tmp_path / "site-packages"
     site.mkdir()
@@ -419,7 +419,7 @@ def test_a_processor_deployed_while_the_pool_runs_runs_from_the_next_job(
         processes = set(executor._pool._processes)
         assert before.processors and not any(p.startswith("hotplug") for p in before.processors)
         install_fake_package(
-            site, "usreview_hotplug", _HOTPLUG, "hotplug = usreview_hotplug:hotplug_kinds"
+            site, "usreview_hotplug", HOTPLUG, "hotplug = usreview_hotplug:hotplug_kinds"
         )
         after = executor.submit(path).result(timeout=120)
         assert after.processors and "hotplug_kinds=0.1" in after.processors

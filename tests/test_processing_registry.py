@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import usreview.processing
+from tests.processing_support import HOTPLUG, install_fake_package
 from usreview.dicom import ImageKind, read
 from usreview.processing import (
     PIPELINE,
@@ -222,28 +223,6 @@ def test_names_and_versions_a_job_cannot_record_are_refused(
     assert not listed.available and "a name is letters" in (listed.unavailable_reason or "")
 
 
-_HOTPLUG = """
-from usreview.processing import Code, CodingScheme, Context, Output, Quantity, Registry, processor
-
-
-@processor("hotplug_kinds", kinds={"pw_doppler"}, version="0.1", registry=Registry())
-def hotplug_kinds(context: Context) -> Output:
-    code = Code("x-2", CodingScheme.USREVIEW, "Kinds")
-    return Output(quantities=(Quantity("kinds", code, len(context.instance.kinds), "1"),))
-"""
-
-
-def install_fake_package(folder: Path, name: str, source: str, entry_points: str) -> Path:
-    """A package as pip leaves it in ``folder``: module ``name`` and its ``.dist-info``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.py").write_text(source)
-    info = folder / f"{name}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[usreview.processors]\n{entry_points}\n")
-    return folder
-
-
 def test_a_processor_installed_while_running_is_found_without_a_restart(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pw_file: Path
 ) -> None:
@@ -259,7 +238,7 @@ def test_a_processor_installed_while_running_is_found_without_a_restart(
     assert "hotplug_kinds" not in default_registry()
     site = tmp_path / "site-packages"
     install_fake_package(
-        site, "usreview_hotplug", _HOTPLUG, "hotplug = usreview_hotplug:hotplug_kinds"
+        site, "usreview_hotplug", HOTPLUG, "hotplug = usreview_hotplug:hotplug_kinds"
     )
     monkeypatch.syspath_prepend(str(site))
     try:

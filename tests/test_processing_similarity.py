@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 
 from tests.conftest import REAL_FILES, real_file
+from tests.processing_support import CLASSES
 from usreview.dicom import read
 from usreview.processing.similarity import (
     DIMENSION,
@@ -33,15 +33,6 @@ from usreview.processing.similarity import (
 from usreview.simulate import simulate
 from usreview.teaching import UidMap, deidentify
 
-CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
-    "carotid, normal": ("pw", {"psv_cm_s": 80, "edv_cm_s": 25}),
-    "carotid, stenosis": ("pw", {"psv_cm_s": 260, "edv_cm_s": 110}),
-    "renal": ("pw", {"waveform": "renal", "psv_cm_s": 60, "edv_cm_s": 20}),
-    "tissue, plain": ("bmode", {"inclusions": 0}),
-    "tissue, lesions": ("bmode", {"inclusions": 6, "min_radius_mm": 8, "max_radius_mm": 14}),
-    "LV normal": ("mmode", {}),
-    "LV dilated": ("mmode", {"lvidd_mm": 68, "lvids_mm": 58}),
-}
 LIBRARY_SEEDS = (1, 2)
 QUERY_SEEDS = tuple(range(3, 13))
 

@@ -17,7 +17,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from tests.test_processing_similarity import CLASSES
+from tests.processing_support import CLASSES
 from usreview.dicom import read
 from usreview.dicom.enum import PhysicalUnits, RegionDataType
 from usreview.hub.audit import AuditLog

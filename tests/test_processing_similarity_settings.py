@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.test_processing_similarity import CLASSES
+from tests.processing_support import CLASSES
 from usreview.dicom import read
 from usreview.dicom.enum import RegionDataType
 from usreview.processing.similarity import Descriptor, LibraryEntry, describe, rank

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.test_processing_accuracy import _SMALL_VOLUME
+from tests.processing_support import SMALL_VOLUME
 from usreview.dicom import read
 from usreview.processing import ProcessorResult, ResultStatus, default_registry
 from usreview.simulate import simulate
@@ -28,7 +28,7 @@ def _measures(ds: Dataset) -> Dataset:
 
 def _run(tmp_path: Path, edit: Callable[[Dataset], None]) -> tuple[float, ProcessorResult]:
     """The true volume (mL) and the processor's result on the simulated volume after ``edit``."""
-    path = simulate("volume", tmp_path, seed=3, snr_db=25.0, **_SMALL_VOLUME)[0]
+    path = simulate("volume", tmp_path, seed=3, snr_db=25.0, **SMALL_VOLUME)[0]
     truth = json.loads(path.with_suffix(".truth.json").read_text())["ellipsoid"]["volume_ml"]
     from pydicom import dcmread
 

@@ -26,7 +26,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.site_helpers import USREVIEW, free_port
-from tests.test_site_hub import Hub, _sr, enroll
+from tests.site_hub_support import Hub, enroll, text_report
 from usreview.envelope import (
     ExpiredError,
     KeyRing,
@@ -317,7 +317,7 @@ def _pull(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 def test_a_site_offline_for_eight_days_gets_its_result_once(real_hub: Hub, tmp_path: Path) -> None:
     config, _ = enroll(real_hub, "closed", tmp_path / "site")
     study = generate_uid()
-    report = _sr(tmp_path / "report.dcm", study)
+    report = text_report(tmp_path / "report.dcm", study)
     cursor = _publish_long_ago(real_hub, report, study, "closed")
 
     done = _pull(config)
@@ -344,7 +344,7 @@ def test_retry_refused_fetches_an_expired_result_again_and_delivers_it(
 ) -> None:
     config, _ = enroll(real_hub, "broken", tmp_path / "site")
     study = generate_uid()
-    report = _sr(tmp_path / "report.dcm", study)
+    report = text_report(tmp_path / "report.dcm", study)
     cursor = _publish_long_ago(real_hub, report, study, "broken")
     # What a gateway that came back before the hub sealed results again left: the
     # expired envelope put aside with its feed item, the cursor past it.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.test_processing_cli import disk_full_on
+from tests.processing_support import disk_full_on
 from usreview import cli
 from usreview.cli import files as cli_files
 from usreview.errors import SimulationError

@@ -19,15 +19,13 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from benchmarks._support import Orthanc, start_orthanc
 from tests.site_helpers import (
@@ -42,6 +40,7 @@ from tests.site_helpers import (
     succeeded_files,
     wait_until,
 )
+from tests.site_hub_support import Hub, enroll, text_report
 from usreview.hub.state import HubState
 from usreview.ingest.receipts import verify_receipt
 from usreview.site import SiteConfig, Spool, format_status, load_config, read_status
@@ -49,102 +48,6 @@ from usreview.site.client import HubClient
 from usreview.site.studies import read_journal
 
 pytestmark = pytest.mark.slow
-
-START_TIMEOUT = 90.0
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
-
-
-@dataclass
-class Hub:
-    state: Path
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    *USREVIEW,
-                    "hub",
-                    "--state",
-                    str(self.state),
-                    "--ip",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        cert = self.state / "tls.crt"
-        while True:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
-            if cert.exists():
-                try:
-                    request = urllib.request.Request(self.url + "/services/usreview/api/v1/whoami")
-                    context = ssl.create_default_context(cafile=str(cert))
-                    urllib.request.urlopen(request, context=context, timeout=5).close()
-                except urllib.error.HTTPError as exc:
-                    if exc.code == 401:  # the proxy routes to the service
-                        return
-                except OSError:
-                    pass
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-    def cli(self, *args: str) -> str:
-        result = subprocess.run(
-            [*USREVIEW, "hub", *args, "--state", str(self.state)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def publish(
-        self,
-        payload: Path,
-        study: str,
-        sites: list[str],
-        kind: str,
-        *,
-        supersedes: int | None = None,
-    ) -> int:
-        from usreview.hub.api.publish import publish_result
-        from usreview.hub.state import open_state
-        from usreview.store import Archive
-
-        state = open_state(self.state)
-        with Archive.open(None, state.root / "archive") as archive:
-            record = publish_result(
-                state, archive, study, payload, sites=sites, kind=kind, supersedes=supersedes
-            )
-        return record.cursor
-
-    def audited(self, actor: str) -> list[dict[str, Any]]:
-        """The audit log's events of ``actor``."""
-        lines = (self.state / "audit.log").read_text().splitlines()
-        events = [json.loads(line) for line in lines if line.strip()]
-        return [event for event in events if event.get("actor") == actor]
 
 
 @pytest.fixture(scope="module")
@@ -166,29 +69,6 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
         tmp_path_factory.mktemp("orthanc"), nodelay=False, settings=settings
     ) as pacs:
         yield pacs
-
-
-def enroll(
-    hub: Hub, name: str, folder: Path, *, pacs: str | None = None, extra: Sequence[str] = ()
-) -> tuple[Path, int]:
-    """A site as its people set it up; returns its site.toml and DICOM port."""
-    port = free_port()
-    args = [*USREVIEW, "site", "init", name, "--hub", hub.url, "--dir", str(folder), *extra]
-    args += ["--hub-cert", str(hub.state / "tls.crt"), "--allow-ae", "SCANNER"]
-    args += ["--port", str(port)] + (["--pacs", pacs] if pacs else [])
-    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
-    pub = re.search(r"hub's administrator: (\S+)", out)
-    assert pub, out
-    added = hub.cli("add-site", name, "--public-key", pub.group(1))
-    token = re.search(r"shown once: (\S+)", added)
-    assert token, added
-    (folder / "token").write_text(token.group(1) + "\n")
-    (folder / "token").chmod(0o600)
-    (folder / "hub.pub").write_text(added[added.index("usreview-public-key v1") :])
-    config = folder / "site.toml"
-    text = config.read_text().replace("backoff_max = 60.0", "backoff_max = 2.0")
-    config.write_text(text.replace("wait = 30.0", "wait = 5.0"))
-    return config, port
 
 
 def pushed(hub: Hub, name: str, source: Path, folder: Path) -> tuple[SiteConfig, list[Path]]:
@@ -248,27 +128,6 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         )
         out += [Path(line) for line in result.stdout.split()]
     return out
-
-
-def _sr(path: Path, study: str) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SR_CLASS
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SR_CLASS
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "SR"
-    ds.PatientName = "TEST^SYNTHETIC"
-    ds.PatientID = "SYN-1"
-    ds.ValueType = "CONTAINER"
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 # -- uploads ---------------------------------------------------------------------------
@@ -471,7 +330,7 @@ def test_only_an_instance_bad_in_itself_is_rejected_and_one_held_back_blocks_non
     ds = pydicom.dcmread(copies(simulated[0], 1, tmp_path / "d")[0])
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     ds.save_as(deflated, enforce_file_format=True)
-    report = _sr(tmp_path / "report.dcm", generate_uid())
+    report = text_report(tmp_path / "report.dcm", generate_uid())
     good = copies(simulated[1], 3, tmp_path / "good")
     for path in [deflated, report, *good]:
         spool.put(sop_uid(path), path.read_bytes())
@@ -559,7 +418,7 @@ def test_a_results_follower_that_cannot_start_stops_no_upload(
         assert "the results follower cannot start: FileExistsError" in checked.stdout
         # Fixed: the follower starts at its next try, and the results come.
         (site.state / "inbox").unlink()
-        result = hub.publish(_sr(tmp_path / "report.dcm", study), study, [name], "report")
+        result = hub.publish(text_report(tmp_path / "report.dcm", study), study, [name], "report")
         outbox = site.outbox / study / f"{result:08d}-report.dcm"
         wait_until(outbox.exists, timeout=60, step=0.5)
         assert read_status(site).recorded["results_follower"]["state"] == "running"
@@ -812,12 +671,14 @@ def test_results_reach_the_outbox_and_the_pacs_of_their_site_only(
     config, _ = clinic
     referrer, _ = enroll(hub, "referrer", tmp_path / "referrer")
     study = generate_uid()
-    sr = _sr(tmp_path / "report.dcm", study)
+    sr = text_report(tmp_path / "report.dcm", study)
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({"study": study, "finding": "for the referrer only"}))
     to_clinic = hub.publish(sr, study, ["clinic"], "report")
     to_referrer = hub.publish(summary, study, ["referrer"], "summary")
-    to_both = hub.publish(_sr(tmp_path / "both.dcm", study), study, ["clinic", "referrer"], "sr")
+    to_both = hub.publish(
+        text_report(tmp_path / "both.dcm", study), study, ["clinic", "referrer"], "sr"
+    )
 
     outbox = load_config(config).outbox / study
     wait_until(lambda: len(list(outbox.glob("[!.]*"))) == 2, timeout=30)  # delivered
@@ -860,7 +721,7 @@ def test_a_result_not_sealed_by_the_hub_is_refused(
 
     config, _ = clinic
     study = generate_uid()
-    forged = _sr(tmp_path / "forged.dcm", study)
+    forged = text_report(tmp_path / "forged.dcm", study)
     rogue = generate_keys("rogue")  # anyone who can write to the feed, but not the hub
     clinic_key = load_public_keys(hub.state / "sites" / "clinic.pub")
     seal_file(forged, tmp_path / "forged.env", sender=rogue, recipients=[clinic_key])
@@ -868,7 +729,7 @@ def test_a_result_not_sealed_by_the_hub_is_refused(
         bad = archive.results.publish_result(
             tmp_path / "forged.env", sites=["clinic"], study_instance_uid=study, kind="report"
         ).cursor
-    good = hub.publish(_sr(tmp_path / "real.dcm", study), study, ["clinic"], "report")
+    good = hub.publish(text_report(tmp_path / "real.dcm", study), study, ["clinic"], "report")
     outbox = load_config(config).outbox / study
     wait_until(lambda: (outbox / f"{good:08d}-report.dcm").exists(), timeout=30)
     assert sorted(p.name for p in outbox.iterdir()) == [f"{good:08d}-report.dcm"]
@@ -888,7 +749,7 @@ def test_a_result_not_sealed_by_the_hub_is_refused(
 def test_pull_waits_for_the_gateways_upload_process(hub: Hub, tmp_path: Path) -> None:
     config, _ = enroll(hub, "clinic-p", tmp_path / "site")
     study = generate_uid()
-    first = hub.publish(_sr(tmp_path / "first.dcm", study), study, ["clinic-p"], "report")
+    first = hub.publish(text_report(tmp_path / "first.dcm", study), study, ["clinic-p"], "report")
     outbox = load_config(config).outbox / study
     # The gateway's upload process, as a killed gateway leaves it: it holds the uploader
     # lock and delivers results until its pipe closes.
@@ -917,7 +778,7 @@ def test_pull_waits_for_the_gateways_upload_process(hub: Hub, tmp_path: Path) ->
         os.close(write_end)  # the gateway is gone: the process ends by itself
         worker.wait(timeout=60)
     assert worker.returncode == 0
-    second = hub.publish(_sr(tmp_path / "second.dcm", study), study, ["clinic-p"], "report")
+    second = hub.publish(text_report(tmp_path / "second.dcm", study), study, ["clinic-p"], "report")
     done = subprocess.run(pull, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert f"result {second}:" in done.stdout and f"result {first}:" not in done.stdout
@@ -932,7 +793,7 @@ def test_an_amendment_supersedes_the_earlier_result_in_the_outbox(
 ) -> None:
     config, _ = clinic
     study = generate_uid()
-    sr1, sr2 = _sr(tmp_path / "v1.dcm", study), _sr(tmp_path / "v2.dcm", study)
+    sr1, sr2 = text_report(tmp_path / "v1.dcm", study), text_report(tmp_path / "v2.dcm", study)
     (tmp_path / "v1.txt").write_text("usreview report, version 1\nNormal.\n")
     (tmp_path / "v2.txt").write_text("usreview report, version 2 (amends version 1)\nStenosis.\n")
     (tmp_path / "v1.json").write_text(json.dumps({"study": study, "psv_cm_s": 80.0}))
@@ -1020,7 +881,9 @@ def test_site_status_follows_one_study_to_the_hub_and_its_results_to_the_pacs(
             uploader.stop()
         spool.put(sop_uid(sent[3]), sent[3].read_bytes())  # received, not uploaded yet
 
-        report = hub.publish(_sr(tmp_path / "report.dcm", study), study, ["clinic-j"], "report")
+        report = hub.publish(
+            text_report(tmp_path / "report.dcm", study), study, ["clinic-j"], "report"
+        )
         (tmp_path / "summary.json").write_text(json.dumps({"study": study, "psv_cm_s": 80.0}))
         summary = hub.publish(tmp_path / "summary.json", study, ["clinic-j"], "measurements")
         pull = [*USREVIEW, "site", "pull", "--config", str(config)]
@@ -1141,7 +1004,7 @@ def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
         assert held_at_hub(config)[sop_uid(later)] == record.plaintext_sha256
 
     study = generate_uid()
-    report = hub.publish(_sr(tmp_path / "report.dcm", study), study, ["clinic"], "report")
+    report = hub.publish(text_report(tmp_path / "report.dcm", study), study, ["clinic"], "report")
     wait_until(lambda: (site.outbox / study / f"{report:08d}-report.dcm").exists(), timeout=30)
     assert not (site.state / "refused" / f"{report:08d}.envelope").exists()
 
@@ -1153,7 +1016,10 @@ def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
     try:
         pending_study = generate_uid()
         pending = hub.publish(
-            _sr(tmp_path / "pending.dcm", pending_study), pending_study, ["clinic"], "report"
+            text_report(tmp_path / "pending.dcm", pending_study),
+            pending_study,
+            ["clinic"],
+            "report",
         )
         revoking = hub.cli("rotate-key", "--revoke")
     finally:

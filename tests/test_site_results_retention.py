@@ -22,8 +22,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from tests.results_feed_support import FeedHub, Pacs
 from tests.site_helpers import wait_until
-from tests.test_site_results_feed import FeedHub, Pacs
 from usreview.cli import main
 from usreview.simulate import simulate
 from usreview.site import SiteConfig, SiteConfigError, format_status, load_config, read_status

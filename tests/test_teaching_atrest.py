@@ -29,6 +29,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from tests.store_support import meta
+from tests.teaching_support import teaching_case
 from usreview.dicom import read
 from usreview.hub.api.app import open_context
 from usreview.hub.api.settings import ServiceSettings
@@ -45,11 +46,9 @@ from usreview.store import (
 from usreview.store.teaching import (
     MAGIC,
     TeachingCase,
-    TeachingInstance,
     TeachingStore,
     remove_orphan_cases,
 )
-from usreview.teaching import UidMap, deidentify
 
 SITE = "site-a"
 DR = Reviewer("dr-x")
@@ -67,29 +66,6 @@ def archive(tmp_path: Path) -> Iterator[Archive]:
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [path] = simulate("bmode", tmp_path_factory.mktemp("bmode"), seed=4)
     return path
-
-
-def teaching_case(
-    folder: Path, source: Path, study: str, *, impression: str = "simple cyst"
-) -> TeachingCase:
-    """A de-identified copy of ``source`` in ``folder`` and the case describing it."""
-    folder.mkdir(mode=0o700)
-    uids = UidMap()
-    instance = read(source)
-    copy = deidentify(instance, uids, label="TEACHING-1")
-    path = folder / f"{copy.SOPInstanceUID}.dcm"
-    copy.save_as(path, enforce_file_format=True)
-    data = path.read_bytes()
-    kinds = tuple(k.value for k in instance.kinds)
-    item = TeachingInstance(
-        str(copy.SOPInstanceUID),
-        str(copy.SOPClassUID),
-        kinds,
-        instance.pixels.number_of_frames,
-        len(data),
-        hashlib.sha256(data).hexdigest(),
-    )
-    return TeachingCase(uids(study), "general", "cyst", impression, "", kinds, (), (item,))
 
 
 def test_a_copy_is_encrypted_at_rest_and_reads_back_the_same(
