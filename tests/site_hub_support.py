@@ -4,95 +4,25 @@ site enrolled as its people set it up, and a text report to publish."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import ssl
 import subprocess
-import time
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.hub_api_support import HubRun
 from tests.site_helpers import USREVIEW, free_port
 
-START_TIMEOUT = 90.0
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
 
 
-@dataclass
-class Hub:
-    """``usreview hub`` on the state folder ``state`` and port ``port``: started, stopped
-    and restarted, its commands run, results published and the audit log read."""
-
-    state: Path
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    *USREVIEW,
-                    "hub",
-                    "--state",
-                    str(self.state),
-                    "--ip",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        cert = self.state / "tls.crt"
-        while True:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
-            if cert.exists():
-                try:
-                    request = urllib.request.Request(self.url + "/services/usreview/api/v1/whoami")
-                    context = ssl.create_default_context(cafile=str(cert))
-                    urllib.request.urlopen(request, context=context, timeout=5).close()
-                except urllib.error.HTTPError as exc:
-                    if exc.code == 401:  # the proxy routes to the service
-                        return
-                except OSError:
-                    pass
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-    def cli(self, *args: str) -> str:
-        result = subprocess.run(
-            [*USREVIEW, "hub", *args, "--state", str(self.state)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+class Hub(HubRun):
+    """A real hub for the site's tests (:class:`~tests.hub_api_support.HubRun`), with its
+    commands' output, results published in process as processing publishes them, and the
+    audit log's events."""
 
     def publish(
         self,

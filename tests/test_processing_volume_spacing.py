@@ -17,25 +17,17 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from tests.processing_support import SMALL_VOLUME
 from usreview.dicom import UltrasoundInstance, read
 from usreview.processing import ProcessorResult, ResultStatus, default_registry
 from usreview.simulate import simulate
-
-_VOLUME = {
-    "frames": 56,
-    "rows": 72,
-    "columns": 80,
-    "semi_axis_x_mm": 15.0,
-    "semi_axis_y_mm": 11.0,
-    "semi_axis_z_mm": 9.0,
-}
 
 
 def _run(
     tmp_path: Path, edit: Callable[[Dataset], None]
 ) -> tuple[float, UltrasoundInstance, ProcessorResult]:
     """The true volume (mL), the edited instance and the processor's result on it."""
-    path = simulate("volume", tmp_path, seed=3, snr_db=25.0, **_VOLUME)[0]
+    path = simulate("volume", tmp_path, seed=3, snr_db=25.0, **SMALL_VOLUME)[0]
     truth = json.loads(path.with_suffix(".truth.json").read_text())["ellipsoid"]["volume_ml"]
     ds = dcmread(path)
     edit(ds)

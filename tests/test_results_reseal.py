@@ -25,7 +25,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.site_helpers import USREVIEW, free_port
+from tests.site_helpers import USREVIEW
 from tests.site_hub_support import Hub, enroll, text_report
 from usreview.envelope import (
     ExpiredError,
@@ -291,7 +291,7 @@ def test_a_replacement_that_lost_the_race_leaves_the_winners_envelope(hub: HubPa
 @pytest.fixture(scope="module")
 def real_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     root = tmp_path_factory.mktemp("hub")
-    hub = Hub(root / "state", free_port(), root / "hub.log")
+    hub = Hub(root, {})
     hub.start()
     try:
         yield hub

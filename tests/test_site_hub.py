@@ -33,7 +33,6 @@ from tests.site_helpers import (
     GatewayProcess,
     alive,
     copies,
-    free_port,
     sop_uid,
     start_gateway,
     storescu,
@@ -53,7 +52,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     root = tmp_path_factory.mktemp("hub")
-    hub = Hub(root / "state", free_port(), root / "hub.log")
+    hub = Hub(root, {})
     hub.start()
     try:
         yield hub
