@@ -125,8 +125,8 @@ def refreshed_hub_keys(config: SiteConfig, client: HubClient) -> list[PublicKeys
     For a site that met a receipt or a result signed by a key it does not know. Another
     process of the site (the gateway's uploads and its results follower) may have adopted
     it already: callers compare with the keys they hold (:func:`changed_hub_keys`). A
-    refused answer, or a hub
-    that cannot be asked, is logged and adopts nothing; the keys cannot be read: ``[]``.
+    refused answer, or a hub that cannot be asked, is logged and adopts nothing; the keys
+    cannot be read: ``[]``.
     """
     from usreview.site.errors import HubRequestError, HubUnreachableError, SiteConfigError
 
