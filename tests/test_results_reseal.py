@@ -45,7 +45,7 @@ from usreview.hub.api.publish import (
     publish_result,
 )
 from usreview.hub.audit import AuditLog
-from usreview.hub.hubkeys import rotate_hub_key
+from usreview.hub.hubkeys import load_hub_keys, rotate_hub_key
 from usreview.hub.state import HubState, open_state
 from usreview.site import load_config
 from usreview.site.status import CURSOR_FILE
@@ -87,10 +87,29 @@ class HubParts:
 
     def fetch(self, cursor: int, **kwargs: Any) -> tuple[ResultRecord, bytes]:
         record, stream = open_fresh_result(
-            self.state, self.archive, SITE, cursor, audit=self.audit, scratch=self.scratch, **kwargs
+            self.state,
+            self.archive,
+            SITE,
+            cursor,
+            hub_keys=load_hub_keys(self.state),
+            audit=self.audit,
+            scratch=self.scratch,
+            **kwargs,
         )
         with stream:
             return record, stream.read()
+
+    def listed(self, records: list[ResultRecord]) -> list[ResultRecord]:
+        """``records`` as the feed lists them to the site (sealed again when due)."""
+        return fresh_results(
+            self.state,
+            self.archive,
+            SITE,
+            records,
+            hub_keys=load_hub_keys(self.state),
+            audit=self.audit,
+            scratch=self.scratch,
+        )
 
     def opened(self, envelope: bytes, keys: PrivateKeys | None = None) -> bytes:
         """The envelope opened as the site opens it, by the clock."""
@@ -172,9 +191,7 @@ def test_a_result_not_near_expiry_is_served_as_stored(hub: HubParts) -> None:
     record, envelope = hub.fetch(published.cursor)
     assert record == published and envelope == stored
     assert hub.opened(envelope) == hub.payload.read_bytes()
-    assert fresh_results(
-        hub.state, hub.archive, SITE, [published], audit=hub.audit, scratch=hub.scratch
-    ) == [published]
+    assert hub.listed([published]) == [published]
     assert hub.stored(published.cursor) == stored
     assert hub.resealed() == []
 
@@ -189,9 +206,7 @@ def test_the_listing_seals_again_within_a_day_and_the_fetch_serves_what_was_list
     assert hub.fetch(published.cursor)[0] == published
     assert hub.resealed() == []
     # Listed, it is sealed again, and fetching then gives the envelope listed.
-    (listed,) = fresh_results(
-        hub.state, hub.archive, SITE, [published], audit=hub.audit, scratch=hub.scratch
-    )
+    (listed,) = hub.listed([published])
     assert listed.cursor == published.cursor
     assert listed.envelope_sha256 != published.envelope_sha256
     record, envelope = hub.fetch(published.cursor)
@@ -235,9 +250,7 @@ def test_a_result_signed_by_a_revoked_hub_key_is_sealed_again_however_fresh(
 ) -> None:
     published = hub.publish(DAY)  # six days left: fresh
     rotate_hub_key(hub.state, revoke=revoke)
-    (listed,) = fresh_results(
-        hub.state, hub.archive, SITE, [published], audit=hub.audit, scratch=hub.scratch
-    )
+    (listed,) = hub.listed([published])
     if not revoke:  # a routine rotation: the sites still trust the earlier key
         assert listed == published and hub.resealed() == []
         return

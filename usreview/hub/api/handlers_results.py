@@ -66,6 +66,7 @@ class ResultsHandler(BaseHandler):
                 context.archive,
                 site,
                 found,
+                hub_keys=context.hub_keys,
                 audit=context.audit,
                 scratch=context.ingestor.quarantine_dir,
             )
@@ -117,6 +118,7 @@ class ResultHandler(BaseHandler):
             context.archive,
             site,
             int(result_id),
+            hub_keys=context.hub_keys,
             audit=context.audit,
             scratch=context.ingestor.quarantine_dir,
         )

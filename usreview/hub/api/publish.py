@@ -44,7 +44,7 @@ from usreview.envelope.format import MAX_RECIPIENTS, Header, read_header
 from usreview.envelope.stream import Source
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.audit import AuditAction, AuditLog
-from usreview.hub.hubkeys import HubKeys, load_hub_keys
+from usreview.hub.hubkeys import HubKeys
 from usreview.hub.state import HubState
 from usreview.store import Archive, CorruptObjectError, InvalidMetadataError, ResultRecord
 
@@ -158,6 +158,7 @@ def fresh_results(
     site: str,
     records: Sequence[ResultRecord],
     *,
+    hub_keys: HubKeys,
     audit: AuditLog,
     scratch: Path,
     now: float | None = None,
@@ -173,10 +174,9 @@ def fresh_results(
         A result could not be sealed again (its old envelope stays).
     """
     fresh = []
-    keys = load_hub_keys(state)
     for record in records:
         found, stream = _fresh(
-            state, keys, archive, site, record.cursor, record, audit, scratch, now, margin
+            state, hub_keys, archive, site, record.cursor, record, audit, scratch, now, margin
         )
         stream.close()
         fresh.append(found)
@@ -189,6 +189,7 @@ def open_fresh_result(
     site: str,
     cursor: int,
     *,
+    hub_keys: HubKeys,
     audit: AuditLog,
     scratch: Path,
     now: float | None = None,
@@ -207,8 +208,7 @@ def open_fresh_result(
     StorageError, AuditError
         It could not be sealed again (its old envelope stays).
     """
-    keys = load_hub_keys(state)
-    return _fresh(state, keys, archive, site, cursor, None, audit, scratch, now, margin)
+    return _fresh(state, hub_keys, archive, site, cursor, None, audit, scratch, now, margin)
 
 
 def _fresh(
