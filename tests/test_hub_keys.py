@@ -14,7 +14,7 @@ import pytest
 
 from usreview.envelope import KeyTransitionError, follow_transitions, load_public_keys
 from usreview.hub import hubkeys
-from usreview.hub.errors import HubError, StateError
+from usreview.hub.errors import StateError
 from usreview.hub.hubkeys import load_hub_keys
 from usreview.hub.state import HubState, open_state
 from usreview.site.hubkeys import ADOPTED_FILE, adopt_hub_keys, followed_hub_keys
@@ -63,25 +63,44 @@ def test_rotations_keep_every_key_and_chain_their_transitions(
     assert [k.key_id for k in copied.opening] == [k.key_id for k in keys.opening]
 
 
-def test_rotation_is_refused_while_the_service_runs(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_running_service_takes_the_rotated_key_at_its_next_call(tmp_path: Path) -> None:
+    state = open_state(tmp_path / "state")
+    fd = os.open(state.root / "service.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running service holds it
+        live = hubkeys.LiveHubKeys(state)
+        before = live.get()
+        assert live.get() is before  # unchanged: not read again
+        _rotate(state)  # the service runs: a rotation needs no restart
+        after = live.get()
+        assert after.current.key_id == load_public_keys(state.hub_pub).key_id
+        assert after.current.key_id != before.current.key_id
+        assert [k.key_id for k in after.previous] == [before.current.key_id]
+        assert live.get() is after
+        # Keys that cannot be read are not taken: the ones held stay, until it is mended.
+        good = state.hub_key.read_bytes()
+        state.hub_key.write_text("not a key\n")
+        assert live.get() is after
+        state.hub_key.write_bytes(good)
+        os.utime(state.hub_key, ns=(1, 1))  # rewritten: read again, the same key
+        assert live.get().current.key_id == after.current.key_id
+    finally:
+        os.close(fd)
+
+
+def test_a_rotation_runs_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from usreview.cli import main
 
     state = open_state(tmp_path / "state")
     before = state.hub_key.read_bytes()
-    fd = os.open(state.root / "service.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running service holds it
-        with pytest.raises(HubError, match="is running"):
+    with hubkeys.keys_lock(state):  # another rotation, or a backup copying the keys
+        with pytest.raises(StateError, match=r"a key rotation or a backup of .* is running"):
             _rotate(state)
         assert main(["hub", "rotate-key", "--state", str(state.root)]) == 1
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "stop it, rotate the key, then start it" in err
-    finally:
-        os.close(fd)
+        assert err.count("\n") == 1 and "try again once it has ended" in err
     assert state.hub_key.read_bytes() == before and not (state.root / "hub-keys").exists()
-    _rotate(state)  # once it has stopped
+    _rotate(state)  # once it has ended
     assert state.hub_key.read_bytes() != before
 
 

@@ -935,10 +935,11 @@ def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
 ) -> None:
     """Last in the module: the hub's key changes for the tests after it.
 
-    The gateway started with the pinned key: after ``hub rotate-key`` and a restart, its
-    next upload is sealed to the old key (still taken), the receipt by the new key makes
-    it follow the hub's signed transition (the instance sent again is a duplicate: the
-    first envelope stays). The next instance is sealed to the new key. A result signed by
+    The gateway started with the pinned key: after ``hub rotate-key`` on the running hub,
+    its next upload is sealed to the old key (still taken), the receipt by the new key
+    makes it follow the hub's signed transition (the instance sent again is a duplicate:
+    the first envelope stays). The next instance is sealed to the new key, and the
+    processing worker, running since before the rotation, opens it. A result signed by
     the new key reaches the outbox. What was stored before opens only with the earlier
     key, which the hub keeps. Then a revoking rotation (below).
     """
@@ -948,6 +949,7 @@ def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
     from usreview.hub.api.sitekeys import SiteKeyFiles
     from usreview.hub.hubkeys import load_hub_keys
     from usreview.store import Archive, CorruptObjectError, Reviewer
+    from usreview.store.jobs import JobStatus
 
     config, gateway = clinic
     site = load_config(config)
@@ -957,11 +959,7 @@ def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
     old = load_public_keys(hub.state / "hub.pub")
     pinned = site.hub_public_key.read_text()
 
-    hub.stop()
-    try:
-        rotated = hub.cli("rotate-key")
-    finally:
-        hub.start()
+    rotated = hub.cli("rotate-key")  # the hub runs
     new = load_public_keys(hub.state / "hub.pub")
     assert new.key_id != old.key_id and f"now {new.key_id.hex()[:16]}" in rotated
     assert (hub.state / "hub-keys" / f"{old.key_id.hex()[:16]}.key").stat().st_mode & 0o777 == 0o600
@@ -1001,6 +999,15 @@ def test_a_rotated_hub_key_is_adopted_by_the_sites_and_opens_what_was_stored(
         open_stored(archive, admin, stored, out, hub_keys=keys.opening, site_keys=sites)
         assert hashlib.sha256(out.read_bytes()).hexdigest() == stored.plaintext_sha256
         assert held_at_hub(config)[sop_uid(later)] == record.plaintext_sha256
+
+        def processed() -> bool:
+            [job] = [
+                j for j in archive.jobs.list_jobs() if j.sop_instance_uid == record.sop_instance_uid
+            ]
+            assert job.status is not JobStatus.FAILED, job.last_error
+            return job.status is JobStatus.DONE
+
+        wait_until(processed, timeout=120, step=0.5)
 
     study = generate_uid()
     report = hub.publish(text_report(tmp_path / "report.dcm", study), study, ["clinic"], "report")

@@ -386,7 +386,10 @@ def _cmd_hub_rotate_key(args: argparse.Namespace) -> int:
             f"revoked: the sites stop trusting {rotated.revoked} earlier key(s) once they "
             "follow the new one; results signed by them are sealed again when fetched"
         )
-    print("start the hub: sites adopt the new key by themselves (signed by the old one)")
+    print(
+        "a running hub signs with it from its next request; sites adopt it by themselves "
+        "(the step is signed by the old key)"
+    )
     return 0
 
 
@@ -394,15 +397,17 @@ _HUB_ROTATE_KEY = Command(
     "rotate-key",
     help="give the hub a new envelope key; sites adopt it by themselves",
     handler=_cmd_hub_rotate_key,
-    description="With the hub stopped: make a new hub key (hub.key, hub.pub) and sign "
+    description="Make a new hub key (hub.key, hub.pub), the hub running or not, and sign "
     "the step from the current one with both. The replaced key is kept in STATE/hub-keys/: "
     "it opens the archive's envelopes and the uploads sites sealed to it before they "
-    "heard of the new one. Receipts and results are signed with the new key from the "
-    "next start; a site that meets it asks the hub for the signed steps and follows them "
-    "from the key it pinned (no new hub.pub to hand over). --revoke, for a key believed "
-    "stolen: the sites then stop trusting every earlier hub key (receipts and results "
-    "signed by one are refused, a rival chain from one is not followed), and the hub "
-    "seals again, with the new key, each result signed by one when it is fetched. Audited.",
+    "heard of the new one. A running hub signs receipts and results with the new key "
+    "from its next request (the processing worker opens with it from its next job); a "
+    "site that meets it asks the hub for the signed steps and follows them from the key "
+    "it pinned (no new hub.pub to hand over). --revoke, for a key believed stolen: the "
+    "sites then stop trusting every earlier hub key (receipts and results signed by one "
+    "are refused, a rival chain from one is not followed), and the hub seals again, with "
+    "the new key, each result signed by one when it is fetched. One rotation at a time, "
+    "and not during a backup. Audited.",
     args=(
         arg(
             "--revoke",

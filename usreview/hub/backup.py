@@ -50,6 +50,7 @@ from usreview.envelope.atomic import fsync_directory, new_file
 from usreview.hub.api.settings import CONFIG_FILE, DATABASE_URL_ENV, ServiceSettings
 from usreview.hub.audit import segment_folder, segments_before
 from usreview.hub.errors import StateError
+from usreview.hub.hubkeys import keys_lock
 from usreview.hub.state import HubState, holds_hub
 
 __all__ = ["BackupError", "BackupReport", "Progress", "backup_state"]
@@ -64,7 +65,14 @@ _TRANSIENT_DIRS = frozenset(
 )
 #: Files (relative to the state) that only live while the hub runs.
 _TRANSIENT_FILES = frozenset(
-    {"service.lock", "run.json", "jupyterhub.pid", "proxy.pid", "worklist.changed"}
+    {
+        "service.lock",
+        "hub-keys.lock",
+        "run.json",
+        "jupyterhub.pid",
+        "proxy.pid",
+        "worklist.changed",
+    }
 )
 #: SQLite's companion files: their content is in the database's backup.
 _COMPANIONS = ("-wal", "-shm", "-journal")
@@ -135,7 +143,8 @@ def backup_state(
         raise BackupError(f"cannot create {work}: {exc.strerror}") from None
     try:
         os.chmod(work, 0o700)  # whatever the umask
-        copied = _copy_state(root, work, progress)
+        with keys_lock(HubState(root)):  # no rotation meanwhile: keys and transitions agree
+            copied = _copy_state(root, work, progress)
         if dest.exists():
             raise FileExistsError(errno.EEXIST, "made while the backup ran", str(dest))
         work.rename(dest)

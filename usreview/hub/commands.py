@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from usreview._locks import lock_held
 from usreview.envelope import load_public_keys
 from usreview.envelope.atomic import write_new_file
 from usreview.hub.accounts import Accounts, check_name
@@ -493,28 +492,20 @@ class RotatedHubKey:
 def rotate_hub_key(state: Path, *, revoke: bool = False) -> RotatedHubKey:
     """Give the hub a new envelope key (audited); see :mod:`usreview.hub.hubkeys`.
 
-    The hub must be stopped: its processes read the keys at start. Sites adopt the new
-    key by themselves once the hub runs again; uploads sealed to the earlier keys are
-    still taken, and the archive's envelopes still open. With ``revoke`` (a key believed
-    stolen), the sites stop trusting every earlier key.
+    The hub may be running: its processes take the new key at their next request or job.
+    Sites adopt it by themselves; uploads sealed to the earlier keys are still taken, and
+    the archive's envelopes still open. With ``revoke`` (a key believed stolen), the
+    sites stop trusting every earlier key.
 
     Raises
     ------
-    HubError
-        The hub is running.
     StateError
-        No hub state, or its keys cannot be read or written.
+        No hub state, its keys cannot be read or written, or another rotation or a
+        backup is running.
     """
     from usreview.hub import hubkeys
 
     hub_state = existing_state(state)
-    pid = _hub_pid(hub_state)
-    if pid is not None or lock_held(hub_state.root / "service.lock"):
-        running = f"JupyterHub pid {pid}" if pid is not None else "its usreview service"
-        raise HubError(
-            f"the hub on {hub_state.root} is running ({running}): stop it, rotate the key, "
-            "then start it again"
-        )
     keys, step = hubkeys.rotate_hub_key(hub_state, revoke=revoke)
     rotated = RotatedHubKey(
         keys.current.key_id.hex(), step.previous_key_id.hex(), hub_state.hub_pub,

@@ -16,13 +16,15 @@ few hours and trust it beside the certificate they pinned, so the hub can switch
 (:func:`usreview.hub.tls.ensure_certificate` does so a week before the current one
 expires) without a new file handed to every site.
 
-``usreview hub rotate-key`` (:func:`rotate_hub_key`, the hub stopped) makes a new current
-key. Everything the hub opens (uploads, stored instances for review, processing,
-conflicts, orphans) opens with any of its keys, so uploads a site sealed to the previous
-key before it heard of the new one are still taken. Sites adopt the new key on their own:
-the first receipt or result signed by it sends them to ``GET /hub-keys``, and they follow
-the transitions from the key they pinned (each signed by the previous key and by the new
-one), without a new ``hub.pub`` to hand over.
+``usreview hub rotate-key`` (:func:`rotate_hub_key`, the hub running or not) makes a new
+current key. The hub's processes hold the keys in a :class:`LiveHubKeys`, which reads them
+again once ``hub.key`` is replaced: each service process at its next request, the
+processing worker at its next job. Everything the hub opens (uploads, stored instances for
+review, processing, conflicts, orphans) opens with any of its keys, so uploads a site
+sealed to the previous key before it heard of the new one are still taken. Sites adopt the
+new key on their own: the first receipt or result signed by it sends them to
+``GET /hub-keys``, and they follow the transitions from the key they pinned (each signed by
+the previous key and by the new one), without a new ``hub.pub`` to hand over.
 
 ``rotate-key --revoke`` is for a key believed stolen: its transition *revokes*, and a site
 that follows it stops trusting every earlier hub key (a receipt or result signed by one is
@@ -35,12 +37,20 @@ already, and the receipt, signed by the new key, makes the site switch.
 Each step of a rotation is durable before the next: both keys are written to
 ``hub-keys/`` first, then the transition, then ``hub.key`` and ``hub.pub`` are replaced.
 A rotation cut short leaves either the previous key current (run it again) or
-``hub.pub`` behind ``hub.key``, which :func:`load_hub_keys` rewrites.
+``hub.pub`` behind ``hub.key``, which :func:`load_hub_keys` rewrites. Replacing ``hub.key``
+is the switch a running hub sees: the transition to the new key is on disk before it.
+A rotation runs alone (:func:`keys_lock`, ``hub-keys.lock``): two at once would each add a
+step from the same key, and a backup could copy a new ``hub.key`` without its transition.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -61,10 +71,12 @@ from usreview.envelope.errors import EnvelopeError
 from usreview.hub.errors import StateError
 from usreview.hub.state import HubState
 
-__all__ = ["HubKeys", "load_hub_keys", "rotate_hub_key"]
+__all__ = ["HubKeys", "LiveHubKeys", "keys_lock", "load_hub_keys", "rotate_hub_key"]
 
 _FOLDER = "hub-keys"
 _TRANSITIONS = "transitions.json"
+_LOCK = "hub-keys.lock"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,78 @@ def load_hub_keys(state: HubState) -> HubKeys:
     return HubKeys(current, tuple(previous), tuple(transitions))
 
 
+class LiveHubKeys:
+    """The hub's keys as its state directory holds them now (thread-safe).
+
+    :meth:`get` reads them again when ``hub.key`` was replaced since (a rotation of the
+    running hub): one ``stat`` a call otherwise. Keys that cannot be read then are not
+    taken: the ones held stay in use (logged), and the next call tries again.
+
+    Raises
+    ------
+    StateError
+        At construction: the keys cannot be read.
+    """
+
+    def __init__(self, state: HubState) -> None:
+        self._state = state
+        self._lock = threading.Lock()
+        self._stamp = _stamp(state.hub_key)
+        self._keys = load_hub_keys(state)
+
+    def get(self) -> HubKeys:
+        """The current keys, read again if ``hub.key`` changed."""
+        stamp = _stamp(self._state.hub_key)
+        if stamp == self._stamp:
+            return self._keys
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    keys = load_hub_keys(self._state)
+                except StateError as exc:
+                    _log.warning("the hub's new keys are not taken yet: %s", exc)
+                    return self._keys
+                if keys.current.key_id != self._keys.current.key_id:
+                    _log.info("hub key %s is current", keys.current.key_id.hex()[:16])
+                self._keys, self._stamp = keys, stamp
+            return self._keys
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when ``path`` is replaced (``None``: missing)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+@contextlib.contextmanager
+def keys_lock(state: HubState, *, wait: bool = True) -> Iterator[None]:
+    """Hold the hub keys' lock: a rotation, or a backup copying the keys, runs alone.
+
+    Raises
+    ------
+    StateError
+        The lock file cannot be opened, or (``wait=False``) another process holds it.
+    """
+    try:
+        fd = os.open(state.root / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StateError(f"the hub's keys cannot be locked: {exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise StateError(
+                f"a key rotation or a backup of {state.root} is running: try again once it "
+                "has ended"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _repair_public(state: HubState, current: PrivateKeys) -> None:
     """Rewrite ``hub.pub`` if it is not ``hub.key``'s (a rotation cut between the two)."""
     text = current.public.to_text()
@@ -157,14 +241,20 @@ def rotate_hub_key(
     """Make a new current hub key; the replaced one keeps opening what was sealed to it.
     With ``revoke``, the sites stop trusting every earlier key (see the module docstring).
 
-    The hub must be stopped (the caller checks): its processes hold the keys they read at
-    start.
+    A running hub takes the new key at its next request or job (:class:`LiveHubKeys`).
 
     Raises
     ------
     StateError
-        The keys cannot be read or written.
+        The keys cannot be read or written, or another rotation or a backup is running.
     """
+    with keys_lock(state, wait=False):
+        return _rotate(state, now, revoke)
+
+
+def _rotate(
+    state: HubState, now: Callable[[], datetime] | None, revoke: bool
+) -> tuple[HubKeys, KeyTransition]:
     keys = load_hub_keys(state)
     new = generate_keys(keys.current.name)
     step = sign_transition(keys.current, new, now() if now else None, revokes=revoke)

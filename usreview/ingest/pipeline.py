@@ -143,6 +143,14 @@ class Ingestor:
             os.chmod(self.quarantine_dir, 0o700)
         self.purge_quarantine()
 
+    def use_hub_keys(
+        self, hub_keys: PrivateKeys, earlier_hub_keys: Sequence[PrivateKeys] = ()
+    ) -> None:
+        """Sign with ``hub_keys`` from now on, and open with them and ``earlier_hub_keys``
+        (a rotation of the running hub's key)."""
+        self.opening_keys = (hub_keys, *earlier_hub_keys)  # first: the new key opens at once
+        self.hub_keys = hub_keys
+
     def purge_quarantine(self) -> int:
         """Remove every file left in the quarantine folder (by a crash); return how many."""
         removed = 0

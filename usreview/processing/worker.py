@@ -64,7 +64,7 @@ from usreview.hub.api.settings import ServiceSettings, open_archive
 from usreview.hub.api.sitekeys import SiteKeyFiles
 from usreview.hub.api.teaching_cases import open_teaching_store
 from usreview.hub.audit import AuditAction, AuditLog
-from usreview.hub.hubkeys import load_hub_keys
+from usreview.hub.hubkeys import LiveHubKeys
 from usreview.hub.state import HubState, existing_state, state_from_env
 from usreview.processing.case_library import CaseLibrary
 from usreview.processing.execution import (
@@ -145,7 +145,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._hub_keys = load_hub_keys(state).opening
+        self._hub_keys = LiveHubKeys(state)  # read again after a rotation
         self._site_keys = SiteKeyFiles(state.sites)
         self._audit = AuditLog(state.audit_log, state.audit_key.read_bytes())
         self._scratch = _Scratch(state.root / "processing")
@@ -220,7 +220,7 @@ class Worker:
             reviewer,
             record,
             out,
-            hub_keys=self._hub_keys,
+            hub_keys=self._hub_keys.get().opening,
             site_keys=self._site_keys,
         )
 

@@ -68,7 +68,7 @@ from usreview.hub.audit import (
     UnchangedReads,
 )
 from usreview.hub.errors import StateError
-from usreview.hub.hubkeys import HubKeys, load_hub_keys
+from usreview.hub.hubkeys import HubKeys, LiveHubKeys
 from usreview.hub.state import HubState, open_state, state_from_env
 from usreview.ingest import Ingestor, WorkerPool
 from usreview.store import Archive
@@ -95,11 +95,24 @@ class ServiceContext:
     spool: Path
     executor: ThreadPoolExecutor
     lock_fd: int
-    hub_keys: HubKeys
+    live_keys: LiveHubKeys
     worklist: WorklistCache = field(default_factory=WorklistCache)
     reviewers: ReviewerSites = field(default_factory=ReviewerSites)
     refusals: RefusalLimiter = field(default_factory=RefusalLimiter)
     rereads: RereadCounter = field(default_factory=RereadCounter)
+
+    @property
+    def hub_keys(self) -> HubKeys:
+        """The hub's keys now (:meth:`refresh_hub_keys`)."""
+        return self.refresh_hub_keys()
+
+    def refresh_hub_keys(self) -> HubKeys:
+        """The hub's keys, read again if its key was rotated since; the ingestor then signs
+        and opens with them too. Handlers call it before each request."""
+        keys = self.live_keys.get()
+        if keys.current is not self.ingestor.hub_keys:
+            self.ingestor.use_hub_keys(keys.current, keys.previous)
+        return keys
 
     def record_suppressed(self, counts: dict[str, int]) -> None:
         """Record one ``suppressed`` line per caller of ``counts`` (:meth:`RefusalLimiter.drain`).
@@ -187,7 +200,8 @@ def open_context(
             spool = _empty(_own_folder(state.root / "spool", worker))
             quarantine = _own_folder(state.root / "quarantine", worker)  # the ingest empties it
         site_keys = SiteKeyFiles(state.sites)
-        hub_keys = load_hub_keys(state)
+        live_keys = LiveHubKeys(state)
+        hub_keys = live_keys.get()
         ingestor = Ingestor(
             archive,
             hub_keys.current,
@@ -222,7 +236,7 @@ def open_context(
     worklist = WorklistCache(marker=state.root / WORKLIST_MARKER)
     return ServiceContext(
         state, settings, archive, pool, ingestor, site_keys, audit, spool, executor, lock_fd,
-        hub_keys, worklist=worklist, refusals=refusals, rereads=rereads,
+        live_keys, worklist=worklist, refusals=refusals, rereads=rereads,
     )  # fmt: skip
 
 

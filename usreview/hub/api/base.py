@@ -72,6 +72,7 @@ class BaseHandler(ApiHandler):
         """Authenticate (401/403; 403 for all but sites on the sites' port); name the
         resource for the audit log."""
         self.resource = self.request.path.partition("/api/v1/")[2] or self.request.path
+        self.context.refresh_hub_keys()  # a rotation of the hub's key is taken here
         await super().prepare()
         if self.settings.get(SITES_ONLY) and not is_site(self.caller):
             raise ApiError(
