@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -195,6 +196,31 @@ def test_an_analysis_is_recorded_once_and_read_by_reviewers(archive: Archive) ->
         review.record_analysis("1.2.826.0.1.1", "sig-3", b"[1, 2]")
     with pytest.raises(InvalidMetadataError):
         review.record_analysis("1.2.826.0.1.1", "", SUMMARY)
+
+
+def test_an_instance_stored_as_its_study_is_read_shows_its_processing(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study view lists the instances, then reads their jobs: one stored in between
+    is listed with its job (read the other way, it was shown as processed with nothing to
+    measure)."""
+    from usreview.hub.api.handlers_review import _study_detail
+    from usreview.review.results import processing_line
+
+    archive.put(SITE, b"e1", described(1))
+    listing = archive.list_instances
+
+    def stored_then_listed(*args: Any, **kwargs: Any) -> Any:
+        archive.put(SITE, b"e2", described(2))  # a site's upload commits just then
+        return listing(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "list_instances", stored_then_listed)
+    context = SimpleNamespace(archive=archive, site_keys=[SITE])
+    detail = _study_detail(context, DR_X, STUDY)  # type: ignore[arg-type]
+    shown = [instance for series in detail["series"] for instance in series["instances"]]
+    assert len(shown) == 2
+    assert [processing_line(i) for i in shown] == ["Automatic processing is queued."] * 2
+    assert processing_line({"analysis": None}) == "Automatic processing: not known yet."
 
 
 def test_instances_show_their_analysis_and_processing(archive: Archive, clock: StillClock) -> None:

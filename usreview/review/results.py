@@ -111,6 +111,8 @@ def processing_line(instance: Mapping[str, Any]) -> str:
     processing = instance.get("processing") or {}
     status = processing.get("status")
     reason = processing.get("reason")
+    if status is None:
+        return "Automatic processing: not known yet."
     if status == "failed":
         return f"Automatic processing FAILED: {reason or 'no reason recorded'}"
     if status in ("queued", "running"):

@@ -222,9 +222,12 @@ def _study_detail(context: ServiceContext, reviewer: Reviewer, uid: str) -> dict
     archive = context.archive
     review = archive.review
     entry = review.entry(reviewer, uid)
+    # The instances first: each commits with its job, so every one listed has its state
+    # in what is read next (the other way, one stored in between had none).
+    records = archive.list_instances(reviewer, study_instance_uid=uid)
     states = review.instance_states(reviewer, uid)
     series: dict[str, dict[str, Any]] = {}
-    for record in archive.list_instances(reviewer, study_instance_uid=uid):
+    for record in records:
         state = states.get(record.sop_instance_uid)
         item = series.setdefault(
             record.series_instance_uid,
