@@ -153,3 +153,28 @@ def test_the_destination_must_be_new_and_outside_the_state(state: HubState, tmp_
         backup_state(tmp_path / "taken", tmp_path / "backup")
     assert not (tmp_path / "backup").exists()
     assert not (tmp_path / ".backup.partial").exists()
+
+
+def test_no_key_rotation_runs_while_a_backup_copies(state: HubState, tmp_path: Path) -> None:
+    """A backup copies the hub's keys and their transitions as one: a rotation meanwhile
+    is refused (it says why) and one made afterwards is not in the copy."""
+    from usreview.hub.commands import rotate_hub_key
+    from usreview.hub.errors import StateError
+    from usreview.hub.hubkeys import load_hub_keys
+
+    refused: list[str] = []
+
+    def progress(done: int, total: int, copied: int) -> None:
+        if not refused:
+            with pytest.raises(StateError, match="a key rotation or a backup") as caught:
+                rotate_hub_key(state.root)
+            refused.append(str(caught.value))
+
+    before = load_hub_keys(state).current.key_id
+    backup_state(state.root, tmp_path / "backup", progress=progress)
+    assert refused and "try again once it has ended" in refused[0]
+    copied = load_hub_keys(HubState(tmp_path / "backup"))
+    assert copied.current.key_id == before and copied.transitions == ()
+    assert not (tmp_path / "backup" / "hub-keys.lock").exists()  # only lives beside a hub
+    rotate_hub_key(state.root)  # once the backup has ended
+    assert load_hub_keys(state).current.key_id != before
