@@ -63,7 +63,9 @@ def test_rotations_keep_every_key_and_chain_their_transitions(
     assert [k.key_id for k in copied.opening] == [k.key_id for k in keys.opening]
 
 
-def test_a_running_service_takes_the_rotated_key_at_its_next_call(tmp_path: Path) -> None:
+def test_a_running_service_takes_the_rotated_key_at_its_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state = open_state(tmp_path / "state")
     fd = os.open(state.root / "service.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -84,6 +86,19 @@ def test_a_running_service_takes_the_rotated_key_at_its_next_call(tmp_path: Path
         state.hub_key.write_bytes(good)
         os.utime(state.hub_key, ns=(1, 1))  # rewritten: read again, the same key
         assert live.get().current.key_id == after.current.key_id
+        # Nor when hub.pub, behind hub.key, cannot be rewritten (a full disk).
+        stale = state.hub_pub.read_text()
+        _rotate(state)
+        state.hub_pub.write_text(stale)
+
+        def full(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+            raise OSError(28, "No space left on device", str(path))
+
+        monkeypatch.setattr(hubkeys, "replace_file", full)
+        assert live.get().current.key_id == after.current.key_id
+        monkeypatch.undo()
+        assert live.get().current.key_id == load_public_keys(state.hub_pub).key_id
+        assert live.get().current.key_id != after.current.key_id
     finally:
         os.close(fd)
 

@@ -180,7 +180,7 @@ class LiveHubKeys:
             if stamp != self._stamp:
                 try:
                     keys = load_hub_keys(self._state)
-                except StateError as exc:
+                except (StateError, OSError) as exc:  # OSError: rewriting hub.pub
                     _log.warning("the hub's new keys are not taken yet: %s", exc)
                     return self._keys
                 if keys.current.key_id != self._keys.current.key_id:
