@@ -26,6 +26,7 @@ K = ImageKind
 PIPELINE: tuple[tuple[str, frozenset[ImageKind]], ...] = (
     ("doppler_indices", frozenset({K.PW_DOPPLER, K.CW_DOPPLER})),
     ("mmode_motion", frozenset({K.MMODE})),
+    ("cine_heart_rate", frozenset({K.CINE})),
     ("volume", frozenset({K.VOLUME})),
     ("vascular_rules", frozenset({K.PW_DOPPLER})),
     ("speckle_fast", frozenset({K.CINE})),

@@ -69,6 +69,7 @@ _log = logging.getLogger(__name__)
 BUILTIN_MODULES = (
     "usreview.processing.quantification.doppler",
     "usreview.processing.quantification.mmode",
+    "usreview.processing.quantification.cine",
     "usreview.processing.quantification.volume",
     "usreview.processing.recommendations.rules",
     "usreview.processing.filters",

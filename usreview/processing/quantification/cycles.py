@@ -41,10 +41,12 @@ from usreview.dicom import ScrollingType
 __all__ = [
     "Cycle",
     "Cycles",
+    "Repetition",
     "TimeSpan",
     "continuous_columns",
     "detect_cycles",
     "dominant_period",
+    "repetition",
     "smooth_envelope",
     "sweep_problem",
 ]
@@ -62,6 +64,7 @@ MAX_SWEEP_SECONDS = 60.0
 _GOOD = 0.3  # autocorrelation a repeating cycle reaches
 _MULTIPLE = 0.8  # the first peak reaching this share of the best is the period, not a multiple
 _PROMINENCE = 0.1  # over the trough before it: a peak, not a ripple on the zero-lag lobe
+_PART = 0.4  # of the chosen peak: a third or half of its lag is a period (sampled, few per cycle)
 _HALF = (0.44, 0.56)  # "about half" the chosen lag
 _COMPARABLE = 0.5  # of the chosen peak's autocorrelation, for the peak at half the lag
 _CONSISTENT = (0.75, 1.33)  # every cycle cut at the half lag lies within this share of it
@@ -244,14 +247,34 @@ def _period(e: Float, dt: float) -> _Period:
     """The dominant period (samples) from the unbiased autocorrelation of ``e``."""
     x = e - e.mean()
     n = len(x)
-    lo = max(int(60.0 / MAX_BPM / dt), 1)
-    by_rate = int(60.0 / MIN_BPM / dt)
-    hi = min(by_rate, (2 * n) // 3)  # overlap of a third of the trace at least
-    if hi <= lo + 2 or not np.any(x):
+    hi = _longest_lag(n, dt)
+    if hi <= _shortest_lag(dt) + 2 or not np.any(x):
         return _Period(None)
     spectrum = np.fft.rfft(x, 2 * n)
     ac = np.fft.irfft(spectrum * np.conj(spectrum))[: hi + 1]
-    values = ac / ac[0] * n / (n - np.arange(hi + 1))
+    return _choose(ac / ac[0] * n / (n - np.arange(hi + 1)), n, dt, "its trace")
+
+
+def _shortest_lag(dt: float) -> int:
+    return max(int(60.0 / MAX_BPM / dt), 1)
+
+
+def _longest_lag(n: int, dt: float) -> int:
+    """The longest lag searched in ``n`` samples: :data:`MIN_BPM`, or two thirds of them."""
+    return min(int(60.0 / MIN_BPM / dt), (2 * n) // 3)  # overlap of a third at least
+
+
+def _choose(values: Float, n: int, dt: float, subject: str) -> _Period:
+    """The period in a normalized autocorrelation ``values`` (lag 0 first, 1.0) of ``n`` samples.
+
+    ``subject`` names what repeats in a refusal ("its trace").
+    """
+    lo = _shortest_lag(dt)
+    by_rate = int(60.0 / MIN_BPM / dt)
+    hi = min(_longest_lag(n, dt), len(values) - 1)
+    if hi <= lo + 2:
+        return _Period(None)
+    values = values[: hi + 1]
     found, _ = signal.find_peaks(values, prominence=_PROMINENCE)
     peaks = [int(i) for i in found if values[i] > _GOOD]
     edge = None  # still growing at the longest lag searched
@@ -269,7 +292,7 @@ def _period(e: Float, dt: float) -> _Period:
         return _Period(
             None,
             problem=(
-                f"its trace repeats every {lag * dt:.3g} s, faster than the {MAX_BPM:g}/min "
+                f"{subject} repeats every {lag * dt:.3g} s, faster than the {MAX_BPM:g}/min "
                 "searched"
             ),
         )
@@ -282,7 +305,7 @@ def _period(e: Float, dt: float) -> _Period:
         return _Period(
             None,
             problem=(
-                f"its trace repeats at the longest period searched ({hi * dt:.3g} s) or later, "
+                f"{subject} repeats at the longest period searched ({hi * dt:.3g} s) or later, "
                 + why
             ),
         )
@@ -294,6 +317,82 @@ def _period(e: Float, dt: float) -> _Period:
     ]
     half = max(halves, key=lambda i: values[i]) if halves else None
     return _Period(lag, half)
+
+
+@dataclass(frozen=True)
+class Repetition:
+    """What :func:`repetition` found: the period of a repeating signal, or why there is none."""
+
+    period_s: float | None
+    """The period, refined below a sample; ``None`` when there is none."""
+    similarity: float | None = None
+    """The autocorrelation at the period (1.0: an exact repetition)."""
+    multiples: int = 0
+    """Peaks at multiples of the period that placed it (1: the first alone)."""
+    problem: str | None = None
+    """Why no period is given (one outside the searched range), else ``None``."""
+
+
+def repetition(values: Float, n: int, dt: float, subject: str) -> Repetition:
+    """The period of ``n`` samples ``dt`` s apart whose normalized autocorrelation is ``values``.
+
+    ``values`` starts at lag 0 (1.0), unbiased (each lag the mean over the pairs it has).
+    The lag is chosen as :func:`detect_cycles` chooses it (the same range, refusals and
+    multiples; ``subject`` names what repeats in a refusal), without its halving, which
+    needs cycles cut on a trace, but with a third or half of it taken where each part is a
+    peak too (:func:`_fundamental`: few samples per cycle). It is then refined below a
+    sample: the peaks at the period and at its multiples (while a quarter of the samples
+    still pair up) are each placed by a parabola through the peak and its neighbours, and
+    the period is the least-squares slope of their positions against their multiples.
+    """
+    found = _choose(values, n, dt, subject)
+    if found.lag is None:
+        return Repetition(None, problem=found.problem)
+    hi = min(len(values) - 2, n - max(3, n // 4))  # a quarter of the samples in pairs
+    period, placed = _fundamental(values, found.lag, max(_shortest_lag(dt), 2)), []
+    for k in range(1, n):
+        reach = max(1, round(0.15 * period))
+        lo_k, hi_k = max(round(k * period) - reach, 1), min(round(k * period) + reach, hi)
+        if hi_k < lo_k + 2:
+            break
+        at = lo_k + int(np.argmax(values[lo_k : hi_k + 1]))
+        a, b, c = values[at - 1], values[at], values[at + 1]
+        if not (b >= a and b >= c and b >= _PART * values[found.lag]):
+            break  # no peak at this multiple: stop at the last one found
+        placed.append((k, at + _vertex(a, b, c)))
+        ks, lags = np.array([q for q, _ in placed], float), np.array([x for _, x in placed])
+        period = float(ks @ lags / (ks @ ks))
+    if not placed:
+        return Repetition(found.lag * dt, float(values[found.lag]), 1)
+    strongest = max(values[round(k * period)] for k, _ in placed)
+    return Repetition(period * dt, float(strongest), len(placed))
+
+
+def _fundamental(values: Float, lag: int, shortest: int) -> float:
+    """``lag``, or a third or half of it where every part of it is a peak too.
+
+    Samples that fall between two of them lower a peak (the period is not a whole number
+    of samples), while a multiple may land on a whole number (7.5 samples per cycle: 15 for
+    two): the multiple is then the highest peak. A part counts when the better of the two
+    samples around each of its multiples reaches :data:`_PART` of the chosen peak and stands
+    above the lowest value before the first by :data:`_PROMINENCE` (frames half a cycle
+    apart differ: where a part is not a period, it falls in a trough).
+    """
+    for m in (3, 2):
+        part = lag / m
+        if part < shortest:
+            continue
+        heights = [max(values[int(k * part)], values[int(k * part) + 1]) for k in range(1, m)]
+        dip = float(np.min(values[1 : int(part) + 1]))
+        if min(heights) >= _PART * values[lag] and min(heights) - dip >= _PROMINENCE:
+            return part
+    return float(lag)
+
+
+def _vertex(a: float, b: float, c: float) -> float:
+    """Offset (samples, within +-0.5) of the vertex of the parabola through ``a, b, c``."""
+    curve = a - 2 * b + c
+    return float(np.clip(0.5 * (a - c) / curve, -0.5, 0.5)) if curve < 0 else 0.0
 
 
 def _consistent(cycles: list[Cycle], period: float) -> bool:
