@@ -17,6 +17,10 @@ the VTI. When a peak of comparable strength lies at about half the chosen lag an
 at it gives cycles of consistent length, the half is taken: the chosen peak was a
 sub-harmonic (every other beat, as with alternating beat strengths).
 
+:func:`repetition` makes the same choice on an autocorrelation computed elsewhere (a cine's
+frame similarity, :mod:`.cine`) and places the period below a sample; with few samples per
+cycle it takes a third or half of the chosen lag when each part of it is a peak too.
+
 A sweeping display (Region Flags, :class:`~usreview.dicom.ScrollingType`) overwrites its
 oldest columns from left to right, so time jumps at the write point.
 :func:`continuous_columns` finds it (a run of blank erase columns, else a jump between
