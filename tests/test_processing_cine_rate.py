@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 from tests.conftest import real_file
 from usreview.dicom import read
 from usreview.processing import ProcessorResult, ResultStatus, default_registry, run_pipeline
+from usreview.processing.quantification.cine import _measured_box
 from usreview.simulate import simulate
 
 REAL_ECHO = "pydicom-data__color3d_jpeg_baseline.dcm"  # SonoSite, 120 frames at 30/s
@@ -128,6 +129,25 @@ def test_an_uneven_frame_time_vector_is_placed_on_an_even_grid(tmp_path: Path) -
     rate = result.quantity("heart_rate")
     assert rate is not None
     assert rate.value == pytest.approx(84.0, rel=0.02)
+
+
+@pytest.mark.parametrize("delta_cm", [1e-7, 50.0], ids=["a micrometre", "half a metre"])
+def test_a_nonsense_calibration_still_gives_blocks_of_a_sane_size(
+    tmp_path: Path, delta_cm: float
+) -> None:
+    """Blocks follow the calibration only within bounds: every pixel kept would take GBs."""
+    path = _cine(tmp_path, 96, 30, seed=4)
+    ds = pydicom.dcmread(path)
+    region = ds.SequenceOfUltrasoundRegions[0]
+    region.PhysicalDeltaX = region.PhysicalDeltaY = delta_cm
+    ds.save_as(path)
+    instance = read(path)
+    box, side = _measured_box(instance, 1.0)
+    height, width = box[0].stop - box[0].start, box[1].stop - box[1].start
+    assert 1 <= side <= min(height, width) // 8
+    assert (height // side) * (width // side) <= 32768
+    rate = default_registry().get("cine_heart_rate").run(instance).quantity("heart_rate")
+    assert rate is not None and rate.value == pytest.approx(96.0, rel=0.02)
 
 
 def _half(source: Path, target: Path, first: int, count: int) -> Path:

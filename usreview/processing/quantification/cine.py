@@ -28,6 +28,8 @@ cycles shown) and 5 to 40 dB read within 1.7%, 95% of 372 cases within 0.7%
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
@@ -60,6 +62,8 @@ _MIN_FRAMES_PER_CYCLE = 4.5
 _SLOWEST_BPM = 25.0
 #: Blocks per side of a region without a calibration in cm (about 1 mm on a 13 cm image).
 _BLOCKS_UNCALIBRATED = 128
+#: Most blocks kept per frame (300 frames: 79 MB at most).
+_MAX_BLOCKS = 32768
 
 
 @processor(
@@ -147,7 +151,7 @@ def frame_similarity(
     steps = np.diff(offsets)
     dt = float(np.mean(steps))
     if dt <= 0:
-        raise NotApplicable("the frame times do not increase")
+        raise NotApplicable("no heart rate: the frame times do not increase")
     if np.max(np.abs(steps - dt)) > _UNEVEN * dt:  # an uneven Frame Time Vector
         even = offsets[0] + dt * np.arange(len(offsets))
         stack = np.stack([np.interp(even, offsets, column) for column in stack.T], axis=1)
@@ -162,7 +166,12 @@ def frame_similarity(
 
 
 def _measured_box(instance: UltrasoundInstance, block_mm: float) -> tuple[tuple[slice, slice], int]:
-    """The largest 2D tissue region's box (else the frame's) and its block side in pixels."""
+    """The largest 2D tissue region's box (else the frame's) and its block side in pixels.
+
+    The side is kept between what leaves at most :data:`_MAX_BLOCKS` blocks per frame (a
+    calibration of a micrometre per pixel would keep every pixel of every frame) and what
+    still leaves 8 blocks across the box.
+    """
     best = None
     for region in instance.regions:
         if (
@@ -175,14 +184,19 @@ def _measured_box(instance: UltrasoundInstance, block_mm: float) -> tuple[tuple[
             if best is None or area > best[0]:
                 best = (area, region)
     if best is None:
-        side = max(1, round(min(instance.rows, instance.columns) / _BLOCKS_UNCALIBRATED))
-        return (slice(0, instance.rows), slice(0, instance.columns)), side
-    region = best[1]
-    x0, y0, x1, y1 = region.bounds
-    box = (slice(y0, y1 + 1), slice(x0, x1 + 1))
-    if region.units_x == PhysicalUnits.CM and region.delta_x:
-        return box, max(1, round(block_mm / 10.0 / abs(region.delta_x)))
-    return box, max(1, round(min(y1 - y0, x1 - x0) / _BLOCKS_UNCALIBRATED))
+        box = (slice(0, instance.rows), slice(0, instance.columns))
+        height, width = instance.rows, instance.columns
+        side = round(min(height, width) / _BLOCKS_UNCALIBRATED)
+    else:
+        region = best[1]
+        x0, y0, x1, y1 = region.bounds
+        box = (slice(y0, y1 + 1), slice(x0, x1 + 1))
+        height, width = y1 - y0 + 1, x1 - x0 + 1
+        side = round(min(height, width) / _BLOCKS_UNCALIBRATED)
+        if region.units_x == PhysicalUnits.CM and region.delta_x:
+            side = round(min(block_mm / 10.0 / abs(region.delta_x), float(height + width)))
+    fewest = math.ceil(math.sqrt(height * width / _MAX_BLOCKS))
+    return box, max(1, min(max(side, fewest), min(height, width) // 8))
 
 
 def _blocks(image: npt.NDArray[np.float32], side: int) -> npt.NDArray[np.float32]:
