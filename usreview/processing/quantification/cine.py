@@ -51,8 +51,10 @@ from usreview.processing.results import Output, Quantity
 __all__ = ["cine_heart_rate", "frame_similarity"]
 
 Float = npt.NDArray[np.float64]
-#: Kinds whose frames are not images of the heart in space: their time runs inside a frame.
-_NOT_SPATIAL = frozenset({ImageKind.MMODE, ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER})
+#: Kinds whose frames are not 2D images in time: time runs inside the frame, or frames are slices.
+_NOT_2D_IN_TIME = frozenset(
+    {ImageKind.MMODE, ImageKind.PW_DOPPLER, ImageKind.CW_DOPPLER, ImageKind.VOLUME}
+)
 #: A frame time vector whose increments vary more than this share is resampled evenly.
 _UNEVEN = 0.05
 #: Fewer frames per cycle than this place the period too coarsely (3.75 read 240/min as 231).
@@ -76,7 +78,7 @@ _MAX_BLOCKS = 32768
 def cine_heart_rate(context: Context) -> Output:
     """Heart rate of a cine from the repetition of its frames (frame-similarity autocorrelation)."""
     instance = context.instance
-    other = set(instance.kinds) & (_NOT_SPATIAL | {ImageKind.VOLUME})
+    other = set(instance.kinds) & _NOT_2D_IN_TIME
     if other:
         shown = ", ".join(sorted(k.value for k in other))
         raise NotApplicable(f"the frames of this cine are not 2D images in time ({shown})")

@@ -330,7 +330,7 @@ class Repetition:
     period_s: float | None
     """The period, refined below a sample; ``None`` when there is none."""
     similarity: float | None = None
-    """The autocorrelation at the period (1.0: an exact repetition)."""
+    """The highest autocorrelation at the period or a multiple that placed it (1.0: exact)."""
     multiples: int = 0
     """Peaks at multiples of the period that placed it (1: the first alone)."""
     problem: str | None = None
